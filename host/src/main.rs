@@ -1,0 +1,15 @@
+//! `grpo-host`: the command-line entry point. Parses the command line, runs the command, and turns any error into
+//! one line on stderr with a meaningful exit code.
+
+use grpo_host::{cli, error};
+
+fn main() {
+    let cli = cli::parse();
+    match cli::run(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(err) => {
+            eprintln!("error: {}", error::one_line(&err));
+            std::process::exit(error::exit_code(&err));
+        }
+    }
+}

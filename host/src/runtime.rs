@@ -1,0 +1,19 @@
+//! Facts about the libtorch runtime the host is linked against.
+
+/// The libtorch version grpo-rs is built and tested against (tch 0.24).
+pub const LIBTORCH_VERSION: &str = grpo_sdk::LIBTORCH_VERSION;
+
+/// One line for `--version`: host version, libtorch version, CUDA availability and device count.
+pub fn version_line() -> String {
+    let cuda = if tch::Cuda::is_available() {
+        format!("available, {} device(s)", tch::Cuda::device_count())
+    } else {
+        "not available".to_string()
+    };
+    format!(
+        "grpo-host {} (libtorch {}, CUDA {})",
+        env!("CARGO_PKG_VERSION"),
+        LIBTORCH_VERSION,
+        cuda
+    )
+}

@@ -1,0 +1,1 @@
+//! The `calc_tools` plugin.

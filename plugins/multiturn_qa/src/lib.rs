@@ -1,0 +1,1 @@
+//! The `multiturn_qa` plugin.
