@@ -1,1 +1,58 @@
-fn main() {}
+//! Developer tasks for grpo-rs. `cargo xtask <task>`:
+//!
+//! - `setup`: libtorch (from the PyPI torch wheel) and the default model into the per-user cache; idempotent.
+//! - `run [ARGS...]`: setup, build the release host and plugins, then run `grpo-host ARGS...`.
+//! - `test`: setup, then rustfmt check, clippy with `-D warnings`, build, and the whole test suite.
+//!
+//! xtask itself never links libtorch, so it runs before libtorch exists and can repair a damaged cache.
+
+mod paths;
+mod process;
+mod setup;
+
+use anyhow::{bail, Result};
+use process::cargo;
+
+const USAGE: &str = "usage: cargo xtask <setup | run [GRPO-HOST ARGS...] | test>";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match dispatch(&args) {
+        Ok(code) => std::process::exit(code),
+        Err(err) => {
+            let text = err.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
+            eprintln!("error: {}", text.replace('\n', " "));
+            std::process::exit(2);
+        }
+    }
+}
+
+fn dispatch(args: &[String]) -> Result<i32> {
+    let Some(task) = args.first() else { bail!("{USAGE}") };
+    let rest = &args[1..];
+    match task.as_str() {
+        "setup" => {
+            let installed = setup::setup(true)?;
+            println!("setup: done. libtorch: {}", installed.torch_dir.display());
+            println!("setup: default model: {}", installed.model_dir.display());
+            Ok(0)
+        }
+        "run" => {
+            setup::setup(false)?;
+            cargo(&["build", "--release"], "building grpo-host and the shipped plugins (release)")?;
+            let exe = paths::repo_root().join("target/release/grpo-host");
+            let status = std::process::Command::new(exe).args(rest).status()?;
+            Ok(status.code().unwrap_or(1))
+        }
+        "test" => {
+            setup::setup(false)?;
+            cargo(&["fmt", "--all", "--", "--check"], "checking formatting")?;
+            cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"], "running clippy")?;
+            // The end-to-end tests drive the built binary and load the plugin libraries, so build them first.
+            cargo(&["build", "--workspace"], "building the host and plugins")?;
+            cargo(&["test", "--workspace"], "running the test suite")?;
+            Ok(0)
+        }
+        other => bail!("unknown task `{other}`; {USAGE}"),
+    }
+}
