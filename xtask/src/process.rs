@@ -14,7 +14,10 @@ pub struct Step {
 
 impl Step {
     pub fn new(what: &str, detail: &str) -> Self {
-        Step { what: what.to_string(), detail: detail.to_string() }
+        Step {
+            what: what.to_string(),
+            detail: detail.to_string(),
+        }
     }
 
     pub fn announce(&self) {

