@@ -10,10 +10,5 @@ pub fn version_line() -> String {
     } else {
         "not available".to_string()
     };
-    format!(
-        "grpo-host {} (libtorch {}, CUDA {})",
-        env!("CARGO_PKG_VERSION"),
-        LIBTORCH_VERSION,
-        cuda
-    )
+    format!("grpo-host {} (libtorch {}, CUDA {})", env!("CARGO_PKG_VERSION"), LIBTORCH_VERSION, cuda)
 }

@@ -20,11 +20,7 @@ fn main() {
     match dispatch(&args) {
         Ok(code) => std::process::exit(code),
         Err(err) => {
-            let text = err
-                .chain()
-                .map(|c| c.to_string())
-                .collect::<Vec<_>>()
-                .join(": ");
+            let text = err.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
             eprintln!("error: {}", text.replace('\n', " "));
             std::process::exit(2);
         }
@@ -32,9 +28,7 @@ fn main() {
 }
 
 fn dispatch(args: &[String]) -> Result<i32> {
-    let Some(task) = args.first() else {
-        bail!("{USAGE}")
-    };
+    let Some(task) = args.first() else { bail!("{USAGE}") };
     let rest = &args[1..];
     match task.as_str() {
         "setup" => {
@@ -45,10 +39,7 @@ fn dispatch(args: &[String]) -> Result<i32> {
         }
         "run" => {
             setup::setup(false)?;
-            cargo(
-                &["build", "--release"],
-                "building grpo-host and the shipped plugins (release)",
-            )?;
+            cargo(&["build", "--release"], "building grpo-host and the shipped plugins (release)")?;
             let exe = paths::repo_root().join("target/release/grpo-host");
             let status = std::process::Command::new(exe).args(rest).status()?;
             Ok(status.code().unwrap_or(1))
@@ -56,17 +47,7 @@ fn dispatch(args: &[String]) -> Result<i32> {
         "test" => {
             setup::setup(false)?;
             cargo(&["fmt", "--all", "--", "--check"], "checking formatting")?;
-            cargo(
-                &[
-                    "clippy",
-                    "--workspace",
-                    "--all-targets",
-                    "--",
-                    "-D",
-                    "warnings",
-                ],
-                "running clippy",
-            )?;
+            cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"], "running clippy")?;
             // The end-to-end tests drive the built binary and load the plugin libraries, so build them first.
             cargo(&["build", "--workspace"], "building the host and plugins")?;
             cargo(&["test", "--workspace"], "running the test suite")?;

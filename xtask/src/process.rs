@@ -14,10 +14,7 @@ pub struct Step {
 
 impl Step {
     pub fn new(what: &str, detail: &str) -> Self {
-        Step {
-            what: what.to_string(),
-            detail: detail.to_string(),
-        }
+        Step { what: what.to_string(), detail: detail.to_string() }
     }
 
     pub fn announce(&self) {
@@ -72,11 +69,8 @@ pub fn run_checked(cmd: &mut Command, hint: &str) -> Result<()> {
 pub fn cargo(args: &[&str], what: &str) -> Result<()> {
     Step::new(what, &format!("cargo {}", args.join(" "))).announce();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let status = Command::new(cargo)
-        .args(args)
-        .current_dir(crate::paths::repo_root())
-        .status()
-        .context("running cargo")?;
+    let status =
+        Command::new(cargo).args(args).current_dir(crate::paths::repo_root()).status().context("running cargo")?;
     if !status.success() {
         bail!("{what} failed (cargo {})", args.join(" "));
     }

