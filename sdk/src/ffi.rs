@@ -82,13 +82,22 @@ impl FfiStr {
 
 /// A borrowed slice.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 pub struct FfiSlice<T> {
     /// First element; may be null when `len` is 0.
     pub ptr: *const T,
     /// Number of elements.
     pub len: usize,
 }
+
+// Copy whatever `T` is: the slice is a pointer and a length (a derive would require `T: Copy`).
+impl<T> Clone for FfiSlice<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for FfiSlice<T> {}
 
 impl<T> FfiSlice<T> {
     /// Borrow `s` for a call.

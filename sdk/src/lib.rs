@@ -55,6 +55,7 @@ mod environment;
 mod error;
 pub mod ffi;
 mod metrics;
+pub mod ops;
 mod types;
 
 pub use algorithm::{Algorithm, LossOutput, LossSettings, PolicyBatch};
