@@ -1,6 +1,8 @@
 //! The command line. `grpo-host [train] --algo A --env E` trains (the default command); the other subcommands each
 //! live in their own file beside this one.
 
+pub mod plugins;
+
 use clap::{Parser, Subcommand};
 
 /// grpo-rs: GRPO-family reinforcement learning of language models, with algorithms and environments as plugins.
@@ -17,7 +19,10 @@ pub struct Cli {
 
 /// The subcommands; training is the default when none is given.
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// List plugins, or check one plugin library.
+    Plugins(plugins::PluginsArgs),
+}
 
 /// Parse the process arguments; clap prints usage errors itself with exit code 2.
 pub fn parse() -> Cli {
@@ -35,5 +40,6 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             println!("{}", crate::runtime::version_line());
             Ok(0)
         }
+        Some(Command::Plugins(args)) => plugins::run(args),
     }
 }
