@@ -4,5 +4,6 @@
 
 pub mod cli;
 pub mod error;
+pub mod logging;
 pub mod paths;
 pub mod runtime;
