@@ -104,6 +104,9 @@ fn jsonl_files_hold_steps_completions_and_summary_and_append_on_resume() {
     s.insert("final/total_steps".into(), MetricValue::Number(3.0));
     loggers.set_summary(s);
     loggers.finish(0);
+    let summary = json::parse_line(&std::fs::read_to_string(tmp.path().join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["final/total_steps"], MetricValue::Number(3.0), "explicit summary values win");
+    assert!(same(&summary["training_step/loss"], &seed_row(2)["training_step/loss"]), "else the last value");
     // A resumed run appends.
     let mut loggers = Loggers::with_env(&cfg, &Env::new()).unwrap();
     loggers.log(3, seed_row(3));
@@ -123,7 +126,8 @@ fn jsonl_files_hold_steps_completions_and_summary_and_append_on_resume() {
     assert_eq!(first["completion"], "4 | four");
     assert_eq!(first["rewards"]["total"], 1);
     assert_eq!(first["advantage"], -0.5);
+    // The resumed run continues the summary; its new rows update it.
     let summary = json::parse_line(&std::fs::read_to_string(tmp.path().join("summary.json")).unwrap()).unwrap();
-    assert_eq!(summary["final/total_steps"], MetricValue::Number(3.0));
+    assert!(same(&summary["final/total_steps"], &seed_row(3)["final/total_steps"]));
     assert_eq!(summary["_step"], MetricValue::Number(3.0));
 }

@@ -114,7 +114,7 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<i32> {
     };
     let data = read_metrics(&metrics)?;
     if data.series.is_empty() {
-        anyhow::bail!(crate::user_error!(
+        return Err(crate::user_error!(
             "{} has no numeric metrics yet; wait for the first step to finish",
             metrics.display()
         ));

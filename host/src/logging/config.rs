@@ -326,7 +326,7 @@ impl WandbSettings {
 /// W&B rejects ids that are empty, padded with whitespace, or contain `:;,#?/'`.
 fn validate_run_id(id: &str) -> anyhow::Result<()> {
     if id.is_empty() || id.trim() != id || id.chars().any(|c| ":;,#?/'".contains(c)) || id.len() > 128 {
-        anyhow::bail!(crate::user_error!(
+        return Err(crate::user_error!(
             "invalid W&B run id '{id}': it must be non-empty, unpadded, at most 128 characters and free of :;,#?/' \
              (check --wandb-run-id or WANDB_RUN_ID)"
         ));
@@ -336,7 +336,7 @@ fn validate_run_id(id: &str) -> anyhow::Result<()> {
 
 fn validate_project(p: &str) -> anyhow::Result<()> {
     if p.len() > 128 || p.chars().any(|c| "/\\#?%:".contains(c)) {
-        anyhow::bail!(crate::user_error!(
+        return Err(crate::user_error!(
             "invalid W&B project '{p}': at most 128 characters, none of /\\#?%: (check --wandb-project or \
              WANDB_PROJECT)"
         ));

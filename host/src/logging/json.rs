@@ -126,7 +126,7 @@ mod tests {
         assert_eq!(number(3.0), "3");
         assert_eq!(number(-0.5), "-0.5");
         assert_eq!(number(0.1 + 0.2), "0.30000000000000004");
-        assert_eq!(number(1e300), "1e300");
+        assert_eq!(number(1e300), "1e+300");
     }
 
     #[test]

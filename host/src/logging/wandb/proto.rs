@@ -91,19 +91,8 @@ pub struct RunRecord {
     pub resumed: bool,
 }
 
-/// A config key and its JSON value.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct ConfigItem {
-    /// The key.
-    #[prost(string, tag = "1")]
-    pub key: String,
-    /// A path of keys, instead of `key`.
-    #[prost(string, repeated, tag = "2")]
-    pub nested_key: Vec<String>,
-    /// The value as JSON.
-    #[prost(string, tag = "16")]
-    pub value_json: String,
-}
+/// A config key and its JSON value (same fields as a history value).
+pub type ConfigItem = HistoryItem;
 
 /// Config changes.
 #[derive(Clone, PartialEq, prost::Message)]
