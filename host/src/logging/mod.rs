@@ -36,7 +36,10 @@ pub mod wandb;
 
 use std::collections::BTreeMap;
 
-pub use config::{default_project, Env, LoggingConfig, UploadTuning, ResumeMode, WandbFlags, WandbMode, WandbSettings};
+pub use config::{
+    default_project, Env, LoggingConfig, ResumeMode, UploadTuning, WandbFlags, WandbMode,
+    WandbSettings,
+};
 pub use system::{DistInfo, SystemMetrics};
 
 /// One logged value: a number (any f64, NaN and infinities included) or a piece of text.

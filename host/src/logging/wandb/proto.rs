@@ -14,6 +14,8 @@ pub struct Record {
 }
 
 /// The record kinds we write.
+// Records live only while being encoded, so the size of the run variant costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, PartialEq, prost::Oneof)]
 pub enum RecordType {
     /// A history row.
