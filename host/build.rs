@@ -1,12 +1,44 @@
 //! Make CUDA visible to the binaries: nothing in the Rust code references a libtorch_cuda symbol, so the linker's
 //! default `--as-needed` would drop the library and `tch::Cuda::is_available()` would quietly report false.
+//! Also compiles the small C++ shim for the CUDA caching allocator's memory statistics (logging/cuda_memory.cpp).
 fn main() {
     // torch-sys reports where it found libtorch (its `links = "tch"` metadata).
     if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
         let lib = std::path::Path::new(&lib);
         if lib.join("libtorch_cuda.so").exists() {
-            println!("cargo:rustc-link-arg=-Wl,--push-state,--no-as-needed,-ltorch_cuda,--pop-state");
+            println!(
+                "cargo:rustc-link-arg=-Wl,--push-state,--no-as-needed,-ltorch_cuda,--pop-state"
+            );
         }
         println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     }
+    build_cuda_memory_shim();
+}
+
+/// The shim needs only c10's headers, found beside libtorch's lib directory (or under $LIBTORCH).
+fn build_cuda_memory_shim() {
+    println!("cargo:rerun-if-changed=src/logging/cuda_memory.cpp");
+    println!("cargo:rerun-if-env-changed=LIBTORCH");
+    let from_lib = std::env::var("DEP_TCH_LIBTORCH_LIB")
+        .ok()
+        .and_then(|l| std::path::Path::new(&l).parent().map(|p| p.join("include")));
+    let from_env = std::env::var("LIBTORCH")
+        .ok()
+        .map(|l| std::path::Path::new(&l).join("include"));
+    let Some(include) = [from_lib, from_env]
+        .into_iter()
+        .flatten()
+        .find(|i| i.join("c10").is_dir())
+    else {
+        panic!("libtorch headers not found (no c10/ under DEP_TCH_LIBTORCH_LIB/../include or $LIBTORCH/include)");
+    };
+    let cxx11_abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".to_string());
+    cc::Build::new()
+        .cpp(true)
+        .std("c++17")
+        .include(&include)
+        .define("_GLIBCXX_USE_CXX11_ABI", cxx11_abi.as_str())
+        .warnings(false)
+        .file("src/logging/cuda_memory.cpp")
+        .compile("grpo_cuda_memory");
 }

@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod error;
+pub mod logging;
 pub mod paths;
 pub mod plugins;
 pub mod runtime;

@@ -5,9 +5,15 @@ pub mod plugins;
 
 use clap::{Parser, Subcommand};
 
+pub mod report;
+
 /// grpo-rs: GRPO-family reinforcement learning of language models, with algorithms and environments as plugins.
 #[derive(Debug, Parser)]
-#[command(name = "grpo-host", disable_version_flag = true, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "grpo-host",
+    disable_version_flag = true,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     /// Print the version, the libtorch version and whether CUDA is available, then exit.
     #[arg(short = 'V', long = "version", global = true)]
@@ -22,6 +28,8 @@ pub struct Cli {
 pub enum Command {
     /// List plugins, or check one plugin library.
     Plugins(plugins::PluginsArgs),
+    /// Plot a run's returns, loss, KL, grad norm and completion length from its metrics.jsonl, and summarise it.
+    Report(report::ReportArgs),
 }
 
 /// Parse the process arguments; clap prints usage errors itself with exit code 2.
@@ -41,5 +49,6 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Some(Command::Plugins(args)) => plugins::run(args),
+        Some(Command::Report(args)) => report::run(&args),
     }
 }

@@ -1,0 +1,326 @@
+//! Where metrics go: the JSONL file and console always, W&B's own run file (offline, and uploaded from a background
+//! thread when online), and TensorBoard event files as re-grpo's fallback when W&B is off.
+//!
+//! # How the trainer uses it
+//!
+//! ```no_run
+//! # use grpo_host::logging::*;
+//! # fn demo(cfg: LoggingConfig) -> anyhow::Result<()> {
+//! let mut loggers = Loggers::new(&cfg)?;          // user mistakes (bad run id, unwritable dir) are user errors
+//! loggers.set_total_steps(100);                    // the console bar's length and ETA
+//! for step in 0..100u64 {
+//!     let mut m = Metrics::new();
+//!     m.insert("rollouts/returns_mean".into(), 0.5.into());
+//!     loggers.log(step, m);                        // may be called several times per step: keys merge
+//!     loggers.log(step, metrics! {"training_step/loss" => 0.1});
+//!     loggers.commit();                            // the step is complete: every sink gets one row
+//! }
+//! loggers.set_summary(metrics! {"final/total_steps" => 100});
+//! loggers.finish(0);                               // waits a bounded time for the W&B upload
+//! # Ok(()) }
+//! ```
+//!
+//! Steps must not go backwards: a `log` at a step below the pending one is dropped with a warning (W&B would drop
+//! it too). Dropping `Loggers` without `finish` (a panic unwinding through the trainer) finishes with exit code 1, so
+//! the W&B run is marked failed rather than left running.
+//!
+//! Sinks never fail the run: an I/O or network error is one warning on stderr, and the sink stops or degrades.
+
+pub mod config;
+pub mod console;
+pub mod json;
+pub mod jsonl;
+pub mod system;
+pub mod tensorboard;
+pub mod wandb;
+
+use std::collections::BTreeMap;
+
+pub use config::{
+    default_project, Env, LoggingConfig, ResumeMode, UploadTuning, WandbFlags, WandbMode,
+    WandbSettings,
+};
+pub use system::{DistInfo, SystemMetrics};
+
+/// One logged value: a number (any f64, NaN and infinities included) or a piece of text.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MetricValue {
+    /// A number; non-finite values are kept and written as `NaN`, `Infinity`, `-Infinity`.
+    Number(f64),
+    /// Text, such as `accelerate/device` or a markdown example completion.
+    Text(String),
+}
+
+impl MetricValue {
+    /// The number, if this is one.
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            MetricValue::Number(x) => Some(*x),
+            MetricValue::Text(_) => None,
+        }
+    }
+}
+
+macro_rules! number_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for MetricValue {
+            fn from(x: $t) -> Self {
+                MetricValue::Number(x as f64)
+            }
+        }
+    )*};
+}
+number_from!(f64, f32, i64, i32, u64, u32, usize);
+
+impl From<bool> for MetricValue {
+    /// Flags such as `ddp/sync_gradients` are logged as 1 or 0 so every sink can plot them.
+    fn from(x: bool) -> Self {
+        MetricValue::Number(if x { 1.0 } else { 0.0 })
+    }
+}
+
+impl From<&str> for MetricValue {
+    fn from(x: &str) -> Self {
+        MetricValue::Text(x.to_string())
+    }
+}
+
+impl From<String> for MetricValue {
+    fn from(x: String) -> Self {
+        MetricValue::Text(x)
+    }
+}
+
+/// A set of metrics by name (sorted, so every sink writes keys in the same order).
+pub type Metrics = BTreeMap<String, MetricValue>;
+
+/// Build a [`Metrics`] map: `metrics! {"training_step/loss" => 0.5, "accelerate/device" => "cpu"}`.
+#[macro_export]
+macro_rules! metrics {
+    ($($k:expr => $v:expr),* $(,)?) => {{
+        #[allow(unused_mut)]
+        let mut m = $crate::logging::Metrics::new();
+        $( m.insert(($k).to_string(), $crate::logging::MetricValue::from($v)); )*
+        m
+    }};
+}
+pub use crate::metrics;
+
+/// One row of the completions table: what the model saw, what it wrote, and how it was scored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CompletionRow {
+    /// The optimizer step the rollout belongs to.
+    pub step: u64,
+    /// The prompt as rendered for the model (or the dialog so far).
+    pub prompt: String,
+    /// The model's completion (for multi-turn environments, the transcript).
+    pub completion: String,
+    /// Reward components by name (for example `total`, `format`, `answer`).
+    pub rewards: BTreeMap<String, f64>,
+    /// The advantage the algorithm assigned to this rollout.
+    pub advantage: f64,
+}
+
+/// A destination for metrics. [`Loggers`] calls `log` once per completed step with the merged row, with strictly
+/// increasing steps; implementations must return quickly (microseconds) and never panic on I/O trouble.
+pub trait Sink: Send {
+    /// A short name for warnings ("jsonl", "wandb", ...).
+    fn name(&self) -> &'static str;
+    /// The complete row of one step.
+    fn log(&mut self, step: u64, row: &Metrics);
+    /// A completions table logged at `step`.
+    fn log_completions(&mut self, _step: u64, _rows: &[CompletionRow]) {}
+    /// Overrides of the run summary (by default the last value of every key).
+    fn set_summary(&mut self, _summary: &Metrics) {}
+    /// The number of steps the run will take, once known.
+    fn set_total_steps(&mut self, _total: u64) {}
+    /// Print a line for the user without tearing a progress bar.
+    fn println(&self, _line: &str) {}
+    /// The run is over; `exit_code` 0 means success. Flush and release everything, waiting a bounded time.
+    fn finish(&mut self, exit_code: i32);
+}
+
+/// The fan-out the trainer holds: merges the `log` calls of one step, then hands the row to every sink.
+pub struct Loggers {
+    sinks: Vec<Box<dyn Sink>>,
+    pending: Option<(u64, Metrics)>,
+    last_step: Option<u64>,
+    dropped_out_of_order: u64,
+    finished: bool,
+    wandb_dir: Option<std::path::PathBuf>,
+    wandb_run_id: Option<String>,
+}
+
+impl Loggers {
+    /// Build the sinks a configuration asks for: JSONL and console always, W&B unless disabled, TensorBoard when W&B
+    /// is disabled and a log dir is given.
+    pub fn new(cfg: &LoggingConfig) -> anyhow::Result<Loggers> {
+        Self::with_env(cfg, &config::process_env())
+    }
+
+    /// [`Loggers::new`] with the `WANDB_*` environment (and `HOME`) given explicitly, for tests and embedding.
+    pub fn with_env(cfg: &LoggingConfig, env: &config::Env) -> anyhow::Result<Loggers> {
+        let settings = WandbSettings::resolve(cfg, env)?;
+        let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+        sinks.push(Box::new(jsonl::JsonlSink::create(&cfg.run_dir)?));
+        if cfg.console {
+            sinks.push(Box::new(console::ConsoleSink::new(cfg.total_steps)));
+        }
+        let mut wandb_dir = None;
+        let mut wandb_run_id = None;
+        if settings.mode != WandbMode::Disabled {
+            let sink = wandb::WandbSink::start(&settings, &cfg.config, cfg)?;
+            wandb_dir = Some(sink.run_dir().to_path_buf());
+            wandb_run_id = Some(settings.run_id.clone());
+            sinks.push(Box::new(sink));
+        }
+        if let Some(dir) = &cfg.log_dir {
+            if settings.mode == WandbMode::Disabled {
+                let dir = dir.join(&cfg.run_name);
+                let sink = tensorboard::TensorBoardSink::create(&dir).map_err(|e| {
+                    crate::user_error!(
+                        "cannot write TensorBoard events under {}: {e}; pass a writable --log-dir",
+                        dir.display()
+                    )
+                })?;
+                sinks.push(Box::new(sink));
+            } else {
+                eprintln!(
+                    "note: --log-dir is the TensorBoard fallback and is used only when W&B is disabled \
+                     (--no-wandb or WANDB_MODE=disabled); W&B is {}, so no TensorBoard files are written",
+                    settings.mode.as_str()
+                );
+            }
+        }
+        let mut loggers = Loggers::from_sinks(sinks);
+        loggers.wandb_dir = wandb_dir;
+        loggers.wandb_run_id = wandb_run_id;
+        Ok(loggers)
+    }
+
+    /// A fan-out over the given sinks (tests, or a trainer that builds its own).
+    pub fn from_sinks(sinks: Vec<Box<dyn Sink>>) -> Loggers {
+        Loggers {
+            sinks,
+            pending: None,
+            last_step: None,
+            dropped_out_of_order: 0,
+            finished: false,
+            wandb_dir: None,
+            wandb_run_id: None,
+        }
+    }
+
+    /// The W&B run directory (the one `wandb sync` takes), when W&B is enabled.
+    pub fn wandb_run_dir(&self) -> Option<&std::path::Path> {
+        self.wandb_dir.as_deref()
+    }
+
+    /// The W&B run id, when W&B is enabled; store it with checkpoints to continue the same W&B run on resume.
+    pub fn wandb_run_id(&self) -> Option<&str> {
+        self.wandb_run_id.as_deref()
+    }
+
+    /// Add metrics to `step`. Calls for the same step merge (later values win per key); a larger step first
+    /// commits the pending one.
+    pub fn log(&mut self, step: u64, metrics: Metrics) {
+        if self.finished {
+            return;
+        }
+        let behind_committed = self.last_step.is_some_and(|last| step <= last);
+        let behind_pending = self.pending.as_ref().is_some_and(|(s, _)| step < *s);
+        if behind_committed || behind_pending {
+            self.dropped_out_of_order += 1;
+            if self.dropped_out_of_order == 1 {
+                eprintln!(
+                    "warning: metrics logged at step {step} after a later step; they are dropped (steps must not go \
+                     backwards)"
+                );
+            }
+            return;
+        }
+        if self.pending.as_ref().is_some_and(|(s, _)| step > *s) {
+            self.commit();
+        }
+        match &mut self.pending {
+            Some((_, row)) => row.extend(metrics),
+            None => self.pending = Some((step, metrics)),
+        }
+    }
+
+    /// Finish the pending step: every sink receives its merged row now.
+    pub fn commit(&mut self) {
+        if let Some((step, row)) = self.pending.take() {
+            for sink in &mut self.sinks {
+                sink.log(step, &row);
+            }
+            self.last_step = Some(step);
+        }
+    }
+
+    /// Log a completions table at `step` (W&B table, TensorBoard text, `completions.jsonl`).
+    pub fn log_completions(&mut self, step: u64, rows: &[CompletionRow]) {
+        if self.finished {
+            return;
+        }
+        for sink in &mut self.sinks {
+            sink.log_completions(step, rows);
+        }
+    }
+
+    /// Set summary values (for example `final/*`); they override the last-value summary.
+    pub fn set_summary(&mut self, summary: Metrics) {
+        if self.finished {
+            return;
+        }
+        for sink in &mut self.sinks {
+            sink.set_summary(&summary);
+        }
+    }
+
+    /// Tell the console how many steps the run will take.
+    pub fn set_total_steps(&mut self, total: u64) {
+        for sink in &mut self.sinks {
+            sink.set_total_steps(total);
+        }
+    }
+
+    /// Print a line for the user above the progress bar.
+    pub fn println(&self, line: &str) {
+        let mut printed = false;
+        for sink in &self.sinks {
+            if sink.name() == "console" {
+                sink.println(line);
+                printed = true;
+            }
+        }
+        if !printed {
+            eprintln!("{line}");
+        }
+    }
+
+    /// Commit the pending step and finish every sink (exit code 0 = success). Later calls do nothing.
+    pub fn finish(&mut self, exit_code: i32) {
+        if self.finished {
+            return;
+        }
+        self.commit();
+        self.finished = true;
+        if self.dropped_out_of_order > 1 {
+            eprintln!(
+                "warning: {} out-of-order metric updates were dropped",
+                self.dropped_out_of_order
+            );
+        }
+        for sink in &mut self.sinks {
+            sink.finish(exit_code);
+        }
+    }
+}
+
+impl Drop for Loggers {
+    fn drop(&mut self) {
+        // Reached without finish() only when the trainer bailed out (error or panic): the run failed.
+        self.finish(1);
+    }
+}

@@ -1,0 +1,292 @@
+//! A mock W&B server on 127.0.0.1 for the logging tests: it answers the GraphQL queries and file_stream posts that
+//! our uploader and `wandb sync` make, records every request, and can fail or hang on demand.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use grpo_host::logging::{json, MetricValue, Metrics};
+use serde_json::{json as j, Value};
+
+/// One recorded request.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub method: String,
+    pub url: String,
+    pub body: String,
+}
+
+/// How the server misbehaves.
+#[derive(Default)]
+pub struct Faults {
+    /// Answer the next requests with these statuses, one each, before behaving.
+    pub fail_with: Vec<u16>,
+    /// Never answer (requests are held until the server stops).
+    pub hang: bool,
+}
+
+#[derive(Default)]
+struct State {
+    requests: Vec<Recorded>,
+    faults: Faults,
+    failures_served: usize,
+}
+
+/// The server. Dropping it stops it.
+pub struct MockWandb {
+    pub url: String,
+    state: Arc<Mutex<State>>,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl MockWandb {
+    pub fn start(faults: Faults) -> MockWandb {
+        let server = tiny_http::Server::http("127.0.0.1:0").expect("bind 127.0.0.1");
+        let port = server.server_addr().to_ip().expect("ip address").port();
+        let url = format!("http://127.0.0.1:{port}");
+        let state = Arc::new(Mutex::new(State {
+            faults,
+            ..Default::default()
+        }));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (st, sp, base) = (state.clone(), stop.clone(), url.clone());
+        let handle = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !sp.load(Ordering::Relaxed) {
+                let Ok(Some(mut req)) = server.recv_timeout(Duration::from_millis(20)) else {
+                    continue;
+                };
+                let mut body = String::new();
+                let _ = req.as_reader().read_to_string(&mut body);
+                let rec = Recorded {
+                    method: req.method().to_string(),
+                    url: req.url().to_string(),
+                    body,
+                };
+                let mut s = st.lock().unwrap();
+                s.requests.push(rec.clone());
+                if s.faults.hang {
+                    held.push(req);
+                    continue;
+                }
+                if s.failures_served < s.faults.fail_with.len() {
+                    let status = s.faults.fail_with[s.failures_served];
+                    s.failures_served += 1;
+                    drop(s);
+                    let _ = req.respond(
+                        tiny_http::Response::from_string("try later").with_status_code(status),
+                    );
+                    continue;
+                }
+                drop(s);
+                let answer = respond(&base, &rec);
+                let header =
+                    tiny_http::Header::from_bytes("Content-Type", "application/json").unwrap();
+                let _ = req.respond(tiny_http::Response::from_string(answer).with_header(header));
+            }
+        });
+        MockWandb {
+            url,
+            state,
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
+    pub fn failures_served(&self) -> usize {
+        self.state.lock().unwrap().failures_served
+    }
+
+    /// Bodies of successful file_stream posts (the failed ones were answered with an error, so the client resent).
+    fn stream_bodies(&self) -> Vec<Value> {
+        let s = self.state.lock().unwrap();
+        let served = s.failures_served;
+        // Requests answered with failures are the first `served` requests.
+        s.requests
+            .iter()
+            .enumerate()
+            .filter(|(i, r)| *i >= served && r.url.ends_with("/file_stream"))
+            .filter_map(|(_, r)| serde_json::from_str(&r.body).ok())
+            .collect()
+    }
+
+    /// History lines by line number, parsed (later posts of the same line number win).
+    pub fn history(&self) -> BTreeMap<u64, Metrics> {
+        let mut out = BTreeMap::new();
+        for body in self.stream_bodies() {
+            let Some(h) = body.pointer("/files/wandb-history.jsonl") else {
+                continue;
+            };
+            let offset = h["offset"].as_u64().unwrap();
+            for (i, line) in h["content"].as_array().unwrap().iter().enumerate() {
+                let parsed = json::parse_line(line.as_str().unwrap())
+                    .expect("history line is a JSON object");
+                out.insert(offset + i as u64, parsed);
+            }
+        }
+        out
+    }
+
+    /// The last summary posted.
+    pub fn summary(&self) -> Option<Metrics> {
+        self.stream_bodies().iter().rev().find_map(|b| {
+            let line = b.pointer("/files/wandb-summary.json/content/0")?.as_str()?;
+            json::parse_line(line)
+        })
+    }
+
+    /// The exit code of the `complete` post, if one arrived.
+    pub fn exitcode(&self) -> Option<i64> {
+        self.stream_bodies().iter().find_map(|b| {
+            (b.get("complete") == Some(&Value::Bool(true)))
+                .then(|| b["exitcode"].as_i64().unwrap_or(-1))
+        })
+    }
+
+    /// Variables of every UpsertBucket.
+    pub fn upserts(&self) -> Vec<Value> {
+        self.requests()
+            .iter()
+            .filter(|r| r.url.starts_with("/graphql"))
+            .filter_map(|r| serde_json::from_str::<Value>(&r.body).ok())
+            .filter(|b| b["query"].as_str().unwrap_or("").contains("upsertBucket"))
+            .map(|b| b["variables"].clone())
+            .collect()
+    }
+}
+
+impl Drop for MockWandb {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn respond(base: &str, rec: &Recorded) -> String {
+    if rec.url.starts_with("/graphql") {
+        let body: Value = serde_json::from_str(&rec.body).unwrap_or(Value::Null);
+        let q = body["query"].as_str().unwrap_or("");
+        let vars = &body["variables"];
+        if q.contains("upsertBucket") {
+            let project = vars["project"].as_str().unwrap_or("uncategorized");
+            return j!({"data": {"upsertBucket": {"bucket": {
+                "id": "b1", "name": vars["name"], "displayName": vars["displayName"], "description": null,
+                "config": "{}", "sweepName": null,
+                "project": {"id": "p1", "name": project, "entity": {"id": "e1", "name": "mockentity"}},
+                "historyLineCount": 0}, "inserted": true}}})
+            .to_string();
+        }
+        if q.contains("RunResumeStatus") {
+            return j!({"data": {"model": {"id": "p1", "name": vars["project"], "entity": {"id": "e1", "name": "mockentity"},
+                "bucket": null}}})
+            .to_string();
+        }
+        if q.contains("viewer") {
+            return j!({"data": {"viewer": {"id": "u1", "entity": "mockentity", "username": "u", "email": "e",
+                "flags": "{}", "teams": {"edges": []}}}})
+            .to_string();
+        }
+        if q.contains("serverInfo") {
+            return j!({"data": {"serverInfo": {"features": []}}}).to_string();
+        }
+        if q.contains("createRunFiles") {
+            let files: Vec<Value> = vars["files"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|f| j!({"name": f, "uploadUrl": format!("{base}/upload/{}", f.as_str().unwrap_or(""))}))
+                .collect();
+            return j!({"data": {"createRunFiles": {"runID": "r1", "uploadHeaders": [], "files": files}}}).to_string();
+        }
+        return j!({"data": {}}).to_string();
+    }
+    if rec.url.ends_with("/file_stream") {
+        return j!({"exitcode": null, "limits": {}}).to_string();
+    }
+    "{}".to_string()
+}
+
+/// The seed guide's metric names and kinds, from tests/fixtures/logging/seed_keys.txt.
+pub fn seed_keys() -> Vec<(String, bool)> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/logging/seed_keys.txt"
+    );
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (k, kind) = l.split_once('\t').unwrap();
+            (k.to_string(), kind == "text")
+        })
+        .collect()
+}
+
+/// The value test runs log for key number `i` at `step`: distinct, exactly representable, text for text keys.
+pub fn seed_value(i: usize, is_text: bool, step: u64) -> MetricValue {
+    if is_text {
+        MetricValue::Text(format!("text {i} at step {step}: \"quoted\" NaN\nline 2"))
+    } else {
+        MetricValue::Number(step as f64 * 1000.0 + i as f64 + 0.25)
+    }
+}
+
+/// A non-finite series logged under `test/nonfinite`.
+pub fn nonfinite_value(step: u64) -> f64 {
+    [1.5, f64::NAN, f64::INFINITY, f64::NEG_INFINITY][step as usize % 4]
+}
+
+/// Every seed key plus `test/nonfinite` at `step`.
+pub fn seed_row(step: u64) -> Metrics {
+    let mut m = Metrics::new();
+    for (i, (k, text)) in seed_keys().iter().enumerate() {
+        m.insert(k.clone(), seed_value(i, *text, step));
+    }
+    m.insert(
+        "test/nonfinite".into(),
+        MetricValue::Number(nonfinite_value(step)),
+    );
+    m
+}
+
+/// Compare values, NaN equal to NaN.
+pub fn same(a: &MetricValue, b: &MetricValue) -> bool {
+    match (a, b) {
+        (MetricValue::Number(x), MetricValue::Number(y)) => x == y || (x.is_nan() && y.is_nan()),
+        _ => a == b,
+    }
+}
+
+/// Assert that history holds `steps` rows, each with every seed key at its value and `_step`.
+pub fn assert_history_has_seed_rows(history: &BTreeMap<u64, Metrics>, steps: u64) {
+    assert_eq!(
+        history.len() as u64,
+        steps,
+        "history lines: {:?}",
+        history.keys().collect::<Vec<_>>()
+    );
+    for (line, row) in history {
+        let step = row["_step"].as_f64().unwrap() as u64;
+        assert_eq!(step, *line, "line {line} carries _step {step}");
+        assert!(row.contains_key("_runtime") && row.contains_key("_timestamp"));
+        for (k, v) in seed_row(step) {
+            let got = row
+                .get(&k)
+                .unwrap_or_else(|| panic!("step {step}: key {k} missing"));
+            assert!(same(got, &v), "step {step}: {k} = {got:?}, expected {v:?}");
+        }
+    }
+}
