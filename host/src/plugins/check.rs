@@ -124,7 +124,7 @@ fn check_environment(
     let total: f64 = outcome.rewards.iter().map(|r| r.value).sum();
     Ok(format!(
         "{} task(s), {} tool(s), reset gave {} message(s), one step: reward {total} ({} component(s)), done {}",
-        count.map_or("unbounded".to_string(), |n| n.to_string()),
+        count.map_or("unbounded (generated)".to_string(), |n| n.to_string()),
         tools.len(),
         opening.len(),
         outcome.rewards.len(),
