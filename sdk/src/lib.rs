@@ -75,5 +75,10 @@ pub const LIBTORCH_VERSION: &str = env!("GRPO_SDK_LIBTORCH_VERSION");
 /// plugin must agree, because `at::Tensor` handles cross between them.
 pub const LIBTORCH_CXX11_ABI: bool = matches!(env!("GRPO_SDK_LIBTORCH_CXX11_ABI").as_bytes(), b"1");
 
+/// The plugin guide's examples compile and run as doctests of this crate.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/plugins.md")]
+pub struct PluginGuide;
+
 /// This SDK's version; recorded in every plugin library for diagnostics.
 pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -13,7 +13,10 @@ pub struct FfiStr {
 }
 
 const fn s(text: &'static str) -> FfiStr {
-    FfiStr { ptr: text.as_ptr(), len: text.len() }
+    FfiStr {
+        ptr: text.as_ptr(),
+        len: text.len(),
+    }
 }
 
 #[repr(C)]
@@ -55,8 +58,20 @@ pub struct AlgorithmVTable {
     destroy: unsafe extern "C" fn(*mut c_void),
     config: unsafe extern "C" fn(*const c_void, StrSink, StrSink) -> u32,
     metrics: unsafe extern "C" fn(*const c_void, StrSink, StrSink) -> u32,
-    advantages: unsafe extern "C" fn(*const c_void, *mut c_void, FfiSlice<u64>, *mut *mut c_void, StrSink) -> u32,
-    loss: unsafe extern "C" fn(*const c_void, *const c_void, *mut *mut c_void, StrSink, StrSink) -> u32,
+    advantages: unsafe extern "C" fn(
+        *const c_void,
+        *mut c_void,
+        FfiSlice<u64>,
+        *mut *mut c_void,
+        StrSink,
+    ) -> u32,
+    loss: unsafe extern "C" fn(
+        *const c_void,
+        *const c_void,
+        *mut *mut c_void,
+        StrSink,
+        StrSink,
+    ) -> u32,
 }
 
 unsafe extern "C" fn create(_: FfiStr, _: *mut *mut c_void, err: StrSink) -> u32 {
@@ -67,10 +82,22 @@ unsafe extern "C" fn destroy(_: *mut c_void) {}
 unsafe extern "C" fn text_call(_: *const c_void, _: StrSink, _: StrSink) -> u32 {
     1
 }
-unsafe extern "C" fn advantages(_: *const c_void, _: *mut c_void, _: FfiSlice<u64>, _: *mut *mut c_void, _: StrSink) -> u32 {
+unsafe extern "C" fn advantages(
+    _: *const c_void,
+    _: *mut c_void,
+    _: FfiSlice<u64>,
+    _: *mut *mut c_void,
+    _: StrSink,
+) -> u32 {
     1
 }
-unsafe extern "C" fn loss(_: *const c_void, _: *const c_void, _: *mut *mut c_void, _: StrSink, _: StrSink) -> u32 {
+unsafe extern "C" fn loss(
+    _: *const c_void,
+    _: *const c_void,
+    _: *mut *mut c_void,
+    _: StrSink,
+    _: StrSink,
+) -> u32 {
     1
 }
 
@@ -97,7 +124,11 @@ fn entry(name: &'static str) -> PluginEntry {
     }
 }
 
-fn library(abi_major: u32, libtorch: &'static str, names: &'static [&'static str]) -> *const PluginLibrary {
+fn library(
+    abi_major: u32,
+    libtorch: &'static str,
+    names: &'static [&'static str],
+) -> *const PluginLibrary {
     let entries: Vec<PluginEntry> = names.iter().map(|n| entry(n)).collect();
     let entries = Box::leak(entries.into_boxed_slice());
     Box::leak(Box::new(PluginLibrary {
@@ -106,7 +137,10 @@ fn library(abi_major: u32, libtorch: &'static str, names: &'static [&'static str
         sdk_version: s("0.0.0-broken"),
         libtorch_version: s(libtorch),
         libtorch_cxx11_abi: 1,
-        plugins: FfiSlice { ptr: entries.as_ptr(), len: entries.len() },
+        plugins: FfiSlice {
+            ptr: entries.as_ptr(),
+            len: entries.len(),
+        },
     }))
 }
 

@@ -47,7 +47,10 @@ impl DiscoveryOptions {
         let mut dirs: Vec<PathBuf> = Vec::new();
         let push = |dir: PathBuf, dirs: &mut Vec<PathBuf>| {
             let key = dir.canonicalize().unwrap_or_else(|_| dir.clone());
-            if !dirs.iter().any(|d| d.canonicalize().unwrap_or_else(|_| d.clone()) == key) {
+            if !dirs
+                .iter()
+                .any(|d| d.canonicalize().unwrap_or_else(|_| d.clone()) == key)
+            {
                 dirs.push(dir);
             }
         };
@@ -75,7 +78,10 @@ impl DiscoveryOptions {
             }
         }
         if self.use_exe_dir {
-            if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+            if let Some(dir) = std::env::current_exe()
+                .ok()
+                .and_then(|e| e.parent().map(Path::to_path_buf))
+            {
                 push(dir, &mut dirs);
             }
         }
@@ -105,8 +111,9 @@ pub fn user_plugin_dir() -> PathBuf {
 
 /// The shared libraries directly inside `dir` (by file suffix), sorted by name so that loading order is stable.
 pub(crate) fn libraries_in(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| crate::user_error!("plugin directory {}: cannot list it: {e}", dir.display()))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        crate::user_error!("plugin directory {}: cannot list it: {e}", dir.display())
+    })?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {

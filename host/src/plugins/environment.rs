@@ -58,17 +58,23 @@ impl EnvironmentPlugin {
     /// Its resolved config, to save with the run.
     pub fn config(&self) -> anyhow::Result<serde_json::Value> {
         // SAFETY: a validated vtable and a live instance (here and below).
-        self.handle.call_json("config", |out, err| unsafe { (self.vtable.config)(self.this(), out, err) })
+        self.handle.call_json("config", |out, err| unsafe {
+            (self.vtable.config)(self.this(), out, err)
+        })
     }
 
     /// Its metrics since the previous call.
     pub fn metrics(&self) -> anyhow::Result<Vec<Metric>> {
-        self.handle.call_json("metrics", |out, err| unsafe { (self.vtable.metrics)(self.this(), out, err) })
+        self.handle.call_json("metrics", |out, err| unsafe {
+            (self.vtable.metrics)(self.this(), out, err)
+        })
     }
 
     /// The tools it offers, for the chat template.
     pub fn tools(&self) -> anyhow::Result<Vec<ToolSpec>> {
-        self.handle.call_json("tools", |out, err| unsafe { (self.vtable.tools)(self.this(), out, err) })
+        self.handle.call_json("tools", |out, err| unsafe {
+            (self.vtable.tools)(self.this(), out, err)
+        })
     }
 
     /// How many tasks `split` has; `None` for an unbounded generator (then ask for indices 0, 1, 2, ...).
@@ -91,9 +97,10 @@ impl EnvironmentPlugin {
     pub fn reset(&self, task: &Task) -> anyhow::Result<(Episode, Vec<Message>)> {
         let task_json = serde_json::to_string(task)?;
         let mut state: *mut c_void = std::ptr::null_mut();
-        let messages: anyhow::Result<Vec<Message>> = self.handle.call_json("reset", |out, err| unsafe {
-            (self.vtable.reset)(self.this(), FfiStr::new(&task_json), &mut state, out, err)
-        });
+        let messages: anyhow::Result<Vec<Message>> =
+            self.handle.call_json("reset", |out, err| unsafe {
+                (self.vtable.reset)(self.this(), FfiStr::new(&task_json), &mut state, out, err)
+            });
         let messages = match messages {
             Ok(m) => m,
             Err(e) => {

@@ -35,13 +35,27 @@ impl Handle {
         let mut this: *mut c_void = std::ptr::null_mut();
         let mut err = String::new();
         // SAFETY: `create` comes from a validated vtable; the arguments live through the call.
-        let code = unsafe { create(grpo_sdk::ffi::FfiStr::new(&text), &mut this, StrSink::for_string(&mut err)) };
+        let code = unsafe {
+            create(
+                grpo_sdk::ffi::FfiStr::new(&text),
+                &mut this,
+                StrSink::for_string(&mut err),
+            )
+        };
         if code != status::OK || this.is_null() {
-            let shown = if text.is_empty() { "no config".to_string() } else { format!("config {text}") };
+            let shown = if text.is_empty() {
+                "no config".to_string()
+            } else {
+                format!("config {text}")
+            };
             return Err(user_error!(
                 "{} could not be created with {shown}: {}",
                 info.label(),
-                if err.is_empty() { "no reason given" } else { &err }
+                if err.is_empty() {
+                    "no reason given"
+                } else {
+                    &err
+                }
             ));
         }
         Ok(Handle {
@@ -71,7 +85,10 @@ impl Handle {
             }
             other => {
                 self.poisoned.store(true, Ordering::Release);
-                Err(user_error!("{} returned unknown status {other} from {what}", self.info.label()))
+                Err(user_error!(
+                    "{} returned unknown status {other} from {what}",
+                    self.info.label()
+                ))
             }
         }
     }
@@ -90,8 +107,12 @@ impl Handle {
         let mut out = String::new();
         let sink = StrSink::for_string(&mut out);
         self.call(what, |err| f(sink, err))?;
-        serde_json::from_str(&out)
-            .map_err(|e| user_error!("{} returned malformed data from {what}: {e}", self.info.label()))
+        serde_json::from_str(&out).map_err(|e| {
+            user_error!(
+                "{} returned malformed data from {what}: {e}",
+                self.info.label()
+            )
+        })
     }
 }
 

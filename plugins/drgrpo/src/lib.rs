@@ -82,13 +82,13 @@ impl Algorithm for DrGrpo {
         }
         let terms = PolicyTerms::new(batch)?;
         let kl_weight = batch.settings.kl_weight;
-        let per_sequence = |x: &Tensor| (x * &terms.mask).sum_dim_intlist(-1, false, None) / max_len as f64;
+        let per_sequence =
+            |x: &Tensor| (x * &terms.mask).sum_dim_intlist(-1, false, None) / max_len as f64;
         let loss = per_sequence(&terms.per_token_loss(kl_weight)).mean(None);
         let policy = per_sequence(&terms.surrogate).mean(None).double_value(&[]);
-        let kl = terms
-            .kl
-            .as_ref()
-            .map_or(0.0, |k| per_sequence(&(k * kl_weight)).mean(None).double_value(&[]));
+        let kl = terms.kl.as_ref().map_or(0.0, |k| {
+            per_sequence(&(k * kl_weight)).mean(None).double_value(&[])
+        });
         Ok(LossOutput {
             loss,
             metrics: vec![

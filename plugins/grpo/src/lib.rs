@@ -29,7 +29,8 @@ impl MetricSource for Grpo {}
 
 impl Algorithm for Grpo {
     const NAME: &'static str = "grpo";
-    const DESCRIPTION: &'static str = "GRPO: (r - mean) / (std + eps) advantages, clipped surrogate + k3 KL, per-sequence mean";
+    const DESCRIPTION: &'static str =
+        "GRPO: (r - mean) / (std + eps) advantages, clipped surrogate + k3 KL, per-sequence mean";
 
     fn new(config: serde_json::Value) -> Result<Self> {
         let config: Config = grpo_sdk::parse_config(config)?;
