@@ -445,6 +445,32 @@ fn wandb_sync_uploads_our_offline_run() {
         &MetricValue::Number(f64::INFINITY)
     ));
     assert_eq!(mock.exitcode(), Some(0), "{log}");
+    // The completions table is a run file W&B uploads, referenced from the history row of its step.
+    let puts: Vec<String> = mock
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PUT")
+        .map(|r| r.url)
+        .collect();
+    assert!(
+        puts.iter()
+            .any(|u| u.starts_with("/upload/media/table/completions_1_")),
+        "{puts:?}"
+    );
+    let line = &mock.raw_history()[&1];
+    let start = line
+        .find("\"completions\":{")
+        .expect("a completions value in the row of step 1");
+    let value: serde_json::Value = serde_json::Deserializer::from_str(&line[start + 14..])
+        .into_iter()
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(value["_type"], "table-file");
+    assert_eq!(
+        format!("/upload/{}", value["path"].as_str().unwrap()),
+        *puts.iter().find(|u| u.contains("table")).unwrap()
+    );
 }
 
 #[test]

@@ -139,6 +139,21 @@ impl MockWandb {
         out
     }
 
+    /// History lines by line number, as sent.
+    pub fn raw_history(&self) -> BTreeMap<u64, String> {
+        let mut out = BTreeMap::new();
+        for body in self.stream_bodies() {
+            let Some(h) = body.pointer("/files/wandb-history.jsonl") else {
+                continue;
+            };
+            let offset = h["offset"].as_u64().unwrap();
+            for (i, line) in h["content"].as_array().unwrap().iter().enumerate() {
+                out.insert(offset + i as u64, line.as_str().unwrap().to_string());
+            }
+        }
+        out
+    }
+
     /// The last summary posted.
     pub fn summary(&self) -> Option<Metrics> {
         self.stream_bodies().iter().rev().find_map(|b| {
