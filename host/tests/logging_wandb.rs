@@ -638,3 +638,34 @@ fn online_resume_appends_after_the_servers_history() {
     assert!(mock.upserts().is_empty());
     assert!(matches!(records(&dir).last(), Some(RecordType::Exit(e)) if e.exit_code == 0));
 }
+
+#[test]
+fn a_rejected_key_stops_the_upload_at_once_and_nothing_else() {
+    let mock = MockWandb::start(Faults {
+        fail_with: vec![401],
+        ..Default::default()
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let mut loggers = Loggers::with_env(&config(tmp.path()), &env("online", &mock.url)).unwrap();
+    let dir = loggers.wandb_run_dir().unwrap().to_path_buf();
+    let t = Instant::now();
+    seed_run(&mut loggers, 3);
+    loggers.finish(0);
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "no retries on 401: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        mock.requests().len(),
+        1,
+        "one rejected upsert, then silence"
+    );
+    assert_eq!(
+        records(&dir)
+            .iter()
+            .filter(|r| matches!(r, RecordType::History(_)))
+            .count(),
+        3
+    );
+}
