@@ -292,7 +292,7 @@ fn online_upload_delivers_config_history_and_summary() {
 fn server_errors_for_a_while_lose_nothing() {
     let mock = MockWandb::start(Faults {
         fail_with: vec![500, 429, 503, 500, 429, 500, 502, 429],
-        hang: false,
+        ..Default::default()
     });
     let tmp = tempfile::tempdir().unwrap();
     let mut loggers = Loggers::with_env(&config(tmp.path()), &env("online", &mock.url)).unwrap();
@@ -354,8 +354,8 @@ fn assert_unreachable_server_costs_nothing(base_url: &str) {
 #[test]
 fn a_hanging_server_does_not_slow_logging_or_fail_the_run() {
     let mock = MockWandb::start(Faults {
-        fail_with: vec![],
         hang: true,
+        ..Default::default()
     });
     assert_unreachable_server_costs_nothing(&mock.url);
     assert!(!mock.requests().is_empty(), "the uploader did try");
@@ -445,6 +445,32 @@ fn wandb_sync_uploads_our_offline_run() {
         &MetricValue::Number(f64::INFINITY)
     ));
     assert_eq!(mock.exitcode(), Some(0), "{log}");
+    // The completions table is a run file W&B uploads, referenced from the history row of its step.
+    let puts: Vec<String> = mock
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PUT")
+        .map(|r| r.url)
+        .collect();
+    assert!(
+        puts.iter()
+            .any(|u| u.starts_with("/upload/media/table/completions_1_")),
+        "{puts:?}"
+    );
+    let line = &mock.raw_history()[&1];
+    let start = line
+        .find("\"completions\":{")
+        .expect("a completions value in the row of step 1");
+    let value: serde_json::Value = serde_json::Deserializer::from_str(&line[start + 14..])
+        .into_iter()
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(value["_type"], "table-file");
+    assert_eq!(
+        format!("/upload/{}", value["path"].as_str().unwrap()),
+        *puts.iter().find(|u| u.contains("table")).unwrap()
+    );
 }
 
 #[test]
@@ -537,4 +563,109 @@ fn wandb_sync(
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), log)
+}
+
+#[test]
+fn a_resumed_offline_run_syncs_after_the_history_it_continues() {
+    let Some(wandb) = venv_bin("wandb") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(&tmp.path().join("run"));
+    let mut loggers = Loggers::with_env(&cfg, &env("offline", "http://127.0.0.1:9")).unwrap();
+    let first_id = loggers.wandb_run_id().unwrap().to_string();
+    for step in 0..3 {
+        loggers.log(step, seed_row(step));
+        loggers.commit();
+    }
+    loggers.finish(0);
+    // The resumed training run continues the same W&B run in a new offline directory (W&B names them by second).
+    std::thread::sleep(Duration::from_millis(1100));
+    cfg.resume = true;
+    let mut loggers = Loggers::with_env(&cfg, &env("offline", "http://127.0.0.1:9")).unwrap();
+    assert_eq!(loggers.wandb_run_id(), Some(first_id.as_str()));
+    let second = loggers.wandb_run_dir().unwrap().to_path_buf();
+    for step in 3..5 {
+        loggers.log(step, seed_row(step));
+        loggers.commit();
+    }
+    loggers.finish(0);
+    // The server already holds the first three lines.
+    let mock = MockWandb::start(Faults {
+        existing_history: Some(3),
+        ..Default::default()
+    });
+    let (ok, log) = wandb_sync(&wandb, &mock.url, tmp.path(), &[], &second);
+    assert!(ok, "{log}");
+    let history = mock.history();
+    assert_eq!(
+        history.keys().copied().collect::<Vec<_>>(),
+        vec![3, 4],
+        "{log}"
+    );
+    assert_eq!(history[&3]["_step"], MetricValue::Number(3.0));
+    assert!(mock.requests()[0].body.contains("RunResumeStatus"));
+}
+
+#[test]
+fn online_resume_appends_after_the_servers_history() {
+    let mock = MockWandb::start(Faults {
+        existing_history: Some(7),
+        ..Default::default()
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path());
+    cfg.wandb.resume = Some("allow".into());
+    cfg.wandb.run_id = Some("resume42".into());
+    let mut loggers = Loggers::with_env(&cfg, &env("online", &mock.url)).unwrap();
+    for step in 10..12 {
+        loggers.log(step, seed_row(step));
+        loggers.commit();
+    }
+    loggers.finish(0);
+    let history = mock.history();
+    assert_eq!(history.keys().copied().collect::<Vec<_>>(), vec![7, 8]);
+    assert_eq!(history[&7]["_step"], MetricValue::Number(10.0));
+    assert_eq!(mock.upserts()[0]["name"], "resume42");
+
+    // `must` for a run the server does not have: the upload stops, the run itself is fine.
+    let mock = MockWandb::start(Faults::default());
+    cfg.wandb.resume = Some("must".into());
+    let mut loggers = Loggers::with_env(&cfg, &env("online", &mock.url)).unwrap();
+    let dir = loggers.wandb_run_dir().unwrap().to_path_buf();
+    loggers.log(0, seed_row(0));
+    loggers.finish(0);
+    assert!(mock.upserts().is_empty());
+    assert!(matches!(records(&dir).last(), Some(RecordType::Exit(e)) if e.exit_code == 0));
+}
+
+#[test]
+fn a_rejected_key_stops_the_upload_at_once_and_nothing_else() {
+    let mock = MockWandb::start(Faults {
+        fail_with: vec![401],
+        ..Default::default()
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let mut loggers = Loggers::with_env(&config(tmp.path()), &env("online", &mock.url)).unwrap();
+    let dir = loggers.wandb_run_dir().unwrap().to_path_buf();
+    let t = Instant::now();
+    seed_run(&mut loggers, 3);
+    loggers.finish(0);
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "no retries on 401: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        mock.requests().len(),
+        1,
+        "one rejected upsert, then silence"
+    );
+    assert_eq!(
+        records(&dir)
+            .iter()
+            .filter(|r| matches!(r, RecordType::History(_)))
+            .count(),
+        3
+    );
 }

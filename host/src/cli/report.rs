@@ -304,7 +304,9 @@ fn draw(path: &Path, title: &str, series: &[(&str, &Vec<(u64, f64)>)], labels: b
     let mut chart = builder.build_cartesian_2d(x0 as f64..x1 as f64, y0..y1)?;
     let mut mesh = chart.configure_mesh();
     if labels {
-        mesh.x_desc("step").label_style(("sans-serif", 14));
+        mesh.x_desc("step")
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .label_style(("sans-serif", 14));
     } else {
         mesh.disable_x_axis().disable_y_axis();
     }

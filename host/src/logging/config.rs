@@ -82,6 +82,68 @@ pub struct WandbFlags {
     pub dir: Option<PathBuf>,
 }
 
+/// The logging flags of the training command; flatten into its clap struct with `#[command(flatten)]`.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct LoggingArgs {
+    /// Disable Weights & Biases: no W&B files, threads or connections (same as WANDB_MODE=disabled).
+    #[arg(long)]
+    pub no_wandb: bool,
+    /// W&B mode: online, offline or disabled [env: WANDB_MODE; default: online, offline without an API key].
+    #[arg(long, value_name = "MODE")]
+    pub wandb_mode: Option<String>,
+    /// W&B project [env: WANDB_PROJECT; default: re-grpo's project for the algorithm and environment].
+    #[arg(long, value_name = "NAME")]
+    pub wandb_project: Option<String>,
+    /// W&B entity (user or team) [env: WANDB_ENTITY].
+    #[arg(long, value_name = "NAME")]
+    pub wandb_entity: Option<String>,
+    /// W&B run id [env: WANDB_RUN_ID; default: random, or the run directory's on --resume].
+    #[arg(long, value_name = "ID")]
+    pub wandb_run_id: Option<String>,
+    /// W&B resume mode: allow, must, never or auto [env: WANDB_RESUME].
+    #[arg(long, value_name = "MODE")]
+    pub wandb_resume: Option<String>,
+    /// W&B display name [env: WANDB_NAME; default: the run name].
+    #[arg(long, value_name = "NAME")]
+    pub wandb_name: Option<String>,
+    /// W&B tags, comma-separated [env: WANDB_TAGS].
+    #[arg(long, value_name = "TAGS", value_delimiter = ',')]
+    pub wandb_tags: Option<Vec<String>>,
+    /// W&B run group [env: WANDB_RUN_GROUP].
+    #[arg(long, value_name = "GROUP")]
+    pub wandb_group: Option<String>,
+    /// Root directory for W&B files (`<dir>/wandb/`) [env: WANDB_DIR; default: the run directory].
+    #[arg(long, value_name = "DIR")]
+    pub wandb_dir: Option<PathBuf>,
+    /// TensorBoard event files go to DIR/<run-name>/ when W&B is disabled (re-grpo's fallback).
+    #[arg(long, value_name = "DIR")]
+    pub log_dir: Option<PathBuf>,
+}
+
+impl LoggingArgs {
+    /// The W&B part, for [`LoggingConfig::wandb`].
+    pub fn wandb_flags(&self) -> WandbFlags {
+        WandbFlags {
+            disabled: self.no_wandb,
+            mode: self.wandb_mode.clone(),
+            project: self.wandb_project.clone(),
+            entity: self.wandb_entity.clone(),
+            run_id: self.wandb_run_id.clone(),
+            resume: self.wandb_resume.clone(),
+            name: self.wandb_name.clone(),
+            tags: self.wandb_tags.clone(),
+            group: self.wandb_group.clone(),
+            dir: self.wandb_dir.clone(),
+        }
+    }
+
+    /// Fill a configuration's W&B flags and TensorBoard directory from these arguments.
+    pub fn apply(&self, cfg: &mut LoggingConfig) {
+        cfg.wandb = self.wandb_flags();
+        cfg.log_dir = self.log_dir.clone();
+    }
+}
+
 /// How the online uploader paces itself. The defaults follow wandb-core (15 s batches, 30 s heartbeats).
 #[derive(Clone, Debug)]
 pub struct UploadTuning {
@@ -558,6 +620,29 @@ mod tests {
         let s = WandbSettings::resolve(&c, &env).unwrap();
         assert_eq!(s.run_id, "keep1234");
         assert_eq!(s.resume, Some(ResumeMode::Allow));
+    }
+
+    #[test]
+    fn flags_parse_into_the_config() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            logging: LoggingArgs,
+        }
+        let cli = Cli::parse_from([
+            "x",
+            "--no-wandb",
+            "--wandb-tags",
+            "a,b",
+            "--log-dir",
+            "runs/tb",
+        ]);
+        let mut cfg = cfg("grpo", "math");
+        cli.logging.apply(&mut cfg);
+        assert!(cfg.wandb.disabled);
+        assert_eq!(cfg.wandb.tags, Some(vec!["a".to_string(), "b".to_string()]));
+        assert_eq!(cfg.log_dir, Some(PathBuf::from("runs/tb")));
     }
 
     #[test]

@@ -37,8 +37,8 @@ pub mod wandb;
 use std::collections::BTreeMap;
 
 pub use config::{
-    default_project, Env, LoggingConfig, ResumeMode, UploadTuning, WandbFlags, WandbMode,
-    WandbSettings,
+    default_project, Env, LoggingArgs, LoggingConfig, ResumeMode, UploadTuning, WandbFlags,
+    WandbMode, WandbSettings,
 };
 pub use system::{DistInfo, SystemMetrics};
 

@@ -27,6 +27,8 @@ pub struct Faults {
     pub fail_with: Vec<u16>,
     /// Never answer (requests are held until the server stops).
     pub hang: bool,
+    /// Pretend the run exists with this many history lines (for resume).
+    pub existing_history: Option<u64>,
 }
 
 #[derive(Default)]
@@ -83,8 +85,9 @@ impl MockWandb {
                     );
                     continue;
                 }
+                let existing = s.faults.existing_history;
                 drop(s);
-                let answer = respond(&base, &rec);
+                let answer = respond(&base, &rec, existing);
                 let header =
                     tiny_http::Header::from_bytes("Content-Type", "application/json").unwrap();
                 let _ = req.respond(tiny_http::Response::from_string(answer).with_header(header));
@@ -136,6 +139,21 @@ impl MockWandb {
         out
     }
 
+    /// History lines by line number, as sent.
+    pub fn raw_history(&self) -> BTreeMap<u64, String> {
+        let mut out = BTreeMap::new();
+        for body in self.stream_bodies() {
+            let Some(h) = body.pointer("/files/wandb-history.jsonl") else {
+                continue;
+            };
+            let offset = h["offset"].as_u64().unwrap();
+            for (i, line) in h["content"].as_array().unwrap().iter().enumerate() {
+                out.insert(offset + i as u64, line.as_str().unwrap().to_string());
+            }
+        }
+        out
+    }
+
     /// The last summary posted.
     pub fn summary(&self) -> Option<Metrics> {
         self.stream_bodies().iter().rev().find_map(|b| {
@@ -173,7 +191,7 @@ impl Drop for MockWandb {
     }
 }
 
-fn respond(base: &str, rec: &Recorded) -> String {
+fn respond(base: &str, rec: &Recorded, existing: Option<u64>) -> String {
     if rec.url.starts_with("/graphql") {
         let body: Value = serde_json::from_str(&rec.body).unwrap_or(Value::Null);
         let q = body["query"].as_str().unwrap_or("");
@@ -188,8 +206,13 @@ fn respond(base: &str, rec: &Recorded) -> String {
             .to_string();
         }
         if q.contains("RunResumeStatus") {
-            return j!({"data": {"model": {"id": "p1", "name": vars["project"], "entity": {"id": "e1", "name": "mockentity"},
-                "bucket": null}}})
+            let bucket = existing.map(|n| {
+                j!({"id": "b1", "name": vars["name"], "historyLineCount": n, "eventsLineCount": 0, "logLineCount": 0,
+                    "summaryMetrics": "{}", "config": "{}", "historyTail": "[]", "eventsTail": "[]", "tags": [],
+                    "displayName": "x", "notes": null, "wandbConfig": "{\"t\": 1}"})
+            });
+            return j!({"data": {"model": {"id": "p1", "name": vars["project"],
+                "entity": {"id": "e1", "name": "mockentity"}, "bucket": bucket}}})
             .to_string();
         }
         if q.contains("viewer") {

@@ -74,7 +74,8 @@ impl WandbSink {
             tags: settings.tags.clone(),
             host: run_file::hostname(),
             start_time: start_unix,
-            resumed: false,
+            // Makes `wandb sync` ask the server where the run's history ends and append there.
+            resumed: settings.resume.is_some(),
             starting_step: 0,
             config: config_items.clone(),
         };

@@ -91,6 +91,9 @@ pub struct RunRecord {
     /// Whether this continues an earlier run.
     #[prost(bool, tag = "18")]
     pub resumed: bool,
+    /// Ask `wandb sync` to continue an existing run (wandb 0.31).
+    #[prost(bool, tag = "24")]
+    pub resume: bool,
 }
 
 /// A config key and its JSON value (same fields as a history value).

@@ -33,7 +33,8 @@ pub struct RunInfo {
     pub host: String,
     /// Start, seconds since the Unix epoch.
     pub start_time: f64,
-    /// Whether this continues an earlier run.
+    /// Whether this continues an earlier run: sets `resumed` and wandb 0.31's `resume`, with which `wandb sync`
+    /// queries the run's history length and appends after it instead of overwriting from line 0.
     pub resumed: bool,
     /// The first step this segment logs.
     pub starting_step: i64,
@@ -73,6 +74,7 @@ impl<W: std::io::Write> RunFile<W> {
                 nanos: ((info.start_time - secs) * 1e9) as i32,
             }),
             resumed: info.resumed,
+            resume: info.resumed,
         };
         file.write(RecordType::Run(run))?;
         Ok(file)
