@@ -4,5 +4,8 @@
 
 pub mod cli;
 pub mod error;
+pub mod generate;
+pub mod model;
 pub mod paths;
 pub mod runtime;
+pub mod tokenizer;

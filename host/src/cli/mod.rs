@@ -3,6 +3,8 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod generate;
+
 /// grpo-rs: GRPO-family reinforcement learning of language models, with algorithms and environments as plugins.
 #[derive(Debug, Parser)]
 #[command(name = "grpo-host", disable_version_flag = true, args_conflicts_with_subcommands = true)]
@@ -18,6 +20,8 @@ pub struct Cli {
 /// The subcommands; training is the default when none is given.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Sample text from a model (streams with -n 1; --json for ids, log-probs and tokens/s).
+    Generate(generate::GenerateArgs),
 }
 
 /// Parse the process arguments; clap prints usage errors itself with exit code 2.
@@ -36,5 +40,6 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             println!("{}", crate::runtime::version_line());
             Ok(0)
         }
+        Some(Command::Generate(args)) => generate::run(args),
     }
 }
