@@ -7,7 +7,11 @@ pub mod generate;
 
 /// grpo-rs: GRPO-family reinforcement learning of language models, with algorithms and environments as plugins.
 #[derive(Debug, Parser)]
-#[command(name = "grpo-host", disable_version_flag = true, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "grpo-host",
+    disable_version_flag = true,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     /// Print the version, the libtorch version and whether CUDA is available, then exit.
     #[arg(short = 'V', long = "version", global = true)]

@@ -33,7 +33,8 @@ impl WeightFiles {
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
         let index = dir.join("model.safetensors.index.json");
         let paths: Vec<PathBuf> = if index.exists() {
-            let text = std::fs::read_to_string(&index).with_context(|| format!("reading {}", index.display()))?;
+            let text = std::fs::read_to_string(&index)
+                .with_context(|| format!("reading {}", index.display()))?;
             let v: serde_json::Value = serde_json::from_str(&text)
                 .map_err(|e| user_error!("{} is not valid JSON: {e}", index.display()))?;
             let map = v
@@ -66,9 +67,12 @@ impl WeightFiles {
                 .map_err(|e| user_error!("cannot open weight file {}: {e}", path.display()))?;
             // SAFETY: the file is opened read-only and not modified while mapped; a concurrent writer would be a
             // user error outside our control, as with any memory-mapped model loader.
-            let mmap = unsafe { Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?;
-            let (header_len, meta): (usize, Metadata) = SafeTensors::read_metadata(&mmap)
-                .map_err(|e| user_error!("{} is not a valid safetensors file: {e}", path.display()))?;
+            let mmap = unsafe { Mmap::map(&file) }
+                .with_context(|| format!("mapping {}", path.display()))?;
+            let (header_len, meta): (usize, Metadata) =
+                SafeTensors::read_metadata(&mmap).map_err(|e| {
+                    user_error!("{} is not a valid safetensors file: {e}", path.display())
+                })?;
             let data_start = 8 + header_len;
             for (name, info) in meta.tensors() {
                 entries.insert(
@@ -99,12 +103,17 @@ impl WeightFiles {
 
     /// The shape of `name` as stored.
     pub fn shape(&self, name: &str) -> Option<Vec<i64>> {
-        self.entries.get(name).map(|e| e.shape.iter().map(|&d| d as i64).collect())
+        self.entries
+            .get(name)
+            .map(|e| e.shape.iter().map(|&d| d as i64).collect())
     }
 
     /// Copy `name` out of the mapped file as a tensor of `kind` on `device`.
     pub fn tensor(&self, name: &str, kind: Kind, device: Device) -> anyhow::Result<Tensor> {
-        let e = self.entries.get(name).ok_or_else(|| user_error!("checkpoint has no tensor {name:?}"))?;
+        let e = self
+            .entries
+            .get(name)
+            .ok_or_else(|| user_error!("checkpoint has no tensor {name:?}"))?;
         let (path, mmap) = &self.files[e.file];
         let stored = match e.dtype {
             Dtype::F32 => Kind::Float,
@@ -126,7 +135,11 @@ impl WeightFiles {
             .with_context(|| format!("reading tensor {name:?} from {}", path.display()))?;
         // Convert on the CPU only when the target is the CPU; otherwise move the stored bytes first (half the
         // transfer for bf16 checkpoints) and convert on the device.
-        let t = if device == Device::Cpu { t.to_kind(kind) } else { t.to_device(device).to_kind(kind) };
+        let t = if device == Device::Cpu {
+            t.to_kind(kind)
+        } else {
+            t.to_device(device).to_kind(kind)
+        };
         Ok(t)
     }
 }
