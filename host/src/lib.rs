@@ -5,6 +5,9 @@
 pub mod cli;
 pub mod error;
 pub mod logging;
+pub mod generate;
+pub mod model;
 pub mod paths;
 pub mod plugins;
 pub mod runtime;
+pub mod tokenizer;

@@ -6,6 +6,7 @@ pub mod plugins;
 use clap::{Parser, Subcommand};
 
 pub mod report;
+pub mod generate;
 
 /// grpo-rs: GRPO-family reinforcement learning of language models, with algorithms and environments as plugins.
 #[derive(Debug, Parser)]
@@ -30,6 +31,8 @@ pub enum Command {
     Plugins(plugins::PluginsArgs),
     /// Plot a run's returns, loss, KL, grad norm and completion length from its metrics.jsonl, and summarise it.
     Report(report::ReportArgs),
+    /// Sample text from a model (streams with -n 1; --json for ids, log-probs and tokens/s).
+    Generate(generate::GenerateArgs),
 }
 
 /// Parse the process arguments; clap prints usage errors itself with exit code 2.
@@ -50,5 +53,6 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Some(Command::Plugins(args)) => plugins::run(args),
         Some(Command::Report(args)) => report::run(&args),
+        Some(Command::Generate(args)) => generate::run(args),
     }
 }
