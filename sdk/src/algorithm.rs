@@ -1,0 +1,153 @@
+//! The [`Algorithm`] trait: how rewards become advantages and how a batch of log-probs becomes a loss.
+
+use crate::{Metric, MetricSource, Result};
+use tch::Tensor;
+
+/// A GRPO-family algorithm. The host generates rollouts, collects rewards, asks the algorithm for advantages, and
+/// for every micro-batch asks it for a loss; the host then does backward, gradient clipping and the optimizer step.
+///
+/// Methods take `&self` and may be called from any thread (one call at a time per method is not guaranteed), so
+/// state that changes (statistics for [`MetricSource`]) needs interior mutability such as a `Mutex`.
+///
+/// ```
+/// use grpo_sdk::tch::{Kind, Tensor};
+/// use grpo_sdk::{Algorithm, LossOutput, LossSettings, Metric, MetricSource, PolicyBatch};
+///
+/// /// Plain REINFORCE with a group baseline: a minimal, complete algorithm.
+/// struct Reinforce;
+///
+/// impl MetricSource for Reinforce {}
+///
+/// impl Algorithm for Reinforce {
+///     const NAME: &'static str = "reinforce";
+///     const DESCRIPTION: &'static str = "REINFORCE with the group mean as baseline";
+///
+///     fn new(_config: serde_json::Value) -> grpo_sdk::Result<Self> {
+///         Ok(Reinforce)
+///     }
+///     fn config(&self) -> serde_json::Value {
+///         serde_json::json!({})
+///     }
+///     fn advantages(&self, rewards: &Tensor, groups: &[usize]) -> grpo_sdk::Result<Tensor> {
+///         let parts: Vec<Tensor> = rewards
+///             .split_with_sizes(groups.iter().map(|&g| g as i64).collect::<Vec<_>>(), 0)
+///             .iter()
+///             .map(|g| g - g.mean(g.kind()))
+///             .collect();
+///         Ok(Tensor::cat(&parts, 0))
+///     }
+///     fn loss(&self, batch: &PolicyBatch) -> grpo_sdk::Result<LossOutput> {
+///         let mask = batch.action_mask.to_kind(batch.log_probs.kind());
+///         let per_token = -&batch.log_probs * batch.advantages.unsqueeze(-1) * &mask;
+///         let loss = (per_token.sum_dim_intlist(-1, false, None) / mask.sum_dim_intlist(-1, false, None))
+///             .mean(None);
+///         Ok(LossOutput::new(loss))
+///     }
+/// }
+///
+/// let algo = Reinforce::new(serde_json::Value::Null)?;
+/// let adv = algo.advantages(&Tensor::from_slice(&[1.0f32, 0.0, 0.5, 0.5]), &[2, 2])?;
+/// assert_eq!(Vec::<f32>::try_from(&adv)?, vec![0.5, -0.5, 0.0, 0.0]);
+///
+/// let log_probs = Tensor::full([2, 3], -1.0, (Kind::Float, grpo_sdk::tch::Device::Cpu)).set_requires_grad(true);
+/// let batch = PolicyBatch {
+///     log_probs: log_probs.shallow_clone(),
+///     old_log_probs: log_probs.detach(),
+///     ref_log_probs: None,
+///     advantages: adv.narrow(0, 0, 2),
+///     action_mask: Tensor::from_slice(&[true, true, false, true, true, true]).view([2, 3]),
+///     settings: LossSettings::default(),
+/// };
+/// let out = algo.loss(&batch)?;
+/// out.loss.backward();
+/// assert!(log_probs.grad().defined());
+/// # Ok::<(), grpo_sdk::Error>(())
+/// ```
+pub trait Algorithm: MetricSource + Send + Sync + Sized + 'static {
+    /// The name users pass to `--algo`; unique among loaded plugins.
+    const NAME: &'static str;
+    /// One line for `grpo-host plugins list`.
+    const DESCRIPTION: &'static str;
+
+    /// Build the algorithm from its JSON config (`--algo-config`; `null` when none was given). Reject unknown or
+    /// invalid options here with a message naming the option: this is the user's first feedback.
+    fn new(config: serde_json::Value) -> Result<Self>;
+
+    /// The resolved config, defaults filled in; saved with the run so that it can be reproduced.
+    fn config(&self) -> serde_json::Value;
+
+    /// Advantages for one batch of rollouts. `rewards` is `[N]` (float32 or float64) and holds the groups one after
+    /// another: `groups` are their sizes, summing to `N` (rollouts of one task form a group). Returns `[N]`, same
+    /// dtype and device as `rewards`. A group of one must not produce NaN.
+    fn advantages(&self, rewards: &Tensor, groups: &[usize]) -> Result<Tensor>;
+
+    /// The loss of one micro-batch: a scalar tensor whose graph reaches `batch.log_probs`, plus metrics for this
+    /// micro-batch. Must not call `backward` itself.
+    fn loss(&self, batch: &PolicyBatch) -> Result<LossOutput>;
+}
+
+/// One micro-batch of experience, as the host hands it to [`Algorithm::loss`]. All tensors share one device.
+///
+/// Token positions are aligned: position `t` of every `[B, T]` tensor refers to the same generated token. Only
+/// positions where `action_mask` is true are the model's own actions (including the final end-of-sequence token);
+/// prompt, environment and padding positions are false and may hold any finite value.
+pub struct PolicyBatch {
+    /// `[B, T]` log-probabilities of the taken tokens under the current policy; requires grad.
+    pub log_probs: Tensor,
+    /// `[B, T]` log-probabilities under the policy that sampled the rollouts (no grad).
+    pub old_log_probs: Tensor,
+    /// `[B, T]` log-probabilities under the frozen reference model; `None` when the KL weight is 0.
+    pub ref_log_probs: Option<Tensor>,
+    /// `[B]` advantage of each sequence (from [`Algorithm::advantages`]).
+    pub advantages: Tensor,
+    /// `[B, T]` bool: which positions are actions.
+    pub action_mask: Tensor,
+    /// The run's loss hyper-parameters and generation settings.
+    pub settings: LossSettings,
+}
+
+/// The hyper-parameters a loss needs, taken from the run's flags so that every algorithm reads the same ones.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C)]
+pub struct LossSettings {
+    /// Lower clip range: the ratio is clipped at `1 - clip_eps_low` (`--clip-eps`).
+    pub clip_eps_low: f64,
+    /// Upper clip range: the ratio is clipped at `1 + clip_eps_high` (`--clip-eps-high`, default `--clip-eps`).
+    pub clip_eps_high: f64,
+    /// Weight of the KL penalty to the reference model (`--kl-weight`); 0 means no reference model.
+    pub kl_weight: f64,
+    /// The most tokens one rollout may generate (`--max-new-tokens`), the constant divisor of DR-GRPO.
+    pub generate_max_length: i64,
+}
+
+impl Default for LossSettings {
+    /// re-grpo's defaults: clip 0.2 both ways, KL weight 0.01; 1024 new tokens.
+    fn default() -> Self {
+        LossSettings {
+            clip_eps_low: 0.2,
+            clip_eps_high: 0.2,
+            kl_weight: 0.01,
+            generate_max_length: 1024,
+        }
+    }
+}
+
+/// What [`Algorithm::loss`] returns.
+pub struct LossOutput {
+    /// The scalar loss; the host calls `backward` on it.
+    pub loss: Tensor,
+    /// Metrics of this micro-batch under their full names. The host averages them over the micro-batches of an
+    /// update and logs them. By convention `training_step/kl` is the KL to the reference as a masked mean over
+    /// action tokens, and `training_step/clip_fraction` the share of action tokens whose ratio was clipped.
+    pub metrics: Vec<Metric>,
+}
+
+impl LossOutput {
+    /// A loss without metrics.
+    pub fn new(loss: Tensor) -> Self {
+        LossOutput {
+            loss,
+            metrics: Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! The [`Environment`] trait: tasks, episodes and rewards, text in and text out.
+
+use crate::{Message, MetricSource, Result, Split, StepOutcome, Task, ToolSpec};
+
+/// A task world the model acts in: it hands out tasks, opens an episode for each, reads the model's turns and
+/// answers with messages and rewards. See the crate-level example for a complete one.
+///
+/// Rules the host relies on:
+///
+/// - **Threads**: the host steps many episodes in parallel threads, so `Self: Send + Sync` and every method takes
+///   `&self`; per-episode data lives in [`Environment::State`], which the host owns and passes back.
+/// - **Determinism**: `task(split, seed, index)` always returns the same task for the same arguments, and `reset`
+///   and `step` depend only on their inputs. Nothing reads the clock or an unseeded random source; this is what
+///   makes a resumed run equal an uninterrupted one.
+/// - **Ordering**: for a finite source (`task_count` is `Some(n)`), the host shuffles the indices `0..n` itself
+///   with the run's seed; for an unbounded generator it asks for indices 0, 1, 2, ... and the seed picks the stream.
+pub trait Environment: MetricSource + Send + Sync + Sized + 'static {
+    /// The name users pass to `--env`; unique among loaded plugins.
+    const NAME: &'static str;
+    /// One line for `grpo-host plugins list`.
+    const DESCRIPTION: &'static str;
+    /// The data of one episode (the reference answer, the turn count, the tool state).
+    type State: Send + 'static;
+
+    /// Build the environment from its JSON config (`--env-config`; `null` when none was given). Load data files
+    /// here and fail with a message naming the file and the cause.
+    fn new(config: serde_json::Value) -> Result<Self>;
+
+    /// The resolved config, defaults filled in; saved with the run.
+    fn config(&self) -> serde_json::Value;
+
+    /// Tools the model may call, for chat templates that render tool declarations. Default: none.
+    fn tools(&self) -> Vec<ToolSpec> {
+        Vec::new()
+    }
+
+    /// How many tasks `split` has; `None` for an unbounded generator.
+    fn task_count(&self, split: Split) -> Option<u64>;
+
+    /// Task number `index` of `split` for `seed` (see the ordering rule above).
+    fn task(&self, split: Split, seed: u64, index: u64) -> Result<Task>;
+
+    /// Open an episode: its state and the opening chat messages (system and first user turn).
+    fn reset(&self, task: &Task) -> Result<(Self::State, Vec<Message>)>;
+
+    /// Read the model's turn (decoded text, special tokens removed) and answer it.
+    fn step(&self, state: &mut Self::State, assistant_text: &str) -> Result<StepOutcome>;
+}

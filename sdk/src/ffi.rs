@@ -1,0 +1,730 @@
+//! The C boundary between the host and a plugin library. Plugin authors do not use this module directly: the
+//! [`export_plugins!`](crate::export_plugins) macro builds everything here from their trait implementations.
+//!
+//! The contract (see `docs/plugins.md` for the full story):
+//!
+//! - The library exports one symbol, [`ENTRY_SYMBOL`], an `extern "C" fn() -> *const PluginLibrary`. The host
+//!   reads `abi_major` first and refuses any other major before it reads anything else.
+//! - Within one major, [`PluginLibrary`], the vtables and [`FfiPolicyBatch`] only grow at the end; vtables and
+//!   batches start with their size so either side can tell which fields the other knows.
+//! - Strings are UTF-8 [`FfiStr`] borrowed for the duration of a call. Strings going back are written into a
+//!   [`StrSink`] the caller provides, so no allocation crosses the boundary and no side frees the other's memory.
+//! - Configs, tasks, messages, outcomes and metrics travel as JSON text.
+//! - Tensors travel as `at::Tensor*` handles ([`TensorPtr`]). Arguments are *borrowed* for the call: the callee
+//!   makes its own shallow clone (one more reference to the same storage and autograd node). Results are *owned*:
+//!   the callee gives up its handle and the caller frees it with libtorch's deleter (`tch`'s `Drop`), the one and
+//!   only deallocator; both sides use the same libtorch, which the version check guarantees.
+//! - Every function returns a status ([`status`]); errors and panic messages go into the `err` sink. Every shim
+//!   catches panics; an instance that panicked is poisoned and refuses further calls.
+//! - Libraries are never unloaded, so `&'static` data in them (names, vtables) stays valid.
+
+use crate::{Algorithm, Environment, Error, LossOutput, LossSettings, Metric, PolicyBatch, Result, Split, Task};
+use std::cell::{Cell, RefCell};
+use std::ffi::c_void;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Mutex, Once};
+use tch::Tensor;
+
+/// The ABI major version. A host accepts only libraries with its own major.
+pub const ABI_MAJOR: u32 = 1;
+/// The ABI minor version: bumped when fields are appended; informational.
+pub const ABI_MINOR: u32 = 0;
+/// The name of the exported entry function (without the trailing NUL).
+pub const ENTRY_SYMBOL: &str = "grpo_plugin_library";
+
+/// Status codes returned by every fallible vtable function.
+pub mod status {
+    /// Success; outputs are written.
+    pub const OK: u32 = 0;
+    /// The plugin returned an error; the message is in the `err` sink.
+    pub const ERROR: u32 = 1;
+    /// The plugin panicked; the message is in the `err` sink and the instance is now poisoned.
+    pub const PANIC: u32 = 2;
+    /// The instance panicked earlier and refuses calls.
+    pub const POISONED: u32 = 3;
+}
+
+/// [`PluginEntry::kind`] of an [`Algorithm`].
+pub const KIND_ALGORITHM: u32 = 1;
+/// [`PluginEntry::kind`] of an [`Environment`].
+pub const KIND_ENVIRONMENT: u32 = 2;
+
+/// A borrowed UTF-8 string.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FfiStr {
+    /// First byte; may be null when `len` is 0.
+    pub ptr: *const u8,
+    /// Length in bytes.
+    pub len: usize,
+}
+
+impl FfiStr {
+    /// Borrow `s` for a call.
+    pub fn new(s: &str) -> Self {
+        FfiStr {
+            ptr: s.as_ptr(),
+            len: s.len(),
+        }
+    }
+
+    /// The string, checked to be UTF-8.
+    ///
+    /// # Safety
+    /// `ptr..ptr+len` must be readable for `'a`.
+    pub unsafe fn to_str<'a>(self) -> std::result::Result<&'a str, std::str::Utf8Error> {
+        if self.len == 0 {
+            return Ok("");
+        }
+        std::str::from_utf8(std::slice::from_raw_parts(self.ptr, self.len))
+    }
+}
+
+/// A borrowed slice.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FfiSlice<T> {
+    /// First element; may be null when `len` is 0.
+    pub ptr: *const T,
+    /// Number of elements.
+    pub len: usize,
+}
+
+impl<T> FfiSlice<T> {
+    /// Borrow `s` for a call.
+    pub fn new(s: &[T]) -> Self {
+        FfiSlice {
+            ptr: s.as_ptr(),
+            len: s.len(),
+        }
+    }
+
+    /// The slice.
+    ///
+    /// # Safety
+    /// `ptr..ptr+len` must be valid `T`s for `'a`.
+    pub unsafe fn as_slice<'a>(self) -> &'a [T] {
+        if self.len == 0 {
+            return &[];
+        }
+        std::slice::from_raw_parts(self.ptr, self.len)
+    }
+}
+
+/// Where the callee writes a string for the caller: `write` may be called several times and appends.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct StrSink {
+    /// The caller's buffer.
+    pub ctx: *mut c_void,
+    /// Appends `text` to the buffer.
+    pub write: unsafe extern "C" fn(ctx: *mut c_void, text: FfiStr),
+}
+
+unsafe extern "C" fn append_to_string(ctx: *mut c_void, text: FfiStr) {
+    // Never unwinds: a non-UTF-8 chunk (impossible from Rust callers) is replaced rather than rejected.
+    let buf = &mut *(ctx as *mut String);
+    let bytes = if text.len == 0 {
+        &[][..]
+    } else {
+        std::slice::from_raw_parts(text.ptr, text.len)
+    };
+    buf.push_str(&String::from_utf8_lossy(bytes));
+}
+
+impl StrSink {
+    /// A sink appending to `buf`, which must outlive every use of the sink.
+    pub fn for_string(buf: &mut String) -> Self {
+        StrSink {
+            ctx: buf as *mut String as *mut c_void,
+            write: append_to_string,
+        }
+    }
+
+    /// Write `text` into the sink.
+    pub fn put(&self, text: &str) {
+        // SAFETY: the caller built this sink for the duration of the call.
+        unsafe { (self.write)(self.ctx, FfiStr::new(text)) }
+    }
+}
+
+/// An `at::Tensor*` (tch's `C_tensor`), borrowed or owned as the function's documentation says.
+pub type TensorPtr = *mut c_void;
+
+/// What the entry symbol returns. Fields are only ever appended within one [`ABI_MAJOR`].
+#[repr(C)]
+pub struct PluginLibrary {
+    /// Must equal the host's [`ABI_MAJOR`]; read before anything else.
+    pub abi_major: u32,
+    /// The library's [`ABI_MINOR`].
+    pub abi_minor: u32,
+    /// The `grpo-sdk` version the library was built with.
+    pub sdk_version: FfiStr,
+    /// The libtorch version it was compiled against ([`crate::LIBTORCH_VERSION`]).
+    pub libtorch_version: FfiStr,
+    /// 1 when its libtorch glue uses the C++11 ABI ([`crate::LIBTORCH_CXX11_ABI`]).
+    pub libtorch_cxx11_abi: u32,
+    /// The plugins it exports.
+    pub plugins: FfiSlice<PluginEntry>,
+}
+
+/// One plugin in a library.
+#[repr(C)]
+pub struct PluginEntry {
+    /// [`KIND_ALGORITHM`] or [`KIND_ENVIRONMENT`].
+    pub kind: u32,
+    /// The name users select it by.
+    pub name: FfiStr,
+    /// The plugin crate's version.
+    pub version: FfiStr,
+    /// One line describing it.
+    pub description: FfiStr,
+    /// `*const AlgorithmVTable` or `*const EnvironmentVTable`, by `kind`.
+    pub vtable: *const c_void,
+}
+
+/// The functions of an algorithm plugin. `this` is the instance made by `create`.
+#[repr(C)]
+pub struct AlgorithmVTable {
+    /// `size_of::<AlgorithmVTable>()` in the library; fields beyond it do not exist.
+    pub size: usize,
+    /// Build an instance from JSON config text; on success writes it to `out`.
+    pub create: unsafe extern "C" fn(config: FfiStr, out: *mut *mut c_void, err: StrSink) -> u32,
+    /// Drop an instance (panics are caught and swallowed).
+    pub destroy: unsafe extern "C" fn(this: *mut c_void),
+    /// The resolved config as JSON.
+    pub config: unsafe extern "C" fn(this: *const c_void, out: StrSink, err: StrSink) -> u32,
+    /// The instance's metrics as a JSON array of [`Metric`].
+    pub metrics: unsafe extern "C" fn(this: *const c_void, out: StrSink, err: StrSink) -> u32,
+    /// Advantages of borrowed `[N]` rewards for groups of the given sizes; writes an owned tensor to `out`.
+    pub advantages: unsafe extern "C" fn(
+        this: *const c_void,
+        rewards: TensorPtr,
+        groups: FfiSlice<u64>,
+        out: *mut TensorPtr,
+        err: StrSink,
+    ) -> u32,
+    /// The loss of a borrowed batch; writes an owned scalar to `out_loss` and a JSON metric array to `out_metrics`.
+    pub loss: unsafe extern "C" fn(
+        this: *const c_void,
+        batch: *const FfiPolicyBatch,
+        out_loss: *mut TensorPtr,
+        out_metrics: StrSink,
+        err: StrSink,
+    ) -> u32,
+}
+
+/// [`PolicyBatch`] across the boundary; every tensor is borrowed for the call.
+#[repr(C)]
+pub struct FfiPolicyBatch {
+    /// `size_of::<FfiPolicyBatch>()` on the host's side.
+    pub size: usize,
+    /// `[B, T]`, requires grad.
+    pub log_probs: TensorPtr,
+    /// `[B, T]`.
+    pub old_log_probs: TensorPtr,
+    /// `[B, T]`, or null when there is no reference model.
+    pub ref_log_probs: TensorPtr,
+    /// `[B]`.
+    pub advantages: TensorPtr,
+    /// `[B, T]` bool.
+    pub action_mask: TensorPtr,
+    /// Loss hyper-parameters.
+    pub settings: LossSettings,
+}
+
+/// The functions of an environment plugin. `this` is the instance made by `create`; `state` an episode.
+#[repr(C)]
+pub struct EnvironmentVTable {
+    /// `size_of::<EnvironmentVTable>()` in the library.
+    pub size: usize,
+    /// Build an instance from JSON config text.
+    pub create: unsafe extern "C" fn(config: FfiStr, out: *mut *mut c_void, err: StrSink) -> u32,
+    /// Drop an instance.
+    pub destroy: unsafe extern "C" fn(this: *mut c_void),
+    /// The resolved config as JSON.
+    pub config: unsafe extern "C" fn(this: *const c_void, out: StrSink, err: StrSink) -> u32,
+    /// Metrics as a JSON array.
+    pub metrics: unsafe extern "C" fn(this: *const c_void, out: StrSink, err: StrSink) -> u32,
+    /// Tools as a JSON array of [`crate::ToolSpec`].
+    pub tools: unsafe extern "C" fn(this: *const c_void, out: StrSink, err: StrSink) -> u32,
+    /// Number of tasks in a split ([`Split`] as `u32`), or -1 for an unbounded generator.
+    pub task_count: unsafe extern "C" fn(this: *const c_void, split: u32, out: *mut i64, err: StrSink) -> u32,
+    /// One task as JSON.
+    pub task:
+        unsafe extern "C" fn(this: *const c_void, split: u32, seed: u64, index: u64, out: StrSink, err: StrSink) -> u32,
+    /// Open an episode for a JSON task: writes the state to `out_state` and the opening messages (JSON) to `out`.
+    pub reset: unsafe extern "C" fn(
+        this: *const c_void,
+        task: FfiStr,
+        out_state: *mut *mut c_void,
+        out: StrSink,
+        err: StrSink,
+    ) -> u32,
+    /// One assistant turn; writes a JSON [`crate::StepOutcome`]. Different states may be stepped concurrently.
+    pub step: unsafe extern "C" fn(
+        this: *const c_void,
+        state: *mut c_void,
+        text: FfiStr,
+        out: StrSink,
+        err: StrSink,
+    ) -> u32,
+    /// Drop an episode's state.
+    pub drop_state: unsafe extern "C" fn(this: *const c_void, state: *mut c_void),
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Plugin side: the descriptor and the shims generated for each exported type.
+
+/// Owns a library's descriptor and its entries; built once by [`export_plugins!`](crate::export_plugins).
+pub struct LibraryDescriptor {
+    library: PluginLibrary,
+    _entries: Vec<PluginEntry>,
+}
+
+// SAFETY: the raw pointers point at `'static` strings and vtables and at `_entries`, which is never mutated.
+unsafe impl Send for LibraryDescriptor {}
+unsafe impl Sync for LibraryDescriptor {}
+
+impl LibraryDescriptor {
+    /// A descriptor listing `entries`, stamped with this SDK's ABI and libtorch versions.
+    pub fn new(entries: Vec<PluginEntry>) -> Self {
+        install_panic_hook();
+        LibraryDescriptor {
+            library: PluginLibrary {
+                abi_major: ABI_MAJOR,
+                abi_minor: ABI_MINOR,
+                sdk_version: FfiStr::new(crate::SDK_VERSION),
+                libtorch_version: FfiStr::new(crate::LIBTORCH_VERSION),
+                libtorch_cxx11_abi: crate::LIBTORCH_CXX11_ABI as u32,
+                plugins: FfiSlice::new(&entries),
+            },
+            _entries: entries,
+        }
+    }
+
+    /// The pointer the entry symbol returns.
+    pub fn as_ptr(&self) -> *const PluginLibrary {
+        &self.library
+    }
+}
+
+/// Run `build` (the body of the entry symbol) without letting a panic escape; a panic yields null.
+pub fn entry_guard(build: impl FnOnce() -> *const PluginLibrary) -> *const PluginLibrary {
+    catch_unwind(AssertUnwindSafe(build)).unwrap_or(std::ptr::null())
+}
+
+/// The entry for algorithm `T` of a library whose crate version is `version`.
+pub fn algorithm_entry<T: Algorithm>(version: &'static str) -> PluginEntry {
+    let vtable: &'static AlgorithmVTable = Box::leak(Box::new(AlgorithmVTable {
+        size: std::mem::size_of::<AlgorithmVTable>(),
+        create: alg_create::<T>,
+        destroy: destroy::<T>,
+        config: alg_config::<T>,
+        metrics: alg_metrics::<T>,
+        advantages: alg_advantages::<T>,
+        loss: alg_loss::<T>,
+    }));
+    PluginEntry {
+        kind: KIND_ALGORITHM,
+        name: FfiStr::new(T::NAME),
+        version: FfiStr::new(version),
+        description: FfiStr::new(T::DESCRIPTION),
+        vtable: vtable as *const AlgorithmVTable as *const c_void,
+    }
+}
+
+/// The entry for environment `T` of a library whose crate version is `version`.
+pub fn environment_entry<T: Environment>(version: &'static str) -> PluginEntry {
+    let vtable: &'static EnvironmentVTable = Box::leak(Box::new(EnvironmentVTable {
+        size: std::mem::size_of::<EnvironmentVTable>(),
+        create: env_create::<T>,
+        destroy: destroy::<T>,
+        config: env_config::<T>,
+        metrics: env_metrics::<T>,
+        tools: env_tools::<T>,
+        task_count: env_task_count::<T>,
+        task: env_task::<T>,
+        reset: env_reset::<T>,
+        step: env_step::<T>,
+        drop_state: env_drop_state::<T>,
+    }));
+    PluginEntry {
+        kind: KIND_ENVIRONMENT,
+        name: FfiStr::new(T::NAME),
+        version: FfiStr::new(version),
+        description: FfiStr::new(T::DESCRIPTION),
+        vtable: vtable as *const EnvironmentVTable as *const c_void,
+    }
+}
+
+/// A plugin instance and whether it has panicked (with the message, for later refusals).
+struct Instance<T> {
+    plugin: T,
+    poisoned: Mutex<Option<String>>,
+}
+
+thread_local! {
+    /// Set while a shim runs, so the panic hook records instead of printing.
+    static IN_SHIM: Cell<bool> = const { Cell::new(false) };
+    /// The last panic's message and location, recorded by the hook.
+    static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Chain a panic hook that, inside a shim, records the message and location instead of printing a backtrace to the
+/// user's terminal; elsewhere the previous hook runs unchanged.
+fn install_panic_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if IN_SHIM.with(|s| s.get()) {
+                let message = panic_message(info.payload());
+                let text = match info.location() {
+                    Some(loc) => format!("{message} (at {}:{})", loc.file(), loc.line()),
+                    None => message,
+                };
+                LAST_PANIC.with(|p| *p.borrow_mut() = Some(text));
+            } else {
+                previous(info)
+            }
+        }));
+    });
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-text payload".to_string()
+    }
+}
+
+/// Run `f`, turning a panic into its message.
+fn catch<R>(f: impl FnOnce() -> R) -> std::result::Result<R, String> {
+    let outer = IN_SHIM.with(|s| s.replace(true));
+    let result = catch_unwind(AssertUnwindSafe(f));
+    IN_SHIM.with(|s| s.set(outer));
+    result.map_err(|payload| {
+        LAST_PANIC
+            .with(|p| p.borrow_mut().take())
+            .unwrap_or_else(|| panic_message(&*payload))
+    })
+}
+
+/// The common body of every instance call: refuse when poisoned, catch panics, report errors.
+unsafe fn call<T>(this: *const c_void, err: StrSink, f: impl FnOnce(&T) -> Result<()>) -> u32 {
+    if this.is_null() {
+        err.put("null plugin instance");
+        return status::ERROR;
+    }
+    let inst = &*(this as *const Instance<T>);
+    let earlier = inst.poisoned.lock().map(|p| p.clone()).unwrap_or_else(|e| e.into_inner().clone());
+    if let Some(message) = earlier {
+        err.put(&format!("refused: the plugin panicked earlier ({message})"));
+        return status::POISONED;
+    }
+    match catch(|| f(&inst.plugin)) {
+        Ok(Ok(())) => status::OK,
+        Ok(Err(e)) => {
+            err.put(e.message());
+            status::ERROR
+        }
+        Err(message) => {
+            err.put(&format!("panicked: {message}"));
+            let mut slot = inst.poisoned.lock().unwrap_or_else(|e| e.into_inner());
+            *slot = Some(message);
+            status::PANIC
+        }
+    }
+}
+
+/// Build an instance with `new` from JSON config text.
+unsafe fn create<T>(
+    config: FfiStr,
+    out: *mut *mut c_void,
+    err: StrSink,
+    new: impl FnOnce(serde_json::Value) -> Result<T>,
+) -> u32 {
+    install_panic_hook();
+    let result = catch(|| -> Result<*mut c_void> {
+        let text = config.to_str().map_err(|e| Error::msg(format!("config is not UTF-8: {e}")))?;
+        let value = if text.trim().is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(text).map_err(|e| Error::msg(format!("config is not valid JSON: {e}")))?
+        };
+        let plugin = new(value)?;
+        let inst = Box::new(Instance {
+            plugin,
+            poisoned: Mutex::new(None),
+        });
+        Ok(Box::into_raw(inst) as *mut c_void)
+    });
+    match result {
+        Ok(Ok(ptr)) => {
+            *out = ptr;
+            status::OK
+        }
+        Ok(Err(e)) => {
+            err.put(e.message());
+            status::ERROR
+        }
+        Err(message) => {
+            err.put(&format!("panicked: {message}"));
+            status::PANIC
+        }
+    }
+}
+
+unsafe extern "C" fn destroy<T>(this: *mut c_void) {
+    if !this.is_null() {
+        // A panicking destructor is swallowed: there is nobody left to report it to.
+        let _ = catch(|| drop(Box::from_raw(this as *mut Instance<T>)));
+    }
+}
+
+fn to_json<S: serde::Serialize>(value: &S) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| Error::msg(format!("cannot encode as JSON: {e}")))
+}
+
+/// Take a shallow clone of a borrowed tensor handle.
+unsafe fn borrow_tensor(ptr: TensorPtr, what: &str) -> Result<Tensor> {
+    if ptr.is_null() {
+        return Err(Error::msg(format!("the host passed no tensor for {what}")));
+    }
+    Ok(Tensor::clone_from_ptr(ptr as *mut torch_sys::C_tensor))
+}
+
+/// Give up our handle so the receiver owns (and frees) it.
+pub fn into_raw_tensor(mut t: Tensor) -> TensorPtr {
+    let ptr = t.as_mut_ptr() as TensorPtr;
+    std::mem::forget(t);
+    ptr
+}
+
+/// Check a tensor a plugin returns: defined, so the host never receives an empty handle.
+fn check_defined(t: &Tensor, what: &str) -> Result<()> {
+    if t.defined() {
+        Ok(())
+    } else {
+        Err(Error::msg(format!("{what} returned an undefined tensor")))
+    }
+}
+
+unsafe extern "C" fn alg_create<T: Algorithm>(config: FfiStr, out: *mut *mut c_void, err: StrSink) -> u32 {
+    create::<T>(config, out, err, T::new)
+}
+
+unsafe extern "C" fn alg_config<T: Algorithm>(this: *const c_void, out: StrSink, err: StrSink) -> u32 {
+    call::<T>(this, err, |p| {
+        out.put(&to_json(&p.config())?);
+        Ok(())
+    })
+}
+
+unsafe extern "C" fn alg_metrics<T: Algorithm>(this: *const c_void, out: StrSink, err: StrSink) -> u32 {
+    call::<T>(this, err, |p| {
+        out.put(&to_json(&p.metrics())?);
+        Ok(())
+    })
+}
+
+unsafe extern "C" fn alg_advantages<T: Algorithm>(
+    this: *const c_void,
+    rewards: TensorPtr,
+    groups: FfiSlice<u64>,
+    out: *mut TensorPtr,
+    err: StrSink,
+) -> u32 {
+    call::<T>(this, err, |p| {
+        let rewards = borrow_tensor(rewards, "rewards")?;
+        let groups: Vec<usize> = groups.as_slice().iter().map(|&g| g as usize).collect();
+        let adv = p.advantages(&rewards, &groups)?;
+        check_defined(&adv, "advantages")?;
+        *out = into_raw_tensor(adv);
+        Ok(())
+    })
+}
+
+unsafe extern "C" fn alg_loss<T: Algorithm>(
+    this: *const c_void,
+    batch: *const FfiPolicyBatch,
+    out_loss: *mut TensorPtr,
+    out_metrics: StrSink,
+    err: StrSink,
+) -> u32 {
+    call::<T>(this, err, |p| {
+        let b = batch.as_ref().ok_or_else(|| Error::msg("the host passed no batch"))?;
+        if b.size < std::mem::size_of::<FfiPolicyBatch>() {
+            return Err(Error::msg("the host's batch is older than this plugin's SDK; rebuild with a matching SDK"));
+        }
+        let ref_log_probs = if b.ref_log_probs.is_null() {
+            None
+        } else {
+            Some(borrow_tensor(b.ref_log_probs, "ref_log_probs")?)
+        };
+        let batch = PolicyBatch {
+            log_probs: borrow_tensor(b.log_probs, "log_probs")?,
+            old_log_probs: borrow_tensor(b.old_log_probs, "old_log_probs")?,
+            ref_log_probs,
+            advantages: borrow_tensor(b.advantages, "advantages")?,
+            action_mask: borrow_tensor(b.action_mask, "action_mask")?,
+            settings: b.settings,
+        };
+        let LossOutput { loss, metrics } = p.loss(&batch)?;
+        check_defined(&loss, "loss")?;
+        out_metrics.put(&to_json(&metrics)?);
+        *out_loss = into_raw_tensor(loss);
+        Ok(())
+    })
+}
+
+unsafe extern "C" fn env_create<T: Environment>(config: FfiStr, out: *mut *mut c_void, err: StrSink) -> u32 {
+    create::<T>(config, out, err, T::new)
+}
+
+unsafe extern "C" fn env_config<T: Environment>(this: *const c_void, out: StrSink, err: StrSink) -> u32 {
+    call::<T>(this, err, |p| {
+        out.put(&to_json(&p.config())?);
+        Ok(())
+    })
+}
+
+unsafe extern "C" fn env_metrics<T: Environment>(this: *const c_void, out: StrSink, err: StrSink) -> u32 {
+    call::<T>(this, err, |p| {
+        out.put(&to_json(&p.metrics())?);
+        Ok(())
+    })
+}
+
+unsafe extern "C" fn env_tools<T: Environment>(this: *const c_void, out: StrSink, err: StrSink) -> u32 {
+    call::<T>(this, err, |p| {
+        out.put(&to_json(&p.tools())?);
+        Ok(())
+    })
+}
+
+fn split_from(split: u32) -> Result<Split> {
+    match split {
+        0 => Ok(Split::Train),
+        1 => Ok(Split::Eval),
+        other => Err(Error::msg(format!("unknown split number {other}"))),
+    }
+}
+
+unsafe extern "C" fn env_task_count<T: Environment>(
+    this: *const c_void,
+    split: u32,
+    out: *mut i64,
+    err: StrSink,
+) -> u32 {
+    call::<T>(this, err, |p| {
+        *out = match p.task_count(split_from(split)?) {
+            Some(n) => i64::try_from(n).map_err(|_| Error::msg("task count does not fit in i64"))?,
+            None => -1,
+        };
+        Ok(())
+    })
+}
+
+unsafe extern "C" fn env_task<T: Environment>(
+    this: *const c_void,
+    split: u32,
+    seed: u64,
+    index: u64,
+    out: StrSink,
+    err: StrSink,
+) -> u32 {
+    call::<T>(this, err, |p| {
+        out.put(&to_json(&p.task(split_from(split)?, seed, index)?)?);
+        Ok(())
+    })
+}
+
+unsafe extern "C" fn env_reset<T: Environment>(
+    this: *const c_void,
+    task: FfiStr,
+    out_state: *mut *mut c_void,
+    out: StrSink,
+    err: StrSink,
+) -> u32 {
+    call::<T>(this, err, |p| {
+        let text = task.to_str().map_err(|e| Error::msg(format!("task is not UTF-8: {e}")))?;
+        let task: Task = serde_json::from_str(text).map_err(|e| Error::msg(format!("task is not valid JSON: {e}")))?;
+        let (state, messages) = p.reset(&task)?;
+        out.put(&to_json(&messages)?);
+        *out_state = Box::into_raw(Box::new(state)) as *mut c_void;
+        Ok(())
+    })
+}
+
+unsafe extern "C" fn env_step<T: Environment>(
+    this: *const c_void,
+    state: *mut c_void,
+    text: FfiStr,
+    out: StrSink,
+    err: StrSink,
+) -> u32 {
+    call::<T>(this, err, |p| {
+        let state = (state as *mut T::State)
+            .as_mut()
+            .ok_or_else(|| Error::msg("the host passed no episode state"))?;
+        let text = text.to_str().map_err(|e| Error::msg(format!("assistant text is not UTF-8: {e}")))?;
+        let outcome = p.step(state, text)?;
+        if let Some(bad) = outcome.rewards.iter().find(|r| !r.value.is_finite()) {
+            return Err(Error::msg(format!("reward `{}` is not finite ({})", bad.name, bad.value)));
+        }
+        out.put(&to_json(&outcome)?);
+        Ok(())
+    })
+}
+
+unsafe extern "C" fn env_drop_state<T: Environment>(_this: *const c_void, state: *mut c_void) {
+    if !state.is_null() {
+        let _ = catch(|| drop(Box::from_raw(state as *mut T::State)));
+    }
+}
+
+/// Decode a metric array written by a plugin (used by the host).
+pub fn decode_metrics(json: &str) -> std::result::Result<Vec<Metric>, serde_json::Error> {
+    serde_json::from_str(json)
+}
+
+/// Export the plugins of this library. Write it once, at the crate root of a `cdylib`, naming every exported type
+/// with its kind (`algorithm` or `environment`):
+///
+/// ```ignore
+/// grpo_sdk::export_plugins!(algorithm Grpo);
+/// grpo_sdk::export_plugins!(environment Calculator, environment Search, algorithm MyLoss);
+/// ```
+///
+/// It defines the library's entry symbol; the version reported for each plugin is the crate's `Cargo.toml`
+/// version.
+#[macro_export]
+macro_rules! export_plugins {
+    ($($kind:ident $ty:ty),+ $(,)?) => {
+        /// The entry symbol the grpo-rs host looks up (generated by `grpo_sdk::export_plugins!`).
+        #[no_mangle]
+        pub extern "C" fn grpo_plugin_library() -> *const $crate::ffi::PluginLibrary {
+            static LIBRARY: ::std::sync::OnceLock<$crate::ffi::LibraryDescriptor> = ::std::sync::OnceLock::new();
+            $crate::ffi::entry_guard(|| {
+                LIBRARY
+                    .get_or_init(|| {
+                        $crate::ffi::LibraryDescriptor::new(::std::vec![
+                            $($crate::export_plugins!(@entry $kind $ty)),+
+                        ])
+                    })
+                    .as_ptr()
+            })
+        }
+    };
+    (@entry algorithm $ty:ty) => {
+        $crate::ffi::algorithm_entry::<$ty>(env!("CARGO_PKG_VERSION"))
+    };
+    (@entry environment $ty:ty) => {
+        $crate::ffi::environment_entry::<$ty>(env!("CARGO_PKG_VERSION"))
+    };
+}
