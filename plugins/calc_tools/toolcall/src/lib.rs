@@ -3,4 +3,5 @@
 //! reward table of re-grpo's multi-turn experiments, and answer comparison.
 
 pub mod calc;
+pub mod protocol;
 pub mod pyfloat;
