@@ -3,5 +3,8 @@
 //! reward table of re-grpo's multi-turn experiments, and answer comparison.
 
 pub mod calc;
+pub mod fuzz;
 pub mod protocol;
 pub mod pyfloat;
+pub mod rng;
+pub mod stats;
