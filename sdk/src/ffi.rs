@@ -18,7 +18,10 @@
 //!   catches panics; an instance that panicked is poisoned and refuses further calls.
 //! - Libraries are never unloaded, so `&'static` data in them (names, vtables) stays valid.
 
-use crate::{Algorithm, Environment, Error, LossOutput, LossSettings, Metric, PolicyBatch, Result, Split, Task};
+use crate::{
+    Algorithm, Environment, Error, LossOutput, LossSettings, Metric, PolicyBatch, Result, Split,
+    Task,
+};
 use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -82,13 +85,22 @@ impl FfiStr {
 
 /// A borrowed slice.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 pub struct FfiSlice<T> {
     /// First element; may be null when `len` is 0.
     pub ptr: *const T,
     /// Number of elements.
     pub len: usize,
 }
+
+// Copy whatever `T` is: the slice is a pointer and a length (a derive would require `T: Copy`).
+impl<T> Clone for FfiSlice<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for FfiSlice<T> {}
 
 impl<T> FfiSlice<T> {
     /// Borrow `s` for a call.
@@ -249,10 +261,17 @@ pub struct EnvironmentVTable {
     /// Tools as a JSON array of [`crate::ToolSpec`].
     pub tools: unsafe extern "C" fn(this: *const c_void, out: StrSink, err: StrSink) -> u32,
     /// Number of tasks in a split ([`Split`] as `u32`), or -1 for an unbounded generator.
-    pub task_count: unsafe extern "C" fn(this: *const c_void, split: u32, out: *mut i64, err: StrSink) -> u32,
+    pub task_count:
+        unsafe extern "C" fn(this: *const c_void, split: u32, out: *mut i64, err: StrSink) -> u32,
     /// One task as JSON.
-    pub task:
-        unsafe extern "C" fn(this: *const c_void, split: u32, seed: u64, index: u64, out: StrSink, err: StrSink) -> u32,
+    pub task: unsafe extern "C" fn(
+        this: *const c_void,
+        split: u32,
+        seed: u64,
+        index: u64,
+        out: StrSink,
+        err: StrSink,
+    ) -> u32,
     /// Open an episode for a JSON task: writes the state to `out_state` and the opening messages (JSON) to `out`.
     pub reset: unsafe extern "C" fn(
         this: *const c_void,
@@ -421,7 +440,11 @@ unsafe fn call<T>(this: *const c_void, err: StrSink, f: impl FnOnce(&T) -> Resul
         return status::ERROR;
     }
     let inst = &*(this as *const Instance<T>);
-    let earlier = inst.poisoned.lock().map(|p| p.clone()).unwrap_or_else(|e| e.into_inner().clone());
+    let earlier = inst
+        .poisoned
+        .lock()
+        .map(|p| p.clone())
+        .unwrap_or_else(|e| e.into_inner().clone());
     if let Some(message) = earlier {
         err.put(&format!("refused: the plugin panicked earlier ({message})"));
         return status::POISONED;
@@ -450,11 +473,14 @@ unsafe fn create<T>(
 ) -> u32 {
     install_panic_hook();
     let result = catch(|| -> Result<*mut c_void> {
-        let text = config.to_str().map_err(|e| Error::msg(format!("config is not UTF-8: {e}")))?;
+        let text = config
+            .to_str()
+            .map_err(|e| Error::msg(format!("config is not UTF-8: {e}")))?;
         let value = if text.trim().is_empty() {
             serde_json::Value::Null
         } else {
-            serde_json::from_str(text).map_err(|e| Error::msg(format!("config is not valid JSON: {e}")))?
+            serde_json::from_str(text)
+                .map_err(|e| Error::msg(format!("config is not valid JSON: {e}")))?
         };
         let plugin = new(value)?;
         let inst = Box::new(Instance {
@@ -514,18 +540,30 @@ fn check_defined(t: &Tensor, what: &str) -> Result<()> {
     }
 }
 
-unsafe extern "C" fn alg_create<T: Algorithm>(config: FfiStr, out: *mut *mut c_void, err: StrSink) -> u32 {
+unsafe extern "C" fn alg_create<T: Algorithm>(
+    config: FfiStr,
+    out: *mut *mut c_void,
+    err: StrSink,
+) -> u32 {
     create::<T>(config, out, err, T::new)
 }
 
-unsafe extern "C" fn alg_config<T: Algorithm>(this: *const c_void, out: StrSink, err: StrSink) -> u32 {
+unsafe extern "C" fn alg_config<T: Algorithm>(
+    this: *const c_void,
+    out: StrSink,
+    err: StrSink,
+) -> u32 {
     call::<T>(this, err, |p| {
         out.put(&to_json(&p.config())?);
         Ok(())
     })
 }
 
-unsafe extern "C" fn alg_metrics<T: Algorithm>(this: *const c_void, out: StrSink, err: StrSink) -> u32 {
+unsafe extern "C" fn alg_metrics<T: Algorithm>(
+    this: *const c_void,
+    out: StrSink,
+    err: StrSink,
+) -> u32 {
     call::<T>(this, err, |p| {
         out.put(&to_json(&p.metrics())?);
         Ok(())
@@ -557,9 +595,13 @@ unsafe extern "C" fn alg_loss<T: Algorithm>(
     err: StrSink,
 ) -> u32 {
     call::<T>(this, err, |p| {
-        let b = batch.as_ref().ok_or_else(|| Error::msg("the host passed no batch"))?;
+        let b = batch
+            .as_ref()
+            .ok_or_else(|| Error::msg("the host passed no batch"))?;
         if b.size < std::mem::size_of::<FfiPolicyBatch>() {
-            return Err(Error::msg("the host's batch is older than this plugin's SDK; rebuild with a matching SDK"));
+            return Err(Error::msg(
+                "the host's batch is older than this plugin's SDK; rebuild with a matching SDK",
+            ));
         }
         let ref_log_probs = if b.ref_log_probs.is_null() {
             None
@@ -582,25 +624,41 @@ unsafe extern "C" fn alg_loss<T: Algorithm>(
     })
 }
 
-unsafe extern "C" fn env_create<T: Environment>(config: FfiStr, out: *mut *mut c_void, err: StrSink) -> u32 {
+unsafe extern "C" fn env_create<T: Environment>(
+    config: FfiStr,
+    out: *mut *mut c_void,
+    err: StrSink,
+) -> u32 {
     create::<T>(config, out, err, T::new)
 }
 
-unsafe extern "C" fn env_config<T: Environment>(this: *const c_void, out: StrSink, err: StrSink) -> u32 {
+unsafe extern "C" fn env_config<T: Environment>(
+    this: *const c_void,
+    out: StrSink,
+    err: StrSink,
+) -> u32 {
     call::<T>(this, err, |p| {
         out.put(&to_json(&p.config())?);
         Ok(())
     })
 }
 
-unsafe extern "C" fn env_metrics<T: Environment>(this: *const c_void, out: StrSink, err: StrSink) -> u32 {
+unsafe extern "C" fn env_metrics<T: Environment>(
+    this: *const c_void,
+    out: StrSink,
+    err: StrSink,
+) -> u32 {
     call::<T>(this, err, |p| {
         out.put(&to_json(&p.metrics())?);
         Ok(())
     })
 }
 
-unsafe extern "C" fn env_tools<T: Environment>(this: *const c_void, out: StrSink, err: StrSink) -> u32 {
+unsafe extern "C" fn env_tools<T: Environment>(
+    this: *const c_void,
+    out: StrSink,
+    err: StrSink,
+) -> u32 {
     call::<T>(this, err, |p| {
         out.put(&to_json(&p.tools())?);
         Ok(())
@@ -623,7 +681,9 @@ unsafe extern "C" fn env_task_count<T: Environment>(
 ) -> u32 {
     call::<T>(this, err, |p| {
         *out = match p.task_count(split_from(split)?) {
-            Some(n) => i64::try_from(n).map_err(|_| Error::msg("task count does not fit in i64"))?,
+            Some(n) => {
+                i64::try_from(n).map_err(|_| Error::msg("task count does not fit in i64"))?
+            }
             None => -1,
         };
         Ok(())
@@ -652,8 +712,11 @@ unsafe extern "C" fn env_reset<T: Environment>(
     err: StrSink,
 ) -> u32 {
     call::<T>(this, err, |p| {
-        let text = task.to_str().map_err(|e| Error::msg(format!("task is not UTF-8: {e}")))?;
-        let task: Task = serde_json::from_str(text).map_err(|e| Error::msg(format!("task is not valid JSON: {e}")))?;
+        let text = task
+            .to_str()
+            .map_err(|e| Error::msg(format!("task is not UTF-8: {e}")))?;
+        let task: Task = serde_json::from_str(text)
+            .map_err(|e| Error::msg(format!("task is not valid JSON: {e}")))?;
         let (state, messages) = p.reset(&task)?;
         out.put(&to_json(&messages)?);
         *out_state = Box::into_raw(Box::new(state)) as *mut c_void;
@@ -672,10 +735,15 @@ unsafe extern "C" fn env_step<T: Environment>(
         let state = (state as *mut T::State)
             .as_mut()
             .ok_or_else(|| Error::msg("the host passed no episode state"))?;
-        let text = text.to_str().map_err(|e| Error::msg(format!("assistant text is not UTF-8: {e}")))?;
+        let text = text
+            .to_str()
+            .map_err(|e| Error::msg(format!("assistant text is not UTF-8: {e}")))?;
         let outcome = p.step(state, text)?;
         if let Some(bad) = outcome.rewards.iter().find(|r| !r.value.is_finite()) {
-            return Err(Error::msg(format!("reward `{}` is not finite ({})", bad.name, bad.value)));
+            return Err(Error::msg(format!(
+                "reward `{}` is not finite ({})",
+                bad.name, bad.value
+            )));
         }
         out.put(&to_json(&outcome)?);
         Ok(())
@@ -694,15 +762,38 @@ pub fn decode_metrics(json: &str) -> std::result::Result<Vec<Metric>, serde_json
 }
 
 /// Export the plugins of this library. Write it once, at the crate root of a `cdylib`, naming every exported type
-/// with its kind (`algorithm` or `environment`):
-///
-/// ```ignore
-/// grpo_sdk::export_plugins!(algorithm Grpo);
-/// grpo_sdk::export_plugins!(environment Calculator, environment Search, algorithm MyLoss);
-/// ```
+/// with its kind (`algorithm` or `environment`), for example
+/// `grpo_sdk::export_plugins!(environment Calculator, environment Search, algorithm MyLoss);`.
 ///
 /// It defines the library's entry symbol; the version reported for each plugin is the crate's `Cargo.toml`
 /// version.
+///
+/// ```
+/// use grpo_sdk::tch::Tensor;
+/// use grpo_sdk::{Algorithm, LossOutput, MetricSource, PolicyBatch};
+///
+/// struct Zero;
+/// impl MetricSource for Zero {}
+/// impl Algorithm for Zero {
+///     const NAME: &'static str = "zero";
+///     const DESCRIPTION: &'static str = "learns nothing";
+///     fn new(_: serde_json::Value) -> grpo_sdk::Result<Self> { Ok(Zero) }
+///     fn config(&self) -> serde_json::Value { serde_json::Value::Null }
+///     fn advantages(&self, r: &Tensor, _: &[usize]) -> grpo_sdk::Result<Tensor> { Ok(r.zeros_like()) }
+///     fn loss(&self, b: &PolicyBatch) -> grpo_sdk::Result<LossOutput> {
+///         Ok(LossOutput::new((&b.log_probs * 0.0).sum(None)))
+///     }
+/// }
+///
+/// grpo_sdk::export_plugins!(algorithm Zero);
+///
+/// // What the host sees when it looks the symbol up:
+/// let library = unsafe { &*grpo_plugin_library() };
+/// assert_eq!(library.abi_major, grpo_sdk::ffi::ABI_MAJOR);
+/// let entry = unsafe { &library.plugins.as_slice()[0] };
+/// assert_eq!(unsafe { entry.name.to_str() }.unwrap(), "zero");
+/// assert_eq!(entry.kind, grpo_sdk::ffi::KIND_ALGORITHM);
+/// ```
 #[macro_export]
 macro_rules! export_plugins {
     ($($kind:ident $ty:ty),+ $(,)?) => {
@@ -727,4 +818,93 @@ macro_rules! export_plugins {
     (@entry environment $ty:ty) => {
         $crate::ffi::environment_entry::<$ty>(env!("CARGO_PKG_VERSION"))
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MetricSource;
+
+    struct Panicky;
+    impl MetricSource for Panicky {}
+    impl Algorithm for Panicky {
+        const NAME: &'static str = "panicky";
+        const DESCRIPTION: &'static str = "panics in loss";
+        fn new(config: serde_json::Value) -> Result<Self> {
+            match config.get("fail") {
+                Some(_) => Err(Error::msg("asked to fail")),
+                None => Ok(Panicky),
+            }
+        }
+        fn config(&self) -> serde_json::Value {
+            serde_json::Value::Null
+        }
+        fn advantages(&self, rewards: &Tensor, _: &[usize]) -> Result<Tensor> {
+            Ok(rewards.zeros_like())
+        }
+        fn loss(&self, _: &PolicyBatch) -> Result<LossOutput> {
+            panic!("boom")
+        }
+    }
+
+    #[test]
+    fn shims_report_errors_catch_panics_and_poison_the_instance() {
+        let entry = algorithm_entry::<Panicky>("9.9.9");
+        let vt = unsafe { &*(entry.vtable as *const AlgorithmVTable) };
+        let mut err = String::new();
+        let mut this: *mut c_void = std::ptr::null_mut();
+        let code = unsafe {
+            (vt.create)(
+                FfiStr::new(r#"{"fail": 1}"#),
+                &mut this,
+                StrSink::for_string(&mut err),
+            )
+        };
+        assert_eq!((code, err.as_str()), (status::ERROR, "asked to fail"));
+        err.clear();
+        let code =
+            unsafe { (vt.create)(FfiStr::new(""), &mut this, StrSink::for_string(&mut err)) };
+        assert_eq!(code, status::OK);
+
+        let x = Tensor::zeros([1, 2], (tch::Kind::Float, tch::Device::Cpu));
+        let batch = FfiPolicyBatch {
+            size: std::mem::size_of::<FfiPolicyBatch>(),
+            log_probs: x.as_ptr() as TensorPtr,
+            old_log_probs: x.as_ptr() as TensorPtr,
+            ref_log_probs: std::ptr::null_mut(),
+            advantages: x.as_ptr() as TensorPtr,
+            action_mask: x.as_ptr() as TensorPtr,
+            settings: LossSettings::default(),
+        };
+        let mut out: TensorPtr = std::ptr::null_mut();
+        let mut metrics = String::new();
+        let code = unsafe {
+            (vt.loss)(
+                this,
+                &batch,
+                &mut out,
+                StrSink::for_string(&mut metrics),
+                StrSink::for_string(&mut err),
+            )
+        };
+        assert_eq!(code, status::PANIC);
+        assert!(err.starts_with("panicked: boom (at "), "{err}");
+        assert!(out.is_null());
+
+        // Even a host that ignores the status cannot use the instance again.
+        err.clear();
+        let groups = [2u64];
+        let code = unsafe {
+            (vt.advantages)(
+                this,
+                x.as_ptr() as TensorPtr,
+                FfiSlice::new(&groups),
+                &mut out,
+                StrSink::for_string(&mut err),
+            )
+        };
+        assert_eq!(code, status::POISONED);
+        assert!(err.contains("panicked earlier (boom"), "{err}");
+        unsafe { (vt.destroy)(this) };
+    }
 }

@@ -55,6 +55,7 @@ mod environment;
 mod error;
 pub mod ffi;
 mod metrics;
+pub mod ops;
 mod types;
 
 pub use algorithm::{Algorithm, LossOutput, LossSettings, PolicyBatch};
@@ -73,6 +74,11 @@ pub const LIBTORCH_VERSION: &str = env!("GRPO_SDK_LIBTORCH_VERSION");
 /// Whether the libtorch C++ glue was compiled with the C++11 ABI of libstdc++ (`_GLIBCXX_USE_CXX11_ABI`). Host and
 /// plugin must agree, because `at::Tensor` handles cross between them.
 pub const LIBTORCH_CXX11_ABI: bool = matches!(env!("GRPO_SDK_LIBTORCH_CXX11_ABI").as_bytes(), b"1");
+
+/// The plugin guide's examples compile and run as doctests of this crate.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/plugins.md")]
+pub struct PluginGuide;
 
 /// This SDK's version; recorded in every plugin library for diagnostics.
 pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");

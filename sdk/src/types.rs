@@ -91,7 +91,11 @@ pub struct Task {
 
 impl Task {
     /// A task without extra data.
-    pub fn new(id: impl Into<String>, question: impl Into<String>, answer: impl Into<String>) -> Self {
+    pub fn new(
+        id: impl Into<String>,
+        question: impl Into<String>,
+        answer: impl Into<String>,
+    ) -> Self {
         Task {
             id: id.into(),
             question: question.into(),
@@ -182,7 +186,7 @@ pub struct ToolSpec {
 ///
 /// let c: Config = grpo_sdk::parse_config(serde_json::Value::Null).unwrap();
 /// assert_eq!(c.eps, 1e-8);
-/// let err = grpo_sdk::parse_config::<Config>(serde_json::json!({"epz": 1})).unwrap_err();
+/// let err = grpo_sdk::parse_config::<Config>(serde_json::json!({"epz": 1})).err().unwrap();
 /// assert!(err.to_string().contains("unknown field `epz`"));
 /// ```
 pub fn parse_config<C: DeserializeOwned>(config: serde_json::Value) -> crate::Result<C> {

@@ -1,11 +1,17 @@
 //! The command line. `grpo-host [train] --algo A --env E` trains (the default command); the other subcommands each
 //! live in their own file beside this one.
 
+pub mod plugins;
+
 use clap::{Parser, Subcommand};
 
 /// grpo-rs: GRPO-family reinforcement learning of language models, with algorithms and environments as plugins.
 #[derive(Debug, Parser)]
-#[command(name = "grpo-host", disable_version_flag = true, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "grpo-host",
+    disable_version_flag = true,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     /// Print the version, the libtorch version and whether CUDA is available, then exit.
     #[arg(short = 'V', long = "version", global = true)]
@@ -18,6 +24,8 @@ pub struct Cli {
 /// The subcommands; training is the default when none is given.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// List plugins, or check one plugin library.
+    Plugins(plugins::PluginsArgs),
 }
 
 /// Parse the process arguments; clap prints usage errors itself with exit code 2.
@@ -36,5 +44,6 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             println!("{}", crate::runtime::version_line());
             Ok(0)
         }
+        Some(Command::Plugins(args)) => plugins::run(args),
     }
 }

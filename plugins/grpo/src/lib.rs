@@ -1,1 +1,81 @@
-//! The `grpo` plugin.
+//! The `grpo` algorithm plugin: group-normalised advantages and the clipped surrogate with a k3 KL penalty,
+//! aggregated as a per-sequence masked mean, then the mean over sequences (DESIGN.md, "Algorithms, exactly").
+
+use grpo_sdk::ops::{split_groups, PolicyTerms};
+use grpo_sdk::tch::Tensor;
+use grpo_sdk::{Algorithm, LossOutput, Metric, MetricSource, PolicyBatch, Result};
+use serde::{Deserialize, Serialize};
+
+/// Options (`--algo-config`); the clip range and KL weight come from the run's flags instead.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Added to the group's standard deviation before dividing (re-grpo: 1e-8).
+    pub std_eps: f64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { std_eps: 1e-8 }
+    }
+}
+
+/// GRPO.
+pub struct Grpo {
+    config: Config,
+}
+
+impl MetricSource for Grpo {}
+
+impl Algorithm for Grpo {
+    const NAME: &'static str = "grpo";
+    const DESCRIPTION: &'static str =
+        "GRPO: (r - mean) / (std + eps) advantages, clipped surrogate + k3 KL, per-sequence mean";
+
+    fn new(config: serde_json::Value) -> Result<Self> {
+        let config: Config = grpo_sdk::parse_config(config)?;
+        if !(config.std_eps >= 0.0 && config.std_eps.is_finite()) {
+            return Err(grpo_sdk::Error::msg(format!(
+                "invalid config: std_eps must be a finite number >= 0, got {}",
+                config.std_eps
+            )));
+        }
+        Ok(Grpo { config })
+    }
+
+    fn config(&self) -> serde_json::Value {
+        serde_json::to_value(&self.config).unwrap_or_default()
+    }
+
+    /// `(r - mean) / (std + eps)` with the unbiased std, as re-grpo. A group of one, or one whose rewards are all
+    /// equal, gets exactly 0: re-grpo gave NaN for the first, and rounding in the mean can turn the second into
+    /// large advantages of noise once divided by `0 + eps`.
+    fn advantages(&self, rewards: &Tensor, groups: &[usize]) -> Result<Tensor> {
+        let parts: Vec<Tensor> = split_groups(rewards, groups)?
+            .into_iter()
+            .map(|g| {
+                let all_equal = g.max().double_value(&[]) == g.min().double_value(&[]);
+                if g.size()[0] < 2 || all_equal {
+                    g.zeros_like()
+                } else {
+                    (&g - g.mean(None)) / (g.std(true) + self.config.std_eps)
+                }
+            })
+            .collect();
+        Ok(Tensor::cat(&parts, 0))
+    }
+
+    fn loss(&self, batch: &PolicyBatch) -> Result<LossOutput> {
+        let terms = PolicyTerms::new(batch)?;
+        let loss = terms.sequence_mean(&terms.per_token_loss(batch.settings.kl_weight));
+        Ok(LossOutput {
+            loss,
+            metrics: vec![
+                Metric::number("training_step/kl", terms.kl_mean()),
+                Metric::number("training_step/clip_fraction", terms.clip_fraction()),
+            ],
+        })
+    }
+}
+
+grpo_sdk::export_plugins!(algorithm Grpo);

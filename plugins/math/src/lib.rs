@@ -1,1 +1,366 @@
-//! The `math` plugin.
+//! The `math` environment plugin: re-grpo's base experiment. Arithmetic tasks come from a built-in seeded
+//! generator or from a JSONL file in re-grpo's schema; the model answers inside `<answer></answer>` and is rewarded
+//! as re-grpo does (1.0 exact, 0.5 when the answer contains the oracle, 0.01 for another tagged answer, 0 without a
+//! tag), optionally comparing numbers instead of strings.
+
+mod expr;
+mod rng;
+
+use grpo_sdk::{
+    Environment, Error, Message, Metric, MetricSource, Result, Reward, Split, StepOutcome, Task,
+};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Our own instruction (re-grpo's wording is not reused); the protocol tags are re-grpo's.
+pub const DEFAULT_SYSTEM_PROMPT: &str = "Solve the arithmetic problem the user gives you. Think it through inside \
+<think> </think>, then write only the final result inside <answer> </answer>, for example <answer>42</answer>.";
+
+/// Options (`--env-config`, and the host's `--data-path` / `--max-prompts`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// A JSONL file of tasks in re-grpo's schema (`question`, `answer`, `num_terms`, `num_digits`); without it,
+    /// tasks come from the generator.
+    pub data_path: Option<PathBuf>,
+    /// Keep at most this many rows of the file that pass the filters (re-grpo's `--max-prompts`).
+    pub max_prompts: usize,
+    /// File filter: rows with more terms are skipped (re-grpo: 3).
+    pub max_terms: u64,
+    /// File filter: rows with more digits are skipped (re-grpo: 3).
+    pub max_digits: u64,
+    /// File filter: rows whose question has this many characters or more are skipped (re-grpo: 128).
+    pub max_question_len: usize,
+    /// How many of the file's kept rows (taken from the end) form the eval split; the rest is the train split.
+    pub eval_rows: usize,
+    /// The generator's settings.
+    pub generator: GeneratorConfig,
+    /// Compare the tagged answer with the oracle as numbers ("42.0", " 42 " count as exact) instead of as strings.
+    pub numeric: bool,
+    /// Replace the system prompt.
+    pub system_prompt: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_path: None,
+            max_prompts: 1024,
+            max_terms: 3,
+            max_digits: 3,
+            max_question_len: 128,
+            eval_rows: 0,
+            generator: GeneratorConfig::default(),
+            numeric: false,
+            system_prompt: None,
+        }
+    }
+}
+
+/// The built-in task generator: `terms` numbers of up to `digits` digits joined by `ops`, with parentheses.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GeneratorConfig {
+    /// Fewest terms per expression.
+    pub min_terms: u32,
+    /// Most terms per expression.
+    pub max_terms: u32,
+    /// Fewest digits per number.
+    pub min_digits: u32,
+    /// Most digits per number.
+    pub max_digits: u32,
+    /// The operators to draw from, any of `+`, `-`, `*`.
+    pub ops: String,
+    /// Probability that a multi-term sub-expression is put in parentheses.
+    pub parentheses: f64,
+}
+
+impl Default for GeneratorConfig {
+    fn default() -> Self {
+        GeneratorConfig {
+            min_terms: 2,
+            max_terms: 3,
+            min_digits: 1,
+            max_digits: 3,
+            ops: "+-*".into(),
+            parentheses: 0.5,
+        }
+    }
+}
+
+/// One row of a re-grpo JSONL file.
+#[derive(Deserialize)]
+struct Row {
+    question: String,
+    answer: serde_json::Value,
+    num_terms: u64,
+    num_digits: u64,
+}
+
+/// The environment.
+pub struct MathEnv {
+    config: Config,
+    /// Rows from `data_path`: (train, eval); `None` with the generator.
+    data: Option<(Vec<Task>, Vec<Task>)>,
+    skipped_rows: u64,
+    counts: Counts,
+}
+
+#[derive(Default)]
+struct Counts {
+    episodes: AtomicU64,
+    tagged: AtomicU64,
+    partial: AtomicU64,
+    exact: AtomicU64,
+}
+
+/// What the environment keeps per episode.
+pub struct Episode {
+    answer: String,
+}
+
+/// The reward re-grpo gives `completion` for the oracle answer `oracle` (`numeric`: compare as numbers).
+pub fn reward(completion: &str, oracle: &str, numeric: bool) -> f64 {
+    // re.search(r"<answer>(.*?)</answer>", completion, re.DOTALL): the first opening tag with a closing one after
+    // it; the captured text is not stripped.
+    let Some(open) = completion.find("<answer>") else {
+        return 0.0;
+    };
+    let rest = &completion[open + "<answer>".len()..];
+    let Some(close) = rest.find("</answer>") else {
+        return 0.0;
+    };
+    let answer = &rest[..close];
+    let exact = if numeric {
+        match (answer.trim().parse::<f64>(), oracle.trim().parse::<f64>()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => answer == oracle,
+        }
+    } else {
+        answer == oracle
+    };
+    if exact {
+        1.0
+    } else if answer.contains(oracle) {
+        0.5
+    } else {
+        0.01
+    }
+}
+
+impl MathEnv {
+    fn load(config: &Config, path: &PathBuf) -> Result<(Vec<Task>, Vec<Task>, u64)> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::msg(format!("data_path {}: cannot read it: {e}", path.display()))
+        })?;
+        let mut tasks = Vec::new();
+        let mut skipped = 0u64;
+        for (line_no, line) in text.lines().enumerate() {
+            if tasks.len() >= config.max_prompts {
+                break;
+            }
+            if line.trim().is_empty() {
+                continue;
+            }
+            // Malformed rows are skipped (and counted), as re-grpo's reader does.
+            let Ok(row) = serde_json::from_str::<Row>(line) else {
+                skipped += 1;
+                continue;
+            };
+            let answer = match &row.answer {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Number(n) => n.to_string(),
+                _ => {
+                    skipped += 1;
+                    continue;
+                }
+            };
+            if row.question.chars().count() < config.max_question_len
+                && row.num_terms <= config.max_terms
+                && row.num_digits <= config.max_digits
+            {
+                let mut task = Task::new(format!("line-{}", line_no + 1), row.question, answer);
+                task.meta =
+                    serde_json::json!({"num_terms": row.num_terms, "num_digits": row.num_digits});
+                tasks.push(task);
+            }
+        }
+        if tasks.len() <= config.eval_rows {
+            return Err(Error::msg(format!(
+                "data_path {}: {} usable rows (of which eval_rows = {} are held out), {skipped} malformed; \
+                 expected JSON lines with question, answer, num_terms, num_digits within the filters",
+                path.display(),
+                tasks.len(),
+                config.eval_rows
+            )));
+        }
+        let eval = tasks.split_off(tasks.len() - config.eval_rows);
+        Ok((tasks, eval, skipped))
+    }
+
+    fn check_generator(g: &GeneratorConfig) -> Result<()> {
+        let bad = |what: String| Err(Error::msg(format!("invalid config: generator.{what}")));
+        if g.min_terms < 1 || g.min_terms > g.max_terms || g.max_terms > 12 {
+            return bad(format!(
+                "min_terms/max_terms must satisfy 1 <= min <= max <= 12, got {}..{}",
+                g.min_terms, g.max_terms
+            ));
+        }
+        if g.min_digits < 1 || g.min_digits > g.max_digits || g.max_digits > 9 {
+            return bad(format!(
+                "min_digits/max_digits must satisfy 1 <= min <= max <= 9, got {}..{}",
+                g.min_digits, g.max_digits
+            ));
+        }
+        if g.ops.is_empty() || g.ops.chars().any(|c| !"+-*".contains(c)) {
+            return bad(format!(
+                "ops must be a non-empty mix of + - *, got {:?}",
+                g.ops
+            ));
+        }
+        if !(0.0..=1.0).contains(&g.parentheses) {
+            return bad(format!(
+                "parentheses must be a probability, got {}",
+                g.parentheses
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl MetricSource for MathEnv {
+    /// Shares of the episodes finished since the previous call: with an answer tag, containing the oracle (and
+    /// exact), exact. Nothing when no episode finished.
+    fn metrics(&self) -> Vec<Metric> {
+        let c = &self.counts;
+        let episodes = c.episodes.swap(0, Ordering::Relaxed);
+        let tagged = c.tagged.swap(0, Ordering::Relaxed);
+        let partial = c.partial.swap(0, Ordering::Relaxed);
+        let exact = c.exact.swap(0, Ordering::Relaxed);
+        if episodes == 0 {
+            return Vec::new();
+        }
+        let n = episodes as f64;
+        vec![
+            Metric::number("math/answer_tag_rate", tagged as f64 / n),
+            Metric::number("math/contains_oracle_rate", (partial + exact) as f64 / n),
+            Metric::number("math/exact_rate", exact as f64 / n),
+        ]
+    }
+}
+
+impl Environment for MathEnv {
+    const NAME: &'static str = "math";
+    const DESCRIPTION: &'static str =
+        "Arithmetic in <answer></answer>: seeded generator or re-grpo JSONL; 1 / 0.5 / 0.01 / 0";
+    type State = Episode;
+
+    fn new(config: serde_json::Value) -> Result<Self> {
+        let config: Config = grpo_sdk::parse_config(config)?;
+        Self::check_generator(&config.generator)?;
+        let (data, skipped_rows) = match &config.data_path {
+            Some(path) => {
+                let (train, eval, skipped) = Self::load(&config, path)?;
+                (Some((train, eval)), skipped)
+            }
+            None => (None, 0),
+        };
+        Ok(MathEnv {
+            config,
+            data,
+            skipped_rows,
+            counts: Counts::default(),
+        })
+    }
+
+    fn config(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(&self.config).unwrap_or_default();
+        if self.data.is_some() {
+            value["skipped_rows"] = self.skipped_rows.into();
+        }
+        value
+    }
+
+    fn task_count(&self, split: Split) -> Option<u64> {
+        let (train, eval) = self.data.as_ref()?;
+        Some(match split {
+            Split::Train => train.len(),
+            Split::Eval => eval.len(),
+        } as u64)
+    }
+
+    fn task(&self, split: Split, seed: u64, index: u64) -> Result<Task> {
+        match &self.data {
+            Some((train, eval)) => {
+                let rows = if split == Split::Train { train } else { eval };
+                rows.get(index as usize).cloned().ok_or_else(|| {
+                    Error::msg(format!(
+                        "task index {index} is past the {} tasks of the {split:?} split",
+                        rows.len()
+                    ))
+                })
+            }
+            None => {
+                let g = &self.config.generator;
+                let mut rng = rng::SplitMix64::for_item(seed, split as u64, index);
+                let (expression, terms, digits) = expr::generate(&mut rng, g);
+                let value = expr::evaluate(&expression).ok_or_else(|| {
+                    Error::msg(format!("generated expression {expression:?} overflowed"))
+                })?;
+                const TEMPLATES: [&str; 5] = [
+                    "{}",
+                    "{} =",
+                    "What is {}?",
+                    "Compute {}.",
+                    "Calculate {} and give the result.",
+                ];
+                let template = TEMPLATES[rng.below(TEMPLATES.len() as u64) as usize];
+                let split_name = if split == Split::Train {
+                    "train"
+                } else {
+                    "eval"
+                };
+                let mut task = Task::new(
+                    format!("gen-{split_name}-{seed}-{index}"),
+                    template.replace("{}", &expression),
+                    value.to_string(),
+                );
+                task.meta = serde_json::json!({"num_terms": terms, "num_digits": digits});
+                Ok(task)
+            }
+        }
+    }
+
+    fn reset(&self, task: &Task) -> Result<(Episode, Vec<Message>)> {
+        let system = self
+            .config
+            .system_prompt
+            .as_deref()
+            .unwrap_or(DEFAULT_SYSTEM_PROMPT);
+        Ok((
+            Episode {
+                answer: task.answer.clone(),
+            },
+            vec![Message::system(system), Message::user(&task.question)],
+        ))
+    }
+
+    fn step(&self, episode: &mut Episode, assistant_text: &str) -> Result<StepOutcome> {
+        let value = reward(assistant_text, &episode.answer, self.config.numeric);
+        let c = &self.counts;
+        c.episodes.fetch_add(1, Ordering::Relaxed);
+        if value > 0.0 {
+            c.tagged.fetch_add(1, Ordering::Relaxed);
+        }
+        if value == 0.5 {
+            c.partial.fetch_add(1, Ordering::Relaxed);
+        }
+        if value == 1.0 {
+            c.exact.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(StepOutcome::finished(vec![Reward::new("answer", value)]))
+    }
+}
+
+grpo_sdk::export_plugins!(environment MathEnv);

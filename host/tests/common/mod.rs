@@ -1,0 +1,130 @@
+//! Finding (and building) the plugin libraries the loader tests load.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+
+/// The shipped plugins these tests load, by package and library file stem.
+pub const SHIPPED: [(&str, &str); 3] = [
+    ("grpo-plugin-grpo", "grpo_grpo"),
+    ("grpo-plugin-drgrpo", "grpo_drgrpo"),
+    ("grpo-plugin-math", "grpo_math"),
+];
+
+/// `target/<profile>`: the test binary lives in its `deps/` folder.
+pub fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>")
+        .to_path_buf()
+}
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// A directory holding links to the shipped plugin libraries, built first with cargo when needed (`cargo test`
+/// builds a cdylib only for the crate under test, so the host's tests build them: with up-to-date libraries this
+/// is a no-op costing about a second).
+pub fn shipped_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let profile_dir = profile_dir();
+        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") => "dev".to_string(),
+            Some(other) => other.to_string(),
+            None => panic!("unexpected target layout {}", profile_dir.display()),
+        };
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(workspace_root())
+            .args(["build", "--quiet", "--profile", &profile]);
+        for (package, _) in SHIPPED {
+            cmd.args(["-p", package]);
+        }
+        let status = cmd
+            .status()
+            .expect("run cargo build for the plugin libraries");
+        assert!(status.success(), "building the plugin libraries failed");
+        let dir = profile_dir
+            .join("plugin-tests")
+            .join(format!("shipped-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (_, stem) in SHIPPED {
+            let file = library_file(stem);
+            let link = dir.join(&file);
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(profile_dir.join(&file), &link).unwrap();
+        }
+        dir
+    })
+}
+
+/// `lib<stem>.so` on this platform.
+pub fn library_file(stem: &str) -> String {
+    format!(
+        "{}{stem}{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    )
+}
+
+/// The path of a shipped library (built by [`shipped_dir`]).
+pub fn shipped(stem: &str) -> PathBuf {
+    shipped_dir().join(library_file(stem))
+}
+
+/// Compile tests/broken_plugins/broken.rs with `--cfg case="<case>"` into its own directory and return the
+/// library's path. Plain rustc, no dependencies: a second or two per case.
+pub fn broken_plugin(case: &str) -> PathBuf {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = profile_dir()
+        .join("plugin-tests")
+        .join(format!("broken-{case}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join(library_file(&format!("broken_{case}")));
+    let src = workspace_root().join("tests/broken_plugins/broken.rs");
+    let fresh = match (std::fs::metadata(&out), std::fs::metadata(&src)) {
+        (Ok(o), Ok(s)) => o.modified().unwrap() >= s.modified().unwrap(),
+        _ => false,
+    };
+    if !fresh {
+        let tmp = dir.join(format!("building-{}", std::process::id()));
+        let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+        let output = Command::new(rustc)
+            .args([
+                "--edition",
+                "2021",
+                "--crate-type",
+                "cdylib",
+                "-C",
+                "debuginfo=0",
+            ])
+            .args([
+                "--crate-name",
+                &format!("broken_{case}"),
+                "--cfg",
+                &format!("case=\"{case}\""),
+            ])
+            .arg("-o")
+            .arg(&tmp)
+            .arg(&src)
+            .env("BROKEN_HOST_LIBTORCH", grpo_sdk::LIBTORCH_VERSION)
+            .output()
+            .expect("run rustc");
+        assert!(
+            output.status.success(),
+            "rustc failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        std::fs::rename(&tmp, &out).unwrap();
+    }
+    out
+}

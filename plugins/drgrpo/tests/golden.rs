@@ -1,0 +1,91 @@
+//! The `drgrpo` plugin against golden values from tests/oracles/losses.py (an independent PyTorch computation).
+
+#[path = "../../grpo/tests/common/mod.rs"]
+mod common;
+
+use common::*;
+use grpo_drgrpo::DrGrpo;
+use grpo_sdk::{Algorithm, MetricSource, MetricValue};
+
+#[test]
+fn advantages_and_their_moments_match_the_oracle() {
+    let algo = DrGrpo::new(serde_json::Value::Null).unwrap();
+    for case in fixtures("advantages", None) {
+        let name = case["name"].as_str().unwrap();
+        let groups: Vec<usize> = case["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g.as_u64().unwrap() as usize)
+            .collect();
+        let adv = algo.advantages(&tensor(&case["rewards"]), &groups).unwrap();
+        assert_close(name, &adv, &tensor(&case["expected_drgrpo"]));
+        let metrics = algo.metrics();
+        for (key, want) in case["expected_drgrpo_metrics"].as_object().unwrap() {
+            let got = metrics
+                .iter()
+                .find(|m| &m.name == key)
+                .unwrap_or_else(|| panic!("{name}: no {key}"));
+            assert_num(
+                &format!("{name} {key}"),
+                got.as_number().unwrap(),
+                want.as_f64().unwrap(),
+            );
+        }
+        let critic = metrics
+            .iter()
+            .find(|m| m.name == "dr_grpo/critic_type")
+            .unwrap();
+        assert_eq!(critic.value, MetricValue::Text("group_mean".into()));
+        // Reported once per advantages call.
+        assert!(algo
+            .metrics()
+            .iter()
+            .all(|m| m.name == "dr_grpo/critic_type"));
+    }
+}
+
+#[test]
+fn loss_divides_by_generate_max_length_and_matches_the_oracle() {
+    let algo = DrGrpo::new(serde_json::Value::Null).unwrap();
+    for case in fixtures("loss", Some("drgrpo")) {
+        let name = case["name"].as_str().unwrap();
+        let (leaf, batch) = batch(&case);
+        let out = algo.loss(&batch).unwrap();
+        assert_num(
+            name,
+            out.loss.double_value(&[]),
+            case["expected_loss"].as_f64().unwrap(),
+        );
+        out.loss.backward();
+        assert_close(
+            &format!("{name} grad"),
+            &leaf.grad(),
+            &tensor(&case["expected_grad"]),
+        );
+        for m in &out.metrics {
+            let want = case["expected_metrics"][&m.name]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{name}: no {}", m.name));
+            assert_num(&format!("{name} {}", m.name), m.as_number().unwrap(), want);
+        }
+        assert_eq!(
+            out.metrics.len(),
+            case["expected_metrics"].as_object().unwrap().len()
+        );
+    }
+}
+
+#[test]
+fn the_divisor_is_the_constant_not_the_sequence_length() {
+    // Doubling generate_max_length halves the loss exactly; a per-sequence or per-batch token mean would not change.
+    let algo = DrGrpo::new(serde_json::Value::Null).unwrap();
+    let case = &fixtures("loss", Some("drgrpo"))[0];
+    let (_, mut batch) = batch(case);
+    let a = algo.loss(&batch).unwrap().loss.double_value(&[]);
+    batch.settings.generate_max_length *= 2;
+    let b = algo.loss(&batch).unwrap().loss.double_value(&[]);
+    assert_num("halved", b, a / 2.0);
+    batch.settings.generate_max_length = 0;
+    assert!(algo.loss(&batch).is_err());
+}

@@ -1,0 +1,103 @@
+//! Reading the golden fixtures written by tests/oracles/losses.py (shared by the grpo and drgrpo tests).
+
+use grpo_sdk::tch::{Kind, Tensor};
+use grpo_sdk::{LossSettings, PolicyBatch};
+use serde_json::Value;
+use std::path::PathBuf;
+
+/// The tolerance the issue asks for.
+pub const TOL: f64 = 1e-6;
+
+/// Every fixture of `kind` ("loss" or "advantages"), optionally only those of one algorithm.
+pub fn fixtures(kind: &str, algorithm: Option<&str>) -> Vec<Value> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/losses");
+    let mut out = Vec::new();
+    let mut paths: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}; run tests/oracles/losses.py", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    paths.sort();
+    for path in paths {
+        let case: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        if case["kind"] == kind && algorithm.is_none_or(|a| case["algorithm"] == a) {
+            out.push(case);
+        }
+    }
+    assert!(!out.is_empty(), "no {kind} fixtures in {}", dir.display());
+    out
+}
+
+/// A float64 tensor from a JSON array (nested for 2-D).
+pub fn tensor(v: &Value) -> Tensor {
+    let rows: Vec<Vec<f64>> = match v.as_array().unwrap().first() {
+        Some(Value::Array(_)) => v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                r.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap())
+                    .collect()
+            })
+            .collect(),
+        _ => vec![v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()],
+    };
+    let flat: Vec<f64> = rows.concat();
+    let t = Tensor::from_slice(&flat);
+    if matches!(v.as_array().unwrap().first(), Some(Value::Array(_))) {
+        t.view([rows.len() as i64, -1])
+    } else {
+        t
+    }
+}
+
+/// The micro-batch of a loss fixture; `log_probs` is a leaf that requires grad.
+pub fn batch(case: &Value) -> (Tensor, PolicyBatch) {
+    let log_probs = tensor(&case["log_probs"]).set_requires_grad(true);
+    let mask: Vec<bool> = case["action_mask"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_bool().unwrap()))
+        .collect();
+    let s = &case["settings"];
+    let batch = PolicyBatch {
+        log_probs: log_probs.shallow_clone(),
+        old_log_probs: tensor(&case["old_log_probs"]),
+        ref_log_probs: (!case["ref_log_probs"].is_null()).then(|| tensor(&case["ref_log_probs"])),
+        advantages: tensor(&case["advantages"]),
+        action_mask: Tensor::from_slice(&mask).view(log_probs.size().as_slice()),
+        settings: LossSettings {
+            clip_eps_low: s["clip_eps_low"].as_f64().unwrap(),
+            clip_eps_high: s["clip_eps_high"].as_f64().unwrap(),
+            kl_weight: s["kl_weight"].as_f64().unwrap(),
+            generate_max_length: s["generate_max_length"].as_i64().unwrap(),
+        },
+    };
+    (log_probs, batch)
+}
+
+/// Assert two tensors agree elementwise within [`TOL`].
+pub fn assert_close(what: &str, got: &Tensor, want: &Tensor) {
+    assert_eq!(got.size(), want.size(), "{what}: shape");
+    let diff = (got.to_kind(Kind::Double) - want)
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert!(
+        diff <= TOL,
+        "{what}: max |diff| {diff:e}\n got {got}\nwant {want}"
+    );
+}
+
+/// Assert one number agrees within [`TOL`].
+pub fn assert_num(what: &str, got: f64, want: f64) {
+    assert!((got - want).abs() <= TOL, "{what}: got {got}, want {want}");
+}

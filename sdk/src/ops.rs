@@ -1,0 +1,136 @@
+//! Tensor building blocks shared by GRPO-family losses, so that every algorithm computes the clipped surrogate
+//! and the KL estimate the same way (masked positions never produce NaN or gradient).
+
+use crate::{Error, PolicyBatch, Result};
+use tch::{Kind, Tensor};
+
+/// Split `[N]` rewards into consecutive groups of the given sizes, checking that the sizes add up to `N`.
+pub fn split_groups(rewards: &Tensor, groups: &[usize]) -> Result<Vec<Tensor>> {
+    if rewards.dim() != 1 {
+        return Err(Error::msg(format!(
+            "rewards must be 1-D, got shape {:?}",
+            rewards.size()
+        )));
+    }
+    let n = rewards.size()[0];
+    let total: usize = groups.iter().sum();
+    if total as i64 != n || groups.contains(&0) {
+        return Err(Error::msg(format!(
+            "group sizes {groups:?} do not partition {n} rewards into non-empty groups"
+        )));
+    }
+    let sizes: Vec<i64> = groups.iter().map(|&g| g as i64).collect();
+    Ok(rewards.split_with_sizes(sizes.as_slice(), 0))
+}
+
+/// The per-token pieces of a GRPO-family loss for one micro-batch; every `[B, T]` tensor is 0 outside the mask.
+pub struct PolicyTerms {
+    /// `-min(rho*A, clip(rho, 1-eps_low, 1+eps_high)*A)`, `rho = exp(logp - old)`.
+    pub surrogate: Tensor,
+    /// The k3 estimate of KL to the reference, `exp(ref - logp) - (ref - logp) - 1`; `None` without a reference.
+    pub kl: Option<Tensor>,
+    /// The action mask in the log-probs' float dtype.
+    pub mask: Tensor,
+    /// 1 where clipping changed the objective (the clipped branch was strictly smaller), else 0.
+    pub clipped: Tensor,
+}
+
+impl PolicyTerms {
+    /// Compute the terms, checking that the batch's shapes agree.
+    pub fn new(batch: &PolicyBatch) -> Result<Self> {
+        let lp = &batch.log_probs;
+        let shape = lp.size();
+        if shape.len() != 2 {
+            return Err(Error::msg(format!(
+                "log_probs must be [B, T], got {shape:?}"
+            )));
+        }
+        let same = |t: &Tensor, what: &str| -> Result<()> {
+            if t.size() == shape {
+                Ok(())
+            } else {
+                Err(Error::msg(format!(
+                    "{what} has shape {:?}, log_probs {shape:?}",
+                    t.size()
+                )))
+            }
+        };
+        same(&batch.old_log_probs, "old_log_probs")?;
+        same(&batch.action_mask, "action_mask")?;
+        if let Some(r) = &batch.ref_log_probs {
+            same(r, "ref_log_probs")?;
+        }
+        if batch.advantages.size() != [shape[0]] {
+            return Err(Error::msg(format!(
+                "advantages has shape {:?}, expected [{}]",
+                batch.advantages.size(),
+                shape[0]
+            )));
+        }
+        let s = &batch.settings;
+        let kind = lp.kind();
+        let on = batch.action_mask.to_kind(Kind::Bool);
+        let mask = on.to_kind(kind);
+        let zero = lp.zeros_like();
+        // Masked positions are zeroed before exp: garbage there must not overflow into inf * 0 = NaN.
+        let ratio = (lp - batch.old_log_probs.to_kind(kind))
+            .where_self(&on, &zero)
+            .exp();
+        let adv = batch.advantages.to_kind(kind).unsqueeze(-1);
+        let unclipped = &ratio * &adv;
+        let clipped_obj = ratio.clamp(1.0 - s.clip_eps_low, 1.0 + s.clip_eps_high) * &adv;
+        let clipped = clipped_obj
+            .lt_tensor(&unclipped)
+            .logical_and(&on)
+            .to_kind(kind);
+        let surrogate = -unclipped.minimum(&clipped_obj) * &mask;
+        let kl = batch.ref_log_probs.as_ref().map(|r| {
+            let log_ratio = (r.to_kind(kind) - lp).where_self(&on, &zero);
+            // exp(0) - 0 - 1 = 0, so masked positions are exactly 0.
+            log_ratio.exp() - &log_ratio - 1.0
+        });
+        if s.kl_weight != 0.0 && kl.is_none() {
+            return Err(Error::msg(format!(
+                "kl_weight is {} but the host passed no reference log-probs",
+                s.kl_weight
+            )));
+        }
+        Ok(PolicyTerms {
+            surrogate,
+            kl,
+            mask,
+            clipped,
+        })
+    }
+
+    /// `surrogate + kl_weight * kl` per token.
+    pub fn per_token_loss(&self, kl_weight: f64) -> Tensor {
+        match &self.kl {
+            Some(kl) if kl_weight != 0.0 => &self.surrogate + kl * kl_weight,
+            _ => self.surrogate.shallow_clone(),
+        }
+    }
+
+    /// The mean over sequences of each sequence's masked mean of `x` (a sequence without actions counts as 0).
+    pub fn sequence_mean(&self, x: &Tensor) -> Tensor {
+        let tokens = self.mask.sum_dim_intlist(-1, false, None).clamp_min(1.0);
+        ((x * &self.mask).sum_dim_intlist(-1, false, None) / tokens).mean(None)
+    }
+
+    /// The KL to the reference as the mean over sequences of per-sequence masked means; 0 without a reference.
+    pub fn kl_mean(&self) -> f64 {
+        self.kl
+            .as_ref()
+            .map_or(0.0, |kl| self.sequence_mean(kl).double_value(&[]))
+    }
+
+    /// The share of action tokens where clipping changed the objective.
+    pub fn clip_fraction(&self) -> f64 {
+        let tokens = self.mask.sum(None).double_value(&[]);
+        if tokens == 0.0 {
+            0.0
+        } else {
+            self.clipped.sum(None).double_value(&[]) / tokens
+        }
+    }
+}

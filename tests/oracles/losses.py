@@ -1,0 +1,181 @@
+"""Golden values for the `grpo` and `drgrpo` plugins, computed independently with PyTorch (float64).
+
+Writes tests/fixtures/losses/<case>.json. Each case holds the inputs (rewards and group sizes, or a micro-batch of
+log-probs with masks of different lengths) and what the plugins must return: advantages, the loss, its gradient with
+respect to log_probs, and the metrics. The Rust tests compare to 1e-6.
+
+Definitions (DESIGN.md, "Algorithms, exactly"):
+  GRPO advantages     A = (r - mean_g r) / (std_g r + eps), unbiased std; a group of one, or a group whose
+                      rewards are all equal, gets exactly 0.
+  DR-GRPO advantages  A = r - mean_g r.
+  per token           -min(rho*A, clip(rho, 1-eps_low, 1+eps_high)*A) + beta*k3,
+                      rho = exp(logp - old), k3 = exp(ref - logp) - (ref - logp) - 1 (both 0 outside the mask)
+  GRPO loss           mean over sequences of the masked mean over action tokens (an empty mask counts as 0)
+  DR-GRPO loss        mean over sequences of the masked SUM divided by generate_max_length
+
+Run: ~/.cache/grpo-rs/venv/bin/python tests/oracles/losses.py
+"""
+
+import json
+import math
+import pathlib
+
+import torch
+
+OUT = pathlib.Path(__file__).resolve().parent.parent / "fixtures" / "losses"
+torch.set_default_dtype(torch.float64)
+
+
+def grpo_advantages(rewards, groups, eps=1e-8):
+    out, start = [], 0
+    for n in groups:
+        g = rewards[start : start + n]
+        start += n
+        if n == 1 or bool((g == g[0]).all()):
+            out.append(torch.zeros_like(g))
+        else:
+            out.append((g - g.mean()) / (g.std(unbiased=True) + eps))
+    return torch.cat(out)
+
+
+def drgrpo_advantages(rewards, groups):
+    out, start = [], 0
+    for n in groups:
+        g = rewards[start : start + n]
+        start += n
+        out.append(g - g.mean())
+    return torch.cat(out)
+
+
+def per_token_terms(logp, old, ref, adv, mask, eps_low, eps_high):
+    """Surrogate and k3 per token, zero outside the mask, written out token by token on purpose (no shared code
+    with the vectorised Rust implementation)."""
+    B, T = logp.shape
+    surr = torch.zeros(B, T)
+    k3 = torch.zeros(B, T)
+    clipped = 0
+    for b in range(B):
+        a = adv[b]
+        for t in range(T):
+            if not mask[b][t]:
+                continue
+            rho = torch.exp(logp[b, t] - old[b, t])
+            rho_c = torch.clamp(rho, 1 - eps_low, 1 + eps_high)
+            surr[b, t] = -torch.minimum(rho * a, rho_c * a)
+            if (rho * a) > (rho_c * a):
+                clipped += 1
+            if ref is not None:
+                d = ref[b, t] - logp[b, t]
+                k3[b, t] = torch.exp(d) - d - 1
+    return surr, k3, clipped
+
+
+def loss_case(name, algo, seed, lengths, T, beta, eps_low, eps_high, with_ref, gen_max_len):
+    g = torch.Generator().manual_seed(seed)
+    B = len(lengths)
+    # Odd rows start their actions one position later, so masks are not all prefixes.
+    mask = [[(t >= (b % 2)) and (t < (b % 2) + n) and t < T for t in range(T)] for b, n in enumerate(lengths)]
+    logp0 = -torch.rand(B, T, generator=g) * 3 - 0.05
+    old = (logp0 + (torch.rand(B, T, generator=g) - 0.5) * 0.8).tolist()
+    ref = (logp0 + (torch.rand(B, T, generator=g) - 0.5) * 0.6).tolist() if with_ref else None
+    adv = ((torch.rand(B, generator=g) - 0.5) * 3).tolist()
+    logp = logp0.clone().requires_grad_(True)
+    old_t = torch.tensor(old)
+    ref_t = torch.tensor(ref) if ref is not None else None
+    adv_t = torch.tensor(adv)
+    surr, k3, clipped = per_token_terms(logp, old_t, ref_t, adv_t, mask, eps_low, eps_high)
+    m = torch.tensor(mask, dtype=torch.float64)
+    n_tok = m.sum(-1)
+    per_token = surr + beta * k3
+    if algo == "grpo":
+        denom = torch.clamp(n_tok, min=1.0)
+        loss = ((per_token * m).sum(-1) / denom).mean()
+    else:
+        loss = ((per_token * m).sum(-1) / gen_max_len).mean()
+    loss.backward()
+    total_tokens = float(n_tok.sum())
+    kl_masked_mean = float(((k3.detach() * m).sum(-1) / torch.clamp(n_tok, min=1.0)).mean()) if with_ref else 0.0
+    metrics = {
+        "training_step/kl": kl_masked_mean,
+        "training_step/clip_fraction": clipped / total_tokens if total_tokens > 0 else 0.0,
+    }
+    if algo == "drgrpo":
+        metrics["training_step/dr_component_policy"] = float(((surr.detach() * m).sum(-1) / gen_max_len).mean())
+        metrics["training_step/dr_component_kl"] = float(((beta * k3.detach() * m).sum(-1) / gen_max_len).mean())
+        metrics["training_step/dr_component_normalizer"] = float(gen_max_len)
+    return {
+        "kind": "loss",
+        "algorithm": algo,
+        "name": name,
+        "log_probs": logp0.tolist(),
+        "old_log_probs": old,
+        "ref_log_probs": ref,
+        "advantages": adv,
+        "action_mask": mask,
+        "settings": {
+            "clip_eps_low": eps_low,
+            "clip_eps_high": eps_high,
+            "kl_weight": beta,
+            "generate_max_length": gen_max_len,
+        },
+        "expected_loss": float(loss),
+        "expected_grad": logp.grad.tolist(),
+        "expected_metrics": metrics,
+    }
+
+
+def skewness(x):
+    mu = x.mean()
+    sigma = torch.sqrt(((x - mu) ** 2).mean())
+    if float(sigma) == 0.0:
+        return 0.0
+    return float((((x - mu) / sigma) ** 3).mean())
+
+
+def advantages_case(name, rewards, groups):
+    r = torch.tensor(rewards)
+    grpo = grpo_advantages(r, groups)
+    dr = drgrpo_advantages(r, groups)
+    assert not torch.isnan(grpo).any()
+    return {
+        "kind": "advantages",
+        "name": name,
+        "rewards": rewards,
+        "groups": groups,
+        "expected_grpo": grpo.tolist(),
+        "expected_drgrpo": dr.tolist(),
+        "expected_drgrpo_metrics": {
+            # Population variance and the third standardized moment (Fisher-Pearson g1) of all advantages.
+            "dr_grpo/advantages_variance": float(((dr - dr.mean()) ** 2).mean()),
+            "dr_grpo/advantages_skewness": skewness(dr),
+        },
+    }
+
+
+def main():
+    OUT.mkdir(parents=True, exist_ok=True)
+    cases = [
+        advantages_case(
+            "advantages_mixed_groups",
+            # groups: varied, all equal (0.3 three times: float sums are not exact), one, binary
+            [1.0, 0.0, 0.5, 0.01, 0.3, 0.3, 0.3, 0.7, 1.0, 0.0],
+            [4, 3, 1, 2],
+        ),
+        advantages_case("advantages_single_group", [2.0, -0.5, -0.8, 0.5, 2.0, -0.1], [6]),
+        loss_case("grpo_ref_masks", "grpo", 1, [5, 2, 7, 1, 3], 8, 0.01, 0.2, 0.2, True, 8),
+        loss_case("grpo_asym_clip_high_kl", "grpo", 2, [4, 6, 1, 6], 7, 0.04, 0.2, 0.28, True, 7),
+        loss_case("grpo_no_ref", "grpo", 3, [3, 5, 6], 6, 0.0, 0.1, 0.1, False, 6),
+        loss_case("grpo_empty_mask_row", "grpo", 4, [4, 0, 2], 5, 0.01, 0.2, 0.2, True, 5),
+        loss_case("drgrpo_ref_masks", "drgrpo", 1, [5, 2, 7, 1, 3], 8, 0.01, 0.2, 0.2, True, 16),
+        loss_case("drgrpo_asym_clip_high_kl", "drgrpo", 2, [4, 6, 1, 6], 7, 0.04, 0.2, 0.28, True, 7),
+        loss_case("drgrpo_no_ref", "drgrpo", 3, [3, 5, 6], 6, 0.0, 0.1, 0.1, False, 12),
+    ]
+    for case in cases:
+        path = OUT / f"{case['name']}.json"
+        path.write_text(json.dumps(case, indent=1) + "\n")
+        print("wrote", path.relative_to(OUT.parent.parent.parent))
+    assert all(math.isfinite(c.get("expected_loss", 0.0)) for c in cases)
+
+
+if __name__ == "__main__":
+    main()
