@@ -1,6 +1,7 @@
 //! The command line. `grpo-host [train] --algo A --env E` trains (the default command); the other subcommands each
 //! live in their own file beside this one.
 
+pub mod play;
 pub mod plugins;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +27,8 @@ pub struct Cli {
 pub enum Command {
     /// List plugins, or check one plugin library.
     Plugins(plugins::PluginsArgs),
+    /// Play one episode of an environment with scripted assistant replies and show turns and rewards.
+    Play(play::PlayArgs),
 }
 
 /// Parse the process arguments; clap prints usage errors itself with exit code 2.
@@ -45,5 +48,6 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Some(Command::Plugins(args)) => plugins::run(args),
+        Some(Command::Play(args)) => play::run(args),
     }
 }
