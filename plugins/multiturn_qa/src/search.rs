@@ -66,8 +66,11 @@ impl Bm25 {
         let body = schema.add_text_field("body", text);
         let id = schema.add_u64_field("id", STORED);
         let index = Index::create_in_ram(schema.build());
-        let index_error = |e: tantivy::TantivyError| Error::msg(format!("building the search index: {e}"));
-        let mut writer: tantivy::IndexWriter = index.writer_with_num_threads(1, 15_000_000).map_err(index_error)?;
+        let index_error =
+            |e: tantivy::TantivyError| Error::msg(format!("building the search index: {e}"));
+        let mut writer: tantivy::IndexWriter = index
+            .writer_with_num_threads(1, 15_000_000)
+            .map_err(index_error)?;
         for c in chunks {
             writer
                 .add_document(doc!(id => c.id as u64, body => c.text.as_str()))
