@@ -13,8 +13,9 @@ const ENVS: [(&str, &str); 2] = [
     ("grpo-plugin-multiturn-qa", "grpo_multiturn_qa"),
 ];
 
-/// A directory with links to the two environment libraries, built first (`cargo test` builds a cdylib only for the
-/// crate under test).
+/// A directory with a copy (hard link) of grpo-host and links to the two environment libraries beside it, as after an
+/// install, built first (`cargo test` builds a cdylib only for the crate under test). Running the copy keeps other
+/// libraries in target/<profile> (the executable's directory is searched) out of the test.
 fn plugin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
@@ -45,13 +46,16 @@ fn plugin_dir() -> &'static Path {
             let _ = std::fs::remove_file(&link);
             std::os::unix::fs::symlink(profile_dir.join(&file), &link).unwrap();
         }
+        let exe = dir.join("grpo-host");
+        let _ = std::fs::remove_file(&exe);
+        std::fs::hard_link(env!("CARGO_BIN_EXE_grpo-host"), &exe).unwrap();
         dir
     })
 }
 
 fn play(args: &[&str]) -> Output {
     let home = tempfile::tempdir().unwrap();
-    Command::new(env!("CARGO_BIN_EXE_grpo-host"))
+    Command::new(plugin_dir().join("grpo-host"))
         .arg("play")
         .args(["--plugin-dir", plugin_dir().to_str().unwrap()])
         .args(args)
