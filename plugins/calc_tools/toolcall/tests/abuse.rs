@@ -24,6 +24,7 @@ fn assert_fast_error(expr: &str, kind: &str) {
         Ok(v) => panic!("{shown:?}... gave {v}, expected a {kind} error"),
         Err(e) => assert_eq!(e.kind(), kind, "{shown:?}...: {e}"),
     }
+    eprintln!("{took:>10.3?}  {shown:?}");
     assert!(
         took < Duration::from_millis(10),
         "{shown:?}... took {took:?}"
