@@ -3,54 +3,11 @@
 
 mod common;
 
-use common::{library_file, profile_dir, workspace_root};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
-const ENVS: [(&str, &str); 2] = [
-    ("grpo-plugin-calc-tools", "grpo_calc_tools"),
-    ("grpo-plugin-multiturn-qa", "grpo_multiturn_qa"),
-];
-
-/// A directory with a copy (hard link) of grpo-host and links to the two environment libraries beside it, as after an
-/// install, built first (`cargo test` builds a cdylib only for the crate under test). Running the copy keeps other
-/// libraries in target/<profile> (the executable's directory is searched) out of the test.
 fn plugin_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let profile_dir = profile_dir();
-        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") => "dev".to_string(),
-            Some(other) => other.to_string(),
-            None => panic!("unexpected target layout {}", profile_dir.display()),
-        };
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.current_dir(workspace_root())
-            .args(["build", "--quiet", "--profile", &profile]);
-        for (package, _) in ENVS {
-            cmd.args(["-p", package]);
-        }
-        assert!(
-            cmd.status().expect("run cargo build").success(),
-            "building the environment plugins failed"
-        );
-        let dir = profile_dir
-            .join("plugin-tests")
-            .join(format!("play-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        for (_, stem) in ENVS {
-            let file = library_file(stem);
-            let link = dir.join(&file);
-            let _ = std::fs::remove_file(&link);
-            std::os::unix::fs::symlink(profile_dir.join(&file), &link).unwrap();
-        }
-        let exe = dir.join("grpo-host");
-        let _ = std::fs::remove_file(&exe);
-        std::fs::hard_link(env!("CARGO_BIN_EXE_grpo-host"), &exe).unwrap();
-        dir
-    })
+    common::installed()
 }
 
 fn play(args: &[&str]) -> Output {

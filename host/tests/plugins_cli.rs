@@ -6,22 +6,6 @@ use common::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// A folder with a copy (hard link) of grpo-host and links to the shipped plugins beside it, as after an install:
-/// the executable's directory is one of the places searched, and target/<profile> may hold other libraries.
-fn installed() -> PathBuf {
-    let dir = profile_dir()
-        .join("plugin-tests")
-        .join(format!("installed-{}", std::process::id()));
-    if !dir.exists() {
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::hard_link(env!("CARGO_BIN_EXE_grpo-host"), dir.join("grpo-host")).unwrap();
-        for (_, stem) in SHIPPED {
-            std::os::unix::fs::symlink(shipped(stem), dir.join(library_file(stem))).unwrap();
-        }
-    }
-    dir
-}
-
 /// Run `exe` with `args`, isolated from the user's own plugin directories.
 fn run(exe: &Path, args: &[&str], plugin_path: Option<&Path>) -> Output {
     let home = tempfile::tempdir().unwrap();

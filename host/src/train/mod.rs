@@ -186,9 +186,13 @@ impl Trainer {
                 );
                 loggers.println(&format!("checkpoint saved: {}", dir.display()));
             }
-            loggers.commit();
             if self.interrupted.load(Ordering::SeqCst) {
                 return Ok(Outcome::Interrupted);
+            }
+            // The last batch's row stays open: `finish` adds the final metrics to it, so a resumed run's first
+            // batch never lands on a step that W&B already holds.
+            if self.state.batch < self.args.max_steps {
+                loggers.commit();
             }
         }
         Ok(Outcome::Completed)
@@ -441,6 +445,7 @@ impl Trainer {
     /// End of the run, however it ended: final metrics, a checkpoint, flushed logs, and the exit code.
     fn finish(&mut self, loggers: &mut Loggers, outcome: Result<Outcome>) -> Result<i32> {
         let step = self.state.global_step;
+        let last_step = step.saturating_sub(1);
         let saved = self.save();
         let mut summary = crate::metrics! {
             "final/total_steps" => self.state.global_step,
@@ -451,7 +456,7 @@ impl Trainer {
             "checkpoint/step" => step,
         };
         summary.insert("training/completed".into(), matches!(outcome, Ok(Outcome::Completed)).into());
-        loggers.log(step, summary.clone());
+        loggers.log(last_step, summary.clone());
         loggers.commit();
         loggers.set_summary(summary);
         let resume_hint = |dir: &Path| format!("resume with: grpo-host --resume {} (and the same flags)", dir.display());

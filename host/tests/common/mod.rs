@@ -5,11 +5,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 
-/// The shipped plugins these tests load, by package and library file stem.
-pub const SHIPPED: [(&str, &str); 3] = [
+/// The shipped plugins, by package and library file stem.
+pub const SHIPPED: [(&str, &str); 5] = [
     ("grpo-plugin-grpo", "grpo_grpo"),
     ("grpo-plugin-drgrpo", "grpo_drgrpo"),
     ("grpo-plugin-math", "grpo_math"),
+    ("grpo-plugin-calc-tools", "grpo_calc_tools"),
+    ("grpo-plugin-multiturn-qa", "grpo_multiturn_qa"),
 ];
 
 /// `target/<profile>`: the test binary lives in its `deps/` folder.
@@ -31,7 +33,8 @@ pub fn workspace_root() -> PathBuf {
 
 /// A directory holding links to the shipped plugin libraries, built first with cargo when needed (`cargo test`
 /// builds a cdylib only for the crate under test, so the host's tests build them: with up-to-date libraries this
-/// is a no-op costing about a second).
+/// is a no-op costing about a second). It builds the whole workspace, exactly as `cargo xtask test` does before the
+/// tests, so that cargo resolves the same features and reuses those artifacts instead of rebuilding libtorch's glue.
 pub fn shipped_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
@@ -42,19 +45,13 @@ pub fn shipped_dir() -> &'static Path {
             None => panic!("unexpected target layout {}", profile_dir.display()),
         };
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.current_dir(workspace_root())
-            .args(["build", "--quiet", "--profile", &profile]);
-        for (package, _) in SHIPPED {
-            cmd.args(["-p", package]);
-        }
-        let status = cmd
+        let status = Command::new(cargo)
+            .current_dir(workspace_root())
+            .args(["build", "--quiet", "--workspace", "--profile", &profile])
             .status()
             .expect("run cargo build for the plugin libraries");
         assert!(status.success(), "building the plugin libraries failed");
-        let dir = profile_dir
-            .join("plugin-tests")
-            .join(format!("shipped-{}", std::process::id()));
+        let dir = profile_dir.join("plugin-tests").join(format!("shipped-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         for (_, stem) in SHIPPED {
             let file = library_file(stem);
@@ -64,6 +61,30 @@ pub fn shipped_dir() -> &'static Path {
         }
         dir
     })
+}
+
+/// A folder with a copy (hard link) of grpo-host and links to the shipped plugins beside it, as after an install:
+/// the executable's directory is one of the places searched, and target/<profile> may hold other libraries.
+pub fn installed() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = profile_dir().join("plugin-tests").join(format!("installed-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let exe = dir.join("grpo-host");
+        let _ = std::fs::remove_file(&exe);
+        std::fs::hard_link(env!("CARGO_BIN_EXE_grpo-host"), &exe).unwrap();
+        for (_, stem) in SHIPPED {
+            let link = dir.join(library_file(stem));
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(shipped(stem), link).unwrap();
+        }
+        dir
+    })
+}
+
+/// The installed copy of grpo-host (see [`installed`]).
+pub fn host_exe() -> PathBuf {
+    installed().join("grpo-host")
 }
 
 /// `lib<stem>.so` on this platform.
