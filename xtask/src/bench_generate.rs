@@ -103,6 +103,7 @@ pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
             ])
             .args(&samples_str),
     )?;
+    eprintln!("reference: {reference}");
 
     let mut ours = Vec::new();
     for &n in &samples {
@@ -134,7 +135,12 @@ pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
                 ])
                 .args(["--seed", "0", "--threads", &threads.to_string()]),
         )?;
-        ours.push(v["stats"]["tokens_per_second"].as_f64().unwrap_or(0.0));
+        let tps = v["stats"]["tokens_per_second"].as_f64().unwrap_or(0.0);
+        eprintln!(
+            "  {tps:.1} tokens/s ({} tokens)",
+            v["stats"]["generated_tokens"]
+        );
+        ours.push(tps);
     }
 
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -153,7 +159,8 @@ pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
          {new_tokens} new tokens per sample (eos ignored), sampling at temperature 0.7. grpo-host: \
          `grpo-host generate --prompt '{PROMPT}' -n N --max-new-tokens {new_tokens} --temperature 0.7 --ignore-eos --json \
          --threads {threads}` (release build; generation time incl. prefill, excl. model load). Reference: \
-         `tests/oracles/bench_generate.py --threads {threads}` (transformers {} generate, one warm-up call).\n\n",
+         `tests/oracles/bench_generate.py --threads {threads}` (transformers {} on torch {}, one warm-up call).\n\n",
+        reference["transformers"].as_str().unwrap_or("?"),
         reference["torch"].as_str().unwrap_or("?")
     ));
     md.push_str(&format!(
@@ -182,9 +189,10 @@ pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
             100.0 * ours[i] / roof.max(1e-9)
         ));
     }
-    let out = root.join("docs").join("benchmarks-generate.md");
-    std::fs::write(&out, &md)?;
     print!("{md}");
+    let out = root.join("docs").join("benchmarks-generate.md");
+    std::fs::create_dir_all(root.join("docs"))?;
+    std::fs::write(&out, &md)?;
     eprintln!("wrote {}", out.display());
     Ok(())
 }
