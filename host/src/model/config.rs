@@ -101,9 +101,11 @@ impl ModelConfig {
             "llama" => Architecture::Llama,
             "qwen2" => Architecture::Qwen2,
             "qwen3" => Architecture::Qwen3,
-            other => return Err(user_error!(
+            other => {
+                return Err(user_error!(
                 "unsupported model_type {other:?} in config.json; supported: llama, qwen2, qwen3"
-            )),
+            ))
+            }
         };
         let int = |name: &str| -> anyhow::Result<i64> {
             v.get(name)

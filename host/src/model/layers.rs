@@ -130,7 +130,7 @@ impl Rotary {
         let mut inv_freq = Tensor::pow_scalar(cfg.rope_theta, &exponents).reciprocal();
         match cfg.rope_scaling {
             RopeScaling::None => {}
-            RopeScaling::Linear { factor } => inv_freq = inv_freq / factor,
+            RopeScaling::Linear { factor } => inv_freq /= factor,
             RopeScaling::Llama3 {
                 factor,
                 low_freq_factor,

@@ -133,6 +133,20 @@ impl WeightFiles {
             .ok_or_else(|| user_error!("tensor {name:?} lies outside {}", path.display()))?;
         let t = Tensor::f_from_data_size(bytes, &shape, stored)
             .with_context(|| format!("reading tensor {name:?} from {}", path.display()))?;
+        // Release the mapped pages just copied so the process does not hold the file and the tensors at once.
+        #[cfg(unix)]
+        {
+            let start = e.start - e.start % 4096;
+            // SAFETY: the mapping is read-only and file-backed, so MADV_DONTNEED only drops pages that are
+            // re-read from the file on a later access; nothing borrows them any more (the copy above is done).
+            let _ = unsafe {
+                mmap.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    start,
+                    e.end - start,
+                )
+            };
+        }
         // Convert on the CPU only when the target is the CPU; otherwise move the stored bytes first (half the
         // transfer for bf16 checkpoints) and convert on the device.
         let t = if device == Device::Cpu {

@@ -299,7 +299,7 @@ impl PyJson {
                     return Ok(());
                 }
                 if self.sort_keys {
-                    keys.sort_by(|a, b| a.to_string().cmp(&b.to_string()));
+                    keys.sort_by_key(|k| k.to_string());
                 }
                 out.push('{');
                 for (i, k) in keys.iter().enumerate() {
