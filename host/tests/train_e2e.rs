@@ -44,9 +44,7 @@ fn comparable(run: &Path) -> Vec<BTreeMap<String, serde_json::Value>> {
         .into_iter()
         .map(|row| {
             row.into_iter()
-                .filter(|(k, _)| {
-                    !(k.starts_with("timing/") || k.starts_with('_') || k == "system/process_rss_gb")
-                })
+                .filter(|(k, _)| !(k.starts_with("timing/") || k.starts_with('_') || k == "system/process_rss_gb"))
                 .collect()
         })
         .collect()
@@ -135,7 +133,12 @@ fn two_batches_log_every_metric_save_a_checkpoint_and_resume_exactly() {
     let later = |rows: &[BTreeMap<String, serde_json::Value>]| -> Vec<BTreeMap<String, serde_json::Value>> {
         rows.iter()
             .filter(|r| r["step"].as_u64().unwrap() >= 3)
-            .map(|r| r.iter().filter(|(k, _)| !k.starts_with("final/") && !k.starts_with("checkpoint/")).map(|(k, v)| (k.clone(), v.clone())).collect())
+            .map(|r| {
+                r.iter()
+                    .filter(|(k, _)| !k.starts_with("final/") && !k.starts_with("checkpoint/"))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
             .collect()
     };
     assert_eq!(later(&split), later(&full), "the resumed run's second batch differs from the uninterrupted run");

@@ -19,28 +19,18 @@ fn cache_dir() -> PathBuf {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into())).join(".cache")
-        });
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into())).join(".cache"));
     base.join("grpo-rs")
 }
 
 fn flag(args: &[String], name: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
 }
 
 fn run_json(cmd: &mut Command) -> anyhow::Result<Value> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .last()
-                .unwrap_or("")
-        );
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""));
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let start = text.find('{').context("no JSON in the output")?;
@@ -58,9 +48,7 @@ pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
         .split(',')
         .map(|s| s.trim().parse().context("--samples"))
         .collect::<anyhow::Result<_>>()?;
-    let new_tokens: usize = flag(args, "--new-tokens")
-        .map_or(Ok(64), |s| s.parse())
-        .context("--new-tokens")?;
+    let new_tokens: usize = flag(args, "--new-tokens").map_or(Ok(64), |s| s.parse()).context("--new-tokens")?;
     let model = flag(args, "--model")
         .map(PathBuf::from)
         .unwrap_or_else(|| cache_dir().join("models").join("SmolLM2-135M-Instruct"));
@@ -88,19 +76,8 @@ pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
         Command::new(&python)
             .current_dir(root)
             .arg("tests/oracles/bench_generate.py")
-            .args([
-                "--model",
-                &model.display().to_string(),
-                "--threads",
-                &threads.to_string(),
-            ])
-            .args([
-                "--new-tokens",
-                &new_tokens.to_string(),
-                "--prompt",
-                PROMPT,
-                "--samples",
-            ])
+            .args(["--model", &model.display().to_string(), "--threads", &threads.to_string()])
+            .args(["--new-tokens", &new_tokens.to_string(), "--prompt", PROMPT, "--samples"])
             .args(&samples_str),
     )?;
     eprintln!("reference: {reference}");
@@ -110,36 +87,13 @@ pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
         eprintln!("running grpo-host generate -n {n}...");
         let v = run_json(
             Command::new(&host)
-                .args([
-                    "generate",
-                    "--model",
-                    &model.display().to_string(),
-                    "--prompt",
-                    PROMPT,
-                ])
-                .args([
-                    "-n",
-                    &n.to_string(),
-                    "--max-new-tokens",
-                    &new_tokens.to_string(),
-                ])
-                .args([
-                    "--temperature",
-                    "0.7",
-                    "--ignore-eos",
-                    "--json",
-                    "--device",
-                    "cpu",
-                    "--dtype",
-                    "f32",
-                ])
+                .args(["generate", "--model", &model.display().to_string(), "--prompt", PROMPT])
+                .args(["-n", &n.to_string(), "--max-new-tokens", &new_tokens.to_string()])
+                .args(["--temperature", "0.7", "--ignore-eos", "--json", "--device", "cpu", "--dtype", "f32"])
                 .args(["--seed", "0", "--threads", &threads.to_string()]),
         )?;
         let tps = v["stats"]["tokens_per_second"].as_f64().unwrap_or(0.0);
-        eprintln!(
-            "  {tps:.1} tokens/s ({} tokens)",
-            v["stats"]["generated_tokens"]
-        );
+        eprintln!("  {tps:.1} tokens/s ({} tokens)", v["stats"]["generated_tokens"]);
         ours.push(tps);
     }
 
@@ -174,12 +128,8 @@ pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
     md.push_str("| samples | grpo-host tok/s | transformers tok/s | ratio | roofline tok/s | % of roofline |\n");
     md.push_str("|---:|---:|---:|---:|---:|---:|\n");
     for (i, &n) in samples.iter().enumerate() {
-        let r = reference["reference"][i]["tokens_per_second"]
-            .as_f64()
-            .unwrap_or(0.0);
-        let roof = reference["roofline"][i]["tokens_per_second"]
-            .as_f64()
-            .unwrap_or(0.0);
+        let r = reference["reference"][i]["tokens_per_second"].as_f64().unwrap_or(0.0);
+        let roof = reference["roofline"][i]["tokens_per_second"].as_f64().unwrap_or(0.0);
         md.push_str(&format!(
             "| {n} | {:.1} | {:.1} | {:.2}x | {:.0} | {:.0}% |\n",
             ours[i],

@@ -71,7 +71,8 @@ impl Experience {
     /// The rows `rows`, cut to their own longest sequence (a micro-batch pays only for its own length).
     pub fn select(&self, rows: &[usize]) -> MicroBatch {
         let longest = rows.iter().map(|&r| self.lengths[r]).max().unwrap_or(2).max(2) as i64;
-        let index = Tensor::from_slice(&rows.iter().map(|&r| r as i64).collect::<Vec<_>>()).to_device(self.tokens.device());
+        let index =
+            Tensor::from_slice(&rows.iter().map(|&r| r as i64).collect::<Vec<_>>()).to_device(self.tokens.device());
         let pick = |x: &Tensor, width: i64| x.index_select(0, &index).narrow(1, 0, width);
         MicroBatch {
             tokens: pick(&self.tokens, longest),

@@ -277,7 +277,10 @@ impl Trainer {
         m.insert("training_epoch/kl_mean".into(), kl.mean.into());
         m.insert("training_epoch/kl_std".into(), kl.std.into());
         m.insert("training_epoch/grad_norm_mean".into(), grad.mean.into());
-        m.insert("training_epoch/grad_norm_max".into(), if epoch.grad_norms.is_empty() { 0.0 } else { grad.max }.into());
+        m.insert(
+            "training_epoch/grad_norm_max".into(),
+            if epoch.grad_norms.is_empty() { 0.0 } else { grad.max }.into(),
+        );
         m.insert("training/invalid_loss_count".into(), self.state.invalid_loss_count.into());
         m.insert("timing/train_s".into(), train_secs.into());
         for source in [self.algo.metrics()?, self.env.metrics()?] {
@@ -290,7 +293,14 @@ impl Trainer {
         Ok(())
     }
 
-    fn rollout_metrics(&mut self, m: &mut Metrics, rollouts: &[Rollout], returns: &[f64], adv: &[f32], exp: &Experience) {
+    fn rollout_metrics(
+        &mut self,
+        m: &mut Metrics,
+        rollouts: &[Rollout],
+        returns: &[f64],
+        adv: &[f32],
+        exp: &Experience,
+    ) {
         let r = summarize(returns);
         let best = self.state.best_mean_return.map_or(r.mean, |b| b.max(r.mean));
         self.state.best_mean_return = Some(best);
@@ -459,7 +469,8 @@ impl Trainer {
         loggers.log(last_step, summary.clone());
         loggers.commit();
         loggers.set_summary(summary);
-        let resume_hint = |dir: &Path| format!("resume with: grpo-host --resume {} (and the same flags)", dir.display());
+        let resume_hint =
+            |dir: &Path| format!("resume with: grpo-host --resume {} (and the same flags)", dir.display());
         match (outcome, saved) {
             (Ok(Outcome::Completed), Ok(dir)) => {
                 loggers.println(&format!("done: final checkpoint {}", dir.display()));
@@ -621,7 +632,10 @@ fn validate(args: &TrainArgs) -> Result<()> {
         return Err(user_error!("--lr-schedule {}: expected constant or cosine", args.lr_schedule));
     }
     if !matches!(args.recompute_old_logprobs.as_str(), "auto" | "always" | "never") {
-        return Err(user_error!("--recompute-old-logprobs {}: expected auto, always or never", args.recompute_old_logprobs));
+        return Err(user_error!(
+            "--recompute-old-logprobs {}: expected auto, always or never",
+            args.recompute_old_logprobs
+        ));
     }
     if args.lr <= 0.0 || !args.lr.is_finite() {
         return Err(user_error!("--lr {} must be a positive number", args.lr));

@@ -146,7 +146,11 @@ impl AdamW {
                 let key = format!("{prefix}.{name}");
                 let t = tensors.get(&key).with_context(|| format!("the checkpoint's optimizer state has no {key}"))?;
                 if t.size() != p.size() {
-                    anyhow::bail!("the checkpoint's {key} has shape {:?}, the model's parameter {:?}", t.size(), p.size());
+                    anyhow::bail!(
+                        "the checkpoint's {key} has shape {:?}, the model's parameter {:?}",
+                        t.size(),
+                        p.size()
+                    );
                 }
                 *slot = t.to_kind(Kind::Float).to_device(p.device());
             }

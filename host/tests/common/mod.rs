@@ -17,18 +17,12 @@ pub const SHIPPED: [(&str, &str); 5] = [
 /// `target/<profile>`: the test binary lives in its `deps/` folder.
 pub fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>")
-        .to_path_buf()
+    exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>").to_path_buf()
 }
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
 /// A directory holding links to the shipped plugin libraries, built first with cargo when needed (`cargo test`
@@ -89,11 +83,7 @@ pub fn host_exe() -> PathBuf {
 
 /// `lib<stem>.so` on this platform.
 pub fn library_file(stem: &str) -> String {
-    format!(
-        "{}{stem}{}",
-        std::env::consts::DLL_PREFIX,
-        std::env::consts::DLL_SUFFIX
-    )
+    format!("{}{stem}{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX)
 }
 
 /// The path of a shipped library (built by [`shipped_dir`]).
@@ -106,9 +96,7 @@ pub fn shipped(stem: &str) -> PathBuf {
 pub fn broken_plugin(case: &str) -> PathBuf {
     static LOCK: Mutex<()> = Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = profile_dir()
-        .join("plugin-tests")
-        .join(format!("broken-{case}"));
+    let dir = profile_dir().join("plugin-tests").join(format!("broken-{case}"));
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join(library_file(&format!("broken_{case}")));
     let src = workspace_root().join("tests/broken_plugins/broken.rs");
@@ -120,31 +108,15 @@ pub fn broken_plugin(case: &str) -> PathBuf {
         let tmp = dir.join(format!("building-{}", std::process::id()));
         let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
         let output = Command::new(rustc)
-            .args([
-                "--edition",
-                "2021",
-                "--crate-type",
-                "cdylib",
-                "-C",
-                "debuginfo=0",
-            ])
-            .args([
-                "--crate-name",
-                &format!("broken_{case}"),
-                "--cfg",
-                &format!("case=\"{case}\""),
-            ])
+            .args(["--edition", "2021", "--crate-type", "cdylib", "-C", "debuginfo=0"])
+            .args(["--crate-name", &format!("broken_{case}"), "--cfg", &format!("case=\"{case}\"")])
             .arg("-o")
             .arg(&tmp)
             .arg(&src)
             .env("BROKEN_HOST_LIBTORCH", grpo_sdk::LIBTORCH_VERSION)
             .output()
             .expect("run rustc");
-        assert!(
-            output.status.success(),
-            "rustc failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        assert!(output.status.success(), "rustc failed: {}", String::from_utf8_lossy(&output.stderr));
         std::fs::rename(&tmp, &out).unwrap();
     }
     out
