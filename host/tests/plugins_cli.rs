@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 /// Run `exe` with `args`, isolated from the user's own plugin directories.
@@ -33,6 +33,8 @@ fn list_shows_the_plugins_beside_the_executable() {
         ("drgrpo", "algorithm", "grpo_drgrpo"),
         ("grpo", "algorithm", "grpo_grpo"),
         ("math", "environment", "grpo_math"),
+        ("calc_tools", "environment", "grpo_calc_tools"),
+        ("multiturn_qa", "environment", "grpo_multiturn_qa"),
     ] {
         let line =
             lines.iter().find(|l| l.split_whitespace().next() == Some(name)).unwrap_or_else(|| panic!("{stdout}"));
@@ -40,7 +42,7 @@ fn list_shows_the_plugins_beside_the_executable() {
         assert_eq!(cols[1..3], [kind, env!("CARGO_PKG_VERSION")], "{line}");
         assert_eq!(Path::new(cols[3]), dir.join(library_file(stem)), "{line}");
     }
-    assert_eq!(lines.len(), 4, "{stdout}");
+    assert_eq!(lines.len(), 1 + SHIPPED.len(), "{stdout}");
 }
 
 #[test]
