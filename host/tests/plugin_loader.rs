@@ -32,9 +32,11 @@ fn finds_the_shipped_plugins_with_kind_version_and_file() {
     assert_eq!(
         found,
         vec![
+            ("calc_tools".to_string(), PluginKind::Environment),
             ("drgrpo".to_string(), PluginKind::Algorithm),
             ("grpo".to_string(), PluginKind::Algorithm),
             ("math".to_string(), PluginKind::Environment),
+            ("multiturn_qa".to_string(), PluginKind::Environment),
         ]
     );
     for p in registry.plugins() {
@@ -51,7 +53,7 @@ fn unknown_names_list_what_is_available() {
     assert_eq!(code, 2);
     assert_eq!(line, "--algo ppo: unknown algorithm; available: drgrpo, grpo");
     let (line, _) = user_message(registry.environment("grpo", &Value::Null));
-    assert_eq!(line, "--env grpo: unknown environment; available: math");
+    assert_eq!(line, "--env grpo: unknown environment; available: calc_tools, math, multiturn_qa");
     let (line, _) = user_message(Registry::default().environment("math", &Value::Null));
     assert!(line.contains("no environment plugins found"), "{line}");
 }
