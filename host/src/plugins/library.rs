@@ -106,9 +106,11 @@ pub(crate) unsafe fn validate(entry: EntryFn, path: &Path) -> anyhow::Result<Vec
                 check_size(vt.size, std::mem::size_of::<EnvironmentVTable>(), &name, path)?;
                 VTable::Environment(vt)
             }
-            other => return Err(user_error!(
+            other => {
+                return Err(user_error!(
                 "plugin file {shown}: plugin `{name}` has unknown kind {other}; this host may be older than the plugin"
-            )),
+            ))
+            }
         };
         let kind = match vtable {
             VTable::Algorithm(_) => PluginKind::Algorithm,

@@ -154,7 +154,7 @@ mod tests {
         let mask = Tensor::from_slice(&[true, true, false]).view([1, 3]);
         let kl = sequence_kl(&lp, &rf, &mask).double_value(&[0]);
         let d: f64 = -0.5;
-        let expected = ((d.exp() - d - 1.0) + 0.0) / 2.0;
+        let expected = (d.exp() - d - 1.0) / 2.0; // the second action token has zero difference
         assert!((kl - expected).abs() < 1e-6, "{kl} vs {expected}");
     }
 }
