@@ -177,7 +177,7 @@ impl Trainer {
     fn train(&mut self, loggers: &mut Loggers) -> Result<Outcome> {
         while self.state.batch < self.args.max_steps {
             self.batch(loggers)?;
-            let saved = self.state.batch % self.args.checkpoint_interval.max(1) == 0;
+            let saved = self.state.batch.is_multiple_of(self.args.checkpoint_interval.max(1));
             if saved && self.state.batch < self.args.max_steps {
                 let dir = self.save()?;
                 loggers.log(
@@ -255,7 +255,7 @@ impl Trainer {
         let generated: usize = rollouts.iter().map(|r| r.action.iter().filter(|&&a| a).count()).sum();
         m.insert("timing/generated_tokens_per_s".into(), (generated as f64 / rollout_secs.max(1e-9)).into());
         m.extend(self.system.sample(exp.len(), true));
-        if args.log_completions_interval > 0 && self.state.batch % args.log_completions_interval == 0 {
+        if args.log_completions_interval > 0 && self.state.batch.is_multiple_of(args.log_completions_interval) {
             let rows = completion_rows(step0, &rollouts, &adv_values);
             if let Some(first) = rollouts.first() {
                 m.insert("examples/completion".into(), example_text(first).into());
