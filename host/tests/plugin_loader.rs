@@ -184,7 +184,7 @@ fn two_plugins_with_one_name_are_refused() {
 fn the_same_file_reached_twice_loads_once() {
     let dirs = vec![shipped_dir().to_path_buf(), shipped_dir().to_path_buf()];
     let registry = Registry::discover(&DiscoveryOptions::only(dirs)).unwrap();
-    assert_eq!(registry.plugins().count(), 3);
+    assert_eq!(registry.plugins().count(), SHIPPED.len());
     // A symlink and the file it points at.
     let mut r = Registry::default();
     r.load_file(&shipped("grpo_grpo")).unwrap();
