@@ -11,6 +11,10 @@ use crate::user_error;
 /// Expand `--config FILE` in `argv` (program name first) into the file's settings.
 pub fn expand(argv: Vec<OsString>) -> Result<Vec<OsString>> {
     let strings: Vec<String> = argv.iter().map(|a| a.to_string_lossy().to_string()).collect();
+    // Only training reads a run file; other subcommands (`plugins check --config JSON`) own their `--config`.
+    if strings.get(1).is_some_and(|c| ["generate", "plugins", "play", "report"].contains(&c.as_str())) {
+        return Ok(argv);
+    }
     let mut path = None;
     for (i, a) in strings.iter().enumerate() {
         if a == "--config" {
