@@ -102,7 +102,8 @@ fn offline_run_file_has_run_first_every_step_and_exit_last() {
     assert_eq!(run.display_name, "test-run");
     let config: Vec<_> =
         run.config.as_ref().unwrap().update.iter().map(|i| (i.key.as_str(), i.value_json.as_str())).collect();
-    assert_eq!(config, vec![("algo", "\"drgrpo\""), ("group_size", "4"), ("lr", "5e-6")]);
+    // serde_json keeps insertion order in this crate (preserve_order), so the run's config reads as it was written.
+    assert_eq!(config, vec![("lr", "5e-6"), ("group_size", "4"), ("algo", "\"drgrpo\"")]);
     let RecordType::Exit(exit) = recs.last().unwrap() else { panic!("last record is not exit") };
     assert_eq!(exit.exit_code, 0);
     let histories: Vec<_> =
