@@ -4,8 +4,8 @@
 use grpo_host::{cli, error};
 
 fn main() {
-    let cli = cli::parse();
-    match cli::run(cli) {
+    let outcome = cli::parse().and_then(cli::run);
+    match outcome {
         Ok(code) => std::process::exit(code),
         Err(err) => {
             eprintln!("error: {}", error::one_line(&err));

@@ -1,23 +1,31 @@
 //! The command line. `grpo-host [train] --algo A --env E` trains (the default command); the other subcommands each
 //! live in their own file beside this one.
 
+pub mod config_file;
+pub mod generate;
 pub mod plugins;
+pub mod report;
+pub mod train;
 
 use clap::{Parser, Subcommand};
-
-pub mod report;
 
 /// grpo-rs: GRPO-family reinforcement learning of language models, with algorithms and environments as plugins.
 #[derive(Debug, Parser)]
 #[command(
     name = "grpo-host",
     disable_version_flag = true,
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    args_override_self = true,
+    subcommand_negates_reqs = true
 )]
 pub struct Cli {
     /// Print the version, the libtorch version and whether CUDA is available, then exit.
-    #[arg(short = 'V', long = "version", global = true)]
+    #[arg(short = 'V', long = "version")]
     pub version: bool,
+
+    /// Training flags when no subcommand is given (`grpo-host --algo drgrpo --env calc_tools`).
+    #[command(flatten)]
+    pub train: train::TrainArgs,
 
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -26,15 +34,20 @@ pub struct Cli {
 /// The subcommands; training is the default when none is given.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Train a policy (the default command).
+    Train(Box<train::TrainArgs>),
+    /// Sample text from a model (streams with -n 1; --json for ids, log-probs and tokens/s).
+    Generate(generate::GenerateArgs),
     /// List plugins, or check one plugin library.
     Plugins(plugins::PluginsArgs),
     /// Plot a run's returns, loss, KL, grad norm and completion length from its metrics.jsonl, and summarise it.
     Report(report::ReportArgs),
 }
 
-/// Parse the process arguments; clap prints usage errors itself with exit code 2.
-pub fn parse() -> Cli {
-    Cli::parse()
+/// Parse the process arguments (expanding `--config FILE`); clap prints usage errors itself with exit code 2.
+pub fn parse() -> anyhow::Result<Cli> {
+    let argv = config_file::expand(std::env::args_os().collect())?;
+    Ok(Cli::parse_from(argv))
 }
 
 /// Run a parsed command line; returns the process exit code.
@@ -44,10 +57,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         return Ok(0);
     }
     match cli.command {
-        None => {
-            println!("{}", crate::runtime::version_line());
-            Ok(0)
-        }
+        None => crate::train::run(cli.train),
+        Some(Command::Train(args)) => crate::train::run(*args),
+        Some(Command::Generate(args)) => generate::run(args),
         Some(Command::Plugins(args)) => plugins::run(args),
         Some(Command::Report(args)) => report::run(&args),
     }

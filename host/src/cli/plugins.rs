@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 use std::path::PathBuf;
 
 /// Where to look for plugins besides the default places; shared by every command that loads plugins.
-#[derive(Debug, Clone, Default, Args)]
+#[derive(Debug, Clone, Default, Args, serde::Serialize)]
 pub struct PluginDirArgs {
     /// A directory of plugin libraries, searched before GRPO_PLUGIN_PATH, the executable's directory and the
     /// per-user plugin directory. Repeatable.

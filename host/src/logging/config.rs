@@ -83,7 +83,7 @@ pub struct WandbFlags {
 }
 
 /// The logging flags of the training command; flatten into its clap struct with `#[command(flatten)]`.
-#[derive(Clone, Debug, Default, clap::Args)]
+#[derive(Clone, Debug, Default, clap::Args, serde::Serialize)]
 pub struct LoggingArgs {
     /// Disable Weights & Biases: no W&B files, threads or connections (same as WANDB_MODE=disabled).
     #[arg(long)]

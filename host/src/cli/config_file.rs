@@ -1,0 +1,98 @@
+//! `--config run.toml`: the same keys as the flags (`group-size = 8` or `group_size = 8`), turned into arguments
+//! placed before the command line's own, so that a flag given on the command line overrides the file.
+
+use std::ffi::OsString;
+use std::path::Path;
+
+use anyhow::Result;
+
+use crate::user_error;
+
+/// Expand `--config FILE` in `argv` (program name first) into the file's settings.
+pub fn expand(argv: Vec<OsString>) -> Result<Vec<OsString>> {
+    let strings: Vec<String> = argv.iter().map(|a| a.to_string_lossy().to_string()).collect();
+    let mut path = None;
+    for (i, a) in strings.iter().enumerate() {
+        if a == "--config" {
+            path = strings.get(i + 1).cloned();
+        } else if let Some(p) = a.strip_prefix("--config=") {
+            path = Some(p.to_string());
+        }
+    }
+    let Some(path) = path else { return Ok(argv) };
+    let from_file = file_args(Path::new(&path))?;
+    // After the program name and an explicit `train` subcommand, before everything the user typed.
+    let at = if strings.get(1).map(String::as_str) == Some("train") { 2 } else { 1 };
+    let mut out = argv;
+    out.splice(at..at, from_file.into_iter().map(OsString::from));
+    Ok(out)
+}
+
+fn file_args(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| user_error!("--config {}: cannot read it ({e})", path.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| user_error!("--config {}: not valid TOML ({})", path.display(), one_line(&e.to_string())))?;
+    let mut args = Vec::new();
+    for (key, value) in table {
+        let flag = format!("--{}", key.replace('_', "-"));
+        if flag == "--config" {
+            return Err(user_error!("--config {}: a config file cannot name another config file", path.display()));
+        }
+        match value {
+            toml::Value::Boolean(true) => args.push(flag),
+            toml::Value::Boolean(false) => {}
+            toml::Value::Array(items) => {
+                for item in items {
+                    args.push(flag.clone());
+                    args.push(scalar(&item, &key, path)?);
+                }
+            }
+            // Plugin options (`algo-config = { ... }`) travel as JSON.
+            toml::Value::Table(t) => {
+                args.push(flag);
+                args.push(serde_json::to_string(&t)?);
+            }
+            other => {
+                args.push(flag);
+                args.push(scalar(&other, &key, path)?);
+            }
+        }
+    }
+    Ok(args)
+}
+
+fn scalar(value: &toml::Value, key: &str, path: &Path) -> Result<String> {
+    Ok(match value {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Float(f) => f.to_string(),
+        toml::Value::Boolean(b) => b.to_string(),
+        _ => return Err(user_error!("--config {}: `{key}` must be a string, number or boolean", path.display())),
+    })
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_settings_come_before_command_line_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.toml");
+        std::fs::write(&path, "group_size = 8\nlr = 1e-5\nno-wandb = true\nenv-config = { digits = 2 }\n").unwrap();
+        let argv: Vec<OsString> =
+            ["grpo-host", "--config", path.to_str().unwrap(), "--group-size", "2"].iter().map(OsString::from).collect();
+        let out: Vec<String> = expand(argv).unwrap().iter().map(|a| a.to_string_lossy().to_string()).collect();
+        let first_group = out.iter().position(|a| a == "--group-size").unwrap();
+        assert_eq!(out[first_group + 1], "8");
+        assert_eq!(out.last().unwrap(), "2");
+        assert!(out.contains(&"--no-wandb".to_string()));
+        assert!(out.contains(&"{\"digits\":2}".to_string()));
+    }
+}

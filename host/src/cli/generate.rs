@@ -1,0 +1,199 @@
+//! `grpo-host generate`: sample from a model. With one sample and no `--json` the text streams to the terminal;
+//! `--json` prints ids, text, log-probs, finish reasons and tokens/s as one JSON object.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::Args;
+use serde_json::json;
+
+use crate::generate::{generate, GenerateRequest, SamplingParams};
+use crate::model::{parse_device, parse_dtype, resolve_model_dir, Model};
+use crate::tokenizer::Tokenizer;
+use crate::user_error;
+
+/// Flags of `grpo-host generate`.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Model directory or Hugging Face hub id (default: the model installed by `cargo xtask setup`).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// User message, rendered through the model's chat template with a generation prompt.
+    #[arg(long, conflicts_with = "raw")]
+    pub prompt: Option<String>,
+    /// System message placed before --prompt.
+    #[arg(long, requires = "prompt")]
+    pub system: Option<String>,
+    /// Raw text to continue, tokenized as is (no chat template).
+    #[arg(long)]
+    pub raw: Option<String>,
+    /// Number of samples.
+    #[arg(short = 'n', long = "num-samples", default_value_t = 1)]
+    pub num_samples: usize,
+    /// Maximum new tokens per sample.
+    #[arg(long, default_value_t = 256)]
+    pub max_new_tokens: usize,
+    /// Sampling temperature; 0 is greedy decoding.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    /// Nucleus sampling mass (1 disables).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    /// Keep only the k most likely tokens (0 disables).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Drop tokens less likely than min-p times the most likely one (0 disables).
+    #[arg(long, default_value_t = 0.0)]
+    pub min_p: f64,
+    /// Stop a sample when its text contains this string (repeatable).
+    #[arg(long = "stop")]
+    pub stop: Vec<String>,
+    /// Random seed; the same seed reproduces the same samples on CPU.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Keep generating after end-of-sequence tokens (for benchmarks: always max-new-tokens per sample).
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// auto (CUDA when available), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// auto (bf16 on CUDA, f32 on CPU), f32, bf16 or f16.
+    #[arg(long, default_value = "auto")]
+    pub dtype: String,
+    /// Print one JSON object (ids, text, log-probs, finish reasons, tokens/s) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// libtorch intra-op threads (default: libtorch's choice, one per core).
+    #[arg(long)]
+    pub threads: Option<i32>,
+    /// Never download a hub id that is missing from the local Hugging Face cache.
+    #[arg(long)]
+    pub offline: bool,
+}
+
+/// Run `grpo-host generate`.
+pub fn run(args: GenerateArgs) -> anyhow::Result<i32> {
+    if let Some(t) = args.threads {
+        if t < 1 {
+            return Err(user_error!("--threads {t}: must be at least 1"));
+        }
+        tch::set_num_threads(t);
+    }
+    if args.num_samples == 0 {
+        return Err(user_error!("-n must be at least 1"));
+    }
+    let device = parse_device(&args.device)?;
+    let dtype = parse_dtype(&args.dtype, device)?;
+    let dir: PathBuf = resolve_model_dir(args.model.as_deref(), !args.offline)?;
+    let load_start = std::time::Instant::now();
+    let tokenizer = Tokenizer::from_dir(&dir)?;
+    let model = Model::load(&dir, device, dtype)?;
+    let load_secs = load_start.elapsed().as_secs_f64();
+
+    let prompt_ids = match (&args.prompt, &args.raw) {
+        (Some(p), _) => {
+            let mut messages = Vec::new();
+            if let Some(s) = &args.system {
+                messages.push(json!({"role": "system", "content": s}));
+            }
+            messages.push(json!({"role": "user", "content": p}));
+            let text = tokenizer.render_chat(&messages, None, true)?;
+            // The rendered template already holds its special tokens; adding more would double the BOS.
+            tokenizer.encode(&text, false)?
+        }
+        (None, Some(raw)) => tokenizer.encode(raw, true)?,
+        (None, None) => return Err(user_error!("give --prompt TEXT (chat) or --raw TEXT")),
+    };
+    let req = GenerateRequest {
+        prompts: vec![prompt_ids.clone()],
+        group_size: args.num_samples,
+        max_new_tokens: args.max_new_tokens,
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            min_p: args.min_p,
+        },
+        stop_strings: args.stop.clone(),
+        eos_ids: if args.ignore_eos {
+            Vec::new()
+        } else {
+            tokenizer.eos_token_ids().to_vec()
+        },
+        seed: args.seed,
+    };
+
+    let stream = args.num_samples == 1 && !args.json;
+    let mut streamed: Vec<u32> = Vec::new();
+    let mut printed = String::new();
+    let mut stdout = std::io::stdout();
+    let mut on_token = |_: usize, t: u32| {
+        streamed.push(t);
+        if let Ok(text) = tokenizer.decode(&streamed, true) {
+            // Print only once the bytes form whole characters and extend what is already on screen.
+            if !text.ends_with('\u{fffd}') && text.starts_with(&printed) {
+                let _ = write!(stdout, "{}", &text[printed.len()..]);
+                let _ = stdout.flush();
+                printed = text;
+            }
+        }
+    };
+    let out = generate(
+        &model,
+        Some(&tokenizer),
+        &req,
+        if stream { Some(&mut on_token) } else { None },
+    )?;
+
+    if args.json {
+        let completions: Vec<_> = out
+            .completions
+            .iter()
+            .map(|c| {
+                json!({
+                    "index": c.sample_index,
+                    "text": c.text,
+                    "token_ids": c.tokens,
+                    "logprobs": c.logprobs,
+                    "model_logprobs": c.model_logprobs,
+                    "finish_reason": c.finish_reason.as_str(),
+                    "stop_string": match &c.finish_reason { crate::generate::FinishReason::Stop(s) => Some(s), _ => None },
+                })
+            })
+            .collect();
+        let s = &out.stats;
+        let report = json!({
+            "model": dir.display().to_string(),
+            "device": format!("{device:?}"),
+            "dtype": format!("{dtype:?}"),
+            "threads": tch::get_num_threads(),
+            "prompt_token_ids": prompt_ids,
+            "completions": completions,
+            "stats": {
+                "load_secs": load_secs,
+                "prefill_tokens": s.prefill_tokens,
+                "generated_tokens": s.generated_tokens,
+                "prefill_secs": s.prefill_secs,
+                "decode_secs": s.decode_secs,
+                "tokens_per_second": s.tokens_per_second(),
+            }
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if stream {
+        let full = &out.completions[0].text;
+        if full.len() > printed.len() && full.starts_with(&printed) {
+            print!("{}", &full[printed.len()..]);
+        }
+        println!();
+    } else {
+        for c in &out.completions {
+            println!(
+                "--- sample {} ({}) ---\n{}",
+                c.sample_index,
+                c.finish_reason.as_str(),
+                c.text
+            );
+        }
+    }
+    Ok(0)
+}

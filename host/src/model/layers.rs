@@ -1,0 +1,387 @@
+//! The decoder's building blocks, one struct per Hugging Face module, each loading its weights by their HF names
+//! so that the var store can be saved back as a checkpoint transformers reads.
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+
+use tch::{nn, Device, Kind, Tensor};
+
+use super::config::{Architecture, ModelConfig, RopeScaling};
+use super::lora::LoraAdapter;
+use super::weights::WeightFiles;
+use super::Ctx;
+use crate::user_error;
+
+/// Reads tensors from a checkpoint into a var store, checking every shape against the config.
+pub(crate) struct Loader<'a> {
+    pub files: &'a WeightFiles,
+    pub root: nn::Path<'a>,
+    pub kind: Kind,
+    pub device: Device,
+    pub used: RefCell<HashSet<String>>,
+}
+
+impl Loader<'_> {
+    /// Load `name` (an HF dotted name) as a trainable variable of the expected `shape`.
+    pub fn get(&self, name: &str, shape: &[i64]) -> anyhow::Result<Tensor> {
+        let stored = self.files.shape(name).ok_or_else(|| {
+            user_error!("the checkpoint is missing tensor {name:?} (required by config.json)")
+        })?;
+        if stored != shape {
+            return Err(user_error!(
+                "tensor {name:?} has shape {stored:?} in the checkpoint but config.json implies {shape:?}"
+            ));
+        }
+        let t = self.files.tensor(name, self.kind, self.device)?;
+        self.used.borrow_mut().insert(name.to_string());
+        let parts: Vec<&str> = name.split('.').collect();
+        let mut path = self.root.clone();
+        for part in &parts[..parts.len() - 1] {
+            path = path.sub(*part);
+        }
+        Ok(path.add(parts[parts.len() - 1], t, true))
+    }
+}
+
+/// A dense projection `x W^T + b`, with an optional LoRA adapter added to its output.
+#[derive(Debug)]
+pub struct Linear {
+    /// `[out, in]`, HF name `<prefix>.weight`.
+    pub weight: Tensor,
+    /// `[out]`, HF name `<prefix>.bias`, when the architecture has one.
+    pub bias: Option<Tensor>,
+    /// The low-rank adapter, when LoRA is attached (see [`super::lora`]).
+    pub lora: Option<LoraAdapter>,
+    /// The HF name prefix, e.g. `model.layers.0.self_attn.q_proj`.
+    pub name: String,
+}
+
+impl Linear {
+    pub(crate) fn load(
+        l: &Loader,
+        name: &str,
+        in_dim: i64,
+        out_dim: i64,
+        bias: bool,
+    ) -> anyhow::Result<Self> {
+        let weight = l.get(&format!("{name}.weight"), &[out_dim, in_dim])?;
+        let bias = if bias {
+            Some(l.get(&format!("{name}.bias"), &[out_dim])?)
+        } else {
+            None
+        };
+        Ok(Linear {
+            weight,
+            bias,
+            lora: None,
+            name: name.to_string(),
+        })
+    }
+
+    /// Apply the projection, plus the adapter when one is attached and `ctx.adapters` is set.
+    pub fn forward(&self, x: &Tensor, ctx: Ctx) -> Tensor {
+        let y = x.linear(&self.weight, self.bias.as_ref());
+        match &self.lora {
+            Some(lora) if ctx.adapters => y + lora.forward(x, ctx.train),
+            _ => y,
+        }
+    }
+}
+
+/// Root-mean-square layer norm, computed in f32 like transformers' `LlamaRMSNorm`.
+#[derive(Debug)]
+pub struct RmsNorm {
+    /// The gain, `[dim]`.
+    pub weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    pub(crate) fn load(l: &Loader, name: &str, dim: i64, eps: f64) -> anyhow::Result<Self> {
+        Ok(RmsNorm {
+            weight: l.get(&format!("{name}.weight"), &[dim])?,
+            eps,
+        })
+    }
+
+    /// Normalise over the last dimension.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let kind = x.kind();
+        let xf = x.to_kind(Kind::Float);
+        let var = xf.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
+        let normed = (xf * (var + self.eps).rsqrt()).to_kind(kind);
+        &self.weight * normed
+    }
+}
+
+/// Rotary position embedding: the inverse frequencies, from which cos/sin are computed per batch of positions.
+#[derive(Debug)]
+pub struct Rotary {
+    inv_freq: Tensor,
+}
+
+impl Rotary {
+    /// Frequencies exactly as transformers computes them (f32, the same operation order), so logits match.
+    pub fn new(cfg: &ModelConfig, device: Device) -> Self {
+        let dim = cfg.head_dim;
+        let exponents = Tensor::arange_start_step(0, dim, 2, (Kind::Int64, device))
+            .to_kind(Kind::Float)
+            / dim as f64;
+        let mut inv_freq = Tensor::pow_scalar(cfg.rope_theta, &exponents).reciprocal();
+        match cfg.rope_scaling {
+            RopeScaling::None => {}
+            RopeScaling::Linear { factor } => inv_freq = inv_freq / factor,
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                let old = original_max_position_embeddings;
+                let low_wavelen = old / low_freq_factor;
+                let high_wavelen = old / high_freq_factor;
+                let wavelen = inv_freq.reciprocal() * (2.0 * std::f64::consts::PI);
+                let scaled = inv_freq.where_self(&wavelen.le(low_wavelen), &(&inv_freq / factor));
+                let smooth = (wavelen.reciprocal() * old - low_freq_factor)
+                    / (high_freq_factor - low_freq_factor);
+                let smoothed =
+                    (smooth.ones_like() - &smooth) * &scaled / factor + &smooth * &scaled;
+                let medium = wavelen
+                    .ge(high_wavelen)
+                    .logical_and(&wavelen.le(low_wavelen));
+                inv_freq = smoothed.where_self(&medium, &scaled);
+            }
+        }
+        Rotary { inv_freq }
+    }
+
+    /// `(cos, sin)`, each `[B, T, head_dim]` in `kind`, for integer `positions` `[B, T]`.
+    pub fn cos_sin(&self, positions: &Tensor, kind: Kind) -> (Tensor, Tensor) {
+        let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq;
+        let emb = Tensor::cat(&[&freqs, &freqs], -1);
+        (emb.cos().to_kind(kind), emb.sin().to_kind(kind))
+    }
+}
+
+/// `x * cos + rotate_half(x) * sin` for `x` `[B, H, T, D]` and cos/sin `[B, T, D]`.
+fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    let half = x.size()[3] / 2;
+    let x1 = x.narrow(3, 0, half);
+    let x2 = x.narrow(3, half, half);
+    let rotated = Tensor::cat(&[&x2.neg(), &x1], 3);
+    x * cos.unsqueeze(1) + rotated * sin.unsqueeze(1)
+}
+
+/// One layer's key/value cache: `[B, kv_heads, capacity, head_dim]` each, filled left to right.
+#[derive(Debug)]
+pub struct LayerCache {
+    /// Keys (after the rotary embedding).
+    pub k: Tensor,
+    /// Values.
+    pub v: Tensor,
+}
+
+/// Grouped-query self-attention.
+#[derive(Debug)]
+pub struct Attention {
+    /// Query projection.
+    pub q_proj: Linear,
+    /// Key projection.
+    pub k_proj: Linear,
+    /// Value projection.
+    pub v_proj: Linear,
+    /// Output projection.
+    pub o_proj: Linear,
+    /// Qwen3's per-head query norm.
+    pub q_norm: Option<RmsNorm>,
+    /// Qwen3's per-head key norm.
+    pub k_norm: Option<RmsNorm>,
+    heads: i64,
+    kv_heads: i64,
+    head_dim: i64,
+}
+
+impl Attention {
+    pub(crate) fn load(l: &Loader, p: &str, cfg: &ModelConfig) -> anyhow::Result<Self> {
+        let (h, kv, d) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        );
+        let qkv_bias = cfg.attention_bias || cfg.architecture == Architecture::Qwen2;
+        let o_bias = cfg.attention_bias && cfg.architecture != Architecture::Qwen2;
+        let (q_norm, k_norm) = if cfg.architecture == Architecture::Qwen3 {
+            (
+                Some(RmsNorm::load(
+                    l,
+                    &format!("{p}.q_norm"),
+                    d,
+                    cfg.rms_norm_eps,
+                )?),
+                Some(RmsNorm::load(
+                    l,
+                    &format!("{p}.k_norm"),
+                    d,
+                    cfg.rms_norm_eps,
+                )?),
+            )
+        } else {
+            (None, None)
+        };
+        Ok(Attention {
+            q_proj: Linear::load(l, &format!("{p}.q_proj"), cfg.hidden_size, h * d, qkv_bias)?,
+            k_proj: Linear::load(l, &format!("{p}.k_proj"), cfg.hidden_size, kv * d, qkv_bias)?,
+            v_proj: Linear::load(l, &format!("{p}.v_proj"), cfg.hidden_size, kv * d, qkv_bias)?,
+            o_proj: Linear::load(l, &format!("{p}.o_proj"), h * d, cfg.hidden_size, o_bias)?,
+            q_norm,
+            k_norm,
+            heads: h,
+            kv_heads: kv,
+            head_dim: d,
+        })
+    }
+
+    /// Attend from `x` `[B, T, hidden]` at positions given by `cos`/`sin`. `mask` is boolean `[B, 1, T, S]`
+    /// (true = may attend). Without a cache S = T; with one, the new keys are written at columns
+    /// `offset..offset+T` and S = offset + T.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        cache: Option<(&mut LayerCache, i64)>,
+        ctx: Ctx,
+    ) -> Tensor {
+        let (b, t) = (x.size()[0], x.size()[1]);
+        let shape = |y: Tensor, heads: i64| y.view([b, t, heads, self.head_dim]);
+        let mut q = shape(self.q_proj.forward(x, ctx), self.heads);
+        let mut k = shape(self.k_proj.forward(x, ctx), self.kv_heads);
+        let v = shape(self.v_proj.forward(x, ctx), self.kv_heads).transpose(1, 2);
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            q = qn.forward(&q);
+            k = kn.forward(&k);
+        }
+        let q = apply_rotary(&q.transpose(1, 2), cos, sin);
+        let k = apply_rotary(&k.transpose(1, 2), cos, sin);
+        let (k, v) = match cache {
+            Some((c, offset)) => {
+                c.k.narrow(2, offset, t).copy_(&k);
+                c.v.narrow(2, offset, t).copy_(&v);
+                (c.k.narrow(2, 0, offset + t), c.v.narrow(2, 0, offset + t))
+            }
+            None => (k, v),
+        };
+        let y = if t == 1 {
+            self.decode_attention(&q, &k, &v, mask)
+        } else {
+            let gqa = self.heads != self.kv_heads;
+            let y =
+                Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, None, gqa);
+            y.transpose(1, 2)
+                .reshape([b, t, self.heads * self.head_dim])
+        };
+        self.o_proj.forward(&y, ctx)
+    }
+
+    /// One query token per row against the cache, `[B, 1, heads * head_dim]`. Query heads are grouped by the
+    /// key/value head they share, so the cache is read in place (a strided view of the preallocated buffer)
+    /// instead of being repeated per query head or made contiguous, as SDPA's fallback paths would.
+    fn decode_attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Tensor {
+        let b = q.size()[0];
+        let group = self.heads / self.kv_heads;
+        let q = q.reshape([b, self.kv_heads, group, self.head_dim]);
+        let scores = q.matmul(&k.transpose(2, 3)) * (1.0 / (self.head_dim as f64).sqrt());
+        let scores = scores.masked_fill(&mask.logical_not(), f64::NEG_INFINITY);
+        let probs = scores.softmax(-1, Kind::Float).to_kind(q.kind());
+        probs.matmul(v).reshape([b, 1, self.heads * self.head_dim])
+    }
+}
+
+/// The SwiGLU feed-forward block.
+#[derive(Debug)]
+pub struct Mlp {
+    /// Gate projection (through SiLU).
+    pub gate_proj: Linear,
+    /// Up projection.
+    pub up_proj: Linear,
+    /// Down projection.
+    pub down_proj: Linear,
+}
+
+impl Mlp {
+    pub(crate) fn load(l: &Loader, p: &str, cfg: &ModelConfig) -> anyhow::Result<Self> {
+        let (h, i, b) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
+        Ok(Mlp {
+            gate_proj: Linear::load(l, &format!("{p}.gate_proj"), h, i, b)?,
+            up_proj: Linear::load(l, &format!("{p}.up_proj"), h, i, b)?,
+            down_proj: Linear::load(l, &format!("{p}.down_proj"), i, h, b)?,
+        })
+    }
+
+    /// `down(silu(gate(x)) * up(x))`.
+    pub fn forward(&self, x: &Tensor, ctx: Ctx) -> Tensor {
+        let g = self.gate_proj.forward(x, ctx).silu();
+        self.down_proj
+            .forward(&(g * self.up_proj.forward(x, ctx)), ctx)
+    }
+}
+
+/// One pre-norm decoder layer.
+#[derive(Debug)]
+pub struct DecoderLayer {
+    /// Norm before attention.
+    pub input_layernorm: RmsNorm,
+    /// Self-attention.
+    pub self_attn: Attention,
+    /// Norm before the MLP.
+    pub post_attention_layernorm: RmsNorm,
+    /// Feed-forward block.
+    pub mlp: Mlp,
+}
+
+impl DecoderLayer {
+    pub(crate) fn load(l: &Loader, i: i64, cfg: &ModelConfig) -> anyhow::Result<Self> {
+        let p = format!("model.layers.{i}");
+        Ok(DecoderLayer {
+            input_layernorm: RmsNorm::load(
+                l,
+                &format!("{p}.input_layernorm"),
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+            )?,
+            self_attn: Attention::load(l, &format!("{p}.self_attn"), cfg)?,
+            post_attention_layernorm: RmsNorm::load(
+                l,
+                &format!("{p}.post_attention_layernorm"),
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+            )?,
+            mlp: Mlp::load(l, &format!("{p}.mlp"), cfg)?,
+        })
+    }
+
+    /// Residual attention then residual MLP.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        cache: Option<(&mut LayerCache, i64)>,
+        ctx: Ctx,
+    ) -> Tensor {
+        let h = x + self.self_attn.forward(
+            &self.input_layernorm.forward(x),
+            cos,
+            sin,
+            mask,
+            cache,
+            ctx,
+        );
+        let out = self
+            .mlp
+            .forward(&self.post_attention_layernorm.forward(&h), ctx);
+        h + out
+    }
+}

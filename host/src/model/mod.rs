@@ -1,0 +1,473 @@
+//! The native policy model: Llama / Qwen2 / Qwen3 decoders in libtorch (tch), loaded from Hugging Face
+//! checkpoints, with the entry points training and generation need.
+//!
+//! - [`Model::load`] reads `config.json` and the safetensors weights into a [`tch::nn::VarStore`] under the HF
+//!   tensor names, so the trainer can build an optimizer over [`Model::var_store`], save it back as a checkpoint,
+//!   and freeze it (the reference policy).
+//! - [`Model::forward`] / [`Model::token_log_probs`] are the training forwards over padded batches.
+//! - [`Model::new_cache`] + [`Model::forward_cached`] are the incremental path used by [`crate::generate`].
+//! - [`Model::attach_lora`] adds LoRA adapters; [`Model::set_adapters_enabled`] switches them off so the same
+//!   weights serve as the reference policy.
+
+pub mod config;
+pub mod layers;
+pub mod lora;
+pub mod resolve;
+pub mod weights;
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tch::{nn, Device, Kind, Tensor};
+
+pub use config::{Architecture, ModelConfig, RopeScaling};
+pub use layers::LayerCache;
+pub use lora::LoraConfig;
+pub use resolve::resolve_model_dir;
+pub use weights::WeightFiles;
+
+use layers::{DecoderLayer, Loader, RmsNorm, Rotary};
+
+use crate::user_error;
+
+/// Flags threaded through a forward pass.
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx {
+    /// Add the LoRA adapters' updates (when attached).
+    pub adapters: bool,
+    /// Training mode: LoRA dropout is active.
+    pub train: bool,
+}
+
+/// Parse `--device`: `auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(s: &str) -> anyhow::Result<Device> {
+    match s {
+        "auto" => Ok(Device::cuda_if_available()),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => {
+            if !tch::Cuda::is_available() {
+                return Err(user_error!(
+                    "--device cuda: CUDA is not available on this machine; use --device cpu"
+                ));
+            }
+            Ok(Device::Cuda(0))
+        }
+        other => {
+            let n = other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse::<usize>().ok())
+                .ok_or_else(|| {
+                    user_error!("--device {other:?}: expected auto, cpu, cuda or cuda:N")
+                })?;
+            if n >= tch::Cuda::device_count().max(0) as usize {
+                return Err(user_error!(
+                    "--device {other}: only {} CUDA device(s) are available",
+                    tch::Cuda::device_count()
+                ));
+            }
+            Ok(Device::Cuda(n))
+        }
+    }
+}
+
+/// Parse `--dtype`: `auto` (bf16 on CUDA, f32 on CPU), `f32`, `bf16` or `f16`.
+pub fn parse_dtype(s: &str, device: Device) -> anyhow::Result<Kind> {
+    match s {
+        "auto" => Ok(if device.is_cuda() {
+            Kind::BFloat16
+        } else {
+            Kind::Float
+        }),
+        "f32" | "float32" => Ok(Kind::Float),
+        "bf16" | "bfloat16" => Ok(Kind::BFloat16),
+        "f16" | "float16" => Ok(Kind::Half),
+        other => Err(user_error!(
+            "--dtype {other:?}: expected auto, f32, bf16 or f16"
+        )),
+    }
+}
+
+/// The key/value caches of every layer for a batch of sequences, preallocated to a fixed capacity.
+#[derive(Debug)]
+pub struct KvCache {
+    /// One cache per decoder layer.
+    pub layers: Vec<LayerCache>,
+    /// Columns filled so far (the next write goes here).
+    pub len: i64,
+}
+
+impl KvCache {
+    /// Rows (sequences) in the cache.
+    pub fn batch(&self) -> i64 {
+        self.layers.first().map_or(0, |l| l.k.size()[0])
+    }
+
+    /// Columns allocated.
+    pub fn capacity(&self) -> i64 {
+        self.layers.first().map_or(0, |l| l.k.size()[2])
+    }
+
+    /// Keep (and reorder or repeat) the rows listed in `rows` (int64 on the cache's device): copies a prompt's
+    /// cache across its group, or drops finished sequences.
+    pub fn select_rows(&mut self, rows: &Tensor) {
+        for l in &mut self.layers {
+            l.k = l.k.index_select(0, rows);
+            l.v = l.v.index_select(0, rows);
+        }
+    }
+}
+
+/// A loaded decoder-only language model.
+pub struct Model {
+    cfg: ModelConfig,
+    dir: PathBuf,
+    vs: nn::VarStore,
+    lora_vs: Option<nn::VarStore>,
+    lora_cfg: Option<LoraConfig>,
+    embed_tokens: Tensor,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Option<Tensor>,
+    rotary: Rotary,
+    kind: Kind,
+    adapters_enabled: AtomicBool,
+    training: AtomicBool,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("dir", &self.dir)
+            .field("config", &self.cfg)
+            .field("kind", &self.kind)
+            .finish()
+    }
+}
+
+impl Model {
+    /// Load the checkpoint in `dir` (config.json plus model.safetensors or a sharded index) onto `device` in
+    /// `dtype` (f32, bf16 or f16). Every tensor the config requires must be present with the right shape, and no
+    /// unexpected tensor may remain; either mistake is one error naming the tensor.
+    pub fn load(dir: &Path, device: Device, dtype: Kind) -> anyhow::Result<Model> {
+        if !matches!(dtype, Kind::Float | Kind::BFloat16 | Kind::Half) {
+            return Err(user_error!(
+                "model dtype {dtype:?} is not supported (f32, bf16, f16)"
+            ));
+        }
+        let cfg = ModelConfig::from_dir(dir)?;
+        let files = WeightFiles::open(dir)?;
+        let vs = nn::VarStore::new(device);
+        let loader = Loader {
+            files: &files,
+            root: vs.root(),
+            kind: dtype,
+            device,
+            used: RefCell::new(HashSet::new()),
+        };
+        let (v, h) = (cfg.vocab_size, cfg.hidden_size);
+        let embed_tokens = loader.get("model.embed_tokens.weight", &[v, h])?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| DecoderLayer::load(&loader, i, &cfg))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let norm = RmsNorm::load(&loader, "model.norm", h, cfg.rms_norm_eps)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(loader.get("lm_head.weight", &[v, h])?)
+        };
+        let used = loader.used.into_inner();
+        let mut unexpected: Vec<&str> = files
+            .names()
+            .filter(|n| !used.contains(*n))
+            .filter(|n| !n.ends_with("rotary_emb.inv_freq"))
+            .filter(|n| !(cfg.tie_word_embeddings && *n == "lm_head.weight"))
+            .collect();
+        if !unexpected.is_empty() {
+            unexpected.sort();
+            return Err(user_error!(
+                "{}: unexpected tensor {:?} in the checkpoint ({} unexpected in all) for model_type {:?}",
+                dir.display(),
+                unexpected[0],
+                unexpected.len(),
+                format!("{:?}", cfg.architecture).to_lowercase()
+            ));
+        }
+        let rotary = Rotary::new(&cfg, device);
+        Ok(Model {
+            cfg,
+            dir: dir.to_path_buf(),
+            vs,
+            lora_vs: None,
+            lora_cfg: None,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rotary,
+            kind: dtype,
+            adapters_enabled: AtomicBool::new(true),
+            training: AtomicBool::new(false),
+        })
+    }
+
+    /// The architecture hyper-parameters.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// The directory the model was loaded from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where the parameters live.
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    /// The parameters' dtype.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// The base weights, under their Hugging Face names (`model.layers.0.self_attn.q_proj.weight`, ...).
+    /// `var_store().save("x.safetensors")` writes a checkpoint transformers can load (tied `lm_head` omitted).
+    pub fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    /// Mutable access, e.g. to [`nn::VarStore::freeze`] the weights.
+    pub fn var_store_mut(&mut self) -> &mut nn::VarStore {
+        &mut self.vs
+    }
+
+    /// The LoRA adapters' var store, once [`Model::attach_lora`] has run.
+    pub fn lora_var_store(&self) -> Option<&nn::VarStore> {
+        self.lora_vs.as_ref()
+    }
+
+    /// The LoRA settings, once attached.
+    pub fn lora_config(&self) -> Option<LoraConfig> {
+        self.lora_cfg
+    }
+
+    /// Attach LoRA adapters to every linear layer except `lm_head` and freeze the base weights, so an optimizer
+    /// over [`Model::lora_var_store`] trains only the adapters.
+    pub fn attach_lora(&mut self, cfg: LoraConfig) -> anyhow::Result<()> {
+        if self.lora_vs.is_some() {
+            return Err(user_error!("LoRA adapters are already attached"));
+        }
+        if cfg.rank <= 0 || cfg.alpha <= 0.0 || !(0.0..1.0).contains(&cfg.dropout) {
+            return Err(user_error!(
+                "LoRA settings rank={} alpha={} dropout={} are invalid (rank > 0, alpha > 0, 0 <= dropout < 1)",
+                cfg.rank,
+                cfg.alpha,
+                cfg.dropout
+            ));
+        }
+        self.vs.freeze();
+        let mut lvs = nn::VarStore::new(self.device());
+        for layer in &mut self.layers {
+            let a = &mut layer.self_attn;
+            let m = &mut layer.mlp;
+            for lin in [
+                &mut a.q_proj,
+                &mut a.k_proj,
+                &mut a.v_proj,
+                &mut a.o_proj,
+                &mut m.gate_proj,
+                &mut m.up_proj,
+                &mut m.down_proj,
+            ] {
+                let mut path = lvs.root();
+                for part in lin.name.split('.') {
+                    path = path.sub(part);
+                }
+                let size = lin.weight.size();
+                lin.lora = Some(lora::LoraAdapter::new(&path, &cfg, size[1], size[0]));
+            }
+        }
+        if self.kind != Kind::Float {
+            lvs.set_kind(self.kind);
+        }
+        self.lora_vs = Some(lvs);
+        self.lora_cfg = Some(cfg);
+        Ok(())
+    }
+
+    /// Switch the LoRA adapters on or off (off: the model computes the base, i.e. reference, policy).
+    pub fn set_adapters_enabled(&self, on: bool) {
+        self.adapters_enabled.store(on, Ordering::Relaxed);
+    }
+
+    /// Training mode turns on LoRA dropout; generation and log-prob evaluation run in eval mode.
+    pub fn set_training(&self, on: bool) {
+        self.training.store(on, Ordering::Relaxed);
+    }
+
+    fn ctx(&self) -> Ctx {
+        Ctx {
+            adapters: self.adapters_enabled.load(Ordering::Relaxed),
+            train: self.training.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Position ids from an attention mask (1 = real token): `cumsum - 1`, padding set to 1 like transformers.
+    pub fn position_ids(attention_mask: &Tensor) -> Tensor {
+        let m = attention_mask.to_kind(Kind::Int64);
+        let pos = m.cumsum(-1, Kind::Int64) - 1;
+        pos.masked_fill(&m.eq(0), 1)
+    }
+
+    /// Boolean `[B, 1, T, S]` mask for queries at columns `offset..offset+T` over keys `0..S`: causal, padding
+    /// keys excluded, and each query always sees itself so that rows of pure padding stay finite.
+    fn mask_4d(key_valid: &Tensor, t: i64, offset: i64) -> Tensor {
+        let device = key_valid.device();
+        let s = key_valid.size()[1];
+        let q = Tensor::arange_start(offset, offset + t, (Kind::Int64, device)).unsqueeze(1);
+        let k = Tensor::arange(s, (Kind::Int64, device)).unsqueeze(0);
+        let causal = k.le_tensor(&q);
+        let diag = k.eq_tensor(&q);
+        let valid = key_valid.to_kind(Kind::Bool).unsqueeze(1);
+        causal
+            .unsqueeze(0)
+            .logical_and(&valid)
+            .logical_or(&diag.unsqueeze(0))
+            .unsqueeze(1)
+    }
+
+    fn run(
+        &self,
+        ids: &Tensor,
+        pos: &Tensor,
+        mask: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        offset: i64,
+    ) -> Tensor {
+        let ctx = self.ctx();
+        let mut x = Tensor::embedding(&self.embed_tokens, ids, -1, false, false);
+        let (cos, sin) = self.rotary.cos_sin(pos, self.kind);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let c = cache.as_deref_mut().map(|c| (&mut c.layers[i], offset));
+            x = layer.forward(&x, &cos, &sin, mask, c, ctx);
+        }
+        self.norm.forward(&x)
+    }
+
+    /// Final hidden states `[B, T, hidden]` (after the last norm) for padded `input_ids` `[B, T]` with
+    /// `attention_mask` `[B, T]` (1 = real token, padding anywhere) and `position_ids` `[B, T]`.
+    pub fn hidden_states(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        position_ids: &Tensor,
+    ) -> Tensor {
+        let t = input_ids.size()[1];
+        let mask = Self::mask_4d(attention_mask, t, 0);
+        self.run(input_ids, position_ids, &mask, None, 0)
+    }
+
+    /// The output projection: logits `[.., vocab]` in the model dtype for hidden states `[.., hidden]`.
+    pub fn lm_head(&self, hidden: &Tensor) -> Tensor {
+        hidden.linear::<Tensor>(self.lm_head.as_ref().unwrap_or(&self.embed_tokens), None)
+    }
+
+    /// Logits `[B, T, vocab]` (model dtype). For long vocabularies prefer [`Model::token_log_probs`], which
+    /// never holds all of them in f32.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        position_ids: &Tensor,
+    ) -> Tensor {
+        self.lm_head(&self.hidden_states(input_ids, attention_mask, position_ids))
+    }
+
+    /// `[B, T-1]` f32: entry `t` is log p(input_ids[t+1] | input_ids[..=t]). Positions come from the mask.
+    /// The vocabulary projection and log-softmax run in chunks of positions so that at most about 2^26 f32
+    /// logits exist at once (under autograd the f32 logits of each chunk are kept for the backward pass).
+    pub fn token_log_probs(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Tensor {
+        let (b, _) = (input_ids.size()[0], input_ids.size()[1]);
+        let per_pos = (b * self.cfg.vocab_size).max(1);
+        let chunk = ((1i64 << 26) / per_pos).max(1);
+        self.token_log_probs_chunked(input_ids, attention_mask, chunk)
+    }
+
+    /// [`Model::token_log_probs`] with an explicit chunk length (positions per vocabulary projection).
+    pub fn token_log_probs_chunked(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        chunk: i64,
+    ) -> Tensor {
+        let t = input_ids.size()[1];
+        let pos = Self::position_ids(attention_mask);
+        let hidden = self.hidden_states(input_ids, attention_mask, &pos);
+        let n = t - 1;
+        let mut parts = Vec::new();
+        let mut s = 0;
+        while s < n {
+            let c = chunk.min(n - s);
+            let logits = self.lm_head(&hidden.narrow(1, s, c)).to_kind(Kind::Float);
+            let target = input_ids.narrow(1, s + 1, c).unsqueeze(-1);
+            let picked = logits.gather(-1, &target, false).squeeze_dim(-1);
+            parts.push(picked - logits.logsumexp([-1i64].as_slice(), false));
+            s += c;
+        }
+        if parts.is_empty() {
+            return Tensor::zeros([input_ids.size()[0], 0], (Kind::Float, input_ids.device()));
+        }
+        Tensor::cat(&parts, 1)
+    }
+
+    /// An empty cache for `batch` sequences of up to `capacity` tokens.
+    pub fn new_cache(&self, batch: i64, capacity: i64) -> KvCache {
+        let shape = [
+            batch,
+            self.cfg.num_key_value_heads,
+            capacity,
+            self.cfg.head_dim,
+        ];
+        let opts = (self.kind, self.device());
+        let layers = (0..self.cfg.num_hidden_layers)
+            .map(|_| LayerCache {
+                k: Tensor::zeros(shape, opts),
+                v: Tensor::zeros(shape, opts),
+            })
+            .collect();
+        KvCache { layers, len: 0 }
+    }
+
+    /// Run `input_ids` `[B, T]` at `positions` `[B, T]` on top of `cache`, writing their keys/values at columns
+    /// `cache.len..cache.len+T`. `key_valid` `[B, cache.len + T]` marks which cache columns are real tokens
+    /// (false for padding). Returns the final hidden states `[B, T, hidden]`; apply [`Model::lm_head`] to the
+    /// positions whose logits are needed.
+    pub fn forward_cached(
+        &self,
+        input_ids: &Tensor,
+        positions: &Tensor,
+        key_valid: &Tensor,
+        cache: &mut KvCache,
+    ) -> anyhow::Result<Tensor> {
+        let t = input_ids.size()[1];
+        let offset = cache.len;
+        if offset + t > cache.capacity() {
+            anyhow::bail!(
+                "KV cache overflow: {} + {} tokens exceed its capacity {}",
+                offset,
+                t,
+                cache.capacity()
+            );
+        }
+        let mask = if t == 1 {
+            key_valid.to_kind(Kind::Bool).unsqueeze(1).unsqueeze(1)
+        } else {
+            Self::mask_4d(key_valid, t, offset)
+        };
+        let out = self.run(input_ids, positions, &mask, Some(cache), offset);
+        cache.len = offset + t;
+        Ok(out)
+    }
+}

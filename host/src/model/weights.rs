@@ -1,0 +1,145 @@
+//! Safetensors checkpoints, single-file or sharded (`model.safetensors.index.json`), memory-mapped. Tensors are
+//! copied out one at a time, converted to the model's dtype and device, so loading peaks at the model's size plus
+//! one tensor (the mapped file pages belong to the page cache, not to the process heap).
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use memmap2::Mmap;
+use safetensors::tensor::{Dtype, Metadata};
+use safetensors::SafeTensors;
+use tch::{Device, Kind, Tensor};
+
+use crate::user_error;
+
+struct Entry {
+    file: usize,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    start: usize,
+    end: usize,
+}
+
+/// The tensors of a checkpoint, indexed by name, backed by memory-mapped files.
+pub struct WeightFiles {
+    files: Vec<(PathBuf, Mmap)>,
+    entries: HashMap<String, Entry>,
+}
+
+impl WeightFiles {
+    /// Open `dir/model.safetensors.index.json` (sharded) or `dir/model.safetensors`, or failing both every
+    /// `*.safetensors` file in `dir`.
+    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        let index = dir.join("model.safetensors.index.json");
+        let paths: Vec<PathBuf> = if index.exists() {
+            let text = std::fs::read_to_string(&index)
+                .with_context(|| format!("reading {}", index.display()))?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| user_error!("{} is not valid JSON: {e}", index.display()))?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| user_error!("{} has no weight_map object", index.display()))?;
+            let names: BTreeSet<&str> = map.values().filter_map(|f| f.as_str()).collect();
+            names.into_iter().map(|f| dir.join(f)).collect()
+        } else if dir.join("model.safetensors").exists() {
+            vec![dir.join("model.safetensors")]
+        } else {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+                .map_err(|e| user_error!("cannot read model directory {}: {e}", dir.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+                .collect();
+            found.sort();
+            found
+        };
+        if paths.is_empty() {
+            return Err(user_error!(
+                "no safetensors weights in {} (expected model.safetensors or model.safetensors.index.json)",
+                dir.display()
+            ));
+        }
+        let mut files = Vec::new();
+        let mut entries = HashMap::new();
+        for path in paths {
+            let file = std::fs::File::open(&path)
+                .map_err(|e| user_error!("cannot open weight file {}: {e}", path.display()))?;
+            // SAFETY: the file is opened read-only and not modified while mapped; a concurrent writer would be a
+            // user error outside our control, as with any memory-mapped model loader.
+            let mmap = unsafe { Mmap::map(&file) }
+                .with_context(|| format!("mapping {}", path.display()))?;
+            let (header_len, meta): (usize, Metadata) =
+                SafeTensors::read_metadata(&mmap).map_err(|e| {
+                    user_error!("{} is not a valid safetensors file: {e}", path.display())
+                })?;
+            let data_start = 8 + header_len;
+            for (name, info) in meta.tensors() {
+                entries.insert(
+                    name.clone(),
+                    Entry {
+                        file: files.len(),
+                        dtype: info.dtype,
+                        shape: info.shape.clone(),
+                        start: data_start + info.data_offsets.0,
+                        end: data_start + info.data_offsets.1,
+                    },
+                );
+            }
+            files.push((path, mmap));
+        }
+        Ok(WeightFiles { files, entries })
+    }
+
+    /// Every tensor name in the checkpoint.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+
+    /// Whether the checkpoint holds `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    /// The shape of `name` as stored.
+    pub fn shape(&self, name: &str) -> Option<Vec<i64>> {
+        self.entries
+            .get(name)
+            .map(|e| e.shape.iter().map(|&d| d as i64).collect())
+    }
+
+    /// Copy `name` out of the mapped file as a tensor of `kind` on `device`.
+    pub fn tensor(&self, name: &str, kind: Kind, device: Device) -> anyhow::Result<Tensor> {
+        let e = self
+            .entries
+            .get(name)
+            .ok_or_else(|| user_error!("checkpoint has no tensor {name:?}"))?;
+        let (path, mmap) = &self.files[e.file];
+        let stored = match e.dtype {
+            Dtype::F32 => Kind::Float,
+            Dtype::F16 => Kind::Half,
+            Dtype::BF16 => Kind::BFloat16,
+            Dtype::F64 => Kind::Double,
+            other => {
+                return Err(user_error!(
+                    "tensor {name:?} in {} has dtype {other:?}; only f32, f16, bf16 and f64 weights are supported",
+                    path.display()
+                ))
+            }
+        };
+        let shape: Vec<i64> = e.shape.iter().map(|&d| d as i64).collect();
+        let bytes = mmap
+            .get(e.start..e.end)
+            .ok_or_else(|| user_error!("tensor {name:?} lies outside {}", path.display()))?;
+        let t = Tensor::f_from_data_size(bytes, &shape, stored)
+            .with_context(|| format!("reading tensor {name:?} from {}", path.display()))?;
+        // Convert on the CPU only when the target is the CPU; otherwise move the stored bytes first (half the
+        // transfer for bf16 checkpoints) and convert on the device.
+        let t = if device == Device::Cpu {
+            t.to_kind(kind)
+        } else {
+            t.to_device(device).to_kind(kind)
+        };
+        Ok(t)
+    }
+}

@@ -1,0 +1,159 @@
+//! Experience: a batch of finished rollouts as padded tensors, aligned for next-token log-probs.
+//!
+//! Sequences are right-padded and the attention mask comes from each sequence's length, never from a pad id, so an
+//! end-of-sequence id inside a conversation stays visible. Position `j` of every `[N, T-1]` tensor is the prediction
+//! of token `j + 1`; it is an action when token `j + 1` was sampled by the model, which includes the final
+//! end-of-sequence id (the model must learn to stop).
+
+use tch::{Device, Kind, Tensor};
+
+use crate::rollout::Rollout;
+
+/// The padded tensors of one batch, on the training device.
+pub struct Experience {
+    /// `[N, T]` token ids (int64), right-padded with 0.
+    pub tokens: Tensor,
+    /// `[N, T]` 1 for real tokens, 0 for padding (int64).
+    pub attention_mask: Tensor,
+    /// `[N, T-1]` bool: position predicts an action token.
+    pub action_mask: Tensor,
+    /// `[N, T-1]` f32: log-probs of the taken tokens under the sampling policy.
+    pub old_log_probs: Tensor,
+    /// `[N, T-1]` f32 under the reference model, when there is one.
+    pub ref_log_probs: Option<Tensor>,
+    /// `[N]` f32 advantages.
+    pub advantages: Tensor,
+    /// Unpadded length of each sequence.
+    pub lengths: Vec<usize>,
+}
+
+impl Experience {
+    /// Pad `rollouts` into tensors on `device`; `advantages` is `[N]` in rollout order.
+    pub fn build(rollouts: &[Rollout], advantages: &Tensor, device: Device) -> Experience {
+        let n = rollouts.len();
+        let t = rollouts.iter().map(|r| r.tokens.len()).max().unwrap_or(1).max(2);
+        let mut tokens = vec![0i64; n * t];
+        let mut attention = vec![0i64; n * t];
+        let mut action = vec![false; n * (t - 1)];
+        let mut old = vec![0f32; n * (t - 1)];
+        for (i, r) in rollouts.iter().enumerate() {
+            for (j, &tok) in r.tokens.iter().enumerate() {
+                tokens[i * t + j] = tok as i64;
+                attention[i * t + j] = 1;
+                if j > 0 {
+                    action[i * (t - 1) + j - 1] = r.action[j];
+                    old[i * (t - 1) + j - 1] = r.sample_logprobs[j];
+                }
+            }
+        }
+        let (n, t) = (n as i64, t as i64);
+        Experience {
+            tokens: Tensor::from_slice(&tokens).view([n, t]).to_device(device),
+            attention_mask: Tensor::from_slice(&attention).view([n, t]).to_device(device),
+            action_mask: Tensor::from_slice(&action).view([n, t - 1]).to_device(device),
+            old_log_probs: Tensor::from_slice(&old).view([n, t - 1]).to_device(device),
+            ref_log_probs: None,
+            advantages: advantages.to_kind(Kind::Float).to_device(device),
+            lengths: rollouts.iter().map(|r| r.tokens.len()).collect(),
+        }
+    }
+
+    /// Number of sequences.
+    pub fn len(&self) -> usize {
+        self.lengths.len()
+    }
+
+    /// Whether there are no sequences.
+    pub fn is_empty(&self) -> bool {
+        self.lengths.is_empty()
+    }
+
+    /// The rows `rows`, cut to their own longest sequence (a micro-batch pays only for its own length).
+    pub fn select(&self, rows: &[usize]) -> MicroBatch {
+        let longest = rows.iter().map(|&r| self.lengths[r]).max().unwrap_or(2).max(2) as i64;
+        let index = Tensor::from_slice(&rows.iter().map(|&r| r as i64).collect::<Vec<_>>()).to_device(self.tokens.device());
+        let pick = |x: &Tensor, width: i64| x.index_select(0, &index).narrow(1, 0, width);
+        MicroBatch {
+            tokens: pick(&self.tokens, longest),
+            attention_mask: pick(&self.attention_mask, longest),
+            action_mask: pick(&self.action_mask, longest - 1),
+            old_log_probs: pick(&self.old_log_probs, longest - 1),
+            ref_log_probs: self.ref_log_probs.as_ref().map(|r| pick(r, longest - 1)),
+            advantages: self.advantages.index_select(0, &index),
+        }
+    }
+}
+
+/// A slice of an [`Experience`] for one forward and backward pass.
+pub struct MicroBatch {
+    pub tokens: Tensor,
+    pub attention_mask: Tensor,
+    pub action_mask: Tensor,
+    pub old_log_probs: Tensor,
+    pub ref_log_probs: Option<Tensor>,
+    pub advantages: Tensor,
+}
+
+/// Per-sequence masked mean of the k3 KL estimator between `log_probs` and `ref_log_probs` over action positions:
+/// `exp(ref - lp) - (ref - lp) - 1`. Returns `[N]`; a sequence without actions gets 0.
+pub fn sequence_kl(log_probs: &Tensor, ref_log_probs: &Tensor, action_mask: &Tensor) -> Tensor {
+    let mask = action_mask.to_kind(Kind::Float);
+    let diff = (ref_log_probs - log_probs) * &mask;
+    let k3 = diff.exp() - &diff - 1.0;
+    let count = mask.sum_dim_intlist(-1, false, Kind::Float);
+    (k3 * &mask).sum_dim_intlist(-1, false, Kind::Float) / count.clamp_min(1.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn rollout(tokens: Vec<u32>, action: Vec<bool>) -> Rollout {
+        let n = tokens.len();
+        Rollout {
+            group: 0,
+            task: grpo_sdk::Task::new("0", "q", "a"),
+            tokens,
+            prompt_len: 2,
+            action,
+            sample_logprobs: (0..n).map(|i| -(i as f32)).collect(),
+            rewards: BTreeMap::new(),
+            total_reward: 0.0,
+            turns: 1,
+            cut_turns: 0,
+            tool_messages: 0,
+            end: crate::rollout::EndReason::Done,
+            prompt_text: String::new(),
+            transcript: String::new(),
+        }
+    }
+
+    #[test]
+    fn masks_follow_each_rollout_and_shift_by_one() {
+        let a = rollout(vec![5, 6, 7, 2], vec![false, false, true, true]);
+        let b = rollout(vec![5, 6, 9, 2, 3, 4], vec![false, false, true, true, false, true]);
+        let exp = Experience::build(&[a, b], &Tensor::from_slice(&[1.0f32, -1.0]), Device::Cpu);
+        assert_eq!(exp.tokens.size(), vec![2, 6]);
+        let attn = Vec::<i64>::try_from(exp.attention_mask.view([-1])).unwrap();
+        assert_eq!(attn, vec![1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1]);
+        let act = Vec::<bool>::try_from(exp.action_mask.view([-1])).unwrap();
+        assert_eq!(act, vec![false, true, true, false, false, false, true, true, false, true]);
+        let old = Vec::<f32>::try_from(exp.old_log_probs.view([-1])).unwrap();
+        assert_eq!(&old[..3], &[-1.0, -2.0, -3.0]);
+        let mb = exp.select(&[0]);
+        assert_eq!(mb.tokens.size(), vec![1, 4]);
+        assert_eq!(mb.action_mask.size(), vec![1, 3]);
+    }
+
+    #[test]
+    fn kl_is_masked_mean_of_k3() {
+        let lp = Tensor::from_slice(&[-1.0f32, -2.0, -3.0]).view([1, 3]);
+        let rf = Tensor::from_slice(&[-1.5f32, -2.0, 9.0]).view([1, 3]);
+        let mask = Tensor::from_slice(&[true, true, false]).view([1, 3]);
+        let kl = sequence_kl(&lp, &rf, &mask).double_value(&[0]);
+        let d: f64 = -0.5;
+        let expected = ((d.exp() - d - 1.0) + 0.0) / 2.0;
+        assert!((kl - expected).abs() < 1e-6, "{kl} vs {expected}");
+    }
+}

@@ -1,0 +1,219 @@
+//! The model being trained, its tokenizer, and the reference policy the KL term compares against.
+//!
+//! With LoRA the reference is the same model with its adapters switched off, so it costs no memory; with full
+//! fine-tuning it is a frozen second copy; with `--kl-weight 0` there is none.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use tch::{Device, Kind, Tensor};
+
+use super::experience::Experience;
+use crate::checkpoint::AdapterInfo;
+use crate::cli::train::TrainArgs;
+use crate::model::{self, LoraConfig, Model};
+use crate::tokenizer::Tokenizer;
+use crate::user_error;
+
+enum Reference {
+    None,
+    AdaptersOff,
+    Copy(Box<Model>),
+}
+
+/// The trained model and what goes with it.
+pub struct Policy {
+    model: Model,
+    tokenizer: Tokenizer,
+    reference: Reference,
+    model_dir: PathBuf,
+}
+
+impl Policy {
+    /// Load the model named by `--model`, attach LoRA when asked, and set up the reference.
+    pub fn load(args: &TrainArgs) -> Result<Policy> {
+        let model_dir = model::resolve_model_dir(args.model.as_deref(), true)?;
+        let device = model::parse_device(&args.device)?;
+        let kind = model::parse_dtype(&args.dtype, device)?;
+        let mut model = Model::load(&model_dir, device, kind)?;
+        let tokenizer = Tokenizer::from_dir(&model_dir)?;
+        let lora = args.lora_rank > 0;
+        if lora {
+            model.attach_lora(LoraConfig { rank: args.lora_rank, alpha: args.lora_alpha, dropout: args.lora_dropout })?;
+        } else if args.lora_rank < 0 {
+            return Err(user_error!("--lora-rank {} must be >= 0 (0 trains all weights)", args.lora_rank));
+        }
+        let reference = if args.kl_weight == 0.0 {
+            Reference::None
+        } else if lora {
+            Reference::AdaptersOff
+        } else {
+            let mut copy = Model::load(&model_dir, device, kind)?;
+            copy.var_store_mut().freeze();
+            Reference::Copy(Box::new(copy))
+        };
+        Ok(Policy { model, tokenizer, reference, model_dir })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// Its tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The model directory the run started from.
+    pub fn model_dir(&self) -> &Path {
+        &self.model_dir
+    }
+
+    /// Where the model runs.
+    pub fn device(&self) -> Device {
+        self.model.device()
+    }
+
+    /// Its dtype.
+    pub fn kind(&self) -> Kind {
+        self.model.kind()
+    }
+
+    fn trained_store(&self) -> &tch::nn::VarStore {
+        self.model.lora_var_store().unwrap_or_else(|| self.model.var_store())
+    }
+
+    /// The parameters the optimizer updates, by name, in a fixed order.
+    pub fn trainable(&self) -> Vec<(String, Tensor)> {
+        let mut vars: Vec<(String, Tensor)> = self.trained_store().variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        vars
+    }
+
+    /// Whether old log-probs need a forward pass: the sampler's are the same computation only in f32 (in bf16 the
+    /// incremental decode and a full forward round differently enough to bias the ratio).
+    pub fn recompute_old(&self, args: &TrainArgs) -> bool {
+        match args.recompute_old_logprobs.as_str() {
+            "always" => true,
+            "never" => false,
+            _ => self.model.kind() != Kind::Float,
+        }
+    }
+
+    /// Log-probs of the experience's tokens under the current policy in eval mode, without grad.
+    pub fn log_probs(&self, exp: &Experience, chunk: usize) -> Result<Tensor> {
+        self.model.set_training(false);
+        Ok(batched_log_probs(&self.model, exp, chunk))
+    }
+
+    /// Log-probs under the reference policy, or `None` without one.
+    pub fn reference_log_probs(&self, exp: &Experience, chunk: usize, kl_weight: f64) -> Result<Option<Tensor>> {
+        if kl_weight == 0.0 {
+            return Ok(None);
+        }
+        self.model.set_training(false);
+        Ok(match &self.reference {
+            Reference::None => None,
+            Reference::AdaptersOff => {
+                self.model.set_adapters_enabled(false);
+                let lp = batched_log_probs(&self.model, exp, chunk);
+                self.model.set_adapters_enabled(true);
+                Some(lp)
+            }
+            Reference::Copy(reference) => Some(batched_log_probs(reference, exp, chunk)),
+        })
+    }
+
+    /// The trained weights for a checkpoint: the adapter (PEFT names without `base_model.model.`) or the full model
+    /// (Hugging Face names; a tied output head is stored once, as the embedding).
+    pub fn weights(&self) -> BTreeMap<String, Tensor> {
+        self.trained_store().variables().into_iter().collect()
+    }
+
+    /// The LoRA settings for peft's adapter_config.json.
+    pub fn adapter_info(&self) -> Option<AdapterInfo> {
+        self.model.lora_config().map(|c| AdapterInfo {
+            rank: c.rank,
+            alpha: c.alpha,
+            dropout: c.dropout,
+            target_modules: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+                .map(String::from)
+                .to_vec(),
+        })
+    }
+
+    /// Full weights with the adapter merged in (`W + alpha/r * B A`), for runs that ask for them.
+    pub fn merged_weights(&self) -> Option<BTreeMap<String, Tensor>> {
+        let cfg = self.model.lora_config()?;
+        let lora = self.model.lora_var_store()?.variables();
+        let scale = cfg.alpha / cfg.rank as f64;
+        let merged = tch::no_grad(|| {
+            self.model
+                .var_store()
+                .variables()
+                .into_iter()
+                .map(|(name, w)| {
+                    let base = name.strip_suffix(".weight").unwrap_or(&name);
+                    let a = lora.get(&format!("{base}.lora_A.weight"));
+                    let b = lora.get(&format!("{base}.lora_B.weight"));
+                    let w = match (a, b) {
+                        (Some(a), Some(b)) => {
+                            let delta = b.to_kind(Kind::Float).matmul(&a.to_kind(Kind::Float)) * scale;
+                            (w.to_kind(Kind::Float) + delta).to_kind(w.kind())
+                        }
+                        _ => w.copy(),
+                    };
+                    (name, w)
+                })
+                .collect()
+        });
+        Some(merged)
+    }
+
+    /// Put checkpoint weights into the model (the adapter's, or all of them).
+    pub fn load_weights(&mut self, weights: &BTreeMap<String, Tensor>, adapter: bool) -> Result<()> {
+        if adapter != self.model.lora_var_store().is_some() {
+            return Err(user_error!(
+                "the checkpoint holds {} but this run trains {}; use the same --lora-rank as the run being resumed",
+                if adapter { "a LoRA adapter" } else { "full weights" },
+                if adapter { "full weights" } else { "a LoRA adapter" }
+            ));
+        }
+        let vars = self.trained_store().variables();
+        tch::no_grad(|| -> Result<()> {
+            for (name, var) in &vars {
+                let saved = weights
+                    .get(name)
+                    .with_context(|| format!("the checkpoint has no tensor `{name}`; it belongs to another model"))?;
+                if saved.size() != var.size() {
+                    return Err(user_error!(
+                        "checkpoint tensor `{name}` has shape {:?}, the model {:?}; use the same model and --lora-rank",
+                        saved.size(),
+                        var.size()
+                    ));
+                }
+                var.shallow_clone().copy_(&saved.to_kind(var.kind()).to_device(var.device()));
+            }
+            Ok(())
+        })
+    }
+}
+
+/// `[N, T-1]` log-probs of every sequence of `exp` in chunks of `chunk` rows, without grad.
+fn batched_log_probs(model: &Model, exp: &Experience, chunk: usize) -> Tensor {
+    tch::no_grad(|| {
+        let n = exp.len();
+        let width = exp.tokens.size()[1] - 1;
+        let mut parts = Vec::new();
+        for start in (0..n).step_by(chunk.max(1)) {
+            let rows: Vec<usize> = (start..(start + chunk.max(1)).min(n)).collect();
+            let mb = exp.select(&rows);
+            let lp = model.token_log_probs(&mb.tokens, &mb.attention_mask);
+            let pad = width - lp.size()[1];
+            parts.push(if pad > 0 { lp.constant_pad_nd([0, pad]) } else { lp });
+        }
+        Tensor::cat(&parts, 0)
+    })
+}

@@ -1,0 +1,53 @@
+//! Which tasks each batch trains on. A finite task set is walked in a fresh seeded permutation every epoch; an
+//! unbounded generator is asked for indices 0, 1, 2, ... Either way batch `b` always gets the same tasks for the
+//! same seed, which is what lets a resumed run continue with exactly the data an uninterrupted one would see.
+
+use anyhow::{bail, Result};
+use grpo_sdk::{Split, Task};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+use crate::plugins::EnvironmentPlugin;
+
+/// The task order of a run.
+pub struct TaskSource {
+    env: EnvironmentPlugin,
+    seed: u64,
+    count: Option<u64>,
+    permutation: Option<(u64, Vec<u64>)>,
+}
+
+impl TaskSource {
+    /// Tasks of the train split of `env`, ordered by `seed`.
+    pub fn new(env: EnvironmentPlugin, seed: u64) -> Result<Self> {
+        let count = env.task_count(Split::Train)?;
+        if count == Some(0) {
+            bail!(crate::user_error!(
+                "environment `{}` has no training tasks; check its data file (--data-path or --env-config)",
+                env.name()
+            ));
+        }
+        Ok(TaskSource { env, seed, count, permutation: None })
+    }
+
+    /// The `per_batch` tasks of batch `batch`.
+    pub fn batch(&mut self, batch: u64, per_batch: usize) -> Result<Vec<Task>> {
+        let start = batch * per_batch as u64;
+        (start..start + per_batch as u64).map(|i| self.nth(i)).collect()
+    }
+
+    fn nth(&mut self, i: u64) -> Result<Task> {
+        let Some(count) = self.count else {
+            return self.env.task(Split::Train, self.seed, i);
+        };
+        let epoch = i / count;
+        if self.permutation.as_ref().map(|(e, _)| *e) != Some(epoch) {
+            let mut order: Vec<u64> = (0..count).collect();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(self.seed ^ epoch.wrapping_mul(0xA24B_AED4_963E_E407));
+            order.shuffle(&mut rng);
+            self.permutation = Some((epoch, order));
+        }
+        let index = self.permutation.as_ref().expect("set above").1[(i % count) as usize];
+        self.env.task(Split::Train, self.seed, index)
+    }
+}

@@ -1,0 +1,119 @@
+"""The Python reference for `cargo xtask bench-step`: one GRPO step the way re-grpo runs it, timed by phase.
+
+re-grpo's loop (experiment_base): for each prompt of the batch, generate its group in one `generate` call
+(`input_ids.repeat(G, 1)`); then a forward of the policy for the old log-probs and a separate forward of the
+reference model; then micro-batches of forward, GRPO loss, backward, gradient clipping and an AdamW step. Here it
+runs in f32 on the CPU with full fine-tuning, the same workload and thread count as our measurement, with
+end-of-sequence suppressed so that both sides generate exactly max_new_tokens per rollout.
+
+Usage: python bench_grpo_step.py MODEL_DIR --steps 3 --prompts 4 --group 4 --max-new 64 --threads 2
+Prints one JSON object per measured step: {"rollout_s", "logprob_s", "train_s", "total_s", "tokens"}.
+"""
+
+import argparse
+import json
+import random
+import time
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+
+def sequence_log_probs(model, seq, attn):
+    pos = attn.long().cumsum(-1) - 1
+    pos.masked_fill_(attn == 0, 1)
+    logits = model(input_ids=seq, attention_mask=attn, position_ids=pos, use_cache=False).logits
+    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
+    return logp.gather(-1, seq[:, 1:].unsqueeze(-1)).squeeze(-1)
+
+
+def grpo_loss(lp, old, ref, adv, mask, clip=0.2, beta=0.01):
+    ratio = (lp - old).exp()
+    surrogate = -torch.min(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)
+    diff = (ref - lp) * mask
+    kl = diff.exp() - diff - 1
+    per_token = surrogate + beta * kl
+    return ((per_token * mask).sum(-1) / mask.sum(-1).clamp_min(1)).mean()
+
+
+def question(rng):
+    a, b = rng.randint(0, 9), rng.randint(0, 9)
+    return f"What is {a} + {b}? Think briefly, then give the result inside <answer></answer>."
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--prompts", type=int, default=4)
+    ap.add_argument("--group", type=int, default=4)
+    ap.add_argument("--max-new", type=int, default=64)
+    ap.add_argument("--train-batch", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    rng = random.Random(0)
+    tok = AutoTokenizer.from_pretrained(args.model)
+    policy = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    reference = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    opt = torch.optim.AdamW(policy.parameters(), lr=5e-6, weight_decay=0.01)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    for step in range(args.warmup + args.steps):
+        t0 = time.perf_counter()
+        policy.eval()
+        sequences, masks, rewards = [], [], []
+        with torch.no_grad():
+            for _ in range(args.prompts):
+                text = tok.apply_chat_template(
+                    [{"role": "user", "content": question(rng)}], tokenize=False, add_generation_prompt=True
+                )
+                ids = tok(text, return_tensors="pt").input_ids
+                out = policy.generate(
+                    input_ids=ids.repeat(args.group, 1),
+                    attention_mask=torch.ones_like(ids).repeat(args.group, 1),
+                    do_sample=True, temperature=0.7, top_k=50, top_p=1.0,
+                    max_new_tokens=args.max_new, min_new_tokens=args.max_new, pad_token_id=pad,
+                )
+                for row in out:
+                    sequences.append(row)
+                    m = torch.zeros(len(row) - 1, dtype=torch.bool)
+                    m[ids.shape[1] - 1:] = True
+                    masks.append(m)
+                    rewards.append(rng.random())
+        t1 = time.perf_counter()
+
+        seq = torch.stack(sequences)
+        attn = torch.ones_like(seq)
+        mask = torch.stack(masks).float()
+        r = torch.tensor(rewards).view(args.prompts, args.group)
+        adv = ((r - r.mean(-1, keepdim=True)) / (r.std(-1, keepdim=True) + 1e-8)).view(-1, 1)
+        with torch.no_grad():
+            old = sequence_log_probs(policy, seq, attn)
+            ref = sequence_log_probs(reference, seq, attn)
+        t2 = time.perf_counter()
+
+        policy.train()
+        order = torch.randperm(seq.shape[0])
+        for i in range(0, seq.shape[0], args.train_batch):
+            idx = order[i:i + args.train_batch]
+            opt.zero_grad()
+            lp = sequence_log_probs(policy, seq[idx], attn[idx])
+            loss = grpo_loss(lp, old[idx], ref[idx], adv[idx], mask[idx])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+            opt.step()
+        t3 = time.perf_counter()
+        if step >= args.warmup:
+            print(json.dumps({
+                "rollout_s": t1 - t0, "logprob_s": t2 - t1, "train_s": t3 - t2, "total_s": t3 - t0,
+                "tokens": args.prompts * args.group * args.max_new,
+            }), flush=True)
+
+
+if __name__ == "__main__":
+    main()

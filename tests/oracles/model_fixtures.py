@@ -1,0 +1,291 @@
+"""Oracle fixtures for the native model runtime (host/src/model, tokenizer, generate).
+
+Builds, with transformers as the reference implementation:
+  * a tiny byte-level tokenizer (256 byte tokens + the chat special tokens, no merges);
+  * tiny random Llama, Llama-3 (rope_scaling llama3), Qwen2 and Qwen3 models (f32, a few hundred KB each) with
+    transformers' logits and next-token log-probs on a padded batch, and transformers' greedy continuations;
+  * chat-template cases for the SmolLM2, Qwen2.5, Qwen3 and Llama-3.1 templates (the real template texts in
+    tests/fixtures/model/templates/), rendered with `apply_chat_template`, with and without tools and the
+    generation prompt.
+
+Run from the repository root (rewrites tests/fixtures/model/{tiny,chat}/):
+    ~/.cache/grpo-rs/venv/bin/python tests/oracles/model_fixtures.py
+"""
+
+import json
+import os
+import shutil
+
+import torch
+from safetensors.torch import save_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen3Config,
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FIX = os.path.join(ROOT, "tests", "fixtures", "model")
+TEMPLATES = os.path.join(FIX, "templates")
+
+SPECIALS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|begin_of_text|>",
+    "<|eot_id|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eom_id|>",
+    "<|python_tag|>",
+]
+VOCAB = 272  # 256 bytes + 9 specials, rounded up; the spare rows are never produced by the tokenizer
+
+
+def tiny_tokenizer(**special):
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {ch: i for i, ch in enumerate(alphabet)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(SPECIALS)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **special)
+
+
+def save_tokenizer(tok, out, template=None):
+    """Save with the chat template inside tokenizer_config.json, as the hub repos of these models ship it."""
+    tok.save_pretrained(out)
+    jinja = os.path.join(out, "chat_template.jinja")
+    if os.path.exists(jinja):
+        os.remove(jinja)
+    if template is not None:
+        path = os.path.join(out, "tokenizer_config.json")
+        with open(path) as f:
+            cfg = json.load(f)
+        cfg["chat_template"] = template
+        with open(path, "w") as f:
+            json.dump(cfg, f, indent=2, ensure_ascii=False)
+    # Check that transformers itself reads the layout back with the template.
+    back = AutoTokenizer.from_pretrained(out)
+    assert (back.chat_template is not None) == (template is not None)
+    return back
+
+
+# ---------------------------------------------------------------- tiny models
+
+def tiny_configs():
+    common = dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        initializer_range=0.1,
+        rms_norm_eps=1e-6,
+        bos_token_id=None,
+        eos_token_id=258,
+        pad_token_id=None,
+    )
+    return {
+        "llama": LlamaConfig(**common, tie_word_embeddings=False),
+        "llama3": LlamaConfig(
+            **common,
+            tie_word_embeddings=True,
+            rope_theta=500000.0,
+            rope_scaling={
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 32,
+            },
+        ),
+        "qwen2": Qwen2Config(**common, tie_word_embeddings=True, use_sliding_window=False),
+        "qwen3": Qwen3Config(**{**common, "head_dim": 16}, tie_word_embeddings=False),
+    }
+
+
+def make_tiny_models():
+    out_root = os.path.join(FIX, "tiny")
+    shutil.rmtree(out_root, ignore_errors=True)
+    smol_template = open(os.path.join(TEMPLATES, "HuggingFaceTB-SmolLM2-135M-Instruct.jinja")).read()
+    for i, (name, cfg) in enumerate(tiny_configs().items()):
+        torch.manual_seed(1000 + i)
+        out = os.path.join(out_root, name)
+        model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa", dtype=torch.float32).eval()
+        model.generation_config.eos_token_id = None
+        model.save_pretrained(out, safe_serialization=True)
+        tok = tiny_tokenizer(eos_token="<|im_end|>", bos_token="<|im_start|>", pad_token="<|endoftext|>")
+        save_tokenizer(tok, out, smol_template)
+
+        # A padded batch: full, left-padded, right-padded.
+        g = torch.Generator().manual_seed(7 + i)
+        ids = torch.randint(0, 265, (3, 12), generator=g)
+        mask = torch.ones(3, 12, dtype=torch.long)
+        mask[1, :3] = 0
+        mask[2, 8:] = 0
+        ids = ids.masked_fill(mask == 0, 0)
+        pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits.float()
+        lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        save_file(
+            {
+                "input_ids": ids.contiguous(),
+                "attention_mask": mask.contiguous(),
+                "position_ids": pos.contiguous(),
+                "logits": logits.contiguous(),
+                "token_log_probs": lp.contiguous(),
+            },
+            os.path.join(out, "reference.safetensors"),
+        )
+
+        # Greedy continuations, one prompt at a time (no padding), never stopping early.
+        prompts = [
+            torch.randint(0, 265, (n,), generator=g).tolist() for n in (5, 9, 2)
+        ]
+        greedy = []
+        for p in prompts:
+            with torch.no_grad():
+                out_ids = model.generate(
+                    torch.tensor([p]),
+                    attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                    do_sample=False,
+                    max_new_tokens=12,
+                    eos_token_id=None,
+                    pad_token_id=0,
+                )
+            greedy.append(out_ids[0, len(p):].tolist())
+        with open(os.path.join(out, "greedy.json"), "w") as f:
+            json.dump({"prompts": prompts, "max_new_tokens": 12, "completions": greedy}, f)
+        print(f"tiny {name}: {os.path.getsize(os.path.join(out, 'model.safetensors'))} bytes of weights")
+
+
+# ---------------------------------------------------------------- chat templates
+
+FAMILIES = {
+    "smollm2": (
+        "HuggingFaceTB-SmolLM2-135M-Instruct.jinja",
+        dict(bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|im_end|>", unk_token="<|endoftext|>"),
+    ),
+    "qwen2.5": (
+        "Qwen-Qwen2.5-7B-Instruct.jinja",
+        dict(eos_token="<|im_end|>", pad_token="<|endoftext|>"),
+    ),
+    "qwen3": (
+        "Qwen-Qwen3-0.6B.jinja",
+        dict(eos_token="<|im_end|>", pad_token="<|endoftext|>"),
+    ),
+    "llama3.1": (
+        "meta-llama-Llama-3.1-8B-Instruct.jinja",
+        dict(bos_token="<|begin_of_text|>", eos_token="<|eot_id|>"),
+    ),
+}
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "calculator",
+            "description": "Evaluate an arithmetic expression, e.g. \"2 * (3 + 4)\".",
+            "parameters": {
+                "type": "object",
+                "properties": {"expression": {"type": "string", "description": "The expression"}},
+                "required": ["expression"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "search",
+            "description": "Search the knowledge base — returns passages.",
+            "parameters": {
+                "type": "object",
+                "properties": {"query": {"type": "string"}, "k": {"type": "integer", "default": 3}},
+                "required": ["query"],
+            },
+        },
+    },
+]
+
+SIMPLE = [{"role": "user", "content": "What is 17 + 25?"}]
+WITH_SYSTEM = [
+    {"role": "system", "content": "You are terse.\nAnswer with a number."},
+    {"role": "user", "content": "What is 17 + 25?"},
+    {"role": "assistant", "content": "42"},
+    {"role": "user", "content": "And times 2? Ünïcödé ok"},
+]
+TOOL_CALL = [
+    {"role": "user", "content": "Compute 6*7 please."},
+    {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {"type": "function", "function": {"name": "calculator", "arguments": {"expression": "6*7"}}}
+        ],
+    },
+    {"role": "tool", "content": "42"},
+    {"role": "assistant", "content": "The answer is 42."},
+    {"role": "user", "content": "Thanks"},
+]
+THINKING = [
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "<think>\nThe user greets.\n</think>\n\nHello!"},
+    {"role": "user", "content": "What is 2+2?"},
+]
+
+
+def chat_cases(family):
+    cases = []
+    for gen in (False, True):
+        cases.append(dict(name=f"simple_gen{int(gen)}", messages=SIMPLE, tools=None, add_generation_prompt=gen))
+        cases.append(dict(name=f"system_gen{int(gen)}", messages=WITH_SYSTEM, tools=None, add_generation_prompt=gen))
+    if family != "smollm2":  # SmolLM2's template has no tool support
+        cases.append(dict(name="tools_gen1", messages=SIMPLE, tools=TOOLS, add_generation_prompt=True))
+        cases.append(dict(name="tools_system_gen0", messages=WITH_SYSTEM, tools=TOOLS, add_generation_prompt=False))
+        cases.append(dict(name="tool_call_gen1", messages=TOOL_CALL, tools=TOOLS, add_generation_prompt=True))
+    if family == "qwen3":
+        cases.append(dict(name="thinking_gen1", messages=THINKING, tools=None, add_generation_prompt=True))
+        cases.append(
+            dict(
+                name="no_thinking_gen1",
+                messages=SIMPLE,
+                tools=None,
+                add_generation_prompt=True,
+                extra={"enable_thinking": False},
+            )
+        )
+    return cases
+
+
+def make_chat_fixtures():
+    out_root = os.path.join(FIX, "chat")
+    shutil.rmtree(out_root, ignore_errors=True)
+    for family, (template_file, special) in FAMILIES.items():
+        template = open(os.path.join(TEMPLATES, template_file)).read()
+        out = os.path.join(out_root, family)
+        tok = save_tokenizer(tiny_tokenizer(**special), out, template)
+        cases = chat_cases(family)
+        for case in cases:
+            case["expected"] = tok.apply_chat_template(
+                case["messages"],
+                tools=case["tools"],
+                add_generation_prompt=case["add_generation_prompt"],
+                tokenize=False,
+                **case.get("extra", {}),
+            )
+        with open(os.path.join(out, "cases.json"), "w") as f:
+            json.dump(cases, f, indent=1, ensure_ascii=False)
+        print(f"chat {family}: {len(cases)} cases")
+
+
+if __name__ == "__main__":
+    make_chat_fixtures()
+    make_tiny_models()
