@@ -17,10 +17,7 @@ pub fn workspace_root() -> PathBuf {
 /// `target/<profile>` of the running test binary (which lives in its `deps/` folder).
 pub fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>")
-        .to_path_buf()
+    exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>").to_path_buf()
 }
 
 /// The cargo profile the tests were built with, as `--profile` takes it.
@@ -44,8 +41,7 @@ pub fn grpo_host() -> PathBuf {
     BUILT
         .get_or_init(|| {
             let mut cmd = cargo();
-            cmd.current_dir(workspace_root())
-                .args(["build", "--quiet", "--profile", &profile(), "-p", "grpo-host"]);
+            cmd.current_dir(workspace_root()).args(["build", "--quiet", "--profile", &profile(), "-p", "grpo-host"]);
             run_ok(&mut cmd, "building grpo-host");
             profile_dir().join(format!("grpo-host{}", std::env::consts::EXE_SUFFIX))
         })
@@ -95,7 +91,8 @@ pub struct DocCommand {
 }
 
 /// The shell commands in a Markdown file's fenced code blocks: lines starting with `$ ` in any block (the
-/// `console` convention), and every line of `sh`, `bash` and `shell` blocks. A command line is split at `&&`,
+/// `console` convention), every line of `sh`, `bash` and `shell` blocks, and lines starting with `grpo-host`,
+/// `cargo generate` or `cargo xtask run` in plain, `text` and `console` blocks. A command line is split at `&&`,
 /// `||`, `;` and `|` into several commands.
 pub fn doc_commands(markdown: &str) -> Vec<DocCommand> {
     let mut commands = Vec::new();
@@ -117,7 +114,7 @@ pub fn doc_commands(markdown: &str) -> Vec<DocCommand> {
             acc.push_str(trimmed);
         } else if let Some(cmd) = trimmed.strip_prefix("$ ") {
             pending = Some((i + 1, cmd.to_string()));
-        } else if matches!(info.as_str(), "sh" | "bash" | "shell") && !trimmed.is_empty() {
+        } else if is_bare_command(info, trimmed) {
             pending = Some((i + 1, trimmed.to_string()));
         } else {
             continue;
@@ -135,6 +132,18 @@ pub fn doc_commands(markdown: &str) -> Vec<DocCommand> {
         pending = None;
     }
     commands
+}
+
+/// Whether a line without a `$ ` prompt is a command: any line of a shell block, and a line that runs one of our
+/// tools in a plain, `text` or `console` block.
+fn is_bare_command(block_info: &str, line: &str) -> bool {
+    match block_info {
+        "sh" | "bash" | "shell" => !line.is_empty(),
+        "" | "text" | "console" => {
+            ["grpo-host ", "cargo generate ", "cargo xtask run "].iter().any(|p| line.starts_with(p))
+        }
+        _ => false,
+    }
 }
 
 /// Shell-style words of one command line, split into separate commands at `&&`, `||`, `;` and `|`. Quotes group
@@ -249,10 +258,8 @@ pub fn host_help(path: &[String]) -> Help {
     if let Some(help) = cache.get(path) {
         return help.clone();
     }
-    let out = run_ok(
-        Command::new(grpo_host()).args(path).arg("--help"),
-        &format!("grpo-host {} --help", path.join(" ")),
-    );
+    let out =
+        run_ok(Command::new(grpo_host()).args(path).arg("--help"), &format!("grpo-host {} --help", path.join(" ")));
     let help = parse_help(&String::from_utf8_lossy(&out.stdout));
     cache.insert(path.to_vec(), help.clone());
     help
@@ -305,7 +312,7 @@ pub fn check_host_args(args: &[String]) -> Result<(), String> {
 /// The `grpo-host` arguments of a documented command, if it runs grpo-host: directly (`grpo-host ...`, also by a
 /// path such as `target/release/grpo-host`, after `VAR=value` assignments) or through `cargo xtask run ...`.
 pub fn host_args(words: &[String]) -> Option<Vec<String>> {
-    let start = words.iter().position(|w| !(w.contains('=') && !w.starts_with('-')))?;
+    let start = words.iter().position(|w| !w.contains('=') || w.starts_with('-'))?;
     let words = &words[start..];
     let program = words.first()?;
     if Path::new(program).file_name().is_some_and(|n| n == "grpo-host") {
@@ -328,7 +335,8 @@ mod tests {
     #[test]
     fn commands_come_from_console_prompts_and_shell_blocks() {
         let md = "text\n```console\n$ grpo-host plugins list   # comment\noutput line\n$ a 'b c' \\\n  --d\n```\n\
-                  ```bash\ncargo xtask test && echo \"x y\"\n```\n```rust\nlet x = 1;\n```\n";
+                  ```bash\ncargo xtask test && echo \"x y\"\n```\n```rust\nlet x = 1;\n```\n\
+                  ```\ngrpo-host report r\nnot a command\n```\n";
         let got = doc_commands(md);
         assert_eq!(
             got,
@@ -337,6 +345,7 @@ mod tests {
                 DocCommand { line: 5, words: words(&["a", "b c", "--d"]) },
                 DocCommand { line: 9, words: words(&["cargo", "xtask", "test"]) },
                 DocCommand { line: 9, words: words(&["echo", "x y"]) },
+                DocCommand { line: 15, words: words(&["grpo-host", "report", "r"]) },
             ]
         );
     }

@@ -123,7 +123,7 @@ impl Generated {
         let passed: u32 = text
             .lines()
             .filter_map(|l| l.strip_prefix("test result: ok. "))
-            .filter_map(|l| l.split(' ').next()?.parse().ok())
+            .filter_map(|l| l.split(' ').next()?.parse::<u32>().ok())
             .sum();
         assert!(passed >= 4, "the generated crate's unit tests did not run (passed: {passed}):\n{text}");
         run_ok(&mut self.cargo(&["build"]), "cargo build in the generated crate");
@@ -176,7 +176,7 @@ fn algorithm_template_builds_loads_and_trains() {
     assert!(generated.read("Cargo.toml").contains(&format!("path = \"{}\"", workspace_root().join("sdk").display())));
     generated.test_and_build();
     let report = generated.check().unwrap_or_else(|e| panic!("{e}"));
-    assert!(report.contains("ok  algorithm my_reinforce"), "{report}");
+    assert!(report.contains(&format!("ok  algorithm {}", generated.plugin)), "{report}");
 
     let metrics = generated.train_one_step(&["--algo", "my_reinforce", "--env", "math"]);
     let names = metric_names(&metrics);
@@ -191,7 +191,7 @@ fn environment_template_builds_loads_and_trains_and_breakage_is_caught() {
     assert!(generated.read("Cargo.toml").contains("path = \"../grpo-rs/sdk\""));
     generated.test_and_build();
     let report = generated.check().unwrap_or_else(|e| panic!("{e}"));
-    assert!(report.contains("ok  environment my_env"), "{report}");
+    assert!(report.contains(&format!("ok  environment {}", generated.plugin)), "{report}");
 
     let metrics = generated.train_one_step(&["--env", "my_env", "--algo", "grpo"]);
     let names = metric_names(&metrics);

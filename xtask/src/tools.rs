@@ -44,14 +44,16 @@ pub fn ensure_cargo_generate(verbose: bool) -> Result<()> {
             }
             return Ok(());
         }
-        Some(v) => println!("setup: cargo-generate {v} is older than the templates need; installing {CARGO_GENERATE_VERSION}"),
+        Some(v) => {
+            println!("setup: cargo-generate {v} is older than the templates need; installing {CARGO_GENERATE_VERSION}")
+        }
         None => {}
     }
     let args = ["install", "cargo-generate", "--version", CARGO_GENERATE_VERSION, "--locked"];
-    Step::new("installing cargo-generate for the plugin templates (once; compiling takes a few minutes)", &format!(
-        "cargo {}",
-        args.join(" ")
-    ))
+    Step::new(
+        "installing cargo-generate for the plugin templates (once; compiling takes a few minutes)",
+        &format!("cargo {}", args.join(" ")),
+    )
     .announce();
     run_checked(
         Command::new(cargo()).args(args),
