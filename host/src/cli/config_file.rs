@@ -31,9 +31,9 @@ pub fn expand(argv: Vec<OsString>) -> Result<Vec<OsString>> {
 fn file_args(path: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| user_error!("--config {}: cannot read it ({e})", path.display()))?;
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e| user_error!("--config {}: not valid TOML ({})", path.display(), one_line(&e.to_string())))?;
+    let table = text
+        .parse::<toml::Table>()
+        .map_err(|e: toml::de::Error| user_error!("--config {}: not valid TOML ({})", path.display(), one_line(&e.to_string())))?;
     let mut args = Vec::new();
     for (key, value) in table {
         let flag = format!("--{}", key.replace('_', "-"));

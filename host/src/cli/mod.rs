@@ -3,6 +3,7 @@
 
 pub mod config_file;
 pub mod generate;
+pub mod play;
 pub mod plugins;
 pub mod report;
 pub mod train;
@@ -40,6 +41,8 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// List plugins, or check one plugin library.
     Plugins(plugins::PluginsArgs),
+    /// Play one episode of an environment with scripted assistant replies and show turns and rewards.
+    Play(play::PlayArgs),
     /// Plot a run's returns, loss, KL, grad norm and completion length from its metrics.jsonl, and summarise it.
     Report(report::ReportArgs),
 }
@@ -61,6 +64,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Some(Command::Train(args)) => crate::train::run(*args),
         Some(Command::Generate(args)) => generate::run(args),
         Some(Command::Plugins(args)) => plugins::run(args),
+        Some(Command::Play(args)) => play::run(args),
         Some(Command::Report(args)) => report::run(&args),
     }
 }

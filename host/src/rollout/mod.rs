@@ -162,7 +162,7 @@ pub fn run_episodes(
         );
         request.sampling = cfg.sampling;
         request.seed = Some(seed.wrapping_add(turn as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let output = generate(model, Some(tokenizer), &request)?;
+        let output = generate(model, Some(tokenizer), &request, None)?;
 
         // Record the turn, then let the environments answer in parallel.
         for (l, c) in live.iter_mut().zip(output.completions) {

@@ -1,0 +1,152 @@
+//! Where `calc_tools` tasks come from: a seeded arithmetic generator, or JSONL files in re-grpo's schema
+//! (`{"question", "answer", "num_terms", "num_digits"}` per line).
+
+use std::path::Path;
+
+use grpo_sdk::{Error, Result, Task};
+use grpo_toolcall::{calc, rng::SplitMix64};
+
+/// Settings of the generator and of the file filter.
+#[derive(Debug, Clone)]
+pub struct Shape {
+    /// Fewest terms in a generated expression.
+    pub min_terms: u32,
+    /// Most terms (generator) and the `num_terms` filter for files.
+    pub max_terms: u32,
+    /// Most digits per number (generator) and the `num_digits` filter for files.
+    pub max_digits: u32,
+    /// Questions this long (in characters) or longer are skipped in files, as re-grpo does.
+    pub max_question_len: usize,
+}
+
+/// Our own question wordings; `{}` is the expression.
+const TEMPLATES: [&str; 5] = [
+    "{}",
+    "What is {}?",
+    "Calculate {}.",
+    "Evaluate {}",
+    "{} = ?",
+];
+
+/// Task `index` of the generator's stream `stream` (0 for training, 1 for evaluation) for `seed`. Terms are
+/// integers with 1 to `max_digits` digits (the first may be negative), joined by `+`, `-` or `*`, with one pair of
+/// parentheses around two or more adjacent terms about half the time. Expressions whose value is 10^8 or more in
+/// magnitude are drawn again, so the answers stay readable.
+pub fn generate(shape: &Shape, seed: u64, stream: u64, index: u64) -> Task {
+    let mut rng = SplitMix64::for_task(seed, stream, index);
+    loop {
+        let n = rng.range(
+            u64::from(shape.min_terms),
+            u64::from(shape.max_terms.max(shape.min_terms)),
+        ) as usize;
+        let digits = rng.range(1, u64::from(shape.max_digits.max(1))) as u32;
+        let terms: Vec<String> = (0..n)
+            .map(|i| {
+                let v = rng.range(0, 10u64.pow(digits) - 1);
+                if i == 0 && rng.chance(0.15) && v != 0 {
+                    format!("-{v}")
+                } else {
+                    v.to_string()
+                }
+            })
+            .collect();
+        let ops: Vec<&str> = (1..n).map(|_| *rng.pick(&["+", "-", "*"])).collect();
+        let paren = if n >= 3 && rng.chance(0.5) {
+            let start = rng.range(0, n as u64 - 2) as usize;
+            let end = rng.range(start as u64 + 1, n as u64 - 1) as usize;
+            // Parentheses around the whole expression add nothing.
+            (start > 0 || end < n - 1).then_some((start, end))
+        } else {
+            None
+        };
+        let mut expr = String::new();
+        for (i, term) in terms.iter().enumerate() {
+            if i > 0 {
+                expr.push_str(&format!(" {} ", ops[i - 1]));
+            }
+            if paren.is_some_and(|(s, _)| s == i) {
+                expr.push('(');
+            }
+            expr.push_str(term);
+            if paren.is_some_and(|(_, e)| e == i) {
+                expr.push(')');
+            }
+        }
+        let Ok(calc::Value::Int(answer)) = calc::evaluate(&expr) else {
+            continue;
+        };
+        let answer = answer.to_string();
+        if answer.trim_start_matches('-').len() > 8 {
+            continue;
+        }
+        let template = rng.pick(&TEMPLATES);
+        let split = if stream == 0 { "train" } else { "eval" };
+        let mut task = Task::new(
+            format!("{split}-{index}"),
+            template.replace("{}", &expr),
+            answer,
+        );
+        task.meta = serde_json::json!({ "num_terms": n, "num_digits": digits });
+        return task;
+    }
+}
+
+/// Read tasks from a JSONL file in re-grpo's schema, keeping rows with `len(question) < max_question_len`,
+/// `num_terms <= max_terms` and `num_digits <= max_digits` (missing counts pass), up to `max_rows`. Blank lines are
+/// skipped; any other line that is not such an object is an error naming the file and line.
+pub fn load_jsonl(path: &Path, shape: &Shape, max_rows: usize) -> Result<Vec<Task>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::msg(format!("cannot read task file {}: {e}", path.display())))?;
+    let mut tasks = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if tasks.len() >= max_rows {
+            break;
+        }
+        if line.trim().is_empty() {
+            continue;
+        }
+        let where_ = || format!("{}:{}", path.display(), i + 1);
+        let row: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| Error::msg(format!("{}: not a JSON object: {e}", where_())))?;
+        let question = row
+            .get("question")
+            .and_then(|q| q.as_str())
+            .ok_or_else(|| Error::msg(format!("{}: missing the \"question\" string", where_())))?;
+        let answer = match row.get("answer") {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(v @ serde_json::Value::Number(_)) => v.to_string(),
+            _ => {
+                return Err(Error::msg(format!(
+                    "{}: missing the \"answer\" string",
+                    where_()
+                )))
+            }
+        };
+        let count = |key: &str| row.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
+        if question.chars().count() >= shape.max_question_len
+            || count("num_terms") > u64::from(shape.max_terms)
+            || count("num_digits") > u64::from(shape.max_digits)
+        {
+            continue;
+        }
+        let id = match row.get("id") {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(v @ serde_json::Value::Number(_)) => v.to_string(),
+            _ => format!("line-{}", i + 1),
+        };
+        let mut task = Task::new(id, question, answer);
+        task.meta = serde_json::json!({ "num_terms": count("num_terms"), "num_digits": count("num_digits") });
+        tasks.push(task);
+    }
+    if tasks.is_empty() {
+        return Err(Error::msg(format!(
+            "no usable tasks in {}: each line needs \"question\" and \"answer\", a question shorter than {} characters, \
+             num_terms <= {} and num_digits <= {} (change max_terms / max_digits in --env-config to keep more)",
+            path.display(),
+            shape.max_question_len,
+            shape.max_terms,
+            shape.max_digits
+        )));
+    }
+    Ok(tasks)
+}
