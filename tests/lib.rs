@@ -35,13 +35,15 @@ pub fn cargo() -> Command {
 }
 
 /// The `grpo-host` binary of this profile, built first when needed: `cargo test` builds binaries only for the
-/// package under test. With an up-to-date build this costs about a second, once per test process.
+/// package under test. It builds the whole workspace, as `cargo xtask test` does before testing: building only
+/// grpo-host would unify dependency features differently and compile a second copy of them. With an up-to-date
+/// build this costs a few seconds, once per test process.
 pub fn grpo_host() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
             let mut cmd = cargo();
-            cmd.current_dir(workspace_root()).args(["build", "--quiet", "--profile", &profile(), "-p", "grpo-host"]);
+            cmd.current_dir(workspace_root()).args(["build", "--quiet", "--workspace", "--profile", &profile()]);
             run_ok(&mut cmd, "building grpo-host");
             profile_dir().join(format!("grpo-host{}", std::env::consts::EXE_SUFFIX))
         })
@@ -193,58 +195,87 @@ pub fn split_commands(line: &str) -> Vec<Vec<String>> {
     commands
 }
 
-/// What `grpo-host <command path> --help` says a command accepts.
+/// Whether a flag takes a value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Takes {
+    /// A switch (`--json`).
+    Nothing,
+    /// A value (`--plugin-dir <DIR>`).
+    Value,
+    /// A value that may be left out (`--resume [<RESUME>]`).
+    OptionalValue,
+}
+
+/// What `<program> <command path> --help` says a command accepts.
 #[derive(Clone, Debug, Default)]
 pub struct Help {
     /// Subcommand names.
     pub commands: Vec<String>,
-    /// Long flags (without `--`), and whether each takes a value.
-    pub long: HashMap<String, bool>,
-    /// Short flags (the letter), and whether each takes a value.
-    pub short: HashMap<char, bool>,
+    /// Long flags (without `--`), aliases included.
+    pub long: HashMap<String, Takes>,
+    /// Short flags (the letter).
+    pub short: HashMap<char, Takes>,
     /// Whether the command takes positional arguments.
     pub positionals: bool,
 }
 
-/// Parse clap's help text.
+/// Parse clap's help text: the `Commands` and `Arguments` sections, and every other section's flags (clap puts
+/// options under `Options` or under the heading the program gave them).
 pub fn parse_help(text: &str) -> Help {
     let mut help = Help::default();
     let mut section = "";
+    let mut last: Option<Takes> = None;
     for line in text.lines() {
-        if !line.starts_with(' ') && line.ends_with(':') {
-            section = line.trim_end_matches(':');
+        if line.trim().is_empty() {
             continue;
         }
         if !line.starts_with(' ') {
-            section = "";
+            section = if line.ends_with(':') { line.trim_end_matches(':') } else { "" };
             continue;
         }
         let item = line.trim_start();
         // The item is what precedes the description, which clap separates by at least two spaces.
         let head = item.split("  ").next().unwrap_or("");
         match section {
-            "Commands" if line.starts_with("  ") && !line.starts_with("   ") => {
-                if let Some(name) = head.split_whitespace().next() {
-                    help.commands.push(name.trim_end_matches(',').to_string());
+            "" | "Usage" => {}
+            "Commands" => {
+                if line.starts_with("  ") && !line.starts_with("   ") {
+                    if let Some(name) = head.split_whitespace().next() {
+                        help.commands.push(name.trim_end_matches(',').to_string());
+                    }
                 }
             }
-            "Arguments" if head.starts_with('<') || head.starts_with('[') => help.positionals = true,
-            "Options" if head.starts_with('-') => {
+            "Arguments" => help.positionals |= head.starts_with('<') || head.starts_with('['),
+            _ if head.starts_with('-') => {
                 let words: Vec<&str> = head.split_whitespace().collect();
-                let takes_value = words.iter().any(|w| w.starts_with('<') || w.starts_with('['));
+                let takes = if words.iter().any(|w| w.starts_with("[<")) {
+                    Takes::OptionalValue
+                } else if words.iter().any(|w| w.starts_with('<')) {
+                    Takes::Value
+                } else {
+                    Takes::Nothing
+                };
                 for w in words {
                     let w = w.trim_end_matches(',');
                     if let Some(long) = w.strip_prefix("--") {
                         let name = long.split(['=', '[']).next().unwrap_or(long);
-                        help.long.insert(name.to_string(), takes_value);
-                    } else if let Some(short) = w.strip_prefix('-') {
-                        if let Some(c) = short.chars().next() {
-                            help.short.insert(c, takes_value);
-                        }
+                        help.long.insert(name.to_string(), takes);
+                    } else if let Some(c) = w.strip_prefix('-').and_then(|s| s.chars().next()) {
+                        help.short.insert(c, takes);
                     }
                 }
+                last = Some(takes);
             }
             _ => {}
+        }
+        // Visible aliases follow the description: `[alias: --model]`, `[aliases: --a, --b]`.
+        for marker in ["[alias: ", "[aliases: "] {
+            if let (Some(at), Some(takes)) = (item.find(marker), last) {
+                let list = item[at + marker.len()..].split(']').next().unwrap_or("");
+                for alias in list.split(',').filter_map(|a| a.trim().strip_prefix("--")) {
+                    help.long.insert(alias.to_string(), takes);
+                }
+            }
         }
     }
     help
@@ -282,16 +313,18 @@ pub fn check_host_args(args: &[String]) -> Result<(), String> {
                 Some((n, _)) => (n, true),
                 None => (long, false),
             };
+            let next_is_value = args.get(i + 1).is_some_and(|a| !a.starts_with('-'));
             match help.long.get(name) {
                 None => return Err(format!("`{shown}` has no flag --{name}")),
-                Some(true) if !inline => i += 1,
+                Some(Takes::Value) if !inline => i += 1,
+                Some(Takes::OptionalValue) if !inline && next_is_value => i += 1,
                 Some(_) => {}
             }
         } else if let Some(short) = arg.strip_prefix('-').filter(|s| !s.is_empty()) {
             let c = short.chars().next().unwrap();
             match help.short.get(&c) {
                 None => return Err(format!("`{shown}` has no flag -{c}")),
-                Some(true) if short.len() == 1 => i += 1,
+                Some(Takes::Value) if short.len() == 1 => i += 1,
                 Some(_) => {}
             }
         } else if positionals == 0 && help.commands.iter().any(|c| c == arg) {
@@ -354,14 +387,20 @@ mod tests {
     fn clap_help_is_parsed() {
         let text = "Do things\n\nUsage: grpo-host plugins <COMMAND>\n\nCommands:\n  list   List the plugins\n  \
                     check  Check one\n          more text\n\nArguments:\n  <FILE>  The file\n\nOptions:\n  \
-                    -V, --version  Print\n      --plugin-dir <DIR>\n          A directory\n  -n <N>  Count\n";
+                    -V, --version  Print\n      --plugin-dir <DIR>\n          A directory\n  -n <N>  Count\n      \
+                    --model-name <M>\n          The model [alias: --model]\n      --resume [<WHERE>]  Go on\n\n\
+                    Template Selection:\n  -p, --path <PATH>\n          Local path\n\n  -d, --define <D>\n          A value\n";
         let help = parse_help(text);
         assert_eq!(help.commands, ["list", "check"]);
         assert!(help.positionals);
-        assert_eq!(help.long.get("version"), Some(&false));
-        assert_eq!(help.long.get("plugin-dir"), Some(&true));
-        assert_eq!(help.short.get(&'V'), Some(&false));
-        assert_eq!(help.short.get(&'n'), Some(&true));
+        assert_eq!(help.long.get("version"), Some(&Takes::Nothing));
+        assert_eq!(help.long.get("plugin-dir"), Some(&Takes::Value));
+        assert_eq!(help.long.get("model"), Some(&Takes::Value));
+        assert_eq!(help.long.get("resume"), Some(&Takes::OptionalValue));
+        assert_eq!(help.long.get("path"), Some(&Takes::Value));
+        assert_eq!(help.long.get("define"), Some(&Takes::Value), "items after a blank line stay in their section");
+        assert_eq!(help.short.get(&'V'), Some(&Takes::Nothing));
+        assert_eq!(help.short.get(&'n'), Some(&Takes::Value));
     }
 
     #[test]
