@@ -8,10 +8,12 @@
 //! paths, and with them cargo's fingerprints, stay the same from run to run.
 //!
 //! Cost: the generated crates are built with the workspace's `target/` as cargo's build directory
-//! (`CARGO_BUILD_BUILD_DIR`), so the dependencies compiled for the workspace (tch and its libtorch C++ glue above
-//! all, which take about ten minutes on two cores) are reused, and only grpo-sdk and the plugin crate compile.
-//! Their final artifacts go to `target/third-party/<template>/` (`CARGO_TARGET_DIR`): never beside grpo-host,
-//! where the host would load them in every other test.
+//! (`CARGO_BUILD_BUILD_DIR`), so whatever they share with the workspace build is reused. tch and torch-sys (with its
+//! libtorch C++ glue) are not among it: the workspace turns on libc's `extra_traits` feature, which changes the
+//! hash of everything above libc, so a standalone crate compiles its own copy once per checkout (about four
+//! minutes on two cores; the whole test took 226 s the first time, before the clippy step, which adds a check
+//! build of the dependencies). After that a run takes about 12 s: only the regenerated plugin crates compile. Final artifacts go to `target/third-party/<template>/`
+//! (`CARGO_TARGET_DIR`): never beside grpo-host, where the host would load them in every other test.
 
 use grpo_tests::{cargo, check_host_args, doc_commands, grpo_host, library_file, profile_dir, run_ok, try_run};
 use grpo_tests::{host_args, workspace_root};
@@ -112,7 +114,7 @@ impl Generated {
         }
     }
 
-    /// Unit tests and the library build, as the author runs them. The workspace's Cargo.lock is copied in first,
+    /// Unit tests, the library build, rustfmt and clippy, as the author runs them. The workspace's Cargo.lock is copied in first,
     /// so the plugin gets exactly the dependency versions the host was built with (and the shared build
     /// directory's compiled tch); a third party gets the same versions from a fresh resolve as long as no newer
     /// tch 0.24 is published.
@@ -128,6 +130,12 @@ impl Generated {
         assert!(passed >= 4, "the generated crate's unit tests did not run (passed: {passed}):\n{text}");
         run_ok(&mut self.cargo(&["build"]), "cargo build in the generated crate");
         assert!(self.library().is_file(), "cargo build made no {}", self.library().display());
+        // What a plugin author starts from should pass the checks the workspace holds itself to.
+        run_ok(&mut self.cargo(&["fmt", "--check"]), "cargo fmt --check in the generated crate");
+        run_ok(
+            &mut self.cargo(&["clippy", "--all-targets", "--", "-D", "warnings"]),
+            "cargo clippy -D warnings in the generated crate",
+        );
     }
 
     /// `grpo-host plugins check` on the library; returns its report.

@@ -103,13 +103,16 @@ impl Algorithm for Reinforce {
     fn loss(&self, batch: &PolicyBatch) -> Result<LossOutput> {
         // Checks the shapes, and gives the float action mask and the KL estimate (0 at masked positions).
         let terms = PolicyTerms::new(batch)?;
-        let advantages = batch.advantages.to_kind(batch.log_probs.kind()).unsqueeze(-1);
+        let advantages = batch
+            .advantages
+            .to_kind(batch.log_probs.kind())
+            .unsqueeze(-1);
         // Positions outside the mask hold arbitrary finite values; multiplying by the mask removes them and their
         // gradient.
         let mut per_token = -&batch.log_probs * &advantages * &terms.mask;
         let kl_weight = batch.settings.kl_weight;
         if let (Some(kl), true) = (&terms.kl, kl_weight != 0.0) {
-            per_token = per_token + kl * kl_weight;
+            per_token += kl * kl_weight;
         }
         let loss = if self.config.length_normalize {
             terms.sequence_mean(&per_token)
@@ -183,20 +186,32 @@ mod tests {
         let algo = Reinforce::new(serde_json::Value::Null).unwrap();
         let rewards = Tensor::from_slice(&[1.0f64, 0.0, 0.5, 0.5, 2.0, 0.0, 0.2, 0.4]);
         let adv = algo.advantages(&rewards, &[2, 2, 1, 3]).unwrap();
-        assert_eq!(adv.kind(), Kind::Double, "advantages keep the rewards' dtype");
+        assert_eq!(
+            adv.kind(),
+            Kind::Double,
+            "advantages keep the rewards' dtype"
+        );
         assert_close(&values(&adv), &[0.5, -0.5, 0.0, 0.0, 0.0, -0.2, 0.0, 0.2]);
     }
 
     #[test]
     fn flat_groups_are_reported_once() {
         let algo = Reinforce::new(serde_json::Value::Null).unwrap();
-        algo.advantages(&Tensor::from_slice(&[1.0f32, 0.0, 0.5, 0.5, 2.0]), &[2, 2, 1])
+        let adv = algo
+            .advantages(
+                &Tensor::from_slice(&[1.0f32, 0.0, 0.5, 0.5, 2.0]),
+                &[2, 2, 1],
+            )
             .unwrap();
+        assert_eq!(adv.size(), [5]);
         let metrics = algo.metrics();
         assert_eq!(metrics.len(), 1);
         assert_eq!(metrics[0].name, "{{plugin_name}}/flat_group_share");
         assert!((metrics[0].as_number().unwrap() - 2.0 / 3.0).abs() < 1e-12);
-        assert!(algo.metrics().is_empty(), "the counts start over after each pull");
+        assert!(
+            algo.metrics().is_empty(),
+            "the counts start over after each pull"
+        );
     }
 
     #[test]
@@ -245,7 +260,11 @@ mod tests {
         let k3 = (-0.1f64).exp() + 0.1 - 1.0;
         let added = with_kl.loss.double_value(&[]) - plain.loss.double_value(&[]);
         assert_close(&[added], &[0.5 * k3]);
-        let kl = with_kl.metrics.iter().find(|m| m.name == "training_step/kl").unwrap();
+        let kl = with_kl
+            .metrics
+            .iter()
+            .find(|m| m.name == "training_step/kl")
+            .unwrap();
         assert_close(&[kl.as_number().unwrap()], &[k3]);
     }
 
@@ -256,6 +275,9 @@ mod tests {
             .unwrap();
         assert!(err.to_string().contains("unknown field"), "{err}");
         let algo = Reinforce::new(serde_json::Value::Null).unwrap();
-        assert_eq!(algo.config(), serde_json::json!({ "length_normalize": true }));
+        assert_eq!(
+            algo.config(),
+            serde_json::json!({ "length_normalize": true })
+        );
     }
 }

@@ -13,10 +13,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The built-in words. The last [`EVAL_WORDS`] are held out as the eval split.
 const WORDS: &[&str] = &[
-    "apple", "river", "garden", "pencil", "window", "silver", "planet", "candle", "forest", "mirror", "rocket",
-    "basket", "orange", "bridge", "pillow", "island", "tunnel", "button", "violin", "carpet", "meadow", "anchor",
-    "jacket", "lemon", "spider", "castle", "harbor", "puzzle", "marble", "kitten", "ladder", "saddle", "velvet",
-    "wizard", "yellow", "zipper", "butter", "copper", "dragon", "falcon",
+    "apple", "river", "garden", "pencil", "window", "silver", "planet", "candle", "forest",
+    "mirror", "rocket", "basket", "orange", "bridge", "pillow", "island", "tunnel", "button",
+    "violin", "carpet", "meadow", "anchor", "jacket", "lemon", "spider", "castle", "harbor",
+    "puzzle", "marble", "kitten", "ladder", "saddle", "velvet", "wizard", "yellow", "zipper",
+    "butter", "copper", "dragon", "falcon",
 ];
 
 /// How many of [`WORDS`] form the eval split.
@@ -65,7 +66,13 @@ pub fn score(text: &str, answer: &str, attempt: u32) -> (Vec<Reward>, bool) {
         (true, _) => 0.5,
     };
     let format = if tagged.is_some() { 0.1 } else { 0.0 };
-    (vec![Reward::new("format", format), Reward::new("correct", correct)], right)
+    (
+        vec![
+            Reward::new("format", format),
+            Reward::new("correct", correct),
+        ],
+        right,
+    )
 }
 
 /// The text inside the first `<answer>...</answer>`, if there is one.
@@ -110,13 +117,16 @@ impl ReverseWord {
 
 impl Environment for ReverseWord {
     const NAME: &'static str = "{{plugin_name}}";
-    const DESCRIPTION: &'static str = "Spell a word backwards, with another try after a wrong answer";
+    const DESCRIPTION: &'static str =
+        "Spell a word backwards, with another try after a wrong answer";
     type State = Episode;
 
     fn new(config: serde_json::Value) -> Result<Self> {
         let config: Config = grpo_sdk::parse_config(config)?;
         if config.max_attempts == 0 {
-            return Err(Error::msg("invalid config: max_attempts must be at least 1"));
+            return Err(Error::msg(
+                "invalid config: max_attempts must be at least 1",
+            ));
         }
         Ok(ReverseWord {
             config,
@@ -137,19 +147,33 @@ impl Environment for ReverseWord {
     fn task(&self, split: Split, _seed: u64, index: u64) -> Result<Task> {
         let words = Self::words(split);
         let word = words.get(index as usize).ok_or_else(|| {
-            Error::msg(format!("task index {index} is out of range: the {split:?} split has {} words", words.len()))
+            Error::msg(format!(
+                "task index {index} is out of range: the {split:?} split has {} words",
+                words.len()
+            ))
         })?;
         let reversed: String = word.chars().rev().collect();
-        Ok(Task::new(*word, format!("Spell \"{word}\" backwards."), reversed))
+        Ok(Task::new(
+            *word,
+            format!("Spell \"{word}\" backwards."),
+            reversed,
+        ))
     }
 
     fn reset(&self, task: &Task) -> Result<(Episode, Vec<Message>)> {
-        let system = self.config.system_prompt.as_deref().unwrap_or(DEFAULT_SYSTEM_PROMPT);
+        let system = self
+            .config
+            .system_prompt
+            .as_deref()
+            .unwrap_or(DEFAULT_SYSTEM_PROMPT);
         let episode = Episode {
             answer: task.answer.clone(),
             attempt: 1,
         };
-        Ok((episode, vec![Message::system(system), Message::user(&task.question)]))
+        Ok((
+            episode,
+            vec![Message::system(system), Message::user(&task.question)],
+        ))
     }
 
     fn step(&self, episode: &mut Episode, assistant_text: &str) -> Result<StepOutcome> {
@@ -162,7 +186,9 @@ impl Environment for ReverseWord {
             return Ok(StepOutcome::finished(rewards));
         }
         episode.attempt += 1;
-        let retry = Message::user("That is not it. Try again, and put only the result inside <answer> </answer>.");
+        let retry = Message::user(
+            "That is not it. Try again, and put only the result inside <answer> </answer>.",
+        );
         Ok(StepOutcome::continues(vec![retry], rewards))
     }
 }
@@ -179,7 +205,12 @@ mod tests {
     }
 
     fn component(outcome: &StepOutcome, name: &str) -> f64 {
-        outcome.rewards.iter().find(|r| r.name == name).unwrap().value
+        outcome
+            .rewards
+            .iter()
+            .find(|r| r.name == name)
+            .unwrap()
+            .value
     }
 
     #[test]
@@ -188,8 +219,13 @@ mod tests {
         let train = env.task_count(Split::Train).unwrap();
         let eval = env.task_count(Split::Eval).unwrap();
         assert_eq!((train + eval) as usize, WORDS.len());
-        assert_eq!(env.task(Split::Train, 7, 3).unwrap(), env.task(Split::Train, 0, 3).unwrap());
-        let eval_words: Vec<String> = (0..eval).map(|i| env.task(Split::Eval, 0, i).unwrap().id).collect();
+        assert_eq!(
+            env.task(Split::Train, 7, 3).unwrap(),
+            env.task(Split::Train, 0, 3).unwrap()
+        );
+        let eval_words: Vec<String> = (0..eval)
+            .map(|i| env.task(Split::Eval, 0, i).unwrap().id)
+            .collect();
         for i in 0..train {
             assert!(!eval_words.contains(&env.task(Split::Train, 0, i).unwrap().id));
         }
@@ -204,9 +240,17 @@ mod tests {
         let (mut episode, opening) = env.reset(&env.task(Split::Train, 0, 0).unwrap()).unwrap();
         assert_eq!(opening.len(), 2);
         assert_eq!(opening[1].content, "Spell \"apple\" backwards.");
-        let outcome = env.step(&mut episode, "Sure. <answer> elppa </answer>").unwrap();
+        let outcome = env
+            .step(&mut episode, "Sure. <answer> elppa </answer>")
+            .unwrap();
         assert!(outcome.done);
-        assert_eq!((component(&outcome, "format"), component(&outcome, "correct")), (0.1, 1.0));
+        assert_eq!(
+            (
+                component(&outcome, "format"),
+                component(&outcome, "correct")
+            ),
+            (0.1, 1.0)
+        );
     }
 
     #[test]
@@ -221,7 +265,10 @@ mod tests {
         assert!(second.done);
         assert_eq!(component(&second, "correct"), 0.5);
         assert_eq!(env.metrics()[0].as_number(), Some(1.0));
-        assert!(env.metrics().is_empty(), "the counts start over after each pull");
+        assert!(
+            env.metrics().is_empty(),
+            "the counts start over after each pull"
+        );
     }
 
     #[test]
@@ -236,9 +283,13 @@ mod tests {
 
     #[test]
     fn options_are_checked() {
-        let unknown = ReverseWord::new(serde_json::json!({ "max_attempt": 3 })).err().unwrap();
+        let unknown = ReverseWord::new(serde_json::json!({ "max_attempt": 3 }))
+            .err()
+            .unwrap();
         assert!(unknown.to_string().contains("unknown field"), "{unknown}");
-        let zero = ReverseWord::new(serde_json::json!({ "max_attempts": 0 })).err().unwrap();
+        let zero = ReverseWord::new(serde_json::json!({ "max_attempts": 0 }))
+            .err()
+            .unwrap();
         assert!(zero.to_string().contains("max_attempts"), "{zero}");
         let env = env(serde_json::json!({ "system_prompt": "Reverse it." }));
         let (_, opening) = env.reset(&env.task(Split::Train, 0, 1).unwrap()).unwrap();
