@@ -238,13 +238,13 @@ pub fn parse_help(text: &str) -> Help {
         let head = item.split("  ").next().unwrap_or("");
         match section {
             "" | "Usage" => {}
-            "Commands" => {
-                if line.starts_with("  ") && !line.starts_with("   ") {
-                    if let Some(name) = head.split_whitespace().next() {
-                        help.commands.push(name.trim_end_matches(',').to_string());
-                    }
+            // Subcommands sit at two spaces; deeper lines continue their description.
+            "Commands" if !line.starts_with("   ") => {
+                if let Some(name) = head.split_whitespace().next() {
+                    help.commands.push(name.trim_end_matches(',').to_string());
                 }
             }
+            "Commands" => {}
             "Arguments" => help.positionals |= head.starts_with('<') || head.starts_with('['),
             _ if head.starts_with('-') => {
                 let words: Vec<&str> = head.split_whitespace().collect();
