@@ -24,7 +24,7 @@ fn installed_cargo_generate() -> Option<String> {
     if !out.status.success() {
         return None;
     }
-    // "cargo-generate 0.23.7" (older releases print "cargo generate-generate 0.x.y").
+    // `cargo generate --version` prints "cargo generate-generate 0.23.7": the version is the last word.
     String::from_utf8_lossy(&out.stdout).split_whitespace().last().map(str::to_string)
 }
 
