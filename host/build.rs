@@ -6,9 +6,7 @@ fn main() {
     if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
         let lib = std::path::Path::new(&lib);
         if lib.join("libtorch_cuda.so").exists() {
-            println!(
-                "cargo:rustc-link-arg=-Wl,--push-state,--no-as-needed,-ltorch_cuda,--pop-state"
-            );
+            println!("cargo:rustc-link-arg=-Wl,--push-state,--no-as-needed,-ltorch_cuda,--pop-state");
         }
         println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     }
@@ -22,14 +20,8 @@ fn build_cuda_memory_shim() {
     let from_lib = std::env::var("DEP_TCH_LIBTORCH_LIB")
         .ok()
         .and_then(|l| std::path::Path::new(&l).parent().map(|p| p.join("include")));
-    let from_env = std::env::var("LIBTORCH")
-        .ok()
-        .map(|l| std::path::Path::new(&l).join("include"));
-    let Some(include) = [from_lib, from_env]
-        .into_iter()
-        .flatten()
-        .find(|i| i.join("c10").is_dir())
-    else {
+    let from_env = std::env::var("LIBTORCH").ok().map(|l| std::path::Path::new(&l).join("include"));
+    let Some(include) = [from_lib, from_env].into_iter().flatten().find(|i| i.join("c10").is_dir()) else {
         panic!("libtorch headers not found (no c10/ under DEP_TCH_LIBTORCH_LIB/../include or $LIBTORCH/include)");
     };
     let cxx11_abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".to_string());

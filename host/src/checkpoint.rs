@@ -78,11 +78,8 @@ pub fn save(dir: &Path, data: CheckpointData<'_>) -> Result<PathBuf> {
             copy_model_files(data.base_model, &tmp)?;
         }
         Some(info) => {
-            let peft: BTreeMap<String, Tensor> = data
-                .weights
-                .iter()
-                .map(|(k, v)| (format!("base_model.model.{k}"), v.shallow_clone()))
-                .collect();
+            let peft: BTreeMap<String, Tensor> =
+                data.weights.iter().map(|(k, v)| (format!("base_model.model.{k}"), v.shallow_clone())).collect();
             write_tensors(&tmp.join("adapter_model.safetensors"), &peft)?;
             let config = serde_json::json!({
                 "peft_type": "LORA",
@@ -148,11 +145,16 @@ pub struct Loaded {
 pub fn load(dir: &Path) -> Result<Loaded> {
     let state_path = dir.join("trainer_state.json");
     let text = fs::read_to_string(&state_path).map_err(|_| {
-        user_error!("{} is not a grpo-rs checkpoint (no trainer_state.json); pass a checkpoint or run directory", dir.display())
+        user_error!(
+            "{} is not a grpo-rs checkpoint (no trainer_state.json); pass a checkpoint or run directory",
+            dir.display()
+        )
     })?;
-    let value: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", state_path.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", state_path.display()))?;
     let optimizer_steps = value["optimizer_steps"].as_i64().unwrap_or(0);
-    let state: TrainerState = serde_json::from_value(value).with_context(|| format!("reading {}", state_path.display()))?;
+    let state: TrainerState =
+        serde_json::from_value(value).with_context(|| format!("reading {}", state_path.display()))?;
     let (weights_file, adapter) = if dir.join("adapter_model.safetensors").exists() {
         (dir.join("adapter_model.safetensors"), true)
     } else {

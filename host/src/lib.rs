@@ -5,12 +5,12 @@
 pub mod checkpoint;
 pub mod cli;
 pub mod error;
-pub mod logging;
 pub mod generate;
+pub mod logging;
 pub mod model;
 pub mod paths;
 pub mod plugins;
+pub mod rollout;
 pub mod runtime;
 pub mod tokenizer;
-pub mod rollout;
 pub mod train;

@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 
 use grpo_host::logging::wandb::proto::{Record, RecordType};
 use grpo_host::logging::wandb::store::read_records;
-use grpo_host::logging::{
-    CompletionRow, Env, Loggers, LoggingConfig, MetricValue, Metrics, UploadTuning,
-};
+use grpo_host::logging::{CompletionRow, Env, Loggers, LoggingConfig, MetricValue, Metrics, UploadTuning};
 use logging_common::*;
 use prost::Message;
 
@@ -47,9 +45,7 @@ fn env(mode: &str, base_url: &str) -> Env {
 fn seed_run(loggers: &mut Loggers, steps: u64) {
     for step in 0..steps {
         let row = seed_row(step);
-        let (a, b): (Metrics, Metrics) = row
-            .into_iter()
-            .partition(|(k, _)| k.starts_with("rollouts/"));
+        let (a, b): (Metrics, Metrics) = row.into_iter().partition(|(k, _)| k.starts_with("rollouts/"));
         loggers.log(step, a);
         loggers.log(step, b);
         if step == 1 {
@@ -58,10 +54,7 @@ fn seed_run(loggers: &mut Loggers, steps: u64) {
         loggers.commit();
     }
     let mut summary = Metrics::new();
-    summary.insert(
-        "final/total_steps".into(),
-        MetricValue::Number(steps as f64),
-    );
+    summary.insert("final/total_steps".into(), MetricValue::Number(steps as f64));
     loggers.set_summary(summary);
 }
 
@@ -70,9 +63,7 @@ fn completion(step: u64) -> CompletionRow {
         step,
         prompt: "What is 2+2?".into(),
         completion: "<think>2+2</think><answer>4</answer>".into(),
-        rewards: [("total".to_string(), 1.0), ("format".to_string(), 0.5)]
-            .into_iter()
-            .collect(),
+        rewards: [("total".to_string(), 1.0), ("format".to_string(), 0.5)].into_iter().collect(),
         advantage: 0.75,
     }
 }
@@ -89,128 +80,55 @@ fn records(dir: &Path) -> Vec<RecordType> {
     let bytes = std::fs::read(wandb_file(dir)).unwrap();
     let (recs, partial) = read_records(&bytes).unwrap();
     assert!(!partial, "the run file ends cleanly");
-    recs.iter()
-        .map(|r| {
-            Record::decode(r.as_slice())
-                .unwrap()
-                .record_type
-                .expect("record type set")
-        })
-        .collect()
+    recs.iter().map(|r| Record::decode(r.as_slice()).unwrap().record_type.expect("record type set")).collect()
 }
 
 #[test]
 fn offline_run_file_has_run_first_every_step_and_exit_last() {
     let tmp = tempfile::tempdir().unwrap();
     let run_dir = tmp.path().join("runs/test-run");
-    let mut loggers =
-        Loggers::with_env(&config(&run_dir), &env("offline", "http://127.0.0.1:9")).unwrap();
+    let mut loggers = Loggers::with_env(&config(&run_dir), &env("offline", "http://127.0.0.1:9")).unwrap();
     let wandb_dir = loggers.wandb_run_dir().unwrap().to_path_buf();
-    let name = wandb_dir
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
-    assert!(
-        name.starts_with("offline-run-") && name.ends_with(loggers.wandb_run_id().unwrap()),
-        "{name}"
-    );
+    let name = wandb_dir.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.starts_with("offline-run-") && name.ends_with(loggers.wandb_run_id().unwrap()), "{name}");
     assert!(wandb_dir.starts_with(run_dir.join("wandb")));
     assert!(wandb_dir.join("files").is_dir());
     seed_run(&mut loggers, 3);
     loggers.finish(0);
 
     let recs = records(&wandb_dir);
-    let RecordType::Run(run) = &recs[0] else {
-        panic!("first record is {:?}", recs[0])
-    };
+    let RecordType::Run(run) = &recs[0] else { panic!("first record is {:?}", recs[0]) };
     assert_eq!(run.project, "drgrpo_experiment");
     assert_eq!(run.display_name, "test-run");
-    let config: Vec<_> = run
-        .config
-        .as_ref()
-        .unwrap()
-        .update
-        .iter()
-        .map(|i| (i.key.as_str(), i.value_json.as_str()))
-        .collect();
-    assert_eq!(
-        config,
-        vec![("algo", "\"drgrpo\""), ("group_size", "4"), ("lr", "5e-6")]
-    );
-    let RecordType::Exit(exit) = recs.last().unwrap() else {
-        panic!("last record is not exit")
-    };
+    let config: Vec<_> =
+        run.config.as_ref().unwrap().update.iter().map(|i| (i.key.as_str(), i.value_json.as_str())).collect();
+    assert_eq!(config, vec![("algo", "\"drgrpo\""), ("group_size", "4"), ("lr", "5e-6")]);
+    let RecordType::Exit(exit) = recs.last().unwrap() else { panic!("last record is not exit") };
     assert_eq!(exit.exit_code, 0);
-    let histories: Vec<_> = recs
-        .iter()
-        .filter_map(|r| {
-            if let RecordType::History(h) = r {
-                Some(h)
-            } else {
-                None
-            }
-        })
-        .collect();
-    assert_eq!(
-        histories.len(),
-        3,
-        "one history row per step, the two log calls merged"
-    );
+    let histories: Vec<_> =
+        recs.iter().filter_map(|r| if let RecordType::History(h) = r { Some(h) } else { None }).collect();
+    assert_eq!(histories.len(), 3, "one history row per step, the two log calls merged");
     for (step, h) in histories.iter().enumerate() {
         assert_eq!(h.step.as_ref().unwrap().num, step as i64);
-        let get = |k: &str| {
-            h.item
-                .iter()
-                .find(|i| i.key == k)
-                .map(|i| i.value_json.clone())
-        };
+        let get = |k: &str| h.item.iter().find(|i| i.key == k).map(|i| i.value_json.clone());
         assert_eq!(get("_step").unwrap(), step.to_string());
-        assert_eq!(
-            get("test/nonfinite").unwrap(),
-            ["1.5", "NaN", "Infinity"][step]
-        );
-        assert_eq!(
-            get("training_step/loss").unwrap(),
-            format!("{}", step as f64 * 1000.0 + 13.25)
-        );
-        assert_eq!(
-            get("completions").is_some(),
-            step == 1,
-            "the table joins the row of its step"
-        );
+        assert_eq!(get("test/nonfinite").unwrap(), ["1.5", "NaN", "Infinity"][step]);
+        assert_eq!(get("training_step/loss").unwrap(), format!("{}", step as f64 * 1000.0 + 13.25));
+        assert_eq!(get("completions").is_some(), step == 1, "the table joins the row of its step");
     }
-    let table = recs
-        .iter()
-        .find_map(|r| {
-            if let RecordType::Files(f) = r {
-                Some(f)
-            } else {
-                None
-            }
-        })
-        .unwrap();
+    let table = recs.iter().find_map(|r| if let RecordType::Files(f) = r { Some(f) } else { None }).unwrap();
     let table_path = wandb_dir.join("files").join(&table.files[0].path);
-    let table_json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(table_path).unwrap()).unwrap();
+    let table_json: serde_json::Value = serde_json::from_slice(&std::fs::read(table_path).unwrap()).unwrap();
     assert_eq!(table_json["columns"][3], "reward/format");
-    assert_eq!(
-        table_json["data"][0][2],
-        "<think>2+2</think><answer>4</answer>"
-    );
+    assert_eq!(table_json["data"][0][2], "<think>2+2</think><answer>4</answer>");
     // The run id is remembered for a resumed training run.
     let stored: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run_dir.join("wandb-run.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("wandb-run.json")).unwrap()).unwrap();
     assert_eq!(stored["run_id"], loggers.wandb_run_id().unwrap());
     // The JSONL sink wrote the same rows.
     let lines = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
     assert_eq!(lines.lines().count(), 3);
-    assert!(lines
-        .lines()
-        .nth(1)
-        .unwrap()
-        .contains("\"test/nonfinite\":NaN"));
+    assert!(lines.lines().nth(1).unwrap().contains("\"test/nonfinite\":NaN"));
 }
 
 #[test]
@@ -218,8 +136,7 @@ fn a_crash_leaves_a_failed_but_readable_run() {
     let tmp = tempfile::tempdir().unwrap();
     let dir;
     {
-        let mut loggers =
-            Loggers::with_env(&config(tmp.path()), &env("offline", "http://127.0.0.1:9")).unwrap();
+        let mut loggers = Loggers::with_env(&config(tmp.path()), &env("offline", "http://127.0.0.1:9")).unwrap();
         dir = loggers.wandb_run_dir().unwrap().to_path_buf();
         seed_run(&mut loggers, 2);
         // Dropped without finish, as when the trainer's error unwinds.
@@ -235,11 +152,7 @@ fn online_upload_delivers_config_history_and_summary() {
     let mut loggers = Loggers::with_env(&config(tmp.path()), &env("online", &mock.url)).unwrap();
     let run_id = loggers.wandb_run_id().unwrap().to_string();
     let dir = loggers.wandb_run_dir().unwrap().to_path_buf();
-    assert!(dir
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .starts_with("run-"));
+    assert!(dir.file_name().unwrap().to_string_lossy().starts_with("run-"));
     seed_run(&mut loggers, 4);
     loggers.finish(0);
 
@@ -247,53 +160,29 @@ fn online_upload_delivers_config_history_and_summary() {
     assert_eq!(upserts[0]["name"], run_id.as_str());
     assert_eq!(upserts[0]["project"], "drgrpo_experiment");
     assert_eq!(upserts[0]["displayName"], "test-run");
-    let config: serde_json::Value =
-        serde_json::from_str(upserts[0]["config"].as_str().unwrap()).unwrap();
+    let config: serde_json::Value = serde_json::from_str(upserts[0]["config"].as_str().unwrap()).unwrap();
     assert_eq!(config["lr"]["value"], 5e-6);
     assert_eq!(config["group_size"]["value"], 4);
-    let stream = mock
-        .requests()
-        .into_iter()
-        .find(|r| r.url.ends_with("/file_stream"))
-        .unwrap();
-    assert_eq!(
-        stream.url,
-        format!("/files/mockentity/drgrpo_experiment/{run_id}/file_stream")
-    );
+    let stream = mock.requests().into_iter().find(|r| r.url.ends_with("/file_stream")).unwrap();
+    assert_eq!(stream.url, format!("/files/mockentity/drgrpo_experiment/{run_id}/file_stream"));
 
     assert_history_has_seed_rows(&mock.history(), 4);
     let summary = mock.summary().unwrap();
     assert_eq!(summary["final/total_steps"], MetricValue::Number(4.0));
-    assert!(same(
-        &summary["training_step/loss"],
-        &seed_row(3)["training_step/loss"]
-    ));
-    assert!(same(
-        &summary["test/nonfinite"],
-        &MetricValue::Number(f64::NEG_INFINITY)
-    ));
+    assert!(same(&summary["training_step/loss"], &seed_row(3)["training_step/loss"]));
+    assert!(same(&summary["test/nonfinite"], &MetricValue::Number(f64::NEG_INFINITY)));
     assert_eq!(mock.exitcode(), Some(0));
     // The completions table went up as a run file.
-    let upload = mock
-        .requests()
-        .into_iter()
-        .find(|r| r.method == "PUT")
-        .expect("table upload");
-    assert!(
-        upload.url.starts_with("/upload/media/table/completions_1_"),
-        "{}",
-        upload.url
-    );
+    let upload = mock.requests().into_iter().find(|r| r.method == "PUT").expect("table upload");
+    assert!(upload.url.starts_with("/upload/media/table/completions_1_"), "{}", upload.url);
     // Online runs keep the full run file too.
     assert!(matches!(records(&dir).last(), Some(RecordType::Exit(e)) if e.exit_code == 0));
 }
 
 #[test]
 fn server_errors_for_a_while_lose_nothing() {
-    let mock = MockWandb::start(Faults {
-        fail_with: vec![500, 429, 503, 500, 429, 500, 502, 429],
-        ..Default::default()
-    });
+    let mock =
+        MockWandb::start(Faults { fail_with: vec![500, 429, 503, 500, 429, 500, 502, 429], ..Default::default() });
     let tmp = tempfile::tempdir().unwrap();
     let mut loggers = Loggers::with_env(&config(tmp.path()), &env("online", &mock.url)).unwrap();
     seed_run(&mut loggers, 5);
@@ -329,34 +218,17 @@ fn assert_unreachable_server_costs_nothing(base_url: &str) {
     loggers.finish(0);
     let finishing = t.elapsed();
     // A blocked log() would take the request timeout (1.5 s) at least once.
-    assert!(
-        worst < Duration::from_millis(100),
-        "slowest log(): {worst:?}"
-    );
-    assert!(
-        logging < Duration::from_secs(2),
-        "200 steps took {logging:?}"
-    );
-    assert!(
-        finishing < Duration::from_millis(2500),
-        "finish took {finishing:?}"
-    );
+    assert!(worst < Duration::from_millis(100), "slowest log(): {worst:?}");
+    assert!(logging < Duration::from_secs(2), "200 steps took {logging:?}");
+    assert!(finishing < Duration::from_millis(2500), "finish took {finishing:?}");
     let recs = records(&dir);
-    assert_eq!(
-        recs.iter()
-            .filter(|r| matches!(r, RecordType::History(_)))
-            .count(),
-        200
-    );
+    assert_eq!(recs.iter().filter(|r| matches!(r, RecordType::History(_))).count(), 200);
     assert!(matches!(recs.last(), Some(RecordType::Exit(e)) if e.exit_code == 0));
 }
 
 #[test]
 fn a_hanging_server_does_not_slow_logging_or_fail_the_run() {
-    let mock = MockWandb::start(Faults {
-        hang: true,
-        ..Default::default()
-    });
+    let mock = MockWandb::start(Faults { hang: true, ..Default::default() });
     assert_unreachable_server_costs_nothing(&mock.url);
     assert!(!mock.requests().is_empty(), "the uploader did try");
 }
@@ -416,8 +288,7 @@ fn wandb_sync_uploads_our_offline_run() {
     };
     let mock = MockWandb::start(Faults::default());
     let tmp = tempfile::tempdir().unwrap();
-    let mut loggers =
-        Loggers::with_env(&config(&tmp.path().join("run")), &env("offline", &mock.url)).unwrap();
+    let mut loggers = Loggers::with_env(&config(&tmp.path().join("run")), &env("offline", &mock.url)).unwrap();
     let dir = loggers.wandb_run_dir().unwrap().to_path_buf();
     let run_id = loggers.wandb_run_id().unwrap().to_string();
     seed_run(&mut loggers, 3);
@@ -426,46 +297,25 @@ fn wandb_sync_uploads_our_offline_run() {
 
     let (ok, log) = wandb_sync(&wandb, &mock.url, tmp.path(), &[], &dir);
     assert!(ok, "wandb sync failed:\n{log}");
-    assert!(
-        dir.join(format!("run-{run_id}.wandb.synced")).exists(),
-        "no .synced marker:\n{log}"
-    );
+    assert!(dir.join(format!("run-{run_id}.wandb.synced")).exists(), "no .synced marker:\n{log}");
 
     let upserts = mock.upserts();
     assert_eq!(upserts[0]["name"], run_id.as_str(), "{log}");
     assert_eq!(upserts[0]["project"], "drgrpo_experiment");
-    let config: serde_json::Value =
-        serde_json::from_str(upserts[0]["config"].as_str().unwrap()).unwrap();
+    let config: serde_json::Value = serde_json::from_str(upserts[0]["config"].as_str().unwrap()).unwrap();
     assert_eq!(config["group_size"]["value"], 4);
     assert_history_has_seed_rows(&mock.history(), 3);
     let summary = mock.summary().expect("a summary");
     assert_eq!(summary["final/total_steps"], MetricValue::Number(3.0));
-    assert!(same(
-        &summary["test/nonfinite"],
-        &MetricValue::Number(f64::INFINITY)
-    ));
+    assert!(same(&summary["test/nonfinite"], &MetricValue::Number(f64::INFINITY)));
     assert_eq!(mock.exitcode(), Some(0), "{log}");
     // The completions table is a run file W&B uploads, referenced from the history row of its step.
-    let puts: Vec<String> = mock
-        .requests()
-        .into_iter()
-        .filter(|r| r.method == "PUT")
-        .map(|r| r.url)
-        .collect();
-    assert!(
-        puts.iter()
-            .any(|u| u.starts_with("/upload/media/table/completions_1_")),
-        "{puts:?}"
-    );
+    let puts: Vec<String> = mock.requests().into_iter().filter(|r| r.method == "PUT").map(|r| r.url).collect();
+    assert!(puts.iter().any(|u| u.starts_with("/upload/media/table/completions_1_")), "{puts:?}");
     let line = &mock.raw_history()[&1];
-    let start = line
-        .find("\"completions\":{")
-        .expect("a completions value in the row of step 1");
-    let value: serde_json::Value = serde_json::Deserializer::from_str(&line[start + 14..])
-        .into_iter()
-        .next()
-        .unwrap()
-        .unwrap();
+    let start = line.find("\"completions\":{").expect("a completions value in the row of step 1");
+    let value: serde_json::Value =
+        serde_json::Deserializer::from_str(&line[start + 14..]).into_iter().next().unwrap().unwrap();
     assert_eq!(value["_type"], "table-file");
     assert_eq!(
         format!("/upload/{}", value["path"].as_str().unwrap()),
@@ -496,18 +346,10 @@ fn killing_the_server_mid_run_leaves_a_run_that_wandb_sync_finishes() {
     let url = mock.url.clone();
     drop(mock);
     let worst = time_steps_from(&mut loggers, 3, 6);
-    assert!(
-        worst < Duration::from_millis(100),
-        "slowest log(): {worst:?}"
-    );
+    assert!(worst < Duration::from_millis(100), "slowest log(): {worst:?}");
     loggers.finish(0);
     let recs = records(&dir);
-    assert_eq!(
-        recs.iter()
-            .filter(|r| matches!(r, RecordType::History(_)))
-            .count(),
-        6
-    );
+    assert_eq!(recs.iter().filter(|r| matches!(r, RecordType::History(_))).count(), 6);
 
     // The printed command finishes the upload.
     let Some(wandb) = venv_bin("wandb") else {
@@ -535,13 +377,7 @@ fn time_steps_from(loggers: &mut Loggers, from: u64, to: u64) -> Duration {
 }
 
 /// Run `wandb sync --yes [extra] DIR` against a server, in a scratch HOME and cwd; (success, output).
-fn wandb_sync(
-    wandb: &Path,
-    base_url: &str,
-    scratch: &Path,
-    extra: &[&str],
-    dir: &Path,
-) -> (bool, String) {
+fn wandb_sync(wandb: &Path, base_url: &str, scratch: &Path, extra: &[&str], dir: &Path) -> (bool, String) {
     let home = scratch.join("home");
     std::fs::create_dir_all(&home).unwrap();
     let out = std::process::Command::new(wandb)
@@ -557,11 +393,7 @@ fn wandb_sync(
         .env("WANDB_ERROR_REPORTING", "false")
         .output()
         .unwrap();
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), log)
 }
 
@@ -591,28 +423,18 @@ fn a_resumed_offline_run_syncs_after_the_history_it_continues() {
     }
     loggers.finish(0);
     // The server already holds the first three lines.
-    let mock = MockWandb::start(Faults {
-        existing_history: Some(3),
-        ..Default::default()
-    });
+    let mock = MockWandb::start(Faults { existing_history: Some(3), ..Default::default() });
     let (ok, log) = wandb_sync(&wandb, &mock.url, tmp.path(), &[], &second);
     assert!(ok, "{log}");
     let history = mock.history();
-    assert_eq!(
-        history.keys().copied().collect::<Vec<_>>(),
-        vec![3, 4],
-        "{log}"
-    );
+    assert_eq!(history.keys().copied().collect::<Vec<_>>(), vec![3, 4], "{log}");
     assert_eq!(history[&3]["_step"], MetricValue::Number(3.0));
     assert!(mock.requests()[0].body.contains("RunResumeStatus"));
 }
 
 #[test]
 fn online_resume_appends_after_the_servers_history() {
-    let mock = MockWandb::start(Faults {
-        existing_history: Some(7),
-        ..Default::default()
-    });
+    let mock = MockWandb::start(Faults { existing_history: Some(7), ..Default::default() });
     let tmp = tempfile::tempdir().unwrap();
     let mut cfg = config(tmp.path());
     cfg.wandb.resume = Some("allow".into());
@@ -641,31 +463,14 @@ fn online_resume_appends_after_the_servers_history() {
 
 #[test]
 fn a_rejected_key_stops_the_upload_at_once_and_nothing_else() {
-    let mock = MockWandb::start(Faults {
-        fail_with: vec![401],
-        ..Default::default()
-    });
+    let mock = MockWandb::start(Faults { fail_with: vec![401], ..Default::default() });
     let tmp = tempfile::tempdir().unwrap();
     let mut loggers = Loggers::with_env(&config(tmp.path()), &env("online", &mock.url)).unwrap();
     let dir = loggers.wandb_run_dir().unwrap().to_path_buf();
     let t = Instant::now();
     seed_run(&mut loggers, 3);
     loggers.finish(0);
-    assert!(
-        t.elapsed() < Duration::from_secs(2),
-        "no retries on 401: {:?}",
-        t.elapsed()
-    );
-    assert_eq!(
-        mock.requests().len(),
-        1,
-        "one rejected upsert, then silence"
-    );
-    assert_eq!(
-        records(&dir)
-            .iter()
-            .filter(|r| matches!(r, RecordType::History(_)))
-            .count(),
-        3
-    );
+    assert!(t.elapsed() < Duration::from_secs(2), "no retries on 401: {:?}", t.elapsed());
+    assert_eq!(mock.requests().len(), 1, "one rejected upsert, then silence");
+    assert_eq!(records(&dir).iter().filter(|r| matches!(r, RecordType::History(_))).count(), 3);
 }

@@ -15,18 +15,13 @@ fn templates_match_transformers() {
         let dir = root.join(family);
         let tok = Tokenizer::from_dir(&dir).unwrap();
         let cases: Vec<Value> =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap())
-                .unwrap();
+            serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
         assert!(cases.len() >= 4, "{family}: too few cases");
         for case in &cases {
             let messages = case["messages"].as_array().unwrap();
             let tools = case["tools"].as_array().map(|t| t.as_slice());
             let gen = case["add_generation_prompt"].as_bool().unwrap();
-            let extra = case
-                .get("extra")
-                .and_then(Value::as_object)
-                .cloned()
-                .unwrap_or_default();
+            let extra = case.get("extra").and_then(Value::as_object).cloned().unwrap_or_default();
             let got = tok.render_chat_with(messages, tools, gen, &extra).unwrap();
             let want = case["expected"].as_str().unwrap();
             assert_eq!(got, want, "{family} / {}", case["name"]);

@@ -21,41 +21,24 @@ fn default_model_greedy_matches_transformers() {
         "the default model is missing at {}; run `cargo xtask setup`",
         dir.display()
     );
-    let fixture =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/model/default_greedy.json");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/model/default_greedy.json");
     let v: Value = serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
     let tok = Tokenizer::from_dir(&dir).unwrap();
     let model = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
     let max_new = v["max_new_tokens"].as_u64().unwrap() as usize;
-    let ids = |x: &Value| -> Vec<u32> {
-        x.as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t.as_u64().unwrap() as u32)
-            .collect()
-    };
+    let ids = |x: &Value| -> Vec<u32> { x.as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect() };
     let mut prompts = Vec::new();
     let mut wants = Vec::new();
     for case in v["cases"].as_array().unwrap() {
-        let rendered = tok
-            .render_chat(case["messages"].as_array().unwrap(), None, true)
-            .unwrap();
+        let rendered = tok.render_chat(case["messages"].as_array().unwrap(), None, true).unwrap();
         assert_eq!(rendered, case["rendered"].as_str().unwrap());
         let prompt = tok.encode(&rendered, false).unwrap();
         assert_eq!(prompt, ids(&case["prompt_ids"]));
         let want = ids(&case["completion_ids"]);
-        let req = GenerateRequest::new(
-            vec![prompt.clone()],
-            1,
-            max_new,
-            tok.eos_token_ids().to_vec(),
-        );
+        let req = GenerateRequest::new(vec![prompt.clone()], 1, max_new, tok.eos_token_ids().to_vec());
         let out = generate(&model, Some(&tok), &req, None).unwrap();
         assert_eq!(out.completions[0].tokens, want, "prompt {rendered:?}");
-        assert_eq!(
-            out.completions[0].text,
-            case["completion_text"].as_str().unwrap()
-        );
+        assert_eq!(out.completions[0].text, case["completion_text"].as_str().unwrap());
         prompts.push(prompt);
         wants.push(want);
     }
@@ -63,10 +46,6 @@ fn default_model_greedy_matches_transformers() {
     let req = GenerateRequest::new(prompts, 2, max_new, tok.eos_token_ids().to_vec());
     let out = generate(&model, Some(&tok), &req, None).unwrap();
     for c in &out.completions {
-        assert_eq!(
-            c.tokens, wants[c.prompt_index],
-            "batched prompt {}",
-            c.prompt_index
-        );
+        assert_eq!(c.tokens, wants[c.prompt_index], "batched prompt {}", c.prompt_index);
     }
 }

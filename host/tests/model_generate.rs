@@ -12,9 +12,7 @@ use tch::{Device, Kind, Tensor};
 const FAMILIES: &[&str] = &["llama", "llama3", "qwen2", "qwen3"];
 
 fn tiny(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/model/tiny")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/model/tiny").join(name)
 }
 
 struct Greedy {
@@ -30,13 +28,7 @@ fn greedy_fixture(dir: &Path) -> Greedy {
         x.as_array()
             .unwrap()
             .iter()
-            .map(|p| {
-                p.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|t| t.as_u64().unwrap() as u32)
-                    .collect()
-            })
+            .map(|p| p.as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect())
             .collect()
     };
     Greedy {
@@ -55,12 +47,7 @@ fn greedy_matches_transformers_one_at_a_time_and_batched() {
         for (p, want) in g.prompts.iter().zip(&g.completions) {
             let req = GenerateRequest::new(vec![p.clone()], 1, g.max_new, Vec::new());
             let out = generate(&model, None, &req, None).unwrap();
-            assert_eq!(
-                &out.completions[0].tokens,
-                want,
-                "{fam}: prompt of {} tokens",
-                p.len()
-            );
+            assert_eq!(&out.completions[0].tokens, want, "{fam}: prompt of {} tokens", p.len());
             assert_eq!(out.completions[0].finish_reason, FinishReason::Length);
         }
         // All prompts (lengths 5, 9, 2) in one left-padded batch, each copied to a group of 3.
@@ -84,12 +71,7 @@ fn model_logprobs_equal_a_full_forward() {
     let model = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
     let g = greedy_fixture(&dir);
     let mut req = GenerateRequest::new(g.prompts.clone(), 2, g.max_new, Vec::new());
-    req.sampling = SamplingParams {
-        temperature: 1.0,
-        top_k: 20,
-        top_p: 0.9,
-        min_p: 0.0,
-    };
+    req.sampling = SamplingParams { temperature: 1.0, top_k: 20, top_p: 0.9, min_p: 0.0 };
     req.seed = Some(3);
     let out = generate(&model, None, &req, None).unwrap();
     for c in &out.completions {
@@ -97,25 +79,15 @@ fn model_logprobs_equal_a_full_forward() {
         let full: Vec<i64> = prompt.iter().chain(&c.tokens).map(|&t| t as i64).collect();
         let ids = Tensor::from_slice(&full).unsqueeze(0);
         let lp = tch::no_grad(|| model.token_log_probs(&ids, &ids.ones_like()));
-        let want: Vec<f32> = Vec::try_from(lp.squeeze_dim(0).narrow(
-            0,
-            prompt.len() as i64 - 1,
-            c.tokens.len() as i64,
-        ))
-        .unwrap();
+        let want: Vec<f32> =
+            Vec::try_from(lp.squeeze_dim(0).narrow(0, prompt.len() as i64 - 1, c.tokens.len() as i64)).unwrap();
         for (a, b) in c.model_logprobs.iter().zip(&want) {
-            assert!(
-                (a - b).abs() < 1e-4,
-                "decode log-prob {a} vs full forward {b}"
-            );
+            assert!((a - b).abs() < 1e-4, "decode log-prob {a} vs full forward {b}");
         }
         // Filtering only renormalises over fewer tokens: each sampled token is at least as likely under the
         // sampling distribution as under the model.
         for (s, m) in c.logprobs.iter().zip(&c.model_logprobs) {
-            assert!(
-                *s <= 1e-6 && *s + 1e-5 >= *m,
-                "sampling log-prob {s} vs model log-prob {m}"
-            );
+            assert!(*s <= 1e-6 && *s + 1e-5 >= *m, "sampling log-prob {s} vs model log-prob {m}");
         }
     }
 }
@@ -172,10 +144,7 @@ fn stops_on_eos_and_stop_strings_without_disturbing_other_rows() {
     assert_eq!(c.finish_reason, FinishReason::Stop(stop.clone()));
     assert!(c.text.contains(&stop));
     let shorter = tok.decode(&c.tokens[..c.tokens.len() - 1], true).unwrap();
-    assert!(
-        !shorter.contains(&stop),
-        "stopped at the first token that completes the stop string"
-    );
+    assert!(!shorter.contains(&stop), "stopped at the first token that completes the stop string");
     assert_eq!(c.tokens, g.completions[1][..c.tokens.len()].to_vec());
 }
 
@@ -189,11 +158,7 @@ fn streaming_callback_sees_every_token_in_order() {
     let req = GenerateRequest::new(g.prompts[..2].to_vec(), 1, 5, Vec::new());
     let out = generate(&model, None, &req, Some(&mut cb)).unwrap();
     for (i, c) in out.completions.iter().enumerate() {
-        let mine: Vec<u32> = seen
-            .iter()
-            .filter(|(j, _)| *j == i)
-            .map(|(_, t)| *t)
-            .collect();
+        let mine: Vec<u32> = seen.iter().filter(|(j, _)| *j == i).map(|(_, t)| *t).collect();
         assert_eq!(mine, c.tokens);
     }
 }

@@ -9,16 +9,11 @@ use tch::{Device, Kind, Tensor};
 const FAMILIES: &[&str] = &["llama", "llama3", "qwen2", "qwen3"];
 
 fn tiny(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/model/tiny")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/model/tiny").join(name)
 }
 
 fn reference(dir: &Path) -> std::collections::HashMap<String, Tensor> {
-    Tensor::read_safetensors(dir.join("reference.safetensors"))
-        .unwrap()
-        .into_iter()
-        .collect()
+    Tensor::read_safetensors(dir.join("reference.safetensors")).unwrap().into_iter().collect()
 }
 
 fn max_abs_where(a: &Tensor, b: &Tensor, mask: &Tensor) -> f64 {
@@ -33,20 +28,13 @@ fn logits_match_transformers() {
         let model = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
         let r = reference(&dir);
         let (ids, mask, pos) = (&r["input_ids"], &r["attention_mask"], &r["position_ids"]);
-        assert_eq!(
-            Model::position_ids(mask),
-            *pos,
-            "{fam}: position ids from the mask"
-        );
+        assert_eq!(Model::position_ids(mask), *pos, "{fam}: position ids from the mask");
         let logits = tch::no_grad(|| model.forward(ids, mask, pos));
         let real = mask.unsqueeze(-1).expand_as(&logits);
         let diff = max_abs_where(&logits, &r["logits"], &real);
         assert!(diff <= 1e-4, "{fam}: max |logits - transformers| = {diff}");
         // Padding must matter: comparing against all positions' logits of a shifted batch would fail.
-        assert!(
-            r["logits"].abs().max().double_value(&[]) > 0.1,
-            "{fam}: reference logits are degenerate"
-        );
+        assert!(r["logits"].abs().max().double_value(&[]) > 0.1, "{fam}: reference logits are degenerate");
     }
 }
 
@@ -58,18 +46,13 @@ fn token_log_probs_match_transformers_in_any_chunking() {
         let r = reference(&dir);
         let (ids, mask) = (&r["input_ids"], &r["attention_mask"]);
         let t = ids.size()[1];
-        let both_real = mask
-            .narrow(1, 0, t - 1)
-            .logical_and(&mask.narrow(1, 1, t - 1));
+        let both_real = mask.narrow(1, 0, t - 1).logical_and(&mask.narrow(1, 1, t - 1));
         for chunk in [1, 4, 100] {
             let lp = tch::no_grad(|| model.token_log_probs_chunked(ids, mask, chunk));
             assert_eq!(lp.size(), vec![3, t - 1]);
             assert_eq!(lp.kind(), Kind::Float);
             let diff = max_abs_where(&lp, &r["token_log_probs"], &both_real);
-            assert!(
-                diff <= 1e-4,
-                "{fam} chunk {chunk}: max |log p - transformers| = {diff}"
-            );
+            assert!(diff <= 1e-4, "{fam} chunk {chunk}: max |log p - transformers| = {diff}");
         }
         let auto = tch::no_grad(|| model.token_log_probs(ids, mask));
         assert!(max_abs_where(&auto, &r["token_log_probs"], &both_real) <= 1e-4);
@@ -80,21 +63,10 @@ fn token_log_probs_match_transformers_in_any_chunking() {
 fn parameters_carry_hf_names_and_gradients_flow() {
     let model = Model::load(&tiny("qwen2"), Device::Cpu, Kind::Float).unwrap();
     let vars = model.var_store().variables();
-    for name in [
-        "model.embed_tokens.weight",
-        "model.layers.1.self_attn.q_proj.bias",
-        "model.norm.weight",
-    ] {
-        assert!(
-            vars.contains_key(name),
-            "missing {name}; have {:?}",
-            vars.keys().take(5).collect::<Vec<_>>()
-        );
+    for name in ["model.embed_tokens.weight", "model.layers.1.self_attn.q_proj.bias", "model.norm.weight"] {
+        assert!(vars.contains_key(name), "missing {name}; have {:?}", vars.keys().take(5).collect::<Vec<_>>());
     }
-    assert!(
-        !vars.contains_key("lm_head.weight"),
-        "qwen2 tiny model ties lm_head to the embedding"
-    );
+    assert!(!vars.contains_key("lm_head.weight"), "qwen2 tiny model ties lm_head to the embedding");
     let r = reference(&tiny("qwen2"));
     let lp = model.token_log_probs(&r["input_ids"], &r["attention_mask"]);
     lp.sum(Kind::Float).backward();
@@ -107,8 +79,7 @@ fn bf16_is_close_to_f32() {
     let dir = tiny("llama");
     let r = reference(&dir);
     let model = Model::load(&dir, Device::Cpu, Kind::BFloat16).unwrap();
-    let logits =
-        tch::no_grad(|| model.forward(&r["input_ids"], &r["attention_mask"], &r["position_ids"]));
+    let logits = tch::no_grad(|| model.forward(&r["input_ids"], &r["attention_mask"], &r["position_ids"]));
     assert_eq!(logits.kind(), Kind::BFloat16);
     let real = r["attention_mask"].unsqueeze(-1).expand_as(&logits);
     let diff = max_abs_where(&logits.to_kind(Kind::Float), &r["logits"], &real);
@@ -124,11 +95,7 @@ fn copy_dir(src: &Path, dst: &Path) {
 
 fn load_err(dir: &Path) -> String {
     let err = Model::load(dir, Device::Cpu, Kind::Float).unwrap_err();
-    assert_eq!(
-        grpo_host::error::exit_code(&err),
-        2,
-        "a broken checkpoint is a user error: {err}"
-    );
+    assert_eq!(grpo_host::error::exit_code(&err), 2, "a broken checkpoint is a user error: {err}");
     grpo_host::error::one_line(&err)
 }
 
@@ -136,8 +103,7 @@ fn load_err(dir: &Path) -> String {
 fn broken_checkpoints_give_one_line_errors() {
     let tmp = tempfile::tempdir().unwrap();
     copy_dir(&tiny("llama"), tmp.path());
-    let weights: Vec<(String, Tensor)> =
-        Tensor::read_safetensors(tmp.path().join("model.safetensors")).unwrap();
+    let weights: Vec<(String, Tensor)> = Tensor::read_safetensors(tmp.path().join("model.safetensors")).unwrap();
 
     // A missing tensor.
     let fewer: Vec<(String, Tensor)> = weights
@@ -149,14 +115,8 @@ fn broken_checkpoints_give_one_line_errors() {
     assert!(load_err(tmp.path()).contains("model.layers.1.mlp.down_proj.weight"));
 
     // An unexpected tensor.
-    let mut more: Vec<(String, Tensor)> = weights
-        .iter()
-        .map(|(n, t)| (n.clone(), t.shallow_clone()))
-        .collect();
-    more.push((
-        "model.layers.9.extra.weight".into(),
-        Tensor::zeros([2], (Kind::Float, Device::Cpu)),
-    ));
+    let mut more: Vec<(String, Tensor)> = weights.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
+    more.push(("model.layers.9.extra.weight".into(), Tensor::zeros([2], (Kind::Float, Device::Cpu))));
     Tensor::write_safetensors(&more, tmp.path().join("model.safetensors")).unwrap();
     assert!(load_err(tmp.path()).contains("model.layers.9.extra.weight"));
 
@@ -172,11 +132,7 @@ fn broken_checkpoints_give_one_line_errors() {
     assert!(e.contains("gate_proj.weight") && e.contains("shape"), "{e}");
 
     // An unsupported architecture.
-    std::fs::write(
-        tmp.path().join("config.json"),
-        cfg.replace("\"llama\"", "\"gpt2\""),
-    )
-    .unwrap();
+    std::fs::write(tmp.path().join("config.json"), cfg.replace("\"llama\"", "\"gpt2\"")).unwrap();
     assert!(load_err(tmp.path()).contains("gpt2"));
 
     // Not a model directory at all.
@@ -191,32 +147,20 @@ fn lora_starts_as_identity_and_switches_off() {
     let (ids, mask, pos) = (&r["input_ids"], &r["attention_mask"], &r["position_ids"]);
     let mut model = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
     let base = tch::no_grad(|| model.forward(ids, mask, pos));
-    model
-        .attach_lora(LoraConfig {
-            rank: 4,
-            alpha: 8.0,
-            dropout: 0.0,
-        })
-        .unwrap();
+    model.attach_lora(LoraConfig { rank: 4, alpha: 8.0, dropout: 0.0 }).unwrap();
     let lvs = model.lora_var_store().unwrap();
     let lora_vars = lvs.variables();
     // 7 adapted projections per layer, two matrices each.
     assert_eq!(lora_vars.len(), 2 * 7 * 2);
     let b = &lora_vars["model.layers.0.self_attn.v_proj.lora_B.weight"];
     let same = tch::no_grad(|| model.forward(ids, mask, pos));
-    assert!(
-        max_abs_where(&same, &base, &mask.unsqueeze(-1).expand_as(&base)) < 1e-6,
-        "B = 0 must not change outputs"
-    );
+    assert!(max_abs_where(&same, &base, &mask.unsqueeze(-1).expand_as(&base)) < 1e-6, "B = 0 must not change outputs");
     tch::no_grad(|| {
         let mut b = b.shallow_clone();
         let _ = b.fill_(0.05);
     });
     let changed = tch::no_grad(|| model.forward(ids, mask, pos));
-    assert!(
-        (&changed - &base).abs().max().double_value(&[]) > 1e-3,
-        "a non-zero adapter must change outputs"
-    );
+    assert!((&changed - &base).abs().max().double_value(&[]) > 1e-3, "a non-zero adapter must change outputs");
     model.set_adapters_enabled(false);
     let reference_policy = tch::no_grad(|| model.forward(ids, mask, pos));
     assert!((&reference_policy - &base).abs().max().double_value(&[]) < 1e-6);

@@ -3,54 +3,11 @@
 
 mod common;
 
-use common::{library_file, profile_dir, workspace_root};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
-const ENVS: [(&str, &str); 2] = [
-    ("grpo-plugin-calc-tools", "grpo_calc_tools"),
-    ("grpo-plugin-multiturn-qa", "grpo_multiturn_qa"),
-];
-
-/// A directory with a copy (hard link) of grpo-host and links to the two environment libraries beside it, as after an
-/// install, built first (`cargo test` builds a cdylib only for the crate under test). Running the copy keeps other
-/// libraries in target/<profile> (the executable's directory is searched) out of the test.
 fn plugin_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let profile_dir = profile_dir();
-        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") => "dev".to_string(),
-            Some(other) => other.to_string(),
-            None => panic!("unexpected target layout {}", profile_dir.display()),
-        };
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.current_dir(workspace_root())
-            .args(["build", "--quiet", "--profile", &profile]);
-        for (package, _) in ENVS {
-            cmd.args(["-p", package]);
-        }
-        assert!(
-            cmd.status().expect("run cargo build").success(),
-            "building the environment plugins failed"
-        );
-        let dir = profile_dir
-            .join("plugin-tests")
-            .join(format!("play-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        for (_, stem) in ENVS {
-            let file = library_file(stem);
-            let link = dir.join(&file);
-            let _ = std::fs::remove_file(&link);
-            std::os::unix::fs::symlink(profile_dir.join(&file), &link).unwrap();
-        }
-        let exe = dir.join("grpo-host");
-        let _ = std::fs::remove_file(&exe);
-        std::fs::hard_link(env!("CARGO_BIN_EXE_grpo-host"), &exe).unwrap();
-        dir
-    })
+    common::installed()
 }
 
 fn play(args: &[&str]) -> Output {
@@ -95,10 +52,7 @@ fn the_headline_calculator_episode_scores_2() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(stdout.contains("--- system ---"), "{stdout}");
     assert!(stdout.contains("What is 2 to the 10th?"), "{stdout}");
-    assert!(
-        stdout.contains("--- assistant ---\n<tool:calc>2**10</tool>"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("--- assistant ---\n<tool:calc>2**10</tool>"), "{stdout}");
     assert!(stdout.contains("Tool result: 1024"), "{stdout}");
     assert!(stdout.contains("step2_answer_content: 1.0"), "{stdout}");
     assert!(stdout.contains("total reward: 2.0\ndone: true"), "{stdout}");
@@ -106,14 +60,7 @@ fn the_headline_calculator_episode_scores_2() {
 
 #[test]
 fn calculator_reward_table_through_the_plugin() {
-    let base = [
-        "--env",
-        "calc_tools",
-        "--question",
-        "What is 6 * 7?",
-        "--answer",
-        "42",
-    ];
+    let base = ["--env", "calc_tools", "--question", "What is 6 * 7?", "--answer", "42"];
     let cases: [(&[&str], f64, usize); 5] = [
         (&["<answer>42</answer>"], -0.5, 1),
         (&["<tool:calc>6 * </tool>"], -0.8, 2),
@@ -127,61 +74,27 @@ fn calculator_reward_table_through_the_plugin() {
             args.extend(["--reply", r]);
         }
         let v = play_json(&args);
-        assert!(
-            (v["total_reward"].as_f64().unwrap() - total).abs() < 1e-9,
-            "{replies:?}: {v}"
-        );
-        assert_eq!(
-            v["rewards"].as_object().unwrap().len(),
-            components,
-            "{replies:?}: {v}"
-        );
+        assert!((v["total_reward"].as_f64().unwrap() - total).abs() < 1e-9, "{replies:?}: {v}");
+        assert_eq!(v["rewards"].as_object().unwrap().len(), components, "{replies:?}: {v}");
         assert_eq!(v["done"], true);
     }
     // A reply after the end is reported as unused.
-    let v = play_json(
-        &[
-            &base[..],
-            &["--reply", "no tool", "--reply", "<answer>42</answer>"],
-        ]
-        .concat(),
-    );
+    let v = play_json(&[&base[..], &["--reply", "no tool", "--reply", "<answer>42</answer>"]].concat());
     assert_eq!(v["unused_replies"], 1);
     assert_eq!(
-        v["metrics"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["name"] == "group_rates/tool_called")
-            .unwrap()["value"],
+        v["metrics"].as_array().unwrap().iter().find(|m| m["name"] == "group_rates/tool_called").unwrap()["value"],
         0.0
     );
 }
 
 #[test]
 fn search_episode_on_the_built_in_corpus() {
-    let first = play_json(&[
-        "--env",
-        "multiturn_qa",
-        "--task",
-        "0",
-        "--reply",
-        "<answer>?</answer>",
-    ]);
+    let first = play_json(&["--env", "multiturn_qa", "--task", "0", "--reply", "<answer>?</answer>"]);
     let question = first["task"]["question"].as_str().unwrap().to_string();
     let answer = first["task"]["answer"].as_str().unwrap().to_string();
     let search = format!("<tool:search>{question}</tool>");
     let final_answer = format!("<answer>{answer}</answer>");
-    let v = play_json(&[
-        "--env",
-        "multiturn_qa",
-        "--task",
-        "0",
-        "--reply",
-        &search,
-        "--reply",
-        &final_answer,
-    ]);
+    let v = play_json(&["--env", "multiturn_qa", "--task", "0", "--reply", &search, "--reply", &final_answer]);
     assert_eq!(v["total_reward"], 2.0, "{v}");
     let results = v["steps"][0]["messages"][0]["content"].as_str().unwrap();
     assert!(results.contains(&answer), "{results}");
@@ -209,24 +122,10 @@ fn user_mistakes_are_one_line_and_exit_2() {
     let out = play(&["--env", "multiturn_qa", "--task", "100000", "--reply", "x"]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = text(&out.stderr);
-    assert!(
-        stderr.contains("--task 100000") && stderr.lines().count() == 1,
-        "{stderr}"
-    );
-    let out = play(&[
-        "--env",
-        "calc_tools",
-        "--env-config",
-        "{\"max_turn\": 3}",
-        "--reply",
-        "x",
-    ]);
+    assert!(stderr.contains("--task 100000") && stderr.lines().count() == 1, "{stderr}");
+    let out = play(&["--env", "calc_tools", "--env-config", "{\"max_turn\": 3}", "--reply", "x"]);
     assert_ne!(out.status.code(), Some(0));
-    assert!(
-        text(&out.stderr).contains("max_turn"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(text(&out.stderr).contains("max_turn"), "{}", text(&out.stderr));
     let out = play(&["--env", "calc_tools", "--answer", "3", "--reply", "x"]);
     assert_eq!(out.status.code(), Some(2), "--answer needs --question");
 }

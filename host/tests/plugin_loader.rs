@@ -8,8 +8,7 @@ use grpo_host::error::{exit_code, one_line};
 use grpo_host::plugins::{DiscoveryOptions, PluginKind, Registry};
 use grpo_sdk::tch::{Kind, Tensor};
 use grpo_sdk::{
-    Algorithm, Environment, LossOutput, LossSettings, Message, MetricSource, PolicyBatch, Split,
-    StepOutcome, Task,
+    Algorithm, Environment, LossOutput, LossSettings, Message, MetricSource, PolicyBatch, Split, StepOutcome, Task,
 };
 use serde_json::{json, Value};
 use std::path::Path;
@@ -29,16 +28,15 @@ fn user_message<T>(result: anyhow::Result<T>) -> (String, i32) {
 #[test]
 fn finds_the_shipped_plugins_with_kind_version_and_file() {
     let registry = shipped_registry();
-    let found: Vec<(String, PluginKind)> = registry
-        .plugins()
-        .map(|p| (p.name.clone(), p.kind))
-        .collect();
+    let found: Vec<(String, PluginKind)> = registry.plugins().map(|p| (p.name.clone(), p.kind)).collect();
     assert_eq!(
         found,
         vec![
+            ("calc_tools".to_string(), PluginKind::Environment),
             ("drgrpo".to_string(), PluginKind::Algorithm),
             ("grpo".to_string(), PluginKind::Algorithm),
             ("math".to_string(), PluginKind::Environment),
+            ("multiturn_qa".to_string(), PluginKind::Environment),
         ]
     );
     for p in registry.plugins() {
@@ -53,12 +51,9 @@ fn unknown_names_list_what_is_available() {
     let registry = shipped_registry();
     let (line, code) = user_message(registry.algorithm("ppo", &Value::Null));
     assert_eq!(code, 2);
-    assert_eq!(
-        line,
-        "--algo ppo: unknown algorithm; available: drgrpo, grpo"
-    );
+    assert_eq!(line, "--algo ppo: unknown algorithm; available: drgrpo, grpo");
     let (line, _) = user_message(registry.environment("grpo", &Value::Null));
-    assert_eq!(line, "--env grpo: unknown environment; available: math");
+    assert_eq!(line, "--env grpo: unknown environment; available: calc_tools, math, multiturn_qa");
     let (line, _) = user_message(Registry::default().environment("math", &Value::Null));
     assert!(line.contains("no environment plugins found"), "{line}");
 }
@@ -68,12 +63,8 @@ fn unknown_names_list_what_is_available() {
 fn losses_through_the_boundary_match_the_golden_values() {
     let registry = shipped_registry();
     let dir = workspace_root().join("tests/fixtures/losses");
-    for (algo_name, file) in [
-        ("grpo", "grpo_ref_masks.json"),
-        ("drgrpo", "drgrpo_ref_masks.json"),
-    ] {
-        let case: Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join(file)).unwrap()).unwrap();
+    for (algo_name, file) in [("grpo", "grpo_ref_masks.json"), ("drgrpo", "drgrpo_ref_masks.json")] {
+        let case: Value = serde_json::from_str(&std::fs::read_to_string(dir.join(file)).unwrap()).unwrap();
         let algo = registry.algorithm(algo_name, &Value::Null).unwrap();
         let t = |v: &Value| -> Tensor {
             let rows: Vec<Vec<f64>> = serde_json::from_value(v.clone()).unwrap();
@@ -99,18 +90,10 @@ fn losses_through_the_boundary_match_the_golden_values() {
         let LossOutput { loss, metrics } = algo.loss(&batch).unwrap();
         assert!((loss.double_value(&[]) - case["expected_loss"].as_f64().unwrap()).abs() < 1e-6);
         loss.backward();
-        let diff = (log_probs.grad() - t(&case["expected_grad"]))
-            .abs()
-            .max()
-            .double_value(&[]);
+        let diff = (log_probs.grad() - t(&case["expected_grad"])).abs().max().double_value(&[]);
         assert!(diff < 1e-6, "{algo_name}: gradient differs by {diff}");
-        let kl = metrics
-            .iter()
-            .find(|m| m.name == "training_step/kl")
-            .unwrap();
-        let want = case["expected_metrics"]["training_step/kl"]
-            .as_f64()
-            .unwrap();
+        let kl = metrics.iter().find(|m| m.name == "training_step/kl").unwrap();
+        let want = case["expected_metrics"]["training_step/kl"].as_f64().unwrap();
         assert!((kl.as_number().unwrap() - want).abs() < 1e-6);
     }
 }
@@ -118,9 +101,7 @@ fn losses_through_the_boundary_match_the_golden_values() {
 #[test]
 fn environment_episodes_cross_the_boundary_and_run_in_parallel() {
     let registry = shipped_registry();
-    let env = registry
-        .environment("math", &json!({"generator": {"max_terms": 2, "ops": "+"}}))
-        .unwrap();
+    let env = registry.environment("math", &json!({"generator": {"max_terms": 2, "ops": "+"}})).unwrap();
     assert_eq!(env.config().unwrap()["generator"]["ops"], "+");
     assert_eq!(env.task_count(Split::Train).unwrap(), None);
     let handles: Vec<_> = (0..4u64)
@@ -130,25 +111,15 @@ fn environment_episodes_cross_the_boundary_and_run_in_parallel() {
                 let task = env.task(Split::Train, 11, i).unwrap();
                 let (mut episode, opening) = env.reset(&task).unwrap();
                 assert_eq!(opening.last().unwrap().content, task.question);
-                let answer = if i % 2 == 0 {
-                    task.answer.clone()
-                } else {
-                    "wrong".into()
-                };
-                episode
-                    .step(&format!("<answer>{answer}</answer>"))
-                    .unwrap()
-                    .total_reward()
+                let answer = if i % 2 == 0 { task.answer.clone() } else { "wrong".into() };
+                episode.step(&format!("<answer>{answer}</answer>")).unwrap().total_reward()
             })
         })
         .collect();
     let rewards: Vec<f64> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     assert_eq!(rewards, vec![1.0, 0.01, 1.0, 0.01]);
     let metrics = env.metrics().unwrap();
-    let exact = metrics
-        .iter()
-        .find(|m| m.name == "math/exact_rate")
-        .unwrap();
+    let exact = metrics.iter().find(|m| m.name == "math/exact_rate").unwrap();
     assert_eq!(exact.as_number(), Some(0.5));
 }
 
@@ -158,25 +129,16 @@ fn environment_episodes_cross_the_boundary_and_run_in_parallel() {
 fn a_text_file_named_like_a_library_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("libfoo.so"), "not a library\n").unwrap();
-    let (line, code) = user_message(Registry::discover(&DiscoveryOptions::only(vec![dir
-        .path()
-        .to_path_buf()])));
+    let (line, code) = user_message(Registry::discover(&DiscoveryOptions::only(vec![dir.path().to_path_buf()])));
     assert_eq!(code, 2);
-    assert!(
-        line.contains("libfoo.so") && line.contains("not a loadable shared library"),
-        "{line}"
-    );
+    assert!(line.contains("libfoo.so") && line.contains("not a loadable shared library"), "{line}");
 }
 
 #[test]
 fn a_library_without_the_entry_symbol_is_refused() {
     let (line, code) = user_message(Registry::default().load_file(&broken_plugin("no_entry")));
     assert_eq!(code, 2);
-    assert!(
-        line.contains("libbroken_no_entry.so")
-            && line.contains("no `grpo_plugin_library` entry symbol"),
-        "{line}"
-    );
+    assert!(line.contains("libbroken_no_entry.so") && line.contains("no `grpo_plugin_library` entry symbol"), "{line}");
 }
 
 #[test]
@@ -184,8 +146,7 @@ fn another_abi_major_is_refused() {
     let (line, code) = user_message(Registry::default().load_file(&broken_plugin("abi_major")));
     assert_eq!(code, 2);
     assert!(
-        line.contains("libbroken_abi_major.so")
-            && line.contains("built for plugin ABI 99 but this host speaks ABI 1"),
+        line.contains("libbroken_abi_major.so") && line.contains("built for plugin ABI 99 but this host speaks ABI 1"),
         "{line}"
     );
 }
@@ -198,28 +159,17 @@ fn another_libtorch_is_refused() {
         "built against libtorch 1.13.1 (C++11 ABI true) but this host uses libtorch {}",
         grpo_sdk::LIBTORCH_VERSION
     );
-    assert!(
-        line.contains("libbroken_libtorch.so") && line.contains(&expected),
-        "{line}"
-    );
+    assert!(line.contains("libbroken_libtorch.so") && line.contains(&expected), "{line}");
 }
 
 #[test]
 fn two_plugins_with_one_name_are_refused() {
-    let (line, code) =
-        user_message(Registry::default().load_file(&broken_plugin("duplicate_in_library")));
+    let (line, code) = user_message(Registry::default().load_file(&broken_plugin("duplicate_in_library")));
     assert_eq!(code, 2);
-    assert!(
-        line.contains("libbroken_duplicate_in_library.so")
-            && line.contains("two plugins named `twin`"),
-        "{line}"
-    );
+    assert!(line.contains("libbroken_duplicate_in_library.so") && line.contains("two plugins named `twin`"), "{line}");
 
     let other = broken_plugin("duplicate_of_grpo");
-    let dirs = vec![
-        shipped_dir().to_path_buf(),
-        other.parent().unwrap().to_path_buf(),
-    ];
+    let dirs = vec![shipped_dir().to_path_buf(), other.parent().unwrap().to_path_buf()];
     let (line, code) = user_message(Registry::discover(&DiscoveryOptions::only(dirs)));
     assert_eq!(code, 2);
     assert!(
@@ -234,12 +184,11 @@ fn two_plugins_with_one_name_are_refused() {
 fn the_same_file_reached_twice_loads_once() {
     let dirs = vec![shipped_dir().to_path_buf(), shipped_dir().to_path_buf()];
     let registry = Registry::discover(&DiscoveryOptions::only(dirs)).unwrap();
-    assert_eq!(registry.plugins().count(), 3);
+    assert_eq!(registry.plugins().count(), SHIPPED.len());
     // A symlink and the file it points at.
     let mut r = Registry::default();
     r.load_file(&shipped("grpo_grpo")).unwrap();
-    r.load_file(&profile_dir().join(library_file("grpo_grpo")))
-        .unwrap();
+    r.load_file(&profile_dir().join(library_file("grpo_grpo"))).unwrap();
     assert_eq!(r.plugins().count(), 1);
 }
 
@@ -248,25 +197,20 @@ fn a_constructor_that_rejects_its_config_names_plugin_file_and_cause() {
     let registry = shipped_registry();
     let (line, code) = user_message(registry.algorithm("grpo", &json!({"std_epz": 0.1})));
     assert_eq!(code, 2);
+    assert!(line.starts_with("algorithm `grpo` (") && line.contains("libgrpo_grpo.so"), "{line}");
     assert!(
-        line.starts_with("algorithm `grpo` (") && line.contains("libgrpo_grpo.so"),
+        line.contains("could not be created with config {\"std_epz\":0.1}: invalid config: unknown field `std_epz`"),
         "{line}"
     );
-    assert!(line.contains("could not be created with config {\"std_epz\":0.1}: invalid config: unknown field `std_epz`"), "{line}");
-    let (line, _) =
-        user_message(registry.environment("math", &json!({"data_path": "/no/such/tasks.jsonl"})));
-    assert!(
-        line.contains("data_path /no/such/tasks.jsonl: cannot read it"),
-        "{line}"
-    );
+    let (line, _) = user_message(registry.environment("math", &json!({"data_path": "/no/such/tasks.jsonl"})));
+    assert!(line.contains("data_path /no/such/tasks.jsonl: cannot read it"), "{line}");
 
     let mut r = Registry::default();
     r.load_file(&broken_plugin("constructor_fails")).unwrap();
     let (line, code) = user_message(r.algorithm("unbuildable", &Value::Null));
     assert_eq!(code, 2);
     assert!(
-        line.contains("libbroken_constructor_fails.so")
-            && line.contains("this test plugin cannot be created"),
+        line.contains("libbroken_constructor_fails.so") && line.contains("this test plugin cannot be created"),
         "{line}"
     );
 }
@@ -347,17 +291,11 @@ fn a_panic_mid_run_is_an_error_naming_the_plugin_and_poisons_it() {
     };
     let (line, code) = user_message(algo.loss(&batch));
     assert_eq!(code, 2);
-    assert!(
-        line.starts_with("algorithm `boom` (in-process) panicked: the loss exploded (at "),
-        "{line}"
-    );
+    assert!(line.starts_with("algorithm `boom` (in-process) panicked: the loss exploded (at "), "{line}");
     assert!(line.ends_with("(in loss)"), "{line}");
     assert!(algo.is_poisoned());
     let (line, _) = user_message(algo.advantages(&Tensor::from_slice(&[1.0f32]), &[1]));
-    assert!(
-        line.contains("panicked earlier and is disabled; advantages was not called"),
-        "{line}"
-    );
+    assert!(line.contains("panicked earlier and is disabled; advantages was not called"), "{line}");
 }
 
 #[test]
@@ -367,16 +305,10 @@ fn an_error_mid_run_names_the_plugin_and_leaves_it_usable() {
     let (mut episode, _) = env.reset(&task).unwrap();
     let (line, code) = user_message(episode.step("fail"));
     assert_eq!(code, 2);
-    assert_eq!(
-        line,
-        "environment `flaky` (in-process) failed in step: the tool server is down"
-    );
+    assert_eq!(line, "environment `flaky` (in-process) failed in step: the tool server is down");
     assert!(episode.step("fine").unwrap().done);
     let (line, _) = user_message(episode.step("panic"));
-    assert!(
-        line.contains("panicked: index out of range in the tool"),
-        "{line}"
-    );
+    assert!(line.contains("panicked: index out of range in the tool"), "{line}");
     assert!(env.is_poisoned());
     let (line, _) = user_message(env.task(Split::Train, 0, 0));
     assert!(line.contains("panicked earlier and is disabled"), "{line}");

@@ -38,11 +38,8 @@ const MIB: usize = 1 << 20;
 
 #[test]
 fn tensors_cross_both_ways_keep_their_gradient_and_are_freed_once() {
-    let registry =
-        Registry::discover(&DiscoveryOptions::only(vec![shipped_dir().to_path_buf()])).unwrap();
-    let algo = registry
-        .algorithm("grpo", &serde_json::Value::Null)
-        .unwrap();
+    let registry = Registry::discover(&DiscoveryOptions::only(vec![shipped_dir().to_path_buf()])).unwrap();
+    let algo = registry.algorithm("grpo", &serde_json::Value::Null).unwrap();
     let (b, t) = (1024i64, 16384i64); // 64 MiB of float32
     let opts = (Kind::Float, Device::Cpu);
     let before = mmapped();
@@ -50,20 +47,14 @@ fn tensors_cross_both_ways_keep_their_gradient_and_are_freed_once() {
         {
             // Borrowed in, owned out: the plugin clones its own handle to log_probs and returns the loss.
             let log_probs = Tensor::full([b, t], -1.0, opts).set_requires_grad(true);
-            assert!(
-                mmapped() >= before + 64 * MIB,
-                "the probe does not see the tensor"
-            );
+            assert!(mmapped() >= before + 64 * MIB, "the probe does not see the tensor");
             let batch = PolicyBatch {
                 log_probs: log_probs.shallow_clone(),
                 old_log_probs: log_probs.detach(),
                 ref_log_probs: None,
                 advantages: Tensor::ones([b], opts),
                 action_mask: Tensor::ones([b, t], (Kind::Bool, Device::Cpu)),
-                settings: LossSettings {
-                    kl_weight: 0.0,
-                    ..LossSettings::default()
-                },
+                settings: LossSettings { kl_weight: 0.0, ..LossSettings::default() },
             };
             let out = algo.loss(&batch).unwrap();
             drop(batch);
@@ -85,10 +76,6 @@ fn tensors_cross_both_ways_keep_their_gradient_and_are_freed_once() {
         // Everything above is dropped: if either side kept (leaked) a handle, its storage would still be mapped;
         // had both sides freed one, the allocator would have aborted the process.
         let leaked = mmapped().saturating_sub(before);
-        assert!(
-            leaked < MIB,
-            "round {round}: {} MiB still allocated after all handles were dropped",
-            leaked / MIB
-        );
+        assert!(leaked < MIB, "round {round}: {} MiB still allocated after all handles were dropped", leaked / MIB);
     }
 }

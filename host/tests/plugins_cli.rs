@@ -3,32 +3,14 @@
 mod common;
 
 use common::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-
-/// A folder with a copy (hard link) of grpo-host and links to the shipped plugins beside it, as after an install:
-/// the executable's directory is one of the places searched, and target/<profile> may hold other libraries.
-fn installed() -> PathBuf {
-    let dir = profile_dir()
-        .join("plugin-tests")
-        .join(format!("installed-{}", std::process::id()));
-    if !dir.exists() {
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::hard_link(env!("CARGO_BIN_EXE_grpo-host"), dir.join("grpo-host")).unwrap();
-        for (_, stem) in SHIPPED {
-            std::os::unix::fs::symlink(shipped(stem), dir.join(library_file(stem))).unwrap();
-        }
-    }
-    dir
-}
 
 /// Run `exe` with `args`, isolated from the user's own plugin directories.
 fn run(exe: &Path, args: &[&str], plugin_path: Option<&Path>) -> Output {
     let home = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(exe);
-    cmd.args(args)
-        .env_remove("GRPO_PLUGIN_PATH")
-        .env("XDG_DATA_HOME", home.path());
+    cmd.args(args).env_remove("GRPO_PLUGIN_PATH").env("XDG_DATA_HOME", home.path());
     if let Some(p) = plugin_path {
         cmd.env("GRPO_PLUGIN_PATH", p);
     }
@@ -51,39 +33,29 @@ fn list_shows_the_plugins_beside_the_executable() {
         ("drgrpo", "algorithm", "grpo_drgrpo"),
         ("grpo", "algorithm", "grpo_grpo"),
         ("math", "environment", "grpo_math"),
+        ("calc_tools", "environment", "grpo_calc_tools"),
+        ("multiturn_qa", "environment", "grpo_multiturn_qa"),
     ] {
-        let line = lines
-            .iter()
-            .find(|l| l.split_whitespace().next() == Some(name))
-            .unwrap_or_else(|| panic!("{stdout}"));
+        let line =
+            lines.iter().find(|l| l.split_whitespace().next() == Some(name)).unwrap_or_else(|| panic!("{stdout}"));
         let cols: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(cols[1..3], [kind, env!("CARGO_PKG_VERSION")], "{line}");
         assert_eq!(Path::new(cols[3]), dir.join(library_file(stem)), "{line}");
     }
-    assert_eq!(lines.len(), 4, "{stdout}");
+    assert_eq!(lines.len(), 1 + SHIPPED.len(), "{stdout}");
 }
 
 #[test]
 fn a_text_file_in_a_plugin_dir_is_one_clear_line() {
     let bad = tempfile::tempdir().unwrap();
     std::fs::write(bad.path().join("libfoo.so"), "hello\n").unwrap();
-    let out = run(
-        &installed().join("grpo-host"),
-        &[
-            "plugins",
-            "list",
-            "--plugin-dir",
-            bad.path().to_str().unwrap(),
-        ],
-        None,
-    );
+    let out =
+        run(&installed().join("grpo-host"), &["plugins", "list", "--plugin-dir", bad.path().to_str().unwrap()], None);
     assert_eq!(out.status.code(), Some(2));
     let stderr = text(&out.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    let expected = format!(
-        "error: plugin file {}: not a loadable shared library",
-        bad.path().join("libfoo.so").display()
-    );
+    let expected =
+        format!("error: plugin file {}: not a loadable shared library", bad.path().join("libfoo.so").display());
     assert!(stderr.starts_with(&expected), "{stderr}");
     assert!(out.stdout.is_empty());
 }
@@ -91,28 +63,19 @@ fn a_text_file_in_a_plugin_dir_is_one_clear_line() {
 #[test]
 fn grpo_plugin_path_is_searched() {
     let broken = broken_plugin("abi_major");
-    let out = run(
-        &installed().join("grpo-host"),
-        &["plugins", "list"],
-        Some(broken.parent().unwrap()),
-    );
+    let out = run(&installed().join("grpo-host"), &["plugins", "list"], Some(broken.parent().unwrap()));
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("libbroken_abi_major.so: built for plugin ABI 99"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(text(&out.stderr).contains("libbroken_abi_major.so: built for plugin ABI 99"), "{}", text(&out.stderr));
 }
 
 #[test]
 fn a_missing_plugin_dir_is_one_clear_line() {
-    let out = run(
-        &installed().join("grpo-host"),
-        &["plugins", "list", "--plugin-dir", "/no/such/dir"],
-        None,
-    );
+    let out = run(&installed().join("grpo-host"), &["plugins", "list", "--plugin-dir", "/no/such/dir"], None);
     assert_eq!(out.status.code(), Some(2));
-    assert_eq!(text(&out.stderr).trim_end(), "error: --plugin-dir /no/such/dir: not a directory; pass a folder that holds plugin libraries (*.so)");
+    assert_eq!(
+        text(&out.stderr).trim_end(),
+        "error: --plugin-dir /no/such/dir: not a directory; pass a folder that holds plugin libraries (*.so)"
+    );
 }
 
 #[test]
@@ -126,28 +89,10 @@ fn check_passes_on_each_shipped_plugin() {
         let file = shipped(stem);
         let out = run(exe, &["plugins", "check", file.to_str().unwrap()], None);
         assert!(out.status.success(), "{stem}: {}", text(&out.stderr));
-        assert!(
-            text(&out.stdout).starts_with(start),
-            "{}",
-            text(&out.stdout)
-        );
+        assert!(text(&out.stdout).starts_with(start), "{}", text(&out.stdout));
     }
     let file = shipped("grpo_math");
-    let out = run(
-        exe,
-        &[
-            "plugins",
-            "check",
-            file.to_str().unwrap(),
-            "--config",
-            r#"{"numerik": 1}"#,
-        ],
-        None,
-    );
+    let out = run(exe, &["plugins", "check", file.to_str().unwrap(), "--config", r#"{"numerik": 1}"#], None);
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("unknown field `numerik`"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(text(&out.stderr).contains("unknown field `numerik`"), "{}", text(&out.stderr));
 }

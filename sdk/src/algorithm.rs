@@ -123,12 +123,7 @@ pub struct LossSettings {
 impl Default for LossSettings {
     /// re-grpo's defaults: clip 0.2 both ways, KL weight 0.01; 1024 new tokens.
     fn default() -> Self {
-        LossSettings {
-            clip_eps_low: 0.2,
-            clip_eps_high: 0.2,
-            kl_weight: 0.01,
-            generate_max_length: 1024,
-        }
+        LossSettings { clip_eps_low: 0.2, clip_eps_high: 0.2, kl_weight: 0.01, generate_max_length: 1024 }
     }
 }
 
@@ -145,9 +140,6 @@ pub struct LossOutput {
 impl LossOutput {
     /// A loss without metrics.
     pub fn new(loss: Tensor) -> Self {
-        LossOutput {
-            loss,
-            metrics: Vec::new(),
-        }
+        LossOutput { loss, metrics: Vec::new() }
     }
 }

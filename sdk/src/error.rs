@@ -23,16 +23,12 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl Error {
     /// An error with this message.
     pub fn msg(message: impl fmt::Display) -> Self {
-        Error {
-            message: message.to_string(),
-        }
+        Error { message: message.to_string() }
     }
 
     /// The same error with `context` in front, as in "reading data.jsonl: file not found".
     pub fn context(self, context: impl fmt::Display) -> Self {
-        Error {
-            message: format!("{context}: {}", self.message),
-        }
+        Error { message: format!("{context}: {}", self.message) }
     }
 
     /// The message.

@@ -18,10 +18,7 @@
 //!   catches panics; an instance that panicked is poisoned and refuses further calls.
 //! - Libraries are never unloaded, so `&'static` data in them (names, vtables) stays valid.
 
-use crate::{
-    Algorithm, Environment, Error, LossOutput, LossSettings, Metric, PolicyBatch, Result, Split,
-    Task,
-};
+use crate::{Algorithm, Environment, Error, LossOutput, LossSettings, Metric, PolicyBatch, Result, Split, Task};
 use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -65,10 +62,7 @@ pub struct FfiStr {
 impl FfiStr {
     /// Borrow `s` for a call.
     pub fn new(s: &str) -> Self {
-        FfiStr {
-            ptr: s.as_ptr(),
-            len: s.len(),
-        }
+        FfiStr { ptr: s.as_ptr(), len: s.len() }
     }
 
     /// The string, checked to be UTF-8.
@@ -105,10 +99,7 @@ impl<T> Copy for FfiSlice<T> {}
 impl<T> FfiSlice<T> {
     /// Borrow `s` for a call.
     pub fn new(s: &[T]) -> Self {
-        FfiSlice {
-            ptr: s.as_ptr(),
-            len: s.len(),
-        }
+        FfiSlice { ptr: s.as_ptr(), len: s.len() }
     }
 
     /// The slice.
@@ -136,21 +127,14 @@ pub struct StrSink {
 unsafe extern "C" fn append_to_string(ctx: *mut c_void, text: FfiStr) {
     // Never unwinds: a non-UTF-8 chunk (impossible from Rust callers) is replaced rather than rejected.
     let buf = &mut *(ctx as *mut String);
-    let bytes = if text.len == 0 {
-        &[][..]
-    } else {
-        std::slice::from_raw_parts(text.ptr, text.len)
-    };
+    let bytes = if text.len == 0 { &[][..] } else { std::slice::from_raw_parts(text.ptr, text.len) };
     buf.push_str(&String::from_utf8_lossy(bytes));
 }
 
 impl StrSink {
     /// A sink appending to `buf`, which must outlive every use of the sink.
     pub fn for_string(buf: &mut String) -> Self {
-        StrSink {
-            ctx: buf as *mut String as *mut c_void,
-            write: append_to_string,
-        }
+        StrSink { ctx: buf as *mut String as *mut c_void, write: append_to_string }
     }
 
     /// Write `text` into the sink.
@@ -261,17 +245,10 @@ pub struct EnvironmentVTable {
     /// Tools as a JSON array of [`crate::ToolSpec`].
     pub tools: unsafe extern "C" fn(this: *const c_void, out: StrSink, err: StrSink) -> u32,
     /// Number of tasks in a split ([`Split`] as `u32`), or -1 for an unbounded generator.
-    pub task_count:
-        unsafe extern "C" fn(this: *const c_void, split: u32, out: *mut i64, err: StrSink) -> u32,
+    pub task_count: unsafe extern "C" fn(this: *const c_void, split: u32, out: *mut i64, err: StrSink) -> u32,
     /// One task as JSON.
-    pub task: unsafe extern "C" fn(
-        this: *const c_void,
-        split: u32,
-        seed: u64,
-        index: u64,
-        out: StrSink,
-        err: StrSink,
-    ) -> u32,
+    pub task:
+        unsafe extern "C" fn(this: *const c_void, split: u32, seed: u64, index: u64, out: StrSink, err: StrSink) -> u32,
     /// Open an episode for a JSON task: writes the state to `out_state` and the opening messages (JSON) to `out`.
     pub reset: unsafe extern "C" fn(
         this: *const c_void,
@@ -281,13 +258,8 @@ pub struct EnvironmentVTable {
         err: StrSink,
     ) -> u32,
     /// One assistant turn; writes a JSON [`crate::StepOutcome`]. Different states may be stepped concurrently.
-    pub step: unsafe extern "C" fn(
-        this: *const c_void,
-        state: *mut c_void,
-        text: FfiStr,
-        out: StrSink,
-        err: StrSink,
-    ) -> u32,
+    pub step:
+        unsafe extern "C" fn(this: *const c_void, state: *mut c_void, text: FfiStr, out: StrSink, err: StrSink) -> u32,
     /// Drop an episode's state.
     pub drop_state: unsafe extern "C" fn(this: *const c_void, state: *mut c_void),
 }
@@ -426,11 +398,7 @@ fn catch<R>(f: impl FnOnce() -> R) -> std::result::Result<R, String> {
     let outer = IN_SHIM.with(|s| s.replace(true));
     let result = catch_unwind(AssertUnwindSafe(f));
     IN_SHIM.with(|s| s.set(outer));
-    result.map_err(|payload| {
-        LAST_PANIC
-            .with(|p| p.borrow_mut().take())
-            .unwrap_or_else(|| panic_message(&*payload))
-    })
+    result.map_err(|payload| LAST_PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| panic_message(&*payload)))
 }
 
 /// The common body of every instance call: refuse when poisoned, catch panics, report errors.
@@ -440,11 +408,7 @@ unsafe fn call<T>(this: *const c_void, err: StrSink, f: impl FnOnce(&T) -> Resul
         return status::ERROR;
     }
     let inst = &*(this as *const Instance<T>);
-    let earlier = inst
-        .poisoned
-        .lock()
-        .map(|p| p.clone())
-        .unwrap_or_else(|e| e.into_inner().clone());
+    let earlier = inst.poisoned.lock().map(|p| p.clone()).unwrap_or_else(|e| e.into_inner().clone());
     if let Some(message) = earlier {
         err.put(&format!("refused: the plugin panicked earlier ({message})"));
         return status::POISONED;
@@ -473,20 +437,14 @@ unsafe fn create<T>(
 ) -> u32 {
     install_panic_hook();
     let result = catch(|| -> Result<*mut c_void> {
-        let text = config
-            .to_str()
-            .map_err(|e| Error::msg(format!("config is not UTF-8: {e}")))?;
+        let text = config.to_str().map_err(|e| Error::msg(format!("config is not UTF-8: {e}")))?;
         let value = if text.trim().is_empty() {
             serde_json::Value::Null
         } else {
-            serde_json::from_str(text)
-                .map_err(|e| Error::msg(format!("config is not valid JSON: {e}")))?
+            serde_json::from_str(text).map_err(|e| Error::msg(format!("config is not valid JSON: {e}")))?
         };
         let plugin = new(value)?;
-        let inst = Box::new(Instance {
-            plugin,
-            poisoned: Mutex::new(None),
-        });
+        let inst = Box::new(Instance { plugin, poisoned: Mutex::new(None) });
         Ok(Box::into_raw(inst) as *mut c_void)
     });
     match result {
@@ -540,30 +498,18 @@ fn check_defined(t: &Tensor, what: &str) -> Result<()> {
     }
 }
 
-unsafe extern "C" fn alg_create<T: Algorithm>(
-    config: FfiStr,
-    out: *mut *mut c_void,
-    err: StrSink,
-) -> u32 {
+unsafe extern "C" fn alg_create<T: Algorithm>(config: FfiStr, out: *mut *mut c_void, err: StrSink) -> u32 {
     create::<T>(config, out, err, T::new)
 }
 
-unsafe extern "C" fn alg_config<T: Algorithm>(
-    this: *const c_void,
-    out: StrSink,
-    err: StrSink,
-) -> u32 {
+unsafe extern "C" fn alg_config<T: Algorithm>(this: *const c_void, out: StrSink, err: StrSink) -> u32 {
     call::<T>(this, err, |p| {
         out.put(&to_json(&p.config())?);
         Ok(())
     })
 }
 
-unsafe extern "C" fn alg_metrics<T: Algorithm>(
-    this: *const c_void,
-    out: StrSink,
-    err: StrSink,
-) -> u32 {
+unsafe extern "C" fn alg_metrics<T: Algorithm>(this: *const c_void, out: StrSink, err: StrSink) -> u32 {
     call::<T>(this, err, |p| {
         out.put(&to_json(&p.metrics())?);
         Ok(())
@@ -595,19 +541,12 @@ unsafe extern "C" fn alg_loss<T: Algorithm>(
     err: StrSink,
 ) -> u32 {
     call::<T>(this, err, |p| {
-        let b = batch
-            .as_ref()
-            .ok_or_else(|| Error::msg("the host passed no batch"))?;
+        let b = batch.as_ref().ok_or_else(|| Error::msg("the host passed no batch"))?;
         if b.size < std::mem::size_of::<FfiPolicyBatch>() {
-            return Err(Error::msg(
-                "the host's batch is older than this plugin's SDK; rebuild with a matching SDK",
-            ));
+            return Err(Error::msg("the host's batch is older than this plugin's SDK; rebuild with a matching SDK"));
         }
-        let ref_log_probs = if b.ref_log_probs.is_null() {
-            None
-        } else {
-            Some(borrow_tensor(b.ref_log_probs, "ref_log_probs")?)
-        };
+        let ref_log_probs =
+            if b.ref_log_probs.is_null() { None } else { Some(borrow_tensor(b.ref_log_probs, "ref_log_probs")?) };
         let batch = PolicyBatch {
             log_probs: borrow_tensor(b.log_probs, "log_probs")?,
             old_log_probs: borrow_tensor(b.old_log_probs, "old_log_probs")?,
@@ -624,41 +563,25 @@ unsafe extern "C" fn alg_loss<T: Algorithm>(
     })
 }
 
-unsafe extern "C" fn env_create<T: Environment>(
-    config: FfiStr,
-    out: *mut *mut c_void,
-    err: StrSink,
-) -> u32 {
+unsafe extern "C" fn env_create<T: Environment>(config: FfiStr, out: *mut *mut c_void, err: StrSink) -> u32 {
     create::<T>(config, out, err, T::new)
 }
 
-unsafe extern "C" fn env_config<T: Environment>(
-    this: *const c_void,
-    out: StrSink,
-    err: StrSink,
-) -> u32 {
+unsafe extern "C" fn env_config<T: Environment>(this: *const c_void, out: StrSink, err: StrSink) -> u32 {
     call::<T>(this, err, |p| {
         out.put(&to_json(&p.config())?);
         Ok(())
     })
 }
 
-unsafe extern "C" fn env_metrics<T: Environment>(
-    this: *const c_void,
-    out: StrSink,
-    err: StrSink,
-) -> u32 {
+unsafe extern "C" fn env_metrics<T: Environment>(this: *const c_void, out: StrSink, err: StrSink) -> u32 {
     call::<T>(this, err, |p| {
         out.put(&to_json(&p.metrics())?);
         Ok(())
     })
 }
 
-unsafe extern "C" fn env_tools<T: Environment>(
-    this: *const c_void,
-    out: StrSink,
-    err: StrSink,
-) -> u32 {
+unsafe extern "C" fn env_tools<T: Environment>(this: *const c_void, out: StrSink, err: StrSink) -> u32 {
     call::<T>(this, err, |p| {
         out.put(&to_json(&p.tools())?);
         Ok(())
@@ -681,9 +604,7 @@ unsafe extern "C" fn env_task_count<T: Environment>(
 ) -> u32 {
     call::<T>(this, err, |p| {
         *out = match p.task_count(split_from(split)?) {
-            Some(n) => {
-                i64::try_from(n).map_err(|_| Error::msg("task count does not fit in i64"))?
-            }
+            Some(n) => i64::try_from(n).map_err(|_| Error::msg("task count does not fit in i64"))?,
             None => -1,
         };
         Ok(())
@@ -712,11 +633,8 @@ unsafe extern "C" fn env_reset<T: Environment>(
     err: StrSink,
 ) -> u32 {
     call::<T>(this, err, |p| {
-        let text = task
-            .to_str()
-            .map_err(|e| Error::msg(format!("task is not UTF-8: {e}")))?;
-        let task: Task = serde_json::from_str(text)
-            .map_err(|e| Error::msg(format!("task is not valid JSON: {e}")))?;
+        let text = task.to_str().map_err(|e| Error::msg(format!("task is not UTF-8: {e}")))?;
+        let task: Task = serde_json::from_str(text).map_err(|e| Error::msg(format!("task is not valid JSON: {e}")))?;
         let (state, messages) = p.reset(&task)?;
         out.put(&to_json(&messages)?);
         *out_state = Box::into_raw(Box::new(state)) as *mut c_void;
@@ -732,18 +650,11 @@ unsafe extern "C" fn env_step<T: Environment>(
     err: StrSink,
 ) -> u32 {
     call::<T>(this, err, |p| {
-        let state = (state as *mut T::State)
-            .as_mut()
-            .ok_or_else(|| Error::msg("the host passed no episode state"))?;
-        let text = text
-            .to_str()
-            .map_err(|e| Error::msg(format!("assistant text is not UTF-8: {e}")))?;
+        let state = (state as *mut T::State).as_mut().ok_or_else(|| Error::msg("the host passed no episode state"))?;
+        let text = text.to_str().map_err(|e| Error::msg(format!("assistant text is not UTF-8: {e}")))?;
         let outcome = p.step(state, text)?;
         if let Some(bad) = outcome.rewards.iter().find(|r| !r.value.is_finite()) {
-            return Err(Error::msg(format!(
-                "reward `{}` is not finite ({})",
-                bad.name, bad.value
-            )));
+            return Err(Error::msg(format!("reward `{}` is not finite ({})", bad.name, bad.value)));
         }
         out.put(&to_json(&outcome)?);
         Ok(())
@@ -853,17 +764,10 @@ mod tests {
         let vt = unsafe { &*(entry.vtable as *const AlgorithmVTable) };
         let mut err = String::new();
         let mut this: *mut c_void = std::ptr::null_mut();
-        let code = unsafe {
-            (vt.create)(
-                FfiStr::new(r#"{"fail": 1}"#),
-                &mut this,
-                StrSink::for_string(&mut err),
-            )
-        };
+        let code = unsafe { (vt.create)(FfiStr::new(r#"{"fail": 1}"#), &mut this, StrSink::for_string(&mut err)) };
         assert_eq!((code, err.as_str()), (status::ERROR, "asked to fail"));
         err.clear();
-        let code =
-            unsafe { (vt.create)(FfiStr::new(""), &mut this, StrSink::for_string(&mut err)) };
+        let code = unsafe { (vt.create)(FfiStr::new(""), &mut this, StrSink::for_string(&mut err)) };
         assert_eq!(code, status::OK);
 
         let x = Tensor::zeros([1, 2], (tch::Kind::Float, tch::Device::Cpu));
@@ -879,13 +783,7 @@ mod tests {
         let mut out: TensorPtr = std::ptr::null_mut();
         let mut metrics = String::new();
         let code = unsafe {
-            (vt.loss)(
-                this,
-                &batch,
-                &mut out,
-                StrSink::for_string(&mut metrics),
-                StrSink::for_string(&mut err),
-            )
+            (vt.loss)(this, &batch, &mut out, StrSink::for_string(&mut metrics), StrSink::for_string(&mut err))
         };
         assert_eq!(code, status::PANIC);
         assert!(err.starts_with("panicked: boom (at "), "{err}");

@@ -14,18 +14,12 @@ pub struct Metric {
 impl Metric {
     /// A numeric metric.
     pub fn number(name: impl Into<String>, value: f64) -> Self {
-        Metric {
-            name: name.into(),
-            value: MetricValue::Number(value),
-        }
+        Metric { name: name.into(), value: MetricValue::Number(value) }
     }
 
     /// A text metric (a configuration choice, an example completion).
     pub fn text(name: impl Into<String>, value: impl Into<String>) -> Self {
-        Metric {
-            name: name.into(),
-            value: MetricValue::Text(value.into()),
-        }
+        Metric { name: name.into(), value: MetricValue::Text(value.into()) }
     }
 
     /// The number, if this is a numeric metric.

@@ -7,17 +7,12 @@ use tch::{Kind, Tensor};
 /// Split `[N]` rewards into consecutive groups of the given sizes, checking that the sizes add up to `N`.
 pub fn split_groups(rewards: &Tensor, groups: &[usize]) -> Result<Vec<Tensor>> {
     if rewards.dim() != 1 {
-        return Err(Error::msg(format!(
-            "rewards must be 1-D, got shape {:?}",
-            rewards.size()
-        )));
+        return Err(Error::msg(format!("rewards must be 1-D, got shape {:?}", rewards.size())));
     }
     let n = rewards.size()[0];
     let total: usize = groups.iter().sum();
     if total as i64 != n || groups.contains(&0) {
-        return Err(Error::msg(format!(
-            "group sizes {groups:?} do not partition {n} rewards into non-empty groups"
-        )));
+        return Err(Error::msg(format!("group sizes {groups:?} do not partition {n} rewards into non-empty groups")));
     }
     let sizes: Vec<i64> = groups.iter().map(|&g| g as i64).collect();
     Ok(rewards.split_with_sizes(sizes.as_slice(), 0))
@@ -41,18 +36,13 @@ impl PolicyTerms {
         let lp = &batch.log_probs;
         let shape = lp.size();
         if shape.len() != 2 {
-            return Err(Error::msg(format!(
-                "log_probs must be [B, T], got {shape:?}"
-            )));
+            return Err(Error::msg(format!("log_probs must be [B, T], got {shape:?}")));
         }
         let same = |t: &Tensor, what: &str| -> Result<()> {
             if t.size() == shape {
                 Ok(())
             } else {
-                Err(Error::msg(format!(
-                    "{what} has shape {:?}, log_probs {shape:?}",
-                    t.size()
-                )))
+                Err(Error::msg(format!("{what} has shape {:?}, log_probs {shape:?}", t.size())))
             }
         };
         same(&batch.old_log_probs, "old_log_probs")?;
@@ -73,16 +63,11 @@ impl PolicyTerms {
         let mask = on.to_kind(kind);
         let zero = lp.zeros_like();
         // Masked positions are zeroed before exp: garbage there must not overflow into inf * 0 = NaN.
-        let ratio = (lp - batch.old_log_probs.to_kind(kind))
-            .where_self(&on, &zero)
-            .exp();
+        let ratio = (lp - batch.old_log_probs.to_kind(kind)).where_self(&on, &zero).exp();
         let adv = batch.advantages.to_kind(kind).unsqueeze(-1);
         let unclipped = &ratio * &adv;
         let clipped_obj = ratio.clamp(1.0 - s.clip_eps_low, 1.0 + s.clip_eps_high) * &adv;
-        let clipped = clipped_obj
-            .lt_tensor(&unclipped)
-            .logical_and(&on)
-            .to_kind(kind);
+        let clipped = clipped_obj.lt_tensor(&unclipped).logical_and(&on).to_kind(kind);
         let surrogate = -unclipped.minimum(&clipped_obj) * &mask;
         let kl = batch.ref_log_probs.as_ref().map(|r| {
             let log_ratio = (r.to_kind(kind) - lp).where_self(&on, &zero);
@@ -90,17 +75,9 @@ impl PolicyTerms {
             log_ratio.exp() - &log_ratio - 1.0
         });
         if s.kl_weight != 0.0 && kl.is_none() {
-            return Err(Error::msg(format!(
-                "kl_weight is {} but the host passed no reference log-probs",
-                s.kl_weight
-            )));
+            return Err(Error::msg(format!("kl_weight is {} but the host passed no reference log-probs", s.kl_weight)));
         }
-        Ok(PolicyTerms {
-            surrogate,
-            kl,
-            mask,
-            clipped,
-        })
+        Ok(PolicyTerms { surrogate, kl, mask, clipped })
     }
 
     /// `surrogate + kl_weight * kl` per token.
@@ -119,9 +96,7 @@ impl PolicyTerms {
 
     /// The KL to the reference as the mean over sequences of per-sequence masked means; 0 without a reference.
     pub fn kl_mean(&self) -> f64 {
-        self.kl
-            .as_ref()
-            .map_or(0.0, |kl| self.sequence_mean(kl).double_value(&[]))
+        self.kl.as_ref().map_or(0.0, |kl| self.sequence_mean(kl).double_value(&[]))
     }
 
     /// The share of action tokens where clipping changed the objective.

@@ -31,11 +31,7 @@ pub struct Message {
 impl Message {
     /// A message from `role`.
     pub fn new(role: Role, content: impl Into<String>) -> Self {
-        Message {
-            role,
-            content: content.into(),
-            name: None,
-        }
+        Message { role, content: content.into(), name: None }
     }
 
     /// A system message.
@@ -55,11 +51,7 @@ impl Message {
 
     /// A tool result from the tool called `name`.
     pub fn tool(name: impl Into<String>, content: impl Into<String>) -> Self {
-        Message {
-            role: Role::Tool,
-            content: content.into(),
-            name: Some(name.into()),
-        }
+        Message { role: Role::Tool, content: content.into(), name: Some(name.into()) }
     }
 }
 
@@ -91,17 +83,8 @@ pub struct Task {
 
 impl Task {
     /// A task without extra data.
-    pub fn new(
-        id: impl Into<String>,
-        question: impl Into<String>,
-        answer: impl Into<String>,
-    ) -> Self {
-        Task {
-            id: id.into(),
-            question: question.into(),
-            answer: answer.into(),
-            meta: serde_json::Value::Null,
-        }
+    pub fn new(id: impl Into<String>, question: impl Into<String>, answer: impl Into<String>) -> Self {
+        Task { id: id.into(), question: question.into(), answer: answer.into(), meta: serde_json::Value::Null }
     }
 }
 
@@ -118,10 +101,7 @@ pub struct Reward {
 impl Reward {
     /// A reward component.
     pub fn new(name: impl Into<String>, value: f64) -> Self {
-        Reward {
-            name: name.into(),
-            value,
-        }
+        Reward { name: name.into(), value }
     }
 }
 
@@ -141,20 +121,12 @@ pub struct StepOutcome {
 impl StepOutcome {
     /// The episode ends with these rewards.
     pub fn finished(rewards: Vec<Reward>) -> Self {
-        StepOutcome {
-            messages: Vec::new(),
-            rewards,
-            done: true,
-        }
+        StepOutcome { messages: Vec::new(), rewards, done: true }
     }
 
     /// The episode goes on with these messages appended; `rewards` are those earned so far by this turn.
     pub fn continues(messages: Vec<Message>, rewards: Vec<Reward>) -> Self {
-        StepOutcome {
-            messages,
-            rewards,
-            done: false,
-        }
+        StepOutcome { messages, rewards, done: false }
     }
 
     /// The sum of this step's reward components.
@@ -190,10 +162,6 @@ pub struct ToolSpec {
 /// assert!(err.to_string().contains("unknown field `epz`"));
 /// ```
 pub fn parse_config<C: DeserializeOwned>(config: serde_json::Value) -> crate::Result<C> {
-    let config = if config.is_null() {
-        serde_json::Value::Object(Default::default())
-    } else {
-        config
-    };
+    let config = if config.is_null() { serde_json::Value::Object(Default::default()) } else { config };
     serde_json::from_value(config).map_err(|e| crate::Error::msg(format!("invalid config: {e}")))
 }

@@ -17,6 +17,7 @@ import os
 import time
 
 import torch
+import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 CACHE = os.environ.get("GRPO_RS_CACHE") or os.path.join(
@@ -103,6 +104,7 @@ def main():
             {
                 "threads": args.threads,
                 "torch": torch.__version__,
+                "transformers": transformers.__version__,
                 "params": params,
                 "weight_bytes": weight_bytes,
                 "flops_per_token": flops_per_token,

@@ -103,7 +103,7 @@ def tiny_configs():
                 "factor": 8.0,
                 "low_freq_factor": 1.0,
                 "high_freq_factor": 4.0,
-                "original_max_position_embeddings": 32,
+                "original_max_position_embeddings": 256,  # wavelengths 6, 167, 4443, 118000: one per band
             },
         ),
         "qwen2": Qwen2Config(**common, tie_word_embeddings=True, use_sliding_window=False),

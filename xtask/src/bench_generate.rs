@@ -54,7 +54,10 @@ pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
         .unwrap_or_else(|| cache_dir().join("models").join("SmolLM2-135M-Instruct"));
     let python = cache_dir().join("venv").join("bin").join("python");
     if !model.join("config.json").exists() || !python.exists() {
-        bail!("the default model or the Python venv is missing under {}; run `cargo xtask setup`", cache_dir().display());
+        bail!(
+            "the default model or the Python venv is missing under {}; run `cargo xtask setup`",
+            cache_dir().display()
+        );
     }
 
     eprintln!("building grpo-host (release)...");
@@ -77,6 +80,7 @@ pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
             .args(["--new-tokens", &new_tokens.to_string(), "--prompt", PROMPT, "--samples"])
             .args(&samples_str),
     )?;
+    eprintln!("reference: {reference}");
 
     let mut ours = Vec::new();
     for &n in &samples {
@@ -88,12 +92,18 @@ pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
                 .args(["--temperature", "0.7", "--ignore-eos", "--json", "--device", "cpu", "--dtype", "f32"])
                 .args(["--seed", "0", "--threads", &threads.to_string()]),
         )?;
-        ours.push(v["stats"]["tokens_per_second"].as_f64().unwrap_or(0.0));
+        let tps = v["stats"]["tokens_per_second"].as_f64().unwrap_or(0.0);
+        eprintln!("  {tps:.1} tokens/s ({} tokens)", v["stats"]["generated_tokens"]);
+        ours.push(tps);
     }
 
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     let gb = |x: &Value| x.as_f64().unwrap_or(0.0) / 1e9;
     let mut md = String::new();
@@ -103,7 +113,8 @@ pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
          {new_tokens} new tokens per sample (eos ignored), sampling at temperature 0.7. grpo-host: \
          `grpo-host generate --prompt '{PROMPT}' -n N --max-new-tokens {new_tokens} --temperature 0.7 --ignore-eos --json \
          --threads {threads}` (release build; generation time incl. prefill, excl. model load). Reference: \
-         `tests/oracles/bench_generate.py --threads {threads}` (transformers {} generate, one warm-up call).\n\n",
+         `tests/oracles/bench_generate.py --threads {threads}` (transformers {} on torch {}, one warm-up call).\n\n",
+        reference["transformers"].as_str().unwrap_or("?"),
         reference["torch"].as_str().unwrap_or("?")
     ));
     md.push_str(&format!(
@@ -128,9 +139,10 @@ pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
             100.0 * ours[i] / roof.max(1e-9)
         ));
     }
-    let out = root.join("docs").join("benchmarks-generate.md");
-    std::fs::write(&out, &md)?;
     print!("{md}");
+    let out = root.join("docs").join("benchmarks-generate.md");
+    std::fs::create_dir_all(root.join("docs"))?;
+    std::fs::write(&out, &md)?;
     eprintln!("wrote {}", out.display());
     Ok(())
 }

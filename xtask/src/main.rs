@@ -7,6 +7,7 @@
 //!
 //! xtask itself never links libtorch, so it runs before libtorch exists and can repair a damaged cache.
 
+mod bench_generate;
 mod paths;
 mod process;
 mod setup;
@@ -15,7 +16,7 @@ mod tools;
 use anyhow::{bail, Result};
 use process::cargo;
 
-const USAGE: &str = "usage: cargo xtask <setup | run [GRPO-HOST ARGS...] | test>";
+const USAGE: &str = "usage: cargo xtask <setup | run [GRPO-HOST ARGS...] | test | bench-generate [OPTIONS]>";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -56,6 +57,11 @@ fn dispatch(args: &[String]) -> Result<i32> {
             cargo(&["build", "--workspace"], "building the host and plugins")?;
             tools::check_sdk_docs()?;
             cargo(&["test", "--workspace"], "running the test suite")?;
+            Ok(0)
+        }
+        "bench-generate" => {
+            setup::setup(false)?;
+            bench_generate::run(&paths::repo_root(), rest)?;
             Ok(0)
         }
         other => bail!("unknown task `{other}`; {USAGE}"),

@@ -11,6 +11,10 @@ use crate::user_error;
 /// Expand `--config FILE` in `argv` (program name first) into the file's settings.
 pub fn expand(argv: Vec<OsString>) -> Result<Vec<OsString>> {
     let strings: Vec<String> = argv.iter().map(|a| a.to_string_lossy().to_string()).collect();
+    // Only training reads a run file; other subcommands (`plugins check --config JSON`) own their `--config`.
+    if strings.get(1).is_some_and(|c| ["generate", "plugins", "play", "report"].contains(&c.as_str())) {
+        return Ok(argv);
+    }
     let mut path = None;
     for (i, a) in strings.iter().enumerate() {
         if a == "--config" {
@@ -29,11 +33,11 @@ pub fn expand(argv: Vec<OsString>) -> Result<Vec<OsString>> {
 }
 
 fn file_args(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| user_error!("--config {}: cannot read it ({e})", path.display()))?;
-    let table = text
-        .parse::<toml::Table>()
-        .map_err(|e: toml::de::Error| user_error!("--config {}: not valid TOML ({})", path.display(), one_line(&e.to_string())))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| user_error!("--config {}: cannot read it ({e})", path.display()))?;
+    let table = text.parse::<toml::Table>().map_err(|e: toml::de::Error| {
+        user_error!("--config {}: not valid TOML ({})", path.display(), one_line(&e.to_string()))
+    })?;
     let mut args = Vec::new();
     for (key, value) in table {
         let flag = format!("--{}", key.replace('_', "-"));

@@ -115,11 +115,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<i32> {
             min_p: args.min_p,
         },
         stop_strings: args.stop.clone(),
-        eos_ids: if args.ignore_eos {
-            Vec::new()
-        } else {
-            tokenizer.eos_token_ids().to_vec()
-        },
+        eos_ids: if args.ignore_eos { Vec::new() } else { tokenizer.eos_token_ids().to_vec() },
         seed: args.seed,
     };
 
@@ -138,12 +134,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<i32> {
             }
         }
     };
-    let out = generate(
-        &model,
-        Some(&tokenizer),
-        &req,
-        if stream { Some(&mut on_token) } else { None },
-    )?;
+    let out = generate(&model, Some(&tokenizer), &req, if stream { Some(&mut on_token) } else { None })?;
 
     if args.json {
         let completions: Vec<_> = out
@@ -187,12 +178,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<i32> {
         println!();
     } else {
         for c in &out.completions {
-            println!(
-                "--- sample {} ({}) ---\n{}",
-                c.sample_index,
-                c.finish_reason.as_str(),
-                c.text
-            );
+            println!("--- sample {} ({}) ---\n{}", c.sample_index, c.finish_reason.as_str(), c.text);
         }
     }
     Ok(0)

@@ -72,9 +72,8 @@ pub fn read_env_config(value: Option<&str>) -> anyhow::Result<serde_json::Value>
         })?;
         (text, format!("--env-config {}", path.display()))
     };
-    serde_json::from_str(&text).map_err(|e| {
-        user_error!("{origin}: not valid JSON ({e}); example: --env-config '{{\"max_turns\": 3}}'")
-    })
+    serde_json::from_str(&text)
+        .map_err(|e| user_error!("{origin}: not valid JSON ({e}); example: --env-config '{{\"max_turns\": 3}}'"))
 }
 
 fn role_name(role: Role) -> &'static str {
@@ -90,11 +89,7 @@ fn role_name(role: Role) -> &'static str {
 fn show_reward(x: f64) -> String {
     let s = format!("{:.6}", x);
     let s = s.trim_end_matches('0');
-    let s = if s.ends_with('.') {
-        format!("{s}0")
-    } else {
-        s.to_string()
-    };
+    let s = if s.ends_with('.') { format!("{s}0") } else { s.to_string() };
     if s == "-0.0" {
         "0.0".into()
     } else {
@@ -116,11 +111,7 @@ pub fn run(args: PlayArgs) -> anyhow::Result<i32> {
     let config = read_env_config(args.env_config.as_deref())?;
     let registry = Registry::discover(&args.plugin_dirs.discovery())?;
     let env = registry.environment(&args.env, &config)?;
-    let split = if args.split == "eval" {
-        Split::Eval
-    } else {
-        Split::Train
-    };
+    let split = if args.split == "eval" { Split::Eval } else { Split::Train };
     let task = match (args.question, args.answer) {
         (Some(question), answer) => Task::new("cli", question, answer.unwrap_or_default()),
         (None, _) => {
@@ -230,10 +221,7 @@ mod tests {
         assert_eq!(read_env_config(Some("{\"a\": 1}")).unwrap()["a"], 1);
         let f = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(f.path(), "{\"b\": 2}").unwrap();
-        assert_eq!(
-            read_env_config(Some(f.path().to_str().unwrap())).unwrap()["b"],
-            2
-        );
+        assert_eq!(read_env_config(Some(f.path().to_str().unwrap())).unwrap()["b"], 2);
         let err = read_env_config(Some("/no/such/file.json")).unwrap_err();
         assert_eq!(crate::error::exit_code(&err), 2);
         let err = read_env_config(Some("{oops")).unwrap_err();

@@ -49,41 +49,24 @@ pub fn run(args: PluginsArgs) -> anyhow::Result<i32> {
             let registry = Registry::discover(&dirs.discovery())?;
             let plugins: Vec<_> = registry.plugins().collect();
             if plugins.is_empty() {
-                let searched: Vec<String> = registry
-                    .searched_dirs()
-                    .iter()
-                    .map(|d| d.display().to_string())
-                    .collect();
+                let searched: Vec<String> = registry.searched_dirs().iter().map(|d| d.display().to_string()).collect();
                 println!(
                     "no plugins found (searched: {}); build them with `cargo build --release` or pass --plugin-dir DIR",
                     if searched.is_empty() { "nothing".into() } else { searched.join(", ") }
                 );
                 return Ok(0);
             }
-            let width = plugins
-                .iter()
-                .map(|p| p.name.len())
-                .max()
-                .unwrap_or(4)
-                .max(4);
+            let width = plugins.iter().map(|p| p.name.len()).max().unwrap_or(4).max(4);
             println!("{:width$}  {:11}  {:8}  FILE", "NAME", "KIND", "VERSION");
             for p in plugins {
-                println!(
-                    "{:width$}  {:11}  {:8}  {}",
-                    p.name,
-                    p.kind.to_string(),
-                    p.version,
-                    p.file.display()
-                );
+                println!("{:width$}  {:11}  {:8}  {}", p.name, p.kind.to_string(), p.version, p.file.display());
             }
             Ok(0)
         }
         PluginsCommand::Check { file, config } => {
             let config = match config {
                 Some(text) => serde_json::from_str(&text).map_err(|e| {
-                    user_error!(
-                        "--config: not valid JSON ({e}); example: --config '{{\"numeric\": true}}'"
-                    )
+                    user_error!("--config: not valid JSON ({e}); example: --config '{{\"numeric\": true}}'")
                 })?,
                 None => serde_json::Value::Null,
             };

@@ -41,11 +41,7 @@ const PLOTS: [PlotSpec; 5] = [
     PlotSpec {
         file: "loss.png",
         title: "loss",
-        matches: |k| {
-            k == "training_step/loss"
-                || k == "training_epoch/loss_mean"
-                || k == "training_epoch/loss"
-        },
+        matches: |k| k == "training_step/loss" || k == "training_epoch/loss_mean" || k == "training_epoch/loss",
     },
     PlotSpec {
         file: "kl.png",
@@ -65,11 +61,7 @@ const PLOTS: [PlotSpec; 5] = [
     PlotSpec {
         file: "completion_length.png",
         title: "completion length (tokens)",
-        matches: |k| {
-            k.contains("completion_length")
-                || k.contains("completion_len")
-                || k.contains("response_length")
-        },
+        matches: |k| k.contains("completion_length") || k.contains("completion_len") || k.contains("response_length"),
     },
 ];
 
@@ -90,10 +82,7 @@ pub struct RunData {
 /// Read `metrics.jsonl`.
 pub fn read_metrics(path: &Path) -> anyhow::Result<RunData> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        crate::user_error!(
-            "cannot read {}: {e}; pass a run directory that contains metrics.jsonl",
-            path.display()
-        )
+        crate::user_error!("cannot read {}: {e}; pass a run directory that contains metrics.jsonl", path.display())
     })?;
     let mut data = RunData::default();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
@@ -112,10 +101,7 @@ pub fn read_metrics(path: &Path) -> anyhow::Result<RunData> {
         }
         for (k, v) in &row {
             if let (Some(x), false) = (v.as_f64(), k == "step" || k.starts_with('_')) {
-                data.series
-                    .entry(k.clone())
-                    .or_default()
-                    .push((step as u64, x));
+                data.series.entry(k.clone()).or_default().push((step as u64, x));
             }
         }
     }
@@ -125,13 +111,7 @@ pub fn read_metrics(path: &Path) -> anyhow::Result<RunData> {
 /// Run the command.
 pub fn run(args: &ReportArgs) -> anyhow::Result<i32> {
     let (run_dir, metrics) = if args.run_dir.is_file() {
-        (
-            args.run_dir
-                .parent()
-                .unwrap_or(Path::new("."))
-                .to_path_buf(),
-            args.run_dir.clone(),
-        )
+        (args.run_dir.parent().unwrap_or(Path::new(".")).to_path_buf(), args.run_dir.clone())
     } else {
         (args.run_dir.clone(), args.run_dir.join("metrics.jsonl"))
     };
@@ -143,8 +123,7 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<i32> {
         ));
     }
     let out = args.out.clone().unwrap_or_else(|| run_dir.join("plots"));
-    std::fs::create_dir_all(&out)
-        .map_err(|e| crate::user_error!("cannot create {}: {e}", out.display()))?;
+    std::fs::create_dir_all(&out).map_err(|e| crate::user_error!("cannot create {}: {e}", out.display()))?;
     let fonts = load_font();
     if !fonts {
         eprintln!("note: no TrueType font found (install fonts-dejavu-core); plots are drawn without labels");
@@ -156,16 +135,8 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<i32> {
             continue;
         }
         let path = out.join(spec.file);
-        draw(
-            &path,
-            spec.title,
-            &keys
-                .iter()
-                .map(|k| (k.as_str(), &data.series[*k]))
-                .collect::<Vec<_>>(),
-            fonts,
-        )
-        .map_err(|e| anyhow::anyhow!("cannot draw {}: {e}", path.display()))?;
+        draw(&path, spec.title, &keys.iter().map(|k| (k.as_str(), &data.series[*k])).collect::<Vec<_>>(), fonts)
+            .map_err(|e| anyhow::anyhow!("cannot draw {}: {e}", path.display()))?;
         written.push(path);
     }
     print!("{}", summary_text(&data, &metrics));
@@ -181,15 +152,8 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<i32> {
 /// The text summary: steps, time, and for the main metrics the last, best and worst values.
 pub fn summary_text(data: &RunData, metrics: &Path) -> String {
     let mut out = String::new();
-    let steps: Vec<u64> = data
-        .series
-        .values()
-        .flat_map(|s| s.iter().map(|p| p.0))
-        .collect();
-    let (first, last) = (
-        steps.iter().min().copied().unwrap_or(0),
-        steps.iter().max().copied().unwrap_or(0),
-    );
+    let steps: Vec<u64> = data.series.values().flat_map(|s| s.iter().map(|p| p.0)).collect();
+    let (first, last) = (steps.iter().min().copied().unwrap_or(0), steps.iter().max().copied().unwrap_or(0));
     out.push_str(&format!("run: {}\n", metrics.display()));
     out.push_str(&format!("steps: {first}..={last}"));
     if let Some((t0, t1)) = data.time_span {
@@ -201,10 +165,7 @@ pub fn summary_text(data: &RunData, metrics: &Path) -> String {
     }
     out.push('\n');
     if data.skipped_lines > 0 {
-        out.push_str(&format!(
-            "unreadable lines skipped: {}\n",
-            data.skipped_lines
-        ));
+        out.push_str(&format!("unreadable lines skipped: {}\n", data.skipped_lines));
     }
     for spec in &PLOTS {
         for (k, s) in data.series.iter().filter(|(k, _)| (spec.matches)(k)) {
@@ -213,10 +174,7 @@ pub fn summary_text(data: &RunData, metrics: &Path) -> String {
             let lastv = s.last().map(|p| p.1).unwrap_or(f64::NAN);
             let min = finite.iter().copied().fold(f64::INFINITY, f64::min);
             let max = finite.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            out.push_str(&format!(
-                "{k}: last {lastv:.4}, min {min:.4}, max {max:.4}, {} points",
-                s.len()
-            ));
+            out.push_str(&format!("{k}: last {lastv:.4}, min {min:.4}, max {max:.4}, {} points", s.len()));
             if nonfinite > 0 {
                 out.push_str(&format!(", {nonfinite} non-finite"));
             }
@@ -264,12 +222,7 @@ const COLORS: [RGBColor; 6] = [
 type DrawResult = Result<(), Box<dyn std::error::Error>>;
 
 fn draw(path: &Path, title: &str, series: &[(&str, &Vec<(u64, f64)>)], labels: bool) -> DrawResult {
-    let finite = || {
-        series
-            .iter()
-            .flat_map(|(_, s)| s.iter())
-            .filter(|p| p.1.is_finite())
-    };
+    let finite = || series.iter().flat_map(|(_, s)| s.iter()).filter(|p| p.1.is_finite());
     let (mut x0, mut x1) = (u64::MAX, 0u64);
     let (mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY);
     for &(x, y) in finite() {
@@ -284,11 +237,7 @@ fn draw(path: &Path, title: &str, series: &[(&str, &Vec<(u64, f64)>)], labels: b
     if x1 == x0 {
         x1 = x0 + 1;
     }
-    let pad = if y1 > y0 {
-        (y1 - y0) * 0.05
-    } else {
-        y0.abs().max(1.0) * 0.05
-    };
+    let pad = if y1 > y0 { (y1 - y0) * 0.05 } else { y0.abs().max(1.0) * 0.05 };
     let (y0, y1) = (y0 - pad, y1 + pad);
 
     let root = BitMapBackend::new(path, (900, 540)).into_drawing_area();
@@ -296,17 +245,12 @@ fn draw(path: &Path, title: &str, series: &[(&str, &Vec<(u64, f64)>)], labels: b
     let mut builder = ChartBuilder::on(&root);
     builder.margin(15);
     if labels {
-        builder
-            .caption(title, ("sans-serif", 24))
-            .x_label_area_size(40)
-            .y_label_area_size(70);
+        builder.caption(title, ("sans-serif", 24)).x_label_area_size(40).y_label_area_size(70);
     }
     let mut chart = builder.build_cartesian_2d(x0 as f64..x1 as f64, y0..y1)?;
     let mut mesh = chart.configure_mesh();
     if labels {
-        mesh.x_desc("step")
-            .x_label_formatter(&|x| format!("{x:.0}"))
-            .label_style(("sans-serif", 14));
+        mesh.x_desc("step").x_label_formatter(&|x| format!("{x:.0}")).label_style(("sans-serif", 14));
     } else {
         mesh.disable_x_axis().disable_y_axis();
     }
@@ -330,9 +274,9 @@ fn draw(path: &Path, title: &str, series: &[(&str, &Vec<(u64, f64)>)], labels: b
             let single = seg.len() == 1;
             let drawn = chart.draw_series(LineSeries::new(seg.clone(), color.stroke_width(2)))?;
             if j == 0 && labels {
-                drawn.label(*name).legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                });
+                drawn
+                    .label(*name)
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
             }
             if single {
                 chart.draw_series(seg.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
@@ -361,11 +305,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut text = String::new();
         for step in 0..30u64 {
-            let loss = if step == 7 {
-                "NaN".to_string()
-            } else {
-                format!("{}", 1.0 / (step + 1) as f64)
-            };
+            let loss = if step == 7 { "NaN".to_string() } else { format!("{}", 1.0 / (step + 1) as f64) };
             text.push_str(&format!(
                 "{{\"step\":{step},\"_timestamp\":{},\"rollouts/returns_mean\":{},\"training_step/loss\":{loss},\
                  \"training_step/kl\":{},\"training_step/grad_norm\":0.5,\"rollouts/completion_length_mean\":{},\
@@ -384,29 +324,15 @@ mod tests {
         assert!(data.series["training_step/loss"][7].1.is_nan());
         assert!(!data.series.contains_key("accelerate/device"));
         let summary = summary_text(&data, Path::new("m.jsonl"));
+        assert!(summary.contains("steps: 0..=29, 58 s (2.00 s/step)"), "{summary}");
         assert!(
-            summary.contains("steps: 0..=29, 58 s (2.00 s/step)"),
-            "{summary}"
-        );
-        assert!(
-            summary.contains(
-                "training_step/loss: last 0.0333, min 0.0333, max 1.0000, 30 points, 1 non-finite"
-            ),
+            summary.contains("training_step/loss: last 0.0333, min 0.0333, max 1.0000, 30 points, 1 non-finite"),
             "{summary}"
         );
 
-        let args = ReportArgs {
-            run_dir: dir.path().to_path_buf(),
-            out: None,
-        };
+        let args = ReportArgs { run_dir: dir.path().to_path_buf(), out: None };
         assert_eq!(run(&args).unwrap(), 0);
-        for f in [
-            "returns.png",
-            "loss.png",
-            "kl.png",
-            "grad_norm.png",
-            "completion_length.png",
-        ] {
+        for f in ["returns.png", "loss.png", "kl.png", "grad_norm.png", "completion_length.png"] {
             let bytes = std::fs::read(dir.path().join("plots").join(f)).unwrap();
             assert_eq!(&bytes[1..4], b"PNG", "{f}");
         }
@@ -415,11 +341,7 @@ mod tests {
     #[test]
     fn missing_metrics_is_a_user_error() {
         let dir = tempfile::tempdir().unwrap();
-        let err = run(&ReportArgs {
-            run_dir: dir.path().join("nope"),
-            out: None,
-        })
-        .unwrap_err();
+        let err = run(&ReportArgs { run_dir: dir.path().join("nope"), out: None }).unwrap_err();
         assert_eq!(crate::error::exit_code(&err), 2);
     }
 }

@@ -62,12 +62,7 @@ pub struct GenerateRequest {
 
 impl GenerateRequest {
     /// A request with greedy decoding, no stop strings and no seed.
-    pub fn new(
-        prompts: Vec<Vec<u32>>,
-        group_size: usize,
-        max_new_tokens: usize,
-        eos_ids: Vec<u32>,
-    ) -> Self {
+    pub fn new(prompts: Vec<Vec<u32>>, group_size: usize, max_new_tokens: usize, eos_ids: Vec<u32>) -> Self {
         GenerateRequest {
             prompts,
             group_size,
@@ -150,26 +145,17 @@ pub fn generate(
     mut on_token: Option<&mut dyn FnMut(usize, u32)>,
 ) -> anyhow::Result<GenerateOutput> {
     if req.prompts.is_empty() {
-        return Ok(GenerateOutput {
-            completions: Vec::new(),
-            stats: GenerateStats::default(),
-        });
+        return Ok(GenerateOutput { completions: Vec::new(), stats: GenerateStats::default() });
     }
     if req.group_size == 0 {
-        return Err(user_error!(
-            "the group size (samples per prompt) must be at least 1"
-        ));
+        return Err(user_error!("the group size (samples per prompt) must be at least 1"));
     }
     if let Some(i) = req.prompts.iter().position(Vec::is_empty) {
-        return Err(user_error!(
-            "prompt {i} is empty; every prompt needs at least one token"
-        ));
+        return Err(user_error!("prompt {i} is empty; every prompt needs at least one token"));
     }
     let vocab = model.config().vocab_size as u32;
     if let Some(bad) = req.prompts.iter().flatten().find(|&&t| t >= vocab) {
-        return Err(user_error!(
-            "prompt token id {bad} is outside the model's vocabulary of {vocab}"
-        ));
+        return Err(user_error!("prompt token id {bad} is outside the model's vocabulary of {vocab}"));
     }
     if !req.stop_strings.is_empty() && tokenizer.is_none() {
         return Err(user_error!("stop strings need a tokenizer"));
@@ -197,17 +183,9 @@ fn run(
     let max_new = req.max_new_tokens as i64;
 
     let mut seqs: Vec<SeqState> = (0..n)
-        .map(|_| SeqState {
-            tokens: Vec::new(),
-            logprobs: Vec::new(),
-            model_logprobs: Vec::new(),
-            finish: None,
-        })
+        .map(|_| SeqState { tokens: Vec::new(), logprobs: Vec::new(), model_logprobs: Vec::new(), finish: None })
         .collect();
-    let mut stats = GenerateStats {
-        prefill_tokens: lens.iter().sum::<i64>() as usize,
-        ..Default::default()
-    };
+    let mut stats = GenerateStats { prefill_tokens: lens.iter().sum::<i64>() as usize, ..Default::default() };
     if max_new == 0 {
         return Ok(finish(seqs, tokenizer, group, stats));
     }
@@ -222,28 +200,18 @@ fn run(
             valid[off + j] = true;
         }
     }
-    let ids = Tensor::from_slice(&ids)
-        .view([n_prompts as i64, lmax])
-        .to_device(device);
-    let valid = Tensor::from_slice(&valid)
-        .view([n_prompts as i64, lmax])
-        .to_device(device);
+    let ids = Tensor::from_slice(&ids).view([n_prompts as i64, lmax]).to_device(device);
+    let valid = Tensor::from_slice(&valid).view([n_prompts as i64, lmax]).to_device(device);
     let positions = Model::position_ids(&valid);
     let mut cache = model.new_cache(n_prompts as i64, lmax + max_new);
     let hidden = model.forward_cached(&ids, &positions, &valid, &mut cache)?;
     let mut logits = model.lm_head(&hidden.select(1, lmax - 1));
 
-    let mut key_valid = Tensor::cat(
-        &[
-            valid,
-            Tensor::ones([n_prompts as i64, max_new], (Kind::Bool, device)),
-        ],
-        1,
-    );
+    let mut key_valid = Tensor::cat(&[valid, Tensor::ones([n_prompts as i64, max_new], (Kind::Bool, device))], 1);
     let mut next_pos = Tensor::from_slice(&lens).to_device(device);
     if group > 1 {
-        let rows = Tensor::arange(n_prompts as i64, (Kind::Int64, device))
-            .repeat_interleave_self_int(group as i64, 0, None);
+        let rows =
+            Tensor::arange(n_prompts as i64, (Kind::Int64, device)).repeat_interleave_self_int(group as i64, 0, None);
         cache.select_rows(&rows);
         logits = logits.index_select(0, &rows);
         key_valid = key_valid.index_select(0, &rows);
@@ -260,16 +228,9 @@ fn run(
     for step in 0..max_new {
         let (tok, lp, mlp) = sampling::sample(&logits, &req.sampling);
         let host: Vec<f64> = Vec::try_from(
-            Tensor::stack(
-                &[
-                    tok.to_kind(Kind::Double),
-                    lp.to_kind(Kind::Double),
-                    mlp.to_kind(Kind::Double),
-                ],
-                0,
-            )
-            .to_device(Device::Cpu)
-            .view([-1]),
+            Tensor::stack(&[tok.to_kind(Kind::Double), lp.to_kind(Kind::Double), mlp.to_kind(Kind::Double)], 0)
+                .to_device(Device::Cpu)
+                .view([-1]),
         )?;
         let rows = row_seq.len();
         for (r, &s) in row_seq.iter().enumerate() {
@@ -286,9 +247,7 @@ fn run(
             }
             if req.eos_ids.contains(&t) {
                 seq.finish = Some(FinishReason::Eos);
-            } else if let Some(stop) =
-                stop_hit(tokenizer, &seq.tokens, &req.stop_strings, stop_window)?
-            {
+            } else if let Some(stop) = stop_hit(tokenizer, &seq.tokens, &req.stop_strings, stop_window)? {
                 seq.finish = Some(FinishReason::Stop(stop));
             } else if seq.tokens.len() as i64 == max_new {
                 seq.finish = Some(FinishReason::Length);
@@ -302,15 +261,9 @@ fn run(
             break;
         }
         let mut tok = tok;
-        let dead = row_seq
-            .iter()
-            .filter(|&&s| seqs[s].finish.is_some())
-            .count();
+        let dead = row_seq.iter().filter(|&&s| seqs[s].finish.is_some()).count();
         if dead > 0 && dead * 4 >= rows {
-            let keep: Vec<i64> = (0..rows)
-                .filter(|&r| seqs[row_seq[r]].finish.is_none())
-                .map(|r| r as i64)
-                .collect();
+            let keep: Vec<i64> = (0..rows).filter(|&r| seqs[row_seq[r]].finish.is_none()).map(|r| r as i64).collect();
             let keep_t = Tensor::from_slice(&keep).to_device(device);
             cache.select_rows(&keep_t);
             key_valid = key_valid.index_select(0, &keep_t);
@@ -320,12 +273,7 @@ fn run(
         }
         let rows = row_seq.len() as i64;
         let kv = key_valid.narrow(1, 0, cache.len + 1);
-        let hidden = model.forward_cached(
-            &tok.view([rows, 1]),
-            &next_pos.view([rows, 1]),
-            &kv,
-            &mut cache,
-        )?;
+        let hidden = model.forward_cached(&tok.view([rows, 1]), &next_pos.view([rows, 1]), &kv, &mut cache)?;
         logits = model.lm_head(&hidden.select(1, 0));
         next_pos += 1;
     }
@@ -355,21 +303,14 @@ fn stop_hit(
     Ok(stops.iter().find(|s| text.contains(s.as_str())).cloned())
 }
 
-fn finish(
-    seqs: Vec<SeqState>,
-    tokenizer: Option<&Tokenizer>,
-    group: usize,
-    stats: GenerateStats,
-) -> GenerateOutput {
+fn finish(seqs: Vec<SeqState>, tokenizer: Option<&Tokenizer>, group: usize, stats: GenerateStats) -> GenerateOutput {
     let completions = seqs
         .into_iter()
         .enumerate()
         .map(|(i, s)| Completion {
             prompt_index: i / group,
             sample_index: i % group,
-            text: tokenizer
-                .and_then(|t| t.decode(&s.tokens, true).ok())
-                .unwrap_or_default(),
+            text: tokenizer.and_then(|t| t.decode(&s.tokens, true).ok()).unwrap_or_default(),
             tokens: s.tokens,
             finish_reason: s.finish.unwrap_or(FinishReason::Length),
             logprobs: s.logprobs,

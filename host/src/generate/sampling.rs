@@ -20,22 +20,14 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams {
-            temperature: 1.0,
-            top_k: 0,
-            top_p: 1.0,
-            min_p: 0.0,
-        }
+        SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0 }
     }
 }
 
 impl SamplingParams {
     /// Argmax decoding.
     pub fn greedy() -> Self {
-        SamplingParams {
-            temperature: 0.0,
-            ..Default::default()
-        }
+        SamplingParams { temperature: 0.0, ..Default::default() }
     }
 
     /// Whether this is argmax decoding.
@@ -74,11 +66,7 @@ pub fn sample(logits: &Tensor, p: &SamplingParams) -> (Tensor, Tensor, Tensor) {
         let mlp = model_lp.gather(-1, &tok, false).squeeze_dim(-1);
         return (tok.squeeze_dim(-1), mlp.zeros_like(), mlp);
     }
-    let lp = if p.is_plain() {
-        model_lp.shallow_clone()
-    } else {
-        filtered_log_probs(&logits, p)
-    };
+    let lp = if p.is_plain() { model_lp.shallow_clone() } else { filtered_log_probs(&logits, p) };
     let tok = lp.exp().multinomial(1, false);
     let slp = lp.gather(-1, &tok, false).squeeze_dim(-1);
     let mlp = model_lp.gather(-1, &tok, false).squeeze_dim(-1);
@@ -123,45 +111,16 @@ mod tests {
     #[test]
     fn filters_keep_the_right_tokens() {
         // Probabilities 0.5, 0.25, 0.15, 0.1.
-        let logits = Tensor::from_slice(&[0.5f32, 0.25, 0.15, 0.1])
-            .log()
-            .view([1, 4]);
-        let top_k = probs(&filtered_log_probs(
-            &logits,
-            &SamplingParams {
-                top_k: 2,
-                ..Default::default()
-            },
-        ));
-        assert!(
-            (top_k[0] - 2.0 / 3.0).abs() < 1e-6 && top_k[2] == 0.0 && top_k[3] == 0.0,
-            "{top_k:?}"
-        );
-        let top_p = probs(&filtered_log_probs(
-            &logits,
-            &SamplingParams {
-                top_p: 0.7,
-                ..Default::default()
-            },
-        ));
+        let logits = Tensor::from_slice(&[0.5f32, 0.25, 0.15, 0.1]).log().view([1, 4]);
+        let top_k = probs(&filtered_log_probs(&logits, &SamplingParams { top_k: 2, ..Default::default() }));
+        assert!((top_k[0] - 2.0 / 3.0).abs() < 1e-6 && top_k[2] == 0.0 && top_k[3] == 0.0, "{top_k:?}");
+        let top_p = probs(&filtered_log_probs(&logits, &SamplingParams { top_p: 0.7, ..Default::default() }));
         // 0.5 < 0.7, 0.75 >= 0.7: the first two tokens survive.
         assert!(top_p[1] > 0.0 && top_p[2] == 0.0, "{top_p:?}");
-        let min_p = probs(&filtered_log_probs(
-            &logits,
-            &SamplingParams {
-                min_p: 0.3,
-                ..Default::default()
-            },
-        ));
+        let min_p = probs(&filtered_log_probs(&logits, &SamplingParams { min_p: 0.3, ..Default::default() }));
         // Threshold 0.15: tokens with p < 0.15 go.
         assert!(min_p[2] > 0.0 && min_p[3] == 0.0, "{min_p:?}");
-        let cold = probs(&filtered_log_probs(
-            &logits,
-            &SamplingParams {
-                temperature: 0.5,
-                ..Default::default()
-            },
-        ));
+        let cold = probs(&filtered_log_probs(&logits, &SamplingParams { temperature: 0.5, ..Default::default() }));
         // Temperature 0.5 squares the probabilities before renormalising.
         let z: f64 = [0.5f64, 0.25, 0.15, 0.1].iter().map(|p| p * p).sum();
         assert!((cold[0] - 0.25 / z).abs() < 1e-5, "{cold:?}");
@@ -173,18 +132,12 @@ mod tests {
         let (tok, slp, _) = sample(&logits, &SamplingParams::greedy());
         assert_eq!(Vec::<i64>::try_from(tok).unwrap(), vec![1, 0]);
         assert_eq!(Vec::<f32>::try_from(slp).unwrap(), vec![0.0, 0.0]);
-        let p = SamplingParams {
-            temperature: 1.3,
-            ..Default::default()
-        };
+        let p = SamplingParams { temperature: 1.3, ..Default::default() };
         tch::manual_seed(7);
         let a = Vec::<i64>::try_from(sample(&logits.repeat([50, 1]), &p).0).unwrap();
         tch::manual_seed(7);
         let b = Vec::<i64>::try_from(sample(&logits.repeat([50, 1]), &p).0).unwrap();
         assert_eq!(a, b);
-        assert!(
-            a.iter().any(|&t| t != a[0]),
-            "100 draws at temperature 1.3 should not all agree"
-        );
+        assert!(a.iter().any(|&t| t != a[0]), "100 draws at temperature 1.3 should not all agree");
     }
 }

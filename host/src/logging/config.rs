@@ -35,12 +35,7 @@ pub struct LoggingConfig {
 
 impl LoggingConfig {
     /// A configuration with W&B settings from the environment only, no TensorBoard, console on.
-    pub fn new(
-        run_dir: impl Into<PathBuf>,
-        run_name: &str,
-        algorithm: &str,
-        environment: &str,
-    ) -> Self {
+    pub fn new(run_dir: impl Into<PathBuf>, run_name: &str, algorithm: &str, environment: &str) -> Self {
         LoggingConfig {
             run_dir: run_dir.into(),
             run_name: run_name.to_string(),
@@ -288,9 +283,7 @@ pub type Env = BTreeMap<String, String>;
 
 /// The `WANDB_*` variables and `HOME` of this process.
 pub fn process_env() -> Env {
-    std::env::vars()
-        .filter(|(k, _)| k.starts_with("WANDB_") || k == "HOME")
-        .collect()
+    std::env::vars().filter(|(k, _)| k.starts_with("WANDB_") || k == "HOME").collect()
 }
 
 /// Where the run id of a run directory's W&B run is remembered, so a resumed training run continues it.
@@ -301,23 +294,16 @@ pub fn stored_run_file(run_dir: &Path) -> PathBuf {
 impl WandbSettings {
     /// Resolve flags over environment over defaults. Invalid values the user gave are user errors.
     pub fn resolve(cfg: &LoggingConfig, env: &Env) -> anyhow::Result<WandbSettings> {
-        let get = |k: &str| {
-            env.get(k)
-                .map(|v| v.trim().to_string())
-                .filter(|v| !v.is_empty())
-        };
+        let get = |k: &str| env.get(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
         let flags = &cfg.wandb;
         let mut mode = if flags.disabled {
             WandbMode::Disabled
         } else if let Some(m) = &flags.mode {
-            WandbMode::parse(m).ok_or_else(|| {
-                crate::user_error!("unknown W&B mode '{m}'; use online, offline or disabled")
-            })?
+            WandbMode::parse(m)
+                .ok_or_else(|| crate::user_error!("unknown W&B mode '{m}'; use online, offline or disabled"))?
         } else if let Some(m) = get("WANDB_MODE") {
             WandbMode::parse(&m).unwrap_or_else(|| {
-                eprintln!(
-                    "warning: WANDB_MODE='{m}' is not online, offline or disabled; using online"
-                );
+                eprintln!("warning: WANDB_MODE='{m}' is not online, offline or disabled; using online");
                 WandbMode::Online
             })
         } else {
@@ -330,11 +316,7 @@ impl WandbSettings {
             .or_else(|| get("WANDB_PROJECT"))
             .unwrap_or_else(|| default_project(&cfg.algorithm, &cfg.environment).to_string());
         validate_project(&project)?;
-        let entity = flags
-            .entity
-            .clone()
-            .or_else(|| get("WANDB_ENTITY"))
-            .filter(|e| !e.is_empty());
+        let entity = flags.entity.clone().or_else(|| get("WANDB_ENTITY")).filter(|e| !e.is_empty());
         let base_url = get("WANDB_BASE_URL")
             .unwrap_or_else(|| "https://api.wandb.ai".to_string())
             .trim_end_matches('/')
@@ -351,18 +333,16 @@ impl WandbSettings {
             mode = WandbMode::Offline;
         }
 
-        let mut resume = match flags.resume.clone().or_else(|| get("WANDB_RESUME")) {
-            None => None,
-            Some(r) => Some(ResumeMode::parse(&r).ok_or_else(|| {
-                crate::user_error!("unknown W&B resume mode '{r}'; use allow, must, never or auto")
-            })?),
-        };
+        let mut resume =
+            match flags.resume.clone().or_else(|| get("WANDB_RESUME")) {
+                None => None,
+                Some(r) => Some(ResumeMode::parse(&r).ok_or_else(|| {
+                    crate::user_error!("unknown W&B resume mode '{r}'; use allow, must, never or auto")
+                })?),
+            };
         let explicit_id = flags.run_id.clone().or_else(|| get("WANDB_RUN_ID"));
-        let stored_id = if cfg.resume || resume == Some(ResumeMode::Auto) {
-            read_stored_run_id(&cfg.run_dir)
-        } else {
-            None
-        };
+        let stored_id =
+            if cfg.resume || resume == Some(ResumeMode::Auto) { read_stored_run_id(&cfg.run_dir) } else { None };
         let run_id = match (explicit_id, stored_id) {
             (Some(id), _) => id,
             (None, Some(id)) => {
@@ -376,12 +356,7 @@ impl WandbSettings {
         let tags = match &flags.tags {
             Some(t) => t.clone(),
             None => get("WANDB_TAGS")
-                .map(|t| {
-                    t.split(',')
-                        .map(|s| s.trim().to_string())
-                        .filter(|s| !s.is_empty())
-                        .collect()
-                })
+                .map(|t| t.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
                 .unwrap_or_default(),
         };
         Ok(WandbSettings {
@@ -397,11 +372,7 @@ impl WandbSettings {
                 .unwrap_or_else(|| cfg.run_dir.clone()),
             run_id,
             resume,
-            display_name: flags
-                .name
-                .clone()
-                .or_else(|| get("WANDB_NAME"))
-                .unwrap_or_else(|| cfg.run_name.clone()),
+            display_name: flags.name.clone().or_else(|| get("WANDB_NAME")).unwrap_or_else(|| cfg.run_name.clone()),
             tags,
             group: flags.group.clone().or_else(|| get("WANDB_RUN_GROUP")),
             notes: get("WANDB_NOTES"),
@@ -413,11 +384,7 @@ impl WandbSettings {
 
 /// W&B rejects ids that are empty, padded with whitespace, or contain `:;,#?/'`.
 fn validate_run_id(id: &str) -> anyhow::Result<()> {
-    if id.is_empty()
-        || id.trim() != id
-        || id.chars().any(|c| ":;,#?/'".contains(c))
-        || id.len() > 128
-    {
+    if id.is_empty() || id.trim() != id || id.chars().any(|c| ":;,#?/'".contains(c)) || id.len() > 128 {
         return Err(crate::user_error!(
             "invalid W&B run id '{id}': it must be non-empty, unpadded, at most 128 characters and free of :;,#?/' \
              (check --wandb-run-id or WANDB_RUN_ID)"
@@ -441,9 +408,7 @@ pub fn random_run_id() -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
-    (0..8)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-        .collect()
+    (0..8).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
 }
 
 fn read_stored_run_id(run_dir: &Path) -> Option<String> {
@@ -456,10 +421,7 @@ fn read_stored_run_id(run_dir: &Path) -> Option<String> {
 pub fn url_host(url: &str) -> String {
     let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
     let authority = rest.split('/').next().unwrap_or("");
-    let authority = authority
-        .rsplit_once('@')
-        .map(|(_, h)| h)
-        .unwrap_or(authority);
+    let authority = authority.rsplit_once('@').map(|(_, h)| h).unwrap_or(authority);
     match authority.rsplit_once(':') {
         Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h.to_string(),
         _ => authority.to_string(),
@@ -509,14 +471,8 @@ mod tests {
     fn default_projects_follow_re_grpo() {
         assert_eq!(default_project("grpo", "math"), "tiny_grpo");
         assert_eq!(default_project("drgrpo", "math"), "drgrpo_experiment");
-        assert_eq!(
-            default_project("grpo", "calc_tools"),
-            "tiny_grpo_multiturn_tool_calling"
-        );
-        assert_eq!(
-            default_project("drgrpo", "multiturn_qa"),
-            "tiny_grpo_multiturn_qa"
-        );
+        assert_eq!(default_project("grpo", "calc_tools"), "tiny_grpo_multiturn_tool_calling");
+        assert_eq!(default_project("drgrpo", "multiturn_qa"), "tiny_grpo_multiturn_qa");
     }
 
     #[test]
@@ -549,19 +505,13 @@ mod tests {
         c.wandb.mode = Some("disabled".into());
         c.wandb.tags = Some(vec!["x".into()]);
         let s = WandbSettings::resolve(&c, &env).unwrap();
-        assert_eq!(
-            (s.project.as_str(), s.run_id.as_str()),
-            ("flagproj", "flagid")
-        );
+        assert_eq!((s.project.as_str(), s.run_id.as_str()), ("flagproj", "flagid"));
         assert_eq!(s.mode, WandbMode::Disabled);
         assert_eq!(s.tags, vec!["x"]);
 
         let mut c = cfg("grpo", "math");
         c.wandb.disabled = true;
-        assert_eq!(
-            WandbSettings::resolve(&c, &env).unwrap().mode,
-            WandbMode::Disabled
-        );
+        assert_eq!(WandbSettings::resolve(&c, &env).unwrap().mode, WandbMode::Disabled);
     }
 
     #[test]
@@ -590,12 +540,7 @@ mod tests {
     #[test]
     fn bad_values_are_user_errors() {
         let env = Env::new();
-        for (field, value) in [
-            ("id", "a/b"),
-            ("id", " x"),
-            ("mode", "sometimes"),
-            ("project", "a:b"),
-        ] {
+        for (field, value) in [("id", "a/b"), ("id", " x"), ("mode", "sometimes"), ("project", "a:b")] {
             let mut c = cfg("grpo", "math");
             match field {
                 "id" => c.wandb.run_id = Some(value.into()),
@@ -630,14 +575,7 @@ mod tests {
             #[command(flatten)]
             logging: LoggingArgs,
         }
-        let cli = Cli::parse_from([
-            "x",
-            "--no-wandb",
-            "--wandb-tags",
-            "a,b",
-            "--log-dir",
-            "runs/tb",
-        ]);
+        let cli = Cli::parse_from(["x", "--no-wandb", "--wandb-tags", "a,b", "--log-dir", "runs/tb"]);
         let mut cfg = cfg("grpo", "math");
         cli.logging.apply(&mut cfg);
         assert!(cfg.wandb.disabled);

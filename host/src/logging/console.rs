@@ -8,11 +8,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use super::{Metrics, Sink};
 
 /// Keys that carry the mean return, in order of preference (base/DR-GRPO, then the multi-turn experiments).
-const RETURN_KEYS: [&str; 3] = [
-    "rollouts/returns_mean",
-    "batch_returns/mean",
-    "group_avg/reward",
-];
+const RETURN_KEYS: [&str; 3] = ["rollouts/returns_mean", "batch_returns/mean", "group_avg/reward"];
 const LOSS_KEYS: [&str; 2] = ["training_step/loss", "training_epoch/loss"];
 
 /// Progress on stderr.
@@ -32,13 +28,7 @@ impl ConsoleSink {
         if !terminal {
             bar.set_draw_target(ProgressDrawTarget::hidden());
         }
-        let sink = ConsoleSink {
-            bar,
-            terminal,
-            total,
-            started: std::time::Instant::now(),
-            last_printed: None,
-        };
+        let sink = ConsoleSink { bar, terminal, total, started: std::time::Instant::now(), last_printed: None };
         sink.apply_style();
         sink
     }
@@ -56,10 +46,7 @@ impl ConsoleSink {
 
     /// `reward 0.512 loss 0.0031`, from whichever keys the row has.
     pub fn status(row: &Metrics) -> String {
-        let pick = |keys: &[&str]| {
-            keys.iter()
-                .find_map(|k| row.get(*k).and_then(|v| v.as_f64()))
-        };
+        let pick = |keys: &[&str]| keys.iter().find_map(|k| row.get(*k).and_then(|v| v.as_f64()));
         let mut parts = Vec::new();
         if let Some(r) = pick(&RETURN_KEYS) {
             parts.push(format!("reward {r:.3}"));
@@ -88,11 +75,7 @@ impl Sink for ConsoleSink {
             if self.last_printed.is_none() || step.is_multiple_of(every) {
                 self.last_printed = Some(step);
                 let of = self.total.map(|t| format!("/{t}")).unwrap_or_default();
-                eprintln!(
-                    "step {}{of} {status} ({:.0}s)",
-                    step + 1,
-                    self.started.elapsed().as_secs_f64()
-                );
+                eprintln!("step {}{of} {status} ({:.0}s)", step + 1, self.started.elapsed().as_secs_f64());
             }
         }
     }

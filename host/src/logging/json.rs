@@ -17,9 +17,7 @@ pub fn number(x: f64) -> String {
         format!("{}", x as i64)
     } else {
         // ryu via serde_json: shortest representation that parses back to the same f64.
-        serde_json::Number::from_f64(x)
-            .map(|n| n.to_string())
-            .unwrap_or_else(|| "null".to_string())
+        serde_json::Number::from_f64(x).map(|n| n.to_string()).unwrap_or_else(|| "null".to_string())
     }
 }
 
@@ -97,13 +95,9 @@ fn replace_nonfinite(line: &str) -> String {
             i += 1;
             continue;
         }
-        let token = [
-            ("-Infinity", NEG_INF_MARK),
-            ("Infinity", INF_MARK),
-            ("NaN", NAN_MARK),
-        ]
-        .into_iter()
-        .find(|(t, _)| bytes[i..].starts_with(t.as_bytes()));
+        let token = [("-Infinity", NEG_INF_MARK), ("Infinity", INF_MARK), ("NaN", NAN_MARK)]
+            .into_iter()
+            .find(|(t, _)| bytes[i..].starts_with(t.as_bytes()));
         if let Some((t, mark)) = token {
             out.push_str(&line[start..i]);
             out.push_str(&string(mark));
@@ -141,16 +135,10 @@ mod tests {
         m.insert("a".into(), MetricValue::Number(f64::NAN));
         m.insert("b".into(), MetricValue::Number(f64::NEG_INFINITY));
         m.insert("c".into(), MetricValue::Number(f64::INFINITY));
-        m.insert(
-            "d".into(),
-            MetricValue::Text("say \"NaN\" or Infinity\n".into()),
-        );
+        m.insert("d".into(), MetricValue::Text("say \"NaN\" or Infinity\n".into()));
         m.insert("e".into(), MetricValue::Number(2.5));
         let line = object(m.iter().map(|(k, v)| (k.as_str(), value(v))));
-        assert_eq!(
-            line,
-            r#"{"a":NaN,"b":-Infinity,"c":Infinity,"d":"say \"NaN\" or Infinity\n","e":2.5}"#
-        );
+        assert_eq!(line, r#"{"a":NaN,"b":-Infinity,"c":Infinity,"d":"say \"NaN\" or Infinity\n","e":2.5}"#);
         let back = parse_line(&line).unwrap();
         assert!(back["a"].as_f64().unwrap().is_nan());
         assert_eq!(back["b"], MetricValue::Number(f64::NEG_INFINITY));

@@ -22,10 +22,7 @@ impl JsonlSink {
     pub fn create(run_dir: &Path) -> anyhow::Result<JsonlSink> {
         let open = || -> std::io::Result<File> {
             std::fs::create_dir_all(run_dir)?;
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(run_dir.join("metrics.jsonl"))
+            OpenOptions::new().create(true).append(true).open(run_dir.join("metrics.jsonl"))
         };
         let metrics = open().map_err(|e| {
             crate::user_error!(
@@ -38,13 +35,7 @@ impl JsonlSink {
             .ok()
             .and_then(|t| json::parse_line(t.trim()))
             .unwrap_or_default();
-        Ok(JsonlSink {
-            dir: run_dir.to_path_buf(),
-            metrics: Some(metrics),
-            completions: None,
-            summary,
-            warned: false,
-        })
+        Ok(JsonlSink { dir: run_dir.to_path_buf(), metrics: Some(metrics), completions: None, summary, warned: false })
     }
 
     fn warn(&mut self, what: &str, err: std::io::Error) {
@@ -58,14 +49,10 @@ impl JsonlSink {
     }
 
     fn write_summary(&mut self) {
-        let text = json::object(
-            self.summary
-                .iter()
-                .map(|(k, v)| (k.as_str(), json::value(v))),
-        );
+        let text = json::object(self.summary.iter().map(|(k, v)| (k.as_str(), json::value(v))));
         let tmp = self.dir.join("summary.json.tmp");
-        let result = std::fs::write(&tmp, text + "\n")
-            .and_then(|_| std::fs::rename(&tmp, self.dir.join("summary.json")));
+        let result =
+            std::fs::write(&tmp, text + "\n").and_then(|_| std::fs::rename(&tmp, self.dir.join("summary.json")));
         if let Err(e) = result {
             self.warn("summary.json", e);
         }
@@ -74,33 +61,21 @@ impl JsonlSink {
 
 /// Seconds since the Unix epoch, as a float.
 pub fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
 /// One `metrics.jsonl` line.
 pub fn metrics_line(step: u64, timestamp: f64, row: &Metrics) -> String {
-    let mut pairs: Vec<(&str, String)> = vec![
-        ("step", step.to_string()),
-        ("_timestamp", json::number(timestamp)),
-    ];
+    let mut pairs: Vec<(&str, String)> = vec![("step", step.to_string()), ("_timestamp", json::number(timestamp))];
     pairs.extend(
-        row.iter()
-            .filter(|(k, _)| *k != "step" && *k != "_timestamp")
-            .map(|(k, v)| (k.as_str(), json::value(v))),
+        row.iter().filter(|(k, _)| *k != "step" && *k != "_timestamp").map(|(k, v)| (k.as_str(), json::value(v))),
     );
     json::object(pairs)
 }
 
 /// One `completions.jsonl` line.
 pub fn completion_line(row: &CompletionRow) -> String {
-    let rewards = json::object(
-        row.rewards
-            .iter()
-            .map(|(k, v)| (k.as_str(), json::number(*v))),
-    );
+    let rewards = json::object(row.rewards.iter().map(|(k, v)| (k.as_str(), json::number(*v))));
     json::object([
         ("step", row.step.to_string()),
         ("prompt", json::string(&row.prompt)),
@@ -125,17 +100,12 @@ impl Sink for JsonlSink {
         for (k, v) in row {
             self.summary.insert(k.clone(), v.clone());
         }
-        self.summary
-            .insert("_step".into(), MetricValue::Number(step as f64));
+        self.summary.insert("_step".into(), MetricValue::Number(step as f64));
     }
 
     fn log_completions(&mut self, _step: u64, rows: &[CompletionRow]) {
         if self.completions.is_none() {
-            match OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(self.dir.join("completions.jsonl"))
-            {
+            match OpenOptions::new().create(true).append(true).open(self.dir.join("completions.jsonl")) {
                 Ok(f) => self.completions = Some(f),
                 Err(e) => return self.warn("completions.jsonl", e),
             }
@@ -157,10 +127,7 @@ impl Sink for JsonlSink {
 
     fn finish(&mut self, _exit_code: i32) {
         self.write_summary();
-        for f in [&mut self.metrics, &mut self.completions]
-            .into_iter()
-            .flatten()
-        {
+        for f in [&mut self.metrics, &mut self.completions].into_iter().flatten() {
             let _ = f.sync_all();
         }
     }

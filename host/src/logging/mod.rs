@@ -37,8 +37,7 @@ pub mod wandb;
 use std::collections::BTreeMap;
 
 pub use config::{
-    default_project, Env, LoggingArgs, LoggingConfig, ResumeMode, UploadTuning, WandbFlags,
-    WandbMode, WandbSettings,
+    default_project, Env, LoggingArgs, LoggingConfig, ResumeMode, UploadTuning, WandbFlags, WandbMode, WandbSettings,
 };
 pub use system::{DistInfo, SystemMetrics};
 
@@ -307,10 +306,7 @@ impl Loggers {
         self.commit();
         self.finished = true;
         if self.dropped_out_of_order > 1 {
-            eprintln!(
-                "warning: {} out-of-order metric updates were dropped",
-                self.dropped_out_of_order
-            );
+            eprintln!("warning: {} out-of-order metric updates were dropped", self.dropped_out_of_order);
         }
         for sink in &mut self.sinks {
             sink.finish(exit_code);

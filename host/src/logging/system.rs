@@ -44,11 +44,7 @@ pub struct DistInfo {
 
 impl Default for DistInfo {
     fn default() -> Self {
-        DistInfo {
-            num_processes: 1,
-            process_index: 0,
-            local_process_index: 0,
-        }
+        DistInfo { num_processes: 1, process_index: 0, local_process_index: 0 }
     }
 }
 
@@ -82,35 +78,17 @@ impl SystemMetrics {
             _ => (0, 0),
         };
         let mut m = Metrics::new();
-        m.insert(
-            "system/gpu_memory_allocated_gb".into(),
-            MetricValue::Number(allocated as f64 / GB),
-        );
-        m.insert(
-            "system/gpu_memory_reserved_gb".into(),
-            MetricValue::Number(reserved as f64 / GB),
-        );
-        m.insert(
-            "system/replay_buffer_size".into(),
-            replay_buffer_size.into(),
-        );
+        m.insert("system/gpu_memory_allocated_gb".into(), MetricValue::Number(allocated as f64 / GB));
+        m.insert("system/gpu_memory_reserved_gb".into(), MetricValue::Number(reserved as f64 / GB));
+        m.insert("system/replay_buffer_size".into(), replay_buffer_size.into());
         if let Some(rss) = process_rss_bytes() {
-            m.insert(
-                "system/process_rss_gb".into(),
-                MetricValue::Number(rss as f64 / GB),
-            );
+            m.insert("system/process_rss_gb".into(), MetricValue::Number(rss as f64 / GB));
         }
-        m.insert(
-            "accelerate/device".into(),
-            MetricValue::Text(self.device_name()),
-        );
+        m.insert("accelerate/device".into(), MetricValue::Text(self.device_name()));
         m.insert("accelerate/sync_gradients".into(), sync_gradients.into());
         m.insert("ddp/num_processes".into(), self.dist.num_processes.into());
         m.insert("ddp/process_index".into(), self.dist.process_index.into());
-        m.insert(
-            "ddp/local_process_index".into(),
-            self.dist.local_process_index.into(),
-        );
+        m.insert("ddp/local_process_index".into(), self.dist.local_process_index.into());
         m.insert("ddp/sync_gradients".into(), sync_gradients.into());
         m
     }
@@ -123,10 +101,7 @@ mod tests {
     #[test]
     fn cpu_sample_has_every_seed_key() {
         let m = SystemMetrics::new(tch::Device::Cpu, DistInfo::default()).sample(48, true);
-        assert_eq!(
-            m["system/gpu_memory_allocated_gb"],
-            MetricValue::Number(0.0)
-        );
+        assert_eq!(m["system/gpu_memory_allocated_gb"], MetricValue::Number(0.0));
         assert_eq!(m["system/replay_buffer_size"], MetricValue::Number(48.0));
         assert_eq!(m["accelerate/device"], MetricValue::Text("cpu".into()));
         assert_eq!(m["ddp/num_processes"], MetricValue::Number(1.0));

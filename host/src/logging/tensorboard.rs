@@ -140,15 +140,8 @@ impl TensorBoardSink {
             std::process::id()
         );
         let path = dir.join(name);
-        let mut sink = TensorBoardSink {
-            file: Some(File::create(&path)?),
-            path,
-        };
-        sink.write(Event {
-            wall_time: now,
-            step: 0,
-            what: Some(EventWhat::FileVersion("brain.Event:2".into())),
-        });
+        let mut sink = TensorBoardSink { file: Some(File::create(&path)?), path };
+        sink.write(Event { wall_time: now, step: 0, what: Some(EventWhat::FileVersion("brain.Event:2".into())) });
         Ok(sink)
     }
 
@@ -160,10 +153,7 @@ impl TensorBoardSink {
     fn write(&mut self, event: Event) {
         if let Some(f) = &mut self.file {
             if let Err(e) = f.write_all(&frame(&event.encode_to_vec())) {
-                eprintln!(
-                    "warning: TensorBoard file {} stopped: {e}",
-                    self.path.display()
-                );
+                eprintln!("warning: TensorBoard file {} stopped: {e}", self.path.display());
                 self.file = None;
             }
         }
@@ -178,10 +168,7 @@ impl TensorBoardSink {
                 string_val: vec![text.as_bytes().to_vec()],
             })),
             metadata: Some(SummaryMetadata {
-                plugin_data: Some(PluginData {
-                    plugin_name: "text".into(),
-                    content: vec![],
-                }),
+                plugin_data: Some(PluginData { plugin_name: "text".into(), content: vec![] }),
             }),
         };
         self.write(Event {
@@ -195,8 +182,7 @@ impl TensorBoardSink {
 /// A completions table as markdown, for TensorBoard's text plugin.
 pub fn completions_markdown(rows: &[CompletionRow]) -> String {
     let cell = |s: &str| s.replace('|', "\\|").replace('\n', "<br>");
-    let keys: std::collections::BTreeSet<&String> =
-        rows.iter().flat_map(|r| r.rewards.keys()).collect();
+    let keys: std::collections::BTreeSet<&String> = rows.iter().flat_map(|r| r.rewards.keys()).collect();
     let mut out = String::from("| step | prompt | completion |");
     for k in &keys {
         out.push_str(&format!(" {} |", cell(k)));
@@ -205,20 +191,9 @@ pub fn completions_markdown(rows: &[CompletionRow]) -> String {
     out.push_str(&"---|".repeat(keys.len() + 4));
     out.push('\n');
     for r in rows {
-        out.push_str(&format!(
-            "| {} | {} | {} |",
-            r.step,
-            cell(&r.prompt),
-            cell(&r.completion)
-        ));
+        out.push_str(&format!("| {} | {} | {} |", r.step, cell(&r.prompt), cell(&r.completion)));
         for k in &keys {
-            out.push_str(&format!(
-                " {} |",
-                r.rewards
-                    .get(*k)
-                    .map(|x| format!("{x:.4}"))
-                    .unwrap_or_default()
-            ));
+            out.push_str(&format!(" {} |", r.rewards.get(*k).map(|x| format!("{x:.4}")).unwrap_or_default()));
         }
         out.push_str(&format!(" {:.4} |\n", r.advantage));
     }
@@ -285,24 +260,17 @@ mod tests {
             wall_time: 1.5,
             step: 3,
             what: Some(EventWhat::Summary(Summary {
-                value: vec![SummaryValue {
-                    tag: "a".into(),
-                    value: Some(ValueKind::SimpleValue(0.5)),
-                    metadata: None,
-                }],
+                value: vec![SummaryValue { tag: "a".into(), value: Some(ValueKind::SimpleValue(0.5)), metadata: None }],
             })),
         };
         let expected = [
-            0x09, 0, 0, 0, 0, 0, 0, 0xf8, 0x3f, 0x10, 0x03, 0x2a, 0x0a, 0x0a, 0x08, 0x0a, 0x01,
-            0x61, 0x15, 0, 0, 0, 0x3f,
+            0x09, 0, 0, 0, 0, 0, 0, 0xf8, 0x3f, 0x10, 0x03, 0x2a, 0x0a, 0x0a, 0x08, 0x0a, 0x01, 0x61, 0x15, 0, 0, 0,
+            0x3f,
         ];
         assert_eq!(e.encode_to_vec(), expected);
         let framed = frame(&expected);
         assert_eq!(&framed[..8], &(expected.len() as u64).to_le_bytes());
         assert_eq!(&framed[8..12], &masked_crc32c(&framed[..8]).to_le_bytes());
-        assert_eq!(
-            &framed[framed.len() - 4..],
-            &masked_crc32c(&expected).to_le_bytes()
-        );
+        assert_eq!(&framed[framed.len() - 4..], &masked_crc32c(&expected).to_le_bytes());
     }
 }

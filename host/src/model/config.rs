@@ -84,53 +84,43 @@ impl ModelConfig {
     pub fn from_dir(dir: &Path) -> anyhow::Result<Self> {
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).map_err(|e| {
-            user_error!(
-                "cannot read {}: {e}; --model must be a Hugging Face model directory",
-                path.display()
-            )
+            user_error!("cannot read {}: {e}; --model must be a Hugging Face model directory", path.display())
         })?;
         Self::from_json_str(&text).with_context(|| format!("in {}", path.display()))
     }
 
     /// Parse the text of a config.json.
     pub fn from_json_str(text: &str) -> anyhow::Result<Self> {
-        let v: Value = serde_json::from_str(text)
-            .map_err(|e| user_error!("config.json is not valid JSON: {e}"))?;
+        let v: Value = serde_json::from_str(text).map_err(|e| user_error!("config.json is not valid JSON: {e}"))?;
         let model_type = v.get("model_type").and_then(Value::as_str).unwrap_or("");
         let architecture = match model_type {
             "llama" => Architecture::Llama,
             "qwen2" => Architecture::Qwen2,
             "qwen3" => Architecture::Qwen3,
-            other => return Err(user_error!(
-                "unsupported model_type {other:?} in config.json; supported: llama, qwen2, qwen3"
-            )),
+            other => {
+                return Err(user_error!(
+                    "unsupported model_type {other:?} in config.json; supported: llama, qwen2, qwen3"
+                ))
+            }
         };
         let int = |name: &str| -> anyhow::Result<i64> {
             v.get(name)
                 .and_then(Value::as_i64)
                 .filter(|x| *x > 0)
-                .ok_or_else(|| {
-                    user_error!("config.json field {name:?} is missing or not a positive integer")
-                })
+                .ok_or_else(|| user_error!("config.json field {name:?} is missing or not a positive integer"))
         };
         if let Some(act) = v.get("hidden_act").and_then(Value::as_str) {
             if act != "silu" {
-                return Err(user_error!(
-                    "config.json hidden_act {act:?} is not supported (only silu)"
-                ));
+                return Err(user_error!("config.json hidden_act {act:?} is not supported (only silu)"));
             }
         }
         if let Some(types) = v.get("layer_types").and_then(Value::as_array) {
             if types.iter().any(|t| t.as_str() != Some("full_attention")) {
-                return Err(user_error!(
-                    "config.json layer_types: only full_attention layers are supported"
-                ));
+                return Err(user_error!("config.json layer_types: only full_attention layers are supported"));
             }
         }
         if v.get("use_sliding_window").and_then(Value::as_bool) == Some(true) {
-            return Err(user_error!(
-                "config.json use_sliding_window=true is not supported"
-            ));
+            return Err(user_error!("config.json use_sliding_window=true is not supported"));
         }
         let hidden_size = int("hidden_size")?;
         let num_attention_heads = int("num_attention_heads")?;
@@ -156,8 +146,7 @@ impl ModelConfig {
             .unwrap_or(10000.0);
         let rope_scaling = parse_rope_scaling(rope.or(legacy))?;
         let default_tie = architecture != Architecture::Llama;
-        let flag =
-            |name: &str, default: bool| v.get(name).and_then(Value::as_bool).unwrap_or(default);
+        let flag = |name: &str, default: bool| v.get(name).and_then(Value::as_bool).unwrap_or(default);
         Ok(ModelConfig {
             architecture,
             vocab_size: int("vocab_size")?,
@@ -167,19 +156,13 @@ impl ModelConfig {
             num_attention_heads,
             num_key_value_heads,
             head_dim,
-            rms_norm_eps: v
-                .get("rms_norm_eps")
-                .and_then(Value::as_f64)
-                .unwrap_or(1e-6),
+            rms_norm_eps: v.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-6),
             rope_theta,
             rope_scaling,
             tie_word_embeddings: flag("tie_word_embeddings", default_tie),
             attention_bias: flag("attention_bias", architecture == Architecture::Qwen2),
             mlp_bias: flag("mlp_bias", false),
-            max_position_embeddings: v
-                .get("max_position_embeddings")
-                .and_then(Value::as_i64)
-                .unwrap_or(4096),
+            max_position_embeddings: v.get("max_position_embeddings").and_then(Value::as_i64).unwrap_or(4096),
             eos_token_ids: ids_of(v.get("eos_token_id")),
         })
     }
@@ -189,11 +172,7 @@ impl ModelConfig {
 pub(crate) fn ids_of(v: Option<&Value>) -> Vec<u32> {
     match v {
         Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(Value::as_u64)
-            .map(|x| x as u32)
-            .collect(),
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).map(|x| x as u32).collect(),
         _ => Vec::new(),
     }
 }
@@ -202,30 +181,22 @@ fn parse_rope_scaling(r: Option<&Value>) -> anyhow::Result<RopeScaling> {
     let Some(r) = r else {
         return Ok(RopeScaling::None);
     };
-    let kind = r
-        .get("rope_type")
-        .or_else(|| r.get("type"))
-        .and_then(Value::as_str)
-        .unwrap_or("default");
+    let kind = r.get("rope_type").or_else(|| r.get("type")).and_then(Value::as_str).unwrap_or("default");
     let num = |name: &str| -> anyhow::Result<f64> {
-        r.get(name).and_then(Value::as_f64).ok_or_else(|| {
-            user_error!("config.json rope scaling {kind:?} needs the number {name:?}")
-        })
+        r.get(name)
+            .and_then(Value::as_f64)
+            .ok_or_else(|| user_error!("config.json rope scaling {kind:?} needs the number {name:?}"))
     };
     match kind {
         "default" => Ok(RopeScaling::None),
-        "linear" => Ok(RopeScaling::Linear {
-            factor: num("factor")?,
-        }),
+        "linear" => Ok(RopeScaling::Linear { factor: num("factor")? }),
         "llama3" => Ok(RopeScaling::Llama3 {
             factor: num("factor")?,
             low_freq_factor: num("low_freq_factor")?,
             high_freq_factor: num("high_freq_factor")?,
             original_max_position_embeddings: num("original_max_position_embeddings")?,
         }),
-        other => Err(user_error!(
-            "config.json rope scaling type {other:?} is not supported (default, linear, llama3)"
-        )),
+        other => Err(user_error!("config.json rope scaling type {other:?} is not supported (default, linear, llama3)")),
     }
 }
 

@@ -24,9 +24,10 @@ pub(crate) struct Loader<'a> {
 impl Loader<'_> {
     /// Load `name` (an HF dotted name) as a trainable variable of the expected `shape`.
     pub fn get(&self, name: &str, shape: &[i64]) -> anyhow::Result<Tensor> {
-        let stored = self.files.shape(name).ok_or_else(|| {
-            user_error!("the checkpoint is missing tensor {name:?} (required by config.json)")
-        })?;
+        let stored = self
+            .files
+            .shape(name)
+            .ok_or_else(|| user_error!("the checkpoint is missing tensor {name:?} (required by config.json)"))?;
         if stored != shape {
             return Err(user_error!(
                 "tensor {name:?} has shape {stored:?} in the checkpoint but config.json implies {shape:?}"
@@ -57,25 +58,10 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub(crate) fn load(
-        l: &Loader,
-        name: &str,
-        in_dim: i64,
-        out_dim: i64,
-        bias: bool,
-    ) -> anyhow::Result<Self> {
+    pub(crate) fn load(l: &Loader, name: &str, in_dim: i64, out_dim: i64, bias: bool) -> anyhow::Result<Self> {
         let weight = l.get(&format!("{name}.weight"), &[out_dim, in_dim])?;
-        let bias = if bias {
-            Some(l.get(&format!("{name}.bias"), &[out_dim])?)
-        } else {
-            None
-        };
-        Ok(Linear {
-            weight,
-            bias,
-            lora: None,
-            name: name.to_string(),
-        })
+        let bias = if bias { Some(l.get(&format!("{name}.bias"), &[out_dim])?) } else { None };
+        Ok(Linear { weight, bias, lora: None, name: name.to_string() })
     }
 
     /// Apply the projection, plus the adapter when one is attached and `ctx.adapters` is set.
@@ -98,10 +84,7 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     pub(crate) fn load(l: &Loader, name: &str, dim: i64, eps: f64) -> anyhow::Result<Self> {
-        Ok(RmsNorm {
-            weight: l.get(&format!("{name}.weight"), &[dim])?,
-            eps,
-        })
+        Ok(RmsNorm { weight: l.get(&format!("{name}.weight"), &[dim])?, eps })
     }
 
     /// Normalise over the last dimension.
@@ -124,31 +107,20 @@ impl Rotary {
     /// Frequencies exactly as transformers computes them (f32, the same operation order), so logits match.
     pub fn new(cfg: &ModelConfig, device: Device) -> Self {
         let dim = cfg.head_dim;
-        let exponents = Tensor::arange_start_step(0, dim, 2, (Kind::Int64, device))
-            .to_kind(Kind::Float)
-            / dim as f64;
+        let exponents = Tensor::arange_start_step(0, dim, 2, (Kind::Int64, device)).to_kind(Kind::Float) / dim as f64;
         let mut inv_freq = Tensor::pow_scalar(cfg.rope_theta, &exponents).reciprocal();
         match cfg.rope_scaling {
             RopeScaling::None => {}
-            RopeScaling::Linear { factor } => inv_freq = inv_freq / factor,
-            RopeScaling::Llama3 {
-                factor,
-                low_freq_factor,
-                high_freq_factor,
-                original_max_position_embeddings,
-            } => {
+            RopeScaling::Linear { factor } => inv_freq /= factor,
+            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
                 let old = original_max_position_embeddings;
                 let low_wavelen = old / low_freq_factor;
                 let high_wavelen = old / high_freq_factor;
                 let wavelen = inv_freq.reciprocal() * (2.0 * std::f64::consts::PI);
                 let scaled = inv_freq.where_self(&wavelen.le(low_wavelen), &(&inv_freq / factor));
-                let smooth = (wavelen.reciprocal() * old - low_freq_factor)
-                    / (high_freq_factor - low_freq_factor);
-                let smoothed =
-                    (smooth.ones_like() - &smooth) * &scaled / factor + &smooth * &scaled;
-                let medium = wavelen
-                    .ge(high_wavelen)
-                    .logical_and(&wavelen.le(low_wavelen));
+                let smooth = (wavelen.reciprocal() * old - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                let smoothed = (smooth.ones_like() - &smooth) * &scaled / factor + &smooth * &scaled;
+                let medium = wavelen.ge(high_wavelen).logical_and(&wavelen.le(low_wavelen));
                 inv_freq = smoothed.where_self(&medium, &scaled);
             }
         }
@@ -203,27 +175,13 @@ pub struct Attention {
 
 impl Attention {
     pub(crate) fn load(l: &Loader, p: &str, cfg: &ModelConfig) -> anyhow::Result<Self> {
-        let (h, kv, d) = (
-            cfg.num_attention_heads,
-            cfg.num_key_value_heads,
-            cfg.head_dim,
-        );
+        let (h, kv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
         let qkv_bias = cfg.attention_bias || cfg.architecture == Architecture::Qwen2;
         let o_bias = cfg.attention_bias && cfg.architecture != Architecture::Qwen2;
         let (q_norm, k_norm) = if cfg.architecture == Architecture::Qwen3 {
             (
-                Some(RmsNorm::load(
-                    l,
-                    &format!("{p}.q_norm"),
-                    d,
-                    cfg.rms_norm_eps,
-                )?),
-                Some(RmsNorm::load(
-                    l,
-                    &format!("{p}.k_norm"),
-                    d,
-                    cfg.rms_norm_eps,
-                )?),
+                Some(RmsNorm::load(l, &format!("{p}.q_norm"), d, cfg.rms_norm_eps)?),
+                Some(RmsNorm::load(l, &format!("{p}.k_norm"), d, cfg.rms_norm_eps)?),
             )
         } else {
             (None, None)
@@ -276,10 +234,8 @@ impl Attention {
             self.decode_attention(&q, &k, &v, mask)
         } else {
             let gqa = self.heads != self.kv_heads;
-            let y =
-                Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, None, gqa);
-            y.transpose(1, 2)
-                .reshape([b, t, self.heads * self.head_dim])
+            let y = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, None, gqa);
+            y.transpose(1, 2).reshape([b, t, self.heads * self.head_dim])
         };
         self.o_proj.forward(&y, ctx)
     }
@@ -322,8 +278,7 @@ impl Mlp {
     /// `down(silu(gate(x)) * up(x))`.
     pub fn forward(&self, x: &Tensor, ctx: Ctx) -> Tensor {
         let g = self.gate_proj.forward(x, ctx).silu();
-        self.down_proj
-            .forward(&(g * self.up_proj.forward(x, ctx)), ctx)
+        self.down_proj.forward(&(g * self.up_proj.forward(x, ctx)), ctx)
     }
 }
 
@@ -344,12 +299,7 @@ impl DecoderLayer {
     pub(crate) fn load(l: &Loader, i: i64, cfg: &ModelConfig) -> anyhow::Result<Self> {
         let p = format!("model.layers.{i}");
         Ok(DecoderLayer {
-            input_layernorm: RmsNorm::load(
-                l,
-                &format!("{p}.input_layernorm"),
-                cfg.hidden_size,
-                cfg.rms_norm_eps,
-            )?,
+            input_layernorm: RmsNorm::load(l, &format!("{p}.input_layernorm"), cfg.hidden_size, cfg.rms_norm_eps)?,
             self_attn: Attention::load(l, &format!("{p}.self_attn"), cfg)?,
             post_attention_layernorm: RmsNorm::load(
                 l,
@@ -371,17 +321,8 @@ impl DecoderLayer {
         cache: Option<(&mut LayerCache, i64)>,
         ctx: Ctx,
     ) -> Tensor {
-        let h = x + self.self_attn.forward(
-            &self.input_layernorm.forward(x),
-            cos,
-            sin,
-            mask,
-            cache,
-            ctx,
-        );
-        let out = self
-            .mlp
-            .forward(&self.post_attention_layernorm.forward(&h), ctx);
+        let h = x + self.self_attn.forward(&self.input_layernorm.forward(x), cos, sin, mask, cache, ctx);
+        let out = self.mlp.forward(&self.post_attention_layernorm.forward(&h), ctx);
         h + out
     }
 }

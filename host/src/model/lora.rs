@@ -33,27 +33,14 @@ impl LoraAdapter {
     /// Create the adapter's variables under `path` (the linear layer's HF name) for a `[out, in]` weight.
     pub(crate) fn new(path: &nn::Path, cfg: &LoraConfig, in_dim: i64, out_dim: i64) -> Self {
         let bound = 1.0 / (in_dim as f64).sqrt();
-        let a = path
-            .sub("lora_A")
-            .uniform("weight", &[cfg.rank, in_dim], -bound, bound);
+        let a = path.sub("lora_A").uniform("weight", &[cfg.rank, in_dim], -bound, bound);
         let b = path.sub("lora_B").zeros("weight", &[out_dim, cfg.rank]);
-        LoraAdapter {
-            a,
-            b,
-            scale: cfg.alpha / cfg.rank as f64,
-            dropout: cfg.dropout,
-        }
+        LoraAdapter { a, b, scale: cfg.alpha / cfg.rank as f64, dropout: cfg.dropout }
     }
 
     /// The low-rank update for input `x`; dropout applies only when `train` is set.
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        let x = if train && self.dropout > 0.0 {
-            x.dropout(self.dropout, true)
-        } else {
-            x.shallow_clone()
-        };
-        x.linear::<Tensor>(&self.a, None)
-            .linear::<Tensor>(&self.b, None)
-            * self.scale
+        let x = if train && self.dropout > 0.0 { x.dropout(self.dropout, true) } else { x.shallow_clone() };
+        x.linear::<Tensor>(&self.a, None).linear::<Tensor>(&self.b, None) * self.scale
     }
 }

@@ -48,9 +48,7 @@ pub fn parse_device(s: &str) -> anyhow::Result<Device> {
         "cpu" => Ok(Device::Cpu),
         "cuda" => {
             if !tch::Cuda::is_available() {
-                return Err(user_error!(
-                    "--device cuda: CUDA is not available on this machine; use --device cpu"
-                ));
+                return Err(user_error!("--device cuda: CUDA is not available on this machine; use --device cpu"));
             }
             Ok(Device::Cuda(0))
         }
@@ -58,9 +56,7 @@ pub fn parse_device(s: &str) -> anyhow::Result<Device> {
             let n = other
                 .strip_prefix("cuda:")
                 .and_then(|n| n.parse::<usize>().ok())
-                .ok_or_else(|| {
-                    user_error!("--device {other:?}: expected auto, cpu, cuda or cuda:N")
-                })?;
+                .ok_or_else(|| user_error!("--device {other:?}: expected auto, cpu, cuda or cuda:N"))?;
             if n >= tch::Cuda::device_count().max(0) as usize {
                 return Err(user_error!(
                     "--device {other}: only {} CUDA device(s) are available",
@@ -75,17 +71,11 @@ pub fn parse_device(s: &str) -> anyhow::Result<Device> {
 /// Parse `--dtype`: `auto` (bf16 on CUDA, f32 on CPU), `f32`, `bf16` or `f16`.
 pub fn parse_dtype(s: &str, device: Device) -> anyhow::Result<Kind> {
     match s {
-        "auto" => Ok(if device.is_cuda() {
-            Kind::BFloat16
-        } else {
-            Kind::Float
-        }),
+        "auto" => Ok(if device.is_cuda() { Kind::BFloat16 } else { Kind::Float }),
         "f32" | "float32" => Ok(Kind::Float),
         "bf16" | "bfloat16" => Ok(Kind::BFloat16),
         "f16" | "float16" => Ok(Kind::Half),
-        other => Err(user_error!(
-            "--dtype {other:?}: expected auto, f32, bf16 or f16"
-        )),
+        other => Err(user_error!("--dtype {other:?}: expected auto, f32, bf16 or f16")),
     }
 }
 
@@ -138,11 +128,7 @@ pub struct Model {
 
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Model")
-            .field("dir", &self.dir)
-            .field("config", &self.cfg)
-            .field("kind", &self.kind)
-            .finish()
+        f.debug_struct("Model").field("dir", &self.dir).field("config", &self.cfg).field("kind", &self.kind).finish()
     }
 }
 
@@ -152,31 +138,19 @@ impl Model {
     /// unexpected tensor may remain; either mistake is one error naming the tensor.
     pub fn load(dir: &Path, device: Device, dtype: Kind) -> anyhow::Result<Model> {
         if !matches!(dtype, Kind::Float | Kind::BFloat16 | Kind::Half) {
-            return Err(user_error!(
-                "model dtype {dtype:?} is not supported (f32, bf16, f16)"
-            ));
+            return Err(user_error!("model dtype {dtype:?} is not supported (f32, bf16, f16)"));
         }
         let cfg = ModelConfig::from_dir(dir)?;
         let files = WeightFiles::open(dir)?;
         let vs = nn::VarStore::new(device);
-        let loader = Loader {
-            files: &files,
-            root: vs.root(),
-            kind: dtype,
-            device,
-            used: RefCell::new(HashSet::new()),
-        };
+        let loader = Loader { files: &files, root: vs.root(), kind: dtype, device, used: RefCell::new(HashSet::new()) };
         let (v, h) = (cfg.vocab_size, cfg.hidden_size);
         let embed_tokens = loader.get("model.embed_tokens.weight", &[v, h])?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| DecoderLayer::load(&loader, i, &cfg))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let norm = RmsNorm::load(&loader, "model.norm", h, cfg.rms_norm_eps)?;
-        let lm_head = if cfg.tie_word_embeddings {
-            None
-        } else {
-            Some(loader.get("lm_head.weight", &[v, h])?)
-        };
+        let lm_head = if cfg.tie_word_embeddings { None } else { Some(loader.get("lm_head.weight", &[v, h])?) };
         let used = loader.used.into_inner();
         let mut unexpected: Vec<&str> = files
             .names()
@@ -308,10 +282,7 @@ impl Model {
     }
 
     fn ctx(&self) -> Ctx {
-        Ctx {
-            adapters: self.adapters_enabled.load(Ordering::Relaxed),
-            train: self.training.load(Ordering::Relaxed),
-        }
+        Ctx { adapters: self.adapters_enabled.load(Ordering::Relaxed), train: self.training.load(Ordering::Relaxed) }
     }
 
     /// Position ids from an attention mask (1 = real token): `cumsum - 1`, padding set to 1 like transformers.
@@ -331,21 +302,10 @@ impl Model {
         let causal = k.le_tensor(&q);
         let diag = k.eq_tensor(&q);
         let valid = key_valid.to_kind(Kind::Bool).unsqueeze(1);
-        causal
-            .unsqueeze(0)
-            .logical_and(&valid)
-            .logical_or(&diag.unsqueeze(0))
-            .unsqueeze(1)
+        causal.unsqueeze(0).logical_and(&valid).logical_or(&diag.unsqueeze(0)).unsqueeze(1)
     }
 
-    fn run(
-        &self,
-        ids: &Tensor,
-        pos: &Tensor,
-        mask: &Tensor,
-        mut cache: Option<&mut KvCache>,
-        offset: i64,
-    ) -> Tensor {
+    fn run(&self, ids: &Tensor, pos: &Tensor, mask: &Tensor, mut cache: Option<&mut KvCache>, offset: i64) -> Tensor {
         let ctx = self.ctx();
         let mut x = Tensor::embedding(&self.embed_tokens, ids, -1, false, false);
         let (cos, sin) = self.rotary.cos_sin(pos, self.kind);
@@ -358,12 +318,7 @@ impl Model {
 
     /// Final hidden states `[B, T, hidden]` (after the last norm) for padded `input_ids` `[B, T]` with
     /// `attention_mask` `[B, T]` (1 = real token, padding anywhere) and `position_ids` `[B, T]`.
-    pub fn hidden_states(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: &Tensor,
-        position_ids: &Tensor,
-    ) -> Tensor {
+    pub fn hidden_states(&self, input_ids: &Tensor, attention_mask: &Tensor, position_ids: &Tensor) -> Tensor {
         let t = input_ids.size()[1];
         let mask = Self::mask_4d(attention_mask, t, 0);
         self.run(input_ids, position_ids, &mask, None, 0)
@@ -376,12 +331,7 @@ impl Model {
 
     /// Logits `[B, T, vocab]` (model dtype). For long vocabularies prefer [`Model::token_log_probs`], which
     /// never holds all of them in f32.
-    pub fn forward(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: &Tensor,
-        position_ids: &Tensor,
-    ) -> Tensor {
+    pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor, position_ids: &Tensor) -> Tensor {
         self.lm_head(&self.hidden_states(input_ids, attention_mask, position_ids))
     }
 
@@ -396,12 +346,7 @@ impl Model {
     }
 
     /// [`Model::token_log_probs`] with an explicit chunk length (positions per vocabulary projection).
-    pub fn token_log_probs_chunked(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: &Tensor,
-        chunk: i64,
-    ) -> Tensor {
+    pub fn token_log_probs_chunked(&self, input_ids: &Tensor, attention_mask: &Tensor, chunk: i64) -> Tensor {
         let t = input_ids.size()[1];
         let pos = Self::position_ids(attention_mask);
         let hidden = self.hidden_states(input_ids, attention_mask, &pos);
@@ -424,18 +369,10 @@ impl Model {
 
     /// An empty cache for `batch` sequences of up to `capacity` tokens.
     pub fn new_cache(&self, batch: i64, capacity: i64) -> KvCache {
-        let shape = [
-            batch,
-            self.cfg.num_key_value_heads,
-            capacity,
-            self.cfg.head_dim,
-        ];
+        let shape = [batch, self.cfg.num_key_value_heads, capacity, self.cfg.head_dim];
         let opts = (self.kind, self.device());
         let layers = (0..self.cfg.num_hidden_layers)
-            .map(|_| LayerCache {
-                k: Tensor::zeros(shape, opts),
-                v: Tensor::zeros(shape, opts),
-            })
+            .map(|_| LayerCache { k: Tensor::zeros(shape, opts), v: Tensor::zeros(shape, opts) })
             .collect();
         KvCache { layers, len: 0 }
     }
@@ -454,12 +391,7 @@ impl Model {
         let t = input_ids.size()[1];
         let offset = cache.len;
         if offset + t > cache.capacity() {
-            anyhow::bail!(
-                "KV cache overflow: {} + {} tokens exceed its capacity {}",
-                offset,
-                t,
-                cache.capacity()
-            );
+            anyhow::bail!("KV cache overflow: {} + {} tokens exceed its capacity {}", offset, t, cache.capacity());
         }
         let mask = if t == 1 {
             key_valid.to_kind(Kind::Bool).unsqueeze(1).unsqueeze(1)

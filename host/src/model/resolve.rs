@@ -10,11 +10,7 @@ const MODEL_FILES: &[&str] = &["config.json", "tokenizer.json", "tokenizer_confi
 
 /// The Hugging Face hub cache: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`.
 pub fn hf_hub_cache() -> PathBuf {
-    let var = |name: &str| {
-        std::env::var_os(name)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
     if let Some(dir) = var("HF_HUB_CACHE") {
         return dir;
     }
@@ -29,9 +25,7 @@ pub fn hf_hub_cache() -> PathBuf {
 fn looks_like_hub_id(spec: &str) -> bool {
     let parts: Vec<&str> = spec.split('/').collect();
     parts.len() == 2
-        && parts
-            .iter()
-            .all(|p| !p.is_empty() && *p != "." && *p != "..")
+        && parts.iter().all(|p| !p.is_empty() && *p != "." && *p != "..")
         && !spec.starts_with('.')
         && !spec.starts_with('~')
 }
@@ -46,21 +40,13 @@ pub fn find_in_hub_cache(hub: &Path, id: &str) -> Option<PathBuf> {
             return Some(snap);
         }
     }
-    let mut snaps: Vec<(std::time::SystemTime, PathBuf)> =
-        std::fs::read_dir(repo.join("snapshots"))
-            .ok()?
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .filter(|p| p.join("config.json").exists())
-            .map(|p| {
-                (
-                    std::fs::metadata(&p)
-                        .and_then(|m| m.modified())
-                        .unwrap_or(std::time::UNIX_EPOCH),
-                    p,
-                )
-            })
-            .collect();
+    let mut snaps: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(repo.join("snapshots"))
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.join("config.json").exists())
+        .map(|p| (std::fs::metadata(&p).and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH), p))
+        .collect();
     snaps.sort();
     snaps.pop().map(|(_, p)| p)
 }
@@ -92,8 +78,7 @@ pub fn resolve_model_dir(spec: Option<&str>, allow_download: bool) -> anyhow::Re
         if let Some(dir) = find_in_hub_cache(&hub, spec) {
             return Ok(dir);
         }
-        let offline = std::env::var("HF_HUB_OFFLINE")
-            .is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+        let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
         if allow_download && !offline {
             return download(&hub, spec);
         }
@@ -102,14 +87,14 @@ pub fn resolve_model_dir(spec: Option<&str>, allow_download: bool) -> anyhow::Re
             hub.display()
         ));
     }
-    Err(user_error!("--model {spec}: no such directory; pass a model directory or a hub id like Qwen/Qwen2.5-0.5B-Instruct"))
+    Err(user_error!(
+        "--model {spec}: no such directory; pass a model directory or a hub id like Qwen/Qwen2.5-0.5B-Instruct"
+    ))
 }
 
 /// Fetch a model's config, tokenizer and safetensors weights into the hub cache with `hf-hub`.
 fn download(hub: &Path, id: &str) -> anyhow::Result<PathBuf> {
-    let fail = |e: &dyn std::fmt::Display| {
-        user_error!("--model {id}: download from the Hugging Face hub failed: {e}")
-    };
+    let fail = |e: &dyn std::fmt::Display| user_error!("--model {id}: download from the Hugging Face hub failed: {e}");
     let api = hf_hub::api::sync::ApiBuilder::from_cache(hf_hub::Cache::new(hub.to_path_buf()))
         .with_progress(true)
         .build()
@@ -130,11 +115,7 @@ fn download(hub: &Path, id: &str) -> anyhow::Result<PathBuf> {
             let mut shards: Vec<String> = v
                 .get("weight_map")
                 .and_then(|m| m.as_object())
-                .map(|m| {
-                    m.values()
-                        .filter_map(|s| s.as_str().map(str::to_string))
-                        .collect()
-                })
+                .map(|m| m.values().filter_map(|s| s.as_str().map(str::to_string)).collect())
                 .unwrap_or_default();
             shards.sort();
             shards.dedup();
@@ -162,10 +143,7 @@ mod tests {
         std::fs::create_dir_all(repo.join("refs")).unwrap();
         std::fs::write(repo.join("refs/main"), "abc123").unwrap();
         std::fs::write(repo.join("snapshots/abc123/config.json"), "{}").unwrap();
-        assert_eq!(
-            find_in_hub_cache(hub.path(), "org/tiny"),
-            Some(repo.join("snapshots/abc123"))
-        );
+        assert_eq!(find_in_hub_cache(hub.path(), "org/tiny"), Some(repo.join("snapshots/abc123")));
         assert_eq!(find_in_hub_cache(hub.path(), "org/other"), None);
     }
 

@@ -33,10 +33,9 @@ impl WeightFiles {
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
         let index = dir.join("model.safetensors.index.json");
         let paths: Vec<PathBuf> = if index.exists() {
-            let text = std::fs::read_to_string(&index)
-                .with_context(|| format!("reading {}", index.display()))?;
-            let v: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| user_error!("{} is not valid JSON: {e}", index.display()))?;
+            let text = std::fs::read_to_string(&index).with_context(|| format!("reading {}", index.display()))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| user_error!("{} is not valid JSON: {e}", index.display()))?;
             let map = v
                 .get("weight_map")
                 .and_then(|m| m.as_object())
@@ -67,12 +66,9 @@ impl WeightFiles {
                 .map_err(|e| user_error!("cannot open weight file {}: {e}", path.display()))?;
             // SAFETY: the file is opened read-only and not modified while mapped; a concurrent writer would be a
             // user error outside our control, as with any memory-mapped model loader.
-            let mmap = unsafe { Mmap::map(&file) }
-                .with_context(|| format!("mapping {}", path.display()))?;
-            let (header_len, meta): (usize, Metadata) =
-                SafeTensors::read_metadata(&mmap).map_err(|e| {
-                    user_error!("{} is not a valid safetensors file: {e}", path.display())
-                })?;
+            let mmap = unsafe { Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?;
+            let (header_len, meta): (usize, Metadata) = SafeTensors::read_metadata(&mmap)
+                .map_err(|e| user_error!("{} is not a valid safetensors file: {e}", path.display()))?;
             let data_start = 8 + header_len;
             for (name, info) in meta.tensors() {
                 entries.insert(
@@ -103,17 +99,12 @@ impl WeightFiles {
 
     /// The shape of `name` as stored.
     pub fn shape(&self, name: &str) -> Option<Vec<i64>> {
-        self.entries
-            .get(name)
-            .map(|e| e.shape.iter().map(|&d| d as i64).collect())
+        self.entries.get(name).map(|e| e.shape.iter().map(|&d| d as i64).collect())
     }
 
     /// Copy `name` out of the mapped file as a tensor of `kind` on `device`.
     pub fn tensor(&self, name: &str, kind: Kind, device: Device) -> anyhow::Result<Tensor> {
-        let e = self
-            .entries
-            .get(name)
-            .ok_or_else(|| user_error!("checkpoint has no tensor {name:?}"))?;
+        let e = self.entries.get(name).ok_or_else(|| user_error!("checkpoint has no tensor {name:?}"))?;
         let (path, mmap) = &self.files[e.file];
         let stored = match e.dtype {
             Dtype::F32 => Kind::Float,
@@ -128,18 +119,21 @@ impl WeightFiles {
             }
         };
         let shape: Vec<i64> = e.shape.iter().map(|&d| d as i64).collect();
-        let bytes = mmap
-            .get(e.start..e.end)
-            .ok_or_else(|| user_error!("tensor {name:?} lies outside {}", path.display()))?;
+        let bytes =
+            mmap.get(e.start..e.end).ok_or_else(|| user_error!("tensor {name:?} lies outside {}", path.display()))?;
         let t = Tensor::f_from_data_size(bytes, &shape, stored)
             .with_context(|| format!("reading tensor {name:?} from {}", path.display()))?;
+        // Release the mapped pages just copied so the process does not hold the file and the tensors at once.
+        #[cfg(unix)]
+        {
+            let start = e.start - e.start % 4096;
+            // SAFETY: the mapping is read-only and file-backed, so MADV_DONTNEED only drops pages that are
+            // re-read from the file on a later access; nothing borrows them any more (the copy above is done).
+            let _ = unsafe { mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, e.end - start) };
+        }
         // Convert on the CPU only when the target is the CPU; otherwise move the stored bytes first (half the
         // transfer for bf16 checkpoints) and convert on the device.
-        let t = if device == Device::Cpu {
-            t.to_kind(kind)
-        } else {
-            t.to_device(device).to_kind(kind)
-        };
+        let t = if device == Device::Cpu { t.to_kind(kind) } else { t.to_device(device).to_kind(kind) };
         Ok(t)
     }
 }

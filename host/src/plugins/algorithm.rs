@@ -36,10 +36,7 @@ impl AlgorithmPlugin {
         config: &serde_json::Value,
     ) -> anyhow::Result<Self> {
         let handle = Handle::create(info, config, vtable.create, vtable.destroy)?;
-        Ok(AlgorithmPlugin {
-            handle: Arc::new(handle),
-            vtable,
-        })
+        Ok(AlgorithmPlugin { handle: Arc::new(handle), vtable })
     }
 
     /// Name, version and file.
@@ -61,18 +58,14 @@ impl AlgorithmPlugin {
     pub fn config(&self) -> anyhow::Result<serde_json::Value> {
         let this = self.handle.this;
         // SAFETY: a validated vtable and a live instance.
-        self.handle.call_json("config", |out, err| unsafe {
-            (self.vtable.config)(this, out, err)
-        })
+        self.handle.call_json("config", |out, err| unsafe { (self.vtable.config)(this, out, err) })
     }
 
     /// Its metrics since the previous call.
     pub fn metrics(&self) -> anyhow::Result<Vec<Metric>> {
         let this = self.handle.this;
         // SAFETY: as above.
-        self.handle.call_json("metrics", |out, err| unsafe {
-            (self.vtable.metrics)(this, out, err)
-        })
+        self.handle.call_json("metrics", |out, err| unsafe { (self.vtable.metrics)(this, out, err) })
     }
 
     /// Advantages of `[N]` rewards laid out as consecutive groups of the given sizes; returns `[N]`.
@@ -82,20 +75,11 @@ impl AlgorithmPlugin {
         let this = self.handle.this as *const c_void;
         self.handle.call("advantages", |err| {
             // SAFETY: `rewards` and `groups` outlive the call; `out` receives an owned handle.
-            unsafe {
-                (self.vtable.advantages)(
-                    this,
-                    borrow(rewards),
-                    FfiSlice::new(&groups),
-                    &mut out,
-                    err,
-                )
-            }
+            unsafe { (self.vtable.advantages)(this, borrow(rewards), FfiSlice::new(&groups), &mut out, err) }
         })?;
         // SAFETY: on OK the plugin wrote an owned handle.
-        let adv = unsafe { adopt(out) }.ok_or_else(|| {
-            user_error!("{} returned no advantages tensor", self.handle.info.label())
-        })?;
+        let adv = unsafe { adopt(out) }
+            .ok_or_else(|| user_error!("{} returned no advantages tensor", self.handle.info.label()))?;
         if adv.size() != rewards.size() {
             return Err(user_error!(
                 "{} returned advantages of shape {:?} for rewards of shape {:?}",
@@ -113,10 +97,7 @@ impl AlgorithmPlugin {
             size: std::mem::size_of::<FfiPolicyBatch>(),
             log_probs: borrow(&batch.log_probs),
             old_log_probs: borrow(&batch.old_log_probs),
-            ref_log_probs: batch
-                .ref_log_probs
-                .as_ref()
-                .map_or(std::ptr::null_mut(), borrow),
+            ref_log_probs: batch.ref_log_probs.as_ref().map_or(std::ptr::null_mut(), borrow),
             advantages: borrow(&batch.advantages),
             action_mask: borrow(&batch.action_mask),
             settings: batch.settings,
@@ -130,8 +111,8 @@ impl AlgorithmPlugin {
             unsafe { (self.vtable.loss)(this, &ffi_batch, &mut out, metrics_sink, err) }
         })?;
         // SAFETY: on OK the plugin wrote an owned handle.
-        let loss = unsafe { adopt(out) }
-            .ok_or_else(|| user_error!("{} returned no loss tensor", self.handle.info.label()))?;
+        let loss =
+            unsafe { adopt(out) }.ok_or_else(|| user_error!("{} returned no loss tensor", self.handle.info.label()))?;
         if loss.numel() != 1 {
             return Err(user_error!(
                 "{} returned a loss of shape {:?}; it must be a scalar",
@@ -139,12 +120,8 @@ impl AlgorithmPlugin {
                 loss.size()
             ));
         }
-        let metrics = grpo_sdk::ffi::decode_metrics(&metrics_json).map_err(|e| {
-            user_error!(
-                "{} returned malformed loss metrics: {e}",
-                self.handle.info.label()
-            )
-        })?;
+        let metrics = grpo_sdk::ffi::decode_metrics(&metrics_json)
+            .map_err(|e| user_error!("{} returned malformed loss metrics: {e}", self.handle.info.label()))?;
         Ok(LossOutput { loss, metrics })
     }
 }

@@ -17,10 +17,7 @@ pub fn check_file(file: &Path, config: &serde_json::Value) -> anyhow::Result<Vec
     registry.load_file(file)?;
     let infos: Vec<_> = registry.plugins().cloned().collect();
     if infos.is_empty() {
-        return Err(user_error!(
-            "plugin file {}: exports no plugins",
-            file.display()
-        ));
+        return Err(user_error!("plugin file {}: exports no plugins", file.display()));
     }
     let mut lines = Vec::new();
     for info in infos {
@@ -28,19 +25,12 @@ pub fn check_file(file: &Path, config: &serde_json::Value) -> anyhow::Result<Vec
             PluginKind::Algorithm => check_algorithm(&registry, &info.name, config)?,
             PluginKind::Environment => check_environment(&registry, &info.name, config)?,
         };
-        lines.push(format!(
-            "ok  {} {} {}: {line}",
-            info.kind, info.name, info.version
-        ));
+        lines.push(format!("ok  {} {} {}: {line}", info.kind, info.name, info.version));
     }
     Ok(lines)
 }
 
-fn check_algorithm(
-    registry: &Registry,
-    name: &str,
-    config: &serde_json::Value,
-) -> anyhow::Result<String> {
+fn check_algorithm(registry: &Registry, name: &str, config: &serde_json::Value) -> anyhow::Result<String> {
     let algo = registry.algorithm(name, config)?;
     let label = algo.info().label();
     algo.config()?;
@@ -60,13 +50,8 @@ fn check_algorithm(
         old_log_probs: noise(0.4),
         ref_log_probs: Some(noise(0.2)),
         advantages: adv.narrow(0, 0, b),
-        action_mask: Tensor::arange(t, (Kind::Int64, Device::Cpu))
-            .unsqueeze(0)
-            .lt_tensor(&lengths),
-        settings: LossSettings {
-            generate_max_length: t,
-            ..LossSettings::default()
-        },
+        action_mask: Tensor::arange(t, (Kind::Int64, Device::Cpu)).unsqueeze(0).lt_tensor(&lengths),
+        settings: LossSettings { generate_max_length: t, ..LossSettings::default() },
     };
     let out = algo.loss(&batch)?;
     let loss = out.loss.double_value(&[]);
@@ -74,16 +59,12 @@ fn check_algorithm(
         return Err(user_error!("{label}: loss is not finite ({loss})"));
     }
     if !out.loss.requires_grad() {
-        return Err(user_error!(
-            "{label}: the loss is not connected to log_probs (no gradient would flow)"
-        ));
+        return Err(user_error!("{label}: the loss is not connected to log_probs (no gradient would flow)"));
     }
     out.loss.backward();
     let grad = log_probs.grad();
     if !grad.defined() || !bool::try_from(grad.isfinite().all())? {
-        return Err(user_error!(
-            "{label}: backward gave no finite gradient for log_probs"
-        ));
+        return Err(user_error!("{label}: backward gave no finite gradient for log_probs"));
     }
     let metrics = algo.metrics()?;
     Ok(format!(
@@ -93,26 +74,18 @@ fn check_algorithm(
     ))
 }
 
-fn check_environment(
-    registry: &Registry,
-    name: &str,
-    config: &serde_json::Value,
-) -> anyhow::Result<String> {
+fn check_environment(registry: &Registry, name: &str, config: &serde_json::Value) -> anyhow::Result<String> {
     let env = registry.environment(name, config)?;
     let label = env.info().label();
     env.config()?;
     let tools = env.tools()?;
     let count = env.task_count(Split::Train)?;
     if count == Some(0) {
-        return Err(user_error!(
-            "{label}: the train split has no tasks with this config"
-        ));
+        return Err(user_error!("{label}: the train split has no tasks with this config"));
     }
     let task = env.task(Split::Train, 0, 0)?;
     if env.task(Split::Train, 0, 0)? != task {
-        return Err(user_error!(
-            "{label}: task(train, seed 0, index 0) differs between two calls"
-        ));
+        return Err(user_error!("{label}: task(train, seed 0, index 0) differs between two calls"));
     }
     let (mut episode, opening) = env.reset(&task)?;
     if opening.is_empty() {

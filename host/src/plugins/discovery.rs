@@ -23,22 +23,12 @@ pub struct DiscoveryOptions {
 impl DiscoveryOptions {
     /// The normal search: `plugin_dirs`, then the environment, the executable's directory and the user directory.
     pub fn new(plugin_dirs: Vec<PathBuf>) -> Self {
-        DiscoveryOptions {
-            plugin_dirs,
-            use_env_path: true,
-            use_exe_dir: true,
-            use_user_dir: true,
-        }
+        DiscoveryOptions { plugin_dirs, use_env_path: true, use_exe_dir: true, use_user_dir: true }
     }
 
     /// Only the given directories (for tests and tools that must not pick up installed plugins).
     pub fn only(plugin_dirs: Vec<PathBuf>) -> Self {
-        DiscoveryOptions {
-            plugin_dirs,
-            use_env_path: false,
-            use_exe_dir: false,
-            use_user_dir: false,
-        }
+        DiscoveryOptions { plugin_dirs, use_env_path: false, use_exe_dir: false, use_user_dir: false }
     }
 
     /// The directories to search, in order, without duplicates. Directories the user named (flag or environment)
@@ -47,10 +37,7 @@ impl DiscoveryOptions {
         let mut dirs: Vec<PathBuf> = Vec::new();
         let push = |dir: PathBuf, dirs: &mut Vec<PathBuf>| {
             let key = dir.canonicalize().unwrap_or_else(|_| dir.clone());
-            if !dirs
-                .iter()
-                .any(|d| d.canonicalize().unwrap_or_else(|_| d.clone()) == key)
-            {
+            if !dirs.iter().any(|d| d.canonicalize().unwrap_or_else(|_| d.clone()) == key) {
                 dirs.push(dir);
             }
         };
@@ -78,10 +65,7 @@ impl DiscoveryOptions {
             }
         }
         if self.use_exe_dir {
-            if let Some(dir) = std::env::current_exe()
-                .ok()
-                .and_then(|e| e.parent().map(Path::to_path_buf))
-            {
+            if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
                 push(dir, &mut dirs);
             }
         }
@@ -97,30 +81,21 @@ impl DiscoveryOptions {
 
 /// The per-user plugin directory: `$XDG_DATA_HOME/grpo-rs/plugins`, else `~/.local/share/grpo-rs/plugins`.
 pub fn user_plugin_dir() -> PathBuf {
-    let base = std::env::var_os("XDG_DATA_HOME")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("/tmp"))
-                .join(".local/share")
-        });
+    let base = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()).map(PathBuf::from).unwrap_or_else(|| {
+        std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp")).join(".local/share")
+    });
     base.join("grpo-rs").join("plugins")
 }
 
 /// The shared libraries directly inside `dir` (by file suffix), sorted by name so that loading order is stable.
 pub(crate) fn libraries_in(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let entries = std::fs::read_dir(dir).map_err(|e| {
-        crate::user_error!("plugin directory {}: cannot list it: {e}", dir.display())
-    })?;
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| crate::user_error!("plugin directory {}: cannot list it: {e}", dir.display()))?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             p.is_file()
-                && p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.ends_with(std::env::consts::DLL_SUFFIX))
+                && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(std::env::consts::DLL_SUFFIX))
         })
         .collect();
     files.sort();

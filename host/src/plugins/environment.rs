@@ -30,10 +30,7 @@ impl EnvironmentPlugin {
         config: &serde_json::Value,
     ) -> anyhow::Result<Self> {
         let handle = Handle::create(info, config, vtable.create, vtable.destroy)?;
-        Ok(EnvironmentPlugin {
-            handle: Arc::new(handle),
-            vtable,
-        })
+        Ok(EnvironmentPlugin { handle: Arc::new(handle), vtable })
     }
 
     /// Name, version and file.
@@ -58,31 +55,24 @@ impl EnvironmentPlugin {
     /// Its resolved config, to save with the run.
     pub fn config(&self) -> anyhow::Result<serde_json::Value> {
         // SAFETY: a validated vtable and a live instance (here and below).
-        self.handle.call_json("config", |out, err| unsafe {
-            (self.vtable.config)(self.this(), out, err)
-        })
+        self.handle.call_json("config", |out, err| unsafe { (self.vtable.config)(self.this(), out, err) })
     }
 
     /// Its metrics since the previous call.
     pub fn metrics(&self) -> anyhow::Result<Vec<Metric>> {
-        self.handle.call_json("metrics", |out, err| unsafe {
-            (self.vtable.metrics)(self.this(), out, err)
-        })
+        self.handle.call_json("metrics", |out, err| unsafe { (self.vtable.metrics)(self.this(), out, err) })
     }
 
     /// The tools it offers, for the chat template.
     pub fn tools(&self) -> anyhow::Result<Vec<ToolSpec>> {
-        self.handle.call_json("tools", |out, err| unsafe {
-            (self.vtable.tools)(self.this(), out, err)
-        })
+        self.handle.call_json("tools", |out, err| unsafe { (self.vtable.tools)(self.this(), out, err) })
     }
 
     /// How many tasks `split` has; `None` for an unbounded generator (then ask for indices 0, 1, 2, ...).
     pub fn task_count(&self, split: Split) -> anyhow::Result<Option<u64>> {
         let mut n: i64 = -1;
-        self.handle.call("task_count", |err| unsafe {
-            (self.vtable.task_count)(self.this(), split as u32, &mut n, err)
-        })?;
+        self.handle
+            .call("task_count", |err| unsafe { (self.vtable.task_count)(self.this(), split as u32, &mut n, err) })?;
         Ok(u64::try_from(n).ok())
     }
 
@@ -97,10 +87,9 @@ impl EnvironmentPlugin {
     pub fn reset(&self, task: &Task) -> anyhow::Result<(Episode, Vec<Message>)> {
         let task_json = serde_json::to_string(task)?;
         let mut state: *mut c_void = std::ptr::null_mut();
-        let messages: anyhow::Result<Vec<Message>> =
-            self.handle.call_json("reset", |out, err| unsafe {
-                (self.vtable.reset)(self.this(), FfiStr::new(&task_json), &mut state, out, err)
-            });
+        let messages: anyhow::Result<Vec<Message>> = self.handle.call_json("reset", |out, err| unsafe {
+            (self.vtable.reset)(self.this(), FfiStr::new(&task_json), &mut state, out, err)
+        });
         let messages = match messages {
             Ok(m) => m,
             Err(e) => {
@@ -111,13 +100,7 @@ impl EnvironmentPlugin {
                 return Err(e);
             }
         };
-        Ok((
-            Episode {
-                env: self.clone(),
-                state,
-            },
-            messages,
-        ))
+        Ok((Episode { env: self.clone(), state }, messages))
     }
 }
 

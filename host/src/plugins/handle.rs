@@ -27,52 +27,26 @@ impl Handle {
         create: unsafe extern "C" fn(grpo_sdk::ffi::FfiStr, *mut *mut c_void, StrSink) -> u32,
         destroy: unsafe extern "C" fn(*mut c_void),
     ) -> anyhow::Result<Handle> {
-        let text = if config.is_null() {
-            String::new()
-        } else {
-            config.to_string()
-        };
+        let text = if config.is_null() { String::new() } else { config.to_string() };
         let mut this: *mut c_void = std::ptr::null_mut();
         let mut err = String::new();
         // SAFETY: `create` comes from a validated vtable; the arguments live through the call.
-        let code = unsafe {
-            create(
-                grpo_sdk::ffi::FfiStr::new(&text),
-                &mut this,
-                StrSink::for_string(&mut err),
-            )
-        };
+        let code = unsafe { create(grpo_sdk::ffi::FfiStr::new(&text), &mut this, StrSink::for_string(&mut err)) };
         if code != status::OK || this.is_null() {
-            let shown = if text.is_empty() {
-                "no config".to_string()
-            } else {
-                format!("config {text}")
-            };
+            let shown = if text.is_empty() { "no config".to_string() } else { format!("config {text}") };
             return Err(user_error!(
                 "{} could not be created with {shown}: {}",
                 info.label(),
-                if err.is_empty() {
-                    "no reason given"
-                } else {
-                    &err
-                }
+                if err.is_empty() { "no reason given" } else { &err }
             ));
         }
-        Ok(Handle {
-            info,
-            this,
-            destroy,
-            poisoned: AtomicBool::new(false),
-        })
+        Ok(Handle { info, this, destroy, poisoned: AtomicBool::new(false) })
     }
 
     /// Run one call, `f(err_sink) -> status`, and turn its status into a result naming the plugin and the call.
     pub fn call(&self, what: &str, f: impl FnOnce(StrSink) -> u32) -> anyhow::Result<()> {
         if self.poisoned.load(Ordering::Acquire) {
-            return Err(user_error!(
-                "{} panicked earlier and is disabled; {what} was not called",
-                self.info.label()
-            ));
+            return Err(user_error!("{} panicked earlier and is disabled; {what} was not called", self.info.label()));
         }
         let mut err = String::new();
         let code = f(StrSink::for_string(&mut err));
@@ -85,10 +59,7 @@ impl Handle {
             }
             other => {
                 self.poisoned.store(true, Ordering::Release);
-                Err(user_error!(
-                    "{} returned unknown status {other} from {what}",
-                    self.info.label()
-                ))
+                Err(user_error!("{} returned unknown status {other} from {what}", self.info.label()))
             }
         }
     }
@@ -107,12 +78,8 @@ impl Handle {
         let mut out = String::new();
         let sink = StrSink::for_string(&mut out);
         self.call(what, |err| f(sink, err))?;
-        serde_json::from_str(&out).map_err(|e| {
-            user_error!(
-                "{} returned malformed data from {what}: {e}",
-                self.info.label()
-            )
-        })
+        serde_json::from_str(&out)
+            .map_err(|e| user_error!("{} returned malformed data from {what}: {e}", self.info.label()))
     }
 }
 

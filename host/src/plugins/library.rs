@@ -87,19 +87,13 @@ pub(crate) unsafe fn validate(entry: EntryFn, path: &Path) -> anyhow::Result<Vec
     let mut plugins = Vec::new();
     for entry in desc.plugins.as_slice() {
         let name = text(entry.name, "plugin name")?;
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
             return Err(user_error!(
                 "plugin file {shown}: plugin name {name:?} is not usable on the command line (letters, digits, _ and -)"
             ));
         }
         if entry.vtable.is_null() {
-            return Err(user_error!(
-                "plugin file {shown}: plugin `{name}` has no function table; rebuild it"
-            ));
+            return Err(user_error!("plugin file {shown}: plugin `{name}` has no function table; rebuild it"));
         }
         let vtable = match entry.kind {
             ffi::KIND_ALGORITHM => {
@@ -114,8 +108,8 @@ pub(crate) unsafe fn validate(entry: EntryFn, path: &Path) -> anyhow::Result<Vec
             }
             other => {
                 return Err(user_error!(
-                    "plugin file {shown}: plugin `{name}` has unknown kind {other}; this host may be older than the plugin"
-                ))
+                "plugin file {shown}: plugin `{name}` has unknown kind {other}; this host may be older than the plugin"
+            ))
             }
         };
         let kind = match vtable {

@@ -95,52 +95,29 @@ impl Registry {
     }
 
     fn find(&self, kind: PluginKind, name: &str) -> anyhow::Result<&LoadedPlugin> {
-        if let Some(p) = self
-            .plugins
-            .iter()
-            .find(|p| p.info.kind == kind && p.info.name == name)
-        {
+        if let Some(p) = self.plugins.iter().find(|p| p.info.kind == kind && p.info.name == name) {
             return Ok(p);
         }
         let flag = match kind {
             PluginKind::Algorithm => "--algo",
             PluginKind::Environment => "--env",
         };
-        let available: Vec<&str> = self
-            .plugins
-            .iter()
-            .filter(|p| p.info.kind == kind)
-            .map(|p| p.info.name.as_str())
-            .collect();
-        let searched: Vec<String> = self
-            .searched
-            .iter()
-            .map(|d| d.display().to_string())
-            .collect();
-        let searched = if searched.is_empty() {
-            "nowhere".to_string()
-        } else {
-            searched.join(", ")
-        };
+        let available: Vec<&str> =
+            self.plugins.iter().filter(|p| p.info.kind == kind).map(|p| p.info.name.as_str()).collect();
+        let searched: Vec<String> = self.searched.iter().map(|d| d.display().to_string()).collect();
+        let searched = if searched.is_empty() { "nowhere".to_string() } else { searched.join(", ") };
         if available.is_empty() {
             Err(user_error!(
                 "{flag} {name}: no {kind} plugins found (searched {searched}); build them with `cargo build --release` \
                  or pass --plugin-dir DIR"
             ))
         } else {
-            Err(user_error!(
-                "{flag} {name}: unknown {kind}; available: {}",
-                available.join(", ")
-            ))
+            Err(user_error!("{flag} {name}: unknown {kind}; available: {}", available.join(", ")))
         }
     }
 
     /// Create the algorithm called `name` with its JSON config (`null` for defaults).
-    pub fn algorithm(
-        &self,
-        name: &str,
-        config: &serde_json::Value,
-    ) -> anyhow::Result<AlgorithmPlugin> {
+    pub fn algorithm(&self, name: &str, config: &serde_json::Value) -> anyhow::Result<AlgorithmPlugin> {
         let p = self.find(PluginKind::Algorithm, name)?;
         match p.vtable {
             VTable::Algorithm(vt) => AlgorithmPlugin::create(p.info.clone(), vt, config),
@@ -149,11 +126,7 @@ impl Registry {
     }
 
     /// Create the environment called `name` with its JSON config (`null` for defaults).
-    pub fn environment(
-        &self,
-        name: &str,
-        config: &serde_json::Value,
-    ) -> anyhow::Result<EnvironmentPlugin> {
+    pub fn environment(&self, name: &str, config: &serde_json::Value) -> anyhow::Result<EnvironmentPlugin> {
         let p = self.find(PluginKind::Environment, name)?;
         match p.vtable {
             VTable::Environment(vt) => EnvironmentPlugin::create(p.info.clone(), vt, config),

@@ -24,11 +24,8 @@ pub struct Glue<'a> {
 impl<'a> Glue<'a> {
     /// Glue for `tokenizer`'s template with the environment's `tools` declared.
     pub fn new(tokenizer: &'a Tokenizer, tools: Option<&'a [Json]>) -> Result<Self> {
-        let eos_texts = tokenizer
-            .eos_token_ids()
-            .iter()
-            .map(|&id| tokenizer.decode(&[id], false))
-            .collect::<Result<Vec<_>>>()?;
+        let eos_texts =
+            tokenizer.eos_token_ids().iter().map(|&id| tokenizer.decode(&[id], false)).collect::<Result<Vec<_>>>()?;
         Ok(Glue { tokenizer, tools, eos_texts })
     }
 

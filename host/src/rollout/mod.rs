@@ -19,7 +19,7 @@ use serde_json::Value as Json;
 
 use crate::generate::{generate, FinishReason, GenerateRequest, SamplingParams};
 use crate::model::Model;
-use crate::plugins::{Episode as EnvEpisode, EnvironmentPlugin};
+use crate::plugins::{EnvironmentPlugin, Episode as EnvEpisode};
 use crate::tokenizer::Tokenizer;
 
 pub use glue::Glue;
@@ -154,12 +154,8 @@ pub fn run_episodes(
         } else {
             (live.iter().map(|l| l.rollout.tokens.clone()).collect(), 1)
         };
-        let mut request = GenerateRequest::new(
-            request_prompts,
-            group_size,
-            cfg.max_new_tokens,
-            tokenizer.eos_token_ids().to_vec(),
-        );
+        let mut request =
+            GenerateRequest::new(request_prompts, group_size, cfg.max_new_tokens, tokenizer.eos_token_ids().to_vec());
         request.sampling = cfg.sampling;
         request.seed = Some(seed.wrapping_add(turn as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let output = generate(model, Some(tokenizer), &request, None)?;
@@ -218,10 +214,7 @@ pub fn run_episodes(
     }
 
     // Restore batch order: groups in task order, episodes of a group in sampling order.
-    let mut out: Vec<Rollout> = finished
-        .into_iter()
-        .map(|l| l.rollout)
-        .collect();
+    let mut out: Vec<Rollout> = finished.into_iter().map(|l| l.rollout).collect();
     out.sort_by_key(|r| r.group);
     Ok(out)
 }
@@ -233,13 +226,7 @@ fn step_all(live: &mut [Live]) -> Result<Vec<grpo_sdk::StepOutcome>> {
     let results: Vec<Result<Vec<grpo_sdk::StepOutcome>>> = std::thread::scope(|s| {
         let handles: Vec<_> = live
             .chunks_mut(chunk)
-            .map(|part| {
-                s.spawn(move || {
-                    part.iter_mut()
-                        .map(|l| l.env.step(&l.last_text))
-                        .collect::<Result<Vec<_>>>()
-                })
-            })
+            .map(|part| s.spawn(move || part.iter_mut().map(|l| l.env.step(&l.last_text)).collect::<Result<Vec<_>>>()))
             .collect();
         handles.into_iter().map(|h| h.join().expect("environment threads do not panic")).collect()
     });

@@ -13,15 +13,8 @@ use crate::model::config::ids_of;
 use crate::user_error;
 
 /// The special-token fields transformers exposes to chat templates.
-const SPECIAL_TOKEN_FIELDS: &[&str] = &[
-    "bos_token",
-    "eos_token",
-    "unk_token",
-    "sep_token",
-    "pad_token",
-    "cls_token",
-    "mask_token",
-];
+const SPECIAL_TOKEN_FIELDS: &[&str] =
+    &["bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"];
 
 /// A Hugging Face tokenizer with its chat template and stop ids.
 pub struct Tokenizer {
@@ -33,18 +26,15 @@ pub struct Tokenizer {
 
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tokenizer")
-            .field("eos_ids", &self.eos_ids)
-            .field("pad_id", &self.pad_id)
-            .finish()
+        f.debug_struct("Tokenizer").field("eos_ids", &self.eos_ids).field("pad_id", &self.pad_id).finish()
     }
 }
 
 fn read_json(path: &Path) -> anyhow::Result<Option<Json>> {
     match std::fs::read_to_string(path) {
-        Ok(text) => Ok(Some(serde_json::from_str(&text).map_err(|e| {
-            user_error!("{} is not valid JSON: {e}", path.display())
-        })?)),
+        Ok(text) => {
+            Ok(Some(serde_json::from_str(&text).map_err(|e| user_error!("{} is not valid JSON: {e}", path.display()))?))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(user_error!("cannot read {}: {e}", path.display())),
     }
@@ -65,10 +55,7 @@ impl Tokenizer {
     pub fn from_dir(dir: &Path) -> anyhow::Result<Self> {
         let tj = dir.join("tokenizer.json");
         if !tj.exists() {
-            return Err(user_error!(
-                "{} is missing; the model directory needs a fast tokenizer",
-                tj.display()
-            ));
+            return Err(user_error!("{} is missing; the model directory needs a fast tokenizer", tj.display()));
         }
         let inner = tokenizers::Tokenizer::from_file(&tj)
             .map_err(|e| user_error!("cannot load tokenizer {}: {e}", tj.display()))?;
@@ -82,18 +69,10 @@ impl Tokenizer {
                 special.insert(field.to_string(), Json::String(s));
             }
         }
-        let id_of = |field: &str| {
-            special
-                .get(field)
-                .and_then(Json::as_str)
-                .and_then(|s| inner.token_to_id(s))
-        };
+        let id_of = |field: &str| special.get(field).and_then(Json::as_str).and_then(|s| inner.token_to_id(s));
 
         let mut eos_ids = ids_of(gen.get("eos_token_id"));
-        for id in ids_of(cfg.get("eos_token_id"))
-            .into_iter()
-            .chain(id_of("eos_token"))
-        {
+        for id in ids_of(cfg.get("eos_token_id")).into_iter().chain(id_of("eos_token")) {
             if !eos_ids.contains(&id) {
                 eos_ids.push(id);
             }
@@ -104,10 +83,7 @@ impl Tokenizer {
 
         let jinja = dir.join("chat_template.jinja");
         let source = if jinja.exists() {
-            Some(
-                std::fs::read_to_string(&jinja)
-                    .map_err(|e| user_error!("cannot read {}: {e}", jinja.display()))?,
-            )
+            Some(std::fs::read_to_string(&jinja).map_err(|e| user_error!("cannot read {}: {e}", jinja.display()))?)
         } else {
             match tc.get("chat_template") {
                 Some(Json::String(s)) => Some(s.clone()),
@@ -121,31 +97,19 @@ impl Tokenizer {
                 _ => None,
             }
         };
-        let template = source
-            .map(|s| ChatTemplate::new(&s, special.clone()))
-            .transpose()?;
-        Ok(Tokenizer {
-            inner,
-            template,
-            eos_ids,
-            pad_id,
-        })
+        let template = source.map(|s| ChatTemplate::new(&s, special.clone())).transpose()?;
+        Ok(Tokenizer { inner, template, eos_ids, pad_id })
     }
 
     /// Token ids of `text`; `add_special_tokens` applies the tokenizer's post-processor (e.g. a BOS token).
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> anyhow::Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, add_special_tokens)
-            .map_err(|e| anyhow::anyhow!("tokenizing failed: {e}"))?;
+        let enc = self.inner.encode(text, add_special_tokens).map_err(|e| anyhow::anyhow!("tokenizing failed: {e}"))?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Text of `ids`; `skip_special` drops special tokens such as `<|im_end|>`.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> anyhow::Result<String> {
-        self.inner
-            .decode(ids, skip_special)
-            .map_err(|e| anyhow::anyhow!("decoding failed: {e}"))
+        self.inner.decode(ids, skip_special).map_err(|e| anyhow::anyhow!("decoding failed: {e}"))
     }
 
     /// End-of-sequence ids (generation_config.json first, then config.json, then the tokenizer's eos token).
@@ -197,9 +161,10 @@ impl Tokenizer {
         add_generation_prompt: bool,
         extra: &Map<String, Json>,
     ) -> anyhow::Result<String> {
-        let t = self.template.as_ref().ok_or_else(|| {
-            user_error!("this model has no chat template; use --raw TEXT instead of --prompt")
-        })?;
+        let t = self
+            .template
+            .as_ref()
+            .ok_or_else(|| user_error!("this model has no chat template; use --raw TEXT instead of --prompt"))?;
         t.render(messages, tools, add_generation_prompt, extra)
     }
 }

@@ -17,9 +17,7 @@ pub struct ChatTemplate {
 
 impl std::fmt::Debug for ChatTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChatTemplate")
-            .field("special_tokens", &self.special_tokens)
-            .finish()
+        f.debug_struct("ChatTemplate").field("special_tokens", &self.special_tokens).finish()
     }
 }
 
@@ -37,10 +35,7 @@ impl ChatTemplate {
         env.add_function("strftime_now", strftime_now);
         env.add_template_owned("chat_template", source.to_string())
             .map_err(|e| user_error!("the chat template does not compile: {e}"))?;
-        Ok(ChatTemplate {
-            env,
-            special_tokens,
-        })
+        Ok(ChatTemplate { env, special_tokens })
     }
 
     /// Render `messages` (OpenAI-style objects: role, content, optional tool_calls ...) with optional `tools`
@@ -56,29 +51,15 @@ impl ChatTemplate {
         for (k, v) in extra {
             ctx.insert(k.clone(), v.clone());
         }
-        ctx.insert(
-            "messages".into(),
-            Json::Array(messages.iter().map(normalize_message).collect()),
-        );
-        ctx.insert(
-            "tools".into(),
-            tools.map_or(Json::Null, |t| Json::Array(t.to_vec())),
-        );
+        ctx.insert("messages".into(), Json::Array(messages.iter().map(normalize_message).collect()));
+        ctx.insert("tools".into(), tools.map_or(Json::Null, |t| Json::Array(t.to_vec())));
         ctx.insert("documents".into(), Json::Null);
-        ctx.insert(
-            "add_generation_prompt".into(),
-            Json::Bool(add_generation_prompt),
-        );
+        ctx.insert("add_generation_prompt".into(), Json::Bool(add_generation_prompt));
         let tmpl = self.env.get_template("chat_template")?;
         tmpl.render(Value::from_serialize(&ctx)).map_err(|e| {
-            if e.kind() == ErrorKind::InvalidOperation
-                && e.detail()
-                    .is_some_and(|d| d.starts_with("template error: "))
+            if e.kind() == ErrorKind::InvalidOperation && e.detail().is_some_and(|d| d.starts_with("template error: "))
             {
-                user_error!(
-                    "the chat template refused the conversation: {}",
-                    e.detail().unwrap_or_default()
-                )
+                user_error!("the chat template refused the conversation: {}", e.detail().unwrap_or_default())
             } else {
                 user_error!("rendering the chat template failed: {e}")
             }
@@ -92,15 +73,9 @@ fn normalize_message(m: &Json) -> Json {
     let Some(obj) = m.as_object() else {
         return m.clone();
     };
-    let obj: Map<String, Json> = obj
-        .iter()
-        .filter(|(_, v)| !v.is_null())
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let reasoning = ["reasoning_content", "thinking", "reasoning"]
-        .iter()
-        .find_map(|k| obj.get(*k))
-        .cloned();
+    let obj: Map<String, Json> =
+        obj.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let reasoning = ["reasoning_content", "thinking", "reasoning"].iter().find_map(|k| obj.get(*k)).cloned();
     match reasoning {
         Some(r) => {
             let mut out = Map::new();
@@ -118,17 +93,12 @@ fn normalize_message(m: &Json) -> Json {
 }
 
 fn raise_exception(message: String) -> Result<Value, Error> {
-    Err(Error::new(
-        ErrorKind::InvalidOperation,
-        format!("template error: {message}"),
-    ))
+    Err(Error::new(ErrorKind::InvalidOperation, format!("template error: {message}")))
 }
 
 /// `datetime.now().strftime(fmt)` for the directives chat templates use (UTC).
 fn strftime_now(fmt: String) -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs()) as i64;
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
     strftime(secs, &fmt)
 }
 
@@ -148,15 +118,7 @@ pub(crate) fn strftime(secs: i64, fmt: &str) -> String {
         "November",
         "December",
     ];
-    const DAYS: [&str; 7] = [
-        "Monday",
-        "Tuesday",
-        "Wednesday",
-        "Thursday",
-        "Friday",
-        "Saturday",
-        "Sunday",
-    ];
+    const DAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
     let days = secs.div_euclid(86400);
     let rem = secs.rem_euclid(86400);
     // Civil-from-days (Howard Hinnant's algorithm).
@@ -224,10 +186,7 @@ fn tojson(value: Value, kwargs: Kwargs) -> Result<Value, Error> {
         Some(s) if !s.is_none() => {
             let a = s.get_item(&Value::from(0))?;
             let b = s.get_item(&Value::from(1))?;
-            (
-                a.as_str().unwrap_or(",").to_string(),
-                b.as_str().unwrap_or(":").to_string(),
-            )
+            (a.as_str().unwrap_or(",").to_string(), b.as_str().unwrap_or(":").to_string())
         }
         _ if indent.is_some() => (",".to_string(), ": ".to_string()),
         _ => (", ".to_string(), ": ".to_string()),
@@ -299,7 +258,7 @@ impl PyJson {
                     return Ok(());
                 }
                 if self.sort_keys {
-                    keys.sort_by(|a, b| a.to_string().cmp(&b.to_string()));
+                    keys.sort_by_key(|k| k.to_string());
                 }
                 out.push('{');
                 for (i, k) in keys.iter().enumerate() {
@@ -353,18 +312,10 @@ fn py_float(f: f64) -> String {
         return "NaN".into();
     }
     if f.is_infinite() {
-        return if f > 0.0 {
-            "Infinity".into()
-        } else {
-            "-Infinity".into()
-        };
+        return if f > 0.0 { "Infinity".into() } else { "-Infinity".into() };
     }
     if f == 0.0 {
-        return if f.is_sign_negative() {
-            "-0.0".into()
-        } else {
-            "0.0".into()
-        };
+        return if f.is_sign_negative() { "-0.0".into() } else { "0.0".into() };
     }
     let sci = format!("{f:e}");
     let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
@@ -404,13 +355,9 @@ mod tests {
 
     #[test]
     fn tojson_matches_json_dumps() {
-        let t =
-            ChatTemplate::new("{{ x | tojson }}|{{ x | tojson(indent=2) }}", Map::new()).unwrap();
+        let t = ChatTemplate::new("{{ x | tojson }}|{{ x | tojson(indent=2) }}", Map::new()).unwrap();
         let mut extra = Map::new();
-        extra.insert(
-            "x".into(),
-            serde_json::json!({"b": [1, 2.5, "é\n"], "a": {}}),
-        );
+        extra.insert("x".into(), serde_json::json!({"b": [1, 2.5, "é\n"], "a": {}}));
         let s = t.render(&[], None, false, &extra).unwrap();
         assert_eq!(s, "{\"b\": [1, 2.5, \"é\\n\"], \"a\": {}}|{\n  \"b\": [\n    1,\n    2.5,\n    \"é\\n\"\n  ],\n  \"a\": {}\n}");
     }

@@ -71,7 +71,8 @@ impl Experience {
     /// The rows `rows`, cut to their own longest sequence (a micro-batch pays only for its own length).
     pub fn select(&self, rows: &[usize]) -> MicroBatch {
         let longest = rows.iter().map(|&r| self.lengths[r]).max().unwrap_or(2).max(2) as i64;
-        let index = Tensor::from_slice(&rows.iter().map(|&r| r as i64).collect::<Vec<_>>()).to_device(self.tokens.device());
+        let index =
+            Tensor::from_slice(&rows.iter().map(|&r| r as i64).collect::<Vec<_>>()).to_device(self.tokens.device());
         let pick = |x: &Tensor, width: i64| x.index_select(0, &index).narrow(1, 0, width);
         MicroBatch {
             tokens: pick(&self.tokens, longest),
@@ -153,7 +154,7 @@ mod tests {
         let mask = Tensor::from_slice(&[true, true, false]).view([1, 3]);
         let kl = sequence_kl(&lp, &rf, &mask).double_value(&[0]);
         let d: f64 = -0.5;
-        let expected = ((d.exp() - d - 1.0) + 0.0) / 2.0;
+        let expected = (d.exp() - d - 1.0) / 2.0; // the second action token has zero difference
         assert!((kl - expected).abs() < 1e-6, "{kl} vs {expected}");
     }
 }

@@ -177,7 +177,7 @@ impl Trainer {
     fn train(&mut self, loggers: &mut Loggers) -> Result<Outcome> {
         while self.state.batch < self.args.max_steps {
             self.batch(loggers)?;
-            let saved = self.state.batch % self.args.checkpoint_interval.max(1) == 0;
+            let saved = self.state.batch.is_multiple_of(self.args.checkpoint_interval.max(1));
             if saved && self.state.batch < self.args.max_steps {
                 let dir = self.save()?;
                 loggers.log(
@@ -186,9 +186,13 @@ impl Trainer {
                 );
                 loggers.println(&format!("checkpoint saved: {}", dir.display()));
             }
-            loggers.commit();
             if self.interrupted.load(Ordering::SeqCst) {
                 return Ok(Outcome::Interrupted);
+            }
+            // The last batch's row stays open: `finish` adds the final metrics to it, so a resumed run's first
+            // batch never lands on a step that W&B already holds.
+            if self.state.batch < self.args.max_steps {
+                loggers.commit();
             }
         }
         Ok(Outcome::Completed)
@@ -251,7 +255,7 @@ impl Trainer {
         let generated: usize = rollouts.iter().map(|r| r.action.iter().filter(|&&a| a).count()).sum();
         m.insert("timing/generated_tokens_per_s".into(), (generated as f64 / rollout_secs.max(1e-9)).into());
         m.extend(self.system.sample(exp.len(), true));
-        if args.log_completions_interval > 0 && self.state.batch % args.log_completions_interval == 0 {
+        if args.log_completions_interval > 0 && self.state.batch.is_multiple_of(args.log_completions_interval) {
             let rows = completion_rows(step0, &rollouts, &adv_values);
             if let Some(first) = rollouts.first() {
                 m.insert("examples/completion".into(), example_text(first).into());
@@ -273,7 +277,10 @@ impl Trainer {
         m.insert("training_epoch/kl_mean".into(), kl.mean.into());
         m.insert("training_epoch/kl_std".into(), kl.std.into());
         m.insert("training_epoch/grad_norm_mean".into(), grad.mean.into());
-        m.insert("training_epoch/grad_norm_max".into(), if epoch.grad_norms.is_empty() { 0.0 } else { grad.max }.into());
+        m.insert(
+            "training_epoch/grad_norm_max".into(),
+            if epoch.grad_norms.is_empty() { 0.0 } else { grad.max }.into(),
+        );
         m.insert("training/invalid_loss_count".into(), self.state.invalid_loss_count.into());
         m.insert("timing/train_s".into(), train_secs.into());
         for source in [self.algo.metrics()?, self.env.metrics()?] {
@@ -286,7 +293,14 @@ impl Trainer {
         Ok(())
     }
 
-    fn rollout_metrics(&mut self, m: &mut Metrics, rollouts: &[Rollout], returns: &[f64], adv: &[f32], exp: &Experience) {
+    fn rollout_metrics(
+        &mut self,
+        m: &mut Metrics,
+        rollouts: &[Rollout],
+        returns: &[f64],
+        adv: &[f32],
+        exp: &Experience,
+    ) {
         let r = summarize(returns);
         let best = self.state.best_mean_return.map_or(r.mean, |b| b.max(r.mean));
         self.state.best_mean_return = Some(best);
@@ -441,6 +455,7 @@ impl Trainer {
     /// End of the run, however it ended: final metrics, a checkpoint, flushed logs, and the exit code.
     fn finish(&mut self, loggers: &mut Loggers, outcome: Result<Outcome>) -> Result<i32> {
         let step = self.state.global_step;
+        let last_step = step.saturating_sub(1);
         let saved = self.save();
         let mut summary = crate::metrics! {
             "final/total_steps" => self.state.global_step,
@@ -451,10 +466,11 @@ impl Trainer {
             "checkpoint/step" => step,
         };
         summary.insert("training/completed".into(), matches!(outcome, Ok(Outcome::Completed)).into());
-        loggers.log(step, summary.clone());
+        loggers.log(last_step, summary.clone());
         loggers.commit();
         loggers.set_summary(summary);
-        let resume_hint = |dir: &Path| format!("resume with: grpo-host --resume {} (and the same flags)", dir.display());
+        let resume_hint =
+            |dir: &Path| format!("resume with: grpo-host --resume {} (and the same flags)", dir.display());
         match (outcome, saved) {
             (Ok(Outcome::Completed), Ok(dir)) => {
                 loggers.println(&format!("done: final checkpoint {}", dir.display()));
@@ -616,7 +632,10 @@ fn validate(args: &TrainArgs) -> Result<()> {
         return Err(user_error!("--lr-schedule {}: expected constant or cosine", args.lr_schedule));
     }
     if !matches!(args.recompute_old_logprobs.as_str(), "auto" | "always" | "never") {
-        return Err(user_error!("--recompute-old-logprobs {}: expected auto, always or never", args.recompute_old_logprobs));
+        return Err(user_error!(
+            "--recompute-old-logprobs {}: expected auto, always or never",
+            args.recompute_old_logprobs
+        ));
     }
     if args.lr <= 0.0 || !args.lr.is_finite() {
         return Err(user_error!("--lr {} must be a positive number", args.lr));

@@ -146,7 +146,11 @@ impl AdamW {
                 let key = format!("{prefix}.{name}");
                 let t = tensors.get(&key).with_context(|| format!("the checkpoint's optimizer state has no {key}"))?;
                 if t.size() != p.size() {
-                    anyhow::bail!("the checkpoint's {key} has shape {:?}, the model's parameter {:?}", t.size(), p.size());
+                    anyhow::bail!(
+                        "the checkpoint's {key} has shape {:?}, the model's parameter {:?}",
+                        t.size(),
+                        p.size()
+                    );
                 }
                 *slot = t.to_kind(Kind::Float).to_device(p.device());
             }
@@ -174,6 +178,7 @@ mod tests {
 
     /// Two AdamW steps on a fixed gradient, against values computed by hand from PyTorch's update rule.
     #[test]
+    #[allow(clippy::needless_range_loop)] // the index mirrors the per-element formula
     fn adamw_matches_pytorch_rule() {
         let p = Tensor::from_slice(&[1.0f32, -2.0]).set_requires_grad(true);
         let cfg = AdamWConfig { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 };

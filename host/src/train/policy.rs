@@ -40,7 +40,11 @@ impl Policy {
         let tokenizer = Tokenizer::from_dir(&model_dir)?;
         let lora = args.lora_rank > 0;
         if lora {
-            model.attach_lora(LoraConfig { rank: args.lora_rank, alpha: args.lora_alpha, dropout: args.lora_dropout })?;
+            model.attach_lora(LoraConfig {
+                rank: args.lora_rank,
+                alpha: args.lora_alpha,
+                dropout: args.lora_dropout,
+            })?;
         } else if args.lora_rank < 0 {
             return Err(user_error!("--lora-rank {} must be >= 0 (0 trains all weights)", args.lora_rank));
         }

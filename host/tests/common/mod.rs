@@ -5,33 +5,30 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 
-/// The shipped plugins these tests load, by package and library file stem.
-pub const SHIPPED: [(&str, &str); 3] = [
+/// The shipped plugins, by package and library file stem.
+pub const SHIPPED: [(&str, &str); 5] = [
     ("grpo-plugin-grpo", "grpo_grpo"),
     ("grpo-plugin-drgrpo", "grpo_drgrpo"),
     ("grpo-plugin-math", "grpo_math"),
+    ("grpo-plugin-calc-tools", "grpo_calc_tools"),
+    ("grpo-plugin-multiturn-qa", "grpo_multiturn_qa"),
 ];
 
 /// `target/<profile>`: the test binary lives in its `deps/` folder.
 pub fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>")
-        .to_path_buf()
+    exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>").to_path_buf()
 }
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
 /// A directory holding links to the shipped plugin libraries, built first with cargo when needed (`cargo test`
 /// builds a cdylib only for the crate under test, so the host's tests build them: with up-to-date libraries this
-/// is a no-op costing about a second).
+/// is a no-op costing about a second). It builds the whole workspace, exactly as `cargo xtask test` does before the
+/// tests, so that cargo resolves the same features and reuses those artifacts instead of rebuilding libtorch's glue.
 pub fn shipped_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
@@ -42,19 +39,13 @@ pub fn shipped_dir() -> &'static Path {
             None => panic!("unexpected target layout {}", profile_dir.display()),
         };
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.current_dir(workspace_root())
-            .args(["build", "--quiet", "--profile", &profile]);
-        for (package, _) in SHIPPED {
-            cmd.args(["-p", package]);
-        }
-        let status = cmd
+        let status = Command::new(cargo)
+            .current_dir(workspace_root())
+            .args(["build", "--quiet", "--workspace", "--profile", &profile])
             .status()
             .expect("run cargo build for the plugin libraries");
         assert!(status.success(), "building the plugin libraries failed");
-        let dir = profile_dir
-            .join("plugin-tests")
-            .join(format!("shipped-{}", std::process::id()));
+        let dir = profile_dir.join("plugin-tests").join(format!("shipped-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         for (_, stem) in SHIPPED {
             let file = library_file(stem);
@@ -66,13 +57,33 @@ pub fn shipped_dir() -> &'static Path {
     })
 }
 
+/// A folder with a copy (hard link) of grpo-host and links to the shipped plugins beside it, as after an install:
+/// the executable's directory is one of the places searched, and target/<profile> may hold other libraries.
+pub fn installed() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = profile_dir().join("plugin-tests").join(format!("installed-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let exe = dir.join("grpo-host");
+        let _ = std::fs::remove_file(&exe);
+        std::fs::hard_link(env!("CARGO_BIN_EXE_grpo-host"), &exe).unwrap();
+        for (_, stem) in SHIPPED {
+            let link = dir.join(library_file(stem));
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(shipped(stem), link).unwrap();
+        }
+        dir
+    })
+}
+
+/// The installed copy of grpo-host (see [`installed`]).
+pub fn host_exe() -> PathBuf {
+    installed().join("grpo-host")
+}
+
 /// `lib<stem>.so` on this platform.
 pub fn library_file(stem: &str) -> String {
-    format!(
-        "{}{stem}{}",
-        std::env::consts::DLL_PREFIX,
-        std::env::consts::DLL_SUFFIX
-    )
+    format!("{}{stem}{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX)
 }
 
 /// The path of a shipped library (built by [`shipped_dir`]).
@@ -85,9 +96,7 @@ pub fn shipped(stem: &str) -> PathBuf {
 pub fn broken_plugin(case: &str) -> PathBuf {
     static LOCK: Mutex<()> = Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = profile_dir()
-        .join("plugin-tests")
-        .join(format!("broken-{case}"));
+    let dir = profile_dir().join("plugin-tests").join(format!("broken-{case}"));
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join(library_file(&format!("broken_{case}")));
     let src = workspace_root().join("tests/broken_plugins/broken.rs");
@@ -99,31 +108,15 @@ pub fn broken_plugin(case: &str) -> PathBuf {
         let tmp = dir.join(format!("building-{}", std::process::id()));
         let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
         let output = Command::new(rustc)
-            .args([
-                "--edition",
-                "2021",
-                "--crate-type",
-                "cdylib",
-                "-C",
-                "debuginfo=0",
-            ])
-            .args([
-                "--crate-name",
-                &format!("broken_{case}"),
-                "--cfg",
-                &format!("case=\"{case}\""),
-            ])
+            .args(["--edition", "2021", "--crate-type", "cdylib", "-C", "debuginfo=0"])
+            .args(["--crate-name", &format!("broken_{case}"), "--cfg", &format!("case=\"{case}\"")])
             .arg("-o")
             .arg(&tmp)
             .arg(&src)
             .env("BROKEN_HOST_LIBTORCH", grpo_sdk::LIBTORCH_VERSION)
             .output()
             .expect("run rustc");
-        assert!(
-            output.status.success(),
-            "rustc failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        assert!(output.status.success(), "rustc failed: {}", String::from_utf8_lossy(&output.stderr));
         std::fs::rename(&tmp, &out).unwrap();
     }
     out

@@ -51,10 +51,7 @@ impl MockWandb {
         let server = tiny_http::Server::http("127.0.0.1:0").expect("bind 127.0.0.1");
         let port = server.server_addr().to_ip().expect("ip address").port();
         let url = format!("http://127.0.0.1:{port}");
-        let state = Arc::new(Mutex::new(State {
-            faults,
-            ..Default::default()
-        }));
+        let state = Arc::new(Mutex::new(State { faults, ..Default::default() }));
         let stop = Arc::new(AtomicBool::new(false));
         let (st, sp, base) = (state.clone(), stop.clone(), url.clone());
         let handle = std::thread::spawn(move || {
@@ -65,11 +62,7 @@ impl MockWandb {
                 };
                 let mut body = String::new();
                 let _ = req.as_reader().read_to_string(&mut body);
-                let rec = Recorded {
-                    method: req.method().to_string(),
-                    url: req.url().to_string(),
-                    body,
-                };
+                let rec = Recorded { method: req.method().to_string(), url: req.url().to_string(), body };
                 let mut s = st.lock().unwrap();
                 s.requests.push(rec.clone());
                 if s.faults.hang {
@@ -80,25 +73,17 @@ impl MockWandb {
                     let status = s.faults.fail_with[s.failures_served];
                     s.failures_served += 1;
                     drop(s);
-                    let _ = req.respond(
-                        tiny_http::Response::from_string("try later").with_status_code(status),
-                    );
+                    let _ = req.respond(tiny_http::Response::from_string("try later").with_status_code(status));
                     continue;
                 }
                 let existing = s.faults.existing_history;
                 drop(s);
                 let answer = respond(&base, &rec, existing);
-                let header =
-                    tiny_http::Header::from_bytes("Content-Type", "application/json").unwrap();
+                let header = tiny_http::Header::from_bytes("Content-Type", "application/json").unwrap();
                 let _ = req.respond(tiny_http::Response::from_string(answer).with_header(header));
             }
         });
-        MockWandb {
-            url,
-            state,
-            stop,
-            handle: Some(handle),
-        }
+        MockWandb { url, state, stop, handle: Some(handle) }
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -131,8 +116,7 @@ impl MockWandb {
             };
             let offset = h["offset"].as_u64().unwrap();
             for (i, line) in h["content"].as_array().unwrap().iter().enumerate() {
-                let parsed = json::parse_line(line.as_str().unwrap())
-                    .expect("history line is a JSON object");
+                let parsed = json::parse_line(line.as_str().unwrap()).expect("history line is a JSON object");
                 out.insert(offset + i as u64, parsed);
             }
         }
@@ -164,10 +148,9 @@ impl MockWandb {
 
     /// The exit code of the `complete` post, if one arrived.
     pub fn exitcode(&self) -> Option<i64> {
-        self.stream_bodies().iter().find_map(|b| {
-            (b.get("complete") == Some(&Value::Bool(true)))
-                .then(|| b["exitcode"].as_i64().unwrap_or(-1))
-        })
+        self.stream_bodies()
+            .iter()
+            .find_map(|b| (b.get("complete") == Some(&Value::Bool(true))).then(|| b["exitcode"].as_i64().unwrap_or(-1)))
     }
 
     /// Variables of every UpsertBucket.
@@ -243,10 +226,7 @@ fn respond(base: &str, rec: &Recorded, existing: Option<u64>) -> String {
 
 /// The seed guide's metric names and kinds, from tests/fixtures/logging/seed_keys.txt.
 pub fn seed_keys() -> Vec<(String, bool)> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/fixtures/logging/seed_keys.txt"
-    );
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/logging/seed_keys.txt");
     std::fs::read_to_string(path)
         .unwrap()
         .lines()
@@ -278,10 +258,7 @@ pub fn seed_row(step: u64) -> Metrics {
     for (i, (k, text)) in seed_keys().iter().enumerate() {
         m.insert(k.clone(), seed_value(i, *text, step));
     }
-    m.insert(
-        "test/nonfinite".into(),
-        MetricValue::Number(nonfinite_value(step)),
-    );
+    m.insert("test/nonfinite".into(), MetricValue::Number(nonfinite_value(step)));
     m
 }
 
@@ -295,20 +272,13 @@ pub fn same(a: &MetricValue, b: &MetricValue) -> bool {
 
 /// Assert that history holds `steps` rows, each with every seed key at its value and `_step`.
 pub fn assert_history_has_seed_rows(history: &BTreeMap<u64, Metrics>, steps: u64) {
-    assert_eq!(
-        history.len() as u64,
-        steps,
-        "history lines: {:?}",
-        history.keys().collect::<Vec<_>>()
-    );
+    assert_eq!(history.len() as u64, steps, "history lines: {:?}", history.keys().collect::<Vec<_>>());
     for (line, row) in history {
         let step = row["_step"].as_f64().unwrap() as u64;
         assert_eq!(step, *line, "line {line} carries _step {step}");
         assert!(row.contains_key("_runtime") && row.contains_key("_timestamp"));
         for (k, v) in seed_row(step) {
-            let got = row
-                .get(&k)
-                .unwrap_or_else(|| panic!("step {step}: key {k} missing"));
+            let got = row.get(&k).unwrap_or_else(|| panic!("step {step}: key {k} missing"));
             assert!(same(got, &v), "step {step}: {k} = {got:?}, expected {v:?}");
         }
     }

@@ -9,10 +9,7 @@
 
 use std::path::PathBuf;
 
-use grpo_sdk::{
-    Environment, Error, Message, Metric, MetricSource, Result, Reward, Split, StepOutcome, Task,
-    ToolSpec,
-};
+use grpo_sdk::{Environment, Error, Message, Metric, MetricSource, Result, Reward, Split, StepOutcome, Task, ToolSpec};
 use grpo_toolcall::protocol::{self, Episode, RewardTable, ToolCall, ToolFormat, Turn};
 use grpo_toolcall::{calc, stats::FlagCounters};
 use serde::{Deserialize, Serialize};
@@ -119,14 +116,9 @@ impl CalcTools {
 
     fn run_tool(&self, call: &ToolCall) -> std::result::Result<String, String> {
         if call.name != TOOL_NAME {
-            return Err(format!(
-                "unknown tool '{}'; the only tool is '{TOOL_NAME}'",
-                call.name
-            ));
+            return Err(format!("unknown tool '{}'; the only tool is '{TOOL_NAME}'", call.name));
         }
-        calc::evaluate(&call.input)
-            .map(|v| v.to_string())
-            .map_err(|e| e.to_string())
+        calc::evaluate(&call.input).map(|v| v.to_string()).map_err(|e| e.to_string())
     }
 
     fn is_correct(&self, given: &str, expected: &str) -> bool {
@@ -141,11 +133,7 @@ impl MetricSource for CalcTools {
     /// `group_rates/{tool_called,tool_exec_ok,answer_format_ok,answer_correct}` and
     /// `calc_tools/{tool_calls_per_episode,tool_failures_per_episode,episodes}` over the episodes since the last call.
     fn metrics(&self) -> Vec<Metric> {
-        self.counters
-            .take_metrics("calc_tools")
-            .into_iter()
-            .map(|(name, value)| Metric::number(name, value))
-            .collect()
+        self.counters.take_metrics("calc_tools").into_iter().map(|(name, value)| Metric::number(name, value)).collect()
     }
 }
 
@@ -168,35 +156,24 @@ pub(crate) fn tool_messages(
             vec![Message::user(format!("{label}: {text}\n\n{next}"))]
         }
         ToolFormat::Hermes => {
-            let content = if ok {
-                text.to_string()
-            } else {
-                format!("error: {text}")
-            };
+            let content = if ok { text.to_string() } else { format!("error: {text}") };
             vec![Message::tool(tool, content), Message::user(next)]
         }
     }
 }
 
 pub(crate) fn to_rewards(rewards: Vec<(&'static str, f64)>) -> Vec<Reward> {
-    rewards
-        .into_iter()
-        .map(|(n, v)| Reward::new(n, v))
-        .collect()
+    rewards.into_iter().map(|(n, v)| Reward::new(n, v)).collect()
 }
 
 impl Environment for CalcTools {
     const NAME: &'static str = "calc_tools";
-    const DESCRIPTION: &'static str =
-        "Arithmetic with a calculator tool: call <tool:calc>, then <answer> (re-grpo)";
+    const DESCRIPTION: &'static str = "Arithmetic with a calculator tool: call <tool:calc>, then <answer> (re-grpo)";
     type State = CalcState;
 
     fn new(config: serde_json::Value) -> Result<Self> {
         let config: CalcConfig = grpo_sdk::parse_config(config)?;
-        if config.min_terms < 1
-            || config.max_terms < config.min_terms
-            || config.max_digits < 1
-            || config.max_digits > 9
+        if config.min_terms < 1 || config.max_terms < config.min_terms || config.max_digits < 1 || config.max_digits > 9
         {
             return Err(Error::msg(
                 "invalid calc_tools config: need 1 <= min_terms <= max_terms and 1 <= max_digits <= 9",
@@ -216,13 +193,7 @@ impl Environment for CalcTools {
             Some(p) => Some(tasks::load_jsonl(p, &shape, usize::MAX)?),
             None => None,
         };
-        Ok(CalcTools {
-            config,
-            shape,
-            train,
-            eval,
-            counters: FlagCounters::default(),
-        })
+        Ok(CalcTools { config, shape, train, eval, counters: FlagCounters::default() })
     }
 
     fn config(&self) -> serde_json::Value {
@@ -263,15 +234,13 @@ impl Environment for CalcTools {
             Split::Eval => &self.eval,
         };
         match rows {
-            Some(rows) => rows.get(index as usize).cloned().ok_or_else(|| {
-                Error::msg(format!(
-                    "task index {index} out of range (0..{})",
-                    rows.len()
-                ))
-            }),
-            None if split == Split::Eval && self.train.is_some() => Err(Error::msg(
-                "calc_tools has no evaluation tasks: set eval_data_path in --env-config",
-            )),
+            Some(rows) => rows
+                .get(index as usize)
+                .cloned()
+                .ok_or_else(|| Error::msg(format!("task index {index} out of range (0..{})", rows.len()))),
+            None if split == Split::Eval && self.train.is_some() => {
+                Err(Error::msg("calc_tools has no evaluation tasks: set eval_data_path in --env-config"))
+            }
             None => Ok(tasks::generate(&self.shape, seed, split as u64, index)),
         }
     }
@@ -287,10 +256,7 @@ impl Environment for CalcTools {
         });
         let user = format!("Use the calculator to solve: {}", task.question);
         Ok((
-            CalcState {
-                episode: Episode::new(self.config.max_turns),
-                answer: task.answer.clone(),
-            },
+            CalcState { episode: Episode::new(self.config.max_turns), answer: task.answer.clone() },
             vec![Message::system(system), Message::user(user)],
         ))
     }
@@ -308,17 +274,9 @@ impl Environment for CalcTools {
         );
         self.counters.record(&before, &state.episode.flags);
         Ok(match turn {
-            Turn::ToolResult {
-                tool,
-                text,
-                ok,
-                rewards,
-            } => {
+            Turn::ToolResult { tool, text, ok, rewards } => {
                 let last_next = state.episode.turns + 1 >= state.episode.max_turns;
-                StepOutcome::continues(
-                    tool_messages(format, &tool, &text, ok, last_next),
-                    to_rewards(rewards),
-                )
+                StepOutcome::continues(tool_messages(format, &tool, &text, ok, last_next), to_rewards(rewards))
             }
             Turn::Done { rewards } => StepOutcome::finished(to_rewards(rewards)),
         })

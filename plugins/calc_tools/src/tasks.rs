@@ -20,13 +20,7 @@ pub struct Shape {
 }
 
 /// Our own question wordings; `{}` is the expression.
-const TEMPLATES: [&str; 5] = [
-    "{}",
-    "What is {}?",
-    "Calculate {}.",
-    "Evaluate {}",
-    "{} = ?",
-];
+const TEMPLATES: [&str; 5] = ["{}", "What is {}?", "Calculate {}.", "Evaluate {}", "{} = ?"];
 
 /// Task `index` of the generator's stream `stream` (0 for training, 1 for evaluation) for `seed`. Terms are
 /// integers with 1 to `max_digits` digits (the first may be negative), joined by `+`, `-` or `*`, with one pair of
@@ -35,10 +29,7 @@ const TEMPLATES: [&str; 5] = [
 pub fn generate(shape: &Shape, seed: u64, stream: u64, index: u64) -> Task {
     let mut rng = SplitMix64::for_task(seed, stream, index);
     loop {
-        let n = rng.range(
-            u64::from(shape.min_terms),
-            u64::from(shape.max_terms.max(shape.min_terms)),
-        ) as usize;
+        let n = rng.range(u64::from(shape.min_terms), u64::from(shape.max_terms.max(shape.min_terms))) as usize;
         let digits = rng.range(1, u64::from(shape.max_digits.max(1))) as u32;
         let terms: Vec<String> = (0..n)
             .map(|i| {
@@ -81,11 +72,7 @@ pub fn generate(shape: &Shape, seed: u64, stream: u64, index: u64) -> Task {
         }
         let template = rng.pick(&TEMPLATES);
         let split = if stream == 0 { "train" } else { "eval" };
-        let mut task = Task::new(
-            format!("{split}-{index}"),
-            template.replace("{}", &expr),
-            answer,
-        );
+        let mut task = Task::new(format!("{split}-{index}"), template.replace("{}", &expr), answer);
         task.meta = serde_json::json!({ "num_terms": n, "num_digits": digits });
         return task;
     }
@@ -106,8 +93,8 @@ pub fn load_jsonl(path: &Path, shape: &Shape, max_rows: usize) -> Result<Vec<Tas
             continue;
         }
         let where_ = || format!("{}:{}", path.display(), i + 1);
-        let row: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| Error::msg(format!("{}: not a JSON object: {e}", where_())))?;
+        let row: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| Error::msg(format!("{}: not a JSON object: {e}", where_())))?;
         let question = row
             .get("question")
             .and_then(|q| q.as_str())
@@ -115,12 +102,7 @@ pub fn load_jsonl(path: &Path, shape: &Shape, max_rows: usize) -> Result<Vec<Tas
         let answer = match row.get("answer") {
             Some(serde_json::Value::String(s)) => s.clone(),
             Some(v @ serde_json::Value::Number(_)) => v.to_string(),
-            _ => {
-                return Err(Error::msg(format!(
-                    "{}: missing the \"answer\" string",
-                    where_()
-                )))
-            }
+            _ => return Err(Error::msg(format!("{}: missing the \"answer\" string", where_()))),
         };
         let count = |key: &str| row.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
         if question.chars().count() >= shape.max_question_len

@@ -9,11 +9,7 @@ fn env(config: serde_json::Value) -> CalcTools {
 }
 
 /// Play one episode with scripted replies; returns the total reward, the components and whether it ended.
-fn play(
-    env: &CalcTools,
-    answer: &str,
-    replies: &[&str],
-) -> (f64, Vec<(String, f64)>, bool, Vec<grpo_sdk::Message>) {
+fn play(env: &CalcTools, answer: &str, replies: &[&str]) -> (f64, Vec<(String, f64)>, bool, Vec<grpo_sdk::Message>) {
     let task = Task::new("t", "What is 2 to the 10th?", answer);
     let (mut state, _) = env.reset(&task).unwrap();
     let mut components = Vec::new();
@@ -41,76 +37,32 @@ fn reward_table() {
     let e = env(serde_json::Value::Null);
     // (replies, expected total, expected component names)
     let cases: Vec<(Vec<&str>, f64, Vec<&str>)> = vec![
-        (
-            vec!["<answer>1024</answer>"],
-            -0.5,
-            vec!["step1_tool_call_format"],
-        ),
-        (
-            vec!["I will not use tools."],
-            -0.5,
-            vec!["step1_tool_call_format"],
-        ),
-        (
-            vec!["<tool:calc>2**</tool>"],
-            -0.8,
-            vec!["step1_tool_call_format", "step1_tool_execution"],
-        ),
-        (
-            vec!["<tool:calc>1/0</tool>"],
-            -0.8,
-            vec!["step1_tool_call_format", "step1_tool_execution"],
-        ),
-        (
-            vec!["<tool:python>2**10</tool>"],
-            -0.8,
-            vec!["step1_tool_call_format", "step1_tool_execution"],
-        ),
+        (vec!["<answer>1024</answer>"], -0.5, vec!["step1_tool_call_format"]),
+        (vec!["I will not use tools."], -0.5, vec!["step1_tool_call_format"]),
+        (vec!["<tool:calc>2**</tool>"], -0.8, vec!["step1_tool_call_format", "step1_tool_execution"]),
+        (vec!["<tool:calc>1/0</tool>"], -0.8, vec!["step1_tool_call_format", "step1_tool_execution"]),
+        (vec!["<tool:python>2**10</tool>"], -0.8, vec!["step1_tool_call_format", "step1_tool_execution"]),
         (
             vec!["<tool:calc>2**10</tool>", "The answer is 1024."],
             -0.1,
-            vec![
-                "step1_tool_call_format",
-                "step1_tool_execution",
-                "step2_answer_format",
-            ],
+            vec!["step1_tool_call_format", "step1_tool_execution", "step2_answer_format"],
         ),
         (
             vec!["<tool:calc>2**10</tool>", "<answer>1000</answer>"],
             0.5,
-            vec![
-                "step1_tool_call_format",
-                "step1_tool_execution",
-                "step2_answer_format",
-                "step2_answer_content",
-            ],
+            vec!["step1_tool_call_format", "step1_tool_execution", "step2_answer_format", "step2_answer_content"],
         ),
         (
-            vec![
-                "Let me compute. <tool:calc>2**10</tool>",
-                " <answer> 1024 </answer> ",
-            ],
+            vec!["Let me compute. <tool:calc>2**10</tool>", " <answer> 1024 </answer> "],
             2.0,
-            vec![
-                "step1_tool_call_format",
-                "step1_tool_execution",
-                "step2_answer_format",
-                "step2_answer_content",
-            ],
+            vec!["step1_tool_call_format", "step1_tool_execution", "step2_answer_format", "step2_answer_content"],
         ),
         // Numbers compare by value (a documented difference from re-grpo's string equality).
-        (
-            vec!["<tool:calc>2**10</tool>", "<answer>1,024.0</answer>"],
-            2.0,
-            vec![],
-        ),
+        (vec!["<tool:calc>2**10</tool>", "<answer>1,024.0</answer>"], 2.0, vec![]),
     ];
     for (replies, total, names) in cases {
         let (got, components, done, _) = play(&e, "1024", &replies);
-        assert!(
-            close(got, total),
-            "{replies:?}: total {got}, want {total} ({components:?})"
-        );
+        assert!(close(got, total), "{replies:?}: total {got}, want {total} ({components:?})");
         assert!(done, "{replies:?} should end the episode");
         if !names.is_empty() {
             let got_names: Vec<&str> = components.iter().map(|(n, _)| n.as_str()).collect();
@@ -119,11 +71,7 @@ fn reward_table() {
     }
     // Exact comparison, as re-grpo, when configured.
     let exact = env(json!({"compare": "exact"}));
-    let (got, ..) = play(
-        &exact,
-        "1024",
-        &["<tool:calc>2**10</tool>", "<answer>1024.0</answer>"],
-    );
+    let (got, ..) = play(&exact, "1024", &["<tool:calc>2**10</tool>", "<answer>1024.0</answer>"]);
     assert!(close(got, 0.5));
 }
 
@@ -138,11 +86,7 @@ fn tool_result_is_shown_as_the_next_user_turn() {
     assert!(!out.done);
     assert_eq!(out.messages.len(), 1);
     assert_eq!(out.messages[0].role, Role::User);
-    assert!(
-        out.messages[0].content.starts_with("Tool result: 42\n"),
-        "{}",
-        out.messages[0].content
-    );
+    assert!(out.messages[0].content.starts_with("Tool result: 42\n"), "{}", out.messages[0].content);
     // Division gives Python's float.
     let (mut state, _) = e.reset(&task).unwrap();
     let out = e.step(&mut state, "<tool:calc>84 / 2</tool>").unwrap();
@@ -209,8 +153,7 @@ fn generated_tasks_are_deterministic_and_correct() {
         let terms = a.meta["num_terms"].as_u64().unwrap();
         assert!((2..=3).contains(&terms));
     }
-    let differs =
-        (0..20).any(|i| e.task(Split::Train, 1, i).unwrap() != e.task(Split::Train, 2, i).unwrap());
+    let differs = (0..20).any(|i| e.task(Split::Train, 1, i).unwrap() != e.task(Split::Train, 2, i).unwrap());
     assert!(differs, "the seed picks the stream");
 }
 
@@ -227,54 +170,27 @@ fn jsonl_tasks_in_re_grpo_schema() {
     )
     .unwrap();
     let e = env(json!({"data_path": path}));
-    assert_eq!(
-        e.task_count(Split::Train),
-        Some(2),
-        "the 4-term row is filtered out"
-    );
+    assert_eq!(e.task_count(Split::Train), Some(2), "the 4-term row is filtered out");
     assert_eq!(e.task(Split::Train, 0, 1).unwrap().answer, "6");
     assert_eq!(e.task_count(Split::Eval), Some(0));
     std::fs::write(&path, "{\"question\": \"1\"}\n").unwrap();
-    let err = CalcTools::new(json!({"data_path": path}))
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(
-        err.contains("tasks.jsonl:1") && err.contains("answer"),
-        "{err}"
-    );
-    let err = CalcTools::new(json!({"data_path": "/nonexistent.jsonl"}))
-        .err()
-        .unwrap()
-        .to_string();
+    let err = CalcTools::new(json!({"data_path": path})).err().unwrap().to_string();
+    assert!(err.contains("tasks.jsonl:1") && err.contains("answer"), "{err}");
+    let err = CalcTools::new(json!({"data_path": "/nonexistent.jsonl"})).err().unwrap().to_string();
     assert!(err.contains("/nonexistent.jsonl"), "{err}");
-    let err = CalcTools::new(json!({"max_turn": 3}))
-        .err()
-        .unwrap()
-        .to_string();
+    let err = CalcTools::new(json!({"max_turn": 3})).err().unwrap().to_string();
     assert!(err.contains("unknown field `max_turn`"), "{err}");
 }
 
 #[test]
 fn metrics_report_group_rates() {
     let e = env(serde_json::Value::Null);
-    play(
-        &e,
-        "1024",
-        &["<tool:calc>2**10</tool>", "<answer>1024</answer>"],
-    );
-    play(
-        &e,
-        "1024",
-        &["<tool:calc>2**10</tool>", "<answer>1</answer>"],
-    );
+    play(&e, "1024", &["<tool:calc>2**10</tool>", "<answer>1024</answer>"]);
+    play(&e, "1024", &["<tool:calc>2**10</tool>", "<answer>1</answer>"]);
     play(&e, "1024", &["<tool:calc>2**</tool>"]);
     play(&e, "1024", &["no call"]);
-    let m: std::collections::HashMap<String, f64> = e
-        .metrics()
-        .into_iter()
-        .map(|m| (m.name.clone(), m.as_number().unwrap()))
-        .collect();
+    let m: std::collections::HashMap<String, f64> =
+        e.metrics().into_iter().map(|m| (m.name.clone(), m.as_number().unwrap())).collect();
     assert_eq!(m["group_rates/tool_called"], 0.75);
     assert!(close(m["group_rates/tool_exec_ok"], 2.0 / 3.0));
     assert_eq!(m["group_rates/answer_format_ok"], 0.5);

@@ -24,9 +24,7 @@ fn drive(config: serde_json::Value, seed: u64, episodes: u64) {
                 fuzz::reply(seed, ep * 4 + turn)
             };
             replies += 1;
-            let out = env
-                .step(&mut state, &reply)
-                .expect("bad replies are not environment errors");
+            let out = env.step(&mut state, &reply).expect("bad replies are not environment errors");
             assert!(out.rewards.iter().all(|r| r.value.is_finite()));
             if ended {
                 assert!(out.done && out.rewards.is_empty() && out.messages.is_empty());
@@ -35,10 +33,7 @@ fn drive(config: serde_json::Value, seed: u64, episodes: u64) {
             ended |= out.done;
         }
         assert!(ended, "two turns always end a two-turn episode");
-        assert!(
-            REACHABLE.iter().any(|r| (r - total).abs() < 1e-9),
-            "total {total}"
-        );
+        assert!(REACHABLE.iter().any(|r| (r - total).abs() < 1e-9), "total {total}");
     }
     assert!(replies >= 10_000);
 }

@@ -49,10 +49,7 @@ impl Algorithm for DrGrpo {
         "Dr. GRPO: r - mean advantages, clipped surrogate + k3 KL summed per sequence / generate_max_length";
 
     fn new(config: serde_json::Value) -> Result<Self> {
-        Ok(DrGrpo {
-            config: grpo_sdk::parse_config(config)?,
-            pending: Mutex::new(Vec::new()),
-        })
+        Ok(DrGrpo { config: grpo_sdk::parse_config(config)?, pending: Mutex::new(Vec::new()) })
     }
 
     fn config(&self) -> serde_json::Value {
@@ -60,10 +57,7 @@ impl Algorithm for DrGrpo {
     }
 
     fn advantages(&self, rewards: &Tensor, groups: &[usize]) -> Result<Tensor> {
-        let parts: Vec<Tensor> = split_groups(rewards, groups)?
-            .into_iter()
-            .map(|g| &g - g.mean(None))
-            .collect();
+        let parts: Vec<Tensor> = split_groups(rewards, groups)?.into_iter().map(|g| &g - g.mean(None)).collect();
         let adv = Tensor::cat(&parts, 0);
         let (variance, skewness) = variance_and_skewness(&adv);
         *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = vec![
@@ -76,19 +70,14 @@ impl Algorithm for DrGrpo {
     fn loss(&self, batch: &PolicyBatch) -> Result<LossOutput> {
         let max_len = batch.settings.generate_max_length;
         if max_len <= 0 {
-            return Err(Error::msg(format!(
-                "generate_max_length must be positive, got {max_len}"
-            )));
+            return Err(Error::msg(format!("generate_max_length must be positive, got {max_len}")));
         }
         let terms = PolicyTerms::new(batch)?;
         let kl_weight = batch.settings.kl_weight;
-        let per_sequence =
-            |x: &Tensor| (x * &terms.mask).sum_dim_intlist(-1, false, None) / max_len as f64;
+        let per_sequence = |x: &Tensor| (x * &terms.mask).sum_dim_intlist(-1, false, None) / max_len as f64;
         let loss = per_sequence(&terms.per_token_loss(kl_weight)).mean(None);
         let policy = per_sequence(&terms.surrogate).mean(None).double_value(&[]);
-        let kl = terms.kl.as_ref().map_or(0.0, |k| {
-            per_sequence(&(k * kl_weight)).mean(None).double_value(&[])
-        });
+        let kl = terms.kl.as_ref().map_or(0.0, |k| per_sequence(&(k * kl_weight)).mean(None).double_value(&[]));
         Ok(LossOutput {
             loss,
             metrics: vec![

@@ -12,36 +12,19 @@ fn advantages_and_their_moments_match_the_oracle() {
     let algo = DrGrpo::new(serde_json::Value::Null).unwrap();
     for case in fixtures("advantages", None) {
         let name = case["name"].as_str().unwrap();
-        let groups: Vec<usize> = case["groups"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|g| g.as_u64().unwrap() as usize)
-            .collect();
+        let groups: Vec<usize> =
+            case["groups"].as_array().unwrap().iter().map(|g| g.as_u64().unwrap() as usize).collect();
         let adv = algo.advantages(&tensor(&case["rewards"]), &groups).unwrap();
         assert_close(name, &adv, &tensor(&case["expected_drgrpo"]));
         let metrics = algo.metrics();
         for (key, want) in case["expected_drgrpo_metrics"].as_object().unwrap() {
-            let got = metrics
-                .iter()
-                .find(|m| &m.name == key)
-                .unwrap_or_else(|| panic!("{name}: no {key}"));
-            assert_num(
-                &format!("{name} {key}"),
-                got.as_number().unwrap(),
-                want.as_f64().unwrap(),
-            );
+            let got = metrics.iter().find(|m| &m.name == key).unwrap_or_else(|| panic!("{name}: no {key}"));
+            assert_num(&format!("{name} {key}"), got.as_number().unwrap(), want.as_f64().unwrap());
         }
-        let critic = metrics
-            .iter()
-            .find(|m| m.name == "dr_grpo/critic_type")
-            .unwrap();
+        let critic = metrics.iter().find(|m| m.name == "dr_grpo/critic_type").unwrap();
         assert_eq!(critic.value, MetricValue::Text("group_mean".into()));
         // Reported once per advantages call.
-        assert!(algo
-            .metrics()
-            .iter()
-            .all(|m| m.name == "dr_grpo/critic_type"));
+        assert!(algo.metrics().iter().all(|m| m.name == "dr_grpo/critic_type"));
     }
 }
 
@@ -52,27 +35,14 @@ fn loss_divides_by_generate_max_length_and_matches_the_oracle() {
         let name = case["name"].as_str().unwrap();
         let (leaf, batch) = batch(&case);
         let out = algo.loss(&batch).unwrap();
-        assert_num(
-            name,
-            out.loss.double_value(&[]),
-            case["expected_loss"].as_f64().unwrap(),
-        );
+        assert_num(name, out.loss.double_value(&[]), case["expected_loss"].as_f64().unwrap());
         out.loss.backward();
-        assert_close(
-            &format!("{name} grad"),
-            &leaf.grad(),
-            &tensor(&case["expected_grad"]),
-        );
+        assert_close(&format!("{name} grad"), &leaf.grad(), &tensor(&case["expected_grad"]));
         for m in &out.metrics {
-            let want = case["expected_metrics"][&m.name]
-                .as_f64()
-                .unwrap_or_else(|| panic!("{name}: no {}", m.name));
+            let want = case["expected_metrics"][&m.name].as_f64().unwrap_or_else(|| panic!("{name}: no {}", m.name));
             assert_num(&format!("{name} {}", m.name), m.as_number().unwrap(), want);
         }
-        assert_eq!(
-            out.metrics.len(),
-            case["expected_metrics"].as_object().unwrap().len()
-        );
+        assert_eq!(out.metrics.len(), case["expected_metrics"].as_object().unwrap().len());
     }
 }
 

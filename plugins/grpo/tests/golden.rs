@@ -11,18 +11,10 @@ use grpo_sdk::Algorithm;
 fn advantages_match_the_oracle_including_equal_and_single_groups() {
     let algo = Grpo::new(serde_json::Value::Null).unwrap();
     for case in fixtures("advantages", None) {
-        let groups: Vec<usize> = case["groups"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|g| g.as_u64().unwrap() as usize)
-            .collect();
+        let groups: Vec<usize> =
+            case["groups"].as_array().unwrap().iter().map(|g| g.as_u64().unwrap() as usize).collect();
         let adv = algo.advantages(&tensor(&case["rewards"]), &groups).unwrap();
-        assert_close(
-            case["name"].as_str().unwrap(),
-            &adv,
-            &tensor(&case["expected_grpo"]),
-        );
+        assert_close(case["name"].as_str().unwrap(), &adv, &tensor(&case["expected_grpo"]));
     }
 }
 
@@ -30,9 +22,7 @@ fn advantages_match_the_oracle_including_equal_and_single_groups() {
 fn float32_equal_rewards_give_exact_zeros() {
     // 0.3 * 3 / 3 is not exactly 0.3 in float32; dividing that rounding error by eps must not happen.
     let algo = Grpo::new(serde_json::Value::Null).unwrap();
-    let adv = algo
-        .advantages(&Tensor::from_slice(&[0.3f32, 0.3, 0.3, 1.0]), &[3, 1])
-        .unwrap();
+    let adv = algo.advantages(&Tensor::from_slice(&[0.3f32, 0.3, 0.3, 1.0]), &[3, 1]).unwrap();
     assert_eq!(Vec::<f32>::try_from(&adv).unwrap(), vec![0.0; 4]);
 }
 
@@ -43,27 +33,14 @@ fn loss_gradient_and_metrics_match_the_oracle() {
         let name = case["name"].as_str().unwrap();
         let (leaf, batch) = batch(&case);
         let out = algo.loss(&batch).unwrap();
-        assert_num(
-            name,
-            out.loss.double_value(&[]),
-            case["expected_loss"].as_f64().unwrap(),
-        );
+        assert_num(name, out.loss.double_value(&[]), case["expected_loss"].as_f64().unwrap());
         out.loss.backward();
-        assert_close(
-            &format!("{name} grad"),
-            &leaf.grad(),
-            &tensor(&case["expected_grad"]),
-        );
+        assert_close(&format!("{name} grad"), &leaf.grad(), &tensor(&case["expected_grad"]));
         for m in &out.metrics {
-            let want = case["expected_metrics"][&m.name]
-                .as_f64()
-                .unwrap_or_else(|| panic!("{name}: no {}", m.name));
+            let want = case["expected_metrics"][&m.name].as_f64().unwrap_or_else(|| panic!("{name}: no {}", m.name));
             assert_num(&format!("{name} {}", m.name), m.as_number().unwrap(), want);
         }
-        assert_eq!(
-            out.metrics.len(),
-            case["expected_metrics"].as_object().unwrap().len()
-        );
+        assert_eq!(out.metrics.len(), case["expected_metrics"].as_object().unwrap().len());
     }
 }
 
@@ -72,11 +49,6 @@ fn bad_config_and_bad_groups_are_errors() {
     let err = Grpo::new(serde_json::json!({"std_epz": 1})).err().unwrap();
     assert!(err.to_string().contains("unknown field `std_epz`"), "{err}");
     let algo = Grpo::new(serde_json::Value::Null).unwrap();
-    let err = algo
-        .advantages(&Tensor::from_slice(&[1.0f32, 2.0, 3.0]), &[2, 2])
-        .unwrap_err();
-    assert!(
-        err.to_string().contains("do not partition 3 rewards"),
-        "{err}"
-    );
+    let err = algo.advantages(&Tensor::from_slice(&[1.0f32, 2.0, 3.0]), &[2, 2]).unwrap_err();
+    assert!(err.to_string().contains("do not partition 3 rewards"), "{err}");
 }

@@ -11,13 +11,7 @@ pub fn generate(rng: &mut SplitMix64, g: &GeneratorConfig) -> (String, u32, u32)
     (build(rng, g, &ops, terms, digits), terms, digits)
 }
 
-fn build(
-    rng: &mut SplitMix64,
-    g: &GeneratorConfig,
-    ops: &[char],
-    terms: u32,
-    digits: u32,
-) -> String {
+fn build(rng: &mut SplitMix64, g: &GeneratorConfig, ops: &[char], terms: u32, digits: u32) -> String {
     if terms == 1 {
         return rng.below(10u64.pow(digits)).to_string();
     }
@@ -54,11 +48,7 @@ fn sum(t: &[char], pos: &mut usize) -> Option<i128> {
         }
         *pos += 1;
         let rhs = product(t, pos)?;
-        acc = if op == '+' {
-            acc.checked_add(rhs)?
-        } else {
-            acc.checked_sub(rhs)?
-        };
+        acc = if op == '+' { acc.checked_add(rhs)? } else { acc.checked_sub(rhs)? };
     }
     Some(acc)
 }

@@ -6,9 +6,7 @@
 mod expr;
 mod rng;
 
-use grpo_sdk::{
-    Environment, Error, Message, Metric, MetricSource, Result, Reward, Split, StepOutcome, Task,
-};
+use grpo_sdk::{Environment, Error, Message, Metric, MetricSource, Result, Reward, Split, StepOutcome, Task};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -151,9 +149,8 @@ pub fn reward(completion: &str, oracle: &str, numeric: bool) -> f64 {
 
 impl MathEnv {
     fn load(config: &Config, path: &PathBuf) -> Result<(Vec<Task>, Vec<Task>, u64)> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::msg(format!("data_path {}: cannot read it: {e}", path.display()))
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::msg(format!("data_path {}: cannot read it: {e}", path.display())))?;
         let mut tasks = Vec::new();
         let mut skipped = 0u64;
         for (line_no, line) in text.lines().enumerate() {
@@ -181,8 +178,7 @@ impl MathEnv {
                 && row.num_digits <= config.max_digits
             {
                 let mut task = Task::new(format!("line-{}", line_no + 1), row.question, answer);
-                task.meta =
-                    serde_json::json!({"num_terms": row.num_terms, "num_digits": row.num_digits});
+                task.meta = serde_json::json!({"num_terms": row.num_terms, "num_digits": row.num_digits});
                 tasks.push(task);
             }
         }
@@ -214,16 +210,10 @@ impl MathEnv {
             ));
         }
         if g.ops.is_empty() || g.ops.chars().any(|c| !"+-*".contains(c)) {
-            return bad(format!(
-                "ops must be a non-empty mix of + - *, got {:?}",
-                g.ops
-            ));
+            return bad(format!("ops must be a non-empty mix of + - *, got {:?}", g.ops));
         }
         if !(0.0..=1.0).contains(&g.parentheses) {
-            return bad(format!(
-                "parentheses must be a probability, got {}",
-                g.parentheses
-            ));
+            return bad(format!("parentheses must be a probability, got {}", g.parentheses));
         }
         Ok(())
     }
@@ -266,12 +256,7 @@ impl Environment for MathEnv {
             }
             None => (None, 0),
         };
-        Ok(MathEnv {
-            config,
-            data,
-            skipped_rows,
-            counts: Counts::default(),
-        })
+        Ok(MathEnv { config, data, skipped_rows, counts: Counts::default() })
     }
 
     fn config(&self) -> serde_json::Value {
@@ -295,32 +280,19 @@ impl Environment for MathEnv {
             Some((train, eval)) => {
                 let rows = if split == Split::Train { train } else { eval };
                 rows.get(index as usize).cloned().ok_or_else(|| {
-                    Error::msg(format!(
-                        "task index {index} is past the {} tasks of the {split:?} split",
-                        rows.len()
-                    ))
+                    Error::msg(format!("task index {index} is past the {} tasks of the {split:?} split", rows.len()))
                 })
             }
             None => {
                 let g = &self.config.generator;
                 let mut rng = rng::SplitMix64::for_item(seed, split as u64, index);
                 let (expression, terms, digits) = expr::generate(&mut rng, g);
-                let value = expr::evaluate(&expression).ok_or_else(|| {
-                    Error::msg(format!("generated expression {expression:?} overflowed"))
-                })?;
-                const TEMPLATES: [&str; 5] = [
-                    "{}",
-                    "{} =",
-                    "What is {}?",
-                    "Compute {}.",
-                    "Calculate {} and give the result.",
-                ];
+                let value = expr::evaluate(&expression)
+                    .ok_or_else(|| Error::msg(format!("generated expression {expression:?} overflowed")))?;
+                const TEMPLATES: [&str; 5] =
+                    ["{}", "{} =", "What is {}?", "Compute {}.", "Calculate {} and give the result."];
                 let template = TEMPLATES[rng.below(TEMPLATES.len() as u64) as usize];
-                let split_name = if split == Split::Train {
-                    "train"
-                } else {
-                    "eval"
-                };
+                let split_name = if split == Split::Train { "train" } else { "eval" };
                 let mut task = Task::new(
                     format!("gen-{split_name}-{seed}-{index}"),
                     template.replace("{}", &expression),
@@ -333,17 +305,8 @@ impl Environment for MathEnv {
     }
 
     fn reset(&self, task: &Task) -> Result<(Episode, Vec<Message>)> {
-        let system = self
-            .config
-            .system_prompt
-            .as_deref()
-            .unwrap_or(DEFAULT_SYSTEM_PROMPT);
-        Ok((
-            Episode {
-                answer: task.answer.clone(),
-            },
-            vec![Message::system(system), Message::user(&task.question)],
-        ))
+        let system = self.config.system_prompt.as_deref().unwrap_or(DEFAULT_SYSTEM_PROMPT);
+        Ok((Episode { answer: task.answer.clone() }, vec![Message::system(system), Message::user(&task.question)]))
     }
 
     fn step(&self, episode: &mut Episode, assistant_text: &str) -> Result<StepOutcome> {

@@ -8,10 +8,7 @@ use std::io::Write;
 #[test]
 fn reward_table_matches_re_grpo() {
     assert_eq!(reward("<answer>42</answer>", "42", false), 1.0);
-    assert_eq!(
-        reward("<think>6*7</think>\n<answer>42</answer> done", "42", false),
-        1.0
-    );
+    assert_eq!(reward("<think>6*7</think>\n<answer>42</answer> done", "42", false), 1.0);
     // The captured text is not stripped, so padding makes it "contains", not exact.
     assert_eq!(reward("<answer> 42 </answer>", "42", false), 0.5);
     assert_eq!(reward("<answer>x = 142</answer>", "42", false), 0.5);
@@ -20,10 +17,7 @@ fn reward_table_matches_re_grpo() {
     assert_eq!(reward("42", "42", false), 0.0);
     assert_eq!(reward("<answer>42", "42", false), 0.0);
     // The first opening tag that has a closing tag after it wins (re.search, lazy, DOTALL).
-    assert_eq!(
-        reward("<answer>1\n</answer><answer>42</answer>", "42", false),
-        0.01
-    );
+    assert_eq!(reward("<answer>1\n</answer><answer>42</answer>", "42", false), 0.01);
     assert_eq!(reward("<answer>4\n2</answer>", "42", false), 0.01);
 }
 
@@ -38,20 +32,14 @@ fn numeric_option_compares_numbers() {
 
 #[test]
 fn generator_is_seeded_and_its_answers_are_right() {
-    let env = MathEnv::new(
-        json!({"generator": {"min_terms": 2, "max_terms": 4, "max_digits": 2, "ops": "+"}}),
-    )
-    .unwrap();
+    let env =
+        MathEnv::new(json!({"generator": {"min_terms": 2, "max_terms": 4, "max_digits": 2, "ops": "+"}})).unwrap();
     assert_eq!(env.task_count(Split::Train), None);
     let again = MathEnv::new(env.config()).unwrap();
     let mut distinct = std::collections::HashSet::new();
     for i in 0..50 {
         let t = env.task(Split::Train, 7, i).unwrap();
-        assert_eq!(
-            t,
-            again.task(Split::Train, 7, i).unwrap(),
-            "same seed and index, same task"
-        );
+        assert_eq!(t, again.task(Split::Train, 7, i).unwrap(), "same seed and index, same task");
         let sum: i64 = t
             .question
             .split(|c: char| !c.is_ascii_digit())
@@ -62,14 +50,8 @@ fn generator_is_seeded_and_its_answers_are_right() {
         distinct.insert(t.question);
     }
     assert!(distinct.len() > 40, "tasks barely vary: {}", distinct.len());
-    assert_ne!(
-        env.task(Split::Train, 8, 0).unwrap(),
-        env.task(Split::Train, 7, 0).unwrap()
-    );
-    assert_ne!(
-        env.task(Split::Eval, 7, 0).unwrap(),
-        env.task(Split::Train, 7, 0).unwrap()
-    );
+    assert_ne!(env.task(Split::Train, 8, 0).unwrap(), env.task(Split::Train, 7, 0).unwrap());
+    assert_ne!(env.task(Split::Eval, 7, 0).unwrap(), env.task(Split::Train, 7, 0).unwrap());
 }
 
 #[test]
@@ -81,21 +63,12 @@ fn episode_is_one_turn_with_our_prompt() {
     assert_eq!(messages[0].role, Role::System);
     assert!(messages[0].content.contains("<answer>"));
     assert_eq!(messages[1].content, task.question);
-    let outcome = env
-        .step(&mut state, &format!("<answer>{}</answer>", task.answer))
-        .unwrap();
+    let outcome = env.step(&mut state, &format!("<answer>{}</answer>", task.answer)).unwrap();
     assert!(outcome.done && outcome.messages.is_empty());
     assert_eq!(outcome.total_reward(), 1.0);
     env.step(&mut state, "no tag").unwrap();
     let metrics = env.metrics();
-    let get = |n: &str| {
-        metrics
-            .iter()
-            .find(|m| m.name == n)
-            .unwrap()
-            .as_number()
-            .unwrap()
-    };
+    let get = |n: &str| metrics.iter().find(|m| m.name == n).unwrap().as_number().unwrap();
     assert_eq!(get("math/exact_rate"), 0.5);
     assert_eq!(get("math/answer_tag_rate"), 0.5);
     assert!(env.metrics().is_empty(), "counts restart after each pull");
@@ -104,43 +77,19 @@ fn episode_is_one_turn_with_our_prompt() {
 #[test]
 fn jsonl_in_re_grpo_schema_with_filters() {
     let mut file = tempfile::NamedTempFile::new().unwrap();
-    writeln!(
-        file,
-        r#"{{"id": "0", "question": "12 + 5", "answer": "17", "num_terms": 2, "num_digits": 2}}"#
-    )
-    .unwrap();
-    writeln!(file, r#"{{"id": "1", "question": "1 + 2 + 3 + 4", "answer": "10", "num_terms": 4, "num_digits": 1}}"#).unwrap();
+    writeln!(file, r#"{{"id": "0", "question": "12 + 5", "answer": "17", "num_terms": 2, "num_digits": 2}}"#).unwrap();
+    writeln!(file, r#"{{"id": "1", "question": "1 + 2 + 3 + 4", "answer": "10", "num_terms": 4, "num_digits": 1}}"#)
+        .unwrap();
     writeln!(file, "not json").unwrap();
-    writeln!(
-        file,
-        r#"{{"question": "1234 * 2", "answer": "2468", "num_terms": 2, "num_digits": 4}}"#
-    )
-    .unwrap();
-    writeln!(
-        file,
-        r#"{{"question": "{}", "answer": "1", "num_terms": 1, "num_digits": 1}}"#,
-        "1".repeat(128)
-    )
-    .unwrap();
-    writeln!(
-        file,
-        r#"{{"question": "3 * 3", "answer": 9, "num_terms": 2, "num_digits": 1}}"#
-    )
-    .unwrap();
-    writeln!(
-        file,
-        r#"{{"question": "8 - 1", "answer": "7", "num_terms": 2, "num_digits": 1}}"#
-    )
-    .unwrap();
+    writeln!(file, r#"{{"question": "1234 * 2", "answer": "2468", "num_terms": 2, "num_digits": 4}}"#).unwrap();
+    writeln!(file, r#"{{"question": "{}", "answer": "1", "num_terms": 1, "num_digits": 1}}"#, "1".repeat(128)).unwrap();
+    writeln!(file, r#"{{"question": "3 * 3", "answer": 9, "num_terms": 2, "num_digits": 1}}"#).unwrap();
+    writeln!(file, r#"{{"question": "8 - 1", "answer": "7", "num_terms": 2, "num_digits": 1}}"#).unwrap();
     let env = MathEnv::new(json!({"data_path": file.path(), "eval_rows": 1})).unwrap();
     assert_eq!(env.task_count(Split::Train), Some(2));
     assert_eq!(env.task_count(Split::Eval), Some(1));
     assert_eq!(env.task(Split::Train, 0, 0).unwrap().answer, "17");
-    assert_eq!(
-        env.task(Split::Train, 99, 1).unwrap().answer,
-        "9",
-        "numbers are read as text"
-    );
+    assert_eq!(env.task(Split::Train, 99, 1).unwrap().answer, "9", "numbers are read as text");
     assert_eq!(env.task(Split::Eval, 0, 0).unwrap().question, "8 - 1");
     assert!(env.task(Split::Train, 0, 2).is_err());
     assert_eq!(env.config()["skipped_rows"], 1);
@@ -151,22 +100,10 @@ fn jsonl_in_re_grpo_schema_with_filters() {
 
 #[test]
 fn bad_configs_say_what_is_wrong() {
-    let missing = MathEnv::new(json!({"data_path": "/nonexistent/tasks.jsonl"}))
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(
-        missing.contains("/nonexistent/tasks.jsonl") && missing.contains("cannot read"),
-        "{missing}"
-    );
-    let ops = MathEnv::new(json!({"generator": {"ops": "/"}}))
-        .err()
-        .unwrap()
-        .to_string();
+    let missing = MathEnv::new(json!({"data_path": "/nonexistent/tasks.jsonl"})).err().unwrap().to_string();
+    assert!(missing.contains("/nonexistent/tasks.jsonl") && missing.contains("cannot read"), "{missing}");
+    let ops = MathEnv::new(json!({"generator": {"ops": "/"}})).err().unwrap().to_string();
     assert!(ops.contains("generator.ops"), "{ops}");
-    let unknown = MathEnv::new(json!({"numerik": true}))
-        .err()
-        .unwrap()
-        .to_string();
+    let unknown = MathEnv::new(json!({"numerik": true})).err().unwrap().to_string();
     assert!(unknown.contains("unknown field `numerik`"), "{unknown}");
 }

@@ -98,27 +98,11 @@ mod tests {
         assert_eq!(normalize("  The Oxygen-Tank  #2! "), "oxygen tank 2");
         assert_eq!(normalize("1,234.50 km"), "1234.5 km");
         assert_eq!(normalize("7.0"), "7");
-        assert!(matches(
-            AnswerMatch::Normalized,
-            "a lidar array.",
-            "a lidar array"
-        ));
-        assert!(matches(
-            AnswerMatch::Normalized,
-            "Mara  okafor",
-            "Mara Okafor"
-        ));
+        assert!(matches(AnswerMatch::Normalized, "a lidar array.", "a lidar array"));
+        assert!(matches(AnswerMatch::Normalized, "Mara  okafor", "Mara Okafor"));
         assert!(!matches(AnswerMatch::Normalized, "Okafor", "Mara Okafor"));
-        assert!(matches(
-            AnswerMatch::Contains,
-            "It was founded in 1987.",
-            "1987"
-        ));
-        assert!(!matches(
-            AnswerMatch::Contains,
-            "It was founded in 19870.",
-            "1987"
-        ));
+        assert!(matches(AnswerMatch::Contains, "It was founded in 1987.", "1987"));
+        assert!(!matches(AnswerMatch::Contains, "It was founded in 19870.", "1987"));
         assert!(!matches(AnswerMatch::Exact, "1987 ", "1988"));
         assert!(matches(AnswerMatch::Exact, " 1987 ", "1987"));
         assert!(!matches(AnswerMatch::Normalized, "!!!", "?"));

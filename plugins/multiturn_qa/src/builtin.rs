@@ -17,12 +17,10 @@ pub const STATIONS: usize = 30;
 const SEED: u64 = 0x5157_4154_494f_4e53;
 
 const SYLLABLES: [&str; 20] = [
-    "ka", "lo", "ve", "ri", "dan", "mor", "tel", "si", "bra", "nu", "quen", "for", "hal", "zo",
-    "pet", "ar", "win", "del", "mar", "tov",
+    "ka", "lo", "ve", "ri", "dan", "mor", "tel", "si", "bra", "nu", "quen", "for", "hal", "zo", "pet", "ar", "win",
+    "del", "mar", "tov",
 ];
-const SUFFIXES: [&str; 8] = [
-    "Ridge", "Point", "Basin", "Hollow", "Crest", "Harbor", "Flats", "Fjord",
-];
+const SUFFIXES: [&str; 8] = ["Ridge", "Point", "Basin", "Hollow", "Crest", "Harbor", "Flats", "Fjord"];
 const REGIONS: [&str; 6] = [
     "the northern ice shelf",
     "the eastern highlands",
@@ -32,8 +30,8 @@ const REGIONS: [&str; 6] = [
     "the coastal marshes",
 ];
 const FIRST: [&str; 16] = [
-    "Mara", "Iven", "Tomas", "Lucia", "Anika", "Odell", "Priya", "Rafael", "Sana", "Yusuf",
-    "Greta", "Hollis", "Noor", "Emil", "Ines", "Kofi",
+    "Mara", "Iven", "Tomas", "Lucia", "Anika", "Odell", "Priya", "Rafael", "Sana", "Yusuf", "Greta", "Hollis", "Noor",
+    "Emil", "Ines", "Kofi",
 ];
 const LAST: [&str; 16] = [
     "Okafor",
@@ -63,19 +61,8 @@ const INSTRUMENTS: [&str; 8] = [
     "a weather balloon hangar",
     "a spectrograph dome",
 ];
-const SHIP_ADJ: [&str; 8] = [
-    "Northern", "Silver", "Patient", "Crimson", "Quiet", "Bold", "Amber", "Distant",
-];
-const SHIP_BIRD: [&str; 8] = [
-    "Tern",
-    "Petrel",
-    "Gannet",
-    "Skua",
-    "Heron",
-    "Albatross",
-    "Puffin",
-    "Kittiwake",
-];
+const SHIP_ADJ: [&str; 8] = ["Northern", "Silver", "Patient", "Crimson", "Quiet", "Bold", "Amber", "Distant"];
+const SHIP_BIRD: [&str; 8] = ["Tern", "Petrel", "Gannet", "Skua", "Heron", "Albatross", "Puffin", "Kittiwake"];
 const FILLER: [&str; 12] = [
     "Visitors are asked to register with the duty officer on arrival and to attend a short safety briefing.",
     "Power comes from a mix of diesel generators and a small wind turbine, and fuel is rationed in the dark months.",
@@ -114,9 +101,7 @@ pub struct Builtin {
 
 fn capitalised(s: &str) -> String {
     let mut c = s.chars();
-    c.next()
-        .map(|f| f.to_uppercase().chain(c).collect())
-        .unwrap_or_default()
+    c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
 }
 
 /// Build the corpus with chunks of `chunk_size` characters.
@@ -134,8 +119,7 @@ pub fn build(chunk_size: usize) -> Builtin {
             continue;
         }
         names.push(name.clone());
-        let town =
-            capitalised(&(0..2).map(|_| *rng.pick(&SYLLABLES)).collect::<String>()) + "ville";
+        let town = capitalised(&(0..2).map(|_| *rng.pick(&SYLLABLES)).collect::<String>()) + "ville";
         let year = rng.range(1950, 2015);
         let elevation = rng.range(10, 4200);
         let lead = format!("{} {}", rng.pick(&FIRST), rng.pick(&LAST));
@@ -144,24 +128,16 @@ pub fn build(chunk_size: usize) -> Builtin {
         let ship = format!("{} {}", rng.pick(&SHIP_ADJ), rng.pick(&SHIP_BIRD));
         let distance = rng.range(20, 900);
         let region = rng.pick(&REGIONS);
-        let mut filler = |k: usize| {
-            (0..k)
-                .map(|_| *rng.pick(&FILLER))
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
+        let mut filler = |k: usize| (0..k).map(|_| *rng.pick(&FILLER)).collect::<Vec<_>>().join(" ");
 
         let s_year = format!("{name} Station was founded in {year} in {region}.");
-        let s_elev = format!(
-            "The main building of {name} Station stands at an elevation of {elevation} metres."
-        );
+        let s_elev = format!("The main building of {name} Station stands at an elevation of {elevation} metres.");
         let s_lead = format!("The science team at {name} Station is led by {lead}.");
         let s_staff = format!("During the winter, {staff} people live and work at {name} Station.");
         let s_instr = format!("The main instrument at {name} Station is {instrument}.");
         let s_ship = format!("Supplies reach {name} Station aboard the supply ship {ship}.");
         let s_town = format!("The nearest town to {name} Station is {town}.");
-        let s_dist =
-            format!("{town} lies {distance} kilometres from {name} Station by the supply route.");
+        let s_dist = format!("{town} lies {distance} kilometres from {name} Station by the supply route.");
         let doc = format!(
             "# {name} Station\n\n{s_year} {s_elev} {}\n\n## People\n\n{s_lead} {s_staff} {}\n\n## Equipment\n\n{s_instr} {}\n\n\
              ## Logistics\n\n{s_ship} {s_town} {s_dist} {}\n",
@@ -172,54 +148,26 @@ pub fn build(chunk_size: usize) -> Builtin {
         );
         let slug = name.to_lowercase().replace(' ', "-");
         docs.push((format!("stations/{slug}.md"), doc));
-        let q = |text: String, answer: String, difficulty, sentence: &String| {
-            (text, answer, difficulty, sentence.clone())
-        };
+        let q =
+            |text: String, answer: String, difficulty, sentence: &String| (text, answer, difficulty, sentence.clone());
         facts.extend([
+            q(format!("In what year was {name} Station founded?"), year.to_string(), "easy", &s_year),
             q(
-                format!("In what year was {name} Station founded?"),
-                year.to_string(),
-                "easy",
-                &s_year,
-            ),
-            q(
-                format!(
-                    "At what elevation, in metres, does the main building of {name} Station stand?"
-                ),
+                format!("At what elevation, in metres, does the main building of {name} Station stand?"),
                 elevation.to_string(),
                 "medium",
                 &s_elev,
             ),
-            q(
-                format!("Who leads the science team at {name} Station?"),
-                lead,
-                "easy",
-                &s_lead,
-            ),
+            q(format!("Who leads the science team at {name} Station?"), lead, "easy", &s_lead),
             q(
                 format!("How many people live at {name} Station during the winter?"),
                 staff.to_string(),
                 "medium",
                 &s_staff,
             ),
-            q(
-                format!("What is the main instrument at {name} Station?"),
-                instrument.to_string(),
-                "medium",
-                &s_instr,
-            ),
-            q(
-                format!("Which supply ship brings supplies to {name} Station?"),
-                ship,
-                "easy",
-                &s_ship,
-            ),
-            q(
-                format!("What is the nearest town to {name} Station?"),
-                town.clone(),
-                "easy",
-                &s_town,
-            ),
+            q(format!("What is the main instrument at {name} Station?"), instrument.to_string(), "medium", &s_instr),
+            q(format!("Which supply ship brings supplies to {name} Station?"), ship, "easy", &s_ship),
+            q(format!("What is the nearest town to {name} Station?"), town.clone(), "easy", &s_town),
             q(
                 format!("How many kilometres is {name} Station from {town} by the supply route?"),
                 distance.to_string(),
@@ -228,21 +176,13 @@ pub fn build(chunk_size: usize) -> Builtin {
             ),
         ]);
     }
-    let chunks = chunk_documents(
-        docs.iter().map(|(n, t)| (n.clone(), t.as_str())),
-        chunk_size,
-    );
+    let chunks = chunk_documents(docs.iter().map(|(n, t)| (n.clone(), t.as_str())), chunk_size);
     let questions = facts
         .into_iter()
         .filter_map(|(question, answer, difficulty, sentence)| {
             // A very small chunk size can cut a sentence; such facts have no single chunk and are left out.
             let chunk_id = chunks.iter().find(|c| c.text.contains(&sentence))?.id;
-            Some(BuiltinQuestion {
-                question,
-                answer,
-                difficulty,
-                chunk_id,
-            })
+            Some(BuiltinQuestion { question, answer, difficulty, chunk_id })
         })
         .collect();
     Builtin { chunks, questions }
@@ -263,10 +203,7 @@ mod tests {
         for q in &a.questions {
             assert!(q.question.chars().count() < 128, "{}", q.question);
             let text = &a.chunks[q.chunk_id].text;
-            assert!(
-                text.contains(&q.answer) || text.contains(&q.answer.to_lowercase()),
-                "{q:?}"
-            );
+            assert!(text.contains(&q.answer) || text.contains(&q.answer.to_lowercase()), "{q:?}");
         }
     }
 }

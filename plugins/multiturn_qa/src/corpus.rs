@@ -23,10 +23,7 @@ pub fn split_text(text: &str, size: usize) -> Vec<String> {
     let size = size.max(1);
     let mut out = Vec::new();
     split_into(text, size, &["\n\n", "\n", " "], &mut out);
-    out.into_iter()
-        .map(|c| c.trim().to_string())
-        .filter(|c| !c.is_empty())
-        .collect()
+    out.into_iter().map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect()
 }
 
 fn char_len(s: &str) -> usize {
@@ -62,11 +59,7 @@ fn split_into(text: &str, size: usize, separators: &[&str], out: &mut Vec<String
             split_into(piece, size, rest, out);
             continue;
         }
-        let joined_len = if current.is_empty() {
-            piece_len
-        } else {
-            current_len + sep_len + piece_len
-        };
+        let joined_len = if current.is_empty() { piece_len } else { current_len + sep_len + piece_len };
         if joined_len > size {
             out.push(std::mem::take(&mut current));
             current.push_str(piece);
@@ -104,8 +97,7 @@ pub fn clean_markdown(text: &str) -> String {
                 }
             }
             if rest.starts_with('<') {
-                let is_tag = rest[1..]
-                    .starts_with(|c: char| c.is_ascii_alphabetic() || c == '/' || c == '!');
+                let is_tag = rest[1..].starts_with(|c: char| c.is_ascii_alphabetic() || c == '/' || c == '!');
                 if let (true, Some(end)) = (is_tag, rest.find('>')) {
                     cleaned.push(' ');
                     rest = &rest[end + 1..];
@@ -134,20 +126,14 @@ pub fn corpus_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let entries = std::fs::read_dir(&d).map_err(|e| {
-            Error::msg(format!("cannot read corpus directory {}: {e}", d.display()))
-        })?;
+        let entries = std::fs::read_dir(&d)
+            .map_err(|e| Error::msg(format!("cannot read corpus directory {}: {e}", d.display())))?;
         for entry in entries {
-            let path = entry
-                .map_err(|e| Error::msg(format!("{}: {e}", d.display())))?
-                .path();
+            let path = entry.map_err(|e| Error::msg(format!("{}: {e}", d.display())))?.path();
             if path.is_dir() {
                 stack.push(path);
             } else if matches!(
-                path.extension()
-                    .and_then(|e| e.to_str())
-                    .map(str::to_ascii_lowercase)
-                    .as_deref(),
+                path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref(),
                 Some("md" | "markdown" | "txt")
             ) {
                 files.push(path);
@@ -159,19 +145,12 @@ pub fn corpus_files(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Chunk named documents (source name, text) in the given order.
-pub fn chunk_documents<'a>(
-    docs: impl IntoIterator<Item = (String, &'a str)>,
-    size: usize,
-) -> Vec<Chunk> {
+pub fn chunk_documents<'a>(docs: impl IntoIterator<Item = (String, &'a str)>, size: usize) -> Vec<Chunk> {
     let mut chunks = Vec::new();
     for (source, text) in docs {
         let cleaned = clean_markdown(text);
         for piece in split_text(&cleaned, size) {
-            chunks.push(Chunk {
-                id: chunks.len(),
-                source: source.clone(),
-                text: piece,
-            });
+            chunks.push(Chunk { id: chunks.len(), source: source.clone(), text: piece });
         }
     }
     chunks
@@ -181,22 +160,15 @@ pub fn chunk_documents<'a>(
 pub fn load_dir(dir: &Path, size: usize) -> Result<Vec<Chunk>> {
     let files = corpus_files(dir)?;
     if files.is_empty() {
-        return Err(Error::msg(format!(
-            "no .md, .markdown or .txt files in corpus directory {}",
-            dir.display()
-        )));
+        return Err(Error::msg(format!("no .md, .markdown or .txt files in corpus directory {}", dir.display())));
     }
     let mut texts = Vec::new();
     for f in &files {
-        let text = std::fs::read_to_string(f)
-            .map_err(|e| Error::msg(format!("cannot read {}: {e}", f.display())))?;
+        let text = std::fs::read_to_string(f).map_err(|e| Error::msg(format!("cannot read {}: {e}", f.display())))?;
         let name = f.strip_prefix(dir).unwrap_or(f).display().to_string();
         texts.push((name, text));
     }
-    Ok(chunk_documents(
-        texts.iter().map(|(n, t)| (n.clone(), t.as_str())),
-        size,
-    ))
+    Ok(chunk_documents(texts.iter().map(|(n, t)| (n.clone(), t.as_str())), size))
 }
 
 #[cfg(test)]
@@ -206,12 +178,7 @@ mod tests {
     #[test]
     fn chunks_respect_the_size_and_prefer_paragraphs() {
         let para = |w: &str, n: usize| vec![w; n].join(" ");
-        let text = format!(
-            "{}\n\n{}\n\n{}",
-            para("alpha", 100),
-            para("beta", 100),
-            para("gamma", 300)
-        );
+        let text = format!("{}\n\n{}\n\n{}", para("alpha", 100), para("beta", 100), para("gamma", 300));
         let chunks = split_text(&text, 1000);
         assert!(
             chunks.iter().all(|c| c.chars().count() <= 1000),
@@ -222,27 +189,20 @@ mod tests {
         assert!(chunks[0].starts_with("alpha") && chunks[0].ends_with("alpha"));
         assert!(chunks[1].starts_with("beta") && chunks[1].ends_with("beta"));
         // The long paragraph is cut between words.
-        assert!(chunks[2..]
-            .iter()
-            .all(|c| c.split(' ').all(|w| w == "gamma")));
+        assert!(chunks[2..].iter().all(|c| c.split(' ').all(|w| w == "gamma")));
         let long_word = "x".repeat(2500);
         let chunks = split_text(&long_word, 1000);
-        assert_eq!(
-            chunks.iter().map(|c| c.len()).collect::<Vec<_>>(),
-            vec![1000, 1000, 500]
-        );
+        assert_eq!(chunks.iter().map(|c| c.len()).collect::<Vec<_>>(), vec![1000, 1000, 500]);
         assert!(split_text("  \n\n ", 1000).is_empty());
         // Multi-byte text is measured in characters, never cut inside one.
         let chunks = split_text(&"ж".repeat(1500), 1000);
-        assert_eq!(
-            chunks.iter().map(|c| c.chars().count()).collect::<Vec<_>>(),
-            vec![1000, 500]
-        );
+        assert_eq!(chunks.iter().map(|c| c.chars().count()).collect::<Vec<_>>(), vec![1000, 500]);
     }
 
     #[test]
     fn markdown_cleanup() {
-        let md = "# 5.1 Oxygen  system\n![](images/ab.jpg)\n<table><tr><td>Tank 2</td><td>failed</td></tr></table>\nx < 5";
+        let md =
+            "# 5.1 Oxygen  system\n![](images/ab.jpg)\n<table><tr><td>Tank 2</td><td>failed</td></tr></table>\nx < 5";
         let clean = clean_markdown(md);
         assert_eq!(clean, "5.1 Oxygen system\n\nTank 2 failed\nx < 5\n");
     }

@@ -10,10 +10,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use grpo_sdk::{
-    Environment, Error, Message, Metric, MetricSource, Result, Reward, Split, StepOutcome, Task,
-    ToolSpec,
-};
+use grpo_sdk::{Environment, Error, Message, Metric, MetricSource, Result, Reward, Split, StepOutcome, Task, ToolSpec};
 use grpo_toolcall::protocol::{self, Episode, RewardTable, ToolCall, ToolFormat, Turn};
 use grpo_toolcall::{calc, stats::FlagCounters};
 use serde::{Deserialize, Serialize};
@@ -145,22 +142,11 @@ fn locate_context(chunks: &[corpus::Chunk], context: &str) -> Option<usize> {
         .map(|c| c.id)
 }
 
-fn load_questions(
-    path: &std::path::Path,
-    config: &QaConfig,
-    chunks: &[corpus::Chunk],
-) -> Result<Vec<Task>> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Error::msg(format!(
-            "cannot read questions file {}: {e}",
-            path.display()
-        ))
-    })?;
+fn load_questions(path: &std::path::Path, config: &QaConfig, chunks: &[corpus::Chunk]) -> Result<Vec<Task>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::msg(format!("cannot read questions file {}: {e}", path.display())))?;
     let rows: Vec<serde_json::Value> = serde_json::from_str(&text).map_err(|e| {
-        Error::msg(format!(
-            "{} is not a JSON array of {{\"question\", \"answer\", ...}} objects: {e}",
-            path.display()
-        ))
+        Error::msg(format!("{} is not a JSON array of {{\"question\", \"answer\", ...}} objects: {e}", path.display()))
     })?;
     let mut tasks = Vec::new();
     for (i, row) in rows.iter().enumerate() {
@@ -227,31 +213,22 @@ impl MultiturnQa {
         out
     }
 
-    fn run_tool(
-        &self,
-        call: &ToolCall,
-        source: Option<usize>,
-    ) -> std::result::Result<String, String> {
+    fn run_tool(&self, call: &ToolCall, source: Option<usize>) -> std::result::Result<String, String> {
         match call.name.as_str() {
             SEARCH_TOOL => {
                 let hits = self.search(&call.input).map_err(|e| e.to_string())?;
                 if let Some(src) = source {
-                    self.extra
-                        .searches_with_source
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.extra.searches_with_source.fetch_add(1, Ordering::Relaxed);
                     if hits.iter().any(|h| h.chunk == src) {
                         self.extra.source_hits.fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 Ok(self.format_hits(&hits))
             }
-            "calc" if self.config.calc_tool => calc::evaluate(&call.input)
-                .map(|v| v.to_string())
-                .map_err(|e| e.to_string()),
-            other => Err(format!(
-                "unknown tool '{other}'; available: {}",
-                self.tool_names().join(", ")
-            )),
+            "calc" if self.config.calc_tool => {
+                calc::evaluate(&call.input).map(|v| v.to_string()).map_err(|e| e.to_string())
+            }
+            other => Err(format!("unknown tool '{other}'; available: {}", self.tool_names().join(", "))),
         }
     }
 
@@ -270,39 +247,23 @@ impl MetricSource for MultiturnQa {
     /// `multiturn_qa/search_hit_rate` (searches that returned the question's source chunk, among searches for
     /// questions whose source is known) and `multiturn_qa/answer_f1` (mean token F1 of well-formed answers).
     fn metrics(&self) -> Vec<Metric> {
-        let mut out: Vec<Metric> = self
-            .counters
-            .take_metrics("multiturn_qa")
-            .into_iter()
-            .map(|(n, v)| Metric::number(n, v))
-            .collect();
+        let mut out: Vec<Metric> =
+            self.counters.take_metrics("multiturn_qa").into_iter().map(|(n, v)| Metric::number(n, v)).collect();
         let searches = self.extra.searches_with_source.swap(0, Ordering::Relaxed);
         let hits = self.extra.source_hits.swap(0, Ordering::Relaxed);
         if searches > 0 {
-            out.push(Metric::number(
-                "multiturn_qa/search_hit_rate",
-                hits as f64 / searches as f64,
-            ));
+            out.push(Metric::number("multiturn_qa/search_hit_rate", hits as f64 / searches as f64));
         }
         let answers = self.extra.answers.swap(0, Ordering::Relaxed);
         let f1 = self.extra.f1_micros.swap(0, Ordering::Relaxed);
         if answers > 0 {
-            out.push(Metric::number(
-                "multiturn_qa/answer_f1",
-                f1 as f64 / 1e6 / answers as f64,
-            ));
+            out.push(Metric::number("multiturn_qa/answer_f1", f1 as f64 / 1e6 / answers as f64));
         }
         out
     }
 }
 
-fn tool_messages(
-    format: ToolFormat,
-    tool: &str,
-    text: &str,
-    ok: bool,
-    last_turn_next: bool,
-) -> Vec<Message> {
+fn tool_messages(format: ToolFormat, tool: &str, text: &str, ok: bool, last_turn_next: bool) -> Vec<Message> {
     let next = if last_turn_next {
         "Now reply with the answer only, as <answer>...</answer>."
     } else {
@@ -311,43 +272,29 @@ fn tool_messages(
     match format {
         ToolFormat::Native => {
             let label = if ok { "Search results" } else { "Tool error" };
-            let label = if ok && tool != SEARCH_TOOL {
-                "Tool result"
-            } else {
-                label
-            };
+            let label = if ok && tool != SEARCH_TOOL { "Tool result" } else { label };
             vec![Message::user(format!("{label}:\n{text}\n\n{next}"))]
         }
         ToolFormat::Hermes => {
-            let content = if ok {
-                text.to_string()
-            } else {
-                format!("error: {text}")
-            };
+            let content = if ok { text.to_string() } else { format!("error: {text}") };
             vec![Message::tool(tool, content), Message::user(next)]
         }
     }
 }
 
 fn to_rewards(rewards: Vec<(&'static str, f64)>) -> Vec<Reward> {
-    rewards
-        .into_iter()
-        .map(|(n, v)| Reward::new(n, v))
-        .collect()
+    rewards.into_iter().map(|(n, v)| Reward::new(n, v)).collect()
 }
 
 impl Environment for MultiturnQa {
     const NAME: &'static str = "multiturn_qa";
-    const DESCRIPTION: &'static str =
-        "Search a corpus with <tool:search>, then <answer> (re-grpo multi-turn QA)";
+    const DESCRIPTION: &'static str = "Search a corpus with <tool:search>, then <answer> (re-grpo multi-turn QA)";
     type State = QaState;
 
     fn new(config: serde_json::Value) -> Result<Self> {
         let config: QaConfig = grpo_sdk::parse_config(config)?;
         if config.chunk_size < 50 || config.top_k == 0 {
-            return Err(Error::msg(
-                "invalid multiturn_qa config: need chunk_size >= 50 and top_k >= 1",
-            ));
+            return Err(Error::msg("invalid multiturn_qa config: need chunk_size >= 50 and top_k >= 1"));
         }
         let (chunks, tasks) = match (&config.corpus_dir, &config.questions_path) {
             (None, None) => {
@@ -430,8 +377,7 @@ impl Environment for MultiturnQa {
         if self.config.calc_tool {
             tools.push(ToolSpec {
                 name: "calc".into(),
-                description: "Evaluate an arithmetic expression (+ - * / // % ** and parentheses)."
-                    .into(),
+                description: "Evaluate an arithmetic expression (+ - * / // % ** and parentheses).".into(),
                 parameters: serde_json::json!({
                     "type": "object",
                     "properties": { "expression": { "type": "string" } },
@@ -454,12 +400,9 @@ impl Environment for MultiturnQa {
             Split::Train => &self.train,
             Split::Eval => &self.eval,
         };
-        rows.get(index as usize).cloned().ok_or_else(|| {
-            Error::msg(format!(
-                "task index {index} out of range (0..{})",
-                rows.len()
-            ))
-        })
+        rows.get(index as usize)
+            .cloned()
+            .ok_or_else(|| Error::msg(format!("task index {index} out of range (0..{})", rows.len())))
     }
 
     fn reset(&self, task: &Task) -> Result<(QaState, Vec<Message>)> {
@@ -478,17 +421,10 @@ impl Environment for MultiturnQa {
             .map(|v| v as usize)
             .filter(|c| *c < self.chunks.len());
         Ok((
-            QaState {
-                episode: Episode::new(self.config.max_turns),
-                answer: task.answer.clone(),
-                source_chunk,
-            },
+            QaState { episode: Episode::new(self.config.max_turns), answer: task.answer.clone(), source_chunk },
             vec![
                 Message::system(system),
-                Message::user(format!(
-                    "Search the documents to answer this question: {}",
-                    task.question
-                )),
+                Message::user(format!("Search the documents to answer this question: {}", task.question)),
             ],
         ))
     }
@@ -501,9 +437,7 @@ impl Environment for MultiturnQa {
         let arg_key = |t: &str| {
             // In Hermes format the argument name depends on the tool: try `query`, then `expression`.
             match protocol::find_call(t, format, "query") {
-                protocol::CallParse::Call(c) if c.name == "calc" => {
-                    protocol::find_call(t, format, "expression")
-                }
+                protocol::CallParse::Call(c) if c.name == "calc" => protocol::find_call(t, format, "expression"),
                 other => other,
             }
         };
@@ -515,25 +449,15 @@ impl Environment for MultiturnQa {
             |a| {
                 self.extra.answers.fetch_add(1, Ordering::Relaxed);
                 let f1 = answer::token_f1(a, &reference);
-                self.extra
-                    .f1_micros
-                    .fetch_add((f1 * 1e6).round() as u64, Ordering::Relaxed);
+                self.extra.f1_micros.fetch_add((f1 * 1e6).round() as u64, Ordering::Relaxed);
                 answer::matches(self.config.answer_match, a, &reference)
             },
         );
         self.counters.record(&before, &state.episode.flags);
         Ok(match turn {
-            Turn::ToolResult {
-                tool,
-                text,
-                ok,
-                rewards,
-            } => {
+            Turn::ToolResult { tool, text, ok, rewards } => {
                 let last_next = state.episode.turns + 1 >= state.episode.max_turns;
-                StepOutcome::continues(
-                    tool_messages(format, &tool, &text, ok, last_next),
-                    to_rewards(rewards),
-                )
+                StepOutcome::continues(tool_messages(format, &tool, &text, ok, last_next), to_rewards(rewards))
             }
             Turn::Done { rewards } => StepOutcome::finished(to_rewards(rewards)),
         })

@@ -59,35 +59,19 @@ impl Bm25 {
     pub fn build(chunks: &[Chunk]) -> Result<Self> {
         let mut schema = Schema::builder();
         let text = TextOptions::default().set_indexing_options(
-            TextFieldIndexing::default()
-                .set_tokenizer(TOKENIZER)
-                .set_index_option(IndexRecordOption::WithFreqs),
+            TextFieldIndexing::default().set_tokenizer(TOKENIZER).set_index_option(IndexRecordOption::WithFreqs),
         );
         let body = schema.add_text_field("body", text);
         let id = schema.add_u64_field("id", STORED);
         let index = Index::create_in_ram(schema.build());
-        let index_error =
-            |e: tantivy::TantivyError| Error::msg(format!("building the search index: {e}"));
-        let mut writer: tantivy::IndexWriter = index
-            .writer_with_num_threads(1, 15_000_000)
-            .map_err(index_error)?;
+        let index_error = |e: tantivy::TantivyError| Error::msg(format!("building the search index: {e}"));
+        let mut writer: tantivy::IndexWriter = index.writer_with_num_threads(1, 15_000_000).map_err(index_error)?;
         for c in chunks {
-            writer
-                .add_document(doc!(id => c.id as u64, body => c.text.as_str()))
-                .map_err(index_error)?;
+            writer.add_document(doc!(id => c.id as u64, body => c.text.as_str())).map_err(index_error)?;
         }
         writer.commit().map_err(index_error)?;
-        let reader = index
-            .reader_builder()
-            .reload_policy(ReloadPolicy::Manual)
-            .try_into()
-            .map_err(index_error)?;
-        Ok(Bm25 {
-            index,
-            reader,
-            body,
-            id,
-        })
+        let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into().map_err(index_error)?;
+        Ok(Bm25 { index, reader, body, id })
     }
 
     /// The `k` best chunks for `query`, best first. Query text is only tokenized, never parsed as query syntax, so
@@ -100,11 +84,7 @@ impl Bm25 {
         if query.len() > MAX_QUERY_BYTES {
             return Err(QueryError::TooLong(MAX_QUERY_BYTES));
         }
-        let mut analyzer = self
-            .index
-            .tokenizers()
-            .get(TOKENIZER)
-            .expect("tantivy registers en_stem by default");
+        let mut analyzer = self.index.tokenizers().get(TOKENIZER).expect("tantivy registers en_stem by default");
         let mut terms: Vec<Term> = Vec::new();
         let mut stream = analyzer.token_stream(query);
         while let Some(token) = stream.next() {
@@ -128,10 +108,7 @@ impl Bm25 {
                 continue;
             };
             if let Some(chunk) = doc.get_first(self.id).and_then(|v| v.as_u64()) {
-                hits.push(Hit {
-                    chunk: chunk as usize,
-                    score,
-                });
+                hits.push(Hit { chunk: chunk as usize, score });
             }
         }
         Ok(hits)

@@ -34,10 +34,7 @@ fn builtin_questions_find_their_chunk() {
             let source = task.meta["source_chunk"].as_u64().unwrap() as usize;
             let hits = env.search(&task.question).unwrap();
             assert_eq!(hits.len(), 3);
-            assert!(
-                hits.windows(2).all(|w| w[0].score >= w[1].score),
-                "best first"
-            );
+            assert!(hits.windows(2).all(|w| w[0].score >= w[1].score), "best first");
             total += 1;
             found += usize::from(hits.iter().any(|h| h.chunk == source));
         }
@@ -70,56 +67,27 @@ fn apollo13_answer_chunk_is_in_the_top_3() {
     .unwrap();
     assert!(env.chunks().len() > 200, "{} chunks", env.chunks().len());
     assert!(env.chunks().iter().all(|c| c.text.chars().count() <= 1000));
-    let known: Vec<usize> = env
-        .chunks()
-        .iter()
-        .filter(|c| c.text.contains("decreased from 98 to 79 percent"))
-        .map(|c| c.id)
-        .collect();
+    let known: Vec<usize> =
+        env.chunks().iter().filter(|c| c.text.contains("decreased from 98 to 79 percent")).map(|c| c.id).collect();
     assert_eq!(known.len(), 1, "the answer sits in exactly one chunk");
     let task = env.task(Split::Train, 0, 0).unwrap();
-    assert_eq!(
-        task.meta["source_chunk"].as_u64(),
-        Some(known[0] as u64),
-        "context located"
-    );
+    assert_eq!(task.meta["source_chunk"].as_u64(), Some(known[0] as u64), "context located");
     let hits = env.search(&task.question).unwrap();
     assert!(hits.iter().any(|h| h.chunk == known[0]), "{hits:?}");
     // Another: the relief valve's full-flow pressure.
-    let hits = env
-        .search("tank 2 relief valve full-flow pressure psia")
-        .unwrap();
-    let chunk = env
-        .chunks()
-        .iter()
-        .find(|c| c.text.contains("1008 psia"))
-        .unwrap()
-        .id;
+    let hits = env.search("tank 2 relief valve full-flow pressure psia").unwrap();
+    let chunk = env.chunks().iter().find(|c| c.text.contains("1008 psia")).unwrap().id;
     assert!(hits.iter().any(|h| h.chunk == chunk), "{hits:?}");
 
     // The whole episode: search, then answer.
     let (mut state, _) = env.reset(&task).unwrap();
-    let out = env
-        .step(
-            &mut state,
-            "<tool:search>potable water quantity 23 hours</tool>",
-        )
-        .unwrap();
+    let out = env.step(&mut state, "<tool:search>potable water quantity 23 hours</tool>").unwrap();
     assert!(!out.done);
-    assert!(
-        out.messages[0].content.contains("79 percent"),
-        "{}",
-        out.messages[0].content
-    );
-    let out = env
-        .step(&mut state, "<answer>79 Percent.</answer>")
-        .unwrap();
+    assert!(out.messages[0].content.contains("79 percent"), "{}", out.messages[0].content);
+    let out = env.step(&mut state, "<answer>79 Percent.</answer>").unwrap();
     assert!(out.done && (out.total_reward() - 1.3).abs() < 1e-9);
-    let metrics: std::collections::HashMap<String, f64> = env
-        .metrics()
-        .into_iter()
-        .map(|m| (m.name.clone(), m.as_number().unwrap()))
-        .collect();
+    let metrics: std::collections::HashMap<String, f64> =
+        env.metrics().into_iter().map(|m| (m.name.clone(), m.as_number().unwrap())).collect();
     assert_eq!(metrics["multiturn_qa/search_hit_rate"], 1.0);
     assert_eq!(metrics["multiturn_qa/answer_f1"], 1.0);
 }
@@ -157,18 +125,11 @@ fn reward_table() {
     ];
     for (replies, want) in cases {
         let (got, done) = play(&env, &task, &replies);
-        assert!(
-            (got - want).abs() < 1e-9 && done,
-            "{replies:?}: {got}, want {want}"
-        );
+        assert!((got - want).abs() < 1e-9 && done, "{replies:?}: {got}, want {want}");
     }
     // The calculator is offered when configured.
     let with_calc = MultiturnQa::new(json!({"calc_tool": true})).unwrap();
-    let (got, _) = play(
-        &with_calc,
-        &task,
-        &["<tool:calc>1+1</tool>", right.as_str()],
-    );
+    let (got, _) = play(&with_calc, &task, &["<tool:calc>1+1</tool>", right.as_str()]);
     assert!((got - 2.0).abs() < 1e-9);
     // A 100 kB query is a tool failure, not a crash.
     let huge = format!("<tool:search>{}</tool>", "oxygen ".repeat(15_000));
@@ -181,12 +142,7 @@ fn search_results_are_a_user_turn_with_similarities() {
     let task = env.task(Split::Train, 0, 0).unwrap();
     let (mut state, opening) = env.reset(&task).unwrap();
     assert!(opening[1].content.contains(&task.question));
-    let out = env
-        .step(
-            &mut state,
-            &format!("<tool:search>{}</tool>", task.question),
-        )
-        .unwrap();
+    let out = env.step(&mut state, &format!("<tool:search>{}</tool>", task.question)).unwrap();
     assert_eq!(out.messages.len(), 1);
     assert_eq!(out.messages[0].role, Role::User);
     let text = &out.messages[0].content;
@@ -196,8 +152,7 @@ fn search_results_are_a_user_turn_with_similarities() {
     let hermes = MultiturnQa::new(json!({"tool_format": "hermes"})).unwrap();
     assert_eq!(hermes.tools()[0].name, "search");
     let (mut state, _) = hermes.reset(&task).unwrap();
-    let call =
-        r#"<tool_call>{"name": "search", "arguments": {"query": "station founded"}}</tool_call>"#;
+    let call = r#"<tool_call>{"name": "search", "arguments": {"query": "station founded"}}</tool_call>"#;
     let out = hermes.step(&mut state, call).unwrap();
     assert_eq!(out.messages[0].role, Role::Tool);
     assert!(out.messages[0].content.starts_with("[1] "));
@@ -234,9 +189,7 @@ fn bad_replies_never_break_an_episode() {
                 fuzz::reply(9, ep * 2 + turn)
             };
             replies += 1;
-            let out = env
-                .step(&mut state, &reply)
-                .expect("bad replies are not environment errors");
+            let out = env.step(&mut state, &reply).expect("bad replies are not environment errors");
             if ended {
                 assert!(out.done && out.rewards.is_empty() && out.messages.is_empty());
             }
@@ -244,10 +197,7 @@ fn bad_replies_never_break_an_episode() {
             ended |= out.done;
         }
         assert!(ended);
-        assert!(
-            reachable.iter().any(|r| (r - total).abs() < 1e-9),
-            "total {total}"
-        );
+        assert!(reachable.iter().any(|r| (r - total).abs() < 1e-9), "total {total}");
     }
     assert!(replies >= 10_000);
 }

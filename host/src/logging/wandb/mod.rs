@@ -36,19 +36,10 @@ pub struct WandbSink {
 impl WandbSink {
     /// Create the run directory and file, record the run id in the training run directory (for resume), and in
     /// online mode start the uploader thread.
-    pub fn start(
-        settings: &WandbSettings,
-        config: &serde_json::Value,
-        cfg: &LoggingConfig,
-    ) -> anyhow::Result<Self> {
+    pub fn start(settings: &WandbSettings, config: &serde_json::Value, cfg: &LoggingConfig) -> anyhow::Result<Self> {
         let start_unix = unix_now();
         let offline = settings.mode == WandbMode::Offline;
-        let dir = run_file::run_dir_path(
-            &settings.root_dir,
-            offline,
-            start_unix as i64,
-            &settings.run_id,
-        );
+        let dir = run_file::run_dir_path(&settings.root_dir, offline, start_unix as i64, &settings.run_id);
         let (file, _path) = run_file::create_run_dir(&dir, &settings.run_id).map_err(|e| {
             crate::user_error!(
                 "cannot create the W&B run directory {}: {e}; set WANDB_DIR to a writable directory or pass --no-wandb",
@@ -56,10 +47,7 @@ impl WandbSink {
             )
         })?;
         let config_items: Vec<(String, String)> = match config {
-            serde_json::Value::Object(map) => map
-                .iter()
-                .map(|(k, v)| (k.clone(), v.to_string()))
-                .collect(),
+            serde_json::Value::Object(map) => map.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
             serde_json::Value::Null => vec![],
             other => vec![("config".to_string(), other.to_string())],
         };
@@ -79,9 +67,8 @@ impl WandbSink {
             starting_step: 0,
             config: config_items.clone(),
         };
-        let file = RunFile::start(file, &info).map_err(|e| {
-            crate::user_error!("cannot write the W&B run file in {}: {e}", dir.display())
-        })?;
+        let file = RunFile::start(file, &info)
+            .map_err(|e| crate::user_error!("cannot write the W&B run file in {}: {e}", dir.display()))?;
         remember_run(&cfg.run_dir, settings, &dir);
 
         let sync_hint = if offline {
@@ -90,11 +77,8 @@ impl WandbSink {
             format!("wandb sync --include-online {}", dir.display())
         };
         let uploader = if settings.mode == WandbMode::Online {
-            let config_json = json::object(
-                config_items
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), format!("{{\"value\":{v}}}"))),
-            );
+            let config_json =
+                json::object(config_items.iter().map(|(k, v)| (k.as_str(), format!("{{\"value\":{v}}}"))));
             let target = Target {
                 base_url: settings.base_url.clone(),
                 api_key: settings.api_key.clone().unwrap_or_default(),
@@ -144,10 +128,7 @@ impl WandbSink {
     fn write(&mut self, f: impl FnOnce(&mut RunFile<File>) -> std::io::Result<()>) {
         if let Some(file) = &mut self.file {
             if let Err(e) = f(file) {
-                eprintln!(
-                    "warning: W&B run file in {} stopped: {e}",
-                    self.dir.display()
-                );
+                eprintln!("warning: W&B run file in {} stopped: {e}", self.dir.display());
                 self.file = None;
             }
         }
@@ -156,15 +137,9 @@ impl WandbSink {
     fn history_row(&mut self, step: u64, row: &Metrics) {
         let runtime = self.started.elapsed().as_secs_f64();
         let timestamp = self.start_unix + runtime;
-        let mut items: Vec<(String, String)> = vec![
-            ("_runtime".into(), json::number(runtime)),
-            ("_timestamp".into(), json::number(timestamp)),
-        ];
-        items.extend(
-            row.iter()
-                .filter(|(k, _)| !k.starts_with('_'))
-                .map(|(k, v)| (k.clone(), json::value(v))),
-        );
+        let mut items: Vec<(String, String)> =
+            vec![("_runtime".into(), json::number(runtime)), ("_timestamp".into(), json::number(timestamp))];
+        items.extend(row.iter().filter(|(k, _)| !k.starts_with('_')).map(|(k, v)| (k.clone(), json::value(v))));
         items.append(&mut self.pending_media);
         let mut summary = items.clone();
         summary.push(("_step".into(), step.to_string()));
@@ -193,44 +168,32 @@ fn remember_run(run_dir: &Path, settings: &WandbSettings, wandb_dir: &Path) {
     });
     let _ = std::fs::create_dir_all(run_dir);
     if let Err(e) = std::fs::write(stored_run_file(run_dir), v.to_string() + "\n") {
-        eprintln!("warning: cannot record the W&B run id in {}: {e}; a resumed run will start a new W&B run", run_dir.display());
+        eprintln!(
+            "warning: cannot record the W&B run id in {}: {e}; a resumed run will start a new W&B run",
+            run_dir.display()
+        );
     }
 }
 
 /// A W&B table as its `.table.json` text: `{"columns": [...], "data": [[...], ...]}`.
 pub fn table_json(rows: &[CompletionRow]) -> (String, usize) {
-    let reward_keys: std::collections::BTreeSet<&String> =
-        rows.iter().flat_map(|r| r.rewards.keys()).collect();
+    let reward_keys: std::collections::BTreeSet<&String> = rows.iter().flat_map(|r| r.rewards.keys()).collect();
     let mut columns = vec!["step".to_string(), "prompt".into(), "completion".into()];
     columns.extend(reward_keys.iter().map(|k| format!("reward/{k}")));
     columns.push("advantage".into());
     let data: Vec<String> = rows
         .iter()
         .map(|r| {
-            let mut cells = vec![
-                r.step.to_string(),
-                json::string(&r.prompt),
-                json::string(&r.completion),
-            ];
-            cells.extend(reward_keys.iter().map(|k| {
-                r.rewards
-                    .get(*k)
-                    .map(|x| json::number(*x))
-                    .unwrap_or("null".into())
-            }));
+            let mut cells = vec![r.step.to_string(), json::string(&r.prompt), json::string(&r.completion)];
+            cells.extend(
+                reward_keys.iter().map(|k| r.rewards.get(*k).map(|x| json::number(*x)).unwrap_or("null".into())),
+            );
             cells.push(json::number(r.advantage));
             format!("[{}]", cells.join(","))
         })
         .collect();
     let cols: Vec<String> = columns.iter().map(|c| json::string(c)).collect();
-    (
-        format!(
-            "{{\"columns\":[{}],\"data\":[{}]}}",
-            cols.join(","),
-            data.join(",")
-        ),
-        columns.len(),
-    )
+    (format!("{{\"columns\":[{}],\"data\":[{}]}}", cols.join(","), data.join(",")), columns.len())
 }
 
 impl Sink for WandbSink {
@@ -255,18 +218,12 @@ impl Sink for WandbSink {
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         let name = format!("media/table/completions_{step}_{}.table.json", &hex[..20]);
         let path = self.dir.join("files").join(&name);
-        let written = path
-            .parent()
-            .map(std::fs::create_dir_all)
-            .unwrap_or(Ok(()))
-            .and_then(|_| std::fs::write(&path, &text));
+        let written =
+            path.parent().map(std::fs::create_dir_all).unwrap_or(Ok(())).and_then(|_| std::fs::write(&path, &text));
         if let Err(e) = written {
             if !self.warned {
                 self.warned = true;
-                eprintln!(
-                    "warning: cannot write the W&B completions table {}: {e}",
-                    path.display()
-                );
+                eprintln!("warning: cannot write the W&B completions table {}: {e}", path.display());
             }
             return;
         }
@@ -287,10 +244,7 @@ impl Sink for WandbSink {
     }
 
     fn set_summary(&mut self, summary: &Metrics) {
-        let items: Vec<(String, String)> = summary
-            .iter()
-            .map(|(k, v)| (k.clone(), json::value(v)))
-            .collect();
+        let items: Vec<(String, String)> = summary.iter().map(|(k, v)| (k.clone(), json::value(v))).collect();
         self.write(|f| f.summary(&items));
         if let Some(u) = &self.uploader {
             u.send(Event::Summary(items));
@@ -316,17 +270,9 @@ impl Sink for WandbSink {
         }
         match self.uploader.take() {
             None if self.mode == WandbMode::Offline => {
-                eprintln!(
-                    "W&B run saved offline in {}; upload it with: {}",
-                    self.dir.display(),
-                    self.sync_hint
-                )
+                eprintln!("W&B run saved offline in {}; upload it with: {}", self.dir.display(), self.sync_hint)
             }
-            None => eprintln!(
-                "W&B run saved in {}; upload it with: {}",
-                self.dir.display(),
-                self.sync_hint
-            ),
+            None => eprintln!("W&B run saved in {}; upload it with: {}", self.dir.display(), self.sync_hint),
             Some(u) => {
                 let dropped = u.dropped();
                 match u.finish(exit_code, self.finish_timeout) {

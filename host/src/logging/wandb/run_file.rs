@@ -50,18 +50,13 @@ pub struct RunFile<W: std::io::Write> {
 impl<W: std::io::Write> RunFile<W> {
     /// Start a run file: header and run record.
     pub fn start(out: W, info: &RunInfo) -> std::io::Result<Self> {
-        let mut file = RunFile {
-            store: StoreWriter::new(out)?,
-        };
+        let mut file = RunFile { store: StoreWriter::new(out)? };
         let secs = info.start_time.floor();
         let run = RunRecord {
             run_id: info.run_id.clone(),
             entity: info.entity.clone(),
             project: info.project.clone(),
-            config: Some(ConfigRecord {
-                update: items(&info.config),
-                remove: vec![],
-            }),
+            config: Some(ConfigRecord { update: items(&info.config), remove: vec![] }),
             run_group: info.group.clone(),
             job_type: info.job_type.clone(),
             display_name: info.display_name.clone(),
@@ -69,10 +64,7 @@ impl<W: std::io::Write> RunFile<W> {
             tags: info.tags.clone(),
             host: info.host.clone(),
             starting_step: info.starting_step,
-            start_time: Some(Timestamp {
-                seconds: secs as i64,
-                nanos: ((info.start_time - secs) * 1e9) as i32,
-            }),
+            start_time: Some(Timestamp { seconds: secs as i64, nanos: ((info.start_time - secs) * 1e9) as i32 }),
             resumed: info.resumed,
             resume: info.resumed,
         };
@@ -82,54 +74,31 @@ impl<W: std::io::Write> RunFile<W> {
 
     /// Append one record.
     pub fn write(&mut self, record: RecordType) -> std::io::Result<()> {
-        let rec = Record {
-            num: 0,
-            record_type: Some(record),
-        };
+        let rec = Record { num: 0, record_type: Some(record) };
         self.store.append(&rec.encode_to_vec())
     }
 
     /// A history row: `items` are (key, value JSON); `_step` is added from `step`.
     pub fn history(&mut self, step: i64, items: &[(String, String)]) -> std::io::Result<()> {
-        let mut all = vec![HistoryItem {
-            key: "_step".into(),
-            nested_key: vec![],
-            value_json: step.to_string(),
-        }];
+        let mut all = vec![HistoryItem { key: "_step".into(), nested_key: vec![], value_json: step.to_string() }];
         all.extend(self::items(items).into_iter().filter(|i| i.key != "_step"));
-        self.write(RecordType::History(HistoryRecord {
-            item: all,
-            step: Some(HistoryStep { num: step }),
-        }))
+        self.write(RecordType::History(HistoryRecord { item: all, step: Some(HistoryStep { num: step }) }))
     }
 
     /// Summary updates (key, value JSON).
     pub fn summary(&mut self, items: &[(String, String)]) -> std::io::Result<()> {
-        self.write(RecordType::Summary(SummaryRecord {
-            update: self::items(items),
-            remove: vec![],
-        }))
+        self.write(RecordType::Summary(SummaryRecord { update: self::items(items), remove: vec![] }))
     }
 
     /// Files under `files/` for the uploader (media such as tables), uploaded now.
     pub fn files(&mut self, paths: &[String]) -> std::io::Result<()> {
-        let files = paths
-            .iter()
-            .map(|p| FilesItem {
-                path: p.clone(),
-                policy: 0,
-                r#type: 2,
-            })
-            .collect();
+        let files = paths.iter().map(|p| FilesItem { path: p.clone(), policy: 0, r#type: 2 }).collect();
         self.write(RecordType::Files(FilesRecord { files }))
     }
 
     /// The exit record (0 = success).
     pub fn exit(&mut self, exit_code: i32, runtime_secs: i32) -> std::io::Result<()> {
-        self.write(RecordType::Exit(RunExitRecord {
-            exit_code,
-            runtime: runtime_secs,
-        }))
+        self.write(RecordType::Exit(RunExitRecord { exit_code, runtime: runtime_secs }))
     }
 
     /// The underlying writer.
@@ -139,14 +108,7 @@ impl<W: std::io::Write> RunFile<W> {
 }
 
 fn items(pairs: &[(String, String)]) -> Vec<HistoryItem> {
-    pairs
-        .iter()
-        .map(|(k, v)| HistoryItem {
-            key: k.clone(),
-            nested_key: vec![],
-            value_json: v.clone(),
-        })
-        .collect()
+    pairs.iter().map(|(k, v)| HistoryItem { key: k.clone(), nested_key: vec![], value_json: v.clone() }).collect()
 }
 
 /// The local time as `YYYYMMDD_HHMMSS`, as W&B names run directories.
@@ -171,11 +133,7 @@ pub fn timespec(unix_secs: i64) -> String {
 
 /// The run directory for `run_id` under the root (`<root>/wandb`, or `<root>/.wandb` if that exists).
 pub fn run_dir_path(root: &Path, offline: bool, start_secs: i64, run_id: &str) -> PathBuf {
-    let wandb_dir = if root.join(".wandb").is_dir() {
-        root.join(".wandb")
-    } else {
-        root.join("wandb")
-    };
+    let wandb_dir = if root.join(".wandb").is_dir() { root.join(".wandb") } else { root.join("wandb") };
     let prefix = if offline { "offline-run" } else { "run" };
     wandb_dir.join(format!("{prefix}-{}-{run_id}", timespec(start_secs)))
 }
@@ -209,85 +167,42 @@ mod tests {
     /// tests/oracles/wandb_golden.py with W&B's own protobuf classes into tests/fixtures/logging/golden_small.wandb.
     #[test]
     fn small_run_matches_the_golden_file() {
-        let golden = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/logging/golden_small.wandb"))
-            .expect("tests/fixtures/logging/golden_small.wandb (regenerate with tests/oracles/wandb_golden.py)");
-        let info = RunInfo {
-            run_id: "abc12345".into(),
-            project: "p".into(),
-            ..Default::default()
-        };
+        let golden =
+            std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/logging/golden_small.wandb"))
+                .expect("tests/fixtures/logging/golden_small.wandb (regenerate with tests/oracles/wandb_golden.py)");
+        let info = RunInfo { run_id: "abc12345".into(), project: "p".into(), ..Default::default() };
         // The golden run has no config, start time or step; write its records directly.
         let mut store = StoreWriter::new(Vec::new()).unwrap();
-        let run = RunRecord {
-            run_id: info.run_id.clone(),
-            project: info.project.clone(),
-            ..Default::default()
-        };
+        let run = RunRecord { run_id: info.run_id.clone(), project: info.project.clone(), ..Default::default() };
         for r in [
             RecordType::Run(run),
             RecordType::History(HistoryRecord {
                 item: items(&[("_step".into(), "0".into()), ("loss".into(), "0.5".into())]),
                 step: Some(HistoryStep { num: 0 }),
             }),
-            RecordType::Summary(SummaryRecord {
-                update: items(&[("loss".into(), "0.5".into())]),
-                remove: vec![],
-            }),
-            RecordType::Exit(RunExitRecord {
-                exit_code: 0,
-                runtime: 0,
-            }),
+            RecordType::Summary(SummaryRecord { update: items(&[("loss".into(), "0.5".into())]), remove: vec![] }),
+            RecordType::Exit(RunExitRecord { exit_code: 0, runtime: 0 }),
         ] {
-            store
-                .append(
-                    &Record {
-                        num: 0,
-                        record_type: Some(r),
-                    }
-                    .encode_to_vec(),
-                )
-                .unwrap();
+            store.append(&Record { num: 0, record_type: Some(r) }.encode_to_vec()).unwrap();
         }
         let bytes = std::mem::take(store.get_mut());
         assert_eq!(bytes.len(), 101);
         assert_eq!(bytes, golden);
 
         // The same history through RunFile::history: `_step` comes first and is not duplicated.
-        let mut f = RunFile {
-            store: StoreWriter::new(Vec::new()).unwrap(),
-        };
-        f.history(
-            0,
-            &[("_step".into(), "7".into()), ("loss".into(), "0.5".into())],
-        )
-        .unwrap();
+        let mut f = RunFile { store: StoreWriter::new(Vec::new()).unwrap() };
+        f.history(0, &[("_step".into(), "7".into()), ("loss".into(), "0.5".into())]).unwrap();
         let (records, _) = super::super::store::read_records(f.get_mut()).unwrap();
         let rec = Record::decode(records[0].as_slice()).unwrap();
-        let Some(RecordType::History(h)) = rec.record_type else {
-            panic!("not history")
-        };
-        let keys: Vec<_> = h
-            .item
-            .iter()
-            .map(|i| (i.key.as_str(), i.value_json.as_str()))
-            .collect();
+        let Some(RecordType::History(h)) = rec.record_type else { panic!("not history") };
+        let keys: Vec<_> = h.item.iter().map(|i| (i.key.as_str(), i.value_json.as_str())).collect();
         assert_eq!(keys, vec![("_step", "0"), ("loss", "0.5")]);
     }
 
     #[test]
     fn run_dirs_are_named_like_wandbs() {
-        let name = run_dir_path(Path::new("/r"), true, 0, "abc")
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
-        assert!(
-            name.starts_with("offline-run-19") || name.starts_with("offline-run-20"),
-            "{name}"
-        );
-        assert!(
-            name.ends_with("-abc") && name.len() == "offline-run-YYYYMMDD_HHMMSS-abc".len(),
-            "{name}"
-        );
+        let name = run_dir_path(Path::new("/r"), true, 0, "abc").file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with("offline-run-19") || name.starts_with("offline-run-20"), "{name}");
+        assert!(name.ends_with("-abc") && name.len() == "offline-run-YYYYMMDD_HHMMSS-abc".len(), "{name}");
     }
 }

@@ -30,11 +30,7 @@ impl<W: Write> StoreWriter<W> {
     pub fn new(mut out: W) -> io::Result<Self> {
         out.write_all(&HEADER)?;
         out.flush()?;
-        Ok(StoreWriter {
-            out,
-            offset: HEADER.len(),
-            buf: Vec::new(),
-        })
+        Ok(StoreWriter { out, offset: HEADER.len(), buf: Vec::new() })
     }
 
     /// Frame one record (one serialized `Record`) into chunks and write it.
@@ -120,10 +116,7 @@ pub fn read_records(data: &[u8]) -> Result<(Vec<Vec<u8>>, bool), ReadError> {
     while pos < data.len() {
         let left = BLOCK - pos % BLOCK;
         if left < CHUNK_HEADER {
-            if data[pos..(pos + left).min(data.len())]
-                .iter()
-                .any(|&b| b != 0)
-            {
+            if data[pos..(pos + left).min(data.len())].iter().any(|&b| b != 0) {
                 return Err(ReadError::Corrupt(pos));
             }
             pos += left;
@@ -193,11 +186,7 @@ mod tests {
         let b = vec![0xbb; 10];
         let bytes = write(&[a.clone(), b.clone()]);
         let at = BLOCK - CHUNK_HEADER;
-        assert_eq!(
-            &bytes[at + 4..at + 7],
-            &[0, 0, FIRST],
-            "empty FIRST chunk at the block's last 7 bytes"
-        );
+        assert_eq!(&bytes[at + 4..at + 7], &[0, 0, FIRST], "empty FIRST chunk at the block's last 7 bytes");
         assert_eq!(&bytes[BLOCK + 4..BLOCK + 7], &[10, 0, LAST]);
         assert_eq!(bytes.len(), BLOCK + CHUNK_HEADER + 10);
         assert_eq!(read_records(&bytes).unwrap(), (vec![a, b], false));
@@ -227,9 +216,7 @@ mod tests {
 
     #[test]
     fn many_records_cross_many_boundaries() {
-        let records: Vec<Vec<u8>> = (0..3000u32)
-            .map(|i| vec![(i % 256) as u8; 20 + (i as usize * 13) % 90])
-            .collect();
+        let records: Vec<Vec<u8>> = (0..3000u32).map(|i| vec![(i % 256) as u8; 20 + (i as usize * 13) % 90]).collect();
         let bytes = write(&records);
         assert!(bytes.len() > 5 * BLOCK);
         assert_eq!(read_records(&bytes).unwrap(), (records, false));

@@ -90,11 +90,7 @@ pub struct Uploader {
 
 impl Uploader {
     /// Start the thread. Nothing touches the network on the caller's thread.
-    pub fn start(
-        target: Target,
-        tuning: UploadTuning,
-        sync_hint: String,
-    ) -> std::io::Result<Uploader> {
+    pub fn start(target: Target, tuning: UploadTuning, sync_hint: String) -> std::io::Result<Uploader> {
         let (tx, rx) = mpsc::sync_channel(tuning.queue_capacity.max(1));
         let (done_tx, done) = mpsc::channel();
         let handle = std::thread::Builder::new().name("wandb-upload".into()).spawn(move || {
@@ -111,12 +107,7 @@ impl Uploader {
             };
             let _ = done_tx.send(outcome);
         })?;
-        Ok(Uploader {
-            tx,
-            done,
-            handle: Some(handle),
-            dropped: Arc::new(AtomicU64::new(0)),
-        })
+        Ok(Uploader { tx, done, handle: Some(handle), dropped: Arc::new(AtomicU64::new(0)) })
     }
 
     /// Queue an event without waiting. A full queue drops the event from the upload (the run file still has it).
@@ -195,10 +186,8 @@ impl Worker {
             .http_status_as_error(false)
             .user_agent(concat!("grpo-rs/", env!("CARGO_PKG_VERSION")))
             .build();
-        let auth = format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(format!("api:{}", target.api_key))
-        );
+        let auth =
+            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("api:{}", target.api_key)));
         Worker {
             entity: target.entity.clone().unwrap_or_default(),
             project: target.project.clone(),
@@ -272,15 +261,10 @@ impl Worker {
                 self.upload_files()?;
             }
             let heartbeat_due = self.last_request.elapsed() >= self.tuning.heartbeat_interval;
-            if !self.unsent.is_empty() || self.summary_dirty || heartbeat_due || self.exit.is_some()
-            {
+            if !self.unsent.is_empty() || self.summary_dirty || heartbeat_due || self.exit.is_some() {
                 self.send_stream()?;
             }
-            if self.exit.is_some()
-                && self.unsent.is_empty()
-                && !self.summary_dirty
-                && self.files.is_empty()
-            {
+            if self.exit.is_some() && self.unsent.is_empty() && !self.summary_dirty && self.files.is_empty() {
                 return Ok(());
             }
         }
@@ -299,10 +283,7 @@ impl Worker {
                 Err(Failure::Permanent(msg)) => return Err(msg),
                 Err(Failure::Transient(msg)) => {
                     if started.elapsed() + delay > self.tuning.retry_max_elapsed {
-                        return Err(format!(
-                            "{msg} (gave up after retrying for {:.0?})",
-                            started.elapsed()
-                        ));
+                        return Err(format!("{msg} (gave up after retrying for {:.0?})", started.elapsed()));
                     }
                     let jitter = rand::random::<f64>() * 0.25 + 0.875;
                     let wait = delay.mul_f64(jitter);
@@ -323,8 +304,7 @@ impl Worker {
             .header("Authorization", &self.auth)
             .header("Content-Type", "application/json")
             .send(body);
-        let mut resp =
-            result.map_err(|e| Failure::Transient(format!("cannot reach {url}: {e}")))?;
+        let mut resp = result.map_err(|e| Failure::Transient(format!("cannot reach {url}: {e}")))?;
         let status = resp.status().as_u16();
         let text = resp.body_mut().read_to_string().unwrap_or_default();
         match status {
@@ -342,36 +322,26 @@ impl Worker {
         let url = format!("{}/graphql", self.target.base_url);
         let v = self.post(&url, &body)?;
         if let Some(errors) = v.get("errors").filter(|e| !e.is_null()) {
-            return Err(format!(
-                "W&B GraphQL error: {}",
-                snippet(&errors.to_string())
-            ));
+            return Err(format!("W&B GraphQL error: {}", snippet(&errors.to_string())));
         }
         Ok(v.get("data").cloned().unwrap_or(Value::Null))
     }
 
     fn resume_status(&mut self) -> Result<(), String> {
         let entity = self.target.entity.clone();
-        let data = self.graphql(
-            RESUME_STATUS,
-            json!({"project": self.project, "entity": entity, "name": self.target.run_id}),
-        )?;
+        let data = self
+            .graphql(RESUME_STATUS, json!({"project": self.project, "entity": entity, "name": self.target.run_id}))?;
         let bucket = data.pointer("/model/bucket").filter(|b| !b.is_null());
         match (self.target.resume, bucket) {
-            (Some(ResumeMode::Must), None) => Err(format!(
-                "WANDB_RESUME=must but run {} does not exist on the server",
-                self.target.run_id
-            )),
-            (Some(ResumeMode::Never), Some(_)) => Err(format!(
-                "WANDB_RESUME=never but run {} already exists on the server",
-                self.target.run_id
-            )),
+            (Some(ResumeMode::Must), None) => {
+                Err(format!("WANDB_RESUME=must but run {} does not exist on the server", self.target.run_id))
+            }
+            (Some(ResumeMode::Never), Some(_)) => {
+                Err(format!("WANDB_RESUME=never but run {} already exists on the server", self.target.run_id))
+            }
             (_, Some(b)) => {
                 // Continue the history where the server's copy ends.
-                self.history_offset = b
-                    .get("historyLineCount")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0);
+                self.history_offset = b.get("historyLineCount").and_then(Value::as_u64).unwrap_or(0);
                 Ok(())
             }
             (_, None) => Ok(()),
@@ -393,14 +363,9 @@ impl Worker {
             "config": t.config_json,
         });
         let data = self.graphql(UPSERT_BUCKET, vars)?;
-        let project = data
-            .pointer("/upsertBucket/bucket/project")
-            .ok_or_else(|| {
-                format!(
-                    "the W&B server did not create run {} (UpsertBucket returned no bucket)",
-                    self.target.run_id
-                )
-            })?;
+        let project = data.pointer("/upsertBucket/bucket/project").ok_or_else(|| {
+            format!("the W&B server did not create run {} (UpsertBucket returned no bucket)", self.target.run_id)
+        })?;
         if let Some(p) = project.get("name").and_then(Value::as_str) {
             self.project = p.to_string();
         }
@@ -422,19 +387,11 @@ impl Worker {
             .and_then(Value::as_array)
             .map(|hs| {
                 hs.iter()
-                    .filter_map(|h| {
-                        h.as_str()?
-                            .split_once(':')
-                            .map(|(k, v)| (k.trim().into(), v.trim().into()))
-                    })
+                    .filter_map(|h| h.as_str()?.split_once(':').map(|(k, v)| (k.trim().into(), v.trim().into())))
                     .collect()
             })
             .unwrap_or_default();
-        let urls = data
-            .pointer("/createRunFiles/files")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
+        let urls = data.pointer("/createRunFiles/files").and_then(Value::as_array).cloned().unwrap_or_default();
         for (name, path) in &files {
             let Some(url) = urls
                 .iter()
@@ -483,13 +440,8 @@ impl Worker {
             }
             let summary_sent = self.summary_dirty;
             if summary_sent {
-                let obj = crate::logging::json::object(
-                    self.summary.iter().map(|(k, v)| (k.as_str(), v.clone())),
-                );
-                files.insert(
-                    "wandb-summary.json".into(),
-                    json!({"offset": 0, "content": [obj]}),
-                );
+                let obj = crate::logging::json::object(self.summary.iter().map(|(k, v)| (k.as_str(), v.clone())));
+                files.insert("wandb-summary.json".into(), json!({"offset": 0, "content": [obj]}));
             }
             let mut body = json!({});
             if !files.is_empty() {

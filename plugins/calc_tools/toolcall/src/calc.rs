@@ -33,12 +33,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_input_bytes: 4096,
-            max_depth: 100,
-            max_int_bits: 14_000,
-            max_work: 2_000_000,
-        }
+        Limits { max_input_bytes: 4096, max_depth: 100, max_int_bits: 14_000, max_work: 2_000_000 }
     }
 }
 
@@ -160,10 +155,7 @@ pub fn evaluate_with(expr: &str, limits: &Limits) -> Result<Value, CalcError> {
         return Err(CalcError::Empty);
     }
     if expr.len() > limits.max_input_bytes {
-        return Err(CalcError::TooLong {
-            len: expr.len(),
-            max: limits.max_input_bytes,
-        });
+        return Err(CalcError::TooLong { len: expr.len(), max: limits.max_input_bytes });
     }
     let tokens = lex(expr, limits)?;
     let rpn = to_rpn(&tokens, limits)?;
@@ -209,10 +201,7 @@ enum Tok {
 }
 
 fn syntax(pos: usize, msg: impl Into<String>) -> CalcError {
-    CalcError::Syntax {
-        pos,
-        msg: msg.into(),
-    }
+    CalcError::Syntax { pos, msg: msg.into() }
 }
 
 /// Split into tokens, with each token's character offset. Whitespace is space, tab and form feed anywhere, and line
@@ -265,11 +254,7 @@ fn lex(s: &str, limits: &Limits) -> Result<Vec<(usize, Tok)>, CalcError> {
                 return Err(syntax(i, format!("unexpected character {ch:?}")));
             }
         };
-        let start = if matches!(tok, Tok::DoubleStar | Tok::DoubleSlash) {
-            i - 1
-        } else {
-            i
-        };
+        let start = if matches!(tok, Tok::DoubleStar | Tok::DoubleSlash) { i - 1 } else { i };
         out.push((start, tok));
         i += 1;
     }
@@ -317,8 +302,8 @@ fn lex_number(s: &str, start: usize, limits: &Limits) -> Result<(Tok, usize), Ca
             }
             check_number_end(b, end)?;
             let text = digits_only(j, end);
-            let value = BigInt::parse_bytes(text.as_bytes(), radix)
-                .ok_or_else(|| syntax(start, "invalid number literal"))?;
+            let value =
+                BigInt::parse_bytes(text.as_bytes(), radix).ok_or_else(|| syntax(start, "invalid number literal"))?;
             check_bits(&value, limits)?;
             return Ok((Tok::Num(Value::Int(value)), end));
         }
@@ -359,27 +344,16 @@ fn lex_number(s: &str, start: usize, limits: &Limits) -> Result<(Tok, usize), Ca
         let text = format!(
             "{}.{}e{}",
             if int_part.is_empty() { "0" } else { &int_part },
-            if frac_part.is_empty() {
-                "0"
-            } else {
-                &frac_part
-            },
+            if frac_part.is_empty() { "0" } else { &frac_part },
             if exp_part.is_empty() { "0" } else { &exp_part }
         );
-        let x: f64 = text
-            .parse()
-            .map_err(|_| syntax(start, "invalid float literal"))?;
+        let x: f64 = text.parse().map_err(|_| syntax(start, "invalid float literal"))?;
         return Ok((Tok::Num(Value::Float(x)), i));
     }
     if int_part.len() > 1 && int_part.starts_with('0') && int_part.bytes().any(|c| c != b'0') {
-        return Err(syntax(
-            start,
-            "leading zeros in decimal integer literals are not permitted",
-        ));
+        return Err(syntax(start, "leading zeros in decimal integer literals are not permitted"));
     }
-    let value: BigInt = int_part
-        .parse()
-        .map_err(|_| syntax(start, "invalid integer literal"))?;
+    let value: BigInt = int_part.parse().map_err(|_| syntax(start, "invalid integer literal"))?;
     check_bits(&value, limits)?;
     Ok((Tok::Num(Value::Int(value)), i))
 }
@@ -396,9 +370,7 @@ fn check_number_end(b: &[u8], i: usize) -> Result<(), CalcError> {
 
 fn check_bits(v: &BigInt, limits: &Limits) -> Result<(), CalcError> {
     if v.bits() > limits.max_int_bits {
-        Err(CalcError::TooLarge {
-            max_bits: limits.max_int_bits,
-        })
+        Err(CalcError::TooLarge { max_bits: limits.max_int_bits })
     } else {
         Ok(())
     }
@@ -437,9 +409,7 @@ fn to_rpn(tokens: &[(usize, Tok)], limits: &Limits) -> Result<Vec<Rpn>, CalcErro
                 Tok::LParen => {
                     depth += 1;
                     if depth > limits.max_depth {
-                        return Err(CalcError::TooDeep {
-                            max: limits.max_depth,
-                        });
+                        return Err(CalcError::TooDeep { max: limits.max_depth });
                     }
                     stack.push(Stacked::LParen(pos));
                 }
@@ -510,8 +480,8 @@ fn to_float(v: &Value) -> Result<f64, CalcError> {
     match v {
         Value::Float(x) => Ok(*x),
         Value::Int(i) => {
-            let mag = pyfloat::uint_to_f64(i.magnitude())
-                .ok_or(CalcError::Overflow("int too large to convert to float"))?;
+            let mag =
+                pyfloat::uint_to_f64(i.magnitude()).ok_or(CalcError::Overflow("int too large to convert to float"))?;
             Ok(if i.sign() == Sign::Minus { -mag } else { mag })
         }
     }
@@ -588,41 +558,26 @@ impl Machine<'_> {
                     return Err(CalcError::ZeroDivision("division by zero"));
                 }
                 self.charge(limbs(a) * limbs(b) + 2 * (limbs(a) + limbs(b)))?;
-                let mag = pyfloat::div_to_f64(a.magnitude(), b.magnitude()).ok_or(
-                    CalcError::Overflow("integer division result too large for a float"),
-                )?;
+                let mag = pyfloat::div_to_f64(a.magnitude(), b.magnitude())
+                    .ok_or(CalcError::Overflow("integer division result too large for a float"))?;
                 let negative = (a.sign() == Sign::Minus) != (b.sign() == Sign::Minus);
                 Ok(Value::Float(if negative { -mag } else { mag }))
             }
             Op::FloorDiv | Op::Mod => {
                 if b.is_zero() {
-                    return Err(CalcError::ZeroDivision(
-                        "integer division or modulo by zero",
-                    ));
+                    return Err(CalcError::ZeroDivision("integer division or modulo by zero"));
                 }
                 self.charge(limbs(a) * limbs(b))?;
-                let r = if op == Op::FloorDiv {
-                    a.div_floor(b)
-                } else {
-                    a.mod_floor(b)
-                };
+                let r = if op == Op::FloorDiv { a.div_floor(b) } else { a.mod_floor(b) };
                 self.int(r)
             }
             Op::Pow => {
                 if b.is_negative() {
                     // Python hands int ** negative int to float pow.
-                    return float_binary(
-                        Op::Pow,
-                        to_float(&Value::Int(a.clone()))?,
-                        to_float(&Value::Int(b.clone()))?,
-                    );
+                    return float_binary(Op::Pow, to_float(&Value::Int(a.clone()))?, to_float(&Value::Int(b.clone()))?);
                 }
                 if a.is_zero() || a.is_one() || b.is_zero() {
-                    return Ok(Value::Int(if b.is_zero() {
-                        BigInt::one()
-                    } else {
-                        a.clone()
-                    }));
+                    return Ok(Value::Int(if b.is_zero() { BigInt::one() } else { a.clone() }));
                 }
                 if a.magnitude().is_one() {
                     // (-1) ** b
@@ -630,10 +585,7 @@ impl Machine<'_> {
                     return Ok(Value::Int(if odd { a.clone() } else { BigInt::one() }));
                 }
                 // |a| >= 2, so the result has at least b * (bits(a) - 1) + 1 bits: refuse before computing.
-                let e = b
-                    .to_u64()
-                    .filter(|e| *e <= max_bits)
-                    .ok_or(CalcError::TooLarge { max_bits })?;
+                let e = b.to_u64().filter(|e| *e <= max_bits).ok_or(CalcError::TooLarge { max_bits })?;
                 if e * (a.bits() - 1) + 1 > max_bits {
                     return Err(CalcError::TooLarge { max_bits });
                 }
@@ -718,8 +670,8 @@ mod tests {
         assert_eq!(err("10.0**400"), "overflow");
         assert_eq!(err("(-8)**(1/3)"), "complex");
         for e in [
-            "", "1 +", "(1", "1)", "1 2", "01", "1__0", "2^3", "~2", "2<3", "abc", "1 +\n 2",
-            "2(3)", "1..2", "1e", "3j",
+            "", "1 +", "(1", "1)", "1 2", "01", "1__0", "2^3", "~2", "2<3", "abc", "1 +\n 2", "2(3)", "1..2", "1e",
+            "3j",
         ] {
             assert_eq!(err(e), "syntax", "{e:?}");
         }

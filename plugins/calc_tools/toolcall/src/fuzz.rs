@@ -55,8 +55,7 @@ pub fn reply(seed: u64, index: u64) -> String {
         0 => {
             // Huge input inside a tag.
             let n = rng.range(1, 100_000) as usize;
-            let body: String =
-                std::iter::repeat_n(*rng.pick(&["9", "(", "a ", "ж", "1+"]), n).collect();
+            let body: String = std::iter::repeat_n(*rng.pick(&["9", "(", "a ", "ж", "1+"]), n).collect();
             let tag = *rng.pick(&["<tool:calc>", "<tool:search>", "<answer>", "<tool_call>"]);
             let close = *rng.pick(&["</tool>", "</answer>", "</tool_call>", ""]);
             let mut s = format!("{tag}{body}{close}");
@@ -69,21 +68,13 @@ pub fn reply(seed: u64, index: u64) -> String {
         }
         1 => {
             // Empty or whitespace tags.
-            (*rng.pick(&[
-                "<tool:calc></tool>",
-                "<tool:search>  \n </tool>",
-                "<answer></answer>",
-                "",
-                "   ",
-            ]))
-            .to_string()
+            (*rng.pick(&["<tool:calc></tool>", "<tool:search>  \n </tool>", "<answer></answer>", "", "   "]))
+                .to_string()
         }
         2 => {
             // Random code points.
             let n = rng.range(0, 200);
-            (0..n)
-                .map(|_| char::from_u32(rng.range(0, 0x2_0000) as u32).unwrap_or('\u{fffd}'))
-                .collect()
+            (0..n).map(|_| char::from_u32(rng.range(0, 0x2_0000) as u32).unwrap_or('\u{fffd}')).collect()
         }
         _ => {
             let n = rng.range(1, 24);

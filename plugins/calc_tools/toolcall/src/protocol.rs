@@ -56,11 +56,7 @@ pub fn find_native_call(text: &str) -> Option<ToolCall> {
     while let Some(rel) = text[from..].find(OPEN) {
         let start = from + rel;
         let name_start = start + OPEN.len();
-        let name_len: usize = text[name_start..]
-            .chars()
-            .take_while(|c| is_word_char(*c))
-            .map(char::len_utf8)
-            .sum();
+        let name_len: usize = text[name_start..].chars().take_while(|c| is_word_char(*c)).map(char::len_utf8).sum();
         let name_end = name_start + name_len;
         if name_len > 0 && text[name_end..].starts_with('>') {
             let body = name_end + 1;
@@ -100,10 +96,7 @@ pub fn find_hermes_call(text: &str, arg_key: &str) -> CallParse {
     let Some(name) = value.get("name").and_then(|n| n.as_str()) else {
         return CallParse::Malformed("the tool call has no \"name\" string".into());
     };
-    let mut args = value
-        .get("arguments")
-        .cloned()
-        .unwrap_or(serde_json::Value::Null);
+    let mut args = value.get("arguments").cloned().unwrap_or(serde_json::Value::Null);
     if let serde_json::Value::String(s) = &args {
         if let Ok(inner @ serde_json::Value::Object(_)) = serde_json::from_str(s) {
             args = inner;
@@ -114,10 +107,7 @@ pub fn find_hermes_call(text: &str, arg_key: &str) -> CallParse {
         Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => v.to_string(),
         _ => String::new(),
     };
-    CallParse::Call(ToolCall {
-        name: name.to_string(),
-        input,
-    })
+    CallParse::Call(ToolCall { name: name.to_string(), input })
 }
 
 /// Find a tool call in `format`.
@@ -247,12 +237,7 @@ pub struct Episode {
 impl Episode {
     /// A fresh episode allowing `max_turns` assistant turns (at least 2: one tool call and the answer).
     pub fn new(max_turns: u32) -> Self {
-        Episode {
-            turns: 0,
-            max_turns: max_turns.max(2),
-            flags: EpisodeFlags::default(),
-            done: false,
-        }
+        Episode { turns: 0, max_turns: max_turns.max(2), flags: EpisodeFlags::default(), done: false }
     }
 
     /// Read one assistant turn. `find` looks for a tool call, `run` executes one (`Err` is a structured failure:
@@ -272,9 +257,7 @@ impl Episode {
         is_correct: impl Fn(&str) -> bool,
     ) -> Turn {
         if self.done {
-            return Turn::Done {
-                rewards: Vec::new(),
-            };
+            return Turn::Done { rewards: Vec::new() };
         }
         self.turns += 1;
         let last_turn = self.turns >= self.max_turns;
@@ -283,9 +266,7 @@ impl Episode {
                 CallParse::Call(call) => call,
                 CallParse::Missing | CallParse::Malformed(_) => {
                     self.done = true;
-                    return Turn::Done {
-                        rewards: vec![(names::TOOL_CALL_FORMAT, rewards.tool_call_format_bad)],
-                    };
+                    return Turn::Done { rewards: vec![(names::TOOL_CALL_FORMAT, rewards.tool_call_format_bad)] };
                 }
             };
             self.flags.tool_called = true;
@@ -320,16 +301,9 @@ impl Episode {
             self.flags.answer_format_ok = true;
             let correct = is_correct(answer);
             self.flags.answer_correct = correct;
-            let content = if correct {
-                rewards.answer_correct
-            } else {
-                rewards.answer_wrong
-            };
+            let content = if correct { rewards.answer_correct } else { rewards.answer_wrong };
             return Turn::Done {
-                rewards: vec![
-                    (names::ANSWER_FORMAT, rewards.answer_format_ok),
-                    (names::ANSWER_CONTENT, content),
-                ],
+                rewards: vec![(names::ANSWER_FORMAT, rewards.answer_format_ok), (names::ANSWER_CONTENT, content)],
             };
         }
         if !last_turn {
@@ -342,18 +316,11 @@ impl Episode {
                         (e, false)
                     }
                 };
-                return Turn::ToolResult {
-                    tool: call.name,
-                    text,
-                    ok,
-                    rewards: Vec::new(),
-                };
+                return Turn::ToolResult { tool: call.name, text, ok, rewards: Vec::new() };
             }
         }
         self.done = true;
-        Turn::Done {
-            rewards: vec![(names::ANSWER_FORMAT, rewards.answer_format_bad)],
-        }
+        Turn::Done { rewards: vec![(names::ANSWER_FORMAT, rewards.answer_format_bad)] }
     }
 }
 
@@ -429,19 +396,12 @@ pub fn parse_number(text: &str) -> Option<crate::calc::Value> {
     if frac_part.is_none() && exponent.is_none() {
         let digits = int_digits.trim_start_matches('0');
         let digits = if digits.is_empty() { "0" } else { digits };
-        return format!("{sign}{digits}")
-            .parse()
-            .ok()
-            .map(crate::calc::Value::Int);
+        return format!("{sign}{digits}").parse().ok().map(crate::calc::Value::Int);
     }
     let exp = exponent.map(|e| format!("e{e}")).unwrap_or_default();
     let text = format!(
         "{sign}{}.{}{exp}",
-        if int_digits.is_empty() {
-            "0"
-        } else {
-            &int_digits
-        },
+        if int_digits.is_empty() { "0" } else { &int_digits },
         frac_part.filter(|f| !f.is_empty()).unwrap_or("0")
     );
     text.parse::<f64>().ok().map(crate::calc::Value::Float)
@@ -461,8 +421,7 @@ mod tests {
         let c = find_native_call("<tool:calc><tool:calc>1</tool></tool>").unwrap();
         assert_eq!(c.input, "<tool:calc>1");
         // A broken first opening tag does not hide a later good one.
-        let c =
-            find_native_call("<tool:>x</tool> <tool: calc>y</tool> <tool:calc>3</tool>").unwrap();
+        let c = find_native_call("<tool:>x</tool> <tool: calc>y</tool> <tool:calc>3</tool>").unwrap();
         assert_eq!(c.input, "3");
         assert_eq!(find_native_call("<tool:calc>1+1"), None);
         assert_eq!(find_native_call("no call"), None);
@@ -477,31 +436,16 @@ mod tests {
         let t = "<tool_call>\n{\"name\": \"calc\", \"arguments\": {\"expression\": \"2**10\"}}\n</tool_call>";
         assert_eq!(
             find_hermes_call(t, "expression"),
-            CallParse::Call(ToolCall {
-                name: "calc".into(),
-                input: "2**10".into()
-            })
+            CallParse::Call(ToolCall { name: "calc".into(), input: "2**10".into() })
         );
         let t = "<tool_call>{\"name\": \"calc\", \"arguments\": \"{\\\"expression\\\": 7}\"}</tool_call>";
         assert_eq!(
             find_hermes_call(t, "expression"),
-            CallParse::Call(ToolCall {
-                name: "calc".into(),
-                input: "7".into()
-            })
+            CallParse::Call(ToolCall { name: "calc".into(), input: "7".into() })
         );
-        assert!(matches!(
-            find_hermes_call("<tool_call>{oops}</tool_call>", "q"),
-            CallParse::Malformed(_)
-        ));
-        assert!(matches!(
-            find_hermes_call("<tool_call>{\"name\": 1}</tool_call>", "q"),
-            CallParse::Malformed(_)
-        ));
-        assert!(matches!(
-            find_hermes_call("<tool_call>{\"name\": \"x\"}", "q"),
-            CallParse::Malformed(_)
-        ));
+        assert!(matches!(find_hermes_call("<tool_call>{oops}</tool_call>", "q"), CallParse::Malformed(_)));
+        assert!(matches!(find_hermes_call("<tool_call>{\"name\": 1}</tool_call>", "q"), CallParse::Malformed(_)));
+        assert!(matches!(find_hermes_call("<tool_call>{\"name\": \"x\"}", "q"), CallParse::Malformed(_)));
         assert_eq!(find_hermes_call("nothing", "q"), CallParse::Missing);
     }
 
@@ -511,10 +455,7 @@ mod tests {
         assert_eq!(parse_answer("<answer></answer>"), Some(""));
         assert_eq!(parse_answer("So <answer>1</answer>"), None);
         assert_eq!(parse_answer("<answer>1</answer> ok"), None);
-        assert_eq!(
-            parse_answer("<answer>a</answer><answer>b</answer>"),
-            Some("a</answer><answer>b")
-        );
+        assert_eq!(parse_answer("<answer>a</answer><answer>b</answer>"), Some("a</answer><answer>b"));
         assert_eq!(parse_answer("<answer>"), None);
     }
 
@@ -529,14 +470,8 @@ mod tests {
         assert!(!answers_match_numerically("2**10", "1024"));
         assert!(answers_match_numerically(" abc ", "abc"));
         assert!(!answers_match_numerically("", "0"));
-        assert!(answers_match_numerically(
-            "123456789012345678901234567890",
-            "123456789012345678901234567890"
-        ));
-        assert!(!answers_match_numerically(
-            "123456789012345678901234567891",
-            "123456789012345678901234567890"
-        ));
+        assert!(answers_match_numerically("123456789012345678901234567890", "123456789012345678901234567890"));
+        assert!(!answers_match_numerically("123456789012345678901234567891", "123456789012345678901234567890"));
     }
 
     fn play(replies: &[&str], max_turns: u32) -> (f64, EpisodeFlags, bool) {
@@ -551,9 +486,7 @@ mod tests {
                     if c.name != "calc" {
                         return Err(format!("unknown tool {}", c.name));
                     }
-                    crate::calc::evaluate(&c.input)
-                        .map(|v| v.to_string())
-                        .map_err(|e| e.to_string())
+                    crate::calc::evaluate(&c.input).map(|v| v.to_string()).map_err(|e| e.to_string())
                 },
                 |a| answers_match_numerically(a, "1024"),
             );
@@ -581,27 +514,13 @@ mod tests {
         let (r, f, _) = play(&["<tool:calc>2**10</tool>", "<answer>1024</answer>"], 2);
         assert!(close(r, 2.0) && f.answer_correct);
         // With a longer limit, a second call is allowed but earns nothing, and failures are counted.
-        let (r, f, _) = play(
-            &[
-                "<tool:calc>2**10</tool>",
-                "<tool:calc>1/0</tool>",
-                "<answer>1024.0</answer>",
-            ],
-            3,
-        );
+        let (r, f, _) = play(&["<tool:calc>2**10</tool>", "<tool:calc>1/0</tool>", "<answer>1024.0</answer>"], 3);
         assert!(close(r, 2.0) && f.tool_calls == 2 && f.tool_failures == 1);
         // At the last turn a tool call is a bad answer.
         let (r, _, done) = play(&["<tool:calc>2**10</tool>", "<tool:calc>1</tool>"], 2);
         assert!(close(r, -0.1) && done);
         // Turns after the end earn nothing.
-        let (r, _, _) = play(
-            &[
-                "<answer>1024</answer>",
-                "<tool:calc>1</tool>",
-                "<answer>1024</answer>",
-            ],
-            2,
-        );
+        let (r, _, _) = play(&["<answer>1024</answer>", "<tool:calc>1</tool>", "<answer>1024</answer>"], 2);
         assert!(close(r, -0.5));
     }
 }

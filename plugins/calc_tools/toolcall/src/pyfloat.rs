@@ -36,18 +36,14 @@ pub fn repr(x: f64) -> String {
     // shortest candidates it rounds the tie up, and Python to even. Rust's fixed-precision formatting rounds exact
     // ties to even, so prefer it at the same length whenever it still round-trips.
     let mut sci = format!("{:e}", x.abs());
-    let n_digits = sci
-        .split_once('e')
-        .map_or(0, |(m, _)| m.chars().filter(char::is_ascii_digit).count());
+    let n_digits = sci.split_once('e').map_or(0, |(m, _)| m.chars().filter(char::is_ascii_digit).count());
     if n_digits > 1 {
         let even = format!("{:.*e}", n_digits - 1, x.abs());
         if even != sci && even.parse::<f64>() == Ok(x.abs()) {
             sci = even;
         }
     }
-    let (mantissa, exp) = sci
-        .split_once('e')
-        .expect("`{:e}` always prints an exponent");
+    let (mantissa, exp) = sci.split_once('e').expect("`{:e}` always prints an exponent");
     let exp: i32 = exp.parse().expect("`{:e}` prints an integer exponent");
     let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
     // Position of the decimal point relative to the first digit, as CPython's `decpt`.
@@ -59,20 +55,12 @@ pub fn repr(x: f64) -> String {
         } else if decpt >= n {
             format!("{}{}.0", digits, "0".repeat((decpt - n) as usize))
         } else {
-            format!(
-                "{}.{}",
-                &digits[..decpt as usize],
-                &digits[decpt as usize..]
-            )
+            format!("{}.{}", &digits[..decpt as usize], &digits[decpt as usize..])
         }
     } else {
         let e = decpt - 1;
         let esign = if e < 0 { '-' } else { '+' };
-        let frac = if n > 1 {
-            format!(".{}", &digits[1..])
-        } else {
-            String::new()
-        };
+        let frac = if n > 1 { format!(".{}", &digits[1..]) } else { String::new() };
         format!("{}{}e{}{:02}", &digits[..1], frac, esign, e.abs())
     };
     format!("{sign}{body}")
@@ -100,11 +88,7 @@ pub fn div_to_f64(a: &BigUint, b: &BigUint) -> Option<f64> {
     let (na, nb) = (a.bits() as i64, b.bits() as i64);
     // Scale so that the integer quotient has 55 or 56 bits: 53 for the mantissa, one guard bit and one spare.
     let s = 55 + nb - na;
-    let (num, den) = if s >= 0 {
-        (a << (s as u64), b.clone())
-    } else {
-        (a.clone(), b << ((-s) as u64))
-    };
+    let (num, den) = if s >= 0 { (a << (s as u64), b.clone()) } else { (a.clone(), b << ((-s) as u64)) };
     let (q, r) = num.div_rem(&den);
     let sticky = !r.is_zero();
     let k = q.bits() as i64;
@@ -224,9 +208,7 @@ pub fn pow(x: f64, y: f64) -> Result<f64, FloatError> {
     }
     if x == 0.0 {
         if y < 0.0 {
-            return Err(FloatError::ZeroDivision(
-                "0.0 cannot be raised to a negative power",
-            ));
+            return Err(FloatError::ZeroDivision("0.0 cannot be raised to a negative power"));
         }
         return Ok(if is_odd_integer(y) { x } else { 0.0 });
     }
@@ -244,9 +226,7 @@ pub fn pow(x: f64, y: f64) -> Result<f64, FloatError> {
     }
     let r = base.powf(y);
     if r.is_infinite() {
-        return Err(FloatError::Overflow(
-            "(34, 'Numerical result out of range')",
-        ));
+        return Err(FloatError::Overflow("(34, 'Numerical result out of range')"));
     }
     Ok(if negate { -r } else { r })
 }
@@ -289,14 +269,8 @@ mod tests {
         assert_eq!(div_to_f64(&p400, &p399), Some(10.0));
         assert_eq!(div_to_f64(&p399, &p400), Some(0.1));
         // 2^53 + 1 is a tie between 2^53 and 2^53 + 2; ties go to the even mantissa.
-        assert_eq!(
-            uint_to_f64(&big("9007199254740993")),
-            Some(9007199254740992.0)
-        );
-        assert_eq!(
-            uint_to_f64(&big("9007199254740995")),
-            Some(9007199254740996.0)
-        );
+        assert_eq!(uint_to_f64(&big("9007199254740993")), Some(9007199254740992.0));
+        assert_eq!(uint_to_f64(&big("9007199254740995")), Some(9007199254740996.0));
         let two_1024 = BigUint::from(1u8) << 1024u32;
         assert_eq!(uint_to_f64(&two_1024), None);
         assert_eq!(uint_to_f64(&(two_1024 - 1u8)), None);

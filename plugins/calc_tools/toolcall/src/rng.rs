@@ -46,21 +46,11 @@ mod tests {
 
     #[test]
     fn streams_are_stable_and_distinct() {
-        let a: Vec<u64> = (0..3)
-            .map(|i| SplitMix64::for_task(1, 0, i).next_u64())
-            .collect();
-        let b: Vec<u64> = (0..3)
-            .map(|i| SplitMix64::for_task(1, 0, i).next_u64())
-            .collect();
+        let a: Vec<u64> = (0..3).map(|i| SplitMix64::for_task(1, 0, i).next_u64()).collect();
+        let b: Vec<u64> = (0..3).map(|i| SplitMix64::for_task(1, 0, i).next_u64()).collect();
         assert_eq!(a, b);
         assert_ne!(a[0], a[1]);
-        assert_ne!(
-            SplitMix64::for_task(1, 0, 0).next_u64(),
-            SplitMix64::for_task(1, 1, 0).next_u64()
-        );
-        assert_ne!(
-            SplitMix64::for_task(1, 0, 0).next_u64(),
-            SplitMix64::for_task(2, 0, 0).next_u64()
-        );
+        assert_ne!(SplitMix64::for_task(1, 0, 0).next_u64(), SplitMix64::for_task(1, 1, 0).next_u64());
+        assert_ne!(SplitMix64::for_task(1, 0, 0).next_u64(), SplitMix64::for_task(2, 0, 0).next_u64());
     }
 }

@@ -32,30 +32,12 @@ impl FlagCounters {
     /// Count what changed in an episode's flags during one turn.
     pub fn record(&self, before: &EpisodeFlags, after: &EpisodeFlags) {
         let rise = |b: bool, a: bool| u64::from(a && !b);
-        add(
-            &self.tool_called,
-            rise(before.tool_called, after.tool_called),
-        );
-        add(
-            &self.tool_exec_ok,
-            rise(before.tool_exec_ok, after.tool_exec_ok),
-        );
-        add(
-            &self.answer_format_ok,
-            rise(before.answer_format_ok, after.answer_format_ok),
-        );
-        add(
-            &self.answer_correct,
-            rise(before.answer_correct, after.answer_correct),
-        );
-        add(
-            &self.tool_calls,
-            u64::from(after.tool_calls.saturating_sub(before.tool_calls)),
-        );
-        add(
-            &self.tool_failures,
-            u64::from(after.tool_failures.saturating_sub(before.tool_failures)),
-        );
+        add(&self.tool_called, rise(before.tool_called, after.tool_called));
+        add(&self.tool_exec_ok, rise(before.tool_exec_ok, after.tool_exec_ok));
+        add(&self.answer_format_ok, rise(before.answer_format_ok, after.answer_format_ok));
+        add(&self.answer_correct, rise(before.answer_correct, after.answer_correct));
+        add(&self.tool_calls, u64::from(after.tool_calls.saturating_sub(before.tool_calls)));
+        add(&self.tool_failures, u64::from(after.tool_failures.saturating_sub(before.tool_failures)));
     }
 
     /// The rates since the last call, named as re-grpo's `group_rates/*` (with its denominators: `tool_exec_ok` is
@@ -78,19 +60,10 @@ impl FlagCounters {
         vec![
             ("group_rates/tool_called".into(), ratio(called, episodes)),
             ("group_rates/tool_exec_ok".into(), ratio(exec_ok, called)),
-            (
-                "group_rates/answer_format_ok".into(),
-                ratio(format_ok, episodes),
-            ),
-            (
-                "group_rates/answer_correct".into(),
-                ratio(correct, format_ok),
-            ),
+            ("group_rates/answer_format_ok".into(), ratio(format_ok, episodes)),
+            ("group_rates/answer_correct".into(), ratio(correct, format_ok)),
             (format!("{prefix}/tool_calls_per_episode"), calls / episodes),
-            (
-                format!("{prefix}/tool_failures_per_episode"),
-                failures / episodes,
-            ),
+            (format!("{prefix}/tool_failures_per_episode"), failures / episodes),
             (format!("{prefix}/episodes"), episodes),
         ]
     }

@@ -25,10 +25,7 @@ fn assert_fast_error(expr: &str, kind: &str) {
         Err(e) => assert_eq!(e.kind(), kind, "{shown:?}...: {e}"),
     }
     eprintln!("{took:>10.3?}  {shown:?}");
-    assert!(
-        took < Duration::from_millis(10),
-        "{shown:?}... took {took:?}"
-    );
+    assert!(took < Duration::from_millis(10), "{shown:?}... took {took:?}");
 }
 
 #[test]
@@ -73,13 +70,7 @@ fn large_but_legal_results_are_quick() {
     let lit = "9".repeat(600);
     let product = [lit.as_str(); 6].join("*");
     let minus = format!("{}1", "-".repeat(4000));
-    for expr in [
-        "2**13999 // 3",
-        "10**4000 / (10**3999 + 7)",
-        "-(-(-(3**8000)))",
-        &minus,
-        &product,
-    ] {
+    for expr in ["2**13999 // 3", "10**4000 / (10**3999 + 7)", "-(-(-(3**8000)))", &minus, &product] {
         let (r, took) = fastest(expr, &Limits::default());
         assert!(r.is_ok(), "{expr:.40}: {r:?}");
         assert!(took < Duration::from_millis(10), "{expr:.40} took {took:?}");
@@ -89,11 +80,7 @@ fn large_but_legal_results_are_quick() {
 #[test]
 fn the_parser_has_no_recursion_to_overflow() {
     // With the length and depth limits lifted, ten thousand levels still evaluate on a small thread stack.
-    let limits = Limits {
-        max_input_bytes: usize::MAX,
-        max_depth: usize::MAX,
-        ..Limits::default()
-    };
+    let limits = Limits { max_input_bytes: usize::MAX, max_depth: usize::MAX, ..Limits::default() };
     let deep = format!("{}1{}", "(-".repeat(10_001), ")".repeat(10_001));
     let r = std::thread::Builder::new()
         .stack_size(64 * 1024)

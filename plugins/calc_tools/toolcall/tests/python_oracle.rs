@@ -12,8 +12,7 @@ fn fixture() -> PathBuf {
 
 #[test]
 fn calculator_matches_python() {
-    let text =
-        std::fs::read_to_string(fixture()).expect("tests/fixtures/calc/cases.jsonl is committed");
+    let text = std::fs::read_to_string(fixture()).expect("tests/fixtures/calc/cases.jsonl is committed");
     let mut checked = 0;
     let mut failures = Vec::new();
     for line in text.lines() {
@@ -44,10 +43,5 @@ fn calculator_matches_python() {
         checked += 1;
     }
     assert!(checked > 2000, "only {checked} cases in the fixture");
-    assert!(
-        failures.is_empty(),
-        "{} of {checked} cases differ:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} of {checked} cases differ:\n{}", failures.len(), failures.join("\n"));
 }

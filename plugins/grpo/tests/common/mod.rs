@@ -34,20 +34,9 @@ pub fn tensor(v: &Value) -> Tensor {
             .as_array()
             .unwrap()
             .iter()
-            .map(|r| {
-                r.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.as_f64().unwrap())
-                    .collect()
-            })
+            .map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect())
             .collect(),
-        _ => vec![v
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap())
-            .collect()],
+        _ => vec![v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()],
     };
     let flat: Vec<f64> = rows.concat();
     let t = Tensor::from_slice(&flat);
@@ -87,14 +76,8 @@ pub fn batch(case: &Value) -> (Tensor, PolicyBatch) {
 /// Assert two tensors agree elementwise within [`TOL`].
 pub fn assert_close(what: &str, got: &Tensor, want: &Tensor) {
     assert_eq!(got.size(), want.size(), "{what}: shape");
-    let diff = (got.to_kind(Kind::Double) - want)
-        .abs()
-        .max()
-        .double_value(&[]);
-    assert!(
-        diff <= TOL,
-        "{what}: max |diff| {diff:e}\n got {got}\nwant {want}"
-    );
+    let diff = (got.to_kind(Kind::Double) - want).abs().max().double_value(&[]);
+    assert!(diff <= TOL, "{what}: max |diff| {diff:e}\n got {got}\nwant {want}");
 }
 
 /// Assert one number agrees within [`TOL`].
