@@ -20,8 +20,13 @@ fn main() {
 /// PyPI wheel has `version.py`. The local suffix (`+cpu`, `+cu130`) is dropped: the C++ API does not depend on it.
 fn detect_version(lib: &Path) -> Option<String> {
     let root = lib.parent()?;
-    println!("cargo:rerun-if-changed={}", root.join("build-version").display());
-    println!("cargo:rerun-if-changed={}", root.join("version.py").display());
+    // Only files that exist: cargo treats a missing rerun-if-changed file as always changed, which rebuilt the SDK
+    // and everything above it on every build.
+    for file in ["build-version", "version.py"] {
+        if root.join(file).is_file() {
+            println!("cargo:rerun-if-changed={}", root.join(file).display());
+        }
+    }
     let raw = if let Ok(text) = std::fs::read_to_string(root.join("build-version")) {
         text.trim().to_string()
     } else {

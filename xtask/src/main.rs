@@ -2,7 +2,8 @@
 //!
 //! - `setup`: libtorch (from the PyPI torch wheel) and the default model into the per-user cache; idempotent.
 //! - `run [ARGS...]`: setup, build the release host and plugins, then run `grpo-host ARGS...`.
-//! - `test`: setup, then rustfmt check, clippy with `-D warnings`, build, and the whole test suite.
+//! - `test`: setup (and cargo-generate), then rustfmt check, clippy with `-D warnings`, build, the SDK docs with
+//!   warnings as errors, and the whole test suite.
 //!
 //! xtask itself never links libtorch, so it runs before libtorch exists and can repair a damaged cache.
 
@@ -10,6 +11,7 @@ mod bench_generate;
 mod paths;
 mod process;
 mod setup;
+mod tools;
 
 use anyhow::{bail, Result};
 use process::cargo;
@@ -34,6 +36,7 @@ fn dispatch(args: &[String]) -> Result<i32> {
     match task.as_str() {
         "setup" => {
             let installed = setup::setup(true)?;
+            tools::ensure_cargo_generate(true)?;
             println!("setup: done. libtorch: {}", installed.torch_dir.display());
             println!("setup: default model: {}", installed.model_dir.display());
             Ok(0)
@@ -47,10 +50,12 @@ fn dispatch(args: &[String]) -> Result<i32> {
         }
         "test" => {
             setup::setup(false)?;
+            tools::ensure_cargo_generate(false)?;
             cargo(&["fmt", "--all", "--", "--check"], "checking formatting")?;
             cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"], "running clippy")?;
             // The end-to-end tests drive the built binary and load the plugin libraries, so build them first.
             cargo(&["build", "--workspace"], "building the host and plugins")?;
+            tools::check_sdk_docs()?;
             cargo(&["test", "--workspace"], "running the test suite")?;
             Ok(0)
         }
