@@ -12,18 +12,39 @@ fn tiny_model() -> PathBuf {
     common::workspace_root().join("tests/fixtures/model/tiny/llama")
 }
 
-/// Train with small settings into `runs/<name>`; extra flags are appended.
-fn train(runs: &Path, name: &str, extra: &[&str]) -> Output {
+/// `grpo-host` with small settings writing `runs/<name>`; `extra` flags replace the defaults they name.
+fn command(runs: &Path, name: &str, extra: &[&str]) -> Command {
     let model = tiny_model();
+    let defaults = [
+        ("--algo", "grpo"),
+        ("--env", "math"),
+        ("--model", model.to_str().unwrap()),
+        ("--rollouts-per-step", "2"),
+        ("--group-size", "3"),
+        ("--train-batch-size", "2"),
+        ("--max-new-tokens", "6"),
+        ("--max-length", "512"),
+        ("--temperature", "1.0"),
+        ("--lr", "1e-3"),
+        ("--seed", "7"),
+        ("--checkpoint-interval", "1"),
+    ];
     let mut cmd = Command::new(common::host_exe());
-    cmd.args(["--algo", "grpo", "--env", "math", "--model", model.to_str().unwrap()])
-        .args(["--rollouts-per-step", "2", "--group-size", "3", "--train-batch-size", "2", "--max-new-tokens", "6"])
-        .args(["--max-length", "512", "--temperature", "1.0", "--lr", "1e-3", "--seed", "7", "--no-wandb"])
-        .args(["--runs-dir", runs.to_str().unwrap(), "--run-name", name, "--checkpoint-interval", "1"])
+    for (flag, value) in defaults {
+        if !extra.contains(&flag) {
+            cmd.args([flag, value]);
+        }
+    }
+    cmd.args(["--no-wandb", "--runs-dir", runs.to_str().unwrap(), "--run-name", name])
         .args(extra)
         .env_remove("GRPO_PLUGIN_PATH")
         .env("XDG_DATA_HOME", runs.join("xdg"));
-    cmd.output().unwrap()
+    cmd
+}
+
+/// Train to the end and return what it printed.
+fn train(runs: &Path, name: &str, extra: &[&str]) -> Output {
+    command(runs, name, extra).output().unwrap()
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -157,4 +178,139 @@ fn an_unknown_algorithm_lists_the_available_ones() {
     let err = text(&out.stderr);
     assert!(err.contains("drgrpo") && err.contains("grpo"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+/// Run an oracle script from tests/oracles with the venv's Python and parse the JSON it prints.
+fn oracle(script: &str, args: &[&std::ffi::OsStr]) -> serde_json::Value {
+    let out = Command::new(common::venv_python())
+        .arg(common::workspace_root().join("tests/oracles").join(script))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{script} failed: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|e| panic!("{script}: {e}: {stdout}"))
+}
+
+#[test]
+fn checkpoints_load_in_transformers_and_peft() {
+    let runs = tempfile::tempdir().unwrap();
+    let full = train(runs.path(), "full", &["--max-steps", "1"]);
+    assert!(full.status.success(), "{}", text(&full.stderr));
+    let lora = train(runs.path(), "lora", &["--max-steps", "1", "--lora-rank", "4", "--lora-alpha", "8"]);
+    assert!(lora.status.success(), "{}", text(&lora.stderr));
+    let first = runs.path().join("lora/checkpoints/step_3");
+    let perturbed = oracle("checkpoint_load.py", &["--perturb".as_ref(), first.as_os_str()]);
+    assert!(perturbed["perturbed"].as_u64().unwrap() > 0, "{perturbed}");
+    let resumed = train(
+        runs.path(),
+        "lora",
+        &["--max-steps", "2", "--lora-rank", "4", "--lora-alpha", "8", "--save-merged", "--resume", "auto"],
+    );
+    assert!(resumed.status.success(), "{}", text(&resumed.stderr));
+
+    let base = tiny_model();
+    let found = oracle(
+        "checkpoint_load.py",
+        &[
+            "--base".as_ref(),
+            base.as_os_str(),
+            "--full".as_ref(),
+            runs.path().join("full/checkpoints/step_3").as_os_str(),
+            "--adapter".as_ref(),
+            runs.path().join("lora/checkpoints/step_6").as_os_str(),
+        ],
+    );
+    let empty = serde_json::json!([]);
+    assert_eq!(found["full_missing"], empty, "{found}");
+    assert_eq!(found["full_unexpected"], empty, "{found}");
+    assert_eq!(found["full_finite"], true);
+    assert_eq!(found["adapter_unused"], empty, "{found}");
+    assert_eq!(found["adapter_missing"], empty, "{found}");
+    let merged = found["peft_vs_merged_max_abs"].as_f64().unwrap();
+    assert!(merged <= 1e-4, "peft's logits differ from the merged checkpoint's by {merged}");
+    let moved = found["peft_vs_base_max_abs"].as_f64().unwrap();
+    assert!(moved > 1e-5, "the trained adapter does not change peft's logits ({moved})");
+}
+
+#[test]
+fn ctrl_c_finishes_the_update_saves_a_checkpoint_and_exits_130() {
+    let runs = tempfile::tempdir().unwrap();
+    let mut child = command(runs.path(), "stopped", &["--max-steps", "100000", "--checkpoint-interval", "100000"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let run = runs.path().join("stopped");
+    let started = std::time::Instant::now();
+    while rows_so_far(&run) < 2 {
+        assert!(started.elapsed().as_secs() < 300, "no metrics after 300 s");
+        assert!(child.try_wait().unwrap().is_none(), "training ended on its own");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let killed = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+
+    let all = rows(&run);
+    let last = all.last().unwrap();
+    let steps = last["final/total_steps"].as_u64().expect("the final row is written");
+    assert!(steps >= 2);
+    let ckpt = run.join(format!("checkpoints/step_{steps}"));
+    assert!(ckpt.join("trainer_state.json").exists(), "no checkpoint at {}", ckpt.display());
+    assert!(!std::fs::read_dir(run.join("checkpoints")).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .ends_with(".partial")));
+    // The interrupted run resumes from that checkpoint.
+    let next = (last["final/total_batches"].as_u64().unwrap() + 1).to_string();
+    let resumed = train(runs.path(), "stopped", &["--max-steps", &next, "--resume", "auto"]);
+    assert!(resumed.status.success(), "{}", text(&resumed.stderr));
+    assert!(text(&resumed.stderr).contains(&format!("step_{steps}")), "{}", text(&resumed.stderr));
+}
+
+/// Complete rows in metrics.jsonl so far (a half-written last line does not count).
+fn rows_so_far(run: &Path) -> usize {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .map(|t| t.lines().filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()).count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn drgrpo_trains_two_batches_of_calc_tools() {
+    let runs = tempfile::tempdir().unwrap();
+    let out = train(runs.path(), "calc", &["--max-steps", "2", "--algo", "drgrpo", "--env", "calc_tools"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let all = rows(&runs.path().join("calc"));
+    let keys: std::collections::BTreeSet<&str> = all.iter().flat_map(|r| r.keys().map(String::as_str)).collect();
+    for key in [
+        "group_rates/tool_called",
+        "group_rates/tool_exec_ok",
+        "group_rates/answer_format_ok",
+        "group_rates/answer_correct",
+        "batch_returns/mean",
+        "group_avg/reward",
+        "episodes/turns_mean",
+        "episodes/truncated_share",
+        "dr_grpo/advantages_variance",
+        "dr_grpo/critic_type",
+        "training_step/loss",
+    ] {
+        assert!(keys.contains(key), "metrics.jsonl lacks {key}; it has {keys:?}");
+    }
+    assert_eq!(all.last().unwrap()["final/total_batches"], 2);
+}
+
+#[test]
+fn grpo_trains_two_batches_of_multiturn_qa() {
+    let runs = tempfile::tempdir().unwrap();
+    let out = train(runs.path(), "qa", &["--max-steps", "2", "--env", "multiturn_qa"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let all = rows(&runs.path().join("qa"));
+    let keys: std::collections::BTreeSet<&str> = all.iter().flat_map(|r| r.keys().map(String::as_str)).collect();
+    for key in ["group_rates/tool_called", "batch_returns/mean", "episodes/turns_mean", "training_step/loss"] {
+        assert!(keys.contains(key), "metrics.jsonl lacks {key}; it has {keys:?}");
+    }
+    assert_eq!(all.last().unwrap()["final/total_batches"], 2);
 }

@@ -6,8 +6,9 @@ reference model; then micro-batches of forward, GRPO loss, backward, gradient cl
 runs in f32 on the CPU with full fine-tuning, the same workload and thread count as our measurement, with
 end-of-sequence suppressed so that both sides generate exactly max_new_tokens per rollout.
 
-Usage: python bench_grpo_step.py MODEL_DIR --steps 3 --prompts 4 --group 4 --max-new 64 --threads 2
-Prints one JSON object per measured step: {"rollout_s", "logprob_s", "train_s", "total_s", "tokens"}.
+Usage: python bench_grpo_step.py MODEL_DIR --steps 3 --prompts 4 --group 4 --max-new 64 --threads 2 [--system TEXT]
+Prints one JSON object per measured step: {"rollout_s", "logprob_s", "train_s", "total_s", "tokens", "prompt_tokens",
+"torch", "transformers"}. `cargo xtask bench-step` runs it beside `grpo-host train` on the same workload.
 """
 
 import argparse
@@ -17,6 +18,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 
@@ -39,7 +41,7 @@ def grpo_loss(lp, old, ref, adv, mask, clip=0.2, beta=0.01):
 
 def question(rng):
     a, b = rng.randint(0, 9), rng.randint(0, 9)
-    return f"What is {a} + {b}? Think briefly, then give the result inside <answer></answer>."
+    return f"What is {a} + {b}?"
 
 
 def main():
@@ -52,6 +54,7 @@ def main():
     ap.add_argument("--max-new", type=int, default=64)
     ap.add_argument("--train-batch", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--system", default=None, help="a system message before each question")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -66,13 +69,15 @@ def main():
     for step in range(args.warmup + args.steps):
         t0 = time.perf_counter()
         policy.eval()
-        sequences, masks, rewards = [], [], []
+        sequences, masks, rewards, prompt_tokens = [], [], [], 0
         with torch.no_grad():
             for _ in range(args.prompts):
-                text = tok.apply_chat_template(
-                    [{"role": "user", "content": question(rng)}], tokenize=False, add_generation_prompt=True
-                )
+                messages = [{"role": "user", "content": question(rng)}]
+                if args.system is not None:
+                    messages.insert(0, {"role": "system", "content": args.system})
+                text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
                 ids = tok(text, return_tensors="pt").input_ids
+                prompt_tokens += ids.shape[1] * args.group
                 out = policy.generate(
                     input_ids=ids.repeat(args.group, 1),
                     attention_mask=torch.ones_like(ids).repeat(args.group, 1),
@@ -111,7 +116,8 @@ def main():
         if step >= args.warmup:
             print(json.dumps({
                 "rollout_s": t1 - t0, "logprob_s": t2 - t1, "train_s": t3 - t2, "total_s": t3 - t0,
-                "tokens": args.prompts * args.group * args.max_new,
+                "tokens": args.prompts * args.group * args.max_new, "prompt_tokens": prompt_tokens,
+                "torch": torch.__version__, "transformers": transformers.__version__,
             }), flush=True)
 
 

@@ -4,70 +4,29 @@
 //!
 //! Options: `--threads N` (default: all cores), `--samples 1,8,64`, `--new-tokens 64`, `--model DIR`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use serde_json::Value;
+
+use crate::bench::{cpu_name, flag, inputs, number, run_json, threads};
+use crate::process::cargo;
 
 const PROMPT: &str = "What is 17 + 25?";
 
-fn cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("GRPO_RS_CACHE").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d);
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into())).join(".cache"));
-    base.join("grpo-rs")
-}
-
-fn flag(args: &[String], name: &str) -> Option<String> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
-}
-
-fn run_json(cmd: &mut Command) -> anyhow::Result<Value> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""));
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let start = text.find('{').context("no JSON in the output")?;
-    Ok(serde_json::from_str(&text[start..])?)
-}
-
 /// Run the benchmark from the workspace root `root` with command-line `args`.
 pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
-    let threads: usize = match flag(args, "--threads") {
-        Some(t) => t.parse().context("--threads")?,
-        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-    };
+    let threads = threads(args)?;
     let samples: Vec<usize> = flag(args, "--samples")
         .unwrap_or_else(|| "1,8,64".into())
         .split(',')
         .map(|s| s.trim().parse().context("--samples"))
         .collect::<anyhow::Result<_>>()?;
-    let new_tokens: usize = flag(args, "--new-tokens").map_or(Ok(64), |s| s.parse()).context("--new-tokens")?;
-    let model = flag(args, "--model")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| cache_dir().join("models").join("SmolLM2-135M-Instruct"));
-    let python = cache_dir().join("venv").join("bin").join("python");
-    if !model.join("config.json").exists() || !python.exists() {
-        bail!(
-            "the default model or the Python venv is missing under {}; run `cargo xtask setup`",
-            cache_dir().display()
-        );
-    }
+    let new_tokens: usize = number(args, "--new-tokens", 64)?;
+    let (model, python) = inputs(args)?;
 
-    eprintln!("building grpo-host (release)...");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(root)
-        .args(["build", "--release", "-p", "grpo-host"])
-        .status()?;
-    if !status.success() {
-        bail!("cargo build --release -p grpo-host failed");
-    }
+    cargo(&["build", "--release"], "building grpo-host and the shipped plugins (release)")?;
     let host = root.join("target").join("release").join("grpo-host");
 
     let samples_str: Vec<String> = samples.iter().map(|s| s.to_string()).collect();
@@ -97,14 +56,7 @@ pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
         ours.push(tps);
     }
 
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
+    let cpu = cpu_name();
     let gb = |x: &Value| x.as_f64().unwrap_or(0.0) / 1e9;
     let mut md = String::new();
     md.push_str("## Generation throughput (`cargo xtask bench-generate`)\n\n");

@@ -4,10 +4,13 @@
 //! - `run [ARGS...]`: setup, build the release host and plugins, then run `grpo-host ARGS...`.
 //! - `test`: setup (and cargo-generate), then rustfmt check, clippy with `-D warnings`, build, the SDK docs with
 //!   warnings as errors, and the whole test suite.
+//! - `bench-generate`, `bench-step`: benchmarks against the Python reference, written to docs/benchmarks-*.md.
 //!
 //! xtask itself never links libtorch, so it runs before libtorch exists and can repair a damaged cache.
 
+mod bench;
 mod bench_generate;
+mod bench_step;
 mod paths;
 mod process;
 mod setup;
@@ -16,7 +19,8 @@ mod tools;
 use anyhow::{bail, Result};
 use process::cargo;
 
-const USAGE: &str = "usage: cargo xtask <setup | run [GRPO-HOST ARGS...] | test | bench-generate [OPTIONS]>";
+const USAGE: &str =
+    "usage: cargo xtask <setup | run [GRPO-HOST ARGS...] | test | bench-generate [OPTIONS] | bench-step [OPTIONS]>";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -62,6 +66,11 @@ fn dispatch(args: &[String]) -> Result<i32> {
         "bench-generate" => {
             setup::setup(false)?;
             bench_generate::run(&paths::repo_root(), rest)?;
+            Ok(0)
+        }
+        "bench-step" => {
+            setup::setup(false)?;
+            bench_step::run(&paths::repo_root(), rest)?;
             Ok(0)
         }
         other => bail!("unknown task `{other}`; {USAGE}"),

@@ -73,12 +73,7 @@ pub struct GenerateArgs {
 
 /// Run `grpo-host generate`.
 pub fn run(args: GenerateArgs) -> anyhow::Result<i32> {
-    if let Some(t) = args.threads {
-        if t < 1 {
-            return Err(user_error!("--threads {t}: must be at least 1"));
-        }
-        tch::set_num_threads(t);
-    }
+    super::set_threads(args.threads)?;
     if args.num_samples == 0 {
         return Err(user_error!("-n must be at least 1"));
     }

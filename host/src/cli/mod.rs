@@ -68,3 +68,14 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Some(Command::Report(args)) => report::run(&args),
     }
 }
+
+/// `--threads`: libtorch's intra-op thread count, for `generate` and training alike.
+pub fn set_threads(threads: Option<i32>) -> anyhow::Result<()> {
+    if let Some(t) = threads {
+        if t < 1 {
+            return Err(crate::user_error!("--threads {t}: must be at least 1"));
+        }
+        tch::set_num_threads(t);
+    }
+    Ok(())
+}

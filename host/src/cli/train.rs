@@ -81,6 +81,12 @@ pub struct TrainArgs {
     /// Minimum probability relative to the most likely token (0 disables).
     #[arg(long, default_value_t = 0.0)]
     pub min_p: f64,
+    /// Keep generating past end-of-sequence to --max-new-tokens, so every rollout costs the same (benchmarks).
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// libtorch intra-op threads (default: libtorch's choice, one per core).
+    #[arg(long)]
+    pub threads: Option<i32>,
 
     /// Learning rate.
     #[arg(long, default_value_t = 5e-6)]

@@ -37,6 +37,8 @@ pub struct RolloutConfig {
     pub max_length: usize,
     /// Temperature and filters.
     pub sampling: SamplingParams,
+    /// Generate every turn to `max_new_tokens`, past end-of-sequence (`--ignore-eos`).
+    pub ignore_eos: bool,
 }
 
 /// How an episode ended.
@@ -154,8 +156,8 @@ pub fn run_episodes(
         } else {
             (live.iter().map(|l| l.rollout.tokens.clone()).collect(), 1)
         };
-        let mut request =
-            GenerateRequest::new(request_prompts, group_size, cfg.max_new_tokens, tokenizer.eos_token_ids().to_vec());
+        let eos_ids = if cfg.ignore_eos { Vec::new() } else { tokenizer.eos_token_ids().to_vec() };
+        let mut request = GenerateRequest::new(request_prompts, group_size, cfg.max_new_tokens, eos_ids);
         request.sampling = cfg.sampling;
         request.seed = Some(seed.wrapping_add(turn as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let output = generate(model, Some(tokenizer), &request, None)?;

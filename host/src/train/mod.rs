@@ -43,6 +43,7 @@ pub const EXIT_INTERRUPTED: i32 = 130;
 /// Run a training job from its flags; returns the process exit code.
 pub fn run(args: TrainArgs) -> Result<i32> {
     validate(&args)?;
+    crate::cli::set_threads(args.threads)?;
     let algo_config = plugin_config(args.algo_config.as_deref(), "--algo-config")?;
     let mut env_config = plugin_config(args.env_config.as_deref(), "--env-config")?;
     if let Some(path) = &args.data_path {
@@ -217,6 +218,7 @@ impl Trainer {
                 top_p: args.top_p,
                 min_p: args.min_p,
             },
+            ignore_eos: args.ignore_eos,
         };
         self.policy.model().set_training(false);
         let rollouts = run_episodes(self.policy.model(), self.policy.tokenizer(), &self.env, &tasks, &cfg, batch_seed)?;

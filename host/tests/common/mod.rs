@@ -121,3 +121,12 @@ pub fn broken_plugin(case: &str) -> PathBuf {
     }
     out
 }
+
+/// The Python of the venv that `cargo xtask setup` makes (torch, transformers, peft, ...), for oracle scripts.
+/// The test command runs setup first, so a missing venv is a failure, not a skip.
+#[allow(dead_code)]
+pub fn venv_python() -> PathBuf {
+    let p = grpo_host::paths::cache_dir().join("venv/bin/python");
+    assert!(p.exists(), "{} is missing; run `cargo xtask setup`", p.display());
+    p
+}

@@ -1,0 +1,173 @@
+//! `cargo xtask bench-step`: the wall time of one GRPO step, by phase, for `grpo-host train` and for the re-grpo-style
+//! Python loop (tests/oracles/bench_grpo_step.py) on one workload, in one run, one after the other (never at once:
+//! they would share the cores). Writes the table to docs/benchmarks-step.md.
+//!
+//! The workload: the default model in f32 on the CPU, full fine-tuning with a frozen reference (`--lora-rank 0`,
+//! `--kl-weight 0.01`), `--prompts` single-digit additions x `--group` rollouts of exactly `--max-new` tokens
+//! (end-of-sequence ignored on both sides, so both do the same work whatever they sample), micro-batches of
+//! `--train-batch`, one epoch. Both sides use the same system prompt and the same thread count.
+//!
+//! Options: `--threads N` (default: all cores), `--steps 3`, `--warmup 1`, `--prompts 4`, `--group 4`,
+//! `--max-new 64`, `--train-batch 4`, `--model DIR`.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::bench::{cpu_name, inputs, number, threads};
+use crate::process::cargo;
+
+/// The system prompt both sides send, so prompts differ only in the question's wording.
+const SYSTEM: &str = "Add the two numbers the user gives you. Think briefly inside <think> </think>, then write \
+only the result inside <answer> </answer>.";
+
+const PHASES: [&str; 4] = ["rollout_s", "logprob_s", "train_s", "total_s"];
+
+/// Mean of each phase over the measured steps.
+fn means(rows: &[Value]) -> Vec<f64> {
+    PHASES.iter().map(|p| rows.iter().filter_map(|r| r[*p].as_f64()).sum::<f64>() / rows.len().max(1) as f64).collect()
+}
+
+/// Run the benchmark from the workspace root `root` with command-line `args`.
+pub fn run(root: &Path, args: &[String]) -> Result<()> {
+    let threads = threads(args)?;
+    let steps: usize = number(args, "--steps", 3)?;
+    let warmup: usize = number(args, "--warmup", 1)?;
+    let prompts: usize = number(args, "--prompts", 4)?;
+    let group: usize = number(args, "--group", 4)?;
+    let max_new: usize = number(args, "--max-new", 64)?;
+    let train_batch: usize = number(args, "--train-batch", 4)?;
+    if steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    let (model, python) = inputs(args)?;
+    cargo(&["build", "--release"], "building grpo-host and the shipped plugins (release)")?;
+    let host = root.join("target").join("release").join("grpo-host");
+
+    let s = |n: usize| n.to_string();
+    eprintln!("running the Python reference ({warmup} warm-up + {steps} steps)...");
+    let out = Command::new(&python)
+        .current_dir(root)
+        .arg("tests/oracles/bench_grpo_step.py")
+        .arg(&model)
+        .args(["--steps", &s(steps), "--warmup", &s(warmup), "--prompts", &s(prompts), "--group", &s(group)])
+        .args(["--max-new", &s(max_new), "--train-batch", &s(train_batch), "--threads", &s(threads)])
+        .args(["--system", SYSTEM])
+        .output()
+        .context("running tests/oracles/bench_grpo_step.py")?;
+    if !out.status.success() {
+        bail!("the Python reference failed: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let reference: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let versions = reference.first().cloned().unwrap_or_default();
+
+    eprintln!("running grpo-host train ({warmup} warm-up + {steps} steps)...");
+    let runs = tempfile::tempdir().context("creating a scratch runs directory")?;
+    let env_config = serde_json::json!({
+        "generator": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1, "ops": "+", "parentheses": 0.0},
+        "system_prompt": SYSTEM,
+    });
+    let command = [
+        "train",
+        "--algo",
+        "grpo",
+        "--env",
+        "math",
+        "--device",
+        "cpu",
+        "--dtype",
+        "f32",
+        "--lora-rank",
+        "0",
+        "--kl-weight",
+        "0.01",
+        "--clip-eps",
+        "0.2",
+        "--max-norm",
+        "1.0",
+        "--lr",
+        "5e-6",
+        "--temperature",
+        "0.7",
+        "--top-k",
+        "50",
+        "--top-p",
+        "1.0",
+        "--ignore-eos",
+        "--no-wandb",
+        "--checkpoint-interval",
+        "1000000",
+    ];
+    let status = Command::new(&host)
+        .args(command)
+        .arg("--model")
+        .arg(&model)
+        .args(["--env-config", &env_config.to_string(), "--threads", &s(threads)])
+        .args(["--rollouts-per-step", &s(prompts), "--group-size", &s(group), "--max-new-tokens", &s(max_new)])
+        .args(["--train-batch-size", &s(train_batch), "--max-steps", &s(warmup + steps)])
+        .arg("--runs-dir")
+        .arg(runs.path())
+        .args(["--run-name", "bench-step"])
+        .status()
+        .context("running grpo-host train")?;
+    if !status.success() {
+        bail!("grpo-host train failed (exit {status})");
+    }
+    let metrics = std::fs::read_to_string(runs.path().join("bench-step").join("metrics.jsonl"))
+        .context("reading the run's metrics.jsonl")?;
+    let ours: Vec<Value> = metrics
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|r| r.get("timing/rollout_s").is_some() && r.get("timing/train_s").is_some())
+        .skip(warmup)
+        .map(|r| {
+            let get = |k: &str| r[k].as_f64().unwrap_or(0.0);
+            let (a, b, c) = (get("timing/rollout_s"), get("timing/logprob_s"), get("timing/train_s"));
+            serde_json::json!({"rollout_s": a, "logprob_s": b, "train_s": c, "total_s": a + b + c})
+        })
+        .collect();
+    if ours.len() != steps || reference.len() != steps {
+        bail!(
+            "expected {steps} measured steps from each side, got {} (ours) and {} (Python)",
+            ours.len(),
+            reference.len()
+        );
+    }
+
+    let (o, r) = (means(&ours), means(&reference));
+    let mut md = String::new();
+    md.push_str("## One GRPO step (`cargo xtask bench-step`)\n\n");
+    md.push_str(&format!(
+        "Default model (SmolLM2-135M-Instruct), f32, CPU ({cpu}), {threads} thread(s) on both sides. Workload: {prompts} \
+         single-digit additions x {group} rollouts x {max_new} new tokens (end-of-sequence ignored on both sides), full \
+         fine-tuning with a frozen reference, KL weight 0.01, micro-batches of {train_batch}, one epoch, AdamW. Mean \
+         of {steps} steps after {warmup} warm-up step(s), in seconds. grpo-host: release build, `grpo-host train \
+         --ignore-eos ...` (`timing/*` of metrics.jsonl). Reference: `tests/oracles/bench_grpo_step.py`, re-grpo's \
+         loop (one `generate` call per prompt, separate old and reference forwards) on transformers {} / torch {}.\n\n",
+        versions["transformers"].as_str().unwrap_or("?"),
+        versions["torch"].as_str().unwrap_or("?"),
+        cpu = cpu_name(),
+    ));
+    md.push_str("| phase | grpo-host (s) | Python reference (s) | speed-up |\n|---|---:|---:|---:|\n");
+    for (i, phase) in PHASES.iter().enumerate() {
+        md.push_str(&format!(
+            "| {} | {:.2} | {:.2} | {:.2}x |\n",
+            phase.trim_end_matches("_s"),
+            o[i],
+            r[i],
+            r[i] / o[i].max(1e-9)
+        ));
+    }
+    md.push_str(&format!(
+        "\nReproduce: `cargo xtask bench-step --threads {threads} --steps {steps} --warmup {warmup} --prompts {prompts} \
+         --group {group} --max-new {max_new} --train-batch {train_batch}`\n"
+    ));
+    print!("{md}");
+    let path = root.join("docs").join("benchmarks-step.md");
+    std::fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
