@@ -12,7 +12,7 @@ use crate::user_error;
 pub fn expand(argv: Vec<OsString>) -> Result<Vec<OsString>> {
     let strings: Vec<String> = argv.iter().map(|a| a.to_string_lossy().to_string()).collect();
     // Only training reads a run file; other subcommands (`plugins check --config JSON`) own their `--config`.
-    if strings.get(1).is_some_and(|c| ["generate", "plugins", "play", "report"].contains(&c.as_str())) {
+    if strings.get(1).is_some_and(|c| ["generate", "gen-qa", "plugins", "play", "report"].contains(&c.as_str())) {
         return Ok(argv);
     }
     let mut path = None;

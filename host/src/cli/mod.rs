@@ -2,6 +2,7 @@
 //! live in their own file beside this one.
 
 pub mod config_file;
+pub mod gen_qa;
 pub mod generate;
 pub mod play;
 pub mod plugins;
@@ -43,6 +44,8 @@ pub enum Command {
     Plugins(plugins::PluginsArgs),
     /// Play one episode of an environment with scripted assistant replies and show turns and rewards.
     Play(play::PlayArgs),
+    /// Generate question-answer pairs for multiturn_qa from a corpus with a model (resumable).
+    GenQa(gen_qa::GenQaArgs),
     /// Plot a run's returns, loss, KL, grad norm and completion length from its metrics.jsonl, and summarise it.
     Report(report::ReportArgs),
 }
@@ -66,6 +69,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Some(Command::Plugins(args)) => plugins::run(args),
         Some(Command::Play(args)) => play::run(args),
         Some(Command::Report(args)) => report::run(&args),
+        Some(Command::GenQa(args)) => gen_qa::run(args),
     }
 }
 
