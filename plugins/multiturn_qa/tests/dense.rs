@@ -133,7 +133,9 @@ fn apollo13_dense_answers_in_top_3() {
     let env = dense_apollo();
     answers_in_top_3(env, "dense");
     // Scores are cosine similarities of unit vectors.
+    let start = std::time::Instant::now();
     let hits = env.search(APOLLO_QUESTIONS[1].0).unwrap();
+    eprintln!("dense: one query in {:.1?}", start.elapsed());
     assert!(hits.iter().all(|h| (-1.0..=1.0 + 1e-5).contains(&h.score)), "{hits:?}");
     assert!(hits[0].score > 0.3, "{hits:?}");
     // The resolved config names the model it used.
