@@ -1,6 +1,7 @@
 //! Developer tasks for grpo-rs. `cargo xtask <task>`:
 //!
-//! - `setup`: libtorch (from the PyPI torch wheel) and the default model into the per-user cache; idempotent.
+//! - `setup`: libtorch (from the PyPI torch wheel), the default model and the dense retrieval model into the
+//!   per-user cache; idempotent.
 //! - `run [ARGS...]`: setup, build the release host and plugins, then run `grpo-host ARGS...`.
 //! - `test`: setup (and cargo-generate), then rustfmt check, clippy with `-D warnings`, build, the SDK docs with
 //!   warnings as errors, and the whole test suite.
@@ -43,6 +44,7 @@ fn dispatch(args: &[String]) -> Result<i32> {
             tools::ensure_cargo_generate(true)?;
             println!("setup: done. libtorch: {}", installed.torch_dir.display());
             println!("setup: default model: {}", installed.model_dir.display());
+            println!("setup: dense retrieval model: {}", installed.dense_model_dir.display());
             Ok(0)
         }
         "run" => {

@@ -46,6 +46,10 @@ impl Cache {
     pub fn default_model(&self) -> PathBuf {
         self.models().join("SmolLM2-135M-Instruct")
     }
+    /// The sentence embedding model of `multiturn_qa`'s dense retriever; the plugin computes the same path.
+    pub fn dense_model(&self) -> PathBuf {
+        self.models().join("all-MiniLM-L6-v2")
+    }
     pub fn lock_file(&self) -> PathBuf {
         self.root.join("setup.lock")
     }

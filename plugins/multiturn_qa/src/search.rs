@@ -1,4 +1,5 @@
-//! BM25 retrieval over the corpus chunks, through tantivy (an in-memory index built at startup).
+//! Retrieval over the corpus chunks: BM25 through tantivy (an in-memory index built at startup), or dense
+//! retrieval with a sentence encoder ([`crate::dense`]), behind one [`Retriever`].
 
 use grpo_sdk::{Error, Result};
 use tantivy::collector::TopDocs;
@@ -18,8 +19,37 @@ const TOKENIZER: &str = "en_stem";
 pub struct Hit {
     /// The chunk's id in the corpus.
     pub chunk: usize,
-    /// Its BM25 score for the query: a similarity, higher is better, not comparable across queries.
+    /// How well it matches the query, higher is better: the BM25 score (unbounded, not comparable across queries)
+    /// or the cosine similarity of the embeddings (-1 to 1).
     pub score: f32,
+}
+
+/// Which retriever `multiturn_qa` searches with (`"retriever"` in its config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RetrieverKind {
+    /// Word matching with BM25: no model needed, exact on names and numbers.
+    #[default]
+    Bm25,
+    /// Cosine similarity of sentence embeddings (all-MiniLM-L6-v2): finds paraphrases BM25 misses.
+    Dense,
+}
+
+/// A built index of the chunks, of either kind. Searching is safe from many threads at once.
+pub enum Retriever {
+    Bm25(Bm25),
+    /// Boxed: the encoder's tokenizer makes it ten times the size of a BM25 index.
+    Dense(Box<crate::dense::Dense>),
+}
+
+impl Retriever {
+    /// The `k` best chunks for `query`, best first.
+    pub fn search(&self, query: &str, k: usize) -> std::result::Result<Vec<Hit>, QueryError> {
+        match self {
+            Retriever::Bm25(index) => index.search(query, k),
+            Retriever::Dense(index) => index.search(query, k),
+        }
+    }
 }
 
 /// A BM25 index of the chunks. Searching is safe from many threads at once.
@@ -54,6 +84,18 @@ impl std::fmt::Display for QueryError {
 /// The longest query accepted, in bytes; a model's turn is far shorter, and longer queries only cost time.
 pub const MAX_QUERY_BYTES: usize = 2000;
 
+/// The checks every retriever makes first: the query trimmed, not empty, not too long.
+pub(crate) fn checked_query(query: &str) -> std::result::Result<&str, QueryError> {
+    let query = query.trim();
+    if query.is_empty() {
+        return Err(QueryError::Empty);
+    }
+    if query.len() > MAX_QUERY_BYTES {
+        return Err(QueryError::TooLong(MAX_QUERY_BYTES));
+    }
+    Ok(query)
+}
+
 impl Bm25 {
     /// Index every chunk.
     pub fn build(chunks: &[Chunk]) -> Result<Self> {
@@ -77,13 +119,7 @@ impl Bm25 {
     /// The `k` best chunks for `query`, best first. Query text is only tokenized, never parsed as query syntax, so
     /// quotes, colons or `AND` in a model's query are just words.
     pub fn search(&self, query: &str, k: usize) -> std::result::Result<Vec<Hit>, QueryError> {
-        let query = query.trim();
-        if query.is_empty() {
-            return Err(QueryError::Empty);
-        }
-        if query.len() > MAX_QUERY_BYTES {
-            return Err(QueryError::TooLong(MAX_QUERY_BYTES));
-        }
+        let query = checked_query(query)?;
         let mut analyzer = self.index.tokenizers().get(TOKENIZER).expect("tantivy registers en_stem by default");
         let mut terms: Vec<Term> = Vec::new();
         let mut stream = analyzer.token_stream(query);
