@@ -38,6 +38,10 @@ pub struct Config {
     pub numeric: bool,
     /// Replace the system prompt.
     pub system_prompt: Option<String>,
+    /// When a reply has no tagged answer, score its last number instead: 1.0 when it equals the oracle as a number,
+    /// else 0. Off by default (re-grpo's rule: no tag, no reward). A small model that never writes the tags, such
+    /// as the default SmolLM2-135M, earns nothing under that rule and so never learns; this gives it a signal.
+    pub last_number_fallback: bool,
 }
 
 impl Default for Config {
@@ -52,6 +56,7 @@ impl Default for Config {
             generator: GeneratorConfig::default(),
             numeric: false,
             system_prompt: None,
+            last_number_fallback: false,
         }
     }
 }
@@ -145,6 +150,44 @@ pub fn reward(completion: &str, oracle: &str, numeric: bool) -> f64 {
     } else {
         0.01
     }
+}
+
+/// The last number in `text` (an optional minus sign, digits, an optional decimal part), if any.
+pub fn last_number(text: &str) -> Option<&str> {
+    let bytes = text.as_bytes();
+    let mut end = bytes.len();
+    while end > 0 && !bytes[end - 1].is_ascii_digit() {
+        end -= 1;
+    }
+    if end == 0 {
+        return None;
+    }
+    let mut start = end;
+    while start > 0 && (bytes[start - 1].is_ascii_digit() || bytes[start - 1] == b'.') {
+        start -= 1;
+    }
+    // A '.' can only sit between digits: "8." at the end of a sentence is the number 8.
+    while bytes[start] == b'.' {
+        start += 1;
+    }
+    if start > 0 && bytes[start - 1] == b'-' {
+        start -= 1;
+    }
+    Some(&text[start..end])
+}
+
+/// [`reward`], or with `fallback` and no tagged answer, the last number's score (1.0 when it equals the oracle as
+/// a number, else 0). Returns the reward and whether the reply had a tagged answer.
+pub fn score(completion: &str, oracle: &str, numeric: bool, fallback: bool) -> (f64, bool) {
+    let tagged = completion.find("<answer>").is_some_and(|i| completion[i..].contains("</answer>"));
+    if tagged || !fallback {
+        return (reward(completion, oracle, numeric), tagged);
+    }
+    let same = match (last_number(completion).map(str::parse::<f64>), oracle.trim().parse::<f64>()) {
+        (Some(Ok(a)), Ok(b)) => a == b,
+        _ => false,
+    };
+    (if same { 1.0 } else { 0.0 }, false)
 }
 
 impl MathEnv {
@@ -310,10 +353,11 @@ impl Environment for MathEnv {
     }
 
     fn step(&self, episode: &mut Episode, assistant_text: &str) -> Result<StepOutcome> {
-        let value = reward(assistant_text, &episode.answer, self.config.numeric);
+        let (value, tagged) =
+            score(assistant_text, &episode.answer, self.config.numeric, self.config.last_number_fallback);
         let c = &self.counts;
         c.episodes.fetch_add(1, Ordering::Relaxed);
-        if value > 0.0 {
+        if tagged {
             c.tagged.fetch_add(1, Ordering::Relaxed);
         }
         if value == 0.5 {

@@ -107,3 +107,19 @@ fn bad_configs_say_what_is_wrong() {
     let unknown = MathEnv::new(json!({"numerik": true})).err().unwrap().to_string();
     assert!(unknown.contains("unknown field `numerik`"), "{unknown}");
 }
+
+#[test]
+fn the_last_number_fallback_scores_untagged_replies_only() {
+    use grpo_math::{last_number, score};
+    assert_eq!(last_number("3 + 5 = 8."), Some("8"));
+    assert_eq!(last_number("It is -12.5 or so"), Some("-12.5"));
+    assert_eq!(last_number("no digits"), None);
+    // Off: re-grpo's rule, no tag no reward.
+    assert_eq!(score("3 + 5 = 8", "8", false, false), (0.0, false));
+    // On: an untagged reply is scored by its last number, compared as numbers.
+    assert_eq!(score("3 + 5 = 8.0", "8", false, true), (1.0, false));
+    assert_eq!(score("3 + 5 = 8, not 9", "8", false, true), (0.0, false));
+    // A tagged reply keeps the tag rules even with the fallback on.
+    assert_eq!(score("<answer>9</answer> 8", "8", false, true), (0.01, true));
+    assert_eq!(score("<answer>8</answer>", "8", false, true), (1.0, true));
+}
