@@ -5,6 +5,9 @@
 //! These tests need all-MiniLM-L6-v2 where `cargo xtask setup` puts it; `cargo xtask test` runs setup first, so a
 //! missing model is a failure, not a skip.
 
+mod common;
+use common::apollo_dir;
+
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
@@ -26,17 +29,6 @@ fn model_dir() -> PathBuf {
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// ../shared/data/apollo13 from the repository root, as CI lays it out.
-fn apollo_dir() -> PathBuf {
-    let dir = repo_root().join("../shared/data/apollo13");
-    assert!(
-        dir.join("mission_report.md").exists(),
-        "the Apollo 13 corpus is expected at {} (shared/data/apollo13 beside the repository)",
-        dir.display()
-    );
-    dir
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! multiturn_qa through its `Environment` API: retrieval on the built-in corpus and on the Apollo 13 report, the
 //! reward table, configs, and fuzzing with bad replies.
 
-use std::path::PathBuf;
+mod common;
+use common::apollo_dir;
 
 use grpo_multiturn_qa::MultiturnQa;
 use grpo_sdk::{Environment, MetricSource, Role, Split, Task};
@@ -10,17 +11,6 @@ use serde_json::json;
 
 fn builtin() -> MultiturnQa {
     MultiturnQa::new(serde_json::Value::Null).expect("the built-in corpus loads")
-}
-
-/// ../shared/data/apollo13 from the repository root, as CI lays it out.
-fn apollo_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/apollo13");
-    assert!(
-        dir.join("mission_report.md").exists(),
-        "the Apollo 13 corpus is expected at {} (shared/data/apollo13 beside the repository)",
-        dir.display()
-    );
-    dir
 }
 
 #[test]
