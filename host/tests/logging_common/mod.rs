@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -48,21 +49,20 @@ pub struct MockWandb {
 
 impl MockWandb {
     pub fn start(faults: Faults) -> MockWandb {
-        let server = tiny_http::Server::http("127.0.0.1:0").expect("bind 127.0.0.1");
-        let port = server.server_addr().to_ip().expect("ip address").port();
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+        let port = listener.local_addr().expect("local address").port();
         let url = format!("http://127.0.0.1:{port}");
         let state = Arc::new(Mutex::new(State { faults, ..Default::default() }));
         let stop = Arc::new(AtomicBool::new(false));
+        let requests = http::serve(listener, stop.clone());
         let (st, sp, base) = (state.clone(), stop.clone(), url.clone());
         let handle = std::thread::spawn(move || {
             let mut held = Vec::new();
             while !sp.load(Ordering::Relaxed) {
-                let Ok(Some(mut req)) = server.recv_timeout(Duration::from_millis(20)) else {
+                let Ok(req) = requests.recv_timeout(Duration::from_millis(20)) else {
                     continue;
                 };
-                let mut body = String::new();
-                let _ = req.as_reader().read_to_string(&mut body);
-                let rec = Recorded { method: req.method().to_string(), url: req.url().to_string(), body };
+                let rec = Recorded { method: req.method.clone(), url: req.url.clone(), body: req.body.clone() };
                 let mut s = st.lock().unwrap();
                 s.requests.push(rec.clone());
                 if s.faults.hang {
@@ -73,14 +73,13 @@ impl MockWandb {
                     let status = s.faults.fail_with[s.failures_served];
                     s.failures_served += 1;
                     drop(s);
-                    let _ = req.respond(tiny_http::Response::from_string("try later").with_status_code(status));
+                    req.respond(status, "text/plain", "try later");
                     continue;
                 }
                 let existing = s.faults.existing_history;
                 drop(s);
                 let answer = respond(&base, &rec, existing);
-                let header = tiny_http::Header::from_bytes("Content-Type", "application/json").unwrap();
-                let _ = req.respond(tiny_http::Response::from_string(answer).with_header(header));
+                req.respond(200, "application/json", &answer);
             }
         });
         MockWandb { url, state, stop, handle: Some(handle) }
@@ -281,5 +280,110 @@ pub fn assert_history_has_seed_rows(history: &BTreeMap<u64, Metrics>, steps: u64
             let got = row.get(&k).unwrap_or_else(|| panic!("step {step}: key {k} missing"));
             assert!(same(got, &v), "step {step}: {k} = {got:?}, expected {v:?}");
         }
+    }
+}
+
+/// The smallest HTTP/1.1 server the mock needs: a thread per connection reads one request (Content-Length or
+/// chunked body) and hands it over; the answer closes the connection. Hand-written because tiny_http 0.12's
+/// connection pool can leave a new connection unserved while keep-alive connections hold its threads (seen as a
+/// `wandb sync` that never finished), and closing every connection after one answer removes that whole class of
+/// stall: each request gets its own fresh connection and thread.
+mod http {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc::{channel, Receiver};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// One request, with the connection to answer it on.
+    pub struct Request {
+        pub method: String,
+        pub url: String,
+        pub body: String,
+        stream: TcpStream,
+    }
+
+    impl Request {
+        /// Answer and close the connection.
+        pub fn respond(mut self, status: u16, content_type: &str, body: &str) {
+            let head = format!(
+                "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                if status < 400 { "OK" } else { "Error" },
+                body.len()
+            );
+            let _ = self.stream.write_all(head.as_bytes()).and_then(|_| self.stream.write_all(body.as_bytes()));
+            let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Accept connections until `stop`; every request read arrives on the returned channel.
+    pub fn serve(listener: TcpListener, stop: Arc<AtomicBool>) -> Receiver<Request> {
+        let (tx, rx) = channel();
+        listener.set_nonblocking(true).expect("non-blocking listener");
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let tx = tx.clone();
+                        std::thread::spawn(move || {
+                            if let Some(req) = read_request(stream) {
+                                let _ = tx.send(req);
+                            }
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        rx
+    }
+
+    fn read_request(stream: TcpStream) -> Option<Request> {
+        stream.set_nonblocking(false).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+        let mut reader = BufReader::new(stream.try_clone().ok()?);
+        let mut line = String::new();
+        reader.read_line(&mut line).ok()?;
+        let mut parts = line.split_whitespace();
+        let (method, url) = (parts.next()?.to_string(), parts.next()?.to_string());
+        let (mut length, mut chunked, mut expect_continue) = (0usize, false, false);
+        loop {
+            line.clear();
+            reader.read_line(&mut line).ok()?;
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            let (name, value) = header.split_once(':')?;
+            let (name, value) = (name.trim().to_ascii_lowercase(), value.trim().to_ascii_lowercase());
+            match name.as_str() {
+                "content-length" => length = value.parse().ok()?,
+                "transfer-encoding" => chunked = value.contains("chunked"),
+                "expect" => expect_continue = value == "100-continue",
+                _ => {}
+            }
+        }
+        if expect_continue {
+            (&stream).write_all(b"HTTP/1.1 100 Continue\r\n\r\n").ok()?;
+        }
+        let mut body = Vec::new();
+        if chunked {
+            loop {
+                line.clear();
+                reader.read_line(&mut line).ok()?;
+                let size = usize::from_str_radix(line.trim().split(';').next()?, 16).ok()?;
+                let mut chunk = vec![0; size + 2]; // the chunk and its CRLF
+                reader.read_exact(&mut chunk).ok()?;
+                if size == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..size]);
+            }
+        } else {
+            body.resize(length, 0);
+            reader.read_exact(&mut body).ok()?;
+        }
+        Some(Request { method, url, body: String::from_utf8_lossy(&body).into_owned(), stream })
     }
 }
