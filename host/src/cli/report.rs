@@ -31,8 +31,9 @@ const PLOTS: [PlotSpec; 5] = [
     PlotSpec {
         file: "returns.png",
         title: "returns",
+        // Per-rollout scales only: returns_sum grows with the batch size and would flatten every other curve.
         matches: |k| {
-            k.starts_with("rollouts/returns_")
+            (k.starts_with("rollouts/returns_") && k != "rollouts/returns_sum")
                 || k.starts_with("batch_returns/")
                 || k == "group_avg/reward"
                 || k == "rollout_rewards/total"
