@@ -118,16 +118,22 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     }
     let metrics = std::fs::read_to_string(runs.path().join("bench-step").join("metrics.jsonl"))
         .context("reading the run's metrics.jsonl")?;
-    let ours: Vec<Value> = metrics
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|r| r.get("timing/rollout_s").is_some() && r.get("timing/train_s").is_some())
+    // A batch's rollout and log-prob times are logged on its first optimizer step's row, its training time on its
+    // last one's: gather them per batch.
+    let mut batches: Vec<[f64; 3]> = Vec::new();
+    for row in metrics.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()) {
+        let get = |k: &str| row.get(k).and_then(Value::as_f64);
+        if let Some(rollout) = get("timing/rollout_s") {
+            batches.push([rollout, get("timing/logprob_s").unwrap_or(0.0), 0.0]);
+        }
+        if let (Some(train), Some(batch)) = (get("timing/train_s"), batches.last_mut()) {
+            batch[2] += train;
+        }
+    }
+    let ours: Vec<Value> = batches
+        .iter()
         .skip(warmup)
-        .map(|r| {
-            let get = |k: &str| r[k].as_f64().unwrap_or(0.0);
-            let (a, b, c) = (get("timing/rollout_s"), get("timing/logprob_s"), get("timing/train_s"));
-            serde_json::json!({"rollout_s": a, "logprob_s": b, "train_s": c, "total_s": a + b + c})
-        })
+        .map(|[a, b, c]| serde_json::json!({"rollout_s": a, "logprob_s": b, "train_s": c, "total_s": a + b + c}))
         .collect();
     if ours.len() != steps || reference.len() != steps {
         bail!(
