@@ -152,7 +152,9 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
          fine-tuning with a frozen reference, KL weight 0.01, micro-batches of {train_batch}, one epoch, AdamW. Mean \
          of {steps} steps after {warmup} warm-up step(s), in seconds. grpo-host: release build, `grpo-host train \
          --ignore-eos ...` (`timing/*` of metrics.jsonl). Reference: `tests/oracles/bench_grpo_step.py`, re-grpo's \
-         loop (one `generate` call per prompt, separate old and reference forwards) on transformers {} / torch {}.\n\n",
+         loop (one `generate` call per prompt, separate old and reference forwards) on transformers {} / torch {}. \
+         Rewards differ (the math environment's on our side, random on the Python side), which changes no work: \
+         both run every forward, backward and AdamW step.\n\n",
         versions["transformers"].as_str().unwrap_or("?"),
         versions["torch"].as_str().unwrap_or("?"),
         cpu = cpu_name(),
