@@ -1,8 +1,6 @@
 //! Greedy generation with the default model (SmolLM2-135M-Instruct) equals transformers' greedy output, for each
-//! prompt alone and for all prompts in one batch. Needs the default model (installed by `cargo xtask setup`), so
-//! it is ignored by default. Run it with:
-//!     cargo test -p grpo-host --release --test model_default -- --ignored
-//! Fixture: `~/.cache/grpo-rs/venv/bin/python tests/oracles/model_default_greedy.py`.
+//! prompt alone and for all prompts in one batch. Needs the default model, which `cargo xtask setup` installs and
+//! `cargo xtask test` sets up first (about 5 s in a debug build). Fixture: `~/.cache/grpo-rs/venv/bin/python tests/oracles/model_default_greedy.py`.
 
 use std::path::Path;
 
@@ -13,7 +11,6 @@ use serde_json::Value;
 use tch::{Device, Kind};
 
 #[test]
-#[ignore = "needs the default model; run with --ignored after `cargo xtask setup`"]
 fn default_model_greedy_matches_transformers() {
     let dir = grpo_host::paths::default_model_dir();
     assert!(

@@ -35,6 +35,14 @@ fn logits_match_transformers() {
         assert!(diff <= 1e-4, "{fam}: max |logits - transformers| = {diff}");
         // Padding must matter: comparing against all positions' logits of a shifted batch would fail.
         assert!(r["logits"].abs().max().double_value(&[]) > 0.1, "{fam}: reference logits are degenerate");
+
+        // The full and the right-padded rows alone take the maskless causal path; they must agree too.
+        let rows = Tensor::from_slice(&[0i64, 2]);
+        let (ids, mask, pos) = (ids.index_select(0, &rows), mask.index_select(0, &rows), pos.index_select(0, &rows));
+        let logits = tch::no_grad(|| model.forward(&ids, &mask, &pos));
+        let real = mask.unsqueeze(-1).expand_as(&logits);
+        let diff = max_abs_where(&logits, &r["logits"].index_select(0, &rows), &real);
+        assert!(diff <= 1e-4, "{fam}, right-padded rows only: max |logits - transformers| = {diff}");
     }
 }
 

@@ -6,9 +6,11 @@ top-p off, eos ignored through min_new_tokens), after one untimed warm-up call. 
 
 The roofline: each decode step reads every weight once (memory bound) and does 2 FLOPs per weight per sequence
 (compute bound); the slower bound sets the step time, so tokens/s <= N / max(bytes / bandwidth, N * flops / rate).
-Bandwidth and matmul rate are measured here with torch at the same thread count.
+Bandwidth and matmul rate are measured here with torch at the same thread count. A third figure says what the
+kernels themselves allow: one decode step's projections alone (every linear layer of the model and the output head,
+torch's `linear` on the model's own weights at N rows), with nothing else of the step around them.
 
-    ~/.cache/grpo-rs/venv/bin/python tests/oracles/bench_generate.py --threads 2 --samples 1 8 64
+    ~/.cache/grpo-rs/venv/bin/python tests/oracles/bench_generate.py --threads 2 --samples 1 8 64 [--dtype bf16]
 """
 
 import argparse
@@ -25,9 +27,13 @@ CACHE = os.environ.get("GRPO_RS_CACHE") or os.path.join(
 )
 
 
+DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16}
+
+
 def measure_bandwidth(gib=0.5, reps=5):
     n = int(gib * (1 << 30)) // 4
-    src = torch.ones(n, dtype=torch.float32)
+    # Random contents: pages of identical bytes can be shared by the hypervisor and read from cache.
+    src = torch.rand(n, dtype=torch.float32)
     dst = torch.empty_like(src)
     dst.copy_(src)
     best = float("inf")
@@ -38,15 +44,35 @@ def measure_bandwidth(gib=0.5, reps=5):
     return 2 * n * 4 / best  # bytes read + written per second
 
 
-def measure_matmul(m=64, k=1536, n=576, reps=50):
+def measure_matmul(dtype, m=64, k=1536, n=576, reps=50):
     # Decode-shaped matmuls (a batch of rows against a weight matrix), the work a decode step does.
-    a = torch.randn(m, k)
-    w = torch.randn(n, k)
+    a = torch.randn(m, k, dtype=dtype)
+    w = torch.randn(n, k, dtype=dtype)
     torch.nn.functional.linear(a, w)
     t = time.perf_counter()
     for _ in range(reps):
         torch.nn.functional.linear(a, w)
     return 2 * m * k * n * reps / (time.perf_counter() - t)
+
+
+def measure_step_matmuls(model, n, dtype, reps=5):
+    # Seconds for one decode step's projections at n rows: each nn.Linear once (lm_head included, whose weight is
+    # the tied embedding), on the model's own weights.
+    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    inputs = {}
+    for w in weights:
+        inputs.setdefault(w.shape[1], torch.randn(n, w.shape[1], dtype=dtype))
+
+    def step():
+        for w in weights:
+            torch.nn.functional.linear(inputs[w.shape[1]], w)
+
+    with torch.no_grad():
+        step()
+        t = time.perf_counter()
+        for _ in range(reps):
+            step()
+    return (time.perf_counter() - t) / reps
 
 
 def main():
@@ -56,17 +82,19 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--prompt", default="What is 17 + 25?")
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default="f32")
     args = ap.parse_args()
+    dtype = DTYPES[args.dtype]
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
     tok = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32, attn_implementation="sdpa").eval()
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, attn_implementation="sdpa").eval()
     text = tok.apply_chat_template([{"role": "user", "content": args.prompt}], add_generation_prompt=True, tokenize=False)
     ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
     params = sum(p.numel() for p in model.parameters())
     # Tied embeddings: the lm_head matmul uses the embedding matrix, so every parameter is read and multiplied.
-    weight_bytes = params * 4
+    weight_bytes = params * torch.finfo(dtype).bits // 8
     flops_per_token = 2 * params
 
     def run(n):
@@ -94,15 +122,17 @@ def main():
         generated, secs = run(n)
         results.append({"samples": n, "generated_tokens": generated, "secs": secs, "tokens_per_second": generated / secs})
     bw = measure_bandwidth()
-    rate = measure_matmul()
+    rate = measure_matmul(dtype)
     roof = []
     for n in args.samples:
         step = max(weight_bytes / bw, n * flops_per_token / rate)
-        roof.append({"samples": n, "tokens_per_second": n / step})
+        matmuls = measure_step_matmuls(model, n, dtype)
+        roof.append({"samples": n, "tokens_per_second": n / step, "matmuls_only_tokens_per_second": n / matmuls})
     print(
         json.dumps(
             {
                 "threads": args.threads,
+                "dtype": args.dtype,
                 "torch": torch.__version__,
                 "transformers": transformers.__version__,
                 "params": params,

@@ -1,8 +1,10 @@
 //! `cargo xtask bench-generate`: generation throughput of `grpo-host generate` against transformers `generate`
-//! (tests/oracles/bench_generate.py) on the default model, same prompt, sampling settings and thread count, in
-//! one run, plus the machine's roofline; writes the table to docs/benchmarks-generate.md.
+//! (tests/oracles/bench_generate.py) on the default model, same prompt, sampling settings, dtype and thread count,
+//! in one run, plus the machine's roofline and what libtorch's matmuls alone allow; writes the table to
+//! docs/benchmarks-generate.md (f32) or docs/benchmarks-generate-bf16.md.
 //!
-//! Options: `--threads N` (default: all cores), `--samples 1,8,64`, `--new-tokens 64`, `--model DIR`.
+//! Options: `--threads N` (default: all cores), `--samples 1,8,64`, `--new-tokens 64`, `--model DIR`,
+//! `--dtype f32|bf16`.
 
 use std::path::Path;
 use std::process::Command;
@@ -25,6 +27,10 @@ pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     let new_tokens: usize = number(args, "--new-tokens", 64)?;
     let (model, python) = inputs(args)?;
+    let dtype = flag(args, "--dtype").unwrap_or_else(|| "f32".into());
+    if dtype != "f32" && dtype != "bf16" {
+        anyhow::bail!("--dtype {dtype}: expected f32 or bf16");
+    }
 
     cargo(&["build", "--release"], "building grpo-host and the shipped plugins (release)")?;
     let host = root.join("target").join("release").join("grpo-host");
@@ -36,7 +42,7 @@ pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
             .current_dir(root)
             .arg("tests/oracles/bench_generate.py")
             .args(["--model", &model.display().to_string(), "--threads", &threads.to_string()])
-            .args(["--new-tokens", &new_tokens.to_string(), "--prompt", PROMPT, "--samples"])
+            .args(["--new-tokens", &new_tokens.to_string(), "--prompt", PROMPT, "--dtype", &dtype, "--samples"])
             .args(&samples_str),
     )?;
     eprintln!("reference: {reference}");
@@ -48,7 +54,7 @@ pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
             Command::new(&host)
                 .args(["generate", "--model", &model.display().to_string(), "--prompt", PROMPT])
                 .args(["-n", &n.to_string(), "--max-new-tokens", &new_tokens.to_string()])
-                .args(["--temperature", "0.7", "--ignore-eos", "--json", "--device", "cpu", "--dtype", "f32"])
+                .args(["--temperature", "0.7", "--ignore-eos", "--json", "--device", "cpu", "--dtype", &dtype])
                 .args(["--seed", "0", "--threads", &threads.to_string()]),
         )?;
         let tps = v["stats"]["tokens_per_second"].as_f64().unwrap_or(0.0);
@@ -61,38 +67,53 @@ pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
     let mut md = String::new();
     md.push_str("## Generation throughput (`cargo xtask bench-generate`)\n\n");
     md.push_str(&format!(
-        "Default model (SmolLM2-135M-Instruct, f32, CPU), {threads} thread(s), {cpu}. One chat prompt batched N times, \
-         {new_tokens} new tokens per sample (eos ignored), sampling at temperature 0.7. grpo-host: \
+        "Default model (SmolLM2-135M-Instruct, {dtype}, CPU), {threads} thread(s), {cpu}. One chat prompt batched N \
+         times, {new_tokens} new tokens per sample (eos ignored), sampling at temperature 0.7. grpo-host: \
          `grpo-host generate --prompt '{PROMPT}' -n N --max-new-tokens {new_tokens} --temperature 0.7 --ignore-eos --json \
-         --threads {threads}` (release build; generation time incl. prefill, excl. model load). Reference: \
-         `tests/oracles/bench_generate.py --threads {threads}` (transformers {} on torch {}, one warm-up call).\n\n",
+         --dtype {dtype} --threads {threads}` (release build; generation time incl. prefill, excl. model load). \
+         Reference: `tests/oracles/bench_generate.py --threads {threads} --dtype {dtype}` (transformers {} on torch {}, \
+         one warm-up call).\n\n",
         reference["transformers"].as_str().unwrap_or("?"),
         reference["torch"].as_str().unwrap_or("?")
     ));
     md.push_str(&format!(
-        "Roofline inputs measured by the script: memory bandwidth {:.1} GB/s, decode-shaped f32 matmul {:.1} GFLOP/s; \
-         {:.2} GB of weights read and {:.2} GFLOP per token.\n\n",
+        "Roofline inputs measured by the script: memory bandwidth {:.1} GB/s (copy), decode-shaped {dtype} matmul \
+         {:.1} GFLOP/s; {:.2} GB of weights read and {:.2} GFLOP per token. \"Matmuls alone\": the tokens/s that one \
+         decode step's projections would allow with nothing else in the step (every linear layer and the output head, \
+         torch's `linear` on the model's weights at N rows), the ceiling for any engine built on libtorch's \
+         kernels.\n\n",
         gb(&reference["bandwidth_bytes_per_s"]),
         gb(&reference["matmul_flops_per_s"]),
         gb(&reference["weight_bytes"]),
         gb(&reference["flops_per_token"]),
     ));
-    md.push_str("| samples | grpo-host tok/s | transformers tok/s | ratio | roofline tok/s | % of roofline |\n");
-    md.push_str("|---:|---:|---:|---:|---:|---:|\n");
+    md.push_str(
+        "| samples | grpo-host tok/s | transformers tok/s | ratio | roofline tok/s | % of roofline \
+         | matmuls alone tok/s | % of matmuls alone |\n",
+    );
+    md.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for (i, &n) in samples.iter().enumerate() {
         let r = reference["reference"][i]["tokens_per_second"].as_f64().unwrap_or(0.0);
         let roof = reference["roofline"][i]["tokens_per_second"].as_f64().unwrap_or(0.0);
+        let matmuls = reference["roofline"][i]["matmuls_only_tokens_per_second"].as_f64().unwrap_or(0.0);
         md.push_str(&format!(
-            "| {n} | {:.1} | {:.1} | {:.2}x | {:.0} | {:.0}% |\n",
+            "| {n} | {:.1} | {:.1} | {:.2}x | {:.0} | {:.0}% | {:.0} | {:.0}% |\n",
             ours[i],
             r,
             ours[i] / r.max(1e-9),
             roof,
-            100.0 * ours[i] / roof.max(1e-9)
+            100.0 * ours[i] / roof.max(1e-9),
+            matmuls,
+            100.0 * ours[i] / matmuls.max(1e-9)
         ));
     }
+    md.push_str(&format!(
+        "\nReproduce: `cargo xtask bench-generate --threads {threads} --dtype {dtype} --new-tokens {new_tokens}`\n"
+    ));
     print!("{md}");
-    let out = root.join("docs").join("benchmarks-generate.md");
+    let name =
+        if dtype == "f32" { "benchmarks-generate.md".to_string() } else { format!("benchmarks-generate-{dtype}.md") };
+    let out = root.join("docs").join(name);
     std::fs::create_dir_all(root.join("docs"))?;
     std::fs::write(&out, &md)?;
     eprintln!("wrote {}", out.display());

@@ -238,6 +238,13 @@ fn run(
             if seq.finish.is_some() {
                 continue;
             }
+            if host[2 * rows + r].is_nan() {
+                return Err(user_error!(
+                    "the model's logits are not finite at new token {} of completion {s}; its weights have \
+                     diverged or the checkpoint is damaged (lower --lr, or resume from an earlier checkpoint)",
+                    step + 1
+                ));
+            }
             let t = host[r] as u32;
             seq.tokens.push(t);
             seq.logprobs.push(host[rows + r] as f32);

@@ -1,5 +1,5 @@
-//! Token sampling on the device: temperature, then top-k, top-p and min-p filters (transformers' order), then a
-//! multinomial draw from libtorch's generator.
+//! Token sampling on the device: temperature, then top-k, top-p and min-p filters (transformers' order), then one
+//! draw per row by inverse transform with a uniform from libtorch's generator.
 
 use tch::{Kind, Tensor};
 
@@ -67,10 +67,27 @@ pub fn sample(logits: &Tensor, p: &SamplingParams) -> (Tensor, Tensor, Tensor) {
         return (tok.squeeze_dim(-1), mlp.zeros_like(), mlp);
     }
     let lp = if p.is_plain() { model_lp.shallow_clone() } else { filtered_log_probs(&logits, p) };
-    let tok = lp.exp().multinomial(1, false);
+    let tok = draw(&lp);
     let slp = lp.gather(-1, &tok, false).squeeze_dim(-1);
     let mlp = model_lp.gather(-1, &tok, false).squeeze_dim(-1);
     (tok.squeeze_dim(-1), slp, mlp)
+}
+
+/// One token per row of `lp` `[n, vocab]` (log-probs), `[n, 1]` int64, by inverse transform: the first index whose
+/// running probability mass reaches `(1 - u) * total` for a uniform `u` in [0, 1). The target is above zero, so a
+/// token of zero probability is never chosen. Hand-written rather than libtorch's `multinomial`, which for a single
+/// draw uses the exponential-race trick: one logarithm per vocabulary entry in a serial loop, measured at a sixth
+/// of a 64-row decode step of the default model on a CPU. The running sum is kept in f64 so that a 150k vocabulary
+/// adds no visible rounding to the draw.
+fn draw(lp: &Tensor) -> Tensor {
+    let n = lp.size()[0];
+    let cdf = lp.exp().cumsum(-1, Kind::Double);
+    let total = cdf.narrow(1, cdf.size()[1] - 1, 1);
+    let target: Tensor = (1.0 - Tensor::rand([n, 1], (Kind::Double, lp.device()))) * total;
+    // Only rounding can put the target past the end; the last token with mass is then the right answer, and
+    // a non-finite row (NaN logits) lands there too, to be caught by the caller through its log-prob.
+    let last = lp.size()[1] - 1;
+    target.searchsorted(&cdf, false, false, "left", None::<Tensor>).clamp_max(last)
 }
 
 /// Log-probs of the sampling distribution: temperature, top-k, top-p, min-p, renormalised.
@@ -124,6 +141,27 @@ mod tests {
         // Temperature 0.5 squares the probabilities before renormalising.
         let z: f64 = [0.5f64, 0.25, 0.15, 0.1].iter().map(|p| p * p).sum();
         assert!((cold[0] - 0.25 / z).abs() < 1e-5, "{cold:?}");
+    }
+
+    /// The inverse-transform draw against known probabilities: 40,000 rows, one draw each, frequencies within
+    /// five standard errors; tokens without mass, including the first, are never drawn.
+    #[test]
+    fn draws_follow_the_distribution() {
+        let p = [0.0f64, 0.5, 0.25, 0.0, 0.15, 0.1];
+        let rows = 40_000i64;
+        let lp = Tensor::from_slice(&p).log().to_kind(Kind::Float).view([1, 6]).repeat([rows, 1]);
+        tch::manual_seed(3);
+        let tok = Vec::<i64>::try_from(draw(&lp).view([-1])).unwrap();
+        let mut counts = [0usize; 6];
+        for t in tok {
+            counts[t as usize] += 1;
+        }
+        assert_eq!((counts[0], counts[3]), (0, 0), "{counts:?}");
+        for (i, &pi) in p.iter().enumerate() {
+            let freq = counts[i] as f64 / rows as f64;
+            let se = (pi * (1.0 - pi) / rows as f64).sqrt();
+            assert!((freq - pi).abs() <= 5.0 * se + 1e-12, "token {i}: {freq} vs {pi} ({counts:?})");
+        }
     }
 
     #[test]

@@ -200,14 +200,14 @@ impl Attention {
     }
 
     /// Attend from `x` `[B, T, hidden]` at positions given by `cos`/`sin`. `mask` is boolean `[B, 1, T, S]`
-    /// (true = may attend). Without a cache S = T; with one, the new keys are written at columns
-    /// `offset..offset+T` and S = offset + T.
+    /// (true = may attend), or `None` for plain causal attention over the sequence itself. Without a cache
+    /// S = T; with one, the new keys are written at columns `offset..offset+T` and S = offset + T.
     pub fn forward(
         &self,
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        mask: &Tensor,
+        mask: Option<&Tensor>,
         cache: Option<(&mut LayerCache, i64)>,
         ctx: Ctx,
     ) -> Tensor {
@@ -230,12 +230,14 @@ impl Attention {
             }
             None => (k, v),
         };
-        let y = if t == 1 {
-            self.decode_attention(&q, &k, &v, mask)
-        } else {
-            let gqa = self.heads != self.kv_heads;
-            let y = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, None, gqa);
-            y.transpose(1, 2).reshape([b, t, self.heads * self.head_dim])
+        let y = match mask {
+            Some(mask) if t == 1 => self.decode_attention(&q, &k, &v, mask),
+            _ => {
+                // Without a mask, SDPA's causal flag lets libtorch skip materialising and reading one.
+                let gqa = self.heads != self.kv_heads;
+                let y = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, mask.is_none(), None, gqa);
+                y.transpose(1, 2).reshape([b, t, self.heads * self.head_dim])
+            }
         };
         self.o_proj.forward(&y, ctx)
     }
@@ -317,7 +319,7 @@ impl DecoderLayer {
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        mask: &Tensor,
+        mask: Option<&Tensor>,
         cache: Option<(&mut LayerCache, i64)>,
         ctx: Ctx,
     ) -> Tensor {

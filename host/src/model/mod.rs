@@ -305,7 +305,14 @@ impl Model {
         causal.unsqueeze(0).logical_and(&valid).logical_or(&diag.unsqueeze(0)).unsqueeze(1)
     }
 
-    fn run(&self, ids: &Tensor, pos: &Tensor, mask: &Tensor, mut cache: Option<&mut KvCache>, offset: i64) -> Tensor {
+    fn run(
+        &self,
+        ids: &Tensor,
+        pos: &Tensor,
+        mask: Option<&Tensor>,
+        mut cache: Option<&mut KvCache>,
+        offset: i64,
+    ) -> Tensor {
         let ctx = self.ctx();
         let mut x = Tensor::embedding(&self.embed_tokens, ids, -1, false, false);
         let (cos, sin) = self.rotary.cos_sin(pos, self.kind);
@@ -320,8 +327,24 @@ impl Model {
     /// `attention_mask` `[B, T]` (1 = real token, padding anywhere) and `position_ids` `[B, T]`.
     pub fn hidden_states(&self, input_ids: &Tensor, attention_mask: &Tensor, position_ids: &Tensor) -> Tensor {
         let t = input_ids.size()[1];
+        if Self::right_padded(attention_mask) {
+            // Real tokens never see the trailing padding under a causal mask, so no explicit mask is needed
+            // (rollouts are right-padded: this is every training and log-prob forward).
+            return self.run(input_ids, position_ids, None, None, 0);
+        }
         let mask = Self::mask_4d(attention_mask, t, 0);
-        self.run(input_ids, position_ids, &mask, None, 0)
+        self.run(input_ids, position_ids, Some(&mask), None, 0)
+    }
+
+    /// Whether every row's real tokens come before all of its padding.
+    fn right_padded(attention_mask: &Tensor) -> bool {
+        let t = attention_mask.size()[1];
+        if t < 2 {
+            return true;
+        }
+        let m = attention_mask.to_kind(Kind::Bool);
+        let real_after_pad = m.narrow(1, 1, t - 1).logical_and(&m.narrow(1, 0, t - 1).logical_not());
+        real_after_pad.any().int64_value(&[]) == 0
     }
 
     /// The output projection: logits `[.., vocab]` in the model dtype for hidden states `[.., hidden]`.
@@ -398,7 +421,7 @@ impl Model {
         } else {
             Self::mask_4d(key_valid, t, offset)
         };
-        let out = self.run(input_ids, positions, &mask, Some(cache), offset);
+        let out = self.run(input_ids, positions, Some(&mask), Some(cache), offset);
         cache.len = offset + t;
         Ok(out)
     }

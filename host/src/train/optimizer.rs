@@ -85,10 +85,10 @@ impl AdamW {
         if grads.is_empty() {
             return 0.0;
         }
+        // One reduction per tensor, accumulated in f32 without a squared copy of each gradient.
         let norm = tch::no_grad(|| {
-            let squares: Vec<Tensor> =
-                grads.iter().map(|g| g.to_kind(Kind::Float).pow_tensor_scalar(2).sum(Kind::Float)).collect();
-            Tensor::stack(&squares, 0).sum(Kind::Float).sqrt().double_value(&[])
+            let norms: Vec<Tensor> = grads.iter().map(|g| g.norm_scalaropt_dtype(2.0, Kind::Float)).collect();
+            Tensor::stack(&norms, 0).norm().double_value(&[])
         });
         if norm.is_finite() && max_norm > 0.0 && norm > max_norm {
             let scale = max_norm / (norm + 1e-6);
@@ -103,11 +103,16 @@ impl AdamW {
     }
 
     /// One AdamW update with learning rate `lr`.
+    ///
+    /// In place, in the order of PyTorch's single-tensor AdamW (the path `torch.optim.AdamW` takes on the CPU):
+    /// two temporaries per parameter instead of one per arithmetic operation, which on a 135M-parameter model is
+    /// the difference between streaming the weights a handful of times and a dozen times per update.
     pub fn step(&mut self, lr: f64) {
         self.steps += 1;
         let AdamWConfig { beta1, beta2, eps, weight_decay, .. } = self.config;
         let bias1 = 1.0 - beta1.powi(self.steps as i32);
-        let bias2 = 1.0 - beta2.powi(self.steps as i32);
+        let bias2_sqrt = (1.0 - beta2.powi(self.steps as i32)).sqrt();
+        let step_size = lr / bias1;
         tch::no_grad(|| {
             for (i, (_, p)) in self.params.iter_mut().enumerate() {
                 let g = p.grad();
@@ -117,14 +122,20 @@ impl AdamW {
                 let g = g.to_kind(Kind::Float);
                 let m = &mut self.exp_avg[i];
                 let v = &mut self.exp_avg_sq[i];
-                let _ = m.g_mul_scalar_(beta1).g_add_(&(&g * (1.0 - beta1)));
-                let _ = v.g_mul_scalar_(beta2).g_add_(&(&g * &g * (1.0 - beta2)));
-                let denom = (&*v / bias2).sqrt() + eps;
-                let update = (&*m / bias1) / denom * lr;
                 if weight_decay != 0.0 {
                     let _ = p.g_mul_scalar_(1.0 - lr * weight_decay);
                 }
-                let _ = p.g_sub_(&update.to_kind(p.kind()));
+                let _ = m.lerp_(&g, 1.0 - beta1);
+                let _ = v.lerp_(&g.square(), 1.0 - beta2);
+                // p -= step_size * m / (sqrt(v) / bias2_sqrt + eps), with the scale folded into the denominator
+                // because tch's addcdiv_ takes no value argument.
+                let mut denom = v.sqrt();
+                let _ = denom.g_div_scalar_(bias2_sqrt).g_add_scalar_(eps).g_mul_scalar_(-1.0 / step_size);
+                if p.kind() == Kind::Float {
+                    let _ = p.addcdiv_(m, &denom);
+                } else {
+                    let _ = p.g_add_(&(&*m / &denom).to_kind(p.kind()));
+                }
             }
         });
     }
