@@ -353,7 +353,8 @@ impl Environment for MultiturnQa {
             RetrieverKind::Bm25 => search::Retriever::Bm25(search::Bm25::build(&chunks)?),
             RetrieverKind::Dense => {
                 let dir = config.dense_model_dir.get_or_insert_with(dense::default_model_dir);
-                search::Retriever::Dense(Box::new(dense::Dense::build(&chunks, dir)?))
+                let cache = dense::default_embedding_cache();
+                search::Retriever::Dense(Box::new(dense::Dense::build(&chunks, dir, Some(&cache))?))
             }
         };
         let (mut train, mut eval) = (Vec::new(), Vec::new());

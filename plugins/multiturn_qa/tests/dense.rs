@@ -167,3 +167,36 @@ fn a_missing_model_is_one_line_naming_the_path_and_the_fix() {
     let err = MultiturnQa::new(json!({"retriever": "tfidf"})).err().expect("unknown retriever").to_string();
     assert!(err.contains("tfidf"), "{err}");
 }
+
+/// The chunk embeddings go to the cache directory once and are read back from there: a file of the right size
+/// is trusted (zeros in it give zero scores, proving the read), one of the wrong size is replaced.
+#[test]
+fn chunk_embeddings_are_cached_on_disk() {
+    use grpo_multiturn_qa::corpus::Chunk;
+    let cache = tempfile::tempdir().unwrap();
+    let chunk = |id: usize, text: &str| Chunk { id, source: "a.txt".into(), text: text.into() };
+    let chunks = vec![chunk(0, "The oxygen tank exploded."), chunk(1, "The crew returned safely to Earth.")];
+    let first = dense::Dense::build(&chunks, &model_dir(), Some(cache.path())).unwrap();
+    let files: Vec<PathBuf> = std::fs::read_dir(cache.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(std::fs::metadata(&files[0]).unwrap().len(), 2 * 384 * 4);
+    let hits = first.search("what exploded", 2).unwrap();
+    assert_eq!(hits[0].chunk, 0);
+    assert!(hits[0].score > 0.2, "{hits:?}");
+
+    let again = dense::Dense::build(&chunks, &model_dir(), Some(cache.path())).unwrap();
+    assert_eq!(again.search("what exploded", 2).unwrap(), hits);
+
+    std::fs::write(&files[0], vec![0u8; 2 * 384 * 4]).unwrap();
+    let zeros = dense::Dense::build(&chunks, &model_dir(), Some(cache.path())).unwrap();
+    assert!(zeros.search("what exploded", 2).unwrap().iter().all(|h| h.score == 0.0));
+
+    std::fs::write(&files[0], b"truncated").unwrap();
+    let rebuilt = dense::Dense::build(&chunks, &model_dir(), Some(cache.path())).unwrap();
+    assert_eq!(rebuilt.search("what exploded", 2).unwrap(), hits);
+    assert_eq!(std::fs::metadata(&files[0]).unwrap().len(), 2 * 384 * 4);
+
+    // Other chunks, another file.
+    dense::Dense::build(&chunks[..1], &model_dir(), Some(cache.path())).unwrap();
+    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 2);
+}
