@@ -1,6 +1,6 @@
 //! Training end to end, as a user runs it: the installed `grpo-host` binary, the shipped plugins loaded from
-//! their libraries, the tiny random Llama fixture, two batches of `math`. Checks every metric key the seed guide
-//! names, the checkpoint, exact resumption and run-to-run determinism.
+//! their libraries, the tiny random Llama fixture, two batches of `math`. Checks every metric key re-grpo's W&B
+//! logging guide names (docs/metrics.md), the checkpoint, exact resumption and run-to-run determinism.
 
 mod common;
 

@@ -4,7 +4,7 @@ Writes tests/fixtures/losses/<case>.json. Each case holds the inputs (rewards an
 log-probs with masks of different lengths) and what the plugins must return: advantages, the loss, its gradient with
 respect to log_probs, and the metrics. The Rust tests compare to 1e-6.
 
-Definitions (DESIGN.md, "Algorithms, exactly"):
+Definitions (docs/plugins.md, "The shipped algorithms and environment"):
   GRPO advantages     A = (r - mean_g r) / (std_g r + eps), unbiased std; a group of one, or a group whose
                       rewards are all equal, gets exactly 0.
   DR-GRPO advantages  A = r - mean_g r.

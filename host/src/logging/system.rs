@@ -1,4 +1,4 @@
-//! System facts the seed guide logs each step: GPU memory of libtorch's CUDA caching allocator (what
+//! System facts logged each step (docs/metrics.md): GPU memory of libtorch's CUDA caching allocator (what
 //! `torch.cuda.memory_allocated/reserved` report; read through a small C++ shim since tch has no such call), the
 //! process's resident memory, the replay buffer size, and the device and process-group facts that re-grpo's
 //! Accelerate and DDP experiments log.

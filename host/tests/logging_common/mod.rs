@@ -223,7 +223,7 @@ fn respond(base: &str, rec: &Recorded, existing: Option<u64>) -> String {
     "{}".to_string()
 }
 
-/// The seed guide's metric names and kinds, from tests/fixtures/logging/seed_keys.txt.
+/// The metric names and kinds of re-grpo's W&B logging guide, from tests/fixtures/logging/seed_keys.txt.
 pub fn seed_keys() -> Vec<(String, bool)> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/logging/seed_keys.txt");
     std::fs::read_to_string(path)

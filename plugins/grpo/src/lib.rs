@@ -1,5 +1,6 @@
 //! The `grpo` algorithm plugin: group-normalised advantages and the clipped surrogate with a k3 KL penalty,
-//! aggregated as a per-sequence masked mean, then the mean over sequences (DESIGN.md, "Algorithms, exactly").
+//! aggregated as a per-sequence masked mean, then the mean over sequences (docs/plugins.md, "The shipped algorithms
+//! and environment").
 
 use grpo_sdk::ops::{split_groups, PolicyTerms};
 use grpo_sdk::tch::Tensor;

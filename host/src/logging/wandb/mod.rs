@@ -1,5 +1,5 @@
 //! Weights & Biases without W&B's SDK: the run file is written natively (always, in online mode too, as W&B's own
-//! client does), and online mode uploads from a background thread. See shared/reference/wandb-format.md.
+//! client does), and online mode uploads from a background thread. See docs/internals/wandb-format.md.
 
 pub mod proto;
 pub mod run_file;

@@ -1,5 +1,5 @@
 //! The few `wandb_internal` protobuf messages a run file needs, written by hand with prost's derive (field numbers
-//! from wandb 0.31.0's descriptors; see shared/reference/wandb-format.md §1.2). Unknown fields are ignored by W&B's
+//! from wandb 0.31.0's descriptors; see docs/internals/wandb-format.md §3.1). Unknown fields are ignored by W&B's
 //! reader, so only what we write is declared.
 
 /// One logical record of the run file.

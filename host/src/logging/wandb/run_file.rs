@@ -163,7 +163,7 @@ pub fn hostname() -> String {
 mod tests {
     use super::*;
 
-    /// The worked example of shared/reference/wandb-format.md §1.1, also produced independently by
+    /// The worked example of docs/internals/wandb-format.md §2.5, also produced independently by
     /// tests/oracles/wandb_golden.py with W&B's own protobuf classes into tests/fixtures/logging/golden_small.wandb.
     #[test]
     fn small_run_matches_the_golden_file() {

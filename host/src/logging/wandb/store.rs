@@ -1,7 +1,7 @@
 //! The framing of W&B's `.wandb` run file: a 7-byte header (`:W&B`, magic 0xBEE1, version 0), then LevelDB's log
 //! format in 32 KiB blocks: records cut into chunks that never cross a block, each chunk `crc32 | len | type`.
 //! The checksum is plain CRC-32/IEEE over `type ++ payload`, unmasked (W&B's Python docstring says crc32c; its
-//! reader and `wandb sync` use IEEE, verified in shared/reference/wandb-format.md §1.1).
+//! reader and `wandb sync` use IEEE; the layout is specified in docs/internals/wandb-format.md §2).
 
 use std::io::{self, Write};
 
@@ -171,7 +171,8 @@ mod tests {
 
     #[test]
     fn crc_is_ieee_over_type_and_payload() {
-        // The 17-byte run record of the reference's worked example; its checksum is given there as 0xca7d140c.
+        // The 16-byte run record of the worked example in docs/internals/wandb-format.md §2.5; its checksum is
+        // 0xca7d140c.
         let payload = b"\x8a\x01\x0d\x0a\x08abc12345\x1a\x01p";
         let bytes = write(&[payload.to_vec()]);
         assert_eq!(&bytes[..7], &HEADER);
