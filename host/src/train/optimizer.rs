@@ -43,23 +43,86 @@ impl Schedule {
     }
 }
 
-/// AdamW over a fixed set of named parameters.
+/// AdamW over a fixed set of named parameters, with f32 master weights for low-precision parameters.
+///
+/// A parameter whose dtype is not f32 (a bf16 or f16 working copy the model computes with) gets an f32 master copy,
+/// an f32 gradient buffer and f32 moments; the update is applied to the master and the working parameter is
+/// refreshed from it, so updates far below the low-precision spacing still accumulate. f32 parameters are updated in
+/// place, exactly as without mixed precision. [`AdamW::without_master_weights`] keeps the pure-low-precision path
+/// (updates added straight into bf16 weights, which loses those below half their spacing; see
+/// [`update_too_small_for`](super::precision::update_too_small_for)).
+///
+/// The loop calls the same methods in every precision, for each optimizer step:
+/// 1. [`zero_grad`](AdamW::zero_grad) at the start of the accumulation window;
+/// 2. per micro-batch: `backward` on the loss (times the loss scale under fp16, see
+///    [`LossScaler::scale_loss`](super::precision::LossScaler::scale_loss)), then
+///    [`accumulate_grads`](AdamW::accumulate_grads)`(1 / loss_scale)` (1 without loss scaling), which moves the
+///    low-precision gradients into the f32 buffers;
+/// 3. [`clip_grad_norm`](AdamW::clip_grad_norm): the norm of the f32 gradients, non-finite when any holds an inf or
+///    NaN (the one host sync of the check);
+/// 4. [`LossScaler::update`](super::precision::LossScaler::update)`(!norm.is_finite())`; if it says to step,
+///    [`step`](AdamW::step), which updates the masters and copies them into the working parameters; otherwise
+///    `zero_grad` and no step (weights and moments untouched).
+///
+/// A loop that never calls `accumulate_grads` still works without loss scaling: gradients left on the working
+/// parameters are taken at scale 1 by `clip_grad_norm` and `step`.
 pub struct AdamW {
     config: AdamWConfig,
     params: Vec<(String, Tensor)>,
+    /// The f32 master weight of each low-precision parameter; `None` for f32 parameters (and without master weights).
+    masters: Vec<Option<Tensor>>,
+    /// The f32 gradient of each parameter with a master; allocated at its first gradient.
+    master_grads: Vec<Option<Tensor>>,
     exp_avg: Vec<Tensor>,
     exp_avg_sq: Vec<Tensor>,
     steps: i64,
+    accumulation: Accumulation,
+}
+
+/// Where the current accumulation window stands, so the gradients are finished (moved and unscaled) exactly once.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Accumulation {
+    /// Since `zero_grad`, no `accumulate_grads`: gradients may be waiting on the working parameters at scale 1.
+    Implicit,
+    /// `accumulate_grads(scale)` was called; the f32 parameters' own `.grad()` still holds `1 / scale` times theirs.
+    Explicit(f64),
+    /// The f32 gradients are final for this window.
+    Finished,
 }
 
 impl AdamW {
-    /// An optimizer for `params` (the trainable tensors, by name); moments start at zero, in f32 whatever the
-    /// parameter dtype, so bf16 weights still accumulate small updates.
+    /// An optimizer for `params` (the trainable tensors, by name), with f32 master weights for every parameter whose
+    /// dtype is not f32; moments start at zero, in f32.
     pub fn new(params: Vec<(String, Tensor)>, config: AdamWConfig) -> Self {
+        Self::build(params, config, true)
+    }
+
+    /// An optimizer that adds updates straight into the parameters whatever their dtype: no master weights, so half
+    /// the memory of mixed precision for bf16 weights, but an update smaller than half the weight's bf16 spacing
+    /// (5e-6 against 6e-5 at |w| ~ 0.02) rounds away. The moments are still f32; it is the applied step that is lost.
+    pub fn without_master_weights(params: Vec<(String, Tensor)>, config: AdamWConfig) -> Self {
+        Self::build(params, config, false)
+    }
+
+    fn build(params: Vec<(String, Tensor)>, config: AdamWConfig, master_weights: bool) -> Self {
         let zeros = |p: &Tensor| Tensor::zeros(p.size(), (Kind::Float, p.device()));
         let exp_avg = params.iter().map(|(_, p)| zeros(p)).collect();
         let exp_avg_sq = params.iter().map(|(_, p)| zeros(p)).collect();
-        AdamW { config, params, exp_avg, exp_avg_sq, steps: 0 }
+        let masters = params
+            .iter()
+            .map(|(_, p)| (master_weights && p.kind() != Kind::Float).then(|| p.detach().to_kind(Kind::Float)))
+            .collect();
+        let master_grads = params.iter().map(|_| None).collect();
+        AdamW {
+            config,
+            params,
+            masters,
+            master_grads,
+            exp_avg,
+            exp_avg_sq,
+            steps: 0,
+            accumulation: Accumulation::Implicit,
+        }
     }
 
     /// Number of updates taken so far.
@@ -67,7 +130,12 @@ impl AdamW {
         self.steps
     }
 
-    /// Clear the gradients of every parameter.
+    /// Whether any parameter has an f32 master copy.
+    pub fn has_master_weights(&self) -> bool {
+        self.masters.iter().any(Option::is_some)
+    }
+
+    /// Clear the gradients of every parameter (working and f32), starting a new accumulation window.
     pub fn zero_grad(&mut self) {
         for (_, p) in &mut self.params {
             let mut g = p.grad();
@@ -75,13 +143,88 @@ impl AdamW {
                 let _ = g.detach_().zero_();
             }
         }
+        for g in self.master_grads.iter_mut().flatten() {
+            let _ = g.zero_();
+        }
+        self.accumulation = Accumulation::Implicit;
     }
 
-    /// The global L2 norm of the gradients, and, when it exceeds `max_norm`, scale them down to it (as
-    /// `torch.nn.utils.clip_grad_norm_`). Returns the norm before clipping. A non-finite norm leaves the gradients
-    /// as they are; the caller skips that update.
+    /// After each micro-batch's backward: add `scale` times each low-precision parameter's gradient into its f32
+    /// buffer and zero the low-precision one, so the sum over micro-batches is taken in f32 rather than rounded at
+    /// every addition. `scale` is `1 / loss_scale` (1 without loss scaling) and must be the same for every
+    /// micro-batch of a window (the scale only changes between updates). f32 parameters keep accumulating in their
+    /// own `.grad()`, multiplied by `scale` once when the window is finished.
+    pub fn accumulate_grads(&mut self, scale: f64) {
+        match self.accumulation {
+            Accumulation::Implicit => self.accumulation = Accumulation::Explicit(scale),
+            Accumulation::Explicit(s) => {
+                assert!(s == scale, "accumulate_grads: the scale changed within a window ({s} then {scale})")
+            }
+            Accumulation::Finished => panic!("accumulate_grads after clip_grad_norm or step; call zero_grad first"),
+        }
+        self.move_grads(scale);
+    }
+
+    /// Move the working gradients of the parameters with masters into their f32 buffers.
+    fn move_grads(&mut self, scale: f64) {
+        tch::no_grad(|| {
+            for (i, (_, p)) in self.params.iter().enumerate() {
+                if self.masters[i].is_none() {
+                    continue;
+                }
+                let mut g = p.grad();
+                if !g.defined() {
+                    continue;
+                }
+                // One f32 temporary; scaling it before the cast would round the product in bf16/f16.
+                let mut g32 = g.to_kind(Kind::Float);
+                if scale != 1.0 {
+                    let _ = g32.g_mul_scalar_(scale);
+                }
+                match &mut self.master_grads[i] {
+                    Some(buf) => {
+                        let _ = buf.g_add_(&g32);
+                    }
+                    // The first gradient becomes the buffer: no zeros to allocate and add to.
+                    slot @ None => *slot = Some(g32),
+                }
+                let _ = g.detach_().zero_();
+            }
+        });
+    }
+
+    /// Make the f32 gradients final for this window (once): take gradients still on the working parameters at
+    /// scale 1 when `accumulate_grads` was never called, and unscale the f32 parameters' own gradients.
+    fn finish_grads(&mut self) {
+        match self.accumulation {
+            Accumulation::Implicit => self.move_grads(1.0),
+            Accumulation::Explicit(scale) if scale != 1.0 => tch::no_grad(|| {
+                for (i, (_, p)) in self.params.iter().enumerate() {
+                    let mut g = p.grad();
+                    if self.masters[i].is_none() && g.defined() {
+                        let _ = g.g_mul_scalar_(scale);
+                    }
+                }
+            }),
+            Accumulation::Explicit(_) | Accumulation::Finished => {}
+        }
+        self.accumulation = Accumulation::Finished;
+    }
+
+    /// The gradient the update uses for parameter `i`: the f32 buffer for a parameter with a master, else its own.
+    fn grad(&self, i: usize) -> Option<Tensor> {
+        match &self.masters[i] {
+            Some(_) => self.master_grads[i].as_ref().map(Tensor::shallow_clone),
+            None => Some(self.params[i].1.grad()).filter(Tensor::defined),
+        }
+    }
+
+    /// The global L2 norm of the (f32) gradients, and, when it exceeds `max_norm`, scale them down to it (as
+    /// `torch.nn.utils.clip_grad_norm_`). Returns the norm before clipping. A non-finite norm, the sign of an inf or
+    /// NaN gradient, leaves the gradients as they are; the caller skips that update.
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
-        let grads: Vec<Tensor> = self.params.iter().map(|(_, p)| p.grad()).filter(|g| g.defined()).collect();
+        self.finish_grads();
+        let grads: Vec<Tensor> = (0..self.params.len()).filter_map(|i| self.grad(i)).collect();
         if grads.is_empty() {
             return 0.0;
         }
@@ -102,24 +245,26 @@ impl AdamW {
         norm
     }
 
-    /// One AdamW update with learning rate `lr`.
+    /// One AdamW update with learning rate `lr`, applied to the f32 masters (copied into the working parameters
+    /// afterwards) or to the parameters themselves.
     ///
     /// In place, in the order of PyTorch's single-tensor AdamW (the path `torch.optim.AdamW` takes on the CPU):
     /// two temporaries per parameter instead of one per arithmetic operation, which on a 135M-parameter model is
     /// the difference between streaming the weights a handful of times and a dozen times per update.
     pub fn step(&mut self, lr: f64) {
+        self.finish_grads();
         self.steps += 1;
         let AdamWConfig { beta1, beta2, eps, weight_decay, .. } = self.config;
         let bias1 = 1.0 - beta1.powi(self.steps as i32);
         let bias2_sqrt = (1.0 - beta2.powi(self.steps as i32)).sqrt();
         let step_size = lr / bias1;
         tch::no_grad(|| {
-            for (i, (_, p)) in self.params.iter_mut().enumerate() {
-                let g = p.grad();
-                if !g.defined() {
-                    continue;
-                }
+            for i in 0..self.params.len() {
+                let Some(g) = self.grad(i) else { continue };
                 let g = g.to_kind(Kind::Float);
+                let (_, working) = &mut self.params[i];
+                // The tensor the update goes into: the master when there is one, so it is added in f32.
+                let p = self.masters[i].as_mut().unwrap_or(working);
                 let m = &mut self.exp_avg[i];
                 let v = &mut self.exp_avg_sq[i];
                 if weight_decay != 0.0 {
@@ -134,10 +279,60 @@ impl AdamW {
                 if p.kind() == Kind::Float {
                     let _ = p.addcdiv_(m, &denom);
                 } else {
+                    // The pure-low-precision path: the update is rounded into the weight, and lost when small.
                     let _ = p.g_add_(&(&*m / &denom).to_kind(p.kind()));
+                }
+                if let Some(master) = &self.masters[i] {
+                    // Round the new master into the bf16/f16 working copy the next forward computes with.
+                    self.params[i].1.copy_(master);
                 }
             }
         });
+    }
+
+    /// The weights in f32 by parameter name, for a checkpoint: the master of each low-precision parameter, the
+    /// parameter itself (converted to f32 when it has no master) otherwise. Shares storage where no conversion is
+    /// needed; save or copy before the next step.
+    pub fn master_weights(&self) -> BTreeMap<String, Tensor> {
+        let mut out = BTreeMap::new();
+        for (i, (name, p)) in self.params.iter().enumerate() {
+            let w = match &self.masters[i] {
+                Some(m) => m.shallow_clone(),
+                None => p.detach().to_kind(Kind::Float),
+            };
+            out.insert(name.clone(), w);
+        }
+        out
+    }
+
+    /// Restore what [`AdamW::master_weights`] saved: every parameter must be present with its shape. Masters are
+    /// restored exactly and the working parameters refreshed from them; a parameter without a master is
+    /// overwritten (rounded to its dtype).
+    pub fn load_master_weights(&mut self, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+        // Check everything before writing anything, so a bad checkpoint leaves the model as it was.
+        for (name, p) in &self.params {
+            let t = tensors.get(name).with_context(|| format!("the checkpoint's master weights have no {name}"))?;
+            if t.size() != p.size() {
+                anyhow::bail!(
+                    "the checkpoint's master weight {name} has shape {:?}, the model's {:?}",
+                    t.size(),
+                    p.size()
+                );
+            }
+        }
+        tch::no_grad(|| {
+            for (i, (name, p)) in self.params.iter_mut().enumerate() {
+                let t = &tensors[name];
+                match &mut self.masters[i] {
+                    Some(master) => {
+                        master.copy_(t);
+                        p.copy_(master);
+                    }
+                    None => p.copy_(t),
+                }
+            }
+        });
+        Ok(())
     }
 
     /// The moments and the step count, by parameter name, for a checkpoint.
@@ -227,5 +422,236 @@ mod tests {
         assert!((norm - 5.0).abs() < 1e-5);
         let g = Vec::<f32>::try_from(&p.grad()).unwrap();
         assert!((g[0] - 0.6).abs() < 1e-4 && (g[1] - 0.8).abs() < 1e-4, "{g:?}");
+    }
+
+    use crate::train::precision::LossScaler;
+    use tch::Device;
+
+    const CFG: AdamWConfig = AdamWConfig { lr: 5e-6, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 };
+
+    fn floats(t: &Tensor) -> Vec<f32> {
+        Vec::<f32>::try_from(&t.detach().to_kind(Kind::Float)).unwrap()
+    }
+
+    /// One optimizer step on the gradient of `(p * g).sum()`, in the call order the training loop follows.
+    fn step_on(opt: &mut AdamW, p: &Tensor, g: &Tensor, lr: f64) -> f64 {
+        opt.zero_grad();
+        (p * g).sum(Kind::Float).backward();
+        opt.accumulate_grads(1.0);
+        let norm = opt.clip_grad_norm(0.0);
+        opt.step(lr);
+        norm
+    }
+
+    /// The defect of issue 12: at lr 5e-6 an AdamW update (about lr per element) is far below half the bf16 spacing
+    /// of weights ~N(0, 0.02) (6e-5 at |w| = 0.02), so added straight into bf16 weights it rounds away for all but
+    /// the few weights near zero. With f32 master weights the update is the f32 one.
+    #[test]
+    fn small_updates_survive_with_master_weights() {
+        tch::manual_seed(12);
+        let n = 4096;
+        let opts = (Kind::Float, Device::Cpu);
+        // All three start from the same bf16-representable weights and see the same bf16-representable gradient,
+        // so any difference comes from where the update is added.
+        let w0 = (Tensor::randn([n], opts) * 0.02).to_kind(Kind::BFloat16).to_kind(Kind::Float);
+        let g = Tensor::randn([n], opts).to_kind(Kind::BFloat16).to_kind(Kind::Float);
+
+        let pa = w0.copy().set_requires_grad(true);
+        let mut a = AdamW::new(vec![("w".into(), pa.shallow_clone())], CFG);
+        assert!(!a.has_master_weights(), "f32 parameters need no master copy");
+        let pb = w0.to_kind(Kind::BFloat16).set_requires_grad(true);
+        let mut b = AdamW::new(vec![("w".into(), pb.shallow_clone())], CFG);
+        assert!(b.has_master_weights());
+        let pc = w0.to_kind(Kind::BFloat16).set_requires_grad(true);
+        let mut c = AdamW::without_master_weights(vec![("w".into(), pc.shallow_clone())], CFG);
+        assert!(!c.has_master_weights());
+
+        let norm_a = step_on(&mut a, &pa, &g, CFG.lr);
+        let norm_b = step_on(&mut b, &pb, &g, CFG.lr);
+        step_on(&mut c, &pc, &g, CFG.lr);
+        assert!((norm_a - norm_b).abs() <= 1e-6 * norm_a, "{norm_a} vs {norm_b}");
+
+        let delta_a = pa.detach() - &w0;
+        let delta_b = &b.master_weights()["w"] - &w0;
+        let rel = (&delta_b - &delta_a).norm().double_value(&[]) / delta_a.norm().double_value(&[]);
+        let mean_update = delta_a.abs().mean(Kind::Float).double_value(&[]);
+        let changed = |p: &Tensor| p.to_kind(Kind::Float).ne_tensor(&w0).sum(Kind::Int64).int64_value(&[]);
+        let frac_c = changed(&pc) as f64 / n as f64;
+        eprintln!("mean |update| {mean_update:.3e}; master vs f32 relative difference {rel:.3e}; pure bf16 changed {frac_c:.3}");
+        assert!((mean_update - CFG.lr).abs() < 0.05 * CFG.lr, "an Adam first step is about lr: {mean_update}");
+        assert!(rel < 1e-3, "master-weight update differs from the f32 one by {rel}");
+        assert!(frac_c < 0.15, "pure bf16 changed {frac_c} of the weights");
+        // The working copy is the master rounded to bf16.
+        assert!(pb.detach().equal(&b.master_weights()["w"].to_kind(Kind::BFloat16)));
+
+        // Over more steps the masters carry the updates into the bf16 working copy; pure bf16 stays stuck.
+        for _ in 0..40 {
+            step_on(&mut b, &pb, &g, CFG.lr);
+            step_on(&mut c, &pc, &g, CFG.lr);
+        }
+        let (frac_b, frac_c) = (changed(&pb) as f64 / n as f64, changed(&pc) as f64 / n as f64);
+        eprintln!("after 41 steps: bf16 working copy changed {frac_b:.3}, pure bf16 changed {frac_c:.3}");
+        assert!(frac_b > 0.5 && frac_c < 0.15, "{frac_b} {frac_c}");
+    }
+
+    /// Micro-batch gradients are summed in f32, and the scale is applied once for f32 parameters.
+    #[test]
+    fn accumulation_is_in_f32() {
+        let g1 = Tensor::from_slice(&[1.0f32]);
+        let g2 = Tensor::from_slice(&[2f32.powi(-10)]); // 1 + 2^-10 rounds to 1 in bf16
+        for (masters, expected) in [(true, 1.0 + 2f64.powi(-10)), (false, 1.0)] {
+            let p = Tensor::from_slice(&[0.5f32]).to_kind(Kind::BFloat16).set_requires_grad(true);
+            let params = vec![("p".into(), p.shallow_clone())];
+            let mut opt = if masters { AdamW::new(params, CFG) } else { AdamW::without_master_weights(params, CFG) };
+            opt.zero_grad();
+            for g in [&g1, &g2] {
+                (&p * g).sum(Kind::Float).backward();
+                opt.accumulate_grads(1.0);
+            }
+            assert_eq!(opt.clip_grad_norm(0.0), expected, "master weights: {masters}");
+        }
+
+        // f32 parameters: two micro-batches at scale 0.5 give 0.5 * (g + g), not the scale applied twice.
+        let p = Tensor::from_slice(&[0.5f32]).set_requires_grad(true);
+        let mut opt = AdamW::new(vec![("p".into(), p.shallow_clone())], CFG);
+        opt.zero_grad();
+        for _ in 0..2 {
+            (&p * &g1).sum(Kind::Float).backward();
+            opt.accumulate_grads(0.5);
+        }
+        assert_eq!(opt.clip_grad_norm(0.0), 1.0);
+
+        // A loop that never calls accumulate_grads gets the same update as one that does, in either precision.
+        for kind in [Kind::Float, Kind::BFloat16] {
+            let w = Tensor::from_slice(&[0.5f32, -0.25]).to_kind(kind);
+            let g = Tensor::from_slice(&[3.0f32, -0.5]);
+            let (p1, p2) = (w.copy().set_requires_grad(true), w.copy().set_requires_grad(true));
+            let mut o1 = AdamW::new(vec![("p".into(), p1.shallow_clone())], CFG);
+            let mut o2 = AdamW::new(vec![("p".into(), p2.shallow_clone())], CFG);
+            step_on(&mut o1, &p1, &g, 1e-3);
+            o2.zero_grad();
+            (&p2 * &g).sum(Kind::Float).backward();
+            o2.clip_grad_norm(0.0);
+            o2.step(1e-3);
+            assert!(o1.master_weights()["p"].equal(&o2.master_weights()["p"]), "{kind:?}");
+            assert!(p1.detach().equal(&p2.detach()));
+        }
+    }
+
+    /// fp16 with dynamic loss scaling: an inf gradient skips the update (weights, masters and moments untouched)
+    /// and halves the scale; `growth_interval` good updates double it.
+    #[test]
+    fn fp16_loss_scaling_skips_and_grows() {
+        let w0 = [0.5f32, -0.25, 0.125, 1.0]; // exact in f16
+        let p = Tensor::from_slice(&w0).to_kind(Kind::Half).set_requires_grad(true);
+        let mut opt = AdamW::new(vec![("w".into(), p.shallow_clone())], CFG);
+        let mut scaler =
+            LossScaler::with_config(LossScaler::INIT_SCALE, LossScaler::GROWTH_FACTOR, LossScaler::BACKOFF_FACTOR, 2);
+        // 1.5 * 65536 overflows f16 (max 65504); 1.5 * 32768 does not.
+        let good = Tensor::from_slice(&[1.5f32, -0.5, 0.25, 1.0]);
+        let injected = Tensor::from_slice(&[f32::INFINITY, -0.5, 0.25, 1.0]);
+        let lr = 1e-3;
+        let window = |opt: &mut AdamW, scaler: &mut LossScaler, g: &Tensor| -> (bool, f64) {
+            opt.zero_grad();
+            scaler.scale_loss(&(&p * g).sum(Kind::Float)).backward();
+            opt.accumulate_grads(scaler.unscale_factor());
+            let norm = opt.clip_grad_norm(1e9);
+            let stepped = scaler.update(!norm.is_finite());
+            if stepped {
+                opt.step(lr);
+            } else {
+                opt.zero_grad();
+            }
+            (stepped, norm)
+        };
+        let snapshot = |opt: &AdamW| {
+            let (steps, moments) = opt.state();
+            let mut all: Vec<Tensor> = moments.values().map(Tensor::copy).collect();
+            all.push(opt.master_weights()["w"].copy());
+            all.push(p.detach().copy());
+            (steps, all)
+        };
+        let unchanged = |a: &(i64, Vec<Tensor>), b: &(i64, Vec<Tensor>)| {
+            a.0 == b.0 && a.1.iter().zip(&b.1).all(|(x, y)| x.equal(y))
+        };
+
+        let before = snapshot(&opt);
+        assert!(!window(&mut opt, &mut scaler, &injected).0);
+        assert!(unchanged(&before, &snapshot(&opt)), "a skipped update changed the weights or moments");
+        assert_eq!((scaler.scale(), scaler.skipped_steps(), opt.steps()), (32768.0, 1, 0));
+        assert_eq!(floats(&before.1[0]), [0.0; 4], "moments stay at zero");
+
+        let (stepped, norm) = window(&mut opt, &mut scaler, &good);
+        assert!(stepped);
+        assert!((norm - 3.5625f64.sqrt()).abs() < 1e-6, "the norm is of the unscaled gradient: {norm}");
+        assert_eq!(scaler.scale(), 32768.0);
+        // The update is the f32 one on the unscaled gradient.
+        let reference = Tensor::from_slice(&w0).set_requires_grad(true);
+        let mut f32_opt = AdamW::new(vec![("w".into(), reference.shallow_clone())], CFG);
+        step_on(&mut f32_opt, &reference, &good, lr);
+        assert!(opt.master_weights()["w"].equal(&reference.detach()));
+
+        assert!(window(&mut opt, &mut scaler, &good).0);
+        assert_eq!(scaler.scale(), 65536.0, "doubled after growth_interval good updates");
+
+        // Back at 65536 the same gradient overflows f16 by itself.
+        let before = snapshot(&opt);
+        assert!(!window(&mut opt, &mut scaler, &good).0);
+        assert!(unchanged(&before, &snapshot(&opt)));
+        assert_eq!((scaler.scale(), scaler.skipped_steps(), opt.steps()), (32768.0, 2, 2));
+    }
+
+    /// Masters, moments and the loss scaler restored from a checkpoint continue the run exactly.
+    #[test]
+    fn master_weights_round_trip() {
+        tch::manual_seed(7);
+        let opts = (Kind::Float, Device::Cpu);
+        let g = Tensor::randn([64], opts);
+        let gb = Tensor::randn([3], opts);
+        let make = |w: &Tensor, b: &Tensor| {
+            let w = w.to_kind(Kind::BFloat16).set_requires_grad(true);
+            let b = b.copy().set_requires_grad(true); // an f32 parameter alongside
+            let opt = AdamW::new(vec![("w".into(), w.shallow_clone()), ("b".into(), b.shallow_clone())], CFG);
+            (w, b, opt)
+        };
+        let run = |opt: &mut AdamW, w: &Tensor, b: &Tensor| {
+            opt.zero_grad();
+            ((w * &g).sum(Kind::Float) + (b * &gb).sum(Kind::Float)).backward();
+            opt.accumulate_grads(1.0);
+            opt.clip_grad_norm(1.0);
+            opt.step(1e-4);
+        };
+        let (w, b, mut opt) = make(&(Tensor::randn([64], opts) * 0.02), &Tensor::randn([3], opts));
+        for _ in 0..3 {
+            run(&mut opt, &w, &b);
+        }
+        let masters: BTreeMap<String, Tensor> = opt.master_weights().into_iter().map(|(k, v)| (k, v.copy())).collect();
+        assert!(masters.values().all(|t| t.kind() == Kind::Float));
+        let (steps, moments) = opt.state();
+        let moments: BTreeMap<String, Tensor> = moments.into_iter().map(|(k, v)| (k, v.copy())).collect();
+        let mut scaler = LossScaler::with_config(1024.0, 2.0, 0.5, 2);
+        scaler.update(true);
+        scaler.update(false);
+        let scaler_json = serde_json::to_string(&scaler.state()).unwrap();
+
+        let (w2, b2, mut opt2) = make(&Tensor::zeros([64], opts), &Tensor::zeros([3], opts));
+        let missing: BTreeMap<String, Tensor> =
+            masters.iter().filter(|(k, _)| *k != "b").map(|(k, v)| (k.clone(), v.shallow_clone())).collect();
+        assert!(opt2.load_master_weights(&missing).is_err());
+        assert!(w2.detach().equal(&Tensor::zeros([64], (Kind::BFloat16, Device::Cpu))), "untouched on error");
+        opt2.load_master_weights(&masters).unwrap();
+        opt2.load_state(steps, &moments).unwrap();
+        let mut scaler2 = LossScaler::with_config(65536.0, 2.0, 0.5, 2);
+        scaler2.load_state(serde_json::from_str(&scaler_json).unwrap());
+        assert_eq!(scaler2, scaler);
+        for (name, t) in opt2.master_weights() {
+            assert!(t.equal(&masters[&name]), "{name}");
+        }
+        assert!(w2.detach().equal(&w.detach()) && b2.detach().equal(&b.detach()));
+
+        run(&mut opt, &w, &b);
+        run(&mut opt2, &w2, &b2);
+        assert!(opt.master_weights()["w"].equal(&opt2.master_weights()["w"]));
+        assert!(w2.detach().equal(&w.detach()) && b2.detach().equal(&b.detach()));
     }
 }
