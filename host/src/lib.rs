@@ -2,7 +2,9 @@
 //! `generate` (sampling), `rollout` (episodes), `train` (experience, losses and updates), `plugins` (the dynamically
 //! loaded algorithms and environments), `logging` (sinks), `checkpoint`, and `cli`.
 
+pub mod calendar;
 pub mod checkpoint;
+pub mod choice;
 pub mod cli;
 pub mod error;
 pub mod generate;

@@ -12,3 +12,10 @@ pub fn version_line() -> String {
     };
     format!("grpo-host {} (libtorch {}, CUDA {})", env!("CARGO_PKG_VERSION"), LIBTORCH_VERSION, cuda)
 }
+
+/// Set libtorch's intra-op thread count (`None` keeps libtorch's choice, one per core).
+pub fn set_threads(threads: Option<i32>) {
+    if let Some(t) = threads {
+        tch::set_num_threads(t.max(1));
+    }
+}

@@ -15,8 +15,9 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::args::{ModelArgs, SamplingArgs};
 use crate::generate::{generate, GenerateRequest, SamplingParams};
-use crate::model::{parse_device, parse_dtype, resolve_model_dir, Model};
+use crate::model::Model;
 use crate::tokenizer::Tokenizer;
 use crate::user_error;
 
@@ -29,9 +30,9 @@ pub struct GenQaArgs {
     /// The JSON file to write (and to continue, when it exists).
     #[arg(long)]
     pub out: PathBuf,
-    /// Model directory or Hugging Face hub id (default: the model installed by `cargo xtask setup`).
-    #[arg(long)]
-    pub model: Option<String>,
+    /// The model, device, dtype and threads.
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Chunk size in characters; must equal the environment's `chunk_size` for the chunk ids to match.
     #[arg(long, default_value_t = 1000)]
     pub chunk_size: usize,
@@ -40,7 +41,7 @@ pub struct GenQaArgs {
     pub questions_per_chunk: usize,
     /// `easy`, `medium` or `hard` asks for that difficulty; `mixed` asks for a spread.
     #[arg(long, default_value = "medium")]
-    pub difficulty: String,
+    pub difficulty: Difficulty,
     /// Only the first N chunks of the corpus (all by default).
     #[arg(long)]
     pub max_chunks: Option<usize>,
@@ -50,25 +51,30 @@ pub struct GenQaArgs {
     /// Most tokens generated per chunk.
     #[arg(long, default_value_t = 512)]
     pub max_new_tokens: usize,
-    /// Sampling temperature; 0 is greedy decoding.
-    #[arg(long, default_value_t = 0.2)]
-    pub temperature: f64,
-    /// Nucleus sampling mass (1 disables).
-    #[arg(long, default_value_t = 0.9)]
-    pub top_p: f64,
+    /// Temperature and sampling filters (default: temperature 0.2, top-p 0.9).
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
     /// Seed of the sampling.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// auto (bf16 on CUDA, f32 on CPU), f32, bf16 or f16.
-    #[arg(long, default_value = "auto")]
-    pub dtype: String,
-    /// libtorch intra-op threads (default: libtorch's choice, one per core).
-    #[arg(long)]
-    pub threads: Option<i32>,
 }
+
+crate::choice_enum! {
+    /// The difficulty the model is asked for.
+    pub enum Difficulty {
+        /// Easy questions.
+        Easy = "easy",
+        /// Medium questions.
+        Medium = "medium",
+        /// Hard questions.
+        Hard = "hard",
+        /// A spread of the three.
+        Mixed = "mixed",
+    }
+}
+
+/// gen-qa's sampling defaults: a little randomness for varied questions, nucleus-filtered.
+const GEN_QA_SAMPLING: SamplingParams = SamplingParams { temperature: 0.2, top_k: 0, top_p: 0.9, min_p: 0.0 };
 
 /// One question, in re-grpo's `questions.json` schema.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -90,12 +96,10 @@ const NEIGHBOUR_CHARS: usize = 600;
 
 /// Run `grpo-host gen-qa`.
 pub fn run(args: GenQaArgs) -> anyhow::Result<i32> {
-    super::set_threads(args.threads)?;
+    args.model.apply_threads()?;
+    let sampling = args.sampling.resolve(GEN_QA_SAMPLING)?;
     if args.batch_size == 0 || args.questions_per_chunk == 0 || args.max_new_tokens == 0 {
         return Err(user_error!("--batch-size, --questions-per-chunk and --max-new-tokens must be at least 1"));
-    }
-    if !matches!(args.difficulty.as_str(), "easy" | "medium" | "hard" | "mixed") {
-        return Err(user_error!("--difficulty {}: expected easy, medium, hard or mixed", args.difficulty));
     }
     let mut chunks = grpo_corpus::load_dir(&args.corpus, args.chunk_size)
         .map_err(|e| user_error!("--corpus {}: {e}", args.corpus.display()))?;
@@ -118,9 +122,9 @@ pub fn run(args: GenQaArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
 
-    let device = parse_device(&args.device)?;
-    let dtype = parse_dtype(&args.dtype, device)?;
-    let dir = resolve_model_dir(args.model.as_deref(), true)?;
+    let device = args.model.device.resolve()?;
+    let dtype = args.model.dtype.resolve(device);
+    let dir = args.model.model_dir()?;
     let tokenizer = Tokenizer::from_dir(&dir)?;
     let model = Model::load(&dir, device, dtype)?;
 
@@ -128,12 +132,12 @@ pub fn run(args: GenQaArgs) -> anyhow::Result<i32> {
         let mut prompts = Vec::with_capacity(batch.len());
         for &id in batch {
             let message =
-                json!({"role": "user", "content": prompt(&all, id, args.questions_per_chunk, &args.difficulty)});
+                json!({"role": "user", "content": prompt(&all, id, args.questions_per_chunk, args.difficulty)});
             let text = tokenizer.render_chat(&[message], None, true)?;
             prompts.push(tokenizer.encode(&text, false)?);
         }
         let mut request = GenerateRequest::new(prompts, 1, args.max_new_tokens, tokenizer.eos_token_ids().to_vec());
-        request.sampling = SamplingParams { temperature: args.temperature, top_k: 0, top_p: args.top_p, min_p: 0.0 };
+        request.sampling = sampling;
         request.seed = Some(args.seed.wrapping_add(batch_index as u64));
         let output = generate(&model, Some(&tokenizer), &request, None)?;
         let mut found = 0;
@@ -155,10 +159,10 @@ pub fn run(args: GenQaArgs) -> anyhow::Result<i32> {
 }
 
 /// The instruction for chunk `id`: the chunk between the end of the one before and the start of the one after.
-fn prompt(chunks: &[grpo_corpus::Chunk], id: usize, n: usize, difficulty: &str) -> String {
+fn prompt(chunks: &[grpo_corpus::Chunk], id: usize, n: usize, difficulty: Difficulty) -> String {
     let before = id.checked_sub(1).map(|i| tail_chars(&chunks[i].text, NEIGHBOUR_CHARS)).unwrap_or_default();
     let after = chunks.get(id + 1).map(|c| head_chars(&c.text, NEIGHBOUR_CHARS)).unwrap_or_default();
-    let level = if difficulty == "mixed" {
+    let level = if difficulty == Difficulty::Mixed {
         "Label each one easy, medium or hard, and include some of each.".to_string()
     } else {
         format!("Make them {difficulty} and label them so.")
@@ -282,10 +286,10 @@ mod tests {
             .enumerate()
             .map(|(id, t)| grpo_corpus::Chunk { id, source: "a.md".into(), text: t.to_string() })
             .collect();
-        let p = prompt(&chunks, 1, 2, "mixed");
+        let p = prompt(&chunks, 1, 2, Difficulty::Mixed);
         let (start, end) = (p.find("PASSAGE START\nsecond\nPASSAGE END").unwrap(), p.find("third").unwrap());
         assert!(p.find("first").unwrap() < start && start < end);
         assert!(p.contains("Write 2 questions"));
-        assert!(prompt(&chunks, 2, 1, "hard").contains("Make them hard"));
+        assert!(prompt(&chunks, 2, 1, Difficulty::Hard).contains("Make them hard"));
     }
 }

@@ -7,17 +7,18 @@ use std::path::PathBuf;
 use clap::Args;
 use serde_json::json;
 
+use super::args::{ModelArgs, SamplingArgs};
 use crate::generate::{generate, GenerateRequest, SamplingParams};
-use crate::model::{parse_device, parse_dtype, resolve_model_dir, Model};
+use crate::model::Model;
 use crate::tokenizer::Tokenizer;
 use crate::user_error;
 
 /// Flags of `grpo-host generate`.
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// Model directory or Hugging Face hub id (default: the model installed by `cargo xtask setup`).
-    #[arg(long)]
-    pub model: Option<String>,
+    /// The model, device, dtype and threads.
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// User message, rendered through the model's chat template with a generation prompt.
     #[arg(long, conflicts_with = "raw")]
     pub prompt: Option<String>,
@@ -33,53 +34,30 @@ pub struct GenerateArgs {
     /// Maximum new tokens per sample.
     #[arg(long, default_value_t = 256)]
     pub max_new_tokens: usize,
-    /// Sampling temperature; 0 is greedy decoding.
-    #[arg(long, default_value_t = 0.0)]
-    pub temperature: f64,
-    /// Nucleus sampling mass (1 disables).
-    #[arg(long, default_value_t = 1.0)]
-    pub top_p: f64,
-    /// Keep only the k most likely tokens (0 disables).
-    #[arg(long, default_value_t = 0)]
-    pub top_k: usize,
-    /// Drop tokens less likely than min-p times the most likely one (0 disables).
-    #[arg(long, default_value_t = 0.0)]
-    pub min_p: f64,
+    /// Temperature and sampling filters (greedy by default).
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
     /// Stop a sample when its text contains this string (repeatable).
     #[arg(long = "stop")]
     pub stop: Vec<String>,
     /// Random seed; the same seed reproduces the same samples on CPU.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Keep generating after end-of-sequence tokens (for benchmarks: always max-new-tokens per sample).
-    #[arg(long)]
-    pub ignore_eos: bool,
-    /// auto (CUDA when available), cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// auto (bf16 on CUDA, f32 on CPU), f32, bf16 or f16.
-    #[arg(long, default_value = "auto")]
-    pub dtype: String,
     /// Print one JSON object (ids, text, log-probs, finish reasons, tokens/s) instead of text.
     #[arg(long)]
     pub json: bool,
-    /// libtorch intra-op threads (default: libtorch's choice, one per core).
-    #[arg(long)]
-    pub threads: Option<i32>,
-    /// Never download a hub id that is missing from the local Hugging Face cache.
-    #[arg(long)]
-    pub offline: bool,
 }
 
 /// Run `grpo-host generate`.
 pub fn run(args: GenerateArgs) -> anyhow::Result<i32> {
-    super::set_threads(args.threads)?;
+    args.model.apply_threads()?;
     if args.num_samples == 0 {
         return Err(user_error!("-n must be at least 1"));
     }
-    let device = parse_device(&args.device)?;
-    let dtype = parse_dtype(&args.dtype, device)?;
-    let dir: PathBuf = resolve_model_dir(args.model.as_deref(), !args.offline)?;
+    let sampling = args.sampling.resolve(SamplingParams::greedy())?;
+    let device = args.model.device.resolve()?;
+    let dtype = args.model.dtype.resolve(device);
+    let dir: PathBuf = args.model.model_dir()?;
     let load_start = std::time::Instant::now();
     let tokenizer = Tokenizer::from_dir(&dir)?;
     let model = Model::load(&dir, device, dtype)?;
@@ -103,14 +81,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<i32> {
         prompts: vec![prompt_ids.clone()],
         group_size: args.num_samples,
         max_new_tokens: args.max_new_tokens,
-        sampling: SamplingParams {
-            temperature: args.temperature,
-            top_k: args.top_k,
-            top_p: args.top_p,
-            min_p: args.min_p,
-        },
+        sampling,
         stop_strings: args.stop.clone(),
-        eos_ids: if args.ignore_eos { Vec::new() } else { tokenizer.eos_token_ids().to_vec() },
+        eos_ids: if args.sampling.ignore_eos { Vec::new() } else { tokenizer.eos_token_ids().to_vec() },
         seed: args.seed,
     };
 

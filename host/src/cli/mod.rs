@@ -1,6 +1,7 @@
 //! The command line. `grpo-host [train] --algo A --env E` trains (the default command); the other subcommands each
 //! live in their own file beside this one.
 
+pub mod args;
 pub mod config_file;
 pub mod gen_qa;
 pub mod generate;
@@ -63,23 +64,12 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         return Ok(0);
     }
     match cli.command {
-        None => crate::train::run(cli.train),
-        Some(Command::Train(args)) => crate::train::run(*args),
+        None => crate::train::run(cli.train.into_config()?),
+        Some(Command::Train(args)) => crate::train::run(args.into_config()?),
         Some(Command::Generate(args)) => generate::run(args),
         Some(Command::Plugins(args)) => plugins::run(args),
         Some(Command::Play(args)) => play::run(args),
         Some(Command::Report(args)) => report::run(&args),
         Some(Command::GenQa(args)) => gen_qa::run(args),
     }
-}
-
-/// `--threads`: libtorch's intra-op thread count, for `generate` and training alike.
-pub fn set_threads(threads: Option<i32>) -> anyhow::Result<()> {
-    if let Some(t) = threads {
-        if t < 1 {
-            return Err(crate::user_error!("--threads {t}: must be at least 1"));
-        }
-        tch::set_num_threads(t);
-    }
-    Ok(())
 }

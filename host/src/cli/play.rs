@@ -2,7 +2,6 @@
 //! environment authors try their work, and how tests drive the environments through the real plugin boundary.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use clap::Args;
 use grpo_sdk::{Message, Role, Split, StepOutcome, Task};
@@ -19,8 +18,8 @@ pub struct PlayArgs {
     #[arg(long, value_name = "NAME")]
     pub env: String,
 
-    /// The environment's config: a JSON object, or a file holding one.
-    #[arg(long = "env-config", value_name = "JSON|FILE")]
+    /// The environment's options: a JSON object, or `@FILE` holding one (as in training).
+    #[arg(long = "env-config", value_name = "JSON|@FILE")]
     pub env_config: Option<String>,
 
     /// Play task number N of the environment's task list (default 0).
@@ -28,8 +27,8 @@ pub struct PlayArgs {
     pub task: Option<u64>,
 
     /// Which split --task counts in.
-    #[arg(long, value_name = "SPLIT", default_value = "train", value_parser = ["train", "eval"])]
-    pub split: String,
+    #[arg(long, value_name = "SPLIT", default_value = "train")]
+    pub split: SplitArg,
 
     /// The seed that picks generated tasks.
     #[arg(long, default_value_t = 0)]
@@ -55,25 +54,23 @@ pub struct PlayArgs {
     pub plugin_dirs: PluginDirArgs,
 }
 
-/// Read `--env-config`: inline JSON when it starts with `{`, else a file path.
-pub fn read_env_config(value: Option<&str>) -> anyhow::Result<serde_json::Value> {
-    let Some(value) = value else {
-        return Ok(serde_json::Value::Null);
-    };
-    let (text, origin) = if value.trim_start().starts_with('{') {
-        (value.to_string(), "--env-config".to_string())
-    } else {
-        let path = PathBuf::from(value);
-        let text = std::fs::read_to_string(&path).map_err(|e| {
-            user_error!(
-                "--env-config {}: cannot read the file ({e}); pass a JSON object or a path to one",
-                path.display()
-            )
-        })?;
-        (text, format!("--env-config {}", path.display()))
-    };
-    serde_json::from_str(&text)
-        .map_err(|e| user_error!("{origin}: not valid JSON ({e}); example: --env-config '{{\"max_turns\": 3}}'"))
+crate::choice_enum! {
+    /// `--split`: the environment's task list to count `--task` in.
+    pub enum SplitArg {
+        /// Training tasks.
+        Train = "train",
+        /// Held-out tasks.
+        Eval = "eval",
+    }
+}
+
+impl From<SplitArg> for Split {
+    fn from(s: SplitArg) -> Split {
+        match s {
+            SplitArg::Train => Split::Train,
+            SplitArg::Eval => Split::Eval,
+        }
+    }
 }
 
 fn role_name(role: Role) -> &'static str {
@@ -108,10 +105,10 @@ fn print_message(m: &Message) {
 
 /// Run the episode; returns the exit code.
 pub fn run(args: PlayArgs) -> anyhow::Result<i32> {
-    let config = read_env_config(args.env_config.as_deref())?;
+    let config = super::args::json_option(args.env_config.as_deref(), "--env-config")?;
     let registry = Registry::discover(&args.plugin_dirs.discovery())?;
     let env = registry.environment(&args.env, &config)?;
-    let split = if args.split == "eval" { Split::Eval } else { Split::Train };
+    let split = Split::from(args.split);
     let task = match (args.question, args.answer) {
         (Some(question), answer) => Task::new("cli", question, answer.unwrap_or_default()),
         (None, _) => {
@@ -216,15 +213,16 @@ mod tests {
     }
 
     #[test]
-    fn env_config_reads_inline_json_or_a_file() {
-        assert_eq!(read_env_config(None).unwrap(), serde_json::Value::Null);
-        assert_eq!(read_env_config(Some("{\"a\": 1}")).unwrap()["a"], 1);
+    fn env_config_reads_inline_json_or_an_at_file() {
+        let read = |v: Option<&str>| super::super::args::json_option(v, "--env-config");
+        assert_eq!(read(None).unwrap(), serde_json::Value::Null);
+        assert_eq!(read(Some("{\"a\": 1}")).unwrap()["a"], 1);
         let f = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(f.path(), "{\"b\": 2}").unwrap();
-        assert_eq!(read_env_config(Some(f.path().to_str().unwrap())).unwrap()["b"], 2);
-        let err = read_env_config(Some("/no/such/file.json")).unwrap_err();
+        assert_eq!(read(Some(&format!("@{}", f.path().display()))).unwrap()["b"], 2);
+        let err = read(Some("@/no/such/file.json")).unwrap_err();
         assert_eq!(crate::error::exit_code(&err), 2);
-        let err = read_env_config(Some("{oops")).unwrap_err();
+        let err = read(Some("{oops")).unwrap_err();
         assert!(err.to_string().contains("not valid JSON"));
     }
 }

@@ -4,13 +4,20 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use serde::Serialize;
 
+use super::args::{json_option, ModelArgs, SamplingArgs};
 use super::plugins::PluginDirArgs;
+use crate::generate::SamplingParams;
 use crate::logging::LoggingArgs;
+use crate::model::LoraConfig;
+use crate::train::config::{
+    BatchSettings, CheckpointSettings, LogSettings, LrSchedule, ModelSettings, ObjectiveSettings, OptimizerSettings,
+    PluginSelection, RecomputeOld, RunConfig, SamplingSettings,
+};
+use crate::user_error;
 
-/// Everything a training run is configured by. Serialized as the run's resolved `config.json`.
-#[derive(Debug, Clone, Args, Serialize)]
+/// The training command's flags; [`TrainArgs::into_config`] checks them and builds the run's [`RunConfig`].
+#[derive(Debug, Clone, Args)]
 pub struct TrainArgs {
     /// Algorithm plugin by name (`grpo-host plugins list` shows them).
     #[arg(long, default_value = "grpo")]
@@ -31,15 +38,9 @@ pub struct TrainArgs {
     #[arg(long)]
     pub config: Option<PathBuf>,
 
-    /// Model directory or Hugging Face hub id; default: the SmolLM2-135M-Instruct set up by `cargo xtask setup`.
-    #[arg(long = "model-name", visible_alias = "model")]
-    pub model: Option<String>,
-    /// auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// auto (bf16 on CUDA, f32 on CPU), f32, bf16 or f16.
-    #[arg(long, default_value = "auto")]
-    pub dtype: String,
+    /// The model, device, dtype and threads.
+    #[command(flatten)]
+    pub model: ModelArgs,
 
     /// Rollout batches to train on (each: sample tasks, generate, score, update).
     #[arg(long, default_value_t = 20)]
@@ -69,31 +70,16 @@ pub struct TrainArgs {
     /// Most assistant turns in one episode (an environment usually ends it sooner).
     #[arg(long, default_value_t = 4)]
     pub max_turns: usize,
-    /// Sampling temperature.
-    #[arg(long, default_value_t = 0.7)]
-    pub temperature: f64,
-    /// Nucleus sampling mass (1 disables).
-    #[arg(long, default_value_t = 1.0)]
-    pub top_p: f64,
-    /// Keep the k most likely tokens (0 disables). transformers' default when re-grpo sampled was 50.
-    #[arg(long, default_value_t = 50)]
-    pub top_k: usize,
-    /// Minimum probability relative to the most likely token (0 disables).
-    #[arg(long, default_value_t = 0.0)]
-    pub min_p: f64,
-    /// Keep generating past end-of-sequence to --max-new-tokens, so every rollout costs the same (benchmarks).
-    #[arg(long)]
-    pub ignore_eos: bool,
-    /// libtorch intra-op threads (default: libtorch's choice, one per core).
-    #[arg(long)]
-    pub threads: Option<i32>,
+    /// Temperature and sampling filters.
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
 
     /// Learning rate.
     #[arg(long, default_value_t = 5e-6)]
     pub lr: f64,
     /// constant, or cosine (decay to 0 over the run after warmup).
     #[arg(long, default_value = "constant")]
-    pub lr_schedule: String,
+    pub lr_schedule: LrSchedule,
     /// Optimizer steps of linear learning-rate warmup.
     #[arg(long, default_value_t = 0)]
     pub warmup_steps: u64,
@@ -124,7 +110,7 @@ pub struct TrainArgs {
     /// Recompute the old log-probs with a forward pass instead of reusing the sampler's (auto: reuse in f32, where
     /// both are the same computation up to rounding; recompute in bf16/f16).
     #[arg(long, default_value = "auto")]
-    pub recompute_old_logprobs: String,
+    pub recompute_old_logprobs: RecomputeOld,
 
     /// LoRA rank; 0 trains all weights (with a frozen copy as the reference).
     #[arg(long, default_value_t = 0)]
@@ -175,4 +161,129 @@ pub struct TrainArgs {
     /// Log example completions every this many batches.
     #[arg(long, default_value_t = 10)]
     pub log_completions_interval: u64,
+}
+
+/// Training's sampling defaults: re-grpo's temperature, and transformers' top-k of 50 that its sampling used.
+const TRAIN_SAMPLING: SamplingParams = SamplingParams { temperature: 0.7, top_k: 50, top_p: 1.0, min_p: 0.0 };
+
+impl TrainArgs {
+    /// Check the flags and build the run's configuration; every mistake is one line naming the flag.
+    pub fn into_config(self) -> anyhow::Result<RunConfig> {
+        self.validate()?;
+        let mut env_config = json_option(self.env_config.as_deref(), "--env-config")?;
+        if let Some(path) = &self.data_path {
+            set_option(&mut env_config, "data_path", path.display().to_string().into());
+        }
+        if let Some(n) = self.max_prompts {
+            set_option(&mut env_config, "max_prompts", n.into());
+        }
+        let lora = (self.lora_rank > 0).then_some(LoraConfig {
+            rank: self.lora_rank,
+            alpha: self.lora_alpha,
+            dropout: self.lora_dropout,
+        });
+        Ok(RunConfig {
+            plugins: PluginSelection {
+                algo: self.algo,
+                env: self.env,
+                algo_config: json_option(self.algo_config.as_deref(), "--algo-config")?,
+                env_config,
+                plugin_dirs: self.plugins.plugin_dirs,
+            },
+            model: ModelSettings {
+                threads: self.model.checked_threads()?,
+                model: self.model.model,
+                allow_download: !self.model.offline,
+                device: self.model.device,
+                dtype: self.model.dtype,
+                lora,
+            },
+            sampling: SamplingSettings {
+                params: self.sampling.resolve(TRAIN_SAMPLING)?,
+                ignore_eos: self.sampling.ignore_eos,
+            },
+            batch: BatchSettings {
+                max_steps: self.max_steps,
+                rollouts_per_step: self.rollouts_per_step,
+                group_size: self.group_size,
+                train_batch_size: self.train_batch_size,
+                gradient_accumulation_steps: self.gradient_accumulation_steps,
+                epochs_per_step: self.epochs_per_step,
+                max_new_tokens: self.max_new_tokens,
+                max_length: self.max_length,
+                max_turns: self.max_turns,
+            },
+            optimizer: OptimizerSettings {
+                lr: self.lr,
+                schedule: self.lr_schedule,
+                warmup_steps: self.warmup_steps,
+                weight_decay: self.weight_decay,
+                beta1: self.adam_beta1,
+                beta2: self.adam_beta2,
+                eps: self.adam_eps,
+                max_norm: self.max_norm,
+            },
+            loss: ObjectiveSettings {
+                clip_eps_low: self.clip_eps,
+                clip_eps_high: self.clip_eps_high.unwrap_or(self.clip_eps),
+                kl_weight: self.kl_weight,
+                recompute_old_logprobs: self.recompute_old_logprobs,
+            },
+            seed: self.seed,
+            checkpoints: CheckpointSettings {
+                run_name: self.run_name,
+                runs_dir: self.runs_dir,
+                checkpoint_path: self.checkpoint_path,
+                interval: self.checkpoint_interval,
+                save_merged: self.save_merged,
+                resume: self.resume,
+            },
+            logging: LogSettings {
+                wandb: self.logging.wandb_flags(),
+                log_dir: self.logging.log_dir,
+                completions_interval: self.log_completions_interval,
+            },
+        })
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let positive = [
+            ("--group-size", self.group_size),
+            ("--rollouts-per-step", self.rollouts_per_step),
+            ("--train-batch-size", self.train_batch_size),
+            ("--gradient-accumulation-steps", self.gradient_accumulation_steps),
+            ("--epochs-per-step", self.epochs_per_step),
+            ("--max-new-tokens", self.max_new_tokens),
+            ("--max-turns", self.max_turns),
+        ];
+        for (flag, value) in positive {
+            if value == 0 {
+                return Err(user_error!("{flag} must be at least 1"));
+            }
+        }
+        if self.max_length <= self.max_new_tokens {
+            return Err(user_error!(
+                "--max-length {} must exceed --max-new-tokens {} (it bounds the whole episode, prompt included)",
+                self.max_length,
+                self.max_new_tokens
+            ));
+        }
+        if self.lr <= 0.0 || !self.lr.is_finite() {
+            return Err(user_error!("--lr {} must be a positive number", self.lr));
+        }
+        if self.kl_weight < 0.0 {
+            return Err(user_error!("--kl-weight {} must be >= 0", self.kl_weight));
+        }
+        if self.lora_rank < 0 {
+            return Err(user_error!("--lora-rank {} must be >= 0 (0 trains all weights)", self.lora_rank));
+        }
+        Ok(())
+    }
+}
+
+fn set_option(config: &mut serde_json::Value, key: &str, value: serde_json::Value) {
+    if !config.is_object() {
+        *config = serde_json::json!({});
+    }
+    config[key] = value;
 }

@@ -6,7 +6,7 @@ use tch::{Kind, Tensor};
 use crate::user_error;
 
 /// How the next token is chosen.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SamplingParams {
     /// Softmax temperature; 0 means greedy (argmax).
     pub temperature: f64,

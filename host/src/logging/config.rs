@@ -53,7 +53,7 @@ impl LoggingConfig {
 }
 
 /// The W&B command-line flags; `None` means "not given", so the environment decides.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct WandbFlags {
     /// `--no-wandb`: no W&B files, threads or connections.
     pub disabled: bool,

@@ -8,7 +8,7 @@
 use tch::{nn, Tensor};
 
 /// LoRA hyper-parameters.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LoraConfig {
     /// Rank r of the update.
     pub rank: i64,

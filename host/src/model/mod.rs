@@ -10,6 +10,7 @@
 //!   weights serve as the reference policy.
 
 pub mod config;
+pub mod device;
 pub mod layers;
 pub mod lora;
 pub mod resolve;
@@ -23,6 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tch::{nn, Device, Kind, Tensor};
 
 pub use config::{Architecture, ModelConfig, RopeScaling};
+pub use device::{DeviceSpec, DtypeSpec};
 pub use layers::LayerCache;
 pub use lora::LoraConfig;
 pub use resolve::resolve_model_dir;
@@ -39,44 +41,6 @@ pub struct Ctx {
     pub adapters: bool,
     /// Training mode: LoRA dropout is active.
     pub train: bool,
-}
-
-/// Parse `--device`: `auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`.
-pub fn parse_device(s: &str) -> anyhow::Result<Device> {
-    match s {
-        "auto" => Ok(Device::cuda_if_available()),
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => {
-            if !tch::Cuda::is_available() {
-                return Err(user_error!("--device cuda: CUDA is not available on this machine; use --device cpu"));
-            }
-            Ok(Device::Cuda(0))
-        }
-        other => {
-            let n = other
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse::<usize>().ok())
-                .ok_or_else(|| user_error!("--device {other:?}: expected auto, cpu, cuda or cuda:N"))?;
-            if n >= tch::Cuda::device_count().max(0) as usize {
-                return Err(user_error!(
-                    "--device {other}: only {} CUDA device(s) are available",
-                    tch::Cuda::device_count()
-                ));
-            }
-            Ok(Device::Cuda(n))
-        }
-    }
-}
-
-/// Parse `--dtype`: `auto` (bf16 on CUDA, f32 on CPU), `f32`, `bf16` or `f16`.
-pub fn parse_dtype(s: &str, device: Device) -> anyhow::Result<Kind> {
-    match s {
-        "auto" => Ok(if device.is_cuda() { Kind::BFloat16 } else { Kind::Float }),
-        "f32" | "float32" => Ok(Kind::Float),
-        "bf16" | "bfloat16" => Ok(Kind::BFloat16),
-        "f16" | "float16" => Ok(Kind::Half),
-        other => Err(user_error!("--dtype {other:?}: expected auto, f32, bf16 or f16")),
-    }
 }
 
 /// The key/value caches of every layer for a batch of sequences, preallocated to a fixed capacity.

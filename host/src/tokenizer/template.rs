@@ -119,22 +119,11 @@ pub(crate) fn strftime(secs: i64, fmt: &str) -> String {
         "December",
     ];
     const DAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
-    let days = secs.div_euclid(86400);
-    let rem = secs.rem_euclid(86400);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    let weekday = (days + 3).rem_euclid(7) as usize; // 1970-01-01 was a Thursday
-    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let t = crate::calendar::UtcDateTime::from_unix(secs);
+    let (y, m, d) = (t.year, t.month, t.day);
+    let weekday = t.weekday_from_monday();
     let cum = [0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334];
-    let yday = cum[(m - 1) as usize] + d + if leap && m > 2 { 1 } else { 0 };
+    let yday = cum[(m - 1) as usize] + d + if t.is_leap_year() && m > 2 { 1 } else { 0 };
     let mut out = String::new();
     let mut chars = fmt.chars();
     while let Some(c) = chars.next() {
@@ -152,9 +141,9 @@ pub(crate) fn strftime(secs: i64, fmt: &str) -> String {
             Some('b') => out.push_str(&MONTHS[(m - 1) as usize][..3]),
             Some('A') => out.push_str(DAYS[weekday]),
             Some('a') => out.push_str(&DAYS[weekday][..3]),
-            Some('H') => out.push_str(&format!("{:02}", rem / 3600)),
-            Some('M') => out.push_str(&format!("{:02}", rem % 3600 / 60)),
-            Some('S') => out.push_str(&format!("{:02}", rem % 60)),
+            Some('H') => out.push_str(&format!("{:02}", t.hour)),
+            Some('M') => out.push_str(&format!("{:02}", t.minute)),
+            Some('S') => out.push_str(&format!("{:02}", t.second)),
             Some('j') => out.push_str(&format!("{yday:03}")),
             Some('%') => out.push('%'),
             Some(other) => {

@@ -5,9 +5,25 @@
 //! of token `j + 1`; it is an action when token `j + 1` was sampled by the model, which includes the final
 //! end-of-sequence id (the model must learn to stop).
 
+use anyhow::Result;
 use tch::{Device, Kind, Tensor};
 
+use super::config::ObjectiveSettings;
+use super::policy::Policy;
+use super::scored::Scored;
 use crate::rollout::Rollout;
+
+/// Stage: scored rollouts -> experience. Pads the batch into tensors on the policy's device, recomputes the old
+/// log-probs when the sampler's cannot be reused, and adds the reference's (when `kl_weight` is not 0). `chunk`
+/// rows go through each forward.
+pub fn prepare(scored: &Scored, policy: &Policy, loss: &ObjectiveSettings, chunk: usize) -> Result<Experience> {
+    let mut exp = Experience::build(&scored.rollouts, &scored.advantages, policy.device());
+    if policy.recompute_old(loss.recompute_old_logprobs) {
+        exp.old_log_probs = policy.log_probs(&exp, chunk)?;
+    }
+    exp.ref_log_probs = policy.reference_log_probs(&exp, chunk, loss.kl_weight)?;
+    Ok(exp)
+}
 
 /// The padded tensors of one batch, on the training device.
 pub struct Experience {
@@ -96,13 +112,15 @@ pub struct MicroBatch {
 }
 
 /// Per-sequence masked mean of the k3 KL estimator between `log_probs` and `ref_log_probs` over action positions:
-/// `exp(ref - lp) - (ref - lp) - 1`. Returns `[N]`; a sequence without actions gets 0.
+/// `exp(ref - lp) - (ref - lp) - 1`. Returns `[N]`; a sequence without actions gets 0. Positions outside the mask
+/// are replaced by 0 before `exp` (not multiplied by the mask, since `inf * 0` is NaN), as `grpo_sdk::ops` does.
 pub fn sequence_kl(log_probs: &Tensor, ref_log_probs: &Tensor, action_mask: &Tensor) -> Tensor {
-    let mask = action_mask.to_kind(Kind::Float);
-    let diff = (ref_log_probs - log_probs) * &mask;
+    let on = action_mask.to_kind(Kind::Bool);
+    let diff = (ref_log_probs.to_kind(Kind::Float) - log_probs.to_kind(Kind::Float))
+        .where_self(&on, &Tensor::zeros([], (Kind::Float, log_probs.device())));
     let k3 = diff.exp() - &diff - 1.0;
-    let count = mask.sum_dim_intlist(-1, false, Kind::Float);
-    (k3 * &mask).sum_dim_intlist(-1, false, Kind::Float) / count.clamp_min(1.0)
+    let count = on.sum_dim_intlist(-1, false, Kind::Float);
+    k3.sum_dim_intlist(-1, false, Kind::Float) / count.clamp_min(1.0)
 }
 
 #[cfg(test)]
@@ -156,5 +174,13 @@ mod tests {
         let d: f64 = -0.5;
         let expected = (d.exp() - d - 1.0) / 2.0; // the second action token has zero difference
         assert!((kl - expected).abs() < 1e-6, "{kl} vs {expected}");
+    }
+
+    #[test]
+    fn kl_ignores_infinite_log_probs_outside_the_mask() {
+        let lp = Tensor::from_slice(&[-1.0f32, f32::NEG_INFINITY]).view([1, 2]);
+        let rf = Tensor::from_slice(&[-1.0f32, 0.0]).view([1, 2]);
+        let mask = Tensor::from_slice(&[true, false]).view([1, 2]);
+        assert_eq!(sequence_kl(&lp, &rf, &mask).double_value(&[0]), 0.0);
     }
 }

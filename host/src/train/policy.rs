@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use tch::{Device, Kind, Tensor};
 
+use super::config::{ModelSettings, RecomputeOld};
 use super::experience::Experience;
 use crate::checkpoint::AdapterInfo;
-use crate::cli::train::TrainArgs;
-use crate::model::{self, LoraConfig, Model};
+use crate::model::{self, Model};
 use crate::tokenizer::Tokenizer;
 use crate::user_error;
 
@@ -31,26 +31,21 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Load the model named by `--model`, attach LoRA when asked, and set up the reference.
-    pub fn load(args: &TrainArgs) -> Result<Policy> {
-        let model_dir = model::resolve_model_dir(args.model.as_deref(), true)?;
-        let device = model::parse_device(&args.device)?;
-        let kind = model::parse_dtype(&args.dtype, device)?;
+    /// Load the model, attach LoRA adapters when asked (initialised from `seed`, so a run is reproducible from
+    /// its seed alone), and set up the reference (none when `kl_weight` is 0).
+    pub fn load(settings: &ModelSettings, kl_weight: f64, seed: u64) -> Result<Policy> {
+        let model_dir = model::resolve_model_dir(settings.model.as_deref(), settings.allow_download)?;
+        let device = settings.device.resolve()?;
+        let kind = settings.dtype.resolve(device);
         let mut model = Model::load(&model_dir, device, kind)?;
         let tokenizer = Tokenizer::from_dir(&model_dir)?;
-        let lora = args.lora_rank > 0;
-        if lora {
-            model.attach_lora(LoraConfig {
-                rank: args.lora_rank,
-                alpha: args.lora_alpha,
-                dropout: args.lora_dropout,
-            })?;
-        } else if args.lora_rank < 0 {
-            return Err(user_error!("--lora-rank {} must be >= 0 (0 trains all weights)", args.lora_rank));
+        if let Some(lora) = settings.lora {
+            tch::manual_seed(seed as i64);
+            model.attach_lora(lora)?;
         }
-        let reference = if args.kl_weight == 0.0 {
+        let reference = if kl_weight == 0.0 {
             Reference::None
-        } else if lora {
+        } else if settings.lora.is_some() {
             Reference::AdaptersOff
         } else {
             let mut copy = Model::load(&model_dir, device, kind)?;
@@ -98,11 +93,11 @@ impl Policy {
 
     /// Whether old log-probs need a forward pass: the sampler's are the same computation only in f32 (in bf16 the
     /// incremental decode and a full forward round differently enough to bias the ratio).
-    pub fn recompute_old(&self, args: &TrainArgs) -> bool {
-        match args.recompute_old_logprobs.as_str() {
-            "always" => true,
-            "never" => false,
-            _ => self.model.kind() != Kind::Float,
+    pub fn recompute_old(&self, choice: RecomputeOld) -> bool {
+        match choice {
+            RecomputeOld::Always => true,
+            RecomputeOld::Never => false,
+            RecomputeOld::Auto => self.model.kind() != Kind::Float,
         }
     }
 

@@ -3,9 +3,8 @@
 //! same seed, which is what lets a resumed run continue with exactly the data an uninterrupted one would see.
 
 use anyhow::{bail, Result};
+use grpo_sdk::rng::{mix, SplitMix64};
 use grpo_sdk::{Split, Task};
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
 
 use crate::plugins::EnvironmentPlugin;
 
@@ -43,8 +42,9 @@ impl TaskSource {
         let epoch = i / count;
         if self.permutation.as_ref().map(|(e, _)| *e) != Some(epoch) {
             let mut order: Vec<u64> = (0..count).collect();
-            let mut rng = rand::rngs::StdRng::seed_from_u64(self.seed ^ epoch.wrapping_mul(0xA24B_AED4_963E_E407));
-            order.shuffle(&mut rng);
+            // The SDK's generator, not a library RNG: a resumed run must re-derive this order exactly, whatever
+            // version of a dependency it is built with.
+            SplitMix64::new(mix(self.seed, epoch)).shuffle(&mut order);
             self.permutation = Some((epoch, order));
         }
         let index = self.permutation.as_ref().expect("set above").1[(i % count) as usize];

@@ -1,0 +1,143 @@
+//! Flags that several commands share, declared once so they read the same everywhere: the model and where it runs,
+//! the sampling settings, and plugin options given as `JSON|@FILE`.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::generate::SamplingParams;
+use crate::model::{DeviceSpec, DtypeSpec};
+use crate::user_error;
+
+/// The model, its device and dtype, and libtorch's threads.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Model directory or Hugging Face hub id; default: the SmolLM2-135M-Instruct set up by `cargo xtask setup`.
+    #[arg(long = "model", visible_alias = "model-name")]
+    pub model: Option<String>,
+    /// auto (CUDA when available), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceSpec,
+    /// auto (bf16 on CUDA, f32 on CPU), f32, bf16 or f16.
+    #[arg(long, default_value = "auto")]
+    pub dtype: DtypeSpec,
+    /// libtorch intra-op threads (default: libtorch's choice, one per core).
+    #[arg(long)]
+    pub threads: Option<i32>,
+    /// Never download a hub id that is missing from the local Hugging Face cache.
+    #[arg(long)]
+    pub offline: bool,
+}
+
+impl ModelArgs {
+    /// `--threads` checked: at least 1 when given.
+    pub fn checked_threads(&self) -> anyhow::Result<Option<i32>> {
+        match self.threads {
+            Some(t) if t < 1 => Err(user_error!("--threads {t}: must be at least 1")),
+            t => Ok(t),
+        }
+    }
+
+    /// Apply `--threads` to libtorch.
+    pub fn apply_threads(&self) -> anyhow::Result<()> {
+        crate::runtime::set_threads(self.checked_threads()?);
+        Ok(())
+    }
+
+    /// The model directory (resolving a hub id, downloading it unless `--offline`).
+    pub fn model_dir(&self) -> anyhow::Result<PathBuf> {
+        crate::model::resolve_model_dir(self.model.as_deref(), !self.offline)
+    }
+}
+
+/// Temperature and the sampling filters. Each command has its own defaults (training samples at 0.7 with top-k 50,
+/// `generate` is greedy), so unset flags stay `None` until [`SamplingArgs::resolve`].
+#[derive(Debug, Clone, Args)]
+pub struct SamplingArgs {
+    /// Sampling temperature; 0 is greedy decoding [default: 0.7 for training, 0 for generate, 0.2 for gen-qa].
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// Nucleus sampling mass; 1 disables [default: 1, 0.9 for gen-qa].
+    #[arg(long)]
+    pub top_p: Option<f64>,
+    /// Keep the k most likely tokens; 0 disables [default: 50 for training (transformers' default when re-grpo
+    /// sampled), else 0].
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Drop tokens less likely than min-p times the most likely one; 0 disables [default: 0].
+    #[arg(long)]
+    pub min_p: Option<f64>,
+    /// Keep generating past end-of-sequence to --max-new-tokens, so every sample costs the same (benchmarks).
+    #[arg(long)]
+    pub ignore_eos: bool,
+}
+
+impl SamplingArgs {
+    /// The settings, with the command's `defaults` where a flag was not given; rejects values out of range.
+    pub fn resolve(&self, defaults: SamplingParams) -> anyhow::Result<SamplingParams> {
+        let p = SamplingParams {
+            temperature: self.temperature.unwrap_or(defaults.temperature),
+            top_k: self.top_k.unwrap_or(defaults.top_k),
+            top_p: self.top_p.unwrap_or(defaults.top_p),
+            min_p: self.min_p.unwrap_or(defaults.min_p),
+        };
+        if !(p.temperature >= 0.0 && p.temperature.is_finite()) {
+            return Err(user_error!("--temperature {}: must be a number >= 0 (0 is greedy)", p.temperature));
+        }
+        if !(p.top_p > 0.0 && p.top_p <= 1.0) {
+            return Err(user_error!("--top-p {}: must be in (0, 1]", p.top_p));
+        }
+        if !(0.0..=1.0).contains(&p.min_p) {
+            return Err(user_error!("--min-p {}: must be in [0, 1]", p.min_p));
+        }
+        Ok(p)
+    }
+}
+
+/// A plugin's options from `--algo-config`/`--env-config`: inline JSON, or `@FILE` holding JSON; `Null` when
+/// absent. `flag` names the option in errors.
+pub fn json_option(spec: Option<&str>, flag: &str) -> anyhow::Result<serde_json::Value> {
+    let Some(spec) = spec else { return Ok(serde_json::Value::Null) };
+    let (text, origin) = match spec.strip_prefix('@') {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| user_error!("{flag} @{path}: cannot read the file ({e}); pass JSON or @FILE"))?;
+            (text, format!("{flag} @{path}"))
+        }
+        None => (spec.to_string(), flag.to_string()),
+    };
+    serde_json::from_str(&text).map_err(|e| {
+        let hint = if spec.starts_with('@') || spec.trim_start().starts_with(['{', '[']) {
+            String::new()
+        } else {
+            format!("; to read the file {spec}, write {flag} @{spec}")
+        };
+        user_error!("{origin}: not valid JSON ({e}); example: {flag} '{{\"key\": 1}}' or {flag} @FILE{hint}")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_option_reads_inline_and_files() {
+        assert_eq!(json_option(None, "--x").unwrap(), serde_json::Value::Null);
+        assert_eq!(json_option(Some("{\"a\": 1}"), "--x").unwrap()["a"], 1);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.json");
+        std::fs::write(&path, "{\"b\": 2}").unwrap();
+        assert_eq!(json_option(Some(&format!("@{}", path.display())), "--x").unwrap()["b"], 2);
+        let err = json_option(Some(&path.display().to_string()), "--env-config").unwrap_err().to_string();
+        assert!(err.contains("--env-config @"), "{err}");
+    }
+
+    #[test]
+    fn sampling_defaults_per_command() {
+        let args = SamplingArgs { temperature: None, top_p: Some(0.5), top_k: None, min_p: None, ignore_eos: false };
+        let p = args.resolve(SamplingParams { temperature: 0.7, top_k: 50, top_p: 1.0, min_p: 0.0 }).unwrap();
+        assert_eq!((p.temperature, p.top_k, p.top_p), (0.7, 50, 0.5));
+        let bad = SamplingArgs { temperature: Some(-1.0), ..args };
+        assert!(bad.resolve(SamplingParams::default()).is_err());
+    }
+}

@@ -1,0 +1,214 @@
+//! What a training run is configured by: one typed value, built once by whoever starts the run (the command line,
+//! a test, a benchmark) and read by every stage. It is also the run's resolved `config.json`.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::generate::SamplingParams;
+use crate::logging::WandbFlags;
+use crate::model::{DeviceSpec, DtypeSpec, LoraConfig};
+use crate::plugins::DiscoveryOptions;
+
+/// A whole training run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunConfig {
+    /// The algorithm and environment plugins and their options.
+    pub plugins: PluginSelection,
+    /// The policy model.
+    pub model: ModelSettings,
+    /// How rollouts sample.
+    pub sampling: SamplingSettings,
+    /// Batch sizes, lengths and the number of batches.
+    pub batch: BatchSettings,
+    /// AdamW and the learning-rate schedule.
+    pub optimizer: OptimizerSettings,
+    /// The clipped objective and the KL penalty.
+    pub loss: ObjectiveSettings,
+    /// Seed for task order, sampling, shuffles and LoRA initialisation.
+    pub seed: u64,
+    /// Where the run's files go and how it is checkpointed and resumed.
+    pub checkpoints: CheckpointSettings,
+    /// W&B, TensorBoard and completion tables.
+    pub logging: LogSettings,
+}
+
+/// Which plugins, with which options.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PluginSelection {
+    /// Algorithm plugin name.
+    pub algo: String,
+    /// Environment plugin name.
+    pub env: String,
+    /// The algorithm's options (JSON; `null` for its defaults).
+    pub algo_config: serde_json::Value,
+    /// The environment's options (JSON; `null` for its defaults).
+    pub env_config: serde_json::Value,
+    /// Extra directories searched for plugin libraries, first.
+    pub plugin_dirs: Vec<PathBuf>,
+}
+
+impl PluginSelection {
+    /// The plugin search with [`PluginSelection::plugin_dirs`] first.
+    pub fn discovery(&self) -> DiscoveryOptions {
+        DiscoveryOptions::new(self.plugin_dirs.clone())
+    }
+}
+
+/// The policy model and where it runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelSettings {
+    /// Model directory or hub id; `None` for the default model.
+    pub model: Option<String>,
+    /// Whether a hub id may be downloaded.
+    pub allow_download: bool,
+    /// Requested device.
+    pub device: DeviceSpec,
+    /// Requested parameter dtype.
+    pub dtype: DtypeSpec,
+    /// libtorch intra-op threads (`None`: libtorch's choice).
+    pub threads: Option<i32>,
+    /// LoRA adapters, or `None` to train all weights.
+    pub lora: Option<LoraConfig>,
+}
+
+/// How rollouts sample.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct SamplingSettings {
+    /// Temperature and filters.
+    pub params: SamplingParams,
+    /// Generate every turn to `max_new_tokens`, past end-of-sequence (benchmarks).
+    pub ignore_eos: bool,
+}
+
+/// Sizes of a batch and of its pieces.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct BatchSettings {
+    /// Batches to train on.
+    pub max_steps: u64,
+    /// Tasks per batch.
+    pub rollouts_per_step: usize,
+    /// Episodes per task.
+    pub group_size: usize,
+    /// Sequences per forward/backward micro-batch.
+    pub train_batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub gradient_accumulation_steps: usize,
+    /// Passes over each batch's experience.
+    pub epochs_per_step: usize,
+    /// Most tokens per assistant turn; DR-GRPO's constant normalizer.
+    pub max_new_tokens: usize,
+    /// Most tokens in one episode.
+    pub max_length: usize,
+    /// Most assistant turns per episode.
+    pub max_turns: usize,
+}
+
+impl BatchSettings {
+    /// Episodes in one batch.
+    pub fn sequences(&self) -> usize {
+        self.rollouts_per_step * self.group_size
+    }
+
+    /// Optimizer steps one batch makes: micro-batches per epoch, grouped by the accumulation window.
+    pub fn updates_per_batch(&self) -> u64 {
+        let micro = self.sequences().div_ceil(self.train_batch_size.max(1));
+        (micro.div_ceil(self.gradient_accumulation_steps.max(1)) * self.epochs_per_step) as u64
+    }
+}
+
+crate::choice_enum! {
+    /// The learning rate after warmup.
+    pub enum LrSchedule {
+        /// The base rate throughout.
+        Constant = "constant",
+        /// Cosine decay to 0 at the end of the run.
+        Cosine = "cosine",
+    }
+}
+
+/// AdamW and its schedule.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct OptimizerSettings {
+    /// Base learning rate.
+    pub lr: f64,
+    /// Shape after warmup.
+    pub schedule: LrSchedule,
+    /// Steps of linear warmup.
+    pub warmup_steps: u64,
+    /// Decoupled weight decay.
+    pub weight_decay: f64,
+    /// First-moment decay.
+    pub beta1: f64,
+    /// Second-moment decay.
+    pub beta2: f64,
+    /// Added to the root of the second moment.
+    pub eps: f64,
+    /// Global gradient-norm clip (0 disables).
+    pub max_norm: f64,
+}
+
+crate::choice_enum! {
+    /// Whether the old log-probs are recomputed with a forward pass or taken from the sampler.
+    pub enum RecomputeOld {
+        /// Reuse the sampler's in f32, recompute in lower precision.
+        Auto = "auto",
+        /// Always recompute.
+        Always = "always",
+        /// Never recompute.
+        Never = "never",
+    }
+}
+
+/// The clipped objective, the KL penalty and the old log-probs it compares against.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct ObjectiveSettings {
+    /// Lower PPO clip range.
+    pub clip_eps_low: f64,
+    /// Upper PPO clip range.
+    pub clip_eps_high: f64,
+    /// Weight of the k3 KL penalty; 0 loads no reference model.
+    pub kl_weight: f64,
+    /// Old log-probs' source.
+    pub recompute_old_logprobs: RecomputeOld,
+}
+
+impl ObjectiveSettings {
+    /// What the algorithm plugin receives with every micro-batch; `max_new_tokens` is DR-GRPO's normalizer.
+    pub fn for_algorithm(&self, max_new_tokens: usize) -> grpo_sdk::LossSettings {
+        grpo_sdk::LossSettings {
+            clip_eps_low: self.clip_eps_low,
+            clip_eps_high: self.clip_eps_high,
+            kl_weight: self.kl_weight,
+            generate_max_length: max_new_tokens as i64,
+        }
+    }
+}
+
+/// The run directory, checkpoints and resuming.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointSettings {
+    /// Run name; `None` for `<algo>-<env>-<time>`.
+    pub run_name: Option<String>,
+    /// Parent of run directories.
+    pub runs_dir: PathBuf,
+    /// Checkpoint directory; `None` for `<run>/checkpoints`.
+    pub checkpoint_path: Option<PathBuf>,
+    /// Save every this many batches (and at the end).
+    pub interval: u64,
+    /// With LoRA, also save the merged full weights.
+    pub save_merged: bool,
+    /// A checkpoint, run directory or `auto` to resume from.
+    pub resume: Option<String>,
+}
+
+/// The loggers' settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogSettings {
+    /// W&B flags (`None` fields: the environment decides).
+    pub wandb: WandbFlags,
+    /// TensorBoard directory when W&B is disabled.
+    pub log_dir: Option<PathBuf>,
+    /// Log a completions table every this many batches (0 never).
+    pub completions_interval: u64,
+}

@@ -1,0 +1,187 @@
+//! The training metric schema: every name the trainer logs, computed from the stages' values. docs/metrics.md
+//! describes each; the names are re-grpo's, so its W&B dashboards carry over.
+//!
+//! Rows by step: a batch's rollout metrics at the step it starts from ([`rollout`], [`progress`], [`timing`]),
+//! each optimizer step's at its own step ([`step`]), the batch's update summary at its last step ([`epoch`]), and
+//! the run's end at the last step ([`final_summary`]).
+
+use std::collections::BTreeMap;
+
+use super::experience::{sequence_kl, Experience};
+use super::scored::Scored;
+use super::stats::summarize;
+use super::update::{StepRecord, Updates};
+use crate::checkpoint::TrainerState;
+use crate::logging::{metrics, CompletionRow, Metrics};
+use crate::rollout::{EndReason, Rollout};
+
+/// Returns, advantages, rollout KL, reward components, completion lengths and episode shapes of a batch.
+/// `best_mean_return` is the best batch mean so far, this batch included.
+pub fn rollout(scored: &Scored, exp: &Experience, best_mean_return: f64) -> Metrics {
+    let mut m = Metrics::new();
+    let r = summarize(&scored.returns);
+    for (k, v) in [("sum", r.sum), ("mean", r.mean), ("std", r.std), ("max", r.max), ("min", r.min)] {
+        m.insert(format!("rollouts/returns_{k}"), v.into());
+    }
+    m.insert("rollouts/returns_best_mean".into(), best_mean_return.into());
+    // re-grpo's multi-turn logger names for the same quantities, so its dashboards carry over.
+    m.insert("batch_returns/mean".into(), r.mean.into());
+    m.insert("batch_returns/max".into(), r.max.into());
+    m.insert("batch_returns/best_mean".into(), best_mean_return.into());
+    let group_means: Vec<f64> =
+        scored.returns.chunks(scored.group_size.max(1)).map(|g| g.iter().sum::<f64>() / g.len() as f64).collect();
+    m.insert("group_avg/reward".into(), summarize(&group_means).mean.into());
+
+    let a = summarize(&scored.advantage_values.iter().map(|&x| x as f64).collect::<Vec<_>>());
+    m.insert("rollouts/advantages_mean".into(), a.mean.into());
+    m.insert("rollouts/advantages_std".into(), a.std.into());
+    if let Some(reference) = &exp.ref_log_probs {
+        // The sampling policy's distance from the reference, before this batch's updates.
+        let kl = sequence_kl(&exp.old_log_probs, reference, &exp.action_mask);
+        let k = summarize(&Vec::<f64>::try_from(&kl.to_kind(tch::Kind::Double)).unwrap_or_default());
+        m.insert("rollouts/kl_mean".into(), k.mean.into());
+        m.insert("rollouts/kl_std".into(), k.std.into());
+        m.insert("rollouts/kl_max".into(), k.max.into());
+    }
+    m.extend(reward_components(&scored.rollouts));
+    m.extend(episode_shapes(scored));
+    m
+}
+
+/// `rollout_rewards/<name>`: each reward component averaged over the rollouts that reported it (an episode that
+/// ended early reports fewer).
+fn reward_components(rollouts: &[Rollout]) -> Metrics {
+    let mut components: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for r in rollouts {
+        for (name, value) in &r.rewards {
+            components.entry(name).or_default().push(*value);
+        }
+    }
+    components.into_iter().map(|(name, v)| (format!("rollout_rewards/{name}"), summarize(&v).mean.into())).collect()
+}
+
+/// Completion lengths, cut turns, turns, tool messages and truncated episodes.
+fn episode_shapes(scored: &Scored) -> Metrics {
+    let rollouts = &scored.rollouts;
+    let l = summarize(&scored.completion_lengths());
+    let turns: usize = rollouts.iter().map(|r| r.turns).sum();
+    let cut: usize = rollouts.iter().map(|r| r.cut_turns).sum();
+    let tools: usize = rollouts.iter().map(|r| r.tool_messages).sum();
+    let truncated = rollouts.iter().filter(|r| r.end == EndReason::ContextLimit).count();
+    let n = rollouts.len().max(1) as f64;
+    metrics! {
+        "completions/mean_length" => l.mean,
+        "completions/max_length" => l.max,
+        "completions/clipped_ratio" => cut as f64 / turns.max(1) as f64,
+        "episodes/turns_mean" => turns as f64 / n,
+        "episodes/tool_messages_mean" => tools as f64 / n,
+        "episodes/truncated_share" => truncated as f64 / n,
+    }
+}
+
+/// Counters after a batch's rollouts.
+pub fn progress(state: &TrainerState) -> Metrics {
+    metrics! {
+        "rollouts/total_rollouts" => state.total_rollouts,
+        "rollouts/batch_step" => state.batch,
+    }
+}
+
+/// Wall-clock time of a batch's stages, in seconds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Timings {
+    /// Generating the rollouts (environment steps included).
+    pub rollout: f64,
+    /// Old and reference log-probs.
+    pub logprob: f64,
+    /// The updates.
+    pub train: f64,
+}
+
+/// `timing/*` of the rollout phase, with the generation throughput.
+pub fn timing(t: &Timings, scored: &Scored) -> Metrics {
+    let generated: f64 = scored.completion_lengths().iter().sum();
+    metrics! {
+        "timing/rollout_s" => t.rollout,
+        "timing/logprob_s" => t.logprob,
+        "timing/generated_tokens_per_s" => generated / t.rollout.max(1e-9),
+    }
+}
+
+/// One optimizer step: the host's numbers and the algorithm's own (`training_step/kl` among them: the KL has one
+/// source, the algorithm's loss terms).
+pub fn step(record: &StepRecord, state: &TrainerState) -> Metrics {
+    let mut m = metrics! {
+        "training_step/loss" => record.loss,
+        "training_step/grad_norm" => record.grad_norm,
+        "training_step/learning_rate" => record.learning_rate,
+        "training/invalid_loss_count" => state.invalid_loss_count,
+    };
+    m.extend(record.algorithm.iter().map(|(k, &v)| (k.clone(), v.into())));
+    m.extend(record.algorithm_text.iter().map(|(k, v)| (k.clone(), v.as_str().into())));
+    m
+}
+
+/// The batch's updates summarised: loss, KL (the algorithm's `training_step/kl`) and gradient norm over its steps.
+pub fn epoch(updates: &Updates, state: &TrainerState, train_secs: f64) -> Metrics {
+    let of = |f: &dyn Fn(&StepRecord) -> Option<f64>| -> Vec<f64> { updates.steps.iter().filter_map(f).collect() };
+    let loss = summarize(&of(&|s| Some(s.loss)));
+    let kl = summarize(&of(&|s| s.algorithm.get("training_step/kl").copied()));
+    let grad_norms = of(&|s| Some(s.grad_norm));
+    let grad = summarize(&grad_norms);
+    metrics! {
+        "training_epoch/loss_mean" => loss.mean,
+        "training_epoch/loss_std" => loss.std,
+        "training_epoch/kl_mean" => kl.mean,
+        "training_epoch/kl_std" => kl.std,
+        "training_epoch/grad_norm_mean" => grad.mean,
+        "training_epoch/grad_norm_max" => if grad_norms.is_empty() { 0.0 } else { grad.max },
+        "training/invalid_loss_count" => state.invalid_loss_count,
+        "timing/train_s" => train_secs,
+    }
+}
+
+/// The run's end: totals, whether the final checkpoint was saved, and whether training completed.
+pub fn final_summary(state: &TrainerState, checkpoint_saved: bool, completed: bool) -> Metrics {
+    metrics! {
+        "final/total_steps" => state.global_step,
+        "final/total_batches" => state.batch,
+        "final/total_rollouts" => state.total_rollouts,
+        "final/best_mean_return" => state.best_mean_return.unwrap_or(f64::NAN),
+        "checkpoint/saved" => checkpoint_saved,
+        "checkpoint/step" => state.global_step,
+        "training/completed" => completed,
+    }
+}
+
+/// A checkpoint written during the run.
+pub fn checkpoint_saved(state: &TrainerState) -> Metrics {
+    metrics! {"checkpoint/saved" => 1, "checkpoint/step" => state.global_step}
+}
+
+/// The completions table's rows, and the markdown example of the first rollout.
+pub fn completions(step: u64, scored: &Scored) -> (Vec<CompletionRow>, Option<String>) {
+    let rows = scored
+        .rollouts
+        .iter()
+        .zip(&scored.advantage_values)
+        .map(|(r, &a)| {
+            let mut rewards = r.rewards.clone();
+            rewards.insert("total".into(), r.total_reward);
+            CompletionRow {
+                step,
+                prompt: r.prompt_text.clone(),
+                completion: r.transcript.clone(),
+                rewards,
+                advantage: a as f64,
+            }
+        })
+        .collect();
+    let example = scored.rollouts.first().map(|r| {
+        format!(
+            "**Question:** {}\n\n**Transcript:**\n```\n{}\n```\n\n**Reward:** {:.3} (oracle answer: {})",
+            r.task.question, r.transcript, r.total_reward, r.task.answer
+        )
+    });
+    (rows, example)
+}

@@ -1,0 +1,206 @@
+//! Stage: experience -> updates. `epochs_per_step` shuffled passes over a batch's experience in micro-batches of
+//! `train_batch_size` sequences; every `gradient_accumulation_steps` micro-batches make one optimizer step, whose
+//! loss is the algorithm plugin's.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Result;
+use grpo_sdk::rng::{mix, SplitMix64};
+use grpo_sdk::{MetricValue, PolicyBatch};
+
+use super::config::BatchSettings;
+use super::experience::Experience;
+use super::optimizer::{AdamW, Schedule};
+use super::policy::Policy;
+use crate::checkpoint::TrainerState;
+use crate::plugins::AlgorithmPlugin;
+
+/// What the updates of one batch work with.
+pub struct Updater<'a> {
+    /// The trained model.
+    pub policy: &'a Policy,
+    /// Its optimizer.
+    pub optimizer: &'a mut AdamW,
+    /// The loss.
+    pub algo: &'a AlgorithmPlugin,
+    /// The learning rate by step.
+    pub schedule: &'a Schedule,
+    /// Micro-batch sizes and passes.
+    pub batch: &'a BatchSettings,
+    /// What the algorithm receives with every micro-batch.
+    pub loss: grpo_sdk::LossSettings,
+    /// Global gradient-norm clip (0 disables).
+    pub max_norm: f64,
+    /// The run seed (the micro-batch shuffles derive from it and the batch number).
+    pub seed: u64,
+}
+
+/// One optimizer step as it happened.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepRecord {
+    /// Its optimizer-step number (0-based).
+    pub step: u64,
+    /// The loss averaged over its micro-batches.
+    pub loss: f64,
+    /// The gradient norm before clipping.
+    pub grad_norm: f64,
+    /// The learning rate applied.
+    pub learning_rate: f64,
+    /// The algorithm's numeric metrics, averaged over the micro-batches that reported them.
+    pub algorithm: BTreeMap<String, f64>,
+    /// The algorithm's text metrics (the last micro-batch's).
+    pub algorithm_text: BTreeMap<String, String>,
+}
+
+/// The updates of one batch.
+#[derive(Debug, Default)]
+pub struct Updates {
+    /// The optimizer steps taken, in order.
+    pub steps: Vec<StepRecord>,
+    /// The loop stopped early because a stop was requested.
+    pub stopped: bool,
+}
+
+impl Updater<'_> {
+    /// Run the passes over `exp`. `state` counts steps and skipped updates; `on_step` sees each step as it is taken
+    /// (for live logging); `stop` ends the loop after the current step.
+    pub fn run(
+        &mut self,
+        exp: &Experience,
+        state: &mut TrainerState,
+        stop: &AtomicBool,
+        on_step: &mut dyn FnMut(&StepRecord, &TrainerState),
+    ) -> Result<Updates> {
+        let mut out = Updates::default();
+        let accum = self.batch.gradient_accumulation_steps.max(1);
+        self.policy.model().set_training(true);
+        let result = (|| {
+            for pass in 0..self.batch.epochs_per_step {
+                let order = micro_batches(exp.len(), self.batch.train_batch_size, self.seed, state.batch, pass);
+                for window in order.chunks(accum) {
+                    let Some(record) = self.step(exp, window, state)? else { continue };
+                    on_step(&record, state);
+                    out.steps.push(record);
+                    if stop.load(Ordering::SeqCst) {
+                        out.stopped = true;
+                        return Ok(());
+                    }
+                }
+            }
+            Ok(())
+        })();
+        self.policy.model().set_training(false);
+        result.map(|()| out)
+    }
+
+    /// One optimizer step over the micro-batches `window`; `None` when every loss or the gradient was not finite
+    /// (counted in `state.invalid_loss_count`, no update).
+    fn step(
+        &mut self,
+        exp: &Experience,
+        window: &[Vec<usize>],
+        state: &mut TrainerState,
+    ) -> Result<Option<StepRecord>> {
+        let mut acc = Accumulated::default();
+        self.optimizer.zero_grad();
+        for rows in window {
+            let mb = exp.select(rows);
+            let batch = PolicyBatch {
+                log_probs: self.policy.model().token_log_probs(&mb.tokens, &mb.attention_mask),
+                old_log_probs: mb.old_log_probs,
+                ref_log_probs: mb.ref_log_probs,
+                advantages: mb.advantages,
+                action_mask: mb.action_mask,
+                settings: self.loss,
+            };
+            let out = self.algo.loss(&batch)?;
+            let value = out.loss.double_value(&[]);
+            if !value.is_finite() {
+                state.invalid_loss_count += 1;
+                continue;
+            }
+            // Each micro-batch's share, so the accumulated gradient is the window's mean.
+            (out.loss / window.len() as f64).backward();
+            acc.add(value, out.metrics);
+        }
+        if acc.count == 0 {
+            return Ok(None);
+        }
+        let grad_norm = self.optimizer.clip_grad_norm(self.max_norm);
+        if !grad_norm.is_finite() {
+            state.invalid_loss_count += 1;
+            self.optimizer.zero_grad();
+            return Ok(None);
+        }
+        let learning_rate = self.schedule.lr(state.global_step);
+        self.optimizer.step(learning_rate);
+        let record = acc.finish(state.global_step, grad_norm, learning_rate);
+        state.global_step += 1;
+        Ok(Some(record))
+    }
+}
+
+/// The micro-batches of pass `pass` over `n` sequences: a shuffle seeded by the run seed, the batch and the pass,
+/// cut into chunks of `size`.
+pub fn micro_batches(n: usize, size: usize, seed: u64, batch: u64, pass: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..n).collect();
+    SplitMix64::new(mix(mix(seed, batch), pass as u64 + 1)).shuffle(&mut order);
+    order.chunks(size.max(1)).map(<[usize]>::to_vec).collect()
+}
+
+/// The micro-batches of one optimizer step, summed for its record.
+#[derive(Default)]
+struct Accumulated {
+    count: usize,
+    loss: f64,
+    numbers: BTreeMap<String, (f64, usize)>,
+    texts: BTreeMap<String, String>,
+}
+
+impl Accumulated {
+    fn add(&mut self, loss: f64, metrics: Vec<grpo_sdk::Metric>) {
+        self.count += 1;
+        self.loss += loss;
+        for metric in metrics {
+            match metric.value {
+                MetricValue::Number(x) => {
+                    let e = self.numbers.entry(metric.name).or_insert((0.0, 0));
+                    e.0 += x;
+                    e.1 += 1;
+                }
+                MetricValue::Text(t) => {
+                    self.texts.insert(metric.name, t);
+                }
+            }
+        }
+    }
+
+    fn finish(self, step: u64, grad_norm: f64, learning_rate: f64) -> StepRecord {
+        StepRecord {
+            step,
+            loss: self.loss / self.count as f64,
+            grad_norm,
+            learning_rate,
+            algorithm: self.numbers.into_iter().map(|(k, (sum, n))| (k, sum / n as f64)).collect(),
+            algorithm_text: self.texts,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn micro_batches_cover_every_row_once_and_follow_the_seed() {
+        let a = micro_batches(10, 4, 42, 3, 0);
+        assert_eq!(a.iter().map(Vec::len).collect::<Vec<_>>(), vec![4, 4, 2]);
+        let mut all: Vec<usize> = a.concat();
+        all.sort();
+        assert_eq!(all, (0..10).collect::<Vec<_>>());
+        assert_eq!(a, micro_batches(10, 4, 42, 3, 0));
+        assert_ne!(a, micro_batches(10, 4, 42, 3, 1));
+        assert_ne!(a, micro_batches(10, 4, 43, 3, 0));
+    }
+}
