@@ -56,6 +56,7 @@ mod error;
 pub mod ffi;
 mod metrics;
 pub mod ops;
+pub mod rng;
 mod types;
 
 pub use algorithm::{Algorithm, LossOutput, LossSettings, PolicyBatch};

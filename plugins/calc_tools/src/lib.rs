@@ -9,8 +9,9 @@
 
 use std::path::PathBuf;
 
-use grpo_sdk::{Environment, Error, Message, Metric, MetricSource, Result, Reward, Split, StepOutcome, Task, ToolSpec};
-use grpo_toolcall::protocol::{self, Episode, RewardTable, ToolCall, ToolFormat, Turn};
+use grpo_sdk::{Environment, Error, Message, Metric, MetricSource, Result, Split, StepOutcome, Task, ToolSpec};
+use grpo_toolcall::env::{self, Wording};
+use grpo_toolcall::protocol::{self, Episode, RewardTable, ToolCall, ToolFormat};
 use grpo_toolcall::{calc, stats::FlagCounters};
 use serde::{Deserialize, Serialize};
 
@@ -90,8 +91,17 @@ First turn: think briefly, then call the calc tool once with the expression to e
 numbers, parentheses and the operators + - * / // % **.\n\
 Second turn: you will see the tool's result. Reply with the final answer only, as <answer>NUMBER</answer>.";
 
+const WORDING: Wording = Wording {
+    native_system: NATIVE_SYSTEM,
+    hermes_system: HERMES_SYSTEM,
+    result_labels: &[],
+    separator: ": ",
+    answer_now: "Now reply with the final answer only, as <answer>...</answer>.",
+    call_or_answer: "Call the tool again if you need to, or reply with the final answer only, as <answer>...</answer>.",
+};
+
 /// The calculator's name, as the model calls it.
-pub const TOOL_NAME: &str = "calc";
+pub const TOOL_NAME: &str = calc::TOOL_NAME;
 
 /// The environment. Cheap to share: tasks are generated on demand or held in memory.
 pub struct CalcTools {
@@ -118,7 +128,7 @@ impl CalcTools {
         if call.name != TOOL_NAME {
             return Err(format!("unknown tool '{}'; the only tool is '{TOOL_NAME}'", call.name));
         }
-        calc::evaluate(&call.input).map(|v| v.to_string()).map_err(|e| e.to_string())
+        calc::run_tool(&call.input)
     }
 
     fn is_correct(&self, given: &str, expected: &str) -> bool {
@@ -133,37 +143,8 @@ impl MetricSource for CalcTools {
     /// `group_rates/{tool_called,tool_exec_ok,answer_format_ok,answer_correct}` and
     /// `calc_tools/{tool_calls_per_episode,tool_failures_per_episode,episodes}` over the episodes since the last call.
     fn metrics(&self) -> Vec<Metric> {
-        self.counters.take_metrics("calc_tools").into_iter().map(|(name, value)| Metric::number(name, value)).collect()
+        self.counters.take_sdk_metrics("calc_tools")
     }
-}
-
-/// The reply after a tool turn: the result (or error) and what to do next, in the message roles of `format`.
-pub(crate) fn tool_messages(
-    format: ToolFormat,
-    tool: &str,
-    text: &str,
-    ok: bool,
-    last_turn_next: bool,
-) -> Vec<Message> {
-    let next = if last_turn_next {
-        "Now reply with the final answer only, as <answer>...</answer>."
-    } else {
-        "Call the tool again if you need to, or reply with the final answer only, as <answer>...</answer>."
-    };
-    match format {
-        ToolFormat::Native => {
-            let label = if ok { "Tool result" } else { "Tool error" };
-            vec![Message::user(format!("{label}: {text}\n\n{next}"))]
-        }
-        ToolFormat::Hermes => {
-            let content = if ok { text.to_string() } else { format!("error: {text}") };
-            vec![Message::tool(tool, content), Message::user(next)]
-        }
-    }
-}
-
-pub(crate) fn to_rewards(rewards: Vec<(&'static str, f64)>) -> Vec<Reward> {
-    rewards.into_iter().map(|(n, v)| Reward::new(n, v)).collect()
 }
 
 impl Environment for CalcTools {
@@ -247,13 +228,7 @@ impl Environment for CalcTools {
 
     fn reset(&self, task: &Task) -> Result<(CalcState, Vec<Message>)> {
         self.counters.episode_started();
-        let system = self.config.system_prompt.clone().unwrap_or_else(|| {
-            match self.config.tool_format {
-                ToolFormat::Native => NATIVE_SYSTEM,
-                ToolFormat::Hermes => HERMES_SYSTEM,
-            }
-            .to_string()
-        });
+        let system = WORDING.system_prompt(self.config.system_prompt.as_deref(), self.config.tool_format);
         let user = format!("Use the calculator to solve: {}", task.question);
         Ok((
             CalcState { episode: Episode::new(self.config.max_turns), answer: task.answer.clone() },
@@ -262,24 +237,17 @@ impl Environment for CalcTools {
     }
 
     fn step(&self, state: &mut CalcState, assistant_text: &str) -> Result<StepOutcome> {
-        let before = state.episode.flags.clone();
         let format = self.config.tool_format;
-        let answer = state.answer.clone();
-        let turn = state.episode.step(
-            assistant_text,
-            &self.config.rewards,
-            |t| protocol::find_call(t, format, "expression"),
-            |c| self.run_tool(c),
-            |a| self.is_correct(a, &answer),
-        );
-        self.counters.record(&before, &state.episode.flags);
-        Ok(match turn {
-            Turn::ToolResult { tool, text, ok, rewards } => {
-                let last_next = state.episode.turns + 1 >= state.episode.max_turns;
-                StepOutcome::continues(tool_messages(format, &tool, &text, ok, last_next), to_rewards(rewards))
-            }
-            Turn::Done { rewards } => StepOutcome::finished(to_rewards(rewards)),
-        })
+        let answer = &state.answer;
+        Ok(env::step(&mut state.episode, &self.counters, format, &WORDING, |episode| {
+            episode.step(
+                assistant_text,
+                &self.config.rewards,
+                |t| protocol::find_call(t, format, "expression"),
+                |c| self.run_tool(c),
+                |a| self.is_correct(a, answer),
+            )
+        }))
     }
 }
 

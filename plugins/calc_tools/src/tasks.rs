@@ -4,7 +4,8 @@
 use std::path::Path;
 
 use grpo_sdk::{Error, Result, Task};
-use grpo_toolcall::{calc, rng::SplitMix64};
+use grpo_toolcall::rng::{self, SplitMix64};
+use grpo_toolcall::{calc, env::json_text};
 
 /// Settings of the generator and of the file filter.
 #[derive(Debug, Clone)]
@@ -27,14 +28,14 @@ const TEMPLATES: [&str; 5] = ["{}", "What is {}?", "Calculate {}.", "Evaluate {}
 /// parentheses around two or more adjacent terms about half the time. Expressions whose value is 10^8 or more in
 /// magnitude are drawn again, so the answers stay readable.
 pub fn generate(shape: &Shape, seed: u64, stream: u64, index: u64) -> Task {
-    let mut rng = SplitMix64::for_task(seed, stream, index);
+    let mut rng = rng::for_task(seed, stream, index);
     loop {
-        let n = rng.range(u64::from(shape.min_terms), u64::from(shape.max_terms.max(shape.min_terms))) as usize;
-        let digits = rng.range(1, u64::from(shape.max_digits.max(1))) as u32;
+        let n = rng.between(u64::from(shape.min_terms), u64::from(shape.max_terms.max(shape.min_terms))) as usize;
+        let digits = rng.between(1, u64::from(shape.max_digits.max(1))) as u32;
         let terms: Vec<String> = (0..n)
             .map(|i| {
-                let v = rng.range(0, 10u64.pow(digits) - 1);
-                if i == 0 && rng.chance(0.15) && v != 0 {
+                let v = rng.between(0, 10u64.pow(digits) - 1);
+                if i == 0 && chance(&mut rng, 0.15) && v != 0 {
                     format!("-{v}")
                 } else {
                     v.to_string()
@@ -42,9 +43,9 @@ pub fn generate(shape: &Shape, seed: u64, stream: u64, index: u64) -> Task {
             })
             .collect();
         let ops: Vec<&str> = (1..n).map(|_| *rng.pick(&["+", "-", "*"])).collect();
-        let paren = if n >= 3 && rng.chance(0.5) {
-            let start = rng.range(0, n as u64 - 2) as usize;
-            let end = rng.range(start as u64 + 1, n as u64 - 1) as usize;
+        let paren = if n >= 3 && chance(&mut rng, 0.5) {
+            let start = rng.between(0, n as u64 - 2) as usize;
+            let end = rng.between(start as u64 + 1, n as u64 - 1) as usize;
             // Parentheses around the whole expression add nothing.
             (start > 0 || end < n - 1).then_some((start, end))
         } else {
@@ -78,6 +79,11 @@ pub fn generate(shape: &Shape, seed: u64, stream: u64, index: u64) -> Task {
     }
 }
 
+/// True with probability `p`; `<=` rather than `<`, as the generator has always drawn, so tasks stay the same.
+fn chance(rng: &mut SplitMix64, p: f64) -> bool {
+    rng.unit() <= p
+}
+
 /// Read tasks from a JSONL file in re-grpo's schema, keeping rows with `len(question) < max_question_len`,
 /// `num_terms <= max_terms` and `num_digits <= max_digits` (missing counts pass), up to `max_rows`. Blank lines are
 /// skipped; any other line that is not such an object is an error naming the file and line.
@@ -99,11 +105,8 @@ pub fn load_jsonl(path: &Path, shape: &Shape, max_rows: usize) -> Result<Vec<Tas
             .get("question")
             .and_then(|q| q.as_str())
             .ok_or_else(|| Error::msg(format!("{}: missing the \"question\" string", where_())))?;
-        let answer = match row.get("answer") {
-            Some(serde_json::Value::String(s)) => s.clone(),
-            Some(v @ serde_json::Value::Number(_)) => v.to_string(),
-            _ => return Err(Error::msg(format!("{}: missing the \"answer\" string", where_()))),
-        };
+        let answer = json_text(row.get("answer"))
+            .ok_or_else(|| Error::msg(format!("{}: missing the \"answer\" string", where_())))?;
         let count = |key: &str| row.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
         if question.chars().count() >= shape.max_question_len
             || count("num_terms") > u64::from(shape.max_terms)
@@ -111,11 +114,7 @@ pub fn load_jsonl(path: &Path, shape: &Shape, max_rows: usize) -> Result<Vec<Tas
         {
             continue;
         }
-        let id = match row.get("id") {
-            Some(serde_json::Value::String(s)) => s.clone(),
-            Some(v @ serde_json::Value::Number(_)) => v.to_string(),
-            _ => format!("line-{}", i + 1),
-        };
+        let id = json_text(row.get("id")).unwrap_or_else(|| format!("line-{}", i + 1));
         let mut task = Task::new(id, question, answer);
         task.meta = serde_json::json!({ "num_terms": count("num_terms"), "num_digits": count("num_digits") });
         tasks.push(task);

@@ -1,20 +1,15 @@
 //! The `drgrpo` plugin against golden values from tests/oracles/losses.py (an independent PyTorch computation).
 
-#[path = "../../grpo/tests/common/mod.rs"]
-mod common;
-
-use common::*;
 use grpo_drgrpo::DrGrpo;
 use grpo_sdk::{Algorithm, MetricSource, MetricValue};
+use grpo_testkit::*;
 
 #[test]
 fn advantages_and_their_moments_match_the_oracle() {
     let algo = DrGrpo::new(serde_json::Value::Null).unwrap();
     for case in fixtures("advantages", None) {
         let name = case["name"].as_str().unwrap();
-        let groups: Vec<usize> =
-            case["groups"].as_array().unwrap().iter().map(|g| g.as_u64().unwrap() as usize).collect();
-        let adv = algo.advantages(&tensor(&case["rewards"]), &groups).unwrap();
+        let adv = algo.advantages(&tensor(&case["rewards"]), &groups(&case)).unwrap();
         assert_close(name, &adv, &tensor(&case["expected_drgrpo"]));
         let metrics = algo.metrics();
         for (key, want) in case["expected_drgrpo_metrics"].as_object().unwrap() {
@@ -30,20 +25,7 @@ fn advantages_and_their_moments_match_the_oracle() {
 
 #[test]
 fn loss_divides_by_generate_max_length_and_matches_the_oracle() {
-    let algo = DrGrpo::new(serde_json::Value::Null).unwrap();
-    for case in fixtures("loss", Some("drgrpo")) {
-        let name = case["name"].as_str().unwrap();
-        let (leaf, batch) = batch(&case);
-        let out = algo.loss(&batch).unwrap();
-        assert_num(name, out.loss.double_value(&[]), case["expected_loss"].as_f64().unwrap());
-        out.loss.backward();
-        assert_close(&format!("{name} grad"), &leaf.grad(), &tensor(&case["expected_grad"]));
-        for m in &out.metrics {
-            let want = case["expected_metrics"][&m.name].as_f64().unwrap_or_else(|| panic!("{name}: no {}", m.name));
-            assert_num(&format!("{name} {}", m.name), m.as_number().unwrap(), want);
-        }
-        assert_eq!(out.metrics.len(), case["expected_metrics"].as_object().unwrap().len());
-    }
+    check_loss_fixtures(&DrGrpo::new(serde_json::Value::Null).unwrap(), "drgrpo");
 }
 
 #[test]

@@ -1,19 +1,15 @@
 //! The `grpo` plugin against golden values from tests/oracles/losses.py (an independent PyTorch computation).
 
-mod common;
-
-use common::*;
 use grpo_grpo::Grpo;
 use grpo_sdk::tch::Tensor;
 use grpo_sdk::Algorithm;
+use grpo_testkit::*;
 
 #[test]
 fn advantages_match_the_oracle_including_equal_and_single_groups() {
     let algo = Grpo::new(serde_json::Value::Null).unwrap();
     for case in fixtures("advantages", None) {
-        let groups: Vec<usize> =
-            case["groups"].as_array().unwrap().iter().map(|g| g.as_u64().unwrap() as usize).collect();
-        let adv = algo.advantages(&tensor(&case["rewards"]), &groups).unwrap();
+        let adv = algo.advantages(&tensor(&case["rewards"]), &groups(&case)).unwrap();
         assert_close(case["name"].as_str().unwrap(), &adv, &tensor(&case["expected_grpo"]));
     }
 }
@@ -28,20 +24,7 @@ fn float32_equal_rewards_give_exact_zeros() {
 
 #[test]
 fn loss_gradient_and_metrics_match_the_oracle() {
-    let algo = Grpo::new(serde_json::Value::Null).unwrap();
-    for case in fixtures("loss", Some("grpo")) {
-        let name = case["name"].as_str().unwrap();
-        let (leaf, batch) = batch(&case);
-        let out = algo.loss(&batch).unwrap();
-        assert_num(name, out.loss.double_value(&[]), case["expected_loss"].as_f64().unwrap());
-        out.loss.backward();
-        assert_close(&format!("{name} grad"), &leaf.grad(), &tensor(&case["expected_grad"]));
-        for m in &out.metrics {
-            let want = case["expected_metrics"][&m.name].as_f64().unwrap_or_else(|| panic!("{name}: no {}", m.name));
-            assert_num(&format!("{name} {}", m.name), m.as_number().unwrap(), want);
-        }
-        assert_eq!(out.metrics.len(), case["expected_metrics"].as_object().unwrap().len());
-    }
+    check_loss_fixtures(&Grpo::new(serde_json::Value::Null).unwrap(), "grpo");
 }
 
 #[test]

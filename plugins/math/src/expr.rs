@@ -1,7 +1,7 @@
 //! Generating arithmetic expressions and evaluating them exactly (integers, usual precedence, parentheses).
 
-use crate::rng::SplitMix64;
 use crate::GeneratorConfig;
+use grpo_sdk::rng::SplitMix64;
 
 /// A random expression as text, with its number of terms and of digits per number.
 pub fn generate(rng: &mut SplitMix64, g: &GeneratorConfig) -> (String, u32, u32) {

@@ -328,7 +328,7 @@ impl Environment for MathEnv {
             }
             None => {
                 let g = &self.config.generator;
-                let mut rng = rng::SplitMix64::for_item(seed, split as u64, index);
+                let mut rng = rng::for_item(seed, split as u64, index);
                 let (expression, terms, digits) = expr::generate(&mut rng, g);
                 let value = expr::evaluate(&expression)
                     .ok_or_else(|| Error::msg(format!("generated expression {expression:?} overflowed")))?;

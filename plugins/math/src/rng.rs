@@ -1,39 +1,24 @@
-//! A tiny seeded generator (SplitMix64). Tasks must be the same for a seed on every platform and every version of
-//! every dependency, so the generator is written out here instead of borrowed from a crate whose streams may change.
+//! The seed derivation of generated tasks. The generator is the SDK's [`SplitMix64`]; this derivation is the math
+//! environment's own and must not change, because the generated tasks (and the tests that pin them) depend on it.
 
-/// SplitMix64 (Steele, Lea and Flood, 2014).
-pub struct SplitMix64(u64);
+use grpo_sdk::rng::SplitMix64;
 
-impl SplitMix64 {
-    /// The stream for item `index` of stream `stream` under `seed`: every task is generated independently, so any
-    /// task can be produced without generating the ones before it.
-    pub fn for_item(seed: u64, stream: u64, index: u64) -> Self {
-        let mut mix = SplitMix64(seed ^ stream.wrapping_mul(0xA076_1D64_78BD_642F));
-        let base = mix.next_u64();
-        SplitMix64(base ^ index.wrapping_mul(0xE703_7ED1_A0B4_28DB))
-    }
+/// The stream for item `index` of stream `stream` under `seed`: every task is generated independently, so any
+/// task can be produced without generating the ones before it.
+pub fn for_item(seed: u64, stream: u64, index: u64) -> SplitMix64 {
+    let base = SplitMix64::new(seed ^ stream.wrapping_mul(0xA076_1D64_78BD_642F)).next_u64();
+    SplitMix64::new(base ^ index.wrapping_mul(0xE703_7ED1_A0B4_28DB))
+}
 
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    /// Uniform in `0..n` (n > 0); the modulo bias is below 2^-50 for the small `n` used here.
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-
-    /// Uniform in `lo..=hi`.
-    pub fn between(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo + 1)
-    }
-
-    /// Uniform in `[0, 1)`.
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    #[test]
+    fn first_outputs_are_those_of_the_original_derivation() {
+        // Recorded from the plugin's own SplitMix64 before the SDK's replaced it.
+        for ((seed, stream, index), first) in [((1, 0, 0), 0x5e41_ab08_7439_611e), ((7, 1, 3), 0xdfb9_0144_1949_5a20)] {
+            assert_eq!(for_item(seed, stream, index).next_u64(), first, "item {seed}/{stream}/{index}");
+        }
     }
 }

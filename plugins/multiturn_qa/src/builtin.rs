@@ -1,14 +1,14 @@
 //! The built-in corpus: made-up research stations, so that `--env multiturn_qa` has something to search and
 //! questions to answer with no download and no data files.
 //!
-//! How it is made: a fixed seed drives [`SplitMix64`] through lists of syllables, regions, names, instruments and
-//! ships. Each of [`STATIONS`] stations gets a markdown page of four short sections stating eight facts (founding
-//! year, elevation, team lead, winter staff, main instrument, supply ship, nearest town and its distance), padded
-//! with generic sentences, and one question per fact. Every fact sentence names its station, so the question's
+//! How it is made: a fixed seed drives [`grpo_sdk::rng::SplitMix64`] through lists of syllables, regions, names,
+//! instruments and ships. Each of [`STATIONS`] stations gets a markdown page of four short sections stating eight
+//! facts (founding year, elevation, team lead, winter staff, main instrument, supply ship, nearest town and its
+//! distance), padded with generic sentences, and one question per fact. Every fact sentence names its station, so the question's
 //! answer sits in exactly one chunk; [`Builtin::questions`] records that chunk (`chunk_id`, `context`), as
 //! re-grpo's generated data does. The same build gives the same corpus on every machine.
 
-use grpo_toolcall::rng::SplitMix64;
+use grpo_toolcall::rng;
 
 use crate::corpus::{chunk_documents, Chunk};
 
@@ -106,13 +106,13 @@ fn capitalised(s: &str) -> String {
 
 /// Build the corpus with chunks of `chunk_size` characters.
 pub fn build(chunk_size: usize) -> Builtin {
-    let mut rng = SplitMix64::for_task(SEED, 0, 0);
+    let mut rng = rng::for_task(SEED, 0, 0);
     let mut names: Vec<String> = Vec::new();
     let mut docs: Vec<(String, String)> = Vec::new();
     // (question, answer, difficulty, the sentence that states it)
     let mut facts: Vec<(String, String, &'static str, String)> = Vec::new();
     while names.len() < STATIONS {
-        let n = rng.range(2, 3);
+        let n = rng.between(2, 3);
         let word: String = (0..n).map(|_| *rng.pick(&SYLLABLES)).collect();
         let name = format!("{} {}", capitalised(&word), rng.pick(&SUFFIXES));
         if names.contains(&name) {
@@ -120,13 +120,13 @@ pub fn build(chunk_size: usize) -> Builtin {
         }
         names.push(name.clone());
         let town = capitalised(&(0..2).map(|_| *rng.pick(&SYLLABLES)).collect::<String>()) + "ville";
-        let year = rng.range(1950, 2015);
-        let elevation = rng.range(10, 4200);
+        let year = rng.between(1950, 2015);
+        let elevation = rng.between(10, 4200);
         let lead = format!("{} {}", rng.pick(&FIRST), rng.pick(&LAST));
-        let staff = rng.range(5, 90);
+        let staff = rng.between(5, 90);
         let instrument = *rng.pick(&INSTRUMENTS);
         let ship = format!("{} {}", rng.pick(&SHIP_ADJ), rng.pick(&SHIP_BIRD));
-        let distance = rng.range(20, 900);
+        let distance = rng.between(20, 900);
         let region = rng.pick(&REGIONS);
         let mut filler = |k: usize| (0..k).map(|_| *rng.pick(&FILLER)).collect::<Vec<_>>().join(" ");
 

@@ -11,8 +11,9 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use grpo_sdk::{Environment, Error, Message, Metric, MetricSource, Result, Reward, Split, StepOutcome, Task, ToolSpec};
-use grpo_toolcall::protocol::{self, Episode, RewardTable, ToolCall, ToolFormat, Turn};
+use grpo_sdk::{Environment, Error, Message, Metric, MetricSource, Result, Split, StepOutcome, Task, ToolSpec};
+use grpo_toolcall::env::{self, json_text, Wording};
+use grpo_toolcall::protocol::{self, Episode, RewardTable, ToolCall, ToolFormat};
 use grpo_toolcall::{calc, stats::FlagCounters};
 use serde::{Deserialize, Serialize};
 
@@ -101,6 +102,15 @@ First turn: think about what to look for, then call the search tool once with a 
 Second turn: you will see the best matching passages. Reply with the answer only, as <answer>ANSWER</answer>, \
 using as few words as possible.";
 
+const WORDING: Wording = Wording {
+    native_system: NATIVE_SYSTEM,
+    hermes_system: HERMES_SYSTEM,
+    result_labels: &[(SEARCH_TOOL, "Search results")],
+    separator: ":\n",
+    answer_now: "Now reply with the answer only, as <answer>...</answer>.",
+    call_or_answer: "Search again if you need to, or reply with the answer only, as <answer>...</answer>.",
+};
+
 /// The environment: the chunks, their index and the questions.
 pub struct MultiturnQa {
     config: QaConfig,
@@ -169,11 +179,7 @@ fn load_questions(path: &std::path::Path, config: &QaConfig, chunks: &[corpus::C
             .get("question")
             .and_then(|v| v.as_str())
             .ok_or_else(|| row_error(path, i, "missing the \"question\" string"))?;
-        let answer = match row.get("answer") {
-            Some(serde_json::Value::String(s)) => s.clone(),
-            Some(v @ serde_json::Value::Number(_)) => v.to_string(),
-            _ => return Err(row_error(path, i, "missing the \"answer\" string")),
-        };
+        let answer = json_text(row.get("answer")).ok_or_else(|| row_error(path, i, "missing the \"answer\" string"))?;
         if question.chars().count() >= config.max_question_len {
             continue;
         }
@@ -237,9 +243,7 @@ impl MultiturnQa {
                 }
                 Ok(self.format_hits(&hits))
             }
-            "calc" if self.config.calc_tool => {
-                calc::evaluate(&call.input).map(|v| v.to_string()).map_err(|e| e.to_string())
-            }
+            calc::TOOL_NAME if self.config.calc_tool => calc::run_tool(&call.input),
             other => Err(format!("unknown tool '{other}'; available: {}", self.tool_names().join(", "))),
         }
     }
@@ -247,7 +251,7 @@ impl MultiturnQa {
     fn tool_names(&self) -> Vec<&'static str> {
         let mut names = vec![SEARCH_TOOL];
         if self.config.calc_tool {
-            names.push("calc");
+            names.push(calc::TOOL_NAME);
         }
         names
     }
@@ -259,8 +263,7 @@ impl MetricSource for MultiturnQa {
     /// `multiturn_qa/search_hit_rate` (searches that returned the question's source chunk, among searches for
     /// questions whose source is known) and `multiturn_qa/answer_f1` (mean token F1 of well-formed answers).
     fn metrics(&self) -> Vec<Metric> {
-        let mut out: Vec<Metric> =
-            self.counters.take_metrics("multiturn_qa").into_iter().map(|(n, v)| Metric::number(n, v)).collect();
+        let mut out = self.counters.take_sdk_metrics("multiturn_qa");
         let searches = self.extra.searches_with_source.swap(0, Ordering::Relaxed);
         let hits = self.extra.source_hits.swap(0, Ordering::Relaxed);
         if searches > 0 {
@@ -273,29 +276,6 @@ impl MetricSource for MultiturnQa {
         }
         out
     }
-}
-
-fn tool_messages(format: ToolFormat, tool: &str, text: &str, ok: bool, last_turn_next: bool) -> Vec<Message> {
-    let next = if last_turn_next {
-        "Now reply with the answer only, as <answer>...</answer>."
-    } else {
-        "Search again if you need to, or reply with the answer only, as <answer>...</answer>."
-    };
-    match format {
-        ToolFormat::Native => {
-            let label = if ok { "Search results" } else { "Tool error" };
-            let label = if ok && tool != SEARCH_TOOL { "Tool result" } else { label };
-            vec![Message::user(format!("{label}:\n{text}\n\n{next}"))]
-        }
-        ToolFormat::Hermes => {
-            let content = if ok { text.to_string() } else { format!("error: {text}") };
-            vec![Message::tool(tool, content), Message::user(next)]
-        }
-    }
-}
-
-fn to_rewards(rewards: Vec<(&'static str, f64)>) -> Vec<Reward> {
-    rewards.into_iter().map(|(n, v)| Reward::new(n, v)).collect()
 }
 
 impl Environment for MultiturnQa {
@@ -395,7 +375,7 @@ impl Environment for MultiturnQa {
         }];
         if self.config.calc_tool {
             tools.push(ToolSpec {
-                name: "calc".into(),
+                name: calc::TOOL_NAME.into(),
                 description: "Evaluate an arithmetic expression (+ - * / // % ** and parentheses).".into(),
                 parameters: serde_json::json!({
                     "type": "object",
@@ -426,13 +406,7 @@ impl Environment for MultiturnQa {
 
     fn reset(&self, task: &Task) -> Result<(QaState, Vec<Message>)> {
         self.counters.episode_started();
-        let system = self.config.system_prompt.clone().unwrap_or_else(|| {
-            match self.config.tool_format {
-                ToolFormat::Native => NATIVE_SYSTEM,
-                ToolFormat::Hermes => HERMES_SYSTEM,
-            }
-            .to_string()
-        });
+        let system = WORDING.system_prompt(self.config.system_prompt.as_deref(), self.config.tool_format);
         let source_chunk = task
             .meta
             .get("source_chunk")
@@ -449,37 +423,31 @@ impl Environment for MultiturnQa {
     }
 
     fn step(&self, state: &mut QaState, assistant_text: &str) -> Result<StepOutcome> {
-        let before = state.episode.flags.clone();
         let format = self.config.tool_format;
-        let reference = state.answer.clone();
-        let source = state.source_chunk;
+        let (reference, source) = (&state.answer, state.source_chunk);
         let arg_key = |t: &str| {
             // In Hermes format the argument name depends on the tool: try `query`, then `expression`.
             match protocol::find_call(t, format, "query") {
-                protocol::CallParse::Call(c) if c.name == "calc" => protocol::find_call(t, format, "expression"),
+                protocol::CallParse::Call(c) if c.name == calc::TOOL_NAME => {
+                    protocol::find_call(t, format, "expression")
+                }
                 other => other,
             }
         };
-        let turn = state.episode.step(
-            assistant_text,
-            &self.config.rewards,
-            arg_key,
-            |c| self.run_tool(c, source),
-            |a| {
-                self.extra.answers.fetch_add(1, Ordering::Relaxed);
-                let f1 = answer::token_f1(a, &reference);
-                self.extra.f1_micros.fetch_add((f1 * 1e6).round() as u64, Ordering::Relaxed);
-                answer::matches(self.config.answer_match, a, &reference)
-            },
-        );
-        self.counters.record(&before, &state.episode.flags);
-        Ok(match turn {
-            Turn::ToolResult { tool, text, ok, rewards } => {
-                let last_next = state.episode.turns + 1 >= state.episode.max_turns;
-                StepOutcome::continues(tool_messages(format, &tool, &text, ok, last_next), to_rewards(rewards))
-            }
-            Turn::Done { rewards } => StepOutcome::finished(to_rewards(rewards)),
-        })
+        Ok(env::step(&mut state.episode, &self.counters, format, &WORDING, |episode| {
+            episode.step(
+                assistant_text,
+                &self.config.rewards,
+                arg_key,
+                |c| self.run_tool(c, source),
+                |a| {
+                    self.extra.answers.fetch_add(1, Ordering::Relaxed);
+                    let f1 = answer::token_f1(a, reference);
+                    self.extra.f1_micros.fetch_add((f1 * 1e6).round() as u64, Ordering::Relaxed);
+                    answer::matches(self.config.answer_match, a, reference)
+                },
+            )
+        }))
     }
 }
 

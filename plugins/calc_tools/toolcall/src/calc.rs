@@ -148,6 +148,14 @@ pub fn evaluate(expr: &str) -> Result<Value, CalcError> {
     evaluate_with(expr, &Limits::default())
 }
 
+/// The calculator's name as a tool.
+pub const TOOL_NAME: &str = "calc";
+
+/// The calculator as a tool: the value's text, or the error's; either is what the model is shown.
+pub fn run_tool(expr: &str) -> Result<String, String> {
+    evaluate(expr).map(|v| v.to_string()).map_err(|e| e.to_string())
+}
+
 /// Evaluate an expression with the given limits.
 pub fn evaluate_with(expr: &str, limits: &Limits) -> Result<Value, CalcError> {
     let expr = expr.trim();

@@ -1,6 +1,6 @@
 //! Random and adversarial model replies, for testing that an environment never panics on bad input.
 
-use crate::rng::SplitMix64;
+use crate::rng;
 
 /// Pieces that stress tag parsing: halves of tags, nesting, JSON fragments, hostile expressions, odd characters.
 const FRAGMENTS: [&str; 40] = [
@@ -49,12 +49,12 @@ const FRAGMENTS: [&str; 40] = [
 /// Reply number `index` of the fuzz stream `seed`: a mix of fragments and random characters, now and then a huge
 /// reply (up to 100 kB) or a tag around a huge or empty input.
 pub fn reply(seed: u64, index: u64) -> String {
-    let mut rng = SplitMix64::for_task(seed, 0xf022, index);
-    let kind = rng.range(0, 9);
+    let mut rng = rng::for_task(seed, 0xf022, index);
+    let kind = rng.between(0, 9);
     match kind {
         0 => {
             // Huge input inside a tag.
-            let n = rng.range(1, 100_000) as usize;
+            let n = rng.between(1, 100_000) as usize;
             let body: String = std::iter::repeat_n(*rng.pick(&["9", "(", "a ", "ж", "1+"]), n).collect();
             let tag = *rng.pick(&["<tool:calc>", "<tool:search>", "<answer>", "<tool_call>"]);
             let close = *rng.pick(&["</tool>", "</answer>", "</tool_call>", ""]);
@@ -73,11 +73,11 @@ pub fn reply(seed: u64, index: u64) -> String {
         }
         2 => {
             // Random code points.
-            let n = rng.range(0, 200);
-            (0..n).map(|_| char::from_u32(rng.range(0, 0x2_0000) as u32).unwrap_or('\u{fffd}')).collect()
+            let n = rng.between(0, 200);
+            (0..n).map(|_| char::from_u32(rng.between(0, 0x2_0000) as u32).unwrap_or('\u{fffd}')).collect()
         }
         _ => {
-            let n = rng.range(1, 24);
+            let n = rng.between(1, 24);
             (0..n).map(|_| *rng.pick(&FRAGMENTS)).collect()
         }
     }

@@ -5,8 +5,8 @@
 //! configurable): the tool-call format, the tool's execution, the answer's format and the answer's content. The
 //! gating is re-grpo's: no tool call, or a failed call, ends the episode early.
 //!
-//! This module is plain Rust with no SDK types, so it can be tested on its own; the environments translate
-//! [`Turn`] into the SDK's messages and rewards.
+//! This module is plain Rust with no SDK types, so it can be tested on its own; [`crate::env`] translates [`Turn`]
+//! into the SDK's messages and rewards.
 
 use serde::{Deserialize, Serialize};
 

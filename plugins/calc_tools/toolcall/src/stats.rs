@@ -67,6 +67,11 @@ impl FlagCounters {
             (format!("{prefix}/episodes"), episodes),
         ]
     }
+
+    /// [`take_metrics`](Self::take_metrics) as the SDK's metrics, for an environment's `MetricSource::metrics`.
+    pub fn take_sdk_metrics(&self, prefix: &str) -> Vec<grpo_sdk::Metric> {
+        self.take_metrics(prefix).into_iter().map(|(name, value)| grpo_sdk::Metric::number(name, value)).collect()
+    }
 }
 
 #[cfg(test)]

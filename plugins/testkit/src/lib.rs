@@ -1,11 +1,12 @@
-//! Reading the golden fixtures written by tests/oracles/losses.py (shared by the grpo and drgrpo tests).
+//! The golden fixtures written by tests/oracles/losses.py (an independent PyTorch computation), read and checked
+//! for the tests of the `grpo` and `drgrpo` plugins.
 
 use grpo_sdk::tch::{Kind, Tensor};
-use grpo_sdk::{LossSettings, PolicyBatch};
+use grpo_sdk::{Algorithm, LossSettings, PolicyBatch};
 use serde_json::Value;
 use std::path::PathBuf;
 
-/// The tolerance the issue asks for.
+/// How closely every value must agree with the oracle's.
 pub const TOL: f64 = 1e-6;
 
 /// Every fixture of `kind` ("loss" or "advantages"), optionally only those of one algorithm.
@@ -25,6 +26,29 @@ pub fn fixtures(kind: &str, algorithm: Option<&str>) -> Vec<Value> {
     }
     assert!(!out.is_empty(), "no {kind} fixtures in {}", dir.display());
     out
+}
+
+/// The group sizes of an advantages fixture.
+pub fn groups(case: &Value) -> Vec<usize> {
+    case["groups"].as_array().unwrap().iter().map(|g| g.as_u64().unwrap() as usize).collect()
+}
+
+/// Check `algorithm`'s loss, its gradient with respect to the log-probs, and its metrics (every one expected, no
+/// other) against each loss fixture written for `which` ("grpo" or "drgrpo").
+pub fn check_loss_fixtures(algorithm: &impl Algorithm, which: &str) {
+    for case in fixtures("loss", Some(which)) {
+        let name = case["name"].as_str().unwrap();
+        let (leaf, batch) = batch(&case);
+        let out = algorithm.loss(&batch).unwrap();
+        assert_num(name, out.loss.double_value(&[]), case["expected_loss"].as_f64().unwrap());
+        out.loss.backward();
+        assert_close(&format!("{name} grad"), &leaf.grad(), &tensor(&case["expected_grad"]));
+        for m in &out.metrics {
+            let want = case["expected_metrics"][&m.name].as_f64().unwrap_or_else(|| panic!("{name}: no {}", m.name));
+            assert_num(&format!("{name} {}", m.name), m.as_number().unwrap(), want);
+        }
+        assert_eq!(out.metrics.len(), case["expected_metrics"].as_object().unwrap().len());
+    }
 }
 
 /// A float64 tensor from a JSON array (nested for 2-D).
