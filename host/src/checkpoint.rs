@@ -33,6 +33,12 @@ pub struct TrainerState {
     /// The W&B run id, so a resumed run continues its W&B run.
     #[serde(default)]
     pub wandb_run_id: Option<String>,
+    /// fp16's dynamic loss scale (scale, good-step count, skipped steps); `None` when no scaling is done.
+    #[serde(default)]
+    pub loss_scaler: Option<crate::train::precision::LossScalerState>,
+    /// The mixed-precision mode the run trained in (`no`, `bf16`, `fp16`).
+    #[serde(default)]
+    pub mixed_precision: Option<String>,
 }
 
 /// What goes into one checkpoint.

@@ -9,57 +9,61 @@ use std::sync::atomic::AtomicBool;
 use grpo_host::checkpoint::TrainerState;
 use grpo_host::generate::SamplingParams;
 use grpo_host::model::{DeviceSpec, DtypeSpec};
-use grpo_host::plugins::{DiscoveryOptions, Registry};
+use grpo_host::plugins::{AlgorithmPlugin, DiscoveryOptions, EnvironmentPlugin, Registry};
 use grpo_host::rollout::{run_episodes, RolloutConfig};
 use grpo_host::train::config::{BatchSettings, ModelSettings, ObjectiveSettings, RecomputeOld};
 use grpo_host::train::optimizer::{AdamW, AdamWConfig, Schedule};
 use grpo_host::train::policy::Policy;
+use grpo_host::train::precision::{LossScaler, MixedPrecision};
+use grpo_host::train::scored::Scored;
 use grpo_host::train::tasks::TaskSource;
 use grpo_host::train::update::Updater;
 use grpo_host::train::{experience, metrics, scored};
-use grpo_sdk::tch::Kind;
+use grpo_sdk::tch::{Kind, Tensor};
 
-#[test]
-fn one_batch_through_every_stage() {
+fn plugins() -> (AlgorithmPlugin, EnvironmentPlugin) {
     let registry = Registry::discover(&DiscoveryOptions::only(vec![common::shipped_dir().to_path_buf()])).unwrap();
     let algo = registry.algorithm("grpo", &serde_json::Value::Null).unwrap();
     let env_config = serde_json::json!({"generator": {"max_terms": 2, "max_digits": 1, "ops": "+"}});
-    let env = registry.environment("math", &env_config).unwrap();
+    (algo, registry.environment("math", &env_config).unwrap())
+}
+
+fn settings(dtype: DtypeSpec, mixed_precision: MixedPrecision) -> ModelSettings {
     let model = common::workspace_root().join("tests/fixtures/model/tiny/llama");
-    let settings = ModelSettings {
+    ModelSettings {
         model: Some(model.display().to_string()),
         allow_download: false,
         device: DeviceSpec::Cpu,
-        dtype: DtypeSpec::F32,
+        dtype,
+        mixed_precision,
         threads: None,
         lora: None,
-    };
-    let objective = ObjectiveSettings {
-        clip_eps_low: 0.2,
-        clip_eps_high: 0.2,
-        kl_weight: 0.01,
-        recompute_old_logprobs: RecomputeOld::Auto,
-    };
-    let policy = Policy::load(&settings, objective.kl_weight, 7).unwrap();
-    let batch = BatchSettings {
+    }
+}
+
+fn objective(kl_weight: f64, recompute_old_logprobs: RecomputeOld) -> ObjectiveSettings {
+    ObjectiveSettings { clip_eps_low: 0.2, clip_eps_high: 0.2, kl_weight, recompute_old_logprobs }
+}
+
+/// 2 tasks x 3 episodes in micro-batches of 2; `accumulate` micro-batches per optimizer step.
+fn batch(accumulate: usize) -> BatchSettings {
+    BatchSettings {
         max_steps: 1,
         rollouts_per_step: 2,
         group_size: 3,
         train_batch_size: 2,
-        gradient_accumulation_steps: 2,
+        gradient_accumulation_steps: accumulate,
         epochs_per_step: 1,
         max_new_tokens: 6,
         max_length: 512,
         max_turns: 1,
-    };
+    }
+}
 
-    // tasks: the same batch twice gives the same tasks.
-    let mut source = TaskSource::new(env.clone(), 7).unwrap();
-    let tasks = source.batch(0, batch.rollouts_per_step).unwrap();
-    assert_eq!(tasks.len(), 2);
-    assert_eq!(tasks[0].question, TaskSource::new(env.clone(), 7).unwrap().batch(0, 2).unwrap()[0].question);
-
-    // rollouts
+/// Batch 0's rollouts from `policy`, scored by `algo`, then given advantages of the test's own: the random tiny
+/// model earns the same reward in every episode, so every real advantage is 0 and no update would move a weight.
+fn scored_batch(policy: &Policy, algo: &AlgorithmPlugin, env: &EnvironmentPlugin, batch: &BatchSettings) -> Scored {
+    let tasks = TaskSource::new(env.clone(), 7).unwrap().batch(0, batch.rollouts_per_step).unwrap();
     let cfg = RolloutConfig {
         group_size: batch.group_size,
         max_new_tokens: batch.max_new_tokens,
@@ -68,20 +72,52 @@ fn one_batch_through_every_stage() {
         sampling: SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0 },
         ignore_eos: false,
     };
-    let rollouts = run_episodes(policy.model(), policy.tokenizer(), &env, &tasks, &cfg, 11).unwrap();
+    let rollouts = run_episodes(policy.model(), policy.tokenizer(), env, &tasks, &cfg, 11).unwrap();
     assert_eq!(rollouts.len(), 6);
-
-    // scored: GRPO advantages are standardised within each group.
-    let mut scored = scored::score(&algo, rollouts, batch.group_size).unwrap();
-    assert_eq!(scored.advantage_values.len(), 6);
+    let mut scored = scored::score(algo, rollouts, batch.group_size).unwrap();
     for group in scored.advantage_values.chunks(3) {
-        assert!(group.iter().sum::<f32>().abs() < 1e-4, "{group:?}");
+        assert!(group.iter().sum::<f32>().abs() < 1e-4, "GRPO advantages are centred per group: {group:?}");
     }
-    // The random tiny model earns the same reward in every episode, so every advantage is 0 and no update would
-    // move a weight; stages are plain values, so the test gives the episodes advantages of its own.
     let advantages = [1.0f32, -0.5, -0.5, 0.5, 0.5, -1.0];
-    scored.advantages = grpo_sdk::tch::Tensor::from_slice(&advantages);
+    scored.advantages = Tensor::from_slice(&advantages);
     scored.advantage_values = advantages.to_vec();
+    scored
+}
+
+/// The optimizer a run of `policy`'s precision uses.
+fn optimizer(policy: &Policy, lr: f64, weight_decay: f64) -> AdamW {
+    let cfg = AdamWConfig { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay };
+    if policy.precision().master_weights {
+        AdamW::new(policy.trainable(), cfg)
+    } else {
+        AdamW::without_master_weights(policy.trainable(), cfg)
+    }
+}
+
+/// Every trained value in f32, flattened: the masters under mixed precision, else the parameters.
+fn flat_weights(policy: &Policy, opt: &AdamW) -> Tensor {
+    let parts: Vec<Tensor> = if opt.has_master_weights() {
+        opt.master_weights().into_values().map(|t| t.flatten(0, -1)).collect()
+    } else {
+        policy.trainable().into_iter().map(|(_, t)| t.to_kind(Kind::Float).flatten(0, -1)).collect()
+    };
+    Tensor::cat(&parts, 0)
+}
+
+#[test]
+fn one_batch_through_every_stage() {
+    let (algo, env) = plugins();
+    let objective = objective(0.01, RecomputeOld::Auto);
+    let policy = Policy::load(&settings(DtypeSpec::F32, MixedPrecision::No), objective.kl_weight, 7).unwrap();
+    let batch = batch(2);
+
+    // tasks: the same batch twice gives the same tasks.
+    let tasks = TaskSource::new(env.clone(), 7).unwrap().batch(0, 2).unwrap();
+    assert_eq!(tasks.len(), 2);
+    assert_eq!(tasks[0].question, TaskSource::new(env.clone(), 7).unwrap().batch(0, 2).unwrap()[0].question);
+
+    // rollouts -> scored
+    let scored = scored_batch(&policy, &algo, &env, &batch);
 
     // experience: f32 sampling log-probs are reused; the reference copy equals the policy before any update.
     let exp = experience::prepare(&scored, &policy, &objective, batch.train_batch_size).unwrap();
@@ -93,16 +129,15 @@ fn one_batch_through_every_stage() {
 
     // updates: 6 sequences in micro-batches of 2, two per step: 2 optimizer steps.
     let before = policy.trainable()[0].1.copy();
-    let mut optimizer = AdamW::new(
-        policy.trainable(),
-        AdamWConfig { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 },
-    );
+    let mut optimizer = optimizer(&policy, 1e-3, 0.0);
     let schedule = Schedule { base_lr: 1e-3, warmup_steps: 0, cosine: false, total_steps: 2 };
     let mut state = TrainerState { seed: 7, ..Default::default() };
     let mut seen = Vec::new();
+    let mut scaler = LossScaler::disabled();
     let mut updater = Updater {
         policy: &policy,
         optimizer: &mut optimizer,
+        scaler: &mut scaler,
         algo: &algo,
         schedule: &schedule,
         batch: &batch,
@@ -130,4 +165,64 @@ fn one_batch_through_every_stage() {
     let kls: Vec<f64> = updates.steps.iter().map(|s| s.algorithm["training_step/kl"]).collect();
     let mean = kls.iter().sum::<f64>() / kls.len() as f64;
     assert!((epoch["training_epoch/kl_mean"].as_f64().unwrap() - mean).abs() < 1e-12);
+}
+
+/// One optimizer step at re-grpo's learning rate of 5e-6 on the same batch, in f32, in bf16 mixed precision and in
+/// pure bf16: the bf16-mixed master weights move like the f32 weights, while pure bf16 loses most updates (the
+/// defect f32 master weights exist for: an update of ~5e-6 is below half the bf16 spacing at |w| ~ 0.02).
+#[test]
+fn bf16_mixed_precision_keeps_the_small_updates_pure_bf16_loses() {
+    let (algo, env) = plugins();
+    let lr = 5e-6;
+    let batch = batch(3); // 3 micro-batches of 2 sequences: one optimizer step
+    let objective = objective(0.0, RecomputeOld::Always);
+    let sampler = Policy::load(&settings(DtypeSpec::F32, MixedPrecision::No), 0.0, 7).unwrap();
+    let scored = scored_batch(&sampler, &algo, &env, &batch);
+    let mut deltas = Vec::new();
+    for (dtype, mode) in [
+        (DtypeSpec::F32, MixedPrecision::No),
+        (DtypeSpec::Auto, MixedPrecision::Bf16),
+        (DtypeSpec::Bf16, MixedPrecision::No),
+    ] {
+        let policy = Policy::load(&settings(dtype, mode), 0.0, 7).unwrap();
+        let exp = experience::prepare(&scored, &policy, &objective, batch.train_batch_size).unwrap();
+        let mut opt = optimizer(&policy, lr, 0.0);
+        let before = flat_weights(&policy, &opt);
+        let mut state = TrainerState { seed: 7, ..Default::default() };
+        let mut updater = Updater {
+            policy: &policy,
+            optimizer: &mut opt,
+            scaler: &mut LossScaler::new(policy.precision().mode),
+            algo: &algo,
+            schedule: &Schedule { base_lr: lr, warmup_steps: 0, cosine: false, total_steps: 1 },
+            batch: &batch,
+            loss: objective.for_algorithm(batch.max_new_tokens),
+            max_norm: 0.0,
+            seed: 7,
+        };
+        let updates = updater.run(&exp, &mut state, &AtomicBool::new(false), &mut |_, _| {}).unwrap();
+        assert_eq!(updates.steps.len(), 1);
+        deltas.push(flat_weights(&policy, &opt) - before);
+    }
+    let (f32_step, mixed, pure) = (&deltas[0], &deltas[1], &deltas[2]);
+    // The weights the f32 step really updates (Adam's first step moves each by about lr).
+    let updated = f32_step.abs().gt(lr / 2.0);
+    let n = updated.sum(Kind::Float).double_value(&[]);
+    assert!(n > 1000.0, "only {n} weights moved in f32");
+    let share = |moved: &Tensor| moved.logical_and(&updated).sum(Kind::Float).double_value(&[]) / n;
+    let mixed_moved = share(&mixed.abs().gt(lr / 2.0));
+    let same_direction = share(&(mixed * f32_step).gt(0.0));
+    let pure_moved = share(&pure.abs().gt(lr / 2.0));
+    let relative = (mixed - f32_step).norm().double_value(&[]) / f32_step.norm().double_value(&[]);
+    eprintln!(
+        "updated in f32: {n}; bf16 mixed moved {mixed_moved:.4}, same direction {same_direction:.4}, relative \
+         difference {relative:.4}; pure bf16 moved {pure_moved:.4}"
+    );
+    // Measured: 0.9996 moved, 0.995 the same way, relative difference 0.13, pure bf16 0.017. The difference is the
+    // bf16 forward and backward (Adam's first step is about lr * sign(g), so a gradient near 0 can flip); with the
+    // same gradient the masters' update is the f32 one exactly (train::optimizer's unit tests).
+    assert!(mixed_moved > 0.99, "bf16 mixed precision kept only {mixed_moved} of the updates");
+    assert!(relative < 0.3, "bf16 mixed precision's update differs from f32's by {relative}");
+    assert!(same_direction > 0.9, "bf16 mixed precision moved only {same_direction} of the weights the f32 way");
+    assert!(pure_moved < 0.5, "pure bf16 kept {pure_moved} of the updates; the defect this guards against is gone?");
 }

@@ -10,6 +10,7 @@ use super::plugins::PluginDirArgs;
 use crate::generate::SamplingParams;
 use crate::logging::LoggingArgs;
 use crate::model::LoraConfig;
+use crate::train::precision::MixedPrecision;
 use crate::train::config::{
     BatchSettings, CheckpointSettings, LogSettings, LrSchedule, ModelSettings, ObjectiveSettings, OptimizerSettings,
     PluginSelection, RecomputeOld, RunConfig, SamplingSettings,
@@ -41,6 +42,10 @@ pub struct TrainArgs {
     /// The model, device, dtype and threads.
     #[command(flatten)]
     pub model: ModelArgs,
+    /// auto, no, bf16 or fp16: compute forward and backward in bf16/fp16 with f32 master weights, gradients and
+    /// AdamW state (fp16 with dynamic loss scaling). auto: bf16 on CUDA, the measured default on the CPU (no).
+    #[arg(long, default_value = "auto")]
+    pub mixed_precision: MixedPrecision,
 
     /// Rollout batches to train on (each: sample tasks, generate, score, update).
     #[arg(long, default_value_t = 20)]
@@ -196,6 +201,7 @@ impl TrainArgs {
                 allow_download: !self.model.offline,
                 device: self.model.device,
                 dtype: self.model.dtype,
+                mixed_precision: self.mixed_precision,
                 lora,
             },
             sampling: SamplingSettings {

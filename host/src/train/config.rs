@@ -9,6 +9,7 @@ use crate::generate::SamplingParams;
 use crate::logging::WandbFlags;
 use crate::model::{DeviceSpec, DtypeSpec, LoraConfig};
 use crate::plugins::DiscoveryOptions;
+use crate::train::precision::MixedPrecision;
 
 /// A whole training run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -64,8 +65,10 @@ pub struct ModelSettings {
     pub allow_download: bool,
     /// Requested device.
     pub device: DeviceSpec,
-    /// Requested parameter dtype.
+    /// Requested parameter dtype (of the stored parameters; f32 master weights under mixed precision).
     pub dtype: DtypeSpec,
+    /// The precision forward and backward compute in.
+    pub mixed_precision: MixedPrecision,
     /// libtorch intra-op threads (`None`: libtorch's choice).
     pub threads: Option<i32>,
     /// LoRA adapters, or `None` to train all weights.

@@ -117,6 +117,10 @@ pub fn step(record: &StepRecord, state: &TrainerState) -> Metrics {
         "training_step/learning_rate" => record.learning_rate,
         "training/invalid_loss_count" => state.invalid_loss_count,
     };
+    if let Some(scale) = record.loss_scale {
+        m.insert("training_step/loss_scale".into(), scale.into());
+        m.insert("training/skipped_steps".into(), record.skipped_steps.into());
+    }
     m.extend(record.algorithm.iter().map(|(k, &v)| (k.clone(), v.into())));
     m.extend(record.algorithm_text.iter().map(|(k, v)| (k.clone(), v.as_str().into())));
     m

@@ -43,6 +43,7 @@ use experience::Experience;
 use metrics::Timings;
 use optimizer::{AdamW, AdamWConfig, Schedule};
 use policy::Policy;
+use precision::LossScaler;
 use scored::Scored;
 use tasks::TaskSource;
 use update::{Updater, Updates};
@@ -65,6 +66,7 @@ struct Trainer {
     env: EnvironmentPlugin,
     policy: Policy,
     optimizer: AdamW,
+    scaler: LossScaler,
     schedule: Schedule,
     state: TrainerState,
     tasks: TaskSource,
@@ -119,9 +121,19 @@ impl Trainer {
         let env = registry.environment(&config.plugins.env, &config.plugins.env_config)?;
         let paths = RunPaths::resolve(&config)?;
         let mut policy = Policy::load(&config.model, config.loss.kl_weight, config.seed)?;
-        let mut optimizer = AdamW::new(policy.trainable(), adamw_config(&config.optimizer));
+        let precision = policy.precision();
+        if let Some(warning) = precision.small_update_warning(config.optimizer.lr) {
+            eprintln!("{warning}");
+        }
+        let mut optimizer = if precision.master_weights {
+            AdamW::new(policy.trainable(), adamw_config(&config.optimizer))
+        } else {
+            // --mixed-precision no: updates go into the parameters in their own dtype, as asked.
+            AdamW::without_master_weights(policy.trainable(), adamw_config(&config.optimizer))
+        };
+        let mut scaler = LossScaler::new(precision.mode);
         let state = match &paths.resume {
-            Some(ckpt) => restore(ckpt, &mut policy, &mut optimizer, config.seed)?,
+            Some(ckpt) => restore(ckpt, &mut policy, &mut optimizer, &mut scaler, config.seed)?,
             None => TrainerState { seed: config.seed, ..Default::default() },
         };
         let total_steps = config.batch.max_steps * config.batch.updates_per_batch();
@@ -142,6 +154,7 @@ impl Trainer {
             env,
             policy,
             optimizer,
+            scaler,
             state,
             loggers,
             interrupted,
@@ -234,10 +247,11 @@ impl Trainer {
 
     /// Stage: experience -> updates, each optimizer step logged as it is taken.
     fn update(&mut self, exp: &Experience) -> Result<Updates> {
-        let Trainer { config, algo, policy, optimizer, schedule, state, loggers, interrupted, .. } = self;
+        let Trainer { config, algo, policy, optimizer, scaler, schedule, state, loggers, interrupted, .. } = self;
         let mut updater = Updater {
             policy,
             optimizer,
+            scaler,
             algo,
             schedule,
             batch: &config.batch,
@@ -245,13 +259,22 @@ impl Trainer {
             max_norm: config.optimizer.max_norm,
             seed: config.seed,
         };
-        updater
-            .run(exp, state, interrupted, &mut |record, state| loggers.log(record.step, metrics::step(record, state)))
+        let log = &mut |record: &update::StepRecord, state: &TrainerState| {
+            loggers.log(record.step, metrics::step(record, state))
+        };
+        updater.run(exp, state, interrupted, log)
     }
 
     fn save(&mut self) -> Result<PathBuf> {
+        self.state.loss_scaler = self.scaler.enabled().then(|| self.scaler.state());
+        self.state.mixed_precision = Some(self.policy.precision().mode.to_string());
         let data = CheckpointData {
-            weights: self.policy.weights(),
+            // Under mixed precision the f32 masters are the weights; the working copies are their rounding.
+            weights: if self.optimizer.has_master_weights() {
+                self.optimizer.master_weights()
+            } else {
+                self.policy.weights()
+            },
             adapter: self.policy.adapter_info(),
             base_model: self.policy.model_dir(),
             merged: if self.config.checkpoints.save_merged { self.policy.merged_weights() } else { None },
@@ -299,8 +322,14 @@ impl Trainer {
     }
 }
 
-/// Put a checkpoint's weights, moments and counters back; the seed must be the run's.
-fn restore(ckpt: &Path, policy: &mut Policy, optimizer: &mut AdamW, seed: u64) -> Result<TrainerState> {
+/// Put a checkpoint's weights (and f32 masters), moments, loss scale and counters back; the seed must be the run's.
+fn restore(
+    ckpt: &Path,
+    policy: &mut Policy,
+    optimizer: &mut AdamW,
+    scaler: &mut LossScaler,
+    seed: u64,
+) -> Result<TrainerState> {
     let loaded = checkpoint::load(ckpt)?;
     if loaded.state.seed != seed {
         return Err(user_error!(
@@ -312,7 +341,13 @@ fn restore(ckpt: &Path, policy: &mut Policy, optimizer: &mut AdamW, seed: u64) -
         ));
     }
     policy.load_weights(&loaded.weights, loaded.adapter)?;
+    if optimizer.has_master_weights() {
+        optimizer.load_master_weights(&loaded.weights)?;
+    }
     optimizer.load_state(loaded.optimizer_steps, &loaded.optimizer)?;
+    if let Some(s) = loaded.state.loss_scaler {
+        scaler.load_state(s);
+    }
     eprintln!("resuming from {} (batch {}, step {})", ckpt.display(), loaded.state.batch, loaded.state.global_step);
     Ok(loaded.state)
 }
@@ -334,6 +369,8 @@ fn open_loggers(
         "model_dir": policy.model_dir().display().to_string(),
         "device": format!("{:?}", policy.device()),
         "dtype": format!("{:?}", policy.kind()),
+        "mixed_precision": policy.precision().mode,
+        "master_weights": policy.precision().master_weights,
         "algorithm": {"name": algo.name(), "version": algo.info().version, "config": algo.config()?},
         "environment": {"name": env.name(), "version": env.info().version, "config": env.config()?},
     });

@@ -11,6 +11,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::config::{ModelSettings, RecomputeOld};
 use super::experience::Experience;
+use super::precision::Precision;
 use crate::checkpoint::AdapterInfo;
 use crate::model::{self, Model};
 use crate::tokenizer::Tokenizer;
@@ -28,6 +29,7 @@ pub struct Policy {
     tokenizer: Tokenizer,
     reference: Reference,
     model_dir: PathBuf,
+    precision: Precision,
 }
 
 impl Policy {
@@ -36,7 +38,8 @@ impl Policy {
     pub fn load(settings: &ModelSettings, kl_weight: f64, seed: u64) -> Result<Policy> {
         let model_dir = model::resolve_model_dir(settings.model.as_deref(), settings.allow_download)?;
         let device = settings.device.resolve()?;
-        let kind = settings.dtype.resolve(device);
+        let precision = Precision::resolve(settings.mixed_precision, settings.dtype, device)?;
+        let kind = precision.working;
         let mut model = Model::load(&model_dir, device, kind)?;
         let tokenizer = Tokenizer::from_dir(&model_dir)?;
         if let Some(lora) = settings.lora {
@@ -52,7 +55,7 @@ impl Policy {
             copy.var_store_mut().freeze();
             Reference::Copy(Box::new(copy))
         };
-        Ok(Policy { model, tokenizer, reference, model_dir })
+        Ok(Policy { model, tokenizer, reference, model_dir, precision })
     }
 
     /// The model.
@@ -73,6 +76,11 @@ impl Policy {
     /// Where the model runs.
     pub fn device(&self) -> Device {
         self.model.device()
+    }
+
+    /// The run's precision: the parameters' dtype and whether the optimizer keeps f32 masters.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Its dtype.

@@ -7,25 +7,31 @@
 //! f32, so an update of 5e-6 on a weight of 0.02 survives.
 
 use serde::{Deserialize, Serialize};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
-/// The precision forward and backward compute in, with f32 master weights kept by the optimizer (accelerate's names).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum MixedPrecision {
-    /// No mixed precision: the parameters' own dtype throughout.
-    No,
-    /// bf16 compute; f32's exponent range, so no loss scaling is needed.
-    Bf16,
-    /// f16 compute; small gradients underflow without dynamic loss scaling.
-    Fp16,
+use crate::model::DtypeSpec;
+use crate::user_error;
+
+crate::choice_enum! {
+    /// `--mixed-precision`: the precision forward and backward compute in, with f32 master weights kept by the
+    /// optimizer (accelerate's names).
+    pub enum MixedPrecision {
+        /// Decided by the machine: bf16 on CUDA, the measured CPU default on the CPU (see [`Precision::resolve`]).
+        Auto = "auto",
+        /// No mixed precision: the parameters' own dtype (`--dtype`) throughout.
+        No = "no",
+        /// bf16 compute; f32's exponent range, so no loss scaling is needed.
+        Bf16 = "bf16",
+        /// f16 compute; small gradients underflow without dynamic loss scaling.
+        Fp16 = "fp16" | "f16",
+    }
 }
 
 impl MixedPrecision {
-    /// The dtype of the working parameters, or `None` when there is no mixed precision.
+    /// The dtype of the working parameters, or `None` when there is no mixed precision (or it is not resolved).
     pub fn compute_kind(self) -> Option<Kind> {
         match self {
-            MixedPrecision::No => None,
+            MixedPrecision::Auto | MixedPrecision::No => None,
             MixedPrecision::Bf16 => Some(Kind::BFloat16),
             MixedPrecision::Fp16 => Some(Kind::Half),
         }
@@ -208,19 +214,86 @@ impl LossScaler {
     }
 }
 
+/// Whether bf16 mixed precision is the default on this CPU. Measured on a 2-core AVX512-BF16 machine (no AMX):
+/// docs/benchmarks.md, "Mixed precision on the CPU".
+const CPU_DEFAULT: MixedPrecision = MixedPrecision::No;
+
+/// A run's precision once the device is known: what the model's parameters hold and whether the optimizer keeps
+/// f32 master weights.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Precision {
+    /// The mode in effect (never `Auto`).
+    pub mode: MixedPrecision,
+    /// The dtype of the model's parameters: the low-precision working copies under mixed precision, else `--dtype`.
+    pub working: Kind,
+    /// The optimizer keeps f32 master weights (mixed precision); without, updates are added to the parameters in
+    /// their own dtype (pure low precision loses updates below half the dtype's spacing).
+    pub master_weights: bool,
+}
+
+impl Precision {
+    /// Resolve `--mixed-precision` and `--dtype` on `device`. `auto` means bf16 mixed precision on CUDA and the
+    /// measured default on the CPU, unless `--dtype` names a dtype, which then holds the parameters as given.
+    /// Mixed precision keeps f32 masters, so it rejects a non-f32 `--dtype`.
+    pub fn resolve(mode: MixedPrecision, dtype: DtypeSpec, device: Device) -> anyhow::Result<Precision> {
+        let mode = match (mode, dtype) {
+            (MixedPrecision::Auto, DtypeSpec::Auto) if device.is_cuda() => MixedPrecision::Bf16,
+            (MixedPrecision::Auto, DtypeSpec::Auto) => CPU_DEFAULT,
+            (MixedPrecision::Auto, _) => MixedPrecision::No,
+            (mode, _) => mode,
+        };
+        match mode.compute_kind() {
+            Some(kind) => {
+                if !matches!(dtype, DtypeSpec::Auto | DtypeSpec::F32) {
+                    return Err(user_error!(
+                        "--mixed-precision {mode} keeps f32 master weights, so --dtype {dtype} contradicts it; drop \
+                         --dtype, or pass --mixed-precision no to hold the parameters in {dtype}"
+                    ));
+                }
+                Ok(Precision { mode, working: kind, master_weights: true })
+            }
+            None => Ok(Precision { mode, working: dtype.resolve(device), master_weights: false }),
+        }
+    }
+
+    /// A one-line warning when updates at `lr` round away on the parameters (pure low precision, no masters).
+    pub fn small_update_warning(&self, lr: f64) -> Option<String> {
+        // 0.02 is a typical weight magnitude of a transformer's linear layers at initialisation.
+        (!self.master_weights && update_too_small_for(self.working, lr, 0.02)).then(|| {
+            format!(
+                "warning: --lr {lr} is below half the {:?} spacing at |w| ~ 0.02, so most updates round away in \
+                 parameters held in that dtype; use --mixed-precision bf16 (f32 master weights) instead",
+                self.working
+            )
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resolution_follows_device_and_dtype() {
+        let cpu = Precision::resolve(MixedPrecision::Auto, DtypeSpec::Auto, Device::Cpu).unwrap();
+        assert_eq!(cpu.mode, CPU_DEFAULT);
+        let cuda = Precision::resolve(MixedPrecision::Auto, DtypeSpec::Auto, Device::Cuda(0)).unwrap();
+        assert_eq!((cuda.mode, cuda.working, cuda.master_weights), (MixedPrecision::Bf16, Kind::BFloat16, true));
+        let pure = Precision::resolve(MixedPrecision::Auto, DtypeSpec::Bf16, Device::Cuda(0)).unwrap();
+        assert_eq!((pure.mode, pure.working, pure.master_weights), (MixedPrecision::No, Kind::BFloat16, false));
+        assert!(pure.small_update_warning(5e-6).is_some());
+        assert!(cuda.small_update_warning(5e-6).is_none());
+        let fp16 = Precision::resolve(MixedPrecision::Fp16, DtypeSpec::F32, Device::Cpu).unwrap();
+        assert_eq!((fp16.working, fp16.master_weights), (Kind::Half, true));
+        assert!(Precision::resolve(MixedPrecision::Bf16, DtypeSpec::F16, Device::Cpu).is_err());
+    }
 
     #[test]
     fn names_and_kinds() {
         assert_eq!(serde_json::to_string(&MixedPrecision::Bf16).unwrap(), "\"bf16\"");
         assert_eq!(serde_json::from_str::<MixedPrecision>("\"fp16\"").unwrap(), MixedPrecision::Fp16);
         assert_eq!(serde_json::from_str::<MixedPrecision>("\"no\"").unwrap(), MixedPrecision::No);
-        use clap::ValueEnum;
-        let names: Vec<String> =
-            MixedPrecision::value_variants().iter().map(|v| v.to_possible_value().unwrap().get_name().into()).collect();
-        assert_eq!(names, ["no", "bf16", "fp16"]);
+        assert_eq!(MixedPrecision::NAMES, ["auto", "no", "bf16", "fp16"]);
         assert_eq!(MixedPrecision::No.compute_kind(), None);
         assert_eq!(MixedPrecision::Bf16.compute_kind(), Some(Kind::BFloat16));
         assert_eq!(MixedPrecision::Fp16.compute_kind(), Some(Kind::Half));

@@ -13,6 +13,7 @@ use super::config::BatchSettings;
 use super::experience::Experience;
 use super::optimizer::{AdamW, Schedule};
 use super::policy::Policy;
+use super::precision::LossScaler;
 use crate::checkpoint::TrainerState;
 use crate::plugins::AlgorithmPlugin;
 
@@ -22,6 +23,8 @@ pub struct Updater<'a> {
     pub policy: &'a Policy,
     /// Its optimizer.
     pub optimizer: &'a mut AdamW,
+    /// fp16's dynamic loss scale (disabled in other precisions).
+    pub scaler: &'a mut LossScaler,
     /// The loss.
     pub algo: &'a AlgorithmPlugin,
     /// The learning rate by step.
@@ -47,6 +50,10 @@ pub struct StepRecord {
     pub grad_norm: f64,
     /// The learning rate applied.
     pub learning_rate: f64,
+    /// The loss scale the step was computed with, when loss scaling is on.
+    pub loss_scale: Option<f64>,
+    /// Steps skipped so far because the scaled gradients overflowed (fp16).
+    pub skipped_steps: u64,
     /// The algorithm's numeric metrics, averaged over the micro-batches that reported them.
     pub algorithm: BTreeMap<String, f64>,
     /// The algorithm's text metrics (the last micro-batch's).
@@ -120,22 +127,31 @@ impl Updater<'_> {
                 state.invalid_loss_count += 1;
                 continue;
             }
-            // Each micro-batch's share, so the accumulated gradient is the window's mean.
-            (out.loss / window.len() as f64).backward();
+            // Each micro-batch's share, so the accumulated gradient is the window's mean; under fp16 scaled up so
+            // small gradients survive, and unscaled as they are added to the f32 gradients.
+            self.scaler.scale_loss(&(out.loss / window.len() as f64)).backward();
+            self.optimizer.accumulate_grads(self.scaler.unscale_factor());
             acc.add(value, out.metrics);
         }
         if acc.count == 0 {
             return Ok(None);
         }
+        let loss_scale = self.scaler.enabled().then(|| self.scaler.scale());
         let grad_norm = self.optimizer.clip_grad_norm(self.max_norm);
-        if !grad_norm.is_finite() {
-            state.invalid_loss_count += 1;
+        // The scaler decides for fp16 (an overflow lowers the scale and skips the step, counted there); otherwise a
+        // non-finite gradient is an invalid update.
+        if !self.scaler.update(!grad_norm.is_finite()) {
+            if !self.scaler.enabled() {
+                state.invalid_loss_count += 1;
+            }
             self.optimizer.zero_grad();
             return Ok(None);
         }
         let learning_rate = self.schedule.lr(state.global_step);
         self.optimizer.step(learning_rate);
-        let record = acc.finish(state.global_step, grad_norm, learning_rate);
+        let mut record = acc.finish(state.global_step, grad_norm, learning_rate);
+        record.loss_scale = loss_scale;
+        record.skipped_steps = self.scaler.skipped_steps();
         state.global_step += 1;
         Ok(Some(record))
     }
@@ -182,6 +198,8 @@ impl Accumulated {
             loss: self.loss / self.count as f64,
             grad_norm,
             learning_rate,
+            loss_scale: None,
+            skipped_steps: 0,
             algorithm: self.numbers.into_iter().map(|(k, (sum, n))| (k, sum / n as f64)).collect(),
             algorithm_text: self.texts,
         }
