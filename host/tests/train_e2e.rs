@@ -144,13 +144,16 @@ fn two_batches_log_every_metric_save_a_checkpoint_and_resume_exactly() {
     assert!(again.status.success(), "{}", text(&again.stderr));
     assert_eq!(comparable(&run), comparable(&runs.path().join("again")), "two runs with one seed differ");
 
-    // Stop after one batch, resume, and the second batch equals the uninterrupted run's.
-    let first = train(runs.path(), "split", &["--max-steps", "1"]);
+    assert_resume_is_exact(runs.path(), &run, "split", &[]);
+}
+
+/// Train `name` for one batch, resume it for a second, and check that the second batch equals the uninterrupted
+/// two-batch run in `full` (3 optimizer steps per batch). `extra` flags go to both halves.
+fn assert_resume_is_exact(runs: &Path, full: &Path, name: &str, extra: &[&str]) {
+    let first = train(runs, name, &[&["--max-steps", "1"], extra].concat());
     assert!(first.status.success(), "{}", text(&first.stderr));
-    let resumed = train(runs.path(), "split", &["--max-steps", "2", "--resume", "auto"]);
+    let resumed = train(runs, name, &[&["--max-steps", "2", "--resume", "auto"], extra].concat());
     assert!(resumed.status.success(), "{}", text(&resumed.stderr));
-    let split = comparable(&runs.path().join("split"));
-    let full = comparable(&run);
     let later = |rows: &[BTreeMap<String, serde_json::Value>]| -> Vec<BTreeMap<String, serde_json::Value>> {
         rows.iter()
             .filter(|r| r["step"].as_u64().unwrap() >= 3)
@@ -162,7 +165,68 @@ fn two_batches_log_every_metric_save_a_checkpoint_and_resume_exactly() {
             })
             .collect()
     };
+    let (split, full) = (comparable(&runs.join(name)), comparable(full));
     assert_eq!(later(&split), later(&full), "the resumed run's second batch differs from the uninterrupted run");
+}
+
+/// The dtype of every tensor in a safetensors file, from its JSON header.
+fn safetensors_dtypes(path: &Path) -> std::collections::BTreeSet<String> {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    header.as_object().unwrap().iter().filter_map(|(_, v)| v["dtype"].as_str().map(String::from)).collect()
+}
+
+/// bf16 mixed precision: the model computes in bf16, the checkpoint holds the f32 master weights, and a resumed run
+/// continues exactly (masters restored, not re-derived from the bf16 copies).
+#[test]
+fn bf16_mixed_precision_saves_f32_masters_and_resumes_exactly() {
+    let runs = tempfile::tempdir().unwrap();
+    let mixed = ["--mixed-precision", "bf16"];
+    let out = train(runs.path(), "mixed", &[&["--max-steps", "2"], &mixed[..]].concat());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let run = runs.path().join("mixed");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!((config["dtype"].as_str(), config["mixed_precision"].as_str()), (Some("BFloat16"), Some("bf16")));
+    let ckpt = run.join("checkpoints/step_6");
+    assert_eq!(safetensors_dtypes(&ckpt.join("model.safetensors")), ["F32".to_string()].into());
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ckpt.join("trainer_state.json")).unwrap()).unwrap();
+    assert_eq!(state["mixed_precision"], "bf16");
+    assert_resume_is_exact(runs.path(), &run, "mixed-split", &mixed);
+}
+
+/// fp16 mixed precision logs its dynamic loss scale, starting at GradScaler's 65536, and keeps it in checkpoints.
+#[test]
+fn fp16_mixed_precision_logs_and_saves_the_loss_scale() {
+    let runs = tempfile::tempdir().unwrap();
+    let out = train(runs.path(), "fp16", &["--max-steps", "1", "--mixed-precision", "fp16"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let run = runs.path().join("fp16");
+    let scales: Vec<f64> = rows(&run).iter().filter_map(|r| r.get("training_step/loss_scale")?.as_f64()).collect();
+    assert!(!scales.is_empty(), "no training_step/loss_scale logged");
+    assert!(scales[0] <= 65536.0 && scales[0] >= 1.0, "{scales:?}");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("checkpoints/step_3/trainer_state.json")).unwrap())
+            .unwrap();
+    assert!(state["loss_scaler"]["scale"].as_f64().unwrap() >= 1.0, "{state}");
+}
+
+/// Pure bf16 parameters (`--mixed-precision no --dtype bf16`) stay available, with a warning that re-grpo's
+/// learning rate cannot move them; mixed precision with a bf16 --dtype is refused in one line.
+#[test]
+fn pure_bf16_warns_and_contradictions_are_refused() {
+    let runs = tempfile::tempdir().unwrap();
+    let out =
+        train(runs.path(), "pure", &["--max-steps", "1", "--mixed-precision", "no", "--dtype", "bf16", "--lr", "5e-6"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("warning: --lr 5e-6 is below half"), "{}", text(&out.stderr));
+    let bad = train(runs.path(), "bad", &["--max-steps", "1", "--mixed-precision", "bf16", "--dtype", "bf16"]);
+    assert_eq!(bad.status.code(), Some(2));
+    let err = text(&bad.stderr);
+    assert!(err.contains("--mixed-precision bf16 keeps f32 master weights"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
 #[test]

@@ -261,7 +261,7 @@ impl Precision {
         // 0.02 is a typical weight magnitude of a transformer's linear layers at initialisation.
         (!self.master_weights && update_too_small_for(self.working, lr, 0.02)).then(|| {
             format!(
-                "warning: --lr {lr} is below half the {:?} spacing at |w| ~ 0.02, so most updates round away in \
+                "warning: --lr {lr:e} is below half the {:?} spacing at |w| ~ 0.02, so most updates round away in \
                  parameters held in that dtype; use --mixed-precision bf16 (f32 master weights) instead",
                 self.working
             )
