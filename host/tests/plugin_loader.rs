@@ -8,7 +8,8 @@ use grpo_host::error::{exit_code, one_line};
 use grpo_host::plugins::{DiscoveryOptions, PluginKind, Registry};
 use grpo_sdk::tch::{Kind, Tensor};
 use grpo_sdk::{
-    Algorithm, Environment, LossOutput, LossSettings, Message, MetricSource, PolicyBatch, Split, StepOutcome, Task,
+    Algorithm, Environment, LossOutput, LossSettings, Message, MetricSource, Plugin, PolicyBatch, Split, StepOutcome,
+    Task,
 };
 use serde_json::{json, Value};
 use std::path::Path;
@@ -217,18 +218,27 @@ fn a_constructor_that_rejects_its_config_names_plugin_file_and_cause() {
 
 // --- Plugins that fail or panic mid-run, defined in this test binary and registered in-process. ---------------
 
+/// The `MetricSource` and `Plugin` halves of a unit-struct test plugin without options or metrics.
+macro_rules! plain_plugin {
+    ($ty:ident, $name:literal, $description:literal) => {
+        impl MetricSource for $ty {}
+        impl Plugin for $ty {
+            const NAME: &'static str = $name;
+            const DESCRIPTION: &'static str = $description;
+            fn new(_: Value) -> grpo_sdk::Result<Self> {
+                Ok($ty)
+            }
+            fn config(&self) -> Value {
+                Value::Null
+            }
+        }
+    };
+}
+
 /// Panics in `loss`.
 struct Boom;
-impl MetricSource for Boom {}
+plain_plugin!(Boom, "boom", "panics in loss");
 impl Algorithm for Boom {
-    const NAME: &'static str = "boom";
-    const DESCRIPTION: &'static str = "panics in loss";
-    fn new(_: Value) -> grpo_sdk::Result<Self> {
-        Ok(Boom)
-    }
-    fn config(&self) -> Value {
-        Value::Null
-    }
     fn advantages(&self, rewards: &Tensor, _: &[usize]) -> grpo_sdk::Result<Tensor> {
         Ok(rewards.zeros_like())
     }
@@ -239,17 +249,9 @@ impl Algorithm for Boom {
 
 /// Errors on "fail" and panics on "panic".
 struct Flaky;
-impl MetricSource for Flaky {}
+plain_plugin!(Flaky, "flaky", "fails on request");
 impl Environment for Flaky {
-    const NAME: &'static str = "flaky";
-    const DESCRIPTION: &'static str = "fails on request";
     type State = ();
-    fn new(_: Value) -> grpo_sdk::Result<Self> {
-        Ok(Flaky)
-    }
-    fn config(&self) -> Value {
-        Value::Null
-    }
     fn task_count(&self, _: Split) -> Option<u64> {
         Some(1)
     }

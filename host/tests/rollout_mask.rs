@@ -23,16 +23,20 @@ static SEEN: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 struct Echo;
 impl MetricSource for Echo {}
-impl Environment for Echo {
+impl grpo_sdk::Plugin for Echo {
     const NAME: &'static str = "echo";
     const DESCRIPTION: &'static str = "answers every turn and continues for three turns";
-    type State = u32;
     fn new(_: Value) -> grpo_sdk::Result<Self> {
         Ok(Echo)
     }
     fn config(&self) -> Value {
         Value::Null
     }
+}
+
+impl Environment for Echo {
+    type State = u32;
+
     fn task_count(&self, _: Split) -> Option<u64> {
         Some(4)
     }

@@ -1,24 +1,25 @@
 //! The [`Algorithm`] trait: how rewards become advantages and how a batch of log-probs becomes a loss.
 
-use crate::{Metric, MetricSource, Result};
+use crate::{Metric, Plugin, Result};
 use tch::Tensor;
 
 /// A GRPO-family algorithm. The host generates rollouts, collects rewards, asks the algorithm for advantages, and
 /// for every micro-batch asks it for a loss; the host then does backward, gradient clipping and the optimizer step.
 ///
-/// Methods take `&self` and may be called from any thread (one call at a time per method is not guaranteed), so
-/// state that changes (statistics for [`MetricSource`]) needs interior mutability such as a `Mutex`.
+/// Its name, constructor and config come from the parent trait [`Plugin`]. Methods take `&self` and may be called
+/// from any thread (one call at a time per method is not guaranteed), so state that changes (statistics for
+/// [`MetricSource`](crate::MetricSource)) needs interior mutability such as a `Mutex`.
 ///
 /// ```
 /// use grpo_sdk::tch::{Kind, Tensor};
-/// use grpo_sdk::{Algorithm, LossOutput, LossSettings, Metric, MetricSource, PolicyBatch};
+/// use grpo_sdk::{Algorithm, LossOutput, LossSettings, MetricSource, Plugin, PolicyBatch};
 ///
 /// /// Plain REINFORCE with a group baseline: a minimal, complete algorithm.
 /// struct Reinforce;
 ///
 /// impl MetricSource for Reinforce {}
 ///
-/// impl Algorithm for Reinforce {
+/// impl Plugin for Reinforce {
 ///     const NAME: &'static str = "reinforce";
 ///     const DESCRIPTION: &'static str = "REINFORCE with the group mean as baseline";
 ///
@@ -28,6 +29,9 @@ use tch::Tensor;
 ///     fn config(&self) -> serde_json::Value {
 ///         serde_json::json!({})
 ///     }
+/// }
+///
+/// impl Algorithm for Reinforce {
 ///     fn advantages(&self, rewards: &Tensor, groups: &[usize]) -> grpo_sdk::Result<Tensor> {
 ///         let parts: Vec<Tensor> = rewards
 ///             .split_with_sizes(groups.iter().map(|&g| g as i64).collect::<Vec<_>>(), 0)
@@ -63,19 +67,7 @@ use tch::Tensor;
 /// assert!(log_probs.grad().defined());
 /// # Ok::<(), grpo_sdk::Error>(())
 /// ```
-pub trait Algorithm: MetricSource + Send + Sync + Sized + 'static {
-    /// The name users pass to `--algo`; unique among loaded plugins.
-    const NAME: &'static str;
-    /// One line for `grpo-host plugins list`.
-    const DESCRIPTION: &'static str;
-
-    /// Build the algorithm from its JSON config (`--algo-config`; `null` when none was given). Reject unknown or
-    /// invalid options here with a message naming the option: this is the user's first feedback.
-    fn new(config: serde_json::Value) -> Result<Self>;
-
-    /// The resolved config, defaults filled in; saved with the run so that it can be reproduced.
-    fn config(&self) -> serde_json::Value;
-
+pub trait Algorithm: Plugin {
     /// Advantages for one batch of rollouts. `rewards` is `[N]` (float32 or float64) and holds the groups one after
     /// another: `groups` are their sizes, summing to `N` (rollouts of one task form a group). Returns `[N]`, same
     /// dtype and device as `rewards`. A group of one must not produce NaN.

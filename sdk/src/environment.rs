@@ -1,9 +1,10 @@
 //! The [`Environment`] trait: tasks, episodes and rewards, text in and text out.
 
-use crate::{Message, MetricSource, Result, Split, StepOutcome, Task, ToolSpec};
+use crate::{Message, Plugin, Result, Split, StepOutcome, Task, ToolSpec};
 
 /// A task world the model acts in: it hands out tasks, opens an episode for each, reads the model's turns and
-/// answers with messages and rewards. See the crate-level example for a complete one.
+/// answers with messages and rewards. Its name, constructor (`--env-config`) and config come from the parent trait
+/// [`Plugin`]. See the crate-level example for a complete one.
 ///
 /// Rules the host relies on:
 ///
@@ -14,20 +15,9 @@ use crate::{Message, MetricSource, Result, Split, StepOutcome, Task, ToolSpec};
 ///   makes a resumed run equal an uninterrupted one.
 /// - **Ordering**: for a finite source (`task_count` is `Some(n)`), the host shuffles the indices `0..n` itself
 ///   with the run's seed; for an unbounded generator it asks for indices 0, 1, 2, ... and the seed picks the stream.
-pub trait Environment: MetricSource + Send + Sync + Sized + 'static {
-    /// The name users pass to `--env`; unique among loaded plugins.
-    const NAME: &'static str;
-    /// One line for `grpo-host plugins list`.
-    const DESCRIPTION: &'static str;
+pub trait Environment: Plugin {
     /// The data of one episode (the reference answer, the turn count, the tool state).
     type State: Send + 'static;
-
-    /// Build the environment from its JSON config (`--env-config`; `null` when none was given). Load data files
-    /// here and fail with a message naming the file and the cause.
-    fn new(config: serde_json::Value) -> Result<Self>;
-
-    /// The resolved config, defaults filled in; saved with the run.
-    fn config(&self) -> serde_json::Value;
 
     /// Tools the model may call, for chat templates that render tool declarations. Default: none.
     fn tools(&self) -> Vec<ToolSpec> {

@@ -7,6 +7,9 @@
 //!   reads `abi_major` first and refuses any other major before it reads anything else.
 //! - Within one major, [`PluginLibrary`], the vtables and [`FfiPolicyBatch`] only grow at the end; vtables and
 //!   batches start with their size so either side can tell which fields the other knows.
+//! - Every kind's vtable starts with the same [`PluginVTable`] (size, create, destroy, config, metrics), the
+//!   functions of the parent trait [`Plugin`]; the shims behind it and the host code calling it exist once, generic
+//!   over the kind ([`KindVTable`]). Nesting it changed no byte of the layout of ABI 1.0 (asserted below).
 //! - Strings are UTF-8 [`FfiStr`] borrowed for the duration of a call. Strings going back are written into a
 //!   [`StrSink`] the caller provides, so no allocation crosses the boundary and no side frees the other's memory.
 //! - Configs, tasks, messages, outcomes and metrics travel as JSON text.
@@ -18,7 +21,9 @@
 //!   catches panics; an instance that panicked is poisoned and refuses further calls.
 //! - Libraries are never unloaded, so `&'static` data in them (names, vtables) stays valid.
 
-use crate::{Algorithm, Environment, Error, LossOutput, LossSettings, Metric, PolicyBatch, Result, Split, Task};
+use crate::{
+    Algorithm, Environment, Error, LossOutput, LossSettings, Metric, Plugin, PolicyBatch, Result, Split, Task,
+};
 use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -179,10 +184,11 @@ pub struct PluginEntry {
     pub vtable: *const c_void,
 }
 
-/// The functions of an algorithm plugin. `this` is the instance made by `create`.
+/// The functions every plugin kind has (those of [`Plugin`] and [`crate::MetricSource`]), at the start of each
+/// kind's vtable. `this` is the instance made by `create`.
 #[repr(C)]
-pub struct AlgorithmVTable {
-    /// `size_of::<AlgorithmVTable>()` in the library; fields beyond it do not exist.
+pub struct PluginVTable {
+    /// `size_of` the whole kind's vtable (not of this part) in the library; fields beyond it do not exist.
     pub size: usize,
     /// Build an instance from JSON config text; on success writes it to `out`.
     pub create: unsafe extern "C" fn(config: FfiStr, out: *mut *mut c_void, err: StrSink) -> u32,
@@ -192,6 +198,22 @@ pub struct AlgorithmVTable {
     pub config: unsafe extern "C" fn(this: *const c_void, out: StrSink, err: StrSink) -> u32,
     /// The instance's metrics as a JSON array of [`Metric`].
     pub metrics: unsafe extern "C" fn(this: *const c_void, out: StrSink, err: StrSink) -> u32,
+}
+
+/// A kind's vtable type: what lets the host's wrapper and the SDK's entry builder be written once for every kind.
+pub trait KindVTable: Sync + 'static {
+    /// The [`PluginEntry::kind`] whose `vtable` points at this type.
+    const KIND: u32;
+
+    /// The functions shared by every kind, at the start of the table.
+    fn plugin(&self) -> &PluginVTable;
+}
+
+/// The functions of an algorithm plugin.
+#[repr(C)]
+pub struct AlgorithmVTable {
+    /// Config, metrics and the instance's life; `plugin.size` is `size_of::<AlgorithmVTable>()`.
+    pub plugin: PluginVTable,
     /// Advantages of borrowed `[N]` rewards for groups of the given sizes; writes an owned tensor to `out`.
     pub advantages: unsafe extern "C" fn(
         this: *const c_void,
@@ -229,19 +251,11 @@ pub struct FfiPolicyBatch {
     pub settings: LossSettings,
 }
 
-/// The functions of an environment plugin. `this` is the instance made by `create`; `state` an episode.
+/// The functions of an environment plugin; `state` is an episode.
 #[repr(C)]
 pub struct EnvironmentVTable {
-    /// `size_of::<EnvironmentVTable>()` in the library.
-    pub size: usize,
-    /// Build an instance from JSON config text.
-    pub create: unsafe extern "C" fn(config: FfiStr, out: *mut *mut c_void, err: StrSink) -> u32,
-    /// Drop an instance.
-    pub destroy: unsafe extern "C" fn(this: *mut c_void),
-    /// The resolved config as JSON.
-    pub config: unsafe extern "C" fn(this: *const c_void, out: StrSink, err: StrSink) -> u32,
-    /// Metrics as a JSON array.
-    pub metrics: unsafe extern "C" fn(this: *const c_void, out: StrSink, err: StrSink) -> u32,
+    /// Config, metrics and the instance's life; `plugin.size` is `size_of::<EnvironmentVTable>()`.
+    pub plugin: PluginVTable,
     /// Tools as a JSON array of [`crate::ToolSpec`].
     pub tools: unsafe extern "C" fn(this: *const c_void, out: StrSink, err: StrSink) -> u32,
     /// Number of tasks in a split ([`Split`] as `u32`), or -1 for an unbounded generator.
@@ -263,6 +277,33 @@ pub struct EnvironmentVTable {
     /// Drop an episode's state.
     pub drop_state: unsafe extern "C" fn(this: *const c_void, state: *mut c_void),
 }
+
+impl KindVTable for AlgorithmVTable {
+    const KIND: u32 = KIND_ALGORITHM;
+    fn plugin(&self) -> &PluginVTable {
+        &self.plugin
+    }
+}
+
+impl KindVTable for EnvironmentVTable {
+    const KIND: u32 = KIND_ENVIRONMENT;
+    fn plugin(&self) -> &PluginVTable {
+        &self.plugin
+    }
+}
+
+// ABI 1.0 laid the five common functions out flat at the start of each table; nesting them in `PluginVTable` must
+// leave every offset as it was (libraries built before the nesting, and tests/broken_plugins, rely on it).
+const _: () = {
+    use std::mem::{offset_of, size_of};
+    let word = size_of::<usize>();
+    assert!(size_of::<PluginVTable>() == 5 * word);
+    assert!(offset_of!(PluginVTable, metrics) == 4 * word);
+    assert!(offset_of!(AlgorithmVTable, advantages) == 5 * word);
+    assert!(size_of::<AlgorithmVTable>() == 7 * word);
+    assert!(offset_of!(EnvironmentVTable, tools) == 5 * word);
+    assert!(size_of::<EnvironmentVTable>() == 11 * word);
+};
 
 // ---------------------------------------------------------------------------------------------------------------
 // Plugin side: the descriptor and the shims generated for each exported type.
@@ -305,48 +346,51 @@ pub fn entry_guard(build: impl FnOnce() -> *const PluginLibrary) -> *const Plugi
     catch_unwind(AssertUnwindSafe(build)).unwrap_or(std::ptr::null())
 }
 
-/// The entry for algorithm `T` of a library whose crate version is `version`.
-pub fn algorithm_entry<T: Algorithm>(version: &'static str) -> PluginEntry {
-    let vtable: &'static AlgorithmVTable = Box::leak(Box::new(AlgorithmVTable {
-        size: std::mem::size_of::<AlgorithmVTable>(),
-        create: alg_create::<T>,
+/// The common part of `T`'s vtable, for a kind's table of type `V`.
+fn plugin_vtable<T: Plugin, V: KindVTable>() -> PluginVTable {
+    PluginVTable {
+        size: std::mem::size_of::<V>(),
+        create: create::<T>,
         destroy: destroy::<T>,
-        config: alg_config::<T>,
-        metrics: alg_metrics::<T>,
-        advantages: alg_advantages::<T>,
-        loss: alg_loss::<T>,
-    }));
+        config: config::<T>,
+        metrics: metrics::<T>,
+    }
+}
+
+/// The entry for plugin `T` whose kind's functions are `vtable` (leaked: libraries are never unloaded).
+fn entry<T: Plugin, V: KindVTable>(version: &'static str, vtable: V) -> PluginEntry {
+    let vtable: &'static V = Box::leak(Box::new(vtable));
     PluginEntry {
-        kind: KIND_ALGORITHM,
+        kind: V::KIND,
         name: FfiStr::new(T::NAME),
         version: FfiStr::new(version),
         description: FfiStr::new(T::DESCRIPTION),
-        vtable: vtable as *const AlgorithmVTable as *const c_void,
+        vtable: vtable as *const V as *const c_void,
     }
+}
+
+/// The entry for algorithm `T` of a library whose crate version is `version`.
+pub fn algorithm_entry<T: Algorithm>(version: &'static str) -> PluginEntry {
+    let vtable = AlgorithmVTable {
+        plugin: plugin_vtable::<T, AlgorithmVTable>(),
+        advantages: alg_advantages::<T>,
+        loss: alg_loss::<T>,
+    };
+    entry::<T, _>(version, vtable)
 }
 
 /// The entry for environment `T` of a library whose crate version is `version`.
 pub fn environment_entry<T: Environment>(version: &'static str) -> PluginEntry {
-    let vtable: &'static EnvironmentVTable = Box::leak(Box::new(EnvironmentVTable {
-        size: std::mem::size_of::<EnvironmentVTable>(),
-        create: env_create::<T>,
-        destroy: destroy::<T>,
-        config: env_config::<T>,
-        metrics: env_metrics::<T>,
+    let vtable = EnvironmentVTable {
+        plugin: plugin_vtable::<T, EnvironmentVTable>(),
         tools: env_tools::<T>,
         task_count: env_task_count::<T>,
         task: env_task::<T>,
         reset: env_reset::<T>,
         step: env_step::<T>,
         drop_state: env_drop_state::<T>,
-    }));
-    PluginEntry {
-        kind: KIND_ENVIRONMENT,
-        name: FfiStr::new(T::NAME),
-        version: FfiStr::new(version),
-        description: FfiStr::new(T::DESCRIPTION),
-        vtable: vtable as *const EnvironmentVTable as *const c_void,
-    }
+    };
+    entry::<T, _>(version, vtable)
 }
 
 /// A plugin instance and whether it has panicked (with the message, for later refusals).
@@ -428,13 +472,8 @@ unsafe fn call<T>(this: *const c_void, err: StrSink, f: impl FnOnce(&T) -> Resul
     }
 }
 
-/// Build an instance with `new` from JSON config text.
-unsafe fn create<T>(
-    config: FfiStr,
-    out: *mut *mut c_void,
-    err: StrSink,
-    new: impl FnOnce(serde_json::Value) -> Result<T>,
-) -> u32 {
+/// Build an instance of `T` from JSON config text (empty text means `null`).
+unsafe extern "C" fn create<T: Plugin>(config: FfiStr, out: *mut *mut c_void, err: StrSink) -> u32 {
     install_panic_hook();
     let result = catch(|| -> Result<*mut c_void> {
         let text = config.to_str().map_err(|e| Error::msg(format!("config is not UTF-8: {e}")))?;
@@ -443,7 +482,7 @@ unsafe fn create<T>(
         } else {
             serde_json::from_str(text).map_err(|e| Error::msg(format!("config is not valid JSON: {e}")))?
         };
-        let plugin = new(value)?;
+        let plugin = T::new(value)?;
         let inst = Box::new(Instance { plugin, poisoned: Mutex::new(None) });
         Ok(Box::into_raw(inst) as *mut c_void)
     });
@@ -474,6 +513,27 @@ fn to_json<S: serde::Serialize>(value: &S) -> Result<String> {
     serde_json::to_string(value).map_err(|e| Error::msg(format!("cannot encode as JSON: {e}")))
 }
 
+/// [`call`] for the many functions whose one output is JSON written to `out`.
+unsafe fn call_json<T, R: serde::Serialize>(
+    this: *const c_void,
+    out: StrSink,
+    err: StrSink,
+    f: impl FnOnce(&T) -> Result<R>,
+) -> u32 {
+    call::<T>(this, err, |p| {
+        out.put(&to_json(&f(p)?)?);
+        Ok(())
+    })
+}
+
+unsafe extern "C" fn config<T: Plugin>(this: *const c_void, out: StrSink, err: StrSink) -> u32 {
+    call_json::<T, _>(this, out, err, |p| Ok(p.config()))
+}
+
+unsafe extern "C" fn metrics<T: Plugin>(this: *const c_void, out: StrSink, err: StrSink) -> u32 {
+    call_json::<T, _>(this, out, err, |p| Ok(p.metrics()))
+}
+
 /// Take a shallow clone of a borrowed tensor handle.
 unsafe fn borrow_tensor(ptr: TensorPtr, what: &str) -> Result<Tensor> {
     if ptr.is_null() {
@@ -496,24 +556,6 @@ fn check_defined(t: &Tensor, what: &str) -> Result<()> {
     } else {
         Err(Error::msg(format!("{what} returned an undefined tensor")))
     }
-}
-
-unsafe extern "C" fn alg_create<T: Algorithm>(config: FfiStr, out: *mut *mut c_void, err: StrSink) -> u32 {
-    create::<T>(config, out, err, T::new)
-}
-
-unsafe extern "C" fn alg_config<T: Algorithm>(this: *const c_void, out: StrSink, err: StrSink) -> u32 {
-    call::<T>(this, err, |p| {
-        out.put(&to_json(&p.config())?);
-        Ok(())
-    })
-}
-
-unsafe extern "C" fn alg_metrics<T: Algorithm>(this: *const c_void, out: StrSink, err: StrSink) -> u32 {
-    call::<T>(this, err, |p| {
-        out.put(&to_json(&p.metrics())?);
-        Ok(())
-    })
 }
 
 unsafe extern "C" fn alg_advantages<T: Algorithm>(
@@ -563,29 +605,8 @@ unsafe extern "C" fn alg_loss<T: Algorithm>(
     })
 }
 
-unsafe extern "C" fn env_create<T: Environment>(config: FfiStr, out: *mut *mut c_void, err: StrSink) -> u32 {
-    create::<T>(config, out, err, T::new)
-}
-
-unsafe extern "C" fn env_config<T: Environment>(this: *const c_void, out: StrSink, err: StrSink) -> u32 {
-    call::<T>(this, err, |p| {
-        out.put(&to_json(&p.config())?);
-        Ok(())
-    })
-}
-
-unsafe extern "C" fn env_metrics<T: Environment>(this: *const c_void, out: StrSink, err: StrSink) -> u32 {
-    call::<T>(this, err, |p| {
-        out.put(&to_json(&p.metrics())?);
-        Ok(())
-    })
-}
-
 unsafe extern "C" fn env_tools<T: Environment>(this: *const c_void, out: StrSink, err: StrSink) -> u32 {
-    call::<T>(this, err, |p| {
-        out.put(&to_json(&p.tools())?);
-        Ok(())
-    })
+    call_json::<T, _>(this, out, err, |p| Ok(p.tools()))
 }
 
 fn split_from(split: u32) -> Result<Split> {
@@ -619,10 +640,7 @@ unsafe extern "C" fn env_task<T: Environment>(
     out: StrSink,
     err: StrSink,
 ) -> u32 {
-    call::<T>(this, err, |p| {
-        out.put(&to_json(&p.task(split_from(split)?, seed, index)?)?);
-        Ok(())
-    })
+    call_json::<T, _>(this, out, err, |p| p.task(split_from(split)?, seed, index))
 }
 
 unsafe extern "C" fn env_reset<T: Environment>(
@@ -649,15 +667,14 @@ unsafe extern "C" fn env_step<T: Environment>(
     out: StrSink,
     err: StrSink,
 ) -> u32 {
-    call::<T>(this, err, |p| {
+    call_json::<T, _>(this, out, err, |p| {
         let state = (state as *mut T::State).as_mut().ok_or_else(|| Error::msg("the host passed no episode state"))?;
         let text = text.to_str().map_err(|e| Error::msg(format!("assistant text is not UTF-8: {e}")))?;
         let outcome = p.step(state, text)?;
         if let Some(bad) = outcome.rewards.iter().find(|r| !r.value.is_finite()) {
             return Err(Error::msg(format!("reward `{}` is not finite ({})", bad.name, bad.value)));
         }
-        out.put(&to_json(&outcome)?);
-        Ok(())
+        Ok(outcome)
     })
 }
 
@@ -681,15 +698,17 @@ pub fn decode_metrics(json: &str) -> std::result::Result<Vec<Metric>, serde_json
 ///
 /// ```
 /// use grpo_sdk::tch::Tensor;
-/// use grpo_sdk::{Algorithm, LossOutput, MetricSource, PolicyBatch};
+/// use grpo_sdk::{Algorithm, LossOutput, MetricSource, Plugin, PolicyBatch};
 ///
 /// struct Zero;
 /// impl MetricSource for Zero {}
-/// impl Algorithm for Zero {
+/// impl Plugin for Zero {
 ///     const NAME: &'static str = "zero";
 ///     const DESCRIPTION: &'static str = "learns nothing";
 ///     fn new(_: serde_json::Value) -> grpo_sdk::Result<Self> { Ok(Zero) }
 ///     fn config(&self) -> serde_json::Value { serde_json::Value::Null }
+/// }
+/// impl Algorithm for Zero {
 ///     fn advantages(&self, r: &Tensor, _: &[usize]) -> grpo_sdk::Result<Tensor> { Ok(r.zeros_like()) }
 ///     fn loss(&self, b: &PolicyBatch) -> grpo_sdk::Result<LossOutput> {
 ///         Ok(LossOutput::new((&b.log_probs * 0.0).sum(None)))
@@ -738,7 +757,7 @@ mod tests {
 
     struct Panicky;
     impl MetricSource for Panicky {}
-    impl Algorithm for Panicky {
+    impl Plugin for Panicky {
         const NAME: &'static str = "panicky";
         const DESCRIPTION: &'static str = "panics in loss";
         fn new(config: serde_json::Value) -> Result<Self> {
@@ -750,6 +769,8 @@ mod tests {
         fn config(&self) -> serde_json::Value {
             serde_json::Value::Null
         }
+    }
+    impl Algorithm for Panicky {
         fn advantages(&self, rewards: &Tensor, _: &[usize]) -> Result<Tensor> {
             Ok(rewards.zeros_like())
         }
@@ -758,16 +779,84 @@ mod tests {
         }
     }
 
+    /// Counts its `config` calls, to see the common shims reach the right instance.
+    struct Still(std::sync::atomic::AtomicU64);
+    impl MetricSource for Still {
+        fn metrics(&self) -> Vec<Metric> {
+            vec![Metric::number("still/configs", self.0.load(std::sync::atomic::Ordering::Relaxed) as f64)]
+        }
+    }
+    impl Plugin for Still {
+        const NAME: &'static str = "still";
+        const DESCRIPTION: &'static str = "one task, never done";
+        fn new(config: serde_json::Value) -> Result<Self> {
+            Ok(Still(std::sync::atomic::AtomicU64::new(config["start"].as_u64().unwrap_or(0))))
+        }
+        fn config(&self) -> serde_json::Value {
+            let n = self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            serde_json::json!({ "start": n })
+        }
+    }
+    impl Environment for Still {
+        type State = ();
+        fn task_count(&self, _: Split) -> Option<u64> {
+            Some(1)
+        }
+        fn task(&self, _: Split, _: u64, _: u64) -> Result<Task> {
+            Ok(Task::new("0", "?", "!"))
+        }
+        fn reset(&self, _: &Task) -> Result<((), Vec<crate::Message>)> {
+            Ok(((), Vec::new()))
+        }
+        fn step(&self, _: &mut (), _: &str) -> Result<crate::StepOutcome> {
+            Ok(crate::StepOutcome::finished(Vec::new()))
+        }
+    }
+
+    /// Calls `config` then `metrics` through the common part of a kind's table and returns both JSON texts.
+    fn common_calls(plugin: &PluginVTable, config: &str) -> (String, String) {
+        let (mut err, mut out_config, mut out_metrics) = (String::new(), String::new(), String::new());
+        let mut this: *mut c_void = std::ptr::null_mut();
+        unsafe {
+            assert_eq!((plugin.create)(FfiStr::new(config), &mut this, StrSink::for_string(&mut err)), status::OK);
+            let code = (plugin.config)(this, StrSink::for_string(&mut out_config), StrSink::for_string(&mut err));
+            assert_eq!(code, status::OK);
+            let code = (plugin.metrics)(this, StrSink::for_string(&mut out_metrics), StrSink::for_string(&mut err));
+            assert_eq!(code, status::OK);
+            (plugin.destroy)(this);
+        }
+        assert_eq!(err, "");
+        (out_config, out_metrics)
+    }
+
+    #[test]
+    fn every_kind_starts_with_the_common_table_of_its_own_size() {
+        let entry = environment_entry::<Still>("1.2.3");
+        assert_eq!(entry.kind, KIND_ENVIRONMENT);
+        let vt = unsafe { &*(entry.vtable as *const EnvironmentVTable) };
+        assert_eq!(vt.plugin().size, std::mem::size_of::<EnvironmentVTable>());
+        let (config, metrics) = common_calls(vt.plugin(), r#"{"start": 7}"#);
+        assert_eq!(config, r#"{"start":7}"#);
+        assert_eq!(decode_metrics(&metrics).unwrap(), vec![Metric::number("still/configs", 8.0)]);
+
+        let entry = algorithm_entry::<Panicky>("1.2.3");
+        assert_eq!(entry.kind, KIND_ALGORITHM);
+        let vt = unsafe { &*(entry.vtable as *const AlgorithmVTable) };
+        assert_eq!(vt.plugin().size, std::mem::size_of::<AlgorithmVTable>());
+        assert_eq!(common_calls(vt.plugin(), ""), ("null".to_string(), "[]".to_string()));
+    }
+
     #[test]
     fn shims_report_errors_catch_panics_and_poison_the_instance() {
         let entry = algorithm_entry::<Panicky>("9.9.9");
         let vt = unsafe { &*(entry.vtable as *const AlgorithmVTable) };
         let mut err = String::new();
         let mut this: *mut c_void = std::ptr::null_mut();
-        let code = unsafe { (vt.create)(FfiStr::new(r#"{"fail": 1}"#), &mut this, StrSink::for_string(&mut err)) };
+        let code =
+            unsafe { (vt.plugin.create)(FfiStr::new(r#"{"fail": 1}"#), &mut this, StrSink::for_string(&mut err)) };
         assert_eq!((code, err.as_str()), (status::ERROR, "asked to fail"));
         err.clear();
-        let code = unsafe { (vt.create)(FfiStr::new(""), &mut this, StrSink::for_string(&mut err)) };
+        let code = unsafe { (vt.plugin.create)(FfiStr::new(""), &mut this, StrSink::for_string(&mut err)) };
         assert_eq!(code, status::OK);
 
         let x = Tensor::zeros([1, 2], (tch::Kind::Float, tch::Device::Cpu));
@@ -803,6 +892,6 @@ mod tests {
         };
         assert_eq!(code, status::POISONED);
         assert!(err.contains("panicked earlier (boom"), "{err}");
-        unsafe { (vt.destroy)(this) };
+        unsafe { (vt.plugin.destroy)(this) };
     }
 }

@@ -1,22 +1,22 @@
 //! grpo-sdk: the contract between the grpo-rs host and its plugins.
 //!
 //! A plugin is a `cdylib` crate that implements [`Algorithm`] (advantages and a loss) or [`Environment`] (tasks,
-//! episodes and rewards), plus [`MetricSource`] for its own metrics, and names its types once with
-//! [`export_plugins!`]. The host loads the library at run time through a small `#[repr(C)]` boundary
-//! ([`ffi`]); plugin authors never touch it: they see safe Rust traits, `tch` tensors and plain data types.
+//! episodes and rewards), their common parent [`Plugin`] (name, description, constructor from JSON config, resolved
+//! config), plus [`MetricSource`] for its own metrics, and names its types once with [`export_plugins!`]. The host
+//! loads the library at run time through a small `#[repr(C)]` boundary ([`ffi`]); plugin authors never touch it:
+//! they see safe Rust traits, `tch` tensors and plain data types.
 //!
 //! ```
-//! use grpo_sdk::{Environment, Message, MetricSource, Reward, Split, StepOutcome, Task};
+//! use grpo_sdk::{Environment, Message, MetricSource, Plugin, Reward, Split, StepOutcome, Task};
 //!
 //! /// Asks for a word and rewards saying it back.
 //! struct Echo;
 //!
 //! impl MetricSource for Echo {}
 //!
-//! impl Environment for Echo {
+//! impl Plugin for Echo {
 //!     const NAME: &'static str = "echo";
 //!     const DESCRIPTION: &'static str = "Say the word back";
-//!     type State = String;
 //!
 //!     fn new(_config: serde_json::Value) -> grpo_sdk::Result<Self> {
 //!         Ok(Echo)
@@ -24,6 +24,11 @@
 //!     fn config(&self) -> serde_json::Value {
 //!         serde_json::json!({})
 //!     }
+//! }
+//!
+//! impl Environment for Echo {
+//!     type State = String;
+//!
 //!     fn task_count(&self, _split: Split) -> Option<u64> {
 //!         Some(2)
 //!     }
@@ -56,6 +61,7 @@ mod error;
 pub mod ffi;
 mod metrics;
 pub mod ops;
+mod plugin;
 pub mod rng;
 mod types;
 
@@ -63,6 +69,7 @@ pub use algorithm::{Algorithm, LossOutput, LossSettings, PolicyBatch};
 pub use environment::Environment;
 pub use error::{Error, Result};
 pub use metrics::{Metric, MetricSource, MetricValue};
+pub use plugin::Plugin;
 pub use types::{parse_config, Message, Reward, Role, Split, StepOutcome, Task, ToolSpec};
 
 /// The `tch` crate this SDK is built with; plugins should use it (or the same version) for their tensors.

@@ -24,20 +24,58 @@ impl Metric {
 
     /// The number, if this is a numeric metric.
     pub fn as_number(&self) -> Option<f64> {
-        match self.value {
-            MetricValue::Number(v) => Some(v),
+        self.value.as_f64()
+    }
+}
+
+/// A metric's value. Numbers may be NaN or infinite (they survive the JSON boundary; see [`crate::ffi`]). The host
+/// logs this very type, so a plugin's value reaches the sinks unconverted.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MetricValue {
+    /// A number, logged as a scalar; non-finite values are kept.
+    Number(f64),
+    /// A text (a configuration choice, an example completion), logged where the sink supports text.
+    Text(String),
+}
+
+impl MetricValue {
+    /// The number, if this is one.
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            MetricValue::Number(x) => Some(*x),
             MetricValue::Text(_) => None,
         }
     }
 }
 
-/// A metric's value. Numbers may be NaN or infinite (they survive the JSON boundary; see [`crate::ffi`]).
-#[derive(Clone, Debug, PartialEq)]
-pub enum MetricValue {
-    /// A number, logged as a scalar.
-    Number(f64),
-    /// A text, logged where the sink supports text.
-    Text(String),
+macro_rules! number_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for MetricValue {
+            fn from(x: $t) -> Self {
+                MetricValue::Number(x as f64)
+            }
+        }
+    )*};
+}
+number_from!(f64, f32, i64, i32, u64, u32, usize);
+
+impl From<bool> for MetricValue {
+    /// Flags such as `ddp/sync_gradients` are logged as 1 or 0 so every sink can plot them.
+    fn from(x: bool) -> Self {
+        MetricValue::Number(if x { 1.0 } else { 0.0 })
+    }
+}
+
+impl From<&str> for MetricValue {
+    fn from(x: &str) -> Self {
+        MetricValue::Text(x.to_string())
+    }
+}
+
+impl From<String> for MetricValue {
+    fn from(x: String) -> Self {
+        MetricValue::Text(x)
+    }
 }
 
 /// Something that reports metrics when the host asks: algorithms, environments and host components.

@@ -1,7 +1,8 @@
 //! Deliberately broken plugin libraries for the loader's tests (host/tests/plugin_loader.rs compiles this file with
 //! plain `rustc`, once per `--cfg case="..."`). It does not use grpo-sdk: each case hand-writes the descriptor so
-//! that it can be wrong in exactly one way. The layout below mirrors grpo_sdk::ffi for ABI major 1; if that
-//! layout changes, the loader tests fail and this file must follow.
+//! that it can be wrong in exactly one way. The layout below mirrors grpo_sdk::ffi for ABI major 1, written flat:
+//! the SDK gathers the first five fields of every table into `PluginVTable`, which moves no byte (the SDK asserts
+//! the offsets). If that layout changes, the loader tests fail and this file must follow.
 #![allow(dead_code, clippy::missing_safety_doc)]
 
 use std::ffi::c_void;

@@ -41,54 +41,8 @@ pub use config::{
 };
 pub use system::{DistInfo, SystemMetrics};
 
-/// One logged value: a number (any f64, NaN and infinities included) or a piece of text.
-#[derive(Clone, Debug, PartialEq)]
-pub enum MetricValue {
-    /// A number; non-finite values are kept and written as `NaN`, `Infinity`, `-Infinity`.
-    Number(f64),
-    /// Text, such as `accelerate/device` or a markdown example completion.
-    Text(String),
-}
-
-impl MetricValue {
-    /// The number, if this is one.
-    pub fn as_f64(&self) -> Option<f64> {
-        match self {
-            MetricValue::Number(x) => Some(*x),
-            MetricValue::Text(_) => None,
-        }
-    }
-}
-
-macro_rules! number_from {
-    ($($t:ty),*) => {$(
-        impl From<$t> for MetricValue {
-            fn from(x: $t) -> Self {
-                MetricValue::Number(x as f64)
-            }
-        }
-    )*};
-}
-number_from!(f64, f32, i64, i32, u64, u32, usize);
-
-impl From<bool> for MetricValue {
-    /// Flags such as `ddp/sync_gradients` are logged as 1 or 0 so every sink can plot them.
-    fn from(x: bool) -> Self {
-        MetricValue::Number(if x { 1.0 } else { 0.0 })
-    }
-}
-
-impl From<&str> for MetricValue {
-    fn from(x: &str) -> Self {
-        MetricValue::Text(x.to_string())
-    }
-}
-
-impl From<String> for MetricValue {
-    fn from(x: String) -> Self {
-        MetricValue::Text(x)
-    }
-}
+/// One logged value: the SDK's type, so that plugin metrics, host metrics and every sink share it unconverted.
+pub use grpo_sdk::MetricValue;
 
 /// A set of metrics by name (sorted, so every sink writes keys in the same order).
 pub type Metrics = BTreeMap<String, MetricValue>;

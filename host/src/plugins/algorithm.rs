@@ -1,20 +1,14 @@
-//! The host's handle on an algorithm plugin: the calls the trainer makes, with tensors passed across the boundary.
+//! The calls the trainer makes on an algorithm plugin, with tensors passed across the boundary. Name, info, config
+//! and metrics are common to every kind ([`PluginInstance`]).
 
-use super::handle::Handle;
-use super::PluginInfo;
+use super::handle::PluginInstance;
 use crate::user_error;
-use grpo_sdk::ffi::{AlgorithmVTable, FfiPolicyBatch, FfiSlice, TensorPtr};
-use grpo_sdk::{LossOutput, Metric, PolicyBatch};
-use std::ffi::c_void;
-use std::sync::Arc;
+use grpo_sdk::ffi::{AlgorithmVTable, FfiPolicyBatch, FfiSlice, StrSink, TensorPtr};
+use grpo_sdk::{LossOutput, PolicyBatch};
 use tch::Tensor;
 
 /// A live algorithm. Cheap to clone (shared); usable from any thread.
-#[derive(Clone)]
-pub struct AlgorithmPlugin {
-    handle: Arc<Handle>,
-    vtable: &'static AlgorithmVTable,
-}
+pub type AlgorithmPlugin = PluginInstance<AlgorithmVTable>;
 
 /// Borrow a host tensor for the duration of a call.
 fn borrow(t: &Tensor) -> TensorPtr {
@@ -29,61 +23,23 @@ unsafe fn adopt(ptr: TensorPtr) -> Option<Tensor> {
     (!ptr.is_null()).then(|| Tensor::from_ptr(ptr as *mut torch_sys::C_tensor))
 }
 
-impl AlgorithmPlugin {
-    pub(crate) fn create(
-        info: PluginInfo,
-        vtable: &'static AlgorithmVTable,
-        config: &serde_json::Value,
-    ) -> anyhow::Result<Self> {
-        let handle = Handle::create(info, config, vtable.create, vtable.destroy)?;
-        Ok(AlgorithmPlugin { handle: Arc::new(handle), vtable })
-    }
-
-    /// Name, version and file.
-    pub fn info(&self) -> &PluginInfo {
-        &self.handle.info
-    }
-
-    /// The name it was selected by.
-    pub fn name(&self) -> &str {
-        &self.handle.info.name
-    }
-
-    /// Whether it panicked (every later call fails).
-    pub fn is_poisoned(&self) -> bool {
-        self.handle.is_poisoned()
-    }
-
-    /// Its resolved config, to save with the run.
-    pub fn config(&self) -> anyhow::Result<serde_json::Value> {
-        let this = self.handle.this;
-        // SAFETY: a validated vtable and a live instance.
-        self.handle.call_json("config", |out, err| unsafe { (self.vtable.config)(this, out, err) })
-    }
-
-    /// Its metrics since the previous call.
-    pub fn metrics(&self) -> anyhow::Result<Vec<Metric>> {
-        let this = self.handle.this;
-        // SAFETY: as above.
-        self.handle.call_json("metrics", |out, err| unsafe { (self.vtable.metrics)(this, out, err) })
-    }
-
+impl PluginInstance<AlgorithmVTable> {
     /// Advantages of `[N]` rewards laid out as consecutive groups of the given sizes; returns `[N]`.
     pub fn advantages(&self, rewards: &Tensor, groups: &[usize]) -> anyhow::Result<Tensor> {
         let groups: Vec<u64> = groups.iter().map(|&g| g as u64).collect();
         let mut out: TensorPtr = std::ptr::null_mut();
-        let this = self.handle.this as *const c_void;
-        self.handle.call("advantages", |err| {
+        let advantages = self.vtable().advantages;
+        self.call("advantages", |this, err| {
             // SAFETY: `rewards` and `groups` outlive the call; `out` receives an owned handle.
-            unsafe { (self.vtable.advantages)(this, borrow(rewards), FfiSlice::new(&groups), &mut out, err) }
+            unsafe { advantages(this, borrow(rewards), FfiSlice::new(&groups), &mut out, err) }
         })?;
+        let label = || self.info().label();
         // SAFETY: on OK the plugin wrote an owned handle.
-        let adv = unsafe { adopt(out) }
-            .ok_or_else(|| user_error!("{} returned no advantages tensor", self.handle.info.label()))?;
+        let adv = unsafe { adopt(out) }.ok_or_else(|| user_error!("{} returned no advantages tensor", label()))?;
         if adv.size() != rewards.size() {
             return Err(user_error!(
                 "{} returned advantages of shape {:?} for rewards of shape {:?}",
-                self.handle.info.label(),
+                label(),
                 adv.size(),
                 rewards.size()
             ));
@@ -104,24 +60,20 @@ impl AlgorithmPlugin {
         };
         let mut out: TensorPtr = std::ptr::null_mut();
         let mut metrics_json = String::new();
-        let metrics_sink = grpo_sdk::ffi::StrSink::for_string(&mut metrics_json);
-        let this = self.handle.this as *const c_void;
-        self.handle.call("loss", |err| {
+        let metrics_sink = StrSink::for_string(&mut metrics_json);
+        let loss = self.vtable().loss;
+        self.call("loss", |this, err| {
             // SAFETY: the batch and the tensors it borrows outlive the call.
-            unsafe { (self.vtable.loss)(this, &ffi_batch, &mut out, metrics_sink, err) }
+            unsafe { loss(this, &ffi_batch, &mut out, metrics_sink, err) }
         })?;
+        let label = || self.info().label();
         // SAFETY: on OK the plugin wrote an owned handle.
-        let loss =
-            unsafe { adopt(out) }.ok_or_else(|| user_error!("{} returned no loss tensor", self.handle.info.label()))?;
+        let loss = unsafe { adopt(out) }.ok_or_else(|| user_error!("{} returned no loss tensor", label()))?;
         if loss.numel() != 1 {
-            return Err(user_error!(
-                "{} returned a loss of shape {:?}; it must be a scalar",
-                self.handle.info.label(),
-                loss.size()
-            ));
+            return Err(user_error!("{} returned a loss of shape {:?}; it must be a scalar", label(), loss.size()));
         }
         let metrics = grpo_sdk::ffi::decode_metrics(&metrics_json)
-            .map_err(|e| user_error!("{} returned malformed loss metrics: {e}", self.handle.info.label()))?;
+            .map_err(|e| user_error!("{} returned malformed loss metrics: {e}", label()))?;
         Ok(LossOutput { loss, metrics })
     }
 }

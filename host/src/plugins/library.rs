@@ -2,24 +2,31 @@
 
 use super::{PluginInfo, PluginKind};
 use crate::user_error;
-use grpo_sdk::ffi::{self, AlgorithmVTable, EnvironmentVTable, FfiStr, PluginLibrary};
+use grpo_sdk::ffi::{self, FfiStr, KindVTable, PluginLibrary};
+use std::ffi::c_void;
 use std::path::Path;
 
 /// The signature of the entry symbol.
 pub type EntryFn = unsafe extern "C" fn() -> *const PluginLibrary;
 
-/// A plugin's functions, by kind.
-#[derive(Clone, Copy)]
-pub(crate) enum VTable {
-    Algorithm(&'static AlgorithmVTable),
-    Environment(&'static EnvironmentVTable),
-}
-
 /// One validated plugin of a loaded library.
 #[derive(Clone)]
 pub(crate) struct LoadedPlugin {
     pub info: PluginInfo,
-    pub vtable: VTable,
+    /// The function table of `info.kind`'s type, validated to be at least as long as this host's.
+    vtable: *const c_void,
+}
+
+// SAFETY: the table is immutable `'static` data of a library that is never unloaded.
+unsafe impl Send for LoadedPlugin {}
+unsafe impl Sync for LoadedPlugin {}
+
+impl LoadedPlugin {
+    /// The function table as the type `V` of its kind; `None` when the plugin is of another kind.
+    pub fn vtable<V: KindVTable>(&self) -> Option<&'static V> {
+        // SAFETY: validation checked that a table of this kind is a `V` (its size is at least `V`'s).
+        (self.info.kind.abi() == V::KIND).then(|| unsafe { &*(self.vtable as *const V) })
+    }
 }
 
 /// Load `path` with the dynamic loader, find its entry symbol and validate what it describes. The library is
@@ -95,27 +102,15 @@ pub(crate) unsafe fn validate(entry: EntryFn, path: &Path) -> anyhow::Result<Vec
         if entry.vtable.is_null() {
             return Err(user_error!("plugin file {shown}: plugin `{name}` has no function table; rebuild it"));
         }
-        let vtable = match entry.kind {
-            ffi::KIND_ALGORITHM => {
-                let vt = &*(entry.vtable as *const AlgorithmVTable);
-                check_size(vt.size, std::mem::size_of::<AlgorithmVTable>(), &name, path)?;
-                VTable::Algorithm(vt)
-            }
-            ffi::KIND_ENVIRONMENT => {
-                let vt = &*(entry.vtable as *const EnvironmentVTable);
-                check_size(vt.size, std::mem::size_of::<EnvironmentVTable>(), &name, path)?;
-                VTable::Environment(vt)
-            }
-            other => {
-                return Err(user_error!(
-                "plugin file {shown}: plugin `{name}` has unknown kind {other}; this host may be older than the plugin"
-            ))
-            }
+        let Some(kind) = PluginKind::from_abi(entry.kind) else {
+            return Err(user_error!(
+                "plugin file {shown}: plugin `{name}` has unknown kind {}; this host may be older than the plugin",
+                entry.kind
+            ));
         };
-        let kind = match vtable {
-            VTable::Algorithm(_) => PluginKind::Algorithm,
-            VTable::Environment(_) => PluginKind::Environment,
-        };
+        // Every kind's table starts with its size (`PluginVTable::size`): read that word alone, since a shorter
+        // table must not be viewed as this host's type.
+        check_size(*(entry.vtable as *const usize), kind.vtable_size(), &name, path)?;
         if plugins.iter().any(|p: &LoadedPlugin| p.info.name == name) {
             return Err(user_error!(
                 "plugin file {shown}: exports two plugins named `{name}`; plugin names must be unique"
@@ -130,7 +125,7 @@ pub(crate) unsafe fn validate(entry: EntryFn, path: &Path) -> anyhow::Result<Vec
                 sdk_version: sdk_version.clone(),
                 file: path.to_path_buf(),
             },
-            vtable,
+            vtable: entry.vtable,
         });
     }
     Ok(plugins)

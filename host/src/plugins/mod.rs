@@ -2,9 +2,20 @@
 //!
 //! ```text
 //! DiscoveryOptions ──search_dirs──▶ files ──library::open──▶ validated descriptors ──▶ Registry
-//! Registry::algorithm(name, config)   ──▶ AlgorithmPlugin   (advantages, loss, metrics)
+//! Registry::algorithm(name, config)   ──▶ AlgorithmPlugin   (advantages, loss)
 //! Registry::environment(name, config) ──▶ EnvironmentPlugin (tasks, reset ──▶ Episode::step)
 //! ```
+//!
+//! Both are [`PluginInstance`]s, one generic wrapper over the kind's function table: what the SDK's `Plugin` trait
+//! gives every kind (name, config, metrics, creation, error and panic handling) is written once, in `handle.rs`.
+//! A plugin defined in the host's own process goes through the very same tables ([`Registry::add_in_process`]), so
+//! the host's code cannot tell it from a loaded library; tests use that.
+//!
+//! Unlike DataFusion's FFI crate, whose host-side `Foreign*` types implement the very trait the plugin implements,
+//! the wrappers do not implement the SDK's traits: those have compile-time items a loaded library cannot supply
+//! (`Plugin::NAME`, a constructor returning `Self`), and infallible methods (`config`) where every call across the
+//! boundary can fail or find the plugin poisoned. Going through the tables for in-process plugins gives the same
+//! indistinguishability without weakening the author-facing traits.
 //!
 //! Every plugin, the shipped ones included, is loaded from its shared library; nothing is linked statically.
 //! Libraries are never unloaded. A problem with a library is one line naming the file and the cause (a user error,
@@ -22,9 +33,11 @@ mod registry;
 pub use algorithm::AlgorithmPlugin;
 pub use discovery::{user_plugin_dir, DiscoveryOptions, PLUGIN_PATH_ENV};
 pub use environment::{EnvironmentPlugin, Episode};
+pub use handle::PluginInstance;
 pub use library::EntryFn;
 pub use registry::Registry;
 
+use grpo_sdk::ffi::{self, AlgorithmVTable, EnvironmentVTable};
 use std::fmt;
 use std::path::PathBuf;
 
@@ -35,6 +48,33 @@ pub enum PluginKind {
     Algorithm,
     /// An `Environment` (`--env`).
     Environment,
+}
+
+impl PluginKind {
+    /// The kind of an ABI kind number ([`grpo_sdk::ffi::PluginEntry::kind`]); `None` for one this host does not know.
+    pub fn from_abi(kind: u32) -> Option<Self> {
+        match kind {
+            ffi::KIND_ALGORITHM => Some(PluginKind::Algorithm),
+            ffi::KIND_ENVIRONMENT => Some(PluginKind::Environment),
+            _ => None,
+        }
+    }
+
+    /// Its ABI kind number.
+    pub fn abi(self) -> u32 {
+        match self {
+            PluginKind::Algorithm => ffi::KIND_ALGORITHM,
+            PluginKind::Environment => ffi::KIND_ENVIRONMENT,
+        }
+    }
+
+    /// The size of this kind's function table as this host knows it; a library's table must be at least as long.
+    fn vtable_size(self) -> usize {
+        match self {
+            PluginKind::Algorithm => std::mem::size_of::<AlgorithmVTable>(),
+            PluginKind::Environment => std::mem::size_of::<EnvironmentVTable>(),
+        }
+    }
 }
 
 impl fmt::Display for PluginKind {

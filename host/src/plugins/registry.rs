@@ -1,9 +1,10 @@
 //! The set of plugins found for this run, and how the trainer gets an instance of one by name.
 
 use super::discovery::{libraries_in, DiscoveryOptions};
-use super::library::{self, EntryFn, LoadedPlugin, VTable};
-use super::{AlgorithmPlugin, EnvironmentPlugin, PluginInfo, PluginKind};
+use super::library::{self, EntryFn, LoadedPlugin};
+use super::{AlgorithmPlugin, EnvironmentPlugin, PluginInfo, PluginInstance, PluginKind};
 use crate::user_error;
+use grpo_sdk::ffi::KindVTable;
 use std::path::{Path, PathBuf};
 
 /// Every plugin found, with where it came from.
@@ -116,21 +117,21 @@ impl Registry {
         }
     }
 
+    /// Create the plugin of the kind whose table is `V`, called `name`, with its JSON config (`null` for defaults).
+    pub fn instance<V: KindVTable>(&self, name: &str, config: &serde_json::Value) -> anyhow::Result<PluginInstance<V>> {
+        let kind = PluginKind::from_abi(V::KIND).expect("every kind of the SDK this host is built with is known");
+        let p = self.find(kind, name)?;
+        let vtable = p.vtable::<V>().expect("`find` returns a plugin of the kind asked for");
+        PluginInstance::create(p.info.clone(), vtable, config)
+    }
+
     /// Create the algorithm called `name` with its JSON config (`null` for defaults).
     pub fn algorithm(&self, name: &str, config: &serde_json::Value) -> anyhow::Result<AlgorithmPlugin> {
-        let p = self.find(PluginKind::Algorithm, name)?;
-        match p.vtable {
-            VTable::Algorithm(vt) => AlgorithmPlugin::create(p.info.clone(), vt, config),
-            VTable::Environment(_) => unreachable!("kind and vtable agree by construction"),
-        }
+        self.instance(name, config)
     }
 
     /// Create the environment called `name` with its JSON config (`null` for defaults).
     pub fn environment(&self, name: &str, config: &serde_json::Value) -> anyhow::Result<EnvironmentPlugin> {
-        let p = self.find(PluginKind::Environment, name)?;
-        match p.vtable {
-            VTable::Environment(vt) => EnvironmentPlugin::create(p.info.clone(), vt, config),
-            VTable::Algorithm(_) => unreachable!("kind and vtable agree by construction"),
-        }
+        self.instance(name, config)
     }
 }

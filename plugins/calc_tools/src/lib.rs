@@ -147,10 +147,9 @@ impl MetricSource for CalcTools {
     }
 }
 
-impl Environment for CalcTools {
+impl grpo_sdk::Plugin for CalcTools {
     const NAME: &'static str = "calc_tools";
     const DESCRIPTION: &'static str = "Arithmetic with a calculator tool: call <tool:calc>, then <answer> (re-grpo)";
-    type State = CalcState;
 
     fn new(config: serde_json::Value) -> Result<Self> {
         let config: CalcConfig = grpo_sdk::parse_config(config)?;
@@ -180,6 +179,10 @@ impl Environment for CalcTools {
     fn config(&self) -> serde_json::Value {
         serde_json::to_value(&self.config).unwrap_or(serde_json::Value::Null)
     }
+}
+
+impl Environment for CalcTools {
+    type State = CalcState;
 
     fn tools(&self) -> Vec<ToolSpec> {
         match self.config.tool_format {

@@ -1,7 +1,7 @@
 //! The calc_tools environment through its `Environment` API: the reward table case by case, tasks, configs.
 
 use grpo_calc_tools::CalcTools;
-use grpo_sdk::{Environment, MetricSource, Role, Split, Task};
+use grpo_sdk::{Environment, MetricSource, Plugin, Role, Split, Task};
 use serde_json::json;
 
 fn env(config: serde_json::Value) -> CalcTools {

@@ -2,7 +2,7 @@
 //! for bad model output, and every episode's total is one of re-grpo's reachable values.
 
 use grpo_calc_tools::CalcTools;
-use grpo_sdk::{Environment, Task};
+use grpo_sdk::{Environment, Plugin, Task};
 use grpo_toolcall::fuzz;
 
 const REACHABLE: [f64; 5] = [-0.5, -0.8, -0.1, 0.5, 2.0];

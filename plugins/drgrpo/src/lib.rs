@@ -43,7 +43,7 @@ pub fn variance_and_skewness(x: &Tensor) -> (f64, f64) {
     (variance, third / variance.powf(1.5))
 }
 
-impl Algorithm for DrGrpo {
+impl grpo_sdk::Plugin for DrGrpo {
     const NAME: &'static str = "drgrpo";
     const DESCRIPTION: &'static str =
         "Dr. GRPO: r - mean advantages, clipped surrogate + k3 KL summed per sequence / generate_max_length";
@@ -55,7 +55,9 @@ impl Algorithm for DrGrpo {
     fn config(&self) -> serde_json::Value {
         serde_json::to_value(&self.config).unwrap_or_default()
     }
+}
 
+impl Algorithm for DrGrpo {
     fn advantages(&self, rewards: &Tensor, groups: &[usize]) -> Result<Tensor> {
         let parts: Vec<Tensor> = split_groups(rewards, groups)?.into_iter().map(|g| &g - g.mean(None)).collect();
         let adv = Tensor::cat(&parts, 0);

@@ -1,7 +1,7 @@
 //! The `drgrpo` plugin against golden values from tests/oracles/losses.py (an independent PyTorch computation).
 
 use grpo_drgrpo::DrGrpo;
-use grpo_sdk::{Algorithm, MetricSource, MetricValue};
+use grpo_sdk::{Algorithm, MetricSource, MetricValue, Plugin};
 use grpo_testkit::*;
 
 #[test]

@@ -28,7 +28,7 @@ pub struct Grpo {
 
 impl MetricSource for Grpo {}
 
-impl Algorithm for Grpo {
+impl grpo_sdk::Plugin for Grpo {
     const NAME: &'static str = "grpo";
     const DESCRIPTION: &'static str =
         "GRPO: (r - mean) / (std + eps) advantages, clipped surrogate + k3 KL, per-sequence mean";
@@ -47,7 +47,9 @@ impl Algorithm for Grpo {
     fn config(&self) -> serde_json::Value {
         serde_json::to_value(&self.config).unwrap_or_default()
     }
+}
 
+impl Algorithm for Grpo {
     /// `(r - mean) / (std + eps)` with the unbiased std, as re-grpo. A group of one, or one whose rewards are all
     /// equal, gets exactly 0: re-grpo gave NaN for the first, and rounding in the mean can turn the second into
     /// large advantages of noise once divided by `0 + eps`.

@@ -2,7 +2,7 @@
 
 use grpo_grpo::Grpo;
 use grpo_sdk::tch::Tensor;
-use grpo_sdk::Algorithm;
+use grpo_sdk::{Algorithm, Plugin};
 use grpo_testkit::*;
 
 #[test]

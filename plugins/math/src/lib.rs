@@ -283,11 +283,10 @@ impl MetricSource for MathEnv {
     }
 }
 
-impl Environment for MathEnv {
+impl grpo_sdk::Plugin for MathEnv {
     const NAME: &'static str = "math";
     const DESCRIPTION: &'static str =
         "Arithmetic in <answer></answer>: seeded generator or re-grpo JSONL; 1 / 0.5 / 0.01 / 0";
-    type State = Episode;
 
     fn new(config: serde_json::Value) -> Result<Self> {
         let config: Config = grpo_sdk::parse_config(config)?;
@@ -309,6 +308,10 @@ impl Environment for MathEnv {
         }
         value
     }
+}
+
+impl Environment for MathEnv {
+    type State = Episode;
 
     fn task_count(&self, split: Split) -> Option<u64> {
         let (train, eval) = self.data.as_ref()?;

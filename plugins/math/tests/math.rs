@@ -1,7 +1,7 @@
 //! The `math` environment: rewards as re-grpo gives them, the seeded generator, and re-grpo's JSONL files.
 
 use grpo_math::{reward, MathEnv};
-use grpo_sdk::{Environment, MetricSource, Role, Split};
+use grpo_sdk::{Environment, MetricSource, Plugin, Role, Split};
 use serde_json::json;
 use std::io::Write;
 

@@ -278,10 +278,9 @@ impl MetricSource for MultiturnQa {
     }
 }
 
-impl Environment for MultiturnQa {
+impl grpo_sdk::Plugin for MultiturnQa {
     const NAME: &'static str = "multiturn_qa";
     const DESCRIPTION: &'static str = "Search a corpus with <tool:search>, then <answer> (re-grpo multi-turn QA)";
-    type State = QaState;
 
     fn new(config: serde_json::Value) -> Result<Self> {
         let mut config: QaConfig = grpo_sdk::parse_config(config)?;
@@ -359,6 +358,10 @@ impl Environment for MultiturnQa {
     fn config(&self) -> serde_json::Value {
         serde_json::to_value(&self.config).unwrap_or(serde_json::Value::Null)
     }
+}
+
+impl Environment for MultiturnQa {
+    type State = QaState;
 
     fn tools(&self) -> Vec<ToolSpec> {
         if self.config.tool_format == ToolFormat::Native {

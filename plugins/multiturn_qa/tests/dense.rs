@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use grpo_multiturn_qa::bert::SentenceEncoder;
 use grpo_multiturn_qa::search::{QueryError, MAX_QUERY_BYTES};
 use grpo_multiturn_qa::{dense, MultiturnQa};
-use grpo_sdk::{Environment, Split};
+use grpo_sdk::{Environment, Plugin, Split};
 use serde_json::json;
 
 fn model_dir() -> PathBuf {

@@ -5,7 +5,7 @@ mod common;
 use common::apollo_dir;
 
 use grpo_multiturn_qa::MultiturnQa;
-use grpo_sdk::{Environment, MetricSource, Role, Split, Task};
+use grpo_sdk::{Environment, MetricSource, Plugin, Role, Split, Task};
 use grpo_toolcall::fuzz;
 use serde_json::json;
 

@@ -8,7 +8,7 @@
 
 use grpo_sdk::ops::{split_groups, PolicyTerms};
 use grpo_sdk::tch::Tensor;
-use grpo_sdk::{Algorithm, Error, LossOutput, Metric, MetricSource, PolicyBatch, Result};
+use grpo_sdk::{Algorithm, Error, LossOutput, Metric, MetricSource, Plugin, PolicyBatch, Result};
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
 
@@ -60,7 +60,7 @@ impl MetricSource for Reinforce {
     }
 }
 
-impl Algorithm for Reinforce {
+impl Plugin for Reinforce {
     const NAME: &'static str = "{{plugin_name}}";
     const DESCRIPTION: &'static str = "REINFORCE with the group mean as baseline";
 
@@ -75,7 +75,9 @@ impl Algorithm for Reinforce {
     fn config(&self) -> serde_json::Value {
         serde_json::to_value(&self.config).unwrap_or_default()
     }
+}
 
+impl Algorithm for Reinforce {
     /// `r - mean(r)` within each group. A group whose rewards are all equal (a group of one included) gets exactly
     /// 0: subtracting a rounded mean would otherwise leave tiny advantages of pure noise.
     fn advantages(&self, rewards: &Tensor, groups: &[usize]) -> Result<Tensor> {

@@ -6,7 +6,8 @@
 //! [`score`]: change it, rebuild, and train.
 
 use grpo_sdk::{
-    Environment, Error, Message, Metric, MetricSource, Result, Reward, Split, StepOutcome, Task,
+    Environment, Error, Message, Metric, MetricSource, Plugin, Result, Reward, Split, StepOutcome,
+    Task,
 };
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -115,11 +116,10 @@ impl ReverseWord {
     }
 }
 
-impl Environment for ReverseWord {
+impl Plugin for ReverseWord {
     const NAME: &'static str = "{{plugin_name}}";
     const DESCRIPTION: &'static str =
         "Spell a word backwards, with another try after a wrong answer";
-    type State = Episode;
 
     fn new(config: serde_json::Value) -> Result<Self> {
         let config: Config = grpo_sdk::parse_config(config)?;
@@ -138,6 +138,10 @@ impl Environment for ReverseWord {
     fn config(&self) -> serde_json::Value {
         serde_json::to_value(&self.config).unwrap_or_default()
     }
+}
+
+impl Environment for ReverseWord {
+    type State = Episode;
 
     fn task_count(&self, split: Split) -> Option<u64> {
         Some(Self::words(split).len() as u64)
