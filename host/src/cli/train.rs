@@ -10,11 +10,11 @@ use super::plugins::PluginDirArgs;
 use crate::generate::SamplingParams;
 use crate::logging::LoggingArgs;
 use crate::model::LoraConfig;
-use crate::train::precision::MixedPrecision;
 use crate::train::config::{
     BatchSettings, CheckpointSettings, LogSettings, LrSchedule, ModelSettings, ObjectiveSettings, OptimizerSettings,
     PluginSelection, RecomputeOld, RunConfig, SamplingSettings,
 };
+use crate::train::precision::MixedPrecision;
 use crate::user_error;
 
 /// The training command's flags; [`TrainArgs::into_config`] checks them and builds the run's [`RunConfig`].
