@@ -297,8 +297,9 @@ fn checkpoints_load_in_transformers_and_peft() {
     assert!(moved > 1e-5, "the trained adapter does not change peft's logits ({moved})");
 }
 
-#[test]
-fn ctrl_c_finishes_the_update_saves_a_checkpoint_and_exits_130() {
+/// Send `signal` to a long run once it has logged a few rows: it finishes the batch in flight, saves a checkpoint at
+/// that batch boundary, exits with `code`, and resumes from it.
+fn stop_with_signal(signal: &str, code: i32) {
     let runs = tempfile::tempdir().unwrap();
     let mut child = command(runs.path(), "stopped", &["--max-steps", "100000", "--checkpoint-interval", "100000"])
         .stderr(std::process::Stdio::piped())
@@ -311,15 +312,17 @@ fn ctrl_c_finishes_the_update_saves_a_checkpoint_and_exits_130() {
         assert!(child.try_wait().unwrap().is_none(), "training ended on its own");
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    let killed = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let killed = Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
     assert!(killed.success());
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(code), "{}", text(&out.stderr));
 
     let all = rows(&run);
     let last = all.last().unwrap();
     let steps = last["final/total_steps"].as_u64().expect("the final row is written");
-    assert!(steps >= 2);
+    let batches = last["final/total_batches"].as_u64().unwrap();
+    // 3 optimizer steps per batch: the checkpoint is at a batch boundary, the batch in flight was finished.
+    assert!(batches >= 1 && steps == 3 * batches, "stopped at step {steps} after {batches} batches");
     let ckpt = run.join(format!("checkpoints/step_{steps}"));
     assert!(ckpt.join("trainer_state.json").exists(), "no checkpoint at {}", ckpt.display());
     assert!(!std::fs::read_dir(run.join("checkpoints")).unwrap().any(|e| e
@@ -327,11 +330,51 @@ fn ctrl_c_finishes_the_update_saves_a_checkpoint_and_exits_130() {
         .file_name()
         .to_string_lossy()
         .ends_with(".partial")));
-    // The interrupted run resumes from that checkpoint.
-    let next = (last["final/total_batches"].as_u64().unwrap() + 1).to_string();
+    // The stopped run resumes from that checkpoint.
+    let next = (batches + 1).to_string();
     let resumed = train(runs.path(), "stopped", &["--max-steps", &next, "--resume", "auto"]);
     assert!(resumed.status.success(), "{}", text(&resumed.stderr));
     assert!(text(&resumed.stderr).contains(&format!("step_{steps}")), "{}", text(&resumed.stderr));
+}
+
+#[test]
+fn ctrl_c_finishes_the_batch_saves_a_checkpoint_and_exits_130() {
+    stop_with_signal("-INT", 130);
+}
+
+#[test]
+fn sigterm_finishes_the_batch_saves_a_checkpoint_and_exits_143() {
+    stop_with_signal("-TERM", 143);
+}
+
+/// A resumed run must compute what the saved run did: a changed --lr is refused in one line naming it, and accepted
+/// (and recorded in config.json) with --allow-config-change; logging flags may change freely.
+#[test]
+fn resume_refuses_a_changed_learning_rate_unless_allowed() {
+    let runs = tempfile::tempdir().unwrap();
+    let first = train(runs.path(), "guarded", &["--max-steps", "1"]);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let changed = train(runs.path(), "guarded", &["--max-steps", "2", "--resume", "auto", "--lr", "5e-4"]);
+    assert_eq!(changed.status.code(), Some(2), "{}", text(&changed.stderr));
+    let err = text(&changed.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("--lr: 0.001 -> 0.0005") && err.contains("--allow-config-change"), "{err}");
+    let allowed = [
+        "--max-steps",
+        "2",
+        "--resume",
+        "auto",
+        "--lr",
+        "5e-4",
+        "--allow-config-change",
+        "--log-completions-interval",
+        "3",
+    ];
+    let resumed = train(runs.path(), "guarded", &allowed);
+    assert!(resumed.status.success(), "{}", text(&resumed.stderr));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(runs.path().join("guarded/config.json")).unwrap()).unwrap();
+    assert_eq!(config["config_changes"][0]["changes"][0], "--lr: 0.001 -> 0.0005", "{config}");
 }
 
 /// Complete rows in metrics.jsonl so far (a half-written last line does not count).

@@ -149,6 +149,18 @@ pub struct TrainArgs {
     /// Save a checkpoint every this many batches (and always at the end).
     #[arg(long, default_value_t = 20)]
     pub checkpoint_interval: u64,
+    /// Also save a checkpoint when this many minutes have passed since the last one (0 disables), so a long run
+    /// can always be resumed.
+    #[arg(long, default_value_t = 30.0)]
+    pub checkpoint_every_minutes: f64,
+    /// Keep at most this many checkpoints, deleting the oldest once a newer one is safely written (0 keeps all;
+    /// transformers' save_total_limit).
+    #[arg(long, default_value_t = 0)]
+    pub save_total_limit: usize,
+    /// On --resume, accept a learning rate, model, plugin option or other result-changing setting that differs from
+    /// the run being resumed (the change is recorded in the run's config.json).
+    #[arg(long)]
+    pub allow_config_change: bool,
     /// For LoRA runs, also save the adapter merged into full weights.
     #[arg(long)]
     pub save_merged: bool,
@@ -241,6 +253,9 @@ impl TrainArgs {
                 runs_dir: self.runs_dir,
                 checkpoint_path: self.checkpoint_path,
                 interval: self.checkpoint_interval,
+                every_minutes: self.checkpoint_every_minutes,
+                save_total_limit: self.save_total_limit,
+                allow_config_change: self.allow_config_change,
                 save_merged: self.save_merged,
                 resume: self.resume,
             },
@@ -279,6 +294,12 @@ impl TrainArgs {
         }
         if self.kl_weight < 0.0 {
             return Err(user_error!("--kl-weight {} must be >= 0", self.kl_weight));
+        }
+        if !(self.checkpoint_every_minutes >= 0.0 && self.checkpoint_every_minutes.is_finite()) {
+            return Err(user_error!(
+                "--checkpoint-every-minutes {} must be a number >= 0 (0 disables)",
+                self.checkpoint_every_minutes
+            ));
         }
         if self.lora_rank < 0 {
             return Err(user_error!("--lora-rank {} must be >= 0 (0 trains all weights)", self.lora_rank));

@@ -199,6 +199,12 @@ pub struct CheckpointSettings {
     pub checkpoint_path: Option<PathBuf>,
     /// Save every this many batches (and at the end).
     pub interval: u64,
+    /// Also save when this many minutes have passed since the last checkpoint (0 disables).
+    pub every_minutes: f64,
+    /// Keep at most this many checkpoints, deleting the oldest (0 keeps all).
+    pub save_total_limit: usize,
+    /// On resume, accept settings that differ from the saved run's (recorded in `config.json`).
+    pub allow_config_change: bool,
     /// With LoRA, also save the merged full weights.
     pub save_merged: bool,
     /// A checkpoint, run directory or `auto` to resume from.
@@ -214,4 +220,53 @@ pub struct LogSettings {
     pub log_dir: Option<PathBuf>,
     /// Log a completions table every this many batches (0 never).
     pub completions_interval: u64,
+}
+
+impl RunConfig {
+    /// The settings that change what a run computes, by the flag that sets them: a resumed run must keep them (the
+    /// resume guard). Logging, checkpoint cadence, `--max-steps`, threads and the plugin search path may change.
+    pub fn result_settings(&self) -> Vec<(&'static str, serde_json::Value)> {
+        use serde_json::json;
+        let (m, s, b, o, l) = (&self.model, &self.sampling, &self.batch, &self.optimizer, &self.loss);
+        vec![
+            ("--algo", json!(self.plugins.algo)),
+            ("--env", json!(self.plugins.env)),
+            ("--algo-config", self.plugins.algo_config.clone()),
+            ("--env-config", self.plugins.env_config.clone()),
+            ("--model", json!(m.model)),
+            ("--dtype", json!(m.dtype)),
+            ("--mixed-precision", json!(m.mixed_precision)),
+            ("--lora-rank/--lora-alpha/--lora-dropout", json!(m.lora)),
+            ("--temperature/--top-k/--top-p/--min-p", json!(s.params)),
+            ("--ignore-eos", json!(s.ignore_eos)),
+            ("--rollouts-per-step", json!(b.rollouts_per_step)),
+            ("--group-size", json!(b.group_size)),
+            ("--train-batch-size", json!(b.train_batch_size)),
+            ("--gradient-accumulation-steps", json!(b.gradient_accumulation_steps)),
+            ("--epochs-per-step", json!(b.epochs_per_step)),
+            ("--max-new-tokens", json!(b.max_new_tokens)),
+            ("--max-length", json!(b.max_length)),
+            ("--max-turns", json!(b.max_turns)),
+            ("--lr", json!(o.lr)),
+            ("--lr-schedule", json!(o.schedule)),
+            ("--warmup-steps", json!(o.warmup_steps)),
+            ("--weight-decay", json!(o.weight_decay)),
+            ("--adam-beta1/--adam-beta2/--adam-eps", json!([o.beta1, o.beta2, o.eps])),
+            ("--max-norm", json!(o.max_norm)),
+            ("--clip-eps/--clip-eps-high", json!([l.clip_eps_low, l.clip_eps_high])),
+            ("--kl-weight", json!(l.kl_weight)),
+            ("--recompute-old-logprobs", json!(l.recompute_old_logprobs)),
+            ("--seed", json!(self.seed)),
+        ]
+    }
+
+    /// Each result-changing setting where `self` differs from `saved`, as `FLAG: SAVED -> NOW`.
+    pub fn differences_from(&self, saved: &RunConfig) -> Vec<String> {
+        self.result_settings()
+            .into_iter()
+            .zip(saved.result_settings())
+            .filter(|((_, now), (_, was))| now != was)
+            .map(|((flag, now), (_, was))| format!("{flag}: {was} -> {now}"))
+            .collect()
+    }
 }

@@ -20,12 +20,11 @@ pub mod policy;
 pub mod precision;
 pub mod scored;
 pub mod stats;
+pub mod stop;
 pub mod tasks;
 pub mod update;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -45,11 +44,9 @@ use optimizer::{AdamW, AdamWConfig, Schedule};
 use policy::Policy;
 use precision::LossScaler;
 use scored::Scored;
+pub use stop::{StopRequest, EXIT_INTERRUPTED, EXIT_TERMINATED};
 use tasks::TaskSource;
 use update::{Updater, Updates};
-
-/// Exit code after Ctrl-C (128 + SIGINT), as shells report it.
-pub const EXIT_INTERRUPTED: i32 = 130;
 
 /// Run a training job; returns the process exit code.
 pub fn run(config: RunConfig) -> Result<i32> {
@@ -73,13 +70,19 @@ struct Trainer {
     system: SystemMetrics,
     checkpoints: PathBuf,
     loggers: Loggers,
-    interrupted: Arc<AtomicBool>,
+    stop: StopRequest,
+    /// The model or the counters have changed since the last batch boundary: a checkpoint now would not be one a
+    /// resumed run could continue exactly from.
+    mid_batch: bool,
+    /// When the last checkpoint was written (or the run started), for `--checkpoint-every-minutes`.
+    last_save: Instant,
 }
 
 /// How the loop ended.
 enum Outcome {
     Completed,
-    Interrupted,
+    /// A signal asked for a stop; the batch in flight was finished first.
+    Stopped,
 }
 
 /// Where a run's files go, and the checkpoint it resumes from.
@@ -120,6 +123,10 @@ impl Trainer {
         let algo = registry.algorithm(&config.plugins.algo, &config.plugins.algo_config)?;
         let env = registry.environment(&config.plugins.env, &config.plugins.env_config)?;
         let paths = RunPaths::resolve(&config)?;
+        let history = match &paths.resume {
+            Some(_) => resume_guard(&config, &paths.run_dir)?,
+            None => Vec::new(),
+        };
         let mut policy = Policy::load(&config.model, config.loss.kl_weight, config.seed)?;
         let precision = policy.precision();
         if let Some(warning) = precision.small_update_warning(config.optimizer.lr) {
@@ -137,13 +144,8 @@ impl Trainer {
             None => TrainerState { seed: config.seed, ..Default::default() },
         };
         let total_steps = config.batch.max_steps * config.batch.updates_per_batch();
-        let loggers = open_loggers(&config, &paths, &algo, &env, &policy, total_steps)?;
-        let interrupted = Arc::new(AtomicBool::new(false));
-        {
-            let flag = interrupted.clone();
-            // A second handler registration (tests running several trainings in one process) is harmless to skip.
-            let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
-        }
+        let loggers = open_loggers(&config, &paths, &algo, &env, &policy, total_steps, history)?;
+        let stop = StopRequest::install().context("installing the SIGINT/SIGTERM handlers")?;
         Ok(Trainer {
             schedule: schedule(&config.optimizer, total_steps),
             system: SystemMetrics::new(policy.device(), Default::default()),
@@ -157,7 +159,9 @@ impl Trainer {
             scaler,
             state,
             loggers,
-            interrupted,
+            stop,
+            mid_batch: false,
+            last_save: Instant::now(),
         })
     }
 
@@ -165,14 +169,13 @@ impl Trainer {
         let max_steps = self.config.batch.max_steps;
         while self.state.batch < max_steps {
             self.batch()?;
-            let saved = self.state.batch.is_multiple_of(self.config.checkpoints.interval.max(1));
-            if saved && self.state.batch < max_steps {
+            if self.checkpoint_due() && self.state.batch < max_steps && !self.stop.requested() {
                 let dir = self.save()?;
                 self.loggers.log(self.state.global_step.saturating_sub(1), metrics::checkpoint_saved(&self.state));
                 self.loggers.println(&format!("checkpoint saved: {}", dir.display()));
             }
-            if self.interrupted.load(Ordering::SeqCst) {
-                return Ok(Outcome::Interrupted);
+            if self.stop.requested() {
+                return Ok(Outcome::Stopped);
             }
             // The last batch's row stays open: `finish` adds the final metrics to it, so a resumed run's first
             // batch never lands on a step that W&B already holds.
@@ -181,6 +184,14 @@ impl Trainer {
             }
         }
         Ok(Outcome::Completed)
+    }
+
+    /// Every `--checkpoint-interval` batches, and when `--checkpoint-every-minutes` have passed since the last one.
+    fn checkpoint_due(&self) -> bool {
+        let c = &self.config.checkpoints;
+        let by_count = self.state.batch.is_multiple_of(c.interval.max(1));
+        let by_time = c.every_minutes > 0.0 && self.last_save.elapsed().as_secs_f64() >= c.every_minutes * 60.0;
+        by_count || by_time
     }
 
     /// One batch through every stage, its metrics logged as each stage ends.
@@ -205,6 +216,7 @@ impl Trainer {
         }
         self.loggers.log(self.state.global_step.saturating_sub(1).max(step0), m);
         self.state.batch += 1;
+        self.mid_batch = false;
         Ok(())
     }
 
@@ -226,6 +238,7 @@ impl Trainer {
 
     /// Log a batch's rollout metrics (and, at the interval, its completions) at its first step.
     fn log_rollouts(&mut self, step0: u64, scored: &Scored, exp: &Experience, timings: &Timings) {
+        self.mid_batch = true;
         let mean = stats::summarize(&scored.returns).mean;
         let best = self.state.best_mean_return.map_or(mean, |b| b.max(mean));
         self.state.best_mean_return = Some(best);
@@ -247,7 +260,7 @@ impl Trainer {
 
     /// Stage: experience -> updates, each optimizer step logged as it is taken.
     fn update(&mut self, exp: &Experience) -> Result<Updates> {
-        let Trainer { config, algo, policy, optimizer, scaler, schedule, state, loggers, interrupted, .. } = self;
+        let Trainer { config, algo, policy, optimizer, scaler, schedule, state, loggers, .. } = self;
         let mut updater = Updater {
             policy,
             optimizer,
@@ -262,11 +275,12 @@ impl Trainer {
         let log = &mut |record: &update::StepRecord, state: &TrainerState| {
             loggers.log(record.step, metrics::step(record, state))
         };
-        updater.run(exp, state, interrupted, log)
+        updater.run(exp, state, log)
     }
 
     fn save(&mut self) -> Result<PathBuf> {
         self.state.loss_scaler = self.scaler.enabled().then(|| self.scaler.state());
+        self.state.wandb_run_id = self.loggers.wandb_run_id().map(String::from);
         self.state.mixed_precision = Some(self.policy.precision().mode.to_string());
         let data = CheckpointData {
             // Under mixed precision the f32 masters are the weights; the working copies are their rounding.
@@ -281,11 +295,16 @@ impl Trainer {
             optimizer: self.optimizer.state(),
             state: self.state.clone(),
         };
-        checkpoint::save(&self.checkpoints, data)
+        let dir = checkpoint::save(&self.checkpoints, data)?;
+        self.last_save = Instant::now();
+        Ok(dir)
     }
 
     /// End of the run, however it ended: final metrics, a checkpoint, flushed logs, and the exit code.
     fn finish(&mut self, outcome: Result<Outcome>) -> Result<i32> {
+        if outcome.is_err() && self.mid_batch {
+            return self.fail_mid_batch(outcome.err().expect("checked above"));
+        }
         let saved = self.save();
         let completed = matches!(outcome, Ok(Outcome::Completed));
         let summary = metrics::final_summary(&self.state, saved.is_ok(), completed);
@@ -301,10 +320,11 @@ impl Trainer {
                 loggers.finish(0);
                 Ok(0)
             }
-            (Ok(Outcome::Interrupted), Ok(dir)) => {
-                loggers.println(&format!("interrupted: checkpoint saved; {}", resume_hint(&dir)));
-                loggers.finish(EXIT_INTERRUPTED);
-                Ok(EXIT_INTERRUPTED)
+            (Ok(Outcome::Stopped), Ok(dir)) => {
+                let (code, name) = (self.stop.exit_code(), self.stop.name());
+                loggers.println(&format!("stopped by {name} after the batch: checkpoint saved; {}", resume_hint(&dir)));
+                loggers.finish(code);
+                Ok(code)
             }
             (Err(err), Ok(dir)) => {
                 loggers.println(&format!("the run failed; checkpoint saved; {}", resume_hint(&dir)));
@@ -319,6 +339,28 @@ impl Trainer {
                 }
             }
         }
+    }
+}
+
+impl Trainer {
+    /// A failure inside a batch (after its rollouts were counted or its updates began): the model and counters are
+    /// between two boundaries, so no checkpoint is written from them; the last one stays the one to resume from.
+    fn fail_mid_batch(&mut self, err: anyhow::Error) -> Result<i32> {
+        let summary = metrics::final_summary(&self.state, false, false);
+        self.loggers.log(self.state.global_step.saturating_sub(1), summary.clone());
+        self.loggers.commit();
+        self.loggers.set_summary(summary);
+        let hint = match checkpoint::latest(&self.checkpoints) {
+            Some(dir) => format!(
+                "the last consistent checkpoint is {}; resume with: grpo-host --resume {} (and the same flags)",
+                dir.display(),
+                dir.display()
+            ),
+            None => "no checkpoint was written before it; the run must start again".to_string(),
+        };
+        self.loggers.println(&format!("the run failed in batch {}; {hint}", self.state.batch));
+        self.loggers.finish(1);
+        Err(err.context(format!("batch {} failed; {hint}", self.state.batch)))
     }
 }
 
@@ -352,6 +394,31 @@ fn restore(
     Ok(loaded.state)
 }
 
+/// On resume: the saved run's result-changing settings must equal these, unless `--allow-config-change`, which
+/// records each accepted change. Returns the run's change history for its new `config.json` (a run directory whose
+/// config.json predates the typed config has no history and is not checked here; the seed is checked on restore).
+fn resume_guard(config: &RunConfig, run_dir: &Path) -> Result<Vec<serde_json::Value>> {
+    let Ok(text) = std::fs::read_to_string(run_dir.join("config.json")) else { return Ok(Vec::new()) };
+    let saved: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    let mut history: Vec<serde_json::Value> = saved["config_changes"].as_array().cloned().unwrap_or_default();
+    let Ok(before) = serde_json::from_value::<RunConfig>(saved["run"].clone()) else { return Ok(history) };
+    let differences = config.differences_from(&before);
+    if differences.is_empty() {
+        return Ok(history);
+    }
+    if !config.checkpoints.allow_config_change {
+        return Err(user_error!(
+            "--resume: this command changes what the run {} computes ({}); pass the saved values, or add \
+             --allow-config-change to continue with the new ones",
+            run_dir.display(),
+            differences.join("; ")
+        ));
+    }
+    eprintln!("resuming with changed settings (--allow-config-change): {}", differences.join("; "));
+    history.push(serde_json::json!({"at": crate::calendar::UtcDateTime::now().compact(), "changes": differences}));
+    Ok(history)
+}
+
 /// Write the resolved `config.json` into the run directory and open the loggers with it.
 fn open_loggers(
     config: &RunConfig,
@@ -360,6 +427,7 @@ fn open_loggers(
     env: &EnvironmentPlugin,
     policy: &Policy,
     total_steps: u64,
+    changes: Vec<serde_json::Value>,
 ) -> Result<Loggers> {
     let dir = &paths.run_dir;
     std::fs::create_dir_all(dir).with_context(|| format!("creating the run directory {}", dir.display()))?;
@@ -373,6 +441,7 @@ fn open_loggers(
         "master_weights": policy.precision().master_weights,
         "algorithm": {"name": algo.name(), "version": algo.info().version, "config": algo.config()?},
         "environment": {"name": env.name(), "version": env.info().version, "config": env.config()?},
+        "config_changes": changes,
     });
     std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&resolved)?)?;
     let mut log_cfg = LoggingConfig::new(dir, &paths.run_name, algo.name(), env.name());

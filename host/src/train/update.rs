@@ -3,7 +3,6 @@
 //! loss is the algorithm plugin's.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Result;
 use grpo_sdk::rng::{mix, SplitMix64};
@@ -65,18 +64,15 @@ pub struct StepRecord {
 pub struct Updates {
     /// The optimizer steps taken, in order.
     pub steps: Vec<StepRecord>,
-    /// The loop stopped early because a stop was requested.
-    pub stopped: bool,
 }
 
 impl Updater<'_> {
     /// Run the passes over `exp`. `state` counts steps and skipped updates; `on_step` sees each step as it is taken
-    /// (for live logging); `stop` ends the loop after the current step.
+    /// (for live logging). Always runs to the end of the batch: a checkpoint is only ever taken between batches.
     pub fn run(
         &mut self,
         exp: &Experience,
         state: &mut TrainerState,
-        stop: &AtomicBool,
         on_step: &mut dyn FnMut(&StepRecord, &TrainerState),
     ) -> Result<Updates> {
         let mut out = Updates::default();
@@ -89,10 +85,6 @@ impl Updater<'_> {
                     let Some(record) = self.step(exp, window, state)? else { continue };
                     on_step(&record, state);
                     out.steps.push(record);
-                    if stop.load(Ordering::SeqCst) {
-                        out.stopped = true;
-                        return Ok(());
-                    }
                 }
             }
             Ok(())

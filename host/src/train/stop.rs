@@ -1,0 +1,92 @@
+//! Stopping a run on SIGINT (Ctrl-C) or SIGTERM (what SLURM and Kubernetes send before SIGKILL on preemption).
+//!
+//! The first signal asks the loop to stop at the next batch boundary: the batch in flight finishes, a checkpoint is
+//! written and the process exits with 128 + the signal (130, 143), as shells report it. A second signal exits at
+//! once with the same code, leaving the last checkpoint (always at a batch boundary) as the one to resume from.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+
+/// Exit code after SIGINT (128 + 2).
+pub const EXIT_INTERRUPTED: i32 = 130;
+/// Exit code after SIGTERM (128 + 15).
+pub const EXIT_TERMINATED: i32 = 143;
+
+/// Whether a stop was requested, and by which signal.
+#[derive(Clone, Debug)]
+pub struct StopRequest {
+    signal: Arc<AtomicUsize>,
+    requested: Arc<AtomicBool>,
+}
+
+impl StopRequest {
+    /// The process-wide request, with SIGINT and SIGTERM handlers installed on first use (several trainings in one
+    /// process, as in tests, share it).
+    pub fn install() -> anyhow::Result<StopRequest> {
+        static SHARED: OnceLock<StopRequest> = OnceLock::new();
+        if let Some(s) = SHARED.get() {
+            return Ok(s.clone());
+        }
+        let s = StopRequest::default();
+        for signal in [SIGINT, SIGTERM] {
+            // Registered first so that it sees the flag as the previous signal left it: only a second signal exits.
+            signal_hook::flag::register_conditional_shutdown(signal, 128 + signal, s.requested.clone())?;
+            signal_hook::flag::register_usize(signal, s.signal.clone(), signal as usize)?;
+            signal_hook::flag::register(signal, s.requested.clone())?;
+        }
+        Ok(SHARED.get_or_init(|| s).clone())
+    }
+
+    /// Whether a stop was asked for.
+    pub fn requested(&self) -> bool {
+        self.requested.load(Ordering::SeqCst)
+    }
+
+    /// Ask for a stop as `signal` would (for tests and embedding programs).
+    pub fn request(&self, signal: i32) {
+        self.signal.store(signal as usize, Ordering::SeqCst);
+        self.requested.store(true, Ordering::SeqCst);
+    }
+
+    /// The exit code for the signal that asked (130 when none or unknown).
+    pub fn exit_code(&self) -> i32 {
+        match self.signal.load(Ordering::SeqCst) as i32 {
+            SIGTERM => EXIT_TERMINATED,
+            _ => EXIT_INTERRUPTED,
+        }
+    }
+
+    /// What to call the signal in messages.
+    pub fn name(&self) -> &'static str {
+        if self.signal.load(Ordering::SeqCst) as i32 == SIGTERM {
+            "SIGTERM"
+        } else {
+            "Ctrl-C"
+        }
+    }
+}
+
+impl Default for StopRequest {
+    fn default() -> Self {
+        StopRequest { signal: Arc::new(AtomicUsize::new(0)), requested: Arc::new(AtomicBool::new(false)) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_signal() {
+        let s = StopRequest::default();
+        assert!(!s.requested());
+        s.request(SIGTERM);
+        assert!(s.requested());
+        assert_eq!((s.exit_code(), s.name()), (143, "SIGTERM"));
+        let s = StopRequest::default();
+        s.request(SIGINT);
+        assert_eq!(s.exit_code(), 130);
+    }
+}
