@@ -2,16 +2,21 @@
 //! exactly where it stopped: optimizer moments, counters and the data position. The random streams need no saving:
 //! every batch's seed is derived from the run seed and the batch index.
 //!
-//! A checkpoint is written under a temporary name and renamed into place, so a crash mid-write never leaves a
-//! half checkpoint that `--resume` would pick up.
+//! Durability: every file is written into `.step_N.partial` and fsynced, then `manifest.json` (each file's size and
+//! sha256) is written last and fsynced, the directory is fsynced, renamed to `step_N`, and the parent fsynced. A
+//! checkpoint without a manifest, or whose files disagree with it, was cut short (a kill, a power loss, a full disk)
+//! or damaged later: [`scan`] and [`latest`] skip it, name it, and fall back to the previous one. Checkpoints written
+//! before manifests existed are accepted when their files open ("legacy").
 
-use std::collections::BTreeMap;
-use std::fs;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use tch::Tensor;
+use sha2::{Digest, Sha256};
+use tch::{Kind, Tensor};
 
 use crate::user_error;
 
@@ -59,34 +64,103 @@ pub struct CheckpointData<'a> {
 
 /// What peft's adapter_config.json needs.
 pub struct AdapterInfo {
+    /// LoRA rank `r`.
     pub rank: i64,
+    /// LoRA alpha (the update is scaled by alpha / r).
     pub alpha: f64,
+    /// LoRA dropout probability.
     pub dropout: f64,
+    /// The module names LoRA wraps (`q_proj`, ...).
     pub target_modules: Vec<String>,
 }
 
 const MODEL_FILES: [&str; 5] =
     ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"];
 
-/// Write a checkpoint as `dir/step_<global_step>` and return its path.
+/// The file written last into every checkpoint: each other file's relative path, size and sha256.
+pub const MANIFEST: &str = "manifest.json";
+
+const STATE_FILE: &str = "trainer_state.json";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Manifest {
+    /// Bumped if the manifest's meaning changes.
+    format: u32,
+    files: Vec<ManifestEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ManifestEntry {
+    /// Relative to the checkpoint directory, `/`-separated (`merged/model.safetensors`).
+    path: String,
+    size: u64,
+    sha256: String,
+}
+
+/// Stands in for the disk in tests: makes the write of one file fail after some bytes, as a full disk would.
+#[derive(Clone, Debug, Default)]
+struct Fault {
+    /// The relative path whose write fails.
+    file: String,
+    /// Bytes accepted before the failure.
+    after: u64,
+}
+
+/// Write a checkpoint as `dir/step_<global_step>` and return its path. On failure nothing is left behind (the
+/// partial directory is removed), earlier checkpoints are untouched, and the error is one line naming what failed
+/// and the checkpoint that is still there.
 pub fn save(dir: &Path, data: CheckpointData<'_>) -> Result<PathBuf> {
+    save_with(dir, data, None)
+}
+
+fn save_with(dir: &Path, data: CheckpointData<'_>, fault: Option<&Fault>) -> Result<PathBuf> {
     let name = format!("step_{}", data.state.global_step);
     let final_dir = dir.join(&name);
     let tmp = dir.join(format!(".{name}.partial"));
-    if tmp.exists() {
-        fs::remove_dir_all(&tmp)?;
+    match write_checkpoint(dir, &name, &tmp, &final_dir, &data, fault) {
+        Ok(()) => Ok(final_dir),
+        Err(err) => {
+            // Best effort: the partial directory is garbage whatever happens next, and prune() retries it.
+            let _ = fs::remove_dir_all(&tmp);
+            let previous = match scan(dir, Verify::Sizes).chosen {
+                Some(p) => format!("the previous checkpoint {} is intact", p.display()),
+                None => format!("there is no earlier checkpoint under {}", dir.display()),
+            };
+            let os = err.chain().find_map(|c| c.downcast_ref::<io::Error>()).and_then(io::Error::raw_os_error);
+            let line = format!("writing checkpoint {}: {err:#}; {previous}", final_dir.display());
+            if matches!(os, Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
+                // The user can fix this one: free space (or keep fewer checkpoints) and resume.
+                bail!(user_error!("{line}; free disk space there and resume"));
+            }
+            bail!(anyhow::anyhow!(line))
+        }
     }
-    fs::create_dir_all(&tmp).with_context(|| format!("creating checkpoint directory {}", tmp.display()))?;
+}
+
+fn write_checkpoint(
+    dir: &Path,
+    name: &str,
+    tmp: &Path,
+    final_dir: &Path,
+    data: &CheckpointData<'_>,
+    fault: Option<&Fault>,
+) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    if tmp.exists() {
+        fs::remove_dir_all(tmp).with_context(|| format!("removing the stale {}", tmp.display()))?;
+    }
+    fs::create_dir(tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut out = Writer { root: tmp.to_path_buf(), entries: Vec::new(), fault };
 
     match &data.adapter {
         None => {
-            write_tensors(&tmp.join("model.safetensors"), &data.weights)?;
-            copy_model_files(data.base_model, &tmp)?;
+            out.file("model.safetensors", |w| write_tensors(w, &data.weights))?;
+            out.model_files(data.base_model, "")?;
         }
         Some(info) => {
             let peft: BTreeMap<String, Tensor> =
                 data.weights.iter().map(|(k, v)| (format!("base_model.model.{k}"), v.shallow_clone())).collect();
-            write_tensors(&tmp.join("adapter_model.safetensors"), &peft)?;
+            out.file("adapter_model.safetensors", |w| write_tensors(w, &peft))?;
             let config = serde_json::json!({
                 "peft_type": "LORA",
                 "task_type": "CAUSAL_LM",
@@ -99,63 +173,415 @@ pub fn save(dir: &Path, data: CheckpointData<'_>) -> Result<PathBuf> {
                 "fan_in_fan_out": false,
                 "inference_mode": true,
             });
-            fs::write(tmp.join("adapter_config.json"), serde_json::to_string_pretty(&config)?)?;
+            let text = serde_json::to_string_pretty(&config)?;
+            out.file("adapter_config.json", |w| w.write_all(text.as_bytes()))?;
             if let Some(merged) = &data.merged {
-                let merged_dir = tmp.join("merged");
-                fs::create_dir_all(&merged_dir)?;
-                write_tensors(&merged_dir.join("model.safetensors"), merged)?;
-                copy_model_files(data.base_model, &merged_dir)?;
+                fs::create_dir(tmp.join("merged")).context("merged")?;
+                out.file("merged/model.safetensors", |w| write_tensors(w, merged))?;
+                out.model_files(data.base_model, "merged/")?;
+                sync_dir(&tmp.join("merged")).context("merged")?;
             }
         }
     }
     let (steps, moments) = &data.optimizer;
-    write_tensors(&tmp.join("optimizer.safetensors"), moments)?;
+    out.file("optimizer.safetensors", |w| write_tensors(w, moments))?;
     let mut state = serde_json::to_value(&data.state)?;
     state["optimizer_steps"] = (*steps).into();
-    fs::write(tmp.join("trainer_state.json"), serde_json::to_string_pretty(&state)?)?;
+    let text = serde_json::to_string_pretty(&state)?;
+    out.file(STATE_FILE, |w| w.write_all(text.as_bytes()))?;
+
+    // Last: its presence says every file above is complete and on disk.
+    let manifest = serde_json::to_string_pretty(&Manifest { format: 1, files: out.entries.clone() })?;
+    out.file(MANIFEST, |w| w.write_all(manifest.as_bytes()))?;
+    sync_dir(tmp).with_context(|| format!("syncing {}", tmp.display()))?;
 
     if final_dir.exists() {
-        fs::remove_dir_all(&final_dir)?;
-    }
-    fs::rename(&tmp, &final_dir).with_context(|| format!("moving the checkpoint into {}", final_dir.display()))?;
-    Ok(final_dir)
-}
-
-fn write_tensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
-    let list: Vec<(String, Tensor)> =
-        tensors.iter().map(|(k, v)| (k.clone(), v.detach().to_device(tch::Device::Cpu).contiguous())).collect();
-    Tensor::write_safetensors(&list, path).with_context(|| format!("writing {}", path.display()))
-}
-
-fn copy_model_files(from: &Path, to: &Path) -> Result<()> {
-    for f in MODEL_FILES {
-        let src = from.join(f);
-        if src.exists() {
-            fs::copy(&src, to.join(f)).with_context(|| format!("copying {}", src.display()))?;
+        // Saving the same step again (a resumed run stopped at once): keep the old copy until the new one is in
+        // place, so no moment exists with neither.
+        let aside = dir.join(format!(".{name}.old"));
+        if aside.exists() {
+            fs::remove_dir_all(&aside).with_context(|| format!("removing {}", aside.display()))?;
         }
+        fs::rename(final_dir, &aside).with_context(|| format!("moving {} aside", final_dir.display()))?;
+        if let Err(e) = fs::rename(tmp, final_dir) {
+            let _ = fs::rename(&aside, final_dir);
+            return Err(e).with_context(|| format!("moving the checkpoint into {}", final_dir.display()));
+        }
+        let _ = fs::remove_dir_all(&aside);
+    } else {
+        fs::rename(tmp, final_dir).with_context(|| format!("moving the checkpoint into {}", final_dir.display()))?;
+    }
+    sync_dir(dir).with_context(|| format!("syncing {}", dir.display()))?;
+    Ok(())
+}
+
+/// Writes the files of one checkpoint, recording what the manifest needs as it goes.
+struct Writer<'f> {
+    root: PathBuf,
+    entries: Vec<ManifestEntry>,
+    fault: Option<&'f Fault>,
+}
+
+impl Writer<'_> {
+    /// Create `rel`, fill it with `body`, fsync it, and record its size and hash. Errors name `rel`.
+    fn file(&mut self, rel: &str, body: impl FnOnce(&mut Sink) -> io::Result<()>) -> Result<()> {
+        let run = || -> io::Result<ManifestEntry> {
+            let file = File::create(self.root.join(rel))?;
+            let limit = self.fault.filter(|f| f.file == rel).map(|f| f.after);
+            let mut sink = Sink { out: BufWriter::with_capacity(1 << 20, file), hash: Sha256::new(), size: 0, limit };
+            body(&mut sink)?;
+            sink.flush()?;
+            let Sink { out, hash, size, .. } = sink;
+            let file = out.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()?;
+            Ok(ManifestEntry { path: rel.to_string(), size, sha256: hex(&hash.finalize()) })
+        };
+        let entry = run().with_context(|| rel.to_string())?;
+        if rel != MANIFEST {
+            self.entries.push(entry);
+        }
+        Ok(())
+    }
+
+    /// Copy the base model's config and tokenizer files, so the checkpoint loads on its own.
+    fn model_files(&mut self, from: &Path, prefix: &str) -> Result<()> {
+        for f in MODEL_FILES {
+            let src = from.join(f);
+            if src.exists() {
+                let mut input = File::open(&src).with_context(|| format!("opening {}", src.display()))?;
+                self.file(&format!("{prefix}{f}"), |w| io::copy(&mut input, w).map(drop))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A buffered file that hashes and counts what passes through (and can fail on purpose in tests).
+struct Sink {
+    out: BufWriter<File>,
+    hash: Sha256,
+    size: u64,
+    limit: Option<u64>,
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let buf = match self.limit {
+            Some(limit) if self.size >= limit => return Err(io::Error::from_raw_os_error(libc::ENOSPC)),
+            Some(limit) => &buf[..buf.len().min((limit - self.size) as usize)],
+            None => buf,
+        };
+        let n = self.out.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Stream tensors in the safetensors format, so the bytes are hashed and counted on their way to disk (and a write
+/// error keeps its OS error code, which tells a full disk from other failures).
+fn write_tensors(w: &mut Sink, tensors: &BTreeMap<String, Tensor>) -> io::Result<()> {
+    use safetensors::tensor::{Dtype, Metadata, TensorInfo};
+    let mut list: Vec<(&String, Dtype, Tensor)> = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let dtype = match t.kind() {
+            Kind::Float => Dtype::F32,
+            Kind::Double => Dtype::F64,
+            Kind::Half => Dtype::F16,
+            Kind::BFloat16 => Dtype::BF16,
+            Kind::Int64 => Dtype::I64,
+            Kind::Int => Dtype::I32,
+            Kind::Int16 => Dtype::I16,
+            Kind::Int8 => Dtype::I8,
+            Kind::Uint8 => Dtype::U8,
+            Kind::Bool => Dtype::BOOL,
+            other => return Err(io::Error::other(format!("tensor {name} has kind {other:?}, not storable"))),
+        };
+        list.push((name, dtype, t.detach().to_device(tch::Device::Cpu).contiguous()));
+    }
+    // As the safetensors crate does: widest dtypes first keeps every tensor aligned to its element size.
+    list.sort_by(|(ln, ld, _), (rn, rd, _)| rd.cmp(ld).then(ln.cmp(rn)));
+    let mut infos = Vec::with_capacity(list.len());
+    let mut offset = 0usize;
+    for (name, dtype, t) in &list {
+        let n = t.numel() * t.kind().elt_size_in_bytes();
+        let shape = t.size().iter().map(|&d| d as usize).collect();
+        infos.push((name.to_string(), TensorInfo { dtype: *dtype, shape, data_offsets: (offset, offset + n) }));
+        offset += n;
+    }
+    let format = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let metadata = Metadata::new(Some(format), infos).map_err(|e| io::Error::other(format!("{e:?}")))?;
+    let mut header = serde_json::to_vec(&metadata)?;
+    header.resize(header.len().next_multiple_of(8), b' ');
+    w.write_all(&(header.len() as u64).to_le_bytes())?;
+    w.write_all(&header)?;
+    for (_, _, t) in &list {
+        let n = t.numel() * t.kind().elt_size_in_bytes();
+        if n == 0 {
+            continue;
+        }
+        // SAFETY: `t` is a contiguous CPU tensor alive for this whole borrow, and `n` is exactly its byte length.
+        let bytes = unsafe { std::slice::from_raw_parts(t.data_ptr() as *const u8, n) };
+        w.write_all(bytes)?;
     }
     Ok(())
 }
 
 /// A checkpoint read back for `--resume`.
 pub struct Loaded {
+    /// The checkpoint directory.
     pub dir: PathBuf,
+    /// Weights by Hugging Face name, or adapter weights by their names without peft's prefix.
     pub weights: BTreeMap<String, Tensor>,
+    /// True when `weights` is a LoRA adapter.
     pub adapter: bool,
+    /// AdamW's step count.
     pub optimizer_steps: i64,
+    /// AdamW's moments (and f32 masters under mixed precision).
     pub optimizer: BTreeMap<String, Tensor>,
+    /// Counters.
     pub state: TrainerState,
 }
 
-/// Read a checkpoint directory.
+/// How thoroughly [`verify`] checks a checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verify {
+    /// File presence and sizes against the manifest: a few `stat` calls, catches truncated and emptied files.
+    Sizes,
+    /// Sizes and sha256 of every file: reads the whole checkpoint, also catches flipped or overwritten bytes.
+    Full,
+}
+
+/// What kind of checkpoint [`verify`] accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Integrity {
+    /// Its files match its manifest.
+    Manifest,
+    /// Written before manifests existed: its state parses and its safetensors files are whole.
+    Legacy,
+}
+
+/// Why a checkpoint directory cannot be used: one phrase that names the file (`model.safetensors is 1024 bytes, the
+/// manifest says 5242880`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damaged(pub String);
+
+impl std::fmt::Display for Damaged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Damaged {}
+
+/// Check a checkpoint directory against its manifest (or, without one, as a legacy checkpoint).
+pub fn verify(dir: &Path, level: Verify) -> std::result::Result<Integrity, Damaged> {
+    let damaged = |s: String| Err(Damaged(s));
+    let text = match fs::read_to_string(dir.join(MANIFEST)) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return verify_legacy(dir),
+        Err(e) => return damaged(format!("{MANIFEST} cannot be read ({e})")),
+    };
+    let manifest: Manifest = match serde_json::from_str(&text) {
+        Ok(m) => m,
+        Err(e) => return damaged(format!("{MANIFEST} is not valid ({e})")),
+    };
+    if !manifest.files.iter().any(|f| f.path == STATE_FILE) {
+        return damaged(format!("{MANIFEST} does not list {STATE_FILE}"));
+    }
+    for entry in &manifest.files {
+        let path = dir.join(&entry.path);
+        let size = match fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(_) => return damaged(format!("{} is missing", entry.path)),
+        };
+        if size != entry.size {
+            return damaged(format!("{} is {size} bytes, the manifest says {}", entry.path, entry.size));
+        }
+        if level == Verify::Full {
+            match sha256_file(&path) {
+                Ok(h) if h == entry.sha256 => {}
+                Ok(_) => {
+                    return damaged(format!("{}'s sha256 differs from the manifest's (its bytes changed)", entry.path))
+                }
+                Err(e) => return damaged(format!("{} cannot be read ({e})", entry.path)),
+            }
+        }
+    }
+    Ok(Integrity::Manifest)
+}
+
+/// A checkpoint from before manifests: accept it when its state parses and its safetensors files are whole (the
+/// header's tensors end exactly at the end of the file), which is what a truncated or emptied file fails.
+fn verify_legacy(dir: &Path) -> std::result::Result<Integrity, Damaged> {
+    let text = fs::read_to_string(dir.join(STATE_FILE))
+        .map_err(|_| Damaged(format!("no {MANIFEST} and no {STATE_FILE} (an incomplete checkpoint)")))?;
+    serde_json::from_str::<serde_json::Value>(&text)
+        .map_err(|e| Damaged(format!("{STATE_FILE} is not valid JSON ({e})")))?;
+    let weights =
+        if dir.join("adapter_model.safetensors").exists() { "adapter_model.safetensors" } else { "model.safetensors" };
+    for name in [weights, "optimizer.safetensors"] {
+        let file = File::open(dir.join(name)).map_err(|_| Damaged(format!("{name} is missing")))?;
+        // SAFETY: read-only map of a file nothing else in this process writes; dropped before returning.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Damaged(format!("{name} cannot be read ({e})")))?;
+        safetensors::SafeTensors::read_metadata(&map)
+            .map_err(|e| Damaged(format!("{name} is not a whole safetensors file ({e:?})")))?;
+    }
+    Ok(Integrity::Legacy)
+}
+
+fn sha256_file(path: &Path) -> io::Result<String> {
+    let mut file = File::open(path)?;
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(hex(&hash.finalize()));
+        }
+        hash.update(&buf[..n]);
+    }
+}
+
+/// A checkpoint [`scan`] passed over, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skipped {
+    /// The skipped `step_N` directory.
+    pub dir: PathBuf,
+    /// What is wrong with it.
+    pub reason: Damaged,
+}
+
+/// What [`scan`] found: the newest usable checkpoint and the newer ones it skipped (newest first).
+#[derive(Clone, Debug, Default)]
+pub struct Latest {
+    /// The newest checkpoint that passed, if any.
+    pub chosen: Option<PathBuf>,
+    /// Newer checkpoints that failed, newest first.
+    pub skipped: Vec<Skipped>,
+}
+
+impl Latest {
+    /// One line per skipped checkpoint, for the caller to print: `skipping checkpoint runs/x/checkpoints/step_6:
+    /// model.safetensors is 1024 bytes, the manifest says 5242880; using step_3`.
+    pub fn messages(&self) -> Vec<String> {
+        let using = match &self.chosen {
+            Some(c) => format!("using {}", c.file_name().unwrap_or_default().to_string_lossy()),
+            None => "no earlier checkpoint is usable".to_string(),
+        };
+        self.skipped.iter().map(|s| format!("skipping checkpoint {}: {}; {using}", s.dir.display(), s.reason)).collect()
+    }
+}
+
+/// The `step_N` directories under `checkpoints`, newest (highest N) first. Temporary `.step_N.partial` ones are
+/// not among them.
+fn steps(checkpoints: &Path) -> Vec<(u64, PathBuf)> {
+    let mut found: Vec<(u64, PathBuf)> = fs::read_dir(checkpoints)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let step = e.file_name().to_str()?.strip_prefix("step_")?.parse().ok()?;
+                    e.path().is_dir().then(|| (step, e.path()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort_by_key(|(step, _)| std::cmp::Reverse(*step));
+    found
+}
+
+/// The newest checkpoint under `checkpoints` that passes [`verify`] at `level`, and the newer ones it skipped.
+pub fn scan(checkpoints: &Path, level: Verify) -> Latest {
+    let mut out = Latest::default();
+    for (_, dir) in steps(checkpoints) {
+        match verify(&dir, level) {
+            Ok(_) => {
+                out.chosen = Some(dir);
+                break;
+            }
+            Err(reason) => out.skipped.push(Skipped { dir, reason }),
+        }
+    }
+    out
+}
+
+/// The newest usable checkpoint (highest step) under `checkpoints`, if any, fully verified. Use [`scan`] to learn
+/// what was skipped.
+pub fn latest(checkpoints: &Path) -> Option<PathBuf> {
+    scan(checkpoints, Verify::Full).chosen
+}
+
+/// Delete all but the newest `keep` complete checkpoints under `checkpoints` (transformers' `save_total_limit`;
+/// `keep == 0` keeps all), and clear what interrupted saves left (`.step_N.partial`). Call it only after a
+/// successful [`save`]: it never deletes the newest complete checkpoint, so the last good one stays until a newer
+/// one is on disk. Damaged `step_N` directories are left alone (they are skipped anyway, and may be worth a look).
+/// Returns the deleted directories.
+pub fn prune(checkpoints: &Path, keep: usize) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for entry in fs::read_dir(checkpoints).with_context(|| format!("reading {}", checkpoints.display()))? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Some(step) = name.strip_prefix('.').and_then(|n| n.strip_prefix("step_")) else { continue };
+        if step.ends_with(".partial") {
+            fs::remove_dir_all(entry.path()).with_context(|| format!("removing {}", entry.path().display()))?;
+            removed.push(entry.path());
+        } else if let Some(step) = step.strip_suffix(".old") {
+            // A same-step save moved the old copy aside; it is garbage once the new one verifies, else restore it.
+            let live = checkpoints.join(format!("step_{step}"));
+            if verify(&live, Verify::Sizes).is_ok() {
+                fs::remove_dir_all(entry.path()).with_context(|| format!("removing {}", entry.path().display()))?;
+                removed.push(entry.path());
+            } else if !live.exists() {
+                fs::rename(entry.path(), &live).with_context(|| format!("restoring {}", live.display()))?;
+            }
+        }
+    }
+    if keep > 0 {
+        let complete: Vec<PathBuf> =
+            steps(checkpoints).into_iter().map(|(_, d)| d).filter(|d| verify(d, Verify::Sizes).is_ok()).collect();
+        for dir in complete.into_iter().skip(keep) {
+            fs::remove_dir_all(&dir).with_context(|| format!("removing the old checkpoint {}", dir.display()))?;
+            removed.push(dir);
+        }
+    }
+    if !removed.is_empty() {
+        sync_dir(checkpoints).with_context(|| format!("syncing {}", checkpoints.display()))?;
+    }
+    Ok(removed)
+}
+
+/// Read a checkpoint directory, after verifying every file against its manifest (sizes and sha256). A damaged
+/// checkpoint is refused with one line naming the file and the earlier checkpoint to resume from instead.
 pub fn load(dir: &Path) -> Result<Loaded> {
-    let state_path = dir.join("trainer_state.json");
-    let text = fs::read_to_string(&state_path).map_err(|_| {
-        user_error!(
+    let state_path = dir.join(STATE_FILE);
+    if !state_path.exists() && !dir.join(MANIFEST).exists() {
+        bail!(user_error!(
             "{} is not a grpo-rs checkpoint (no trainer_state.json); pass a checkpoint or run directory",
             dir.display()
-        )
-    })?;
+        ));
+    }
+    if let Err(damage) = verify(dir, Verify::Full) {
+        let fix = match dir.parent().map(|p| scan(p, Verify::Sizes)) {
+            Some(Latest { chosen: Some(earlier), .. }) if earlier != dir && step_of(&earlier) < step_of(dir) => {
+                format!("resume from the one before it: --resume {}", earlier.display())
+            }
+            _ => "no earlier checkpoint is usable; start the run again without --resume".to_string(),
+        };
+        bail!(user_error!("checkpoint {} is damaged: {damage}; {fix}", dir.display()));
+    }
+    let text = fs::read_to_string(&state_path).with_context(|| format!("reading {}", state_path.display()))?;
     let value: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", state_path.display()))?;
     let optimizer_steps = value["optimizer_steps"].as_i64().unwrap_or(0);
@@ -174,59 +600,477 @@ pub fn load(dir: &Path) -> Result<Loaded> {
     Ok(Loaded { dir: dir.to_path_buf(), weights, adapter, optimizer_steps, optimizer, state })
 }
 
+fn step_of(dir: &Path) -> Option<u64> {
+    dir.file_name()?.to_str()?.strip_prefix("step_")?.parse().ok()
+}
+
 fn read_tensors(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     let list = Tensor::read_safetensors(path).with_context(|| format!("reading {}", path.display()))?;
     Ok(list.into_iter().collect())
 }
 
-/// The newest complete checkpoint (highest step) under `checkpoints`, if any.
-pub fn latest(checkpoints: &Path) -> Option<PathBuf> {
-    let entries = fs::read_dir(checkpoints).ok()?;
-    entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().to_string();
-            let step: u64 = name.strip_prefix("step_")?.parse().ok()?;
-            e.path().join("trainer_state.json").exists().then_some((step, e.path()))
-        })
-        .max_by_key(|(step, _)| *step)
-        .map(|(_, p)| p)
+/// The checkpoint `--resume` chose, and the newer ones it skipped (one line each, for the caller to print).
+#[derive(Clone, Debug)]
+pub struct Resume {
+    /// The checkpoint directory to load.
+    pub checkpoint: PathBuf,
+    /// One line per newer checkpoint that was skipped, from [`Latest::messages`].
+    pub skipped: Vec<String>,
 }
 
-/// Resolve `--resume`: a checkpoint directory, a run directory (its latest checkpoint), or `auto` (the latest
-/// checkpoint of `run_dir` when it exists, else of the most recently modified run under `runs_dir`).
+/// Resolve `--resume` (printing a line per skipped checkpoint on stderr). Kept for callers that do not pass
+/// `--checkpoint-path`; see [`resolve_resume_in`].
 pub fn resolve_resume(spec: &str, runs_dir: &Path, run_dir: Option<&Path>) -> Result<PathBuf> {
+    let resume = resolve_resume_in(spec, runs_dir, run_dir, None)?;
+    for line in &resume.skipped {
+        eprintln!("{line}");
+    }
+    Ok(resume.checkpoint)
+}
+
+/// Resolve `--resume`: a checkpoint directory, a run directory (its latest usable checkpoint), a directory of
+/// `step_N` checkpoints, or `auto`. `auto` resumes only the named run: the latest usable checkpoint in
+/// `checkpoint_dir` (the run's `--checkpoint-path`) when given, else in `run_dir/checkpoints`; it never picks
+/// another run, and when it finds nothing it names the runs under `runs_dir` that do have checkpoints.
+pub fn resolve_resume_in(
+    spec: &str,
+    runs_dir: &Path,
+    run_dir: Option<&Path>,
+    checkpoint_dir: Option<&Path>,
+) -> Result<Resume> {
+    let found = |latest: Latest| -> Option<Resume> {
+        let skipped = latest.messages();
+        latest.chosen.map(|checkpoint| Resume { checkpoint, skipped })
+    };
+    let skipped_note = |latest: &Latest| -> String {
+        latest.skipped.iter().map(|s| format!(" (skipped {}: {})", s.dir.display(), s.reason)).collect()
+    };
     if spec != "auto" {
         let p = PathBuf::from(spec);
-        if p.join("trainer_state.json").exists() {
-            return Ok(p);
+        if p.join(STATE_FILE).exists() || p.join(MANIFEST).exists() {
+            // Named explicitly: load() verifies it and refuses it with the fix if damaged; no silent fallback.
+            return Ok(Resume { checkpoint: p, skipped: Vec::new() });
         }
-        if let Some(c) = latest(&p.join("checkpoints")) {
-            return Ok(c);
+        for dir in [p.join("checkpoints"), p.clone()] {
+            if steps(&dir).is_empty() {
+                continue;
+            }
+            let latest = scan(&dir, Verify::Full);
+            let note = skipped_note(&latest);
+            return found(latest)
+                .ok_or_else(|| user_error!("--resume {spec}: no usable checkpoint in {}{note}", dir.display()));
         }
         bail!(user_error!(
             "--resume {spec}: neither a checkpoint (no trainer_state.json) nor a run directory with checkpoints"
         ));
     }
-    if let Some(run) = run_dir {
-        if let Some(c) = latest(&run.join("checkpoints")) {
-            return Ok(c);
-        }
-    }
-    let mut runs: Vec<(std::time::SystemTime, PathBuf)> = fs::read_dir(runs_dir)
+    let others = runs_with_checkpoints(runs_dir);
+    let dir = match (checkpoint_dir, run_dir) {
+        (Some(dir), _) => dir.to_path_buf(),
+        (None, Some(run)) => run.join("checkpoints"),
+        (None, None) => bail!(user_error!(
+            "--resume auto resumes the run named by --run-name (or --checkpoint-path), and neither was given; {others}"
+        )),
+    };
+    let latest = scan(&dir, Verify::Full);
+    let note = skipped_note(&latest);
+    found(latest).ok_or_else(|| user_error!("--resume auto: no usable checkpoint in {}{note}; {others}", dir.display()))
+}
+
+/// One phrase naming the runs under `runs_dir` that have a complete checkpoint, for `--resume auto`'s errors.
+fn runs_with_checkpoints(runs_dir: &Path) -> String {
+    let mut runs: Vec<String> = fs::read_dir(runs_dir)
         .map(|rd| {
             rd.filter_map(|e| e.ok())
-                .filter(|e| latest(&e.path().join("checkpoints")).is_some())
-                .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+                .filter_map(|e| {
+                    let latest = scan(&e.path().join("checkpoints"), Verify::Sizes).chosen?;
+                    Some(format!("{} ({})", e.file_name().to_string_lossy(), latest.file_name()?.to_string_lossy()))
+                })
                 .collect()
         })
         .unwrap_or_default();
     runs.sort();
-    match runs.pop() {
-        Some((_, run)) => Ok(latest(&run.join("checkpoints")).expect("filtered above")),
-        None => bail!(user_error!(
-            "--resume auto: no run with a checkpoint under {}; start a run without --resume first",
-            runs_dir.display()
-        )),
+    if runs.is_empty() {
+        format!("no run under {} has a checkpoint; start the run without --resume", runs_dir.display())
+    } else {
+        format!(
+            "runs with checkpoints under {}: {}; pass --run-name NAME or --resume DIR",
+            runs_dir.display(),
+            runs.join(", ")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    fn base_model(root: &Path) -> PathBuf {
+        let dir = root.join("base");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("config.json"), r#"{"model_type": "llama"}"#).unwrap();
+        fs::write(dir.join("tokenizer.json"), "{}").unwrap();
+        dir
+    }
+
+    fn data(base: &Path, step: u64) -> CheckpointData<'_> {
+        tch::manual_seed(step as i64);
+        let weights = BTreeMap::from([
+            ("model.embed_tokens.weight".to_string(), Tensor::randn([16, 8], (Kind::Float, Device::Cpu))),
+            ("model.norm.weight".to_string(), Tensor::randn([8], (Kind::BFloat16, Device::Cpu))),
+            ("lm_head.weight".to_string(), Tensor::randn([16, 8], (Kind::Float, Device::Cpu))),
+        ]);
+        let moments = weights.iter().map(|(k, v)| (format!("exp_avg.{k}"), v.to_kind(Kind::Float) * 0.1)).collect();
+        CheckpointData {
+            weights,
+            adapter: None,
+            base_model: base,
+            merged: None,
+            optimizer: (step as i64, moments),
+            state: TrainerState { batch: step / 3, global_step: step, seed: 7, ..Default::default() },
+        }
+    }
+
+    fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = base_model(tmp.path());
+        let ckpts = tmp.path().join("runs/x/checkpoints");
+        (tmp, base, ckpts)
+    }
+
+    fn same(a: &BTreeMap<String, Tensor>, b: &BTreeMap<String, Tensor>) -> bool {
+        a.len() == b.len() && a.iter().all(|(k, v)| b.get(k).is_some_and(|w| w.kind() == v.kind() && w.equal(v)))
+    }
+
+    fn truncate(path: &Path, len: u64) {
+        File::options().write(true).open(path).unwrap().set_len(len).unwrap();
+    }
+
+    fn one_line(err: &anyhow::Error) -> String {
+        crate::error::one_line(err)
+    }
+
+    #[test]
+    fn save_writes_a_manifest_last_and_loads_back_exactly() {
+        let (_tmp, base, ckpts) = setup();
+        let d = data(&base, 3);
+        let (weights, moments) = (
+            d.weights.iter().map(|(k, v)| (k.clone(), v.copy())).collect(),
+            d.optimizer.1.iter().map(|(k, v)| (k.clone(), v.copy())).collect(),
+        );
+        let dir = save(&ckpts, d).unwrap();
+        assert_eq!(dir, ckpts.join("step_3"));
+        let manifest: Manifest = serde_json::from_str(&fs::read_to_string(dir.join(MANIFEST)).unwrap()).unwrap();
+        let names: Vec<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(names, ["model.safetensors", "config.json", "tokenizer.json", "optimizer.safetensors", STATE_FILE]);
+        for f in &manifest.files {
+            assert_eq!(fs::metadata(dir.join(&f.path)).unwrap().len(), f.size, "{}", f.path);
+            assert_eq!(sha256_file(&dir.join(&f.path)).unwrap(), f.sha256, "{}", f.path);
+        }
+        assert_eq!(verify(&dir, Verify::Full), Ok(Integrity::Manifest));
+        // tch's own reader (safetensors 0.3) and the host's (0.6, used by Model::load) both accept the stream.
+        let read: BTreeMap<String, Tensor> =
+            Tensor::read_safetensors(dir.join("model.safetensors")).unwrap().into_iter().collect();
+        assert!(same(&read, &weights));
+        let bytes = fs::read(dir.join("model.safetensors")).unwrap();
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        assert_eq!(meta.metadata().as_ref().unwrap()["format"], "pt");
+        assert_eq!(safetensors::SafeTensors::deserialize(&bytes).unwrap().len(), 3);
+        let loaded = load(&dir).unwrap();
+        assert!(same(&loaded.weights, &weights) && same(&loaded.optimizer, &moments));
+        assert_eq!((loaded.optimizer_steps, loaded.state.global_step, loaded.adapter), (3, 3, false));
+        assert!(!ckpts.join(".step_3.partial").exists());
+    }
+
+    #[test]
+    fn adapter_checkpoints_with_merged_weights_are_in_the_manifest() {
+        let (_tmp, base, ckpts) = setup();
+        let mut d = data(&base, 2);
+        d.merged = Some(d.weights.iter().map(|(k, v)| (k.clone(), v.copy())).collect());
+        d.adapter = Some(AdapterInfo { rank: 4, alpha: 8.0, dropout: 0.0, target_modules: vec!["q_proj".into()] });
+        let dir = save(&ckpts, d).unwrap();
+        let manifest: Manifest = serde_json::from_str(&fs::read_to_string(dir.join(MANIFEST)).unwrap()).unwrap();
+        let names: Vec<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
+        assert!(names.contains(&"merged/model.safetensors") && names.contains(&"merged/config.json"), "{names:?}");
+        assert!(names.contains(&"adapter_config.json") && names.contains(&"adapter_model.safetensors"));
+        truncate(&dir.join("merged/model.safetensors"), 10);
+        assert_eq!(verify(&dir, Verify::Sizes).unwrap_err().0.split(" is ").next(), Some("merged/model.safetensors"));
+    }
+
+    #[test]
+    fn a_truncated_file_is_skipped_named_and_the_previous_checkpoint_used() {
+        let (_tmp, base, ckpts) = setup();
+        let step3 = save(&ckpts, data(&base, 3)).unwrap();
+        let step6 = save(&ckpts, data(&base, 6)).unwrap();
+        let full = fs::metadata(step6.join("model.safetensors")).unwrap().len();
+        truncate(&step6.join("model.safetensors"), 100);
+
+        let found = scan(&ckpts, Verify::Sizes);
+        assert_eq!(found.chosen.as_deref(), Some(step3.as_path()));
+        assert_eq!(
+            found.messages(),
+            [format!(
+                "skipping checkpoint {}: model.safetensors is 100 bytes, the manifest says {full}; using step_3",
+                step6.display()
+            )]
+        );
+        assert_eq!(latest(&ckpts), Some(step3.clone()));
+        let resume = resolve_resume_in("auto", &ckpts.join("../.."), Some(ckpts.parent().unwrap()), None).unwrap();
+        assert_eq!((resume.checkpoint, resume.skipped), (step3.clone(), found.messages()));
+
+        // Named explicitly, it is refused with the file and the fix, as a user error.
+        let err = load(&step6).err().unwrap();
+        assert_eq!(crate::error::exit_code(&err), 2);
+        let line = one_line(&err);
+        assert!(line.contains("model.safetensors is 100 bytes"), "{line}");
+        assert!(line.ends_with(&format!("--resume {}", step3.display())), "{line}");
+    }
+
+    #[test]
+    fn an_emptied_file_is_skipped_and_the_previous_checkpoint_used() {
+        let (_tmp, base, ckpts) = setup();
+        let step3 = save(&ckpts, data(&base, 3)).unwrap();
+        let step6 = save(&ckpts, data(&base, 6)).unwrap();
+        truncate(&step6.join("optimizer.safetensors"), 0);
+        let found = scan(&ckpts, Verify::Sizes);
+        assert_eq!(found.chosen, Some(step3));
+        assert!(found.skipped[0].reason.0.starts_with("optimizer.safetensors is 0 bytes, the manifest says "));
+        // An emptied trainer_state.json, and one removed, too.
+        let step9 = save(&ckpts, data(&base, 9)).unwrap();
+        fs::write(step9.join(STATE_FILE), "").unwrap();
+        let step12 = save(&ckpts, data(&base, 12)).unwrap();
+        fs::remove_file(step12.join(STATE_FILE)).unwrap();
+        let found = scan(&ckpts, Verify::Sizes);
+        let reasons: Vec<&str> = found.skipped.iter().map(|s| s.reason.0.as_str()).collect();
+        assert_eq!(reasons[0], "trainer_state.json is missing");
+        assert!(reasons[1].starts_with("trainer_state.json is 0 bytes"), "{reasons:?}");
+        assert_eq!(found.chosen.unwrap().file_name().unwrap(), "step_3");
+    }
+
+    #[test]
+    fn changed_bytes_of_the_same_size_fail_the_hash() {
+        let (_tmp, base, ckpts) = setup();
+        let step3 = save(&ckpts, data(&base, 3)).unwrap();
+        let step6 = save(&ckpts, data(&base, 6)).unwrap();
+        let path = step6.join("model.safetensors");
+        let mut bytes = fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        fs::write(&path, bytes).unwrap();
+        assert_eq!(verify(&step6, Verify::Sizes), Ok(Integrity::Manifest));
+        assert!(verify(&step6, Verify::Full).unwrap_err().0.contains("model.safetensors's sha256 differs"));
+        assert_eq!(latest(&ckpts), Some(step3));
+        assert!(one_line(&load(&step6).err().unwrap()).contains("sha256"));
+    }
+
+    #[test]
+    fn checkpoints_without_a_manifest_load_as_legacy_and_are_still_checked() {
+        let (_tmp, base, ckpts) = setup();
+        let step3 = save(&ckpts, data(&base, 3)).unwrap();
+        // A checkpoint as the previous version wrote it: tch's writer, no manifest.
+        let d = data(&base, 6);
+        let legacy = ckpts.join("step_6");
+        fs::create_dir_all(&legacy).unwrap();
+        let list = |m: &BTreeMap<String, Tensor>| m.iter().map(|(k, v)| (k.clone(), v.copy())).collect::<Vec<_>>();
+        Tensor::write_safetensors(&list(&d.weights), legacy.join("model.safetensors")).unwrap();
+        Tensor::write_safetensors(&list(&d.optimizer.1), legacy.join("optimizer.safetensors")).unwrap();
+        fs::write(legacy.join(STATE_FILE), serde_json::to_string(&d.state).unwrap()).unwrap();
+        assert_eq!(verify(&legacy, Verify::Full), Ok(Integrity::Legacy));
+        assert_eq!(latest(&ckpts), Some(legacy.clone()));
+        assert!(same(&load(&legacy).unwrap().weights, &d.weights));
+
+        truncate(&legacy.join("model.safetensors"), 64);
+        let found = scan(&ckpts, Verify::Full);
+        assert_eq!(found.chosen, Some(step3.clone()));
+        assert!(found.skipped[0].reason.0.starts_with("model.safetensors is not a whole safetensors file"));
+        assert!(one_line(&load(&legacy).err().unwrap()).contains(&format!("--resume {}", step3.display())));
+
+        // A step_N directory with neither manifest nor state is an interrupted save of some older version.
+        fs::create_dir_all(ckpts.join("step_9")).unwrap();
+        assert!(scan(&ckpts, Verify::Sizes).skipped[0].reason.0.contains("incomplete"));
+    }
+
+    #[test]
+    fn partial_directories_are_ignored_and_cleaned() {
+        let (_tmp, base, ckpts) = setup();
+        let step3 = save(&ckpts, data(&base, 3)).unwrap();
+        // What a kill during the save of step 6 leaves, even one that had copied a manifest in.
+        let partial = ckpts.join(".step_6.partial");
+        fs::create_dir_all(&partial).unwrap();
+        for f in fs::read_dir(&step3).unwrap() {
+            let f = f.unwrap();
+            fs::copy(f.path(), partial.join(f.file_name())).unwrap();
+        }
+        let found = scan(&ckpts, Verify::Full);
+        assert_eq!((found.chosen.as_deref(), found.skipped.len()), (Some(step3.as_path()), 0));
+        assert_eq!(prune(&ckpts, 0).unwrap(), std::slice::from_ref(&partial));
+        assert!(!partial.exists() && step3.exists());
+        // A new save of the same step also replaces a leftover partial directory.
+        fs::create_dir_all(&partial).unwrap();
+        fs::write(partial.join("junk"), "x").unwrap();
+        let step6 = save(&ckpts, data(&base, 6)).unwrap();
+        assert!(!partial.exists() && !step6.join("junk").exists());
+    }
+
+    #[test]
+    fn prune_keeps_the_newest_complete_checkpoints() {
+        let (_tmp, base, ckpts) = setup();
+        for step in 1..=5 {
+            save(&ckpts, data(&base, step)).unwrap();
+        }
+        let left = |c: &Path| {
+            let mut v: Vec<u64> = steps(c).into_iter().map(|(s, _)| s).collect();
+            v.sort();
+            v
+        };
+        assert!(prune(&ckpts, 0).unwrap().is_empty());
+        assert_eq!(left(&ckpts), [1, 2, 3, 4, 5]);
+        assert_eq!(prune(&ckpts, 2).unwrap(), [ckpts.join("step_3"), ckpts.join("step_2"), ckpts.join("step_1")]);
+        assert_eq!(left(&ckpts), [4, 5]);
+        // A damaged newer checkpoint does not count: the newest verified one stays, the damaged one is left alone.
+        let step6 = save(&ckpts, data(&base, 6)).unwrap();
+        truncate(&step6.join("model.safetensors"), 1);
+        assert_eq!(prune(&ckpts, 1).unwrap(), [ckpts.join("step_4")]);
+        assert_eq!(left(&ckpts), [5, 6]);
+        assert_eq!(latest(&ckpts), Some(ckpts.join("step_5")));
+    }
+
+    #[test]
+    fn a_full_disk_fails_in_one_line_and_leaves_the_previous_checkpoint_intact() {
+        let (_tmp, base, ckpts) = setup();
+        let step3 = save(&ckpts, data(&base, 3)).unwrap();
+        let before = fs::read(step3.join(MANIFEST)).unwrap();
+        for file in ["model.safetensors", "optimizer.safetensors", MANIFEST] {
+            let fault = Fault { file: file.to_string(), after: 100 };
+            let err = save_with(&ckpts, data(&base, 6), Some(&fault)).err().unwrap();
+            let line = one_line(&err);
+            assert_eq!(
+                line,
+                format!(
+                    "writing checkpoint {}: {file}: No space left on device (os error 28); the previous checkpoint {} \
+                     is intact; free disk space there and resume",
+                    ckpts.join("step_6").display(),
+                    step3.display()
+                )
+            );
+            assert_eq!(crate::error::exit_code(&err), 2);
+            assert!(!ckpts.join(".step_6.partial").exists() && !ckpts.join("step_6").exists());
+            assert_eq!(fs::read(step3.join(MANIFEST)).unwrap(), before);
+            assert_eq!(verify(&step3, Verify::Full), Ok(Integrity::Manifest));
+            assert_eq!(latest(&ckpts), Some(step3.clone()));
+        }
+        // With no earlier checkpoint the line says so.
+        let (_tmp2, base2, empty) = setup();
+        let fault = Fault { file: "model.safetensors".into(), after: 0 };
+        let line = one_line(&save_with(&empty, data(&base2, 1), Some(&fault)).err().unwrap());
+        assert!(line.contains(&format!("there is no earlier checkpoint under {}", empty.display())), "{line}");
+    }
+
+    #[test]
+    fn saving_the_same_step_again_replaces_it_whole() {
+        let (_tmp, base, ckpts) = setup();
+        save(&ckpts, data(&base, 3)).unwrap();
+        let mut again = data(&base, 3);
+        again.state.batch = 42;
+        let dir = save(&ckpts, again).unwrap();
+        assert_eq!(load(&dir).unwrap().state.batch, 42);
+        assert_eq!(fs::read_dir(&ckpts).unwrap().count(), 1, "no .old or .partial left");
+        // A failed re-save keeps the old one.
+        let fault = Fault { file: STATE_FILE.into(), after: 5 };
+        assert!(save_with(&ckpts, data(&base, 3), Some(&fault)).is_err());
+        assert_eq!(load(&dir).unwrap().state.batch, 42);
+    }
+
+    #[test]
+    fn resume_auto_only_resumes_the_named_run() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = base_model(tmp.path());
+        let runs = tmp.path().join("runs");
+        let a3 = save(&runs.join("a/checkpoints"), data(&base, 3)).unwrap();
+        let b5 = save(&runs.join("b/checkpoints"), data(&base, 5)).unwrap();
+        fs::create_dir_all(runs.join("c")).unwrap();
+
+        let got = resolve_resume_in("auto", &runs, Some(&runs.join("a")), None).unwrap();
+        assert_eq!((got.checkpoint, got.skipped.len()), (a3.clone(), 0));
+        // The old fallback picked b, the most recent run; now the named run without checkpoints is an error naming
+        // the runs that have some.
+        let err = resolve_resume_in("auto", &runs, Some(&runs.join("c")), None).err().unwrap();
+        assert_eq!(crate::error::exit_code(&err), 2);
+        let line = one_line(&err);
+        assert!(line.contains(&format!("no usable checkpoint in {}", runs.join("c/checkpoints").display())), "{line}");
+        assert!(line.contains(&format!("runs with checkpoints under {}: a (step_3), b (step_5)", runs.display())));
+        let line = one_line(&resolve_resume_in("auto", &runs, None, None).err().unwrap());
+        assert!(line.contains("--run-name") && line.contains("a (step_3), b (step_5)"), "{line}");
+        let empty = tmp.path().join("nothing");
+        let line = one_line(&resolve_resume_in("auto", &empty, Some(&empty.join("x")), None).err().unwrap());
+        assert!(line.ends_with("has a checkpoint; start the run without --resume"), "{line}");
+
+        // --run-name x --checkpoint-path DIR: auto looks in DIR.
+        let custom = tmp.path().join("elsewhere/ckpts");
+        let x4 = save(&custom, data(&base, 4)).unwrap();
+        let got = resolve_resume_in("auto", &runs, Some(&runs.join("x")), Some(&custom)).unwrap();
+        assert_eq!(got.checkpoint, x4);
+
+        // --resume DIR: a checkpoint, a run, or a directory of checkpoints.
+        let s = |p: &Path| p.to_str().unwrap().to_string();
+        assert_eq!(resolve_resume_in(&s(&b5), &runs, None, None).unwrap().checkpoint, b5);
+        assert_eq!(resolve_resume_in(&s(&runs.join("b")), &runs, None, None).unwrap().checkpoint, b5);
+        assert_eq!(resolve_resume_in(&s(&custom), &runs, None, None).unwrap().checkpoint, x4);
+        assert_eq!(resolve_resume(&s(&runs.join("a")), &runs, None).unwrap(), a3);
+        let err = resolve_resume_in(&s(&runs.join("c")), &runs, None, None).err().unwrap();
+        assert!(one_line(&err).contains("neither a checkpoint"));
+    }
+
+    /// The cost of verification on a real checkpoint: `GRPO_CHECKPOINT_BENCH=runs/x/checkpoints/step_N cargo test
+    /// -p grpo-host --lib checkpoint::tests::cost -- --ignored --nocapture` re-saves it into a tempdir (timing the
+    /// fsynced, hashed save) and times both verification levels.
+    #[test]
+    #[ignore]
+    fn cost_on_a_real_checkpoint() {
+        let Ok(src) = std::env::var("GRPO_CHECKPOINT_BENCH") else { return };
+        let src = PathBuf::from(src);
+        let loaded = load(&src).unwrap();
+        let tmp = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+        let data = CheckpointData {
+            weights: loaded.weights,
+            adapter: None,
+            base_model: &src,
+            merged: None,
+            optimizer: (loaded.optimizer_steps, loaded.optimizer),
+            state: loaded.state,
+        };
+        // Baseline: the previous save's tch writer, no hashing, then the fsyncs alone.
+        let old = tmp.path().join("old");
+        fs::create_dir(&old).unwrap();
+        let list =
+            |m: &BTreeMap<String, Tensor>| m.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect::<Vec<_>>();
+        let t = std::time::Instant::now();
+        Tensor::write_safetensors(&list(&data.weights), old.join("model.safetensors")).unwrap();
+        Tensor::write_safetensors(&list(&data.optimizer.1), old.join("optimizer.safetensors")).unwrap();
+        let old_s = t.elapsed().as_secs_f64();
+        let t = std::time::Instant::now();
+        for f in ["model.safetensors", "optimizer.safetensors"] {
+            File::open(old.join(f)).unwrap().sync_all().unwrap();
+        }
+        let fsync_s = t.elapsed().as_secs_f64();
+        eprintln!("previous writer: {old_s:.2} s unsynced, then fsync {fsync_s:.2} s");
+        let t = std::time::Instant::now();
+        let dir = save(tmp.path(), data).unwrap();
+        let save_s = t.elapsed().as_secs_f64();
+        let bytes: u64 = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+        let t = std::time::Instant::now();
+        verify(&dir, Verify::Sizes).unwrap();
+        let sizes_s = t.elapsed().as_secs_f64();
+        let t = std::time::Instant::now();
+        verify(&dir, Verify::Full).unwrap();
+        let full_s = t.elapsed().as_secs_f64();
+        eprintln!(
+            "{:.0} MB: save {save_s:.2} s (write + fsync + hash), verify sizes {:.3} ms, verify sha256 {full_s:.2} s \
+             ({:.0} MB/s)",
+            bytes as f64 / 1e6,
+            sizes_s * 1e3,
+            bytes as f64 / 1e6 / full_s
+        );
     }
 }
