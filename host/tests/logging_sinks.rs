@@ -129,3 +129,130 @@ fn jsonl_files_hold_steps_completions_and_summary_and_append_on_resume() {
     assert!(same(&summary["final/total_steps"], &seed_row(3)["final/total_steps"]));
     assert_eq!(summary["_step"], MetricValue::Number(3.0));
 }
+
+/// A run directory's `metrics.jsonl` rows (without clock values) and `completions.jsonl` lines.
+fn jsonl_rows(dir: &std::path::Path) -> (Vec<Metrics>, Vec<String>) {
+    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let rows = metrics.lines().map(|l| without_clock(&json::parse_line(l).expect("a complete JSON line"))).collect();
+    let completions = std::fs::read_to_string(dir.join("completions.jsonl")).unwrap();
+    (rows, completions.lines().map(str::to_string).collect())
+}
+
+/// Log steps `from..to`, each with its completions, as the trainer does.
+fn log_steps(loggers: &mut Loggers, from: u64, to: u64) {
+    for step in from..to {
+        loggers.log_completions(step, &[row(step)]);
+        loggers.log(step, seed_row(step));
+        loggers.commit();
+    }
+}
+
+#[test]
+fn a_killed_run_resumed_at_its_checkpoint_has_every_jsonl_row_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = |dir: PathBuf| {
+        let mut cfg = LoggingConfig::new(dir, "r", "grpo", "math");
+        cfg.console = false;
+        cfg.wandb.disabled = true;
+        cfg
+    };
+    // The reference: six steps without a stop.
+    let reference = tmp.path().join("reference");
+    let mut loggers = Loggers::with_env(&config(reference.clone()), &Env::new()).unwrap();
+    log_steps(&mut loggers, 0, 6);
+    loggers.finish(0);
+
+    // The same run killed after step 5 (its checkpoint is at step 3): no finish, no destructor, and a torn line.
+    let killed = tmp.path().join("killed");
+    let mut loggers = Loggers::with_env(&config(killed.clone()), &Env::new()).unwrap();
+    log_steps(&mut loggers, 0, 6);
+    loggers.log(6, seed_row(6));
+    loggers.flush_durable();
+    std::mem::forget(loggers);
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().append(true).open(killed.join("metrics.jsonl")).unwrap();
+    f.write_all(b"{\"step\":7,\"_timestamp\":1.5,\"training_step/lo").unwrap();
+    drop(f);
+
+    // Resumed from the checkpoint at global step 3: steps 3.. run again.
+    let mut cfg = config(killed.clone());
+    cfg.resume = true;
+    cfg.resume_from_step = Some(3);
+    let mut loggers = Loggers::with_env(&cfg, &Env::new()).unwrap();
+    let (rows, _) = jsonl_rows(&killed);
+    assert_eq!(rows.len(), 3, "cut back to steps 0..3 at open");
+    loggers.log(2, seed_row(2)); // before the resume step: already logged, dropped
+    log_steps(&mut loggers, 3, 6);
+    loggers.finish(0);
+
+    let (want, want_completions) = jsonl_rows(&reference);
+    let (got, got_completions) = jsonl_rows(&killed);
+    let steps: Vec<f64> = got.iter().map(|r| r["step"].as_f64().unwrap()).collect();
+    assert_eq!(steps, [0.0, 1.0, 2.0, 3.0, 4.0, 5.0], "each step once, in order");
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        assert!(same_rows(g, w), "{g:?} != {w:?}");
+    }
+    assert_eq!(got_completions, want_completions, "completions.jsonl equals the uninterrupted run's");
+    let summary = json::parse_line(&std::fs::read_to_string(killed.join("summary.json")).unwrap()).unwrap();
+    let want_summary = json::parse_line(&std::fs::read_to_string(reference.join("summary.json")).unwrap()).unwrap();
+    assert!(same_rows(&without_clock(&summary), &without_clock(&want_summary)), "{summary:?}");
+    assert!(!std::fs::read_dir(&killed).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".tmp")));
+}
+
+#[test]
+fn resuming_at_step_zero_empties_the_jsonl_files_and_plain_resume_only_drops_a_torn_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = LoggingConfig::new(tmp.path(), "r", "grpo", "math");
+    cfg.console = false;
+    cfg.wandb.disabled = true;
+    let mut loggers = Loggers::with_env(&cfg, &Env::new()).unwrap();
+    log_steps(&mut loggers, 0, 2);
+    std::mem::forget(loggers);
+    std::fs::write(
+        tmp.path().join("metrics.jsonl"),
+        std::fs::read_to_string(tmp.path().join("metrics.jsonl")).unwrap() + "{\"step\":2,",
+    )
+    .unwrap();
+    cfg.resume = true;
+    let loggers = Loggers::with_env(&cfg, &Env::new()).unwrap();
+    assert_eq!(jsonl_rows(tmp.path()).0.len(), 2, "the torn line is gone, the complete ones stay");
+    std::mem::forget(loggers);
+    cfg.resume_from_step = Some(0);
+    let mut loggers = Loggers::with_env(&cfg, &Env::new()).unwrap();
+    loggers.finish(0);
+    let (rows, completions) = jsonl_rows(tmp.path());
+    assert!(rows.is_empty() && completions.is_empty());
+}
+
+#[test]
+fn tensorboard_forgets_the_steps_a_resumed_run_logs_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log_dir = tmp.path().join("tb");
+    let cfg = tb_config(tmp.path().join("run"), log_dir.clone());
+    let mut loggers = Loggers::with_env(&cfg, &Env::new()).unwrap();
+    for step in 0..6 {
+        loggers.log(step, seed_row(step));
+        loggers.commit();
+    }
+    std::mem::forget(loggers);
+    let mut cfg = cfg;
+    cfg.resume_from_step = Some(3);
+    let mut loggers = Loggers::with_env(&cfg, &Env::new()).unwrap();
+    for step in 3..6 {
+        loggers.log(step, seed_row(step));
+        loggers.commit();
+    }
+    loggers.finish(0);
+    let run_dir = log_dir.join("tb-run");
+    assert_eq!(std::fs::read_dir(&run_dir).unwrap().count(), 2, "event files are never rewritten");
+
+    let Some(python) = venv_python() else { return };
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/oracles/tensorboard_read.py");
+    let out = std::process::Command::new(python).arg(script).arg(&run_dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let points = v["scalars"]["training_step/loss"].as_array().unwrap();
+    let steps: Vec<u64> = points.iter().map(|p| p[0].as_u64().unwrap()).collect();
+    assert_eq!(steps, [0, 1, 2, 3, 4, 5], "TensorBoard shows each step once");
+}

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use grpo_host::logging::wandb::proto::{Record, RecordType};
 use grpo_host::logging::wandb::store::read_records;
-use grpo_host::logging::{CompletionRow, Env, Loggers, LoggingConfig, MetricValue, Metrics, UploadTuning};
+use grpo_host::logging::{json, CompletionRow, Env, Loggers, LoggingConfig, MetricValue, Metrics, UploadTuning};
 use logging_common::*;
 use prost::Message;
 
@@ -474,4 +474,153 @@ fn a_rejected_key_stops_the_upload_at_once_and_nothing_else() {
     assert!(t.elapsed() < Duration::from_secs(2), "no retries on 401: {:?}", t.elapsed());
     assert_eq!(mock.requests().len(), 1, "one rejected upsert, then silence");
     assert_eq!(records(&dir).iter().filter(|r| matches!(r, RecordType::History(_))).count(), 3);
+}
+
+/// History rows of a run file (or of several, in order) as (step, values without clock keys).
+fn history_rows(recs: &[RecordType]) -> Vec<(i64, Metrics)> {
+    recs.iter()
+        .filter_map(|r| if let RecordType::History(h) = r { Some(h) } else { None })
+        .map(|h| {
+            let line = format!(
+                "{{{}}}",
+                h.item
+                    .iter()
+                    .map(|i| format!("{}:{}", json::string(&i.key), i.value_json))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            (h.step.as_ref().unwrap().num, without_clock(&json::parse_line(&line).unwrap()))
+        })
+        .collect()
+}
+
+/// Steps `from..to` as the trainer logs them: a completions table at even steps, then the row.
+fn trainer_steps(loggers: &mut Loggers, from: u64, to: u64) {
+    for step in from..to {
+        if step % 2 == 0 {
+            loggers.log_completions(step, &[completion(step)]);
+        }
+        loggers.log(step, seed_row(step));
+        loggers.commit();
+    }
+}
+
+/// Same rows: steps in order and values (tables compared by presence, their file names carry a hash of the rows).
+fn assert_same_history(got: &[(i64, Metrics)], want: &[(i64, Metrics)]) {
+    let steps = |h: &[(i64, Metrics)]| h.iter().map(|(s, _)| *s).collect::<Vec<_>>();
+    assert_eq!(steps(got), steps(want), "history steps");
+    for ((step, g), (_, w)) in got.iter().zip(want) {
+        assert!(same_rows(g, w), "step {step}: {g:?} != {w:?}");
+    }
+}
+
+#[test]
+fn a_killed_offline_run_resumed_at_its_checkpoint_has_every_history_step_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = env("offline", "http://127.0.0.1:9");
+    let reference_dir = {
+        let mut loggers = Loggers::with_env(&config(&tmp.path().join("reference")), &e).unwrap();
+        trainer_steps(&mut loggers, 0, 6);
+        loggers.finish(0);
+        loggers.wandb_run_dir().unwrap().to_path_buf()
+    };
+
+    let run = tmp.path().join("run");
+    let mut loggers = Loggers::with_env(&config(&run), &e).unwrap();
+    let (dir, run_id) = (loggers.wandb_run_dir().unwrap().to_path_buf(), loggers.wandb_run_id().unwrap().to_string());
+    trainer_steps(&mut loggers, 0, 6);
+    loggers.log_completions(6, &[completion(6)]);
+    loggers.flush_durable();
+    std::mem::forget(loggers); // kill -9: no exit record, nothing flushed beyond what was written
+
+    let mut cfg = config(&run);
+    cfg.resume = true;
+    cfg.resume_from_step = Some(3);
+    let mut loggers = Loggers::with_env(&cfg, &e).unwrap();
+    assert_eq!(loggers.wandb_run_id(), Some(run_id.as_str()), "the same W&B run");
+    assert_eq!(loggers.wandb_run_dir(), Some(dir.as_path()), "an offline file nobody uploaded is continued in place");
+    trainer_steps(&mut loggers, 3, 6);
+    loggers.finish(0);
+
+    let recs = records(&dir);
+    assert!(matches!(recs[0], RecordType::Run(_)));
+    assert_eq!(recs.iter().filter(|r| matches!(r, RecordType::Run(_))).count(), 1);
+    assert_eq!(recs.iter().filter(|r| matches!(r, RecordType::Exit(_))).count(), 1);
+    assert!(matches!(recs.last(), Some(RecordType::Exit(e)) if e.exit_code == 0));
+    assert_same_history(&history_rows(&recs), &history_rows(&records(&reference_dir)));
+    let tables = recs.iter().filter(|r| matches!(r, RecordType::Files(_))).count();
+    assert_eq!(tables, 3, "the tables of steps 0, 2 and 4, once each");
+    assert_eq!(std::fs::read_dir(run.join("wandb")).unwrap().count(), 1, "one W&B run directory");
+
+    // W&B's own reader uploads it as one run with each step once.
+    let Some(wandb) = venv_bin("wandb") else {
+        return;
+    };
+    let mock = MockWandb::start(Faults::default());
+    let (ok, log) = wandb_sync(&wandb, &mock.url, tmp.path(), &[], &dir);
+    assert!(ok, "{log}");
+    let history = mock.history();
+    assert_eq!(history.keys().copied().collect::<Vec<_>>(), vec![0, 1, 2, 3, 4, 5], "{log}");
+    for (line, row) in &history {
+        assert_eq!(row["_step"], MetricValue::Number(*line as f64));
+        assert!(same_rows(&without_clock(row), &history_rows(&recs)[*line as usize].1), "line {line}");
+    }
+    assert_eq!(mock.exitcode(), Some(0));
+}
+
+#[test]
+fn a_resume_after_the_file_was_synced_continues_in_a_new_file_after_the_steps_w_and_b_has() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = env("offline", "http://127.0.0.1:9");
+    let run = tmp.path().join("run");
+    let mut loggers = Loggers::with_env(&config(&run), &e).unwrap();
+    let first = loggers.wandb_run_dir().unwrap().to_path_buf();
+    let run_id = loggers.wandb_run_id().unwrap().to_string();
+    trainer_steps(&mut loggers, 0, 6);
+    std::mem::forget(loggers);
+    std::fs::write(first.join(format!("run-{run_id}.wandb.synced")), "").unwrap(); // as `wandb sync` leaves it
+
+    std::thread::sleep(Duration::from_millis(1100)); // W&B names run directories by the second
+    let mut cfg = config(&run);
+    cfg.resume_from_step = Some(3);
+    let mut loggers = Loggers::with_env(&cfg, &e).unwrap();
+    let second = loggers.wandb_run_dir().unwrap().to_path_buf();
+    assert_ne!(second, first);
+    trainer_steps(&mut loggers, 3, 8);
+    loggers.finish(0);
+    let recs = records(&second);
+    let RecordType::Run(r) = &recs[0] else { panic!("run record first") };
+    assert!(r.resumed && r.resume, "the new file resumes the run");
+    assert_eq!(r.starting_step, 6);
+    let steps: Vec<i64> = history_rows(&recs).iter().map(|(s, _)| *s).collect();
+    assert_eq!(steps, [6, 7], "steps W&B already has from the synced file are not written again");
+
+    // A further resume chains: the new file starts after what both files hold.
+    std::fs::write(second.join(format!("run-{run_id}.wandb.synced")), "").unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    cfg.resume_from_step = Some(5);
+    let mut loggers = Loggers::with_env(&cfg, &e).unwrap();
+    let third = loggers.wandb_run_dir().unwrap().to_path_buf();
+    trainer_steps(&mut loggers, 5, 10);
+    loggers.finish(0);
+    let steps: Vec<i64> = history_rows(&records(&third)).iter().map(|(s, _)| *s).collect();
+    assert_eq!(steps, [8, 9]);
+}
+
+#[test]
+fn online_resume_skips_the_steps_the_server_already_has() {
+    let mock =
+        MockWandb::start(Faults { existing_history: Some(6), existing_last_step: Some(5), ..Default::default() });
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path());
+    cfg.wandb.run_id = Some("resume77".into());
+    cfg.resume_from_step = Some(3);
+    let mut loggers = Loggers::with_env(&cfg, &env("online", &mock.url)).unwrap();
+    trainer_steps(&mut loggers, 3, 8);
+    loggers.finish(0);
+    let history = mock.history();
+    assert_eq!(history.keys().copied().collect::<Vec<_>>(), vec![6, 7], "appended after the server's six lines");
+    assert_eq!(history[&6]["_step"], MetricValue::Number(6.0), "steps 3..=5 are not sent again");
+    assert_eq!(history[&7]["_step"], MetricValue::Number(7.0));
+    assert_eq!(mock.exitcode(), Some(0));
 }

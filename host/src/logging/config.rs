@@ -29,6 +29,10 @@ pub struct LoggingConfig {
     pub console: bool,
     /// The training run resumes from a checkpoint in `run_dir`: continue the W&B run recorded there.
     pub resume: bool,
+    /// The checkpoint's `global_step` when resuming: the first step the resumed run logs. Rows at this step and
+    /// later were written by the stopped run after its checkpoint; every sink drops them and continues from here, so
+    /// each step is logged once (see docs/logging.md, "Resuming"). Implies `resume`.
+    pub resume_from_step: Option<u64>,
     /// Timing of the online uploader.
     pub upload: UploadTuning,
 }
@@ -47,6 +51,7 @@ impl LoggingConfig {
             total_steps: None,
             console: true,
             resume: false,
+            resume_from_step: None,
             upload: UploadTuning::default(),
         }
     }
@@ -341,16 +346,16 @@ impl WandbSettings {
                 })?),
             };
         let explicit_id = flags.run_id.clone().or_else(|| get("WANDB_RUN_ID"));
+        let resuming = cfg.resume || cfg.resume_from_step.is_some();
         let stored_id =
-            if cfg.resume || resume == Some(ResumeMode::Auto) { read_stored_run_id(&cfg.run_dir) } else { None };
-        let run_id = match (explicit_id, stored_id) {
-            (Some(id), _) => id,
-            (None, Some(id)) => {
-                resume.get_or_insert(ResumeMode::Allow);
-                id
-            }
-            (None, None) => random_run_id(),
-        };
+            if resuming || resume == Some(ResumeMode::Auto) { read_stored_run_id(&cfg.run_dir) } else { None };
+        let continues = explicit_id.is_some() || stored_id.is_some();
+        let run_id = explicit_id.or(stored_id).unwrap_or_else(random_run_id);
+        // A resumed training run continues its W&B run: without a resume mode the upload would start the history
+        // over at line 0.
+        if continues && (resuming || resume == Some(ResumeMode::Auto)) {
+            resume.get_or_insert(ResumeMode::Allow);
+        }
         validate_run_id(&run_id)?;
 
         let tags = match &flags.tags {
@@ -412,9 +417,13 @@ pub fn random_run_id() -> String {
 }
 
 fn read_stored_run_id(run_dir: &Path) -> Option<String> {
+    read_stored_run(run_dir)?.get("run_id")?.as_str().map(str::to_string)
+}
+
+/// `wandb-run.json` of a run directory, if it is readable.
+pub fn read_stored_run(run_dir: &Path) -> Option<serde_json::Value> {
     let text = std::fs::read_to_string(stored_run_file(run_dir)).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v.get("run_id")?.as_str().map(str::to_string)
+    serde_json::from_str(&text).ok()
 }
 
 /// The host part of a URL (`https://api.wandb.ai:443/x` -> `api.wandb.ai`).

@@ -1,9 +1,10 @@
 //! The run directory's own record: `metrics.jsonl` (one object per step: `"step"`, `"_timestamp"` and the metrics),
 //! `completions.jsonl` (one object per completion row) and `summary.json` (the summary so far). Lines are appended
-//! and flushed one by one, so a resumed run continues the file and `grpo-host report` can read a run in progress.
+//! and flushed one by one, so `grpo-host report` can read a run in progress. A resumed run first cuts both files
+//! back to the rows before its checkpoint's step (an atomic rewrite), so every step appears once.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use super::{json, CompletionRow, MetricValue, Metrics, Sink};
@@ -20,8 +21,18 @@ pub struct JsonlSink {
 impl JsonlSink {
     /// Open (append) `metrics.jsonl` in `run_dir`, creating the directory.
     pub fn create(run_dir: &Path) -> anyhow::Result<JsonlSink> {
-        let open = || -> std::io::Result<File> {
+        Self::create_resumed(run_dir, None)
+    }
+
+    /// [`JsonlSink::create`] for a run that continues at `resume_from_step`: `metrics.jsonl` and
+    /// `completions.jsonl` keep only their complete rows with a smaller step, and the summary is rebuilt from the
+    /// kept rows. Without a resume step only a torn last line (a kill mid-write) is removed.
+    pub fn create_resumed(run_dir: &Path, resume_from_step: Option<u64>) -> anyhow::Result<JsonlSink> {
+        let mut kept_rows = Vec::new();
+        let mut open = || -> std::io::Result<File> {
             std::fs::create_dir_all(run_dir)?;
+            kept_rows = cut_back(&run_dir.join("metrics.jsonl"), resume_from_step)?;
+            cut_back(&run_dir.join("completions.jsonl"), resume_from_step)?;
             OpenOptions::new().create(true).append(true).open(run_dir.join("metrics.jsonl"))
         };
         let metrics = open().map_err(|e| {
@@ -30,12 +41,54 @@ impl JsonlSink {
                 run_dir.join("metrics.jsonl").display()
             )
         })?;
-        // A resumed run continues the summary it had.
-        let summary = std::fs::read_to_string(run_dir.join("summary.json"))
-            .ok()
-            .and_then(|t| json::parse_line(t.trim()))
-            .unwrap_or_default();
-        Ok(JsonlSink { dir: run_dir.to_path_buf(), metrics: Some(metrics), completions: None, summary, warned: false })
+        let mut sink = JsonlSink {
+            dir: run_dir.to_path_buf(),
+            metrics: Some(metrics),
+            completions: None,
+            summary: Metrics::new(),
+            warned: false,
+        };
+        if resume_from_step.is_some() {
+            // The old summary may hold values of the dropped rows; the kept rows say what it was at the checkpoint.
+            for row in &kept_rows {
+                sink.summarize(row);
+            }
+            sink.write_summary();
+        } else {
+            sink.summary = std::fs::read_to_string(run_dir.join("summary.json"))
+                .ok()
+                .and_then(|t| json::parse_line(t.trim()))
+                .unwrap_or_default();
+        }
+        Ok(sink)
+    }
+
+    /// Fold one `metrics.jsonl` row (with `step`, without its time stamp) into the summary.
+    fn summarize(&mut self, row: &Metrics) {
+        for (k, v) in row {
+            match k.as_str() {
+                "_timestamp" => {}
+                "step" => {
+                    self.summary.insert("_step".into(), v.clone());
+                }
+                _ => {
+                    self.summary.insert(k.clone(), v.clone());
+                }
+            }
+        }
+    }
+
+    /// fsync both files, so every row written so far survives a kill or a power loss.
+    pub fn sync(&mut self) {
+        let mut failed = None;
+        for (what, f) in [("metrics.jsonl", &self.metrics), ("completions.jsonl", &self.completions)] {
+            if let Some(Err(e)) = f.as_ref().map(File::sync_data) {
+                failed.get_or_insert((what, e));
+            }
+        }
+        if let Some((what, e)) = failed {
+            self.warn(what, e);
+        }
     }
 
     fn warn(&mut self, what: &str, err: std::io::Error) {
@@ -50,13 +103,63 @@ impl JsonlSink {
 
     fn write_summary(&mut self) {
         let text = json::object(self.summary.iter().map(|(k, v)| (k.as_str(), json::value(v))));
-        let tmp = self.dir.join("summary.json.tmp");
-        let result =
-            std::fs::write(&tmp, text + "\n").and_then(|_| std::fs::rename(&tmp, self.dir.join("summary.json")));
-        if let Err(e) = result {
+        if let Err(e) = replace_file(&self.dir.join("summary.json"), (text + "\n").as_bytes()) {
             self.warn("summary.json", e);
         }
     }
+}
+
+/// Write `path` atomically: a temporary file beside it, fsynced, renamed over it, and the directory fsynced, so a
+/// kill or power loss leaves either the old or the new content.
+pub fn replace_file(path: &Path, content: &[u8]) -> io::Result<()> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(content)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        // Makes the rename itself durable; not every filesystem allows opening a directory, so failure is fine.
+        if let Ok(d) = File::open(if dir.as_os_str().is_empty() { Path::new(".") } else { dir }) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// Cut a JSONL file of step rows back to its complete lines with `step < resume_from_step` (all complete lines
+/// without one), rewriting it atomically when anything goes. Returns the kept rows, parsed. A missing file is empty.
+pub fn cut_back(path: &Path, resume_from_step: Option<u64>) -> io::Result<Vec<Metrics>> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut kept = Vec::with_capacity(bytes.len());
+    let mut rows = Vec::new();
+    let mut rest = &bytes[..];
+    // Only lines ending in a newline are complete: a kill can leave a prefix of the last one.
+    while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+        let (line, after) = rest.split_at(end + 1);
+        rest = after;
+        let parsed = std::str::from_utf8(line).ok().and_then(|l| json::parse_line(l.trim_end()));
+        let step = parsed.as_ref().and_then(|r| r.get("step")).and_then(MetricValue::as_f64);
+        let keep = match (resume_from_step, step) {
+            (Some(from), Some(s)) => s >= 0.0 && (s as u64) < from,
+            (Some(_), None) => false,
+            (None, _) => parsed.is_some(),
+        };
+        if keep {
+            kept.extend_from_slice(line);
+            rows.extend(parsed);
+        }
+    }
+    if kept.len() != bytes.len() {
+        replace_file(path, &kept)?;
+    }
+    Ok(rows)
 }
 
 /// Seconds since the Unix epoch, as a float.
@@ -122,6 +225,11 @@ impl Sink for JsonlSink {
         for (k, v) in summary {
             self.summary.insert(k.clone(), v.clone());
         }
+        self.write_summary();
+    }
+
+    fn flush_durable(&mut self) {
+        self.sync();
         self.write_summary();
     }
 

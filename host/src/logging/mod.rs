@@ -25,6 +25,13 @@
 //! the W&B run is marked failed rather than left running.
 //!
 //! Sinks never fail the run: an I/O or network error is one warning on stderr, and the sink stops or degrades.
+//!
+//! # Resuming and checkpoints
+//!
+//! A resumed run sets [`LoggingConfig::resume_from_step`] to its checkpoint's `global_step`: every sink forgets
+//! what the stopped run logged from that step on (the JSONL files are cut back, W&B and TensorBoard continue from
+//! it), and `log` drops steps below it. Before writing a checkpoint, call [`Loggers::flush_durable`]: it commits the
+//! pending step and fsyncs, so every row the checkpoint covers is on disk before the checkpoint exists.
 
 pub mod config;
 pub mod console;
@@ -89,6 +96,8 @@ pub trait Sink: Send {
     fn set_total_steps(&mut self, _total: u64) {}
     /// Print a line for the user without tearing a progress bar.
     fn println(&self, _line: &str) {}
+    /// Make everything logged so far survive a kill or a power loss (fsync); called before a checkpoint is written.
+    fn flush_durable(&mut self) {}
     /// The run is over; `exit_code` 0 means success. Flush and release everything, waiting a bounded time.
     fn finish(&mut self, exit_code: i32);
 }
@@ -99,6 +108,8 @@ pub struct Loggers {
     pending: Option<(u64, Metrics)>,
     last_step: Option<u64>,
     dropped_out_of_order: u64,
+    resume_from_step: Option<u64>,
+    dropped_before_resume: u64,
     finished: bool,
     wandb_dir: Option<std::path::PathBuf>,
     wandb_run_id: Option<String>,
@@ -115,7 +126,7 @@ impl Loggers {
     pub fn with_env(cfg: &LoggingConfig, env: &config::Env) -> anyhow::Result<Loggers> {
         let settings = WandbSettings::resolve(cfg, env)?;
         let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
-        sinks.push(Box::new(jsonl::JsonlSink::create(&cfg.run_dir)?));
+        sinks.push(Box::new(jsonl::JsonlSink::create_resumed(&cfg.run_dir, cfg.resume_from_step)?));
         if cfg.console {
             sinks.push(Box::new(console::ConsoleSink::new(cfg.total_steps)));
         }
@@ -130,7 +141,7 @@ impl Loggers {
         if let Some(dir) = &cfg.log_dir {
             if settings.mode == WandbMode::Disabled {
                 let dir = dir.join(&cfg.run_name);
-                let sink = tensorboard::TensorBoardSink::create(&dir).map_err(|e| {
+                let sink = tensorboard::TensorBoardSink::create_resumed(&dir, cfg.resume_from_step).map_err(|e| {
                     crate::user_error!(
                         "cannot write TensorBoard events under {}: {e}; pass a writable --log-dir",
                         dir.display()
@@ -148,6 +159,7 @@ impl Loggers {
         let mut loggers = Loggers::from_sinks(sinks);
         loggers.wandb_dir = wandb_dir;
         loggers.wandb_run_id = wandb_run_id;
+        loggers.set_resume_from_step(cfg.resume_from_step);
         Ok(loggers)
     }
 
@@ -158,10 +170,37 @@ impl Loggers {
             pending: None,
             last_step: None,
             dropped_out_of_order: 0,
+            resume_from_step: None,
+            dropped_before_resume: 0,
             finished: false,
             wandb_dir: None,
             wandb_run_id: None,
         }
+    }
+
+    /// Drop every later `log` and `log_completions` below `step`: the stopped run logged those steps already (set by
+    /// [`Loggers::new`] from [`LoggingConfig::resume_from_step`]; the sinks themselves are told at creation).
+    pub fn set_resume_from_step(&mut self, step: Option<u64>) {
+        self.resume_from_step = step;
+    }
+
+    /// The step the run resumed from, if it did.
+    pub fn resume_from_step(&self) -> Option<u64> {
+        self.resume_from_step
+    }
+
+    fn before_resume(&mut self, step: u64) -> bool {
+        let Some(from) = self.resume_from_step.filter(|&from| step < from) else {
+            return false;
+        };
+        self.dropped_before_resume += 1;
+        if self.dropped_before_resume == 1 {
+            eprintln!(
+                "note: metrics at step {step} are dropped: the run resumed at step {from}, and the steps before it are \
+                 already logged"
+            );
+        }
+        true
     }
 
     /// The W&B run directory (the one `wandb sync` takes), when W&B is enabled.
@@ -177,7 +216,7 @@ impl Loggers {
     /// Add metrics to `step`. Calls for the same step merge (later values win per key); a larger step first
     /// commits the pending one.
     pub fn log(&mut self, step: u64, metrics: Metrics) {
-        if self.finished {
+        if self.finished || self.before_resume(step) {
             return;
         }
         let behind_committed = self.last_step.is_some_and(|last| step <= last);
@@ -213,11 +252,24 @@ impl Loggers {
 
     /// Log a completions table at `step` (W&B table, TensorBoard text, `completions.jsonl`).
     pub fn log_completions(&mut self, step: u64, rows: &[CompletionRow]) {
-        if self.finished {
+        if self.finished || self.before_resume(step) {
             return;
         }
         for sink in &mut self.sinks {
             sink.log_completions(step, rows);
+        }
+    }
+
+    /// Commit the pending step, then make every sink's files durable (fsync). Call it before writing a checkpoint:
+    /// once the checkpoint exists, a resume from it never logs the steps before it again, so their rows must
+    /// already be on disk. Costs one fsync per file (milliseconds), so once per checkpoint, not per step.
+    pub fn flush_durable(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.commit();
+        for sink in &mut self.sinks {
+            sink.flush_durable();
         }
     }
 

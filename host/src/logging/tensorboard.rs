@@ -20,7 +20,7 @@ pub struct Event {
     #[prost(int64, tag = "2")]
     pub step: i64,
     /// What the event carries.
-    #[prost(oneof = "EventWhat", tags = "3, 5")]
+    #[prost(oneof = "EventWhat", tags = "3, 5, 7")]
     pub what: Option<EventWhat>,
 }
 
@@ -33,7 +33,24 @@ pub enum EventWhat {
     /// Values.
     #[prost(message, tag = "5")]
     Summary(Summary),
+    /// A session event; `START` at a step makes TensorBoard discard older events at that step and later.
+    #[prost(message, tag = "7")]
+    SessionLog(SessionLog),
 }
+
+/// `tensorboard.SessionLog`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SessionLog {
+    /// 1 = START (a restart: TensorBoard's readers purge events at or after this event's step).
+    #[prost(int32, tag = "1")]
+    pub status: i32,
+    /// Free text.
+    #[prost(string, tag = "3")]
+    pub msg: String,
+}
+
+/// `SessionLog.START`.
+pub const SESSION_START: i32 = 1;
 
 /// `tensorboard.Summary`.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -131,17 +148,38 @@ pub struct TensorBoardSink {
 impl TensorBoardSink {
     /// Create the directory and the event file (with its `brain.Event:2` header event).
     pub fn create(dir: &Path) -> std::io::Result<TensorBoardSink> {
+        Self::create_resumed(dir, None)
+    }
+
+    /// [`TensorBoardSink::create`] for a run that continues at `resume_from_step`: the new file starts with a
+    /// `SessionLog START` at that step, TensorBoard's restart marker, so its readers drop what the stopped run's files
+    /// hold from that step on (event files are never rewritten).
+    pub fn create_resumed(dir: &Path, resume_from_step: Option<u64>) -> std::io::Result<TensorBoardSink> {
         std::fs::create_dir_all(dir)?;
         let now = unix_now();
-        let name = format!(
-            "events.out.tfevents.{}.{}.{}.0",
-            now as u64,
-            super::wandb::run_file::hostname(),
-            std::process::id()
-        );
-        let path = dir.join(name);
-        let mut sink = TensorBoardSink { file: Some(File::create(&path)?), path };
+        // The trailing counter keeps a second file of the same second and process (a resume in-process) from
+        // replacing the first; TensorBoard reads them in name order.
+        let mut counter = 0;
+        let (file, path) = loop {
+            let name = format!(
+                "events.out.tfevents.{}.{}.{}.{counter}",
+                now as u64,
+                super::wandb::run_file::hostname(),
+                std::process::id()
+            );
+            let path = dir.join(name);
+            match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(f) => break (f, path),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && counter < 1000 => counter += 1,
+                Err(e) => return Err(e),
+            }
+        };
+        let mut sink = TensorBoardSink { file: Some(file), path };
         sink.write(Event { wall_time: now, step: 0, what: Some(EventWhat::FileVersion("brain.Event:2".into())) });
+        if let Some(step) = resume_from_step {
+            let log = SessionLog { status: SESSION_START, msg: format!("resumed at step {step}") };
+            sink.write(Event { wall_time: now, step: step as i64, what: Some(EventWhat::SessionLog(log)) });
+        }
         Ok(sink)
     }
 
@@ -233,6 +271,12 @@ impl Sink for TensorBoardSink {
     fn log_completions(&mut self, step: u64, rows: &[CompletionRow]) {
         if !rows.is_empty() {
             self.text(step, "completions", &completions_markdown(rows));
+        }
+    }
+
+    fn flush_durable(&mut self) {
+        if let Some(f) = &self.file {
+            let _ = f.sync_data();
         }
     }
 

@@ -30,6 +30,8 @@ pub struct Faults {
     pub hang: bool,
     /// Pretend the run exists with this many history lines (for resume).
     pub existing_history: Option<u64>,
+    /// With `existing_history`: the `_step` of the last of those lines (its `historyTail`), else none is given.
+    pub existing_last_step: Option<u64>,
 }
 
 #[derive(Default)]
@@ -76,7 +78,7 @@ impl MockWandb {
                     req.respond(status, "text/plain", "try later");
                     continue;
                 }
-                let existing = s.faults.existing_history;
+                let existing = s.faults.existing_history.map(|n| (n, s.faults.existing_last_step));
                 drop(s);
                 let answer = respond(&base, &rec, existing);
                 req.respond(200, "application/json", &answer);
@@ -173,7 +175,7 @@ impl Drop for MockWandb {
     }
 }
 
-fn respond(base: &str, rec: &Recorded, existing: Option<u64>) -> String {
+fn respond(base: &str, rec: &Recorded, existing: Option<(u64, Option<u64>)>) -> String {
     if rec.url.starts_with("/graphql") {
         let body: Value = serde_json::from_str(&rec.body).unwrap_or(Value::Null);
         let q = body["query"].as_str().unwrap_or("");
@@ -188,9 +190,14 @@ fn respond(base: &str, rec: &Recorded, existing: Option<u64>) -> String {
             .to_string();
         }
         if q.contains("RunResumeStatus") {
-            let bucket = existing.map(|n| {
+            let bucket = existing.map(|(n, last)| {
+                // As W&B sends it: a JSON string holding an array of JSON lines.
+                let tail = match last {
+                    Some(step) => j!([format!("{{\"_step\": {step}, \"_runtime\": 1.5, \"x\": NaN}}")]).to_string(),
+                    None => "[]".to_string(),
+                };
                 j!({"id": "b1", "name": vars["name"], "historyLineCount": n, "eventsLineCount": 0, "logLineCount": 0,
-                    "summaryMetrics": "{}", "config": "{}", "historyTail": "[]", "eventsTail": "[]", "tags": [],
+                    "summaryMetrics": "{}", "config": "{}", "historyTail": tail, "eventsTail": "[]", "tags": [],
                     "displayName": "x", "notes": null, "wandbConfig": "{\"t\": 1}"})
             });
             return j!({"data": {"model": {"id": "p1", "name": vars["project"],
@@ -281,6 +288,19 @@ pub fn assert_history_has_seed_rows(history: &BTreeMap<u64, Metrics>, steps: u64
             assert!(same(got, &v), "step {step}: {k} = {got:?}, expected {v:?}");
         }
     }
+}
+
+/// A row without its wall-clock values (`_timestamp`, `_runtime`, `timing/*`), which differ between any two runs.
+pub fn without_clock(row: &Metrics) -> Metrics {
+    row.iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "_timestamp" | "_runtime") && !k.starts_with("timing/"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Rows equal, NaN equal to NaN.
+pub fn same_rows(a: &Metrics, b: &Metrics) -> bool {
+    a.len() == b.len() && a.iter().all(|(k, v)| b.get(k).is_some_and(|w| same(v, w)))
 }
 
 /// The smallest HTTP/1.1 server the mock needs: a thread per connection reads one request (Content-Length or

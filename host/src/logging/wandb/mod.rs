@@ -10,10 +10,12 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use prost::Message;
 use sha2::Digest;
 
-use super::config::{stored_run_file, LoggingConfig, WandbMode, WandbSettings};
+use super::config::{read_stored_run, stored_run_file, LoggingConfig, WandbMode, WandbSettings};
 use super::{json, jsonl::unix_now, CompletionRow, Metrics, Sink};
+use proto::{Record, RecordType};
 use run_file::{RunFile, RunInfo};
 use upload::{Event, Outcome, Target, Uploader};
 
@@ -26,8 +28,13 @@ pub struct WandbSink {
     finish_timeout: std::time::Duration,
     started: Instant,
     start_unix: f64,
+    /// `_runtime` at `started`: nonzero when continuing an earlier run file, so runtime goes on from its start.
+    runtime_offset: f64,
     pending_media: Vec<(String, String)>,
     last_step: Option<u64>,
+    /// Resuming in a new run file: W&B's history already has every step up to this one (the earlier files hold
+    /// them), so they are not written to this file again.
+    history_through: Option<u64>,
     dropped_steps: u64,
     warned: bool,
     sync_hint: String,
@@ -39,37 +46,59 @@ impl WandbSink {
     pub fn start(settings: &WandbSettings, config: &serde_json::Value, cfg: &LoggingConfig) -> anyhow::Result<Self> {
         let start_unix = unix_now();
         let offline = settings.mode == WandbMode::Offline;
-        let dir = run_file::run_dir_path(&settings.root_dir, offline, start_unix as i64, &settings.run_id);
-        let (file, _path) = run_file::create_run_dir(&dir, &settings.run_id).map_err(|e| {
-            crate::user_error!(
-                "cannot create the W&B run directory {}: {e}; set WANDB_DIR to a writable directory or pass --no-wandb",
-                dir.display()
-            )
-        })?;
+        let resuming = cfg.resume || cfg.resume_from_step.is_some() || settings.resume.is_some();
+        let previous = if resuming { Previous::read(&cfg.run_dir, &settings.run_id) } else { None };
         let config_items: Vec<(String, String)> = match config {
             serde_json::Value::Object(map) => map.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
             serde_json::Value::Null => vec![],
             other => vec![("config".to_string(), other.to_string())],
         };
-        let info = RunInfo {
-            run_id: settings.run_id.clone(),
-            entity: settings.entity.clone().unwrap_or_default(),
-            project: settings.project.clone(),
-            display_name: settings.display_name.clone(),
-            group: settings.group.clone().unwrap_or_default(),
-            job_type: settings.job_type.clone().unwrap_or_default(),
-            notes: settings.notes.clone().unwrap_or_default(),
-            tags: settings.tags.clone(),
-            host: run_file::hostname(),
-            start_time: start_unix,
-            // Makes `wandb sync` ask the server where the run's history ends and append there.
-            resumed: settings.resume.is_some(),
-            starting_step: 0,
-            config: config_items.clone(),
+        let host = run_file::hostname();
+
+        // An offline run file nobody has uploaded yet is ours to rewrite: cut it back to the checkpoint and go on
+        // in it, so the run reads as if it had never stopped. Anything else continues in a new, resumed file.
+        let in_place = match (&previous, cfg.resume_from_step) {
+            (Some(p), Some(from)) if offline => p.cut_back(from),
+            _ => None,
         };
-        let file = RunFile::start(file, &info)
-            .map_err(|e| crate::user_error!("cannot write the W&B run file in {}: {e}", dir.display()))?;
-        remember_run(&cfg.run_dir, settings, &dir);
+        let (dir, file, runtime_offset, last_step, history_through) = match in_place {
+            Some((dir, file, run_start, last_step)) => {
+                let through = previous.as_ref().and_then(|p| p.history_through);
+                (dir, file, (start_unix - run_start).max(0.0), last_step, through)
+            }
+            None => {
+                let dir = run_file::run_dir_path(&settings.root_dir, offline, start_unix as i64, &settings.run_id);
+                let (out, _path) = run_file::create_run_dir(&dir, &settings.run_id).map_err(|e| {
+                    crate::user_error!(
+                        "cannot create the W&B run directory {}: {e}; set WANDB_DIR to a writable directory or pass \
+                         --no-wandb",
+                        dir.display()
+                    )
+                })?;
+                let history_through = previous.as_ref().and_then(|p| p.history_through());
+                let info = RunInfo {
+                    run_id: settings.run_id.clone(),
+                    entity: settings.entity.clone().unwrap_or_default(),
+                    project: settings.project.clone(),
+                    display_name: settings.display_name.clone(),
+                    group: settings.group.clone().unwrap_or_default(),
+                    job_type: settings.job_type.clone().unwrap_or_default(),
+                    notes: settings.notes.clone().unwrap_or_default(),
+                    tags: settings.tags.clone(),
+                    host: host.clone(),
+                    start_time: start_unix,
+                    // Makes `wandb sync` ask the server where the run's history ends and append there.
+                    resumed: settings.resume.is_some(),
+                    // The first step this file can hold (informative: `wandb sync` takes the step from the server).
+                    starting_step: cfg.resume_from_step.max(history_through.map(|s| s + 1)).unwrap_or(0) as i64,
+                    config: config_items.clone(),
+                };
+                let file = RunFile::start(out, &info)
+                    .map_err(|e| crate::user_error!("cannot write the W&B run file in {}: {e}", dir.display()))?;
+                (dir, file, 0.0, None, history_through)
+            }
+        };
+        remember_run(&cfg.run_dir, settings, &dir, history_through);
 
         let sync_hint = if offline {
             format!("wandb sync {}", dir.display())
@@ -90,7 +119,7 @@ impl WandbSink {
                 job_type: settings.job_type.clone(),
                 notes: settings.notes.clone(),
                 tags: settings.tags.clone(),
-                host: info.host.clone(),
+                host,
                 config_json,
                 resume: settings.resume,
             };
@@ -111,9 +140,11 @@ impl WandbSink {
             uploader,
             finish_timeout: settings.upload.finish_timeout,
             started: Instant::now(),
-            start_unix,
+            start_unix: start_unix - runtime_offset,
+            runtime_offset,
             pending_media: Vec::new(),
-            last_step: None,
+            last_step,
+            history_through,
             dropped_steps: 0,
             warned: false,
             sync_hint,
@@ -134,8 +165,13 @@ impl WandbSink {
         }
     }
 
+    /// Whether W&B's history already holds `step` from an earlier run file.
+    fn known(&self, step: u64) -> bool {
+        self.history_through.is_some_and(|through| step <= through)
+    }
+
     fn history_row(&mut self, step: u64, row: &Metrics) {
-        let runtime = self.started.elapsed().as_secs_f64();
+        let runtime = self.runtime_offset + self.started.elapsed().as_secs_f64();
         let timestamp = self.start_unix + runtime;
         let mut items: Vec<(String, String)> =
             vec![("_runtime".into(), json::number(runtime)), ("_timestamp".into(), json::number(timestamp))];
@@ -143,35 +179,145 @@ impl WandbSink {
         items.append(&mut self.pending_media);
         let mut summary = items.clone();
         summary.push(("_step".into(), step.to_string()));
-        self.write(|f| {
-            f.history(step as i64, &items)?;
-            f.summary(&summary)
-        });
+        if !self.known(step) {
+            self.write(|f| {
+                f.history(step as i64, &items)?;
+                f.summary(&summary)
+            });
+        }
+        // The uploader decides from the server's own record of the run what it still lacks.
         if let Some(u) = &self.uploader {
             let mut line_items = vec![("_step".to_string(), step.to_string())];
             line_items.extend(items);
             let line = json::object(line_items.iter().map(|(k, v)| (k.as_str(), v.clone())));
-            u.send(Event::History { line, summary });
+            u.send(Event::History { step, line, summary });
         }
         self.last_step = Some(step);
     }
 }
 
-/// `<run_dir>/wandb-run.json`: the run id a resumed training run continues.
-fn remember_run(run_dir: &Path, settings: &WandbSettings, wandb_dir: &Path) {
+/// `<run_dir>/wandb-run.json`: the run id a resumed training run continues, the W&B run directory of the current
+/// run file, and (for a resumed file) the step through which earlier files hold the history.
+fn remember_run(run_dir: &Path, settings: &WandbSettings, wandb_dir: &Path, history_through: Option<u64>) {
     let v = serde_json::json!({
         "run_id": settings.run_id,
         "project": settings.project,
         "entity": settings.entity,
         "mode": settings.mode.as_str(),
         "dir": wandb_dir,
+        "history_through": history_through,
     });
     let _ = std::fs::create_dir_all(run_dir);
-    if let Err(e) = std::fs::write(stored_run_file(run_dir), v.to_string() + "\n") {
+    if let Err(e) = super::jsonl::replace_file(&stored_run_file(run_dir), (v.to_string() + "\n").as_bytes()) {
         eprintln!(
             "warning: cannot record the W&B run id in {}: {e}; a resumed run will start a new W&B run",
             run_dir.display()
         );
+    }
+}
+
+/// The run file a training run directory's `wandb-run.json` points at: the one a resumed run continues.
+struct Previous {
+    dir: PathBuf,
+    path: PathBuf,
+    offline: bool,
+    /// `wandb sync` has uploaded it (its `.synced` marker exists), so the server holds what it holds.
+    synced: bool,
+    /// Its complete records, or `None` when it cannot be read.
+    records: Option<Vec<Vec<u8>>>,
+    /// What wandb-run.json says earlier files held.
+    history_through: Option<u64>,
+}
+
+impl Previous {
+    fn read(run_dir: &Path, run_id: &str) -> Option<Previous> {
+        let stored = read_stored_run(run_dir)?;
+        if stored.get("run_id")?.as_str()? != run_id {
+            return None;
+        }
+        let dir = PathBuf::from(stored.get("dir")?.as_str()?);
+        let path = dir.join(format!("run-{run_id}.wandb"));
+        let records = std::fs::read(&path)
+            .ok()
+            .and_then(|bytes| store::read_records(&bytes).ok())
+            .map(|(records, _torn)| records);
+        Some(Previous {
+            synced: dir.join(format!("run-{run_id}.wandb.synced")).exists(),
+            offline: stored.get("mode").and_then(|m| m.as_str()) == Some("offline"),
+            history_through: stored.get("history_through").and_then(|s| s.as_u64()),
+            records,
+            path,
+            dir,
+        })
+    }
+
+    /// The last step W&B's history holds once this file is uploaded: its own last history row, or what earlier
+    /// files held.
+    fn history_through(&self) -> Option<u64> {
+        let own = self.records.iter().flatten().filter_map(|r| history_step(r)).max();
+        own.max(self.history_through)
+    }
+
+    /// Rewrite an offline, never uploaded file with only the records before step `from` (the run record, and per
+    /// step its table files, history row and summary; nothing after the last such step, so no exit record), then
+    /// hand it back open for appending: (dir, file, the run's start time, the last step kept).
+    fn cut_back(&self, from: u64) -> Option<(PathBuf, RunFile<File>, f64, Option<u64>)> {
+        // Rows that earlier (uploaded or resumed-from) files hold at `from` or later cannot be taken back here.
+        if !self.offline || self.synced || self.history_through.is_some_and(|through| through >= from) {
+            return None;
+        }
+        let records = self.records.as_ref()?;
+        let first = Record::decode(records.first()?.as_slice()).ok()?;
+        let Some(RecordType::Run(run)) = first.record_type else {
+            return None;
+        };
+        let run_start = run.start_time.map(|t| t.seconds as f64 + t.nanos as f64 * 1e-9).unwrap_or_else(unix_now);
+        let (mut cut, mut last, mut after_row) = (1, None, false);
+        for (i, r) in records.iter().enumerate().skip(1) {
+            let kind = Record::decode(r.as_slice()).ok().and_then(|r| r.record_type);
+            match kind {
+                Some(RecordType::History(h)) => {
+                    let step = h.step.map(|s| s.num).unwrap_or(-1);
+                    if step < 0 || step as u64 >= from {
+                        break;
+                    }
+                    (cut, last, after_row) = (i + 1, Some(step as u64), true);
+                }
+                // The summary written with the row belongs to it.
+                Some(RecordType::Summary(_)) if after_row => (cut, after_row) = (i + 1, false),
+                _ => after_row = false,
+            }
+        }
+        let name = self.path.file_name()?.to_string_lossy().into_owned();
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        let written = (|| -> std::io::Result<RunFile<File>> {
+            let mut file = RunFile::continue_with(File::create(&tmp)?, &records[..cut])?;
+            file.get_mut().sync_all()?;
+            std::fs::rename(&tmp, &self.path)?;
+            if let Ok(d) = File::open(&self.dir) {
+                let _ = d.sync_all();
+            }
+            Ok(file)
+        })();
+        match written {
+            Ok(file) => Some((self.dir.clone(), file, run_start, last)),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                eprintln!(
+                    "warning: cannot rewrite the W&B run file {} for the resume ({e}); continuing in a new run file",
+                    self.path.display()
+                );
+                None
+            }
+        }
+    }
+}
+
+/// The step of a serialized history record, `None` for any other record.
+fn history_step(record: &[u8]) -> Option<u64> {
+    match Record::decode(record).ok()?.record_type? {
+        RecordType::History(h) => h.step.map(|s| s.num).filter(|n| *n >= 0).map(|n| n as u64),
+        _ => None,
     }
 }
 
@@ -235,12 +381,18 @@ impl Sink for WandbSink {
             ("ncols", ncols.to_string()),
             ("nrows", rows.len().to_string()),
         ]);
-        self.write(|f| f.files(std::slice::from_ref(&name)));
+        if !self.known(step) {
+            self.write(|f| f.files(std::slice::from_ref(&name)));
+        }
         if let Some(u) = &self.uploader {
             u.send(Event::File { name, path });
         }
         // The table joins the next history row, so it sits at its step (log completions before commit()).
         self.pending_media.push(("completions".into(), value));
+    }
+
+    fn flush_durable(&mut self) {
+        self.write(|f| f.get_mut().sync_data());
     }
 
     fn set_summary(&mut self, summary: &Metrics) {

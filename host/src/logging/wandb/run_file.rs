@@ -72,6 +72,16 @@ impl<W: std::io::Write> RunFile<W> {
         Ok(file)
     }
 
+    /// Continue a run file: the header and `records` (serialized `Record`s, typically what survived of an earlier
+    /// file) are written to `out`, then appending goes on after them.
+    pub fn continue_with(out: W, records: &[Vec<u8>]) -> std::io::Result<Self> {
+        let mut store = StoreWriter::new(out)?;
+        for r in records {
+            store.append(r)?;
+        }
+        Ok(RunFile { store })
+    }
+
     /// Append one record.
     pub fn write(&mut self, record: RecordType) -> std::io::Result<()> {
         let rec = Record { num: 0, record_type: Some(record) };

@@ -22,6 +22,8 @@ use crate::logging::config::{ResumeMode, UploadTuning};
 pub enum Event {
     /// One history line (a JSON object with `_step`) and the summary values it updates.
     History {
+        /// Its step (the line's `_step`).
+        step: u64,
         /// The line.
         line: String,
         /// `(key, value JSON)` summary updates.
@@ -168,7 +170,12 @@ struct Worker {
     entity: String,
     project: String,
     history_offset: u64,
-    unsent: Vec<String>,
+    /// History lines not yet accepted by the server, with their steps.
+    unsent: Vec<(u64, String)>,
+    /// On resume, the last step the server's history already has: lines up to it are not sent again (W&B's own
+    /// resume semantics: a resumed run continues after the run's last step).
+    server_through: Option<u64>,
+    skipped_known: u64,
     summary: BTreeMap<String, String>,
     summary_dirty: bool,
     files: Vec<(String, PathBuf)>,
@@ -198,6 +205,8 @@ impl Worker {
             auth,
             history_offset: 0,
             unsent: Vec::new(),
+            server_through: None,
+            skipped_known: 0,
             summary: BTreeMap::new(),
             summary_dirty: false,
             files: Vec::new(),
@@ -208,14 +217,29 @@ impl Worker {
 
     fn apply(&mut self, event: Event) {
         match event {
-            Event::History { line, summary } => {
-                self.unsent.push(line);
+            Event::History { step, line, summary } => {
+                if self.server_through.is_some_and(|s| step <= s) {
+                    self.note_known(1);
+                } else {
+                    self.unsent.push((step, line));
+                }
                 self.merge_summary(summary);
             }
             Event::Summary(items) => self.merge_summary(items),
             Event::File { name, path } => self.files.push((name, path)),
             Event::Finish(code) => self.exit = Some(code),
         }
+    }
+
+    fn note_known(&mut self, n: u64) {
+        if self.skipped_known == 0 && n > 0 {
+            eprintln!(
+                "note: W&B run {} already has history through step {}; those steps are not uploaded again",
+                self.target.run_id,
+                self.server_through.unwrap_or(0)
+            );
+        }
+        self.skipped_known += n;
     }
 
     fn merge_summary(&mut self, items: Vec<(String, String)>) {
@@ -340,8 +364,16 @@ impl Worker {
                 Err(format!("WANDB_RESUME=never but run {} already exists on the server", self.target.run_id))
             }
             (_, Some(b)) => {
-                // Continue the history where the server's copy ends.
+                // Continue the history where the server's copy ends, after the last step it has.
                 self.history_offset = b.get("historyLineCount").and_then(Value::as_u64).unwrap_or(0);
+                if self.history_offset > 0 {
+                    self.server_through = last_server_step(b);
+                }
+                if let Some(through) = self.server_through {
+                    let before = self.unsent.len();
+                    self.unsent.retain(|(step, _)| *step > through);
+                    self.note_known((before - self.unsent.len()) as u64);
+                }
                 Ok(())
             }
             (_, None) => Ok(()),
@@ -423,7 +455,7 @@ impl Worker {
         loop {
             let mut size = 0;
             let mut count = 0;
-            for line in &self.unsent {
+            for (_, line) in &self.unsent {
                 if count > 0 && size + line.len() > MAX_BATCH_BYTES {
                     break;
                 }
@@ -435,7 +467,10 @@ impl Worker {
             if count > 0 {
                 files.insert(
                     "wandb-history.jsonl".into(),
-                    json!({"offset": self.history_offset, "content": &self.unsent[..count]}),
+                    json!({
+                        "offset": self.history_offset,
+                        "content": self.unsent[..count].iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>(),
+                    }),
                 );
             }
             let summary_sent = self.summary_dirty;
@@ -463,6 +498,23 @@ impl Worker {
             }
         }
     }
+}
+
+/// The last `_step` a run on the server has, from `RunResumeStatus`'s `historyTail` (a JSON array of JSON lines)
+/// or its summary, whichever is larger; wandb-core takes its resumed starting step from the same two fields.
+fn last_server_step(bucket: &Value) -> Option<u64> {
+    // W&B's lines may hold bare NaN/Infinity tokens, which serde_json refuses.
+    let step_of = |text: &str| -> Option<u64> {
+        let row = crate::logging::json::parse_line(text)?;
+        row.get("_step")?.as_f64().filter(|s| *s >= 0.0).map(|s| s as u64)
+    };
+    let from_tail = bucket
+        .get("historyTail")
+        .and_then(Value::as_str)
+        .and_then(|t| serde_json::from_str::<Vec<String>>(t).ok())
+        .and_then(|lines| lines.last().and_then(|l| step_of(l)));
+    let from_summary = bucket.get("summaryMetrics").and_then(Value::as_str).and_then(step_of);
+    from_tail.max(from_summary)
 }
 
 fn snippet(s: &str) -> String {
