@@ -83,6 +83,8 @@ enum Outcome {
     Completed,
     /// A signal asked for a stop; the batch in flight was finished first.
     Stopped,
+    /// Resumed from the run's final checkpoint: nothing left to train or log.
+    AlreadyComplete,
 }
 
 /// Where a run's files go, and the checkpoint it resumes from.
@@ -99,7 +101,12 @@ impl RunPaths {
         let resume = match &c.resume {
             Some(spec) => {
                 let named = c.run_name.as_ref().map(|n| c.runs_dir.join(n));
-                Some(checkpoint::resolve_resume(spec, &c.runs_dir, named.as_deref())?)
+                let found =
+                    checkpoint::resolve_resume_in(spec, &c.runs_dir, named.as_deref(), c.checkpoint_path.as_deref())?;
+                for line in &found.skipped {
+                    eprintln!("{line}");
+                }
+                Some(found.checkpoint)
             }
             None => None,
         };
@@ -144,7 +151,7 @@ impl Trainer {
             None => TrainerState { seed: config.seed, ..Default::default() },
         };
         let total_steps = config.batch.max_steps * config.batch.updates_per_batch();
-        let loggers = open_loggers(&config, &paths, &algo, &env, &policy, total_steps, history)?;
+        let loggers = open_loggers(&config, &paths, &state, (&algo, &env, &policy), total_steps, history)?;
         let stop = StopRequest::install().context("installing the SIGINT/SIGTERM handlers")?;
         Ok(Trainer {
             schedule: schedule(&config.optimizer, total_steps),
@@ -167,23 +174,27 @@ impl Trainer {
 
     fn train(&mut self) -> Result<Outcome> {
         let max_steps = self.config.batch.max_steps;
+        if self.state.batch >= max_steps && self.state.global_step > 0 {
+            return Ok(Outcome::AlreadyComplete);
+        }
         while self.state.batch < max_steps {
             self.batch()?;
-            if self.checkpoint_due() && self.state.batch < max_steps && !self.stop.requested() {
-                let dir = self.save()?;
+            // The last batch's row (and a stopped run's) stays open for `finish`, which adds the final metrics.
+            if self.state.batch >= max_steps || self.stop.requested() {
+                break;
+            }
+            if self.checkpoint_due() {
+                // The row is complete and committed before the checkpoint exists, so a kill at any point leaves
+                // either the previous checkpoint (and the resumed run logs this row again, the sinks having cut
+                // their history back to it) or this one with its row: each row lands exactly once.
                 self.loggers.log(self.state.global_step.saturating_sub(1), metrics::checkpoint_saved(&self.state));
+                self.loggers.flush_durable();
+                let dir = self.save()?;
                 self.loggers.println(&format!("checkpoint saved: {}", dir.display()));
             }
-            if self.stop.requested() {
-                return Ok(Outcome::Stopped);
-            }
-            // The last batch's row stays open: `finish` adds the final metrics to it, so a resumed run's first
-            // batch never lands on a step that W&B already holds.
-            if self.state.batch < max_steps {
-                self.loggers.commit();
-            }
+            self.loggers.commit();
         }
-        Ok(Outcome::Completed)
+        Ok(if self.stop.requested() && self.state.batch < max_steps { Outcome::Stopped } else { Outcome::Completed })
     }
 
     /// Every `--checkpoint-interval` batches, and when `--checkpoint-every-minutes` have passed since the last one.
@@ -297,6 +308,8 @@ impl Trainer {
         };
         let dir = checkpoint::save(&self.checkpoints, data)?;
         self.last_save = Instant::now();
+        // Only after the new checkpoint is durable, and never the newest.
+        checkpoint::prune(&self.checkpoints, self.config.checkpoints.save_total_limit)?;
         Ok(dir)
     }
 
@@ -305,17 +318,25 @@ impl Trainer {
         if outcome.is_err() && self.mid_batch {
             return self.fail_mid_batch(outcome.err().expect("checked above"));
         }
-        let saved = self.save();
+        if matches!(outcome, Ok(Outcome::AlreadyComplete)) {
+            self.loggers.println("the run was already complete at its last checkpoint; nothing to do");
+            self.loggers.finish(0);
+            return Ok(0);
+        }
+        // The final row is committed before the final checkpoint, as in `train`.
         let completed = matches!(outcome, Ok(Outcome::Completed));
-        let summary = metrics::final_summary(&self.state, saved.is_ok(), completed);
+        let mut row = metrics::final_summary(&self.state, true, completed);
+        // Whether the save worked is known only after the row is committed: the summary records it.
+        row.remove("checkpoint/saved");
+        self.loggers.log(self.state.global_step.saturating_sub(1), row);
+        self.loggers.flush_durable();
+        let saved = self.save();
         let loggers = &mut self.loggers;
-        loggers.log(self.state.global_step.saturating_sub(1), summary.clone());
-        loggers.commit();
-        loggers.set_summary(summary);
+        loggers.set_summary(metrics::final_summary(&self.state, saved.is_ok(), completed));
         let resume_hint =
             |dir: &Path| format!("resume with: grpo-host --resume {} (and the same flags)", dir.display());
         match (outcome, saved) {
-            (Ok(Outcome::Completed), Ok(dir)) => {
+            (Ok(Outcome::Completed | Outcome::AlreadyComplete), Ok(dir)) => {
                 loggers.println(&format!("done: final checkpoint {}", dir.display()));
                 loggers.finish(0);
                 Ok(0)
@@ -423,9 +444,8 @@ fn resume_guard(config: &RunConfig, run_dir: &Path) -> Result<Vec<serde_json::Va
 fn open_loggers(
     config: &RunConfig,
     paths: &RunPaths,
-    algo: &AlgorithmPlugin,
-    env: &EnvironmentPlugin,
-    policy: &Policy,
+    state: &TrainerState,
+    (algo, env, policy): (&AlgorithmPlugin, &EnvironmentPlugin, &Policy),
     total_steps: u64,
     changes: Vec<serde_json::Value>,
 ) -> Result<Loggers> {
@@ -450,6 +470,11 @@ fn open_loggers(
     log_cfg.log_dir = config.logging.log_dir.clone();
     log_cfg.total_steps = Some(total_steps);
     log_cfg.resume = paths.resume.is_some();
+    // Every sink cuts its history back to the checkpoint: the steps after it are logged again, exactly once.
+    log_cfg.resume_from_step = paths.resume.as_ref().map(|_| state.global_step);
+    if log_cfg.wandb.run_id.is_none() {
+        log_cfg.wandb.run_id.clone_from(&state.wandb_run_id);
+    }
     Loggers::new(&log_cfg)
 }
 
