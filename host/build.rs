@@ -1,6 +1,7 @@
 //! Make CUDA visible to the binaries: nothing in the Rust code references a libtorch_cuda symbol, so the linker's
 //! default `--as-needed` would drop the library and `tch::Cuda::is_available()` would quietly report false.
-//! Also compiles the small C++ shim for the CUDA caching allocator's memory statistics (logging/cuda_memory.cpp).
+//! Also compiles the small C++ shims libtorch's C API lacks: the CUDA caching allocator's memory statistics
+//! (logging/cuda_memory.cpp) and the deterministic-algorithms switch (deterministic.cpp).
 fn main() {
     // torch-sys reports where it found libtorch (its `links = "tch"` metadata).
     if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
@@ -13,9 +14,10 @@ fn main() {
     build_cuda_memory_shim();
 }
 
-/// The shim needs only c10's headers, found beside libtorch's lib directory (or under $LIBTORCH).
+/// The shims need only c10's and ATen's headers, found beside libtorch's lib directory (or under $LIBTORCH).
 fn build_cuda_memory_shim() {
     println!("cargo:rerun-if-changed=src/logging/cuda_memory.cpp");
+    println!("cargo:rerun-if-changed=src/deterministic.cpp");
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     let from_lib = std::env::var("DEP_TCH_LIBTORCH_LIB")
         .ok()
@@ -32,5 +34,6 @@ fn build_cuda_memory_shim() {
         .define("_GLIBCXX_USE_CXX11_ABI", cxx11_abi.as_str())
         .warnings(false)
         .file("src/logging/cuda_memory.cpp")
+        .file("src/deterministic.cpp")
         .compile("grpo_cuda_memory");
 }

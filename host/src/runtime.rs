@@ -19,3 +19,31 @@ pub fn set_threads(threads: Option<i32>) {
         tch::set_num_threads(t.max(1));
     }
 }
+
+extern "C" {
+    fn grpo_set_deterministic(on: i32) -> i32;
+}
+
+/// Switch libtorch's deterministic algorithms on or off (`torch.use_deterministic_algorithms`). On CUDA this also
+/// needs `CUBLAS_WORKSPACE_CONFIG` set before cuBLAS starts, which this sets when it is unset. Returns an error when
+/// libtorch refuses.
+pub fn set_deterministic(on: bool) -> anyhow::Result<()> {
+    if on && std::env::var_os("CUBLAS_WORKSPACE_CONFIG").is_none() {
+        // SAFETY: called at start-up, before the training threads and before CUDA reads the variable.
+        unsafe { std::env::set_var("CUBLAS_WORKSPACE_CONFIG", ":4096:8") };
+    }
+    // SAFETY: the shim takes an int and catches every C++ exception.
+    match unsafe { grpo_set_deterministic(i32::from(on)) } {
+        r if r == i32::from(on) => Ok(()),
+        _ => anyhow::bail!("libtorch did not accept deterministic algorithms = {on}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn deterministic_switch_round_trips() {
+        super::set_deterministic(true).unwrap();
+        super::set_deterministic(false).unwrap();
+    }
+}

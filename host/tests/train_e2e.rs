@@ -201,9 +201,13 @@ fn bf16_mixed_precision_saves_f32_masters_and_resumes_exactly() {
 #[test]
 fn fp16_mixed_precision_logs_and_saves_the_loss_scale() {
     let runs = tempfile::tempdir().unwrap();
-    let out = train(runs.path(), "fp16", &["--max-steps", "1", "--mixed-precision", "fp16"]);
+    // With libtorch's deterministic algorithms too: every kernel a CPU training step uses has a deterministic form.
+    let out = train(runs.path(), "fp16", &["--max-steps", "1", "--mixed-precision", "fp16", "--deterministic"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let run = runs.path().join("fp16");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["run"]["model"]["deterministic"], true);
     let scales: Vec<f64> = rows(&run).iter().filter_map(|r| r.get("training_step/loss_scale")?.as_f64()).collect();
     assert!(!scales.is_empty(), "no training_step/loss_scale logged");
     assert!(scales[0] <= 65536.0 && scales[0] >= 1.0, "{scales:?}");

@@ -35,6 +35,7 @@ fn settings(dtype: DtypeSpec, mixed_precision: MixedPrecision) -> ModelSettings 
         dtype,
         mixed_precision,
         threads: None,
+        deterministic: false,
         lora: None,
     }
 }

@@ -46,6 +46,10 @@ pub struct TrainArgs {
     /// AdamW state (fp16 with dynamic loss scaling). auto: bf16 on CUDA, the measured default on the CPU (no).
     #[arg(long, default_value = "auto")]
     pub mixed_precision: MixedPrecision,
+    /// Use libtorch's deterministic algorithms (torch.use_deterministic_algorithms; on CUDA also a fixed cuBLAS
+    /// workspace): slower on CUDA, and an operation with no deterministic kernel stops the run with an error.
+    #[arg(long)]
+    pub deterministic: bool,
 
     /// Rollout batches to train on (each: sample tasks, generate, score, update).
     #[arg(long, default_value_t = 20)]
@@ -209,6 +213,7 @@ impl TrainArgs {
             },
             model: ModelSettings {
                 threads: self.model.checked_threads()?,
+                deterministic: self.deterministic,
                 model: self.model.model,
                 allow_download: !self.model.offline,
                 device: self.model.device,

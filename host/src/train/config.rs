@@ -71,6 +71,8 @@ pub struct ModelSettings {
     pub mixed_precision: MixedPrecision,
     /// libtorch intra-op threads (`None`: libtorch's choice).
     pub threads: Option<i32>,
+    /// libtorch's deterministic algorithms (and a fixed cuBLAS workspace on CUDA).
+    pub deterministic: bool,
     /// LoRA adapters, or `None` to train all weights.
     pub lora: Option<LoraConfig>,
 }

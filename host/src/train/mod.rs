@@ -51,6 +51,7 @@ use update::{Updater, Updates};
 /// Run a training job; returns the process exit code.
 pub fn run(config: RunConfig) -> Result<i32> {
     crate::runtime::set_threads(config.model.threads);
+    crate::runtime::set_deterministic(config.model.deterministic)?;
     let mut trainer = Trainer::start(config)?;
     let outcome = trainer.train();
     trainer.finish(outcome)
