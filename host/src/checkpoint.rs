@@ -715,6 +715,7 @@ mod tests {
     }
 
     fn data(base: &Path, step: u64) -> CheckpointData<'_> {
+        let _rng = crate::torch_rng_lock();
         tch::manual_seed(step as i64);
         let weights = BTreeMap::from([
             ("model.embed_tokens.weight".to_string(), Tensor::randn([16, 8], (Kind::Float, Device::Cpu))),

@@ -16,3 +16,12 @@ pub mod rollout;
 pub mod runtime;
 pub mod tokenizer;
 pub mod train;
+
+/// Unit tests run on parallel threads, and libtorch's default generator is process-wide: a test that seeds it and
+/// expects the same draws twice must not see another test draw in between. Every unit test that uses the generator
+/// holds this lock while it does.
+#[cfg(test)]
+pub(crate) fn torch_rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -150,6 +150,7 @@ mod tests {
         let p = [0.0f64, 0.5, 0.25, 0.0, 0.15, 0.1];
         let rows = 40_000i64;
         let lp = Tensor::from_slice(&p).log().to_kind(Kind::Float).view([1, 6]).repeat([rows, 1]);
+        let _rng = crate::torch_rng_lock();
         tch::manual_seed(3);
         let tok = Vec::<i64>::try_from(draw(&lp).view([-1])).unwrap();
         let mut counts = [0usize; 6];
@@ -171,6 +172,7 @@ mod tests {
         assert_eq!(Vec::<i64>::try_from(tok).unwrap(), vec![1, 0]);
         assert_eq!(Vec::<f32>::try_from(slp).unwrap(), vec![0.0, 0.0]);
         let p = SamplingParams { temperature: 1.3, ..Default::default() };
+        let _rng = crate::torch_rng_lock();
         tch::manual_seed(7);
         let a = Vec::<i64>::try_from(sample(&logits.repeat([50, 1]), &p).0).unwrap();
         tch::manual_seed(7);

@@ -448,6 +448,7 @@ mod tests {
     /// the few weights near zero. With f32 master weights the update is the f32 one.
     #[test]
     fn small_updates_survive_with_master_weights() {
+        let _rng = crate::torch_rng_lock();
         tch::manual_seed(12);
         let n = 4096;
         let opts = (Kind::Float, Device::Cpu);
@@ -604,6 +605,7 @@ mod tests {
     /// Masters, moments and the loss scaler restored from a checkpoint continue the run exactly.
     #[test]
     fn master_weights_round_trip() {
+        let _rng = crate::torch_rng_lock();
         tch::manual_seed(7);
         let opts = (Kind::Float, Device::Cpu);
         let g = Tensor::randn([64], opts);
