@@ -618,21 +618,11 @@ pub struct Resume {
     pub skipped: Vec<String>,
 }
 
-/// Resolve `--resume` (printing a line per skipped checkpoint on stderr). Kept for callers that do not pass
-/// `--checkpoint-path`; see [`resolve_resume_in`].
-pub fn resolve_resume(spec: &str, runs_dir: &Path, run_dir: Option<&Path>) -> Result<PathBuf> {
-    let resume = resolve_resume_in(spec, runs_dir, run_dir, None)?;
-    for line in &resume.skipped {
-        eprintln!("{line}");
-    }
-    Ok(resume.checkpoint)
-}
-
 /// Resolve `--resume`: a checkpoint directory, a run directory (its latest usable checkpoint), a directory of
 /// `step_N` checkpoints, or `auto`. `auto` resumes only the named run: the latest usable checkpoint in
 /// `checkpoint_dir` (the run's `--checkpoint-path`) when given, else in `run_dir/checkpoints`; it never picks
 /// another run, and when it finds nothing it names the runs under `runs_dir` that do have checkpoints.
-pub fn resolve_resume_in(
+pub fn resolve_resume(
     spec: &str,
     runs_dir: &Path,
     run_dir: Option<&Path>,
@@ -817,7 +807,7 @@ mod tests {
             )]
         );
         assert_eq!(latest(&ckpts), Some(step3.clone()));
-        let resume = resolve_resume_in("auto", &ckpts.join("../.."), Some(ckpts.parent().unwrap()), None).unwrap();
+        let resume = resolve_resume("auto", &ckpts.join("../.."), Some(ckpts.parent().unwrap()), None).unwrap();
         assert_eq!((resume.checkpoint, resume.skipped), (step3.clone(), found.messages()));
 
         // Named explicitly, it is refused with the file and the fix, as a user error.
@@ -992,34 +982,34 @@ mod tests {
         let b5 = save(&runs.join("b/checkpoints"), data(&base, 5)).unwrap();
         fs::create_dir_all(runs.join("c")).unwrap();
 
-        let got = resolve_resume_in("auto", &runs, Some(&runs.join("a")), None).unwrap();
+        let got = resolve_resume("auto", &runs, Some(&runs.join("a")), None).unwrap();
         assert_eq!((got.checkpoint, got.skipped.len()), (a3.clone(), 0));
         // The old fallback picked b, the most recent run; now the named run without checkpoints is an error naming
         // the runs that have some.
-        let err = resolve_resume_in("auto", &runs, Some(&runs.join("c")), None).err().unwrap();
+        let err = resolve_resume("auto", &runs, Some(&runs.join("c")), None).err().unwrap();
         assert_eq!(crate::error::exit_code(&err), 2);
         let line = one_line(&err);
         assert!(line.contains(&format!("no usable checkpoint in {}", runs.join("c/checkpoints").display())), "{line}");
         assert!(line.contains(&format!("runs with checkpoints under {}: a (step_3), b (step_5)", runs.display())));
-        let line = one_line(&resolve_resume_in("auto", &runs, None, None).err().unwrap());
+        let line = one_line(&resolve_resume("auto", &runs, None, None).err().unwrap());
         assert!(line.contains("--run-name") && line.contains("a (step_3), b (step_5)"), "{line}");
         let empty = tmp.path().join("nothing");
-        let line = one_line(&resolve_resume_in("auto", &empty, Some(&empty.join("x")), None).err().unwrap());
+        let line = one_line(&resolve_resume("auto", &empty, Some(&empty.join("x")), None).err().unwrap());
         assert!(line.ends_with("has a checkpoint; start the run without --resume"), "{line}");
 
         // --run-name x --checkpoint-path DIR: auto looks in DIR.
         let custom = tmp.path().join("elsewhere/ckpts");
         let x4 = save(&custom, data(&base, 4)).unwrap();
-        let got = resolve_resume_in("auto", &runs, Some(&runs.join("x")), Some(&custom)).unwrap();
+        let got = resolve_resume("auto", &runs, Some(&runs.join("x")), Some(&custom)).unwrap();
         assert_eq!(got.checkpoint, x4);
 
         // --resume DIR: a checkpoint, a run, or a directory of checkpoints.
         let s = |p: &Path| p.to_str().unwrap().to_string();
-        assert_eq!(resolve_resume_in(&s(&b5), &runs, None, None).unwrap().checkpoint, b5);
-        assert_eq!(resolve_resume_in(&s(&runs.join("b")), &runs, None, None).unwrap().checkpoint, b5);
-        assert_eq!(resolve_resume_in(&s(&custom), &runs, None, None).unwrap().checkpoint, x4);
-        assert_eq!(resolve_resume(&s(&runs.join("a")), &runs, None).unwrap(), a3);
-        let err = resolve_resume_in(&s(&runs.join("c")), &runs, None, None).err().unwrap();
+        assert_eq!(resolve_resume(&s(&b5), &runs, None, None).unwrap().checkpoint, b5);
+        assert_eq!(resolve_resume(&s(&runs.join("b")), &runs, None, None).unwrap().checkpoint, b5);
+        assert_eq!(resolve_resume(&s(&custom), &runs, None, None).unwrap().checkpoint, x4);
+        assert_eq!(resolve_resume(&s(&runs.join("a")), &runs, None, None).unwrap().checkpoint, a3);
+        let err = resolve_resume(&s(&runs.join("c")), &runs, None, None).err().unwrap();
         assert!(one_line(&err).contains("neither a checkpoint"));
     }
 

@@ -136,12 +136,6 @@ impl LoggingArgs {
             dir: self.wandb_dir.clone(),
         }
     }
-
-    /// Fill a configuration's W&B flags and TensorBoard directory from these arguments.
-    pub fn apply(&self, cfg: &mut LoggingConfig) {
-        cfg.wandb = self.wandb_flags();
-        cfg.log_dir = self.log_dir.clone();
-    }
 }
 
 /// How the online uploader paces itself. The defaults follow wandb-core (15 s batches, 30 s heartbeats).
@@ -585,11 +579,10 @@ mod tests {
             logging: LoggingArgs,
         }
         let cli = Cli::parse_from(["x", "--no-wandb", "--wandb-tags", "a,b", "--log-dir", "runs/tb"]);
-        let mut cfg = cfg("grpo", "math");
-        cli.logging.apply(&mut cfg);
-        assert!(cfg.wandb.disabled);
-        assert_eq!(cfg.wandb.tags, Some(vec!["a".to_string(), "b".to_string()]));
-        assert_eq!(cfg.log_dir, Some(PathBuf::from("runs/tb")));
+        let wandb = cli.logging.wandb_flags();
+        assert!(wandb.disabled);
+        assert_eq!(wandb.tags, Some(vec!["a".to_string(), "b".to_string()]));
+        assert_eq!(cli.logging.log_dir, Some(PathBuf::from("runs/tb")));
     }
 
     #[test]

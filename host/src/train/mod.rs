@@ -103,7 +103,7 @@ impl RunPaths {
             Some(spec) => {
                 let named = c.run_name.as_ref().map(|n| c.runs_dir.join(n));
                 let found =
-                    checkpoint::resolve_resume_in(spec, &c.runs_dir, named.as_deref(), c.checkpoint_path.as_deref())?;
+                    checkpoint::resolve_resume(spec, &c.runs_dir, named.as_deref(), c.checkpoint_path.as_deref())?;
                 for line in &found.skipped {
                     eprintln!("{line}");
                 }
