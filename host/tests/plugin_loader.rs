@@ -87,6 +87,7 @@ fn losses_through_the_boundary_match_the_golden_values() {
                 kl_weight: s["kl_weight"].as_f64().unwrap(),
                 generate_max_length: s["generate_max_length"].as_i64().unwrap(),
             },
+            is_weights: None,
         };
         let LossOutput { loss, metrics } = algo.loss(&batch).unwrap();
         assert!((loss.double_value(&[]) - case["expected_loss"].as_f64().unwrap()).abs() < 1e-6);
@@ -290,6 +291,7 @@ fn a_panic_mid_run_is_an_error_naming_the_plugin_and_poisons_it() {
         advantages: Tensor::zeros([2], (Kind::Float, grpo_sdk::tch::Device::Cpu)),
         action_mask: x.ones_like().to_kind(Kind::Bool),
         settings: LossSettings::default(),
+        is_weights: None,
     };
     let (line, code) = user_message(algo.loss(&batch));
     assert_eq!(code, 2);

@@ -55,6 +55,7 @@ fn tensors_cross_both_ways_keep_their_gradient_and_are_freed_once() {
                 advantages: Tensor::ones([b], opts),
                 action_mask: Tensor::ones([b, t], (Kind::Bool, Device::Cpu)),
                 settings: LossSettings { kl_weight: 0.0, ..LossSettings::default() },
+                is_weights: None,
             };
             let out = algo.loss(&batch).unwrap();
             drop(batch);

@@ -61,6 +61,7 @@ use tch::Tensor;
 ///     advantages: adv.narrow(0, 0, 2),
 ///     action_mask: Tensor::from_slice(&[true, true, false, true, true, true]).view([2, 3]),
 ///     settings: LossSettings::default(),
+///     is_weights: None,
 /// };
 /// let out = algo.loss(&batch)?;
 /// out.loss.backward();
@@ -96,6 +97,11 @@ pub struct PolicyBatch {
     pub action_mask: Tensor,
     /// The run's loss hyper-parameters and generation settings.
     pub settings: LossSettings,
+    /// `[B, T]` f32 truncated importance weights `min(p_old / p_sampler, cap)` (detached), when the rollouts were
+    /// sampled in another precision than the trainer's and the run corrects for it (`--tis-cap`); `None` otherwise.
+    /// A loss multiplies each token's policy-gradient term by its weight, not the KL term; [`crate::ops::PolicyTerms`]
+    /// does so.
+    pub is_weights: Option<Tensor>,
 }
 
 /// The hyper-parameters a loss needs, taken from the run's flags so that every algorithm reads the same ones.

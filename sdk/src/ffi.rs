@@ -32,8 +32,9 @@ use tch::Tensor;
 
 /// The ABI major version. A host accepts only libraries with its own major.
 pub const ABI_MAJOR: u32 = 1;
-/// The ABI minor version: bumped when fields are appended; informational.
-pub const ABI_MINOR: u32 = 0;
+/// The ABI minor version: bumped when fields are appended. 1 appended [`FfiPolicyBatch::is_weights`]; the host
+/// refuses importance weights for a library of minor 0, whose losses would silently ignore them.
+pub const ABI_MINOR: u32 = 1;
 /// The name of the exported entry function (without the trailing NUL).
 pub const ENTRY_SYMBOL: &str = "grpo_plugin_library";
 
@@ -249,7 +250,12 @@ pub struct FfiPolicyBatch {
     pub action_mask: TensorPtr,
     /// Loss hyper-parameters.
     pub settings: LossSettings,
+    /// `[B, T]` truncated importance weights, or null (ABI 1.1; a 1.0 host's batch ends before this field).
+    pub is_weights: TensorPtr,
 }
+
+/// The size of an ABI 1.0 batch, which ends after `settings`: the first fields every host passes.
+pub const FFI_POLICY_BATCH_V1_0_SIZE: usize = std::mem::offset_of!(FfiPolicyBatch, is_weights);
 
 /// The functions of an environment plugin; `state` is an episode.
 #[repr(C)]
@@ -301,6 +307,8 @@ const _: () = {
     assert!(offset_of!(PluginVTable, metrics) == 4 * word);
     assert!(offset_of!(AlgorithmVTable, advantages) == 5 * word);
     assert!(size_of::<AlgorithmVTable>() == 7 * word);
+    // ABI 1.0's batch: six words, then the settings; 1.1 appended the importance weights.
+    assert!(FFI_POLICY_BATCH_V1_0_SIZE == 6 * word + size_of::<LossSettings>());
     assert!(offset_of!(EnvironmentVTable, tools) == 5 * word);
     assert!(size_of::<EnvironmentVTable>() == 11 * word);
 };
@@ -584,11 +592,20 @@ unsafe extern "C" fn alg_loss<T: Algorithm>(
 ) -> u32 {
     call::<T>(this, err, |p| {
         let b = batch.as_ref().ok_or_else(|| Error::msg("the host passed no batch"))?;
-        if b.size < std::mem::size_of::<FfiPolicyBatch>() {
-            return Err(Error::msg("the host's batch is older than this plugin's SDK; rebuild with a matching SDK"));
+        if b.size < FFI_POLICY_BATCH_V1_0_SIZE {
+            return Err(Error::msg("the host's batch is smaller than ABI 1.0's; the host is broken or not grpo-rs"));
         }
-        let ref_log_probs =
-            if b.ref_log_probs.is_null() { None } else { Some(borrow_tensor(b.ref_log_probs, "ref_log_probs")?) };
+        let optional = |ptr: TensorPtr, what: &str| -> Result<Option<Tensor>> {
+            if ptr.is_null() {
+                Ok(None)
+            } else {
+                borrow_tensor(ptr, what).map(Some)
+            }
+        };
+        let ref_log_probs = optional(b.ref_log_probs, "ref_log_probs")?;
+        // A 1.0 host's batch ends before the weights: reading the field would read past its struct.
+        let is_weights =
+            if b.size >= std::mem::size_of::<FfiPolicyBatch>() { optional(b.is_weights, "is_weights")? } else { None };
         let batch = PolicyBatch {
             log_probs: borrow_tensor(b.log_probs, "log_probs")?,
             old_log_probs: borrow_tensor(b.old_log_probs, "old_log_probs")?,
@@ -596,6 +613,7 @@ unsafe extern "C" fn alg_loss<T: Algorithm>(
             advantages: borrow_tensor(b.advantages, "advantages")?,
             action_mask: borrow_tensor(b.action_mask, "action_mask")?,
             settings: b.settings,
+            is_weights,
         };
         let LossOutput { loss, metrics } = p.loss(&batch)?;
         check_defined(&loss, "loss")?;
@@ -868,6 +886,7 @@ mod tests {
             advantages: x.as_ptr() as TensorPtr,
             action_mask: x.as_ptr() as TensorPtr,
             settings: LossSettings::default(),
+            is_weights: std::ptr::null_mut(),
         };
         let mut out: TensorPtr = std::ptr::null_mut();
         let mut metrics = String::new();

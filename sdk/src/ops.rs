@@ -20,7 +20,8 @@ pub fn split_groups(rewards: &Tensor, groups: &[usize]) -> Result<Vec<Tensor>> {
 
 /// The per-token pieces of a GRPO-family loss for one micro-batch; every `[B, T]` tensor is 0 outside the mask.
 pub struct PolicyTerms {
-    /// `-min(rho*A, clip(rho, 1-eps_low, 1+eps_high)*A)`, `rho = exp(logp - old)`.
+    /// `-min(rho*A, clip(rho, 1-eps_low, 1+eps_high)*A)`, `rho = exp(logp - old)`, times the batch's truncated
+    /// importance weight of each token when it has them ([`PolicyBatch::is_weights`]).
     pub surrogate: Tensor,
     /// The k3 estimate of KL to the reference, `exp(ref - logp) - (ref - logp) - 1`; `None` without a reference.
     pub kl: Option<Tensor>,
@@ -50,6 +51,9 @@ impl PolicyTerms {
         if let Some(r) = &batch.ref_log_probs {
             same(r, "ref_log_probs")?;
         }
+        if let Some(w) = &batch.is_weights {
+            same(w, "is_weights")?;
+        }
         if batch.advantages.size() != [shape[0]] {
             return Err(Error::msg(format!(
                 "advantages has shape {:?}, expected [{}]",
@@ -68,7 +72,11 @@ impl PolicyTerms {
         let unclipped = &ratio * &adv;
         let clipped_obj = ratio.clamp(1.0 - s.clip_eps_low, 1.0 + s.clip_eps_high) * &adv;
         let clipped = clipped_obj.lt_tensor(&unclipped).logical_and(&on).to_kind(kind);
-        let surrogate = -unclipped.minimum(&clipped_obj) * &mask;
+        let mut surrogate = -unclipped.minimum(&clipped_obj) * &mask;
+        if let Some(w) = &batch.is_weights {
+            // The weights correct the sampler's precision, a constant per token: no gradient flows through them.
+            surrogate = surrogate * w.detach().to_kind(kind).where_self(&on, &zero);
+        }
         let kl = batch.ref_log_probs.as_ref().map(|r| {
             let log_ratio = (r.to_kind(kind) - lp).where_self(&on, &zero);
             // exp(0) - 0 - 1 = 0, so masked positions are exactly 0.

@@ -12,6 +12,8 @@ Definitions (docs/plugins.md, "The shipped algorithms and environment"):
                       rho = exp(logp - old), k3 = exp(ref - logp) - (ref - logp) - 1 (both 0 outside the mask)
   GRPO loss           mean over sequences of the masked mean over action tokens (an empty mask counts as 0)
   DR-GRPO loss        mean over sequences of the masked SUM divided by generate_max_length
+  TIS cases           the surrogate of each action token times w = min(exp(old - sampled), cap), the truncated
+                      importance weight of a sampler in another precision (the KL term is not weighted)
 
 Run: ~/.cache/grpo-rs/venv/bin/python tests/oracles/losses.py
 """
@@ -70,7 +72,7 @@ def per_token_terms(logp, old, ref, adv, mask, eps_low, eps_high):
     return surr, k3, clipped
 
 
-def loss_case(name, algo, seed, lengths, T, beta, eps_low, eps_high, with_ref, gen_max_len):
+def loss_case(name, algo, seed, lengths, T, beta, eps_low, eps_high, with_ref, gen_max_len, tis_cap=None):
     g = torch.Generator().manual_seed(seed)
     B = len(lengths)
     # Odd rows start their actions one position later, so masks are not all prefixes.
@@ -84,6 +86,17 @@ def loss_case(name, algo, seed, lengths, T, beta, eps_low, eps_high, with_ref, g
     ref_t = torch.tensor(ref) if ref is not None else None
     adv_t = torch.tensor(adv)
     surr, k3, clipped = per_token_terms(logp, old_t, ref_t, adv_t, mask, eps_low, eps_high)
+    is_weights = None
+    if tis_cap is not None:
+        # The sampler's log-probs: the old ones perturbed as a bf16 sampler would be, some tokens far off.
+        sampled = old_t + (torch.rand(B, T, generator=g) - 0.5) * 1.5
+        w = torch.ones(B, T)
+        for b in range(B):
+            for t in range(T):
+                if mask[b][t]:
+                    w[b, t] = min(math.exp(float(old_t[b, t] - sampled[b, t])), tis_cap)
+        surr = surr * w
+        is_weights = w.tolist()
     m = torch.tensor(mask, dtype=torch.float64)
     n_tok = m.sum(-1)
     per_token = surr + beta * k3
@@ -118,6 +131,7 @@ def loss_case(name, algo, seed, lengths, T, beta, eps_low, eps_high, with_ref, g
             "kl_weight": beta,
             "generate_max_length": gen_max_len,
         },
+        "is_weights": is_weights,
         "expected_loss": float(loss),
         "expected_grad": logp.grad.tolist(),
         "expected_metrics": metrics,
@@ -169,6 +183,8 @@ def main():
         loss_case("drgrpo_ref_masks", "drgrpo", 1, [5, 2, 7, 1, 3], 8, 0.01, 0.2, 0.2, True, 16),
         loss_case("drgrpo_asym_clip_high_kl", "drgrpo", 2, [4, 6, 1, 6], 7, 0.04, 0.2, 0.28, True, 7),
         loss_case("drgrpo_no_ref", "drgrpo", 3, [3, 5, 6], 6, 0.0, 0.1, 0.1, False, 12),
+        loss_case("grpo_tis", "grpo", 5, [5, 2, 7, 3], 8, 0.01, 0.2, 0.2, True, 8, tis_cap=2.0),
+        loss_case("drgrpo_tis", "drgrpo", 5, [5, 2, 7, 3], 8, 0.01, 0.2, 0.28, True, 8, tis_cap=1.5),
     ]
     for case in cases:
         path = OUT / f"{case['name']}.json"

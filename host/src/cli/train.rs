@@ -9,7 +9,7 @@ use super::args::{json_option, ModelArgs, SamplingArgs};
 use super::plugins::PluginDirArgs;
 use crate::generate::SamplingParams;
 use crate::logging::LoggingArgs;
-use crate::model::LoraConfig;
+use crate::model::{DtypeSpec, LoraConfig};
 use crate::train::config::{
     BatchSettings, CheckpointSettings, LogSettings, LrSchedule, ModelSettings, ObjectiveSettings, OptimizerSettings,
     PluginSelection, RecomputeOld, RunConfig, SamplingSettings,
@@ -46,6 +46,11 @@ pub struct TrainArgs {
     /// AdamW state (fp16 with dynamic loss scaling). auto: bf16 on CUDA, the measured default on the CPU (no).
     #[arg(long, default_value = "auto")]
     pub mixed_precision: MixedPrecision,
+    /// The dtype rollouts are sampled in: auto (the compute precision: bf16 under --mixed-precision bf16, else
+    /// --dtype), f32, bf16 or f16. A different one samples from a copy of the model in that dtype, refreshed from
+    /// the trained weights before each batch, and the old log-probs are then recomputed in the training precision.
+    #[arg(long, default_value = "auto")]
+    pub rollout_dtype: DtypeSpec,
     /// Use libtorch's deterministic algorithms (torch.use_deterministic_algorithms; on CUDA also a fixed cuBLAS
     /// workspace): slower on CUDA, and an operation with no deterministic kernel stops the run with an error.
     #[arg(long)]
@@ -120,6 +125,11 @@ pub struct TrainArgs {
     /// both are the same computation up to rounding; recompute in bf16/f16).
     #[arg(long, default_value = "auto")]
     pub recompute_old_logprobs: RecomputeOld,
+    /// Truncated importance sampling: when the old log-probs are recomputed (another rollout precision, or bf16),
+    /// weight each token's policy-gradient term by min(p_old / p_sampler, CAP). 0 turns the correction off; the
+    /// ratios are logged either way (rollouts/is_ratio_*).
+    #[arg(long, default_value_t = 0.0)]
+    pub tis_cap: f64,
 
     /// LoRA rank; 0 trains all weights (with a frozen copy as the reference).
     #[arg(long, default_value_t = 0)]
@@ -219,6 +229,7 @@ impl TrainArgs {
                 device: self.model.device,
                 dtype: self.model.dtype,
                 mixed_precision: self.mixed_precision,
+                rollout_dtype: self.rollout_dtype,
                 lora,
             },
             sampling: SamplingSettings {
@@ -251,6 +262,7 @@ impl TrainArgs {
                 clip_eps_high: self.clip_eps_high.unwrap_or(self.clip_eps),
                 kl_weight: self.kl_weight,
                 recompute_old_logprobs: self.recompute_old_logprobs,
+                tis_cap: self.tis_cap,
             },
             seed: self.seed,
             checkpoints: CheckpointSettings {
@@ -308,6 +320,10 @@ impl TrainArgs {
         }
         if self.lora_rank < 0 {
             return Err(user_error!("--lora-rank {} must be >= 0 (0 trains all weights)", self.lora_rank));
+        }
+        // Below 1 the cap would down-weight even the tokens where sampler and trainer agree.
+        if !(self.tis_cap == 0.0 || (self.tis_cap >= 1.0 && self.tis_cap.is_finite())) {
+            return Err(user_error!("--tis-cap {} must be 0 (off) or a number >= 1, such as 2", self.tis_cap));
         }
         Ok(())
     }

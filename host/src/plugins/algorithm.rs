@@ -47,8 +47,27 @@ impl PluginInstance<AlgorithmVTable> {
         Ok(adv)
     }
 
+    /// An error unless the library's batch has [`PolicyBatch::is_weights`] (ABI 1.1 and later): an older loss
+    /// would ignore them without a word.
+    pub fn check_takes_importance_weights(&self) -> anyhow::Result<()> {
+        let info = self.info();
+        if info.abi_minor >= 1 {
+            return Ok(());
+        }
+        Err(user_error!(
+            "--tis-cap: {} was built against grpo-sdk {} (ABI 1.{}), whose loss cannot receive importance weights; \
+             rebuild it against this SDK, or drop --tis-cap",
+            info.label(),
+            info.sdk_version,
+            info.abi_minor
+        ))
+    }
+
     /// The loss of one micro-batch (a scalar connected to `batch.log_probs`) and its metrics.
     pub fn loss(&self, batch: &PolicyBatch) -> anyhow::Result<LossOutput> {
+        if batch.is_weights.is_some() {
+            self.check_takes_importance_weights()?;
+        }
         let ffi_batch = FfiPolicyBatch {
             size: std::mem::size_of::<FfiPolicyBatch>(),
             log_probs: borrow(&batch.log_probs),
@@ -57,6 +76,7 @@ impl PluginInstance<AlgorithmVTable> {
             advantages: borrow(&batch.advantages),
             action_mask: borrow(&batch.action_mask),
             settings: batch.settings,
+            is_weights: batch.is_weights.as_ref().map_or(std::ptr::null_mut(), borrow),
         };
         let mut out: TensorPtr = std::ptr::null_mut();
         let mut metrics_json = String::new();

@@ -52,6 +52,7 @@ fn check_algorithm(registry: &Registry, name: &str, config: &serde_json::Value) 
         advantages: adv.narrow(0, 0, b),
         action_mask: Tensor::arange(t, (Kind::Int64, Device::Cpu)).unsqueeze(0).lt_tensor(&lengths),
         settings: LossSettings { generate_max_length: t, ..LossSettings::default() },
+        is_weights: None,
     };
     let out = algo.loss(&batch)?;
     let loss = out.loss.double_value(&[]);

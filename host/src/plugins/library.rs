@@ -123,6 +123,7 @@ pub(crate) unsafe fn validate(entry: EntryFn, path: &Path) -> anyhow::Result<Vec
                 version: text(entry.version, "version")?,
                 description: text(entry.description, "description")?,
                 sdk_version: sdk_version.clone(),
+                abi_minor: desc.abi_minor,
                 file: path.to_path_buf(),
             },
             vtable: entry.vtable,

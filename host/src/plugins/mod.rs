@@ -99,6 +99,8 @@ pub struct PluginInfo {
     pub description: String,
     /// The grpo-sdk version it was built with.
     pub sdk_version: String,
+    /// The ABI minor version of that SDK: which appended fields the library knows.
+    pub abi_minor: u32,
     /// The library file it was loaded from.
     pub file: PathBuf,
 }

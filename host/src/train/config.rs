@@ -69,6 +69,9 @@ pub struct ModelSettings {
     pub dtype: DtypeSpec,
     /// The precision forward and backward compute in.
     pub mixed_precision: MixedPrecision,
+    /// The dtype rollouts sample in (`Auto`: the compute precision).
+    #[serde(default)]
+    pub rollout_dtype: DtypeSpec,
     /// libtorch intra-op threads (`None`: libtorch's choice).
     pub threads: Option<i32>,
     /// libtorch's deterministic algorithms (and a fixed cuBLAS workspace on CUDA).
@@ -176,6 +179,9 @@ pub struct ObjectiveSettings {
     pub kl_weight: f64,
     /// Old log-probs' source.
     pub recompute_old_logprobs: RecomputeOld,
+    /// Cap of the truncated importance weights `min(p_old / p_sampler, cap)` on recomputed old log-probs; 0: none.
+    #[serde(default)]
+    pub tis_cap: f64,
 }
 
 impl ObjectiveSettings {
@@ -238,6 +244,7 @@ impl RunConfig {
             ("--model", json!(m.model)),
             ("--dtype", json!(m.dtype)),
             ("--mixed-precision", json!(m.mixed_precision)),
+            ("--rollout-dtype", json!(m.rollout_dtype)),
             ("--lora-rank/--lora-alpha/--lora-dropout", json!(m.lora)),
             ("--temperature/--top-k/--top-p/--min-p", json!(s.params)),
             ("--ignore-eos", json!(s.ignore_eos)),
@@ -258,6 +265,7 @@ impl RunConfig {
             ("--clip-eps/--clip-eps-high", json!([l.clip_eps_low, l.clip_eps_high])),
             ("--kl-weight", json!(l.kl_weight)),
             ("--recompute-old-logprobs", json!(l.recompute_old_logprobs)),
+            ("--tis-cap", json!(l.tis_cap)),
             ("--seed", json!(self.seed)),
         ]
     }

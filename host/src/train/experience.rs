@@ -19,7 +19,12 @@ use crate::rollout::Rollout;
 pub fn prepare(scored: &Scored, policy: &Policy, loss: &ObjectiveSettings, chunk: usize) -> Result<Experience> {
     let mut exp = Experience::build(&scored.rollouts, &scored.advantages, policy.device());
     if policy.recompute_old(loss.recompute_old_logprobs) {
-        exp.old_log_probs = policy.log_probs(&exp, chunk)?;
+        let recomputed = policy.log_probs(&exp, chunk)?;
+        let sampled = std::mem::replace(&mut exp.old_log_probs, recomputed);
+        if loss.tis_cap > 0.0 {
+            exp.is_weights = Some(truncated_is_weights(&exp.old_log_probs, &sampled, &exp.action_mask, loss.tis_cap));
+        }
+        exp.sample_log_probs = Some(sampled);
     }
     exp.ref_log_probs = policy.reference_log_probs(&exp, chunk, loss.kl_weight)?;
     Ok(exp)
@@ -37,6 +42,11 @@ pub struct Experience {
     pub old_log_probs: Tensor,
     /// `[N, T-1]` f32 under the reference model, when there is one.
     pub ref_log_probs: Option<Tensor>,
+    /// `[N, T-1]` f32 the sampler's own log-probs, kept when `old_log_probs` were recomputed in the training
+    /// precision (their ratio is the sampler/trainer mismatch).
+    pub sample_log_probs: Option<Tensor>,
+    /// `[N, T-1]` f32 truncated importance weights for the loss (`--tis-cap`), 1 outside the action mask.
+    pub is_weights: Option<Tensor>,
     /// `[N]` f32 advantages.
     pub advantages: Tensor,
     /// Unpadded length of each sequence.
@@ -69,6 +79,8 @@ impl Experience {
             action_mask: Tensor::from_slice(&action).view([n, t - 1]).to_device(device),
             old_log_probs: Tensor::from_slice(&old).view([n, t - 1]).to_device(device),
             ref_log_probs: None,
+            sample_log_probs: None,
+            is_weights: None,
             advantages: advantages.to_kind(Kind::Float).to_device(device),
             lengths: rollouts.iter().map(|r| r.tokens.len()).collect(),
         }
@@ -96,9 +108,35 @@ impl Experience {
             action_mask: pick(&self.action_mask, longest - 1),
             old_log_probs: pick(&self.old_log_probs, longest - 1),
             ref_log_probs: self.ref_log_probs.as_ref().map(|r| pick(r, longest - 1)),
+            is_weights: self.is_weights.as_ref().map(|w| pick(w, longest - 1)),
             advantages: self.advantages.index_select(0, &index),
         }
     }
+
+    /// The mean and the largest sampler-to-trainer ratio `p_old / p_sampler` over action tokens, when the old
+    /// log-probs were recomputed (`None` otherwise, or without action tokens).
+    pub fn is_ratio_stats(&self) -> Option<(f64, f64)> {
+        let sampled = self.sample_log_probs.as_ref()?;
+        let on = self.action_mask.to_kind(Kind::Bool);
+        let count = on.sum(Kind::Float).double_value(&[]);
+        if count == 0.0 {
+            return None;
+        }
+        let ratio = (&self.old_log_probs - sampled).where_self(&on, &self.old_log_probs.zeros_like()).exp();
+        let mean = (&ratio * on.to_kind(Kind::Float)).sum(Kind::Float).double_value(&[]) / count;
+        // Over actions only: masked positions hold exp(0) = 1, which would hide a maximum below 1.
+        let max = ratio.masked_select(&on).max().double_value(&[]);
+        Some((mean, max))
+    }
+}
+
+/// Truncated importance sampling (the correction TRL and verl apply to rollouts from another engine): each action
+/// token's weight is `min(exp(old - sampled), cap)`, the probability of the trainer's policy over the sampler's,
+/// capped so that one token the sampler found unlikely cannot dominate the update. 1 outside `action_mask`.
+pub fn truncated_is_weights(old: &Tensor, sampled: &Tensor, action_mask: &Tensor, cap: f64) -> Tensor {
+    let on = action_mask.to_kind(Kind::Bool);
+    let zero = old.zeros_like();
+    (old - sampled).where_self(&on, &zero).exp().clamp_max(cap).to_kind(Kind::Float)
 }
 
 /// A slice of an [`Experience`] for one forward and backward pass.
@@ -108,6 +146,7 @@ pub struct MicroBatch {
     pub action_mask: Tensor,
     pub old_log_probs: Tensor,
     pub ref_log_probs: Option<Tensor>,
+    pub is_weights: Option<Tensor>,
     pub advantages: Tensor,
 }
 

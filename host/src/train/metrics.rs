@@ -43,6 +43,11 @@ pub fn rollout(scored: &Scored, exp: &Experience, best_mean_return: f64) -> Metr
         m.insert("rollouts/kl_std".into(), k.std.into());
         m.insert("rollouts/kl_max".into(), k.max.into());
     }
+    if let Some((mean, max)) = exp.is_ratio_stats() {
+        // How far the sampler (another precision, or the incremental decode) is from the trainer's policy.
+        m.insert("rollouts/is_ratio_mean".into(), mean.into());
+        m.insert("rollouts/is_ratio_max".into(), max.into());
+    }
     m.extend(reward_components(&scored.rollouts));
     m.extend(episode_shapes(scored));
     m

@@ -140,6 +140,9 @@ impl Trainer {
         if let Some(warning) = precision.small_update_warning(config.optimizer.lr) {
             eprintln!("{warning}");
         }
+        if config.loss.tis_cap > 0.0 {
+            algo.check_takes_importance_weights()?;
+        }
         let mut optimizer = if precision.master_weights {
             AdamW::new(policy.trainable(), adamw_config(&config.optimizer))
         } else {
@@ -244,8 +247,10 @@ impl Trainer {
             ignore_eos: s.ignore_eos,
         };
         self.policy.model().set_training(false);
+        let masters = self.optimizer.has_master_weights().then(|| self.optimizer.master_weights());
+        self.policy.refresh_sampler(masters.as_ref());
         let seed = mix(self.config.seed, self.state.batch);
-        run_episodes(self.policy.model(), self.policy.tokenizer(), &self.env, tasks, &cfg, seed)
+        run_episodes(self.policy.sampler(), self.policy.tokenizer(), &self.env, tasks, &cfg, seed)
     }
 
     /// Log a batch's rollout metrics (and, at the interval, its completions) at its first step.
@@ -459,6 +464,7 @@ fn open_loggers(
         "device": format!("{:?}", policy.device()),
         "dtype": format!("{:?}", policy.kind()),
         "mixed_precision": policy.precision().mode,
+        "rollout_dtype": format!("{:?}", policy.precision().rollout),
         "master_weights": policy.precision().master_weights,
         "algorithm": {"name": algo.name(), "version": algo.info().version, "config": algo.config()?},
         "environment": {"name": env.name(), "version": env.info().version, "config": env.config()?},

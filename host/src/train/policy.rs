@@ -26,6 +26,8 @@ enum Reference {
 /// The trained model and what goes with it.
 pub struct Policy {
     model: Model,
+    /// A copy in the rollout dtype when it differs from the training dtype (`--rollout-dtype`).
+    sampler: Option<Box<Model>>,
     tokenizer: Tokenizer,
     reference: Reference,
     model_dir: PathBuf,
@@ -38,7 +40,8 @@ impl Policy {
     pub fn load(settings: &ModelSettings, kl_weight: f64, seed: u64) -> Result<Policy> {
         let model_dir = model::resolve_model_dir(settings.model.as_deref(), settings.allow_download)?;
         let device = settings.device.resolve()?;
-        let precision = Precision::resolve(settings.mixed_precision, settings.dtype, device)?;
+        let precision = Precision::resolve(settings.mixed_precision, settings.dtype, device)?
+            .with_rollout(settings.rollout_dtype, device);
         let kind = precision.working;
         let mut model = Model::load(&model_dir, device, kind)?;
         let tokenizer = Tokenizer::from_dir(&model_dir)?;
@@ -55,7 +58,40 @@ impl Policy {
             copy.var_store_mut().freeze();
             Reference::Copy(Box::new(copy))
         };
-        Ok(Policy { model, tokenizer, reference, model_dir, precision })
+        // Frozen: it only ever receives the trained weights (`refresh_sampler`), never gradients. With LoRA it holds
+        // the merged weights, so it needs no adapters of its own.
+        let sampler = if precision.separate_rollout() {
+            let mut copy = Model::load(&model_dir, device, precision.rollout)?;
+            copy.var_store_mut().freeze();
+            Some(Box::new(copy))
+        } else {
+            None
+        };
+        Ok(Policy { model, sampler, tokenizer, reference, model_dir, precision })
+    }
+
+    /// The model rollouts sample from: the rollout-dtype copy, or the trained model itself.
+    pub fn sampler(&self) -> &Model {
+        self.sampler.as_deref().unwrap_or(&self.model)
+    }
+
+    /// Copy the trained weights into the rollout-dtype copy (nothing without one): from the optimizer's f32 masters
+    /// when given (one rounding, straight to the rollout dtype), with LoRA the merged weights. Called before each
+    /// batch's rollouts, so they always sample from the weights the last update left.
+    pub fn refresh_sampler(&self, masters: Option<&BTreeMap<String, Tensor>>) {
+        let Some(sampler) = &self.sampler else { return };
+        let source = match (self.merged_weights(), masters) {
+            (Some(merged), _) => merged,
+            (None, Some(masters)) => masters.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect(),
+            (None, None) => self.weights(),
+        };
+        tch::no_grad(|| {
+            for (name, var) in sampler.var_store().variables() {
+                if let Some(w) = source.get(&name) {
+                    var.shallow_clone().copy_(&w.to_kind(var.kind()));
+                }
+            }
+        });
     }
 
     /// The model.
@@ -99,13 +135,14 @@ impl Policy {
         vars
     }
 
-    /// Whether old log-probs need a forward pass: the sampler's are the same computation only in f32 (in bf16 the
-    /// incremental decode and a full forward round differently enough to bias the ratio).
+    /// Whether old log-probs need a forward pass: the sampler's are the same computation only when both sample and
+    /// train in f32 (in bf16 the incremental decode and a full forward round differently enough to bias the ratio;
+    /// a sampler in another dtype is another policy, numerically).
     pub fn recompute_old(&self, choice: RecomputeOld) -> bool {
         match choice {
             RecomputeOld::Always => true,
             RecomputeOld::Never => false,
-            RecomputeOld::Auto => self.model.kind() != Kind::Float,
+            RecomputeOld::Auto => self.precision.working != Kind::Float || self.precision.rollout != Kind::Float,
         }
     }
 

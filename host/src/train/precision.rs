@@ -230,6 +230,8 @@ pub struct Precision {
     /// The optimizer keeps f32 master weights (mixed precision); without, updates are added to the parameters in
     /// their own dtype (pure low precision loses updates below half the dtype's spacing).
     pub master_weights: bool,
+    /// The dtype rollouts sample in (`--rollout-dtype`; by default `working`).
+    pub rollout: Kind,
 }
 
 impl Precision {
@@ -251,10 +253,24 @@ impl Precision {
                          --dtype, or pass --mixed-precision no to hold the parameters in {dtype}"
                     ));
                 }
-                Ok(Precision { mode, working: kind, master_weights: true })
+                Ok(Precision { mode, working: kind, master_weights: true, rollout: kind })
             }
-            None => Ok(Precision { mode, working: dtype.resolve(device), master_weights: false }),
+            None => {
+                let working = dtype.resolve(device);
+                Ok(Precision { mode, working, master_weights: false, rollout: working })
+            }
         }
+    }
+
+    /// Sample rollouts in `spec` (`Auto`: the compute precision, `working`).
+    pub fn with_rollout(self, spec: DtypeSpec, device: Device) -> Precision {
+        let rollout = if spec == DtypeSpec::Auto { self.working } else { spec.resolve(device) };
+        Precision { rollout, ..self }
+    }
+
+    /// Whether rollouts sample in another dtype than the training forward computes in (a second model copy).
+    pub fn separate_rollout(&self) -> bool {
+        self.rollout != self.working
     }
 
     /// A one-line warning when updates at `lr` round away on the parameters (pure low precision, no masters).
@@ -287,6 +303,12 @@ mod tests {
         let fp16 = Precision::resolve(MixedPrecision::Fp16, DtypeSpec::F32, Device::Cpu).unwrap();
         assert_eq!((fp16.working, fp16.master_weights), (Kind::Half, true));
         assert!(Precision::resolve(MixedPrecision::Bf16, DtypeSpec::F16, Device::Cpu).is_err());
+        // Rollouts sample in the compute precision unless told otherwise.
+        let mixed = Precision::resolve(MixedPrecision::Bf16, DtypeSpec::Auto, Device::Cpu).unwrap();
+        assert_eq!(mixed.with_rollout(DtypeSpec::Auto, Device::Cpu).rollout, Kind::BFloat16);
+        assert!(!mixed.with_rollout(DtypeSpec::Bf16, Device::Cpu).separate_rollout());
+        let f32_bf16 = cpu.with_rollout(DtypeSpec::Bf16, Device::Cpu);
+        assert!(f32_bf16.separate_rollout() && f32_bf16.working == Kind::Float);
     }
 
     #[test]

@@ -112,6 +112,7 @@ impl Updater<'_> {
                 advantages: mb.advantages,
                 action_mask: mb.action_mask,
                 settings: self.loss,
+                is_weights: mb.is_weights,
             };
             let out = self.algo.loss(&batch)?;
             let value = out.loss.double_value(&[]);

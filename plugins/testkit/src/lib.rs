@@ -93,6 +93,7 @@ pub fn batch(case: &Value) -> (Tensor, PolicyBatch) {
             kl_weight: s["kl_weight"].as_f64().unwrap(),
             generate_max_length: s["generate_max_length"].as_i64().unwrap(),
         },
+        is_weights: case.get("is_weights").filter(|w| !w.is_null()).map(tensor),
     };
     (log_probs, batch)
 }

@@ -171,6 +171,7 @@ mod tests {
             advantages: Tensor::from_slice(&[1.0f32, -2.0]),
             action_mask: Tensor::from_slice(&[true, true, false, true, true, true]).view([2, 3]),
             settings,
+            is_weights: None,
         };
         (batch, log_probs)
     }
