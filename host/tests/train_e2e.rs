@@ -197,6 +197,35 @@ fn bf16_mixed_precision_saves_f32_masters_and_resumes_exactly() {
     assert_resume_is_exact(runs.path(), &run, "mixed-split", &mixed);
 }
 
+/// Rollouts sampled in bf16 while training in f32 (`--rollout-dtype bf16`): the old log-probs are recomputed in f32,
+/// the sampler/trainer ratios are logged and finite, truncated importance weights (`--tis-cap`) go into the loss,
+/// and a resumed run continues exactly (the bf16 sampler is refreshed from the restored weights).
+#[test]
+fn bf16_rollouts_with_f32_training_log_is_ratios_and_resume_exactly() {
+    let runs = tempfile::tempdir().unwrap();
+    let flags = ["--rollout-dtype", "bf16", "--tis-cap", "2"];
+    let out = train(runs.path(), "bf16-rollouts", &[&["--max-steps", "2"], &flags[..]].concat());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let run = runs.path().join("bf16-rollouts");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!((config["dtype"].as_str(), config["rollout_dtype"].as_str()), (Some("Float"), Some("BFloat16")));
+    let batches: Vec<_> = rows(&run).into_iter().filter(|r| r.contains_key("rollouts/returns_mean")).collect();
+    assert_eq!(batches.len(), 2);
+    for row in &batches {
+        let (mean, max) =
+            (row["rollouts/is_ratio_mean"].as_f64().unwrap(), row["rollouts/is_ratio_max"].as_f64().unwrap());
+        // bf16 sampling moves the probabilities by a few percent: ratios near 1, never all exactly 1.
+        assert!(mean.is_finite() && max.is_finite() && max >= mean && mean > 0.5 && mean < 2.0, "{mean} {max}");
+        assert!(max != 1.0 || mean != 1.0, "the ratios are all 1: the old log-probs were not recomputed");
+    }
+    // f32 sampling and training: the sampler's log-probs are reused, so there is no ratio to log.
+    let plain = train(runs.path(), "f32", &["--max-steps", "1"]);
+    assert!(plain.status.success(), "{}", text(&plain.stderr));
+    assert!(rows(&runs.path().join("f32")).iter().all(|r| !r.contains_key("rollouts/is_ratio_mean")));
+    assert_resume_is_exact(runs.path(), &run, "bf16-rollouts-split", &flags);
+}
+
 /// fp16 mixed precision logs its dynamic loss scale, starting at GradScaler's 65536, and keeps it in checkpoints.
 #[test]
 fn fp16_mixed_precision_logs_and_saves_the_loss_scale() {
