@@ -3,15 +3,19 @@
 re-grpo's loop (experiment_base): for each prompt of the batch, generate its group in one `generate` call
 (`input_ids.repeat(G, 1)`); then a forward of the policy for the old log-probs and a separate forward of the
 reference model; then micro-batches of forward, GRPO loss, backward, gradient clipping and an AdamW step. Here it
-runs in f32 on the CPU with full fine-tuning, the same workload and thread count as our measurement, with
-end-of-sequence suppressed so that both sides generate exactly max_new_tokens per rollout.
+runs on the CPU with full fine-tuning, the same workload and thread count as our measurement, with end-of-sequence
+suppressed so that both sides generate exactly max_new_tokens per rollout. `--precision bf16` is mixed precision as
+accelerate's `--mixed_precision bf16` runs it: f32 weights, gradients and AdamW state, every forward (generation,
+log-probs, training) under `torch.autocast("cpu", dtype=torch.bfloat16)`.
 
-Usage: python bench_grpo_step.py MODEL_DIR --steps 3 --prompts 4 --group 4 --max-new 64 --threads 2 [--system TEXT]
+Usage: python bench_grpo_step.py MODEL_DIR --steps 3 --prompts 4 --group 4 --max-new 64 --threads 2
+       [--precision f32|bf16] [--system TEXT]
 Prints one JSON object per measured step: {"rollout_s", "logprob_s", "train_s", "total_s", "tokens", "prompt_tokens",
 "torch", "transformers"}. `cargo xtask bench-step` runs it beside `grpo-host train` on the same workload.
 """
 
 import argparse
+import contextlib
 import json
 import random
 import time
@@ -55,7 +59,13 @@ def main():
     ap.add_argument("--train-batch", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--system", default=None, help="a system message before each question")
+    ap.add_argument("--precision", choices=["f32", "bf16"], default="f32")
     args = ap.parse_args()
+
+    def compute():
+        if args.precision == "bf16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -78,12 +88,13 @@ def main():
                 text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
                 ids = tok(text, return_tensors="pt").input_ids
                 prompt_tokens += ids.shape[1] * args.group
-                out = policy.generate(
-                    input_ids=ids.repeat(args.group, 1),
-                    attention_mask=torch.ones_like(ids).repeat(args.group, 1),
-                    do_sample=True, temperature=0.7, top_k=50, top_p=1.0,
-                    max_new_tokens=args.max_new, min_new_tokens=args.max_new, pad_token_id=pad,
-                )
+                with compute():
+                    out = policy.generate(
+                        input_ids=ids.repeat(args.group, 1),
+                        attention_mask=torch.ones_like(ids).repeat(args.group, 1),
+                        do_sample=True, temperature=0.7, top_k=50, top_p=1.0,
+                        max_new_tokens=args.max_new, min_new_tokens=args.max_new, pad_token_id=pad,
+                    )
                 for row in out:
                     sequences.append(row)
                     m = torch.zeros(len(row) - 1, dtype=torch.bool)
@@ -97,7 +108,7 @@ def main():
         mask = torch.stack(masks).float()
         r = torch.tensor(rewards).view(args.prompts, args.group)
         adv = ((r - r.mean(-1, keepdim=True)) / (r.std(-1, keepdim=True) + 1e-8)).view(-1, 1)
-        with torch.no_grad():
+        with torch.no_grad(), compute():
             old = sequence_log_probs(policy, seq, attn)
             ref = sequence_log_probs(reference, seq, attn)
         t2 = time.perf_counter()
@@ -107,7 +118,8 @@ def main():
         for i in range(0, seq.shape[0], args.train_batch):
             idx = order[i:i + args.train_batch]
             opt.zero_grad()
-            lp = sequence_log_probs(policy, seq[idx], attn[idx])
+            with compute():
+                lp = sequence_log_probs(policy, seq[idx], attn[idx])
             loss = grpo_loss(lp, old[idx], ref[idx], adv[idx], mask[idx])
             loss.backward()
             torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
@@ -117,7 +129,7 @@ def main():
             print(json.dumps({
                 "rollout_s": t1 - t0, "logprob_s": t2 - t1, "train_s": t3 - t2, "total_s": t3 - t0,
                 "tokens": args.prompts * args.group * args.max_new, "prompt_tokens": prompt_tokens,
-                "torch": torch.__version__, "transformers": transformers.__version__,
+                "torch": torch.__version__, "transformers": transformers.__version__, "precision": args.precision,
             }), flush=True)
 
 

@@ -2,13 +2,15 @@
 //! Python loop (tests/oracles/bench_grpo_step.py) on one workload, in one run, one after the other (never at once:
 //! they would share the cores). Writes the table to docs/benchmarks-step.md.
 //!
-//! The workload: the default model in f32 on the CPU, full fine-tuning with a frozen reference (`--lora-rank 0`,
+//! The workload: the default model on the CPU, in each precision asked for (`--precision f32,bf16`: f32 throughout,
+//! and bf16 mixed precision, which is `--mixed-precision bf16` on our side and `torch.autocast("cpu", bf16)` over
+//! f32 weights on the Python side), full fine-tuning with a frozen reference (`--lora-rank 0`,
 //! `--kl-weight 0.01`), `--prompts` single-digit additions x `--group` rollouts of exactly `--max-new` tokens
 //! (end-of-sequence ignored on both sides, so both do the same work whatever they sample), micro-batches of
 //! `--train-batch`, one epoch. Both sides use the same system prompt and the same thread count.
 //!
 //! Options: `--threads N` (default: all cores), `--steps 3`, `--warmup 1`, `--prompts 4`, `--group 4`,
-//! `--max-new 64`, `--train-batch 4`, `--model DIR`.
+//! `--max-new 64`, `--train-batch 4`, `--precision f32,bf16`, `--model DIR`.
 
 use std::path::Path;
 use std::process::Command;
@@ -16,7 +18,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::bench::{cpu_name, inputs, number, threads};
+use crate::bench::{cpu_name, flag, inputs, number, threads};
 use crate::process::cargo;
 
 /// The system prompt both sides send, so prompts differ only in the question's wording.
@@ -30,31 +32,144 @@ fn means(rows: &[Value]) -> Vec<f64> {
     PHASES.iter().map(|p| rows.iter().filter_map(|r| r[*p].as_f64()).sum::<f64>() / rows.len().max(1) as f64).collect()
 }
 
+/// The precisions the benchmark compares, each on both sides.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Precision {
+    /// f32 weights and compute.
+    F32,
+    /// f32 master weights, bf16 compute.
+    Bf16Mixed,
+}
+
+impl Precision {
+    fn parse(list: &str) -> Result<Vec<Precision>> {
+        list.split(',')
+            .map(|p| match p.trim() {
+                "f32" => Ok(Precision::F32),
+                "bf16" => Ok(Precision::Bf16Mixed),
+                other => bail!("--precision {other}: expected f32 or bf16 (a comma-separated list)"),
+            })
+            .collect()
+    }
+
+    /// The name in the table.
+    fn label(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16Mixed => "bf16 mixed precision",
+        }
+    }
+
+    /// grpo-host's `--mixed-precision`, and the Python reference's `--precision`.
+    fn flags(self) -> (&'static str, &'static str) {
+        match self {
+            Precision::F32 => ("no", "f32"),
+            Precision::Bf16Mixed => ("bf16", "bf16"),
+        }
+    }
+}
+
+/// The workload's sizes, the same on both sides.
+struct Workload {
+    threads: usize,
+    steps: usize,
+    warmup: usize,
+    prompts: usize,
+    group: usize,
+    max_new: usize,
+    train_batch: usize,
+}
+
 /// Run the benchmark from the workspace root `root` with command-line `args`.
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
-    let threads = threads(args)?;
-    let steps: usize = number(args, "--steps", 3)?;
-    let warmup: usize = number(args, "--warmup", 1)?;
-    let prompts: usize = number(args, "--prompts", 4)?;
-    let group: usize = number(args, "--group", 4)?;
-    let max_new: usize = number(args, "--max-new", 64)?;
-    let train_batch: usize = number(args, "--train-batch", 4)?;
-    if steps == 0 {
+    let w = Workload {
+        threads: threads(args)?,
+        steps: number(args, "--steps", 3)?,
+        warmup: number(args, "--warmup", 1)?,
+        prompts: number(args, "--prompts", 4)?,
+        group: number(args, "--group", 4)?,
+        max_new: number(args, "--max-new", 64)?,
+        train_batch: number(args, "--train-batch", 4)?,
+    };
+    let precision_list = flag(args, "--precision").unwrap_or_else(|| "f32,bf16".to_string());
+    let precisions = Precision::parse(&precision_list)?;
+    if w.steps == 0 {
         bail!("--steps must be at least 1");
     }
     let (model, python) = inputs(args)?;
     cargo(&["build", "--release"], "building grpo-host and the shipped plugins (release)")?;
     let host = root.join("target").join("release").join("grpo-host");
 
+    let mut md = String::new();
+    md.push_str("## One GRPO step (`cargo xtask bench-step`)\n\n");
+    let mut versions = Value::Null;
+    let mut tables = String::new();
+    for &precision in &precisions {
+        let (ours, reference, v) = measure(root, &host, &model, &python, &w, precision)?;
+        versions = v;
+        let (o, r) = (means(&ours), means(&reference));
+        tables.push_str(&format!("### {}\n\n", precision.label()));
+        tables.push_str("| phase | grpo-host (s) | Python reference (s) | speed-up |\n|---|---:|---:|---:|\n");
+        for (i, phase) in PHASES.iter().enumerate() {
+            tables.push_str(&format!(
+                "| {} | {:.2} | {:.2} | {:.2}x |\n",
+                phase.trim_end_matches("_s"),
+                o[i],
+                r[i],
+                r[i] / o[i].max(1e-9)
+            ));
+        }
+        tables.push('\n');
+    }
+    let Workload { threads, steps, warmup, prompts, group, max_new, train_batch } = w;
+    md.push_str(&format!(
+        "Default model (SmolLM2-135M-Instruct), CPU ({cpu}), {threads} thread(s) on both sides. Workload: {prompts} \
+         single-digit additions x {group} rollouts x {max_new} new tokens (end-of-sequence ignored on both sides), full \
+         fine-tuning with a frozen reference, KL weight 0.01, micro-batches of {train_batch}, one epoch, AdamW. Mean \
+         of {steps} steps after {warmup} warm-up step(s), in seconds, each precision measured on both sides one after \
+         the other. grpo-host: release build, `grpo-host train --ignore-eos ...` (`timing/*` of metrics.jsonl); bf16 \
+         mixed precision is `--mixed-precision bf16` (bf16 working copies of the weights, f32 masters, gradients and \
+         AdamW state). Reference: `tests/oracles/bench_grpo_step.py`, re-grpo's loop (one `generate` call per prompt, \
+         separate old and reference forwards) on transformers {} / torch {}; its bf16 mixed precision is \
+         `torch.autocast(\"cpu\", dtype=torch.bfloat16)` around every forward over f32 weights, as accelerate's \
+         `--mixed_precision bf16` does. Rewards differ (the math environment's on our side, random on the Python \
+         side), which changes no work: both run every forward, backward and AdamW step.\n\n",
+        versions["transformers"].as_str().unwrap_or("?"),
+        versions["torch"].as_str().unwrap_or("?"),
+        cpu = cpu_name(),
+    ));
+    md.push_str(&tables);
+    md.push_str(&format!(
+        "Reproduce: `cargo xtask bench-step --threads {threads} --steps {steps} --warmup {warmup} --prompts {prompts} \
+         --group {group} --max-new {max_new} --train-batch {train_batch} --precision {precision_list}`\n"
+    ));
+    print!("{md}");
+    let path = root.join("docs").join("benchmarks-step.md");
+    std::fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
+/// One precision on both sides: the measured steps of ours, of the reference, and the reference's versions.
+fn measure(
+    root: &Path,
+    host: &Path,
+    model: &Path,
+    python: &Path,
+    w: &Workload,
+    precision: Precision,
+) -> Result<(Vec<Value>, Vec<Value>, Value)> {
+    let Workload { threads, steps, warmup, prompts, group, max_new, train_batch } = *w;
+    let (mixed, python_precision) = precision.flags();
     let s = |n: usize| n.to_string();
-    eprintln!("running the Python reference ({warmup} warm-up + {steps} steps)...");
-    let out = Command::new(&python)
+    eprintln!("{}: running the Python reference ({warmup} warm-up + {steps} steps)...", precision.label());
+    let out = Command::new(python)
         .current_dir(root)
         .arg("tests/oracles/bench_grpo_step.py")
-        .arg(&model)
+        .arg(model)
         .args(["--steps", &s(steps), "--warmup", &s(warmup), "--prompts", &s(prompts), "--group", &s(group)])
         .args(["--max-new", &s(max_new), "--train-batch", &s(train_batch), "--threads", &s(threads)])
-        .args(["--system", SYSTEM])
+        .args(["--precision", python_precision, "--system", SYSTEM])
         .output()
         .context("running tests/oracles/bench_grpo_step.py")?;
     if !out.status.success() {
@@ -64,7 +179,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let reference: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     let versions = reference.first().cloned().unwrap_or_default();
 
-    eprintln!("running grpo-host train ({warmup} warm-up + {steps} steps)...");
+    eprintln!("{}: running grpo-host train ({warmup} warm-up + {steps} steps)...", precision.label());
     let runs = tempfile::tempdir().context("creating a scratch runs directory")?;
     let env_config = serde_json::json!({
         "generator": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1, "ops": "+", "parentheses": 0.0},
@@ -80,6 +195,8 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         "cpu",
         "--dtype",
         "f32",
+        "--mixed-precision",
+        mixed,
         "--lora-rank",
         "0",
         "--kl-weight",
@@ -101,10 +218,10 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         "--checkpoint-interval",
         "1000000",
     ];
-    let status = Command::new(&host)
+    let status = Command::new(host)
         .args(command)
         .arg("--model")
-        .arg(&model)
+        .arg(model)
         .args(["--env-config", &env_config.to_string(), "--threads", &s(threads)])
         .args(["--rollouts-per-step", &s(prompts), "--group-size", &s(group), "--max-new-tokens", &s(max_new)])
         .args(["--train-batch-size", &s(train_batch), "--max-steps", &s(warmup + steps)])
@@ -143,39 +260,5 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         );
     }
 
-    let (o, r) = (means(&ours), means(&reference));
-    let mut md = String::new();
-    md.push_str("## One GRPO step (`cargo xtask bench-step`)\n\n");
-    md.push_str(&format!(
-        "Default model (SmolLM2-135M-Instruct), f32, CPU ({cpu}), {threads} thread(s) on both sides. Workload: {prompts} \
-         single-digit additions x {group} rollouts x {max_new} new tokens (end-of-sequence ignored on both sides), full \
-         fine-tuning with a frozen reference, KL weight 0.01, micro-batches of {train_batch}, one epoch, AdamW. Mean \
-         of {steps} steps after {warmup} warm-up step(s), in seconds. grpo-host: release build, `grpo-host train \
-         --ignore-eos ...` (`timing/*` of metrics.jsonl). Reference: `tests/oracles/bench_grpo_step.py`, re-grpo's \
-         loop (one `generate` call per prompt, separate old and reference forwards) on transformers {} / torch {}. \
-         Rewards differ (the math environment's on our side, random on the Python side), which changes no work: \
-         both run every forward, backward and AdamW step.\n\n",
-        versions["transformers"].as_str().unwrap_or("?"),
-        versions["torch"].as_str().unwrap_or("?"),
-        cpu = cpu_name(),
-    ));
-    md.push_str("| phase | grpo-host (s) | Python reference (s) | speed-up |\n|---|---:|---:|---:|\n");
-    for (i, phase) in PHASES.iter().enumerate() {
-        md.push_str(&format!(
-            "| {} | {:.2} | {:.2} | {:.2}x |\n",
-            phase.trim_end_matches("_s"),
-            o[i],
-            r[i],
-            r[i] / o[i].max(1e-9)
-        ));
-    }
-    md.push_str(&format!(
-        "\nReproduce: `cargo xtask bench-step --threads {threads} --steps {steps} --warmup {warmup} --prompts {prompts} \
-         --group {group} --max-new {max_new} --train-batch {train_batch}`\n"
-    ));
-    print!("{md}");
-    let path = root.join("docs").join("benchmarks-step.md");
-    std::fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
-    eprintln!("wrote {}", path.display());
-    Ok(())
+    Ok((ours, reference, versions))
 }
