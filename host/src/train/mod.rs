@@ -152,7 +152,12 @@ impl Trainer {
         let mut scaler = LossScaler::new(precision.mode);
         let state = match &paths.resume {
             Some(ckpt) => restore(ckpt, &mut policy, &mut optimizer, &mut scaler, config.seed)?,
-            None => TrainerState { seed: config.seed, ..Default::default() },
+            None => {
+                if let Some(weights) = policy.initial_master_weights()? {
+                    optimizer.load_master_weights(&weights)?;
+                }
+                TrainerState { seed: config.seed, ..Default::default() }
+            }
         };
         let total_steps = config.batch.max_steps * config.batch.updates_per_batch();
         let loggers = open_loggers(&config, &paths, &state, (&algo, &env, &policy), total_steps, history)?;

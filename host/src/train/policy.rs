@@ -70,6 +70,17 @@ impl Policy {
         Ok(Policy { model, sampler, tokenizer, reference, model_dir, precision })
     }
 
+    /// Under mixed precision with full fine-tuning, the model's weights as stored on disk in f32, loaded on the CPU,
+    /// for the optimizer's master weights to start from (their bf16 working copies are a rounding of them);
+    /// `None` otherwise (no masters, or LoRA, whose adapters start in the working dtype).
+    pub fn initial_master_weights(&self) -> Result<Option<BTreeMap<String, Tensor>>> {
+        if !self.precision.master_weights || self.model.lora_var_store().is_some() {
+            return Ok(None);
+        }
+        let full = Model::load(&self.model_dir, Device::Cpu, Kind::Float)?;
+        Ok(Some(full.var_store().variables().into_iter().collect()))
+    }
+
     /// The model rollouts sample from: the rollout-dtype copy, or the trained model itself.
     pub fn sampler(&self) -> &Model {
         self.sampler.as_deref().unwrap_or(&self.model)
