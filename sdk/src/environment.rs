@@ -35,4 +35,14 @@ pub trait Environment: Plugin {
 
     /// Read the model's turn (decoded text, special tokens removed) and answer it.
     fn step(&self, state: &mut Self::State, assistant_text: &str) -> Result<StepOutcome>;
+
+    /// A demonstration for `task`: the assistant turns an expert would write, in order, each exactly as the model
+    /// should produce it (the host replays them through [`reset`](Self::reset) and [`step`](Self::step), so tool
+    /// results and later user turns come from the environment itself). Used for supervised warm-up
+    /// (`grpo-host sft`, `--sft-warmup-steps`) before reinforcement learning. Played back, a demonstration should earn
+    /// the environment's maximum return. Default: `None` (no demonstrations).
+    fn demonstration(&self, task: &Task) -> Result<Option<Vec<String>>> {
+        let _ = task;
+        Ok(None)
+    }
 }

@@ -282,7 +282,13 @@ pub struct EnvironmentVTable {
         unsafe extern "C" fn(this: *const c_void, state: *mut c_void, text: FfiStr, out: StrSink, err: StrSink) -> u32,
     /// Drop an episode's state.
     pub drop_state: unsafe extern "C" fn(this: *const c_void, state: *mut c_void),
+    /// A demonstration for a JSON task: writes JSON `null` or an array of assistant turns (strings). Appended after
+    /// ABI 1.0: a library whose `plugin.size` is [`ENVIRONMENT_VTABLE_V1_0_SIZE`] has no such field.
+    pub demonstration: unsafe extern "C" fn(this: *const c_void, task: FfiStr, out: StrSink, err: StrSink) -> u32,
 }
+
+/// The size of an ABI 1.0 environment table, which ends after `drop_state`: every field a host may rely on.
+pub const ENVIRONMENT_VTABLE_V1_0_SIZE: usize = std::mem::offset_of!(EnvironmentVTable, demonstration);
 
 impl KindVTable for AlgorithmVTable {
     const KIND: u32 = KIND_ALGORITHM;
@@ -310,7 +316,11 @@ const _: () = {
     // ABI 1.0's batch: six words, then the settings; 1.1 appended the importance weights.
     assert!(FFI_POLICY_BATCH_V1_0_SIZE == 6 * word + size_of::<LossSettings>());
     assert!(offset_of!(EnvironmentVTable, tools) == 5 * word);
-    assert!(size_of::<EnvironmentVTable>() == 11 * word);
+    assert!(offset_of!(EnvironmentVTable, drop_state) == 10 * word);
+    assert!(ENVIRONMENT_VTABLE_V1_0_SIZE == 11 * word);
+    // Appended after 1.0: the demonstration call.
+    assert!(offset_of!(EnvironmentVTable, demonstration) == 11 * word);
+    assert!(size_of::<EnvironmentVTable>() == 12 * word);
 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -397,6 +407,7 @@ pub fn environment_entry<T: Environment>(version: &'static str) -> PluginEntry {
         reset: env_reset::<T>,
         step: env_step::<T>,
         drop_state: env_drop_state::<T>,
+        demonstration: env_demonstration::<T>,
     };
     entry::<T, _>(version, vtable)
 }
@@ -700,6 +711,19 @@ unsafe extern "C" fn env_drop_state<T: Environment>(_this: *const c_void, state:
     if !state.is_null() {
         let _ = catch(|| drop(Box::from_raw(state as *mut T::State)));
     }
+}
+
+unsafe extern "C" fn env_demonstration<T: Environment>(
+    this: *const c_void,
+    task: FfiStr,
+    out: StrSink,
+    err: StrSink,
+) -> u32 {
+    call_json::<T, _>(this, out, err, |p| {
+        let text = task.to_str().map_err(|e| Error::msg(format!("task is not UTF-8: {e}")))?;
+        let task: Task = serde_json::from_str(text).map_err(|e| Error::msg(format!("task is not valid JSON: {e}")))?;
+        p.demonstration(&task)
+    })
 }
 
 /// Decode a metric array written by a plugin (used by the host).

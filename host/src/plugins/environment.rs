@@ -40,6 +40,24 @@ impl PluginInstance<EnvironmentVTable> {
         self.call_json("task", |this, out, err| unsafe { task(this, split as u32, seed, index, out, err) })
     }
 
+    /// Whether the library's table has the `demonstration` call (SDKs after ABI 1.0; older libraries have none).
+    pub fn has_demonstrations(&self) -> bool {
+        self.vtable().plugin.size >= std::mem::size_of::<EnvironmentVTable>()
+    }
+
+    /// The environment's demonstration for `task` (the assistant turns an expert would write); `None` when it has
+    /// none, and always `None` for a library built before the call existed.
+    pub fn demonstration(&self, task: &Task) -> anyhow::Result<Option<Vec<String>>> {
+        if !self.has_demonstrations() {
+            return Ok(None);
+        }
+        let task_json = serde_json::to_string(task)?;
+        let demonstration = self.vtable().demonstration;
+        self.call_json("demonstration", |this, out, err| unsafe {
+            demonstration(this, FfiStr::new(&task_json), out, err)
+        })
+    }
+
     /// Open an episode for `task`: the episode and its opening messages.
     pub fn reset(&self, task: &Task) -> anyhow::Result<(Episode, Vec<Message>)> {
         let task_json = serde_json::to_string(task)?;

@@ -13,7 +13,8 @@ pub type EntryFn = unsafe extern "C" fn() -> *const PluginLibrary;
 #[derive(Clone)]
 pub(crate) struct LoadedPlugin {
     pub info: PluginInfo,
-    /// The function table of `info.kind`'s type, validated to be at least as long as this host's.
+    /// The function table of `info.kind`'s type, validated to hold at least ABI 1.0's fields; its `plugin.size` says
+    /// which appended ones it has.
     vtable: *const c_void,
 }
 
@@ -24,7 +25,8 @@ unsafe impl Sync for LoadedPlugin {}
 impl LoadedPlugin {
     /// The function table as the type `V` of its kind; `None` when the plugin is of another kind.
     pub fn vtable<V: KindVTable>(&self) -> Option<&'static V> {
-        // SAFETY: validation checked that a table of this kind is a `V` (its size is at least `V`'s).
+        // SAFETY: validation checked that a table of this kind is a `V` up to ABI 1.0's fields; fields appended since
+        // are read only after checking `plugin.size` (as the SDK reads the host's batch).
         (self.info.kind.abi() == V::KIND).then(|| unsafe { &*(self.vtable as *const V) })
     }
 }
@@ -132,7 +134,7 @@ pub(crate) unsafe fn validate(entry: EntryFn, path: &Path) -> anyhow::Result<Vec
     Ok(plugins)
 }
 
-/// Version 1.0 of the ABI defines every field the host calls; a shorter table means a broken library.
+/// Version 1.0 of the ABI defines every field the host needs; a shorter table means a broken library.
 fn check_size(size: usize, needed: usize, name: &str, path: &Path) -> anyhow::Result<()> {
     if size < needed {
         Err(user_error!(

@@ -37,7 +37,7 @@ pub use handle::PluginInstance;
 pub use library::EntryFn;
 pub use registry::Registry;
 
-use grpo_sdk::ffi::{self, AlgorithmVTable, EnvironmentVTable};
+use grpo_sdk::ffi::{self, AlgorithmVTable};
 use std::fmt;
 use std::path::PathBuf;
 
@@ -68,11 +68,12 @@ impl PluginKind {
         }
     }
 
-    /// The size of this kind's function table as this host knows it; a library's table must be at least as long.
+    /// The smallest function table of this kind the host accepts: ABI 1.0's, whose fields every call relies on.
+    /// Fields appended since (an environment's `demonstration`) are called only when the library's table has them.
     fn vtable_size(self) -> usize {
         match self {
             PluginKind::Algorithm => std::mem::size_of::<AlgorithmVTable>(),
-            PluginKind::Environment => std::mem::size_of::<EnvironmentVTable>(),
+            PluginKind::Environment => ffi::ENVIRONMENT_VTABLE_V1_0_SIZE,
         }
     }
 }
