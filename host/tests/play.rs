@@ -129,3 +129,56 @@ fn user_mistakes_are_one_line_and_exit_2() {
     let out = play(&["--env", "calc_tools", "--answer", "3", "--reply", "x"]);
     assert_eq!(out.status.code(), Some(2), "--answer needs --question");
 }
+
+/// Play the environment's own demonstration of task `task` and return the JSON result.
+fn play_demonstration(env: &str, extra: &[&str], task: &str) -> serde_json::Value {
+    let mut args = vec!["--env", env, "--task", task, "--demonstration"];
+    args.extend(extra);
+    play_json(&args)
+}
+
+#[test]
+fn the_calculator_demonstration_earns_the_best_return() {
+    for (extra, task) in
+        [(&[][..], "0"), (&[][..], "17"), (&["--env-config", "{\"tool_format\": \"hermes\"}"][..], "3")]
+    {
+        let v = play_demonstration("calc_tools", extra, task);
+        assert_eq!(v["total_reward"], 2.0, "{v}");
+        assert_eq!((v["done"].as_bool(), v["unused_replies"].as_u64()), (Some(true), Some(0)), "{v}");
+        assert_eq!(v["steps"].as_array().unwrap().len(), 2, "{v}");
+    }
+    let v = play_demonstration("calc_tools", &[], "0");
+    let call = v["steps"][0]["reply"].as_str().unwrap();
+    assert!(call.starts_with("<tool:calc>") && call.ends_with("</tool>"), "{call}");
+    assert_eq!(v["steps"][1]["reply"], format!("<answer>{}</answer>", v["task"]["answer"].as_str().unwrap()));
+}
+
+#[test]
+fn the_math_demonstration_earns_the_best_return() {
+    for task in ["0", "5"] {
+        let v = play_demonstration("math", &[], task);
+        assert_eq!(v["total_reward"], 1.0, "{v}");
+        assert_eq!(v["done"], true);
+    }
+}
+
+#[test]
+fn the_search_demonstration_earns_the_best_return() {
+    for (extra, task) in [(&[][..], "0"), (&["--env-config", "{\"tool_format\": \"hermes\"}"][..], "1")] {
+        let v = play_demonstration("multiturn_qa", extra, task);
+        assert_eq!(v["total_reward"], 2.0, "{v}");
+        let results = v["steps"][0]["messages"][0]["content"].as_str().unwrap();
+        assert!(results.contains(v["task"]["answer"].as_str().unwrap()), "{results}");
+    }
+}
+
+#[test]
+fn a_demonstration_and_replies_do_not_mix() {
+    let out = play(&["--env", "math", "--demonstration", "--reply", "x"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let out =
+        play(&["--env", "calc_tools", "--question", "What is 2 to the 10th?", "--answer", "1024", "--demonstration"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("calc_tools has no demonstration for task cli") && err.lines().count() == 1, "{err}");
+}

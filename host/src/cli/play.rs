@@ -43,8 +43,12 @@ pub struct PlayArgs {
     pub answer: Option<String>,
 
     /// An assistant turn, in order; repeat for each turn. Replies left when the episode ends are not used.
-    #[arg(long = "reply", value_name = "TEXT", required = true)]
+    #[arg(long = "reply", value_name = "TEXT", required_unless_present = "demonstration")]
     pub replies: Vec<String>,
+
+    /// Play the environment's own demonstration for the task instead of --reply turns.
+    #[arg(long, conflicts_with = "replies")]
+    pub demonstration: bool,
 
     /// Print one JSON object instead of text.
     #[arg(long)]
@@ -125,6 +129,17 @@ pub fn run(args: PlayArgs) -> anyhow::Result<i32> {
             env.task(split, args.seed, index)?
         }
     };
+    let replies = if args.demonstration {
+        env.demonstration(&task)?.ok_or_else(|| {
+            user_error!(
+                "--demonstration: {} has no demonstration for task {}; pass --reply turns instead",
+                args.env,
+                task.id
+            )
+        })?
+    } else {
+        args.replies
+    };
     let (mut episode, opening) = env.reset(&task)?;
     let mut transcript: Vec<Message> = opening.clone();
     let mut steps = Vec::new();
@@ -138,7 +153,7 @@ pub fn run(args: PlayArgs) -> anyhow::Result<i32> {
         }
         opening.iter().for_each(print_message);
     }
-    for reply in &args.replies {
+    for reply in &replies {
         used += 1;
         let outcome: StepOutcome = episode.step(reply)?;
         let assistant = Message::assistant(reply.clone());
@@ -166,7 +181,7 @@ pub fn run(args: PlayArgs) -> anyhow::Result<i32> {
         }
     }
     let total: f64 = totals.values().sum();
-    let unused = args.replies.len() - used;
+    let unused = replies.len() - used;
     let metrics = env.metrics()?;
     if args.json {
         let out = json!({

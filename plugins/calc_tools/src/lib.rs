@@ -252,6 +252,22 @@ impl Environment for CalcTools {
             )
         }))
     }
+
+    /// Call the calculator with the question's expression, then answer with its result: the best return of the
+    /// reward table. `None` when the question holds no expression whose value is the reference answer.
+    fn demonstration(&self, task: &Task) -> Result<Option<Vec<String>>> {
+        let Some(expression) = tasks::expression_in(&task.question) else {
+            return Ok(None);
+        };
+        let Ok(result) = calc::run_tool(expression) else {
+            return Ok(None);
+        };
+        if !self.is_correct(&result, &task.answer) {
+            return Ok(None);
+        }
+        let call = protocol::write_call(self.config.tool_format, TOOL_NAME, "expression", expression);
+        Ok(Some(vec![call, protocol::write_answer(&result)]))
+    }
 }
 
 grpo_sdk::export_plugins!(environment CalcTools);

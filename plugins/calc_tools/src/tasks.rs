@@ -79,6 +79,28 @@ pub fn generate(shape: &Shape, seed: u64, stream: u64, index: u64) -> Task {
     }
 }
 
+/// The arithmetic expression in a question (`What is (3 + 4) * 2?` gives `(3 + 4) * 2`): the longest run of
+/// digits, operators, parentheses, dots and spaces that holds a digit and an operator, trimmed, without a
+/// sentence's final dot. `None` when the question has no such run (`What is 2 to the 10th?`).
+pub fn expression_in(question: &str) -> Option<&str> {
+    let allowed = |c: char| c.is_ascii_digit() || " +-*/%().".contains(c);
+    let mut best: Option<&str> = None;
+    let mut rest = question;
+    while let Some(start) = rest.find(allowed) {
+        let run = &rest[start..];
+        let len = run.find(|c: char| !allowed(c)).unwrap_or(run.len());
+        let candidate = run[..len].trim().trim_end_matches('.').trim();
+        let has_digit = candidate.contains(|c: char| c.is_ascii_digit());
+        // An operator after the first character: a lone negative number is not an expression to calculate.
+        let has_op = candidate.char_indices().any(|(i, c)| i > 0 && "+-*/%".contains(c));
+        if has_digit && has_op && best.is_none_or(|b| candidate.len() > b.len()) {
+            best = Some(candidate);
+        }
+        rest = &run[len..];
+    }
+    best
+}
+
 /// True with probability `p`; `<=` rather than `<`, as the generator has always drawn, so tasks stay the same.
 fn chance(rng: &mut SplitMix64, p: f64) -> bool {
     rng.unit() <= p

@@ -198,3 +198,43 @@ fn metrics_report_group_rates() {
     assert_eq!(m["calc_tools/tool_failures_per_episode"], 0.25);
     assert!(e.metrics().is_empty(), "counters restart after each report");
 }
+
+/// Play `task`'s demonstration; returns the total reward and whether the episode ended.
+fn play_demonstration(env: &CalcTools, task: &Task) -> (f64, bool) {
+    let turns = env.demonstration(task).unwrap().unwrap_or_else(|| panic!("no demonstration for {task:?}"));
+    let (mut state, _) = env.reset(task).unwrap();
+    let (mut total, mut done) = (0.0, false);
+    for turn in &turns {
+        assert!(!done, "turns left after the end: {turns:?}");
+        let out = env.step(&mut state, turn).unwrap();
+        total += out.total_reward();
+        done = out.done;
+    }
+    (total, done)
+}
+
+#[test]
+fn demonstrations_earn_the_best_return_in_both_formats() {
+    for config in [json!({}), json!({"tool_format": "hermes"}), json!({"max_turns": 3, "compare": "exact"})] {
+        let e = env(config.clone());
+        let best = e.settings().rewards.best_total();
+        for index in 0..200 {
+            let task = e.task(Split::Train, 7, index).unwrap();
+            let (total, done) = play_demonstration(&e, &task);
+            assert!(done && close(total, best), "{config} {task:?}: {total}");
+        }
+    }
+    let e = env(serde_json::Value::Null);
+    let task = Task::new("t", "Calculate (12 + 7) * 3.", "57");
+    assert_eq!(e.demonstration(&task).unwrap().unwrap(), vec!["<tool:calc>(12 + 7) * 3</tool>", "<answer>57</answer>"]);
+}
+
+#[test]
+fn no_demonstration_without_an_expression_worth_the_answer() {
+    let e = env(serde_json::Value::Null);
+    assert_eq!(e.demonstration(&Task::new("t", "What is 2 to the 10th?", "1024")).unwrap(), None);
+    assert_eq!(e.demonstration(&Task::new("t", "What is 2 + 2?", "5")).unwrap(), None);
+    assert_eq!(grpo_calc_tools::tasks::expression_in("Evaluate -3 * 4 = ?"), Some("-3 * 4"));
+    assert_eq!(grpo_calc_tools::tasks::expression_in("What is 1.5 + 2?"), Some("1.5 + 2"));
+    assert_eq!(grpo_calc_tools::tasks::expression_in("Year 2024 was -7"), None);
+}

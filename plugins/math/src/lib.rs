@@ -371,6 +371,15 @@ impl Environment for MathEnv {
         }
         Ok(StepOutcome::finished(vec![Reward::new("answer", value)]))
     }
+
+    /// The reference answer alone in the tags, `<answer>ANSWER</answer>`: reward 1.0. No reasoning is written, so a
+    /// small model warmed up on it learns the format without copying made-up steps.
+    fn demonstration(&self, task: &Task) -> Result<Option<Vec<String>>> {
+        if task.answer.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(vec![format!("<answer>{}</answer>", task.answer)]))
+    }
 }
 
 grpo_sdk::export_plugins!(environment MathEnv);

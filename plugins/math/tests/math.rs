@@ -123,3 +123,20 @@ fn the_last_number_fallback_scores_untagged_replies_only() {
     assert_eq!(score("<answer>9</answer> 8", "8", false, true), (0.01, true));
     assert_eq!(score("<answer>8</answer>", "8", false, true), (1.0, true));
 }
+
+#[test]
+fn demonstrations_earn_the_best_reward() {
+    for config in [json!({}), json!({"numeric": true, "last_number_fallback": true})] {
+        let env = MathEnv::new(config).unwrap();
+        for index in 0..100 {
+            let task = env.task(Split::Train, 3, index).unwrap();
+            let turns = env.demonstration(&task).unwrap().unwrap();
+            assert_eq!(turns, vec![format!("<answer>{}</answer>", task.answer)]);
+            let (mut episode, _) = env.reset(&task).unwrap();
+            let out = env.step(&mut episode, &turns[0]).unwrap();
+            assert!(out.done && out.total_reward() == 1.0, "{task:?}");
+        }
+    }
+    let env = MathEnv::new(json!({})).unwrap();
+    assert_eq!(env.demonstration(&grpo_sdk::Task::new("t", "?", "")).unwrap(), None);
+}

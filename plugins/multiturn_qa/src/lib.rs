@@ -452,6 +452,25 @@ impl Environment for MultiturnQa {
             )
         }))
     }
+
+    /// Search with the question, then answer with the reference, which the gold chunk holds: the best return of the
+    /// reward table. `None` when the task names its gold chunk and the search does not bring it back (a
+    /// demonstration must not teach answering from passages the model was not shown), or when the search fails.
+    fn demonstration(&self, task: &Task) -> Result<Option<Vec<String>>> {
+        if task.answer.trim().is_empty() {
+            return Ok(None);
+        }
+        let query = task.question.trim();
+        let Ok(hits) = self.search(query) else {
+            return Ok(None);
+        };
+        let gold = task.meta.get("source_chunk").and_then(|v| v.as_u64()).map(|v| v as usize);
+        if gold.is_some_and(|g| !hits.iter().any(|h| h.chunk == g)) {
+            return Ok(None);
+        }
+        let call = protocol::write_call(self.config.tool_format, SEARCH_TOOL, "query", query);
+        Ok(Some(vec![call, protocol::write_answer(&task.answer)]))
+    }
 }
 
 grpo_sdk::export_plugins!(environment MultiturnQa);

@@ -191,3 +191,29 @@ fn bad_replies_never_break_an_episode() {
     }
     assert!(replies >= 10_000);
 }
+
+#[test]
+fn demonstrations_search_then_answer_for_the_best_return() {
+    for config in [json!({}), json!({"tool_format": "hermes"})] {
+        let env = MultiturnQa::new(config.clone()).unwrap();
+        let best = grpo_toolcall::protocol::RewardTable::default().best_total();
+        let (mut shown, n) = (0, env.task_count(Split::Train).unwrap());
+        for index in 0..n {
+            let task = env.task(Split::Train, 0, index).unwrap();
+            let Some(turns) = env.demonstration(&task).unwrap() else { continue };
+            shown += 1;
+            assert_eq!(turns.len(), 2, "{turns:?}");
+            assert!(turns[1] == format!("<answer>{}</answer>", task.answer.trim()), "{turns:?}");
+            let (mut state, _) = env.reset(&task).unwrap();
+            let first = env.step(&mut state, &turns[0]).unwrap();
+            // The passages shown hold the answer: the gold chunk came back.
+            let shown_text: String = first.messages.iter().map(|m| m.content.as_str()).collect();
+            assert!(shown_text.contains(task.answer.trim()), "{config} {task:?}");
+            let second = env.step(&mut state, &turns[1]).unwrap();
+            let total = first.total_reward() + second.total_reward();
+            assert!(second.done && (total - best).abs() < 1e-9, "{config} {task:?}: {total}");
+        }
+        // Most built-in questions find their chunk by the question's own words.
+        assert!(shown * 4 >= n * 3, "{config}: {shown} of {n}");
+    }
+}

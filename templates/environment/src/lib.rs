@@ -195,6 +195,13 @@ impl Environment for ReverseWord {
         );
         Ok(StepOutcome::continues(vec![retry], rewards))
     }
+
+    /// What an expert writes: the right answer on the first attempt, the best reward. `grpo-host sft --env` and
+    /// `--sft-warmup-steps` train on these before reinforcement learning. Without this method an environment has
+    /// no demonstrations (the SDK's default returns `None`).
+    fn demonstration(&self, task: &Task) -> Result<Option<Vec<String>>> {
+        Ok(Some(vec![format!("<answer>{}</answer>", task.answer)]))
+    }
 }
 
 // The one line that makes this library a grpo-rs plugin: it exports the entry symbol grpo-host looks for.
@@ -283,6 +290,19 @@ mod tests {
         assert!(outcome.done);
         assert_eq!(outcome.total_reward(), 0.0);
         assert_eq!(env.metrics()[0].as_number(), Some(0.0));
+    }
+
+    #[test]
+    fn the_demonstration_earns_the_best_reward() {
+        let env = env(serde_json::Value::Null);
+        for index in 0..env.task_count(Split::Train).unwrap() {
+            let task = env.task(Split::Train, 0, index).unwrap();
+            let turns = env.demonstration(&task).unwrap().unwrap();
+            let (mut episode, _) = env.reset(&task).unwrap();
+            let outcome = env.step(&mut episode, &turns[0]).unwrap();
+            assert!(outcome.done);
+            assert!((outcome.total_reward() - 1.1).abs() < 1e-12);
+        }
     }
 
     #[test]

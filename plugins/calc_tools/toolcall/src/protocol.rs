@@ -118,6 +118,29 @@ pub fn find_call(text: &str, format: ToolFormat, arg_key: &str) -> CallParse {
     }
 }
 
+/// Write a call of `tool` with `input` in `format`, as a demonstration's tool turn: `<tool:NAME>INPUT</tool>`, or a
+/// Hermes `<tool_call>` whose argument `arg_key` holds `input`. [`find_call`] reads it back as this call.
+pub fn write_call(format: ToolFormat, tool: &str, arg_key: &str, input: &str) -> String {
+    match format {
+        ToolFormat::Native => format!("<tool:{tool}>{input}</tool>"),
+        ToolFormat::Hermes => {
+            // Written by hand so the keys come in the order Hermes-style templates show them (name first).
+            let text = |s: &str| serde_json::Value::from(s).to_string();
+            format!(
+                "<tool_call>{{\"name\": {}, \"arguments\": {{{}: {}}}}}</tool_call>",
+                text(tool),
+                text(arg_key),
+                text(input)
+            )
+        }
+    }
+}
+
+/// Write a final answer as [`parse_answer`] reads it: `<answer>ANSWER</answer>`.
+pub fn write_answer(answer: &str) -> String {
+    format!("<answer>{}</answer>", answer.trim())
+}
+
 /// The answer in a reply that consists of exactly one `<answer>...</answer>`, surrounded by nothing but whitespace,
 /// as re-grpo's `^\s*<answer>(.*?)</answer>\s*$` (DOTALL): the content runs from the first opening tag to the last
 /// closing tag and is trimmed. Text before or after the tags is a format error.
@@ -167,6 +190,13 @@ impl Default for RewardTable {
             answer_correct: 1.0,
             answer_wrong: -0.5,
         }
+    }
+}
+
+impl RewardTable {
+    /// The best return an episode can earn: a tool call that runs, then a well-formed correct answer.
+    pub fn best_total(&self) -> f64 {
+        self.tool_call_format_ok + self.tool_execution_ok + self.answer_format_ok + self.answer_correct
     }
 }
 
@@ -410,6 +440,21 @@ pub fn parse_number(text: &str) -> Option<crate::calc::Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn written_calls_and_answers_read_back() {
+        for format in [ToolFormat::Native, ToolFormat::Hermes] {
+            let call = write_call(format, "calc", "expression", "(12 + 7) * \"3\"");
+            let want = ToolCall { name: "calc".into(), input: "(12 + 7) * \"3\"".into() };
+            assert_eq!(find_call(&call, format, "expression"), CallParse::Call(want), "{call}");
+        }
+        assert_eq!(
+            write_call(ToolFormat::Hermes, "search", "query", "x"),
+            r#"<tool_call>{"name": "search", "arguments": {"query": "x"}}</tool_call>"#
+        );
+        assert_eq!(parse_answer(&write_answer(" 42 ")), Some("42"));
+        assert_eq!(RewardTable::default().best_total(), 2.0);
+    }
 
     #[test]
     fn native_call_follows_the_regex() {
