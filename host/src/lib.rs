@@ -14,6 +14,7 @@ pub mod paths;
 pub mod plugins;
 pub mod rollout;
 pub mod runtime;
+pub mod sft;
 pub mod tokenizer;
 pub mod train;
 

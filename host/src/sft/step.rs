@@ -1,0 +1,101 @@
+//! One supervised optimizer step with the host's optimizer and precision: micro-batches, f32 gradient
+//! accumulation, fp16 loss scaling, gradient clipping and AdamW, as the RL updates (`crate::train::update`) take them.
+
+use anyhow::Result;
+use grpo_sdk::MetricValue;
+
+use super::loss::{sft_loss, SftBatch};
+use super::render::Rendered;
+use crate::model::Model;
+use crate::train::optimizer::AdamW;
+use crate::train::precision::LossScaler;
+
+/// What one step works with.
+pub struct SftStep<'a> {
+    /// The trained model.
+    pub model: &'a Model,
+    /// Its optimizer.
+    pub optimizer: &'a mut AdamW,
+    /// fp16's dynamic loss scale (disabled in other precisions).
+    pub scaler: &'a mut LossScaler,
+    /// Conversations per forward/backward.
+    pub micro_batch: usize,
+    /// Global gradient-norm clip (0 disables).
+    pub max_norm: f64,
+}
+
+/// One supervised step as it happened.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SftRecord {
+    /// Mean token cross-entropy over the step's assistant tokens.
+    pub loss: f64,
+    /// Assistant tokens the loss covered.
+    pub tokens: i64,
+    /// Share of them the model's most likely next token got right (before the update).
+    pub accuracy: f64,
+    /// Gradient norm before clipping.
+    pub grad_norm: f64,
+    /// The learning rate applied.
+    pub learning_rate: f64,
+}
+
+impl SftRecord {
+    /// The `sft/*` metrics of this step.
+    pub fn metrics(&self) -> Vec<(String, MetricValue)> {
+        [
+            ("sft/loss", self.loss),
+            ("sft/tokens", self.tokens as f64),
+            ("sft/accuracy", self.accuracy),
+            ("sft/grad_norm", self.grad_norm),
+            ("sft/learning_rate", self.learning_rate),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), MetricValue::Number(v)))
+        .collect()
+    }
+}
+
+impl SftStep<'_> {
+    /// One optimizer step over `rows` at learning rate `lr`: the gradient of the mean cross-entropy over all their
+    /// assistant tokens (micro-batches weighted by their token counts, so the split does not change the result).
+    /// `None` when the loss or the gradient was not finite (no update; fp16 lowers its scale).
+    pub fn run(&mut self, rows: &[Rendered], lr: f64) -> Result<Option<SftRecord>> {
+        let total: usize = rows.iter().map(Rendered::assistant_tokens).sum();
+        if total == 0 {
+            anyhow::bail!("internal: a supervised step without assistant tokens");
+        }
+        self.model.set_training(true);
+        let result = self.accumulate(rows, total);
+        self.model.set_training(false);
+        let (loss_sum, correct) = result?;
+        let loss = loss_sum / total as f64;
+        if !loss.is_finite() {
+            self.optimizer.zero_grad();
+            return Ok(None);
+        }
+        let grad_norm = self.optimizer.clip_grad_norm(self.max_norm);
+        if !self.scaler.update(!grad_norm.is_finite()) {
+            self.optimizer.zero_grad();
+            return Ok(None);
+        }
+        self.optimizer.step(lr);
+        let tokens = total as i64;
+        Ok(Some(SftRecord { loss, tokens, accuracy: correct as f64 / tokens as f64, grad_norm, learning_rate: lr }))
+    }
+
+    /// Forward and backward over the micro-batches; returns the summed loss and the correct predictions.
+    fn accumulate(&mut self, rows: &[Rendered], total: usize) -> Result<(f64, i64)> {
+        self.optimizer.zero_grad();
+        let (mut loss_sum, mut correct) = (0.0, 0);
+        let device = self.model.device();
+        for chunk in rows.chunks(self.micro_batch.max(1)) {
+            let refs: Vec<&Rendered> = chunk.iter().collect();
+            let out = sft_loss(self.model, &SftBatch::new(&refs, device));
+            loss_sum += out.sum.double_value(&[]);
+            correct += out.correct;
+            self.scaler.scale_loss(&(out.sum / total as f64)).backward();
+            self.optimizer.accumulate_grads(self.scaler.unscale_factor());
+        }
+        Ok((loss_sum, correct))
+    }
+}

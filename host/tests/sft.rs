@@ -1,0 +1,112 @@
+//! Supervised fine-tuning against the oracle (tests/oracles/sft_mask_loss.py, fixture tests/fixtures/sft/): the
+//! token stream and assistant mask of each conversation, the loss and accuracy alone and in a padded batch, and a
+//! few steps of training that lower the loss.
+
+use std::path::{Path, PathBuf};
+
+use grpo_host::model::Model;
+use grpo_host::sft::loss::{sft_loss, SftBatch};
+use grpo_host::sft::{Renderer, SftStep};
+use grpo_host::tokenizer::Tokenizer;
+use grpo_host::train::optimizer::{AdamW, AdamWConfig};
+use grpo_host::train::precision::LossScaler;
+use grpo_sdk::tch::{Device, Kind};
+use grpo_sdk::Message;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn fixture() -> serde_json::Value {
+    let text = std::fs::read_to_string(root().join("tests/fixtures/sft/tiny_llama.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn tiny() -> (Model, Tokenizer) {
+    let dir = root().join("tests/fixtures/model/tiny/llama");
+    (Model::load(&dir, Device::Cpu, Kind::Float).unwrap(), Tokenizer::from_dir(&dir).unwrap())
+}
+
+fn messages(case: &serde_json::Value) -> Vec<Message> {
+    serde_json::from_value(case["messages"].clone()).unwrap()
+}
+
+#[test]
+fn streams_and_masks_match_the_oracle() {
+    let (_, tokenizer) = tiny();
+    let renderer = Renderer::new(&tokenizer, None).unwrap();
+    for case in fixture()["cases"].as_array().unwrap() {
+        let r = renderer.render(&messages(case)).unwrap();
+        let tokens: Vec<u32> = serde_json::from_value(case["tokens"].clone()).unwrap();
+        let mask: Vec<bool> = serde_json::from_value(case["assistant"].clone()).unwrap();
+        assert_eq!(r.tokens, tokens, "{}", case["messages"]);
+        assert_eq!(r.assistant, mask, "{}", case["messages"]);
+        // The loss covers the assistant's text and each turn's end-of-turn token, nothing else.
+        let picked: Vec<u32> = r.tokens.iter().zip(&r.assistant).filter(|(_, a)| **a).map(|(t, _)| *t).collect();
+        assert_eq!(tokenizer.decode(&picked, false).unwrap(), case["assistant_text"].as_str().unwrap());
+        assert_eq!(picked.last(), Some(&renderer.end_of_turn()));
+    }
+}
+
+#[test]
+fn loss_and_accuracy_match_the_oracle_alone_and_padded() {
+    let (model, tokenizer) = tiny();
+    let renderer = Renderer::new(&tokenizer, None).unwrap();
+    let fx = fixture();
+    let cases = fx["cases"].as_array().unwrap();
+    let rendered: Vec<_> = cases.iter().map(|c| renderer.render(&messages(c)).unwrap()).collect();
+    for (case, r) in cases.iter().zip(&rendered) {
+        let out = sft_loss(&model, &SftBatch::new(&[r], Device::Cpu));
+        let loss = out.sum.double_value(&[]) / out.tokens as f64;
+        assert_eq!(out.tokens, case["assistant_tokens"].as_i64().unwrap());
+        assert!((loss - case["loss"].as_f64().unwrap()).abs() < 1e-5, "{loss} vs {}", case["loss"]);
+        assert!((out.correct as f64 / out.tokens as f64 - case["accuracy"].as_f64().unwrap()).abs() < 1e-12);
+    }
+    let refs: Vec<_> = rendered.iter().collect();
+    let out = sft_loss(&model, &SftBatch::new(&refs, Device::Cpu));
+    let batch = &fx["batch"];
+    assert_eq!(out.tokens, batch["assistant_tokens"].as_i64().unwrap());
+    let loss = out.sum.double_value(&[]) / out.tokens as f64;
+    assert!((loss - batch["loss"].as_f64().unwrap()).abs() < 1e-5, "{loss} vs {}", batch["loss"]);
+}
+
+#[test]
+fn rendering_refuses_conversations_without_something_to_learn() {
+    let (_, tokenizer) = tiny();
+    let renderer = Renderer::new(&tokenizer, None).unwrap();
+    let err = renderer.render(&[Message::user("hi")]).unwrap_err().to_string();
+    assert!(err.contains("no assistant message"), "{err}");
+    let err = renderer.render(&[Message::assistant("hi")]).unwrap_err().to_string();
+    assert!(err.contains("starts with an assistant message"), "{err}");
+}
+
+#[test]
+fn steps_lower_the_loss_and_micro_batches_do_not_change_the_step() {
+    let fx = fixture();
+    let run = |micro: usize| {
+        let (model, tokenizer) = tiny();
+        let renderer = Renderer::new(&tokenizer, None).unwrap();
+        let rows: Vec<_> =
+            fx["cases"].as_array().unwrap().iter().map(|c| renderer.render(&messages(c)).unwrap()).collect();
+        let params: Vec<_> = model.var_store().variables().into_iter().collect();
+        let config = AdamWConfig { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+        let mut optimizer = AdamW::without_master_weights(params, config);
+        let mut scaler = LossScaler::disabled();
+        let mut step = SftStep {
+            model: &model,
+            optimizer: &mut optimizer,
+            scaler: &mut scaler,
+            micro_batch: micro,
+            max_norm: 1.0,
+        };
+        (0..5).map(|_| step.run(&rows, 1e-2).unwrap().unwrap()).collect::<Vec<_>>()
+    };
+    let whole = run(3);
+    assert!((whole[0].loss - fx["batch"]["loss"].as_f64().unwrap()).abs() < 1e-5);
+    assert!(whole[4].loss < whole[0].loss - 0.5, "{whole:?}");
+    let split = run(1);
+    for (a, b) in whole.iter().zip(&split) {
+        assert!((a.loss - b.loss).abs() < 1e-4, "{a:?} vs {b:?}");
+        assert_eq!(a.tokens, b.tokens);
+    }
+}
