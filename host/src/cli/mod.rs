@@ -8,6 +8,7 @@ pub mod generate;
 pub mod play;
 pub mod plugins;
 pub mod report;
+pub mod sft;
 pub mod train;
 
 use clap::{Parser, Subcommand};
@@ -47,6 +48,8 @@ pub enum Command {
     Play(play::PlayArgs),
     /// Generate question-answer pairs for multiturn_qa from a corpus with a model (resumable).
     GenQa(gen_qa::GenQaArgs),
+    /// Supervised fine-tuning on chat conversations (TRL JSONL) or an environment's demonstrations.
+    Sft(Box<sft::SftArgs>),
     /// Plot a run's returns, loss, KL, grad norm and completion length from its metrics.jsonl, and summarise it.
     Report(report::ReportArgs),
 }
@@ -71,5 +74,6 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Some(Command::Play(args)) => play::run(args),
         Some(Command::Report(args)) => report::run(&args),
         Some(Command::GenQa(args)) => gen_qa::run(args),
+        Some(Command::Sft(args)) => sft::run(*args),
     }
 }

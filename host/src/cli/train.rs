@@ -42,6 +42,9 @@ pub struct TrainArgs {
     /// The model, device, dtype and threads.
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Supervised warm-up on the environment's demonstrations (`--sft-warmup-steps`, `--sft-batch-size`, `--sft-lr`).
+    #[command(flatten)]
+    pub sft: super::sft::WarmupArgs,
     /// auto, no, bf16 or fp16: compute forward and backward in bf16/fp16 with f32 master weights, gradients and
     /// AdamW state (fp16 with dynamic loss scaling). auto: bf16 on CUDA, the measured default on the CPU (no).
     #[arg(long, default_value = "auto")]
@@ -281,6 +284,7 @@ impl TrainArgs {
                 log_dir: self.logging.log_dir,
                 completions_interval: self.log_completions_interval,
             },
+            sft: self.sft.into_settings()?,
         })
     }
 

@@ -15,6 +15,7 @@ pub mod data;
 pub mod loss;
 pub mod render;
 pub mod step;
+pub mod warmup;
 
 pub use data::{Conversation, Demonstrations};
 pub use render::{Rendered, Renderer};

@@ -41,7 +41,7 @@ pub struct SftRecord {
 
 impl SftRecord {
     /// The `sft/*` metrics of this step.
-    pub fn metrics(&self) -> Vec<(String, MetricValue)> {
+    pub fn metrics(&self) -> crate::logging::Metrics {
         [
             ("sft/loss", self.loss),
             ("sft/tokens", self.tokens as f64),

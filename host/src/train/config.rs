@@ -32,6 +32,9 @@ pub struct RunConfig {
     pub checkpoints: CheckpointSettings,
     /// W&B, TensorBoard and completion tables.
     pub logging: LogSettings,
+    /// Supervised warm-up on the environment's demonstrations before the first batch (`--sft-warmup-steps`).
+    #[serde(default)]
+    pub sft: crate::sft::warmup::WarmupSettings,
 }
 
 /// Which plugins, with which options.
@@ -267,6 +270,7 @@ impl RunConfig {
             ("--recompute-old-logprobs", json!(l.recompute_old_logprobs)),
             ("--tis-cap", json!(l.tis_cap)),
             ("--seed", json!(self.seed)),
+            ("--sft-warmup-steps/--sft-batch-size/--sft-lr", json!(self.sft)),
         ]
     }
 

@@ -186,6 +186,7 @@ impl Trainer {
         if self.state.batch >= max_steps && self.state.global_step > 0 {
             return Ok(Outcome::AlreadyComplete);
         }
+        self.sft_warm_up()?;
         while self.state.batch < max_steps {
             self.batch()?;
             // The last batch's row (and a stopped run's) stays open for `finish`, which adds the final metrics.
@@ -204,6 +205,48 @@ impl Trainer {
             self.loggers.commit();
         }
         Ok(if self.stop.requested() && self.state.batch < max_steps { Outcome::Stopped } else { Outcome::Completed })
+    }
+
+    /// `--sft-warmup-steps`: supervised steps on the environment's demonstrations before the first batch
+    /// (`crate::sft::warmup`), on the optimizer-step axis under `sft/*`, then a checkpoint; a run resumed past them
+    /// skips them, and one stopped during them starts them again (no checkpoint is taken mid-warm-up).
+    fn sft_warm_up(&mut self) -> Result<()> {
+        let steps = self.config.sft.steps;
+        if steps == 0 || self.state.batch > 0 || self.state.global_step >= steps {
+            return Ok(());
+        }
+        self.mid_batch = true;
+        let warmup = crate::sft::warmup::Warmup {
+            settings: &self.config.sft,
+            policy: &self.policy,
+            env: &self.env,
+            adamw: adamw_config(&self.config.optimizer),
+            micro_batch: self.config.batch.train_batch_size,
+            max_norm: self.config.optimizer.max_norm,
+            seed: self.config.seed,
+        };
+        let (loggers, state) = (&mut self.loggers, &mut self.state);
+        let masters = warmup.run(&mut |index, record, seconds| {
+            loggers.println(&format!(
+                "sft warm-up {}/{steps}: loss {:.4} accuracy {:.3} ({seconds:.1}s)",
+                index + 1,
+                record.loss,
+                record.accuracy
+            ));
+            loggers.log(state.global_step, record.metrics());
+            state.global_step += 1;
+        })?;
+        if let Some(masters) = masters {
+            self.optimizer.load_master_weights(&masters)?;
+        }
+        // A skipped (non-finite) step still counts, so a resumed run knows the warm-up is over.
+        self.state.global_step = self.state.global_step.max(steps);
+        self.loggers.commit();
+        self.loggers.flush_durable();
+        self.mid_batch = false;
+        let dir = self.save()?;
+        self.loggers.println(&format!("sft warm-up done: checkpoint saved: {}", dir.display()));
+        Ok(())
     }
 
     /// Every `--checkpoint-interval` batches, and when `--checkpoint-every-minutes` have passed since the last one.

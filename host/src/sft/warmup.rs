@@ -1,0 +1,94 @@
+//! `--sft-warmup-steps N` in `train`: N supervised steps on the environment's demonstrations before the first
+//! rollout batch, so a small model starts reinforcement learning already writing the environment's protocol.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+use super::{tools_json, Demonstrations, Renderer, SftRecord, SftStep};
+use crate::plugins::EnvironmentPlugin;
+use crate::train::optimizer::{AdamW, AdamWConfig};
+use crate::train::policy::Policy;
+use crate::train::precision::LossScaler;
+
+/// The warm-up's settings (part of the run's config; `steps: 0` turns it off).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WarmupSettings {
+    /// Supervised optimizer steps before the first batch.
+    pub steps: u64,
+    /// Demonstrations per step.
+    pub batch_size: usize,
+    /// The warm-up's learning rate (constant).
+    pub lr: f64,
+}
+
+impl Default for WarmupSettings {
+    fn default() -> Self {
+        WarmupSettings { steps: 0, batch_size: 8, lr: 5e-5 }
+    }
+}
+
+/// What the warm-up trains and where its records go.
+pub struct Warmup<'a> {
+    /// Its settings.
+    pub settings: &'a WarmupSettings,
+    /// The model (trained in place).
+    pub policy: &'a Policy,
+    /// The environment whose demonstrations are the data.
+    pub env: &'a EnvironmentPlugin,
+    /// AdamW's betas, eps and weight decay (the learning rate is the warm-up's).
+    pub adamw: AdamWConfig,
+    /// Conversations per forward/backward.
+    pub micro_batch: usize,
+    /// Gradient-norm clip.
+    pub max_norm: f64,
+    /// The run seed: the order of the demonstrated tasks.
+    pub seed: u64,
+}
+
+impl Warmup<'_> {
+    /// Run the steps, calling `on_step(step_index, record, seconds)` after each. Its own AdamW (fresh moments, so
+    /// the RL optimizer starts from zero as without a warm-up) and loss scale. Returns the f32 master weights when
+    /// the precision keeps them, for the RL optimizer to continue from.
+    pub fn run(&self, on_step: &mut dyn FnMut(u64, &SftRecord, f64)) -> Result<Option<BTreeMap<String, Tensor>>> {
+        let s = self.settings;
+        let tools = tools_json(&self.env.tools()?);
+        let renderer = Renderer::new(self.policy.tokenizer(), tools.as_deref())?;
+        let mut demos = Demonstrations::new(self.env.clone(), self.seed)?;
+        let precision = self.policy.precision();
+        let mut optimizer = if precision.master_weights {
+            AdamW::new(self.policy.trainable(), AdamWConfig { lr: s.lr, ..self.adamw })
+        } else {
+            AdamW::without_master_weights(self.policy.trainable(), AdamWConfig { lr: s.lr, ..self.adamw })
+        };
+        if let Some(weights) = self.policy.initial_master_weights()? {
+            optimizer.load_master_weights(&weights)?;
+        }
+        let mut scaler = LossScaler::new(precision.mode);
+        let mut step = SftStep {
+            model: self.policy.model(),
+            optimizer: &mut optimizer,
+            scaler: &mut scaler,
+            micro_batch: self.micro_batch,
+            max_norm: self.max_norm,
+        };
+        for index in 0..s.steps {
+            let t = Instant::now();
+            let conversations = demos.take(s.batch_size.max(1))?;
+            let rows = conversations
+                .iter()
+                .map(|c| {
+                    renderer.render(&c.messages).map_err(|e| anyhow::anyhow!("demonstration of {}: {e}", c.origin))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            if let Some(record) = step.run(&rows, s.lr)? {
+                on_step(index, &record, t.elapsed().as_secs_f64());
+            }
+        }
+        Ok(optimizer.has_master_weights().then(|| optimizer.master_weights()))
+    }
+}
