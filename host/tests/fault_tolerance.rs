@@ -1,58 +1,247 @@
-//! Killed runs resume exactly: a kill -9 harness on the tiny model. An uninterrupted reference run of a few batches
-//! with a checkpoint after every batch; then the same run killed with SIGKILL at points drawn from a seeded
-//! generator (during rollouts, updates, checkpoint writes or right after one), resumed with `--resume auto` each
-//! time until it finishes. The final weights must be bit-equal to the reference's and metrics.jsonl must hold
-//! exactly the reference's rows: none missing, none twice.
+//! Stopped runs resume exactly: a harness on the tiny model. An uninterrupted reference run of a few batches with a
+//! checkpoint after every batch; then the same run stopped at points drawn from seeded generators and resumed with
+//! `--resume auto` until it finishes:
+//!
+//! - killed with SIGKILL (during rollouts, updates, checkpoint writes or right after one);
+//! - stopped with SIGTERM (exit 143 after finishing the batch in flight and checkpointing at its boundary; once with
+//!   a second SIGTERM, which exits at once);
+//! - failing in a plugin in mid-batch (the test-only `faulty` algorithm, tests/fault_plugin: an error in `loss`
+//!   after the batch's first updates, a panic in `advantages`): a non-zero exit with one error line and no
+//!   checkpoint from the half-updated state.
+//!
+//! Each time the final weights must be bit-equal to the reference's, and the history must hold exactly the
+//! reference's rows, none missing, none twice: `metrics.jsonl`, and the W&B offline run read back as W&B's server
+//! shows it (every run file of the run id, a row kept only when its step is above the run's current one).
 
 mod common;
+mod logging_common;
 
-use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::{Child, Command};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use grpo_host::logging::Metrics;
 use grpo_sdk::rng::SplitMix64;
 
-const BATCHES: &str = "8";
+const BATCHES: u64 = 8;
+/// Optimizer steps per batch: 2 prompts x 3 rollouts, in micro-batches of 2.
+const STEPS_PER_BATCH: u64 = 3;
+const FINAL_STEP: u64 = BATCHES * STEPS_PER_BATCH;
 
-fn command(runs: &Path, name: &str, extra: &[&str]) -> Command {
+/// Variables of a W&B user's shell that would change where or how the run is logged.
+const WANDB_VARS: [&str; 12] = [
+    "WANDB_MODE",
+    "WANDB_DIR",
+    "WANDB_RUN_ID",
+    "WANDB_RESUME",
+    "WANDB_API_KEY",
+    "WANDB_BASE_URL",
+    "WANDB_PROJECT",
+    "WANDB_ENTITY",
+    "WANDB_NAME",
+    "WANDB_TAGS",
+    "WANDB_RUN_GROUP",
+    "WANDB_NOTES",
+];
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Algo {
+    /// The shipped `grpo` plugin.
+    Grpo,
+    /// tests/fault_plugin, armed by `GRPO_TEST_FAULT`.
+    Faulty,
+}
+
+/// One attempt of run `name` under `runs`, resuming when the run has a checkpoint, its stderr in `<runs>/<log>`.
+fn command(runs: &Path, name: &str, algo: Algo, log: &str) -> Command {
     let model = common::workspace_root().join("tests/fixtures/model/tiny/llama");
     let mut cmd = Command::new(common::host_exe());
-    cmd.args(["--algo", "grpo", "--env", "math", "--model", model.to_str().unwrap()])
+    let algo_name = match algo {
+        Algo::Grpo => "grpo",
+        Algo::Faulty => "faulty",
+    };
+    cmd.args(["--algo", algo_name, "--env", "math", "--model", model.to_str().unwrap()])
         .args(["--rollouts-per-step", "2", "--group-size", "3", "--train-batch-size", "2", "--max-new-tokens", "6"])
         .args(["--max-length", "512", "--temperature", "1.0", "--lr", "1e-3", "--seed", "7", "--threads", "1"])
-        .args(["--max-steps", BATCHES, "--checkpoint-interval", "1", "--checkpoint-every-minutes", "0"])
-        .args(["--no-wandb", "--runs-dir", runs.to_str().unwrap(), "--run-name", name])
-        .args(extra)
-        .env_remove("GRPO_PLUGIN_PATH")
-        .env("XDG_DATA_HOME", runs.join("xdg"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
+        .args(["--max-steps", &BATCHES.to_string(), "--checkpoint-interval", "1", "--checkpoint-every-minutes", "0"])
+        .args(["--wandb-mode", "offline", "--runs-dir", runs.to_str().unwrap(), "--run-name", name]);
+    if algo == Algo::Faulty {
+        cmd.arg("--plugin-dir").arg(common::fault_plugin_dir());
+    }
+    if has_checkpoint(&runs.join(name)) {
+        cmd.args(["--resume", "auto"]);
+    }
+    cmd.env_remove("GRPO_PLUGIN_PATH").env_remove("GRPO_TEST_FAULT");
+    for var in WANDB_VARS {
+        cmd.env_remove(var);
+    }
+    let stderr = std::fs::File::create(runs.join(log)).unwrap();
+    cmd.env("XDG_DATA_HOME", runs.join("xdg")).stdout(Stdio::null()).stderr(stderr);
     cmd
-}
-
-/// metrics.jsonl without what legitimately differs between runs (times, memory, the checkpoint marker rows' values).
-fn history(run: &Path) -> Vec<BTreeMap<String, serde_json::Value>> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let row: BTreeMap<String, serde_json::Value> = serde_json::from_str(l).unwrap();
-            row.into_iter()
-                .filter(|(k, _)| !(k.starts_with("timing/") || k.starts_with('_') || k == "system/process_rss_gb"))
-                .collect()
-        })
-        .collect()
-}
-
-fn final_weights(run: &Path) -> Vec<u8> {
-    std::fs::read(run.join("checkpoints/step_24/model.safetensors")).unwrap()
 }
 
 fn has_checkpoint(run: &Path) -> bool {
     std::fs::read_dir(run.join("checkpoints"))
         .map(|d| d.filter_map(Result::ok).any(|e| e.file_name().to_string_lossy().starts_with("step_")))
         .unwrap_or(false)
+}
+
+/// The `step_N` checkpoints of a run as (N, the batch counter saved in it), oldest first.
+fn checkpoints(run: &Path) -> Vec<(u64, u64)> {
+    let mut found: Vec<(u64, u64)> = std::fs::read_dir(run.join("checkpoints"))
+        .map(|d| d.filter_map(Result::ok).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|e| {
+            let step: u64 = e.file_name().to_str()?.strip_prefix("step_")?.parse().ok()?;
+            let state: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(e.path().join("trainer_state.json")).ok()?).ok()?;
+            assert_eq!(state["global_step"].as_u64(), Some(step), "{}", e.path().display());
+            Some((step, state["batch"].as_u64().unwrap()))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// Every checkpoint of `run` is at a batch boundary (its step is the one that starts its batch counter's batch) and
+/// has a manifest, that is, it was written whole.
+fn assert_at_boundaries(run: &Path) {
+    for (step, batch) in checkpoints(run) {
+        assert_eq!(
+            step,
+            batch * STEPS_PER_BATCH,
+            "checkpoint step_{step} of {} is not at a batch boundary",
+            run.display()
+        );
+        let manifest = run.join(format!("checkpoints/step_{step}/manifest.json"));
+        assert!(manifest.exists(), "{} is missing", manifest.display());
+    }
+}
+
+fn newest(run: &Path) -> Option<u64> {
+    checkpoints(run).last().map(|(step, _)| *step)
+}
+
+fn weights(run: &Path, step: u64) -> Vec<u8> {
+    std::fs::read(run.join(format!("checkpoints/step_{step}/model.safetensors"))).unwrap()
+}
+
+fn training_started(log: &Path) -> bool {
+    std::fs::read_to_string(log).is_ok_and(|t| t.lines().any(|l| l.starts_with("step ")))
+}
+
+/// Keys that legitimately differ between two runs of one computation: wall clock, memory, W&B's own `_` keys.
+fn comparable(key: &str) -> bool {
+    !(key.starts_with("timing/") || key.starts_with('_') || key == "system/process_rss_gb")
+}
+
+/// What a stop writes into the row it stops at (the reference has `checkpoint/*` there instead): these stay in the
+/// history after a resume, as the record that the run stopped there.
+fn stop_marker(key: &str) -> bool {
+    key.starts_with("final/") || key.starts_with("checkpoint/") || key == "training/completed"
+}
+
+/// A run's history: `metrics.jsonl` and the W&B run as its server shows it.
+struct History {
+    jsonl: Vec<BTreeMap<String, serde_json::Value>>,
+    wandb: Vec<(i64, Metrics)>,
+}
+
+impl History {
+    fn read(run: &Path) -> History {
+        let jsonl = std::fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let row: BTreeMap<String, serde_json::Value> = serde_json::from_str(l).unwrap();
+                row.into_iter().filter(|(k, _)| comparable(k)).collect()
+            })
+            .collect();
+        let w = logging_common::wandb_run(run);
+        assert!(
+            w.ignored.is_empty(),
+            "{}: W&B run files hold these (file, step) again: {:?}",
+            run.display(),
+            w.ignored
+        );
+        assert_eq!(w.exit_code, Some(0), "{}: the newest W&B run file ends with the run's exit", run.display());
+        let wandb = w
+            .history
+            .into_iter()
+            .map(|(step, row)| (step, row.into_iter().filter(|(k, _)| comparable(k)).collect()))
+            .collect();
+        History { jsonl, wandb }
+    }
+
+    /// Without the stop markers of the rows at `stops`.
+    fn without_stop_markers(mut self, stops: &BTreeSet<u64>) -> History {
+        for row in &mut self.jsonl {
+            if row["step"].as_u64().is_some_and(|s| stops.contains(&s)) {
+                row.retain(|k, _| !stop_marker(k));
+            }
+        }
+        for (step, row) in &mut self.wandb {
+            if stops.contains(&(*step as u64)) {
+                row.retain(|k, _| !stop_marker(k));
+            }
+        }
+        self
+    }
+}
+
+/// `run` ended as `reference` did: the same final weights, and the same history (apart from the stop markers of the
+/// rows at `stops`) in metrics.jsonl and in W&B.
+fn assert_same_result(run: &Path, reference: &Path, stops: &BTreeSet<u64>, what: &str) {
+    assert_eq!(weights(run, FINAL_STEP), weights(reference, FINAL_STEP), "final weights differ after {what}");
+    let got = History::read(run).without_stop_markers(stops);
+    let want = History::read(reference).without_stop_markers(stops);
+    assert_eq!(got.jsonl, want.jsonl, "metrics.jsonl differs after {what}");
+    let steps = |h: &History| h.wandb.iter().map(|(s, _)| *s).collect::<Vec<_>>();
+    assert_eq!(steps(&got), steps(&want), "W&B history steps differ after {what}");
+    assert_eq!(steps(&got), (0..FINAL_STEP as i64).collect::<Vec<_>>(), "W&B history: every step once");
+    for ((step, g), (_, w)) in got.wandb.iter().zip(&want.wandb) {
+        assert!(logging_common::same_rows(g, w), "W&B row {step} differs after {what}:\n{g:?}\n{w:?}");
+    }
+}
+
+/// The uninterrupted run, and when in it the first training step and the first checkpoint appeared.
+struct Reference {
+    dir: PathBuf,
+    total: Duration,
+    first_step: Duration,
+    first_checkpoint: Duration,
+}
+
+fn reference(runs: &Path, algo: Algo) -> Reference {
+    let name = format!("reference-{algo:?}").to_lowercase();
+    let log = runs.join(format!("{name}.stderr"));
+    let dir = runs.join(&name);
+    let t = Instant::now();
+    let mut child = command(runs, &name, algo, &format!("{name}.stderr")).spawn().unwrap();
+    let (mut first_step, mut first_checkpoint) = (None, None);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if first_step.is_none() && training_started(&log) {
+            first_step = Some(t.elapsed());
+        }
+        if first_checkpoint.is_none() && has_checkpoint(&dir) {
+            first_checkpoint = Some(t.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(status.success(), "the reference failed: {}", std::fs::read_to_string(&log).unwrap());
+    let total = t.elapsed();
+    assert_eq!(newest(&dir), Some(FINAL_STEP));
+    Reference {
+        dir,
+        total,
+        first_step: first_step.expect("the reference logged steps"),
+        first_checkpoint: first_checkpoint.expect("the reference wrote checkpoints"),
+    }
 }
 
 /// Wait for `child`; once `run` has a checkpoint (so that there is something to resume), kill it with SIGKILL
@@ -82,35 +271,25 @@ fn run_or_kill(mut child: Child, run: &Path, delay: Option<Duration>) -> bool {
 fn runs_killed_at_random_points_resume_to_the_uninterrupted_result() {
     let runs = tempfile::tempdir().unwrap();
     common::host_exe(); // builds and links the binary and plugins first, outside the timing
-    let reference = runs.path().join("reference");
-    let t = Instant::now();
-    let mut child = command(runs.path(), "reference", &[]).spawn().unwrap();
-    let mut first_checkpoint = None;
-    while child.try_wait().unwrap().is_none() {
-        if first_checkpoint.is_none() && has_checkpoint(&reference) {
-            first_checkpoint = Some(t.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    assert!(child.wait().unwrap().success());
-    let total = t.elapsed();
+    let t0 = Instant::now();
+    let reference = reference(runs.path(), Algo::Grpo);
     // The window in which a first kill lands after a checkpoint exists and before the run ends.
-    let window = total - first_checkpoint.expect("the reference wrote checkpoints");
+    let window = reference.total - reference.first_checkpoint;
 
     let run = runs.path().join("killed");
     let mut rng = SplitMix64::new(2026);
     let mut kills = 0;
     let mut finished = false;
     for attempt in 0..16 {
-        let resume: &[&str] = if has_checkpoint(&run) { &["--resume", "auto"] } else { &[] };
-        let child = command(runs.path(), "killed", resume).spawn().unwrap();
+        let resuming = has_checkpoint(&run);
+        let child = command(runs.path(), "killed", Algo::Grpo, &format!("killed-{attempt}.stderr")).spawn().unwrap();
         // The first attempts are killed somewhere after a checkpoint exists (a resumed run has one from its start, so
         // its kill can land while it loads, rolls out, updates or writes a checkpoint); the last one is left to finish.
-        let span = if resume.is_empty() { window } else { total };
+        let span = if resuming { reference.total } else { window };
         let delay = (attempt < 6).then(|| span.mul_f64(0.45 * rng.unit()));
         let t = Instant::now();
         let done = run_or_kill(child, &run, delay);
-        eprintln!("attempt {attempt}: {} after {:?}", if done { "finished" } else { "killed" }, t.elapsed());
+        eprintln!("kill -9 attempt {attempt}: {} after {:?}", if done { "finished" } else { "killed" }, t.elapsed());
         if done {
             finished = true;
             break;
@@ -118,7 +297,143 @@ fn runs_killed_at_random_points_resume_to_the_uninterrupted_result() {
         kills += 1;
     }
     assert!(finished, "the killed run never finished");
-    assert!(kills >= 1, "only {kills} runs were killed (the reference took {total:?})");
-    assert_eq!(final_weights(&run), final_weights(&reference), "final weights differ after {kills} kills");
-    assert_eq!(history(&run), history(&reference), "metrics.jsonl differs after {kills} kills");
+    assert!(kills >= 1, "only {kills} runs were killed (the reference took {:?})", reference.total);
+    assert_at_boundaries(&run);
+    assert_same_result(&run, &reference.dir, &BTreeSet::new(), &format!("{kills} kills"));
+    eprintln!("kill -9 rounds: {:?}", t0.elapsed());
+}
+
+fn signal(child: &Child, signal: i32) {
+    // SAFETY: kill(2) on the pid of a child this test has not reaped yet.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, signal) }, 0, "kill({}, {signal})", child.id());
+}
+
+/// Wait for `child` up to `delay` after `start`; its status if it ended first.
+fn wait_until(child: &mut Child, start: Instant, delay: Duration) -> Option<ExitStatus> {
+    while start.elapsed() < delay {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    None
+}
+
+#[test]
+fn runs_stopped_by_sigterm_resume_to_the_uninterrupted_result() {
+    let runs = tempfile::tempdir().unwrap();
+    common::host_exe(); // outside the timing
+    let t0 = Instant::now();
+    let reference = reference(runs.path(), Algo::Grpo);
+    let training = reference.total - reference.first_step;
+
+    let run = runs.path().join("terminated");
+    let mut rng = SplitMix64::new(143);
+    let (mut stops, mut terms) = (BTreeSet::new(), 0);
+    let mut finished = false;
+    for attempt in 0..12 {
+        let name = format!("terminated-{attempt}.stderr");
+        let log = runs.path().join(&name);
+        let mut child = command(runs.path(), "terminated", Algo::Grpo, &name).spawn().unwrap();
+        let stderr = |log: &Path| std::fs::read_to_string(log).unwrap();
+        // The first attempts get SIGTERM at a seeded point of their training (rollouts, updates, a checkpoint
+        // write); attempt 1 gets a second SIGTERM right after the first. The last one is left to finish.
+        let early = if attempt < 4 {
+            let start = Instant::now();
+            while !training_started(&log) && child.try_wait().unwrap().is_none() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            wait_until(&mut child, start, start.elapsed() + training.mul_f64(0.35 * rng.unit()))
+        } else {
+            Some(child.wait().unwrap())
+        };
+        if let Some(status) = early {
+            assert!(status.success(), "attempt {attempt} failed: {status}\n{}", stderr(&log));
+            finished = true;
+            break;
+        }
+        let before = newest(&run);
+        signal(&child, libc::SIGTERM);
+        let twice = attempt == 1;
+        if twice {
+            std::thread::sleep(Duration::from_millis(20));
+            signal(&child, libc::SIGTERM);
+        }
+        let status = child.wait().unwrap();
+        let text = stderr(&log);
+        eprintln!("SIGTERM attempt {attempt}: {status}, checkpoints {before:?} -> {:?}", newest(&run));
+        if status.success() {
+            // The signal came during the last batch: it was finished, and with it the run.
+            finished = true;
+            break;
+        }
+        assert_eq!(status.code(), Some(143), "attempt {attempt}: SIGTERM exits 143\n{text}");
+        assert_at_boundaries(&run);
+        let after = newest(&run).expect("a stopped run leaves a checkpoint");
+        if text.contains("stopped by SIGTERM after the batch") {
+            // The batch in flight was finished and checkpointed at its boundary, with the reference's weights.
+            assert!(before.is_none_or(|b| after > b), "attempt {attempt}: no new checkpoint after {before:?}\n{text}");
+            assert_eq!(weights(&run, after), weights(&reference.dir, after), "the stop's checkpoint step_{after}");
+            stops.insert(after - 1);
+        } else {
+            assert!(twice, "attempt {attempt}: one SIGTERM must stop after the batch\n{text}");
+        }
+        terms += 1;
+    }
+    assert!(finished, "the terminated run never finished");
+    assert!(!stops.is_empty(), "no SIGTERM stopped the run (the reference took {:?})", reference.total);
+    assert_same_result(&run, &reference.dir, &stops, &format!("{terms} SIGTERMs"));
+    eprintln!("SIGTERM rounds: {:?}", t0.elapsed());
+}
+
+/// Run `run` once with `GRPO_TEST_FAULT=fault`: it must fail (not as a signal would) with one error line naming the
+/// fault, and leave checkpoints only at batch boundaries, the newest at `newest_step` with the reference's weights.
+fn run_failing(runs: &Path, reference: &Path, fault: &str, newest_step: u64) {
+    let log = runs.join(format!("failing-{}.stderr", fault.replace(':', "-")));
+    let mut cmd = command(runs, "failing", Algo::Faulty, log.file_name().unwrap().to_str().unwrap());
+    let status = cmd.env("GRPO_TEST_FAULT", fault).status().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        status.code().is_some_and(|c| c != 0 && c != 130 && c != 143),
+        "GRPO_TEST_FAULT={fault}: expected a failure, got {status}\n{text}"
+    );
+    let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "one error line\n{text}");
+    assert!(errors[0].contains("injected fault"), "the error names the fault: {}", errors[0]);
+    assert!(!text.contains("RUST_BACKTRACE") && !text.contains("panicked at"), "no panic report\n{text}");
+    assert!(text.contains("resume with: grpo-host --resume"), "the resume command is printed\n{text}");
+    let run = runs.join("failing");
+    assert_at_boundaries(&run);
+    assert_eq!(newest(&run), Some(newest_step), "GRPO_TEST_FAULT={fault}: the newest checkpoint\n{text}");
+    assert_eq!(weights(&run, newest_step), weights(reference, newest_step), "checkpoint step_{newest_step}");
+    eprintln!("GRPO_TEST_FAULT={fault}: {status}, newest checkpoint step_{newest_step}");
+}
+
+#[test]
+fn runs_failing_in_a_plugin_mid_batch_resume_to_the_uninterrupted_result() {
+    let runs = tempfile::tempdir().unwrap();
+    common::host_exe(); // outside the timing
+    let t0 = Instant::now();
+    let reference = reference(runs.path(), Algo::Faulty);
+    let mut rng = SplitMix64::new(13);
+
+    // An error in `loss` (one call per optimizer step) in batches 1 to 6, after none, one or two of the batch's
+    // updates: the weights are between two boundaries, so the newest checkpoint stays the batch's start.
+    let loss_call = STEPS_PER_BATCH + 1 + rng.below(6 * STEPS_PER_BATCH);
+    let failed = (loss_call - 1) / STEPS_PER_BATCH;
+    run_failing(runs.path(), &reference.dir, &format!("loss:{loss_call}"), failed * STEPS_PER_BATCH);
+
+    // The resumed process panics in `advantages` (one call per batch) of this or a later batch, after its rollouts
+    // and before its updates; the state there is the boundary's, and that is what its checkpoint holds.
+    let advantages_call = 1 + rng.below(BATCHES - failed);
+    let failed = failed + advantages_call - 1;
+    run_failing(runs.path(), &reference.dir, &format!("advantages:{advantages_call}:panic"), failed * STEPS_PER_BATCH);
+
+    let log = runs.path().join("failing-resumed.stderr");
+    let status = command(runs.path(), "failing", Algo::Faulty, "failing-resumed.stderr").status().unwrap();
+    assert!(status.success(), "the resumed run failed: {status}\n{}", std::fs::read_to_string(&log).unwrap());
+    let run = runs.path().join("failing");
+    assert_at_boundaries(&run);
+    assert_same_result(&run, &reference.dir, &BTreeSet::new(), "a loss error and an advantages panic");
+    eprintln!("injected error rounds: {:?}", t0.elapsed());
 }

@@ -7,11 +7,9 @@ mod logging_common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use grpo_host::logging::wandb::proto::{Record, RecordType};
-use grpo_host::logging::wandb::store::read_records;
-use grpo_host::logging::{json, CompletionRow, Env, Loggers, LoggingConfig, MetricValue, Metrics, UploadTuning};
+use grpo_host::logging::wandb::proto::RecordType;
+use grpo_host::logging::{CompletionRow, Env, Loggers, LoggingConfig, MetricValue, Metrics, UploadTuning};
 use logging_common::*;
-use prost::Message;
 
 const API_KEY: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 
@@ -66,21 +64,6 @@ fn completion(step: u64) -> CompletionRow {
         rewards: [("total".to_string(), 1.0), ("format".to_string(), 0.5)].into_iter().collect(),
         advantage: 0.75,
     }
-}
-
-fn wandb_file(dir: &Path) -> PathBuf {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|x| x == "wandb"))
-        .expect("a .wandb file")
-}
-
-fn records(dir: &Path) -> Vec<RecordType> {
-    let bytes = std::fs::read(wandb_file(dir)).unwrap();
-    let (recs, partial) = read_records(&bytes).unwrap();
-    assert!(!partial, "the run file ends cleanly");
-    recs.iter().map(|r| Record::decode(r.as_slice()).unwrap().record_type.expect("record type set")).collect()
 }
 
 #[test]
@@ -474,24 +457,6 @@ fn a_rejected_key_stops_the_upload_at_once_and_nothing_else() {
     assert!(t.elapsed() < Duration::from_secs(2), "no retries on 401: {:?}", t.elapsed());
     assert_eq!(mock.requests().len(), 1, "one rejected upsert, then silence");
     assert_eq!(records(&dir).iter().filter(|r| matches!(r, RecordType::History(_))).count(), 3);
-}
-
-/// History rows of a run file (or of several, in order) as (step, values without clock keys).
-fn history_rows(recs: &[RecordType]) -> Vec<(i64, Metrics)> {
-    recs.iter()
-        .filter_map(|r| if let RecordType::History(h) = r { Some(h) } else { None })
-        .map(|h| {
-            let line = format!(
-                "{{{}}}",
-                h.item
-                    .iter()
-                    .map(|i| format!("{}:{}", json::string(&i.key), i.value_json))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            );
-            (h.step.as_ref().unwrap().num, without_clock(&json::parse_line(&line).unwrap()))
-        })
-        .collect()
 }
 
 /// Steps `from..to` as the trainer logs them: a completions table at even steps, then the row.

@@ -57,6 +57,22 @@ pub fn shipped_dir() -> &'static Path {
     })
 }
 
+/// A directory holding a link to the test-only `faulty` algorithm (tests/fault_plugin: a GRPO-family loss that fails
+/// on the call `GRPO_TEST_FAULT` names), for `--plugin-dir`. The workspace build of [`shipped_dir`] builds it.
+pub fn fault_plugin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        shipped_dir();
+        let dir = profile_dir().join("plugin-tests").join(format!("faulty-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = library_file("grpo_test_faulty");
+        let link = dir.join(&file);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(profile_dir().join(&file), &link).unwrap();
+        dir
+    })
+}
+
 /// A folder with a copy (hard link) of grpo-host and links to the shipped plugins beside it, as after an install:
 /// the executable's directory is one of the places searched, and target/<profile> may hold other libraries.
 pub fn installed() -> &'static Path {

@@ -1,16 +1,21 @@
 //! A mock W&B server on 127.0.0.1 for the logging tests: it answers the GraphQL queries and file_stream posts that
-//! our uploader and `wandb sync` make, records every request, and can fail or hang on demand.
+//! our uploader and `wandb sync` make, records every request, and can fail or hang on demand. Also readers of the
+//! offline `.wandb` run files, down to the history a W&B server shows for a run id written in several files.
 
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use grpo_host::logging::wandb::proto::{Record, RecordType};
+use grpo_host::logging::wandb::store::read_records;
 use grpo_host::logging::{json, MetricValue, Metrics};
+use prost::Message;
 use serde_json::{json as j, Value};
 
 /// One recorded request.
@@ -301,6 +306,95 @@ pub fn without_clock(row: &Metrics) -> Metrics {
 /// Rows equal, NaN equal to NaN.
 pub fn same_rows(a: &Metrics, b: &Metrics) -> bool {
     a.len() == b.len() && a.iter().all(|(k, v)| b.get(k).is_some_and(|w| same(v, w)))
+}
+
+/// The `.wandb` run file in a W&B run directory.
+pub fn wandb_file(dir: &Path) -> PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "wandb"))
+        .expect("a .wandb file")
+}
+
+/// A run file's complete records, and whether a torn record follows them (what a killed writer leaves).
+pub fn run_file_records(path: &Path) -> (Vec<RecordType>, bool) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let (recs, torn) = read_records(&bytes).unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
+    let recs = recs.iter().map(|r| Record::decode(r.as_slice()).unwrap().record_type.expect("record type set"));
+    (recs.collect(), torn)
+}
+
+/// The records of the run file in the W&B run directory `dir`, which must end cleanly.
+pub fn records(dir: &Path) -> Vec<RecordType> {
+    let (recs, torn) = run_file_records(&wandb_file(dir));
+    assert!(!torn, "the run file ends cleanly");
+    recs
+}
+
+/// History rows of a run file (or of several, in order) as (step, values without clock keys).
+pub fn history_rows(recs: &[RecordType]) -> Vec<(i64, Metrics)> {
+    recs.iter()
+        .filter_map(|r| if let RecordType::History(h) = r { Some(h) } else { None })
+        .map(|h| {
+            let items: Vec<String> =
+                h.item.iter().map(|i| format!("{}:{}", json::string(&i.key), i.value_json)).collect();
+            let line = format!("{{{}}}", items.join(","));
+            (h.step.as_ref().unwrap().num, without_clock(&json::parse_line(&line).unwrap()))
+        })
+        .collect()
+}
+
+/// A W&B run as its server shows it once every run file of its id is synced (docs/logging.md, "Resuming").
+pub struct WandbRun {
+    /// The run files of the id, oldest first (by the run record's start time).
+    pub files: Vec<PathBuf>,
+    /// The history: rows in file order, each row's step above every earlier one's.
+    pub history: Vec<(i64, Metrics)>,
+    /// Rows W&B ignores, as (file, step): a step not above the run's current step (steps must increase; a resumed
+    /// run continues after the last step the run has).
+    pub ignored: Vec<(PathBuf, i64)>,
+    /// The exit code in the newest file's exit record, if it has one.
+    pub exit_code: Option<i32>,
+}
+
+/// Read the W&B run of a training run directory: the id from `wandb-run.json`, every `run-<id>.wandb` under
+/// `<run_dir>/wandb/`, the history W&B keeps from them.
+pub fn wandb_run(run_dir: &Path) -> WandbRun {
+    let stored: Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("wandb-run.json")).unwrap()).unwrap();
+    let id = stored["run_id"].as_str().expect("wandb-run.json names the run id").to_string();
+    let mut files: Vec<(f64, PathBuf, Vec<RecordType>)> = std::fs::read_dir(run_dir.join("wandb"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join(format!("run-{id}.wandb")))
+        .filter(|p| p.exists())
+        .map(|path| {
+            let (recs, _torn) = run_file_records(&path);
+            let start = match recs.first() {
+                Some(RecordType::Run(r)) => {
+                    r.start_time.as_ref().map_or(0.0, |t| t.seconds as f64 + t.nanos as f64 * 1e-9)
+                }
+                _ => panic!("{}: the first record is not the run record", path.display()),
+            };
+            (start, path, recs)
+        })
+        .collect();
+    assert!(!files.is_empty(), "no run-{id}.wandb under {}", run_dir.join("wandb").display());
+    files.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+    let mut run = WandbRun { files: Vec::new(), history: Vec::new(), ignored: Vec::new(), exit_code: None };
+    for (_, path, recs) in files {
+        for (step, row) in history_rows(&recs) {
+            if run.history.last().is_some_and(|(last, _)| step <= *last) {
+                run.ignored.push((path.clone(), step));
+            } else {
+                run.history.push((step, row));
+            }
+        }
+        run.exit_code =
+            recs.iter().rev().find_map(|r| if let RecordType::Exit(e) = r { Some(e.exit_code) } else { None });
+        run.files.push(path);
+    }
+    run
 }
 
 /// The smallest HTTP/1.1 server the mock needs: a thread per connection reads one request (Content-Length or
