@@ -410,8 +410,10 @@ pub fn verify(dir: &Path, level: Verify) -> std::result::Result<Integrity, Damag
         if size != entry.size {
             return damaged(format!("{} is {size} bytes, the manifest says {}", entry.path, entry.size));
         }
-        if level == Verify::Full {
-            match sha256_file(&path) {
+    }
+    if level == Verify::Full && !hashed::unchanged(dir, &manifest) {
+        for entry in &manifest.files {
+            match sha256_file(&dir.join(&entry.path)) {
                 Ok(h) if h == entry.sha256 => {}
                 Ok(_) => {
                     return damaged(format!("{}'s sha256 differs from the manifest's (its bytes changed)", entry.path))
@@ -419,8 +421,57 @@ pub fn verify(dir: &Path, level: Verify) -> std::result::Result<Integrity, Damag
                 Err(e) => return damaged(format!("{} cannot be read ({e})", entry.path)),
             }
         }
+        hashed::record(dir, &manifest);
     }
     Ok(Integrity::Manifest)
+}
+
+/// Checkpoints this process has hashed in full, so that one is hashed once: `--resume` verifies every candidate
+/// while choosing (to fall back past a damaged one), and [`load`] then verifies the chosen one again. Reading every
+/// byte twice doubles the cost of a resume for multi-gigabyte weights; instead a later [`Verify::Full`] of the same
+/// directory trusts the earlier hash when no file changed since, judged by each file's inode, size, modification and
+/// change times (any write moves the change time, which no program can set back).
+mod hashed {
+    use std::os::unix::fs::MetadataExt;
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    use super::{Manifest, MANIFEST};
+
+    type Stamp = Vec<(u64, u64, i64, i64, i64, i64)>;
+
+    static HASHED: Mutex<Vec<(PathBuf, Stamp)>> = Mutex::new(Vec::new());
+
+    /// The manifest's and every listed file's identity and times; `None` when one cannot be read.
+    fn stamp(dir: &Path, manifest: &Manifest) -> Option<Stamp> {
+        let names = std::iter::once(MANIFEST).chain(manifest.files.iter().map(|f| f.path.as_str()));
+        names
+            .map(|name| {
+                let m = std::fs::metadata(dir.join(name)).ok()?;
+                Some((m.ino(), m.len(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec()))
+            })
+            .collect()
+    }
+
+    fn key(dir: &Path) -> PathBuf {
+        std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())
+    }
+
+    /// Whether `dir` was hashed by this process and no file of it changed since.
+    pub(super) fn unchanged(dir: &Path, manifest: &Manifest) -> bool {
+        let Some(now) = stamp(dir, manifest) else { return false };
+        let key = key(dir);
+        HASHED.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|(d, s)| *d == key && *s == now)
+    }
+
+    /// Remember that `dir` matched its manifest's hashes just now.
+    pub(super) fn record(dir: &Path, manifest: &Manifest) {
+        let Some(now) = stamp(dir, manifest) else { return };
+        let key = key(dir);
+        let mut all = HASHED.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|(d, _)| *d != key);
+        all.push((key, now));
+    }
 }
 
 /// A checkpoint from before manifests: accept it when its state parses and its safetensors files are whole (the
@@ -443,6 +494,8 @@ fn verify_legacy(dir: &Path) -> std::result::Result<Integrity, Damaged> {
 }
 
 fn sha256_file(path: &Path) -> io::Result<String> {
+    #[cfg(test)]
+    tests::HASHED_FILES.with(|n| n.set(n.get() + 1));
     let mut file = File::open(path)?;
     let mut hash = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -562,8 +615,10 @@ pub fn prune(checkpoints: &Path, keep: usize) -> Result<Vec<PathBuf>> {
     Ok(removed)
 }
 
-/// Read a checkpoint directory, after verifying every file against its manifest (sizes and sha256). A damaged
-/// checkpoint is refused with one line naming the file and the earlier checkpoint to resume from instead.
+/// Read a checkpoint directory, after verifying every file against its manifest (sizes and sha256; the hashes are
+/// not computed again when this process already hashed the unchanged directory, as `--resume` does while choosing
+/// it). A damaged checkpoint is refused with one line naming the file and the earlier checkpoint to resume from
+/// instead.
 pub fn load(dir: &Path) -> Result<Loaded> {
     let state_path = dir.join(STATE_FILE);
     if !state_path.exists() && !dir.join(MANIFEST).exists() {
@@ -695,6 +750,15 @@ fn runs_with_checkpoints(runs_dir: &Path) -> String {
 mod tests {
     use super::*;
     use tch::Device;
+
+    thread_local! {
+        /// Files this test thread has hashed (tests run one per thread, so each counts only its own).
+        pub(super) static HASHED_FILES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+
+    fn hashed_files() -> u64 {
+        HASHED_FILES.with(|n| n.get())
+    }
 
     fn base_model(root: &Path) -> PathBuf {
         let dir = root.join("base");
@@ -971,6 +1035,28 @@ mod tests {
         let fault = Fault { file: STATE_FILE.into(), after: 5 };
         assert!(save_with(&ckpts, data(&base, 3), Some(&fault)).is_err());
         assert_eq!(load(&dir).unwrap().state.batch, 42);
+    }
+
+    #[test]
+    fn a_resume_hashes_the_chosen_checkpoint_once_unless_it_changes() {
+        let (_tmp, base, ckpts) = setup();
+        let step3 = save(&ckpts, data(&base, 3)).unwrap();
+        let files = ckpts.join("step_3/manifest.json");
+        let listed = serde_json::from_str::<Manifest>(&fs::read_to_string(files).unwrap()).unwrap().files.len() as u64;
+        let before = hashed_files();
+        let chosen = resolve_resume("auto", ckpts.parent().unwrap(), Some(ckpts.parent().unwrap()), None).unwrap();
+        assert_eq!(chosen.checkpoint, step3);
+        assert_eq!(hashed_files() - before, listed, "choosing hashes every file once");
+        load(&chosen.checkpoint).unwrap();
+        assert_eq!(hashed_files() - before, listed, "loading the chosen checkpoint does not hash it again");
+
+        // A file written since (same size, other bytes) is hashed again, and the change is caught.
+        let weights = step3.join("model.safetensors");
+        let mut bytes = fs::read(&weights).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        fs::write(&weights, bytes).unwrap();
+        assert!(one_line(&load(&step3).err().unwrap()).contains("model.safetensors's sha256 differs"));
     }
 
     #[test]
