@@ -34,6 +34,7 @@ fn settings(dtype: DtypeSpec, mixed_precision: MixedPrecision) -> ModelSettings 
         device: DeviceSpec::Cpu,
         dtype,
         mixed_precision,
+        rollout_dtype: DtypeSpec::Auto,
         threads: None,
         deterministic: false,
         lora: None,
@@ -41,7 +42,7 @@ fn settings(dtype: DtypeSpec, mixed_precision: MixedPrecision) -> ModelSettings 
 }
 
 fn objective(kl_weight: f64, recompute_old_logprobs: RecomputeOld) -> ObjectiveSettings {
-    ObjectiveSettings { clip_eps_low: 0.2, clip_eps_high: 0.2, kl_weight, recompute_old_logprobs }
+    ObjectiveSettings { clip_eps_low: 0.2, clip_eps_high: 0.2, kl_weight, recompute_old_logprobs, tis_cap: 0.0 }
 }
 
 /// 2 tasks x 3 episodes in micro-batches of 2; `accumulate` micro-batches per optimizer step.

@@ -72,11 +72,12 @@ impl PolicyTerms {
         let unclipped = &ratio * &adv;
         let clipped_obj = ratio.clamp(1.0 - s.clip_eps_low, 1.0 + s.clip_eps_high) * &adv;
         let clipped = clipped_obj.lt_tensor(&unclipped).logical_and(&on).to_kind(kind);
-        let mut surrogate = -unclipped.minimum(&clipped_obj) * &mask;
-        if let Some(w) = &batch.is_weights {
-            // The weights correct the sampler's precision, a constant per token: no gradient flows through them.
-            surrogate = surrogate * w.detach().to_kind(kind).where_self(&on, &zero);
-        }
+        let surrogate = -unclipped.minimum(&clipped_obj) * &mask;
+        // The weights correct the sampler's precision, a constant per token: no gradient flows through them.
+        let surrogate = match &batch.is_weights {
+            Some(w) => surrogate * w.detach().to_kind(kind).where_self(&on, &zero),
+            None => surrogate,
+        };
         let kl = batch.ref_log_probs.as_ref().map(|r| {
             let log_ratio = (r.to_kind(kind) - lp).where_self(&on, &zero);
             // exp(0) - 0 - 1 = 0, so masked positions are exactly 0.
