@@ -1,0 +1,130 @@
+//! `train --sft-warmup-steps` and `grpo-host sft` as a user runs them: the installed binary, the shipped
+//! calc_tools plugin and the tiny Llama fixture.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn tiny_model() -> PathBuf {
+    common::workspace_root().join("tests/fixtures/model/tiny/llama")
+}
+
+fn run(args: &[&str]) -> Output {
+    let home = tempfile::tempdir().unwrap();
+    Command::new(common::host_exe())
+        .args(args)
+        .env_remove("GRPO_PLUGIN_PATH")
+        .env("XDG_DATA_HOME", home.path())
+        .env("WANDB_MODE", "disabled")
+        .output()
+        .unwrap()
+}
+
+fn train(runs: &Path, extra: &[&str]) -> Output {
+    let model = tiny_model();
+    let mut args = vec![
+        "--algo",
+        "drgrpo",
+        "--env",
+        "calc_tools",
+        "--model",
+        model.to_str().unwrap(),
+        "--rollouts-per-step",
+        "2",
+        "--group-size",
+        "2",
+        "--max-new-tokens",
+        "8",
+        "--max-steps",
+        "1",
+        "--sft-warmup-steps",
+        "2",
+        "--sft-batch-size",
+        "2",
+        "--sft-lr",
+        "1e-3",
+        "--no-wandb",
+        "--run-name",
+        "warm",
+    ];
+    args.extend(["--runs-dir", runs.to_str().unwrap()]);
+    args.extend(extra);
+    run(&args)
+}
+
+fn rows(run: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn step(row: &serde_json::Value) -> u64 {
+    row["_step"].as_u64().or_else(|| row["step"].as_u64()).expect("a step in every row")
+}
+
+#[test]
+fn warm_up_steps_come_first_are_logged_checkpointed_and_skipped_on_resume() {
+    let runs = tempfile::tempdir().unwrap();
+    let out = train(runs.path(), &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run = runs.path().join("warm");
+    let rows = rows(&run);
+    let sft: Vec<u64> = rows.iter().filter(|r| r.get("sft/loss").is_some()).map(step).collect();
+    assert_eq!(sft, vec![0, 1]);
+    for r in rows.iter().filter(|r| r.get("sft/loss").is_some()) {
+        assert!(r["sft/tokens"].as_f64().unwrap() > 0.0 && r["sft/accuracy"].as_f64().unwrap() >= 0.0, "{r}");
+    }
+    let first_rl = rows.iter().find(|r| r.get("rollouts/returns_mean").is_some()).map(step);
+    assert_eq!(first_rl, Some(2));
+    assert!(run.join("checkpoints/step_2").is_dir());
+
+    // Resumed from the warm-up's checkpoint, the run goes straight to reinforcement learning.
+    std::fs::remove_dir_all(run.join("checkpoints/step_3")).ok();
+    let out = train(runs.path(), &["--resume", run.join("checkpoints/step_2").to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!stdout.contains("sft warm-up 1/2"), "{stdout}");
+}
+
+#[test]
+fn sft_on_demonstrations_saves_a_model_that_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model();
+    let output = dir.path().join("sft");
+    let out = run(&[
+        "sft",
+        "--env",
+        "calc_tools",
+        "--model",
+        model.to_str().unwrap(),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--lr",
+        "1e-3",
+        "--output",
+        output.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("sft step 2/2: sft/loss"), "{stdout}");
+    let saved = output.join("step_2");
+    let out = run(&["generate", "--model", saved.to_str().unwrap(), "--prompt", "hi", "--max-new-tokens", "2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_conversation_without_an_assistant_turn_is_a_one_line_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n").unwrap();
+    let model = tiny_model();
+    let out = run(&["sft", "--data", bad.to_str().unwrap(), "--model", model.to_str().unwrap(), "--max-steps", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("bad.jsonl:1") && err.contains("no assistant message") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+}
