@@ -797,6 +797,7 @@ mod tests {
     use super::*;
     use crate::MetricSource;
 
+    /// Panics in `loss`, unless the batch has importance weights.
     struct Panicky;
     impl MetricSource for Panicky {}
     impl Plugin for Panicky {
@@ -816,8 +817,12 @@ mod tests {
         fn advantages(&self, rewards: &Tensor, _: &[usize]) -> Result<Tensor> {
             Ok(rewards.zeros_like())
         }
-        fn loss(&self, _: &PolicyBatch) -> Result<LossOutput> {
-            panic!("boom")
+        /// The sum of the batch's importance weights when it has them (to see them cross), else a panic.
+        fn loss(&self, b: &PolicyBatch) -> Result<LossOutput> {
+            match &b.is_weights {
+                Some(w) => Ok(LossOutput::new(w.sum(tch::Kind::Float))),
+                None => panic!("boom"),
+            }
         }
     }
 
@@ -938,38 +943,16 @@ mod tests {
         unsafe { (vt.plugin.destroy)(this) };
     }
 
-    /// Its loss is the sum of the batch's importance weights, or -1 without them.
-    struct WeightSum;
-    impl MetricSource for WeightSum {}
-    impl Plugin for WeightSum {
-        const NAME: &'static str = "weight-sum";
-        const DESCRIPTION: &'static str = "reports the importance weights it received";
-        fn new(_: serde_json::Value) -> Result<Self> {
-            Ok(WeightSum)
-        }
-        fn config(&self) -> serde_json::Value {
-            serde_json::Value::Null
-        }
-    }
-    impl Algorithm for WeightSum {
-        fn advantages(&self, rewards: &Tensor, _: &[usize]) -> Result<Tensor> {
-            Ok(rewards.zeros_like())
-        }
-        fn loss(&self, b: &PolicyBatch) -> Result<LossOutput> {
-            Ok(LossOutput::new(b.is_weights.as_ref().map_or(Tensor::from(-1.0f32), |w| w.sum(tch::Kind::Float))))
-        }
-    }
-
     #[test]
     fn importance_weights_cross_and_an_abi_1_0_batch_is_read_without_them() {
-        let entry = algorithm_entry::<WeightSum>("1.0.0");
+        let entry = algorithm_entry::<Panicky>("1.0.0");
         let vt = unsafe { &*(entry.vtable as *const AlgorithmVTable) };
-        let mut err = String::new();
-        let mut this: *mut c_void = std::ptr::null_mut();
-        assert_eq!(unsafe { (vt.plugin.create)(FfiStr::new(""), &mut this, StrSink::for_string(&mut err)) }, 0);
         let x = Tensor::zeros([1, 2], (tch::Kind::Float, tch::Device::Cpu));
         let w = Tensor::from_slice(&[0.5f32, 2.0]).view([1, 2]);
-        let loss_of = |size: usize, weights: TensorPtr| -> f64 {
+        // (status, loss) of one call on a fresh instance (a panic poisons it).
+        let loss_of = |size: usize, weights: TensorPtr| -> (u32, Option<f64>) {
+            let (mut this, mut err): (*mut c_void, String) = (std::ptr::null_mut(), String::new());
+            assert_eq!(unsafe { (vt.plugin.create)(FfiStr::new(""), &mut this, StrSink::for_string(&mut err)) }, 0);
             let batch = FfiPolicyBatch {
                 size,
                 log_probs: x.as_ptr() as TensorPtr,
@@ -980,18 +963,19 @@ mod tests {
                 settings: LossSettings::default(),
                 is_weights: weights,
             };
-            let (mut out, mut metrics, mut err): (TensorPtr, String, String) =
-                (std::ptr::null_mut(), String::new(), String::new());
+            let (mut out, mut metrics): (TensorPtr, String) = (std::ptr::null_mut(), String::new());
             let code = unsafe {
                 (vt.loss)(this, &batch, &mut out, StrSink::for_string(&mut metrics), StrSink::for_string(&mut err))
             };
-            assert_eq!(code, status::OK, "{err}");
-            unsafe { Tensor::from_ptr(out as *mut torch_sys::C_tensor) }.double_value(&[])
+            let loss = (code == status::OK)
+                .then(|| unsafe { Tensor::from_ptr(out as *mut torch_sys::C_tensor) }.double_value(&[]));
+            unsafe { (vt.plugin.destroy)(this) };
+            (code, loss)
         };
-        assert_eq!(loss_of(std::mem::size_of::<FfiPolicyBatch>(), w.as_ptr() as TensorPtr), 2.5);
-        assert_eq!(loss_of(std::mem::size_of::<FfiPolicyBatch>(), std::ptr::null_mut()), -1.0);
+        let full = std::mem::size_of::<FfiPolicyBatch>();
+        assert_eq!(loss_of(full, w.as_ptr() as TensorPtr), (status::OK, Some(2.5)));
+        assert_eq!(loss_of(full, std::ptr::null_mut()), (status::PANIC, None));
         // A 1.0 host's batch ends at `settings`: whatever follows it in memory is never read.
-        assert_eq!(loss_of(FFI_POLICY_BATCH_V1_0_SIZE, 0x1 as TensorPtr), -1.0);
-        unsafe { (vt.plugin.destroy)(this) };
+        assert_eq!(loss_of(FFI_POLICY_BATCH_V1_0_SIZE, 0x1 as TensorPtr), (status::PANIC, None));
     }
 }
