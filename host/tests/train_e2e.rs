@@ -134,8 +134,7 @@ fn two_batches_log_every_metric_save_a_checkpoint_and_resume_exactly() {
     for f in ["model.safetensors", "optimizer.safetensors", "trainer_state.json", "config.json", "tokenizer.json"] {
         assert!(ckpt.join(f).exists(), "checkpoint lacks {f}");
     }
-    let state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(ckpt.join("trainer_state.json")).unwrap()).unwrap();
+    let state = json_file(&ckpt.join("trainer_state.json"));
     assert_eq!(state["batch"], 2);
     assert_eq!(state["global_step"], 6);
 
@@ -169,6 +168,11 @@ fn assert_resume_is_exact(runs: &Path, full: &Path, name: &str, extra: &[&str]) 
     assert_eq!(later(&split), later(&full), "the resumed run's second batch differs from the uninterrupted run");
 }
 
+/// A JSON file of a run (config.json, trainer_state.json).
+fn json_file(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
 /// The dtype of every tensor in a safetensors file, from its JSON header.
 fn safetensors_dtypes(path: &Path) -> std::collections::BTreeSet<String> {
     let bytes = std::fs::read(path).unwrap();
@@ -186,13 +190,11 @@ fn bf16_mixed_precision_saves_f32_masters_and_resumes_exactly() {
     let out = train(runs.path(), "mixed", &[&["--max-steps", "2"], &mixed[..]].concat());
     assert!(out.status.success(), "{}", text(&out.stderr));
     let run = runs.path().join("mixed");
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    let config = json_file(&run.join("config.json"));
     assert_eq!((config["dtype"].as_str(), config["mixed_precision"].as_str()), (Some("BFloat16"), Some("bf16")));
     let ckpt = run.join("checkpoints/step_6");
     assert_eq!(safetensors_dtypes(&ckpt.join("model.safetensors")), ["F32".to_string()].into());
-    let state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(ckpt.join("trainer_state.json")).unwrap()).unwrap();
+    let state = json_file(&ckpt.join("trainer_state.json"));
     assert_eq!(state["mixed_precision"], "bf16");
     assert_resume_is_exact(runs.path(), &run, "mixed-split", &mixed);
 }
@@ -207,8 +209,7 @@ fn bf16_rollouts_with_f32_training_log_is_ratios_and_resume_exactly() {
     let out = train(runs.path(), "bf16-rollouts", &[&["--max-steps", "2"], &flags[..]].concat());
     assert!(out.status.success(), "{}", text(&out.stderr));
     let run = runs.path().join("bf16-rollouts");
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    let config = json_file(&run.join("config.json"));
     assert_eq!((config["dtype"].as_str(), config["rollout_dtype"].as_str()), (Some("Float"), Some("BFloat16")));
     let batches: Vec<_> = rows(&run).into_iter().filter(|r| r.contains_key("rollouts/returns_mean")).collect();
     assert_eq!(batches.len(), 2);
@@ -234,8 +235,7 @@ fn fp16_mixed_precision_logs_and_saves_the_loss_scale() {
     let out = train(runs.path(), "fp16", &["--max-steps", "1", "--mixed-precision", "fp16", "--deterministic"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let run = runs.path().join("fp16");
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    let config = json_file(&run.join("config.json"));
     assert_eq!(config["run"]["model"]["deterministic"], true);
     let scales: Vec<f64> = rows(&run).iter().filter_map(|r| r.get("training_step/loss_scale")?.as_f64()).collect();
     assert!(!scales.is_empty(), "no training_step/loss_scale logged");
@@ -405,8 +405,7 @@ fn resume_refuses_a_changed_learning_rate_unless_allowed() {
     ];
     let resumed = train(runs.path(), "guarded", &allowed);
     assert!(resumed.status.success(), "{}", text(&resumed.stderr));
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(runs.path().join("guarded/config.json")).unwrap()).unwrap();
+    let config = json_file(&runs.path().join("guarded/config.json"));
     assert_eq!(config["config_changes"][0]["changes"][0], "--lr: 0.001 -> 0.0005", "{config}");
 }
 
