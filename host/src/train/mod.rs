@@ -35,6 +35,7 @@ use crate::checkpoint::{self, CheckpointData, TrainerState};
 use crate::logging::{Loggers, LoggingConfig, SystemMetrics};
 use crate::plugins::{AlgorithmPlugin, EnvironmentPlugin, Registry};
 use crate::rollout::{run_episodes, Rollout, RolloutConfig};
+use crate::error::RunFailed;
 use crate::user_error;
 pub use config::RunConfig;
 use config::{LrSchedule, OptimizerSettings};
@@ -377,12 +378,15 @@ impl Trainer {
             self.loggers.finish(0);
             return Ok(0);
         }
-        // The final row is committed before the final checkpoint, as in `train`.
+        // The final row is committed before the final checkpoint, as in `train`. After an error at a batch boundary
+        // the last batch's row is already committed, so the final values go to the summary only.
         let completed = matches!(outcome, Ok(Outcome::Completed));
-        let mut row = metrics::final_summary(&self.state, true, completed);
-        // Whether the save worked is known only after the row is committed: the summary records it.
-        row.remove("checkpoint/saved");
-        self.loggers.log(self.state.global_step.saturating_sub(1), row);
+        if outcome.is_ok() {
+            let mut row = metrics::final_summary(&self.state, true, completed);
+            // Whether the save worked is known only after the row is committed: the summary records it.
+            row.remove("checkpoint/saved");
+            self.loggers.log(self.state.global_step.saturating_sub(1), row);
+        }
         self.loggers.flush_durable();
         let saved = self.save();
         let loggers = &mut self.loggers;
@@ -402,15 +406,18 @@ impl Trainer {
                 Ok(code)
             }
             (Err(err), Ok(dir)) => {
-                loggers.println(&format!("the run failed; checkpoint saved; {}", resume_hint(&dir)));
+                let hint = format!("the run failed; checkpoint saved; {}", resume_hint(&dir));
+                loggers.println(&hint);
                 loggers.finish(1);
-                Err(err)
+                Err(err.context(RunFailed(hint)))
             }
             (outcome, Err(save_err)) => {
                 loggers.finish(1);
                 match outcome {
-                    Err(err) => Err(err.context(format!("and saving a checkpoint failed too: {save_err:#}"))),
-                    Ok(_) => Err(save_err.context("saving the final checkpoint")),
+                    Err(err) => {
+                        Err(err.context(RunFailed(format!("and saving a checkpoint failed too: {save_err:#}"))))
+                    }
+                    Ok(_) => Err(save_err.context(RunFailed("saving the final checkpoint".into()))),
                 }
             }
         }
@@ -435,7 +442,7 @@ impl Trainer {
         };
         self.loggers.println(&format!("the run failed in batch {}; {hint}", self.state.batch));
         self.loggers.finish(1);
-        Err(err.context(format!("batch {} failed; {hint}", self.state.batch)))
+        Err(err.context(RunFailed(format!("batch {} failed; {hint}", self.state.batch))))
     }
 }
 
