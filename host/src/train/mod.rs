@@ -32,10 +32,10 @@ use grpo_sdk::rng::mix;
 use grpo_sdk::Task;
 
 use crate::checkpoint::{self, CheckpointData, TrainerState};
+use crate::error::RunFailed;
 use crate::logging::{Loggers, LoggingConfig, SystemMetrics};
 use crate::plugins::{AlgorithmPlugin, EnvironmentPlugin, Registry};
 use crate::rollout::{run_episodes, Rollout, RolloutConfig};
-use crate::error::RunFailed;
 use crate::user_error;
 pub use config::RunConfig;
 use config::{LrSchedule, OptimizerSettings};
