@@ -296,7 +296,8 @@ impl Trainer {
             ignore_eos: s.ignore_eos,
         };
         self.policy.model().set_training(false);
-        let masters = self.optimizer.has_master_weights().then(|| self.optimizer.master_weights());
+        let masters = (self.policy.precision().separate_rollout() && self.optimizer.has_master_weights())
+            .then(|| self.optimizer.master_weights());
         self.policy.refresh_sampler(masters.as_ref());
         let seed = mix(self.config.seed, self.state.batch);
         run_episodes(self.policy.sampler(), self.policy.tokenizer(), &self.env, tasks, &cfg, seed)
