@@ -205,7 +205,7 @@ fn bf16_mixed_precision_saves_f32_masters_and_resumes_exactly() {
 #[test]
 fn bf16_rollouts_with_f32_training_log_is_ratios_and_resume_exactly() {
     let runs = tempfile::tempdir().unwrap();
-    let flags = ["--rollout-dtype", "bf16", "--tis-cap", "2"];
+    let flags = ["--mixed-precision", "no", "--rollout-dtype", "bf16", "--tis-cap", "2"];
     let out = train(runs.path(), "bf16-rollouts", &[&["--max-steps", "2"], &flags[..]].concat());
     assert!(out.status.success(), "{}", text(&out.stderr));
     let run = runs.path().join("bf16-rollouts");
@@ -221,7 +221,7 @@ fn bf16_rollouts_with_f32_training_log_is_ratios_and_resume_exactly() {
         assert!(max != 1.0 || mean != 1.0, "the ratios are all 1: the old log-probs were not recomputed");
     }
     // f32 sampling and training: the sampler's log-probs are reused, so there is no ratio to log.
-    let plain = train(runs.path(), "f32", &["--max-steps", "1"]);
+    let plain = train(runs.path(), "f32", &["--max-steps", "1", "--mixed-precision", "no"]);
     assert!(plain.status.success(), "{}", text(&plain.stderr));
     assert!(rows(&runs.path().join("f32")).iter().all(|r| !r.contains_key("rollouts/is_ratio_mean")));
     assert_resume_is_exact(runs.path(), &run, "bf16-rollouts-split", &flags);

@@ -214,10 +214,26 @@ impl LossScaler {
     }
 }
 
-/// The CPU default. bf16 mixed precision measured 1.1-1.4x faster per batch on a 2-core AVX512-BF16 machine (no AMX)
-/// but its learning is not yet shown to match f32, so f32 stays the default:
-/// docs/benchmarks.md, "Mixed precision on the CPU".
-const CPU_DEFAULT: MixedPrecision = MixedPrecision::No;
+/// The CPU default, chosen by measurement (docs/benchmarks.md, "Mixed precision on the CPU"): on a CPU that computes
+/// bf16 natively (AVX512-BF16 or AMX-BF16) bf16 mixed precision ran a GRPO step 1.5x faster than f32 in a release
+/// build and learnt the same (docs/benchmarks-learning.md); elsewhere bf16 is emulated and f32 stays the default.
+fn cpu_default() -> MixedPrecision {
+    if cpu_has_native_bf16() {
+        MixedPrecision::Bf16
+    } else {
+        MixedPrecision::No
+    }
+}
+
+/// Whether this CPU has bf16 arithmetic in hardware, from the kernel's CPU flags (Linux; false elsewhere).
+pub fn cpu_has_native_bf16() -> bool {
+    static NATIVE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *NATIVE.get_or_init(|| {
+        let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let flags = info.lines().find(|l| l.starts_with("flags")).unwrap_or_default();
+        flags.split_whitespace().any(|f| f == "avx512_bf16" || f == "amx_bf16")
+    })
+}
 
 /// A run's precision once the device is known: what the model's parameters hold and whether the optimizer keeps
 /// f32 master weights.
@@ -241,7 +257,7 @@ impl Precision {
     pub fn resolve(mode: MixedPrecision, dtype: DtypeSpec, device: Device) -> anyhow::Result<Precision> {
         let mode = match (mode, dtype) {
             (MixedPrecision::Auto, DtypeSpec::Auto) if device.is_cuda() => MixedPrecision::Bf16,
-            (MixedPrecision::Auto, DtypeSpec::Auto) => CPU_DEFAULT,
+            (MixedPrecision::Auto, DtypeSpec::Auto) => cpu_default(),
             (MixedPrecision::Auto, _) => MixedPrecision::No,
             (mode, _) => mode,
         };
@@ -293,7 +309,7 @@ mod tests {
     #[test]
     fn resolution_follows_device_and_dtype() {
         let cpu = Precision::resolve(MixedPrecision::Auto, DtypeSpec::Auto, Device::Cpu).unwrap();
-        assert_eq!(cpu.mode, CPU_DEFAULT);
+        assert_eq!(cpu.mode, cpu_default());
         let cuda = Precision::resolve(MixedPrecision::Auto, DtypeSpec::Auto, Device::Cuda(0)).unwrap();
         assert_eq!((cuda.mode, cuda.working, cuda.master_weights), (MixedPrecision::Bf16, Kind::BFloat16, true));
         let pure = Precision::resolve(MixedPrecision::Auto, DtypeSpec::Bf16, Device::Cuda(0)).unwrap();
@@ -307,7 +323,8 @@ mod tests {
         let mixed = Precision::resolve(MixedPrecision::Bf16, DtypeSpec::Auto, Device::Cpu).unwrap();
         assert_eq!(mixed.with_rollout(DtypeSpec::Auto, Device::Cpu).rollout, Kind::BFloat16);
         assert!(!mixed.with_rollout(DtypeSpec::Bf16, Device::Cpu).separate_rollout());
-        let f32_bf16 = cpu.with_rollout(DtypeSpec::Bf16, Device::Cpu);
+        let f32 = Precision::resolve(MixedPrecision::No, DtypeSpec::Auto, Device::Cpu).unwrap();
+        let f32_bf16 = f32.with_rollout(DtypeSpec::Bf16, Device::Cpu);
         assert!(f32_bf16.separate_rollout() && f32_bf16.working == Kind::Float);
     }
 
