@@ -46,8 +46,8 @@ pub struct TrainArgs {
     #[command(flatten)]
     pub sft: super::sft::WarmupArgs,
     /// auto, no, bf16 or fp16: compute forward and backward in bf16/fp16 with f32 master weights, gradients and
-    /// AdamW state (fp16 with dynamic loss scaling). auto: bf16 on CUDA and on CPUs with bf16 instructions
-    /// (AVX512-BF16, AMX), else no.
+    /// AdamW state (fp16 with dynamic loss scaling). auto: bf16 on CUDA, no on the CPU (docs/cli.md says
+    /// why).
     #[arg(long, default_value = "auto")]
     pub mixed_precision: MixedPrecision,
     /// The dtype rollouts are sampled in: auto (the compute precision: bf16 under --mixed-precision bf16, else

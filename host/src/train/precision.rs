@@ -214,25 +214,12 @@ impl LossScaler {
     }
 }
 
-/// The CPU default, chosen by measurement (docs/benchmarks.md, "Mixed precision on the CPU"): on a CPU that computes
-/// bf16 natively (AVX512-BF16 or AMX-BF16) bf16 mixed precision ran a GRPO step 1.5x faster than f32 in a release
-/// build and learnt the same (docs/benchmarks-learning.md); elsewhere bf16 is emulated and f32 stays the default.
+/// The CPU default. bf16 mixed precision measured 1.5x faster per GRPO step in a release build on a 2-core
+/// AVX512-BF16 machine and learnt the same (docs/benchmarks.md, "Mixed precision on the CPU"), but with LoRA its merged
+/// checkpoint (`--save-merged`) is built from the bf16 working copy of the base weights, which transformers' f32 merge
+/// does not reproduce to 1e-4; until that merge uses f32 base weights, f32 stays the default everywhere.
 fn cpu_default() -> MixedPrecision {
-    if cpu_has_native_bf16() {
-        MixedPrecision::Bf16
-    } else {
-        MixedPrecision::No
-    }
-}
-
-/// Whether this CPU has bf16 arithmetic in hardware, from the kernel's CPU flags (Linux; false elsewhere).
-pub fn cpu_has_native_bf16() -> bool {
-    static NATIVE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *NATIVE.get_or_init(|| {
-        let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let flags = info.lines().find(|l| l.starts_with("flags")).unwrap_or_default();
-        flags.split_whitespace().any(|f| f == "avx512_bf16" || f == "amx_bf16")
-    })
+    MixedPrecision::No
 }
 
 /// A run's precision once the device is known: what the model's parameters hold and whether the optimizer keeps
