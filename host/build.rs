@@ -1,7 +1,8 @@
 //! Make CUDA visible to the binaries: nothing in the Rust code references a libtorch_cuda symbol, so the linker's
 //! default `--as-needed` would drop the library and `tch::Cuda::is_available()` would quietly report false.
 //! Also compiles the small C++ shims libtorch's C API lacks: the CUDA caching allocator's memory statistics
-//! (logging/cuda_memory.cpp) and the deterministic-algorithms switch (deterministic.cpp).
+//! (logging/cuda_memory.cpp), the deterministic-algorithms switch (deterministic.cpp) and the c10d process group
+//! (distributed/c10d.cpp), which compiles against the wheel's c10d headers and the Gloo declarations beside it.
 fn main() {
     // torch-sys reports where it found libtorch (its `links = "tch"` metadata).
     if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
@@ -18,6 +19,8 @@ fn main() {
 fn build_cuda_memory_shim() {
     println!("cargo:rerun-if-changed=src/logging/cuda_memory.cpp");
     println!("cargo:rerun-if-changed=src/deterministic.cpp");
+    println!("cargo:rerun-if-changed=src/distributed/c10d.cpp");
+    println!("cargo:rerun-if-changed=src/distributed/gloo_decl");
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     let from_lib = std::env::var("DEP_TCH_LIBTORCH_LIB")
         .ok()
@@ -31,9 +34,12 @@ fn build_cuda_memory_shim() {
         .cpp(true)
         .std("c++17")
         .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .include("src/distributed/gloo_decl")
         .define("_GLIBCXX_USE_CXX11_ABI", cxx11_abi.as_str())
         .warnings(false)
         .file("src/logging/cuda_memory.cpp")
         .file("src/deterministic.cpp")
+        .file("src/distributed/c10d.cpp")
         .compile("grpo_cuda_memory");
 }

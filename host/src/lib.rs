@@ -1,11 +1,13 @@
 //! The grpo-rs host. Modules follow the data flow, one stage each: `model` and `tokenizer` (the policy),
 //! `generate` (sampling), `rollout` (episodes), `train` (experience, losses and updates), `plugins` (the dynamically
-//! loaded algorithms and environments), `logging` (sinks), `checkpoint`, and `cli`.
+//! loaded algorithms and environments), `logging` (sinks), `checkpoint`, `distributed` (the process group of a
+//! data-parallel run) and `cli`.
 
 pub mod calendar;
 pub mod checkpoint;
 pub mod choice;
 pub mod cli;
+pub mod distributed;
 pub mod error;
 pub mod generate;
 pub mod logging;

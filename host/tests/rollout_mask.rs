@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use grpo_host::generate::SamplingParams;
 use grpo_host::model::Model;
 use grpo_host::plugins::Registry;
-use grpo_host::rollout::{run_episodes, RolloutConfig};
+use grpo_host::rollout::{run_episodes, task_seeds, RolloutConfig};
 use grpo_host::tokenizer::Tokenizer;
 use grpo_sdk::tch::{Device, Kind};
 use grpo_sdk::{Environment, Message, MetricSource, Reward, Split, StepOutcome, Task};
@@ -77,7 +77,7 @@ fn action_segments_are_exactly_the_assistant_turns() {
         sampling: SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0 },
         ignore_eos: false,
     };
-    let rollouts = run_episodes(&model, &tokenizer, &env, &tasks, &cfg, 11).unwrap();
+    let rollouts = run_episodes(&model, &tokenizer, &env, &tasks, &cfg, &task_seeds(11, 0, tasks.len())).unwrap();
     assert_eq!(rollouts.len(), 6);
 
     let mut segments: Vec<String> = Vec::new();

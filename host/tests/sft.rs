@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use grpo_host::distributed::World;
 use grpo_host::model::Model;
 use grpo_host::sft::loss::{sft_loss, SftBatch};
 use grpo_host::sft::{Renderer, SftStep};
@@ -98,6 +99,7 @@ fn steps_lower_the_loss_and_micro_batches_do_not_change_the_step() {
             scaler: &mut scaler,
             micro_batch: micro,
             max_norm: 1.0,
+            world: &World::single(),
         };
         (0..5).map(|_| step.run(&rows, 1e-2).unwrap().unwrap()).collect::<Vec<_>>()
     };

@@ -5,10 +5,11 @@
 mod common;
 
 use grpo_host::checkpoint::TrainerState;
+use grpo_host::distributed::World;
 use grpo_host::generate::SamplingParams;
 use grpo_host::model::{DeviceSpec, DtypeSpec};
 use grpo_host::plugins::{AlgorithmPlugin, DiscoveryOptions, EnvironmentPlugin, Registry};
-use grpo_host::rollout::{run_episodes, RolloutConfig};
+use grpo_host::rollout::{run_episodes, task_seeds, RolloutConfig};
 use grpo_host::train::config::{BatchSettings, ModelSettings, ObjectiveSettings, RecomputeOld};
 use grpo_host::train::optimizer::{AdamW, AdamWConfig, Schedule};
 use grpo_host::train::policy::Policy;
@@ -72,7 +73,8 @@ fn scored_batch(policy: &Policy, algo: &AlgorithmPlugin, env: &EnvironmentPlugin
         sampling: SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0 },
         ignore_eos: false,
     };
-    let rollouts = run_episodes(policy.model(), policy.tokenizer(), env, &tasks, &cfg, 11).unwrap();
+    let rollouts =
+        run_episodes(policy.model(), policy.tokenizer(), env, &tasks, &cfg, &task_seeds(11, 0, tasks.len())).unwrap();
     assert_eq!(rollouts.len(), 6);
     let mut scored = scored::score(algo, rollouts, batch.group_size).unwrap();
     for group in scored.advantage_values.chunks(3) {
@@ -144,6 +146,7 @@ fn one_batch_through_every_stage() {
         loss: objective.for_algorithm(batch.max_new_tokens),
         max_norm: 1.0,
         seed: 7,
+        world: &World::single(),
     };
     let updates = updater.run(&exp, &mut state, &mut |r, _| seen.push(r.step)).unwrap();
     assert_eq!(updates.steps.len() as u64, batch.updates_per_batch());
@@ -153,7 +156,7 @@ fn one_batch_through_every_stage() {
     assert!(moved > 0.0, "the optimizer steps changed no weight");
 
     // metrics: the schema, from the stages' values.
-    let m = metrics::rollout(&scored, &exp, 0.0);
+    let m = metrics::rollout(&metrics::BatchSummary::new(&scored, &exp, Default::default()), 0.0);
     for name in ["rollouts/returns_mean", "rollouts/advantages_std", "rollouts/kl_mean", "completions/mean_length"] {
         assert!(m.contains_key(name), "{name} missing from {:?}", m.keys().collect::<Vec<_>>());
     }
@@ -198,6 +201,7 @@ fn bf16_mixed_precision_keeps_the_small_updates_pure_bf16_loses() {
             loss: objective.for_algorithm(batch.max_new_tokens),
             max_norm: 0.0,
             seed: 7,
+            world: &World::single(),
         };
         let updates = updater.run(&exp, &mut state, &mut |_, _| {}).unwrap();
         assert_eq!(updates.steps.len(), 1);

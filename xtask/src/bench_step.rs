@@ -70,19 +70,27 @@ impl Precision {
 }
 
 /// The workload's sizes, the same on both sides.
-struct Workload {
-    threads: usize,
-    steps: usize,
-    warmup: usize,
-    prompts: usize,
-    group: usize,
-    max_new: usize,
-    train_batch: usize,
+#[derive(Clone, Copy)]
+pub struct Workload {
+    /// libtorch threads (per process).
+    pub threads: usize,
+    /// Measured steps.
+    pub steps: usize,
+    /// Steps run before measuring.
+    pub warmup: usize,
+    /// Prompts per step (per process).
+    pub prompts: usize,
+    /// Rollouts per prompt.
+    pub group: usize,
+    /// New tokens per rollout.
+    pub max_new: usize,
+    /// Sequences per micro-batch (per process).
+    pub train_batch: usize,
 }
 
-/// Run the benchmark from the workspace root `root` with command-line `args`.
-pub fn run(root: &Path, args: &[String]) -> Result<()> {
-    let w = Workload {
+/// The workload options of `args`.
+fn workload(args: &[String]) -> Result<Workload> {
+    Ok(Workload {
         threads: threads(args)?,
         steps: number(args, "--steps", 3)?,
         warmup: number(args, "--warmup", 1)?,
@@ -90,7 +98,58 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         group: number(args, "--group", 4)?,
         max_new: number(args, "--max-new", 64)?,
         train_batch: number(args, "--train-batch", 4)?,
-    };
+    })
+}
+
+/// `grpo-host train` over `w` (`scale` times the prompts and micro-batch, for one process doing the work of
+/// `scale` ranks) with `--mixed-precision mixed`, its run `bench-step` under `runs`, appended to `cmd` (the host
+/// itself, or a launcher in front of it).
+pub fn host_command(mut cmd: Command, model: &Path, w: &Workload, mixed: &str, runs: &Path, scale: usize) -> Command {
+    let s = |n: usize| n.to_string();
+    let env_config = serde_json::json!({
+        "generator": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1, "ops": "+", "parentheses": 0.0},
+        "system_prompt": SYSTEM,
+    });
+    cmd.args(["train", "--algo", "grpo", "--env", "math", "--device", "cpu", "--dtype", "f32"])
+        .args(["--mixed-precision", mixed, "--lora-rank", "0", "--kl-weight", "0.01", "--clip-eps", "0.2"])
+        .args(["--max-norm", "1.0", "--lr", "5e-6", "--temperature", "0.7", "--top-k", "50", "--top-p", "1.0"])
+        .args(["--ignore-eos", "--no-wandb", "--checkpoint-interval", "1000000", "--checkpoint-every-minutes", "0"])
+        .arg("--model")
+        .arg(model)
+        .args(["--env-config", &env_config.to_string(), "--threads", &s(w.threads)])
+        .args(["--rollouts-per-step", &s(w.prompts * scale), "--group-size", &s(w.group)])
+        .args(["--max-new-tokens", &s(w.max_new), "--train-batch-size", &s(w.train_batch * scale)])
+        .args(["--max-steps", &s(w.warmup + w.steps)])
+        .arg("--runs-dir")
+        .arg(runs)
+        .args(["--run-name", "bench-step"]);
+    cmd
+}
+
+/// Each batch's (rollout, log-prob, train, all-reduce) seconds from a run's metrics.jsonl. A batch's rollout and
+/// log-prob times are logged on its first optimizer step's row, its training times on its last one's.
+pub fn read_batches(run: &Path) -> Result<Vec<[f64; 4]>> {
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).context("reading the run's metrics.jsonl")?;
+    let mut batches: Vec<[f64; 4]> = Vec::new();
+    for row in metrics.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()) {
+        let get = |k: &str| row.get(k).and_then(Value::as_f64);
+        if let Some(rollout) = get("timing/rollout_s") {
+            batches.push([rollout, get("timing/logprob_s").unwrap_or(0.0), 0.0, 0.0]);
+        }
+        if let (Some(train), Some(batch)) = (get("timing/train_s"), batches.last_mut()) {
+            batch[2] += train;
+            batch[3] += get("timing/allreduce_s").unwrap_or(0.0);
+        }
+    }
+    Ok(batches)
+}
+
+/// Run the benchmark from the workspace root `root` with command-line `args`.
+pub fn run(root: &Path, args: &[String]) -> Result<()> {
+    let w = workload(args)?;
+    if let Some(n) = flag(args, "--nproc-per-node") {
+        return crate::bench_ddp::run(root, args, &w, n.parse().context("--nproc-per-node: expected a number")?);
+    }
     let precision_list = flag(args, "--precision").unwrap_or_else(|| "f32,bf16".to_string());
     let precisions = Precision::parse(&precision_list)?;
     if w.steps == 0 {
@@ -181,76 +240,16 @@ fn measure(
 
     eprintln!("{}: running grpo-host train ({warmup} warm-up + {steps} steps)...", precision.label());
     let runs = tempfile::tempdir().context("creating a scratch runs directory")?;
-    let env_config = serde_json::json!({
-        "generator": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1, "ops": "+", "parentheses": 0.0},
-        "system_prompt": SYSTEM,
-    });
-    let command = [
-        "train",
-        "--algo",
-        "grpo",
-        "--env",
-        "math",
-        "--device",
-        "cpu",
-        "--dtype",
-        "f32",
-        "--mixed-precision",
-        mixed,
-        "--lora-rank",
-        "0",
-        "--kl-weight",
-        "0.01",
-        "--clip-eps",
-        "0.2",
-        "--max-norm",
-        "1.0",
-        "--lr",
-        "5e-6",
-        "--temperature",
-        "0.7",
-        "--top-k",
-        "50",
-        "--top-p",
-        "1.0",
-        "--ignore-eos",
-        "--no-wandb",
-        "--checkpoint-interval",
-        "1000000",
-    ];
-    let status = Command::new(host)
-        .args(command)
-        .arg("--model")
-        .arg(model)
-        .args(["--env-config", &env_config.to_string(), "--threads", &s(threads)])
-        .args(["--rollouts-per-step", &s(prompts), "--group-size", &s(group), "--max-new-tokens", &s(max_new)])
-        .args(["--train-batch-size", &s(train_batch), "--max-steps", &s(warmup + steps)])
-        .arg("--runs-dir")
-        .arg(runs.path())
-        .args(["--run-name", "bench-step"])
+    let status = host_command(Command::new(host), model, w, mixed, runs.path(), 1)
         .status()
         .context("running grpo-host train")?;
     if !status.success() {
         bail!("grpo-host train failed (exit {status})");
     }
-    let metrics = std::fs::read_to_string(runs.path().join("bench-step").join("metrics.jsonl"))
-        .context("reading the run's metrics.jsonl")?;
-    // A batch's rollout and log-prob times are logged on its first optimizer step's row, its training time on its
-    // last one's: gather them per batch.
-    let mut batches: Vec<[f64; 3]> = Vec::new();
-    for row in metrics.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()) {
-        let get = |k: &str| row.get(k).and_then(Value::as_f64);
-        if let Some(rollout) = get("timing/rollout_s") {
-            batches.push([rollout, get("timing/logprob_s").unwrap_or(0.0), 0.0]);
-        }
-        if let (Some(train), Some(batch)) = (get("timing/train_s"), batches.last_mut()) {
-            batch[2] += train;
-        }
-    }
-    let ours: Vec<Value> = batches
+    let ours: Vec<Value> = read_batches(&runs.path().join("bench-step"))?
         .iter()
         .skip(warmup)
-        .map(|[a, b, c]| serde_json::json!({"rollout_s": a, "logprob_s": b, "train_s": c, "total_s": a + b + c}))
+        .map(|b| serde_json::json!({"rollout_s": b[0], "logprob_s": b[1], "train_s": b[2], "total_s": b[0] + b[1] + b[2]}))
         .collect();
     if ours.len() != steps || reference.len() != steps {
         bail!(

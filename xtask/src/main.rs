@@ -2,14 +2,17 @@
 //!
 //! - `setup`: libtorch (from the PyPI torch wheel), the default model and the dense retrieval model into the
 //!   per-user cache; idempotent.
-//! - `run [ARGS...]`: setup, build the release host and plugins, then run `grpo-host ARGS...`.
+//! - `run [ARGS...]`: setup, build the release host and plugins, then run `grpo-host ARGS...`
+//!   (`run --nproc-per-node N ARGS...`: N data-parallel ranks under setup's `torchrun --standalone`).
 //! - `test`: setup (and cargo-generate), then rustfmt check, clippy with `-D warnings`, build, the SDK docs with
 //!   warnings as errors, and the whole test suite.
-//! - `bench-generate`, `bench-step`: benchmarks against the Python reference, written to docs/benchmarks-*.md.
+//! - `bench-generate`, `bench-step`: benchmarks against the Python reference, written to docs/benchmarks-*.md;
+//!   `bench-step --nproc-per-node N`: data-parallel ranks against one process on the same global batch.
 //!
 //! xtask itself never links libtorch, so it runs before libtorch exists and can repair a damaged cache.
 
 mod bench;
+mod bench_ddp;
 mod bench_generate;
 mod bench_step;
 mod paths;
@@ -51,7 +54,18 @@ fn dispatch(args: &[String]) -> Result<i32> {
             setup::setup(false)?;
             cargo(&["build", "--release"], "building grpo-host and the shipped plugins (release)")?;
             let exe = paths::repo_root().join("target/release/grpo-host");
-            let status = std::process::Command::new(exe).args(rest).status()?;
+            // `run --nproc-per-node N ...`: N data-parallel ranks on this machine under setup's torchrun.
+            let status = match rest {
+                [flag, n, args @ ..] if flag == "--nproc-per-node" => {
+                    let torchrun = paths::Cache::new().python().with_file_name("torchrun");
+                    std::process::Command::new(torchrun)
+                        .args(["--standalone", "--nproc-per-node", n, "--no-python"])
+                        .arg(exe)
+                        .args(args)
+                        .status()?
+                }
+                _ => std::process::Command::new(exe).args(rest).status()?,
+            };
             Ok(status.code().unwrap_or(1))
         }
         "test" => {

@@ -85,6 +85,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<i32> {
         stop_strings: args.stop.clone(),
         eos_ids: if args.sampling.ignore_eos { Vec::new() } else { tokenizer.eos_token_ids().to_vec() },
         seed: args.seed,
+        row_seeds: Vec::new(),
     };
 
     let stream = args.num_samples == 1 && !args.json;

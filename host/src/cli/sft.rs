@@ -9,6 +9,7 @@ use clap::Args;
 use super::args::{json_option, ModelArgs};
 use super::plugins::PluginDirArgs;
 use crate::checkpoint::{self, CheckpointData, TrainerState};
+use crate::distributed::World;
 use crate::model::DtypeSpec;
 use crate::plugins::Registry;
 use crate::sft::warmup::WarmupSettings;
@@ -156,12 +157,14 @@ pub fn run(args: SftArgs) -> anyhow::Result<i32> {
     let start = Instant::now();
     let mut taken = 0u64;
     {
+        let single = World::single();
         let mut step = SftStep {
             model: policy.model(),
             optimizer: &mut optimizer,
             scaler: &mut scaler,
             micro_batch: args.micro_batch_size,
             max_norm: args.max_norm,
+            world: &single,
         };
         for index in 0..args.max_steps {
             let conversations = source.take(args.batch_size)?;

@@ -11,8 +11,8 @@ use crate::generate::SamplingParams;
 use crate::logging::LoggingArgs;
 use crate::model::{DtypeSpec, LoraConfig};
 use crate::train::config::{
-    BatchSettings, CheckpointSettings, LogSettings, LrSchedule, ModelSettings, ObjectiveSettings, OptimizerSettings,
-    PluginSelection, RecomputeOld, RunConfig, SamplingSettings,
+    BatchSettings, CheckpointSettings, DistSettings, LogSettings, LrSchedule, ModelSettings, ObjectiveSettings,
+    OptimizerSettings, PluginSelection, RecomputeOld, RunConfig, SamplingSettings,
 };
 use crate::train::precision::MixedPrecision;
 use crate::user_error;
@@ -196,6 +196,15 @@ pub struct TrainArgs {
     /// Log example completions every this many batches.
     #[arg(long, default_value_t = 10)]
     pub log_completions_interval: u64,
+
+    /// Data parallel (under torchrun): seconds a rank waits in a collective or at the rendezvous before it gives up
+    /// on a rank that died or hung. Must exceed the longest wait for the slowest rank's rollouts.
+    #[arg(long, default_value_t = 300.0)]
+    pub dist_timeout: f64,
+    /// Data parallel: compare a fingerprint of every rank's weights every this many batches (and at each
+    /// checkpoint); a difference stops the run naming the ranks (0: only at checkpoints).
+    #[arg(long, default_value_t = 1)]
+    pub dist_check_interval: u64,
 }
 
 /// Training's sampling defaults: re-grpo's temperature, and transformers' top-k of 50 that its sampling used.
@@ -286,10 +295,14 @@ impl TrainArgs {
                 completions_interval: self.log_completions_interval,
             },
             sft: self.sft.into_settings()?,
+            dist: DistSettings { timeout_secs: self.dist_timeout, check_interval: self.dist_check_interval },
         })
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        if !(self.dist_timeout.is_finite() && self.dist_timeout > 0.0) {
+            return Err(user_error!("--dist-timeout {}: give a positive number of seconds", self.dist_timeout));
+        }
         let positive = [
             ("--group-size", self.group_size),
             ("--rollouts-per-step", self.rollouts_per_step),

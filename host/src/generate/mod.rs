@@ -11,6 +11,7 @@ pub mod sampling;
 
 use std::time::Instant;
 
+use grpo_sdk::rng::SplitMix64;
 use tch::{Device, Kind, Tensor};
 
 pub use sampling::SamplingParams;
@@ -58,6 +59,10 @@ pub struct GenerateRequest {
     pub eos_ids: Vec<u32>,
     /// Seed for the sampling RNG (libtorch's global generator); the same seed gives the same samples on CPU.
     pub seed: Option<u64>,
+    /// One seed per completion (prompt-major, as [`GenerateOutput::completions`]): each completion then draws from
+    /// its own stream, so what it samples does not depend on which other rows share its batch (or which
+    /// data-parallel rank runs it). Empty: every row draws from libtorch's generator, seeded by `seed`.
+    pub row_seeds: Vec<u64>,
 }
 
 impl GenerateRequest {
@@ -71,6 +76,7 @@ impl GenerateRequest {
             stop_strings: Vec::new(),
             eos_ids,
             seed: None,
+            row_seeds: Vec::new(),
         }
     }
 }
@@ -161,6 +167,10 @@ pub fn generate(
         return Err(user_error!("stop strings need a tokenizer"));
     }
     req.sampling.validate()?;
+    let n = req.prompts.len() * req.group_size;
+    if !req.row_seeds.is_empty() && req.row_seeds.len() != n {
+        anyhow::bail!("{} row seeds for {n} completions", req.row_seeds.len());
+    }
     if let Some(seed) = req.seed {
         tch::manual_seed(seed as i64);
     }
@@ -225,8 +235,16 @@ fn run(
     // Batch row -> completion index; rows of finished completions linger until the next compaction.
     let mut row_seq: Vec<usize> = (0..n).collect();
     let mut remaining = n;
+    let mut streams: Vec<SplitMix64> = req.row_seeds.iter().map(|&s| SplitMix64::new(s)).collect();
     for step in 0..max_new {
-        let (tok, lp, mlp) = sampling::sample(&logits, &req.sampling);
+        // A completion's own stream advances only while it is unfinished, so its draws do not depend on when the
+        // batch is compacted or on its neighbours.
+        let uniforms = (!streams.is_empty()).then(|| {
+            let u: Vec<f64> =
+                row_seq.iter().map(|&s| if seqs[s].finish.is_none() { streams[s].unit() } else { 0.5 }).collect();
+            Tensor::from_slice(&u)
+        });
+        let (tok, lp, mlp) = sampling::sample(&logits, &req.sampling, uniforms.as_ref());
         let host: Vec<f64> = Vec::try_from(
             Tensor::stack(&[tok.to_kind(Kind::Double), lp.to_kind(Kind::Double), mlp.to_kind(Kind::Double)], 0)
                 .to_device(Device::Cpu)

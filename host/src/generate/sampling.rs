@@ -56,9 +56,10 @@ impl SamplingParams {
     }
 }
 
-/// Sample one token per row of `logits` `[n, vocab]`. Returns `(tokens [n] int64, sampling log-probs [n] f32,
-/// plain model log-probs [n] f32)`.
-pub fn sample(logits: &Tensor, p: &SamplingParams) -> (Tensor, Tensor, Tensor) {
+/// Sample one token per row of `logits` `[n, vocab]`, with the uniform draws `uniforms` (`[n]` f64 in [0, 1)) when
+/// given, else from libtorch's generator. Returns `(tokens [n] int64, sampling log-probs [n] f32, plain model
+/// log-probs [n] f32)`.
+pub fn sample(logits: &Tensor, p: &SamplingParams, uniforms: Option<&Tensor>) -> (Tensor, Tensor, Tensor) {
     let logits = logits.to_kind(Kind::Float);
     let model_lp = logits.log_softmax(-1, Kind::Float);
     if p.is_greedy() {
@@ -67,7 +68,7 @@ pub fn sample(logits: &Tensor, p: &SamplingParams) -> (Tensor, Tensor, Tensor) {
         return (tok.squeeze_dim(-1), mlp.zeros_like(), mlp);
     }
     let lp = if p.is_plain() { model_lp.shallow_clone() } else { filtered_log_probs(&logits, p) };
-    let tok = draw(&lp);
+    let tok = draw(&lp, uniforms);
     let slp = lp.gather(-1, &tok, false).squeeze_dim(-1);
     let mlp = model_lp.gather(-1, &tok, false).squeeze_dim(-1);
     (tok.squeeze_dim(-1), slp, mlp)
@@ -79,11 +80,15 @@ pub fn sample(logits: &Tensor, p: &SamplingParams) -> (Tensor, Tensor, Tensor) {
 /// draw uses the exponential-race trick: one logarithm per vocabulary entry in a serial loop, measured at a sixth
 /// of a 64-row decode step of the default model on a CPU. The running sum is kept in f64 so that a 150k vocabulary
 /// adds no visible rounding to the draw.
-fn draw(lp: &Tensor) -> Tensor {
+fn draw(lp: &Tensor, uniforms: Option<&Tensor>) -> Tensor {
     let n = lp.size()[0];
     let cdf = lp.exp().cumsum(-1, Kind::Double);
     let total = cdf.narrow(1, cdf.size()[1] - 1, 1);
-    let target: Tensor = (1.0 - Tensor::rand([n, 1], (Kind::Double, lp.device()))) * total;
+    let u = match uniforms {
+        Some(u) => u.to_device(lp.device()).to_kind(Kind::Double).view([n, 1]),
+        None => Tensor::rand([n, 1], (Kind::Double, lp.device())),
+    };
+    let target: Tensor = (1.0 - u) * total;
     // Only rounding can put the target past the end; the last token with mass is then the right answer, and
     // a non-finite row (NaN logits) lands there too, to be caught by the caller through its log-prob.
     let last = lp.size()[1] - 1;
@@ -152,7 +157,7 @@ mod tests {
         let lp = Tensor::from_slice(&p).log().to_kind(Kind::Float).view([1, 6]).repeat([rows, 1]);
         let _rng = crate::torch_rng_lock();
         tch::manual_seed(3);
-        let tok = Vec::<i64>::try_from(draw(&lp).view([-1])).unwrap();
+        let tok = Vec::<i64>::try_from(draw(&lp, None).view([-1])).unwrap();
         let mut counts = [0usize; 6];
         for t in tok {
             counts[t as usize] += 1;
@@ -168,15 +173,15 @@ mod tests {
     #[test]
     fn greedy_and_seeded_sampling() {
         let logits = Tensor::from_slice(&[0.1f32, 2.0, 0.3, 1.9, 0.0, 0.0]).view([2, 3]);
-        let (tok, slp, _) = sample(&logits, &SamplingParams::greedy());
+        let (tok, slp, _) = sample(&logits, &SamplingParams::greedy(), None);
         assert_eq!(Vec::<i64>::try_from(tok).unwrap(), vec![1, 0]);
         assert_eq!(Vec::<f32>::try_from(slp).unwrap(), vec![0.0, 0.0]);
         let p = SamplingParams { temperature: 1.3, ..Default::default() };
         let _rng = crate::torch_rng_lock();
         tch::manual_seed(7);
-        let a = Vec::<i64>::try_from(sample(&logits.repeat([50, 1]), &p).0).unwrap();
+        let a = Vec::<i64>::try_from(sample(&logits.repeat([50, 1]), &p, None).0).unwrap();
         tch::manual_seed(7);
-        let b = Vec::<i64>::try_from(sample(&logits.repeat([50, 1]), &p).0).unwrap();
+        let b = Vec::<i64>::try_from(sample(&logits.repeat([50, 1]), &p, None).0).unwrap();
         assert_eq!(a, b);
         assert!(a.iter().any(|&t| t != a[0]), "100 draws at temperature 1.3 should not all agree");
     }

@@ -113,6 +113,8 @@ pub struct Loggers {
     finished: bool,
     wandb_dir: Option<std::path::PathBuf>,
     wandb_run_id: Option<String>,
+    /// Print nothing (see [`Loggers::silent`]).
+    silent: bool,
 }
 
 impl Loggers {
@@ -175,7 +177,15 @@ impl Loggers {
             finished: false,
             wandb_dir: None,
             wandb_run_id: None,
+            silent: false,
         }
+    }
+
+    /// No sinks and no console lines: a data-parallel rank other than 0, whose numbers reach rank 0's loggers.
+    pub fn silent() -> Loggers {
+        let mut loggers = Loggers::from_sinks(Vec::new());
+        loggers.silent = true;
+        loggers
     }
 
     /// Drop every later `log` and `log_completions` below `step`: the stopped run logged those steps already (set by
@@ -292,6 +302,9 @@ impl Loggers {
 
     /// Print a line for the user above the progress bar.
     pub fn println(&self, line: &str) {
+        if self.silent {
+            return;
+        }
         let mut printed = false;
         for sink in &self.sinks {
             if sink.name() == "console" {

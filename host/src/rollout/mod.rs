@@ -14,6 +14,7 @@ mod glue;
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
+use grpo_sdk::rng::mix;
 use grpo_sdk::{Message, Task, ToolSpec};
 use serde_json::Value as Json;
 
@@ -85,6 +86,8 @@ pub struct Rollout {
 }
 
 struct Live {
+    /// Which episode of its group.
+    member: usize,
     env: EnvEpisode,
     messages: Vec<Json>,
     /// The text of the assistant turn just generated, for the environment's step.
@@ -92,22 +95,32 @@ struct Live {
     rollout: Rollout,
 }
 
-/// Run `group_size` episodes of every task in `tasks` to the end. `seed` makes the sampling reproducible.
+/// The sampling seed of each of `n` tasks at positions `first..first + n` of a batch sampled with `seed`: what a
+/// task samples depends on its seed alone, not on the rows it shares a forward pass with, so a task's episodes are
+/// the same whichever data-parallel rank runs it.
+pub fn task_seeds(seed: u64, first: u64, n: usize) -> Vec<u64> {
+    (first..first + n as u64).map(|i| mix(seed, i)).collect()
+}
+
+/// Run `group_size` episodes of every task in `tasks` to the end, task `i` sampling from `seeds[i]` (see
+/// [`task_seeds`]): episode `j` of it, in turn `t`, draws from its own stream seeded by the task's seed, `j` and `t`.
 pub fn run_episodes(
     model: &Model,
     tokenizer: &Tokenizer,
     env: &EnvironmentPlugin,
     tasks: &[Task],
     cfg: &RolloutConfig,
-    seed: u64,
+    seeds: &[u64],
 ) -> Result<Vec<Rollout>> {
+    anyhow::ensure!(seeds.len() == tasks.len(), "{} sampling seeds for {} tasks", seeds.len(), tasks.len());
+    let stream = |group: usize, member: usize, turn: usize| mix(mix(seeds[group], member as u64), turn as u64);
     let tools = tool_json(&env.tools()?);
     let glue = Glue::new(tokenizer, tools.as_deref())?;
     let mut live: Vec<Live> = Vec::new();
     let mut prompts: Vec<Vec<u32>> = Vec::new();
     for (group, task) in tasks.iter().enumerate() {
         let mut opening: Option<(Vec<Json>, Vec<u32>, String)> = None;
-        for _ in 0..cfg.group_size {
+        for member in 0..cfg.group_size {
             let (episode, messages) = env.reset(task)?;
             let (messages, ids, text) = match &opening {
                 Some(o) => o.clone(),
@@ -123,6 +136,7 @@ pub fn run_episodes(
             };
             let n = ids.len();
             live.push(Live {
+                member,
                 env: episode,
                 messages,
                 last_text: String::new(),
@@ -159,7 +173,7 @@ pub fn run_episodes(
         let eos_ids = if cfg.ignore_eos { Vec::new() } else { tokenizer.eos_token_ids().to_vec() };
         let mut request = GenerateRequest::new(request_prompts, group_size, cfg.max_new_tokens, eos_ids);
         request.sampling = cfg.sampling;
-        request.seed = Some(seed.wrapping_add(turn as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        request.row_seeds = live.iter().map(|l| stream(l.rollout.group, l.member, turn)).collect();
         let output = generate(model, Some(tokenizer), &request, None)?;
 
         // Record the turn, then let the environments answer in parallel.

@@ -6,6 +6,7 @@ use grpo_sdk::MetricValue;
 
 use super::loss::{sft_loss, SftBatch};
 use super::render::Rendered;
+use crate::distributed::{ReduceOp, World};
 use crate::model::Model;
 use crate::train::optimizer::AdamW;
 use crate::train::precision::LossScaler;
@@ -22,6 +23,8 @@ pub struct SftStep<'a> {
     pub micro_batch: usize,
     /// Global gradient-norm clip (0 disables).
     pub max_norm: f64,
+    /// Data-parallel ranks, each with its own rows: the step's loss is the mean over every rank's assistant tokens.
+    pub world: &'a World,
 }
 
 /// One supervised step as it happened.
@@ -60,19 +63,23 @@ impl SftStep<'_> {
     /// assistant tokens (micro-batches weighted by their token counts, so the split does not change the result).
     /// `None` when the loss or the gradient was not finite (no update; fp16 lowers its scale).
     pub fn run(&mut self, rows: &[Rendered], lr: f64) -> Result<Option<SftRecord>> {
-        let total: usize = rows.iter().map(Rendered::assistant_tokens).sum();
-        if total == 0 {
+        let local: usize = rows.iter().map(Rendered::assistant_tokens).sum();
+        let total = self.world.reduce_f64("counting the step's tokens", &[local as f64], ReduceOp::Sum)?[0];
+        if total == 0.0 {
             anyhow::bail!("internal: a supervised step without assistant tokens");
         }
         self.model.set_training(true);
-        let result = self.accumulate(rows, total);
+        // Each rank's share of the global mean, times the world size because the gradients are then averaged.
+        let result = self.accumulate(rows, total / self.world.size as f64);
         self.model.set_training(false);
         let (loss_sum, correct) = result?;
-        let loss = loss_sum / total as f64;
+        let sums = self.world.reduce_f64("summing the step's loss", &[loss_sum, correct as f64], ReduceOp::Sum)?;
+        let (loss, correct) = (sums[0] / total, sums[1]);
         if !loss.is_finite() {
             self.optimizer.zero_grad();
             return Ok(None);
         }
+        self.optimizer.average_grads(self.world)?;
         let grad_norm = self.optimizer.clip_grad_norm(self.max_norm);
         if !self.scaler.update(!grad_norm.is_finite()) {
             self.optimizer.zero_grad();
@@ -80,11 +87,12 @@ impl SftStep<'_> {
         }
         self.optimizer.step(lr);
         let tokens = total as i64;
-        Ok(Some(SftRecord { loss, tokens, accuracy: correct as f64 / tokens as f64, grad_norm, learning_rate: lr }))
+        Ok(Some(SftRecord { loss, tokens, accuracy: correct / total, grad_norm, learning_rate: lr }))
     }
 
-    /// Forward and backward over the micro-batches; returns the summed loss and the correct predictions.
-    fn accumulate(&mut self, rows: &[Rendered], total: usize) -> Result<(f64, i64)> {
+    /// Forward and backward over the micro-batches, each loss divided by `total`; returns the summed loss and the
+    /// correct predictions.
+    fn accumulate(&mut self, rows: &[Rendered], total: f64) -> Result<(f64, i64)> {
         self.optimizer.zero_grad();
         let (mut loss_sum, mut correct) = (0.0, 0);
         let device = self.model.device();
@@ -93,7 +101,7 @@ impl SftStep<'_> {
             let out = sft_loss(self.model, &SftBatch::new(&refs, device));
             loss_sum += out.sum.double_value(&[]);
             correct += out.correct;
-            self.scaler.scale_loss(&(out.sum / total as f64)).backward();
+            self.scaler.scale_loss(&(out.sum / total)).backward();
             self.optimizer.accumulate_grads(self.scaler.unscale_factor());
         }
         Ok((loss_sum, correct))

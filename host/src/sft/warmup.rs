@@ -48,6 +48,8 @@ pub struct Warmup<'a> {
     pub max_norm: f64,
     /// The run seed: the order of the demonstrated tasks.
     pub seed: u64,
+    /// Data-parallel ranks: each step's demonstrations are split between them.
+    pub world: &'a crate::distributed::World,
 }
 
 impl Warmup<'_> {
@@ -75,11 +77,14 @@ impl Warmup<'_> {
             scaler: &mut scaler,
             micro_batch: self.micro_batch,
             max_norm: self.max_norm,
+            world: self.world,
         };
+        let per_rank = s.batch_size.max(1);
         for index in 0..s.steps {
             let t = Instant::now();
-            let conversations = demos.take(s.batch_size.max(1))?;
-            let rows = conversations
+            // The global step takes `per_rank` demonstrations for every rank, in the same order on each.
+            let conversations = demos.take(per_rank * self.world.size)?;
+            let rows = conversations[self.world.rank * per_rank..(self.world.rank + 1) * per_rank]
                 .iter()
                 .map(|c| {
                     renderer.render(&c.messages).map_err(|e| anyhow::anyhow!("demonstration of {}: {e}", c.origin))

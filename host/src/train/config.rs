@@ -35,6 +35,24 @@ pub struct RunConfig {
     /// Supervised warm-up on the environment's demonstrations before the first batch (`--sft-warmup-steps`).
     #[serde(default)]
     pub sft: crate::sft::warmup::WarmupSettings,
+    /// Data parallelism under torchrun (ignored in one process).
+    #[serde(default)]
+    pub dist: DistSettings,
+}
+
+/// Data-parallel settings; none of them changes what a run computes.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct DistSettings {
+    /// Seconds a rank waits in a collective (or at the rendezvous) before it stops, naming the lost rank.
+    pub timeout_secs: f64,
+    /// Compare the ranks' weight fingerprints every this many batches (0: only at checkpoints).
+    pub check_interval: u64,
+}
+
+impl Default for DistSettings {
+    fn default() -> Self {
+        DistSettings { timeout_secs: 300.0, check_interval: 1 }
+    }
 }
 
 /// Which plugins, with which options.

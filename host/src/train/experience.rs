@@ -113,9 +113,9 @@ impl Experience {
         }
     }
 
-    /// The mean and the largest sampler-to-trainer ratio `p_old / p_sampler` over action tokens, when the old
+    /// The sum, the count and the largest sampler-to-trainer ratio `p_old / p_sampler` over action tokens, when the old
     /// log-probs were recomputed (`None` otherwise, or without action tokens).
-    pub fn is_ratio_stats(&self) -> Option<(f64, f64)> {
+    pub fn is_ratio_totals(&self) -> Option<(f64, f64, f64)> {
         let sampled = self.sample_log_probs.as_ref()?;
         let on = self.action_mask.to_kind(Kind::Bool);
         let count = on.sum(Kind::Float).double_value(&[]);
@@ -123,10 +123,10 @@ impl Experience {
             return None;
         }
         let ratio = (&self.old_log_probs - sampled).where_self(&on, &self.old_log_probs.zeros_like()).exp();
-        let mean = (&ratio * on.to_kind(Kind::Float)).sum(Kind::Float).double_value(&[]) / count;
+        let sum = (&ratio * on.to_kind(Kind::Float)).sum(Kind::Double).double_value(&[]);
         // Over actions only: masked positions hold exp(0) = 1, which would hide a maximum below 1.
         let max = ratio.masked_select(&on).max().double_value(&[]);
-        Some((mean, max))
+        Some((sum, count, max))
     }
 }
 

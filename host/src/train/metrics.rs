@@ -7,19 +7,120 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
+
 use super::experience::{sequence_kl, Experience};
 use super::scored::Scored;
 use super::stats::summarize;
 use super::update::{StepRecord, Updates};
 use crate::checkpoint::TrainerState;
-use crate::logging::{metrics, CompletionRow, Metrics};
-use crate::rollout::{EndReason, Rollout};
+use crate::logging::{metrics, CompletionRow, MetricValue, Metrics};
+use crate::rollout::EndReason;
+
+/// One rollout as the metrics see it: plain numbers and texts, so that the ranks of a data-parallel run can send
+/// theirs to each other and every statistic is computed over the global batch.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RolloutRecord {
+    /// The episode's return.
+    pub total_reward: f64,
+    /// Its advantage.
+    pub advantage: f64,
+    /// Reward components summed over the episode.
+    pub rewards: BTreeMap<String, f64>,
+    /// Action tokens.
+    pub completion_length: f64,
+    /// Assistant turns taken.
+    pub turns: usize,
+    /// Turns cut at max_new_tokens.
+    pub cut_turns: usize,
+    /// Tool results received.
+    pub tool_messages: usize,
+    /// Ended at the context limit.
+    pub truncated: bool,
+    /// Masked mean k3 KL of the sampling policy from the reference, when there is one.
+    pub kl: Option<f64>,
+    /// The rendered prompt.
+    pub prompt: String,
+    /// Everything after it.
+    pub transcript: String,
+    /// The task's question.
+    pub question: String,
+    /// The task's reference answer.
+    pub answer: String,
+}
+
+/// A batch (one rank's share, or all ranks' merged) as the metrics see it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct BatchSummary {
+    /// Rollouts in order, groups consecutive (rank 0's groups first when merged).
+    pub rollouts: Vec<RolloutRecord>,
+    /// Episodes per group.
+    pub group_size: usize,
+    /// Importance ratios of the sampler against the trainer's old log-probs: (sum, count, max) over action tokens.
+    pub is_ratio: Option<(f64, f64, f64)>,
+    /// Stage times; merged, each the slowest rank's.
+    pub timings: Timings,
+}
+
+impl BatchSummary {
+    /// This rank's batch.
+    pub fn new(scored: &Scored, exp: &Experience, timings: Timings) -> BatchSummary {
+        let kl: Option<Vec<f64>> = exp.ref_log_probs.as_ref().map(|reference| {
+            let kl = sequence_kl(&exp.old_log_probs, reference, &exp.action_mask);
+            Vec::<f64>::try_from(&kl.to_kind(tch::Kind::Double)).unwrap_or_default()
+        });
+        let lengths = scored.completion_lengths();
+        let rollouts = scored
+            .rollouts
+            .iter()
+            .enumerate()
+            .map(|(i, r)| RolloutRecord {
+                total_reward: scored.returns[i],
+                advantage: f64::from(scored.advantage_values[i]),
+                rewards: r.rewards.clone(),
+                completion_length: lengths[i],
+                turns: r.turns,
+                cut_turns: r.cut_turns,
+                tool_messages: r.tool_messages,
+                truncated: r.end == EndReason::ContextLimit,
+                kl: kl.as_ref().and_then(|k| k.get(i).copied()),
+                prompt: r.prompt_text.clone(),
+                transcript: r.transcript.clone(),
+                question: r.task.question.clone(),
+                answer: r.task.answer.clone(),
+            })
+            .collect();
+        BatchSummary { rollouts, group_size: scored.group_size, is_ratio: exp.is_ratio_totals(), timings }
+    }
+
+    /// The ranks' summaries as one batch: rollouts in rank order, ratio totals added, the slowest rank's times.
+    pub fn merge(parts: Vec<BatchSummary>) -> BatchSummary {
+        let mut out = BatchSummary::default();
+        for p in parts {
+            out.group_size = p.group_size;
+            out.rollouts.extend(p.rollouts);
+            out.is_ratio = match (out.is_ratio, p.is_ratio) {
+                (Some((s, c, m)), Some((s2, c2, m2))) => Some((s + s2, c + c2, m.max(m2))),
+                (a, b) => a.or(b),
+            };
+            out.timings.rollout = out.timings.rollout.max(p.timings.rollout);
+            out.timings.logprob = out.timings.logprob.max(p.timings.logprob);
+        }
+        out
+    }
+
+    /// Each rollout's return.
+    pub fn returns(&self) -> Vec<f64> {
+        self.rollouts.iter().map(|r| r.total_reward).collect()
+    }
+}
 
 /// Returns, advantages, rollout KL, reward components, completion lengths and episode shapes of a batch.
 /// `best_mean_return` is the best batch mean so far, this batch included.
-pub fn rollout(scored: &Scored, exp: &Experience, best_mean_return: f64) -> Metrics {
+pub fn rollout(batch: &BatchSummary, best_mean_return: f64) -> Metrics {
     let mut m = Metrics::new();
-    let r = summarize(&scored.returns);
+    let returns = batch.returns();
+    let r = summarize(&returns);
     for (k, v) in [("sum", r.sum), ("mean", r.mean), ("std", r.std), ("max", r.max), ("min", r.min)] {
         m.insert(format!("rollouts/returns_{k}"), v.into());
     }
@@ -29,33 +130,33 @@ pub fn rollout(scored: &Scored, exp: &Experience, best_mean_return: f64) -> Metr
     m.insert("batch_returns/max".into(), r.max.into());
     m.insert("batch_returns/best_mean".into(), best_mean_return.into());
     let group_means: Vec<f64> =
-        scored.returns.chunks(scored.group_size.max(1)).map(|g| g.iter().sum::<f64>() / g.len() as f64).collect();
+        returns.chunks(batch.group_size.max(1)).map(|g| g.iter().sum::<f64>() / g.len() as f64).collect();
     m.insert("group_avg/reward".into(), summarize(&group_means).mean.into());
 
-    let a = summarize(&scored.advantage_values.iter().map(|&x| x as f64).collect::<Vec<_>>());
+    let a = summarize(&batch.rollouts.iter().map(|r| r.advantage).collect::<Vec<_>>());
     m.insert("rollouts/advantages_mean".into(), a.mean.into());
     m.insert("rollouts/advantages_std".into(), a.std.into());
-    if let Some(reference) = &exp.ref_log_probs {
+    let kl: Vec<f64> = batch.rollouts.iter().filter_map(|r| r.kl).collect();
+    if !kl.is_empty() {
         // The sampling policy's distance from the reference, before this batch's updates.
-        let kl = sequence_kl(&exp.old_log_probs, reference, &exp.action_mask);
-        let k = summarize(&Vec::<f64>::try_from(&kl.to_kind(tch::Kind::Double)).unwrap_or_default());
+        let k = summarize(&kl);
         m.insert("rollouts/kl_mean".into(), k.mean.into());
         m.insert("rollouts/kl_std".into(), k.std.into());
         m.insert("rollouts/kl_max".into(), k.max.into());
     }
-    if let Some((mean, max)) = exp.is_ratio_stats() {
+    if let Some((sum, count, max)) = batch.is_ratio.filter(|(_, count, _)| *count > 0.0) {
         // How far the sampler (another precision, or the incremental decode) is from the trainer's policy.
-        m.insert("rollouts/is_ratio_mean".into(), mean.into());
+        m.insert("rollouts/is_ratio_mean".into(), (sum / count).into());
         m.insert("rollouts/is_ratio_max".into(), max.into());
     }
-    m.extend(reward_components(&scored.rollouts));
-    m.extend(episode_shapes(scored));
+    m.extend(reward_components(&batch.rollouts));
+    m.extend(episode_shapes(&batch.rollouts));
     m
 }
 
 /// `rollout_rewards/<name>`: each reward component averaged over the rollouts that reported it (an episode that
 /// ended early reports fewer).
-fn reward_components(rollouts: &[Rollout]) -> Metrics {
+fn reward_components(rollouts: &[RolloutRecord]) -> Metrics {
     let mut components: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for r in rollouts {
         for (name, value) in &r.rewards {
@@ -66,13 +167,12 @@ fn reward_components(rollouts: &[Rollout]) -> Metrics {
 }
 
 /// Completion lengths, cut turns, turns, tool messages and truncated episodes.
-fn episode_shapes(scored: &Scored) -> Metrics {
-    let rollouts = &scored.rollouts;
-    let l = summarize(&scored.completion_lengths());
+fn episode_shapes(rollouts: &[RolloutRecord]) -> Metrics {
+    let l = summarize(&rollouts.iter().map(|r| r.completion_length).collect::<Vec<_>>());
     let turns: usize = rollouts.iter().map(|r| r.turns).sum();
     let cut: usize = rollouts.iter().map(|r| r.cut_turns).sum();
     let tools: usize = rollouts.iter().map(|r| r.tool_messages).sum();
-    let truncated = rollouts.iter().filter(|r| r.end == EndReason::ContextLimit).count();
+    let truncated = rollouts.iter().filter(|r| r.truncated).count();
     let n = rollouts.len().max(1) as f64;
     metrics! {
         "completions/mean_length" => l.mean,
@@ -93,7 +193,7 @@ pub fn progress(state: &TrainerState) -> Metrics {
 }
 
 /// Wall-clock time of a batch's stages, in seconds.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct Timings {
     /// Generating the rollouts (environment steps included).
     pub rollout: f64,
@@ -103,9 +203,10 @@ pub struct Timings {
     pub train: f64,
 }
 
-/// `timing/*` of the rollout phase, with the generation throughput.
-pub fn timing(t: &Timings, scored: &Scored) -> Metrics {
-    let generated: f64 = scored.completion_lengths().iter().sum();
+/// `timing/*` of the rollout phase (the slowest rank's), with the generation throughput of the whole batch.
+pub fn timing(batch: &BatchSummary) -> Metrics {
+    let t = &batch.timings;
+    let generated: f64 = batch.rollouts.iter().map(|r| r.completion_length).sum();
     metrics! {
         "timing/rollout_s" => t.rollout,
         "timing/logprob_s" => t.logprob,
@@ -147,7 +248,29 @@ pub fn epoch(updates: &Updates, state: &TrainerState, train_secs: f64) -> Metric
         "training_epoch/grad_norm_max" => if grad_norms.is_empty() { 0.0 } else { grad.max },
         "training/invalid_loss_count" => state.invalid_loss_count,
         "timing/train_s" => train_secs,
+        "timing/allreduce_s" => updates.steps.iter().map(|s| s.allreduce_secs).sum::<f64>(),
     }
+}
+
+/// The plugins' own batch metrics from every rank (one list each): numbers averaged over the ranks that reported
+/// them, texts taken from the first.
+pub fn plugin_metrics(ranks: Vec<Vec<(String, MetricValue)>>) -> Metrics {
+    let mut numbers: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+    let mut out = Metrics::new();
+    for (name, value) in ranks.into_iter().flatten() {
+        match value {
+            MetricValue::Number(x) => {
+                let e = numbers.entry(name).or_insert((0.0, 0));
+                e.0 += x;
+                e.1 += 1;
+            }
+            text => {
+                out.entry(name).or_insert(text);
+            }
+        }
+    }
+    out.extend(numbers.into_iter().map(|(k, (sum, n))| (k, MetricValue::Number(sum / n as f64))));
+    out
 }
 
 /// The run's end: totals, whether the final checkpoint was saved, and whether training completed.
@@ -169,27 +292,26 @@ pub fn checkpoint_saved(state: &TrainerState) -> Metrics {
 }
 
 /// The completions table's rows, and the markdown example of the first rollout.
-pub fn completions(step: u64, scored: &Scored) -> (Vec<CompletionRow>, Option<String>) {
-    let rows = scored
+pub fn completions(step: u64, batch: &BatchSummary) -> (Vec<CompletionRow>, Option<String>) {
+    let rows = batch
         .rollouts
         .iter()
-        .zip(&scored.advantage_values)
-        .map(|(r, &a)| {
+        .map(|r| {
             let mut rewards = r.rewards.clone();
             rewards.insert("total".into(), r.total_reward);
             CompletionRow {
                 step,
-                prompt: r.prompt_text.clone(),
+                prompt: r.prompt.clone(),
                 completion: r.transcript.clone(),
                 rewards,
-                advantage: a as f64,
+                advantage: r.advantage,
             }
         })
         .collect();
-    let example = scored.rollouts.first().map(|r| {
+    let example = batch.rollouts.first().map(|r| {
         format!(
             "**Question:** {}\n\n**Transcript:**\n```\n{}\n```\n\n**Reward:** {:.3} (oracle answer: {})",
-            r.task.question, r.transcript, r.total_reward, r.task.answer
+            r.question, r.transcript, r.total_reward, r.answer
         )
     });
     (rows, example)

@@ -25,35 +25,47 @@ pub mod tasks;
 pub mod update;
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use grpo_sdk::rng::mix;
 use grpo_sdk::Task;
 
 use crate::checkpoint::{self, CheckpointData, TrainerState};
+use crate::distributed::{fingerprint, ReduceOp, World};
 use crate::error::RunFailed;
-use crate::logging::{Loggers, LoggingConfig, SystemMetrics};
+use crate::logging::{DistInfo, Loggers, LoggingConfig, SystemMetrics};
+use crate::model::DeviceSpec;
 use crate::plugins::{AlgorithmPlugin, EnvironmentPlugin, Registry};
-use crate::rollout::{run_episodes, Rollout, RolloutConfig};
+use crate::rollout::{run_episodes, task_seeds, Rollout, RolloutConfig};
 use crate::user_error;
 pub use config::RunConfig;
 use config::{LrSchedule, OptimizerSettings};
 use experience::Experience;
-use metrics::Timings;
+use metrics::{BatchSummary, Timings};
 use optimizer::{AdamW, AdamWConfig, Schedule};
 use policy::Policy;
 use precision::LossScaler;
-use scored::Scored;
 pub use stop::{StopRequest, EXIT_INTERRUPTED, EXIT_TERMINATED};
 use tasks::TaskSource;
 use update::{Updater, Updates};
 
-/// Run a training job; returns the process exit code.
-pub fn run(config: RunConfig) -> Result<i32> {
+/// Run a training job; returns the process exit code. Under torchrun, this process is one rank of a data-parallel
+/// job (crate::distributed): each rank rolls out its own share of every batch, the gradients are averaged over the
+/// ranks, and rank 0 alone writes the run's files.
+pub fn run(mut config: RunConfig) -> Result<i32> {
     crate::runtime::set_threads(config.model.threads);
     crate::runtime::set_deterministic(config.model.deterministic)?;
-    let mut trainer = Trainer::start(config)?;
+    let world = World::from_env(Duration::from_secs_f64(config.dist.timeout_secs))?;
+    if world.is_distributed() {
+        // One GPU per rank: LOCAL_RANK picks it, before any CUDA work.
+        config.model.device = match config.model.device {
+            DeviceSpec::Auto if tch::Cuda::is_available() => DeviceSpec::Cuda(world.local_rank),
+            DeviceSpec::Cuda(_) => DeviceSpec::Cuda(world.local_rank),
+            other => other,
+        };
+    }
+    let mut trainer = Trainer::start(config, world)?;
     let outcome = trainer.train();
     trainer.finish(outcome)
 }
@@ -73,6 +85,10 @@ struct Trainer {
     checkpoints: PathBuf,
     loggers: Loggers,
     stop: StopRequest,
+    /// The data-parallel ranks (a world of one in a single process).
+    world: World,
+    /// Every rank has agreed to stop at this batch boundary (a signal reached at least one of them).
+    stopping: bool,
     /// The model or the counters have changed since the last batch boundary: a checkpoint now would not be one a
     /// resumed run could continue exactly from.
     mid_batch: bool,
@@ -90,6 +106,7 @@ enum Outcome {
 }
 
 /// Where a run's files go, and the checkpoint it resumes from.
+#[derive(serde::Serialize, serde::Deserialize)]
 struct RunPaths {
     run_dir: PathBuf,
     run_name: String,
@@ -127,18 +144,14 @@ impl RunPaths {
 
 impl Trainer {
     /// Load the plugins and the model, restore a checkpoint when resuming, write `config.json`, open the loggers.
-    fn start(config: RunConfig) -> Result<Trainer> {
+    fn start(config: RunConfig, world: World) -> Result<Trainer> {
         let registry = Registry::discover(&config.plugins.discovery())?;
         let algo = registry.algorithm(&config.plugins.algo, &config.plugins.algo_config)?;
         let env = registry.environment(&config.plugins.env, &config.plugins.env_config)?;
-        let paths = RunPaths::resolve(&config)?;
-        let history = match &paths.resume {
-            Some(_) => resume_guard(&config, &paths.run_dir)?,
-            None => Vec::new(),
-        };
+        let (paths, history) = resolve_on_main(&config, &world)?;
         let mut policy = Policy::load(&config.model, config.loss.kl_weight, config.seed)?;
         let precision = policy.precision();
-        if let Some(warning) = precision.small_update_warning(config.optimizer.lr) {
+        if let Some(warning) = precision.small_update_warning(config.optimizer.lr).filter(|_| world.is_main()) {
             eprintln!("{warning}");
         }
         if config.loss.tis_cap > 0.0 {
@@ -152,7 +165,13 @@ impl Trainer {
         };
         let mut scaler = LossScaler::new(precision.mode);
         let state = match &paths.resume {
-            Some(ckpt) => restore(ckpt, &mut policy, &mut optimizer, &mut scaler, config.seed)?,
+            Some(ckpt) => {
+                let state = restore(ckpt, &mut policy, &mut optimizer, &mut scaler, config.seed)?;
+                if world.is_main() {
+                    eprintln!("resuming from {} (batch {}, step {})", ckpt.display(), state.batch, state.global_step);
+                }
+                state
+            }
             None => {
                 if let Some(weights) = policy.initial_master_weights()? {
                     optimizer.load_master_weights(&weights)?;
@@ -160,13 +179,21 @@ impl Trainer {
                 TrainerState { seed: config.seed, ..Default::default() }
             }
         };
+        synchronize_start(&world, &policy, &optimizer)?;
         let total_steps = config.batch.max_steps * config.batch.updates_per_batch();
-        let loggers = open_loggers(&config, &paths, &state, (&algo, &env, &policy), total_steps, history)?;
+        let loggers = if world.is_main() {
+            open_loggers(&config, &paths, &state, (&algo, &env, &policy), total_steps, history, world.size)?
+        } else {
+            // Rank 0 writes the run's files and logs; the others compute and send it their numbers.
+            Loggers::silent()
+        };
         let stop = StopRequest::install().context("installing the SIGINT/SIGTERM handlers")?;
+        let dist =
+            DistInfo { num_processes: world.size, process_index: world.rank, local_process_index: world.local_rank };
         Ok(Trainer {
             schedule: schedule(&config.optimizer, total_steps),
-            system: SystemMetrics::new(policy.device(), Default::default()),
-            tasks: TaskSource::new(env.clone(), config.seed)?,
+            system: SystemMetrics::new(policy.device(), dist),
+            tasks: TaskSource::new(env.clone(), config.seed)?.sharded(world.rank, world.size),
             checkpoints: paths.checkpoints,
             config,
             algo,
@@ -177,6 +204,8 @@ impl Trainer {
             state,
             loggers,
             stop,
+            world,
+            stopping: false,
             mid_batch: false,
             last_save: Instant::now(),
         })
@@ -190,11 +219,12 @@ impl Trainer {
         self.sft_warm_up()?;
         while self.state.batch < max_steps {
             self.batch()?;
+            let checkpoint_due = self.agree_at_boundary()?;
             // The last batch's row (and a stopped run's) stays open for `finish`, which adds the final metrics.
-            if self.state.batch >= max_steps || self.stop.requested() {
+            if self.state.batch >= max_steps || self.stopping {
                 break;
             }
-            if self.checkpoint_due() {
+            if checkpoint_due {
                 // The row is complete and committed before the checkpoint exists, so a kill at any point leaves
                 // either the previous checkpoint (and the resumed run logs this row again, the sinks having cut
                 // their history back to it) or this one with its row: each row lands exactly once.
@@ -205,7 +235,41 @@ impl Trainer {
             }
             self.loggers.commit();
         }
-        Ok(if self.stop.requested() && self.state.batch < max_steps { Outcome::Stopped } else { Outcome::Completed })
+        Ok(if self.stopping && self.state.batch < max_steps { Outcome::Stopped } else { Outcome::Completed })
+    }
+
+    /// At a batch boundary, every rank takes the same decisions: whether to stop (a signal reached any rank),
+    /// whether a checkpoint is due (rank 0's clock), and that the weights are still the same everywhere. Returns
+    /// whether a checkpoint is due.
+    fn agree_at_boundary(&mut self) -> Result<bool> {
+        let flags = [f64::from(u8::from(self.stop.requested())), f64::from(u8::from(self.checkpoint_due()))];
+        let agreed = if self.world.is_distributed() {
+            let stop = self.world.reduce_f64("agreeing on a stop", &flags[..1], ReduceOp::Max)?[0];
+            let due: f64 = self.world.from_main("agreeing on a checkpoint", flags[1])?;
+            [stop, due]
+        } else {
+            flags
+        };
+        self.stopping = agreed[0] > 0.0;
+        let due = agreed[1] > 0.0;
+        let every = self.config.dist.check_interval;
+        if due || self.stopping || (every > 0 && self.state.batch.is_multiple_of(every)) {
+            self.check_weights_agree()?;
+        }
+        Ok(due)
+    }
+
+    /// Data parallel: the ranks' trained weights, f32 masters and moments must be bit-identical; a difference
+    /// stops the run naming the ranks that diverged.
+    fn check_weights_agree(&self) -> Result<()> {
+        if !self.world.is_distributed() {
+            return Ok(());
+        }
+        let mut tensors: Vec<tch::Tensor> = self.policy.trainable().into_iter().map(|(_, t)| t).collect();
+        tensors.extend(self.optimizer.master_weights().into_values());
+        tensors.extend(self.optimizer.state().1.into_values());
+        let what = format!("after batch {}", self.state.batch);
+        self.world.check_same(&what, fingerprint(&tensors))
     }
 
     /// `--sft-warmup-steps`: supervised steps on the environment's demonstrations before the first batch
@@ -225,6 +289,7 @@ impl Trainer {
             micro_batch: self.config.batch.train_batch_size,
             max_norm: self.config.optimizer.max_norm,
             seed: self.config.seed,
+            world: &self.world,
         };
         let (loggers, state) = (&mut self.loggers, &mut self.state);
         let masters = warmup.run(&mut |index, record, seconds| {
@@ -261,31 +326,37 @@ impl Trainer {
     /// One batch through every stage, its metrics logged as each stage ends.
     fn batch(&mut self) -> Result<()> {
         let step0 = self.state.global_step;
-        let tasks = self.tasks.batch(self.state.batch, self.config.batch.rollouts_per_step)?;
+        let per_rank = self.config.batch.rollouts_per_step;
+        let tasks = self.tasks.batch(self.state.batch, per_rank)?;
         let mut timings = Timings::default();
         let t = Instant::now();
-        let rollouts = self.rollouts(&tasks)?;
+        let rollouts = self.rollouts(&tasks, (self.world.rank * per_rank) as u64)?;
         timings.rollout = t.elapsed().as_secs_f64();
         let scored = scored::score(&self.algo, rollouts, self.config.batch.group_size)?;
         let t = Instant::now();
         let exp = experience::prepare(&scored, &self.policy, &self.config.loss, self.config.batch.train_batch_size)?;
         timings.logprob = t.elapsed().as_secs_f64();
-        self.log_rollouts(step0, &scored, &exp, &timings);
+        let local = BatchSummary::new(&scored, &exp, timings);
+        let batch = BatchSummary::merge(self.world.gather("gathering the batch's rollout metrics", local)?);
+        self.log_rollouts(step0, &batch, exp.len());
 
         let t = Instant::now();
         let updates = self.update(&exp)?;
         let mut m = metrics::epoch(&updates, &self.state, t.elapsed().as_secs_f64());
+        let mut plugin = Vec::new();
         for source in [self.algo.metrics()?, self.env.metrics()?] {
-            m.extend(source.into_iter().map(|metric| (metric.name, metric.value)));
+            plugin.extend(source.into_iter().map(|metric| (metric.name, metric.value)));
         }
+        m.extend(metrics::plugin_metrics(self.world.gather("gathering the plugins' metrics", plugin)?));
         self.loggers.log(self.state.global_step.saturating_sub(1).max(step0), m);
         self.state.batch += 1;
         self.mid_batch = false;
         Ok(())
     }
 
-    /// Stage: tasks -> rollouts, sampled with the batch's own seed.
-    fn rollouts(&mut self, tasks: &[Task]) -> Result<Vec<Rollout>> {
+    /// Stage: tasks -> rollouts, each task sampled with its own seed from the batch's and its position `first..`
+    /// in the global batch (so the same whichever rank runs it).
+    fn rollouts(&mut self, tasks: &[Task], first: u64) -> Result<Vec<Rollout>> {
         let (b, s) = (&self.config.batch, &self.config.sampling);
         let cfg = RolloutConfig {
             group_size: b.group_size,
@@ -299,24 +370,25 @@ impl Trainer {
         let masters = (self.policy.precision().separate_rollout() && self.optimizer.has_master_weights())
             .then(|| self.optimizer.master_weights());
         self.policy.refresh_sampler(masters.as_ref());
-        let seed = mix(self.config.seed, self.state.batch);
-        run_episodes(self.policy.sampler(), self.policy.tokenizer(), &self.env, tasks, &cfg, seed)
+        let seeds = task_seeds(mix(self.config.seed, self.state.batch), first, tasks.len());
+        run_episodes(self.policy.sampler(), self.policy.tokenizer(), &self.env, tasks, &cfg, &seeds)
     }
 
-    /// Log a batch's rollout metrics (and, at the interval, its completions) at its first step.
-    fn log_rollouts(&mut self, step0: u64, scored: &Scored, exp: &Experience, timings: &Timings) {
+    /// Log a batch's rollout metrics (and, at the interval, its completions) at its first step; `batch` is the
+    /// global batch (every rank's), `replay` this rank's experience size.
+    fn log_rollouts(&mut self, step0: u64, batch: &BatchSummary, replay: usize) {
         self.mid_batch = true;
-        let mean = stats::summarize(&scored.returns).mean;
+        let mean = stats::summarize(&batch.returns()).mean;
         let best = self.state.best_mean_return.map_or(mean, |b| b.max(mean));
         self.state.best_mean_return = Some(best);
-        self.state.total_rollouts += scored.rollouts.len() as u64;
-        let mut m = metrics::rollout(scored, exp, best);
+        self.state.total_rollouts += batch.rollouts.len() as u64;
+        let mut m = metrics::rollout(batch, best);
         m.extend(metrics::progress(&self.state));
-        m.extend(metrics::timing(timings, scored));
-        m.extend(self.system.sample(exp.len(), true));
+        m.extend(metrics::timing(batch));
+        m.extend(self.system.sample(replay, true));
         let interval = self.config.logging.completions_interval;
         if interval > 0 && self.state.batch.is_multiple_of(interval) {
-            let (rows, example) = metrics::completions(step0, scored);
+            let (rows, example) = metrics::completions(step0, batch);
             if let Some(example) = example {
                 m.insert("examples/completion".into(), example.into());
             }
@@ -327,7 +399,7 @@ impl Trainer {
 
     /// Stage: experience -> updates, each optimizer step logged as it is taken.
     fn update(&mut self, exp: &Experience) -> Result<Updates> {
-        let Trainer { config, algo, policy, optimizer, scaler, schedule, state, loggers, .. } = self;
+        let Trainer { config, algo, policy, optimizer, scaler, schedule, state, loggers, world, .. } = self;
         let mut updater = Updater {
             policy,
             optimizer,
@@ -338,6 +410,7 @@ impl Trainer {
             loss: config.loss.for_algorithm(config.batch.max_new_tokens),
             max_norm: config.optimizer.max_norm,
             seed: config.seed,
+            world,
         };
         let log = &mut |record: &update::StepRecord, state: &TrainerState| {
             loggers.log(record.step, metrics::step(record, state))
@@ -345,7 +418,24 @@ impl Trainer {
         updater.run(exp, state, log)
     }
 
+    /// Write a checkpoint of the state at this batch boundary: rank 0 writes it once every rank has reached the
+    /// boundary, and no rank goes on before it is durable (so a rank killed next leaves it complete). Rank 0's
+    /// outcome is every rank's.
     fn save(&mut self) -> Result<PathBuf> {
+        if !self.world.is_distributed() {
+            return self.write_checkpoint();
+        }
+        self.world.barrier("waiting for every rank before a checkpoint")?;
+        let written = if self.world.is_main() { self.write_checkpoint() } else { Ok(PathBuf::new()) };
+        let shared = written.as_ref().map(|p| p.clone()).map_err(|e| format!("{e:#}"));
+        match self.world.from_main("sharing the checkpoint's outcome", shared)? {
+            _ if self.world.is_main() => written,
+            Ok(dir) => Ok(dir),
+            Err(e) => Err(anyhow::anyhow!("rank 0 could not write the checkpoint: {e}")),
+        }
+    }
+
+    fn write_checkpoint(&mut self) -> Result<PathBuf> {
         self.state.loss_scaler = self.scaler.enabled().then(|| self.scaler.state());
         self.state.wandb_run_id = self.loggers.wandb_run_id().map(String::from);
         self.state.mixed_precision = Some(self.policy.precision().mode.to_string());
@@ -473,21 +563,76 @@ fn restore(
     if let Some(s) = loaded.state.loss_scaler {
         scaler.load_state(s);
     }
-    eprintln!("resuming from {} (batch {}, step {})", ckpt.display(), loaded.state.batch, loaded.state.global_step);
     Ok(loaded.state)
 }
 
+/// Rank 0 picks the run directory and the checkpoint to resume from (and checks the resume guard); every rank
+/// takes its choice, so a default run name with the time in it and `--resume auto` mean the same run everywhere.
+/// Checkpoints must be on a filesystem every rank can read.
+fn resolve_on_main(config: &RunConfig, world: &World) -> Result<(RunPaths, Vec<serde_json::Value>)> {
+    let resolve = || -> Result<(RunPaths, Vec<serde_json::Value>)> {
+        let paths = RunPaths::resolve(config)?;
+        let history = match &paths.resume {
+            Some(_) => resume_guard(config, &paths.run_dir, world.size)?,
+            None => Vec::new(),
+        };
+        Ok((paths, history))
+    };
+    if !world.is_distributed() {
+        return resolve();
+    }
+    let mine = if world.is_main() { Some(resolve()) } else { None };
+    let shared = match &mine {
+        Some(Ok(value)) => Ok(serde_json::to_value(value)?),
+        Some(Err(e)) => Err(format!("{e:#}")),
+        None => Err(String::new()),
+    };
+    match (world.from_main("agreeing on the run directory", shared)?, mine) {
+        (_, Some(result)) => result,
+        (Ok(value), None) => Ok(serde_json::from_value(value)?),
+        (Err(e), None) => Err(crate::user_error!("rank {}: rank 0 could not start the run: {e}", world.rank)),
+    }
+}
+
+/// Data parallel: every rank starts from rank 0's trained weights (and f32 masters), then checks that all its
+/// weights, frozen ones included, are the same as rank 0's.
+fn synchronize_start(world: &World, policy: &Policy, optimizer: &AdamW) -> Result<()> {
+    if !world.is_distributed() {
+        return Ok(());
+    }
+    let mut trained: Vec<tch::Tensor> = policy.trainable().into_iter().map(|(_, t)| t).collect();
+    if optimizer.has_master_weights() {
+        trained.extend(optimizer.master_weights().into_values());
+    }
+    tch::no_grad(|| world.broadcast("broadcasting rank 0's weights", &trained))?;
+    // Sorted by name: the fingerprint depends on the order, and a VarStore's map has none.
+    let frozen: std::collections::BTreeMap<String, tch::Tensor> =
+        policy.model().var_store().variables().into_iter().collect();
+    let mut all: Vec<tch::Tensor> = frozen.into_values().collect();
+    all.extend(policy.trainable().into_iter().map(|(_, t)| t));
+    all.extend(optimizer.state().1.into_values());
+    world.check_same("at start", fingerprint(&all))
+}
+
 /// On resume: the saved run's result-changing settings must equal these, unless `--allow-config-change`, which
-/// records each accepted change. Returns the run's change history for its new `config.json` (a run directory whose
-/// config.json predates the typed config has no history and is not checked here; the seed is checked on restore).
-fn resume_guard(config: &RunConfig, run_dir: &Path) -> Result<Vec<serde_json::Value>> {
+/// records each accepted change. Batch sizes are compared as global ones (per process times the world size), so
+/// a data-parallel run may continue in another number of processes with the same global batch. Returns the run's
+/// change history for its new `config.json` (a run directory whose config.json predates the typed config has no
+/// history and is not checked here; the seed is checked on restore).
+fn resume_guard(config: &RunConfig, run_dir: &Path, world_size: usize) -> Result<Vec<serde_json::Value>> {
     let Ok(text) = std::fs::read_to_string(run_dir.join("config.json")) else { return Ok(Vec::new()) };
     let saved: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
     let mut history: Vec<serde_json::Value> = saved["config_changes"].as_array().cloned().unwrap_or_default();
     let Ok(before) = serde_json::from_value::<RunConfig>(saved["run"].clone()) else { return Ok(history) };
-    let differences = config.differences_from(&before);
+    let saved_world = saved["world_size"].as_u64().unwrap_or(1) as usize;
+    let mut differences = global_batch(config, world_size).differences_from(&global_batch(&before, saved_world));
     if differences.is_empty() {
         return Ok(history);
+    }
+    if world_size > 1 || saved_world > 1 {
+        differences.push(format!(
+            "batch sizes compared per process times the world size ({saved_world} process(es) then, {world_size} now)"
+        ));
     }
     if !config.checkpoints.allow_config_change {
         return Err(user_error!(
@@ -502,6 +647,17 @@ fn resume_guard(config: &RunConfig, run_dir: &Path) -> Result<Vec<serde_json::Va
     Ok(history)
 }
 
+/// `config` with its per-process batch sizes scaled to the whole world's.
+fn global_batch(config: &RunConfig, world_size: usize) -> RunConfig {
+    let mut global = config.clone();
+    global.batch.rollouts_per_step *= world_size;
+    global.batch.train_batch_size *= world_size;
+    if global.sft.steps > 0 {
+        global.sft.batch_size *= world_size;
+    }
+    global
+}
+
 /// Write the resolved `config.json` into the run directory and open the loggers with it.
 fn open_loggers(
     config: &RunConfig,
@@ -510,6 +666,7 @@ fn open_loggers(
     (algo, env, policy): (&AlgorithmPlugin, &EnvironmentPlugin, &Policy),
     total_steps: u64,
     changes: Vec<serde_json::Value>,
+    world_size: usize,
 ) -> Result<Loggers> {
     let dir = &paths.run_dir;
     std::fs::create_dir_all(dir).with_context(|| format!("creating the run directory {}", dir.display()))?;
@@ -522,6 +679,7 @@ fn open_loggers(
         "mixed_precision": policy.precision().mode,
         "rollout_dtype": format!("{:?}", policy.precision().rollout),
         "master_weights": policy.precision().master_weights,
+        "world_size": world_size,
         "algorithm": {"name": algo.name(), "version": algo.info().version, "config": algo.config()?},
         "environment": {"name": env.name(), "version": env.info().version, "config": env.config()?},
         "config_changes": changes,

@@ -219,6 +219,36 @@ impl AdamW {
         }
     }
 
+    /// Data parallel: make the gradients final and average them over `world`'s ranks, in flat buckets, before the
+    /// norm is taken (so clipping and the logged norm are global). A parameter this rank has no gradient for (its
+    /// every micro-batch was skipped) joins with zeros, so every rank reduces the same tensors in the same order.
+    /// Nothing to do in one process.
+    pub fn average_grads(&mut self, world: &crate::distributed::World) -> Result<()> {
+        if !world.is_distributed() {
+            return Ok(());
+        }
+        self.finish_grads();
+        let mut grads = Vec::with_capacity(self.params.len());
+        for i in 0..self.params.len() {
+            let g = match self.grad(i) {
+                Some(g) => g,
+                None => {
+                    let (_, p) = &self.params[i];
+                    let zeros = Tensor::zeros(p.size(), (Kind::Float, p.device()));
+                    if self.masters[i].is_some() {
+                        self.master_grads[i] = Some(zeros.shallow_clone());
+                    } else {
+                        // An f32 parameter's gradient lives on the parameter: define it through autograd.
+                        (p * 0.0).sum(Kind::Float).backward();
+                    }
+                    self.grad(i).unwrap_or(zeros)
+                }
+            };
+            grads.push(g);
+        }
+        world.average("averaging the gradients over the ranks", &grads)
+    }
+
     /// The global L2 norm of the (f32) gradients, and, when it exceeds `max_norm`, scale them down to it (as
     /// `torch.nn.utils.clip_grad_norm_`). Returns the norm before clipping. A non-finite norm, the sign of an inf or
     /// NaN gradient, leaves the gradients as they are; the caller skips that update.

@@ -1,6 +1,9 @@
 //! Which tasks each batch trains on. A finite task set is walked in a fresh seeded permutation every epoch; an
 //! unbounded generator is asked for indices 0, 1, 2, ... Either way batch `b` always gets the same tasks for the
 //! same seed, which is what lets a resumed run continue with exactly the data an uninterrupted one would see.
+//!
+//! Under data parallelism a batch is global: `per_batch` tasks for each of the world's ranks, rank `r` taking the
+//! `r`-th share of the global order, so no two ranks roll out the same task and a task's group stays on one rank.
 
 use anyhow::{bail, Result};
 use grpo_sdk::rng::{mix, SplitMix64};
@@ -14,6 +17,8 @@ pub struct TaskSource {
     seed: u64,
     count: Option<u64>,
     permutation: Option<(u64, Vec<u64>)>,
+    /// This rank's share: (rank, world size).
+    shard: (usize, usize),
 }
 
 impl TaskSource {
@@ -26,12 +31,18 @@ impl TaskSource {
                 env.name()
             ));
         }
-        Ok(TaskSource { env, seed, count, permutation: None })
+        Ok(TaskSource { env, seed, count, permutation: None, shard: (0, 1) })
     }
 
-    /// The `per_batch` tasks of batch `batch`.
+    /// Rank `rank`'s share of every batch of a `world`-rank job.
+    pub fn sharded(self, rank: usize, world: usize) -> Self {
+        TaskSource { shard: (rank, world.max(1)), ..self }
+    }
+
+    /// This rank's `per_batch` tasks of batch `batch` (positions `rank * per_batch..` of the global batch).
     pub fn batch(&mut self, batch: u64, per_batch: usize) -> Result<Vec<Task>> {
-        let start = batch * per_batch as u64;
+        let (rank, world) = (self.shard.0 as u64, self.shard.1 as u64);
+        let start = (batch * world + rank) * per_batch as u64;
         (start..start + per_batch as u64).map(|i| self.nth(i)).collect()
     }
 

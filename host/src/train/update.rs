@@ -3,10 +3,12 @@
 //! loss is the algorithm plugin's.
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use anyhow::Result;
 use grpo_sdk::rng::{mix, SplitMix64};
 use grpo_sdk::{MetricValue, PolicyBatch};
+use serde::{Deserialize, Serialize};
 
 use super::config::BatchSettings;
 use super::experience::Experience;
@@ -14,6 +16,7 @@ use super::optimizer::{AdamW, Schedule};
 use super::policy::Policy;
 use super::precision::LossScaler;
 use crate::checkpoint::TrainerState;
+use crate::distributed::World;
 use crate::plugins::AlgorithmPlugin;
 
 /// What the updates of one batch work with.
@@ -36,6 +39,8 @@ pub struct Updater<'a> {
     pub max_norm: f64,
     /// The run seed (the micro-batch shuffles derive from it and the batch number).
     pub seed: u64,
+    /// The data-parallel ranks: each step's gradients, loss and metrics are averaged over them.
+    pub world: &'a World,
 }
 
 /// One optimizer step as it happened.
@@ -57,6 +62,8 @@ pub struct StepRecord {
     pub algorithm: BTreeMap<String, f64>,
     /// The algorithm's text metrics (the last micro-batch's).
     pub algorithm_text: BTreeMap<String, String>,
+    /// Seconds spent averaging the gradients over the ranks (0 in one process).
+    pub allreduce_secs: f64,
 }
 
 /// The updates of one batch.
@@ -126,9 +133,20 @@ impl Updater<'_> {
             self.optimizer.accumulate_grads(self.scaler.unscale_factor());
             acc.add(value, out.metrics);
         }
+        // Data parallel: the window's sums from every rank, then its gradients averaged over the ranks, once per
+        // optimizer step (the micro-batches before the last accumulate locally, as DDP's no_sync). The average of
+        // the ranks' mean gradients is the mean over the global micro-batch, which is what one process would take.
+        let acc = if self.world.is_distributed() {
+            Accumulated::merge(self.world.gather("summing the step's loss over the ranks", acc)?)
+        } else {
+            acc
+        };
         if acc.count == 0 {
             return Ok(None);
         }
+        let t = Instant::now();
+        self.optimizer.average_grads(self.world)?;
+        let allreduce_secs = t.elapsed().as_secs_f64();
         let loss_scale = self.scaler.enabled().then(|| self.scaler.scale());
         let grad_norm = self.optimizer.clip_grad_norm(self.max_norm);
         // The scaler decides for fp16 (an overflow lowers the scale and skips the step, counted there); otherwise a
@@ -145,6 +163,7 @@ impl Updater<'_> {
         let mut record = acc.finish(state.global_step, grad_norm, learning_rate);
         record.loss_scale = loss_scale;
         record.skipped_steps = self.scaler.skipped_steps();
+        record.allreduce_secs = allreduce_secs;
         state.global_step += 1;
         Ok(Some(record))
     }
@@ -158,8 +177,8 @@ pub fn micro_batches(n: usize, size: usize, seed: u64, batch: u64, pass: usize) 
     order.chunks(size.max(1)).map(<[usize]>::to_vec).collect()
 }
 
-/// The micro-batches of one optimizer step, summed for its record.
-#[derive(Default)]
+/// The micro-batches of one optimizer step, summed for its record (over the ranks, under data parallelism).
+#[derive(Default, Serialize, Deserialize)]
 struct Accumulated {
     count: usize,
     loss: f64,
@@ -185,6 +204,24 @@ impl Accumulated {
         }
     }
 
+    /// The ranks' sums as one: counts and sums added, texts from the first rank that has each.
+    fn merge(parts: Vec<Accumulated>) -> Accumulated {
+        let mut out = Accumulated::default();
+        for p in parts {
+            out.count += p.count;
+            out.loss += p.loss;
+            for (k, (sum, n)) in p.numbers {
+                let e = out.numbers.entry(k).or_insert((0.0, 0));
+                e.0 += sum;
+                e.1 += n;
+            }
+            for (k, t) in p.texts {
+                out.texts.entry(k).or_insert(t);
+            }
+        }
+        out
+    }
+
     fn finish(self, step: u64, grad_norm: f64, learning_rate: f64) -> StepRecord {
         StepRecord {
             step,
@@ -195,6 +232,7 @@ impl Accumulated {
             skipped_steps: 0,
             algorithm: self.numbers.into_iter().map(|(k, (sum, n))| (k, sum / n as f64)).collect(),
             algorithm_text: self.texts,
+            allreduce_secs: 0.0,
         }
     }
 }

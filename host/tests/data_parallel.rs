@@ -1,0 +1,245 @@
+//! Data-parallel training on the CPU (Gloo over loopback) with the tiny model, launched as users do: `torchrun
+//! --no-python` from setup's virtual environment, two simulated nodes, or the torchrun variables set by hand. Two
+//! ranks of one thread each share this machine's cores.
+//!
+//! - 2 ranks with per-rank batch B train like one process with batch 2B on the same tasks and rollouts: the same
+//!   rewards, losses and gradient norms, and final weights within 1e-5 (sampling is seeded per task, so a task's
+//!   rollouts do not depend on the rank that runs it); rank 0 alone writes the history, once, with
+//!   `ddp/num_processes` 2. (Every batch the ranks also compare an exact fingerprint of their weights, and would
+//!   stop on a difference.)
+//! - Two torchrun agents (`--nnodes 2`, c10d rendezvous on loopback) complete a run.
+//! - A rank killed with SIGKILL makes the other exit within the collective timeout with one line naming it; the
+//!   job then resumes under torchrun with `--resume auto` from the last checkpoint.
+//! - A 2-rank checkpoint resumes in one process (with twice the per-process batch: the same global batch) and back.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn torchrun() -> PathBuf {
+    let p = grpo_host::paths::cache_dir().join("venv/bin/torchrun");
+    assert!(p.exists(), "{} is missing: run `cargo xtask setup`", p.display());
+    p
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `grpo-host train` flags of run `name` under `runs`: `prompts` tasks per process, micro-batches of `micro`.
+fn train_args(runs: &Path, name: &str, prompts: usize, micro: usize, batches: u64) -> Vec<String> {
+    let model = common::workspace_root().join("tests/fixtures/model/tiny/llama");
+    let mut a: Vec<String> = ["--algo", "grpo", "--env", "math", "--group-size", "2", "--max-new-tokens", "6"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    a.extend(["--model".into(), model.display().to_string()]);
+    a.extend(["--rollouts-per-step".into(), prompts.to_string(), "--train-batch-size".into(), micro.to_string()]);
+    a.extend(["--max-steps".into(), batches.to_string(), "--checkpoint-interval".into(), "1".into()]);
+    for s in ["--max-length", "512", "--temperature", "1.0", "--lr", "5e-6", "--seed", "7", "--threads", "1"] {
+        a.push(s.into());
+    }
+    for s in ["--checkpoint-every-minutes", "0", "--no-wandb", "--log-completions-interval", "1"] {
+        a.push(s.into());
+    }
+    a.extend(["--runs-dir".into(), runs.display().to_string(), "--run-name".into(), name.into()]);
+    a
+}
+
+/// A command with the variables that would change the run removed.
+fn clean(mut cmd: Command, runs: &Path) -> Command {
+    for var in ["GRPO_PLUGIN_PATH", "WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "WANDB_MODE"] {
+        cmd.env_remove(var);
+    }
+    cmd.env("XDG_DATA_HOME", runs.join("xdg")).env("OMP_NUM_THREADS", "1").stdin(Stdio::null());
+    cmd
+}
+
+fn single(runs: &Path, args: &[String]) -> Output {
+    let mut cmd = clean(Command::new(common::host_exe()), runs);
+    cmd.args(args).output().unwrap()
+}
+
+fn under_torchrun(runs: &Path, nproc: usize, args: &[String]) -> Output {
+    let mut cmd = clean(Command::new(torchrun()), runs);
+    cmd.args(["--standalone", "--nproc-per-node", &nproc.to_string(), "--no-python"])
+        .arg(common::host_exe())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn assert_ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// metrics.jsonl of a run as rows by step; a step that appears twice fails.
+fn rows(run: &Path) -> BTreeMap<u64, serde_json::Map<String, Value>> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let row: serde_json::Map<String, Value> = serde_json::from_str(line).unwrap();
+        let step = row.get("step").and_then(Value::as_u64).expect("a step in every row");
+        assert!(out.insert(step, row).is_none(), "step {step} is logged twice in {}", run.display());
+    }
+    out
+}
+
+fn number(row: &serde_json::Map<String, Value>, key: &str) -> f64 {
+    row.get(key).and_then(Value::as_f64).unwrap_or_else(|| panic!("{key} missing from {row:?}"))
+}
+
+/// The weights of the run's last checkpoint.
+fn final_weights(run: &Path) -> BTreeMap<String, tch::Tensor> {
+    let dir = grpo_host::checkpoint::latest(&run.join("checkpoints")).expect("a checkpoint");
+    grpo_host::checkpoint::load(&dir).unwrap().weights
+}
+
+#[test]
+fn two_ranks_train_like_one_process_with_twice_the_batch() {
+    let runs = tempfile::tempdir().unwrap();
+    let r = runs.path();
+    assert_ok(&single(r, &train_args(r, "one", 4, 8, 2)), "one process");
+    let dp = under_torchrun(r, 2, &train_args(r, "two", 2, 4, 2));
+    assert_ok(&dp, "torchrun with 2 ranks");
+
+    let (one, two) = (rows(&r.join("one")), rows(&r.join("two")));
+    assert_eq!(one.keys().collect::<Vec<_>>(), two.keys().collect::<Vec<_>>(), "the same steps");
+    for (step, a) in &one {
+        let b = &two[step];
+        assert_eq!(number(b, "ddp/num_processes"), 2.0, "step {step}");
+        assert_eq!(number(a, "ddp/num_processes"), 1.0);
+        for key in ["rollouts/returns_mean", "rollouts/returns_std", "completions/mean_length"] {
+            assert_eq!(number(a, key), number(b, key), "{key} at step {step}: the same rollouts");
+        }
+        for key in ["training_step/loss", "training_step/grad_norm", "rollouts/kl_mean"] {
+            let (x, y) = (number(a, key), number(b, key));
+            assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "{key} at step {step}: {x} vs {y}");
+        }
+        assert_eq!(number(b, "rollouts/total_rollouts"), number(a, "rollouts/total_rollouts"));
+    }
+    let (wa, wb) = (final_weights(&r.join("one")), final_weights(&r.join("two")));
+    assert_eq!(wa.keys().collect::<Vec<_>>(), wb.keys().collect::<Vec<_>>());
+    for (name, a) in &wa {
+        let diff = (a - &wb[name]).abs().max().double_value(&[]);
+        assert!(diff <= 1e-5, "{name} differs by {diff}");
+    }
+    // Rank 0 alone wrote the files: one config.json saying so, one completions table per batch.
+    let config: Value = serde_json::from_str(&std::fs::read_to_string(r.join("two/config.json")).unwrap()).unwrap();
+    assert_eq!(config["world_size"], 2);
+    let stderr = String::from_utf8_lossy(&dp.stderr);
+    assert_eq!(stderr.matches("done: final checkpoint").count(), 1, "one rank prints the end:\n{stderr}");
+}
+
+#[test]
+fn two_simulated_nodes_complete_a_run() {
+    let runs = tempfile::tempdir().unwrap();
+    let r = runs.path();
+    let endpoint = format!("127.0.0.1:{}", free_port());
+    let agents: Vec<_> = (0..2)
+        .map(|node| {
+            let mut cmd = clean(Command::new(torchrun()), r);
+            cmd.args(["--nnodes", "2", "--nproc-per-node", "1", "--node-rank", &node.to_string()])
+                .args(["--rdzv-backend", "c10d", "--rdzv-endpoint", &endpoint, "--rdzv-id", "grpo-test"])
+                .args(["--no-python"])
+                .arg(common::host_exe())
+                .args(train_args(r, "nodes", 2, 4, 2))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (node, agent) in agents.into_iter().enumerate() {
+        assert_ok(&agent.wait_with_output().unwrap(), &format!("node {node}"));
+    }
+    let rows = rows(&r.join("nodes"));
+    assert!(rows.values().all(|row| row.get("ddp/num_processes").is_none_or(|v| v == 2)));
+    assert!(rows.values().any(|row| row.contains_key("training_step/loss")));
+}
+
+#[test]
+fn a_killed_rank_stops_the_other_then_the_job_resumes() {
+    let runs = tempfile::tempdir().unwrap();
+    let r = runs.path();
+    let port = free_port().to_string();
+    let args = train_args(r, "killed", 2, 4, 6);
+    let ranks: Vec<_> = (0..2)
+        .map(|rank| {
+            let mut cmd = clean(Command::new(common::host_exe()), r);
+            cmd.args(&args)
+                .args(["--dist-timeout", "20"])
+                .envs([("WORLD_SIZE", "2"), ("LOCAL_WORLD_SIZE", "2"), ("MASTER_ADDR", "127.0.0.1")])
+                .env("MASTER_PORT", &port)
+                .env("RANK", rank.to_string())
+                .env("LOCAL_RANK", rank.to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut ranks = ranks.into_iter();
+    let (rank0, mut rank1) = (ranks.next().unwrap(), ranks.next().unwrap());
+    // Kill rank 1 once the first checkpoint is written.
+    let start = Instant::now();
+    while grpo_host::checkpoint::latest(&r.join("killed/checkpoints")).is_none() {
+        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint within two minutes");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    rank1.kill().unwrap();
+    let killed_at = Instant::now();
+    let _ = rank1.wait();
+    let out = rank0.wait_with_output().unwrap();
+    let waited = killed_at.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "rank 0 must fail:\n{stderr}");
+    assert!(waited < Duration::from_secs(40), "rank 0 took {waited:?} to stop");
+    let line = stderr.lines().find(|l| l.contains("is lost")).unwrap_or_else(|| panic!("no lost-rank line:\n{stderr}"));
+    assert!(line.contains("rank 1 is lost") && line.contains("--resume auto"), "{line}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let mut resume = args.clone();
+    resume.extend(["--resume".into(), "auto".into()]);
+    assert_ok(&under_torchrun(r, 2, &resume), "the resumed job");
+    let rows = rows(&r.join("killed"));
+    let batches: Vec<f64> = rows.values().filter_map(|row| row.get("rollouts/batch_step")?.as_f64()).collect();
+    assert_eq!(batches, (0..6).map(f64::from).collect::<Vec<_>>(), "every batch once");
+}
+
+#[test]
+fn a_two_rank_checkpoint_resumes_in_one_process_and_back() {
+    let runs = tempfile::tempdir().unwrap();
+    let r = runs.path();
+    let resume = |mut a: Vec<String>| {
+        a.extend(["--resume".into(), "auto".into()]);
+        a
+    };
+    assert_ok(&under_torchrun(r, 2, &train_args(r, "mixed", 2, 4, 1)), "2 ranks, batch 0");
+    // One process with twice the per-process batch: the same global batch, which the resume guard accepts.
+    assert_ok(&single(r, &resume(train_args(r, "mixed", 4, 8, 2))), "1 process, batch 1");
+    assert_ok(&under_torchrun(r, 2, &resume(train_args(r, "mixed", 2, 4, 3))), "2 ranks, batch 2");
+    let rows = rows(&r.join("mixed"));
+    let processes: Vec<f64> = rows.values().filter_map(|row| row.get("ddp/num_processes")?.as_f64()).collect();
+    assert_eq!(processes, vec![2.0, 1.0, 2.0]);
+    let total: Vec<f64> = rows.values().filter_map(|row| row.get("rollouts/total_rollouts")?.as_f64()).collect();
+    assert_eq!(total, vec![8.0, 16.0, 24.0]);
+
+    // The same per-process flags on another world size change the global batch: refused with one line.
+    let out = single(r, &resume(train_args(r, "mixed", 2, 4, 4)));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--rollouts-per-step") && stderr.contains("world size"), "{stderr}");
+}
