@@ -176,3 +176,26 @@ fn bad_requests_are_user_errors() {
         assert_eq!(grpo_host::error::exit_code(&err), 2, "{err}");
     }
 }
+
+/// With a seed per completion, what a completion samples depends on its seed alone: the same prompt and seed give
+/// the same tokens alone, batched with other prompts of other lengths, or as another group member, and another seed
+/// gives other tokens. (This is what keeps a task's rollouts the same on whichever data-parallel rank runs it.)
+#[test]
+fn row_seeds_make_each_completion_independent_of_its_batch() {
+    let dir = tiny("llama");
+    let model = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
+    let sampled = |prompts: Vec<Vec<u32>>, group: usize, seeds: Vec<u64>| {
+        let mut req = GenerateRequest::new(prompts, group, 12, Vec::new());
+        req.sampling = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0 };
+        req.row_seeds = seeds;
+        generate(&model, None, &req, None).unwrap().completions.into_iter().map(|c| c.tokens).collect::<Vec<_>>()
+    };
+    let alone = sampled(vec![vec![5, 6, 7]], 1, vec![11]);
+    let batched = sampled(vec![vec![9, 8, 7, 6, 5, 4, 3], vec![5, 6, 7]], 2, vec![1, 2, 3, 11]);
+    assert_eq!(alone[0], batched[3], "the same seed, in another batch and group slot");
+    let other = sampled(vec![vec![5, 6, 7]], 1, vec![12]);
+    assert_ne!(alone[0], other[0], "another seed samples otherwise");
+    let mut req = GenerateRequest::new(vec![vec![5, 6, 7]], 2, 4, Vec::new());
+    req.row_seeds = vec![1];
+    assert!(generate(&model, None, &req, None).is_err(), "one seed for two completions");
+}
