@@ -20,6 +20,7 @@ fn build_cuda_memory_shim() {
     println!("cargo:rerun-if-changed=src/logging/cuda_memory.cpp");
     println!("cargo:rerun-if-changed=src/deterministic.cpp");
     println!("cargo:rerun-if-changed=src/distributed/c10d.cpp");
+    println!("cargo:rerun-if-changed=src/distributed/c10d_nccl.cpp");
     println!("cargo:rerun-if-changed=src/distributed/gloo_decl");
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     let from_lib = std::env::var("DEP_TCH_LIBTORCH_LIB")
@@ -30,7 +31,13 @@ fn build_cuda_memory_shim() {
         panic!("libtorch headers not found (no c10/ under DEP_TCH_LIBTORCH_LIB/../include or $LIBTORCH/include)");
     };
     let cxx11_abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".to_string());
-    cc::Build::new()
+    let mut build = cc::Build::new();
+    if let Some(dirs) = nccl_includes(&include) {
+        build.includes(dirs).define("GRPO_WITH_NCCL", None);
+    } else {
+        println!("cargo:warning=building without NCCL: the CUDA and NCCL headers of setup's wheels were not found");
+    }
+    build
         .cpp(true)
         .std("c++17")
         .include(&include)
@@ -41,5 +48,23 @@ fn build_cuda_memory_shim() {
         .file("src/logging/cuda_memory.cpp")
         .file("src/deterministic.cpp")
         .file("src/distributed/c10d.cpp")
+        .file("src/distributed/c10d_nccl.cpp")
         .compile("grpo_cuda_memory");
+}
+
+/// The include directories c10d's ProcessGroupNCCL.hpp needs, when the torch wheel sits in a site-packages that also
+/// holds the CUDA runtime, crt, cccl and NCCL header wheels (xtask/requirements.txt) and libtorch has CUDA.
+fn nccl_includes(torch_include: &std::path::Path) -> Option<Vec<std::path::PathBuf>> {
+    let torch = torch_include.parent()?;
+    let site = torch.parent()?;
+    let (cuda, nccl) = (site.join("nvidia/cu13/include"), site.join("nvidia/nccl/include"));
+    println!("cargo:rerun-if-changed={}", cuda.display());
+    let needed = [
+        cuda.join("cuda_runtime_api.h"),
+        cuda.join("crt/host_config.h"),
+        cuda.join("nv/target"),
+        nccl.join("nccl.h"),
+        torch.join("lib/libtorch_cuda.so"),
+    ];
+    needed.iter().all(|p| p.exists()).then(|| vec![cuda, nccl])
 }

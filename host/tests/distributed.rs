@@ -31,7 +31,7 @@ fn two_ranks<T: Send + 'static>(timeout: Duration, f: fn(World) -> T) -> Vec<T> 
         .map(|rank| {
             std::thread::spawn(move || {
                 tch::set_num_threads(1);
-                f(World::connect(&launch(rank, 2, port), timeout).expect("joining the group"))
+                f(World::connect(&launch(rank, 2, port), timeout, false).expect("joining the group"))
             })
         })
         .collect();
@@ -91,6 +91,13 @@ fn a_rank_that_leaves_is_named_by_the_survivor() {
     assert!(err.contains("--resume auto"), "{err}");
     assert!(!err.contains('\n'), "one line: {err}");
     assert!(took < Duration::from_secs(25), "the survivor waited {took:?}");
+}
+
+/// The build setup makes has NCCL in (c10d's ProcessGroupNCCL, for CUDA tensors): built and linked, though no GPU
+/// here can run it.
+#[test]
+fn nccl_is_built_in() {
+    assert!(grpo_host::distributed::nccl_built(), "grpo-host was built without NCCL; run `cargo xtask setup`");
 }
 
 #[test]

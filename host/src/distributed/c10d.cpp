@@ -1,5 +1,5 @@
-// The process-group shim: libtorch's own c10d (TCPStore, PrefixStore, ProcessGroupGloo) behind a small C API for
-// the Rust side (host/src/distributed/mod.rs). Nothing here is a protocol of ours: rendezvous, transport and the
+// The process-group shim: libtorch's own c10d (TCPStore, PrefixStore, ProcessGroupGloo, and ProcessGroupNCCL for
+// CUDA tensors when built: c10d_nccl.cpp) behind a small C API for the Rust side (host/src/distributed/mod.rs). Nothing here is a protocol of ours: rendezvous, transport and the
 // collectives are c10d's and Gloo's, as in torch.distributed. Every entry point catches C++ exceptions (a peer that
 // died, a timeout) and returns them as text; none may unwind into Rust.
 #define USE_C10D_GLOO 1
@@ -13,12 +13,24 @@
 #include <string>
 #include <vector>
 
+// c10d_nccl.cpp: a ProcessGroupNCCL, or null when NCCL was not built in.
+c10::intrusive_ptr<c10d::Backend> grpo_make_nccl(const c10::intrusive_ptr<c10d::Store>& store, int rank, int size,
+                                                 std::chrono::milliseconds timeout);
+bool grpo_nccl_built();
+
 namespace {
 
 struct Group {
   c10::intrusive_ptr<c10d::Store> store;
+  // Gloo: CPU tensors, barriers.
   c10::intrusive_ptr<c10d::Backend> backend;
+  // NCCL: CUDA tensors (null when not asked for).
+  c10::intrusive_ptr<c10d::Backend> nccl;
   std::chrono::milliseconds timeout;
+
+  const c10::intrusive_ptr<c10d::Backend>& for_tensor(const at::Tensor& t) const {
+    return (t.is_cuda() && nccl) ? nccl : backend;
+  }
 };
 
 void put_error(const char* what, char* err, size_t err_len) {
@@ -57,8 +69,9 @@ void wait(const c10::intrusive_ptr<c10d::Work>& work, std::chrono::milliseconds 
 extern "C" {
 
 // Connect to (or, when `is_server`, host) the TCPStore at addr:port, scope it under `prefix`, and start a Gloo
-// process group of `world` ranks. Returns an owned handle, or null with the error in `err`.
-void* grpo_pg_new(const char* addr, int port, int rank, int world, int is_server, const char* prefix,
+// process group of `world` ranks, with an NCCL one beside it for CUDA tensors when `nccl`. Returns an owned handle,
+// or null with the error in `err`.
+void* grpo_pg_new(const char* addr, int port, int rank, int world, int is_server, const char* prefix, int nccl,
                   int64_t timeout_ms, char* err, size_t err_len) {
   Group* group = nullptr;
   int rc = guarded(err, err_len, [&] {
@@ -74,12 +87,25 @@ void* grpo_pg_new(const char* addr, int port, int rank, int world, int is_server
     auto store = c10::make_intrusive<c10d::PrefixStore>(std::string(prefix), tcp);
     auto options = c10d::ProcessGroupGloo::Options::create_default(timeout);
     auto backend = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, options);
-    group = new Group{store, backend, timeout};
+    c10::intrusive_ptr<c10d::Backend> device_backend;
+    if (nccl != 0) {
+      auto nccl_store = c10::make_intrusive<c10d::PrefixStore>("nccl/", store);
+      device_backend = grpo_make_nccl(nccl_store, rank, world, timeout);
+      if (!device_backend) {
+        throw std::runtime_error(
+            "this grpo-host was built without NCCL (the CUDA and NCCL header wheels were missing at build time; "
+            "run cargo xtask setup and rebuild)");
+      }
+    }
+    group = new Group{store, backend, device_backend, timeout};
   });
   return rc == 0 ? group : nullptr;
 }
 
 void grpo_pg_free(void* handle) { delete static_cast<Group*>(handle); }
+
+// 1 when this build has NCCL.
+int grpo_pg_has_nccl() { return grpo_nccl_built() ? 1 : 0; }
 
 // In-place all-reduce of one dense tensor. op: 0 sum, 1 max, 2 min.
 int grpo_pg_all_reduce(void* handle, at::Tensor* t, int op, char* err, size_t err_len) {
@@ -89,7 +115,7 @@ int grpo_pg_all_reduce(void* handle, at::Tensor* t, int op, char* err, size_t er
     c10d::AllreduceOptions opts;
     opts.reduceOp = op == 1 ? c10d::ReduceOp::MAX : (op == 2 ? c10d::ReduceOp::MIN : c10d::ReduceOp::SUM);
     opts.timeout = g->timeout;
-    wait(g->backend->allreduce(tensors, opts), g->timeout);
+    wait(g->for_tensor(*t)->allreduce(tensors, opts), g->timeout);
   });
 }
 
@@ -102,7 +128,7 @@ int grpo_pg_broadcast(void* handle, at::Tensor* t, int root, char* err, size_t e
     opts.rootRank = root;
     opts.rootTensor = 0;
     opts.timeout = g->timeout;
-    wait(g->backend->broadcast(tensors, opts), g->timeout);
+    wait(g->for_tensor(*t)->broadcast(tensors, opts), g->timeout);
   });
 }
 
@@ -115,7 +141,7 @@ int grpo_pg_all_gather(void* handle, at::Tensor* input, at::Tensor** outputs, si
     std::vector<at::Tensor> in{*input};
     c10d::AllgatherOptions opts;
     opts.timeout = g->timeout;
-    wait(g->backend->allgather(out, in, opts), g->timeout);
+    wait(g->for_tensor(*input)->allgather(out, in, opts), g->timeout);
   });
 }
 

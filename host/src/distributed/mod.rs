@@ -31,11 +31,13 @@ extern "C" {
         world: c_int,
         is_server: c_int,
         prefix: *const c_char,
+        nccl: c_int,
         timeout_ms: i64,
         err: *mut c_char,
         err_len: usize,
     ) -> *mut c_void;
     fn grpo_pg_free(handle: *mut c_void);
+    fn grpo_pg_has_nccl() -> c_int;
     fn grpo_pg_all_reduce(handle: *mut c_void, t: *mut c_void, op: c_int, err: *mut c_char, err_len: usize) -> c_int;
     fn grpo_pg_broadcast(handle: *mut c_void, t: *mut c_void, root: c_int, err: *mut c_char, err_len: usize) -> c_int;
     fn grpo_pg_all_gather(
@@ -89,10 +91,12 @@ impl ErrBuf {
     }
 }
 
-/// A c10d process group (Gloo), owned; destroyed on drop.
+/// A c10d process group (Gloo, with NCCL beside it for CUDA tensors when asked), owned; destroyed on drop.
 struct ProcessGroup {
     handle: NonNull<c_void>,
     size: usize,
+    /// CUDA tensors go through NCCL on the device; otherwise through Gloo by way of host memory.
+    nccl: bool,
 }
 
 // SAFETY: c10d process groups are used from one thread at a time here (the trainer's), and c10d's objects are not
@@ -100,7 +104,7 @@ struct ProcessGroup {
 unsafe impl Send for ProcessGroup {}
 
 impl ProcessGroup {
-    fn connect(launch: &Launch, timeout: Duration) -> Result<ProcessGroup> {
+    fn connect(launch: &Launch, timeout: Duration, nccl: bool) -> Result<ProcessGroup> {
         let addr = CString::new(launch.master_addr.as_str()).context("MASTER_ADDR holds a NUL byte")?;
         let prefix = CString::new(launch.store_prefix()).expect("no NUL in the prefix");
         let mut err = ErrBuf::new();
@@ -113,6 +117,7 @@ impl ProcessGroup {
                 launch.world_size as c_int,
                 c_int::from(launch.hosts_store()),
                 prefix.as_ptr(),
+                c_int::from(nccl),
                 timeout.as_millis() as i64,
                 err.ptr(),
                 1024,
@@ -129,7 +134,7 @@ impl ProcessGroup {
                 launch.world_size
             )
         })?;
-        Ok(ProcessGroup { handle, size: launch.world_size })
+        Ok(ProcessGroup { handle, size: launch.world_size, nccl })
     }
 
     fn check(&self, rc: c_int, err: &ErrBuf) -> Result<()> {
@@ -235,20 +240,21 @@ impl World {
     }
 
     /// The world torchrun's environment describes (a single process when there is none), its process group
-    /// joined with `timeout` for the rendezvous and for every collective.
-    pub fn from_env(timeout: Duration) -> Result<World> {
+    /// joined with `timeout` for the rendezvous and for every collective; with NCCL for CUDA tensors when `cuda`.
+    pub fn from_env(timeout: Duration, cuda: bool) -> Result<World> {
         match Launch::from_env()? {
-            Some(launch) => World::connect(&launch, timeout),
+            Some(launch) => World::connect(&launch, timeout, cuda),
             None => Ok(World::single()),
         }
     }
 
-    /// Join the process group `launch` describes (a world of one needs none).
-    pub fn connect(launch: &Launch, timeout: Duration) -> Result<World> {
+    /// Join the process group `launch` describes (a world of one needs none); `cuda` adds NCCL for CUDA tensors
+    /// when this build has it (else they go through Gloo by way of host memory).
+    pub fn connect(launch: &Launch, timeout: Duration, cuda: bool) -> Result<World> {
         if launch.world_size == 1 {
             return Ok(World { local_rank: launch.local_rank, ..World::single() });
         }
-        let group = ProcessGroup::connect(launch, timeout)?;
+        let group = ProcessGroup::connect(launch, timeout, cuda && nccl_built())?;
         Ok(World {
             rank: launch.rank,
             size: launch.world_size,
@@ -348,7 +354,7 @@ impl World {
             }
             let part = &tensors[start..end];
             tch::no_grad(|| -> Result<()> {
-                let flat = on_host(&Tensor::cat(&part.iter().map(|t| t.reshape([-1])).collect::<Vec<_>>(), 0));
+                let flat = self.staged(&Tensor::cat(&part.iter().map(|t| t.reshape([-1])).collect::<Vec<_>>(), 0));
                 self.all_reduce(what, &flat, ReduceOp::Sum)?;
                 let mut offset = 0;
                 for t in part {
@@ -370,13 +376,24 @@ impl World {
             return Ok(());
         }
         for t in tensors {
-            let dense = on_host(&t.contiguous());
+            let dense = self.staged(&t.contiguous());
             self.collective(what, |g| g.broadcast(&dense, 0))?;
             if dense.data_ptr() != t.data_ptr() {
                 tch::no_grad(|| t.shallow_clone().copy_(&dense));
             }
         }
         Ok(())
+    }
+
+    /// `t` itself when the group can reduce it where it is (a CPU tensor, or a CUDA one with NCCL), else a CPU copy
+    /// for Gloo.
+    fn staged(&self, t: &Tensor) -> Tensor {
+        let nccl = self.group.as_ref().is_some_and(|g| g.nccl);
+        if t.device() == Device::Cpu || nccl {
+            t.shallow_clone()
+        } else {
+            t.to_device(Device::Cpu)
+        }
     }
 
     /// Wait for every rank.
@@ -444,14 +461,10 @@ impl World {
     }
 }
 
-/// `t` itself on the CPU, else a CPU copy: the collectives run on Gloo, which this shim drives with host memory
-/// (NCCL, which would keep CUDA tensors on the device, is not wired in yet).
-fn on_host(t: &Tensor) -> Tensor {
-    if t.device() == Device::Cpu {
-        t.shallow_clone()
-    } else {
-        t.to_device(Device::Cpu)
-    }
+/// Whether this build has NCCL (see c10d_nccl.cpp).
+pub fn nccl_built() -> bool {
+    // SAFETY: no arguments, no state.
+    unsafe { grpo_pg_has_nccl() == 1 }
 }
 
 /// An order-independent, exact fingerprint of tensors' bits: each element's bit pattern read as an integer and

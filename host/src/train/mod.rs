@@ -56,15 +56,16 @@ use update::{Updater, Updates};
 pub fn run(mut config: RunConfig) -> Result<i32> {
     crate::runtime::set_threads(config.model.threads);
     crate::runtime::set_deterministic(config.model.deterministic)?;
-    let world = World::from_env(Duration::from_secs_f64(config.dist.timeout_secs))?;
-    if world.is_distributed() {
+    if let Some(launch) = crate::distributed::Launch::from_env()?.filter(|l| l.world_size > 1) {
         // One GPU per rank: LOCAL_RANK picks it, before any CUDA work.
         config.model.device = match config.model.device {
-            DeviceSpec::Auto if tch::Cuda::is_available() => DeviceSpec::Cuda(world.local_rank),
-            DeviceSpec::Cuda(_) => DeviceSpec::Cuda(world.local_rank),
+            DeviceSpec::Auto if tch::Cuda::is_available() => DeviceSpec::Cuda(launch.local_rank),
+            DeviceSpec::Cuda(_) => DeviceSpec::Cuda(launch.local_rank),
             other => other,
         };
     }
+    let cuda = matches!(config.model.device, DeviceSpec::Cuda(_));
+    let world = World::from_env(Duration::from_secs_f64(config.dist.timeout_secs), cuda)?;
     let mut trainer = Trainer::start(config, world)?;
     let outcome = trainer.train();
     trainer.finish(outcome)
