@@ -540,6 +540,11 @@ impl Latest {
 
 /// The `step_N` directories under `checkpoints`, newest (highest N) first. Temporary `.step_N.partial` ones are
 /// not among them.
+/// Whether `checkpoints` holds any `step_N` directory, usable or not.
+pub fn has_checkpoints(checkpoints: &Path) -> bool {
+    !steps(checkpoints).is_empty()
+}
+
 fn steps(checkpoints: &Path) -> Vec<(u64, PathBuf)> {
     let mut found: Vec<(u64, PathBuf)> = fs::read_dir(checkpoints)
         .map(|rd| {

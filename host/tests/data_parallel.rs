@@ -9,7 +9,8 @@
 //!   stop on a difference.)
 //! - Two torchrun agents (`--nnodes 2`, c10d rendezvous on loopback) complete a run.
 //! - A rank killed with SIGKILL makes the other exit within the collective timeout with one line naming it; the
-//!   job then resumes under torchrun with `--resume auto` from the last checkpoint.
+//!   job then resumes under torchrun with `--resume auto` from the last checkpoint. Under `torchrun --max-restarts`
+//!   the same happens by itself: the agent restarts the workers, which resume.
 //! - A 2-rank checkpoint resumes in one process (with twice the per-process batch: the same global batch) and back.
 
 mod common;
@@ -227,7 +228,8 @@ fn a_two_rank_checkpoint_resumes_in_one_process_and_back() {
         a.extend(["--resume".into(), "auto".into()]);
         a
     };
-    assert_ok(&under_torchrun(r, 2, &train_args(r, "mixed", 2, 4, 1)), "2 ranks, batch 0");
+    // `--resume auto` from the first attempt on, as torchrun --max-restarts needs: nothing to resume yet.
+    assert_ok(&under_torchrun(r, 2, &resume(train_args(r, "mixed", 2, 4, 1))), "2 ranks, batch 0");
     // One process with twice the per-process batch: the same global batch, which the resume guard accepts.
     assert_ok(&single(r, &resume(train_args(r, "mixed", 4, 8, 2))), "1 process, batch 1");
     assert_ok(&under_torchrun(r, 2, &resume(train_args(r, "mixed", 2, 4, 3))), "2 ranks, batch 2");
@@ -242,4 +244,39 @@ fn a_two_rank_checkpoint_resumes_in_one_process_and_back() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("--rollouts-per-step") && stderr.contains("world size"), "{stderr}");
+}
+
+#[test]
+fn torchrun_restarts_a_job_whose_rank_was_killed_and_it_resumes() {
+    let runs = tempfile::tempdir().unwrap();
+    let r = runs.path();
+    let mut args = train_args(r, "elastic", 2, 4, 5);
+    args.extend(["--resume".into(), "auto".into(), "--dist-timeout".into(), "30".into()]);
+    let mut cmd = clean(Command::new(torchrun()), r);
+    let agent = cmd
+        .args(["--standalone", "--nproc-per-node", "2", "--max-restarts", "1", "--no-python"])
+        .arg(common::host_exe())
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while grpo_host::checkpoint::latest(&r.join("elastic/checkpoints")).is_none() {
+        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint within two minutes");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Kill one worker of the job (any rank): its grpo-host processes are the ones writing to this run.
+    let pattern = r.join("elastic").display().to_string();
+    // (A worker's command line starts with the host's path; the agent's with Python's.)
+    let workers = format!("^{}.*{}", common::host_exe().display(), r.display());
+    let pids = Command::new("pgrep").args(["-f", &workers]).output().unwrap();
+    let pid = String::from_utf8_lossy(&pids.stdout).lines().next().map(str::to_string);
+    let pid = pid.unwrap_or_else(|| panic!("no worker of {pattern} found"));
+    assert!(Command::new("kill").args(["-9", &pid]).status().unwrap().success());
+    let out = agent.wait_with_output().unwrap();
+    assert_ok(&out, "the restarted job");
+    let rows = rows(&r.join("elastic"));
+    let batches: Vec<f64> = rows.values().filter_map(|row| row.get("rollouts/batch_step")?.as_f64()).collect();
+    assert_eq!(batches, (0..5).map(f64::from).collect::<Vec<_>>(), "every batch once");
 }

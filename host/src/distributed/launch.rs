@@ -76,6 +76,11 @@ impl Launch {
         }))
     }
 
+    /// Whether an elastic launcher (torchrun) started this process: it reruns the same command after a failure.
+    pub fn elastic() -> bool {
+        std::env::var_os("TORCHELASTIC_RESTART_COUNT").is_some()
+    }
+
     /// Whether this process starts the store server: rank 0, unless torchrun's agent already hosts it.
     pub fn hosts_store(&self) -> bool {
         !self.agent_store && self.rank == 0

@@ -116,9 +116,22 @@ struct RunPaths {
 }
 
 impl RunPaths {
+    /// A named run (or `--checkpoint-path`) without a single checkpoint directory.
+    fn nothing_to_resume(c: &config::CheckpointSettings) -> bool {
+        let dir =
+            c.checkpoint_path.clone().or_else(|| c.run_name.as_ref().map(|n| c.runs_dir.join(n).join("checkpoints")));
+        dir.is_some_and(|d| !checkpoint::has_checkpoints(&d))
+    }
+
     fn resolve(config: &RunConfig) -> Result<RunPaths> {
         let c = &config.checkpoints;
         let resume = match &c.resume {
+            Some(spec) if spec == "auto" && crate::distributed::Launch::elastic() && Self::nothing_to_resume(c) => {
+                // torchrun --max-restarts reruns the same command: its first attempt (or one that failed before
+                // the first checkpoint) has nothing to resume yet and starts the run.
+                eprintln!("--resume auto: the run has no checkpoint yet; starting it");
+                None
+            }
             Some(spec) => {
                 let named = c.run_name.as_ref().map(|n| c.runs_dir.join(n));
                 let found =
