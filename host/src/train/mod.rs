@@ -78,6 +78,8 @@ struct Trainer {
     mid_batch: bool,
     /// When the last checkpoint was written (or the run started), for `--checkpoint-every-minutes`.
     last_save: Instant,
+    /// Evaluation on held-out tasks (`--eval-every`, `--eval-before-train`), when asked for.
+    evaluator: Option<crate::eval::InTraining>,
 }
 
 /// How the loop ended.
@@ -163,10 +165,20 @@ impl Trainer {
         let total_steps = config.batch.max_steps * config.batch.updates_per_batch();
         let loggers = open_loggers(&config, &paths, &state, (&algo, &env, &policy), total_steps, history)?;
         let stop = StopRequest::install().context("installing the SIGINT/SIGTERM handlers")?;
+        let run_tasks = config.data.resolve(&env, config.model.allow_download)?;
+        let b = &config.batch;
+        let limits = crate::eval::EpisodeLimits {
+            max_new_tokens: b.max_new_tokens,
+            max_turns: b.max_turns,
+            max_length: b.max_length,
+        };
+        let given = run_tasks.eval.as_deref().map(Vec::as_slice);
+        let evaluator = crate::eval::InTraining::new(&env, given, config.eval, limits, config.seed, &paths.run_dir)?;
         Ok(Trainer {
             schedule: schedule(&config.optimizer, total_steps),
             system: SystemMetrics::new(policy.device(), Default::default()),
-            tasks: TaskSource::new(env.clone(), config.seed)?,
+            tasks: TaskSource::from_set(run_tasks.train, config.seed)?,
+            evaluator,
             checkpoints: paths.checkpoints,
             config,
             algo,
@@ -187,9 +199,15 @@ impl Trainer {
         if self.state.batch >= max_steps && self.state.global_step > 0 {
             return Ok(Outcome::AlreadyComplete);
         }
+        if self.evaluator.as_ref().is_some_and(|e| e.due_before_training(self.state.batch, self.state.global_step)) {
+            self.evaluate(self.state.global_step)?;
+        }
         self.sft_warm_up()?;
         while self.state.batch < max_steps {
             self.batch()?;
+            if self.evaluator.as_ref().is_some_and(|e| e.due_after_batch(self.state.batch, max_steps)) {
+                self.evaluate(self.state.global_step.saturating_sub(1))?;
+            }
             // The last batch's row (and a stopped run's) stays open for `finish`, which adds the final metrics.
             if self.state.batch >= max_steps || self.stop.requested() {
                 break;
@@ -301,6 +319,25 @@ impl Trainer {
         self.policy.refresh_sampler(masters.as_ref());
         let seed = mix(self.config.seed, self.state.batch);
         run_episodes(self.policy.sampler(), self.policy.tokenizer(), &self.env, tasks, &cfg, seed)
+    }
+
+    /// Evaluate the current weights on the held-out tasks and log `eval/*` at `step` (the batch's last step, so a
+    /// checkpoint taken after it scores the same with `grpo-host eval`).
+    fn evaluate(&mut self, step: u64) -> Result<()> {
+        let Some(evaluator) = &self.evaluator else { return Ok(()) };
+        self.policy.model().set_training(false);
+        let masters = (self.policy.precision().separate_rollout() && self.optimizer.has_master_weights())
+            .then(|| self.optimizer.master_weights());
+        self.policy.refresh_sampler(masters.as_ref());
+        let t = Instant::now();
+        let result = evaluator.run(self.policy.sampler(), self.policy.tokenizer(), &self.env, step)?;
+        self.loggers.println(&format!(
+            "eval at step {step}: {} ({:.1}s)",
+            crate::eval::describe(&result),
+            t.elapsed().as_secs_f64()
+        ));
+        self.loggers.log(step, result.metrics());
+        Ok(())
     }
 
     /// Log a batch's rollout metrics (and, at the interval, its completions) at its first step.

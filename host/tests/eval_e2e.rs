@@ -1,0 +1,140 @@
+//! Evaluation end to end, as a user runs it: a tiny training run on a GSM8K-format file with rows held out logs
+//! every `eval/*` key before training and after each batch, and `grpo-host eval` on a checkpoint of that run gives
+//! exactly the numbers and completions the run logged at that step.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn tiny_model() -> PathBuf {
+    common::workspace_root().join("tests/fixtures/model/tiny/llama")
+}
+
+fn gsm8k_file() -> String {
+    common::workspace_root().join("tests/fixtures/datasets/gsm8k_like.jsonl").display().to_string()
+}
+
+/// Flags both commands share: the same model, data, held-out rows, limits, sampling and seed.
+fn shared(model: &Path) -> Vec<String> {
+    let flags = [
+        ("--model", model.to_str().unwrap().to_string()),
+        ("--env", "math".to_string()),
+        ("--dataset", gsm8k_file()),
+        ("--eval-holdout", "3".into()),
+        ("--eval-samples", "2".into()),
+        ("--eval-batch-tasks", "2".into()),
+        ("--max-new-tokens", "6".into()),
+        ("--max-length", "512".into()),
+        ("--temperature", "1.0".into()),
+        ("--seed", "7".into()),
+    ];
+    flags.into_iter().flat_map(|(f, v)| [f.to_string(), v]).collect()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn json_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+const EVAL_KEYS: &[&str] = &[
+    "eval/tasks",
+    "eval/returns_mean",
+    "eval/accuracy",
+    "eval/pass@2",
+    "eval/completion_length_mean",
+    "eval/rewards/answer",
+    "eval/math/answer_tag_rate",
+    "eval/math/contains_oracle_rate",
+    "eval/math/exact_rate",
+];
+
+#[test]
+fn training_logs_eval_at_its_steps_and_grpo_host_eval_reproduces_a_checkpoint() {
+    let runs = tempfile::tempdir().unwrap();
+    let out = Command::new(common::host_exe())
+        .args(shared(&tiny_model()))
+        .args(["--algo", "grpo", "--max-steps", "2", "--rollouts-per-step", "2", "--group-size", "3"])
+        .args(["--train-batch-size", "2", "--lr", "1e-3", "--checkpoint-interval", "1"])
+        .args(["--eval-every", "1", "--eval-before-train"])
+        .args(["--no-wandb", "--runs-dir", runs.path().to_str().unwrap(), "--run-name", "ev"])
+        .env_remove("GRPO_PLUGIN_PATH")
+        .env("XDG_DATA_HOME", runs.path().join("xdg"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "training failed: {}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("--dataset "), "{}", text(&out.stderr));
+    let run = runs.path().join("ev");
+
+    // 6 episodes per batch in micro-batches of 2: 3 optimizer steps a batch, so batches end at steps 2 and 5.
+    let rows = json_lines(&run.join("metrics.jsonl"));
+    let eval_rows: Vec<&serde_json::Value> = rows.iter().filter(|r| r.get("eval/returns_mean").is_some()).collect();
+    let steps: Vec<u64> = eval_rows.iter().map(|r| r["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, [0, 2, 5], "eval before training and after each batch");
+    for row in &eval_rows {
+        for key in EVAL_KEYS {
+            let v = row.get(*key).unwrap_or_else(|| panic!("{key} missing at step {}", row["step"]));
+            assert!(v.as_f64().is_some_and(f64::is_finite), "{key} = {v}");
+        }
+        assert_eq!(row["eval/tasks"], 3.0);
+        let acc = row["eval/accuracy"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&acc));
+    }
+    let completions = json_lines(&run.join("eval_completions.jsonl"));
+    assert_eq!(completions.len(), 9, "3 tasks at each of 3 evaluations");
+    assert_eq!(completions.iter().filter(|c| c["step"] == 2).count(), 3);
+
+    // The checkpoint after batch 1 is step_3 (steps taken); the run logged that evaluation at its last step, 2.
+    let ckpt = run.join("checkpoints/step_3");
+    assert!(ckpt.is_dir());
+    let summary_path = runs.path().join("eval.json");
+    let lines_path = runs.path().join("eval_lines.jsonl");
+    let out = Command::new(common::host_exe())
+        .arg("eval")
+        .args(["--checkpoint", ckpt.to_str().unwrap()])
+        .args(shared(&tiny_model()).into_iter().skip(2))
+        .args(["--output", summary_path.to_str().unwrap(), "--completions", lines_path.to_str().unwrap()])
+        .env_remove("GRPO_PLUGIN_PATH")
+        .env("XDG_DATA_HOME", runs.path().join("xdg"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "eval failed: {}", text(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&summary_path).unwrap()).unwrap();
+    assert_eq!(summary["global_step"], 3);
+    let logged = eval_rows[1];
+    for key in EVAL_KEYS {
+        assert_eq!(summary["metrics"][*key], logged[*key], "{key}: grpo-host eval vs the run at step 2");
+    }
+    let again = json_lines(&lines_path);
+    let at_step: Vec<&serde_json::Value> = completions.iter().filter(|c| c["step"] == 2).collect();
+    assert_eq!(again.len(), at_step.len());
+    for (a, b) in again.iter().zip(at_step) {
+        for field in ["id", "question", "answer", "completion", "greedy_return", "solved", "samples_solved"] {
+            assert_eq!(a[field], b[field], "{field}");
+        }
+    }
+    // The held-out rows are the file's last three (of 40).
+    assert_eq!(again[0]["id"], "row-37");
+}
+
+#[test]
+fn evaluating_an_environment_without_eval_tasks_is_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("tasks.jsonl");
+    std::fs::write(&data, "{\"question\": \"1+1\", \"answer\": \"2\", \"num_terms\": 2, \"num_digits\": 1}\n").unwrap();
+    let out = Command::new(common::host_exe())
+        .args(["eval", "--env", "math", "--model", tiny_model().to_str().unwrap()])
+        .args(["--env-config", &format!("{{\"data_path\": \"{}\"}}", data.display())])
+        .args(["--output", dir.path().join("e.json").to_str().unwrap()])
+        .env_remove("GRPO_PLUGIN_PATH")
+        .env("XDG_DATA_HOME", dir.path().join("xdg"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("environment `math` has no eval tasks"), "{err}");
+}
