@@ -119,7 +119,7 @@ fn a_hub_id_resolves_from_the_cache_offline_and_a_missing_one_is_one_line() {
     let data = Dataset::load(&gsm8k, "--eval-data", "test", true).unwrap();
     assert_eq!(data.len(), 60);
 
-    let err = Dataset::load(&spec("openai/gsm9k"), "--dataset", "train", true).unwrap_err();
+    let err = Dataset::load(&spec("openai/gsm9k"), "--dataset", "train", true).err().unwrap();
     let line = grpo_host::error::one_line(&err);
     assert_eq!(grpo_host::error::exit_code(&err), 2);
     assert!(line.starts_with("--dataset openai/gsm9k: not a file or directory, and not in the Hugging Face cache at "));
@@ -128,10 +128,10 @@ fn a_hub_id_resolves_from_the_cache_offline_and_a_missing_one_is_one_line() {
     // With one config in the cache, it need not be named.
     assert_eq!(Dataset::load(&spec("openai/gsm8k"), "--dataset", "train", true).unwrap().len(), 300);
     let other = DatasetSpec { config: Some("socratic".into()), ..gsm8k.clone() };
-    let err = Dataset::load(&other, "--dataset", "train", true).unwrap_err().to_string();
+    let err = Dataset::load(&other, "--dataset", "train", true).err().unwrap().to_string();
     assert!(err.ends_with("no config `socratic`; configs: main"), "{err}");
     let wrong = DatasetSpec { config: Some("main".into()), split: Some("validation".into()), ..gsm8k.clone() };
-    let err = Dataset::load(&wrong, "--dataset", "train", true).unwrap_err().to_string();
+    let err = Dataset::load(&wrong, "--dataset", "train", true).err().unwrap().to_string();
     assert!(err.ends_with("no `validation` split; splits: test, train"), "{err}");
 }
 
@@ -140,15 +140,15 @@ fn files_that_do_not_parse_are_named() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(fixtures().join("verl_sample.parquet"), dir.path().join("part-0.parquet")).unwrap();
     std::fs::write(dir.path().join("part-1.parquet"), b"PAR1 but truncated").unwrap();
-    let err = load(&spec(dir.path().to_str().unwrap())).unwrap_err();
+    let err = load(&spec(dir.path().to_str().unwrap())).err().unwrap();
     assert_eq!(grpo_host::error::exit_code(&err), 2);
     let line = grpo_host::error::one_line(&err);
     assert!(line.contains("part-1.parquet: not a readable Parquet file"), "{line}");
 
     std::fs::write(dir.path().join("rows.jsonl"), "{\"question\": \"q\"}\nnot json\n").unwrap();
-    let err = load(&spec(dir.path().join("rows.jsonl").to_str().unwrap())).unwrap_err().to_string();
+    let err = load(&spec(dir.path().join("rows.jsonl").to_str().unwrap())).err().unwrap().to_string();
     assert!(err.contains("rows.jsonl line 2: not valid JSON"), "{err}");
-    let err = load(&spec("no/such/file.jsonl")).unwrap_err().to_string();
+    let err = load(&spec("no/such/file.jsonl")).err().unwrap().to_string();
     assert!(err.starts_with("--dataset no/such/file.jsonl: no such file or directory"), "{err}");
 }
 

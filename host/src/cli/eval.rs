@@ -47,7 +47,11 @@ impl DataArgs {
     pub fn into_settings(self) -> DataSettings {
         let config = self.dataset_config;
         DataSettings {
-            dataset: self.dataset.map(|source| DatasetSpec { source, config: config.clone(), split: self.dataset_split }),
+            dataset: self.dataset.map(|source| DatasetSpec {
+                source,
+                config: config.clone(),
+                split: self.dataset_split,
+            }),
             eval_data: self.eval_data.map(|source| DatasetSpec { source, config, split: self.eval_data_split }),
             eval_holdout: self.eval_holdout,
         }
@@ -74,7 +78,12 @@ pub struct EvalRunArgs {
 
 impl EvalRunArgs {
     /// The settings, sampling like `sampling` (training's) at `--eval-temperature` when given.
-    pub fn into_settings(self, sampling: SamplingParams, every: u64, before_train: bool) -> anyhow::Result<EvalSettings> {
+    pub fn into_settings(
+        self,
+        sampling: SamplingParams,
+        every: u64,
+        before_train: bool,
+    ) -> anyhow::Result<EvalSettings> {
         if self.eval_batch_tasks == 0 {
             return Err(user_error!("--eval-batch-tasks must be at least 1"));
         }
@@ -215,7 +224,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<i32> {
     let limits =
         EpisodeLimits { max_new_tokens: args.max_new_tokens, max_turns: args.max_turns, max_length: args.max_length };
     eprintln!("evaluating {} tasks of `{}`", tasks.len(), env.name());
-    let result = crate::eval::evaluate(policy.sampler(), policy.tokenizer(), &env, &tasks, &settings, &limits, args.seed)?;
+    let result =
+        crate::eval::evaluate(policy.sampler(), policy.tokenizer(), &env, &tasks, &settings, &limits, args.seed)?;
     let summary = serde_json::json!({
         "checkpoint": args.checkpoint.as_ref().map(|d| d.display().to_string()),
         "model_dir": policy.model_dir().display().to_string(),
@@ -243,7 +253,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<i32> {
 fn checkpoint_model(
     dir: &Path,
     base_override: Option<String>,
-) -> anyhow::Result<(Option<String>, Option<(LoraConfig, std::collections::BTreeMap<String, tch::Tensor>)>, Option<u64>)> {
+) -> anyhow::Result<(Option<String>, Option<(LoraConfig, std::collections::BTreeMap<String, tch::Tensor>)>, Option<u64>)>
+{
     let loaded = crate::checkpoint::load(dir)?;
     let step = Some(loaded.state.global_step);
     if !loaded.adapter {

@@ -206,7 +206,8 @@ pub struct TrainArgs {
 }
 
 /// Training's sampling defaults: re-grpo's temperature, and transformers' top-k of 50 that its sampling used.
-pub(crate) const TRAIN_SAMPLING: SamplingParams = SamplingParams { temperature: 0.7, top_k: 50, top_p: 1.0, min_p: 0.0 };
+pub(crate) const TRAIN_SAMPLING: SamplingParams =
+    SamplingParams { temperature: 0.7, top_k: 50, top_p: 1.0, min_p: 0.0 };
 
 impl TrainArgs {
     /// Check the flags and build the run's configuration; every mistake is one line naming the flag.
@@ -246,10 +247,7 @@ impl TrainArgs {
                 rollout_dtype: self.rollout_dtype,
                 lora,
             },
-            sampling: SamplingSettings {
-                params: sampling,
-                ignore_eos: self.sampling.ignore_eos,
-            },
+            sampling: SamplingSettings { params: sampling, ignore_eos: self.sampling.ignore_eos },
             batch: BatchSettings {
                 max_steps: self.max_steps,
                 rollouts_per_step: self.rollouts_per_step,

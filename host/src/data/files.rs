@@ -36,10 +36,7 @@ impl Format {
 /// Every row of `path` as a JSON object, in file order.
 pub fn read_rows(path: &Path) -> Result<Vec<Value>> {
     let Some(format) = Format::of(path) else {
-        return Err(user_error!(
-            "{}: unknown data format; expected .jsonl, .json or .parquet",
-            path.display()
-        ));
+        return Err(user_error!("{}: unknown data format; expected .jsonl, .json or .parquet", path.display()));
     };
     match format {
         Format::JsonLines => read_json_lines(path),
@@ -62,7 +59,12 @@ fn read_json_lines(path: &Path) -> Result<Vec<Value>> {
         let row: Value = serde_json::from_str(&line)
             .map_err(|e| user_error!("{} line {}: not valid JSON ({e})", path.display(), i + 1))?;
         if !row.is_object() {
-            return Err(user_error!("{} line {}: a JSON object was expected, got {}", path.display(), i + 1, kind(&row)));
+            return Err(user_error!(
+                "{} line {}: a JSON object was expected, got {}",
+                path.display(),
+                i + 1,
+                kind(&row)
+            ));
         }
         rows.push(row);
     }
@@ -70,8 +72,9 @@ fn read_json_lines(path: &Path) -> Result<Vec<Value>> {
 }
 
 fn read_json_array(path: &Path) -> Result<Vec<Value>> {
-    let value: Value = serde_json::from_reader(BufReader::new(open(path)?))
-        .map_err(|e| user_error!("{}: not valid JSON ({e}); a .json data file holds one array of objects", path.display()))?;
+    let value: Value = serde_json::from_reader(BufReader::new(open(path)?)).map_err(|e| {
+        user_error!("{}: not valid JSON ({e}); a .json data file holds one array of objects", path.display())
+    })?;
     let Value::Array(rows) = value else {
         return Err(user_error!(
             "{}: a .json data file must hold an array of objects, not {}; for one object per line use .jsonl",

@@ -63,7 +63,8 @@ impl Dataset {
         let mut rows = Vec::new();
         let mut origins = Vec::new();
         for (f, path) in files.iter().enumerate() {
-            let file_rows = files::read_rows(path).map_err(|e| user_error!("{flag}: {}", crate::error::one_line(&e)))?;
+            let file_rows =
+                files::read_rows(path).map_err(|e| user_error!("{flag}: {}", crate::error::one_line(&e)))?;
             origins.extend((0..file_rows.len()).map(|i| (f, i)));
             rows.extend(file_rows);
         }
@@ -212,6 +213,7 @@ impl DataSettings {
 }
 
 fn report(flag: &str, spec: &DatasetSpec, data: &Dataset, list: &TaskList) {
-    let skipped = if list.skipped > 0 { format!(", {} rows skipped by the environment", list.skipped) } else { String::new() };
+    let skipped =
+        if list.skipped > 0 { format!(", {} rows skipped by the environment", list.skipped) } else { String::new() };
     eprintln!("{flag} {}: {} tasks from {} file(s){skipped}", spec.source, list.tasks.len(), data.files().len());
 }

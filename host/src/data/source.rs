@@ -18,7 +18,12 @@ use crate::user_error;
 /// The data files of `spec`, in a fixed order (sorted paths), all of a known format. `flag` names the option in
 /// messages; `default_split` is the split of a hub layout when `spec` names none; `allow_download` permits
 /// fetching a hub dataset missing from the cache.
-pub fn resolve_files(spec: &DatasetSpec, flag: &str, default_split: &str, allow_download: bool) -> Result<Vec<PathBuf>> {
+pub fn resolve_files(
+    spec: &DatasetSpec,
+    flag: &str,
+    default_split: &str,
+    allow_download: bool,
+) -> Result<Vec<PathBuf>> {
     let source = spec.source.as_str();
     let path = Path::new(source);
     if path.is_file() {
@@ -27,9 +32,7 @@ pub fn resolve_files(spec: &DatasetSpec, flag: &str, default_split: &str, allow_
     if path.is_dir() {
         let relative = data_files_under(path);
         if relative.is_empty() {
-            return Err(user_error!(
-                "{flag} {source}: the directory holds no .jsonl, .json or .parquet files"
-            ));
+            return Err(user_error!("{flag} {source}: the directory holds no .jsonl, .json or .parquet files"));
         }
         // A plain folder of shards has no split names; with none asked for, it is all one split.
         let chosen = match select(&relative, spec.config.as_deref(), spec.split.as_deref().unwrap_or(default_split)) {
@@ -97,7 +100,11 @@ pub fn select(files: &[String], config: Option<&str>, split: &str) -> std::resul
             if chosen.is_empty() {
                 return Err(format!(
                     "no config `{c}`; {}",
-                    if configs.is_empty() { "it has none".to_string() } else { format!("configs: {}", configs.join(", ")) }
+                    if configs.is_empty() {
+                        "it has none".to_string()
+                    } else {
+                        format!("configs: {}", configs.join(", "))
+                    }
                 ));
             }
             chosen
@@ -117,7 +124,11 @@ pub fn select(files: &[String], config: Option<&str>, split: &str) -> std::resul
         splits.dedup();
         return Err(format!(
             "no `{split}` split; {}",
-            if splits.is_empty() { "no file is named for a split".to_string() } else { format!("splits: {}", splits.join(", ")) }
+            if splits.is_empty() {
+                "no file is named for a split".to_string()
+            } else {
+                format!("splits: {}", splits.join(", "))
+            }
         ));
     }
     Ok(chosen)
@@ -290,8 +301,7 @@ fn download(hub: &Path, spec: &DatasetSpec, split: &str, flag: &str) -> Result<V
         .filter(|f| !f.split('/').any(|p| p.starts_with('.')) && Format::of(Path::new(f)).is_some())
         .collect();
     relative.sort();
-    let chosen = select(&relative, spec.config.as_deref(), split)
-        .map_err(|why| user_error!("{flag} {id}: {why}"))?;
+    let chosen = select(&relative, spec.config.as_deref(), split).map_err(|why| user_error!("{flag} {id}: {why}"))?;
     chosen.iter().map(|f| repo.get(f).map_err(|e| fail(&e))).collect()
 }
 

@@ -274,9 +274,8 @@ pub fn evaluate(
         accuracy: judged.then(|| solved_share(&|o| o.solved == Some(true))),
         pass_at_k: (settings.samples > 0 && any_judged_sample)
             .then(|| (settings.samples, solved_share(&|o| o.samples_solved > 0))),
-        completion_length_mean: greedy.iter().map(|r| r.action.iter().filter(|a| **a).count() as f64).sum::<f64>()
-            / n,
-        rewards: components.into_iter().map(|(k, v)| (k.clone(), v.iter().sum::<f64>() / v.len() as f64)).collect(),
+        completion_length_mean: greedy.iter().map(|r| r.action.iter().filter(|a| **a).count() as f64).sum::<f64>() / n,
+        rewards: components.into_iter().map(|(k, v)| (k, v.iter().sum::<f64>() / v.len() as f64)).collect(),
         env_metrics,
         outcomes,
     })

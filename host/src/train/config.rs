@@ -277,7 +277,10 @@ impl RunConfig {
             ("--tis-cap", json!(l.tis_cap)),
             ("--seed", json!(self.seed)),
             ("--sft-warmup-steps/--sft-batch-size/--sft-lr", json!(self.sft)),
-            ("--dataset/--dataset-config/--dataset-split/--eval-holdout", json!([self.data.dataset, self.data.eval_holdout])),
+            (
+                "--dataset/--dataset-config/--dataset-split/--eval-holdout",
+                json!([self.data.dataset, self.data.eval_holdout]),
+            ),
         ]
     }
 

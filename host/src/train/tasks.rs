@@ -31,7 +31,9 @@ impl TaskSource {
                 TaskSet::Env { env, .. } => format!("environment `{}`", env.name()),
                 TaskSet::Fixed(_) => "--dataset".to_string(),
             };
-            bail!(crate::user_error!("{name} has no training tasks; check its data file (--data-path or --env-config)"));
+            bail!(crate::user_error!(
+                "{name} has no training tasks; check its data file (--data-path or --env-config)"
+            ));
         }
         Ok(TaskSource { tasks, seed, count, permutation: None })
     }

@@ -57,15 +57,21 @@ pub fn answer_tag(text: &str) -> Option<&str> {
 
 /// The contents of the last `\boxed{...}` (or `\fbox{...}`), braces balanced.
 pub fn boxed(text: &str) -> Option<&str> {
-    let start = ["\\boxed{", "\\fbox{"].iter().filter_map(|m| text.rfind(m).map(|i| i + m.len())).max()?;
+    let start = ["\\boxed{", "\\fbox{"].iter().filter_map(|m| text.rfind(m).map(|i| i + m.len() - 1)).max()?;
+    braced(&text[start..]).map(|(body, _)| body)
+}
+
+/// For `s` starting with `{`: the text up to the matching `}` and what follows it.
+fn braced(s: &str) -> Option<(&str, &str)> {
+    let inner = s.strip_prefix('{')?;
     let mut depth = 1usize;
-    for (i, c) in text[start..].char_indices() {
+    for (i, c) in inner.char_indices() {
         match c {
             '{' => depth += 1,
             '}' => {
                 depth -= 1;
                 if depth == 0 {
-                    return Some(&text[start..start + i]);
+                    return Some((&inner[..i], &inner[i + 1..]));
                 }
             }
             _ => {}
@@ -94,10 +100,9 @@ pub fn find_reply_answer<'a>(text: &'a str, formats: &[ReplyFormat]) -> Option<&
 /// The reference answer in a dataset's answer text; `None` when `format` asks for a marker the text lacks.
 pub fn reference(text: &str, format: ReferenceFormat) -> Option<String> {
     let found = match format {
-        ReferenceFormat::Auto => after_hashes(text)
-            .or_else(|| boxed(text))
-            .or_else(|| answer_tag(text).map(str::trim))
-            .or(Some(text.trim())),
+        ReferenceFormat::Auto => {
+            after_hashes(text).or_else(|| boxed(text)).or_else(|| answer_tag(text).map(str::trim)).or(Some(text.trim()))
+        }
         ReferenceFormat::Gsm8k => after_hashes(text),
         ReferenceFormat::Boxed => boxed(text).map(str::trim),
         ReferenceFormat::Plain => Some(text.trim()),
@@ -179,16 +184,30 @@ pub fn normalize(s: &str) -> String {
         t = unwrap_command(&t, w);
     }
     const DROP: [&str; 16] = [
-        "\\left", "\\right", "\\!", "\\,", "\\;", "\\:", "\\ ", "~", "^{\\circ}", "^\\circ", "\\circ", "\\%", "%",
-        "\\$", "$", "{,}",
+        "\\left",
+        "\\right",
+        "\\!",
+        "\\,",
+        "\\;",
+        "\\:",
+        "\\ ",
+        "~",
+        "^{\\circ}",
+        "^\\circ",
+        "\\circ",
+        "\\%",
+        "%",
+        "\\$",
+        "$",
+        "{,}",
     ];
     for d in DROP {
         t = t.replace(d, if d == "\\ " || d == "~" { " " } else { "" });
     }
     t = t.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace('\u{2212}', "-");
     let mut t = t.trim().trim_end_matches('.').trim().to_string();
-    while t.starts_with('{') && t.ends_with('}') && boxed(&format!("\\boxed{t}")) == Some(&t[1..t.len() - 1]) {
-        t = t[1..t.len() - 1].trim().to_string();
+    while let Some((body, "")) = braced(&t) {
+        t = body.trim().to_string();
     }
     t
 }
@@ -200,12 +219,11 @@ fn unwrap_command(s: &str, cmd: &str) -> String {
     let pattern = format!("{cmd}{{");
     while let Some(at) = rest.find(&pattern) {
         out.push_str(&rest[..at]);
-        let inner = &rest[at + pattern.len()..];
-        match boxed(&format!("\\boxed{{{inner}")) {
-            Some(body) => {
+        match braced(&rest[at + pattern.len() - 1..]) {
+            Some((body, after)) => {
                 out.push(' ');
                 out.push_str(body);
-                rest = &inner[body.len() + 1..];
+                rest = after;
             }
             None => {
                 out.push_str(&rest[at..]);
@@ -248,8 +266,7 @@ pub fn parse_number(s: &str) -> Option<Ratio> {
 fn frac_argument(s: &str) -> Option<(&str, &str)> {
     let s = s.trim_start();
     if s.starts_with('{') {
-        let body = boxed(&format!("\\boxed{}", s))?;
-        return Some((body, &s[body.len() + 2..]));
+        return braced(s);
     }
     let c = s.chars().next()?;
     Some((&s[..c.len_utf8()], &s[c.len_utf8()..]))
@@ -297,7 +314,9 @@ fn units_only(rest: &str) -> bool {
     rest.starts_with(char::is_whitespace) && {
         let words = rest.trim();
         words.starts_with(|c: char| c.is_alphabetic())
-            && words.chars().all(|c| c.is_alphabetic() || c.is_whitespace() || "^/.²³".contains(c) || c.is_ascii_digit())
+            && words
+                .chars()
+                .all(|c| c.is_alphabetic() || c.is_whitespace() || "^/.²³".contains(c) || c.is_ascii_digit())
     }
 }
 

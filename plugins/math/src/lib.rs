@@ -222,7 +222,10 @@ pub fn score_with(
             .iter()
             .enumerate()
             .filter(|&(i, &c)| {
-                !(c == ',' && i > 0 && chars[i - 1].is_ascii_digit() && chars.get(i + 1).is_some_and(char::is_ascii_digit))
+                !(c == ','
+                    && i > 0
+                    && chars[i - 1].is_ascii_digit()
+                    && chars.get(i + 1).is_some_and(char::is_ascii_digit))
             })
             .map(|(_, &c)| c)
             .collect();

@@ -66,7 +66,10 @@ fn replies_may_box_or_hash_their_answer_when_allowed() {
     // re-grpo's protocol alone by default: a box without tags is no answer.
     assert_eq!(reward_with("\\boxed{8}", "8", Compare::Math, &[ReplyFormat::AnswerTag]), 0.0);
     // The last-number fallback reads thousands separators.
-    assert_eq!(score_with("so it is 1,000 apples", "1000", Compare::Math, &[ReplyFormat::AnswerTag], true), (1.0, false));
+    assert_eq!(
+        score_with("so it is 1,000 apples", "1000", Compare::Math, &[ReplyFormat::AnswerTag], true),
+        (1.0, false)
+    );
 }
 
 #[test]
@@ -74,15 +77,20 @@ fn dataset_rows_become_tasks_through_the_column_mapping() {
     let env = MathEnv::new(serde_json::Value::Null).unwrap();
     let row = json!({"question": " Tom has 3 apples and buys 4. How many? ", "answer": "3+4=7\n#### 7"});
     let task = env.task_from_row(Split::Train, 5, &row).unwrap().unwrap();
-    assert_eq!((task.id.as_str(), task.question.as_str(), task.answer.as_str()), ("row-5", "Tom has 3 apples and buys 4. How many?", "7"));
+    assert_eq!(
+        (task.id.as_str(), task.question.as_str(), task.answer.as_str()),
+        ("row-5", "Tom has 3 apples and buys 4. How many?", "7")
+    );
     // Dataset tasks compare with the math equivalence by default.
     let (mut state, opening) = env.reset(&task).unwrap();
     assert_eq!(opening[1].content, task.question);
     let outcome = env.step(&mut state, "<answer>7.0</answer>").unwrap();
     assert_eq!((outcome.total_reward(), outcome.solved), (1.0, Some(true)));
 
-    let math = MathEnv::new(json!({"question_key": "problem", "answer_key": "solution", "answer_format": "boxed"})).unwrap();
-    let row = json!({"problem": "What is 1/2 + 1/3?", "solution": "It is $\\boxed{\\frac{5}{6}}$.", "level": "Level 1"});
+    let math =
+        MathEnv::new(json!({"question_key": "problem", "answer_key": "solution", "answer_format": "boxed"})).unwrap();
+    let row =
+        json!({"problem": "What is 1/2 + 1/3?", "solution": "It is $\\boxed{\\frac{5}{6}}$.", "level": "Level 1"});
     assert_eq!(math.task_from_row(Split::Eval, 0, &row).unwrap().unwrap().answer, "\\frac{5}{6}");
     // A solution without the box asked for has no gradable answer: skipped, not an error.
     assert!(math.task_from_row(Split::Eval, 1, &json!({"problem": "p", "solution": "no box"})).unwrap().is_none());
