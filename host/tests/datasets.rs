@@ -105,7 +105,9 @@ fn parquet_jsonl_directories_and_globs_read_the_same_rows() {
     let glob = format!("{}/main/*.parquet", dir.display());
     let data = load(&spec(&glob)).unwrap();
     assert_eq!((data.len(), data.files().len()), (360, 2));
-    assert!(data.origin(300).ends_with("train-00000-of-00001.parquet row 0"), "{}", data.origin(300));
+    // Shards in sorted order (test, then train), rows counted within each.
+    assert!(data.origin(59).ends_with("test-00000-of-00001.parquet row 59"), "{}", data.origin(59));
+    assert!(data.origin(60).ends_with("train-00000-of-00001.parquet row 0"), "{}", data.origin(60));
 }
 
 #[test]
