@@ -46,6 +46,7 @@ const EVAL_KEYS: &[&str] = &[
     "eval/accuracy",
     "eval/pass@2",
     "eval/completion_length_mean",
+    "eval/completion_logprob_mean",
     "eval/rewards/answer",
     "eval/math/answer_tag_rate",
     "eval/math/contains_oracle_rate",
@@ -86,6 +87,9 @@ fn training_logs_eval_at_its_steps_and_grpo_host_eval_reproduces_a_checkpoint() 
     let completions = json_lines(&run.join("eval_completions.jsonl"));
     assert_eq!(completions.len(), 9, "3 tasks at each of 3 evaluations");
     assert_eq!(completions.iter().filter(|c| c["step"] == 2).count(), 3);
+    // Training moves the policy, so each evaluation sees other weights: a checkpoint can only match its own step.
+    let confidence: Vec<f64> = eval_rows.iter().map(|r| r["eval/completion_logprob_mean"].as_f64().unwrap()).collect();
+    assert!(confidence[0] != confidence[1] && confidence[1] != confidence[2], "{confidence:?}");
 
     // The checkpoint after batch 1 is step_3 (steps taken); the run logged that evaluation at its last step, 2.
     let ckpt = run.join("checkpoints/step_3");
@@ -106,13 +110,24 @@ fn training_logs_eval_at_its_steps_and_grpo_host_eval_reproduces_a_checkpoint() 
     assert_eq!(summary["global_step"], 3);
     let logged = eval_rows[1];
     for key in EVAL_KEYS {
-        assert_eq!(summary["metrics"][*key], logged[*key], "{key}: grpo-host eval vs the run at step 2");
+        // Exactly equal values (metrics.jsonl writes whole numbers without a decimal point, so compare as f64).
+        let (ours, theirs) = (summary["metrics"][*key].as_f64(), logged[*key].as_f64());
+        assert!(ours.is_some() && ours == theirs, "{key}: grpo-host eval {ours:?} vs the run at step 2 {theirs:?}");
     }
     let again = json_lines(&lines_path);
     let at_step: Vec<&serde_json::Value> = completions.iter().filter(|c| c["step"] == 2).collect();
     assert_eq!(again.len(), at_step.len());
     for (a, b) in again.iter().zip(at_step) {
-        for field in ["id", "question", "answer", "completion", "greedy_return", "solved", "samples_solved"] {
+        for field in [
+            "id",
+            "question",
+            "answer",
+            "completion",
+            "greedy_return",
+            "greedy_logprob_mean",
+            "solved",
+            "samples_solved",
+        ] {
             assert_eq!(a[field], b[field], "{field}");
         }
     }

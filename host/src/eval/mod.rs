@@ -4,7 +4,8 @@
 //! a checkpoint scored afterwards gives the numbers the run logged at that step.
 //!
 //! Metric names (all here, documented in docs/metrics.md): `eval/returns_mean`, `eval/accuracy` (pass@1 of the
-//! greedy episode), `eval/pass@K` (some of K samples solved it), `eval/completion_length_mean`, `eval/tasks`,
+//! greedy episode), `eval/pass@K` (some of K samples solved it), `eval/completion_length_mean`,
+//! `eval/completion_logprob_mean` (the policy's mean log-probability of its greedy tokens), `eval/tasks`,
 //! `eval/rewards/<component>`, and the environment's own metrics over the greedy episodes as `eval/<name>`.
 
 use std::collections::BTreeMap;
@@ -113,6 +114,8 @@ pub struct TaskOutcome {
     pub completion: String,
     /// The greedy episode's return.
     pub greedy_return: f64,
+    /// The mean log-probability (temperature 1) of the greedy episode's generated tokens under the policy.
+    pub greedy_logprob_mean: f64,
     /// Its reward components.
     pub rewards: BTreeMap<String, f64>,
     /// Whether the environment judged the greedy episode solved (`None`: not judged).
@@ -134,6 +137,8 @@ pub struct EvalResult {
     pub pass_at_k: Option<(usize, f64)>,
     /// Mean tokens the model generated per greedy episode.
     pub completion_length_mean: f64,
+    /// Mean over greedy episodes of their tokens' mean log-probability: how sure the policy is of its answers.
+    pub completion_logprob_mean: f64,
     /// Reward components of the greedy episodes, each averaged over the episodes that reported it.
     pub rewards: BTreeMap<String, f64>,
     /// The environment's own metrics over the greedy episodes.
@@ -149,6 +154,7 @@ impl EvalResult {
         m.insert("eval/tasks".into(), (self.tasks as f64).into());
         m.insert("eval/returns_mean".into(), self.returns_mean.into());
         m.insert("eval/completion_length_mean".into(), self.completion_length_mean.into());
+        m.insert("eval/completion_logprob_mean".into(), self.completion_logprob_mean.into());
         if let Some(a) = self.accuracy {
             m.insert("eval/accuracy".into(), a.into());
         }
@@ -262,6 +268,7 @@ pub fn evaluate(
             answer: r.task.answer.clone(),
             completion: r.transcript.clone(),
             greedy_return: r.total_reward,
+            greedy_logprob_mean: mean_action_logprob(r),
             rewards: r.rewards.clone(),
             solved: r.solved,
             samples_solved: solved_samples,
@@ -275,10 +282,26 @@ pub fn evaluate(
         pass_at_k: (settings.samples > 0 && any_judged_sample)
             .then(|| (settings.samples, solved_share(&|o| o.samples_solved > 0))),
         completion_length_mean: greedy.iter().map(|r| r.action.iter().filter(|a| **a).count() as f64).sum::<f64>() / n,
+        completion_logprob_mean: greedy.iter().map(mean_action_logprob).sum::<f64>() / n,
         rewards: components.into_iter().map(|(k, v)| (k, v.iter().sum::<f64>() / v.len() as f64)).collect(),
         env_metrics,
         outcomes,
     })
+}
+
+/// The mean sampler log-probability of an episode's generated tokens (0 for an episode without any).
+fn mean_action_logprob(r: &Rollout) -> f64 {
+    let (sum, count) = r
+        .action
+        .iter()
+        .zip(&r.sample_logprobs)
+        .filter(|(a, _)| **a)
+        .fold((0.0f64, 0usize), |(s, c), (_, lp)| (s + f64::from(*lp), c + 1));
+    if count == 0 {
+        0.0
+    } else {
+        sum / count as f64
+    }
 }
 
 /// One line for the console: tasks, return, accuracy and pass@K.
