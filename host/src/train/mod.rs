@@ -134,6 +134,16 @@ impl Trainer {
         let algo = registry.algorithm(&config.plugins.algo, &config.plugins.algo_config)?;
         let env = registry.environment(&config.plugins.env, &config.plugins.env_config)?;
         let paths = RunPaths::resolve(&config)?;
+        // Datasets and evaluation tasks before the model: a bad file or a missing column fails in seconds.
+        let run_tasks = config.data.resolve(&env, config.model.allow_download)?;
+        let b = &config.batch;
+        let limits = crate::eval::EpisodeLimits {
+            max_new_tokens: b.max_new_tokens,
+            max_turns: b.max_turns,
+            max_length: b.max_length,
+        };
+        let given = run_tasks.eval.as_deref().map(Vec::as_slice);
+        let evaluator = crate::eval::InTraining::new(&env, given, config.eval, limits, config.seed, &paths.run_dir)?;
         let history = match &paths.resume {
             Some(_) => resume_guard(&config, &paths.run_dir)?,
             None => Vec::new(),
@@ -165,15 +175,6 @@ impl Trainer {
         let total_steps = config.batch.max_steps * config.batch.updates_per_batch();
         let loggers = open_loggers(&config, &paths, &state, (&algo, &env, &policy), total_steps, history)?;
         let stop = StopRequest::install().context("installing the SIGINT/SIGTERM handlers")?;
-        let run_tasks = config.data.resolve(&env, config.model.allow_download)?;
-        let b = &config.batch;
-        let limits = crate::eval::EpisodeLimits {
-            max_new_tokens: b.max_new_tokens,
-            max_turns: b.max_turns,
-            max_length: b.max_length,
-        };
-        let given = run_tasks.eval.as_deref().map(Vec::as_slice);
-        let evaluator = crate::eval::InTraining::new(&env, given, config.eval, limits, config.seed, &paths.run_dir)?;
         Ok(Trainer {
             schedule: schedule(&config.optimizer, total_steps),
             system: SystemMetrics::new(policy.device(), Default::default()),
