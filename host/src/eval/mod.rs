@@ -356,10 +356,59 @@ impl InTraining {
         every > 0 && (batches_done.is_multiple_of(every) || batches_done == max_batches)
     }
 
+    /// On resume from the checkpoint at `step`: drop the per-task outcomes logged at `step` or later, which the
+    /// resumed run logs again (as the metric sinks cut their history back), so each evaluation appears once.
+    pub fn cut_back(&self, step: u64) -> Result<()> {
+        cut_back_completions(&self.completions, step)
+    }
+
     /// Evaluate `model` and append the per-task outcomes for `step`.
     pub fn run(&self, model: &Model, tokenizer: &Tokenizer, env: &EnvironmentPlugin, step: u64) -> Result<EvalResult> {
         let result = evaluate(model, tokenizer, env, &self.tasks, &self.settings, &self.limits, self.seed)?;
         result.write_completions(&self.completions, step)?;
         Ok(result)
+    }
+}
+
+/// Keep the lines of a per-task outcome file whose `step` is below `step` (a missing file is fine).
+fn cut_back_completions(path: &Path, step: u64) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s < step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let tmp = path.with_extension("jsonl.partial");
+    std::fs::write(&tmp, kept).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resuming_cuts_the_outcomes_back_to_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("eval_completions.jsonl");
+        cut_back_completions(&path, 3).unwrap();
+        assert!(!path.exists());
+        let lines =
+            ["{\"step\":0,\"id\":\"a\"}", "{\"step\":2,\"id\":\"a\"}", "{\"step\":5,\"id\":\"a\"}", "{\"step\":3"];
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        cut_back_completions(&path, 3).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{}\n{}\n", lines[0], lines[1]));
+    }
+
+    #[test]
+    fn due_points_are_before_training_every_n_batches_and_at_the_end() {
+        let settings = EvalSettings { every: 2, before_train: true, ..Default::default() };
+        let limits = EpisodeLimits { max_new_tokens: 1, max_turns: 1, max_length: 2 };
+        let e = InTraining { tasks: Vec::new(), settings, limits, seed: 0, completions: "x".into() };
+        assert!(e.due_before_training(0, 0) && !e.due_before_training(1, 3) && !e.due_before_training(0, 4));
+        let due: Vec<u64> = (1..=5).filter(|&b| e.due_after_batch(b, 5)).collect();
+        assert_eq!(due, [2, 4, 5]);
     }
 }

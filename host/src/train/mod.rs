@@ -172,6 +172,9 @@ impl Trainer {
                 TrainerState { seed: config.seed, ..Default::default() }
             }
         };
+        if let (Some(evaluator), Some(_)) = (&evaluator, &paths.resume) {
+            evaluator.cut_back(state.global_step)?;
+        }
         let total_steps = config.batch.max_steps * config.batch.updates_per_batch();
         let loggers = open_loggers(&config, &paths, &state, (&algo, &env, &policy), total_steps, history)?;
         let stop = StopRequest::install().context("installing the SIGINT/SIGTERM handlers")?;
