@@ -56,16 +56,20 @@ const EVAL_KEYS: &[&str] = &[
 #[test]
 fn training_logs_eval_at_its_steps_and_grpo_host_eval_reproduces_a_checkpoint() {
     let runs = tempfile::tempdir().unwrap();
-    let out = Command::new(common::host_exe())
-        .args(shared(&tiny_model()))
-        .args(["--algo", "grpo", "--max-steps", "2", "--rollouts-per-step", "2", "--group-size", "3"])
-        .args(["--train-batch-size", "2", "--lr", "1e-3", "--checkpoint-interval", "1"])
-        .args(["--eval-every", "1", "--eval-before-train"])
-        .args(["--no-wandb", "--runs-dir", runs.path().to_str().unwrap(), "--run-name", "ev"])
-        .env_remove("GRPO_PLUGIN_PATH")
-        .env("XDG_DATA_HOME", runs.path().join("xdg"))
-        .output()
-        .unwrap();
+    let train = |extra: &[&str]| {
+        Command::new(common::host_exe())
+            .args(shared(&tiny_model()))
+            .args(["--algo", "grpo", "--max-steps", "2", "--rollouts-per-step", "2", "--group-size", "3"])
+            .args(["--train-batch-size", "2", "--lr", "1e-3", "--checkpoint-interval", "1"])
+            .args(["--eval-every", "1", "--eval-before-train"])
+            .args(["--no-wandb", "--runs-dir", runs.path().to_str().unwrap(), "--run-name", "ev"])
+            .args(extra)
+            .env_remove("GRPO_PLUGIN_PATH")
+            .env("XDG_DATA_HOME", runs.path().join("xdg"))
+            .output()
+            .unwrap()
+    };
+    let out = train(&[]);
     assert!(out.status.success(), "training failed: {}", text(&out.stderr));
     assert!(text(&out.stderr).contains("--dataset "), "{}", text(&out.stderr));
     let run = runs.path().join("ev");
@@ -133,6 +137,21 @@ fn training_logs_eval_at_its_steps_and_grpo_host_eval_reproduces_a_checkpoint() 
     }
     // The held-out rows are the file's last three (of 40).
     assert_eq!(again[0]["id"], "row-37");
+
+    // Resuming from that checkpoint redoes batch 2 and its evaluation: each evaluation is in the files once, with
+    // the numbers and completions of the uninterrupted run.
+    let out = train(&["--resume", ckpt.to_str().unwrap()]);
+    assert!(out.status.success(), "resuming failed: {}", text(&out.stderr));
+    assert_eq!(json_lines(&run.join("eval_completions.jsonl")), completions);
+    let resumed = json_lines(&run.join("metrics.jsonl"));
+    let resumed_eval: Vec<&serde_json::Value> =
+        resumed.iter().filter(|r| r.get("eval/returns_mean").is_some()).collect();
+    assert_eq!(resumed_eval.len(), 3);
+    for (a, b) in resumed_eval.iter().zip(&eval_rows) {
+        for key in EVAL_KEYS {
+            assert_eq!(a[*key].as_f64(), b[*key].as_f64(), "{key} at step {}", a["step"]);
+        }
+    }
 }
 
 #[test]
