@@ -155,6 +155,50 @@ fn training_logs_eval_at_its_steps_and_grpo_host_eval_reproduces_a_checkpoint() 
 }
 
 #[test]
+fn a_lora_checkpoint_is_scored_over_its_base_model() {
+    // A supervised warm-up step moves the adapter (reinforcement on a random model earns no reward to learn from).
+    let runs = tempfile::tempdir().unwrap();
+    let common_flags = ["--env", "math", "--eval-tasks", "3", "--eval-samples", "1", "--max-new-tokens", "6"];
+    let common_flags = [&common_flags[..], &["--max-length", "512", "--temperature", "1.0", "--seed", "7"]].concat();
+    let out = Command::new(common::host_exe())
+        .args(["--model", tiny_model().to_str().unwrap(), "--lora-rank", "2", "--max-steps", "1"])
+        .args(["--rollouts-per-step", "2", "--group-size", "2", "--train-batch-size", "4", "--lr", "1e-2"])
+        .args(["--sft-warmup-steps", "1", "--sft-batch-size", "2", "--sft-lr", "1e-2", "--eval-every", "1"])
+        .args(&common_flags)
+        .args(["--no-wandb", "--runs-dir", runs.path().to_str().unwrap(), "--run-name", "lora"])
+        .env_remove("GRPO_PLUGIN_PATH")
+        .env("XDG_DATA_HOME", runs.path().join("xdg"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "training failed: {}", text(&out.stderr));
+    let rows = json_lines(&runs.path().join("lora/metrics.jsonl"));
+    let logged = rows.iter().find(|r| r.get("eval/tasks").is_some()).expect("an eval row");
+    let key = "eval/completion_logprob_mean";
+    let score = |source: &[&str], name: &str| {
+        let output = runs.path().join(name);
+        let out = Command::new(common::host_exe())
+            .arg("eval")
+            .args(source)
+            .args(&common_flags)
+            .args(["--output", output.to_str().unwrap()])
+            .env_remove("GRPO_PLUGIN_PATH")
+            .env("XDG_DATA_HOME", runs.path().join("xdg"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "eval failed: {}", text(&out.stderr));
+        let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(output).unwrap()).unwrap();
+        summary["metrics"][key].as_f64().unwrap()
+    };
+    // The final checkpoint (the warm-up's step and the batch's) holds the weights the run evaluated.
+    let ckpt = runs.path().join("lora/checkpoints/step_2");
+    assert!(ckpt.join("adapter_model.safetensors").exists());
+    let adapted = score(&["--checkpoint", ckpt.to_str().unwrap()], "adapted.json");
+    assert_eq!(Some(adapted), logged[key].as_f64());
+    let base = score(&["--model", tiny_model().to_str().unwrap()], "base.json");
+    assert_ne!(adapted, base, "the adapter changed nothing, so this test would not see it loaded");
+}
+
+#[test]
 fn evaluating_an_environment_without_eval_tasks_is_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("tasks.jsonl");
