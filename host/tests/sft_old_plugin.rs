@@ -141,6 +141,11 @@ fn an_old_environment_loads_plays_and_has_no_demonstrations() {
     assert!(!old.has_demonstrations());
     let task = old.task(Split::Train, 0, 0).unwrap();
     assert_eq!(old.demonstration(&task).unwrap(), None);
+    // Nor does it read dataset rows (ABI 1.2): one line saying to rebuild it, and the table is never read past.
+    assert!(!old.reads_rows());
+    let err = old.task_from_row(Split::Train, 0, &serde_json::json!({"question": "q"})).unwrap_err();
+    assert_eq!(grpo_host::error::exit_code(&err), 2);
+    assert!(err.to_string().contains("was built before dataset rows existed; rebuild it"), "{err}");
     // Everything ABI 1.0 had still works.
     let (mut episode, opening) = old.reset(&task).unwrap();
     assert_eq!(opening, vec![Message::user("What is 6 * 7?")]);
@@ -150,4 +155,8 @@ fn an_old_environment_loads_plays_and_has_no_demonstrations() {
     let new = registry.environment("answers", &serde_json::Value::Null).unwrap();
     assert!(new.has_demonstrations());
     assert_eq!(new.demonstration(&task).unwrap(), Some(vec!["42".to_string()]));
+    // It has the row call too; not implementing it is the SDK's one-line default.
+    assert!(new.reads_rows());
+    let err = new.task_from_row(Split::Train, 0, &serde_json::json!({})).unwrap_err().to_string();
+    assert!(err.contains("does not read dataset rows"), "{err}");
 }

@@ -45,4 +45,18 @@ pub trait Environment: Plugin {
         let _ = task;
         Ok(None)
     }
+
+    /// Turn row `index` of a user's dataset into a task of `split`. The host reads the data (`--dataset`,
+    /// `--eval-data`: JSONL, JSON arrays, Parquet, directories and globs of shards, Hugging Face hub datasets) and
+    /// hands each row over as the JSON object it is (Parquet columns become keys; lists and structs become arrays
+    /// and objects), so an environment needs no file code of its own. Return `Ok(None)` to skip a row (the host
+    /// counts them) and an error naming the column for a row that cannot be used; the host adds the file and row.
+    /// Default: an error saying the environment takes no datasets.
+    fn task_from_row(&self, split: Split, index: u64, row: &serde_json::Value) -> Result<Option<Task>> {
+        let _ = (split, index, row);
+        Err(crate::Error::msg(format!(
+            "environment `{}` does not read dataset rows (it does not implement Environment::task_from_row)",
+            Self::NAME
+        )))
+    }
 }

@@ -33,8 +33,9 @@ use tch::Tensor;
 /// The ABI major version. A host accepts only libraries with its own major.
 pub const ABI_MAJOR: u32 = 1;
 /// The ABI minor version: bumped when fields are appended. 1 appended [`FfiPolicyBatch::is_weights`]; the host
-/// refuses importance weights for a library of minor 0, whose losses would silently ignore them.
-pub const ABI_MINOR: u32 = 1;
+/// refuses importance weights for a library of minor 0, whose losses would silently ignore them. 2 appended
+/// [`EnvironmentVTable::task_from_row`].
+pub const ABI_MINOR: u32 = 2;
 /// The name of the exported entry function (without the trailing NUL).
 pub const ENTRY_SYMBOL: &str = "grpo_plugin_library";
 
@@ -285,10 +286,24 @@ pub struct EnvironmentVTable {
     /// A demonstration for a JSON task: writes JSON `null` or an array of assistant turns (strings). Appended after
     /// ABI 1.0: a library whose `plugin.size` is [`ENVIRONMENT_VTABLE_V1_0_SIZE`] has no such field.
     pub demonstration: unsafe extern "C" fn(this: *const c_void, task: FfiStr, out: StrSink, err: StrSink) -> u32,
+    /// One dataset row (a JSON object) of a split into a task: writes JSON `null` (the row is skipped) or a task.
+    /// Appended after `demonstration` (ABI 1.2): a library whose `plugin.size` is [`ENVIRONMENT_VTABLE_V1_1_SIZE`]
+    /// has no such field.
+    pub task_from_row: unsafe extern "C" fn(
+        this: *const c_void,
+        split: u32,
+        index: u64,
+        row: FfiStr,
+        out: StrSink,
+        err: StrSink,
+    ) -> u32,
 }
 
 /// The size of an ABI 1.0 environment table, which ends after `drop_state`: every field a host may rely on.
 pub const ENVIRONMENT_VTABLE_V1_0_SIZE: usize = std::mem::offset_of!(EnvironmentVTable, demonstration);
+
+/// The size of an environment table with `demonstration` but without `task_from_row` (ABI 1.1).
+pub const ENVIRONMENT_VTABLE_V1_1_SIZE: usize = std::mem::offset_of!(EnvironmentVTable, task_from_row);
 
 impl KindVTable for AlgorithmVTable {
     const KIND: u32 = KIND_ALGORITHM;
@@ -320,7 +335,10 @@ const _: () = {
     assert!(ENVIRONMENT_VTABLE_V1_0_SIZE == 11 * word);
     // Appended after 1.0: the demonstration call.
     assert!(offset_of!(EnvironmentVTable, demonstration) == 11 * word);
-    assert!(size_of::<EnvironmentVTable>() == 12 * word);
+    assert!(ENVIRONMENT_VTABLE_V1_1_SIZE == 12 * word);
+    // Appended after 1.1: the dataset-row call.
+    assert!(offset_of!(EnvironmentVTable, task_from_row) == 12 * word);
+    assert!(size_of::<EnvironmentVTable>() == 13 * word);
 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -408,6 +426,7 @@ pub fn environment_entry<T: Environment>(version: &'static str) -> PluginEntry {
         step: env_step::<T>,
         drop_state: env_drop_state::<T>,
         demonstration: env_demonstration::<T>,
+        task_from_row: env_task_from_row::<T>,
     };
     entry::<T, _>(version, vtable)
 }
@@ -723,6 +742,22 @@ unsafe extern "C" fn env_demonstration<T: Environment>(
         let text = task.to_str().map_err(|e| Error::msg(format!("task is not UTF-8: {e}")))?;
         let task: Task = serde_json::from_str(text).map_err(|e| Error::msg(format!("task is not valid JSON: {e}")))?;
         p.demonstration(&task)
+    })
+}
+
+unsafe extern "C" fn env_task_from_row<T: Environment>(
+    this: *const c_void,
+    split: u32,
+    index: u64,
+    row: FfiStr,
+    out: StrSink,
+    err: StrSink,
+) -> u32 {
+    call_json::<T, _>(this, out, err, |p| {
+        let text = row.to_str().map_err(|e| Error::msg(format!("row is not UTF-8: {e}")))?;
+        let row: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| Error::msg(format!("row is not valid JSON: {e}")))?;
+        p.task_from_row(split_from(split)?, index, &row)
     })
 }
 

@@ -116,17 +116,28 @@ pub struct StepOutcome {
     pub rewards: Vec<Reward>,
     /// Whether the episode is over. The host also ends episodes at its turn limit.
     pub done: bool,
+    /// Whether the episode solved its task, judged by the environment (usually on the final step); `None` when
+    /// this step does not judge. Evaluation's accuracy and pass@k count episodes whose last judgement is `true`;
+    /// an environment that never judges gets returns but no accuracy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub solved: Option<bool>,
 }
 
 impl StepOutcome {
     /// The episode ends with these rewards.
     pub fn finished(rewards: Vec<Reward>) -> Self {
-        StepOutcome { messages: Vec::new(), rewards, done: true }
+        StepOutcome { messages: Vec::new(), rewards, done: true, solved: None }
     }
 
     /// The episode goes on with these messages appended; `rewards` are those earned so far by this turn.
     pub fn continues(messages: Vec<Message>, rewards: Vec<Reward>) -> Self {
-        StepOutcome { messages, rewards, done: false }
+        StepOutcome { messages, rewards, done: false, solved: None }
+    }
+
+    /// The same outcome, judging whether the episode solved its task (see [`StepOutcome::solved`]).
+    pub fn judged(mut self, solved: bool) -> Self {
+        self.solved = Some(solved);
+        self
     }
 
     /// The sum of this step's reward components.

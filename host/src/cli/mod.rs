@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod config_file;
+pub mod eval;
 pub mod gen_qa;
 pub mod generate;
 pub mod play;
@@ -50,6 +51,8 @@ pub enum Command {
     GenQa(gen_qa::GenQaArgs),
     /// Supervised fine-tuning on chat conversations (TRL JSONL) or an environment's demonstrations.
     Sft(Box<sft::SftArgs>),
+    /// Score a checkpoint or model on an environment's held-out tasks (greedy and pass@k) and write a JSON summary.
+    Eval(Box<eval::EvalArgs>),
     /// Plot a run's returns, loss, KL, grad norm and completion length from its metrics.jsonl, and summarise it.
     Report(report::ReportArgs),
 }
@@ -75,5 +78,6 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Some(Command::Report(args)) => report::run(&args),
         Some(Command::GenQa(args)) => gen_qa::run(args),
         Some(Command::Sft(args)) => sft::run(*args),
+        Some(Command::Eval(args)) => eval::run(*args),
     }
 }

@@ -1,5 +1,6 @@
-//! `grpo-host report RUN_DIR`: PNG curves of returns, loss, KL, gradient norm and completion length from the run's
-//! `metrics.jsonl`, and a short text summary. Reads whatever is there, so it works on a run still being written (a
+//! `grpo-host report RUN_DIR`: PNG curves of returns, loss, KL, gradient norm, completion length and held-out
+//! evaluation (`eval/*`, drawn beside the training curves they compare with) from the run's `metrics.jsonl`, and a
+//! short text summary. Reads whatever is there, so it works on a run still being written (a
 //! half-written last line is skipped).
 
 use std::collections::BTreeMap;
@@ -27,7 +28,7 @@ struct PlotSpec {
     matches: fn(&str) -> bool,
 }
 
-const PLOTS: [PlotSpec; 5] = [
+const PLOTS: [PlotSpec; 6] = [
     PlotSpec {
         file: "returns.png",
         title: "returns",
@@ -37,7 +38,13 @@ const PLOTS: [PlotSpec; 5] = [
                 || k.starts_with("batch_returns/")
                 || k == "group_avg/reward"
                 || k == "rollout_rewards/total"
+                || k == "eval/returns_mean"
         },
+    },
+    PlotSpec {
+        file: "eval.png",
+        title: "held-out accuracy",
+        matches: |k| k == "eval/accuracy" || k.starts_with("eval/pass@") || k == "math/exact_rate",
     },
     PlotSpec {
         file: "loss.png",
@@ -145,7 +152,7 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<i32> {
         println!("plot: {}", p.display());
     }
     if written.is_empty() {
-        println!("no returns, loss, KL, grad norm or completion length metrics to plot yet");
+        println!("no returns, loss, KL, grad norm, completion length or eval metrics to plot yet");
     }
     Ok(0)
 }
@@ -317,11 +324,20 @@ mod tests {
                 100 + step
             ));
         }
+        for step in [0u64, 10, 20, 29] {
+            text.push_str(&format!(
+                "{{\"step\":{step},\"eval/returns_mean\":{},\"eval/accuracy\":{},\"eval/pass@4\":0.5,\
+                 \"eval/completion_length_mean\":12}}\n",
+                step as f64 / 40.0,
+                step as f64 / 50.0
+            ));
+        }
         text.push_str("{\"step\":30,\"rollouts/ret"); // the trainer is mid-write
         std::fs::write(dir.path().join("metrics.jsonl"), text).unwrap();
         let data = read_metrics(&dir.path().join("metrics.jsonl")).unwrap();
         assert_eq!(data.skipped_lines, 1);
         assert_eq!(data.series["training_step/loss"].len(), 30);
+        assert_eq!(data.series["eval/accuracy"], vec![(0, 0.0), (10, 0.2), (20, 0.4), (29, 0.58)]);
         assert!(data.series["training_step/loss"][7].1.is_nan());
         assert!(!data.series.contains_key("accelerate/device"));
         let summary = summary_text(&data, Path::new("m.jsonl"));
@@ -333,7 +349,8 @@ mod tests {
 
         let args = ReportArgs { run_dir: dir.path().to_path_buf(), out: None };
         assert_eq!(run(&args).unwrap(), 0);
-        for f in ["returns.png", "loss.png", "kl.png", "grad_norm.png", "completion_length.png"] {
+        assert!(summary.contains("eval/accuracy: last 0.5800, min 0.0000, max 0.5800, 4 points"), "{summary}");
+        for f in ["returns.png", "loss.png", "kl.png", "grad_norm.png", "completion_length.png", "eval.png"] {
             let bytes = std::fs::read(dir.path().join("plots").join(f)).unwrap();
             assert_eq!(&bytes[1..4], b"PNG", "{f}");
         }

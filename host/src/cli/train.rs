@@ -205,10 +205,17 @@ pub struct TrainArgs {
     /// checkpoint); a difference stops the run naming the ranks (0: only at checkpoints).
     #[arg(long, default_value_t = 1)]
     pub dist_check_interval: u64,
+    /// Datasets: --dataset, --dataset-config, --dataset-split, --eval-data, --eval-data-split, --eval-holdout.
+    #[command(flatten)]
+    pub data: super::eval::DataArgs,
+    /// Evaluation: --eval-every, --eval-before-train, --eval-tasks, --eval-samples, --eval-temperature.
+    #[command(flatten)]
+    pub eval: super::eval::TrainEvalArgs,
 }
 
 /// Training's sampling defaults: re-grpo's temperature, and transformers' top-k of 50 that its sampling used.
-const TRAIN_SAMPLING: SamplingParams = SamplingParams { temperature: 0.7, top_k: 50, top_p: 1.0, min_p: 0.0 };
+pub(crate) const TRAIN_SAMPLING: SamplingParams =
+    SamplingParams { temperature: 0.7, top_k: 50, top_p: 1.0, min_p: 0.0 };
 
 impl TrainArgs {
     /// Check the flags and build the run's configuration; every mistake is one line naming the flag.
@@ -226,7 +233,10 @@ impl TrainArgs {
             alpha: self.lora_alpha,
             dropout: self.lora_dropout,
         });
+        let sampling = self.sampling.resolve(TRAIN_SAMPLING)?;
         Ok(RunConfig {
+            eval: self.eval.into_settings(sampling)?,
+            data: self.data.into_settings(),
             plugins: PluginSelection {
                 algo: self.algo,
                 env: self.env,
@@ -245,10 +255,7 @@ impl TrainArgs {
                 rollout_dtype: self.rollout_dtype,
                 lora,
             },
-            sampling: SamplingSettings {
-                params: self.sampling.resolve(TRAIN_SAMPLING)?,
-                ignore_eos: self.sampling.ignore_eos,
-            },
+            sampling: SamplingSettings { params: sampling, ignore_eos: self.sampling.ignore_eos },
             batch: BatchSettings {
                 max_steps: self.max_steps,
                 rollouts_per_step: self.rollouts_per_step,

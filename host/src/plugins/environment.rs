@@ -42,7 +42,30 @@ impl PluginInstance<EnvironmentVTable> {
 
     /// Whether the library's table has the `demonstration` call (SDKs after ABI 1.0; older libraries have none).
     pub fn has_demonstrations(&self) -> bool {
-        self.vtable().plugin.size >= std::mem::size_of::<EnvironmentVTable>()
+        self.vtable().plugin.size > grpo_sdk::ffi::ENVIRONMENT_VTABLE_V1_0_SIZE
+    }
+
+    /// Whether the library's table has the `task_from_row` call (ABI 1.2 and later), so it can take `--dataset`.
+    pub fn reads_rows(&self) -> bool {
+        self.vtable().plugin.size > grpo_sdk::ffi::ENVIRONMENT_VTABLE_V1_1_SIZE
+    }
+
+    /// Row `index` of a dataset turned into a task of `split` by the environment; `None` when it skips the row.
+    /// An environment built before the call existed is an error that says to rebuild it.
+    pub fn task_from_row(&self, split: Split, index: u64, row: &serde_json::Value) -> anyhow::Result<Option<Task>> {
+        if !self.reads_rows() {
+            return Err(crate::user_error!(
+                "environment `{}` ({}) was built before dataset rows existed; rebuild it against this grpo-sdk to \
+                 use --dataset or --eval-data",
+                self.name(),
+                self.info().file.display()
+            ));
+        }
+        let row_json = serde_json::to_string(row)?;
+        let task_from_row = self.vtable().task_from_row;
+        self.call_json("task_from_row", |this, out, err| unsafe {
+            task_from_row(this, split as u32, index, FfiStr::new(&row_json), out, err)
+        })
     }
 
     /// The environment's demonstration for `task` (the assistant turns an expert would write); `None` when it has

@@ -79,6 +79,8 @@ pub struct Rollout {
     pub tool_messages: usize,
     /// How it ended.
     pub end: EndReason,
+    /// Whether it solved its task, as the environment last judged it (`StepOutcome::solved`); `None`: never judged.
+    pub solved: Option<bool>,
     /// The prompt as rendered text (for example tables).
     pub prompt_text: String,
     /// The rest of the stream, decoded with special tokens kept (assistant turns and environment replies).
@@ -153,6 +155,7 @@ pub fn run_episodes(
                     cut_turns: 0,
                     tool_messages: 0,
                     end: EndReason::TurnLimit,
+                    solved: None,
                     prompt_text: text,
                     transcript: String::new(),
                 },
@@ -197,6 +200,9 @@ pub fn run_episodes(
             for reward in &outcome.rewards {
                 *l.rollout.rewards.entry(reward.name.clone()).or_insert(0.0) += reward.value;
                 l.rollout.total_reward += reward.value;
+            }
+            if outcome.solved.is_some() {
+                l.rollout.solved = outcome.solved;
             }
             if outcome.done {
                 l.rollout.end = EndReason::Done;

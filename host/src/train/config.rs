@@ -35,6 +35,12 @@ pub struct RunConfig {
     /// Supervised warm-up on the environment's demonstrations before the first batch (`--sft-warmup-steps`).
     #[serde(default)]
     pub sft: crate::sft::warmup::WarmupSettings,
+    /// Tasks from datasets (`--dataset`, `--eval-data`, `--eval-holdout`) instead of the environment's own.
+    #[serde(default)]
+    pub data: crate::data::DataSettings,
+    /// Evaluation on held-out tasks (`--eval-every`, `--eval-before-train`, ...).
+    #[serde(default)]
+    pub eval: crate::eval::EvalSettings,
     /// Data parallelism under torchrun (ignored in one process).
     #[serde(default)]
     pub dist: DistSettings,
@@ -289,6 +295,10 @@ impl RunConfig {
             ("--tis-cap", json!(l.tis_cap)),
             ("--seed", json!(self.seed)),
             ("--sft-warmup-steps/--sft-batch-size/--sft-lr", json!(self.sft)),
+            (
+                "--dataset/--dataset-config/--dataset-split/--eval-holdout",
+                json!([self.data.dataset, self.data.eval_holdout]),
+            ),
         ]
     }
 

@@ -182,6 +182,7 @@ mod tests {
             cut_turns: 0,
             tool_messages: 0,
             end: crate::rollout::EndReason::Done,
+            solved: None,
             prompt_text: String::new(),
             transcript: String::new(),
         }

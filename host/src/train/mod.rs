@@ -95,6 +95,8 @@ struct Trainer {
     mid_batch: bool,
     /// When the last checkpoint was written (or the run started), for `--checkpoint-every-minutes`.
     last_save: Instant,
+    /// Evaluation on held-out tasks (`--eval-every`, `--eval-before-train`), when asked for.
+    evaluator: Option<crate::eval::InTraining>,
 }
 
 /// How the loop ended.
@@ -163,6 +165,20 @@ impl Trainer {
         let algo = registry.algorithm(&config.plugins.algo, &config.plugins.algo_config)?;
         let env = registry.environment(&config.plugins.env, &config.plugins.env_config)?;
         let (paths, history) = resolve_on_main(&config, &world)?;
+        // Datasets and evaluation tasks before the model: a bad file or a missing column fails in seconds.
+        let run_tasks = config.data.resolve(&env, config.model.allow_download)?;
+        let b = &config.batch;
+        let limits = crate::eval::EpisodeLimits {
+            max_new_tokens: b.max_new_tokens,
+            max_turns: b.max_turns,
+            max_length: b.max_length,
+        };
+        let given = run_tasks.eval.as_deref().map(Vec::as_slice);
+        // Rank 0 alone evaluates (and writes the eval files); the others wait for it at the next collective.
+        let evaluator = match world.is_main() {
+            true => crate::eval::InTraining::new(&env, given, config.eval, limits, config.seed, &paths.run_dir)?,
+            false => None,
+        };
         let mut policy = Policy::load(&config.model, config.loss.kl_weight, config.seed)?;
         let precision = policy.precision();
         if let Some(warning) = precision.small_update_warning(config.optimizer.lr).filter(|_| world.is_main()) {
@@ -194,6 +210,9 @@ impl Trainer {
             }
         };
         synchronize_start(&world, &policy, &optimizer)?;
+        if let (Some(evaluator), Some(_)) = (&evaluator, &paths.resume) {
+            evaluator.cut_back(state.global_step)?;
+        }
         let total_steps = config.batch.max_steps * config.batch.updates_per_batch();
         let loggers = if world.is_main() {
             open_loggers(&config, &paths, &state, (&algo, &env, &policy), total_steps, history, world.size)?
@@ -207,7 +226,8 @@ impl Trainer {
         Ok(Trainer {
             schedule: schedule(&config.optimizer, total_steps),
             system: SystemMetrics::new(policy.device(), dist),
-            tasks: TaskSource::new(env.clone(), config.seed)?.sharded(world.rank, world.size),
+            tasks: TaskSource::from_set(run_tasks.train, config.seed)?.sharded(world.rank, world.size),
+            evaluator,
             checkpoints: paths.checkpoints,
             config,
             algo,
@@ -230,10 +250,16 @@ impl Trainer {
         if self.state.batch >= max_steps && self.state.global_step > 0 {
             return Ok(Outcome::AlreadyComplete);
         }
+        if self.evaluator.as_ref().is_some_and(|e| e.due_before_training(self.state.batch, self.state.global_step)) {
+            self.evaluate(self.state.global_step)?;
+        }
         self.sft_warm_up()?;
         while self.state.batch < max_steps {
             self.batch()?;
             let checkpoint_due = self.agree_at_boundary()?;
+            if self.evaluator.as_ref().is_some_and(|e| e.due_after_batch(self.state.batch, max_steps)) {
+                self.evaluate(self.state.global_step.saturating_sub(1))?;
+            }
             // The last batch's row (and a stopped run's) stays open for `finish`, which adds the final metrics.
             if self.state.batch >= max_steps || self.stopping {
                 break;
@@ -386,6 +412,25 @@ impl Trainer {
         self.policy.refresh_sampler(masters.as_ref());
         let seeds = task_seeds(mix(self.config.seed, self.state.batch), first, tasks.len());
         run_episodes(self.policy.sampler(), self.policy.tokenizer(), &self.env, tasks, &cfg, &seeds)
+    }
+
+    /// Evaluate the current weights on the held-out tasks and log `eval/*` at `step` (the batch's last step, so a
+    /// checkpoint taken after it scores the same with `grpo-host eval`).
+    fn evaluate(&mut self, step: u64) -> Result<()> {
+        let Some(evaluator) = &self.evaluator else { return Ok(()) };
+        self.policy.model().set_training(false);
+        let masters = (self.policy.precision().separate_rollout() && self.optimizer.has_master_weights())
+            .then(|| self.optimizer.master_weights());
+        self.policy.refresh_sampler(masters.as_ref());
+        let t = Instant::now();
+        let result = evaluator.run(self.policy.sampler(), self.policy.tokenizer(), &self.env, step)?;
+        self.loggers.println(&format!(
+            "eval at step {step}: {} ({:.1}s)",
+            crate::eval::describe(&result),
+            t.elapsed().as_secs_f64()
+        ));
+        self.loggers.log(step, result.metrics());
+        Ok(())
     }
 
     /// Log a batch's rollout metrics (and, at the interval, its completions) at its first step; `batch` is the

@@ -9,11 +9,12 @@ use anyhow::{bail, Result};
 use grpo_sdk::rng::{mix, SplitMix64};
 use grpo_sdk::{Split, Task};
 
+use crate::data::TaskSet;
 use crate::plugins::EnvironmentPlugin;
 
 /// The task order of a run.
 pub struct TaskSource {
-    env: EnvironmentPlugin,
+    tasks: TaskSet,
     seed: u64,
     count: Option<u64>,
     permutation: Option<(u64, Vec<u64>)>,
@@ -24,14 +25,22 @@ pub struct TaskSource {
 impl TaskSource {
     /// Tasks of the train split of `env`, ordered by `seed`.
     pub fn new(env: EnvironmentPlugin, seed: u64) -> Result<Self> {
-        let count = env.task_count(Split::Train)?;
+        Self::from_set(TaskSet::Env { env, split: Split::Train }, seed)
+    }
+
+    /// The tasks of `tasks` (the environment's train split, or a dataset's), ordered by `seed`.
+    pub fn from_set(tasks: TaskSet, seed: u64) -> Result<Self> {
+        let count = tasks.count()?;
         if count == Some(0) {
+            let name = match &tasks {
+                TaskSet::Env { env, .. } => format!("environment `{}`", env.name()),
+                TaskSet::Fixed(_) => "--dataset".to_string(),
+            };
             bail!(crate::user_error!(
-                "environment `{}` has no training tasks; check its data file (--data-path or --env-config)",
-                env.name()
+                "{name} has no training tasks; check its data file (--data-path or --env-config)"
             ));
         }
-        Ok(TaskSource { env, seed, count, permutation: None, shard: (0, 1) })
+        Ok(TaskSource { tasks, seed, count, permutation: None, shard: (0, 1) })
     }
 
     /// Rank `rank`'s share of every batch of a `world`-rank job.
@@ -48,7 +57,7 @@ impl TaskSource {
 
     fn nth(&mut self, i: u64) -> Result<Task> {
         let Some(count) = self.count else {
-            return self.env.task(Split::Train, self.seed, i);
+            return self.tasks.task(self.seed, i);
         };
         let epoch = i / count;
         if self.permutation.as_ref().map(|(e, _)| *e) != Some(epoch) {
@@ -59,6 +68,6 @@ impl TaskSource {
             self.permutation = Some((epoch, order));
         }
         let index = self.permutation.as_ref().expect("set above").1[(i % count) as usize];
-        self.env.task(Split::Train, self.seed, index)
+        self.tasks.task(self.seed, index)
     }
 }

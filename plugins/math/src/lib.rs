@@ -1,11 +1,14 @@
 //! The `math` environment plugin: re-grpo's base experiment. Arithmetic tasks come from a built-in seeded
-//! generator or from a JSONL file in re-grpo's schema; the model answers inside `<answer></answer>` and is rewarded
-//! as re-grpo does (1.0 exact, 0.5 when the answer contains the oracle, 0.01 for another tagged answer, 0 without a
-//! tag), optionally comparing numbers instead of strings.
+//! generator, from a JSONL file in re-grpo's schema, or from any dataset the host reads (`--dataset`: GSM8K, MATH,
+//! DeepMath, ... through a column mapping); the model answers inside `<answer></answer>` (or `\boxed{}` / `####`
+//! when allowed) and is rewarded as re-grpo does (1.0 exact, 0.5 when the answer contains the oracle, 0.01 for
+//! another found answer, 0 without one), comparing strings, numbers, or with the math equivalence of [`answer`].
 
+pub mod answer;
 mod expr;
 mod rng;
 
+use answer::{Compare, ReferenceFormat, ReplyFormat};
 use grpo_sdk::{Environment, Error, Message, Metric, MetricSource, Result, Reward, Split, StepOutcome, Task};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -42,6 +45,19 @@ pub struct Config {
     /// else 0. Off by default (re-grpo's rule: no tag, no reward). A small model that never writes the tags, such
     /// as the default SmolLM2-135M, earns nothing under that rule and so never learns; this gives it a signal.
     pub last_number_fallback: bool,
+    /// Dataset rows (`--dataset`, `--eval-data`): the column holding the question. A dotted path reaches into
+    /// objects (`extra_info.question`); a list of chat messages (verl's `prompt`) gives its last user turn.
+    pub question_key: String,
+    /// Dataset rows: the column holding the reference answer (`reward_model.ground_truth` for verl files).
+    pub answer_key: String,
+    /// Dataset rows: where the reference sits in the answer column.
+    pub answer_format: ReferenceFormat,
+    /// How a reply states its answer, tried in order. Default: `<answer>` tags only (re-grpo's rule and our
+    /// prompt); add `boxed` or `hashes` for models trained to write `\boxed{}` or `#### N`.
+    pub reply_formats: Vec<ReplyFormat>,
+    /// How the found answer is compared with the reference. Default: `math` for dataset rows, else `numeric` when
+    /// `numeric` is set, else `string` (re-grpo).
+    pub compare: Option<Compare>,
 }
 
 impl Default for Config {
@@ -57,6 +73,11 @@ impl Default for Config {
             numeric: false,
             system_prompt: None,
             last_number_fallback: false,
+            question_key: "question".into(),
+            answer_key: "answer".into(),
+            answer_format: ReferenceFormat::Auto,
+            reply_formats: vec![ReplyFormat::AnswerTag],
+            compare: None,
         }
     }
 }
@@ -121,29 +142,27 @@ struct Counts {
 /// What the environment keeps per episode.
 pub struct Episode {
     answer: String,
+    compare: Compare,
 }
+
+/// The `meta` of tasks made from dataset rows, which are compared with the math equivalence by default.
+const DATASET_META: &str = "dataset";
 
 /// The reward re-grpo gives `completion` for the oracle answer `oracle` (`numeric`: compare as numbers).
 pub fn reward(completion: &str, oracle: &str, numeric: bool) -> f64 {
     // re.search(r"<answer>(.*?)</answer>", completion, re.DOTALL): the first opening tag with a closing one after
     // it; the captured text is not stripped.
-    let Some(open) = completion.find("<answer>") else {
+    let compare = if numeric { Compare::Numeric } else { Compare::String };
+    reward_with(completion, oracle, compare, &[ReplyFormat::AnswerTag])
+}
+
+/// re-grpo's reward values for the answer found in `completion` by the first of `formats` that finds one: 1.0
+/// when it equals `oracle` under `compare`, 0.5 when it contains it, 0.01 for another answer, 0 when none is found.
+pub fn reward_with(completion: &str, oracle: &str, compare: Compare, formats: &[ReplyFormat]) -> f64 {
+    let Some(answer) = answer::find_reply_answer(completion, formats) else {
         return 0.0;
     };
-    let rest = &completion[open + "<answer>".len()..];
-    let Some(close) = rest.find("</answer>") else {
-        return 0.0;
-    };
-    let answer = &rest[..close];
-    let exact = if numeric {
-        match (answer.trim().parse::<f64>(), oracle.trim().parse::<f64>()) {
-            (Ok(a), Ok(b)) => a == b,
-            _ => answer == oracle,
-        }
-    } else {
-        answer == oracle
-    };
-    if exact {
+    if answer::same(answer, oracle, compare) {
         1.0
     } else if answer.contains(oracle) {
         0.5
@@ -179,9 +198,39 @@ pub fn last_number(text: &str) -> Option<&str> {
 /// [`reward`], or with `fallback` and no tagged answer, the last number's score (1.0 when it equals the oracle as
 /// a number, else 0). Returns the reward and whether the reply had a tagged answer.
 pub fn score(completion: &str, oracle: &str, numeric: bool, fallback: bool) -> (f64, bool) {
-    let tagged = completion.find("<answer>").is_some_and(|i| completion[i..].contains("</answer>"));
+    let compare = if numeric { Compare::Numeric } else { Compare::String };
+    score_with(completion, oracle, compare, &[ReplyFormat::AnswerTag], fallback)
+}
+
+/// [`reward_with`], or with `fallback` and no answer in any of `formats`, the last number's score (1.0 when it
+/// equals the oracle as a number, else 0). Returns the reward and whether the reply stated an answer.
+pub fn score_with(
+    completion: &str,
+    oracle: &str,
+    compare: Compare,
+    formats: &[ReplyFormat],
+    fallback: bool,
+) -> (f64, bool) {
+    let tagged = answer::find_reply_answer(completion, formats).is_some();
     if tagged || !fallback {
-        return (reward(completion, oracle, numeric), tagged);
+        return (reward_with(completion, oracle, compare, formats), tagged);
+    }
+    if compare == Compare::Math {
+        // Thousands separators would split the last number ("1,000" would read as 000).
+        let chars: Vec<char> = completion.chars().collect();
+        let joined: String = chars
+            .iter()
+            .enumerate()
+            .filter(|&(i, &c)| {
+                !(c == ','
+                    && i > 0
+                    && chars[i - 1].is_ascii_digit()
+                    && chars.get(i + 1).is_some_and(char::is_ascii_digit))
+            })
+            .map(|(_, &c)| c)
+            .collect();
+        let same = last_number(&joined).is_some_and(|n| answer::equivalent(n, oracle));
+        return (if same { 1.0 } else { 0.0 }, false);
     }
     let same = match (last_number(completion).map(str::parse::<f64>), oracle.trim().parse::<f64>()) {
         (Some(Ok(a)), Ok(b)) => a == b,
@@ -236,6 +285,50 @@ impl MathEnv {
         }
         let eval = tasks.split_off(tasks.len() - config.eval_rows);
         Ok((tasks, eval, skipped))
+    }
+
+    /// The question and reference of a dataset row through the column mapping.
+    fn row_task(&self, index: u64, row: &serde_json::Value) -> Result<Option<Task>> {
+        let c = &self.config;
+        let question = match column(row, &c.question_key, "question_key")? {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Array(messages) => last_user_turn(messages).ok_or_else(|| {
+                Error::msg(format!("column `{}` is a list without a user message with text content", c.question_key))
+            })?,
+            other => {
+                return Err(Error::msg(format!(
+                    "column `{}` holds {other}, not text; point question_key at the question",
+                    c.question_key
+                )))
+            }
+        };
+        let answer_text = match column(row, &c.answer_key, "answer_key")? {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Number(n) => n.to_string(),
+            other => {
+                return Err(Error::msg(format!(
+                    "column `{}` holds {other}, not text or a number; point answer_key at the answer",
+                    c.answer_key
+                )))
+            }
+        };
+        // A row whose solution lacks the marker asked for (no `####`, no `\boxed{}`) has no gradable answer.
+        let Some(reference) = answer::reference(&answer_text, c.answer_format) else {
+            return Ok(None);
+        };
+        let mut task = Task::new(format!("row-{index}"), question.trim(), reference);
+        task.meta = serde_json::json!({"source": DATASET_META});
+        Ok(Some(task))
+    }
+
+    fn compare_for(&self, task: &Task) -> Compare {
+        let from_dataset = task.meta.get("source").and_then(|s| s.as_str()) == Some(DATASET_META);
+        match self.config.compare {
+            Some(c) => c,
+            None if from_dataset => Compare::Math,
+            None if self.config.numeric => Compare::Numeric,
+            None => Compare::String,
+        }
     }
 
     fn check_generator(g: &GeneratorConfig) -> Result<()> {
@@ -352,12 +445,14 @@ impl Environment for MathEnv {
 
     fn reset(&self, task: &Task) -> Result<(Episode, Vec<Message>)> {
         let system = self.config.system_prompt.as_deref().unwrap_or(DEFAULT_SYSTEM_PROMPT);
-        Ok((Episode { answer: task.answer.clone() }, vec![Message::system(system), Message::user(&task.question)]))
+        let episode = Episode { answer: task.answer.clone(), compare: self.compare_for(task) };
+        Ok((episode, vec![Message::system(system), Message::user(&task.question)]))
     }
 
     fn step(&self, episode: &mut Episode, assistant_text: &str) -> Result<StepOutcome> {
+        let c = &self.config;
         let (value, tagged) =
-            score(assistant_text, &episode.answer, self.config.numeric, self.config.last_number_fallback);
+            score_with(assistant_text, &episode.answer, episode.compare, &c.reply_formats, c.last_number_fallback);
         let c = &self.counts;
         c.episodes.fetch_add(1, Ordering::Relaxed);
         if tagged {
@@ -369,7 +464,12 @@ impl Environment for MathEnv {
         if value == 1.0 {
             c.exact.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(StepOutcome::finished(vec![Reward::new("answer", value)]))
+        Ok(StepOutcome::finished(vec![Reward::new("answer", value)]).judged(value == 1.0))
+    }
+
+    /// A dataset row through `question_key` / `answer_key`; see [`Config`].
+    fn task_from_row(&self, _split: Split, index: u64, row: &serde_json::Value) -> Result<Option<Task>> {
+        self.row_task(index, row)
     }
 
     /// The reference answer alone in the tags, `<answer>ANSWER</answer>`: reward 1.0. No reasoning is written, so a
@@ -380,6 +480,35 @@ impl Environment for MathEnv {
         }
         Ok(Some(vec![format!("<answer>{}</answer>", task.answer)]))
     }
+}
+
+/// The value at a dotted `path` of a row; a missing column is an error naming it, the option, and the row's
+/// columns.
+fn column<'a>(row: &'a serde_json::Value, path: &str, option: &str) -> Result<&'a serde_json::Value> {
+    let mut value = row;
+    for part in path.split('.') {
+        value = match value.get(part) {
+            Some(v) if !v.is_null() => v,
+            _ => {
+                let columns: Vec<&str> =
+                    row.as_object().map(|o| o.keys().map(String::as_str).collect()).unwrap_or_default();
+                return Err(Error::msg(format!(
+                    "no column `{path}` (the row has: {}); set {option} in --env-config",
+                    columns.join(", ")
+                )));
+            }
+        };
+    }
+    Ok(value)
+}
+
+/// The text of the last user message of a chat-format list (`[{"role": "user", "content": "..."}]`).
+fn last_user_turn(messages: &[serde_json::Value]) -> Option<String> {
+    messages
+        .iter()
+        .rev()
+        .find(|m| m.get("role").and_then(|r| r.as_str()) == Some("user"))
+        .and_then(|m| m.get("content")?.as_str().map(str::to_string))
 }
 
 grpo_sdk::export_plugins!(environment MathEnv);

@@ -81,7 +81,8 @@ pub fn step(
             let last_next = episode.turns + 1 >= episode.max_turns;
             StepOutcome::continues(wording.tool_messages(format, &tool, &text, ok, last_next), to_rewards(rewards))
         }
-        Turn::Done { rewards } => StepOutcome::finished(to_rewards(rewards)),
+        // Solved means a well-formed, right final answer (for evaluation's accuracy and pass@k).
+        Turn::Done { rewards } => StepOutcome::finished(to_rewards(rewards)).judged(episode.flags.answer_correct),
     }
 }
 
@@ -156,6 +157,8 @@ mod tests {
         assert_eq!(second.messages[0].content, "Tool result:\n2*2\n\nAnswer now.");
         let last = play(&mut episode, "<answer>4</answer>");
         assert!(last.done);
+        assert_eq!(last.solved, Some(true));
+        assert_eq!(first.solved, None);
         assert_eq!(last.total_reward(), table.answer_format_ok + table.answer_correct);
         let m: std::collections::HashMap<_, _> = counters.take_metrics("t").into_iter().collect();
         assert_eq!(m["t/tool_calls_per_episode"], 2.0);

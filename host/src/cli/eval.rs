@@ -1,0 +1,276 @@
+//! `grpo-host eval`: score a checkpoint or a model on an environment's held-out tasks, as training's `--eval-every`
+//! does, and write a JSON summary. Also the data and evaluation flags `train` shares with it.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+
+use super::args::{json_option, ModelArgs, SamplingArgs};
+use super::plugins::PluginDirArgs;
+use crate::data::{DataSettings, DatasetSpec};
+use crate::eval::{EpisodeLimits, EvalSettings};
+use crate::generate::SamplingParams;
+use crate::model::{DtypeSpec, LoraConfig};
+use crate::plugins::Registry;
+use crate::train::config::ModelSettings;
+use crate::train::policy::Policy;
+use crate::train::precision::MixedPrecision;
+use crate::user_error;
+
+/// Where tasks come from besides the environment's own: `--dataset`, `--eval-data`, `--eval-holdout`.
+#[derive(Debug, Clone, Args)]
+pub struct DataArgs {
+    /// Train on this dataset instead of the environment's own tasks: a .jsonl, .json or .parquet file, a directory
+    /// or glob of them, or a Hugging Face hub dataset id (openai/gsm8k) from the local hub cache (downloaded when
+    /// online unless --offline). Rows reach the environment as JSON objects (see its column options).
+    #[arg(long, value_name = "FILE|DIR|GLOB|ORG/NAME")]
+    pub dataset: Option<String>,
+    /// The hub dataset's config (GSM8K: main); also used for --eval-data.
+    #[arg(long, value_name = "NAME")]
+    pub dataset_config: Option<String>,
+    /// The split of --dataset to read [default: train].
+    #[arg(long, value_name = "NAME")]
+    pub dataset_split: Option<String>,
+    /// Evaluate on this dataset (same kinds as --dataset) instead of the environment's eval split.
+    #[arg(long, value_name = "FILE|DIR|GLOB|ORG/NAME")]
+    pub eval_data: Option<String>,
+    /// The split of --eval-data to read [default: test].
+    #[arg(long, value_name = "NAME")]
+    pub eval_data_split: Option<String>,
+    /// Hold out the last N rows of --dataset for evaluation (they are not trained on).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub eval_holdout: usize,
+}
+
+impl DataArgs {
+    /// The typed settings.
+    pub fn into_settings(self) -> DataSettings {
+        let config = self.dataset_config;
+        DataSettings {
+            dataset: self.dataset.map(|source| DatasetSpec {
+                source,
+                config: config.clone(),
+                split: self.dataset_split,
+            }),
+            eval_data: self.eval_data.map(|source| DatasetSpec { source, config, split: self.eval_data_split }),
+            eval_holdout: self.eval_holdout,
+        }
+    }
+}
+
+/// How evaluations run (shared by `train` and `eval`).
+#[derive(Debug, Clone, Args)]
+pub struct EvalRunArgs {
+    /// Evaluate at most this many tasks, the first of the eval split [default: all of a finite split, 200 of a
+    /// generator].
+    #[arg(long, value_name = "N")]
+    pub eval_tasks: Option<u64>,
+    /// Sampled episodes per task for eval/pass@K, besides the greedy one (0: greedy only).
+    #[arg(long, value_name = "K", default_value_t = 4)]
+    pub eval_samples: usize,
+    /// Temperature of the sampled eval episodes [default: training's --temperature, 0.7].
+    #[arg(long, value_name = "T")]
+    pub eval_temperature: Option<f64>,
+    /// Tasks per generation call during evaluation.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub eval_batch_tasks: usize,
+}
+
+impl EvalRunArgs {
+    /// The settings, sampling like `sampling` (training's) at `--eval-temperature` when given.
+    pub fn into_settings(
+        self,
+        sampling: SamplingParams,
+        every: u64,
+        before_train: bool,
+    ) -> anyhow::Result<EvalSettings> {
+        if self.eval_batch_tasks == 0 {
+            return Err(user_error!("--eval-batch-tasks must be at least 1"));
+        }
+        if self.eval_tasks == Some(0) {
+            return Err(user_error!("--eval-tasks must be at least 1 (leave it out for every task)"));
+        }
+        let temperature = self.eval_temperature.unwrap_or(sampling.temperature);
+        if !(temperature > 0.0 && temperature.is_finite()) && self.eval_samples > 0 {
+            return Err(user_error!(
+                "--eval-temperature {temperature}: sampled eval episodes need a temperature > 0 (or --eval-samples 0)"
+            ));
+        }
+        Ok(EvalSettings {
+            every,
+            before_train,
+            tasks: self.eval_tasks,
+            samples: self.eval_samples,
+            sampling: SamplingParams { temperature, ..sampling },
+            batch_tasks: self.eval_batch_tasks,
+        })
+    }
+}
+
+/// `train`'s evaluation flags.
+#[derive(Debug, Clone, Args)]
+pub struct TrainEvalArgs {
+    /// Evaluate on held-out tasks every N batches and after the last one (0: never). Logs eval/* metrics.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub eval_every: u64,
+    /// Evaluate once before training starts (at step 0).
+    #[arg(long)]
+    pub eval_before_train: bool,
+    /// How evaluations run.
+    #[command(flatten)]
+    pub run: EvalRunArgs,
+}
+
+impl TrainEvalArgs {
+    /// The settings, with training's sampling for the sampled episodes.
+    pub fn into_settings(self, sampling: SamplingParams) -> anyhow::Result<EvalSettings> {
+        self.run.into_settings(sampling, self.eval_every, self.eval_before_train)
+    }
+}
+
+/// `grpo-host eval --checkpoint DIR --env E` (or `--model DIR|ORG/NAME`).
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// A checkpoint directory written by training (full weights or a LoRA adapter over its base model).
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint: Option<PathBuf>,
+    /// The model, device, dtype and threads (with --checkpoint of a LoRA run, --model overrides its base model).
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The environment plugin.
+    #[arg(long, default_value = "math")]
+    pub env: String,
+    /// JSON options for the environment (a JSON string or @FILE), as in training.
+    #[arg(long)]
+    pub env_config: Option<String>,
+    /// Where plugins are searched besides the defaults.
+    #[command(flatten)]
+    pub plugins: PluginDirArgs,
+    /// Datasets, as in training (--eval-data, or --dataset with --eval-holdout to score the rows a run held out).
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// How the evaluation runs.
+    #[command(flatten)]
+    pub run: EvalRunArgs,
+    /// Temperature and filters of the sampled episodes (training's defaults; --eval-temperature wins).
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// Most tokens per assistant turn (as the run's --max-new-tokens).
+    #[arg(long, default_value_t = 128)]
+    pub max_new_tokens: usize,
+    /// Most tokens per episode (as the run's --max-length).
+    #[arg(long, default_value_t = 1024)]
+    pub max_length: usize,
+    /// Most assistant turns per episode (as the run's --max-turns).
+    #[arg(long, default_value_t = 4)]
+    pub max_turns: usize,
+    /// The run's --seed: it picks generated eval tasks and the sampled episodes' seeds.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// As the run's --mixed-precision (the precision the policy samples in).
+    #[arg(long, default_value = "auto")]
+    pub mixed_precision: MixedPrecision,
+    /// Write the JSON summary here.
+    #[arg(long, default_value = "eval.json")]
+    pub output: PathBuf,
+    /// Also write each task's greedy completion, return and solved samples here (JSON lines).
+    #[arg(long, value_name = "FILE")]
+    pub completions: Option<PathBuf>,
+}
+
+/// Run `grpo-host eval`; returns the exit code.
+pub fn run(args: EvalArgs) -> anyhow::Result<i32> {
+    args.model.apply_threads()?;
+    if args.max_length <= args.max_new_tokens {
+        return Err(user_error!(
+            "--max-length {} must exceed --max-new-tokens {}",
+            args.max_length,
+            args.max_new_tokens
+        ));
+    }
+    if args.sampling.ignore_eos {
+        return Err(user_error!("--ignore-eos: evaluation always stops at end-of-sequence, as training's does"));
+    }
+    let sampling = args.sampling.resolve(super::train::TRAIN_SAMPLING)?;
+    let settings = args.run.into_settings(sampling, 0, false)?;
+    let env_config = json_option(args.env_config.as_deref(), "--env-config")?;
+    let registry = Registry::discover(&args.plugins.discovery())?;
+    let env = registry.environment(&args.env, &env_config)?;
+    let allow_download = !args.model.offline;
+    let run_tasks = args.data.into_settings().resolve(&env, allow_download)?;
+    let tasks = crate::eval::eval_tasks(&env, run_tasks.eval.as_deref().map(Vec::as_slice), settings.tasks, args.seed)?;
+
+    let (model_spec, lora, checkpoint_step) = match &args.checkpoint {
+        Some(dir) => checkpoint_model(dir, args.model.model.clone())?,
+        None => (args.model.model.clone(), None, None),
+    };
+    let model_settings = ModelSettings {
+        model: model_spec,
+        allow_download,
+        device: args.model.device,
+        dtype: args.model.dtype,
+        mixed_precision: args.mixed_precision,
+        rollout_dtype: DtypeSpec::Auto,
+        threads: args.model.checked_threads()?,
+        deterministic: false,
+        lora: lora.as_ref().map(|(config, _)| *config),
+    };
+    let mut policy = Policy::load(&model_settings, 0.0, args.seed)?;
+    if let Some((_, weights)) = &lora {
+        policy.load_weights(weights, true)?;
+    }
+    policy.model().set_training(false);
+    policy.refresh_sampler(None);
+    let limits =
+        EpisodeLimits { max_new_tokens: args.max_new_tokens, max_turns: args.max_turns, max_length: args.max_length };
+    eprintln!("evaluating {} tasks of `{}`", tasks.len(), env.name());
+    let result =
+        crate::eval::evaluate(policy.sampler(), policy.tokenizer(), &env, &tasks, &settings, &limits, args.seed)?;
+    let summary = serde_json::json!({
+        "checkpoint": args.checkpoint.as_ref().map(|d| d.display().to_string()),
+        "model_dir": policy.model_dir().display().to_string(),
+        "global_step": checkpoint_step,
+        "env": env.name(),
+        "env_config": env.config()?,
+        "seed": args.seed,
+        "settings": settings,
+        "metrics": result.summary(),
+    });
+    let text = serde_json::to_string_pretty(&summary)?;
+    std::fs::write(&args.output, format!("{text}\n"))
+        .map_err(|e| user_error!("--output {}: cannot write it ({e})", args.output.display()))?;
+    if let Some(path) = &args.completions {
+        result.write_completions(path, checkpoint_step.unwrap_or(0))?;
+    }
+    println!("{}", crate::eval::describe(&result));
+    println!("summary written to {}", args.output.display());
+    Ok(0)
+}
+
+/// What to load for a checkpoint: the model to load (the checkpoint itself for full weights, the base model for an
+/// adapter), the adapter's settings and weights, and the step it was taken at.
+#[allow(clippy::type_complexity)]
+fn checkpoint_model(
+    dir: &Path,
+    base_override: Option<String>,
+) -> anyhow::Result<(Option<String>, Option<(LoraConfig, std::collections::BTreeMap<String, tch::Tensor>)>, Option<u64>)>
+{
+    let loaded = crate::checkpoint::load(dir)?;
+    let step = Some(loaded.state.global_step);
+    if !loaded.adapter {
+        // A full-weights checkpoint is a Hugging Face model directory of its own.
+        return Ok((Some(dir.display().to_string()), None, step));
+    }
+    let config_path = dir.join("adapter_config.json");
+    let text = std::fs::read_to_string(&config_path)
+        .map_err(|e| user_error!("--checkpoint {}: cannot read adapter_config.json ({e})", dir.display()))?;
+    let config: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| user_error!("--checkpoint {}: adapter_config.json is not JSON ({e})", dir.display()))?;
+    let rank = config["r"].as_i64().filter(|r| *r > 0);
+    let alpha = config["lora_alpha"].as_f64();
+    let (Some(rank), Some(alpha)) = (rank, alpha) else {
+        return Err(user_error!("--checkpoint {}: adapter_config.json lacks r or lora_alpha", dir.display()));
+    };
+    let base = base_override.or_else(|| config["base_model_name_or_path"].as_str().map(str::to_string));
+    Ok((base, Some((LoraConfig { rank, alpha, dropout: 0.0 }, loaded.weights)), step))
+}

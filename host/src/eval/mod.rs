@@ -1,0 +1,422 @@
+//! Evaluation on held-out tasks: the policy plays each task once greedily and `samples` times with sampling, and
+//! the environment's rewards and judgements become `eval/*` metrics. Training (`--eval-every`,
+//! `--eval-before-train`) and `grpo-host eval` call the same [`evaluate`] with the same tasks, chunks and seeds, so
+//! a checkpoint scored afterwards gives the numbers the run logged at that step.
+//!
+//! Metric names (all here, documented in docs/metrics.md): `eval/returns_mean`, `eval/accuracy` (pass@1 of the
+//! greedy episode), `eval/pass@K` (some of K samples solved it), `eval/completion_length_mean`,
+//! `eval/completion_logprob_mean` (the policy's mean log-probability of its greedy tokens), `eval/tasks`,
+//! `eval/rewards/<component>`, and the environment's own metrics over the greedy episodes as `eval/<name>`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use grpo_sdk::{MetricValue, Split, Task};
+use serde::{Deserialize, Serialize};
+
+use crate::generate::SamplingParams;
+use crate::logging::Metrics;
+use crate::model::Model;
+use crate::plugins::EnvironmentPlugin;
+use crate::rollout::{run_episodes, task_seeds, Rollout, RolloutConfig};
+use crate::tokenizer::Tokenizer;
+use crate::user_error;
+
+/// Tasks evaluated from an unbounded generator when `--eval-tasks` is not given.
+pub const GENERATOR_EVAL_TASKS: u64 = 200;
+
+/// How evaluations run; the same settings give the same numbers in training and in `grpo-host eval`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EvalSettings {
+    /// Evaluate every this many batches and after the last one (0: not during training).
+    pub every: u64,
+    /// Evaluate once before the first batch (not again when resuming).
+    pub before_train: bool,
+    /// At most this many tasks, the first ones of the split; `None`: every task of a finite split,
+    /// [`GENERATOR_EVAL_TASKS`] of a generator.
+    pub tasks: Option<u64>,
+    /// Sampled episodes per task for `eval/pass@K` (0: greedy only).
+    pub samples: usize,
+    /// Temperature and filters of the sampled episodes.
+    pub sampling: SamplingParams,
+    /// Tasks per generation call (memory; the numbers depend on it only through batching's rounding).
+    pub batch_tasks: usize,
+}
+
+impl Default for EvalSettings {
+    fn default() -> Self {
+        EvalSettings {
+            every: 0,
+            before_train: false,
+            tasks: None,
+            samples: 4,
+            sampling: SamplingParams { temperature: 0.7, top_k: 50, top_p: 1.0, min_p: 0.0 },
+            batch_tasks: 16,
+        }
+    }
+}
+
+impl EvalSettings {
+    /// Whether training evaluates at all.
+    pub fn enabled(&self) -> bool {
+        self.every > 0 || self.before_train
+    }
+}
+
+/// The episode limits of the run being evaluated.
+#[derive(Debug, Clone, Copy)]
+pub struct EpisodeLimits {
+    /// Most tokens per assistant turn.
+    pub max_new_tokens: usize,
+    /// Most assistant turns.
+    pub max_turns: usize,
+    /// Most tokens in an episode.
+    pub max_length: usize,
+}
+
+/// The evaluation tasks: `given` (from `--eval-data` or `--eval-holdout`), else `env`'s eval split for `seed`; the
+/// first `limit` of them. A split without tasks is one line saying how to give some.
+pub fn eval_tasks(env: &EnvironmentPlugin, given: Option<&[Task]>, limit: Option<u64>, seed: u64) -> Result<Vec<Task>> {
+    if let Some(tasks) = given {
+        let n = limit.map_or(tasks.len(), |l| (l as usize).min(tasks.len()));
+        if n == 0 {
+            return Err(user_error!("the evaluation data has no tasks; check --eval-data / --eval-holdout"));
+        }
+        return Ok(tasks[..n].to_vec());
+    }
+    let n = match env.task_count(Split::Eval)? {
+        Some(0) => {
+            return Err(user_error!(
+                "environment `{}` has no eval tasks with this --env-config; pass --eval-data FILE|DIR|ORG/NAME or \
+                 --eval-holdout N with --dataset (docs/environments.md lists each environment's eval split)",
+                env.name()
+            ))
+        }
+        Some(count) => limit.map_or(count, |l| l.min(count)),
+        None => limit.unwrap_or(GENERATOR_EVAL_TASKS),
+    };
+    (0..n).map(|i| env.task(Split::Eval, seed, i)).collect()
+}
+
+/// One task's outcome: its greedy episode and how many samples solved it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskOutcome {
+    /// The task's id.
+    pub id: String,
+    /// The question.
+    pub question: String,
+    /// The reference answer.
+    pub answer: String,
+    /// The greedy episode's transcript.
+    pub completion: String,
+    /// The greedy episode's return.
+    pub greedy_return: f64,
+    /// The mean log-probability (temperature 1) of the greedy episode's generated tokens under the policy.
+    pub greedy_logprob_mean: f64,
+    /// Its reward components.
+    pub rewards: BTreeMap<String, f64>,
+    /// Whether the environment judged the greedy episode solved (`None`: not judged).
+    pub solved: Option<bool>,
+    /// Sampled episodes that solved it (of `samples`).
+    pub samples_solved: usize,
+}
+
+/// An evaluation's numbers and its per-task outcomes.
+#[derive(Debug, Clone)]
+pub struct EvalResult {
+    /// Tasks evaluated.
+    pub tasks: usize,
+    /// Mean greedy return.
+    pub returns_mean: f64,
+    /// Share of tasks whose greedy episode was judged solved; `None` when the environment never judges.
+    pub accuracy: Option<f64>,
+    /// `(K, share of tasks with at least one of K samples solved)`; `None` without samples or judgements.
+    pub pass_at_k: Option<(usize, f64)>,
+    /// Mean tokens the model generated per greedy episode.
+    pub completion_length_mean: f64,
+    /// Mean over greedy episodes of their tokens' mean log-probability: how sure the policy is of its answers.
+    pub completion_logprob_mean: f64,
+    /// Reward components of the greedy episodes, each averaged over the episodes that reported it.
+    pub rewards: BTreeMap<String, f64>,
+    /// The environment's own metrics over the greedy episodes.
+    pub env_metrics: Vec<(String, MetricValue)>,
+    /// Per task, in order.
+    pub outcomes: Vec<TaskOutcome>,
+}
+
+impl EvalResult {
+    /// The `eval/*` metrics.
+    pub fn metrics(&self) -> Metrics {
+        let mut m = Metrics::new();
+        m.insert("eval/tasks".into(), (self.tasks as f64).into());
+        m.insert("eval/returns_mean".into(), self.returns_mean.into());
+        m.insert("eval/completion_length_mean".into(), self.completion_length_mean.into());
+        m.insert("eval/completion_logprob_mean".into(), self.completion_logprob_mean.into());
+        if let Some(a) = self.accuracy {
+            m.insert("eval/accuracy".into(), a.into());
+        }
+        if let Some((k, p)) = self.pass_at_k {
+            m.insert(format!("eval/pass@{k}"), p.into());
+        }
+        for (name, v) in &self.rewards {
+            m.insert(format!("eval/rewards/{name}"), (*v).into());
+        }
+        for (name, v) in &self.env_metrics {
+            m.insert(format!("eval/{name}"), v.clone());
+        }
+        m
+    }
+
+    /// The summary `grpo-host eval` writes: the metrics as plain JSON numbers (non-finite ones as strings).
+    pub fn summary(&self) -> serde_json::Value {
+        let metrics: serde_json::Map<String, serde_json::Value> = self
+            .metrics()
+            .into_iter()
+            .map(|(k, v)| {
+                let value = match v {
+                    MetricValue::Number(x) if x.is_finite() => serde_json::json!(x),
+                    MetricValue::Number(x) => serde_json::json!(x.to_string()),
+                    MetricValue::Text(t) => serde_json::json!(t),
+                };
+                (k, value)
+            })
+            .collect();
+        serde_json::Value::Object(metrics)
+    }
+
+    /// Append the per-task outcomes of the evaluation at `step` to `path` (one JSON object per line).
+    pub fn write_completions(&self, path: &Path, step: u64) -> Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        let mut text = String::new();
+        for o in &self.outcomes {
+            let mut row = serde_json::to_value(o)?;
+            row["step"] = step.into();
+            text.push_str(&serde_json::to_string(&row)?);
+            text.push('\n');
+        }
+        f.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+/// Evaluate `model` on `tasks`: one greedy episode per task, then `settings.samples` sampled ones, in chunks of
+/// `settings.batch_tasks` tasks; task `i` samples from `task_seeds(seed, i, ..)`, whatever chunk it is in. The
+/// environment's metrics are pulled
+/// after the greedy episodes (they become `eval/<name>`) and after the sampled ones (discarded), so training's own
+/// environment metrics never count evaluation episodes.
+pub fn evaluate(
+    model: &Model,
+    tokenizer: &Tokenizer,
+    env: &EnvironmentPlugin,
+    tasks: &[Task],
+    settings: &EvalSettings,
+    limits: &EpisodeLimits,
+    seed: u64,
+) -> Result<EvalResult> {
+    let chunk = settings.batch_tasks.max(1);
+    let config = |group_size: usize, sampling: SamplingParams| RolloutConfig {
+        group_size,
+        max_new_tokens: limits.max_new_tokens,
+        max_turns: limits.max_turns,
+        max_length: limits.max_length,
+        sampling,
+        ignore_eos: false,
+    };
+    let greedy_sampling = SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0 };
+    let greedy_cfg = config(1, greedy_sampling);
+    let mut greedy: Vec<Rollout> = Vec::with_capacity(tasks.len());
+    for (c, part) in tasks.chunks(chunk).enumerate() {
+        greedy.extend(run_episodes(
+            model,
+            tokenizer,
+            env,
+            part,
+            &greedy_cfg,
+            &task_seeds(seed, (c * chunk) as u64, part.len()),
+        )?);
+    }
+    let env_metrics: Vec<(String, MetricValue)> = env.metrics()?.into_iter().map(|m| (m.name, m.value)).collect();
+
+    let mut samples_solved = vec![0usize; tasks.len()];
+    let mut any_judged_sample = false;
+    if settings.samples > 0 {
+        let cfg = config(settings.samples, settings.sampling);
+        for (c, part) in tasks.chunks(chunk).enumerate() {
+            for r in run_episodes(model, tokenizer, env, part, &cfg, &task_seeds(seed, (c * chunk) as u64, part.len()))?
+            {
+                any_judged_sample |= r.solved.is_some();
+                if r.solved == Some(true) {
+                    samples_solved[c * chunk + r.group] += 1;
+                }
+            }
+        }
+        // Their metrics would otherwise reach the next training batch's.
+        env.metrics()?;
+    }
+
+    let n = greedy.len().max(1) as f64;
+    let mut components: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for r in &greedy {
+        for (name, v) in &r.rewards {
+            components.entry(name.clone()).or_default().push(*v);
+        }
+    }
+    let judged = greedy.iter().any(|r| r.solved.is_some());
+    let outcomes: Vec<TaskOutcome> = greedy
+        .iter()
+        .zip(&samples_solved)
+        .map(|(r, &solved_samples)| TaskOutcome {
+            id: r.task.id.clone(),
+            question: r.task.question.clone(),
+            answer: r.task.answer.clone(),
+            completion: r.transcript.clone(),
+            greedy_return: r.total_reward,
+            greedy_logprob_mean: mean_action_logprob(r),
+            rewards: r.rewards.clone(),
+            solved: r.solved,
+            samples_solved: solved_samples,
+        })
+        .collect();
+    let solved_share = |f: &dyn Fn(&TaskOutcome) -> bool| outcomes.iter().filter(|o| f(o)).count() as f64 / n;
+    Ok(EvalResult {
+        tasks: greedy.len(),
+        returns_mean: greedy.iter().map(|r| r.total_reward).sum::<f64>() / n,
+        accuracy: judged.then(|| solved_share(&|o| o.solved == Some(true))),
+        pass_at_k: (settings.samples > 0 && any_judged_sample)
+            .then(|| (settings.samples, solved_share(&|o| o.samples_solved > 0))),
+        completion_length_mean: greedy.iter().map(|r| r.action.iter().filter(|a| **a).count() as f64).sum::<f64>() / n,
+        completion_logprob_mean: greedy.iter().map(mean_action_logprob).sum::<f64>() / n,
+        rewards: components.into_iter().map(|(k, v)| (k, v.iter().sum::<f64>() / v.len() as f64)).collect(),
+        env_metrics,
+        outcomes,
+    })
+}
+
+/// The mean sampler log-probability of an episode's generated tokens (0 for an episode without any).
+fn mean_action_logprob(r: &Rollout) -> f64 {
+    let (sum, count) = r
+        .action
+        .iter()
+        .zip(&r.sample_logprobs)
+        .filter(|(a, _)| **a)
+        .fold((0.0f64, 0usize), |(s, c), (_, lp)| (s + f64::from(*lp), c + 1));
+    if count == 0 {
+        0.0
+    } else {
+        sum / count as f64
+    }
+}
+
+/// One line for the console: tasks, return, accuracy and pass@K.
+pub fn describe(result: &EvalResult) -> String {
+    let mut line = format!("{} tasks, return {:.4}", result.tasks, result.returns_mean);
+    if let Some(a) = result.accuracy {
+        line.push_str(&format!(", accuracy {a:.4}"));
+    }
+    if let Some((k, p)) = result.pass_at_k {
+        line.push_str(&format!(", pass@{k} {p:.4}"));
+    }
+    line.push_str(&format!(", completion length {:.1}", result.completion_length_mean));
+    line
+}
+
+/// Evaluation inside a training run: its tasks (fixed when the run starts), settings and where its per-task
+/// outcomes go (`<run>/eval_completions.jsonl`).
+pub struct InTraining {
+    tasks: Vec<Task>,
+    settings: EvalSettings,
+    limits: EpisodeLimits,
+    seed: u64,
+    completions: std::path::PathBuf,
+}
+
+impl InTraining {
+    /// The run's evaluation, or `None` when it asks for none. `given` are the tasks from `--eval-data` or
+    /// `--eval-holdout`.
+    pub fn new(
+        env: &EnvironmentPlugin,
+        given: Option<&[Task]>,
+        settings: EvalSettings,
+        limits: EpisodeLimits,
+        seed: u64,
+        run_dir: &Path,
+    ) -> Result<Option<InTraining>> {
+        if !settings.enabled() {
+            return Ok(None);
+        }
+        let tasks = eval_tasks(env, given, settings.tasks, seed)?;
+        Ok(Some(InTraining { tasks, settings, limits, seed, completions: run_dir.join("eval_completions.jsonl") }))
+    }
+
+    /// Whether to evaluate before the first batch of a run that has not started yet.
+    pub fn due_before_training(&self, batches_done: u64, steps_done: u64) -> bool {
+        self.settings.before_train && batches_done == 0 && steps_done == 0
+    }
+
+    /// Whether to evaluate after `batches_done` batches of `max_batches`.
+    pub fn due_after_batch(&self, batches_done: u64, max_batches: u64) -> bool {
+        let every = self.settings.every;
+        every > 0 && (batches_done.is_multiple_of(every) || batches_done == max_batches)
+    }
+
+    /// On resume from the checkpoint at `step`: drop the per-task outcomes logged at `step` or later, which the
+    /// resumed run logs again (as the metric sinks cut their history back), so each evaluation appears once.
+    pub fn cut_back(&self, step: u64) -> Result<()> {
+        cut_back_completions(&self.completions, step)
+    }
+
+    /// Evaluate `model` and append the per-task outcomes for `step`.
+    pub fn run(&self, model: &Model, tokenizer: &Tokenizer, env: &EnvironmentPlugin, step: u64) -> Result<EvalResult> {
+        let result = evaluate(model, tokenizer, env, &self.tasks, &self.settings, &self.limits, self.seed)?;
+        result.write_completions(&self.completions, step)?;
+        Ok(result)
+    }
+}
+
+/// Keep the lines of a per-task outcome file whose `step` is below `step` (a missing file is fine).
+fn cut_back_completions(path: &Path, step: u64) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s < step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let tmp = path.with_extension("jsonl.partial");
+    std::fs::write(&tmp, kept).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resuming_cuts_the_outcomes_back_to_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("eval_completions.jsonl");
+        cut_back_completions(&path, 3).unwrap();
+        assert!(!path.exists());
+        let lines =
+            ["{\"step\":0,\"id\":\"a\"}", "{\"step\":2,\"id\":\"a\"}", "{\"step\":5,\"id\":\"a\"}", "{\"step\":3"];
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        cut_back_completions(&path, 3).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{}\n{}\n", lines[0], lines[1]));
+    }
+
+    #[test]
+    fn due_points_are_before_training_every_n_batches_and_at_the_end() {
+        let settings = EvalSettings { every: 2, before_train: true, ..Default::default() };
+        let limits = EpisodeLimits { max_new_tokens: 1, max_turns: 1, max_length: 2 };
+        let e = InTraining { tasks: Vec::new(), settings, limits, seed: 0, completions: "x".into() };
+        assert!(e.due_before_training(0, 0) && !e.due_before_training(1, 3) && !e.due_before_training(0, 4));
+        let due: Vec<u64> = (1..=5).filter(|&b| e.due_after_batch(b, 5)).collect();
+        assert_eq!(due, [2, 4, 5]);
+    }
+}

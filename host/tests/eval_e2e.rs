@@ -1,0 +1,218 @@
+//! Evaluation end to end, as a user runs it: a tiny training run on a GSM8K-format file with rows held out logs
+//! every `eval/*` key before training and after each batch, and `grpo-host eval` on a checkpoint of that run gives
+//! exactly the numbers and completions the run logged at that step.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn tiny_model() -> PathBuf {
+    common::workspace_root().join("tests/fixtures/model/tiny/llama")
+}
+
+fn gsm8k_file() -> String {
+    common::workspace_root().join("tests/fixtures/datasets/gsm8k_like.jsonl").display().to_string()
+}
+
+/// Flags both commands share: the same model, data, held-out rows, limits, sampling and seed.
+fn shared(model: &Path) -> Vec<String> {
+    let flags = [
+        ("--model", model.to_str().unwrap().to_string()),
+        ("--env", "math".to_string()),
+        ("--dataset", gsm8k_file()),
+        ("--eval-holdout", "3".into()),
+        ("--eval-samples", "2".into()),
+        ("--eval-batch-tasks", "2".into()),
+        ("--max-new-tokens", "6".into()),
+        ("--max-length", "512".into()),
+        ("--temperature", "1.0".into()),
+        ("--seed", "7".into()),
+    ];
+    flags.into_iter().flat_map(|(f, v)| [f.to_string(), v]).collect()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn json_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+const EVAL_KEYS: &[&str] = &[
+    "eval/tasks",
+    "eval/returns_mean",
+    "eval/accuracy",
+    "eval/pass@2",
+    "eval/completion_length_mean",
+    "eval/completion_logprob_mean",
+    "eval/rewards/answer",
+    "eval/math/answer_tag_rate",
+    "eval/math/contains_oracle_rate",
+    "eval/math/exact_rate",
+];
+
+#[test]
+fn training_logs_eval_at_its_steps_and_grpo_host_eval_reproduces_a_checkpoint() {
+    let runs = tempfile::tempdir().unwrap();
+    let train = |extra: &[&str]| {
+        Command::new(common::host_exe())
+            .args(shared(&tiny_model()))
+            .args(["--algo", "grpo", "--max-steps", "2", "--rollouts-per-step", "2", "--group-size", "3"])
+            .args(["--train-batch-size", "2", "--lr", "1e-3", "--checkpoint-interval", "1"])
+            .args(["--eval-every", "1", "--eval-before-train"])
+            .args(["--no-wandb", "--runs-dir", runs.path().to_str().unwrap(), "--run-name", "ev"])
+            .args(extra)
+            .env_remove("GRPO_PLUGIN_PATH")
+            .env("XDG_DATA_HOME", runs.path().join("xdg"))
+            .output()
+            .unwrap()
+    };
+    let out = train(&[]);
+    assert!(out.status.success(), "training failed: {}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("--dataset "), "{}", text(&out.stderr));
+    let run = runs.path().join("ev");
+
+    // 6 episodes per batch in micro-batches of 2: 3 optimizer steps a batch, so batches end at steps 2 and 5.
+    let rows = json_lines(&run.join("metrics.jsonl"));
+    let eval_rows: Vec<&serde_json::Value> = rows.iter().filter(|r| r.get("eval/returns_mean").is_some()).collect();
+    let steps: Vec<u64> = eval_rows.iter().map(|r| r["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, [0, 2, 5], "eval before training and after each batch");
+    for row in &eval_rows {
+        for key in EVAL_KEYS {
+            let v = row.get(*key).unwrap_or_else(|| panic!("{key} missing at step {}", row["step"]));
+            assert!(v.as_f64().is_some_and(f64::is_finite), "{key} = {v}");
+        }
+        assert_eq!(row["eval/tasks"], 3.0);
+        let acc = row["eval/accuracy"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&acc));
+    }
+    let completions = json_lines(&run.join("eval_completions.jsonl"));
+    assert_eq!(completions.len(), 9, "3 tasks at each of 3 evaluations");
+    assert_eq!(completions.iter().filter(|c| c["step"] == 2).count(), 3);
+    // Training moves the policy, so each evaluation sees other weights: a checkpoint can only match its own step.
+    let confidence: Vec<f64> = eval_rows.iter().map(|r| r["eval/completion_logprob_mean"].as_f64().unwrap()).collect();
+    assert!(confidence[0] != confidence[1] && confidence[1] != confidence[2], "{confidence:?}");
+
+    // The checkpoint after batch 1 is step_3 (steps taken); the run logged that evaluation at its last step, 2.
+    let ckpt = run.join("checkpoints/step_3");
+    assert!(ckpt.is_dir());
+    let summary_path = runs.path().join("eval.json");
+    let lines_path = runs.path().join("eval_lines.jsonl");
+    let out = Command::new(common::host_exe())
+        .arg("eval")
+        .args(["--checkpoint", ckpt.to_str().unwrap()])
+        .args(shared(&tiny_model()).into_iter().skip(2))
+        .args(["--output", summary_path.to_str().unwrap(), "--completions", lines_path.to_str().unwrap()])
+        .env_remove("GRPO_PLUGIN_PATH")
+        .env("XDG_DATA_HOME", runs.path().join("xdg"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "eval failed: {}", text(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&summary_path).unwrap()).unwrap();
+    assert_eq!(summary["global_step"], 3);
+    let logged = eval_rows[1];
+    for key in EVAL_KEYS {
+        // Exactly equal values (metrics.jsonl writes whole numbers without a decimal point, so compare as f64).
+        let (ours, theirs) = (summary["metrics"][*key].as_f64(), logged[*key].as_f64());
+        assert!(ours.is_some() && ours == theirs, "{key}: grpo-host eval {ours:?} vs the run at step 2 {theirs:?}");
+    }
+    let again = json_lines(&lines_path);
+    let at_step: Vec<&serde_json::Value> = completions.iter().filter(|c| c["step"] == 2).collect();
+    assert_eq!(again.len(), at_step.len());
+    for (a, b) in again.iter().zip(at_step) {
+        for field in [
+            "id",
+            "question",
+            "answer",
+            "completion",
+            "greedy_return",
+            "greedy_logprob_mean",
+            "solved",
+            "samples_solved",
+        ] {
+            assert_eq!(a[field], b[field], "{field}");
+        }
+    }
+    // The held-out rows are the file's last three (of 40).
+    assert_eq!(again[0]["id"], "row-37");
+
+    // Resuming from that checkpoint redoes batch 2 and its evaluation: each evaluation is in the files once, with
+    // the numbers and completions of the uninterrupted run.
+    let out = train(&["--resume", ckpt.to_str().unwrap()]);
+    assert!(out.status.success(), "resuming failed: {}", text(&out.stderr));
+    assert_eq!(json_lines(&run.join("eval_completions.jsonl")), completions);
+    let resumed = json_lines(&run.join("metrics.jsonl"));
+    let resumed_eval: Vec<&serde_json::Value> =
+        resumed.iter().filter(|r| r.get("eval/returns_mean").is_some()).collect();
+    assert_eq!(resumed_eval.len(), 3);
+    for (a, b) in resumed_eval.iter().zip(&eval_rows) {
+        for key in EVAL_KEYS {
+            assert_eq!(a[*key].as_f64(), b[*key].as_f64(), "{key} at step {}", a["step"]);
+        }
+    }
+}
+
+#[test]
+fn a_lora_checkpoint_is_scored_over_its_base_model() {
+    // A supervised warm-up step moves the adapter (reinforcement on a random model earns no reward to learn from).
+    let runs = tempfile::tempdir().unwrap();
+    let common_flags = ["--env", "math", "--eval-tasks", "3", "--eval-samples", "1", "--max-new-tokens", "6"];
+    let common_flags = [&common_flags[..], &["--max-length", "512", "--temperature", "1.0", "--seed", "7"]].concat();
+    let out = Command::new(common::host_exe())
+        .args(["--model", tiny_model().to_str().unwrap(), "--lora-rank", "2", "--max-steps", "1"])
+        .args(["--rollouts-per-step", "2", "--group-size", "2", "--train-batch-size", "4", "--lr", "1e-2"])
+        .args(["--sft-warmup-steps", "1", "--sft-batch-size", "2", "--sft-lr", "1e-2", "--eval-every", "1"])
+        .args(&common_flags)
+        .args(["--no-wandb", "--runs-dir", runs.path().to_str().unwrap(), "--run-name", "lora"])
+        .env_remove("GRPO_PLUGIN_PATH")
+        .env("XDG_DATA_HOME", runs.path().join("xdg"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "training failed: {}", text(&out.stderr));
+    let rows = json_lines(&runs.path().join("lora/metrics.jsonl"));
+    let logged = rows.iter().find(|r| r.get("eval/tasks").is_some()).expect("an eval row");
+    let key = "eval/completion_logprob_mean";
+    let score = |source: &[&str], name: &str| {
+        let output = runs.path().join(name);
+        let out = Command::new(common::host_exe())
+            .arg("eval")
+            .args(source)
+            .args(&common_flags)
+            .args(["--output", output.to_str().unwrap()])
+            .env_remove("GRPO_PLUGIN_PATH")
+            .env("XDG_DATA_HOME", runs.path().join("xdg"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "eval failed: {}", text(&out.stderr));
+        let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(output).unwrap()).unwrap();
+        summary["metrics"][key].as_f64().unwrap()
+    };
+    // The final checkpoint (the warm-up's step and the batch's) holds the weights the run evaluated.
+    let ckpt = runs.path().join("lora/checkpoints/step_2");
+    assert!(ckpt.join("adapter_model.safetensors").exists());
+    let adapted = score(&["--checkpoint", ckpt.to_str().unwrap()], "adapted.json");
+    assert_eq!(Some(adapted), logged[key].as_f64());
+    let base = score(&["--model", tiny_model().to_str().unwrap()], "base.json");
+    assert_ne!(adapted, base, "the adapter changed nothing, so this test would not see it loaded");
+}
+
+#[test]
+fn evaluating_an_environment_without_eval_tasks_is_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("tasks.jsonl");
+    std::fs::write(&data, "{\"question\": \"1+1\", \"answer\": \"2\", \"num_terms\": 2, \"num_digits\": 1}\n").unwrap();
+    let out = Command::new(common::host_exe())
+        .args(["eval", "--env", "math", "--model", tiny_model().to_str().unwrap()])
+        .args(["--env-config", &format!("{{\"data_path\": \"{}\"}}", data.display())])
+        .args(["--output", dir.path().join("e.json").to_str().unwrap()])
+        .env_remove("GRPO_PLUGIN_PATH")
+        .env("XDG_DATA_HOME", dir.path().join("xdg"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("environment `math` has no eval tasks"), "{err}");
+}
