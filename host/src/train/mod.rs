@@ -175,9 +175,10 @@ impl Trainer {
         };
         let given = run_tasks.eval.as_deref().map(Vec::as_slice);
         // Rank 0 alone evaluates (and writes the eval files); the others wait for it at the next collective.
-        let evaluator = match world.is_main() {
-            true => crate::eval::InTraining::new(&env, given, config.eval, limits, config.seed, &paths.run_dir)?,
-            false => None,
+        let evaluator = if world.is_main() {
+            crate::eval::InTraining::new(&env, given, config.eval, limits, config.seed, &paths.run_dir)?
+        } else {
+            None
         };
         let mut policy = Policy::load(&config.model, config.loss.kl_weight, config.seed)?;
         let precision = policy.precision();
