@@ -1,7 +1,7 @@
 //! Data parallelism's plumbing: the launch environment `torchrun` sets, and a process group over libtorch's own c10d
-//! (a `TCPStore` for rendezvous, Gloo for the collectives) through the C++ shim in `c10d.cpp`. Nothing outside this
-//! module sees the FFI; the trainer talks to a [`World`], which is also what a single process is (a world of one,
-//! where every collective is the identity).
+//! (a `TCPStore` for rendezvous, Gloo for CPU tensors, NCCL for CUDA ones when built in) through the C++ shims in
+//! `c10d.cpp` and `c10d_nccl.cpp`. Nothing outside this module sees the FFI; the trainer talks to a [`World`], which
+//! is also what a single process is (a world of one, where every collective is the identity).
 //!
 //! Launch: `torchrun --no-python --nproc-per-node N grpo-host train ...` sets `RANK`, `LOCAL_RANK`, `WORLD_SIZE`,
 //! `LOCAL_WORLD_SIZE`, `MASTER_ADDR`, `MASTER_PORT` and `TORCHELASTIC_USE_AGENT_STORE`. When the last is `True` the
