@@ -7,6 +7,8 @@ use clap::Args;
 
 use crate::generate::SamplingParams;
 use crate::model::{DeviceSpec, DtypeSpec};
+use crate::train::config::ModelSettings;
+use crate::train::precision::MixedPrecision;
 use crate::user_error;
 
 /// The model, its device and dtype, and libtorch's threads.
@@ -42,6 +44,22 @@ impl ModelArgs {
     pub fn apply_threads(&self) -> anyhow::Result<()> {
         crate::runtime::set_threads(self.checked_threads()?);
         Ok(())
+    }
+
+    /// The policy settings these flags give a command that runs or fine-tunes a model outside `train` (`sft`,
+    /// `eval`): `mixed_precision`, rollouts in its compute precision, no deterministic switch, no LoRA.
+    pub fn settings(&self, mixed_precision: MixedPrecision) -> anyhow::Result<ModelSettings> {
+        Ok(ModelSettings {
+            model: self.model.clone(),
+            allow_download: !self.offline,
+            device: self.device,
+            dtype: self.dtype,
+            mixed_precision,
+            rollout_dtype: DtypeSpec::Auto,
+            threads: self.checked_threads()?,
+            deterministic: false,
+            lora: None,
+        })
     }
 
     /// The model directory (resolving a hub id, downloading it unless `--offline`).

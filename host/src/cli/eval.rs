@@ -10,7 +10,7 @@ use super::plugins::PluginDirArgs;
 use crate::data::{DataSettings, DatasetSpec};
 use crate::eval::{EpisodeLimits, EvalSettings};
 use crate::generate::SamplingParams;
-use crate::model::{DtypeSpec, LoraConfig};
+use crate::model::LoraConfig;
 use crate::plugins::Registry;
 use crate::train::config::ModelSettings;
 use crate::train::policy::Policy;
@@ -206,14 +206,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<i32> {
     };
     let model_settings = ModelSettings {
         model: model_spec,
-        allow_download,
-        device: args.model.device,
-        dtype: args.model.dtype,
-        mixed_precision: args.mixed_precision,
-        rollout_dtype: DtypeSpec::Auto,
-        threads: args.model.checked_threads()?,
-        deterministic: false,
         lora: lora.as_ref().map(|(config, _)| *config),
+        ..args.model.settings(args.mixed_precision)?
     };
     let mut policy = Policy::load(&model_settings, 0.0, args.seed)?;
     if let Some((_, weights)) = &lora {

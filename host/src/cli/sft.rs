@@ -10,11 +10,9 @@ use super::args::{json_option, ModelArgs};
 use super::plugins::PluginDirArgs;
 use crate::checkpoint::{self, CheckpointData, TrainerState};
 use crate::distributed::World;
-use crate::model::DtypeSpec;
 use crate::plugins::Registry;
 use crate::sft::warmup::WarmupSettings;
 use crate::sft::{data, tools_json, Conversation, Demonstrations, Renderer, SftStep};
-use crate::train::config::ModelSettings;
 use crate::train::optimizer::{AdamW, AdamWConfig};
 use crate::train::policy::Policy;
 use crate::train::precision::{LossScaler, MixedPrecision};
@@ -117,17 +115,7 @@ pub fn run(args: SftArgs) -> anyhow::Result<i32> {
     if args.batch_size == 0 || args.micro_batch_size == 0 {
         return Err(user_error!("--batch-size and --micro-batch-size must be at least 1"));
     }
-    let settings = ModelSettings {
-        model: args.model.model.clone(),
-        allow_download: !args.model.offline,
-        device: args.model.device,
-        dtype: args.model.dtype,
-        mixed_precision: args.mixed_precision,
-        rollout_dtype: DtypeSpec::Auto,
-        threads: args.model.checked_threads()?,
-        deterministic: false,
-        lora: None,
-    };
+    let settings = args.model.settings(args.mixed_precision)?;
     let policy = Policy::load(&settings, 0.0, args.seed)?;
     let (mut source, tools) = match (&args.data, &args.env) {
         (Some(path), _) => {

@@ -239,17 +239,9 @@ impl World {
         World { rank: 0, size: 1, local_rank: 0, group: None, broken: Default::default() }
     }
 
-    /// The world torchrun's environment describes (a single process when there is none), its process group
-    /// joined with `timeout` for the rendezvous and for every collective; with NCCL for CUDA tensors when `cuda`.
-    pub fn from_env(timeout: Duration, cuda: bool) -> Result<World> {
-        match Launch::from_env()? {
-            Some(launch) => World::connect(&launch, timeout, cuda),
-            None => Ok(World::single()),
-        }
-    }
-
-    /// Join the process group `launch` describes (a world of one needs none); `cuda` adds NCCL for CUDA tensors
-    /// when this build has it (else they go through Gloo by way of host memory).
+    /// Join the process group `launch` (torchrun's environment) describes, with `timeout` for the rendezvous and
+    /// every collective (a world of one needs none); `cuda` adds NCCL for CUDA tensors when this build has it (else
+    /// they go through Gloo by way of host memory).
     pub fn connect(launch: &Launch, timeout: Duration, cuda: bool) -> Result<World> {
         if launch.world_size == 1 {
             return Ok(World { local_rank: launch.local_rank, ..World::single() });

@@ -32,7 +32,7 @@ use grpo_sdk::rng::mix;
 use grpo_sdk::Task;
 
 use crate::checkpoint::{self, CheckpointData, TrainerState};
-use crate::distributed::{fingerprint, ReduceOp, World};
+use crate::distributed::{fingerprint, Launch, World};
 use crate::error::RunFailed;
 use crate::logging::{DistInfo, Loggers, LoggingConfig, SystemMetrics};
 use crate::model::DeviceSpec;
@@ -56,7 +56,8 @@ use update::{Updater, Updates};
 pub fn run(mut config: RunConfig) -> Result<i32> {
     crate::runtime::set_threads(config.model.threads);
     crate::runtime::set_deterministic(config.model.deterministic)?;
-    if let Some(launch) = crate::distributed::Launch::from_env()?.filter(|l| l.world_size > 1) {
+    let launch = Launch::from_env()?.filter(|l| l.world_size > 1);
+    if let Some(launch) = &launch {
         // One GPU per rank: LOCAL_RANK picks it, before any CUDA work.
         config.model.device = match config.model.device {
             DeviceSpec::Auto if tch::Cuda::is_available() => DeviceSpec::Cuda(launch.local_rank),
@@ -64,8 +65,13 @@ pub fn run(mut config: RunConfig) -> Result<i32> {
             other => other,
         };
     }
-    let cuda = matches!(config.model.device, DeviceSpec::Cuda(_));
-    let world = World::from_env(Duration::from_secs_f64(config.dist.timeout_secs), cuda)?;
+    let world = match &launch {
+        Some(launch) => {
+            let cuda = matches!(config.model.device, DeviceSpec::Cuda(_));
+            World::connect(launch, Duration::from_secs_f64(config.dist.timeout_secs), cuda)?
+        }
+        None => World::single(),
+    };
     let mut trainer = Trainer::start(config, world)?;
     let outcome = trainer.train();
     trainer.finish(outcome)
@@ -283,16 +289,10 @@ impl Trainer {
     /// whether a checkpoint is due (rank 0's clock), and that the weights are still the same everywhere. Returns
     /// whether a checkpoint is due.
     fn agree_at_boundary(&mut self) -> Result<bool> {
-        let flags = [f64::from(u8::from(self.stop.requested())), f64::from(u8::from(self.checkpoint_due()))];
-        let agreed = if self.world.is_distributed() {
-            let stop = self.world.reduce_f64("agreeing on a stop", &flags[..1], ReduceOp::Max)?[0];
-            let due: f64 = self.world.from_main("agreeing on a checkpoint", flags[1])?;
-            [stop, due]
-        } else {
-            flags
-        };
-        self.stopping = agreed[0] > 0.0;
-        let due = agreed[1] > 0.0;
+        let mine = (self.stop.requested(), self.checkpoint_due());
+        let all = self.world.gather("agreeing at the batch boundary", mine)?;
+        self.stopping = all.iter().any(|&(stop, _)| stop);
+        let due = all[0].1;
         let every = self.config.dist.check_interval;
         if due || self.stopping || (every > 0 && self.state.batch.is_multiple_of(every)) {
             self.check_weights_agree()?;
@@ -306,11 +306,8 @@ impl Trainer {
         if !self.world.is_distributed() {
             return Ok(());
         }
-        let mut tensors: Vec<tch::Tensor> = self.policy.trainable().into_iter().map(|(_, t)| t).collect();
-        tensors.extend(self.optimizer.master_weights().into_values());
-        tensors.extend(self.optimizer.state().1.into_values());
         let what = format!("after batch {}", self.state.batch);
-        self.world.check_same(&what, fingerprint(&tensors))
+        self.world.check_same(&what, fingerprint(&trained_state(&self.policy, &self.optimizer)))
     }
 
     /// `--sft-warmup-steps`: supervised steps on the environment's demonstrations before the first batch
@@ -669,9 +666,19 @@ fn synchronize_start(world: &World, policy: &Policy, optimizer: &AdamW) -> Resul
     let frozen: std::collections::BTreeMap<String, tch::Tensor> =
         policy.model().var_store().variables().into_iter().collect();
     let mut all: Vec<tch::Tensor> = frozen.into_values().collect();
-    all.extend(policy.trainable().into_iter().map(|(_, t)| t));
-    all.extend(optimizer.state().1.into_values());
+    all.extend(trained_state(policy, optimizer));
     world.check_same("at start", fingerprint(&all))
+}
+
+/// What the ranks of a data-parallel run must hold bit-identical, in a fixed order: the trained weights, their f32
+/// masters (when the precision keeps them) and AdamW's moments.
+fn trained_state(policy: &Policy, optimizer: &AdamW) -> Vec<tch::Tensor> {
+    let mut tensors: Vec<tch::Tensor> = policy.trainable().into_iter().map(|(_, t)| t).collect();
+    if optimizer.has_master_weights() {
+        tensors.extend(optimizer.master_weights().into_values());
+    }
+    tensors.extend(optimizer.state().1.into_values());
+    tensors
 }
 
 /// On resume: the saved run's result-changing settings must equal these, unless `--allow-config-change`, which

@@ -136,11 +136,7 @@ impl Updater<'_> {
         // Data parallel: the window's sums from every rank, then its gradients averaged over the ranks, once per
         // optimizer step (the micro-batches before the last accumulate locally, as DDP's no_sync). The average of
         // the ranks' mean gradients is the mean over the global micro-batch, which is what one process would take.
-        let acc = if self.world.is_distributed() {
-            Accumulated::merge(self.world.gather("summing the step's loss over the ranks", acc)?)
-        } else {
-            acc
-        };
+        let acc = Accumulated::merge(self.world.gather("summing the step's loss over the ranks", acc)?);
         if acc.count == 0 {
             return Ok(None);
         }
