@@ -388,19 +388,25 @@ impl std::error::Error for Damaged {}
 
 /// Check a checkpoint directory against its manifest (or, without one, as a legacy checkpoint).
 pub fn verify(dir: &Path, level: Verify) -> std::result::Result<Integrity, Damaged> {
-    let damaged = |s: String| Err(Damaged(s));
     let text = match fs::read_to_string(dir.join(MANIFEST)) {
         Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return verify_legacy(dir),
-        Err(e) => return damaged(format!("{MANIFEST} cannot be read ({e})")),
+        Err(e) => return Err(Damaged(format!("{MANIFEST} cannot be read ({e})"))),
     };
     let manifest: Manifest = match serde_json::from_str(&text) {
         Ok(m) => m,
-        Err(e) => return damaged(format!("{MANIFEST} is not valid ({e})")),
+        Err(e) => return Err(Damaged(format!("{MANIFEST} is not valid ({e})"))),
     };
     if !manifest.files.iter().any(|f| f.path == STATE_FILE) {
-        return damaged(format!("{MANIFEST} does not list {STATE_FILE}"));
+        return Err(Damaged(format!("{MANIFEST} does not list {STATE_FILE}")));
     }
+    verify_files(dir, &manifest, level)?;
+    Ok(Integrity::Manifest)
+}
+
+/// The files a manifest lists are there with its sizes (and, at [`Verify::Full`], its hashes).
+fn verify_files(dir: &Path, manifest: &Manifest, level: Verify) -> std::result::Result<(), Damaged> {
+    let damaged = |s: String| Err(Damaged(s));
     for entry in &manifest.files {
         let path = dir.join(&entry.path);
         let size = match fs::metadata(&path) {
@@ -411,7 +417,7 @@ pub fn verify(dir: &Path, level: Verify) -> std::result::Result<Integrity, Damag
             return damaged(format!("{} is {size} bytes, the manifest says {}", entry.path, entry.size));
         }
     }
-    if level == Verify::Full && !hashed::unchanged(dir, &manifest) {
+    if level == Verify::Full && !hashed::unchanged(dir, manifest) {
         for entry in &manifest.files {
             match sha256_file(&dir.join(&entry.path)) {
                 Ok(h) if h == entry.sha256 => {}
@@ -421,9 +427,63 @@ pub fn verify(dir: &Path, level: Verify) -> std::result::Result<Integrity, Damag
                 Err(e) => return damaged(format!("{} cannot be read ({e})", entry.path)),
             }
         }
-        hashed::record(dir, &manifest);
+        hashed::record(dir, manifest);
     }
-    Ok(Integrity::Manifest)
+    Ok(())
+}
+
+/// The directory beside the `step_N` checkpoints that holds the KL reference `--sft-warmup-steps` leaves: the
+/// warmed-up model, written once when the warm-up ends, read by every resume past it. Kept out of the `step_N`
+/// rotation (`--save-total-limit`), since every later checkpoint needs it.
+pub const REFERENCE_DIR: &str = "sft_reference";
+
+/// Write the KL reference's weights into `checkpoints/sft_reference` (safetensors and a manifest, replaced whole:
+/// a failure leaves the previous one or none, never a partial one).
+pub fn save_reference(checkpoints: &Path, weights: &BTreeMap<String, Tensor>) -> Result<PathBuf> {
+    let final_dir = checkpoints.join(REFERENCE_DIR);
+    let tmp = checkpoints.join(format!(".{REFERENCE_DIR}.partial"));
+    let write = || -> Result<()> {
+        fs::create_dir_all(checkpoints).with_context(|| format!("creating {}", checkpoints.display()))?;
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp).with_context(|| format!("removing the stale {}", tmp.display()))?;
+        }
+        fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut out = Writer { root: tmp.clone(), entries: Vec::new(), fault: None };
+        out.file("model.safetensors", |w| write_tensors(w, weights))?;
+        let manifest = serde_json::to_string_pretty(&Manifest { format: 1, files: out.entries.clone() })?;
+        out.file(MANIFEST, |w| w.write_all(manifest.as_bytes()))?;
+        sync_dir(&tmp).with_context(|| format!("syncing {}", tmp.display()))?;
+        if final_dir.exists() {
+            // Only a warm-up run again from its start writes a second one; the new one replaces it.
+            fs::remove_dir_all(&final_dir).with_context(|| format!("removing {}", final_dir.display()))?;
+        }
+        fs::rename(&tmp, &final_dir).with_context(|| format!("moving it into {}", final_dir.display()))?;
+        sync_dir(checkpoints).with_context(|| format!("syncing {}", checkpoints.display()))?;
+        Ok(())
+    };
+    write().map_err(|e| {
+        let _ = fs::remove_dir_all(&tmp);
+        anyhow::anyhow!("writing the KL reference {}: {e:#}", final_dir.display())
+    })?;
+    Ok(final_dir)
+}
+
+/// Read the KL reference [`save_reference`] wrote beside the checkpoint `ckpt`, verified against its manifest.
+pub fn load_reference(ckpt: &Path) -> Result<BTreeMap<String, Tensor>> {
+    let dir = ckpt.parent().unwrap_or(ckpt).join(REFERENCE_DIR);
+    let text = fs::read_to_string(dir.join(MANIFEST)).map_err(|e| {
+        user_error!(
+            "resuming {} past the SFT warm-up needs the KL reference the warm-up saved, {} ({e}); copy it back \
+             beside the checkpoint, or resume with --kl-weight 0",
+            ckpt.display(),
+            dir.display()
+        )
+    })?;
+    let manifest: Manifest =
+        serde_json::from_str(&text).with_context(|| format!("reading {}", dir.join(MANIFEST).display()))?;
+    verify_files(&dir, &manifest, Verify::Full)
+        .map_err(|d| user_error!("the KL reference {} is damaged: {d}; resume with --kl-weight 0", dir.display()))?;
+    read_tensors(&dir.join("model.safetensors"))
 }
 
 /// Checkpoints this process has hashed in full, so that one is hashed once: `--resume` verifies every candidate

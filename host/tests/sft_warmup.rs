@@ -128,3 +128,57 @@ fn a_conversation_without_an_assistant_turn_is_a_one_line_error() {
         "{err}"
     );
 }
+
+#[test]
+fn the_kl_reference_is_the_warmed_up_model_and_a_resume_reads_it_back() {
+    let runs = tempfile::tempdir().unwrap();
+    // A large warm-up learning rate moves the tiny model far from where it started, so a reference left at the
+    // loaded model would show a large KL in the first batch.
+    let extra = ["--max-steps", "2", "--sft-lr", "3e-2", "--kl-weight", "0.1", "--checkpoint-interval", "1"];
+    let out = train(runs.path(), &extra);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run = runs.path().join("warm");
+    assert!(run.join("checkpoints/sft_reference/model.safetensors").is_file());
+    let rows = rows(&run);
+    let kl_at = |rows: &[serde_json::Value], s: u64| -> f64 {
+        let row = rows.iter().find(|r| step(r) == s && r.get("rollouts/kl_mean").is_some()).expect("a batch row");
+        row["rollouts/kl_mean"].as_f64().unwrap()
+    };
+    // The first batch samples from the warmed-up model itself: its KL from the reference is rounding only.
+    assert!(kl_at(&rows, 2).abs() < 1e-4, "first batch KL {}", kl_at(&rows, 2));
+    let sft_loss: Vec<f64> = rows.iter().filter_map(|r| r["sft/loss"].as_f64()).collect();
+    assert!(sft_loss[1] < sft_loss[0], "the warm-up moved the model: {sft_loss:?}");
+
+    // Resumed after the first batch, the second batch's KL is the uninterrupted run's to the bit: the reference
+    // came back from sft_reference, not from the model directory.
+    let second = kl_at(&rows, 3);
+    let resumed_runs = tempfile::tempdir().unwrap();
+    let copy = resumed_runs.path().join("warm");
+    copy_dir(&run, &copy);
+    std::fs::remove_dir_all(copy.join("checkpoints/step_4")).unwrap();
+    std::fs::write(copy.join("metrics.jsonl"), "").unwrap();
+    let out = train(resumed_runs.path(), &[&extra[..], &["--resume", "auto"]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(kl_at(&self::rows(&copy), 3).to_bits(), second.to_bits());
+
+    // Without it, the resume stops at once with one line saying what is missing and what to do.
+    std::fs::remove_dir_all(copy.join("checkpoints/sft_reference")).unwrap();
+    std::fs::remove_dir_all(copy.join("checkpoints/step_4")).unwrap();
+    let out = train(resumed_runs.path(), &[&extra[..], &["--resume", "auto"]].concat());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("sft_reference") && err.contains("--kl-weight 0") && err.trim().lines().count() == 1, "{err}");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}

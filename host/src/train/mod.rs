@@ -101,6 +101,8 @@ struct Trainer {
     mid_batch: bool,
     /// When the last checkpoint was written (or the run started), for `--checkpoint-every-minutes`.
     last_save: Instant,
+    /// The KL reference the warm-up just made, for the next checkpoint to write beside it (once).
+    new_reference: Option<std::collections::BTreeMap<String, tch::Tensor>>,
     /// Evaluation on held-out tasks (`--eval-every`, `--eval-before-train`), when asked for.
     evaluator: Option<crate::eval::InTraining>,
 }
@@ -204,6 +206,9 @@ impl Trainer {
         let state = match &paths.resume {
             Some(ckpt) => {
                 let state = restore(ckpt, &mut policy, &mut optimizer, &mut scaler, config.seed)?;
+                if config.sft.steps > 0 && warmed_up(&state, config.sft.steps) && config.loss.kl_weight != 0.0 {
+                    policy.set_reference(&checkpoint::load_reference(ckpt)?)?;
+                }
                 if world.is_main() {
                     eprintln!("resuming from {} (batch {}, step {})", ckpt.display(), state.batch, state.global_step);
                 }
@@ -248,6 +253,7 @@ impl Trainer {
             world,
             stopping: false,
             mid_batch: false,
+            new_reference: None,
             last_save: Instant::now(),
         })
     }
@@ -315,7 +321,7 @@ impl Trainer {
     /// skips them, and one stopped during them starts them again (no checkpoint is taken mid-warm-up).
     fn sft_warm_up(&mut self) -> Result<()> {
         let steps = self.config.sft.steps;
-        if steps == 0 || self.state.batch > 0 || self.state.global_step >= steps {
+        if steps == 0 || warmed_up(&self.state, steps) {
             return Ok(());
         }
         self.mid_batch = true;
@@ -343,6 +349,8 @@ impl Trainer {
         if let Some(masters) = masters {
             self.optimizer.load_master_weights(&masters)?;
         }
+        // The KL term now holds RL near the warmed-up model; the checkpoint below writes it for resumes.
+        self.new_reference = self.policy.rebase_reference()?;
         // A skipped (non-finite) step still counts, so a resumed run knows the warm-up is over.
         self.state.global_step = self.state.global_step.max(steps);
         self.loggers.commit();
@@ -509,7 +517,11 @@ impl Trainer {
             optimizer: self.optimizer.state(),
             state: self.state.clone(),
         };
+        if let Some(reference) = &self.new_reference {
+            checkpoint::save_reference(&self.checkpoints, reference)?;
+        }
         let dir = checkpoint::save(&self.checkpoints, data)?;
+        self.new_reference = None;
         self.last_save = Instant::now();
         // Only after the new checkpoint is durable, and never the newest.
         checkpoint::prune(&self.checkpoints, self.config.checkpoints.save_total_limit)?;
@@ -595,6 +607,11 @@ impl Trainer {
 }
 
 /// Put a checkpoint's weights (and f32 masters), moments, loss scale and counters back; the seed must be the run's.
+/// Whether a run at `state` is past its `steps` warm-up steps (a checkpoint is only ever taken after all of them).
+fn warmed_up(state: &TrainerState, steps: u64) -> bool {
+    state.batch > 0 || state.global_step >= steps
+}
+
 fn restore(
     ckpt: &Path,
     policy: &mut Policy,

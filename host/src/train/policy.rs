@@ -163,6 +163,50 @@ impl Policy {
         Ok(batched_log_probs(&self.model, exp, chunk))
     }
 
+    /// Make the model as it is now the KL reference (`--sft-warmup-steps`: the penalty should hold RL near the
+    /// warmed-up model, not pull it back to one that never wrote the environment's protocol). With LoRA the
+    /// reference becomes a frozen copy of the merged weights, since switching the adapters off would give the base
+    /// model again. Returns the reference's weights for the run's checkpoints (nothing without a reference).
+    pub fn rebase_reference(&mut self) -> Result<Option<BTreeMap<String, Tensor>>> {
+        let weights = match &self.reference {
+            Reference::None => return Ok(None),
+            Reference::AdaptersOff => self.merged_weights().context("LoRA adapters without a LoRA config")?,
+            Reference::Copy(_) => self.model.var_store().variables().into_iter().collect(),
+        };
+        self.set_reference(&weights)?;
+        let Reference::Copy(copy) = &self.reference else { unreachable!("set_reference made a copy") };
+        // The frozen copy's own tensors: they never change, and cost nothing to hand out.
+        Ok(Some(copy.var_store().variables().into_iter().collect()))
+    }
+
+    /// Put `weights` (full model, Hugging Face names) into the reference, creating the copy it needs when the
+    /// reference was the adapters-off model. Used after the warm-up and when resuming past it.
+    pub fn set_reference(&mut self, weights: &BTreeMap<String, Tensor>) -> Result<()> {
+        if matches!(self.reference, Reference::None) {
+            return Ok(());
+        }
+        if matches!(self.reference, Reference::AdaptersOff) {
+            let mut copy = Model::load(&self.model_dir, self.device(), self.kind())?;
+            copy.var_store_mut().freeze();
+            self.reference = Reference::Copy(Box::new(copy));
+        }
+        let Reference::Copy(copy) = &self.reference else { unreachable!("set above") };
+        tch::no_grad(|| -> Result<()> {
+            for (name, var) in copy.var_store().variables() {
+                let w = weights.get(&name).with_context(|| format!("the KL reference has no tensor `{name}`"))?;
+                if w.size() != var.size() {
+                    return Err(user_error!(
+                        "KL reference tensor `{name}` has shape {:?}, the model {:?}; use the run's own model",
+                        w.size(),
+                        var.size()
+                    ));
+                }
+                var.shallow_clone().copy_(&w.to_kind(var.kind()).to_device(var.device()));
+            }
+            Ok(())
+        })
+    }
+
     /// Log-probs under the reference policy, or `None` without one.
     pub fn reference_log_probs(&self, exp: &Experience, chunk: usize, kl_weight: f64) -> Result<Option<Tensor>> {
         if kl_weight == 0.0 {
