@@ -1,7 +1,8 @@
 //! Make CUDA visible to the binaries: nothing in the Rust code references a libtorch_cuda symbol, so the linker's
 //! default `--as-needed` would drop the library and `tch::Cuda::is_available()` would quietly report false.
 //! Also compiles the small C++ shims libtorch's C API lacks: the CUDA caching allocator's memory statistics
-//! (logging/cuda_memory.cpp), the deterministic-algorithms switch (deterministic.cpp) and the c10d process group
+//! (logging/cuda_memory.cpp), the deterministic-algorithms switch (deterministic.cpp), the token log-probs autograd
+//! node that keeps no logits (model/token_log_probs.cpp) and the c10d process group
 //! (distributed/c10d.cpp), which compiles against the wheel's c10d headers and the Gloo declarations beside it.
 fn main() {
     // torch-sys reports where it found libtorch (its `links = "tch"` metadata).
@@ -19,6 +20,7 @@ fn main() {
 fn build_cuda_memory_shim() {
     println!("cargo:rerun-if-changed=src/logging/cuda_memory.cpp");
     println!("cargo:rerun-if-changed=src/deterministic.cpp");
+    println!("cargo:rerun-if-changed=src/model/token_log_probs.cpp");
     println!("cargo:rerun-if-changed=src/distributed/c10d.cpp");
     println!("cargo:rerun-if-changed=src/distributed/c10d_nccl.cpp");
     println!("cargo:rerun-if-changed=src/distributed/gloo_decl");
@@ -47,6 +49,7 @@ fn build_cuda_memory_shim() {
         .warnings(false)
         .file("src/logging/cuda_memory.cpp")
         .file("src/deterministic.cpp")
+        .file("src/model/token_log_probs.cpp")
         .file("src/distributed/c10d.cpp")
         .file("src/distributed/c10d_nccl.cpp")
         .compile("grpo_cuda_memory");

@@ -40,7 +40,7 @@ fn train_args(runs: &Path, name: &str, prompts: usize, micro: usize, batches: u6
         .iter()
         .map(|s| s.to_string())
         .collect();
-    a.extend(["--model".into(), model.display().to_string()]);
+    a.extend(["--model".into(), model.display().to_string(), "--device".into(), "cpu".into()]);
     a.extend(["--rollouts-per-step".into(), prompts.to_string(), "--train-batch-size".into(), micro.to_string()]);
     a.extend(["--max-steps".into(), batches.to_string(), "--checkpoint-interval".into(), "1".into()]);
     for s in ["--max-length", "512", "--temperature", "1.0", "--lr", "5e-6", "--seed", "7", "--threads", "1"] {

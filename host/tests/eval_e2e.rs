@@ -19,6 +19,7 @@ fn gsm8k_file() -> String {
 fn shared(model: &Path) -> Vec<String> {
     let flags = [
         ("--model", model.to_str().unwrap().to_string()),
+        ("--device", "cpu".to_string()),
         ("--env", "math".to_string()),
         ("--dataset", gsm8k_file()),
         ("--eval-holdout", "3".into()),
@@ -158,7 +159,8 @@ fn training_logs_eval_at_its_steps_and_grpo_host_eval_reproduces_a_checkpoint() 
 fn a_lora_checkpoint_is_scored_over_its_base_model() {
     // A supervised warm-up step moves the adapter (reinforcement on a random model earns no reward to learn from).
     let runs = tempfile::tempdir().unwrap();
-    let common_flags = ["--env", "math", "--eval-tasks", "3", "--eval-samples", "1", "--max-new-tokens", "6"];
+    let common_flags =
+        ["--env", "math", "--device", "cpu", "--eval-tasks", "3", "--eval-samples", "1", "--max-new-tokens", "6"];
     let common_flags = [&common_flags[..], &["--max-length", "512", "--temperature", "1.0", "--seed", "7"]].concat();
     let out = Command::new(common::host_exe())
         .args(["--model", tiny_model().to_str().unwrap(), "--lora-rank", "2", "--max-steps", "1"])
@@ -204,7 +206,7 @@ fn evaluating_an_environment_without_eval_tasks_is_one_line() {
     let data = dir.path().join("tasks.jsonl");
     std::fs::write(&data, "{\"question\": \"1+1\", \"answer\": \"2\", \"num_terms\": 2, \"num_digits\": 1}\n").unwrap();
     let out = Command::new(common::host_exe())
-        .args(["eval", "--env", "math", "--model", tiny_model().to_str().unwrap()])
+        .args(["eval", "--env", "math", "--device", "cpu", "--model", tiny_model().to_str().unwrap()])
         .args(["--env-config", &format!("{{\"data_path\": \"{}\"}}", data.display())])
         .args(["--output", dir.path().join("e.json").to_str().unwrap()])
         .env_remove("GRPO_PLUGIN_PATH")

@@ -61,7 +61,7 @@ fn command(runs: &Path, name: &str, algo: Algo, log: &str) -> Command {
         Algo::Grpo => "grpo",
         Algo::Faulty => "faulty",
     };
-    cmd.args(["--algo", algo_name, "--env", "math", "--model", model.to_str().unwrap()])
+    cmd.args(["--algo", algo_name, "--env", "math", "--model", model.to_str().unwrap(), "--device", "cpu"])
         .args(["--rollouts-per-step", "2", "--group-size", "3", "--train-batch-size", "2", "--max-new-tokens", "6"])
         .args(["--max-length", "512", "--temperature", "1.0", "--lr", "1e-3", "--seed", "7", "--threads", "1"])
         .args(["--max-steps", &BATCHES.to_string(), "--checkpoint-interval", "1", "--checkpoint-every-minutes", "0"])

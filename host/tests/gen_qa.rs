@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 fn gen_qa(dir: &std::path::Path, extra: &[&str]) -> Output {
     let model = common::workspace_root().join("tests/fixtures/model/tiny/llama");
     Command::new(common::host_exe())
-        .args(["gen-qa", "--model", model.to_str().unwrap(), "--corpus"])
+        .args(["gen-qa", "--device", "cpu", "--model", model.to_str().unwrap(), "--corpus"])
         .arg(dir.join("corpus"))
         .arg("--out")
         .arg(dir.join("questions.json"))

@@ -67,6 +67,81 @@ fn token_log_probs_match_transformers_in_any_chunking() {
     }
 }
 
+/// The plain autograd expression `token_log_probs` replaced: f32 logits per chunk, kept for backward.
+fn plain_token_log_probs(model: &Model, ids: &Tensor, mask: &Tensor, chunk: i64) -> Tensor {
+    let t = ids.size()[1];
+    let hidden = model.hidden_states(ids, mask, &Model::position_ids(mask));
+    let mut parts = Vec::new();
+    for s in (0..t - 1).step_by(chunk as usize) {
+        let c = chunk.min(t - 1 - s);
+        let logits = model.lm_head(&hidden.narrow(1, s, c)).to_kind(Kind::Float);
+        let picked = logits.gather(-1, &ids.narrow(1, s + 1, c).unsqueeze(-1), false).squeeze_dim(-1);
+        parts.push(picked - logits.logsumexp([-1i64].as_slice(), false));
+    }
+    Tensor::cat(&parts, 1)
+}
+
+/// Gradients of every parameter after backpropagating `weights * log p`, then zeroed.
+fn grads(model: &Model, lp: &Tensor, weights: &Tensor) -> Vec<(String, Tensor)> {
+    (lp * weights).sum(Kind::Float).backward();
+    let mut out: Vec<(String, Tensor)> = model
+        .var_store()
+        .variables()
+        .into_iter()
+        .map(|(name, v)| {
+            let g = v.grad().to_kind(Kind::Float).copy();
+            let _ = v.grad().zero_();
+            (name, g)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+#[test]
+fn token_log_probs_keep_no_logits_yet_give_the_plain_gradients() {
+    // Tied (qwen2) and separate (llama) output heads; chunks that divide the length and ones that do not.
+    for (fam, kind, tol) in [("qwen2", Kind::Float, 1e-5), ("llama", Kind::Float, 1e-5), ("llama", Kind::BFloat16, 0.1)]
+    {
+        let model = Model::load(&tiny(fam), Device::Cpu, kind).unwrap();
+        let r = reference(&tiny(fam));
+        let (ids, mask) = (&r["input_ids"], &r["attention_mask"]);
+        let t = ids.size()[1];
+        tch::manual_seed(7);
+        // Like a policy-gradient loss: per-token weights of both signs, zero on padding.
+        let weights = Tensor::randn([3, t - 1], (Kind::Float, Device::Cpu)) * mask.narrow(1, 1, t - 1);
+        for chunk in [1, 3, 100] {
+            let plain = plain_token_log_probs(&model, ids, mask, chunk);
+            let expected = grads(&model, &plain, &weights);
+            let lp = model.token_log_probs_chunked(ids, mask, chunk);
+            assert!(lp.equal(&plain.detach()), "{fam} {kind:?} chunk {chunk}: forward values differ");
+            let got = grads(&model, &lp, &weights);
+            for ((name, e), (_, g)) in expected.iter().zip(&got) {
+                let scale = e.abs().max().double_value(&[]).max(1e-6);
+                let diff = (e - g).abs().max().double_value(&[]) / scale;
+                assert!(diff <= tol, "{fam} {kind:?} chunk {chunk}: {name} gradient differs by {diff} (relative)");
+            }
+            let head = expected.iter().find(|(n, _)| n.contains("embed_tokens") || n.contains("lm_head")).unwrap();
+            assert!(head.1.abs().max().double_value(&[]) > 0.0, "{fam}: the head received a gradient");
+        }
+    }
+    // A frozen head (LoRA) gets no gradient and the hidden states still do.
+    let hidden = Tensor::randn([2, 5, 8], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+    let head = Tensor::randn([11, 8], (Kind::Float, Device::Cpu));
+    let targets = Tensor::randint(11, [2, 5], (Kind::Int64, Device::Cpu));
+    grpo_host::model::token_log_probs_of(&hidden, &head, &targets, 2).sum(Kind::Float).backward();
+    let expected_hidden = {
+        let h = hidden.detach().set_requires_grad(true);
+        let logits = h.linear::<Tensor>(&head, None);
+        let lp = logits.gather(-1, &targets.unsqueeze(-1), false).squeeze_dim(-1)
+            - logits.logsumexp([-1i64].as_slice(), false);
+        lp.sum(Kind::Float).backward();
+        h.grad()
+    };
+    assert!((hidden.grad() - expected_hidden).abs().max().double_value(&[]) < 1e-5);
+    assert!(!head.grad().defined());
+}
+
 #[test]
 fn parameters_carry_hf_names_and_gradients_flow() {
     let model = Model::load(&tiny("qwen2"), Device::Cpu, Kind::Float).unwrap();

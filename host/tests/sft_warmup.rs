@@ -30,6 +30,8 @@ fn train(runs: &Path, extra: &[&str]) -> Output {
         "calc_tools",
         "--model",
         model.to_str().unwrap(),
+        "--device",
+        "cpu",
         "--rollouts-per-step",
         "2",
         "--group-size",
@@ -97,6 +99,8 @@ fn sft_on_demonstrations_saves_a_model_that_loads() {
         "calc_tools",
         "--model",
         model.to_str().unwrap(),
+        "--device",
+        "cpu",
         "--max-steps",
         "2",
         "--batch-size",
@@ -110,7 +114,17 @@ fn sft_on_demonstrations_saves_a_model_that_loads() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("sft step 2/2: sft/loss"), "{stdout}");
     let saved = output.join("step_2");
-    let out = run(&["generate", "--model", saved.to_str().unwrap(), "--prompt", "hi", "--max-new-tokens", "2"]);
+    let out = run(&[
+        "generate",
+        "--device",
+        "cpu",
+        "--model",
+        saved.to_str().unwrap(),
+        "--prompt",
+        "hi",
+        "--max-new-tokens",
+        "2",
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
@@ -120,7 +134,17 @@ fn a_conversation_without_an_assistant_turn_is_a_one_line_error() {
     let bad = dir.path().join("bad.jsonl");
     std::fs::write(&bad, "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n").unwrap();
     let model = tiny_model();
-    let out = run(&["sft", "--data", bad.to_str().unwrap(), "--model", model.to_str().unwrap(), "--max-steps", "1"]);
+    let out = run(&[
+        "sft",
+        "--device",
+        "cpu",
+        "--data",
+        bad.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--max-steps",
+        "1",
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(

@@ -19,6 +19,7 @@ fn command(runs: &Path, name: &str, extra: &[&str]) -> Command {
         ("--algo", "grpo"),
         ("--env", "math"),
         ("--model", model.to_str().unwrap()),
+        ("--device", "cpu"),
         ("--rollouts-per-step", "2"),
         ("--group-size", "3"),
         ("--train-batch-size", "2"),

@@ -24,11 +24,25 @@ impl DeviceSpec {
     /// The libtorch device; a CUDA device that is not there is a user error naming what is.
     pub fn resolve(self) -> anyhow::Result<Device> {
         match self {
-            DeviceSpec::Auto => Ok(Device::cuda_if_available()),
+            DeviceSpec::Auto if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+            DeviceSpec::Auto => {
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| {
+                    eprintln!(
+                        "device auto: CUDA cannot be used ({}); running on the CPU (--device cpu says so and \
+                         silences this)",
+                        cuda_unavailable_reason()
+                    )
+                });
+                Ok(Device::Cpu)
+            }
             DeviceSpec::Cpu => Ok(Device::Cpu),
             DeviceSpec::Cuda(n) => {
                 if !tch::Cuda::is_available() {
-                    return Err(user_error!("device {self}: CUDA is not available on this machine; use cpu"));
+                    return Err(user_error!(
+                        "device {self}: CUDA cannot be used: {}; fix that or pass --device cpu",
+                        cuda_unavailable_reason()
+                    ));
                 }
                 let count = tch::Cuda::device_count().max(0) as usize;
                 if n >= count {
@@ -36,6 +50,51 @@ impl DeviceSpec {
                 }
                 Ok(Device::Cuda(n))
             }
+        }
+    }
+}
+
+/// Why libtorch sees no CUDA device, asked of the CUDA libraries themselves: the runtime libtorch was built with
+/// (already loaded when libtorch has CUDA) and the driver's `libcuda.so.1`. The usual causes are no NVIDIA driver, a
+/// driver older than the runtime (the torch wheel is a CUDA 13 build), and no visible device.
+pub fn cuda_unavailable_reason() -> String {
+    type GetVersion = unsafe extern "C" fn(*mut i32) -> i32;
+    let version = |v: i32| format!("{}.{}", v / 1000, (v % 1000) / 10);
+    // SAFETY: the two libraries are the CUDA runtime and driver, whose version queries take an int pointer and
+    // return an error code; nothing is called when a symbol is missing.
+    unsafe {
+        let runtime = ["libcudart.so.13", "libcudart.so.12", "libcudart.so"]
+            .iter()
+            .find_map(|name| libloading::Library::new(name).ok())
+            .and_then(|lib| {
+                let get: libloading::Symbol<GetVersion> = lib.get(b"cudaRuntimeGetVersion\0").ok()?;
+                let mut v = 0;
+                (get(&mut v) == 0).then_some(v)
+            });
+        let Some(runtime) = runtime else {
+            return "this libtorch has no CUDA runtime (a CPU-only build)".to_string();
+        };
+        let Ok(driver_lib) = libloading::Library::new("libcuda.so.1") else {
+            return format!(
+                "no NVIDIA driver: libcuda.so.1 is not installed (libtorch needs CUDA {})",
+                version(runtime)
+            );
+        };
+        let driver = driver_lib.get::<GetVersion>(b"cuDriverGetVersion\0").ok().and_then(|get| {
+            let mut v = 0;
+            (get(&mut v) == 0).then_some(v)
+        });
+        match driver {
+            Some(d) if d < runtime => format!(
+                "the NVIDIA driver supports CUDA up to {}, this libtorch needs {}; update the driver",
+                version(d),
+                version(runtime)
+            ),
+            Some(_) if std::env::var("CUDA_VISIBLE_DEVICES").is_ok_and(|v| v.trim().is_empty() || v == "-1") => {
+                "CUDA_VISIBLE_DEVICES hides every GPU".to_string()
+            }
+            Some(_) => "the NVIDIA driver sees no usable GPU".to_string(),
+            None => "the NVIDIA driver does not answer (cuDriverGetVersion failed)".to_string(),
         }
     }
 }
@@ -119,5 +178,11 @@ mod tests {
         assert_eq!("bfloat16".parse::<DtypeSpec>().unwrap(), DtypeSpec::Bf16);
         assert_eq!(DtypeSpec::Auto.resolve(Device::Cpu), Kind::Float);
         assert_eq!(DeviceSpec::Cpu.resolve().unwrap(), Device::Cpu);
+        if !tch::Cuda::is_available() {
+            // Without CUDA, auto runs on the CPU and an explicit cuda device is refused naming why.
+            assert_eq!(DeviceSpec::Auto.resolve().unwrap(), Device::Cpu);
+            let err = DeviceSpec::Cuda(0).resolve().unwrap_err().to_string();
+            assert!(err.contains("CUDA cannot be used: ") && err.contains(&cuda_unavailable_reason()), "{err}");
+        }
     }
 }

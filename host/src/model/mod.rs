@@ -324,7 +324,8 @@ impl Model {
 
     /// `[B, T-1]` f32: entry `t` is log p(input_ids[t+1] | input_ids[..=t]). Positions come from the mask.
     /// The vocabulary projection and log-softmax run in chunks of positions so that at most about 2^26 f32
-    /// logits exist at once (under autograd the f32 logits of each chunk are kept for the backward pass).
+    /// logits exist at once, in the forward and in the backward pass (which recomputes them: see
+    /// [`token_log_probs_of`]).
     pub fn token_log_probs(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Tensor {
         let (b, _) = (input_ids.size()[0], input_ids.size()[1]);
         let per_pos = (b * self.cfg.vocab_size).max(1);
@@ -335,23 +336,13 @@ impl Model {
     /// [`Model::token_log_probs`] with an explicit chunk length (positions per vocabulary projection).
     pub fn token_log_probs_chunked(&self, input_ids: &Tensor, attention_mask: &Tensor, chunk: i64) -> Tensor {
         let t = input_ids.size()[1];
-        let pos = Self::position_ids(attention_mask);
-        let hidden = self.hidden_states(input_ids, attention_mask, &pos);
-        let n = t - 1;
-        let mut parts = Vec::new();
-        let mut s = 0;
-        while s < n {
-            let c = chunk.min(n - s);
-            let logits = self.lm_head(&hidden.narrow(1, s, c)).to_kind(Kind::Float);
-            let target = input_ids.narrow(1, s + 1, c).unsqueeze(-1);
-            let picked = logits.gather(-1, &target, false).squeeze_dim(-1);
-            parts.push(picked - logits.logsumexp([-1i64].as_slice(), false));
-            s += c;
-        }
-        if parts.is_empty() {
+        if t < 2 {
             return Tensor::zeros([input_ids.size()[0], 0], (Kind::Float, input_ids.device()));
         }
-        Tensor::cat(&parts, 1)
+        let pos = Self::position_ids(attention_mask);
+        let hidden = self.hidden_states(input_ids, attention_mask, &pos);
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        token_log_probs_of(&hidden.narrow(1, 0, t - 1), head, &input_ids.narrow(1, 1, t - 1), chunk)
     }
 
     /// An empty cache for `batch` sequences of up to `capacity` tokens.
@@ -389,4 +380,41 @@ impl Model {
         cache.len = offset + t;
         Ok(out)
     }
+}
+
+extern "C" {
+    fn grpo_token_log_probs(
+        hidden: *mut std::ffi::c_void,
+        weight: *mut std::ffi::c_void,
+        targets: *mut std::ffi::c_void,
+        chunk: i64,
+        err: *mut std::ffi::c_char,
+        err_len: usize,
+    ) -> *mut torch_sys::C_tensor;
+}
+
+/// `[B, N]` f32 log-probs of `targets` `[B, N]` under the logits `hidden` `[B, N, H]` x `weight` `[V, H]`, computed
+/// `chunk` positions at a time. One autograd node (model/token_log_probs.cpp) that saves no logits: its backward
+/// recomputes each chunk's, so training holds one chunk of f32 logits at a time instead of all of them (about 5 GB
+/// at 8 x 1024 tokens and Qwen's 151,936-token vocabulary). Values and gradients are the plain autograd
+/// expression's (`linear`, f32, `gather - logsumexp`); panics, as tch's own operations do, when libtorch fails.
+pub fn token_log_probs_of(hidden: &Tensor, weight: &Tensor, targets: &Tensor, chunk: i64) -> Tensor {
+    let mut err = vec![0 as std::ffi::c_char; 1024];
+    // SAFETY: the three pointers are live tensors for the duration of the call, and a non-null result is a new
+    // heap-allocated tensor whose ownership passes to the returned value.
+    let out = unsafe {
+        grpo_token_log_probs(
+            hidden.as_ptr() as *mut _,
+            weight.as_ptr() as *mut _,
+            targets.as_ptr() as *mut _,
+            chunk.max(1),
+            err.as_mut_ptr(),
+            err.len(),
+        )
+    };
+    if out.is_null() {
+        let msg = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned();
+        panic!("token log-probs: {msg}");
+    }
+    unsafe { Tensor::from_ptr(out) }
 }

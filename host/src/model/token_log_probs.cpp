@@ -1,0 +1,84 @@
+// Log-probabilities of given tokens under a vocabulary projection, as one autograd node that keeps no logits.
+//
+// Autograd over `linear -> float -> logsumexp/gather` saves every chunk's f32 logits for the backward pass: at
+// 8 x 1024 positions and a 151,936-token vocabulary that is about 5 GB. This node saves only its inputs (the
+// hidden states, which the projection's backward needs anyway, the weight and the targets) and recomputes each
+// chunk's logits in the backward pass, so at most one chunk of logits exists at a time in either direction.
+// tch has no custom autograd functions, hence C++.
+#include <torch/torch.h>
+
+#include <cstring>
+#include <string>
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// hidden [B, N, H] (model dtype), weight [V, H], targets [B, N] int64 -> [B, N] f32.
+struct TokenLogProbs : public torch::autograd::Function<TokenLogProbs> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& hidden, const at::Tensor& weight,
+                            const at::Tensor& targets, int64_t chunk) {
+    const int64_t n = hidden.size(1);
+    auto out = at::empty({hidden.size(0), n}, hidden.options().dtype(at::kFloat));
+    for (int64_t s = 0; s < n; s += chunk) {
+      const int64_t c = std::min(chunk, n - s);
+      // The same operations, in the same order, as the plain autograd expression: forward values are unchanged.
+      auto logits = at::linear(hidden.narrow(1, s, c), weight).to(at::kFloat);
+      auto picked = logits.gather(-1, targets.narrow(1, s, c).unsqueeze(-1)).squeeze(-1);
+      out.narrow(1, s, c).copy_(picked - logits.logsumexp({-1}, false));
+    }
+    ctx->save_for_backward({hidden, weight, targets});
+    ctx->saved_data["chunk"] = chunk;
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const auto& hidden = saved[0];
+    const auto& weight = saved[1];
+    const auto& targets = saved[2];
+    const int64_t chunk = ctx->saved_data["chunk"].toInt();
+    const auto g = grads[0].to(at::kFloat);
+    const bool want_hidden = ctx->needs_input_grad(0);
+    const bool want_weight = ctx->needs_input_grad(1);
+    const int64_t n = hidden.size(1), h = hidden.size(2), v = weight.size(0);
+    at::Tensor grad_hidden = want_hidden ? at::zeros_like(hidden) : at::Tensor();
+    // Summed over chunks in f32, then cast once (autograd would sum the chunks' contributions in the weight dtype).
+    at::Tensor grad_weight = want_weight ? at::zeros({v, h}, weight.options().dtype(at::kFloat)) : at::Tensor();
+    for (int64_t s = 0; s < n && (want_hidden || want_weight); s += chunk) {
+      const int64_t c = std::min(chunk, n - s);
+      auto hs = hidden.narrow(1, s, c);
+      auto logits = at::linear(hs, weight).to(at::kFloat);
+      auto gs = g.narrow(1, s, c).unsqueeze(-1);
+      // d(picked - logsumexp)/d logits = onehot(target) - softmax(logits), times the incoming gradient.
+      auto grad_logits = logits.softmax(-1).mul_(gs).neg_();
+      grad_logits.scatter_add_(-1, targets.narrow(1, s, c).unsqueeze(-1), gs);
+      logits = at::Tensor();
+      auto gl = grad_logits.to(weight.scalar_type());
+      if (want_hidden) grad_hidden.narrow(1, s, c).copy_(at::matmul(gl, weight));
+      if (want_weight) grad_weight.add_(at::mm(gl.reshape({-1, v}).t(), hs.reshape({-1, h})).to(at::kFloat));
+    }
+    return {grad_hidden, want_weight ? grad_weight.to(weight.scalar_type()) : at::Tensor(), at::Tensor(),
+            at::Tensor()};
+  }
+};
+
+void write_error(char* err, size_t len, const char* what) {
+  if (len == 0) return;
+  std::strncpy(err, what, len - 1);
+  err[len - 1] = '\0';
+}
+
+}  // namespace
+
+extern "C" at::Tensor* grpo_token_log_probs(at::Tensor* hidden, at::Tensor* weight, at::Tensor* targets,
+                                            int64_t chunk, char* err, size_t err_len) {
+  try {
+    return new at::Tensor(TokenLogProbs::apply(*hidden, *weight, *targets, std::max<int64_t>(chunk, 1)));
+  } catch (const std::exception& e) {
+    // Exceptions must not cross into Rust.
+    write_error(err, err_len, e.what());
+    return nullptr;
+  }
+}
