@@ -29,8 +29,8 @@ impl DeviceSpec {
                 static SAID: std::sync::Once = std::sync::Once::new();
                 SAID.call_once(|| {
                     eprintln!(
-                        "device auto: CUDA cannot be used ({}); running on the CPU (--device cpu says so and \
-                         silences this)",
+                        "device auto: CUDA cannot be used ({}); running on the CPU (pass --device cpu to silence \
+                         this line)",
                         cuda_unavailable_reason()
                     )
                 });
@@ -76,7 +76,7 @@ pub fn cuda_unavailable_reason() -> String {
         };
         let Ok(driver_lib) = libloading::Library::new("libcuda.so.1") else {
             return format!(
-                "no NVIDIA driver: libcuda.so.1 is not installed (libtorch needs CUDA {})",
+                "no NVIDIA driver: libcuda.so.1 is not installed; this libtorch needs CUDA {}",
                 version(runtime)
             );
         };

@@ -191,20 +191,7 @@ impl Policy {
             self.reference = Reference::Copy(Box::new(copy));
         }
         let Reference::Copy(copy) = &self.reference else { unreachable!("set above") };
-        tch::no_grad(|| -> Result<()> {
-            for (name, var) in copy.var_store().variables() {
-                let w = weights.get(&name).with_context(|| format!("the KL reference has no tensor `{name}`"))?;
-                if w.size() != var.size() {
-                    return Err(user_error!(
-                        "KL reference tensor `{name}` has shape {:?}, the model {:?}; use the run's own model",
-                        w.size(),
-                        var.size()
-                    ));
-                }
-                var.shallow_clone().copy_(&w.to_kind(var.kind()).to_device(var.device()));
-            }
-            Ok(())
-        })
+        copy_by_name(&copy.var_store().variables(), weights, "the KL reference")
     }
 
     /// Log-probs under the reference policy, or `None` without one.
@@ -280,24 +267,33 @@ impl Policy {
                 if adapter { "full weights" } else { "a LoRA adapter" }
             ));
         }
-        let vars = self.trained_store().variables();
-        tch::no_grad(|| -> Result<()> {
-            for (name, var) in &vars {
-                let saved = weights
-                    .get(name)
-                    .with_context(|| format!("the checkpoint has no tensor `{name}`; it belongs to another model"))?;
-                if saved.size() != var.size() {
-                    return Err(user_error!(
-                        "checkpoint tensor `{name}` has shape {:?}, the model {:?}; use the same model and --lora-rank",
-                        saved.size(),
-                        var.size()
-                    ));
-                }
-                var.shallow_clone().copy_(&saved.to_kind(var.kind()).to_device(var.device()));
-            }
-            Ok(())
-        })
+        copy_by_name(&self.trained_store().variables(), weights, "the checkpoint")
     }
+}
+
+/// Copy `weights` into the variables of the same names, each converted to its variable's dtype and device; `source`
+/// names where the weights came from in the one-line errors for a missing tensor or another shape.
+fn copy_by_name(
+    vars: &std::collections::HashMap<String, Tensor>,
+    weights: &BTreeMap<String, Tensor>,
+    source: &str,
+) -> Result<()> {
+    tch::no_grad(|| {
+        for (name, var) in vars {
+            let saved = weights
+                .get(name)
+                .with_context(|| format!("{source} has no tensor `{name}`; it belongs to another model"))?;
+            if saved.size() != var.size() {
+                return Err(user_error!(
+                    "{source}'s tensor `{name}` has shape {:?}, the model {:?}; use the same model and --lora-rank",
+                    saved.size(),
+                    var.size()
+                ));
+            }
+            var.shallow_clone().copy_(&saved.to_kind(var.kind()).to_device(var.device()));
+        }
+        Ok(())
+    })
 }
 
 /// `[N, T-1]` log-probs of every sequence of `exp` in chunks of `chunk` rows, without grad.
