@@ -78,6 +78,9 @@ fn warm_up_steps_come_first_are_logged_checkpointed_and_skipped_on_resume() {
     }
     let first_rl = rows.iter().find(|r| r.get("rollouts/returns_mean").is_some()).map(step);
     assert_eq!(first_rl, Some(2));
+    // The environment's counters cover the batch's 2 x 2 rollouts, not the 4 demonstrations played before them.
+    let episodes = rows.iter().find_map(|r| r["calc_tools/episodes"].as_f64());
+    assert_eq!(episodes, Some(4.0));
     assert!(run.join("checkpoints/step_2").is_dir());
 
     // Resumed from the warm-up's checkpoint, the run goes straight to reinforcement learning.

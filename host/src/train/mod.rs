@@ -351,6 +351,9 @@ impl Trainer {
         }
         // The KL term now holds RL near the warmed-up model; the checkpoint below writes it for resumes.
         self.new_reference = self.policy.rebase_reference()?;
+        // The demonstrations were played through the environment; its counters (`group_rates/*`, episodes) must
+        // start from the first batch's rollouts, not include them.
+        self.env.metrics()?;
         // A skipped (non-finite) step still counts, so a resumed run knows the warm-up is over.
         self.state.global_step = self.state.global_step.max(steps);
         self.loggers.commit();
