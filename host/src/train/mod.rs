@@ -609,12 +609,12 @@ impl Trainer {
     }
 }
 
-/// Put a checkpoint's weights (and f32 masters), moments, loss scale and counters back; the seed must be the run's.
 /// Whether a run at `state` is past its `steps` warm-up steps (a checkpoint is only ever taken after all of them).
 fn warmed_up(state: &TrainerState, steps: u64) -> bool {
     state.batch > 0 || state.global_step >= steps
 }
 
+/// Put a checkpoint's weights (and f32 masters), moments, loss scale and counters back; the seed must be the run's.
 fn restore(
     ckpt: &Path,
     policy: &mut Policy,
