@@ -21,6 +21,7 @@ fn build_cuda_memory_shim() {
     println!("cargo:rerun-if-changed=src/logging/cuda_memory.cpp");
     println!("cargo:rerun-if-changed=src/deterministic.cpp");
     println!("cargo:rerun-if-changed=src/model/token_log_probs.cpp");
+    println!("cargo:rerun-if-changed=src/shim_error.h");
     println!("cargo:rerun-if-changed=src/distributed/c10d.cpp");
     println!("cargo:rerun-if-changed=src/distributed/c10d_nccl.cpp");
     println!("cargo:rerun-if-changed=src/distributed/gloo_decl");

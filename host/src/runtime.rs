@@ -20,6 +20,27 @@ pub fn set_threads(threads: Option<i32>) {
     }
 }
 
+/// An error buffer for the C++ shims (shim_error.h writes into it), read back as one line.
+pub(crate) struct ErrBuf([std::ffi::c_char; 1024]);
+
+impl ErrBuf {
+    /// A zeroed buffer.
+    pub(crate) fn new() -> Self {
+        ErrBuf([0; 1024])
+    }
+
+    /// Where the shim writes; it takes this and 1024 as its length.
+    pub(crate) fn ptr(&mut self) -> *mut std::ffi::c_char {
+        self.0.as_mut_ptr()
+    }
+
+    /// The message, newlines folded so it stays one line.
+    pub(crate) fn text(&self) -> String {
+        // SAFETY: the shim always NUL-terminates within the buffer, and the buffer starts zeroed.
+        unsafe { std::ffi::CStr::from_ptr(self.0.as_ptr()) }.to_string_lossy().replace('\n', " ")
+    }
+}
+
 extern "C" {
     fn grpo_set_deterministic(on: i32) -> i32;
 }

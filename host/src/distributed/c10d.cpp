@@ -7,6 +7,8 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
+#include "../shim_error.h"
+
 #include <chrono>
 #include <cstring>
 #include <exception>
@@ -33,11 +35,7 @@ struct Group {
   }
 };
 
-void put_error(const char* what, char* err, size_t err_len) {
-  if (err == nullptr || err_len == 0) return;
-  std::strncpy(err, what, err_len - 1);
-  err[err_len - 1] = '\0';
-}
+using grpo::put_error;
 
 // Run `f`, turning an exception into -1 and its message.
 template <typename F>

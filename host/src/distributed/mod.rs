@@ -10,7 +10,7 @@
 
 mod launch;
 
-use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::ffi::{c_char, c_int, c_void, CString};
 use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,7 @@ use tch::{Device, Kind, Tensor};
 
 pub use launch::Launch;
 
+use crate::runtime::ErrBuf;
 use crate::user_error;
 
 extern "C" {
@@ -73,22 +74,6 @@ pub enum ReduceOp {
     Max,
     /// Element-wise minimum.
     Min,
-}
-
-/// An error buffer for the shim, read back as one line.
-struct ErrBuf([c_char; 1024]);
-
-impl ErrBuf {
-    fn new() -> Self {
-        ErrBuf([0; 1024])
-    }
-    fn ptr(&mut self) -> *mut c_char {
-        self.0.as_mut_ptr()
-    }
-    fn text(&self) -> String {
-        // SAFETY: the shim always NUL-terminates within the buffer, and the buffer starts zeroed.
-        unsafe { CStr::from_ptr(self.0.as_ptr()) }.to_string_lossy().replace('\n', " ")
-    }
 }
 
 /// A c10d process group (Gloo, with NCCL beside it for CUDA tensors when asked), owned; destroyed on drop.

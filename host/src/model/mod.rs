@@ -399,7 +399,7 @@ extern "C" {
 /// at 8 x 1024 tokens and Qwen's 151,936-token vocabulary). Values and gradients are the plain autograd
 /// expression's (`linear`, f32, `gather - logsumexp`); panics, as tch's own operations do, when libtorch fails.
 pub fn token_log_probs_of(hidden: &Tensor, weight: &Tensor, targets: &Tensor, chunk: i64) -> Tensor {
-    let mut err = vec![0 as std::ffi::c_char; 1024];
+    let mut err = crate::runtime::ErrBuf::new();
     // SAFETY: the three pointers are live tensors for the duration of the call, and a non-null result is a new
     // heap-allocated tensor whose ownership passes to the returned value.
     let out = unsafe {
@@ -408,13 +408,12 @@ pub fn token_log_probs_of(hidden: &Tensor, weight: &Tensor, targets: &Tensor, ch
             weight.as_ptr() as *mut _,
             targets.as_ptr() as *mut _,
             chunk.max(1),
-            err.as_mut_ptr(),
-            err.len(),
+            err.ptr(),
+            1024,
         )
     };
     if out.is_null() {
-        let msg = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned();
-        panic!("token log-probs: {msg}");
+        panic!("token log-probs: {}", err.text());
     }
     unsafe { Tensor::from_ptr(out) }
 }

@@ -7,8 +7,7 @@
 // tch has no custom autograd functions, hence C++.
 #include <torch/torch.h>
 
-#include <cstring>
-#include <string>
+#include "../shim_error.h"
 
 namespace {
 
@@ -64,12 +63,6 @@ struct TokenLogProbs : public torch::autograd::Function<TokenLogProbs> {
   }
 };
 
-void write_error(char* err, size_t len, const char* what) {
-  if (len == 0) return;
-  std::strncpy(err, what, len - 1);
-  err[len - 1] = '\0';
-}
-
 }  // namespace
 
 extern "C" at::Tensor* grpo_token_log_probs(at::Tensor* hidden, at::Tensor* weight, at::Tensor* targets,
@@ -78,7 +71,7 @@ extern "C" at::Tensor* grpo_token_log_probs(at::Tensor* hidden, at::Tensor* weig
     return new at::Tensor(TokenLogProbs::apply(*hidden, *weight, *targets, std::max<int64_t>(chunk, 1)));
   } catch (const std::exception& e) {
     // Exceptions must not cross into Rust.
-    write_error(err, err_len, e.what());
+    grpo::put_error(e.what(), err, err_len);
     return nullptr;
   }
 }

@@ -349,8 +349,9 @@ impl Trainer {
         if let Some(masters) = masters {
             self.optimizer.load_master_weights(&masters)?;
         }
-        // The KL term now holds RL near the warmed-up model; the checkpoint below writes it for resumes.
-        self.new_reference = self.policy.rebase_reference()?;
+        // The KL term now holds RL near the warmed-up model; the checkpoint below writes it for resumes (rank 0
+        // writes the run's files).
+        self.new_reference = self.policy.rebase_reference()?.filter(|_| self.world.is_main());
         // The demonstrations were played through the environment; its counters (`group_rates/*`, episodes) must
         // start from the first batch's rollouts, not include them.
         self.env.metrics()?;
