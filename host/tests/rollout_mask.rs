@@ -76,8 +76,10 @@ fn action_segments_are_exactly_the_assistant_turns() {
         max_length: 4096,
         sampling: SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0 },
         ignore_eos: false,
+        max_batch_rows: None,
     };
-    let rollouts = run_episodes(&model, &tokenizer, &env, &tasks, &cfg, &task_seeds(11, 0, tasks.len())).unwrap();
+    let rollouts =
+        run_episodes(&model, &tokenizer, &env, &tasks, &cfg, &task_seeds(11, 0, tasks.len())).unwrap().rollouts;
     assert_eq!(rollouts.len(), 6);
 
     let mut segments: Vec<String> = Vec::new();

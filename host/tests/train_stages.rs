@@ -58,6 +58,7 @@ fn batch(accumulate: usize) -> BatchSettings {
         max_new_tokens: 6,
         max_length: 512,
         max_turns: 1,
+        max_batch_rows: None,
     }
 }
 
@@ -72,9 +73,11 @@ fn scored_batch(policy: &Policy, algo: &AlgorithmPlugin, env: &EnvironmentPlugin
         max_length: batch.max_length,
         sampling: SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0 },
         ignore_eos: false,
+        max_batch_rows: None,
     };
-    let rollouts =
-        run_episodes(policy.model(), policy.tokenizer(), env, &tasks, &cfg, &task_seeds(11, 0, tasks.len())).unwrap();
+    let rollouts = run_episodes(policy.model(), policy.tokenizer(), env, &tasks, &cfg, &task_seeds(11, 0, tasks.len()))
+        .unwrap()
+        .rollouts;
     assert_eq!(rollouts.len(), 6);
     let mut scored = scored::score(algo, rollouts, batch.group_size).unwrap();
     for group in scored.advantage_values.chunks(3) {

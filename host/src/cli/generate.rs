@@ -43,6 +43,10 @@ pub struct GenerateArgs {
     /// Random seed; the same seed reproduces the same samples on CPU.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Samples decoding at once, each with its cache slot (default: all of them, as memory allows); a sample that
+    /// ends frees its slot for the next.
+    #[arg(long)]
+    pub max_batch_rows: Option<usize>,
     /// Print one JSON object (ids, text, log-probs, finish reasons, tokens/s) instead of text.
     #[arg(long)]
     pub json: bool,
@@ -86,6 +90,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<i32> {
         eos_ids: if args.sampling.ignore_eos { Vec::new() } else { tokenizer.eos_token_ids().to_vec() },
         seed: args.seed,
         row_seeds: Vec::new(),
+        max_batch_rows: args.max_batch_rows,
     };
 
     let stream = args.num_samples == 1 && !args.json;

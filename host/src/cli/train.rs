@@ -88,6 +88,10 @@ pub struct TrainArgs {
     /// Most assistant turns in one episode (an environment usually ends it sooner).
     #[arg(long, default_value_t = 4)]
     pub max_turns: usize,
+    /// Episodes the rollout engine keeps in its batch at once, each with its cache slot (default: the whole
+    /// batch, or as many as fit in a quarter of free memory, half of free GPU memory on CUDA).
+    #[arg(long)]
+    pub max_batch_rows: Option<usize>,
     /// Temperature and sampling filters.
     #[command(flatten)]
     pub sampling: SamplingArgs,
@@ -266,6 +270,7 @@ impl TrainArgs {
                 max_new_tokens: self.max_new_tokens,
                 max_length: self.max_length,
                 max_turns: self.max_turns,
+                max_batch_rows: self.max_batch_rows,
             },
             optimizer: OptimizerSettings {
                 lr: self.lr,
@@ -319,6 +324,9 @@ impl TrainArgs {
             ("--max-new-tokens", self.max_new_tokens),
             ("--max-turns", self.max_turns),
         ];
+        if self.max_batch_rows == Some(0) {
+            return Err(user_error!("--max-batch-rows must be at least 1"));
+        }
         for (flag, value) in positive {
             if value == 0 {
                 return Err(user_error!("{flag} must be at least 1"));

@@ -226,19 +226,16 @@ pub fn evaluate(
         max_length: limits.max_length,
         sampling,
         ignore_eos: false,
+        max_batch_rows: None,
     };
     let greedy_sampling = SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0 };
     let greedy_cfg = config(1, greedy_sampling);
     let mut greedy: Vec<Rollout> = Vec::with_capacity(tasks.len());
     for (c, part) in tasks.chunks(chunk).enumerate() {
-        greedy.extend(run_episodes(
-            model,
-            tokenizer,
-            env,
-            part,
-            &greedy_cfg,
-            &task_seeds(seed, (c * chunk) as u64, part.len()),
-        )?);
+        greedy.extend(
+            run_episodes(model, tokenizer, env, part, &greedy_cfg, &task_seeds(seed, (c * chunk) as u64, part.len()))?
+                .rollouts,
+        );
     }
     let env_metrics: Vec<(String, MetricValue)> = env.metrics()?.into_iter().map(|m| (m.name, m.value)).collect();
 
@@ -247,8 +244,8 @@ pub fn evaluate(
     if settings.samples > 0 {
         let cfg = config(settings.samples, settings.sampling);
         for (c, part) in tasks.chunks(chunk).enumerate() {
-            for r in run_episodes(model, tokenizer, env, part, &cfg, &task_seeds(seed, (c * chunk) as u64, part.len()))?
-            {
+            let seeds = task_seeds(seed, (c * chunk) as u64, part.len());
+            for r in run_episodes(model, tokenizer, env, part, &cfg, &seeds)?.rollouts {
                 any_judged_sample |= r.solved.is_some();
                 if r.solved == Some(true) {
                     samples_solved[c * chunk + r.group] += 1;

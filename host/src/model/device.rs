@@ -63,14 +63,11 @@ pub fn cuda_unavailable_reason() -> String {
     // SAFETY: the two libraries are the CUDA runtime and driver, whose version queries take an int pointer and
     // return an error code; nothing is called when a symbol is missing.
     unsafe {
-        let runtime = ["libcudart.so.13", "libcudart.so.12", "libcudart.so"]
-            .iter()
-            .find_map(|name| libloading::Library::new(name).ok())
-            .and_then(|lib| {
-                let get: libloading::Symbol<GetVersion> = lib.get(b"cudaRuntimeGetVersion\0").ok()?;
-                let mut v = 0;
-                (get(&mut v) == 0).then_some(v)
-            });
+        let runtime = CUDA_RUNTIMES.iter().find_map(|name| libloading::Library::new(name).ok()).and_then(|lib| {
+            let get: libloading::Symbol<GetVersion> = lib.get(b"cudaRuntimeGetVersion\0").ok()?;
+            let mut v = 0;
+            (get(&mut v) == 0).then_some(v)
+        });
         let Some(runtime) = runtime else {
             return "this libtorch has no CUDA runtime (a CPU-only build)".to_string();
         };
@@ -98,6 +95,25 @@ pub fn cuda_unavailable_reason() -> String {
         }
     }
 }
+
+/// Free memory on CUDA device `index`, in bytes, as the CUDA runtime reports it (memory libtorch's caching
+/// allocator holds counts as used); `None` when the runtime cannot be asked.
+pub fn cuda_free_bytes(index: usize) -> Option<u64> {
+    type SetDevice = unsafe extern "C" fn(i32) -> i32;
+    type MemGetInfo = unsafe extern "C" fn(*mut usize, *mut usize) -> i32;
+    // SAFETY: the CUDA runtime's cudaSetDevice takes a device number and cudaMemGetInfo two size_t pointers; both
+    // return an error code, and nothing is called when a symbol is missing.
+    unsafe {
+        let lib = CUDA_RUNTIMES.iter().find_map(|name| libloading::Library::new(name).ok())?;
+        let set: libloading::Symbol<SetDevice> = lib.get(b"cudaSetDevice\0").ok()?;
+        let info: libloading::Symbol<MemGetInfo> = lib.get(b"cudaMemGetInfo\0").ok()?;
+        let (mut free, mut total) = (0usize, 0usize);
+        (set(index as i32) == 0 && info(&mut free, &mut total) == 0).then_some(free as u64)
+    }
+}
+
+/// The CUDA runtime libraries libtorch may have been built with, newest first.
+const CUDA_RUNTIMES: [&str; 3] = ["libcudart.so.13", "libcudart.so.12", "libcudart.so"];
 
 impl fmt::Display for DeviceSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

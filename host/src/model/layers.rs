@@ -144,13 +144,48 @@ fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
     x * cos.unsqueeze(1) + rotated * sin.unsqueeze(1)
 }
 
-/// One layer's key/value cache: `[B, kv_heads, capacity, head_dim]` each, filled left to right.
+/// One layer's key/value cache: `[slots, kv_heads, capacity, head_dim]` each, every slot filled from column 0.
 #[derive(Debug)]
 pub struct LayerCache {
     /// Keys (after the rotary embedding).
     pub k: Tensor,
     /// Values.
     pub v: Tensor,
+}
+
+/// Where a cached forward pass writes its keys and values and what it reads back: one row per sequence slot.
+#[derive(Debug)]
+pub struct SlotWrite {
+    /// `[B, 1]` int64: each row's slot.
+    slots: Tensor,
+    /// `Some(B)` when row `i` is slot `i` (read in place); `None`: gather the rows' slots.
+    prefix: Option<i64>,
+    /// `[B, T]` int64: the cache column of each new token (its position).
+    columns: Tensor,
+    /// Columns attention reads: the longest row's history and new tokens.
+    keys: i64,
+}
+
+impl SlotWrite {
+    pub(crate) fn new(rows: &super::CacheRows, columns: Tensor, keys: i64, device: Device) -> Self {
+        let (slots, prefix) = match rows {
+            super::CacheRows::Prefix(n) => (Tensor::arange(*n, (Kind::Int64, device)), Some(*n)),
+            super::CacheRows::Slots(s) => (Tensor::from_slice(s).to_device(device), None),
+        };
+        SlotWrite { slots: slots.unsqueeze(1), prefix, columns, keys }
+    }
+
+    /// Write `new` `[B, kv_heads, T, head_dim]` at the rows' columns of `cache` `[slots, kv_heads, capacity,
+    /// head_dim]` and return the rows' first `keys` columns `[B, kv_heads, keys, head_dim]`.
+    fn write_read(&self, cache: &mut Tensor, new: &Tensor) -> Tensor {
+        // Two advanced indices around a full slice put their broadcast shape [B, T] first: [B, T, kv_heads, D].
+        let _ = cache.index_put_(&[Some(&self.slots), None, Some(&self.columns)], &new.transpose(1, 2), false);
+        let head = cache.narrow(2, 0, self.keys);
+        match self.prefix {
+            Some(n) => head.narrow(0, 0, n),
+            None => head.index_select(0, &self.slots.view([-1])),
+        }
+    }
 }
 
 /// Grouped-query self-attention.
@@ -201,14 +236,14 @@ impl Attention {
 
     /// Attend from `x` `[B, T, hidden]` at positions given by `cos`/`sin`. `mask` is boolean `[B, 1, T, S]`
     /// (true = may attend), or `None` for plain causal attention over the sequence itself. Without a cache
-    /// S = T; with one, the new keys are written at columns `offset..offset+T` and S = offset + T.
+    /// S = T; with one, the new keys are written where `cache.1` says and S is the columns it reads back.
     pub fn forward(
         &self,
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
         mask: Option<&Tensor>,
-        cache: Option<(&mut LayerCache, i64)>,
+        cache: Option<(&mut LayerCache, &SlotWrite)>,
         ctx: Ctx,
     ) -> Tensor {
         let (b, t) = (x.size()[0], x.size()[1]);
@@ -223,11 +258,7 @@ impl Attention {
         let q = apply_rotary(&q.transpose(1, 2), cos, sin);
         let k = apply_rotary(&k.transpose(1, 2), cos, sin);
         let (k, v) = match cache {
-            Some((c, offset)) => {
-                c.k.narrow(2, offset, t).copy_(&k);
-                c.v.narrow(2, offset, t).copy_(&v);
-                (c.k.narrow(2, 0, offset + t), c.v.narrow(2, 0, offset + t))
-            }
+            Some((c, at)) => (at.write_read(&mut c.k, &k), at.write_read(&mut c.v, &v)),
             None => (k, v),
         };
         let y = match mask {
@@ -320,7 +351,7 @@ impl DecoderLayer {
         cos: &Tensor,
         sin: &Tensor,
         mask: Option<&Tensor>,
-        cache: Option<(&mut LayerCache, i64)>,
+        cache: Option<(&mut LayerCache, &SlotWrite)>,
         ctx: Ctx,
     ) -> Tensor {
         let h = x + self.self_attn.forward(&self.input_layernorm.forward(x), cos, sin, mask, cache, ctx);

@@ -5,7 +5,7 @@
 //!   tensor names, so the trainer can build an optimizer over [`Model::var_store`], save it back as a checkpoint,
 //!   and freeze it (the reference policy).
 //! - [`Model::forward`] / [`Model::token_log_probs`] are the training forwards over padded batches.
-//! - [`Model::new_cache`] + [`Model::forward_cached`] are the incremental path used by [`crate::generate`].
+//! - [`Model::new_cache`] + [`Model::forward_slots`] are the incremental path used by [`crate::generate`].
 //! - [`Model::attach_lora`] adds LoRA adapters; [`Model::set_adapters_enabled`] switches them off so the same
 //!   weights serve as the reference policy.
 
@@ -24,8 +24,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tch::{nn, Device, Kind, Tensor};
 
 pub use config::{Architecture, ModelConfig, RopeScaling};
-pub use device::{DeviceSpec, DtypeSpec};
-pub use layers::LayerCache;
+pub use device::{cuda_free_bytes, DeviceSpec, DtypeSpec};
+pub use layers::{LayerCache, SlotWrite};
 pub use lora::LoraConfig;
 pub use resolve::resolve_model_dir;
 pub use weights::WeightFiles;
@@ -43,32 +43,78 @@ pub struct Ctx {
     pub train: bool,
 }
 
-/// The key/value caches of every layer for a batch of sequences, preallocated to a fixed capacity.
+/// The key/value caches of every layer for a set of independent sequences, one slot (row) each, preallocated to a
+/// fixed number of columns. Every slot holds its own sequence from column 0 and its own length, so sequences of
+/// different lengths share a forward pass without left padding, and a slot is reused as soon as its sequence is
+/// released (see [`crate::generate::engine`]).
 #[derive(Debug)]
 pub struct KvCache {
     /// One cache per decoder layer.
     pub layers: Vec<LayerCache>,
-    /// Columns filled so far (the next write goes here).
-    pub len: i64,
 }
 
 impl KvCache {
-    /// Rows (sequences) in the cache.
-    pub fn batch(&self) -> i64 {
+    /// Slots (sequences) in the cache.
+    pub fn slots(&self) -> i64 {
         self.layers.first().map_or(0, |l| l.k.size()[0])
     }
 
-    /// Columns allocated.
+    /// Columns allocated per slot.
     pub fn capacity(&self) -> i64 {
         self.layers.first().map_or(0, |l| l.k.size()[2])
     }
 
-    /// Keep (and reorder or repeat) the rows listed in `rows` (int64 on the cache's device): copies a prompt's
-    /// cache across its group, or drops finished sequences.
-    pub fn select_rows(&mut self, rows: &Tensor) {
+    /// Copy the first `cols` columns of slot `src[i]` into slot `dst[i]`, for every `i` at once (the sources are
+    /// read before any destination is written, so two slots can swap).
+    pub fn copy_slots(&mut self, src: &[i64], dst: &[i64], cols: i64) {
+        if src.is_empty() || cols <= 0 {
+            return;
+        }
+        let device = self.layers[0].k.device();
+        let src = Tensor::from_slice(src).to_device(device);
+        let dst = Tensor::from_slice(dst).to_device(device);
+        let cols = cols.min(self.capacity());
         for l in &mut self.layers {
-            l.k = l.k.index_select(0, rows);
-            l.v = l.v.index_select(0, rows);
+            for t in [&mut l.k, &mut l.v] {
+                let mut part = t.narrow(2, 0, cols);
+                let moved = part.index_select(0, &src);
+                let _ = part.index_copy_(0, &dst, &moved);
+            }
+        }
+    }
+
+    /// Grow every slot to `capacity` columns, keeping what is cached.
+    pub fn grow(&mut self, capacity: i64) {
+        let old = self.capacity();
+        if capacity <= old {
+            return;
+        }
+        for l in &mut self.layers {
+            for t in [&mut l.k, &mut l.v] {
+                let mut size = t.size();
+                size[2] = capacity;
+                let bigger = Tensor::zeros(size.as_slice(), (t.kind(), t.device()));
+                bigger.narrow(2, 0, old).copy_(t);
+                *t = bigger;
+            }
+        }
+    }
+}
+
+/// Which cache slots the rows of a cached forward pass use.
+#[derive(Debug, Clone)]
+pub enum CacheRows {
+    /// Row `i` is slot `i`, for the first `n` slots: attention reads the cache in place.
+    Prefix(i64),
+    /// Row `i` is slot `slots[i]`: attention reads a gathered copy of those slots.
+    Slots(Vec<i64>),
+}
+
+impl CacheRows {
+    fn len(&self) -> i64 {
+        match self {
+            CacheRows::Prefix(n) => *n,
+            CacheRows::Slots(s) => s.len() as i64,
         }
     }
 }
@@ -274,14 +320,13 @@ impl Model {
         ids: &Tensor,
         pos: &Tensor,
         mask: Option<&Tensor>,
-        mut cache: Option<&mut KvCache>,
-        offset: i64,
+        mut cache: Option<(&mut KvCache, &SlotWrite)>,
     ) -> Tensor {
         let ctx = self.ctx();
         let mut x = Tensor::embedding(&self.embed_tokens, ids, -1, false, false);
         let (cos, sin) = self.rotary.cos_sin(pos, self.kind);
         for (i, layer) in self.layers.iter().enumerate() {
-            let c = cache.as_deref_mut().map(|c| (&mut c.layers[i], offset));
+            let c = cache.as_mut().map(|(c, at)| (&mut c.layers[i], *at));
             x = layer.forward(&x, &cos, &sin, mask, c, ctx);
         }
         self.norm.forward(&x)
@@ -294,10 +339,10 @@ impl Model {
         if Self::right_padded(attention_mask) {
             // Real tokens never see the trailing padding under a causal mask, so no explicit mask is needed
             // (rollouts are right-padded: this is every training and log-prob forward).
-            return self.run(input_ids, position_ids, None, None, 0);
+            return self.run(input_ids, position_ids, None, None);
         }
         let mask = Self::mask_4d(attention_mask, t, 0);
-        self.run(input_ids, position_ids, Some(&mask), None, 0)
+        self.run(input_ids, position_ids, Some(&mask), None)
     }
 
     /// Whether every row's real tokens come before all of its padding.
@@ -345,40 +390,55 @@ impl Model {
         token_log_probs_of(&hidden.narrow(1, 0, t - 1), head, &input_ids.narrow(1, 1, t - 1), chunk)
     }
 
-    /// An empty cache for `batch` sequences of up to `capacity` tokens.
-    pub fn new_cache(&self, batch: i64, capacity: i64) -> KvCache {
-        let shape = [batch, self.cfg.num_key_value_heads, capacity, self.cfg.head_dim];
+    /// An empty cache of `slots` sequences of up to `capacity` tokens each.
+    pub fn new_cache(&self, slots: i64, capacity: i64) -> KvCache {
+        let shape = [slots, self.cfg.num_key_value_heads, capacity, self.cfg.head_dim];
         let opts = (self.kind, self.device());
         let layers = (0..self.cfg.num_hidden_layers)
             .map(|_| LayerCache { k: Tensor::zeros(shape, opts), v: Tensor::zeros(shape, opts) })
             .collect();
-        KvCache { layers, len: 0 }
+        KvCache { layers }
     }
 
-    /// Run `input_ids` `[B, T]` at `positions` `[B, T]` on top of `cache`, writing their keys/values at columns
-    /// `cache.len..cache.len+T`. `key_valid` `[B, cache.len + T]` marks which cache columns are real tokens
-    /// (false for padding). Returns the final hidden states `[B, T, hidden]`; apply [`Model::lm_head`] to the
-    /// positions whose logits are needed.
-    pub fn forward_cached(
+    /// Bytes the cache holds per token of one sequence (keys and values of every layer).
+    pub fn cache_bytes_per_token(&self) -> i64 {
+        2 * self.cfg.num_hidden_layers
+            * self.cfg.num_key_value_heads
+            * self.cfg.head_dim
+            * self.kind.elt_size_in_bytes() as i64
+    }
+
+    /// Run `input_ids` `[B, T]` on top of the cached sequences in `rows`: row `b` continues its slot's sequence of
+    /// `starts[b]` cached tokens, so its tokens take positions (and cache columns) `starts[b]..starts[b] + T` and
+    /// attend to its own columns before them. Rows may be right-padded to the common `T`: a padding token writes
+    /// beyond its row's real end, where the row's next real tokens overwrite it before anything can attend to it.
+    /// Returns the final hidden states `[B, T, hidden]`; apply [`Model::lm_head`] where logits are needed.
+    pub fn forward_slots(
         &self,
         input_ids: &Tensor,
-        positions: &Tensor,
-        key_valid: &Tensor,
+        starts: &[i64],
+        rows: &CacheRows,
         cache: &mut KvCache,
     ) -> anyhow::Result<Tensor> {
-        let t = input_ids.size()[1];
-        let offset = cache.len;
-        if offset + t > cache.capacity() {
-            anyhow::bail!("KV cache overflow: {} + {} tokens exceed its capacity {}", offset, t, cache.capacity());
+        let (b, t) = (input_ids.size()[0], input_ids.size()[1]);
+        anyhow::ensure!(
+            b == rows.len() && b == starts.len() as i64,
+            "{b} rows of input for {} cache rows and {} starts",
+            rows.len(),
+            starts.len()
+        );
+        let keys = starts.iter().max().copied().unwrap_or(0) + t;
+        if keys > cache.capacity() {
+            anyhow::bail!("KV cache overflow: {keys} columns exceed its capacity {}", cache.capacity());
         }
-        let mask = if t == 1 {
-            key_valid.to_kind(Kind::Bool).unsqueeze(1).unsqueeze(1)
-        } else {
-            Self::mask_4d(key_valid, t, offset)
-        };
-        let out = self.run(input_ids, positions, Some(&mask), Some(cache), offset);
-        cache.len = offset + t;
-        Ok(out)
+        let device = self.device();
+        let positions = Tensor::from_slice(starts).to_device(device).unsqueeze(1)
+            + Tensor::arange(t, (Kind::Int64, device)).unsqueeze(0);
+        // A query at position p sees the columns 0..=p of its own slot: its history and itself.
+        let columns = Tensor::arange(keys, (Kind::Int64, device)).view([1, 1, 1, keys]);
+        let mask = columns.le_tensor(&positions.view([b, 1, t, 1]));
+        let at = SlotWrite::new(rows, positions.shallow_clone(), keys, device);
+        Ok(self.run(input_ids, &positions, Some(&mask), Some((cache, &at))))
     }
 }
 

@@ -18,7 +18,8 @@ use grpo_sdk::rng::mix;
 use grpo_sdk::{Message, Task, ToolSpec};
 use serde_json::Value as Json;
 
-use crate::generate::{generate, FinishReason, GenerateRequest, SamplingParams};
+use crate::generate::engine::{default_rows, Engine, EngineConfig, EngineStats, Turn};
+use crate::generate::{FinishReason, SamplingParams};
 use crate::model::Model;
 use crate::plugins::{EnvironmentPlugin, Episode as EnvEpisode};
 use crate::tokenizer::Tokenizer;
@@ -40,6 +41,26 @@ pub struct RolloutConfig {
     pub sampling: SamplingParams,
     /// Generate every turn to `max_new_tokens`, past end-of-sequence (`--ignore-eos`).
     pub ignore_eos: bool,
+    /// Episodes holding a cache slot at once (`--max-batch-rows`); `None`: every episode of the batch, as memory
+    /// allows.
+    pub max_batch_rows: Option<usize>,
+}
+
+/// Where a batch's rollout time went.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RolloutStats {
+    /// The engine's counters: prefill and generated tokens, sampling steps, seconds.
+    pub engine: EngineStats,
+    /// Seconds spent in environment steps, summed over episodes (they overlap decoding).
+    pub env_secs: f64,
+}
+
+/// A batch's finished episodes and its counters.
+pub struct Episodes {
+    /// Groups in task order, a group's episodes in member order.
+    pub rollouts: Vec<Rollout>,
+    /// Counters.
+    pub stats: RolloutStats,
 }
 
 /// How an episode ended.
@@ -90,6 +111,8 @@ pub struct Rollout {
 struct Live {
     /// Which episode of its group.
     member: usize,
+    /// Seconds its environment's steps took.
+    env_secs: f64,
     env: EnvEpisode,
     messages: Vec<Json>,
     /// The text of the assistant turn just generated, for the environment's step.
@@ -113,13 +136,12 @@ pub fn run_episodes(
     tasks: &[Task],
     cfg: &RolloutConfig,
     seeds: &[u64],
-) -> Result<Vec<Rollout>> {
+) -> Result<Episodes> {
     anyhow::ensure!(seeds.len() == tasks.len(), "{} sampling seeds for {} tasks", seeds.len(), tasks.len());
     let stream = |group: usize, member: usize, turn: usize| mix(mix(seeds[group], member as u64), turn as u64);
     let tools = tool_json(&env.tools()?);
     let glue = Glue::new(tokenizer, tools.as_deref())?;
     let mut live: Vec<Live> = Vec::new();
-    let mut prompts: Vec<Vec<u32>> = Vec::new();
     for (group, task) in tasks.iter().enumerate() {
         let mut opening: Option<(Vec<Json>, Vec<u32>, String)> = None;
         for member in 0..cfg.group_size {
@@ -139,6 +161,7 @@ pub fn run_episodes(
             let n = ids.len();
             live.push(Live {
                 member,
+                env_secs: 0.0,
                 env: episode,
                 messages,
                 last_text: String::new(),
@@ -161,102 +184,142 @@ pub fn run_episodes(
                 },
             });
         }
-        prompts.push(live.last().expect("group_size >= 1").rollout.tokens.clone());
     }
 
+    let rows =
+        cfg.max_batch_rows.unwrap_or_else(|| default_rows(model, live.len(), cfg.max_length + cfg.max_new_tokens));
+    let engine_cfg = EngineConfig {
+        max_rows: rows,
+        max_new_tokens: cfg.max_new_tokens,
+        sampling: cfg.sampling,
+        eos_ids: if cfg.ignore_eos { Vec::new() } else { tokenizer.eos_token_ids().to_vec() },
+        stop_strings: Vec::new(),
+    };
+    let mut engine = Engine::new(model, Some(tokenizer), engine_cfg)?;
+    for (id, l) in live.iter().enumerate() {
+        let r = &l.rollout;
+        engine.submit(id, r.tokens.clone(), Some(r.group), Some(stream(r.group, l.member, 0)))?;
+    }
+    let n = live.len();
+    // An episode is here between its turns, and on a worker thread (None here) while its environment steps.
+    let mut episodes: Vec<Option<Live>> = live.into_iter().map(Some).collect();
     let mut finished: Vec<Live> = Vec::new();
-    let mut turn = 0usize;
-    while !live.is_empty() {
-        // The first turn shares each task's prompt across its group; later turns continue each episode's own stream.
-        let (request_prompts, group_size) = if turn == 0 {
-            (std::mem::take(&mut prompts), cfg.group_size)
-        } else {
-            (live.iter().map(|l| l.rollout.tokens.clone()).collect(), 1)
-        };
-        let eos_ids = if cfg.ignore_eos { Vec::new() } else { tokenizer.eos_token_ids().to_vec() };
-        let mut request = GenerateRequest::new(request_prompts, group_size, cfg.max_new_tokens, eos_ids);
-        request.sampling = cfg.sampling;
-        request.row_seeds = live.iter().map(|l| stream(l.rollout.group, l.member, turn)).collect();
-        let output = generate(model, Some(tokenizer), &request, None)?;
+    tch::no_grad(|| {
+        std::thread::scope(|scope| -> Result<()> {
+            let (tx, rx) = std::sync::mpsc::channel::<(usize, Live, Result<grpo_sdk::StepOutcome>)>();
+            let mut stepping = 0usize;
+            loop {
+                // Every environment step started during the last engine step joins at this boundary.
+                let mut replies = Vec::with_capacity(stepping);
+                for _ in 0..stepping {
+                    replies.push(rx.recv().context("an environment worker thread stopped without answering")?);
+                }
+                stepping = 0;
+                replies.sort_by_key(|r| r.0);
+                for (id, l, outcome) in replies {
+                    match next_turn(l, outcome?, &glue, tokenizer, cfg)? {
+                        Next::Continue(l, glue_ids) => {
+                            let seed = stream(l.rollout.group, l.member, l.rollout.turns);
+                            engine.resume(id, &glue_ids, Some(seed))?;
+                            episodes[id] = Some(l);
+                        }
+                        Next::Finished(l) => {
+                            engine.release(id);
+                            finished.push(l);
+                        }
+                    }
+                }
+                if !engine.runnable() {
+                    break;
+                }
+                for (id, turn) in engine.step(&mut |_, _| {})? {
+                    let mut l = episodes[id].take().expect("a turn ends for an episode between turns");
+                    record_turn(&mut l, turn, tokenizer)?;
+                    let tx = tx.clone();
+                    stepping += 1;
+                    scope.spawn(move || {
+                        let t = std::time::Instant::now();
+                        let outcome = l.env.step(&l.last_text);
+                        l.env_secs += t.elapsed().as_secs_f64();
+                        // The receiver only goes away when the batch has already failed.
+                        let _ = tx.send((id, l, outcome));
+                    });
+                }
+            }
+            Ok(())
+        })
+    })?;
+    anyhow::ensure!(finished.len() == n, "{} of {n} episodes finished", finished.len());
 
-        // Record the turn, then let the environments answer in parallel.
-        for (l, c) in live.iter_mut().zip(output.completions) {
-            let r = &mut l.rollout;
-            r.turns += 1;
-            if c.finish_reason == FinishReason::Length {
-                r.cut_turns += 1;
-            }
-            r.action.extend(std::iter::repeat_n(true, c.tokens.len()));
-            r.sample_logprobs.extend(&c.model_logprobs);
-            r.tokens.extend(&c.tokens);
-            l.messages.push(serde_json::json!({"role": "assistant", "content": c.text.clone()}));
-            r.transcript.push_str(&tokenizer.decode(&c.tokens, false)?);
-            l.last_text = c.text;
-        }
-        let outcomes = step_all(&mut live)?;
-
-        let mut still: Vec<Live> = Vec::new();
-        for (mut l, outcome) in live.into_iter().zip(outcomes) {
-            for reward in &outcome.rewards {
-                *l.rollout.rewards.entry(reward.name.clone()).or_insert(0.0) += reward.value;
-                l.rollout.total_reward += reward.value;
-            }
-            if outcome.solved.is_some() {
-                l.rollout.solved = outcome.solved;
-            }
-            if outcome.done {
-                l.rollout.end = EndReason::Done;
-                finished.push(l);
-                continue;
-            }
-            if l.rollout.turns >= cfg.max_turns {
-                l.rollout.end = EndReason::TurnLimit;
-                finished.push(l);
-                continue;
-            }
-            let ended_on_eos = l.rollout.tokens.last().is_some_and(|t| tokenizer.eos_token_ids().contains(t));
-            let reply: Vec<Json> = outcome.messages.iter().map(message_json).collect();
-            let glue_ids = glue.between_turns(&l.messages, &reply, ended_on_eos)?;
-            if l.rollout.tokens.len() + glue_ids.len() + cfg.max_new_tokens.min(1) > cfg.max_length {
-                l.rollout.end = EndReason::ContextLimit;
-                finished.push(l);
-                continue;
-            }
-            l.rollout.tool_messages += outcome.messages.iter().filter(|m| m.role == grpo_sdk::Role::Tool).count();
-            l.rollout.transcript.push_str(&tokenizer.decode(&glue_ids, false)?);
-            let n = glue_ids.len();
-            l.rollout.tokens.extend(glue_ids);
-            l.rollout.action.extend(std::iter::repeat_n(false, n));
-            l.rollout.sample_logprobs.extend(std::iter::repeat_n(0.0, n));
-            l.messages.extend(reply);
-            still.push(l);
-        }
-        live = still;
-        turn += 1;
-    }
-
-    // Restore batch order: groups in task order, episodes of a group in sampling order.
-    let mut out: Vec<Rollout> = finished.into_iter().map(|l| l.rollout).collect();
-    out.sort_by_key(|r| r.group);
-    Ok(out)
+    let stats = RolloutStats { engine: engine.stats, env_secs: finished.iter().map(|l| l.env_secs).sum() };
+    // Batch order: groups in task order, episodes of a group in sampling order.
+    finished.sort_by_key(|l| (l.rollout.group, l.member));
+    Ok(Episodes { rollouts: finished.into_iter().map(|l| l.rollout).collect(), stats })
 }
 
-/// Step every live episode with its last assistant text, on as many threads as there are cores.
-fn step_all(live: &mut [Live]) -> Result<Vec<grpo_sdk::StepOutcome>> {
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(live.len().max(1));
-    let chunk = live.len().div_ceil(threads).max(1);
-    let results: Vec<Result<Vec<grpo_sdk::StepOutcome>>> = std::thread::scope(|s| {
-        let handles: Vec<_> = live
-            .chunks_mut(chunk)
-            .map(|part| s.spawn(move || part.iter_mut().map(|l| l.env.step(&l.last_text)).collect::<Result<Vec<_>>>()))
-            .collect();
-        handles.into_iter().map(|h| h.join().expect("environment threads do not panic")).collect()
-    });
-    let mut out = Vec::with_capacity(live.len());
-    for r in results {
-        out.extend(r?);
+/// Append a generated turn to its episode.
+fn record_turn(l: &mut Live, turn: Turn, tokenizer: &Tokenizer) -> Result<()> {
+    let r = &mut l.rollout;
+    r.turns += 1;
+    if turn.finish == Some(FinishReason::Length) {
+        r.cut_turns += 1;
     }
-    Ok(out)
+    r.action.extend(std::iter::repeat_n(true, turn.tokens.len()));
+    r.sample_logprobs.extend(&turn.model_logprobs);
+    r.tokens.extend(&turn.tokens);
+    let text = tokenizer.decode(&turn.tokens, true)?;
+    l.messages.push(serde_json::json!({"role": "assistant", "content": text.clone()}));
+    r.transcript.push_str(&tokenizer.decode(&turn.tokens, false)?);
+    l.last_text = text;
+    Ok(())
+}
+
+/// What follows an environment step.
+enum Next {
+    /// Another turn, after these glue and reply tokens.
+    Continue(Live, Vec<u32>),
+    /// The episode is over.
+    Finished(Live),
+}
+
+/// Apply the environment's answer to a turn: rewards, then the end of the episode or its next turn's tokens.
+fn next_turn(
+    mut l: Live,
+    outcome: grpo_sdk::StepOutcome,
+    glue: &Glue,
+    tokenizer: &Tokenizer,
+    cfg: &RolloutConfig,
+) -> Result<Next> {
+    for reward in &outcome.rewards {
+        *l.rollout.rewards.entry(reward.name.clone()).or_insert(0.0) += reward.value;
+        l.rollout.total_reward += reward.value;
+    }
+    if outcome.solved.is_some() {
+        l.rollout.solved = outcome.solved;
+    }
+    if outcome.done {
+        l.rollout.end = EndReason::Done;
+        return Ok(Next::Finished(l));
+    }
+    if l.rollout.turns >= cfg.max_turns {
+        l.rollout.end = EndReason::TurnLimit;
+        return Ok(Next::Finished(l));
+    }
+    let ended_on_eos = l.rollout.tokens.last().is_some_and(|t| tokenizer.eos_token_ids().contains(t));
+    let reply: Vec<Json> = outcome.messages.iter().map(message_json).collect();
+    let glue_ids = glue.between_turns(&l.messages, &reply, ended_on_eos)?;
+    if l.rollout.tokens.len() + glue_ids.len() + cfg.max_new_tokens.min(1) > cfg.max_length {
+        l.rollout.end = EndReason::ContextLimit;
+        return Ok(Next::Finished(l));
+    }
+    l.rollout.tool_messages += outcome.messages.iter().filter(|m| m.role == grpo_sdk::Role::Tool).count();
+    l.rollout.transcript.push_str(&tokenizer.decode(&glue_ids, false)?);
+    let n = glue_ids.len();
+    l.rollout.tokens.extend(&glue_ids);
+    l.rollout.action.extend(std::iter::repeat_n(false, n));
+    l.rollout.sample_logprobs.extend(std::iter::repeat_n(0.0, n));
+    l.messages.extend(reply);
+    Ok(Next::Continue(l, glue_ids))
 }
 
 fn message_json(m: &Message) -> Json {

@@ -137,6 +137,10 @@ pub struct BatchSettings {
     pub max_length: usize,
     /// Most assistant turns per episode.
     pub max_turns: usize,
+    /// Episodes holding a rollout cache slot at once; `None`: the whole batch, as memory allows. Not a result
+    /// setting: it changes only which rows share a forward pass, so a resumed run may change it.
+    #[serde(default)]
+    pub max_batch_rows: Option<usize>,
 }
 
 impl BatchSettings {

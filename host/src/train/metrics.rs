@@ -15,7 +15,7 @@ use super::stats::summarize;
 use super::update::{StepRecord, Updates};
 use crate::checkpoint::TrainerState;
 use crate::logging::{metrics, CompletionRow, MetricValue, Metrics};
-use crate::rollout::EndReason;
+use crate::rollout::{EndReason, RolloutStats};
 
 /// One rollout as the metrics see it: plain numbers and texts, so that the ranks of a data-parallel run can send
 /// theirs to each other and every statistic is computed over the global batch.
@@ -105,6 +105,13 @@ impl BatchSummary {
             };
             out.timings.rollout = out.timings.rollout.max(p.timings.rollout);
             out.timings.logprob = out.timings.logprob.max(p.timings.logprob);
+            // Token counts add up over the ranks; times are the slowest rank's.
+            let (o, r) = (&mut out.timings.rollout_stats, &p.timings.rollout_stats);
+            let slowest =
+                (o.engine.prefill_secs.max(r.engine.prefill_secs), o.engine.decode_secs.max(r.engine.decode_secs));
+            o.engine.add(&r.engine);
+            (o.engine.prefill_secs, o.engine.decode_secs) = slowest;
+            o.env_secs = o.env_secs.max(r.env_secs);
         }
         out
     }
@@ -201,16 +208,26 @@ pub struct Timings {
     pub logprob: f64,
     /// The updates.
     pub train: f64,
+    /// The rollout engine's counters and the environments' time.
+    #[serde(default)]
+    pub rollout_stats: RolloutStats,
 }
 
 /// `timing/*` of the rollout phase (the slowest rank's), with the generation throughput of the whole batch.
 pub fn timing(batch: &BatchSummary) -> Metrics {
     let t = &batch.timings;
     let generated: f64 = batch.rollouts.iter().map(|r| r.completion_length).sum();
+    let engine = &t.rollout_stats.engine;
     metrics! {
         "timing/rollout_s" => t.rollout,
         "timing/logprob_s" => t.logprob,
         "timing/generated_tokens_per_s" => generated / t.rollout.max(1e-9),
+        "timing/prefill_s" => engine.prefill_secs,
+        "timing/decode_s" => engine.decode_secs,
+        "timing/env_s" => t.rollout_stats.env_secs,
+        "rollouts/prefill_tokens" => engine.prefill_tokens,
+        "rollouts/generated_tokens" => engine.generated_tokens,
+        "rollouts/decode_rows_mean" => engine.decode_rows_mean(),
     }
 }
 

@@ -37,7 +37,7 @@ use crate::error::RunFailed;
 use crate::logging::{DistInfo, Loggers, LoggingConfig, SystemMetrics};
 use crate::model::DeviceSpec;
 use crate::plugins::{AlgorithmPlugin, EnvironmentPlugin, Registry};
-use crate::rollout::{run_episodes, task_seeds, Rollout, RolloutConfig};
+use crate::rollout::{run_episodes, task_seeds, Episodes, RolloutConfig};
 use crate::user_error;
 pub use config::RunConfig;
 use config::{LrSchedule, OptimizerSettings};
@@ -380,9 +380,10 @@ impl Trainer {
         let tasks = self.tasks.batch(self.state.batch, per_rank)?;
         let mut timings = Timings::default();
         let t = Instant::now();
-        let rollouts = self.rollouts(&tasks, (self.world.rank * per_rank) as u64)?;
+        let episodes = self.rollouts(&tasks, (self.world.rank * per_rank) as u64)?;
         timings.rollout = t.elapsed().as_secs_f64();
-        let scored = scored::score(&self.algo, rollouts, self.config.batch.group_size)?;
+        timings.rollout_stats = episodes.stats;
+        let scored = scored::score(&self.algo, episodes.rollouts, self.config.batch.group_size)?;
         let t = Instant::now();
         let exp = experience::prepare(&scored, &self.policy, &self.config.loss, self.config.batch.train_batch_size)?;
         timings.logprob = t.elapsed().as_secs_f64();
@@ -406,7 +407,7 @@ impl Trainer {
 
     /// Stage: tasks -> rollouts, each task sampled with its own seed from the batch's and its position `first..`
     /// in the global batch (so the same whichever rank runs it).
-    fn rollouts(&mut self, tasks: &[Task], first: u64) -> Result<Vec<Rollout>> {
+    fn rollouts(&mut self, tasks: &[Task], first: u64) -> Result<Episodes> {
         let (b, s) = (&self.config.batch, &self.config.sampling);
         let cfg = RolloutConfig {
             group_size: b.group_size,
@@ -415,6 +416,7 @@ impl Trainer {
             max_length: b.max_length,
             sampling: s.params,
             ignore_eos: s.ignore_eos,
+            max_batch_rows: b.max_batch_rows,
         };
         self.policy.model().set_training(false);
         let masters = (self.policy.precision().separate_rollout() && self.optimizer.has_master_weights())
