@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use grpo_host::generate::{generate, FinishReason, GenerateRequest, SamplingParams};
+use grpo_host::generate::{generate, Engine, EngineConfig, FinishReason, GenerateRequest, SamplingParams, Turn};
 use grpo_host::model::Model;
 use grpo_host::tokenizer::Tokenizer;
 use tch::{Device, Kind, Tensor};
@@ -50,7 +50,7 @@ fn greedy_matches_transformers_one_at_a_time_and_batched() {
             assert_eq!(&out.completions[0].tokens, want, "{fam}: prompt of {} tokens", p.len());
             assert_eq!(out.completions[0].finish_reason, FinishReason::Length);
         }
-        // All prompts (lengths 5, 9, 2) in one left-padded batch, each copied to a group of 3.
+        // All prompts (lengths 5, 9, 2) in one batch, each copied to a group of 3.
         let req = GenerateRequest::new(g.prompts.clone(), 3, g.max_new, Vec::new());
         let out = generate(&model, None, &req, None).unwrap();
         assert_eq!(out.completions.len(), 9);
@@ -198,4 +198,67 @@ fn row_seeds_make_each_completion_independent_of_its_batch() {
     let mut req = GenerateRequest::new(vec![vec![5, 6, 7]], 2, 4, Vec::new());
     req.row_seeds = vec![1];
     assert!(generate(&model, None, &req, None).is_err(), "one seed for two completions");
+}
+
+/// Continuous batching: with two slots for four prompts of different lengths, rows end at different steps (on an
+/// end-of-sequence id taken from the reference outputs), waiting prompts take the freed slots, and one prompt is
+/// submitted only after decoding has started. Every completion equals generating its prompt alone (greedy), with
+/// the same log-probs.
+#[test]
+fn continuous_batching_equals_one_at_a_time() {
+    let dir = tiny("qwen2");
+    let model = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
+    let mut prompts = greedy_fixture(&dir).prompts;
+    prompts.push(vec![7, 3, 11, 19, 2, 5, 8]);
+    let max_new = 12;
+    let alone = |eos: &[u32]| -> Vec<(Vec<u32>, Vec<f32>)> {
+        prompts
+            .iter()
+            .map(|p| {
+                let req = GenerateRequest::new(vec![p.clone()], 1, max_new, eos.to_vec());
+                let c = generate(&model, None, &req, None).unwrap().completions.remove(0);
+                (c.tokens, c.model_logprobs)
+            })
+            .collect()
+    };
+    // End-of-sequence: a token the first prompt's completion produces early, so rows finish at different steps.
+    let eos = vec![alone(&[])[0].0[2]];
+    let want = alone(&eos);
+    let lengths: Vec<usize> = want.iter().map(|(t, _)| t.len()).collect();
+    assert!(lengths.iter().any(|&l| l < max_new) && lengths.iter().any(|&l| l != lengths[0]), "{lengths:?}");
+
+    let cfg = EngineConfig {
+        max_rows: 2,
+        max_new_tokens: max_new,
+        sampling: SamplingParams::greedy(),
+        eos_ids: eos,
+        stop_strings: Vec::new(),
+    };
+    let mut got: Vec<Option<Turn>> = vec![None; prompts.len()];
+    let late = prompts.len() - 1;
+    tch::no_grad(|| {
+        let mut engine = Engine::new(&model, None, cfg).unwrap();
+        for (i, p) in prompts.iter().enumerate().take(late) {
+            engine.submit(i, p.clone(), None, None).unwrap();
+        }
+        let mut steps = 0;
+        while engine.runnable() || got[late].is_none() {
+            if steps == 3 {
+                engine.submit(late, prompts[late].clone(), None, None).unwrap();
+            }
+            for (id, turn) in engine.step(&mut |_, _| {}).unwrap() {
+                engine.release(id);
+                got[id] = Some(turn);
+            }
+            steps += 1;
+        }
+        assert!(engine.stats.decode_rows_mean() > 1.0, "{:?}", engine.stats);
+    });
+    for (i, (turn, (tokens, logprobs))) in got.iter().zip(&want).enumerate() {
+        let turn = turn.as_ref().unwrap();
+        assert_eq!(&turn.tokens, tokens, "prompt {i}");
+        for (a, b) in turn.model_logprobs.iter().zip(logprobs) {
+            assert!((a - b).abs() < 1e-5, "prompt {i}: log-prob {a} vs {b} alone");
+        }
+    }
 }
