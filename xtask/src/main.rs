@@ -8,12 +8,15 @@
 //!   warnings as errors, and the whole test suite.
 //! - `bench-generate`, `bench-step`: benchmarks against the Python reference, written to docs/benchmarks-*.md;
 //!   `bench-step --nproc-per-node N`: data-parallel ranks against one process on the same global batch.
+//! - `bench-rollout --baseline DIR`: this build's rollout engine against another build's, written to
+//!   docs/benchmarks-rollout.md.
 //!
 //! xtask itself never links libtorch, so it runs before libtorch exists and can repair a damaged cache.
 
 mod bench;
 mod bench_ddp;
 mod bench_generate;
+mod bench_rollout;
 mod bench_step;
 mod paths;
 mod process;
@@ -24,7 +27,8 @@ use anyhow::{bail, Result};
 use process::cargo;
 
 const USAGE: &str =
-    "usage: cargo xtask <setup | run [GRPO-HOST ARGS...] | test | bench-generate [OPTIONS] | bench-step [OPTIONS]>";
+    "usage: cargo xtask <setup | run [GRPO-HOST ARGS...] | test | bench-generate [OPTIONS] | bench-step [OPTIONS] | \
+     bench-rollout --baseline DIR [OPTIONS]>";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -87,6 +91,11 @@ fn dispatch(args: &[String]) -> Result<i32> {
         "bench-step" => {
             setup::setup(false)?;
             bench_step::run(&paths::repo_root(), rest)?;
+            Ok(0)
+        }
+        "bench-rollout" => {
+            setup::setup(false)?;
+            bench_rollout::run(&paths::repo_root(), rest)?;
             Ok(0)
         }
         other => bail!("unknown task `{other}`; {USAGE}"),

@@ -6,8 +6,13 @@
 //! appends the template's glue and the rendered message ids. Nothing is decoded and re-encoded, so training later
 //! sees exactly what sampling saw. Only sampled ids are actions; template glue and environment text are not.
 //!
-//! All live episodes of a turn are generated in one batched call. On the first turn the `group_size` episodes of a
-//! task share one prompt, so the engine prefills it once for the whole group.
+//! Episodes run on the continuous-batching engine ([`crate::generate::engine`]): each keeps its cache slot from
+//! turn to turn, so a later turn runs only the tokens appended since the last (the turn's final sampled token, the
+//! template's glue and the environment's reply). A turn that ends leaves the decode batch at once; its environment
+//! step runs on a worker thread during the engine's next step, and the episode's next turn joins at the step
+//! boundary after that one. The boundary is fixed rather than "whenever the reply is ready", so which rows share a
+//! forward pass, and with it every rounding, is the same from run to run (resumed runs reproduce their rollouts).
+//! The `group_size` episodes of a task share their prompt's prefill.
 
 mod glue;
 
