@@ -158,6 +158,9 @@ fn cached_turns_equal_reprefilling_the_history() {
     let all = run_episodes(&model, &tokenizer, &env, &tasks, &config(SamplingParams::greedy(), None), &seeds).unwrap();
     let two =
         run_episodes(&model, &tokenizer, &env, &tasks, &config(SamplingParams::greedy(), Some(2)), &seeds).unwrap();
+    // Greedy: a group's three episodes are the same, so each later turn's tokens ran once and were copied twice.
+    let e = all.stats.engine;
+    assert!(e.prefill_shared_tokens > 0 && e.prefill_shared_tokens < e.prefill_tokens, "{e:?}");
     let mut checked = 0;
     for (r, r2) in all.rollouts.iter().zip(&two.rollouts) {
         assert_eq!(r.turns, 3);
@@ -192,6 +195,7 @@ fn prefill_counts_each_prompt_once_and_every_appended_token_once() {
     assert!(appended > 0, "the environment answered");
     let s = out.stats.engine;
     assert_eq!(s.prefill_tokens as usize, prompts + appended, "{s:?}");
+    assert_eq!(s.prefill_shared_tokens, 0, "sampled episodes differ: {s:?}");
     assert_eq!(s.generated_tokens as usize, generated, "{s:?}");
     assert!(s.decode_rows_mean() > 1.0 && s.decode_rows_mean() <= 6.0, "{s:?}");
     assert!(out.stats.env_secs > 0.0);

@@ -7,8 +7,10 @@
 //! 1. sequences waiting for a slot take the free ones, in submission order;
 //! 2. every sequence with tokens to feed (a new prompt, or a later turn's glue and environment reply) is prefilled,
 //!    in length-sorted batches that keep padding under a quarter of the tokens. Only tokens not yet in the slot are
-//!    run: a later turn never re-encodes its history. Members of a group submitted with one `share` key prefill
-//!    their common prompt once and copy its columns;
+//!    run: a later turn never re-encodes its history. Sequences whose streams are the same token for token (a
+//!    group's prompt; siblings that sampled the same turn and got the same reply) run those tokens once, and the
+//!    others copy the new cache columns. A group member that starts after its siblings (fewer slots than the group)
+//!    copies the prompt from a sibling still holding it;
 //! 3. one token is sampled for every sequence that is ready, from its own seeded stream when it has one;
 //! 4. sequences whose turn just ended leave the batch (they keep their slot and its cache, parked, until the caller
 //!    resumes or releases them); the rest run one decode forward together.
@@ -16,7 +18,7 @@
 //! Decoding rows are kept in the cache's first slots (a parked or free slot there swaps with a decoding one
 //! further on), so the decode forward reads the cache in place instead of gathering it.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Instant;
 
 use grpo_sdk::rng::SplitMix64;
@@ -68,8 +70,13 @@ pub struct Turn {
 /// Where the engine's time and work went, summed over its steps.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct EngineStats {
-    /// Tokens run through prefill forwards: prompts (once per shared group), glue and environment replies.
+    /// Prefill tokens: each distinct prompt once (a group shares its prompt), then every later turn's glue and
+    /// environment reply once per sequence.
     pub prefill_tokens: u64,
+    /// Of `prefill_tokens`, those copied from a sibling whose stream was the same token for token instead of run
+    /// (siblings that sampled the same turn and got the same reply).
+    #[serde(default)]
+    pub prefill_shared_tokens: u64,
     /// Tokens sampled.
     pub generated_tokens: u64,
     /// Sampling steps (each samples one token for every ready sequence).
@@ -93,6 +100,7 @@ impl EngineStats {
     /// Add another run's counts.
     pub fn add(&mut self, o: &EngineStats) {
         self.prefill_tokens += o.prefill_tokens;
+        self.prefill_shared_tokens += o.prefill_shared_tokens;
         self.generated_tokens += o.generated_tokens;
         self.steps += o.steps;
         self.prefill_secs += o.prefill_secs;
@@ -142,6 +150,8 @@ struct Seq {
     pending: Vec<u32>,
     /// How many of `pending` were sampled (not prefill work).
     pending_sampled: usize,
+    /// Every token of its stream so far: the prompt, sampled tokens and what later turns appended.
+    history: Vec<u32>,
     /// Sequences with the same key start with the same prompt, of this length.
     share: Option<(usize, usize)>,
     rng: Option<SplitMix64>,
@@ -206,6 +216,7 @@ impl<'a> Engine<'a> {
                 state: State::Waiting,
                 slot: None,
                 cached: 0,
+                history: prompt.clone(),
                 pending: prompt,
                 pending_sampled: 0,
                 share,
@@ -224,6 +235,7 @@ impl<'a> Engine<'a> {
         let seq = self.seqs.get_mut(&id).ok_or_else(|| anyhow::anyhow!("sequence {id} is not in the engine"))?;
         anyhow::ensure!(seq.state == State::Parked, "sequence {id} is not between turns");
         seq.pending.extend_from_slice(tokens);
+        seq.history.extend_from_slice(tokens);
         seq.rng = seed.map(SplitMix64::new);
         // Never empty: a turn's last sampled token is still to run.
         seq.state = State::Prefill;
@@ -294,17 +306,20 @@ impl<'a> Engine<'a> {
         if ids.is_empty() {
             return Ok(());
         }
-        let mut leaders: BTreeMap<usize, SeqId> = BTreeMap::new();
+        // Sequences whose whole streams are the same (a group's prompt, or siblings that sampled the same turn and
+        // got the same reply) run their new tokens once: one leads, the others copy its new columns and logits.
+        let mut leaders: HashMap<(i64, Vec<u32>), SeqId> = HashMap::new();
         let mut followers: Vec<(SeqId, SeqId)> = Vec::new();
         let mut copies: Vec<(usize, usize, i64)> = Vec::new();
         let mut feed: Vec<SeqId> = Vec::new();
         for &id in &ids {
+            let key = (self.seqs[&id].cached, self.seqs[&id].history.clone());
+            if let Some(&leader) = leaders.get(&key) {
+                followers.push((id, leader));
+                continue;
+            }
+            leaders.insert(key, id);
             if let (Some((key, len)), 0) = (self.seqs[&id].share, self.seqs[&id].cached) {
-                if let Some(&leader) = leaders.get(&key) {
-                    followers.push((id, leader));
-                    continue;
-                }
-                leaders.insert(key, id);
                 // A sibling from an earlier step still holds the prompt: copy all of it but the last token, which
                 // is run again for its logits.
                 let donor = self.seqs.iter().find(|(&other, s)| {
@@ -321,7 +336,7 @@ impl<'a> Engine<'a> {
         }
         for (src, dst, cols) in copies {
             self.ensure_capacity(cols + self.cfg.max_new_tokens as i64 + 1);
-            self.cache_mut().copy_slots(&[src as i64], &[dst as i64], cols);
+            self.cache_mut().copy_slots(&[src as i64], &[dst as i64], 0, cols);
         }
 
         // Shortest first; a batch closes when padding would pass a quarter of its tokens.
@@ -347,9 +362,15 @@ impl<'a> Engine<'a> {
                 let l = &self.seqs[&leader];
                 (l.slot.expect("prefilled"), l.cached, l.logits.as_ref().map(Tensor::shallow_clone))
             };
-            let dst = self.seqs[&id].slot.expect("admitted");
-            self.cache_mut().copy_slots(&[src as i64], &[dst as i64], cols);
+            let (dst, from) = (self.seqs[&id].slot.expect("admitted"), self.seqs[&id].cached);
+            self.cache_mut().copy_slots(&[src as i64], &[dst as i64], from, cols);
             let seq = self.seqs.get_mut(&id).expect("exists");
+            if from > 0 {
+                // A later turn's tokens count for every episode (a group's prompt counts once).
+                let n = (seq.pending.len() - seq.pending_sampled) as u64;
+                self.stats.prefill_tokens += n;
+                self.stats.prefill_shared_tokens += n;
+            }
             seq.cached = cols;
             seq.pending.clear();
             seq.pending_sampled = 0;
@@ -440,6 +461,7 @@ impl<'a> Engine<'a> {
                 ));
             }
             let t = host[r] as u32;
+            seq.history.push(t);
             seq.turn.tokens.push(t);
             seq.turn.logprobs.push(host[n + r] as f32);
             seq.turn.model_logprobs.push(host[2 * n + r] as f32);
@@ -536,7 +558,7 @@ impl<'a> Engine<'a> {
                 }
             }
         }
-        self.cache_mut().copy_slots(&src, &dst, cols);
+        self.cache_mut().copy_slots(&src, &dst, 0, cols);
     }
 
     fn cache_mut(&mut self) -> &mut KvCache {

@@ -64,19 +64,19 @@ impl KvCache {
         self.layers.first().map_or(0, |l| l.k.size()[2])
     }
 
-    /// Copy the first `cols` columns of slot `src[i]` into slot `dst[i]`, for every `i` at once (the sources are
-    /// read before any destination is written, so two slots can swap).
-    pub fn copy_slots(&mut self, src: &[i64], dst: &[i64], cols: i64) {
-        if src.is_empty() || cols <= 0 {
+    /// Copy columns `from..to` of slot `src[i]` into slot `dst[i]`, for every `i` at once (the sources are read
+    /// before any destination is written, so two slots can swap).
+    pub fn copy_slots(&mut self, src: &[i64], dst: &[i64], from: i64, to: i64) {
+        let to = to.min(self.capacity());
+        if src.is_empty() || to <= from {
             return;
         }
         let device = self.layers[0].k.device();
         let src = Tensor::from_slice(src).to_device(device);
         let dst = Tensor::from_slice(dst).to_device(device);
-        let cols = cols.min(self.capacity());
         for l in &mut self.layers {
             for t in [&mut l.k, &mut l.v] {
-                let mut part = t.narrow(2, 0, cols);
+                let mut part = t.narrow(2, from, to - from);
                 let moved = part.index_select(0, &src);
                 let _ = part.index_copy_(0, &dst, &moved);
             }

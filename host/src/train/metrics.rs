@@ -226,6 +226,7 @@ pub fn timing(batch: &BatchSummary) -> Metrics {
         "timing/decode_s" => engine.decode_secs,
         "timing/env_s" => t.rollout_stats.env_secs,
         "rollouts/prefill_tokens" => engine.prefill_tokens,
+        "rollouts/prefill_shared_tokens" => engine.prefill_shared_tokens,
         "rollouts/generated_tokens" => engine.generated_tokens,
         "rollouts/decode_rows_mean" => engine.decode_rows_mean(),
     }
