@@ -199,7 +199,8 @@ impl<'a> Engine<'a> {
     }
 
     /// Start sequence `id` with `prompt`; its first turn samples from `seed`'s stream (None: libtorch's
-    /// generator). Sequences submitted with the same `share` key must have the same prompt: it is prefilled once.
+    /// generator). Sequences starting in the same step with the same prompt prefill it once whatever their keys;
+    /// `share` (a group's key) also lets one that starts later copy the prompt from a sibling still holding it.
     pub fn submit(
         &mut self,
         id: SeqId,
@@ -322,8 +323,13 @@ impl<'a> Engine<'a> {
             if let (Some((key, len)), 0) = (self.seqs[&id].share, self.seqs[&id].cached) {
                 // A sibling from an earlier step still holds the prompt: copy all of it but the last token, which
                 // is run again for its logits.
+                let prompt = &self.seqs[&id].history[..len];
                 let donor = self.seqs.iter().find(|(&other, s)| {
-                    other != id && s.share == Some((key, len)) && s.slot.is_some() && s.cached >= len as i64 - 1
+                    other != id
+                        && s.share == Some((key, len))
+                        && s.slot.is_some()
+                        && s.cached >= len as i64 - 1
+                        && s.history[..len] == *prompt
                 });
                 if let (Some((_, donor)), true) = (donor, len > 1) {
                     copies.push((donor.slot.expect("checked"), self.seqs[&id].slot.expect("admitted"), len as i64 - 1));
