@@ -9,9 +9,11 @@
 //! Episodes run on the continuous-batching engine ([`crate::generate::engine`]): each keeps its cache slot from
 //! turn to turn, so a later turn runs only the tokens appended since the last (the turn's final sampled token, the
 //! template's glue and the environment's reply). A turn that ends leaves the decode batch at once; its environment
-//! step runs on a worker thread during the engine's next step, and the episode's next turn joins at the step
-//! boundary after that one. The boundary is fixed rather than "whenever the reply is ready", so which rows share a
-//! forward pass, and with it every rounding, is the same from run to run (resumed runs reproduce their rollouts).
+//! step runs on a worker thread while the engine takes its next step, and the episode's next turn joins at the
+//! boundary after that step (at once when the engine has nothing else to run). The boundary is fixed rather than
+//! "whenever the reply is ready", so which rows share a forward pass, and with it every rounding, is the same from
+//! run to run (resumed runs reproduce their rollouts); an environment slower than one engine step holds the engine
+//! at that boundary until it answers.
 //! The `group_size` episodes of a task share their prompt's prefill.
 
 mod glue;
@@ -212,14 +214,21 @@ pub fn run_episodes(
     tch::no_grad(|| {
         std::thread::scope(|scope| -> Result<()> {
             let (tx, rx) = std::sync::mpsc::channel::<(usize, Live, Result<grpo_sdk::StepOutcome>)>();
+            // Each engine step runs while the environments answer the turns that ended in the step before it;
+            // their episodes then rejoin, at that fixed boundary, however soon the replies came.
             let mut stepping = 0usize;
             loop {
-                // Every environment step started during the last engine step joins at this boundary.
+                let ended = if engine.runnable() {
+                    engine.step(&mut |_, _| {})?
+                } else if stepping > 0 {
+                    Vec::new()
+                } else {
+                    break;
+                };
                 let mut replies = Vec::with_capacity(stepping);
                 for _ in 0..stepping {
                     replies.push(rx.recv().context("an environment worker thread stopped without answering")?);
                 }
-                stepping = 0;
                 replies.sort_by_key(|r| r.0);
                 for (id, l, outcome) in replies {
                     match next_turn(l, outcome?, &glue, tokenizer, cfg)? {
@@ -234,14 +243,11 @@ pub fn run_episodes(
                         }
                     }
                 }
-                if !engine.runnable() {
-                    break;
-                }
-                for (id, turn) in engine.step(&mut |_, _| {})? {
+                stepping = ended.len();
+                for (id, turn) in ended {
                     let mut l = episodes[id].take().expect("a turn ends for an episode between turns");
                     record_turn(&mut l, turn, tokenizer)?;
                     let tx = tx.clone();
-                    stepping += 1;
                     scope.spawn(move || {
                         let t = std::time::Instant::now();
                         let outcome = l.env.step(&l.last_text);
