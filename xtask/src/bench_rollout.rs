@@ -22,10 +22,35 @@ use crate::process::cargo;
 
 const PROMPT: &str = "Write a short poem about the sea.";
 
+/// The numeric options, parsed once.
+struct Options {
+    threads: usize,
+    batches: usize,
+    tasks: usize,
+    group: usize,
+    max_new: usize,
+    new_tokens: usize,
+    sft_warmup_steps: usize,
+}
+
+impl Options {
+    fn parse(args: &[String]) -> Result<Options> {
+        Ok(Options {
+            threads: threads(args)?,
+            batches: number(args, "--batches", 1)?,
+            tasks: number(args, "--tasks", 4)?,
+            group: number(args, "--group", 8)?,
+            max_new: number(args, "--max-new", 128)?,
+            new_tokens: number(args, "--new-tokens", 64)?,
+            sft_warmup_steps: number(args, "--sft-warmup-steps", 0)?,
+        })
+    }
+}
+
 /// One side's numbers for one multi-turn environment: (seconds per batch, generated tokens per batch).
-fn rollouts(host: &Path, model: &Path, env: &str, args: &[String], runs: &Path) -> Result<(f64, f64)> {
+fn rollouts(host: &Path, model: &Path, env: &str, o: &Options, runs: &Path) -> Result<(f64, f64)> {
     let s = |n: usize| n.to_string();
-    let batches: usize = number(args, "--batches", 1)?;
+    let batches = o.batches;
     let run_name = format!("bench-rollout-{env}");
     let _ = std::fs::remove_dir_all(runs.join(&run_name));
     let status = Command::new(host)
@@ -34,11 +59,11 @@ fn rollouts(host: &Path, model: &Path, env: &str, args: &[String], runs: &Path) 
         .arg(model)
         .arg("--plugin-dir")
         .arg(host.parent().context("the host binary's folder")?)
-        .args(["--threads", &s(threads(args)?), "--seed", "1", "--kl-weight", "0", "--max-steps", &s(batches)])
-        .args(["--rollouts-per-step", &s(number(args, "--tasks", 4)?), "--group-size", &s(number(args, "--group", 8)?)])
-        .args(["--max-new-tokens", &s(number(args, "--max-new", 128)?), "--train-batch-size", "8"])
+        .args(["--threads", &s(o.threads), "--seed", "1", "--kl-weight", "0", "--max-steps", &s(batches)])
+        .args(["--rollouts-per-step", &s(o.tasks), "--group-size", &s(o.group)])
+        .args(["--max-new-tokens", &s(o.max_new), "--train-batch-size", "8"])
         .args(["--checkpoint-interval", "1000000", "--checkpoint-every-minutes", "0"])
-        .args(["--sft-warmup-steps", &s(number(args, "--sft-warmup-steps", 0)?), "--sft-batch-size", "4"])
+        .args(["--sft-warmup-steps", &s(o.sft_warmup_steps), "--sft-batch-size", "4"])
         .args(["--sft-lr", "3e-5"])
         .arg("--runs-dir")
         .arg(runs)
@@ -60,14 +85,14 @@ fn rollouts(host: &Path, model: &Path, env: &str, args: &[String], runs: &Path) 
 }
 
 /// One side's single-turn throughput at `n` samples: (tokens per second, seconds).
-fn single_turn(host: &Path, model: &Path, n: usize, args: &[String]) -> Result<(f64, f64)> {
+fn single_turn(host: &Path, model: &Path, n: usize, o: &Options) -> Result<(f64, f64)> {
     let v = run_json(
         Command::new(host)
             .args(["generate", "--prompt", PROMPT, "--device", "cpu", "--dtype", "f32", "--json", "--seed", "0"])
             .arg("--model")
             .arg(model)
-            .args(["-n", &n.to_string(), "--max-new-tokens", &number(args, "--new-tokens", 64usize)?.to_string()])
-            .args(["--temperature", "1.0", "--threads", &threads(args)?.to_string()]),
+            .args(["-n", &n.to_string(), "--max-new-tokens", &o.new_tokens.to_string()])
+            .args(["--temperature", "1.0", "--threads", &o.threads.to_string()]),
     )?;
     let stats = &v["stats"];
     let secs = stats["prefill_secs"].as_f64().unwrap_or(0.0) + stats["decode_secs"].as_f64().unwrap_or(0.0);
@@ -85,6 +110,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         }
     };
     let (model, _) = inputs(args)?;
+    let o = Options::parse(args)?;
     let runs = std::env::temp_dir().join("grpo-bench-rollout");
     let sides = [("before", baseline.join("grpo-host")), ("after", candidate.join("grpo-host"))];
     for (_, host) in &sides {
@@ -96,7 +122,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     md.push_str(&format!(
         "Default model, f32, CPU ({}), {} thread(s); `before` and `after` run one after the other in this run.\n\n",
         cpu_name(),
-        threads(args)?
+        o.threads
     ));
     md.push_str("| workload | before s/batch | after s/batch | before tok/s | after tok/s | speed-up |\n");
     md.push_str("|---|---:|---:|---:|---:|---:|\n");
@@ -105,14 +131,14 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         let mut row = Vec::new();
         for (side, host) in &sides {
             eprintln!("{side}: {env} rollouts...");
-            let (secs, tokens) = rollouts(host, &model, env, args, &runs)?;
+            let (secs, tokens) = rollouts(host, &model, env, &o, &runs)?;
             eprintln!("  {secs:.1} s per batch, {tokens:.0} tokens");
             row.push((secs, tokens / secs.max(1e-9)));
         }
         md.push_str(&format!(
             "| {env} rollouts, {} x {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2}x |\n",
-            number(args, "--tasks", 4)?,
-            number(args, "--group", 8)?,
+            o.tasks,
+            o.group,
             row[0].0,
             row[1].0,
             row[0].1,
@@ -130,7 +156,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         let mut row = Vec::new();
         for (side, host) in &sides {
             eprintln!("{side}: generate -n {n}...");
-            row.push(single_turn(host, &model, n, args)?);
+            row.push(single_turn(host, &model, n, &o)?);
         }
         md.push_str(&format!(
             "| generate, {n} sample(s) | {:.2} | {:.2} | {:.1} | {:.1} | {:.2}x |\n",
@@ -148,10 +174,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
          --max-new-tokens {} --temperature 1.0 --seed 0 --json`, seconds from prefill to the last token.\n\n\
          Reproduce: `cargo xtask bench-rollout --baseline DIR` with DIR holding the other build's grpo-host and \
          plugins.\n",
-        number(args, "--tasks", 4)?,
-        number(args, "--group", 8)?,
-        number(args, "--max-new", 128)?,
-        number(args, "--new-tokens", 64)?,
+        o.tasks, o.group, o.max_new, o.new_tokens,
     ));
     print!("{md}");
     let out = root.join("target").join("bench-rollout.md");

@@ -278,9 +278,11 @@ impl<'a> Engine<'a> {
             return Ok(ended);
         }
         let start = Instant::now();
-        self.prefill()?;
-        sync(self.model.device());
-        self.stats.prefill_secs += start.elapsed().as_secs_f64();
+        if self.prefill()? {
+            // Only for the timing split: sampling synchronises anyway.
+            sync(self.model.device());
+            self.stats.prefill_secs += start.elapsed().as_secs_f64();
+        }
         let start = Instant::now();
         let continuing = self.sample(on_token, &mut ended)?;
         self.decode(&continuing)?;
@@ -302,10 +304,11 @@ impl<'a> Engine<'a> {
     }
 
     /// Feed every sequence's pending tokens, sharing group prompts; each ends Ready with its next-token logits.
-    fn prefill(&mut self) -> anyhow::Result<()> {
+    /// Returns whether there was anything to feed.
+    fn prefill(&mut self) -> anyhow::Result<bool> {
         let ids: Vec<SeqId> = self.seqs.iter().filter(|(_, s)| s.state == State::Prefill).map(|(&id, _)| id).collect();
         if ids.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         // Sequences whose whole streams are the same (a group's prompt, or siblings that sampled the same turn and
         // got the same reply) run their new tokens once: one leads, the others copy its new columns and logits.
@@ -383,7 +386,7 @@ impl<'a> Engine<'a> {
             seq.logits = logits;
             seq.state = State::Ready;
         }
-        Ok(())
+        Ok(true)
     }
 
     fn prefill_batch(&mut self, ids: &[SeqId]) -> anyhow::Result<()> {
@@ -505,7 +508,8 @@ impl<'a> Engine<'a> {
         if continuing.is_empty() {
             return Ok(());
         }
-        self.gather_front(continuing.iter().map(|&(id, _)| id));
+        let ids: Vec<SeqId> = continuing.iter().map(|&(id, _)| id).collect();
+        self.gather_front(&ids);
         let c = continuing.len();
         let mut tokens = vec![0i64; c];
         let mut starts = vec![0i64; c];
@@ -530,8 +534,7 @@ impl<'a> Engine<'a> {
     }
 
     /// Move the sequences `ids` into slots `0..ids.len()`, swapping out whatever holds those slots.
-    fn gather_front(&mut self, ids: impl Iterator<Item = SeqId>) {
-        let ids: Vec<SeqId> = ids.collect();
+    fn gather_front(&mut self, ids: &[SeqId]) {
         let c = ids.len();
         let outside: Vec<usize> = ids
             .iter()

@@ -154,10 +154,7 @@ pub fn generate(
     if let Some(bad) = req.prompts.iter().flatten().find(|&&t| t >= vocab) {
         return Err(user_error!("prompt token id {bad} is outside the model's vocabulary of {vocab}"));
     }
-    if !req.stop_strings.is_empty() && tokenizer.is_none() {
-        return Err(user_error!("stop strings need a tokenizer"));
-    }
-    req.sampling.validate()?;
+    // The engine checks the sampling settings and that stop strings have a tokenizer.
     let group = req.group_size;
     let n = req.prompts.len() * group;
     if !req.row_seeds.is_empty() && req.row_seeds.len() != n {
