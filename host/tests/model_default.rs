@@ -2,6 +2,8 @@
 //! prompt alone and for all prompts in one batch. Needs the default model, which `cargo xtask setup` installs and
 //! `cargo xtask test` sets up first (about 5 s in a debug build). Fixture: `~/.cache/grpo-rs/venv/bin/python tests/oracles/model_default_greedy.py`.
 
+mod common;
+
 use std::path::Path;
 
 use grpo_host::generate::{generate, GenerateRequest};
@@ -21,7 +23,14 @@ fn default_model_greedy_matches_transformers() {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/model/default_greedy.json");
     let v: Value = serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
     let tok = Tokenizer::from_dir(&dir).unwrap();
-    let model = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
+    for device in common::devices("default_model_greedy_matches_transformers") {
+        greedy_matches(&dir, &tok, &v, device);
+    }
+}
+
+/// The fixture's greedy completions, alone and batched, from the model on `device` in f32.
+fn greedy_matches(dir: &Path, tok: &Tokenizer, v: &Value, device: Device) {
+    let model = Model::load(dir, device, Kind::Float).unwrap();
     let max_new = v["max_new_tokens"].as_u64().unwrap() as usize;
     let ids = |x: &Value| -> Vec<u32> { x.as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect() };
     let mut prompts = Vec::new();
@@ -33,16 +42,16 @@ fn default_model_greedy_matches_transformers() {
         assert_eq!(prompt, ids(&case["prompt_ids"]));
         let want = ids(&case["completion_ids"]);
         let req = GenerateRequest::new(vec![prompt.clone()], 1, max_new, tok.eos_token_ids().to_vec());
-        let out = generate(&model, Some(&tok), &req, None).unwrap();
-        assert_eq!(out.completions[0].tokens, want, "prompt {rendered:?}");
+        let out = generate(&model, Some(tok), &req, None).unwrap();
+        assert_eq!(out.completions[0].tokens, want, "{device:?}: prompt {rendered:?}");
         assert_eq!(out.completions[0].text, case["completion_text"].as_str().unwrap());
         prompts.push(prompt);
         wants.push(want);
     }
     assert!(prompts.len() >= 3);
     let req = GenerateRequest::new(prompts, 2, max_new, tok.eos_token_ids().to_vec());
-    let out = generate(&model, Some(&tok), &req, None).unwrap();
+    let out = generate(&model, Some(tok), &req, None).unwrap();
     for c in &out.completions {
-        assert_eq!(c.tokens, wants[c.prompt_index], "batched prompt {}", c.prompt_index);
+        assert_eq!(c.tokens, wants[c.prompt_index], "{device:?}: batched prompt {}", c.prompt_index);
     }
 }

@@ -1,6 +1,8 @@
 //! Logits and log-prob parity with transformers on tiny random models of each family, plus loading errors and
 //! LoRA behaviour. Fixtures: `tests/oracles/model_fixtures.py`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use grpo_host::model::{LoraConfig, Model};
@@ -12,58 +14,79 @@ fn tiny(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/model/tiny").join(name)
 }
 
-fn reference(dir: &Path) -> std::collections::HashMap<String, Tensor> {
-    Tensor::read_safetensors(dir.join("reference.safetensors")).unwrap().into_iter().collect()
+/// transformers' inputs and outputs for the tiny model in `dir`, on `device`.
+fn reference(dir: &Path, device: Device) -> std::collections::HashMap<String, Tensor> {
+    let tensors = Tensor::read_safetensors(dir.join("reference.safetensors")).unwrap();
+    tensors.into_iter().map(|(name, t)| (name, t.to_device(device))).collect()
 }
 
+/// The largest difference where `mask` is set, compared on the CPU in f32.
 fn max_abs_where(a: &Tensor, b: &Tensor, mask: &Tensor) -> f64 {
-    let d = (a - b).abs() * mask.to_kind(Kind::Float);
+    let cpu = |t: &Tensor| t.to_device(Device::Cpu).to_kind(Kind::Float);
+    let d = (cpu(a) - cpu(b)).abs() * cpu(mask);
     d.max().double_value(&[])
+}
+
+/// The f32 tolerance against transformers (computed on the CPU) on `device`: CUDA's kernels sum in other orders.
+fn f32_tolerance(device: Device) -> f64 {
+    if device.is_cuda() {
+        1e-3
+    } else {
+        1e-4
+    }
 }
 
 #[test]
 fn logits_match_transformers() {
-    for fam in FAMILIES {
-        let dir = tiny(fam);
-        let model = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
-        let r = reference(&dir);
-        let (ids, mask, pos) = (&r["input_ids"], &r["attention_mask"], &r["position_ids"]);
-        assert_eq!(Model::position_ids(mask), *pos, "{fam}: position ids from the mask");
-        let logits = tch::no_grad(|| model.forward(ids, mask, pos));
-        let real = mask.unsqueeze(-1).expand_as(&logits);
-        let diff = max_abs_where(&logits, &r["logits"], &real);
-        assert!(diff <= 1e-4, "{fam}: max |logits - transformers| = {diff}");
-        // Padding must matter: comparing against all positions' logits of a shifted batch would fail.
-        assert!(r["logits"].abs().max().double_value(&[]) > 0.1, "{fam}: reference logits are degenerate");
+    for device in common::devices("logits_match_transformers") {
+        let tol = f32_tolerance(device);
+        for fam in FAMILIES {
+            let dir = tiny(fam);
+            let model = Model::load(&dir, device, Kind::Float).unwrap();
+            let r = reference(&dir, device);
+            let (ids, mask, pos) = (&r["input_ids"], &r["attention_mask"], &r["position_ids"]);
+            assert_eq!(Model::position_ids(mask), *pos, "{fam}: position ids from the mask");
+            let logits = tch::no_grad(|| model.forward(ids, mask, pos));
+            assert_eq!(logits.device(), device);
+            let real = mask.unsqueeze(-1).expand_as(&logits);
+            let diff = max_abs_where(&logits, &r["logits"], &real);
+            assert!(diff <= tol, "{fam} on {device:?}: max |logits - transformers| = {diff}");
+            // Padding must matter: comparing against all positions' logits of a shifted batch would fail.
+            assert!(r["logits"].abs().max().double_value(&[]) > 0.1, "{fam}: reference logits are degenerate");
 
-        // The full and the right-padded rows alone take the maskless causal path; they must agree too.
-        let rows = Tensor::from_slice(&[0i64, 2]);
-        let (ids, mask, pos) = (ids.index_select(0, &rows), mask.index_select(0, &rows), pos.index_select(0, &rows));
-        let logits = tch::no_grad(|| model.forward(&ids, &mask, &pos));
-        let real = mask.unsqueeze(-1).expand_as(&logits);
-        let diff = max_abs_where(&logits, &r["logits"].index_select(0, &rows), &real);
-        assert!(diff <= 1e-4, "{fam}, right-padded rows only: max |logits - transformers| = {diff}");
+            // The full and the right-padded rows alone take the maskless causal path; they must agree too.
+            let rows = Tensor::from_slice(&[0i64, 2]).to_device(device);
+            let (ids, mask, pos) =
+                (ids.index_select(0, &rows), mask.index_select(0, &rows), pos.index_select(0, &rows));
+            let logits = tch::no_grad(|| model.forward(&ids, &mask, &pos));
+            let real = mask.unsqueeze(-1).expand_as(&logits);
+            let diff = max_abs_where(&logits, &r["logits"].index_select(0, &rows), &real);
+            assert!(diff <= tol, "{fam} on {device:?}, right-padded rows only: max |logits - transformers| = {diff}");
+        }
     }
 }
 
 #[test]
 fn token_log_probs_match_transformers_in_any_chunking() {
-    for fam in FAMILIES {
-        let dir = tiny(fam);
-        let model = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
-        let r = reference(&dir);
-        let (ids, mask) = (&r["input_ids"], &r["attention_mask"]);
-        let t = ids.size()[1];
-        let both_real = mask.narrow(1, 0, t - 1).logical_and(&mask.narrow(1, 1, t - 1));
-        for chunk in [1, 4, 100] {
-            let lp = tch::no_grad(|| model.token_log_probs_chunked(ids, mask, chunk));
-            assert_eq!(lp.size(), vec![3, t - 1]);
-            assert_eq!(lp.kind(), Kind::Float);
-            let diff = max_abs_where(&lp, &r["token_log_probs"], &both_real);
-            assert!(diff <= 1e-4, "{fam} chunk {chunk}: max |log p - transformers| = {diff}");
+    for device in common::devices("token_log_probs_match_transformers_in_any_chunking") {
+        let tol = f32_tolerance(device);
+        for fam in FAMILIES {
+            let dir = tiny(fam);
+            let model = Model::load(&dir, device, Kind::Float).unwrap();
+            let r = reference(&dir, device);
+            let (ids, mask) = (&r["input_ids"], &r["attention_mask"]);
+            let t = ids.size()[1];
+            let both_real = mask.narrow(1, 0, t - 1).logical_and(&mask.narrow(1, 1, t - 1));
+            for chunk in [1, 4, 100] {
+                let lp = tch::no_grad(|| model.token_log_probs_chunked(ids, mask, chunk));
+                assert_eq!(lp.size(), vec![3, t - 1]);
+                assert_eq!((lp.kind(), lp.device()), (Kind::Float, device));
+                let diff = max_abs_where(&lp, &r["token_log_probs"], &both_real);
+                assert!(diff <= tol, "{fam} on {device:?}, chunk {chunk}: max |log p - transformers| = {diff}");
+            }
+            let auto = tch::no_grad(|| model.token_log_probs(ids, mask));
+            assert!(max_abs_where(&auto, &r["token_log_probs"], &both_real) <= tol);
         }
-        let auto = tch::no_grad(|| model.token_log_probs(ids, mask));
-        assert!(max_abs_where(&auto, &r["token_log_probs"], &both_real) <= 1e-4);
     }
 }
 
@@ -104,7 +127,7 @@ fn token_log_probs_keep_no_logits_yet_give_the_plain_gradients() {
     for (fam, kind, tol) in [("qwen2", Kind::Float, 1e-5), ("llama", Kind::Float, 1e-5), ("llama", Kind::BFloat16, 0.1)]
     {
         let model = Model::load(&tiny(fam), Device::Cpu, kind).unwrap();
-        let r = reference(&tiny(fam));
+        let r = reference(&tiny(fam), Device::Cpu);
         let (ids, mask) = (&r["input_ids"], &r["attention_mask"]);
         let t = ids.size()[1];
         tch::manual_seed(7);
@@ -150,7 +173,7 @@ fn parameters_carry_hf_names_and_gradients_flow() {
         assert!(vars.contains_key(name), "missing {name}; have {:?}", vars.keys().take(5).collect::<Vec<_>>());
     }
     assert!(!vars.contains_key("lm_head.weight"), "qwen2 tiny model ties lm_head to the embedding");
-    let r = reference(&tiny("qwen2"));
+    let r = reference(&tiny("qwen2"), Device::Cpu);
     let lp = model.token_log_probs(&r["input_ids"], &r["attention_mask"]);
     lp.sum(Kind::Float).backward();
     let g = vars["model.layers.0.mlp.up_proj.weight"].grad();
@@ -159,14 +182,18 @@ fn parameters_carry_hf_names_and_gradients_flow() {
 
 #[test]
 fn bf16_is_close_to_f32() {
-    let dir = tiny("llama");
-    let r = reference(&dir);
-    let model = Model::load(&dir, Device::Cpu, Kind::BFloat16).unwrap();
-    let logits = tch::no_grad(|| model.forward(&r["input_ids"], &r["attention_mask"], &r["position_ids"]));
-    assert_eq!(logits.kind(), Kind::BFloat16);
-    let real = r["attention_mask"].unsqueeze(-1).expand_as(&logits);
-    let diff = max_abs_where(&logits.to_kind(Kind::Float), &r["logits"], &real);
-    assert!(diff < 0.1, "bf16 drifted by {diff}");
+    for device in common::devices("bf16_is_close_to_f32") {
+        for fam in FAMILIES {
+            let dir = tiny(fam);
+            let r = reference(&dir, device);
+            let model = Model::load(&dir, device, Kind::BFloat16).unwrap();
+            let logits = tch::no_grad(|| model.forward(&r["input_ids"], &r["attention_mask"], &r["position_ids"]));
+            assert_eq!((logits.kind(), logits.device()), (Kind::BFloat16, device));
+            let real = r["attention_mask"].unsqueeze(-1).expand_as(&logits);
+            let diff = max_abs_where(&logits, &r["logits"], &real);
+            assert!(diff < 0.1, "{fam} on {device:?}: bf16 drifted by {diff} from transformers' f32 logits");
+        }
+    }
 }
 
 fn copy_dir(src: &Path, dst: &Path) {
@@ -226,7 +253,7 @@ fn broken_checkpoints_give_one_line_errors() {
 #[test]
 fn lora_starts_as_identity_and_switches_off() {
     let dir = tiny("qwen3");
-    let r = reference(&dir);
+    let r = reference(&dir, Device::Cpu);
     let (ids, mask, pos) = (&r["input_ids"], &r["attention_mask"], &r["position_ids"]);
     let mut model = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
     let base = tch::no_grad(|| model.forward(ids, mask, pos));

@@ -18,6 +18,42 @@ fn shipped_registry() -> Registry {
     Registry::discover(&DiscoveryOptions::only(vec![shipped_dir().to_path_buf()])).unwrap()
 }
 
+/// The shipped algorithms take their batch on any device and return advantages, the loss, its gradient and their
+/// device metrics on that device: nothing is moved to the CPU on the way through the library.
+#[test]
+fn shipped_algorithms_keep_every_tensor_on_the_batch_device() {
+    let registry = shipped_registry();
+    for device in devices("shipped_algorithms_keep_every_tensor_on_the_batch_device") {
+        for name in ["grpo", "drgrpo"] {
+            let algo = registry.algorithm(name, &Value::Null).unwrap();
+            assert!(algo.keeps_metrics_on_device(), "{name} is built against this SDK");
+            let rewards = Tensor::from_slice(&[1.0f32, 0.0, 0.5, 0.25]).to_device(device);
+            let adv = algo.advantages(&rewards, &[2, 2]).unwrap();
+            assert_eq!(adv.device(), device, "{name}: advantages");
+            let opts = (Kind::Float, device);
+            let log_probs = (Tensor::rand([4, 5], opts) - 2.0).set_requires_grad(true);
+            let batch = PolicyBatch {
+                log_probs: log_probs.shallow_clone(),
+                old_log_probs: log_probs.detach() + 0.3,
+                ref_log_probs: Some(log_probs.detach() - 0.1),
+                advantages: adv,
+                action_mask: Tensor::rand([4, 5], opts).gt(0.3),
+                settings: LossSettings { generate_max_length: 5, ..LossSettings::default() },
+                is_weights: None,
+            };
+            let out = algo.loss(&batch).unwrap();
+            assert_eq!(out.loss.device(), device, "{name}: loss");
+            assert!(!out.device_metrics.is_empty(), "{name} returns device metrics");
+            for (metric, t) in &out.device_metrics {
+                assert_eq!(t.device(), device, "{name}: {metric}");
+            }
+            assert!(out.number("training_step/kl").unwrap() > 0.0, "{name}: the KL to a shifted reference");
+            out.loss.backward();
+            assert_eq!(log_probs.grad().device(), device, "{name}: gradient");
+        }
+    }
+}
+
 /// The error as the user sees it: one line, with its exit code.
 fn user_message<T>(result: anyhow::Result<T>) -> (String, i32) {
     let err = result.err().expect("expected an error");
@@ -89,14 +125,17 @@ fn losses_through_the_boundary_match_the_golden_values() {
             },
             is_weights: None,
         };
-        let LossOutput { loss, metrics } = algo.loss(&batch).unwrap();
+        let out = algo.loss(&batch).unwrap();
+        let loss = &out.loss;
         assert!((loss.double_value(&[]) - case["expected_loss"].as_f64().unwrap()).abs() < 1e-6);
         loss.backward();
         let diff = (log_probs.grad() - t(&case["expected_grad"])).abs().max().double_value(&[]);
         assert!(diff < 1e-6, "{algo_name}: gradient differs by {diff}");
-        let kl = metrics.iter().find(|m| m.name == "training_step/kl").unwrap();
+        // GRPO and DR-GRPO return it as a device metric, which crosses the boundary as a tensor.
+        assert!(out.metrics.iter().all(|m| m.name != "training_step/kl"));
+        let kl = out.number("training_step/kl").unwrap();
         let want = case["expected_metrics"]["training_step/kl"].as_f64().unwrap();
-        assert!((kl.as_number().unwrap() - want).abs() < 1e-6);
+        assert!((kl - want).abs() < 1e-6);
     }
 }
 

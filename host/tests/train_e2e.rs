@@ -417,6 +417,35 @@ fn rows_so_far(run: &Path) -> usize {
         .unwrap_or(0)
 }
 
+/// The last value `key` was logged with, from any row.
+fn last_logged(all: &[serde_json::Map<String, serde_json::Value>], key: &str) -> serde_json::Value {
+    all.iter().rev().find_map(|r| r.get(key).cloned()).unwrap_or_else(|| panic!("nothing logged {key}"))
+}
+
+/// One optimizer step of each shipped algorithm on every device libtorch offers (CUDA in its default bf16 mixed
+/// precision): the loss, the KL and the gradient norm come out finite, and the GPU memory metrics are the caching
+/// allocator's (0 on the CPU).
+#[test]
+fn one_step_of_each_algorithm_on_every_device() {
+    for device in common::devices("one_step_of_each_algorithm_on_every_device") {
+        let flag = if device.is_cuda() { "cuda" } else { "cpu" };
+        for algo in ["grpo", "drgrpo"] {
+            let runs = tempfile::tempdir().unwrap();
+            let out = train(runs.path(), "one", &["--algo", algo, "--device", flag, "--max-steps", "1"]);
+            assert!(out.status.success(), "{algo} on {flag}: {}", text(&out.stderr));
+            let all = rows(&runs.path().join("one"));
+            for key in ["training_step/loss", "training_step/kl", "training_step/grad_norm"] {
+                let v = last_logged(&all, key).as_f64().unwrap_or(f64::NAN);
+                assert!(v.is_finite(), "{algo} on {flag}: {key} = {v}");
+            }
+            let want = if device.is_cuda() { "cuda:0" } else { "cpu" };
+            assert_eq!(last_logged(&all, "accelerate/device"), want, "{algo}");
+            let allocated = last_logged(&all, "system/gpu_memory_allocated_gb").as_f64().unwrap();
+            assert_eq!(allocated > 0.0, device.is_cuda(), "{algo} on {flag}: gpu_memory_allocated_gb = {allocated}");
+        }
+    }
+}
+
 #[test]
 fn drgrpo_trains_two_batches_of_calc_tools() {
     let runs = tempfile::tempdir().unwrap();

@@ -77,6 +77,14 @@ pub trait Algorithm: Plugin {
     /// The loss of one micro-batch: a scalar tensor whose graph reaches `batch.log_probs`, plus metrics for this
     /// micro-batch. Must not call `backward` itself.
     fn loss(&self, batch: &PolicyBatch) -> Result<LossOutput>;
+
+    /// The same loss with its tensor-valued metrics left on the device ([`DeferredLoss`]); the host calls this one
+    /// in training. The default wraps [`Algorithm::loss`] (its metrics are on the host already). An algorithm whose
+    /// metrics come from tensors implements this instead and defines `loss` as `self.loss_deferred(batch)?.read()`,
+    /// so that a GPU run does not wait for a copy per metric and micro-batch.
+    fn loss_deferred(&self, batch: &PolicyBatch) -> Result<DeferredLoss> {
+        self.loss(batch).map(DeferredLoss::from)
+    }
 }
 
 /// One micro-batch of experience, as the host hands it to [`Algorithm::loss`]. All tensors share one device.
@@ -140,4 +148,93 @@ impl LossOutput {
     pub fn new(loss: Tensor) -> Self {
         LossOutput { loss, metrics: Vec::new() }
     }
+}
+
+/// What [`Algorithm::loss_deferred`] returns: the loss with its tensor-valued metrics still on the device.
+///
+/// The host reads every micro-batch's loss and device metrics in one device-to-host copy per optimizer step. A
+/// number in [`LossOutput::metrics`] has been copied to the host by the plugin already, which on a GPU is a
+/// synchronisation per micro-batch: the host cannot queue the next kernels until the copy is done.
+///
+/// ```
+/// use grpo_sdk::tch::Tensor;
+/// use grpo_sdk::{DeferredLoss, Metric};
+///
+/// let per_token = Tensor::from_slice(&[0.5f32, 1.5]);
+/// let out = DeferredLoss::new(per_token.mean(None))
+///     .with_device_metric("my_algo/max_token_loss", per_token.max())
+///     .with_metric(Metric::text("my_algo/variant", "plain"));
+/// assert_eq!(out.number("my_algo/max_token_loss"), Some(1.5));
+/// let read = out.read()?; // what `Algorithm::loss` returns: every metric on the host
+/// assert_eq!(read.metrics[1], Metric::number("my_algo/max_token_loss", 1.5));
+/// # Ok::<(), grpo_sdk::Error>(())
+/// ```
+pub struct DeferredLoss {
+    /// The scalar loss; the host calls `backward` on it.
+    pub loss: Tensor,
+    /// Metrics already on the host (texts, or numbers known without reading a tensor), as in [`LossOutput`].
+    pub metrics: Vec<Metric>,
+    /// Numeric metrics still on the loss's device: one-element tensors of any dtype, by full name, averaged over
+    /// the micro-batches and logged like the numbers in `metrics`. The host detaches them.
+    pub device_metrics: Vec<(String, Tensor)>,
+}
+
+impl DeferredLoss {
+    /// A loss without metrics.
+    pub fn new(loss: Tensor) -> Self {
+        DeferredLoss { loss, metrics: Vec::new(), device_metrics: Vec::new() }
+    }
+
+    /// Add a metric already on the host.
+    pub fn with_metric(mut self, metric: Metric) -> Self {
+        self.metrics.push(metric);
+        self
+    }
+
+    /// Add a numeric metric that is still a one-element tensor on the device.
+    pub fn with_device_metric(mut self, name: impl Into<String>, value: Tensor) -> Self {
+        self.device_metrics.push((name.into(), value));
+        self
+    }
+
+    /// The numeric metric `name` from either list; a device metric is read here (one copy to the host). For tests
+    /// and checks: the host's training loop never calls it.
+    pub fn number(&self, name: &str) -> Option<f64> {
+        self.metrics.iter().find(|m| m.name == name).and_then(Metric::as_number).or_else(|| {
+            let (_, t) = self.device_metrics.iter().find(|(n, _)| n == name)?;
+            scalar_value(name, t).ok()
+        })
+    }
+
+    /// The [`LossOutput`] with every device metric read into a number after the host metrics: what
+    /// [`Algorithm::loss`] returns when an algorithm implements [`Algorithm::loss_deferred`]. An error names a
+    /// device metric that is not a single element.
+    pub fn read(self) -> Result<LossOutput> {
+        let mut metrics = self.metrics;
+        for (name, t) in &self.device_metrics {
+            metrics.push(Metric::number(name.clone(), scalar_value(name, t)?));
+        }
+        Ok(LossOutput { loss: self.loss, metrics })
+    }
+}
+
+impl From<LossOutput> for DeferredLoss {
+    fn from(out: LossOutput) -> Self {
+        DeferredLoss { loss: out.loss, metrics: out.metrics, device_metrics: Vec::new() }
+    }
+}
+
+/// An error unless the device metric `name` is a defined one-element tensor.
+pub(crate) fn check_device_metric(name: &str, t: &Tensor) -> Result<()> {
+    if t.defined() && t.numel() == 1 {
+        return Ok(());
+    }
+    let shape = if t.defined() { format!("{:?}", t.size()) } else { "undefined".to_string() };
+    Err(crate::Error::msg(format!("device metric {name} must hold one element, it has shape {shape}")))
+}
+
+/// The value of the one-element device metric `name`.
+fn scalar_value(name: &str, t: &Tensor) -> Result<f64> {
+    check_device_metric(name, t)?;
+    Ok(t.detach().to_kind(tch::Kind::Double).reshape([-1]).double_value(&[0]))
 }

@@ -22,7 +22,8 @@
 //! - Libraries are never unloaded, so `&'static` data in them (names, vtables) stays valid.
 
 use crate::{
-    Algorithm, Environment, Error, LossOutput, LossSettings, Metric, Plugin, PolicyBatch, Result, Split, Task,
+    Algorithm, DeferredLoss, Environment, Error, LossOutput, LossSettings, Metric, Plugin, PolicyBatch, Result, Split,
+    Task,
 };
 use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
@@ -34,8 +35,8 @@ use tch::Tensor;
 pub const ABI_MAJOR: u32 = 1;
 /// The ABI minor version: bumped when fields are appended. 1 appended [`FfiPolicyBatch::is_weights`]; the host
 /// refuses importance weights for a library of minor 0, whose losses would silently ignore them. 2 appended
-/// [`EnvironmentVTable::task_from_row`].
-pub const ABI_MINOR: u32 = 2;
+/// [`EnvironmentVTable::task_from_row`]. 3 appended [`AlgorithmVTable::loss_on_device`].
+pub const ABI_MINOR: u32 = 3;
 /// The name of the exported entry function (without the trailing NUL).
 pub const ENTRY_SYMBOL: &str = "grpo_plugin_library";
 
@@ -224,7 +225,8 @@ pub struct AlgorithmVTable {
         out: *mut TensorPtr,
         err: StrSink,
     ) -> u32,
-    /// The loss of a borrowed batch; writes an owned scalar to `out_loss` and a JSON metric array to `out_metrics`.
+    /// The loss of a borrowed batch; writes an owned scalar to `out_loss` and a JSON metric array to `out_metrics`,
+    /// with the device metrics read into numbers (what a host older than ABI 1.3 calls).
     pub loss: unsafe extern "C" fn(
         this: *const c_void,
         batch: *const FfiPolicyBatch,
@@ -232,7 +234,23 @@ pub struct AlgorithmVTable {
         out_metrics: StrSink,
         err: StrSink,
     ) -> u32,
+    /// The same loss with its device metrics left on the device: an owned 1-D float64 tensor of their values to
+    /// `out_values` (null when there are none) and their names, a JSON string array in the same order, to
+    /// `out_names`. Appended in ABI 1.3: a library whose `plugin.size` is [`ALGORITHM_VTABLE_V1_2_SIZE`] has no such
+    /// field.
+    pub loss_on_device: unsafe extern "C" fn(
+        this: *const c_void,
+        batch: *const FfiPolicyBatch,
+        out_loss: *mut TensorPtr,
+        out_metrics: StrSink,
+        out_values: *mut TensorPtr,
+        out_names: StrSink,
+        err: StrSink,
+    ) -> u32,
 }
+
+/// The size of an algorithm table up to ABI 1.2, which ends after `loss`.
+pub const ALGORITHM_VTABLE_V1_2_SIZE: usize = std::mem::offset_of!(AlgorithmVTable, loss_on_device);
 
 /// [`PolicyBatch`] across the boundary; every tensor is borrowed for the call.
 #[repr(C)]
@@ -327,7 +345,9 @@ const _: () = {
     assert!(size_of::<PluginVTable>() == 5 * word);
     assert!(offset_of!(PluginVTable, metrics) == 4 * word);
     assert!(offset_of!(AlgorithmVTable, advantages) == 5 * word);
-    assert!(size_of::<AlgorithmVTable>() == 7 * word);
+    assert!(ALGORITHM_VTABLE_V1_2_SIZE == 7 * word);
+    // Appended in 1.3: the loss with device metrics.
+    assert!(size_of::<AlgorithmVTable>() == 8 * word);
     // ABI 1.0's batch: six words, then the settings; 1.1 appended the importance weights.
     assert!(FFI_POLICY_BATCH_V1_0_SIZE == 6 * word + size_of::<LossSettings>());
     assert!(offset_of!(EnvironmentVTable, tools) == 5 * word);
@@ -411,6 +431,7 @@ pub fn algorithm_entry<T: Algorithm>(version: &'static str) -> PluginEntry {
         plugin: plugin_vtable::<T, AlgorithmVTable>(),
         advantages: alg_advantages::<T>,
         loss: alg_loss::<T>,
+        loss_on_device: alg_loss_on_device::<T>,
     };
     entry::<T, _>(version, vtable)
 }
@@ -621,35 +642,69 @@ unsafe extern "C" fn alg_loss<T: Algorithm>(
     err: StrSink,
 ) -> u32 {
     call::<T>(this, err, |p| {
-        let b = batch.as_ref().ok_or_else(|| Error::msg("the host passed no batch"))?;
-        if b.size < FFI_POLICY_BATCH_V1_0_SIZE {
-            return Err(Error::msg("the host's batch is smaller than ABI 1.0's; the host is broken or not grpo-rs"));
-        }
-        let optional = |ptr: TensorPtr, what: &str| -> Result<Option<Tensor>> {
-            if ptr.is_null() {
-                Ok(None)
-            } else {
-                borrow_tensor(ptr, what).map(Some)
-            }
-        };
-        let ref_log_probs = optional(b.ref_log_probs, "ref_log_probs")?;
-        // A 1.0 host's batch ends before the weights: reading the field would read past its struct.
-        let is_weights =
-            if b.size >= std::mem::size_of::<FfiPolicyBatch>() { optional(b.is_weights, "is_weights")? } else { None };
-        let batch = PolicyBatch {
-            log_probs: borrow_tensor(b.log_probs, "log_probs")?,
-            old_log_probs: borrow_tensor(b.old_log_probs, "old_log_probs")?,
-            ref_log_probs,
-            advantages: borrow_tensor(b.advantages, "advantages")?,
-            action_mask: borrow_tensor(b.action_mask, "action_mask")?,
-            settings: b.settings,
-            is_weights,
-        };
-        let LossOutput { loss, metrics } = p.loss(&batch)?;
+        let LossOutput { loss, metrics } = p.loss(&policy_batch(batch)?)?;
         check_defined(&loss, "loss")?;
         out_metrics.put(&to_json(&metrics)?);
         *out_loss = into_raw_tensor(loss);
         Ok(())
+    })
+}
+
+unsafe extern "C" fn alg_loss_on_device<T: Algorithm>(
+    this: *const c_void,
+    batch: *const FfiPolicyBatch,
+    out_loss: *mut TensorPtr,
+    out_metrics: StrSink,
+    out_values: *mut TensorPtr,
+    out_names: StrSink,
+    err: StrSink,
+) -> u32 {
+    call::<T>(this, err, |p| {
+        let DeferredLoss { loss, metrics, device_metrics } = p.loss_deferred(&policy_batch(batch)?)?;
+        check_defined(&loss, "loss")?;
+        let mut names = Vec::with_capacity(device_metrics.len());
+        let mut values = Vec::with_capacity(device_metrics.len());
+        for (name, t) in device_metrics {
+            crate::algorithm::check_device_metric(&name, &t)?;
+            values.push(t.detach().to_kind(tch::Kind::Double).reshape([1]));
+            names.push(name);
+        }
+        out_metrics.put(&to_json(&metrics)?);
+        out_names.put(&to_json(&names)?);
+        *out_values = if values.is_empty() { std::ptr::null_mut() } else { into_raw_tensor(Tensor::cat(&values, 0)) };
+        *out_loss = into_raw_tensor(loss);
+        Ok(())
+    })
+}
+
+/// The host's batch as the plugin sees it, after checking its size.
+///
+/// # Safety
+/// `batch` is null or points at a batch of at least the size it states, whose tensors outlive the call.
+unsafe fn policy_batch(batch: *const FfiPolicyBatch) -> Result<PolicyBatch> {
+    let b = batch.as_ref().ok_or_else(|| Error::msg("the host passed no batch"))?;
+    if b.size < FFI_POLICY_BATCH_V1_0_SIZE {
+        return Err(Error::msg("the host's batch is smaller than ABI 1.0's; the host is broken or not grpo-rs"));
+    }
+    let optional = |ptr: TensorPtr, what: &str| -> Result<Option<Tensor>> {
+        if ptr.is_null() {
+            Ok(None)
+        } else {
+            borrow_tensor(ptr, what).map(Some)
+        }
+    };
+    let ref_log_probs = optional(b.ref_log_probs, "ref_log_probs")?;
+    // A 1.0 host's batch ends before the weights: reading the field would read past its struct.
+    let is_weights =
+        if b.size >= std::mem::size_of::<FfiPolicyBatch>() { optional(b.is_weights, "is_weights")? } else { None };
+    Ok(PolicyBatch {
+        log_probs: borrow_tensor(b.log_probs, "log_probs")?,
+        old_log_probs: borrow_tensor(b.old_log_probs, "old_log_probs")?,
+        ref_log_probs,
+        advantages: borrow_tensor(b.advantages, "advantages")?,
+        action_mask: borrow_tensor(b.action_mask, "action_mask")?,
+        settings: b.settings,
+        is_weights,
     })
 }
 
@@ -852,10 +907,16 @@ mod tests {
         fn advantages(&self, rewards: &Tensor, _: &[usize]) -> Result<Tensor> {
             Ok(rewards.zeros_like())
         }
-        /// The sum of the batch's importance weights when it has them (to see them cross), else a panic.
         fn loss(&self, b: &PolicyBatch) -> Result<LossOutput> {
+            self.loss_deferred(b)?.read()
+        }
+        /// The sum of the batch's importance weights when it has them (to see them cross), else a panic; their
+        /// count as a host metric and their largest as a device metric.
+        fn loss_deferred(&self, b: &PolicyBatch) -> Result<DeferredLoss> {
             match &b.is_weights {
-                Some(w) => Ok(LossOutput::new(w.sum(tch::Kind::Float))),
+                Some(w) => Ok(DeferredLoss::new(w.sum(tch::Kind::Float))
+                    .with_metric(Metric::number("panicky/rows", w.size()[0] as f64))
+                    .with_device_metric("panicky/max_weight", w.max())),
                 None => panic!("boom"),
             }
         }
@@ -1012,5 +1073,60 @@ mod tests {
         assert_eq!(loss_of(full, std::ptr::null_mut()), (status::PANIC, None));
         // A 1.0 host's batch ends at `settings`: whatever follows it in memory is never read.
         assert_eq!(loss_of(FFI_POLICY_BATCH_V1_0_SIZE, 0x1 as TensorPtr), (status::PANIC, None));
+    }
+
+    #[test]
+    fn device_metrics_stay_tensors_for_a_1_3_host_and_become_numbers_for_an_older_one() {
+        let entry = algorithm_entry::<Panicky>("1.3.0");
+        let vt = unsafe { &*(entry.vtable as *const AlgorithmVTable) };
+        assert_eq!(vt.plugin.size, ALGORITHM_VTABLE_V1_2_SIZE + std::mem::size_of::<usize>());
+        let x = Tensor::zeros([1, 2], (tch::Kind::Float, tch::Device::Cpu));
+        let w = Tensor::from_slice(&[0.5f32, 2.0]).view([1, 2]);
+        let batch = FfiPolicyBatch {
+            size: std::mem::size_of::<FfiPolicyBatch>(),
+            log_probs: x.as_ptr() as TensorPtr,
+            old_log_probs: x.as_ptr() as TensorPtr,
+            ref_log_probs: std::ptr::null_mut(),
+            advantages: x.as_ptr() as TensorPtr,
+            action_mask: x.as_ptr() as TensorPtr,
+            settings: LossSettings::default(),
+            is_weights: w.as_ptr() as TensorPtr,
+        };
+        let (mut this, mut err): (*mut c_void, String) = (std::ptr::null_mut(), String::new());
+        assert_eq!(unsafe { (vt.plugin.create)(FfiStr::new(""), &mut this, StrSink::for_string(&mut err)) }, 0);
+        let adopt = |p: TensorPtr| unsafe { Tensor::from_ptr(p as *mut torch_sys::C_tensor) };
+
+        let (mut loss, mut values, mut metrics, mut names) =
+            (std::ptr::null_mut(), std::ptr::null_mut(), String::new(), String::new());
+        let code = unsafe {
+            (vt.loss_on_device)(
+                this,
+                &batch,
+                &mut loss,
+                StrSink::for_string(&mut metrics),
+                &mut values,
+                StrSink::for_string(&mut names),
+                StrSink::for_string(&mut err),
+            )
+        };
+        assert_eq!((code, err.as_str()), (status::OK, ""));
+        assert_eq!(adopt(loss).double_value(&[]), 2.5);
+        let values = adopt(values);
+        assert_eq!((values.kind(), Vec::<f64>::try_from(&values).unwrap()), (tch::Kind::Double, vec![2.0]));
+        assert_eq!(names, r#"["panicky/max_weight"]"#);
+        assert_eq!(decode_metrics(&metrics).unwrap(), vec![Metric::number("panicky/rows", 1.0)]);
+
+        // An ABI 1.2 host calls `loss`: every metric arrives as a number.
+        let (mut loss, mut metrics) = (std::ptr::null_mut(), String::new());
+        let code = unsafe {
+            (vt.loss)(this, &batch, &mut loss, StrSink::for_string(&mut metrics), StrSink::for_string(&mut err))
+        };
+        assert_eq!(code, status::OK);
+        assert_eq!(adopt(loss).double_value(&[]), 2.5);
+        assert_eq!(
+            decode_metrics(&metrics).unwrap(),
+            vec![Metric::number("panicky/rows", 1.0), Metric::number("panicky/max_weight", 2.0)]
+        );
+        unsafe { (vt.plugin.destroy)(this) };
     }
 }

@@ -65,7 +65,7 @@ mod plugin;
 pub mod rng;
 mod types;
 
-pub use algorithm::{Algorithm, LossOutput, LossSettings, PolicyBatch};
+pub use algorithm::{Algorithm, DeferredLoss, LossOutput, LossSettings, PolicyBatch};
 pub use environment::Environment;
 pub use error::{Error, Result};
 pub use metrics::{Metric, MetricSource, MetricValue};

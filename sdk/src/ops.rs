@@ -104,17 +104,29 @@ impl PolicyTerms {
     }
 
     /// The KL to the reference as the mean over sequences of per-sequence masked means; 0 without a reference.
+    /// Reads the value to the host; inside a loss, return [`PolicyTerms::kl_mean_tensor`] as a device metric.
     pub fn kl_mean(&self) -> f64 {
-        self.kl.as_ref().map_or(0.0, |kl| self.sequence_mean(kl).double_value(&[]))
+        self.kl_mean_tensor().double_value(&[])
     }
 
-    /// The share of action tokens where clipping changed the objective.
-    pub fn clip_fraction(&self) -> f64 {
-        let tokens = self.mask.sum(None).double_value(&[]);
-        if tokens == 0.0 {
-            0.0
-        } else {
-            self.clipped.sum(None).double_value(&[]) / tokens
+    /// [`PolicyTerms::kl_mean`] as a float64 scalar on the batch's device (no copy to the host).
+    pub fn kl_mean_tensor(&self) -> Tensor {
+        match &self.kl {
+            Some(kl) => self.sequence_mean(kl).detach().to_kind(Kind::Double),
+            None => Tensor::zeros([], (Kind::Double, self.mask.device())),
         }
+    }
+
+    /// The share of action tokens where clipping changed the objective (0 without action tokens). Reads the value
+    /// to the host; inside a loss, return [`PolicyTerms::clip_fraction_tensor`] as a device metric.
+    pub fn clip_fraction(&self) -> f64 {
+        self.clip_fraction_tensor().double_value(&[])
+    }
+
+    /// [`PolicyTerms::clip_fraction`] as a float64 scalar on the batch's device (no copy to the host).
+    pub fn clip_fraction_tensor(&self) -> Tensor {
+        // `clipped` is 0 wherever the mask is, so without action tokens the sum is 0 and the divisor's floor of 1
+        // gives 0 without a branch on the host.
+        self.clipped.sum(Kind::Double) / self.mask.sum(Kind::Double).clamp_min(1.0)
     }
 }

@@ -4,7 +4,7 @@
 use super::handle::PluginInstance;
 use crate::user_error;
 use grpo_sdk::ffi::{AlgorithmVTable, FfiPolicyBatch, FfiSlice, StrSink, TensorPtr};
-use grpo_sdk::{LossOutput, PolicyBatch};
+use grpo_sdk::{DeferredLoss, PolicyBatch};
 use tch::Tensor;
 
 /// A live algorithm. Cheap to clone (shared); usable from any thread.
@@ -63,8 +63,9 @@ impl PluginInstance<AlgorithmVTable> {
         ))
     }
 
-    /// The loss of one micro-batch (a scalar connected to `batch.log_probs`) and its metrics.
-    pub fn loss(&self, batch: &PolicyBatch) -> anyhow::Result<LossOutput> {
+    /// The loss of one micro-batch (a scalar connected to `batch.log_probs`) and its metrics, those the plugin
+    /// computed from tensors still on the device (a library older than ABI 1.3 reads them itself).
+    pub fn loss(&self, batch: &PolicyBatch) -> anyhow::Result<DeferredLoss> {
         if batch.is_weights.is_some() {
             self.check_takes_importance_weights()?;
         }
@@ -79,21 +80,59 @@ impl PluginInstance<AlgorithmVTable> {
             is_weights: batch.is_weights.as_ref().map_or(std::ptr::null_mut(), borrow),
         };
         let mut out: TensorPtr = std::ptr::null_mut();
-        let mut metrics_json = String::new();
+        let mut values: TensorPtr = std::ptr::null_mut();
+        let (mut metrics_json, mut names_json) = (String::new(), String::new());
         let metrics_sink = StrSink::for_string(&mut metrics_json);
-        let loss = self.vtable().loss;
-        self.call("loss", |this, err| {
-            // SAFETY: the batch and the tensors it borrows outlive the call.
-            unsafe { loss(this, &ffi_batch, &mut out, metrics_sink, err) }
-        })?;
+        let names_sink = StrSink::for_string(&mut names_json);
+        let vtable = self.vtable();
+        if self.keeps_metrics_on_device() {
+            let loss = vtable.loss_on_device;
+            self.call("loss", |this, err| {
+                // SAFETY: the batch and the tensors it borrows outlive the call.
+                unsafe { loss(this, &ffi_batch, &mut out, metrics_sink, &mut values, names_sink, err) }
+            })?;
+        } else {
+            let loss = vtable.loss;
+            self.call("loss", |this, err| {
+                // SAFETY: as above.
+                unsafe { loss(this, &ffi_batch, &mut out, metrics_sink, err) }
+            })?;
+        }
         let label = || self.info().label();
-        // SAFETY: on OK the plugin wrote an owned handle.
-        let loss = unsafe { adopt(out) }.ok_or_else(|| user_error!("{} returned no loss tensor", label()))?;
+        // SAFETY: on OK the plugin wrote owned handles (or null).
+        let (loss, values) = unsafe { (adopt(out), adopt(values)) };
+        let loss = loss.ok_or_else(|| user_error!("{} returned no loss tensor", label()))?;
         if loss.numel() != 1 {
             return Err(user_error!("{} returned a loss of shape {:?}; it must be a scalar", label(), loss.size()));
         }
         let metrics = grpo_sdk::ffi::decode_metrics(&metrics_json)
             .map_err(|e| user_error!("{} returned malformed loss metrics: {e}", label()))?;
-        Ok(LossOutput { loss, metrics })
+        let names: Vec<String> = if names_json.is_empty() {
+            Vec::new()
+        } else {
+            serde_json::from_str(&names_json)
+                .map_err(|e| user_error!("{} returned malformed device metric names: {e}", label()))?
+        };
+        let device_metrics = match values {
+            Some(v) if v.size() == [names.len() as i64] => {
+                names.into_iter().enumerate().map(|(i, name)| (name, v.get(i as i64))).collect()
+            }
+            None if names.is_empty() => Vec::new(),
+            v => {
+                let shape = v.map(|v| v.size());
+                return Err(user_error!(
+                    "{} returned {} device metric names but values of shape {shape:?}",
+                    label(),
+                    names.len()
+                ));
+            }
+        };
+        Ok(DeferredLoss { loss, metrics, device_metrics })
+    }
+
+    /// Whether the library's table has `loss_on_device` (ABI 1.3 and later); older libraries read their metrics
+    /// to the host themselves.
+    pub fn keeps_metrics_on_device(&self) -> bool {
+        self.vtable().plugin.size > grpo_sdk::ffi::ALGORITHM_VTABLE_V1_2_SIZE
     }
 }

@@ -37,7 +37,7 @@ pub use handle::PluginInstance;
 pub use library::EntryFn;
 pub use registry::Registry;
 
-use grpo_sdk::ffi::{self, AlgorithmVTable};
+use grpo_sdk::ffi;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -69,10 +69,11 @@ impl PluginKind {
     }
 
     /// The smallest function table of this kind the host accepts: ABI 1.0's, whose fields every call relies on.
-    /// Fields appended since (an environment's `demonstration`) are called only when the library's table has them.
+    /// Fields appended since (an environment's `demonstration`, an algorithm's `loss_on_device`) are called only when
+    /// the library's table has them.
     fn vtable_size(self) -> usize {
         match self {
-            PluginKind::Algorithm => std::mem::size_of::<AlgorithmVTable>(),
+            PluginKind::Algorithm => ffi::ALGORITHM_VTABLE_V1_2_SIZE,
             PluginKind::Environment => ffi::ENVIRONMENT_VTABLE_V1_0_SIZE,
         }
     }

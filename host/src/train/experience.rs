@@ -98,10 +98,19 @@ impl Experience {
 
     /// The rows `rows`, cut to their own longest sequence (a micro-batch pays only for its own length).
     pub fn select(&self, rows: &[usize]) -> MicroBatch {
+        self.select_at(rows, &self.row_index(rows))
+    }
+
+    /// `rows` as an index tensor on the experience's device. A copy from host memory, which on CUDA waits for the
+    /// queued kernels: build it once per pass, not per micro-batch.
+    pub fn row_index(&self, rows: &[usize]) -> Tensor {
+        Tensor::from_slice(&rows.iter().map(|&r| r as i64).collect::<Vec<_>>()).to_device(self.tokens.device())
+    }
+
+    /// [`Experience::select`] with `index`, the rows already on the device (a slice of [`Experience::row_index`]).
+    pub fn select_at(&self, rows: &[usize], index: &Tensor) -> MicroBatch {
         let longest = rows.iter().map(|&r| self.lengths[r]).max().unwrap_or(2).max(2) as i64;
-        let index =
-            Tensor::from_slice(&rows.iter().map(|&r| r as i64).collect::<Vec<_>>()).to_device(self.tokens.device());
-        let pick = |x: &Tensor, width: i64| x.index_select(0, &index).narrow(1, 0, width);
+        let pick = |x: &Tensor, width: i64| x.index_select(0, index).narrow(1, 0, width);
         MicroBatch {
             tokens: pick(&self.tokens, longest),
             attention_mask: pick(&self.attention_mask, longest),
@@ -109,7 +118,7 @@ impl Experience {
             old_log_probs: pick(&self.old_log_probs, longest - 1),
             ref_log_probs: self.ref_log_probs.as_ref().map(|r| pick(r, longest - 1)),
             is_weights: self.is_weights.as_ref().map(|w| pick(w, longest - 1)),
-            advantages: self.advantages.index_select(0, &index),
+            advantages: self.advantages.index_select(0, index),
         }
     }
 

@@ -253,26 +253,41 @@ impl AdamW {
     /// `torch.nn.utils.clip_grad_norm_`). Returns the norm before clipping. A non-finite norm, the sign of an inf or
     /// NaN gradient, leaves the gradients as they are; the caller skips that update.
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
+        let Some(norm) = self.grad_norm() else { return 0.0 };
+        let norm = norm.double_value(&[]);
+        self.clip_to(norm, max_norm);
+        norm
+    }
+
+    /// The global L2 norm of the (f32) gradients as an f32 scalar on their device, `None` without gradients. Makes
+    /// the gradients final; reads nothing to the host, so the caller can fetch it with other values in one copy.
+    pub fn grad_norm(&mut self) -> Option<Tensor> {
         self.finish_grads();
         let grads: Vec<Tensor> = (0..self.params.len()).filter_map(|i| self.grad(i)).collect();
         if grads.is_empty() {
-            return 0.0;
+            return None;
         }
         // One reduction per tensor, accumulated in f32 without a squared copy of each gradient.
-        let norm = tch::no_grad(|| {
+        Some(tch::no_grad(|| {
             let norms: Vec<Tensor> = grads.iter().map(|g| g.norm_scalaropt_dtype(2.0, Kind::Float)).collect();
-            Tensor::stack(&norms, 0).norm().double_value(&[])
-        });
-        if norm.is_finite() && max_norm > 0.0 && norm > max_norm {
-            let scale = max_norm / (norm + 1e-6);
-            tch::no_grad(|| {
-                for g in &grads {
-                    let mut g = g.shallow_clone();
+            Tensor::stack(&norms, 0).norm()
+        }))
+    }
+
+    /// Scale the gradients down to `max_norm` when `norm`, their [`AdamW::grad_norm`] read by the caller, is finite
+    /// and exceeds it (`max_norm` 0 disables clipping).
+    pub fn clip_to(&mut self, norm: f64, max_norm: f64) {
+        if !(norm.is_finite() && max_norm > 0.0 && norm > max_norm) {
+            return;
+        }
+        let scale = max_norm / (norm + 1e-6);
+        tch::no_grad(|| {
+            for i in 0..self.params.len() {
+                if let Some(mut g) = self.grad(i) {
                     let _ = g.g_mul_scalar_(scale);
                 }
-            });
-        }
-        norm
+            }
+        });
     }
 
     /// One AdamW update with learning rate `lr`, applied to the f32 masters (copied into the working parameters

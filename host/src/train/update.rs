@@ -7,8 +7,9 @@ use std::time::Instant;
 
 use anyhow::Result;
 use grpo_sdk::rng::{mix, SplitMix64};
-use grpo_sdk::{MetricValue, PolicyBatch};
+use grpo_sdk::{DeferredLoss, MetricValue, PolicyBatch};
 use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
 
 use super::config::BatchSettings;
 use super::experience::Experience;
@@ -88,8 +89,16 @@ impl Updater<'_> {
         let result = (|| {
             for pass in 0..self.batch.epochs_per_step {
                 let order = micro_batches(exp.len(), self.batch.train_batch_size, self.seed, state.batch, pass);
+                // The pass's row order goes to the device in one copy; each micro-batch takes a slice of it.
+                let index = exp.row_index(&order.concat());
+                let mut offset = 0;
                 for window in order.chunks(accum) {
-                    let Some(record) = self.step(exp, window, state)? else { continue };
+                    let mut micro = Vec::with_capacity(window.len());
+                    for rows in window {
+                        micro.push((rows.as_slice(), index.narrow(0, offset, rows.len() as i64)));
+                        offset += rows.len() as i64;
+                    }
+                    let Some(record) = self.step(exp, &micro, state)? else { continue };
                     on_step(&record, state);
                     out.steps.push(record);
                 }
@@ -100,18 +109,24 @@ impl Updater<'_> {
         result.map(|()| out)
     }
 
-    /// One optimizer step over the micro-batches `window`; `None` when every loss or the gradient was not finite
-    /// (counted in `state.invalid_loss_count`, no update).
+    /// One optimizer step over the micro-batches `window` (rows, and the same rows on the device); `None` when it is
+    /// skipped: a micro-batch's loss or the gradient was not finite (counted in `state.invalid_loss_count`), or, under
+    /// fp16, the scaled gradients overflowed.
+    ///
+    /// The step reads the device once: every micro-batch's loss and device metrics and the gradient norm come to the
+    /// host together after the last backward, so on a GPU the micro-batches' kernels are queued back to back. A loss
+    /// is therefore judged after its backward: a non-finite one has already reached the accumulated gradients, and
+    /// the whole step is skipped rather than the micro-batch alone.
     fn step(
         &mut self,
         exp: &Experience,
-        window: &[Vec<usize>],
+        window: &[(&[usize], Tensor)],
         state: &mut TrainerState,
     ) -> Result<Option<StepRecord>> {
-        let mut acc = Accumulated::default();
+        let mut pending = Vec::with_capacity(window.len());
         self.optimizer.zero_grad();
-        for rows in window {
-            let mb = exp.select(rows);
+        for (rows, index) in window {
+            let mb = exp.select_at(rows, index);
             let batch = PolicyBatch {
                 log_probs: self.policy.model().token_log_probs(&mb.tokens, &mb.attention_mask),
                 old_log_probs: mb.old_log_probs,
@@ -122,29 +137,27 @@ impl Updater<'_> {
                 is_weights: mb.is_weights,
             };
             let out = self.algo.loss(&batch)?;
-            let value = out.loss.double_value(&[]);
-            if !value.is_finite() {
-                state.invalid_loss_count += 1;
-                continue;
-            }
             // Each micro-batch's share, so the accumulated gradient is the window's mean; under fp16 scaled up so
             // small gradients survive, and unscaled as they are added to the f32 gradients.
-            self.scaler.scale_loss(&(out.loss / window.len() as f64)).backward();
+            self.scaler.scale_loss(&(&out.loss / window.len() as f64)).backward();
             self.optimizer.accumulate_grads(self.scaler.unscale_factor());
-            acc.add(value, out.metrics);
+            pending.push(out);
         }
-        // Data parallel: the window's sums from every rank, then its gradients averaged over the ranks, once per
-        // optimizer step (the micro-batches before the last accumulate locally, as DDP's no_sync). The average of
-        // the ranks' mean gradients is the mean over the global micro-batch, which is what one process would take.
-        let acc = Accumulated::merge(self.world.gather("summing the step's loss over the ranks", acc)?);
-        if acc.count == 0 {
-            return Ok(None);
-        }
+        // Data parallel: the gradients averaged over the ranks once per optimizer step (the micro-batches before the
+        // last accumulate locally, as DDP's no_sync). The average of the ranks' mean gradients is the mean over the
+        // global micro-batch, which is what one process would take.
         let t = Instant::now();
         self.optimizer.average_grads(self.world)?;
         let allreduce_secs = t.elapsed().as_secs_f64();
+        let (local, grad_norm) = read_step(pending, self.optimizer.grad_norm())?;
+        // The window's sums from every rank: the skip decision below is the same on all of them.
+        let acc = Accumulated::merge(self.world.gather("summing the step's loss over the ranks", local)?);
+        if acc.invalid > 0 || acc.count == 0 {
+            state.invalid_loss_count += acc.invalid as u64;
+            self.optimizer.zero_grad();
+            return Ok(None);
+        }
         let loss_scale = self.scaler.enabled().then(|| self.scaler.scale());
-        let grad_norm = self.optimizer.clip_grad_norm(self.max_norm);
         // The scaler decides for fp16 (an overflow lowers the scale and skips the step, counted there); otherwise a
         // non-finite gradient is an invalid update.
         if !self.scaler.update(!grad_norm.is_finite()) {
@@ -154,6 +167,7 @@ impl Updater<'_> {
             self.optimizer.zero_grad();
             return Ok(None);
         }
+        self.optimizer.clip_to(grad_norm, self.max_norm);
         let learning_rate = self.schedule.lr(state.global_step);
         self.optimizer.step(learning_rate);
         let mut record = acc.finish(state.global_step, grad_norm, learning_rate);
@@ -163,6 +177,34 @@ impl Updater<'_> {
         state.global_step += 1;
         Ok(Some(record))
     }
+}
+
+/// The one device-to-host copy of an optimizer step: each micro-batch's loss and device metrics and the gradient
+/// norm (0 without gradients), read together and summed into the step's record. A micro-batch whose loss is not
+/// finite counts as invalid and adds nothing.
+fn read_step(outputs: Vec<DeferredLoss>, grad_norm: Option<Tensor>) -> Result<(Accumulated, f64)> {
+    let as_f64 = |t: &Tensor| t.detach().to_kind(Kind::Double).reshape([1]);
+    let mut parts = Vec::new();
+    for out in &outputs {
+        parts.push(as_f64(&out.loss));
+        parts.extend(out.device_metrics.iter().map(|(_, t)| as_f64(t)));
+    }
+    parts.extend(grad_norm.as_ref().map(as_f64));
+    let mut values = Vec::<f64>::try_from(Tensor::cat(&parts, 0).to_device(Device::Cpu))?.into_iter();
+    let mut acc = Accumulated::default();
+    for out in outputs {
+        let loss = values.next().unwrap_or(f64::NAN);
+        let mut metrics = out.metrics;
+        for (name, _) in out.device_metrics {
+            metrics.push(grpo_sdk::Metric::number(name, values.next().unwrap_or(f64::NAN)));
+        }
+        if loss.is_finite() {
+            acc.add(loss, metrics);
+        } else {
+            acc.invalid += 1;
+        }
+    }
+    Ok((acc, if grad_norm.is_some() { values.next().unwrap_or(f64::NAN) } else { 0.0 }))
 }
 
 /// The micro-batches of pass `pass` over `n` sequences: a shuffle seeded by the run seed, the batch and the pass,
@@ -177,6 +219,8 @@ pub fn micro_batches(n: usize, size: usize, seed: u64, batch: u64, pass: usize) 
 #[derive(Default, Serialize, Deserialize)]
 struct Accumulated {
     count: usize,
+    /// Micro-batches whose loss was not finite.
+    invalid: usize,
     loss: f64,
     numbers: BTreeMap<String, (f64, usize)>,
     texts: BTreeMap<String, String>,
@@ -205,6 +249,7 @@ impl Accumulated {
         let mut out = Accumulated::default();
         for p in parts {
             out.count += p.count;
+            out.invalid += p.invalid;
             out.loss += p.loss;
             for (k, (sum, n)) in p.numbers {
                 let e = out.numbers.entry(k).or_insert((0.0, 0));
@@ -236,6 +281,27 @@ impl Accumulated {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A micro-batch's output: its loss, a device metric and a host metric.
+    fn output(loss: f64, kl: f64) -> DeferredLoss {
+        DeferredLoss::new(Tensor::from(loss as f32))
+            .with_device_metric("training_step/kl", Tensor::from(kl))
+            .with_metric(grpo_sdk::Metric::number("algo/host", 1.0))
+    }
+
+    #[test]
+    fn a_step_reads_its_losses_metrics_and_norm_together_and_counts_non_finite_losses() {
+        let (acc, norm) = read_step(vec![output(1.0, 0.5), output(3.0, 0.25)], Some(Tensor::from(2.5f32))).unwrap();
+        assert_eq!((acc.count, acc.invalid, acc.loss, norm), (2, 0, 4.0, 2.5));
+        assert_eq!(acc.numbers["training_step/kl"], (0.75, 2));
+        assert_eq!(acc.numbers["algo/host"], (2.0, 2));
+
+        let (acc, norm) = read_step(vec![output(f64::NAN, 0.5), output(2.0, 0.5)], None).unwrap();
+        assert_eq!((acc.count, acc.invalid, acc.loss, norm), (1, 1, 2.0, 0.0));
+        // The ranks' sums: one rank's non-finite loss is every rank's.
+        let merged = Accumulated::merge(vec![acc, read_step(vec![output(1.0, 0.0)], None).unwrap().0]);
+        assert_eq!((merged.count, merged.invalid), (2, 1));
+    }
 
     #[test]
     fn micro_batches_cover_every_row_once_and_follow_the_seed() {

@@ -146,3 +146,15 @@ pub fn venv_python() -> PathBuf {
     assert!(p.exists(), "{} is missing; run `cargo xtask setup`", p.display());
     p
 }
+
+/// The devices a device-generic test runs on: the CPU, then CUDA device 0 when libtorch can use it. Without CUDA the
+/// reason is written straight to stderr, past the test harness's capture, so a run always shows what it skipped.
+pub fn devices(test: &str) -> Vec<tch::Device> {
+    use std::io::Write;
+    if tch::Cuda::is_available() {
+        return vec![tch::Device::Cpu, tch::Device::Cuda(0)];
+    }
+    let reason = grpo_host::model::device::cuda_unavailable_reason();
+    let _ = writeln!(std::io::stderr(), "{test}: CUDA part skipped: {reason}");
+    vec![tch::Device::Cpu]
+}

@@ -4,8 +4,8 @@
 //! or by the tokens in the batch, is the length bias the paper removes.
 
 use grpo_sdk::ops::{split_groups, PolicyTerms};
-use grpo_sdk::tch::Tensor;
-use grpo_sdk::{Algorithm, Error, LossOutput, Metric, MetricSource, PolicyBatch, Result};
+use grpo_sdk::tch::{Kind, Tensor};
+use grpo_sdk::{Algorithm, DeferredLoss, Error, LossOutput, Metric, MetricSource, PolicyBatch, Result};
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
 
@@ -70,6 +70,11 @@ impl Algorithm for DrGrpo {
     }
 
     fn loss(&self, batch: &PolicyBatch) -> Result<LossOutput> {
+        self.loss_deferred(batch)?.read()
+    }
+
+    /// Every metric computed from tensors stays on the device until the host reads the optimizer step's values.
+    fn loss_deferred(&self, batch: &PolicyBatch) -> Result<DeferredLoss> {
         let max_len = batch.settings.generate_max_length;
         if max_len <= 0 {
             return Err(Error::msg(format!("generate_max_length must be positive, got {max_len}")));
@@ -78,18 +83,17 @@ impl Algorithm for DrGrpo {
         let kl_weight = batch.settings.kl_weight;
         let per_sequence = |x: &Tensor| (x * &terms.mask).sum_dim_intlist(-1, false, None) / max_len as f64;
         let loss = per_sequence(&terms.per_token_loss(kl_weight)).mean(None);
-        let policy = per_sequence(&terms.surrogate).mean(None).double_value(&[]);
-        let kl = terms.kl.as_ref().map_or(0.0, |k| per_sequence(&(k * kl_weight)).mean(None).double_value(&[]));
-        Ok(LossOutput {
-            loss,
-            metrics: vec![
-                Metric::number("training_step/kl", terms.kl_mean()),
-                Metric::number("training_step/clip_fraction", terms.clip_fraction()),
-                Metric::number("training_step/dr_component_policy", policy),
-                Metric::number("training_step/dr_component_kl", kl),
-                Metric::number("training_step/dr_component_normalizer", max_len as f64),
-            ],
-        })
+        let policy = per_sequence(&terms.surrogate).mean(None).detach();
+        let kl = match &terms.kl {
+            Some(k) => per_sequence(&(k * kl_weight)).mean(None).detach(),
+            None => Tensor::zeros([], (Kind::Double, loss.device())),
+        };
+        Ok(DeferredLoss::new(loss)
+            .with_device_metric("training_step/kl", terms.kl_mean_tensor())
+            .with_device_metric("training_step/clip_fraction", terms.clip_fraction_tensor())
+            .with_device_metric("training_step/dr_component_policy", policy)
+            .with_device_metric("training_step/dr_component_kl", kl)
+            .with_metric(Metric::number("training_step/dr_component_normalizer", max_len as f64)))
     }
 }
 

@@ -4,7 +4,7 @@
 
 use grpo_sdk::ops::{split_groups, PolicyTerms};
 use grpo_sdk::tch::Tensor;
-use grpo_sdk::{Algorithm, LossOutput, Metric, MetricSource, PolicyBatch, Result};
+use grpo_sdk::{Algorithm, DeferredLoss, LossOutput, MetricSource, PolicyBatch, Result};
 use serde::{Deserialize, Serialize};
 
 /// Options (`--algo-config`); the clip range and KL weight come from the run's flags instead.
@@ -69,15 +69,16 @@ impl Algorithm for Grpo {
     }
 
     fn loss(&self, batch: &PolicyBatch) -> Result<LossOutput> {
+        self.loss_deferred(batch)?.read()
+    }
+
+    /// Every metric computed from tensors stays on the device until the host reads the optimizer step's values.
+    fn loss_deferred(&self, batch: &PolicyBatch) -> Result<DeferredLoss> {
         let terms = PolicyTerms::new(batch)?;
         let loss = terms.sequence_mean(&terms.per_token_loss(batch.settings.kl_weight));
-        Ok(LossOutput {
-            loss,
-            metrics: vec![
-                Metric::number("training_step/kl", terms.kl_mean()),
-                Metric::number("training_step/clip_fraction", terms.clip_fraction()),
-            ],
-        })
+        Ok(DeferredLoss::new(loss)
+            .with_device_metric("training_step/kl", terms.kl_mean_tensor())
+            .with_device_metric("training_step/clip_fraction", terms.clip_fraction_tensor()))
     }
 }
 

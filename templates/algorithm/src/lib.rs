@@ -8,7 +8,7 @@
 
 use grpo_sdk::ops::{split_groups, PolicyTerms};
 use grpo_sdk::tch::Tensor;
-use grpo_sdk::{Algorithm, Error, LossOutput, Metric, MetricSource, Plugin, PolicyBatch, Result};
+use grpo_sdk::{Algorithm, DeferredLoss, Error, LossOutput, Metric, MetricSource, Plugin, PolicyBatch, Result};
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
 
@@ -99,10 +99,16 @@ impl Algorithm for Reinforce {
         Ok(Tensor::cat(&parts, 0))
     }
 
+    /// The loss below with every metric read to the host.
+    fn loss(&self, batch: &PolicyBatch) -> Result<LossOutput> {
+        self.loss_deferred(batch)?.read()
+    }
+
     /// `-A * log p` on every action token, plus `kl_weight` times the k3 estimate of the KL to the reference model
     /// when `--kl-weight` is not 0; each sequence's terms are reduced as `length_normalize` says, then averaged
-    /// over the sequences of the micro-batch.
-    fn loss(&self, batch: &PolicyBatch) -> Result<LossOutput> {
+    /// over the sequences of the micro-batch. Metrics computed from tensors stay on the device: the host reads them
+    /// with the loss, once per optimizer step, instead of this plugin forcing a GPU synchronisation per micro-batch.
+    fn loss_deferred(&self, batch: &PolicyBatch) -> Result<DeferredLoss> {
         // Checks the shapes, and gives the float action mask and the KL estimate (0 at masked positions).
         let terms = PolicyTerms::new(batch)?;
         let advantages = batch
@@ -127,14 +133,12 @@ impl Algorithm for Reinforce {
             }
             (per_token.sum_dim_intlist(-1, false, None) / max_new_tokens as f64).mean(None)
         };
-        let metrics = vec![
-            Metric::number("training_step/kl", terms.kl_mean()),
-            Metric::number(
+        Ok(DeferredLoss::new(loss)
+            .with_device_metric("training_step/kl", terms.kl_mean_tensor())
+            .with_device_metric(
                 "{{plugin_name}}/mean_abs_advantage",
-                batch.advantages.abs().mean(None).double_value(&[]),
-            ),
-        ];
-        Ok(LossOutput { loss, metrics })
+                batch.advantages.abs().mean(None),
+            ))
     }
 }
 
