@@ -85,7 +85,7 @@ impl SftStep<'_> {
             self.optimizer.zero_grad();
             return Ok(None);
         }
-        self.optimizer.step(lr);
+        self.optimizer.step(lr)?;
         let tokens = total as i64;
         Ok(Some(SftRecord { loss, tokens, accuracy: correct / total, grad_norm, learning_rate: lr }))
     }

@@ -169,7 +169,7 @@ impl Updater<'_> {
         }
         self.optimizer.clip_to(grad_norm, self.max_norm);
         let learning_rate = self.schedule.lr(state.global_step);
-        self.optimizer.step(learning_rate);
+        self.optimizer.step(learning_rate)?;
         let mut record = acc.finish(state.global_step, grad_norm, learning_rate);
         record.loss_scale = loss_scale;
         record.skipped_steps = self.scaler.skipped_steps();
