@@ -87,13 +87,12 @@ impl RmsNorm {
         Ok(RmsNorm { weight: l.get(&format!("{name}.weight"), &[dim])?, eps })
     }
 
-    /// Normalise over the last dimension.
+    /// Normalise over the last dimension: libtorch's `rms_norm` (one fused kernel where libtorch has one, else its
+    /// composite) computes `x * rsqrt(mean(x^2) + eps)` in f32 and rounds to `x`'s dtype, then the gain multiplies
+    /// in that dtype, in transformers' order (bit-equal to the written-out expression on the CPU, f32 and bf16).
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let kind = x.kind();
-        let xf = x.to_kind(Kind::Float);
-        let var = xf.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
-        let normed = (xf * (var + self.eps).rsqrt()).to_kind(kind);
-        &self.weight * normed
+        let dim = x.size().last().copied().unwrap_or(0);
+        &self.weight * x.rms_norm([dim], None::<&Tensor>, self.eps)
     }
 }
 
@@ -101,6 +100,8 @@ impl RmsNorm {
 #[derive(Debug)]
 pub struct Rotary {
     inv_freq: Tensor,
+    /// `[head_dim]`: -1 over the first half, 1 over the second.
+    sign: Tensor,
 }
 
 impl Rotary {
@@ -124,24 +125,26 @@ impl Rotary {
                 inv_freq = smoothed.where_self(&medium, &scaled);
             }
         }
-        Rotary { inv_freq }
+        let sign = Tensor::cat(&[inv_freq.full_like(-1.0), inv_freq.full_like(1.0)], 0);
+        Rotary { inv_freq, sign }
     }
 
-    /// `(cos, sin)`, each `[B, T, head_dim]` in `kind`, for integer `positions` `[B, T]`.
+    /// `(cos, signed_sin)`, each `[B, 1, T, head_dim]` in `kind`, for integer `positions` `[B, T]`: transformers'
+    /// `cos` and `sin`, with the first half of `sin` negated so that [`apply_rotary`] needs no negation. Computed
+    /// once per forward pass for every layer.
     pub fn cos_sin(&self, positions: &Tensor, kind: Kind) -> (Tensor, Tensor) {
         let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq;
         let emb = Tensor::cat(&[&freqs, &freqs], -1);
-        (emb.cos().to_kind(kind), emb.sin().to_kind(kind))
+        (emb.cos().to_kind(kind).unsqueeze(1), (emb.sin() * &self.sign).to_kind(kind).unsqueeze(1))
     }
 }
 
-/// `x * cos + rotate_half(x) * sin` for `x` `[B, H, T, D]` and cos/sin `[B, T, D]`.
-fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+/// transformers' `x * cos + rotate_half(x) * sin` for `x` `[B, H, T, D]`, with `rotate_half(x) = [-x2, x1]` taken as
+/// `roll(x) = [x2, x1]` times the signed sine (negating a factor is exact, so the result is bit-equal) in four
+/// kernels instead of five.
+fn apply_rotary(x: &Tensor, cos: &Tensor, signed_sin: &Tensor) -> Tensor {
     let half = x.size()[3] / 2;
-    let x1 = x.narrow(3, 0, half);
-    let x2 = x.narrow(3, half, half);
-    let rotated = Tensor::cat(&[&x2.neg(), &x1], 3);
-    x * cos.unsqueeze(1) + rotated * sin.unsqueeze(1)
+    x * cos + x.roll([half], [3]) * signed_sin
 }
 
 /// One layer's key/value cache: `[slots, kv_heads, capacity, head_dim]` each, every slot filled from column 0.
@@ -186,6 +189,18 @@ impl SlotWrite {
             None => head.index_select(0, &self.slots.view([-1])),
         }
     }
+}
+
+/// Which keys each query of a forward pass may attend to.
+#[derive(Clone, Copy, Debug)]
+pub enum AttentionMask<'a> {
+    /// Causal over the sequence itself, with no padding to hide: SDPA's causal flag, no mask built or read.
+    Causal,
+    /// Boolean `[B, 1, T, S]`, true where a query may attend.
+    Allowed(&'a Tensor),
+    /// One query per row (a decode step), boolean `[B, 1, 1, S]`, true where it may not attend: built once per step
+    /// for every layer.
+    DecodeBlocked(&'a Tensor),
 }
 
 /// Grouped-query self-attention.
@@ -234,15 +249,15 @@ impl Attention {
         })
     }
 
-    /// Attend from `x` `[B, T, hidden]` at positions given by `cos`/`sin`. `mask` is boolean `[B, 1, T, S]`
-    /// (true = may attend), or `None` for plain causal attention over the sequence itself. Without a cache
-    /// S = T; with one, the new keys are written where `cache.1` says and S is the columns it reads back.
+    /// Attend from `x` `[B, T, hidden]` at positions given by `cos`/`sin` ([`Rotary::cos_sin`]), seeing what
+    /// `mask` allows. Without a cache the keys are the sequence itself; with one, the new keys are written where
+    /// `cache.1` says and attention reads the columns it gives back.
     pub fn forward(
         &self,
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        mask: Option<&Tensor>,
+        mask: AttentionMask,
         cache: Option<(&mut LayerCache, &SlotWrite)>,
         ctx: Ctx,
     ) -> Tensor {
@@ -262,11 +277,15 @@ impl Attention {
             None => (k, v),
         };
         let y = match mask {
-            Some(mask) if t == 1 => self.decode_attention(&q, &k, &v, mask),
-            _ => {
+            AttentionMask::DecodeBlocked(blocked) => self.decode_attention(&q, &k, &v, blocked),
+            AttentionMask::Causal | AttentionMask::Allowed(_) => {
                 // Without a mask, SDPA's causal flag lets libtorch skip materialising and reading one.
+                let (allowed, causal) = match mask {
+                    AttentionMask::Allowed(m) => (Some(m), false),
+                    _ => (None, true),
+                };
                 let gqa = self.heads != self.kv_heads;
-                let y = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, mask.is_none(), None, gqa);
+                let y = Tensor::scaled_dot_product_attention(&q, &k, &v, allowed, 0.0, causal, None, gqa);
                 y.transpose(1, 2).reshape([b, t, self.heads * self.head_dim])
             }
         };
@@ -276,12 +295,12 @@ impl Attention {
     /// One query token per row against the cache, `[B, 1, heads * head_dim]`. Query heads are grouped by the
     /// key/value head they share, so the cache is read in place (a strided view of the preallocated buffer)
     /// instead of being repeated per query head or made contiguous, as SDPA's fallback paths would.
-    fn decode_attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Tensor {
+    fn decode_attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, blocked: &Tensor) -> Tensor {
         let b = q.size()[0];
         let group = self.heads / self.kv_heads;
         let q = q.reshape([b, self.kv_heads, group, self.head_dim]);
         let scores = q.matmul(&k.transpose(2, 3)) * (1.0 / (self.head_dim as f64).sqrt());
-        let scores = scores.masked_fill(&mask.logical_not(), f64::NEG_INFINITY);
+        let scores = scores.masked_fill(blocked, f64::NEG_INFINITY);
         let probs = scores.softmax(-1, Kind::Float).to_kind(q.kind());
         probs.matmul(v).reshape([b, 1, self.heads * self.head_dim])
     }
@@ -350,7 +369,7 @@ impl DecoderLayer {
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        mask: Option<&Tensor>,
+        mask: AttentionMask,
         cache: Option<(&mut LayerCache, &SlotWrite)>,
         ctx: Ctx,
     ) -> Tensor {

@@ -25,7 +25,7 @@ use tch::{nn, Device, Kind, Tensor};
 
 pub use config::{Architecture, ModelConfig, RopeScaling};
 pub use device::{cuda_free_bytes, DeviceSpec, DtypeSpec};
-pub use layers::{LayerCache, SlotWrite};
+pub use layers::{AttentionMask, LayerCache, SlotWrite};
 pub use lora::LoraConfig;
 pub use resolve::resolve_model_dir;
 pub use weights::WeightFiles;
@@ -99,6 +99,17 @@ impl KvCache {
             }
         }
     }
+}
+
+/// How the rows of an uncached forward pass are padded, when the caller knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Padding {
+    /// Every row's real tokens come first, then its padding (rollouts and experience are built so): plain causal
+    /// attention is exact for the real tokens, and nothing is read back from the device to decide it. Debug builds
+    /// check the claim.
+    Right,
+    /// Unknown: the model reads the mask back to the host to tell (a device synchronisation on CUDA).
+    Any,
 }
 
 /// Which cache slots the rows of a cached forward pass use.
@@ -319,7 +330,7 @@ impl Model {
         &self,
         ids: &Tensor,
         pos: &Tensor,
-        mask: Option<&Tensor>,
+        mask: AttentionMask,
         mut cache: Option<(&mut KvCache, &SlotWrite)>,
     ) -> Tensor {
         let ctx = self.ctx();
@@ -335,14 +346,24 @@ impl Model {
     /// Final hidden states `[B, T, hidden]` (after the last norm) for padded `input_ids` `[B, T]` with
     /// `attention_mask` `[B, T]` (1 = real token, padding anywhere) and `position_ids` `[B, T]`.
     pub fn hidden_states(&self, input_ids: &Tensor, attention_mask: &Tensor, position_ids: &Tensor) -> Tensor {
-        let t = input_ids.size()[1];
-        if Self::right_padded(attention_mask) {
+        self.hidden_states_padded(input_ids, attention_mask, position_ids, Padding::Any)
+    }
+
+    fn hidden_states_padded(&self, ids: &Tensor, attention_mask: &Tensor, pos: &Tensor, padding: Padding) -> Tensor {
+        let right = match padding {
+            Padding::Right => {
+                debug_assert!(Self::right_padded(attention_mask), "rows said to be right-padded are not");
+                true
+            }
+            Padding::Any => Self::right_padded(attention_mask),
+        };
+        if right {
             // Real tokens never see the trailing padding under a causal mask, so no explicit mask is needed
             // (rollouts are right-padded: this is every training and log-prob forward).
-            return self.run(input_ids, position_ids, None, None);
+            return self.run(ids, pos, AttentionMask::Causal, None);
         }
-        let mask = Self::mask_4d(attention_mask, t, 0);
-        self.run(input_ids, position_ids, Some(&mask), None)
+        let mask = Self::mask_4d(attention_mask, ids.size()[1], 0);
+        self.run(ids, pos, AttentionMask::Allowed(&mask), None)
     }
 
     /// Whether every row's real tokens come before all of its padding.
@@ -370,22 +391,32 @@ impl Model {
     /// `[B, T-1]` f32: entry `t` is log p(input_ids[t+1] | input_ids[..=t]). Positions come from the mask.
     /// The vocabulary projection and log-softmax run in chunks of positions so that at most about 2^26 f32
     /// logits exist at once, in the forward and in the backward pass (which recomputes them: see
-    /// [`token_log_probs_of`]).
+    /// [`token_log_probs_of`]). Rows may be padded anywhere; see [`Model::token_log_probs_padded`].
     pub fn token_log_probs(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Tensor {
+        self.token_log_probs_padded(input_ids, attention_mask, Padding::Any)
+    }
+
+    /// [`Model::token_log_probs`] for rows padded as `padding` says. [`Padding::Right`] spares reading the mask back
+    /// to the host to find out, which on a GPU stalls the queue of kernels before every training micro-batch.
+    pub fn token_log_probs_padded(&self, input_ids: &Tensor, attention_mask: &Tensor, padding: Padding) -> Tensor {
         let (b, _) = (input_ids.size()[0], input_ids.size()[1]);
         let per_pos = (b * self.cfg.vocab_size).max(1);
         let chunk = ((1i64 << 26) / per_pos).max(1);
-        self.token_log_probs_chunked(input_ids, attention_mask, chunk)
+        self.log_probs(input_ids, attention_mask, chunk, padding)
     }
 
     /// [`Model::token_log_probs`] with an explicit chunk length (positions per vocabulary projection).
     pub fn token_log_probs_chunked(&self, input_ids: &Tensor, attention_mask: &Tensor, chunk: i64) -> Tensor {
+        self.log_probs(input_ids, attention_mask, chunk, Padding::Any)
+    }
+
+    fn log_probs(&self, input_ids: &Tensor, attention_mask: &Tensor, chunk: i64, padding: Padding) -> Tensor {
         let t = input_ids.size()[1];
         if t < 2 {
             return Tensor::zeros([input_ids.size()[0], 0], (Kind::Float, input_ids.device()));
         }
         let pos = Self::position_ids(attention_mask);
-        let hidden = self.hidden_states(input_ids, attention_mask, &pos);
+        let hidden = self.hidden_states_padded(input_ids, attention_mask, &pos, padding);
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
         token_log_probs_of(&hidden.narrow(1, 0, t - 1), head, &input_ids.narrow(1, 1, t - 1), chunk)
     }
@@ -436,9 +467,14 @@ impl Model {
             + Tensor::arange(t, (Kind::Int64, device)).unsqueeze(0);
         // A query at position p sees the columns 0..=p of its own slot: its history and itself.
         let columns = Tensor::arange(keys, (Kind::Int64, device)).view([1, 1, 1, keys]);
-        let mask = columns.le_tensor(&positions.view([b, 1, t, 1]));
+        let query = positions.view([b, 1, t, 1]);
         let at = SlotWrite::new(rows, positions.shallow_clone(), keys, device);
-        Ok(self.run(input_ids, &positions, Some(&mask), Some((cache, &at))))
+        if t == 1 {
+            let blocked = columns.gt_tensor(&query);
+            return Ok(self.run(input_ids, &positions, AttentionMask::DecodeBlocked(&blocked), Some((cache, &at))));
+        }
+        let allowed = columns.le_tensor(&query);
+        Ok(self.run(input_ids, &positions, AttentionMask::Allowed(&allowed), Some((cache, &at))))
     }
 }
 

@@ -13,7 +13,7 @@ use super::config::{ModelSettings, RecomputeOld};
 use super::experience::Experience;
 use super::precision::Precision;
 use crate::checkpoint::AdapterInfo;
-use crate::model::{self, Model};
+use crate::model::{self, Model, Padding};
 use crate::tokenizer::Tokenizer;
 use crate::user_error;
 
@@ -305,7 +305,7 @@ fn batched_log_probs(model: &Model, exp: &Experience, chunk: usize) -> Tensor {
         for start in (0..n).step_by(chunk.max(1)) {
             let rows: Vec<usize> = (start..(start + chunk.max(1)).min(n)).collect();
             let mb = exp.select(&rows);
-            let lp = model.token_log_probs(&mb.tokens, &mb.attention_mask);
+            let lp = model.token_log_probs_padded(&mb.tokens, &mb.attention_mask, Padding::Right);
             let pad = width - lp.size()[1];
             parts.push(if pad > 0 { lp.constant_pad_nd([0, pad]) } else { lp });
         }

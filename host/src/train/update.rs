@@ -18,6 +18,7 @@ use super::policy::Policy;
 use super::precision::LossScaler;
 use crate::checkpoint::TrainerState;
 use crate::distributed::World;
+use crate::model::Padding;
 use crate::plugins::AlgorithmPlugin;
 
 /// What the updates of one batch work with.
@@ -128,7 +129,7 @@ impl Updater<'_> {
         for (rows, index) in window {
             let mb = exp.select_at(rows, index);
             let batch = PolicyBatch {
-                log_probs: self.policy.model().token_log_probs(&mb.tokens, &mb.attention_mask),
+                log_probs: self.policy.model().token_log_probs_padded(&mb.tokens, &mb.attention_mask, Padding::Right),
                 old_log_probs: mb.old_log_probs,
                 ref_log_probs: mb.ref_log_probs,
                 advantages: mb.advantages,
