@@ -8,7 +8,9 @@
 
 use grpo_sdk::ops::{split_groups, PolicyTerms};
 use grpo_sdk::tch::Tensor;
-use grpo_sdk::{Algorithm, DeferredLoss, Error, LossOutput, Metric, MetricSource, Plugin, PolicyBatch, Result};
+use grpo_sdk::{
+    Algorithm, DeferredLoss, Error, LossOutput, Metric, MetricSource, Plugin, PolicyBatch, Result,
+};
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
 
