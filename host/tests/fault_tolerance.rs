@@ -134,7 +134,7 @@ fn training_started(log: &Path) -> bool {
 
 /// Keys that legitimately differ between two runs of one computation: wall clock, memory, W&B's own `_` keys.
 fn comparable(key: &str) -> bool {
-    !(key.starts_with("timing/") || key.starts_with('_') || key == "system/process_rss_gb")
+    !(key.starts_with("timing/") || key.starts_with('_') || key.ends_with("rss_gb"))
 }
 
 /// What a stop writes into the row it stops at (the reference has `checkpoint/*` there instead): these stay in the

@@ -60,13 +60,13 @@ fn rows(run: &Path) -> Vec<serde_json::Map<String, serde_json::Value>> {
         .collect()
 }
 
-/// The rows without what legitimately differs between two runs: wall-clock times and memory.
+/// The rows without what legitimately differs between two runs: wall-clock times and memory (`*rss_gb`).
 fn comparable(run: &Path) -> Vec<BTreeMap<String, serde_json::Value>> {
     rows(run)
         .into_iter()
         .map(|row| {
             row.into_iter()
-                .filter(|(k, _)| !(k.starts_with("timing/") || k.starts_with('_') || k == "system/process_rss_gb"))
+                .filter(|(k, _)| !(k.starts_with("timing/") || k.starts_with('_') || k.ends_with("rss_gb")))
                 .collect()
         })
         .collect()
@@ -99,6 +99,9 @@ const SEED_KEYS: &[&str] = &[
     "system/gpu_memory_allocated_gb",
     "system/gpu_memory_reserved_gb",
     "system/replay_buffer_size",
+    "system/rollout_peak_rss_gb",
+    "system/logprob_peak_rss_gb",
+    "system/train_peak_rss_gb",
     "checkpoint/saved",
     "checkpoint/step",
     "final/total_steps",

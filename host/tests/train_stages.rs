@@ -166,7 +166,7 @@ fn one_batch_through_every_stage() {
     let step = metrics::step(&updates.steps[0], &state);
     let kl = step["training_step/kl"].as_f64().expect("the algorithm reports the KL");
     assert!(kl.is_finite() && kl >= 0.0);
-    let epoch = metrics::epoch(&updates, &state, 1.0);
+    let epoch = metrics::epoch(&updates, &state, 1.0, None);
     let kls: Vec<f64> = updates.steps.iter().map(|s| s.algorithm["training_step/kl"]).collect();
     let mean = kls.iter().sum::<f64>() / kls.len() as f64;
     assert!((epoch["training_epoch/kl_mean"].as_f64().unwrap() - mean).abs() < 1e-12);

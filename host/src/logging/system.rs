@@ -31,6 +31,44 @@ pub fn process_rss_bytes() -> Option<u64> {
     (page > 0).then(|| pages * page as u64)
 }
 
+/// The process's peak resident set since the last [`reset_peak_rss`] (or its start): `VmHWM` (Linux; `None`
+/// elsewhere).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Start a new peak-RSS window: Linux lowers `VmHWM` to the current resident set when `5` is written to
+/// `/proc/self/clear_refs`. Returns whether it could.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// The peak resident memory of one phase of a batch: [`PhasePeak::start`] opens the window, [`PhasePeak::end`]
+/// reads its high-water mark (`None` where the kernel offers neither).
+#[derive(Debug)]
+pub struct PhasePeak {
+    reset: bool,
+}
+
+impl PhasePeak {
+    /// Open the window now.
+    pub fn start() -> PhasePeak {
+        PhasePeak { reset: reset_peak_rss() }
+    }
+
+    /// The most resident memory the process held since `start`, in bytes.
+    pub fn end(self) -> Option<u64> {
+        if self.reset {
+            peak_rss_bytes()
+        } else {
+            None
+        }
+    }
+}
+
 /// The process group this process belongs to; one process until data-parallel training exists.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DistInfo {
@@ -97,6 +135,21 @@ impl SystemMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_phase_peak_sees_its_own_allocations_only() {
+        // Process-wide numbers, and other tests run beside this one: wide margins around a 512 MiB allocation.
+        const MIB: u64 = 1 << 20;
+        let big = PhasePeak::start();
+        let before = process_rss_bytes().unwrap();
+        drop(std::hint::black_box(vec![1u8; 512 << 20]));
+        let peak = big.end().expect("Linux has VmHWM and clear_refs");
+        assert!(peak >= before + 384 * MIB, "peak {peak} does not show 512 MiB over {before}");
+        // A later phase that allocates nothing peaks well below the first.
+        let quiet = PhasePeak::start();
+        let later = quiet.end().unwrap();
+        assert!(later + 384 * MIB < peak, "{later} is not below {peak} by most of the freed 512 MiB");
+    }
 
     #[test]
     fn cpu_sample_has_every_seed_key() {

@@ -105,6 +105,8 @@ impl BatchSummary {
             };
             out.timings.rollout = out.timings.rollout.max(p.timings.rollout);
             out.timings.logprob = out.timings.logprob.max(p.timings.logprob);
+            out.timings.rollout_peak_rss = out.timings.rollout_peak_rss.max(p.timings.rollout_peak_rss);
+            out.timings.logprob_peak_rss = out.timings.logprob_peak_rss.max(p.timings.logprob_peak_rss);
             // Token counts add up over the ranks; times are the slowest rank's.
             let (o, r) = (&mut out.timings.rollout_stats, &p.timings.rollout_stats);
             let slowest =
@@ -211,6 +213,12 @@ pub struct Timings {
     /// The rollout engine's counters and the environments' time.
     #[serde(default)]
     pub rollout_stats: RolloutStats,
+    /// The process's peak resident memory while generating the rollouts, in bytes (`None` where unknown).
+    #[serde(default)]
+    pub rollout_peak_rss: Option<u64>,
+    /// The same while computing the old and reference log-probs.
+    #[serde(default)]
+    pub logprob_peak_rss: Option<u64>,
 }
 
 /// `timing/*` of the rollout phase (the slowest rank's), with the generation throughput of the whole batch.
@@ -218,7 +226,7 @@ pub fn timing(batch: &BatchSummary) -> Metrics {
     let t = &batch.timings;
     let generated: f64 = batch.rollouts.iter().map(|r| r.completion_length).sum();
     let engine = &t.rollout_stats.engine;
-    metrics! {
+    let mut m = metrics! {
         "timing/rollout_s" => t.rollout,
         "timing/logprob_s" => t.logprob,
         "timing/generated_tokens_per_s" => generated / t.rollout.max(1e-9),
@@ -229,7 +237,15 @@ pub fn timing(batch: &BatchSummary) -> Metrics {
         "rollouts/prefill_shared_tokens" => engine.prefill_shared_tokens,
         "rollouts/generated_tokens" => engine.generated_tokens,
         "rollouts/decode_rows_mean" => engine.decode_rows_mean(),
-    }
+    };
+    m.extend(peak_rss("system/rollout_peak_rss_gb", t.rollout_peak_rss));
+    m.extend(peak_rss("system/logprob_peak_rss_gb", t.logprob_peak_rss));
+    m
+}
+
+/// A phase's peak resident memory as the metric `name`, in GiB, when it is known.
+fn peak_rss(name: &str, bytes: Option<u64>) -> Option<(String, MetricValue)> {
+    bytes.map(|b| (name.to_string(), MetricValue::Number(b as f64 / (1u64 << 30) as f64)))
 }
 
 /// One optimizer step: the host's numbers and the algorithm's own (`training_step/kl` among them: the KL has one
@@ -251,13 +267,13 @@ pub fn step(record: &StepRecord, state: &TrainerState) -> Metrics {
 }
 
 /// The batch's updates summarised: loss, KL (the algorithm's `training_step/kl`) and gradient norm over its steps.
-pub fn epoch(updates: &Updates, state: &TrainerState, train_secs: f64) -> Metrics {
+pub fn epoch(updates: &Updates, state: &TrainerState, train_secs: f64, train_peak_rss: Option<u64>) -> Metrics {
     let of = |f: &dyn Fn(&StepRecord) -> Option<f64>| -> Vec<f64> { updates.steps.iter().filter_map(f).collect() };
     let loss = summarize(&of(&|s| Some(s.loss)));
     let kl = summarize(&of(&|s| s.algorithm.get("training_step/kl").copied()));
     let grad_norms = of(&|s| Some(s.grad_norm));
     let grad = summarize(&grad_norms);
-    metrics! {
+    let mut m = metrics! {
         "training_epoch/loss_mean" => loss.mean,
         "training_epoch/loss_std" => loss.std,
         "training_epoch/kl_mean" => kl.mean,
@@ -267,7 +283,9 @@ pub fn epoch(updates: &Updates, state: &TrainerState, train_secs: f64) -> Metric
         "training/invalid_loss_count" => state.invalid_loss_count,
         "timing/train_s" => train_secs,
         "timing/allreduce_s" => updates.steps.iter().map(|s| s.allreduce_secs).sum::<f64>(),
-    }
+    };
+    m.extend(peak_rss("system/train_peak_rss_gb", train_peak_rss));
+    m
 }
 
 /// The plugins' own batch metrics from every rank (one list each): numbers averaged over the ranks that reported

@@ -34,6 +34,7 @@ use grpo_sdk::Task;
 use crate::checkpoint::{self, CheckpointData, TrainerState};
 use crate::distributed::{fingerprint, Launch, World};
 use crate::error::RunFailed;
+use crate::logging::system::PhasePeak;
 use crate::logging::{DistInfo, Loggers, LoggingConfig, SystemMetrics};
 use crate::model::DeviceSpec;
 use crate::plugins::{AlgorithmPlugin, EnvironmentPlugin, Registry};
@@ -379,21 +380,23 @@ impl Trainer {
         let per_rank = self.config.batch.rollouts_per_step;
         let tasks = self.tasks.batch(self.state.batch, per_rank)?;
         let mut timings = Timings::default();
-        let t = Instant::now();
+        let (t, peak) = (Instant::now(), PhasePeak::start());
         let episodes = self.rollouts(&tasks, (self.world.rank * per_rank) as u64)?;
         timings.rollout = t.elapsed().as_secs_f64();
+        timings.rollout_peak_rss = peak.end();
         timings.rollout_stats = episodes.stats;
         let scored = scored::score(&self.algo, episodes.rollouts, self.config.batch.group_size)?;
-        let t = Instant::now();
+        let (t, peak) = (Instant::now(), PhasePeak::start());
         let exp = experience::prepare(&scored, &self.policy, &self.config.loss, self.config.batch.train_batch_size)?;
         timings.logprob = t.elapsed().as_secs_f64();
+        timings.logprob_peak_rss = peak.end();
         let local = BatchSummary::new(&scored, &exp, timings);
         let batch = BatchSummary::merge(self.world.gather("gathering the batch's rollout metrics", local)?);
         self.log_rollouts(step0, &batch, exp.len());
 
-        let t = Instant::now();
+        let (t, peak) = (Instant::now(), PhasePeak::start());
         let updates = self.update(&exp)?;
-        let mut m = metrics::epoch(&updates, &self.state, t.elapsed().as_secs_f64());
+        let mut m = metrics::epoch(&updates, &self.state, t.elapsed().as_secs_f64(), peak.end());
         let mut plugin = Vec::new();
         for source in [self.algo.metrics()?, self.env.metrics()?] {
             plugin.extend(source.into_iter().map(|metric| (metric.name, metric.value)));
