@@ -473,6 +473,13 @@ impl Model {
             let blocked = columns.gt_tensor(&query);
             return Ok(self.run(input_ids, &positions, AttentionMask::DecodeBlocked(&blocked), Some((cache, &at))));
         }
+        if keys == t {
+            // Every row starts at column 0 (a first prefill): "columns 0..=p" is plain causal attention over the
+            // new tokens, so SDPA can take its causal path (flash attention where it has one) with no mask. A
+            // shorter row's padded tail attends to its own padding, which no later query reads: those columns
+            // are overwritten by the row's next tokens before its position reaches them.
+            return Ok(self.run(input_ids, &positions, AttentionMask::Causal, Some((cache, &at))));
+        }
         let allowed = columns.le_tensor(&query);
         Ok(self.run(input_ids, &positions, AttentionMask::Allowed(&allowed), Some((cache, &at))))
     }
