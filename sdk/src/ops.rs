@@ -125,8 +125,8 @@ impl PolicyTerms {
 
     /// [`PolicyTerms::clip_fraction`] as a float64 scalar on the batch's device (no copy to the host).
     pub fn clip_fraction_tensor(&self) -> Tensor {
-        // `clipped` is 0 wherever the mask is, so without action tokens the sum is 0 and the divisor's floor of 1
-        // gives 0 without a branch on the host.
+        // `clipped` is 0 outside the mask, so without action tokens the sum is 0 and the divisor's floor of 1 gives
+        // 0 without a branch on the host.
         self.clipped.sum(Kind::Double) / self.mask.sum(Kind::Double).clamp_min(1.0)
     }
 }

@@ -142,7 +142,9 @@ impl Updater<'_> {
             // small gradients survive, and unscaled as they are added to the f32 gradients.
             self.scaler.scale_loss(&(&out.loss / window.len() as f64)).backward();
             self.optimizer.accumulate_grads(self.scaler.unscale_factor());
-            pending.push(out);
+            // Only the values are kept for the step's read: no reference to the micro-batch's graph outlives it.
+            let device_metrics = out.device_metrics.into_iter().map(|(name, t)| (name, t.detach())).collect();
+            pending.push(DeferredLoss { loss: out.loss.detach(), metrics: out.metrics, device_metrics });
         }
         // Data parallel: the gradients averaged over the ranks once per optimizer step (the micro-batches before the
         // last accumulate locally, as DDP's no_sync). The average of the ranks' mean gradients is the mean over the
