@@ -4,10 +4,13 @@
 //! The old library is emulated in-process, as in sft_old_plugin.rs: a real algorithm's SDK shims copied into a
 //! table of the old layout, followed by a trap in the word where `loss_on_device` would be.
 
+mod common;
+
+use common::{emulated_old_library, Static};
 use grpo_host::plugins::Registry;
 use grpo_sdk::ffi::{
-    self, AlgorithmVTable, FfiPolicyBatch, FfiSlice, FfiStr, PluginEntry, PluginLibrary, PluginVTable, StrSink,
-    TensorPtr, ALGORITHM_VTABLE_V1_2_SIZE,
+    self, AlgorithmVTable, FfiPolicyBatch, FfiSlice, PluginLibrary, PluginVTable, StrSink, TensorPtr,
+    ALGORITHM_VTABLE_V1_2_SIZE,
 };
 use grpo_sdk::tch::{Kind, Tensor};
 use grpo_sdk::{Algorithm, DeferredLoss, LossOutput, LossSettings, Metric, MetricSource, Plugin, PolicyBatch};
@@ -64,14 +67,9 @@ unsafe extern "C" fn trap() -> u32 {
     panic!("the host read past the end of an ABI 1.2 algorithm table")
 }
 
-struct Static<T>(T);
-// SAFETY: immutable after construction; the pointers point at leaked or static data.
-unsafe impl<T> Sync for Static<T> {}
-unsafe impl<T> Send for Static<T> {}
-
 /// The entry symbol of the emulated old library: the new library's shims in the old layout, minor 2.
 unsafe extern "C" fn old_library() -> *const PluginLibrary {
-    static LIBRARY: OnceLock<Static<PluginLibrary>> = OnceLock::new();
+    static LIBRARY: OnceLock<Static<&'static PluginLibrary>> = OnceLock::new();
     let library = LIBRARY.get_or_init(|| {
         let new = &*grpo_plugin_library();
         let vt = &*(new.plugins.as_slice()[0].vtable as *const AlgorithmVTable);
@@ -89,23 +87,15 @@ unsafe extern "C" fn old_library() -> *const PluginLibrary {
             },
             trap,
         }));
-        let entries = Box::leak(Box::new([PluginEntry {
-            kind: ffi::KIND_ALGORITHM,
-            name: FfiStr::new("old_mean_loss"),
-            version: FfiStr::new("0.0.1"),
-            description: FfiStr::new("built before device metrics"),
-            vtable: table as *const OldTableThenTrap as *const c_void,
-        }]));
-        Static(PluginLibrary {
-            abi_major: ffi::ABI_MAJOR,
-            abi_minor: 2,
-            sdk_version: FfiStr::new("0.1.0-old"),
-            libtorch_version: FfiStr::new(grpo_sdk::LIBTORCH_VERSION),
-            libtorch_cxx11_abi: grpo_sdk::LIBTORCH_CXX11_ABI as u32,
-            plugins: FfiSlice::new(&entries[..]),
-        })
+        Static(emulated_old_library(
+            ffi::KIND_ALGORITHM,
+            "old_mean_loss",
+            "built before device metrics",
+            table as *const OldTableThenTrap as *const c_void,
+            2,
+        ))
     });
-    &library.0
+    library.0
 }
 
 #[test]

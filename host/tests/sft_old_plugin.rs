@@ -5,10 +5,12 @@
 //! followed by a trap in the word where the new field would be. A host that ignored the table's size would call the
 //! trap and see its demonstration.
 
+mod common;
+
+use common::{emulated_old_library, Static};
 use grpo_host::plugins::Registry;
 use grpo_sdk::ffi::{
-    self, EnvironmentVTable, FfiSlice, FfiStr, PluginEntry, PluginLibrary, PluginVTable, StrSink,
-    ENVIRONMENT_VTABLE_V1_0_SIZE,
+    self, EnvironmentVTable, FfiStr, PluginLibrary, PluginVTable, StrSink, ENVIRONMENT_VTABLE_V1_0_SIZE,
 };
 use grpo_sdk::{Environment, Message, MetricSource, Plugin, Split, StepOutcome, Task};
 use std::ffi::c_void;
@@ -73,14 +75,9 @@ unsafe extern "C" fn trap(_: *const c_void, _: FfiStr, out: StrSink, _: StrSink)
     ffi::status::OK
 }
 
-struct Static<T>(T);
-// SAFETY: immutable after construction; the pointers point at leaked or static data.
-unsafe impl<T> Sync for Static<T> {}
-unsafe impl<T> Send for Static<T> {}
-
 /// The entry symbol of the emulated old library: the new library's shims in the old layout, minor 0.
 unsafe extern "C" fn old_library() -> *const PluginLibrary {
-    static LIBRARY: OnceLock<Static<PluginLibrary>> = OnceLock::new();
+    static LIBRARY: OnceLock<Static<&'static PluginLibrary>> = OnceLock::new();
     let library = LIBRARY.get_or_init(|| {
         let new = &*grpo_plugin_library();
         let entry = &new.plugins.as_slice()[0];
@@ -103,23 +100,15 @@ unsafe extern "C" fn old_library() -> *const PluginLibrary {
             },
             trap,
         }));
-        let entries = Box::leak(Box::new([PluginEntry {
-            kind: ffi::KIND_ENVIRONMENT,
-            name: FfiStr::new("old_answers"),
-            version: FfiStr::new("0.0.1"),
-            description: FfiStr::new("built before demonstrations"),
-            vtable: table as *const OldTableThenTrap as *const c_void,
-        }]));
-        Static(PluginLibrary {
-            abi_major: ffi::ABI_MAJOR,
-            abi_minor: 0,
-            sdk_version: FfiStr::new("0.1.0-old"),
-            libtorch_version: FfiStr::new(grpo_sdk::LIBTORCH_VERSION),
-            libtorch_cxx11_abi: grpo_sdk::LIBTORCH_CXX11_ABI as u32,
-            plugins: FfiSlice::new(&entries[..]),
-        })
+        Static(emulated_old_library(
+            ffi::KIND_ENVIRONMENT,
+            "old_answers",
+            "built before demonstrations",
+            table as *const OldTableThenTrap as *const c_void,
+            0,
+        ))
     });
-    &library.0
+    library.0
 }
 
 #[test]

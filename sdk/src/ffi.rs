@@ -972,6 +972,21 @@ mod tests {
         (out_config, out_metrics)
     }
 
+    /// A batch whose every tensor is `x`, of `size` bytes (a 1.0 host's is shorter), with importance weights
+    /// `weights` (null for none).
+    fn ffi_batch(x: &Tensor, size: usize, weights: TensorPtr) -> FfiPolicyBatch {
+        FfiPolicyBatch {
+            size,
+            log_probs: x.as_ptr() as TensorPtr,
+            old_log_probs: x.as_ptr() as TensorPtr,
+            ref_log_probs: std::ptr::null_mut(),
+            advantages: x.as_ptr() as TensorPtr,
+            action_mask: x.as_ptr() as TensorPtr,
+            settings: LossSettings::default(),
+            is_weights: weights,
+        }
+    }
+
     #[test]
     fn every_kind_starts_with_the_common_table_of_its_own_size() {
         let entry = environment_entry::<Still>("1.2.3");
@@ -1003,16 +1018,7 @@ mod tests {
         assert_eq!(code, status::OK);
 
         let x = Tensor::zeros([1, 2], (tch::Kind::Float, tch::Device::Cpu));
-        let batch = FfiPolicyBatch {
-            size: std::mem::size_of::<FfiPolicyBatch>(),
-            log_probs: x.as_ptr() as TensorPtr,
-            old_log_probs: x.as_ptr() as TensorPtr,
-            ref_log_probs: std::ptr::null_mut(),
-            advantages: x.as_ptr() as TensorPtr,
-            action_mask: x.as_ptr() as TensorPtr,
-            settings: LossSettings::default(),
-            is_weights: std::ptr::null_mut(),
-        };
+        let batch = ffi_batch(&x, std::mem::size_of::<FfiPolicyBatch>(), std::ptr::null_mut());
         let mut out: TensorPtr = std::ptr::null_mut();
         let mut metrics = String::new();
         let code = unsafe {
@@ -1049,16 +1055,7 @@ mod tests {
         let loss_of = |size: usize, weights: TensorPtr| -> (u32, Option<f64>) {
             let (mut this, mut err): (*mut c_void, String) = (std::ptr::null_mut(), String::new());
             assert_eq!(unsafe { (vt.plugin.create)(FfiStr::new(""), &mut this, StrSink::for_string(&mut err)) }, 0);
-            let batch = FfiPolicyBatch {
-                size,
-                log_probs: x.as_ptr() as TensorPtr,
-                old_log_probs: x.as_ptr() as TensorPtr,
-                ref_log_probs: std::ptr::null_mut(),
-                advantages: x.as_ptr() as TensorPtr,
-                action_mask: x.as_ptr() as TensorPtr,
-                settings: LossSettings::default(),
-                is_weights: weights,
-            };
+            let batch = ffi_batch(&x, size, weights);
             let (mut out, mut metrics): (TensorPtr, String) = (std::ptr::null_mut(), String::new());
             let code = unsafe {
                 (vt.loss)(this, &batch, &mut out, StrSink::for_string(&mut metrics), StrSink::for_string(&mut err))
@@ -1082,16 +1079,7 @@ mod tests {
         assert_eq!(vt.plugin.size, ALGORITHM_VTABLE_V1_2_SIZE + std::mem::size_of::<usize>());
         let x = Tensor::zeros([1, 2], (tch::Kind::Float, tch::Device::Cpu));
         let w = Tensor::from_slice(&[0.5f32, 2.0]).view([1, 2]);
-        let batch = FfiPolicyBatch {
-            size: std::mem::size_of::<FfiPolicyBatch>(),
-            log_probs: x.as_ptr() as TensorPtr,
-            old_log_probs: x.as_ptr() as TensorPtr,
-            ref_log_probs: std::ptr::null_mut(),
-            advantages: x.as_ptr() as TensorPtr,
-            action_mask: x.as_ptr() as TensorPtr,
-            settings: LossSettings::default(),
-            is_weights: w.as_ptr() as TensorPtr,
-        };
+        let batch = ffi_batch(&x, std::mem::size_of::<FfiPolicyBatch>(), w.as_ptr() as TensorPtr);
         let (mut this, mut err): (*mut c_void, String) = (std::ptr::null_mut(), String::new());
         assert_eq!(unsafe { (vt.plugin.create)(FfiStr::new(""), &mut this, StrSink::for_string(&mut err)) }, 0);
         let adopt = |p: TensorPtr| unsafe { Tensor::from_ptr(p as *mut torch_sys::C_tensor) };

@@ -158,3 +158,36 @@ pub fn devices(test: &str) -> Vec<tch::Device> {
     let _ = writeln!(std::io::stderr(), "{test}: CUDA part skipped: {reason}");
     vec![tch::Device::Cpu]
 }
+
+/// A `Sync` home for an emulated library's descriptor, whose raw pointers point at leaked, never-mutated data.
+pub struct Static<T>(pub T);
+// SAFETY: what it wraps is immutable after construction and points at leaked or static data.
+unsafe impl<T> Sync for Static<T> {}
+unsafe impl<T> Send for Static<T> {}
+
+/// The descriptor of an emulated library built against an older grpo-sdk (ABI 1.`abi_minor`): one plugin of ABI
+/// `kind` named `name`, whose function table is `vtable`. Leaked, as the host keeps libraries for the process's life.
+pub fn emulated_old_library(
+    kind: u32,
+    name: &'static str,
+    description: &'static str,
+    vtable: *const std::ffi::c_void,
+    abi_minor: u32,
+) -> &'static grpo_sdk::ffi::PluginLibrary {
+    use grpo_sdk::ffi::{FfiSlice, FfiStr, PluginEntry, PluginLibrary, ABI_MAJOR};
+    let entries = Box::leak(Box::new([PluginEntry {
+        kind,
+        name: FfiStr::new(name),
+        version: FfiStr::new("0.0.1"),
+        description: FfiStr::new(description),
+        vtable,
+    }]));
+    Box::leak(Box::new(PluginLibrary {
+        abi_major: ABI_MAJOR,
+        abi_minor,
+        sdk_version: FfiStr::new("0.1.0-old"),
+        libtorch_version: FfiStr::new(grpo_sdk::LIBTORCH_VERSION),
+        libtorch_cxx11_abi: grpo_sdk::LIBTORCH_CXX11_ABI as u32,
+        plugins: FfiSlice::new(&entries[..]),
+    }))
+}
