@@ -61,7 +61,8 @@ fn loss_and_accuracy_match_the_oracle_alone_and_padded() {
         let loss = out.sum.double_value(&[]) / out.tokens as f64;
         assert_eq!(out.tokens, case["assistant_tokens"].as_i64().unwrap());
         assert!((loss - case["loss"].as_f64().unwrap()).abs() < 1e-5, "{loss} vs {}", case["loss"]);
-        assert!((out.correct as f64 / out.tokens as f64 - case["accuracy"].as_f64().unwrap()).abs() < 1e-12);
+        let correct = out.correct.int64_value(&[]) as f64;
+        assert!((correct / out.tokens as f64 - case["accuracy"].as_f64().unwrap()).abs() < 1e-12);
     }
     let refs: Vec<_> = rendered.iter().collect();
     let out = sft_loss(&model, &SftBatch::new(&refs, Device::Cpu));

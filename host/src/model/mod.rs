@@ -349,7 +349,14 @@ impl Model {
         self.hidden_states_padded(input_ids, attention_mask, position_ids, Padding::Any)
     }
 
-    fn hidden_states_padded(&self, ids: &Tensor, attention_mask: &Tensor, pos: &Tensor, padding: Padding) -> Tensor {
+    /// [`Model::hidden_states`] for rows padded as `padding` says (see [`Model::token_log_probs_padded`]).
+    pub fn hidden_states_padded(
+        &self,
+        ids: &Tensor,
+        attention_mask: &Tensor,
+        pos: &Tensor,
+        padding: Padding,
+    ) -> Tensor {
         let right = match padding {
             Padding::Right => {
                 debug_assert!(Self::right_padded(attention_mask), "rows said to be right-padded are not");

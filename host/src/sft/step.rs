@@ -3,6 +3,7 @@
 
 use anyhow::Result;
 use grpo_sdk::MetricValue;
+use tch::{Device, Kind, Tensor};
 
 use super::loss::{sft_loss, SftBatch};
 use super::render::Rendered;
@@ -73,33 +74,40 @@ impl SftStep<'_> {
         let result = self.accumulate(rows, total / self.world.size as f64);
         self.model.set_training(false);
         let (loss_sum, correct) = result?;
-        let sums = self.world.reduce_f64("summing the step's loss", &[loss_sum, correct as f64], ReduceOp::Sum)?;
+        self.optimizer.average_grads(self.world)?;
+        // The step's one read from the device: the summed loss, the correct count and the gradient norm.
+        let norm = self.optimizer.grad_norm();
+        let mut parts = vec![loss_sum, correct.to_kind(Kind::Double).reshape([1])];
+        parts.extend(norm.iter().map(|n| n.to_kind(Kind::Double).reshape([1])));
+        let read = Vec::<f64>::try_from(Tensor::cat(&parts, 0).to_device(Device::Cpu))?;
+        let grad_norm = if norm.is_some() { read[2] } else { 0.0 };
+        let sums = self.world.reduce_f64("summing the step's loss", &read[..2], ReduceOp::Sum)?;
         let (loss, correct) = (sums[0] / total, sums[1]);
         if !loss.is_finite() {
             self.optimizer.zero_grad();
             return Ok(None);
         }
-        self.optimizer.average_grads(self.world)?;
-        let grad_norm = self.optimizer.clip_grad_norm(self.max_norm);
         if !self.scaler.update(!grad_norm.is_finite()) {
             self.optimizer.zero_grad();
             return Ok(None);
         }
+        self.optimizer.clip_to(grad_norm, self.max_norm);
         self.optimizer.step(lr)?;
         let tokens = total as i64;
         Ok(Some(SftRecord { loss, tokens, accuracy: correct / total, grad_norm, learning_rate: lr }))
     }
 
-    /// Forward and backward over the micro-batches, each loss divided by `total`; returns the summed loss and the
-    /// correct predictions.
-    fn accumulate(&mut self, rows: &[Rendered], total: f64) -> Result<(f64, i64)> {
+    /// Forward and backward over the micro-batches, each loss divided by `total`; returns the summed loss (f64,
+    /// `[1]`) and the correct predictions (int64), both still on the device.
+    fn accumulate(&mut self, rows: &[Rendered], total: f64) -> Result<(Tensor, Tensor)> {
         self.optimizer.zero_grad();
-        let (mut loss_sum, mut correct) = (0.0, 0);
         let device = self.model.device();
+        let mut loss_sum = Tensor::zeros([1], (Kind::Double, device));
+        let mut correct = Tensor::zeros([], (Kind::Int64, device));
         for chunk in rows.chunks(self.micro_batch.max(1)) {
             let refs: Vec<&Rendered> = chunk.iter().collect();
             let out = sft_loss(self.model, &SftBatch::new(&refs, device));
-            loss_sum += out.sum.double_value(&[]);
+            loss_sum += out.sum.detach().to_kind(Kind::Double);
             correct += out.correct;
             self.scaler.scale_loss(&(out.sum / total)).backward();
             self.optimizer.accumulate_grads(self.scaler.unscale_factor());
