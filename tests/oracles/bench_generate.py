@@ -4,8 +4,13 @@ For each sample count N it renders one chat prompt, batches it N times (a GRPO g
 `model.generate` call producing exactly --new-tokens tokens per sample (sampling at temperature 0.7, top-k and
 top-p off, eos ignored through min_new_tokens), after one untimed warm-up call. Prints one JSON object.
 
-The roofline: each decode step reads every weight once (memory bound) and does 2 FLOPs per weight per sequence
-(compute bound); the slower bound sets the step time, so tokens/s <= N / max(bytes / bandwidth, N * flops / rate).
+Each N is timed twice for transformers: with its default dynamic KV cache and with its static cache
+(`cache_implementation="static"`, preallocated to the final length).
+
+The roofline: each decode step reads every weight once and every sequence's cached keys and values once (memory
+bound: bytes = weights + N x positions x 2 x layers x kv_heads x head_dim x dtype size, at the mean cache length over
+the steps) and does 2 FLOPs per weight per sequence (compute bound); the slower bound sets the step time, so
+tokens/s <= N / max(bytes / bandwidth, N * flops / rate).
 Bandwidth and matmul rate are measured here with torch at the same thread count. A third figure says what the
 kernels themselves allow: one decode step's projections alone (every linear layer of the model and the output head,
 torch's `linear` on the model's own weights at N rows), with nothing else of the step around them.
@@ -97,8 +102,17 @@ def main():
     weight_bytes = params * torch.finfo(dtype).bits // 8
     flops_per_token = 2 * params
 
-    def run(n):
+    cfg = model.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    # Bytes of cached keys and values per sequence and position, over all layers.
+    kv_bytes_per_position = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * torch.finfo(dtype).bits // 8
+    prompt_len = ids.shape[1]
+    # Step i (0-based) of a sequence attends to prompt_len + i cached positions; the mean over the steps:
+    mean_positions = prompt_len + (args.new_tokens - 1) / 2
+
+    def run(n, cache):
         batch = ids.repeat(n, 1)
+        extra = {"cache_implementation": "static"} if cache == "static" else {}
         with torch.no_grad():
             t = time.perf_counter()
             out = model.generate(
@@ -111,21 +125,26 @@ def main():
                 max_new_tokens=args.new_tokens,
                 min_new_tokens=args.new_tokens,
                 pad_token_id=tok.pad_token_id,
+                **extra,
             )
             secs = time.perf_counter() - t
         generated = (out.shape[1] - batch.shape[1]) * n
         return generated, secs
 
-    run(1)  # warm-up
     results = []
-    for n in args.samples:
-        generated, secs = run(n)
-        results.append({"samples": n, "generated_tokens": generated, "secs": secs, "tokens_per_second": generated / secs})
+    for cache in ("dynamic", "static"):
+        run(1, cache)  # warm-up
+        for n in args.samples:
+            generated, secs = run(n, cache)
+            results.append(
+                {"samples": n, "cache": cache, "generated_tokens": generated, "secs": secs, "tokens_per_second": generated / secs}
+            )
     bw = measure_bandwidth()
     rate = measure_matmul(dtype)
     roof = []
     for n in args.samples:
-        step = max(weight_bytes / bw, n * flops_per_token / rate)
+        step_bytes = weight_bytes + n * mean_positions * kv_bytes_per_position
+        step = max(step_bytes / bw, n * flops_per_token / rate)
         matmuls = measure_step_matmuls(model, n, dtype)
         roof.append({"samples": n, "tokens_per_second": n / step, "matmuls_only_tokens_per_second": n / matmuls})
     print(
@@ -138,6 +157,8 @@ def main():
                 "params": params,
                 "weight_bytes": weight_bytes,
                 "flops_per_token": flops_per_token,
+                "kv_bytes_per_position": kv_bytes_per_position,
+                "mean_positions": mean_positions,
                 "bandwidth_bytes_per_s": bw,
                 "matmul_flops_per_s": rate,
                 "reference": results,

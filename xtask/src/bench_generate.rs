@@ -78,28 +78,43 @@ pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
     ));
     md.push_str(&format!(
         "Roofline inputs measured by the script: memory bandwidth {:.1} GB/s (copy), decode-shaped {dtype} matmul \
-         {:.1} GFLOP/s; {:.2} GB of weights read and {:.2} GFLOP per token. \"Matmuls alone\": the tokens/s that one \
-         decode step's projections would allow with nothing else in the step (every linear layer and the output head, \
-         torch's `linear` on the model's weights at N rows), the ceiling for any engine built on libtorch's \
-         kernels.\n\n",
+         {:.1} GFLOP/s; per decode step {:.2} GB of weights and, per sample, {:.1} MB of cached keys and values (the \
+         mean of {:.1} positions over the steps, {:.1} KB each) read, and {:.2} GFLOP per token. \"Matmuls alone\": \
+         the tokens/s that one decode step's projections would allow with nothing else in the step (every linear \
+         layer and the output head, torch's `linear` on the model's weights at N rows), the ceiling for any engine \
+         built on libtorch's kernels. transformers is timed with its default dynamic cache and with its static cache \
+         (`cache_implementation=\"static\"`); the ratio is against the faster of the two.\n\n",
         gb(&reference["bandwidth_bytes_per_s"]),
         gb(&reference["matmul_flops_per_s"]),
         gb(&reference["weight_bytes"]),
+        reference["kv_bytes_per_position"].as_f64().unwrap_or(0.0)
+            * reference["mean_positions"].as_f64().unwrap_or(0.0)
+            / 1e6,
+        reference["mean_positions"].as_f64().unwrap_or(0.0),
+        reference["kv_bytes_per_position"].as_f64().unwrap_or(0.0) / 1e3,
         gb(&reference["flops_per_token"]),
     ));
     md.push_str(
-        "| samples | grpo-host tok/s | transformers tok/s | ratio | roofline tok/s | % of roofline \
-         | matmuls alone tok/s | % of matmuls alone |\n",
+        "| samples | grpo-host tok/s | transformers tok/s (dynamic cache) | transformers tok/s (static cache) | ratio \
+         | roofline tok/s | % of roofline | matmuls alone tok/s | % of matmuls alone |\n",
     );
-    md.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    md.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    let reference_tps = |n: usize, cache: &str| {
+        let runs = reference["reference"].as_array().into_iter().flatten();
+        let mut of_n = runs.filter(|r| r["samples"].as_u64() == Some(n as u64));
+        let run = of_n.find(|r| r["cache"].as_str().unwrap_or("dynamic") == cache);
+        run.and_then(|r| r["tokens_per_second"].as_f64()).unwrap_or(0.0)
+    };
     for (i, &n) in samples.iter().enumerate() {
-        let r = reference["reference"][i]["tokens_per_second"].as_f64().unwrap_or(0.0);
+        let (dynamic, fixed) = (reference_tps(n, "dynamic"), reference_tps(n, "static"));
+        let r = dynamic.max(fixed);
         let roof = reference["roofline"][i]["tokens_per_second"].as_f64().unwrap_or(0.0);
         let matmuls = reference["roofline"][i]["matmuls_only_tokens_per_second"].as_f64().unwrap_or(0.0);
         md.push_str(&format!(
-            "| {n} | {:.1} | {:.1} | {:.2}x | {:.0} | {:.0}% | {:.0} | {:.0}% |\n",
+            "| {n} | {:.1} | {:.1} | {:.1} | {:.2}x | {:.0} | {:.0}% | {:.0} | {:.0}% |\n",
             ours[i],
-            r,
+            dynamic,
+            fixed,
             ours[i] / r.max(1e-9),
             roof,
             100.0 * ours[i] / roof.max(1e-9),
