@@ -304,30 +304,32 @@ impl AdamW {
         self.steps += 1;
         let config = self.config;
         let mut fused: Vec<[Tensor; 4]> = Vec::new();
+        let mut refreshed = Vec::new();
         tch::no_grad(|| {
             for i in 0..self.params.len() {
                 let Some(g) = self.grad(i) else { continue };
                 let m = self.exp_avg[i].shallow_clone();
                 let v = self.exp_avg_sq[i].shallow_clone();
                 match &self.masters[i] {
-                    Some(master) => fused.push([master.shallow_clone(), g, m, v]),
+                    Some(master) => {
+                        fused.push([master.shallow_clone(), g, m, v]);
+                        refreshed.push(i);
+                    }
                     None if self.params[i].1.kind() == Kind::Float => {
                         fused.push([self.params[i].1.shallow_clone(), g, m, v])
                     }
                     None => low_precision_step(&self.params[i].1, &g, m, v, config, lr, self.steps),
                 }
             }
-        });
-        fused_adamw(&fused, self.steps, lr, config)?;
-        tch::no_grad(|| {
-            for (i, master) in self.masters.iter().enumerate() {
-                if let Some(master) = master {
+            fused_adamw(&fused, self.steps, lr, config)?;
+            for i in refreshed {
+                if let Some(master) = &self.masters[i] {
                     // Round the new master into the bf16/f16 working copy the next forward computes with.
                     self.params[i].1.copy_(master);
                 }
             }
-        });
-        Ok(())
+            Ok(())
+        })
     }
 
     /// The weights in f32 by parameter name, for a checkpoint: the master of each low-precision parameter, the
