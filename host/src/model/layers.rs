@@ -278,18 +278,19 @@ impl Attention {
         };
         let y = match mask {
             AttentionMask::DecodeBlocked(blocked) => self.decode_attention(&q, &k, &v, blocked),
-            AttentionMask::Causal | AttentionMask::Allowed(_) => {
-                // Without a mask, SDPA's causal flag lets libtorch skip materialising and reading one.
-                let (allowed, causal) = match mask {
-                    AttentionMask::Allowed(m) => (Some(m), false),
-                    _ => (None, true),
-                };
-                let gqa = self.heads != self.kv_heads;
-                let y = Tensor::scaled_dot_product_attention(&q, &k, &v, allowed, 0.0, causal, None, gqa);
-                y.transpose(1, 2).reshape([b, t, self.heads * self.head_dim])
-            }
+            // Without a mask, SDPA's causal flag lets libtorch skip materialising and reading one.
+            AttentionMask::Causal => self.fused_attention(&q, &k, &v, None),
+            AttentionMask::Allowed(allowed) => self.fused_attention(&q, &k, &v, Some(allowed)),
         };
         self.o_proj.forward(&y, ctx)
+    }
+
+    /// libtorch's fused attention, `[B, T, heads * head_dim]`: causal when `allowed` is `None`, else as it says.
+    fn fused_attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, allowed: Option<&Tensor>) -> Tensor {
+        let (b, t) = (q.size()[0], q.size()[2]);
+        let gqa = self.heads != self.kv_heads;
+        let y = Tensor::scaled_dot_product_attention(q, k, v, allowed, 0.0, allowed.is_none(), None, gqa);
+        y.transpose(1, 2).reshape([b, t, self.heads * self.head_dim])
     }
 
     /// One query token per row against the cache, `[B, 1, heads * head_dim]`. Query heads are grouped by the
