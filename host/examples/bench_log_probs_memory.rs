@@ -8,16 +8,9 @@
 
 use std::time::Instant;
 
+use grpo_host::logging::system::peak_rss_bytes;
 use grpo_host::model::token_log_probs_of;
 use tch::{Device, Kind, Tensor};
-
-/// The process's peak resident set so far (`VmHWM`), in bytes.
-fn peak_rss() -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).ok_or_else(|| anyhow::anyhow!("no VmHWM"))?;
-    let kb: u64 = line.split_whitespace().nth(1).ok_or_else(|| anyhow::anyhow!("bad VmHWM"))?.parse()?;
-    Ok(kb * 1024)
-}
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -33,6 +26,7 @@ fn main() -> anyhow::Result<()> {
     let hidden = (Tensor::randn([rows, positions, hidden_size], opts) * 0.5).set_requires_grad(true);
     let weight = (Tensor::randn([vocab, hidden_size], opts) * 0.02).set_requires_grad(true);
     let targets = Tensor::randint(vocab, [rows, positions], (Kind::Int64, Device::Cpu));
+    let peak_rss = || peak_rss_bytes().ok_or_else(|| anyhow::anyhow!("no VmHWM in /proc/self/status"));
     let before = peak_rss()?;
     let t = Instant::now();
     let log_probs = match mode {

@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use grpo_sdk::MetricValue;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use super::loss::{sft_loss, SftBatch};
 use super::render::Rendered;
@@ -11,6 +11,7 @@ use crate::distributed::{ReduceOp, World};
 use crate::model::Model;
 use crate::train::optimizer::AdamW;
 use crate::train::precision::LossScaler;
+use crate::train::update::read_scalars;
 
 /// What one step works with.
 pub struct SftStep<'a> {
@@ -77,9 +78,9 @@ impl SftStep<'_> {
         self.optimizer.average_grads(self.world)?;
         // The step's one read from the device: the summed loss, the correct count and the gradient norm.
         let norm = self.optimizer.grad_norm();
-        let mut parts = vec![loss_sum, correct.to_kind(Kind::Double).reshape([1])];
-        parts.extend(norm.iter().map(|n| n.to_kind(Kind::Double).reshape([1])));
-        let read = Vec::<f64>::try_from(Tensor::cat(&parts, 0).to_device(Device::Cpu))?;
+        let mut parts = vec![loss_sum, correct];
+        parts.extend(norm.iter().map(Tensor::shallow_clone));
+        let read = read_scalars(&parts)?;
         let grad_norm = if norm.is_some() { read[2] } else { 0.0 };
         let sums = self.world.reduce_f64("summing the step's loss", &read[..2], ReduceOp::Sum)?;
         let (loss, correct) = (sums[0] / total, sums[1]);
@@ -97,8 +98,8 @@ impl SftStep<'_> {
         Ok(Some(SftRecord { loss, tokens, accuracy: correct / total, grad_norm, learning_rate: lr }))
     }
 
-    /// Forward and backward over the micro-batches, each loss divided by `total`; returns the summed loss (f64,
-    /// `[1]`) and the correct predictions (int64), both still on the device.
+    /// Forward and backward over the micro-batches, each loss divided by `total`; returns the summed loss (f64)
+    /// and the correct predictions (int64), both one-element tensors still on the device.
     fn accumulate(&mut self, rows: &[Rendered], total: f64) -> Result<(Tensor, Tensor)> {
         self.optimizer.zero_grad();
         let device = self.model.device();

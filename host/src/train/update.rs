@@ -186,14 +186,13 @@ impl Updater<'_> {
 /// norm (0 without gradients), read together and summed into the step's record. A micro-batch whose loss is not
 /// finite counts as invalid and adds nothing.
 fn read_step(outputs: Vec<DeferredLoss>, grad_norm: Option<Tensor>) -> Result<(Accumulated, f64)> {
-    let as_f64 = |t: &Tensor| t.detach().to_kind(Kind::Double).reshape([1]);
     let mut parts = Vec::new();
     for out in &outputs {
-        parts.push(as_f64(&out.loss));
-        parts.extend(out.device_metrics.iter().map(|(_, t)| as_f64(t)));
+        parts.push(out.loss.shallow_clone());
+        parts.extend(out.device_metrics.iter().map(|(_, t)| t.shallow_clone()));
     }
-    parts.extend(grad_norm.as_ref().map(as_f64));
-    let mut values = Vec::<f64>::try_from(Tensor::cat(&parts, 0).to_device(Device::Cpu))?.into_iter();
+    parts.extend(grad_norm.as_ref().map(Tensor::shallow_clone));
+    let mut values = read_scalars(&parts)?.into_iter();
     let mut acc = Accumulated::default();
     for out in outputs {
         let loss = values.next().unwrap_or(f64::NAN);
@@ -208,6 +207,16 @@ fn read_step(outputs: Vec<DeferredLoss>, grad_norm: Option<Tensor>) -> Result<(A
         }
     }
     Ok((acc, if grad_norm.is_some() { values.next().unwrap_or(f64::NAN) } else { 0.0 }))
+}
+
+/// One-element tensors of any dtype, on one device, read to the host in one copy: on CUDA one synchronisation for
+/// all of them rather than one each.
+pub fn read_scalars(values: &[Tensor]) -> Result<Vec<f64>> {
+    if values.is_empty() {
+        return Ok(Vec::new());
+    }
+    let parts: Vec<Tensor> = values.iter().map(|t| t.detach().to_kind(Kind::Double).reshape([1])).collect();
+    Ok(Vec::<f64>::try_from(Tensor::cat(&parts, 0).to_device(Device::Cpu))?)
 }
 
 /// The micro-batches of pass `pass` over `n` sequences: a shuffle seeded by the run seed, the batch and the pass,
