@@ -3,15 +3,21 @@
 re-grpo's loop (experiment_base): for each prompt of the batch, generate its group in one `generate` call
 (`input_ids.repeat(G, 1)`); then a forward of the policy for the old log-probs and a separate forward of the
 reference model; then micro-batches of forward, GRPO loss, backward, gradient clipping and an AdamW step. Here it
-runs on the CPU with full fine-tuning, the same workload and thread count as our measurement, with end-of-sequence
-suppressed so that both sides generate exactly max_new_tokens per rollout. `--precision bf16` is mixed precision as
-accelerate's `--mixed_precision bf16` runs it: f32 weights, gradients and AdamW state, every forward (generation,
-log-probs, training) under `torch.autocast("cpu", dtype=torch.bfloat16)`.
+runs with full fine-tuning on the CPU or a GPU (`--device`), the same workload and thread count as our measurement,
+with end-of-sequence suppressed so that both sides generate exactly max_new_tokens per rollout. `--precision bf16`
+is mixed precision as accelerate's `--mixed_precision bf16` runs it: f32 weights, gradients and AdamW state, every
+forward (generation, log-probs, training) under `torch.autocast(device_type, dtype=torch.bfloat16)`.
+
+On a GPU each phase's clock is read after a device synchronisation (CUDA calls return before the work is done), and
+the peak of allocated GPU memory is reported for the step and for each phase, and the peak the caching allocator
+reserved for the step (peak statistics reset at the start of each phase); on the CPU those keys are null.
 
 Usage: python bench_grpo_step.py MODEL_DIR --steps 3 --prompts 4 --group 4 --max-new 64 --threads 2
-       [--precision f32|bf16] [--system TEXT]
+       [--precision f32|bf16] [--system TEXT] [--device cpu|cuda]
 Prints one JSON object per measured step: {"rollout_s", "logprob_s", "train_s", "total_s", "tokens", "prompt_tokens",
-"torch", "transformers"}. `cargo xtask bench-step` runs it beside `grpo-host train` on the same workload.
+"torch", "transformers", "precision", "device", "gpu", "peak_gpu_memory_gb" (allocated), "peak_gpu_reserved_gb",
+"rollout_peak_gpu_gb", "logprob_peak_gpu_gb", "train_peak_gpu_gb"} (the last three allocated). `cargo xtask bench-step`
+runs it beside `grpo-host train` on the same workload.
 """
 
 import argparse
@@ -60,24 +66,45 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--system", default=None, help="a system message before each question")
     ap.add_argument("--precision", choices=["f32", "bf16"], default="f32")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = ap.parse_args()
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
 
     def compute():
         if args.precision == "bf16":
-            return torch.autocast("cpu", dtype=torch.bfloat16)
+            return torch.autocast(device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+    def clock():
+        # CUDA calls return once the work is queued; the phase is over only when the device has done it.
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def reset_peak():
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+
+    def peak_gb():
+        # Peak allocated and peak reserved (what the caching allocator held, the figure comparable with our side's
+        # `system/gpu_memory_reserved_gb`) since the last reset, in GB.
+        if not cuda:
+            return None, None
+        return torch.cuda.max_memory_allocated() / 1e9, torch.cuda.max_memory_reserved() / 1e9
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rng = random.Random(0)
     tok = AutoTokenizer.from_pretrained(args.model)
-    policy = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
-    reference = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    policy = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).to(device)
+    reference = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).to(device).eval()
     opt = torch.optim.AdamW(policy.parameters(), lr=5e-6, weight_decay=0.01)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
     for step in range(args.warmup + args.steps):
-        t0 = time.perf_counter()
+        reset_peak()  # the rollout phase's, and so the step's, start
+        t0 = clock()
         policy.eval()
         sequences, masks, rewards, prompt_tokens = [], [], [], 0
         with torch.no_grad():
@@ -86,7 +113,7 @@ def main():
                 if args.system is not None:
                     messages.insert(0, {"role": "system", "content": args.system})
                 text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-                ids = tok(text, return_tensors="pt").input_ids
+                ids = tok(text, return_tensors="pt").input_ids.to(device)
                 prompt_tokens += ids.shape[1] * args.group
                 with compute():
                     out = policy.generate(
@@ -97,24 +124,29 @@ def main():
                     )
                 for row in out:
                     sequences.append(row)
-                    m = torch.zeros(len(row) - 1, dtype=torch.bool)
+                    m = torch.zeros(len(row) - 1, dtype=torch.bool, device=device)
                     m[ids.shape[1] - 1:] = True
                     masks.append(m)
                     rewards.append(rng.random())
-        t1 = time.perf_counter()
+        t1 = clock()
+        rollout_peak, rollout_reserved = peak_gb()
+        reset_peak()
 
         seq = torch.stack(sequences)
         attn = torch.ones_like(seq)
         mask = torch.stack(masks).float()
-        r = torch.tensor(rewards).view(args.prompts, args.group)
+        r = torch.tensor(rewards, device=device).view(args.prompts, args.group)
         adv = ((r - r.mean(-1, keepdim=True)) / (r.std(-1, keepdim=True) + 1e-8)).view(-1, 1)
         with torch.no_grad(), compute():
             old = sequence_log_probs(policy, seq, attn)
             ref = sequence_log_probs(reference, seq, attn)
-        t2 = time.perf_counter()
+        t2 = clock()
+        logprob_peak, logprob_reserved = peak_gb()
+        reset_peak()
 
         policy.train()
-        order = torch.randperm(seq.shape[0])
+        # Drawn on the CPU (the same permutation on either device), then moved to index the device tensors.
+        order = torch.randperm(seq.shape[0]).to(device)
         for i in range(0, seq.shape[0], args.train_batch):
             idx = order[i:i + args.train_batch]
             opt.zero_grad()
@@ -124,12 +156,21 @@ def main():
             loss.backward()
             torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
             opt.step()
-        t3 = time.perf_counter()
+        t3 = clock()
+        train_peak, train_reserved = peak_gb()
+        # The phases cover the step and each peak is counted from its phase's start (a reset sets the peak to what
+        # is allocated, or reserved, then), so the step's peak is the largest of the three.
+        step_peak = max(rollout_peak, logprob_peak, train_peak) if cuda else None
+        step_reserved = max(rollout_reserved, logprob_reserved, train_reserved) if cuda else None
         if step >= args.warmup:
             print(json.dumps({
                 "rollout_s": t1 - t0, "logprob_s": t2 - t1, "train_s": t3 - t2, "total_s": t3 - t0,
                 "tokens": args.prompts * args.group * args.max_new, "prompt_tokens": prompt_tokens,
                 "torch": torch.__version__, "transformers": transformers.__version__, "precision": args.precision,
+                "device": args.device, "gpu": torch.cuda.get_device_name() if cuda else None,
+                "peak_gpu_memory_gb": step_peak, "peak_gpu_reserved_gb": step_reserved,
+                "rollout_peak_gpu_gb": rollout_peak, "logprob_peak_gpu_gb": logprob_peak,
+                "train_peak_gpu_gb": train_peak,
             }), flush=True)
 
 

@@ -1,7 +1,7 @@
-//! What the benchmark tasks share: their options, the inputs they need from setup, and running a side as a child
-//! process whose output ends in JSON.
+//! What the benchmark tasks share: their options, the inputs they need from setup (or a prebuilt bundle), and running
+//! a side as a child process whose output ends in JSON.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
@@ -36,6 +36,93 @@ pub fn inputs(args: &[String]) -> Result<(PathBuf, PathBuf)> {
         bail!("the model {} or the Python venv is missing; run `cargo xtask setup`", model.display());
     }
     Ok((model, python))
+}
+
+/// Where a benchmark runs both sides: `--device cpu|cuda`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Device {
+    /// The CPU, at `--threads` threads.
+    Cpu,
+    /// CUDA device 0.
+    Cuda,
+}
+
+impl Device {
+    /// `--device` of `args` (default: the CPU).
+    pub fn of(args: &[String]) -> Result<Device> {
+        match flag(args, "--device").as_deref() {
+            None | Some("cpu") => Ok(Device::Cpu),
+            Some("cuda") => Ok(Device::Cuda),
+            Some(other) => bail!("--device {other}: expected cpu or cuda"),
+        }
+    }
+
+    /// The value both sides' `--device` take.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+        }
+    }
+
+    /// The hardware for a table's caption: the CPU's name, or the GPU's as the Python side's JSON reports it.
+    pub fn describe(self, reference: &Value) -> String {
+        match self {
+            Device::Cpu => format!("CPU ({})", cpu_name()),
+            Device::Cuda => format!("GPU ({}, CUDA)", reference["gpu"].as_str().unwrap_or("unknown")),
+        }
+    }
+}
+
+/// What a benchmark runs: grpo-host (with the shipped plugins beside it), the Python of the reference side, the
+/// model, and the device.
+pub struct Sides {
+    /// The grpo-host executable.
+    pub host: PathBuf,
+    /// The Python that runs the reference scripts (torch and transformers).
+    pub python: PathBuf,
+    /// The model directory both sides load.
+    pub model: PathBuf,
+    /// Where both sides run.
+    pub device: Device,
+}
+
+impl Sides {
+    /// From `args`: with `--host FILE` a prebuilt grpo-host and `--python FILE` (default: setup's venv) are used as
+    /// they are, with no setup and no build, for a machine without cargo such as the GPU bundle's
+    /// (xtask/gpu-check.sh); otherwise setup runs and the release build is brought up to date. `--model DIR`
+    /// defaults to the default model.
+    pub fn of(root: &Path, args: &[String]) -> Result<Sides> {
+        let device = Device::of(args)?;
+        let cache = Cache::new();
+        let host = match flag(args, "--host") {
+            Some(host) => PathBuf::from(host),
+            None => {
+                crate::setup::setup(false)?;
+                crate::process::cargo(&["build", "--release"], "building grpo-host and the shipped plugins (release)")?;
+                root.join("target").join("release").join("grpo-host")
+            }
+        };
+        let python = flag(args, "--python").map(PathBuf::from).unwrap_or_else(|| cache.python());
+        let model = flag(args, "--model").map(PathBuf::from).unwrap_or_else(|| cache.default_model());
+        if !host.exists() {
+            bail!("{} does not exist (--host)", host.display());
+        }
+        if !model.join("config.json").exists() {
+            bail!("{} holds no config.json (--model); run `cargo xtask setup` for the default model", model.display());
+        }
+        Ok(Sides { host, python, model, device })
+    }
+
+    /// The model's name for captions: its directory's name.
+    pub fn model_name(&self) -> String {
+        self.model.file_name().map_or_else(|| self.model.display().to_string(), |n| n.to_string_lossy().to_string())
+    }
+}
+
+/// Where a benchmark writes its table: `--out FILE`, else `docs/<default_name>`.
+pub fn output(root: &Path, args: &[String], default_name: &str) -> PathBuf {
+    flag(args, "--out").map(PathBuf::from).unwrap_or_else(|| root.join("docs").join(default_name))
 }
 
 /// Run `cmd` to completion and parse the JSON that its standard output ends with (from its first `{`).

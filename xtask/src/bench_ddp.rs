@@ -9,32 +9,29 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::bench::{cpu_name, inputs};
+use crate::bench::{cpu_name, Sides};
 use crate::bench_step::{host_command, read_batches, Workload};
-use crate::process::cargo;
 
 /// Run it for `n` ranks over the workload `w` (its `threads` is ignored: 1 per rank, `n` for the single process).
 pub fn run(root: &Path, args: &[String], w: &Workload, n: usize) -> Result<()> {
     if n < 2 {
         bail!("--nproc-per-node {n}: compare at least 2 ranks with one process");
     }
-    let (model, python) = inputs(args)?;
+    let Sides { host, python, model, device } = Sides::of(root, args)?;
     let torchrun = python.with_file_name("torchrun");
-    cargo(&["build", "--release"], "building grpo-host and the shipped plugins (release)")?;
-    let host = root.join("target").join("release").join("grpo-host");
     let mixed = crate::bench::flag(args, "--precision").map_or("no", |p| if p == "bf16" { "bf16" } else { "no" });
 
     let single = Workload { threads: n, ..*w };
     eprintln!("1 process x {n} threads ({} warm-up + {} steps)...", w.warmup, w.steps);
     let dir = tempfile::tempdir().context("creating a scratch runs directory")?;
-    let one = measure(host_command(Command::new(&host), &model, &single, mixed, dir.path(), n), dir.path())?;
+    let one = measure(host_command(Command::new(&host), &model, &single, (mixed, device), dir.path(), n), dir.path())?;
 
     let ranks = Workload { threads: 1, ..*w };
     eprintln!("{n} ranks x 1 thread under torchrun ({} warm-up + {} steps)...", w.warmup, w.steps);
     let mut launcher = Command::new(&torchrun);
     launcher.args(["--standalone", "--nproc-per-node", &n.to_string(), "--no-python"]).arg(&host);
     let dir = tempfile::tempdir().context("creating a scratch runs directory")?;
-    let dp = measure(host_command(launcher, &model, &ranks, mixed, dir.path(), 1), dir.path())?;
+    let dp = measure(host_command(launcher, &model, &ranks, (mixed, device), dir.path(), 1), dir.path())?;
 
     let global = w.prompts * n * w.group;
     let row = |name: &str, b: &[[f64; 4]]| {

@@ -10,7 +10,8 @@
 //! `--train-batch`, one epoch. Both sides use the same system prompt and the same thread count.
 //!
 //! Options: `--threads N` (default: all cores), `--steps 3`, `--warmup 1`, `--prompts 4`, `--group 4`,
-//! `--max-new 64`, `--train-batch 4`, `--precision f32,bf16`, `--model DIR`.
+//! `--max-new 64`, `--train-batch 4`, `--precision f32,bf16`, `--model DIR`, `--device cpu|cuda`, `--out FILE`, and
+//! `--host FILE --python FILE` to run prebuilt sides with no setup or build (xtask/gpu-check.sh).
 
 use std::path::Path;
 use std::process::Command;
@@ -18,8 +19,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::bench::{cpu_name, flag, inputs, number, threads};
-use crate::process::cargo;
+use crate::bench::{flag, number, output, threads, Device, Sides};
 
 /// The system prompt both sides send, so prompts differ only in the question's wording.
 const SYSTEM: &str = "Add the two numbers the user gives you. Think briefly inside <think> </think>, then write \
@@ -102,15 +102,22 @@ fn workload(args: &[String]) -> Result<Workload> {
 }
 
 /// `grpo-host train` over `w` (`scale` times the prompts and micro-batch, for one process doing the work of
-/// `scale` ranks) with `--mixed-precision mixed`, its run `bench-step` under `runs`, appended to `cmd` (the host
-/// itself, or a launcher in front of it).
-pub fn host_command(mut cmd: Command, model: &Path, w: &Workload, mixed: &str, runs: &Path, scale: usize) -> Command {
+/// `scale` ranks) with `--mixed-precision mixed` on `device`, its run `bench-step` under `runs`, appended to `cmd`
+/// (the host itself, or a launcher in front of it).
+pub fn host_command(
+    mut cmd: Command,
+    model: &Path,
+    w: &Workload,
+    (mixed, device): (&str, Device),
+    runs: &Path,
+    scale: usize,
+) -> Command {
     let s = |n: usize| n.to_string();
     let env_config = serde_json::json!({
         "generator": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1, "ops": "+", "parentheses": 0.0},
         "system_prompt": SYSTEM,
     });
-    cmd.args(["train", "--algo", "grpo", "--env", "math", "--device", "cpu", "--dtype", "f32"])
+    cmd.args(["train", "--algo", "grpo", "--env", "math", "--device", device.flag(), "--dtype", "f32"])
         .args(["--mixed-precision", mixed, "--lora-rank", "0", "--kl-weight", "0.01", "--clip-eps", "0.2"])
         .args(["--max-norm", "1.0", "--lr", "5e-6", "--temperature", "0.7", "--top-k", "50", "--top-p", "1.0"])
         .args(["--ignore-eos", "--no-wandb", "--checkpoint-interval", "1000000", "--checkpoint-every-minutes", "0"])
@@ -155,16 +162,14 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     if w.steps == 0 {
         bail!("--steps must be at least 1");
     }
-    let (model, python) = inputs(args)?;
-    cargo(&["build", "--release"], "building grpo-host and the shipped plugins (release)")?;
-    let host = root.join("target").join("release").join("grpo-host");
+    let sides = Sides::of(root, args)?;
 
     let mut md = String::new();
     md.push_str("## One GRPO step (`cargo xtask bench-step`)\n\n");
     let mut versions = Value::Null;
     let mut tables = String::new();
     for &precision in &precisions {
-        let (ours, reference, v) = measure(root, &host, &model, &python, &w, precision)?;
+        let (ours, reference, v) = measure(root, &sides, &w, precision)?;
         versions = v;
         let (o, r) = (means(&ours), means(&reference));
         tables.push_str(&format!("### {}\n\n", precision.label()));
@@ -178,57 +183,91 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
                 r[i] / o[i].max(1e-9)
             ));
         }
+        if sides.device == Device::Cuda {
+            let (o, r) = (peak(&ours, PEAK), peak(&reference, PEAK));
+            tables.push_str(&format!(
+                "| peak GPU memory reserved (GB) | {o:.2} | {r:.2} | {:.2}x less |\n",
+                r / o.max(1e-9)
+            ));
+        }
         tables.push('\n');
     }
     let Workload { threads, steps, warmup, prompts, group, max_new, train_batch } = w;
+    let hardware = match sides.device {
+        Device::Cpu => format!("{}, {threads} thread(s) on both sides", sides.device.describe(&versions)),
+        Device::Cuda => sides.device.describe(&versions),
+    };
+    let memory = match sides.device {
+        Device::Cpu => "",
+        Device::Cuda => {
+            " Peak GPU memory is what libtorch's caching allocator reserved, the most over the run: on our side the \
+             largest `system/gpu_memory_reserved_gb` of metrics.jsonl (sampled after each optimizer step; the \
+             allocator keeps what it reserved, so it bounds the peak allocation from above), on the Python side \
+             `torch.cuda.max_memory_reserved()` over each measured step."
+        }
+    };
     md.push_str(&format!(
-        "Default model (SmolLM2-135M-Instruct), CPU ({cpu}), {threads} thread(s) on both sides. Workload: {prompts} \
-         single-digit additions x {group} rollouts x {max_new} new tokens (end-of-sequence ignored on both sides), full \
-         fine-tuning with a frozen reference, KL weight 0.01, micro-batches of {train_batch}, one epoch, AdamW. Mean \
-         of {steps} steps after {warmup} warm-up step(s), in seconds, each precision measured on both sides one after \
-         the other. grpo-host: release build, `grpo-host train --ignore-eos ...` (`timing/*` of metrics.jsonl); bf16 \
-         mixed precision is `--mixed-precision bf16` (bf16 working copies of the weights, f32 masters, gradients and \
-         AdamW state). Reference: `tests/oracles/bench_grpo_step.py`, re-grpo's loop (one `generate` call per prompt, \
-         separate old and reference forwards) on transformers {} / torch {}; its bf16 mixed precision is \
-         `torch.autocast(\"cpu\", dtype=torch.bfloat16)` around every forward over f32 weights, as accelerate's \
-         `--mixed_precision bf16` does. Rewards differ (the math environment's on our side, random on the Python \
-         side), which changes no work: both run every forward, backward and AdamW step.\n\n",
+        "{model}, {hardware}. Workload: {prompts} single-digit additions x {group} rollouts x {max_new} new tokens \
+         (end-of-sequence ignored on both sides), full fine-tuning with a frozen reference, KL weight 0.01, \
+         micro-batches of {train_batch}, one epoch, AdamW. Mean of {steps} steps after {warmup} warm-up step(s), in \
+         seconds, each precision measured on both sides one after the other. grpo-host: release build, `grpo-host \
+         train --ignore-eos ...` (`timing/*` of metrics.jsonl); bf16 mixed precision is `--mixed-precision bf16` \
+         (bf16 working copies of the weights, f32 masters, gradients and AdamW state). Reference: \
+         `tests/oracles/bench_grpo_step.py`, re-grpo's loop (one `generate` call per prompt, separate old and \
+         reference forwards) on transformers {} / torch {}; its bf16 mixed precision is `torch.autocast` with \
+         bfloat16 around every forward over f32 weights, as accelerate's `--mixed_precision bf16` does. Rewards \
+         differ (the math environment's on our side, random on the Python side), which changes no work: both run \
+         every forward, backward and AdamW step.{memory}\n\n",
         versions["transformers"].as_str().unwrap_or("?"),
         versions["torch"].as_str().unwrap_or("?"),
-        cpu = cpu_name(),
+        model = sides.model_name(),
     ));
     md.push_str(&tables);
     md.push_str(&format!(
-        "Reproduce: `cargo xtask bench-step --threads {threads} --steps {steps} --warmup {warmup} --prompts {prompts} \
-         --group {group} --max-new {max_new} --train-batch {train_batch} --precision {precision_list}`\n"
+        "Reproduce: `cargo xtask bench-step --device {} --threads {threads} --steps {steps} --warmup {warmup} \
+         --prompts {prompts} --group {group} --max-new {max_new} --train-batch {train_batch} --precision \
+         {precision_list}`\n",
+        sides.device.flag()
     ));
     print!("{md}");
-    let path = root.join("docs").join("benchmarks-step.md");
+    let name = match sides.device {
+        Device::Cpu => "benchmarks-step.md",
+        Device::Cuda => "benchmarks-step-cuda.md",
+    };
+    let path = output(root, args, name);
     std::fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
     eprintln!("wrote {}", path.display());
     Ok(())
 }
 
+/// The key of a step's peak GPU memory (GB), on both sides.
+const PEAK: &str = "peak_gpu_reserved_gb";
+
+/// The largest `key` over `rows` (0 when none has it).
+fn peak(rows: &[Value], key: &str) -> f64 {
+    rows.iter().filter_map(|r| r[key].as_f64()).fold(0.0, f64::max)
+}
+
+/// The largest of `key` over a run's metrics.jsonl rows.
+fn run_peak(run: &Path, key: &str) -> Result<f64> {
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).context("reading the run's metrics.jsonl")?;
+    let rows: Vec<Value> = metrics.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    Ok(peak(&rows, key))
+}
+
 /// One precision on both sides: the measured steps of ours, of the reference, and the reference's versions.
-fn measure(
-    root: &Path,
-    host: &Path,
-    model: &Path,
-    python: &Path,
-    w: &Workload,
-    precision: Precision,
-) -> Result<(Vec<Value>, Vec<Value>, Value)> {
+fn measure(root: &Path, sides: &Sides, w: &Workload, precision: Precision) -> Result<(Vec<Value>, Vec<Value>, Value)> {
     let Workload { threads, steps, warmup, prompts, group, max_new, train_batch } = *w;
     let (mixed, python_precision) = precision.flags();
     let s = |n: usize| n.to_string();
     eprintln!("{}: running the Python reference ({warmup} warm-up + {steps} steps)...", precision.label());
-    let out = Command::new(python)
+    let out = Command::new(&sides.python)
         .current_dir(root)
         .arg("tests/oracles/bench_grpo_step.py")
-        .arg(model)
+        .arg(&sides.model)
         .args(["--steps", &s(steps), "--warmup", &s(warmup), "--prompts", &s(prompts), "--group", &s(group)])
         .args(["--max-new", &s(max_new), "--train-batch", &s(train_batch), "--threads", &s(threads)])
-        .args(["--precision", python_precision, "--system", SYSTEM])
+        .args(["--precision", python_precision, "--system", SYSTEM, "--device", sides.device.flag()])
         .output()
         .context("running tests/oracles/bench_grpo_step.py")?;
     if !out.status.success() {
@@ -240,16 +279,22 @@ fn measure(
 
     eprintln!("{}: running grpo-host train ({warmup} warm-up + {steps} steps)...", precision.label());
     let runs = tempfile::tempdir().context("creating a scratch runs directory")?;
-    let status = host_command(Command::new(host), model, w, mixed, runs.path(), 1)
+    let status = host_command(Command::new(&sides.host), &sides.model, w, (mixed, sides.device), runs.path(), 1)
         .status()
         .context("running grpo-host train")?;
     if !status.success() {
         bail!("grpo-host train failed (exit {status})");
     }
-    let ours: Vec<Value> = read_batches(&runs.path().join("bench-step"))?
+    let run = runs.path().join("bench-step");
+    let reserved = run_peak(&run, "system/gpu_memory_reserved_gb")?;
+    let ours: Vec<Value> = read_batches(&run)?
         .iter()
         .skip(warmup)
-        .map(|b| serde_json::json!({"rollout_s": b[0], "logprob_s": b[1], "train_s": b[2], "total_s": b[0] + b[1] + b[2]}))
+        .map(|b| {
+            serde_json::json!({
+                "rollout_s": b[0], "logprob_s": b[1], "train_s": b[2], "total_s": b[0] + b[1] + b[2], PEAK: reserved,
+            })
+        })
         .collect();
     if ours.len() != steps || reference.len() != steps {
         bail!(

@@ -10,6 +10,8 @@
 //!   `bench-step --nproc-per-node N`: data-parallel ranks against one process on the same global batch.
 //! - `bench-rollout --baseline DIR`: this build's rollout engine against another build's, written to
 //!   docs/benchmarks-rollout.md.
+//! - `gpu-bundle`: the built binaries, test executables and tokenizer that xtask/gpu-check.sh needs on a lent GPU
+//!   machine without cargo, in `.gpu/`.
 //!
 //! xtask itself never links libtorch, so it runs before libtorch exists and can repair a damaged cache.
 
@@ -18,6 +20,7 @@ mod bench_ddp;
 mod bench_generate;
 mod bench_rollout;
 mod bench_step;
+mod gpu_bundle;
 mod paths;
 mod process;
 mod setup;
@@ -28,7 +31,7 @@ use process::cargo;
 
 const USAGE: &str =
     "usage: cargo xtask <setup | run [GRPO-HOST ARGS...] | test | bench-generate [OPTIONS] | bench-step [OPTIONS] | \
-     bench-rollout --baseline DIR [OPTIONS]>";
+     bench-rollout --baseline DIR [OPTIONS] | gpu-bundle>";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -83,19 +86,22 @@ fn dispatch(args: &[String]) -> Result<i32> {
             cargo(&["test", "--workspace"], "running the test suite")?;
             Ok(0)
         }
+        // Each sets up and builds unless told to run prebuilt sides (`--host`).
         "bench-generate" => {
-            setup::setup(false)?;
             bench_generate::run(&paths::repo_root(), rest)?;
             Ok(0)
         }
         "bench-step" => {
-            setup::setup(false)?;
             bench_step::run(&paths::repo_root(), rest)?;
             Ok(0)
         }
         "bench-rollout" => {
             setup::setup(false)?;
             bench_rollout::run(&paths::repo_root(), rest)?;
+            Ok(0)
+        }
+        "gpu-bundle" => {
+            gpu_bundle::run()?;
             Ok(0)
         }
         other => bail!("unknown task `{other}`; {USAGE}"),

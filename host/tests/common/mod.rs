@@ -38,13 +38,16 @@ pub fn shipped_dir() -> &'static Path {
             Some(other) => other.to_string(),
             None => panic!("unexpected target layout {}", profile_dir.display()),
         };
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .current_dir(workspace_root())
-            .args(["build", "--quiet", "--workspace", "--profile", &profile])
-            .status()
-            .expect("run cargo build for the plugin libraries");
-        assert!(status.success(), "building the plugin libraries failed");
+        // The GPU bundle (`cargo xtask gpu-bundle`) carries the libraries, built, to a machine without cargo.
+        if std::env::var_os("GRPO_TESTS_PREBUILT").is_none() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .current_dir(workspace_root())
+                .args(["build", "--quiet", "--workspace", "--profile", &profile])
+                .status()
+                .expect("run cargo build for the plugin libraries");
+            assert!(status.success(), "building the plugin libraries failed");
+        }
         let dir = profile_dir.join("plugin-tests").join(format!("shipped-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         for (_, stem) in SHIPPED {
@@ -147,11 +150,16 @@ pub fn venv_python() -> PathBuf {
     p
 }
 
-/// The devices a device-generic test runs on: the CPU, then CUDA device 0 when libtorch can use it. Without CUDA the
-/// reason is written straight to stderr, past the test harness's capture, so a run always shows what it skipped.
+/// The devices a device-generic test runs on: the CPU, then CUDA device 0 when libtorch can use it (CUDA alone with
+/// `GRPO_TESTS_CUDA_ONLY` set). Without CUDA the reason is written straight to stderr, past the test harness's
+/// capture, so a run always shows what it skipped.
 pub fn devices(test: &str) -> Vec<tch::Device> {
     use std::io::Write;
     if tch::Cuda::is_available() {
+        // xtask/gpu-check.sh sets it: on a lent GPU machine every minute is the GPU's, and the CPU half ran at home.
+        if std::env::var_os("GRPO_TESTS_CUDA_ONLY").is_some() {
+            return vec![tch::Device::Cuda(0)];
+        }
         return vec![tch::Device::Cpu, tch::Device::Cuda(0)];
     }
     let reason = grpo_host::model::device::cuda_unavailable_reason();
