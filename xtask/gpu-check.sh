@@ -5,7 +5,9 @@
 #   cargo xtask gpu-bundle                                   # here: binaries, test executables, tokenizer -> .gpu/
 #   device run: command "bash xtask/gpu-check.sh", carry [".gpu"], timeout_s 590
 #
-# Stages (GPU_CHECK_STAGES, default all, in this order; split them over two calls if one is too long):
+# Stages (GPU_CHECK_STAGES, default all, in this order). All of them likely take more than one call's 10 minutes:
+# split them, e.g. GPU_CHECK_STAGES="tests gen-smollm" then "gen-qwen step" (the machine stays warm 30 s between
+# calls, and the models made in /tmp are reused while it does). summary.txt has each stage's start time.
 #   tests       the CUDA-gated tests: model parity (f32, bf16), shipped algorithms' tensors on the device, one
 #               training step of each algorithm with a --deterministic rerun and the CUDA memory metrics
 #   gen-smollm  bench-generate, bf16, the default model's shape with random weights
@@ -66,7 +68,8 @@ if [ "${GPU_CHECK_QUICK:-0}" = 1 ]; then
   step=(--steps 1 --warmup 0 --prompts 1 --group 2 --max-new 4 --train-batch 2)
 else
   samples=${GPU_CHECK_SAMPLES:-1,8,64,256}; new_tokens=${GPU_CHECK_NEW_TOKENS:-64,512}
-  step=(--steps 3 --warmup 1 --prompts 8 --group 8 --max-new 256 --train-batch 16)
+  # The Python loop generates prompt by prompt: 4 calls of 128 steps each per GRPO step, about 15 s on a GPU.
+  step=(--steps 2 --warmup 1 --prompts 4 --group 8 --max-new 128 --train-batch 16)
 fi
 compile=(); [ "${GPU_CHECK_COMPILE:-0}" = 1 ] && compile=(--compile)
 prebuilt=(--host target/release/grpo-host --python "$python" --device "$device")
