@@ -24,52 +24,41 @@ import shutil
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Qwen2Config
 
+
+def arch(vocab, hidden, intermediate, layers, heads, kv_heads, max_positions, eps, rope_theta, **extra):
+    """The config values of a decoder with SiLU MLPs, tied embeddings and default rope (both presets are)."""
+    return dict(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        hidden_act="silu",
+        max_position_embeddings=max_positions,
+        initializer_range=0.02,
+        rms_norm_eps=eps,
+        rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
+        tie_word_embeddings=True,
+        **extra,
+    )
+
+
 # Architecture only; token ids come from the tokenizer.
 PRESETS = {
     # SmolLM2-135M-Instruct's config.json (its rms_norm_eps reads 9.999999747378752e-06 there: 1e-5 rounded to f32
     # by an earlier save).
     "smollm2-135m": (
         LlamaConfig,
-        dict(
-            vocab_size=49152,
-            hidden_size=576,
-            intermediate_size=1536,
-            num_hidden_layers=30,
-            num_attention_heads=9,
-            num_key_value_heads=3,
-            head_dim=64,
-            hidden_act="silu",
-            max_position_embeddings=8192,
-            initializer_range=0.02,
-            rms_norm_eps=1e-5,
-            rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
-            tie_word_embeddings=True,
-            attention_bias=False,
-            mlp_bias=False,
-            pretraining_tp=1,
-        ),
+        arch(49152, 576, 1536, 30, 9, 3, 8192, 1e-5, 100000.0, head_dim=64, attention_bias=False, mlp_bias=False,
+             pretraining_tp=1),
     ),
     # Qwen2.5-0.5B(-Instruct): q/k/v projections with biases (Qwen2's fixed layout), no sliding window (the window
     # fields are inert while use_sliding_window is off).
     "qwen2.5-0.5b": (
         Qwen2Config,
-        dict(
-            vocab_size=151936,
-            hidden_size=896,
-            intermediate_size=4864,
-            num_hidden_layers=24,
-            num_attention_heads=14,
-            num_key_value_heads=2,
-            hidden_act="silu",
-            max_position_embeddings=32768,
-            initializer_range=0.02,
-            rms_norm_eps=1e-6,
-            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
-            tie_word_embeddings=True,
-            use_sliding_window=False,
-            sliding_window=32768,
-            max_window_layers=24,
-        ),
+        arch(151936, 896, 4864, 24, 14, 2, 32768, 1e-6, 1000000.0, use_sliding_window=False, sliding_window=32768,
+             max_window_layers=24),
     ),
 }
 
