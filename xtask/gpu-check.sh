@@ -32,14 +32,17 @@ if [ ! -e .gpu/bundle.tar.gz ]; then
   echo "gpu-check: .gpu/bundle.tar.gz is missing; run \`cargo xtask gpu-bundle\` here and carry .gpu" >&2
   exit 2
 fi
-tar -xzf .gpu/bundle.tar.gz -C .gpu
+# Unpacked outside .gpu, which must stay as small as the bundle to travel again.
+bundle=${TMPDIR:-/tmp}/grpo-gpu-bundle
+rm -rf "$bundle" && mkdir -p "$bundle" && tar -xzf .gpu/bundle.tar.gz -C "$bundle" || exit 2
 
 # The build baked in absolute paths: the checkout (fixtures, CARGO_BIN_EXE) and libtorch's rpath. Put the checkout
 # where it was and find libtorch, and the NVIDIA libraries it loads, in this Python's torch.
-if [ ! -e /work/main/Cargo.toml ]; then
-  mkdir -p /work && ln -sfn "$root" /work/main
+built=$(cat "$bundle/checkout.txt")
+if [ ! -e "$built/Cargo.toml" ]; then
+  mkdir -p "$(dirname "$built")" && ln -sfn "$root" "$built"
 fi
-mkdir -p target && cp -a .gpu/target/. target/
+mkdir -p target && cp -a "$bundle/target/." target/
 libs=$("$python" - <<'EOF'
 import glob, os, torch
 site = os.path.dirname(os.path.dirname(torch.__file__))
@@ -56,10 +59,10 @@ chmod +x "$GRPO_RS_CACHE/venv/bin/python"
 smollm=$GRPO_RS_CACHE/models/SmolLM2-135M-shape-random-weights
 qwen=$GRPO_RS_CACHE/models/Qwen2.5-0.5B-shape-random-weights
 [ -e "$smollm/config.json" ] || "$python" tests/oracles/random_model.py --preset smollm2-135m \
-  --tokenizer .gpu/tokenizer --out "$smollm" --dtype f32 >>"$summary" 2>&1
+  --tokenizer "$bundle/tokenizer" --out "$smollm" --dtype f32 >>"$summary" 2>&1
 ln -sfn "$smollm" "$GRPO_RS_CACHE/models/SmolLM2-135M-Instruct"
 
-say "checkout $root, device $device, stages: $stages"
+say "checkout $root (built in $built), device $device, stages: $stages"
 target/release/grpo-host --version 2>&1 | tee -a "$summary"
 command -v nvidia-smi >/dev/null && nvidia-smi -L | tee -a "$summary"
 
@@ -82,7 +85,7 @@ for stage in $stages; do
       export GRPO_TESTS_PREBUILT=1 GRPO_TESTS_CUDA_ONLY=1
       for t in "model_parity:" "plugin_loader:shipped_algorithms_keep_every_tensor_on_the_batch_device" \
         "train_e2e:one_step_of_each_algorithm_on_every_device"; do
-        exe=$(awk -v n="${t%%:*}" '$1 == n { print $2 }' .gpu/tests.txt)
+        exe=$(awk -v n="${t%%:*}" '$1 == n { print $2 }' "$bundle/tests.txt")
         "$exe" ${t#*:} --test-threads 1 >>"$out/tests.log" 2>&1
         rc=$?; say "test ${t%%:*} ${t#*:}: exit $rc"; [ $rc = 0 ] || failed=1
       done
@@ -91,15 +94,15 @@ for stage in $stages; do
     gen-smollm | gen-qwen)
       model=$smollm; [ "$stage" = gen-qwen ] && model=$qwen
       if [ ! -e "$model/config.json" ]; then
-        "$python" tests/oracles/random_model.py --preset qwen2.5-0.5b --tokenizer .gpu/tokenizer --out "$model" \
+        "$python" tests/oracles/random_model.py --preset qwen2.5-0.5b --tokenizer "$bundle/tokenizer" --out "$model" \
           --dtype bf16 >>"$summary" 2>&1
       fi
-      .gpu/xtask bench-generate "${prebuilt[@]}" --dtype bf16 --model "$model" --samples "$samples" \
+      "$bundle/xtask" bench-generate "${prebuilt[@]}" --dtype bf16 --model "$model" --samples "$samples" \
         --new-tokens "$new_tokens" "${compile[@]}" --out "$out/$stage.md" >>"$out/bench.log" 2>&1
       rc=$?; say "bench-generate $model: exit $rc"; [ $rc = 0 ] || failed=1
       ;;
     step)
-      .gpu/xtask bench-step "${prebuilt[@]}" --model "$smollm" --precision bf16 "${step[@]}" \
+      "$bundle/xtask" bench-step "${prebuilt[@]}" --model "$smollm" --precision bf16 "${step[@]}" \
         --out "$out/step.md" >>"$out/bench.log" 2>&1
       rc=$?; say "bench-step: exit $rc"; [ $rc = 0 ] || failed=1
       ;;

@@ -1,12 +1,13 @@
 //! `cargo xtask gpu-bundle`: everything xtask/gpu-check.sh needs on a lent GPU machine that has Python's torch but
 //! no Rust toolchain, no network and no model weights, packed as `.gpu/bundle.tar.gz` (git-ignored), small enough
-//! to travel with the working tree (the device tool takes 64 MiB in all). The script unpacks it into `.gpu/`:
+//! to travel with the working tree (the device tool takes 64 MiB in all). It holds:
 //!
-//! - `.gpu/target/release/`: grpo-host and the shipped plugins (release, for the benchmarks);
-//! - `.gpu/target/debug/`: the same in the test profile, and `deps/` with the CUDA-gated test executables
-//!   (model_parity, plugin_loader, train_e2e), at the paths their build baked in, listed in `tests.txt`;
-//! - `.gpu/xtask`: this program, which runs the benchmarks with `--host`/`--python` (no setup, no build);
-//! - `.gpu/tokenizer/`: the default model's tokenizer files; the weights stay here (random ones are made there).
+//! - `target/release/`: grpo-host and the shipped plugins (release, for the benchmarks);
+//! - `target/debug/`: the same in the test profile, and `deps/` with the CUDA-gated test executables
+//!   (model_parity, plugin_loader, train_e2e), listed in `tests.txt`; `checkout.txt` names the checkout they were
+//!   built in, whose absolute paths they keep (fixtures, grpo-host);
+//! - `xtask`: this program, which runs the benchmarks with `--host`/`--python` (no setup, no build);
+//! - `tokenizer/`: the default model's tokenizer files; the weights stay here (random ones are made there).
 //!
 //! Executables are stripped of their line tables (binutils' `strip`), which makes them about a fifth the size, and
 //! gzip halves that again.
@@ -61,6 +62,8 @@ pub fn run() -> Result<()> {
         manifest.push_str(&format!("{name} target/debug/deps/{file}\n"));
     }
     std::fs::write(bundle.join("tests.txt"), manifest)?;
+    // The tests find their fixtures and grpo-host under the checkout they were built in; the script puts it there.
+    std::fs::write(bundle.join("checkout.txt"), format!("{}\n", root.display()))?;
     // The workspace build above has just rebuilt this program's own file: that is the one to take.
     stripped_copy(&root.join("target/debug/xtask"), &bundle.join("xtask"))?;
     let tokenizer = bundle.join("tokenizer");
@@ -93,8 +96,8 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-/// The test-profile executables of [`TESTS`] by name, as `cargo test --no-run` reports them. The whole workspace is named,
-/// as the test command builds it, so cargo reuses those artifacts rather than resolving features anew.
+/// The test-profile executables of [`TESTS`] by name, as `cargo test --no-run` reports them. The whole workspace
+/// is named, as the test command builds it, so cargo reuses those artifacts rather than resolving features anew.
 fn test_executables(root: &Path) -> Result<Vec<(String, PathBuf)>> {
     println!("==> listing the test executables [cargo test --workspace --no-run]");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
