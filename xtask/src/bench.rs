@@ -27,15 +27,17 @@ pub fn threads(args: &[String]) -> Result<usize> {
     number(args, "--threads", std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
-/// The model (`--model DIR`, else the default model) and the venv's Python, both from setup.
+/// The model (`--model DIR`, else the default model) and the Python (`--python FILE`, taken as given, else the
+/// venv's), the defaults from setup.
 pub fn inputs(args: &[String]) -> Result<(PathBuf, PathBuf)> {
     let cache = Cache::new();
     let model = flag(args, "--model").map(PathBuf::from).unwrap_or_else(|| cache.default_model());
-    let python = cache.python();
-    if !model.join("config.json").exists() || !python.exists() {
+    let python = flag(args, "--python").map(PathBuf::from);
+    let venv_missing = python.is_none() && !cache.python().exists();
+    if !model.join("config.json").exists() || venv_missing {
         bail!("the model {} or the Python venv is missing; run `cargo xtask setup`", model.display());
     }
-    Ok((model, python))
+    Ok((model, python.unwrap_or_else(|| cache.python())))
 }
 
 /// Where a benchmark runs both sides: `--device cpu|cuda`.
@@ -94,7 +96,6 @@ impl Sides {
     /// defaults to the default model.
     pub fn of(root: &Path, args: &[String]) -> Result<Sides> {
         let device = Device::of(args)?;
-        let cache = Cache::new();
         let host = match flag(args, "--host") {
             Some(host) => PathBuf::from(host),
             None => {
@@ -103,14 +104,10 @@ impl Sides {
                 root.join("target").join("release").join("grpo-host")
             }
         };
-        let python = flag(args, "--python").map(PathBuf::from).unwrap_or_else(|| cache.python());
-        let model = flag(args, "--model").map(PathBuf::from).unwrap_or_else(|| cache.default_model());
         if !host.exists() {
             bail!("{} does not exist (--host)", host.display());
         }
-        if !model.join("config.json").exists() {
-            bail!("{} holds no config.json (--model); run `cargo xtask setup` for the default model", model.display());
-        }
+        let (model, python) = inputs(args)?;
         Ok(Sides { host, python, model, device })
     }
 
