@@ -16,7 +16,8 @@
 #
 # Settings: GPU_CHECK_DEVICE (cuda; cpu checks this script at home), GPU_CHECK_PYTHON (python3),
 # GPU_CHECK_QUICK=1 (tiny sizes), GPU_CHECK_COMPILE=1 (transformers' torch.compile column too; compiling takes
-# minutes), GPU_CHECK_SAMPLES, GPU_CHECK_NEW_TOKENS. Results go to $OUT (the device tool returns it; at most 8 files).
+# minutes), GPU_CHECK_SAMPLES, GPU_CHECK_NEW_TOKENS, GPU_CHECK_MULTI_STEP (8: grpo-host also decodes in blocks of
+# that many steps per host read, in a column of its own; 1 leaves the column out). Results go to $OUT (the device tool returns it; at most 8 files).
 set -uo pipefail
 
 device=${GPU_CHECK_DEVICE:-cuda}
@@ -74,7 +75,7 @@ else
   # The Python loop generates prompt by prompt: 4 calls of 128 steps each per GRPO step, about 15 s on a GPU.
   step=(--steps 2 --warmup 1 --prompts 4 --group 8 --max-new 128 --train-batch 16)
 fi
-compile=(); [ "${GPU_CHECK_COMPILE:-0}" = 1 ] && compile=(--compile)
+gen_flags=(--multi-step "${GPU_CHECK_MULTI_STEP:-8}"); [ "${GPU_CHECK_COMPILE:-0}" = 1 ] && gen_flags+=(--compile)
 prebuilt=(--host target/release/grpo-host --python "$python" --device "$device")
 failed=0
 
@@ -98,7 +99,7 @@ for stage in $stages; do
           --dtype bf16 >>"$summary" 2>&1
       fi
       "$bundle/xtask" bench-generate "${prebuilt[@]}" --dtype bf16 --model "$model" --samples "$samples" \
-        --new-tokens "$new_tokens" "${compile[@]}" --out "$out/$stage.md" >>"$out/bench.log" 2>&1
+        --new-tokens "$new_tokens" "${gen_flags[@]}" --out "$out/$stage.md" >>"$out/bench.log" 2>&1
       rc=$?; say "bench-generate $model: exit $rc"; [ $rc = 0 ] || failed=1
       ;;
     step)

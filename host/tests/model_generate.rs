@@ -105,8 +105,15 @@ fn plain_sampling_logprobs_are_model_logprobs() {
     }
 }
 
+/// Every stop condition, one step at a time and in blocks of `--multi-step` that the stops fall inside.
 #[test]
 fn stops_on_eos_and_stop_strings_without_disturbing_other_rows() {
+    for multi_step in [1, 2, 4] {
+        stops_with(multi_step);
+    }
+}
+
+fn stops_with(multi_step: usize) {
     let dir = tiny("qwen3");
     let model = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
     let tok = Tokenizer::from_dir(&dir).unwrap();
@@ -114,7 +121,8 @@ fn stops_on_eos_and_stop_strings_without_disturbing_other_rows() {
     // Make the 4th greedy token of prompt 0 an eos id; rows that never produce it must be unaffected.
     let eos = g.completions[0][3];
     let first = g.completions[0].iter().position(|&t| t == eos).unwrap();
-    let req = GenerateRequest::new(g.prompts.clone(), 2, g.max_new, vec![eos]);
+    let mut req = GenerateRequest::new(g.prompts.clone(), 2, g.max_new, vec![eos]);
+    req.multi_step = multi_step;
     let out = generate(&model, Some(&tok), &req, None).unwrap();
     for c in &out.completions {
         let want = &g.completions[c.prompt_index];
@@ -139,6 +147,7 @@ fn stops_on_eos_and_stop_strings_without_disturbing_other_rows() {
     let stop: String = chars[chars.len() / 2..chars.len() / 2 + 2].iter().collect();
     let mut req = GenerateRequest::new(vec![g.prompts[1].clone()], 1, g.max_new, Vec::new());
     req.stop_strings = vec![stop.clone()];
+    req.multi_step = multi_step;
     let out = generate(&model, Some(&tok), &req, None).unwrap();
     let c = &out.completions[0];
     assert_eq!(c.finish_reason, FinishReason::Stop(stop.clone()));
@@ -170,6 +179,7 @@ fn bad_requests_are_user_errors() {
         GenerateRequest::new(vec![vec![]], 1, 4, Vec::new()),
         GenerateRequest::new(vec![vec![1]], 0, 4, Vec::new()),
         GenerateRequest::new(vec![vec![100_000]], 1, 4, Vec::new()),
+        GenerateRequest { multi_step: 0, ..GenerateRequest::new(vec![vec![1]], 1, 4, Vec::new()) },
     ];
     for req in &bad {
         let err = generate(&model, None, req, None).unwrap_err();
@@ -203,9 +213,16 @@ fn row_seeds_make_each_completion_independent_of_its_batch() {
 /// Continuous batching: with two slots for four prompts of different lengths, rows end at different steps (on an
 /// end-of-sequence id taken from the reference outputs), waiting prompts take the freed slots, and one prompt is
 /// submitted only after decoding has started. Every completion equals generating its prompt alone (greedy), with
-/// the same log-probs.
+/// the same log-probs, one step per host read or in blocks of `--multi-step` (the rows then join and leave at
+/// block ends).
 #[test]
 fn continuous_batching_equals_one_at_a_time() {
+    for multi_step in [1, 3, 5] {
+        continuous_batching_with(multi_step);
+    }
+}
+
+fn continuous_batching_with(multi_step: usize) {
     let dir = tiny("qwen2");
     let model = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
     let mut prompts = greedy_fixture(&dir).prompts;
@@ -233,6 +250,7 @@ fn continuous_batching_equals_one_at_a_time() {
         sampling: SamplingParams::greedy(),
         eos_ids: eos,
         stop_strings: Vec::new(),
+        multi_step,
     };
     let mut got: Vec<Option<Turn>> = vec![None; prompts.len()];
     let late = prompts.len() - 1;
@@ -253,12 +271,77 @@ fn continuous_batching_equals_one_at_a_time() {
             steps += 1;
         }
         assert!(engine.stats.decode_rows_mean() > 1.0, "{:?}", engine.stats);
+        let reads = engine.stats.host_reads;
+        assert!(if multi_step == 1 { reads == engine.stats.steps } else { reads < engine.stats.steps }, "{reads}");
     });
     for (i, (turn, (tokens, logprobs))) in got.iter().zip(&want).enumerate() {
         let turn = turn.as_ref().unwrap();
-        assert_eq!(&turn.tokens, tokens, "prompt {i}");
+        assert_eq!(&turn.tokens, tokens, "multi-step {multi_step}, prompt {i}");
         for (a, b) in turn.model_logprobs.iter().zip(logprobs) {
-            assert!((a - b).abs() < 1e-5, "prompt {i}: log-prob {a} vs {b} alone");
+            assert!((a - b).abs() < 1e-5, "multi-step {multi_step}, prompt {i}: log-prob {a} vs {b} alone");
+        }
+    }
+}
+
+/// Multi-turn episodes with seeded sampling: blocks of `--multi-step` sample what single steps do, turn after turn.
+/// Turns end inside blocks (an end-of-sequence id, or the turn's token budget), each sequence is resumed with tokens
+/// of its own (a tool reply), and its next turn starts from the cache the blocks left behind, with a new seed.
+#[test]
+fn multi_step_blocks_sample_what_single_steps_do_across_turns() {
+    let dir = tiny("qwen2");
+    let model = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
+    let g = greedy_fixture(&dir);
+    let run = |multi_step: usize, eos: &[u32]| -> (Vec<Vec<Turn>>, u64, u64) {
+        let cfg = EngineConfig {
+            max_rows: 3,
+            max_new_tokens: 9,
+            sampling: SamplingParams { temperature: 0.9, top_k: 0, top_p: 1.0, min_p: 0.0 },
+            eos_ids: eos.to_vec(),
+            stop_strings: Vec::new(),
+            multi_step,
+        };
+        let n = g.prompts.len() * 2;
+        let mut turns: Vec<Vec<Turn>> = vec![Vec::new(); n];
+        tch::no_grad(|| {
+            let mut engine = Engine::new(&model, None, cfg).unwrap();
+            for id in 0..n {
+                let p = &g.prompts[id / 2];
+                engine.submit(id, p.clone(), Some(id / 2), Some(100 + id as u64)).unwrap();
+            }
+            while engine.runnable() {
+                for (id, turn) in engine.step(&mut |_, _| {}).unwrap() {
+                    turns[id].push(turn);
+                    if turns[id].len() < 3 {
+                        let reply = [3 + id as u32, 7, 11 + turns[id].len() as u32];
+                        engine.resume(id, &reply, Some(1000 * turns[id].len() as u64 + id as u64)).unwrap();
+                    } else {
+                        engine.release(id);
+                    }
+                }
+            }
+            (turns, engine.stats.steps, engine.stats.host_reads)
+        })
+    };
+    // An end-of-sequence id some turns sample, so turns end at different places inside the blocks.
+    let (free, _, _) = run(1, &[]);
+    let eos = free[0][0].tokens[4];
+    let (want, steps, reads) = run(1, &[eos]);
+    assert_eq!(steps, reads);
+    let ends: Vec<usize> = want.iter().flatten().map(|t| t.tokens.len()).collect();
+    assert!(ends.iter().any(|&l| l < 9) && ends.contains(&9), "turn lengths {ends:?}");
+    for multi_step in [2, 4, 9] {
+        let (got, steps, reads) = run(multi_step, &[eos]);
+        assert!(reads < steps, "multi-step {multi_step}: {reads} reads for {steps} steps");
+        for (id, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(a.len(), 3, "sequence {id}");
+            for (k, (x, y)) in a.iter().zip(b).enumerate() {
+                let at = format!("multi-step {multi_step}, sequence {id}, turn {k}");
+                assert_eq!(x.tokens, y.tokens, "{at}");
+                assert_eq!(x.finish, y.finish, "{at}");
+                for (p, q) in x.logprobs.iter().zip(&y.logprobs).chain(x.model_logprobs.iter().zip(&y.model_logprobs)) {
+                    assert!((p - q).abs() < 1e-4, "{at}: log-prob {p} vs {q}");
+                }
+            }
         }
     }
 }

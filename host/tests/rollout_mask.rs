@@ -91,6 +91,7 @@ fn config(sampling: SamplingParams, max_batch_rows: Option<usize>) -> RolloutCon
         sampling,
         ignore_eos: false,
         max_batch_rows,
+        multi_step: 1,
     }
 }
 
@@ -149,7 +150,8 @@ fn action_segments_are_exactly_the_assistant_turns() {
 
 /// Greedy, f32: every turn continued from the episode's cache equals generating from the whole history prefilled
 /// again, with the same log-probs; and the episodes come out the same whether all 6 hold a slot at once or 2 do
-/// (later episodes then wait for a slot, and copy their group's prompt from a sibling still holding it).
+/// (later episodes then wait for a slot, and copy their group's prompt from a sibling still holding it), or decode
+/// in blocks of `--multi-step` 3 (turns then end inside blocks).
 #[test]
 fn cached_turns_equal_reprefilling_the_history() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -158,15 +160,20 @@ fn cached_turns_equal_reprefilling_the_history() {
     let all = run_episodes(&model, &tokenizer, &env, &tasks, &config(SamplingParams::greedy(), None), &seeds).unwrap();
     let two =
         run_episodes(&model, &tokenizer, &env, &tasks, &config(SamplingParams::greedy(), Some(2)), &seeds).unwrap();
+    let blocks = RolloutConfig { multi_step: 3, ..config(SamplingParams::greedy(), Some(2)) };
+    let blocks = run_episodes(&model, &tokenizer, &env, &tasks, &blocks, &seeds).unwrap();
+    assert!(blocks.stats.engine.host_reads < blocks.stats.engine.steps, "{:?}", blocks.stats.engine);
     // Greedy: a group's three episodes are the same, so each later turn's tokens ran once and were copied twice.
     let e = all.stats.engine;
     assert!(e.prefill_shared_tokens > 0 && e.prefill_shared_tokens < e.prefill_tokens, "{e:?}");
     let mut checked = 0;
-    for (r, r2) in all.rollouts.iter().zip(&two.rollouts) {
+    for ((r, r2), r3) in all.rollouts.iter().zip(&two.rollouts).zip(&blocks.rollouts) {
         assert_eq!(r.turns, 3);
-        assert_eq!(r.tokens, r2.tokens, "two slots changed an episode");
-        for (a, b) in r.sample_logprobs.iter().zip(&r2.sample_logprobs) {
-            assert!((a - b).abs() < 1e-4, "two slots changed a log-prob: {a} vs {b}");
+        for (other, what) in [(r2, "two slots"), (r3, "blocks of 3 decode steps")] {
+            assert_eq!(r.tokens, other.tokens, "{what} changed an episode");
+            for (a, b) in r.sample_logprobs.iter().zip(&other.sample_logprobs) {
+                assert!((a - b).abs() < 1e-4, "{what} changed a log-prob: {a} vs {b}");
+            }
         }
         for (_, start, ids) in runs(r).into_iter().filter(|(a, _, _)| *a) {
             let req = GenerateRequest::new(vec![r.tokens[..start].to_vec()], 1, 5, tokenizer.eos_token_ids().to_vec());

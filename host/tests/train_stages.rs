@@ -59,6 +59,7 @@ fn batch(accumulate: usize) -> BatchSettings {
         max_length: 512,
         max_turns: 1,
         max_batch_rows: None,
+        multi_step: 1,
     }
 }
 
@@ -74,6 +75,7 @@ fn scored_batch(policy: &Policy, algo: &AlgorithmPlugin, env: &EnvironmentPlugin
         sampling: SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0 },
         ignore_eos: false,
         max_batch_rows: None,
+        multi_step: 1,
     };
     let rollouts = run_episodes(policy.model(), policy.tokenizer(), env, &tasks, &cfg, &task_seeds(11, 0, tasks.len()))
         .unwrap()

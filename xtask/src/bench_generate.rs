@@ -6,7 +6,8 @@
 //!
 //! Options: `--threads N` (default: all cores), `--samples 1,8,64`, `--new-tokens 64` (a list: `64,512`),
 //! `--model DIR`, `--dtype f32|bf16`, `--device cpu|cuda`, `--compile` (transformers also with its static cache
-//! compiled by `torch.compile`), and `--host FILE --python FILE` to run prebuilt sides with no setup or build.
+//! compiled by `torch.compile`), `--multi-step K` (grpo-host also with `--multi-step K`, in a column of its own),
+//! and `--host FILE --python FILE` to run prebuilt sides with no setup or build.
 
 use std::path::Path;
 use std::process::Command;
@@ -41,12 +42,18 @@ pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
         anyhow::bail!("--dtype {dtype}: expected f32 or bf16");
     }
     let compile = args.iter().any(|a| a == "--compile");
+    let multi_step: usize = match flag(args, "--multi-step") {
+        Some(k) => k.parse().ok().filter(|&k| k >= 1).with_context(|| format!("--multi-step {k}: expected K >= 1"))?,
+        None => 1,
+    };
+    // grpo-host's variants: one host read per decode step, and blocks of K steps per read.
+    let steps: Vec<usize> = if multi_step > 1 { vec![1, multi_step] } else { vec![1] };
     let sides = Sides::of(root, args)?;
     let (model, device) = (sides.model.display().to_string(), sides.device.flag());
     let samples_str: Vec<String> = samples.iter().map(|s| s.to_string()).collect();
 
-    // One reference run and one of ours per sample count, for each length.
-    let mut runs: Vec<(usize, Value, Vec<f64>)> = Vec::new();
+    // One reference run and one of ours per sample count and variant, for each length.
+    let mut runs: Vec<(usize, Value, Vec<Vec<f64>>)> = Vec::new();
     for &new in &new_tokens {
         eprintln!("running transformers reference ({new} new tokens)...");
         let mut cmd = Command::new(&sides.python);
@@ -62,22 +69,26 @@ pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
         eprintln!("reference: {reference}");
         let mut ours = Vec::new();
         for &n in &samples {
-            eprintln!("running grpo-host generate -n {n} --max-new-tokens {new}...");
-            let v = run_json(
-                Command::new(&sides.host)
-                    .args(["generate", "--model", &model, "--prompt", PROMPT])
-                    .args(["-n", &n.to_string(), "--max-new-tokens", &new.to_string()])
-                    .args(["--temperature", "0.7", "--ignore-eos", "--json", "--device", device, "--dtype", &dtype])
-                    .args(["--seed", "0", "--threads", &threads.to_string()]),
-            )?;
-            let tps = v["stats"]["tokens_per_second"].as_f64().unwrap_or(0.0);
-            eprintln!("  {tps:.1} tokens/s ({} tokens)", v["stats"]["generated_tokens"]);
-            ours.push(tps);
+            let mut variants = Vec::new();
+            for &k in &steps {
+                eprintln!("running grpo-host generate -n {n} --max-new-tokens {new} --multi-step {k}...");
+                let v = run_json(
+                    Command::new(&sides.host)
+                        .args(["generate", "--model", &model, "--prompt", PROMPT])
+                        .args(["-n", &n.to_string(), "--max-new-tokens", &new.to_string()])
+                        .args(["--temperature", "0.7", "--ignore-eos", "--json", "--device", device, "--dtype", &dtype])
+                        .args(["--seed", "0", "--threads", &threads.to_string(), "--multi-step", &k.to_string()]),
+                )?;
+                let tps = v["stats"]["tokens_per_second"].as_f64().unwrap_or(0.0);
+                eprintln!("  {tps:.1} tokens/s ({} tokens)", v["stats"]["generated_tokens"]);
+                variants.push(tps);
+            }
+            ours.push(variants);
         }
         runs.push((new, reference, ours));
     }
     let modes: Vec<(&str, &str)> = MODES.iter().copied().filter(|(m, _)| compile || *m != "static+compile").collect();
-    let md = table(&sides, &dtype, threads, &samples, &modes, &runs);
+    let md = table(&sides, &dtype, threads, &samples, &steps, &modes, &runs);
     print!("{md}");
     let lengths: Vec<String> = new_tokens.iter().map(|n| n.to_string()).collect();
     // A model other than the default is named by its folder: where it lives differs between machines.
@@ -90,10 +101,11 @@ pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
     };
     let reproduce = format!(
         "\nReproduce: `cargo xtask bench-generate --device {device} --threads {threads} --dtype {dtype} --samples {} \
-         --new-tokens {}{}{model_arg}`{model_note}\n",
+         --new-tokens {}{}{}{model_arg}`{model_note}\n",
         samples_str.join(","),
         lengths.join(","),
         if compile { " --compile" } else { "" },
+        if multi_step > 1 { format!(" --multi-step {multi_step}") } else { String::new() },
     );
     let name = match (sides.device, dtype.as_str()) {
         (Device::Cpu, "f32") => "benchmarks-generate.md".to_string(),
@@ -115,8 +127,9 @@ fn table(
     dtype: &str,
     threads: usize,
     samples: &[usize],
+    steps: &[usize],
     modes: &[(&str, &str)],
-    runs: &[(usize, Value, Vec<f64>)],
+    runs: &[(usize, Value, Vec<Vec<f64>>)],
 ) -> String {
     let Some((_, first, _)) = runs.first() else { return String::new() };
     let hardware = sides.device.describe(first);
@@ -152,13 +165,24 @@ fn table(
         first["kv_bytes_per_position"].as_f64().unwrap_or(0.0) / 1e3,
         gb(&first["flops_per_token"]),
     ));
+    if steps.len() > 1 {
+        md.push_str(
+            "grpo-host runs once reading the sampled ids after every decode step and once per block of \
+             `--multi-step` steps; the ratio and the percentages take the faster of the two.\n\n",
+        );
+    }
+    let ours_titles: Vec<String> = steps
+        .iter()
+        .map(|&k| if k == 1 { "grpo-host tok/s".to_string() } else { format!("grpo-host tok/s (multi-step {k})") })
+        .collect();
     let titles: Vec<&str> = modes.iter().map(|(_, title)| *title).collect();
     md.push_str(&format!(
-        "| new tokens | samples | grpo-host tok/s | {} | ratio | roofline tok/s | % of roofline | matmuls alone tok/s \
+        "| new tokens | samples | {} | {} | ratio | roofline tok/s | % of roofline | matmuls alone tok/s \
          | % of matmuls alone |\n",
+        ours_titles.join(" | "),
         titles.join(" | ")
     ));
-    md.push_str(&format!("|---:|---:|---:|{}---:|---:|---:|---:|---:|\n", "---:|".repeat(modes.len())));
+    md.push_str(&format!("|---:|---:|{}---:|---:|---:|---:|---:|\n", "---:|".repeat(steps.len() + modes.len())));
     for (new, reference, ours) in runs {
         let reference_tps = |n: usize, cache: &str| {
             let rows = reference["reference"].as_array().into_iter().flatten();
@@ -171,16 +195,16 @@ fn table(
             let best = theirs.iter().copied().fold(0.0, f64::max);
             let roof = reference["roofline"][i]["tokens_per_second"].as_f64().unwrap_or(0.0);
             let matmuls = reference["roofline"][i]["matmuls_only_tokens_per_second"].as_f64().unwrap_or(0.0);
-            let cells: Vec<String> = theirs.iter().map(|t| format!("{t:.1}")).collect();
+            let cells: Vec<String> = ours[i].iter().chain(&theirs).map(|t| format!("{t:.1}")).collect();
+            let fastest = ours[i].iter().copied().fold(0.0, f64::max);
             md.push_str(&format!(
-                "| {new} | {n} | {:.1} | {} | {:.2}x | {:.0} | {:.0}% | {:.0} | {:.0}% |\n",
-                ours[i],
+                "| {new} | {n} | {} | {:.2}x | {:.0} | {:.0}% | {:.0} | {:.0}% |\n",
                 cells.join(" | "),
-                ours[i] / best.max(1e-9),
+                fastest / best.max(1e-9),
                 roof,
-                100.0 * ours[i] / roof.max(1e-9),
+                100.0 * fastest / roof.max(1e-9),
                 matmuls,
-                100.0 * ours[i] / matmuls.max(1e-9)
+                100.0 * fastest / matmuls.max(1e-9)
             ));
         }
     }

@@ -112,6 +112,26 @@ impl SamplingArgs {
     }
 }
 
+/// How the engine schedules decoding (shared by the commands that sample).
+#[derive(Debug, Clone, Copy, Args)]
+pub struct DecodeArgs {
+    /// Decode steps queued per host read of the sampled ids, as in vLLM's multi-step scheduling. Stop checks, and
+    /// rows leaving or joining the batch, wait for the read, so a row that ends inside a block decodes up to K-1
+    /// tokens for nothing. Meant for CUDA, where each read drains the device's queue; 1 reads after every step.
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub multi_step: usize,
+}
+
+impl DecodeArgs {
+    /// `--multi-step`, checked.
+    pub fn multi_step(self) -> anyhow::Result<usize> {
+        if self.multi_step == 0 {
+            return Err(user_error!("--multi-step must be at least 1 (1 reads the sampled ids after every step)"));
+        }
+        Ok(self.multi_step)
+    }
+}
+
 /// A plugin's options from `--algo-config`/`--env-config`: inline JSON, or `@FILE` holding JSON; `Null` when
 /// absent. `flag` names the option in errors.
 pub fn json_option(spec: Option<&str>, flag: &str) -> anyhow::Result<serde_json::Value> {

@@ -83,6 +83,7 @@ impl EvalRunArgs {
         sampling: SamplingParams,
         every: u64,
         before_train: bool,
+        multi_step: usize,
     ) -> anyhow::Result<EvalSettings> {
         if self.eval_batch_tasks == 0 {
             return Err(user_error!("--eval-batch-tasks must be at least 1"));
@@ -103,6 +104,7 @@ impl EvalRunArgs {
             samples: self.eval_samples,
             sampling: SamplingParams { temperature, ..sampling },
             batch_tasks: self.eval_batch_tasks,
+            multi_step,
         })
     }
 }
@@ -122,9 +124,9 @@ pub struct TrainEvalArgs {
 }
 
 impl TrainEvalArgs {
-    /// The settings, with training's sampling for the sampled episodes.
-    pub fn into_settings(self, sampling: SamplingParams) -> anyhow::Result<EvalSettings> {
-        self.run.into_settings(sampling, self.eval_every, self.eval_before_train)
+    /// The settings, with training's sampling for the sampled episodes and its `--multi-step`.
+    pub fn into_settings(self, sampling: SamplingParams, multi_step: usize) -> anyhow::Result<EvalSettings> {
+        self.run.into_settings(sampling, self.eval_every, self.eval_before_train, multi_step)
     }
 }
 
@@ -155,6 +157,9 @@ pub struct EvalArgs {
     /// Temperature and filters of the sampled episodes (training's defaults; --eval-temperature wins).
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    /// Decode scheduling.
+    #[command(flatten)]
+    pub decode: super::args::DecodeArgs,
     /// Most tokens per assistant turn (as the run's --max-new-tokens).
     #[arg(long, default_value_t = 128)]
     pub max_new_tokens: usize,
@@ -192,7 +197,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<i32> {
         return Err(user_error!("--ignore-eos: evaluation always stops at end-of-sequence, as training's does"));
     }
     let sampling = args.sampling.resolve(super::train::TRAIN_SAMPLING)?;
-    let settings = args.run.into_settings(sampling, 0, false)?;
+    let settings = args.run.into_settings(sampling, 0, false, args.decode.multi_step()?)?;
     let env_config = json_option(args.env_config.as_deref(), "--env-config")?;
     let registry = Registry::discover(&args.plugins.discovery())?;
     let env = registry.environment(&args.env, &env_config)?;

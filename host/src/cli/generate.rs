@@ -47,6 +47,9 @@ pub struct GenerateArgs {
     /// ends frees its slot for the next.
     #[arg(long)]
     pub max_batch_rows: Option<usize>,
+    /// Decode scheduling.
+    #[command(flatten)]
+    pub decode: super::args::DecodeArgs,
     /// Print one JSON object (ids, text, log-probs, finish reasons, tokens/s) instead of text.
     #[arg(long)]
     pub json: bool,
@@ -91,6 +94,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<i32> {
         seed: args.seed,
         row_seeds: Vec::new(),
         max_batch_rows: args.max_batch_rows,
+        multi_step: args.decode.multi_step()?,
     };
 
     let stream = args.num_samples == 1 && !args.json;

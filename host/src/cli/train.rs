@@ -92,6 +92,9 @@ pub struct TrainArgs {
     /// batch, or as many as fit in a quarter of free memory, half of free GPU memory on CUDA).
     #[arg(long)]
     pub max_batch_rows: Option<usize>,
+    /// Decode scheduling of the rollouts and evaluations.
+    #[command(flatten)]
+    pub decode: super::args::DecodeArgs,
     /// Temperature and sampling filters.
     #[command(flatten)]
     pub sampling: SamplingArgs,
@@ -239,7 +242,7 @@ impl TrainArgs {
         });
         let sampling = self.sampling.resolve(TRAIN_SAMPLING)?;
         Ok(RunConfig {
-            eval: self.eval.into_settings(sampling)?,
+            eval: self.eval.into_settings(sampling, self.decode.multi_step()?)?,
             data: self.data.into_settings(),
             plugins: PluginSelection {
                 algo: self.algo,
@@ -271,6 +274,7 @@ impl TrainArgs {
                 max_length: self.max_length,
                 max_turns: self.max_turns,
                 max_batch_rows: self.max_batch_rows,
+                multi_step: self.decode.multi_step()?,
             },
             optimizer: OptimizerSettings {
                 lr: self.lr,

@@ -43,6 +43,14 @@ pub struct EvalSettings {
     pub sampling: SamplingParams,
     /// Tasks per generation call (memory; the numbers depend on it only through batching's rounding).
     pub batch_tasks: usize,
+    /// Decode steps per host read (`--multi-step`; speed only, as `batch_tasks`).
+    #[serde(default = "one")]
+    pub multi_step: usize,
+}
+
+/// `multi_step` of settings saved before it existed.
+fn one() -> usize {
+    1
 }
 
 impl Default for EvalSettings {
@@ -54,6 +62,7 @@ impl Default for EvalSettings {
             samples: 4,
             sampling: SamplingParams { temperature: 0.7, top_k: 50, top_p: 1.0, min_p: 0.0 },
             batch_tasks: 16,
+            multi_step: 1,
         }
     }
 }
@@ -227,6 +236,7 @@ pub fn evaluate(
         sampling,
         ignore_eos: false,
         max_batch_rows: None,
+        multi_step: settings.multi_step,
     };
     let greedy_sampling = SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0 };
     let greedy_cfg = config(1, greedy_sampling);

@@ -11,7 +11,8 @@
 //!    group's prompt; siblings that sampled the same turn and got the same reply) run those tokens once, and the
 //!    others copy the new cache columns. A group member that starts after its siblings (fewer slots than the group)
 //!    copies the prompt from a sibling still holding it;
-//! 3. one token is sampled for every sequence that is ready, from its own seeded stream when it has one;
+//! 3. one token is sampled for every sequence that is ready, from its own seeded stream when it has one (with
+//!    `multi_step`, a block of tokens between two host reads: see [`Engine::step`]);
 //! 4. sequences whose turn just ended leave the batch (they keep their slot and its cache, parked, until the caller
 //!    resumes or releases them); the rest run one decode forward together.
 //!
@@ -52,6 +53,8 @@ pub struct EngineConfig {
     pub eos_ids: Vec<u32>,
     /// A turn ends when its text comes to contain one of these (needs a tokenizer).
     pub stop_strings: Vec<String>,
+    /// Decode steps queued per host read of the sampled ids (`--multi-step`, at least 1). See [`Engine::step`].
+    pub multi_step: usize,
 }
 
 /// One generated turn of a sequence.
@@ -81,6 +84,9 @@ pub struct EngineStats {
     pub generated_tokens: u64,
     /// Sampling steps (each samples one token for every ready sequence).
     pub steps: u64,
+    /// Reads of sampled ids by the host: one per step, or per block of `multi_step` steps.
+    #[serde(default)]
+    pub host_reads: u64,
     /// Seconds in prefill forwards.
     pub prefill_secs: f64,
     /// Seconds sampling and in decode forwards.
@@ -103,6 +109,7 @@ impl EngineStats {
         self.prefill_shared_tokens += o.prefill_shared_tokens;
         self.generated_tokens += o.generated_tokens;
         self.steps += o.steps;
+        self.host_reads += o.host_reads;
         self.prefill_secs += o.prefill_secs;
         self.decode_secs += o.decode_secs;
     }
@@ -179,6 +186,9 @@ impl<'a> Engine<'a> {
     pub fn new(model: &'a Model, tokenizer: Option<&'a Tokenizer>, cfg: EngineConfig) -> anyhow::Result<Self> {
         if cfg.max_rows == 0 {
             return Err(user_error!("--max-batch-rows must be at least 1"));
+        }
+        if cfg.multi_step == 0 {
+            return Err(user_error!("--multi-step must be at least 1"));
         }
         if !cfg.stop_strings.is_empty() && tokenizer.is_none() {
             return Err(user_error!("stop strings need a tokenizer"));
@@ -265,7 +275,14 @@ impl<'a> Engine<'a> {
     }
 
     /// One step (see the module docs). Returns the turns that ended in it, in sequence order. `on_token(id, t)`
-    /// sees every sampled token as it is sampled.
+    /// sees every sampled token once the host has it.
+    ///
+    /// With `multi_step` k > 1, one step samples up to k tokens per ready sequence (never past `max_new_tokens`):
+    /// its first k - 1 decode forwards are queued back to back, each fed the ids the one before sampled on the
+    /// device, and the host reads all the ids once, as vLLM's multi-step scheduling does. A turn that ends inside
+    /// the block keeps its tokens up to its end; what its row decoded after that is dropped, and its cache columns
+    /// past its end are overwritten by its next prefill. Seeded rows draw the same uniforms in the same order
+    /// either way, so a sequence samples what it would with k = 1 (up to the rounding of other batch shapes).
     pub fn step(&mut self, on_token: &mut dyn FnMut(SeqId, u32)) -> anyhow::Result<Vec<(SeqId, Turn)>> {
         let mut ended = Vec::new();
         self.admit();
@@ -428,78 +445,129 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
-    /// Sample one token for every ready sequence; returns the ones that go on, with their new token.
+    /// Sample one token for every ready sequence, or a block of `multi_step` (see [`Engine::step`]); returns the
+    /// ones that go on, with their last token, which is not run yet.
     fn sample(
         &mut self,
         on_token: &mut dyn FnMut(SeqId, u32),
         ended: &mut Vec<(SeqId, Turn)>,
     ) -> anyhow::Result<Vec<(SeqId, u32)>> {
-        let ids: Vec<SeqId> = self.seqs.iter().filter(|(_, s)| s.state == State::Ready).map(|(&id, _)| id).collect();
+        let mut ids: Vec<SeqId> =
+            self.seqs.iter().filter(|(_, s)| s.state == State::Ready).map(|(&id, _)| id).collect();
         if ids.is_empty() {
             return Ok(Vec::new());
         }
+        let left = ids.iter().map(|id| self.cfg.max_new_tokens.saturating_sub(self.seqs[id].turn.tokens.len()));
+        let block = left.min().unwrap_or(1).min(self.cfg.multi_step).max(1);
+        if block > 1 {
+            // The blind decodes read the cache in place: the rows go to the first slots, in slot order.
+            self.gather_front(&ids);
+            ids.sort_by_key(|id| self.seqs[id].slot);
+            debug_assert!(ids.iter().enumerate().all(|(r, id)| self.seqs[id].slot == Some(r)));
+        }
+        let n = ids.len();
+        let device = self.model.device();
+        let seeded = ids.iter().filter(|id| self.seqs[*id].rng.is_some()).count();
+        anyhow::ensure!(seeded == 0 || seeded == n, "some sequences have a sampling seed and some do not");
+        // `[block, n]`: each row's next `block` draws of its own stream, sent in one copy.
+        let uniforms = (seeded > 0).then(|| {
+            let mut u = Vec::with_capacity(block * n);
+            for _ in 0..block {
+                u.extend(
+                    ids.iter().map(|id| self.seqs.get_mut(id).and_then(|s| s.rng.as_mut()).expect("seeded").unit()),
+                );
+            }
+            Tensor::from_slice(&u).view([block as i64, n as i64]).to_device(device)
+        });
         let rows: Vec<Tensor> =
             ids.iter().map(|id| self.seqs[id].logits.as_ref().expect("ready").shallow_clone()).collect();
-        let logits = Tensor::stack(&rows, 0);
-        let seeded = ids.iter().filter(|id| self.seqs[*id].rng.is_some()).count();
-        anyhow::ensure!(seeded == 0 || seeded == ids.len(), "some sequences have a sampling seed and some do not");
-        let uniforms = (seeded > 0).then(|| {
-            let u: Vec<f64> = ids
-                .iter()
-                .map(|id| self.seqs.get_mut(id).and_then(|s| s.rng.as_mut()).expect("seeded").unit())
-                .collect();
-            Tensor::from_slice(&u)
-        });
-        let (tok, lp, mlp) = sampling::sample(&logits, &self.cfg.sampling, uniforms.as_ref());
-        let host: Vec<f64> = Vec::try_from(
-            Tensor::stack(&[tok.to_kind(Kind::Double), lp.to_kind(Kind::Double), mlp.to_kind(Kind::Double)], 0)
-                .to_device(Device::Cpu)
-                .view([-1]),
-        )?;
-        let n = ids.len();
-        self.stats.steps += 1;
-        self.stats.generated_tokens += n as u64;
-        let mut continuing = Vec::with_capacity(n);
-        for (r, &id) in ids.iter().enumerate() {
-            let seq = self.seqs.get_mut(&id).expect("exists");
-            if host[2 * n + r].is_nan() {
-                return Err(user_error!(
-                    "the model's logits are not finite at new token {} of sequence {id}; its weights have \
-                     diverged or the checkpoint is damaged (lower --lr, or resume from an earlier checkpoint)",
-                    seq.turn.tokens.len() + 1
-                ));
+        let mut logits = Tensor::stack(&rows, 0);
+        let starts: Vec<i64> = ids.iter().map(|id| self.seqs[id].cached).collect();
+        let longest = starts.iter().max().copied().unwrap_or(0);
+        let starts = (block > 1).then(|| Tensor::from_slice(&starts).to_device(device));
+        let mut drawn = Vec::with_capacity(block);
+        for j in 0..block {
+            let u = uniforms.as_ref().map(|u| u.get(j as i64));
+            let (tok, lp, mlp) = sampling::sample(&logits, &self.cfg.sampling, u.as_ref());
+            if let (Some(starts), true) = (&starts, j + 1 < block) {
+                let model = self.model;
+                let (input, at) = (tok.view([n as i64, 1]), starts + j as i64);
+                let hidden = model.forward_slots_from(
+                    &input,
+                    &at,
+                    longest + j as i64,
+                    &CacheRows::Prefix(n as i64),
+                    self.cache_mut(),
+                )?;
+                logits = model.lm_head(&hidden.select(1, 0));
             }
-            let t = host[r] as u32;
-            seq.history.push(t);
-            seq.turn.tokens.push(t);
-            seq.turn.logprobs.push(host[n + r] as f32);
-            seq.turn.model_logprobs.push(host[2 * n + r] as f32);
-            on_token(id, t);
-            let finish = if self.cfg.eos_ids.contains(&t) {
-                Some(FinishReason::Eos)
-            } else if let Some(stop) =
-                stop_hit(self.tokenizer, &seq.turn.tokens, &self.cfg.stop_strings, self.stop_window)?
-            {
-                Some(FinishReason::Stop(stop))
-            } else if seq.turn.tokens.len() == self.cfg.max_new_tokens {
-                Some(FinishReason::Length)
-            } else {
-                None
-            };
-            match finish {
-                Some(f) => {
-                    // The last token is not run yet: it leads the next turn's prefill.
-                    seq.state = State::Parked;
-                    seq.logits = None;
-                    seq.pending = vec![t];
-                    seq.pending_sampled = 1;
-                    let mut turn = std::mem::take(&mut seq.turn);
-                    turn.finish = Some(f);
-                    ended.push((id, turn));
+            drawn.push(Tensor::stack(
+                &[tok.to_kind(Kind::Double), lp.to_kind(Kind::Double), mlp.to_kind(Kind::Double)],
+                0,
+            ));
+        }
+        // The one read of the block: `[block, 3, n]`.
+        let host: Vec<f64> = Vec::try_from(Tensor::stack(&drawn, 0).to_device(Device::Cpu).view([-1]))?;
+        self.stats.steps += block as u64;
+        self.stats.host_reads += 1;
+        let mut live = vec![true; n];
+        let mut continuing = Vec::with_capacity(n);
+        for j in 0..block {
+            let at = |k: usize, r: usize| host[(j * 3 + k) * n + r];
+            for (r, &id) in ids.iter().enumerate() {
+                if !live[r] {
+                    continue;
                 }
-                None => continuing.push((id, t)),
+                let seq = self.seqs.get_mut(&id).expect("exists");
+                if at(2, r).is_nan() {
+                    return Err(user_error!(
+                        "the model's logits are not finite at new token {} of sequence {id}; its weights have \
+                         diverged or the checkpoint is damaged (lower --lr, or resume from an earlier checkpoint)",
+                        seq.turn.tokens.len() + 1
+                    ));
+                }
+                let t = at(0, r) as u32;
+                seq.history.push(t);
+                seq.turn.tokens.push(t);
+                seq.turn.logprobs.push(at(1, r) as f32);
+                seq.turn.model_logprobs.push(at(2, r) as f32);
+                self.stats.generated_tokens += 1;
+                on_token(id, t);
+                let finish = if self.cfg.eos_ids.contains(&t) {
+                    Some(FinishReason::Eos)
+                } else if let Some(stop) =
+                    stop_hit(self.tokenizer, &seq.turn.tokens, &self.cfg.stop_strings, self.stop_window)?
+                {
+                    Some(FinishReason::Stop(stop))
+                } else if seq.turn.tokens.len() == self.cfg.max_new_tokens {
+                    Some(FinishReason::Length)
+                } else {
+                    None
+                };
+                // The block's decodes ran this turn's tokens before the `j`-th.
+                match finish {
+                    Some(f) => {
+                        // The last token is not run yet: it leads the next turn's prefill.
+                        live[r] = false;
+                        seq.cached += j as i64;
+                        seq.state = State::Parked;
+                        seq.logits = None;
+                        seq.pending = vec![t];
+                        seq.pending_sampled = 1;
+                        let mut turn = std::mem::take(&mut seq.turn);
+                        turn.finish = Some(f);
+                        ended.push((id, turn));
+                    }
+                    None if j + 1 == block => {
+                        seq.cached += j as i64;
+                        continuing.push((id, t));
+                    }
+                    None => {}
+                }
             }
         }
+        ended.sort_by_key(|&(id, _)| id);
+        continuing.sort_by_key(|&(id, _)| id);
         Ok(continuing)
     }
 

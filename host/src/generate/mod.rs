@@ -60,6 +60,8 @@ pub struct GenerateRequest {
     pub row_seeds: Vec<u64>,
     /// Completions decoding at once (`--max-batch-rows`); `None`: all of them, as memory allows.
     pub max_batch_rows: Option<usize>,
+    /// Decode steps per host read (`--multi-step`; see [`Engine::step`]).
+    pub multi_step: usize,
 }
 
 impl GenerateRequest {
@@ -75,6 +77,7 @@ impl GenerateRequest {
             seed: None,
             row_seeds: Vec::new(),
             max_batch_rows: None,
+            multi_step: 1,
         }
     }
 }
@@ -170,6 +173,7 @@ pub fn generate(
         sampling: req.sampling,
         eos_ids: req.eos_ids.clone(),
         stop_strings: req.stop_strings.clone(),
+        multi_step: req.multi_step,
     };
     tch::no_grad(|| {
         let mut engine = Engine::new(model, tokenizer, cfg)?;

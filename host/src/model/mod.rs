@@ -458,20 +458,41 @@ impl Model {
         rows: &CacheRows,
         cache: &mut KvCache,
     ) -> anyhow::Result<Tensor> {
-        let (b, t) = (input_ids.size()[0], input_ids.size()[1]);
         anyhow::ensure!(
-            b == rows.len() && b == starts.len() as i64,
-            "{b} rows of input for {} cache rows and {} starts",
-            rows.len(),
+            input_ids.size()[0] == starts.len() as i64,
+            "{} rows of input for {} starts",
+            input_ids.size()[0],
             starts.len()
         );
-        let keys = starts.iter().max().copied().unwrap_or(0) + t;
+        let longest = starts.iter().max().copied().unwrap_or(0);
+        let starts = Tensor::from_slice(starts).to_device(self.device());
+        self.forward_slots_from(input_ids, &starts, longest, rows, cache)
+    }
+
+    /// [`Model::forward_slots`] with the starts already on the device (`starts` `[B]` int64; `longest` is the
+    /// largest of them, or more), so that nothing is copied from the host: decode steps queued back to back with
+    /// no host read between them feed each other this way.
+    pub fn forward_slots_from(
+        &self,
+        input_ids: &Tensor,
+        starts: &Tensor,
+        longest: i64,
+        rows: &CacheRows,
+        cache: &mut KvCache,
+    ) -> anyhow::Result<Tensor> {
+        let (b, t) = (input_ids.size()[0], input_ids.size()[1]);
+        anyhow::ensure!(
+            b == rows.len() && [b] == starts.size()[..],
+            "{b} rows of input for {} cache rows and starts of shape {:?}",
+            rows.len(),
+            starts.size()
+        );
+        let keys = longest + t;
         if keys > cache.capacity() {
             anyhow::bail!("KV cache overflow: {keys} columns exceed its capacity {}", cache.capacity());
         }
         let device = self.device();
-        let positions = Tensor::from_slice(starts).to_device(device).unsqueeze(1)
-            + Tensor::arange(t, (Kind::Int64, device)).unsqueeze(0);
+        let positions = starts.unsqueeze(1) + Tensor::arange(t, (Kind::Int64, device)).unsqueeze(0);
         // A query at position p sees the columns 0..=p of its own slot: its history and itself.
         let columns = Tensor::arange(keys, (Kind::Int64, device)).view([1, 1, 1, keys]);
         let query = positions.view([b, 1, t, 1]);

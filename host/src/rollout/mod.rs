@@ -51,6 +51,8 @@ pub struct RolloutConfig {
     /// Episodes holding a cache slot at once (`--max-batch-rows`); `None`: every episode of the batch, as memory
     /// allows.
     pub max_batch_rows: Option<usize>,
+    /// Decode steps per host read (`--multi-step`; see [`Engine::step`]).
+    pub multi_step: usize,
 }
 
 /// Where a batch's rollout time went.
@@ -201,6 +203,7 @@ pub fn run_episodes(
         sampling: cfg.sampling,
         eos_ids: if cfg.ignore_eos { Vec::new() } else { tokenizer.eos_token_ids().to_vec() },
         stop_strings: Vec::new(),
+        multi_step: cfg.multi_step,
     };
     let mut engine = Engine::new(model, Some(tokenizer), engine_cfg)?;
     for (id, l) in live.iter().enumerate() {

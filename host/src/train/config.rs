@@ -141,6 +141,14 @@ pub struct BatchSettings {
     /// setting: it changes only which rows share a forward pass, so a resumed run may change it.
     #[serde(default)]
     pub max_batch_rows: Option<usize>,
+    /// Decode steps per host read in rollouts (`--multi-step`). Not a result setting, for the same reason.
+    #[serde(default = "one")]
+    pub multi_step: usize,
+}
+
+/// `multi_step` of a run saved before it existed.
+fn one() -> usize {
+    1
 }
 
 impl BatchSettings {

@@ -420,6 +420,7 @@ impl Trainer {
             sampling: s.params,
             ignore_eos: s.ignore_eos,
             max_batch_rows: b.max_batch_rows,
+            multi_step: b.multi_step,
         };
         self.policy.model().set_training(false);
         let masters = (self.policy.precision().separate_rollout() && self.optimizer.has_master_weights())
