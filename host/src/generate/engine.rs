@@ -465,6 +465,13 @@ impl<'a> Engine<'a> {
             ids.sort_by_key(|id| self.seqs[id].slot);
             debug_assert!(ids.iter().enumerate().all(|(r, id)| self.seqs[id].slot == Some(r)));
         }
+        let host = self.draw_block(&ids, block)?;
+        self.take_block(&ids, block, &host, on_token, ended)
+    }
+
+    /// The device half of [`Engine::sample`]: `block` tokens for each of `ids` (in slot order when `block` > 1),
+    /// with every decode forward between them, then one read of `[block, 3 (id, log-prob, model log-prob), n]`.
+    fn draw_block(&mut self, ids: &[SeqId], block: usize) -> anyhow::Result<Vec<f64>> {
         let n = ids.len();
         let device = self.model.device();
         let seeded = ids.iter().filter(|id| self.seqs[*id].rng.is_some()).count();
@@ -506,10 +513,22 @@ impl<'a> Engine<'a> {
                 0,
             ));
         }
-        // The one read of the block: `[block, 3, n]`.
-        let host: Vec<f64> = Vec::try_from(Tensor::stack(&drawn, 0).to_device(Device::Cpu).view([-1]))?;
         self.stats.steps += block as u64;
         self.stats.host_reads += 1;
+        Ok(Vec::try_from(Tensor::stack(&drawn, 0).to_device(Device::Cpu).view([-1]))?)
+    }
+
+    /// The host half of [`Engine::sample`]: each row's tokens of the block `host` up to the end of its turn, if it
+    /// ends. Returns the rows that go on, with their last token.
+    fn take_block(
+        &mut self,
+        ids: &[SeqId],
+        block: usize,
+        host: &[f64],
+        on_token: &mut dyn FnMut(SeqId, u32),
+        ended: &mut Vec<(SeqId, Turn)>,
+    ) -> anyhow::Result<Vec<(SeqId, u32)>> {
+        let n = ids.len();
         let mut live = vec![true; n];
         let mut continuing = Vec::with_capacity(n);
         for j in 0..block {
