@@ -91,6 +91,24 @@ fn warm_up_steps_come_first_are_logged_checkpointed_and_skipped_on_resume() {
     assert!(!stdout.contains("sft warm-up 1/2"), "{stdout}");
 }
 
+/// The updates' learning-rate schedule starts when they do: after 2 warm-up steps, `--warmup-steps 2` still ramps
+/// the first two updates (global steps 2 and 3). The console counts the warm-up's steps in the run's total and
+/// shows their loss.
+#[test]
+fn the_learning_rate_schedule_starts_after_the_warm_up() {
+    let runs = tempfile::tempdir().unwrap();
+    let out = train(runs.path(), &["--warmup-steps", "2", "--lr", "1e-3", "--train-batch-size", "1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let lr: Vec<(u64, f64)> = rows(&runs.path().join("warm"))
+        .iter()
+        .filter_map(|r| r["training_step/learning_rate"].as_f64().map(|lr| (step(r), lr)))
+        .collect();
+    assert_eq!(lr, vec![(2, 0.5e-3), (3, 1e-3), (4, 1e-3), (5, 1e-3)]);
+    assert!(stderr.contains("step 1/6 sft loss "), "{stderr}");
+    assert!(stderr.contains("step 6/6 "), "{stderr}");
+}
+
 #[test]
 fn sft_on_demonstrations_saves_a_model_that_loads() {
     let dir = tempfile::tempdir().unwrap();

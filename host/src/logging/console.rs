@@ -44,10 +44,14 @@ impl ConsoleSink {
         }
     }
 
-    /// `reward 0.512 loss 0.0031`, from whichever keys the row has.
+    /// `reward 0.512 loss 0.0031` (`sft loss 0.8345` on a supervised warm-up step), from whichever keys the row
+    /// has.
     pub fn status(row: &Metrics) -> String {
         let pick = |keys: &[&str]| keys.iter().find_map(|k| row.get(*k).and_then(|v| v.as_f64()));
         let mut parts = Vec::new();
+        if let Some(l) = pick(&["sft/loss"]) {
+            parts.push(format!("sft loss {l:.4}"));
+        }
         if let Some(r) = pick(&RETURN_KEYS) {
             parts.push(format!("reward {r:.3}"));
         }

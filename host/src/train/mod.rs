@@ -227,8 +227,10 @@ impl Trainer {
             evaluator.cut_back(state.global_step)?;
         }
         let total_steps = config.batch.max_steps * config.batch.updates_per_batch();
+        // The run's global steps: the supervised warm-up's, then the updates'.
+        let run_steps = config.sft.steps + total_steps;
         let loggers = if world.is_main() {
-            open_loggers(&config, &paths, &state, (&algo, &env, &policy), total_steps, history, world.size)?
+            open_loggers(&config, &paths, &state, (&algo, &env, &policy), run_steps, history, world.size)?
         } else {
             // Rank 0 writes the run's files and logs; the others compute and send it their numbers.
             Loggers::silent()
@@ -237,7 +239,7 @@ impl Trainer {
         let dist =
             DistInfo { num_processes: world.size, process_index: world.rank, local_process_index: world.local_rank };
         Ok(Trainer {
-            schedule: schedule(&config.optimizer, total_steps),
+            schedule: schedule(&config.optimizer, total_steps, config.sft.steps),
             system: SystemMetrics::new(policy.device(), dist),
             tasks: TaskSource::from_set(run_tasks.train, config.seed)?.sharded(world.rank, world.size),
             evaluator,
@@ -797,8 +799,10 @@ fn adamw_config(o: &OptimizerSettings) -> AdamWConfig {
     AdamWConfig { lr: o.lr, beta1: o.beta1, beta2: o.beta2, eps: o.eps, weight_decay: o.weight_decay }
 }
 
-fn schedule(o: &OptimizerSettings, total_steps: u64) -> Schedule {
-    Schedule { base_lr: o.lr, warmup_steps: o.warmup_steps, cosine: o.schedule == LrSchedule::Cosine, total_steps }
+/// The updates' schedule, after `sft_steps` supervised warm-up steps.
+fn schedule(o: &OptimizerSettings, total_steps: u64, sft_steps: u64) -> Schedule {
+    let cosine = o.schedule == LrSchedule::Cosine;
+    Schedule { base_lr: o.lr, warmup_steps: o.warmup_steps, cosine, total_steps, start: sft_steps }
 }
 
 fn default_run_name(config: &RunConfig) -> String {

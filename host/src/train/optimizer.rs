@@ -23,15 +23,23 @@ pub struct AdamWConfig {
 /// The learning rate over the run: constant by default; linear warmup, then constant or cosine decay to zero.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Schedule {
+    /// The rate after warmup (`--lr`).
     pub base_lr: f64,
+    /// Updates of linear warmup.
     pub warmup_steps: u64,
+    /// Cosine decay to zero at `total_steps`; else constant.
     pub cosine: bool,
+    /// Updates the schedule spans.
     pub total_steps: u64,
+    /// The global step of its first update. The supervised warm-up's steps come before it, at their own rate, so
+    /// reinforcement learning still gets its whole warmup and decay.
+    pub start: u64,
 }
 
 impl Schedule {
-    /// The learning rate for optimizer step `step` (0-based).
+    /// The learning rate for global optimizer step `step` (0-based).
     pub fn lr(&self, step: u64) -> f64 {
+        let step = step.saturating_sub(self.start);
         if step < self.warmup_steps {
             return self.base_lr * (step + 1) as f64 / self.warmup_steps as f64;
         }
@@ -485,7 +493,7 @@ mod tests {
 
     #[test]
     fn schedule_warmup_then_cosine_to_zero() {
-        let s = Schedule { base_lr: 1.0, warmup_steps: 2, cosine: true, total_steps: 6 };
+        let s = Schedule { base_lr: 1.0, warmup_steps: 2, cosine: true, total_steps: 6, start: 0 };
         assert_eq!(s.lr(0), 0.5);
         assert_eq!(s.lr(1), 1.0);
         assert!((s.lr(2) - 1.0).abs() < 1e-12);
@@ -493,6 +501,11 @@ mod tests {
         assert!(s.lr(6).abs() < 1e-12);
         let constant = Schedule { cosine: false, warmup_steps: 0, ..s };
         assert_eq!(constant.lr(5), 1.0);
+        // After 3 supervised warm-up steps the same schedule runs from global step 3.
+        let later = Schedule { start: 3, ..s };
+        for k in 0..8 {
+            assert_eq!(later.lr(k + 3), s.lr(k), "update {k}");
+        }
     }
 
     /// Two AdamW steps on a fixed gradient, against values computed by hand from PyTorch's update rule.
