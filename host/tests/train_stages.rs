@@ -137,7 +137,7 @@ fn one_batch_through_every_stage() {
     // updates: 6 sequences in micro-batches of 2, two per step: 2 optimizer steps.
     let before = policy.trainable()[0].1.copy();
     let mut optimizer = optimizer(&policy, 1e-3, 0.0);
-    let schedule = Schedule { base_lr: 1e-3, warmup_steps: 0, cosine: false, total_steps: 2 };
+    let schedule = Schedule { base_lr: 1e-3, warmup_steps: 0, cosine: false, total_steps: 2, start: 0 };
     let mut state = TrainerState { seed: 7, ..Default::default() };
     let mut seen = Vec::new();
     let mut scaler = LossScaler::disabled();
@@ -201,7 +201,7 @@ fn bf16_mixed_precision_keeps_the_small_updates_pure_bf16_loses() {
             optimizer: &mut opt,
             scaler: &mut LossScaler::new(policy.precision().mode),
             algo: &algo,
-            schedule: &Schedule { base_lr: lr, warmup_steps: 0, cosine: false, total_steps: 1 },
+            schedule: &Schedule { base_lr: lr, warmup_steps: 0, cosine: false, total_steps: 1, start: 0 },
             batch: &batch,
             loss: objective.for_algorithm(batch.max_new_tokens),
             max_norm: 0.0,
