@@ -345,3 +345,44 @@ fn multi_step_blocks_sample_what_single_steps_do_across_turns() {
         }
     }
 }
+
+/// `Engine::limit_turn` caps one turn below `max_new_tokens` (a context limit), in single steps and in blocks; the
+/// next turn gets the full budget again.
+#[test]
+fn a_limited_turn_ends_at_its_limit() {
+    let dir = tiny("llama");
+    let model = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
+    for multi_step in [1, 4] {
+        let cfg = EngineConfig {
+            max_rows: 2,
+            max_new_tokens: 8,
+            sampling: SamplingParams::greedy(),
+            eos_ids: Vec::new(),
+            stop_strings: Vec::new(),
+            multi_step,
+        };
+        let mut lengths: Vec<(usize, usize)> = Vec::new();
+        tch::no_grad(|| {
+            let mut engine = Engine::new(&model, None, cfg).unwrap();
+            engine.submit(0, vec![5, 6, 7], None, None).unwrap();
+            engine.submit(1, vec![9, 8], None, None).unwrap();
+            engine.limit_turn(0, 3).unwrap();
+            while engine.runnable() {
+                for (id, turn) in engine.step(&mut |_, _| {}).unwrap() {
+                    assert_eq!(turn.finish, Some(FinishReason::Length));
+                    lengths.push((id, turn.tokens.len()));
+                    match (id, lengths.iter().filter(|(i, _)| *i == 0).count()) {
+                        // A limit of 0 still gives the turn one token.
+                        (0, 1) => {
+                            engine.resume(0, &[11], None).unwrap();
+                            engine.limit_turn(0, 0).unwrap();
+                        }
+                        (0, 2) => engine.resume(0, &[12], None).unwrap(),
+                        _ => engine.release(id),
+                    }
+                }
+            }
+        });
+        assert_eq!(lengths, vec![(0, 3), (0, 1), (1, 8), (0, 8)], "multi-step {multi_step}");
+    }
+}

@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use grpo_host::generate::{generate, GenerateRequest, SamplingParams};
 use grpo_host::model::Model;
 use grpo_host::plugins::{EnvironmentPlugin, Registry};
-use grpo_host::rollout::{run_episodes, task_seeds, Rollout, RolloutConfig};
+use grpo_host::rollout::{run_episodes, task_seeds, EndReason, Rollout, RolloutConfig};
 use grpo_host::tokenizer::Tokenizer;
 use grpo_sdk::tch::{Device, Kind};
 use grpo_sdk::{Environment, Message, MetricSource, Reward, Split, StepOutcome, Task};
@@ -186,6 +186,35 @@ fn cached_turns_equal_reprefilling_the_history() {
         }
     }
     assert_eq!(checked, 18, "6 episodes of 3 turns");
+}
+
+/// `--max-length` bounds the whole stream: with room for little more than the prompt and one reply, turns are cut
+/// where the stream reaches it and those episodes end truncated, never longer than the limit.
+#[test]
+fn turns_stop_at_the_context_limit() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Setup { env, tokenizer, model, tasks } = setup();
+    let free = config(SamplingParams::default(), None);
+    let seeds = task_seeds(3, 0, tasks.len());
+    // Room for episode 0's first turn and the reply to it, and 2 tokens of its second turn.
+    let first = &run_episodes(&model, &tokenizer, &env, &tasks, &free, &seeds).unwrap().rollouts[0];
+    let turn_and_reply: usize = runs(first).iter().take(2).map(|(_, _, ids)| ids.len()).sum();
+    let max_length = first.prompt_len + turn_and_reply + 2;
+    for multi_step in [1, 3] {
+        let cfg = RolloutConfig { max_length, multi_step, ..free.clone() };
+        let out = run_episodes(&model, &tokenizer, &env, &tasks, &cfg, &seeds).unwrap();
+        let mut truncated = 0;
+        for r in &out.rollouts {
+            assert!(r.tokens.len() <= cfg.max_length, "{} tokens past --max-length {}", r.tokens.len(), cfg.max_length);
+            if r.end == EndReason::ContextLimit {
+                truncated += 1;
+                assert!(r.turns < 3, "a truncated episode ends before the environment's third turn");
+            }
+        }
+        assert!(truncated > 0, "multi-step {multi_step}: some episode reached the limit");
+        // A turn cut by the limit is cut at it.
+        assert!(out.rollouts.iter().any(|r| r.tokens.len() == cfg.max_length), "multi-step {multi_step}");
+    }
 }
 
 /// The prefill counter: each group's prompt once, then every glue and environment token once (the turns' sampled

@@ -164,6 +164,8 @@ struct Seq {
     rng: Option<SplitMix64>,
     logits: Option<Tensor>,
     turn: Turn,
+    /// Most tokens its current turn may sample: `max_new_tokens`, or less ([`Engine::limit_turn`]).
+    budget: usize,
 }
 
 /// The engine: slots, the sequences in them and those waiting. See the module docs for one step.
@@ -234,6 +236,7 @@ impl<'a> Engine<'a> {
                 rng: seed.map(SplitMix64::new),
                 logits: None,
                 turn: Turn::default(),
+                budget: self.cfg.max_new_tokens,
             },
         );
         self.waiting.push_back(id);
@@ -248,8 +251,19 @@ impl<'a> Engine<'a> {
         seq.pending.extend_from_slice(tokens);
         seq.history.extend_from_slice(tokens);
         seq.rng = seed.map(SplitMix64::new);
+        seq.budget = self.cfg.max_new_tokens;
         // Never empty: a turn's last sampled token is still to run.
         seq.state = State::Prefill;
+        Ok(())
+    }
+
+    /// Let the turn that sequence `id` is about to start (after [`Engine::submit`] or [`Engine::resume`]) sample at
+    /// most `max_tokens` tokens instead of `max_new_tokens`, though at least one: room left in a context limit. It
+    /// ends with [`FinishReason::Length`] there.
+    pub fn limit_turn(&mut self, id: SeqId, max_tokens: usize) -> anyhow::Result<()> {
+        let seq = self.seqs.get_mut(&id).ok_or_else(|| anyhow::anyhow!("sequence {id} is not in the engine"))?;
+        anyhow::ensure!(seq.turn.tokens.is_empty(), "sequence {id} has already sampled in this turn");
+        seq.budget = max_tokens.clamp(1, self.cfg.max_new_tokens.max(1));
         Ok(())
     }
 
@@ -277,7 +291,7 @@ impl<'a> Engine<'a> {
     /// One step (see the module docs). Returns the turns that ended in it, in sequence order. `on_token(id, t)`
     /// sees every sampled token once the host has it.
     ///
-    /// With `multi_step` k > 1, one step samples up to k tokens per ready sequence (never past `max_new_tokens`):
+    /// With `multi_step` k > 1, one step samples up to k tokens per ready sequence (never past a turn's budget):
     /// its first k - 1 decode forwards are queued back to back, each fed the ids the one before sampled on the
     /// device, and the host reads all the ids once, as vLLM's multi-step scheduling does. A turn that ends inside
     /// the block keeps its tokens up to its end; what its row decoded after that is dropped, and its cache columns
@@ -457,7 +471,7 @@ impl<'a> Engine<'a> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let left = ids.iter().map(|id| self.cfg.max_new_tokens.saturating_sub(self.seqs[id].turn.tokens.len()));
+        let left = ids.iter().map(|id| self.seqs[id].budget.saturating_sub(self.seqs[id].turn.tokens.len()));
         let block = left.min().unwrap_or(1).min(self.cfg.multi_step).max(1);
         if block > 1 {
             // The blind decodes read the cache in place: the rows go to the first slots, in slot order.
@@ -558,7 +572,7 @@ impl<'a> Engine<'a> {
                     stop_hit(self.tokenizer, &seq.turn.tokens, &self.cfg.stop_strings, self.stop_window)?
                 {
                     Some(FinishReason::Stop(stop))
-                } else if seq.turn.tokens.len() == self.cfg.max_new_tokens {
+                } else if seq.turn.tokens.len() >= seq.budget {
                     Some(FinishReason::Length)
                 } else {
                     None

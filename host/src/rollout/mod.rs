@@ -14,7 +14,8 @@
 //! "whenever the reply is ready", so which rows share a forward pass, and with it every rounding, is the same from
 //! run to run (resumed runs reproduce their rollouts); an environment slower than one engine step holds the engine
 //! at that boundary until it answers.
-//! The `group_size` episodes of a task share their prompt's prefill.
+//! The `group_size` episodes of a task share their prompt's prefill. A turn samples at most `max_new_tokens`, and no
+//! further than `max_length` tokens into the episode's stream: the episode ends there, truncated.
 
 mod glue;
 
@@ -79,7 +80,7 @@ pub enum EndReason {
     Done,
     /// It used its last allowed assistant turn.
     TurnLimit,
-    /// The next turn would not fit in the context (`--max-length`): truncated.
+    /// The stream reached `--max-length`, in a turn cut there or before the next turn: truncated.
     ContextLimit,
 }
 
@@ -206,9 +207,18 @@ pub fn run_episodes(
         multi_step: cfg.multi_step,
     };
     let mut engine = Engine::new(model, Some(tokenizer), engine_cfg)?;
+    // A turn samples no further than `--max-length`: the episode ends there, truncated.
+    let limit = |engine: &mut Engine, id: usize, r: &Rollout| -> Result<()> {
+        let room = cfg.max_length.saturating_sub(r.tokens.len());
+        if room < cfg.max_new_tokens {
+            engine.limit_turn(id, room)?;
+        }
+        Ok(())
+    };
     for (id, l) in live.iter().enumerate() {
         let r = &l.rollout;
         engine.submit(id, r.tokens.clone(), Some(r.group), Some(stream(r.group, l.member, 0)))?;
+        limit(&mut engine, id, r)?;
     }
     let n = live.len();
     // An episode is here between its turns, and on a worker thread (None here) while its environment steps.
@@ -238,6 +248,7 @@ pub fn run_episodes(
                         Next::Continue(l, glue_ids) => {
                             let seed = stream(l.rollout.group, l.member, l.rollout.turns);
                             engine.resume(id, &glue_ids, Some(seed))?;
+                            limit(&mut engine, id, &l.rollout)?;
                             episodes[id] = Some(l);
                         }
                         Next::Finished(l) => {
