@@ -44,13 +44,8 @@ pub struct EvalSettings {
     /// Tasks per generation call (memory; the numbers depend on it only through batching's rounding).
     pub batch_tasks: usize,
     /// Decode steps per host read (`--multi-step`; speed only, as `batch_tasks`).
-    #[serde(default = "one")]
+    #[serde(default = "crate::generate::engine::one_read_per_step")]
     pub multi_step: usize,
-}
-
-/// `multi_step` of settings saved before it existed.
-fn one() -> usize {
-    1
 }
 
 impl Default for EvalSettings {

@@ -57,6 +57,12 @@ pub struct EngineConfig {
     pub multi_step: usize,
 }
 
+/// `multi_step` 1, the default: the host reads the sampled ids after every step (and settings saved before
+/// `multi_step` existed read back as this).
+pub fn one_read_per_step() -> usize {
+    1
+}
+
 /// One generated turn of a sequence.
 #[derive(Debug, Clone, Default)]
 pub struct Turn {

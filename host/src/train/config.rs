@@ -142,13 +142,8 @@ pub struct BatchSettings {
     #[serde(default)]
     pub max_batch_rows: Option<usize>,
     /// Decode steps per host read in rollouts (`--multi-step`). Not a result setting, for the same reason.
-    #[serde(default = "one")]
+    #[serde(default = "crate::generate::engine::one_read_per_step")]
     pub multi_step: usize,
-}
-
-/// `multi_step` of a run saved before it existed.
-fn one() -> usize {
-    1
 }
 
 impl BatchSettings {
