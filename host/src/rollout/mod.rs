@@ -104,7 +104,7 @@ pub struct Rollout {
     pub total_reward: f64,
     /// Assistant turns taken.
     pub turns: usize,
-    /// Assistant turns cut off at `max_new_tokens`.
+    /// Assistant turns cut off at `max_new_tokens`, or where the stream reached `max_length`.
     pub cut_turns: usize,
     /// Environment replies that were tool results.
     pub tool_messages: usize,

@@ -31,7 +31,7 @@ pub struct RolloutRecord {
     pub completion_length: f64,
     /// Assistant turns taken.
     pub turns: usize,
-    /// Turns cut at max_new_tokens.
+    /// Turns cut at max_new_tokens or at the context limit.
     pub cut_turns: usize,
     /// Tool results received.
     pub tool_messages: usize,
