@@ -266,6 +266,21 @@ fn pure_bf16_warns_and_contradictions_are_refused() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
+/// `--max-length` shorter than the prompts: the run goes on, each turn one token, and says so in one line.
+#[test]
+fn prompts_past_max_length_sample_one_token_and_warn() {
+    let runs = tempfile::tempdir().unwrap();
+    let out = train(runs.path(), "short", &["--max-steps", "1", "--max-length", "8", "--max-new-tokens", "6"]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let warning: Vec<&str> = err.lines().filter(|l| l.contains("--max-length 8")).collect();
+    assert_eq!(warning.len(), 1, "{err}");
+    assert!(warning[0].starts_with("warning: 6 of 6 episodes start with a prompt at or past --max-length 8"), "{err}");
+    let lengths: Vec<f64> =
+        rows(&runs.path().join("short")).iter().filter_map(|r| r.get("completions/mean_length")?.as_f64()).collect();
+    assert_eq!(lengths, vec![1.0]);
+}
+
 #[test]
 fn an_unknown_algorithm_lists_the_available_ones() {
     let runs = tempfile::tempdir().unwrap();

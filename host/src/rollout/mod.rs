@@ -196,6 +196,17 @@ pub fn run_episodes(
         }
     }
 
+    let full: Vec<usize> = live.iter().map(|l| l.rollout.tokens.len()).filter(|&n| n >= cfg.max_length).collect();
+    if let Some(longest) = full.iter().max() {
+        // Not an error: one long task in a dataset should not end a run. But every turn of these gets one token.
+        eprintln!(
+            "warning: {} of {} episodes start with a prompt at or past --max-length {} (the longest has {longest} \
+             tokens), so each of their turns samples one token; raise --max-length",
+            full.len(),
+            live.len(),
+            cfg.max_length
+        );
+    }
     let rows =
         cfg.max_batch_rows.unwrap_or_else(|| default_rows(model, live.len(), cfg.max_length + cfg.max_new_tokens));
     let engine_cfg = EngineConfig {
