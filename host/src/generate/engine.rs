@@ -509,23 +509,19 @@ impl<'a> Engine<'a> {
         let rows: Vec<Tensor> =
             ids.iter().map(|id| self.seqs[id].logits.as_ref().expect("ready").shallow_clone()).collect();
         let mut logits = Tensor::stack(&rows, 0);
-        let starts: Vec<i64> = ids.iter().map(|id| self.seqs[id].cached).collect();
-        let longest = starts.iter().max().copied().unwrap_or(0);
-        let starts = (block > 1).then(|| Tensor::from_slice(&starts).to_device(device));
+        // The blind decodes' starts, sent once: step `j` adds `j` on the device.
+        let front = (block > 1).then(|| {
+            let starts: Vec<i64> = ids.iter().map(|id| self.seqs[id].cached).collect();
+            (Tensor::from_slice(&starts).to_device(device), starts.iter().max().copied().unwrap_or(0))
+        });
         let mut drawn = Vec::with_capacity(block);
         for j in 0..block {
             let u = uniforms.as_ref().map(|u| u.get(j as i64));
             let (tok, lp, mlp) = sampling::sample(&logits, &self.cfg.sampling, u.as_ref());
-            if let (Some(starts), true) = (&starts, j + 1 < block) {
+            if let (Some((starts, longest)), true) = (&front, j + 1 < block) {
                 let model = self.model;
-                let (input, at) = (tok.view([n as i64, 1]), starts + j as i64);
-                let hidden = model.forward_slots_from(
-                    &input,
-                    &at,
-                    longest + j as i64,
-                    &CacheRows::Prefix(n as i64),
-                    self.cache_mut(),
-                )?;
+                let (input, at, rows) = (tok.view([n as i64, 1]), starts + j as i64, CacheRows::Prefix(n as i64));
+                let hidden = model.forward_slots_from(&input, &at, longest + j as i64, &rows, self.cache_mut())?;
                 logits = model.lm_head(&hidden.select(1, 0));
             }
             drawn.push(Tensor::stack(
