@@ -162,13 +162,13 @@ pub struct TrainArgs {
     #[arg(long)]
     pub max_prompts: Option<usize>,
 
-    /// Name of the run; its files go to runs/<run-name>/. Default: <algo>-<env>-<time>.
+    /// Name of the run; its files go to runs/NAME/. Default: ALGO-ENV-TIME.
     #[arg(long)]
     pub run_name: Option<String>,
     /// Parent directory of run directories.
     #[arg(long, default_value = "runs")]
     pub runs_dir: PathBuf,
-    /// Where checkpoints go; default runs/<run-name>/checkpoints.
+    /// Where checkpoints go; default runs/NAME/checkpoints.
     #[arg(long)]
     pub checkpoint_path: Option<PathBuf>,
     /// Save a checkpoint every this many batches (and always at the end).

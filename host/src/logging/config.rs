@@ -115,7 +115,7 @@ pub struct LoggingArgs {
     /// Root directory for W&B files (`<dir>/wandb/`) [env: WANDB_DIR; default: the run directory].
     #[arg(long, value_name = "DIR")]
     pub wandb_dir: Option<PathBuf>,
-    /// TensorBoard event files go to DIR/<run-name>/ when W&B is disabled (re-grpo's fallback).
+    /// TensorBoard event files go to DIR/NAME/ (NAME: the run name) when W&B is disabled (re-grpo's fallback).
     #[arg(long, value_name = "DIR")]
     pub log_dir: Option<PathBuf>,
 }

@@ -130,7 +130,7 @@ impl Rotary {
     }
 
     /// `(cos, signed_sin)`, each `[B, 1, T, head_dim]` in `kind`, for integer `positions` `[B, T]`: transformers'
-    /// `cos` and `sin`, with the first half of `sin` negated so that [`apply_rotary`] needs no negation. Computed
+    /// `cos` and `sin`, with the first half of `sin` negated so that `apply_rotary` needs no negation. Computed
     /// once per forward pass for every layer.
     pub fn cos_sin(&self, positions: &Tensor, kind: Kind) -> (Tensor, Tensor) {
         let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq;
