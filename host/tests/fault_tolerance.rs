@@ -4,7 +4,7 @@
 //!
 //! - killed with SIGKILL (during rollouts, updates, checkpoint writes or right after one);
 //! - stopped with SIGTERM (exit 143 after finishing the batch in flight and checkpointing at its boundary; once with
-//!   a second SIGTERM, which exits at once);
+//!   a second SIGTERM, which exits at once); and once during an evaluation, which the stop abandons;
 //! - failing in a plugin in mid-batch (the test-only `faulty` algorithm, tests/fault_plugin: an error in `loss`
 //!   after the batch's first updates, a panic in `advantages`): a non-zero exit with one error line and no
 //!   checkpoint from the half-updated state.
@@ -384,6 +384,53 @@ fn runs_stopped_by_sigterm_resume_to_the_uninterrupted_result() {
     assert!(!stops.is_empty(), "no SIGTERM stopped the run (the reference took {:?})", reference.total);
     assert_same_result(&run, &reference.dir, &stops, &format!("{terms} SIGTERMs"));
     eprintln!("SIGTERM rounds: {:?}", t0.elapsed());
+}
+
+/// SIGTERM during a long evaluation before training: the evaluation is abandoned, not finished, and the run stops
+/// before its first batch with a checkpoint at step 0 and no `eval/*` logged; resumed with the same flags, it
+/// evaluates from the start, once, and trains on.
+#[test]
+fn a_stop_during_an_evaluation_abandons_it_and_the_resume_evaluates_again() {
+    let runs = tempfile::tempdir().unwrap();
+    let run = runs.path().join("evaluating");
+    // Several seconds of evaluation (chunks of 2 tasks); the signal comes one second in.
+    let flags = ["--max-steps", "1", "--eval-before-train", "--eval-tasks", "600", "--eval-samples", "4"];
+    let eval_flags = [flags.as_slice(), &["--eval-batch-tasks", "2"]].concat();
+    let stderr = |name: &str| std::fs::read_to_string(runs.path().join(name)).unwrap();
+    let mut child =
+        command(runs.path(), "evaluating", Algo::Grpo, "evaluating-0.stderr").args(&eval_flags).spawn().unwrap();
+    // config.json is written just before the signal handlers are installed and the evaluation starts.
+    while !run.join("config.json").exists() && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    signal(&child, libc::SIGTERM);
+    let status = child.wait().unwrap();
+    let text = stderr("evaluating-0.stderr");
+    assert_eq!(status.code(), Some(143), "SIGTERM exits 143\n{text}");
+    assert!(text.contains("eval at step 0 abandoned after"), "the evaluation was not abandoned\n{text}");
+    assert!(text.contains("stopped by SIGTERM before the first batch"), "{text}");
+    assert_eq!(checkpoints(&run), [(0, 0)], "{text}");
+    // The steps metrics.jsonl logged an evaluation at.
+    let logged_eval = || -> Vec<u64> {
+        let rows = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
+        let rows = rows.lines().map(|l| grpo_host::logging::json::parse_line(l).unwrap());
+        rows.filter(|r| r.contains_key("eval/returns_mean")).map(|r| r["step"].as_f64().unwrap() as u64).collect()
+    };
+    assert_eq!(logged_eval(), Vec::<u64>::new(), "{text}");
+
+    let status =
+        command(runs.path(), "evaluating", Algo::Grpo, "evaluating-1.stderr").args(&eval_flags).status().unwrap();
+    let text = stderr("evaluating-1.stderr");
+    assert!(status.success(), "the resumed run failed: {status}\n{text}");
+    assert!(text.contains("eval at step 0: 600 tasks"), "the resumed run did not evaluate first\n{text}");
+    assert_eq!(logged_eval(), [0], "{text}");
+    let wandb = History::read(&run).wandb;
+    let wandb_eval: Vec<i64> =
+        wandb.iter().filter(|(_, r)| r.contains_key("eval/returns_mean")).map(|(s, _)| *s).collect();
+    assert_eq!(wandb_eval, [0], "W&B's history holds the evaluation once");
+    let outcomes = std::fs::read_to_string(run.join("eval_completions.jsonl")).unwrap();
+    assert_eq!(outcomes.lines().count(), 600, "one outcome per task, from the resumed evaluation only");
 }
 
 /// Run `run` once with `GRPO_TEST_FAULT=fault`: it must fail (not as a signal would) with one error line naming the

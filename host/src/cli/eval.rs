@@ -3,12 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use clap::Args;
 
 use super::args::{json_option, ModelArgs, SamplingArgs};
 use super::plugins::PluginDirArgs;
 use crate::data::{DataSettings, DatasetSpec};
-use crate::eval::{EpisodeLimits, EvalSettings};
+use crate::eval::{EpisodeLimits, EvalSettings, Evaluation};
 use crate::generate::SamplingParams;
 use crate::model::LoraConfig;
 use crate::plugins::Registry;
@@ -223,8 +224,10 @@ pub fn run(args: EvalArgs) -> anyhow::Result<i32> {
     let limits =
         EpisodeLimits { max_new_tokens: args.max_new_tokens, max_turns: args.max_turns, max_length: args.max_length };
     eprintln!("evaluating {} tasks of `{}`", tasks.len(), env.name());
-    let result =
-        crate::eval::evaluate(policy.sampler(), policy.tokenizer(), &env, &tasks, &settings, &limits, args.seed)?;
+    let evaluation = Evaluation { tasks, settings, limits, seed: args.seed };
+    let result = evaluation
+        .run(policy.sampler(), policy.tokenizer(), &env, &|| false)?
+        .context("the evaluation was abandoned")?;
     let summary = serde_json::json!({
         "checkpoint": args.checkpoint.as_ref().map(|d| d.display().to_string()),
         "model_dir": policy.model_dir().display().to_string(),

@@ -1,6 +1,6 @@
 //! Evaluation on held-out tasks: the policy plays each task once greedily and `samples` times with sampling, and
 //! the environment's rewards and judgements become `eval/*` metrics. Training (`--eval-every`,
-//! `--eval-before-train`) and `grpo-host eval` call the same [`evaluate`] with the same tasks, chunks and seeds, so
+//! `--eval-before-train`) and `grpo-host eval` run the same [`Evaluation`] with the same tasks, chunks and seeds, so
 //! a checkpoint scored afterwards gives the numbers the run logged at that step.
 //!
 //! Metric names (all here, documented in docs/metrics.md): `eval/returns_mean`, `eval/accuracy` (pass@1 of the
@@ -208,95 +208,132 @@ impl EvalResult {
     }
 }
 
-/// Evaluate `model` on `tasks`: one greedy episode per task, then `settings.samples` sampled ones, in chunks of
-/// `settings.batch_tasks` tasks; task `i` samples from `task_seeds(seed, i, ..)`, whatever chunk it is in. The
-/// environment's metrics are pulled
-/// after the greedy episodes (they become `eval/<name>`) and after the sampled ones (discarded), so training's own
-/// environment metrics never count evaluation episodes.
-pub fn evaluate(
-    model: &Model,
-    tokenizer: &Tokenizer,
-    env: &EnvironmentPlugin,
-    tasks: &[Task],
-    settings: &EvalSettings,
-    limits: &EpisodeLimits,
-    seed: u64,
-) -> Result<EvalResult> {
-    let chunk = settings.batch_tasks.max(1);
-    let config = |group_size: usize, sampling: SamplingParams| RolloutConfig {
-        group_size,
-        max_new_tokens: limits.max_new_tokens,
-        max_turns: limits.max_turns,
-        max_length: limits.max_length,
-        sampling,
-        ignore_eos: false,
-        max_batch_rows: None,
-        multi_step: settings.multi_step,
-    };
-    let greedy_sampling = SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0 };
-    let greedy_cfg = config(1, greedy_sampling);
-    let mut greedy: Vec<Rollout> = Vec::with_capacity(tasks.len());
-    for (c, part) in tasks.chunks(chunk).enumerate() {
-        greedy.extend(
-            run_episodes(model, tokenizer, env, part, &greedy_cfg, &task_seeds(seed, (c * chunk) as u64, part.len()))?
-                .rollouts,
-        );
-    }
-    let env_metrics: Vec<(String, MetricValue)> = env.metrics()?.into_iter().map(|m| (m.name, m.value)).collect();
+/// One evaluation: its tasks, settings, episode limits and seed. The same four give the same numbers in training and
+/// in `grpo-host eval`.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    /// The held-out tasks ([`eval_tasks`]).
+    pub tasks: Vec<Task>,
+    /// Greedy and sampled episodes, chunking.
+    pub settings: EvalSettings,
+    /// The run's episode limits.
+    pub limits: EpisodeLimits,
+    /// Seeds the sampled episodes.
+    pub seed: u64,
+}
 
-    let mut samples_solved = vec![0usize; tasks.len()];
-    let mut any_judged_sample = false;
-    if settings.samples > 0 {
-        let cfg = config(settings.samples, settings.sampling);
+impl Evaluation {
+    /// Evaluate `model`: one greedy episode per task, then `settings.samples` sampled ones, in chunks of
+    /// `settings.batch_tasks` tasks; task `i` samples from `task_seeds(seed, i, ..)`, whatever chunk it is in. The
+    /// environment's metrics are pulled after the greedy episodes (they become `eval/<name>`) and after the sampled
+    /// ones (discarded), so training's own environment metrics never count evaluation episodes.
+    ///
+    /// `cancelled` is asked before each chunk; when it says yes the evaluation is abandoned and `None` returned (a
+    /// run told to stop must not spend its grace period on an evaluation, which changes nothing it checkpoints).
+    pub fn run(
+        &self,
+        model: &Model,
+        tokenizer: &Tokenizer,
+        env: &EnvironmentPlugin,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Option<EvalResult>> {
+        let Evaluation { tasks, settings, limits, seed } = self;
+        let seed = *seed;
+        let chunk = settings.batch_tasks.max(1);
+        let config = |group_size: usize, sampling: SamplingParams| RolloutConfig {
+            group_size,
+            max_new_tokens: limits.max_new_tokens,
+            max_turns: limits.max_turns,
+            max_length: limits.max_length,
+            sampling,
+            ignore_eos: false,
+            max_batch_rows: None,
+            multi_step: settings.multi_step,
+        };
+        let greedy_sampling = SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0 };
+        let greedy_cfg = config(1, greedy_sampling);
+        let abandon = || -> Result<Option<EvalResult>> {
+            // The partial evaluation's episodes must not reach the next training batch's environment metrics.
+            env.metrics()?;
+            Ok(None)
+        };
+        let mut greedy: Vec<Rollout> = Vec::with_capacity(tasks.len());
         for (c, part) in tasks.chunks(chunk).enumerate() {
-            let seeds = task_seeds(seed, (c * chunk) as u64, part.len());
-            for r in run_episodes(model, tokenizer, env, part, &cfg, &seeds)?.rollouts {
-                any_judged_sample |= r.solved.is_some();
-                if r.solved == Some(true) {
-                    samples_solved[c * chunk + r.group] += 1;
+            if cancelled() {
+                return abandon();
+            }
+            greedy.extend(
+                run_episodes(
+                    model,
+                    tokenizer,
+                    env,
+                    part,
+                    &greedy_cfg,
+                    &task_seeds(seed, (c * chunk) as u64, part.len()),
+                )?
+                .rollouts,
+            );
+        }
+        let env_metrics: Vec<(String, MetricValue)> = env.metrics()?.into_iter().map(|m| (m.name, m.value)).collect();
+
+        let mut samples_solved = vec![0usize; tasks.len()];
+        let mut any_judged_sample = false;
+        if settings.samples > 0 {
+            let cfg = config(settings.samples, settings.sampling);
+            for (c, part) in tasks.chunks(chunk).enumerate() {
+                if cancelled() {
+                    return abandon();
+                }
+                let seeds = task_seeds(seed, (c * chunk) as u64, part.len());
+                for r in run_episodes(model, tokenizer, env, part, &cfg, &seeds)?.rollouts {
+                    any_judged_sample |= r.solved.is_some();
+                    if r.solved == Some(true) {
+                        samples_solved[c * chunk + r.group] += 1;
+                    }
                 }
             }
+            // Their metrics would otherwise reach the next training batch's.
+            env.metrics()?;
         }
-        // Their metrics would otherwise reach the next training batch's.
-        env.metrics()?;
-    }
 
-    let n = greedy.len().max(1) as f64;
-    let mut components: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    for r in &greedy {
-        for (name, v) in &r.rewards {
-            components.entry(name.clone()).or_default().push(*v);
+        let n = greedy.len().max(1) as f64;
+        let mut components: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        for r in &greedy {
+            for (name, v) in &r.rewards {
+                components.entry(name.clone()).or_default().push(*v);
+            }
         }
+        let judged = greedy.iter().any(|r| r.solved.is_some());
+        let outcomes: Vec<TaskOutcome> = greedy
+            .iter()
+            .zip(&samples_solved)
+            .map(|(r, &solved_samples)| TaskOutcome {
+                id: r.task.id.clone(),
+                question: r.task.question.clone(),
+                answer: r.task.answer.clone(),
+                completion: r.transcript.clone(),
+                greedy_return: r.total_reward,
+                greedy_logprob_mean: mean_action_logprob(r),
+                rewards: r.rewards.clone(),
+                solved: r.solved,
+                samples_solved: solved_samples,
+            })
+            .collect();
+        let solved_share = |f: &dyn Fn(&TaskOutcome) -> bool| outcomes.iter().filter(|o| f(o)).count() as f64 / n;
+        Ok(Some(EvalResult {
+            tasks: greedy.len(),
+            returns_mean: greedy.iter().map(|r| r.total_reward).sum::<f64>() / n,
+            accuracy: judged.then(|| solved_share(&|o| o.solved == Some(true))),
+            pass_at_k: (settings.samples > 0 && any_judged_sample)
+                .then(|| (settings.samples, solved_share(&|o| o.samples_solved > 0))),
+            completion_length_mean: greedy.iter().map(|r| r.action.iter().filter(|a| **a).count() as f64).sum::<f64>()
+                / n,
+            completion_logprob_mean: greedy.iter().map(mean_action_logprob).sum::<f64>() / n,
+            rewards: components.into_iter().map(|(k, v)| (k, v.iter().sum::<f64>() / v.len() as f64)).collect(),
+            env_metrics,
+            outcomes,
+        }))
     }
-    let judged = greedy.iter().any(|r| r.solved.is_some());
-    let outcomes: Vec<TaskOutcome> = greedy
-        .iter()
-        .zip(&samples_solved)
-        .map(|(r, &solved_samples)| TaskOutcome {
-            id: r.task.id.clone(),
-            question: r.task.question.clone(),
-            answer: r.task.answer.clone(),
-            completion: r.transcript.clone(),
-            greedy_return: r.total_reward,
-            greedy_logprob_mean: mean_action_logprob(r),
-            rewards: r.rewards.clone(),
-            solved: r.solved,
-            samples_solved: solved_samples,
-        })
-        .collect();
-    let solved_share = |f: &dyn Fn(&TaskOutcome) -> bool| outcomes.iter().filter(|o| f(o)).count() as f64 / n;
-    Ok(EvalResult {
-        tasks: greedy.len(),
-        returns_mean: greedy.iter().map(|r| r.total_reward).sum::<f64>() / n,
-        accuracy: judged.then(|| solved_share(&|o| o.solved == Some(true))),
-        pass_at_k: (settings.samples > 0 && any_judged_sample)
-            .then(|| (settings.samples, solved_share(&|o| o.samples_solved > 0))),
-        completion_length_mean: greedy.iter().map(|r| r.action.iter().filter(|a| **a).count() as f64).sum::<f64>() / n,
-        completion_logprob_mean: greedy.iter().map(mean_action_logprob).sum::<f64>() / n,
-        rewards: components.into_iter().map(|(k, v)| (k, v.iter().sum::<f64>() / v.len() as f64)).collect(),
-        env_metrics,
-        outcomes,
-    })
 }
 
 /// The mean sampler log-probability of an episode's generated tokens (0 for an episode without any).
@@ -330,10 +367,7 @@ pub fn describe(result: &EvalResult) -> String {
 /// Evaluation inside a training run: its tasks (fixed when the run starts), settings and where its per-task
 /// outcomes go (`<run>/eval_completions.jsonl`).
 pub struct InTraining {
-    tasks: Vec<Task>,
-    settings: EvalSettings,
-    limits: EpisodeLimits,
-    seed: u64,
+    evaluation: Evaluation,
     completions: std::path::PathBuf,
 }
 
@@ -352,17 +386,18 @@ impl InTraining {
             return Ok(None);
         }
         let tasks = eval_tasks(env, given, settings.tasks, seed)?;
-        Ok(Some(InTraining { tasks, settings, limits, seed, completions: run_dir.join("eval_completions.jsonl") }))
+        let evaluation = Evaluation { tasks, settings, limits, seed };
+        Ok(Some(InTraining { evaluation, completions: run_dir.join("eval_completions.jsonl") }))
     }
 
     /// Whether to evaluate before the first batch of a run that has not started yet.
     pub fn due_before_training(&self, batches_done: u64, steps_done: u64) -> bool {
-        self.settings.before_train && batches_done == 0 && steps_done == 0
+        self.evaluation.settings.before_train && batches_done == 0 && steps_done == 0
     }
 
     /// Whether to evaluate after `batches_done` batches of `max_batches`.
     pub fn due_after_batch(&self, batches_done: u64, max_batches: u64) -> bool {
-        let every = self.settings.every;
+        let every = self.evaluation.settings.every;
         every > 0 && (batches_done.is_multiple_of(every) || batches_done == max_batches)
     }
 
@@ -372,10 +407,20 @@ impl InTraining {
         cut_back_completions(&self.completions, step)
     }
 
-    /// Evaluate `model` and append the per-task outcomes for `step`.
-    pub fn run(&self, model: &Model, tokenizer: &Tokenizer, env: &EnvironmentPlugin, step: u64) -> Result<EvalResult> {
-        let result = evaluate(model, tokenizer, env, &self.tasks, &self.settings, &self.limits, self.seed)?;
-        result.write_completions(&self.completions, step)?;
+    /// Evaluate `model` and append the per-task outcomes for `step`; `None` when `cancelled` abandoned it (see
+    /// [`Evaluation::run`]), with nothing written.
+    pub fn run(
+        &self,
+        model: &Model,
+        tokenizer: &Tokenizer,
+        env: &EnvironmentPlugin,
+        step: u64,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Option<EvalResult>> {
+        let result = self.evaluation.run(model, tokenizer, env, cancelled)?;
+        if let Some(r) = &result {
+            r.write_completions(&self.completions, step)?;
+        }
         Ok(result)
     }
 }
@@ -416,7 +461,8 @@ mod tests {
     fn due_points_are_before_training_every_n_batches_and_at_the_end() {
         let settings = EvalSettings { every: 2, before_train: true, ..Default::default() };
         let limits = EpisodeLimits { max_new_tokens: 1, max_turns: 1, max_length: 2 };
-        let e = InTraining { tasks: Vec::new(), settings, limits, seed: 0, completions: "x".into() };
+        let evaluation = Evaluation { tasks: Vec::new(), settings, limits, seed: 0 };
+        let e = InTraining { evaluation, completions: "x".into() };
         assert!(e.due_before_training(0, 0) && !e.due_before_training(1, 3) && !e.due_before_training(0, 4));
         let due: Vec<u64> = (1..=5).filter(|&b| e.due_after_batch(b, 5)).collect();
         assert_eq!(due, [2, 4, 5]);

@@ -266,16 +266,24 @@ impl Trainer {
         if self.state.batch >= max_steps && self.state.global_step > 0 {
             return Ok(Outcome::AlreadyComplete);
         }
-        if self.evaluator.as_ref().is_some_and(|e| e.due_before_training(self.state.batch, self.state.global_step)) {
+        // Decided from the configuration, the same on every rank (only rank 0 has an evaluator).
+        if self.config.eval.before_train && self.state.batch == 0 && self.state.global_step == 0 {
             self.evaluate(self.state.global_step)?;
+            // A stop asked for during that evaluation is honoured now, not after the warm-up and a first batch.
+            self.agree_at_boundary()?;
+            if self.stopping {
+                return Ok(Outcome::Stopped);
+            }
         }
         self.sft_warm_up()?;
         while self.state.batch < max_steps {
             self.batch()?;
-            let checkpoint_due = self.agree_at_boundary()?;
+            // Before the ranks agree on stopping, so that a signal arriving during the evaluation (which abandons it)
+            // stops the run at this boundary.
             if self.evaluator.as_ref().is_some_and(|e| e.due_after_batch(self.state.batch, max_steps)) {
                 self.evaluate(self.state.global_step.saturating_sub(1))?;
             }
+            let checkpoint_due = self.agree_at_boundary()?;
             // The last batch's row (and a stopped run's) stays open for `finish`, which adds the final metrics.
             if self.state.batch >= max_steps || self.stopping {
                 break;
@@ -434,20 +442,39 @@ impl Trainer {
 
     /// Evaluate the current weights on the held-out tasks and log `eval/*` at `step` (the batch's last step, so a
     /// checkpoint taken after it scores the same with `grpo-host eval`).
+    /// A stop request skips the evaluation or abandons it between chunks: the run then stops at this boundary, and
+    /// the checkpoint it writes can be scored afterwards with `grpo-host eval`, which gives the same numbers.
     fn evaluate(&mut self, step: u64) -> Result<()> {
         let Some(evaluator) = &self.evaluator else { return Ok(()) };
+        let skipped = |how: String| {
+            format!(
+                "eval at step {step} {how}: stopping on {}; `grpo-host eval --checkpoint DIR --env {}` with the \
+                 run's eval flags gives its numbers from the checkpoint this stop saves",
+                self.stop.name(),
+                self.env.name()
+            )
+        };
+        if self.stop.requested() {
+            self.loggers.println(&skipped("skipped".into()));
+            return Ok(());
+        }
         self.policy.model().set_training(false);
         let masters = (self.policy.precision().separate_rollout() && self.optimizer.has_master_weights())
             .then(|| self.optimizer.master_weights());
         self.policy.refresh_sampler(masters.as_ref());
         let t = Instant::now();
-        let result = evaluator.run(self.policy.sampler(), self.policy.tokenizer(), &self.env, step)?;
-        self.loggers.println(&format!(
-            "eval at step {step}: {} ({:.1}s)",
-            crate::eval::describe(&result),
-            t.elapsed().as_secs_f64()
-        ));
-        self.loggers.log(step, result.metrics());
+        let stop = &self.stop;
+        let outcome =
+            evaluator.run(self.policy.sampler(), self.policy.tokenizer(), &self.env, step, &|| stop.requested())?;
+        let seconds = t.elapsed().as_secs_f64();
+        match outcome {
+            Some(result) => {
+                let line = format!("eval at step {step}: {} ({seconds:.1}s)", crate::eval::describe(&result));
+                self.loggers.println(&line);
+                self.loggers.log(step, result.metrics());
+            }
+            None => self.loggers.println(&skipped(format!("abandoned after {seconds:.1}s"))),
+        }
         Ok(())
     }
 
@@ -553,7 +580,8 @@ impl Trainer {
         // The final row is committed before the final checkpoint, as in `train`. After an error at a batch boundary
         // the last batch's row is already committed, so the final values go to the summary only.
         let completed = matches!(outcome, Ok(Outcome::Completed));
-        if outcome.is_ok() {
+        // A run stopped before its first step has no row to close: the summary alone records the stop.
+        if outcome.is_ok() && self.state.global_step > 0 {
             let mut row = metrics::final_summary(&self.state, true, completed);
             // Whether the save worked is known only after the row is committed: the summary records it.
             row.remove("checkpoint/saved");
@@ -573,7 +601,8 @@ impl Trainer {
             }
             (Ok(Outcome::Stopped), Ok(dir)) => {
                 let (code, name) = (self.stop.exit_code(), self.stop.name());
-                loggers.println(&format!("stopped by {name} after the batch: checkpoint saved; {}", resume_hint(&dir)));
+                let when = if self.state.batch == 0 { "before the first batch" } else { "after the batch" };
+                loggers.println(&format!("stopped by {name} {when}: checkpoint saved; {}", resume_hint(&dir)));
                 loggers.finish(code);
                 Ok(code)
             }
