@@ -5,7 +5,7 @@
 //! - 2 ranks with per-rank batch B train like one process with batch 2B on the same tasks and rollouts: the same
 //!   rewards, losses and gradient norms, and final weights within 1e-5 (sampling is seeded per task, so a task's
 //!   rollouts do not depend on the rank that runs it); rank 0 alone writes the history, once, with
-//!   `ddp/num_processes` 2. (Every batch the ranks also compare an exact fingerprint of their weights, and would
+//!   `ddp/num_processes` 2. The ranks share the evaluations, whose numbers before training equal one process's. (Every batch the ranks also compare an exact fingerprint of their weights, and would
 //!   stop on a difference.)
 //! - Two torchrun agents (`--nnodes 2`, c10d rendezvous on loopback) complete a run.
 //! - A rank killed with SIGKILL makes the other exit within the collective timeout with one line naming it; the
@@ -112,8 +112,15 @@ fn final_weights(run: &Path) -> BTreeMap<String, tch::Tensor> {
 fn two_ranks_train_like_one_process_with_twice_the_batch() {
     let runs = tempfile::tempdir().unwrap();
     let r = runs.path();
-    assert_ok(&single(r, &train_args(r, "one", 4, 8, 2)), "one process");
-    let dp = under_torchrun(r, 2, &train_args(r, "two", 2, 4, 2));
+    // Both evaluate 7 held-out tasks (4 chunks: the ranks get 2 chunks each, one of them the odd task) before
+    // training and after the second batch (an evaluation after the first, whose one update is step 0, would be
+    // logged in the row of the one before training).
+    let eval = ["--eval-before-train", "--eval-every", "2", "--eval-tasks", "7", "--eval-batch-tasks", "2"];
+    let with_eval = |name: &str, prompts: usize, micro: usize| {
+        [train_args(r, name, prompts, micro, 2), eval.iter().map(|s| s.to_string()).collect()].concat()
+    };
+    assert_ok(&single(r, &with_eval("one", 4, 8)), "one process");
+    let dp = under_torchrun(r, 2, &with_eval("two", 2, 4));
     assert_ok(&dp, "torchrun with 2 ranks");
 
     let (one, two) = (rows(&r.join("one")), rows(&r.join("two")));
@@ -142,6 +149,28 @@ fn two_ranks_train_like_one_process_with_twice_the_batch() {
     assert_eq!(config["world_size"], 2);
     let stderr = String::from_utf8_lossy(&dp.stderr);
     assert_eq!(stderr.matches("done: final checkpoint").count(), 1, "one rank prints the end:\n{stderr}");
+
+    // The evaluation is shared by the ranks, and before training, from the same weights, it gives one process's
+    // numbers and outcomes exactly; later ones are logged at the same steps.
+    assert!(stderr.contains("eval at step 0 on 2 ranks: 7 tasks"), "{stderr}");
+    let evals = |rows: &BTreeMap<u64, serde_json::Map<String, Value>>| -> Vec<u64> {
+        rows.iter().filter(|(_, row)| row.contains_key("eval/returns_mean")).map(|(s, _)| *s).collect()
+    };
+    assert_eq!(evals(&one), evals(&two));
+    assert_eq!(evals(&one), [0, 1], "before training and after the last batch");
+    let eval_keys: Vec<&String> = one[&0].keys().filter(|k| k.starts_with("eval/")).collect();
+    assert!(eval_keys.len() >= 6, "{eval_keys:?}");
+    for key in eval_keys {
+        assert_eq!(one[&0][key], two[&0][key], "{key} before training");
+    }
+    let outcomes_at_0 = |run: &str| -> Vec<Value> {
+        let text = std::fs::read_to_string(r.join(run).join("eval_completions.jsonl")).unwrap();
+        let rows = text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap());
+        rows.filter(|v| v["step"] == 0).collect()
+    };
+    let first = outcomes_at_0("one");
+    assert_eq!(first.len(), 7);
+    assert_eq!(first, outcomes_at_0("two"), "the same outcomes, in task order");
 }
 
 #[test]

@@ -105,7 +105,7 @@ pub fn eval_tasks(env: &EnvironmentPlugin, given: Option<&[Task]>, limit: Option
 }
 
 /// One task's outcome: its greedy episode and how many samples solved it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskOutcome {
     /// The task's id.
     pub id: String,
@@ -119,6 +119,8 @@ pub struct TaskOutcome {
     pub greedy_return: f64,
     /// The mean log-probability (temperature 1) of the greedy episode's generated tokens under the policy.
     pub greedy_logprob_mean: f64,
+    /// Tokens the model generated in the greedy episode.
+    pub completion_tokens: usize,
     /// Its reward components.
     pub rewards: BTreeMap<String, f64>,
     /// Whether the environment judged the greedy episode solved (`None`: not judged).
@@ -223,13 +225,7 @@ pub struct Evaluation {
 }
 
 impl Evaluation {
-    /// Evaluate `model`: one greedy episode per task, then `settings.samples` sampled ones, in chunks of
-    /// `settings.batch_tasks` tasks; task `i` samples from `task_seeds(seed, i, ..)`, whatever chunk it is in. The
-    /// environment's metrics are pulled after the greedy episodes (they become `eval/<name>`) and after the sampled
-    /// ones (discarded), so training's own environment metrics never count evaluation episodes.
-    ///
-    /// `cancelled` is asked before each chunk; when it says yes the evaluation is abandoned and `None` returned (a
-    /// run told to stop must not spend its grace period on an evaluation, which changes nothing it checkpoints).
+    /// Evaluate `model` in this one process ([`Evaluation::run_shard`] of everything, then [`Evaluation::combine`]).
     pub fn run(
         &self,
         model: &Model,
@@ -237,9 +233,35 @@ impl Evaluation {
         env: &EnvironmentPlugin,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<Option<EvalResult>> {
+        let shard = self.run_shard(model, tokenizer, env, (0, 1), cancelled)?;
+        Ok(shard.map(|s| self.combine(vec![s])))
+    }
+
+    /// Play this rank's part of the evaluation: `rank` of `ranks` takes every `ranks`-th chunk of
+    /// `settings.batch_tasks` tasks, from chunk `rank`. Each task gets one greedy episode, then `settings.samples`
+    /// sampled ones; task `i` samples from `task_seeds(seed, i, ..)` and a chunk is the same batch whichever rank
+    /// plays it, so the outcomes do not depend on the number of ranks. The environment's metrics are pulled after
+    /// the greedy episodes (they become `eval/<name>`) and after the sampled ones (discarded), so training's own
+    /// environment metrics never count evaluation episodes.
+    ///
+    /// `cancelled` is asked before each chunk; when it says yes the evaluation is abandoned and `None` returned (a
+    /// run told to stop must not spend its grace period on an evaluation, which changes nothing it checkpoints).
+    pub fn run_shard(
+        &self,
+        model: &Model,
+        tokenizer: &Tokenizer,
+        env: &EnvironmentPlugin,
+        (rank, ranks): (usize, usize),
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Option<EvalShard>> {
         let Evaluation { tasks, settings, limits, seed } = self;
-        let seed = *seed;
         let chunk = settings.batch_tasks.max(1);
+        let mine: Vec<(usize, &[Task])> = tasks
+            .chunks(chunk)
+            .enumerate()
+            .filter(|(c, _)| c % ranks.max(1) == rank)
+            .map(|(c, p)| (c * chunk, p))
+            .collect();
         let config = |group_size: usize, sampling: SamplingParams| RolloutConfig {
             group_size,
             max_new_tokens: limits.max_new_tokens,
@@ -250,90 +272,129 @@ impl Evaluation {
             max_batch_rows: None,
             multi_step: settings.multi_step,
         };
-        let greedy_sampling = SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0 };
-        let greedy_cfg = config(1, greedy_sampling);
-        let abandon = || -> Result<Option<EvalResult>> {
+        let abandon = || -> Result<Option<EvalShard>> {
             // The partial evaluation's episodes must not reach the next training batch's environment metrics.
             env.metrics()?;
             Ok(None)
         };
-        let mut greedy: Vec<Rollout> = Vec::with_capacity(tasks.len());
-        for (c, part) in tasks.chunks(chunk).enumerate() {
+        let greedy_cfg = config(1, SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0 });
+        let mut greedy: Vec<(usize, Rollout)> = Vec::new();
+        for &(first, part) in &mine {
             if cancelled() {
                 return abandon();
             }
-            greedy.extend(
-                run_episodes(
-                    model,
-                    tokenizer,
-                    env,
-                    part,
-                    &greedy_cfg,
-                    &task_seeds(seed, (c * chunk) as u64, part.len()),
-                )?
-                .rollouts,
-            );
+            let seeds = task_seeds(*seed, first as u64, part.len());
+            let rollouts = run_episodes(model, tokenizer, env, part, &greedy_cfg, &seeds)?.rollouts;
+            greedy.extend(rollouts.into_iter().enumerate().map(|(i, r)| (first + i, r)));
         }
         let env_metrics: Vec<(String, MetricValue)> = env.metrics()?.into_iter().map(|m| (m.name, m.value)).collect();
 
-        let mut samples_solved = vec![0usize; tasks.len()];
-        let mut any_judged_sample = false;
+        let mut samples_solved: BTreeMap<usize, usize> = BTreeMap::new();
+        let mut judged_samples = false;
         if settings.samples > 0 {
             let cfg = config(settings.samples, settings.sampling);
-            for (c, part) in tasks.chunks(chunk).enumerate() {
+            for &(first, part) in &mine {
                 if cancelled() {
                     return abandon();
                 }
-                let seeds = task_seeds(seed, (c * chunk) as u64, part.len());
+                let seeds = task_seeds(*seed, first as u64, part.len());
                 for r in run_episodes(model, tokenizer, env, part, &cfg, &seeds)?.rollouts {
-                    any_judged_sample |= r.solved.is_some();
-                    if r.solved == Some(true) {
-                        samples_solved[c * chunk + r.group] += 1;
-                    }
+                    judged_samples |= r.solved.is_some();
+                    *samples_solved.entry(first + r.group).or_default() += usize::from(r.solved == Some(true));
                 }
             }
             // Their metrics would otherwise reach the next training batch's.
             env.metrics()?;
         }
+        let outcomes = greedy
+            .into_iter()
+            .map(|(i, r)| {
+                let outcome = TaskOutcome {
+                    id: r.task.id.clone(),
+                    question: r.task.question.clone(),
+                    answer: r.task.answer.clone(),
+                    completion: r.transcript.clone(),
+                    greedy_return: r.total_reward,
+                    greedy_logprob_mean: mean_action_logprob(&r),
+                    completion_tokens: r.action.iter().filter(|a| **a).count(),
+                    rewards: r.rewards.clone(),
+                    solved: r.solved,
+                    samples_solved: samples_solved.get(&i).copied().unwrap_or(0),
+                };
+                (i, outcome)
+            })
+            .collect();
+        Ok(Some(EvalShard { outcomes, env_metrics, judged_samples }))
+    }
 
-        let n = greedy.len().max(1) as f64;
+    /// The evaluation's numbers from every rank's shard. Sums run over the tasks in their order, so they equal one
+    /// process's to the bit; the environment's metrics, which only the plugin can compute, are each shard's value
+    /// weighted by its share of the tasks (exact for per-episode rates).
+    pub fn combine(&self, shards: Vec<EvalShard>) -> EvalResult {
+        // Per numeric metric: the sum of the shards' values weighted by their task counts, and of those counts (a
+        // metric some shards leave out, say a rate without a denominator there, averages over those that have it).
+        let mut numbers: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+        let mut env_metrics: Vec<(String, MetricValue)> = Vec::new();
+        for s in shards.iter().filter(|s| !s.outcomes.is_empty()) {
+            let weight = s.outcomes.len() as f64;
+            for (name, value) in &s.env_metrics {
+                match value {
+                    MetricValue::Number(x) => {
+                        let e = numbers.entry(name.clone()).or_default();
+                        e.0 += weight * x;
+                        e.1 += weight;
+                    }
+                    text if !env_metrics.iter().any(|(n, _)| n == name) => {
+                        env_metrics.push((name.clone(), text.clone()))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if shards.len() == 1 {
+            // One process: the numbers as the plugin gave them, not rounded through the weighted sum.
+            env_metrics = shards[0].env_metrics.clone();
+        } else {
+            env_metrics.extend(numbers.into_iter().map(|(k, (sum, w))| (k, MetricValue::Number(sum / w))));
+        }
+        let judged_samples = shards.iter().any(|s| s.judged_samples);
+        let mut indexed: Vec<(usize, TaskOutcome)> = shards.into_iter().flat_map(|s| s.outcomes).collect();
+        indexed.sort_by_key(|(i, _)| *i);
+        let outcomes: Vec<TaskOutcome> = indexed.into_iter().map(|(_, o)| o).collect();
+
+        let n = outcomes.len().max(1) as f64;
+        let mean = |f: &dyn Fn(&TaskOutcome) -> f64| outcomes.iter().map(f).sum::<f64>() / n;
+        let share = |f: &dyn Fn(&TaskOutcome) -> bool| outcomes.iter().filter(|o| f(o)).count() as f64 / n;
         let mut components: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-        for r in &greedy {
-            for (name, v) in &r.rewards {
+        for o in &outcomes {
+            for (name, v) in &o.rewards {
                 components.entry(name.clone()).or_default().push(*v);
             }
         }
-        let judged = greedy.iter().any(|r| r.solved.is_some());
-        let outcomes: Vec<TaskOutcome> = greedy
-            .iter()
-            .zip(&samples_solved)
-            .map(|(r, &solved_samples)| TaskOutcome {
-                id: r.task.id.clone(),
-                question: r.task.question.clone(),
-                answer: r.task.answer.clone(),
-                completion: r.transcript.clone(),
-                greedy_return: r.total_reward,
-                greedy_logprob_mean: mean_action_logprob(r),
-                rewards: r.rewards.clone(),
-                solved: r.solved,
-                samples_solved: solved_samples,
-            })
-            .collect();
-        let solved_share = |f: &dyn Fn(&TaskOutcome) -> bool| outcomes.iter().filter(|o| f(o)).count() as f64 / n;
-        Ok(Some(EvalResult {
-            tasks: greedy.len(),
-            returns_mean: greedy.iter().map(|r| r.total_reward).sum::<f64>() / n,
-            accuracy: judged.then(|| solved_share(&|o| o.solved == Some(true))),
-            pass_at_k: (settings.samples > 0 && any_judged_sample)
-                .then(|| (settings.samples, solved_share(&|o| o.samples_solved > 0))),
-            completion_length_mean: greedy.iter().map(|r| r.action.iter().filter(|a| **a).count() as f64).sum::<f64>()
-                / n,
-            completion_logprob_mean: greedy.iter().map(mean_action_logprob).sum::<f64>() / n,
+        let samples = self.settings.samples;
+        EvalResult {
+            tasks: outcomes.len(),
+            returns_mean: mean(&|o| o.greedy_return),
+            accuracy: outcomes.iter().any(|o| o.solved.is_some()).then(|| share(&|o| o.solved == Some(true))),
+            pass_at_k: (samples > 0 && judged_samples).then(|| (samples, share(&|o| o.samples_solved > 0))),
+            completion_length_mean: mean(&|o| o.completion_tokens as f64),
+            completion_logprob_mean: mean(&|o| o.greedy_logprob_mean),
             rewards: components.into_iter().map(|(k, v)| (k, v.iter().sum::<f64>() / v.len() as f64)).collect(),
             env_metrics,
             outcomes,
-        }))
+        }
     }
+}
+
+/// One rank's part of an evaluation ([`Evaluation::run_shard`]), sent to the others to be combined.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvalShard {
+    /// The tasks this rank played: (index in the evaluation's tasks, outcome).
+    pub outcomes: Vec<(usize, TaskOutcome)>,
+    /// The environment's metrics over this rank's greedy episodes.
+    pub env_metrics: Vec<(String, MetricValue)>,
+    /// Whether the environment judged any of this rank's sampled episodes.
+    pub judged_samples: bool,
 }
 
 /// The mean sampler log-probability of an episode's generated tokens (0 for an episode without any).
@@ -364,30 +425,31 @@ pub fn describe(result: &EvalResult) -> String {
     line
 }
 
-/// Evaluation inside a training run: its tasks (fixed when the run starts), settings and where its per-task
-/// outcomes go (`<run>/eval_completions.jsonl`).
+/// Evaluation inside a training run: its tasks (fixed when the run starts), settings and, on rank 0, where its
+/// per-task outcomes go (`<run>/eval_completions.jsonl`). Every rank plays its share ([`InTraining::shard`]); the
+/// shards are gathered and combined ([`InTraining::finish`]).
 pub struct InTraining {
     evaluation: Evaluation,
-    completions: std::path::PathBuf,
+    completions: Option<std::path::PathBuf>,
 }
 
 impl InTraining {
     /// The run's evaluation, or `None` when it asks for none. `given` are the tasks from `--eval-data` or
-    /// `--eval-holdout`.
+    /// `--eval-holdout`; `run_dir` is where the outcomes are written (`None` on ranks that write no files).
     pub fn new(
         env: &EnvironmentPlugin,
         given: Option<&[Task]>,
         settings: EvalSettings,
         limits: EpisodeLimits,
         seed: u64,
-        run_dir: &Path,
+        run_dir: Option<&Path>,
     ) -> Result<Option<InTraining>> {
         if !settings.enabled() {
             return Ok(None);
         }
         let tasks = eval_tasks(env, given, settings.tasks, seed)?;
         let evaluation = Evaluation { tasks, settings, limits, seed };
-        Ok(Some(InTraining { evaluation, completions: run_dir.join("eval_completions.jsonl") }))
+        Ok(Some(InTraining { evaluation, completions: run_dir.map(|d| d.join("eval_completions.jsonl")) }))
     }
 
     /// Whether to evaluate before the first batch of a run that has not started yet.
@@ -404,22 +466,26 @@ impl InTraining {
     /// On resume from the checkpoint at `step`: drop the per-task outcomes logged at `step` or later, which the
     /// resumed run logs again (as the metric sinks cut their history back), so each evaluation appears once.
     pub fn cut_back(&self, step: u64) -> Result<()> {
-        cut_back_completions(&self.completions, step)
+        self.completions.as_deref().map_or(Ok(()), |path| cut_back_completions(path, step))
     }
 
-    /// Evaluate `model` and append the per-task outcomes for `step`; `None` when `cancelled` abandoned it (see
-    /// [`Evaluation::run`]), with nothing written.
-    pub fn run(
+    /// Play this rank's share of the evaluation ([`Evaluation::run_shard`]); `None` when `cancelled` abandoned it.
+    pub fn shard(
         &self,
         model: &Model,
         tokenizer: &Tokenizer,
         env: &EnvironmentPlugin,
-        step: u64,
+        (rank, ranks): (usize, usize),
         cancelled: &dyn Fn() -> bool,
-    ) -> Result<Option<EvalResult>> {
-        let result = self.evaluation.run(model, tokenizer, env, cancelled)?;
-        if let Some(r) = &result {
-            r.write_completions(&self.completions, step)?;
+    ) -> Result<Option<EvalShard>> {
+        self.evaluation.run_shard(model, tokenizer, env, (rank, ranks), cancelled)
+    }
+
+    /// Combine every rank's shard and append the per-task outcomes for `step` (where this rank writes them).
+    pub fn finish(&self, shards: Vec<EvalShard>, step: u64) -> Result<EvalResult> {
+        let result = self.evaluation.combine(shards);
+        if let Some(path) = &self.completions {
+            result.write_completions(path, step)?;
         }
         Ok(result)
     }
@@ -462,9 +528,59 @@ mod tests {
         let settings = EvalSettings { every: 2, before_train: true, ..Default::default() };
         let limits = EpisodeLimits { max_new_tokens: 1, max_turns: 1, max_length: 2 };
         let evaluation = Evaluation { tasks: Vec::new(), settings, limits, seed: 0 };
-        let e = InTraining { evaluation, completions: "x".into() };
+        let e = InTraining { evaluation, completions: None };
         assert!(e.due_before_training(0, 0) && !e.due_before_training(1, 3) && !e.due_before_training(0, 4));
         let due: Vec<u64> = (1..=5).filter(|&b| e.due_after_batch(b, 5)).collect();
         assert_eq!(due, [2, 4, 5]);
+    }
+
+    fn outcome(i: usize, solved: bool, samples_solved: usize) -> TaskOutcome {
+        TaskOutcome {
+            id: format!("t{i}"),
+            question: String::new(),
+            answer: String::new(),
+            completion: format!("c{i}"),
+            greedy_return: 0.1 * i as f64 + 0.3,
+            greedy_logprob_mean: -0.7 / (i + 1) as f64,
+            completion_tokens: 3 + i,
+            rewards: BTreeMap::from([("answer".to_string(), i as f64 * 0.25)]),
+            solved: Some(solved),
+            samples_solved,
+        }
+    }
+
+    #[test]
+    fn shards_combine_to_the_one_process_result() {
+        let settings = EvalSettings { samples: 2, ..Default::default() };
+        let limits = EpisodeLimits { max_new_tokens: 1, max_turns: 1, max_length: 2 };
+        let e = Evaluation { tasks: Vec::new(), settings, limits, seed: 0 };
+        let all: Vec<(usize, TaskOutcome)> = (0..5).map(|i| (i, outcome(i, i % 2 == 0, i % 3))).collect();
+        let rate = |name: &str, x: f64| vec![(name.to_string(), MetricValue::Number(x))];
+        let one = e.combine(vec![EvalShard {
+            outcomes: all.clone(),
+            env_metrics: rate("env/rate", 0.4),
+            judged_samples: true,
+        }]);
+        // Rank 0 played tasks 0, 1 and 4, rank 1 tasks 2 and 3 (chunks of two, dealt round-robin); a third rank had
+        // none, and its metric (a rate over no episodes) must not count.
+        let shard = |idx: &[usize], x: f64| EvalShard {
+            outcomes: idx.iter().map(|&i| all[i].clone()).collect(),
+            env_metrics: rate("env/rate", x),
+            judged_samples: true,
+        };
+        let empty = EvalShard { outcomes: Vec::new(), env_metrics: rate("env/rate", f64::NAN), judged_samples: false };
+        let three = e.combine(vec![shard(&[2, 3], 0.5), empty, shard(&[0, 1, 4], 1.0 / 3.0)]);
+        let (a, b) = (one.metrics(), three.metrics());
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+        for (key, x) in &a {
+            let (x, y) = (x.as_f64().unwrap(), b[key].as_f64().unwrap());
+            assert!((x - y).abs() <= 1e-15, "{key}: {x} vs {y}");
+            if key != "eval/env/rate" {
+                assert_eq!(x, y, "{key}: sums in task order, as one process adds them");
+            }
+        }
+        let ids = |r: &EvalResult| r.outcomes.iter().map(|o| o.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&one), ids(&three), "outcomes in task order");
+        assert_eq!(one.pass_at_k, Some((2, 0.6)));
     }
 }

@@ -183,12 +183,9 @@ impl Trainer {
             max_length: b.max_length,
         };
         let given = run_tasks.eval.as_deref().map(Vec::as_slice);
-        // Rank 0 alone evaluates (and writes the eval files); the others wait for it at the next collective.
-        let evaluator = if world.is_main() {
-            crate::eval::InTraining::new(&env, given, config.eval, limits, config.seed, &paths.run_dir)?
-        } else {
-            None
-        };
+        // Every rank plays its share of each evaluation; rank 0 writes the eval files.
+        let outcomes_dir = world.is_main().then_some(paths.run_dir.as_path());
+        let evaluator = crate::eval::InTraining::new(&env, given, config.eval, limits, config.seed, outcomes_dir)?;
         let mut policy = Policy::load(&config.model, config.loss.kl_weight, config.seed)?;
         let precision = policy.precision();
         if let Some(warning) = precision.small_update_warning(config.optimizer.lr).filter(|_| world.is_main()) {
@@ -266,8 +263,7 @@ impl Trainer {
         if self.state.batch >= max_steps && self.state.global_step > 0 {
             return Ok(Outcome::AlreadyComplete);
         }
-        // Decided from the configuration, the same on every rank (only rank 0 has an evaluator).
-        if self.config.eval.before_train && self.state.batch == 0 && self.state.global_step == 0 {
+        if self.evaluator.as_ref().is_some_and(|e| e.due_before_training(self.state.batch, self.state.global_step)) {
             self.evaluate(self.state.global_step)?;
             // A stop asked for during that evaluation is honoured now, not after the warm-up and a first batch.
             self.agree_at_boundary()?;
@@ -442,39 +438,48 @@ impl Trainer {
 
     /// Evaluate the current weights on the held-out tasks and log `eval/*` at `step` (the batch's last step, so a
     /// checkpoint taken after it scores the same with `grpo-host eval`).
-    /// A stop request skips the evaluation or abandons it between chunks: the run then stops at this boundary, and
-    /// the checkpoint it writes can be scored afterwards with `grpo-host eval`, which gives the same numbers.
+    /// Every rank plays its share of the evaluation (chunks of tasks dealt round-robin) and rank 0 logs the combined
+    /// numbers, which do not depend on the number of ranks. A stop request skips the evaluation or abandons it between
+    /// chunks: the run then stops at this boundary, and the checkpoint it writes can be scored afterwards with
+    /// `grpo-host eval`, which gives the same numbers.
     fn evaluate(&mut self, step: u64) -> Result<()> {
         let Some(evaluator) = &self.evaluator else { return Ok(()) };
-        let skipped = |how: String| {
-            format!(
-                "eval at step {step} {how}: stopping on {}; `grpo-host eval --checkpoint DIR --env {}` with the \
-                 run's eval flags gives its numbers from the checkpoint this stop saves",
-                self.stop.name(),
-                self.env.name()
-            )
-        };
-        if self.stop.requested() {
-            self.loggers.println(&skipped("skipped".into()));
-            return Ok(());
-        }
-        self.policy.model().set_training(false);
-        let masters = (self.policy.precision().separate_rollout() && self.optimizer.has_master_weights())
-            .then(|| self.optimizer.master_weights());
-        self.policy.refresh_sampler(masters.as_ref());
+        let stopped_before = self.stop.requested();
         let t = Instant::now();
-        let stop = &self.stop;
-        let outcome =
-            evaluator.run(self.policy.sampler(), self.policy.tokenizer(), &self.env, step, &|| stop.requested())?;
+        let shard = if stopped_before {
+            None
+        } else {
+            self.policy.model().set_training(false);
+            let masters = (self.policy.precision().separate_rollout() && self.optimizer.has_master_weights())
+                .then(|| self.optimizer.master_weights());
+            self.policy.refresh_sampler(masters.as_ref());
+            let (stop, ranks) = (&self.stop, (self.world.rank, self.world.size));
+            let (model, tokenizer) = (self.policy.sampler(), self.policy.tokenizer());
+            evaluator.shard(model, tokenizer, &self.env, ranks, &|| stop.requested())?
+        };
+        let shards: Option<Vec<_>> =
+            self.world.gather("gathering the evaluation's outcomes", shard)?.into_iter().collect();
         let seconds = t.elapsed().as_secs_f64();
-        match outcome {
-            Some(result) => {
-                let line = format!("eval at step {step}: {} ({seconds:.1}s)", crate::eval::describe(&result));
-                self.loggers.println(&line);
-                self.loggers.log(step, result.metrics());
-            }
-            None => self.loggers.println(&skipped(format!("abandoned after {seconds:.1}s"))),
-        }
+        let Some(shards) = shards else {
+            let how = if stopped_before { "skipped".to_string() } else { format!("abandoned after {seconds:.1}s") };
+            let signal = if self.stop.requested() { self.stop.name() } else { "another rank's signal" };
+            self.loggers.println(&format!(
+                "eval at step {step} {how}: stopping on {signal}; `grpo-host eval --checkpoint DIR --env {}` with the \
+                 run's eval flags gives its numbers from the checkpoint this stop saves",
+                self.env.name()
+            ));
+            return Ok(());
+        };
+        let ranks = shards.iter().filter(|s| !s.outcomes.is_empty()).count();
+        let result = evaluator.finish(shards, step)?;
+        let on = match (self.world.is_distributed(), ranks) {
+            (false, _) => String::new(),
+            (true, 1) => " on 1 rank".to_string(),
+            (true, k) => format!(" on {k} ranks"),
+        };
+        let line = format!("eval at step {step}{on}: {} ({seconds:.1}s)", crate::eval::describe(&result));
+        self.loggers.println(&line);
+        self.loggers.log(step, result.metrics());
         Ok(())
     }
 
