@@ -186,6 +186,19 @@ impl Trainer {
         // Every rank plays its share of each evaluation; rank 0 writes the eval files.
         let outcomes_dir = world.is_main().then_some(paths.run_dir.as_path());
         let evaluator = crate::eval::InTraining::new(&env, given, config.eval, limits, config.seed, outcomes_dir)?;
+        let first_batch_at_step_0 = config.sft.steps == 0 && config.batch.updates_per_batch() == 1;
+        if evaluator
+            .as_ref()
+            .is_some_and(|e| e.due_before_training(0, 0) && e.due_after_batch(1, config.batch.max_steps))
+            && first_batch_at_step_0
+            && world.is_main()
+        {
+            eprintln!(
+                "warning: --eval-before-train: the first batch has one update (step 0) and an evaluation after it, \
+                 which is logged at step 0 too and replaces the one before training; a smaller --train-batch-size \
+                 (several updates per batch) or --eval-every N that skips the first batch keeps both"
+            );
+        }
         let mut policy = Policy::load(&config.model, config.loss.kl_weight, config.seed)?;
         let precision = policy.precision();
         if let Some(warning) = precision.small_update_warning(config.optimizer.lr).filter(|_| world.is_main()) {
