@@ -426,8 +426,8 @@ pub fn describe(result: &EvalResult) -> String {
 }
 
 /// Evaluation inside a training run: its tasks (fixed when the run starts), settings and, on rank 0, where its
-/// per-task outcomes go (`<run>/eval_completions.jsonl`). Every rank plays its share ([`InTraining::shard`]); the
-/// shards are gathered and combined ([`InTraining::finish`]).
+/// per-task outcomes go (`<run>/eval_completions.jsonl`). Every rank plays its share ([`Evaluation::run_shard`]);
+/// the shards are gathered and combined ([`InTraining::finish`]).
 pub struct InTraining {
     evaluation: Evaluation,
     completions: Option<std::path::PathBuf>,
@@ -469,16 +469,9 @@ impl InTraining {
         self.completions.as_deref().map_or(Ok(()), |path| cut_back_completions(path, step))
     }
 
-    /// Play this rank's share of the evaluation ([`Evaluation::run_shard`]); `None` when `cancelled` abandoned it.
-    pub fn shard(
-        &self,
-        model: &Model,
-        tokenizer: &Tokenizer,
-        env: &EnvironmentPlugin,
-        (rank, ranks): (usize, usize),
-        cancelled: &dyn Fn() -> bool,
-    ) -> Result<Option<EvalShard>> {
-        self.evaluation.run_shard(model, tokenizer, env, (rank, ranks), cancelled)
+    /// The evaluation, whose [`Evaluation::run_shard`] each rank plays.
+    pub fn evaluation(&self) -> &Evaluation {
+        &self.evaluation
     }
 
     /// Combine every rank's shard and append the per-task outcomes for `step` (where this rank writes them).

@@ -468,7 +468,7 @@ impl Trainer {
             self.policy.refresh_sampler(masters.as_ref());
             let (stop, ranks) = (&self.stop, (self.world.rank, self.world.size));
             let (model, tokenizer) = (self.policy.sampler(), self.policy.tokenizer());
-            evaluator.shard(model, tokenizer, &self.env, ranks, &|| stop.requested())?
+            evaluator.evaluation().run_shard(model, tokenizer, &self.env, ranks, &|| stop.requested())?
         };
         let shards: Option<Vec<_>> =
             self.world.gather("gathering the evaluation's outcomes", shard)?.into_iter().collect();
