@@ -450,11 +450,11 @@ impl Trainer {
     }
 
     /// Evaluate the current weights on the held-out tasks and log `eval/*` at `step` (the batch's last step, so a
-    /// checkpoint taken after it scores the same with `grpo-host eval`).
-    /// Every rank plays its share of the evaluation (chunks of tasks dealt round-robin) and rank 0 logs the combined
-    /// numbers, which do not depend on the number of ranks. A stop request skips the evaluation or abandons it between
-    /// chunks: the run then stops at this boundary, and the checkpoint it writes can be scored afterwards with
-    /// `grpo-host eval`, which gives the same numbers.
+    /// checkpoint taken after it scores the same with `grpo-host eval`). Every rank plays its share (chunks of tasks
+    /// dealt round-robin) and rank 0 logs the combined numbers, which do not depend on the number of ranks.
+    ///
+    /// A stop request skips the evaluation or abandons it between chunks: the run then stops at this boundary, and
+    /// `grpo-host eval` on the checkpoint it writes gives the numbers the evaluation would have logged.
     fn evaluate(&mut self, step: u64) -> Result<()> {
         let Some(evaluator) = &self.evaluator else { return Ok(()) };
         let stopped_before = self.stop.requested();
