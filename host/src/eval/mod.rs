@@ -285,7 +285,7 @@ impl Evaluation {
             }
             let seeds = task_seeds(*seed, first as u64, part.len());
             let rollouts = run_episodes(model, tokenizer, env, part, &greedy_cfg, &seeds)?.rollouts;
-            greedy.extend(rollouts.into_iter().enumerate().map(|(i, r)| (first + i, r)));
+            greedy.extend(rollouts.into_iter().map(|r| (first + r.group, r)));
         }
         let env_metrics: Vec<(String, MetricValue)> = env.metrics()?.into_iter().map(|m| (m.name, m.value)).collect();
 
