@@ -241,8 +241,9 @@ impl TrainArgs {
             dropout: self.lora_dropout,
         });
         let sampling = self.sampling.resolve(TRAIN_SAMPLING)?;
+        let multi_step = self.decode.multi_step()?;
         Ok(RunConfig {
-            eval: self.eval.into_settings(sampling, self.decode.multi_step()?)?,
+            eval: self.eval.into_settings(sampling, multi_step)?,
             data: self.data.into_settings(),
             plugins: PluginSelection {
                 algo: self.algo,
@@ -274,7 +275,7 @@ impl TrainArgs {
                 max_length: self.max_length,
                 max_turns: self.max_turns,
                 max_batch_rows: self.max_batch_rows,
-                multi_step: self.decode.multi_step()?,
+                multi_step,
             },
             optimizer: OptimizerSettings {
                 lr: self.lr,

@@ -147,7 +147,7 @@ pub struct EvalResult {
     /// Reward components of the greedy episodes, each averaged over the episodes that reported it.
     pub rewards: BTreeMap<String, f64>,
     /// The environment's own metrics over the greedy episodes.
-    pub env_metrics: Vec<(String, MetricValue)>,
+    pub env_metrics: Metrics,
     /// Per task, in order.
     pub outcomes: Vec<TaskOutcome>,
 }
@@ -331,34 +331,16 @@ impl Evaluation {
     /// process's to the bit; the environment's metrics, which only the plugin can compute, are each shard's value
     /// weighted by its share of the tasks (exact for per-episode rates).
     pub fn combine(&self, shards: Vec<EvalShard>) -> EvalResult {
-        // Per numeric metric: the sum of the shards' values weighted by their task counts, and of those counts (a
-        // metric some shards leave out, say a rate without a denominator there, averages over those that have it).
-        let mut numbers: BTreeMap<String, (f64, f64)> = BTreeMap::new();
-        let mut env_metrics: Vec<(String, MetricValue)> = Vec::new();
-        for s in shards.iter().filter(|s| !s.outcomes.is_empty()) {
-            let weight = s.outcomes.len() as f64;
-            for (name, value) in &s.env_metrics {
-                match value {
-                    MetricValue::Number(x) => {
-                        let e = numbers.entry(name.clone()).or_default();
-                        e.0 += weight * x;
-                        e.1 += weight;
-                    }
-                    text if !env_metrics.iter().any(|(n, _)| n == name) => {
-                        env_metrics.push((name.clone(), text.clone()))
-                    }
-                    _ => {}
-                }
-            }
-        }
-        if shards.len() == 1 {
-            // One process: the numbers as the plugin gave them, not rounded through the weighted sum.
-            env_metrics = shards[0].env_metrics.clone();
-        } else {
-            env_metrics.extend(numbers.into_iter().map(|(k, (sum, w))| (k, MetricValue::Number(sum / w))));
-        }
+        let total = shards.iter().map(|s| s.outcomes.len()).sum::<usize>().max(1) as f64;
         let judged_samples = shards.iter().any(|s| s.judged_samples);
-        let mut indexed: Vec<(usize, TaskOutcome)> = shards.into_iter().flat_map(|s| s.outcomes).collect();
+        let (mut parts, mut indexed) = (Vec::new(), Vec::new());
+        // A shard without tasks reports rates over no episodes: they must not count.
+        for s in shards.into_iter().filter(|s| !s.outcomes.is_empty()) {
+            // Weighted by its share, which is exactly 1 for one process's single shard: its numbers stay as given.
+            parts.push((s.outcomes.len() as f64 / total, s.env_metrics));
+            indexed.extend(s.outcomes);
+        }
+        let env_metrics = crate::logging::weighted_mean(parts);
         indexed.sort_by_key(|(i, _)| *i);
         let outcomes: Vec<TaskOutcome> = indexed.into_iter().map(|(_, o)| o).collect();
 

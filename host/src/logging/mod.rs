@@ -54,6 +54,30 @@ pub use grpo_sdk::MetricValue;
 /// A set of metrics by name (sorted, so every sink writes keys in the same order).
 pub type Metrics = BTreeMap<String, MetricValue>;
 
+/// Metrics reported by several parts of one computation (ranks, evaluation shards) as one set: each number is the
+/// mean over the parts that reported it, weighted as given (1 each for a plain mean), and each text the first
+/// part's.
+pub fn weighted_mean(parts: impl IntoIterator<Item = (f64, Vec<(String, MetricValue)>)>) -> Metrics {
+    let mut numbers: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    let mut out = Metrics::new();
+    for (weight, part) in parts {
+        for (name, value) in part {
+            match value {
+                MetricValue::Number(x) => {
+                    let e = numbers.entry(name).or_default();
+                    e.0 += weight * x;
+                    e.1 += weight;
+                }
+                text => {
+                    out.entry(name).or_insert(text);
+                }
+            }
+        }
+    }
+    out.extend(numbers.into_iter().map(|(k, (sum, weight))| (k, MetricValue::Number(sum / weight))));
+    out
+}
+
 /// Build a [`Metrics`] map: `metrics! {"training_step/loss" => 0.5, "accelerate/device" => "cpu"}`.
 #[macro_export]
 macro_rules! metrics {

@@ -288,27 +288,6 @@ pub fn epoch(updates: &Updates, state: &TrainerState, train_secs: f64, train_pea
     m
 }
 
-/// The plugins' own batch metrics from every rank (one list each): numbers averaged over the ranks that reported
-/// them, texts taken from the first.
-pub fn plugin_metrics(ranks: Vec<Vec<(String, MetricValue)>>) -> Metrics {
-    let mut numbers: BTreeMap<String, (f64, usize)> = BTreeMap::new();
-    let mut out = Metrics::new();
-    for (name, value) in ranks.into_iter().flatten() {
-        match value {
-            MetricValue::Number(x) => {
-                let e = numbers.entry(name).or_insert((0.0, 0));
-                e.0 += x;
-                e.1 += 1;
-            }
-            text => {
-                out.entry(name).or_insert(text);
-            }
-        }
-    }
-    out.extend(numbers.into_iter().map(|(k, (sum, n))| (k, MetricValue::Number(sum / n as f64))));
-    out
-}
-
 /// The run's end: totals, whether the final checkpoint was saved, and whether training completed.
 pub fn final_summary(state: &TrainerState, checkpoint_saved: bool, completed: bool) -> Metrics {
     metrics! {

@@ -420,11 +420,22 @@ impl Trainer {
         for source in [self.algo.metrics()?, self.env.metrics()?] {
             plugin.extend(source.into_iter().map(|metric| (metric.name, metric.value)));
         }
-        m.extend(metrics::plugin_metrics(self.world.gather("gathering the plugins' metrics", plugin)?));
+        // The plugins' numbers averaged over the ranks.
+        let ranks = self.world.gather("gathering the plugins' metrics", plugin)?;
+        m.extend(crate::logging::weighted_mean(ranks.into_iter().map(|r| (1.0, r))));
         self.loggers.log(self.state.global_step.saturating_sub(1).max(step0), m);
         self.state.batch += 1;
         self.mid_batch = false;
         Ok(())
+    }
+
+    /// Put the model in inference mode and bring the sampling copy (when rollouts run in another dtype) up to the
+    /// trained weights, from the f32 masters when there are some.
+    fn ready_sampler(&self) {
+        self.policy.model().set_training(false);
+        let masters = (self.policy.precision().separate_rollout() && self.optimizer.has_master_weights())
+            .then(|| self.optimizer.master_weights());
+        self.policy.refresh_sampler(masters.as_ref());
     }
 
     /// Stage: tasks -> rollouts, each task sampled with its own seed from the batch's and its position `first..`
@@ -441,10 +452,7 @@ impl Trainer {
             max_batch_rows: b.max_batch_rows,
             multi_step: b.multi_step,
         };
-        self.policy.model().set_training(false);
-        let masters = (self.policy.precision().separate_rollout() && self.optimizer.has_master_weights())
-            .then(|| self.optimizer.master_weights());
-        self.policy.refresh_sampler(masters.as_ref());
+        self.ready_sampler();
         let seeds = task_seeds(mix(self.config.seed, self.state.batch), first, tasks.len());
         run_episodes(self.policy.sampler(), self.policy.tokenizer(), &self.env, tasks, &cfg, &seeds)
     }
@@ -462,10 +470,7 @@ impl Trainer {
         let shard = if stopped_before {
             None
         } else {
-            self.policy.model().set_training(false);
-            let masters = (self.policy.precision().separate_rollout() && self.optimizer.has_master_weights())
-                .then(|| self.optimizer.master_weights());
-            self.policy.refresh_sampler(masters.as_ref());
+            self.ready_sampler();
             let (stop, ranks) = (&self.stop, (self.world.rank, self.world.size));
             let (model, tokenizer) = (self.policy.sampler(), self.policy.tokenizer());
             evaluator.evaluation().run_shard(model, tokenizer, &self.env, ranks, &|| stop.requested())?
