@@ -17,7 +17,8 @@
 # Settings: GPU_CHECK_DEVICE (cuda; cpu checks this script at home), GPU_CHECK_PYTHON (python3),
 # GPU_CHECK_QUICK=1 (tiny sizes), GPU_CHECK_COMPILE=1 (transformers' torch.compile column too; compiling takes
 # minutes), GPU_CHECK_SAMPLES, GPU_CHECK_NEW_TOKENS, GPU_CHECK_MULTI_STEP (8: grpo-host also decodes in blocks of
-# that many steps per host read, in a column of its own; 1 leaves the column out). Results go to $OUT (the device tool returns it; at most 8 files).
+# that many steps per host read, in a column of its own; 1 leaves the column out). Results go to $OUT (the device
+# tool returns it; at most 8 files).
 set -uo pipefail
 
 device=${GPU_CHECK_DEVICE:-cuda}

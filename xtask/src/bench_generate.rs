@@ -15,7 +15,7 @@ use std::process::Command;
 use anyhow::Context;
 use serde_json::Value;
 
-use crate::bench::{flag, output, run_json, threads, Device, Sides};
+use crate::bench::{flag, number, output, run_json, threads, Device, Sides};
 
 const PROMPT: &str = "What is 17 + 25?";
 
@@ -42,10 +42,10 @@ pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
         anyhow::bail!("--dtype {dtype}: expected f32 or bf16");
     }
     let compile = args.iter().any(|a| a == "--compile");
-    let multi_step: usize = match flag(args, "--multi-step") {
-        Some(k) => k.parse().ok().filter(|&k| k >= 1).with_context(|| format!("--multi-step {k}: expected K >= 1"))?,
-        None => 1,
-    };
+    let multi_step: usize = number(args, "--multi-step", 1)?;
+    if multi_step == 0 {
+        anyhow::bail!("--multi-step 0: expected K >= 1");
+    }
     // grpo-host's variants: one host read per decode step, and blocks of K steps per read.
     let steps: Vec<usize> = if multi_step > 1 { vec![1, multi_step] } else { vec![1] };
     let sides = Sides::of(root, args)?;
