@@ -11,6 +11,8 @@
 //! - A rank killed with SIGKILL makes the other exit within the collective timeout with one line naming it; the
 //!   job then resumes under torchrun with `--resume auto` from the last checkpoint. Under `torchrun --max-restarts`
 //!   the same happens by itself: the agent restarts the workers, which resume.
+//! - SIGTERM to one rank during a batch's rollouts stops both at the batch's start (both exit 143), and the job
+//!   resumes.
 //! - A 2-rank checkpoint resumes in one process (with twice the per-process batch: the same global batch) and back.
 
 mod common;
@@ -18,7 +20,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -200,29 +202,31 @@ fn two_simulated_nodes_complete_a_run() {
     assert!(rows.values().any(|row| row.contains_key("training_step/loss")));
 }
 
+/// Ranks 0 and 1 of a two-rank job started by hand (the variables torchrun would set), stderr piped.
+fn two_ranks(runs: &Path, args: &[String]) -> (Child, Child) {
+    let port = free_port().to_string();
+    let mut ranks = (0..2).map(|rank| {
+        let mut cmd = clean(Command::new(common::host_exe()), runs);
+        cmd.args(args)
+            .envs([("WORLD_SIZE", "2"), ("LOCAL_WORLD_SIZE", "2"), ("MASTER_ADDR", "127.0.0.1")])
+            .env("MASTER_PORT", &port)
+            .env("RANK", rank.to_string())
+            .env("LOCAL_RANK", rank.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    });
+    (ranks.next().unwrap(), ranks.next().unwrap())
+}
+
 #[test]
 fn a_killed_rank_stops_the_other_then_the_job_resumes() {
     let runs = tempfile::tempdir().unwrap();
     let r = runs.path();
-    let port = free_port().to_string();
-    let args = train_args(r, "killed", 2, 4, 6);
-    let ranks: Vec<_> = (0..2)
-        .map(|rank| {
-            let mut cmd = clean(Command::new(common::host_exe()), r);
-            cmd.args(&args)
-                .args(["--dist-timeout", "20"])
-                .envs([("WORLD_SIZE", "2"), ("LOCAL_WORLD_SIZE", "2"), ("MASTER_ADDR", "127.0.0.1")])
-                .env("MASTER_PORT", &port)
-                .env("RANK", rank.to_string())
-                .env("LOCAL_RANK", rank.to_string())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    let mut ranks = ranks.into_iter();
-    let (rank0, mut rank1) = (ranks.next().unwrap(), ranks.next().unwrap());
+    let mut args = train_args(r, "killed", 2, 4, 6);
+    args.extend(["--dist-timeout".into(), "20".into()]);
+    let (rank0, mut rank1) = two_ranks(r, &args);
     // Kill rank 1 once the first checkpoint is written.
     let start = Instant::now();
     while grpo_host::checkpoint::latest(&r.join("killed/checkpoints")).is_none() {
@@ -247,6 +251,44 @@ fn a_killed_rank_stops_the_other_then_the_job_resumes() {
     let rows = rows(&r.join("killed"));
     let batches: Vec<f64> = rows.values().filter_map(|row| row.get("rollouts/batch_step")?.as_f64()).collect();
     assert_eq!(batches, (0..6).map(f64::from).collect::<Vec<_>>(), "every batch once");
+}
+
+/// SIGTERM to one rank while a batch rolls out (a preemption that reached one process): it drops its rollouts, the
+/// other rank stops with it at the boundary the batch started from, both exit 143 as if both had been signalled, the
+/// boundary's checkpoint stays the newest, and the job resumes under torchrun with every batch once.
+#[test]
+fn a_signal_to_one_rank_stops_every_rank_at_the_batch_boundary() {
+    let runs = tempfile::tempdir().unwrap();
+    let r = runs.path();
+    let mut args = train_args(r, "signalled", 2, 8, 3);
+    // Rollouts of seconds (8 episodes of 300 tokens per rank, one at a time), so that the signal lands in them.
+    for s in ["--group-size", "4", "--max-new-tokens", "300", "--ignore-eos", "--max-length", "600"] {
+        args.push(s.into());
+    }
+    args.extend(["--max-batch-rows".into(), "1".into()]);
+    let (rank0, rank1) = two_ranks(r, &args);
+    // The first batch's checkpoint is renamed into place just before the second batch's rollouts start.
+    let checkpoints = r.join("signalled/checkpoints");
+    let start = Instant::now();
+    while !checkpoints.join("step_1/manifest.json").exists() {
+        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint within two minutes");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // SAFETY: kill(2) on the pid of a child this test has not reaped yet.
+    assert_eq!(unsafe { libc::kill(rank1.id() as libc::pid_t, libc::SIGTERM) }, 0);
+    let (out0, out1) = (rank0.wait_with_output().unwrap(), rank1.wait_with_output().unwrap());
+    let (err0, err1) = (String::from_utf8_lossy(&out0.stderr), String::from_utf8_lossy(&out1.stderr));
+    assert_eq!((out0.status.code(), out1.status.code()), (Some(143), Some(143)), "{err0}\n{err1}");
+    assert!(err0.contains("stopped by SIGTERM during batch 2/3, whose rollouts were dropped"), "{err0}");
+    assert_eq!(grpo_host::checkpoint::latest(&checkpoints), Some(checkpoints.join("step_1")), "{err0}");
+    let logged: Vec<u64> = rows(&r.join("signalled")).into_keys().collect();
+    assert_eq!(logged, [0], "nothing of the dropped batch is logged\n{err0}");
+
+    args.extend(["--resume".into(), "auto".into()]);
+    assert_ok(&under_torchrun(r, 2, &args), "the resumed job");
+    let rows = rows(&r.join("signalled"));
+    let batches: Vec<f64> = rows.values().filter_map(|row| row.get("rollouts/batch_step")?.as_f64()).collect();
+    assert_eq!(batches, [0.0, 1.0, 2.0], "every batch once");
 }
 
 #[test]

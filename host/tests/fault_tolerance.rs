@@ -3,8 +3,10 @@
 //! `--resume auto` until it finishes:
 //!
 //! - killed with SIGKILL (during rollouts, updates, checkpoint writes or right after one);
-//! - stopped with SIGTERM (exit 143 after finishing the batch in flight and checkpointing at its boundary; once with
-//!   a second SIGTERM, which exits at once); and once during an evaluation, which the stop abandons;
+//! - stopped with SIGTERM (exit 143 with a checkpoint at a boundary: after finishing the batch in flight once its
+//!   updates have begun, or at the boundary it started from when its rollouts are dropped; once with a second
+//!   SIGTERM, which exits at once); once during the rollouts of a long batch, and once during an evaluation, both of
+//!   which the stop abandons;
 //! - failing in a plugin in mid-batch (the test-only `faulty` algorithm, tests/fault_plugin: an error in `loss`
 //!   after the batch's first updates, a panic in `advantages`): a non-zero exit with one error line and no
 //!   checkpoint from the half-updated state.
@@ -329,7 +331,7 @@ fn runs_stopped_by_sigterm_resume_to_the_uninterrupted_result() {
 
     let run = runs.path().join("terminated");
     let mut rng = SplitMix64::new(143);
-    let (mut stops, mut terms) = (BTreeSet::new(), 0);
+    let (mut stops, mut terms, mut dropped) = (BTreeSet::new(), 0, 0);
     let mut finished = false;
     for attempt in 0..12 {
         let name = format!("terminated-{attempt}.stderr");
@@ -375,15 +377,80 @@ fn runs_stopped_by_sigterm_resume_to_the_uninterrupted_result() {
             assert!(before.is_none_or(|b| after > b), "attempt {attempt}: no new checkpoint after {before:?}\n{text}");
             assert_eq!(weights(&run, after), weights(&reference.dir, after), "the stop's checkpoint step_{after}");
             stops.insert(after - 1);
+        } else if text.contains("whose rollouts were dropped") {
+            // Before the batch's updates: its checkpoint is the boundary it started from, and its row (already
+            // committed) carries no stop marker.
+            if after > 0 {
+                assert_eq!(weights(&run, after), weights(&reference.dir, after), "the stop's checkpoint step_{after}");
+            }
+            dropped += 1;
         } else {
-            assert!(twice, "attempt {attempt}: one SIGTERM must stop after the batch\n{text}");
+            assert!(twice, "attempt {attempt}: one SIGTERM must stop at a boundary\n{text}");
         }
         terms += 1;
     }
     assert!(finished, "the terminated run never finished");
-    assert!(!stops.is_empty(), "no SIGTERM stopped the run (the reference took {:?})", reference.total);
+    let stopped = stops.len() + dropped;
+    assert!(stopped > 0, "no SIGTERM stopped the run (the reference took {:?})", reference.total);
     assert_same_result(&run, &reference.dir, &stops, &format!("{terms} SIGTERMs"));
-    eprintln!("SIGTERM rounds: {:?}", t0.elapsed());
+    eprintln!("SIGTERM rounds: {:?} ({} after a batch, {dropped} dropping one)", t0.elapsed(), stops.len());
+}
+
+/// The `step` values of a run's metrics.jsonl rows, in order.
+fn logged_steps(run: &Path) -> Vec<u64> {
+    let rows = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
+    let rows = rows.lines().map(|l| grpo_host::logging::json::parse_line(l).unwrap());
+    rows.map(|r| r["step"].as_f64().unwrap() as u64).collect()
+}
+
+/// SIGTERM while a batch rolls out: the rollouts are dropped at once instead of finished (a preempted job has
+/// seconds, a batch can take minutes), nothing of the batch is logged, the checkpoint of the boundary it started
+/// from stays the newest and is not written again, and the resumed run plays the batch again and finishes with one
+/// row per step.
+#[test]
+fn a_stop_during_rollouts_drops_the_batch_and_the_resume_plays_it_again() {
+    let runs = tempfile::tempdir().unwrap();
+    let run = runs.path().join("rolling");
+    // One optimizer step per batch, whose rollouts take seconds (16 episodes of 300 tokens, one at a time) and whose
+    // update well under one.
+    let flags = [
+        ["--max-steps", "3", "--rollouts-per-step", "4", "--group-size", "4", "--train-batch-size", "16"].as_slice(),
+        &["--max-new-tokens", "300", "--ignore-eos", "--max-length", "600", "--max-batch-rows", "1"],
+    ]
+    .concat();
+    let stderr = |name: &str| std::fs::read_to_string(runs.path().join(name)).unwrap();
+    let mut child = command(runs.path(), "rolling", Algo::Grpo, "rolling-0.stderr").args(&flags).spawn().unwrap();
+    // The first batch's checkpoint is renamed into place just before the second batch's rollouts start.
+    let manifest = run.join("checkpoints/step_1/manifest.json");
+    while !manifest.exists() && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let written = std::fs::metadata(&manifest).and_then(|m| m.modified()).expect("the first batch's checkpoint");
+    let t = Instant::now();
+    signal(&child, libc::SIGTERM);
+    let status = child.wait().unwrap();
+    let stopped = t.elapsed();
+    let text = stderr("rolling-0.stderr");
+    // The first batch's rollouts, as logged: the stop must not have waited for the second's.
+    let rows = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let first = grpo_host::logging::json::parse_line(rows.lines().next().unwrap()).unwrap();
+    let rollout = Duration::from_secs_f64(first["timing/rollout_s"].as_f64().unwrap());
+    eprintln!("stopped {stopped:?} after SIGTERM; a batch's rollouts take {rollout:?}");
+    assert_eq!(status.code(), Some(143), "SIGTERM exits 143\n{text}");
+    assert!(stopped < rollout / 2, "the stop took {stopped:?}, as long as the rollouts ({rollout:?})\n{text}");
+    assert!(text.contains("stopped by SIGTERM during batch 2/3, whose rollouts were dropped"), "{text}");
+    assert_eq!(checkpoints(&run), [(1, 1)], "the boundary's checkpoint stays the newest\n{text}");
+    let rewritten = std::fs::metadata(&manifest).and_then(|m| m.modified()).unwrap();
+    assert_eq!(rewritten, written, "the boundary's checkpoint was written again\n{text}");
+    assert_eq!(logged_steps(&run), [0], "nothing of the dropped batch is logged\n{text}");
+
+    let status = command(runs.path(), "rolling", Algo::Grpo, "rolling-1.stderr").args(&flags).status().unwrap();
+    let text = stderr("rolling-1.stderr");
+    assert!(status.success(), "the resumed run failed: {status}\n{text}");
+    assert_eq!(logged_steps(&run), [0, 1, 2], "one row per step\n{text}");
+    let wandb: Vec<i64> = History::read(&run).wandb.iter().map(|(s, _)| *s).collect();
+    assert_eq!(wandb, [0, 1, 2], "W&B's history holds every step once");
+    assert_eq!(checkpoints(&run).last(), Some(&(3, 3)), "{text}");
 }
 
 /// SIGTERM during a long evaluation before training: the evaluation is abandoned, not finished, and the run stops

@@ -381,12 +381,12 @@ impl World {
         self.collective(what, ProcessGroup::barrier)
     }
 
-    /// Every rank's `value`, in rank order (serialized as JSON; for metrics and small records, not tensors).
+    /// Every rank's `value`, in rank order (serialized, see [`encode`]; for metrics and small records, not tensors).
     pub fn gather<T: Serialize + DeserializeOwned>(&self, what: &str, value: T) -> Result<Vec<T>> {
         if self.group.is_none() {
             return Ok(vec![value]);
         }
-        let bytes = serde_json::to_vec(&value)?;
+        let bytes = encode(&value)?;
         let lens = self.reduce_gathered(what, bytes.len() as i64)?;
         let longest = lens.iter().copied().max().unwrap_or(0).max(1);
         let mut padded = bytes;
@@ -398,7 +398,7 @@ impl World {
             .zip(lens)
             .map(|(p, len)| {
                 let all = Vec::<u8>::try_from(p)?;
-                serde_json::from_slice(&all[..len as usize]).context("decoding another rank's record")
+                decode(&all[..len as usize])
             })
             .collect()
     }
@@ -438,6 +438,20 @@ impl World {
     }
 }
 
+/// A record as the ranks exchange it: CBOR, self-describing like JSON (so enums, maps and `serde_json::Value`s pass
+/// as they are) but keeping NaN and the infinities, which a diverging loss or a plugin's mean over nothing produce and
+/// JSON would turn into a `null` that no number can be read back from.
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    ciborium::into_writer(value, &mut out).map_err(|e| anyhow!("encoding a record for the other ranks: {e}"))?;
+    Ok(out)
+}
+
+/// The record [`encode`] made.
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    ciborium::from_reader(bytes).map_err(|e| anyhow!("decoding another rank's record: {e}"))
+}
+
 /// Whether this build has NCCL (see c10d_nccl.cpp).
 pub fn nccl_built() -> bool {
     // SAFETY: no arguments, no state.
@@ -463,4 +477,40 @@ pub fn fingerprint(tensors: &[Tensor]) -> i64 {
         }
         acc
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use grpo_sdk::MetricValue;
+
+    fn round_trip<T: Serialize + DeserializeOwned>(value: &T) -> T {
+        decode(&encode(value).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn records_keep_non_finite_numbers_and_their_shape() {
+        let numbers = vec![f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -0.0, 1e-310, 0.1];
+        let back = round_trip(&numbers);
+        assert!(back[0].is_nan());
+        assert_eq!(
+            back[1..].iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            numbers[1..].iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+        );
+        // The shapes the trainer gathers: plugin metrics, options, results, maps and JSON values.
+        let metrics = vec![
+            ("kl".to_string(), MetricValue::Number(f64::NAN)),
+            ("example".to_string(), MetricValue::Text("a <b>".into())),
+        ];
+        let back = round_trip(&metrics);
+        assert!(matches!(back[0].1, MetricValue::Number(x) if x.is_nan()));
+        assert!(matches!(&back[1].1, MetricValue::Text(t) if t == "a <b>"));
+        let sums: std::collections::BTreeMap<String, (f64, usize)> = [("loss".to_string(), (f64::INFINITY, 3))].into();
+        let shared: (Option<u64>, Result<u64, Option<i32>>, _) = (Some(u64::MAX), Err(Some(15)), sums);
+        let back = round_trip(&shared);
+        assert_eq!((back.0, back.1), (Some(u64::MAX), Err(Some(15))));
+        assert_eq!(back.2["loss"], (f64::INFINITY, 3));
+        let json = serde_json::json!({"lr": 3e-5, "steps": 12, "name": "run", "nested": [1, -2, null, true]});
+        assert_eq!(round_trip(&json), json);
+    }
 }

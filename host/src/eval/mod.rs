@@ -20,7 +20,7 @@ use crate::generate::SamplingParams;
 use crate::logging::Metrics;
 use crate::model::Model;
 use crate::plugins::EnvironmentPlugin;
-use crate::rollout::{run_episodes, task_seeds, Rollout, RolloutConfig};
+use crate::rollout::{run_episodes_until, task_seeds, Rollout, RolloutConfig};
 use crate::tokenizer::Tokenizer;
 use crate::user_error;
 
@@ -244,8 +244,9 @@ impl Evaluation {
     /// the greedy episodes (they become `eval/<name>`) and after the sampled ones (discarded), so training's own
     /// environment metrics never count evaluation episodes.
     ///
-    /// `cancelled` is asked before each chunk; when it says yes the evaluation is abandoned and `None` returned (a
-    /// run told to stop must not spend its grace period on an evaluation, which changes nothing it checkpoints).
+    /// `cancelled` is asked before every engine step; when it says yes the evaluation is abandoned and `None`
+    /// returned (a run told to stop must not spend its grace period on an evaluation, which changes nothing it
+    /// checkpoints).
     pub fn run_shard(
         &self,
         model: &Model,
@@ -280,12 +281,12 @@ impl Evaluation {
         let greedy_cfg = config(1, SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0 });
         let mut greedy: Vec<(usize, Rollout)> = Vec::new();
         for &(first, part) in &mine {
-            if cancelled() {
-                return abandon();
-            }
             let seeds = task_seeds(*seed, first as u64, part.len());
-            let rollouts = run_episodes(model, tokenizer, env, part, &greedy_cfg, &seeds)?.rollouts;
-            greedy.extend(rollouts.into_iter().map(|r| (first + r.group, r)));
+            let Some(episodes) = run_episodes_until(model, tokenizer, env, part, &greedy_cfg, &seeds, cancelled)?
+            else {
+                return abandon();
+            };
+            greedy.extend(episodes.rollouts.into_iter().map(|r| (first + r.group, r)));
         }
         let env_metrics: Vec<(String, MetricValue)> = env.metrics()?.into_iter().map(|m| (m.name, m.value)).collect();
 
@@ -294,11 +295,11 @@ impl Evaluation {
         if settings.samples > 0 {
             let cfg = config(settings.samples, settings.sampling);
             for &(first, part) in &mine {
-                if cancelled() {
-                    return abandon();
-                }
                 let seeds = task_seeds(*seed, first as u64, part.len());
-                for r in run_episodes(model, tokenizer, env, part, &cfg, &seeds)?.rollouts {
+                let Some(episodes) = run_episodes_until(model, tokenizer, env, part, &cfg, &seeds, cancelled)? else {
+                    return abandon();
+                };
+                for r in episodes.rollouts {
                     judged_samples |= r.solved.is_some();
                     *samples_solved.entry(first + r.group).or_default() += usize::from(r.solved == Some(true));
                 }

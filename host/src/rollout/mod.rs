@@ -147,6 +147,22 @@ pub fn run_episodes(
     cfg: &RolloutConfig,
     seeds: &[u64],
 ) -> Result<Episodes> {
+    let episodes = run_episodes_until(model, tokenizer, env, tasks, cfg, seeds, &|| false)?;
+    Ok(episodes.expect("rollouts that are never cancelled finish"))
+}
+
+/// [`run_episodes`], abandoned as soon as `cancelled` says so: it is asked before every engine step, and `None` is
+/// returned (the episodes under way are dropped; their environments' metrics keep whatever they counted). A run
+/// told to stop must not spend its grace period on rollouts it will not train on.
+pub fn run_episodes_until(
+    model: &Model,
+    tokenizer: &Tokenizer,
+    env: &EnvironmentPlugin,
+    tasks: &[Task],
+    cfg: &RolloutConfig,
+    seeds: &[u64],
+    cancelled: &dyn Fn() -> bool,
+) -> Result<Option<Episodes>> {
     anyhow::ensure!(seeds.len() == tasks.len(), "{} sampling seeds for {} tasks", seeds.len(), tasks.len());
     let stream = |group: usize, member: usize, turn: usize| mix(mix(seeds[group], member as u64), turn as u64);
     let tools = tool_json(&env.tools()?);
@@ -235,6 +251,7 @@ pub fn run_episodes(
     // An episode is here between its turns, and on a worker thread (None here) while its environment steps.
     let mut episodes: Vec<Option<Live>> = live.into_iter().map(Some).collect();
     let mut finished: Vec<Live> = Vec::new();
+    let mut abandoned = false;
     tch::no_grad(|| {
         std::thread::scope(|scope| -> Result<()> {
             let (tx, rx) = std::sync::mpsc::channel::<(usize, Live, Result<grpo_sdk::StepOutcome>)>();
@@ -242,6 +259,12 @@ pub fn run_episodes(
             // their episodes then rejoin, at that fixed boundary, however soon the replies came.
             let mut stepping = 0usize;
             loop {
+                if cancelled() {
+                    // Environments still stepping finish on their threads (the scope waits for them); their
+                    // replies go nowhere.
+                    abandoned = true;
+                    break;
+                }
                 let ended = if engine.runnable() {
                     engine.step(&mut |_, _| {})?
                 } else if stepping > 0 {
@@ -285,12 +308,15 @@ pub fn run_episodes(
             Ok(())
         })
     })?;
+    if abandoned {
+        return Ok(None);
+    }
     anyhow::ensure!(finished.len() == n, "{} of {n} episodes finished", finished.len());
 
     let stats = RolloutStats { engine: engine.stats, env_secs: finished.iter().map(|l| l.env_secs).sum() };
     // Batch order: groups in task order, episodes of a group in sampling order.
     finished.sort_by_key(|l| (l.rollout.group, l.member));
-    Ok(Episodes { rollouts: finished.into_iter().map(|l| l.rollout).collect(), stats })
+    Ok(Some(Episodes { rollouts: finished.into_iter().map(|l| l.rollout).collect(), stats }))
 }
 
 /// Append a generated turn to its episode.

@@ -38,7 +38,7 @@ use crate::logging::system::PhasePeak;
 use crate::logging::{DistInfo, Loggers, LoggingConfig, SystemMetrics};
 use crate::model::DeviceSpec;
 use crate::plugins::{AlgorithmPlugin, EnvironmentPlugin, Registry};
-use crate::rollout::{run_episodes, task_seeds, Episodes, RolloutConfig};
+use crate::rollout::{run_episodes_until, task_seeds, Episodes, RolloutConfig};
 use crate::user_error;
 pub use config::RunConfig;
 use config::{LrSchedule, OptimizerSettings};
@@ -102,6 +102,9 @@ struct Trainer {
     mid_batch: bool,
     /// When the last checkpoint was written (or the run started), for `--checkpoint-every-minutes`.
     last_save: Instant,
+    /// The batch counter this process last wrote a checkpoint at, and where: a stop that drops the next batch's
+    /// rollouts leaves the state of that boundary, which need not be written again.
+    last_checkpoint: Option<(u64, PathBuf)>,
     /// The KL reference the warm-up just made, for the next checkpoint to write beside it (once).
     new_reference: Option<std::collections::BTreeMap<String, tch::Tensor>>,
     /// Evaluation on held-out tasks (`--eval-every`, `--eval-before-train`), when asked for.
@@ -113,6 +116,9 @@ enum Outcome {
     Completed,
     /// A signal asked for a stop; the batch in flight was finished first.
     Stopped,
+    /// A signal came before the batch's updates began: its rollouts were dropped, and the state is still the last
+    /// boundary's (whose row is already committed).
+    Abandoned,
     /// Resumed from the run's final checkpoint: nothing left to train or log.
     AlreadyComplete,
 }
@@ -268,6 +274,7 @@ impl Trainer {
             mid_batch: false,
             new_reference: None,
             last_save: Instant::now(),
+            last_checkpoint: None,
         })
     }
 
@@ -286,7 +293,13 @@ impl Trainer {
         }
         self.sft_warm_up()?;
         while self.state.batch < max_steps {
-            self.batch()?;
+            if !self.batch()? {
+                // Every rank dropped the batch (a signal reached one of them before its updates): stop at the
+                // boundary the batch started from.
+                self.stopping = true;
+                self.check_weights_agree()?;
+                return Ok(Outcome::Abandoned);
+            }
             // Before the ranks agree on stopping, so that a signal arriving during the evaluation (which abandons it)
             // stops the run at this boundary.
             if self.evaluator.as_ref().is_some_and(|e| e.due_after_batch(self.state.batch, max_steps)) {
@@ -315,9 +328,10 @@ impl Trainer {
     /// whether a checkpoint is due (rank 0's clock), and that the weights are still the same everywhere. Returns
     /// whether a checkpoint is due.
     fn agree_at_boundary(&mut self) -> Result<bool> {
-        let mine = (self.stop.requested(), self.checkpoint_due());
+        let mine = (self.stop.signal(), self.checkpoint_due());
         let all = self.world.gather("agreeing at the batch boundary", mine)?;
-        self.stopping = all.iter().any(|&(stop, _)| stop);
+        self.stop.adopt(all.iter().find_map(|&(signal, _)| signal));
+        self.stopping = self.stop.requested();
         let due = all[0].1;
         let every = self.config.dist.check_interval;
         if due || self.stopping || (every > 0 && self.state.batch.is_multiple_of(every)) {
@@ -393,24 +407,42 @@ impl Trainer {
         by_count || by_time
     }
 
-    /// One batch through every stage, its metrics logged as each stage ends.
-    fn batch(&mut self) -> Result<()> {
+    /// One batch through every stage, its metrics logged as each stage ends. Returns `false` when a stop request
+    /// came (on any rank) before the updates began: the batch is then dropped with nothing logged or changed, so the
+    /// state is still the boundary it started from and a resumed run plays the same batch again.
+    fn batch(&mut self) -> Result<bool> {
         let step0 = self.state.global_step;
         let per_rank = self.config.batch.rollouts_per_step;
         let tasks = self.tasks.batch(self.state.batch, per_rank)?;
         let mut timings = Timings::default();
         let (t, peak) = (Instant::now(), PhasePeak::start());
-        let episodes = self.rollouts(&tasks, (self.world.rank * per_rank) as u64)?;
-        timings.rollout = t.elapsed().as_secs_f64();
-        timings.rollout_peak_rss = peak.end();
-        timings.rollout_stats = episodes.stats;
-        let scored = scored::score(&self.algo, episodes.rollouts, self.config.batch.group_size)?;
-        let (t, peak) = (Instant::now(), PhasePeak::start());
-        let exp = experience::prepare(&scored, &self.policy, &self.config.loss, self.config.batch.train_batch_size)?;
-        timings.logprob = t.elapsed().as_secs_f64();
-        timings.logprob_peak_rss = peak.end();
-        let local = BatchSummary::new(&scored, &exp, timings);
-        let batch = BatchSummary::merge(self.world.gather("gathering the batch's rollout metrics", local)?);
+        let prepared = match self.rollouts(&tasks, (self.world.rank * per_rank) as u64)? {
+            Some(episodes) => {
+                timings.rollout = t.elapsed().as_secs_f64();
+                timings.rollout_peak_rss = peak.end();
+                timings.rollout_stats = episodes.stats;
+                let scored = scored::score(&self.algo, episodes.rollouts, self.config.batch.group_size)?;
+                let (t, peak) = (Instant::now(), PhasePeak::start());
+                let (loss, rows) = (&self.config.loss, self.config.batch.train_batch_size);
+                let exp = experience::prepare(&scored, &self.policy, loss, rows)?;
+                timings.logprob = t.elapsed().as_secs_f64();
+                timings.logprob_peak_rss = peak.end();
+                // The last point at which stopping costs no more than the work already done.
+                (!self.stop.requested()).then(|| (BatchSummary::new(&scored, &exp, timings), exp))
+            }
+            None => None,
+        };
+        let (local, exp) = prepared.unzip();
+        // A rank that dropped the batch sends the signal that made it, for every rank to stop on.
+        let local = local.ok_or(self.stop.signal());
+        let ranks = self.world.gather("gathering the batch's rollout metrics", local)?;
+        let (batch, exp) = match (ranks.into_iter().collect::<Result<Vec<_>, _>>(), exp) {
+            (Ok(batch), Some(exp)) => (BatchSummary::merge(batch), exp),
+            (dropped, _) => {
+                self.stop.adopt(dropped.err().flatten());
+                return Ok(false);
+            }
+        };
         self.log_rollouts(step0, &batch, exp.len());
 
         let (t, peak) = (Instant::now(), PhasePeak::start());
@@ -426,7 +458,7 @@ impl Trainer {
         self.loggers.log(self.state.global_step.saturating_sub(1).max(step0), m);
         self.state.batch += 1;
         self.mid_batch = false;
-        Ok(())
+        Ok(true)
     }
 
     /// Put the model in inference mode and bring the sampling copy (when rollouts run in another dtype) up to the
@@ -439,8 +471,8 @@ impl Trainer {
     }
 
     /// Stage: tasks -> rollouts, each task sampled with its own seed from the batch's and its position `first..`
-    /// in the global batch (so the same whichever rank runs it).
-    fn rollouts(&mut self, tasks: &[Task], first: u64) -> Result<Episodes> {
+    /// in the global batch (so the same whichever rank runs it). `None`: a stop request abandoned them.
+    fn rollouts(&mut self, tasks: &[Task], first: u64) -> Result<Option<Episodes>> {
         let (b, s) = (&self.config.batch, &self.config.sampling);
         let cfg = RolloutConfig {
             group_size: b.group_size,
@@ -454,15 +486,17 @@ impl Trainer {
         };
         self.ready_sampler();
         let seeds = task_seeds(mix(self.config.seed, self.state.batch), first, tasks.len());
-        run_episodes(self.policy.sampler(), self.policy.tokenizer(), &self.env, tasks, &cfg, &seeds)
+        let stop = &self.stop;
+        let (model, tokenizer) = (self.policy.sampler(), self.policy.tokenizer());
+        run_episodes_until(model, tokenizer, &self.env, tasks, &cfg, &seeds, &|| stop.requested())
     }
 
     /// Evaluate the current weights on the held-out tasks and log `eval/*` at `step` (the batch's last step, so a
     /// checkpoint taken after it scores the same with `grpo-host eval`). Every rank plays its share (chunks of tasks
     /// dealt round-robin) and rank 0 logs the combined numbers, which do not depend on the number of ranks.
     ///
-    /// A stop request skips the evaluation or abandons it between chunks: the run then stops at this boundary, and
-    /// `grpo-host eval` on the checkpoint it writes gives the numbers the evaluation would have logged.
+    /// A stop request skips the evaluation or abandons it at its next decode step: the run then stops at this
+    /// boundary, and `grpo-host eval` on the checkpoint it writes gives the numbers the evaluation would have logged.
     fn evaluate(&mut self, step: u64) -> Result<()> {
         let Some(evaluator) = &self.evaluator else { return Ok(()) };
         let stopped_before = self.stop.requested();
@@ -549,6 +583,12 @@ impl Trainer {
     /// boundary, and no rank goes on before it is durable (so a rank killed next leaves it complete). Rank 0's
     /// outcome is every rank's.
     fn save(&mut self) -> Result<PathBuf> {
+        let dir = self.save_on_main()?;
+        self.last_checkpoint = Some((self.state.batch, dir.clone()));
+        Ok(dir)
+    }
+
+    fn save_on_main(&mut self) -> Result<PathBuf> {
         if !self.world.is_distributed() {
             return self.write_checkpoint();
         }
@@ -600,18 +640,24 @@ impl Trainer {
             self.loggers.finish(0);
             return Ok(0);
         }
-        // The final row is committed before the final checkpoint, as in `train`. After an error at a batch boundary
-        // the last batch's row is already committed, so the final values go to the summary only.
+        // The final row is committed before the final checkpoint, as in `train`. After an error at a batch boundary,
+        // or a stop that dropped the next batch, the last batch's row is already committed, so the final values go
+        // to the summary only.
         let completed = matches!(outcome, Ok(Outcome::Completed));
+        let abandoned = matches!(outcome, Ok(Outcome::Abandoned));
         // A run stopped before its first step has no row to close: the summary alone records the stop.
-        if outcome.is_ok() && self.state.global_step > 0 {
+        if outcome.is_ok() && !abandoned && self.state.global_step > 0 {
             let mut row = metrics::final_summary(&self.state, true, completed);
             // Whether the save worked is known only after the row is committed: the summary records it.
             row.remove("checkpoint/saved");
             self.loggers.log(self.state.global_step.saturating_sub(1), row);
         }
         self.loggers.flush_durable();
-        let saved = self.save();
+        let saved = match &self.last_checkpoint {
+            // Preempted jobs have seconds to exit: the boundary's checkpoint is on disk already.
+            Some((batch, dir)) if abandoned && *batch == self.state.batch => Ok(dir.clone()),
+            _ => self.save(),
+        };
         let loggers = &mut self.loggers;
         loggers.set_summary(metrics::final_summary(&self.state, saved.is_ok(), completed));
         let resume_hint =
@@ -622,9 +668,17 @@ impl Trainer {
                 loggers.finish(0);
                 Ok(0)
             }
-            (Ok(Outcome::Stopped), Ok(dir)) => {
+            (Ok(stopped @ (Outcome::Stopped | Outcome::Abandoned)), Ok(dir)) => {
                 let (code, name) = (self.stop.exit_code(), self.stop.name());
-                let when = if self.state.batch == 0 { "before the first batch" } else { "after the batch" };
+                let when = match stopped {
+                    Outcome::Abandoned => format!(
+                        "during batch {}/{}, whose rollouts were dropped (it runs again on resume)",
+                        self.state.batch + 1,
+                        self.config.batch.max_steps
+                    ),
+                    _ if self.state.batch == 0 => "before the first batch".to_string(),
+                    _ => "after the batch".to_string(),
+                };
                 loggers.println(&format!("stopped by {name} {when}: checkpoint saved; {}", resume_hint(&dir)));
                 loggers.finish(code);
                 Ok(code)

@@ -1,7 +1,8 @@
 //! Stopping a run on SIGINT (Ctrl-C) or SIGTERM (what SLURM and Kubernetes send before SIGKILL on preemption).
 //!
-//! The first signal asks the loop to stop at the next batch boundary: the batch in flight finishes, a checkpoint is
-//! written and the process exits with 128 + the signal (130, 143), as shells report it. A second signal exits at
+//! The first signal asks the loop to stop at a batch boundary: the batch in flight is dropped when its updates have
+//! not begun (its rollouts stop at the next decode step) and finished when they have; a checkpoint of that boundary
+//! is written and the process exits with 128 + the signal (130, 143), as shells report it. A second signal exits at
 //! once with the same code, leaving the last checkpoint (always at a batch boundary) as the one to resume from.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -42,6 +43,22 @@ impl StopRequest {
     /// Whether a stop was asked for.
     pub fn requested(&self) -> bool {
         self.requested.load(Ordering::SeqCst)
+    }
+
+    /// The signal that asked for the stop (SIGINT when it was asked for without one); `None` before any.
+    pub fn signal(&self) -> Option<i32> {
+        self.requested().then(|| match self.signal.load(Ordering::SeqCst) as i32 {
+            0 => SIGINT,
+            signal => signal,
+        })
+    }
+
+    /// Stop as another data-parallel rank does, for the signal it got (its [`signal`](Self::signal)), unless this
+    /// process was asked already: every rank then exits with the same code and names the same signal.
+    pub fn adopt(&self, signal: Option<i32>) {
+        if let (Some(signal), false) = (signal, self.requested()) {
+            self.request(signal);
+        }
     }
 
     /// Ask for a stop as `signal` would (for tests and embedding programs).
@@ -88,5 +105,19 @@ mod tests {
         let s = StopRequest::default();
         s.request(SIGINT);
         assert_eq!(s.exit_code(), 130);
+    }
+
+    #[test]
+    fn a_rank_adopts_another_ranks_signal_but_keeps_its_own() {
+        let s = StopRequest::default();
+        assert_eq!(s.signal(), None);
+        s.adopt(None);
+        assert!(!s.requested());
+        s.adopt(Some(SIGTERM));
+        assert_eq!((s.signal(), s.exit_code()), (Some(SIGTERM), 143));
+        let s = StopRequest::default();
+        s.request(SIGINT);
+        s.adopt(Some(SIGTERM));
+        assert_eq!((s.signal(), s.exit_code()), (Some(SIGINT), 130));
     }
 }
