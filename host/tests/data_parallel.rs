@@ -253,16 +253,17 @@ fn a_killed_rank_stops_the_other_then_the_job_resumes() {
     assert_eq!(batches, (0..6).map(f64::from).collect::<Vec<_>>(), "every batch once");
 }
 
-/// SIGTERM to one rank while a batch rolls out (a preemption that reached one process): it drops its rollouts, the
-/// other rank stops with it at the boundary the batch started from, both exit 143 as if both had been signalled, the
-/// boundary's checkpoint stays the newest, and the job resumes under torchrun with every batch once.
+/// SIGTERM to one rank while a batch rolls out (a preemption that reached one process): it drops its rollouts and
+/// tells the other rank, which drops its own within moments instead of finishing them; both stop at the boundary the
+/// batch started from and exit 143 as if both had been signalled, the boundary's checkpoint stays the newest, and the
+/// job resumes under torchrun with every batch once.
 #[test]
 fn a_signal_to_one_rank_stops_every_rank_at_the_batch_boundary() {
     let runs = tempfile::tempdir().unwrap();
     let r = runs.path();
-    let mut args = train_args(r, "signalled", 2, 8, 3);
-    // Rollouts of seconds (8 episodes of 300 tokens per rank, one at a time), so that the signal lands in them.
-    for s in ["--group-size", "4", "--max-new-tokens", "300", "--ignore-eos", "--max-length", "600"] {
+    let mut args = train_args(r, "signalled", 2, 16, 3);
+    // Rollouts of seconds (16 episodes of 300 tokens per rank, one at a time), so that the signal lands in them.
+    for s in ["--group-size", "8", "--max-new-tokens", "300", "--ignore-eos", "--max-length", "600"] {
         args.push(s.into());
     }
     args.extend(["--max-batch-rows".into(), "1".into()]);
@@ -276,9 +277,16 @@ fn a_signal_to_one_rank_stops_every_rank_at_the_batch_boundary() {
     }
     // SAFETY: kill(2) on the pid of a child this test has not reaped yet.
     assert_eq!(unsafe { libc::kill(rank1.id() as libc::pid_t, libc::SIGTERM) }, 0);
+    let signalled = Instant::now();
     let (out0, out1) = (rank0.wait_with_output().unwrap(), rank1.wait_with_output().unwrap());
+    let stopped = signalled.elapsed();
     let (err0, err1) = (String::from_utf8_lossy(&out0.stderr), String::from_utf8_lossy(&out1.stderr));
     assert_eq!((out0.status.code(), out1.status.code()), (Some(143), Some(143)), "{err0}\n{err1}");
+    // The first batch's rollouts (the slower rank's): rank 0 must not have played out its share of the second's.
+    let first = rows(&r.join("signalled")).remove(&0).unwrap();
+    let rollout = Duration::from_secs_f64(number(&first, "timing/rollout_s"));
+    eprintln!("both ranks stopped {stopped:?} after SIGTERM to rank 1; a batch's rollouts take {rollout:?}");
+    assert!(stopped < rollout / 2, "the ranks took {stopped:?} to stop, as long as the rollouts ({rollout:?})");
     assert!(err0.contains("stopped by SIGTERM during batch 2/3, whose rollouts were dropped"), "{err0}");
     assert_eq!(grpo_host::checkpoint::latest(&checkpoints), Some(checkpoints.join("step_1")), "{err0}");
     let logged: Vec<u64> = rows(&r.join("signalled")).into_keys().collect();

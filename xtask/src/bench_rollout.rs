@@ -105,7 +105,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let candidate = match flag(args, "--candidate") {
         Some(dir) => PathBuf::from(dir),
         None => {
-            cargo(&["build", "--release", "--workspace"], "building grpo-host and the shipped plugins (release)")?;
+            cargo(&["build", "--release"], "building grpo-host and the shipped plugins (release)")?;
             root.join("target").join("release")
         }
     };

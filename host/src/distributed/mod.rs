@@ -296,6 +296,23 @@ impl World {
         }
     }
 
+    /// Tell every rank, through the job's store and without waiting for a collective, that this process was asked
+    /// to stop by `signal`: a rank that was not signalled (a preemption that reached one machine) then drops its
+    /// work within moments instead of finishing it (see [`World::stop_announced`]). Best effort: a store that cannot
+    /// be reached leaves the news to the next collective.
+    pub fn announce_stop(&self, signal: i32) {
+        if let Some(group) = &self.group {
+            let _ = group.store_set(&format!("grpo/stop/{signal}"), "1");
+        }
+    }
+
+    /// Which of `signals` another rank announced a stop for, if any (one round trip to the store per signal: ask a
+    /// few times a second, not every step).
+    pub fn stop_announced(&self, signals: &[i32]) -> Option<i32> {
+        let group = self.group.as_ref()?;
+        signals.iter().copied().find(|s| group.store_has(&format!("grpo/stop/{s}")).unwrap_or(false))
+    }
+
     /// Sum (or max, min) `t` over the ranks, in place. The tensor must be dense and contiguous.
     pub fn all_reduce(&self, what: &str, t: &Tensor, op: ReduceOp) -> Result<()> {
         if self.group.is_none() {

@@ -47,6 +47,7 @@ use metrics::{BatchSummary, Timings};
 use optimizer::{AdamW, AdamWConfig, Schedule};
 use policy::Policy;
 use precision::LossScaler;
+use stop::drop_work;
 pub use stop::{StopRequest, EXIT_INTERRUPTED, EXIT_TERMINATED};
 use tasks::TaskSource;
 use update::{Updater, Updates};
@@ -428,7 +429,7 @@ impl Trainer {
                 timings.logprob = t.elapsed().as_secs_f64();
                 timings.logprob_peak_rss = peak.end();
                 // The last point at which stopping costs no more than the work already done.
-                (!self.stop.requested()).then(|| (BatchSummary::new(&scored, &exp, timings), exp))
+                (!drop_work(&self.stop, &self.world)()).then(|| (BatchSummary::new(&scored, &exp, timings), exp))
             }
             None => None,
         };
@@ -486,9 +487,8 @@ impl Trainer {
         };
         self.ready_sampler();
         let seeds = task_seeds(mix(self.config.seed, self.state.batch), first, tasks.len());
-        let stop = &self.stop;
         let (model, tokenizer) = (self.policy.sampler(), self.policy.tokenizer());
-        run_episodes_until(model, tokenizer, &self.env, tasks, &cfg, &seeds, &|| stop.requested())
+        run_episodes_until(model, tokenizer, &self.env, tasks, &cfg, &seeds, &drop_work(&self.stop, &self.world))
     }
 
     /// Evaluate the current weights on the held-out tasks and log `eval/*` at `step` (the batch's last step, so a
@@ -499,28 +499,34 @@ impl Trainer {
     /// boundary, and `grpo-host eval` on the checkpoint it writes gives the numbers the evaluation would have logged.
     fn evaluate(&mut self, step: u64) -> Result<()> {
         let Some(evaluator) = &self.evaluator else { return Ok(()) };
-        let stopped_before = self.stop.requested();
+        let stopped_before = drop_work(&self.stop, &self.world)();
         let t = Instant::now();
         let shard = if stopped_before {
             None
         } else {
             self.ready_sampler();
-            let (stop, ranks) = (&self.stop, (self.world.rank, self.world.size));
+            let ranks = (self.world.rank, self.world.size);
             let (model, tokenizer) = (self.policy.sampler(), self.policy.tokenizer());
-            evaluator.evaluation().run_shard(model, tokenizer, &self.env, ranks, &|| stop.requested())?
+            let drop = drop_work(&self.stop, &self.world);
+            evaluator.evaluation().run_shard(model, tokenizer, &self.env, ranks, &drop)?
         };
-        let shards: Option<Vec<_>> =
-            self.world.gather("gathering the evaluation's outcomes", shard)?.into_iter().collect();
+        // A rank that dropped its share sends the signal that made it, for every rank to stop on.
+        let shard = shard.ok_or(self.stop.signal());
+        let shards = self.world.gather("gathering the evaluation's outcomes", shard)?;
         let seconds = t.elapsed().as_secs_f64();
-        let Some(shards) = shards else {
-            let how = if stopped_before { "skipped".to_string() } else { format!("abandoned after {seconds:.1}s") };
-            let signal = if self.stop.requested() { self.stop.name() } else { "another rank's signal" };
-            self.loggers.println(&format!(
-                "eval at step {step} {how}: stopping on {signal}; `grpo-host eval --checkpoint DIR --env {}` with the \
-                 run's eval flags gives its numbers from the checkpoint this stop saves",
-                self.env.name()
-            ));
-            return Ok(());
+        let shards = match shards.into_iter().collect::<Result<Vec<_>, _>>() {
+            Ok(shards) => shards,
+            Err(signal) => {
+                self.stop.adopt(signal);
+                let how = if stopped_before { "skipped".to_string() } else { format!("abandoned after {seconds:.1}s") };
+                self.loggers.println(&format!(
+                    "eval at step {step} {how}: stopping on {}; `grpo-host eval --checkpoint DIR --env {}` with the \
+                     run's eval flags gives its numbers from the checkpoint this stop saves",
+                    self.stop.name(),
+                    self.env.name()
+                ));
+                return Ok(());
+            }
         };
         let ranks = shards.iter().filter(|s| !s.outcomes.is_empty()).count();
         let result = evaluator.finish(shards, step)?;

@@ -5,10 +5,17 @@
 //! is written and the process exits with 128 + the signal (130, 143), as shells report it. A second signal exits at
 //! once with the same code, leaving the last checkpoint (always at a batch boundary) as the one to resume from.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use signal_hook::consts::{SIGINT, SIGTERM};
+
+use crate::distributed::World;
+
+/// How often a rank in the middle of rollouts or an evaluation asks whether another rank was told to stop.
+const POLL_PEERS: Duration = Duration::from_millis(200);
 
 /// Exit code after SIGINT (128 + 2).
 pub const EXIT_INTERRUPTED: i32 = 130;
@@ -82,6 +89,26 @@ impl StopRequest {
         } else {
             "Ctrl-C"
         }
+    }
+}
+
+/// Whether work that can be dropped (rollouts, an evaluation) should stop now: a signal reached this process, which
+/// then tells the other ranks, or another rank told of one (asked at most every [`POLL_PEERS`]), which this process
+/// then adopts.
+pub fn drop_work<'a>(stop: &'a StopRequest, world: &'a World) -> impl Fn() -> bool + 'a {
+    let polled: Cell<Option<Instant>> = Cell::new(None);
+    move || {
+        if let Some(signal) = stop.signal() {
+            world.announce_stop(signal);
+            return true;
+        }
+        if !world.is_distributed() || polled.get().is_some_and(|t| t.elapsed() < POLL_PEERS) {
+            return false;
+        }
+        polled.set(Some(Instant::now()));
+        let announced = world.stop_announced(&[SIGTERM, SIGINT]);
+        stop.adopt(announced);
+        announced.is_some()
     }
 }
 
