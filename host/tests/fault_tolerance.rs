@@ -500,6 +500,38 @@ fn a_stop_during_an_evaluation_abandons_it_and_the_resume_evaluates_again() {
     assert_eq!(outcomes.lines().count(), 600, "one outcome per task, from the resumed evaluation only");
 }
 
+/// A NaN loss (a diverging step) skips that update but not its step: the run goes on to the same number of steps and
+/// checkpoints, every step has its row once (the skipped one without a loss, with the invalid count), and nothing is
+/// dropped from the history for going backwards.
+#[test]
+fn a_skipped_update_keeps_its_step() {
+    let runs = tempfile::tempdir().unwrap();
+    let run = runs.path().join("nan");
+    // The fifth loss call is step 4 (one micro-batch per step): the second step of the second batch.
+    let status = command(runs.path(), "nan", Algo::Faulty, "nan.stderr")
+        .args(["--max-steps", "3"])
+        .env("GRPO_TEST_FAULT", "loss:5:nan")
+        .status()
+        .unwrap();
+    let text = std::fs::read_to_string(runs.path().join("nan.stderr")).unwrap();
+    assert!(status.success(), "{status}\n{text}");
+    assert!(!text.contains("warning"), "{text}");
+    assert_eq!(logged_steps(&run), (0..3 * STEPS_PER_BATCH).collect::<Vec<_>>(), "{text}");
+    assert_at_boundaries(&run);
+    assert_eq!(newest(&run), Some(3 * STEPS_PER_BATCH), "{text}");
+    let rows: Vec<Metrics> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| grpo_host::logging::json::parse_line(l).unwrap())
+        .collect();
+    let invalid = |step: usize| rows[step]["training/invalid_loss_count"].as_f64().unwrap();
+    assert_eq!((invalid(3), invalid(4), invalid(8)), (0.0, 1.0, 1.0));
+    assert!(!rows[4].contains_key("training_step/loss"), "{:?}", rows[4]);
+    for step in [3, 5] {
+        assert!(rows[step]["training_step/loss"].as_f64().unwrap().is_finite(), "{:?}", rows[step]);
+    }
+}
+
 /// Run `run` once with `GRPO_TEST_FAULT=fault`: it must fail (not as a signal would) with one error line naming the
 /// fault, and leave checkpoints only at batch boundaries, the newest at `newest_step` with the reference's weights.
 fn run_failing(runs: &Path, reference: &Path, fault: &str, newest_step: u64) {

@@ -252,11 +252,15 @@ fn peak_rss(name: &str, bytes: Option<u64>) -> Option<(String, MetricValue)> {
 /// source, the algorithm's loss terms).
 pub fn step(record: &StepRecord, state: &TrainerState) -> Metrics {
     let mut m = metrics! {
-        "training_step/loss" => record.loss,
         "training_step/grad_norm" => record.grad_norm,
         "training_step/learning_rate" => record.learning_rate,
         "training/invalid_loss_count" => state.invalid_loss_count,
     };
+    // A step skipped for a non-finite loss logs none (re-grpo logged `inf`), so loss plots stay readable; the
+    // count above records it.
+    if record.loss.is_finite() {
+        m.insert("training_step/loss".into(), record.loss.into());
+    }
     if let Some(scale) = record.loss_scale {
         m.insert("training_step/loss_scale".into(), scale.into());
         m.insert("training/skipped_steps".into(), record.skipped_steps.into());
@@ -266,9 +270,11 @@ pub fn step(record: &StepRecord, state: &TrainerState) -> Metrics {
     m
 }
 
-/// The batch's updates summarised: loss, KL (the algorithm's `training_step/kl`) and gradient norm over its steps.
+/// The batch's updates summarised: loss, KL (the algorithm's `training_step/kl`) and gradient norm over its applied
+/// steps (a skipped one's values are not finite, or did not move the weights).
 pub fn epoch(updates: &Updates, state: &TrainerState, train_secs: f64, train_peak_rss: Option<u64>) -> Metrics {
-    let of = |f: &dyn Fn(&StepRecord) -> Option<f64>| -> Vec<f64> { updates.steps.iter().filter_map(f).collect() };
+    let applied = || updates.steps.iter().filter(|s| !s.skipped);
+    let of = |f: &dyn Fn(&StepRecord) -> Option<f64>| -> Vec<f64> { applied().filter_map(f).collect() };
     let loss = summarize(&of(&|s| Some(s.loss)));
     let kl = summarize(&of(&|s| s.algorithm.get("training_step/kl").copied()));
     let grad_norms = of(&|s| Some(s.grad_norm));

@@ -54,8 +54,12 @@ pub struct StepRecord {
     pub loss: f64,
     /// The gradient norm before clipping.
     pub grad_norm: f64,
-    /// The learning rate applied.
+    /// The learning rate applied (or that would have been, for a skipped step).
     pub learning_rate: f64,
+    /// The update was not applied (a non-finite loss or gradient, or an fp16 overflow): the weights and moments are
+    /// untouched, but the step keeps its index, so the step axis and the checkpoints' names do not depend on how
+    /// many updates were skipped. Its loss is NaN when a micro-batch's was not finite.
+    pub skipped: bool,
     /// The loss scale the step was computed with, when loss scaling is on.
     pub loss_scale: Option<f64>,
     /// Steps skipped so far because the scaled gradients overflowed (fp16).
@@ -71,7 +75,7 @@ pub struct StepRecord {
 /// The updates of one batch.
 #[derive(Debug, Default)]
 pub struct Updates {
-    /// The optimizer steps taken, in order.
+    /// The optimizer steps, in order (skipped ones included).
     pub steps: Vec<StepRecord>,
 }
 
@@ -99,7 +103,7 @@ impl Updater<'_> {
                         micro.push((rows.as_slice(), index.narrow(0, offset, rows.len() as i64)));
                         offset += rows.len() as i64;
                     }
-                    let Some(record) = self.step(exp, &micro, state)? else { continue };
+                    let record = self.step(exp, &micro, state)?;
                     on_step(&record, state);
                     out.steps.push(record);
                 }
@@ -110,9 +114,10 @@ impl Updater<'_> {
         result.map(|()| out)
     }
 
-    /// One optimizer step over the micro-batches `window` (rows, and the same rows on the device); `None` when it is
-    /// skipped: a micro-batch's loss or the gradient was not finite (counted in `state.invalid_loss_count`), or, under
-    /// fp16, the scaled gradients overflowed.
+    /// One optimizer step over the micro-batches `window` (rows, and the same rows on the device). It is skipped
+    /// (the weights untouched, [`StepRecord::skipped`]) when a micro-batch's loss or the gradient was not finite
+    /// (counted in `state.invalid_loss_count`), or, under fp16, when the scaled gradients overflowed; it counts as a
+    /// step either way, as a skipped update does in transformers' Trainer.
     ///
     /// The step reads the device once: every micro-batch's loss and device metrics and the gradient norm come to the
     /// host together after the last backward, so on a GPU the micro-batches' kernels are queued back to back. A loss
@@ -123,7 +128,7 @@ impl Updater<'_> {
         exp: &Experience,
         window: &[(&[usize], Tensor)],
         state: &mut TrainerState,
-    ) -> Result<Option<StepRecord>> {
+    ) -> Result<StepRecord> {
         let mut pending = Vec::with_capacity(window.len());
         self.optimizer.zero_grad();
         for (rows, index) in window {
@@ -155,30 +160,38 @@ impl Updater<'_> {
         let (local, grad_norm) = read_step(pending, self.optimizer.grad_norm())?;
         // The window's sums from every rank: the skip decision below is the same on all of them.
         let acc = Accumulated::merge(self.world.gather("summing the step's loss over the ranks", local)?);
-        if acc.invalid > 0 || acc.count == 0 {
-            state.invalid_loss_count += acc.invalid as u64;
-            self.optimizer.zero_grad();
-            return Ok(None);
-        }
         let loss_scale = self.scaler.enabled().then(|| self.scaler.scale());
-        // The scaler decides for fp16 (an overflow lowers the scale and skips the step, counted there); otherwise a
-        // non-finite gradient is an invalid update.
-        if !self.scaler.update(!grad_norm.is_finite()) {
+        let invalid_loss = acc.invalid > 0 || acc.count == 0;
+        let applied = if invalid_loss {
+            state.invalid_loss_count += acc.invalid as u64;
+            false
+        } else if !self.scaler.update(!grad_norm.is_finite()) {
+            // The scaler decides for fp16 (an overflow lowers the scale and skips the step, counted there);
+            // otherwise a non-finite gradient is an invalid update.
             if !self.scaler.enabled() {
                 state.invalid_loss_count += 1;
             }
-            self.optimizer.zero_grad();
-            return Ok(None);
-        }
-        self.optimizer.clip_to(grad_norm, self.max_norm);
+            false
+        } else {
+            true
+        };
         let learning_rate = self.schedule.lr(state.global_step);
-        self.optimizer.step(learning_rate)?;
+        if applied {
+            self.optimizer.clip_to(grad_norm, self.max_norm);
+            self.optimizer.step(learning_rate)?;
+        } else {
+            self.optimizer.zero_grad();
+        }
         let mut record = acc.finish(state.global_step, grad_norm, learning_rate);
+        if invalid_loss {
+            record.loss = f64::NAN;
+        }
+        record.skipped = !applied;
         record.loss_scale = loss_scale;
         record.skipped_steps = self.scaler.skipped_steps();
         record.allreduce_secs = allreduce_secs;
         state.global_step += 1;
-        Ok(Some(record))
+        Ok(record)
     }
 }
 
@@ -281,6 +294,7 @@ impl Accumulated {
             loss: self.loss / self.count as f64,
             grad_norm,
             learning_rate,
+            skipped: false,
             loss_scale: None,
             skipped_steps: 0,
             algorithm: self.numbers.into_iter().map(|(k, (sum, n))| (k, sum / n as f64)).collect(),

@@ -2,10 +2,11 @@
 //! (group-centred advantages, the SDK's clipped surrogate plus k3 KL, per-sequence mean) that fails on one chosen
 //! call, so that the harness can make a run fail in the middle of a batch and check what the host leaves behind.
 //!
-//! The fault is chosen by the environment variable `GRPO_TEST_FAULT=<entry>:<n>[:panic]`: the `n`-th call (from 1)
-//! of `advantages` or `loss` in this process returns an error (or panics, with `:panic`). It is read from the
-//! environment rather than `--algo-config` so that the failed run and its resume have the same saved config (the
-//! resume guard compares configs) while only the first one fails. Without the variable it never fails.
+//! The fault is chosen by the environment variable `GRPO_TEST_FAULT=<entry>:<n>[:panic|:nan]`: call number `n`
+//! (counted from 1) of `advantages` or `loss` in this process returns an error (or panics, with `:panic`; or, for
+//! `loss` with `:nan`, returns a NaN loss, as a diverging run would). It is read from the environment rather than
+//! `--algo-config` so that the failed run and its resume have the same saved config (the resume guard compares
+//! configs) while only the first one fails. Without the variable it never fails.
 //!
 //! Built by `cargo build --workspace` (it is a workspace member, not a default member, so release builds and
 //! installs never carry it).
@@ -24,24 +25,34 @@ pub const FAULT_ENV: &str = "GRPO_TEST_FAULT";
 struct Fault {
     entry: String,
     nth: u64,
-    panic: bool,
+    how: How,
+}
+
+/// What the failing call does.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum How {
+    Error,
+    Panic,
+    /// A NaN loss (on `loss` only): the host must skip the update, not fail.
+    Nan,
 }
 
 impl Fault {
     fn parse(spec: &str) -> Result<Fault> {
-        let bad = || Error::msg(format!("{FAULT_ENV}={spec:?}: expected advantages|loss:<n>[:panic], n >= 1"));
+        let bad = || Error::msg(format!("{FAULT_ENV}={spec:?}: expected advantages|loss:<n>[:panic|:nan], n >= 1"));
         let mut parts = spec.split(':');
         let entry = parts.next().filter(|e| matches!(*e, "advantages" | "loss")).ok_or_else(bad)?.to_string();
         let nth = parts.next().and_then(|n| n.parse().ok()).filter(|&n| n >= 1).ok_or_else(bad)?;
-        let panic = match parts.next() {
-            None => false,
-            Some("panic") => true,
+        let how = match parts.next() {
+            None => How::Error,
+            Some("panic") => How::Panic,
+            Some("nan") if entry == "loss" => How::Nan,
             Some(_) => return Err(bad()),
         };
         if parts.next().is_some() {
             return Err(bad());
         }
-        Ok(Fault { entry, nth, panic })
+        Ok(Fault { entry, nth, how })
     }
 }
 
@@ -53,18 +64,17 @@ pub struct Faulty {
 }
 
 impl Faulty {
-    /// Count a call of `entry`; fail it if it is the armed one.
-    fn call(&self, entry: &str, counter: &AtomicU64) -> Result<()> {
+    /// Count a call of `entry`; fail it if it is the armed one. `Ok(true)`: this call must return a NaN loss.
+    fn call(&self, entry: &str, counter: &AtomicU64) -> Result<bool> {
         let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        let message = format!("injected fault: {entry} call {n} ({FAULT_ENV})");
         match &self.fault {
-            Some(f) if f.entry == entry && f.nth == n => {
-                let message = format!("injected fault: {entry} call {n} ({FAULT_ENV})");
-                if f.panic {
-                    panic!("{message}");
-                }
-                Err(Error::msg(message))
-            }
-            _ => Ok(()),
+            Some(f) if f.entry == entry && f.nth == n => match f.how {
+                How::Error => Err(Error::msg(message)),
+                How::Panic => panic!("{message}"),
+                How::Nan => Ok(true),
+            },
+            _ => Ok(false),
         }
     }
 }
@@ -100,9 +110,11 @@ impl Algorithm for Faulty {
     }
 
     fn loss(&self, batch: &PolicyBatch) -> Result<LossOutput> {
-        self.call("loss", &self.loss_calls)?;
+        let nan = self.call("loss", &self.loss_calls)?;
         let terms = PolicyTerms::new(batch)?;
-        Ok(LossOutput::new(terms.sequence_mean(&terms.per_token_loss(batch.settings.kl_weight))))
+        let loss = terms.sequence_mean(&terms.per_token_loss(batch.settings.kl_weight));
+        // Through the graph, so the gradients are NaN too.
+        Ok(LossOutput::new(if nan { loss * f64::NAN } else { loss }))
     }
 }
 
@@ -114,9 +126,10 @@ mod tests {
 
     #[test]
     fn fault_specs_parse_or_name_the_format() {
-        assert_eq!(Fault::parse("loss:5").unwrap(), Fault { entry: "loss".into(), nth: 5, panic: false });
-        assert!(Fault::parse("advantages:1:panic").unwrap().panic);
-        for bad in ["", "loss", "loss:0", "step:2", "loss:2:boom", "loss:2:panic:x"] {
+        assert_eq!(Fault::parse("loss:5").unwrap(), Fault { entry: "loss".into(), nth: 5, how: How::Error });
+        assert_eq!(Fault::parse("advantages:1:panic").unwrap().how, How::Panic);
+        assert_eq!(Fault::parse("loss:2:nan").unwrap().how, How::Nan);
+        for bad in ["", "loss", "loss:0", "step:2", "loss:2:boom", "loss:2:panic:x", "advantages:1:nan"] {
             assert!(Fault::parse(bad).is_err(), "{bad}");
         }
     }
