@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use grpo_host::generate::{generate, GenerateRequest, SamplingParams};
 use grpo_host::model::Model;
 use grpo_host::plugins::{EnvironmentPlugin, Registry};
-use grpo_host::rollout::{run_episodes, task_seeds, EndReason, Rollout, RolloutConfig};
+use grpo_host::rollout::{never, run_episodes, task_seeds, EndReason, Rollout, RolloutConfig};
 use grpo_host::tokenizer::Tokenizer;
 use grpo_sdk::tch::{Device, Kind};
 use grpo_sdk::{Environment, Message, MetricSource, Reward, Split, StepOutcome, Task};
@@ -114,8 +114,10 @@ fn action_segments_are_exactly_the_assistant_turns() {
     SEEN.lock().unwrap().clear();
     let Setup { env, tokenizer, model, tasks } = setup();
     let cfg = config(SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0 }, None);
-    let rollouts =
-        run_episodes(&model, &tokenizer, &env, &tasks, &cfg, &task_seeds(11, 0, tasks.len())).unwrap().rollouts;
+    let rollouts = run_episodes(&model, &tokenizer, &env, &tasks, &cfg, &task_seeds(11, 0, tasks.len()), &never)
+        .unwrap()
+        .unwrap()
+        .rollouts;
     assert_eq!(rollouts.len(), 6);
 
     let mut segments: Vec<String> = Vec::new();
@@ -157,11 +159,15 @@ fn cached_turns_equal_reprefilling_the_history() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let Setup { env, tokenizer, model, tasks } = setup();
     let seeds = task_seeds(5, 0, tasks.len());
-    let all = run_episodes(&model, &tokenizer, &env, &tasks, &config(SamplingParams::greedy(), None), &seeds).unwrap();
+    let all = run_episodes(&model, &tokenizer, &env, &tasks, &config(SamplingParams::greedy(), None), &seeds, &never)
+        .unwrap()
+        .unwrap();
     let two =
-        run_episodes(&model, &tokenizer, &env, &tasks, &config(SamplingParams::greedy(), Some(2)), &seeds).unwrap();
+        run_episodes(&model, &tokenizer, &env, &tasks, &config(SamplingParams::greedy(), Some(2)), &seeds, &never)
+            .unwrap()
+            .unwrap();
     let blocks = RolloutConfig { multi_step: 3, ..config(SamplingParams::greedy(), Some(2)) };
-    let blocks = run_episodes(&model, &tokenizer, &env, &tasks, &blocks, &seeds).unwrap();
+    let blocks = run_episodes(&model, &tokenizer, &env, &tasks, &blocks, &seeds, &never).unwrap().unwrap();
     assert!(blocks.stats.engine.host_reads < blocks.stats.engine.steps, "{:?}", blocks.stats.engine);
     // Greedy: a group's three episodes are the same, so each later turn's tokens ran once and were copied twice.
     let e = all.stats.engine;
@@ -197,12 +203,12 @@ fn turns_stop_at_the_context_limit() {
     let free = config(SamplingParams::default(), None);
     let seeds = task_seeds(3, 0, tasks.len());
     // Room for episode 0's first turn and the reply to it, and 2 tokens of its second turn.
-    let first = &run_episodes(&model, &tokenizer, &env, &tasks, &free, &seeds).unwrap().rollouts[0];
+    let first = &run_episodes(&model, &tokenizer, &env, &tasks, &free, &seeds, &never).unwrap().unwrap().rollouts[0];
     let turn_and_reply: usize = runs(first).iter().take(2).map(|(_, _, ids)| ids.len()).sum();
     let max_length = first.prompt_len + turn_and_reply + 2;
     for multi_step in [1, 3] {
         let cfg = RolloutConfig { max_length, multi_step, ..free.clone() };
-        let out = run_episodes(&model, &tokenizer, &env, &tasks, &cfg, &seeds).unwrap();
+        let out = run_episodes(&model, &tokenizer, &env, &tasks, &cfg, &seeds, &never).unwrap().unwrap();
         let mut truncated = 0;
         for r in &out.rollouts {
             assert!(r.tokens.len() <= cfg.max_length, "{} tokens past --max-length {}", r.tokens.len(), cfg.max_length);
@@ -224,7 +230,8 @@ fn prefill_counts_each_prompt_once_and_every_appended_token_once() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let Setup { env, tokenizer, model, tasks } = setup();
     let cfg = config(SamplingParams::default(), None);
-    let out = run_episodes(&model, &tokenizer, &env, &tasks, &cfg, &task_seeds(3, 0, tasks.len())).unwrap();
+    let out =
+        run_episodes(&model, &tokenizer, &env, &tasks, &cfg, &task_seeds(3, 0, tasks.len()), &never).unwrap().unwrap();
     let prompts: usize = out.rollouts.chunks(3).map(|g| g[0].prompt_len).sum();
     let appended: usize = out.rollouts.iter().map(|r| r.action[r.prompt_len..].iter().filter(|a| !**a).count()).sum();
     let generated: usize = out.rollouts.iter().map(|r| r.action.iter().filter(|a| **a).count()).sum();

@@ -9,7 +9,7 @@ use grpo_host::distributed::World;
 use grpo_host::generate::SamplingParams;
 use grpo_host::model::{DeviceSpec, DtypeSpec};
 use grpo_host::plugins::{AlgorithmPlugin, DiscoveryOptions, EnvironmentPlugin, Registry};
-use grpo_host::rollout::{run_episodes, task_seeds, RolloutConfig};
+use grpo_host::rollout::{never, run_episodes, task_seeds, RolloutConfig};
 use grpo_host::train::config::{BatchSettings, ModelSettings, ObjectiveSettings, RecomputeOld};
 use grpo_host::train::optimizer::{AdamW, AdamWConfig, Schedule};
 use grpo_host::train::policy::Policy;
@@ -77,9 +77,9 @@ fn scored_batch(policy: &Policy, algo: &AlgorithmPlugin, env: &EnvironmentPlugin
         max_batch_rows: None,
         multi_step: 1,
     };
-    let rollouts = run_episodes(policy.model(), policy.tokenizer(), env, &tasks, &cfg, &task_seeds(11, 0, tasks.len()))
-        .unwrap()
-        .rollouts;
+    let seeds = task_seeds(11, 0, tasks.len());
+    let rollouts =
+        run_episodes(policy.model(), policy.tokenizer(), env, &tasks, &cfg, &seeds, &never).unwrap().unwrap().rollouts;
     assert_eq!(rollouts.len(), 6);
     let mut scored = scored::score(algo, rollouts, batch.group_size).unwrap();
     for group in scored.advantage_values.chunks(3) {

@@ -20,7 +20,7 @@ use crate::generate::SamplingParams;
 use crate::logging::Metrics;
 use crate::model::Model;
 use crate::plugins::EnvironmentPlugin;
-use crate::rollout::{run_episodes_until, task_seeds, Rollout, RolloutConfig};
+use crate::rollout::{run_episodes, task_seeds, Rollout, RolloutConfig};
 use crate::tokenizer::Tokenizer;
 use crate::user_error;
 
@@ -282,8 +282,7 @@ impl Evaluation {
         let mut greedy: Vec<(usize, Rollout)> = Vec::new();
         for &(first, part) in &mine {
             let seeds = task_seeds(*seed, first as u64, part.len());
-            let Some(episodes) = run_episodes_until(model, tokenizer, env, part, &greedy_cfg, &seeds, cancelled)?
-            else {
+            let Some(episodes) = run_episodes(model, tokenizer, env, part, &greedy_cfg, &seeds, cancelled)? else {
                 return abandon();
             };
             greedy.extend(episodes.rollouts.into_iter().map(|r| (first + r.group, r)));
@@ -296,7 +295,7 @@ impl Evaluation {
             let cfg = config(settings.samples, settings.sampling);
             for &(first, part) in &mine {
                 let seeds = task_seeds(*seed, first as u64, part.len());
-                let Some(episodes) = run_episodes_until(model, tokenizer, env, part, &cfg, &seeds, cancelled)? else {
+                let Some(episodes) = run_episodes(model, tokenizer, env, part, &cfg, &seeds, cancelled)? else {
                     return abandon();
                 };
                 for r in episodes.rollouts {

@@ -130,6 +130,11 @@ struct Live {
     rollout: Rollout,
 }
 
+/// A `cancelled` for [`run_episodes`] that never cancels.
+pub fn never() -> bool {
+    false
+}
+
 /// The sampling seed of each of `n` tasks at positions `first..first + n` of a batch sampled with `seed`: what a
 /// task samples depends on its seed alone, not on the rows it shares a forward pass with, so a task's episodes are
 /// the same whichever data-parallel rank runs it.
@@ -139,22 +144,12 @@ pub fn task_seeds(seed: u64, first: u64, n: usize) -> Vec<u64> {
 
 /// Run `group_size` episodes of every task in `tasks` to the end, task `i` sampling from `seeds[i]` (see
 /// [`task_seeds`]): episode `j` of it, in turn `t`, draws from its own stream seeded by the task's seed, `j` and `t`.
+///
+/// `cancelled` is asked before every engine step; once it says yes the rollouts are abandoned and `None` returned
+/// (the episodes under way are dropped; their environments' metrics keep whatever they counted), since a run told
+/// to stop must not spend its grace period on rollouts it will not train on. Pass [`never`] for rollouts that always
+/// finish.
 pub fn run_episodes(
-    model: &Model,
-    tokenizer: &Tokenizer,
-    env: &EnvironmentPlugin,
-    tasks: &[Task],
-    cfg: &RolloutConfig,
-    seeds: &[u64],
-) -> Result<Episodes> {
-    let episodes = run_episodes_until(model, tokenizer, env, tasks, cfg, seeds, &|| false)?;
-    Ok(episodes.expect("rollouts that are never cancelled finish"))
-}
-
-/// [`run_episodes`], abandoned as soon as `cancelled` says so: it is asked before every engine step, and `None` is
-/// returned (the episodes under way are dropped; their environments' metrics keep whatever they counted). A run
-/// told to stop must not spend its grace period on rollouts it will not train on.
-pub fn run_episodes_until(
     model: &Model,
     tokenizer: &Tokenizer,
     env: &EnvironmentPlugin,

@@ -38,7 +38,7 @@ use crate::logging::system::PhasePeak;
 use crate::logging::{DistInfo, Loggers, LoggingConfig, SystemMetrics};
 use crate::model::DeviceSpec;
 use crate::plugins::{AlgorithmPlugin, EnvironmentPlugin, Registry};
-use crate::rollout::{run_episodes_until, task_seeds, Episodes, RolloutConfig};
+use crate::rollout::{run_episodes, task_seeds, Episodes, RolloutConfig};
 use crate::user_error;
 pub use config::RunConfig;
 use config::{LrSchedule, OptimizerSettings};
@@ -488,7 +488,7 @@ impl Trainer {
         self.ready_sampler();
         let seeds = task_seeds(mix(self.config.seed, self.state.batch), first, tasks.len());
         let (model, tokenizer) = (self.policy.sampler(), self.policy.tokenizer());
-        run_episodes_until(model, tokenizer, &self.env, tasks, &cfg, &seeds, &drop_work(&self.stop, &self.world))
+        run_episodes(model, tokenizer, &self.env, tasks, &cfg, &seeds, &drop_work(&self.stop, &self.world))
     }
 
     /// Evaluate the current weights on the held-out tasks and log `eval/*` at `step` (the batch's last step, so a
