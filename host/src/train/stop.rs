@@ -26,7 +26,12 @@ pub const EXIT_TERMINATED: i32 = 143;
 #[derive(Clone, Debug)]
 pub struct StopRequest {
     signal: Arc<AtomicUsize>,
+    /// This process got a signal (or [`StopRequest::request`]); a signal arriving while it is set exits at once.
     requested: Arc<AtomicBool>,
+    /// Another data-parallel rank's signal, adopted ([`StopRequest::adopt`]); 0 while none. Kept apart from
+    /// `requested` so that this process's own signal, which torchrun sends a moment later, is a first signal, not a
+    /// second one that would exit before the checkpoint.
+    adopted: Arc<AtomicUsize>,
 }
 
 impl StopRequest {
@@ -47,24 +52,32 @@ impl StopRequest {
         Ok(SHARED.get_or_init(|| s).clone())
     }
 
-    /// Whether a stop was asked for.
+    /// Whether a stop was asked for (here, or on another rank and adopted).
     pub fn requested(&self) -> bool {
-        self.requested.load(Ordering::SeqCst)
+        self.requested.load(Ordering::SeqCst) || self.adopted.load(Ordering::SeqCst) != 0
     }
 
-    /// The signal that asked for the stop (SIGINT when it was asked for without one); `None` before any.
+    /// The signal that asked for the stop: this process's (SIGINT when it was asked for without one), else the one
+    /// adopted from another rank; `None` before any.
     pub fn signal(&self) -> Option<i32> {
-        self.requested().then(|| match self.signal.load(Ordering::SeqCst) as i32 {
-            0 => SIGINT,
-            signal => signal,
-        })
+        if self.requested.load(Ordering::SeqCst) {
+            return Some(match self.signal.load(Ordering::SeqCst) as i32 {
+                0 => SIGINT,
+                signal => signal,
+            });
+        }
+        match self.adopted.load(Ordering::SeqCst) as i32 {
+            0 => None,
+            signal => Some(signal),
+        }
     }
 
-    /// Stop as another data-parallel rank does, for the signal it got (its [`signal`](Self::signal)), unless this
-    /// process was asked already: every rank then exits with the same code and names the same signal.
+    /// Stop as another data-parallel rank does, for the signal it got (its [`signal`](Self::signal)), unless a stop
+    /// was asked for already: every rank then exits with the same code and names the same signal. A signal to this
+    /// process afterwards still counts as its first.
     pub fn adopt(&self, signal: Option<i32>) {
         if let (Some(signal), false) = (signal, self.requested()) {
-            self.request(signal);
+            self.adopted.store(signal as usize, Ordering::SeqCst);
         }
     }
 
@@ -76,18 +89,17 @@ impl StopRequest {
 
     /// The exit code for the signal that asked (130 when none or unknown).
     pub fn exit_code(&self) -> i32 {
-        match self.signal.load(Ordering::SeqCst) as i32 {
-            SIGTERM => EXIT_TERMINATED,
+        match self.signal() {
+            Some(SIGTERM) => EXIT_TERMINATED,
             _ => EXIT_INTERRUPTED,
         }
     }
 
     /// What to call the signal in messages.
     pub fn name(&self) -> &'static str {
-        if self.signal.load(Ordering::SeqCst) as i32 == SIGTERM {
-            "SIGTERM"
-        } else {
-            "Ctrl-C"
+        match self.signal() {
+            Some(SIGTERM) => "SIGTERM",
+            _ => "Ctrl-C",
         }
     }
 }
@@ -114,7 +126,11 @@ pub fn drop_work<'a>(stop: &'a StopRequest, world: &'a World) -> impl Fn() -> bo
 
 impl Default for StopRequest {
     fn default() -> Self {
-        StopRequest { signal: Arc::new(AtomicUsize::new(0)), requested: Arc::new(AtomicBool::new(false)) }
+        StopRequest {
+            signal: Arc::new(AtomicUsize::new(0)),
+            requested: Arc::new(AtomicBool::new(false)),
+            adopted: Arc::new(AtomicUsize::new(0)),
+        }
     }
 }
 
@@ -141,7 +157,11 @@ mod tests {
         s.adopt(None);
         assert!(!s.requested());
         s.adopt(Some(SIGTERM));
-        assert_eq!((s.signal(), s.exit_code()), (Some(SIGTERM), 143));
+        assert_eq!((s.signal(), s.exit_code(), s.name()), (Some(SIGTERM), 143, "SIGTERM"));
+        assert!(s.requested());
+        // The flag a signal handler reads to exit at once on a second signal is untouched: this process's own
+        // SIGTERM, a moment later, is its first.
+        assert!(!s.requested.load(Ordering::SeqCst));
         let s = StopRequest::default();
         s.request(SIGINT);
         s.adopt(Some(SIGTERM));
