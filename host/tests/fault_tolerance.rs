@@ -396,11 +396,20 @@ fn runs_stopped_by_sigterm_resume_to_the_uninterrupted_result() {
     eprintln!("SIGTERM rounds: {:?} ({} after a batch, {dropped} dropping one)", t0.elapsed(), stops.len());
 }
 
+/// A run's metrics.jsonl rows, in order (none before the file exists).
+fn metric_rows(run: &Path) -> Vec<Metrics> {
+    let rows = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
+    rows.lines().map(|l| grpo_host::logging::json::parse_line(l).unwrap()).collect()
+}
+
+/// The `step` value of a row.
+fn step_of(row: &Metrics) -> u64 {
+    row["step"].as_f64().unwrap() as u64
+}
+
 /// The `step` values of a run's metrics.jsonl rows, in order.
 fn logged_steps(run: &Path) -> Vec<u64> {
-    let rows = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
-    let rows = rows.lines().map(|l| grpo_host::logging::json::parse_line(l).unwrap());
-    rows.map(|r| r["step"].as_f64().unwrap() as u64).collect()
+    metric_rows(run).iter().map(step_of).collect()
 }
 
 /// SIGTERM while a batch rolls out: the rollouts are dropped at once instead of finished (a preempted job has
@@ -432,8 +441,7 @@ fn a_stop_during_rollouts_drops_the_batch_and_the_resume_plays_it_again() {
     let stopped = t.elapsed();
     let text = stderr("rolling-0.stderr");
     // The first batch's rollouts, as logged: the stop must not have waited for the second's.
-    let rows = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    let first = grpo_host::logging::json::parse_line(rows.lines().next().unwrap()).unwrap();
+    let first = metric_rows(&run).remove(0);
     let rollout = Duration::from_secs_f64(first["timing/rollout_s"].as_f64().unwrap());
     eprintln!("stopped {stopped:?} after SIGTERM; a batch's rollouts take {rollout:?}");
     assert_eq!(status.code(), Some(143), "SIGTERM exits 143\n{text}");
@@ -480,9 +488,7 @@ fn a_stop_during_an_evaluation_abandons_it_and_the_resume_evaluates_again() {
     assert_eq!(checkpoints(&run), [(0, 0)], "{text}");
     // The steps metrics.jsonl logged an evaluation at.
     let logged_eval = || -> Vec<u64> {
-        let rows = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
-        let rows = rows.lines().map(|l| grpo_host::logging::json::parse_line(l).unwrap());
-        rows.filter(|r| r.contains_key("eval/returns_mean")).map(|r| r["step"].as_f64().unwrap() as u64).collect()
+        metric_rows(&run).iter().filter(|r| r.contains_key("eval/returns_mean")).map(step_of).collect()
     };
     assert_eq!(logged_eval(), Vec::<u64>::new(), "{text}");
 
@@ -519,11 +525,7 @@ fn a_skipped_update_keeps_its_step() {
     assert_eq!(logged_steps(&run), (0..3 * STEPS_PER_BATCH).collect::<Vec<_>>(), "{text}");
     assert_at_boundaries(&run);
     assert_eq!(newest(&run), Some(3 * STEPS_PER_BATCH), "{text}");
-    let rows: Vec<Metrics> = std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| grpo_host::logging::json::parse_line(l).unwrap())
-        .collect();
+    let rows = metric_rows(&run);
     let invalid = |step: usize| rows[step]["training/invalid_loss_count"].as_f64().unwrap();
     assert_eq!((invalid(3), invalid(4), invalid(8)), (0.0, 1.0, 1.0));
     assert!(!rows[4].contains_key("training_step/loss"), "{:?}", rows[4]);

@@ -302,7 +302,7 @@ impl World {
     /// be reached leaves the news to the next collective.
     pub fn announce_stop(&self, signal: i32) {
         if let Some(group) = &self.group {
-            let _ = group.store_set(&format!("grpo/stop/{signal}"), "1");
+            let _ = group.store_set(&stop_key(signal), "1");
         }
     }
 
@@ -310,7 +310,7 @@ impl World {
     /// few times a second, not every step).
     pub fn stop_announced(&self, signals: &[i32]) -> Option<i32> {
         let group = self.group.as_ref()?;
-        signals.iter().copied().find(|s| group.store_has(&format!("grpo/stop/{s}")).unwrap_or(false))
+        signals.iter().copied().find(|&s| group.store_has(&stop_key(s)).unwrap_or(false))
     }
 
     /// Sum (or max, min) `t` over the ranks, in place. The tensor must be dense and contiguous.
@@ -453,6 +453,11 @@ impl World {
             differ.join(", ")
         ))
     }
+}
+
+/// The store key a rank told to stop by `signal` sets.
+fn stop_key(signal: i32) -> String {
+    format!("grpo/stop/{signal}")
 }
 
 /// A record as the ranks exchange it: CBOR, self-describing like JSON (so enums, maps and `serde_json::Value`s pass

@@ -297,7 +297,6 @@ impl Trainer {
             if !self.batch()? {
                 // Every rank dropped the batch (a signal reached one of them before its updates): stop at the
                 // boundary the batch started from.
-                self.stopping = true;
                 self.check_weights_agree()?;
                 return Ok(Outcome::Abandoned);
             }
@@ -434,16 +433,10 @@ impl Trainer {
             None => None,
         };
         let (local, exp) = prepared.unzip();
-        // A rank that dropped the batch sends the signal that made it, for every rank to stop on.
-        let local = local.ok_or(self.stop.signal());
-        let ranks = self.world.gather("gathering the batch's rollout metrics", local)?;
-        let (batch, exp) = match (ranks.into_iter().collect::<Result<Vec<_>, _>>(), exp) {
-            (Ok(batch), Some(exp)) => (BatchSummary::merge(batch), exp),
-            (dropped, _) => {
-                self.stop.adopt(dropped.err().flatten());
-                return Ok(false);
-            }
-        };
+        let ranks = self.gather_unless_dropped("gathering the batch's rollout metrics", local)?;
+        // Every rank's share arrived, this one's included.
+        let (Some(ranks), Some(exp)) = (ranks, exp) else { return Ok(false) };
+        let batch = BatchSummary::merge(ranks);
         self.log_rollouts(step0, &batch, exp.len());
 
         let (t, peak) = (Instant::now(), PhasePeak::start());
@@ -460,6 +453,23 @@ impl Trainer {
         self.state.batch += 1;
         self.mid_batch = false;
         Ok(true)
+    }
+
+    /// Every rank's share of work that a stop may drop (`local`, `None` where this rank dropped it), or `None` when
+    /// any rank dropped its own: a dropping rank sends the signal that made it, and every rank adopts it and stops.
+    fn gather_unless_dropped<T: serde::Serialize + serde::de::DeserializeOwned>(
+        &self,
+        what: &str,
+        local: Option<T>,
+    ) -> Result<Option<Vec<T>>> {
+        let ranks = self.world.gather(what, local.ok_or(self.stop.signal()))?;
+        match ranks.into_iter().collect::<Result<Vec<_>, _>>() {
+            Ok(all) => Ok(Some(all)),
+            Err(signal) => {
+                self.stop.adopt(signal);
+                Ok(None)
+            }
+        }
     }
 
     /// Put the model in inference mode and bring the sampling copy (when rollouts run in another dtype) up to the
@@ -510,23 +520,17 @@ impl Trainer {
             let drop = drop_work(&self.stop, &self.world);
             evaluator.evaluation().run_shard(model, tokenizer, &self.env, ranks, &drop)?
         };
-        // A rank that dropped its share sends the signal that made it, for every rank to stop on.
-        let shard = shard.ok_or(self.stop.signal());
-        let shards = self.world.gather("gathering the evaluation's outcomes", shard)?;
+        let shards = self.gather_unless_dropped("gathering the evaluation's outcomes", shard)?;
         let seconds = t.elapsed().as_secs_f64();
-        let shards = match shards.into_iter().collect::<Result<Vec<_>, _>>() {
-            Ok(shards) => shards,
-            Err(signal) => {
-                self.stop.adopt(signal);
-                let how = if stopped_before { "skipped".to_string() } else { format!("abandoned after {seconds:.1}s") };
-                self.loggers.println(&format!(
-                    "eval at step {step} {how}: stopping on {}; `grpo-host eval --checkpoint DIR --env {}` with the \
-                     run's eval flags gives its numbers from the checkpoint this stop saves",
-                    self.stop.name(),
-                    self.env.name()
-                ));
-                return Ok(());
-            }
+        let Some(shards) = shards else {
+            let how = if stopped_before { "skipped".to_string() } else { format!("abandoned after {seconds:.1}s") };
+            self.loggers.println(&format!(
+                "eval at step {step} {how}: stopping on {}; `grpo-host eval --checkpoint DIR --env {}` with the \
+                 run's eval flags gives its numbers from the checkpoint this stop saves",
+                self.stop.name(),
+                self.env.name()
+            ));
+            return Ok(());
         };
         let ranks = shards.iter().filter(|s| !s.outcomes.is_empty()).count();
         let result = evaluator.finish(shards, step)?;
