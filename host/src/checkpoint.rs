@@ -44,6 +44,10 @@ pub struct TrainerState {
     /// The mixed-precision mode the run trained in (`no`, `bf16`, `fp16`).
     #[serde(default)]
     pub mixed_precision: Option<String>,
+    /// The run's name (its folder under `--runs-dir`), so a resume without `--run-name` of a checkpoint kept
+    /// elsewhere (`--checkpoint-path`) continues the same run's logs.
+    #[serde(default)]
+    pub run_name: Option<String>,
 }
 
 /// What goes into one checkpoint.
@@ -736,6 +740,13 @@ pub struct Resume {
     pub checkpoint: PathBuf,
     /// One line per newer checkpoint that was skipped, from [`Latest::messages`].
     pub skipped: Vec<String>,
+}
+
+/// The run name a checkpoint's trainer state records, if it can be read (checkpoints from before it was kept
+/// have none).
+pub fn saved_run_name(dir: &Path) -> Option<String> {
+    let text = fs::read_to_string(dir.join(STATE_FILE)).ok()?;
+    serde_json::from_str::<TrainerState>(&text).ok()?.run_name.filter(|n| !n.is_empty())
 }
 
 /// Resolve `--resume`: a checkpoint directory, a run directory (its latest usable checkpoint), a directory of

@@ -218,3 +218,36 @@ fn evaluating_an_environment_without_eval_tasks_is_one_line() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("environment `math` has no eval tasks"), "{err}");
 }
+
+/// A run trained on `--dataset` is not scored on the environment's own eval split (generated arithmetic for
+/// `math`) without being told: training with evaluation, and `eval`, ask for `--eval-data` or `--eval-holdout`.
+#[test]
+fn evaluating_beside_a_dataset_needs_its_eval_tasks_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model();
+    let host = |args: &[&str]| {
+        Command::new(common::host_exe())
+            .args(args)
+            .args(["--env", "math", "--device", "cpu", "--model", model.to_str().unwrap(), "--dataset"])
+            .arg(gsm8k_file())
+            .env_remove("GRPO_PLUGIN_PATH")
+            .env("XDG_DATA_HOME", dir.path().join("xdg"))
+            .output()
+            .unwrap()
+    };
+    let out = host(&["eval", "--output", dir.path().join("e.json").to_str().unwrap()]);
+    let runs = dir.path().join("runs");
+    for eval in ["--eval-every", "--eval-before-train"] {
+        let mut args = vec!["--algo", "grpo", "--no-wandb", "--runs-dir", runs.to_str().unwrap(), eval];
+        if eval == "--eval-every" {
+            args.push("1");
+        }
+        let trained = host(&args);
+        assert_eq!(trained.status.code(), Some(2), "{args:?}: {}", text(&trained.stderr));
+        assert!(text(&trained.stderr).contains("--eval-holdout N"), "{}", text(&trained.stderr));
+    }
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("--dataset") && err.contains("--eval-data") && err.contains("--eval-holdout N"), "{err}");
+}

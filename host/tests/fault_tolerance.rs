@@ -534,6 +534,26 @@ fn a_skipped_update_keeps_its_step() {
     }
 }
 
+#[test]
+fn under_fp16_a_nan_loss_lowers_the_loss_scale() {
+    let runs = tempfile::tempdir().unwrap();
+    let run = runs.path().join("fp16");
+    // The second loss call is step 1.
+    let status = command(runs.path(), "fp16", Algo::Faulty, "fp16.stderr")
+        .args(["--max-steps", "1", "--mixed-precision", "fp16"])
+        .env("GRPO_TEST_FAULT", "loss:2:nan")
+        .status()
+        .unwrap();
+    let text = std::fs::read_to_string(runs.path().join("fp16.stderr")).unwrap();
+    assert!(status.success(), "{status}\n{text}");
+    let rows = metric_rows(&run);
+    let value = |step: usize, key: &str| rows[step][key].as_f64().unwrap();
+    let scales: Vec<f64> = (0..3).map(|s| value(s, "training_step/loss_scale")).collect();
+    assert_eq!(scales, [65536.0, 65536.0, 32768.0], "{:?}", rows[1]);
+    assert_eq!(value(2, "training/invalid_loss_count"), 1.0);
+    assert_eq!(value(2, "training/skipped_steps"), 1.0);
+}
+
 /// Run `run` once with `GRPO_TEST_FAULT=fault`: it must fail (not as a signal would) with one error line naming the
 /// fault, and leave checkpoints only at batch boundaries, the newest at `newest_step` with the reference's weights.
 fn run_failing(runs: &Path, reference: &Path, fault: &str, newest_step: u64) {

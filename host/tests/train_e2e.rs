@@ -12,7 +12,8 @@ fn tiny_model() -> PathBuf {
     common::workspace_root().join("tests/fixtures/model/tiny/llama")
 }
 
-/// `grpo-host` with small settings writing `runs/<name>`; `extra` flags replace the defaults they name.
+/// `grpo-host` with small settings writing `runs/<name>` (an empty name: no `--run-name`); `extra` flags replace
+/// the defaults they name.
 fn command(runs: &Path, name: &str, extra: &[&str]) -> Command {
     let model = tiny_model();
     let defaults = [
@@ -36,10 +37,11 @@ fn command(runs: &Path, name: &str, extra: &[&str]) -> Command {
             cmd.args([flag, value]);
         }
     }
-    cmd.args(["--no-wandb", "--runs-dir", runs.to_str().unwrap(), "--run-name", name])
-        .args(extra)
-        .env_remove("GRPO_PLUGIN_PATH")
-        .env("XDG_DATA_HOME", runs.join("xdg"));
+    cmd.args(["--no-wandb", "--runs-dir", runs.to_str().unwrap()]);
+    if !name.is_empty() {
+        cmd.args(["--run-name", name]);
+    }
+    cmd.args(extra).env_remove("GRPO_PLUGIN_PATH").env("XDG_DATA_HOME", runs.join("xdg"));
     cmd
 }
 
@@ -148,6 +150,45 @@ fn two_batches_log_every_metric_save_a_checkpoint_and_resume_exactly() {
     assert_eq!(comparable(&run), comparable(&runs.path().join("again")), "two runs with one seed differ");
 
     assert_resume_is_exact(runs.path(), &run, "split", &[]);
+    // Starting the finished run again without --resume would mix two runs' histories and checkpoints.
+    let again = train(runs.path(), "full", &["--max-steps", "2"]);
+    assert_eq!(again.status.code(), Some(2), "{}", text(&again.stderr));
+    let err = text(&again.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("already holds checkpoints of run `full`") && err.contains("--resume auto"), "{err}");
+    // An attempt that logged rows and died before its first checkpoint is started over: its rows are replaced.
+    let over = runs.path().join("over");
+    std::fs::create_dir_all(&over).unwrap();
+    std::fs::copy(run.join("metrics.jsonl"), over.join("metrics.jsonl")).unwrap();
+    let started = train(runs.path(), "over", &["--max-steps", "2"]);
+    assert!(started.status.success(), "{}", text(&started.stderr));
+    assert!(text(&started.stderr).contains("no checkpoint to resume; starting the run over"));
+    assert_eq!(comparable(&over), comparable(&run), "the attempt's rows were not replaced");
+    // Checkpoints kept elsewhere, in a folder that happens to be called `checkpoints`: the resume still logs to the
+    // named run.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let moved = elsewhere.path().join("moved/checkpoints");
+    assert_resume_is_exact(runs.path(), &run, "moved", &["--checkpoint-path", moved.to_str().unwrap()]);
+    assert!(!elsewhere.path().join("moved/metrics.jsonl").exists(), "the resume logged beside its checkpoints");
+}
+
+#[test]
+fn a_resume_without_run_name_continues_the_checkpoints_run() {
+    let (runs, elsewhere) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let ckpts = elsewhere.path().join("ckpts");
+    let flags = ["--checkpoint-path", ckpts.to_str().unwrap()];
+    let first = train(runs.path(), "", &[&["--max-steps", "1"], &flags[..]].concat());
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let resumed = train(runs.path(), "", &[&["--max-steps", "2", "--resume", "auto"], &flags[..]].concat());
+    assert!(resumed.status.success(), "{}", text(&resumed.stderr));
+    let dirs: Vec<PathBuf> = std::fs::read_dir(runs.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("metrics.jsonl").exists())
+        .collect();
+    assert_eq!(dirs.len(), 1, "the resume started a second run folder: {dirs:?}");
+    let steps: Vec<u64> = rows(&dirs[0]).iter().map(|r| r["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, (0..6).collect::<Vec<_>>());
 }
 
 /// Train `name` for one batch, resume it for a second, and check that the second batch equals the uninterrupted

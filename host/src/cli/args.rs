@@ -20,7 +20,7 @@ pub struct ModelArgs {
     /// auto (CUDA when available), cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: DeviceSpec,
-    /// auto (bf16 on CUDA, f32 on CPU), f32, bf16 or f16.
+    /// auto (bf16 on CUDA, f32 on CPU; training stores f32 parameters, see --mixed-precision), f32, bf16 or f16.
     #[arg(long, default_value = "auto")]
     pub dtype: DtypeSpec,
     /// libtorch intra-op threads (default: libtorch's choice, one per core).

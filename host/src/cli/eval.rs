@@ -21,9 +21,10 @@ use crate::user_error;
 /// Where tasks come from besides the environment's own: `--dataset`, `--eval-data`, `--eval-holdout`.
 #[derive(Debug, Clone, Args)]
 pub struct DataArgs {
-    /// Train on this dataset instead of the environment's own tasks: a .jsonl, .json or .parquet file, a directory
-    /// or glob of them, or a Hugging Face hub dataset id (openai/gsm8k) from the local hub cache (downloaded when
-    /// online unless --offline). Rows reach the environment as JSON objects (see its column options).
+    /// Train on this dataset instead of the environment's own tasks (in `eval`: the training run's dataset, whose
+    /// --eval-holdout rows are scored): a .jsonl, .json or .parquet file, a directory or glob of them, or a Hugging
+    /// Face hub dataset id (openai/gsm8k) from the local hub cache (downloaded when online unless --offline). Rows
+    /// reach the environment as JSON objects (see its column options).
     #[arg(long, value_name = "FILE|DIR|GLOB|ORG/NAME")]
     pub dataset: Option<String>,
     /// The hub dataset's config (GSM8K: main); also used for --eval-data.
@@ -203,7 +204,9 @@ pub fn run(args: EvalArgs) -> anyhow::Result<i32> {
     let registry = Registry::discover(&args.plugins.discovery())?;
     let env = registry.environment(&args.env, &env_config)?;
     let allow_download = !args.model.offline;
-    let run_tasks = args.data.into_settings().resolve(&env, allow_download)?;
+    let data = args.data.into_settings();
+    data.check_eval_source()?;
+    let run_tasks = data.resolve(&env, allow_download)?;
     let tasks = crate::eval::eval_tasks(&env, run_tasks.eval.as_deref().map(Vec::as_slice), settings.tasks, args.seed)?;
 
     let (model_spec, lora, checkpoint_step) = match &args.checkpoint {

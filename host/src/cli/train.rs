@@ -50,8 +50,8 @@ pub struct TrainArgs {
     /// why).
     #[arg(long, default_value = "auto")]
     pub mixed_precision: MixedPrecision,
-    /// The dtype rollouts are sampled in: auto (the compute precision: bf16 under --mixed-precision bf16, else
-    /// --dtype), f32, bf16 or f16. A different one samples from a copy of the model in that dtype, refreshed from
+    /// The dtype rollouts are sampled in: auto (the compute precision: bf16 under --mixed-precision bf16, f16
+    /// under fp16, else --dtype), f32, bf16 or f16. A different one samples from a copy of the model in that dtype, refreshed from
     /// the trained weights before each batch, and the old log-probs are then recomputed in the training precision.
     #[arg(long, default_value = "auto")]
     pub rollout_dtype: DtypeSpec,
@@ -190,7 +190,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub save_merged: bool,
     /// Continue a run: a checkpoint directory, a run directory (its latest checkpoint), or `auto` (the latest
-    /// checkpoint of --run-name, else of the most recent run).
+    /// checkpoint of --run-name, or in --checkpoint-path; never another run's).
     #[arg(long, num_args = 0..=1, default_missing_value = "auto")]
     pub resume: Option<String>,
 
@@ -242,9 +242,13 @@ impl TrainArgs {
         });
         let sampling = self.sampling.resolve(TRAIN_SAMPLING)?;
         let multi_step = self.decode.multi_step()?;
+        let (eval, data) = (self.eval.into_settings(sampling, multi_step)?, self.data.into_settings());
+        if eval.enabled() {
+            data.check_eval_source()?;
+        }
         Ok(RunConfig {
-            eval: self.eval.into_settings(sampling, multi_step)?,
-            data: self.data.into_settings(),
+            eval,
+            data,
             plugins: PluginSelection {
                 algo: self.algo,
                 env: self.env,

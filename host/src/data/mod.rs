@@ -170,6 +170,21 @@ pub struct RunTasks {
 }
 
 impl DataSettings {
+    /// An evaluation beside `--dataset` must name its tasks: the environment's own eval split is not drawn from that
+    /// dataset (for `math` it is generated arithmetic), so scoring a GSM8K run on it would mislead. Like TRL, which
+    /// refuses an eval strategy without an eval dataset, this is one line saying what to pass.
+    pub fn check_eval_source(&self) -> Result<()> {
+        match &self.dataset {
+            Some(spec) if self.eval_data.is_none() && self.eval_holdout == 0 => Err(user_error!(
+                "--dataset {}: evaluation needs tasks from the same kind of data, and the environment's own eval \
+                 split is not; pass --eval-data FILE|DIR|ORG/NAME (for a hub dataset, its test split) or \
+                 --eval-holdout N",
+                spec.source
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Load the datasets these settings name and turn their rows into `env`'s tasks; progress goes to stderr.
     pub fn resolve(&self, env: &EnvironmentPlugin, allow_download: bool) -> Result<RunTasks> {
         if self.eval_holdout > 0 && self.dataset.is_none() {

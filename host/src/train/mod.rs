@@ -161,15 +161,30 @@ impl RunPaths {
             }
             None => None,
         };
-        let run_dir = match &resume {
-            // A checkpoint lives in <run>/checkpoints/step_N unless --checkpoint-path moved it.
-            Some(ckpt) if ckpt.parent().and_then(Path::file_name).is_some_and(|n| n == "checkpoints") => {
-                ckpt.parent().and_then(Path::parent).expect("checked above").to_path_buf()
+        // The run's folder: the one `--run-name` names; else, resuming, the run the checkpoint belongs to (its
+        // `<run>/checkpoints/step_N` home, or the name its state records when `--checkpoint-path` moved it).
+        let home = |ckpt: &Path| match ckpt.parent() {
+            Some(parent) if c.checkpoint_path.is_none() && parent.file_name().is_some_and(|n| n == "checkpoints") => {
+                parent.parent().map(Path::to_path_buf)
             }
-            _ => c.runs_dir.join(c.run_name.clone().unwrap_or_else(|| default_run_name(config))),
+            _ => checkpoint::saved_run_name(ckpt).map(|n| c.runs_dir.join(n)),
+        };
+        let run_dir = match (&c.run_name, resume.as_deref().and_then(home)) {
+            (Some(name), _) => c.runs_dir.join(name),
+            (None, Some(dir)) => dir,
+            (None, None) => c.runs_dir.join(default_run_name(config)),
         };
         let run_name = run_dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
         let checkpoints = c.checkpoint_path.clone().unwrap_or_else(|| run_dir.join("checkpoints"));
+        if resume.is_none() && checkpoint::has_checkpoints(&checkpoints) {
+            // A new run there would mix two histories, and a later `--resume auto` could pick the old run's newer
+            // checkpoint.
+            return Err(user_error!(
+                "{} already holds checkpoints of run `{run_name}`; pass --resume auto to continue it, or another \
+                 --run-name (or --checkpoint-path, or delete them) to start a new run",
+                checkpoints.display()
+            ));
+        }
         Ok(RunPaths { run_dir, run_name, checkpoints, resume })
     }
 }
@@ -177,35 +192,15 @@ impl RunPaths {
 impl Trainer {
     /// Load the plugins and the model, restore a checkpoint when resuming, write `config.json`, open the loggers.
     fn start(config: RunConfig, world: World) -> Result<Trainer> {
+        // First, so that a SIGTERM while the model loads is a stop (exit 143 at the first boundary), not a kill.
+        let stop = StopRequest::install().context("installing the SIGINT/SIGTERM handlers")?;
         let registry = Registry::discover(&config.plugins.discovery())?;
         let algo = registry.algorithm(&config.plugins.algo, &config.plugins.algo_config)?;
         let env = registry.environment(&config.plugins.env, &config.plugins.env_config)?;
         let (paths, history) = resolve_on_main(&config, &world)?;
         // Datasets and evaluation tasks before the model: a bad file or a missing column fails in seconds.
         let run_tasks = config.data.resolve(&env, config.model.allow_download)?;
-        let b = &config.batch;
-        let limits = crate::eval::EpisodeLimits {
-            max_new_tokens: b.max_new_tokens,
-            max_turns: b.max_turns,
-            max_length: b.max_length,
-        };
-        let given = run_tasks.eval.as_deref().map(Vec::as_slice);
-        // Every rank plays its share of each evaluation; rank 0 writes the eval files.
-        let outcomes_dir = world.is_main().then_some(paths.run_dir.as_path());
-        let evaluator = crate::eval::InTraining::new(&env, given, config.eval, limits, config.seed, outcomes_dir)?;
-        let first_batch_at_step_0 = config.sft.steps == 0 && config.batch.updates_per_batch() == 1;
-        if evaluator
-            .as_ref()
-            .is_some_and(|e| e.due_before_training(0, 0) && e.due_after_batch(1, config.batch.max_steps))
-            && first_batch_at_step_0
-            && world.is_main()
-        {
-            eprintln!(
-                "warning: --eval-before-train: the first batch has one update (step 0) and an evaluation after it, \
-                 which is logged at step 0 too and replaces the one before training; a smaller --train-batch-size \
-                 (several updates per batch) or --eval-every N that skips the first batch keeps both"
-            );
-        }
+        let evaluator = in_training_evaluator(&config, &env, run_tasks.eval.as_deref(), &paths.run_dir, &world)?;
         let mut policy = Policy::load(&config.model, config.loss.kl_weight, config.seed)?;
         let precision = policy.precision();
         if let Some(warning) = precision.small_update_warning(config.optimizer.lr).filter(|_| world.is_main()) {
@@ -221,26 +216,10 @@ impl Trainer {
             AdamW::without_master_weights(policy.trainable(), adamw_config(&config.optimizer))
         };
         let mut scaler = LossScaler::new(precision.mode);
-        let state = match &paths.resume {
-            Some(ckpt) => {
-                let state = restore(ckpt, &mut policy, &mut optimizer, &mut scaler, config.seed)?;
-                if config.sft.steps > 0 && warmed_up(&state, config.sft.steps) && config.loss.kl_weight != 0.0 {
-                    policy.set_reference(&checkpoint::load_reference(ckpt)?)?;
-                }
-                if world.is_main() {
-                    eprintln!("resuming from {} (batch {}, step {})", ckpt.display(), state.batch, state.global_step);
-                }
-                state
-            }
-            None => {
-                if let Some(weights) = policy.initial_master_weights()? {
-                    optimizer.load_master_weights(&weights)?;
-                }
-                TrainerState { seed: config.seed, ..Default::default() }
-            }
-        };
+        let state = starting_state(&config, &paths, &world, &mut policy, &mut optimizer, &mut scaler)?;
         synchronize_start(&world, &policy, &optimizer)?;
-        if let (Some(evaluator), Some(_)) = (&evaluator, &paths.resume) {
+        if let Some(evaluator) = evaluator.as_ref().filter(|_| paths.resume.is_some() || started_before(&paths.run_dir))
+        {
             evaluator.cut_back(state.global_step)?;
         }
         let total_steps = config.batch.max_steps * config.batch.updates_per_batch();
@@ -252,7 +231,7 @@ impl Trainer {
             // Rank 0 writes the run's files and logs; the others compute and send it their numbers.
             Loggers::silent()
         };
-        let stop = StopRequest::install().context("installing the SIGINT/SIGTERM handlers")?;
+        let state_batch = state.batch;
         let dist =
             DistInfo { num_processes: world.size, process_index: world.rank, local_process_index: world.local_rank };
         Ok(Trainer {
@@ -275,7 +254,8 @@ impl Trainer {
             mid_batch: false,
             new_reference: None,
             last_save: Instant::now(),
-            last_checkpoint: None,
+            // A resumed run starts at its checkpoint's boundary: a stop before its first batch need not rewrite it.
+            last_checkpoint: paths.resume.map(|dir| (state_batch, dir)),
         })
     }
 
@@ -680,15 +660,7 @@ impl Trainer {
             }
             (Ok(stopped @ (Outcome::Stopped | Outcome::Abandoned)), Ok(dir)) => {
                 let (code, name) = (self.stop.exit_code(), self.stop.name());
-                let when = match stopped {
-                    Outcome::Abandoned => format!(
-                        "during batch {}/{}, whose rollouts were dropped (it runs again on resume)",
-                        self.state.batch + 1,
-                        self.config.batch.max_steps
-                    ),
-                    _ if self.state.batch == 0 => "before the first batch".to_string(),
-                    _ => "after the batch".to_string(),
-                };
+                let when = stop_point(stopped, self.state.batch, self.config.batch.max_steps);
                 loggers.println(&format!("stopped by {name} {when}: checkpoint saved; {}", resume_hint(&dir)));
                 loggers.finish(code);
                 Ok(code)
@@ -732,6 +704,87 @@ impl Trainer {
         self.loggers.finish(1);
         Err(err.context(RunFailed(format!("batch {} failed; {hint}", self.state.batch))))
     }
+}
+
+/// Whether an earlier attempt of the run logged rows in `run_dir`.
+fn started_before(run_dir: &Path) -> bool {
+    std::fs::metadata(run_dir.join("metrics.jsonl")).is_ok_and(|m| m.len() > 0)
+}
+
+/// Where a stop left the run, for the console: `batch` batches are done out of `max_steps`.
+fn stop_point(stopped: Outcome, batch: u64, max_steps: u64) -> String {
+    match stopped {
+        Outcome::Abandoned => {
+            format!("during batch {}/{max_steps}, whose rollouts were dropped (it runs again on resume)", batch + 1)
+        }
+        _ if batch == 0 => "before the first batch".to_string(),
+        _ => "after the batch".to_string(),
+    }
+}
+
+/// The in-training evaluator (`--eval-every`, `--eval-before-train`), if asked for: every rank plays its share of
+/// each evaluation, and rank 0 writes the eval files. Warns when the evaluation before training and the one after a
+/// one-update first batch would both be logged at step 0.
+fn in_training_evaluator(
+    config: &RunConfig,
+    env: &EnvironmentPlugin,
+    given: Option<&Vec<Task>>,
+    run_dir: &Path,
+    world: &World,
+) -> Result<Option<crate::eval::InTraining>> {
+    let b = &config.batch;
+    let limits = crate::eval::EpisodeLimits {
+        max_new_tokens: b.max_new_tokens,
+        max_turns: b.max_turns,
+        max_length: b.max_length,
+    };
+    let outcomes_dir = world.is_main().then_some(run_dir);
+    let given = given.map(Vec::as_slice);
+    let evaluator = crate::eval::InTraining::new(env, given, config.eval, limits, config.seed, outcomes_dir)?;
+    let first_batch_at_step_0 = config.sft.steps == 0 && b.updates_per_batch() == 1;
+    if evaluator.as_ref().is_some_and(|e| e.due_before_training(0, 0) && e.due_after_batch(1, b.max_steps))
+        && first_batch_at_step_0
+        && world.is_main()
+    {
+        eprintln!(
+            "warning: --eval-before-train: the first batch has one update (step 0) and an evaluation after it, \
+             which is logged at step 0 too and replaces the one before training; a smaller --train-batch-size \
+             (several updates per batch) or --eval-every N that skips the first batch keeps both"
+        );
+    }
+    Ok(evaluator)
+}
+
+/// The counters a run starts from: a resumed run's checkpoint (its weights, masters, moments, loss scale and the
+/// warm-up's KL reference put back), or a new run's, whose masters start from the loaded weights.
+fn starting_state(
+    config: &RunConfig,
+    paths: &RunPaths,
+    world: &World,
+    policy: &mut Policy,
+    optimizer: &mut AdamW,
+    scaler: &mut LossScaler,
+) -> Result<TrainerState> {
+    let mut state = match &paths.resume {
+        Some(ckpt) => {
+            let state = restore(ckpt, policy, optimizer, scaler, config.seed)?;
+            if config.sft.steps > 0 && warmed_up(&state, config.sft.steps) && config.loss.kl_weight != 0.0 {
+                policy.set_reference(&checkpoint::load_reference(ckpt)?)?;
+            }
+            if world.is_main() {
+                eprintln!("resuming from {} (batch {}, step {})", ckpt.display(), state.batch, state.global_step);
+            }
+            state
+        }
+        None => {
+            if let Some(weights) = policy.initial_master_weights()? {
+                optimizer.load_master_weights(&weights)?;
+            }
+            TrainerState { seed: config.seed, ..Default::default() }
+        }
+    };
+    state.run_name = Some(paths.run_name.clone());
+    Ok(state)
 }
 
 /// Whether a run at `state` is past its `steps` warm-up steps (a checkpoint is only ever taken after all of them).
@@ -903,8 +956,16 @@ fn open_loggers(
     log_cfg.log_dir = config.logging.log_dir.clone();
     log_cfg.total_steps = Some(total_steps);
     log_cfg.resume = paths.resume.is_some();
-    // Every sink cuts its history back to the checkpoint: the steps after it are logged again, exactly once.
-    log_cfg.resume_from_step = paths.resume.as_ref().map(|_| state.global_step);
+    // Every sink cuts its history back to the checkpoint: the steps after it are logged again, exactly once. A run
+    // started over (an attempt that failed before its first checkpoint) replaces that attempt's rows the same way.
+    log_cfg.resume_from_step = match &paths.resume {
+        Some(_) => Some(state.global_step),
+        None if started_before(&paths.run_dir) => {
+            eprintln!("{}: no checkpoint to resume; starting the run over", paths.run_dir.display());
+            Some(0)
+        }
+        None => None,
+    };
     if log_cfg.wandb.run_id.is_none() {
         log_cfg.wandb.run_id.clone_from(&state.wandb_run_id);
     }

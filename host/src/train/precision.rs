@@ -239,8 +239,9 @@ pub struct Precision {
 
 impl Precision {
     /// Resolve `--mixed-precision` and `--dtype` on `device`. `auto` means bf16 mixed precision on CUDA and the
-    /// measured default on the CPU, unless `--dtype` names a dtype, which then holds the parameters as given.
-    /// Mixed precision keeps f32 masters, so it rejects a non-f32 `--dtype`.
+    /// measured default on the CPU, unless `--dtype` names a dtype, which then holds the parameters as given; `no`
+    /// with `--dtype auto` is f32 on every device. Mixed precision keeps f32 masters, so it rejects a non-f32
+    /// `--dtype`.
     pub fn resolve(mode: MixedPrecision, dtype: DtypeSpec, device: Device) -> anyhow::Result<Precision> {
         let mode = match (mode, dtype) {
             (MixedPrecision::Auto, DtypeSpec::Auto) if device.is_cuda() => MixedPrecision::Bf16,
@@ -259,7 +260,9 @@ impl Precision {
                 Ok(Precision { mode, working: kind, master_weights: true, rollout: kind })
             }
             None => {
-                let working = dtype.resolve(device);
+                // Accelerate's `no` is f32: `--dtype auto`'s bf16 on CUDA is for inference, and pure bf16 training
+                // (which loses small updates) only when asked for by name.
+                let working = if dtype == DtypeSpec::Auto { Kind::Float } else { dtype.resolve(device) };
                 Ok(Precision { mode, working, master_weights: false, rollout: working })
             }
         }
@@ -310,6 +313,9 @@ mod tests {
         let mixed = Precision::resolve(MixedPrecision::Bf16, DtypeSpec::Auto, Device::Cpu).unwrap();
         assert_eq!(mixed.with_rollout(DtypeSpec::Auto, Device::Cpu).rollout, Kind::BFloat16);
         assert!(!mixed.with_rollout(DtypeSpec::Bf16, Device::Cpu).separate_rollout());
+        // `no` is f32 on CUDA too, whatever `--dtype auto` means for inference there.
+        let no = Precision::resolve(MixedPrecision::No, DtypeSpec::Auto, Device::Cuda(0)).unwrap();
+        assert_eq!((no.working, no.master_weights, no.rollout), (Kind::Float, false, Kind::Float));
         let f32 = Precision::resolve(MixedPrecision::No, DtypeSpec::Auto, Device::Cpu).unwrap();
         let f32_bf16 = f32.with_rollout(DtypeSpec::Bf16, Device::Cpu);
         assert!(f32_bf16.separate_rollout() && f32_bf16.working == Kind::Float);

@@ -123,6 +123,9 @@ impl Updater<'_> {
     /// host together after the last backward, so on a GPU the micro-batches' kernels are queued back to back. A loss
     /// is therefore judged after its backward: a non-finite one has already reached the accumulated gradients, and
     /// the whole step is skipped rather than the micro-batch alone.
+    ///
+    /// One function, longer than the rest, on purpose: the order is the design (backward queued per micro-batch,
+    /// one all-reduce, one device read, one skip decision the ranks share), and it reads best in one place.
     fn step(
         &mut self,
         exp: &Experience,
@@ -164,6 +167,11 @@ impl Updater<'_> {
         let invalid_loss = acc.invalid > 0 || acc.count == 0;
         let applied = if invalid_loss {
             state.invalid_loss_count += acc.invalid as u64;
+            // Its gradients are as non-finite as the loss: under fp16 that is an overflow like any other (the scale
+            // backs off and the skip is counted, as GradScaler's inf check would find).
+            if self.scaler.enabled() && !grad_norm.is_finite() {
+                self.scaler.update(true);
+            }
             false
         } else if !self.scaler.update(!grad_norm.is_finite()) {
             // The scaler decides for fp16 (an overflow lowers the scale and skips the step, counted there);
