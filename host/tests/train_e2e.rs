@@ -335,6 +335,18 @@ fn an_unknown_algorithm_lists_the_available_ones() {
     let err = text(&out.stderr);
     assert!(err.contains("drgrpo") && err.contains("grpo"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // W&B's choices are checked with the command line, before any plugin or model is loaded.
+    for (flag, value, choices) in
+        [("--wandb-mode", "onlin", "online, offline or disabled"), ("--wandb-resume", "sometimes", "allow, must")]
+    {
+        let out = Command::new(common::host_exe())
+            .args(["--algo", "ppo", "--env", "math", flag, value, "--runs-dir", runs.path().to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = text(&out.stderr);
+        assert!(err.contains(&format!("invalid value '{value}' for '{flag}")) && err.contains(choices), "{err}");
+    }
 }
 
 /// Run an oracle script from tests/oracles with the venv's Python and parse the JSON it prints.

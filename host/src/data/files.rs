@@ -15,8 +15,9 @@ use crate::user_error;
 pub enum Format {
     /// One JSON object per line (`.jsonl`, `.ndjson`): TRL's and re-grpo's files.
     JsonLines,
-    /// One JSON array of objects (`.json`).
-    JsonArray,
+    /// `.json`: one JSON array of objects, or JSON Lines under that name (as the hub often ships them, and as
+    /// `datasets.load_dataset("json", ...)` reads them).
+    Json,
     /// Apache Parquet (`.parquet`): the Hugging Face hub's and verl's format.
     Parquet,
 }
@@ -26,7 +27,7 @@ impl Format {
     pub fn of(path: &Path) -> Option<Format> {
         match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
             "jsonl" | "ndjson" => Some(Format::JsonLines),
-            "json" => Some(Format::JsonArray),
+            "json" => Some(Format::Json),
             "parquet" => Some(Format::Parquet),
             _ => None,
         }
@@ -40,7 +41,7 @@ pub fn read_rows(path: &Path) -> Result<Vec<Value>> {
     };
     match format {
         Format::JsonLines => read_json_lines(path),
-        Format::JsonArray => read_json_array(path),
+        Format::Json => read_json(path),
         Format::Parquet => read_parquet(path),
     }
 }
@@ -71,16 +72,28 @@ fn read_json_lines(path: &Path) -> Result<Vec<Value>> {
     Ok(rows)
 }
 
-fn read_json_array(path: &Path) -> Result<Vec<Value>> {
-    let value: Value = serde_json::from_reader(BufReader::new(open(path)?)).map_err(|e| {
+/// A `.json` file: an array of objects when its first non-blank character opens one, else JSON Lines.
+fn read_json(path: &Path) -> Result<Vec<Value>> {
+    let mut reader = BufReader::new(open(path)?);
+    let first = loop {
+        let buf = reader.fill_buf().map_err(|e| user_error!("{}: cannot read it ({e})", path.display()))?;
+        match buf.iter().position(|b| !b.is_ascii_whitespace()) {
+            Some(i) => break Some(buf[i]),
+            None if buf.is_empty() => break None,
+            None => {
+                let n = buf.len();
+                reader.consume(n);
+            }
+        }
+    };
+    if first != Some(b'[') {
+        return read_json_lines(path);
+    }
+    let value: Value = serde_json::from_reader(reader).map_err(|e| {
         user_error!("{}: not valid JSON ({e}); a .json data file holds one array of objects", path.display())
     })?;
     let Value::Array(rows) = value else {
-        return Err(user_error!(
-            "{}: a .json data file must hold an array of objects, not {}; for one object per line use .jsonl",
-            path.display(),
-            kind(&value)
-        ));
+        return Err(user_error!("{}: a .json data file must hold an array of objects", path.display()));
     };
     if let Some((i, bad)) = rows.iter().enumerate().find(|(_, r)| !r.is_object()) {
         return Err(user_error!("{} element {i}: a JSON object was expected, got {}", path.display(), kind(bad)));
@@ -132,11 +145,17 @@ mod tests {
         assert!(err.contains("a.jsonl line 2: not valid JSON"), "{err}");
 
         let json = dir.path().join("b.json");
-        std::fs::write(&json, "[{\"q\": 1}, {\"q\": 2}]").unwrap();
+        std::fs::write(&json, "\n  [{\"q\": 1}, {\"q\": 2}]").unwrap();
         assert_eq!(read_rows(&json).unwrap().len(), 2);
-        std::fs::write(&json, "{\"q\": 1}").unwrap();
+        // JSON Lines named .json, as the hub often ships them.
+        std::fs::write(&json, "{\"q\": 1}\n{\"q\": 2}\n").unwrap();
+        assert_eq!(read_rows(&json).unwrap(), vec![serde_json::json!({"q": 1}), serde_json::json!({"q": 2})]);
+        std::fs::write(&json, "[{\"q\": 1}, 2]").unwrap();
         let err = read_rows(&json).unwrap_err().to_string();
-        assert!(err.contains("must hold an array of objects, not an object"), "{err}");
+        assert!(err.contains("b.json element 1: a JSON object was expected, got a number"), "{err}");
+        std::fs::write(&json, "[{\"q\": 1},").unwrap();
+        let err = read_rows(&json).unwrap_err().to_string();
+        assert!(err.contains("b.json: not valid JSON"), "{err}");
 
         let parquet = dir.path().join("c.parquet");
         std::fs::write(&parquet, b"not parquet at all").unwrap();

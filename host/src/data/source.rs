@@ -272,16 +272,17 @@ fn hub_files(spec: &DatasetSpec, flag: &str, split: &str, allow_download: bool) 
     if !download_allowed(allow_download) {
         return Err(user_error!(
             "{flag} {id}: not a file or directory, and not in the Hugging Face cache at {} (downloads are off: \
-             --offline or HF_HUB_OFFLINE); download it once online, or pass a local file",
+             --offline, HF_HUB_OFFLINE or HF_DATASETS_OFFLINE); download it once online, or pass a local file",
             hub.display()
         ));
     }
     download(&hub, spec, split, flag)
 }
 
+/// Downloads are off with `--offline`, `HF_HUB_OFFLINE` or the `datasets` library's own `HF_DATASETS_OFFLINE`.
 fn download_allowed(allow_download: bool) -> bool {
-    let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
-    allow_download && !offline
+    let set = |var: &str| std::env::var(var).is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+    allow_download && !set("HF_HUB_OFFLINE") && !set("HF_DATASETS_OFFLINE")
 }
 
 /// Fetch the split's files of a hub dataset into the hub cache with `hf-hub`.

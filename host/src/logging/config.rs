@@ -82,6 +82,16 @@ pub struct WandbFlags {
     pub dir: Option<PathBuf>,
 }
 
+/// `--wandb-mode`, checked as the command line is read (the settings keep W&B's spelling of it).
+fn wandb_mode_flag(s: &str) -> Result<String, String> {
+    WandbMode::parse(s).map(|m| m.as_str().to_string()).ok_or_else(|| "use online, offline or disabled".to_string())
+}
+
+/// `--wandb-resume`, checked as the command line is read.
+fn wandb_resume_flag(s: &str) -> Result<String, String> {
+    ResumeMode::parse(s).map(|_| s.trim().to_string()).ok_or_else(|| "use allow, must, never or auto".to_string())
+}
+
 /// The logging flags of the training command; flatten into its clap struct with `#[command(flatten)]`.
 #[derive(Clone, Debug, Default, clap::Args, serde::Serialize)]
 pub struct LoggingArgs {
@@ -89,7 +99,7 @@ pub struct LoggingArgs {
     #[arg(long)]
     pub no_wandb: bool,
     /// W&B mode: online, offline or disabled [env: WANDB_MODE; default: online, offline without an API key].
-    #[arg(long, value_name = "MODE")]
+    #[arg(long, value_name = "MODE", value_parser = wandb_mode_flag)]
     pub wandb_mode: Option<String>,
     /// W&B project [env: WANDB_PROJECT; default: re-grpo's project for the algorithm and environment].
     #[arg(long, value_name = "NAME")]
@@ -101,7 +111,7 @@ pub struct LoggingArgs {
     #[arg(long, value_name = "ID")]
     pub wandb_run_id: Option<String>,
     /// W&B resume mode: allow, must, never or auto [env: WANDB_RESUME].
-    #[arg(long, value_name = "MODE")]
+    #[arg(long, value_name = "MODE", value_parser = wandb_resume_flag)]
     pub wandb_resume: Option<String>,
     /// W&B display name [env: WANDB_NAME; default: the run name].
     #[arg(long, value_name = "NAME")]

@@ -171,8 +171,8 @@ pub fn equivalent(a: &str, b: &str) -> bool {
 
 /// Strip what does not change an answer's value: math delimiters (`$`, `\(`, `\[`), spacing commands, `\left` and
 /// `\right`, `\dfrac`/`\tfrac` (as `\frac`), `\text{}`-like wrappers (their words stay, as units), degree and
-/// percent signs, currency dollars, LaTeX's `{,}` thousands separator, the Unicode minus, a final full stop and
-/// outer braces.
+/// percent signs, currency dollars, LaTeX's `{,}` thousands separator and Unicode thin spaces, the Unicode minus, a
+/// final full stop and outer braces.
 pub fn normalize(s: &str) -> String {
     let mut t = s.trim().to_string();
     for (open, close) in [("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$")] {
@@ -183,7 +183,7 @@ pub fn normalize(s: &str) -> String {
     for w in ["\\text", "\\textbf", "\\mathrm", "\\mbox", "\\textrm"] {
         t = unwrap_command(&t, w);
     }
-    const DROP: [&str; 16] = [
+    const DROP: [&str; 19] = [
         "\\left",
         "\\right",
         "\\!",
@@ -195,6 +195,10 @@ pub fn normalize(s: &str) -> String {
         "^{\\circ}",
         "^\\circ",
         "\\circ",
+        "°",
+        // Thin and narrow no-break spaces: SI-style thousands separators (`1 000`), as LaTeX's `\,` above.
+        "\u{2009}",
+        "\u{202F}",
         "\\%",
         "%",
         "\\$",
@@ -235,11 +239,15 @@ fn unwrap_command(s: &str, cmd: &str) -> String {
     out
 }
 
-/// A normalized answer read as one number: an optional sign; an integer (thousands separated by `,` in groups of
+/// A normalized answer read as one number (perhaps in parentheses): an optional sign; an integer (thousands separated by `,` in groups of
 /// three, or not at all), a decimal, `a/b`, or `\frac{a}{b}` (`\frac12` too); then nothing, or units (words after
 /// a space). `None` for anything else (expressions, intervals, several numbers, numbers too long for i128).
 pub fn parse_number(s: &str) -> Option<Ratio> {
     let s = s.trim();
+    // One number in parentheses is that number (`(-3)`); `(1, 2)` is not one number and stays text.
+    if let Some(inner) = s.strip_prefix('(').and_then(|r| r.strip_suffix(')')) {
+        return parse_number(inner);
+    }
     let (negative, body) = match s.as_bytes().first()? {
         b'-' => (true, s[1..].trim_start()),
         b'+' => (false, s[1..].trim_start()),
