@@ -63,9 +63,10 @@ fn training_logs_eval_at_its_steps_and_grpo_host_eval_reproduces_a_checkpoint() 
             .args(["--algo", "grpo", "--max-steps", "2", "--rollouts-per-step", "2", "--group-size", "3"])
             .args(["--train-batch-size", "2", "--lr", "1e-3", "--checkpoint-interval", "1"])
             .args(["--eval-every", "1", "--eval-before-train"])
-            .args(["--no-wandb", "--runs-dir", runs.path().to_str().unwrap(), "--run-name", "ev"])
+            .args(["--wandb-mode", "offline", "--runs-dir", runs.path().to_str().unwrap(), "--run-name", "ev"])
             .args(extra)
             .env_remove("GRPO_PLUGIN_PATH")
+            .env_remove("WANDB_DIR")
             .env("XDG_DATA_HOME", runs.path().join("xdg"))
             .output()
             .unwrap()
@@ -91,6 +92,17 @@ fn training_logs_eval_at_its_steps_and_grpo_host_eval_reproduces_a_checkpoint() 
     }
     let completions = json_lines(&run.join("eval_completions.jsonl"));
     assert_eq!(completions.len(), 9, "3 tasks at each of 3 evaluations");
+    // W&B shows each evaluation's episodes as a table at its step.
+    let mut tables: Vec<String> = std::fs::read_dir(run.join("wandb"))
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path().join("files/media/table/eval")).into_iter().flatten())
+        .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    tables.sort();
+    assert_eq!(tables.len(), 3, "{tables:?}");
+    for (table, step) in tables.iter().zip([0, 2, 5]) {
+        assert!(table.starts_with(&format!("completions_{step}_")), "{tables:?}");
+    }
     assert_eq!(completions.iter().filter(|c| c["step"] == 2).count(), 3);
     // Training moves the policy, so each evaluation sees other weights: a checkpoint can only match its own step.
     let confidence: Vec<f64> = eval_rows.iter().map(|r| r["eval/completion_logprob_mean"].as_f64().unwrap()).collect();

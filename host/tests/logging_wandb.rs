@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use grpo_host::logging::wandb::proto::RecordType;
-use grpo_host::logging::{CompletionRow, Env, Loggers, LoggingConfig, MetricValue, Metrics, UploadTuning};
+use grpo_host::logging::{CompletionRow, Env, Loggers, LoggingConfig, MetricValue, Metrics, Table, UploadTuning};
 use logging_common::*;
 
 const API_KEY: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
@@ -113,6 +113,46 @@ fn offline_run_file_has_run_first_every_step_and_exit_last() {
     let lines = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
     assert_eq!(lines.lines().count(), 3);
     assert!(lines.lines().nth(1).unwrap().contains("\"test/nonfinite\":NaN"));
+}
+
+/// The evaluation's table (`eval/completions`) is a run file beside the completions table, referenced from the row of
+/// its step, with its own columns; the JSONL files leave it out.
+#[test]
+fn an_eval_table_joins_the_row_of_its_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run_dir = tmp.path().join("runs/eval-table");
+    let mut loggers = Loggers::with_env(&config(&run_dir), &env("offline", "http://127.0.0.1:9")).unwrap();
+    let wandb_dir = loggers.wandb_run_dir().unwrap().to_path_buf();
+    let table = Table {
+        key: "eval/completions".into(),
+        columns: vec!["step".into(), "question".into(), "return".into(), "solved".into()],
+        rows: vec![
+            vec![2.into(), "2+2?".into(), 1.0.into(), true.into()],
+            vec![2.into(), "3+3?".into(), 0.into(), false.into()],
+        ],
+    };
+    for step in 0..3 {
+        loggers.log(step, seed_row(step));
+        if step == 2 {
+            loggers.log_table(step, &table);
+        }
+        loggers.commit();
+    }
+    loggers.finish(0);
+    let recs = records(&wandb_dir);
+    let histories: Vec<_> =
+        recs.iter().filter_map(|r| if let RecordType::History(h) = r { Some(h) } else { None }).collect();
+    for (step, h) in histories.iter().enumerate() {
+        let value = h.item.iter().find(|i| i.key == "eval/completions").map(|i| i.value_json.clone());
+        assert_eq!(value.is_some(), step == 2, "the table joins the row of its step");
+    }
+    let files = recs.iter().find_map(|r| if let RecordType::Files(f) = r { Some(f) } else { None }).unwrap();
+    assert!(files.files[0].path.starts_with("media/table/eval/completions_2_"), "{}", files.files[0].path);
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(wandb_dir.join("files").join(&files.files[0].path)).unwrap()).unwrap();
+    assert_eq!(written["columns"], serde_json::json!(["step", "question", "return", "solved"]));
+    assert_eq!(written["data"][1], serde_json::json!([2, "3+3?", 0, false]));
+    assert!(!run_dir.join("completions.jsonl").exists(), "the eval table went to completions.jsonl");
 }
 
 #[test]

@@ -17,7 +17,7 @@ use grpo_sdk::{MetricValue, Split, Task};
 use serde::{Deserialize, Serialize};
 
 use crate::generate::SamplingParams;
-use crate::logging::Metrics;
+use crate::logging::{Metrics, Table};
 use crate::model::Model;
 use crate::plugins::EnvironmentPlugin;
 use crate::rollout::{run_episodes, task_seeds, Rollout, RolloutConfig};
@@ -153,6 +153,43 @@ pub struct EvalResult {
 }
 
 impl EvalResult {
+    /// The per-task outcomes as the `eval/completions` table (W&B, TensorBoard): one row per task with its question,
+    /// reference answer, greedy transcript, return and judgements, and its reward components.
+    pub fn table(&self, step: u64) -> Table {
+        let reward_keys: std::collections::BTreeSet<&String> =
+            self.outcomes.iter().flat_map(|o| o.rewards.keys()).collect();
+        let mut columns: Vec<String> = ["step", "id", "question", "answer", "completion", "return", "solved"]
+            .into_iter()
+            .chain(["samples_solved", "completion_tokens"])
+            .map(String::from)
+            .collect();
+        columns.extend(reward_keys.iter().map(|k| format!("reward/{k}")));
+        let number =
+            |x: f64| serde_json::Number::from_f64(x).map_or(serde_json::Value::Null, serde_json::Value::Number);
+        let rows = self
+            .outcomes
+            .iter()
+            .map(|o| {
+                let mut row = vec![
+                    step.into(),
+                    o.id.as_str().into(),
+                    o.question.as_str().into(),
+                    o.answer.as_str().into(),
+                    o.completion.as_str().into(),
+                    number(o.greedy_return),
+                    o.solved.map_or(serde_json::Value::Null, serde_json::Value::Bool),
+                    o.samples_solved.into(),
+                    o.completion_tokens.into(),
+                ];
+                row.extend(
+                    reward_keys.iter().map(|k| o.rewards.get(*k).map_or(serde_json::Value::Null, |x| number(*x))),
+                );
+                row
+            })
+            .collect();
+        Table { key: "eval/completions".into(), columns, rows }
+    }
+
     /// The `eval/*` metrics.
     pub fn metrics(&self) -> Metrics {
         let mut m = Metrics::new();

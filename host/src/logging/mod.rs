@@ -90,6 +90,19 @@ macro_rules! metrics {
 }
 pub use crate::metrics;
 
+/// A table logged at a step, beside its row: the evaluation's per-task episodes (`eval/completions`). W&B shows it
+/// as a table, TensorBoard as text; the JSONL files leave it out (the run's `eval_completions.jsonl` holds the
+/// same outcomes in full). Training's rollouts have their own [`CompletionRow`] table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Table {
+    /// The key it is logged under.
+    pub key: String,
+    /// Column names.
+    pub columns: Vec<String>,
+    /// One cell per column in each row: a string, number, boolean or null.
+    pub rows: Vec<Vec<serde_json::Value>>,
+}
+
 /// One row of the completions table: what the model saw, what it wrote, and how it was scored.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CompletionRow {
@@ -114,6 +127,8 @@ pub trait Sink: Send {
     fn log(&mut self, step: u64, row: &Metrics);
     /// A completions table logged at `step`.
     fn log_completions(&mut self, _step: u64, _rows: &[CompletionRow]) {}
+    /// Another [`Table`] logged at `step` (by default not at all).
+    fn log_table(&mut self, _step: u64, _table: &Table) {}
     /// Overrides of the run summary (by default the last value of every key).
     fn set_summary(&mut self, _summary: &Metrics) {}
     /// The number of steps the run will take, once known.
@@ -286,11 +301,21 @@ impl Loggers {
 
     /// Log a completions table at `step` (W&B table, TensorBoard text, `completions.jsonl`).
     pub fn log_completions(&mut self, step: u64, rows: &[CompletionRow]) {
+        self.to_sinks(step, |sink| sink.log_completions(step, rows));
+    }
+
+    /// Log `table` at `step` (W&B table, TensorBoard text), before the step's row is committed.
+    pub fn log_table(&mut self, step: u64, table: &Table) {
+        self.to_sinks(step, |sink| sink.log_table(step, table));
+    }
+
+    /// Hand something logged at `step` to every sink, unless the run is finished or a resumed run has it already.
+    fn to_sinks(&mut self, step: u64, mut f: impl FnMut(&mut dyn Sink)) {
         if self.finished || self.before_resume(step) {
             return;
         }
         for sink in &mut self.sinks {
-            sink.log_completions(step, rows);
+            f(sink.as_mut());
         }
     }
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use prost::Message;
 
-use super::{jsonl::unix_now, CompletionRow, MetricValue, Metrics, Sink};
+use super::{jsonl::unix_now, CompletionRow, MetricValue, Metrics, Sink, Table};
 
 /// `tensorboard.Event`.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -217,9 +217,29 @@ impl TensorBoardSink {
     }
 }
 
+/// A table cell's text for markdown: pipes escaped, line breaks as `<br>`.
+fn cell(s: &str) -> String {
+    s.replace('|', "\\|").replace('\n', "<br>")
+}
+
+/// A [`Table`] as markdown, for TensorBoard's text plugin (strings as they are, other cells as JSON).
+pub fn table_markdown(table: &Table) -> String {
+    let line = |cells: Vec<String>| format!("| {} |\n", cells.join(" | "));
+    let mut out = line(table.columns.iter().map(|c| cell(c)).collect());
+    out.push_str(&format!("|{}\n", "---|".repeat(table.columns.len())));
+    for row in &table.rows {
+        let text = |v: &serde_json::Value| match v {
+            serde_json::Value::String(s) => cell(s),
+            serde_json::Value::Null => String::new(),
+            other => cell(&other.to_string()),
+        };
+        out.push_str(&line(row.iter().map(text).collect()));
+    }
+    out
+}
+
 /// A completions table as markdown, for TensorBoard's text plugin.
 pub fn completions_markdown(rows: &[CompletionRow]) -> String {
-    let cell = |s: &str| s.replace('|', "\\|").replace('\n', "<br>");
     let keys: std::collections::BTreeSet<&String> = rows.iter().flat_map(|r| r.rewards.keys()).collect();
     let mut out = String::from("| step | prompt | completion |");
     for k in &keys {
@@ -274,6 +294,12 @@ impl Sink for TensorBoardSink {
         }
     }
 
+    fn log_table(&mut self, step: u64, table: &Table) {
+        if !table.rows.is_empty() {
+            self.text(step, &table.key, &table_markdown(table));
+        }
+    }
+
     fn flush_durable(&mut self) {
         if let Some(f) = &self.file {
             let _ = f.sync_data();
@@ -291,6 +317,16 @@ impl Sink for TensorBoardSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tables_render_as_markdown() {
+        let table = Table {
+            key: "eval/completions".into(),
+            columns: vec!["question".into(), "return".into(), "solved".into()],
+            rows: vec![vec!["a|b\nc".into(), 1.5.into(), serde_json::Value::Null]],
+        };
+        assert_eq!(table_markdown(&table), "| question | return | solved |\n|---|---|---|\n| a\\|b<br>c | 1.5 |  |\n");
+    }
 
     #[test]
     fn crc32c_vectors() {

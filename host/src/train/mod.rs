@@ -522,6 +522,7 @@ impl Trainer {
         let line = format!("eval at step {step}{on}: {} ({seconds:.1}s)", crate::eval::describe(&result));
         self.loggers.println(&line);
         self.loggers.log(step, result.metrics());
+        self.loggers.log_table(step, &result.table(step));
         Ok(())
     }
 

@@ -14,7 +14,7 @@ use prost::Message;
 use sha2::Digest;
 
 use super::config::{read_stored_run, stored_run_file, LoggingConfig, WandbMode, WandbSettings};
-use super::{json, jsonl::unix_now, CompletionRow, Metrics, Sink};
+use super::{json, jsonl::unix_now, CompletionRow, Metrics, Sink, Table};
 use proto::{Record, RecordType};
 use run_file::{RunFile, RunInfo};
 use upload::{Event, Outcome, Target, Uploader};
@@ -163,6 +163,43 @@ impl WandbSink {
                 self.file = None;
             }
         }
+    }
+
+    /// Write a table's `.table.json` as a run file and reference it from the history row of `step` under `key`
+    /// (`shape`: columns and rows), as W&B's `wandb.Table` does.
+    fn add_table(&mut self, step: u64, key: &str, text: &str, shape: (usize, usize)) {
+        if self.file.is_none() {
+            return;
+        }
+        let digest = sha2::Sha256::digest(text.as_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        let name = format!("media/table/{key}_{step}_{}.table.json", &hex[..20]);
+        let path = self.dir.join("files").join(&name);
+        let written =
+            path.parent().map(std::fs::create_dir_all).unwrap_or(Ok(())).and_then(|_| std::fs::write(&path, text));
+        if let Err(e) = written {
+            if !self.warned {
+                self.warned = true;
+                eprintln!("warning: cannot write the W&B table {}: {e}", path.display());
+            }
+            return;
+        }
+        let value = json::object([
+            ("_type", json::string("table-file")),
+            ("sha256", json::string(&hex)),
+            ("size", text.len().to_string()),
+            ("path", json::string(&name)),
+            ("ncols", shape.0.to_string()),
+            ("nrows", shape.1.to_string()),
+        ]);
+        if !self.known(step) {
+            self.write(|f| f.files(std::slice::from_ref(&name)));
+        }
+        if let Some(u) = &self.uploader {
+            u.send(Event::File { name, path });
+        }
+        // The table joins the next history row, so it sits at its step (log tables before commit()).
+        self.pending_media.push((key.to_string(), value));
     }
 
     /// Whether W&B's history already holds `step` from an earlier run file.
@@ -356,39 +393,17 @@ impl Sink for WandbSink {
     }
 
     fn log_completions(&mut self, step: u64, rows: &[CompletionRow]) {
-        if rows.is_empty() || self.file.is_none() {
-            return;
+        if !rows.is_empty() {
+            let (text, ncols) = table_json(rows);
+            self.add_table(step, "completions", &text, (ncols, rows.len()));
         }
-        let (text, ncols) = table_json(rows);
-        let digest = sha2::Sha256::digest(text.as_bytes());
-        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        let name = format!("media/table/completions_{step}_{}.table.json", &hex[..20]);
-        let path = self.dir.join("files").join(&name);
-        let written =
-            path.parent().map(std::fs::create_dir_all).unwrap_or(Ok(())).and_then(|_| std::fs::write(&path, &text));
-        if let Err(e) = written {
-            if !self.warned {
-                self.warned = true;
-                eprintln!("warning: cannot write the W&B completions table {}: {e}", path.display());
-            }
-            return;
+    }
+
+    fn log_table(&mut self, step: u64, table: &Table) {
+        if !table.rows.is_empty() {
+            let text = serde_json::json!({"columns": table.columns, "data": table.rows}).to_string();
+            self.add_table(step, &table.key, &text, (table.columns.len(), table.rows.len()));
         }
-        let value = json::object([
-            ("_type", json::string("table-file")),
-            ("sha256", json::string(&hex)),
-            ("size", text.len().to_string()),
-            ("path", json::string(&name)),
-            ("ncols", ncols.to_string()),
-            ("nrows", rows.len().to_string()),
-        ]);
-        if !self.known(step) {
-            self.write(|f| f.files(std::slice::from_ref(&name)));
-        }
-        if let Some(u) = &self.uploader {
-            u.send(Event::File { name, path });
-        }
-        // The table joins the next history row, so it sits at its step (log completions before commit()).
-        self.pending_media.push(("completions".into(), value));
     }
 
     fn flush_durable(&mut self) {
