@@ -474,7 +474,7 @@ fn a_stop_during_an_evaluation_abandons_it_and_the_resume_evaluates_again() {
     let stderr = |name: &str| std::fs::read_to_string(runs.path().join(name)).unwrap();
     let mut child =
         command(runs.path(), "evaluating", Algo::Grpo, "evaluating-0.stderr").args(&eval_flags).spawn().unwrap();
-    // config.json is written just before the signal handlers are installed and the evaluation starts.
+    // config.json is written after the signal handlers are installed, just before the evaluation starts.
     while !run.join("config.json").exists() && child.try_wait().unwrap().is_none() {
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -504,6 +504,38 @@ fn a_stop_during_an_evaluation_abandons_it_and_the_resume_evaluates_again() {
     assert_eq!(wandb_eval, [0], "W&B's history holds the evaluation once");
     let outcomes = std::fs::read_to_string(run.join("eval_completions.jsonl")).unwrap();
     assert_eq!(outcomes.lines().count(), 600, "one outcome per task, from the resumed evaluation only");
+}
+
+/// SIGTERM during a long supervised warm-up: it stops after the step in flight (exit 143) without a checkpoint, since
+/// none exists before the warm-up ends, and the same command run again starts the run over, each step logged once.
+#[test]
+fn a_stop_during_the_warm_up_ends_it_and_the_run_starts_over() {
+    let runs = tempfile::tempdir().unwrap();
+    let run = runs.path().join("warming");
+    let stderr = |name: &str| std::fs::read_to_string(runs.path().join(name)).unwrap_or_default();
+    let long = ["--max-steps", "1", "--sft-warmup-steps", "300", "--sft-batch-size", "2"];
+    let mut child = command(runs.path(), "warming", Algo::Grpo, "warming-0.stderr").args(long).spawn().unwrap();
+    while !stderr("warming-0.stderr").contains("sft warm-up 2/") && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    signal(&child, libc::SIGTERM);
+    let status = child.wait().unwrap();
+    let text = stderr("warming-0.stderr");
+    assert_eq!(status.code(), Some(143), "SIGTERM exits 143\n{text}");
+    assert!(text.contains("stopped by SIGTERM during the sft warm-up, after step"), "{text}");
+    assert_eq!(checkpoints(&run), [], "{text}");
+    let warmed = logged_steps(&run).len();
+    assert!((2..100).contains(&warmed), "{warmed} warm-up rows\n{text}");
+
+    let short = ["--max-steps", "1", "--sft-warmup-steps", "2", "--sft-batch-size", "2"];
+    let status = command(runs.path(), "warming", Algo::Grpo, "warming-1.stderr").args(short).status().unwrap();
+    let text = stderr("warming-1.stderr");
+    assert!(status.success(), "{status}\n{text}");
+    assert!(text.contains("no checkpoint to resume; starting the run over"), "{text}");
+    let steps = 2 + STEPS_PER_BATCH;
+    assert_eq!(logged_steps(&run), (0..steps).collect::<Vec<_>>(), "{text}");
+    let wandb: Vec<i64> = History::read(&run).wandb.iter().map(|(s, _)| *s).collect();
+    assert_eq!(wandb, (0..steps as i64).collect::<Vec<_>>(), "W&B's history holds each step once");
 }
 
 /// A NaN loss (a diverging step) skips that update but not its step: the run goes on to the same number of steps and

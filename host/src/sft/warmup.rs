@@ -32,6 +32,14 @@ impl Default for WarmupSettings {
     }
 }
 
+/// How a warm-up ended.
+pub enum WarmupEnd {
+    /// Every step ran; the f32 master weights when the precision keeps them, for the RL optimizer to continue from.
+    Done(Option<BTreeMap<String, Tensor>>),
+    /// A stop was agreed on after this many steps; the model is part-trained and nothing was saved.
+    Stopped(u64),
+}
+
 /// What the warm-up trains and where its records go.
 pub struct Warmup<'a> {
     /// Its settings.
@@ -54,9 +62,13 @@ pub struct Warmup<'a> {
 
 impl Warmup<'_> {
     /// Run the steps, calling `on_step(step_index, record, seconds)` after each. Its own AdamW (fresh moments, so
-    /// the RL optimizer starts from zero as without a warm-up) and loss scale. Returns the f32 master weights when
-    /// the precision keeps them, for the RL optimizer to continue from.
-    pub fn run(&self, on_step: &mut dyn FnMut(u64, &SftRecord, f64)) -> Result<Option<BTreeMap<String, Tensor>>> {
+    /// the RL optimizer starts from zero as without a warm-up) and loss scale. Before each step after the first,
+    /// `stop_now` says whether to stop there (every rank must get the same answer).
+    pub fn run(
+        &self,
+        on_step: &mut dyn FnMut(u64, &SftRecord, f64),
+        stop_now: &mut dyn FnMut() -> Result<bool>,
+    ) -> Result<WarmupEnd> {
         let s = self.settings;
         let tools = tools_json(&self.env.tools()?);
         let renderer = Renderer::new(self.policy.tokenizer(), tools.as_deref())?;
@@ -81,6 +93,9 @@ impl Warmup<'_> {
         };
         let per_rank = s.batch_size.max(1);
         for index in 0..s.steps {
+            if index > 0 && stop_now()? {
+                return Ok(WarmupEnd::Stopped(index));
+            }
             let t = Instant::now();
             // The global step takes `per_rank` demonstrations for every rank, in the same order on each.
             let conversations = demos.take(per_rank * self.world.size)?;
@@ -94,6 +109,6 @@ impl Warmup<'_> {
                 on_step(index, &record, t.elapsed().as_secs_f64());
             }
         }
-        Ok(optimizer.has_master_weights().then(|| optimizer.master_weights()))
+        Ok(WarmupEnd::Done(optimizer.has_master_weights().then(|| optimizer.master_weights())))
     }
 }

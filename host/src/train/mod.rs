@@ -122,6 +122,9 @@ enum Outcome {
     Abandoned,
     /// Resumed from the run's final checkpoint: nothing left to train or log.
     AlreadyComplete,
+    /// A signal came during the supervised warm-up, which stopped after this many steps. No checkpoint exists before
+    /// the warm-up ends, so the run starts over.
+    WarmupStopped(u64),
 }
 
 /// Where a run's files go, and the checkpoint it resumes from.
@@ -272,7 +275,9 @@ impl Trainer {
                 return Ok(Outcome::Stopped);
             }
         }
-        self.sft_warm_up()?;
+        if let Some(done) = self.sft_warm_up()? {
+            return Ok(Outcome::WarmupStopped(done));
+        }
         while self.state.batch < max_steps {
             if !self.batch()? {
                 // Every rank dropped the batch (a signal reached one of them before its updates): stop at the
@@ -332,11 +337,12 @@ impl Trainer {
 
     /// `--sft-warmup-steps`: supervised steps on the environment's demonstrations before the first batch
     /// (`crate::sft::warmup`), on the optimizer-step axis under `sft/*`, then a checkpoint; a run resumed past them
-    /// skips them, and one stopped during them starts them again (no checkpoint is taken mid-warm-up).
-    fn sft_warm_up(&mut self) -> Result<()> {
+    /// skips them. A stop (on any rank) ends the warm-up after the step in flight and returns the steps done: no
+    /// checkpoint is taken mid-warm-up (its own optimizer is not the run's), so the run then starts over.
+    fn sft_warm_up(&mut self) -> Result<Option<u64>> {
         let steps = self.config.sft.steps;
         if steps == 0 || warmed_up(&self.state, steps) {
-            return Ok(());
+            return Ok(None);
         }
         self.mid_batch = true;
         let warmup = crate::sft::warmup::Warmup {
@@ -349,19 +355,30 @@ impl Trainer {
             seed: self.config.seed,
             world: &self.world,
         };
-        let (loggers, state) = (&mut self.loggers, &mut self.state);
-        let masters = warmup.run(&mut |index, record, seconds| {
-            loggers.println(&format!(
-                "sft warm-up {}/{steps}: loss {:.4} accuracy {:.3} ({seconds:.1}s)",
-                index + 1,
-                record.loss,
-                record.accuracy
-            ));
-            loggers.log(state.global_step, record.metrics());
-            state.global_step += 1;
-        })?;
-        if let Some(masters) = masters {
-            self.optimizer.load_master_weights(&masters)?;
+        let (loggers, state, stop, world) = (&mut self.loggers, &mut self.state, &self.stop, &self.world);
+        let mut stop_now = || -> Result<bool> {
+            let first =
+                world.gather("agreeing on a stop during the warm-up", stop.signal())?.into_iter().flatten().next();
+            stop.adopt(first);
+            Ok(first.is_some())
+        };
+        let end = warmup.run(
+            &mut |index, record, seconds| {
+                loggers.println(&format!(
+                    "sft warm-up {}/{steps}: loss {:.4} accuracy {:.3} ({seconds:.1}s)",
+                    index + 1,
+                    record.loss,
+                    record.accuracy
+                ));
+                loggers.log(state.global_step, record.metrics());
+                state.global_step += 1;
+            },
+            &mut stop_now,
+        )?;
+        match end {
+            crate::sft::warmup::WarmupEnd::Stopped(done) => return Ok(Some(done)),
+            crate::sft::warmup::WarmupEnd::Done(Some(masters)) => self.optimizer.load_master_weights(&masters)?,
+            crate::sft::warmup::WarmupEnd::Done(None) => {}
         }
         // The KL term now holds RL near the warmed-up model; the checkpoint below writes it for resumes (rank 0
         // writes the run's files).
@@ -376,7 +393,7 @@ impl Trainer {
         self.mid_batch = false;
         let dir = self.save()?;
         self.loggers.println(&format!("sft warm-up done: checkpoint saved: {}", dir.display()));
-        Ok(())
+        Ok(None)
     }
 
     /// Every `--checkpoint-interval` batches, and when `--checkpoint-every-minutes` have passed since the last one.
@@ -631,6 +648,18 @@ impl Trainer {
             self.loggers.finish(0);
             return Ok(0);
         }
+        if let Ok(Outcome::WarmupStopped(done)) = outcome {
+            self.loggers.flush_durable();
+            self.loggers.set_summary(metrics::final_summary(&self.state, false, false));
+            let (code, name) = (self.stop.exit_code(), self.stop.name());
+            self.loggers.println(&format!(
+                "stopped by {name} during the sft warm-up, after step {done}/{}: no checkpoint exists before the \
+                 warm-up ends, so the run starts over; run the same command again (without --resume)",
+                self.config.sft.steps
+            ));
+            self.loggers.finish(code);
+            return Ok(code);
+        }
         // The final row is committed before the final checkpoint, as in `train`. After an error at a batch boundary,
         // or a stop that dropped the next batch, the last batch's row is already committed, so the final values go
         // to the summary only.
@@ -659,7 +688,7 @@ impl Trainer {
                 loggers.finish(0);
                 Ok(0)
             }
-            (Ok(stopped @ (Outcome::Stopped | Outcome::Abandoned)), Ok(dir)) => {
+            (Ok(stopped @ (Outcome::Stopped | Outcome::Abandoned | Outcome::WarmupStopped(_))), Ok(dir)) => {
                 let (code, name) = (self.stop.exit_code(), self.stop.name());
                 let when = stop_point(stopped, self.state.batch, self.config.batch.max_steps);
                 loggers.println(&format!("stopped by {name} {when}: checkpoint saved; {}", resume_hint(&dir)));
@@ -718,6 +747,7 @@ fn stop_point(stopped: Outcome, batch: u64, max_steps: u64) -> String {
         Outcome::Abandoned => {
             format!("during batch {}/{max_steps}, whose rollouts were dropped (it runs again on resume)", batch + 1)
         }
+        Outcome::WarmupStopped(done) => format!("during the sft warm-up, after its step {done}"),
         _ if batch == 0 => "before the first batch".to_string(),
         _ => "after the batch".to_string(),
     }
