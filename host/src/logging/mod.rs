@@ -301,16 +301,16 @@ impl Loggers {
 
     /// Log a completions table at `step` (W&B table, TensorBoard text, `completions.jsonl`).
     pub fn log_completions(&mut self, step: u64, rows: &[CompletionRow]) {
-        self.to_sinks(step, |sink| sink.log_completions(step, rows));
+        self.for_each_sink(step, |sink| sink.log_completions(step, rows));
     }
 
     /// Log `table` at `step` (W&B table, TensorBoard text), before the step's row is committed.
     pub fn log_table(&mut self, step: u64, table: &Table) {
-        self.to_sinks(step, |sink| sink.log_table(step, table));
+        self.for_each_sink(step, |sink| sink.log_table(step, table));
     }
 
     /// Hand something logged at `step` to every sink, unless the run is finished or a resumed run has it already.
-    fn to_sinks(&mut self, step: u64, mut f: impl FnMut(&mut dyn Sink)) {
+    fn for_each_sink(&mut self, step: u64, mut f: impl FnMut(&mut dyn Sink)) {
         if self.finished || self.before_resume(step) {
             return;
         }
