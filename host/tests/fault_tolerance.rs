@@ -310,6 +310,25 @@ fn signal(child: &Child, signal: i32) {
     assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, signal) }, 0, "kill({}, {signal})", child.id());
 }
 
+/// Start `cmd` (a [`command`] writing its stderr to `log`), send it SIGTERM `delay` after `ready()` first holds (or
+/// once it has exited), and return its exit status, how long it took to exit after the signal, and its stderr.
+fn terminate_when(
+    mut cmd: Command,
+    log: &Path,
+    ready: impl Fn() -> bool,
+    delay: Duration,
+) -> (ExitStatus, Duration, String) {
+    let mut child = cmd.spawn().unwrap();
+    while !ready() && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    std::thread::sleep(delay);
+    let t = Instant::now();
+    signal(&child, libc::SIGTERM);
+    let status = child.wait().unwrap();
+    (status, t.elapsed(), std::fs::read_to_string(log).unwrap_or_default())
+}
+
 /// Wait for `child` up to `delay` after `start`; its status if it ended first.
 fn wait_until(child: &mut Child, start: Instant, delay: Duration) -> Option<ExitStatus> {
     while start.elapsed() < delay {
@@ -428,18 +447,17 @@ fn a_stop_during_rollouts_drops_the_batch_and_the_resume_plays_it_again() {
     ]
     .concat();
     let stderr = |name: &str| std::fs::read_to_string(runs.path().join(name)).unwrap();
-    let mut child = command(runs.path(), "rolling", Algo::Grpo, "rolling-0.stderr").args(&flags).spawn().unwrap();
+    let mut cmd = command(runs.path(), "rolling", Algo::Grpo, "rolling-0.stderr");
+    cmd.args(&flags);
     // The first batch's checkpoint is renamed into place just before the second batch's rollouts start.
     let manifest = run.join("checkpoints/step_1/manifest.json");
-    while !manifest.exists() && child.try_wait().unwrap().is_none() {
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let written = std::fs::metadata(&manifest).and_then(|m| m.modified()).expect("the first batch's checkpoint");
-    let t = Instant::now();
-    signal(&child, libc::SIGTERM);
-    let status = child.wait().unwrap();
-    let stopped = t.elapsed();
-    let text = stderr("rolling-0.stderr");
+    let written = std::cell::Cell::new(None);
+    let ready = || {
+        written.set(std::fs::metadata(&manifest).and_then(|m| m.modified()).ok());
+        written.get().is_some()
+    };
+    let (status, stopped, text) = terminate_when(cmd, &runs.path().join("rolling-0.stderr"), ready, Duration::ZERO);
+    let written = written.get().expect("the first batch's checkpoint");
     // The first batch's rollouts, as logged: the stop must not have waited for the second's.
     let first = metric_rows(&run).remove(0);
     let rollout = Duration::from_secs_f64(first["timing/rollout_s"].as_f64().unwrap());
@@ -472,16 +490,12 @@ fn a_stop_during_an_evaluation_abandons_it_and_the_resume_evaluates_again() {
     let flags = ["--max-steps", "1", "--eval-before-train", "--eval-tasks", "600", "--eval-samples", "4"];
     let eval_flags = [flags.as_slice(), &["--eval-batch-tasks", "2"]].concat();
     let stderr = |name: &str| std::fs::read_to_string(runs.path().join(name)).unwrap();
-    let mut child =
-        command(runs.path(), "evaluating", Algo::Grpo, "evaluating-0.stderr").args(&eval_flags).spawn().unwrap();
+    let mut cmd = command(runs.path(), "evaluating", Algo::Grpo, "evaluating-0.stderr");
+    cmd.args(&eval_flags);
     // config.json is written after the signal handlers are installed, just before the evaluation starts.
-    while !run.join("config.json").exists() && child.try_wait().unwrap().is_none() {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    std::thread::sleep(Duration::from_secs(1));
-    signal(&child, libc::SIGTERM);
-    let status = child.wait().unwrap();
-    let text = stderr("evaluating-0.stderr");
+    let ready = || run.join("config.json").exists();
+    let log = runs.path().join("evaluating-0.stderr");
+    let (status, _, text) = terminate_when(cmd, &log, ready, Duration::from_secs(1));
     assert_eq!(status.code(), Some(143), "SIGTERM exits 143\n{text}");
     assert!(text.contains("eval at step 0 abandoned after"), "the evaluation was not abandoned\n{text}");
     assert!(text.contains("stopped by SIGTERM before the first batch"), "{text}");
@@ -514,13 +528,10 @@ fn a_stop_during_the_warm_up_ends_it_and_the_run_starts_over() {
     let run = runs.path().join("warming");
     let stderr = |name: &str| std::fs::read_to_string(runs.path().join(name)).unwrap_or_default();
     let long = ["--max-steps", "1", "--sft-warmup-steps", "300", "--sft-batch-size", "2"];
-    let mut child = command(runs.path(), "warming", Algo::Grpo, "warming-0.stderr").args(long).spawn().unwrap();
-    while !stderr("warming-0.stderr").contains("sft warm-up 2/") && child.try_wait().unwrap().is_none() {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    signal(&child, libc::SIGTERM);
-    let status = child.wait().unwrap();
-    let text = stderr("warming-0.stderr");
+    let mut cmd = command(runs.path(), "warming", Algo::Grpo, "warming-0.stderr");
+    cmd.args(long);
+    let ready = || stderr("warming-0.stderr").contains("sft warm-up 2/");
+    let (status, _, text) = terminate_when(cmd, &runs.path().join("warming-0.stderr"), ready, Duration::ZERO);
     assert_eq!(status.code(), Some(143), "SIGTERM exits 143\n{text}");
     assert!(text.contains("stopped by SIGTERM during the sft warm-up, after step"), "{text}");
     assert_eq!(checkpoints(&run), [], "{text}");

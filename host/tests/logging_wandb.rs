@@ -66,12 +66,18 @@ fn completion(step: u64) -> CompletionRow {
     }
 }
 
+/// Offline loggers for `run_dir` (no server is reached), and their W&B run directory.
+fn offline_loggers(run_dir: &Path) -> (Loggers, PathBuf) {
+    let loggers = Loggers::with_env(&config(run_dir), &env("offline", "http://127.0.0.1:9")).unwrap();
+    let wandb_dir = loggers.wandb_run_dir().unwrap().to_path_buf();
+    (loggers, wandb_dir)
+}
+
 #[test]
 fn offline_run_file_has_run_first_every_step_and_exit_last() {
     let tmp = tempfile::tempdir().unwrap();
     let run_dir = tmp.path().join("runs/test-run");
-    let mut loggers = Loggers::with_env(&config(&run_dir), &env("offline", "http://127.0.0.1:9")).unwrap();
-    let wandb_dir = loggers.wandb_run_dir().unwrap().to_path_buf();
+    let (mut loggers, wandb_dir) = offline_loggers(&run_dir);
     let name = wandb_dir.file_name().unwrap().to_string_lossy().into_owned();
     assert!(name.starts_with("offline-run-") && name.ends_with(loggers.wandb_run_id().unwrap()), "{name}");
     assert!(wandb_dir.starts_with(run_dir.join("wandb")));
@@ -121,8 +127,7 @@ fn offline_run_file_has_run_first_every_step_and_exit_last() {
 fn an_eval_table_joins_the_row_of_its_step() {
     let tmp = tempfile::tempdir().unwrap();
     let run_dir = tmp.path().join("runs/eval-table");
-    let mut loggers = Loggers::with_env(&config(&run_dir), &env("offline", "http://127.0.0.1:9")).unwrap();
-    let wandb_dir = loggers.wandb_run_dir().unwrap().to_path_buf();
+    let (mut loggers, wandb_dir) = offline_loggers(&run_dir);
     let table = Table {
         key: "eval/completions".into(),
         columns: vec!["step".into(), "question".into(), "return".into(), "solved".into()],
