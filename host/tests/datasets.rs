@@ -194,3 +194,30 @@ fn math_maps_columns_of_every_format_and_names_a_missing_one() {
     assert!(line.contains("no column `question` (the row has: problem, solution, level, type)"), "{line}");
     assert!(line.contains("set question_key in --env-config"), "{line}");
 }
+
+/// `calc_tools` reads dataset rows in the schema of its `data_path` files (re-grpo's): a Parquet or JSONL shard
+/// becomes its tasks, filtered by the same shape limits, and a row without a question is one line naming it.
+#[test]
+fn calc_tools_reads_rows_in_its_task_schema() {
+    let mut registry = Registry::default();
+    registry.load_file(&common::shipped("grpo_calc_tools")).unwrap();
+    let env = registry.environment("calc_tools", &json!({"max_terms": 3})).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("calc.jsonl");
+    let rows = [
+        json!({"question": "12 + 7", "answer": "19", "num_terms": 2}),
+        json!({"question": "1 + 2 + 3 + 4", "answer": 10, "num_terms": 4}),
+        json!({"id": "q3", "question": "(3 + 4) * 5", "answer": 35}),
+    ];
+    std::fs::write(&file, rows.iter().map(|r| r.to_string() + "\n").collect::<String>()).unwrap();
+    let settings = DataSettings { dataset: None, eval_data: Some(spec(file.to_str().unwrap())), eval_holdout: 0 };
+    let eval = settings.resolve(&env, false).unwrap().eval.unwrap();
+    let tasks: Vec<(&str, &str, &str)> =
+        eval.iter().map(|t| (t.id.as_str(), t.question.as_str(), t.answer.as_str())).collect();
+    assert_eq!(tasks, [("row-0", "12 + 7", "19"), ("q3", "(3 + 4) * 5", "35")], "four terms are over max_terms");
+
+    std::fs::write(&file, "{\"answer\": 3}\n").unwrap();
+    let err = settings.resolve(&env, false).err().unwrap();
+    let line = grpo_host::error::one_line(&err);
+    assert!(line.contains("calc.jsonl row 0: ") && line.contains("missing the \"question\" string"), "{line}");
+}

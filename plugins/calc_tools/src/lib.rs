@@ -253,6 +253,12 @@ impl Environment for CalcTools {
         }))
     }
 
+    /// A row of `--dataset` / `--eval-data` in the schema of `data_path` (`question`, `answer`, optional `id`,
+    /// `num_terms`, `num_digits`), filtered by the same shape limits.
+    fn task_from_row(&self, _split: Split, index: u64, row: &serde_json::Value) -> Result<Option<Task>> {
+        tasks::row_task(row, &self.shape, || format!("row-{index}"))
+    }
+
     /// Call the calculator with the question's expression, then answer with its result: the best return of the
     /// reward table. `None` when the question holds no expression whose value is the reference answer.
     fn demonstration(&self, task: &Task) -> Result<Option<Vec<String>>> {

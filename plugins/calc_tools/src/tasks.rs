@@ -106,9 +106,28 @@ fn chance(rng: &mut SplitMix64, p: f64) -> bool {
     rng.unit() <= p
 }
 
-/// Read tasks from a JSONL file in re-grpo's schema, keeping rows with `len(question) < max_question_len`,
-/// `num_terms <= max_terms` and `num_digits <= max_digits` (missing counts pass), up to `max_rows`. Blank lines are
-/// skipped; any other line that is not such an object is an error naming the file and line.
+/// One row in re-grpo's schema (`question`, `answer`, optional `id`, `num_terms`, `num_digits`) as a task:
+/// `None` when the shape filters it out (`len(question) < max_question_len`, `num_terms <= max_terms`,
+/// `num_digits <= max_digits`; missing counts pass), an error naming the missing field.
+pub fn row_task(row: &serde_json::Value, shape: &Shape, default_id: impl FnOnce() -> String) -> Result<Option<Task>> {
+    let question =
+        row.get("question").and_then(|q| q.as_str()).ok_or_else(|| Error::msg("missing the \"question\" string"))?;
+    let answer = json_text(row.get("answer")).ok_or_else(|| Error::msg("missing the \"answer\" string"))?;
+    let count = |key: &str| row.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
+    if question.chars().count() >= shape.max_question_len
+        || count("num_terms") > u64::from(shape.max_terms)
+        || count("num_digits") > u64::from(shape.max_digits)
+    {
+        return Ok(None);
+    }
+    let id = json_text(row.get("id")).unwrap_or_else(default_id);
+    let mut task = Task::new(id, question, answer);
+    task.meta = serde_json::json!({ "num_terms": count("num_terms"), "num_digits": count("num_digits") });
+    Ok(Some(task))
+}
+
+/// Read tasks from a JSONL file in re-grpo's schema ([`row_task`]), up to `max_rows`. Blank lines are skipped; any
+/// other line that is not such an object is an error naming the file and line.
 pub fn load_jsonl(path: &Path, shape: &Shape, max_rows: usize) -> Result<Vec<Task>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::msg(format!("cannot read task file {}: {e}", path.display())))?;
@@ -123,23 +142,9 @@ pub fn load_jsonl(path: &Path, shape: &Shape, max_rows: usize) -> Result<Vec<Tas
         let where_ = || format!("{}:{}", path.display(), i + 1);
         let row: serde_json::Value =
             serde_json::from_str(line).map_err(|e| Error::msg(format!("{}: not a JSON object: {e}", where_())))?;
-        let question = row
-            .get("question")
-            .and_then(|q| q.as_str())
-            .ok_or_else(|| Error::msg(format!("{}: missing the \"question\" string", where_())))?;
-        let answer = json_text(row.get("answer"))
-            .ok_or_else(|| Error::msg(format!("{}: missing the \"answer\" string", where_())))?;
-        let count = |key: &str| row.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
-        if question.chars().count() >= shape.max_question_len
-            || count("num_terms") > u64::from(shape.max_terms)
-            || count("num_digits") > u64::from(shape.max_digits)
-        {
-            continue;
-        }
-        let id = json_text(row.get("id")).unwrap_or_else(|| format!("line-{}", i + 1));
-        let mut task = Task::new(id, question, answer);
-        task.meta = serde_json::json!({ "num_terms": count("num_terms"), "num_digits": count("num_digits") });
-        tasks.push(task);
+        let task = row_task(&row, shape, || format!("line-{}", i + 1))
+            .map_err(|e| Error::msg(format!("{}: {e}", where_())))?;
+        tasks.extend(task);
     }
     if tasks.is_empty() {
         return Err(Error::msg(format!(
