@@ -123,6 +123,7 @@ fn training_logs_eval_at_its_steps_and_grpo_host_eval_reproduces_a_checkpoint() 
         .output()
         .unwrap();
     assert!(out.status.success(), "eval failed: {}", text(&out.stderr));
+    assert!(!text(&out.stderr).contains("note:"), "the run's settings were passed: {}", text(&out.stderr));
     let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&summary_path).unwrap()).unwrap();
     assert_eq!(summary["global_step"], 3);
     let logged = eval_rows[1];
@@ -150,6 +151,19 @@ fn training_logs_eval_at_its_steps_and_grpo_host_eval_reproduces_a_checkpoint() 
     }
     // The held-out rows are the file's last three (of 40).
     assert_eq!(again[0]["id"], "row-37");
+    // With other settings than the run's evaluations, a note names them (the numbers would not match).
+    let out = Command::new(common::host_exe())
+        .arg("eval")
+        .args(["--checkpoint", ckpt.to_str().unwrap()])
+        .args(shared(&tiny_model()).into_iter().skip(2))
+        .args(["--max-new-tokens", "7", "--output", runs.path().join("other.json").to_str().unwrap()])
+        .env_remove("GRPO_PLUGIN_PATH")
+        .env("XDG_DATA_HOME", runs.path().join("xdg"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "eval failed: {}", text(&out.stderr));
+    let note = text(&out.stderr).lines().find(|l| l.starts_with("note:")).map(str::to_string).unwrap_or_default();
+    assert!(note.contains("used --max-new-tokens 6 (here 7);"), "{}", text(&out.stderr));
 
     // Resuming from that checkpoint redoes batch 2 and its evaluation: each evaluation is in the files once, with
     // the numbers and completions of the uninterrupted run.

@@ -226,6 +226,20 @@ pub fn run(args: EvalArgs) -> anyhow::Result<i32> {
     policy.refresh_sampler(None);
     let limits =
         EpisodeLimits { max_new_tokens: args.max_new_tokens, max_turns: args.max_turns, max_length: args.max_length };
+    if let Some(note) = args.checkpoint.as_deref().and_then(|dir| {
+        let here = Decisive {
+            env: env.name(),
+            env_config: &env_config,
+            data: &data,
+            limits,
+            settings: &settings,
+            seed: args.seed,
+            mixed_precision: args.mixed_precision,
+        };
+        differences_from_run(dir, &here)
+    }) {
+        eprintln!("{note}");
+    }
     eprintln!("evaluating {} tasks of `{}`", tasks.len(), env.name());
     let evaluation = Evaluation { tasks, settings, limits, seed: args.seed };
     let result = evaluation
@@ -250,6 +264,79 @@ pub fn run(args: EvalArgs) -> anyhow::Result<i32> {
     println!("{}", crate::eval::describe(&result));
     println!("summary written to {}", args.output.display());
     Ok(0)
+}
+
+/// The settings that decide an evaluation's numbers, for comparing `eval` with the run a checkpoint comes from.
+struct Decisive<'a> {
+    env: &'a str,
+    env_config: &'a serde_json::Value,
+    data: &'a DataSettings,
+    limits: EpisodeLimits,
+    settings: &'a EvalSettings,
+    seed: u64,
+    mixed_precision: MixedPrecision,
+}
+
+impl Decisive<'_> {
+    /// Each setting as the flag that sets it and its value.
+    fn flags(&self) -> Vec<(&'static str, String)> {
+        let source = |spec: &Option<DatasetSpec>| spec.as_ref().map_or("none".to_string(), |d| d.source.clone());
+        let (s, sampling) = (self.settings, &self.settings.sampling);
+        vec![
+            ("--env", self.env.to_string()),
+            ("--env-config", self.env_config.to_string()),
+            ("--dataset", source(&self.data.dataset)),
+            ("--eval-data", source(&self.data.eval_data)),
+            ("--eval-holdout", self.data.eval_holdout.to_string()),
+            ("--seed", self.seed.to_string()),
+            ("--max-new-tokens", self.limits.max_new_tokens.to_string()),
+            ("--max-turns", self.limits.max_turns.to_string()),
+            ("--max-length", self.limits.max_length.to_string()),
+            ("--eval-tasks", s.tasks.map_or("all".to_string(), |n| n.to_string())),
+            ("--eval-samples", s.samples.to_string()),
+            ("--eval-batch-tasks", s.batch_tasks.to_string()),
+            ("--eval-temperature", sampling.temperature.to_string()),
+            ("--top-k", sampling.top_k.to_string()),
+            ("--top-p", sampling.top_p.to_string()),
+            ("--min-p", sampling.min_p.to_string()),
+            ("--mixed-precision", self.mixed_precision.to_string()),
+        ]
+    }
+}
+
+/// A note naming the settings in which this evaluation differs from the in-training ones of the run that wrote the
+/// checkpoint `dir` (its `<run>/config.json`), so that a user who wants the run's numbers knows what to pass; `None`
+/// when they agree, or the run did not evaluate, or its config cannot be read.
+fn differences_from_run(dir: &Path, here: &Decisive<'_>) -> Option<String> {
+    let text = std::fs::read_to_string(dir.parent()?.parent()?.join("config.json")).ok()?;
+    let config: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let run: crate::train::RunConfig = serde_json::from_value(config.get("run")?.clone()).ok()?;
+    if !run.eval.enabled() {
+        return None;
+    }
+    let b = &run.batch;
+    let theirs = Decisive {
+        env: &run.plugins.env,
+        env_config: &run.plugins.env_config,
+        data: &run.data,
+        limits: EpisodeLimits { max_new_tokens: b.max_new_tokens, max_turns: b.max_turns, max_length: b.max_length },
+        settings: &run.eval,
+        seed: run.seed,
+        mixed_precision: run.model.mixed_precision,
+    };
+    let differ: Vec<String> = theirs
+        .flags()
+        .into_iter()
+        .zip(here.flags())
+        .filter(|((_, a), (_, b))| a != b)
+        .map(|((flag, a), (_, b))| format!("{flag} {a} (here {b})"))
+        .collect();
+    (!differ.is_empty()).then(|| {
+        format!(
+            "note: the run's own evaluations used {}; pass the same to reproduce its eval/* numbers",
+            differ.join(", ")
+        )
+    })
 }
 
 /// What to load for a checkpoint: the model to load (the checkpoint itself for full weights, the base model for an
