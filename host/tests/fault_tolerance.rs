@@ -139,12 +139,6 @@ fn comparable(key: &str) -> bool {
     !(key.starts_with("timing/") || key.starts_with('_') || key.ends_with("rss_gb"))
 }
 
-/// What a stop writes into the row it stops at (the reference has `checkpoint/*` there instead): these stay in the
-/// history after a resume, as the record that the run stopped there.
-fn stop_marker(key: &str) -> bool {
-    key.starts_with("final/") || key.starts_with("checkpoint/") || key == "training/completed"
-}
-
 /// A run's history: `metrics.jsonl` and the W&B run as its server shows it.
 struct History {
     jsonl: Vec<BTreeMap<String, serde_json::Value>>,
@@ -176,29 +170,13 @@ impl History {
             .collect();
         History { jsonl, wandb }
     }
-
-    /// Without the stop markers of the rows at `stops`.
-    fn without_stop_markers(mut self, stops: &BTreeSet<u64>) -> History {
-        for row in &mut self.jsonl {
-            if row["step"].as_u64().is_some_and(|s| stops.contains(&s)) {
-                row.retain(|k, _| !stop_marker(k));
-            }
-        }
-        for (step, row) in &mut self.wandb {
-            if stops.contains(&(*step as u64)) {
-                row.retain(|k, _| !stop_marker(k));
-            }
-        }
-        self
-    }
 }
 
-/// `run` ended as `reference` did: the same final weights, and the same history (apart from the stop markers of the
-/// rows at `stops`) in metrics.jsonl and in W&B.
-fn assert_same_result(run: &Path, reference: &Path, stops: &BTreeSet<u64>, what: &str) {
+/// `run` ended as `reference` did: the same final weights, and the same history in metrics.jsonl and in W&B, row for
+/// row (a stop adds nothing to the rows; its summary records it).
+fn assert_same_result(run: &Path, reference: &Path, what: &str) {
     assert_eq!(weights(run, FINAL_STEP), weights(reference, FINAL_STEP), "final weights differ after {what}");
-    let got = History::read(run).without_stop_markers(stops);
-    let want = History::read(reference).without_stop_markers(stops);
+    let (got, want) = (History::read(run), History::read(reference));
     assert_eq!(got.jsonl, want.jsonl, "metrics.jsonl differs after {what}");
     let steps = |h: &History| h.wandb.iter().map(|(s, _)| *s).collect::<Vec<_>>();
     assert_eq!(steps(&got), steps(&want), "W&B history steps differ after {what}");
@@ -301,7 +279,7 @@ fn runs_killed_at_random_points_resume_to_the_uninterrupted_result() {
     assert!(finished, "the killed run never finished");
     assert!(kills >= 1, "only {kills} runs were killed (the reference took {:?})", reference.total);
     assert_at_boundaries(&run);
-    assert_same_result(&run, &reference.dir, &BTreeSet::new(), &format!("{kills} kills"));
+    assert_same_result(&run, &reference.dir, &format!("{kills} kills"));
     eprintln!("kill -9 rounds: {:?}", t0.elapsed());
 }
 
@@ -397,8 +375,7 @@ fn runs_stopped_by_sigterm_resume_to_the_uninterrupted_result() {
             assert_eq!(weights(&run, after), weights(&reference.dir, after), "the stop's checkpoint step_{after}");
             stops.insert(after - 1);
         } else if text.contains("whose rollouts were dropped") {
-            // Before the batch's updates: its checkpoint is the boundary it started from, and its row (already
-            // committed) carries no stop marker.
+            // Before the batch's updates: its checkpoint is the boundary it started from.
             if after > 0 {
                 assert_eq!(weights(&run, after), weights(&reference.dir, after), "the stop's checkpoint step_{after}");
             }
@@ -411,7 +388,7 @@ fn runs_stopped_by_sigterm_resume_to_the_uninterrupted_result() {
     assert!(finished, "the terminated run never finished");
     let stopped = stops.len() + dropped;
     assert!(stopped > 0, "no SIGTERM stopped the run (the reference took {:?})", reference.total);
-    assert_same_result(&run, &reference.dir, &stops, &format!("{terms} SIGTERMs"));
+    assert_same_result(&run, &reference.dir, &format!("{terms} SIGTERMs"));
     eprintln!("SIGTERM rounds: {:?} ({} after a batch, {dropped} dropping one)", t0.elapsed(), stops.len());
 }
 
@@ -645,6 +622,6 @@ fn runs_failing_in_a_plugin_mid_batch_resume_to_the_uninterrupted_result() {
     assert!(status.success(), "the resumed run failed: {status}\n{}", std::fs::read_to_string(&log).unwrap());
     let run = runs.path().join("failing");
     assert_at_boundaries(&run);
-    assert_same_result(&run, &reference.dir, &BTreeSet::new(), "a loss error and an advantages panic");
+    assert_same_result(&run, &reference.dir, "a loss error and an advantages panic");
     eprintln!("injected error rounds: {:?}", t0.elapsed());
 }

@@ -425,22 +425,17 @@ fn stop_with_signal(signal: &str, code: i32) {
     assert_eq!(out.status.code(), Some(code), "{stderr}");
     eprintln!("{}", stderr.lines().find(|l| l.starts_with("stopped by")).unwrap_or("no stop line"));
 
+    // Whether the batch in flight was finished or dropped, the rows are an uninterrupted run's (no final values) and
+    // end at the checkpoint's boundary; the summary records the stop.
     let all = rows(&run);
     let last = all.last().unwrap();
-    let (steps, batches) = if stderr.contains("whose rollouts were dropped") {
-        // Nothing of the dropped batch was logged, and the row before it was already committed: the final values
-        // are in the summary only, and the checkpoint follows the last logged step.
-        assert!(!last.contains_key("final/total_steps"), "{last:?}");
-        let summary: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
-        let steps = last["step"].as_u64().unwrap() + 1;
-        assert_eq!(summary["final/total_steps"].as_u64(), Some(steps), "{summary}");
-        assert_eq!(summary["training/completed"].as_f64(), Some(0.0), "{summary}");
-        (steps, steps / 3)
-    } else {
-        let steps = last["final/total_steps"].as_u64().expect("the final row is written");
-        (steps, last["final/total_batches"].as_u64().unwrap())
-    };
+    assert!(!last.contains_key("final/total_steps") && !last.contains_key("training/completed"), "{last:?}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    let steps = last["step"].as_u64().unwrap() + 1;
+    assert_eq!(summary["final/total_steps"].as_u64(), Some(steps), "{summary}");
+    assert_eq!(summary["training/completed"].as_f64(), Some(0.0), "{summary}");
+    let batches = summary["final/total_batches"].as_u64().unwrap();
     // 3 optimizer steps per batch: the checkpoint is at a batch boundary.
     assert!(batches >= 1 && steps == 3 * batches, "stopped at step {steps} after {batches} batches\n{stderr}");
     let ckpt = run.join(format!("checkpoints/step_{steps}"));

@@ -291,8 +291,8 @@ impl Trainer {
                 self.evaluate(self.state.global_step.saturating_sub(1))?;
             }
             let checkpoint_due = self.agree_at_boundary()?;
-            // The last batch's row (and a stopped run's) stays open for `finish`, which adds the final metrics.
-            if self.state.batch >= max_steps || self.stopping {
+            // The last batch's row stays open for `finish`, which adds the final metrics.
+            if self.state.batch >= max_steps {
                 break;
             }
             if checkpoint_due {
@@ -300,9 +300,16 @@ impl Trainer {
                 // either the previous checkpoint (and the resumed run logs this row again, the sinks having cut
                 // their history back to it) or this one with its row: each row lands exactly once.
                 self.loggers.log(self.state.global_step.saturating_sub(1), metrics::checkpoint_saved(&self.state));
+                if self.stopping {
+                    // `finish` commits the row, then writes this checkpoint: the row is what an uninterrupted run
+                    // logs here.
+                    break;
+                }
                 self.loggers.flush_durable();
                 let dir = self.save()?;
                 self.loggers.println(&format!("checkpoint saved: {}", dir.display()));
+            } else if self.stopping {
+                break;
             }
             self.loggers.commit();
         }
@@ -660,13 +667,13 @@ impl Trainer {
             self.loggers.finish(code);
             return Ok(code);
         }
-        // The final row is committed before the final checkpoint, as in `train`. After an error at a batch boundary,
-        // or a stop that dropped the next batch, the last batch's row is already committed, so the final values go
-        // to the summary only.
+        // A completed run closes its last row with the final metrics, committed before the final checkpoint as in
+        // `train`. A stopped run's rows stay what an uninterrupted run logs (a resumed run then equals one row for
+        // row), and after an error at a batch boundary the last row is already committed: the summary alone
+        // records how those ended.
         let completed = matches!(outcome, Ok(Outcome::Completed));
         let abandoned = matches!(outcome, Ok(Outcome::Abandoned));
-        // A run stopped before its first step has no row to close: the summary alone records the stop.
-        if outcome.is_ok() && !abandoned && self.state.global_step > 0 {
+        if completed && self.state.global_step > 0 {
             let mut row = metrics::final_summary(&self.state, true, completed);
             // Whether the save worked is known only after the row is committed: the summary records it.
             row.remove("checkpoint/saved");
