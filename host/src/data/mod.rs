@@ -176,8 +176,8 @@ impl DataSettings {
     pub fn check_eval_source(&self) -> Result<()> {
         match &self.dataset {
             Some(spec) if self.eval_data.is_none() && self.eval_holdout == 0 => Err(user_error!(
-                "--dataset {}: evaluation needs tasks from the same kind of data, and the environment's own eval \
-                 split is not; pass --eval-data FILE|DIR|ORG/NAME (for a hub dataset, its test split) or \
+                "--dataset {}: evaluation would score the environment's own eval split, which is not drawn from \
+                 this dataset; pass --eval-data FILE|DIR|ORG/NAME (for a hub dataset, its test split) or \
                  --eval-holdout N",
                 spec.source
             )),
