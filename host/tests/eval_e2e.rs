@@ -3,6 +3,7 @@
 //! exactly the numbers and completions the run logged at that step.
 
 mod common;
+mod logging_common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -67,6 +68,8 @@ fn training_logs_eval_at_its_steps_and_grpo_host_eval_reproduces_a_checkpoint() 
             .args(extra)
             .env_remove("GRPO_PLUGIN_PATH")
             .env_remove("WANDB_DIR")
+            // --run-name is a flag: it names the W&B run over the shell's WANDB_NAME.
+            .env("WANDB_NAME", "from-the-shell")
             .env("XDG_DATA_HOME", runs.path().join("xdg"))
             .output()
             .unwrap()
@@ -100,6 +103,10 @@ fn training_logs_eval_at_its_steps_and_grpo_host_eval_reproduces_a_checkpoint() 
         .collect();
     tables.sort();
     assert_eq!(tables.len(), 3, "{tables:?}");
+    let wandb_dir = std::fs::read_dir(run.join("wandb")).unwrap().next().unwrap().unwrap().path();
+    let records = logging_common::records(&wandb_dir);
+    let grpo_host::logging::wandb::proto::RecordType::Run(record) = &records[0] else { panic!("{:?}", records[0]) };
+    assert_eq!(record.display_name, "ev");
     for (table, step) in tables.iter().zip([0, 2, 5]) {
         assert!(table.starts_with(&format!("completions_{step}_")), "{tables:?}");
     }

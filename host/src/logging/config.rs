@@ -324,7 +324,11 @@ impl WandbSettings {
             .clone()
             .or_else(|| get("WANDB_PROJECT"))
             .unwrap_or_else(|| default_project(&cfg.algorithm, &cfg.environment).to_string());
-        validate_project(&project)?;
+        // With W&B off, nothing uses its settings: a stray WANDB_* value in the shell must not stop the run.
+        let checked = mode != WandbMode::Disabled;
+        if checked {
+            validate_project(&project)?;
+        }
         let entity = flags.entity.clone().or_else(|| get("WANDB_ENTITY")).filter(|e| !e.is_empty());
         let base_url = get("WANDB_BASE_URL")
             .unwrap_or_else(|| "https://api.wandb.ai".to_string())
@@ -342,13 +346,16 @@ impl WandbSettings {
             mode = WandbMode::Offline;
         }
 
-        let mut resume =
-            match flags.resume.clone().or_else(|| get("WANDB_RESUME")) {
-                None => None,
-                Some(r) => Some(ResumeMode::parse(&r).ok_or_else(|| {
-                    crate::user_error!("unknown W&B resume mode '{r}'; use allow, must, never or auto")
-                })?),
-            };
+        let mut resume = match flags.resume.clone().or_else(|| get("WANDB_RESUME")) {
+            None => None,
+            Some(r) => match ResumeMode::parse(&r) {
+                Some(mode) => Some(mode),
+                None if !checked => None,
+                None => {
+                    return Err(crate::user_error!("unknown W&B resume mode '{r}'; use allow, must, never or auto"))
+                }
+            },
+        };
         let explicit_id = flags.run_id.clone().or_else(|| get("WANDB_RUN_ID"));
         let resuming = cfg.resume || cfg.resume_from_step.is_some();
         let stored_id =
@@ -360,7 +367,9 @@ impl WandbSettings {
         if continues && (resuming || resume == Some(ResumeMode::Auto)) {
             resume.get_or_insert(ResumeMode::Allow);
         }
-        validate_run_id(&run_id)?;
+        if checked {
+            validate_run_id(&run_id)?;
+        }
 
         let tags = match &flags.tags {
             Some(t) => t.clone(),
@@ -563,6 +572,14 @@ mod tests {
             let err = WandbSettings::resolve(&c, &env).unwrap_err();
             assert_eq!(crate::error::exit_code(&err), 2, "{field}={value}: {err}");
         }
+        // With W&B disabled its settings are not used, so a stray value in the shell does not stop the run.
+        let mut env = Env::new();
+        for (var, value) in [("WANDB_RUN_ID", "a/b"), ("WANDB_PROJECT", "a:b"), ("WANDB_RESUME", "sometimes")] {
+            env.insert(var.into(), value.into());
+        }
+        let mut c = cfg("grpo", "math");
+        c.wandb.disabled = true;
+        assert_eq!(WandbSettings::resolve(&c, &env).unwrap().mode, WandbMode::Disabled);
     }
 
     #[test]

@@ -991,6 +991,11 @@ fn open_loggers(
     let mut log_cfg = LoggingConfig::new(dir, &paths.run_name, algo.name(), env.name());
     log_cfg.config = resolved;
     log_cfg.wandb = config.logging.wandb.clone();
+    // An explicit --run-name names the W&B run too, as re-grpo's `wandb.init(name=run_name)` did: a flag, so it wins
+    // over WANDB_NAME (--wandb-name still wins over it).
+    if log_cfg.wandb.name.is_none() {
+        log_cfg.wandb.name.clone_from(&config.checkpoints.run_name);
+    }
     log_cfg.log_dir = config.logging.log_dir.clone();
     log_cfg.total_steps = Some(total_steps);
     log_cfg.resume = paths.resume.is_some();
