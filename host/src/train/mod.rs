@@ -134,9 +134,17 @@ struct RunPaths {
     run_name: String,
     checkpoints: PathBuf,
     resume: Option<PathBuf>,
+    /// Not resuming, yet an earlier attempt logged rows here (it failed before its first checkpoint): the run starts
+    /// over, and its files are cut back to nothing as a resume cuts them back to its checkpoint.
+    restart: bool,
 }
 
 impl RunPaths {
+    /// The step the run's files are cut back to before it logs (`state`'s), when they may hold rows already.
+    fn cut_back_to(&self, state: &TrainerState) -> Option<u64> {
+        (self.resume.is_some() || self.restart).then_some(state.global_step)
+    }
+
     /// A named run (or `--checkpoint-path`) without a single checkpoint directory.
     fn nothing_to_resume(c: &config::CheckpointSettings) -> bool {
         let dir =
@@ -188,7 +196,8 @@ impl RunPaths {
                 checkpoints.display()
             ));
         }
-        Ok(RunPaths { run_dir, run_name, checkpoints, resume })
+        let restart = resume.is_none() && std::fs::metadata(run_dir.join("metrics.jsonl")).is_ok_and(|m| m.len() > 0);
+        Ok(RunPaths { run_dir, run_name, checkpoints, resume, restart })
     }
 }
 
@@ -221,9 +230,8 @@ impl Trainer {
         let mut scaler = LossScaler::new(precision.mode);
         let state = starting_state(&config, &paths, &world, &mut policy, &mut optimizer, &mut scaler)?;
         synchronize_start(&world, &policy, &optimizer)?;
-        if let Some(evaluator) = evaluator.as_ref().filter(|_| paths.resume.is_some() || started_before(&paths.run_dir))
-        {
-            evaluator.cut_back(state.global_step)?;
+        if let (Some(evaluator), Some(step)) = (&evaluator, paths.cut_back_to(&state)) {
+            evaluator.cut_back(step)?;
         }
         let total_steps = config.batch.max_steps * config.batch.updates_per_batch();
         // The run's global steps: the supervised warm-up's, then the updates'.
@@ -234,7 +242,6 @@ impl Trainer {
             // Rank 0 writes the run's files and logs; the others compute and send it their numbers.
             Loggers::silent()
         };
-        let state_batch = state.batch;
         let dist =
             DistInfo { num_processes: world.size, process_index: world.rank, local_process_index: world.local_rank };
         Ok(Trainer {
@@ -243,6 +250,8 @@ impl Trainer {
             tasks: TaskSource::from_set(run_tasks.train, config.seed)?.sharded(world.rank, world.size),
             evaluator,
             checkpoints: paths.checkpoints,
+            // A resumed run starts at its checkpoint's boundary: a stop before its first batch need not rewrite it.
+            last_checkpoint: paths.resume.map(|dir| (state.batch, dir)),
             config,
             algo,
             env,
@@ -257,8 +266,6 @@ impl Trainer {
             mid_batch: false,
             new_reference: None,
             last_save: Instant::now(),
-            // A resumed run starts at its checkpoint's boundary: a stop before its first batch need not rewrite it.
-            last_checkpoint: paths.resume.map(|dir| (state_batch, dir)),
         })
     }
 
@@ -382,10 +389,11 @@ impl Trainer {
             },
             &mut stop_now,
         )?;
+        use crate::sft::warmup::WarmupEnd;
         match end {
-            crate::sft::warmup::WarmupEnd::Stopped(done) => return Ok(Some(done)),
-            crate::sft::warmup::WarmupEnd::Done(Some(masters)) => self.optimizer.load_master_weights(&masters)?,
-            crate::sft::warmup::WarmupEnd::Done(None) => {}
+            WarmupEnd::Stopped(done) => return Ok(Some(done)),
+            WarmupEnd::Done(Some(masters)) => self.optimizer.load_master_weights(&masters)?,
+            WarmupEnd::Done(None) => {}
         }
         // The KL term now holds RL near the warmed-up model; the checkpoint below writes it for resumes (rank 0
         // writes the run's files).
@@ -659,10 +667,10 @@ impl Trainer {
             self.loggers.flush_durable();
             self.loggers.set_summary(metrics::final_summary(&self.state, false, false));
             let (code, name) = (self.stop.exit_code(), self.stop.name());
+            let when = stop_point(Outcome::WarmupStopped(done), self.state.batch, self.config.batch.max_steps);
             self.loggers.println(&format!(
-                "stopped by {name} during the sft warm-up, after step {done}/{}: no checkpoint exists before the \
-                 warm-up ends, so the run starts over; run the same command again (without --resume)",
-                self.config.sft.steps
+                "stopped by {name} {when}: no checkpoint exists before the warm-up ends, so the run starts over; run \
+                 the same command again (without --resume)"
             ));
             self.loggers.finish(code);
             return Ok(code);
@@ -674,7 +682,7 @@ impl Trainer {
         let completed = matches!(outcome, Ok(Outcome::Completed));
         let abandoned = matches!(outcome, Ok(Outcome::Abandoned));
         if completed && self.state.global_step > 0 {
-            let mut row = metrics::final_summary(&self.state, true, completed);
+            let mut row = metrics::final_summary(&self.state, true, true);
             // Whether the save worked is known only after the row is committed: the summary records it.
             row.remove("checkpoint/saved");
             self.loggers.log(self.state.global_step.saturating_sub(1), row);
@@ -743,18 +751,13 @@ impl Trainer {
     }
 }
 
-/// Whether an earlier attempt of the run logged rows in `run_dir`.
-fn started_before(run_dir: &Path) -> bool {
-    std::fs::metadata(run_dir.join("metrics.jsonl")).is_ok_and(|m| m.len() > 0)
-}
-
 /// Where a stop left the run, for the console: `batch` batches are done out of `max_steps`.
 fn stop_point(stopped: Outcome, batch: u64, max_steps: u64) -> String {
     match stopped {
         Outcome::Abandoned => {
             format!("during batch {}/{max_steps}, whose rollouts were dropped (it runs again on resume)", batch + 1)
         }
-        Outcome::WarmupStopped(done) => format!("during the sft warm-up, after its step {done}"),
+        Outcome::WarmupStopped(done) => format!("during the sft warm-up, after step {done}"),
         _ if batch == 0 => "before the first batch".to_string(),
         _ => "after the batch".to_string(),
     }
@@ -1001,14 +1004,10 @@ fn open_loggers(
     log_cfg.resume = paths.resume.is_some();
     // Every sink cuts its history back to the checkpoint: the steps after it are logged again, exactly once. A run
     // started over (an attempt that failed before its first checkpoint) replaces that attempt's rows the same way.
-    log_cfg.resume_from_step = match &paths.resume {
-        Some(_) => Some(state.global_step),
-        None if started_before(&paths.run_dir) => {
-            eprintln!("{}: no checkpoint to resume; starting the run over", paths.run_dir.display());
-            Some(0)
-        }
-        None => None,
-    };
+    log_cfg.resume_from_step = paths.cut_back_to(state);
+    if paths.restart {
+        eprintln!("{}: no checkpoint to resume; starting the run over", paths.run_dir.display());
+    }
     if log_cfg.wandb.run_id.is_none() {
         log_cfg.wandb.run_id.clone_from(&state.wandb_run_id);
     }
