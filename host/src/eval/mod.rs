@@ -158,11 +158,18 @@ impl EvalResult {
     pub fn table(&self, step: u64) -> Table {
         let reward_keys: std::collections::BTreeSet<&String> =
             self.outcomes.iter().flat_map(|o| o.rewards.keys()).collect();
-        let mut columns: Vec<String> = ["step", "id", "question", "answer", "completion", "return", "solved"]
-            .into_iter()
-            .chain(["samples_solved", "completion_tokens"])
-            .map(String::from)
-            .collect();
+        let fixed = [
+            "step",
+            "id",
+            "question",
+            "answer",
+            "completion",
+            "return",
+            "solved",
+            "samples_solved",
+            "completion_tokens",
+        ];
+        let mut columns: Vec<String> = fixed.into_iter().map(String::from).collect();
         columns.extend(reward_keys.iter().map(|k| format!("reward/{k}")));
         let number =
             |x: f64| serde_json::Number::from_f64(x).map_or(serde_json::Value::Null, serde_json::Value::Number);
