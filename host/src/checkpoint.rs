@@ -48,6 +48,10 @@ pub struct TrainerState {
     /// elsewhere (`--checkpoint-path`) continues the same run's logs.
     #[serde(default)]
     pub run_name: Option<String>,
+    /// `grpo-host sft`: how far its data stream has gone (conversations, or demonstrated tasks, drawn so far), so a
+    /// resumed run continues with the next ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sft_position: Option<u64>,
 }
 
 /// What goes into one checkpoint.

@@ -132,8 +132,16 @@ fn sft_on_demonstrations_saves_a_model_that_loads() {
         output.to_str().unwrap(),
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("sft step 2/2: sft/loss"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("step 2/2 sft loss "), "{stderr}");
+    assert!(stdout.contains("saved the fine-tuned model to"), "{stdout}");
+    // --output is the whole run's folder, as TRL's output_dir: its rows, its config and its checkpoints.
+    let logged: Vec<u64> = rows(&output).iter().filter(|r| r.get("sft/loss").is_some()).map(step).collect();
+    assert_eq!(logged, vec![0, 1]);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(output.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["sft"]["source"]["environment"]["name"], "calc_tools", "{config}");
     let saved = output.join("step_2");
     let out = run(&[
         "generate",
@@ -147,6 +155,119 @@ fn sft_on_demonstrations_saves_a_model_that_loads() {
         "2",
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Three TRL-format conversations (fewer than a run draws, so it takes several passes over them).
+fn conversations(dir: &Path) -> PathBuf {
+    let path = dir.join("chats.jsonl");
+    let line = |q: &str, a: &str| {
+        serde_json::json!({"messages": [
+            {"role": "system", "content": "Answer briefly."},
+            {"role": "user", "content": q},
+            {"role": "assistant", "content": a},
+        ]})
+        .to_string()
+    };
+    let lines = [line("2+2?", "4"), line("Capital of France?", "Paris"), line("Opposite of up?", "down")];
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+/// `grpo-host sft` on `data` in the run `runs/name`, with extra flags.
+fn sft_run(runs: &Path, name: &str, data: &Path, extra: &[&str]) -> Output {
+    let model = tiny_model();
+    let mut args = vec!["sft", "--data", data.to_str().unwrap(), "--model", model.to_str().unwrap()];
+    args.extend(["--device", "cpu", "--batch-size", "2", "--micro-batch-size", "1", "--lr", "1e-3", "--no-wandb"]);
+    args.extend(["--runs-dir", runs.to_str().unwrap(), "--run-name", name]);
+    args.extend(extra);
+    run(&args)
+}
+
+#[test]
+fn an_sft_run_stopped_and_resumed_equals_one_that_ran_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = conversations(dir.path());
+    let runs = dir.path().join("runs");
+    let whole = sft_run(&runs, "whole", &data, &["--max-steps", "5", "--checkpoint-interval", "2"]);
+    assert!(whole.status.success(), "{}", String::from_utf8_lossy(&whole.stderr));
+    let first = sft_run(&runs, "parts", &data, &["--max-steps", "3", "--checkpoint-interval", "2"]);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let rest = sft_run(&runs, "parts", &data, &["--max-steps", "5", "--checkpoint-interval", "2", "--resume"]);
+    let stderr = String::from_utf8_lossy(&rest.stderr);
+    assert!(rest.status.success(), "{stderr}");
+    assert!(stderr.contains("resuming from") && stderr.contains("step_3"), "{stderr}");
+
+    // Each step logged once, with the same loss, learning rate and pass over the data (10 draws of 3
+    // conversations, each pass in its own order) as the run that went through.
+    let sft_rows = |name: &str| -> Vec<(u64, f64, f64)> {
+        rows(&runs.join(name))
+            .iter()
+            .filter_map(|r| Some((step(r), r.get("sft/loss")?.as_f64()?, r["sft/epoch"].as_f64()?)))
+            .collect()
+    };
+    let expected = sft_rows("whole");
+    assert_eq!(expected.iter().map(|r| r.0).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+    assert!((expected[4].2 - 10.0 / 3.0).abs() < 1e-12, "{expected:?}");
+    assert_eq!(sft_rows("parts"), expected);
+    let weights = |name: &str| std::fs::read(runs.join(name).join("checkpoints/step_5/model.safetensors")).unwrap();
+    assert!(weights("parts") == weights("whole"), "the resumed run's final weights differ");
+    assert!(runs.join("whole/checkpoints/step_2").is_dir() && runs.join("whole/checkpoints/step_4").is_dir());
+
+    // Changing what the run computes on resume is refused in one line.
+    let changed = sft_run(&runs, "parts", &data, &["--max-steps", "6", "--lr", "2e-3", "--resume"]);
+    let err = String::from_utf8_lossy(&changed.stderr);
+    assert_eq!(changed.status.code(), Some(2), "{err}");
+    assert!(err.contains("--allow-config-change") && err.trim().lines().count() == 1, "{err}");
+}
+
+#[test]
+fn sft_with_lora_saves_an_adapter_and_its_merged_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = conversations(dir.path());
+    let runs = dir.path().join("runs");
+    let extra = ["--max-steps", "2", "--lora-rank", "4", "--save-merged", "--lr", "1e-2"];
+    let out = sft_run(&runs, "lora", &data, &extra);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ckpt = runs.join("lora/checkpoints/step_2");
+    assert!(ckpt.join("adapter_model.safetensors").is_file() && ckpt.join("adapter_config.json").is_file());
+    assert!(!ckpt.join("model.safetensors").exists(), "a LoRA run saves the adapter, not the base weights");
+    let losses: Vec<f64> = rows(&runs.join("lora")).iter().filter_map(|r| r["sft/loss"].as_f64()).collect();
+    assert_eq!(losses.len(), 2);
+    let merged = ckpt.join("merged");
+    let out = run(&["generate", "--device", "cpu", "--model", merged.to_str().unwrap(), "--raw", "hi"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn sigterm_stops_sft_after_the_step_in_flight_with_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = conversations(dir.path());
+    let runs = dir.path().join("runs");
+    let model = tiny_model();
+    let home = tempfile::tempdir().unwrap();
+    let mut child = Command::new(common::host_exe())
+        .args(["sft", "--data", data.to_str().unwrap(), "--model", model.to_str().unwrap(), "--device", "cpu"])
+        .args(["--max-steps", "100000", "--batch-size", "1", "--no-wandb", "--checkpoint-interval", "0"])
+        .args(["--runs-dir", runs.to_str().unwrap(), "--run-name", "stop"])
+        .env("XDG_DATA_HOME", home.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let metrics = runs.join("stop/metrics.jsonl");
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(true, |t| t.lines().count() < 2) {
+        assert!(started.elapsed().as_secs() < 120 && child.try_wait().unwrap().is_none(), "no rows logged");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{stderr}");
+    let logged = rows(&runs.join("stop")).iter().filter(|r| r.get("sft/loss").is_some()).count() as u64;
+    let saved = runs.join(format!("stop/checkpoints/step_{logged}"));
+    assert!(saved.is_dir(), "no checkpoint at the last logged step {logged}: {stderr}");
+    assert!(stderr.contains("stopped by SIGTERM") && stderr.contains("--resume"), "{stderr}");
 }
 
 #[test]

@@ -1,13 +1,13 @@
 //! Flags that several commands share, declared once so they read the same everywhere: the model and where it runs,
-//! the sampling settings, and plugin options given as `JSON|@FILE`.
+//! the sampling settings, LoRA, the run's folder and checkpoints, and plugin options given as `JSON|@FILE`.
 
 use std::path::PathBuf;
 
 use clap::Args;
 
 use crate::generate::SamplingParams;
-use crate::model::{DeviceSpec, DtypeSpec};
-use crate::train::config::ModelSettings;
+use crate::model::{DeviceSpec, DtypeSpec, LoraConfig};
+use crate::train::config::{CheckpointSettings, ModelSettings};
 use crate::train::precision::MixedPrecision;
 use crate::user_error;
 
@@ -129,6 +129,96 @@ impl DecodeArgs {
             return Err(user_error!("--multi-step must be at least 1 (1 reads the sampled ids after every step)"));
         }
         Ok(self.multi_step)
+    }
+}
+
+/// LoRA: train low-rank adapters instead of every weight (`train` and `sft`).
+#[derive(Debug, Clone, Copy, Args)]
+pub struct LoraArgs {
+    /// LoRA rank; 0 trains all weights (with a frozen copy as the KL reference in `train`).
+    #[arg(long, default_value_t = 0)]
+    pub lora_rank: i64,
+    /// LoRA alpha (the update is scaled by alpha / rank).
+    #[arg(long, default_value_t = 32.0)]
+    pub lora_alpha: f64,
+    /// LoRA dropout on the adapter input during training updates.
+    #[arg(long, default_value_t = 0.0)]
+    pub lora_dropout: f64,
+}
+
+impl LoraArgs {
+    /// The adapter's configuration; `None` for full fine-tuning.
+    pub fn config(self) -> anyhow::Result<Option<LoraConfig>> {
+        if self.lora_rank < 0 {
+            return Err(user_error!("--lora-rank {} must be >= 0 (0 trains all weights)", self.lora_rank));
+        }
+        if !(0.0..1.0).contains(&self.lora_dropout) {
+            return Err(user_error!("--lora-dropout {} must be in [0, 1)", self.lora_dropout));
+        }
+        Ok((self.lora_rank > 0).then_some(LoraConfig {
+            rank: self.lora_rank,
+            alpha: self.lora_alpha,
+            dropout: self.lora_dropout,
+        }))
+    }
+}
+
+/// The run's folder, its checkpoints and resuming (`train` and `sft`).
+#[derive(Debug, Clone, Args)]
+pub struct RunDirArgs {
+    /// Name of the run; its files go to RUNS_DIR/NAME/. Default: ALGO-ENV-TIME (`sft-SOURCE-TIME` for sft).
+    #[arg(long)]
+    pub run_name: Option<String>,
+    /// Parent directory of run directories.
+    #[arg(long, default_value = "runs")]
+    pub runs_dir: PathBuf,
+    /// Where checkpoints go; default runs/NAME/checkpoints.
+    #[arg(long)]
+    pub checkpoint_path: Option<PathBuf>,
+    /// Save a checkpoint every this many batches (sft: optimizer steps), and always at the end.
+    #[arg(long, default_value_t = 20)]
+    pub checkpoint_interval: u64,
+    /// Also save a checkpoint when this many minutes have passed since the last one (0 disables), so a long run
+    /// can always be resumed.
+    #[arg(long, default_value_t = 30.0)]
+    pub checkpoint_every_minutes: f64,
+    /// Keep at most this many checkpoints, deleting the oldest once a newer one is safely written (0 keeps all;
+    /// transformers' save_total_limit).
+    #[arg(long, default_value_t = 0)]
+    pub save_total_limit: usize,
+    /// On --resume, accept a learning rate, model, plugin option or other result-changing setting that differs from
+    /// the run being resumed (the change is recorded in the run's config.json).
+    #[arg(long)]
+    pub allow_config_change: bool,
+    /// For LoRA runs, also save the adapter merged into full weights.
+    #[arg(long)]
+    pub save_merged: bool,
+    /// Continue a run: a checkpoint directory, a run directory (its latest checkpoint), or `auto` (the latest
+    /// checkpoint of --run-name, or in --checkpoint-path; never another run's).
+    #[arg(long, num_args = 0..=1, default_missing_value = "auto")]
+    pub resume: Option<String>,
+}
+
+impl RunDirArgs {
+    /// The checked settings.
+    pub fn settings(self) -> anyhow::Result<CheckpointSettings> {
+        if !(self.checkpoint_every_minutes >= 0.0 && self.checkpoint_every_minutes.is_finite()) {
+            return Err(user_error!(
+                "--checkpoint-every-minutes {} must be a number >= 0 (0 disables)",
+                self.checkpoint_every_minutes
+            ));
+        }
+        Ok(CheckpointSettings {
+            run_name: self.run_name,
+            runs_dir: self.runs_dir,
+            checkpoint_path: self.checkpoint_path,
+            interval: self.checkpoint_interval,
+            every_minutes: self.checkpoint_every_minutes,
+            save_total_limit: self.save_total_limit,
+            allow_config_change: self.allow_config_change,
+            save_merged: self.save_merged,
+            resume: self.resume,
+        })
     }
 }
 

@@ -1,5 +1,6 @@
 //! `--config run.toml`: the same keys as the flags (`group-size = 8` or `group_size = 8`), turned into arguments
-//! placed before the command line's own, so that a flag given on the command line overrides the file.
+//! placed before the command line's own, so that a flag given on the command line overrides the file. `train` and
+//! `sft` read run files.
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -12,7 +13,8 @@ use crate::user_error;
 pub fn expand(argv: Vec<OsString>) -> Result<Vec<OsString>> {
     let strings: Vec<String> = argv.iter().map(|a| a.to_string_lossy().to_string()).collect();
     // Only training reads a run file; other subcommands (`plugins check --config JSON`) own their `--config`.
-    if strings.get(1).is_some_and(|c| ["generate", "gen-qa", "plugins", "play", "report"].contains(&c.as_str())) {
+    if strings.get(1).is_some_and(|c| ["generate", "gen-qa", "plugins", "play", "report", "eval"].contains(&c.as_str()))
+    {
         return Ok(argv);
     }
     let mut path = None;
@@ -25,8 +27,8 @@ pub fn expand(argv: Vec<OsString>) -> Result<Vec<OsString>> {
     }
     let Some(path) = path else { return Ok(argv) };
     let from_file = file_args(Path::new(&path))?;
-    // After the program name and an explicit `train` subcommand, before everything the user typed.
-    let at = if strings.get(1).map(String::as_str) == Some("train") { 2 } else { 1 };
+    // After the program name and an explicit `train` or `sft` subcommand, before everything the user typed.
+    let at = if strings.get(1).is_some_and(|c| c == "train" || c == "sft") { 2 } else { 1 };
     let mut out = argv;
     out.splice(at..at, from_file.into_iter().map(OsString::from));
     Ok(out)
@@ -98,5 +100,16 @@ mod tests {
         assert_eq!(out.last().unwrap(), "2");
         assert!(out.contains(&"--no-wandb".to_string()));
         assert!(out.contains(&"{\"digits\":2}".to_string()));
+    }
+
+    #[test]
+    fn sft_reads_a_run_file_after_its_subcommand() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sft.toml");
+        std::fs::write(&path, "batch-size = 16\n").unwrap();
+        let argv: Vec<OsString> =
+            ["grpo-host", "sft", "--config", path.to_str().unwrap()].iter().map(OsString::from).collect();
+        let out: Vec<String> = expand(argv).unwrap().iter().map(|a| a.to_string_lossy().to_string()).collect();
+        assert_eq!(&out[..4], ["grpo-host", "sft", "--batch-size", "16"]);
     }
 }

@@ -77,7 +77,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Some(Command::Play(args)) => play::run(args),
         Some(Command::Report(args)) => report::run(&args),
         Some(Command::GenQa(args)) => gen_qa::run(args),
-        Some(Command::Sft(args)) => sft::run(*args),
+        Some(Command::Sft(args)) => crate::sft::run::run(args.into_config()?),
         Some(Command::Eval(args)) => eval::run(*args),
     }
 }

@@ -1,21 +1,16 @@
-//! `grpo-host sft`: supervised fine-tuning on chat conversations (TRL's JSONL format or an environment's own
-//! demonstrations), with the loss on assistant tokens only; and the `--sft-*` warm-up flags of `train`.
+//! `grpo-host sft`'s flags (the run itself is `crate::sft::run`), and the `--sft-*` warm-up flags of `train`.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
 use clap::Args;
 
-use super::args::{json_option, ModelArgs};
+use super::args::{json_option, LoraArgs, ModelArgs, RunDirArgs};
 use super::plugins::PluginDirArgs;
-use crate::checkpoint::{self, CheckpointData, TrainerState};
-use crate::distributed::World;
-use crate::plugins::Registry;
+use crate::logging::LoggingArgs;
+use crate::sft::run::{SftConfig, SftSource};
 use crate::sft::warmup::WarmupSettings;
-use crate::sft::{data, tools_json, Conversation, Demonstrations, Renderer, SftStep};
-use crate::train::optimizer::{AdamW, AdamWConfig};
-use crate::train::policy::Policy;
-use crate::train::precision::{LossScaler, MixedPrecision};
+use crate::train::config::{LogSettings, LrSchedule, OptimizerSettings};
+use crate::train::precision::MixedPrecision;
 use crate::user_error;
 
 /// `train`'s supervised warm-up: N steps on the environment's demonstrations before the first rollout batch.
@@ -45,7 +40,7 @@ impl WarmupArgs {
     }
 }
 
-/// `grpo-host sft (--data FILE.jsonl | --env NAME) [--max-steps N] [--output DIR]`.
+/// `grpo-host sft (--data FILE.jsonl | --env NAME) [--max-steps N] [--run-name NAME | --output DIR]`.
 #[derive(Debug, Args)]
 pub struct SftArgs {
     /// A JSONL file of conversations in TRL's format: `{"messages": [{"role": "user", "content": ...}, ...]}`.
@@ -59,12 +54,18 @@ pub struct SftArgs {
     pub env_config: Option<String>,
     #[command(flatten)]
     pub plugins: PluginDirArgs,
+    /// A TOML file setting any of these flags by name (`batch-size = 16`); flags on the command line override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
     pub model: ModelArgs,
     /// auto, no, bf16 or fp16 (as in training).
     #[arg(long, default_value = "auto")]
     pub mixed_precision: MixedPrecision,
-    /// Optimizer steps.
+    /// LoRA flags (--lora-rank, --lora-alpha, --lora-dropout).
+    #[command(flatten)]
+    pub lora: LoraArgs,
+    /// Optimizer steps in all (a resumed run continues to this count).
     #[arg(long, default_value_t = 100)]
     pub max_steps: u64,
     /// Conversations per step.
@@ -73,9 +74,15 @@ pub struct SftArgs {
     /// Conversations per forward/backward (a step's gradient is the same whatever it is).
     #[arg(long, default_value_t = 8)]
     pub micro_batch_size: usize,
-    /// Learning rate (constant).
+    /// Learning rate.
     #[arg(long, default_value_t = 5e-5)]
     pub lr: f64,
+    /// constant, or cosine (decay to 0 at --max-steps after the warmup).
+    #[arg(long, default_value = "constant")]
+    pub lr_schedule: LrSchedule,
+    /// Steps of linear learning-rate warmup.
+    #[arg(long, default_value_t = 0)]
+    pub warmup_steps: u64,
     /// Gradient-norm clip (0 disables).
     #[arg(long, default_value_t = 1.0)]
     pub max_norm: f64,
@@ -85,110 +92,71 @@ pub struct SftArgs {
     /// Seed for the order of the data.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// Where the fine-tuned model is saved (a checkpoint in Hugging Face layout, loadable with `--model DIR`).
-    #[arg(long, value_name = "DIR", default_value = "runs/sft")]
-    pub output: PathBuf,
+    /// The run's folder, checkpoints and --resume (--run-name, --runs-dir, --checkpoint-path,
+    /// --checkpoint-interval, --save-total-limit, --resume, ...).
+    #[command(flatten)]
+    pub run_dir: RunDirArgs,
+    /// One folder for everything, as TRL's output_dir: the run's files and its checkpoints `DIR/step_N` (the same
+    /// as --runs-dir PARENT --run-name NAME --checkpoint-path DIR).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["run_name", "checkpoint_path"])]
+    pub output: Option<PathBuf>,
+    /// W&B and TensorBoard flags.
+    #[command(flatten)]
+    pub logging: LoggingArgs,
 }
 
-/// Where conversations come from, for a step.
-enum Source {
-    File { rows: Vec<Conversation>, next: usize },
-    Env(Box<Demonstrations>),
-}
-
-impl Source {
-    fn take(&mut self, n: usize) -> anyhow::Result<Vec<Conversation>> {
-        match self {
-            Source::File { rows, next } => {
-                let out = (0..n).map(|k| rows[(*next + k) % rows.len()].clone()).collect();
-                *next += n;
-                Ok(out)
+impl SftArgs {
+    /// Check the flags and build the run's configuration.
+    pub fn into_config(self) -> anyhow::Result<SftConfig> {
+        if self.batch_size == 0 || self.micro_batch_size == 0 {
+            return Err(user_error!("--batch-size and --micro-batch-size must be at least 1"));
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(user_error!("--lr {}: must be a positive number", self.lr));
+        }
+        let source = match (self.data, self.env) {
+            (Some(path), _) => SftSource::File(path),
+            (None, Some(name)) => {
+                SftSource::Environment { name, config: json_option(self.env_config.as_deref(), "--env-config")? }
             }
-            Source::Env(demos) => demos.take(n),
-        }
-    }
-}
-
-/// Run the fine-tuning; returns the exit code.
-pub fn run(args: SftArgs) -> anyhow::Result<i32> {
-    args.model.apply_threads()?;
-    if args.batch_size == 0 || args.micro_batch_size == 0 {
-        return Err(user_error!("--batch-size and --micro-batch-size must be at least 1"));
-    }
-    let settings = args.model.settings(args.mixed_precision)?;
-    let policy = Policy::load(&settings, 0.0, args.seed)?;
-    let (mut source, tools) = match (&args.data, &args.env) {
-        (Some(path), _) => {
-            let mut rows = data::read_jsonl(path)?;
-            grpo_sdk::rng::SplitMix64::new(args.seed).shuffle(&mut rows);
-            (Source::File { rows, next: 0 }, None)
-        }
-        (None, Some(name)) => {
-            let registry = Registry::discover(&args.plugins.discovery())?;
-            let env = registry.environment(name, &json_option(args.env_config.as_deref(), "--env-config")?)?;
-            let tools = tools_json(&env.tools()?);
-            (Source::Env(Box::new(Demonstrations::new(env, args.seed)?)), tools)
-        }
-        (None, None) => return Err(user_error!("give --data FILE.jsonl or --env NAME")),
-    };
-    let renderer = Renderer::new(policy.tokenizer(), tools.as_deref())?;
-    let adamw = AdamWConfig { lr: args.lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: args.weight_decay };
-    let mut optimizer = if policy.precision().master_weights {
-        AdamW::new(policy.trainable(), adamw)
-    } else {
-        AdamW::without_master_weights(policy.trainable(), adamw)
-    };
-    if let Some(weights) = policy.initial_master_weights()? {
-        optimizer.load_master_weights(&weights)?;
-    }
-    let mut scaler = LossScaler::new(policy.precision().mode);
-    let start = Instant::now();
-    let mut taken = 0u64;
-    {
-        let single = World::single();
-        let mut step = SftStep {
-            model: policy.model(),
-            optimizer: &mut optimizer,
-            scaler: &mut scaler,
-            micro_batch: args.micro_batch_size,
-            max_norm: args.max_norm,
-            world: &single,
+            (None, None) => return Err(user_error!("give --data FILE.jsonl or --env NAME")),
         };
-        for index in 0..args.max_steps {
-            let conversations = source.take(args.batch_size)?;
-            let rows = conversations
-                .iter()
-                .map(|c| renderer.render(&c.messages).map_err(|e| user_error!("conversation {}: {e}", c.origin)))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            match step.run(&rows, args.lr)? {
-                Some(r) => {
-                    taken += 1;
-                    println!(
-                        "sft step {}/{}: sft/loss {:.4} sft/accuracy {:.3} sft/tokens {} grad_norm {:.3} ({:.1}s)",
-                        index + 1,
-                        args.max_steps,
-                        r.loss,
-                        r.accuracy,
-                        r.tokens,
-                        r.grad_norm,
-                        start.elapsed().as_secs_f64()
-                    );
-                }
-                None => {
-                    println!("sft step {}/{}: skipped (the loss or gradient was not finite)", index + 1, args.max_steps)
-                }
-            }
+        let mut model = self.model.settings(self.mixed_precision)?;
+        model.lora = self.lora.config()?;
+        let mut checkpoints = self.run_dir.settings()?;
+        if let Some(dir) = self.output {
+            let name = dir.file_name().map(|n| n.to_string_lossy().to_string());
+            let Some(name) = name.filter(|n| n != "..") else {
+                return Err(user_error!("--output {}: give a folder with a name, such as runs/sft", dir.display()));
+            };
+            checkpoints.runs_dir = dir.parent().map(PathBuf::from).unwrap_or_default();
+            checkpoints.run_name = Some(name);
+            checkpoints.checkpoint_path = Some(dir);
         }
+        Ok(SftConfig {
+            source,
+            plugin_dirs: self.plugins.plugin_dirs,
+            model,
+            max_steps: self.max_steps,
+            batch_size: self.batch_size,
+            micro_batch_size: self.micro_batch_size,
+            optimizer: OptimizerSettings {
+                lr: self.lr,
+                schedule: self.lr_schedule,
+                warmup_steps: self.warmup_steps,
+                weight_decay: self.weight_decay,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                max_norm: self.max_norm,
+            },
+            seed: self.seed,
+            checkpoints,
+            logging: LogSettings {
+                wandb: self.logging.wandb_flags(),
+                log_dir: self.logging.log_dir,
+                completions_interval: 0,
+            },
+        })
     }
-    let data = CheckpointData {
-        weights: if optimizer.has_master_weights() { optimizer.master_weights() } else { policy.weights() },
-        adapter: None,
-        base_model: policy.model_dir(),
-        merged: None,
-        optimizer: optimizer.state(),
-        state: TrainerState { global_step: taken, seed: args.seed, ..Default::default() },
-    };
-    let dir = checkpoint::save(&args.output, data)?;
-    println!("saved the fine-tuned model to {} (use it with --model {})", dir.display(), dir.display());
-    Ok(0)
 }

@@ -5,14 +5,14 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::args::{json_option, ModelArgs, SamplingArgs};
+use super::args::{json_option, LoraArgs, ModelArgs, RunDirArgs, SamplingArgs};
 use super::plugins::PluginDirArgs;
 use crate::generate::SamplingParams;
 use crate::logging::LoggingArgs;
-use crate::model::{DtypeSpec, LoraConfig};
+use crate::model::DtypeSpec;
 use crate::train::config::{
-    BatchSettings, CheckpointSettings, DistSettings, LogSettings, LrSchedule, ModelSettings, ObjectiveSettings,
-    OptimizerSettings, PluginSelection, RecomputeOld, RunConfig, SamplingSettings,
+    BatchSettings, DistSettings, LogSettings, LrSchedule, ModelSettings, ObjectiveSettings, OptimizerSettings,
+    PluginSelection, RecomputeOld, RunConfig, SamplingSettings,
 };
 use crate::train::precision::MixedPrecision;
 use crate::user_error;
@@ -142,15 +142,9 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0.0)]
     pub tis_cap: f64,
 
-    /// LoRA rank; 0 trains all weights (with a frozen copy as the reference).
-    #[arg(long, default_value_t = 0)]
-    pub lora_rank: i64,
-    /// LoRA alpha (the update is scaled by alpha / rank).
-    #[arg(long, default_value_t = 32.0)]
-    pub lora_alpha: f64,
-    /// LoRA dropout on the adapter input during training updates.
-    #[arg(long, default_value_t = 0.0)]
-    pub lora_dropout: f64,
+    /// LoRA flags (--lora-rank, --lora-alpha, --lora-dropout).
+    #[command(flatten)]
+    pub lora: LoraArgs,
 
     /// Random seed for task order, sampling and shuffling.
     #[arg(long, default_value_t = 42)]
@@ -162,37 +156,9 @@ pub struct TrainArgs {
     #[arg(long)]
     pub max_prompts: Option<usize>,
 
-    /// Name of the run; its files go to runs/NAME/. Default: ALGO-ENV-TIME.
-    #[arg(long)]
-    pub run_name: Option<String>,
-    /// Parent directory of run directories.
-    #[arg(long, default_value = "runs")]
-    pub runs_dir: PathBuf,
-    /// Where checkpoints go; default runs/NAME/checkpoints.
-    #[arg(long)]
-    pub checkpoint_path: Option<PathBuf>,
-    /// Save a checkpoint every this many batches (and always at the end).
-    #[arg(long, default_value_t = 20)]
-    pub checkpoint_interval: u64,
-    /// Also save a checkpoint when this many minutes have passed since the last one (0 disables), so a long run
-    /// can always be resumed.
-    #[arg(long, default_value_t = 30.0)]
-    pub checkpoint_every_minutes: f64,
-    /// Keep at most this many checkpoints, deleting the oldest once a newer one is safely written (0 keeps all;
-    /// transformers' save_total_limit).
-    #[arg(long, default_value_t = 0)]
-    pub save_total_limit: usize,
-    /// On --resume, accept a learning rate, model, plugin option or other result-changing setting that differs from
-    /// the run being resumed (the change is recorded in the run's config.json).
-    #[arg(long)]
-    pub allow_config_change: bool,
-    /// For LoRA runs, also save the adapter merged into full weights.
-    #[arg(long)]
-    pub save_merged: bool,
-    /// Continue a run: a checkpoint directory, a run directory (its latest checkpoint), or `auto` (the latest
-    /// checkpoint of --run-name, or in --checkpoint-path; never another run's).
-    #[arg(long, num_args = 0..=1, default_missing_value = "auto")]
-    pub resume: Option<String>,
+    /// The run's folder, checkpoints and --resume.
+    #[command(flatten)]
+    pub run_dir: RunDirArgs,
 
     /// W&B and TensorBoard flags.
     #[command(flatten)]
@@ -235,11 +201,7 @@ impl TrainArgs {
         if let Some(n) = self.max_prompts {
             set_option(&mut env_config, "max_prompts", n.into());
         }
-        let lora = (self.lora_rank > 0).then_some(LoraConfig {
-            rank: self.lora_rank,
-            alpha: self.lora_alpha,
-            dropout: self.lora_dropout,
-        });
+        let lora = self.lora.config()?;
         let sampling = self.sampling.resolve(TRAIN_SAMPLING)?;
         let multi_step = self.decode.multi_step()?;
         let (eval, data) = (self.eval.into_settings(sampling, multi_step)?, self.data.into_settings());
@@ -299,17 +261,7 @@ impl TrainArgs {
                 tis_cap: self.tis_cap,
             },
             seed: self.seed,
-            checkpoints: CheckpointSettings {
-                run_name: self.run_name,
-                runs_dir: self.runs_dir,
-                checkpoint_path: self.checkpoint_path,
-                interval: self.checkpoint_interval,
-                every_minutes: self.checkpoint_every_minutes,
-                save_total_limit: self.save_total_limit,
-                allow_config_change: self.allow_config_change,
-                save_merged: self.save_merged,
-                resume: self.resume,
-            },
+            checkpoints: self.run_dir.settings()?,
             logging: LogSettings {
                 wandb: self.logging.wandb_flags(),
                 log_dir: self.logging.log_dir,
@@ -353,15 +305,6 @@ impl TrainArgs {
         }
         if self.kl_weight < 0.0 {
             return Err(user_error!("--kl-weight {} must be >= 0", self.kl_weight));
-        }
-        if !(self.checkpoint_every_minutes >= 0.0 && self.checkpoint_every_minutes.is_finite()) {
-            return Err(user_error!(
-                "--checkpoint-every-minutes {} must be a number >= 0 (0 disables)",
-                self.checkpoint_every_minutes
-            ));
-        }
-        if self.lora_rank < 0 {
-            return Err(user_error!("--lora-rank {} must be >= 0 (0 trains all weights)", self.lora_rank));
         }
         // Below 1 the cap would down-weight even the tokens where sampler and trainer agree.
         if !(self.tis_cap == 0.0 || (self.tis_cap >= 1.0 && self.tis_cap.is_finite())) {

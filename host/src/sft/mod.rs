@@ -14,6 +14,7 @@
 pub mod data;
 pub mod loss;
 pub mod render;
+pub mod run;
 pub mod step;
 pub mod warmup;
 

@@ -10,7 +10,7 @@ use tch::Tensor;
 
 use super::{tools_json, Demonstrations, Renderer, SftRecord, SftStep};
 use crate::plugins::EnvironmentPlugin;
-use crate::train::optimizer::{AdamW, AdamWConfig};
+use crate::train::optimizer::AdamWConfig;
 use crate::train::policy::Policy;
 use crate::train::precision::LossScaler;
 
@@ -74,11 +74,7 @@ impl Warmup<'_> {
         let renderer = Renderer::new(self.policy.tokenizer(), tools.as_deref())?;
         let mut demos = Demonstrations::new(self.env.clone(), self.seed)?;
         let precision = self.policy.precision();
-        let mut optimizer = if precision.master_weights {
-            AdamW::new(self.policy.trainable(), AdamWConfig { lr: s.lr, ..self.adamw })
-        } else {
-            AdamW::without_master_weights(self.policy.trainable(), AdamWConfig { lr: s.lr, ..self.adamw })
-        };
+        let mut optimizer = self.policy.optimizer(AdamWConfig { lr: s.lr, ..self.adamw });
         if let Some(weights) = self.policy.initial_master_weights()? {
             optimizer.load_master_weights(&weights)?;
         }

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod optimizer;
 pub mod policy;
 pub mod precision;
+pub mod run_dir;
 pub mod scored;
 pub mod stats;
 pub mod stop;
@@ -31,11 +32,11 @@ use anyhow::{Context, Result};
 use grpo_sdk::rng::mix;
 use grpo_sdk::Task;
 
-use crate::checkpoint::{self, CheckpointData, TrainerState};
+use crate::checkpoint::{self, TrainerState};
 use crate::distributed::{fingerprint, Launch, World};
 use crate::error::RunFailed;
 use crate::logging::system::PhasePeak;
-use crate::logging::{DistInfo, Loggers, LoggingConfig, SystemMetrics};
+use crate::logging::{DistInfo, Loggers, SystemMetrics};
 use crate::model::DeviceSpec;
 use crate::plugins::{AlgorithmPlugin, EnvironmentPlugin, Registry};
 use crate::rollout::{run_episodes, task_seeds, Episodes, RolloutConfig};
@@ -47,6 +48,7 @@ use metrics::{BatchSummary, Timings};
 use optimizer::{AdamW, AdamWConfig, Schedule};
 use policy::Policy;
 use precision::LossScaler;
+use run_dir::RunPaths;
 use stop::drop_work;
 pub use stop::{StopRequest, EXIT_INTERRUPTED, EXIT_TERMINATED};
 use tasks::TaskSource;
@@ -127,80 +129,6 @@ enum Outcome {
     WarmupStopped(u64),
 }
 
-/// Where a run's files go, and the checkpoint it resumes from.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct RunPaths {
-    run_dir: PathBuf,
-    run_name: String,
-    checkpoints: PathBuf,
-    resume: Option<PathBuf>,
-    /// Not resuming, yet an earlier attempt logged rows here (it failed before its first checkpoint): the run starts
-    /// over, and its files are cut back to nothing as a resume cuts them back to its checkpoint.
-    restart: bool,
-}
-
-impl RunPaths {
-    /// The step the run's files are cut back to before it logs (`state`'s), when they may hold rows already.
-    fn cut_back_to(&self, state: &TrainerState) -> Option<u64> {
-        (self.resume.is_some() || self.restart).then_some(state.global_step)
-    }
-
-    /// A named run (or `--checkpoint-path`) without a single checkpoint directory.
-    fn nothing_to_resume(c: &config::CheckpointSettings) -> bool {
-        let dir =
-            c.checkpoint_path.clone().or_else(|| c.run_name.as_ref().map(|n| c.runs_dir.join(n).join("checkpoints")));
-        dir.is_some_and(|d| !checkpoint::has_checkpoints(&d))
-    }
-
-    fn resolve(config: &RunConfig) -> Result<RunPaths> {
-        let c = &config.checkpoints;
-        let resume = match &c.resume {
-            Some(spec) if spec == "auto" && crate::distributed::Launch::elastic() && Self::nothing_to_resume(c) => {
-                // torchrun --max-restarts reruns the same command: its first attempt (or one that failed before
-                // the first checkpoint) has nothing to resume yet and starts the run.
-                eprintln!("--resume auto: the run has no checkpoint yet; starting it");
-                None
-            }
-            Some(spec) => {
-                let named = c.run_name.as_ref().map(|n| c.runs_dir.join(n));
-                let found =
-                    checkpoint::resolve_resume(spec, &c.runs_dir, named.as_deref(), c.checkpoint_path.as_deref())?;
-                for line in &found.skipped {
-                    eprintln!("{line}");
-                }
-                Some(found.checkpoint)
-            }
-            None => None,
-        };
-        // The run's folder: the one `--run-name` names; else, resuming, the run the checkpoint belongs to (its
-        // `<run>/checkpoints/step_N` home, or the name its state records when `--checkpoint-path` moved it).
-        let home = |ckpt: &Path| match ckpt.parent() {
-            Some(parent) if c.checkpoint_path.is_none() && parent.file_name().is_some_and(|n| n == "checkpoints") => {
-                parent.parent().map(Path::to_path_buf)
-            }
-            _ => checkpoint::saved_run_name(ckpt).map(|n| c.runs_dir.join(n)),
-        };
-        let run_dir = match (&c.run_name, resume.as_deref().and_then(home)) {
-            (Some(name), _) => c.runs_dir.join(name),
-            (None, Some(dir)) => dir,
-            (None, None) => c.runs_dir.join(default_run_name(config)),
-        };
-        let run_name = run_dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-        let checkpoints = c.checkpoint_path.clone().unwrap_or_else(|| run_dir.join("checkpoints"));
-        if resume.is_none() && checkpoint::has_checkpoints(&checkpoints) {
-            // A new run there would mix two histories, and a later `--resume auto` could pick the old run's newer
-            // checkpoint.
-            return Err(user_error!(
-                "{} already holds checkpoints of run `{run_name}`; pass --resume auto to continue it, or another \
-                 --run-name (or --checkpoint-path, or delete them) to start a new run",
-                checkpoints.display()
-            ));
-        }
-        let restart = resume.is_none() && std::fs::metadata(run_dir.join("metrics.jsonl")).is_ok_and(|m| m.len() > 0);
-        Ok(RunPaths { run_dir, run_name, checkpoints, resume, restart })
-    }
-}
-
 impl Trainer {
     /// Load the plugins and the model, restore a checkpoint when resuming, write `config.json`, open the loggers.
     fn start(config: RunConfig, world: World) -> Result<Trainer> {
@@ -218,17 +146,31 @@ impl Trainer {
         if let Some(warning) = precision.small_update_warning(config.optimizer.lr).filter(|_| world.is_main()) {
             eprintln!("{warning}");
         }
+        if let Some(lora) = config.model.lora.filter(|l| l.dropout > 0.0 && world.is_main()) {
+            // The old log-probs come from passes without dropout, the update's from passes with it: the ratio
+            // carries the dropout's noise, and clipping acts on that noise too.
+            eprintln!(
+                "warning: --lora-dropout {}: the policy ratio compares the update's forward pass (adapter inputs \
+                 dropped) with old log-probs taken without dropout, so it is not 1 even on-policy and the clip acts \
+                 on that noise; 0 (the default) keeps the ratio exact",
+                lora.dropout
+            );
+        }
         if config.loss.tis_cap > 0.0 {
             algo.check_takes_importance_weights()?;
         }
-        let mut optimizer = if precision.master_weights {
-            AdamW::new(policy.trainable(), adamw_config(&config.optimizer))
-        } else {
-            // --mixed-precision no: updates go into the parameters in their own dtype, as asked.
-            AdamW::without_master_weights(policy.trainable(), adamw_config(&config.optimizer))
-        };
+        let mut optimizer = policy.optimizer(adamw_config(&config.optimizer));
         let mut scaler = LossScaler::new(precision.mode);
-        let state = starting_state(&config, &paths, &world, &mut policy, &mut optimizer, &mut scaler)?;
+        let state = starting_state(&paths, config.seed, &mut policy, &mut optimizer, &mut scaler)?;
+        if let Some(ckpt) = &paths.resume {
+            // The warm-up's KL reference, when the run is past it.
+            if config.sft.steps > 0 && warmed_up(&state, config.sft.steps) && config.loss.kl_weight != 0.0 {
+                policy.set_reference(&checkpoint::load_reference(ckpt)?)?;
+            }
+            if world.is_main() {
+                eprintln!("resuming from {} (batch {}, step {})", ckpt.display(), state.batch, state.global_step);
+            }
+        }
         synchronize_start(&world, &policy, &optimizer)?;
         if let (Some(evaluator), Some(step)) = (&evaluator, paths.cut_back_to(&state)) {
             evaluator.cut_back(step)?;
@@ -626,22 +568,9 @@ impl Trainer {
     }
 
     fn write_checkpoint(&mut self) -> Result<PathBuf> {
-        self.state.loss_scaler = self.scaler.enabled().then(|| self.scaler.state());
         self.state.wandb_run_id = self.loggers.wandb_run_id().map(String::from);
-        self.state.mixed_precision = Some(self.policy.precision().mode.to_string());
-        let data = CheckpointData {
-            // Under mixed precision the f32 masters are the weights; the working copies are their rounding.
-            weights: if self.optimizer.has_master_weights() {
-                self.optimizer.master_weights()
-            } else {
-                self.policy.weights()
-            },
-            adapter: self.policy.adapter_info(),
-            base_model: self.policy.model_dir(),
-            merged: if self.config.checkpoints.save_merged { self.policy.merged_weights() } else { None },
-            optimizer: self.optimizer.state(),
-            state: self.state.clone(),
-        };
+        let save_merged = self.config.checkpoints.save_merged;
+        let data = self.policy.checkpoint_data(&self.optimizer, &self.scaler, self.state.clone(), save_merged);
         if let Some(reference) = &self.new_reference {
             checkpoint::save_reference(&self.checkpoints, reference)?;
         }
@@ -796,32 +725,22 @@ fn in_training_evaluator(
     Ok(evaluator)
 }
 
-/// The counters a run starts from: a resumed run's checkpoint (its weights, masters, moments, loss scale and the
-/// warm-up's KL reference put back), or a new run's, whose masters start from the loaded weights.
-fn starting_state(
-    config: &RunConfig,
+/// The counters a run starts from, named after the run: a resumed run's checkpoint put back (its weights, masters,
+/// moments and loss scale), or a new run's, whose masters start from the weights on disk.
+pub(crate) fn starting_state(
     paths: &RunPaths,
-    world: &World,
+    seed: u64,
     policy: &mut Policy,
     optimizer: &mut AdamW,
     scaler: &mut LossScaler,
 ) -> Result<TrainerState> {
     let mut state = match &paths.resume {
-        Some(ckpt) => {
-            let state = restore(ckpt, policy, optimizer, scaler, config.seed)?;
-            if config.sft.steps > 0 && warmed_up(&state, config.sft.steps) && config.loss.kl_weight != 0.0 {
-                policy.set_reference(&checkpoint::load_reference(ckpt)?)?;
-            }
-            if world.is_main() {
-                eprintln!("resuming from {} (batch {}, step {})", ckpt.display(), state.batch, state.global_step);
-            }
-            state
-        }
+        Some(ckpt) => restore(ckpt, policy, optimizer, scaler, seed)?,
         None => {
             if let Some(weights) = policy.initial_master_weights()? {
                 optimizer.load_master_weights(&weights)?;
             }
-            TrainerState { seed: config.seed, ..Default::default() }
+            TrainerState { seed, ..Default::default() }
         }
     };
     state.run_name = Some(paths.run_name.clone());
@@ -867,7 +786,7 @@ fn restore(
 /// Checkpoints must be on a filesystem every rank can read.
 fn resolve_on_main(config: &RunConfig, world: &World) -> Result<(RunPaths, Vec<serde_json::Value>)> {
     let resolve = || -> Result<(RunPaths, Vec<serde_json::Value>)> {
-        let paths = RunPaths::resolve(config)?;
+        let paths = RunPaths::resolve(&config.checkpoints, || default_run_name(config))?;
         let history = match &paths.resume {
             Some(_) => resume_guard(config, &paths.run_dir, world.size)?,
             None => Vec::new(),
@@ -926,31 +845,16 @@ fn trained_state(policy: &Policy, optimizer: &AdamW) -> Vec<tch::Tensor> {
 /// change history for its new `config.json` (a run directory whose config.json predates the typed config has no
 /// history and is not checked here; the seed is checked on restore).
 fn resume_guard(config: &RunConfig, run_dir: &Path, world_size: usize) -> Result<Vec<serde_json::Value>> {
-    let Ok(text) = std::fs::read_to_string(run_dir.join("config.json")) else { return Ok(Vec::new()) };
-    let saved: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-    let mut history: Vec<serde_json::Value> = saved["config_changes"].as_array().cloned().unwrap_or_default();
+    let Some((saved, history)) = run_dir::saved_config(run_dir) else { return Ok(Vec::new()) };
     let Ok(before) = serde_json::from_value::<RunConfig>(saved["run"].clone()) else { return Ok(history) };
     let saved_world = saved["world_size"].as_u64().unwrap_or(1) as usize;
     let mut differences = global_batch(config, world_size).differences_from(&global_batch(&before, saved_world));
-    if differences.is_empty() {
-        return Ok(history);
-    }
-    if world_size > 1 || saved_world > 1 {
+    if !differences.is_empty() && (world_size > 1 || saved_world > 1) {
         differences.push(format!(
             "batch sizes compared per process times the world size ({saved_world} process(es) then, {world_size} now)"
         ));
     }
-    if !config.checkpoints.allow_config_change {
-        return Err(user_error!(
-            "--resume: this command changes what the run {} computes ({}); pass the saved values, or add \
-             --allow-config-change to continue with the new ones",
-            run_dir.display(),
-            differences.join("; ")
-        ));
-    }
-    eprintln!("resuming with changed settings (--allow-config-change): {}", differences.join("; "));
-    history.push(serde_json::json!({"at": crate::calendar::UtcDateTime::now().compact(), "changes": differences}));
-    Ok(history)
+    run_dir::accept_changes(differences, history, config.checkpoints.allow_config_change, run_dir)
 }
 
 /// `config` with its per-process batch sizes scaled to the whole world's.
@@ -964,7 +868,7 @@ fn global_batch(config: &RunConfig, world_size: usize) -> RunConfig {
     global
 }
 
-/// Write the resolved `config.json` into the run directory and open the loggers with it.
+/// The run's resolved settings for `config.json`, and its loggers.
 fn open_loggers(
     config: &RunConfig,
     paths: &RunPaths,
@@ -974,8 +878,6 @@ fn open_loggers(
     changes: Vec<serde_json::Value>,
     world_size: usize,
 ) -> Result<Loggers> {
-    let dir = &paths.run_dir;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating the run directory {}", dir.display()))?;
     let resolved = serde_json::json!({
         "run": config,
         "run_name": paths.run_name,
@@ -990,28 +892,14 @@ fn open_loggers(
         "environment": {"name": env.name(), "version": env.info().version, "config": env.config()?},
         "config_changes": changes,
     });
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&resolved)?)?;
-    let mut log_cfg = LoggingConfig::new(dir, &paths.run_name, algo.name(), env.name());
-    log_cfg.config = resolved;
-    log_cfg.wandb = config.logging.wandb.clone();
-    // An explicit --run-name names the W&B run too, as re-grpo's `wandb.init(name=run_name)` did: a flag, so it wins
-    // over WANDB_NAME (--wandb-name still wins over it).
-    if log_cfg.wandb.name.is_none() {
-        log_cfg.wandb.name.clone_from(&config.checkpoints.run_name);
-    }
-    log_cfg.log_dir = config.logging.log_dir.clone();
-    log_cfg.total_steps = Some(total_steps);
-    log_cfg.resume = paths.resume.is_some();
-    // Every sink cuts its history back to the checkpoint: the steps after it are logged again, exactly once. A run
-    // started over (an attempt that failed before its first checkpoint) replaces that attempt's rows the same way.
-    log_cfg.resume_from_step = paths.cut_back_to(state);
-    if paths.restart {
-        eprintln!("{}: no checkpoint to resume; starting the run over", paths.run_dir.display());
-    }
-    if log_cfg.wandb.run_id.is_none() {
-        log_cfg.wandb.run_id.clone_from(&state.wandb_run_id);
-    }
-    Loggers::new(&log_cfg)
+    paths.open_loggers(run_dir::LogStart {
+        resolved,
+        names: (algo.name(), env.name()),
+        logging: &config.logging,
+        run_name_flag: config.checkpoints.run_name.as_deref(),
+        state,
+        total_steps,
+    })
 }
 
 fn adamw_config(o: &OptimizerSettings) -> AdamWConfig {

@@ -11,8 +11,10 @@ use tch::{Device, Kind, Tensor};
 
 use super::config::{ModelSettings, RecomputeOld};
 use super::experience::Experience;
+use super::optimizer::{AdamW, AdamWConfig};
+use super::precision::LossScaler;
 use super::precision::Precision;
-use crate::checkpoint::AdapterInfo;
+use crate::checkpoint::{AdapterInfo, CheckpointData, TrainerState};
 use crate::model::{self, Model, Padding};
 use crate::tokenizer::Tokenizer;
 use crate::user_error;
@@ -216,6 +218,39 @@ impl Policy {
     /// (Hugging Face names; a tied output head is stored once, as the embedding).
     pub fn weights(&self) -> BTreeMap<String, Tensor> {
         self.trained_store().variables().into_iter().collect()
+    }
+
+    /// AdamW over the trainable weights, with f32 master weights when the precision keeps them (under
+    /// `--mixed-precision no` the updates go into the parameters in their own dtype, as asked). The masters start
+    /// empty: load [`Policy::initial_master_weights`] or a checkpoint's into them.
+    pub fn optimizer(&self, config: AdamWConfig) -> AdamW {
+        if self.precision.master_weights {
+            AdamW::new(self.trainable(), config)
+        } else {
+            AdamW::without_master_weights(self.trainable(), config)
+        }
+    }
+
+    /// What a checkpoint of this model holds: the f32 masters when the optimizer keeps them (under mixed precision
+    /// the working copies are their rounding), else the trained weights; the moments, the loss scale and `state`;
+    /// the merged weights too for a LoRA run when `save_merged`.
+    pub fn checkpoint_data(
+        &self,
+        optimizer: &AdamW,
+        scaler: &LossScaler,
+        mut state: TrainerState,
+        save_merged: bool,
+    ) -> CheckpointData<'_> {
+        state.loss_scaler = scaler.enabled().then(|| scaler.state());
+        state.mixed_precision = Some(self.precision().mode.to_string());
+        CheckpointData {
+            weights: if optimizer.has_master_weights() { optimizer.master_weights() } else { self.weights() },
+            adapter: self.adapter_info(),
+            base_model: self.model_dir(),
+            merged: if save_merged { self.merged_weights() } else { None },
+            optimizer: optimizer.state(),
+            state,
+        }
     }
 
     /// The LoRA settings for peft's adapter_config.json.

@@ -1,0 +1,443 @@
+//! `grpo-host sft` as a run of its own: a run folder with `config.json` and the loggers' files (`sft/*` rows on the
+//! optimizer-step axis, as the warm-up logs them), checkpoints every `--checkpoint-interval` steps and at the end,
+//! `--resume` that continues exactly (weights, AdamW moments, loss scale, schedule and the data stream's position),
+//! LoRA, and a stop on SIGINT/SIGTERM that saves where it is.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use grpo_sdk::rng::{mix, SplitMix64};
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+
+use super::{data, tools_json, Conversation, Demonstrations, Rendered, Renderer, SftStep};
+use crate::checkpoint::{self, TrainerState};
+use crate::distributed::{Launch, World};
+use crate::error::RunFailed;
+use crate::logging::{metrics, Loggers, Metrics};
+use crate::plugins::{DiscoveryOptions, Registry};
+use crate::train::config::{CheckpointSettings, LogSettings, LrSchedule, ModelSettings, OptimizerSettings};
+use crate::train::optimizer::{AdamW, AdamWConfig, Schedule};
+use crate::train::policy::Policy;
+use crate::train::precision::LossScaler;
+use crate::train::run_dir::{self, RunPaths};
+use crate::train::StopRequest;
+use crate::user_error;
+
+/// Where the conversations come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SftSource {
+    /// A JSONL file of conversations in TRL's format (`--data`).
+    File(PathBuf),
+    /// An environment's demonstrations of its training tasks (`--env`, `--env-config`).
+    Environment {
+        /// The environment plugin's name.
+        name: String,
+        /// Its options.
+        config: Json,
+    },
+}
+
+/// A supervised fine-tuning run, as `grpo-host sft`'s flags give it (written to the run's `config.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SftConfig {
+    /// The conversations.
+    pub source: SftSource,
+    /// Where plugins are searched first (for `SftSource::Environment`).
+    pub plugin_dirs: Vec<PathBuf>,
+    /// The model, its precision and LoRA.
+    pub model: ModelSettings,
+    /// Optimizer steps in all.
+    pub max_steps: u64,
+    /// Conversations per step.
+    pub batch_size: usize,
+    /// Conversations per forward/backward (the step's gradient does not depend on it).
+    pub micro_batch_size: usize,
+    /// AdamW and its schedule.
+    pub optimizer: OptimizerSettings,
+    /// The order of the data.
+    pub seed: u64,
+    /// The run's folder, checkpoints and `--resume`.
+    pub checkpoints: CheckpointSettings,
+    /// W&B and TensorBoard.
+    pub logging: LogSettings,
+}
+
+impl SftConfig {
+    /// The settings that change what the run computes: a resumed run must keep them unless
+    /// `--allow-config-change` (the step count, micro-batch size, checkpoints, logging and threads may change).
+    fn result_settings(&self) -> Json {
+        let m = &self.model;
+        serde_json::json!({
+            "--data/--env/--env-config": self.source,
+            "--model": m.model,
+            "--dtype": m.dtype,
+            "--mixed-precision": m.mixed_precision,
+            "--lora-rank/--lora-alpha/--lora-dropout": m.lora,
+            "--batch-size": self.batch_size,
+            "--lr/--lr-schedule/--warmup-steps/--weight-decay/--max-norm": self.optimizer,
+            "--seed": self.seed,
+        })
+    }
+
+    fn default_run_name(&self) -> String {
+        let source = match &self.source {
+            SftSource::File(path) => path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default(),
+            SftSource::Environment { name, .. } => name.clone(),
+        };
+        format!("sft-{source}-{}", crate::calendar::UtcDateTime::now().compact())
+    }
+}
+
+/// The conversations in training order, rendered as token streams, resumable from a position.
+enum Stream {
+    /// A file's conversations, rendered once at the start (so a bad line fails before the first step), and
+    /// reshuffled each pass (epoch `e` in the order `seed` and `e` give), as a data loader with `shuffle=True` does.
+    File { rows: Vec<Rendered>, seed: u64, position: u64, order: (u64, Vec<usize>) },
+    /// An environment's demonstrations, rendered as they are played.
+    Demos(Box<Demonstrations>),
+}
+
+impl Stream {
+    /// Render a file's conversations with `renderer`; an error names the first line that cannot be.
+    fn file(conversations: Vec<Conversation>, renderer: &Renderer<'_>, seed: u64) -> Result<Stream> {
+        let rows = conversations
+            .iter()
+            .map(|c| renderer.render(&c.messages).map_err(|e| user_error!("--data {}: {e}", c.origin)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Stream::File { rows, seed, position: 0, order: (0, Vec::new()) })
+    }
+
+    fn take(&mut self, n: usize, renderer: &Renderer<'_>) -> Result<Vec<Rendered>> {
+        match self {
+            Stream::File { rows, seed, position, order } => {
+                let len = rows.len() as u64;
+                let mut out = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let epoch = *position / len;
+                    if order.0 != epoch || order.1.is_empty() {
+                        let mut perm: Vec<usize> = (0..rows.len()).collect();
+                        SplitMix64::new(mix(*seed, epoch)).shuffle(&mut perm);
+                        *order = (epoch, perm);
+                    }
+                    out.push(rows[order.1[(*position % len) as usize]].clone());
+                    *position += 1;
+                }
+                Ok(out)
+            }
+            Stream::Demos(demos) => demos
+                .take(n)?
+                .iter()
+                .map(|c| {
+                    renderer.render(&c.messages).map_err(|e| anyhow::anyhow!("demonstration of {}: {e}", c.origin))
+                })
+                .collect(),
+        }
+    }
+
+    fn position(&self) -> u64 {
+        match self {
+            Stream::File { position, .. } => *position,
+            Stream::Demos(demos) => demos.position(),
+        }
+    }
+
+    fn seek(&mut self, to: u64) {
+        match self {
+            Stream::File { position, .. } => *position = to,
+            Stream::Demos(demos) => demos.seek(to),
+        }
+    }
+
+    /// Passes over the file so far (`sft/epoch`); `None` for demonstrations, which never run out.
+    fn epoch(&self) -> Option<f64> {
+        match self {
+            Stream::File { rows, position, .. } => Some(*position as f64 / rows.len() as f64),
+            Stream::Demos(_) => None,
+        }
+    }
+}
+
+/// How the steps ended.
+enum Ending {
+    Completed,
+    /// A signal asked for a stop; the step in flight was finished first.
+    Stopped,
+    /// Resumed from the run's final checkpoint.
+    AlreadyComplete,
+}
+
+/// Run the fine-tuning; returns the process exit code.
+pub fn run(config: SftConfig) -> Result<i32> {
+    crate::runtime::set_threads(config.model.threads);
+    if let Some(launch) = Launch::from_env()?.filter(|l| l.world_size > 1) {
+        return Err(user_error!(
+            "grpo-host sft runs in one process, and this is rank {} of {}; start it without torchrun (a data-parallel \
+             cold start is train's --sft-warmup-steps)",
+            launch.rank,
+            launch.world_size
+        ));
+    }
+    let stop = StopRequest::install().context("installing the SIGINT/SIGTERM handlers")?;
+    let paths = RunPaths::resolve(&config.checkpoints, || config.default_run_name())?;
+    let history = match &paths.resume {
+        Some(_) => resume_guard(&config, &paths.run_dir)?,
+        None => Vec::new(),
+    };
+    // The data before the model: a bad file or plugin fails in seconds.
+    let (conversations, demos, env) = match &config.source {
+        SftSource::File(path) => (data::read_jsonl(path)?, None, None),
+        SftSource::Environment { name, config: options } => {
+            let registry = Registry::discover(&DiscoveryOptions::new(config.plugin_dirs.clone()))?;
+            let env = registry.environment(name, options)?;
+            (Vec::new(), Some(Demonstrations::new(env.clone(), config.seed)?), Some(env))
+        }
+    };
+    let tools = match &env {
+        Some(env) => tools_json(&env.tools()?),
+        None => None,
+    };
+    let mut policy = Policy::load(&config.model, 0.0, config.seed)?;
+    let o = &config.optimizer;
+    let adamw = AdamWConfig { lr: o.lr, beta1: o.beta1, beta2: o.beta2, eps: o.eps, weight_decay: o.weight_decay };
+    let mut optimizer = policy.optimizer(adamw);
+    let mut scaler = LossScaler::new(policy.precision().mode);
+    let state = crate::train::starting_state(&paths, config.seed, &mut policy, &mut optimizer, &mut scaler)?;
+    if let Some(ckpt) = &paths.resume {
+        eprintln!("resuming from {} (step {})", ckpt.display(), state.global_step);
+    }
+    let renderer = Renderer::new(policy.tokenizer(), tools.as_deref())?;
+    let mut stream = match demos {
+        Some(demos) => Stream::Demos(Box::new(demos)),
+        None => Stream::file(conversations, &renderer, config.seed)?,
+    };
+    // Checkpoints record where the data stream was; one from before they did took `batch_size` per step.
+    stream.seek(state.sft_position.unwrap_or(state.global_step * config.batch_size as u64));
+    let loggers = open_loggers(&config, &paths, &state, &policy, history)?;
+    let resumed_step = state.global_step;
+    let mut run = SftRun {
+        schedule: Schedule {
+            base_lr: o.lr,
+            warmup_steps: o.warmup_steps,
+            cosine: o.schedule == LrSchedule::Cosine,
+            total_steps: config.max_steps,
+            start: 0,
+        },
+        config: &config,
+        policy: &policy,
+        optimizer,
+        scaler,
+        state,
+        stream,
+        renderer,
+        loggers,
+        stop,
+        checkpoints: paths.checkpoints,
+        last_save: Instant::now(),
+        saved_at: paths.resume.map(|dir| (resumed_step, dir)),
+    };
+    let ending = run.steps();
+    run.finish(ending)
+}
+
+/// The pieces of a running fine-tuning.
+struct SftRun<'a> {
+    config: &'a SftConfig,
+    policy: &'a Policy,
+    optimizer: AdamW,
+    scaler: LossScaler,
+    schedule: Schedule,
+    state: TrainerState,
+    stream: Stream,
+    renderer: Renderer<'a>,
+    loggers: Loggers,
+    stop: StopRequest,
+    checkpoints: PathBuf,
+    /// When the last checkpoint was written (or the run started), for `--checkpoint-every-minutes`.
+    last_save: Instant,
+    /// The step the last checkpoint holds, and where it is (the resumed one at first).
+    saved_at: Option<(u64, PathBuf)>,
+}
+
+impl SftRun<'_> {
+    fn steps(&mut self) -> Result<Ending> {
+        let max_steps = self.config.max_steps;
+        if self.state.global_step >= max_steps && self.saved_at.is_some() {
+            return Ok(Ending::AlreadyComplete);
+        }
+        while self.state.global_step < max_steps {
+            if self.stop.requested() {
+                return Ok(Ending::Stopped);
+            }
+            let (step, start) = (self.state.global_step, Instant::now());
+            let rows = self.stream.take(self.config.batch_size, &self.renderer)?;
+            let lr = self.schedule.lr(step);
+            let mut sft = SftStep {
+                model: self.policy.model(),
+                optimizer: &mut self.optimizer,
+                scaler: &mut self.scaler,
+                micro_batch: self.config.micro_batch_size,
+                max_norm: self.config.optimizer.max_norm,
+                world: &World::single(),
+            };
+            let mut row = match sft.run(&rows, lr)? {
+                Some(record) => record.metrics(),
+                None => {
+                    // A skipped step still counts (as in train), so the schedule and the data keep their places.
+                    self.state.invalid_loss_count += 1;
+                    metrics! {"sft/learning_rate" => lr}
+                }
+            };
+            row.insert("sft/skipped_steps".into(), self.state.invalid_loss_count.into());
+            if let Some(epoch) = self.stream.epoch() {
+                row.insert("sft/epoch".into(), epoch.into());
+            }
+            row.insert("sft/step_seconds".into(), start.elapsed().as_secs_f64().into());
+            self.loggers.log(step, row);
+            self.state.global_step += 1;
+            self.state.sft_position = Some(self.stream.position());
+            let due = self.checkpoint_due();
+            if due && self.state.global_step < max_steps {
+                self.loggers.log(step, crate::train::metrics::checkpoint_saved(&self.state));
+                self.loggers.flush_durable();
+                let dir = self.save()?;
+                self.loggers.println(&format!("checkpoint saved: {}", dir.display()));
+            }
+            self.loggers.commit();
+        }
+        Ok(Ending::Completed)
+    }
+
+    /// Every `--checkpoint-interval` steps (0: only at the end), and when `--checkpoint-every-minutes` have passed.
+    fn checkpoint_due(&self) -> bool {
+        let c = &self.config.checkpoints;
+        let by_count = c.interval > 0 && self.state.global_step.is_multiple_of(c.interval);
+        let by_time = c.every_minutes > 0.0 && self.last_save.elapsed().as_secs_f64() >= c.every_minutes * 60.0;
+        by_count || by_time
+    }
+
+    fn save(&mut self) -> Result<PathBuf> {
+        self.state.wandb_run_id = self.loggers.wandb_run_id().map(String::from);
+        let save_merged = self.config.checkpoints.save_merged;
+        let data = self.policy.checkpoint_data(&self.optimizer, &self.scaler, self.state.clone(), save_merged);
+        let dir = checkpoint::save(&self.checkpoints, data)?;
+        self.last_save = Instant::now();
+        self.saved_at = Some((self.state.global_step, dir.clone()));
+        checkpoint::prune(&self.checkpoints, self.config.checkpoints.save_total_limit)?;
+        Ok(dir)
+    }
+
+    /// The final checkpoint (unless the last one holds this step already), the summary and the exit code. After
+    /// an error inside a step nothing is saved: the model may be between two steps' states.
+    fn finish(mut self, ending: Result<Ending>) -> Result<i32> {
+        let ending = match ending {
+            Ok(ending) => ending,
+            Err(err) => {
+                let hint = match checkpoint::latest(&self.checkpoints) {
+                    Some(dir) => {
+                        format!("resume from its last checkpoint with: grpo-host sft --resume {}", dir.display())
+                    }
+                    None => "no checkpoint was written before it".to_string(),
+                };
+                self.loggers.set_summary(self.summary(false, false));
+                self.loggers.println(&format!("the run failed at step {}; {hint}", self.state.global_step + 1));
+                self.loggers.finish(1);
+                return Err(err.context(RunFailed(format!("step {} failed; {hint}", self.state.global_step + 1))));
+            }
+        };
+        if matches!(ending, Ending::AlreadyComplete) {
+            self.loggers.println("the run was already complete at its last checkpoint; nothing to do");
+            self.loggers.finish(0);
+            return Ok(0);
+        }
+        self.loggers.flush_durable();
+        let saved = match &self.saved_at {
+            Some((step, dir)) if *step == self.state.global_step => Ok(dir.clone()),
+            _ => self.save(),
+        };
+        let completed = matches!(ending, Ending::Completed);
+        self.loggers.set_summary(self.summary(saved.is_ok(), completed));
+        let dir = match saved {
+            Ok(dir) => dir,
+            Err(err) => {
+                self.loggers.finish(1);
+                return Err(err.context(RunFailed("saving the final checkpoint".into())));
+            }
+        };
+        let code = if completed {
+            println!("saved the fine-tuned model to {} (use it with --model {})", dir.display(), dir.display());
+            0
+        } else {
+            self.loggers.println(&format!(
+                "stopped by {} after step {}/{}: checkpoint saved; resume with: grpo-host sft --resume {} (and the \
+                 same flags)",
+                self.stop.name(),
+                self.state.global_step,
+                self.config.max_steps,
+                dir.display()
+            ));
+            self.stop.exit_code()
+        };
+        self.loggers.finish(code);
+        Ok(code)
+    }
+
+    fn summary(&self, saved: bool, completed: bool) -> Metrics {
+        metrics! {
+            "final/total_steps" => self.state.global_step,
+            "checkpoint/saved" => saved,
+            "checkpoint/step" => self.state.global_step,
+            "training/completed" => completed,
+        }
+    }
+}
+
+/// On resume: the saved run's result-changing settings must equal these, unless `--allow-config-change`, which
+/// records the change. Returns the run's change history for its new `config.json`.
+fn resume_guard(config: &SftConfig, run_dir: &std::path::Path) -> Result<Vec<Json>> {
+    let Some((saved, history)) = run_dir::saved_config(run_dir) else { return Ok(Vec::new()) };
+    let Ok(before) = serde_json::from_value::<SftConfig>(saved["sft"].clone()) else { return Ok(history) };
+    let (now, was) = (config.result_settings(), before.result_settings());
+    let differences = now
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(flag, value)| was.get(flag.as_str()) != Some(value))
+        .map(|(flag, value)| format!("{flag}: {} -> {value}", was[flag.as_str()]))
+        .collect();
+    run_dir::accept_changes(differences, history, config.checkpoints.allow_config_change, run_dir)
+}
+
+/// The run's resolved settings for `config.json`, and its loggers.
+fn open_loggers(
+    config: &SftConfig,
+    paths: &RunPaths,
+    state: &TrainerState,
+    policy: &Policy,
+    changes: Vec<Json>,
+) -> Result<Loggers> {
+    let resolved = serde_json::json!({
+        "sft": config,
+        "run_name": paths.run_name,
+        "model_dir": policy.model_dir().display().to_string(),
+        "device": format!("{:?}", policy.device()),
+        "dtype": format!("{:?}", policy.kind()),
+        "mixed_precision": policy.precision().mode,
+        "master_weights": policy.precision().master_weights,
+        "config_changes": changes,
+    });
+    let environment = match &config.source {
+        SftSource::Environment { name, .. } => name.as_str(),
+        SftSource::File(_) => "data",
+    };
+    paths.open_loggers(run_dir::LogStart {
+        resolved,
+        names: ("sft", environment),
+        logging: &config.logging,
+        run_name_flag: config.checkpoints.run_name.as_deref(),
+        state,
+        total_steps: config.max_steps,
+    })
+}

@@ -1,0 +1,169 @@
+//! Where a run's files go (`--runs-dir`/`--run-name`, `--checkpoint-path`) and the checkpoint it resumes from
+//! (`--resume`): decided once, the same way for `train` and `sft`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use super::config::{CheckpointSettings, LogSettings};
+use crate::checkpoint::{self, TrainerState};
+use crate::logging::{Loggers, LoggingConfig};
+use crate::user_error;
+
+/// A run's folder, its checkpoints and the checkpoint it resumes from.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct RunPaths {
+    /// `<runs-dir>/<run-name>`: config.json, metrics.jsonl, summary.json and the loggers' files.
+    pub run_dir: PathBuf,
+    /// The folder's name.
+    pub run_name: String,
+    /// Where checkpoints are written (`<run>/checkpoints` unless `--checkpoint-path`).
+    pub checkpoints: PathBuf,
+    /// The checkpoint to resume from.
+    pub resume: Option<PathBuf>,
+    /// Not resuming, yet an earlier attempt logged rows here (it failed before its first checkpoint): the run starts
+    /// over, and its files are cut back to nothing as a resume cuts them back to its checkpoint.
+    pub restart: bool,
+}
+
+impl RunPaths {
+    /// The step the run's files are cut back to before it logs (`state`'s), when they may hold rows already.
+    pub fn cut_back_to(&self, state: &TrainerState) -> Option<u64> {
+        (self.resume.is_some() || self.restart).then_some(state.global_step)
+    }
+
+    /// A named run (or `--checkpoint-path`) without a single checkpoint directory.
+    fn nothing_to_resume(c: &CheckpointSettings) -> bool {
+        let dir =
+            c.checkpoint_path.clone().or_else(|| c.run_name.as_ref().map(|n| c.runs_dir.join(n).join("checkpoints")));
+        dir.is_some_and(|d| !checkpoint::has_checkpoints(&d))
+    }
+
+    /// Decide the paths from the checkpoint settings; `default_name` names a new run when `--run-name` does not.
+    pub fn resolve(c: &CheckpointSettings, default_name: impl FnOnce() -> String) -> Result<RunPaths> {
+        let resume = match &c.resume {
+            Some(spec) if spec == "auto" && crate::distributed::Launch::elastic() && Self::nothing_to_resume(c) => {
+                // torchrun --max-restarts reruns the same command: its first attempt (or one that failed before
+                // the first checkpoint) has nothing to resume yet and starts the run.
+                eprintln!("--resume auto: the run has no checkpoint yet; starting it");
+                None
+            }
+            Some(spec) => {
+                let named = c.run_name.as_ref().map(|n| c.runs_dir.join(n));
+                let found =
+                    checkpoint::resolve_resume(spec, &c.runs_dir, named.as_deref(), c.checkpoint_path.as_deref())?;
+                for line in &found.skipped {
+                    eprintln!("{line}");
+                }
+                Some(found.checkpoint)
+            }
+            None => None,
+        };
+        // The run's folder: the one `--run-name` names; else, resuming, the run the checkpoint belongs to (its
+        // `<run>/checkpoints/step_N` home, or the name its state records when `--checkpoint-path` moved it).
+        let home = |ckpt: &Path| match ckpt.parent() {
+            Some(parent) if c.checkpoint_path.is_none() && parent.file_name().is_some_and(|n| n == "checkpoints") => {
+                parent.parent().map(Path::to_path_buf)
+            }
+            _ => checkpoint::saved_run_name(ckpt).map(|n| c.runs_dir.join(n)),
+        };
+        let run_dir = match (&c.run_name, resume.as_deref().and_then(home)) {
+            (Some(name), _) => c.runs_dir.join(name),
+            (None, Some(dir)) => dir,
+            (None, None) => c.runs_dir.join(default_name()),
+        };
+        let run_name = run_dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let checkpoints = c.checkpoint_path.clone().unwrap_or_else(|| run_dir.join("checkpoints"));
+        if resume.is_none() && checkpoint::has_checkpoints(&checkpoints) {
+            // A new run there would mix two histories, and a later `--resume auto` could pick the old run's newer
+            // checkpoint.
+            return Err(user_error!(
+                "{} already holds checkpoints of run `{run_name}`; pass --resume auto to continue it, or another \
+                 --run-name (or --checkpoint-path, or delete them) to start a new run",
+                checkpoints.display()
+            ));
+        }
+        let restart = resume.is_none() && std::fs::metadata(run_dir.join("metrics.jsonl")).is_ok_and(|m| m.len() > 0);
+        Ok(RunPaths { run_dir, run_name, checkpoints, resume, restart })
+    }
+}
+
+/// What a run's loggers are named after and start from.
+pub(crate) struct LogStart<'a> {
+    /// The run's resolved settings: written to `config.json` and uploaded as the W&B config.
+    pub resolved: serde_json::Value,
+    /// The algorithm and environment names (`sft` and the data's name for `grpo-host sft`), for the default W&B
+    /// project.
+    pub names: (&'a str, &'a str),
+    /// The W&B and TensorBoard settings.
+    pub logging: &'a LogSettings,
+    /// `--run-name` as given, which names the W&B run too.
+    pub run_name_flag: Option<&'a str>,
+    /// The counters the run starts from.
+    pub state: &'a TrainerState,
+    /// The run's optimizer steps in all.
+    pub total_steps: u64,
+}
+
+impl RunPaths {
+    /// Write the run's `config.json` and open its loggers. Every sink cuts its history back to the checkpoint
+    /// resumed from, so the steps after it are logged again exactly once; a run started over (an attempt that
+    /// failed before its first checkpoint) replaces that attempt's rows the same way.
+    pub fn open_loggers(&self, start: LogStart<'_>) -> Result<Loggers> {
+        let dir = &self.run_dir;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating the run directory {}", dir.display()))?;
+        std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&start.resolved)?)?;
+        let mut log_cfg = LoggingConfig::new(dir, &self.run_name, start.names.0, start.names.1);
+        log_cfg.config = start.resolved;
+        log_cfg.wandb = start.logging.wandb.clone();
+        // An explicit --run-name names the W&B run too, as re-grpo's `wandb.init(name=run_name)` did: a flag, so it
+        // wins over WANDB_NAME (--wandb-name still wins over it).
+        if log_cfg.wandb.name.is_none() {
+            log_cfg.wandb.name = start.run_name_flag.map(String::from);
+        }
+        log_cfg.log_dir = start.logging.log_dir.clone();
+        log_cfg.total_steps = Some(start.total_steps);
+        log_cfg.resume = self.resume.is_some();
+        log_cfg.resume_from_step = self.cut_back_to(start.state);
+        if self.restart {
+            eprintln!("{}: no checkpoint to resume; starting the run over", self.run_dir.display());
+        }
+        if log_cfg.wandb.run_id.is_none() {
+            log_cfg.wandb.run_id.clone_from(&start.state.wandb_run_id);
+        }
+        Loggers::new(&log_cfg)
+    }
+}
+
+/// The resume guard's verdict on `differences` (result-changing settings, `FLAG: SAVED -> NOW`) between a resumed
+/// run and the command continuing it: an error naming them, unless `--allow-config-change`, which records them in
+/// the run's change `history` (returned, for its new `config.json`).
+pub(crate) fn accept_changes(
+    differences: Vec<String>,
+    mut history: Vec<serde_json::Value>,
+    allow: bool,
+    run_dir: &Path,
+) -> Result<Vec<serde_json::Value>> {
+    if differences.is_empty() {
+        return Ok(history);
+    }
+    if !allow {
+        return Err(user_error!(
+            "--resume: this command changes what the run {} computes ({}); pass the saved values, or add \
+             --allow-config-change to continue with the new ones",
+            run_dir.display(),
+            differences.join("; ")
+        ));
+    }
+    eprintln!("resuming with changed settings (--allow-config-change): {}", differences.join("; "));
+    history.push(serde_json::json!({"at": crate::calendar::UtcDateTime::now().compact(), "changes": differences}));
+    Ok(history)
+}
+
+/// A run folder's saved `config.json` and its change history, for the resume guard; `None` when there is none.
+pub(crate) fn saved_config(run_dir: &Path) -> Option<(serde_json::Value, Vec<serde_json::Value>)> {
+    let text = std::fs::read_to_string(run_dir.join("config.json")).ok()?;
+    let saved: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    let history = saved["config_changes"].as_array().cloned().unwrap_or_default();
+    Some((saved, history))
+}
