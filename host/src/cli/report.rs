@@ -1,7 +1,7 @@
-//! `grpo-host report RUN_DIR`: PNG curves of returns, loss, KL, gradient norm, completion length and held-out
-//! evaluation (`eval/*`, drawn beside the training curves they compare with) from the run's `metrics.jsonl`, and a
-//! short text summary. Reads whatever is there, so it works on a run still being written (a
-//! half-written last line is skipped).
+//! `grpo-host report RUN_DIR`: PNG curves of returns, loss, KL, gradient norm, completion length, supervised
+//! fine-tuning (`sft/*`) and held-out evaluation (`eval/*`, drawn beside the training curves they compare with) from
+//! the run's `metrics.jsonl`, and a short text summary. Reads whatever is there, so it works on a run still being
+//! written (a half-written last line is skipped).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,7 +28,7 @@ struct PlotSpec {
     matches: fn(&str) -> bool,
 }
 
-const PLOTS: [PlotSpec; 6] = [
+const PLOTS: [PlotSpec; 7] = [
     PlotSpec {
         file: "returns.png",
         title: "returns",
@@ -65,6 +65,12 @@ const PLOTS: [PlotSpec; 6] = [
         file: "grad_norm.png",
         title: "gradient norm",
         matches: |k| k == "training_step/grad_norm" || k.starts_with("training_epoch/grad_norm"),
+    },
+    PlotSpec {
+        // `grpo-host sft` and train's --sft-warmup-steps: on their own scale (a cross-entropy), not the RL loss's.
+        file: "sft.png",
+        title: "supervised fine-tuning",
+        matches: |k| k == "sft/loss" || k == "sft/accuracy",
     },
     PlotSpec {
         file: "completion_length.png",
@@ -152,7 +158,7 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<i32> {
         println!("plot: {}", p.display());
     }
     if written.is_empty() {
-        println!("no returns, loss, KL, grad norm, completion length or eval metrics to plot yet");
+        println!("no returns, loss, KL, grad norm, completion length, sft or eval metrics to plot yet");
     }
     Ok(0)
 }
@@ -332,6 +338,9 @@ mod tests {
                 step as f64 / 50.0
             ));
         }
+        for step in 0..3u64 {
+            text.push_str(&format!("{{\"step\":{step},\"sft/loss\":{},\"sft/accuracy\":0.5}}\n", 2.0 - step as f64));
+        }
         text.push_str("{\"step\":30,\"rollouts/ret"); // the trainer is mid-write
         std::fs::write(dir.path().join("metrics.jsonl"), text).unwrap();
         let data = read_metrics(&dir.path().join("metrics.jsonl")).unwrap();
@@ -350,7 +359,9 @@ mod tests {
         let args = ReportArgs { run_dir: dir.path().to_path_buf(), out: None };
         assert_eq!(run(&args).unwrap(), 0);
         assert!(summary.contains("eval/accuracy: last 0.5800, min 0.0000, max 0.5800, 4 points"), "{summary}");
-        for f in ["returns.png", "loss.png", "kl.png", "grad_norm.png", "completion_length.png", "eval.png"] {
+        assert!(summary.contains("sft/loss: last 0.0000, min 0.0000, max 2.0000, 3 points"), "{summary}");
+        for f in ["returns.png", "loss.png", "kl.png", "grad_norm.png", "completion_length.png", "eval.png", "sft.png"]
+        {
             let bytes = std::fs::read(dir.path().join("plots").join(f)).unwrap();
             assert_eq!(&bytes[1..4], b"PNG", "{f}");
         }
