@@ -221,6 +221,33 @@ fn an_sft_run_stopped_and_resumed_equals_one_that_ran_through() {
 }
 
 #[test]
+fn sft_reads_a_folder_of_json_lines_and_json_in_both_trl_formats() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("chats");
+    std::fs::create_dir(&data).unwrap();
+    let messages = serde_json::json!({"messages": [
+        {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]});
+    std::fs::write(data.join("a.jsonl"), format!("{messages}\n{messages}\n")).unwrap();
+    let prompt_completion = serde_json::json!([{
+        "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Opposite of up?"}],
+        "completion": [{"role": "assistant", "content": "down"}],
+    }]);
+    std::fs::write(data.join("b.json"), prompt_completion.to_string()).unwrap();
+    let runs = dir.path().join("runs");
+    let out = sft_run(&runs, "folder", &data, &["--max-steps", "1", "--batch-size", "3"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let row = rows(&runs.join("folder")).into_iter().find(|r| r.get("sft/loss").is_some()).unwrap();
+    // One step of three conversations is one pass over the folder's three rows.
+    assert_eq!(row["sft/epoch"].as_f64(), Some(1.0), "{row}");
+
+    std::fs::write(data.join("c.jsonl"), "{\"text\": \"plain text is not a conversation\"}\n").unwrap();
+    let out = sft_run(&runs, "bad", &data, &["--max-steps", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("c.jsonl row 0") && err.contains("no `messages`") && err.trim().lines().count() == 1, "{err}");
+}
+
+#[test]
 fn sft_with_lora_saves_an_adapter_and_its_merged_model() {
     let dir = tempfile::tempdir().unwrap();
     let data = conversations(dir.path());
@@ -290,7 +317,7 @@ fn a_conversation_without_an_assistant_turn_is_a_one_line_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
-        err.contains("bad.jsonl:1") && err.contains("no assistant message") && err.trim().lines().count() == 1,
+        err.contains("bad.jsonl row 0") && err.contains("no assistant message") && err.trim().lines().count() == 1,
         "{err}"
     );
 }

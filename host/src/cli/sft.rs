@@ -6,6 +6,7 @@ use clap::Args;
 
 use super::args::{json_option, LoraArgs, ModelArgs, RunDirArgs};
 use super::plugins::PluginDirArgs;
+use crate::data::DatasetSpec;
 use crate::logging::LoggingArgs;
 use crate::sft::run::{SftConfig, SftSource};
 use crate::sft::warmup::WarmupSettings;
@@ -43,9 +44,22 @@ impl WarmupArgs {
 /// `grpo-host sft (--data FILE.jsonl | --env NAME) [--max-steps N] [--run-name NAME | --output DIR]`.
 #[derive(Debug, Args)]
 pub struct SftArgs {
-    /// A JSONL file of conversations in TRL's format: `{"messages": [{"role": "user", "content": ...}, ...]}`.
-    #[arg(long, value_name = "FILE", conflicts_with = "env", required_unless_present = "env")]
-    pub data: Option<PathBuf>,
+    /// Conversations in TRL's format (`{"messages": [{"role": "user", "content": ...}, ...]}`, or `prompt` and
+    /// `completion` lists): a .jsonl, .json or .parquet file, a folder or glob of them, or a hub dataset id.
+    #[arg(
+        long,
+        visible_alias = "dataset",
+        value_name = "FILE|DIR|GLOB|ID",
+        conflicts_with = "env",
+        required_unless_present = "env"
+    )]
+    pub data: Option<String>,
+    /// The hub dataset's config (its top-level folder), as `datasets.load_dataset(ID, CONFIG)`.
+    #[arg(long = "dataset-config", visible_alias = "data-config", value_name = "NAME", requires = "data")]
+    pub data_config: Option<String>,
+    /// The split to read from a hub layout [default: train].
+    #[arg(long = "dataset-split", visible_alias = "data-split", value_name = "SPLIT", requires = "data")]
+    pub data_split: Option<String>,
     /// Train on this environment's demonstrations instead of a file.
     #[arg(long, value_name = "NAME")]
     pub env: Option<String>,
@@ -115,7 +129,9 @@ impl SftArgs {
             return Err(user_error!("--lr {}: must be a positive number", self.lr));
         }
         let source = match (self.data, self.env) {
-            (Some(path), _) => SftSource::File(path),
+            (Some(source), _) => {
+                SftSource::Data(DatasetSpec { source, config: self.data_config, split: self.data_split })
+            }
             (None, Some(name)) => {
                 SftSource::Environment { name, config: json_option(self.env_config.as_deref(), "--env-config")? }
             }

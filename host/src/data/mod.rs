@@ -90,6 +90,11 @@ impl Dataset {
         self.rows.is_empty()
     }
 
+    /// Row `i`, a JSON object.
+    pub fn row(&self, i: usize) -> &Value {
+        &self.rows[i]
+    }
+
     /// The files read, in order.
     pub fn files(&self) -> &[PathBuf] {
         &self.files

@@ -1,12 +1,12 @@
-//! Where supervised conversations come from: JSONL files in TRL's conversational format, and an environment's own
-//! demonstrations played through it (so tool results and later user turns are the environment's real replies).
-
-use std::path::Path;
+//! Where supervised conversations come from: datasets in TRL's conversational formats (any file, folder, glob or hub
+//! dataset `crate::data` reads), and an environment's own demonstrations played through it (so tool results and
+//! later user turns are the environment's real replies).
 
 use anyhow::{Context, Result};
 use grpo_sdk::{Message, Split, Task};
-use serde::Deserialize;
+use serde_json::Value;
 
+use crate::data::Dataset;
 use crate::plugins::EnvironmentPlugin;
 use crate::user_error;
 
@@ -19,37 +19,39 @@ pub struct Conversation {
     pub messages: Vec<Message>,
 }
 
-/// A line of TRL's conversational format; other keys (`tools`, `id`, ...) are ignored.
-#[derive(Deserialize)]
-struct Row {
-    messages: Vec<Message>,
+/// The conversations of a dataset's rows in TRL's conversational formats: `{"messages": [...]}`, or
+/// prompt-completion `{"prompt": [...], "completion": [...]}` (the prompt's messages, then the completion's). A
+/// message is `{"role": "system" | "user" | "assistant" | "tool", "content": "...", "name": ...}`; other keys of a
+/// row or a message are ignored. A row of neither shape is an error naming its file and row, with `flag`.
+pub fn conversations(dataset: &Dataset, flag: &str) -> Result<Vec<Conversation>> {
+    (0..dataset.len())
+        .map(|i| {
+            let origin = dataset.origin(i);
+            let messages = row_messages(dataset.row(i))
+                .map_err(|e| user_error!("{flag} {origin}: {e}; TRL's conversational format is expected"))?;
+            Ok(Conversation { origin, messages })
+        })
+        .collect()
 }
 
-/// Read a JSONL file of `{"messages": [{"role": ..., "content": ...}, ...]}` lines (roles `system`, `user`,
-/// `assistant`, `tool`; a tool message may carry `name`). Blank lines are skipped; any other bad line is an error
-/// naming the file and line.
-pub fn read_jsonl(path: &Path) -> Result<Vec<Conversation>> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        user_error!("--data {}: cannot read it ({e}); give a JSONL file of {{\"messages\": [...]}}", path.display())
-    })?;
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
+fn row_messages(row: &Value) -> std::result::Result<Vec<Message>, String> {
+    let list = |key: &str| -> std::result::Result<Vec<Message>, String> {
+        let value = &row[key];
+        if !value.is_array() {
+            return Err(format!("`{key}` is {}, not a list of messages", crate::data::files::kind(value)));
         }
-        let origin = format!("{}:{}", path.display(), i + 1);
-        let row: Row = serde_json::from_str(line).map_err(|e| {
-            user_error!(
-                "--data {origin}: not a conversation ({e}); each line must be {{\"messages\": [{{\"role\": \
-                 \"user\", \"content\": \"...\"}}, ...]}} with roles system, user, assistant, tool"
-            )
-        })?;
-        out.push(Conversation { origin, messages: row.messages });
+        serde_json::from_value(value.clone()).map_err(|e| format!("`{key}`: {e}"))
+    };
+    if row.get("messages").is_some() {
+        return list("messages");
     }
-    if out.is_empty() {
-        return Err(user_error!("--data {}: the file holds no conversations", path.display()));
+    if row.get("prompt").is_some() && row.get("completion").is_some() {
+        let mut messages = list("prompt")?;
+        messages.extend(list("completion")?);
+        return Ok(messages);
     }
-    Ok(out)
+    let keys: Vec<&str> = row.as_object().map(|o| o.keys().map(String::as_str).collect()).unwrap_or_default();
+    Err(format!("no `messages` (or `prompt` and `completion`) column; the row has [{}]", keys.join(", ")))
 }
 
 /// Play the environment's demonstration for `task`: its opening messages, each demonstrated assistant turn and the

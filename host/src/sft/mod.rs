@@ -2,9 +2,9 @@
 //! in `train`).
 //!
 //! ```text
-//! data::{read_jsonl, Demonstrations}  -> Conversation (messages)
-//! render::Renderer::render            -> Rendered (the rollout's exact token stream, assistant mask)
-//! step::SftStep::run                  -> SftRecord (mean token cross-entropy on assistant tokens, AdamW)
+//! data::{conversations, Demonstrations}  -> Conversation (messages)
+//! render::Renderer::render               -> Rendered (the rollout's exact token stream, assistant mask)
+//! step::SftStep::run                     -> SftRecord (mean token cross-entropy on assistant tokens, AdamW)
 //! ```
 //!
 //! The token stream is the one a rollout of the same conversation would have produced, so supervised and

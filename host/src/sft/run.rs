@@ -13,6 +13,7 @@ use serde_json::Value as Json;
 
 use super::{data, tools_json, Conversation, Demonstrations, Rendered, Renderer, SftStep};
 use crate::checkpoint::{self, TrainerState};
+use crate::data::{Dataset, DatasetSpec};
 use crate::distributed::{Launch, World};
 use crate::error::RunFailed;
 use crate::logging::{metrics, Loggers, Metrics};
@@ -29,8 +30,9 @@ use crate::user_error;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SftSource {
-    /// A JSONL file of conversations in TRL's format (`--data`).
-    File(PathBuf),
+    /// A dataset of conversations in TRL's formats (`--data`, `--dataset-config`, `--dataset-split`): a file,
+    /// folder, glob or hub dataset id.
+    Data(DatasetSpec),
     /// An environment's demonstrations of its training tasks (`--env`, `--env-config`).
     Environment {
         /// The environment plugin's name.
@@ -71,7 +73,7 @@ impl SftConfig {
     fn result_settings(&self) -> Json {
         let m = &self.model;
         serde_json::json!({
-            "--data/--env/--env-config": self.source,
+            "--data/--dataset-config/--dataset-split/--env/--env-config": self.source,
             "--model": m.model,
             "--dtype": m.dtype,
             "--mixed-precision": m.mixed_precision,
@@ -84,7 +86,15 @@ impl SftConfig {
 
     fn default_run_name(&self) -> String {
         let source = match &self.source {
-            SftSource::File(path) => path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default(),
+            SftSource::Data(spec) => {
+                let last = spec.source.trim_end_matches('/').rsplit('/').next().unwrap_or_default();
+                let stem = last.split('.').next().unwrap_or_default().replace(['*', '?'], "");
+                if stem.is_empty() {
+                    "data".to_string()
+                } else {
+                    stem
+                }
+            }
             SftSource::Environment { name, .. } => name.clone(),
         };
         format!("sft-{source}-{}", crate::calendar::UtcDateTime::now().compact())
@@ -188,7 +198,10 @@ pub fn run(config: SftConfig) -> Result<i32> {
     };
     // The data before the model: a bad file or plugin fails in seconds.
     let (conversations, demos, env) = match &config.source {
-        SftSource::File(path) => (data::read_jsonl(path)?, None, None),
+        SftSource::Data(spec) => {
+            let dataset = Dataset::load(spec, "--data", "train", config.model.allow_download)?;
+            (data::conversations(&dataset, "--data")?, None, None)
+        }
         SftSource::Environment { name, config: options } => {
             let registry = Registry::discover(&DiscoveryOptions::new(config.plugin_dirs.clone()))?;
             let env = registry.environment(name, options)?;
@@ -430,7 +443,7 @@ fn open_loggers(
     });
     let environment = match &config.source {
         SftSource::Environment { name, .. } => name.as_str(),
-        SftSource::File(_) => "data",
+        SftSource::Data(_) => "data",
     };
     paths.open_loggers(run_dir::LogStart {
         resolved,
