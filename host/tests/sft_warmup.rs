@@ -245,6 +245,13 @@ fn sft_reads_a_folder_of_json_lines_and_json_in_both_trl_formats() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("c.jsonl row 0") && err.contains("no `messages`") && err.trim().lines().count() == 1, "{err}");
+    let call = serde_json::json!({"messages": [{"role": "user", "content": "lights on"}, {"role": "assistant",
+        "tool_calls": [{"type": "function", "function": {"name": "light", "arguments": {"on": true}}}]}]});
+    std::fs::write(data.join("c.jsonl"), format!("{call}\n")).unwrap();
+    let out = sft_run(&runs, "bad", &data, &["--max-steps", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("c.jsonl row 0") && err.contains("tool_calls") && err.trim().lines().count() == 1, "{err}");
 }
 
 #[test]

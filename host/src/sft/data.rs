@@ -37,8 +37,16 @@ pub fn conversations(dataset: &Dataset, flag: &str) -> Result<Vec<Conversation>>
 fn row_messages(row: &Value) -> std::result::Result<Vec<Message>, String> {
     let list = |key: &str| -> std::result::Result<Vec<Message>, String> {
         let value = &row[key];
-        if !value.is_array() {
+        let Some(items) = value.as_array() else {
             return Err(format!("`{key}` is {}, not a list of messages", crate::data::files::kind(value)));
+        };
+        // Tool calls as structured fields have no text of their own here: a turn is trained on the text the model
+        // writes, which the host never produces from `tool_calls`.
+        if let Some(i) = items.iter().position(|m| m.get("tool_calls").is_some_and(|c| !c.is_null())) {
+            return Err(format!(
+                "`{key}` message {i} has `tool_calls`, which supervised fine-tuning does not turn into text; write \
+                 the call into the assistant's `content` in the format the model should produce"
+            ));
         }
         serde_json::from_value(value.clone()).map_err(|e| format!("`{key}`: {e}"))
     };
