@@ -239,6 +239,11 @@ fn sft_reads_a_folder_of_json_lines_and_json_in_both_trl_formats() {
     let row = rows(&runs.join("folder")).into_iter().find(|r| r.get("sft/loss").is_some()).unwrap();
     // One step of three conversations is one pass over the folder's three rows.
     assert_eq!(row["sft/epoch"].as_f64(), Some(1.0), "{row}");
+    // Cut to 3 tokens, no conversation keeps an assistant token: one line says so.
+    let out = sft_run(&runs, "short", &data, &["--max-steps", "1", "--max-length", "3"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--max-length 3") && err.trim().lines().count() == 1, "{err}");
 
     std::fs::write(data.join("c.jsonl"), "{\"text\": \"plain text is not a conversation\"}\n").unwrap();
     let out = sft_run(&runs, "bad", &data, &["--max-steps", "1"]);

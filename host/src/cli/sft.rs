@@ -88,6 +88,9 @@ pub struct SftArgs {
     /// Conversations per forward/backward (a step's gradient is the same whatever it is).
     #[arg(long, default_value_t = 8)]
     pub micro_batch_size: usize,
+    /// Tokens kept of each conversation, the rest cut off (TRL's max_length); 0 keeps them all.
+    #[arg(long, default_value_t = 1024)]
+    pub max_length: usize,
     /// Learning rate.
     #[arg(long, default_value_t = 5e-5)]
     pub lr: f64,
@@ -156,6 +159,7 @@ impl SftArgs {
             max_steps: self.max_steps,
             batch_size: self.batch_size,
             micro_batch_size: self.micro_batch_size,
+            max_length: (self.max_length > 0).then_some(self.max_length),
             optimizer: OptimizerSettings {
                 lr: self.lr,
                 schedule: self.lr_schedule,

@@ -31,6 +31,12 @@ impl Rendered {
     pub fn assistant_tokens(&self) -> usize {
         self.assistant.iter().filter(|a| **a).count()
     }
+
+    /// Keep the first `max_length` tokens (TRL's `max_length` truncation); a shorter stream is left as it is.
+    pub fn truncate(&mut self, max_length: usize) {
+        self.tokens.truncate(max_length);
+        self.assistant.truncate(max_length);
+    }
 }
 
 /// Renders conversations for one model and tool list.

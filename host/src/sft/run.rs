@@ -57,6 +57,9 @@ pub struct SftConfig {
     pub batch_size: usize,
     /// Conversations per forward/backward (the step's gradient does not depend on it).
     pub micro_batch_size: usize,
+    /// Tokens kept of each conversation (the rest is cut off); `None` keeps them all.
+    #[serde(default)]
+    pub max_length: Option<usize>,
     /// AdamW and its schedule.
     pub optimizer: OptimizerSettings,
     /// The order of the data.
@@ -79,6 +82,7 @@ impl SftConfig {
             "--mixed-precision": m.mixed_precision,
             "--lora-rank/--lora-alpha/--lora-dropout": m.lora,
             "--batch-size": self.batch_size,
+            "--max-length": self.max_length,
             "--lr/--lr-schedule/--warmup-steps/--weight-decay/--max-norm": self.optimizer,
             "--seed": self.seed,
         })
@@ -103,26 +107,52 @@ impl SftConfig {
 
 /// The conversations in training order, rendered as token streams, resumable from a position.
 enum Stream {
-    /// A file's conversations, rendered once at the start (so a bad line fails before the first step), and
+    /// A dataset's conversations, rendered once at the start (so a bad row fails before the first step), and
     /// reshuffled each pass (epoch `e` in the order `seed` and `e` give), as a data loader with `shuffle=True` does.
-    File { rows: Vec<Rendered>, seed: u64, position: u64, order: (u64, Vec<usize>) },
+    Data { rows: Vec<Rendered>, seed: u64, position: u64, order: (u64, Vec<usize>) },
     /// An environment's demonstrations, rendered as they are played.
     Demos(Box<Demonstrations>),
 }
 
 impl Stream {
-    /// Render a file's conversations with `renderer`; an error names the first line that cannot be.
-    fn file(conversations: Vec<Conversation>, renderer: &Renderer<'_>, seed: u64) -> Result<Stream> {
-        let rows = conversations
-            .iter()
-            .map(|c| renderer.render(&c.messages).map_err(|e| user_error!("--data {}: {e}", c.origin)))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Stream::File { rows, seed, position: 0, order: (0, Vec::new()) })
+    /// Render a dataset's conversations with `renderer`, cut to `max_length` tokens; an error names the first row
+    /// that cannot be rendered. Rows left with no assistant token by the cut are dropped, with a line saying how
+    /// many; none left is an error.
+    fn data(
+        conversations: Vec<Conversation>,
+        renderer: &Renderer<'_>,
+        max_length: Option<usize>,
+        seed: u64,
+    ) -> Result<Stream> {
+        let total = conversations.len();
+        let mut rows = Vec::with_capacity(total);
+        for c in &conversations {
+            let mut row = renderer.render(&c.messages).map_err(|e| user_error!("--data {}: {e}", c.origin))?;
+            row.truncate(max_length.unwrap_or(usize::MAX));
+            if row.assistant_tokens() > 0 {
+                rows.push(row);
+            }
+        }
+        let dropped = total - rows.len();
+        if rows.is_empty() {
+            return Err(user_error!(
+                "--data: every conversation's assistant turns start after --max-length {} tokens; raise it",
+                max_length.unwrap_or_default()
+            ));
+        }
+        if dropped > 0 {
+            eprintln!(
+                "--max-length {}: {dropped} of {total} conversations have no assistant token within it and are left \
+                 out",
+                max_length.unwrap_or_default()
+            );
+        }
+        Ok(Stream::Data { rows, seed, position: 0, order: (0, Vec::new()) })
     }
 
-    fn take(&mut self, n: usize, renderer: &Renderer<'_>) -> Result<Vec<Rendered>> {
+    fn take(&mut self, n: usize, renderer: &Renderer<'_>, max_length: Option<usize>) -> Result<Vec<Rendered>> {
         match self {
-            Stream::File { rows, seed, position, order } => {
+            Stream::Data { rows, seed, position, order } => {
                 let len = rows.len() as u64;
                 let mut out = Vec::with_capacity(n);
                 for _ in 0..n {
@@ -141,7 +171,11 @@ impl Stream {
                 .take(n)?
                 .iter()
                 .map(|c| {
-                    renderer.render(&c.messages).map_err(|e| anyhow::anyhow!("demonstration of {}: {e}", c.origin))
+                    let mut row = renderer
+                        .render(&c.messages)
+                        .map_err(|e| anyhow::anyhow!("demonstration of {}: {e}", c.origin))?;
+                    row.truncate(max_length.unwrap_or(usize::MAX));
+                    Ok(row)
                 })
                 .collect(),
         }
@@ -149,22 +183,22 @@ impl Stream {
 
     fn position(&self) -> u64 {
         match self {
-            Stream::File { position, .. } => *position,
+            Stream::Data { position, .. } => *position,
             Stream::Demos(demos) => demos.position(),
         }
     }
 
     fn seek(&mut self, to: u64) {
         match self {
-            Stream::File { position, .. } => *position = to,
+            Stream::Data { position, .. } => *position = to,
             Stream::Demos(demos) => demos.seek(to),
         }
     }
 
-    /// Passes over the file so far (`sft/epoch`); `None` for demonstrations, which never run out.
+    /// Passes over the dataset so far (`sft/epoch`); `None` for demonstrations, which never run out.
     fn epoch(&self) -> Option<f64> {
         match self {
-            Stream::File { rows, position, .. } => Some(*position as f64 / rows.len() as f64),
+            Stream::Data { rows, position, .. } => Some(*position as f64 / rows.len() as f64),
             Stream::Demos(_) => None,
         }
     }
@@ -224,7 +258,7 @@ pub fn run(config: SftConfig) -> Result<i32> {
     let renderer = Renderer::new(policy.tokenizer(), tools.as_deref())?;
     let mut stream = match demos {
         Some(demos) => Stream::Demos(Box::new(demos)),
-        None => Stream::file(conversations, &renderer, config.seed)?,
+        None => Stream::data(conversations, &renderer, config.max_length, config.seed)?,
     };
     // Checkpoints record where the data stream was; one from before they did took `batch_size` per step.
     stream.seek(state.sft_position.unwrap_or(state.global_step * config.batch_size as u64));
@@ -285,7 +319,7 @@ impl SftRun<'_> {
                 return Ok(Ending::Stopped);
             }
             let (step, start) = (self.state.global_step, Instant::now());
-            let rows = self.stream.take(self.config.batch_size, &self.renderer)?;
+            let rows = self.stream.take(self.config.batch_size, &self.renderer, self.config.max_length)?;
             let lr = self.schedule.lr(step);
             let mut sft = SftStep {
                 model: self.policy.model(),
