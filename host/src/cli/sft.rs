@@ -41,7 +41,7 @@ impl WarmupArgs {
     }
 }
 
-/// `grpo-host sft (--data FILE.jsonl | --env NAME) [--max-steps N] [--run-name NAME | --output DIR]`.
+/// `grpo-host sft (--data SOURCE | --env NAME) [--max-steps N] [--run-name NAME | --output DIR] [--resume]`.
 #[derive(Debug, Args)]
 pub struct SftArgs {
     /// Conversations in TRL's format (`{"messages": [{"role": "user", "content": ...}, ...]}`, or `prompt` and
@@ -60,7 +60,7 @@ pub struct SftArgs {
     /// The split to read from a hub layout [default: train].
     #[arg(long = "dataset-split", visible_alias = "data-split", value_name = "SPLIT", requires = "data")]
     pub data_split: Option<String>,
-    /// Train on this environment's demonstrations instead of a file.
+    /// Train on this environment's demonstrations instead of --data.
     #[arg(long, value_name = "NAME")]
     pub env: Option<String>,
     /// The environment's options (JSON or @FILE).
