@@ -359,3 +359,57 @@ fn torchrun_restarts_a_job_whose_rank_was_killed_and_it_resumes() {
     let batches: Vec<f64> = rows.values().filter_map(|row| row.get("rollouts/batch_step")?.as_f64()).collect();
     assert_eq!(batches, (0..5).map(f64::from).collect::<Vec<_>>(), "every batch once");
 }
+
+/// `grpo-host sft` on four TRL-format conversations: `per_rank` of them per step on each rank.
+fn sft_args(runs: &Path, name: &str, per_rank: usize) -> Vec<String> {
+    let data = runs.join("chats.jsonl");
+    if !data.exists() {
+        let line = |q: &str, a: &str| {
+            serde_json::json!({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+                .to_string()
+        };
+        let lines = [line("2+2?", "4"), line("Capital of France?", "Paris"), line("Up?", "down"), line("Hi", "Hello!")];
+        std::fs::write(&data, lines.join("\n") + "\n").unwrap();
+    }
+    let model = common::workspace_root().join("tests/fixtures/model/tiny/llama");
+    let mut a: Vec<String> = vec!["sft".into(), "--data".into(), data.display().to_string()];
+    a.extend(["--model".into(), model.display().to_string(), "--device".into(), "cpu".into()]);
+    a.extend(["--batch-size".into(), per_rank.to_string(), "--micro-batch-size".into(), "1".into()]);
+    for s in ["--max-steps", "3", "--lr", "1e-3", "--threads", "1", "--no-wandb", "--checkpoint-interval", "2"] {
+        a.push(s.into());
+    }
+    a.extend(["--runs-dir".into(), runs.display().to_string(), "--run-name".into(), name.into()]);
+    a
+}
+
+#[test]
+fn sft_on_two_ranks_equals_one_process_with_twice_the_batch() {
+    let runs = tempfile::tempdir().unwrap();
+    let r = runs.path();
+    assert_ok(&single(r, &sft_args(r, "one", 2)), "sft in one process");
+    let dp = under_torchrun(r, 2, &sft_args(r, "two", 1));
+    assert_ok(&dp, "sft under torchrun with 2 ranks");
+    let (one, two) = (rows(&r.join("one")), rows(&r.join("two")));
+    assert_eq!(one.keys().collect::<Vec<_>>(), vec![&0, &1, &2]);
+    assert_eq!(one.keys().collect::<Vec<_>>(), two.keys().collect::<Vec<_>>(), "the same steps");
+    for (step, a) in &one {
+        let b = &two[step];
+        // Every step sees the same conversations (two per step, the data reshuffled each pass) and tokens.
+        assert_eq!(number(a, "sft/tokens"), number(b, "sft/tokens"), "step {step}");
+        assert_eq!(number(a, "sft/epoch"), number(b, "sft/epoch"), "step {step}");
+        for key in ["sft/loss", "sft/accuracy", "sft/grad_norm"] {
+            let (x, y) = (number(a, key), number(b, key));
+            assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "{key} at step {step}: {x} vs {y}");
+        }
+    }
+    let (wa, wb) = (final_weights(&r.join("one")), final_weights(&r.join("two")));
+    for (name, a) in &wa {
+        let diff = (a - &wb[name]).abs().max().double_value(&[]);
+        assert!(diff <= 1e-5, "{name} differs by {diff}");
+    }
+    let config: Value = serde_json::from_str(&std::fs::read_to_string(r.join("two/config.json")).unwrap()).unwrap();
+    assert_eq!(config["world_size"], 2);
+    let stdout = String::from_utf8_lossy(&dp.stdout);
+    assert_eq!(stdout.matches("saved the fine-tuned model").count(), 1, "one rank prints the end:\n{stdout}");
+    assert!(r.join("two/checkpoints/step_2").is_dir() && r.join("two/checkpoints/step_3").is_dir());
+}

@@ -120,6 +120,10 @@ pub struct SftArgs {
     /// W&B and TensorBoard flags.
     #[command(flatten)]
     pub logging: LoggingArgs,
+    /// Data parallel (under torchrun): seconds a rank waits in a collective or at the rendezvous before it gives up
+    /// on a rank that died or hung.
+    #[arg(long, default_value_t = 300.0)]
+    pub dist_timeout: f64,
 }
 
 impl SftArgs {
@@ -127,6 +131,9 @@ impl SftArgs {
     pub fn into_config(self) -> anyhow::Result<SftConfig> {
         if self.batch_size == 0 || self.micro_batch_size == 0 {
             return Err(user_error!("--batch-size and --micro-batch-size must be at least 1"));
+        }
+        if !(self.dist_timeout.is_finite() && self.dist_timeout > 0.0) {
+            return Err(user_error!("--dist-timeout {}: give a positive number of seconds", self.dist_timeout));
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return Err(user_error!("--lr {}: must be a positive number", self.lr));
@@ -177,6 +184,7 @@ impl SftArgs {
                 log_dir: self.logging.log_dir,
                 completions_interval: 0,
             },
+            dist_timeout_secs: self.dist_timeout,
         })
     }
 }

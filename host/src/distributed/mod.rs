@@ -241,6 +241,51 @@ impl World {
         })
     }
 
+    /// The world of a run started by torchrun (a world of one without it): one GPU per rank, so `device` becomes
+    /// `cuda:LOCAL_RANK` when it asks for CUDA (or is `auto` and CUDA is present), before any CUDA work.
+    pub fn for_run(device: &mut crate::model::DeviceSpec, timeout: Duration) -> Result<World> {
+        use crate::model::DeviceSpec;
+        let Some(launch) = Launch::from_env()?.filter(|l| l.world_size > 1) else { return Ok(World::single()) };
+        *device = match *device {
+            DeviceSpec::Auto if tch::Cuda::is_available() => DeviceSpec::Cuda(launch.local_rank),
+            DeviceSpec::Cuda(_) => DeviceSpec::Cuda(launch.local_rank),
+            other => other,
+        };
+        World::connect(&launch, timeout, matches!(device, DeviceSpec::Cuda(_)))
+    }
+
+    /// Run `decide` on rank 0 alone and give every rank its outcome (rank 0 picks run folders and writes files;
+    /// the others wait here for it). A failure on rank 0 is a failure on every rank, a user error staying one.
+    pub fn on_main<T: Serialize + DeserializeOwned>(
+        &self,
+        what: &str,
+        decide: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        self.share_from_main(what, self.is_main().then(decide))
+    }
+
+    /// Rank 0's `outcome` (`Some` there, `None` on the other ranks) on every rank, as [`World::on_main`] gives it.
+    pub fn share_from_main<T: Serialize + DeserializeOwned>(
+        &self,
+        what: &str,
+        outcome: Option<Result<T>>,
+    ) -> Result<T> {
+        if self.group.is_none() {
+            return outcome.unwrap_or_else(|| Err(anyhow!("internal: {what}: no outcome on the only rank")));
+        }
+        let shared: std::result::Result<serde_json::Value, (String, bool)> = match &outcome {
+            Some(Ok(value)) => Ok(serde_json::to_value(value)?),
+            Some(Err(e)) => Err((format!("{e:#}"), crate::error::exit_code(e) == 2)),
+            None => Err((String::new(), false)),
+        };
+        match (self.from_main(what, shared)?, outcome) {
+            (_, Some(result)) => result,
+            (Ok(value), None) => Ok(serde_json::from_value(value)?),
+            (Err((e, true)), None) => Err(user_error!("rank {}: {what} failed on rank 0: {e}", self.rank)),
+            (Err((e, false)), None) => Err(anyhow!("rank {}: {what} failed on rank 0: {e}", self.rank)),
+        }
+    }
+
     /// Whether this process writes the run's files and logs (rank 0).
     pub fn is_main(&self) -> bool {
         self.rank == 0

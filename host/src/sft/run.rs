@@ -4,7 +4,7 @@
 //! LoRA, and a stop on SIGINT/SIGTERM that saves where it is.
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use grpo_sdk::rng::{mix, SplitMix64};
@@ -14,7 +14,7 @@ use serde_json::Value as Json;
 use super::{data, tools_json, Conversation, Demonstrations, Rendered, Renderer, SftStep};
 use crate::checkpoint::{self, TrainerState};
 use crate::data::{Dataset, DatasetSpec};
-use crate::distributed::{Launch, World};
+use crate::distributed::World;
 use crate::error::RunFailed;
 use crate::logging::{metrics, Loggers, Metrics};
 use crate::plugins::{DiscoveryOptions, Registry};
@@ -68,6 +68,13 @@ pub struct SftConfig {
     pub checkpoints: CheckpointSettings,
     /// W&B and TensorBoard.
     pub logging: LogSettings,
+    /// Data parallel (under torchrun): seconds a rank waits in a collective before it gives up on the others.
+    #[serde(default = "default_dist_timeout")]
+    pub dist_timeout_secs: f64,
+}
+
+fn default_dist_timeout() -> f64 {
+    300.0
 }
 
 impl SftConfig {
@@ -213,23 +220,21 @@ enum Ending {
     AlreadyComplete,
 }
 
-/// Run the fine-tuning; returns the process exit code.
-pub fn run(config: SftConfig) -> Result<i32> {
+/// Run the fine-tuning; returns the process exit code. Under torchrun this process is one rank of a data-parallel
+/// job: every step takes `batch_size` conversations per rank, each rank computes its share of the token-weighted
+/// mean loss's gradient, the gradients are averaged, and rank 0 alone writes the run's files.
+pub fn run(mut config: SftConfig) -> Result<i32> {
     crate::runtime::set_threads(config.model.threads);
-    if let Some(launch) = Launch::from_env()?.filter(|l| l.world_size > 1) {
-        return Err(user_error!(
-            "grpo-host sft runs in one process, and this is rank {} of {}; start it without torchrun (a data-parallel \
-             cold start is train's --sft-warmup-steps)",
-            launch.rank,
-            launch.world_size
-        ));
-    }
+    let world = World::for_run(&mut config.model.device, Duration::from_secs_f64(config.dist_timeout_secs))?;
     let stop = StopRequest::install().context("installing the SIGINT/SIGTERM handlers")?;
-    let paths = RunPaths::resolve(&config.checkpoints, || config.default_run_name())?;
-    let history = match &paths.resume {
-        Some(_) => resume_guard(&config, &paths.run_dir)?,
-        None => Vec::new(),
-    };
+    let (paths, history) = world.on_main("choosing the run directory", || {
+        let paths = RunPaths::resolve(&config.checkpoints, || config.default_run_name())?;
+        let history = match &paths.resume {
+            Some(_) => resume_guard(&config, &paths.run_dir, world.size)?,
+            None => Vec::new(),
+        };
+        Ok((paths, history))
+    })?;
     // The data before the model: a bad file or plugin fails in seconds.
     let (conversations, demos, env) = match &config.source {
         SftSource::Data(spec) => {
@@ -252,17 +257,23 @@ pub fn run(config: SftConfig) -> Result<i32> {
     let mut optimizer = policy.optimizer(adamw);
     let mut scaler = LossScaler::new(policy.precision().mode);
     let state = crate::train::starting_state(&paths, config.seed, &mut policy, &mut optimizer, &mut scaler)?;
-    if let Some(ckpt) = &paths.resume {
+    if let Some(ckpt) = paths.resume.as_ref().filter(|_| world.is_main()) {
         eprintln!("resuming from {} (step {})", ckpt.display(), state.global_step);
     }
+    crate::train::synchronize_start(&world, &policy, &optimizer)?;
     let renderer = Renderer::new(policy.tokenizer(), tools.as_deref())?;
     let mut stream = match demos {
         Some(demos) => Stream::Demos(Box::new(demos)),
         None => Stream::data(conversations, &renderer, config.max_length, config.seed)?,
     };
     // Checkpoints record where the data stream was; one from before they did took `batch_size` per step.
-    stream.seek(state.sft_position.unwrap_or(state.global_step * config.batch_size as u64));
-    let loggers = open_loggers(&config, &paths, &state, &policy, history)?;
+    let per_step = (config.batch_size * world.size) as u64;
+    stream.seek(state.sft_position.unwrap_or(state.global_step * per_step));
+    let loggers = if world.is_main() {
+        open_loggers(&config, &paths, &state, &policy, history, world.size)?
+    } else {
+        Loggers::silent()
+    };
     let resumed_step = state.global_step;
     let mut run = SftRun {
         schedule: Schedule {
@@ -274,6 +285,7 @@ pub fn run(config: SftConfig) -> Result<i32> {
         },
         config: &config,
         policy: &policy,
+        world: &world,
         optimizer,
         scaler,
         state,
@@ -293,6 +305,8 @@ pub fn run(config: SftConfig) -> Result<i32> {
 struct SftRun<'a> {
     config: &'a SftConfig,
     policy: &'a Policy,
+    /// The data-parallel ranks (a world of one in a single process).
+    world: &'a World,
     optimizer: AdamW,
     scaler: LossScaler,
     schedule: Schedule,
@@ -314,12 +328,16 @@ impl SftRun<'_> {
         if self.state.global_step >= max_steps && self.saved_at.is_some() {
             return Ok(Ending::AlreadyComplete);
         }
+        let (mut stopping, _) = self.agree()?;
         while self.state.global_step < max_steps {
-            if self.stop.requested() {
+            if stopping {
                 return Ok(Ending::Stopped);
             }
             let (step, start) = (self.state.global_step, Instant::now());
-            let rows = self.stream.take(self.config.batch_size, &self.renderer, self.config.max_length)?;
+            // Every rank draws the whole step's conversations in the same order and keeps its own share.
+            let (per_rank, rank) = (self.config.batch_size, self.world.rank);
+            let mut rows = self.stream.take(per_rank * self.world.size, &self.renderer, self.config.max_length)?;
+            let rows: Vec<Rendered> = rows.drain(rank * per_rank..(rank + 1) * per_rank).collect();
             let lr = self.schedule.lr(step);
             let mut sft = SftStep {
                 model: self.policy.model(),
@@ -327,7 +345,7 @@ impl SftRun<'_> {
                 scaler: &mut self.scaler,
                 micro_batch: self.config.micro_batch_size,
                 max_norm: self.config.optimizer.max_norm,
-                world: &World::single(),
+                world: self.world,
             };
             let mut row = match sft.run(&rows, lr)? {
                 Some(record) => record.metrics(),
@@ -345,7 +363,8 @@ impl SftRun<'_> {
             self.loggers.log(step, row);
             self.state.global_step += 1;
             self.state.sft_position = Some(self.stream.position());
-            let due = self.checkpoint_due();
+            let due;
+            (stopping, due) = self.agree()?;
             if due && self.state.global_step < max_steps {
                 self.loggers.log(step, crate::train::metrics::checkpoint_saved(&self.state));
                 self.loggers.flush_durable();
@@ -357,6 +376,14 @@ impl SftRun<'_> {
         Ok(Ending::Completed)
     }
 
+    /// Between steps every rank takes the same decisions: whether to stop (a signal reached any rank) and whether
+    /// a checkpoint is due (rank 0's clock).
+    fn agree(&self) -> Result<(bool, bool)> {
+        let all = self.world.gather("agreeing between steps", (self.stop.signal(), self.checkpoint_due()))?;
+        self.stop.adopt(all.iter().find_map(|&(signal, _)| signal));
+        Ok((self.stop.requested(), all[0].1))
+    }
+
     /// Every `--checkpoint-interval` steps (0: only at the end), and when `--checkpoint-every-minutes` have passed.
     fn checkpoint_due(&self) -> bool {
         let c = &self.config.checkpoints;
@@ -365,13 +392,26 @@ impl SftRun<'_> {
         by_count || by_time
     }
 
+    /// Rank 0 writes the checkpoint once every rank's weights are checked to be the same; no rank goes on before
+    /// it is durable, and its outcome is every rank's.
     fn save(&mut self) -> Result<PathBuf> {
+        if self.world.is_distributed() {
+            let what = format!("at step {}", self.state.global_step);
+            let trained = crate::train::trained_state(self.policy, &self.optimizer);
+            self.world.check_same(&what, crate::distributed::fingerprint(&trained))?;
+        }
+        let written = self.world.is_main().then(|| self.write_checkpoint());
+        let dir = self.world.share_from_main("writing the checkpoint", written)?;
+        self.last_save = Instant::now();
+        self.saved_at = Some((self.state.global_step, dir.clone()));
+        Ok(dir)
+    }
+
+    fn write_checkpoint(&mut self) -> Result<PathBuf> {
         self.state.wandb_run_id = self.loggers.wandb_run_id().map(String::from);
         let save_merged = self.config.checkpoints.save_merged;
         let data = self.policy.checkpoint_data(&self.optimizer, &self.scaler, self.state.clone(), save_merged);
         let dir = checkpoint::save(&self.checkpoints, data)?;
-        self.last_save = Instant::now();
-        self.saved_at = Some((self.state.global_step, dir.clone()));
         checkpoint::prune(&self.checkpoints, self.config.checkpoints.save_total_limit)?;
         Ok(dir)
     }
@@ -414,7 +454,9 @@ impl SftRun<'_> {
             }
         };
         let code = if completed {
-            println!("saved the fine-tuned model to {} (use it with --model {})", dir.display(), dir.display());
+            if self.world.is_main() {
+                println!("saved the fine-tuned model to {} (use it with --model {})", dir.display(), dir.display());
+            }
             0
         } else {
             self.loggers.println(&format!(
@@ -443,10 +485,13 @@ impl SftRun<'_> {
 
 /// On resume: the saved run's result-changing settings must equal these, unless `--allow-config-change`, which
 /// records the change. Returns the run's change history for its new `config.json`.
-fn resume_guard(config: &SftConfig, run_dir: &std::path::Path) -> Result<Vec<Json>> {
+fn resume_guard(config: &SftConfig, run_dir: &std::path::Path, world_size: usize) -> Result<Vec<Json>> {
     let Some((saved, history)) = run_dir::saved_config(run_dir) else { return Ok(Vec::new()) };
     let Ok(before) = serde_json::from_value::<SftConfig>(saved["sft"].clone()) else { return Ok(history) };
-    let (now, was) = (config.result_settings(), before.result_settings());
+    // Batch sizes compare as global ones, so a run may continue in another number of processes.
+    let saved_world = saved["world_size"].as_u64().unwrap_or(1) as usize;
+    let global = |c: &SftConfig, size: usize| SftConfig { batch_size: c.batch_size * size, ..c.clone() };
+    let (now, was) = (global(config, world_size).result_settings(), global(&before, saved_world).result_settings());
     let differences = now
         .as_object()
         .into_iter()
@@ -464,9 +509,11 @@ fn open_loggers(
     state: &TrainerState,
     policy: &Policy,
     changes: Vec<Json>,
+    world_size: usize,
 ) -> Result<Loggers> {
     let resolved = serde_json::json!({
         "sft": config,
+        "world_size": world_size,
         "run_name": paths.run_name,
         "model_dir": policy.model_dir().display().to_string(),
         "device": format!("{:?}", policy.device()),

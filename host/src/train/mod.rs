@@ -33,11 +33,10 @@ use grpo_sdk::rng::mix;
 use grpo_sdk::Task;
 
 use crate::checkpoint::{self, TrainerState};
-use crate::distributed::{fingerprint, Launch, World};
+use crate::distributed::{fingerprint, World};
 use crate::error::RunFailed;
 use crate::logging::system::PhasePeak;
 use crate::logging::{DistInfo, Loggers, SystemMetrics};
-use crate::model::DeviceSpec;
 use crate::plugins::{AlgorithmPlugin, EnvironmentPlugin, Registry};
 use crate::rollout::{run_episodes, task_seeds, Episodes, RolloutConfig};
 use crate::user_error;
@@ -60,22 +59,7 @@ use update::{Updater, Updates};
 pub fn run(mut config: RunConfig) -> Result<i32> {
     crate::runtime::set_threads(config.model.threads);
     crate::runtime::set_deterministic(config.model.deterministic)?;
-    let launch = Launch::from_env()?.filter(|l| l.world_size > 1);
-    if let Some(launch) = &launch {
-        // One GPU per rank: LOCAL_RANK picks it, before any CUDA work.
-        config.model.device = match config.model.device {
-            DeviceSpec::Auto if tch::Cuda::is_available() => DeviceSpec::Cuda(launch.local_rank),
-            DeviceSpec::Cuda(_) => DeviceSpec::Cuda(launch.local_rank),
-            other => other,
-        };
-    }
-    let world = match &launch {
-        Some(launch) => {
-            let cuda = matches!(config.model.device, DeviceSpec::Cuda(_));
-            World::connect(launch, Duration::from_secs_f64(config.dist.timeout_secs), cuda)?
-        }
-        None => World::single(),
-    };
+    let world = World::for_run(&mut config.model.device, Duration::from_secs_f64(config.dist.timeout_secs))?;
     let mut trainer = Trainer::start(config, world)?;
     let outcome = trainer.train();
     trainer.finish(outcome)
@@ -554,17 +538,11 @@ impl Trainer {
     }
 
     fn save_on_main(&mut self) -> Result<PathBuf> {
-        if !self.world.is_distributed() {
-            return self.write_checkpoint();
+        if self.world.is_distributed() {
+            self.world.barrier("waiting for every rank before a checkpoint")?;
         }
-        self.world.barrier("waiting for every rank before a checkpoint")?;
-        let written = if self.world.is_main() { self.write_checkpoint() } else { Ok(PathBuf::new()) };
-        let shared = written.as_ref().map(|p| p.clone()).map_err(|e| format!("{e:#}"));
-        match self.world.from_main("sharing the checkpoint's outcome", shared)? {
-            _ if self.world.is_main() => written,
-            Ok(dir) => Ok(dir),
-            Err(e) => Err(anyhow::anyhow!("rank 0 could not write the checkpoint: {e}")),
-        }
+        let written = self.world.is_main().then(|| self.write_checkpoint());
+        self.world.share_from_main("writing the checkpoint", written)
     }
 
     fn write_checkpoint(&mut self) -> Result<PathBuf> {
@@ -785,33 +763,19 @@ fn restore(
 /// takes its choice, so a default run name with the time in it and `--resume auto` mean the same run everywhere.
 /// Checkpoints must be on a filesystem every rank can read.
 fn resolve_on_main(config: &RunConfig, world: &World) -> Result<(RunPaths, Vec<serde_json::Value>)> {
-    let resolve = || -> Result<(RunPaths, Vec<serde_json::Value>)> {
+    world.on_main("choosing the run directory", || {
         let paths = RunPaths::resolve(&config.checkpoints, || default_run_name(config))?;
         let history = match &paths.resume {
             Some(_) => resume_guard(config, &paths.run_dir, world.size)?,
             None => Vec::new(),
         };
         Ok((paths, history))
-    };
-    if !world.is_distributed() {
-        return resolve();
-    }
-    let mine = if world.is_main() { Some(resolve()) } else { None };
-    let shared = match &mine {
-        Some(Ok(value)) => Ok(serde_json::to_value(value)?),
-        Some(Err(e)) => Err(format!("{e:#}")),
-        None => Err(String::new()),
-    };
-    match (world.from_main("agreeing on the run directory", shared)?, mine) {
-        (_, Some(result)) => result,
-        (Ok(value), None) => Ok(serde_json::from_value(value)?),
-        (Err(e), None) => Err(crate::user_error!("rank {}: rank 0 could not start the run: {e}", world.rank)),
-    }
+    })
 }
 
 /// Data parallel: every rank starts from rank 0's trained weights (and f32 masters), then checks that all its
 /// weights, frozen ones included, are the same as rank 0's.
-fn synchronize_start(world: &World, policy: &Policy, optimizer: &AdamW) -> Result<()> {
+pub(crate) fn synchronize_start(world: &World, policy: &Policy, optimizer: &AdamW) -> Result<()> {
     if !world.is_distributed() {
         return Ok(());
     }
@@ -830,7 +794,7 @@ fn synchronize_start(world: &World, policy: &Policy, optimizer: &AdamW) -> Resul
 
 /// What the ranks of a data-parallel run must hold bit-identical, in a fixed order: the trained weights, their f32
 /// masters (when the precision keeps them) and AdamW's moments.
-fn trained_state(policy: &Policy, optimizer: &AdamW) -> Vec<tch::Tensor> {
+pub(crate) fn trained_state(policy: &Policy, optimizer: &AdamW) -> Vec<tch::Tensor> {
     let mut tensors: Vec<tch::Tensor> = policy.trainable().into_iter().map(|(_, t)| t).collect();
     if optimizer.has_master_weights() {
         tensors.extend(optimizer.master_weights().into_values());
