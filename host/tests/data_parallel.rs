@@ -110,6 +110,16 @@ fn final_weights(run: &Path) -> BTreeMap<String, tch::Tensor> {
     grpo_host::checkpoint::load(&dir).unwrap().weights
 }
 
+/// The last checkpoints of runs `a` and `b` hold the same tensors, up to the order of floating-point sums.
+fn assert_same_weights(a: &Path, b: &Path) {
+    let (wa, wb) = (final_weights(a), final_weights(b));
+    assert_eq!(wa.keys().collect::<Vec<_>>(), wb.keys().collect::<Vec<_>>());
+    for (name, x) in &wa {
+        let diff = (x - &wb[name]).abs().max().double_value(&[]);
+        assert!(diff <= 1e-5, "{name} differs by {diff}");
+    }
+}
+
 #[test]
 fn two_ranks_train_like_one_process_with_twice_the_batch() {
     let runs = tempfile::tempdir().unwrap();
@@ -140,12 +150,7 @@ fn two_ranks_train_like_one_process_with_twice_the_batch() {
         }
         assert_eq!(number(b, "rollouts/total_rollouts"), number(a, "rollouts/total_rollouts"));
     }
-    let (wa, wb) = (final_weights(&r.join("one")), final_weights(&r.join("two")));
-    assert_eq!(wa.keys().collect::<Vec<_>>(), wb.keys().collect::<Vec<_>>());
-    for (name, a) in &wa {
-        let diff = (a - &wb[name]).abs().max().double_value(&[]);
-        assert!(diff <= 1e-5, "{name} differs by {diff}");
-    }
+    assert_same_weights(&r.join("one"), &r.join("two"));
     // Rank 0 alone wrote the files: one config.json saying so, one completions table per batch.
     let config: Value = serde_json::from_str(&std::fs::read_to_string(r.join("two/config.json")).unwrap()).unwrap();
     assert_eq!(config["world_size"], 2);
@@ -402,11 +407,7 @@ fn sft_on_two_ranks_equals_one_process_with_twice_the_batch() {
             assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "{key} at step {step}: {x} vs {y}");
         }
     }
-    let (wa, wb) = (final_weights(&r.join("one")), final_weights(&r.join("two")));
-    for (name, a) in &wa {
-        let diff = (a - &wb[name]).abs().max().double_value(&[]);
-        assert!(diff <= 1e-5, "{name} differs by {diff}");
-    }
+    assert_same_weights(&r.join("one"), &r.join("two"));
     let config: Value = serde_json::from_str(&std::fs::read_to_string(r.join("two/config.json")).unwrap()).unwrap();
     assert_eq!(config["world_size"], 2);
     let stdout = String::from_utf8_lossy(&dp.stdout);
