@@ -424,7 +424,10 @@ impl SftRun<'_> {
             Err(err) => {
                 let hint = match checkpoint::latest(&self.checkpoints) {
                     Some(dir) => {
-                        format!("resume from its last checkpoint with: grpo-host sft --resume {}", dir.display())
+                        let dir = dir.display();
+                        format!(
+                            "resume from its last checkpoint with: grpo-host sft --resume {dir} (and the same flags)"
+                        )
                     }
                     None => "no checkpoint was written before it".to_string(),
                 };
