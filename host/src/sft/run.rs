@@ -1,7 +1,7 @@
 //! `grpo-host sft` as a run of its own: a run folder with `config.json` and the loggers' files (`sft/*` rows on the
 //! optimizer-step axis, as the warm-up logs them), checkpoints every `--checkpoint-interval` steps and at the end,
 //! `--resume` that continues exactly (weights, AdamW moments, loss scale, schedule and the data stream's position),
-//! LoRA, and a stop on SIGINT/SIGTERM that saves where it is.
+//! LoRA, a stop on SIGINT/SIGTERM that saves where it is, and data parallelism under torchrun.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
