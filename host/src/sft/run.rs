@@ -18,8 +18,8 @@ use crate::distributed::World;
 use crate::error::RunFailed;
 use crate::logging::{metrics, Loggers, Metrics};
 use crate::plugins::{DiscoveryOptions, Registry};
-use crate::train::config::{CheckpointSettings, LogSettings, LrSchedule, ModelSettings, OptimizerSettings};
-use crate::train::optimizer::{AdamW, AdamWConfig, Schedule};
+use crate::train::config::{CheckpointSettings, LogSettings, ModelSettings, OptimizerSettings};
+use crate::train::optimizer::{AdamW, Schedule};
 use crate::train::policy::Policy;
 use crate::train::precision::LossScaler;
 use crate::train::run_dir::{self, RunPaths};
@@ -252,9 +252,7 @@ pub fn run(mut config: SftConfig) -> Result<i32> {
         None => None,
     };
     let mut policy = Policy::load(&config.model, 0.0, config.seed)?;
-    let o = &config.optimizer;
-    let adamw = AdamWConfig { lr: o.lr, beta1: o.beta1, beta2: o.beta2, eps: o.eps, weight_decay: o.weight_decay };
-    let mut optimizer = policy.optimizer(adamw);
+    let mut optimizer = policy.optimizer(config.optimizer.adamw());
     let mut scaler = LossScaler::new(policy.precision().mode);
     let state = crate::train::starting_state(&paths, config.seed, &mut policy, &mut optimizer, &mut scaler)?;
     if let Some(ckpt) = paths.resume.as_ref().filter(|_| world.is_main()) {
@@ -276,13 +274,7 @@ pub fn run(mut config: SftConfig) -> Result<i32> {
     };
     let resumed_step = state.global_step;
     let mut run = SftRun {
-        schedule: Schedule {
-            base_lr: o.lr,
-            warmup_steps: o.warmup_steps,
-            cosine: o.schedule == LrSchedule::Cosine,
-            total_steps: config.max_steps,
-            start: 0,
-        },
+        schedule: config.optimizer.schedule(config.max_steps, 0),
         config: &config,
         policy: &policy,
         world: &world,
@@ -514,17 +506,11 @@ fn open_loggers(
     changes: Vec<Json>,
     world_size: usize,
 ) -> Result<Loggers> {
-    let resolved = serde_json::json!({
-        "sft": config,
-        "world_size": world_size,
-        "run_name": paths.run_name,
-        "model_dir": policy.model_dir().display().to_string(),
-        "device": format!("{:?}", policy.device()),
-        "dtype": format!("{:?}", policy.kind()),
-        "mixed_precision": policy.precision().mode,
-        "master_weights": policy.precision().master_weights,
-        "config_changes": changes,
-    });
+    let resolved = run_dir::resolved_config(
+        serde_json::json!({"sft": config, "run_name": paths.run_name}),
+        policy,
+        serde_json::json!({"world_size": world_size, "config_changes": changes}),
+    );
     let environment = match &config.source {
         SftSource::Environment { name, .. } => name.as_str(),
         SftSource::Data(_) => "data",

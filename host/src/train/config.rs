@@ -190,6 +190,20 @@ pub struct OptimizerSettings {
     pub max_norm: f64,
 }
 
+impl OptimizerSettings {
+    /// AdamW's hyper-parameters (its learning rate the base one; the schedule scales it per step).
+    pub fn adamw(&self) -> super::optimizer::AdamWConfig {
+        let (lr, beta1, beta2, eps, weight_decay) = (self.lr, self.beta1, self.beta2, self.eps, self.weight_decay);
+        super::optimizer::AdamWConfig { lr, beta1, beta2, eps, weight_decay }
+    }
+
+    /// The learning-rate schedule over `total_steps` updates, the first at global step `start`.
+    pub fn schedule(&self, total_steps: u64, start: u64) -> super::optimizer::Schedule {
+        let cosine = self.schedule == LrSchedule::Cosine;
+        super::optimizer::Schedule { base_lr: self.lr, warmup_steps: self.warmup_steps, cosine, total_steps, start }
+    }
+}
+
 crate::choice_enum! {
     /// Whether the old log-probs are recomputed with a forward pass or taken from the sampler.
     pub enum RecomputeOld {

@@ -41,10 +41,9 @@ use crate::plugins::{AlgorithmPlugin, EnvironmentPlugin, Registry};
 use crate::rollout::{run_episodes, task_seeds, Episodes, RolloutConfig};
 use crate::user_error;
 pub use config::RunConfig;
-use config::{LrSchedule, OptimizerSettings};
 use experience::Experience;
 use metrics::{BatchSummary, Timings};
-use optimizer::{AdamW, AdamWConfig, Schedule};
+use optimizer::{AdamW, Schedule};
 use policy::Policy;
 use precision::LossScaler;
 use run_dir::RunPaths;
@@ -143,7 +142,7 @@ impl Trainer {
         if config.loss.tis_cap > 0.0 {
             algo.check_takes_importance_weights()?;
         }
-        let mut optimizer = policy.optimizer(adamw_config(&config.optimizer));
+        let mut optimizer = policy.optimizer(config.optimizer.adamw());
         let mut scaler = LossScaler::new(precision.mode);
         let state = starting_state(&paths, config.seed, &mut policy, &mut optimizer, &mut scaler)?;
         if let Some(ckpt) = &paths.resume {
@@ -171,7 +170,8 @@ impl Trainer {
         let dist =
             DistInfo { num_processes: world.size, process_index: world.rank, local_process_index: world.local_rank };
         Ok(Trainer {
-            schedule: schedule(&config.optimizer, total_steps, config.sft.steps),
+            // The updates' schedule starts after the supervised warm-up's steps.
+            schedule: config.optimizer.schedule(total_steps, config.sft.steps),
             system: SystemMetrics::new(policy.device(), dist),
             tasks: TaskSource::from_set(run_tasks.train, config.seed)?.sharded(world.rank, world.size),
             evaluator,
@@ -289,7 +289,7 @@ impl Trainer {
             settings: &self.config.sft,
             policy: &self.policy,
             env: &self.env,
-            adamw: adamw_config(&self.config.optimizer),
+            adamw: self.config.optimizer.adamw(),
             micro_batch: self.config.batch.train_batch_size,
             max_norm: self.config.optimizer.max_norm,
             seed: self.config.seed,
@@ -842,20 +842,16 @@ fn open_loggers(
     changes: Vec<serde_json::Value>,
     world_size: usize,
 ) -> Result<Loggers> {
-    let resolved = serde_json::json!({
-        "run": config,
-        "run_name": paths.run_name,
-        "model_dir": policy.model_dir().display().to_string(),
-        "device": format!("{:?}", policy.device()),
-        "dtype": format!("{:?}", policy.kind()),
-        "mixed_precision": policy.precision().mode,
-        "rollout_dtype": format!("{:?}", policy.precision().rollout),
-        "master_weights": policy.precision().master_weights,
-        "world_size": world_size,
-        "algorithm": {"name": algo.name(), "version": algo.info().version, "config": algo.config()?},
-        "environment": {"name": env.name(), "version": env.info().version, "config": env.config()?},
-        "config_changes": changes,
-    });
+    let resolved = run_dir::resolved_config(
+        serde_json::json!({"run": config, "run_name": paths.run_name}),
+        policy,
+        serde_json::json!({
+            "world_size": world_size,
+            "algorithm": {"name": algo.name(), "version": algo.info().version, "config": algo.config()?},
+            "environment": {"name": env.name(), "version": env.info().version, "config": env.config()?},
+            "config_changes": changes,
+        }),
+    );
     paths.open_loggers(run_dir::LogStart {
         resolved,
         names: (algo.name(), env.name()),
@@ -864,16 +860,6 @@ fn open_loggers(
         state,
         total_steps,
     })
-}
-
-fn adamw_config(o: &OptimizerSettings) -> AdamWConfig {
-    AdamWConfig { lr: o.lr, beta1: o.beta1, beta2: o.beta2, eps: o.eps, weight_decay: o.weight_decay }
-}
-
-/// The updates' schedule, after `sft_steps` supervised warm-up steps.
-fn schedule(o: &OptimizerSettings, total_steps: u64, sft_steps: u64) -> Schedule {
-    let cosine = o.schedule == LrSchedule::Cosine;
-    Schedule { base_lr: o.lr, warmup_steps: o.warmup_steps, cosine, total_steps, start: sft_steps }
 }
 
 fn default_run_name(config: &RunConfig) -> String {

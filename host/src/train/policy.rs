@@ -231,6 +231,20 @@ impl Policy {
         }
     }
 
+    /// Where and how the model runs, as a run's `config.json` records it: its directory, device, dtype, precision,
+    /// rollout dtype and whether f32 master weights are kept.
+    pub fn resolved_settings(&self) -> serde_json::Map<String, serde_json::Value> {
+        let p = &self.precision;
+        let mut m = serde_json::Map::new();
+        m.insert("model_dir".into(), self.model_dir.display().to_string().into());
+        m.insert("device".into(), format!("{:?}", self.device()).into());
+        m.insert("dtype".into(), format!("{:?}", self.kind()).into());
+        m.insert("mixed_precision".into(), serde_json::to_value(p.mode).unwrap_or_default());
+        m.insert("rollout_dtype".into(), format!("{:?}", p.rollout).into());
+        m.insert("master_weights".into(), p.master_weights.into());
+        m
+    }
+
     /// What a checkpoint of this model holds: the f32 masters when the optimizer keeps them (under mixed precision
     /// the working copies are their rounding), else the trained weights; the moments, the loss scale and `state`;
     /// the merged weights too for a LoRA run when `save_merged`.

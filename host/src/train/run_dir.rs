@@ -167,3 +167,20 @@ pub(crate) fn saved_config(run_dir: &Path) -> Option<(serde_json::Value, Vec<ser
     let history = saved["config_changes"].as_array().cloned().unwrap_or_default();
     Some((saved, history))
 }
+
+/// A run's `config.json`: `head` (its settings and name), the model's resolved settings, then `tail`, as one
+/// object in that order.
+pub(crate) fn resolved_config(
+    head: serde_json::Value,
+    policy: &super::policy::Policy,
+    tail: serde_json::Value,
+) -> serde_json::Value {
+    let object = |v: serde_json::Value| match v {
+        serde_json::Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    let mut all = object(head);
+    all.extend(policy.resolved_settings());
+    all.extend(object(tail));
+    serde_json::Value::Object(all)
+}
