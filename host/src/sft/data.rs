@@ -4,6 +4,7 @@
 
 use anyhow::{Context, Result};
 use grpo_sdk::{Message, Split, Task};
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::data::Dataset;
@@ -48,7 +49,8 @@ fn row_messages(row: &Value) -> std::result::Result<Vec<Message>, String> {
                  the call into the assistant's `content` in the format the model should produce"
             ));
         }
-        serde_json::from_value(value.clone()).map_err(|e| format!("`{key}`: {e}"))
+        // Straight from the row (no copy of it): the dataset keeps its rows.
+        Vec::<Message>::deserialize(value).map_err(|e| format!("`{key}`: {e}"))
     };
     if row.get("messages").is_some() {
         return list("messages");
