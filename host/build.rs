@@ -2,7 +2,8 @@
 //! default `--as-needed` would drop the library and `tch::Cuda::is_available()` would quietly report false.
 //! Also compiles the small C++ shims libtorch's C API lacks: the CUDA caching allocator's memory statistics
 //! (logging/cuda_memory.cpp), the deterministic-algorithms switch (deterministic.cpp), the token log-probs autograd
-//! node that keeps no logits (model/token_log_probs.cpp), the fused AdamW update (train/fused_adamw.cpp) and the c10d process group
+//! node that keeps no logits (model/token_log_probs.cpp), gradient checkpointing's recomputing node
+//! (model/recompute.cpp), the fused AdamW update (train/fused_adamw.cpp) and the c10d process group
 //! (distributed/c10d.cpp), which compiles against the wheel's c10d headers and the Gloo declarations beside it.
 fn main() {
     // torch-sys reports where it found libtorch (its `links = "tch"` metadata).
@@ -21,6 +22,7 @@ fn build_cuda_memory_shim() {
     println!("cargo:rerun-if-changed=src/logging/cuda_memory.cpp");
     println!("cargo:rerun-if-changed=src/deterministic.cpp");
     println!("cargo:rerun-if-changed=src/model/token_log_probs.cpp");
+    println!("cargo:rerun-if-changed=src/model/recompute.cpp");
     println!("cargo:rerun-if-changed=src/train/fused_adamw.cpp");
     println!("cargo:rerun-if-changed=src/shim_error.h");
     println!("cargo:rerun-if-changed=src/distributed/c10d.cpp");
@@ -52,6 +54,7 @@ fn build_cuda_memory_shim() {
         .file("src/logging/cuda_memory.cpp")
         .file("src/deterministic.cpp")
         .file("src/model/token_log_probs.cpp")
+        .file("src/model/recompute.cpp")
         .file("src/train/fused_adamw.cpp")
         .file("src/distributed/c10d.cpp")
         .file("src/distributed/c10d_nccl.cpp")

@@ -5,6 +5,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use grpo_host::model::recompute::checkpointed_runs;
 use grpo_host::model::{LoraConfig, Model};
 use tch::{Device, Kind, Tensor};
 
@@ -163,6 +164,108 @@ fn token_log_probs_keep_no_logits_yet_give_the_plain_gradients() {
     };
     assert!((hidden.grad() - expected_hidden).abs().max().double_value(&[]) < 1e-5);
     assert!(!head.grad().defined());
+}
+
+/// Each variable's gradient in `vs` (sorted by name), then zeroed.
+fn take_grads(vs: &tch::nn::VarStore) -> Vec<(String, Tensor)> {
+    let mut out: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .map(|(name, v)| {
+            let g = v.grad();
+            let g = if g.defined() { g.to_kind(Kind::Float).copy() } else { v.zeros_like().to_kind(Kind::Float) };
+            if v.grad().defined() {
+                let _ = v.grad().zero_();
+            }
+            (name, g)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// The largest difference between two gradient lists, relative to the largest gradient of each variable.
+fn worst_relative(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> (f64, String) {
+    let mut worst = (0.0, String::new());
+    for ((name, x), (_, y)) in a.iter().zip(b) {
+        let scale = x.abs().max().double_value(&[]).max(1e-12);
+        let d = (x - y).abs().max().double_value(&[]) / scale;
+        if d > worst.0 {
+            worst = (d, name.clone());
+        }
+    }
+    worst
+}
+
+#[test]
+fn gradient_checkpointing_changes_no_value_gradient_or_random_draw() {
+    // Full fine-tuning: the recomputed layers give the same log-probs and gradients, on rows padded on the right
+    // (the causal path) and on the fixture's rows (an explicit mask).
+    for fam in ["llama", "qwen3"] {
+        let model = Model::load(&tiny(fam), Device::Cpu, Kind::Float).unwrap();
+        let r = reference(&tiny(fam), Device::Cpu);
+        let (ids, mask) = (&r["input_ids"], &r["attention_mask"]);
+        let t = ids.size()[1];
+        tch::manual_seed(3);
+        let weights = Tensor::randn([3, t - 1], (Kind::Float, Device::Cpu)) * mask.narrow(1, 1, t - 1);
+        let right = Tensor::ones_like(mask);
+        model.set_training(true);
+        for m in [mask, &right] {
+            model.set_gradient_checkpointing(false);
+            let plain = model.token_log_probs(ids, m);
+            (&plain * &weights).sum(Kind::Float).backward();
+            let expected = take_grads(model.var_store());
+            model.set_gradient_checkpointing(true);
+            let before = checkpointed_runs();
+            let lp = model.token_log_probs(ids, m);
+            assert!(lp.equal(&plain.detach()), "{fam}: checkpointed log-probs differ");
+            (&lp * &weights).sum(Kind::Float).backward();
+            let got = take_grads(model.var_store());
+            let layers = model.config().num_hidden_layers as u64;
+            assert_eq!(checkpointed_runs() - before, 2 * layers, "{fam}: each layer runs twice under checkpointing");
+            let (diff, name) = worst_relative(&expected, &got);
+            assert!(diff <= 1e-5, "{fam}: {name}'s gradient differs by {diff} (relative) under checkpointing");
+            let embed = &got.iter().find(|(n, _)| n == "model.embed_tokens.weight").unwrap().1;
+            assert!(embed.abs().max().double_value(&[]) > 0.0, "{fam}: the embedding received no gradient");
+        }
+    }
+
+    // LoRA with dropout: the frozen embedding's output needs no gradient, yet every layer's adapters get theirs,
+    // the recomputation replays the forward's dropout, and the generator goes on as without checkpointing.
+    let dir = tiny("llama");
+    let r = reference(&dir, Device::Cpu);
+    let (ids, mask) = (&r["input_ids"], &r["attention_mask"]);
+    let mut model = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
+    tch::manual_seed(5);
+    model.attach_lora(LoraConfig { rank: 4, alpha: 8.0, dropout: 0.3 }).unwrap();
+    tch::no_grad(|| {
+        for (name, v) in model.lora_var_store().unwrap().variables() {
+            if name.contains("lora_B") {
+                v.shallow_clone().copy_(&(Tensor::randn_like(&v) * 0.05));
+            }
+        }
+    });
+    model.set_training(true);
+    let mut runs = Vec::new();
+    for on in [false, true] {
+        model.set_gradient_checkpointing(on);
+        tch::manual_seed(11);
+        let before = checkpointed_runs();
+        let lp = model.token_log_probs(ids, mask);
+        (&lp * mask.narrow(1, 1, ids.size()[1] - 1)).sum(Kind::Float).backward();
+        let layers = model.config().num_hidden_layers as u64;
+        assert_eq!(checkpointed_runs() - before, if on { 2 * layers } else { 0 });
+        let next = Tensor::rand([4], (Kind::Float, Device::Cpu));
+        runs.push((lp.detach(), take_grads(model.lora_var_store().unwrap()), next));
+    }
+    let ((lp0, g0, next0), (lp1, g1, next1)) = (&runs[0], &runs[1]);
+    assert!(lp0.equal(lp1), "checkpointed LoRA log-probs differ");
+    let (diff, name) = worst_relative(g0, g1);
+    assert!(diff <= 1e-5, "{name}'s gradient differs by {diff} (relative) under checkpointing with dropout");
+    assert!(next0.equal(next1), "checkpointing changed the random draws that follow it");
+    for (name, g) in g1 {
+        assert!(g.abs().max().double_value(&[]) > 0.0, "{name} received no gradient under checkpointing");
+    }
 }
 
 #[test]

@@ -144,10 +144,13 @@ fn two_batches_log_every_metric_save_a_checkpoint_and_resume_exactly() {
     assert_eq!(state["batch"], 2);
     assert_eq!(state["global_step"], 6);
 
-    // The same seed gives the same metrics.
-    let again = train(runs.path(), "again", &["--max-steps", "2"]);
+    // The same seed gives the same metrics, and gradient checkpointing, which recomputes the layers' activations
+    // in the backward pass, changes none of them.
+    let again = train(runs.path(), "again", &["--max-steps", "2", "--gradient-checkpointing"]);
     assert!(again.status.success(), "{}", text(&again.stderr));
     assert_eq!(comparable(&run), comparable(&runs.path().join("again")), "two runs with one seed differ");
+    let config = json_file(&runs.path().join("again/config.json"));
+    assert_eq!(config["run"]["model"]["gradient_checkpointing"], true);
 
     assert_resume_is_exact(runs.path(), &run, "split", &[]);
     // Starting the finished run again without --resume would mix two runs' histories and checkpoints.

@@ -7,6 +7,7 @@ mod common;
 use grpo_host::checkpoint::TrainerState;
 use grpo_host::distributed::World;
 use grpo_host::generate::SamplingParams;
+use grpo_host::model::recompute::checkpointed_runs;
 use grpo_host::model::{DeviceSpec, DtypeSpec};
 use grpo_host::plugins::{AlgorithmPlugin, DiscoveryOptions, EnvironmentPlugin, Registry};
 use grpo_host::rollout::{never, run_episodes, task_seeds, RolloutConfig};
@@ -39,6 +40,7 @@ fn settings(dtype: DtypeSpec, mixed_precision: MixedPrecision) -> ModelSettings 
         threads: None,
         deterministic: false,
         lora: None,
+        gradient_checkpointing: false,
     }
 }
 
@@ -115,7 +117,10 @@ fn flat_weights(policy: &Policy, opt: &AdamW) -> Tensor {
 fn one_batch_through_every_stage() {
     let (algo, env) = plugins();
     let objective = objective(0.01, RecomputeOld::Auto);
-    let policy = Policy::load(&settings(DtypeSpec::F32, MixedPrecision::No), objective.kl_weight, 7).unwrap();
+    // With gradient checkpointing: the training forwards recompute their layers, nothing else does.
+    let settings = ModelSettings { gradient_checkpointing: true, ..settings(DtypeSpec::F32, MixedPrecision::No) };
+    let policy = Policy::load(&settings, objective.kl_weight, 7).unwrap();
+    let layers = policy.model().config().num_hidden_layers as u64;
     let batch = batch(2);
 
     // tasks: the same batch twice gives the same tasks.
@@ -124,6 +129,7 @@ fn one_batch_through_every_stage() {
     assert_eq!(tasks[0].question, TaskSource::new(env.clone(), 7).unwrap().batch(0, 2).unwrap()[0].question);
 
     // rollouts -> scored
+    let runs_before = checkpointed_runs();
     let scored = scored_batch(&policy, &algo, &env, &batch);
 
     // experience: f32 sampling log-probs are reused; the reference copy equals the policy before any update.
@@ -133,6 +139,7 @@ fn one_batch_through_every_stage() {
     let mask = exp.action_mask.to_kind(Kind::Float);
     let gap = ((reference - &exp.old_log_probs).abs() * &mask).max().double_value(&[]);
     assert!(gap < 1e-3, "reference and sampler disagree by {gap}");
+    assert_eq!(checkpointed_runs(), runs_before, "sampling or scoring went through gradient checkpointing");
 
     // updates: 6 sequences in micro-batches of 2, two per step: 2 optimizer steps.
     let before = policy.trainable()[0].1.copy();
@@ -157,6 +164,8 @@ fn one_batch_through_every_stage() {
     assert_eq!(updates.steps.len() as u64, batch.updates_per_batch());
     assert_eq!(seen, vec![0, 1]);
     assert_eq!(state.global_step, 2);
+    // 3 micro-batches, each layer run in the forward pass and again in the backward pass.
+    assert_eq!(checkpointed_runs() - runs_before, 3 * 2 * layers);
     let moved = (policy.trainable()[0].1.copy() - before).abs().max().double_value(&[]);
     assert!(moved > 0.0, "the optimizer steps changed no weight");
 

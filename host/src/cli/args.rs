@@ -59,6 +59,7 @@ impl ModelArgs {
             threads: self.checked_threads()?,
             deterministic: false,
             lora: None,
+            gradient_checkpointing: false,
         })
     }
 

@@ -76,6 +76,9 @@ pub struct SftArgs {
     /// auto, no, bf16 or fp16 (as in training).
     #[arg(long, default_value = "auto")]
     pub mixed_precision: MixedPrecision,
+    /// Recompute each decoder layer's activations in the backward pass instead of keeping them (as in training).
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
     /// LoRA flags (--lora-rank, --lora-alpha, --lora-dropout).
     #[command(flatten)]
     pub lora: LoraArgs,
@@ -149,6 +152,7 @@ impl SftArgs {
         };
         let mut model = self.model.settings(self.mixed_precision)?;
         model.lora = self.lora.config()?;
+        model.gradient_checkpointing = self.gradient_checkpointing;
         let mut checkpoints = self.run_dir.settings()?;
         if let Some(dir) = self.output {
             let name = dir.file_name().map(|n| n.to_string_lossy().to_string());

@@ -59,6 +59,11 @@ pub struct TrainArgs {
     /// workspace): slower on CUDA, and an operation with no deterministic kernel stops the run with an error.
     #[arg(long)]
     pub deterministic: bool,
+    /// Recompute each decoder layer's activations in the backward pass instead of keeping them from the forward
+    /// pass (transformers' gradient_checkpointing): far less memory for long sequences, about one more forward
+    /// pass of compute per update, the same results.
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
 
     /// Rollout batches to train on (each: sample tasks, generate, score, update).
     #[arg(long, default_value_t = 20)]
@@ -221,6 +226,7 @@ impl TrainArgs {
             model: ModelSettings {
                 threads: self.model.checked_threads()?,
                 deterministic: self.deterministic,
+                gradient_checkpointing: self.gradient_checkpointing,
                 model: self.model.model,
                 allow_download: !self.model.offline,
                 device: self.model.device,

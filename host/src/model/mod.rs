@@ -13,6 +13,7 @@ pub mod config;
 pub mod device;
 pub mod layers;
 pub mod lora;
+pub mod recompute;
 pub mod resolve;
 pub mod weights;
 
@@ -20,6 +21,7 @@ use std::cell::RefCell;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use tch::{nn, Device, Kind, Tensor};
 
@@ -138,13 +140,15 @@ pub struct Model {
     lora_vs: Option<nn::VarStore>,
     lora_cfg: Option<LoraConfig>,
     embed_tokens: Tensor,
-    layers: Vec<DecoderLayer>,
+    /// Shared with the recomputing autograd nodes of gradient checkpointing, which may outlive a forward call.
+    layers: Vec<Arc<DecoderLayer>>,
     norm: RmsNorm,
     lm_head: Option<Tensor>,
     rotary: Rotary,
     kind: Kind,
     adapters_enabled: AtomicBool,
     training: AtomicBool,
+    gradient_checkpointing: AtomicBool,
 }
 
 impl std::fmt::Debug for Model {
@@ -168,7 +172,7 @@ impl Model {
         let (v, h) = (cfg.vocab_size, cfg.hidden_size);
         let embed_tokens = loader.get("model.embed_tokens.weight", &[v, h])?;
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| DecoderLayer::load(&loader, i, &cfg))
+            .map(|i| DecoderLayer::load(&loader, i, &cfg).map(Arc::new))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let norm = RmsNorm::load(&loader, "model.norm", h, cfg.rms_norm_eps)?;
         let lm_head = if cfg.tie_word_embeddings { None } else { Some(loader.get("lm_head.weight", &[v, h])?) };
@@ -204,6 +208,7 @@ impl Model {
             kind: dtype,
             adapters_enabled: AtomicBool::new(true),
             training: AtomicBool::new(false),
+            gradient_checkpointing: AtomicBool::new(false),
         })
     }
 
@@ -265,6 +270,8 @@ impl Model {
         self.vs.freeze();
         let mut lvs = nn::VarStore::new(self.device());
         for layer in &mut self.layers {
+            let layer = Arc::get_mut(layer)
+                .ok_or_else(|| user_error!("LoRA adapters cannot be attached while a backward pass is pending"))?;
             let a = &mut layer.self_attn;
             let m = &mut layer.mlp;
             for lin in [
@@ -302,6 +309,12 @@ impl Model {
         self.training.store(on, Ordering::Relaxed);
     }
 
+    /// Gradient checkpointing for training forwards (see [`recompute`]): each layer keeps only its input and runs
+    /// again in the backward pass. Forwards with gradients off, or outside training mode, are unaffected.
+    pub fn set_gradient_checkpointing(&self, on: bool) {
+        self.gradient_checkpointing.store(on, Ordering::Relaxed);
+    }
+
     fn ctx(&self) -> Ctx {
         Ctx { adapters: self.adapters_enabled.load(Ordering::Relaxed), train: self.training.load(Ordering::Relaxed) }
     }
@@ -336,11 +349,46 @@ impl Model {
         let ctx = self.ctx();
         let mut x = Tensor::embedding(&self.embed_tokens, ids, -1, false, false);
         let (cos, sin) = self.rotary.cos_sin(pos, self.kind);
+        let recompute = ctx.train && cache.is_none() && self.gradient_checkpointing.load(Ordering::Relaxed);
         for (i, layer) in self.layers.iter().enumerate() {
-            let c = cache.as_mut().map(|(c, at)| (&mut c.layers[i], *at));
-            x = layer.forward(&x, &cos, &sin, mask, c, ctx);
+            x = match mask {
+                AttentionMask::Causal | AttentionMask::Allowed(_) if recompute => {
+                    self.recomputed(layer, &x, &cos, &sin, mask, ctx)
+                }
+                _ => {
+                    let c = cache.as_mut().map(|(c, at)| (&mut c.layers[i], *at));
+                    layer.forward(&x, &cos, &sin, mask, c, ctx)
+                }
+            };
         }
         self.norm.forward(&x)
+    }
+
+    /// `layer` on `x` (no cache) through a node that runs it again in the backward pass; its own copies of what the
+    /// layer reads go with it, since the backward pass comes after this forward call has returned.
+    fn recomputed(
+        &self,
+        layer: &Arc<DecoderLayer>,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: AttentionMask,
+        ctx: Ctx,
+    ) -> Tensor {
+        let (layer, cos, sin) = (Arc::clone(layer), cos.shallow_clone(), sin.shallow_clone());
+        let allowed = match mask {
+            AttentionMask::Allowed(m) => Some(m.shallow_clone()),
+            _ => None,
+        };
+        let dropout = self.lora_cfg.is_some_and(|c| c.dropout > 0.0);
+        recompute::recompute_in_backward(
+            x,
+            move |x| {
+                let mask = allowed.as_ref().map_or(AttentionMask::Causal, AttentionMask::Allowed);
+                layer.forward(x, &cos, &sin, mask, None, ctx)
+            },
+            dropout,
+        )
     }
 
     /// Final hidden states `[B, T, hidden]` (after the last norm) for padded `input_ids` `[B, T]` with

@@ -105,6 +105,10 @@ pub struct ModelSettings {
     pub deterministic: bool,
     /// LoRA adapters, or `None` to train all weights.
     pub lora: Option<LoraConfig>,
+    /// Recompute each layer's activations in the backward pass instead of keeping them (memory for compute; the
+    /// results are the same, so a resumed run may switch it).
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
 }
 
 /// How rollouts sample.

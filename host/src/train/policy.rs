@@ -46,6 +46,7 @@ impl Policy {
             .with_rollout(settings.rollout_dtype, device);
         let kind = precision.working;
         let mut model = Model::load(&model_dir, device, kind)?;
+        model.set_gradient_checkpointing(settings.gradient_checkpointing);
         let tokenizer = Tokenizer::from_dir(&model_dir)?;
         if let Some(lora) = settings.lora {
             tch::manual_seed(seed as i64);
