@@ -124,6 +124,7 @@ fn grads(model: &Model, lp: &Tensor, weights: &Tensor) -> Vec<(String, Tensor)> 
 
 #[test]
 fn token_log_probs_keep_no_logits_yet_give_the_plain_gradients() {
+    let _rng = common::torch_rng_lock();
     // Tied (qwen2) and separate (llama) output heads; chunks that divide the length and ones that do not.
     for (fam, kind, tol) in [("qwen2", Kind::Float, 1e-5), ("llama", Kind::Float, 1e-5), ("llama", Kind::BFloat16, 0.1)]
     {
@@ -199,6 +200,7 @@ fn worst_relative(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> (f64, Strin
 
 #[test]
 fn gradient_checkpointing_changes_no_value_gradient_or_random_draw() {
+    let _rng = common::torch_rng_lock();
     // Full fine-tuning: the recomputed layers give the same log-probs and gradients, on rows padded on the right
     // (the causal path) and on the fixture's rows (an explicit mask).
     for fam in ["llama", "qwen3"] {
@@ -355,6 +357,7 @@ fn broken_checkpoints_give_one_line_errors() {
 
 #[test]
 fn lora_starts_as_identity_and_switches_off() {
+    let _rng = common::torch_rng_lock();
     let dir = tiny("qwen3");
     let r = reference(&dir, Device::Cpu);
     let (ids, mask, pos) = (&r["input_ids"], &r["attention_mask"], &r["position_ids"]);
