@@ -13,6 +13,7 @@
 #   gen-smollm  bench-generate, bf16, the default model's shape with random weights
 #   gen-qwen    bench-generate, bf16, a Qwen2.5-0.5B-Instruct-shaped model with random weights
 #   step        bench-step, bf16 mixed precision, against tests/oracles/bench_grpo_step.py, with peak GPU memory
+#   step-gc     the same with gradient checkpointing on both sides, as re-grpo trains (not in the default list)
 #
 # Settings: GPU_CHECK_DEVICE (cuda; cpu checks this script at home), GPU_CHECK_PYTHON (python3),
 # GPU_CHECK_QUICK=1 (tiny sizes), GPU_CHECK_COMPILE=1 (transformers' torch.compile column too; compiling takes
@@ -103,9 +104,10 @@ for stage in $stages; do
         --new-tokens "$new_tokens" "${gen_flags[@]}" --out "$out/$stage.md" >>"$out/bench.log" 2>&1
       rc=$?; say "bench-generate $model: exit $rc"; [ $rc = 0 ] || failed=1
       ;;
-    step)
-      "$bundle/xtask" bench-step "${prebuilt[@]}" --model "$smollm" --precision bf16 "${step[@]}" \
-        --out "$out/step.md" >>"$out/bench.log" 2>&1
+    step | step-gc)
+      gc=(); [ "$stage" = step-gc ] && gc=(--gradient-checkpointing)
+      "$bundle/xtask" bench-step "${prebuilt[@]}" --model "$smollm" --precision bf16 "${step[@]}" "${gc[@]}" \
+        --out "$out/$stage.md" >>"$out/bench.log" 2>&1
       rc=$?; say "bench-step: exit $rc"; [ $rc = 0 ] || failed=1
       ;;
     *) say "unknown stage $stage"; failed=1 ;;

@@ -13,11 +13,12 @@ the peak of allocated GPU memory is reported for the step and for each phase, an
 reserved for the step (peak statistics reset at the start of each phase); on the CPU those keys are null.
 
 Usage: python bench_grpo_step.py MODEL_DIR --steps 3 --prompts 4 --group 4 --max-new 64 --threads 2
-       [--precision f32|bf16] [--system TEXT] [--device cpu|cuda]
+       [--precision f32|bf16] [--system TEXT] [--device cpu|cuda] [--gradient-checkpointing]
 Prints one JSON object per measured step: {"rollout_s", "logprob_s", "train_s", "total_s", "tokens", "prompt_tokens",
 "torch", "transformers", "precision", "device", "gpu", "peak_gpu_memory_gb" (allocated), "peak_gpu_reserved_gb",
 "rollout_peak_gpu_gb", "logprob_peak_gpu_gb", "train_peak_gpu_gb"} (the last three allocated). `cargo xtask bench-step`
-runs it beside `grpo-host train` on the same workload.
+runs it beside `grpo-host train` on the same workload. `--gradient-checkpointing` turns on the policy's gradient
+checkpointing as re-grpo's `load_model` does (non-reentrant); it acts in the training forwards only.
 """
 
 import argparse
@@ -67,6 +68,7 @@ def main():
     ap.add_argument("--system", default=None, help="a system message before each question")
     ap.add_argument("--precision", choices=["f32", "bf16"], default="f32")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--gradient-checkpointing", action="store_true")
     args = ap.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -99,6 +101,8 @@ def main():
     tok = AutoTokenizer.from_pretrained(args.model)
     policy = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).to(device)
     reference = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).to(device).eval()
+    if args.gradient_checkpointing:
+        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     opt = torch.optim.AdamW(policy.parameters(), lr=5e-6, weight_decay=0.01)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
@@ -170,7 +174,7 @@ def main():
                 "device": args.device, "gpu": torch.cuda.get_device_name() if cuda else None,
                 "peak_gpu_memory_gb": step_peak, "peak_gpu_reserved_gb": step_reserved,
                 "rollout_peak_gpu_gb": rollout_peak, "logprob_peak_gpu_gb": logprob_peak,
-                "train_peak_gpu_gb": train_peak,
+                "train_peak_gpu_gb": train_peak, "gradient_checkpointing": args.gradient_checkpointing,
             }), flush=True)
 
 

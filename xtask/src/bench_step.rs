@@ -10,8 +10,9 @@
 //! `--train-batch`, one epoch. Both sides use the same system prompt and the same thread count.
 //!
 //! Options: `--threads N` (default: all cores), `--steps 3`, `--warmup 1`, `--prompts 4`, `--group 4`,
-//! `--max-new 64`, `--train-batch 4`, `--precision f32,bf16`, `--model DIR`, `--device cpu|cuda`, `--out FILE`, and
-//! `--host FILE --python FILE` to run prebuilt sides with no setup or build (xtask/gpu-check.sh).
+//! `--max-new 64`, `--train-batch 4`, `--precision f32,bf16`, `--model DIR`, `--device cpu|cuda`, `--out FILE`,
+//! `--gradient-checkpointing` (on both sides, as re-grpo's `load_model` turns it on), and `--host FILE --python FILE`
+//! to run prebuilt sides with no setup or build (xtask/gpu-check.sh).
 
 use std::path::Path;
 use std::process::Command;
@@ -86,6 +87,8 @@ pub struct Workload {
     pub max_new: usize,
     /// Sequences per micro-batch (per process).
     pub train_batch: usize,
+    /// Gradient checkpointing in the training forwards.
+    pub gradient_checkpointing: bool,
 }
 
 /// The workload options of `args`.
@@ -98,6 +101,7 @@ fn workload(args: &[String]) -> Result<Workload> {
         group: number(args, "--group", 4)?,
         max_new: number(args, "--max-new", 64)?,
         train_batch: number(args, "--train-batch", 4)?,
+        gradient_checkpointing: args.iter().any(|a| a == "--gradient-checkpointing"),
     })
 }
 
@@ -130,6 +134,9 @@ pub fn host_command(
         .arg("--runs-dir")
         .arg(runs)
         .args(["--run-name", "bench-step"]);
+    if w.gradient_checkpointing {
+        cmd.arg("--gradient-checkpointing");
+    }
     cmd
 }
 
@@ -192,7 +199,12 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         }
         tables.push('\n');
     }
-    let Workload { threads, steps, warmup, prompts, group, max_new, train_batch } = w;
+    let Workload { threads, steps, warmup, prompts, group, max_new, train_batch, gradient_checkpointing } = w;
+    let (checkpointing, checkpointing_flag) = if gradient_checkpointing {
+        (", gradient checkpointing on both sides (transformers' non-reentrant form on the Python side)", " --gradient-checkpointing")
+    } else {
+        ("", "")
+    };
     let hardware = match sides.device {
         Device::Cpu => format!("{}, {threads} thread(s) on both sides", sides.device.describe(&versions)),
         Device::Cuda => sides.device.describe(&versions),
@@ -209,7 +221,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     md.push_str(&format!(
         "{model}, {hardware}. Workload: {prompts} single-digit additions x {group} rollouts x {max_new} new tokens \
          (end-of-sequence ignored on both sides), full fine-tuning with a frozen reference, KL weight 0.01, \
-         micro-batches of {train_batch}, one epoch, AdamW. Mean of {steps} steps after {warmup} warm-up step(s), in \
+         micro-batches of {train_batch}, one epoch, AdamW{checkpointing}. Mean of {steps} steps after {warmup} warm-up step(s), in \
          seconds, each precision measured on both sides one after the other. grpo-host: release build, `grpo-host \
          train --ignore-eos ...` (`timing/*` of metrics.jsonl); bf16 mixed precision is `--mixed-precision bf16` \
          (bf16 working copies of the weights, f32 masters, gradients and AdamW state). Reference: \
@@ -226,7 +238,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     md.push_str(&format!(
         "Reproduce: `cargo xtask bench-step --device {} --threads {threads} --steps {steps} --warmup {warmup} \
          --prompts {prompts} --group {group} --max-new {max_new} --train-batch {train_batch} --precision \
-         {precision_list}`\n",
+         {precision_list}{checkpointing_flag}`\n",
         sides.device.flag()
     ));
     print!("{md}");
@@ -257,19 +269,22 @@ fn run_peak(run: &Path, key: &str) -> Result<f64> {
 
 /// One precision on both sides: the measured steps of ours, of the reference, and the reference's versions.
 fn measure(root: &Path, sides: &Sides, w: &Workload, precision: Precision) -> Result<(Vec<Value>, Vec<Value>, Value)> {
-    let Workload { threads, steps, warmup, prompts, group, max_new, train_batch } = *w;
+    let Workload { threads, steps, warmup, prompts, group, max_new, train_batch, gradient_checkpointing } = *w;
     let (mixed, python_precision) = precision.flags();
     let s = |n: usize| n.to_string();
     eprintln!("{}: running the Python reference ({warmup} warm-up + {steps} steps)...", precision.label());
-    let out = Command::new(&sides.python)
+    let mut python = Command::new(&sides.python);
+    python
         .current_dir(root)
         .arg("tests/oracles/bench_grpo_step.py")
         .arg(&sides.model)
         .args(["--steps", &s(steps), "--warmup", &s(warmup), "--prompts", &s(prompts), "--group", &s(group)])
         .args(["--max-new", &s(max_new), "--train-batch", &s(train_batch), "--threads", &s(threads)])
-        .args(["--precision", python_precision, "--system", SYSTEM, "--device", sides.device.flag()])
-        .output()
-        .context("running tests/oracles/bench_grpo_step.py")?;
+        .args(["--precision", python_precision, "--system", SYSTEM, "--device", sides.device.flag()]);
+    if gradient_checkpointing {
+        python.arg("--gradient-checkpointing");
+    }
+    let out = python.output().context("running tests/oracles/bench_grpo_step.py")?;
     if !out.status.success() {
         bail!("the Python reference failed: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""));
     }
