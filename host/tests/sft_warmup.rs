@@ -264,14 +264,21 @@ fn sft_with_lora_saves_an_adapter_and_its_merged_model() {
     let dir = tempfile::tempdir().unwrap();
     let data = conversations(dir.path());
     let runs = dir.path().join("runs");
-    let extra = ["--max-steps", "2", "--lora-rank", "4", "--save-merged", "--lr", "1e-2"];
+    let extra = ["--max-steps", "2", "--lora-rank", "4", "--lora-dropout", "0.1", "--save-merged", "--lr", "1e-2"];
     let out = sft_run(&runs, "lora", &data, &extra);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let ckpt = runs.join("lora/checkpoints/step_2");
     assert!(ckpt.join("adapter_model.safetensors").is_file() && ckpt.join("adapter_config.json").is_file());
     assert!(!ckpt.join("model.safetensors").exists(), "a LoRA run saves the adapter, not the base weights");
-    let losses: Vec<f64> = rows(&runs.join("lora")).iter().filter_map(|r| r["sft/loss"].as_f64()).collect();
-    assert_eq!(losses.len(), 2);
+    let numbers = |run: &str| -> Vec<(f64, f64)> {
+        let rows = rows(&runs.join(run));
+        rows.iter().filter_map(|r| Some((r["sft/loss"].as_f64()?, r["sft/grad_norm"].as_f64()?))).collect()
+    };
+    assert_eq!(numbers("lora").len(), 2);
+    // Gradient checkpointing recomputes the layers, dropout included, and changes no number.
+    let out = sft_run(&runs, "lora-gc", &data, &[&extra[..], &["--gradient-checkpointing"]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(numbers("lora"), numbers("lora-gc"));
     let merged = ckpt.join("merged");
     let out = run(&["generate", "--device", "cpu", "--model", merged.to_str().unwrap(), "--raw", "hi"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -201,7 +201,10 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     }
     let Workload { threads, steps, warmup, prompts, group, max_new, train_batch, gradient_checkpointing } = w;
     let (checkpointing, checkpointing_flag) = if gradient_checkpointing {
-        (", gradient checkpointing on both sides (transformers' non-reentrant form on the Python side)", " --gradient-checkpointing")
+        (
+            ", gradient checkpointing on both sides (transformers' non-reentrant form on the Python side)",
+            " --gradient-checkpointing",
+        )
     } else {
         ("", "")
     };
