@@ -1,10 +1,11 @@
-//! `grpo-host`: the command-line entry point. Parses the command line, runs the command, and turns any error into
-//! one line on stderr with a meaningful exit code.
+//! `grpo-host`: the command-line entry point. Parses the command line, runs the command, and turns any error, or a
+//! panic (how libtorch's failures reach Rust), into one line on stderr with a meaningful exit code.
 
 use grpo_host::{cli, error};
 
 fn main() {
-    let outcome = cli::parse().and_then(cli::run);
+    error::install_panic_hook();
+    let outcome = error::catch_panics(|| cli::parse().and_then(cli::run));
     match outcome {
         Ok(code) => std::process::exit(code),
         Err(err) => {

@@ -175,6 +175,37 @@ fn two_batches_log_every_metric_save_a_checkpoint_and_resume_exactly() {
     assert!(!elsewhere.path().join("moved/metrics.jsonl").exists(), "the resume logged beside its checkpoints");
 }
 
+/// A libtorch failure (here the CPU allocator refusing a KV cache of petabytes, as a GPU runs out of memory) is one
+/// error line with libtorch's message and what uses less memory, never a panic report with libtorch's C++ frames;
+/// a training run ends as any failure ends it, its summary closed.
+#[test]
+fn a_libtorch_failure_is_one_error_line() {
+    let runs = tempfile::tempdir().unwrap();
+    let huge = ["--max-new-tokens", "1000000000000000", "--max-length", "2000000000000000"];
+    let model = tiny_model();
+    let generate = Command::new(common::host_exe())
+        .args(["generate", "--device", "cpu", "--model", model.to_str().unwrap(), "--raw", "hi"])
+        .args(&huge[..2])
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    let train = command(runs.path(), "oom", &[&["--max-steps", "1"], &huge[..]].concat())
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    for (what, out) in [("generate", generate), ("train", train)] {
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {err}");
+        let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(errors.len(), 1, "{what}: {err}");
+        assert!(errors[0].contains("libtorch failed") && errors[0].contains("allocate"), "{what}: {err}");
+        assert!(errors[0].contains("--gradient-checkpointing"), "{what}: the memory hint is missing: {err}");
+        assert!(!err.contains("panicked") && !err.contains("frame #") && !err.contains("RUST_BACKTRACE"), "{err}");
+    }
+    let summary = std::fs::read_to_string(runs.path().join("oom/summary.json")).unwrap();
+    assert!(summary.contains("\"training/completed\":0"), "{summary}");
+}
+
 #[test]
 fn a_resume_without_run_name_continues_the_checkpoints_run() {
     let (runs, elsewhere) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());

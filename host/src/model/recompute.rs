@@ -5,7 +5,6 @@
 //! recomputation repeats the forward's operations on the same values, with the same dropout draws.
 
 use std::ffi::{c_char, c_void};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tch::Tensor;
@@ -68,20 +67,15 @@ extern "C" fn call_function(data: *mut c_void, x: *mut C_tensor, err: *mut c_cha
     // tensor the shim lends for the call, which `clone_from_ptr` shares rather than takes.
     let (f, x) = unsafe { (&*(data as *const Function), Tensor::clone_from_ptr(x)) };
     RUNS.fetch_add(1, Ordering::Relaxed);
-    match catch_unwind(AssertUnwindSafe(|| f(&x))) {
+    match crate::error::catch_panics(|| Ok(f(&x))) {
         Ok(mut y) => {
             let out = y.as_mut_ptr();
             // The shim takes the tensor tch allocated; it must not be freed here too.
             std::mem::forget(y);
             out
         }
-        Err(panic) => {
-            let text = panic
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| panic.downcast_ref::<&str>().copied())
-                .unwrap_or("the recomputed layer panicked");
-            write_error(text, err, err_len);
+        Err(e) => {
+            write_error(&e.to_string(), err, err_len);
             std::ptr::null_mut()
         }
     }

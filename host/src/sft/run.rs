@@ -289,7 +289,7 @@ pub fn run(mut config: SftConfig) -> Result<i32> {
         last_save: Instant::now(),
         saved_at: paths.resume.map(|dir| (resumed_step, dir)),
     };
-    let ending = run.steps();
+    let ending = crate::error::catch_panics(|| run.steps());
     run.finish(ending)
 }
 

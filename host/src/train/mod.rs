@@ -60,7 +60,8 @@ pub fn run(mut config: RunConfig) -> Result<i32> {
     crate::runtime::set_deterministic(config.model.deterministic)?;
     let world = World::for_run(&mut config.model.device, Duration::from_secs_f64(config.dist.timeout_secs))?;
     let mut trainer = Trainer::start(config, world)?;
-    let outcome = trainer.train();
+    // A libtorch failure (out of memory, above all) ends the run as an error does: logs closed, checkpoints kept.
+    let outcome = crate::error::catch_panics(|| trainer.train());
     trainer.finish(outcome)
 }
 
