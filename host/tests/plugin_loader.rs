@@ -287,6 +287,18 @@ impl Algorithm for Boom {
     }
 }
 
+/// Returns a loss cut from the graph, so no gradient would reach the model.
+struct Detached;
+plain_plugin!(Detached, "detached", "detaches its loss");
+impl Algorithm for Detached {
+    fn advantages(&self, rewards: &Tensor, _: &[usize]) -> grpo_sdk::Result<Tensor> {
+        Ok(rewards.zeros_like())
+    }
+    fn loss(&self, batch: &PolicyBatch) -> grpo_sdk::Result<LossOutput> {
+        Ok(LossOutput::new(batch.log_probs.sum(Kind::Float).detach()))
+    }
+}
+
 /// Errors on "fail" and panics on "panic".
 struct Flaky;
 plain_plugin!(Flaky, "flaky", "fails on request");
@@ -310,7 +322,7 @@ impl Environment for Flaky {
     }
 }
 
-grpo_sdk::export_plugins!(algorithm Boom, environment Flaky);
+grpo_sdk::export_plugins!(algorithm Boom, algorithm Detached, environment Flaky);
 
 fn in_process() -> Registry {
     let mut r = Registry::default();
@@ -339,6 +351,27 @@ fn a_panic_mid_run_is_an_error_naming_the_plugin_and_poisons_it() {
     assert!(algo.is_poisoned());
     let (line, _) = user_message(algo.advantages(&Tensor::from_slice(&[1.0f32]), &[1]));
     assert!(line.contains("panicked earlier and is disabled; advantages was not called"), "{line}");
+}
+
+#[test]
+fn a_loss_without_a_gradient_is_refused_naming_the_plugin() {
+    let algo = in_process().algorithm("detached", &Value::Null).unwrap();
+    let x = Tensor::zeros([2, 3], (Kind::Float, grpo_sdk::tch::Device::Cpu));
+    let batch = PolicyBatch {
+        log_probs: x.copy().set_requires_grad(true),
+        old_log_probs: x.shallow_clone(),
+        ref_log_probs: None,
+        advantages: Tensor::zeros([2], (Kind::Float, grpo_sdk::tch::Device::Cpu)),
+        action_mask: x.ones_like().to_kind(Kind::Bool),
+        settings: LossSettings::default(),
+        is_weights: None,
+    };
+    let (line, code) = user_message(algo.loss(&batch));
+    assert_eq!(code, 2);
+    assert!(line.starts_with("algorithm `detached` (in-process) returned a loss with no gradient"), "{line}");
+    // Without gradients asked for (an evaluation of the loss alone), a loss without one is what is expected.
+    let batch = PolicyBatch { log_probs: x.shallow_clone(), ..batch };
+    assert!(algo.loss(&batch).is_ok());
 }
 
 #[test]

@@ -105,6 +105,13 @@ impl PluginInstance<AlgorithmVTable> {
         if loss.numel() != 1 {
             return Err(user_error!("{} returned a loss of shape {:?}; it must be a scalar", label(), loss.size()));
         }
+        if batch.log_probs.requires_grad() && !loss.requires_grad() {
+            return Err(user_error!(
+                "{} returned a loss with no gradient: compute it from batch.log_probs without detaching it \
+                 (`grpo-host plugins check` tests this)",
+                label()
+            ));
+        }
         let metrics = grpo_sdk::ffi::decode_metrics(&metrics_json)
             .map_err(|e| user_error!("{} returned malformed loss metrics: {e}", label()))?;
         let names: Vec<String> = if names_json.is_empty() {
