@@ -8,6 +8,8 @@
 //! - [`Model::new_cache`] + [`Model::forward_slots`] are the incremental path used by [`crate::generate`].
 //! - [`Model::attach_lora`] adds LoRA adapters; [`Model::set_adapters_enabled`] switches them off so the same
 //!   weights serve as the reference policy.
+//! - [`Model::set_gradient_checkpointing`] makes training forwards keep only each layer's input and run the layer
+//!   again in the backward pass ([`recompute`]).
 
 pub mod config;
 pub mod device;
