@@ -443,7 +443,7 @@ impl World {
         self.collective(what, ProcessGroup::barrier)
     }
 
-    /// Every rank's `value`, in rank order (serialized, see [`encode`]; for metrics and small records, not tensors).
+    /// Every rank's `value`, in rank order (serialized, see `encode`; for metrics and small records, not tensors).
     pub fn gather<T: Serialize + DeserializeOwned>(&self, what: &str, value: T) -> Result<Vec<T>> {
         if self.group.is_none() {
             return Ok(vec![value]);

@@ -147,7 +147,7 @@ pub fn task_seeds(seed: u64, first: u64, n: usize) -> Vec<u64> {
 ///
 /// `cancelled` is asked before every engine step; once it says yes the rollouts are abandoned and `None` returned
 /// (the episodes under way are dropped; their environments' metrics keep whatever they counted), since a run told
-/// to stop must not spend its grace period on rollouts it will not train on. Pass [`never`] for rollouts that always
+/// to stop must not spend its grace period on rollouts it will not train on. Pass [`never()`] for rollouts that always
 /// finish.
 pub fn run_episodes(
     model: &Model,

@@ -105,7 +105,7 @@ impl StopRequest {
 }
 
 /// Whether work that can be dropped (rollouts, an evaluation) should stop now: a signal reached this process, which
-/// then tells the other ranks, or another rank told of one (asked at most every [`POLL_PEERS`]), which this process
+/// then tells the other ranks, or another rank told of one (asked at most every `POLL_PEERS`), which this process
 /// then adopts.
 pub fn drop_work<'a>(stop: &'a StopRequest, world: &'a World) -> impl Fn() -> bool + 'a {
     let polled: Cell<Option<Instant>> = Cell::new(None);
