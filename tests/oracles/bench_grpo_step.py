@@ -17,8 +17,10 @@ Usage: python bench_grpo_step.py MODEL_DIR --steps 3 --prompts 4 --group 4 --max
 Prints one JSON object per measured step: {"rollout_s", "logprob_s", "train_s", "total_s", "tokens", "prompt_tokens",
 "torch", "transformers", "precision", "device", "gpu", "peak_gpu_memory_gb" (allocated), "peak_gpu_reserved_gb",
 "rollout_peak_gpu_gb", "logprob_peak_gpu_gb", "train_peak_gpu_gb"} (the last three allocated). `cargo xtask bench-step`
-runs it beside `grpo-host train` on the same workload. `--gradient-checkpointing` turns on the policy's gradient
-checkpointing as re-grpo's `load_model` does (non-reentrant); it acts in the training forwards only.
+runs it beside `grpo-host train` on the same workload. Also each phase's peak resident set of the process in GiB
+("rollout_peak_rss_gib", "logprob_peak_rss_gib", "train_peak_rss_gib"; Linux's VmHWM, reset at each phase's start).
+`--gradient-checkpointing` turns on the policy's gradient checkpointing as re-grpo's `load_model` does
+(non-reentrant); it acts in the training forwards only.
 """
 
 import argparse
@@ -87,6 +89,23 @@ def main():
     def reset_peak():
         if cuda:
             torch.cuda.reset_peak_memory_stats()
+        # The process's peak resident set too, as grpo-host's `system/*_peak_rss_gb` measure it: Linux lowers VmHWM
+        # to the current resident set when 5 is written to clear_refs.
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            pass
+
+    def peak_rss_gib():
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) * 1024 / 2**30
+        except OSError:
+            pass
+        return None
 
     def peak_gb():
         # Peak allocated and peak reserved (what the caching allocator held, the figure comparable with our side's
@@ -134,6 +153,7 @@ def main():
                     rewards.append(rng.random())
         t1 = clock()
         rollout_peak, rollout_reserved = peak_gb()
+        rollout_rss = peak_rss_gib()
         reset_peak()
 
         seq = torch.stack(sequences)
@@ -146,6 +166,7 @@ def main():
             ref = sequence_log_probs(reference, seq, attn)
         t2 = clock()
         logprob_peak, logprob_reserved = peak_gb()
+        logprob_rss = peak_rss_gib()
         reset_peak()
 
         policy.train()
@@ -162,6 +183,7 @@ def main():
             opt.step()
         t3 = clock()
         train_peak, train_reserved = peak_gb()
+        train_rss = peak_rss_gib()
         # The phases cover the step and each peak is counted from its phase's start (a reset sets the peak to what
         # is allocated, or reserved, then), so the step's peak is the largest of the three.
         step_peak = max(rollout_peak, logprob_peak, train_peak) if cuda else None
@@ -175,6 +197,8 @@ def main():
                 "peak_gpu_memory_gb": step_peak, "peak_gpu_reserved_gb": step_reserved,
                 "rollout_peak_gpu_gb": rollout_peak, "logprob_peak_gpu_gb": logprob_peak,
                 "train_peak_gpu_gb": train_peak, "gradient_checkpointing": args.gradient_checkpointing,
+                "rollout_peak_rss_gib": rollout_rss, "logprob_peak_rss_gib": logprob_rss,
+                "train_peak_rss_gib": train_rss,
             }), flush=True)
 
 

@@ -190,6 +190,13 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
                 r[i] / o[i].max(1e-9)
             ));
         }
+        for (phase, key) in RSS_PEAKS {
+            let (o, r) = (mean(&ours, key), mean(&reference, key));
+            if o > 0.0 && r > 0.0 {
+                let ratio = if r >= o { format!("{:.2}x less", r / o) } else { format!("{:.2}x more", o / r) };
+                tables.push_str(&format!("| peak RSS, {phase} (GiB) | {o:.2} | {r:.2} | {ratio} |\n"));
+            }
+        }
         if sides.device == Device::Cuda {
             let (o, r) = (peak(&ours, PEAK), peak(&reference, PEAK));
             tables.push_str(&format!(
@@ -212,6 +219,9 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         Device::Cpu => format!("{}, {threads} thread(s) on both sides", sides.device.describe(&versions)),
         Device::Cuda => sides.device.describe(&versions),
     };
+    let rss = " Peak RSS is the process's peak resident set in each phase, the mean over the measured steps, read the \
+               same way on both sides (Linux's VmHWM, reset at the phase's start through /proc/self/clear_refs); \
+               it includes what was resident before the phase began (the models, the optimizer state).";
     let memory = match sides.device {
         Device::Cpu => "",
         Device::Cuda => {
@@ -232,7 +242,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
          reference forwards) on transformers {} / torch {}; its bf16 mixed precision is `torch.autocast` with \
          bfloat16 around every forward over f32 weights, as accelerate's `--mixed_precision bf16` does. Rewards \
          differ (the math environment's on our side, random on the Python side), which changes no work: both run \
-         every forward, backward and AdamW step.{memory}\n\n",
+         every forward, backward and AdamW step.{rss}{memory}\n\n",
         versions["transformers"].as_str().unwrap_or("?"),
         versions["torch"].as_str().unwrap_or("?"),
         model = sides.model_name(),
@@ -257,6 +267,38 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
 
 /// The key of a step's peak GPU memory (GB), on both sides.
 const PEAK: &str = "peak_gpu_reserved_gb";
+
+/// Each phase's peak resident set of the process (GiB, Linux's VmHWM reset at the phase's start): the keys of the
+/// Python side's rows, which ours are given too.
+const RSS_PEAKS: [(&str, &str); 3] =
+    [("rollout", "rollout_peak_rss_gib"), ("logprob", "logprob_peak_rss_gib"), ("train", "train_peak_rss_gib")];
+
+/// The mean of `key` over `rows` (0 when none has it).
+fn mean(rows: &[Value], key: &str) -> f64 {
+    let values: Vec<f64> = rows.iter().filter_map(|r| r[key].as_f64()).collect();
+    values.iter().sum::<f64>() / values.len().max(1) as f64
+}
+
+/// Each batch's (rollout, log-prob, train) peak resident set from a run's metrics.jsonl: the first two on the row
+/// with the batch's rollout time, the training phase's on the rows of its updates (the largest).
+fn read_rss_peaks(run: &Path) -> Result<Vec<[f64; 3]>> {
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).context("reading the run's metrics.jsonl")?;
+    let mut batches: Vec<[f64; 3]> = Vec::new();
+    for row in metrics.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()) {
+        let get = |k: &str| row.get(k).and_then(Value::as_f64);
+        if row.get("timing/rollout_s").is_some() {
+            batches.push([
+                get("system/rollout_peak_rss_gb").unwrap_or(0.0),
+                get("system/logprob_peak_rss_gb").unwrap_or(0.0),
+                0.0,
+            ]);
+        }
+        if let (Some(train), Some(batch)) = (get("system/train_peak_rss_gb"), batches.last_mut()) {
+            batch[2] = batch[2].max(train);
+        }
+    }
+    Ok(batches)
+}
 
 /// The largest `key` over `rows` (0 when none has it).
 fn peak(rows: &[Value], key: &str) -> f64 {
@@ -305,12 +347,15 @@ fn measure(root: &Path, sides: &Sides, w: &Workload, precision: Precision) -> Re
     }
     let run = runs.path().join("bench-step");
     let reserved = run_peak(&run, "system/gpu_memory_reserved_gb")?;
+    let rss = read_rss_peaks(&run)?;
     let ours: Vec<Value> = read_batches(&run)?
         .iter()
+        .zip(rss.iter().chain(std::iter::repeat(&[0.0; 3])))
         .skip(warmup)
-        .map(|b| {
+        .map(|(b, m)| {
             serde_json::json!({
                 "rollout_s": b[0], "logprob_s": b[1], "train_s": b[2], "total_s": b[0] + b[1] + b[2], PEAK: reserved,
+                "rollout_peak_rss_gib": m[0], "logprob_peak_rss_gib": m[1], "train_peak_rss_gib": m[2],
             })
         })
         .collect();
