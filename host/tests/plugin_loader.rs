@@ -331,20 +331,24 @@ fn in_process() -> Registry {
     r
 }
 
-#[test]
-fn a_panic_mid_run_is_an_error_naming_the_plugin_and_poisons_it() {
-    let algo = in_process().algorithm("boom", &Value::Null).unwrap();
+/// A batch of two sequences of three zero log-probs, whose log-probs ask for a gradient when `grad`.
+fn zero_batch(grad: bool) -> PolicyBatch {
     let x = Tensor::zeros([2, 3], (Kind::Float, grpo_sdk::tch::Device::Cpu));
-    let batch = PolicyBatch {
-        log_probs: x.shallow_clone(),
+    PolicyBatch {
+        log_probs: x.copy().set_requires_grad(grad),
         old_log_probs: x.shallow_clone(),
         ref_log_probs: None,
         advantages: Tensor::zeros([2], (Kind::Float, grpo_sdk::tch::Device::Cpu)),
         action_mask: x.ones_like().to_kind(Kind::Bool),
         settings: LossSettings::default(),
         is_weights: None,
-    };
-    let (line, code) = user_message(algo.loss(&batch));
+    }
+}
+
+#[test]
+fn a_panic_mid_run_is_an_error_naming_the_plugin_and_poisons_it() {
+    let algo = in_process().algorithm("boom", &Value::Null).unwrap();
+    let (line, code) = user_message(algo.loss(&zero_batch(false)));
     assert_eq!(code, 2);
     assert!(line.starts_with("algorithm `boom` (in-process) panicked: the loss exploded (at "), "{line}");
     assert!(line.ends_with("(in loss)"), "{line}");
@@ -356,22 +360,11 @@ fn a_panic_mid_run_is_an_error_naming_the_plugin_and_poisons_it() {
 #[test]
 fn a_loss_without_a_gradient_is_refused_naming_the_plugin() {
     let algo = in_process().algorithm("detached", &Value::Null).unwrap();
-    let x = Tensor::zeros([2, 3], (Kind::Float, grpo_sdk::tch::Device::Cpu));
-    let batch = PolicyBatch {
-        log_probs: x.copy().set_requires_grad(true),
-        old_log_probs: x.shallow_clone(),
-        ref_log_probs: None,
-        advantages: Tensor::zeros([2], (Kind::Float, grpo_sdk::tch::Device::Cpu)),
-        action_mask: x.ones_like().to_kind(Kind::Bool),
-        settings: LossSettings::default(),
-        is_weights: None,
-    };
-    let (line, code) = user_message(algo.loss(&batch));
+    let (line, code) = user_message(algo.loss(&zero_batch(true)));
     assert_eq!(code, 2);
     assert!(line.starts_with("algorithm `detached` (in-process) returned a loss with no gradient"), "{line}");
     // Without gradients asked for (an evaluation of the loss alone), a loss without one is what is expected.
-    let batch = PolicyBatch { log_probs: x.shallow_clone(), ..batch };
-    assert!(algo.loss(&batch).is_ok());
+    assert!(algo.loss(&zero_batch(false)).is_ok());
 }
 
 #[test]
