@@ -93,5 +93,5 @@ fn measure(mut cmd: Command, runs: &Path) -> Result<Vec<[f64; 4]>> {
     if !status.success() {
         bail!("grpo-host train failed (exit {status})");
     }
-    read_batches(&runs.join("bench-step"))
+    Ok(read_batches(&runs.join("bench-step"))?.into_iter().map(|b| b.secs).collect())
 }

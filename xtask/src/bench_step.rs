@@ -140,19 +140,35 @@ pub fn host_command(
     cmd
 }
 
-/// Each batch's (rollout, log-prob, train, all-reduce) seconds from a run's metrics.jsonl. A batch's rollout and
-/// log-prob times are logged on its first optimizer step's row, its training times on its last one's.
-pub fn read_batches(run: &Path) -> Result<Vec<[f64; 4]>> {
+/// One batch of a run, as its metrics.jsonl records it.
+pub struct Batch {
+    /// Rollout, log-prob, train and all-reduce seconds.
+    pub secs: [f64; 4],
+    /// The rollout, log-prob and training phases' peak resident set (GiB; 0 where not logged).
+    pub rss: [f64; 3],
+}
+
+/// Each batch of a run from its metrics.jsonl. A batch's rollout and log-prob times and peaks are logged on its
+/// first optimizer step's row, its training times on its updates' rows (summed; the peak is the largest).
+pub fn read_batches(run: &Path) -> Result<Vec<Batch>> {
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).context("reading the run's metrics.jsonl")?;
-    let mut batches: Vec<[f64; 4]> = Vec::new();
+    let mut batches: Vec<Batch> = Vec::new();
     for row in metrics.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()) {
         let get = |k: &str| row.get(k).and_then(Value::as_f64);
         if let Some(rollout) = get("timing/rollout_s") {
-            batches.push([rollout, get("timing/logprob_s").unwrap_or(0.0), 0.0, 0.0]);
+            batches.push(Batch {
+                secs: [rollout, get("timing/logprob_s").unwrap_or(0.0), 0.0, 0.0],
+                rss: [
+                    get("system/rollout_peak_rss_gb").unwrap_or(0.0),
+                    get("system/logprob_peak_rss_gb").unwrap_or(0.0),
+                    0.0,
+                ],
+            });
         }
         if let (Some(train), Some(batch)) = (get("timing/train_s"), batches.last_mut()) {
-            batch[2] += train;
-            batch[3] += get("timing/allreduce_s").unwrap_or(0.0);
+            batch.secs[2] += train;
+            batch.secs[3] += get("timing/allreduce_s").unwrap_or(0.0);
+            batch.rss[2] = batch.rss[2].max(get("system/train_peak_rss_gb").unwrap_or(0.0));
         }
     }
     Ok(batches)
@@ -279,27 +295,6 @@ fn mean(rows: &[Value], key: &str) -> f64 {
     values.iter().sum::<f64>() / values.len().max(1) as f64
 }
 
-/// Each batch's (rollout, log-prob, train) peak resident set from a run's metrics.jsonl: the first two on the row
-/// with the batch's rollout time, the training phase's on the rows of its updates (the largest).
-fn read_rss_peaks(run: &Path) -> Result<Vec<[f64; 3]>> {
-    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).context("reading the run's metrics.jsonl")?;
-    let mut batches: Vec<[f64; 3]> = Vec::new();
-    for row in metrics.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()) {
-        let get = |k: &str| row.get(k).and_then(Value::as_f64);
-        if row.get("timing/rollout_s").is_some() {
-            batches.push([
-                get("system/rollout_peak_rss_gb").unwrap_or(0.0),
-                get("system/logprob_peak_rss_gb").unwrap_or(0.0),
-                0.0,
-            ]);
-        }
-        if let (Some(train), Some(batch)) = (get("system/train_peak_rss_gb"), batches.last_mut()) {
-            batch[2] = batch[2].max(train);
-        }
-    }
-    Ok(batches)
-}
-
 /// The largest `key` over `rows` (0 when none has it).
 fn peak(rows: &[Value], key: &str) -> f64 {
     rows.iter().filter_map(|r| r[key].as_f64()).fold(0.0, f64::max)
@@ -347,12 +342,10 @@ fn measure(root: &Path, sides: &Sides, w: &Workload, precision: Precision) -> Re
     }
     let run = runs.path().join("bench-step");
     let reserved = run_peak(&run, "system/gpu_memory_reserved_gb")?;
-    let rss = read_rss_peaks(&run)?;
     let ours: Vec<Value> = read_batches(&run)?
         .iter()
-        .zip(rss.iter().chain(std::iter::repeat(&[0.0; 3])))
         .skip(warmup)
-        .map(|(b, m)| {
+        .map(|Batch { secs: b, rss: m }| {
             serde_json::json!({
                 "rollout_s": b[0], "logprob_s": b[1], "train_s": b[2], "total_s": b[0] + b[1] + b[2], PEAK: reserved,
                 "rollout_peak_rss_gib": m[0], "logprob_peak_rss_gib": m[1], "train_peak_rss_gib": m[2],
