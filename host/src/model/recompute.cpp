@@ -64,6 +64,20 @@ void set_rng_state(const at::Device& device, const at::Tensor& state) {
   gen.set_state(state);
 }
 
+// Puts the generator's state back when it goes out of scope, the recomputation thrown out of included.
+struct RngRestore {
+  at::Device device;
+  at::Tensor state;  // undefined: nothing to restore
+  ~RngRestore() {
+    if (!state.defined()) return;
+    try {
+      set_rng_state(device, state);
+    } catch (...) {
+      // A destructor must not throw; the error being unwound, if any, is the one to report.
+    }
+  }
+};
+
 struct Recompute : public torch::autograd::Function<Recompute> {
   // Autograd runs this with gradients off: only `x` is kept, and the output carries this node as its grad_fn.
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& anchor,
@@ -85,16 +99,10 @@ struct Recompute : public torch::autograd::Function<Recompute> {
       // Dropout in the recomputation draws what the forward pass drew; the generator then goes on from where it
       // was, so gradient checkpointing changes no later random draw either.
       const bool replay = ctx->saved_data.count("rng") > 0;
-      at::Tensor now = replay ? rng_state(x.device()) : at::Tensor();
+      RngRestore restore{x.device(), replay ? rng_state(x.device()) : at::Tensor()};
       if (replay) set_rng_state(x.device(), ctx->saved_data["rng"].toTensor());
       at::AutoGradMode enable(true);
-      try {
-        y = (*f)(input);
-      } catch (...) {
-        if (replay) set_rng_state(x.device(), now);
-        throw;
-      }
-      if (replay) set_rng_state(x.device(), now);
+      y = (*f)(input);
     }
     if (y.requires_grad()) torch::autograd::backward({y}, {grads[0]});
     at::Tensor grad_x = input.requires_grad() ? input.grad() : at::Tensor();
