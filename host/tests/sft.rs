@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use grpo_host::distributed::World;
 use grpo_host::model::Model;
 use grpo_host::sft::loss::{sft_loss, SftBatch};
-use grpo_host::sft::{Renderer, SftStep};
+use grpo_host::sft::{Conversation, Renderer, SftStep};
 use grpo_host::tokenizer::Tokenizer;
 use grpo_host::train::optimizer::{AdamW, AdamWConfig};
 use grpo_host::train::precision::LossScaler;
@@ -47,6 +47,57 @@ fn streams_and_masks_match_the_oracle() {
         assert_eq!(tokenizer.decode(&picked, false).unwrap(), case["assistant_text"].as_str().unwrap());
         assert_eq!(picked.last(), Some(&renderer.end_of_turn()));
     }
+}
+
+/// Structured tool calls against tests/oracles/sft_tool_calls.py (Qwen2.5 and Llama-3.1 templates, each row's own
+/// tools): the call is trained on as the template writes it, and the rest of the stream is as without calls.
+#[test]
+fn structured_tool_calls_are_trained_as_the_template_writes_them() {
+    let text = std::fs::read_to_string(root().join("tests/fixtures/sft/tool_calls.json")).unwrap();
+    let fixture: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let cases = fixture["cases"].as_array().unwrap();
+    assert!(cases.len() >= 3);
+    for case in cases {
+        let family = case["family"].as_str().unwrap();
+        let tokenizer = Tokenizer::from_dir(&root().join("tests/fixtures/model/chat").join(family)).unwrap();
+        let renderer = Renderer::new(&tokenizer, None).unwrap();
+        let conversation = Conversation {
+            origin: family.to_string(),
+            messages: case["messages"].as_array().unwrap().clone(),
+            tools: Some(case["tools"].as_array().unwrap().clone()),
+        };
+        let r = renderer.render_conversation(&conversation).unwrap();
+        let tokens: Vec<u32> = serde_json::from_value(case["tokens"].clone()).unwrap();
+        let mask: Vec<bool> = serde_json::from_value(case["assistant"].clone()).unwrap();
+        let picked: Vec<u32> = r.tokens.iter().zip(&r.assistant).filter(|(_, a)| **a).map(|(t, _)| *t).collect();
+        assert_eq!(tokenizer.decode(&picked, false).unwrap(), case["assistant_text"].as_str().unwrap(), "{family}");
+        assert_eq!(r.tokens, tokens, "{family}");
+        assert_eq!(r.assistant, mask, "{family}");
+    }
+    // Qwen3 opens the last assistant turn with an empty thinking block, which a plain turn's text does not hold
+    // either: the call is trained on without it.
+    let tokenizer = Tokenizer::from_dir(&root().join("tests/fixtures/model/chat/qwen3")).unwrap();
+    let renderer = Renderer::new(&tokenizer, None).unwrap();
+    let call = serde_json::json!({"function": {"name": "calc", "arguments": {"expression": "1 + 1"}}});
+    let conversation = Conversation {
+        origin: "qwen3".into(),
+        messages: vec![
+            serde_json::json!({"role": "user", "content": "1 + 1?"}),
+            serde_json::json!({"role": "assistant", "content": "", "tool_calls": [call]}),
+        ],
+        tools: None,
+    };
+    let r = renderer.render_conversation(&conversation).unwrap();
+    let picked: Vec<u32> = r.tokens.iter().zip(&r.assistant).filter(|(_, a)| **a).map(|(t, _)| *t).collect();
+    let want = "<tool_call>\n{\"name\": \"calc\", \"arguments\": {\"expression\": \"1 + 1\"}}\n</tool_call><|im_end|>";
+    assert_eq!(tokenizer.decode(&picked, false).unwrap(), want);
+    // A template that has no place for tool calls (SmolLM2's) is refused, naming the call it would drop.
+    let (_, tokenizer) = tiny();
+    let renderer = Renderer::new(&tokenizer, None).unwrap();
+    let conversation =
+        Conversation { origin: "row".into(), messages: cases[0]["messages"].as_array().unwrap().clone(), tools: None };
+    let err = renderer.render_conversation(&conversation).unwrap_err().to_string();
+    assert!(err.contains("does not write") && err.contains("`calc`"), "{err}");
 }
 
 #[test]

@@ -175,7 +175,11 @@ fn conversations(dir: &Path) -> PathBuf {
 
 /// `grpo-host sft` on `data` in the run `runs/name`, with extra flags.
 fn sft_run(runs: &Path, name: &str, data: &Path, extra: &[&str]) -> Output {
-    let model = tiny_model();
+    sft_run_on(&tiny_model(), runs, name, data, extra)
+}
+
+/// [`sft_run`] with another model.
+fn sft_run_on(model: &Path, runs: &Path, name: &str, data: &Path, extra: &[&str]) -> Output {
     let mut args = vec!["sft", "--data", data.to_str().unwrap(), "--model", model.to_str().unwrap()];
     args.extend(["--device", "cpu", "--batch-size", "2", "--micro-batch-size", "1", "--lr", "1e-3", "--no-wandb"]);
     args.extend(["--runs-dir", runs.to_str().unwrap(), "--run-name", name]);
@@ -256,7 +260,71 @@ fn sft_reads_a_folder_of_json_lines_and_json_in_both_trl_formats() {
     let out = sft_run(&runs, "bad", &data, &["--max-steps", "1"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("c.jsonl row 0") && err.contains("tool_calls") && err.trim().lines().count() == 1, "{err}");
+    assert!(err.contains("c.jsonl row 0") && err.contains("does not write") && err.contains("`light`"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+/// TRL's tool-calling rows: structured `tool_calls` (content null or absent) and a `tools` column, as a list or as a
+/// string holding one (Arrow datasets store it so), trained with a model whose template writes tool calls.
+#[test]
+fn sft_trains_structured_tool_calls_with_each_rows_tools() {
+    let dir = tempfile::tempdir().unwrap();
+    // The tiny Qwen2 model with Qwen2.5's chat template, which has a place for tools and tool calls.
+    let model = dir.path().join("qwen2.5-tools");
+    std::fs::create_dir(&model).unwrap();
+    let tiny = common::workspace_root().join("tests/fixtures/model/tiny/qwen2");
+    for file in ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(tiny.join(file), model.join(file)).unwrap();
+    }
+    let template = common::workspace_root().join("tests/fixtures/model/templates/Qwen-Qwen2.5-7B-Instruct.jinja");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tiny.join("tokenizer_config.json")).unwrap()).unwrap();
+    config["chat_template"] = std::fs::read_to_string(template).unwrap().into();
+    std::fs::write(model.join("tokenizer_config.json"), config.to_string()).unwrap();
+
+    let calc = serde_json::json!({"type": "function", "function": {"name": "calc", "description": "Evaluate.",
+        "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}}}});
+    let call = |e: &str| {
+        serde_json::json!({"type": "function", "function": {"name": "calc",
+        "arguments": {"expression": e}}})
+    };
+    let rows = [
+        serde_json::json!({"tools": [calc], "messages": [
+            {"role": "user", "content": "6 * 7?"},
+            {"role": "assistant", "content": null, "tool_calls": [call("6 * 7")]},
+            {"role": "tool", "content": "42", "name": "calc"},
+            {"role": "assistant", "content": "42"}]}),
+        serde_json::json!({"tools": serde_json::to_string(&[&calc]).unwrap(),
+            "prompt": [{"role": "user", "content": "2 + 2?"}],
+            "completion": [{"role": "assistant", "tool_calls": [call("2 + 2")]}]}),
+    ];
+    let data = dir.path().join("calls.jsonl");
+    let lines: Vec<String> = rows.iter().map(|r| r.to_string()).collect();
+    std::fs::write(&data, lines.join("\n") + "\n").unwrap();
+    let runs = dir.path().join("runs");
+    let out = sft_run_on(&model, &runs, "calls", &data, &["--max-steps", "2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let logged: Vec<f64> = self::rows(&runs.join("calls")).iter().filter_map(|r| r["sft/loss"].as_f64()).collect();
+    assert_eq!(logged.len(), 2);
+    assert!(logged.iter().all(|l| l.is_finite() && *l > 0.0), "{logged:?}");
+
+    // A `tools` string that is not JSON, and a tool call naming no function: one line each, naming the row.
+    let mut bad = rows[1].clone();
+    bad["tools"] = "[{".into();
+    std::fs::write(&data, format!("{}\n{bad}\n", rows[0])).unwrap();
+    let out = sft_run_on(&model, &runs, "bad-tools", &data, &["--max-steps", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("calls.jsonl row 1") && err.contains("`tools` is not JSON"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let mut bad = rows[0].clone();
+    bad["messages"][1]["tool_calls"][0] = serde_json::json!({"arguments": {}});
+    std::fs::write(&data, format!("{bad}\n")).unwrap();
+    let out = sft_run_on(&model, &runs, "bad-call", &data, &["--max-steps", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("row 0") && err.contains("message 1") && err.contains("names no function"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
 #[test]

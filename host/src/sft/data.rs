@@ -3,10 +3,11 @@
 //! later user turns are the environment's real replies).
 
 use anyhow::{Context, Result};
-use grpo_sdk::{Message, Split, Task};
+use grpo_sdk::{Message, Role, Split, Task};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::data::files::kind;
 use crate::data::Dataset;
 use crate::plugins::EnvironmentPlugin;
 use crate::user_error;
@@ -16,41 +17,57 @@ use crate::user_error;
 pub struct Conversation {
     /// Where it came from, for messages (`file.jsonl:3`, `calc_tools task train-7`).
     pub origin: String,
-    /// The messages, in order.
-    pub messages: Vec<Message>,
+    /// The messages in order, as the chat template receives them: `role` and `content`, and whatever else a
+    /// dataset row gives a message (`tool_calls`, `name`, `tool_call_id` ...), passed on as transformers would.
+    pub messages: Vec<Value>,
+    /// The tool schemas this conversation declares (a dataset row's `tools` column); `None`: the renderer's own.
+    pub tools: Option<Vec<Value>>,
+}
+
+impl Conversation {
+    /// A conversation of plain messages, with the renderer's tools.
+    pub fn new(origin: impl Into<String>, messages: &[Message]) -> Self {
+        let messages = messages.iter().map(|m| serde_json::to_value(m).expect("messages serialize")).collect();
+        Conversation { origin: origin.into(), messages, tools: None }
+    }
 }
 
 /// The conversations of a dataset's rows in TRL's conversational formats: `{"messages": [...]}`, or
-/// prompt-completion `{"prompt": [...], "completion": [...]}` (the prompt's messages, then the completion's). A
-/// message is `{"role": "system" | "user" | "assistant" | "tool", "content": "...", "name": ...}`; other keys of a
-/// row or a message are ignored. A row of neither shape is an error naming its file and row, with `flag`.
+/// prompt-completion `{"prompt": [...], "completion": [...]}` (the prompt's messages, then the completion's), with
+/// an optional `tools` column (a list of JSON schemas, or a string holding one). A message is `{"role": "system" |
+/// "user" | "assistant" | "tool", "content": "...", ...}`; an assistant message may instead (or as well) carry
+/// structured `tool_calls`, which the renderer writes the way the model's chat template does. Other keys of a row are
+/// ignored. A row of neither shape is an error naming its file and row, with `flag`.
 pub fn conversations(dataset: &Dataset, flag: &str) -> Result<Vec<Conversation>> {
     (0..dataset.len())
         .map(|i| {
             let origin = dataset.origin(i);
-            let messages = row_messages(dataset.row(i))
-                .map_err(|e| user_error!("{flag} {origin}: {e}; TRL's conversational format is expected"))?;
-            Ok(Conversation { origin, messages })
+            let row = dataset.row(i);
+            let parsed = row_messages(row).and_then(|messages| Ok((messages, row_tools(row)?)));
+            let (messages, tools) =
+                parsed.map_err(|e| user_error!("{flag} {origin}: {e}; TRL's conversational format is expected"))?;
+            Ok(Conversation { origin, messages, tools })
         })
         .collect()
 }
 
-fn row_messages(row: &Value) -> std::result::Result<Vec<Message>, String> {
-    let list = |key: &str| -> std::result::Result<Vec<Message>, String> {
+/// What a message must hold; the rest of it is passed on untouched.
+#[derive(Deserialize)]
+struct Shape {
+    role: Role,
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<Vec<Value>>,
+}
+
+fn row_messages(row: &Value) -> std::result::Result<Vec<Value>, String> {
+    let list = |key: &str| -> std::result::Result<Vec<Value>, String> {
         let value = &row[key];
         let Some(items) = value.as_array() else {
-            return Err(format!("`{key}` is {}, not a list of messages", crate::data::files::kind(value)));
+            return Err(format!("`{key}` is {}, not a list of messages", kind(value)));
         };
-        // Tool calls as structured fields have no text of their own here: a turn is trained on the text the model
-        // writes, which the host never produces from `tool_calls`.
-        if let Some(i) = items.iter().position(|m| m.get("tool_calls").is_some_and(|c| !c.is_null())) {
-            return Err(format!(
-                "`{key}` message {i} has `tool_calls`, which supervised fine-tuning does not turn into text; write \
-                 the call into the assistant's `content` in the format the model should produce"
-            ));
-        }
-        // Straight from the row (no copy of it): the dataset keeps its rows.
-        Vec::<Message>::deserialize(value).map_err(|e| format!("`{key}`: {e}"))
+        items.iter().enumerate().map(|(i, m)| message(m).map_err(|e| format!("`{key}` message {i}: {e}"))).collect()
     };
     if row.get("messages").is_some() {
         return list("messages");
@@ -62,6 +79,47 @@ fn row_messages(row: &Value) -> std::result::Result<Vec<Message>, String> {
     }
     let keys: Vec<&str> = row.as_object().map(|o| o.keys().map(String::as_str).collect()).unwrap_or_default();
     Err(format!("no `messages` (or `prompt` and `completion`) column; the row has [{}]", keys.join(", ")))
+}
+
+/// One message, checked: a role, string content (which an assistant's tool calls may stand in for), and tool
+/// calls that each name their function (OpenAI's `{"function": {"name", "arguments"}}` or the flat
+/// `{"name", "arguments"}`).
+fn message(m: &Value) -> std::result::Result<Value, String> {
+    let shape = Shape::deserialize(m).map_err(|e| e.to_string())?;
+    let calls = shape.tool_calls.unwrap_or_default();
+    if !calls.is_empty() && shape.role != Role::Assistant {
+        return Err("only an assistant message may have `tool_calls`".into());
+    }
+    if let Some(j) = calls.iter().position(|c| call_name(c).is_none()) {
+        return Err(format!("tool call {j} names no function (`function.name` or `name`)"));
+    }
+    if shape.content.is_none() && calls.is_empty() {
+        return Err("it has no `content`".into());
+    }
+    Ok(m.clone())
+}
+
+/// The function a structured tool call names.
+pub fn call_name(call: &Value) -> Option<&str> {
+    call.get("function").unwrap_or(call)["name"].as_str()
+}
+
+/// A row's `tools` column: absent or null for none, a list of schemas, or (as datasets often store it, a column of
+/// varying schemas being awkward in Arrow) a string holding that list as JSON.
+fn row_tools(row: &Value) -> std::result::Result<Option<Vec<Value>>, String> {
+    let parsed;
+    let tools = match &row["tools"] {
+        Value::Null => return Ok(None),
+        Value::String(text) => {
+            parsed = serde_json::from_str::<Value>(text).map_err(|e| format!("`tools` is not JSON: {e}"))?;
+            &parsed
+        }
+        other => other,
+    };
+    match tools {
+        Value::Array(list) => Ok(Some(list.clone())),
+        other => Err(format!("`tools` is {}, not a list of tool schemas", kind(other))),
+    }
 }
 
 /// Play the environment's demonstration for `task`: its opening messages, each demonstrated assistant turn and the
@@ -82,8 +140,7 @@ pub fn play_demonstration(env: &EnvironmentPlugin, task: &Task) -> Result<Option
         }
         messages.extend(outcome.messages);
     }
-    let origin = format!("{} task {}", env.name(), task.id);
-    Ok(Some((Conversation { origin, messages }, total)))
+    Ok(Some((Conversation::new(format!("{} task {}", env.name(), task.id), &messages), total)))
 }
 
 /// Demonstrations for an environment's training tasks, in a seeded order that repeats forever: task `k` of the

@@ -7,10 +7,11 @@
 //! turns with (for ChatML `<|im_end|>`), so the model learns to stop exactly where sampling stops. The mask is true
 //! on those tokens only: never on system, user or tool tokens, nor on the template's glue.
 
-use anyhow::{bail, Result};
-use grpo_sdk::{Message, Role};
+use anyhow::{anyhow, bail, Result};
+use grpo_sdk::Message;
 use serde_json::Value as Json;
 
+use super::Conversation;
 use crate::rollout::Glue;
 use crate::tokenizer::Tokenizer;
 
@@ -59,37 +60,96 @@ impl<'a> Renderer<'a> {
         self.end_of_turn
     }
 
-    /// The stream and mask of `messages`. Messages after the last assistant turn are dropped (nothing follows them
-    /// that the model would learn from); a conversation without an assistant turn, or starting with one, is an error.
+    /// The stream and mask of `messages`, with the renderer's tools. Messages after the last assistant turn are
+    /// dropped (nothing follows them that the model would learn from); a conversation without an assistant turn, or
+    /// starting with one, is an error.
     pub fn render(&self, messages: &[Message]) -> Result<Rendered> {
-        let Some(first) = messages.iter().position(|m| m.role == Role::Assistant) else {
+        self.render_conversation(&Conversation::new("", messages))
+    }
+
+    /// The stream and mask of a conversation, as [`Renderer::render`], with its own tools when it declares them. An
+    /// assistant message's structured `tool_calls` are trained on as the text the chat template writes for them
+    /// (for Qwen2.5, `<tool_call>\n{"name": ..., "arguments": ...}\n</tool_call>`): the text the model has to
+    /// produce for a rollout to hold that call.
+    pub fn render_conversation(&self, conversation: &Conversation) -> Result<Rendered> {
+        let messages = &conversation.messages;
+        let is_assistant = |m: &Json| m["role"] == "assistant";
+        let Some(first) = messages.iter().position(is_assistant) else {
             bail!("it has no assistant message, so there is nothing to learn from");
         };
         if first == 0 {
             bail!("it starts with an assistant message; put the system or user turn it answers before it");
         }
-        let last = messages.iter().rposition(|m| m.role == Role::Assistant).expect("one exists");
-        let json: Vec<Json> = messages[..=last].iter().map(message_json).collect();
-        let opening = self.tokenizer.render_chat(&json[..first], self.tools, true)?;
+        let last = messages.iter().rposition(is_assistant).expect("one exists");
+        let own_glue;
+        let (tools, glue) = match conversation.tools.as_deref() {
+            Some(tools) => {
+                own_glue = Glue::new(self.tokenizer, Some(tools))?;
+                (Some(tools), &own_glue)
+            }
+            None => (self.tools, &self.glue),
+        };
+        let json = messages[..=last].iter().map(|m| self.as_text(m, tools)).collect::<Result<Vec<Json>>>()?;
+        let opening = self.tokenizer.render_chat(&json[..first], tools, true)?;
         let mut tokens = self.tokenizer.encode(&opening, false)?;
         let mut assistant = vec![false; tokens.len()];
         let mut i = first;
         while i <= last {
             // An assistant turn: its text as the model writes it, then the end-of-turn id it stops on.
-            let turn = self.tokenizer.encode(&messages[i].content, false)?;
+            let turn = self.tokenizer.encode(json[i]["content"].as_str().unwrap_or_default(), false)?;
             assistant.extend(std::iter::repeat_n(true, turn.len() + 1));
             tokens.extend(turn);
             tokens.push(self.end_of_turn);
             if i == last {
                 break;
             }
-            let next = i + 1 + messages[i + 1..].iter().position(|m| m.role == Role::Assistant).expect("last");
-            let glue = self.glue.between_turns(&json[..=i], &json[i + 1..next], true)?;
+            let next = i + 1 + json[i + 1..].iter().position(is_assistant).expect("last");
+            let glue = glue.between_turns(&json[..=i], &json[i + 1..next], true)?;
             assistant.extend(std::iter::repeat_n(false, glue.len()));
             tokens.extend(glue);
             i = next;
         }
         Ok(Rendered { tokens, assistant })
+    }
+
+    /// `message` with any structured tool calls turned into the text the template writes for them, after the
+    /// message's content, so the turn is trained on what a sampled turn would be.
+    fn as_text(&self, message: &Json, tools: Option<&[Json]>) -> Result<Json> {
+        let calls = match message.get("tool_calls") {
+            Some(Json::Array(calls)) if !calls.is_empty() && message["role"] == "assistant" => calls,
+            _ => return Ok(message.clone()),
+        };
+        // The template's text for the message, alone after a placeholder question, between what it writes for any
+        // assistant turn before and after the text (Qwen3's empty thinking block; the closing `<|im_end|>\n`).
+        let prompt = self.tokenizer.render_chat(&[placeholder_question()], tools, true)?;
+        let framed = answered(self.tokenizer, tools, serde_json::json!({"role": "assistant", "content": SENTINEL}))?;
+        let (lead, tail) = framed
+            .strip_prefix(&prompt)
+            .and_then(|body| body.split_once(SENTINEL))
+            .ok_or_else(|| anyhow!("the model's chat template does not show the assistant's text verbatim"))?;
+        // No content reads as empty content, as templates without a place for tool calls expect a string there.
+        let mut message = message.clone();
+        let fields = message.as_object_mut().expect("a checked message is an object");
+        if fields.get("content").is_none_or(Json::is_null) {
+            fields.insert("content".into(), Json::String(String::new()));
+        }
+        let written = answered(self.tokenizer, tools, message.clone())?;
+        let text = written.strip_prefix(&prompt).and_then(|body| body.strip_suffix(tail));
+        let text = text.map(|t| t.strip_prefix(lead).unwrap_or(t));
+        let missing =
+            calls.iter().filter_map(super::data::call_name).find(|name| !text.is_some_and(|t| t.contains(name)));
+        let (Some(text), None) = (text, missing) else {
+            bail!(
+                "the model's chat template does not write an assistant message's `tool_calls`{}; write each call into \
+                 the message's `content` in the format the model should produce, or use a model whose template \
+                 renders tool calls",
+                missing.map(|n| format!(" (the call to `{n}` is not in what it renders)")).unwrap_or_default()
+            );
+        };
+        let fields = message.as_object_mut().expect("an object");
+        fields.remove("tool_calls");
+        fields.insert("content".into(), Json::String(text.to_string()));
+        Ok(message)
     }
 }
 
@@ -99,11 +159,7 @@ fn end_of_turn_id(tokenizer: &Tokenizer, tools: Option<&[Json]>) -> Result<u32> 
     let Some(&first) = tokenizer.eos_token_ids().first() else {
         bail!("the model's tokenizer names no end-of-sequence token, so a turn's end cannot be learnt");
     };
-    let messages = [
-        serde_json::json!({"role": "user", "content": "?"}),
-        serde_json::json!({"role": "assistant", "content": SENTINEL}),
-    ];
-    let rendered = tokenizer.render_chat(&messages, tools, false)?;
+    let rendered = answered(tokenizer, tools, serde_json::json!({"role": "assistant", "content": SENTINEL}))?;
     let Some(pos) = rendered.rfind(SENTINEL) else {
         bail!("the model's chat template does not show the assistant's text verbatim; use a model whose does");
     };
@@ -117,6 +173,12 @@ fn end_of_turn_id(tokenizer: &Tokenizer, tools: Option<&[Json]>) -> Result<u32> 
     Ok(first)
 }
 
-fn message_json(m: &Message) -> Json {
-    serde_json::to_value(m).expect("messages serialize")
+/// The user turn the template's framing of an assistant turn is measured after.
+fn placeholder_question() -> Json {
+    serde_json::json!({"role": "user", "content": "?"})
+}
+
+/// The template's rendering of the placeholder question answered by `assistant`.
+fn answered(tokenizer: &Tokenizer, tools: Option<&[Json]>, assistant: Json) -> Result<String> {
+    tokenizer.render_chat(&[placeholder_question(), assistant], tools, false)
 }

@@ -134,7 +134,7 @@ impl Stream {
         let total = conversations.len();
         let mut rows = Vec::with_capacity(total);
         for c in &conversations {
-            let mut row = renderer.render(&c.messages).map_err(|e| user_error!("--data {}: {e}", c.origin))?;
+            let mut row = renderer.render_conversation(c).map_err(|e| user_error!("--data {}: {e}", c.origin))?;
             row.truncate(max_length.unwrap_or(usize::MAX));
             if row.assistant_tokens() > 0 {
                 rows.push(row);
@@ -179,7 +179,7 @@ impl Stream {
                 .iter()
                 .map(|c| {
                     let mut row = renderer
-                        .render(&c.messages)
+                        .render_conversation(c)
                         .map_err(|e| anyhow::anyhow!("demonstration of {}: {e}", c.origin))?;
                     row.truncate(max_length.unwrap_or(usize::MAX));
                     Ok(row)

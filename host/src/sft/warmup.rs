@@ -98,7 +98,7 @@ impl Warmup<'_> {
             let rows = conversations[self.world.rank * per_rank..(self.world.rank + 1) * per_rank]
                 .iter()
                 .map(|c| {
-                    renderer.render(&c.messages).map_err(|e| anyhow::anyhow!("demonstration of {}: {e}", c.origin))
+                    renderer.render_conversation(c).map_err(|e| anyhow::anyhow!("demonstration of {}: {e}", c.origin))
                 })
                 .collect::<Result<Vec<_>>>()?;
             if let Some(record) = step.run(&rows, s.lr)? {
