@@ -575,9 +575,9 @@ extern "C" {
 }
 
 /// `[B, N]` f32 log-probs of `targets` `[B, N]` under the logits `hidden` `[B, N, H]` x `weight` `[V, H]`, computed
-/// `chunk` positions at a time. One autograd node (model/token_log_probs.cpp) that saves no logits: its backward
-/// recomputes each chunk's, so training holds one chunk of f32 logits at a time instead of all of them (about 5 GB
-/// at 8 x 1024 tokens and Qwen's 151,936-token vocabulary). Values and gradients are the plain autograd
+/// `chunk` positions at a time. One autograd node (model/token_log_probs.cpp) that holds at most one chunk of f32
+/// logits at a time instead of all of them (about 5 GB at 8 x 1024 tokens and Qwen's 151,936-token vocabulary): its
+/// backward recomputes each chunk's, except when all positions fit in one chunk, whose softmax the forward keeps. Values and gradients are the plain autograd
 /// expression's (`linear`, f32, `gather - logsumexp`); panics, as tch's own operations do, when libtorch fails.
 pub fn token_log_probs_of(hidden: &Tensor, weight: &Tensor, targets: &Tensor, chunk: i64) -> Tensor {
     let mut err = crate::runtime::ErrBuf::new();

@@ -4,7 +4,9 @@
 // 8 x 1024 positions and a 151,936-token vocabulary that is about 5 GB. This node saves only its inputs (the
 // hidden states, which the projection's backward needs anyway, the weight and the targets) and recomputes each
 // chunk's logits in the backward pass, so at most one chunk of logits exists at a time in either direction.
-// tch has no custom autograd functions, hence C++.
+// When all positions fit in one chunk, the forward pass keeps that chunk's softmax instead, which is what plain
+// autograd keeps too (one chunk's worth, within the same bound), and the backward pass skips recomputing the
+// projection, the costliest matmul of a small model's step. tch has no custom autograd functions, hence C++.
 #include <torch/torch.h>
 
 #include "../shim_error.h"
@@ -16,8 +18,9 @@ using torch::autograd::variable_list;
 
 // hidden [B, N, H] (model dtype), weight [V, H], targets [B, N] int64 -> [B, N] f32.
 struct TokenLogProbs : public torch::autograd::Function<TokenLogProbs> {
+  // `keep`: a backward pass will follow, so a single chunk's softmax is worth keeping for it.
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& hidden, const at::Tensor& weight,
-                            const at::Tensor& targets, int64_t chunk) {
+                            const at::Tensor& targets, int64_t chunk, bool keep) {
     const int64_t n = hidden.size(1);
     auto out = at::empty({hidden.size(0), n}, hidden.options().dtype(at::kFloat));
     for (int64_t s = 0; s < n; s += chunk) {
@@ -25,7 +28,12 @@ struct TokenLogProbs : public torch::autograd::Function<TokenLogProbs> {
       // The same operations, in the same order, as the plain autograd expression: forward values are unchanged.
       auto logits = at::linear(hidden.narrow(1, s, c), weight).to(at::kFloat);
       auto picked = logits.gather(-1, targets.narrow(1, s, c).unsqueeze(-1)).squeeze(-1);
-      out.narrow(1, s, c).copy_(picked - logits.logsumexp({-1}, false));
+      auto lse = logits.logsumexp({-1}, false);
+      out.narrow(1, s, c).copy_(picked - lse);
+      if (keep && c == n) {
+        // exp(logits - logsumexp), in place: logsumexp's own backward formula, so the gradient is autograd's.
+        ctx->saved_data["softmax"] = logits.sub_(lse.unsqueeze(-1)).exp_();
+      }
     }
     ctx->save_for_backward({hidden, weight, targets});
     ctx->saved_data["chunk"] = chunk;
@@ -45,21 +53,26 @@ struct TokenLogProbs : public torch::autograd::Function<TokenLogProbs> {
     at::Tensor grad_hidden = want_hidden ? at::zeros_like(hidden) : at::Tensor();
     // Summed over chunks in f32, then cast once (autograd would sum the chunks' contributions in the weight dtype).
     at::Tensor grad_weight = want_weight ? at::zeros({v, h}, weight.options().dtype(at::kFloat)) : at::Tensor();
+    // The kept softmax is used once and let go (a second backward pass, with the graph retained, recomputes).
+    at::Tensor kept;
+    if (ctx->saved_data.count("softmax") > 0) {
+      kept = ctx->saved_data["softmax"].toTensor();
+      ctx->saved_data.erase("softmax");
+    }
     for (int64_t s = 0; s < n && (want_hidden || want_weight); s += chunk) {
       const int64_t c = std::min(chunk, n - s);
       auto hs = hidden.narrow(1, s, c);
-      auto logits = at::linear(hs, weight).to(at::kFloat);
       auto gs = g.narrow(1, s, c).unsqueeze(-1);
       // d(picked - logsumexp)/d logits = onehot(target) - softmax(logits), times the incoming gradient.
-      auto grad_logits = logits.softmax(-1).mul_(gs).neg_();
+      auto probs = kept.defined() ? std::move(kept) : at::linear(hs, weight).to(at::kFloat).softmax(-1);
+      auto grad_logits = probs.mul_(gs).neg_();
       grad_logits.scatter_add_(-1, targets.narrow(1, s, c).unsqueeze(-1), gs);
-      logits = at::Tensor();
       auto gl = grad_logits.to(weight.scalar_type());
       if (want_hidden) grad_hidden.narrow(1, s, c).copy_(at::matmul(gl, weight));
       if (want_weight) grad_weight.add_(at::mm(gl.reshape({-1, v}).t(), hs.reshape({-1, h})).to(at::kFloat));
     }
     return {grad_hidden, want_weight ? grad_weight.to(weight.scalar_type()) : at::Tensor(), at::Tensor(),
-            at::Tensor()};
+            at::Tensor(), at::Tensor()};
   }
 };
 
@@ -68,7 +81,8 @@ struct TokenLogProbs : public torch::autograd::Function<TokenLogProbs> {
 extern "C" at::Tensor* grpo_token_log_probs(at::Tensor* hidden, at::Tensor* weight, at::Tensor* targets,
                                             int64_t chunk, char* err, size_t err_len) {
   try {
-    return new at::Tensor(TokenLogProbs::apply(*hidden, *weight, *targets, std::max<int64_t>(chunk, 1)));
+    const bool keep = at::GradMode::is_enabled() && (hidden->requires_grad() || weight->requires_grad());
+    return new at::Tensor(TokenLogProbs::apply(*hidden, *weight, *targets, std::max<int64_t>(chunk, 1), keep));
   } catch (const std::exception& e) {
     // Exceptions must not cross into Rust.
     grpo::put_error(e.what(), err, err_len);
