@@ -177,6 +177,17 @@ fn token_log_probs_keep_no_logits_yet_give_the_plain_gradients() {
         }
         assert!((&first[0] - &expected_hidden).abs().max().double_value(&[]) < 1e-5, "chunk {chunk}");
     }
+    // Hits (is the target the most likely token?) read in any chunking equal the argmax of the plain logits; the
+    // first row's targets are the argmax, the second's random.
+    let best = hidden.linear::<Tensor>(&head, None).argmax(-1, false);
+    let targets = Tensor::stack(&[best.get(0), targets.get(1)], 0);
+    let want = best.eq_tensor(&targets);
+    assert!(want.sum(Kind::Int64).int64_value(&[]) >= 5);
+    for chunk in [1, 2, 100] {
+        let (lp, hits) = grpo_host::model::token_log_probs_and_hits(&hidden, &head, &targets, chunk);
+        assert!(hits.equal(&want), "chunk {chunk}: hits differ from the argmax");
+        assert!(lp.equal(&grpo_host::model::token_log_probs_of(&hidden, &head, &targets, chunk)));
+    }
 }
 
 /// Each variable's gradient in `vs` (sorted by name), then zeroed.

@@ -467,6 +467,16 @@ impl Model {
         self.log_probs(input_ids, attention_mask, chunk, Padding::Any)
     }
 
+    /// Log-probs `[N]` of `targets` `[N]` under the output head applied to `hidden` `[N, hidden]` (final hidden
+    /// states, one row per predicted token), and whether each target is the most likely token, through the same
+    /// chunked node as [`Model::token_log_probs`], so no more than about 2^26 f32 logits exist at once.
+    pub fn head_log_probs(&self, hidden: &Tensor, targets: &Tensor) -> (Tensor, Tensor) {
+        let chunk = ((1i64 << 26) / self.cfg.vocab_size.max(1)).max(1);
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        let (lp, hits) = token_log_probs_and_hits(&hidden.unsqueeze(0), head, &targets.unsqueeze(0), chunk);
+        (lp.squeeze_dim(0), hits.squeeze_dim(0))
+    }
+
     fn log_probs(&self, input_ids: &Tensor, attention_mask: &Tensor, chunk: i64, padding: Padding) -> Tensor {
         let t = input_ids.size()[1];
         if t < 2 {
@@ -569,6 +579,7 @@ extern "C" {
         weight: *mut std::ffi::c_void,
         targets: *mut std::ffi::c_void,
         chunk: i64,
+        hits: *mut std::ffi::c_void,
         err: *mut std::ffi::c_char,
         err_len: usize,
     ) -> *mut torch_sys::C_tensor;
@@ -577,18 +588,32 @@ extern "C" {
 /// `[B, N]` f32 log-probs of `targets` `[B, N]` under the logits `hidden` `[B, N, H]` x `weight` `[V, H]`, computed
 /// `chunk` positions at a time. One autograd node (model/token_log_probs.cpp) that holds at most one chunk of f32
 /// logits at a time instead of all of them (about 5 GB at 8 x 1024 tokens and Qwen's 151,936-token vocabulary): its
-/// backward recomputes each chunk's, except when all positions fit in one chunk, whose softmax the forward keeps. Values and gradients are the plain autograd
-/// expression's (`linear`, f32, `gather - logsumexp`); panics, as tch's own operations do, when libtorch fails.
+/// backward recomputes each chunk's, except when all positions fit in one chunk, whose softmax the forward keeps.
+/// Values and gradients are the plain autograd expression's (`linear`, f32, `gather - logsumexp`); panics, as tch's
+/// own operations do, when libtorch fails.
 pub fn token_log_probs_of(hidden: &Tensor, weight: &Tensor, targets: &Tensor, chunk: i64) -> Tensor {
+    log_probs_node(hidden, weight, targets, chunk, None)
+}
+
+/// [`token_log_probs_of`], and `[B, N]` bool: whether each target is its position's most likely token (the
+/// argmax of its logits), read from the logits the node computes anyway.
+pub fn token_log_probs_and_hits(hidden: &Tensor, weight: &Tensor, targets: &Tensor, chunk: i64) -> (Tensor, Tensor) {
+    let hits = Tensor::zeros(targets.size(), (Kind::Bool, targets.device()));
+    (log_probs_node(hidden, weight, targets, chunk, Some(&hits)), hits)
+}
+
+fn log_probs_node(hidden: &Tensor, weight: &Tensor, targets: &Tensor, chunk: i64, hits: Option<&Tensor>) -> Tensor {
     let mut err = crate::runtime::ErrBuf::new();
-    // SAFETY: the three pointers are live tensors for the duration of the call, and a non-null result is a new
-    // heap-allocated tensor whose ownership passes to the returned value.
+    let hits = hits.map_or(std::ptr::null_mut(), |h| h.as_ptr() as *mut _);
+    // SAFETY: the pointers are live tensors (or null for no hits) for the duration of the call, and a non-null
+    // result is a new heap-allocated tensor whose ownership passes to the returned value.
     let out = unsafe {
         grpo_token_log_probs(
             hidden.as_ptr() as *mut _,
             weight.as_ptr() as *mut _,
             targets.as_ptr() as *mut _,
             chunk.max(1),
+            hits,
             err.ptr(),
             1024,
         )

@@ -55,7 +55,8 @@ pub struct SftLoss {
 }
 
 /// Cross-entropy of the assistant tokens of `batch` under `model`, summed. Only the positions that predict an
-/// assistant token go through the output projection (every other logit would be thrown away).
+/// assistant token go through the output projection (every other logit would be thrown away), and they go through
+/// it in chunks that keep no full-vocabulary logits for the backward pass ([`Model::head_log_probs`]).
 pub fn sft_loss(model: &Model, batch: &SftBatch) -> SftLoss {
     let t = batch.tokens.size()[1];
     let pos = Model::position_ids(&batch.attention_mask);
@@ -69,9 +70,6 @@ pub fn sft_loss(model: &Model, batch: &SftBatch) -> SftLoss {
     let at = &batch.target_positions;
     let picked = hidden.narrow(1, 0, t - 1).reshape([-1, hidden_size]).index_select(0, at);
     let targets = batch.tokens.narrow(1, 1, t - 1).reshape([-1]).index_select(0, at);
-    let logits = model.lm_head(&picked).to_kind(Kind::Float);
-    let log_probs = logits.log_softmax(-1, Kind::Float);
-    let nll = -log_probs.gather(-1, &targets.unsqueeze(-1), false).squeeze_dim(-1);
-    let correct = tch::no_grad(|| logits.argmax(-1, false).eq_tensor(&targets).sum(Kind::Int64));
-    SftLoss { sum: nll.sum(Kind::Float), tokens, correct }
+    let (log_probs, hits) = model.head_log_probs(&picked, &targets);
+    SftLoss { sum: -log_probs.sum(Kind::Float), tokens, correct: hits.sum(Kind::Int64) }
 }

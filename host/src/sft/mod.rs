@@ -2,7 +2,7 @@
 //! in `train`).
 //!
 //! ```text
-//! data::{conversations, Demonstrations}  -> Conversation (messages)
+//! data::{conversations, Demonstrations}  -> Conversation (messages, declared tools)
 //! render::Renderer::render               -> Rendered (the rollout's exact token stream, assistant mask)
 //! step::SftStep::run                     -> SftRecord (mean token cross-entropy on assistant tokens, AdamW)
 //! ```
