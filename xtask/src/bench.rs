@@ -14,6 +14,35 @@ pub fn flag(args: &[String], name: &str) -> Option<String> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
 }
 
+/// The options every benchmark takes: the two sides (`Sides::of`, `inputs`), the thread count and the output file.
+pub const COMMON_OPTIONS: [&str; 6] = ["--host", "--python", "--model", "--device", "--threads", "--out"];
+
+/// Check a benchmark's `args` before anything runs. `--help` (or `-h`) prints `usage` and returns true: the
+/// caller stops there. An option not in `values` (each followed by its value) or `switches`, or a value option at
+/// the end, is an error naming it: hand-parsed flags would otherwise ignore a typo, or `--help`, and run a
+/// benchmark of several minutes with the defaults, rewriting its page.
+pub fn check_options(args: &[String], usage: &str, values: &[&str], switches: &[&str]) -> Result<bool> {
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{usage}");
+        return Ok(true);
+    }
+    let mut i = 0;
+    while i < args.len() {
+        let a = args[i].as_str();
+        if switches.contains(&a) {
+            i += 1;
+        } else if values.contains(&a) || COMMON_OPTIONS.contains(&a) {
+            if i + 1 == args.len() {
+                bail!("{a} needs a value; {usage}");
+            }
+            i += 2;
+        } else {
+            bail!("unknown option `{a}`; {usage}");
+        }
+    }
+    Ok(false)
+}
+
 /// `--name N` parsed, or `default`.
 pub fn number<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> Result<T> {
     match flag(args, name) {
@@ -143,4 +172,26 @@ pub fn cpu_name() -> String {
                 .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
         })
         .unwrap_or_else(|| "unknown CPU".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_options;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn options_are_checked_before_a_benchmark_runs() {
+        let (values, switches) = (["--steps"], ["--compile"]);
+        let check = |list: &[&str]| check_options(&args(list), "usage: x", &values, &switches);
+        assert!(!check(&["--steps", "3", "--compile", "--threads", "2", "--out", "f.md"]).unwrap());
+        assert!(check(&["--steps", "3", "--help"]).unwrap());
+        assert!(check(&["-h"]).unwrap());
+        let err = check(&["--step", "3"]).unwrap_err().to_string();
+        assert!(err.starts_with("unknown option `--step`") && err.ends_with("usage: x"), "{err}");
+        assert!(check(&["--compile", "--steps"]).unwrap_err().to_string().starts_with("--steps needs a value"));
+        assert!(check(&["3"]).is_err(), "a stray value is refused");
+    }
 }
