@@ -20,7 +20,7 @@ fn main() -> anyhow::Result<()> {
     tch::set_num_threads(threads as i32);
     let (hidden_size, vocab) = (number(4, 576)?, number(5, 49_152)?);
     // The trainer's chunk: about 2^26 logits per projection (Model::token_log_probs).
-    let chunk = ((1i64 << 26) / (rows * vocab)).max(1);
+    let chunk = (grpo_host::model::LOGITS_PER_CHUNK / (rows * vocab)).max(1);
     tch::manual_seed(0);
     let opts = (Kind::Float, Device::Cpu);
     let hidden = (Tensor::randn([rows, positions, hidden_size], opts) * 0.5).set_requires_grad(true);

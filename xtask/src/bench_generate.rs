@@ -32,6 +32,16 @@ fn list(args: &[String], name: &str, default: &str) -> anyhow::Result<Vec<usize>
     text.split(',').map(|s| s.trim().parse().with_context(|| format!("{name} {text}: expected numbers"))).collect()
 }
 
+/// `cargo xtask bench-generate --help`.
+pub const USAGE: &str = concat!(
+    "usage: cargo xtask bench-generate [--samples 1,8,64] [--new-tokens 64] [--dtype f32|bf16] [--multi-step K] ",
+    "[--compile] [--out FILE] [--threads N] [--device cpu|cuda] [--model DIR] [--host GRPO-HOST --python PYTHON]"
+);
+/// The options `run` reads that take a value, besides [`crate::bench::COMMON_OPTIONS`].
+pub const OPTIONS: &[&str] = &["--samples", "--new-tokens", "--dtype", "--multi-step"];
+/// The options `run` reads that take none.
+pub const SWITCHES: &[&str] = &["--compile"];
+
 /// Run the benchmark from the workspace root `root` with command-line `args`.
 pub fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
     let threads = threads(args)?;

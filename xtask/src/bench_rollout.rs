@@ -99,6 +99,26 @@ fn single_turn(host: &Path, model: &Path, n: usize, o: &Options) -> Result<(f64,
     Ok((stats["tokens_per_second"].as_f64().unwrap_or(0.0), secs))
 }
 
+/// `cargo xtask bench-rollout --help`.
+pub const USAGE: &str = concat!(
+    "usage: cargo xtask bench-rollout --baseline DIR [--candidate DIR] [--envs calc_tools,multiturn_qa] ",
+    "[--batches 1] [--tasks 4] [--group 8] [--max-new 128] [--sft-warmup-steps 0] [--samples 1,8,64] ",
+    "[--new-tokens 64] [--threads N] [--model DIR] [--python PYTHON]"
+);
+/// The options `run` and `Options::parse` read, each with a value, besides [`crate::bench::COMMON_OPTIONS`].
+pub const OPTIONS: &[&str] = &[
+    "--baseline",
+    "--candidate",
+    "--batches",
+    "--tasks",
+    "--group",
+    "--max-new",
+    "--new-tokens",
+    "--sft-warmup-steps",
+    "--envs",
+    "--samples",
+];
+
 /// Run the benchmark from the workspace root `root` with command-line `args`.
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let baseline = PathBuf::from(flag(args, "--baseline").context("--baseline DIR (the other build) is required")?);

@@ -174,6 +174,19 @@ pub fn read_batches(run: &Path) -> Result<Vec<Batch>> {
     Ok(batches)
 }
 
+/// `cargo xtask bench-step --help`.
+pub const USAGE: &str = concat!(
+    "usage: cargo xtask bench-step [--steps 3] [--warmup 1] [--prompts 4] [--group 4] [--max-new 64] ",
+    "[--train-batch 4] [--precision f32,bf16] [--gradient-checkpointing] [--nproc-per-node N] [--out FILE] ",
+    "[--threads N] [--device cpu|cuda] [--model DIR] [--host GRPO-HOST --python PYTHON]"
+);
+/// The options `workload` and `run` (and the data-parallel variant) read that take a value, besides
+/// [`crate::bench::COMMON_OPTIONS`].
+pub const OPTIONS: &[&str] =
+    &["--steps", "--warmup", "--prompts", "--group", "--max-new", "--train-batch", "--precision", "--nproc-per-node"];
+/// The options they read that take none.
+pub const SWITCHES: &[&str] = &["--gradient-checkpointing"];
+
 /// Run the benchmark from the workspace root `root` with command-line `args`.
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let w = workload(args)?;

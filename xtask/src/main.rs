@@ -33,22 +33,6 @@ const USAGE: &str =
     "usage: cargo xtask <setup | run [GRPO-HOST ARGS...] | test | bench-generate [OPTIONS] | bench-step [OPTIONS] | \
      bench-rollout --baseline DIR [OPTIONS] | gpu-bundle>";
 
-/// The options of each benchmark (`cargo xtask bench-... --help`); docs/benchmarks.md says what each measures.
-const BENCH_GENERATE: &str = concat!(
-    "usage: cargo xtask bench-generate [--samples 1,8,64] [--new-tokens 64] [--dtype f32|bf16] [--multi-step K] ",
-    "[--compile] [--out FILE] [--threads N] [--device cpu|cuda] [--model DIR] [--host GRPO-HOST --python PYTHON]"
-);
-const BENCH_STEP: &str = concat!(
-    "usage: cargo xtask bench-step [--steps 3] [--warmup 1] [--prompts 4] [--group 4] [--max-new 64] ",
-    "[--train-batch 4] [--precision f32,bf16] [--gradient-checkpointing] [--nproc-per-node N] [--out FILE] ",
-    "[--threads N] [--device cpu|cuda] [--model DIR] [--host GRPO-HOST --python PYTHON]"
-);
-const BENCH_ROLLOUT: &str = concat!(
-    "usage: cargo xtask bench-rollout --baseline DIR [--candidate DIR] [--envs calc_tools,multiturn_qa] ",
-    "[--batches 1] [--tasks 4] [--group 8] [--max-new 128] [--sft-warmup-steps 0] [--samples 1,8,64] ",
-    "[--new-tokens 64] [--threads N] [--model DIR] [--python PYTHON]"
-);
-
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match dispatch(&args) {
@@ -104,42 +88,20 @@ fn dispatch(args: &[String]) -> Result<i32> {
         }
         // Each sets up and builds unless told to run prebuilt sides (`--host`), once its options check out.
         "bench-generate" => {
-            let (values, switches) = (["--samples", "--new-tokens", "--dtype", "--multi-step"], ["--compile"]);
-            if !bench::check_options(rest, BENCH_GENERATE, &values, &switches)? {
+            let (usage, values, switches) = (bench_generate::USAGE, bench_generate::OPTIONS, bench_generate::SWITCHES);
+            if !bench::check_options(rest, usage, values, switches)? {
                 bench_generate::run(&paths::repo_root(), rest)?;
             }
             Ok(0)
         }
         "bench-step" => {
-            let values = [
-                "--steps",
-                "--warmup",
-                "--prompts",
-                "--group",
-                "--max-new",
-                "--train-batch",
-                "--precision",
-                "--nproc-per-node",
-            ];
-            if !bench::check_options(rest, BENCH_STEP, &values, &["--gradient-checkpointing"])? {
+            if !bench::check_options(rest, bench_step::USAGE, bench_step::OPTIONS, bench_step::SWITCHES)? {
                 bench_step::run(&paths::repo_root(), rest)?;
             }
             Ok(0)
         }
         "bench-rollout" => {
-            let values = [
-                "--baseline",
-                "--candidate",
-                "--batches",
-                "--tasks",
-                "--group",
-                "--max-new",
-                "--new-tokens",
-                "--sft-warmup-steps",
-                "--envs",
-                "--samples",
-            ];
-            if !bench::check_options(rest, BENCH_ROLLOUT, &values, &[])? {
+            if !bench::check_options(rest, bench_rollout::USAGE, bench_rollout::OPTIONS, &[])? {
                 setup::setup(false)?;
                 bench_rollout::run(&paths::repo_root(), rest)?;
             }

@@ -436,7 +436,18 @@ impl Model {
 
     /// The output projection: logits `[.., vocab]` in the model dtype for hidden states `[.., hidden]`.
     pub fn lm_head(&self, hidden: &Tensor) -> Tensor {
-        hidden.linear::<Tensor>(self.lm_head.as_ref().unwrap_or(&self.embed_tokens), None)
+        hidden.linear::<Tensor>(self.output_weight(), None)
+    }
+
+    /// The output projection's weight `[vocab, hidden]`: `lm_head`'s, or the embedding's when they are tied.
+    fn output_weight(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
+    }
+
+    /// Positions per vocabulary projection for `rows` rows, so that one chunk holds at most [`LOGITS_PER_CHUNK`]
+    /// logits.
+    fn log_prob_chunk(&self, rows: i64) -> i64 {
+        (LOGITS_PER_CHUNK / (rows * self.cfg.vocab_size).max(1)).max(1)
     }
 
     /// Logits `[B, T, vocab]` (model dtype). For long vocabularies prefer [`Model::token_log_probs`], which
@@ -456,10 +467,7 @@ impl Model {
     /// [`Model::token_log_probs`] for rows padded as `padding` says. [`Padding::Right`] spares reading the mask back
     /// to the host to find out, which on a GPU stalls the queue of kernels before every training micro-batch.
     pub fn token_log_probs_padded(&self, input_ids: &Tensor, attention_mask: &Tensor, padding: Padding) -> Tensor {
-        let (b, _) = (input_ids.size()[0], input_ids.size()[1]);
-        let per_pos = (b * self.cfg.vocab_size).max(1);
-        let chunk = ((1i64 << 26) / per_pos).max(1);
-        self.log_probs(input_ids, attention_mask, chunk, padding)
+        self.log_probs(input_ids, attention_mask, self.log_prob_chunk(input_ids.size()[0]), padding)
     }
 
     /// [`Model::token_log_probs`] with an explicit chunk length (positions per vocabulary projection).
@@ -471,9 +479,8 @@ impl Model {
     /// states, one row per predicted token), and whether each target is the most likely token, through the same
     /// chunked node as [`Model::token_log_probs`], so no more than about 2^26 f32 logits exist at once.
     pub fn head_log_probs(&self, hidden: &Tensor, targets: &Tensor) -> (Tensor, Tensor) {
-        let chunk = ((1i64 << 26) / self.cfg.vocab_size.max(1)).max(1);
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        let (lp, hits) = token_log_probs_and_hits(&hidden.unsqueeze(0), head, &targets.unsqueeze(0), chunk);
+        let (hidden, targets, chunk) = (hidden.unsqueeze(0), targets.unsqueeze(0), self.log_prob_chunk(1));
+        let (lp, hits) = token_log_probs_and_hits(&hidden, self.output_weight(), &targets, chunk);
         (lp.squeeze_dim(0), hits.squeeze_dim(0))
     }
 
@@ -484,8 +491,7 @@ impl Model {
         }
         let pos = Self::position_ids(attention_mask);
         let hidden = self.hidden_states_padded(input_ids, attention_mask, &pos, padding);
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        token_log_probs_of(&hidden.narrow(1, 0, t - 1), head, &input_ids.narrow(1, 1, t - 1), chunk)
+        token_log_probs_of(&hidden.narrow(1, 0, t - 1), self.output_weight(), &input_ids.narrow(1, 1, t - 1), chunk)
     }
 
     /// An empty cache of `slots` sequences of up to `capacity` tokens each.
@@ -572,6 +578,10 @@ impl Model {
         Ok(self.run(input_ids, &positions, AttentionMask::Allowed(&allowed), Some((cache, &at))))
     }
 }
+
+/// The most logits one vocabulary projection of the log-probs computes (2^26 f32: 256 MiB), which bounds what the
+/// forward and backward passes hold of them at once.
+pub const LOGITS_PER_CHUNK: i64 = 1 << 26;
 
 extern "C" {
     fn grpo_token_log_probs(
