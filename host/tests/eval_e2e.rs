@@ -84,6 +84,10 @@ fn training_logs_eval_at_its_steps_and_grpo_host_eval_reproduces_a_checkpoint() 
     let eval_rows: Vec<&serde_json::Value> = rows.iter().filter(|r| r.get("eval/returns_mean").is_some()).collect();
     let steps: Vec<u64> = eval_rows.iter().map(|r| r["step"].as_u64().unwrap()).collect();
     assert_eq!(steps, [0, 2, 5], "eval before training and after each batch");
+    // The console counts the optimizer steps taken, as its progress line and the checkpoints' names do.
+    let stderr = text(&out.stderr);
+    let console: Vec<&str> = stderr.lines().filter(|l| l.starts_with("eval at step")).map(|l| &l[..15]).collect();
+    assert_eq!(console, ["eval at step 0:", "eval at step 3:", "eval at step 6:"], "{stderr}");
     for row in &eval_rows {
         for key in EVAL_KEYS {
             let v = row.get(*key).unwrap_or_else(|| panic!("{key} missing at step {}", row["step"]));

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use grpo_host::distributed::World;
 use grpo_host::model::Model;
 use grpo_host::sft::loss::{sft_loss, SftBatch};
-use grpo_host::sft::{Conversation, Renderer, SftStep};
+use grpo_host::sft::render::render_text;
+use grpo_host::sft::{Conversation, PlainText, Renderer, SftStep};
 use grpo_host::tokenizer::Tokenizer;
 use grpo_host::train::optimizer::{AdamW, AdamWConfig};
 use grpo_host::train::precision::LossScaler;
@@ -98,6 +99,44 @@ fn structured_tool_calls_are_trained_as_the_template_writes_them() {
         Conversation { origin: "row".into(), messages: cases[0]["messages"].as_array().unwrap().clone(), tools: None };
     let err = renderer.render_conversation(&conversation).unwrap_err().to_string();
     assert!(err.contains("does not write") && err.contains("`calc`"), "{err}");
+}
+
+/// TRL's standard rows (`text`, string `prompt`/`completion`) against tests/oracles/sft_text.py: ids with the
+/// tokenizer's special tokens (a BOS where one is added), the eos appended unless there, the loss on every token
+/// or on what follows the prompt's own token count, and the seam where a prompt's last token merges with the
+/// completion's (the default model's BPE) flagged.
+#[test]
+fn plain_text_rows_are_tokenized_as_trl_does() {
+    let text = std::fs::read_to_string(root().join("tests/fixtures/sft/text.json")).unwrap();
+    let fixture: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let default = grpo_host::paths::default_model_dir();
+    assert!(default.join("tokenizer.json").exists(), "run `cargo xtask setup`: {} is missing", default.display());
+    let (mut seams, mut bos) = (0, 0);
+    for case in fixture["cases"].as_array().unwrap() {
+        let dir = match case["family"].as_str().unwrap() {
+            "byte-level" => root().join("tests/fixtures/model/tiny/llama"),
+            "bos" => root().join("tests/fixtures/sft/bos_tokenizer"),
+            "default" => default.clone(),
+            other => panic!("unknown family {other}"),
+        };
+        let tokenizer = Tokenizer::from_dir(&dir).unwrap();
+        let row = &case["row"];
+        let plain = PlainText {
+            origin: "row".into(),
+            prompt: row["prompt"].as_str().map(String::from),
+            completion: row.get("text").unwrap_or(&row["completion"]).as_str().unwrap().to_string(),
+        };
+        let (r, seamless) = render_text(&tokenizer, &plain).unwrap();
+        let tokens: Vec<u32> = serde_json::from_value(case["tokens"].clone()).unwrap();
+        let trained: Vec<bool> = serde_json::from_value(case["trained"].clone()).unwrap();
+        assert_eq!(r.tokens, tokens, "{case}");
+        assert_eq!(r.assistant, trained, "{case}");
+        assert_eq!(seamless, case["seamless"].as_bool().unwrap(), "{case}");
+        seams += usize::from(!seamless);
+        bos += usize::from(tokenizer.decode(&r.tokens[..1], false).unwrap() == "<|begin_of_text|>");
+    }
+    // The fixture covers both rules that depend on the tokenizer.
+    assert!(seams >= 1 && bos >= 1, "{seams} seams, {bos} BOS");
 }
 
 #[test]

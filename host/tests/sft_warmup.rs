@@ -249,11 +249,12 @@ fn sft_reads_a_folder_of_json_lines_and_json_in_both_trl_formats() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("--max-length 3") && err.trim().lines().count() == 1, "{err}");
 
-    std::fs::write(data.join("c.jsonl"), "{\"text\": \"plain text is not a conversation\"}\n").unwrap();
+    std::fs::write(data.join("c.jsonl"), "{\"question\": \"a row of no TRL format\"}\n").unwrap();
     let out = sft_run(&runs, "bad", &data, &["--max-steps", "1"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("c.jsonl row 0") && err.contains("no `messages`") && err.trim().lines().count() == 1, "{err}");
+    assert!(err.contains("`text`") && err.contains("[question]"), "{err}");
     let call = serde_json::json!({"messages": [{"role": "user", "content": "lights on"}, {"role": "assistant",
         "tool_calls": [{"type": "function", "function": {"name": "light", "arguments": {"on": true}}}]}]});
     std::fs::write(data.join("c.jsonl"), format!("{call}\n")).unwrap();
@@ -261,6 +262,69 @@ fn sft_reads_a_folder_of_json_lines_and_json_in_both_trl_formats() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("c.jsonl row 0") && err.contains("does not write") && err.contains("`light`"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+/// TRL's standard rows: language modeling (`text`) and string prompt-completion, mixed with conversational rows in
+/// one dataset, and alone on a model with no chat template (a base model), which refuses conversations in one line.
+#[test]
+fn sft_trains_plain_text_rows_with_or_without_a_chat_template() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = [
+        serde_json::json!({"text": "The quick brown fox jumps over the lazy dog."}),
+        serde_json::json!({"prompt": "Opposite of up:", "completion": " down"}),
+        serde_json::json!({"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]}),
+    ];
+    let write = |name: &str, rows: &[serde_json::Value]| {
+        let path = dir.path().join(name);
+        let lines: Vec<String> = rows.iter().map(|r| r.to_string()).collect();
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        path
+    };
+    let runs = dir.path().join("runs");
+    let mixed = write("mixed.jsonl", &rows);
+    let out = sft_run(&runs, "mixed", &mixed, &["--max-steps", "2", "--batch-size", "3"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let logged: Vec<serde_json::Value> =
+        self::rows(&runs.join("mixed")).into_iter().filter(|r| r.get("sft/loss").is_some()).collect();
+    assert_eq!(logged.len(), 2);
+    // Every step holds the three rows: the text's every token after the first, the completion and its eos, the
+    // assistant's answer and its end of turn (the byte-level tokenizer: one token per byte).
+    let text_tokens = "The quick brown fox jumps over the lazy dog.".len();
+    let want = (text_tokens + " down".len() + 1 + "4".len() + 1) as f64;
+    for r in &logged {
+        assert_eq!(r["sft/tokens"].as_f64(), Some(want), "{r}");
+    }
+
+    // A model without a chat template: plain rows train, a conversation is refused in one line.
+    let model = dir.path().join("base");
+    std::fs::create_dir(&model).unwrap();
+    let tiny = tiny_model();
+    for file in ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(tiny.join(file), model.join(file)).unwrap();
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tiny.join("tokenizer_config.json")).unwrap()).unwrap();
+    config.as_object_mut().unwrap().remove("chat_template");
+    std::fs::write(model.join("tokenizer_config.json"), config.to_string()).unwrap();
+    let plain = write("plain.jsonl", &rows[..2]);
+    let out = sft_run_on(&model, &runs, "base", &plain, &["--max-steps", "1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = sft_run_on(&model, &runs, "base-chat", &mixed, &["--max-steps", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("no chat template") && err.contains("`text`"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    // A prompt and completion of different kinds name both.
+    let odd = write(
+        "odd.jsonl",
+        &[serde_json::json!({"prompt": "up", "completion": [{"role": "assistant", "content": "down"}]})],
+    );
+    let out = sft_run(&runs, "odd", &odd, &["--max-steps", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("odd.jsonl row 0") && err.contains("`prompt` is a string"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 

@@ -1,4 +1,4 @@
-//! Where supervised conversations come from: datasets in TRL's conversational formats (any file, folder, glob or hub
+//! Where supervised examples come from: datasets in TRL's formats (any file, folder, glob or hub
 //! dataset `crate::data` reads), and an environment's own demonstrations played through it (so tool results and
 //! later user turns are the environment's real replies).
 
@@ -32,23 +32,80 @@ impl Conversation {
     }
 }
 
-/// The conversations of a dataset's rows in TRL's conversational formats: `{"messages": [...]}`, or
-/// prompt-completion `{"prompt": [...], "completion": [...]}` (the prompt's messages, then the completion's), with
-/// an optional `tools` column (a list of JSON schemas, or a string holding one). A message is `{"role": "system" |
-/// "user" | "assistant" | "tool", "content": "...", ...}`; an assistant message may instead (or as well) carry
-/// structured `tool_calls`, which the renderer writes the way the model's chat template does. Other keys of a row are
-/// ignored. A row of neither shape is an error naming its file and row, with `flag`.
-pub fn conversations(dataset: &Dataset, flag: &str) -> Result<Vec<Conversation>> {
+/// One supervised example, as a dataset row gives it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Example {
+    /// Messages, rendered through the model's chat template as a rollout would see them.
+    Chat(Conversation),
+    /// Plain text, tokenized as it is (no chat template).
+    Text(PlainText),
+}
+
+impl Example {
+    /// Where it came from (`file.jsonl:3`).
+    pub fn origin(&self) -> &str {
+        match self {
+            Example::Chat(c) => &c.origin,
+            Example::Text(t) => &t.origin,
+        }
+    }
+}
+
+/// A row in one of TRL's standard (not conversational) formats: language modeling (`{"text": ...}`, trained on
+/// every token) or prompt-completion (`{"prompt": "...", "completion": "..."}`, trained on the completion).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlainText {
+    /// Where it came from.
+    pub origin: String,
+    /// The prompt, which the loss does not cover; `None` for language modeling.
+    pub prompt: Option<String>,
+    /// The text the loss covers: the whole row's, or the completion.
+    pub completion: String,
+}
+
+/// The examples of a dataset's rows, in TRL's dataset formats, decided row by row:
+/// - conversational: `{"messages": [...]}`, or prompt-completion `{"prompt": [...], "completion": [...]}` (the
+///   prompt's messages, then the completion's), with an optional `tools` column (a list of JSON schemas, or a
+///   string holding one). A message is `{"role": "system" | "user" | "assistant" | "tool", "content": "...", ...}`;
+///   an assistant message may instead (or as well) carry structured `tool_calls`, which the renderer writes the
+///   way the model's chat template does;
+/// - standard: prompt-completion with string `prompt` and `completion`, or language modeling `{"text": "..."}`.
+///
+/// Other keys of a row are ignored. A row of none of these shapes is an error naming its file and row, with `flag`.
+pub fn examples(dataset: &Dataset, flag: &str) -> Result<Vec<Example>> {
     (0..dataset.len())
         .map(|i| {
             let origin = dataset.origin(i);
-            let row = dataset.row(i);
-            let parsed = row_messages(row).and_then(|messages| Ok((messages, row_tools(row)?)));
-            let (messages, tools) =
-                parsed.map_err(|e| user_error!("{flag} {origin}: {e}; TRL's conversational format is expected"))?;
-            Ok(Conversation { origin, messages, tools })
+            example(dataset.row(i), origin.clone()).map_err(|e| user_error!("{flag} {origin}: {e}"))
         })
         .collect()
+}
+
+fn example(row: &Value, origin: String) -> std::result::Result<Example, String> {
+    let text = |key: &str| row[key].as_str().map(str::to_string);
+    if row.get("messages").is_none() && row.get("prompt").is_some() && row.get("completion").is_some() {
+        match (text("prompt"), text("completion")) {
+            (Some(prompt), Some(completion)) => {
+                return Ok(Example::Text(PlainText { origin, prompt: Some(prompt), completion }))
+            }
+            (None, None) => {}
+            _ => {
+                return Err(format!(
+                    "`prompt` is {} and `completion` {}: both must be strings (standard) or message lists \
+                     (conversational)",
+                    kind(&row["prompt"]),
+                    kind(&row["completion"])
+                ))
+            }
+        }
+    } else if row.get("messages").is_none() && row.get("prompt").is_none() {
+        if let Some(value) = row.get("text") {
+            let completion = value.as_str().ok_or_else(|| format!("`text` is {}, not a string", kind(value)))?;
+            return Ok(Example::Text(PlainText { origin, prompt: None, completion: completion.to_string() }));
+        }
+    }
+    let (messages, tools) = (row_messages(row)?, row_tools(row)?);
+    Ok(Example::Chat(Conversation { origin, messages, tools }))
 }
 
 /// What a message must hold; the rest of it is passed on untouched.
@@ -78,7 +135,10 @@ fn row_messages(row: &Value) -> std::result::Result<Vec<Value>, String> {
         return Ok(messages);
     }
     let keys: Vec<&str> = row.as_object().map(|o| o.keys().map(String::as_str).collect()).unwrap_or_default();
-    Err(format!("no `messages` (or `prompt` and `completion`) column; the row has [{}]", keys.join(", ")))
+    Err(format!(
+        "no `messages`, `prompt` and `completion`, or `text` column (TRL's dataset formats); the row has [{}]",
+        keys.join(", ")
+    ))
 }
 
 /// One message, checked: a role, string content (which an assistant's tool calls may stand in for), and tool

@@ -2,14 +2,15 @@
 //! in `train`).
 //!
 //! ```text
-//! data::{conversations, Demonstrations}  -> Conversation (messages, declared tools)
-//! render::Renderer::render               -> Rendered (the rollout's exact token stream, assistant mask)
+//! data::{examples, Demonstrations}       -> Example: Conversation (messages, declared tools) or PlainText
+//! render::{Renderer, render_text}        -> Rendered (the rollout's exact token stream, assistant mask)
 //! step::SftStep::run                     -> SftRecord (mean token cross-entropy on assistant tokens, AdamW)
 //! ```
 //!
-//! The token stream is the one a rollout of the same conversation would have produced, so supervised and
-//! reinforcement learning train on the same tokens; the loss covers the assistant's tokens, each turn's final
-//! end-of-turn token included, and never a system, user or tool token.
+//! A conversation's token stream is the one a rollout of it would have produced, so supervised and reinforcement
+//! learning train on the same tokens; the loss covers the assistant's tokens, each turn's final end-of-turn token
+//! included, and never a system, user or tool token. Plain text (TRL's standard formats) is tokenized as TRL's
+//! `SFTTrainer` does, with no chat template.
 
 pub mod data;
 pub mod loss;
@@ -18,7 +19,7 @@ pub mod run;
 pub mod step;
 pub mod warmup;
 
-pub use data::{Conversation, Demonstrations};
+pub use data::{Conversation, Demonstrations, Example, PlainText};
 pub use render::{Rendered, Renderer};
 pub use step::{SftRecord, SftStep};
 

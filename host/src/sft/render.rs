@@ -11,6 +11,7 @@ use anyhow::{anyhow, bail, Result};
 use grpo_sdk::Message;
 use serde_json::Value as Json;
 
+use super::data::PlainText;
 use super::Conversation;
 use crate::rollout::Glue;
 use crate::tokenizer::Tokenizer;
@@ -51,6 +52,12 @@ pub struct Renderer<'a> {
 impl<'a> Renderer<'a> {
     /// A renderer for `tokenizer`'s chat template with `tools` declared (as the rollouts declare them).
     pub fn new(tokenizer: &'a Tokenizer, tools: Option<&'a [Json]>) -> Result<Self> {
+        if tokenizer.chat_template().is_none() {
+            return Err(crate::user_error!(
+                "the model has no chat template, which conversations are rendered with; use a chat (instruct) model, \
+                 or train it on plain `text` or string `prompt`/`completion` rows"
+            ));
+        }
         let end_of_turn = end_of_turn_id(tokenizer, tools)?;
         Ok(Renderer { tokenizer, tools, glue: Glue::new(tokenizer, tools)?, end_of_turn })
     }
@@ -151,6 +158,36 @@ impl<'a> Renderer<'a> {
         fields.insert("content".into(), Json::String(text.to_string()));
         Ok(message)
     }
+}
+
+/// A plain-text example as TRL's `SFTTrainer` tokenizes standard rows: the tokenizer's `eos_token` is appended
+/// to the text (the completion) unless it already ends with it, and the result is tokenized with the tokenizer's
+/// special tokens (a BOS where it adds one). Language modeling trains on every token but the first (which nothing
+/// predicts). Prompt-completion tokenizes
+/// the prompt alone as well, and trains on the whole's tokens after as many as the prompt has.
+///
+/// The flag is false when the prompt's tokens are not the start of the whole's: the two merged at the seam (a prompt
+/// ending in a space, say), and the mask's start cuts into the completion's first token as TRL's does.
+pub fn render_text(tokenizer: &Tokenizer, text: &PlainText) -> Result<(Rendered, bool)> {
+    let Some(eos) = tokenizer.eos_token_id() else {
+        bail!("the model's tokenizer names no end-of-sequence token, so where a text ends cannot be learnt");
+    };
+    let eos = tokenizer.decode(&[eos], false)?;
+    let mut whole = format!("{}{}", text.prompt.as_deref().unwrap_or_default(), text.completion);
+    if !text.completion.ends_with(&eos) {
+        whole.push_str(&eos);
+    }
+    let tokens = tokenizer.encode(&whole, true)?;
+    let (untrained, seamless) = match &text.prompt {
+        None => (0, true),
+        Some(prompt) => {
+            let ids = tokenizer.encode(prompt, true)?;
+            (ids.len().min(tokens.len()), tokens.starts_with(&ids))
+        }
+    };
+    // The first token is never trained on: nothing predicts it.
+    let assistant = (0..tokens.len()).map(|i| i >= untrained.max(1)).collect();
+    Ok((Rendered { tokens, assistant }, seamless))
 }
 
 /// The end-of-sequence id the template writes right after an assistant's text; the first eos id when it writes

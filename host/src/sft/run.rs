@@ -11,7 +11,8 @@ use grpo_sdk::rng::{mix, SplitMix64};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
-use super::{data, tools_json, Conversation, Demonstrations, Rendered, Renderer, SftStep};
+use super::data::Example;
+use super::{data, render, tools_json, Demonstrations, Rendered, Renderer, SftStep};
 use crate::checkpoint::{self, TrainerState};
 use crate::data::{Dataset, DatasetSpec};
 use crate::distributed::World;
@@ -112,29 +113,42 @@ impl SftConfig {
     }
 }
 
-/// The conversations in training order, rendered as token streams, resumable from a position.
-enum Stream {
-    /// A dataset's conversations, rendered once at the start (so a bad row fails before the first step), and
+/// The examples in training order, rendered as token streams, resumable from a position.
+enum Stream<'a> {
+    /// A dataset's examples, rendered once at the start (so a bad row fails before the first step), and
     /// reshuffled each pass (epoch `e` in the order `seed` and `e` give), as a data loader with `shuffle=True` does.
     Data { rows: Vec<Rendered>, seed: u64, position: u64, order: (u64, Vec<usize>) },
     /// An environment's demonstrations, rendered as they are played.
-    Demos(Box<Demonstrations>),
+    Demos(Box<Demonstrations>, Renderer<'a>),
 }
 
-impl Stream {
-    /// Render a dataset's conversations with `renderer`, cut to `max_length` tokens; an error names the first row
-    /// that cannot be rendered. Rows left with no assistant token by the cut are dropped, with a line saying how
-    /// many; none left is an error.
+impl<'a> Stream<'a> {
+    /// Render a dataset's examples for `tokenizer` (conversations through its chat template, plain text as it is),
+    /// cut to `max_length` tokens; an error names the first row that cannot be rendered. Rows left with no trained
+    /// token by the cut are dropped, with a line saying how many; none left is an error.
     fn data(
-        conversations: Vec<Conversation>,
-        renderer: &Renderer<'_>,
+        examples: Vec<Example>,
+        tokenizer: &crate::tokenizer::Tokenizer,
         max_length: Option<usize>,
         seed: u64,
-    ) -> Result<Stream> {
-        let total = conversations.len();
+    ) -> Result<Stream<'a>> {
+        let total = examples.len();
         let mut rows = Vec::with_capacity(total);
-        for c in &conversations {
-            let mut row = renderer.render_conversation(c).map_err(|e| user_error!("--data {}: {e}", c.origin))?;
+        let (mut renderer, mut seams) = (None, 0);
+        for example in &examples {
+            let rendered = match example {
+                Example::Chat(c) => {
+                    if renderer.is_none() {
+                        renderer = Some(Renderer::new(tokenizer, None).map_err(|e| user_error!("--data: {e}"))?);
+                    }
+                    renderer.as_ref().expect("just made").render_conversation(c)
+                }
+                Example::Text(t) => render::render_text(tokenizer, t).map(|(rendered, seamless)| {
+                    seams += usize::from(!seamless);
+                    rendered
+                }),
+            };
+            let mut row = rendered.map_err(|e| user_error!("--data {}: {e}", example.origin()))?;
             row.truncate(max_length.unwrap_or(usize::MAX));
             if row.assistant_tokens() > 0 {
                 rows.push(row);
@@ -143,21 +157,28 @@ impl Stream {
         let dropped = total - rows.len();
         if rows.is_empty() {
             return Err(user_error!(
-                "--data: every conversation's assistant turns start after --max-length {} tokens; raise it",
+                "--data: every row's trained tokens (assistant turns, completions) start after --max-length {} \
+                 tokens; raise it",
                 max_length.unwrap_or_default()
             ));
         }
         if dropped > 0 {
             eprintln!(
-                "--max-length {}: {dropped} of {total} conversations have no assistant token within it and are left \
-                 out",
+                "--max-length {}: {dropped} of {total} rows have no trained token within it and are left out",
                 max_length.unwrap_or_default()
+            );
+        }
+        if seams > 0 {
+            eprintln!(
+                "note: in {seams} of {total} rows the prompt's last token merges with the completion's first when \
+                 tokenized together (a prompt ending in a space, say); as in TRL, their loss starts after the prompt's \
+                 own token count"
             );
         }
         Ok(Stream::Data { rows, seed, position: 0, order: (0, Vec::new()) })
     }
 
-    fn take(&mut self, n: usize, renderer: &Renderer<'_>, max_length: Option<usize>) -> Result<Vec<Rendered>> {
+    fn take(&mut self, n: usize, max_length: Option<usize>) -> Result<Vec<Rendered>> {
         match self {
             Stream::Data { rows, seed, position, order } => {
                 let len = rows.len() as u64;
@@ -174,7 +195,7 @@ impl Stream {
                 }
                 Ok(out)
             }
-            Stream::Demos(demos) => demos
+            Stream::Demos(demos, renderer) => demos
                 .take(n)?
                 .iter()
                 .map(|c| {
@@ -191,14 +212,14 @@ impl Stream {
     fn position(&self) -> u64 {
         match self {
             Stream::Data { position, .. } => *position,
-            Stream::Demos(demos) => demos.position(),
+            Stream::Demos(demos, _) => demos.position(),
         }
     }
 
     fn seek(&mut self, to: u64) {
         match self {
             Stream::Data { position, .. } => *position = to,
-            Stream::Demos(demos) => demos.seek(to),
+            Stream::Demos(demos, _) => demos.seek(to),
         }
     }
 
@@ -206,7 +227,7 @@ impl Stream {
     fn epoch(&self) -> Option<f64> {
         match self {
             Stream::Data { rows, position, .. } => Some(*position as f64 / rows.len() as f64),
-            Stream::Demos(_) => None,
+            Stream::Demos(..) => None,
         }
     }
 }
@@ -236,10 +257,10 @@ pub fn run(mut config: SftConfig) -> Result<i32> {
         Ok((paths, history))
     })?;
     // The data before the model: a bad file or plugin fails in seconds.
-    let (conversations, demos, env) = match &config.source {
+    let (examples, demos, env) = match &config.source {
         SftSource::Data(spec) => {
             let dataset = Dataset::load(spec, "--data", "train", config.model.allow_download)?;
-            (data::conversations(&dataset, "--data")?, None, None)
+            (data::examples(&dataset, "--data")?, None, None)
         }
         SftSource::Environment { name, config: options } => {
             let registry = Registry::discover(&DiscoveryOptions::new(config.plugin_dirs.clone()))?;
@@ -259,10 +280,9 @@ pub fn run(mut config: SftConfig) -> Result<i32> {
         eprintln!("resuming from {} (step {})", ckpt.display(), state.global_step);
     }
     crate::train::synchronize_start(&world, &policy, &optimizer)?;
-    let renderer = Renderer::new(policy.tokenizer(), tools.as_deref())?;
     let mut stream = match demos {
-        Some(demos) => Stream::Demos(Box::new(demos)),
-        None => Stream::data(conversations, &renderer, config.max_length, config.seed)?,
+        Some(demos) => Stream::Demos(Box::new(demos), Renderer::new(policy.tokenizer(), tools.as_deref())?),
+        None => Stream::data(examples, policy.tokenizer(), config.max_length, config.seed)?,
     };
     // Checkpoints record where the data stream was; one from before they did took `batch_size` per step.
     let per_step = (config.batch_size * world.size) as u64;
@@ -282,7 +302,6 @@ pub fn run(mut config: SftConfig) -> Result<i32> {
         scaler,
         state,
         stream,
-        renderer,
         loggers,
         stop,
         checkpoints: paths.checkpoints,
@@ -303,8 +322,7 @@ struct SftRun<'a> {
     scaler: LossScaler,
     schedule: Schedule,
     state: TrainerState,
-    stream: Stream,
-    renderer: Renderer<'a>,
+    stream: Stream<'a>,
     loggers: Loggers,
     stop: StopRequest,
     checkpoints: PathBuf,
@@ -328,7 +346,7 @@ impl SftRun<'_> {
             let (step, start) = (self.state.global_step, Instant::now());
             // Every rank draws the whole step's conversations in the same order and keeps its own share.
             let (per_rank, rank) = (self.config.batch_size, self.world.rank);
-            let mut rows = self.stream.take(per_rank * self.world.size, &self.renderer, self.config.max_length)?;
+            let mut rows = self.stream.take(per_rank * self.world.size, self.config.max_length)?;
             let rows: Vec<Rendered> = rows.drain(rank * per_rank..(rank + 1) * per_rank).collect();
             let lr = self.schedule.lr(step);
             let mut sft = SftStep {

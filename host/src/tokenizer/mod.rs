@@ -21,6 +21,7 @@ pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     template: Option<ChatTemplate>,
     eos_ids: Vec<u32>,
+    eos_token: Option<u32>,
     pad_id: Option<u32>,
 }
 
@@ -71,8 +72,9 @@ impl Tokenizer {
         }
         let id_of = |field: &str| special.get(field).and_then(Json::as_str).and_then(|s| inner.token_to_id(s));
 
+        let eos_token = id_of("eos_token");
         let mut eos_ids = ids_of(gen.get("eos_token_id"));
-        for id in ids_of(cfg.get("eos_token_id")).into_iter().chain(id_of("eos_token")) {
+        for id in ids_of(cfg.get("eos_token_id")).into_iter().chain(eos_token) {
             if !eos_ids.contains(&id) {
                 eos_ids.push(id);
             }
@@ -98,7 +100,7 @@ impl Tokenizer {
             }
         };
         let template = source.map(|s| ChatTemplate::new(&s, special.clone())).transpose()?;
-        Ok(Tokenizer { inner, template, eos_ids, pad_id })
+        Ok(Tokenizer { inner, template, eos_ids, eos_token, pad_id })
     }
 
     /// Token ids of `text`; `add_special_tokens` applies the tokenizer's post-processor (e.g. a BOS token).
@@ -115,6 +117,12 @@ impl Tokenizer {
     /// End-of-sequence ids (generation_config.json first, then config.json, then the tokenizer's eos token).
     pub fn eos_token_ids(&self) -> &[u32] {
         &self.eos_ids
+    }
+
+    /// The id of tokenizer_config.json's `eos_token` (transformers' `tokenizer.eos_token`, what a trainer appends
+    /// to plain text), else the first end-of-sequence id.
+    pub fn eos_token_id(&self) -> Option<u32> {
+        self.eos_token.or_else(|| self.eos_ids.first().copied())
     }
 
     /// The padding id, if the model defines one.

@@ -448,6 +448,9 @@ impl Trainer {
     /// boundary, and `grpo-host eval` on the checkpoint it writes gives the numbers the evaluation would have logged.
     fn evaluate(&mut self, step: u64) -> Result<()> {
         let Some(evaluator) = &self.evaluator else { return Ok(()) };
+        // The console counts optimizer steps done, as its progress line and the checkpoints' names do; `step` is
+        // the logging axis's 0-based index.
+        let done = self.state.global_step;
         let stopped_before = drop_work(&self.stop, &self.world)();
         let t = Instant::now();
         let shard = if stopped_before {
@@ -464,7 +467,7 @@ impl Trainer {
         let Some(shards) = shards else {
             let how = if stopped_before { "skipped".to_string() } else { format!("abandoned after {seconds:.1}s") };
             self.loggers.println(&format!(
-                "eval at step {step} {how}: stopping on {}; `grpo-host eval --checkpoint DIR --env {}` with the \
+                "eval at step {done} {how}: stopping on {}; `grpo-host eval --checkpoint DIR --env {}` with the \
                  run's eval flags gives its numbers from the checkpoint this stop saves",
                 self.stop.name(),
                 self.env.name()
@@ -478,7 +481,7 @@ impl Trainer {
             (true, 1) => " on 1 rank".to_string(),
             (true, k) => format!(" on {k} ranks"),
         };
-        let line = format!("eval at step {step}{on}: {} ({seconds:.1}s)", crate::eval::describe(&result));
+        let line = format!("eval at step {done}{on}: {} ({seconds:.1}s)", crate::eval::describe(&result));
         self.loggers.println(&line);
         self.loggers.log(step, result.metrics());
         self.loggers.log_table(step, &result.table(step));
