@@ -256,3 +256,43 @@ fn tensorboard_forgets_the_steps_a_resumed_run_logs_again() {
     let steps: Vec<u64> = points.iter().map(|p| p[0].as_u64().unwrap()).collect();
     assert_eq!(steps, [0, 1, 2, 3, 4, 5], "TensorBoard shows each step once");
 }
+
+/// `_runtime` is the run's own time: a resumed run goes on from what its kept rows had reached, not from the
+/// wall clock, so the days a preempted job waited are not counted (W&B's `_runtime` does the same); rows written
+/// before `_runtime` existed give the span of their time stamps instead.
+#[test]
+fn jsonl_runtime_goes_on_from_the_kept_rows_across_a_resume() {
+    use grpo_host::logging::jsonl::JsonlSink;
+    use grpo_host::logging::Sink;
+    let tmp = tempfile::tempdir().unwrap();
+    let last_runtime = |dir: &std::path::Path| {
+        let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+        let row = json::parse_line(text.lines().last().unwrap()).unwrap();
+        (row["step"].as_f64().unwrap(), row["_runtime"].as_f64().unwrap())
+    };
+    // Time stamps from long ago: the wall clock has moved on by decades since.
+    let with_runtime =
+        "{\"step\":0,\"_timestamp\":100,\"_runtime\":40}\n{\"step\":1,\"_timestamp\":130,\"_runtime\":70}\n\
+                        {\"step\":2,\"_timestamp\":160,\"_runtime\":100}\n";
+    let without = "{\"step\":0,\"_timestamp\":100}\n{\"step\":1,\"_timestamp\":130}\n{\"step\":2,\"_timestamp\":160}\n";
+    for (name, text, reached) in [("with", with_runtime, 70.0), ("without", without, 30.0)] {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("metrics.jsonl"), text).unwrap();
+        let mut sink = JsonlSink::create_resumed(&dir, Some(2)).unwrap();
+        sink.log(2, &Metrics::new());
+        drop(sink);
+        let (step, runtime) = last_runtime(&dir);
+        assert_eq!(step, 2.0);
+        assert!(
+            (reached..reached + 30.0).contains(&runtime),
+            "{name}: _runtime {runtime}, kept rows reached {reached}"
+        );
+    }
+    // A new run starts at zero.
+    let dir = tmp.path().join("new");
+    let mut sink = JsonlSink::create(&dir).unwrap();
+    sink.log(0, &Metrics::new());
+    drop(sink);
+    assert!(last_runtime(&dir).1 < 30.0);
+}

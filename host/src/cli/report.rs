@@ -89,7 +89,8 @@ pub struct RunData {
     pub series: Series,
     /// Lines that could not be read (a partial last line of a live run is one).
     pub skipped_lines: usize,
-    /// First and last `_timestamp`.
+    /// First and last `_runtime` (the run's own seconds, which skip the time a stopped run waited for its
+    /// resume), or `_timestamp` in files written before `_runtime` was.
     pub time_span: Option<(f64, f64)>,
 }
 
@@ -99,6 +100,12 @@ pub fn read_metrics(path: &Path) -> anyhow::Result<RunData> {
         crate::user_error!("cannot read {}: {e}; pass a run directory that contains metrics.jsonl", path.display())
     })?;
     let mut data = RunData::default();
+    // (runtime span, time-stamp span, whether every timed row has a runtime)
+    let (mut runtime, mut timestamps, mut all_runtime) = (None, None, true);
+    let widen = |span: &mut Option<(f64, f64)>, t: f64| {
+        let s = span.get_or_insert((t, t));
+        *s = (s.0.min(t), s.1.max(t));
+    };
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let Some(row) = json::parse_line(line) else {
             data.skipped_lines += 1;
@@ -108,10 +115,13 @@ pub fn read_metrics(path: &Path) -> anyhow::Result<RunData> {
             data.skipped_lines += 1;
             continue;
         };
-        if let Some(t) = row.get("_timestamp").and_then(|v| v.as_f64()) {
-            let span = data.time_span.get_or_insert((t, t));
-            span.0 = span.0.min(t);
-            span.1 = span.1.max(t);
+        let clock = |key: &str| row.get(key).and_then(|v| v.as_f64());
+        if let Some(t) = clock("_timestamp") {
+            widen(&mut timestamps, t);
+            all_runtime &= clock("_runtime").is_some();
+        }
+        if let Some(t) = clock("_runtime") {
+            widen(&mut runtime, t);
         }
         for (k, v) in &row {
             if let (Some(x), false) = (v.as_f64(), k == "step" || k.starts_with('_')) {
@@ -119,6 +129,8 @@ pub fn read_metrics(path: &Path) -> anyhow::Result<RunData> {
             }
         }
     }
+    // A file begun before `_runtime` existed and resumed after mixes clocks: its time stamps are the one measure.
+    data.time_span = if all_runtime { runtime.or(timestamps) } else { timestamps };
     Ok(data)
 }
 
@@ -313,6 +325,27 @@ fn draw(path: &Path, title: &str, series: &[(&str, &Vec<(u64, f64)>)], labels: b
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// With `_runtime`, a stop and resume's pause (here 10,000 s between steps 14 and 15) is not run time.
+    #[test]
+    fn time_per_step_leaves_out_the_pause_of_a_stop_and_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let resumed: String = (0..30u64)
+            .map(|step| {
+                let (stamp, runtime) = (1000 + step * 2 + if step >= 15 { 10_000 } else { 0 }, 5 + step * 3);
+                format!("{{\"step\":{step},\"_timestamp\":{stamp},\"_runtime\":{runtime},\"training_step/loss\":1}}\n")
+            })
+            .collect();
+        std::fs::write(dir.path().join("metrics.jsonl"), &resumed).unwrap();
+        let data = read_metrics(&dir.path().join("metrics.jsonl")).unwrap();
+        let summary = summary_text(&data, Path::new("m.jsonl"));
+        assert!(summary.contains("steps: 0..=29, 87 s (3.00 s/step)"), "{summary}");
+        // Rows from before `_runtime` existed, continued by rows with it: the time stamps measure the whole.
+        let mixed = resumed.replacen(",\"_runtime\":5", "", 1);
+        std::fs::write(dir.path().join("metrics.jsonl"), mixed).unwrap();
+        let data = read_metrics(&dir.path().join("metrics.jsonl")).unwrap();
+        assert_eq!(data.time_span, Some((1000.0, 11058.0)));
+    }
 
     #[test]
     fn reads_a_live_file_and_draws_each_curve() {

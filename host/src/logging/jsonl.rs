@@ -1,4 +1,5 @@
-//! The run directory's own record: `metrics.jsonl` (one object per step: `"step"`, `"_timestamp"` and the metrics),
+//! The run directory's own record: `metrics.jsonl` (one object per step: `"step"`, `"_timestamp"`, `"_runtime"` and
+//! the metrics),
 //! `completions.jsonl` (one object per completion row) and `summary.json` (the summary so far). Lines are appended
 //! and flushed one by one, so `grpo-host report` can read a run in progress. A resumed run first cuts both files
 //! back to the rows before its checkpoint's step (an atomic rewrite), so every step appears once.
@@ -16,6 +17,10 @@ pub struct JsonlSink {
     completions: Option<File>,
     summary: Metrics,
     warned: bool,
+    /// When this process opened the files, and the run's `_runtime` then (what the kept rows had reached), so that
+    /// `_runtime` counts the run's own time across stops and resumes, as W&B's does, and not the time between.
+    started: std::time::Instant,
+    runtime_offset: f64,
 }
 
 impl JsonlSink {
@@ -47,6 +52,8 @@ impl JsonlSink {
             completions: None,
             summary: Metrics::new(),
             warned: false,
+            started: std::time::Instant::now(),
+            runtime_offset: runtime_reached(&kept_rows),
         };
         if resume_from_step.is_some() {
             // The old summary may hold values of the dropped rows; the kept rows say what it was at the checkpoint.
@@ -67,7 +74,7 @@ impl JsonlSink {
     fn summarize(&mut self, row: &Metrics) {
         for (k, v) in row {
             match k.as_str() {
-                "_timestamp" => {}
+                "_timestamp" | "_runtime" => {}
                 "step" => {
                     self.summary.insert("_step".into(), v.clone());
                 }
@@ -167,12 +174,23 @@ pub fn unix_now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
-/// One `metrics.jsonl` line.
-pub fn metrics_line(step: u64, timestamp: f64, row: &Metrics) -> String {
-    let mut pairs: Vec<(&str, String)> = vec![("step", step.to_string()), ("_timestamp", json::number(timestamp))];
-    pairs.extend(
-        row.iter().filter(|(k, _)| *k != "step" && *k != "_timestamp").map(|(k, v)| (k.as_str(), json::value(v))),
-    );
+/// The `_runtime` a run's kept rows had reached: their last `_runtime`, or for rows written before it existed the
+/// span of their time stamps.
+fn runtime_reached(rows: &[Metrics]) -> f64 {
+    let values = |key: &'static str| rows.iter().filter_map(move |r| r.get(key).and_then(MetricValue::as_f64));
+    if let Some(runtime) = values("_runtime").reduce(f64::max) {
+        return runtime;
+    }
+    let (first, last) = (values("_timestamp").reduce(f64::min), values("_timestamp").reduce(f64::max));
+    first.zip(last).map_or(0.0, |(a, b)| b - a)
+}
+
+/// One `metrics.jsonl` line: `runtime` is the run's own seconds so far (W&B's `_runtime`).
+pub fn metrics_line(step: u64, timestamp: f64, runtime: f64, row: &Metrics) -> String {
+    let mut pairs: Vec<(&str, String)> =
+        vec![("step", step.to_string()), ("_timestamp", json::number(timestamp)), ("_runtime", json::number(runtime))];
+    let own = |k: &str| matches!(k, "step" | "_timestamp" | "_runtime");
+    pairs.extend(row.iter().filter(|(k, _)| !own(k)).map(|(k, v)| (k.as_str(), json::value(v))));
     json::object(pairs)
 }
 
@@ -194,7 +212,8 @@ impl Sink for JsonlSink {
     }
 
     fn log(&mut self, step: u64, row: &Metrics) {
-        let line = metrics_line(step, unix_now(), row) + "\n";
+        let runtime = self.runtime_offset + self.started.elapsed().as_secs_f64();
+        let line = metrics_line(step, unix_now(), runtime, row) + "\n";
         if let Some(f) = &mut self.metrics {
             if let Err(e) = f.write_all(line.as_bytes()) {
                 self.warn("metrics.jsonl", e);
