@@ -295,6 +295,20 @@ fn sft_trains_plain_text_rows_with_or_without_a_chat_template() {
     for r in &logged {
         assert_eq!(r["sft/tokens"].as_f64(), Some(want), "{r}");
     }
+    // TRL's switches: the prompt of a string prompt-completion row, then a conversation's every token, trained too.
+    let tokens = |name: &str, extra: &[&str]| {
+        let out = sft_run(&runs, name, &mixed, &[&["--max-steps", "1", "--batch-size", "3"], extra].concat());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        self::rows(&runs.join(name)).iter().find_map(|r| r["sft/tokens"].as_f64()).unwrap()
+    };
+    // Every prompt token but the first, which nothing predicts.
+    let prompt = ("Opposite of up:".len() - 1) as f64;
+    assert_eq!(tokens("completion", &["--completion-only-loss", "false"]), want + prompt);
+    let tokenizer = grpo_host::tokenizer::Tokenizer::from_dir(&tiny_model()).unwrap();
+    let messages: Vec<grpo_sdk::Message> = serde_json::from_value(rows[2]["messages"].clone()).unwrap();
+    let stream = grpo_host::sft::Renderer::new(&tokenizer, None).unwrap().render(&messages).unwrap().tokens.len();
+    let all = tokens("all", &["--completion-only-loss", "false", "--assistant-only-loss", "false"]);
+    assert_eq!(all, want + prompt - 2.0 + (stream - 1) as f64);
 
     // A model without a chat template: plain rows train, a conversation is refused in one line.
     let model = dir.path().join("base");

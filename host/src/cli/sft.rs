@@ -8,7 +8,7 @@ use super::args::{json_option, LoraArgs, ModelArgs, RunDirArgs};
 use super::plugins::PluginDirArgs;
 use crate::data::DatasetSpec;
 use crate::logging::LoggingArgs;
-use crate::sft::run::{SftConfig, SftSource};
+use crate::sft::run::{LossOn, SftConfig, SftSource};
 use crate::sft::warmup::WarmupSettings;
 use crate::train::config::{LogSettings, LrSchedule, OptimizerSettings};
 use crate::train::precision::MixedPrecision;
@@ -44,8 +44,9 @@ impl WarmupArgs {
 /// `grpo-host sft (--data SOURCE | --env NAME) [--max-steps N] [--run-name NAME | --output DIR] [--resume]`.
 #[derive(Debug, Args)]
 pub struct SftArgs {
-    /// Conversations in TRL's format (`{"messages": [{"role": "user", "content": ...}, ...]}`, or `prompt` and
-    /// `completion` lists): a .jsonl, .json or .parquet file, a folder or glob of them, or a hub dataset id.
+    /// Rows in TRL's formats (conversations: `{"messages": [{"role": "user", "content": ...}, ...]}`, or `prompt`
+    /// and `completion` lists; plain text: `{"text": ...}`, or `prompt` and `completion` strings): a .jsonl, .json
+    /// or .parquet file, a folder or glob of them, or a hub dataset id.
     #[arg(
         long,
         visible_alias = "dataset",
@@ -94,6 +95,12 @@ pub struct SftArgs {
     /// Tokens kept of each conversation, the rest cut off (TRL's max_length); 0 keeps them all.
     #[arg(long, default_value_t = 1024)]
     pub max_length: usize,
+    /// Train a conversation's assistant turns only (true), or every token of it (false, TRL's default).
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub assistant_only_loss: bool,
+    /// Train a string prompt-completion row's completion only (true, TRL's default), or its prompt too.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub completion_only_loss: bool,
     /// Learning rate.
     #[arg(long, default_value_t = 5e-5)]
     pub lr: f64,
@@ -171,6 +178,7 @@ impl SftArgs {
             batch_size: self.batch_size,
             micro_batch_size: self.micro_batch_size,
             max_length: (self.max_length > 0).then_some(self.max_length),
+            loss_on: LossOn { assistant_only: self.assistant_only_loss, completion_only: self.completion_only_loss },
             optimizer: OptimizerSettings {
                 lr: self.lr,
                 schedule: self.lr_schedule,

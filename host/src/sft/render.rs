@@ -24,7 +24,8 @@ const SENTINEL: &str = "\u{E000}grpo-rs:sft-turn\u{E001}";
 pub struct Rendered {
     /// The token ids, as a rollout's token stream.
     pub tokens: Vec<u32>,
-    /// True where the token is the assistant's (the loss is taken on these).
+    /// True where the loss is taken: the assistant's tokens (a plain row's text or completion), unless
+    /// [`Rendered::train_on_every_token`] widened it.
     pub assistant: Vec<bool>,
 }
 
@@ -32,6 +33,14 @@ impl Rendered {
     /// How many tokens the loss covers.
     pub fn assistant_tokens(&self) -> usize {
         self.assistant.iter().filter(|a| **a).count()
+    }
+
+    /// Train on every token (but the first, which nothing predicts): TRL's loss without `assistant_only_loss` or
+    /// `completion_only_loss`.
+    pub fn train_on_every_token(&mut self) {
+        for (i, trained) in self.assistant.iter_mut().enumerate() {
+            *trained = i > 0;
+        }
     }
 
     /// Keep the first `max_length` tokens (TRL's `max_length` truncation); a shorter stream is left as it is.

@@ -61,6 +61,9 @@ pub struct SftConfig {
     /// Tokens kept of each conversation (the rest is cut off); `None` keeps them all.
     #[serde(default)]
     pub max_length: Option<usize>,
+    /// Which tokens of a row the loss covers.
+    #[serde(default)]
+    pub loss_on: LossOn,
     /// AdamW and its schedule.
     pub optimizer: OptimizerSettings,
     /// The order of the data.
@@ -78,6 +81,32 @@ fn default_dist_timeout() -> f64 {
     300.0
 }
 
+/// Which tokens of a row the loss covers (TRL's `assistant_only_loss` and `completion_only_loss`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LossOn {
+    /// A conversation's assistant turns only (TRL's default is every token; here the turns a rollout samples, so
+    /// supervised and reinforcement learning train the same tokens).
+    pub assistant_only: bool,
+    /// A string prompt-completion row's completion only (TRL's default), or its prompt too.
+    pub completion_only: bool,
+}
+
+impl Default for LossOn {
+    fn default() -> Self {
+        LossOn { assistant_only: true, completion_only: true }
+    }
+}
+
+impl LossOn {
+    /// `rendered` as this setting trains it: every token when the example's kind is not restricted.
+    fn apply(self, example_is_chat: bool, rendered: &mut Rendered) {
+        let restricted = if example_is_chat { self.assistant_only } else { self.completion_only };
+        if !restricted {
+            rendered.train_on_every_token();
+        }
+    }
+}
+
 impl SftConfig {
     /// The settings that change what the run computes: a resumed run must keep them unless
     /// `--allow-config-change` (the step count, micro-batch size, checkpoints, logging and threads may change).
@@ -91,6 +120,7 @@ impl SftConfig {
             "--lora-rank/--lora-alpha/--lora-dropout": m.lora,
             "--batch-size": self.batch_size,
             "--max-length": self.max_length,
+            "--assistant-only-loss/--completion-only-loss": self.loss_on,
             "--lr/--lr-schedule/--warmup-steps/--weight-decay/--max-norm": self.optimizer,
             "--seed": self.seed,
         })
@@ -129,7 +159,7 @@ impl<'a> Stream<'a> {
     fn data(
         examples: Vec<Example>,
         tokenizer: &crate::tokenizer::Tokenizer,
-        max_length: Option<usize>,
+        (max_length, loss_on): (Option<usize>, LossOn),
         seed: u64,
     ) -> Result<Stream<'a>> {
         let total = examples.len();
@@ -149,6 +179,7 @@ impl<'a> Stream<'a> {
                 }),
             };
             let mut row = rendered.map_err(|e| user_error!("--data {}: {e}", example.origin()))?;
+            loss_on.apply(matches!(example, Example::Chat(_)), &mut row);
             row.truncate(max_length.unwrap_or(usize::MAX));
             if row.assistant_tokens() > 0 {
                 rows.push(row);
@@ -178,7 +209,7 @@ impl<'a> Stream<'a> {
         Ok(Stream::Data { rows, seed, position: 0, order: (0, Vec::new()) })
     }
 
-    fn take(&mut self, n: usize, max_length: Option<usize>) -> Result<Vec<Rendered>> {
+    fn take(&mut self, n: usize, (max_length, loss_on): (Option<usize>, LossOn)) -> Result<Vec<Rendered>> {
         match self {
             Stream::Data { rows, seed, position, order } => {
                 let len = rows.len() as u64;
@@ -202,6 +233,7 @@ impl<'a> Stream<'a> {
                     let mut row = renderer
                         .render_conversation(c)
                         .map_err(|e| anyhow::anyhow!("demonstration of {}: {e}", c.origin))?;
+                    loss_on.apply(true, &mut row);
                     row.truncate(max_length.unwrap_or(usize::MAX));
                     Ok(row)
                 })
@@ -282,7 +314,7 @@ pub fn run(mut config: SftConfig) -> Result<i32> {
     crate::train::synchronize_start(&world, &policy, &optimizer)?;
     let mut stream = match demos {
         Some(demos) => Stream::Demos(Box::new(demos), Renderer::new(policy.tokenizer(), tools.as_deref())?),
-        None => Stream::data(examples, policy.tokenizer(), config.max_length, config.seed)?,
+        None => Stream::data(examples, policy.tokenizer(), (config.max_length, config.loss_on), config.seed)?,
     };
     // Checkpoints record where the data stream was; one from before they did took `batch_size` per step.
     let per_step = (config.batch_size * world.size) as u64;
@@ -346,7 +378,8 @@ impl SftRun<'_> {
             let (step, start) = (self.state.global_step, Instant::now());
             // Every rank draws the whole step's conversations in the same order and keeps its own share.
             let (per_rank, rank) = (self.config.batch_size, self.world.rank);
-            let mut rows = self.stream.take(per_rank * self.world.size, self.config.max_length)?;
+            let mut rows =
+                self.stream.take(per_rank * self.world.size, (self.config.max_length, self.config.loss_on))?;
             let rows: Vec<Rendered> = rows.drain(rank * per_rank..(rank + 1) * per_rank).collect();
             let lr = self.schedule.lr(step);
             let mut sft = SftStep {
