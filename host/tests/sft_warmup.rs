@@ -265,6 +265,44 @@ fn sft_reads_a_folder_of_json_lines_and_json_in_both_trl_formats() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
+/// The tiny model with its chat template taken out, as a base model is, in `dir/base`.
+fn without_chat_template(dir: &Path) -> PathBuf {
+    let model = dir.join("base");
+    std::fs::create_dir(&model).unwrap();
+    let tiny = tiny_model();
+    for file in ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(tiny.join(file), model.join(file)).unwrap();
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tiny.join("tokenizer_config.json")).unwrap()).unwrap();
+    config.as_object_mut().unwrap().remove("chat_template");
+    std::fs::write(model.join("tokenizer_config.json"), config.to_string()).unwrap();
+    model
+}
+
+/// Training and evaluation render every episode with the chat template: a model without one is refused at the
+/// start in one line naming it, before a run directory or checkpoint exists.
+#[test]
+fn a_model_without_a_chat_template_is_refused_at_the_start_of_training_and_eval() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = without_chat_template(dir.path());
+    let runs = dir.path().join("runs");
+    let (model, runs_dir) = (model.to_str().unwrap(), runs.to_str().unwrap());
+    let common = ["--env", "calc_tools", "--model", model, "--device", "cpu"];
+    let train = [&common[..], &["--max-steps", "1", "--no-wandb", "--runs-dir", runs_dir]].concat();
+    let eval_out = dir.path().join("eval.json");
+    let eval = [&["eval"][..], &common, &["--eval-tasks", "1", "--output", eval_out.to_str().unwrap()]].concat();
+    for args in [train, eval] {
+        let out = run(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("has no chat template") && err.contains(model), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    assert!(!runs.exists() || std::fs::read_dir(&runs).unwrap().next().is_none(), "a run directory was left");
+    assert!(!eval_out.exists());
+}
+
 /// TRL's standard rows: language modeling (`text`) and string prompt-completion, mixed with conversational rows in
 /// one dataset, and alone on a model with no chat template (a base model), which refuses conversations in one line.
 #[test]
@@ -311,16 +349,7 @@ fn sft_trains_plain_text_rows_with_or_without_a_chat_template() {
     assert_eq!(all, want + prompt - 2.0 + (stream - 1) as f64);
 
     // A model without a chat template: plain rows train, a conversation is refused in one line.
-    let model = dir.path().join("base");
-    std::fs::create_dir(&model).unwrap();
-    let tiny = tiny_model();
-    for file in ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json"] {
-        std::fs::copy(tiny.join(file), model.join(file)).unwrap();
-    }
-    let mut config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(tiny.join("tokenizer_config.json")).unwrap()).unwrap();
-    config.as_object_mut().unwrap().remove("chat_template");
-    std::fs::write(model.join("tokenizer_config.json"), config.to_string()).unwrap();
+    let model = without_chat_template(dir.path());
     let plain = write("plain.jsonl", &rows[..2]);
     let out = sft_run_on(&model, &runs, "base", &plain, &["--max-steps", "1"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -72,6 +72,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<i32> {
 
     let prompt_ids = match (&args.prompt, &args.raw) {
         (Some(p), _) => {
+            tokenizer.require_chat_template("--prompt is rendered with it (give the text as --raw TEXT instead)")?;
             let mut messages = Vec::new();
             if let Some(s) = &args.system {
                 messages.push(json!({"role": "system", "content": s}));

@@ -61,12 +61,7 @@ pub struct Renderer<'a> {
 impl<'a> Renderer<'a> {
     /// A renderer for `tokenizer`'s chat template with `tools` declared (as the rollouts declare them).
     pub fn new(tokenizer: &'a Tokenizer, tools: Option<&'a [Json]>) -> Result<Self> {
-        if tokenizer.chat_template().is_none() {
-            return Err(crate::user_error!(
-                "the model has no chat template, which conversations are rendered with; use a chat (instruct) model, \
-                 or train it on plain `text` or string `prompt`/`completion` rows"
-            ));
-        }
+        tokenizer.require_chat_template("conversations are rendered with it")?;
         let end_of_turn = end_of_turn_id(tokenizer, tools)?;
         Ok(Renderer { tokenizer, tools, glue: Glue::new(tokenizer, tools)?, end_of_turn })
     }

@@ -169,7 +169,9 @@ impl<'a> Stream<'a> {
             let rendered = match example {
                 Example::Chat(c) => {
                     if renderer.is_none() {
-                        renderer = Some(Renderer::new(tokenizer, None).map_err(|e| user_error!("--data: {e}"))?);
+                        let what = "such a model trains on plain `text` or string `prompt`/`completion` rows only";
+                        tokenizer.require_chat_template(what).map_err(|e| user_error!("--data {}: {e}", c.origin))?;
+                        renderer = Some(Renderer::new(tokenizer, None)?);
                     }
                     renderer.as_ref().expect("just made").render_conversation(c)
                 }

@@ -3,7 +3,7 @@
 
 pub mod template;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value as Json};
 
@@ -23,6 +23,8 @@ pub struct Tokenizer {
     eos_ids: Vec<u32>,
     eos_token: Option<u32>,
     pad_id: Option<u32>,
+    /// The model directory, for messages.
+    dir: PathBuf,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -100,7 +102,7 @@ impl Tokenizer {
             }
         };
         let template = source.map(|s| ChatTemplate::new(&s, special.clone())).transpose()?;
-        Ok(Tokenizer { inner, template, eos_ids, eos_token, pad_id })
+        Ok(Tokenizer { inner, template, eos_ids, eos_token, pad_id, dir: dir.to_path_buf() })
     }
 
     /// Token ids of `text`; `add_special_tokens` applies the tokenizer's post-processor (e.g. a BOS token).
@@ -150,6 +152,19 @@ impl Tokenizer {
         self.template.as_ref()
     }
 
+    /// An error unless the model has a chat template; `what` says what needs it ("the environment's prompts are
+    /// rendered with it").
+    pub fn require_chat_template(&self, what: &str) -> anyhow::Result<()> {
+        if self.template.is_some() {
+            return Ok(());
+        }
+        Err(user_error!(
+            "the model at {} has no chat template (no `chat_template` in tokenizer_config.json, no \
+             chat_template.jinja), and {what}; use a chat (instruct) model, or add a template to it",
+            self.dir.display()
+        ))
+    }
+
     /// Render a conversation with the model's chat template, byte-identical to transformers'
     /// `apply_chat_template(messages, tools=tools, add_generation_prompt=..., tokenize=False)`.
     pub fn render_chat(
@@ -169,10 +184,8 @@ impl Tokenizer {
         add_generation_prompt: bool,
         extra: &Map<String, Json>,
     ) -> anyhow::Result<String> {
-        let t = self
-            .template
-            .as_ref()
-            .ok_or_else(|| user_error!("this model has no chat template; use --raw TEXT instead of --prompt"))?;
+        self.require_chat_template("conversations are rendered with it")?;
+        let t = self.template.as_ref().expect("checked");
         t.render(messages, tools, add_generation_prompt, extra)
     }
 }

@@ -47,6 +47,10 @@ use optimizer::{AdamW, Schedule};
 use policy::Policy;
 use precision::LossScaler;
 use run_dir::RunPaths;
+
+/// Why reinforcement learning and evaluation need the model's chat template (for
+/// [`crate::tokenizer::Tokenizer::require_chat_template`]).
+pub const CHAT_NEEDED: &str = "the environment's conversations are rendered with it for every episode";
 use stop::drop_work;
 pub use stop::{StopRequest, EXIT_INTERRUPTED, EXIT_TERMINATED};
 use tasks::TaskSource;
@@ -126,6 +130,7 @@ impl Trainer {
         let run_tasks = config.data.resolve(&env, config.model.allow_download)?;
         let evaluator = in_training_evaluator(&config, &env, run_tasks.eval.as_deref(), &paths.run_dir, &world)?;
         let mut policy = Policy::load(&config.model, config.loss.kl_weight, config.seed)?;
+        policy.tokenizer().require_chat_template(CHAT_NEEDED)?;
         let precision = policy.precision();
         if let Some(warning) = precision.small_update_warning(config.optimizer.lr).filter(|_| world.is_main()) {
             eprintln!("{warning}");
