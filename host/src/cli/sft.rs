@@ -145,9 +145,6 @@ impl SftArgs {
         if !(self.dist_timeout.is_finite() && self.dist_timeout > 0.0) {
             return Err(user_error!("--dist-timeout {}: give a positive number of seconds", self.dist_timeout));
         }
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return Err(user_error!("--lr {}: must be a positive number", self.lr));
-        }
         let source = match (self.data, self.env) {
             (Some(source), _) => {
                 SftSource::Data(DatasetSpec { source, config: self.data_config, split: self.data_split })
@@ -170,7 +167,7 @@ impl SftArgs {
             checkpoints.run_name = Some(name);
             checkpoints.checkpoint_path = Some(dir);
         }
-        Ok(SftConfig {
+        let config = SftConfig {
             source,
             plugin_dirs: self.plugins.plugin_dirs,
             model,
@@ -197,6 +194,8 @@ impl SftArgs {
                 completions_interval: 0,
             },
             dist_timeout_secs: self.dist_timeout,
-        })
+        };
+        config.optimizer.check()?;
+        Ok(config)
     }
 }

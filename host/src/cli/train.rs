@@ -213,7 +213,7 @@ impl TrainArgs {
         if eval.enabled() {
             data.check_eval_source()?;
         }
-        Ok(RunConfig {
+        let config = RunConfig {
             eval,
             data,
             plugins: PluginSelection {
@@ -275,7 +275,9 @@ impl TrainArgs {
             },
             sft: self.sft.into_settings()?,
             dist: DistSettings { timeout_secs: self.dist_timeout, check_interval: self.dist_check_interval },
-        })
+        };
+        config.optimizer.check()?;
+        Ok(config)
     }
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -306,8 +308,12 @@ impl TrainArgs {
                 self.max_new_tokens
             ));
         }
-        if self.lr <= 0.0 || !self.lr.is_finite() {
-            return Err(user_error!("--lr {} must be a positive number", self.lr));
+        // The lower clip bound 1 - eps must stay above 0; the upper one (DAPO's clip-higher) has no such bound.
+        if !((0.0..1.0).contains(&self.clip_eps)) {
+            return Err(user_error!("--clip-eps {}: must be in [0, 1), such as 0.2", self.clip_eps));
+        }
+        if let Some(high) = self.clip_eps_high.filter(|h| !(*h >= 0.0 && h.is_finite())) {
+            return Err(user_error!("--clip-eps-high {high}: must be a number >= 0, such as 0.28"));
         }
         if self.kl_weight < 0.0 {
             return Err(user_error!("--kl-weight {} must be >= 0", self.kl_weight));
@@ -325,4 +331,43 @@ fn set_option(config: &mut serde_json::Value, key: &str, value: serde_json::Valu
         *config = serde_json::json!({});
     }
     config[key] = value;
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::super::{Cli, Command};
+
+    /// The configuration `args` give, or the error's line.
+    fn config(args: &[&str]) -> Result<(), String> {
+        let cli = Cli::parse_from([&["grpo-host"], args].concat());
+        let result = match cli.command {
+            None => cli.train.into_config().map(drop),
+            Some(Command::Sft(sft)) => sft.into_config().map(drop),
+            Some(other) => panic!("{other:?}"),
+        };
+        result.map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn out_of_range_optimizer_and_clip_settings_are_refused_naming_the_flag() {
+        assert_eq!(config(&["--clip-eps", "0.2", "--clip-eps-high", "0.28", "--max-norm", "0"]), Ok(()));
+        for (args, flag) in [
+            (&["--clip-eps=-0.1"][..], "--clip-eps -0.1"),
+            (&["--clip-eps", "1"], "--clip-eps 1"),
+            (&["--clip-eps-high=-1"], "--clip-eps-high -1"),
+            (&["--max-norm=-1"], "--max-norm -1"),
+            (&["--weight-decay", "NaN"], "--weight-decay NaN"),
+            (&["--adam-beta1", "1"], "--adam-beta1 1"),
+            (&["--adam-beta2=-0.5"], "--adam-beta2 -0.5"),
+            (&["--adam-eps", "0"], "--adam-eps 0"),
+            (&["--lr", "0"], "--lr 0"),
+            (&["sft", "--env", "math", "--max-norm=-2"], "--max-norm -2"),
+            (&["sft", "--env", "math", "--lr=inf"], "--lr inf"),
+        ] {
+            let err = config(args).expect_err(flag);
+            assert!(err.starts_with(&format!("{flag}: must be")), "{args:?}: {err}");
+        }
+    }
 }

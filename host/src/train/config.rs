@@ -195,6 +195,23 @@ pub struct OptimizerSettings {
 }
 
 impl OptimizerSettings {
+    /// An error naming the flag when a setting is out of its range (the learning rate is checked with the
+    /// command's own flag name, `--lr` or `--sft-lr`).
+    pub fn check(&self) -> anyhow::Result<()> {
+        let checks = [
+            ("--lr", self.lr, self.lr > 0.0, "a positive number"),
+            ("--weight-decay", self.weight_decay, self.weight_decay >= 0.0, "a number >= 0"),
+            ("--adam-beta1", self.beta1, (0.0..1.0).contains(&self.beta1), "in [0, 1)"),
+            ("--adam-beta2", self.beta2, (0.0..1.0).contains(&self.beta2), "in [0, 1)"),
+            ("--adam-eps", self.eps, self.eps > 0.0, "a positive number"),
+            ("--max-norm", self.max_norm, self.max_norm >= 0.0, "a number >= 0 (0 disables clipping)"),
+        ];
+        match checks.into_iter().find(|(_, value, ok, _)| !(*ok && value.is_finite())) {
+            Some((flag, value, _, want)) => Err(crate::user_error!("{flag} {value}: must be {want}")),
+            None => Ok(()),
+        }
+    }
+
     /// AdamW's hyper-parameters (its learning rate the base one; the schedule scales it per step).
     pub fn adamw(&self) -> super::optimizer::AdamWConfig {
         let (lr, beta1, beta2, eps, weight_decay) = (self.lr, self.beta1, self.beta2, self.eps, self.weight_decay);

@@ -135,6 +135,13 @@ impl Trainer {
         if let Some(warning) = precision.small_update_warning(config.optimizer.lr).filter(|_| world.is_main()) {
             eprintln!("{warning}");
         }
+        if config.batch.group_size == 1 && world.is_main() {
+            // Not refused: an algorithm plugin may compare rewards with something other than the group.
+            eprintln!(
+                "warning: --group-size 1: each task's reward is compared with itself only, so group-relative \
+                 advantages (GRPO's, DR-GRPO's) are all 0 and nothing is learnt; use 2 or more"
+            );
+        }
         if let Some(lora) = config.model.lora.filter(|l| l.dropout > 0.0 && world.is_main()) {
             // The old log-probs come from passes without dropout, the update's from passes with it: the ratio
             // carries the dropout's noise, and clipping acts on that noise too.
