@@ -359,6 +359,13 @@ fn sft_trains_plain_text_rows_with_or_without_a_chat_template() {
     assert!(err.contains("no chat template") && err.contains("`text`"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 
+    // An empty text has no token to train on (its eos is its first token): alone, it is one line saying so.
+    let empty = write("empty.jsonl", &[serde_json::json!({"text": ""})]);
+    let out = sft_run(&runs, "empty", &empty, &["--max-steps", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("no row has a token to train on") && err.trim().lines().count() == 1, "{err}");
+
     // A prompt and completion of different kinds name both.
     let odd = write(
         "odd.jsonl",

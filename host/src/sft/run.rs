@@ -164,7 +164,7 @@ impl<'a> Stream<'a> {
     ) -> Result<Stream<'a>> {
         let total = examples.len();
         let mut rows = Vec::with_capacity(total);
-        let (mut renderer, mut seams) = (None, 0);
+        let (mut renderer, mut seams, mut empty) = (None, 0, 0);
         for example in &examples {
             let rendered = match example {
                 Example::Chat(c) => {
@@ -182,24 +182,32 @@ impl<'a> Stream<'a> {
             };
             let mut row = rendered.map_err(|e| user_error!("--data {}: {e}", example.origin()))?;
             loss_on.apply(matches!(example, Example::Chat(_)), &mut row);
+            if row.assistant_tokens() == 0 {
+                // An empty text: its one token (the eos) has nothing before it to predict it from.
+                empty += 1;
+                continue;
+            }
             row.truncate(max_length.unwrap_or(usize::MAX));
             if row.assistant_tokens() > 0 {
                 rows.push(row);
             }
         }
-        let dropped = total - rows.len();
+        let cut = total - empty - rows.len();
+        let length = max_length.unwrap_or_default();
         if rows.is_empty() {
-            return Err(user_error!(
-                "--data: every row's trained tokens (assistant turns, completions) start after --max-length {} \
-                 tokens; raise it",
-                max_length.unwrap_or_default()
-            ));
+            return Err(match cut {
+                0 => user_error!("--data: no row has a token to train on (their texts or completions are empty)"),
+                _ => user_error!(
+                    "--data: every row's trained tokens (assistant turns, completions) start after --max-length \
+                     {length} tokens; raise it"
+                ),
+            });
         }
-        if dropped > 0 {
-            eprintln!(
-                "--max-length {}: {dropped} of {total} rows have no trained token within it and are left out",
-                max_length.unwrap_or_default()
-            );
+        if empty > 0 {
+            eprintln!("--data: {empty} of {total} rows have no token to train on (an empty text) and are left out");
+        }
+        if cut > 0 {
+            eprintln!("--max-length {length}: {cut} of {total} rows have no trained token within it and are left out");
         }
         if seams > 0 {
             eprintln!(
