@@ -47,16 +47,27 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
     }
 }
 
-/// One line: the error and its causes joined, no backtrace.
+/// One line: the error and its causes joined, no backtrace (libtorch's errors from tch's fallible calls carry its
+/// C++ frames after the message; they are cut off).
 pub fn one_line(err: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     for cause in err.chain() {
-        let text = cause.to_string();
+        let text = without_cpp_frames(&cause.to_string()).to_string();
         if !parts.iter().any(|p| p.contains(&text)) {
             parts.push(text);
         }
     }
     parts.join(": ").replace('\n', " ")
+}
+
+/// `text` up to where a libtorch error's C++ stack trace starts.
+fn without_cpp_frames(text: &str) -> &str {
+    let cut = ["\nException raised from ", "\nframe #0", " Exception raised from "]
+        .iter()
+        .filter_map(|marker| text.find(marker))
+        .min()
+        .unwrap_or(text.len());
+    text[..cut].trim_end()
 }
 
 thread_local! {
@@ -160,6 +171,20 @@ mod tests {
             from_panic(shape, None).to_string(),
             "libtorch failed: shape '[2, 3]' is invalid for input of size 5"
         );
+    }
+
+    #[test]
+    fn one_line_drops_libtorchs_cpp_frames() {
+        let torch = "wait timeout after 5000ms, keys: /default_pg//0/1\nException raised from doWait at \
+                     /pytorch/torch/csrc/distributed/c10d/TCPStore.cpp:603 (most recent call first):\nframe #0: \
+                     c10::Error::Error(...)";
+        let err = anyhow::anyhow!(torch.to_string()).context("rank 0: joining the process group failed");
+        assert_eq!(
+            one_line(&err),
+            "rank 0: joining the process group failed: wait timeout after 5000ms, keys: /default_pg//0/1"
+        );
+        let enforce = anyhow::anyhow!("[enforce fail at x.cpp:1] bad\nframe #0: f()\nframe #1: g()");
+        assert_eq!(one_line(&enforce), "[enforce fail at x.cpp:1] bad");
     }
 
     #[test]

@@ -93,6 +93,18 @@ fn a_rank_that_leaves_is_named_by_the_survivor() {
     assert!(took < Duration::from_secs(25), "the survivor waited {took:?}");
 }
 
+/// A rank whose peers never come gives up after the timeout with libtorch's message alone, not its C++ frames.
+#[test]
+fn a_rendezvous_that_times_out_is_one_line_without_cpp_frames() {
+    let Err(err) = World::connect(&launch(0, 2, free_port()), Duration::from_secs(1), false) else {
+        panic!("joined a group of one rank out of two")
+    };
+    let err = err.to_string();
+    assert!(err.contains("rank 0: joining the process group") && err.contains("timeout"), "{err}");
+    assert!(!err.contains("Exception raised from") && !err.contains("frame #"), "{err}");
+    assert!(!err.contains('\n'), "{err}");
+}
+
 /// The build setup makes has NCCL in (c10d's ProcessGroupNCCL, for CUDA tensors): built and linked, though no GPU
 /// here can run it.
 #[test]

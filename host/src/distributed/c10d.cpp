@@ -44,7 +44,7 @@ int guarded(char* err, size_t err_len, F&& f) {
     f();
     return 0;
   } catch (const std::exception& e) {
-    put_error(e.what(), err, err_len);
+    grpo::put_exception(e, err, err_len);
   } catch (...) {
     put_error("unknown C++ exception in c10d", err, err_len);
   }

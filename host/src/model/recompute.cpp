@@ -123,7 +123,7 @@ extern "C" at::Tensor* grpo_recompute_in_backward(at::Tensor* x, void* data, grp
     return new at::Tensor(Recompute::apply(*x, anchor, f, preserve_rng != 0));
   } catch (const std::exception& e) {
     // Exceptions must not cross into Rust.
-    grpo::put_error(e.what(), err, err_len);
+    grpo::put_exception(e, err, err_len);
     return nullptr;
   }
 }

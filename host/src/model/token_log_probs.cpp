@@ -89,7 +89,7 @@ extern "C" at::Tensor* grpo_token_log_probs(at::Tensor* hidden, at::Tensor* weig
     return new at::Tensor(TokenLogProbs::apply(*hidden, *weight, *targets, std::max<int64_t>(chunk, 1), keep, hits));
   } catch (const std::exception& e) {
     // Exceptions must not cross into Rust.
-    grpo::put_error(e.what(), err, err_len);
+    grpo::put_exception(e, err, err_len);
     return nullptr;
   }
 }

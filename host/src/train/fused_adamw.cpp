@@ -30,7 +30,7 @@ extern "C" int grpo_fused_adamw(at::Tensor** params, at::Tensor** grads, at::Ten
                       /*amsgrad=*/false, /*maximize=*/false, /*grad_scale=*/std::nullopt, /*found_inf=*/std::nullopt);
     return 0;
   } catch (const std::exception& e) {
-    grpo::put_error(e.what(), err, err_len);
+    grpo::put_exception(e, err, err_len);
     return 1;
   }
 }
