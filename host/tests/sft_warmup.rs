@@ -359,6 +359,18 @@ fn sft_trains_plain_text_rows_with_or_without_a_chat_template() {
     assert!(err.contains("no chat template") && err.contains("`text`"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 
+    // Another text column, named as TRL's dataset_text_field names it.
+    let content = write("content.jsonl", &[serde_json::json!({"content": "abc", "id": 3})]);
+    let out = sft_run(
+        &runs,
+        "content",
+        &content,
+        &["--max-steps", "1", "--batch-size", "1", "--dataset-text-field", "content"],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let trained = self::rows(&runs.join("content")).iter().find_map(|r| r["sft/tokens"].as_f64());
+    assert_eq!(trained, Some(3.0), "b, c and the eos");
+
     // An empty text has no token to train on (its eos is its first token): alone, it is one line saying so.
     let empty = write("empty.jsonl", &[serde_json::json!({"text": ""})]);
     let out = sft_run(&runs, "empty", &empty, &["--max-steps", "1"]);

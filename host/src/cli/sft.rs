@@ -61,6 +61,9 @@ pub struct SftArgs {
     /// The split to read from a hub layout [default: train].
     #[arg(long = "dataset-split", visible_alias = "data-split", value_name = "SPLIT", requires = "data")]
     pub data_split: Option<String>,
+    /// The column holding a language-modeling row's text (TRL's dataset_text_field).
+    #[arg(long, value_name = "NAME", default_value = "text", requires = "data")]
+    pub dataset_text_field: String,
     /// Train on this environment's demonstrations instead of --data.
     #[arg(long, value_name = "NAME")]
     pub env: Option<String>,
@@ -175,6 +178,7 @@ impl SftArgs {
             batch_size: self.batch_size,
             micro_batch_size: self.micro_batch_size,
             max_length: (self.max_length > 0).then_some(self.max_length),
+            text_field: self.dataset_text_field,
             loss_on: LossOn { assistant_only: self.assistant_only_loss, completion_only: self.completion_only_loss },
             optimizer: OptimizerSettings {
                 lr: self.lr,

@@ -69,43 +69,51 @@ pub struct PlainText {
 ///   string holding one). A message is `{"role": "system" | "user" | "assistant" | "tool", "content": "...", ...}`;
 ///   an assistant message may instead (or as well) carry structured `tool_calls`, which the renderer writes the
 ///   way the model's chat template does;
-/// - standard: prompt-completion with string `prompt` and `completion`, or language modeling `{"text": "..."}`.
+/// - standard: prompt-completion with string `prompt` and `completion`, or language modeling `{"text": "..."}` (the
+///   column `text_field`, TRL's `dataset_text_field`).
 ///
 /// Other keys of a row are ignored. A row of none of these shapes is an error naming its file and row, with `flag`.
-pub fn examples(dataset: &Dataset, flag: &str) -> Result<Vec<Example>> {
+pub fn examples(dataset: &Dataset, flag: &str, text_field: &str) -> Result<Vec<Example>> {
     (0..dataset.len())
         .map(|i| {
             let origin = dataset.origin(i);
-            example(dataset.row(i), origin.clone()).map_err(|e| user_error!("{flag} {origin}: {e}"))
+            example(dataset.row(i), origin.clone(), text_field).map_err(|e| user_error!("{flag} {origin}: {e}"))
         })
         .collect()
 }
 
-fn example(row: &Value, origin: String) -> std::result::Result<Example, String> {
-    let text = |key: &str| row[key].as_str().map(str::to_string);
-    if row.get("messages").is_none() && row.get("prompt").is_some() && row.get("completion").is_some() {
-        match (text("prompt"), text("completion")) {
-            (Some(prompt), Some(completion)) => {
-                return Ok(Example::Text(PlainText { origin, prompt: Some(prompt), completion }))
-            }
-            (None, None) => {}
-            _ => {
-                return Err(format!(
-                    "`prompt` is {} and `completion` {}: both must be strings (standard) or message lists \
-                     (conversational)",
-                    kind(&row["prompt"]),
-                    kind(&row["completion"])
-                ))
-            }
-        }
-    } else if row.get("messages").is_none() && row.get("prompt").is_none() {
-        if let Some(value) = row.get("text") {
-            let completion = value.as_str().ok_or_else(|| format!("`text` is {}, not a string", kind(value)))?;
-            return Ok(Example::Text(PlainText { origin, prompt: None, completion: completion.to_string() }));
-        }
+fn example(row: &Value, origin: String, text_field: &str) -> std::result::Result<Example, String> {
+    let has = |key: &str| row.get(key).is_some();
+    let chat = || -> std::result::Result<Example, String> {
+        Ok(Example::Chat(Conversation { origin: origin.clone(), messages: row_messages(row)?, tools: row_tools(row)? }))
+    };
+    if has("messages") {
+        return chat();
     }
-    let (messages, tools) = (row_messages(row)?, row_tools(row)?);
-    Ok(Example::Chat(Conversation { origin, messages, tools }))
+    if has("prompt") && has("completion") {
+        return match (&row["prompt"], &row["completion"]) {
+            (Value::String(prompt), Value::String(completion)) => {
+                Ok(Example::Text(PlainText { origin, prompt: Some(prompt.clone()), completion: completion.clone() }))
+            }
+            (Value::String(_), _) | (_, Value::String(_)) => Err(format!(
+                "`prompt` is {} and `completion` {}: both must be strings (standard) or message lists \
+                 (conversational)",
+                kind(&row["prompt"]),
+                kind(&row["completion"])
+            )),
+            _ => chat(),
+        };
+    }
+    if let Some(value) = row.get(text_field) {
+        let text = value.as_str().ok_or_else(|| format!("`{text_field}` is {}, not a string", kind(value)))?;
+        return Ok(Example::Text(PlainText { origin, prompt: None, completion: text.to_string() }));
+    }
+    let keys: Vec<&str> = row.as_object().map(|o| o.keys().map(String::as_str).collect()).unwrap_or_default();
+    Err(format!(
+        "no `messages`, `prompt` and `completion`, or `{text_field}` column (TRL's dataset formats; \
+         --dataset-text-field names another text column); the row has [{}]",
+        keys.join(", ")
+    ))
 }
 
 /// What a message must hold; the rest of it is passed on untouched.
@@ -118,6 +126,7 @@ struct Shape {
     tool_calls: Option<Vec<Value>>,
 }
 
+/// The messages of a conversational row: `messages`, or `prompt`'s then `completion`'s.
 fn row_messages(row: &Value) -> std::result::Result<Vec<Value>, String> {
     let list = |key: &str| -> std::result::Result<Vec<Value>, String> {
         let value = &row[key];
@@ -129,16 +138,9 @@ fn row_messages(row: &Value) -> std::result::Result<Vec<Value>, String> {
     if row.get("messages").is_some() {
         return list("messages");
     }
-    if row.get("prompt").is_some() && row.get("completion").is_some() {
-        let mut messages = list("prompt")?;
-        messages.extend(list("completion")?);
-        return Ok(messages);
-    }
-    let keys: Vec<&str> = row.as_object().map(|o| o.keys().map(String::as_str).collect()).unwrap_or_default();
-    Err(format!(
-        "no `messages`, `prompt` and `completion`, or `text` column (TRL's dataset formats); the row has [{}]",
-        keys.join(", ")
-    ))
+    let mut messages = list("prompt")?;
+    messages.extend(list("completion")?);
+    Ok(messages)
 }
 
 /// One message, checked: a role, string content (which an assistant's tool calls may stand in for), and tool

@@ -64,6 +64,9 @@ pub struct SftConfig {
     /// Which tokens of a row the loss covers.
     #[serde(default)]
     pub loss_on: LossOn,
+    /// The column of a language-modeling row's text (TRL's `dataset_text_field`).
+    #[serde(default = "default_text_field")]
+    pub text_field: String,
     /// AdamW and its schedule.
     pub optimizer: OptimizerSettings,
     /// The order of the data.
@@ -79,6 +82,10 @@ pub struct SftConfig {
 
 fn default_dist_timeout() -> f64 {
     300.0
+}
+
+fn default_text_field() -> String {
+    "text".into()
 }
 
 /// Which tokens of a row the loss covers (TRL's `assistant_only_loss` and `completion_only_loss`).
@@ -114,6 +121,7 @@ impl SftConfig {
         let m = &self.model;
         serde_json::json!({
             "--data/--dataset-config/--dataset-split/--env/--env-config": self.source,
+            "--dataset-text-field": self.text_field,
             "--model": m.model,
             "--dtype": m.dtype,
             "--mixed-precision": m.mixed_precision,
@@ -302,7 +310,7 @@ pub fn run(mut config: SftConfig) -> Result<i32> {
     let (examples, demos, env) = match &config.source {
         SftSource::Data(spec) => {
             let dataset = Dataset::load(spec, "--data", "train", config.model.allow_download)?;
-            (data::examples(&dataset, "--data")?, None, None)
+            (data::examples(&dataset, "--data", &config.text_field)?, None, None)
         }
         SftSource::Environment { name, config: options } => {
             let registry = Registry::discover(&DiscoveryOptions::new(config.plugin_dirs.clone()))?;
