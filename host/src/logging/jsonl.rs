@@ -1,8 +1,7 @@
 //! The run directory's own record: `metrics.jsonl` (one object per step: `"step"`, `"_timestamp"`, `"_runtime"` and
-//! the metrics),
-//! `completions.jsonl` (one object per completion row) and `summary.json` (the summary so far). Lines are appended
-//! and flushed one by one, so `grpo-host report` can read a run in progress. A resumed run first cuts both files
-//! back to the rows before its checkpoint's step (an atomic rewrite), so every step appears once.
+//! the metrics), `completions.jsonl` (one object per completion row) and `summary.json` (the summary so far). Lines
+//! are appended and flushed one by one, so `grpo-host report` can read a run in progress. A resumed run first cuts
+//! both files back to the rows before its checkpoint's step (an atomic rewrite), so every step appears once.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};

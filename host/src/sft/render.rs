@@ -6,6 +6,8 @@
 //! assistant turn is its content encoded on its own, followed by the end-of-turn id the template closes assistant
 //! turns with (for ChatML `<|im_end|>`), so the model learns to stop exactly where sampling stops. The mask is true
 //! on those tokens only: never on system, user or tool tokens, nor on the template's glue.
+//!
+//! Plain text (TRL's standard rows) has no chat template to follow: [`render_text`] tokenizes it as TRL does.
 
 use anyhow::{anyhow, bail, Result};
 use grpo_sdk::Message;
@@ -167,8 +169,8 @@ impl<'a> Renderer<'a> {
 /// A plain-text example as TRL's `SFTTrainer` tokenizes standard rows: the tokenizer's `eos_token` is appended
 /// to the text (the completion) unless it already ends with it, and the result is tokenized with the tokenizer's
 /// special tokens (a BOS where it adds one). Language modeling trains on every token but the first (which nothing
-/// predicts). Prompt-completion tokenizes
-/// the prompt alone as well, and trains on the whole's tokens after as many as the prompt has.
+/// predicts). Prompt-completion tokenizes the prompt alone as well, and trains on the whole's tokens after as many as
+/// the prompt has.
 ///
 /// The flag is false when the prompt's tokens are not the start of the whole's: the two merged at the seam (a prompt
 /// ending in a space, say), and the mask's start cuts into the completion's first token as TRL's does.

@@ -184,7 +184,7 @@ impl<'a> Stream<'a> {
                     renderer.as_ref().expect("just made").render_conversation(c)
                 }
                 Example::Text(t) => render::render_text(tokenizer, t).map(|(rendered, seamless)| {
-                    seams += usize::from(!seamless);
+                    seams += usize::from(!seamless && loss_on.completion_only);
                     rendered
                 }),
             };

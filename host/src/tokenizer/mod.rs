@@ -152,8 +152,8 @@ impl Tokenizer {
         self.template.as_ref()
     }
 
-    /// An error unless the model has a chat template; `what` says what needs it ("the environment's prompts are
-    /// rendered with it").
+    /// An error unless the model has a chat template; `what` says what needs it ("conversations are rendered with
+    /// it").
     pub fn require_chat_template(&self, what: &str) -> anyhow::Result<()> {
         if self.template.is_some() {
             return Ok(());

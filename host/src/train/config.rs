@@ -195,8 +195,8 @@ pub struct OptimizerSettings {
 }
 
 impl OptimizerSettings {
-    /// An error naming the flag when a setting is out of its range (the learning rate is checked with the
-    /// command's own flag name, `--lr` or `--sft-lr`).
+    /// An error naming the flag when a setting is out of its range (train's warm-up learning rate, `--sft-lr`, is
+    /// checked where it is read).
     pub fn check(&self) -> anyhow::Result<()> {
         let checks = [
             ("--lr", self.lr, self.lr > 0.0, "a positive number"),
