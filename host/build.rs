@@ -1,9 +1,9 @@
 //! Make CUDA visible to the binaries: nothing in the Rust code references a libtorch_cuda symbol, so the linker's
 //! default `--as-needed` would drop the library and `tch::Cuda::is_available()` would quietly report false.
 //! Also compiles the small C++ shims libtorch's C API lacks: the CUDA caching allocator's memory statistics
-//! (logging/cuda_memory.cpp), the deterministic-algorithms switch (deterministic.cpp), the token log-probs autograd
-//! node that keeps no logits (model/token_log_probs.cpp), gradient checkpointing's recomputing node
-//! (model/recompute.cpp), the fused AdamW update (train/fused_adamw.cpp) and the c10d process group
+//! (logging/cuda_memory.cpp), the deterministic-algorithms switch and the C++ log level (runtime.cpp), the token
+//! log-probs autograd node that keeps no logits (model/token_log_probs.cpp), gradient checkpointing's recomputing
+//! node (model/recompute.cpp), the fused AdamW update (train/fused_adamw.cpp) and the c10d process group
 //! (distributed/c10d.cpp), which compiles against the wheel's c10d headers and the Gloo declarations beside it.
 fn main() {
     // torch-sys reports where it found libtorch (its `links = "tch"` metadata).
@@ -20,7 +20,7 @@ fn main() {
 /// The shims need only c10's and ATen's headers, found beside libtorch's lib directory (or under $LIBTORCH).
 fn build_cuda_memory_shim() {
     println!("cargo:rerun-if-changed=src/logging/cuda_memory.cpp");
-    println!("cargo:rerun-if-changed=src/deterministic.cpp");
+    println!("cargo:rerun-if-changed=src/runtime.cpp");
     println!("cargo:rerun-if-changed=src/model/token_log_probs.cpp");
     println!("cargo:rerun-if-changed=src/model/recompute.cpp");
     println!("cargo:rerun-if-changed=src/train/fused_adamw.cpp");
@@ -52,7 +52,7 @@ fn build_cuda_memory_shim() {
         .define("_GLIBCXX_USE_CXX11_ABI", cxx11_abi.as_str())
         .warnings(false)
         .file("src/logging/cuda_memory.cpp")
-        .file("src/deterministic.cpp")
+        .file("src/runtime.cpp")
         .file("src/model/token_log_probs.cpp")
         .file("src/model/recompute.cpp")
         .file("src/train/fused_adamw.cpp")

@@ -5,6 +5,7 @@ use grpo_host::{cli, error};
 
 fn main() {
     error::install_panic_hook();
+    grpo_host::runtime::init_logging();
     let outcome = error::catch_panics(|| cli::parse().and_then(cli::run));
     match outcome {
         Ok(code) => std::process::exit(code),

@@ -43,6 +43,14 @@ impl ErrBuf {
 
 extern "C" {
     fn grpo_set_deterministic(on: i32) -> i32;
+    fn grpo_init_logging();
+}
+
+/// Apply `TORCH_CPP_LOG_LEVEL` to libtorch's own log lines (`[W...]` warnings from c10d, say), as importing torch
+/// does in Python: `ERROR` keeps only errors. Called once at start.
+pub fn init_logging() {
+    // SAFETY: no arguments; the shim catches every C++ exception.
+    unsafe { grpo_init_logging() }
 }
 
 /// Switch libtorch's deterministic algorithms on or off (`torch.use_deterministic_algorithms`). On CUDA this also

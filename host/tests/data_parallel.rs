@@ -414,3 +414,23 @@ fn sft_on_two_ranks_equals_one_process_with_twice_the_batch() {
     assert_eq!(stdout.matches("saved the fine-tuned model").count(), 1, "one rank prints the end:\n{stdout}");
     assert!(r.join("two/checkpoints/step_2").is_dir() && r.join("two/checkpoints/step_3").is_dir());
 }
+
+/// A rank whose peers never join gives up after `--dist-timeout` with one line, libtorch's C++ frames left out;
+/// with `TORCH_CPP_LOG_LEVEL=ERROR` (read as Python's torch reads it) libtorch's own warning lines go too, and
+/// that line is all of stderr.
+#[test]
+fn a_rank_alone_at_the_rendezvous_fails_in_one_line() {
+    let runs = tempfile::tempdir().unwrap();
+    let args = train_args(runs.path(), "alone", 2, 4, 1);
+    let port = free_port().to_string();
+    let mut cmd = clean(Command::new(common::host_exe()), runs.path());
+    cmd.args(&args).args(["--dist-timeout", "1"]);
+    cmd.envs([("WORLD_SIZE", "2"), ("RANK", "0"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")]);
+    cmd.env("MASTER_PORT", &port).env("TORCH_CPP_LOG_LEVEL", "ERROR");
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("error: rank 0: joining the process group at 127.0.0.1:"), "{stderr}");
+    assert!(!stderr.contains("frame #") && !stderr.contains("Exception raised from"), "{stderr}");
+}
