@@ -378,6 +378,8 @@ fn sft_args(runs: &Path, name: &str, per_rank: usize) -> Vec<String> {
     }
     let model = common::workspace_root().join("tests/fixtures/model/tiny/llama");
     let mut a: Vec<String> = vec!["sft".into(), "--data".into(), data.display().to_string()];
+    // The held-out loss after steps 2 and 3, on the same rows (the ranks score two each).
+    a.extend(["--eval-data".into(), data.display().to_string(), "--eval-every".into(), "2".into()]);
     a.extend(["--model".into(), model.display().to_string(), "--device".into(), "cpu".into()]);
     a.extend(["--batch-size".into(), per_rank.to_string(), "--micro-batch-size".into(), "1".into()]);
     for s in ["--max-steps", "3", "--lr", "1e-3", "--threads", "1", "--no-wandb", "--checkpoint-interval", "2"] {
@@ -402,7 +404,12 @@ fn sft_on_two_ranks_equals_one_process_with_twice_the_batch() {
         // Every step sees the same conversations (two per step, the data reshuffled each pass) and tokens.
         assert_eq!(number(a, "sft/tokens"), number(b, "sft/tokens"), "step {step}");
         assert_eq!(number(a, "sft/epoch"), number(b, "sft/epoch"), "step {step}");
-        for key in ["sft/loss", "sft/accuracy", "sft/grad_norm"] {
+        let evaluated = *step >= 1;
+        assert_eq!(a.contains_key("sft/eval_loss"), evaluated, "step {step}");
+        assert_eq!(b.contains_key("sft/eval_loss"), evaluated, "step {step}");
+        let held_out: &[&str] =
+            if evaluated { &["sft/eval_loss", "sft/eval_accuracy", "sft/eval_tokens"] } else { &[] };
+        for key in ["sft/loss", "sft/accuracy", "sft/grad_norm"].iter().chain(held_out) {
             let (x, y) = (number(a, key), number(b, key));
             assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "{key} at step {step}: {x} vs {y}");
         }

@@ -588,3 +588,41 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// `--eval-data`: the held-out loss after a step is the loss of the model that step made, so on the training rows
+/// themselves (every step a whole pass over them) it equals the next step's training loss; it is logged after every
+/// `--eval-every` steps and after the last, and a bad held-out row stops the run before the first step.
+#[test]
+fn sft_held_out_loss_is_the_next_steps_loss_on_the_same_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("rows.jsonl");
+    let rows = [
+        serde_json::json!({"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]}),
+        serde_json::json!({"text": "The quick brown fox."}),
+        serde_json::json!({"prompt": "Opposite of up:", "completion": " down"}),
+    ];
+    std::fs::write(&data, rows.iter().map(|r| r.to_string() + "\n").collect::<String>()).unwrap();
+    let runs = dir.path().join("runs");
+    let flags = ["--max-steps", "4", "--batch-size", "3", "--micro-batch-size", "2", "--eval-every", "2"];
+    let eval = [&flags[..], &["--eval-data", data.to_str().unwrap()]].concat();
+    let out = sft_run(&runs, "held-out", &data, &eval);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let logged = self::rows(&runs.join("held-out"));
+    let value = |step: usize, key: &str| logged[step].get(key).and_then(serde_json::Value::as_f64);
+    // After steps 2 and 4 (rows 1 and 3): the loss the model of that step has on the three rows.
+    let evaluated: Vec<usize> = (0..4).filter(|&s| value(s, "sft/eval_loss").is_some()).collect();
+    assert_eq!(evaluated, [1, 3], "{stderr}");
+    let (held_out, next) = (value(1, "sft/eval_loss").unwrap(), value(2, "sft/loss").unwrap());
+    assert!((held_out - next).abs() <= 1e-6 * next, "{held_out} vs {next}");
+    assert_eq!(value(1, "sft/eval_tokens"), value(2, "sft/tokens"));
+    assert!(stderr.contains("eval at step 2: loss ") && stderr.contains("eval at step 4: loss "), "{stderr}");
+
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"question\": 1}\n").unwrap();
+    let out = sft_run(&runs, "bad-eval", &data, &["--max-steps", "1", "--eval-data", bad.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--eval-data") && err.contains("bad.jsonl row 0"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}

@@ -70,7 +70,7 @@ const PLOTS: [PlotSpec; 7] = [
         // `grpo-host sft` and train's --sft-warmup-steps: on their own scale (a cross-entropy), not the RL loss's.
         file: "sft.png",
         title: "supervised fine-tuning",
-        matches: |k| k == "sft/loss" || k == "sft/accuracy",
+        matches: |k| matches!(k, "sft/loss" | "sft/accuracy" | "sft/eval_loss" | "sft/eval_accuracy"),
     },
     PlotSpec {
         file: "completion_length.png",
@@ -373,6 +373,7 @@ mod tests {
         }
         for step in 0..3u64 {
             text.push_str(&format!("{{\"step\":{step},\"sft/loss\":{},\"sft/accuracy\":0.5}}\n", 2.0 - step as f64));
+            text.push_str(&format!("{{\"step\":{step},\"sft/eval_loss\":{}}}\n", 3.0 - step as f64));
         }
         text.push_str("{\"step\":30,\"rollouts/ret"); // the trainer is mid-write
         std::fs::write(dir.path().join("metrics.jsonl"), text).unwrap();
@@ -393,6 +394,7 @@ mod tests {
         assert_eq!(run(&args).unwrap(), 0);
         assert!(summary.contains("eval/accuracy: last 0.5800, min 0.0000, max 0.5800, 4 points"), "{summary}");
         assert!(summary.contains("sft/loss: last 0.0000, min 0.0000, max 2.0000, 3 points"), "{summary}");
+        assert!(summary.contains("sft/eval_loss: last 1.0000, min 1.0000, max 3.0000, 3 points"), "{summary}");
         for f in ["returns.png", "loss.png", "kl.png", "grad_norm.png", "completion_length.png", "eval.png", "sft.png"]
         {
             let bytes = std::fs::read(dir.path().join("plots").join(f)).unwrap();

@@ -8,7 +8,8 @@ use super::args::{json_option, LoraArgs, ModelArgs, RunDirArgs};
 use super::plugins::PluginDirArgs;
 use crate::data::DatasetSpec;
 use crate::logging::LoggingArgs;
-use crate::sft::run::{LossOn, SftConfig, SftSource};
+use crate::sft::render::LossOn;
+use crate::sft::run::{SftConfig, SftEvalSettings, SftSource};
 use crate::sft::warmup::WarmupSettings;
 use crate::train::config::{LogSettings, LrSchedule, OptimizerSettings};
 use crate::train::precision::MixedPrecision;
@@ -61,9 +62,19 @@ pub struct SftArgs {
     /// The split to read from a hub layout [default: train].
     #[arg(long = "dataset-split", visible_alias = "data-split", value_name = "SPLIT", requires = "data")]
     pub data_split: Option<String>,
-    /// The column holding a language-modeling row's text (TRL's dataset_text_field).
-    #[arg(long, value_name = "NAME", default_value = "text", requires = "data")]
+    /// The column holding a language-modeling row's text (TRL's dataset_text_field), in --data and --eval-data.
+    #[arg(long, value_name = "NAME", default_value = "text")]
     pub dataset_text_field: String,
+    /// Held-out rows (same formats and kinds as --data): their loss is logged as sft/eval_loss after the last step
+    /// and every --eval-every steps (TRL's eval_dataset).
+    #[arg(long, value_name = "FILE|DIR|GLOB|ID")]
+    pub eval_data: Option<String>,
+    /// The split of --eval-data to read from a hub layout [default: test].
+    #[arg(long, value_name = "SPLIT", requires = "eval_data")]
+    pub eval_data_split: Option<String>,
+    /// Also evaluate every N steps (0: after the last step only).
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "eval_data")]
+    pub eval_every: u64,
     /// Train on this environment's demonstrations instead of --data.
     #[arg(long, value_name = "NAME")]
     pub env: Option<String>,
@@ -150,7 +161,7 @@ impl SftArgs {
         }
         let source = match (self.data, self.env) {
             (Some(source), _) => {
-                SftSource::Data(DatasetSpec { source, config: self.data_config, split: self.data_split })
+                SftSource::Data(DatasetSpec { source, config: self.data_config.clone(), split: self.data_split })
             }
             (None, Some(name)) => {
                 SftSource::Environment { name, config: json_option(self.env_config.as_deref(), "--env-config")? }
@@ -179,6 +190,10 @@ impl SftArgs {
             micro_batch_size: self.micro_batch_size,
             max_length: (self.max_length > 0).then_some(self.max_length),
             text_field: self.dataset_text_field,
+            eval: self.eval_data.map(|source| SftEvalSettings {
+                data: DatasetSpec { source, config: self.data_config.clone(), split: self.eval_data_split },
+                every: self.eval_every,
+            }),
             loss_on: LossOn { assistant_only: self.assistant_only_loss, completion_only: self.completion_only_loss },
             optimizer: OptimizerSettings {
                 lr: self.lr,

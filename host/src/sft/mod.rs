@@ -5,6 +5,7 @@
 //! data::{examples, Demonstrations}       -> Example: Conversation (messages, declared tools) or PlainText
 //! render::{Renderer, render_text}        -> Rendered (the rollout's exact token stream, assistant mask)
 //! step::SftStep::run                     -> SftRecord (mean token cross-entropy on assistant tokens, AdamW)
+//! eval::held_out                         -> HeldOut (the same loss on --eval-data, without gradients)
 //! ```
 //!
 //! A conversation's token stream is the one a rollout of it would have produced, so supervised and reinforcement
@@ -13,6 +14,7 @@
 //! `SFTTrainer` does, with no chat template.
 
 pub mod data;
+pub mod eval;
 pub mod loss;
 pub mod render;
 pub mod run;

@@ -13,10 +13,13 @@ use anyhow::{anyhow, bail, Result};
 use grpo_sdk::Message;
 use serde_json::Value as Json;
 
-use super::data::PlainText;
+use serde::{Deserialize, Serialize};
+
+use super::data::{Example, PlainText};
 use super::Conversation;
 use crate::rollout::Glue;
 use crate::tokenizer::Tokenizer;
+use crate::user_error;
 
 /// A private-use marker for the text of an assistant turn, to find what the template writes after it.
 const SENTINEL: &str = "\u{E000}grpo-rs:sft-turn\u{E001}";
@@ -50,6 +53,117 @@ impl Rendered {
         self.tokens.truncate(max_length);
         self.assistant.truncate(max_length);
     }
+}
+
+/// Which tokens of a row the loss covers (TRL's `assistant_only_loss` and `completion_only_loss`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LossOn {
+    /// A conversation's assistant turns only (TRL's default is every token; here the turns a rollout samples, so
+    /// supervised and reinforcement learning train the same tokens).
+    pub assistant_only: bool,
+    /// A string prompt-completion row's completion only (TRL's default), or its prompt too.
+    pub completion_only: bool,
+}
+
+impl Default for LossOn {
+    fn default() -> Self {
+        LossOn { assistant_only: true, completion_only: true }
+    }
+}
+
+impl LossOn {
+    /// `rendered` as this setting trains it: every token when the example's kind is not restricted.
+    pub fn apply(self, example_is_chat: bool, rendered: &mut Rendered) {
+        let restricted = if example_is_chat { self.assistant_only } else { self.completion_only };
+        if !restricted {
+            rendered.train_on_every_token();
+        }
+    }
+}
+
+/// How a dataset's rows become training input: which tokens are trained, and where rows are cut.
+#[derive(Debug, Clone, Copy)]
+pub struct RenderSettings {
+    /// Which tokens the loss covers.
+    pub loss_on: LossOn,
+    /// Tokens kept of each row (TRL's `max_length`); `None` keeps them all.
+    pub max_length: Option<usize>,
+}
+
+impl RenderSettings {
+    /// `row` trained as these settings say and cut to `max_length`.
+    pub fn shape(self, is_chat: bool, row: &mut Rendered) {
+        self.loss_on.apply(is_chat, row);
+        row.truncate(self.max_length.unwrap_or(usize::MAX));
+    }
+}
+
+/// A dataset's examples rendered for `tokenizer` (conversations through its chat template, plain text as TRL
+/// tokenizes it) and shaped by `settings`; an error names the first row that cannot be rendered, with `flag`. Rows
+/// with no trained token (an empty text, or all of it past `max_length`) are left out, with a line saying how many;
+/// none left is an error.
+pub fn render_rows(
+    examples: &[Example],
+    tokenizer: &Tokenizer,
+    settings: RenderSettings,
+    flag: &str,
+) -> Result<Vec<Rendered>> {
+    let total = examples.len();
+    let mut rows = Vec::with_capacity(total);
+    let (mut renderer, mut seams, mut empty) = (None, 0, 0);
+    for example in examples {
+        let rendered = match example {
+            Example::Chat(c) => {
+                if renderer.is_none() {
+                    let what = "such a model trains on plain `text` or string `prompt`/`completion` rows only";
+                    tokenizer.require_chat_template(what).map_err(|e| user_error!("{flag} {}: {e}", c.origin))?;
+                    renderer = Some(Renderer::new(tokenizer, None)?);
+                }
+                renderer.as_ref().expect("just made").render_conversation(c)
+            }
+            Example::Text(t) => render_text(tokenizer, t).map(|(rendered, seamless)| {
+                seams += usize::from(!seamless && settings.loss_on.completion_only);
+                rendered
+            }),
+        };
+        let mut row = rendered.map_err(|e| user_error!("{flag} {}: {e}", example.origin()))?;
+        let is_chat = matches!(example, Example::Chat(_));
+        settings.loss_on.apply(is_chat, &mut row);
+        if row.assistant_tokens() == 0 {
+            // An empty text: its one token (the eos) has nothing before it to predict it from.
+            empty += 1;
+            continue;
+        }
+        row.truncate(settings.max_length.unwrap_or(usize::MAX));
+        if row.assistant_tokens() > 0 {
+            rows.push(row);
+        }
+    }
+    let cut = total - empty - rows.len();
+    let length = settings.max_length.unwrap_or_default();
+    if rows.is_empty() {
+        return Err(match cut {
+            0 => user_error!("{flag}: no row has a token to train on (their texts or completions are empty)"),
+            _ => user_error!(
+                "{flag}: every row's trained tokens (assistant turns, completions) start after --max-length {length} \
+                 tokens; raise it"
+            ),
+        });
+    }
+    if empty > 0 {
+        eprintln!("{flag}: {empty} of {total} rows have no token to train on (an empty text) and are left out");
+    }
+    if cut > 0 {
+        eprintln!("{flag}: {cut} of {total} rows have no trained token within --max-length {length} and are left out");
+    }
+    if seams > 0 {
+        eprintln!(
+            "{flag}: in {seams} of {total} rows the prompt's last token merges with the completion's first when \
+             tokenized together (a prompt ending in a space, say); as in TRL, their loss starts after the prompt's \
+             own token count"
+        );
+    }
+    Ok(rows)
 }
 
 /// Renders conversations for one model and tool list.

@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
 use super::data::Example;
-use super::{data, render, tools_json, Demonstrations, Rendered, Renderer, SftStep};
+use super::render::{LossOn, RenderSettings};
+use super::{data, eval, render, tools_json, Demonstrations, Rendered, Renderer, SftStep};
 use crate::checkpoint::{self, TrainerState};
 use crate::data::{Dataset, DatasetSpec};
 use crate::distributed::World;
@@ -25,7 +26,6 @@ use crate::train::policy::Policy;
 use crate::train::precision::LossScaler;
 use crate::train::run_dir::{self, RunPaths};
 use crate::train::StopRequest;
-use crate::user_error;
 
 /// Where the conversations come from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,6 +67,9 @@ pub struct SftConfig {
     /// The column of a language-modeling row's text (TRL's `dataset_text_field`).
     #[serde(default = "default_text_field")]
     pub text_field: String,
+    /// Held-out evaluation; `None` without `--eval-data`.
+    #[serde(default)]
+    pub eval: Option<SftEvalSettings>,
     /// AdamW and its schedule.
     pub optimizer: OptimizerSettings,
     /// The order of the data.
@@ -88,33 +91,21 @@ fn default_text_field() -> String {
     "text".into()
 }
 
-/// Which tokens of a row the loss covers (TRL's `assistant_only_loss` and `completion_only_loss`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LossOn {
-    /// A conversation's assistant turns only (TRL's default is every token; here the turns a rollout samples, so
-    /// supervised and reinforcement learning train the same tokens).
-    pub assistant_only: bool,
-    /// A string prompt-completion row's completion only (TRL's default), or its prompt too.
-    pub completion_only: bool,
-}
-
-impl Default for LossOn {
-    fn default() -> Self {
-        LossOn { assistant_only: true, completion_only: true }
-    }
-}
-
-impl LossOn {
-    /// `rendered` as this setting trains it: every token when the example's kind is not restricted.
-    fn apply(self, example_is_chat: bool, rendered: &mut Rendered) {
-        let restricted = if example_is_chat { self.assistant_only } else { self.completion_only };
-        if !restricted {
-            rendered.train_on_every_token();
-        }
-    }
+/// `grpo-host sft`'s held-out evaluation (TRL's `eval_dataset` with `eval_steps`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SftEvalSettings {
+    /// The rows (`--eval-data`, in `--data`'s formats).
+    pub data: DatasetSpec,
+    /// Evaluate after every this many steps as well as after the last (0: after the last only).
+    pub every: u64,
 }
 
 impl SftConfig {
+    /// How rows become training input.
+    fn render_settings(&self) -> RenderSettings {
+        RenderSettings { loss_on: self.loss_on, max_length: self.max_length }
+    }
+
     /// The settings that change what the run computes: a resumed run must keep them unless
     /// `--allow-config-change` (the step count, micro-batch size, checkpoints, logging and threads may change).
     fn result_settings(&self) -> Json {
@@ -161,73 +152,18 @@ enum Stream<'a> {
 }
 
 impl<'a> Stream<'a> {
-    /// Render a dataset's examples for `tokenizer` (conversations through its chat template, plain text as it is),
-    /// cut to `max_length` tokens; an error names the first row that cannot be rendered. Rows left with no trained
-    /// token by the cut are dropped, with a line saying how many; none left is an error.
+    /// A dataset's examples, rendered at once for `tokenizer` ([`render::render_rows`]).
     fn data(
-        examples: Vec<Example>,
+        examples: &[Example],
         tokenizer: &crate::tokenizer::Tokenizer,
-        (max_length, loss_on): (Option<usize>, LossOn),
+        settings: RenderSettings,
         seed: u64,
     ) -> Result<Stream<'a>> {
-        let total = examples.len();
-        let mut rows = Vec::with_capacity(total);
-        let (mut renderer, mut seams, mut empty) = (None, 0, 0);
-        for example in &examples {
-            let rendered = match example {
-                Example::Chat(c) => {
-                    if renderer.is_none() {
-                        let what = "such a model trains on plain `text` or string `prompt`/`completion` rows only";
-                        tokenizer.require_chat_template(what).map_err(|e| user_error!("--data {}: {e}", c.origin))?;
-                        renderer = Some(Renderer::new(tokenizer, None)?);
-                    }
-                    renderer.as_ref().expect("just made").render_conversation(c)
-                }
-                Example::Text(t) => render::render_text(tokenizer, t).map(|(rendered, seamless)| {
-                    seams += usize::from(!seamless && loss_on.completion_only);
-                    rendered
-                }),
-            };
-            let mut row = rendered.map_err(|e| user_error!("--data {}: {e}", example.origin()))?;
-            loss_on.apply(matches!(example, Example::Chat(_)), &mut row);
-            if row.assistant_tokens() == 0 {
-                // An empty text: its one token (the eos) has nothing before it to predict it from.
-                empty += 1;
-                continue;
-            }
-            row.truncate(max_length.unwrap_or(usize::MAX));
-            if row.assistant_tokens() > 0 {
-                rows.push(row);
-            }
-        }
-        let cut = total - empty - rows.len();
-        let length = max_length.unwrap_or_default();
-        if rows.is_empty() {
-            return Err(match cut {
-                0 => user_error!("--data: no row has a token to train on (their texts or completions are empty)"),
-                _ => user_error!(
-                    "--data: every row's trained tokens (assistant turns, completions) start after --max-length \
-                     {length} tokens; raise it"
-                ),
-            });
-        }
-        if empty > 0 {
-            eprintln!("--data: {empty} of {total} rows have no token to train on (an empty text) and are left out");
-        }
-        if cut > 0 {
-            eprintln!("--max-length {length}: {cut} of {total} rows have no trained token within it and are left out");
-        }
-        if seams > 0 {
-            eprintln!(
-                "note: in {seams} of {total} rows the prompt's last token merges with the completion's first when \
-                 tokenized together (a prompt ending in a space, say); as in TRL, their loss starts after the prompt's \
-                 own token count"
-            );
-        }
+        let rows = render::render_rows(examples, tokenizer, settings, "--data")?;
         Ok(Stream::Data { rows, seed, position: 0, order: (0, Vec::new()) })
     }
 
-    fn take(&mut self, n: usize, (max_length, loss_on): (Option<usize>, LossOn)) -> Result<Vec<Rendered>> {
+    fn take(&mut self, n: usize, settings: RenderSettings) -> Result<Vec<Rendered>> {
         match self {
             Stream::Data { rows, seed, position, order } => {
                 let len = rows.len() as u64;
@@ -251,8 +187,7 @@ impl<'a> Stream<'a> {
                     let mut row = renderer
                         .render_conversation(c)
                         .map_err(|e| anyhow::anyhow!("demonstration of {}: {e}", c.origin))?;
-                    loss_on.apply(true, &mut row);
-                    row.truncate(max_length.unwrap_or(usize::MAX));
+                    settings.shape(true, &mut row);
                     Ok(row)
                 })
                 .collect(),
@@ -318,6 +253,13 @@ pub fn run(mut config: SftConfig) -> Result<i32> {
             (Vec::new(), Some(Demonstrations::new(env.clone(), config.seed)?), Some(env))
         }
     };
+    let eval_examples = match &config.eval {
+        Some(e) => {
+            let dataset = Dataset::load(&e.data, "--eval-data", "test", config.model.allow_download)?;
+            Some(data::examples(&dataset, "--eval-data", &config.text_field)?)
+        }
+        None => None,
+    };
     let tools = match &env {
         Some(env) => tools_json(&env.tools()?),
         None => None,
@@ -332,8 +274,13 @@ pub fn run(mut config: SftConfig) -> Result<i32> {
     crate::train::synchronize_start(&world, &policy, &optimizer)?;
     let mut stream = match demos {
         Some(demos) => Stream::Demos(Box::new(demos), Renderer::new(policy.tokenizer(), tools.as_deref())?),
-        None => Stream::data(examples, policy.tokenizer(), (config.max_length, config.loss_on), config.seed)?,
+        None => Stream::data(&examples, policy.tokenizer(), config.render_settings(), config.seed)?,
     };
+    // Each rank scores its share of the held-out rows.
+    let held_out = eval_examples
+        .map(|examples| render::render_rows(&examples, policy.tokenizer(), config.render_settings(), "--eval-data"))
+        .transpose()?
+        .map(|rows| eval::share(&rows, world.rank, world.size));
     // Checkpoints record where the data stream was; one from before they did took `batch_size` per step.
     let per_step = (config.batch_size * world.size) as u64;
     stream.seek(state.sft_position.unwrap_or(state.global_step * per_step));
@@ -352,6 +299,7 @@ pub fn run(mut config: SftConfig) -> Result<i32> {
         scaler,
         state,
         stream,
+        held_out,
         loggers,
         stop,
         checkpoints: paths.checkpoints,
@@ -373,6 +321,8 @@ struct SftRun<'a> {
     schedule: Schedule,
     state: TrainerState,
     stream: Stream<'a>,
+    /// This rank's share of the `--eval-data` rows.
+    held_out: Option<Vec<Rendered>>,
     loggers: Loggers,
     stop: StopRequest,
     checkpoints: PathBuf,
@@ -396,8 +346,7 @@ impl SftRun<'_> {
             let (step, start) = (self.state.global_step, Instant::now());
             // Every rank draws the whole step's conversations in the same order and keeps its own share.
             let (per_rank, rank) = (self.config.batch_size, self.world.rank);
-            let mut rows =
-                self.stream.take(per_rank * self.world.size, (self.config.max_length, self.config.loss_on))?;
+            let mut rows = self.stream.take(per_rank * self.world.size, self.config.render_settings())?;
             let rows: Vec<Rendered> = rows.drain(rank * per_rank..(rank + 1) * per_rank).collect();
             let lr = self.schedule.lr(step);
             let mut sft = SftStep {
@@ -421,6 +370,9 @@ impl SftRun<'_> {
                 row.insert("sft/epoch".into(), epoch.into());
             }
             row.insert("sft/step_seconds".into(), start.elapsed().as_secs_f64().into());
+            if let Some(held_out) = self.evaluate(step + 1)? {
+                row.extend(held_out);
+            }
             self.loggers.log(step, row);
             self.state.global_step += 1;
             self.state.sft_position = Some(self.stream.position());
@@ -435,6 +387,25 @@ impl SftRun<'_> {
             self.loggers.commit();
         }
         Ok(Ending::Completed)
+    }
+
+    /// The held-out metrics after `done` steps when an evaluation is due then: after the last step, and every
+    /// `--eval-every` steps. Every rank takes part.
+    fn evaluate(&mut self, done: u64) -> Result<Option<crate::logging::Metrics>> {
+        let (Some(rows), Some(settings)) = (&self.held_out, &self.config.eval) else { return Ok(None) };
+        if !(done == self.config.max_steps || (settings.every > 0 && done.is_multiple_of(settings.every))) {
+            return Ok(None);
+        }
+        let start = Instant::now();
+        let scored = eval::held_out(self.policy.model(), rows, self.config.micro_batch_size, self.world)?;
+        let seconds = start.elapsed().as_secs_f64();
+        self.loggers.println(&format!(
+            "eval at step {done}: loss {:.4} accuracy {:.3} over {} tokens ({seconds:.1}s)",
+            scored.loss, scored.accuracy, scored.tokens
+        ));
+        let mut metrics = scored.metrics();
+        metrics.insert("sft/eval_seconds".into(), seconds.into());
+        Ok(Some(metrics))
     }
 
     /// Between steps every rank takes the same decisions: whether to stop (a signal reached any rank) and whether

@@ -1,0 +1,61 @@
+//! The held-out loss of supervised fine-tuning (`grpo-host sft --eval-data`), TRL's `eval_loss`: the mean token
+//! cross-entropy over an evaluation set's trained tokens, and how often the most likely next token is right, taken
+//! without gradients and with the model in evaluation mode (no LoRA dropout).
+
+use anyhow::Result;
+use tch::{Kind, Tensor};
+
+use super::loss::{sft_loss, SftBatch};
+use super::render::Rendered;
+use crate::distributed::{ReduceOp, World};
+use crate::logging::Metrics;
+use crate::model::Model;
+use crate::train::update::read_scalars;
+
+/// The held-out numbers after a step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HeldOut {
+    /// Mean token cross-entropy over every trained token of the evaluation set.
+    pub loss: f64,
+    /// Share of those tokens the model's most likely next token gets right.
+    pub accuracy: f64,
+    /// How many tokens that is.
+    pub tokens: i64,
+}
+
+impl HeldOut {
+    /// `sft/eval_loss`, `sft/eval_accuracy` and `sft/eval_tokens`.
+    pub fn metrics(&self) -> Metrics {
+        let values = [("sft/eval_loss", self.loss), ("sft/eval_accuracy", self.accuracy)];
+        let mut m: Metrics = values.into_iter().map(|(k, v)| (k.to_string(), v.into())).collect();
+        m.insert("sft/eval_tokens".into(), (self.tokens as f64).into());
+        m
+    }
+}
+
+/// The rows of `all` that rank `rank` of `size` scores: every `size`-th, so the shares differ by one row at most.
+pub fn share(all: &[Rendered], rank: usize, size: usize) -> Vec<Rendered> {
+    all.iter().skip(rank).step_by(size.max(1)).cloned().collect()
+}
+
+/// Score `rows` (this rank's share) in micro-batches of `micro_batch`; the ranks' sums are added, so every rank
+/// returns the whole set's numbers, the same for any number of ranks up to the order of floating-point sums.
+pub fn held_out(model: &Model, rows: &[Rendered], micro_batch: usize, world: &World) -> Result<HeldOut> {
+    let _no_grad = tch::no_grad_guard();
+    let device = model.device();
+    let mut loss_sum = Tensor::zeros([], (Kind::Double, device));
+    let mut correct = Tensor::zeros([], (Kind::Int64, device));
+    let mut tokens = 0i64;
+    for chunk in rows.chunks(micro_batch.max(1)) {
+        let refs: Vec<&Rendered> = chunk.iter().collect();
+        let out = sft_loss(model, &SftBatch::new(&refs, device));
+        loss_sum += out.sum.to_kind(Kind::Double);
+        correct += out.correct;
+        tokens += out.tokens;
+    }
+    // One read from the device for the whole evaluation.
+    let read = read_scalars(&[loss_sum, correct])?;
+    let sums = world.reduce_f64("summing the held-out loss", &[read[0], read[1], tokens as f64], ReduceOp::Sum)?;
+    let total = sums[2].max(1.0);
+    Ok(HeldOut { loss: sums[0] / total, accuracy: sums[1] / total, tokens: sums[2] as i64 })
+}
