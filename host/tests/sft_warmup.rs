@@ -626,3 +626,26 @@ fn sft_held_out_loss_is_the_next_steps_loss_on_the_same_rows() {
     assert!(err.contains("--eval-data") && err.contains("bad.jsonl row 0"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+/// `--num-train-epochs` (TRL's num_train_epochs) sets the steps from the rows: 3 rows, 2 passes, 2 a step: 3 steps,
+/// ending after exactly two passes.
+#[test]
+fn sft_trains_for_a_number_of_passes_over_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("rows.jsonl");
+    let row = |t: &str| serde_json::json!({"text": t}).to_string() + "\n";
+    std::fs::write(&data, [row("one"), row("two"), row("three")].concat()).unwrap();
+    let runs = dir.path().join("runs");
+    let out = sft_run(&runs, "passes", &data, &["--num-train-epochs", "2", "--batch-size", "2"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("--num-train-epochs 2: 3 rows in global batches of 2: 3 steps"), "{stderr}");
+    let epochs: Vec<f64> = self::rows(&runs.join("passes")).iter().filter_map(|r| r["sft/epoch"].as_f64()).collect();
+    assert_eq!(epochs.len(), 3);
+    assert!((epochs[2] - 2.0).abs() < 1e-12, "{epochs:?}");
+    // With an environment's demonstrations there is no pass to count: one line says so.
+    let out = run(&["sft", "--env", "calc_tools", "--num-train-epochs", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--num-train-epochs needs --data") && err.trim().lines().count() == 1, "{err}");
+}

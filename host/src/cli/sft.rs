@@ -100,6 +100,10 @@ pub struct SftArgs {
     /// Optimizer steps in all (a resumed run continues to this count).
     #[arg(long, default_value_t = 100)]
     pub max_steps: u64,
+    /// Train for this many passes over --data instead of --max-steps (TRL's num_train_epochs): the steps are the
+    /// rows times E over the global batch, rounded up.
+    #[arg(long, value_name = "E", conflicts_with = "max_steps")]
+    pub num_train_epochs: Option<f64>,
     /// Conversations per step.
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
@@ -156,6 +160,16 @@ impl SftArgs {
         if self.batch_size == 0 || self.micro_batch_size == 0 {
             return Err(user_error!("--batch-size and --micro-batch-size must be at least 1"));
         }
+        if let Some(epochs) = self.num_train_epochs {
+            if !(epochs > 0.0 && epochs.is_finite()) {
+                return Err(user_error!("--num-train-epochs {epochs}: must be a positive number, such as 3"));
+            }
+            if self.data.is_none() {
+                return Err(user_error!(
+                    "--num-train-epochs needs --data: an environment's demonstrations never run out; give --max-steps"
+                ));
+            }
+        }
         if !(self.dist_timeout.is_finite() && self.dist_timeout > 0.0) {
             return Err(user_error!("--dist-timeout {}: give a positive number of seconds", self.dist_timeout));
         }
@@ -186,6 +200,7 @@ impl SftArgs {
             plugin_dirs: self.plugins.plugin_dirs,
             model,
             max_steps: self.max_steps,
+            epochs: self.num_train_epochs,
             batch_size: self.batch_size,
             micro_batch_size: self.micro_batch_size,
             max_length: (self.max_length > 0).then_some(self.max_length),

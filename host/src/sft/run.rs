@@ -54,6 +54,9 @@ pub struct SftConfig {
     pub model: ModelSettings,
     /// Optimizer steps in all.
     pub max_steps: u64,
+    /// Passes over the dataset to train for (`--num-train-epochs`), which set `max_steps` once the rows are known.
+    #[serde(default)]
+    pub epochs: Option<f64>,
     /// Conversations per step.
     pub batch_size: usize,
     /// Conversations per forward/backward (the step's gradient does not depend on it).
@@ -276,6 +279,17 @@ pub fn run(mut config: SftConfig) -> Result<i32> {
         Some(demos) => Stream::Demos(Box::new(demos), Renderer::new(policy.tokenizer(), tools.as_deref())?),
         None => Stream::data(&examples, policy.tokenizer(), config.render_settings(), config.seed)?,
     };
+    if let (Some(epochs), Stream::Data { rows, .. }) = (config.epochs, &stream) {
+        let global_batch = (config.batch_size * world.size) as f64;
+        config.max_steps = (epochs * rows.len() as f64 / global_batch).ceil() as u64;
+        if world.is_main() {
+            eprintln!(
+                "--num-train-epochs {epochs}: {} rows in global batches of {global_batch}: {} steps",
+                rows.len(),
+                config.max_steps
+            );
+        }
+    }
     // Each rank scores its share of the held-out rows.
     let held_out = eval_examples
         .map(|examples| render::render_rows(&examples, policy.tokenizer(), config.render_settings(), "--eval-data"))
