@@ -618,6 +618,16 @@ fn sft_held_out_loss_is_the_next_steps_loss_on_the_same_rows() {
     assert_eq!(value(1, "sft/eval_tokens"), value(2, "sft/tokens"));
     assert!(stderr.contains("eval at step 2: loss ") && stderr.contains("eval at step 4: loss "), "{stderr}");
 
+    // `--eval-holdout 1`: the last row (" down" and the eos trained) is held out, two rows are trained on.
+    let out = sft_run(&runs, "holdout", &data, &["--max-steps", "1", "--batch-size", "2", "--eval-holdout", "1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let row = &self::rows(&runs.join("holdout"))[0];
+    assert_eq!((row["sft/eval_tokens"].as_f64(), row["sft/epoch"].as_f64()), (Some(6.0), Some(1.0)), "{row}");
+    let out = sft_run(&runs, "holdout-all", &data, &["--max-steps", "1", "--eval-holdout", "3"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--eval-holdout 3: --data has 3 rows") && err.trim().lines().count() == 1, "{err}");
+
     let bad = dir.path().join("bad.jsonl");
     std::fs::write(&bad, "{\"question\": 1}\n").unwrap();
     let out = sft_run(&runs, "bad-eval", &data, &["--max-steps", "1", "--eval-data", bad.to_str().unwrap()]);

@@ -9,7 +9,7 @@ use super::plugins::PluginDirArgs;
 use crate::data::DatasetSpec;
 use crate::logging::LoggingArgs;
 use crate::sft::render::LossOn;
-use crate::sft::run::{SftConfig, SftEvalSettings, SftSource};
+use crate::sft::run::{HeldOutRows, SftConfig, SftEvalSettings, SftSource};
 use crate::sft::warmup::WarmupSettings;
 use crate::train::config::{LogSettings, LrSchedule, OptimizerSettings};
 use crate::train::precision::MixedPrecision;
@@ -72,8 +72,11 @@ pub struct SftArgs {
     /// The split of --eval-data to read from a hub layout [default: test].
     #[arg(long, value_name = "SPLIT", requires = "eval_data")]
     pub eval_data_split: Option<String>,
-    /// Also evaluate every N steps (0: after the last step only).
-    #[arg(long, value_name = "N", default_value_t = 0, requires = "eval_data")]
+    /// Hold out the last N rows of --data instead, for the held-out loss (they are not trained on).
+    #[arg(long, value_name = "N", conflicts_with = "eval_data")]
+    pub eval_holdout: Option<usize>,
+    /// Also evaluate every N steps (0: after the last step only); needs --eval-data or --eval-holdout.
+    #[arg(long, value_name = "N", default_value_t = 0)]
     pub eval_every: u64,
     /// Train on this environment's demonstrations instead of --data.
     #[arg(long, value_name = "NAME")]
@@ -160,6 +163,22 @@ impl SftArgs {
         if self.batch_size == 0 || self.micro_batch_size == 0 {
             return Err(user_error!("--batch-size and --micro-batch-size must be at least 1"));
         }
+        let held_out = match (self.eval_data, self.eval_holdout) {
+            (Some(source), _) => Some(HeldOutRows::Data(DatasetSpec {
+                source,
+                config: self.data_config.clone(),
+                split: self.eval_data_split,
+            })),
+            (None, Some(0)) => return Err(user_error!("--eval-holdout must be at least 1")),
+            (None, Some(_)) if self.data.is_none() => {
+                return Err(user_error!("--eval-holdout holds out rows of --data; with --env give --eval-data"))
+            }
+            (None, Some(n)) => Some(HeldOutRows::Holdout(n)),
+            (None, None) if self.eval_every > 0 => {
+                return Err(user_error!("--eval-every needs held-out rows: give --eval-data or --eval-holdout"))
+            }
+            (None, None) => None,
+        };
         if let Some(epochs) = self.num_train_epochs {
             if !(epochs > 0.0 && epochs.is_finite()) {
                 return Err(user_error!("--num-train-epochs {epochs}: must be a positive number, such as 3"));
@@ -205,10 +224,7 @@ impl SftArgs {
             micro_batch_size: self.micro_batch_size,
             max_length: (self.max_length > 0).then_some(self.max_length),
             text_field: self.dataset_text_field,
-            eval: self.eval_data.map(|source| SftEvalSettings {
-                data: DatasetSpec { source, config: self.data_config.clone(), split: self.eval_data_split },
-                every: self.eval_every,
-            }),
+            eval: held_out.map(|rows| SftEvalSettings { rows, every: self.eval_every }),
             loss_on: LossOn { assistant_only: self.assistant_only_loss, completion_only: self.completion_only_loss },
             optimizer: OptimizerSettings {
                 lr: self.lr,

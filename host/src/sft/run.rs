@@ -26,6 +26,7 @@ use crate::train::policy::Policy;
 use crate::train::precision::LossScaler;
 use crate::train::run_dir::{self, RunPaths};
 use crate::train::StopRequest;
+use crate::user_error;
 
 /// Where the conversations come from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -97,10 +98,20 @@ fn default_text_field() -> String {
 /// `grpo-host sft`'s held-out evaluation (TRL's `eval_dataset` with `eval_steps`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SftEvalSettings {
-    /// The rows (`--eval-data`, in `--data`'s formats).
-    pub data: DatasetSpec,
+    /// Where its rows come from.
+    pub rows: HeldOutRows,
     /// Evaluate after every this many steps as well as after the last (0: after the last only).
     pub every: u64,
+}
+
+/// Where the held-out rows come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeldOutRows {
+    /// A dataset of their own (`--eval-data`, in `--data`'s formats).
+    Data(DatasetSpec),
+    /// The last rows of `--data` (`--eval-holdout N`), which are then not trained on.
+    Holdout(usize),
 }
 
 impl SftConfig {
@@ -116,6 +127,10 @@ impl SftConfig {
         serde_json::json!({
             "--data/--dataset-config/--dataset-split/--env/--env-config": self.source,
             "--dataset-text-field": self.text_field,
+            "--eval-holdout": match self.eval.as_ref().map(|e| &e.rows) {
+                Some(HeldOutRows::Holdout(n)) => *n,
+                _ => 0,
+            },
             "--model": m.model,
             "--dtype": m.dtype,
             "--mixed-precision": m.mixed_precision,
@@ -245,10 +260,21 @@ pub fn run(mut config: SftConfig) -> Result<i32> {
         Ok((paths, history))
     })?;
     // The data before the model: a bad file or plugin fails in seconds.
+    let mut eval_examples = None;
     let (examples, demos, env) = match &config.source {
         SftSource::Data(spec) => {
             let dataset = Dataset::load(spec, "--data", "train", config.model.allow_download)?;
-            (data::examples(&dataset, "--data", &config.text_field)?, None, None)
+            let mut examples = data::examples(&dataset, "--data", &config.text_field)?;
+            if let Some(HeldOutRows::Holdout(n)) = config.eval.as_ref().map(|e| &e.rows) {
+                if *n >= examples.len() {
+                    return Err(user_error!(
+                        "--eval-holdout {n}: --data has {} rows, so none would be left to train on",
+                        examples.len()
+                    ));
+                }
+                eval_examples = Some(examples.split_off(examples.len() - n));
+            }
+            (examples, None, None)
         }
         SftSource::Environment { name, config: options } => {
             let registry = Registry::discover(&DiscoveryOptions::new(config.plugin_dirs.clone()))?;
@@ -256,13 +282,10 @@ pub fn run(mut config: SftConfig) -> Result<i32> {
             (Vec::new(), Some(Demonstrations::new(env.clone(), config.seed)?), Some(env))
         }
     };
-    let eval_examples = match &config.eval {
-        Some(e) => {
-            let dataset = Dataset::load(&e.data, "--eval-data", "test", config.model.allow_download)?;
-            Some(data::examples(&dataset, "--eval-data", &config.text_field)?)
-        }
-        None => None,
-    };
+    if let Some(HeldOutRows::Data(spec)) = config.eval.as_ref().map(|e| &e.rows) {
+        let dataset = Dataset::load(spec, "--eval-data", "test", config.model.allow_download)?;
+        eval_examples = Some(data::examples(&dataset, "--eval-data", &config.text_field)?);
+    }
     let tools = match &env {
         Some(env) => tools_json(&env.tools()?),
         None => None,
