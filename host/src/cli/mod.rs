@@ -49,7 +49,8 @@ pub enum Command {
     Play(play::PlayArgs),
     /// Generate question-answer pairs for multiturn_qa from a corpus with a model (resumable).
     GenQa(gen_qa::GenQaArgs),
-    /// Supervised fine-tuning on chat conversations (TRL JSONL) or an environment's demonstrations.
+    /// Supervised fine-tuning on rows in TRL's dataset formats (conversations or plain text) or on an environment's
+    /// demonstrations.
     Sft(Box<sft::SftArgs>),
     /// Score a checkpoint or model on an environment's held-out tasks (greedy and pass@k) and write a JSON summary.
     Eval(Box<eval::EvalArgs>),

@@ -107,13 +107,13 @@ pub struct SftArgs {
     /// rows times E over the global batch, rounded up.
     #[arg(long, value_name = "E", conflicts_with = "max_steps")]
     pub num_train_epochs: Option<f64>,
-    /// Conversations per step.
+    /// Rows (conversations or texts) per step.
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
-    /// Conversations per forward/backward (a step's gradient is the same whatever it is).
+    /// Rows per forward/backward (a step's gradient is the same whatever it is).
     #[arg(long, default_value_t = 8)]
     pub micro_batch_size: usize,
-    /// Tokens kept of each conversation, the rest cut off (TRL's max_length); 0 keeps them all.
+    /// Tokens kept of each row, the rest cut off (TRL's max_length); 0 keeps them all.
     #[arg(long, default_value_t = 1024)]
     pub max_length: usize,
     /// Train a conversation's assistant turns only (true), or every token of it (false, TRL's default).

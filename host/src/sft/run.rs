@@ -58,9 +58,9 @@ pub struct SftConfig {
     /// Passes over the dataset to train for (`--num-train-epochs`), which set `max_steps` once the rows are known.
     #[serde(default)]
     pub epochs: Option<f64>,
-    /// Conversations per step.
+    /// Rows per step.
     pub batch_size: usize,
-    /// Conversations per forward/backward (the step's gradient does not depend on it).
+    /// Rows per forward/backward (the step's gradient does not depend on it).
     pub micro_batch_size: usize,
     /// Tokens kept of each conversation (the rest is cut off); `None` keeps them all.
     #[serde(default)]
