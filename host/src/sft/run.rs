@@ -245,7 +245,7 @@ enum Ending {
 }
 
 /// Run the fine-tuning; returns the process exit code. Under torchrun this process is one rank of a data-parallel
-/// job: every step takes `batch_size` conversations per rank, each rank computes its share of the token-weighted
+/// job: every step takes `batch_size` rows per rank, each rank computes its share of the token-weighted
 /// mean loss's gradient, the gradients are averaged, and rank 0 alone writes the run's files.
 pub fn run(mut config: SftConfig) -> Result<i32> {
     crate::runtime::set_threads(config.model.threads);
@@ -314,8 +314,12 @@ pub fn run(mut config: SftConfig) -> Result<i32> {
         }
     }
     // Each rank scores its share of the held-out rows.
+    let eval_flag = match config.eval.as_ref().map(|e| &e.rows) {
+        Some(HeldOutRows::Holdout(_)) => "--eval-holdout",
+        _ => "--eval-data",
+    };
     let held_out = eval_examples
-        .map(|examples| render::render_rows(&examples, policy.tokenizer(), config.render_settings(), "--eval-data"))
+        .map(|examples| render::render_rows(&examples, policy.tokenizer(), config.render_settings(), eval_flag))
         .transpose()?
         .map(|rows| eval::share(&rows, world.rank, world.size));
     // Checkpoints record where the data stream was; one from before they did took `batch_size` per step.
