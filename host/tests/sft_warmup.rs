@@ -55,6 +55,14 @@ fn train(runs: &Path, extra: &[&str]) -> Output {
     run(&args)
 }
 
+/// The stderr of a run refused for a mistake in what it was given: exit code 2 and one line.
+fn refused(out: &Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    err
+}
+
 fn rows(run: &Path) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
@@ -221,7 +229,7 @@ fn an_sft_run_stopped_and_resumed_equals_one_that_ran_through() {
     let changed = sft_run(&runs, "parts", &data, &["--max-steps", "6", "--lr", "2e-3", "--resume"]);
     let err = String::from_utf8_lossy(&changed.stderr);
     assert_eq!(changed.status.code(), Some(2), "{err}");
-    assert!(err.contains("--allow-config-change") && err.trim().lines().count() == 1, "{err}");
+    assert!(err.contains("--allow-config-change"), "{err}");
 }
 
 #[test]
@@ -245,24 +253,20 @@ fn sft_reads_a_folder_of_json_lines_and_json_in_both_trl_formats() {
     assert_eq!(row["sft/epoch"].as_f64(), Some(1.0), "{row}");
     // Cut to 3 tokens, no conversation keeps an assistant token: one line says so.
     let out = sft_run(&runs, "short", &data, &["--max-steps", "1", "--max-length", "3"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("--max-length 3") && err.trim().lines().count() == 1, "{err}");
+    let err = refused(&out);
+    assert!(err.contains("--max-length 3"), "{err}");
 
     std::fs::write(data.join("c.jsonl"), "{\"question\": \"a row of no TRL format\"}\n").unwrap();
     let out = sft_run(&runs, "bad", &data, &["--max-steps", "1"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("c.jsonl row 0") && err.contains("no `messages`") && err.trim().lines().count() == 1, "{err}");
+    let err = refused(&out);
+    assert!(err.contains("c.jsonl row 0") && err.contains("no `messages`"), "{err}");
     assert!(err.contains("`text`") && err.contains("[question]"), "{err}");
     let call = serde_json::json!({"messages": [{"role": "user", "content": "lights on"}, {"role": "assistant",
         "tool_calls": [{"type": "function", "function": {"name": "light", "arguments": {"on": true}}}]}]});
     std::fs::write(data.join("c.jsonl"), format!("{call}\n")).unwrap();
     let out = sft_run(&runs, "bad", &data, &["--max-steps", "1"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let err = refused(&out);
     assert!(err.contains("c.jsonl row 0") && err.contains("does not write") && err.contains("`light`"), "{err}");
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
 /// The tiny model with its chat template taken out, as a base model is, in `dir/base`.
@@ -297,7 +301,6 @@ fn a_model_without_a_chat_template_is_refused_at_the_start_of_training_and_eval(
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains("has no chat template") && err.contains(model), "{err}");
-        assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
     assert!(!runs.exists() || std::fs::read_dir(&runs).unwrap().next().is_none(), "a run directory was left");
     assert!(!eval_out.exists());
@@ -354,10 +357,8 @@ fn sft_trains_plain_text_rows_with_or_without_a_chat_template() {
     let out = sft_run_on(&model, &runs, "base", &plain, &["--max-steps", "1"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = sft_run_on(&model, &runs, "base-chat", &mixed, &["--max-steps", "1"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let err = refused(&out);
     assert!(err.contains("no chat template") && err.contains("`text`"), "{err}");
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
 
     // Another text column, named as TRL's dataset_text_field names it.
     let content = write("content.jsonl", &[serde_json::json!({"content": "abc", "id": 3})]);
@@ -374,9 +375,8 @@ fn sft_trains_plain_text_rows_with_or_without_a_chat_template() {
     // An empty text has no token to train on (its eos is its first token): alone, it is one line saying so.
     let empty = write("empty.jsonl", &[serde_json::json!({"text": ""})]);
     let out = sft_run(&runs, "empty", &empty, &["--max-steps", "1"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("no row has a token to train on") && err.trim().lines().count() == 1, "{err}");
+    let err = refused(&out);
+    assert!(err.contains("no row has a token to train on"), "{err}");
 
     // A prompt and completion of different kinds name both.
     let odd = write(
@@ -384,10 +384,8 @@ fn sft_trains_plain_text_rows_with_or_without_a_chat_template() {
         &[serde_json::json!({"prompt": "up", "completion": [{"role": "assistant", "content": "down"}]})],
     );
     let out = sft_run(&runs, "odd", &odd, &["--max-steps", "1"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let err = refused(&out);
     assert!(err.contains("odd.jsonl row 0") && err.contains("`prompt` is a string"), "{err}");
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
 /// TRL's tool-calling rows: structured `tool_calls` (content null or absent) and a `tools` column, as a list or as a
@@ -439,18 +437,14 @@ fn sft_trains_structured_tool_calls_with_each_rows_tools() {
     bad["tools"] = "[{".into();
     std::fs::write(&data, format!("{}\n{bad}\n", rows[0])).unwrap();
     let out = sft_run_on(&model, &runs, "bad-tools", &data, &["--max-steps", "1"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let err = refused(&out);
     assert!(err.contains("calls.jsonl row 1") && err.contains("`tools` is not JSON"), "{err}");
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
     let mut bad = rows[0].clone();
     bad["messages"][1]["tool_calls"][0] = serde_json::json!({"arguments": {}});
     std::fs::write(&data, format!("{bad}\n")).unwrap();
     let out = sft_run_on(&model, &runs, "bad-call", &data, &["--max-steps", "1"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let err = refused(&out);
     assert!(err.contains("row 0") && err.contains("message 1") && err.contains("names no function"), "{err}");
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
 #[test]
@@ -527,12 +521,8 @@ fn a_conversation_without_an_assistant_turn_is_a_one_line_error() {
         "--max-steps",
         "1",
     ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(
-        err.contains("bad.jsonl row 0") && err.contains("no assistant message") && err.trim().lines().count() == 1,
-        "{err}"
-    );
+    let err = refused(&out);
+    assert!(err.contains("bad.jsonl row 0") && err.contains("no assistant message"), "{err}");
 }
 
 #[test]
@@ -571,9 +561,8 @@ fn the_kl_reference_is_the_warmed_up_model_and_a_resume_reads_it_back() {
     std::fs::remove_dir_all(copy.join("checkpoints/sft_reference")).unwrap();
     std::fs::remove_dir_all(copy.join("checkpoints/step_4")).unwrap();
     let out = train(resumed_runs.path(), &[&extra[..], &["--resume", "auto"]].concat());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("sft_reference") && err.contains("--kl-weight 0") && err.trim().lines().count() == 1, "{err}");
+    let err = refused(&out);
+    assert!(err.contains("sft_reference") && err.contains("--kl-weight 0"), "{err}");
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -624,17 +613,14 @@ fn sft_held_out_loss_is_the_next_steps_loss_on_the_same_rows() {
     let row = &self::rows(&runs.join("holdout"))[0];
     assert_eq!((row["sft/eval_tokens"].as_f64(), row["sft/epoch"].as_f64()), (Some(6.0), Some(1.0)), "{row}");
     let out = sft_run(&runs, "holdout-all", &data, &["--max-steps", "1", "--eval-holdout", "3"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("--eval-holdout 3: --data has 3 rows") && err.trim().lines().count() == 1, "{err}");
+    let err = refused(&out);
+    assert!(err.contains("--eval-holdout 3: --data has 3 rows"), "{err}");
 
     let bad = dir.path().join("bad.jsonl");
     std::fs::write(&bad, "{\"question\": 1}\n").unwrap();
     let out = sft_run(&runs, "bad-eval", &data, &["--max-steps", "1", "--eval-data", bad.to_str().unwrap()]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let err = refused(&out);
     assert!(err.contains("--eval-data") && err.contains("bad.jsonl row 0"), "{err}");
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
 /// `--num-train-epochs` (TRL's num_train_epochs) sets the steps from the rows: 3 rows, 2 passes, 2 a step: 3 steps,
@@ -655,7 +641,6 @@ fn sft_trains_for_a_number_of_passes_over_the_data() {
     assert!((epochs[2] - 2.0).abs() < 1e-12, "{epochs:?}");
     // With an environment's demonstrations there is no pass to count: one line says so.
     let out = run(&["sft", "--env", "calc_tools", "--num-train-epochs", "1"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("--num-train-epochs needs --data") && err.trim().lines().count() == 1, "{err}");
+    let err = refused(&out);
+    assert!(err.contains("--num-train-epochs needs --data"), "{err}");
 }
