@@ -644,3 +644,25 @@ fn sft_trains_for_a_number_of_passes_over_the_data() {
     let err = refused(&out);
     assert!(err.contains("--num-train-epochs needs --data"), "{err}");
 }
+
+/// `--sft-data`: the warm-up trains on a dataset's rows (TRL's formats) instead of the environment's
+/// demonstrations; a bad file stops the run at the start, before the model, in one line.
+#[test]
+fn the_warm_up_trains_on_sft_data_when_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("rows.jsonl");
+    // Three rows of three trained tokens each (the byte-level tokenizer: two bytes and the eos after the first).
+    let row = |t: &str| serde_json::json!({"text": t}).to_string() + "\n";
+    std::fs::write(&data, [row("aaa"), row("bbb"), row("ccc")].concat()).unwrap();
+    let runs = dir.path().join("runs");
+    let out = train(&runs, &["--sft-data", data.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let tokens: Vec<f64> = rows(&runs.join("warm")).iter().filter_map(|r| r["sft/tokens"].as_f64()).collect();
+    assert_eq!(tokens, [6.0, 6.0], "two rows a step, not demonstrations");
+
+    std::fs::write(&data, "{\"question\": 1}\n").unwrap();
+    let out = train(&dir.path().join("runs-bad"), &["--sft-data", data.to_str().unwrap()]);
+    let err = refused(&out);
+    assert!(err.contains("--sft-data") && err.contains("rows.jsonl row 0"), "{err}");
+    assert!(!dir.path().join("runs-bad/warm/checkpoints").exists(), "nothing was written before the refusal");
+}

@@ -15,18 +15,25 @@ use crate::train::config::{LogSettings, LrSchedule, OptimizerSettings};
 use crate::train::precision::MixedPrecision;
 use crate::user_error;
 
-/// `train`'s supervised warm-up: N steps on the environment's demonstrations before the first rollout batch.
+/// `train`'s supervised warm-up: N steps on the environment's demonstrations (or `--sft-data`) before the first
+/// rollout batch.
 #[derive(Debug, Clone, Args)]
 pub struct WarmupArgs {
-    /// Supervised steps on the environment's demonstrations before reinforcement learning (0: none).
+    /// Supervised steps on the environment's demonstrations (or --sft-data) before reinforcement learning (0: none).
     #[arg(long, default_value_t = 0)]
     pub sft_warmup_steps: u64,
-    /// Demonstrations per warm-up step.
+    /// Demonstrations (or rows) per warm-up step.
     #[arg(long, default_value_t = 8)]
     pub sft_batch_size: usize,
     /// The warm-up's learning rate (constant).
     #[arg(long, default_value_t = 5e-5)]
     pub sft_lr: f64,
+    /// Warm up on these rows (TRL's formats, as `grpo-host sft --data`) instead of the environment's demonstrations.
+    #[arg(long, value_name = "FILE|DIR|GLOB|ID")]
+    pub sft_data: Option<String>,
+    /// The split of --sft-data to read from a hub layout [default: train].
+    #[arg(long, value_name = "SPLIT", requires = "sft_data")]
+    pub sft_data_split: Option<String>,
 }
 
 impl WarmupArgs {
@@ -38,7 +45,8 @@ impl WarmupArgs {
         if !(self.sft_lr > 0.0 && self.sft_lr.is_finite()) {
             return Err(user_error!("--sft-lr {}: must be a positive number", self.sft_lr));
         }
-        Ok(WarmupSettings { steps: self.sft_warmup_steps, batch_size: self.sft_batch_size, lr: self.sft_lr })
+        let data = self.sft_data.map(|source| DatasetSpec { source, config: None, split: self.sft_data_split });
+        Ok(WarmupSettings { steps: self.sft_warmup_steps, batch_size: self.sft_batch_size, lr: self.sft_lr, data })
     }
 }
 

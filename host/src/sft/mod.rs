@@ -19,6 +19,7 @@ pub mod loss;
 pub mod render;
 pub mod run;
 pub mod step;
+pub mod stream;
 pub mod warmup;
 
 pub use data::{Conversation, Demonstrations, Example, PlainText};

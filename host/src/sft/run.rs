@@ -7,12 +7,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use grpo_sdk::rng::{mix, SplitMix64};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
-use super::data::Example;
 use super::render::{LossOn, RenderSettings};
+use super::stream::Stream;
 use super::{data, eval, render, tools_json, Demonstrations, Rendered, Renderer, SftStep};
 use crate::checkpoint::{self, TrainerState};
 use crate::data::{Dataset, DatasetSpec};
@@ -160,81 +159,6 @@ impl SftConfig {
     }
 }
 
-/// The examples in training order, rendered as token streams, resumable from a position.
-enum Stream<'a> {
-    /// A dataset's examples, rendered once at the start (so a bad row fails before the first step), and
-    /// reshuffled each pass (epoch `e` in the order `seed` and `e` give), as a data loader with `shuffle=True` does.
-    Data { rows: Vec<Rendered>, seed: u64, position: u64, order: (u64, Vec<usize>) },
-    /// An environment's demonstrations, rendered as they are played.
-    Demos(Box<Demonstrations>, Renderer<'a>),
-}
-
-impl<'a> Stream<'a> {
-    /// A dataset's examples, rendered at once for `tokenizer` ([`render::render_rows`]).
-    fn data(
-        examples: &[Example],
-        tokenizer: &crate::tokenizer::Tokenizer,
-        settings: RenderSettings,
-        seed: u64,
-    ) -> Result<Stream<'a>> {
-        let rows = render::render_rows(examples, tokenizer, settings, "--data")?;
-        Ok(Stream::Data { rows, seed, position: 0, order: (0, Vec::new()) })
-    }
-
-    fn take(&mut self, n: usize, settings: RenderSettings) -> Result<Vec<Rendered>> {
-        match self {
-            Stream::Data { rows, seed, position, order } => {
-                let len = rows.len() as u64;
-                let mut out = Vec::with_capacity(n);
-                for _ in 0..n {
-                    let epoch = *position / len;
-                    if order.0 != epoch || order.1.is_empty() {
-                        let mut perm: Vec<usize> = (0..rows.len()).collect();
-                        SplitMix64::new(mix(*seed, epoch)).shuffle(&mut perm);
-                        *order = (epoch, perm);
-                    }
-                    out.push(rows[order.1[(*position % len) as usize]].clone());
-                    *position += 1;
-                }
-                Ok(out)
-            }
-            Stream::Demos(demos, renderer) => demos
-                .take(n)?
-                .iter()
-                .map(|c| {
-                    let mut row = renderer
-                        .render_conversation(c)
-                        .map_err(|e| anyhow::anyhow!("demonstration of {}: {e}", c.origin))?;
-                    settings.shape(true, &mut row);
-                    Ok(row)
-                })
-                .collect(),
-        }
-    }
-
-    fn position(&self) -> u64 {
-        match self {
-            Stream::Data { position, .. } => *position,
-            Stream::Demos(demos, _) => demos.position(),
-        }
-    }
-
-    fn seek(&mut self, to: u64) {
-        match self {
-            Stream::Data { position, .. } => *position = to,
-            Stream::Demos(demos, _) => demos.seek(to),
-        }
-    }
-
-    /// Passes over the dataset so far (`sft/epoch`); `None` for demonstrations, which never run out.
-    fn epoch(&self) -> Option<f64> {
-        match self {
-            Stream::Data { rows, position, .. } => Some(*position as f64 / rows.len() as f64),
-            Stream::Demos(..) => None,
-        }
-    }
-}
-
 /// How the steps ended.
 enum Ending {
     Completed,
@@ -300,7 +224,7 @@ pub fn run(mut config: SftConfig) -> Result<i32> {
     crate::train::synchronize_start(&world, &policy, &optimizer)?;
     let mut stream = match demos {
         Some(demos) => Stream::Demos(Box::new(demos), Renderer::new(policy.tokenizer(), tools.as_deref())?),
-        None => Stream::data(&examples, policy.tokenizer(), config.render_settings(), config.seed)?,
+        None => Stream::data(&examples, policy.tokenizer(), config.render_settings(), config.seed, "--data")?,
     };
     if let (Some(epochs), Stream::Data { rows, .. }) = (config.epochs, &stream) {
         let global_batch = (config.batch_size * world.size) as f64;

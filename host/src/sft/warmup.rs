@@ -1,5 +1,6 @@
-//! `--sft-warmup-steps N` in `train`: N supervised steps on the environment's demonstrations before the first
-//! rollout batch, so a small model starts reinforcement learning already writing the environment's protocol.
+//! `--sft-warmup-steps N` in `train`: N supervised steps on the environment's demonstrations (or on `--sft-data`)
+//! before the first rollout batch, so a small model starts reinforcement learning already writing the environment's
+//! protocol.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -8,27 +9,33 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
+use super::data::Example;
+use super::render::RenderSettings;
+use super::stream::Stream;
 use super::{tools_json, Demonstrations, Renderer, SftRecord, SftStep};
+use crate::data::DatasetSpec;
 use crate::plugins::EnvironmentPlugin;
 use crate::train::optimizer::AdamWConfig;
 use crate::train::policy::Policy;
 use crate::train::precision::LossScaler;
 
 /// The warm-up's settings (part of the run's config; `steps: 0` turns it off).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct WarmupSettings {
     /// Supervised optimizer steps before the first batch.
     pub steps: u64,
-    /// Demonstrations per step.
+    /// Rows per step.
     pub batch_size: usize,
     /// The warm-up's learning rate (constant).
     pub lr: f64,
+    /// A dataset in TRL's formats to warm up on (`--sft-data`) instead of the environment's demonstrations.
+    pub data: Option<DatasetSpec>,
 }
 
 impl Default for WarmupSettings {
     fn default() -> Self {
-        WarmupSettings { steps: 0, batch_size: 8, lr: 5e-5 }
+        WarmupSettings { steps: 0, batch_size: 8, lr: 5e-5, data: None }
     }
 }
 
@@ -46,8 +53,10 @@ pub struct Warmup<'a> {
     pub settings: &'a WarmupSettings,
     /// The model (trained in place).
     pub policy: &'a Policy,
-    /// The environment whose demonstrations are the data.
+    /// The environment whose demonstrations are the data unless `data` is given.
     pub env: &'a EnvironmentPlugin,
+    /// `--sft-data`'s rows, read when the run started.
+    pub data: Option<&'a [Example]>,
     /// AdamW's betas, eps and weight decay (the learning rate is the warm-up's).
     pub adamw: AdamWConfig,
     /// Conversations per forward/backward.
@@ -70,9 +79,16 @@ impl Warmup<'_> {
         stop_now: &mut dyn FnMut() -> Result<bool>,
     ) -> Result<WarmupEnd> {
         let s = self.settings;
-        let tools = tools_json(&self.env.tools()?);
-        let renderer = Renderer::new(self.policy.tokenizer(), tools.as_deref())?;
-        let mut demos = Demonstrations::new(self.env.clone(), self.seed)?;
+        let shape = RenderSettings { loss_on: Default::default(), max_length: None };
+        let tokenizer = self.policy.tokenizer();
+        let tools = if self.data.is_none() { tools_json(&self.env.tools()?) } else { None };
+        let mut rows = match self.data {
+            Some(examples) => Stream::data(examples, tokenizer, shape, self.seed, "--sft-data")?,
+            None => {
+                let demos = Demonstrations::new(self.env.clone(), self.seed)?;
+                Stream::Demos(Box::new(demos), Renderer::new(tokenizer, tools.as_deref())?)
+            }
+        };
         let precision = self.policy.precision();
         let mut optimizer = self.policy.optimizer(AdamWConfig { lr: s.lr, ..self.adamw });
         if let Some(weights) = self.policy.initial_master_weights()? {
@@ -93,15 +109,10 @@ impl Warmup<'_> {
                 return Ok(WarmupEnd::Stopped(index));
             }
             let t = Instant::now();
-            // The global step takes `per_rank` demonstrations for every rank, in the same order on each.
-            let conversations = demos.take(per_rank * self.world.size)?;
-            let rows = conversations[self.world.rank * per_rank..(self.world.rank + 1) * per_rank]
-                .iter()
-                .map(|c| {
-                    renderer.render_conversation(c).map_err(|e| anyhow::anyhow!("demonstration of {}: {e}", c.origin))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            if let Some(record) = step.run(&rows, s.lr)? {
+            // The global step takes `per_rank` rows for every rank, in the same order on each.
+            let mut taken = rows.take(per_rank * self.world.size, shape)?;
+            let mine: Vec<_> = taken.drain(self.world.rank * per_rank..(self.world.rank + 1) * per_rank).collect();
+            if let Some(record) = step.run(&mine, s.lr)? {
                 on_step(index, &record, t.elapsed().as_secs_f64());
             }
         }

@@ -336,7 +336,7 @@ impl RunConfig {
             ("--recompute-old-logprobs", json!(l.recompute_old_logprobs)),
             ("--tis-cap", json!(l.tis_cap)),
             ("--seed", json!(self.seed)),
-            ("--sft-warmup-steps/--sft-batch-size/--sft-lr", json!(self.sft)),
+            ("--sft-warmup-steps/--sft-batch-size/--sft-lr/--sft-data", json!(self.sft)),
             (
                 "--dataset/--dataset-config/--dataset-split/--eval-holdout",
                 json!([self.data.dataset, self.data.eval_holdout]),

@@ -98,6 +98,8 @@ struct Trainer {
     last_checkpoint: Option<(u64, PathBuf)>,
     /// The KL reference the warm-up just made, for the next checkpoint to write beside it (once).
     new_reference: Option<std::collections::BTreeMap<String, tch::Tensor>>,
+    /// `--sft-data`'s rows for the warm-up, read before the model.
+    sft_rows: Option<Vec<crate::sft::Example>>,
     /// Evaluation on held-out tasks (`--eval-every`, `--eval-before-train`), when asked for.
     evaluator: Option<crate::eval::InTraining>,
 }
@@ -129,6 +131,13 @@ impl Trainer {
         // Datasets and evaluation tasks before the model: a bad file or a missing column fails in seconds.
         let run_tasks = config.data.resolve(&env, config.model.allow_download)?;
         let evaluator = in_training_evaluator(&config, &env, run_tasks.eval.as_deref(), &paths.run_dir, &world)?;
+        let sft_rows = match (&config.sft.data, config.sft.steps) {
+            (Some(spec), steps) if steps > 0 => {
+                let dataset = crate::data::Dataset::load(spec, "--sft-data", "train", config.model.allow_download)?;
+                Some(crate::sft::data::examples(&dataset, "--sft-data", "text")?)
+            }
+            _ => None,
+        };
         let mut policy = Policy::load(&config.model, config.loss.kl_weight, config.seed)?;
         policy.tokenizer().require_chat_template(CHAT_NEEDED)?;
         let precision = policy.precision();
@@ -204,6 +213,7 @@ impl Trainer {
             stopping: false,
             mid_batch: false,
             new_reference: None,
+            sft_rows,
             last_save: Instant::now(),
         })
     }
@@ -302,6 +312,7 @@ impl Trainer {
             settings: &self.config.sft,
             policy: &self.policy,
             env: &self.env,
+            data: self.sft_rows.as_deref(),
             adamw: self.config.optimizer.adamw(),
             micro_batch: self.config.batch.train_batch_size,
             max_norm: self.config.optimizer.max_norm,
