@@ -57,6 +57,8 @@ pub struct Warmup<'a> {
     pub env: &'a EnvironmentPlugin,
     /// `--sft-data`'s rows, read when the run started.
     pub data: Option<&'a [Example]>,
+    /// Tokens kept of each `--sft-data` row (the run's `--max-length`, as `grpo-host sft --max-length`).
+    pub max_length: usize,
     /// AdamW's betas, eps and weight decay (the learning rate is the warm-up's).
     pub adamw: AdamWConfig,
     /// Conversations per forward/backward.
@@ -79,7 +81,9 @@ impl Warmup<'_> {
         stop_now: &mut dyn FnMut() -> Result<bool>,
     ) -> Result<WarmupEnd> {
         let s = self.settings;
-        let shape = RenderSettings { loss_on: Default::default(), max_length: None };
+        // Demonstrations are the environment's own episodes, kept whole as before; a dataset's rows are cut.
+        let max_length = self.data.map(|_| self.max_length);
+        let shape = RenderSettings { loss_on: Default::default(), max_length };
         let tokenizer = self.policy.tokenizer();
         let tools = if self.data.is_none() { tools_json(&self.env.tools()?) } else { None };
         let mut rows = match self.data {

@@ -313,6 +313,7 @@ impl Trainer {
             policy: &self.policy,
             env: &self.env,
             data: self.sft_rows.as_deref(),
+            max_length: self.config.batch.max_length,
             adamw: self.config.optimizer.adamw(),
             micro_batch: self.config.batch.train_batch_size,
             max_norm: self.config.optimizer.max_norm,
