@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::data::files::kind;
-use crate::data::Dataset;
+use crate::data::{Dataset, DatasetSpec};
 use crate::plugins::EnvironmentPlugin;
 use crate::user_error;
 
@@ -72,8 +72,17 @@ pub struct PlainText {
 /// - standard: prompt-completion with string `prompt` and `completion`, or language modeling `{"text": "..."}` (the
 ///   column `text_field`, TRL's `dataset_text_field`).
 ///
-/// Other keys of a row are ignored. A row of none of these shapes is an error naming its file and row, with `flag`.
-pub fn examples(dataset: &Dataset, flag: &str, text_field: &str) -> Result<Vec<Example>> {
+/// The dataset is read as `crate::data` reads any (`default_split` for a hub layout; a hub id is downloaded when
+/// missing if `allow_download`). Other keys of a row are ignored. A row of none of these shapes is an error naming
+/// its file and row, with `flag`.
+pub fn examples(
+    spec: &DatasetSpec,
+    flag: &str,
+    default_split: &str,
+    allow_download: bool,
+    text_field: &str,
+) -> Result<Vec<Example>> {
+    let dataset = Dataset::load(spec, flag, default_split, allow_download)?;
     (0..dataset.len())
         .map(|i| {
             let origin = dataset.origin(i);

@@ -14,7 +14,7 @@ use super::render::{LossOn, RenderSettings};
 use super::stream::Stream;
 use super::{data, eval, render, tools_json, Demonstrations, Rendered, Renderer, SftStep};
 use crate::checkpoint::{self, TrainerState};
-use crate::data::{Dataset, DatasetSpec};
+use crate::data::DatasetSpec;
 use crate::distributed::World;
 use crate::error::RunFailed;
 use crate::logging::{metrics, Loggers, Metrics};
@@ -61,7 +61,7 @@ pub struct SftConfig {
     pub batch_size: usize,
     /// Rows per forward/backward (the step's gradient does not depend on it).
     pub micro_batch_size: usize,
-    /// Tokens kept of each conversation (the rest is cut off); `None` keeps them all.
+    /// Tokens kept of each row (the rest is cut off); `None` keeps them all.
     #[serde(default)]
     pub max_length: Option<usize>,
     /// Which tokens of a row the loss covers.
@@ -113,7 +113,22 @@ pub enum HeldOutRows {
     Holdout(usize),
 }
 
+impl HeldOutRows {
+    /// The flag that named them, for messages.
+    fn flag(&self) -> &'static str {
+        match self {
+            HeldOutRows::Data(_) => "--eval-data",
+            HeldOutRows::Holdout(_) => "--eval-holdout",
+        }
+    }
+}
+
 impl SftConfig {
+    /// Where the held-out rows come from, when there are any.
+    fn held_out_rows(&self) -> Option<&HeldOutRows> {
+        self.eval.as_ref().map(|e| &e.rows)
+    }
+
     /// How rows become training input.
     fn render_settings(&self) -> RenderSettings {
         RenderSettings { loss_on: self.loss_on, max_length: self.max_length }
@@ -126,7 +141,7 @@ impl SftConfig {
         serde_json::json!({
             "--data/--dataset-config/--dataset-split/--env/--env-config": self.source,
             "--dataset-text-field": self.text_field,
-            "--eval-holdout": match self.eval.as_ref().map(|e| &e.rows) {
+            "--eval-holdout": match self.held_out_rows() {
                 Some(HeldOutRows::Holdout(n)) => *n,
                 _ => 0,
             },
@@ -184,12 +199,12 @@ pub fn run(mut config: SftConfig) -> Result<i32> {
         Ok((paths, history))
     })?;
     // The data before the model: a bad file or plugin fails in seconds.
+    let allow_download = config.model.allow_download;
     let mut eval_examples = None;
     let (examples, demos, env) = match &config.source {
         SftSource::Data(spec) => {
-            let dataset = Dataset::load(spec, "--data", "train", config.model.allow_download)?;
-            let mut examples = data::examples(&dataset, "--data", &config.text_field)?;
-            if let Some(HeldOutRows::Holdout(n)) = config.eval.as_ref().map(|e| &e.rows) {
+            let mut examples = data::examples(spec, "--data", "train", allow_download, &config.text_field)?;
+            if let Some(HeldOutRows::Holdout(n)) = config.held_out_rows() {
                 if *n >= examples.len() {
                     return Err(user_error!(
                         "--eval-holdout {n}: --data has {} rows, so none would be left to train on",
@@ -206,9 +221,8 @@ pub fn run(mut config: SftConfig) -> Result<i32> {
             (Vec::new(), Some(Demonstrations::new(env.clone(), config.seed)?), Some(env))
         }
     };
-    if let Some(HeldOutRows::Data(spec)) = config.eval.as_ref().map(|e| &e.rows) {
-        let dataset = Dataset::load(spec, "--eval-data", "test", config.model.allow_download)?;
-        eval_examples = Some(data::examples(&dataset, "--eval-data", &config.text_field)?);
+    if let Some(rows @ HeldOutRows::Data(spec)) = config.held_out_rows() {
+        eval_examples = Some(data::examples(spec, rows.flag(), "test", allow_download, &config.text_field)?);
     }
     let tools = match &env {
         Some(env) => tools_json(&env.tools()?),
@@ -238,12 +252,11 @@ pub fn run(mut config: SftConfig) -> Result<i32> {
         }
     }
     // Each rank scores its share of the held-out rows.
-    let eval_flag = match config.eval.as_ref().map(|e| &e.rows) {
-        Some(HeldOutRows::Holdout(_)) => "--eval-holdout",
-        _ => "--eval-data",
-    };
     let held_out = eval_examples
-        .map(|examples| render::render_rows(&examples, policy.tokenizer(), config.render_settings(), eval_flag))
+        .zip(config.held_out_rows())
+        .map(|(examples, rows)| {
+            render::render_rows(&examples, policy.tokenizer(), config.render_settings(), rows.flag())
+        })
         .transpose()?
         .map(|rows| eval::share(&rows, world.rank, world.size));
     // Checkpoints record where the data stream was; one from before they did took `batch_size` per step.

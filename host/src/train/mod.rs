@@ -133,8 +133,7 @@ impl Trainer {
         let evaluator = in_training_evaluator(&config, &env, run_tasks.eval.as_deref(), &paths.run_dir, &world)?;
         let sft_rows = match (&config.sft.data, config.sft.steps) {
             (Some(spec), steps) if steps > 0 => {
-                let dataset = crate::data::Dataset::load(spec, "--sft-data", "train", config.model.allow_download)?;
-                Some(crate::sft::data::examples(&dataset, "--sft-data", "text")?)
+                Some(crate::sft::data::examples(spec, "--sft-data", "train", config.model.allow_download, "text")?)
             }
             _ => None,
         };
