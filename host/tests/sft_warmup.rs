@@ -659,6 +659,10 @@ fn the_warm_up_trains_on_sft_data_when_given() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let tokens: Vec<f64> = rows(&runs.join("warm")).iter().filter_map(|r| r["sft/tokens"].as_f64()).collect();
     assert_eq!(tokens, [6.0, 6.0], "two rows a step, not demonstrations");
+    // A resume past the warm-up needs its data no more: the file may be gone.
+    std::fs::remove_file(&data).unwrap();
+    let out = train(&runs, &["--sft-data", data.to_str().unwrap(), "--max-steps", "2", "--resume"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     std::fs::write(&data, "{\"question\": 1}\n").unwrap();
     let out = train(&dir.path().join("runs-bad"), &["--sft-data", data.to_str().unwrap()]);

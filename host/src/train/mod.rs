@@ -98,7 +98,7 @@ struct Trainer {
     last_checkpoint: Option<(u64, PathBuf)>,
     /// The KL reference the warm-up just made, for the next checkpoint to write beside it (once).
     new_reference: Option<std::collections::BTreeMap<String, tch::Tensor>>,
-    /// `--sft-data`'s rows for the warm-up, read before the model.
+    /// `--sft-data`'s rows for the warm-up: read before the model on a fresh start, at the warm-up on a resume.
     sft_rows: Option<Vec<crate::sft::Example>>,
     /// Evaluation on held-out tasks (`--eval-every`, `--eval-before-train`), when asked for.
     evaluator: Option<crate::eval::InTraining>,
@@ -131,12 +131,9 @@ impl Trainer {
         // Datasets and evaluation tasks before the model: a bad file or a missing column fails in seconds.
         let run_tasks = config.data.resolve(&env, config.model.allow_download)?;
         let evaluator = in_training_evaluator(&config, &env, run_tasks.eval.as_deref(), &paths.run_dir, &world)?;
-        let sft_rows = match (&config.sft.data, config.sft.steps) {
-            (Some(spec), steps) if steps > 0 => {
-                Some(crate::sft::data::examples(spec, "--sft-data", "train", config.model.allow_download, "text")?)
-            }
-            _ => None,
-        };
+        // A resumed run has usually warmed up already and needs no `--sft-data`: it is read then only if the
+        // warm-up turns out to be due (`sft_warm_up`).
+        let sft_rows = if paths.resume.is_none() { sft_data_rows(&config)? } else { None };
         let mut policy = Policy::load(&config.model, config.loss.kl_weight, config.seed)?;
         policy.tokenizer().require_chat_template(CHAT_NEEDED)?;
         let precision = policy.precision();
@@ -305,6 +302,9 @@ impl Trainer {
         let steps = self.config.sft.steps;
         if steps == 0 || warmed_up(&self.state, steps) {
             return Ok(None);
+        }
+        if self.sft_rows.is_none() {
+            self.sft_rows = sft_data_rows(&self.config)?;
         }
         self.mid_batch = true;
         let warmup = crate::sft::warmup::Warmup {
@@ -828,6 +828,16 @@ pub(crate) fn trained_state(policy: &Policy, optimizer: &AdamW) -> Vec<tch::Tens
     }
     tensors.extend(optimizer.state().1.into_values());
     tensors
+}
+
+/// `--sft-data`'s rows when the run warms up on them (`None` without a warm-up or without the flag).
+fn sft_data_rows(config: &RunConfig) -> Result<Option<Vec<crate::sft::Example>>> {
+    match (&config.sft.data, config.sft.steps) {
+        (Some(spec), steps) if steps > 0 => {
+            Ok(Some(crate::sft::data::examples(spec, "--sft-data", "train", config.model.allow_download, "text")?))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// On resume: the saved run's result-changing settings must equal these, unless `--allow-config-change`, which
