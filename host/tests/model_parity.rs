@@ -190,6 +190,49 @@ fn token_log_probs_keep_no_logits_yet_give_the_plain_gradients() {
     }
 }
 
+/// The entropy the node reads from its logits is the plain distribution's, in any chunking, and asking for it
+/// changes neither the log-probs nor their gradients (it rewrites the chunk's logits in place, which the kept
+/// softmax of a single chunk must survive).
+#[test]
+fn token_entropy_is_the_plain_distributions_and_changes_no_log_prob_or_gradient() {
+    let _rng = common::torch_rng_lock();
+    tch::manual_seed(11);
+    let hidden = (Tensor::randn([2, 5, 8], (Kind::Float, Device::Cpu)) * 2.0).set_requires_grad(true);
+    let head = Tensor::randn([11, 8], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+    let targets = Tensor::randint(11, [2, 5], (Kind::Int64, Device::Cpu));
+    let log_p = tch::no_grad(|| hidden.linear::<Tensor>(&head, None).log_softmax(-1, Kind::Float));
+    let plain = -(log_p.exp() * &log_p).sum_dim_intlist(-1, false, Kind::Float);
+    let weights = Tensor::randn([2, 5], (Kind::Float, Device::Cpu));
+    for chunk in [1, 2, 100] {
+        let lp = grpo_host::model::token_log_probs_of(&hidden, &head, &targets, chunk);
+        let expected = Tensor::run_backward(&[&(&lp * &weights).sum(Kind::Float)], &[&hidden, &head], false, false);
+        let (with, entropy) = grpo_host::model::token_log_probs_and_entropy_of(&hidden, &head, &targets, chunk);
+        assert!(with.equal(&lp), "chunk {chunk}: the log-probs changed");
+        assert!(!entropy.requires_grad(), "chunk {chunk}: the entropy is outside autograd");
+        let diff = (&entropy - &plain).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "chunk {chunk}: entropy differs from the plain distribution's by {diff}");
+        let got = Tensor::run_backward(&[&(&with * &weights).sum(Kind::Float)], &[&hidden, &head], false, false);
+        for (e, g) in expected.iter().zip(&got) {
+            assert!((e - g).abs().max().double_value(&[]) < 1e-6, "chunk {chunk}: the gradients changed");
+        }
+    }
+    // The model's own path: the entropy of each position's next-token distribution, the log-probs unchanged.
+    let dir = tiny("llama");
+    let model = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
+    let r = reference(&dir, Device::Cpu);
+    let (ids, mask) = (&r["input_ids"], &r["attention_mask"]);
+    let t = ids.size()[1];
+    let (lp, entropy) = tch::no_grad(|| model.token_log_probs_and_entropy(ids, mask, grpo_host::model::Padding::Any));
+    assert!(lp.equal(&tch::no_grad(|| model.token_log_probs(ids, mask))));
+    let logits = tch::no_grad(|| model.forward(ids, mask, &Model::position_ids(mask)));
+    let log_p = logits.narrow(1, 0, t - 1).log_softmax(-1, Kind::Float);
+    let plain = -(log_p.exp() * &log_p).sum_dim_intlist(-1, false, Kind::Float);
+    let real = mask.narrow(1, 0, t - 1);
+    assert!(max_abs_where(&entropy, &plain, &real) < 1e-4);
+    let most = (256f64).ln();
+    assert!(entropy.max().double_value(&[]) <= most + 1e-4 && entropy.min().double_value(&[]) >= 0.0);
+}
+
 /// Each variable's gradient in `vs` (sorted by name), then zeroed.
 fn take_grads(vs: &tch::nn::VarStore) -> Vec<(String, Tensor)> {
     let mut out: Vec<(String, Tensor)> = vs

@@ -563,6 +563,10 @@ fn one_step_of_each_algorithm_on_every_device() {
                 let v = last_logged(&all, key).as_f64().unwrap_or(f64::NAN);
                 assert!(v.is_finite(), "{algo} on {flag}: {key} = {v}");
             }
+            // The tiny model's vocabulary has 256 tokens: an entropy lies in [0, ln 256], and a random model's is
+            // near the top.
+            let entropy = last_logged(&all, "training_step/entropy").as_f64().unwrap_or(f64::NAN);
+            assert!(entropy > 1.0 && entropy <= 256f64.ln() + 1e-6, "{algo} on {flag}: entropy {entropy}");
             let want = if device.is_cuda() { "cuda:0" } else { "cpu" };
             assert_eq!(last_logged(&all, "accelerate/device"), want, "{algo}");
             let allocated = last_logged(&all, "system/gpu_memory_allocated_gb").as_f64().unwrap();
@@ -590,6 +594,9 @@ fn drgrpo_trains_two_batches_of_calc_tools() {
         "dr_grpo/advantages_variance",
         "dr_grpo/critic_type",
         "training_step/loss",
+        "training_step/entropy",
+        "rollouts/frac_reward_zero_std",
+        "completions/min_length",
     ] {
         assert!(keys.contains(key), "metrics.jsonl lacks {key}; it has {keys:?}");
     }

@@ -45,7 +45,14 @@ fn settings(dtype: DtypeSpec, mixed_precision: MixedPrecision) -> ModelSettings 
 }
 
 fn objective(kl_weight: f64, recompute_old_logprobs: RecomputeOld) -> ObjectiveSettings {
-    ObjectiveSettings { clip_eps_low: 0.2, clip_eps_high: 0.2, kl_weight, recompute_old_logprobs, tis_cap: 0.0 }
+    ObjectiveSettings {
+        clip_eps_low: 0.2,
+        clip_eps_high: 0.2,
+        kl_weight,
+        recompute_old_logprobs,
+        tis_cap: 0.0,
+        mask_truncated_completions: false,
+    }
 }
 
 /// 2 tasks x 3 episodes in micro-batches of 2; `accumulate` micro-batches per optimizer step.
@@ -242,4 +249,64 @@ fn bf16_mixed_precision_keeps_the_small_updates_pure_bf16_loses() {
     assert!(relative < 0.3, "bf16 mixed precision's update differs from f32's by {relative}");
     assert!(same_direction > 0.9, "bf16 mixed precision moved only {same_direction} of the weights the f32 way");
     assert!(pure_moved < 0.5, "pure bf16 kept {pure_moved} of the updates; the defect this guards against is gone?");
+}
+
+/// `--mask-truncated-completions`: an episode that was cut off adds nothing to the update. The oracle is the same
+/// batch with those episodes' advantages set to 0 and no KL term, whose per-token loss there is exactly 0: both
+/// updates give the same weights, and the update that keeps the cut episodes in the loss does not.
+#[test]
+fn cut_episodes_left_out_of_the_loss_add_nothing_to_the_update() {
+    let (algo, env) = plugins();
+    let batch = batch(3); // one optimizer step over the 6 episodes
+    let sampler = Policy::load(&settings(DtypeSpec::F32, MixedPrecision::No), 0.0, 7).unwrap();
+    let mut scored = scored_batch(&sampler, &algo, &env, &batch);
+    // Episodes 0, 3 and 4 cut (a turn at --max-new-tokens, or the stream at --max-length), the others finished.
+    for (i, r) in scored.rollouts.iter_mut().enumerate() {
+        r.cut_turns = usize::from(i == 0 || i == 3);
+        r.end = if i == 4 { grpo_host::rollout::EndReason::ContextLimit } else { grpo_host::rollout::EndReason::Done };
+    }
+    let cut = [true, false, false, true, true, false];
+    let step = |scored: &Scored, mask: bool| -> (Tensor, f64) {
+        let objective = ObjectiveSettings { mask_truncated_completions: mask, ..objective(0.0, RecomputeOld::Never) };
+        let policy = Policy::load(&settings(DtypeSpec::F32, MixedPrecision::No), 0.0, 7).unwrap();
+        let exp = experience::prepare(scored, &policy, &objective, batch.train_batch_size).unwrap();
+        if mask {
+            // The cut episodes keep no action in any micro-batch; the others keep all of theirs.
+            let rows: Vec<usize> = (0..6).collect();
+            let kept = exp.select(&rows).action_mask.any_dim(1, false);
+            let has_actions = exp.action_mask.any_dim(1, false);
+            let want: Vec<bool> = (0..6).map(|i| !cut[i] && has_actions.get(i as i64).int64_value(&[]) != 0).collect();
+            assert_eq!(Vec::<bool>::try_from(&kept).unwrap(), want);
+        }
+        let mut opt = optimizer(&policy, 1e-3, 0.0);
+        let before = flat_weights(&policy, &opt);
+        let mut state = TrainerState { seed: 7, ..Default::default() };
+        let mut updater = Updater {
+            policy: &policy,
+            optimizer: &mut opt,
+            scaler: &mut LossScaler::disabled(),
+            algo: &algo,
+            schedule: &Schedule { base_lr: 1e-3, warmup_steps: 0, cosine: false, total_steps: 1, start: 0 },
+            batch: &batch,
+            loss: objective.for_algorithm(batch.max_new_tokens),
+            max_norm: 0.0,
+            seed: 7,
+            world: &World::single(),
+        };
+        let updates = updater.run(&exp, &mut state, &mut |_, _| {}).unwrap();
+        (flat_weights(&policy, &opt) - before, updates.steps[0].loss)
+    };
+    let (masked, masked_loss) = step(&scored, true);
+    let (kept, _) = step(&scored, false);
+    let no_advantage: Vec<f32> =
+        scored.advantage_values.iter().zip(cut).map(|(&a, c)| if c { 0.0 } else { a }).collect();
+    scored.advantages = Tensor::from_slice(&no_advantage);
+    let (oracle, oracle_loss) = step(&scored, false);
+    let moved = oracle.abs().max().double_value(&[]);
+    assert!(moved > 0.0, "the finished episodes moved no weight");
+    let diff = (&masked - &oracle).abs().max().double_value(&[]);
+    assert!(diff <= 1e-9 * moved.max(1.0), "masked update differs from the zero-advantage oracle by {diff}");
+    assert!((masked_loss - oracle_loss).abs() < 1e-7, "loss {masked_loss} vs oracle {oracle_loss}");
+    let gap = (&kept - &oracle).abs().max().double_value(&[]);
+    assert!(gap > 10.0 * diff.max(1e-9), "keeping the cut episodes in the loss changed nothing ({gap})");
 }

@@ -146,6 +146,11 @@ pub struct TrainArgs {
     /// ratios are logged either way (rollouts/is_ratio_*).
     #[arg(long, default_value_t = 0.0)]
     pub tis_cap: f64,
+    /// Leave episodes that were cut off (a turn stopped at --max-new-tokens, or the episode at --max-length) out of
+    /// the loss, as TRL's mask_truncated_completions and DAPO's overlong filtering: their rewards still count in
+    /// their group's advantages, but their tokens get no gradient.
+    #[arg(long)]
+    pub mask_truncated_completions: bool,
 
     /// LoRA flags (--lora-rank, --lora-alpha, --lora-dropout).
     #[command(flatten)]
@@ -265,6 +270,7 @@ impl TrainArgs {
                 kl_weight: self.kl_weight,
                 recompute_old_logprobs: self.recompute_old_logprobs,
                 tis_cap: self.tis_cap,
+                mask_truncated_completions: self.mask_truncated_completions,
             },
             seed: self.seed,
             checkpoints: self.run_dir.settings()?,
@@ -318,6 +324,12 @@ impl TrainArgs {
         if self.kl_weight < 0.0 {
             return Err(user_error!("--kl-weight {} must be >= 0", self.kl_weight));
         }
+        if self.mask_truncated_completions && self.sampling.ignore_eos {
+            return Err(user_error!(
+                "--mask-truncated-completions with --ignore-eos would leave every episode out of the loss (each turn \
+                 runs to --max-new-tokens); drop one of them"
+            ));
+        }
         // Below 1 the cap would down-weight even the tokens where sampler and trainer agree.
         if !(self.tis_cap == 0.0 || (self.tis_cap >= 1.0 && self.tis_cap.is_finite())) {
             return Err(user_error!("--tis-cap {} must be 0 (off) or a number >= 1, such as 2", self.tis_cap));
@@ -369,5 +381,13 @@ mod tests {
             let err = config(args).expect_err(flag);
             assert!(err.starts_with(&format!("{flag}: must be")), "{args:?}: {err}");
         }
+    }
+
+    #[test]
+    fn masking_truncated_completions_is_refused_where_every_completion_is_truncated() {
+        assert_eq!(config(&["--mask-truncated-completions"]), Ok(()));
+        let err = config(&["--mask-truncated-completions", "--ignore-eos"]).unwrap_err();
+        assert!(err.contains("every episode out of the loss") && err.contains("drop one"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
     }
 }

@@ -470,6 +470,27 @@ impl Model {
         self.log_probs(input_ids, attention_mask, self.log_prob_chunk(input_ids.size()[0]), padding)
     }
 
+    /// [`Model::token_log_probs_padded`], and `[B, T-1]` f32 the entropy of each position's next-token distribution
+    /// (no gradient), read from the logits the log-probs are computed from (one more pass over each chunk of them).
+    pub fn token_log_probs_and_entropy(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        padding: Padding,
+    ) -> (Tensor, Tensor) {
+        let chunk = self.log_prob_chunk(input_ids.size()[0]);
+        let (b, t) = (input_ids.size()[0], input_ids.size()[1]);
+        let entropy = Tensor::zeros([b, (t - 1).max(0)], (Kind::Float, input_ids.device()));
+        let log_probs = self.log_probs_with(
+            input_ids,
+            attention_mask,
+            chunk,
+            padding,
+            Outputs { entropy: Some(&entropy), ..Outputs::default() },
+        );
+        (log_probs, entropy)
+    }
+
     /// [`Model::token_log_probs`] with an explicit chunk length (positions per vocabulary projection).
     pub fn token_log_probs_chunked(&self, input_ids: &Tensor, attention_mask: &Tensor, chunk: i64) -> Tensor {
         self.log_probs(input_ids, attention_mask, chunk, Padding::Any)
@@ -485,13 +506,25 @@ impl Model {
     }
 
     fn log_probs(&self, input_ids: &Tensor, attention_mask: &Tensor, chunk: i64, padding: Padding) -> Tensor {
+        self.log_probs_with(input_ids, attention_mask, chunk, padding, Outputs::default())
+    }
+
+    fn log_probs_with(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        chunk: i64,
+        padding: Padding,
+        extra: Outputs,
+    ) -> Tensor {
         let t = input_ids.size()[1];
         if t < 2 {
             return Tensor::zeros([input_ids.size()[0], 0], (Kind::Float, input_ids.device()));
         }
         let pos = Self::position_ids(attention_mask);
         let hidden = self.hidden_states_padded(input_ids, attention_mask, &pos, padding);
-        token_log_probs_of(&hidden.narrow(1, 0, t - 1), self.output_weight(), &input_ids.narrow(1, 1, t - 1), chunk)
+        let targets = input_ids.narrow(1, 1, t - 1);
+        log_probs_node(&hidden.narrow(1, 0, t - 1), self.output_weight(), &targets, chunk, extra)
     }
 
     /// An empty cache of `slots` sequences of up to `capacity` tokens each.
@@ -590,6 +623,7 @@ extern "C" {
         targets: *mut std::ffi::c_void,
         chunk: i64,
         hits: *mut std::ffi::c_void,
+        entropy: *mut std::ffi::c_void,
         err: *mut std::ffi::c_char,
         err_len: usize,
     ) -> *mut torch_sys::C_tensor;
@@ -602,28 +636,51 @@ extern "C" {
 /// Values and gradients are the plain autograd expression's (`linear`, f32, `gather - logsumexp`); panics, as tch's
 /// own operations do, when libtorch fails.
 pub fn token_log_probs_of(hidden: &Tensor, weight: &Tensor, targets: &Tensor, chunk: i64) -> Tensor {
-    log_probs_node(hidden, weight, targets, chunk, None)
+    log_probs_node(hidden, weight, targets, chunk, Outputs::default())
 }
 
 /// [`token_log_probs_of`], and `[B, N]` bool: whether each target is its position's most likely token (the
 /// argmax of its logits), read from the logits the node computes anyway.
 pub fn token_log_probs_and_hits(hidden: &Tensor, weight: &Tensor, targets: &Tensor, chunk: i64) -> (Tensor, Tensor) {
     let hits = Tensor::zeros(targets.size(), (Kind::Bool, targets.device()));
-    (log_probs_node(hidden, weight, targets, chunk, Some(&hits)), hits)
+    (log_probs_node(hidden, weight, targets, chunk, Outputs { hits: Some(&hits), ..Outputs::default() }), hits)
 }
 
-fn log_probs_node(hidden: &Tensor, weight: &Tensor, targets: &Tensor, chunk: i64, hits: Option<&Tensor>) -> Tensor {
+/// [`token_log_probs_of`], and `[B, N]` f32 (no gradient): the entropy `-sum p log p` of each position's
+/// distribution, computed from the logits the node computes anyway.
+pub fn token_log_probs_and_entropy_of(
+    hidden: &Tensor,
+    weight: &Tensor,
+    targets: &Tensor,
+    chunk: i64,
+) -> (Tensor, Tensor) {
+    let entropy = Tensor::zeros(targets.size(), (Kind::Float, targets.device()));
+    (log_probs_node(hidden, weight, targets, chunk, Outputs { entropy: Some(&entropy), ..Outputs::default() }), entropy)
+}
+
+/// What the log-prob node also fills from the logits it computes, besides the log-probs: tensors shaped as the
+/// targets, or `None` for nothing.
+#[derive(Default)]
+struct Outputs<'a> {
+    /// Bool: the target is its position's most likely token.
+    hits: Option<&'a Tensor>,
+    /// F32: the entropy of the position's distribution.
+    entropy: Option<&'a Tensor>,
+}
+
+fn log_probs_node(hidden: &Tensor, weight: &Tensor, targets: &Tensor, chunk: i64, extra: Outputs) -> Tensor {
     let mut err = crate::runtime::ErrBuf::new();
-    let hits = hits.map_or(std::ptr::null_mut(), |h| h.as_ptr() as *mut _);
-    // SAFETY: the pointers are live tensors (or null for no hits) for the duration of the call, and a non-null
-    // result is a new heap-allocated tensor whose ownership passes to the returned value.
+    let pointer = |t: Option<&Tensor>| t.map_or(std::ptr::null_mut(), |t| t.as_ptr() as *mut _);
+    // SAFETY: the pointers are live tensors (or null) for the duration of the call, and a non-null result is a new
+    // heap-allocated tensor whose ownership passes to the returned value.
     let out = unsafe {
         grpo_token_log_probs(
             hidden.as_ptr() as *mut _,
             weight.as_ptr() as *mut _,
             targets.as_ptr() as *mut _,
             chunk.max(1),
-            hits,
+            pointer(extra.hits),
+            pointer(extra.entropy),
             err.ptr(),
             1024,
         )

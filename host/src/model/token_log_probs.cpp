@@ -20,9 +20,11 @@ using torch::autograd::variable_list;
 struct TokenLogProbs : public torch::autograd::Function<TokenLogProbs> {
   // `keep`: a backward pass will follow, so a single chunk's softmax is worth keeping for it. `hits`, unless null
   // ([B, N] bool, outside autograd): set to whether each target is its position's most likely token, read from the
-  // logits the forward computes anyway.
+  // logits the forward computes anyway. `entropy`, unless null ([B, N] f32, outside autograd): set to the entropy of
+  // each position's distribution, `-sum p log p`.
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& hidden, const at::Tensor& weight,
-                            const at::Tensor& targets, int64_t chunk, bool keep, at::Tensor* hits) {
+                            const at::Tensor& targets, int64_t chunk, bool keep, at::Tensor* hits,
+                            at::Tensor* entropy) {
     const int64_t n = hidden.size(1);
     auto out = at::empty({hidden.size(0), n}, hidden.options().dtype(at::kFloat));
     for (int64_t s = 0; s < n; s += chunk) {
@@ -33,7 +35,14 @@ struct TokenLogProbs : public torch::autograd::Function<TokenLogProbs> {
       auto lse = logits.logsumexp({-1}, false);
       out.narrow(1, s, c).copy_(picked - lse);
       if (hits != nullptr) hits->narrow(1, s, c).copy_(logits.argmax(-1).eq(targets.narrow(1, s, c)));
-      if (keep && c == n) {
+      const bool keep_softmax = keep && c == n;
+      if (entropy != nullptr) {
+        // The logits are not needed after this: log p in place, then p log p in place once p is taken from it.
+        auto log_p = logits.sub_(lse.unsqueeze(-1));
+        auto p = log_p.exp();
+        entropy->narrow(1, s, c).copy_(log_p.mul_(p).sum(-1).neg_());
+        if (keep_softmax) ctx->saved_data["softmax"] = p;
+      } else if (keep_softmax) {
         // exp(logits - logsumexp), in place: logsumexp's own backward formula, so the gradient is autograd's.
         ctx->saved_data["softmax"] = logits.sub_(lse.unsqueeze(-1)).exp_();
       }
@@ -75,18 +84,21 @@ struct TokenLogProbs : public torch::autograd::Function<TokenLogProbs> {
       if (want_weight) grad_weight.add_(at::mm(gl.reshape({-1, v}).t(), hs.reshape({-1, h})).to(at::kFloat));
     }
     return {grad_hidden, want_weight ? grad_weight.to(weight.scalar_type()) : at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor(), at::Tensor()};
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
 }  // namespace
 
-// `hits` may be null; otherwise a [B, N] bool tensor the forward fills (see TokenLogProbs::forward).
+// `hits` and `entropy` may be null; otherwise [B, N] bool and f32 tensors the forward fills (see
+// TokenLogProbs::forward).
 extern "C" at::Tensor* grpo_token_log_probs(at::Tensor* hidden, at::Tensor* weight, at::Tensor* targets,
-                                            int64_t chunk, at::Tensor* hits, char* err, size_t err_len) {
+                                            int64_t chunk, at::Tensor* hits, at::Tensor* entropy, char* err,
+                                            size_t err_len) {
   try {
     const bool keep = at::GradMode::is_enabled() && (hidden->requires_grad() || weight->requires_grad());
-    return new at::Tensor(TokenLogProbs::apply(*hidden, *weight, *targets, std::max<int64_t>(chunk, 1), keep, hits));
+    return new at::Tensor(
+        TokenLogProbs::apply(*hidden, *weight, *targets, std::max<int64_t>(chunk, 1), keep, hits, entropy));
   } catch (const std::exception& e) {
     // Exceptions must not cross into Rust.
     grpo::put_exception(e, err, err_len);

@@ -118,6 +118,14 @@ pub struct Rollout {
     pub transcript: String,
 }
 
+impl Rollout {
+    /// Whether the episode was cut off rather than finished: a turn stopped at `max_new_tokens` or `max_length`, or
+    /// the stream reached `max_length` before the environment was done.
+    pub fn was_cut(&self) -> bool {
+        self.cut_turns > 0 || self.end == EndReason::ContextLimit
+    }
+}
+
 struct Live {
     /// Which episode of its group.
     member: usize,

@@ -251,6 +251,10 @@ pub struct ObjectiveSettings {
     /// Cap of the truncated importance weights `min(p_old / p_sampler, cap)` on recomputed old log-probs; 0: none.
     #[serde(default)]
     pub tis_cap: f64,
+    /// Leave episodes with a turn cut at `--max-new-tokens` or `--max-length` out of the loss (TRL's
+    /// `mask_truncated_completions`, DAPO's overlong filtering); they still count in their group's advantages.
+    #[serde(default)]
+    pub mask_truncated_completions: bool,
 }
 
 impl ObjectiveSettings {
@@ -335,6 +339,7 @@ impl RunConfig {
             ("--kl-weight", json!(l.kl_weight)),
             ("--recompute-old-logprobs", json!(l.recompute_old_logprobs)),
             ("--tis-cap", json!(l.tis_cap)),
+            ("--mask-truncated-completions", json!(l.mask_truncated_completions)),
             ("--seed", json!(self.seed)),
             ("--sft-warmup-steps/--sft-batch-size/--sft-lr/--sft-data", json!(self.sft)),
             (

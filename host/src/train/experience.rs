@@ -18,6 +18,9 @@ use crate::rollout::Rollout;
 /// rows go through each forward.
 pub fn prepare(scored: &Scored, policy: &Policy, loss: &ObjectiveSettings, chunk: usize) -> Result<Experience> {
     let mut exp = Experience::build(&scored.rollouts, &scored.advantages, policy.device());
+    if loss.mask_truncated_completions {
+        exp.leave_out_of_loss(&scored.rollouts.iter().map(Rollout::was_cut).collect::<Vec<_>>());
+    }
     if policy.recompute_old(loss.recompute_old_logprobs) {
         let recomputed = policy.log_probs(&exp, chunk)?;
         let sampled = std::mem::replace(&mut exp.old_log_probs, recomputed);
@@ -49,6 +52,9 @@ pub struct Experience {
     pub is_weights: Option<Tensor>,
     /// `[N]` f32 advantages.
     pub advantages: Tensor,
+    /// `[N]` bool: the sequences the loss covers, when some are left out (`--mask-truncated-completions`); the
+    /// action mask of a micro-batch is cleared for the others, so they add nothing to the loss or its metrics.
+    pub in_loss: Option<Tensor>,
     /// Unpadded length of each sequence.
     pub lengths: Vec<usize>,
 }
@@ -82,7 +88,17 @@ impl Experience {
             sample_log_probs: None,
             is_weights: None,
             advantages: advantages.to_kind(Kind::Float).to_device(device),
+            in_loss: None,
             lengths: rollouts.iter().map(|r| r.tokens.len()).collect(),
+        }
+    }
+
+    /// Leave the sequences where `left_out` is true out of the loss ([`Experience::in_loss`]); nothing changes when
+    /// none is.
+    pub fn leave_out_of_loss(&mut self, left_out: &[bool]) {
+        if left_out.iter().any(|&l| l) {
+            let kept: Vec<bool> = left_out.iter().map(|&l| !l).collect();
+            self.in_loss = Some(Tensor::from_slice(&kept).to_device(self.tokens.device()));
         }
     }
 
@@ -111,10 +127,14 @@ impl Experience {
     pub fn select_at(&self, rows: &[usize], index: &Tensor) -> MicroBatch {
         let longest = rows.iter().map(|&r| self.lengths[r]).max().unwrap_or(2).max(2) as i64;
         let pick = |x: &Tensor, width: i64| x.index_select(0, index).narrow(1, 0, width);
+        let action_mask = match &self.in_loss {
+            Some(kept) => pick(&self.action_mask, longest - 1).logical_and(&kept.index_select(0, index).unsqueeze(1)),
+            None => pick(&self.action_mask, longest - 1),
+        };
         MicroBatch {
             tokens: pick(&self.tokens, longest),
             attention_mask: pick(&self.attention_mask, longest),
-            action_mask: pick(&self.action_mask, longest - 1),
+            action_mask,
             old_log_probs: pick(&self.old_log_probs, longest - 1),
             ref_log_probs: self.ref_log_probs.as_ref().map(|r| pick(r, longest - 1)),
             is_weights: self.is_weights.as_ref().map(|w| pick(w, longest - 1)),

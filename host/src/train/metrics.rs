@@ -141,6 +141,7 @@ pub fn rollout(batch: &BatchSummary, best_mean_return: f64) -> Metrics {
     let group_means: Vec<f64> =
         returns.chunks(batch.group_size.max(1)).map(|g| g.iter().sum::<f64>() / g.len() as f64).collect();
     m.insert("group_avg/reward".into(), summarize(&group_means).mean.into());
+    m.insert("rollouts/frac_reward_zero_std".into(), zero_std_share(&returns, batch.group_size).into());
 
     let a = summarize(&batch.rollouts.iter().map(|r| r.advantage).collect::<Vec<_>>());
     m.insert("rollouts/advantages_mean".into(), a.mean.into());
@@ -161,6 +162,15 @@ pub fn rollout(batch: &BatchSummary, best_mean_return: f64) -> Metrics {
     m.extend(reward_components(&batch.rollouts));
     m.extend(episode_shapes(&batch.rollouts));
     m
+}
+
+/// The share of groups whose returns are all equal: their advantages are 0 under group normalisation, so they give
+/// the policy-gradient term nothing to learn from (TRL's `frac_reward_zero_std`). Equal exactly, as the `grpo`
+/// plugin decides it; 0 for an empty batch.
+fn zero_std_share(returns: &[f64], group_size: usize) -> f64 {
+    let groups: Vec<&[f64]> = returns.chunks(group_size.max(1)).collect();
+    let flat = groups.iter().filter(|g| g.iter().all(|&r| r == g[0])).count();
+    flat as f64 / groups.len().max(1) as f64
 }
 
 /// `rollout_rewards/<name>`: each reward component averaged over the rollouts that reported it (an episode that
@@ -186,6 +196,7 @@ fn episode_shapes(rollouts: &[RolloutRecord]) -> Metrics {
     metrics! {
         "completions/mean_length" => l.mean,
         "completions/max_length" => l.max,
+        "completions/min_length" => l.min,
         "completions/clipped_ratio" => cut as f64 / turns.max(1) as f64,
         "episodes/turns_mean" => turns as f64 / n,
         "episodes/tool_messages_mean" => tools as f64 / n,
@@ -336,4 +347,44 @@ pub fn completions(step: u64, batch: &BatchSummary) -> (Vec<CompletionRow>, Opti
         )
     });
     (rows, example)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(total_reward: f64, completion_length: f64) -> RolloutRecord {
+        RolloutRecord {
+            total_reward,
+            advantage: 0.0,
+            rewards: BTreeMap::new(),
+            completion_length,
+            turns: 1,
+            cut_turns: 0,
+            tool_messages: 0,
+            truncated: false,
+            kl: None,
+            prompt: String::new(),
+            transcript: String::new(),
+            question: String::new(),
+            answer: String::new(),
+        }
+    }
+
+    #[test]
+    fn groups_whose_returns_are_all_equal_are_counted_and_lengths_summarised() {
+        // Three groups of three: the first and last have one return each (no learning signal), the middle one two.
+        let returns = [1.0, 1.0, 1.0, 0.0, 2.0, 0.0, -0.5, -0.5, -0.5];
+        let batch = BatchSummary {
+            rollouts: returns.iter().enumerate().map(|(i, &r)| record(r, (i + 3) as f64)).collect(),
+            group_size: 3,
+            ..BatchSummary::default()
+        };
+        let m = rollout(&batch, 1.0);
+        assert_eq!(m["rollouts/frac_reward_zero_std"], MetricValue::Number(2.0 / 3.0));
+        assert_eq!(m["completions/min_length"], MetricValue::Number(3.0));
+        assert_eq!(m["completions/max_length"], MetricValue::Number(11.0));
+        assert_eq!(zero_std_share(&[0.0, 1e-9], 2), 0.0, "only equal returns count");
+        assert_eq!(zero_std_share(&[], 4), 0.0);
+    }
 }

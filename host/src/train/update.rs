@@ -64,7 +64,8 @@ pub struct StepRecord {
     pub loss_scale: Option<f64>,
     /// Steps skipped so far because the scaled gradients overflowed (fp16).
     pub skipped_steps: u64,
-    /// The algorithm's numeric metrics, averaged over the micro-batches that reported them.
+    /// The algorithm's numeric metrics, averaged over the micro-batches that reported them, and the host's
+    /// `training_step/entropy`.
     pub algorithm: BTreeMap<String, f64>,
     /// The algorithm's text metrics (the last micro-batch's).
     pub algorithm_text: BTreeMap<String, String>,
@@ -133,11 +134,16 @@ impl Updater<'_> {
         state: &mut TrainerState,
     ) -> Result<StepRecord> {
         let mut pending = Vec::with_capacity(window.len());
+        // The policy's entropy summed over the window's action tokens, and their count, kept on the device.
+        let mut entropy = Tensor::zeros([2], (Kind::Double, exp.tokens.device()));
         self.optimizer.zero_grad();
         for (rows, index) in window {
             let mb = exp.select_at(rows, index);
+            let (log_probs, token_entropy) =
+                self.policy.model().token_log_probs_and_entropy(&mb.tokens, &mb.attention_mask, Padding::Right);
+            entropy += action_totals(&token_entropy, &mb.action_mask);
             let batch = PolicyBatch {
-                log_probs: self.policy.model().token_log_probs_padded(&mb.tokens, &mb.attention_mask, Padding::Right),
+                log_probs,
                 old_log_probs: mb.old_log_probs,
                 ref_log_probs: mb.ref_log_probs,
                 advantages: mb.advantages,
@@ -160,7 +166,7 @@ impl Updater<'_> {
         let t = Instant::now();
         self.optimizer.average_grads(self.world)?;
         let allreduce_secs = t.elapsed().as_secs_f64();
-        let (local, grad_norm) = read_step(pending, self.optimizer.grad_norm())?;
+        let (local, grad_norm) = read_step(pending, &entropy, self.optimizer.grad_norm())?;
         // The window's sums from every rank: the skip decision below is the same on all of them.
         let acc = Accumulated::merge(self.world.gather("summing the step's loss over the ranks", local)?);
         let loss_scale = self.scaler.enabled().then(|| self.scaler.scale());
@@ -203,15 +209,27 @@ impl Updater<'_> {
     }
 }
 
-/// The one device-to-host copy of an optimizer step: each micro-batch's loss and device metrics and the gradient
-/// norm (0 without gradients), read together and summed into the step's record. A micro-batch whose loss is not
-/// finite counts as invalid and adds nothing.
-fn read_step(outputs: Vec<DeferredLoss>, grad_norm: Option<Tensor>) -> Result<(Accumulated, f64)> {
+/// The policy's mean entropy over the action tokens of an optimizer step, all its micro-batches and ranks (TRL's
+/// `entropy`, verl's `actor/entropy`): where it collapses, exploration has stopped. Absent from a step without
+/// action tokens.
+const ENTROPY: &str = "training_step/entropy";
+
+/// `[2]` f64 on the device: the sum of `x` `[B, T]` over the action positions of `action_mask`, and their count.
+fn action_totals(x: &Tensor, action_mask: &Tensor) -> Tensor {
+    let on = action_mask.to_kind(Kind::Bool);
+    Tensor::stack(&[x.where_self(&on, &x.zeros_like()).sum(Kind::Double), on.sum(Kind::Double)], 0)
+}
+
+/// The one device-to-host copy of an optimizer step: each micro-batch's loss and device metrics, the entropy
+/// totals ([`action_totals`] summed) and the gradient norm (0 without gradients), read together and summed into the
+/// step's record. A micro-batch whose loss is not finite counts as invalid and adds nothing.
+fn read_step(outputs: Vec<DeferredLoss>, entropy: &Tensor, grad_norm: Option<Tensor>) -> Result<(Accumulated, f64)> {
     let mut parts = Vec::new();
     for out in &outputs {
         parts.push(out.loss.shallow_clone());
         parts.extend(out.device_metrics.iter().map(|(_, t)| t.shallow_clone()));
     }
+    parts.extend([entropy.get(0), entropy.get(1)]);
     parts.extend(grad_norm.as_ref().map(Tensor::shallow_clone));
     let mut values = read_scalars(&parts)?.into_iter();
     let mut acc = Accumulated::default();
@@ -227,6 +245,7 @@ fn read_step(outputs: Vec<DeferredLoss>, grad_norm: Option<Tensor>) -> Result<(A
             acc.invalid += 1;
         }
     }
+    acc.entropy = (values.next().unwrap_or(f64::NAN), values.next().unwrap_or(0.0));
     Ok((acc, if grad_norm.is_some() { values.next().unwrap_or(f64::NAN) } else { 0.0 }))
 }
 
@@ -257,6 +276,8 @@ struct Accumulated {
     loss: f64,
     numbers: BTreeMap<String, (f64, usize)>,
     texts: BTreeMap<String, String>,
+    /// The policy's entropy summed over the action tokens, and their count.
+    entropy: (f64, f64),
 }
 
 impl Accumulated {
@@ -284,6 +305,7 @@ impl Accumulated {
             out.count += p.count;
             out.invalid += p.invalid;
             out.loss += p.loss;
+            out.entropy = (out.entropy.0 + p.entropy.0, out.entropy.1 + p.entropy.1);
             for (k, (sum, n)) in p.numbers {
                 let e = out.numbers.entry(k).or_insert((0.0, 0));
                 e.0 += sum;
@@ -297,6 +319,12 @@ impl Accumulated {
     }
 
     fn finish(self, step: u64, grad_norm: f64, learning_rate: f64) -> StepRecord {
+        let mut algorithm: BTreeMap<String, f64> =
+            self.numbers.into_iter().map(|(k, (sum, n))| (k, sum / n as f64)).collect();
+        let (entropy, tokens) = self.entropy;
+        if tokens > 0.0 {
+            algorithm.insert(ENTROPY.to_string(), entropy / tokens);
+        }
         StepRecord {
             step,
             loss: self.loss / self.count as f64,
@@ -305,7 +333,7 @@ impl Accumulated {
             skipped: false,
             loss_scale: None,
             skipped_steps: 0,
-            algorithm: self.numbers.into_iter().map(|(k, (sum, n))| (k, sum / n as f64)).collect(),
+            algorithm,
             algorithm_text: self.texts,
             allreduce_secs: 0.0,
         }
@@ -323,18 +351,38 @@ mod tests {
             .with_metric(grpo_sdk::Metric::number("algo/host", 1.0))
     }
 
+    /// Entropy totals as the step keeps them: summed entropy and action tokens.
+    fn totals(sum: f64, tokens: f64) -> Tensor {
+        Tensor::from_slice(&[sum, tokens])
+    }
+
     #[test]
     fn a_step_reads_its_losses_metrics_and_norm_together_and_counts_non_finite_losses() {
-        let (acc, norm) = read_step(vec![output(1.0, 0.5), output(3.0, 0.25)], Some(Tensor::from(2.5f32))).unwrap();
+        let (acc, norm) =
+            read_step(vec![output(1.0, 0.5), output(3.0, 0.25)], &totals(6.0, 4.0), Some(Tensor::from(2.5f32)))
+                .unwrap();
         assert_eq!((acc.count, acc.invalid, acc.loss, norm), (2, 0, 4.0, 2.5));
         assert_eq!(acc.numbers["training_step/kl"], (0.75, 2));
         assert_eq!(acc.numbers["algo/host"], (2.0, 2));
 
-        let (acc, norm) = read_step(vec![output(f64::NAN, 0.5), output(2.0, 0.5)], None).unwrap();
+        let (acc, norm) = read_step(vec![output(f64::NAN, 0.5), output(2.0, 0.5)], &totals(1.0, 2.0), None).unwrap();
         assert_eq!((acc.count, acc.invalid, acc.loss, norm), (1, 1, 2.0, 0.0));
         // The ranks' sums: one rank's non-finite loss is every rank's.
-        let merged = Accumulated::merge(vec![acc, read_step(vec![output(1.0, 0.0)], None).unwrap().0]);
+        let merged =
+            Accumulated::merge(vec![acc, read_step(vec![output(1.0, 0.0)], &totals(2.0, 1.0), None).unwrap().0]);
         assert_eq!((merged.count, merged.invalid), (2, 1));
+        // The entropy is the mean over every action token of the ranks, not a mean of their means.
+        let record = merged.finish(0, 1.0, 1e-3);
+        assert_eq!(record.algorithm[ENTROPY], 1.0);
+        let (none, _) = read_step(vec![output(1.0, 0.0)], &totals(0.0, 0.0), None).unwrap();
+        assert!(!none.finish(0, 1.0, 1e-3).algorithm.contains_key(ENTROPY), "a step without actions has none");
+    }
+
+    #[test]
+    fn entropy_totals_cover_action_tokens_only() {
+        let x = Tensor::from_slice(&[1.0f32, 2.0, 100.0, 4.0]).view([2, 2]);
+        let mask = Tensor::from_slice(&[true, true, false, true]).view([2, 2]);
+        assert_eq!(Vec::<f64>::try_from(action_totals(&x, &mask)).unwrap(), vec![7.0, 3.0]);
     }
 
     #[test]
