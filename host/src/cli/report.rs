@@ -28,7 +28,7 @@ struct PlotSpec {
     matches: fn(&str) -> bool,
 }
 
-const PLOTS: [PlotSpec; 7] = [
+const PLOTS: [PlotSpec; 8] = [
     PlotSpec {
         file: "returns.png",
         title: "returns",
@@ -67,6 +67,12 @@ const PLOTS: [PlotSpec; 7] = [
         matches: |k| k == "training_step/grad_norm" || k.starts_with("training_epoch/grad_norm"),
     },
     PlotSpec {
+        // On its own plot: nats, between 0 and ln(vocabulary), a scale no other curve shares.
+        file: "entropy.png",
+        title: "policy entropy (nats per token)",
+        matches: |k| k == "training_step/entropy",
+    },
+    PlotSpec {
         // `grpo-host sft` and train's --sft-warmup-steps: on their own scale (a cross-entropy), not the RL loss's.
         file: "sft.png",
         title: "supervised fine-tuning",
@@ -75,7 +81,13 @@ const PLOTS: [PlotSpec; 7] = [
     PlotSpec {
         file: "completion_length.png",
         title: "completion length (tokens)",
-        matches: |k| k.contains("completion_length") || k.contains("completion_len") || k.contains("response_length"),
+        // The trainer's own `completions/*` lengths, evaluation's, and other trainers' names for them.
+        matches: |k| {
+            matches!(k, "completions/mean_length" | "completions/max_length")
+                || k.contains("completion_length")
+                || k.contains("completion_len")
+                || k.contains("response_length")
+        },
     },
 ];
 
@@ -355,8 +367,8 @@ mod tests {
             let loss = if step == 7 { "NaN".to_string() } else { format!("{}", 1.0 / (step + 1) as f64) };
             text.push_str(&format!(
                 "{{\"step\":{step},\"_timestamp\":{},\"rollouts/returns_mean\":{},\"training_step/loss\":{loss},\
-                 \"training_step/kl\":{},\"training_step/grad_norm\":0.5,\"rollouts/completion_length_mean\":{},\
-                 \"accelerate/device\":\"cpu\"}}\n",
+                 \"training_step/kl\":{},\"training_step/grad_norm\":0.5,\"completions/mean_length\":{},\
+                 \"training_step/entropy\":2.5,\"accelerate/device\":\"cpu\"}}\n",
                 1000 + step * 2,
                 step as f64 / 30.0,
                 step as f64 * 0.001,
@@ -395,10 +407,37 @@ mod tests {
         assert!(summary.contains("eval/accuracy: last 0.5800, min 0.0000, max 0.5800, 4 points"), "{summary}");
         assert!(summary.contains("sft/loss: last 0.0000, min 0.0000, max 2.0000, 3 points"), "{summary}");
         assert!(summary.contains("sft/eval_loss: last 1.0000, min 1.0000, max 3.0000, 3 points"), "{summary}");
-        for f in ["returns.png", "loss.png", "kl.png", "grad_norm.png", "completion_length.png", "eval.png", "sft.png"]
-        {
+        for f in [
+            "returns.png",
+            "loss.png",
+            "kl.png",
+            "grad_norm.png",
+            "entropy.png",
+            "completion_length.png",
+            "eval.png",
+            "sft.png",
+        ] {
             let bytes = std::fs::read(dir.path().join("plots").join(f)).unwrap();
             assert_eq!(&bytes[1..4], b"PNG", "{f}");
+        }
+    }
+
+    #[test]
+    fn the_trainers_own_names_are_drawn_on_their_plots() {
+        for (key, file) in [
+            ("rollouts/returns_mean", "returns.png"),
+            ("training_step/loss", "loss.png"),
+            ("training_step/kl", "kl.png"),
+            ("training_step/grad_norm", "grad_norm.png"),
+            ("training_step/entropy", "entropy.png"),
+            ("completions/mean_length", "completion_length.png"),
+            ("completions/max_length", "completion_length.png"),
+            ("eval/completion_length_mean", "completion_length.png"),
+            ("eval/accuracy", "eval.png"),
+            ("sft/loss", "sft.png"),
+        ] {
+            let drawn: Vec<&str> = PLOTS.iter().filter(|p| (p.matches)(key)).map(|p| p.file).collect();
+            assert_eq!(drawn, vec![file], "{key}");
         }
     }
 
