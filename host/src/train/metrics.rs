@@ -192,11 +192,18 @@ fn episode_shapes(rollouts: &[RolloutRecord]) -> Metrics {
     let cut: usize = rollouts.iter().map(|r| r.cut_turns).sum();
     let tools: usize = rollouts.iter().map(|r| r.tool_messages).sum();
     let truncated = rollouts.iter().filter(|r| r.truncated).count();
+    // Episodes the model ended itself: no turn cut, the stream within --max-length (0 for each when there are none).
+    let finished: Vec<f64> =
+        rollouts.iter().filter(|r| r.cut_turns == 0 && !r.truncated).map(|r| r.completion_length).collect();
+    let f = summarize(&finished);
     let n = rollouts.len().max(1) as f64;
     metrics! {
         "completions/mean_length" => l.mean,
         "completions/max_length" => l.max,
         "completions/min_length" => l.min,
+        "completions/mean_terminated_length" => f.mean,
+        "completions/min_terminated_length" => f.min,
+        "completions/max_terminated_length" => f.max,
         "completions/clipped_ratio" => cut as f64 / turns.max(1) as f64,
         "episodes/turns_mean" => turns as f64 / n,
         "episodes/tool_messages_mean" => tools as f64 / n,
@@ -376,7 +383,15 @@ mod tests {
         // Three groups of three: the first and last have one return each (no learning signal), the middle one two.
         let returns = [1.0, 1.0, 1.0, 0.0, 2.0, 0.0, -0.5, -0.5, -0.5];
         let batch = BatchSummary {
-            rollouts: returns.iter().enumerate().map(|(i, &r)| record(r, (i + 3) as f64)).collect(),
+            rollouts: returns
+                .iter()
+                .enumerate()
+                .map(|(i, &r)| RolloutRecord {
+                    cut_turns: usize::from(i != 1 && i != 3 && i != 4 && i != 7),
+                    truncated: i == 7,
+                    ..record(r, (i + 3) as f64)
+                })
+                .collect(),
             group_size: 3,
             ..BatchSummary::default()
         };
@@ -384,6 +399,11 @@ mod tests {
         assert_eq!(m["rollouts/frac_reward_zero_std"], MetricValue::Number(2.0 / 3.0));
         assert_eq!(m["completions/min_length"], MetricValue::Number(3.0));
         assert_eq!(m["completions/max_length"], MetricValue::Number(11.0));
+        // Of those, the episodes the model ended itself: lengths 4, 6 and 7 (the one of 10 reached --max-length, the
+        // others had a turn cut).
+        assert_eq!(m["completions/mean_terminated_length"], MetricValue::Number(17.0 / 3.0));
+        assert_eq!(m["completions/min_terminated_length"], MetricValue::Number(4.0));
+        assert_eq!(m["completions/max_terminated_length"], MetricValue::Number(7.0));
         assert_eq!(zero_std_share(&[0.0, 1e-9], 2), 0.0, "only equal returns count");
         assert_eq!(zero_std_share(&[], 4), 0.0);
     }
