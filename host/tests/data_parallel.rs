@@ -180,6 +180,52 @@ fn two_ranks_train_like_one_process_with_twice_the_batch() {
     assert_eq!(first, outcomes_at_0("two"), "the same outcomes, in task order");
 }
 
+/// `args` with `flag`'s value replaced (clap takes each flag once).
+fn replaced(mut args: Vec<String>, flag: &str, value: &str) -> Vec<String> {
+    let at = args.iter().position(|a| a == flag).unwrap_or_else(|| panic!("{flag} not in {args:?}"));
+    args[at + 1] = value.to_string();
+    args
+}
+
+/// The algorithm scores the global batch on every rank: DR-GRPO's advantage statistics (the skewness of the
+/// batch's advantages is not the mean of the ranks' skewnesses) and the policy's entropy come out as one process's.
+#[test]
+fn two_ranks_score_the_global_batch_as_one_process() {
+    let runs = tempfile::tempdir().unwrap();
+    let r = runs.path();
+    let args = |name: &str, prompts: usize| -> Vec<String> {
+        let mut a = train_args(r, name, prompts, 4 * prompts, 1);
+        for (flag, value) in [("--algo", "drgrpo"), ("--group-size", "4"), ("--max-new-tokens", "24"), ("--seed", "3")]
+        {
+            a = replaced(a, flag, value);
+        }
+        // The random model's reply is scored by its last number: now and then a group gets one right answer.
+        let env = r#"{"generator": {"max_terms": 2, "max_digits": 1, "ops": "+"}, "last_number_fallback": true}"#;
+        a.extend(["--env-config".to_string(), env.to_string()]);
+        a
+    };
+    assert_ok(&single(r, &args("one", 4)), "one process");
+    assert_ok(&under_torchrun(r, 2, &args("two", 2)), "torchrun with 2 ranks");
+    let (one, two) = (rows(&r.join("one")), rows(&r.join("two")));
+    let first = &one[&0];
+    // Without a group that learns something every statistic below is 0 however it is computed.
+    assert!(number(first, "rollouts/returns_std") > 0.0, "no reward varied: {first:?}");
+    let skewness = number(first, "dr_grpo/advantages_skewness");
+    assert!(skewness != 0.0, "{first:?}");
+    for key in [
+        "rollouts/returns_std",
+        "rollouts/frac_reward_zero_std",
+        "rollouts/advantages_std",
+        "dr_grpo/advantages_variance",
+        "dr_grpo/advantages_skewness",
+        "training_step/entropy",
+        "training_step/loss",
+    ] {
+        let (x, y) = (number(first, key), number(&two[&0], key));
+        assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "{key}: one process {x}, two ranks {y}");
+    }
+}
+
 #[test]
 fn two_simulated_nodes_complete_a_run() {
     let runs = tempfile::tempdir().unwrap();

@@ -70,8 +70,9 @@ use tch::Tensor;
 /// ```
 pub trait Algorithm: Plugin {
     /// Advantages for one batch of rollouts. `rewards` is `[N]` (float32 or float64) and holds the groups one after
-    /// another: `groups` are their sizes, summing to `N` (rollouts of one task form a group). Returns `[N]`, same
-    /// dtype and device as `rewards`. A group of one must not produce NaN.
+    /// another: `groups` are their sizes, summing to `N` (rollouts of one task form a group). Under data parallelism
+    /// it is the global batch, every rank's rollouts in rank order, on every rank. Returns `[N]`, same dtype and
+    /// device as `rewards`. A group of one must not produce NaN.
     fn advantages(&self, rewards: &Tensor, groups: &[usize]) -> Result<Tensor>;
 
     /// The loss of one micro-batch: a scalar tensor whose graph reaches `batch.log_probs`, plus metrics for this

@@ -378,12 +378,20 @@ impl Trainer {
         let tasks = self.tasks.batch(self.state.batch, per_rank)?;
         let mut timings = Timings::default();
         let (t, peak) = (Instant::now(), PhasePeak::start());
-        let prepared = match self.rollouts(&tasks, (self.world.rank * per_rank) as u64)? {
+        let episodes = self.rollouts(&tasks, (self.world.rank * per_rank) as u64)?;
+        timings.rollout = t.elapsed().as_secs_f64();
+        timings.rollout_peak_rss = peak.end();
+        // Every rank's returns, so that the algorithm scores the global batch as one process would; a stop on any
+        // rank drops the batch on all of them here.
+        let returns = episodes.as_ref().map(|e| e.rollouts.iter().map(|r| r.total_reward).collect::<Vec<f64>>());
+        let Some(all_returns) = self.gather_unless_dropped("gathering the batch's returns", returns)? else {
+            return Ok(false);
+        };
+        let prepared = match episodes {
             Some(episodes) => {
-                timings.rollout = t.elapsed().as_secs_f64();
-                timings.rollout_peak_rss = peak.end();
                 timings.rollout_stats = episodes.stats;
-                let scored = scored::score(&self.algo, episodes.rollouts, self.config.batch.group_size)?;
+                let (rollouts, group_size, rank) = (episodes.rollouts, self.config.batch.group_size, self.world.rank);
+                let scored = scored::score_within(&self.algo, rollouts, group_size, &all_returns, rank)?;
                 let (t, peak) = (Instant::now(), PhasePeak::start());
                 let (loss, rows) = (&self.config.loss, self.config.batch.train_batch_size);
                 let exp = experience::prepare(&scored, &self.policy, loss, rows)?;

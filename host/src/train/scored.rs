@@ -30,18 +30,40 @@ impl Scored {
 /// Score `rollouts` in groups of `group_size` with `algo`'s advantages; the count must match.
 pub fn score(algo: &AlgorithmPlugin, rollouts: Vec<Rollout>, group_size: usize) -> Result<Scored> {
     let returns: Vec<f64> = rollouts.iter().map(|r| r.total_reward).collect();
-    let groups = vec![group_size; rollouts.len() / group_size.max(1)];
-    let rewards = Tensor::from_slice(&returns.iter().map(|&r| r as f32).collect::<Vec<_>>());
-    let advantages = algo.advantages(&rewards, &groups)?;
-    let advantage_values = Vec::<f32>::try_from(&advantages.to_kind(Kind::Float).flatten(0, -1))
+    score_within(algo, rollouts, group_size, std::slice::from_ref(&returns), 0)
+}
+
+/// [`score`] as part of a data-parallel batch: `all_returns` holds every rank's returns in rank order, this rank's
+/// (those of `rollouts`) at index `rank`. The algorithm scores the whole batch, as one process would: an advantage
+/// that depends on more than its group (a batch-wide scale, a global baseline), and the statistics the plugin
+/// reports of them, do not depend on how the batch is split. This rank keeps its own slice.
+pub fn score_within(
+    algo: &AlgorithmPlugin,
+    rollouts: Vec<Rollout>,
+    group_size: usize,
+    all_returns: &[Vec<f64>],
+    rank: usize,
+) -> Result<Scored> {
+    let returns: Vec<f64> = rollouts.iter().map(|r| r.total_reward).collect();
+    anyhow::ensure!(
+        all_returns.get(rank) == Some(&returns),
+        "rank {rank}'s returns are not its rollouts' (internal error)"
+    );
+    let everyone: Vec<f32> = all_returns.iter().flatten().map(|&r| r as f32).collect();
+    let groups = vec![group_size; everyone.len() / group_size.max(1)];
+    let all = algo.advantages(&Tensor::from_slice(&everyone), &groups)?;
+    let values = Vec::<f32>::try_from(&all.to_kind(Kind::Float).flatten(0, -1))
         .context("the algorithm's advantages are not a float tensor")?;
-    if advantage_values.len() != rollouts.len() {
+    if values.len() != everyone.len() {
         anyhow::bail!(
             "algorithm `{}` returned {} advantages for {} rollouts",
             algo.name(),
-            advantage_values.len(),
-            rollouts.len()
+            values.len(),
+            everyone.len()
         );
     }
+    let start = all_returns[..rank].iter().map(Vec::len).sum::<usize>();
+    let advantage_values = values[start..start + returns.len()].to_vec();
+    let advantages = all.flatten(0, -1).narrow(0, start as i64, returns.len() as i64);
     Ok(Scored { rollouts, returns, advantages, advantage_values, group_size })
 }
