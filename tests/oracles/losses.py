@@ -6,7 +6,8 @@ respect to log_probs, and the metrics. The Rust tests compare to 1e-6.
 
 Definitions (docs/plugins.md, "The shipped algorithms and environment"):
   GRPO advantages     A = (r - mean_g r) / (std_g r + eps), unbiased std; a group of one, or a group whose
-                      rewards are all equal, gets exactly 0.
+                      rewards are all equal, gets exactly 0. With scale_rewards "batch" the divisor is the
+                      unbiased std of all the batch's rewards, with "none" there is none (same zero rule).
   DR-GRPO advantages  A = r - mean_g r.
   per token           -min(rho*A, clip(rho, 1-eps_low, 1+eps_high)*A) + beta*k3,
                       rho = exp(logp - old), k3 = exp(ref - logp) - (ref - logp) - 1 (both 0 outside the mask)
@@ -37,6 +38,23 @@ def grpo_advantages(rewards, groups, eps=1e-8):
             out.append(torch.zeros_like(g))
         else:
             out.append((g - g.mean()) / (g.std(unbiased=True) + eps))
+    return torch.cat(out)
+
+
+def grpo_advantages_scaled(rewards, groups, scale, eps=1e-8):
+    """The `grpo` plugin's `scale_rewards`: "batch" divides by the std of all the batch's rewards, "none" by
+    nothing. A group of one, or one whose rewards are all equal, still gets exact zeros."""
+    batch_std = rewards.std(unbiased=True) if len(rewards) > 1 else torch.tensor(0.0)
+    out, start = [], 0
+    for n in groups:
+        g = rewards[start : start + n]
+        start += n
+        if n == 1 or bool((g == g[0]).all()):
+            out.append(torch.zeros_like(g))
+        elif scale == "batch":
+            out.append((g - g.mean()) / (batch_std + eps))
+        else:
+            out.append(g - g.mean())
     return torch.cat(out)
 
 
@@ -157,6 +175,8 @@ def advantages_case(name, rewards, groups):
         "rewards": rewards,
         "groups": groups,
         "expected_grpo": grpo.tolist(),
+        "expected_grpo_scale_batch": grpo_advantages_scaled(r, groups, "batch").tolist(),
+        "expected_grpo_scale_none": grpo_advantages_scaled(r, groups, "none").tolist(),
         "expected_drgrpo": dr.tolist(),
         "expected_drgrpo_metrics": {
             # Population variance and the third standardized moment (Fisher-Pearson g1) of all advantages.

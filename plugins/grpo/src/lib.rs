@@ -11,14 +11,29 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Added to the group's standard deviation before dividing (re-grpo: 1e-8).
+    /// Added to the standard deviation before dividing (re-grpo: 1e-8).
     pub std_eps: f64,
+    /// Which standard deviation the centred rewards are divided by (TRL's `scale_rewards`).
+    pub scale_rewards: ScaleRewards,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { std_eps: 1e-8 }
+        Config { std_eps: 1e-8, scale_rewards: ScaleRewards::Group }
     }
+}
+
+/// What `r - mean_g r` is divided by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScaleRewards {
+    /// The group's own standard deviation: GRPO as published, and re-grpo.
+    Group,
+    /// The standard deviation of every reward in the batch (the global batch under data parallelism): groups whose
+    /// rewards barely differ are not blown up to unit scale ("Tricks or Traps?", Liu et al. 2025; TRL's `"batch"`).
+    Batch,
+    /// Nothing: the centred rewards, as Dr. GRPO's advantages (TRL's `"none"`).
+    None,
 }
 
 /// GRPO.
@@ -31,7 +46,8 @@ impl MetricSource for Grpo {}
 impl grpo_sdk::Plugin for Grpo {
     const NAME: &'static str = "grpo";
     const DESCRIPTION: &'static str =
-        "GRPO: (r - mean) / (std + eps) advantages, clipped surrogate + k3 KL, per-sequence mean";
+        "GRPO: (r - mean) / (std + eps) advantages (scale_rewards: group, batch or none), clipped surrogate + k3 KL, \
+         per-sequence mean";
 
     fn new(config: serde_json::Value) -> Result<Self> {
         let config: Config = grpo_sdk::parse_config(config)?;
@@ -50,18 +66,27 @@ impl grpo_sdk::Plugin for Grpo {
 }
 
 impl Algorithm for Grpo {
-    /// `(r - mean) / (std + eps)` with the unbiased std, as re-grpo. A group of one, or one whose rewards are all
-    /// equal, gets exactly 0: re-grpo gave NaN for the first, and rounding in the mean can turn the second into
-    /// large advantages of noise once divided by `0 + eps`.
+    /// `(r - mean) / (std + eps)` with the unbiased std (the group's, as re-grpo, unless `scale_rewards` says
+    /// otherwise). A group of one, or one whose rewards are all equal, gets exactly 0: re-grpo gave NaN for the
+    /// first, and rounding in the mean can turn the second into large advantages of noise once divided by `0 + eps`.
     fn advantages(&self, rewards: &Tensor, groups: &[usize]) -> Result<Tensor> {
-        let parts: Vec<Tensor> = split_groups(rewards, groups)?
+        let eps = self.config.std_eps;
+        let parts = split_groups(rewards, groups)?;
+        // Only a batch of two or more has a standard deviation; a smaller one is a single group, given zeros below.
+        let batch_std = (self.config.scale_rewards == ScaleRewards::Batch && rewards.size()[0] > 1)
+            .then(|| rewards.std(true) + eps);
+        let parts: Vec<Tensor> = parts
             .into_iter()
             .map(|g| {
                 let all_equal = g.max().double_value(&[]) == g.min().double_value(&[]);
                 if g.size()[0] < 2 || all_equal {
-                    g.zeros_like()
-                } else {
-                    (&g - g.mean(None)) / (g.std(true) + self.config.std_eps)
+                    return g.zeros_like();
+                }
+                let centred = &g - g.mean(None);
+                match (self.config.scale_rewards, &batch_std) {
+                    (ScaleRewards::Batch, Some(std)) => centred / std,
+                    (ScaleRewards::None, _) => centred,
+                    _ => centred / (g.std(true) + eps),
                 }
             })
             .collect();

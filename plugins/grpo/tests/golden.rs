@@ -15,6 +15,27 @@ fn advantages_match_the_oracle_including_equal_and_single_groups() {
 }
 
 #[test]
+fn advantages_scaled_by_the_batch_or_not_at_all_match_the_oracle() {
+    for (scale, expected) in [("batch", "expected_grpo_scale_batch"), ("none", "expected_grpo_scale_none")] {
+        let algo = Grpo::new(serde_json::json!({"scale_rewards": scale})).unwrap();
+        assert_eq!(algo.config()["scale_rewards"], scale);
+        for case in fixtures("advantages", None) {
+            let adv = algo.advantages(&tensor(&case["rewards"]), &groups(&case)).unwrap();
+            let name = format!("{} ({scale})", case["name"].as_str().unwrap());
+            assert_close(&name, &adv, &tensor(&case[expected]));
+        }
+    }
+    // "group" is the default, and the published GRPO.
+    let algo = Grpo::new(serde_json::json!({"scale_rewards": "group"})).unwrap();
+    for case in fixtures("advantages", None) {
+        let adv = algo.advantages(&tensor(&case["rewards"]), &groups(&case)).unwrap();
+        assert_close(case["name"].as_str().unwrap(), &adv, &tensor(&case["expected_grpo"]));
+    }
+    let err = Grpo::new(serde_json::json!({"scale_rewards": "rank"})).err().unwrap().to_string();
+    assert!(err.contains("scale_rewards") || err.contains("rank"), "{err}");
+}
+
+#[test]
 fn float32_equal_rewards_give_exact_zeros() {
     // 0.3 * 3 / 3 is not exactly 0.3 in float32; dividing that rounding error by eps must not happen.
     let algo = Grpo::new(serde_json::Value::Null).unwrap();
