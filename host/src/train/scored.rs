@@ -45,9 +45,10 @@ pub fn score_within(
     rank: usize,
 ) -> Result<Scored> {
     let returns: Vec<f64> = rollouts.iter().map(|r| r.total_reward).collect();
+    // By length: a plugin's NaN reward is not equal to itself, and reaches the loss's non-finite check as before.
     anyhow::ensure!(
-        all_returns.get(rank) == Some(&returns),
-        "rank {rank}'s returns are not its rollouts' (internal error)"
+        all_returns.get(rank).map(Vec::len) == Some(returns.len()),
+        "rank {rank}'s share of the returns is not its rollouts' (internal error)"
     );
     let everyone: Vec<f32> = all_returns.iter().flatten().map(|&r| r as f32).collect();
     let groups = vec![group_size; everyone.len() / group_size.max(1)];
