@@ -120,6 +120,36 @@ fn flat_weights(policy: &Policy, opt: &AdamW) -> Tensor {
     Tensor::cat(&parts, 0)
 }
 
+/// One batch's updates of `policy` over `exp` at a constant rate `lr`, without gradient clipping, in the policy's
+/// precision (fp16's loss scaling where it applies); returns the change of every trained value and the updates.
+fn update_once(
+    policy: &Policy,
+    exp: &experience::Experience,
+    algo: &AlgorithmPlugin,
+    batch: &BatchSettings,
+    objective: &ObjectiveSettings,
+    lr: f64,
+) -> (Tensor, grpo_host::train::update::Updates) {
+    let mut opt = optimizer(policy, lr, 0.0);
+    let before = flat_weights(policy, &opt);
+    let mut state = TrainerState { seed: 7, ..Default::default() };
+    let schedule = Schedule { base_lr: lr, warmup_steps: 0, cosine: false, total_steps: 1, start: 0 };
+    let mut updater = Updater {
+        policy,
+        optimizer: &mut opt,
+        scaler: &mut LossScaler::new(policy.precision().mode),
+        algo,
+        schedule: &schedule,
+        batch,
+        loss: objective.for_algorithm(batch.max_new_tokens),
+        max_norm: 0.0,
+        seed: 7,
+        world: &World::single(),
+    };
+    let updates = updater.run(exp, &mut state, &mut |_, _| {}).unwrap();
+    (flat_weights(policy, &opt) - before, updates)
+}
+
 #[test]
 fn one_batch_through_every_stage() {
     let (algo, env) = plugins();
@@ -209,24 +239,9 @@ fn bf16_mixed_precision_keeps_the_small_updates_pure_bf16_loses() {
     ] {
         let policy = Policy::load(&settings(dtype, mode), 0.0, 7).unwrap();
         let exp = experience::prepare(&scored, &policy, &objective, batch.train_batch_size).unwrap();
-        let mut opt = optimizer(&policy, lr, 0.0);
-        let before = flat_weights(&policy, &opt);
-        let mut state = TrainerState { seed: 7, ..Default::default() };
-        let mut updater = Updater {
-            policy: &policy,
-            optimizer: &mut opt,
-            scaler: &mut LossScaler::new(policy.precision().mode),
-            algo: &algo,
-            schedule: &Schedule { base_lr: lr, warmup_steps: 0, cosine: false, total_steps: 1, start: 0 },
-            batch: &batch,
-            loss: objective.for_algorithm(batch.max_new_tokens),
-            max_norm: 0.0,
-            seed: 7,
-            world: &World::single(),
-        };
-        let updates = updater.run(&exp, &mut state, &mut |_, _| {}).unwrap();
+        let (delta, updates) = update_once(&policy, &exp, &algo, &batch, &objective, lr);
         assert_eq!(updates.steps.len(), 1);
-        deltas.push(flat_weights(&policy, &opt) - before);
+        deltas.push(delta);
     }
     let (f32_step, mixed, pure) = (&deltas[0], &deltas[1], &deltas[2]);
     // The weights the f32 step really updates (Adam's first step moves each by about lr).
@@ -278,23 +293,8 @@ fn cut_episodes_left_out_of_the_loss_add_nothing_to_the_update() {
             let want: Vec<bool> = (0..6).map(|i| !cut[i] && has_actions.get(i as i64).int64_value(&[]) != 0).collect();
             assert_eq!(Vec::<bool>::try_from(&kept).unwrap(), want);
         }
-        let mut opt = optimizer(&policy, 1e-3, 0.0);
-        let before = flat_weights(&policy, &opt);
-        let mut state = TrainerState { seed: 7, ..Default::default() };
-        let mut updater = Updater {
-            policy: &policy,
-            optimizer: &mut opt,
-            scaler: &mut LossScaler::disabled(),
-            algo: &algo,
-            schedule: &Schedule { base_lr: 1e-3, warmup_steps: 0, cosine: false, total_steps: 1, start: 0 },
-            batch: &batch,
-            loss: objective.for_algorithm(batch.max_new_tokens),
-            max_norm: 0.0,
-            seed: 7,
-            world: &World::single(),
-        };
-        let updates = updater.run(&exp, &mut state, &mut |_, _| {}).unwrap();
-        (flat_weights(&policy, &opt) - before, updates.steps[0].loss)
+        let (delta, updates) = update_once(&policy, &exp, &algo, &batch, &objective, 1e-3);
+        (delta, updates.steps[0].loss)
     };
     let (masked, masked_loss) = step(&scored, true);
     let (kept, _) = step(&scored, false);

@@ -29,21 +29,10 @@ OUT = pathlib.Path(__file__).resolve().parent.parent / "fixtures" / "losses"
 torch.set_default_dtype(torch.float64)
 
 
-def grpo_advantages(rewards, groups, eps=1e-8):
-    out, start = [], 0
-    for n in groups:
-        g = rewards[start : start + n]
-        start += n
-        if n == 1 or bool((g == g[0]).all()):
-            out.append(torch.zeros_like(g))
-        else:
-            out.append((g - g.mean()) / (g.std(unbiased=True) + eps))
-    return torch.cat(out)
-
-
-def grpo_advantages_scaled(rewards, groups, scale, eps=1e-8):
-    """The `grpo` plugin's `scale_rewards`: "batch" divides by the std of all the batch's rewards, "none" by
-    nothing. A group of one, or one whose rewards are all equal, still gets exact zeros."""
+def grpo_advantages(rewards, groups, scale="group", eps=1e-8):
+    """GRPO's advantages, with the `grpo` plugin's `scale_rewards`: "group" divides by each group's std, "batch" by
+    the std of all the batch's rewards, "none" by nothing. A group of one, or one whose rewards are all equal, gets
+    exact zeros."""
     batch_std = rewards.std(unbiased=True) if len(rewards) > 1 else torch.tensor(0.0)
     out, start = [], 0
     for n in groups:
@@ -51,6 +40,8 @@ def grpo_advantages_scaled(rewards, groups, scale, eps=1e-8):
         start += n
         if n == 1 or bool((g == g[0]).all()):
             out.append(torch.zeros_like(g))
+        elif scale == "group":
+            out.append((g - g.mean()) / (g.std(unbiased=True) + eps))
         elif scale == "batch":
             out.append((g - g.mean()) / (batch_std + eps))
         else:
@@ -175,8 +166,8 @@ def advantages_case(name, rewards, groups):
         "rewards": rewards,
         "groups": groups,
         "expected_grpo": grpo.tolist(),
-        "expected_grpo_scale_batch": grpo_advantages_scaled(r, groups, "batch").tolist(),
-        "expected_grpo_scale_none": grpo_advantages_scaled(r, groups, "none").tolist(),
+        "expected_grpo_scale_batch": grpo_advantages(r, groups, "batch").tolist(),
+        "expected_grpo_scale_none": grpo_advantages(r, groups, "none").tolist(),
         "expected_drgrpo": dr.tolist(),
         "expected_drgrpo_metrics": {
             # Population variance and the third standardized moment (Fisher-Pearson g1) of all advantages.
