@@ -615,3 +615,34 @@ fn grpo_trains_two_batches_of_multiturn_qa() {
     }
     assert_eq!(all.last().unwrap()["final/total_batches"], 2);
 }
+
+/// `--mask-truncated-completions` where every episode is cut (2 new tokens, and the random model rarely ends a reply
+/// that soon): the updates are exactly empty, a warning says why, and the same run without the flag does learn.
+#[test]
+fn masking_truncated_completions_leaves_cut_episodes_out_and_says_when_that_is_all_of_them() {
+    let runs = tempfile::tempdir().unwrap();
+    let args = ["--max-steps", "1", "--max-new-tokens", "2"];
+    let masked = train(runs.path(), "masked", &[&args[..], &["--mask-truncated-completions"]].concat());
+    assert!(masked.status.success(), "{}", text(&masked.stderr));
+    let all = rows(&runs.path().join("masked"));
+    assert_eq!(last_logged(&all, "completions/clipped_ratio"), 1, "the precondition: every episode was cut");
+    let steps: Vec<_> = all.iter().filter(|r| r.contains_key("training_step/loss")).collect();
+    assert_eq!(steps.len(), 3);
+    for row in steps {
+        assert_eq!(
+            (row["training_step/loss"].as_f64(), row["training_step/grad_norm"].as_f64()),
+            (Some(0.0), Some(0.0))
+        );
+        assert!(!row.contains_key("training_step/entropy"), "no action token is left to average over: {row:?}");
+    }
+    let err = text(&masked.stderr);
+    assert_eq!(err.matches("all 6 episodes were cut off").count(), 1, "{err}");
+    assert!(err.contains("raise --max-new-tokens"), "{err}");
+    assert_eq!(json_file(&runs.path().join("masked/config.json"))["run"]["loss"]["mask_truncated_completions"], true);
+
+    let kept = train(runs.path(), "kept", &args);
+    assert!(kept.status.success(), "{}", text(&kept.stderr));
+    let norm = last_logged(&rows(&runs.path().join("kept")), "training_step/grad_norm").as_f64().unwrap();
+    assert!(norm > 0.0, "without the flag the cut episodes are trained on");
+    assert!(!text(&kept.stderr).contains("cut off"));
+}

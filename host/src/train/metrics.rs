@@ -49,6 +49,13 @@ pub struct RolloutRecord {
     pub answer: String,
 }
 
+impl RolloutRecord {
+    /// Whether the episode was cut off rather than ended by the model ([`crate::rollout::Rollout::was_cut`]).
+    pub fn was_cut(&self) -> bool {
+        self.cut_turns > 0 || self.truncated
+    }
+}
+
 /// A batch (one rank's share, or all ranks' merged) as the metrics see it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct BatchSummary {
@@ -193,8 +200,7 @@ fn episode_shapes(rollouts: &[RolloutRecord]) -> Metrics {
     let tools: usize = rollouts.iter().map(|r| r.tool_messages).sum();
     let truncated = rollouts.iter().filter(|r| r.truncated).count();
     // Episodes the model ended itself: no turn cut, the stream within --max-length (0 for each when there are none).
-    let finished: Vec<f64> =
-        rollouts.iter().filter(|r| r.cut_turns == 0 && !r.truncated).map(|r| r.completion_length).collect();
+    let finished: Vec<f64> = rollouts.iter().filter(|r| !r.was_cut()).map(|r| r.completion_length).collect();
     let f = summarize(&finished);
     let n = rollouts.len().max(1) as f64;
     metrics! {

@@ -527,6 +527,16 @@ impl Trainer {
         let best = self.state.best_mean_return.map_or(mean, |b| b.max(mean));
         self.state.best_mean_return = Some(best);
         self.state.total_rollouts += batch.rollouts.len() as u64;
+        if self.config.loss.mask_truncated_completions {
+            let cut = batch.rollouts.iter().filter(|r| r.was_cut()).count();
+            if cut == batch.rollouts.len() {
+                self.loggers.println(&format!(
+                    "warning: batch {}: all {cut} episodes were cut off, so --mask-truncated-completions leaves every \
+                     one out of the loss and this batch teaches nothing; raise --max-new-tokens (or --max-length)",
+                    self.state.batch
+                ));
+            }
+        }
         let mut m = metrics::rollout(batch, best);
         m.extend(metrics::progress(&self.state));
         m.extend(metrics::timing(batch));
