@@ -29,6 +29,9 @@ pub struct PolicyTerms {
     pub mask: Tensor,
     /// 1 where clipping changed the objective (the clipped branch was strictly smaller), else 0.
     pub clipped: Tensor,
+    /// Of `clipped`, 1 where the upper bound did it (`rho > 1 + eps_high` with a positive advantage); the rest were
+    /// clipped by the lower bound (`rho < 1 - eps_low`, negative advantage).
+    clipped_high: Tensor,
 }
 
 impl PolicyTerms {
@@ -71,7 +74,9 @@ impl PolicyTerms {
         let adv = batch.advantages.to_kind(kind).unsqueeze(-1);
         let unclipped = &ratio * &adv;
         let clipped_obj = ratio.clamp(1.0 - s.clip_eps_low, 1.0 + s.clip_eps_high) * &adv;
-        let clipped = clipped_obj.lt_tensor(&unclipped).logical_and(&on).to_kind(kind);
+        let clipped = clipped_obj.lt_tensor(&unclipped).logical_and(&on);
+        let clipped_high = clipped.logical_and(&ratio.gt(1.0 + s.clip_eps_high)).to_kind(kind);
+        let clipped = clipped.to_kind(kind);
         let surrogate = -unclipped.minimum(&clipped_obj) * &mask;
         // The weights correct the sampler's precision, a constant per token: no gradient flows through them.
         let surrogate = match &batch.is_weights {
@@ -86,7 +91,7 @@ impl PolicyTerms {
         if s.kl_weight != 0.0 && kl.is_none() {
             return Err(Error::msg(format!("kl_weight is {} but the host passed no reference log-probs", s.kl_weight)));
         }
-        Ok(PolicyTerms { surrogate, kl, mask, clipped })
+        Ok(PolicyTerms { surrogate, kl, mask, clipped, clipped_high })
     }
 
     /// `surrogate + kl_weight * kl` per token.
@@ -125,8 +130,24 @@ impl PolicyTerms {
 
     /// [`PolicyTerms::clip_fraction`] as a float64 scalar on the batch's device (no copy to the host).
     pub fn clip_fraction_tensor(&self) -> Tensor {
-        // `clipped` is 0 outside the mask, so without action tokens the sum is 0 and the divisor's floor of 1 gives
-        // 0 without a branch on the host.
-        self.clipped.sum(Kind::Double) / self.mask.sum(Kind::Double).clamp_min(1.0)
+        self.share_of_actions(&self.clipped)
+    }
+
+    /// The share of action tokens clipped by the upper bound (`1 + eps_high`, DAPO's clip-higher), as a float64
+    /// scalar on the batch's device (TRL's `clip_ratio/high_mean`).
+    pub fn clip_high_fraction_tensor(&self) -> Tensor {
+        self.share_of_actions(&self.clipped_high)
+    }
+
+    /// The share of action tokens clipped by the lower bound (`1 - eps_low`), as a float64 scalar on the batch's
+    /// device (TRL's `clip_ratio/low_mean`); with the upper share it adds up to [`PolicyTerms::clip_fraction_tensor`].
+    pub fn clip_low_fraction_tensor(&self) -> Tensor {
+        self.share_of_actions(&(&self.clipped - &self.clipped_high))
+    }
+
+    /// `flags` (0 or 1, 0 outside the mask) summed over the action tokens and divided by their number. Without action
+    /// tokens the sum is 0 and the divisor's floor of 1 gives 0 without a branch on the host.
+    fn share_of_actions(&self, flags: &Tensor) -> Tensor {
+        flags.sum(Kind::Double) / self.mask.sum(Kind::Double).clamp_min(1.0)
     }
 }

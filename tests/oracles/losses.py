@@ -64,7 +64,7 @@ def per_token_terms(logp, old, ref, adv, mask, eps_low, eps_high):
     B, T = logp.shape
     surr = torch.zeros(B, T)
     k3 = torch.zeros(B, T)
-    clipped = 0
+    clipped, clipped_high = 0, 0
     for b in range(B):
         a = adv[b]
         for t in range(T):
@@ -75,10 +75,13 @@ def per_token_terms(logp, old, ref, adv, mask, eps_low, eps_high):
             surr[b, t] = -torch.minimum(rho * a, rho_c * a)
             if (rho * a) > (rho_c * a):
                 clipped += 1
+                # The upper bound binds only for a positive advantage, the lower only for a negative one.
+                if rho > 1 + eps_high:
+                    clipped_high += 1
             if ref is not None:
                 d = ref[b, t] - logp[b, t]
                 k3[b, t] = torch.exp(d) - d - 1
-    return surr, k3, clipped
+    return surr, k3, clipped, clipped_high
 
 
 def loss_case(name, algo, seed, lengths, T, beta, eps_low, eps_high, with_ref, gen_max_len, tis_cap=None):
@@ -94,7 +97,7 @@ def loss_case(name, algo, seed, lengths, T, beta, eps_low, eps_high, with_ref, g
     old_t = torch.tensor(old)
     ref_t = torch.tensor(ref) if ref is not None else None
     adv_t = torch.tensor(adv)
-    surr, k3, clipped = per_token_terms(logp, old_t, ref_t, adv_t, mask, eps_low, eps_high)
+    surr, k3, clipped, clipped_high = per_token_terms(logp, old_t, ref_t, adv_t, mask, eps_low, eps_high)
     is_weights = None
     if tis_cap is not None:
         # The sampler's log-probs: the old ones perturbed as a bf16 sampler would be, some tokens far off.
@@ -120,6 +123,8 @@ def loss_case(name, algo, seed, lengths, T, beta, eps_low, eps_high, with_ref, g
     metrics = {
         "training_step/kl": kl_masked_mean,
         "training_step/clip_fraction": clipped / total_tokens if total_tokens > 0 else 0.0,
+        "training_step/clip_fraction_high": clipped_high / total_tokens if total_tokens > 0 else 0.0,
+        "training_step/clip_fraction_low": (clipped - clipped_high) / total_tokens if total_tokens > 0 else 0.0,
     }
     if algo == "drgrpo":
         metrics["training_step/dr_component_policy"] = float(((surr.detach() * m).sum(-1) / gen_max_len).mean())

@@ -91,6 +91,8 @@ impl Algorithm for DrGrpo {
         Ok(DeferredLoss::new(loss)
             .with_device_metric("training_step/kl", terms.kl_mean_tensor())
             .with_device_metric("training_step/clip_fraction", terms.clip_fraction_tensor())
+            .with_device_metric("training_step/clip_fraction_high", terms.clip_high_fraction_tensor())
+            .with_device_metric("training_step/clip_fraction_low", terms.clip_low_fraction_tensor())
             .with_device_metric("training_step/dr_component_policy", policy)
             .with_device_metric("training_step/dr_component_kl", kl)
             .with_metric(Metric::number("training_step/dr_component_normalizer", max_len as f64)))

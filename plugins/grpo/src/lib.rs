@@ -103,7 +103,9 @@ impl Algorithm for Grpo {
         let loss = terms.sequence_mean(&terms.per_token_loss(batch.settings.kl_weight));
         Ok(DeferredLoss::new(loss)
             .with_device_metric("training_step/kl", terms.kl_mean_tensor())
-            .with_device_metric("training_step/clip_fraction", terms.clip_fraction_tensor()))
+            .with_device_metric("training_step/clip_fraction", terms.clip_fraction_tensor())
+            .with_device_metric("training_step/clip_fraction_high", terms.clip_high_fraction_tensor())
+            .with_device_metric("training_step/clip_fraction_low", terms.clip_low_fraction_tensor()))
     }
 }
 
