@@ -153,6 +153,8 @@ fn loss_and_accuracy_match_the_oracle_alone_and_padded() {
         assert!((loss - case["loss"].as_f64().unwrap()).abs() < 1e-5, "{loss} vs {}", case["loss"]);
         let correct = out.correct.int64_value(&[]) as f64;
         assert!((correct / out.tokens as f64 - case["accuracy"].as_f64().unwrap()).abs() < 1e-12);
+        let entropy = out.entropy.double_value(&[]) / out.tokens as f64;
+        assert!((entropy - case["entropy"].as_f64().unwrap()).abs() < 1e-5, "{entropy} vs {}", case["entropy"]);
     }
     let refs: Vec<_> = rendered.iter().collect();
     let out = sft_loss(&model, &SftBatch::new(&refs, Device::Cpu));
@@ -160,6 +162,8 @@ fn loss_and_accuracy_match_the_oracle_alone_and_padded() {
     assert_eq!(out.tokens, batch["assistant_tokens"].as_i64().unwrap());
     let loss = out.sum.double_value(&[]) / out.tokens as f64;
     assert!((loss - batch["loss"].as_f64().unwrap()).abs() < 1e-5, "{loss} vs {}", batch["loss"]);
+    let entropy = out.entropy.double_value(&[]) / out.tokens as f64;
+    assert!((entropy - batch["entropy"].as_f64().unwrap()).abs() < 1e-5, "{entropy} vs {}", batch["entropy"]);
 }
 
 #[test]

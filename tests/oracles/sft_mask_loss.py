@@ -1,5 +1,6 @@
 """Oracle for supervised fine-tuning (host/src/sft): the token stream and assistant mask of chat conversations, and
-the mean token cross-entropy and next-token accuracy over the assistant tokens, on the tiny Llama model.
+the mean token cross-entropy, next-token accuracy and entropy of the predicted distribution over the assistant
+tokens, on the tiny Llama model.
 
 Independent of the Rust code: the stream is cut from transformers' `apply_chat_template` renderings of growing
 prefixes of the conversation (the host uses a sentinel in the last assistant turn instead), each assistant turn is
@@ -88,7 +89,7 @@ def main():
     tok = AutoTokenizer.from_pretrained(MODEL)
     model = AutoModelForCausalLM.from_pretrained(MODEL, dtype=torch.float32).double().eval()
     cases = []
-    all_nll, all_correct = [], []
+    all_nll, all_correct, all_entropy = [], [], []
     for messages in CONVERSATIONS:
         ids, mask = stream(tok, messages)
         with torch.no_grad():
@@ -98,6 +99,9 @@ def main():
         lg = logits[:-1][pred]
         nll = torch.nn.functional.cross_entropy(lg, targets, reduction="none")
         correct = (lg.argmax(-1) == targets).tolist()
+        log_p = torch.log_softmax(lg, -1)
+        entropy = -(log_p.exp() * log_p).sum(-1)
+        all_entropy += entropy.tolist()
         all_nll += nll.tolist()
         all_correct += correct
         cases.append(
@@ -108,12 +112,14 @@ def main():
                 "assistant_text": tok.decode([t for t, m in zip(ids, mask) if m]),
                 "loss": nll.mean().item(),
                 "accuracy": sum(correct) / len(correct),
+                "entropy": entropy.mean().item(),
                 "assistant_tokens": len(correct),
             }
         )
     batch = {
         "loss": sum(all_nll) / len(all_nll),
         "accuracy": sum(all_correct) / len(all_correct),
+        "entropy": sum(all_entropy) / len(all_entropy),
         "assistant_tokens": len(all_nll),
     }
     os.makedirs(os.path.dirname(OUT), exist_ok=True)

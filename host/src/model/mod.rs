@@ -497,12 +497,16 @@ impl Model {
     }
 
     /// Log-probs `[N]` of `targets` `[N]` under the output head applied to `hidden` `[N, hidden]` (final hidden
-    /// states, one row per predicted token), and whether each target is the most likely token, through the same
-    /// chunked node as [`Model::token_log_probs`], so no more than about 2^26 f32 logits exist at once.
-    pub fn head_log_probs(&self, hidden: &Tensor, targets: &Tensor) -> (Tensor, Tensor) {
+    /// states, one row per predicted token), whether each target is the most likely token, and each distribution's
+    /// entropy, through the same chunked node as [`Model::token_log_probs`], so no more than about 2^26 f32 logits
+    /// exist at once.
+    pub fn head_log_probs(&self, hidden: &Tensor, targets: &Tensor) -> HeadOutputs {
         let (hidden, targets, chunk) = (hidden.unsqueeze(0), targets.unsqueeze(0), self.log_prob_chunk(1));
-        let (lp, hits) = token_log_probs_and_hits(&hidden, self.output_weight(), &targets, chunk);
-        (lp.squeeze_dim(0), hits.squeeze_dim(0))
+        let hits = Tensor::zeros(targets.size(), (Kind::Bool, targets.device()));
+        let entropy = Tensor::zeros(targets.size(), (Kind::Float, targets.device()));
+        let extra = Outputs { hits: Some(&hits), entropy: Some(&entropy) };
+        let log_probs = log_probs_node(&hidden, self.output_weight(), &targets, chunk, extra);
+        HeadOutputs { log_probs: log_probs.squeeze_dim(0), hits: hits.squeeze_dim(0), entropy: entropy.squeeze_dim(0) }
     }
 
     fn log_probs(&self, input_ids: &Tensor, attention_mask: &Tensor, chunk: i64, padding: Padding) -> Tensor {
@@ -656,6 +660,16 @@ pub fn token_log_probs_and_entropy_of(
 ) -> (Tensor, Tensor) {
     let entropy = Tensor::zeros(targets.size(), (Kind::Float, targets.device()));
     (log_probs_node(hidden, weight, targets, chunk, Outputs { entropy: Some(&entropy), ..Outputs::default() }), entropy)
+}
+
+/// What [`Model::head_log_probs`] computes for each of `N` predicted tokens.
+pub struct HeadOutputs {
+    /// `[N]` f32 log-probs of the targets (with grad).
+    pub log_probs: Tensor,
+    /// `[N]` bool: the target is the most likely token.
+    pub hits: Tensor,
+    /// `[N]` f32 entropy of the predicted distribution (no grad).
+    pub entropy: Tensor,
 }
 
 /// What the log-prob node also fills from the logits it computes, besides the log-probs: tensors shaped as the

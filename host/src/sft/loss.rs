@@ -52,6 +52,8 @@ pub struct SftLoss {
     /// Of those, how many the model's most likely next token got right: an int64 scalar on the device, read with
     /// the step's other values.
     pub correct: Tensor,
+    /// The entropy of the model's next-token distribution summed over those positions: an f64 scalar on the device.
+    pub entropy: Tensor,
 }
 
 /// Cross-entropy of the assistant tokens of `batch` under `model`, summed. Only the positions that predict an
@@ -65,11 +67,17 @@ pub fn sft_loss(model: &Model, batch: &SftBatch) -> SftLoss {
     let tokens = batch.targets;
     if tokens == 0 {
         let correct = Tensor::zeros([], (Kind::Int64, hidden.device()));
-        return SftLoss { sum: (hidden.sum(Kind::Float) * 0.0), tokens: 0, correct };
+        let entropy = Tensor::zeros([], (Kind::Double, hidden.device()));
+        return SftLoss { sum: (hidden.sum(Kind::Float) * 0.0), tokens: 0, correct, entropy };
     }
     let at = &batch.target_positions;
     let picked = hidden.narrow(1, 0, t - 1).reshape([-1, hidden_size]).index_select(0, at);
     let targets = batch.tokens.narrow(1, 1, t - 1).reshape([-1]).index_select(0, at);
-    let (log_probs, hits) = model.head_log_probs(&picked, &targets);
-    SftLoss { sum: -log_probs.sum(Kind::Float), tokens, correct: hits.sum(Kind::Int64) }
+    let head = model.head_log_probs(&picked, &targets);
+    SftLoss {
+        sum: -head.log_probs.sum(Kind::Float),
+        tokens,
+        correct: head.hits.sum(Kind::Int64),
+        entropy: head.entropy.sum(Kind::Double),
+    }
 }

@@ -38,6 +38,8 @@ pub struct SftRecord {
     pub tokens: i64,
     /// Share of them the model's most likely next token got right (before the update).
     pub accuracy: f64,
+    /// The mean entropy of the model's next-token distribution over them (before the update).
+    pub entropy: f64,
     /// Gradient norm before clipping.
     pub grad_norm: f64,
     /// The learning rate applied.
@@ -51,6 +53,7 @@ impl SftRecord {
             ("sft/loss", self.loss),
             ("sft/tokens", self.tokens as f64),
             ("sft/accuracy", self.accuracy),
+            ("sft/entropy", self.entropy),
             ("sft/grad_norm", self.grad_norm),
             ("sft/learning_rate", self.learning_rate),
         ]
@@ -74,16 +77,17 @@ impl SftStep<'_> {
         // Each rank's share of the global mean, times the world size because the gradients are then averaged.
         let result = self.accumulate(rows, total / self.world.size as f64);
         self.model.set_training(false);
-        let (loss_sum, correct) = result?;
+        let (loss_sum, correct, entropy) = result?;
         self.optimizer.average_grads(self.world)?;
-        // The step's one read from the device: the summed loss, the correct count and the gradient norm.
+        // The step's one read from the device: the summed loss, the correct count, the summed entropy and the
+        // gradient norm.
         let norm = self.optimizer.grad_norm();
-        let mut parts = vec![loss_sum, correct];
+        let mut parts = vec![loss_sum, correct, entropy];
         parts.extend(norm.iter().map(Tensor::shallow_clone));
         let read = read_scalars(&parts)?;
-        let grad_norm = if norm.is_some() { read[2] } else { 0.0 };
-        let sums = self.world.reduce_f64("summing the step's loss", &read[..2], ReduceOp::Sum)?;
-        let (loss, correct) = (sums[0] / total, sums[1]);
+        let grad_norm = if norm.is_some() { read[3] } else { 0.0 };
+        let sums = self.world.reduce_f64("summing the step's loss", &read[..3], ReduceOp::Sum)?;
+        let (loss, correct, entropy) = (sums[0] / total, sums[1], sums[2] / total);
         if !loss.is_finite() {
             self.optimizer.zero_grad();
             return Ok(None);
@@ -95,24 +99,26 @@ impl SftStep<'_> {
         self.optimizer.clip_to(grad_norm, self.max_norm);
         self.optimizer.step(lr)?;
         let tokens = total as i64;
-        Ok(Some(SftRecord { loss, tokens, accuracy: correct / total, grad_norm, learning_rate: lr }))
+        Ok(Some(SftRecord { loss, tokens, accuracy: correct / total, entropy, grad_norm, learning_rate: lr }))
     }
 
-    /// Forward and backward over the micro-batches, each loss divided by `total`; returns the summed loss (f64)
-    /// and the correct predictions (int64), both one-element tensors still on the device.
-    fn accumulate(&mut self, rows: &[Rendered], total: f64) -> Result<(Tensor, Tensor)> {
+    /// Forward and backward over the micro-batches, each loss divided by `total`; returns the summed loss (f64),
+    /// the correct predictions (int64) and the summed entropy (f64), one-element tensors still on the device.
+    fn accumulate(&mut self, rows: &[Rendered], total: f64) -> Result<(Tensor, Tensor, Tensor)> {
         self.optimizer.zero_grad();
         let device = self.model.device();
         let mut loss_sum = Tensor::zeros([1], (Kind::Double, device));
         let mut correct = Tensor::zeros([], (Kind::Int64, device));
+        let mut entropy = Tensor::zeros([], (Kind::Double, device));
         for chunk in rows.chunks(self.micro_batch.max(1)) {
             let refs: Vec<&Rendered> = chunk.iter().collect();
             let out = sft_loss(self.model, &SftBatch::new(&refs, device));
             loss_sum += out.sum.detach().to_kind(Kind::Double);
             correct += out.correct;
+            entropy += out.entropy;
             self.scaler.scale_loss(&(out.sum / total)).backward();
             self.optimizer.accumulate_grads(self.scaler.unscale_factor());
         }
-        Ok((loss_sum, correct))
+        Ok((loss_sum, correct, entropy))
     }
 }
