@@ -28,7 +28,7 @@ struct PlotSpec {
     matches: fn(&str) -> bool,
 }
 
-const PLOTS: [PlotSpec; 8] = [
+const PLOTS: [PlotSpec; 9] = [
     PlotSpec {
         file: "returns.png",
         title: "returns",
@@ -65,6 +65,12 @@ const PLOTS: [PlotSpec; 8] = [
         file: "grad_norm.png",
         title: "gradient norm",
         matches: |k| k == "training_step/grad_norm" || k.starts_with("training_epoch/grad_norm"),
+    },
+    PlotSpec {
+        // The share of action tokens the ratio clip changed, and its upper and lower parts (clip-higher shows here).
+        file: "clipping.png",
+        title: "clipped tokens (share)",
+        matches: |k| k.starts_with("training_step/clip_fraction"),
     },
     PlotSpec {
         // On its own plot: nats, between 0 and ln(vocabulary), a scale no other curve shares.
@@ -368,7 +374,7 @@ mod tests {
             text.push_str(&format!(
                 "{{\"step\":{step},\"_timestamp\":{},\"rollouts/returns_mean\":{},\"training_step/loss\":{loss},\
                  \"training_step/kl\":{},\"training_step/grad_norm\":0.5,\"completions/mean_length\":{},\
-                 \"training_step/entropy\":2.5,\"accelerate/device\":\"cpu\"}}\n",
+                 \"training_step/entropy\":2.5,\"training_step/clip_fraction\":0.1,\"accelerate/device\":\"cpu\"}}\n",
                 1000 + step * 2,
                 step as f64 / 30.0,
                 step as f64 * 0.001,
@@ -413,6 +419,7 @@ mod tests {
             "kl.png",
             "grad_norm.png",
             "entropy.png",
+            "clipping.png",
             "completion_length.png",
             "eval.png",
             "sft.png",
@@ -430,6 +437,8 @@ mod tests {
             ("training_step/kl", "kl.png"),
             ("training_step/grad_norm", "grad_norm.png"),
             ("training_step/entropy", "entropy.png"),
+            ("training_step/clip_fraction", "clipping.png"),
+            ("training_step/clip_fraction_high", "clipping.png"),
             ("completions/mean_length", "completion_length.png"),
             ("completions/max_length", "completion_length.png"),
             ("eval/completion_length_mean", "completion_length.png"),
