@@ -453,9 +453,12 @@ fn sft_on_two_ranks_equals_one_process_with_twice_the_batch() {
         let evaluated = *step >= 1;
         assert_eq!(a.contains_key("sft/eval_loss"), evaluated, "step {step}");
         assert_eq!(b.contains_key("sft/eval_loss"), evaluated, "step {step}");
-        let held_out: &[&str] =
-            if evaluated { &["sft/eval_loss", "sft/eval_accuracy", "sft/eval_tokens"] } else { &[] };
-        for key in ["sft/loss", "sft/accuracy", "sft/grad_norm"].iter().chain(held_out) {
+        let held_out: &[&str] = if evaluated {
+            &["sft/eval_loss", "sft/eval_accuracy", "sft/eval_entropy", "sft/eval_tokens"]
+        } else {
+            &[]
+        };
+        for key in ["sft/loss", "sft/accuracy", "sft/entropy", "sft/grad_norm"].iter().chain(held_out) {
             let (x, y) = (number(a, key), number(b, key));
             assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "{key} at step {step}: {x} vs {y}");
         }

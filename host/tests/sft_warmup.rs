@@ -605,6 +605,9 @@ fn sft_held_out_loss_is_the_next_steps_loss_on_the_same_rows() {
     let (held_out, next) = (value(1, "sft/eval_loss").unwrap(), value(2, "sft/loss").unwrap());
     assert!((held_out - next).abs() <= 1e-6 * next, "{held_out} vs {next}");
     assert_eq!(value(1, "sft/eval_tokens"), value(2, "sft/tokens"));
+    // The same holds for the entropy, which both read from the same logits.
+    let (held_out, next) = (value(1, "sft/eval_entropy").unwrap(), value(2, "sft/entropy").unwrap());
+    assert!(next > 0.0 && (held_out - next).abs() <= 1e-6 * next, "entropy {held_out} vs {next}");
     assert!(stderr.contains("eval at step 2: loss ") && stderr.contains("eval at step 4: loss "), "{stderr}");
 
     // `--eval-holdout 1`: the last row (" down" and the eos trained) is held out, two rows are trained on.

@@ -19,14 +19,17 @@ pub struct HeldOut {
     pub loss: f64,
     /// Share of those tokens the model's most likely next token gets right.
     pub accuracy: f64,
+    /// Mean entropy of the model's next-token distribution over those tokens.
+    pub entropy: f64,
     /// How many tokens that is.
     pub tokens: i64,
 }
 
 impl HeldOut {
-    /// `sft/eval_loss`, `sft/eval_accuracy` and `sft/eval_tokens`.
+    /// `sft/eval_loss`, `sft/eval_accuracy`, `sft/eval_entropy` and `sft/eval_tokens`.
     pub fn metrics(&self) -> Metrics {
-        let values = [("sft/eval_loss", self.loss), ("sft/eval_accuracy", self.accuracy)];
+        let values =
+            [("sft/eval_loss", self.loss), ("sft/eval_accuracy", self.accuracy), ("sft/eval_entropy", self.entropy)];
         let mut m: Metrics = values.into_iter().map(|(k, v)| (k.to_string(), v.into())).collect();
         m.insert("sft/eval_tokens".into(), (self.tokens as f64).into());
         m
@@ -45,17 +48,20 @@ pub fn held_out(model: &Model, rows: &[Rendered], micro_batch: usize, world: &Wo
     let device = model.device();
     let mut loss_sum = Tensor::zeros([], (Kind::Double, device));
     let mut correct = Tensor::zeros([], (Kind::Int64, device));
+    let mut entropy = Tensor::zeros([], (Kind::Double, device));
     let mut tokens = 0i64;
     for chunk in rows.chunks(micro_batch.max(1)) {
         let refs: Vec<&Rendered> = chunk.iter().collect();
         let out = sft_loss(model, &SftBatch::new(&refs, device));
         loss_sum += out.sum.to_kind(Kind::Double);
         correct += out.correct;
+        entropy += out.entropy;
         tokens += out.tokens;
     }
     // One read from the device for the whole evaluation.
-    let read = read_scalars(&[loss_sum, correct])?;
-    let sums = world.reduce_f64("summing the held-out loss", &[read[0], read[1], tokens as f64], ReduceOp::Sum)?;
-    let total = sums[2].max(1.0);
-    Ok(HeldOut { loss: sums[0] / total, accuracy: sums[1] / total, tokens: sums[2] as i64 })
+    let read = read_scalars(&[loss_sum, correct, entropy])?;
+    let local = [read[0], read[1], read[2], tokens as f64];
+    let sums = world.reduce_f64("summing the held-out loss", &local, ReduceOp::Sum)?;
+    let total = sums[3].max(1.0);
+    Ok(HeldOut { loss: sums[0] / total, accuracy: sums[1] / total, entropy: sums[2] / total, tokens: sums[3] as i64 })
 }
