@@ -387,25 +387,21 @@ impl Trainer {
         let Some(all_returns) = self.gather_unless_dropped("gathering the batch's returns", returns)? else {
             return Ok(false);
         };
-        let prepared = match episodes {
-            Some(episodes) => {
-                timings.rollout_stats = episodes.stats;
-                let (rollouts, group_size, rank) = (episodes.rollouts, self.config.batch.group_size, self.world.rank);
-                let scored = scored::score_within(&self.algo, rollouts, group_size, &all_returns, rank)?;
-                let (t, peak) = (Instant::now(), PhasePeak::start());
-                let (loss, rows) = (&self.config.loss, self.config.batch.train_batch_size);
-                let exp = experience::prepare(&scored, &self.policy, loss, rows)?;
-                timings.logprob = t.elapsed().as_secs_f64();
-                timings.logprob_peak_rss = peak.end();
-                // The last point at which stopping costs no more than the work already done.
-                (!drop_work(&self.stop, &self.world)()).then(|| (BatchSummary::new(&scored, &exp, timings), exp))
-            }
-            None => None,
+        // Every rank's returns arrived, this one's included.
+        let Some(episodes) = episodes else { return Ok(false) };
+        timings.rollout_stats = episodes.stats;
+        let (rollouts, group_size, rank) = (episodes.rollouts, self.config.batch.group_size, self.world.rank);
+        let scored = scored::score_within(&self.algo, rollouts, group_size, &all_returns, rank)?;
+        let (t, peak) = (Instant::now(), PhasePeak::start());
+        let (loss, rows) = (&self.config.loss, self.config.batch.train_batch_size);
+        let exp = experience::prepare(&scored, &self.policy, loss, rows)?;
+        timings.logprob = t.elapsed().as_secs_f64();
+        timings.logprob_peak_rss = peak.end();
+        // The last point at which stopping costs no more than the work already done.
+        let local = (!drop_work(&self.stop, &self.world)()).then(|| BatchSummary::new(&scored, &exp, timings));
+        let Some(ranks) = self.gather_unless_dropped("gathering the batch's rollout metrics", local)? else {
+            return Ok(false);
         };
-        let (local, exp) = prepared.unzip();
-        let ranks = self.gather_unless_dropped("gathering the batch's rollout metrics", local)?;
-        // Every rank's share arrived, this one's included.
-        let (Some(ranks), Some(exp)) = (ranks, exp) else { return Ok(false) };
         let batch = BatchSummary::merge(ranks);
         self.log_rollouts(step0, &batch, exp.len());
 
