@@ -187,23 +187,26 @@ fn replaced(mut args: Vec<String>, flag: &str, value: &str) -> Vec<String> {
     args
 }
 
+/// One batch of `prompts` tasks per process, all in one micro-batch, where rewards and lengths vary: groups of 4
+/// with up to 24 new tokens, and the random model's reply scored by its last number (now and then a group gets one
+/// right answer).
+fn varied_args(r: &Path, name: &str, prompts: usize) -> Vec<String> {
+    let mut a = train_args(r, name, prompts, 4 * prompts, 1);
+    for (flag, value) in [("--group-size", "4"), ("--max-new-tokens", "24"), ("--seed", "3")] {
+        a = replaced(a, flag, value);
+    }
+    let env = r#"{"generator": {"max_terms": 2, "max_digits": 1, "ops": "+"}, "last_number_fallback": true}"#;
+    a.extend(["--env-config".to_string(), env.to_string()]);
+    a
+}
+
 /// The algorithm scores the global batch on every rank: DR-GRPO's advantage statistics (the skewness of the
 /// batch's advantages is not the mean of the ranks' skewnesses) and the policy's entropy come out as one process's.
 #[test]
 fn two_ranks_score_the_global_batch_as_one_process() {
     let runs = tempfile::tempdir().unwrap();
     let r = runs.path();
-    let args = |name: &str, prompts: usize| -> Vec<String> {
-        let mut a = train_args(r, name, prompts, 4 * prompts, 1);
-        for (flag, value) in [("--algo", "drgrpo"), ("--group-size", "4"), ("--max-new-tokens", "24"), ("--seed", "3")]
-        {
-            a = replaced(a, flag, value);
-        }
-        // The random model's reply is scored by its last number: now and then a group gets one right answer.
-        let env = r#"{"generator": {"max_terms": 2, "max_digits": 1, "ops": "+"}, "last_number_fallback": true}"#;
-        a.extend(["--env-config".to_string(), env.to_string()]);
-        a
-    };
+    let args = |name: &str, prompts: usize| replaced(varied_args(r, name, prompts), "--algo", "drgrpo");
     assert_ok(&single(r, &args("one", 4)), "one process");
     assert_ok(&under_torchrun(r, 2, &args("two", 2)), "torchrun with 2 ranks");
     let (one, two) = (rows(&r.join("one")), rows(&r.join("two")));
@@ -224,6 +227,34 @@ fn two_ranks_score_the_global_batch_as_one_process() {
         let (x, y) = (number(first, key), number(&two[&0], key));
         assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "{key}: one process {x}, two ranks {y}");
     }
+}
+
+/// `grpo`'s DAPO loss (`loss_type` "dapo") divides by the action tokens of the whole step, every rank's: two ranks
+/// whose completions have different lengths give one process's gradient and weights.
+#[test]
+fn a_dapo_loss_on_two_ranks_divides_by_every_ranks_tokens_as_one_process() {
+    let runs = tempfile::tempdir().unwrap();
+    let r = runs.path();
+    // The random model never ends a reply: two-digit questions make prompts of different lengths, and a
+    // --max-length just past them cuts each task's replies at its own length.
+    let env = r#"{"generator": {"max_terms": 2, "max_digits": 2, "ops": "+"}, "last_number_fallback": true}"#;
+    let args = |name: &str, prompts: usize| {
+        let a = replaced(replaced(varied_args(r, name, prompts), "--max-length", "260"), "--env-config", env);
+        [a, vec!["--algo-config".into(), r#"{"loss_type": "dapo"}"#.into()]].concat()
+    };
+    assert_ok(&single(r, &args("one", 4)), "one process");
+    assert_ok(&under_torchrun(r, 2, &args("two", 2)), "torchrun with 2 ranks");
+    let (one, two) = (rows(&r.join("one")), rows(&r.join("two")));
+    let first = &one[&0];
+    // Equal lengths, or rewards equal within every group, would make every aggregation give the same update.
+    assert!(number(first, "completions/min_length") < number(first, "completions/max_length"), "{first:?}");
+    assert!(number(first, "rollouts/frac_reward_zero_std") < 1.0, "no reward varied in a group: {first:?}");
+    // A group's replies share a length, and its advantages sum to 0, so the loss itself is 0 up to rounding.
+    let (x, y) = (number(first, "training_step/loss"), number(&two[&0], "training_step/loss"));
+    assert!((x - y).abs() <= 1e-6, "loss: one process {x}, two ranks {y}");
+    let (x, y) = (number(first, "training_step/grad_norm"), number(&two[&0], "training_step/grad_norm"));
+    assert!(x > 0.0 && (x - y).abs() <= 1e-5 * x, "gradient norm: one process {x}, two ranks {y}");
+    assert_same_weights(&r.join("one"), &r.join("two"));
 }
 
 #[test]

@@ -40,6 +40,7 @@ fn shipped_algorithms_keep_every_tensor_on_the_batch_device() {
                 action_mask: Tensor::rand([4, 5], opts).gt(0.3),
                 settings: LossSettings { generate_max_length: 5, ..LossSettings::default() },
                 is_weights: None,
+                step_token_divisor: None,
             };
             let out = algo.loss(&batch).unwrap();
             assert_eq!(out.loss.device(), device, "{name}: loss");
@@ -124,6 +125,7 @@ fn losses_through_the_boundary_match_the_golden_values() {
                 generate_max_length: s["generate_max_length"].as_i64().unwrap(),
             },
             is_weights: None,
+            step_token_divisor: None,
         };
         let out = algo.loss(&batch).unwrap();
         let loss = &out.loss;
@@ -342,6 +344,7 @@ fn zero_batch(grad: bool) -> PolicyBatch {
         action_mask: x.ones_like().to_kind(Kind::Bool),
         settings: LossSettings::default(),
         is_weights: None,
+        step_token_divisor: None,
     }
 }
 

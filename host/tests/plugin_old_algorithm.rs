@@ -116,6 +116,7 @@ fn an_old_algorithm_loads_and_reports_its_metrics_as_numbers() {
         action_mask: log_probs.ones_like().to_kind(Kind::Bool),
         settings: LossSettings::default(),
         is_weights: None,
+        step_token_divisor: None,
     };
     let rows = Metric::number("mean_loss/rows", 2.0);
 

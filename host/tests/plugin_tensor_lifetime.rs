@@ -56,6 +56,7 @@ fn tensors_cross_both_ways_keep_their_gradient_and_are_freed_once() {
                 action_mask: Tensor::ones([b, t], (Kind::Bool, Device::Cpu)),
                 settings: LossSettings { kl_weight: 0.0, ..LossSettings::default() },
                 is_weights: None,
+                step_token_divisor: None,
             };
             let out = algo.loss(&batch).unwrap();
             drop(batch);

@@ -310,3 +310,54 @@ fn cut_episodes_left_out_of_the_loss_add_nothing_to_the_update() {
     let gap = (&kept - &oracle).abs().max().double_value(&[]);
     assert!(gap > 10.0 * diff.max(1e-9), "keeping the cut episodes in the loss changed nothing ({gap})");
 }
+
+/// `grpo` with `loss_type` "dapo" is one mean over the step's action tokens: the same loss, gradient and update
+/// whether the step's six episodes come as one micro-batch or as three accumulated ones. "bnpo" (each
+/// micro-batch's own token mean) agrees with it in one micro-batch and not in three, since the episodes' lengths
+/// differ.
+#[test]
+fn a_dapo_step_is_the_same_however_it_is_cut_into_micro_batches() {
+    let registry = Registry::discover(&DiscoveryOptions::only(vec![common::shipped_dir().to_path_buf()])).unwrap();
+    let algo = |loss_type: &str| registry.algorithm("grpo", &serde_json::json!({"loss_type": loss_type})).unwrap();
+    let (default_algo, env) = plugins();
+    let sampler = Policy::load(&settings(DtypeSpec::F32, MixedPrecision::No), 0.0, 7).unwrap();
+    let mut scored = scored_batch(&sampler, &default_algo, &env, &batch(1));
+    // Episode i keeps all but its last i actions, so the micro-batches hold different numbers of action tokens.
+    for (i, r) in scored.rollouts.iter_mut().enumerate() {
+        let actions: Vec<usize> = (1..r.action.len()).filter(|&j| r.action[j]).collect();
+        assert!(actions.len() > 5, "episode {i} has {} actions", actions.len());
+        for &j in actions.iter().rev().take(i) {
+            r.action[j] = false;
+        }
+    }
+    let objective = objective(0.01, RecomputeOld::Never);
+    let step = |algo: &AlgorithmPlugin, micro: usize, accumulate: usize| -> (Tensor, f64, f64) {
+        let batch = BatchSettings { train_batch_size: micro, gradient_accumulation_steps: accumulate, ..batch(1) };
+        let policy = Policy::load(&settings(DtypeSpec::F32, MixedPrecision::No), 0.01, 7).unwrap();
+        let exp = experience::prepare(&scored, &policy, &objective, micro).unwrap();
+        let (delta, updates) = update_once(&policy, &exp, algo, &batch, &objective, 1e-3);
+        assert_eq!(updates.steps.len(), 1);
+        (delta, updates.steps[0].loss, updates.steps[0].grad_norm)
+    };
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * a.abs().max(b.abs()).max(1e-12);
+    let dapo = algo("dapo");
+    let (whole, whole_loss, whole_norm) = step(&dapo, 6, 1);
+    let (split, split_loss, split_norm) = step(&dapo, 2, 3);
+    let moved = whole.abs().max().double_value(&[]);
+    assert!(moved > 0.0, "the step moved no weight");
+    assert!(close(whole_loss, split_loss), "loss: one micro-batch {whole_loss}, three {split_loss}");
+    assert!(close(whole_norm, split_norm), "gradient norm: one micro-batch {whole_norm}, three {split_norm}");
+    // Adam divides by the gradient's own size, so where a gradient is a rounding error from 0 the two orders of
+    // summation can move a weight differently: a tolerance, not equality.
+    let diff = (&whole - &split).abs().max().double_value(&[]);
+    assert!(diff <= 1e-3 * moved, "the updates differ by {diff} (largest change {moved})");
+
+    let bnpo = algo("bnpo");
+    let (_, bnpo_whole_loss, bnpo_whole_norm) = step(&bnpo, 6, 1);
+    assert!(close(bnpo_whole_loss, whole_loss) && close(bnpo_whole_norm, whole_norm), "one micro-batch: the same");
+    let (bnpo_split, bnpo_split_loss, bnpo_split_norm) = step(&bnpo, 2, 3);
+    assert!(!close(bnpo_split_loss, split_loss), "bnpo in three micro-batches gave dapo's loss {split_loss}");
+    assert!(!close(bnpo_split_norm, split_norm), "bnpo in three micro-batches gave dapo's gradient norm");
+    let gap = (&whole - &bnpo_split).abs().max().double_value(&[]);
+    assert!(gap > 100.0 * diff, "bnpo's split update is as close to the whole step's ({gap}) as dapo's ({diff})");
+}

@@ -62,6 +62,7 @@ use tch::Tensor;
 ///     action_mask: Tensor::from_slice(&[true, true, false, true, true, true]).view([2, 3]),
 ///     settings: LossSettings::default(),
 ///     is_weights: None,
+///     step_token_divisor: None,
 /// };
 /// let out = algo.loss(&batch)?;
 /// out.loss.backward();
@@ -111,6 +112,13 @@ pub struct PolicyBatch {
     /// A loss multiplies each token's policy-gradient term by its weight, not the KL term; [`crate::ops::PolicyTerms`]
     /// does so.
     pub is_weights: Option<Tensor>,
+    /// What this micro-batch's sum over action tokens is divided by to make the optimizer step's token-level mean
+    /// (ABI 1.4): the action tokens of the whole step (every micro-batch it accumulates, on every data-parallel
+    /// rank) over the number of micro-batch losses the host averages (micro-batches times ranks). Every token of the
+    /// step then weighs the same, however the tokens fall into micro-batches and ranks (DAPO's token-level loss,
+    /// TRL's `loss_type="dapo"`). `None` when the micro-batch is the whole step, or the host predates ABI 1.4:
+    /// [`crate::ops::PolicyTerms::step_token_mean`] then divides by the micro-batch's own count.
+    pub step_token_divisor: Option<f64>,
 }
 
 /// The hyper-parameters a loss needs, taken from the run's flags so that every algorithm reads the same ones.

@@ -35,8 +35,9 @@ use tch::Tensor;
 pub const ABI_MAJOR: u32 = 1;
 /// The ABI minor version: bumped when fields are appended. 1 appended [`FfiPolicyBatch::is_weights`]; the host
 /// refuses importance weights for a library of minor 0, whose losses would silently ignore them. 2 appended
-/// [`EnvironmentVTable::task_from_row`]. 3 appended [`AlgorithmVTable::loss_on_device`].
-pub const ABI_MINOR: u32 = 3;
+/// [`EnvironmentVTable::task_from_row`]. 3 appended [`AlgorithmVTable::loss_on_device`]. 4 appended
+/// [`FfiPolicyBatch::step_token_divisor`].
+pub const ABI_MINOR: u32 = 4;
 /// The name of the exported entry function (without the trailing NUL).
 pub const ENTRY_SYMBOL: &str = "grpo_plugin_library";
 
@@ -271,10 +272,15 @@ pub struct FfiPolicyBatch {
     pub settings: LossSettings,
     /// `[B, T]` truncated importance weights, or null (ABI 1.1; a 1.0 host's batch ends before this field).
     pub is_weights: TensorPtr,
+    /// [`PolicyBatch::step_token_divisor`], or 0 for `None` (ABI 1.4; an older host's batch ends before it).
+    pub step_token_divisor: f64,
 }
 
 /// The size of an ABI 1.0 batch, which ends after `settings`: the first fields every host passes.
 pub const FFI_POLICY_BATCH_V1_0_SIZE: usize = std::mem::offset_of!(FfiPolicyBatch, is_weights);
+
+/// The size of a batch from ABI 1.1 to 1.3, which ends after `is_weights`.
+pub const FFI_POLICY_BATCH_V1_1_SIZE: usize = std::mem::offset_of!(FfiPolicyBatch, step_token_divisor);
 
 /// The functions of an environment plugin; `state` is an episode.
 #[repr(C)]
@@ -350,6 +356,9 @@ const _: () = {
     assert!(size_of::<AlgorithmVTable>() == 8 * word);
     // ABI 1.0's batch: six words, then the settings; 1.1 appended the importance weights.
     assert!(FFI_POLICY_BATCH_V1_0_SIZE == 6 * word + size_of::<LossSettings>());
+    assert!(FFI_POLICY_BATCH_V1_1_SIZE == FFI_POLICY_BATCH_V1_0_SIZE + word);
+    // Appended in 1.4: the step's token divisor.
+    assert!(size_of::<FfiPolicyBatch>() == FFI_POLICY_BATCH_V1_1_SIZE + 8);
     assert!(offset_of!(EnvironmentVTable, tools) == 5 * word);
     assert!(offset_of!(EnvironmentVTable, drop_state) == 10 * word);
     assert!(ENVIRONMENT_VTABLE_V1_0_SIZE == 11 * word);
@@ -694,9 +703,13 @@ unsafe fn policy_batch(batch: *const FfiPolicyBatch) -> Result<PolicyBatch> {
         }
     };
     let ref_log_probs = optional(b.ref_log_probs, "ref_log_probs")?;
-    // A 1.0 host's batch ends before the weights: reading the field would read past its struct.
-    let is_weights =
-        if b.size >= std::mem::size_of::<FfiPolicyBatch>() { optional(b.is_weights, "is_weights")? } else { None };
+    // An older host's batch ends before the fields appended since: reading one would read past its struct.
+    let is_weights = if b.size >= FFI_POLICY_BATCH_V1_1_SIZE { optional(b.is_weights, "is_weights")? } else { None };
+    let step_token_divisor = if b.size >= std::mem::size_of::<FfiPolicyBatch>() && b.step_token_divisor != 0.0 {
+        Some(b.step_token_divisor)
+    } else {
+        None
+    };
     Ok(PolicyBatch {
         log_probs: borrow_tensor(b.log_probs, "log_probs")?,
         old_log_probs: borrow_tensor(b.old_log_probs, "old_log_probs")?,
@@ -705,6 +718,7 @@ unsafe fn policy_batch(batch: *const FfiPolicyBatch) -> Result<PolicyBatch> {
         action_mask: borrow_tensor(b.action_mask, "action_mask")?,
         settings: b.settings,
         is_weights,
+        step_token_divisor,
     })
 }
 
@@ -910,11 +924,13 @@ mod tests {
         fn loss(&self, b: &PolicyBatch) -> Result<LossOutput> {
             self.loss_deferred(b)?.read()
         }
-        /// The sum of the batch's importance weights when it has them (to see them cross), else a panic; their
-        /// count as a host metric and their largest as a device metric.
+        /// The sum of the batch's importance weights when it has them (to see them cross), plus 100 times its step
+        /// token divisor when it has one, else a panic; their count as a host metric and their largest as a device
+        /// metric.
         fn loss_deferred(&self, b: &PolicyBatch) -> Result<DeferredLoss> {
+            let divisor = b.step_token_divisor.map_or(0.0, |d| 100.0 * d);
             match &b.is_weights {
-                Some(w) => Ok(DeferredLoss::new(w.sum(tch::Kind::Float))
+                Some(w) => Ok(DeferredLoss::new(w.sum(tch::Kind::Float) + divisor)
                     .with_metric(Metric::number("panicky/rows", w.size()[0] as f64))
                     .with_device_metric("panicky/max_weight", w.max())),
                 None => panic!("boom"),
@@ -972,9 +988,9 @@ mod tests {
         (out_config, out_metrics)
     }
 
-    /// A batch whose every tensor is `x`, of `size` bytes (a 1.0 host's is shorter), with importance weights
-    /// `weights` (null for none).
-    fn ffi_batch(x: &Tensor, size: usize, weights: TensorPtr) -> FfiPolicyBatch {
+    /// A batch whose every tensor is `x`, of `size` bytes (an older host's is shorter), with importance weights
+    /// `weights` (null for none) and the step token divisor `divisor` (0 for none).
+    fn ffi_batch(x: &Tensor, size: usize, weights: TensorPtr, divisor: f64) -> FfiPolicyBatch {
         FfiPolicyBatch {
             size,
             log_probs: x.as_ptr() as TensorPtr,
@@ -984,6 +1000,7 @@ mod tests {
             action_mask: x.as_ptr() as TensorPtr,
             settings: LossSettings::default(),
             is_weights: weights,
+            step_token_divisor: divisor,
         }
     }
 
@@ -1018,7 +1035,7 @@ mod tests {
         assert_eq!(code, status::OK);
 
         let x = Tensor::zeros([1, 2], (tch::Kind::Float, tch::Device::Cpu));
-        let batch = ffi_batch(&x, std::mem::size_of::<FfiPolicyBatch>(), std::ptr::null_mut());
+        let batch = ffi_batch(&x, std::mem::size_of::<FfiPolicyBatch>(), std::ptr::null_mut(), 0.0);
         let mut out: TensorPtr = std::ptr::null_mut();
         let mut metrics = String::new();
         let code = unsafe {
@@ -1046,16 +1063,16 @@ mod tests {
     }
 
     #[test]
-    fn importance_weights_cross_and_an_abi_1_0_batch_is_read_without_them() {
+    fn importance_weights_and_the_token_divisor_cross_and_an_older_hosts_batch_is_read_without_them() {
         let entry = algorithm_entry::<Panicky>("1.0.0");
         let vt = unsafe { &*(entry.vtable as *const AlgorithmVTable) };
         let x = Tensor::zeros([1, 2], (tch::Kind::Float, tch::Device::Cpu));
         let w = Tensor::from_slice(&[0.5f32, 2.0]).view([1, 2]);
         // (status, loss) of one call on a fresh instance (a panic poisons it).
-        let loss_of = |size: usize, weights: TensorPtr| -> (u32, Option<f64>) {
+        let loss_of = |size: usize, weights: TensorPtr, divisor: f64| -> (u32, Option<f64>) {
             let (mut this, mut err): (*mut c_void, String) = (std::ptr::null_mut(), String::new());
             assert_eq!(unsafe { (vt.plugin.create)(FfiStr::new(""), &mut this, StrSink::for_string(&mut err)) }, 0);
-            let batch = ffi_batch(&x, size, weights);
+            let batch = ffi_batch(&x, size, weights, divisor);
             let (mut out, mut metrics): (TensorPtr, String) = (std::ptr::null_mut(), String::new());
             let code = unsafe {
                 (vt.loss)(this, &batch, &mut out, StrSink::for_string(&mut metrics), StrSink::for_string(&mut err))
@@ -1066,10 +1083,14 @@ mod tests {
             (code, loss)
         };
         let full = std::mem::size_of::<FfiPolicyBatch>();
-        assert_eq!(loss_of(full, w.as_ptr() as TensorPtr), (status::OK, Some(2.5)));
-        assert_eq!(loss_of(full, std::ptr::null_mut()), (status::PANIC, None));
-        // A 1.0 host's batch ends at `settings`: whatever follows it in memory is never read.
-        assert_eq!(loss_of(FFI_POLICY_BATCH_V1_0_SIZE, 0x1 as TensorPtr), (status::PANIC, None));
+        let w_ptr = w.as_ptr() as TensorPtr;
+        assert_eq!(loss_of(full, w_ptr, 0.0), (status::OK, Some(2.5)));
+        assert_eq!(loss_of(full, w_ptr, 3.0), (status::OK, Some(302.5)));
+        assert_eq!(loss_of(full, std::ptr::null_mut(), 0.0), (status::PANIC, None));
+        // A 1.0 host's batch ends at `settings`, a 1.3 host's at the weights: whatever follows in memory is never
+        // read.
+        assert_eq!(loss_of(FFI_POLICY_BATCH_V1_0_SIZE, 0x1 as TensorPtr, 3.0), (status::PANIC, None));
+        assert_eq!(loss_of(FFI_POLICY_BATCH_V1_1_SIZE, w_ptr, 3.0), (status::OK, Some(2.5)));
     }
 
     #[test]
@@ -1079,7 +1100,7 @@ mod tests {
         assert_eq!(vt.plugin.size, ALGORITHM_VTABLE_V1_2_SIZE + std::mem::size_of::<usize>());
         let x = Tensor::zeros([1, 2], (tch::Kind::Float, tch::Device::Cpu));
         let w = Tensor::from_slice(&[0.5f32, 2.0]).view([1, 2]);
-        let batch = ffi_batch(&x, std::mem::size_of::<FfiPolicyBatch>(), w.as_ptr() as TensorPtr);
+        let batch = ffi_batch(&x, std::mem::size_of::<FfiPolicyBatch>(), w.as_ptr() as TensorPtr, 0.0);
         let (mut this, mut err): (*mut c_void, String) = (std::ptr::null_mut(), String::new());
         assert_eq!(unsafe { (vt.plugin.create)(FfiStr::new(""), &mut this, StrSink::for_string(&mut err)) }, 0);
         let adopt = |p: TensorPtr| unsafe { Tensor::from_ptr(p as *mut torch_sys::C_tensor) };

@@ -32,6 +32,8 @@ pub struct PolicyTerms {
     /// Of `clipped`, 1 where the upper bound did it (`rho > 1 + eps_high` with a positive advantage); the rest were
     /// clipped by the lower bound (`rho < 1 - eps_low`, negative advantage).
     clipped_high: Tensor,
+    /// The batch's [`PolicyBatch::step_token_divisor`].
+    step_token_divisor: Option<f64>,
 }
 
 impl PolicyTerms {
@@ -64,6 +66,9 @@ impl PolicyTerms {
                 shape[0]
             )));
         }
+        if let Some(d) = batch.step_token_divisor.filter(|d| !(d.is_finite() && *d > 0.0)) {
+            return Err(Error::msg(format!("step_token_divisor must be a finite number > 0, got {d}")));
+        }
         let s = &batch.settings;
         let kind = lp.kind();
         let on = batch.action_mask.to_kind(Kind::Bool);
@@ -91,7 +96,7 @@ impl PolicyTerms {
         if s.kl_weight != 0.0 && kl.is_none() {
             return Err(Error::msg(format!("kl_weight is {} but the host passed no reference log-probs", s.kl_weight)));
         }
-        Ok(PolicyTerms { surrogate, kl, mask, clipped, clipped_high })
+        Ok(PolicyTerms { surrogate, kl, mask, clipped, clipped_high, step_token_divisor: batch.step_token_divisor })
     }
 
     /// `surrogate + kl_weight * kl` per token.
@@ -106,6 +111,24 @@ impl PolicyTerms {
     pub fn sequence_mean(&self, x: &Tensor) -> Tensor {
         let tokens = self.mask.sum_dim_intlist(-1, false, None).clamp_min(1.0);
         ((x * &self.mask).sum_dim_intlist(-1, false, None) / tokens).mean(None)
+    }
+
+    /// The masked mean of `x` over the micro-batch's action tokens, every token weighing the same (0 without action
+    /// tokens). Averaged over micro-batches by the host, a token of a short micro-batch weighs more than one of a long
+    /// one (TRL's `loss_type="bnpo"`); [`PolicyTerms::step_token_mean`] weighs the whole step's tokens equally.
+    pub fn token_mean(&self, x: &Tensor) -> Tensor {
+        (x * &self.mask).sum(x.kind()) / self.mask.sum(x.kind()).clamp_min(1.0)
+    }
+
+    /// The micro-batch's share of the mean of `x` over every action token of the optimizer step (DAPO's
+    /// token-level loss, TRL's `loss_type="dapo"`): its masked sum over [`PolicyBatch::step_token_divisor`], so that
+    /// the host's average over micro-batches and ranks is the step's token mean. Without a divisor the micro-batch
+    /// is the step, and this is [`PolicyTerms::token_mean`].
+    pub fn step_token_mean(&self, x: &Tensor) -> Tensor {
+        match self.step_token_divisor {
+            Some(divisor) => (x * &self.mask).sum(x.kind()) / divisor,
+            None => self.token_mean(x),
+        }
     }
 
     /// The KL to the reference as the mean over sequences of per-sequence masked means; 0 without a reference.

@@ -11,7 +11,11 @@ Definitions (docs/plugins.md, "The shipped algorithms and environment"):
   DR-GRPO advantages  A = r - mean_g r.
   per token           -min(rho*A, clip(rho, 1-eps_low, 1+eps_high)*A) + beta*k3,
                       rho = exp(logp - old), k3 = exp(ref - logp) - (ref - logp) - 1 (both 0 outside the mask)
-  GRPO loss           mean over sequences of the masked mean over action tokens (an empty mask counts as 0)
+  GRPO loss           mean over sequences of the masked mean over action tokens (an empty mask counts as 0);
+                      with loss_type "bnpo" the masked sum over the micro-batch's action tokens divided by
+                      their number (at least 1), with "dapo" divided by the step's token divisor the host passes
+                      (step_token_divisor: the step's action tokens over its micro-batch losses), or by the
+                      micro-batch's own count when there is none
   DR-GRPO loss        mean over sequences of the masked SUM divided by generate_max_length
   TIS cases           the surrogate of each action token times w = min(exp(old - sampled), cap), the truncated
                       importance weight of a sampler in another precision (the KL term is not weighted)
@@ -84,7 +88,9 @@ def per_token_terms(logp, old, ref, adv, mask, eps_low, eps_high):
     return surr, k3, clipped, clipped_high
 
 
-def loss_case(name, algo, seed, lengths, T, beta, eps_low, eps_high, with_ref, gen_max_len, tis_cap=None):
+def loss_case(
+    name, algo, seed, lengths, T, beta, eps_low, eps_high, with_ref, gen_max_len, tis_cap=None, loss_type=None, divisor=None
+):
     g = torch.Generator().manual_seed(seed)
     B = len(lengths)
     # Odd rows start their actions one position later, so masks are not all prefixes.
@@ -112,9 +118,13 @@ def loss_case(name, algo, seed, lengths, T, beta, eps_low, eps_high, with_ref, g
     m = torch.tensor(mask, dtype=torch.float64)
     n_tok = m.sum(-1)
     per_token = surr + beta * k3
-    if algo == "grpo":
+    if algo == "grpo" and loss_type in (None, "grpo"):
         denom = torch.clamp(n_tok, min=1.0)
         loss = ((per_token * m).sum(-1) / denom).mean()
+    elif algo == "grpo":
+        # bnpo, and dapo without a divisor: every token of the micro-batch weighs the same.
+        step = divisor if loss_type == "dapo" and divisor is not None else max(float(n_tok.sum()), 1.0)
+        loss = (per_token * m).sum() / step
     else:
         loss = ((per_token * m).sum(-1) / gen_max_len).mean()
     loss.backward()
@@ -134,6 +144,8 @@ def loss_case(name, algo, seed, lengths, T, beta, eps_low, eps_high, with_ref, g
         "kind": "loss",
         "algorithm": algo,
         "name": name,
+        "config": {"loss_type": loss_type} if loss_type is not None else None,
+        "step_token_divisor": divisor,
         "log_probs": logp0.tolist(),
         "old_log_probs": old,
         "ref_log_probs": ref,
@@ -146,7 +158,7 @@ def loss_case(name, algo, seed, lengths, T, beta, eps_low, eps_high, with_ref, g
             "generate_max_length": gen_max_len,
         },
         "is_weights": is_weights,
-        "expected_loss": float(loss),
+        "expected_loss": float(loss.detach()),
         "expected_grad": logp.grad.tolist(),
         "expected_metrics": metrics,
     }
@@ -201,6 +213,10 @@ def main():
         loss_case("drgrpo_no_ref", "drgrpo", 3, [3, 5, 6], 6, 0.0, 0.1, 0.1, False, 12),
         loss_case("grpo_tis", "grpo", 5, [5, 2, 7, 3], 8, 0.01, 0.2, 0.2, True, 8, tis_cap=2.0),
         loss_case("drgrpo_tis", "drgrpo", 5, [5, 2, 7, 3], 8, 0.01, 0.2, 0.28, True, 8, tis_cap=1.5),
+        loss_case("grpo_bnpo", "grpo", 1, [5, 2, 7, 1, 3], 8, 0.01, 0.2, 0.2, True, 8, loss_type="bnpo"),
+        # This micro-batch's 18 tokens are part of a step of 52 tokens over 4 micro-batch losses (2 ranks x 2).
+        loss_case("grpo_dapo_step", "grpo", 1, [5, 2, 7, 1, 3], 8, 0.01, 0.2, 0.2, True, 8, None, "dapo", 13.0),
+        loss_case("grpo_dapo_alone", "grpo", 6, [4, 0, 6, 2], 6, 0.0, 0.3, 0.3, False, 6, loss_type="dapo"),
     ]
     for case in cases:
         path = OUT / f"{case['name']}.json"

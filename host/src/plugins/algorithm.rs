@@ -78,6 +78,7 @@ impl PluginInstance<AlgorithmVTable> {
             action_mask: borrow(&batch.action_mask),
             settings: batch.settings,
             is_weights: batch.is_weights.as_ref().map_or(std::ptr::null_mut(), borrow),
+            step_token_divisor: batch.step_token_divisor.unwrap_or(0.0),
         };
         let mut out: TensorPtr = std::ptr::null_mut();
         let mut values: TensorPtr = std::ptr::null_mut();

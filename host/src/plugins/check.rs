@@ -53,6 +53,8 @@ fn check_algorithm(registry: &Registry, name: &str, config: &serde_json::Value) 
         action_mask: Tensor::arange(t, (Kind::Int64, Device::Cpu)).unsqueeze(0).lt_tensor(&lengths),
         settings: LossSettings { generate_max_length: t, ..LossSettings::default() },
         is_weights: None,
+        // The micro-batch is the whole step: its own 14 action tokens.
+        step_token_divisor: Some(14.0),
     };
     let out = algo.loss(&batch)?;
     let loss = out.loss.double_value(&[]);

@@ -57,6 +57,9 @@ pub struct Experience {
     pub in_loss: Option<Tensor>,
     /// Unpadded length of each sequence.
     pub lengths: Vec<usize>,
+    /// Action tokens of each sequence that the loss covers (0 for one left out of it): what a token-level loss
+    /// divides by, counted on the host.
+    pub action_tokens: Vec<usize>,
 }
 
 impl Experience {
@@ -90,6 +93,8 @@ impl Experience {
             advantages: advantages.to_kind(Kind::Float).to_device(device),
             in_loss: None,
             lengths: rollouts.iter().map(|r| r.tokens.len()).collect(),
+            // Position 0 predicts nothing, as in `action` above.
+            action_tokens: rollouts.iter().map(|r| r.action.iter().skip(1).filter(|&&a| a).count()).collect(),
         }
     }
 
@@ -98,6 +103,9 @@ impl Experience {
     pub fn leave_out_of_loss(&mut self, left_out: &[bool]) {
         if left_out.iter().any(|&l| l) {
             let kept: Vec<bool> = left_out.iter().map(|&l| !l).collect();
+            for (count, _) in self.action_tokens.iter_mut().zip(left_out).filter(|(_, &l)| l) {
+                *count = 0;
+            }
             self.in_loss = Some(Tensor::from_slice(&kept).to_device(self.tokens.device()));
         }
     }

@@ -17,7 +17,7 @@ use super::optimizer::{AdamW, Schedule};
 use super::policy::Policy;
 use super::precision::LossScaler;
 use crate::checkpoint::TrainerState;
-use crate::distributed::World;
+use crate::distributed::{ReduceOp, World};
 use crate::model::Padding;
 use crate::plugins::AlgorithmPlugin;
 
@@ -93,8 +93,11 @@ impl Updater<'_> {
         let accum = self.batch.gradient_accumulation_steps.max(1);
         self.policy.model().set_training(true);
         let result = (|| {
-            for pass in 0..self.batch.epochs_per_step {
-                let order = micro_batches(exp.len(), self.batch.train_batch_size, self.seed, state.batch, pass);
+            let passes: Vec<Vec<Vec<usize>>> = (0..self.batch.epochs_per_step)
+                .map(|pass| micro_batches(exp.len(), self.batch.train_batch_size, self.seed, state.batch, pass))
+                .collect();
+            let mut divisors = self.step_token_divisors(exp, &passes, accum)?.into_iter();
+            for order in &passes {
                 // The pass's row order goes to the device in one copy; each micro-batch takes a slice of it.
                 let index = exp.row_index(&order.concat());
                 let mut offset = 0;
@@ -104,7 +107,8 @@ impl Updater<'_> {
                         micro.push((rows.as_slice(), index.narrow(0, offset, rows.len() as i64)));
                         offset += rows.len() as i64;
                     }
-                    let record = self.step(exp, &micro, state)?;
+                    let divisor = divisors.next().unwrap_or(1.0);
+                    let record = self.step(exp, &micro, divisor, state)?;
                     on_step(&record, state);
                     out.steps.push(record);
                 }
@@ -113,6 +117,22 @@ impl Updater<'_> {
         })();
         self.policy.model().set_training(false);
         result.map(|()| out)
+    }
+
+    /// [`PolicyBatch::step_token_divisor`] of each optimizer step of the batch's `passes`, in order: the action
+    /// tokens the loss covers in the step, on every rank, over the number of micro-batch losses averaged into it
+    /// (its micro-batches times the ranks), at least one token. The counts are known on the host; under data
+    /// parallelism they take one collective per batch, not one per step.
+    fn step_token_divisors(&self, exp: &Experience, passes: &[Vec<Vec<usize>>], accum: usize) -> Result<Vec<f64>> {
+        let mut tokens = Vec::new();
+        let mut losses = Vec::new();
+        for window in passes.iter().flat_map(|order| order.chunks(accum)) {
+            tokens.push(window.iter().flatten().map(|&row| exp.action_tokens[row] as f64).sum());
+            losses.push((window.len() * self.world.size) as f64);
+        }
+        let tokens =
+            self.world.reduce_f64("counting the steps' action tokens over the ranks", &tokens, ReduceOp::Sum)?;
+        Ok(tokens.iter().zip(losses).map(|(n, k)| n.max(1.0) / k).collect())
     }
 
     /// One optimizer step over the micro-batches `window` (rows, and the same rows on the device). It is skipped
@@ -131,6 +151,7 @@ impl Updater<'_> {
         &mut self,
         exp: &Experience,
         window: &[(&[usize], Tensor)],
+        step_token_divisor: f64,
         state: &mut TrainerState,
     ) -> Result<StepRecord> {
         let mut pending = Vec::with_capacity(window.len());
@@ -150,6 +171,7 @@ impl Updater<'_> {
                 action_mask: mb.action_mask,
                 settings: self.loss,
                 is_weights: mb.is_weights,
+                step_token_divisor: Some(step_token_divisor),
             };
             let out = self.algo.loss(&batch)?;
             // Each micro-batch's share, so the accumulated gradient is the window's mean; under fp16 scaled up so

@@ -1,6 +1,6 @@
 //! The `grpo` algorithm plugin: group-normalised advantages and the clipped surrogate with a k3 KL penalty,
-//! aggregated as a per-sequence masked mean, then the mean over sequences (docs/plugins.md, "The shipped algorithms
-//! and environment").
+//! aggregated as a per-sequence masked mean, then the mean over sequences, or over tokens with `loss_type`
+//! (docs/plugins.md, "The shipped algorithms and environment").
 
 use grpo_sdk::ops::{split_groups, PolicyTerms};
 use grpo_sdk::tch::Tensor;
@@ -15,12 +15,29 @@ pub struct Config {
     pub std_eps: f64,
     /// Which standard deviation the centred rewards are divided by (TRL's `scale_rewards`).
     pub scale_rewards: ScaleRewards,
+    /// How the per-token losses are averaged (TRL's `loss_type`).
+    pub loss_type: LossType,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { std_eps: 1e-8, scale_rewards: ScaleRewards::Group }
+        Config { std_eps: 1e-8, scale_rewards: ScaleRewards::Group, loss_type: LossType::Grpo }
     }
+}
+
+/// How the per-token losses of an optimizer step become one loss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LossType {
+    /// Each sequence's mean over its tokens, then the mean over sequences: GRPO as published, and re-grpo. A token
+    /// of a short completion weighs more than one of a long completion.
+    Grpo,
+    /// The mean over each micro-batch's tokens, then over the micro-batches (TRL's `"bnpo"`): every token of a
+    /// micro-batch weighs the same, but the weights still depend on how the step is cut into micro-batches.
+    Bnpo,
+    /// The mean over every token of the optimizer step, all its micro-batches and data-parallel ranks together
+    /// (DAPO's token-level loss, TRL's `"dapo"`): the same loss however the step is split.
+    Dapo,
 }
 
 /// What `r - mean_g r` is divided by.
@@ -47,7 +64,7 @@ impl grpo_sdk::Plugin for Grpo {
     const NAME: &'static str = "grpo";
     const DESCRIPTION: &'static str =
         "GRPO: (r - mean) / (std + eps) advantages (scale_rewards: group, batch or none), clipped surrogate + k3 KL, \
-         per-sequence mean";
+         per-sequence mean (loss_type: grpo, bnpo or dapo)";
 
     fn new(config: serde_json::Value) -> Result<Self> {
         let config: Config = grpo_sdk::parse_config(config)?;
@@ -100,7 +117,12 @@ impl Algorithm for Grpo {
     /// Every metric computed from tensors stays on the device until the host reads the optimizer step's values.
     fn loss_deferred(&self, batch: &PolicyBatch) -> Result<DeferredLoss> {
         let terms = PolicyTerms::new(batch)?;
-        let loss = terms.sequence_mean(&terms.per_token_loss(batch.settings.kl_weight));
+        let per_token = terms.per_token_loss(batch.settings.kl_weight);
+        let loss = match self.config.loss_type {
+            LossType::Grpo => terms.sequence_mean(&per_token),
+            LossType::Bnpo => terms.token_mean(&per_token),
+            LossType::Dapo => terms.step_token_mean(&per_token),
+        };
         Ok(DeferredLoss::new(loss)
             .with_device_metric("training_step/kl", terms.kl_mean_tensor())
             .with_device_metric("training_step/clip_fraction", terms.clip_fraction_tensor())

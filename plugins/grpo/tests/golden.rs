@@ -45,7 +45,35 @@ fn float32_equal_rewards_give_exact_zeros() {
 
 #[test]
 fn loss_gradient_and_metrics_match_the_oracle() {
-    check_loss_fixtures(&Grpo::new(serde_json::Value::Null).unwrap(), "grpo");
+    check_loss_fixtures::<Grpo>("grpo");
+}
+
+/// The three aggregations differ on a batch whose sequences have different lengths, and the fixtures of each are
+/// there: the loss-type cases above are not checked against the default by accident.
+#[test]
+fn each_loss_type_has_its_own_fixture_and_value() {
+    let case = fixtures("loss", Some("grpo")).into_iter().find(|c| c["name"] == "grpo_bnpo").unwrap();
+    let mut values = Vec::new();
+    for (loss_type, divisor) in [("grpo", None), ("bnpo", None), ("dapo", Some(13.0)), ("dapo", None)] {
+        let algo = Grpo::new(serde_json::json!({"loss_type": loss_type})).unwrap();
+        assert_eq!(algo.config()["loss_type"], loss_type);
+        let (_, mut batch) = batch(&case);
+        batch.step_token_divisor = divisor;
+        values.push(algo.loss(&batch).unwrap().loss.double_value(&[]));
+    }
+    assert!((values[0] - values[1]).abs() > 1e-3, "grpo and bnpo agree: {values:?}");
+    assert!((values[1] - values[2]).abs() > 1e-3, "bnpo and a step's dapo agree: {values:?}");
+    // Alone in its step, a micro-batch's dapo loss is its token mean.
+    assert_num("dapo alone", values[3], values[1]);
+    for name in ["grpo_bnpo", "grpo_dapo_step", "grpo_dapo_alone"] {
+        assert!(fixtures("loss", Some("grpo")).iter().any(|c| c["name"] == name && !c["config"].is_null()), "{name}");
+    }
+    let err = Grpo::new(serde_json::json!({"loss_type": "seq"})).err().unwrap().to_string();
+    assert!(err.contains("loss_type") || err.contains("seq"), "{err}");
+    let (_, mut batch) = batch(&case);
+    batch.step_token_divisor = Some(0.0);
+    let err = Grpo::new(serde_json::json!({"loss_type": "dapo"})).unwrap().loss(&batch).err().unwrap().to_string();
+    assert!(err.contains("step_token_divisor must be a finite number > 0"), "{err}");
 }
 
 #[test]
@@ -62,7 +90,6 @@ fn bad_config_and_bad_groups_are_errors() {
 /// mantissa) to 1e-2 on these magnitudes (losses and gradients of order 1; the largest difference seen was 2.2e-3).
 #[test]
 fn loss_and_gradient_match_the_oracle_in_f32_and_bf16() {
-    let algo = Grpo::new(serde_json::Value::Null).unwrap();
-    check_loss_fixtures_in(&algo, "grpo", Kind::Float, 1e-5);
-    check_loss_fixtures_in(&algo, "grpo", Kind::BFloat16, 1e-2);
+    check_loss_fixtures_in::<Grpo>("grpo", Kind::Float, 1e-5);
+    check_loss_fixtures_in::<Grpo>("grpo", Kind::BFloat16, 1e-2);
 }

@@ -33,18 +33,21 @@ pub fn groups(case: &Value) -> Vec<usize> {
     case["groups"].as_array().unwrap().iter().map(|g| g.as_u64().unwrap() as usize).collect()
 }
 
-/// Check `algorithm`'s loss, its gradient with respect to the log-probs, and its metrics (every one expected, no
-/// other) against each loss fixture written for `which` ("grpo" or "drgrpo").
-pub fn check_loss_fixtures(algorithm: &impl Algorithm, which: &str) {
-    check_loss_fixtures_in(algorithm, which, Kind::Double, TOL);
+/// Check algorithm `A`'s loss, its gradient with respect to the log-probs, and its metrics (every one expected, no
+/// other) against each loss fixture written for `which` ("grpo" or "drgrpo"), built with each fixture's config
+/// (`null`, the defaults, when it has none).
+pub fn check_loss_fixtures<A: Algorithm>(which: &str) {
+    check_loss_fixtures_in::<A>(which, Kind::Double, TOL);
 }
 
 /// The same check with every float tensor of the batch in `kind` (the log-probs leaf included): the loss and each
 /// gradient element within `tol` of the float64 oracle. Metrics are compared in float64 only: a ratio that sits on a
 /// clip boundary may round to the other side in a lower precision, which changes the clip fraction by design.
-pub fn check_loss_fixtures_in(algorithm: &impl Algorithm, which: &str, kind: Kind, tol: f64) {
+pub fn check_loss_fixtures_in<A: Algorithm>(which: &str, kind: Kind, tol: f64) {
     for case in fixtures("loss", Some(which)) {
         let name = format!("{} ({kind:?})", case["name"].as_str().unwrap());
+        let algorithm = A::new(case.get("config").cloned().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{name}: config {}: {e}", case["config"]));
         let (leaf, batch) = batch(&case);
         let leaf = leaf.detach().to_kind(kind).set_requires_grad(true);
         let cast = |t: Tensor| if t.is_floating_point() { t.to_kind(kind) } else { t };
@@ -56,6 +59,7 @@ pub fn check_loss_fixtures_in(algorithm: &impl Algorithm, which: &str, kind: Kin
             action_mask: batch.action_mask,
             settings: batch.settings,
             is_weights: batch.is_weights.map(cast),
+            step_token_divisor: batch.step_token_divisor,
         };
         let out = algorithm.loss(&batch).unwrap();
         let (got, want) = (out.loss.double_value(&[]), case["expected_loss"].as_f64().unwrap());
@@ -117,6 +121,7 @@ pub fn batch(case: &Value) -> (Tensor, PolicyBatch) {
             generate_max_length: s["generate_max_length"].as_i64().unwrap(),
         },
         is_weights: case.get("is_weights").filter(|w| !w.is_null()).map(tensor),
+        step_token_divisor: case.get("step_token_divisor").and_then(Value::as_f64),
     };
     (log_probs, batch)
 }

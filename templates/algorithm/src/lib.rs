@@ -178,6 +178,7 @@ mod tests {
             action_mask: Tensor::from_slice(&[true, true, false, true, true, true]).view([2, 3]),
             settings,
             is_weights: None,
+            step_token_divisor: None,
         };
         (batch, log_probs)
     }
