@@ -18,10 +18,25 @@ pub fn split_groups(rewards: &Tensor, groups: &[usize]) -> Result<Vec<Tensor>> {
     Ok(rewards.split_with_sizes(sizes.as_slice(), 0))
 }
 
+/// Which probability ratio the clipped surrogate uses; in a plugin's config, `"token"` or `"sequence"`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RatioLevel {
+    /// Each token's own ratio `exp(logp - old)`: PPO's and GRPO's.
+    #[default]
+    Token,
+    /// One ratio per sequence, the geometric mean of its tokens' ratios, `exp(mean_t(logp - old))` over its action
+    /// tokens, shared by all of them (GSPO, Zheng et al. 2025; TRL's `importance_sampling_level="sequence"`). The
+    /// gradient reaches every token through the mean. GSPO clips it in a much narrower range than PPO's (its paper
+    /// uses 3e-4 and 4e-4).
+    Sequence,
+}
+
 /// The per-token pieces of a GRPO-family loss for one micro-batch; every `[B, T]` tensor is 0 outside the mask.
 pub struct PolicyTerms {
-    /// `-min(rho*A, clip(rho, 1-eps_low, 1+eps_high)*A)`, `rho = exp(logp - old)`, times the batch's truncated
-    /// importance weight of each token when it has them ([`PolicyBatch::is_weights`]).
+    /// `-min(rho*A, clip(rho, 1-eps_low, 1+eps_high)*A)`, `rho = exp(logp - old)` (or the sequence's ratio, see
+    /// [`RatioLevel`]), times the batch's truncated importance weight of each token when it has them
+    /// ([`PolicyBatch::is_weights`]).
     pub surrogate: Tensor,
     /// The k3 estimate of KL to the reference, `exp(ref - logp) - (ref - logp) - 1`; `None` without a reference.
     pub kl: Option<Tensor>,
@@ -37,8 +52,13 @@ pub struct PolicyTerms {
 }
 
 impl PolicyTerms {
-    /// Compute the terms, checking that the batch's shapes agree.
+    /// Compute the terms with each token's own ratio, checking that the batch's shapes agree.
     pub fn new(batch: &PolicyBatch) -> Result<Self> {
+        Self::with_ratio(batch, RatioLevel::Token)
+    }
+
+    /// Compute the terms with the ratio of `level`, checking that the batch's shapes agree.
+    pub fn with_ratio(batch: &PolicyBatch, level: RatioLevel) -> Result<Self> {
         let lp = &batch.log_probs;
         let shape = lp.size();
         if shape.len() != 2 {
@@ -75,7 +95,15 @@ impl PolicyTerms {
         let mask = on.to_kind(kind);
         let zero = lp.zeros_like();
         // Masked positions are zeroed before exp: garbage there must not overflow into inf * 0 = NaN.
-        let ratio = (lp - batch.old_log_probs.to_kind(kind)).where_self(&on, &zero).exp();
+        let log_ratio = (lp - batch.old_log_probs.to_kind(kind)).where_self(&on, &zero);
+        let log_ratio = match level {
+            RatioLevel::Token => log_ratio,
+            RatioLevel::Sequence => {
+                let tokens = mask.sum_dim_intlist(-1, true, None).clamp_min(1.0);
+                (log_ratio.sum_dim_intlist(-1, true, None) / tokens).expand_as(lp).where_self(&on, &zero)
+            }
+        };
+        let ratio = log_ratio.exp();
         let adv = batch.advantages.to_kind(kind).unsqueeze(-1);
         let unclipped = &ratio * &adv;
         let clipped_obj = ratio.clamp(1.0 - s.clip_eps_low, 1.0 + s.clip_eps_high) * &adv;

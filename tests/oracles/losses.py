@@ -17,6 +17,8 @@ Definitions (docs/plugins.md, "The shipped algorithms and environment"):
                       (step_token_divisor: the step's action tokens over its micro-batch losses), or by the
                       micro-batch's own count when there is none
   DR-GRPO loss        mean over sequences of the masked SUM divided by generate_max_length
+  GSPO cases          importance_sampling_level "sequence": every action token of a sequence uses the sequence's
+                      ratio exp(mean over its action tokens of (logp - old)) in place of its own rho
   TIS cases           the surrogate of each action token times w = min(exp(old - sampled), cap), the truncated
                       importance weight of a sampler in another precision (the KL term is not weighted)
 
@@ -62,7 +64,7 @@ def drgrpo_advantages(rewards, groups):
     return torch.cat(out)
 
 
-def per_token_terms(logp, old, ref, adv, mask, eps_low, eps_high):
+def per_token_terms(logp, old, ref, adv, mask, eps_low, eps_high, sequence_ratio=False):
     """Surrogate and k3 per token, zero outside the mask, written out token by token on purpose (no shared code
     with the vectorised Rust implementation)."""
     B, T = logp.shape
@@ -71,10 +73,13 @@ def per_token_terms(logp, old, ref, adv, mask, eps_low, eps_high):
     clipped, clipped_high = 0, 0
     for b in range(B):
         a = adv[b]
+        if sequence_ratio:
+            steps = [logp[b, t] - old[b, t] for t in range(T) if mask[b][t]]
+            seq_rho = torch.exp(sum(steps) / len(steps)) if steps else None
         for t in range(T):
             if not mask[b][t]:
                 continue
-            rho = torch.exp(logp[b, t] - old[b, t])
+            rho = seq_rho if sequence_ratio else torch.exp(logp[b, t] - old[b, t])
             rho_c = torch.clamp(rho, 1 - eps_low, 1 + eps_high)
             surr[b, t] = -torch.minimum(rho * a, rho_c * a)
             if (rho * a) > (rho_c * a):
@@ -89,7 +94,20 @@ def per_token_terms(logp, old, ref, adv, mask, eps_low, eps_high):
 
 
 def loss_case(
-    name, algo, seed, lengths, T, beta, eps_low, eps_high, with_ref, gen_max_len, tis_cap=None, loss_type=None, divisor=None
+    name,
+    algo,
+    seed,
+    lengths,
+    T,
+    beta,
+    eps_low,
+    eps_high,
+    with_ref,
+    gen_max_len,
+    tis_cap=None,
+    loss_type=None,
+    divisor=None,
+    level=None,
 ):
     g = torch.Generator().manual_seed(seed)
     B = len(lengths)
@@ -103,7 +121,9 @@ def loss_case(
     old_t = torch.tensor(old)
     ref_t = torch.tensor(ref) if ref is not None else None
     adv_t = torch.tensor(adv)
-    surr, k3, clipped, clipped_high = per_token_terms(logp, old_t, ref_t, adv_t, mask, eps_low, eps_high)
+    surr, k3, clipped, clipped_high = per_token_terms(
+        logp, old_t, ref_t, adv_t, mask, eps_low, eps_high, sequence_ratio=level == "sequence"
+    )
     is_weights = None
     if tis_cap is not None:
         # The sampler's log-probs: the old ones perturbed as a bf16 sampler would be, some tokens far off.
@@ -140,11 +160,16 @@ def loss_case(
         metrics["training_step/dr_component_policy"] = float(((surr.detach() * m).sum(-1) / gen_max_len).mean())
         metrics["training_step/dr_component_kl"] = float(((beta * k3.detach() * m).sum(-1) / gen_max_len).mean())
         metrics["training_step/dr_component_normalizer"] = float(gen_max_len)
+    config = {}
+    if loss_type is not None:
+        config["loss_type"] = loss_type
+    if level is not None:
+        config["importance_sampling_level"] = level
     return {
         "kind": "loss",
         "algorithm": algo,
         "name": name,
-        "config": {"loss_type": loss_type} if loss_type is not None else None,
+        "config": config or None,
         "step_token_divisor": divisor,
         "log_probs": logp0.tolist(),
         "old_log_probs": old,
@@ -217,6 +242,9 @@ def main():
         # This micro-batch's 18 tokens are part of a step of 52 tokens over 4 micro-batch losses (2 ranks x 2).
         loss_case("grpo_dapo_step", "grpo", 1, [5, 2, 7, 1, 3], 8, 0.01, 0.2, 0.2, True, 8, None, "dapo", 13.0),
         loss_case("grpo_dapo_alone", "grpo", 6, [4, 0, 6, 2], 6, 0.0, 0.3, 0.3, False, 6, loss_type="dapo"),
+        # GSPO: the sequence's ratio, clipped in a narrow range (here wide enough that some sequences are not).
+        loss_case("grpo_gspo", "grpo", 7, [5, 0, 7, 1, 3], 8, 0.01, 0.05, 0.08, True, 8, level="sequence"),
+        loss_case("grpo_gspo_tis_dapo", "grpo", 8, [4, 6, 2], 7, 0.0, 0.1, 0.1, False, 7, 2.0, "dapo", 5.5, "sequence"),
     ]
     for case in cases:
         path = OUT / f"{case['name']}.json"

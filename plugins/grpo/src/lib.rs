@@ -2,7 +2,7 @@
 //! aggregated as a per-sequence masked mean, then the mean over sequences, or over tokens with `loss_type`
 //! (docs/plugins.md, "The shipped algorithms and environment").
 
-use grpo_sdk::ops::{split_groups, PolicyTerms};
+use grpo_sdk::ops::{split_groups, PolicyTerms, RatioLevel};
 use grpo_sdk::tch::Tensor;
 use grpo_sdk::{Algorithm, DeferredLoss, LossOutput, MetricSource, PolicyBatch, Result};
 use serde::{Deserialize, Serialize};
@@ -17,11 +17,18 @@ pub struct Config {
     pub scale_rewards: ScaleRewards,
     /// How the per-token losses are averaged (TRL's `loss_type`).
     pub loss_type: LossType,
+    /// Each token's probability ratio, or one per sequence (GSPO; TRL's `importance_sampling_level`).
+    pub importance_sampling_level: RatioLevel,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { std_eps: 1e-8, scale_rewards: ScaleRewards::Group, loss_type: LossType::Grpo }
+        Config {
+            std_eps: 1e-8,
+            scale_rewards: ScaleRewards::Group,
+            loss_type: LossType::Grpo,
+            importance_sampling_level: RatioLevel::Token,
+        }
     }
 }
 
@@ -64,7 +71,7 @@ impl grpo_sdk::Plugin for Grpo {
     const NAME: &'static str = "grpo";
     const DESCRIPTION: &'static str =
         "GRPO: (r - mean) / (std + eps) advantages (scale_rewards: group, batch or none), clipped surrogate + k3 KL, \
-         per-sequence mean (loss_type: grpo, bnpo or dapo)";
+         per-sequence mean (loss_type: grpo, bnpo or dapo); importance_sampling_level sequence for GSPO";
 
     fn new(config: serde_json::Value) -> Result<Self> {
         let config: Config = grpo_sdk::parse_config(config)?;
@@ -116,7 +123,7 @@ impl Algorithm for Grpo {
 
     /// Every metric computed from tensors stays on the device until the host reads the optimizer step's values.
     fn loss_deferred(&self, batch: &PolicyBatch) -> Result<DeferredLoss> {
-        let terms = PolicyTerms::new(batch)?;
+        let terms = PolicyTerms::with_ratio(batch, self.config.importance_sampling_level)?;
         let per_token = terms.per_token_loss(batch.settings.kl_weight);
         let loss = match self.config.loss_type {
             LossType::Grpo => terms.sequence_mean(&per_token),

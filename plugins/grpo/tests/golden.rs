@@ -48,8 +48,8 @@ fn loss_gradient_and_metrics_match_the_oracle() {
     check_loss_fixtures::<Grpo>("grpo");
 }
 
-/// The three aggregations differ on a batch whose sequences have different lengths, and the fixtures of each are
-/// there: the loss-type cases above are not checked against the default by accident.
+/// The three aggregations differ on a batch whose sequences have different lengths, and the fixtures of each (and of
+/// GSPO's sequence-level ratio) are there: those cases above are not checked against the default by accident.
 #[test]
 fn each_loss_type_has_its_own_fixture_and_value() {
     let case = fixtures("loss", Some("grpo")).into_iter().find(|c| c["name"] == "grpo_bnpo").unwrap();
@@ -65,7 +65,7 @@ fn each_loss_type_has_its_own_fixture_and_value() {
     assert!((values[1] - values[2]).abs() > 1e-3, "bnpo and a step's dapo agree: {values:?}");
     // Alone in its step, a micro-batch's dapo loss is its token mean.
     assert_num("dapo alone", values[3], values[1]);
-    for name in ["grpo_bnpo", "grpo_dapo_step", "grpo_dapo_alone"] {
+    for name in ["grpo_bnpo", "grpo_dapo_step", "grpo_dapo_alone", "grpo_gspo", "grpo_gspo_tis_dapo"] {
         assert!(fixtures("loss", Some("grpo")).iter().any(|c| c["name"] == name && !c["config"].is_null()), "{name}");
     }
     let err = Grpo::new(serde_json::json!({"loss_type": "seq"})).err().unwrap().to_string();
