@@ -257,6 +257,26 @@ fn a_dapo_loss_on_two_ranks_divides_by_every_ranks_tokens_as_one_process() {
     assert_same_weights(&r.join("one"), &r.join("two"));
 }
 
+/// Under `--dynamic-sampling` each rank fills its own share of the batch with groups whose rewards vary, and the
+/// ranks run the rounds together: a rank that has its groups waits for the others, and none stops early.
+#[test]
+fn dynamic_sampling_on_two_ranks_runs_the_rounds_together() {
+    let runs = tempfile::tempdir().unwrap();
+    let r = runs.path();
+    let mut args = replaced(varied_args(r, "two", 2), "--group-size", "3");
+    args.extend(["--dynamic-sampling", "--max-sampling-rounds", "5"].map(String::from));
+    assert_ok(&under_torchrun(r, 2, &args), "torchrun with 2 ranks");
+    let row = &rows(&r.join("two"))[&0];
+    let rounds = number(row, "dynamic_sampling/rounds");
+    assert!((1.0..=5.0).contains(&rounds), "{row:?}");
+    // Both ranks' groups: at least the 4 of the first round, and as many rounds as the needier rank ran.
+    let sampled = number(row, "dynamic_sampling/sampled_groups");
+    assert!(sampled >= 4.0 + rounds - 1.0, "{row:?}");
+    assert_eq!(number(row, "rollouts/total_rollouts"), 12.0);
+    assert_eq!(number(row, "rollouts/frac_reward_zero_std"), number(row, "dynamic_sampling/filled_groups") / 4.0);
+    assert!(number(row, "dynamic_sampling/varied_share") > 0.0, "{row:?}");
+}
+
 #[test]
 fn two_simulated_nodes_complete_a_run() {
     let runs = tempfile::tempdir().unwrap();

@@ -356,6 +356,44 @@ fn prompts_past_max_length_sample_one_token_and_warn() {
     assert_eq!(lengths, vec![1.0]);
 }
 
+/// `--dynamic-sampling` trains on groups whose rewards vary: the random model's replies are scored by their last
+/// number, so now and then a group has a right answer, and further rounds roll out more tasks until the batch has
+/// two such groups. The second batch (after updates at a high rate) runs out of rounds, keeps equal-reward groups in
+/// the missing places and says so. A resumed run rolls out the same extra tasks.
+#[test]
+fn dynamic_sampling_keeps_groups_whose_rewards_vary_and_resumes_exactly() {
+    let runs = tempfile::tempdir().unwrap();
+    let env = r#"{"generator": {"max_terms": 2, "max_digits": 1, "ops": "+"}, "last_number_fallback": true}"#;
+    let flags = ["--dynamic-sampling", "--max-sampling-rounds", "6", "--max-new-tokens", "24", "--seed", "3"];
+    let flags = [&flags[..], &["--env-config", env]].concat();
+    let out = train(runs.path(), "dynamic", &[&["--max-steps", "2"], &flags[..]].concat());
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let run = runs.path().join("dynamic");
+    let batches: Vec<_> = rows(&run).into_iter().filter(|r| r.contains_key("rollouts/returns_mean")).collect();
+    assert_eq!(batches.len(), 2);
+    let number = |row: &serde_json::Map<String, serde_json::Value>, key: &str| row[key].as_f64().unwrap();
+    let first = &batches[0];
+    assert!(number(first, "dynamic_sampling/rounds") > 1.0, "{first:?}");
+    assert_eq!(number(first, "dynamic_sampling/filled_groups"), 0.0, "{first:?}");
+    assert_eq!(number(first, "rollouts/frac_reward_zero_std"), 0.0, "only groups whose rewards vary: {first:?}");
+    let sampled = number(first, "dynamic_sampling/sampled_groups");
+    assert!((number(first, "dynamic_sampling/varied_share") * sampled - 2.0).abs() < 1e-9, "{first:?}");
+    // Every group rolled out in every round generated its tokens (3 episodes of 24 tokens: the model never stops).
+    assert_eq!(number(first, "rollouts/generated_tokens"), sampled * 3.0 * 24.0, "{first:?}");
+    for row in &batches {
+        let filled = number(row, "dynamic_sampling/filled_groups");
+        assert_eq!(number(row, "rollouts/frac_reward_zero_std"), filled / 2.0, "{row:?}");
+        assert!(number(row, "dynamic_sampling/rounds") <= 6.0, "{row:?}");
+    }
+    let second = &batches[1];
+    assert!(number(second, "dynamic_sampling/filled_groups") > 0.0, "the second batch filled nothing: {second:?}");
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("dynamic sampling found")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    assert!(warnings[0].starts_with("warning: batch 1: ") && warnings[0].contains("--max-sampling-rounds"), "{err}");
+    assert_resume_is_exact(runs.path(), &run, "dynamic-split", &flags);
+}
+
 #[test]
 fn an_unknown_algorithm_lists_the_available_ones() {
     let runs = tempfile::tempdir().unwrap();

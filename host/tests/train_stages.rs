@@ -69,6 +69,7 @@ fn batch(accumulate: usize) -> BatchSettings {
         max_turns: 1,
         max_batch_rows: None,
         multi_step: 1,
+        dynamic_sampling: None,
     }
 }
 

@@ -97,6 +97,15 @@ pub struct TrainArgs {
     /// batch, or as many as fit in a quarter of free memory, half of free GPU memory on CUDA).
     #[arg(long)]
     pub max_batch_rows: Option<usize>,
+    /// DAPO's dynamic sampling (verl's filter_groups): set aside groups whose rewards are all equal (they have no
+    /// advantage to learn from) and roll out further tasks, a round at a time, until the batch has
+    /// --rollouts-per-step groups whose rewards vary.
+    #[arg(long)]
+    pub dynamic_sampling: bool,
+    /// The most rollout rounds of one batch under --dynamic-sampling, the first included; a batch still short of
+    /// varied groups then trains with equal-reward groups in their place, and the console says so.
+    #[arg(long, default_value_t = 10)]
+    pub max_sampling_rounds: usize,
     /// Decode scheduling of the rollouts and evaluations.
     #[command(flatten)]
     pub decode: super::args::DecodeArgs,
@@ -253,6 +262,9 @@ impl TrainArgs {
                 max_turns: self.max_turns,
                 max_batch_rows: self.max_batch_rows,
                 multi_step,
+                dynamic_sampling: self.dynamic_sampling.then_some(crate::train::dynamic_sampling::DynamicSampling {
+                    max_rounds: self.max_sampling_rounds,
+                }),
             },
             optimizer: OptimizerSettings {
                 lr: self.lr,
@@ -298,6 +310,7 @@ impl TrainArgs {
             ("--epochs-per-step", self.epochs_per_step),
             ("--max-new-tokens", self.max_new_tokens),
             ("--max-turns", self.max_turns),
+            ("--max-sampling-rounds", self.max_sampling_rounds),
         ];
         if self.max_batch_rows == Some(0) {
             return Err(user_error!("--max-batch-rows must be at least 1"));
@@ -323,6 +336,12 @@ impl TrainArgs {
         }
         if self.kl_weight < 0.0 {
             return Err(user_error!("--kl-weight {} must be >= 0", self.kl_weight));
+        }
+        if self.dynamic_sampling && self.group_size < 2 {
+            return Err(user_error!(
+                "--dynamic-sampling keeps groups whose rewards vary, which a group of one never does; raise \
+                 --group-size to 2 or more"
+            ));
         }
         if self.mask_truncated_completions && self.sampling.ignore_eos {
             return Err(user_error!(
@@ -389,5 +408,14 @@ mod tests {
         let err = config(&["--mask-truncated-completions", "--ignore-eos"]).unwrap_err();
         assert!(err.contains("every episode out of the loss") && err.contains("drop one"), "{err}");
         assert_eq!(err.lines().count(), 1, "{err}");
+    }
+
+    #[test]
+    fn dynamic_sampling_is_refused_for_groups_of_one_and_without_rounds() {
+        assert_eq!(config(&["--dynamic-sampling", "--max-sampling-rounds", "3"]), Ok(()));
+        let err = config(&["--dynamic-sampling", "--group-size", "1"]).unwrap_err();
+        assert!(err.contains("--dynamic-sampling") && err.contains("--group-size to 2"), "{err}");
+        let err = config(&["--dynamic-sampling", "--max-sampling-rounds", "0"]).unwrap_err();
+        assert_eq!(err, "--max-sampling-rounds must be at least 1");
     }
 }

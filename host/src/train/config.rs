@@ -148,6 +148,10 @@ pub struct BatchSettings {
     /// Decode steps per host read in rollouts (`--multi-step`). Not a result setting, for the same reason.
     #[serde(default = "crate::generate::engine::one_read_per_step")]
     pub multi_step: usize,
+    /// DAPO's dynamic sampling (`--dynamic-sampling`): groups whose returns are all equal are replaced by groups of
+    /// further tasks; `None` when off.
+    #[serde(default)]
+    pub dynamic_sampling: Option<crate::train::dynamic_sampling::DynamicSampling>,
 }
 
 impl BatchSettings {
@@ -329,6 +333,7 @@ impl RunConfig {
             ("--max-new-tokens", json!(b.max_new_tokens)),
             ("--max-length", json!(b.max_length)),
             ("--max-turns", json!(b.max_turns)),
+            ("--dynamic-sampling/--max-sampling-rounds", json!(b.dynamic_sampling)),
             ("--lr", json!(o.lr)),
             ("--lr-schedule", json!(o.schedule)),
             ("--warmup-steps", json!(o.warmup_steps)),

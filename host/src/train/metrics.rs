@@ -16,6 +16,7 @@ use super::update::{StepRecord, Updates};
 use crate::checkpoint::TrainerState;
 use crate::logging::{metrics, CompletionRow, MetricValue, Metrics};
 use crate::rollout::{EndReason, RolloutStats};
+use crate::train::dynamic_sampling::SamplingSummary;
 
 /// One rollout as the metrics see it: plain numbers and texts, so that the ranks of a data-parallel run can send
 /// theirs to each other and every statistic is computed over the global batch.
@@ -67,6 +68,9 @@ pub struct BatchSummary {
     pub is_ratio: Option<(f64, f64, f64)>,
     /// Stage times; merged, each the slowest rank's.
     pub timings: Timings,
+    /// What dynamic sampling's rounds did (`--dynamic-sampling`); merged, the ranks' counts added.
+    #[serde(default)]
+    pub sampling: Option<SamplingSummary>,
 }
 
 impl BatchSummary {
@@ -97,7 +101,13 @@ impl BatchSummary {
                 answer: r.task.answer.clone(),
             })
             .collect();
-        BatchSummary { rollouts, group_size: scored.group_size, is_ratio: exp.is_ratio_totals(), timings }
+        BatchSummary {
+            rollouts,
+            group_size: scored.group_size,
+            is_ratio: exp.is_ratio_totals(),
+            timings,
+            sampling: None,
+        }
     }
 
     /// The ranks' summaries as one batch: rollouts in rank order, ratio totals added, the slowest rank's times.
@@ -121,6 +131,10 @@ impl BatchSummary {
             o.engine.add(&r.engine);
             (o.engine.prefill_secs, o.engine.decode_secs) = slowest;
             o.env_secs = o.env_secs.max(r.env_secs);
+            out.sampling = match (out.sampling, p.sampling) {
+                (Some(a), Some(b)) => Some(SamplingSummary::merge([a, b])),
+                (a, b) => a.or(b),
+            };
         }
         out
     }
@@ -168,6 +182,16 @@ pub fn rollout(batch: &BatchSummary, best_mean_return: f64) -> Metrics {
     }
     m.extend(reward_components(&batch.rollouts));
     m.extend(episode_shapes(&batch.rollouts));
+    if let Some(s) = &batch.sampling {
+        // verl's num_gen_batches, and how much of what was rolled out the batch could use.
+        m.insert("dynamic_sampling/rounds".into(), (s.rounds as f64).into());
+        m.insert("dynamic_sampling/sampled_groups".into(), (s.sampled_groups as f64).into());
+        m.insert(
+            "dynamic_sampling/varied_share".into(),
+            (s.varied_groups as f64 / s.sampled_groups.max(1) as f64).into(),
+        );
+        m.insert("dynamic_sampling/filled_groups".into(), (s.filled_groups as f64).into());
+    }
     m
 }
 
@@ -176,7 +200,7 @@ pub fn rollout(batch: &BatchSummary, best_mean_return: f64) -> Metrics {
 /// plugin decides it; 0 for an empty batch.
 fn zero_std_share(returns: &[f64], group_size: usize) -> f64 {
     let groups: Vec<&[f64]> = returns.chunks(group_size.max(1)).collect();
-    let flat = groups.iter().filter(|g| g.iter().all(|&r| r == g[0])).count();
+    let flat = groups.iter().filter(|g| !super::dynamic_sampling::returns_vary(g)).count();
     flat as f64 / groups.len().max(1) as f64
 }
 

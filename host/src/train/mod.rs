@@ -13,6 +13,7 @@
 //! here knows about the command line.
 
 pub mod config;
+pub mod dynamic_sampling;
 pub mod experience;
 pub mod metrics;
 pub mod optimizer;
@@ -41,6 +42,7 @@ use crate::plugins::{AlgorithmPlugin, EnvironmentPlugin, Registry};
 use crate::rollout::{run_episodes, task_seeds, Episodes, RolloutConfig};
 use crate::user_error;
 pub use config::RunConfig;
+use dynamic_sampling::{Pool, SamplingSummary};
 use experience::Experience;
 use metrics::{BatchSummary, Timings};
 use optimizer::{AdamW, Schedule};
@@ -374,21 +376,19 @@ impl Trainer {
     /// state is still the boundary it started from and a resumed run plays the same batch again.
     fn batch(&mut self) -> Result<bool> {
         let step0 = self.state.global_step;
-        let per_rank = self.config.batch.rollouts_per_step;
-        let tasks = self.tasks.batch(self.state.batch, per_rank)?;
         let mut timings = Timings::default();
         let (t, peak) = (Instant::now(), PhasePeak::start());
-        let episodes = self.rollouts(&tasks, (self.world.rank * per_rank) as u64)?;
+        let sampled = self.sample()?;
         timings.rollout = t.elapsed().as_secs_f64();
         timings.rollout_peak_rss = peak.end();
         // Every rank's returns, so that the algorithm scores the global batch as one process would; a stop on any
         // rank drops the batch on all of them here.
-        let returns = episodes.as_ref().map(|e| e.rollouts.iter().map(|r| r.total_reward).collect::<Vec<f64>>());
+        let returns = sampled.as_ref().map(|(e, _)| e.rollouts.iter().map(|r| r.total_reward).collect::<Vec<f64>>());
         let Some(all_returns) = self.gather_unless_dropped("gathering the batch's returns", returns)? else {
             return Ok(false);
         };
         // Every rank's returns arrived, this one's included.
-        let Some(episodes) = episodes else { return Ok(false) };
+        let Some((episodes, sampling)) = sampled else { return Ok(false) };
         timings.rollout_stats = episodes.stats;
         let (rollouts, group_size, rank) = (episodes.rollouts, self.config.batch.group_size, self.world.rank);
         let scored = scored::score_within(&self.algo, rollouts, group_size, &all_returns, rank)?;
@@ -398,7 +398,8 @@ impl Trainer {
         timings.logprob = t.elapsed().as_secs_f64();
         timings.logprob_peak_rss = peak.end();
         // The last point at which stopping costs no more than the work already done.
-        let local = (!drop_work(&self.stop, &self.world)()).then(|| BatchSummary::new(&scored, &exp, timings));
+        let local = (!drop_work(&self.stop, &self.world)())
+            .then(|| BatchSummary { sampling, ..BatchSummary::new(&scored, &exp, timings) });
         let Some(ranks) = self.gather_unless_dropped("gathering the batch's rollout metrics", local)? else {
             return Ok(false);
         };
@@ -447,9 +448,54 @@ impl Trainer {
         self.policy.refresh_sampler(masters.as_ref());
     }
 
-    /// Stage: tasks -> rollouts, each task sampled with its own seed from the batch's and its position `first..`
-    /// in the global batch (so the same whichever rank runs it). `None`: a stop request abandoned them.
-    fn rollouts(&mut self, tasks: &[Task], first: u64) -> Result<Option<Episodes>> {
+    /// Stage: tasks -> rollouts for this rank's share of the batch. Under dynamic sampling further rounds follow
+    /// until every rank has its groups whose returns vary, or the rounds run out; the ranks compare their shortfall
+    /// after each round and go on or stop together. `None`: a stop request abandoned the batch (on any rank, once
+    /// the rounds are compared; otherwise the returns' gather that follows tells the others).
+    fn sample(&mut self) -> Result<Option<(Episodes, Option<SamplingSummary>)>> {
+        let per_rank = self.config.batch.rollouts_per_step;
+        let first = (self.world.rank * per_rank) as u64;
+        let tasks = self.tasks.batch(self.state.batch, per_rank)?;
+        let Some(dynamic) = self.config.batch.dynamic_sampling else {
+            return Ok(self.rollouts(&tasks, first, 0)?.map(|e| (e, None)));
+        };
+        let mut regular = Some(tasks);
+        let mut pool = Pool::new(self.config.batch.group_size, per_rank);
+        let (mut rounds, mut stopped) = (0, false);
+        for round in 0..dynamic.max_rounds.max(1) {
+            if round > 0 {
+                let local = (!stopped).then(|| pool.missing());
+                let Some(missing) = self.gather_unless_dropped("comparing the ranks' sampled groups", local)? else {
+                    return Ok(None);
+                };
+                if missing.iter().all(|&m| m == 0) {
+                    break;
+                }
+            }
+            rounds += 1;
+            let tasks = match round {
+                0 => regular.take().unwrap_or_default(),
+                _ => self.tasks.extra(self.state.batch, round, first, pool.missing())?,
+            };
+            if tasks.is_empty() {
+                continue;
+            }
+            match self.rollouts(&tasks, first, round)? {
+                Some(episodes) => pool.add(episodes),
+                None => stopped = true,
+            }
+        }
+        if stopped {
+            return Ok(None);
+        }
+        let (episodes, summary) = pool.finish(rounds);
+        Ok(Some((episodes, Some(summary))))
+    }
+
+    /// Rollouts of `tasks` in round `round` of the batch, each task sampled with its own seed from the batch's, the
+    /// round's and its position `first..` in the global batch (so the same whichever rank runs it). `None`: a stop
+    /// request abandoned them.
+    fn rollouts(&mut self, tasks: &[Task], first: u64, round: usize) -> Result<Option<Episodes>> {
         let (b, s) = (&self.config.batch, &self.config.sampling);
         let cfg = RolloutConfig {
             group_size: b.group_size,
@@ -462,7 +508,9 @@ impl Trainer {
             multi_step: b.multi_step,
         };
         self.ready_sampler();
-        let seeds = task_seeds(mix(self.config.seed, self.state.batch), first, tasks.len());
+        let batch_seed = mix(self.config.seed, self.state.batch);
+        let round_seed = if round == 0 { batch_seed } else { mix(batch_seed, round as u64) };
+        let seeds = task_seeds(round_seed, first, tasks.len());
         let (model, tokenizer) = (self.policy.sampler(), self.policy.tokenizer());
         run_episodes(model, tokenizer, &self.env, tasks, &cfg, &seeds, &drop_work(&self.stop, &self.world))
     }
@@ -532,6 +580,14 @@ impl Trainer {
                     self.state.batch
                 ));
             }
+        }
+        if let Some(s) = batch.sampling.filter(|s| s.filled_groups > 0) {
+            self.loggers.println(&format!(
+                "warning: batch {}: dynamic sampling found too few groups whose rewards vary ({} of {} sampled in {} \
+                 rounds), so {} with equal rewards train in their place; raise --max-sampling-rounds, or the tasks \
+                 may be too hard or too easy for the model",
+                self.state.batch, s.varied_groups, s.sampled_groups, s.rounds, s.filled_groups
+            ));
         }
         let mut m = metrics::rollout(batch, best);
         m.extend(metrics::progress(&self.state));

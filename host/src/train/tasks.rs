@@ -55,6 +55,23 @@ impl TaskSource {
         (start..start + per_batch as u64).map(|i| self.nth(i)).collect()
     }
 
+    /// This rank's `count` further tasks for round `round` (1, 2, ...) of batch `batch` under dynamic sampling,
+    /// where `first` is this rank's first position in the global batch. They are drawn at random, with replacement,
+    /// from a stream of their own keyed by the seed, the batch, the round and the position, so the regular batches'
+    /// tasks stay where they are and a resumed run draws the same ones.
+    pub fn extra(&mut self, batch: u64, round: usize, first: u64, count: usize) -> Result<Vec<Task>> {
+        // A constant apart from the regular order's keys (`mix(seed, epoch)`).
+        const EXTRA_STREAM: u64 = 0x6479_6e61_6d69_6373;
+        let base = mix(mix(mix(self.seed, EXTRA_STREAM), batch), round as u64);
+        (first..first + count as u64)
+            .map(|position| {
+                let key = mix(base, position);
+                let index = self.count.map_or(key, |n| key % n);
+                self.tasks.task(self.seed, index)
+            })
+            .collect()
+    }
+
     fn nth(&mut self, i: u64) -> Result<Task> {
         let Some(count) = self.count else {
             return self.tasks.task(self.seed, i);
@@ -69,5 +86,33 @@ impl TaskSource {
         }
         let index = self.permutation.as_ref().expect("set above").1[(i % count) as usize];
         self.tasks.task(self.seed, index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn source(n: usize) -> TaskSource {
+        let tasks: Vec<Task> = (0..n).map(|i| Task::new(i.to_string(), "?", "!")).collect();
+        TaskSource::from_set(TaskSet::Fixed(Arc::new(tasks)), 7).unwrap()
+    }
+
+    fn ids(tasks: &[Task]) -> Vec<String> {
+        tasks.iter().map(|t| t.id.clone()).collect()
+    }
+
+    #[test]
+    fn extra_tasks_follow_batch_round_and_position_and_leave_the_regular_order_alone() {
+        let mut a = source(1000);
+        let regular = ids(&a.batch(3, 4).unwrap());
+        let extra = ids(&a.extra(3, 1, 0, 4).unwrap());
+        assert_eq!(ids(&a.batch(3, 4).unwrap()), regular, "drawing extra tasks moved the regular ones");
+        assert_eq!(ids(&source(1000).extra(3, 1, 0, 4).unwrap()), extra, "the same draw in a new run");
+        assert_eq!(ids(&a.extra(3, 1, 2, 2).unwrap()), extra[2..], "a rank's share is its positions' draws");
+        assert_ne!(ids(&a.extra(3, 2, 0, 4).unwrap()), extra);
+        assert_ne!(ids(&a.extra(4, 1, 0, 4).unwrap()), extra);
+        assert_ne!(extra, regular);
     }
 }
