@@ -394,6 +394,40 @@ fn dynamic_sampling_keeps_groups_whose_rewards_vary_and_resumes_exactly() {
     assert_resume_is_exact(runs.path(), &run, "dynamic-split", &flags);
 }
 
+/// `--reward-weights` weighs the environment's components in each return (math's `answer` three times here); the
+/// component is still logged unweighted, the weights are saved with the run, and a name no episode reported is
+/// warned about.
+#[test]
+fn reward_weights_scale_the_returns_and_a_misspelt_component_is_named() {
+    let runs = tempfile::tempdir().unwrap();
+    let env = r#"{"generator": {"max_terms": 2, "max_digits": 1, "ops": "+"}, "last_number_fallback": true}"#;
+    let flags = ["--max-steps", "1", "--max-new-tokens", "24", "--seed", "3", "--env-config", env];
+    let flags = [&flags[..], &["--rollouts-per-step", "4", "--group-size", "4", "--train-batch-size", "16"]].concat();
+    let plain = train(runs.path(), "plain", &flags);
+    assert!(plain.status.success(), "{}", text(&plain.stderr));
+    let weights = r#"{"answer": 3, "anwser": 2}"#;
+    let weighted = train(runs.path(), "weighted", &[&flags[..], &["--reward-weights", weights]].concat());
+    let err = text(&weighted.stderr);
+    assert!(weighted.status.success(), "{err}");
+    let first = |run: &str| rows(&runs.path().join(run)).into_iter().next().unwrap();
+    let (a, b) = (first("plain"), first("weighted"));
+    let number = |row: &serde_json::Map<String, serde_json::Value>, key: &str| row[key].as_f64().unwrap();
+    // The same rollouts (nothing was trained before them), their returns three times as large.
+    assert_eq!(number(&a, "rollout_rewards/answer"), number(&b, "rollout_rewards/answer"));
+    assert!(number(&a, "rollouts/returns_mean") > 0.0, "no episode earned a reward: {a:?}");
+    assert!((number(&b, "rollouts/returns_mean") - 3.0 * number(&a, "rollouts/returns_mean")).abs() < 1e-12);
+    assert!((number(&b, "rollouts/returns_std") - 3.0 * number(&a, "rollouts/returns_std")).abs() < 1e-12);
+    let config = json_file(&runs.path().join("weighted/config.json"));
+    assert_eq!(config["run"]["plugins"]["reward_weights"], serde_json::json!({"answer": 3.0, "anwser": 2.0}));
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("--reward-weights names")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    assert!(warnings[0].contains("anwser") && warnings[0].ends_with("components were: answer"), "{err}");
+
+    let bad = train(runs.path(), "bad", &[&flags[..], &["--reward-weights", r#"{"answer": "x"}"#]].concat());
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad.stderr));
+    assert!(text(&bad.stderr).contains("--reward-weights: the weight of `answer` is \"x\""), "{}", text(&bad.stderr));
+}
+
 #[test]
 fn an_unknown_algorithm_lists_the_available_ones() {
     let runs = tempfile::tempdir().unwrap();

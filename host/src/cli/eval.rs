@@ -13,6 +13,7 @@ use crate::eval::{EpisodeLimits, EvalSettings, Evaluation};
 use crate::generate::SamplingParams;
 use crate::model::LoraConfig;
 use crate::plugins::Registry;
+use crate::rollout::RewardWeights;
 use crate::train::config::ModelSettings;
 use crate::train::policy::Policy;
 use crate::train::precision::MixedPrecision;
@@ -147,6 +148,9 @@ pub struct EvalArgs {
     /// JSON options for the environment (a JSON string or @FILE), as in training.
     #[arg(long)]
     pub env_config: Option<String>,
+    /// Weights of the reward components in each episode's return, as in training (eval/returns_*).
+    #[arg(long, value_name = "JSON")]
+    pub reward_weights: Option<String>,
     /// Where plugins are searched besides the defaults.
     #[command(flatten)]
     pub plugins: PluginDirArgs,
@@ -201,6 +205,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<i32> {
     let sampling = args.sampling.resolve(super::train::TRAIN_SAMPLING)?;
     let settings = args.run.into_settings(sampling, 0, false, args.decode.multi_step()?)?;
     let env_config = json_option(args.env_config.as_deref(), "--env-config")?;
+    let reward_weights =
+        RewardWeights::from_json(json_option(args.reward_weights.as_deref(), "--reward-weights")?, "--reward-weights")?;
     let registry = Registry::discover(&args.plugins.discovery())?;
     let env = registry.environment(&args.env, &env_config)?;
     let allow_download = !args.model.offline;
@@ -231,6 +237,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<i32> {
         let here = Decisive {
             env: env.name(),
             env_config: &env_config,
+            reward_weights: &reward_weights,
             data: &data,
             limits,
             settings: &settings,
@@ -242,7 +249,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<i32> {
         eprintln!("{note}");
     }
     eprintln!("evaluating {} tasks of `{}`", tasks.len(), env.name());
-    let evaluation = Evaluation { tasks, settings, limits, seed: args.seed };
+    let evaluation = Evaluation { tasks, settings, limits, seed: args.seed, reward_weights };
     let result = evaluation
         .run(policy.sampler(), policy.tokenizer(), &env, &|| false)?
         .context("the evaluation was abandoned")?;
@@ -271,6 +278,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<i32> {
 struct Decisive<'a> {
     env: &'a str,
     env_config: &'a serde_json::Value,
+    reward_weights: &'a RewardWeights,
     data: &'a DataSettings,
     limits: EpisodeLimits,
     settings: &'a EvalSettings,
@@ -286,6 +294,7 @@ impl Decisive<'_> {
         vec![
             ("--env", self.env.to_string()),
             ("--env-config", self.env_config.to_string()),
+            ("--reward-weights", serde_json::json!(self.reward_weights).to_string()),
             ("--dataset", source(&self.data.dataset)),
             ("--eval-data", source(&self.data.eval_data)),
             ("--eval-holdout", self.data.eval_holdout.to_string()),
@@ -319,6 +328,7 @@ fn differences_from_run(dir: &Path, here: &Decisive<'_>) -> Option<String> {
     let theirs = Decisive {
         env: &run.plugins.env,
         env_config: &run.plugins.env_config,
+        reward_weights: &run.plugins.reward_weights,
         data: &run.data,
         limits: EpisodeLimits { max_new_tokens: b.max_new_tokens, max_turns: b.max_turns, max_length: b.max_length },
         settings: &run.eval,

@@ -10,6 +10,7 @@ use super::plugins::PluginDirArgs;
 use crate::generate::SamplingParams;
 use crate::logging::LoggingArgs;
 use crate::model::DtypeSpec;
+use crate::rollout::RewardWeights;
 use crate::train::config::{
     BatchSettings, DistSettings, LogSettings, LrSchedule, ModelSettings, ObjectiveSettings, OptimizerSettings,
     PluginSelection, RecomputeOld, RunConfig, SamplingSettings,
@@ -32,6 +33,11 @@ pub struct TrainArgs {
     /// JSON options for the environment plugin (a JSON string or @FILE).
     #[arg(long)]
     pub env_config: Option<String>,
+    /// Weights of the environment's reward components in each episode's return, as TRL's reward_weights: a JSON
+    /// object such as '{"correct": 1, "format": 0.2}' (or @FILE); a component not named weighs 1. The components
+    /// are still logged unweighted (rollout_rewards/<name>).
+    #[arg(long, value_name = "JSON")]
+    pub reward_weights: Option<String>,
     /// Where plugins are searched besides the defaults.
     #[command(flatten)]
     pub plugins: PluginDirArgs,
@@ -235,6 +241,10 @@ impl TrainArgs {
                 env: self.env,
                 algo_config: json_option(self.algo_config.as_deref(), "--algo-config")?,
                 env_config,
+                reward_weights: RewardWeights::from_json(
+                    json_option(self.reward_weights.as_deref(), "--reward-weights")?,
+                    "--reward-weights",
+                )?,
                 plugin_dirs: self.plugins.plugin_dirs,
             },
             model: ModelSettings {

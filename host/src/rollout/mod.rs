@@ -18,6 +18,7 @@
 //! further than `max_length` tokens into the episode's stream: the episode ends there, truncated.
 
 mod glue;
+mod reward_weights;
 
 use std::collections::BTreeMap;
 
@@ -33,6 +34,7 @@ use crate::plugins::{EnvironmentPlugin, Episode as EnvEpisode};
 use crate::tokenizer::Tokenizer;
 
 pub use glue::Glue;
+pub use reward_weights::RewardWeights;
 
 /// How episodes are run (from the command line).
 #[derive(Clone, Debug)]
@@ -54,6 +56,8 @@ pub struct RolloutConfig {
     pub max_batch_rows: Option<usize>,
     /// Decode steps per host read (`--multi-step`; see [`Engine::step`]).
     pub multi_step: usize,
+    /// How the environment's reward components add up to an episode's return (`--reward-weights`).
+    pub reward_weights: RewardWeights,
 }
 
 /// Where a batch's rollout time went.
@@ -100,7 +104,7 @@ pub struct Rollout {
     pub sample_logprobs: Vec<f32>,
     /// Reward components summed over the episode's steps, by name.
     pub rewards: BTreeMap<String, f64>,
-    /// Their sum: the episode's return.
+    /// Their sum, weighted by `--reward-weights` when it is given: the episode's return.
     pub total_reward: f64,
     /// Assistant turns taken.
     pub turns: usize,
@@ -357,7 +361,7 @@ fn next_turn(
 ) -> Result<Next> {
     for reward in &outcome.rewards {
         *l.rollout.rewards.entry(reward.name.clone()).or_insert(0.0) += reward.value;
-        l.rollout.total_reward += reward.value;
+        l.rollout.total_reward += cfg.reward_weights.weight(&reward.name) * reward.value;
     }
     if outcome.solved.is_some() {
         l.rollout.solved = outcome.solved;

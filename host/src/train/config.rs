@@ -72,6 +72,9 @@ pub struct PluginSelection {
     pub algo_config: serde_json::Value,
     /// The environment's options (JSON; `null` for its defaults).
     pub env_config: serde_json::Value,
+    /// How the environment's reward components add up to an episode's return (`--reward-weights`).
+    #[serde(default)]
+    pub reward_weights: crate::rollout::RewardWeights,
     /// Extra directories searched for plugin libraries, first.
     pub plugin_dirs: Vec<PathBuf>,
 }
@@ -318,6 +321,7 @@ impl RunConfig {
             ("--env", json!(self.plugins.env)),
             ("--algo-config", self.plugins.algo_config.clone()),
             ("--env-config", self.plugins.env_config.clone()),
+            ("--reward-weights", json!(self.plugins.reward_weights)),
             ("--model", json!(m.model)),
             ("--dtype", json!(m.dtype)),
             ("--mixed-precision", json!(m.mixed_precision)),

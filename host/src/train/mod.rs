@@ -104,6 +104,8 @@ struct Trainer {
     sft_rows: Option<Vec<crate::sft::Example>>,
     /// Evaluation on held-out tasks (`--eval-every`, `--eval-before-train`), when asked for.
     evaluator: Option<crate::eval::InTraining>,
+    /// `--reward-weights`' names were compared with the components the episodes reported (once per process).
+    reward_names_checked: bool,
 }
 
 /// How the loop ended.
@@ -210,6 +212,7 @@ impl Trainer {
             world,
             stopping: false,
             mid_batch: false,
+            reward_names_checked: false,
             new_reference: None,
             sft_rows,
             last_save: Instant::now(),
@@ -506,6 +509,7 @@ impl Trainer {
             ignore_eos: s.ignore_eos,
             max_batch_rows: b.max_batch_rows,
             multi_step: b.multi_step,
+            reward_weights: self.config.plugins.reward_weights.clone(),
         };
         self.ready_sampler();
         let batch_seed = mix(self.config.seed, self.state.batch);
@@ -578,6 +582,21 @@ impl Trainer {
                     "warning: batch {}: all {cut} episodes were cut off, so --mask-truncated-completions leaves every \
                      one out of the loss and this batch teaches nothing; raise --max-new-tokens (or --max-length)",
                     self.state.batch
+                ));
+            }
+        }
+        if !self.reward_names_checked {
+            self.reward_names_checked = true;
+            let seen: std::collections::BTreeSet<&str> =
+                batch.rollouts.iter().flat_map(|r| r.rewards.keys().map(String::as_str)).collect();
+            let unknown = self.config.plugins.reward_weights.unknown(&seen);
+            if !unknown.is_empty() {
+                self.loggers.println(&format!(
+                    "warning: --reward-weights names {}, which no episode of batch {} reported, so the weight \
+                     changes nothing; the environment's components were: {}",
+                    unknown.join(", "),
+                    self.state.batch,
+                    seen.into_iter().collect::<Vec<_>>().join(", ")
                 ));
             }
         }
@@ -785,7 +804,8 @@ fn in_training_evaluator(
     };
     let outcomes_dir = world.is_main().then_some(run_dir);
     let given = given.map(Vec::as_slice);
-    let evaluator = crate::eval::InTraining::new(env, given, config.eval, limits, config.seed, outcomes_dir)?;
+    let weights = config.plugins.reward_weights.clone();
+    let evaluator = crate::eval::InTraining::new(env, given, config.eval, limits, config.seed, weights, outcomes_dir)?;
     let first_batch_at_step_0 = config.sft.steps == 0 && b.updates_per_batch() == 1;
     if evaluator.as_ref().is_some_and(|e| e.due_before_training(0, 0) && e.due_after_batch(1, b.max_steps))
         && first_batch_at_step_0
