@@ -11,7 +11,7 @@ use grpo_host::model::recompute::checkpointed_runs;
 use grpo_host::model::{DeviceSpec, DtypeSpec};
 use grpo_host::plugins::{AlgorithmPlugin, DiscoveryOptions, EnvironmentPlugin, Registry};
 use grpo_host::rollout::{never, run_episodes, task_seeds, RolloutConfig};
-use grpo_host::train::config::{BatchSettings, ModelSettings, ObjectiveSettings, RecomputeOld};
+use grpo_host::train::config::{BatchSettings, LrSchedule, ModelSettings, ObjectiveSettings, RecomputeOld};
 use grpo_host::train::optimizer::{AdamW, AdamWConfig, Schedule};
 use grpo_host::train::policy::Policy;
 use grpo_host::train::precision::{LossScaler, MixedPrecision};
@@ -135,7 +135,7 @@ fn update_once(
     let mut opt = optimizer(policy, lr, 0.0);
     let before = flat_weights(policy, &opt);
     let mut state = TrainerState { seed: 7, ..Default::default() };
-    let schedule = Schedule { base_lr: lr, warmup_steps: 0, cosine: false, total_steps: 1, start: 0 };
+    let schedule = Schedule { base_lr: lr, warmup_steps: 0, decay: LrSchedule::Constant, total_steps: 1, start: 0 };
     let mut updater = Updater {
         policy,
         optimizer: &mut opt,
@@ -183,7 +183,7 @@ fn one_batch_through_every_stage() {
     // updates: 6 sequences in micro-batches of 2, two per step: 2 optimizer steps.
     let before = policy.trainable()[0].1.copy();
     let mut optimizer = optimizer(&policy, 1e-3, 0.0);
-    let schedule = Schedule { base_lr: 1e-3, warmup_steps: 0, cosine: false, total_steps: 2, start: 0 };
+    let schedule = Schedule { base_lr: 1e-3, warmup_steps: 0, decay: LrSchedule::Constant, total_steps: 2, start: 0 };
     let mut state = TrainerState { seed: 7, ..Default::default() };
     let mut seen = Vec::new();
     let mut scaler = LossScaler::disabled();

@@ -133,12 +133,15 @@ pub struct SftArgs {
     /// Learning rate.
     #[arg(long, default_value_t = 5e-5)]
     pub lr: f64,
-    /// constant, or cosine (decay to 0 at --max-steps after the warmup).
+    /// constant, linear or cosine (decay to 0 at --max-steps after the warmup).
     #[arg(long, default_value = "constant")]
     pub lr_schedule: LrSchedule,
     /// Steps of linear learning-rate warmup.
     #[arg(long, default_value_t = 0)]
     pub warmup_steps: u64,
+    /// The warmup as a share of the run's optimizer steps instead of --warmup-steps (transformers' warmup_ratio).
+    #[arg(long, conflicts_with = "warmup_steps")]
+    pub warmup_ratio: Option<f64>,
     /// Gradient-norm clip (0 disables).
     #[arg(long, default_value_t = 1.0)]
     pub max_norm: f64,
@@ -238,6 +241,7 @@ impl SftArgs {
                 lr: self.lr,
                 schedule: self.lr_schedule,
                 warmup_steps: self.warmup_steps,
+                warmup_ratio: self.warmup_ratio,
                 weight_decay: self.weight_decay,
                 beta1: 0.9,
                 beta2: 0.999,

@@ -122,12 +122,16 @@ pub struct TrainArgs {
     /// Learning rate.
     #[arg(long, default_value_t = 5e-6)]
     pub lr: f64,
-    /// constant, or cosine (decay to 0 over the run after warmup).
+    /// constant, linear or cosine (decay to 0 over the run after warmup).
     #[arg(long, default_value = "constant")]
     pub lr_schedule: LrSchedule,
     /// Optimizer steps of linear learning-rate warmup.
     #[arg(long, default_value_t = 0)]
     pub warmup_steps: u64,
+    /// The warmup as a share of the run's optimizer steps instead of --warmup-steps (transformers' warmup_ratio,
+    /// such as 0.1).
+    #[arg(long, conflicts_with = "warmup_steps")]
+    pub warmup_ratio: Option<f64>,
     /// AdamW decoupled weight decay.
     #[arg(long, default_value_t = 0.01)]
     pub weight_decay: f64,
@@ -280,6 +284,7 @@ impl TrainArgs {
                 lr: self.lr,
                 schedule: self.lr_schedule,
                 warmup_steps: self.warmup_steps,
+                warmup_ratio: self.warmup_ratio,
                 weight_decay: self.weight_decay,
                 beta1: self.adam_beta1,
                 beta2: self.adam_beta2,

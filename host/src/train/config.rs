@@ -175,6 +175,8 @@ crate::choice_enum! {
     pub enum LrSchedule {
         /// The base rate throughout.
         Constant = "constant",
+        /// Linear decay to 0 at the end of the run (transformers' and TRL's default).
+        Linear = "linear",
         /// Cosine decay to 0 at the end of the run.
         Cosine = "cosine",
     }
@@ -189,6 +191,10 @@ pub struct OptimizerSettings {
     pub schedule: LrSchedule,
     /// Steps of linear warmup.
     pub warmup_steps: u64,
+    /// The warmup as a share of the schedule's updates instead (`--warmup-ratio`, transformers' `warmup_ratio`):
+    /// `ceil(ratio * updates)` steps.
+    #[serde(default)]
+    pub warmup_ratio: Option<f64>,
     /// Decoupled weight decay.
     pub weight_decay: f64,
     /// First-moment decay.
@@ -212,6 +218,12 @@ impl OptimizerSettings {
             ("--adam-beta2", self.beta2, (0.0..1.0).contains(&self.beta2), "in [0, 1)"),
             ("--adam-eps", self.eps, self.eps > 0.0, "a positive number"),
             ("--max-norm", self.max_norm, self.max_norm >= 0.0, "a number >= 0 (0 disables clipping)"),
+            (
+                "--warmup-ratio",
+                self.warmup_ratio.unwrap_or(0.0),
+                (0.0..1.0).contains(&self.warmup_ratio.unwrap_or(0.0)),
+                "in [0, 1)",
+            ),
         ];
         match checks.into_iter().find(|(_, value, ok, _)| !(*ok && value.is_finite())) {
             Some((flag, value, _, want)) => Err(crate::user_error!("{flag} {value}: must be {want}")),
@@ -227,8 +239,11 @@ impl OptimizerSettings {
 
     /// The learning-rate schedule over `total_steps` updates, the first at global step `start`.
     pub fn schedule(&self, total_steps: u64, start: u64) -> super::optimizer::Schedule {
-        let cosine = self.schedule == LrSchedule::Cosine;
-        super::optimizer::Schedule { base_lr: self.lr, warmup_steps: self.warmup_steps, cosine, total_steps, start }
+        let warmup_steps = match self.warmup_ratio {
+            Some(ratio) => (ratio * total_steps as f64).ceil() as u64,
+            None => self.warmup_steps,
+        };
+        super::optimizer::Schedule { base_lr: self.lr, warmup_steps, decay: self.schedule, total_steps, start }
     }
 }
 
@@ -340,7 +355,7 @@ impl RunConfig {
             ("--dynamic-sampling/--max-sampling-rounds", json!(b.dynamic_sampling)),
             ("--lr", json!(o.lr)),
             ("--lr-schedule", json!(o.schedule)),
-            ("--warmup-steps", json!(o.warmup_steps)),
+            ("--warmup-steps/--warmup-ratio", json!([o.warmup_steps, o.warmup_ratio])),
             ("--weight-decay", json!(o.weight_decay)),
             ("--adam-beta1/--adam-beta2/--adam-eps", json!([o.beta1, o.beta2, o.eps])),
             ("--max-norm", json!(o.max_norm)),

@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result};
 use tch::{Kind, Tensor};
 
+use super::config::LrSchedule;
+
 /// The optimizer's hyper-parameters (`--lr`, `--weight-decay`, `--adam-beta1`, `--adam-beta2`, `--adam-eps`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamWConfig {
@@ -27,8 +29,8 @@ pub struct Schedule {
     pub base_lr: f64,
     /// Updates of linear warmup.
     pub warmup_steps: u64,
-    /// Cosine decay to zero at `total_steps`; else constant.
-    pub cosine: bool,
+    /// The shape after warmup: constant, or a linear or cosine decay to zero at `total_steps`.
+    pub decay: super::config::LrSchedule,
     /// Updates the schedule spans.
     pub total_steps: u64,
     /// The global step of its first update. The supervised warm-up's steps come before it, at their own rate, so
@@ -43,11 +45,15 @@ impl Schedule {
         if step < self.warmup_steps {
             return self.base_lr * (step + 1) as f64 / self.warmup_steps as f64;
         }
-        if !self.cosine || self.total_steps <= self.warmup_steps {
+        if self.total_steps <= self.warmup_steps {
             return self.base_lr;
         }
-        let progress = (step - self.warmup_steps) as f64 / (self.total_steps - self.warmup_steps) as f64;
-        self.base_lr * 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos())
+        let progress = ((step - self.warmup_steps) as f64 / (self.total_steps - self.warmup_steps) as f64).min(1.0);
+        match self.decay {
+            LrSchedule::Constant => self.base_lr,
+            LrSchedule::Linear => self.base_lr * (1.0 - progress),
+            LrSchedule::Cosine => self.base_lr * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
+        }
     }
 }
 
@@ -490,17 +496,38 @@ fn low_precision_step(p: &Tensor, g: &Tensor, mut m: Tensor, mut v: Tensor, conf
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::train::config::OptimizerSettings;
 
     #[test]
-    fn schedule_warmup_then_cosine_to_zero() {
-        let s = Schedule { base_lr: 1.0, warmup_steps: 2, cosine: true, total_steps: 6, start: 0 };
+    fn schedule_warmup_then_cosine_or_linear_to_zero() {
+        let s = Schedule { base_lr: 1.0, warmup_steps: 2, decay: LrSchedule::Cosine, total_steps: 6, start: 0 };
         assert_eq!(s.lr(0), 0.5);
         assert_eq!(s.lr(1), 1.0);
         assert!((s.lr(2) - 1.0).abs() < 1e-12);
         assert!((s.lr(4) - 0.5).abs() < 1e-12);
         assert!(s.lr(6).abs() < 1e-12);
-        let constant = Schedule { cosine: false, warmup_steps: 0, ..s };
+        let constant = Schedule { decay: LrSchedule::Constant, warmup_steps: 0, ..s };
         assert_eq!(constant.lr(5), 1.0);
+        // transformers' get_linear_schedule_with_warmup after its warmup: (total - step) / (total - warmup).
+        let linear = Schedule { decay: LrSchedule::Linear, ..s };
+        let after: Vec<f64> = (2..8).map(|k| linear.lr(k)).collect();
+        assert_eq!(after, [1.0, 0.75, 0.5, 0.25, 0.0, 0.0]);
+        // --warmup-ratio: transformers' ceil(ratio * updates) steps, in place of --warmup-steps.
+        let settings = OptimizerSettings {
+            lr: 1.0,
+            schedule: LrSchedule::Linear,
+            warmup_steps: 5,
+            warmup_ratio: Some(0.25),
+            weight_decay: 0.0,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            max_norm: 1.0,
+        };
+        assert_eq!(settings.schedule(10, 0).warmup_steps, 3);
+        assert_eq!(OptimizerSettings { warmup_ratio: None, ..settings }.schedule(10, 0).warmup_steps, 5);
+        let err = OptimizerSettings { warmup_ratio: Some(1.0), ..settings }.check().unwrap_err();
+        assert_eq!(err.to_string(), "--warmup-ratio 1: must be in [0, 1)");
         // After 3 supervised warm-up steps the same schedule runs from global step 3.
         let later = Schedule { start: 3, ..s };
         for k in 0..8 {
