@@ -241,6 +241,45 @@ fn token_entropy_is_the_plain_distributions_and_changes_no_log_prob_or_gradient(
     assert!(entropy.max().double_value(&[]) <= most + 1e-4 && entropy.min().double_value(&[]) >= 0.0);
 }
 
+/// `--logprob-temperature sampling`: the model scores tokens under its logits divided by the temperature, in the
+/// log-probs (with their gradient) and the entropy alike, and the sampler records the drawn tokens' log-probs under
+/// the same distribution, so the trainer's and the sampler's agree.
+#[test]
+fn log_probs_at_a_temperature_are_the_scaled_logits_distribution() {
+    let dir = tiny("llama");
+    let mut model = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
+    let r = reference(&dir, Device::Cpu);
+    let (ids, mask) = (&r["input_ids"], &r["attention_mask"]);
+    let t = ids.size()[1];
+    let logits = tch::no_grad(|| model.forward(ids, mask, &Model::position_ids(mask))).narrow(1, 0, t - 1);
+    let targets = ids.narrow(1, 1, t - 1).unsqueeze(-1);
+    let real = mask.narrow(1, 0, t - 1);
+    let plain = tch::no_grad(|| model.token_log_probs(ids, mask));
+    model.set_logprob_temperature(0.5);
+    let (lp, entropy) = tch::no_grad(|| model.token_log_probs_and_entropy(ids, mask, grpo_host::model::Padding::Any));
+    let log_p = (&logits / 0.5).log_softmax(-1, Kind::Float);
+    assert!(max_abs_where(&lp, &log_p.gather(-1, &targets, false).squeeze_dim(-1), &real) < 1e-4);
+    assert!(max_abs_where(&lp, &plain, &real) > 0.1, "the temperature changed nothing");
+    let scaled_entropy = -(log_p.exp() * &log_p).sum_dim_intlist(-1, false, Kind::Float);
+    assert!(max_abs_where(&entropy, &scaled_entropy, &real) < 1e-4);
+    // The gradient reaches the weights through the division.
+    let lp = model.token_log_probs(ids, mask);
+    (lp * real.to_kind(Kind::Float)).sum(Kind::Float).backward();
+    let head = model.var_store().variables().into_iter().find(|(n, _)| n.contains("lm_head") || n.contains("embed"));
+    let (name, weight) = head.expect("an output or embedding weight");
+    assert!(weight.grad().defined() && weight.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0, "{name}");
+
+    // The sampler's record of a drawn token: at the model's temperature, not at the sampling one.
+    let row = logits.select(1, 3);
+    let params = grpo_host::generate::SamplingParams { temperature: 0.5, top_k: 5, top_p: 1.0, min_p: 0.0 };
+    let (tok, _, recorded) = grpo_host::generate::sampling::sample(&row, &params, None, 0.5);
+    let want = (&row / 0.5).log_softmax(-1, Kind::Float).gather(-1, &tok.unsqueeze(-1), false).squeeze_dim(-1);
+    assert!((&recorded - &want).abs().max().double_value(&[]) < 1e-5);
+    let (tok, _, recorded) = grpo_host::generate::sampling::sample(&row, &params, None, 1.0);
+    let want = row.log_softmax(-1, Kind::Float).gather(-1, &tok.unsqueeze(-1), false).squeeze_dim(-1);
+    assert!((&recorded - &want).abs().max().double_value(&[]) < 1e-5);
+}
+
 /// Each variable's gradient in `vs` (sorted by name), then zeroed.
 fn take_grads(vs: &tch::nn::VarStore) -> Vec<(String, Tensor)> {
     let mut out: Vec<(String, Tensor)> = vs

@@ -428,6 +428,40 @@ fn reward_weights_scale_the_returns_and_a_misspelt_component_is_named() {
     assert!(text(&bad.stderr).contains("--reward-weights: the weight of `answer` is \"x\""), "{}", text(&bad.stderr));
 }
 
+/// `--logprob-temperature sampling` scores the tokens under the distribution they were drawn from: the same
+/// rollouts as at temperature one, the trainer's recomputed old log-probs still equal the sampler's record (ratios 1),
+/// and the policy's entropy is that of the sharper distribution at temperature 0.5. Greedy sampling has no such
+/// distribution and is refused.
+#[test]
+fn log_probs_at_the_sampling_temperature_agree_with_the_samplers_record() {
+    let runs = tempfile::tempdir().unwrap();
+    let flags = ["--max-steps", "1", "--temperature", "0.5", "--recompute-old-logprobs", "always"];
+    let one = train(runs.path(), "one", &flags);
+    assert!(one.status.success(), "{}", text(&one.stderr));
+    let scaled = train(runs.path(), "scaled", &[&flags[..], &["--logprob-temperature", "sampling"]].concat());
+    assert!(scaled.status.success(), "{}", text(&scaled.stderr));
+    let first = |run: &str| rows(&runs.path().join(run)).into_iter().next().unwrap();
+    let (a, b) = (first("one"), first("scaled"));
+    let number = |row: &serde_json::Map<String, serde_json::Value>, key: &str| row[key].as_f64().unwrap();
+    for key in ["rollouts/returns_mean", "completions/mean_length", "rollouts/generated_tokens"] {
+        assert_eq!(a[key], b[key], "{key}: the flag changed the sampling");
+    }
+    for row in [&a, &b] {
+        let (mean, max) = (number(row, "rollouts/is_ratio_mean"), number(row, "rollouts/is_ratio_max"));
+        assert!((mean - 1.0).abs() < 1e-4 && (max - 1.0).abs() < 1e-3, "sampler and trainer disagree: {mean} {max}");
+    }
+    let (ea, eb) = (number(&a, "training_step/entropy"), number(&b, "training_step/entropy"));
+    assert!(eb < ea - 0.1, "entropy at temperature 0.5 {eb}, at 1 {ea}");
+    let config = json_file(&runs.path().join("scaled/config.json"));
+    assert_eq!(config["run"]["loss"]["logprob_temperature"], "sampling");
+
+    let greedy_flags = ["--temperature", "0", "--eval-samples", "0", "--logprob-temperature", "sampling"];
+    let greedy = train(runs.path(), "greedy", &greedy_flags);
+    let err = text(&greedy.stderr);
+    assert_eq!(greedy.status.code(), Some(2), "{err}");
+    assert!(err.contains("--logprob-temperature sampling divides the logits by --temperature, which is 0"), "{err}");
+}
+
 #[test]
 fn an_unknown_algorithm_lists_the_available_ones() {
     let runs = tempfile::tempdir().unwrap();

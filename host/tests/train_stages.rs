@@ -52,6 +52,7 @@ fn objective(kl_weight: f64, recompute_old_logprobs: RecomputeOld) -> ObjectiveS
         recompute_old_logprobs,
         tis_cap: 0.0,
         mask_truncated_completions: false,
+        logprob_temperature: Default::default(),
     }
 }
 

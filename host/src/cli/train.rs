@@ -12,8 +12,8 @@ use crate::logging::LoggingArgs;
 use crate::model::DtypeSpec;
 use crate::rollout::RewardWeights;
 use crate::train::config::{
-    BatchSettings, DistSettings, LogSettings, LrSchedule, ModelSettings, ObjectiveSettings, OptimizerSettings,
-    PluginSelection, RecomputeOld, RunConfig, SamplingSettings,
+    BatchSettings, DistSettings, LogSettings, LogprobTemperature, LrSchedule, ModelSettings, ObjectiveSettings,
+    OptimizerSettings, PluginSelection, RecomputeOld, RunConfig, SamplingSettings,
 };
 use crate::train::precision::MixedPrecision;
 use crate::user_error;
@@ -170,6 +170,11 @@ pub struct TrainArgs {
     /// their group's advantages, but their tokens get no gradient.
     #[arg(long)]
     pub mask_truncated_completions: bool,
+    /// The distribution the loss scores the sampled tokens under (and the old and reference log-probs and the
+    /// entropy): one, the model's at temperature 1 (re-grpo); or sampling, its logits divided by --temperature,
+    /// the distribution the tokens were drawn from, top-k/top-p/min-p aside (TRL and verl).
+    #[arg(long, default_value = "one")]
+    pub logprob_temperature: LogprobTemperature,
 
     /// LoRA flags (--lora-rank, --lora-alpha, --lora-dropout).
     #[command(flatten)]
@@ -298,6 +303,7 @@ impl TrainArgs {
                 recompute_old_logprobs: self.recompute_old_logprobs,
                 tis_cap: self.tis_cap,
                 mask_truncated_completions: self.mask_truncated_completions,
+                logprob_temperature: self.logprob_temperature,
             },
             seed: self.seed,
             checkpoints: self.run_dir.settings()?,
@@ -310,6 +316,12 @@ impl TrainArgs {
             dist: DistSettings { timeout_secs: self.dist_timeout, check_interval: self.dist_check_interval },
         };
         config.optimizer.check()?;
+        if config.loss.logprob_temperature == LogprobTemperature::Sampling && config.sampling.params.is_greedy() {
+            return Err(user_error!(
+                "--logprob-temperature sampling divides the logits by --temperature, which is 0 (greedy); sample \
+                 at a temperature above 0, or score at --logprob-temperature one"
+            ));
+        }
         Ok(config)
     }
 

@@ -517,7 +517,8 @@ impl<'a> Engine<'a> {
         let mut drawn = Vec::with_capacity(block);
         for j in 0..block {
             let u = uniforms.as_ref().map(|u| u.get(j as i64));
-            let (tok, lp, mlp) = sampling::sample(&logits, &self.cfg.sampling, u.as_ref());
+            let (tok, lp, mlp) =
+                sampling::sample(&logits, &self.cfg.sampling, u.as_ref(), self.model.logprob_temperature());
             if let (Some((starts, longest)), true) = (&front, j + 1 < block) {
                 let model = self.model;
                 let (input, at, rows) = (tok.view([n as i64, 1]), starts + j as i64, CacheRows::Prefix(n as i64));

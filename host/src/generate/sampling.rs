@@ -57,17 +57,28 @@ impl SamplingParams {
 }
 
 /// Sample one token per row of `logits` `[n, vocab]`, with the uniform draws `uniforms` (`[n]` f64 in [0, 1)) when
-/// given, else from libtorch's generator. Returns `(tokens [n] int64, sampling log-probs [n] f32, plain model
-/// log-probs [n] f32)`.
-pub fn sample(logits: &Tensor, p: &SamplingParams, uniforms: Option<&Tensor>) -> (Tensor, Tensor, Tensor) {
+/// given, else from libtorch's generator. Returns `(tokens [n] int64, sampling log-probs [n] f32, model log-probs
+/// [n] f32)`, the last at `model_temperature` without filters (1: the plain model distribution; see
+/// [`crate::model::Model::set_logprob_temperature`]).
+pub fn sample(
+    logits: &Tensor,
+    p: &SamplingParams,
+    uniforms: Option<&Tensor>,
+    model_temperature: f64,
+) -> (Tensor, Tensor, Tensor) {
     let logits = logits.to_kind(Kind::Float);
-    let model_lp = logits.log_softmax(-1, Kind::Float);
+    let plain_lp = logits.log_softmax(-1, Kind::Float);
+    let model_lp = if model_temperature == 1.0 {
+        plain_lp.shallow_clone()
+    } else {
+        (&logits / model_temperature).log_softmax(-1, Kind::Float)
+    };
     if p.is_greedy() {
         let tok = logits.argmax(-1, true);
         let mlp = model_lp.gather(-1, &tok, false).squeeze_dim(-1);
         return (tok.squeeze_dim(-1), mlp.zeros_like(), mlp);
     }
-    let lp = if p.is_plain() { model_lp.shallow_clone() } else { filtered_log_probs(&logits, p) };
+    let lp = if p.is_plain() { plain_lp } else { filtered_log_probs(&logits, p) };
     let tok = draw(&lp, uniforms);
     let slp = lp.gather(-1, &tok, false).squeeze_dim(-1);
     let mlp = model_lp.gather(-1, &tok, false).squeeze_dim(-1);
@@ -173,15 +184,15 @@ mod tests {
     #[test]
     fn greedy_and_seeded_sampling() {
         let logits = Tensor::from_slice(&[0.1f32, 2.0, 0.3, 1.9, 0.0, 0.0]).view([2, 3]);
-        let (tok, slp, _) = sample(&logits, &SamplingParams::greedy(), None);
+        let (tok, slp, _) = sample(&logits, &SamplingParams::greedy(), None, 1.0);
         assert_eq!(Vec::<i64>::try_from(tok).unwrap(), vec![1, 0]);
         assert_eq!(Vec::<f32>::try_from(slp).unwrap(), vec![0.0, 0.0]);
         let p = SamplingParams { temperature: 1.3, ..Default::default() };
         let _rng = crate::torch_rng_lock();
         tch::manual_seed(7);
-        let a = Vec::<i64>::try_from(sample(&logits.repeat([50, 1]), &p, None).0).unwrap();
+        let a = Vec::<i64>::try_from(sample(&logits.repeat([50, 1]), &p, None, 1.0).0).unwrap();
         tch::manual_seed(7);
-        let b = Vec::<i64>::try_from(sample(&logits.repeat([50, 1]), &p, None).0).unwrap();
+        let b = Vec::<i64>::try_from(sample(&logits.repeat([50, 1]), &p, None, 1.0).0).unwrap();
         assert_eq!(a, b);
         assert!(a.iter().any(|&t| t != a[0]), "100 draws at temperature 1.3 should not all agree");
     }

@@ -151,6 +151,8 @@ pub struct Model {
     adapters_enabled: AtomicBool,
     training: AtomicBool,
     gradient_checkpointing: AtomicBool,
+    /// The temperature of the distribution [`Model::token_log_probs`] scores tokens under (1: the model's own).
+    logprob_temperature: f64,
 }
 
 impl std::fmt::Debug for Model {
@@ -211,6 +213,7 @@ impl Model {
             adapters_enabled: AtomicBool::new(true),
             training: AtomicBool::new(false),
             gradient_checkpointing: AtomicBool::new(false),
+            logprob_temperature: 1.0,
         })
     }
 
@@ -309,6 +312,19 @@ impl Model {
     /// Training mode turns on LoRA dropout; generation and log-prob evaluation run in eval mode.
     pub fn set_training(&self, on: bool) {
         self.training.store(on, Ordering::Relaxed);
+    }
+
+    /// Score tokens under the model's distribution at `temperature` (logits divided by it) in every token log-prob
+    /// and entropy this model computes, and in the engine's record of the sampled tokens' log-probs
+    /// (`--logprob-temperature sampling`): the distribution a run's tokens were drawn from, filters aside, as TRL
+    /// and verl score them. 1, the default, is the model's own distribution.
+    pub fn set_logprob_temperature(&mut self, temperature: f64) {
+        self.logprob_temperature = temperature;
+    }
+
+    /// The temperature of [`Model::set_logprob_temperature`].
+    pub fn logprob_temperature(&self) -> f64 {
+        self.logprob_temperature
     }
 
     /// Gradient checkpointing for training forwards (see [`recompute`]): each layer keeps only its input and runs
@@ -528,7 +544,10 @@ impl Model {
         let pos = Self::position_ids(attention_mask);
         let hidden = self.hidden_states_padded(input_ids, attention_mask, &pos, padding);
         let targets = input_ids.narrow(1, 1, t - 1);
-        log_probs_node(&hidden.narrow(1, 0, t - 1), self.output_weight(), &targets, chunk, extra)
+        let hidden = hidden.narrow(1, 0, t - 1);
+        // W (h / T) = (W h) / T: the logits divided by the temperature without the node knowing of it.
+        let hidden = if self.logprob_temperature == 1.0 { hidden } else { hidden / self.logprob_temperature };
+        log_probs_node(&hidden, self.output_weight(), &targets, chunk, extra)
     }
 
     /// An empty cache of `slots` sequences of up to `capacity` tokens each.

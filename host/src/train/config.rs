@@ -259,6 +259,19 @@ crate::choice_enum! {
     }
 }
 
+crate::choice_enum! {
+    /// The distribution the loss scores sampled tokens under (`--logprob-temperature`).
+    #[derive(Default)]
+    pub enum LogprobTemperature {
+        /// The model's own, at temperature 1, whatever the sampling temperature (re-grpo).
+        #[default]
+        One = "one",
+        /// The model's at the sampling temperature (`--temperature`), the one the tokens were drawn from, filters
+        /// aside (TRL and verl).
+        Sampling = "sampling",
+    }
+}
+
 /// The clipped objective, the KL penalty and the old log-probs it compares against.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct ObjectiveSettings {
@@ -277,6 +290,10 @@ pub struct ObjectiveSettings {
     /// `mask_truncated_completions`, DAPO's overlong filtering); they still count in their group's advantages.
     #[serde(default)]
     pub mask_truncated_completions: bool,
+    /// The temperature of the distribution the loss, the old and reference log-probs and the entropy score tokens
+    /// under.
+    #[serde(default)]
+    pub logprob_temperature: LogprobTemperature,
 }
 
 impl ObjectiveSettings {
@@ -364,6 +381,7 @@ impl RunConfig {
             ("--recompute-old-logprobs", json!(l.recompute_old_logprobs)),
             ("--tis-cap", json!(l.tis_cap)),
             ("--mask-truncated-completions", json!(l.mask_truncated_completions)),
+            ("--logprob-temperature", json!(l.logprob_temperature.to_string())),
             ("--seed", json!(self.seed)),
             ("--sft-warmup-steps/--sft-batch-size/--sft-lr/--sft-data", json!(self.sft)),
             (

@@ -140,6 +140,9 @@ impl Trainer {
         let sft_rows = if paths.resume.is_none() { sft_data_rows(&config)? } else { None };
         let mut policy = Policy::load(&config.model, config.loss.kl_weight, config.seed)?;
         policy.tokenizer().require_chat_template(CHAT_NEEDED)?;
+        if config.loss.logprob_temperature == config::LogprobTemperature::Sampling {
+            policy.set_logprob_temperature(config.sampling.params.temperature);
+        }
         let precision = policy.precision();
         if let Some(warning) = precision.small_update_warning(config.optimizer.lr).filter(|_| world.is_main()) {
             eprintln!("{warning}");

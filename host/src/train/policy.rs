@@ -84,6 +84,18 @@ impl Policy {
         Ok(Some(full.var_store().variables().into_iter().collect()))
     }
 
+    /// Score tokens at `temperature` in every model of the policy: the trained one, the sampler, the reference
+    /// ([`Model::set_logprob_temperature`]).
+    pub fn set_logprob_temperature(&mut self, temperature: f64) {
+        self.model.set_logprob_temperature(temperature);
+        if let Some(sampler) = &mut self.sampler {
+            sampler.set_logprob_temperature(temperature);
+        }
+        if let Reference::Copy(copy) = &mut self.reference {
+            copy.set_logprob_temperature(temperature);
+        }
+    }
+
     /// The model rollouts sample from: the rollout-dtype copy, or the trained model itself.
     pub fn sampler(&self) -> &Model {
         self.sampler.as_deref().unwrap_or(&self.model)
@@ -191,6 +203,7 @@ impl Policy {
         if matches!(self.reference, Reference::AdaptersOff) {
             let mut copy = Model::load(&self.model_dir, self.device(), self.kind())?;
             copy.var_store_mut().freeze();
+            copy.set_logprob_temperature(self.model.logprob_temperature());
             self.reference = Reference::Copy(Box::new(copy));
         }
         let Reference::Copy(copy) = &self.reference else { unreachable!("set above") };
