@@ -32,10 +32,22 @@ pub enum RatioLevel {
     Sequence,
 }
 
+/// How [`PolicyTerms`] builds the clipped surrogate, beyond the run's clip range (`LossSettings`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Surrogate {
+    /// Each token's ratio, or its sequence's (GSPO).
+    pub ratio: RatioLevel,
+    /// Two-sided clipping: the unclipped branch's ratio is capped at `delta`, so a token with a negative advantage
+    /// whose ratio has grown far past the clip range adds a bounded loss and no gradient (INTELLECT-2; TRL's
+    /// `delta`; verl's dual-clip `clip_ratio_c`). It must exceed `1 + clip_eps_high`, where it changes nothing for a
+    /// positive advantage.
+    pub delta: Option<f64>,
+}
+
 /// The per-token pieces of a GRPO-family loss for one micro-batch; every `[B, T]` tensor is 0 outside the mask.
 pub struct PolicyTerms {
     /// `-min(rho*A, clip(rho, 1-eps_low, 1+eps_high)*A)`, `rho = exp(logp - old)` (or the sequence's ratio, see
-    /// [`RatioLevel`]), times the batch's truncated importance weight of each token when it has them
+    /// [`RatioLevel`]; in the first branch capped at [`Surrogate::delta`] when set), times the batch's truncated importance weight of each token when it has them
     /// ([`PolicyBatch::is_weights`]).
     pub surrogate: Tensor,
     /// The k3 estimate of KL to the reference, `exp(ref - logp) - (ref - logp) - 1`; `None` without a reference.
@@ -54,11 +66,12 @@ pub struct PolicyTerms {
 impl PolicyTerms {
     /// Compute the terms with each token's own ratio, checking that the batch's shapes agree.
     pub fn new(batch: &PolicyBatch) -> Result<Self> {
-        Self::with_ratio(batch, RatioLevel::Token)
+        Self::with(batch, Surrogate::default())
     }
 
-    /// Compute the terms with the ratio of `level`, checking that the batch's shapes agree.
-    pub fn with_ratio(batch: &PolicyBatch, level: RatioLevel) -> Result<Self> {
+    /// Compute the terms with the surrogate `how` (GSPO's sequence ratio, two-sided clipping), checking that the
+    /// batch's shapes agree.
+    pub fn with(batch: &PolicyBatch, how: Surrogate) -> Result<Self> {
         let lp = &batch.log_probs;
         let shape = lp.size();
         if shape.len() != 2 {
@@ -90,13 +103,20 @@ impl PolicyTerms {
             return Err(Error::msg(format!("step_token_divisor must be a finite number > 0, got {d}")));
         }
         let s = &batch.settings;
+        if let Some(d) = how.delta.filter(|d| !(d.is_finite() && *d > 1.0 + s.clip_eps_high)) {
+            return Err(Error::msg(format!(
+                "delta {d} must be a number above 1 + clip_eps_high = {} (two-sided clipping caps the ratio above \
+                 the clip range)",
+                1.0 + s.clip_eps_high
+            )));
+        }
         let kind = lp.kind();
         let on = batch.action_mask.to_kind(Kind::Bool);
         let mask = on.to_kind(kind);
         let zero = lp.zeros_like();
         // Masked positions are zeroed before exp: garbage there must not overflow into inf * 0 = NaN.
         let log_ratio = (lp - batch.old_log_probs.to_kind(kind)).where_self(&on, &zero);
-        let log_ratio = match level {
+        let log_ratio = match how.ratio {
             RatioLevel::Token => log_ratio,
             RatioLevel::Sequence => {
                 let tokens = mask.sum_dim_intlist(-1, true, None).clamp_min(1.0);
@@ -105,7 +125,10 @@ impl PolicyTerms {
         };
         let ratio = log_ratio.exp();
         let adv = batch.advantages.to_kind(kind).unsqueeze(-1);
-        let unclipped = &ratio * &adv;
+        let unclipped = match how.delta {
+            Some(delta) => ratio.clamp_max(delta) * &adv,
+            None => &ratio * &adv,
+        };
         let clipped_obj = ratio.clamp(1.0 - s.clip_eps_low, 1.0 + s.clip_eps_high) * &adv;
         let clipped = clipped_obj.lt_tensor(&unclipped).logical_and(&on);
         let clipped_high = clipped.logical_and(&ratio.gt(1.0 + s.clip_eps_high)).to_kind(kind);

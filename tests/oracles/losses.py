@@ -19,6 +19,7 @@ Definitions (docs/plugins.md, "The shipped algorithms and environment"):
   DR-GRPO loss        mean over sequences of the masked SUM divided by generate_max_length
   GSPO cases          importance_sampling_level "sequence": every action token of a sequence uses the sequence's
                       ratio exp(mean over its action tokens of (logp - old)) in place of its own rho
+  delta cases         two-sided clipping: the first branch's rho is capped at delta, -min(min(rho, delta)*A, ...)
   TIS cases           the surrogate of each action token times w = min(exp(old - sampled), cap), the truncated
                       importance weight of a sampler in another precision (the KL term is not weighted)
 
@@ -64,7 +65,7 @@ def drgrpo_advantages(rewards, groups):
     return torch.cat(out)
 
 
-def per_token_terms(logp, old, ref, adv, mask, eps_low, eps_high, sequence_ratio=False):
+def per_token_terms(logp, old, ref, adv, mask, eps_low, eps_high, sequence_ratio=False, delta=None):
     """Surrogate and k3 per token, zero outside the mask, written out token by token on purpose (no shared code
     with the vectorised Rust implementation)."""
     B, T = logp.shape
@@ -81,8 +82,10 @@ def per_token_terms(logp, old, ref, adv, mask, eps_low, eps_high, sequence_ratio
                 continue
             rho = seq_rho if sequence_ratio else torch.exp(logp[b, t] - old[b, t])
             rho_c = torch.clamp(rho, 1 - eps_low, 1 + eps_high)
-            surr[b, t] = -torch.minimum(rho * a, rho_c * a)
-            if (rho * a) > (rho_c * a):
+            # Two-sided clipping caps the first branch's ratio only.
+            rho_u = torch.clamp(rho, max=delta) if delta is not None else rho
+            surr[b, t] = -torch.minimum(rho_u * a, rho_c * a)
+            if (rho_u * a) > (rho_c * a):
                 clipped += 1
                 # The upper bound binds only for a positive advantage, the lower only for a negative one.
                 if rho > 1 + eps_high:
@@ -108,13 +111,15 @@ def loss_case(
     loss_type=None,
     divisor=None,
     level=None,
+    delta=None,
+    shift=0.0,
 ):
     g = torch.Generator().manual_seed(seed)
     B = len(lengths)
     # Odd rows start their actions one position later, so masks are not all prefixes.
     mask = [[(t >= (b % 2)) and (t < (b % 2) + n) and t < T for t in range(T)] for b, n in enumerate(lengths)]
     logp0 = -torch.rand(B, T, generator=g) * 3 - 0.05
-    old = (logp0 + (torch.rand(B, T, generator=g) - 0.5) * 0.8).tolist()
+    old = (logp0 - shift + (torch.rand(B, T, generator=g) - 0.5) * 0.8).tolist()
     ref = (logp0 + (torch.rand(B, T, generator=g) - 0.5) * 0.6).tolist() if with_ref else None
     adv = ((torch.rand(B, generator=g) - 0.5) * 3).tolist()
     logp = logp0.clone().requires_grad_(True)
@@ -122,7 +127,7 @@ def loss_case(
     ref_t = torch.tensor(ref) if ref is not None else None
     adv_t = torch.tensor(adv)
     surr, k3, clipped, clipped_high = per_token_terms(
-        logp, old_t, ref_t, adv_t, mask, eps_low, eps_high, sequence_ratio=level == "sequence"
+        logp, old_t, ref_t, adv_t, mask, eps_low, eps_high, sequence_ratio=level == "sequence", delta=delta
     )
     is_weights = None
     if tis_cap is not None:
@@ -165,6 +170,8 @@ def loss_case(
         config["loss_type"] = loss_type
     if level is not None:
         config["importance_sampling_level"] = level
+    if delta is not None:
+        config["delta"] = delta
     return {
         "kind": "loss",
         "algorithm": algo,
@@ -244,6 +251,8 @@ def main():
         loss_case("grpo_dapo_alone", "grpo", 6, [4, 0, 6, 2], 6, 0.0, 0.3, 0.3, False, 6, loss_type="dapo"),
         # GSPO: the sequence's ratio, clipped in a narrow range (here wide enough that some sequences are not).
         loss_case("grpo_gspo", "grpo", 7, [5, 0, 7, 1, 3], 8, 0.01, 0.05, 0.08, True, 8, level="sequence"),
+        # Old log-probs far below the new ones: ratios up to e^1.5, some past delta with negative advantages.
+        loss_case("grpo_delta", "grpo", 9, [5, 3, 7, 6], 8, 0.01, 0.2, 0.2, True, 8, delta=1.5, shift=1.2),
         loss_case("grpo_gspo_tis_dapo", "grpo", 8, [4, 6, 2], 7, 0.0, 0.1, 0.1, False, 7, 2.0, "dapo", 5.5, "sequence"),
     ]
     for case in cases:

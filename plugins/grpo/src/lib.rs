@@ -2,7 +2,7 @@
 //! aggregated as a per-sequence masked mean, then the mean over sequences, or over tokens with `loss_type`
 //! (docs/plugins.md, "The shipped algorithms and environment").
 
-use grpo_sdk::ops::{split_groups, PolicyTerms, RatioLevel};
+use grpo_sdk::ops::{split_groups, PolicyTerms, RatioLevel, Surrogate};
 use grpo_sdk::tch::Tensor;
 use grpo_sdk::{Algorithm, DeferredLoss, LossOutput, MetricSource, PolicyBatch, Result};
 use serde::{Deserialize, Serialize};
@@ -19,6 +19,9 @@ pub struct Config {
     pub loss_type: LossType,
     /// Each token's probability ratio, or one per sequence (GSPO; TRL's `importance_sampling_level`).
     pub importance_sampling_level: RatioLevel,
+    /// Two-sided clipping: cap the unclipped branch's ratio here (TRL's `delta`, verl's `clip_ratio_c`); `None`:
+    /// off. Above `1 + --clip-eps-high`.
+    pub delta: Option<f64>,
 }
 
 impl Default for Config {
@@ -28,6 +31,7 @@ impl Default for Config {
             scale_rewards: ScaleRewards::Group,
             loss_type: LossType::Grpo,
             importance_sampling_level: RatioLevel::Token,
+            delta: None,
         }
     }
 }
@@ -71,10 +75,16 @@ impl grpo_sdk::Plugin for Grpo {
     const NAME: &'static str = "grpo";
     const DESCRIPTION: &'static str =
         "GRPO: (r - mean) / (std + eps) advantages (scale_rewards: group, batch or none), clipped surrogate + k3 KL, \
-         per-sequence mean (loss_type: grpo, bnpo or dapo); importance_sampling_level sequence for GSPO";
+         per-sequence mean (loss_type: grpo, bnpo or dapo); importance_sampling_level sequence for GSPO; delta for \
+         two-sided clipping";
 
     fn new(config: serde_json::Value) -> Result<Self> {
         let config: Config = grpo_sdk::parse_config(config)?;
+        if let Some(delta) = config.delta.filter(|d| !(d.is_finite() && *d > 1.0)) {
+            return Err(grpo_sdk::Error::msg(format!(
+                "invalid config: delta must be a number above 1 + the upper clip range (such as 4), got {delta}"
+            )));
+        }
         if !(config.std_eps >= 0.0 && config.std_eps.is_finite()) {
             return Err(grpo_sdk::Error::msg(format!(
                 "invalid config: std_eps must be a finite number >= 0, got {}",
@@ -123,7 +133,8 @@ impl Algorithm for Grpo {
 
     /// Every metric computed from tensors stays on the device until the host reads the optimizer step's values.
     fn loss_deferred(&self, batch: &PolicyBatch) -> Result<DeferredLoss> {
-        let terms = PolicyTerms::with_ratio(batch, self.config.importance_sampling_level)?;
+        let how = Surrogate { ratio: self.config.importance_sampling_level, delta: self.config.delta };
+        let terms = PolicyTerms::with(batch, how)?;
         let per_token = terms.per_token_loss(batch.settings.kl_weight);
         let loss = match self.config.loss_type {
             LossType::Grpo => terms.sequence_mean(&per_token),

@@ -65,11 +65,17 @@ fn each_loss_type_has_its_own_fixture_and_value() {
     assert!((values[1] - values[2]).abs() > 1e-3, "bnpo and a step's dapo agree: {values:?}");
     // Alone in its step, a micro-batch's dapo loss is its token mean.
     assert_num("dapo alone", values[3], values[1]);
-    for name in ["grpo_bnpo", "grpo_dapo_step", "grpo_dapo_alone", "grpo_gspo", "grpo_gspo_tis_dapo"] {
+    for name in ["grpo_bnpo", "grpo_dapo_step", "grpo_dapo_alone", "grpo_gspo", "grpo_gspo_tis_dapo", "grpo_delta"] {
         assert!(fixtures("loss", Some("grpo")).iter().any(|c| c["name"] == name && !c["config"].is_null()), "{name}");
     }
     let err = Grpo::new(serde_json::json!({"loss_type": "seq"})).err().unwrap().to_string();
     assert!(err.contains("loss_type") || err.contains("seq"), "{err}");
+    // Two-sided clipping's cap must lie above the clip range (1.2 here), where it changes no positive advantage.
+    let err = Grpo::new(serde_json::json!({"delta": 1.0})).err().unwrap().to_string();
+    assert!(err.contains("delta must be a number above 1"), "{err}");
+    let algo = Grpo::new(serde_json::json!({"delta": 1.1})).unwrap();
+    let err = algo.loss(&batch(&case).1).err().unwrap().to_string();
+    assert!(err.contains("delta 1.1 must be a number above 1 + clip_eps_high = 1.2"), "{err}");
     let (_, mut batch) = batch(&case);
     batch.step_token_divisor = Some(0.0);
     let err = Grpo::new(serde_json::json!({"loss_type": "dapo"})).unwrap().loss(&batch).err().unwrap().to_string();
