@@ -462,6 +462,7 @@ impl Trainer {
         let per_rank = self.config.batch.rollouts_per_step;
         let first = (self.world.rank * per_rank) as u64;
         let tasks = self.tasks.batch(self.state.batch, per_rank)?;
+        self.ready_sampler();
         let Some(dynamic) = self.config.batch.dynamic_sampling else {
             return Ok(self.rollouts(&tasks, first, 0)?.map(|e| (e, None)));
         };
@@ -500,7 +501,7 @@ impl Trainer {
 
     /// Rollouts of `tasks` in round `round` of the batch, each task sampled with its own seed from the batch's, the
     /// round's and its position `first..` in the global batch (so the same whichever rank runs it). `None`: a stop
-    /// request abandoned them.
+    /// request abandoned them. The sampler must be ready ([`Trainer::ready_sampler`]).
     fn rollouts(&mut self, tasks: &[Task], first: u64, round: usize) -> Result<Option<Episodes>> {
         let (b, s) = (&self.config.batch, &self.config.sampling);
         let cfg = RolloutConfig {
@@ -514,7 +515,6 @@ impl Trainer {
             multi_step: b.multi_step,
             reward_weights: self.config.plugins.reward_weights.clone(),
         };
-        self.ready_sampler();
         let batch_seed = mix(self.config.seed, self.state.batch);
         let round_seed = if round == 0 { batch_seed } else { mix(batch_seed, round as u64) };
         let seeds = task_seeds(round_seed, first, tasks.len());
