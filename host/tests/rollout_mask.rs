@@ -92,7 +92,7 @@ fn config(sampling: SamplingParams, max_batch_rows: Option<usize>) -> RolloutCon
         ignore_eos: false,
         max_batch_rows,
         multi_step: 1,
-        reward_weights: Default::default(),
+        rewards: Default::default(),
     }
 }
 

@@ -418,7 +418,7 @@ fn reward_weights_scale_the_returns_and_a_misspelt_component_is_named() {
     assert!((number(&b, "rollouts/returns_mean") - 3.0 * number(&a, "rollouts/returns_mean")).abs() < 1e-12);
     assert!((number(&b, "rollouts/returns_std") - 3.0 * number(&a, "rollouts/returns_std")).abs() < 1e-12);
     let config = json_file(&runs.path().join("weighted/config.json"));
-    assert_eq!(config["run"]["plugins"]["reward_weights"], serde_json::json!({"answer": 3.0, "anwser": 2.0}));
+    assert_eq!(config["run"]["rewards"]["weights"], serde_json::json!({"answer": 3.0, "anwser": 2.0}));
     let warnings: Vec<&str> = err.lines().filter(|l| l.contains("--reward-weights names")).collect();
     assert_eq!(warnings.len(), 1, "{err}");
     assert!(warnings[0].contains("anwser") && warnings[0].ends_with("components were: answer"), "{err}");
@@ -426,6 +426,30 @@ fn reward_weights_scale_the_returns_and_a_misspelt_component_is_named() {
     let bad = train(runs.path(), "bad", &[&flags[..], &["--reward-weights", r#"{"answer": "x"}"#]].concat());
     assert_eq!(bad.status.code(), Some(2), "{}", text(&bad.stderr));
     assert!(text(&bad.stderr).contains("--reward-weights: the weight of `answer` is \"x\""), "{}", text(&bad.stderr));
+}
+
+/// `--overlong-buffer` (DAPO's overlong reward shaping): the random model never ends a reply, so every turn runs to
+/// --max-new-tokens 6 and, with a buffer of 4 and a factor of 0.5, earns (6 - 2) / 4 x -0.5 = -0.5, logged as the
+/// component `overlong_penalty` and counted in the return (weighted, here by 2).
+#[test]
+fn the_overlong_penalty_is_a_reward_component_of_every_cut_turn() {
+    let runs = tempfile::tempdir().unwrap();
+    let flags = ["--max-steps", "1", "--overlong-buffer", "4", "--overlong-penalty-factor", "0.5"];
+    let weights = ["--reward-weights", r#"{"overlong_penalty": 2}"#];
+    let out = train(runs.path(), "overlong", &[&flags[..], &weights[..]].concat());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let row = rows(&runs.path().join("overlong")).into_iter().next().unwrap();
+    let number = |key: &str| row[key].as_f64().unwrap();
+    assert_eq!(number("completions/min_length"), 6.0, "{row:?}");
+    assert_eq!(number("rollout_rewards/overlong_penalty"), -0.5);
+    assert!((number("rollouts/returns_mean") - (number("rollout_rewards/answer") - 1.0)).abs() < 1e-12, "{row:?}");
+    let config = json_file(&runs.path().join("overlong/config.json"));
+    assert_eq!(config["run"]["rewards"]["overlong"], serde_json::json!({"buffer": 4, "factor": 0.5}));
+
+    let bad = train(runs.path(), "bad", &["--max-steps", "1", "--overlong-buffer", "7"]);
+    let err = text(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(2), "{err}");
+    assert!(err.contains("--overlong-buffer 7: must be from 1 to --max-new-tokens (6)"), "{err}");
 }
 
 /// `--logprob-temperature sampling` scores the tokens under the distribution they were drawn from: the same

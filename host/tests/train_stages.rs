@@ -87,7 +87,7 @@ fn scored_batch(policy: &Policy, algo: &AlgorithmPlugin, env: &EnvironmentPlugin
         ignore_eos: false,
         max_batch_rows: None,
         multi_step: 1,
-        reward_weights: Default::default(),
+        rewards: Default::default(),
     };
     let seeds = task_seeds(11, 0, tasks.len());
     let rollouts =

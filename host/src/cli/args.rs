@@ -7,6 +7,7 @@ use clap::Args;
 
 use crate::generate::SamplingParams;
 use crate::model::{DeviceSpec, DtypeSpec, LoraConfig};
+use crate::rollout::{OverlongPenalty, RewardShaping};
 use crate::train::config::{CheckpointSettings, ModelSettings};
 use crate::train::precision::MixedPrecision;
 use crate::user_error;
@@ -66,6 +67,46 @@ impl ModelArgs {
     /// The model directory (resolving a hub id, downloading it unless `--offline`).
     pub fn model_dir(&self) -> anyhow::Result<PathBuf> {
         crate::model::resolve_model_dir(self.model.as_deref(), !self.offline)
+    }
+}
+
+/// How the environment's rewards make an episode's return, for training and evaluation alike.
+#[derive(Debug, Clone, Args)]
+pub struct RewardArgs {
+    /// Weights of the environment's reward components in each episode's return, as TRL's reward_weights: a JSON
+    /// object such as '{"correct": 1, "format": 0.2}' (or @FILE); a component not named weighs 1. The components
+    /// are still logged unweighted (rollout_rewards/<name>).
+    #[arg(long, value_name = "JSON")]
+    pub reward_weights: Option<String>,
+    /// DAPO's overlong reward shaping: a turn longer than --max-new-tokens minus this many tokens earns a penalty
+    /// (the reward component overlong_penalty) growing linearly to -(--overlong-penalty-factor) at --max-new-tokens.
+    #[arg(long, value_name = "TOKENS")]
+    pub overlong_buffer: Option<usize>,
+    /// The overlong penalty at --max-new-tokens (with --overlong-buffer).
+    #[arg(long, default_value_t = 1.0)]
+    pub overlong_penalty_factor: f64,
+}
+
+impl RewardArgs {
+    /// The shaping, checked against the turn limit `max_new_tokens`.
+    pub fn shaping(&self, max_new_tokens: usize) -> anyhow::Result<RewardShaping> {
+        let weights = json_option(self.reward_weights.as_deref(), "--reward-weights")?;
+        let weights = crate::rollout::RewardWeights::from_json(weights, "--reward-weights")?;
+        let factor = self.overlong_penalty_factor;
+        if !(factor >= 0.0 && factor.is_finite()) {
+            return Err(user_error!("--overlong-penalty-factor {factor}: must be a number >= 0, such as 1"));
+        }
+        let overlong = match self.overlong_buffer {
+            Some(buffer) if buffer == 0 || buffer > max_new_tokens => {
+                return Err(user_error!(
+                    "--overlong-buffer {buffer}: must be from 1 to --max-new-tokens ({max_new_tokens}), the tokens \
+                     before that limit where the penalty starts"
+                ))
+            }
+            Some(buffer) => Some(OverlongPenalty { buffer, factor }),
+            None => None,
+        };
+        Ok(RewardShaping { weights, overlong })
     }
 }
 

@@ -6,14 +6,14 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Args;
 
-use super::args::{json_option, ModelArgs, SamplingArgs};
+use super::args::{json_option, ModelArgs, RewardArgs, SamplingArgs};
 use super::plugins::PluginDirArgs;
 use crate::data::{DataSettings, DatasetSpec};
 use crate::eval::{EpisodeLimits, EvalSettings, Evaluation};
 use crate::generate::SamplingParams;
 use crate::model::LoraConfig;
 use crate::plugins::Registry;
-use crate::rollout::RewardWeights;
+use crate::rollout::RewardShaping;
 use crate::train::config::ModelSettings;
 use crate::train::policy::Policy;
 use crate::train::precision::MixedPrecision;
@@ -148,9 +148,9 @@ pub struct EvalArgs {
     /// JSON options for the environment (a JSON string or @FILE), as in training.
     #[arg(long)]
     pub env_config: Option<String>,
-    /// Weights of the reward components in each episode's return, as in training (eval/returns_*).
-    #[arg(long, value_name = "JSON")]
-    pub reward_weights: Option<String>,
+    /// Reward weights and the overlong penalty, as in training (eval/returns_*).
+    #[command(flatten)]
+    pub rewards: RewardArgs,
     /// Where plugins are searched besides the defaults.
     #[command(flatten)]
     pub plugins: PluginDirArgs,
@@ -205,8 +205,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<i32> {
     let sampling = args.sampling.resolve(super::train::TRAIN_SAMPLING)?;
     let settings = args.run.into_settings(sampling, 0, false, args.decode.multi_step()?)?;
     let env_config = json_option(args.env_config.as_deref(), "--env-config")?;
-    let reward_weights =
-        RewardWeights::from_json(json_option(args.reward_weights.as_deref(), "--reward-weights")?, "--reward-weights")?;
+    let rewards = args.rewards.shaping(args.max_new_tokens)?;
     let registry = Registry::discover(&args.plugins.discovery())?;
     let env = registry.environment(&args.env, &env_config)?;
     let allow_download = !args.model.offline;
@@ -237,7 +236,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<i32> {
         let here = Decisive {
             env: env.name(),
             env_config: &env_config,
-            reward_weights: &reward_weights,
+            rewards: &rewards,
             data: &data,
             limits,
             settings: &settings,
@@ -249,7 +248,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<i32> {
         eprintln!("{note}");
     }
     eprintln!("evaluating {} tasks of `{}`", tasks.len(), env.name());
-    let evaluation = Evaluation { tasks, settings, limits, seed: args.seed, reward_weights };
+    let evaluation = Evaluation { tasks, settings, limits, seed: args.seed, rewards };
     let result = evaluation
         .run(policy.sampler(), policy.tokenizer(), &env, &|| false)?
         .context("the evaluation was abandoned")?;
@@ -278,7 +277,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<i32> {
 struct Decisive<'a> {
     env: &'a str,
     env_config: &'a serde_json::Value,
-    reward_weights: &'a RewardWeights,
+    rewards: &'a RewardShaping,
     data: &'a DataSettings,
     limits: EpisodeLimits,
     settings: &'a EvalSettings,
@@ -294,7 +293,8 @@ impl Decisive<'_> {
         vec![
             ("--env", self.env.to_string()),
             ("--env-config", self.env_config.to_string()),
-            ("--reward-weights", serde_json::json!(self.reward_weights).to_string()),
+            ("--reward-weights", serde_json::json!(self.rewards.weights).to_string()),
+            ("--overlong-buffer/--overlong-penalty-factor", serde_json::json!(self.rewards.overlong).to_string()),
             ("--dataset", source(&self.data.dataset)),
             ("--eval-data", source(&self.data.eval_data)),
             ("--eval-holdout", self.data.eval_holdout.to_string()),
@@ -328,7 +328,7 @@ fn differences_from_run(dir: &Path, here: &Decisive<'_>) -> Option<String> {
     let theirs = Decisive {
         env: &run.plugins.env,
         env_config: &run.plugins.env_config,
-        reward_weights: &run.plugins.reward_weights,
+        rewards: &run.rewards,
         data: &run.data,
         limits: EpisodeLimits { max_new_tokens: b.max_new_tokens, max_turns: b.max_turns, max_length: b.max_length },
         settings: &run.eval,

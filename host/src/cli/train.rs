@@ -5,12 +5,11 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::args::{json_option, LoraArgs, ModelArgs, RunDirArgs, SamplingArgs};
+use super::args::{json_option, LoraArgs, ModelArgs, RewardArgs, RunDirArgs, SamplingArgs};
 use super::plugins::PluginDirArgs;
 use crate::generate::SamplingParams;
 use crate::logging::LoggingArgs;
 use crate::model::DtypeSpec;
-use crate::rollout::RewardWeights;
 use crate::train::config::{
     BatchSettings, DistSettings, LogSettings, LogprobTemperature, LrSchedule, ModelSettings, ObjectiveSettings,
     OptimizerSettings, PluginSelection, RecomputeOld, RunConfig, SamplingSettings,
@@ -33,11 +32,9 @@ pub struct TrainArgs {
     /// JSON options for the environment plugin (a JSON string or @FILE).
     #[arg(long)]
     pub env_config: Option<String>,
-    /// Weights of the environment's reward components in each episode's return, as TRL's reward_weights: a JSON
-    /// object such as '{"correct": 1, "format": 0.2}' (or @FILE); a component not named weighs 1. The components
-    /// are still logged unweighted (rollout_rewards/<name>).
-    #[arg(long, value_name = "JSON")]
-    pub reward_weights: Option<String>,
+    /// Reward weights and DAPO's overlong penalty.
+    #[command(flatten)]
+    pub rewards: RewardArgs,
     /// Where plugins are searched besides the defaults.
     #[command(flatten)]
     pub plugins: PluginDirArgs,
@@ -250,10 +247,7 @@ impl TrainArgs {
                 env: self.env,
                 algo_config: json_option(self.algo_config.as_deref(), "--algo-config")?,
                 env_config,
-                reward_weights: RewardWeights::from_json(
-                    json_option(self.reward_weights.as_deref(), "--reward-weights")?,
-                    "--reward-weights",
-                )?,
+
                 plugin_dirs: self.plugins.plugin_dirs,
             },
             model: ModelSettings {
@@ -314,6 +308,7 @@ impl TrainArgs {
             },
             sft: self.sft.into_settings()?,
             dist: DistSettings { timeout_secs: self.dist_timeout, check_interval: self.dist_check_interval },
+            rewards: self.rewards.shaping(self.max_new_tokens)?,
         };
         config.optimizer.check()?;
         if config.loss.logprob_temperature == LogprobTemperature::Sampling && config.sampling.params.is_greedy() {

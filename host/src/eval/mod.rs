@@ -20,7 +20,7 @@ use crate::generate::SamplingParams;
 use crate::logging::{Metrics, Table};
 use crate::model::Model;
 use crate::plugins::EnvironmentPlugin;
-use crate::rollout::RewardWeights;
+use crate::rollout::RewardShaping;
 use crate::rollout::{run_episodes, task_seeds, Rollout, RolloutConfig};
 use crate::tokenizer::Tokenizer;
 use crate::user_error;
@@ -267,8 +267,8 @@ pub struct Evaluation {
     pub limits: EpisodeLimits,
     /// Seeds the sampled episodes.
     pub seed: u64,
-    /// How reward components add up to a return, as in training (`--reward-weights`).
-    pub reward_weights: RewardWeights,
+    /// How the rewards make a return, as in training (`--reward-weights`, `--overlong-buffer`).
+    pub rewards: RewardShaping,
 }
 
 impl Evaluation {
@@ -302,7 +302,7 @@ impl Evaluation {
         (rank, ranks): (usize, usize),
         cancelled: &dyn Fn() -> bool,
     ) -> Result<Option<EvalShard>> {
-        let Evaluation { tasks, settings, limits, seed, reward_weights } = self;
+        let Evaluation { tasks, settings, limits, seed, rewards } = self;
         let chunk = settings.batch_tasks.max(1);
         let mine: Vec<(usize, &[Task])> = tasks
             .chunks(chunk)
@@ -319,7 +319,7 @@ impl Evaluation {
             ignore_eos: false,
             max_batch_rows: None,
             multi_step: settings.multi_step,
-            reward_weights: reward_weights.clone(),
+            rewards: rewards.clone(),
         };
         let abandon = || -> Result<Option<EvalShard>> {
             // The partial evaluation's episodes must not reach the next training batch's environment metrics.
@@ -472,14 +472,14 @@ impl InTraining {
         settings: EvalSettings,
         limits: EpisodeLimits,
         seed: u64,
-        reward_weights: RewardWeights,
+        rewards: RewardShaping,
         run_dir: Option<&Path>,
     ) -> Result<Option<InTraining>> {
         if !settings.enabled() {
             return Ok(None);
         }
         let tasks = eval_tasks(env, given, settings.tasks, seed)?;
-        let evaluation = Evaluation { tasks, settings, limits, seed, reward_weights };
+        let evaluation = Evaluation { tasks, settings, limits, seed, rewards };
         Ok(Some(InTraining { evaluation, completions: run_dir.map(|d| d.join("eval_completions.jsonl")) }))
     }
 
@@ -551,8 +551,7 @@ mod tests {
     fn due_points_are_before_training_every_n_batches_and_at_the_end() {
         let settings = EvalSettings { every: 2, before_train: true, ..Default::default() };
         let limits = EpisodeLimits { max_new_tokens: 1, max_turns: 1, max_length: 2 };
-        let evaluation =
-            Evaluation { tasks: Vec::new(), settings, limits, seed: 0, reward_weights: Default::default() };
+        let evaluation = Evaluation { tasks: Vec::new(), settings, limits, seed: 0, rewards: Default::default() };
         let e = InTraining { evaluation, completions: None };
         assert!(e.due_before_training(0, 0) && !e.due_before_training(1, 3) && !e.due_before_training(0, 4));
         let due: Vec<u64> = (1..=5).filter(|&b| e.due_after_batch(b, 5)).collect();
@@ -578,7 +577,7 @@ mod tests {
     fn shards_combine_to_the_one_process_result() {
         let settings = EvalSettings { samples: 2, ..Default::default() };
         let limits = EpisodeLimits { max_new_tokens: 1, max_turns: 1, max_length: 2 };
-        let e = Evaluation { tasks: Vec::new(), settings, limits, seed: 0, reward_weights: Default::default() };
+        let e = Evaluation { tasks: Vec::new(), settings, limits, seed: 0, rewards: Default::default() };
         let all: Vec<(usize, TaskOutcome)> = (0..5).map(|i| (i, outcome(i, i % 2 == 0, i % 3))).collect();
         let rate = |name: &str, x: f64| vec![(name.to_string(), MetricValue::Number(x))];
         let one = e.combine(vec![EvalShard {

@@ -18,7 +18,7 @@
 //! further than `max_length` tokens into the episode's stream: the episode ends there, truncated.
 
 mod glue;
-mod reward_weights;
+mod rewards;
 
 use std::collections::BTreeMap;
 
@@ -34,7 +34,7 @@ use crate::plugins::{EnvironmentPlugin, Episode as EnvEpisode};
 use crate::tokenizer::Tokenizer;
 
 pub use glue::Glue;
-pub use reward_weights::RewardWeights;
+pub use rewards::{OverlongPenalty, RewardShaping, RewardWeights, OVERLONG_PENALTY};
 
 /// How episodes are run (from the command line).
 #[derive(Clone, Debug)]
@@ -56,8 +56,8 @@ pub struct RolloutConfig {
     pub max_batch_rows: Option<usize>,
     /// Decode steps per host read (`--multi-step`; see [`Engine::step`]).
     pub multi_step: usize,
-    /// How the environment's reward components add up to an episode's return (`--reward-weights`).
-    pub reward_weights: RewardWeights,
+    /// How the environment's rewards make an episode's return (`--reward-weights`, `--overlong-buffer`).
+    pub rewards: RewardShaping,
 }
 
 /// Where a batch's rollout time went.
@@ -301,7 +301,7 @@ pub fn run_episodes(
                 stepping = ended.len();
                 for (id, turn) in ended {
                     let mut l = episodes[id].take().expect("a turn ends for an episode between turns");
-                    record_turn(&mut l, turn, tokenizer)?;
+                    record_turn(&mut l, turn, tokenizer, cfg)?;
                     let tx = tx.clone();
                     scope.spawn(move || {
                         let t = std::time::Instant::now();
@@ -326,10 +326,14 @@ pub fn run_episodes(
     Ok(Some(Episodes { rollouts: finished.into_iter().map(|l| l.rollout).collect(), stats }))
 }
 
-/// Append a generated turn to its episode.
-fn record_turn(l: &mut Live, turn: Turn, tokenizer: &Tokenizer) -> Result<()> {
+/// Append a generated turn to its episode, with its overlong penalty when the run shapes rewards so.
+fn record_turn(l: &mut Live, turn: Turn, tokenizer: &Tokenizer, cfg: &RolloutConfig) -> Result<()> {
     let r = &mut l.rollout;
     r.turns += 1;
+    if let Some(overlong) = cfg.rewards.overlong {
+        let penalty = overlong.of(turn.tokens.len(), cfg.max_new_tokens);
+        cfg.rewards.add(&mut r.rewards, &mut r.total_reward, OVERLONG_PENALTY, penalty);
+    }
     if turn.finish == Some(FinishReason::Length) {
         r.cut_turns += 1;
     }
@@ -360,8 +364,8 @@ fn next_turn(
     cfg: &RolloutConfig,
 ) -> Result<Next> {
     for reward in &outcome.rewards {
-        *l.rollout.rewards.entry(reward.name.clone()).or_insert(0.0) += reward.value;
-        l.rollout.total_reward += cfg.reward_weights.weight(&reward.name) * reward.value;
+        let r = &mut l.rollout;
+        cfg.rewards.add(&mut r.rewards, &mut r.total_reward, &reward.name, reward.value);
     }
     if outcome.solved.is_some() {
         l.rollout.solved = outcome.solved;

@@ -44,6 +44,9 @@ pub struct RunConfig {
     /// Data parallelism under torchrun (ignored in one process).
     #[serde(default)]
     pub dist: DistSettings,
+    /// How the environment's rewards make a return: `--reward-weights`, DAPO's `--overlong-buffer`.
+    #[serde(default)]
+    pub rewards: crate::rollout::RewardShaping,
 }
 
 /// Data-parallel settings; none of them changes what a run computes.
@@ -72,9 +75,6 @@ pub struct PluginSelection {
     pub algo_config: serde_json::Value,
     /// The environment's options (JSON; `null` for its defaults).
     pub env_config: serde_json::Value,
-    /// How the environment's reward components add up to an episode's return (`--reward-weights`).
-    #[serde(default)]
-    pub reward_weights: crate::rollout::RewardWeights,
     /// Extra directories searched for plugin libraries, first.
     pub plugin_dirs: Vec<PathBuf>,
 }
@@ -353,7 +353,8 @@ impl RunConfig {
             ("--env", json!(self.plugins.env)),
             ("--algo-config", self.plugins.algo_config.clone()),
             ("--env-config", self.plugins.env_config.clone()),
-            ("--reward-weights", json!(self.plugins.reward_weights)),
+            ("--reward-weights", json!(self.rewards.weights)),
+            ("--overlong-buffer/--overlong-penalty-factor", json!(self.rewards.overlong)),
             ("--model", json!(m.model)),
             ("--dtype", json!(m.dtype)),
             ("--mixed-precision", json!(m.mixed_precision)),

@@ -513,7 +513,7 @@ impl Trainer {
             ignore_eos: s.ignore_eos,
             max_batch_rows: b.max_batch_rows,
             multi_step: b.multi_step,
-            reward_weights: self.config.plugins.reward_weights.clone(),
+            rewards: self.config.rewards.clone(),
         };
         let batch_seed = mix(self.config.seed, self.state.batch);
         let round_seed = if round == 0 { batch_seed } else { mix(batch_seed, round as u64) };
@@ -592,7 +592,7 @@ impl Trainer {
             self.reward_names_checked = true;
             let seen: std::collections::BTreeSet<&str> =
                 batch.rollouts.iter().flat_map(|r| r.rewards.keys().map(String::as_str)).collect();
-            let unknown = self.config.plugins.reward_weights.unknown(&seen);
+            let unknown = self.config.rewards.weights.unknown(&seen);
             if !unknown.is_empty() {
                 self.loggers.println(&format!(
                     "warning: --reward-weights names {}, which no episode of batch {} reported, so the weight \
@@ -807,8 +807,8 @@ fn in_training_evaluator(
     };
     let outcomes_dir = world.is_main().then_some(run_dir);
     let given = given.map(Vec::as_slice);
-    let weights = config.plugins.reward_weights.clone();
-    let evaluator = crate::eval::InTraining::new(env, given, config.eval, limits, config.seed, weights, outcomes_dir)?;
+    let rewards = config.rewards.clone();
+    let evaluator = crate::eval::InTraining::new(env, given, config.eval, limits, config.seed, rewards, outcomes_dir)?;
     let first_batch_at_step_0 = config.sft.steps == 0 && b.updates_per_batch() == 1;
     if evaluator.as_ref().is_some_and(|e| e.due_before_training(0, 0) && e.due_after_batch(1, b.max_steps))
         && first_batch_at_step_0
