@@ -65,13 +65,45 @@ fn greedy_matches_transformers_one_at_a_time_and_batched() {
     }
 }
 
+/// `--repetition-penalty` against transformers' `generate(repetition_penalty=...)` (tests/oracles/repetition_penalty.py):
+/// greedy continuations with a penalty above 1 and below, one prompt at a time, batched in groups with rows of
+/// other lengths beside them, and in multi-step blocks, where the tokens drawn inside a block count as seen.
+#[test]
+fn repetition_penalty_matches_transformers() {
+    for fam in FAMILIES {
+        let dir = tiny(fam);
+        let model = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
+        let fixture: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("greedy_repetition_penalty.json")).unwrap())
+                .unwrap();
+        let ids = |x: &serde_json::Value| -> Vec<Vec<u32>> { serde_json::from_value(x.clone()).unwrap() };
+        let prompts = ids(&fixture["prompts"]);
+        let plain = greedy_fixture(&dir).completions;
+        for case in fixture["cases"].as_array().unwrap() {
+            let penalty = case["repetition_penalty"].as_f64().unwrap();
+            let want = ids(&case["completions"]);
+            assert_ne!(want, plain, "{fam}: the penalty {penalty} changes no continuation");
+            for (group, multi_step) in [(1, 1), (3, 1), (2, 3)] {
+                let mut req = GenerateRequest::new(prompts.clone(), group, 12, Vec::new());
+                req.sampling.repetition_penalty = penalty;
+                req.multi_step = multi_step;
+                let out = generate(&model, None, &req, None).unwrap();
+                for c in &out.completions {
+                    let what = format!("{fam}: penalty {penalty}, group {group}, multi-step {multi_step}");
+                    assert_eq!(c.tokens, want[c.prompt_index], "{what}, prompt {}", c.prompt_index);
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn model_logprobs_equal_a_full_forward() {
     let dir = tiny("llama3");
     let model = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
     let g = greedy_fixture(&dir);
     let mut req = GenerateRequest::new(g.prompts.clone(), 2, g.max_new, Vec::new());
-    req.sampling = SamplingParams { temperature: 1.0, top_k: 20, top_p: 0.9, min_p: 0.0 };
+    req.sampling = SamplingParams { temperature: 1.0, top_k: 20, top_p: 0.9, min_p: 0.0, repetition_penalty: 1.0 };
     req.seed = Some(3);
     let out = generate(&model, None, &req, None).unwrap();
     for c in &out.completions {
@@ -196,7 +228,7 @@ fn row_seeds_make_each_completion_independent_of_its_batch() {
     let model = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
     let sampled = |prompts: Vec<Vec<u32>>, group: usize, seeds: Vec<u64>| {
         let mut req = GenerateRequest::new(prompts, group, 12, Vec::new());
-        req.sampling = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0 };
+        req.sampling = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, repetition_penalty: 1.0 };
         req.row_seeds = seeds;
         generate(&model, None, &req, None).unwrap().completions.into_iter().map(|c| c.tokens).collect::<Vec<_>>()
     };
@@ -295,7 +327,7 @@ fn multi_step_blocks_sample_what_single_steps_do_across_turns() {
         let cfg = EngineConfig {
             max_rows: 3,
             max_new_tokens: 9,
-            sampling: SamplingParams { temperature: 0.9, top_k: 0, top_p: 1.0, min_p: 0.0 },
+            sampling: SamplingParams { temperature: 0.9, top_k: 0, top_p: 1.0, min_p: 0.0, repetition_penalty: 1.0 },
             eos_ids: eos.to_vec(),
             stop_strings: Vec::new(),
             multi_step,

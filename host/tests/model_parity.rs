@@ -271,11 +271,17 @@ fn log_probs_at_a_temperature_are_the_scaled_logits_distribution() {
 
     // The sampler's record of a drawn token: at the model's temperature, not at the sampling one.
     let row = logits.select(1, 3);
-    let params = grpo_host::generate::SamplingParams { temperature: 0.5, top_k: 5, top_p: 1.0, min_p: 0.0 };
-    let (tok, _, recorded) = grpo_host::generate::sampling::sample(&row, &params, None, 0.5);
+    let params = grpo_host::generate::SamplingParams {
+        temperature: 0.5,
+        top_k: 5,
+        top_p: 1.0,
+        min_p: 0.0,
+        repetition_penalty: 1.0,
+    };
+    let (tok, _, recorded) = grpo_host::generate::sampling::sample(&row, &params, None, 0.5, None);
     let want = (&row / 0.5).log_softmax(-1, Kind::Float).gather(-1, &tok.unsqueeze(-1), false).squeeze_dim(-1);
     assert!((&recorded - &want).abs().max().double_value(&[]) < 1e-5);
-    let (tok, _, recorded) = grpo_host::generate::sampling::sample(&row, &params, None, 1.0);
+    let (tok, _, recorded) = grpo_host::generate::sampling::sample(&row, &params, None, 1.0, None);
     let want = row.log_softmax(-1, Kind::Float).gather(-1, &tok.unsqueeze(-1), false).squeeze_dim(-1);
     assert!((&recorded - &want).abs().max().double_value(&[]) < 1e-5);
 }

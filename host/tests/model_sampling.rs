@@ -13,7 +13,7 @@ fn same_seed_same_samples_different_seed_different_samples() {
     let model = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
     let run = |seed: u64| {
         let mut req = GenerateRequest::new(vec![vec![5, 6, 7], vec![9]], 4, 16, vec![258]);
-        req.sampling = SamplingParams { temperature: 0.8, top_k: 0, top_p: 0.95, min_p: 0.05 };
+        req.sampling = SamplingParams { temperature: 0.8, top_k: 0, top_p: 0.95, min_p: 0.05, repetition_penalty: 1.0 };
         req.seed = Some(seed);
         let out = generate(&model, None, &req, None).unwrap();
         out.completions.into_iter().map(|c| (c.tokens, c.logprobs)).collect::<Vec<_>>()

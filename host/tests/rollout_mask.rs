@@ -114,7 +114,8 @@ fn action_segments_are_exactly_the_assistant_turns() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     SEEN.lock().unwrap().clear();
     let Setup { env, tokenizer, model, tasks } = setup();
-    let cfg = config(SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0 }, None);
+    let cfg =
+        config(SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, repetition_penalty: 1.0 }, None);
     let rollouts = run_episodes(&model, &tokenizer, &env, &tasks, &cfg, &task_seeds(11, 0, tasks.len()), &never)
         .unwrap()
         .unwrap()

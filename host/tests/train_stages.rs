@@ -83,7 +83,7 @@ fn scored_batch(policy: &Policy, algo: &AlgorithmPlugin, env: &EnvironmentPlugin
         max_new_tokens: batch.max_new_tokens,
         max_turns: batch.max_turns,
         max_length: batch.max_length,
-        sampling: SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0 },
+        sampling: SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, repetition_penalty: 1.0 },
         ignore_eos: false,
         max_batch_rows: None,
         multi_step: 1,

@@ -127,6 +127,10 @@ pub struct SamplingArgs {
     /// Drop tokens less likely than min-p times the most likely one; 0 disables [default: 0].
     #[arg(long)]
     pub min_p: Option<f64>,
+    /// transformers' repetition penalty on every token already in the sequence, prompt included: a logit divided
+    /// by it when positive, multiplied when negative; 1 disables [default: 1, 1.2 for gen-qa as re-grpo].
+    #[arg(long)]
+    pub repetition_penalty: Option<f64>,
     /// Keep generating past end-of-sequence to --max-new-tokens, so every sample costs the same (benchmarks).
     #[arg(long)]
     pub ignore_eos: bool,
@@ -140,6 +144,7 @@ impl SamplingArgs {
             top_k: self.top_k.unwrap_or(defaults.top_k),
             top_p: self.top_p.unwrap_or(defaults.top_p),
             min_p: self.min_p.unwrap_or(defaults.min_p),
+            repetition_penalty: self.repetition_penalty.unwrap_or(defaults.repetition_penalty),
         };
         if !(p.temperature >= 0.0 && p.temperature.is_finite()) {
             return Err(user_error!("--temperature {}: must be a number >= 0 (0 is greedy)", p.temperature));
@@ -149,6 +154,9 @@ impl SamplingArgs {
         }
         if !(0.0..=1.0).contains(&p.min_p) {
             return Err(user_error!("--min-p {}: must be in [0, 1]", p.min_p));
+        }
+        if !(p.repetition_penalty > 0.0 && p.repetition_penalty.is_finite()) {
+            return Err(user_error!("--repetition-penalty {}: must be a number > 0 (1 is none)", p.repetition_penalty));
         }
         Ok(p)
     }
@@ -304,8 +312,17 @@ mod tests {
 
     #[test]
     fn sampling_defaults_per_command() {
-        let args = SamplingArgs { temperature: None, top_p: Some(0.5), top_k: None, min_p: None, ignore_eos: false };
-        let p = args.resolve(SamplingParams { temperature: 0.7, top_k: 50, top_p: 1.0, min_p: 0.0 }).unwrap();
+        let args = SamplingArgs {
+            temperature: None,
+            top_p: Some(0.5),
+            top_k: None,
+            min_p: None,
+            repetition_penalty: None,
+            ignore_eos: false,
+        };
+        let p = args
+            .resolve(SamplingParams { temperature: 0.7, top_k: 50, top_p: 1.0, min_p: 0.0, repetition_penalty: 1.0 })
+            .unwrap();
         assert_eq!((p.temperature, p.top_k, p.top_p), (0.7, 50, 0.5));
         let bad = SamplingArgs { temperature: Some(-1.0), ..args };
         assert!(bad.resolve(SamplingParams::default()).is_err());

@@ -74,7 +74,9 @@ crate::choice_enum! {
 }
 
 /// gen-qa's sampling defaults: a little randomness for varied questions, nucleus-filtered.
-const GEN_QA_SAMPLING: SamplingParams = SamplingParams { temperature: 0.2, top_k: 0, top_p: 0.9, min_p: 0.0 };
+/// re-grpo's `generate(temperature=0.2, top_p=0.9, repetition_penalty=1.2)`.
+const GEN_QA_SAMPLING: SamplingParams =
+    SamplingParams { temperature: 0.2, top_k: 0, top_p: 0.9, min_p: 0.0, repetition_penalty: 1.2 };
 
 /// One question, in re-grpo's `questions.json` schema.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

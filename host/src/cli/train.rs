@@ -219,7 +219,7 @@ pub struct TrainArgs {
 
 /// Training's sampling defaults: re-grpo's temperature, and transformers' top-k of 50 that its sampling used.
 pub(crate) const TRAIN_SAMPLING: SamplingParams =
-    SamplingParams { temperature: 0.7, top_k: 50, top_p: 1.0, min_p: 0.0 };
+    SamplingParams { temperature: 0.7, top_k: 50, top_p: 1.0, min_p: 0.0, repetition_penalty: 1.0 };
 
 impl TrainArgs {
     /// Check the flags and build the run's configuration; every mistake is one line naming the flag.

@@ -56,7 +56,7 @@ impl Default for EvalSettings {
             before_train: false,
             tasks: None,
             samples: 4,
-            sampling: SamplingParams { temperature: 0.7, top_k: 50, top_p: 1.0, min_p: 0.0 },
+            sampling: SamplingParams { temperature: 0.7, top_k: 50, top_p: 1.0, min_p: 0.0, repetition_penalty: 1.0 },
             batch_tasks: 16,
             multi_step: 1,
         }
@@ -326,7 +326,8 @@ impl Evaluation {
             env.metrics()?;
             Ok(None)
         };
-        let greedy_cfg = config(1, SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0 });
+        let greedy_cfg =
+            config(1, SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, repetition_penalty: 1.0 });
         let mut greedy: Vec<(usize, Rollout)> = Vec::new();
         for &(first, part) in &mine {
             let seeds = task_seeds(*seed, first as u64, part.len());

@@ -16,11 +16,20 @@ pub struct SamplingParams {
     pub top_p: f64,
     /// Drop tokens less likely than `min_p` times the most likely one; 0 disables.
     pub min_p: f64,
+    /// transformers' repetition penalty: the logit of every token already in the sequence (prompt included) is
+    /// divided by it when positive and multiplied by it when negative, before the temperature; 1 disables.
+    #[serde(default = "no_repetition_penalty")]
+    pub repetition_penalty: f64,
+}
+
+/// 1: no repetition penalty (and what settings saved before it existed read back as).
+fn no_repetition_penalty() -> f64 {
+    1.0
 }
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0 }
+        SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, repetition_penalty: 1.0 }
     }
 }
 
@@ -35,10 +44,14 @@ impl SamplingParams {
         self.temperature == 0.0
     }
 
-    /// Whether sampling uses the plain model distribution (temperature 1, no filters), so the sampling
-    /// log-probs equal the model log-probs.
+    /// Whether sampling uses the plain model distribution (temperature 1, no filters, no penalty), so the
+    /// sampling log-probs equal the model log-probs.
     pub fn is_plain(&self) -> bool {
-        self.temperature == 1.0 && self.top_k == 0 && self.top_p >= 1.0 && self.min_p <= 0.0
+        self.temperature == 1.0
+            && self.top_k == 0
+            && self.top_p >= 1.0
+            && self.min_p <= 0.0
+            && self.repetition_penalty == 1.0
     }
 
     /// Reject out-of-range settings with a one-line user error.
@@ -52,19 +65,24 @@ impl SamplingParams {
         if !(0.0..=1.0).contains(&self.min_p) {
             return Err(user_error!("min-p {} must be in [0, 1]", self.min_p));
         }
+        if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
+            return Err(user_error!("repetition penalty {} must be a number > 0 (1 is none)", self.repetition_penalty));
+        }
         Ok(())
     }
 }
 
 /// Sample one token per row of `logits` `[n, vocab]`, with the uniform draws `uniforms` (`[n]` f64 in [0, 1)) when
-/// given, else from libtorch's generator. Returns `(tokens [n] int64, sampling log-probs [n] f32, model log-probs
-/// [n] f32)`, the last at `model_temperature` without filters (1: the plain model distribution; see
+/// given, else from libtorch's generator. `seen` (`[n, vocab]` bool: the tokens already in each row's sequence) is
+/// needed when `p` has a repetition penalty. Returns `(tokens [n] int64, sampling log-probs [n] f32, model log-probs
+/// [n] f32)`, the last at `model_temperature` without filters or penalty (1: the plain model distribution; see
 /// [`crate::model::Model::set_logprob_temperature`]).
 pub fn sample(
     logits: &Tensor,
     p: &SamplingParams,
     uniforms: Option<&Tensor>,
     model_temperature: f64,
+    seen: Option<&Tensor>,
 ) -> (Tensor, Tensor, Tensor) {
     let logits = logits.to_kind(Kind::Float);
     let plain_lp = logits.log_softmax(-1, Kind::Float);
@@ -72,6 +90,10 @@ pub fn sample(
         plain_lp.shallow_clone()
     } else {
         (&logits / model_temperature).log_softmax(-1, Kind::Float)
+    };
+    let logits = match seen {
+        Some(seen) if p.repetition_penalty != 1.0 => penalized(&logits, seen, p.repetition_penalty),
+        _ => logits,
     };
     if p.is_greedy() {
         let tok = logits.argmax(-1, true);
@@ -104,6 +126,13 @@ fn draw(lp: &Tensor, uniforms: Option<&Tensor>) -> Tensor {
     // a non-finite row (NaN logits) lands there too, to be caught by the caller through its log-prob.
     let last = lp.size()[1] - 1;
     target.searchsorted(&cdf, false, false, "left", None::<Tensor>).clamp_max(last)
+}
+
+/// `logits` with transformers' repetition penalty on the `seen` tokens: a positive logit divided by `penalty`, a
+/// negative one multiplied, so a penalty above 1 makes every seen token less likely.
+pub fn penalized(logits: &Tensor, seen: &Tensor, penalty: f64) -> Tensor {
+    let scaled = (logits * penalty).where_self(&logits.lt(0.0), &(logits / penalty));
+    scaled.where_self(seen, logits)
 }
 
 /// Log-probs of the sampling distribution: temperature, top-k, top-p, min-p, renormalised.
@@ -184,15 +213,15 @@ mod tests {
     #[test]
     fn greedy_and_seeded_sampling() {
         let logits = Tensor::from_slice(&[0.1f32, 2.0, 0.3, 1.9, 0.0, 0.0]).view([2, 3]);
-        let (tok, slp, _) = sample(&logits, &SamplingParams::greedy(), None, 1.0);
+        let (tok, slp, _) = sample(&logits, &SamplingParams::greedy(), None, 1.0, None);
         assert_eq!(Vec::<i64>::try_from(tok).unwrap(), vec![1, 0]);
         assert_eq!(Vec::<f32>::try_from(slp).unwrap(), vec![0.0, 0.0]);
         let p = SamplingParams { temperature: 1.3, ..Default::default() };
         let _rng = crate::torch_rng_lock();
         tch::manual_seed(7);
-        let a = Vec::<i64>::try_from(sample(&logits.repeat([50, 1]), &p, None, 1.0).0).unwrap();
+        let a = Vec::<i64>::try_from(sample(&logits.repeat([50, 1]), &p, None, 1.0, None).0).unwrap();
         tch::manual_seed(7);
-        let b = Vec::<i64>::try_from(sample(&logits.repeat([50, 1]), &p, None, 1.0).0).unwrap();
+        let b = Vec::<i64>::try_from(sample(&logits.repeat([50, 1]), &p, None, 1.0, None).0).unwrap();
         assert_eq!(a, b);
         assert!(a.iter().any(|&t| t != a[0]), "100 draws at temperature 1.3 should not all agree");
     }
