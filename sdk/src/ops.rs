@@ -32,9 +32,27 @@ pub enum RatioLevel {
     Sequence,
 }
 
-/// How [`PolicyTerms`] builds the clipped surrogate, beyond the run's clip range (`LossSettings`).
+/// Which estimate of the KL divergence to the reference each token's KL term is (verl's `kl_loss_type`); in a
+/// plugin's config `"k3"` (or verl's `"low_var_kl"`), `"k1"` (`"kl"`) or `"k2"` (`"mse"`). With `d = ref - logp`,
+/// each is 0 where the policy and the reference agree.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KlEstimator {
+    /// `exp(d) - d - 1`: never negative, and of low variance (Schulman's k3; GRPO's, TRL's, re-grpo's).
+    #[default]
+    #[serde(alias = "low_var_kl")]
+    K3,
+    /// `-d = logp - ref`, the plain log-ratio (k1; verl's `kl`): unbiased, but negative for some tokens.
+    #[serde(alias = "kl")]
+    K1,
+    /// `d^2 / 2` (k2; verl's `mse`): never negative; its gradient is that of the reverse KL's.
+    #[serde(alias = "mse")]
+    K2,
+}
+
+/// How [`PolicyTerms`] builds its terms, beyond the run's clip range and KL weight (`LossSettings`).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Surrogate {
+pub struct TermOptions {
     /// Each token's ratio, or its sequence's (GSPO).
     pub ratio: RatioLevel,
     /// Two-sided clipping: the unclipped branch's ratio is capped at `delta`, so a token with a negative advantage
@@ -42,15 +60,19 @@ pub struct Surrogate {
     /// `delta`; verl's dual-clip `clip_ratio_c`). It must exceed `1 + clip_eps_high`, where it changes nothing for a
     /// positive advantage.
     pub delta: Option<f64>,
+    /// The KL estimate of [`PolicyTerms::kl`].
+    pub kl: KlEstimator,
 }
 
 /// The per-token pieces of a GRPO-family loss for one micro-batch; every `[B, T]` tensor is 0 outside the mask.
 pub struct PolicyTerms {
     /// `-min(rho*A, clip(rho, 1-eps_low, 1+eps_high)*A)`, `rho = exp(logp - old)` (or the sequence's ratio, see
-    /// [`RatioLevel`]; in the first branch capped at [`Surrogate::delta`] when set), times the batch's truncated importance weight of each token when it has them
+    /// [`RatioLevel`]; in the first branch capped at [`TermOptions::delta`] when set), times the batch's truncated
+    /// importance weight of each token when it has them
     /// ([`PolicyBatch::is_weights`]).
     pub surrogate: Tensor,
-    /// The k3 estimate of KL to the reference, `exp(ref - logp) - (ref - logp) - 1`; `None` without a reference.
+    /// The per-token estimate of the KL to the reference, by default k3, `exp(ref - logp) - (ref - logp) - 1`
+    /// ([`KlEstimator`]); `None` without a reference.
     pub kl: Option<Tensor>,
     /// The action mask in the log-probs' float dtype.
     pub mask: Tensor,
@@ -66,12 +88,12 @@ pub struct PolicyTerms {
 impl PolicyTerms {
     /// Compute the terms with each token's own ratio, checking that the batch's shapes agree.
     pub fn new(batch: &PolicyBatch) -> Result<Self> {
-        Self::with(batch, Surrogate::default())
+        Self::with(batch, TermOptions::default())
     }
 
-    /// Compute the terms with the surrogate `how` (GSPO's sequence ratio, two-sided clipping), checking that the
-    /// batch's shapes agree.
-    pub fn with(batch: &PolicyBatch, how: Surrogate) -> Result<Self> {
+    /// Compute the terms as `how` says (GSPO's sequence ratio, two-sided clipping, the KL estimate), checking that
+    /// the batch's shapes agree.
+    pub fn with(batch: &PolicyBatch, how: TermOptions) -> Result<Self> {
         let lp = &batch.log_probs;
         let shape = lp.size();
         if shape.len() != 2 {
@@ -140,9 +162,13 @@ impl PolicyTerms {
             None => surrogate,
         };
         let kl = batch.ref_log_probs.as_ref().map(|r| {
-            let log_ratio = (r.to_kind(kind) - lp).where_self(&on, &zero);
-            // exp(0) - 0 - 1 = 0, so masked positions are exactly 0.
-            log_ratio.exp() - &log_ratio - 1.0
+            let d = (r.to_kind(kind) - lp).where_self(&on, &zero);
+            // Each is exactly 0 at d = 0, so masked positions are 0.
+            match how.kl {
+                KlEstimator::K3 => d.exp() - &d - 1.0,
+                KlEstimator::K1 => -d,
+                KlEstimator::K2 => d.square() * 0.5,
+            }
         });
         if s.kl_weight != 0.0 && kl.is_none() {
             return Err(Error::msg(format!("kl_weight is {} but the host passed no reference log-probs", s.kl_weight)));

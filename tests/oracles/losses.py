@@ -19,6 +19,7 @@ Definitions (docs/plugins.md, "The shipped algorithms and environment"):
   DR-GRPO loss        mean over sequences of the masked SUM divided by generate_max_length
   GSPO cases          importance_sampling_level "sequence": every action token of a sequence uses the sequence's
                       ratio exp(mean over its action tokens of (logp - old)) in place of its own rho
+  KL estimators       kl_estimator "k1": the per-token term is logp - ref; "k2": (ref - logp)^2 / 2 (k3 above)
   delta cases         two-sided clipping: the first branch's rho is capped at delta, -min(min(rho, delta)*A, ...)
   TIS cases           the surrogate of each action token times w = min(exp(old - sampled), cap), the truncated
                       importance weight of a sampler in another precision (the KL term is not weighted)
@@ -65,7 +66,7 @@ def drgrpo_advantages(rewards, groups):
     return torch.cat(out)
 
 
-def per_token_terms(logp, old, ref, adv, mask, eps_low, eps_high, sequence_ratio=False, delta=None):
+def per_token_terms(logp, old, ref, adv, mask, eps_low, eps_high, sequence_ratio=False, delta=None, kl="k3"):
     """Surrogate and k3 per token, zero outside the mask, written out token by token on purpose (no shared code
     with the vectorised Rust implementation)."""
     B, T = logp.shape
@@ -92,7 +93,12 @@ def per_token_terms(logp, old, ref, adv, mask, eps_low, eps_high, sequence_ratio
                     clipped_high += 1
             if ref is not None:
                 d = ref[b, t] - logp[b, t]
-                k3[b, t] = torch.exp(d) - d - 1
+                if kl == "k3":
+                    k3[b, t] = torch.exp(d) - d - 1
+                elif kl == "k1":
+                    k3[b, t] = -d
+                else:
+                    k3[b, t] = d * d / 2
     return surr, k3, clipped, clipped_high
 
 
@@ -113,6 +119,7 @@ def loss_case(
     level=None,
     delta=None,
     shift=0.0,
+    kl=None,
 ):
     g = torch.Generator().manual_seed(seed)
     B = len(lengths)
@@ -127,7 +134,7 @@ def loss_case(
     ref_t = torch.tensor(ref) if ref is not None else None
     adv_t = torch.tensor(adv)
     surr, k3, clipped, clipped_high = per_token_terms(
-        logp, old_t, ref_t, adv_t, mask, eps_low, eps_high, sequence_ratio=level == "sequence", delta=delta
+        logp, old_t, ref_t, adv_t, mask, eps_low, eps_high, sequence_ratio=level == "sequence", delta=delta, kl=kl or "k3"
     )
     is_weights = None
     if tis_cap is not None:
@@ -172,6 +179,8 @@ def loss_case(
         config["importance_sampling_level"] = level
     if delta is not None:
         config["delta"] = delta
+    if kl is not None:
+        config["kl_estimator"] = kl
     return {
         "kind": "loss",
         "algorithm": algo,
@@ -253,6 +262,8 @@ def main():
         loss_case("grpo_gspo", "grpo", 7, [5, 0, 7, 1, 3], 8, 0.01, 0.05, 0.08, True, 8, level="sequence"),
         # Old log-probs far below the new ones: ratios up to e^1.5, some past delta with negative advantages.
         loss_case("grpo_delta", "grpo", 9, [5, 3, 7, 6], 8, 0.01, 0.2, 0.2, True, 8, delta=1.5, shift=1.2),
+        loss_case("grpo_kl_k1", "grpo", 10, [5, 2, 7, 1], 8, 0.05, 0.2, 0.2, True, 8, kl="k1"),
+        loss_case("grpo_kl_k2", "grpo", 10, [5, 2, 7, 1], 8, 0.05, 0.2, 0.2, True, 8, kl="mse"),
         loss_case("grpo_gspo_tis_dapo", "grpo", 8, [4, 6, 2], 7, 0.0, 0.1, 0.1, False, 7, 2.0, "dapo", 5.5, "sequence"),
     ]
     for case in cases:

@@ -2,7 +2,7 @@
 //! aggregated as a per-sequence masked mean, then the mean over sequences, or over tokens with `loss_type`
 //! (docs/plugins.md, "The shipped algorithms and environment").
 
-use grpo_sdk::ops::{split_groups, PolicyTerms, RatioLevel, Surrogate};
+use grpo_sdk::ops::{split_groups, KlEstimator, PolicyTerms, RatioLevel, TermOptions};
 use grpo_sdk::tch::Tensor;
 use grpo_sdk::{Algorithm, DeferredLoss, LossOutput, MetricSource, PolicyBatch, Result};
 use serde::{Deserialize, Serialize};
@@ -22,6 +22,8 @@ pub struct Config {
     /// Two-sided clipping: cap the unclipped branch's ratio here (TRL's `delta`, verl's `clip_ratio_c`); `None`:
     /// off. Above `1 + --clip-eps-high`.
     pub delta: Option<f64>,
+    /// The per-token estimate of the KL penalty (verl's `kl_loss_type`).
+    pub kl_estimator: KlEstimator,
 }
 
 impl Default for Config {
@@ -32,6 +34,7 @@ impl Default for Config {
             loss_type: LossType::Grpo,
             importance_sampling_level: RatioLevel::Token,
             delta: None,
+            kl_estimator: KlEstimator::K3,
         }
     }
 }
@@ -76,7 +79,7 @@ impl grpo_sdk::Plugin for Grpo {
     const DESCRIPTION: &'static str =
         "GRPO: (r - mean) / (std + eps) advantages (scale_rewards: group, batch or none), clipped surrogate + k3 KL, \
          per-sequence mean (loss_type: grpo, bnpo or dapo); importance_sampling_level sequence for GSPO; delta for \
-         two-sided clipping";
+         two-sided clipping; kl_estimator k3, k1 or k2";
 
     fn new(config: serde_json::Value) -> Result<Self> {
         let config: Config = grpo_sdk::parse_config(config)?;
@@ -133,7 +136,8 @@ impl Algorithm for Grpo {
 
     /// Every metric computed from tensors stays on the device until the host reads the optimizer step's values.
     fn loss_deferred(&self, batch: &PolicyBatch) -> Result<DeferredLoss> {
-        let how = Surrogate { ratio: self.config.importance_sampling_level, delta: self.config.delta };
+        let (ratio, delta, kl) = (self.config.importance_sampling_level, self.config.delta, self.config.kl_estimator);
+        let how = TermOptions { ratio, delta, kl };
         let terms = PolicyTerms::with(batch, how)?;
         let per_token = terms.per_token_loss(batch.settings.kl_weight);
         let loss = match self.config.loss_type {

@@ -65,7 +65,8 @@ fn each_loss_type_has_its_own_fixture_and_value() {
     assert!((values[1] - values[2]).abs() > 1e-3, "bnpo and a step's dapo agree: {values:?}");
     // Alone in its step, a micro-batch's dapo loss is its token mean.
     assert_num("dapo alone", values[3], values[1]);
-    for name in ["grpo_bnpo", "grpo_dapo_step", "grpo_dapo_alone", "grpo_gspo", "grpo_gspo_tis_dapo", "grpo_delta"] {
+    let options = ["grpo_bnpo", "grpo_dapo_step", "grpo_dapo_alone", "grpo_gspo", "grpo_gspo_tis_dapo", "grpo_delta"];
+    for name in options.into_iter().chain(["grpo_kl_k1", "grpo_kl_k2"]) {
         assert!(fixtures("loss", Some("grpo")).iter().any(|c| c["name"] == name && !c["config"].is_null()), "{name}");
     }
     let err = Grpo::new(serde_json::json!({"loss_type": "seq"})).err().unwrap().to_string();
