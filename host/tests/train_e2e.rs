@@ -421,7 +421,7 @@ fn reward_weights_scale_the_returns_and_a_misspelt_component_is_named() {
     assert_eq!(config["run"]["rewards"]["weights"], serde_json::json!({"answer": 3.0, "anwser": 2.0}));
     let warnings: Vec<&str> = err.lines().filter(|l| l.contains("--reward-weights names")).collect();
     assert_eq!(warnings.len(), 1, "{err}");
-    assert!(warnings[0].contains("anwser") && warnings[0].ends_with("components were: answer"), "{err}");
+    assert!(warnings[0].contains("anwser") && warnings[0].ends_with("components reported were: answer"), "{err}");
 
     let bad = train(runs.path(), "bad", &[&flags[..], &["--reward-weights", r#"{"answer": "x"}"#]].concat());
     assert_eq!(bad.status.code(), Some(2), "{}", text(&bad.stderr));

@@ -595,8 +595,9 @@ impl Trainer {
             let unknown = self.config.rewards.weights.unknown(&seen);
             if !unknown.is_empty() {
                 self.loggers.println(&format!(
-                    "warning: --reward-weights names {}, which no episode of batch {} reported, so the weight \
-                     changes nothing; the environment's components were: {}",
+                    "warning: --reward-weights names {}, which no episode of batch {} reported: a misspelt name \
+                     weighs nothing (a component the environment gives only in some episodes is fine); the \
+                     components reported were: {}",
                     unknown.join(", "),
                     self.state.batch,
                     seen.into_iter().collect::<Vec<_>>().join(", ")
