@@ -257,6 +257,24 @@ fn a_dapo_loss_on_two_ranks_divides_by_every_ranks_tokens_as_one_process() {
     assert_same_weights(&r.join("one"), &r.join("two"));
 }
 
+/// `--top-entropy-quantile` takes its threshold over the micro-batch's tokens on every rank, as TRL gathers them
+/// over the processes: two ranks keep the tokens one process keeps, and their gradient and weights are its.
+#[test]
+fn a_top_entropy_quantile_on_two_ranks_keeps_one_processs_tokens() {
+    let runs = tempfile::tempdir().unwrap();
+    let r = runs.path();
+    let args = |name: &str, prompts: usize| {
+        [varied_args(r, name, prompts), vec!["--top-entropy-quantile".into(), "0.3".into()]].concat()
+    };
+    assert_ok(&single(r, &args("one", 4)), "one process");
+    assert_ok(&under_torchrun(r, 2, &args("two", 2)), "torchrun with 2 ranks");
+    let (one, two) = (rows(&r.join("one")), rows(&r.join("two")));
+    assert!(number(&one[&0], "rollouts/frac_reward_zero_std") < 1.0, "no reward varied in a group: {:?}", one[&0]);
+    let (x, y) = (number(&one[&0], "training_step/grad_norm"), number(&two[&0], "training_step/grad_norm"));
+    assert!(x > 0.0 && (x - y).abs() <= 1e-5 * x, "gradient norm: one process {x}, two ranks {y}");
+    assert_same_weights(&r.join("one"), &r.join("two"));
+}
+
 /// Under `--dynamic-sampling` each rank fills its own share of the batch with groups whose rewards vary, and the
 /// ranks run the rounds together: a rank that has its groups waits for the others, and none stops early.
 #[test]

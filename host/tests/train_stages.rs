@@ -53,6 +53,7 @@ fn objective(kl_weight: f64, recompute_old_logprobs: RecomputeOld) -> ObjectiveS
         tis_cap: 0.0,
         mask_truncated_completions: false,
         logprob_temperature: Default::default(),
+        top_entropy_quantile: 1.0,
     }
 }
 
@@ -146,6 +147,7 @@ fn update_once(
         batch,
         loss: objective.for_algorithm(batch.max_new_tokens),
         max_norm: 0.0,
+        top_entropy_quantile: objective.top_entropy_quantile,
         seed: 7,
         world: &World::single(),
     };
@@ -197,6 +199,7 @@ fn one_batch_through_every_stage() {
         batch: &batch,
         loss: objective.for_algorithm(batch.max_new_tokens),
         max_norm: 1.0,
+        top_entropy_quantile: 1.0,
         seed: 7,
         world: &World::single(),
     };
@@ -363,4 +366,43 @@ fn a_dapo_step_is_the_same_however_it_is_cut_into_micro_batches() {
     assert!(!close(bnpo_split_norm, split_norm), "bnpo in three micro-batches gave dapo's gradient norm");
     let gap = (&whole - &bnpo_split).abs().max().double_value(&[]);
     assert!(gap > 100.0 * diff, "bnpo's split update is as close to the whole step's ({gap}) as dapo's ({diff})");
+}
+
+/// `--top-entropy-quantile 0.3` keeps the policy-gradient term of the 30% of the micro-batch's action tokens with
+/// the highest entropy (TRL's `top_entropy_quantile`): the same update as weighting the tokens by that mask, made
+/// here from the model's own entropies and libtorch's quantile, and not the plain update.
+#[test]
+fn a_top_entropy_quantile_trains_on_the_high_entropy_tokens_only() {
+    let (algo, env) = plugins();
+    // One micro-batch: the quantile is over the whole step's tokens.
+    let batch = BatchSettings { train_batch_size: 6, ..batch(1) };
+    let model = || Policy::load(&settings(DtypeSpec::F32, MixedPrecision::No), 0.0, 7).unwrap();
+    let scored = scored_batch(&model(), &algo, &env, &batch);
+    let objective = objective(0.0, RecomputeOld::Never);
+    let step = |top_entropy_quantile: f64, weights: Option<&Tensor>| -> Tensor {
+        let objective = ObjectiveSettings { top_entropy_quantile, ..objective };
+        let policy = model();
+        let mut exp = experience::prepare(&scored, &policy, &objective, 6).unwrap();
+        exp.is_weights = weights.map(Tensor::shallow_clone);
+        update_once(&policy, &exp, &algo, &batch, &objective, 1e-3).0
+    };
+    let policy = model();
+    let exp = experience::prepare(&scored, &policy, &objective, 6).unwrap();
+    let padding = grpo_host::model::Padding::Right;
+    let (_, entropy) =
+        tch::no_grad(|| policy.model().token_log_probs_and_entropy(&exp.tokens, &exp.attention_mask, padding));
+    let on = exp.action_mask.to_kind(Kind::Bool);
+    let threshold = entropy.masked_select(&on).quantile_scalar(0.7, None::<i64>, false, "linear");
+    let mask = entropy.ge_tensor(&threshold).logical_and(&on).to_kind(Kind::Float);
+    let kept = mask.sum(Kind::Double).double_value(&[]) / on.sum(Kind::Double).double_value(&[]);
+    assert!((0.2..=0.4).contains(&kept), "the 0.7 quantile kept {kept} of the tokens");
+
+    let masked = step(0.3, None);
+    let oracle = step(1.0, Some(&mask));
+    let plain = step(1.0, None);
+    let moved = oracle.abs().max().double_value(&[]);
+    let diff = (&masked - &oracle).abs().max().double_value(&[]);
+    assert!(moved > 0.0 && diff <= 1e-3 * moved, "the masked update differs from the oracle's by {diff} ({moved})");
+    let gap = (&masked - &plain).abs().max().double_value(&[]);
+    assert!(gap > 100.0 * diff.max(1e-9), "the mask changed nothing ({gap})");
 }

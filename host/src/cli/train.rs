@@ -172,6 +172,11 @@ pub struct TrainArgs {
     /// the distribution the tokens were drawn from, top-k/top-p/min-p aside (TRL and verl).
     #[arg(long, default_value = "one")]
     pub logprob_temperature: LogprobTemperature,
+    /// Train the policy-gradient term on the highest-entropy share Q of each micro-batch's action tokens only, as
+    /// TRL's top_entropy_quantile ("Beyond the 80/20 rule"; 0.2 is its paper's); the KL term keeps every token.
+    /// 1 keeps all.
+    #[arg(long, value_name = "Q", default_value_t = 1.0)]
+    pub top_entropy_quantile: f64,
 
     /// LoRA flags (--lora-rank, --lora-alpha, --lora-dropout).
     #[command(flatten)]
@@ -298,6 +303,7 @@ impl TrainArgs {
                 tis_cap: self.tis_cap,
                 mask_truncated_completions: self.mask_truncated_completions,
                 logprob_temperature: self.logprob_temperature,
+                top_entropy_quantile: self.top_entropy_quantile,
             },
             seed: self.seed,
             checkpoints: self.run_dir.settings()?,
@@ -369,6 +375,12 @@ impl TrainArgs {
             return Err(user_error!(
                 "--mask-truncated-completions with --ignore-eos would leave every episode out of the loss (each turn \
                  runs to --max-new-tokens); drop one of them"
+            ));
+        }
+        if !(self.top_entropy_quantile > 0.0 && self.top_entropy_quantile <= 1.0) {
+            return Err(user_error!(
+                "--top-entropy-quantile {}: must be in (0, 1], the share of tokens kept (1 keeps all)",
+                self.top_entropy_quantile
             ));
         }
         // Below 1 the cap would down-weight even the tokens where sampler and trainer agree.

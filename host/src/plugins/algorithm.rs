@@ -47,16 +47,16 @@ impl PluginInstance<AlgorithmVTable> {
         Ok(adv)
     }
 
-    /// An error unless the library's batch has [`PolicyBatch::is_weights`] (ABI 1.1 and later): an older loss
-    /// would ignore them without a word.
-    pub fn check_takes_importance_weights(&self) -> anyhow::Result<()> {
+    /// An error naming `flag`, the setting that needs them, unless the library's batch has
+    /// [`PolicyBatch::is_weights`] (ABI 1.1 and later): an older loss would ignore them without a word.
+    pub fn check_takes_importance_weights(&self, flag: &str) -> anyhow::Result<()> {
         let info = self.info();
         if info.abi_minor >= 1 {
             return Ok(());
         }
         Err(user_error!(
-            "--tis-cap: {} was built against grpo-sdk {} (ABI 1.{}), whose loss cannot receive importance weights; \
-             rebuild it against this SDK, or drop --tis-cap",
+            "{flag}: {} was built against grpo-sdk {} (ABI 1.{}), whose loss cannot receive per-token weights; \
+             rebuild it against this SDK, or drop {flag}",
             info.label(),
             info.sdk_version,
             info.abi_minor
@@ -67,7 +67,7 @@ impl PluginInstance<AlgorithmVTable> {
     /// computed from tensors still on the device (a library older than ABI 1.3 reads them itself).
     pub fn loss(&self, batch: &PolicyBatch) -> anyhow::Result<DeferredLoss> {
         if batch.is_weights.is_some() {
-            self.check_takes_importance_weights()?;
+            self.check_takes_importance_weights("--tis-cap or --top-entropy-quantile")?;
         }
         let ffi_batch = FfiPolicyBatch {
             size: std::mem::size_of::<FfiPolicyBatch>(),

@@ -294,6 +294,15 @@ pub struct ObjectiveSettings {
     /// under.
     #[serde(default)]
     pub logprob_temperature: LogprobTemperature,
+    /// The share of each micro-batch's action tokens, those of highest entropy, whose policy-gradient term is kept
+    /// (`--top-entropy-quantile`, TRL's `top_entropy_quantile`); 1 keeps all.
+    #[serde(default = "all_tokens")]
+    pub top_entropy_quantile: f64,
+}
+
+/// 1: every action token in the policy-gradient term (and what settings saved before the option read back as).
+fn all_tokens() -> f64 {
+    1.0
 }
 
 impl ObjectiveSettings {
@@ -383,6 +392,7 @@ impl RunConfig {
             ("--tis-cap", json!(l.tis_cap)),
             ("--mask-truncated-completions", json!(l.mask_truncated_completions)),
             ("--logprob-temperature", json!(l.logprob_temperature.to_string())),
+            ("--top-entropy-quantile", json!(l.top_entropy_quantile)),
             ("--seed", json!(self.seed)),
             ("--sft-warmup-steps/--sft-batch-size/--sft-lr/--sft-data", json!(self.sft)),
             (

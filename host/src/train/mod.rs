@@ -165,7 +165,10 @@ impl Trainer {
             );
         }
         if config.loss.tis_cap > 0.0 {
-            algo.check_takes_importance_weights()?;
+            algo.check_takes_importance_weights("--tis-cap")?;
+        }
+        if config.loss.top_entropy_quantile < 1.0 {
+            algo.check_takes_importance_weights("--top-entropy-quantile")?;
         }
         let mut optimizer = policy.optimizer(config.optimizer.adamw());
         let mut scaler = LossScaler::new(precision.mode);
@@ -639,6 +642,7 @@ impl Trainer {
             batch: &config.batch,
             loss: config.loss.for_algorithm(config.batch.max_new_tokens),
             max_norm: config.optimizer.max_norm,
+            top_entropy_quantile: config.loss.top_entropy_quantile,
             seed: config.seed,
             world,
         };

@@ -29,9 +29,38 @@ pub fn summarize(xs: &[f64]) -> Summary {
     }
 }
 
+/// The `q`-quantile of `xs` (q in [0, 1]) with linear interpolation between the two nearest ranks, as
+/// `torch.quantile` computes it by default; `None` for an empty sample. Sorts `xs`.
+pub fn quantile(xs: &mut [f32], q: f64) -> Option<f64> {
+    if xs.is_empty() {
+        return None;
+    }
+    xs.sort_by(f32::total_cmp);
+    let at = q.clamp(0.0, 1.0) * (xs.len() - 1) as f64;
+    let (lo, hi) = (at.floor() as usize, at.ceil() as usize);
+    let (a, b) = (f64::from(xs[lo]), f64::from(xs[hi]));
+    Some(a + (b - a) * (at - lo as f64))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quantiles_match_libtorch() {
+        tch::manual_seed(3);
+        for n in [1, 2, 7, 100] {
+            // Rounded to tenths, so that ties occur.
+            let t = (tch::Tensor::rand([n], (tch::Kind::Float, tch::Device::Cpu)) * 10.0).round() / 10.0;
+            let mut xs = Vec::<f32>::try_from(&t).unwrap();
+            for q in [0.0, 0.2, 0.5, 0.8, 0.95, 1.0] {
+                let want = t.quantile_scalar(q, None::<i64>, false, "linear").double_value(&[]);
+                let got = quantile(&mut xs, q).unwrap();
+                assert!((got - want).abs() < 1e-6, "n {n}, q {q}: {got} against libtorch's {want}");
+            }
+        }
+        assert_eq!(quantile(&mut [], 0.5), None);
+    }
 
     #[test]
     fn matches_torch_conventions() {

@@ -39,6 +39,9 @@ pub struct Updater<'a> {
     pub loss: grpo_sdk::LossSettings,
     /// Global gradient-norm clip (0 disables).
     pub max_norm: f64,
+    /// The share of each micro-batch's action tokens, the highest-entropy ones, that the policy-gradient term keeps
+    /// (`--top-entropy-quantile`); 1 keeps all.
+    pub top_entropy_quantile: f64,
     /// The run seed (the micro-batch shuffles derive from it and the batch number).
     pub seed: u64,
     /// The data-parallel ranks: each step's gradients, loss and metrics are averaged over them.
@@ -135,6 +138,21 @@ impl Updater<'_> {
         Ok(tokens.iter().zip(losses).map(|(n, k)| n.max(1.0) / k).collect())
     }
 
+    /// `[B, T]` f32: 1 on the action tokens whose entropy reaches the `1 - q` quantile of the action tokens'
+    /// entropies in this micro-batch on every rank, else 0 (TRL's `get_high_entropy_mask`, which gathers over the
+    /// processes too). The entropies come to the host for it: on a GPU, a synchronisation per micro-batch, the
+    /// option's cost.
+    fn high_entropy_tokens(&self, entropy: &Tensor, action_mask: &Tensor) -> Result<Tensor> {
+        let on = action_mask.to_kind(Kind::Bool);
+        let local = Vec::<f32>::try_from(entropy.masked_select(&on).to_device(Device::Cpu))?;
+        let ranks = self.world.gather("gathering the micro-batch's token entropies", local)?;
+        let mut all: Vec<f32> = ranks.concat();
+        Ok(match super::stats::quantile(&mut all, 1.0 - self.top_entropy_quantile) {
+            Some(threshold) => entropy.ge(threshold).logical_and(&on).to_kind(Kind::Float),
+            None => entropy.zeros_like(),
+        })
+    }
+
     /// One optimizer step over the micro-batches `window` (rows, and the same rows on the device). It is skipped
     /// (the weights untouched, [`StepRecord::skipped`]) when a micro-batch's loss or the gradient was not finite
     /// (counted in `state.invalid_loss_count`), or, under fp16, when the scaled gradients overflowed; it counts as a
@@ -163,6 +181,13 @@ impl Updater<'_> {
             let (log_probs, token_entropy) =
                 self.policy.model().token_log_probs_and_entropy(&mb.tokens, &mb.attention_mask, Padding::Right);
             entropy += action_totals(&token_entropy, &mb.action_mask);
+            // The entropy mask weighs the policy-gradient term only, as the importance weights do.
+            let is_weights = if self.top_entropy_quantile < 1.0 {
+                let keep = self.high_entropy_tokens(&token_entropy, &mb.action_mask)?;
+                Some(mb.is_weights.map_or_else(|| keep.shallow_clone(), |w| w * &keep))
+            } else {
+                mb.is_weights
+            };
             let batch = PolicyBatch {
                 log_probs,
                 old_log_probs: mb.old_log_probs,
@@ -170,7 +195,7 @@ impl Updater<'_> {
                 advantages: mb.advantages,
                 action_mask: mb.action_mask,
                 settings: self.loss,
-                is_weights: mb.is_weights,
+                is_weights,
                 step_token_divisor: Some(step_token_divisor),
             };
             let out = self.algo.loss(&batch)?;
