@@ -242,19 +242,30 @@ fn a_dapo_loss_on_two_ranks_divides_by_every_ranks_tokens_as_one_process() {
         let a = replaced(replaced(varied_args(r, name, prompts), "--max-length", "260"), "--env-config", env);
         [a, vec!["--algo-config".into(), r#"{"loss_type": "dapo"}"#.into()]].concat()
     };
+    let (first, second) = one_update_on_one_and_two_ranks(r, &args);
+    // Equal lengths would make every aggregation give the same update.
+    assert!(number(&first, "completions/min_length") < number(&first, "completions/max_length"), "{first:?}");
+    // A group's replies share a length, and its advantages sum to 0, so the loss itself is 0 up to rounding.
+    let (x, y) = (number(&first, "training_step/loss"), number(&second, "training_step/loss"));
+    assert!((x - y).abs() <= 1e-6, "loss: one process {x}, two ranks {y}");
+}
+
+/// Run `args(name, tasks per process)` as one process with 4 tasks ("one") and as two ranks with 2 each ("two"), a
+/// batch of one optimizer step, and check that the step found something to learn (a group whose rewards varied) and
+/// that both took the same step: gradient norm and weights. Returns both runs' first rows.
+fn one_update_on_one_and_two_ranks(
+    r: &Path,
+    args: &dyn Fn(&str, usize) -> Vec<String>,
+) -> (serde_json::Map<String, Value>, serde_json::Map<String, Value>) {
     assert_ok(&single(r, &args("one", 4)), "one process");
     assert_ok(&under_torchrun(r, 2, &args("two", 2)), "torchrun with 2 ranks");
-    let (one, two) = (rows(&r.join("one")), rows(&r.join("two")));
-    let first = &one[&0];
-    // Equal lengths, or rewards equal within every group, would make every aggregation give the same update.
-    assert!(number(first, "completions/min_length") < number(first, "completions/max_length"), "{first:?}");
-    assert!(number(first, "rollouts/frac_reward_zero_std") < 1.0, "no reward varied in a group: {first:?}");
-    // A group's replies share a length, and its advantages sum to 0, so the loss itself is 0 up to rounding.
-    let (x, y) = (number(first, "training_step/loss"), number(&two[&0], "training_step/loss"));
-    assert!((x - y).abs() <= 1e-6, "loss: one process {x}, two ranks {y}");
-    let (x, y) = (number(first, "training_step/grad_norm"), number(&two[&0], "training_step/grad_norm"));
+    let (mut one, mut two) = (rows(&r.join("one")), rows(&r.join("two")));
+    let (first, second) = (one.remove(&0).unwrap(), two.remove(&0).unwrap());
+    assert!(number(&first, "rollouts/frac_reward_zero_std") < 1.0, "no reward varied in a group: {first:?}");
+    let (x, y) = (number(&first, "training_step/grad_norm"), number(&second, "training_step/grad_norm"));
     assert!(x > 0.0 && (x - y).abs() <= 1e-5 * x, "gradient norm: one process {x}, two ranks {y}");
     assert_same_weights(&r.join("one"), &r.join("two"));
+    (first, second)
 }
 
 /// `--top-entropy-quantile` takes its threshold over the micro-batch's tokens on every rank, as TRL gathers them
@@ -266,13 +277,7 @@ fn a_top_entropy_quantile_on_two_ranks_keeps_one_processs_tokens() {
     let args = |name: &str, prompts: usize| {
         [varied_args(r, name, prompts), vec!["--top-entropy-quantile".into(), "0.3".into()]].concat()
     };
-    assert_ok(&single(r, &args("one", 4)), "one process");
-    assert_ok(&under_torchrun(r, 2, &args("two", 2)), "torchrun with 2 ranks");
-    let (one, two) = (rows(&r.join("one")), rows(&r.join("two")));
-    assert!(number(&one[&0], "rollouts/frac_reward_zero_std") < 1.0, "no reward varied in a group: {:?}", one[&0]);
-    let (x, y) = (number(&one[&0], "training_step/grad_norm"), number(&two[&0], "training_step/grad_norm"));
-    assert!(x > 0.0 && (x - y).abs() <= 1e-5 * x, "gradient norm: one process {x}, two ranks {y}");
-    assert_same_weights(&r.join("one"), &r.join("two"));
+    one_update_on_one_and_two_ranks(r, &args);
 }
 
 /// Under `--dynamic-sampling` each rank fills its own share of the batch with groups whose rewards vary, and the
