@@ -107,9 +107,11 @@ pub struct PolicyBatch {
     pub action_mask: Tensor,
     /// The run's loss hyper-parameters and generation settings.
     pub settings: LossSettings,
-    /// `[B, T]` f32 truncated importance weights `min(p_old / p_sampler, cap)` (detached), when the rollouts were
-    /// sampled in another precision than the trainer's and the run corrects for it (`--tis-cap`); `None` otherwise.
-    /// A loss multiplies each token's policy-gradient term by its weight, not the KL term; [`crate::ops::PolicyTerms`]
+    /// `[B, T]` f32 per-token weights of the policy-gradient term (detached), when the run has some; `None`
+    /// otherwise. They are the truncated importance weights `min(p_old / p_sampler, cap)` when the rollouts were
+    /// sampled in another precision than the trainer's and the run corrects for it (`--tis-cap`), times 1 or 0 for
+    /// whether a token is among the highest-entropy ones the run trains on (`--top-entropy-quantile`). A loss
+    /// multiplies each token's policy-gradient term by its weight, not the KL term; [`crate::ops::PolicyTerms`]
     /// does so.
     pub is_weights: Option<Tensor>,
     /// What this micro-batch's sum over action tokens is divided by to make the optimizer step's token-level mean
