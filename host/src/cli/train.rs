@@ -252,7 +252,6 @@ impl TrainArgs {
                 env: self.env,
                 algo_config: json_option(self.algo_config.as_deref(), "--algo-config")?,
                 env_config,
-
                 plugin_dirs: self.plugins.plugin_dirs,
             },
             model: ModelSettings {

@@ -514,7 +514,8 @@ impl<'a> Engine<'a> {
             let starts: Vec<i64> = ids.iter().map(|id| self.seqs[id].cached).collect();
             (Tensor::from_slice(&starts).to_device(device), starts.iter().max().copied().unwrap_or(0))
         });
-        // Under a repetition penalty, `[n, vocab]`: the tokens each row's sequence holds so far, on the device.
+        // Under a repetition penalty, `[n, vocab]`: the tokens each row's sequence holds so far, on the device (with
+        // the `true` and the row numbers that mark each drawn token in it).
         let seen = (self.cfg.sampling.repetition_penalty != 1.0).then(|| {
             let (mut rows, mut cols) = (Vec::new(), Vec::new());
             for (r, id) in ids.iter().enumerate() {
@@ -526,21 +527,20 @@ impl<'a> Engine<'a> {
             let seen = Tensor::zeros(logits.size(), (Kind::Bool, device));
             let (rows, cols) =
                 (Tensor::from_slice(&rows).to_device(device), Tensor::from_slice(&cols).to_device(device));
-            seen.index_put(&[Some(rows), Some(cols)], &Tensor::from(true).to_device(device), false)
+            let truth = Tensor::from(true).to_device(device);
+            let seen = seen.index_put(&[Some(rows), Some(cols)], &truth, false);
+            (seen, truth, Tensor::arange(n as i64, (Kind::Int64, device)))
         });
+        let temperature = self.model.logprob_temperature();
         let mut drawn = Vec::with_capacity(block);
         for j in 0..block {
             let u = uniforms.as_ref().map(|u| u.get(j as i64));
-            let temperature = self.model.logprob_temperature();
-            let (tok, lp, mlp) = sampling::sample(&logits, &self.cfg.sampling, u.as_ref(), temperature, seen.as_ref());
-            if let Some(seen) = &seen {
+            let mask = seen.as_ref().map(|(seen, _, _)| seen);
+            let (tok, lp, mlp) = sampling::sample(&logits, &self.cfg.sampling, u.as_ref(), temperature, mask);
+            if let Some((seen, truth, rows)) = &seen {
                 // The block's next draws see this one.
-                let rows = Tensor::arange(n as i64, (Kind::Int64, device));
-                let _ = seen.shallow_clone().index_put_(
-                    &[Some(rows), Some(tok.shallow_clone())],
-                    &Tensor::from(true).to_device(device),
-                    false,
-                );
+                let at = [Some(rows.shallow_clone()), Some(tok.shallow_clone())];
+                let _ = seen.shallow_clone().index_put_(&at, truth, false);
             }
             if let (Some((starts, longest)), true) = (&front, j + 1 < block) {
                 let model = self.model;

@@ -85,9 +85,8 @@ pub fn sample(
     seen: Option<&Tensor>,
 ) -> (Tensor, Tensor, Tensor) {
     let logits = logits.to_kind(Kind::Float);
-    let plain_lp = logits.log_softmax(-1, Kind::Float);
     let model_lp = if model_temperature == 1.0 {
-        plain_lp.shallow_clone()
+        logits.log_softmax(-1, Kind::Float)
     } else {
         (&logits / model_temperature).log_softmax(-1, Kind::Float)
     };
@@ -100,7 +99,12 @@ pub fn sample(
         let mlp = model_lp.gather(-1, &tok, false).squeeze_dim(-1);
         return (tok.squeeze_dim(-1), mlp.zeros_like(), mlp);
     }
-    let lp = if p.is_plain() { plain_lp } else { filtered_log_probs(&logits, p) };
+    // The plain distribution is the model's unless its log-probs are scored at another temperature.
+    let lp = match (p.is_plain(), model_temperature == 1.0) {
+        (true, true) => model_lp.shallow_clone(),
+        (true, false) => logits.log_softmax(-1, Kind::Float),
+        (false, _) => filtered_log_probs(&logits, p),
+    };
     let tok = draw(&lp, uniforms);
     let slp = lp.gather(-1, &tok, false).squeeze_dim(-1);
     let mlp = model_lp.gather(-1, &tok, false).squeeze_dim(-1);

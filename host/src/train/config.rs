@@ -211,6 +211,7 @@ impl OptimizerSettings {
     /// An error naming the flag when a setting is out of its range (train's warm-up learning rate, `--sft-lr`, is
     /// checked where it is read).
     pub fn check(&self) -> anyhow::Result<()> {
+        let warmup_ratio = self.warmup_ratio.unwrap_or(0.0);
         let checks = [
             ("--lr", self.lr, self.lr > 0.0, "a positive number"),
             ("--weight-decay", self.weight_decay, self.weight_decay >= 0.0, "a number >= 0"),
@@ -218,12 +219,7 @@ impl OptimizerSettings {
             ("--adam-beta2", self.beta2, (0.0..1.0).contains(&self.beta2), "in [0, 1)"),
             ("--adam-eps", self.eps, self.eps > 0.0, "a positive number"),
             ("--max-norm", self.max_norm, self.max_norm >= 0.0, "a number >= 0 (0 disables clipping)"),
-            (
-                "--warmup-ratio",
-                self.warmup_ratio.unwrap_or(0.0),
-                (0.0..1.0).contains(&self.warmup_ratio.unwrap_or(0.0)),
-                "in [0, 1)",
-            ),
+            ("--warmup-ratio", warmup_ratio, (0.0..1.0).contains(&warmup_ratio), "in [0, 1)"),
         ];
         match checks.into_iter().find(|(_, value, ok, _)| !(*ok && value.is_finite())) {
             Some((flag, value, _, want)) => Err(crate::user_error!("{flag} {value}: must be {want}")),
@@ -391,7 +387,7 @@ impl RunConfig {
             ("--recompute-old-logprobs", json!(l.recompute_old_logprobs)),
             ("--tis-cap", json!(l.tis_cap)),
             ("--mask-truncated-completions", json!(l.mask_truncated_completions)),
-            ("--logprob-temperature", json!(l.logprob_temperature.to_string())),
+            ("--logprob-temperature", json!(l.logprob_temperature)),
             ("--top-entropy-quantile", json!(l.top_entropy_quantile)),
             ("--seed", json!(self.seed)),
             ("--sft-warmup-steps/--sft-batch-size/--sft-lr/--sft-data", json!(self.sft)),

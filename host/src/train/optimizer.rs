@@ -30,7 +30,7 @@ pub struct Schedule {
     /// Updates of linear warmup.
     pub warmup_steps: u64,
     /// The shape after warmup: constant, or a linear or cosine decay to zero at `total_steps`.
-    pub decay: super::config::LrSchedule,
+    pub decay: LrSchedule,
     /// Updates the schedule spans.
     pub total_steps: u64,
     /// The global step of its first update. The supervised warm-up's steps come before it, at their own rate, so

@@ -184,7 +184,10 @@ impl Updater<'_> {
             // The entropy mask weighs the policy-gradient term only, as the importance weights do.
             let is_weights = if self.top_entropy_quantile < 1.0 {
                 let keep = self.high_entropy_tokens(&token_entropy, &mb.action_mask)?;
-                Some(mb.is_weights.map_or_else(|| keep.shallow_clone(), |w| w * &keep))
+                Some(match mb.is_weights {
+                    Some(w) => w * keep,
+                    None => keep,
+                })
             } else {
                 mb.is_weights
             };
