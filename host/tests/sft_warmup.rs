@@ -55,14 +55,6 @@ fn train(runs: &Path, extra: &[&str]) -> Output {
     run(&args)
 }
 
-/// The stderr of a run refused for a mistake in what it was given: exit code 2 and one line.
-fn refused(out: &Output) -> String {
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
-    err
-}
-
 fn rows(run: &Path) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
@@ -253,19 +245,19 @@ fn sft_reads_a_folder_of_json_lines_and_json_in_both_trl_formats() {
     assert_eq!(row["sft/epoch"].as_f64(), Some(1.0), "{row}");
     // Cut to 3 tokens, no conversation keeps an assistant token: one line says so.
     let out = sft_run(&runs, "short", &data, &["--max-steps", "1", "--max-length", "3"]);
-    let err = refused(&out);
+    let err = common::refused(&out);
     assert!(err.contains("--max-length 3"), "{err}");
 
     std::fs::write(data.join("c.jsonl"), "{\"question\": \"a row of no TRL format\"}\n").unwrap();
     let out = sft_run(&runs, "bad", &data, &["--max-steps", "1"]);
-    let err = refused(&out);
+    let err = common::refused(&out);
     assert!(err.contains("c.jsonl row 0") && err.contains("no `messages`"), "{err}");
     assert!(err.contains("`text`") && err.contains("[question]"), "{err}");
     let call = serde_json::json!({"messages": [{"role": "user", "content": "lights on"}, {"role": "assistant",
         "tool_calls": [{"type": "function", "function": {"name": "light", "arguments": {"on": true}}}]}]});
     std::fs::write(data.join("c.jsonl"), format!("{call}\n")).unwrap();
     let out = sft_run(&runs, "bad", &data, &["--max-steps", "1"]);
-    let err = refused(&out);
+    let err = common::refused(&out);
     assert!(err.contains("c.jsonl row 0") && err.contains("does not write") && err.contains("`light`"), "{err}");
 }
 
@@ -357,7 +349,7 @@ fn sft_trains_plain_text_rows_with_or_without_a_chat_template() {
     let out = sft_run_on(&model, &runs, "base", &plain, &["--max-steps", "1"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = sft_run_on(&model, &runs, "base-chat", &mixed, &["--max-steps", "1"]);
-    let err = refused(&out);
+    let err = common::refused(&out);
     assert!(err.contains("no chat template") && err.contains("`text`"), "{err}");
 
     // Another text column, named as TRL's dataset_text_field names it.
@@ -375,7 +367,7 @@ fn sft_trains_plain_text_rows_with_or_without_a_chat_template() {
     // An empty text has no token to train on (its eos is its first token): alone, it is one line saying so.
     let empty = write("empty.jsonl", &[serde_json::json!({"text": ""})]);
     let out = sft_run(&runs, "empty", &empty, &["--max-steps", "1"]);
-    let err = refused(&out);
+    let err = common::refused(&out);
     assert!(err.contains("no row has a token to train on"), "{err}");
 
     // A prompt and completion of different kinds name both.
@@ -384,7 +376,7 @@ fn sft_trains_plain_text_rows_with_or_without_a_chat_template() {
         &[serde_json::json!({"prompt": "up", "completion": [{"role": "assistant", "content": "down"}]})],
     );
     let out = sft_run(&runs, "odd", &odd, &["--max-steps", "1"]);
-    let err = refused(&out);
+    let err = common::refused(&out);
     assert!(err.contains("odd.jsonl row 0") && err.contains("`prompt` is a string"), "{err}");
 }
 
@@ -437,13 +429,13 @@ fn sft_trains_structured_tool_calls_with_each_rows_tools() {
     bad["tools"] = "[{".into();
     std::fs::write(&data, format!("{}\n{bad}\n", rows[0])).unwrap();
     let out = sft_run_on(&model, &runs, "bad-tools", &data, &["--max-steps", "1"]);
-    let err = refused(&out);
+    let err = common::refused(&out);
     assert!(err.contains("calls.jsonl row 1") && err.contains("`tools` is not JSON"), "{err}");
     let mut bad = rows[0].clone();
     bad["messages"][1]["tool_calls"][0] = serde_json::json!({"arguments": {}});
     std::fs::write(&data, format!("{bad}\n")).unwrap();
     let out = sft_run_on(&model, &runs, "bad-call", &data, &["--max-steps", "1"]);
-    let err = refused(&out);
+    let err = common::refused(&out);
     assert!(err.contains("row 0") && err.contains("message 1") && err.contains("names no function"), "{err}");
 }
 
@@ -521,7 +513,7 @@ fn a_conversation_without_an_assistant_turn_is_a_one_line_error() {
         "--max-steps",
         "1",
     ]);
-    let err = refused(&out);
+    let err = common::refused(&out);
     assert!(err.contains("bad.jsonl row 0") && err.contains("no assistant message"), "{err}");
 }
 
@@ -561,7 +553,7 @@ fn the_kl_reference_is_the_warmed_up_model_and_a_resume_reads_it_back() {
     std::fs::remove_dir_all(copy.join("checkpoints/sft_reference")).unwrap();
     std::fs::remove_dir_all(copy.join("checkpoints/step_4")).unwrap();
     let out = train(resumed_runs.path(), &[&extra[..], &["--resume", "auto"]].concat());
-    let err = refused(&out);
+    let err = common::refused(&out);
     assert!(err.contains("sft_reference") && err.contains("--kl-weight 0"), "{err}");
 }
 
@@ -616,13 +608,13 @@ fn sft_held_out_loss_is_the_next_steps_loss_on_the_same_rows() {
     let row = &self::rows(&runs.join("holdout"))[0];
     assert_eq!((row["sft/eval_tokens"].as_f64(), row["sft/epoch"].as_f64()), (Some(6.0), Some(1.0)), "{row}");
     let out = sft_run(&runs, "holdout-all", &data, &["--max-steps", "1", "--eval-holdout", "3"]);
-    let err = refused(&out);
+    let err = common::refused(&out);
     assert!(err.contains("--eval-holdout 3: --data has 3 rows"), "{err}");
 
     let bad = dir.path().join("bad.jsonl");
     std::fs::write(&bad, "{\"question\": 1}\n").unwrap();
     let out = sft_run(&runs, "bad-eval", &data, &["--max-steps", "1", "--eval-data", bad.to_str().unwrap()]);
-    let err = refused(&out);
+    let err = common::refused(&out);
     assert!(err.contains("--eval-data") && err.contains("bad.jsonl row 0"), "{err}");
 }
 
@@ -644,7 +636,7 @@ fn sft_trains_for_a_number_of_passes_over_the_data() {
     assert!((epochs[2] - 2.0).abs() < 1e-12, "{epochs:?}");
     // With an environment's demonstrations there is no pass to count: one line says so.
     let out = run(&["sft", "--env", "calc_tools", "--num-train-epochs", "1"]);
-    let err = refused(&out);
+    let err = common::refused(&out);
     assert!(err.contains("--num-train-epochs needs --data"), "{err}");
 }
 
@@ -669,7 +661,7 @@ fn the_warm_up_trains_on_sft_data_when_given() {
 
     std::fs::write(&data, "{\"question\": 1}\n").unwrap();
     let out = train(&dir.path().join("runs-bad"), &["--sft-data", data.to_str().unwrap()]);
-    let err = refused(&out);
+    let err = common::refused(&out);
     assert!(err.contains("--sft-data") && err.contains("rows.jsonl row 0"), "{err}");
     assert!(!dir.path().join("runs-bad/warm/checkpoints").exists(), "nothing was written before the refusal");
 }

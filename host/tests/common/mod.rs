@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 use std::sync::{Mutex, OnceLock};
 
 /// The shipped plugins, by package and library file stem.
@@ -205,4 +205,12 @@ pub fn emulated_old_library(
         libtorch_cxx11_abi: grpo_sdk::LIBTORCH_CXX11_ABI as u32,
         plugins: FfiSlice::new(&entries[..]),
     }))
+}
+
+/// The stderr of a run refused for a mistake in what it was given: exit code 2 and one line.
+pub fn refused(out: &Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    err
 }
