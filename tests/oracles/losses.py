@@ -37,10 +37,11 @@ OUT = pathlib.Path(__file__).resolve().parent.parent / "fixtures" / "losses"
 torch.set_default_dtype(torch.float64)
 
 
-def grpo_advantages(rewards, groups, scale="group", eps=1e-8):
+def grpo_advantages(rewards, groups, scale="group", eps=1e-8, leave_one_out=False):
     """GRPO's advantages, with the `grpo` plugin's `scale_rewards`: "group" divides by each group's std, "batch" by
-    the std of all the batch's rewards, "none" by nothing. A group of one, or one whose rewards are all equal, gets
-    exact zeros."""
+    the std of all the batch's rewards, "none" by nothing. With `leave_one_out` (RLOO) the baseline of each reward is
+    the mean of the other rewards of its group. A group of one, or one whose rewards are all equal, gets exact
+    zeros."""
     batch_std = rewards.std(unbiased=True) if len(rewards) > 1 else torch.tensor(0.0)
     out, start = [], 0
     for n in groups:
@@ -48,12 +49,15 @@ def grpo_advantages(rewards, groups, scale="group", eps=1e-8):
         start += n
         if n == 1 or bool((g == g[0]).all()):
             out.append(torch.zeros_like(g))
-        elif scale == "group":
-            out.append((g - g.mean()) / (g.std(unbiased=True) + eps))
+            continue
+        # The others' mean, summed explicitly (the plugin scales the centred rewards by n / (n - 1) instead).
+        baseline = torch.stack([torch.cat([g[:i], g[i + 1 :]]).mean() for i in range(n)]) if leave_one_out else g.mean()
+        if scale == "group":
+            out.append((g - baseline) / (g.std(unbiased=True) + eps))
         elif scale == "batch":
-            out.append((g - g.mean()) / (batch_std + eps))
+            out.append((g - baseline) / (batch_std + eps))
         else:
-            out.append(g - g.mean())
+            out.append(g - baseline)
     return torch.cat(out)
 
 
@@ -226,6 +230,9 @@ def advantages_case(name, rewards, groups):
         "expected_grpo": grpo.tolist(),
         "expected_grpo_scale_batch": grpo_advantages(r, groups, "batch").tolist(),
         "expected_grpo_scale_none": grpo_advantages(r, groups, "none").tolist(),
+        "expected_rloo": grpo_advantages(r, groups, "none", leave_one_out=True).tolist(),
+        "expected_rloo_scale_group": grpo_advantages(r, groups, "group", leave_one_out=True).tolist(),
+        "expected_rloo_scale_batch": grpo_advantages(r, groups, "batch", leave_one_out=True).tolist(),
         "expected_drgrpo": dr.tolist(),
         "expected_drgrpo_metrics": {
             # Population variance and the third standardized moment (Fisher-Pearson g1) of all advantages.

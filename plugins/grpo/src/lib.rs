@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// Added to the standard deviation before dividing (re-grpo: 1e-8).
     pub std_eps: f64,
+    /// What each reward is centred on: its group's mean, or the mean of the rest of its group (RLOO).
+    pub baseline: Baseline,
     /// Which standard deviation the centred rewards are divided by (TRL's `scale_rewards`).
     pub scale_rewards: ScaleRewards,
     /// How the per-token losses are averaged (TRL's `loss_type`).
@@ -30,6 +32,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             std_eps: 1e-8,
+            baseline: Baseline::GroupMean,
             scale_rewards: ScaleRewards::Group,
             loss_type: LossType::Grpo,
             importance_sampling_level: RatioLevel::Token,
@@ -54,7 +57,19 @@ pub enum LossType {
     Dapo,
 }
 
-/// What `r - mean_g r` is divided by.
+/// What a reward is compared with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Baseline {
+    /// The mean of its group, itself included: GRPO as published, and re-grpo.
+    GroupMean,
+    /// The mean of the other rewards of its group (REINFORCE leave-one-out, Ahmadian et al. 2024; verl's `rloo`):
+    /// `r_i - mean_{j != i} r_j`, which is `n / (n - 1)` times the group-mean form, so the baseline does not depend
+    /// on the reward it is subtracted from. With `scale_rewards: "none"` this is RLOO's advantage.
+    LeaveOneOut,
+}
+
+/// What the centred rewards are divided by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ScaleRewards {
@@ -77,9 +92,9 @@ impl MetricSource for Grpo {}
 impl grpo_sdk::Plugin for Grpo {
     const NAME: &'static str = "grpo";
     const DESCRIPTION: &'static str =
-        "GRPO: (r - mean) / (std + eps) advantages (scale_rewards: group, batch or none), clipped surrogate + k3 KL, \
-         per-sequence mean (loss_type: grpo, bnpo or dapo); importance_sampling_level sequence for GSPO; delta for \
-         two-sided clipping; kl_estimator k3, k1 or k2";
+        "GRPO: (r - mean) / (std + eps) advantages (scale_rewards: group, batch or none; baseline leave_one_out for \
+         RLOO), clipped surrogate + k3 KL, per-sequence mean (loss_type: grpo, bnpo or dapo); \
+         importance_sampling_level sequence for GSPO; delta for two-sided clipping; kl_estimator k3, k1 or k2";
 
     fn new(config: serde_json::Value) -> Result<Self> {
         let config: Config = grpo_sdk::parse_config(config)?;
@@ -104,7 +119,7 @@ impl grpo_sdk::Plugin for Grpo {
 
 impl Algorithm for Grpo {
     /// `(r - mean) / (std + eps)` with the unbiased std (the group's, as re-grpo, unless `scale_rewards` says
-    /// otherwise). A group of one, or one whose rewards are all equal, gets exactly 0: re-grpo gave NaN for the
+    /// otherwise), the mean the rest of the group's under `baseline: "leave_one_out"`. A group of one, or one whose rewards are all equal, gets exactly 0: re-grpo gave NaN for the
     /// first, and rounding in the mean can turn the second into large advantages of noise once divided by `0 + eps`.
     fn advantages(&self, rewards: &Tensor, groups: &[usize]) -> Result<Tensor> {
         let eps = self.config.std_eps;
@@ -119,7 +134,11 @@ impl Algorithm for Grpo {
                 if g.size()[0] < 2 || all_equal {
                     return g.zeros_like();
                 }
-                let centred = &g - g.mean(None);
+                let n = g.size()[0] as f64;
+                let centred = match self.config.baseline {
+                    Baseline::GroupMean => &g - g.mean(None),
+                    Baseline::LeaveOneOut => (&g - g.mean(None)) * (n / (n - 1.0)),
+                };
                 match (self.config.scale_rewards, &batch_std) {
                     (ScaleRewards::Batch, Some(std)) => centred / std,
                     (ScaleRewards::None, _) => centred,

@@ -35,6 +35,24 @@ fn advantages_scaled_by_the_batch_or_not_at_all_match_the_oracle() {
     assert!(err.contains("scale_rewards") || err.contains("rank"), "{err}");
 }
 
+/// RLOO: each reward against the mean of the rest of its group, then the same choice of divisor.
+#[test]
+fn leave_one_out_advantages_match_the_oracle_under_each_scaling() {
+    for (scale, expected) in
+        [("none", "expected_rloo"), ("group", "expected_rloo_scale_group"), ("batch", "expected_rloo_scale_batch")]
+    {
+        let config = serde_json::json!({"baseline": "leave_one_out", "scale_rewards": scale});
+        let algo = Grpo::new(config).unwrap();
+        assert_eq!(algo.config()["baseline"], "leave_one_out");
+        for case in fixtures("advantages", None) {
+            let adv = algo.advantages(&tensor(&case["rewards"]), &groups(&case)).unwrap();
+            let name = format!("{} (leave-one-out, {scale})", case["name"].as_str().unwrap());
+            assert_close(&name, &adv, &tensor(&case[expected]));
+        }
+    }
+    assert_eq!(Grpo::new(serde_json::Value::Null).unwrap().config()["baseline"], "group_mean");
+}
+
 #[test]
 fn float32_equal_rewards_give_exact_zeros() {
     // 0.3 * 3 / 3 is not exactly 0.3 in float32; dividing that rounding error by eps must not happen.
