@@ -68,7 +68,13 @@ pub struct CheckpointData<'a> {
     pub optimizer: (i64, BTreeMap<String, Tensor>),
     /// Counters.
     pub state: TrainerState,
+    /// The KL reference as it is now, when it moves during the run (`--sync-ref-model`); written as
+    /// [`REFERENCE_FILE`].
+    pub reference: Option<BTreeMap<String, Tensor>>,
 }
+
+/// The KL reference's weights inside a checkpoint of a run whose reference moves (`--sync-ref-model`).
+pub const REFERENCE_FILE: &str = "kl_reference.safetensors";
 
 /// What peft's adapter_config.json needs.
 pub struct AdapterInfo {
@@ -190,6 +196,9 @@ fn write_checkpoint(
                 sync_dir(&tmp.join("merged")).context("merged")?;
             }
         }
+    }
+    if let Some(reference) = &data.reference {
+        out.file(REFERENCE_FILE, |w| write_tensors(w, reference))?;
     }
     let (steps, moments) = &data.optimizer;
     out.file("optimizer.safetensors", |w| write_tensors(w, moments))?;
@@ -492,6 +501,16 @@ pub fn load_reference(ckpt: &Path) -> Result<BTreeMap<String, Tensor>> {
     verify_files(&dir, &manifest, Verify::Full)
         .map_err(|d| user_error!("the KL reference {} is damaged: {d}; resume with --kl-weight 0", dir.display()))?;
     read_tensors(&dir.join("model.safetensors"))
+}
+
+/// The KL reference a checkpoint holds ([`REFERENCE_FILE`], verified with the rest by [`load`]), or `None` when its
+/// run's reference did not move.
+pub fn load_checkpoint_reference(ckpt: &Path) -> Result<Option<BTreeMap<String, Tensor>>> {
+    let path = ckpt.join(REFERENCE_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    read_tensors(&path).map(Some)
 }
 
 /// Checkpoints this process has hashed in full, so that one is hashed once: `--resume` verifies every candidate
@@ -864,6 +883,7 @@ mod tests {
             merged: None,
             optimizer: (step as i64, moments),
             state: TrainerState { batch: step / 3, global_step: step, seed: 7, ..Default::default() },
+            reference: None,
         }
     }
 
@@ -1196,6 +1216,7 @@ mod tests {
             merged: None,
             optimizer: (loaded.optimizer_steps, loaded.optimizer),
             state: loaded.state,
+            reference: None,
         };
         // Baseline: the previous save's tch writer, no hashing, then the fsyncs alone.
         let old = tmp.path().join("old");

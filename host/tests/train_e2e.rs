@@ -394,6 +394,48 @@ fn dynamic_sampling_keeps_groups_whose_rewards_vary_and_resumes_exactly() {
     assert_resume_is_exact(runs.path(), &run, "dynamic-split", &flags);
 }
 
+/// Tensors of a safetensors file by name, in f32.
+fn tensors(path: &Path) -> BTreeMap<String, grpo_sdk::tch::Tensor> {
+    let all = grpo_sdk::tch::Tensor::read_safetensors(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    all.into_iter().map(|(k, v)| (k, v.to_kind(grpo_sdk::tch::Kind::Float))).collect()
+}
+
+/// `--sync-ref-model`: with a sync every 3 updates (the last of each batch's three), each checkpoint holds the KL
+/// reference `alpha * policy + (1 - alpha) * previous`, the policy that checkpoint's weights and the first previous
+/// the model the run started from; a resumed run continues from the saved reference (its second batch's KL equals
+/// the uninterrupted run's), and a run without the flag saves none.
+#[test]
+fn a_synced_kl_reference_is_the_mix_of_the_policy_saved_and_resumed() {
+    let runs = tempfile::tempdir().unwrap();
+    let flags =
+        ["--sync-ref-model", "--ref-model-sync-steps", "3", "--ref-model-mixup-alpha", "0.3", "--kl-weight", "0.05"];
+    let out = train(runs.path(), "synced", &[&["--max-steps", "2"], &flags[..]].concat());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let run = runs.path().join("synced");
+    let mut previous = tensors(&tiny_model().join("model.safetensors"));
+    for step in [3, 6] {
+        let ckpt = run.join(format!("checkpoints/step_{step}"));
+        let (policy, reference) =
+            (tensors(&ckpt.join("model.safetensors")), tensors(&ckpt.join("kl_reference.safetensors")));
+        assert_eq!(reference.keys().collect::<Vec<_>>(), policy.keys().collect::<Vec<_>>());
+        for (name, got) in &reference {
+            let want = &policy[name] * 0.3 + &previous[name] * 0.7;
+            let gap = (got - want).abs().max().double_value(&[]);
+            assert!(gap < 1e-6, "step {step}, {name}: the reference is off the mix by {gap}");
+        }
+        previous = reference;
+    }
+    let kl = |row: &serde_json::Map<String, serde_json::Value>| row.get("rollouts/kl_mean").and_then(|v| v.as_f64());
+    let kls: Vec<f64> = rows(&run).iter().filter_map(kl).collect();
+    assert_eq!(kls.len(), 2);
+    assert!(kls[1] > 0.0, "the second batch's sampling policy equals its reference: {kls:?}");
+    assert_resume_is_exact(runs.path(), &run, "synced-split", &flags);
+
+    let plain = train(runs.path(), "plain", &["--max-steps", "1"]);
+    assert!(plain.status.success(), "{}", text(&plain.stderr));
+    assert!(!runs.path().join("plain/checkpoints/step_3/kl_reference.safetensors").exists());
+}
+
 /// `--reward-weights` weighs the environment's components in each return (math's `answer` three times here); the
 /// component is still logged unweighted, the weights are saved with the run, and a name no episode reported is
 /// warned about.

@@ -11,7 +11,9 @@ use grpo_host::model::recompute::checkpointed_runs;
 use grpo_host::model::{DeviceSpec, DtypeSpec};
 use grpo_host::plugins::{AlgorithmPlugin, DiscoveryOptions, EnvironmentPlugin, Registry};
 use grpo_host::rollout::{never, run_episodes, task_seeds, RolloutConfig};
-use grpo_host::train::config::{BatchSettings, LrSchedule, ModelSettings, ObjectiveSettings, RecomputeOld};
+use grpo_host::train::config::{
+    BatchSettings, LrSchedule, ModelSettings, ObjectiveSettings, RecomputeOld, ReferenceSync,
+};
 use grpo_host::train::optimizer::{AdamW, AdamWConfig, Schedule};
 use grpo_host::train::policy::Policy;
 use grpo_host::train::precision::{LossScaler, MixedPrecision};
@@ -20,6 +22,7 @@ use grpo_host::train::tasks::TaskSource;
 use grpo_host::train::update::Updater;
 use grpo_host::train::{experience, metrics, scored};
 use grpo_sdk::tch::{Kind, Tensor};
+use std::collections::BTreeMap;
 
 fn plugins() -> (AlgorithmPlugin, EnvironmentPlugin) {
     let registry = Registry::discover(&DiscoveryOptions::only(vec![common::shipped_dir().to_path_buf()])).unwrap();
@@ -54,6 +57,7 @@ fn objective(kl_weight: f64, recompute_old_logprobs: RecomputeOld) -> ObjectiveS
         mask_truncated_completions: false,
         logprob_temperature: Default::default(),
         top_entropy_quantile: 1.0,
+        sync_ref_model: None,
     }
 }
 
@@ -134,6 +138,19 @@ fn update_once(
     objective: &ObjectiveSettings,
     lr: f64,
 ) -> (Tensor, grpo_host::train::update::Updates) {
+    update_watched(policy, exp, algo, batch, objective, lr, &mut |_, _| {})
+}
+
+/// [`update_once`], with `on_step` seeing each optimizer step as it is taken.
+fn update_watched(
+    policy: &Policy,
+    exp: &experience::Experience,
+    algo: &AlgorithmPlugin,
+    batch: &BatchSettings,
+    objective: &ObjectiveSettings,
+    lr: f64,
+    on_step: &mut dyn FnMut(&grpo_host::train::update::StepRecord, &TrainerState),
+) -> (Tensor, grpo_host::train::update::Updates) {
     let mut opt = optimizer(policy, lr, 0.0);
     let before = flat_weights(policy, &opt);
     let mut state = TrainerState { seed: 7, ..Default::default() };
@@ -148,10 +165,12 @@ fn update_once(
         loss: objective.for_algorithm(batch.max_new_tokens),
         max_norm: 0.0,
         top_entropy_quantile: objective.top_entropy_quantile,
+        reference_sync: objective.sync_ref_model,
+        warmup_steps: 0,
         seed: 7,
         world: &World::single(),
     };
-    let updates = updater.run(exp, &mut state, &mut |_, _| {}).unwrap();
+    let updates = updater.run(exp, &mut state, on_step).unwrap();
     (flat_weights(policy, &opt) - before, updates)
 }
 
@@ -200,6 +219,8 @@ fn one_batch_through_every_stage() {
         loss: objective.for_algorithm(batch.max_new_tokens),
         max_norm: 1.0,
         top_entropy_quantile: 1.0,
+        reference_sync: None,
+        warmup_steps: 0,
         seed: 7,
         world: &World::single(),
     };
@@ -405,4 +426,65 @@ fn a_top_entropy_quantile_trains_on_the_high_entropy_tokens_only() {
     assert!(moved > 0.0 && diff <= 1e-3 * moved, "the masked update differs from the oracle's by {diff} ({moved})");
     let gap = (&masked - &plain).abs().max().double_value(&[]);
     assert!(gap > 100.0 * diff.max(1e-9), "the mask changed nothing ({gap})");
+}
+
+/// Full copies of named tensors, so that later in-place updates do not reach them.
+fn snapshot(weights: BTreeMap<String, Tensor>) -> BTreeMap<String, Tensor> {
+    weights.into_iter().map(|(k, v)| (k, v.copy())).collect()
+}
+
+/// `--sync-ref-model`: after every second update (`every: 2`) the reference becomes `alpha * policy + (1 - alpha) *
+/// reference`, with the policy as that update left it; after the other updates it does not move.
+#[test]
+fn the_kl_reference_moves_toward_the_policy_after_every_nth_update() {
+    let (algo, env) = plugins();
+    let sync = ReferenceSync { alpha: 0.25, every: 2 };
+    let objective = ObjectiveSettings { sync_ref_model: Some(sync), ..objective(0.01, RecomputeOld::Auto) };
+    let policy = Policy::load(&settings(DtypeSpec::F32, MixedPrecision::No), objective.kl_weight, 7).unwrap();
+    let batch = batch(1); // 3 micro-batches, one optimizer step each
+    let scored = scored_batch(&policy, &algo, &env, &batch);
+    let exp = experience::prepare(&scored, &policy, &objective, batch.train_batch_size).unwrap();
+    let initial = snapshot(policy.reference_weights().expect("full fine-tuning keeps a copy as the reference"));
+    let mut after = Vec::new();
+    let _ = update_watched(&policy, &exp, &algo, &batch, &objective, 1e-3, &mut |_, _| {
+        after.push((snapshot(policy.weights()), snapshot(policy.reference_weights().unwrap())))
+    });
+    assert_eq!(after.len(), 3);
+    let gap = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);
+    for (name, start) in &initial {
+        let ((_, first), (policy_2, second), (policy_3, third)) = (&after[0], &after[1], &after[2]);
+        assert!(first[name].equal(start), "{name}: the reference moved after the first update");
+        let mixed = &policy_2[name] * 0.25 + start * 0.75;
+        assert!(gap(&second[name], &mixed) < 1e-7, "{name}: not the mix after the second update");
+        assert!(third[name].equal(&second[name]), "{name}: the reference moved after the third update");
+        if name.ends_with("proj.weight") {
+            assert!(gap(&policy_3[name], &policy_2[name]) > 0.0, "{name}: the third update moved nothing");
+            assert!(gap(&second[name], start) > 0.0, "{name}: the sync moved nothing");
+        }
+    }
+}
+
+/// With LoRA the reference starts as the adapters switched off; synced it becomes a copy of its own that mixes in
+/// the merged weights: at alpha 1 its log-probs are the policy's.
+#[test]
+fn a_lora_reference_synced_at_alpha_one_scores_as_the_policy() {
+    let (algo, env) = plugins();
+    let objective = objective(0.01, RecomputeOld::Auto);
+    let lora = grpo_host::model::LoraConfig { rank: 4, alpha: 8.0, dropout: 0.0 };
+    let settings = ModelSettings { lora: Some(lora), ..settings(DtypeSpec::F32, MixedPrecision::No) };
+    let mut policy = Policy::load(&settings, objective.kl_weight, 7).unwrap();
+    let batch = batch(3);
+    let scored = scored_batch(&policy, &algo, &env, &batch);
+    let exp = experience::prepare(&scored, &policy, &objective, batch.train_batch_size).unwrap();
+    let _ = update_once(&policy, &exp, &algo, &batch, &objective, 1e-2);
+    let mask = exp.action_mask.to_kind(Kind::Float);
+    let gap = |a: &Tensor, b: &Tensor| ((a - b).abs() * &mask).max().double_value(&[]);
+    let reference = |p: &Policy| p.reference_log_probs(&exp, 2, objective.kl_weight).unwrap().unwrap();
+    let (trained, base) = (policy.log_probs(&exp, 2).unwrap(), reference(&policy));
+    assert!(gap(&trained, &base) > 1e-4, "the update did not move the adapters");
+    assert!(policy.reference_weights().is_none(), "the adapters-off reference has no weights of its own");
+    policy.own_reference().unwrap();
+    assert!(gap(&reference(&policy), &base) < 1e-5, "its own copy is not the base model");
+    policy.mix_into_reference(1.0, None).unwrap();
+    assert!(gap(&reference(&policy), &trained) < 1e-4, "synced at alpha 1, the reference is not the policy");
 }

@@ -12,7 +12,7 @@ use crate::logging::LoggingArgs;
 use crate::model::DtypeSpec;
 use crate::train::config::{
     BatchSettings, DistSettings, LogSettings, LogprobTemperature, LrSchedule, ModelSettings, ObjectiveSettings,
-    OptimizerSettings, PluginSelection, RecomputeOld, RunConfig, SamplingSettings,
+    OptimizerSettings, PluginSelection, RecomputeOld, ReferenceSync, RunConfig, SamplingSettings,
 };
 use crate::train::precision::MixedPrecision;
 use crate::user_error;
@@ -177,6 +177,17 @@ pub struct TrainArgs {
     /// 1 keeps all.
     #[arg(long, value_name = "Q", default_value_t = 1.0)]
     pub top_entropy_quantile: f64,
+    /// Move the KL reference toward the policy as training goes, as TRL's sync_ref_model (TR-DPO): after every
+    /// --ref-model-sync-steps updates, reference = alpha * policy + (1 - alpha) * reference. The reference is then
+    /// saved in every checkpoint, so a resumed run continues from the same one. Needs --kl-weight above 0.
+    #[arg(long)]
+    pub sync_ref_model: bool,
+    /// The policy's share alpha of the synced reference (--sync-ref-model); 1 copies the policy. Default 0.6.
+    #[arg(long, value_name = "ALPHA")]
+    pub ref_model_mixup_alpha: Option<f64>,
+    /// Updates between two syncs of the KL reference (--sync-ref-model). Default 512.
+    #[arg(long, value_name = "N")]
+    pub ref_model_sync_steps: Option<u64>,
 
     /// LoRA flags (--lora-rank, --lora-alpha, --lora-dropout).
     #[command(flatten)]
@@ -303,6 +314,10 @@ impl TrainArgs {
                 mask_truncated_completions: self.mask_truncated_completions,
                 logprob_temperature: self.logprob_temperature,
                 top_entropy_quantile: self.top_entropy_quantile,
+                sync_ref_model: self.sync_ref_model.then_some(ReferenceSync {
+                    alpha: self.ref_model_mixup_alpha.unwrap_or(0.6),
+                    every: self.ref_model_sync_steps.unwrap_or(512),
+                }),
             },
             seed: self.seed,
             checkpoints: self.run_dir.settings()?,
@@ -382,9 +397,36 @@ impl TrainArgs {
                 self.top_entropy_quantile
             ));
         }
+        self.validate_reference_sync()?;
         // Below 1 the cap would down-weight even the tokens where sampler and trainer agree.
         if !(self.tis_cap == 0.0 || (self.tis_cap >= 1.0 && self.tis_cap.is_finite())) {
             return Err(user_error!("--tis-cap {} must be 0 (off) or a number >= 1, such as 2", self.tis_cap));
+        }
+        Ok(())
+    }
+
+    fn validate_reference_sync(&self) -> anyhow::Result<()> {
+        let tuning = [
+            ("--ref-model-mixup-alpha", self.ref_model_mixup_alpha.is_some()),
+            ("--ref-model-sync-steps", self.ref_model_sync_steps.is_some()),
+        ];
+        if let Some((flag, _)) = tuning.iter().find(|(_, given)| *given && !self.sync_ref_model) {
+            return Err(user_error!("{flag} tunes --sync-ref-model, which is not on; add --sync-ref-model"));
+        }
+        if !self.sync_ref_model {
+            return Ok(());
+        }
+        if self.kl_weight == 0.0 {
+            return Err(user_error!(
+                "--sync-ref-model moves the KL reference, and --kl-weight 0 has none; set --kl-weight above 0 (such as \
+                 0.04) or drop --sync-ref-model"
+            ));
+        }
+        if let Some(alpha) = self.ref_model_mixup_alpha.filter(|a| !(*a > 0.0 && *a <= 1.0)) {
+            return Err(user_error!("--ref-model-mixup-alpha {alpha}: must be in (0, 1], such as 0.6"));
+        }
+        if self.ref_model_sync_steps == Some(0) {
+            return Err(user_error!("--ref-model-sync-steps must be at least 1"));
         }
         Ok(())
     }
@@ -450,5 +492,26 @@ mod tests {
         assert!(err.contains("--dynamic-sampling") && err.contains("--group-size to 2"), "{err}");
         let err = config(&["--dynamic-sampling", "--max-sampling-rounds", "0"]).unwrap_err();
         assert_eq!(err, "--max-sampling-rounds must be at least 1");
+    }
+
+    #[test]
+    fn reference_sync_needs_a_reference_and_sane_settings() {
+        assert_eq!(config(&["--sync-ref-model"]), Ok(()));
+        assert_eq!(
+            config(&["--sync-ref-model", "--ref-model-mixup-alpha", "1", "--ref-model-sync-steps", "1"]),
+            Ok(())
+        );
+        for (args, wanted) in [
+            (&["--ref-model-mixup-alpha", "0.5"][..], "--ref-model-mixup-alpha tunes --sync-ref-model"),
+            (&["--ref-model-sync-steps", "8"], "--ref-model-sync-steps tunes --sync-ref-model"),
+            (&["--sync-ref-model", "--kl-weight", "0"], "--sync-ref-model moves the KL reference"),
+            (&["--sync-ref-model", "--ref-model-mixup-alpha", "0"], "--ref-model-mixup-alpha 0: must be in (0, 1]"),
+            (&["--sync-ref-model", "--ref-model-mixup-alpha", "1.5"], "--ref-model-mixup-alpha 1.5: must be"),
+            (&["--sync-ref-model", "--ref-model-sync-steps", "0"], "--ref-model-sync-steps must be at least 1"),
+        ] {
+            let err = config(args).expect_err(wanted);
+            assert!(err.starts_with(wanted), "{args:?}: {err}");
+            assert_eq!(err.lines().count(), 1, "{err}");
+        }
     }
 }

@@ -294,6 +294,27 @@ pub struct ObjectiveSettings {
     /// (`--top-entropy-quantile`, TRL's `top_entropy_quantile`); 1 keeps all.
     #[serde(default = "all_tokens")]
     pub top_entropy_quantile: f64,
+    /// Move the KL reference toward the policy during training (`--sync-ref-model`); `None`: it stays fixed.
+    #[serde(default)]
+    pub sync_ref_model: Option<ReferenceSync>,
+}
+
+/// TRL's `sync_ref_model` (from TR-DPO, Gorbatovski et al. 2024): after every `every`-th update of the
+/// reinforcement-learning phase, `reference = alpha * policy + (1 - alpha) * reference`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ReferenceSync {
+    /// The policy's share of the new reference (`--ref-model-mixup-alpha`); 1 copies the policy.
+    pub alpha: f64,
+    /// Updates between syncs (`--ref-model-sync-steps`).
+    pub every: u64,
+}
+
+impl ReferenceSync {
+    /// Whether the reference is synced once `updates` updates of the reinforcement-learning phase are done (the
+    /// supervised warm-up's steps not counted).
+    pub fn due_after(&self, updates: u64) -> bool {
+        updates > 0 && updates.is_multiple_of(self.every.max(1))
+    }
 }
 
 /// 1: every action token in the policy-gradient term (and what settings saved before the option read back as).
@@ -389,6 +410,7 @@ impl RunConfig {
             ("--mask-truncated-completions", json!(l.mask_truncated_completions)),
             ("--logprob-temperature", json!(l.logprob_temperature)),
             ("--top-entropy-quantile", json!(l.top_entropy_quantile)),
+            ("--sync-ref-model/--ref-model-mixup-alpha/--ref-model-sync-steps", json!(l.sync_ref_model)),
             ("--seed", json!(self.seed)),
             ("--sft-warmup-steps/--sft-batch-size/--sft-lr/--sft-data", json!(self.sft)),
             (

@@ -173,11 +173,19 @@ impl Trainer {
         let mut optimizer = policy.optimizer(config.optimizer.adamw());
         let mut scaler = LossScaler::new(precision.mode);
         let state = starting_state(&paths, config.seed, &mut policy, &mut optimizer, &mut scaler)?;
-        if let Some(ckpt) = &paths.resume {
-            // The warm-up's KL reference, when the run is past it.
-            if config.sft.steps > 0 && warmed_up(&state, config.sft.steps) && config.loss.kl_weight != 0.0 {
+        if let Some(ckpt) = &paths.resume.as_ref().filter(|_| config.loss.kl_weight != 0.0) {
+            // The reference as the checkpoint's run left it: moved by `--sync-ref-model`, or the warm-up's when the
+            // run is past it.
+            if let Some(reference) = checkpoint::load_checkpoint_reference(ckpt)? {
+                policy.set_reference(&reference)?;
+            } else if config.sft.steps > 0 && warmed_up(&state, config.sft.steps) {
                 policy.set_reference(&checkpoint::load_reference(ckpt)?)?;
             }
+        }
+        if config.loss.sync_ref_model.is_some() {
+            policy.own_reference()?;
+        }
+        if let Some(ckpt) = &paths.resume {
             if world.is_main() {
                 eprintln!("resuming from {} (batch {}, step {})", ckpt.display(), state.batch, state.global_step);
             }
@@ -643,6 +651,8 @@ impl Trainer {
             loss: config.loss.for_algorithm(config.batch.max_new_tokens),
             max_norm: config.optimizer.max_norm,
             top_entropy_quantile: config.loss.top_entropy_quantile,
+            reference_sync: config.loss.sync_ref_model,
+            warmup_steps: config.sft.steps,
             seed: config.seed,
             world,
         };
@@ -672,7 +682,10 @@ impl Trainer {
     fn write_checkpoint(&mut self) -> Result<PathBuf> {
         self.state.wandb_run_id = self.loggers.wandb_run_id().map(String::from);
         let save_merged = self.config.checkpoints.save_merged;
-        let data = self.policy.checkpoint_data(&self.optimizer, &self.scaler, self.state.clone(), save_merged);
+        let mut data = self.policy.checkpoint_data(&self.optimizer, &self.scaler, self.state.clone(), save_merged);
+        if self.config.loss.sync_ref_model.is_some() {
+            data.reference = self.policy.reference_weights();
+        }
         if let Some(reference) = &self.new_reference {
             checkpoint::save_reference(&self.checkpoints, reference)?;
         }

@@ -189,9 +189,8 @@ impl Policy {
             Reference::Copy(_) => self.model.var_store().variables().into_iter().collect(),
         };
         self.set_reference(&weights)?;
-        let Reference::Copy(copy) = &self.reference else { unreachable!("set_reference made a copy") };
-        // The frozen copy's own tensors: they never change, and cost nothing to hand out.
-        Ok(Some(copy.var_store().variables().into_iter().collect()))
+        // The frozen copy's own tensors: they cost nothing to hand out.
+        Ok(self.reference_weights())
     }
 
     /// Put `weights` (full model, Hugging Face names) into the reference, creating the copy it needs when the
@@ -208,6 +207,49 @@ impl Policy {
         }
         let Reference::Copy(copy) = &self.reference else { unreachable!("set above") };
         copy_by_name(&copy.var_store().variables(), weights, "the KL reference")
+    }
+
+    /// Give the reference weights of its own (`--sync-ref-model` moves them): with LoRA, a frozen copy of the base
+    /// model instead of the adapters switched off. Nothing changes with a copy already, or without a reference.
+    pub fn own_reference(&mut self) -> Result<()> {
+        if !matches!(self.reference, Reference::AdaptersOff) {
+            return Ok(());
+        }
+        let base: BTreeMap<String, Tensor> = self.model.var_store().variables().into_iter().collect();
+        self.set_reference(&base)
+    }
+
+    /// `reference = alpha * policy + (1 - alpha) * reference` (`--sync-ref-model`), computed in f32 and rounded
+    /// once into the reference's dtype. The policy is the optimizer's f32 masters when given (the weights before
+    /// their rounding into the working dtype), with LoRA the merged weights. Needs [`Policy::own_reference`] first.
+    pub fn mix_into_reference(&self, alpha: f64, masters: Option<&BTreeMap<String, Tensor>>) -> Result<()> {
+        let copy = match &self.reference {
+            Reference::None => return Ok(()),
+            Reference::AdaptersOff => anyhow::bail!("the KL reference is the adapters-off model; own_reference first"),
+            Reference::Copy(copy) => copy,
+        };
+        let policy = match (self.merged_weights(), masters) {
+            (Some(merged), _) => merged,
+            (None, Some(masters)) => masters.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect(),
+            (None, None) => self.model.var_store().variables().into_iter().collect(),
+        };
+        tch::no_grad(|| {
+            for (name, var) in copy.var_store().variables() {
+                let now = policy.get(&name).with_context(|| format!("the policy has no tensor `{name}`"))?;
+                let now = now.to_device(var.device()).to_kind(Kind::Float);
+                let mixed = now * alpha + var.to_kind(Kind::Float) * (1.0 - alpha);
+                var.shallow_clone().copy_(&mixed.to_kind(var.kind()));
+            }
+            Ok(())
+        })
+    }
+
+    /// The reference's weights when it has its own (a frozen copy), for a checkpoint; `None` otherwise.
+    pub fn reference_weights(&self) -> Option<BTreeMap<String, Tensor>> {
+        match &self.reference {
+            Reference::Copy(copy) => Some(copy.var_store().variables().into_iter().collect()),
+            _ => None,
+        }
     }
 
     /// Log-probs under the reference policy, or `None` without one.
@@ -278,6 +320,7 @@ impl Policy {
             merged: if save_merged { self.merged_weights() } else { None },
             optimizer: optimizer.state(),
             state,
+            reference: None,
         }
     }
 

@@ -11,7 +11,7 @@ use grpo_sdk::{DeferredLoss, MetricValue, PolicyBatch};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use super::config::BatchSettings;
+use super::config::{BatchSettings, ReferenceSync};
 use super::experience::Experience;
 use super::optimizer::{AdamW, Schedule};
 use super::policy::Policy;
@@ -42,6 +42,10 @@ pub struct Updater<'a> {
     /// The share of each micro-batch's action tokens, the highest-entropy ones, that the policy-gradient term keeps
     /// (`--top-entropy-quantile`); 1 keeps all.
     pub top_entropy_quantile: f64,
+    /// `--sync-ref-model`: when and how far the KL reference moves toward the policy after an update.
+    pub reference_sync: Option<ReferenceSync>,
+    /// The supervised warm-up's steps, which come before the updates on the global-step axis.
+    pub warmup_steps: u64,
     /// The run seed (the micro-batch shuffles derive from it and the batch number).
     pub seed: u64,
     /// The data-parallel ranks: each step's gradients, loss and metrics are averaged over them.
@@ -112,6 +116,7 @@ impl Updater<'_> {
                     }
                     let divisor = divisors.next().unwrap_or(1.0);
                     let record = self.step(exp, &micro, divisor, state)?;
+                    self.sync_reference(state.global_step)?;
                     on_step(&record, state);
                     out.steps.push(record);
                 }
@@ -120,6 +125,19 @@ impl Updater<'_> {
         })();
         self.policy.model().set_training(false);
         result.map(|()| out)
+    }
+
+    /// Move the KL reference toward the policy when `--sync-ref-model` is due after the update that brought the run
+    /// to `global_step` (a skipped update too, as TRL counts it). Every rank holds the same weights and mixes them
+    /// the same way, so the references stay equal without a collective. The batch's reference log-probs were taken
+    /// before its updates: a sync shows in the next batch's.
+    fn sync_reference(&self, global_step: u64) -> Result<()> {
+        let Some(sync) = self.reference_sync else { return Ok(()) };
+        if !sync.due_after(global_step.saturating_sub(self.warmup_steps)) {
+            return Ok(());
+        }
+        let masters = self.optimizer.has_master_weights().then(|| self.optimizer.master_weights());
+        self.policy.mix_into_reference(sync.alpha, masters.as_ref())
     }
 
     /// [`PolicyBatch::step_token_divisor`] of each optimizer step of the batch's `passes`, in order: the action
