@@ -237,6 +237,37 @@ fn a_lora_checkpoint_is_scored_over_its_base_model() {
     assert_ne!(adapted, base, "the adapter changed nothing, so this test would not see it loaded");
 }
 
+/// `--repetition-penalty` reaches the greedy episodes too, as in transformers' greedy search: the random tiny model
+/// repeats itself, so penalised its greedy answers change.
+#[test]
+fn the_repetition_penalty_applies_to_the_greedy_episodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let calls = std::cell::Cell::new(0);
+    let greedy = |penalty: &str| -> Vec<String> {
+        // A file of its own per call: --completions appends.
+        calls.set(calls.get() + 1);
+        let lines = dir.path().join(format!("greedy-{}.jsonl", calls.get()));
+        let out = Command::new(common::host_exe())
+            .arg("eval")
+            .args(shared(&tiny_model()))
+            .args(["--eval-samples", "0", "--max-new-tokens", "12", "--repetition-penalty", penalty])
+            .args(["--output", dir.path().join(format!("e-{}.json", calls.get())).to_str().unwrap()])
+            .args(["--completions", lines.to_str().unwrap()])
+            .env_remove("GRPO_PLUGIN_PATH")
+            .env("XDG_DATA_HOME", dir.path().join("xdg"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "eval failed: {}", text(&out.stderr));
+        json_lines(&lines).iter().map(|l| l["completion"].as_str().unwrap().to_string()).collect()
+    };
+    let (plain, penalised) = (greedy("1.0"), greedy("3.0"));
+    assert_eq!(plain.len(), 3);
+    assert_eq!(plain, greedy("1.0"), "greedy episodes are deterministic");
+    for (a, b) in plain.iter().zip(&penalised) {
+        assert_ne!(a, b, "the penalty did not change a greedy answer");
+    }
+}
+
 #[test]
 fn evaluating_an_environment_without_eval_tasks_is_one_line() {
     let dir = tempfile::tempdir().unwrap();

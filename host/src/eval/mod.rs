@@ -326,8 +326,10 @@ impl Evaluation {
             env.metrics()?;
             Ok(None)
         };
-        let greedy_cfg =
-            config(1, SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, repetition_penalty: 1.0 });
+        // Argmax decoding, under the sampled episodes' repetition penalty: it changes the logits, not how a token
+        // is picked from them (transformers applies it to greedy search too).
+        let repetition_penalty = settings.sampling.repetition_penalty;
+        let greedy_cfg = config(1, SamplingParams { repetition_penalty, ..SamplingParams::greedy() });
         let mut greedy: Vec<(usize, Rollout)> = Vec::new();
         for &(first, part) in &mine {
             let seeds = task_seeds(*seed, first as u64, part.len());
