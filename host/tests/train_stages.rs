@@ -129,20 +129,9 @@ fn flat_weights(policy: &Policy, opt: &AdamW) -> Tensor {
 }
 
 /// One batch's updates of `policy` over `exp` at a constant rate `lr`, without gradient clipping, in the policy's
-/// precision (fp16's loss scaling where it applies); returns the change of every trained value and the updates.
+/// precision (fp16's loss scaling where it applies), `on_step` seeing each optimizer step as it is taken; returns the
+/// change of every trained value and the updates.
 fn update_once(
-    policy: &Policy,
-    exp: &experience::Experience,
-    algo: &AlgorithmPlugin,
-    batch: &BatchSettings,
-    objective: &ObjectiveSettings,
-    lr: f64,
-) -> (Tensor, grpo_host::train::update::Updates) {
-    update_watched(policy, exp, algo, batch, objective, lr, &mut |_, _| {})
-}
-
-/// [`update_once`], with `on_step` seeing each optimizer step as it is taken.
-fn update_watched(
     policy: &Policy,
     exp: &experience::Experience,
     algo: &AlgorithmPlugin,
@@ -266,7 +255,7 @@ fn bf16_mixed_precision_keeps_the_small_updates_pure_bf16_loses() {
     ] {
         let policy = Policy::load(&settings(dtype, mode), 0.0, 7).unwrap();
         let exp = experience::prepare(&scored, &policy, &objective, batch.train_batch_size).unwrap();
-        let (delta, updates) = update_once(&policy, &exp, &algo, &batch, &objective, lr);
+        let (delta, updates) = update_once(&policy, &exp, &algo, &batch, &objective, lr, &mut |_, _| {});
         assert_eq!(updates.steps.len(), 1);
         deltas.push(delta);
     }
@@ -320,7 +309,7 @@ fn cut_episodes_left_out_of_the_loss_add_nothing_to_the_update() {
             let want: Vec<bool> = (0..6).map(|i| !cut[i] && has_actions.get(i as i64).int64_value(&[]) != 0).collect();
             assert_eq!(Vec::<bool>::try_from(&kept).unwrap(), want);
         }
-        let (delta, updates) = update_once(&policy, &exp, &algo, &batch, &objective, 1e-3);
+        let (delta, updates) = update_once(&policy, &exp, &algo, &batch, &objective, 1e-3, &mut |_, _| {});
         (delta, updates.steps[0].loss)
     };
     let (masked, masked_loss) = step(&scored, true);
@@ -362,7 +351,7 @@ fn a_dapo_step_is_the_same_however_it_is_cut_into_micro_batches() {
         let batch = BatchSettings { train_batch_size: micro, gradient_accumulation_steps: accumulate, ..batch(1) };
         let policy = Policy::load(&settings(DtypeSpec::F32, MixedPrecision::No), 0.01, 7).unwrap();
         let exp = experience::prepare(&scored, &policy, &objective, micro).unwrap();
-        let (delta, updates) = update_once(&policy, &exp, algo, &batch, &objective, 1e-3);
+        let (delta, updates) = update_once(&policy, &exp, algo, &batch, &objective, 1e-3, &mut |_, _| {});
         assert_eq!(updates.steps.len(), 1);
         (delta, updates.steps[0].loss, updates.steps[0].grad_norm)
     };
@@ -405,7 +394,7 @@ fn a_top_entropy_quantile_trains_on_the_high_entropy_tokens_only() {
         let policy = model();
         let mut exp = experience::prepare(&scored, &policy, &objective, 6).unwrap();
         exp.is_weights = weights.map(Tensor::shallow_clone);
-        update_once(&policy, &exp, &algo, &batch, &objective, 1e-3).0
+        update_once(&policy, &exp, &algo, &batch, &objective, 1e-3, &mut |_, _| {}).0
     };
     let policy = model();
     let exp = experience::prepare(&scored, &policy, &objective, 6).unwrap();
@@ -446,7 +435,7 @@ fn the_kl_reference_moves_toward_the_policy_after_every_nth_update() {
     let exp = experience::prepare(&scored, &policy, &objective, batch.train_batch_size).unwrap();
     let initial = snapshot(policy.reference_weights().expect("full fine-tuning keeps a copy as the reference"));
     let mut after = Vec::new();
-    let _ = update_watched(&policy, &exp, &algo, &batch, &objective, 1e-3, &mut |_, _| {
+    let _ = update_once(&policy, &exp, &algo, &batch, &objective, 1e-3, &mut |_, _| {
         after.push((snapshot(policy.weights()), snapshot(policy.reference_weights().unwrap())))
     });
     assert_eq!(after.len(), 3);
@@ -476,7 +465,7 @@ fn a_lora_reference_synced_at_alpha_one_scores_as_the_policy() {
     let batch = batch(3);
     let scored = scored_batch(&policy, &algo, &env, &batch);
     let exp = experience::prepare(&scored, &policy, &objective, batch.train_batch_size).unwrap();
-    let _ = update_once(&policy, &exp, &algo, &batch, &objective, 1e-2);
+    let _ = update_once(&policy, &exp, &algo, &batch, &objective, 1e-2, &mut |_, _| {});
     let mask = exp.action_mask.to_kind(Kind::Float);
     let gap = |a: &Tensor, b: &Tensor| ((a - b).abs() * &mask).max().double_value(&[]);
     let reference = |p: &Policy| p.reference_log_probs(&exp, 2, objective.kl_weight).unwrap().unwrap();
@@ -487,4 +476,22 @@ fn a_lora_reference_synced_at_alpha_one_scores_as_the_policy() {
     assert!(gap(&reference(&policy), &base) < 1e-5, "its own copy is not the base model");
     policy.mix_into_reference(1.0, None).unwrap();
     assert!(gap(&reference(&policy), &trained) < 1e-4, "synced at alpha 1, the reference is not the policy");
+}
+
+/// Under bf16 mixed precision the synced reference mixes in the optimizer's f32 masters, not their bf16 rounding,
+/// and is rounded once into bf16.
+#[test]
+fn under_mixed_precision_the_reference_mixes_in_the_f32_masters() {
+    let policy = Policy::load(&settings(DtypeSpec::Auto, MixedPrecision::Bf16), 0.01, 7).unwrap();
+    assert_eq!(policy.kind(), Kind::BFloat16);
+    let start = snapshot(policy.reference_weights().unwrap());
+    // Masters apart from the bf16 weights by more than bf16's spacing, as after many small updates.
+    let masters: BTreeMap<String, Tensor> =
+        policy.weights().into_iter().map(|(k, w)| (k, w.to_kind(Kind::Float) * 1.01 + 0.003)).collect();
+    policy.mix_into_reference(0.5, Some(&masters)).unwrap();
+    let now = policy.reference_weights().unwrap();
+    for (name, before) in &start {
+        let want = (&masters[name] * 0.5 + before.to_kind(Kind::Float) * 0.5).to_kind(Kind::BFloat16);
+        assert!(now[name].equal(&want), "{name}: not the bf16 rounding of the f32 mix");
+    }
 }
