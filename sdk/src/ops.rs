@@ -190,6 +190,12 @@ impl PolicyTerms {
         ((x * &self.mask).sum_dim_intlist(-1, false, None) / tokens).mean(None)
     }
 
+    /// The mean over sequences of each sequence's masked sum of `x` divided by the constant `normalizer` (Dr. GRPO's
+    /// `generate_max_length`, TRL's `loss_type="dr_grpo"`): no sequence's own length enters the loss.
+    pub fn constant_mean(&self, x: &Tensor, normalizer: f64) -> Tensor {
+        ((x * &self.mask).sum_dim_intlist(-1, false, None) / normalizer).mean(None)
+    }
+
     /// The masked mean of `x` over the micro-batch's action tokens, every token weighing the same (0 without action
     /// tokens). Averaged over micro-batches by the host, a token of a short micro-batch weighs more than one of a long
     /// one (TRL's `loss_type="bnpo"`); [`PolicyTerms::step_token_mean`] weighs the whole step's tokens equally.

@@ -157,6 +157,9 @@ def loss_case(
     if algo == "grpo" and loss_type in (None, "grpo"):
         denom = torch.clamp(n_tok, min=1.0)
         loss = ((per_token * m).sum(-1) / denom).mean()
+    elif algo == "grpo" and loss_type == "dr_grpo":
+        # TRL's form: every action token's loss summed over the micro-batch, over sequences x max completion length.
+        loss = (per_token * m).sum() / (len(lengths) * gen_max_len)
     elif algo == "grpo":
         # bnpo, and dapo without a divisor: every token of the micro-batch weighs the same.
         step = divisor if loss_type == "dapo" and divisor is not None else max(float(n_tok.sum()), 1.0)
@@ -271,6 +274,8 @@ def main():
         loss_case("grpo_delta", "grpo", 9, [5, 3, 7, 6], 8, 0.01, 0.2, 0.2, True, 8, delta=1.5, shift=1.2),
         loss_case("grpo_kl_k1", "grpo", 10, [5, 2, 7, 1], 8, 0.05, 0.2, 0.2, True, 8, kl="k1"),
         loss_case("grpo_kl_k2", "grpo", 10, [5, 2, 7, 1], 8, 0.05, 0.2, 0.2, True, 8, kl="mse"),
+        # The normaliser (10) differs from the padded width (8) and from every sequence's length.
+        loss_case("grpo_dr_grpo", "grpo", 11, [5, 2, 7, 0, 3], 8, 0.02, 0.2, 0.28, True, 10, loss_type="dr_grpo"),
         loss_case("grpo_gspo_tis_dapo", "grpo", 8, [4, 6, 2], 7, 0.0, 0.1, 0.1, False, 7, 2.0, "dapo", 5.5, "sequence"),
     ]
     for case in cases:

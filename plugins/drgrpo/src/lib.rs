@@ -81,11 +81,11 @@ impl Algorithm for DrGrpo {
         }
         let terms = PolicyTerms::new(batch)?;
         let kl_weight = batch.settings.kl_weight;
-        let per_sequence = |x: &Tensor| (x * &terms.mask).sum_dim_intlist(-1, false, None) / max_len as f64;
-        let loss = per_sequence(&terms.per_token_loss(kl_weight)).mean(None);
-        let policy = per_sequence(&terms.surrogate).mean(None).detach();
+        let per_sequence = |x: &Tensor| terms.constant_mean(x, max_len as f64);
+        let loss = per_sequence(&terms.per_token_loss(kl_weight));
+        let policy = per_sequence(&terms.surrogate).detach();
         let kl = match &terms.kl {
-            Some(k) => per_sequence(&(k * kl_weight)).mean(None).detach(),
+            Some(k) => per_sequence(&(k * kl_weight)).detach(),
             None => Tensor::zeros([], (Kind::Double, loss.device())),
         };
         Ok(DeferredLoss::new(loss)

@@ -55,6 +55,11 @@ pub enum LossType {
     /// The mean over every token of the optimizer step, all its micro-batches and data-parallel ranks together
     /// (DAPO's token-level loss, TRL's `"dapo"`): the same loss however the step is split.
     Dapo,
+    /// Each sequence's sum over its tokens divided by the constant `--max-new-tokens`, then the mean over sequences
+    /// (Dr. GRPO's, TRL's `"dr_grpo"`): no sequence's length enters the loss. With `scale_rewards: "none"` this is
+    /// the `drgrpo` plugin.
+    #[serde(rename = "dr_grpo")]
+    DrGrpo,
 }
 
 /// What a reward is compared with.
@@ -93,7 +98,7 @@ impl grpo_sdk::Plugin for Grpo {
     const NAME: &'static str = "grpo";
     const DESCRIPTION: &'static str =
         "GRPO: (r - mean) / (std + eps) advantages (scale_rewards: group, batch or none; baseline leave_one_out for \
-         RLOO), clipped surrogate + k3 KL, per-sequence mean (loss_type: grpo, bnpo or dapo); \
+         RLOO), clipped surrogate + k3 KL, per-sequence mean (loss_type: grpo, bnpo, dapo or dr_grpo); \
          importance_sampling_level sequence for GSPO; delta for two-sided clipping; kl_estimator k3, k1 or k2";
 
     fn new(config: serde_json::Value) -> Result<Self> {
@@ -163,6 +168,14 @@ impl Algorithm for Grpo {
             LossType::Grpo => terms.sequence_mean(&per_token),
             LossType::Bnpo => terms.token_mean(&per_token),
             LossType::Dapo => terms.step_token_mean(&per_token),
+            LossType::DrGrpo => {
+                let max_len = batch.settings.generate_max_length;
+                if max_len <= 0 {
+                    let msg = format!("loss_type dr_grpo needs a positive generate_max_length, got {max_len}");
+                    return Err(grpo_sdk::Error::msg(msg));
+                }
+                terms.constant_mean(&per_token, max_len as f64)
+            }
         };
         Ok(DeferredLoss::new(loss)
             .with_device_metric("training_step/kl", terms.kl_mean_tensor())

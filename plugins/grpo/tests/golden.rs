@@ -66,13 +66,14 @@ fn loss_gradient_and_metrics_match_the_oracle() {
     check_loss_fixtures::<Grpo>("grpo");
 }
 
-/// The three aggregations differ on a batch whose sequences have different lengths, and the fixtures of each (and of
+/// The aggregations differ on a batch whose sequences have different lengths, and the fixtures of each (and of
 /// GSPO's sequence-level ratio) are there: those cases above are not checked against the default by accident.
 #[test]
 fn each_loss_type_has_its_own_fixture_and_value() {
     let case = fixtures("loss", Some("grpo")).into_iter().find(|c| c["name"] == "grpo_bnpo").unwrap();
     let mut values = Vec::new();
-    for (loss_type, divisor) in [("grpo", None), ("bnpo", None), ("dapo", Some(13.0)), ("dapo", None)] {
+    let types = [("grpo", None), ("bnpo", None), ("dapo", Some(13.0)), ("dapo", None), ("dr_grpo", None)];
+    for (loss_type, divisor) in types {
         let algo = Grpo::new(serde_json::json!({"loss_type": loss_type})).unwrap();
         assert_eq!(algo.config()["loss_type"], loss_type);
         let (_, mut batch) = batch(&case);
@@ -83,8 +84,9 @@ fn each_loss_type_has_its_own_fixture_and_value() {
     assert!((values[1] - values[2]).abs() > 1e-3, "bnpo and a step's dapo agree: {values:?}");
     // Alone in its step, a micro-batch's dapo loss is its token mean.
     assert_num("dapo alone", values[3], values[1]);
+    assert!((values[4] - values[0]).abs() > 1e-3, "dr_grpo and grpo agree: {values:?}");
     let options = ["grpo_bnpo", "grpo_dapo_step", "grpo_dapo_alone", "grpo_gspo", "grpo_gspo_tis_dapo", "grpo_delta"];
-    for name in options.into_iter().chain(["grpo_kl_k1", "grpo_kl_k2"]) {
+    for name in options.into_iter().chain(["grpo_kl_k1", "grpo_kl_k2", "grpo_dr_grpo"]) {
         assert!(fixtures("loss", Some("grpo")).iter().any(|c| c["name"] == name && !c["config"].is_null()), "{name}");
     }
     let err = Grpo::new(serde_json::json!({"loss_type": "seq"})).err().unwrap().to_string();
@@ -99,6 +101,10 @@ fn each_loss_type_has_its_own_fixture_and_value() {
     batch.step_token_divisor = Some(0.0);
     let err = Grpo::new(serde_json::json!({"loss_type": "dapo"})).unwrap().loss(&batch).err().unwrap().to_string();
     assert!(err.contains("step_token_divisor must be a finite number > 0"), "{err}");
+    batch.step_token_divisor = None;
+    batch.settings.generate_max_length = 0;
+    let err = Grpo::new(serde_json::json!({"loss_type": "dr_grpo"})).unwrap().loss(&batch).err().unwrap().to_string();
+    assert!(err.contains("loss_type dr_grpo needs a positive generate_max_length, got 0"), "{err}");
 }
 
 #[test]
@@ -117,4 +123,25 @@ fn bad_config_and_bad_groups_are_errors() {
 fn loss_and_gradient_match_the_oracle_in_f32_and_bf16() {
     check_loss_fixtures_in::<Grpo>("grpo", Kind::Float, 1e-5);
     check_loss_fixtures_in::<Grpo>("grpo", Kind::BFloat16, 1e-2);
+}
+
+/// `loss_type: "dr_grpo"` with `scale_rewards: "none"` is the `drgrpo` plugin: its loss and gradient match that
+/// plugin's fixtures, and its advantages that plugin's expected ones.
+#[test]
+fn the_dr_grpo_loss_type_without_scaling_is_the_drgrpo_plugin() {
+    let algo = Grpo::new(serde_json::json!({"loss_type": "dr_grpo", "scale_rewards": "none"})).unwrap();
+    let cases = fixtures("loss", Some("drgrpo"));
+    assert!(cases.len() >= 3);
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let (log_probs, batch) = batch(&case);
+        let loss = algo.loss(&batch).unwrap().loss;
+        assert_num(name, loss.double_value(&[]), case["expected_loss"].as_f64().unwrap());
+        loss.backward();
+        assert_close(&format!("{name} gradient"), &log_probs.grad(), &tensor(&case["expected_grad"]));
+    }
+    for case in fixtures("advantages", None) {
+        let adv = algo.advantages(&tensor(&case["rewards"]), &groups(&case)).unwrap();
+        assert_close(case["name"].as_str().unwrap(), &adv, &tensor(&case["expected_drgrpo"]));
+    }
 }
