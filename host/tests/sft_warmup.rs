@@ -92,19 +92,26 @@ fn warm_up_steps_come_first_are_logged_checkpointed_and_skipped_on_resume() {
 }
 
 /// The updates' learning-rate schedule starts when they do: after 2 warm-up steps, `--warmup-steps 2` still ramps
-/// the first two updates (global steps 2 and 3). The console counts the warm-up's steps in the run's total and
-/// shows their loss.
+/// the first two updates (global steps 2 and 3), then the linear decay runs over the last two toward its floor,
+/// `--min-lr-ratio 0.2` of the rate. The console counts the warm-up's steps in the run's total and shows their loss.
 #[test]
 fn the_learning_rate_schedule_starts_after_the_warm_up() {
     let runs = tempfile::tempdir().unwrap();
-    let out = train(runs.path(), &["--warmup-steps", "2", "--lr", "1e-3", "--train-batch-size", "1"]);
+    let schedule = ["--lr-schedule", "linear", "--min-lr-ratio", "0.2"];
+    let out = train(
+        runs.path(),
+        &[&["--warmup-steps", "2", "--lr", "1e-3", "--train-batch-size", "1"], &schedule[..]].concat(),
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let lr: Vec<(u64, f64)> = rows(&runs.path().join("warm"))
         .iter()
         .filter_map(|r| r["training_step/learning_rate"].as_f64().map(|lr| (step(r), lr)))
         .collect();
-    assert_eq!(lr, vec![(2, 0.5e-3), (3, 1e-3), (4, 1e-3), (5, 1e-3)]);
+    // Step 5 is halfway through the decay: 1e-3 x (0.2 + 0.8 x 0.5).
+    let want = [(2, 0.5e-3), (3, 1e-3), (4, 1e-3), (5, 0.6e-3)];
+    assert_eq!(lr.len(), want.len(), "{lr:?}");
+    assert!(lr.iter().zip(want).all(|(a, b)| a.0 == b.0 && (a.1 - b.1).abs() < 1e-12), "{lr:?}");
     assert!(stderr.contains("step 1/6 sft loss "), "{stderr}");
     assert!(stderr.contains("step 6/6 "), "{stderr}");
 }

@@ -142,6 +142,10 @@ pub struct SftArgs {
     /// The warmup as a share of the run's optimizer steps instead of --warmup-steps (transformers' warmup_ratio).
     #[arg(long, conflicts_with = "warmup_steps")]
     pub warmup_ratio: Option<f64>,
+    /// Where a linear or cosine decay ends, as a share of --lr (transformers' cosine_with_min_lr, verl's
+    /// min_lr_ratio, such as 0.1); 0 decays to zero.
+    #[arg(long, value_name = "R", default_value_t = 0.0)]
+    pub min_lr_ratio: f64,
     /// Gradient-norm clip (0 disables).
     #[arg(long, default_value_t = 1.0)]
     pub max_norm: f64,
@@ -242,6 +246,7 @@ impl SftArgs {
                 schedule: self.lr_schedule,
                 warmup_steps: self.warmup_steps,
                 warmup_ratio: self.warmup_ratio,
+                min_lr_ratio: self.min_lr_ratio,
                 weight_decay: self.weight_decay,
                 beta1: 0.9,
                 beta2: 0.999,

@@ -129,6 +129,10 @@ pub struct TrainArgs {
     /// such as 0.1).
     #[arg(long, conflicts_with = "warmup_steps")]
     pub warmup_ratio: Option<f64>,
+    /// Where a linear or cosine decay ends, as a share of --lr (transformers' cosine_with_min_lr, verl's
+    /// min_lr_ratio, such as 0.1); 0 decays to zero.
+    #[arg(long, value_name = "R", default_value_t = 0.0)]
+    pub min_lr_ratio: f64,
     /// AdamW decoupled weight decay.
     #[arg(long, default_value_t = 0.01)]
     pub weight_decay: f64,
@@ -299,6 +303,7 @@ impl TrainArgs {
                 schedule: self.lr_schedule,
                 warmup_steps: self.warmup_steps,
                 warmup_ratio: self.warmup_ratio,
+                min_lr_ratio: self.min_lr_ratio,
                 weight_decay: self.weight_decay,
                 beta1: self.adam_beta1,
                 beta2: self.adam_beta2,

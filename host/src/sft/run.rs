@@ -152,7 +152,7 @@ impl SftConfig {
             "--batch-size": self.batch_size,
             "--max-length": self.max_length,
             "--assistant-only-loss/--completion-only-loss": self.loss_on,
-            "--lr/--lr-schedule/--warmup-steps/--weight-decay/--max-norm": self.optimizer,
+            "--lr/--lr-schedule/--min-lr-ratio/--warmup-steps/--weight-decay/--max-norm": self.optimizer,
             "--seed": self.seed,
         })
     }

@@ -175,9 +175,10 @@ crate::choice_enum! {
     pub enum LrSchedule {
         /// The base rate throughout.
         Constant = "constant",
-        /// Linear decay to 0 at the end of the run (transformers' and TRL's default).
+        /// Linear decay to 0 at the end of the run (transformers' and TRL's default; to `--min-lr-ratio` of the
+        /// rate with it).
         Linear = "linear",
-        /// Cosine decay to 0 at the end of the run.
+        /// Cosine decay to 0 at the end of the run (to `--min-lr-ratio` of the rate with it).
         Cosine = "cosine",
     }
 }
@@ -195,6 +196,10 @@ pub struct OptimizerSettings {
     /// `ceil(ratio * updates)` steps.
     #[serde(default)]
     pub warmup_ratio: Option<f64>,
+    /// Where a linear or cosine decay ends, as a share of `lr` (transformers' `min_lr_rate`, verl's
+    /// `min_lr_ratio`); 0: at zero.
+    #[serde(default)]
+    pub min_lr_ratio: f64,
     /// Decoupled weight decay.
     pub weight_decay: f64,
     /// First-moment decay.
@@ -220,11 +225,19 @@ impl OptimizerSettings {
             ("--adam-eps", self.eps, self.eps > 0.0, "a positive number"),
             ("--max-norm", self.max_norm, self.max_norm >= 0.0, "a number >= 0 (0 disables clipping)"),
             ("--warmup-ratio", warmup_ratio, (0.0..1.0).contains(&warmup_ratio), "in [0, 1)"),
+            ("--min-lr-ratio", self.min_lr_ratio, (0.0..1.0).contains(&self.min_lr_ratio), "in [0, 1)"),
         ];
-        match checks.into_iter().find(|(_, value, ok, _)| !(*ok && value.is_finite())) {
-            Some((flag, value, _, want)) => Err(crate::user_error!("{flag} {value}: must be {want}")),
-            None => Ok(()),
+        if let Some((flag, value, _, want)) = checks.into_iter().find(|(_, value, ok, _)| !(*ok && value.is_finite())) {
+            return Err(crate::user_error!("{flag} {value}: must be {want}"));
         }
+        if self.min_lr_ratio > 0.0 && self.schedule == LrSchedule::Constant {
+            return Err(crate::user_error!(
+                "--min-lr-ratio {} sets where a decay ends, and --lr-schedule constant has none; add --lr-schedule \
+                 cosine (or linear)",
+                self.min_lr_ratio
+            ));
+        }
+        Ok(())
     }
 
     /// AdamW's hyper-parameters (its learning rate the base one; the schedule scales it per step).
@@ -239,7 +252,8 @@ impl OptimizerSettings {
             Some(ratio) => (ratio * total_steps as f64).ceil() as u64,
             None => self.warmup_steps,
         };
-        super::optimizer::Schedule { base_lr: self.lr, warmup_steps, decay: self.schedule, total_steps, start }
+        let (base_lr, decay, min_lr_ratio) = (self.lr, self.schedule, self.min_lr_ratio);
+        super::optimizer::Schedule { base_lr, warmup_steps, decay, min_lr_ratio, total_steps, start }
     }
 }
 
@@ -398,7 +412,7 @@ impl RunConfig {
             ("--max-turns", json!(b.max_turns)),
             ("--dynamic-sampling/--max-sampling-rounds", json!(b.dynamic_sampling)),
             ("--lr", json!(o.lr)),
-            ("--lr-schedule", json!(o.schedule)),
+            ("--lr-schedule/--min-lr-ratio", json!([o.schedule, o.min_lr_ratio])),
             ("--warmup-steps/--warmup-ratio", json!([o.warmup_steps, o.warmup_ratio])),
             ("--weight-decay", json!(o.weight_decay)),
             ("--adam-beta1/--adam-beta2/--adam-eps", json!([o.beta1, o.beta2, o.eps])),

@@ -22,15 +22,18 @@ pub struct AdamWConfig {
     pub weight_decay: f64,
 }
 
-/// The learning rate over the run: constant by default; linear warmup, then constant or cosine decay to zero.
+/// The learning rate over the run: constant by default; linear warmup, then constant, or a linear or cosine decay to
+/// zero or to a floor.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Schedule {
     /// The rate after warmup (`--lr`).
     pub base_lr: f64,
     /// Updates of linear warmup.
     pub warmup_steps: u64,
-    /// The shape after warmup: constant, or a linear or cosine decay to zero at `total_steps`.
+    /// The shape after warmup: constant, or a linear or cosine decay to `min_lr_ratio * base_lr` at `total_steps`.
     pub decay: LrSchedule,
+    /// Where a decay ends, as a share of `base_lr` (`--min-lr-ratio`; 0: at zero).
+    pub min_lr_ratio: f64,
     /// Updates the schedule spans.
     pub total_steps: u64,
     /// The global step of its first update. The supervised warm-up's steps come before it, at their own rate, so
@@ -49,11 +52,13 @@ impl Schedule {
             return self.base_lr;
         }
         let progress = ((step - self.warmup_steps) as f64 / (self.total_steps - self.warmup_steps) as f64).min(1.0);
-        match self.decay {
-            LrSchedule::Constant => self.base_lr,
-            LrSchedule::Linear => self.base_lr * (1.0 - progress),
-            LrSchedule::Cosine => self.base_lr * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
-        }
+        let factor = match self.decay {
+            LrSchedule::Constant => return self.base_lr,
+            LrSchedule::Linear => 1.0 - progress,
+            LrSchedule::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
+        };
+        // transformers' cosine_with_min_lr and verl's min_lr_ratio: the decay spans base to floor, not base to zero.
+        self.base_lr * (self.min_lr_ratio + (1.0 - self.min_lr_ratio) * factor)
     }
 }
 
@@ -500,7 +505,14 @@ mod tests {
 
     #[test]
     fn schedule_warmup_then_cosine_or_linear_to_zero() {
-        let s = Schedule { base_lr: 1.0, warmup_steps: 2, decay: LrSchedule::Cosine, total_steps: 6, start: 0 };
+        let s = Schedule {
+            base_lr: 1.0,
+            warmup_steps: 2,
+            decay: LrSchedule::Cosine,
+            min_lr_ratio: 0.0,
+            total_steps: 6,
+            start: 0,
+        };
         assert_eq!(s.lr(0), 0.5);
         assert_eq!(s.lr(1), 1.0);
         assert!((s.lr(2) - 1.0).abs() < 1e-12);
@@ -518,6 +530,7 @@ mod tests {
             schedule: LrSchedule::Linear,
             warmup_steps: 5,
             warmup_ratio: Some(0.25),
+            min_lr_ratio: 0.0,
             weight_decay: 0.0,
             beta1: 0.9,
             beta2: 0.999,
@@ -528,6 +541,21 @@ mod tests {
         assert_eq!(OptimizerSettings { warmup_ratio: None, ..settings }.schedule(10, 0).warmup_steps, 5);
         let err = OptimizerSettings { warmup_ratio: Some(1.0), ..settings }.check().unwrap_err();
         assert_eq!(err.to_string(), "--warmup-ratio 1: must be in [0, 1)");
+        // --min-lr-ratio 0.1: transformers' cosine_with_min_lr, 0.1 + 0.9 x the cosine factor; linear the same way.
+        let floored = Schedule { min_lr_ratio: 0.1, ..s };
+        let after: Vec<f64> = (2..8).map(|k| floored.lr(k)).collect();
+        let quarter = 0.5 * (1.0 + std::f64::consts::FRAC_1_SQRT_2); // cos(pi / 4)
+        let want = [1.0, 0.1 + 0.9 * quarter, 0.55, 0.1 + 0.9 * (1.0 - quarter), 0.1, 0.1];
+        assert!(after.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-12), "{after:?}");
+        let floored = Schedule { decay: LrSchedule::Linear, min_lr_ratio: 0.2, ..s };
+        let after: Vec<f64> = (2..8).map(|k| floored.lr(k)).collect();
+        let want = [1.0, 0.8, 0.6, 0.4, 0.2, 0.2];
+        assert!(after.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-12), "{after:?}");
+        assert_eq!(Schedule { decay: LrSchedule::Constant, min_lr_ratio: 0.5, ..s }.lr(5), 1.0);
+        let err = OptimizerSettings { min_lr_ratio: 1.0, ..settings }.check().unwrap_err();
+        assert_eq!(err.to_string(), "--min-lr-ratio 1: must be in [0, 1)");
+        let err = OptimizerSettings { schedule: LrSchedule::Constant, min_lr_ratio: 0.1, ..settings }.check();
+        assert!(err.unwrap_err().to_string().starts_with("--min-lr-ratio 0.1 sets where a decay ends"));
         // After 3 supervised warm-up steps the same schedule runs from global step 3.
         let later = Schedule { start: 3, ..s };
         for k in 0..8 {
