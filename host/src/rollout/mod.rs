@@ -78,7 +78,7 @@ pub struct Episodes {
 }
 
 /// How an episode ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum EndReason {
     /// The environment said it was done.
     Done,
@@ -88,7 +88,8 @@ pub enum EndReason {
     ContextLimit,
 }
 
-/// One finished episode.
+/// One finished episode. Serializable: dynamic sampling sends episodes to the rank that trains on them.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Rollout {
     /// Which task of the batch it belongs to (its group).
     pub group: usize,

@@ -466,9 +466,11 @@ impl Trainer {
     }
 
     /// Stage: tasks -> rollouts for this rank's share of the batch. Under dynamic sampling further rounds follow
-    /// until every rank has its groups whose returns vary, or the rounds run out; the ranks compare their shortfall
-    /// after each round and go on or stop together. `None`: a stop request abandoned the batch (on any rank, once
-    /// the rounds are compared; otherwise the returns' gather that follows tells the others).
+    /// until the global batch has its groups whose returns vary, or the rounds run out: after each round the ranks
+    /// learn which of every rank's groups vary, share the next round's extra tasks out, and at the end send each
+    /// other the groups another rank trains on (module [`dynamic_sampling`]), so that they keep what one process
+    /// would. `None`: a stop request abandoned the batch (on any rank, once the rounds are compared; otherwise the
+    /// returns' gather that follows tells the others).
     fn sample(&mut self) -> Result<Option<(Episodes, Option<SamplingSummary>)>> {
         let per_rank = self.config.batch.rollouts_per_step;
         let first = (self.world.rank * per_rank) as u64;
@@ -478,35 +480,38 @@ impl Trainer {
             return Ok(self.rollouts(&tasks, first, 0)?.map(|e| (e, None)));
         };
         let mut regular = Some(tasks);
-        let mut pool = Pool::new(self.config.batch.group_size, per_rank);
-        let (mut rounds, mut stopped) = (0, false);
+        let (rank, world) = (self.world.rank, self.world.size);
+        let mut pool = Pool::new(self.config.batch.group_size, per_rank, rank, world);
+        let mut rounds = 0;
         for round in 0..dynamic.max_rounds.max(1) {
-            if round > 0 {
-                let local = (!stopped).then(|| pool.missing());
-                let Some(missing) = self.gather_unless_dropped("comparing the ranks' sampled groups", local)? else {
-                    return Ok(None);
-                };
-                if missing.iter().all(|&m| m == 0) {
-                    break;
-                }
+            let missing = pool.missing();
+            if round > 0 && missing == 0 {
+                break;
             }
             rounds += 1;
-            let tasks = match round {
-                0 => regular.take().unwrap_or_default(),
-                _ => self.tasks.extra(self.state.batch, round, first, pool.missing())?,
+            let (tasks, first) = match round {
+                0 => (regular.take().unwrap_or_default(), first),
+                _ => {
+                    let (start, count) = pool.extra_share(missing);
+                    (self.tasks.extra(self.state.batch, round, start, count)?, start)
+                }
             };
-            if tasks.is_empty() {
-                continue;
-            }
-            match self.rollouts(&tasks, first, round)? {
-                Some(episodes) => pool.add(episodes),
-                None => stopped = true,
-            }
+            let flags = match tasks.is_empty() {
+                true => Some(Vec::new()),
+                false => self.rollouts(&tasks, first, round)?.map(|episodes| pool.add(episodes)),
+            };
+            // Every rank learns which groups of the round vary (or that one was stopped, and all stop here).
+            let Some(flags) = self.gather_unless_dropped("comparing the ranks' sampled groups", flags)? else {
+                return Ok(None);
+            };
+            pool.record(flags);
         }
-        if stopped {
-            return Ok(None);
-        }
-        let (episodes, summary) = pool.finish(rounds);
+        let outgoing = pool.outgoing();
+        let incoming = match self.world.is_distributed() {
+            true => self.world.gather("sending groups to the ranks that train on them", outgoing)?.concat(),
+            false => outgoing,
+        };
+        let (episodes, summary) = pool.finish(rounds, incoming)?;
         Ok(Some((episodes, Some(summary))))
     }
 
