@@ -25,6 +25,18 @@ fn templates_match_transformers() {
             let got = tok.render_chat_with(messages, tools, gen, &extra).unwrap();
             let want = case["expected"].as_str().unwrap();
             assert_eq!(got, want, "{family} / {}", case["name"]);
+            if !extra.is_empty() {
+                // The same variables set once on the tokenizer (`--chat-template-kwargs`) render the same.
+                let mut set = Tokenizer::from_dir(&dir).unwrap();
+                set.set_template_vars(extra.clone());
+                assert_eq!(set.render_chat(messages, tools, gen).unwrap(), want, "{family} / {} (set)", case["name"]);
+                assert_ne!(
+                    tok.render_chat(messages, tools, gen).unwrap(),
+                    want,
+                    "{family} / {}: no effect",
+                    case["name"]
+                );
+            }
             checked += 1;
         }
     }

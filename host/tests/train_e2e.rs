@@ -436,6 +436,47 @@ fn a_synced_kl_reference_is_the_mix_of_the_policy_saved_and_resumed() {
     assert!(!runs.path().join("plain/checkpoints/step_3/kl_reference.safetensors").exists());
 }
 
+/// `--chat-template-kwargs` reaches the chat template in training: Qwen3's template with `enable_thinking` false
+/// closes an empty thinking block after the generation prompt of every rollout. The variables are saved with the
+/// run, and a resume that changes them is refused.
+#[test]
+fn chat_template_kwargs_reach_the_rollouts_prompts_and_are_saved() {
+    let runs = tempfile::tempdir().unwrap();
+    let model = runs.path().join("qwen3-template");
+    std::fs::create_dir(&model).unwrap();
+    let tiny = common::workspace_root().join("tests/fixtures/model/tiny/qwen3");
+    for file in std::fs::read_dir(&tiny).unwrap() {
+        let file = file.unwrap().path();
+        std::fs::copy(&file, model.join(file.file_name().unwrap())).unwrap();
+    }
+    let template = common::workspace_root().join("tests/fixtures/model/templates/Qwen-Qwen3-0.6B.jinja");
+    let mut config = json_file(&model.join("tokenizer_config.json"));
+    config["chat_template"] = std::fs::read_to_string(template).unwrap().into();
+    std::fs::write(model.join("tokenizer_config.json"), config.to_string()).unwrap();
+    let prompts = |name: &str, extra: &[&str]| -> Vec<String> {
+        let base = ["--model", model.to_str().unwrap(), "--max-steps", "1", "--log-completions-interval", "1"];
+        let out = train(runs.path(), name, &[&base[..], extra].concat());
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let lines = std::fs::read_to_string(runs.path().join(name).join("completions.jsonl")).unwrap();
+        let rows = lines.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap());
+        rows.map(|r| r["prompt"].as_str().unwrap().to_string()).collect()
+    };
+    let kwargs = ["--chat-template-kwargs", r#"{"enable_thinking": false}"#];
+    let (thinking, not) = (prompts("thinking", &[]), prompts("not", &kwargs));
+    assert_eq!(not.len(), 6);
+    assert!(not.iter().all(|p| p.ends_with("<|im_start|>assistant\n<think>\n\n</think>\n\n")), "{not:?}");
+    assert!(thinking.iter().all(|p| p.ends_with("<|im_start|>assistant\n")), "{thinking:?}");
+    let saved = json_file(&runs.path().join("not/config.json"));
+    assert_eq!(saved["run"]["model"]["chat_template_kwargs"], serde_json::json!({"enable_thinking": false}));
+    let resumed = train(runs.path(), "not", &["--model", model.to_str().unwrap(), "--max-steps", "2", "--resume"]);
+    assert_eq!(resumed.status.code(), Some(2), "{}", text(&resumed.stderr));
+    assert!(
+        text(&resumed.stderr).contains("--chat-template-kwargs: {\"enable_thinking\":false} -> {}"),
+        "{}",
+        text(&resumed.stderr)
+    );
+}
+
 /// `--reward-weights` weighs the environment's components in each return (math's `answer` three times here); the
 /// component is still logged unweighted, the weights are saved with the run, and a name no episode reported is
 /// warned about.

@@ -44,6 +44,7 @@ fn settings(dtype: DtypeSpec, mixed_precision: MixedPrecision) -> ModelSettings 
         deterministic: false,
         lora: None,
         gradient_checkpointing: false,
+        chat_template_kwargs: Default::default(),
     }
 }
 

@@ -30,6 +30,10 @@ pub struct ModelArgs {
     /// Never download a hub id that is missing from the local Hugging Face cache.
     #[arg(long)]
     pub offline: bool,
+    /// Variables for the chat template, as a JSON object or @FILE: transformers' apply_chat_template keyword
+    /// arguments (TRL's chat_template_kwargs), such as '{"enable_thinking": false}' for Qwen3.
+    #[arg(long, value_name = "JSON")]
+    pub chat_template_kwargs: Option<String>,
 }
 
 impl ModelArgs {
@@ -47,10 +51,36 @@ impl ModelArgs {
         Ok(())
     }
 
+    /// `--chat-template-kwargs` checked: a JSON object whose keys are not the variables the host sets itself.
+    pub fn template_vars(&self) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+        const FLAG: &str = "--chat-template-kwargs";
+        let serde_json::Value::Object(vars) = json_option(self.chat_template_kwargs.as_deref(), FLAG)? else {
+            return match &self.chat_template_kwargs {
+                None => Ok(serde_json::Map::new()),
+                Some(spec) => {
+                    Err(user_error!("{FLAG} {spec}: give a JSON object, such as '{{\"enable_thinking\": false}}'"))
+                }
+            };
+        };
+        let reserved = ["messages", "tools", "documents", "add_generation_prompt"];
+        if let Some(key) = vars.keys().find(|k| reserved.contains(&k.as_str())) {
+            return Err(user_error!("{FLAG}: `{key}` is set by grpo-host itself; leave it out"));
+        }
+        Ok(vars)
+    }
+
+    /// The tokenizer of `dir` with `--chat-template-kwargs` applied.
+    pub fn tokenizer(&self, dir: &std::path::Path) -> anyhow::Result<crate::tokenizer::Tokenizer> {
+        let mut tokenizer = crate::tokenizer::Tokenizer::from_dir(dir)?;
+        tokenizer.set_template_vars(self.template_vars()?);
+        Ok(tokenizer)
+    }
+
     /// The policy settings these flags give a command that runs or fine-tunes a model outside `train` (`sft`,
     /// `eval`): `mixed_precision`, rollouts in its compute precision, no deterministic switch, no LoRA.
     pub fn settings(&self, mixed_precision: MixedPrecision) -> anyhow::Result<ModelSettings> {
         Ok(ModelSettings {
+            chat_template_kwargs: self.template_vars()?,
             model: self.model.clone(),
             allow_download: !self.offline,
             device: self.device,

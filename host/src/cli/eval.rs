@@ -242,6 +242,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<i32> {
             settings: &settings,
             seed: args.seed,
             mixed_precision: args.mixed_precision,
+            chat_template_kwargs: &model_settings.chat_template_kwargs,
         };
         differences_from_run(dir, &here)
     }) {
@@ -283,6 +284,7 @@ struct Decisive<'a> {
     settings: &'a EvalSettings,
     seed: u64,
     mixed_precision: MixedPrecision,
+    chat_template_kwargs: &'a serde_json::Map<String, serde_json::Value>,
 }
 
 impl Decisive<'_> {
@@ -309,7 +311,9 @@ impl Decisive<'_> {
             ("--top-k", sampling.top_k.to_string()),
             ("--top-p", sampling.top_p.to_string()),
             ("--min-p", sampling.min_p.to_string()),
+            ("--repetition-penalty", sampling.repetition_penalty.to_string()),
             ("--mixed-precision", self.mixed_precision.to_string()),
+            ("--chat-template-kwargs", serde_json::Value::Object(self.chat_template_kwargs.clone()).to_string()),
         ]
     }
 }
@@ -334,6 +338,7 @@ fn differences_from_run(dir: &Path, here: &Decisive<'_>) -> Option<String> {
         settings: &run.eval,
         seed: run.seed,
         mixed_precision: run.model.mixed_precision,
+        chat_template_kwargs: &run.model.chat_template_kwargs,
     };
     let differ: Vec<String> = theirs
         .flags()

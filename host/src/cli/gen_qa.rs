@@ -18,7 +18,6 @@ use serde_json::json;
 use super::args::{ModelArgs, SamplingArgs};
 use crate::generate::{generate, GenerateRequest, SamplingParams};
 use crate::model::Model;
-use crate::tokenizer::Tokenizer;
 use crate::user_error;
 
 /// Flags of `grpo-host gen-qa`.
@@ -127,7 +126,7 @@ pub fn run(args: GenQaArgs) -> anyhow::Result<i32> {
     let device = args.model.device.resolve()?;
     let dtype = args.model.dtype.resolve(device);
     let dir = args.model.model_dir()?;
-    let tokenizer = Tokenizer::from_dir(&dir)?;
+    let tokenizer = args.model.tokenizer(&dir)?;
     let model = Model::load(&dir, device, dtype)?;
 
     for (batch_index, batch) in todo.chunks(args.batch_size).enumerate() {

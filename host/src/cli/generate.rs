@@ -10,7 +10,6 @@ use serde_json::json;
 use super::args::{ModelArgs, SamplingArgs};
 use crate::generate::{generate, GenerateRequest, SamplingParams};
 use crate::model::Model;
-use crate::tokenizer::Tokenizer;
 use crate::user_error;
 
 /// Flags of `grpo-host generate`.
@@ -66,7 +65,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<i32> {
     let dtype = args.model.dtype.resolve(device);
     let dir: PathBuf = args.model.model_dir()?;
     let load_start = std::time::Instant::now();
-    let tokenizer = Tokenizer::from_dir(&dir)?;
+    let tokenizer = args.model.tokenizer(&dir)?;
     let model = Model::load(&dir, device, dtype)?;
     let load_secs = load_start.elapsed().as_secs_f64();
 

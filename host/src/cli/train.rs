@@ -270,6 +270,7 @@ impl TrainArgs {
                 plugin_dirs: self.plugins.plugin_dirs,
             },
             model: ModelSettings {
+                chat_template_kwargs: self.model.template_vars()?,
                 threads: self.model.checked_threads()?,
                 deterministic: self.deterministic,
                 gradient_checkpointing: self.gradient_checkpointing,
@@ -497,6 +498,20 @@ mod tests {
         assert!(err.contains("--dynamic-sampling") && err.contains("--group-size to 2"), "{err}");
         let err = config(&["--dynamic-sampling", "--max-sampling-rounds", "0"]).unwrap_err();
         assert_eq!(err, "--max-sampling-rounds must be at least 1");
+    }
+
+    #[test]
+    fn chat_template_kwargs_are_a_json_object_without_the_hosts_own_variables() {
+        assert_eq!(config(&["--chat-template-kwargs", r#"{"enable_thinking": false}"#]), Ok(()));
+        for (value, wanted) in [
+            ("[1]", "--chat-template-kwargs [1]: give a JSON object"),
+            (r#"{"messages": []}"#, "--chat-template-kwargs: `messages` is set by grpo-host itself"),
+            ("{enable_thinking", "--chat-template-kwargs"),
+        ] {
+            let err = config(&["--chat-template-kwargs", value]).expect_err(value);
+            assert!(err.starts_with(wanted), "{value}: {err}");
+            assert_eq!(err.lines().count(), 1, "{err}");
+        }
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub struct Tokenizer {
     pad_id: Option<u32>,
     /// The model directory, for messages.
     dir: PathBuf,
+    /// Variables every rendering of the chat template gets (`--chat-template-kwargs`, such as Qwen3's
+    /// `enable_thinking`).
+    template_vars: Map<String, Json>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -102,7 +105,7 @@ impl Tokenizer {
             }
         };
         let template = source.map(|s| ChatTemplate::new(&s, special.clone())).transpose()?;
-        Ok(Tokenizer { inner, template, eos_ids, eos_token, pad_id, dir: dir.to_path_buf() })
+        Ok(Tokenizer { inner, template, eos_ids, eos_token, pad_id, dir: dir.to_path_buf(), template_vars: Map::new() })
     }
 
     /// Token ids of `text`; `add_special_tokens` applies the tokenizer's post-processor (e.g. a BOS token).
@@ -176,7 +179,14 @@ impl Tokenizer {
         self.render_chat_with(messages, tools, add_generation_prompt, &Map::new())
     }
 
-    /// [`Tokenizer::render_chat`] with extra template variables (e.g. Qwen3's `enable_thinking`).
+    /// Give every later rendering the template variables `vars` (`--chat-template-kwargs`; transformers'
+    /// `apply_chat_template(**kwargs)`, TRL's `chat_template_kwargs`).
+    pub fn set_template_vars(&mut self, vars: Map<String, Json>) {
+        self.template_vars = vars;
+    }
+
+    /// [`Tokenizer::render_chat`] with extra template variables (e.g. Qwen3's `enable_thinking`), over those of
+    /// [`Tokenizer::set_template_vars`].
     pub fn render_chat_with(
         &self,
         messages: &[Json],
@@ -186,6 +196,11 @@ impl Tokenizer {
     ) -> anyhow::Result<String> {
         self.require_chat_template("conversations are rendered with it")?;
         let t = self.template.as_ref().expect("checked");
-        t.render(messages, tools, add_generation_prompt, extra)
+        if self.template_vars.is_empty() {
+            return t.render(messages, tools, add_generation_prompt, extra);
+        }
+        let mut vars = self.template_vars.clone();
+        vars.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+        t.render(messages, tools, add_generation_prompt, &vars)
     }
 }

@@ -112,6 +112,9 @@ pub struct ModelSettings {
     /// results are the same, so a resumed run may switch it).
     #[serde(default)]
     pub gradient_checkpointing: bool,
+    /// Variables every rendering of the chat template gets (`--chat-template-kwargs`).
+    #[serde(default)]
+    pub chat_template_kwargs: serde_json::Map<String, serde_json::Value>,
 }
 
 /// How rollouts sample.
@@ -400,6 +403,7 @@ impl RunConfig {
             ("--mixed-precision", json!(m.mixed_precision)),
             ("--rollout-dtype", json!(m.rollout_dtype)),
             ("--lora-rank/--lora-alpha/--lora-dropout", json!(m.lora)),
+            ("--chat-template-kwargs", json!(m.chat_template_kwargs)),
             ("--temperature/--top-k/--top-p/--min-p", json!(s.params)),
             ("--ignore-eos", json!(s.ignore_eos)),
             ("--rollouts-per-step", json!(b.rollouts_per_step)),

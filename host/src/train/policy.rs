@@ -47,7 +47,8 @@ impl Policy {
         let kind = precision.working;
         let mut model = Model::load(&model_dir, device, kind)?;
         model.set_gradient_checkpointing(settings.gradient_checkpointing);
-        let tokenizer = Tokenizer::from_dir(&model_dir)?;
+        let mut tokenizer = Tokenizer::from_dir(&model_dir)?;
+        tokenizer.set_template_vars(settings.chat_template_kwargs.clone());
         if let Some(lora) = settings.lora {
             tch::manual_seed(seed as i64);
             model.attach_lora(lora)?;
