@@ -52,6 +52,9 @@ pub struct TrainerState {
     /// resumed run continues with the next ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sft_position: Option<u64>,
+    /// The KL-in-reward coefficient the next batch uses, as the adaptive controller left it (`--reward-kl-target`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reward_kl_coef: Option<f64>,
 }
 
 /// What goes into one checkpoint.

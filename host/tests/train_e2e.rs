@@ -477,6 +477,32 @@ fn chat_template_kwargs_reach_the_rollouts_prompts_and_are_saved() {
     );
 }
 
+/// `--reward-kl-coef` with a target: the random model's episodes all earn the same reward, so only the KL penalty
+/// makes their returns differ, and the advantages are no longer 0; the adaptive controller's coefficient for the
+/// second batch follows from the first batch's logged mean KL; a resumed run continues with the saved coefficient.
+#[test]
+fn a_kl_penalty_in_the_reward_drives_the_advantages_and_adapts_its_coefficient() {
+    let runs = tempfile::tempdir().unwrap();
+    let flags =
+        ["--kl-weight", "0", "--reward-kl-coef", "0.5", "--reward-kl-target", "0.001", "--reward-kl-horizon", "100"];
+    let out = train(runs.path(), "kl", &[&["--max-steps", "2"], &flags[..]].concat());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let run = runs.path().join("kl");
+    let batches: Vec<_> = rows(&run).into_iter().filter(|r| r.contains_key("rollouts/returns_mean")).collect();
+    let number = |row: &serde_json::Map<String, serde_json::Value>, key: &str| row[key].as_f64().unwrap();
+    let (first, second) = (&batches[0], &batches[1]);
+    assert_eq!(number(first, "rollouts/reward_kl_coef"), 0.5);
+    let error = (number(first, "rollouts/reward_kl_mean") / 0.001 - 1.0).clamp(-0.2, 0.2);
+    let want = 0.5 * (1.0 + error * 6.0 / 100.0);
+    assert!((number(second, "rollouts/reward_kl_coef") - want).abs() < 1e-12, "{second:?}");
+    // The environment's returns are all equal; the penalised ones are not, after one batch of updates.
+    assert_eq!(number(second, "rollouts/returns_std"), 0.0, "{second:?}");
+    assert!(number(second, "rollouts/reward_kl_penalty_mean").abs() > 0.0, "{second:?}");
+    assert!(number(second, "rollouts/advantages_std") > 0.1, "{second:?}");
+    assert_eq!(json_file(&run.join("config.json"))["run"]["loss"]["reward_kl"]["estimator"], "k1");
+    assert_resume_is_exact(runs.path(), &run, "kl-split", &flags);
+}
+
 /// `--reward-weights` weighs the environment's components in each return (math's `answer` three times here); the
 /// component is still logged unweighted, the weights are saved with the run, and a name no episode reported is
 /// warned about.

@@ -59,6 +59,7 @@ fn objective(kl_weight: f64, recompute_old_logprobs: RecomputeOld) -> ObjectiveS
         logprob_temperature: Default::default(),
         top_entropy_quantile: 1.0,
         sync_ref_model: None,
+        reward_kl: None,
     }
 }
 
@@ -177,7 +178,7 @@ fn one_batch_through_every_stage() {
     let objective = objective(0.01, RecomputeOld::Auto);
     // With gradient checkpointing: the training forwards recompute their layers, nothing else does.
     let settings = ModelSettings { gradient_checkpointing: true, ..settings(DtypeSpec::F32, MixedPrecision::No) };
-    let policy = Policy::load(&settings, objective.kl_weight, 7).unwrap();
+    let policy = Policy::load(&settings, objective.needs_reference(), 7).unwrap();
     let layers = policy.model().config().num_hidden_layers as u64;
     let batch = batch(2);
 
@@ -260,7 +261,7 @@ fn bf16_mixed_precision_keeps_the_small_updates_pure_bf16_loses() {
     let lr = 5e-6;
     let batch = batch(3); // 3 micro-batches of 2 sequences: one optimizer step
     let objective = objective(0.0, RecomputeOld::Always);
-    let sampler = Policy::load(&settings(DtypeSpec::F32, MixedPrecision::No), 0.0, 7).unwrap();
+    let sampler = Policy::load(&settings(DtypeSpec::F32, MixedPrecision::No), false, 7).unwrap();
     let scored = scored_batch(&sampler, &algo, &env, &batch);
     let mut deltas = Vec::new();
     for (dtype, mode) in [
@@ -268,7 +269,7 @@ fn bf16_mixed_precision_keeps_the_small_updates_pure_bf16_loses() {
         (DtypeSpec::Auto, MixedPrecision::Bf16),
         (DtypeSpec::Bf16, MixedPrecision::No),
     ] {
-        let policy = Policy::load(&settings(dtype, mode), 0.0, 7).unwrap();
+        let policy = Policy::load(&settings(dtype, mode), false, 7).unwrap();
         let exp = experience::prepare(&scored, &policy, &objective, batch.train_batch_size).unwrap();
         let (delta, updates) = update_once(&policy, &exp, &algo, &batch, &objective, lr, &mut |_, _| {});
         assert_eq!(updates.steps.len(), 1);
@@ -304,7 +305,7 @@ fn bf16_mixed_precision_keeps_the_small_updates_pure_bf16_loses() {
 fn cut_episodes_left_out_of_the_loss_add_nothing_to_the_update() {
     let (algo, env) = plugins();
     let batch = batch(3); // one optimizer step over the 6 episodes
-    let sampler = Policy::load(&settings(DtypeSpec::F32, MixedPrecision::No), 0.0, 7).unwrap();
+    let sampler = Policy::load(&settings(DtypeSpec::F32, MixedPrecision::No), false, 7).unwrap();
     let mut scored = scored_batch(&sampler, &algo, &env, &batch);
     // Episodes 0, 3 and 4 cut (a turn at --max-new-tokens, or the stream at --max-length), the others finished.
     for (i, r) in scored.rollouts.iter_mut().enumerate() {
@@ -314,7 +315,7 @@ fn cut_episodes_left_out_of_the_loss_add_nothing_to_the_update() {
     let cut = [true, false, false, true, true, false];
     let step = |scored: &Scored, mask: bool| -> (Tensor, f64) {
         let objective = ObjectiveSettings { mask_truncated_completions: mask, ..objective(0.0, RecomputeOld::Never) };
-        let policy = Policy::load(&settings(DtypeSpec::F32, MixedPrecision::No), 0.0, 7).unwrap();
+        let policy = Policy::load(&settings(DtypeSpec::F32, MixedPrecision::No), false, 7).unwrap();
         let exp = experience::prepare(scored, &policy, &objective, batch.train_batch_size).unwrap();
         if mask {
             // The cut episodes keep no action in any micro-batch; the others keep all of theirs.
@@ -351,7 +352,7 @@ fn a_dapo_step_is_the_same_however_it_is_cut_into_micro_batches() {
     let registry = Registry::discover(&DiscoveryOptions::only(vec![common::shipped_dir().to_path_buf()])).unwrap();
     let algo = |loss_type: &str| registry.algorithm("grpo", &serde_json::json!({"loss_type": loss_type})).unwrap();
     let (default_algo, env) = plugins();
-    let sampler = Policy::load(&settings(DtypeSpec::F32, MixedPrecision::No), 0.0, 7).unwrap();
+    let sampler = Policy::load(&settings(DtypeSpec::F32, MixedPrecision::No), false, 7).unwrap();
     let mut scored = scored_batch(&sampler, &default_algo, &env, &batch(1));
     // Episode i keeps all but its last i actions, so the micro-batches hold different numbers of action tokens.
     for (i, r) in scored.rollouts.iter_mut().enumerate() {
@@ -364,7 +365,7 @@ fn a_dapo_step_is_the_same_however_it_is_cut_into_micro_batches() {
     let objective = objective(0.01, RecomputeOld::Never);
     let step = |algo: &AlgorithmPlugin, micro: usize, accumulate: usize| -> (Tensor, f64, f64) {
         let batch = BatchSettings { train_batch_size: micro, gradient_accumulation_steps: accumulate, ..batch(1) };
-        let policy = Policy::load(&settings(DtypeSpec::F32, MixedPrecision::No), 0.01, 7).unwrap();
+        let policy = Policy::load(&settings(DtypeSpec::F32, MixedPrecision::No), true, 7).unwrap();
         let exp = experience::prepare(&scored, &policy, &objective, micro).unwrap();
         let (delta, updates) = update_once(&policy, &exp, algo, &batch, &objective, 1e-3, &mut |_, _| {});
         assert_eq!(updates.steps.len(), 1);
@@ -401,7 +402,7 @@ fn a_top_entropy_quantile_trains_on_the_high_entropy_tokens_only() {
     let (algo, env) = plugins();
     // One micro-batch: the quantile is over the whole step's tokens.
     let batch = BatchSettings { train_batch_size: 6, ..batch(1) };
-    let model = || Policy::load(&settings(DtypeSpec::F32, MixedPrecision::No), 0.0, 7).unwrap();
+    let model = || Policy::load(&settings(DtypeSpec::F32, MixedPrecision::No), false, 7).unwrap();
     let scored = scored_batch(&model(), &algo, &env, &batch);
     let objective = objective(0.0, RecomputeOld::Never);
     let step = |top_entropy_quantile: f64, weights: Option<&Tensor>| -> Tensor {
@@ -444,7 +445,7 @@ fn the_kl_reference_moves_toward_the_policy_after_every_nth_update() {
     let (algo, env) = plugins();
     let sync = ReferenceSync { alpha: 0.25, every: 2 };
     let objective = ObjectiveSettings { sync_ref_model: Some(sync), ..objective(0.01, RecomputeOld::Auto) };
-    let policy = Policy::load(&settings(DtypeSpec::F32, MixedPrecision::No), objective.kl_weight, 7).unwrap();
+    let policy = Policy::load(&settings(DtypeSpec::F32, MixedPrecision::No), objective.needs_reference(), 7).unwrap();
     let batch = batch(1); // 3 micro-batches, one optimizer step each
     let scored = scored_batch(&policy, &algo, &env, &batch);
     let exp = experience::prepare(&scored, &policy, &objective, batch.train_batch_size).unwrap();
@@ -476,14 +477,14 @@ fn a_lora_reference_synced_at_alpha_one_scores_as_the_policy() {
     let objective = objective(0.01, RecomputeOld::Auto);
     let lora = grpo_host::model::LoraConfig { rank: 4, alpha: 8.0, dropout: 0.0 };
     let settings = ModelSettings { lora: Some(lora), ..settings(DtypeSpec::F32, MixedPrecision::No) };
-    let mut policy = Policy::load(&settings, objective.kl_weight, 7).unwrap();
+    let mut policy = Policy::load(&settings, objective.needs_reference(), 7).unwrap();
     let batch = batch(3);
     let scored = scored_batch(&policy, &algo, &env, &batch);
     let exp = experience::prepare(&scored, &policy, &objective, batch.train_batch_size).unwrap();
     let _ = update_once(&policy, &exp, &algo, &batch, &objective, 1e-2, &mut |_, _| {});
     let mask = exp.action_mask.to_kind(Kind::Float);
     let gap = |a: &Tensor, b: &Tensor| ((a - b).abs() * &mask).max().double_value(&[]);
-    let reference = |p: &Policy| p.reference_log_probs(&exp, 2, objective.kl_weight).unwrap().unwrap();
+    let reference = |p: &Policy| p.reference_log_probs(&exp, 2, true).unwrap().unwrap();
     let (trained, base) = (policy.log_probs(&exp, 2).unwrap(), reference(&policy));
     assert!(gap(&trained, &base) > 1e-4, "the update did not move the adapters");
     assert!(policy.reference_weights().is_none(), "the adapters-off reference has no weights of its own");
@@ -497,7 +498,7 @@ fn a_lora_reference_synced_at_alpha_one_scores_as_the_policy() {
 /// and is rounded once into bf16.
 #[test]
 fn under_mixed_precision_the_reference_mixes_in_the_f32_masters() {
-    let policy = Policy::load(&settings(DtypeSpec::Auto, MixedPrecision::Bf16), 0.01, 7).unwrap();
+    let policy = Policy::load(&settings(DtypeSpec::Auto, MixedPrecision::Bf16), true, 7).unwrap();
     assert_eq!(policy.kind(), Kind::BFloat16);
     let start = snapshot(policy.reference_weights().unwrap());
     // Masters apart from the bf16 weights by more than bf16's spacing, as after many small updates.

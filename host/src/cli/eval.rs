@@ -223,7 +223,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<i32> {
         lora: lora.as_ref().map(|(config, _)| *config),
         ..args.model.settings(args.mixed_precision)?
     };
-    let mut policy = Policy::load(&model_settings, 0.0, args.seed)?;
+    let mut policy = Policy::load(&model_settings, false, args.seed)?;
     policy.tokenizer().require_chat_template(crate::train::CHAT_NEEDED)?;
     if let Some((_, weights)) = &lora {
         policy.load_weights(weights, true)?;

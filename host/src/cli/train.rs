@@ -12,7 +12,8 @@ use crate::logging::LoggingArgs;
 use crate::model::DtypeSpec;
 use crate::train::config::{
     BatchSettings, DistSettings, LogSettings, LogprobTemperature, LrSchedule, ModelSettings, ObjectiveSettings,
-    OptimizerSettings, PluginSelection, RecomputeOld, ReferenceSync, RunConfig, SamplingSettings,
+    OptimizerSettings, PluginSelection, RecomputeOld, ReferenceSync, RewardKl, RewardKlEstimator, RunConfig,
+    SamplingSettings,
 };
 use crate::train::precision::MixedPrecision;
 use crate::user_error;
@@ -183,7 +184,8 @@ pub struct TrainArgs {
     pub top_entropy_quantile: f64,
     /// Move the KL reference toward the policy as training goes, as TRL's sync_ref_model (TR-DPO): after every
     /// --ref-model-sync-steps updates, reference = alpha * policy + (1 - alpha) * reference. The reference is then
-    /// saved in every checkpoint, so a resumed run continues from the same one. Needs --kl-weight above 0.
+    /// saved in every checkpoint, so a resumed run continues from the same one. Needs --kl-weight (or
+    /// --reward-kl-coef) above 0.
     #[arg(long)]
     pub sync_ref_model: bool,
     /// The policy's share alpha of the synced reference (--sync-ref-model); 1 copies the policy. Default 0.6.
@@ -192,6 +194,20 @@ pub struct TrainArgs {
     /// Updates between two syncs of the KL reference (--sync-ref-model). Default 512.
     #[arg(long, value_name = "N")]
     pub ref_model_sync_steps: Option<u64>,
+    /// A KL penalty in the reward, as verl's use_kl_in_reward: each episode's return loses B x the sum over its
+    /// action tokens of the sampling policy's KL estimate from the reference, before advantages are computed. 0
+    /// (the default) turns it off; it loads the reference model even at --kl-weight 0.
+    #[arg(long, value_name = "B", default_value_t = 0.0)]
+    pub reward_kl_coef: f64,
+    /// The per-token estimate for --reward-kl-coef: k1 (verl's kl, the default), k2 (mse), k3 (low_var_kl) or abs.
+    #[arg(long, value_name = "K")]
+    pub reward_kl_estimator: Option<RewardKlEstimator>,
+    /// Adapt --reward-kl-coef toward this mean KL per sequence, as verl's adaptive KL controller (target_kl).
+    #[arg(long, value_name = "KL")]
+    pub reward_kl_target: Option<f64>,
+    /// The adaptive controller's horizon in sequences (verl's horizon). Default 10000.
+    #[arg(long, value_name = "N")]
+    pub reward_kl_horizon: Option<f64>,
 
     /// LoRA flags (--lora-rank, --lora-alpha, --lora-dropout).
     #[command(flatten)]
@@ -324,6 +340,12 @@ impl TrainArgs {
                     alpha: self.ref_model_mixup_alpha.unwrap_or(0.6),
                     every: self.ref_model_sync_steps.unwrap_or(512),
                 }),
+                reward_kl: (self.reward_kl_coef > 0.0).then_some(RewardKl {
+                    coef: self.reward_kl_coef,
+                    estimator: self.reward_kl_estimator.unwrap_or(RewardKlEstimator::K1),
+                    target: self.reward_kl_target,
+                    horizon: self.reward_kl_horizon.unwrap_or(10_000.0),
+                }),
             },
             seed: self.seed,
             checkpoints: self.run_dir.settings()?,
@@ -404,9 +426,31 @@ impl TrainArgs {
             ));
         }
         self.validate_reference_sync()?;
+        self.validate_reward_kl()?;
         // Below 1 the cap would down-weight even the tokens where sampler and trainer agree.
         if !(self.tis_cap == 0.0 || (self.tis_cap >= 1.0 && self.tis_cap.is_finite())) {
             return Err(user_error!("--tis-cap {} must be 0 (off) or a number >= 1, such as 2", self.tis_cap));
+        }
+        Ok(())
+    }
+
+    fn validate_reward_kl(&self) -> anyhow::Result<()> {
+        if !(self.reward_kl_coef >= 0.0 && self.reward_kl_coef.is_finite()) {
+            return Err(user_error!("--reward-kl-coef {}: must be a number >= 0 (0 is off)", self.reward_kl_coef));
+        }
+        let tuning = [
+            ("--reward-kl-estimator", self.reward_kl_estimator.is_some()),
+            ("--reward-kl-target", self.reward_kl_target.is_some()),
+            ("--reward-kl-horizon", self.reward_kl_horizon.is_some()),
+        ];
+        if let Some((flag, _)) = tuning.iter().find(|(_, given)| *given && self.reward_kl_coef == 0.0) {
+            return Err(user_error!("{flag} tunes --reward-kl-coef, which is 0 (off); give it a coefficient"));
+        }
+        if let Some(target) = self.reward_kl_target.filter(|t| !(*t > 0.0 && t.is_finite())) {
+            return Err(user_error!("--reward-kl-target {target}: must be a positive KL, such as 0.1"));
+        }
+        if let Some(horizon) = self.reward_kl_horizon.filter(|h| !(*h >= 1.0 && h.is_finite())) {
+            return Err(user_error!("--reward-kl-horizon {horizon}: must be at least 1, such as 10000"));
         }
         Ok(())
     }
@@ -422,10 +466,10 @@ impl TrainArgs {
         if !self.sync_ref_model {
             return Ok(());
         }
-        if self.kl_weight == 0.0 {
+        if self.kl_weight == 0.0 && self.reward_kl_coef == 0.0 {
             return Err(user_error!(
                 "--sync-ref-model moves the KL reference, and --kl-weight 0 has none; set --kl-weight above 0 (such as \
-                 0.04) or drop --sync-ref-model"
+                 0.04), or --reward-kl-coef, or drop --sync-ref-model"
             ));
         }
         if let Some(alpha) = self.ref_model_mixup_alpha.filter(|a| !(*a > 0.0 && *a <= 1.0)) {
@@ -510,6 +554,23 @@ mod tests {
         ] {
             let err = config(&["--chat-template-kwargs", value]).expect_err(value);
             assert!(err.starts_with(wanted), "{value}: {err}");
+            assert_eq!(err.lines().count(), 1, "{err}");
+        }
+    }
+
+    #[test]
+    fn the_reward_kl_flags_need_a_coefficient_and_sane_values() {
+        assert_eq!(config(&["--reward-kl-coef", "0.1", "--reward-kl-estimator", "low_var_kl"]), Ok(()));
+        assert_eq!(config(&["--reward-kl-coef", "0.1", "--kl-weight", "0", "--sync-ref-model"]), Ok(()));
+        for (args, wanted) in [
+            (&["--reward-kl-coef=-1"][..], "--reward-kl-coef -1: must be a number >= 0"),
+            (&["--reward-kl-target", "0.1"], "--reward-kl-target tunes --reward-kl-coef"),
+            (&["--reward-kl-estimator", "k2"], "--reward-kl-estimator tunes --reward-kl-coef"),
+            (&["--reward-kl-coef", "0.1", "--reward-kl-target", "0"], "--reward-kl-target 0: must be a positive"),
+            (&["--reward-kl-coef", "0.1", "--reward-kl-horizon", "0.5"], "--reward-kl-horizon 0.5: must be at"),
+        ] {
+            let err = config(args).expect_err(wanted);
+            assert!(err.starts_with(wanted), "{args:?}: {err}");
             assert_eq!(err.lines().count(), 1, "{err}");
         }
     }

@@ -228,7 +228,7 @@ pub fn run(mut config: SftConfig) -> Result<i32> {
         Some(env) => tools_json(&env.tools()?),
         None => None,
     };
-    let mut policy = Policy::load(&config.model, 0.0, config.seed)?;
+    let mut policy = Policy::load(&config.model, false, config.seed)?;
     let mut optimizer = policy.optimizer(config.optimizer.adamw());
     let mut scaler = LossScaler::new(policy.precision().mode);
     let state = crate::train::starting_state(&paths, config.seed, &mut policy, &mut optimizer, &mut scaler)?;

@@ -314,6 +314,38 @@ pub struct ObjectiveSettings {
     /// Move the KL reference toward the policy during training (`--sync-ref-model`); `None`: it stays fixed.
     #[serde(default)]
     pub sync_ref_model: Option<ReferenceSync>,
+    /// A KL penalty in each episode's return (`--reward-kl-coef`); `None`: none.
+    #[serde(default)]
+    pub reward_kl: Option<RewardKl>,
+}
+
+crate::choice_enum! {
+    /// The per-token estimate of the KL a return is penalised by (`--reward-kl-estimator`; verl's `kl_penalty`),
+    /// with `d = old - ref` the sampling policy's log-probability over the reference's.
+    pub enum RewardKlEstimator {
+        /// `d` (verl's `"kl"`): its sum over a sequence is the sequence's log-ratio, an unbiased KL estimate.
+        K1 = "k1" | "kl",
+        /// `d^2 / 2` (`"mse"`).
+        K2 = "k2" | "mse",
+        /// `exp(-d) + d - 1` (`"low_var_kl"`), clamped to [-10, 10] as verl does.
+        K3 = "k3" | "low_var_kl",
+        /// `|d|` (`"abs"`).
+        Abs = "abs",
+    }
+}
+
+/// The KL penalty in the reward (verl's `use_kl_in_reward`, the InstructGPT-style penalty): each episode's return
+/// loses `coef * sum_t kl_t` over its action tokens before the algorithm computes advantages.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RewardKl {
+    /// The coefficient, or its starting value under the adaptive controller (`--reward-kl-coef`).
+    pub coef: f64,
+    /// The per-token estimate (`--reward-kl-estimator`).
+    pub estimator: RewardKlEstimator,
+    /// The KL the adaptive controller steers toward (`--reward-kl-target`); `None`: a fixed coefficient.
+    pub target: Option<f64>,
+    /// The adaptive controller's horizon in sequences (`--reward-kl-horizon`).
+    pub horizon: f64,
 }
 
 /// TRL's `sync_ref_model` (from TR-DPO, Gorbatovski et al. 2024): after every `every`-th update of the
@@ -340,6 +372,11 @@ fn all_tokens() -> f64 {
 }
 
 impl ObjectiveSettings {
+    /// Whether the run needs a reference model: a KL term in the loss or in the reward.
+    pub fn needs_reference(&self) -> bool {
+        self.kl_weight != 0.0 || self.reward_kl.is_some()
+    }
+
     /// What the algorithm plugin receives with every micro-batch; `max_new_tokens` is DR-GRPO's normalizer.
     pub fn for_algorithm(&self, max_new_tokens: usize) -> grpo_sdk::LossSettings {
         grpo_sdk::LossSettings {
@@ -429,6 +466,7 @@ impl RunConfig {
             ("--logprob-temperature", json!(l.logprob_temperature)),
             ("--top-entropy-quantile", json!(l.top_entropy_quantile)),
             ("--sync-ref-model/--ref-model-mixup-alpha/--ref-model-sync-steps", json!(l.sync_ref_model)),
+            ("--reward-kl-coef/--reward-kl-estimator/--reward-kl-target/--reward-kl-horizon", json!(l.reward_kl)),
             ("--seed", json!(self.seed)),
             ("--sft-warmup-steps/--sft-batch-size/--sft-lr/--sft-data", json!(self.sft)),
             (

@@ -14,12 +14,26 @@ use super::scored::Scored;
 use crate::rollout::Rollout;
 
 /// Stage: scored rollouts -> experience. Pads the batch into tensors on the policy's device, recomputes the old
-/// log-probs when the sampler's cannot be reused, and adds the reference's (when `kl_weight` is not 0). `chunk`
-/// rows go through each forward.
+/// log-probs when the sampler's cannot be reused, and adds the reference's (when the run has one). `chunk` rows go
+/// through each forward.
 pub fn prepare(scored: &Scored, policy: &Policy, loss: &ObjectiveSettings, chunk: usize) -> Result<Experience> {
-    let mut exp = Experience::build(&scored.rollouts, &scored.advantages, policy.device());
+    let mut exp = prepare_rollouts(&scored.rollouts, policy, loss, chunk)?;
+    exp.set_advantages(&scored.advantages);
+    Ok(exp)
+}
+
+/// [`prepare`] before the advantages are known (they are 0 until [`Experience::set_advantages`]): a KL penalty in
+/// the reward needs the log-probs first.
+pub fn prepare_rollouts(
+    rollouts: &[Rollout],
+    policy: &Policy,
+    loss: &ObjectiveSettings,
+    chunk: usize,
+) -> Result<Experience> {
+    let zeros = Tensor::zeros([rollouts.len() as i64], (Kind::Float, Device::Cpu));
+    let mut exp = Experience::build(rollouts, &zeros, policy.device());
     if loss.mask_truncated_completions {
-        exp.leave_out_of_loss(&scored.rollouts.iter().map(Rollout::was_cut).collect::<Vec<_>>());
+        exp.leave_out_of_loss(&rollouts.iter().map(Rollout::was_cut).collect::<Vec<_>>());
     }
     if policy.recompute_old(loss.recompute_old_logprobs) {
         let recomputed = policy.log_probs(&exp, chunk)?;
@@ -29,7 +43,7 @@ pub fn prepare(scored: &Scored, policy: &Policy, loss: &ObjectiveSettings, chunk
         }
         exp.sample_log_probs = Some(sampled);
     }
-    exp.ref_log_probs = policy.reference_log_probs(&exp, chunk, loss.kl_weight)?;
+    exp.ref_log_probs = policy.reference_log_probs(&exp, chunk, loss.needs_reference())?;
     Ok(exp)
 }
 
@@ -96,6 +110,11 @@ impl Experience {
             // Position 0 predicts nothing, as in `action` above.
             action_tokens: rollouts.iter().map(|r| r.action.iter().skip(1).filter(|&&a| a).count()).collect(),
         }
+    }
+
+    /// Set the `[N]` advantages, in rollout order.
+    pub fn set_advantages(&mut self, advantages: &Tensor) {
+        self.advantages = advantages.to_kind(Kind::Float).to_device(self.tokens.device());
     }
 
     /// Leave the sequences where `left_out` is true out of the loss ([`Experience::in_loss`]); nothing changes when

@@ -17,6 +17,7 @@ use crate::checkpoint::TrainerState;
 use crate::logging::{metrics, CompletionRow, MetricValue, Metrics};
 use crate::rollout::{EndReason, RolloutStats};
 use crate::train::dynamic_sampling::SamplingSummary;
+use crate::train::reward_kl::RewardKlSummary;
 
 /// One rollout as the metrics see it: plain numbers and texts, so that the ranks of a data-parallel run can send
 /// theirs to each other and every statistic is computed over the global batch.
@@ -71,6 +72,9 @@ pub struct BatchSummary {
     /// What dynamic sampling's rounds did (`--dynamic-sampling`); merged, the ranks' counts added.
     #[serde(default)]
     pub sampling: Option<SamplingSummary>,
+    /// The KL penalty in the reward (`--reward-kl-coef`); merged, the ranks' sums added.
+    #[serde(default)]
+    pub reward_kl: Option<RewardKlSummary>,
 }
 
 impl BatchSummary {
@@ -107,6 +111,7 @@ impl BatchSummary {
             is_ratio: exp.is_ratio_totals(),
             timings,
             sampling: None,
+            reward_kl: None,
         }
     }
 
@@ -135,6 +140,10 @@ impl BatchSummary {
                 (Some(a), Some(b)) => Some(SamplingSummary::merge([a, b])),
                 (a, b) => a.or(b),
             };
+            out.reward_kl = match (out.reward_kl, p.reward_kl) {
+                (Some(a), Some(b)) => Some(RewardKlSummary::merge(a, b)),
+                (a, b) => a.or(b),
+            };
         }
         out
     }
@@ -155,6 +164,12 @@ pub fn rollout(batch: &BatchSummary, best_mean_return: f64) -> Metrics {
         m.insert(format!("rollouts/returns_{k}"), v.into());
     }
     m.insert("rollouts/returns_best_mean".into(), best_mean_return.into());
+    if let Some(k) = batch.reward_kl.filter(|k| k.sequences > 0.0) {
+        // The returns above are the environment's; the advantages come from these penalised ones.
+        m.insert("rollouts/reward_kl_coef".into(), k.coef.into());
+        m.insert("rollouts/reward_kl_mean".into(), k.mean_kl().into());
+        m.insert("rollouts/reward_kl_penalty_mean".into(), (k.penalty_sum / k.sequences).into());
+    }
     // re-grpo's multi-turn logger names for the same quantities, so its dashboards carry over.
     m.insert("batch_returns/mean".into(), r.mean.into());
     m.insert("batch_returns/max".into(), r.max.into());

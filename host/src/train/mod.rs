@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod optimizer;
 pub mod policy;
 pub mod precision;
+pub mod reward_kl;
 pub mod run_dir;
 pub mod scored;
 pub mod stats;
@@ -138,7 +139,7 @@ impl Trainer {
         // A resumed run has usually warmed up already and needs no `--sft-data`: it is read then only if the
         // warm-up turns out to be due (`sft_warm_up`).
         let sft_rows = if paths.resume.is_none() { sft_data_rows(&config)? } else { None };
-        let mut policy = Policy::load(&config.model, config.loss.kl_weight, config.seed)?;
+        let mut policy = Policy::load(&config.model, config.loss.needs_reference(), config.seed)?;
         policy.tokenizer().require_chat_template(CHAT_NEEDED)?;
         if config.loss.logprob_temperature == config::LogprobTemperature::Sampling {
             policy.set_logprob_temperature(config.sampling.params.temperature);
@@ -380,6 +381,33 @@ impl Trainer {
         Ok(None)
     }
 
+    /// Under `--reward-kl-coef`, every rank's returns less their KL penalties (what the algorithm scores), this
+    /// rank's KL numbers for the metrics, and the coefficient for the next batch (the adaptive controller's step
+    /// on the global batch's mean KL); otherwise `all_returns` as they are.
+    #[allow(clippy::type_complexity)]
+    fn kl_penalised(
+        &self,
+        exp: &Experience,
+        rollouts: &[crate::rollout::Rollout],
+        all_returns: Vec<Vec<f64>>,
+    ) -> Result<(Vec<Vec<f64>>, Option<(reward_kl::RewardKlSummary, f64)>)> {
+        let Some(settings) = self.config.loss.reward_kl else { return Ok((all_returns, None)) };
+        let (sums, means) = reward_kl::sequence_kl(exp, settings.estimator)?
+            .context("internal: --reward-kl-coef without reference log-probs")?;
+        let coef = self.state.reward_kl_coef.unwrap_or(settings.coef);
+        let penalised: Vec<f64> = rollouts.iter().zip(&sums).map(|(r, kl)| r.total_reward - coef * kl).collect();
+        let local = reward_kl::RewardKlSummary {
+            coef,
+            sequences: sums.len() as f64,
+            penalty_sum: coef * sums.iter().sum::<f64>(),
+            kl_sum: means.iter().sum(),
+        };
+        let ranks = self.world.gather("gathering the KL-penalised returns", (penalised, local))?;
+        let total = ranks.iter().fold(Default::default(), |a, (_, s)| reward_kl::RewardKlSummary::merge(a, *s));
+        let next = reward_kl::adapted(coef, &settings, total.mean_kl(), total.sequences);
+        Ok((ranks.into_iter().map(|(returns, _)| returns).collect(), Some((local, next))))
+    }
+
     /// Every `--checkpoint-interval` batches, and when `--checkpoint-every-minutes` have passed since the last one.
     fn checkpoint_due(&self) -> bool {
         let c = &self.config.checkpoints;
@@ -408,18 +436,28 @@ impl Trainer {
         let Some((episodes, sampling)) = sampled else { return Ok(false) };
         timings.rollout_stats = episodes.stats;
         let (rollouts, group_size, rank) = (episodes.rollouts, self.config.batch.group_size, self.world.rank);
-        let scored = scored::score_within(&self.algo, rollouts, group_size, &all_returns, rank)?;
         let (t, peak) = (Instant::now(), PhasePeak::start());
         let (loss, rows) = (&self.config.loss, self.config.batch.train_batch_size);
-        let exp = experience::prepare(&scored, &self.policy, loss, rows)?;
+        // The log-probs before the advantages: a KL penalty in the reward needs them.
+        let mut exp = experience::prepare_rollouts(&rollouts, &self.policy, loss, rows)?;
         timings.logprob = t.elapsed().as_secs_f64();
         timings.logprob_peak_rss = peak.end();
+        let (scored_returns, reward_kl) = self.kl_penalised(&exp, &rollouts, all_returns)?;
+        let scored = scored::score_within(&self.algo, rollouts, group_size, &scored_returns, rank)?;
+        exp.set_advantages(&scored.advantages);
         // The last point at which stopping costs no more than the work already done.
-        let local = (!drop_work(&self.stop, &self.world)())
-            .then(|| BatchSummary { sampling, ..BatchSummary::new(&scored, &exp, timings) });
+        let local = (!drop_work(&self.stop, &self.world)()).then(|| BatchSummary {
+            sampling,
+            reward_kl: reward_kl.map(|(summary, _)| summary),
+            ..BatchSummary::new(&scored, &exp, timings)
+        });
         let Some(ranks) = self.gather_unless_dropped("gathering the batch's rollout metrics", local)? else {
             return Ok(false);
         };
+        if let Some((_, next)) = reward_kl {
+            // The adaptive controller's step, once the batch is certain to be trained on.
+            self.state.reward_kl_coef = Some(next);
+        }
         let batch = BatchSummary::merge(ranks);
         self.log_rollouts(step0, &batch, exp.len());
 

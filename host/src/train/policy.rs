@@ -38,8 +38,8 @@ pub struct Policy {
 
 impl Policy {
     /// Load the model, attach LoRA adapters when asked (initialised from `seed`, so a run is reproducible from
-    /// its seed alone), and set up the reference (none when `kl_weight` is 0).
-    pub fn load(settings: &ModelSettings, kl_weight: f64, seed: u64) -> Result<Policy> {
+    /// its seed alone), and set up the reference when `with_reference` (a KL term in the loss or the reward).
+    pub fn load(settings: &ModelSettings, with_reference: bool, seed: u64) -> Result<Policy> {
         let model_dir = model::resolve_model_dir(settings.model.as_deref(), settings.allow_download)?;
         let device = settings.device.resolve()?;
         let precision = Precision::resolve(settings.mixed_precision, settings.dtype, device)?
@@ -53,7 +53,7 @@ impl Policy {
             tch::manual_seed(seed as i64);
             model.attach_lora(lora)?;
         }
-        let reference = if kl_weight == 0.0 {
+        let reference = if !with_reference {
             Reference::None
         } else if settings.lora.is_some() {
             Reference::AdaptersOff
@@ -253,9 +253,9 @@ impl Policy {
         }
     }
 
-    /// Log-probs under the reference policy, or `None` without one.
-    pub fn reference_log_probs(&self, exp: &Experience, chunk: usize, kl_weight: f64) -> Result<Option<Tensor>> {
-        if kl_weight == 0.0 {
+    /// Log-probs under the reference policy when `wanted`, or `None` (also without a reference).
+    pub fn reference_log_probs(&self, exp: &Experience, chunk: usize, wanted: bool) -> Result<Option<Tensor>> {
+        if !wanted {
             return Ok(None);
         }
         self.model.set_training(false);
