@@ -1,12 +1,13 @@
 //! The training loop, as stages that each turn one typed value into the next:
 //!
 //! ```text
-//! tasks (TaskSource) -> rollouts (crate::rollout) -> Scored (scored::score) -> Experience (experience::prepare)
+//! tasks (TaskSource) -> rollouts (crate::rollout) -> Experience (experience::prepare_rollouts)
+//!       -> Scored (scored::score, its returns less reward_kl's penalty) -> Experience::set_advantages
 //!       -> Updates (update::Updater) -> metrics (metrics::*)
 //! ```
 //!
-//! One batch: sample `rollouts_per_step` tasks, run `group_size` episodes of each, ask the algorithm plugin for
-//! advantages, compute reference log-probs (and old log-probs when the sampler's cannot be reused), then
+//! One batch: sample `rollouts_per_step` tasks, run `group_size` episodes of each, compute reference log-probs (and
+//! old log-probs when the sampler's cannot be reused), ask the algorithm plugin for advantages, then
 //! `epochs_per_step` shuffled passes over the experience in micro-batches; every `gradient_accumulation_steps`
 //! micro-batches make one optimizer step. Metrics are logged on the optimizer-step axis: a batch's rollout metrics
 //! at the step it starts from, each update's at its own step. A run is configured by one [`RunConfig`]; nothing
