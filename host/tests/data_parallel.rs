@@ -312,6 +312,39 @@ fn dynamic_sampling_on_two_ranks_keeps_one_processs_groups() {
     }
 }
 
+/// A KL penalty in the reward on two ranks: their penalised returns are scored together and the adaptive controller
+/// reads the global batch's KL, so the second batch (after an update moved the policy from its reference) has one
+/// process's coefficient, penalties, advantages, gradient and weights.
+#[test]
+fn a_kl_penalty_in_the_reward_on_two_ranks_is_one_processs() {
+    let runs = tempfile::tempdir().unwrap();
+    let r = runs.path();
+    let args = |name: &str, prompts: usize| {
+        let a = replaced(replaced(varied_args(r, name, prompts), "--max-steps", "2"), "--lr", "1e-3");
+        let kl = ["--reward-kl-coef", "0.5", "--reward-kl-target", "0.0001", "--reward-kl-horizon", "10"];
+        [a, kl.map(String::from).to_vec()].concat()
+    };
+    assert_ok(&single(r, &args("one", 4)), "one process");
+    assert_ok(&under_torchrun(r, 2, &args("two", 2)), "torchrun with 2 ranks");
+    let (one, two) = (rows(&r.join("one")), rows(&r.join("two")));
+    // One optimizer step per batch: the second batch starts at step 1.
+    let (first, second) = (&one[&1], &two[&1]);
+    assert!(number(first, "rollouts/reward_kl_mean").abs() > 1e-6, "the update did not move the policy: {first:?}");
+    assert!(number(first, "rollouts/reward_kl_coef") != 0.5, "the controller did not move: {first:?}");
+    for key in [
+        "rollouts/reward_kl_coef",
+        "rollouts/reward_kl_mean",
+        "rollouts/reward_kl_penalty_mean",
+        "rollouts/advantages_std",
+        "training_step/loss",
+        "training_step/grad_norm",
+    ] {
+        let (x, y) = (number(first, key), number(second, key));
+        assert!((x - y).abs() <= 1e-4 * x.abs().max(1e-3), "{key}: one process {x}, two ranks {y}");
+    }
+    assert_same_weights(&r.join("one"), &r.join("two"));
+}
+
 #[test]
 fn two_simulated_nodes_complete_a_run() {
     let runs = tempfile::tempdir().unwrap();

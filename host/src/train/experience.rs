@@ -35,7 +35,15 @@ pub fn prepare_rollouts(
     if loss.mask_truncated_completions {
         exp.leave_out_of_loss(&rollouts.iter().map(Rollout::was_cut).collect::<Vec<_>>());
     }
-    if policy.recompute_old(loss.recompute_old_logprobs) {
+    // A KL penalty in the reward compares the old log-probs with the reference's: both from the same forward pass,
+    // so that at the start (the policy still the reference) the penalty is exactly 0, not the rounding difference
+    // between the sampler's incremental decode and a full forward, which group normalisation would blow up into
+    // advantages of noise wherever a group's rewards are equal.
+    let recompute = match loss.recompute_old_logprobs {
+        super::config::RecomputeOld::Auto if loss.reward_kl.is_some() => true,
+        choice => policy.recompute_old(choice),
+    };
+    if recompute {
         let recomputed = policy.log_probs(&exp, chunk)?;
         let sampled = std::mem::replace(&mut exp.old_log_probs, recomputed);
         if loss.tis_cap > 0.0 {
