@@ -393,17 +393,7 @@ fn sft_trains_plain_text_rows_with_or_without_a_chat_template() {
 fn sft_trains_structured_tool_calls_with_each_rows_tools() {
     let dir = tempfile::tempdir().unwrap();
     // The tiny Qwen2 model with Qwen2.5's chat template, which has a place for tools and tool calls.
-    let model = dir.path().join("qwen2.5-tools");
-    std::fs::create_dir(&model).unwrap();
-    let tiny = common::workspace_root().join("tests/fixtures/model/tiny/qwen2");
-    for file in ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json"] {
-        std::fs::copy(tiny.join(file), model.join(file)).unwrap();
-    }
-    let template = common::workspace_root().join("tests/fixtures/model/templates/Qwen-Qwen2.5-7B-Instruct.jinja");
-    let mut config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(tiny.join("tokenizer_config.json")).unwrap()).unwrap();
-    config["chat_template"] = std::fs::read_to_string(template).unwrap().into();
-    std::fs::write(model.join("tokenizer_config.json"), config.to_string()).unwrap();
+    let model = common::tiny_with_template(dir.path(), "qwen2.5-tools", "qwen2", "Qwen-Qwen2.5-7B-Instruct.jinja");
 
     let calc = serde_json::json!({"type": "function", "function": {"name": "calc", "description": "Evaluate.",
         "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}}}});

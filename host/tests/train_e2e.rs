@@ -442,17 +442,7 @@ fn a_synced_kl_reference_is_the_mix_of_the_policy_saved_and_resumed() {
 #[test]
 fn chat_template_kwargs_reach_the_rollouts_prompts_and_are_saved() {
     let runs = tempfile::tempdir().unwrap();
-    let model = runs.path().join("qwen3-template");
-    std::fs::create_dir(&model).unwrap();
-    let tiny = common::workspace_root().join("tests/fixtures/model/tiny/qwen3");
-    for file in std::fs::read_dir(&tiny).unwrap() {
-        let file = file.unwrap().path();
-        std::fs::copy(&file, model.join(file.file_name().unwrap())).unwrap();
-    }
-    let template = common::workspace_root().join("tests/fixtures/model/templates/Qwen-Qwen3-0.6B.jinja");
-    let mut config = json_file(&model.join("tokenizer_config.json"));
-    config["chat_template"] = std::fs::read_to_string(template).unwrap().into();
-    std::fs::write(model.join("tokenizer_config.json"), config.to_string()).unwrap();
+    let model = common::tiny_with_template(runs.path(), "qwen3-template", "qwen3", "Qwen-Qwen3-0.6B.jinja");
     let prompts = |name: &str, extra: &[&str]| -> Vec<String> {
         let base = ["--model", model.to_str().unwrap(), "--max-steps", "1", "--log-completions-interval", "1"];
         let out = train(runs.path(), name, &[&base[..], extra].concat());

@@ -214,3 +214,20 @@ pub fn refused(out: &Output) -> String {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     err
 }
+
+/// A copy of the tiny `family` model (tests/fixtures/model/tiny/<family>) in `dir/name` whose tokenizer carries the
+/// chat template of a real model, `template` (a file of tests/fixtures/model/templates/).
+pub fn tiny_with_template(dir: &Path, name: &str, family: &str, template: &str) -> PathBuf {
+    let model = dir.join(name);
+    std::fs::create_dir_all(&model).unwrap();
+    let tiny = workspace_root().join("tests/fixtures/model/tiny").join(family);
+    for file in ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(tiny.join(file), model.join(file)).unwrap();
+    }
+    let config = std::fs::read_to_string(tiny.join("tokenizer_config.json")).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    let template = workspace_root().join("tests/fixtures/model/templates").join(template);
+    config["chat_template"] = std::fs::read_to_string(template).unwrap().into();
+    std::fs::write(model.join("tokenizer_config.json"), config.to_string()).unwrap();
+    model
+}
