@@ -436,6 +436,22 @@ fn a_synced_kl_reference_is_the_mix_of_the_policy_saved_and_resumed() {
     assert!(!runs.path().join("plain/checkpoints/step_3/kl_reference.safetensors").exists());
 }
 
+/// The reference a KL penalty in the reward alone (`--kl-weight 0`) compares against is restored on resume too: synced
+/// after every batch, a resumed run's second batch penalises as the uninterrupted run's does.
+#[test]
+fn a_synced_reference_of_the_reward_penalty_alone_resumes_exactly() {
+    let runs = tempfile::tempdir().unwrap();
+    let flags = ["--kl-weight", "0", "--reward-kl-coef", "0.5", "--sync-ref-model", "--ref-model-sync-steps", "3"];
+    let out = train(runs.path(), "reward-synced", &[&["--max-steps", "2"], &flags[..]].concat());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let run = runs.path().join("reward-synced");
+    assert!(run.join("checkpoints/step_3/kl_reference.safetensors").exists());
+    // A fixed coefficient is the flag's, not saved state that would outlive a change of it.
+    let state = json_file(&run.join("checkpoints/step_3/trainer_state.json"));
+    assert!(state.get("reward_kl_coef").is_none(), "{state}");
+    assert_resume_is_exact(runs.path(), &run, "reward-synced-split", &flags);
+}
+
 /// `--chat-template-kwargs` reaches the chat template in training: Qwen3's template with `enable_thinking` false
 /// closes an empty thinking block after the generation prompt of every rollout. The variables are saved with the
 /// run, and a resume that changes them is refused.

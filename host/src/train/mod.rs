@@ -175,7 +175,7 @@ impl Trainer {
         let mut optimizer = policy.optimizer(config.optimizer.adamw());
         let mut scaler = LossScaler::new(precision.mode);
         let state = starting_state(&paths, config.seed, &mut policy, &mut optimizer, &mut scaler)?;
-        if let Some(ckpt) = &paths.resume.as_ref().filter(|_| config.loss.kl_weight != 0.0) {
+        if let Some(ckpt) = &paths.resume.as_ref().filter(|_| config.loss.needs_reference()) {
             // The reference as the checkpoint's run left it: moved by `--sync-ref-model`, or the warm-up's when the
             // run is past it.
             if let Some(reference) = checkpoint::load_checkpoint_reference(ckpt)? {
@@ -395,7 +395,11 @@ impl Trainer {
         let Some(settings) = self.config.loss.reward_kl else { return Ok((all_returns, None)) };
         let (sums, means) = reward_kl::sequence_kl(exp, settings.estimator)?
             .context("internal: --reward-kl-coef without reference log-probs")?;
-        let coef = self.state.reward_kl_coef.unwrap_or(settings.coef);
+        // A fixed coefficient is the flag's (a resume may change it); an adaptive one continues where it was.
+        let coef = match settings.target {
+            Some(_) => self.state.reward_kl_coef.unwrap_or(settings.coef),
+            None => settings.coef,
+        };
         let penalised: Vec<f64> = rollouts.iter().zip(&sums).map(|(r, kl)| r.total_reward - coef * kl).collect();
         let local = reward_kl::RewardKlSummary {
             coef,
@@ -455,7 +459,7 @@ impl Trainer {
         let Some(ranks) = self.gather_unless_dropped("gathering the batch's rollout metrics", local)? else {
             return Ok(false);
         };
-        if let Some((_, next)) = reward_kl {
+        if let Some((_, next)) = reward_kl.filter(|_| self.config.loss.reward_kl.is_some_and(|k| k.target.is_some())) {
             // The adaptive controller's step, once the batch is certain to be trained on.
             self.state.reward_kl_coef = Some(next);
         }
