@@ -494,15 +494,19 @@ pub fn load_reference(ckpt: &Path) -> Result<BTreeMap<String, Tensor>> {
     let text = fs::read_to_string(dir.join(MANIFEST)).map_err(|e| {
         user_error!(
             "resuming {} past the SFT warm-up needs the KL reference the warm-up saved, {} ({e}); copy it back \
-             beside the checkpoint, or resume with --kl-weight 0",
+             beside the checkpoint, or resume with --kl-weight 0 (and no --reward-kl-coef)",
             ckpt.display(),
             dir.display()
         )
     })?;
     let manifest: Manifest =
         serde_json::from_str(&text).with_context(|| format!("reading {}", dir.join(MANIFEST).display()))?;
-    verify_files(&dir, &manifest, Verify::Full)
-        .map_err(|d| user_error!("the KL reference {} is damaged: {d}; resume with --kl-weight 0", dir.display()))?;
+    verify_files(&dir, &manifest, Verify::Full).map_err(|d| {
+        user_error!(
+            "the KL reference {} is damaged: {d}; resume with --kl-weight 0 (and no --reward-kl-coef)",
+            dir.display()
+        )
+    })?;
     read_tensors(&dir.join("model.safetensors"))
 }
 
