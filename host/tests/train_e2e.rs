@@ -801,15 +801,17 @@ fn last_logged(all: &[serde_json::Map<String, serde_json::Value>], key: &str) ->
 }
 
 /// One optimizer step of each shipped algorithm on every device libtorch offers (CUDA in its default bf16 mixed
-/// precision): the loss, the KL and the gradient norm come out finite, the GPU memory metrics are the caching
-/// allocator's (0 on the CPU), and with `--deterministic` a second run logs the same numbers.
+/// precision), and of `grpo` with a KL penalty in the reward and a reference synced after the step: the loss, the KL
+/// and the gradient norm come out finite, the GPU memory metrics are the caching allocator's (0 on the CPU), and with
+/// `--deterministic` a second run logs the same numbers.
 #[test]
 fn one_step_of_each_algorithm_on_every_device() {
+    let kl_in_reward = ["--reward-kl-coef", "0.1", "--sync-ref-model", "--ref-model-sync-steps", "1"];
     for device in common::devices("one_step_of_each_algorithm_on_every_device") {
         let flag = if device.is_cuda() { "cuda" } else { "cpu" };
-        for algo in ["grpo", "drgrpo"] {
+        for (algo, extra) in [("grpo", &[][..]), ("drgrpo", &[]), ("grpo", &kl_in_reward)] {
             let runs = tempfile::tempdir().unwrap();
-            let args = ["--algo", algo, "--device", flag, "--max-steps", "1", "--deterministic"];
+            let args = [&["--algo", algo, "--device", flag, "--max-steps", "1", "--deterministic"], extra].concat();
             for name in ["one", "again"] {
                 let out = train(runs.path(), name, &args);
                 assert!(out.status.success(), "{algo} on {flag}: {}", text(&out.stderr));
@@ -834,6 +836,11 @@ fn one_step_of_each_algorithm_on_every_device() {
             assert_eq!(last_logged(&all, "accelerate/device"), want, "{algo}");
             let allocated = last_logged(&all, "system/gpu_memory_allocated_gb").as_f64().unwrap();
             assert_eq!(allocated > 0.0, device.is_cuda(), "{algo} on {flag}: gpu_memory_allocated_gb = {allocated}");
+            if !extra.is_empty() {
+                // The policy is its reference at the first batch: the penalty is exactly 0.
+                assert_eq!(last_logged(&all, "rollouts/reward_kl_mean").as_f64(), Some(0.0), "{algo} on {flag}");
+                assert!(one.join("checkpoints/step_3/kl_reference.safetensors").exists(), "{algo} on {flag}");
+            }
         }
     }
 }
