@@ -229,22 +229,32 @@ fn two_ranks_score_the_global_batch_as_one_process() {
     }
 }
 
+/// [`varied_args`] whose replies differ in length from task to task, so that the ranks' shares of the action tokens
+/// differ (equal lengths would make every aggregation of a token mean give the same update): the random model never
+/// ends a reply, two-digit questions make prompts of different lengths, and a --max-length just past them cuts each
+/// task's replies at its own length.
+fn varied_lengths_args(r: &Path, name: &str, prompts: usize) -> Vec<String> {
+    let env = r#"{"generator": {"max_terms": 2, "max_digits": 2, "ops": "+"}, "last_number_fallback": true}"#;
+    replaced(replaced(varied_args(r, name, prompts), "--max-length", "260"), "--env-config", env)
+}
+
+/// The first row's replies differ in length.
+fn assert_lengths_vary(first: &serde_json::Map<String, Value>) {
+    assert!(number(first, "completions/min_length") < number(first, "completions/max_length"), "{first:?}");
+}
+
 /// `grpo`'s DAPO loss (`loss_type` "dapo") divides by the action tokens of the whole step, every rank's: two ranks
 /// whose completions have different lengths give one process's gradient and weights.
 #[test]
 fn a_dapo_loss_on_two_ranks_divides_by_every_ranks_tokens_as_one_process() {
     let runs = tempfile::tempdir().unwrap();
     let r = runs.path();
-    // The random model never ends a reply: two-digit questions make prompts of different lengths, and a
-    // --max-length just past them cuts each task's replies at its own length.
-    let env = r#"{"generator": {"max_terms": 2, "max_digits": 2, "ops": "+"}, "last_number_fallback": true}"#;
     let args = |name: &str, prompts: usize| {
-        let a = replaced(replaced(varied_args(r, name, prompts), "--max-length", "260"), "--env-config", env);
-        [a, vec!["--algo-config".into(), r#"{"loss_type": "dapo"}"#.into()]].concat()
+        [varied_lengths_args(r, name, prompts), vec!["--algo-config".into(), r#"{"loss_type": "dapo"}"#.into()]]
+            .concat()
     };
     let (first, second) = one_update_on_one_and_two_ranks(r, &args);
-    // Equal lengths would make every aggregation give the same update.
-    assert!(number(&first, "completions/min_length") < number(&first, "completions/max_length"), "{first:?}");
+    assert_lengths_vary(&first);
     // A group's replies share a length, and its advantages sum to 0, so the loss itself is 0 up to rounding.
     let (x, y) = (number(&first, "training_step/loss"), number(&second, "training_step/loss"));
     assert!((x - y).abs() <= 1e-6, "loss: one process {x}, two ranks {y}");
@@ -278,6 +288,20 @@ fn a_top_entropy_quantile_on_two_ranks_keeps_one_processs_tokens() {
         [varied_args(r, name, prompts), vec!["--top-entropy-quantile".into(), "0.3".into()]].concat()
     };
     one_update_on_one_and_two_ranks(r, &args);
+}
+
+/// `--entropy-coeff` is a mean over the optimizer step's action tokens on every rank, as the token-level losses are:
+/// two ranks, whose shares of the tokens differ, take one process's gradient and reach its weights.
+#[test]
+fn an_entropy_bonus_on_two_ranks_is_one_processs() {
+    let runs = tempfile::tempdir().unwrap();
+    let r = runs.path();
+    let args = |name: &str, prompts: usize| {
+        [varied_lengths_args(r, name, prompts), vec!["--entropy-coeff".into(), "0.5".into()]].concat()
+    };
+    let (one, _) = one_update_on_one_and_two_ranks(r, &args);
+    assert_lengths_vary(&one);
+    assert!(number(&one, "training_step/entropy") > 0.0, "no entropy logged: {one:?}");
 }
 
 /// Under `--dynamic-sampling` the batch is global: two ranks keep and train on the groups one process with twice the

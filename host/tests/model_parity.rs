@@ -241,6 +241,60 @@ fn token_entropy_is_the_plain_distributions_and_changes_no_log_prob_or_gradient(
     assert!(entropy.max().double_value(&[]) <= most + 1e-4 && entropy.min().double_value(&[]) >= 0.0);
 }
 
+/// The entropy as a differentiable output (`--entropy-coeff`): the log-probs are the plain node's, the entropy the
+/// plain distribution's, and the gradients of the log-probs, the entropies or any mix of them are plain autograd's
+/// over the full logits, in any chunking, with the head trained or frozen (LoRA). The model's own path gives the
+/// values its no-gradient path gives.
+#[test]
+fn a_differentiable_entropy_has_plain_autograds_gradients() {
+    let _rng = common::torch_rng_lock();
+    tch::manual_seed(13);
+    let opts = (Kind::Float, Device::Cpu);
+    let hidden = (Tensor::randn([2, 5, 8], opts) * 2.0).set_requires_grad(true);
+    let targets = Tensor::randint(11, [2, 5], (Kind::Int64, Device::Cpu));
+    let (a, b) = (Tensor::randn([2, 5], opts), Tensor::randn([2, 5], opts));
+    // Which outputs the loss uses: an unused one reaches the node's backward pass as an undefined gradient.
+    let loss = |lp: &Tensor, h: &Tensor, (use_lp, use_h): (bool, bool)| match (use_lp, use_h) {
+        (true, true) => (lp * &a + h * &b).sum(Kind::Float),
+        (true, false) => (lp * &a).sum(Kind::Float),
+        _ => (h * &b).sum(Kind::Float),
+    };
+    for train_head in [true, false] {
+        let head = Tensor::randn([11, 8], opts).set_requires_grad(train_head);
+        let inputs: Vec<&Tensor> = if train_head { vec![&hidden, &head] } else { vec![&hidden] };
+        let log_p = hidden.linear::<Tensor>(&head, None).log_softmax(-1, Kind::Float);
+        let plain_lp = log_p.gather(-1, &targets.unsqueeze(-1), false).squeeze_dim(-1);
+        let plain_h = -(log_p.exp() * &log_p).sum_dim_intlist(-1, false, Kind::Float);
+        for uses in [(true, true), (true, false), (false, true)] {
+            let expected = Tensor::run_backward(&[&loss(&plain_lp, &plain_h, uses)], &inputs, true, false);
+            for chunk in [1, 2, 100] {
+                let (lp, h) =
+                    grpo_host::model::token_log_probs_and_entropy_with_grad_of(&hidden, &head, &targets, chunk);
+                let node = grpo_host::model::token_log_probs_of(&hidden, &head, &targets, chunk);
+                assert!(lp.equal(&node), "chunk {chunk}: the log-probs differ from the plain node's");
+                let diff = (&h - &plain_h).abs().max().double_value(&[]);
+                assert!(diff < 1e-5, "chunk {chunk}: the entropy differs from the plain distribution's by {diff}");
+                let got = Tensor::run_backward(&[&loss(&lp, &h, uses)], &inputs, false, false);
+                for (i, (e, g)) in expected.iter().zip(&got).enumerate() {
+                    let scale = e.abs().max().double_value(&[]);
+                    let diff = (e - g).abs().max().double_value(&[]) / scale;
+                    assert!(scale > 0.0 && diff < 1e-5, "chunk {chunk}, {uses:?}, input {i}: off by {diff} (relative)");
+                }
+            }
+        }
+    }
+    let dir = tiny("qwen2");
+    let model = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
+    let r = reference(&dir, Device::Cpu);
+    let (ids, mask) = (&r["input_ids"], &r["attention_mask"]);
+    let padding = grpo_host::model::Padding::Any;
+    let (lp, h) = model.token_log_probs_and_entropy_with_grad(ids, mask, padding);
+    let (want_lp, want_h) = tch::no_grad(|| model.token_log_probs_and_entropy(ids, mask, padding));
+    assert!(lp.requires_grad() && h.requires_grad());
+    assert!(lp.detach().equal(&want_lp));
+    assert!((h.detach() - want_h).abs().max().double_value(&[]) < 1e-5);
+}
+
 /// `--logprob-temperature sampling`: the model scores tokens under its logits divided by the temperature, in the
 /// log-probs (with their gradient) and the entropy alike, and the sampler records the drawn tokens' log-probs under
 /// the same distribution, so the trainer's and the sampler's agree.

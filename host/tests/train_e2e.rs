@@ -801,12 +801,13 @@ fn last_logged(all: &[serde_json::Map<String, serde_json::Value>], key: &str) ->
 }
 
 /// One optimizer step of each shipped algorithm on every device libtorch offers (CUDA in its default bf16 mixed
-/// precision), and of `grpo` with a KL penalty in the reward and a reference synced after the step: the loss, the KL
-/// and the gradient norm come out finite, the GPU memory metrics are the caching allocator's (0 on the CPU), and with
+/// precision), and of `grpo` with a KL penalty in the reward, a reference synced after the step and an entropy bonus
+/// (the log-prob node's differentiable entropy): the loss, the KL and the gradient norm come out finite, the GPU memory metrics are the caching allocator's (0 on the CPU), and with
 /// `--deterministic` a second run logs the same numbers.
 #[test]
 fn one_step_of_each_algorithm_on_every_device() {
-    let kl_in_reward = ["--reward-kl-coef", "0.1", "--sync-ref-model", "--ref-model-sync-steps", "1"];
+    let kl_in_reward =
+        ["--reward-kl-coef", "0.1", "--sync-ref-model", "--ref-model-sync-steps", "1", "--entropy-coeff", "0.01"];
     for device in common::devices("one_step_of_each_algorithm_on_every_device") {
         let flag = if device.is_cuda() { "cuda" } else { "cpu" };
         for (algo, extra) in [("grpo", &[][..]), ("drgrpo", &[]), ("grpo", &kl_in_reward)] {

@@ -58,6 +58,7 @@ fn objective(kl_weight: f64, recompute_old_logprobs: RecomputeOld) -> ObjectiveS
         mask_truncated_completions: false,
         logprob_temperature: Default::default(),
         top_entropy_quantile: 1.0,
+        entropy_coeff: 0.0,
         sync_ref_model: None,
         reward_kl: None,
     }
@@ -163,6 +164,7 @@ fn update_once(
         loss: objective.for_algorithm(batch.max_new_tokens),
         max_norm: 0.0,
         top_entropy_quantile: objective.top_entropy_quantile,
+        entropy_coeff: objective.entropy_coeff,
         reference_sync: objective.sync_ref_model,
         warmup_steps: 0,
         seed: 7,
@@ -224,6 +226,7 @@ fn one_batch_through_every_stage() {
         loss: objective.for_algorithm(batch.max_new_tokens),
         max_norm: 1.0,
         top_entropy_quantile: 1.0,
+        entropy_coeff: 0.0,
         reference_sync: None,
         warmup_steps: 0,
         seed: 7,
@@ -431,6 +434,64 @@ fn a_top_entropy_quantile_trains_on_the_high_entropy_tokens_only() {
     assert!(moved > 0.0 && diff <= 1e-3 * moved, "the masked update differs from the oracle's by {diff} ({moved})");
     let gap = (&masked - &plain).abs().max().double_value(&[]);
     assert!(gap > 100.0 * diff.max(1e-9), "the mask changed nothing ({gap})");
+}
+
+/// `--entropy-coeff C` takes C times the policy's mean entropy over the optimizer step's action tokens from the loss
+/// (verl's `entropy_coeff`). With every advantage 0 and no KL term the algorithm's loss has no gradient, so the
+/// step's loss is `-C` times that mean and its gradient `-C` times the mean's, computed here by plain autograd over
+/// the full logits. The mean is over the step's tokens, not each micro-batch's: three accumulated micro-batches of
+/// different lengths give the one micro-batch's loss and gradient.
+#[test]
+fn an_entropy_bonus_is_the_steps_mean_entropy_in_the_loss() {
+    let (algo, env) = plugins();
+    let load = || Policy::load(&settings(DtypeSpec::F32, MixedPrecision::No), false, 7).unwrap();
+    let mut scored = scored_batch(&load(), &algo, &env, &batch(1));
+    // Episode i keeps all but its last i actions, so the micro-batches hold different numbers of action tokens.
+    for (i, r) in scored.rollouts.iter_mut().enumerate() {
+        let actions: Vec<usize> = (1..r.action.len()).filter(|&j| r.action[j]).collect();
+        assert!(actions.len() > 5, "episode {i} has {} actions", actions.len());
+        for &j in actions.iter().rev().take(i) {
+            r.action[j] = false;
+        }
+    }
+    scored.advantages = Tensor::zeros([6], (Kind::Float, grpo_sdk::tch::Device::Cpu));
+    scored.advantage_values = vec![0.0; 6];
+    let coeff = 0.5;
+    let step = |entropy_coeff: f64, micro: usize, accumulate: usize| -> (f64, f64, f64) {
+        let objective = ObjectiveSettings { entropy_coeff, ..objective(0.0, RecomputeOld::Never) };
+        let batch = BatchSettings { train_batch_size: micro, gradient_accumulation_steps: accumulate, ..batch(1) };
+        let policy = load();
+        let exp = experience::prepare(&scored, &policy, &objective, micro).unwrap();
+        let (_, updates) = update_once(&policy, &exp, &algo, &batch, &objective, 1e-3, &mut |_, _| {});
+        assert_eq!(updates.steps.len(), 1);
+        let s = &updates.steps[0];
+        (s.loss, s.grad_norm, s.algorithm["training_step/entropy"])
+    };
+    let (none_loss, none_norm, _) = step(0.0, 6, 1);
+    assert!(none_loss == 0.0 && none_norm == 0.0, "without the bonus: loss {none_loss}, gradient norm {none_norm}");
+
+    let policy = load();
+    let exp = experience::prepare(&scored, &policy, &objective(0.0, RecomputeOld::Never), 6).unwrap();
+    let t = exp.tokens.size()[1];
+    let position_ids = grpo_host::model::Model::position_ids(&exp.attention_mask);
+    let logits = policy.model().forward(&exp.tokens, &exp.attention_mask, &position_ids).narrow(1, 0, t - 1);
+    let log_p = logits.log_softmax(-1, Kind::Float);
+    let entropy = -(log_p.exp() * &log_p).sum_dim_intlist(-1, false, Kind::Float);
+    let on = exp.action_mask.to_kind(Kind::Float);
+    let mean = (entropy * &on).sum(Kind::Float) / on.sum(Kind::Float);
+    let params: Vec<Tensor> = policy.trainable().into_iter().map(|(_, t)| t).collect();
+    let grads = Tensor::run_backward(&[&(&mean * -coeff)], &params, false, false);
+    let norm = grads.iter().map(|g| g.square().sum(Kind::Double).double_value(&[])).sum::<f64>().sqrt();
+    let mean = mean.double_value(&[]);
+
+    let close = |a: f64, b: f64, tol: f64| (a - b).abs() <= tol * a.abs().max(b.abs());
+    let (loss, grad_norm, logged) = step(coeff, 6, 1);
+    assert!(close(logged, mean, 1e-5), "logged entropy {logged}, oracle {mean}");
+    assert!(close(loss, -coeff * mean, 1e-5), "loss {loss}, oracle {}", -coeff * mean);
+    assert!(norm > 0.0 && close(grad_norm, norm, 1e-4), "gradient norm {grad_norm}, oracle {norm}");
+    let (split_loss, split_norm, _) = step(coeff, 2, 3);
+    assert!(close(split_norm, grad_norm, 1e-5), "gradient norm: one micro-batch {grad_norm}, three {split_norm}");
+    assert!(close(split_loss, loss, 1e-5), "loss: one micro-batch {loss}, three {split_loss}");
 }
 
 /// Full copies of named tensors, so that later in-place updates do not reach them.

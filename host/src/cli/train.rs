@@ -182,6 +182,11 @@ pub struct TrainArgs {
     /// 1 keeps all.
     #[arg(long, value_name = "Q", default_value_t = 1.0)]
     pub top_entropy_quantile: f64,
+    /// Add an entropy bonus to the loss, as verl's entropy_coeff: the loss minus C times the policy's mean entropy
+    /// (in nats) over each optimizer step's action tokens, on every rank, which keeps exploration from collapsing.
+    /// 0 (the default) adds nothing; a small value such as 0.001 is usual.
+    #[arg(long, value_name = "C", default_value_t = 0.0)]
+    pub entropy_coeff: f64,
     /// Move the KL reference toward the policy as training goes, as TRL's sync_ref_model (TR-DPO): after every
     /// --ref-model-sync-steps updates, reference = alpha * policy + (1 - alpha) * reference. The reference is then
     /// saved in every checkpoint, so a resumed run continues from the same one. Needs --kl-weight (or
@@ -336,6 +341,7 @@ impl TrainArgs {
                 mask_truncated_completions: self.mask_truncated_completions,
                 logprob_temperature: self.logprob_temperature,
                 top_entropy_quantile: self.top_entropy_quantile,
+                entropy_coeff: self.entropy_coeff,
                 sync_ref_model: self.sync_ref_model.then_some(ReferenceSync {
                     alpha: self.ref_model_mixup_alpha.unwrap_or(0.6),
                     every: self.ref_model_sync_steps.unwrap_or(512),
@@ -423,6 +429,12 @@ impl TrainArgs {
             return Err(user_error!(
                 "--top-entropy-quantile {}: must be in (0, 1], the share of tokens kept (1 keeps all)",
                 self.top_entropy_quantile
+            ));
+        }
+        if !(self.entropy_coeff >= 0.0 && self.entropy_coeff.is_finite()) {
+            return Err(user_error!(
+                "--entropy-coeff {}: must be a number >= 0, the weight of the entropy bonus (0 is off)",
+                self.entropy_coeff
             ));
         }
         self.validate_reference_sync()?;
@@ -572,6 +584,15 @@ mod tests {
             let err = config(args).expect_err(wanted);
             assert!(err.starts_with(wanted), "{args:?}: {err}");
             assert_eq!(err.lines().count(), 1, "{err}");
+        }
+    }
+
+    #[test]
+    fn an_entropy_bonus_is_a_finite_weight_of_at_least_0() {
+        assert_eq!(config(&["--entropy-coeff", "0.001"]), Ok(()));
+        for value in ["-0.01", "inf", "NaN"] {
+            let err = config(&[&format!("--entropy-coeff={value}")]).expect_err(value);
+            assert!(err.starts_with(&format!("--entropy-coeff {value}: must be a number >= 0")), "{err}");
         }
     }
 

@@ -537,9 +537,38 @@ impl Model {
         padding: Padding,
         extra: Outputs,
     ) -> Tensor {
+        match self.head_inputs(input_ids, attention_mask, padding) {
+            Some((hidden, targets)) => log_probs_node(&hidden, self.output_weight(), &targets, chunk, extra),
+            None => Tensor::zeros([input_ids.size()[0], 0], (Kind::Float, input_ids.device())),
+        }
+    }
+
+    /// [`Model::token_log_probs_and_entropy`] with the entropy differentiable too, for a loss that rewards it
+    /// (`--entropy-coeff`): the backward pass recomputes every chunk's logits (model/token_log_probs.cpp).
+    pub fn token_log_probs_and_entropy_with_grad(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        padding: Padding,
+    ) -> (Tensor, Tensor) {
+        let chunk = self.log_prob_chunk(input_ids.size()[0]);
+        match self.head_inputs(input_ids, attention_mask, padding) {
+            Some((hidden, targets)) => {
+                token_log_probs_and_entropy_with_grad_of(&hidden, self.output_weight(), &targets, chunk)
+            }
+            None => {
+                let empty = Tensor::zeros([input_ids.size()[0], 0], (Kind::Float, input_ids.device()));
+                (empty.shallow_clone(), empty)
+            }
+        }
+    }
+
+    /// The final hidden states `[B, T-1, H]` that predict each next token (divided by the log-prob temperature) and
+    /// those tokens `[B, T-1]`; `None` for sequences of fewer than two tokens.
+    fn head_inputs(&self, input_ids: &Tensor, attention_mask: &Tensor, padding: Padding) -> Option<(Tensor, Tensor)> {
         let t = input_ids.size()[1];
         if t < 2 {
-            return Tensor::zeros([input_ids.size()[0], 0], (Kind::Float, input_ids.device()));
+            return None;
         }
         let pos = Self::position_ids(attention_mask);
         let hidden = self.hidden_states_padded(input_ids, attention_mask, &pos, padding);
@@ -547,7 +576,7 @@ impl Model {
         let hidden = hidden.narrow(1, 0, t - 1);
         // W (h / T) = (W h) / T: the logits divided by the temperature without the node knowing of it.
         let hidden = if self.logprob_temperature == 1.0 { hidden } else { hidden / self.logprob_temperature };
-        log_probs_node(&hidden, self.output_weight(), &targets, chunk, extra)
+        Some((hidden, targets))
     }
 
     /// An empty cache of `slots` sequences of up to `capacity` tokens each.
@@ -650,6 +679,44 @@ extern "C" {
         err: *mut std::ffi::c_char,
         err_len: usize,
     ) -> *mut torch_sys::C_tensor;
+    fn grpo_token_log_probs_entropy(
+        hidden: *mut std::ffi::c_void,
+        weight: *mut std::ffi::c_void,
+        targets: *mut std::ffi::c_void,
+        chunk: i64,
+        entropy: *mut *mut torch_sys::C_tensor,
+        err: *mut std::ffi::c_char,
+        err_len: usize,
+    ) -> *mut torch_sys::C_tensor;
+}
+
+/// [`token_log_probs_and_entropy_of`] with the entropy differentiable: `[B, N]` log-probs and entropies, both with
+/// gradients to `hidden` and `weight` (the entropy's `-p (log p + H)` per logit).
+pub fn token_log_probs_and_entropy_with_grad_of(
+    hidden: &Tensor,
+    weight: &Tensor,
+    targets: &Tensor,
+    chunk: i64,
+) -> (Tensor, Tensor) {
+    let mut err = crate::runtime::ErrBuf::new();
+    let mut entropy: *mut torch_sys::C_tensor = std::ptr::null_mut();
+    // SAFETY: the pointers are live tensors for the duration of the call; non-null results are new heap-allocated
+    // tensors whose ownership passes to the returned values.
+    let out = unsafe {
+        grpo_token_log_probs_entropy(
+            hidden.as_ptr() as *mut _,
+            weight.as_ptr() as *mut _,
+            targets.as_ptr() as *mut _,
+            chunk.max(1),
+            &mut entropy,
+            err.ptr(),
+            1024,
+        )
+    };
+    if out.is_null() || entropy.is_null() {
+        panic!("token log-probs and entropy: {}", err.text());
+    }
+    unsafe { (Tensor::from_ptr(out), Tensor::from_ptr(entropy)) }
 }
 
 /// `[B, N]` f32 log-probs of `targets` `[B, N]` under the logits `hidden` `[B, N, H]` x `weight` `[V, H]`, computed

@@ -104,7 +104,82 @@ struct TokenLogProbs : public torch::autograd::Function<TokenLogProbs> {
   }
 };
 
+// The same log-probs, and the entropy of each position's distribution as a second differentiable output, for a loss
+// that rewards entropy (`--entropy-coeff`). Nothing is kept between the passes but the inputs: the backward pass
+// recomputes each chunk's logits, since it needs log p as well as p. d(-sum p log p)/dz = -p (log p + H).
+struct TokenLogProbsWithEntropy : public torch::autograd::Function<TokenLogProbsWithEntropy> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& hidden, const at::Tensor& weight,
+                               const at::Tensor& targets, int64_t chunk) {
+    const int64_t n = hidden.size(1);
+    auto out = at::empty({hidden.size(0), n}, hidden.options().dtype(at::kFloat));
+    auto entropy = at::empty({hidden.size(0), n}, hidden.options().dtype(at::kFloat));
+    for (int64_t s = 0; s < n; s += chunk) {
+      const int64_t c = std::min(chunk, n - s);
+      auto logits = at::linear(hidden.narrow(1, s, c), weight).to(at::kFloat);
+      auto picked = logits.gather(-1, targets.narrow(1, s, c).unsqueeze(-1)).squeeze(-1);
+      auto lse = logits.logsumexp({-1}, false);
+      out.narrow(1, s, c).copy_(picked - lse);
+      entropy.narrow(1, s, c).copy_(entropy_of(logits.sub_(lse.unsqueeze(-1))));
+    }
+    ctx->save_for_backward({hidden, weight, targets});
+    ctx->saved_data["chunk"] = chunk;
+    return {out, entropy};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const auto& hidden = saved[0];
+    const auto& weight = saved[1];
+    const auto& targets = saved[2];
+    const int64_t chunk = ctx->saved_data["chunk"].toInt();
+    // An output the loss does not use arrives undefined: its gradient is 0.
+    const auto g = grads[0].defined() ? grads[0].to(at::kFloat) : at::zeros_like(hidden.select(2, 0), at::kFloat);
+    const bool with_entropy = grads[1].defined();
+    const auto g_h = with_entropy ? grads[1].to(at::kFloat) : at::Tensor();
+    const bool want_hidden = ctx->needs_input_grad(0);
+    const bool want_weight = ctx->needs_input_grad(1);
+    const int64_t n = hidden.size(1), h = hidden.size(2), v = weight.size(0);
+    at::Tensor grad_hidden = want_hidden ? at::zeros_like(hidden) : at::Tensor();
+    at::Tensor grad_weight = want_weight ? at::zeros({v, h}, weight.options().dtype(at::kFloat)) : at::Tensor();
+    for (int64_t s = 0; s < n && (want_hidden || want_weight); s += chunk) {
+      const int64_t c = std::min(chunk, n - s);
+      auto hs = hidden.narrow(1, s, c);
+      auto gs = g.narrow(1, s, c).unsqueeze(-1);
+      auto log_p = at::linear(hs, weight).to(at::kFloat).log_softmax(-1);
+      auto p = log_p.exp();
+      // dL/dz = p * (-g - g_H (log p + H)) + onehot(target) * g, built in log_p's storage.
+      at::Tensor grad_logits;
+      if (with_entropy) {
+        auto entropy = p.mul(log_p).sum(-1, true).neg_();
+        grad_logits = log_p.add_(entropy).mul_(g_h.narrow(1, s, c).unsqueeze(-1)).add_(gs).mul_(p).neg_();
+      } else {
+        grad_logits = p.mul_(gs).neg_();
+      }
+      grad_logits.scatter_add_(-1, targets.narrow(1, s, c).unsqueeze(-1), gs);
+      auto gl = grad_logits.to(weight.scalar_type());
+      if (want_hidden) grad_hidden.narrow(1, s, c).copy_(at::matmul(gl, weight));
+      if (want_weight) grad_weight.add_(at::mm(gl.reshape({-1, v}).t(), hs.reshape({-1, h})).to(at::kFloat));
+    }
+    return {grad_hidden, want_weight ? grad_weight.to(weight.scalar_type()) : at::Tensor(), at::Tensor(),
+            at::Tensor()};
+  }
+};
+
 }  // namespace
+
+// Log-probs and, through `entropy` (set to a new tensor), each position's entropy, both differentiable (see
+// TokenLogProbsWithEntropy).
+extern "C" at::Tensor* grpo_token_log_probs_entropy(at::Tensor* hidden, at::Tensor* weight, at::Tensor* targets,
+                                                    int64_t chunk, at::Tensor** entropy, char* err, size_t err_len) {
+  try {
+    auto outs = TokenLogProbsWithEntropy::apply(*hidden, *weight, *targets, std::max<int64_t>(chunk, 1));
+    *entropy = new at::Tensor(outs[1]);
+    return new at::Tensor(outs[0]);
+  } catch (const std::exception& e) {
+    grpo::put_exception(e, err, err_len);
+    return nullptr;
+  }
+}
 
 // `hits` and `entropy` may be null; otherwise [B, N] bool and f32 tensors the forward fills (see
 // TokenLogProbs::forward).

@@ -311,6 +311,10 @@ pub struct ObjectiveSettings {
     /// (`--top-entropy-quantile`, TRL's `top_entropy_quantile`); 1 keeps all.
     #[serde(default = "all_tokens")]
     pub top_entropy_quantile: f64,
+    /// The weight of an entropy bonus (`--entropy-coeff`, verl's `entropy_coeff`): the loss minus this times the
+    /// policy's mean entropy over each optimizer step's action tokens; 0: none.
+    #[serde(default)]
+    pub entropy_coeff: f64,
     /// Move the KL reference toward the policy during training (`--sync-ref-model`); `None`: it stays fixed.
     #[serde(default)]
     pub sync_ref_model: Option<ReferenceSync>,
@@ -465,6 +469,7 @@ impl RunConfig {
             ("--mask-truncated-completions", json!(l.mask_truncated_completions)),
             ("--logprob-temperature", json!(l.logprob_temperature)),
             ("--top-entropy-quantile", json!(l.top_entropy_quantile)),
+            ("--entropy-coeff", json!(l.entropy_coeff)),
             ("--sync-ref-model/--ref-model-mixup-alpha/--ref-model-sync-steps", json!(l.sync_ref_model)),
             ("--reward-kl-coef/--reward-kl-estimator/--reward-kl-target/--reward-kl-horizon", json!(l.reward_kl)),
             ("--seed", json!(self.seed)),

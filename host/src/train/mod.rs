@@ -699,6 +699,7 @@ impl Trainer {
             loss: config.loss.for_algorithm(config.batch.max_new_tokens),
             max_norm: config.optimizer.max_norm,
             top_entropy_quantile: config.loss.top_entropy_quantile,
+            entropy_coeff: config.loss.entropy_coeff,
             reference_sync: config.loss.sync_ref_model,
             warmup_steps: config.sft.steps,
             seed: config.seed,

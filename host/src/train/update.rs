@@ -42,6 +42,9 @@ pub struct Updater<'a> {
     /// The share of each micro-batch's action tokens, the highest-entropy ones, that the policy-gradient term keeps
     /// (`--top-entropy-quantile`); 1 keeps all.
     pub top_entropy_quantile: f64,
+    /// The entropy bonus's weight (`--entropy-coeff`): each step's loss minus this times the policy's mean entropy
+    /// over the step's action tokens; 0 adds nothing (and keeps the entropy out of autograd).
+    pub entropy_coeff: f64,
     /// `--sync-ref-model`: when and how far the KL reference moves toward the policy after an update.
     pub reference_sync: Option<ReferenceSync>,
     /// The supervised warm-up's steps, which come before the updates on the global-step axis.
@@ -196,8 +199,20 @@ impl Updater<'_> {
         self.optimizer.zero_grad();
         for (rows, index) in window {
             let mb = exp.select_at(rows, index);
-            let (log_probs, token_entropy) =
-                self.policy.model().token_log_probs_and_entropy(&mb.tokens, &mb.attention_mask, Padding::Right);
+            let model = self.policy.model();
+            let (log_probs, token_entropy) = if self.entropy_coeff != 0.0 {
+                model.token_log_probs_and_entropy_with_grad(&mb.tokens, &mb.attention_mask, Padding::Right)
+            } else {
+                model.token_log_probs_and_entropy(&mb.tokens, &mb.attention_mask, Padding::Right)
+            };
+            // The bonus's share of this micro-batch: its action tokens' entropy over the step's tokens per averaged
+            // loss, so the step's bonus is the mean over all its tokens (on every rank) however they are split.
+            let bonus = (self.entropy_coeff != 0.0).then(|| {
+                let on = mb.action_mask.to_kind(Kind::Bool);
+                token_entropy.where_self(&on, &token_entropy.zeros_like()).sum(Kind::Float)
+                    * (self.entropy_coeff / step_token_divisor)
+            });
+            let token_entropy = token_entropy.detach();
             entropy += action_totals(&token_entropy, &mb.action_mask);
             // The entropy mask weighs the policy-gradient term only, as the importance weights do.
             let is_weights = if self.top_entropy_quantile < 1.0 {
@@ -219,7 +234,11 @@ impl Updater<'_> {
                 is_weights,
                 step_token_divisor: Some(step_token_divisor),
             };
-            let out = self.algo.loss(&batch)?;
+            let mut out = self.algo.loss(&batch)?;
+            if let Some(bonus) = bonus {
+                // Out of place: the algorithm's loss may be an output its graph still needs.
+                out.loss = &out.loss - bonus;
+            }
             // Each micro-batch's share, so the accumulated gradient is the window's mean; under fp16 scaled up so
             // small gradients survive, and unscaled as they are added to the f32 gradients.
             self.scaler.scale_loss(&(&out.loss / window.len() as f64)).backward();
