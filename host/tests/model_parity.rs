@@ -243,8 +243,8 @@ fn token_entropy_is_the_plain_distributions_and_changes_no_log_prob_or_gradient(
 
 /// The entropy as a differentiable output (`--entropy-coeff`): the log-probs are the plain node's, the entropy the
 /// plain distribution's, and the gradients of the log-probs, the entropies or any mix of them are plain autograd's
-/// over the full logits, in any chunking, with the head trained or frozen (LoRA). The model's own path gives the
-/// values its no-gradient path gives.
+/// over the full logits, in any chunking, with the head trained or frozen (LoRA), and again in a second backward pass
+/// over the retained graph. The model's own path gives the values its no-gradient path gives.
 #[test]
 fn a_differentiable_entropy_has_plain_autograds_gradients() {
     let _rng = common::torch_rng_lock();
@@ -274,11 +274,17 @@ fn a_differentiable_entropy_has_plain_autograds_gradients() {
                 assert!(lp.equal(&node), "chunk {chunk}: the log-probs differ from the plain node's");
                 let diff = (&h - &plain_h).abs().max().double_value(&[]);
                 assert!(diff < 1e-5, "chunk {chunk}: the entropy differs from the plain distribution's by {diff}");
-                let got = Tensor::run_backward(&[&loss(&lp, &h, uses)], &inputs, false, false);
-                for (i, (e, g)) in expected.iter().zip(&got).enumerate() {
-                    let scale = e.abs().max().double_value(&[]);
-                    let diff = (e - g).abs().max().double_value(&[]) / scale;
-                    assert!(scale > 0.0 && diff < 1e-5, "chunk {chunk}, {uses:?}, input {i}: off by {diff} (relative)");
+                // Twice over the retained graph: one chunk's log p, kept from the forward pass, serves the first
+                // backward pass only, and the second recomputes it.
+                let total = loss(&lp, &h, uses);
+                for pass in 0..2 {
+                    let got = Tensor::run_backward(&[&total], &inputs, true, false);
+                    for (i, (e, g)) in expected.iter().zip(&got).enumerate() {
+                        let scale = e.abs().max().double_value(&[]);
+                        let diff = (e - g).abs().max().double_value(&[]) / scale;
+                        let at = format!("chunk {chunk}, {uses:?}, pass {pass}, input {i}");
+                        assert!(scale > 0.0 && diff < 1e-5, "{at}: off by {diff} (relative)");
+                    }
                 }
             }
         }

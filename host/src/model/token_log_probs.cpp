@@ -105,11 +105,12 @@ struct TokenLogProbs : public torch::autograd::Function<TokenLogProbs> {
 };
 
 // The same log-probs, and the entropy of each position's distribution as a second differentiable output, for a loss
-// that rewards entropy (`--entropy-coeff`). Nothing is kept between the passes but the inputs: the backward pass
-// recomputes each chunk's logits, since it needs log p as well as p. d(-sum p log p)/dz = -p (log p + H).
+// that rewards entropy (`--entropy-coeff`). As in TokenLogProbs, the backward pass recomputes each chunk's log p
+// (it needs log p as well as p), except that a single chunk's is kept from the forward pass when a backward pass
+// will follow. d(-sum p log p)/dz = -p (log p + H).
 struct TokenLogProbsWithEntropy : public torch::autograd::Function<TokenLogProbsWithEntropy> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& hidden, const at::Tensor& weight,
-                               const at::Tensor& targets, int64_t chunk) {
+                               const at::Tensor& targets, int64_t chunk, bool keep) {
     const int64_t n = hidden.size(1);
     auto out = at::empty({hidden.size(0), n}, hidden.options().dtype(at::kFloat));
     auto entropy = at::empty({hidden.size(0), n}, hidden.options().dtype(at::kFloat));
@@ -119,7 +120,9 @@ struct TokenLogProbsWithEntropy : public torch::autograd::Function<TokenLogProbs
       auto picked = logits.gather(-1, targets.narrow(1, s, c).unsqueeze(-1)).squeeze(-1);
       auto lse = logits.logsumexp({-1}, false);
       out.narrow(1, s, c).copy_(picked - lse);
-      entropy.narrow(1, s, c).copy_(entropy_of(logits.sub_(lse.unsqueeze(-1))));
+      auto log_p = logits.sub_(lse.unsqueeze(-1));
+      entropy.narrow(1, s, c).copy_(entropy_of(log_p));
+      if (keep && c == n) ctx->saved_data["log_p"] = log_p;
     }
     ctx->save_for_backward({hidden, weight, targets});
     ctx->saved_data["chunk"] = chunk;
@@ -141,11 +144,17 @@ struct TokenLogProbsWithEntropy : public torch::autograd::Function<TokenLogProbs
     const int64_t n = hidden.size(1), h = hidden.size(2), v = weight.size(0);
     at::Tensor grad_hidden = want_hidden ? at::zeros_like(hidden) : at::Tensor();
     at::Tensor grad_weight = want_weight ? at::zeros({v, h}, weight.options().dtype(at::kFloat)) : at::Tensor();
+    // The kept log p is used once and let go (a second backward pass, with the graph retained, recomputes).
+    at::Tensor kept;
+    if (ctx->saved_data.count("log_p") > 0) {
+      kept = ctx->saved_data["log_p"].toTensor();
+      ctx->saved_data.erase("log_p");
+    }
     for (int64_t s = 0; s < n && (want_hidden || want_weight); s += chunk) {
       const int64_t c = std::min(chunk, n - s);
       auto hs = hidden.narrow(1, s, c);
       auto gs = g.narrow(1, s, c).unsqueeze(-1);
-      auto log_p = at::linear(hs, weight).to(at::kFloat).log_softmax(-1);
+      auto log_p = kept.defined() ? std::move(kept) : at::linear(hs, weight).to(at::kFloat).log_softmax(-1);
       auto p = log_p.exp();
       // dL/dz = p * (-g - g_H (log p + H)) + onehot(target) * g, built in log_p's storage.
       at::Tensor grad_logits;
@@ -161,7 +170,7 @@ struct TokenLogProbsWithEntropy : public torch::autograd::Function<TokenLogProbs
       if (want_weight) grad_weight.add_(at::mm(gl.reshape({-1, v}).t(), hs.reshape({-1, h})).to(at::kFloat));
     }
     return {grad_hidden, want_weight ? grad_weight.to(weight.scalar_type()) : at::Tensor(), at::Tensor(),
-            at::Tensor()};
+            at::Tensor(), at::Tensor()};
   }
 };
 
@@ -172,7 +181,8 @@ struct TokenLogProbsWithEntropy : public torch::autograd::Function<TokenLogProbs
 extern "C" at::Tensor* grpo_token_log_probs_entropy(at::Tensor* hidden, at::Tensor* weight, at::Tensor* targets,
                                                     int64_t chunk, at::Tensor** entropy, char* err, size_t err_len) {
   try {
-    auto outs = TokenLogProbsWithEntropy::apply(*hidden, *weight, *targets, std::max<int64_t>(chunk, 1));
+    const bool keep = at::GradMode::is_enabled() && (hidden->requires_grad() || weight->requires_grad());
+    auto outs = TokenLogProbsWithEntropy::apply(*hidden, *weight, *targets, std::max<int64_t>(chunk, 1), keep);
     *entropy = new at::Tensor(outs[1]);
     return new at::Tensor(outs[0]);
   } catch (const std::exception& e) {
