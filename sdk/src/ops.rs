@@ -64,6 +64,15 @@ pub struct TermOptions {
     pub kl: KlEstimator,
 }
 
+/// Which per-token objective [`PolicyTerms`] builds.
+#[derive(Clone, Copy)]
+enum Surrogate {
+    /// PPO's clipped surrogate ([`PolicyTerms::with`]).
+    Clipped,
+    /// CISPO's capped, constant importance weight times the log-prob ([`PolicyTerms::cispo`]).
+    Cispo,
+}
+
 /// The per-token pieces of a GRPO-family loss for one micro-batch; every `[B, T]` tensor is 0 outside the mask.
 pub struct PolicyTerms {
     /// `-min(rho*A, clip(rho, 1-eps_low, 1+eps_high)*A)`, `rho = exp(logp - old)` (or the sequence's ratio, see
@@ -94,6 +103,39 @@ impl PolicyTerms {
     /// Compute the terms as `how` says (GSPO's sequence ratio, two-sided clipping, the KL estimate), checking that
     /// the batch's shapes agree.
     pub fn with(batch: &PolicyBatch, how: TermOptions) -> Result<Self> {
+        Self::build(batch, how, Surrogate::Clipped)
+    }
+
+    /// CISPO's terms (MiniMax-M1, Chen et al. 2025; TRL's `loss_type="cispo"`): the surrogate is
+    /// `-sg(min(rho, 1 + eps_high)) * A * logp` per token, the policy gradient weighted by the ratio capped at
+    /// `1 + clip_eps_high` and held constant, so every token keeps its gradient and only its weight is bounded (no
+    /// lower bound, as in the paper). `clipped` marks the tokens whose weight was capped, all of them upper-bound
+    /// clips. `how.ratio` and `how.kl` apply as in [`PolicyTerms::with`]; `how.delta` caps a branch CISPO does not
+    /// have and is an error.
+    ///
+    /// ```
+    /// # use grpo_sdk::{LossSettings, PolicyBatch, ops::{PolicyTerms, TermOptions}, tch::Tensor};
+    /// let batch = PolicyBatch {
+    ///     log_probs: Tensor::from_slice(&[-1.0f32, -0.5]).view([1, 2]),
+    ///     // Ratios e^0.5 (capped at 1.2) and 1.
+    ///     old_log_probs: Tensor::from_slice(&[-1.5f32, -0.5]).view([1, 2]),
+    ///     ref_log_probs: None,
+    ///     advantages: Tensor::from_slice(&[2.0f32]),
+    ///     action_mask: Tensor::from_slice(&[true, true]).view([1, 2]),
+    ///     settings: LossSettings { clip_eps_low: 0.2, clip_eps_high: 0.2, kl_weight: 0.0, generate_max_length: 2 },
+    ///     is_weights: None,
+    ///     step_token_divisor: None,
+    /// };
+    /// let terms = PolicyTerms::cispo(&batch, TermOptions::default()).unwrap();
+    /// let surrogate = Vec::<f32>::try_from(&terms.surrogate.view([-1])).unwrap();
+    /// assert!((surrogate[0] - 1.2 * 2.0).abs() < 1e-6 && (surrogate[1] - 1.0).abs() < 1e-6);
+    /// assert!((terms.clip_fraction() - 0.5).abs() < 1e-9);
+    /// ```
+    pub fn cispo(batch: &PolicyBatch, how: TermOptions) -> Result<Self> {
+        Self::build(batch, how, Surrogate::Cispo)
+    }
+
+    fn build(batch: &PolicyBatch, how: TermOptions, surrogate: Surrogate) -> Result<Self> {
         let lp = &batch.log_probs;
         let shape = lp.size();
         if shape.len() != 2 {
@@ -125,6 +167,11 @@ impl PolicyTerms {
             return Err(Error::msg(format!("step_token_divisor must be a finite number > 0, got {d}")));
         }
         let s = &batch.settings;
+        if let (Surrogate::Cispo, Some(d)) = (surrogate, how.delta) {
+            return Err(Error::msg(format!(
+                "delta {d} caps the clipped surrogate's unclipped branch, which CISPO does not have; leave it unset"
+            )));
+        }
         if let Some(d) = how.delta.filter(|d| !(d.is_finite() && *d > 1.0 + s.clip_eps_high)) {
             return Err(Error::msg(format!(
                 "delta {d} must be a number above 1 + clip_eps_high = {} (two-sided clipping caps the ratio above \
@@ -147,15 +194,24 @@ impl PolicyTerms {
         };
         let ratio = log_ratio.exp();
         let adv = batch.advantages.to_kind(kind).unsqueeze(-1);
-        let unclipped = match how.delta {
-            Some(delta) => ratio.clamp_max(delta) * &adv,
-            None => &ratio * &adv,
+        let (surrogate, clipped, clipped_high) = match surrogate {
+            Surrogate::Clipped => {
+                let unclipped = match how.delta {
+                    Some(delta) => ratio.clamp_max(delta) * &adv,
+                    None => &ratio * &adv,
+                };
+                let clipped_obj = ratio.clamp(1.0 - s.clip_eps_low, 1.0 + s.clip_eps_high) * &adv;
+                let clipped = clipped_obj.lt_tensor(&unclipped).logical_and(&on);
+                let clipped_high = clipped.logical_and(&ratio.gt(1.0 + s.clip_eps_high)).to_kind(kind);
+                (-unclipped.minimum(&clipped_obj) * &mask, clipped.to_kind(kind), clipped_high)
+            }
+            Surrogate::Cispo => {
+                let cap = 1.0 + s.clip_eps_high;
+                let weight = ratio.clamp_max(cap).detach();
+                let clipped = ratio.gt(cap).logical_and(&on).to_kind(kind);
+                (-(weight * &adv * lp.where_self(&on, &zero)) * &mask, clipped.shallow_clone(), clipped)
+            }
         };
-        let clipped_obj = ratio.clamp(1.0 - s.clip_eps_low, 1.0 + s.clip_eps_high) * &adv;
-        let clipped = clipped_obj.lt_tensor(&unclipped).logical_and(&on);
-        let clipped_high = clipped.logical_and(&ratio.gt(1.0 + s.clip_eps_high)).to_kind(kind);
-        let clipped = clipped.to_kind(kind);
-        let surrogate = -unclipped.minimum(&clipped_obj) * &mask;
         // The weights correct the sampler's precision, a constant per token: no gradient flows through them.
         let surrogate = match &batch.is_weights {
             Some(w) => surrogate * w.detach().to_kind(kind).where_self(&on, &zero),

@@ -21,6 +21,9 @@ Definitions (docs/plugins.md, "The shipped algorithms and environment"):
                       ratio exp(mean over its action tokens of (logp - old)) in place of its own rho
   KL estimators       kl_estimator "k1": the per-token term is logp - ref; "k2": (ref - logp)^2 / 2 (k3 above)
   delta cases         two-sided clipping: the first branch's rho is capped at delta, -min(min(rho, delta)*A, ...)
+  CISPO cases         loss_type "cispo": the per-token surrogate is -w*A*logp with w = min(rho, 1+eps_high) held
+                      constant (no gradient through it), averaged as "dapo"; a token counts as clipped (upper)
+                      where rho > 1+eps_high, whatever its advantage
   TIS cases           the surrogate of each action token times w = min(exp(old - sampled), cap), the truncated
                       importance weight of a sampler in another precision (the KL term is not weighted)
 
@@ -70,7 +73,9 @@ def drgrpo_advantages(rewards, groups):
     return torch.cat(out)
 
 
-def per_token_terms(logp, old, ref, adv, mask, eps_low, eps_high, sequence_ratio=False, delta=None, kl="k3"):
+def per_token_terms(
+    logp, old, ref, adv, mask, eps_low, eps_high, sequence_ratio=False, delta=None, kl="k3", cispo=False
+):
     """Surrogate and k3 per token, zero outside the mask, written out token by token on purpose (no shared code
     with the vectorised Rust implementation)."""
     B, T = logp.shape
@@ -86,15 +91,23 @@ def per_token_terms(logp, old, ref, adv, mask, eps_low, eps_high, sequence_ratio
             if not mask[b][t]:
                 continue
             rho = seq_rho if sequence_ratio else torch.exp(logp[b, t] - old[b, t])
-            rho_c = torch.clamp(rho, 1 - eps_low, 1 + eps_high)
-            # Two-sided clipping caps the first branch's ratio only.
-            rho_u = torch.clamp(rho, max=delta) if delta is not None else rho
-            surr[b, t] = -torch.minimum(rho_u * a, rho_c * a)
-            if (rho_u * a) > (rho_c * a):
-                clipped += 1
-                # The upper bound binds only for a positive advantage, the lower only for a negative one.
+            if cispo:
+                # The capped ratio weighs the log-prob's gradient and is not differentiated itself.
+                w = min(float(rho.detach()), 1 + eps_high)
+                surr[b, t] = -(w * a * logp[b, t])
                 if rho > 1 + eps_high:
+                    clipped += 1
                     clipped_high += 1
+            else:
+                rho_c = torch.clamp(rho, 1 - eps_low, 1 + eps_high)
+                # Two-sided clipping caps the first branch's ratio only.
+                rho_u = torch.clamp(rho, max=delta) if delta is not None else rho
+                surr[b, t] = -torch.minimum(rho_u * a, rho_c * a)
+                if (rho_u * a) > (rho_c * a):
+                    clipped += 1
+                    # The upper bound binds only for a positive advantage, the lower only for a negative one.
+                    if rho > 1 + eps_high:
+                        clipped_high += 1
             if ref is not None:
                 d = ref[b, t] - logp[b, t]
                 if kl == "k3":
@@ -138,7 +151,17 @@ def loss_case(
     ref_t = torch.tensor(ref) if ref is not None else None
     adv_t = torch.tensor(adv)
     surr, k3, clipped, clipped_high = per_token_terms(
-        logp, old_t, ref_t, adv_t, mask, eps_low, eps_high, sequence_ratio=level == "sequence", delta=delta, kl=kl or "k3"
+        logp,
+        old_t,
+        ref_t,
+        adv_t,
+        mask,
+        eps_low,
+        eps_high,
+        sequence_ratio=level == "sequence",
+        delta=delta,
+        kl=kl or "k3",
+        cispo=loss_type == "cispo",
     )
     is_weights = None
     if tis_cap is not None:
@@ -161,8 +184,8 @@ def loss_case(
         # TRL's form: every action token's loss summed over the micro-batch, over sequences x max completion length.
         loss = (per_token * m).sum() / (len(lengths) * gen_max_len)
     elif algo == "grpo":
-        # bnpo, and dapo without a divisor: every token of the micro-batch weighs the same.
-        step = divisor if loss_type == "dapo" and divisor is not None else max(float(n_tok.sum()), 1.0)
+        # bnpo, and dapo or cispo without a divisor: every token of the micro-batch weighs the same.
+        step = divisor if loss_type in ("dapo", "cispo") and divisor is not None else max(float(n_tok.sum()), 1.0)
         loss = (per_token * m).sum() / step
     else:
         loss = ((per_token * m).sum(-1) / gen_max_len).mean()
@@ -277,6 +300,12 @@ def main():
         # The normaliser (10) differs from the padded width (8) and from every sequence's length.
         loss_case("grpo_dr_grpo", "grpo", 11, [5, 2, 7, 0, 3], 8, 0.02, 0.2, 0.28, True, 10, loss_type="dr_grpo"),
         loss_case("grpo_gspo_tis_dapo", "grpo", 8, [4, 6, 2], 7, 0.0, 0.1, 0.1, False, 7, 2.0, "dapo", 5.5, "sequence"),
+        # CISPO: in each case some ratios pass the cap (with either sign of advantage), and some lie below 1 - eps_low,
+        # a bound CISPO does not have; the second with GSPO's sequence ratios and truncated importance weights.
+        loss_case("grpo_cispo_step", "grpo", 12, [5, 2, 7, 1, 3], 8, 0.01, 0.05, 0.28, True, 8, None, "cispo", 13.0, shift=0.1),
+        loss_case(
+            "grpo_cispo_gspo_tis", "grpo", 13, [4, 6, 0, 2], 7, 0.0, 0.01, 0.05, False, 7, 2.0, "cispo", None, "sequence", shift=0.1
+        ),
     ]
     for case in cases:
         path = OUT / f"{case['name']}.json"

@@ -60,6 +60,10 @@ pub enum LossType {
     /// the `drgrpo` plugin.
     #[serde(rename = "dr_grpo")]
     DrGrpo,
+    /// CISPO's objective (MiniMax-M1; TRL's `"cispo"`): each token's log-prob times its advantage and its ratio,
+    /// the ratio capped at `1 + --clip-eps-high` and held constant, so no token loses its gradient; averaged as
+    /// `"dapo"`, over every token of the optimizer step.
+    Cispo,
 }
 
 /// What a reward is compared with.
@@ -98,7 +102,7 @@ impl grpo_sdk::Plugin for Grpo {
     const NAME: &'static str = "grpo";
     const DESCRIPTION: &'static str =
         "GRPO: (r - mean) / (std + eps) advantages (scale_rewards: group, batch or none; baseline leave_one_out for \
-         RLOO), clipped surrogate + k3 KL, per-sequence mean (loss_type: grpo, bnpo, dapo or dr_grpo); \
+         RLOO), clipped surrogate + k3 KL, per-sequence mean (loss_type: grpo, bnpo, dapo, dr_grpo or cispo); \
          importance_sampling_level sequence for GSPO; delta for two-sided clipping; kl_estimator k3, k1 or k2";
 
     fn new(config: serde_json::Value) -> Result<Self> {
@@ -107,6 +111,12 @@ impl grpo_sdk::Plugin for Grpo {
             return Err(grpo_sdk::Error::msg(format!(
                 "invalid config: delta must be a number above 1 + the upper clip range (such as 4), got {delta}"
             )));
+        }
+        if let (LossType::Cispo, Some(_)) = (config.loss_type, config.delta) {
+            return Err(grpo_sdk::Error::msg(
+                "invalid config: delta caps the clipped surrogate's unclipped branch, which loss_type cispo does not \
+                 have; leave it unset",
+            ));
         }
         if !(config.std_eps >= 0.0 && config.std_eps.is_finite()) {
             return Err(grpo_sdk::Error::msg(format!(
@@ -162,12 +172,15 @@ impl Algorithm for Grpo {
     fn loss_deferred(&self, batch: &PolicyBatch) -> Result<DeferredLoss> {
         let (ratio, delta, kl) = (self.config.importance_sampling_level, self.config.delta, self.config.kl_estimator);
         let how = TermOptions { ratio, delta, kl };
-        let terms = PolicyTerms::with(batch, how)?;
+        let terms = match self.config.loss_type {
+            LossType::Cispo => PolicyTerms::cispo(batch, how)?,
+            _ => PolicyTerms::with(batch, how)?,
+        };
         let per_token = terms.per_token_loss(batch.settings.kl_weight);
         let loss = match self.config.loss_type {
             LossType::Grpo => terms.sequence_mean(&per_token),
             LossType::Bnpo => terms.token_mean(&per_token),
-            LossType::Dapo => terms.step_token_mean(&per_token),
+            LossType::Dapo | LossType::Cispo => terms.step_token_mean(&per_token),
             LossType::DrGrpo => {
                 let max_len = batch.settings.generate_max_length;
                 if max_len <= 0 {

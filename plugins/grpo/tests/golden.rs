@@ -72,7 +72,14 @@ fn loss_gradient_and_metrics_match_the_oracle() {
 fn each_loss_type_has_its_own_fixture_and_value() {
     let case = fixtures("loss", Some("grpo")).into_iter().find(|c| c["name"] == "grpo_bnpo").unwrap();
     let mut values = Vec::new();
-    let types = [("grpo", None), ("bnpo", None), ("dapo", Some(13.0)), ("dapo", None), ("dr_grpo", None)];
+    let types = [
+        ("grpo", None),
+        ("bnpo", None),
+        ("dapo", Some(13.0)),
+        ("dapo", None),
+        ("dr_grpo", None),
+        ("cispo", Some(13.0)),
+    ];
     for (loss_type, divisor) in types {
         let algo = Grpo::new(serde_json::json!({"loss_type": loss_type})).unwrap();
         assert_eq!(algo.config()["loss_type"], loss_type);
@@ -85,8 +92,15 @@ fn each_loss_type_has_its_own_fixture_and_value() {
     // Alone in its step, a micro-batch's dapo loss is its token mean.
     assert_num("dapo alone", values[3], values[1]);
     assert!((values[4] - values[0]).abs() > 1e-3, "dr_grpo and grpo agree: {values:?}");
+    assert!((values[5] - values[2]).abs() > 1e-3, "cispo and dapo agree: {values:?}");
     let options = ["grpo_bnpo", "grpo_dapo_step", "grpo_dapo_alone", "grpo_gspo", "grpo_gspo_tis_dapo", "grpo_delta"];
-    for name in options.into_iter().chain(["grpo_kl_k1", "grpo_kl_k2", "grpo_dr_grpo"]) {
+    for name in options.into_iter().chain([
+        "grpo_kl_k1",
+        "grpo_kl_k2",
+        "grpo_dr_grpo",
+        "grpo_cispo_step",
+        "grpo_cispo_gspo_tis",
+    ]) {
         assert!(fixtures("loss", Some("grpo")).iter().any(|c| c["name"] == name && !c["config"].is_null()), "{name}");
     }
     let err = Grpo::new(serde_json::json!({"loss_type": "seq"})).err().unwrap().to_string();
@@ -94,6 +108,8 @@ fn each_loss_type_has_its_own_fixture_and_value() {
     // Two-sided clipping's cap must lie above the clip range (1.2 here), where it changes no positive advantage.
     let err = Grpo::new(serde_json::json!({"delta": 1.0})).err().unwrap().to_string();
     assert!(err.contains("delta must be a number above 1"), "{err}");
+    let err = Grpo::new(serde_json::json!({"loss_type": "cispo", "delta": 4.0})).err().unwrap().to_string();
+    assert!(err.contains("delta caps the clipped surrogate's unclipped branch, which loss_type cispo"), "{err}");
     let algo = Grpo::new(serde_json::json!({"delta": 1.1})).unwrap();
     let err = algo.loss(&batch(&case).1).err().unwrap().to_string();
     assert!(err.contains("delta 1.1 must be a number above 1 + clip_eps_high = 1.2"), "{err}");
