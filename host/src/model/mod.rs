@@ -544,7 +544,7 @@ impl Model {
     }
 
     /// [`Model::token_log_probs_and_entropy`] with the entropy differentiable too, for a loss that rewards it
-    /// (`--entropy-coeff`): the backward pass recomputes every chunk's logits (model/token_log_probs.cpp).
+    /// (`--entropy-coeff`), through the same chunked node (model/token_log_probs.cpp).
     pub fn token_log_probs_and_entropy_with_grad(
         &self,
         input_ids: &Tensor,

@@ -35,6 +35,43 @@ at::Tensor entropy_of(const at::Tensor& log_p) {
   return out.view({log_p.size(0), log_p.size(1)});
 }
 
+// The backward pass of both nodes below, which save (hidden, weight, targets) and "chunk". `g` [B, N] f32 is the
+// log-probs' incoming gradient. For the chunk of positions [s, s + c), `softmax_part(hs, weight, s, c, kept)` returns
+// dL/dlogits less the target's `onehot * g`, in f32 [B, c, V], as a tensor it may have built in place; `kept` is the
+// single chunk's tensor the forward pass saved under `kept_name`, if it did: handed over once and let go, so a second
+// backward pass over a retained graph recomputes it. Returns the gradients of the hidden states and the weight
+// (undefined where not wanted).
+template <typename SoftmaxPart>
+std::pair<at::Tensor, at::Tensor> head_backward(AutogradContext* ctx, const at::Tensor& g, const char* kept_name,
+                                                SoftmaxPart softmax_part) {
+  auto saved = ctx->get_saved_variables();
+  const auto& hidden = saved[0];
+  const auto& weight = saved[1];
+  const auto& targets = saved[2];
+  const int64_t chunk = ctx->saved_data["chunk"].toInt();
+  const bool want_hidden = ctx->needs_input_grad(0);
+  const bool want_weight = ctx->needs_input_grad(1);
+  const int64_t n = hidden.size(1), h = hidden.size(2), v = weight.size(0);
+  at::Tensor grad_hidden = want_hidden ? at::zeros_like(hidden) : at::Tensor();
+  // Summed over chunks in f32, then cast once (autograd would sum the chunks' contributions in the weight dtype).
+  at::Tensor grad_weight = want_weight ? at::zeros({v, h}, weight.options().dtype(at::kFloat)) : at::Tensor();
+  at::Tensor kept;
+  if (ctx->saved_data.count(kept_name) > 0) {
+    kept = ctx->saved_data[kept_name].toTensor();
+    ctx->saved_data.erase(kept_name);
+  }
+  for (int64_t s = 0; s < n && (want_hidden || want_weight); s += chunk) {
+    const int64_t c = std::min(chunk, n - s);
+    auto hs = hidden.narrow(1, s, c);
+    auto grad_logits = softmax_part(hs, weight, s, c, std::move(kept));
+    grad_logits.scatter_add_(-1, targets.narrow(1, s, c).unsqueeze(-1), g.narrow(1, s, c).unsqueeze(-1));
+    auto gl = grad_logits.to(weight.scalar_type());
+    if (want_hidden) grad_hidden.narrow(1, s, c).copy_(at::matmul(gl, weight));
+    if (want_weight) grad_weight.add_(at::mm(gl.reshape({-1, v}).t(), hs.reshape({-1, h})).to(at::kFloat));
+  }
+  return {grad_hidden, want_weight ? grad_weight.to(weight.scalar_type()) : at::Tensor()};
+}
+
 // hidden [B, N, H] (model dtype), weight [V, H], targets [B, N] int64 -> [B, N] f32.
 struct TokenLogProbs : public torch::autograd::Function<TokenLogProbs> {
   // `keep`: a backward pass will follow, so a single chunk's softmax is worth keeping for it. `hits`, unless null
@@ -69,38 +106,14 @@ struct TokenLogProbs : public torch::autograd::Function<TokenLogProbs> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    auto saved = ctx->get_saved_variables();
-    const auto& hidden = saved[0];
-    const auto& weight = saved[1];
-    const auto& targets = saved[2];
-    const int64_t chunk = ctx->saved_data["chunk"].toInt();
     const auto g = grads[0].to(at::kFloat);
-    const bool want_hidden = ctx->needs_input_grad(0);
-    const bool want_weight = ctx->needs_input_grad(1);
-    const int64_t n = hidden.size(1), h = hidden.size(2), v = weight.size(0);
-    at::Tensor grad_hidden = want_hidden ? at::zeros_like(hidden) : at::Tensor();
-    // Summed over chunks in f32, then cast once (autograd would sum the chunks' contributions in the weight dtype).
-    at::Tensor grad_weight = want_weight ? at::zeros({v, h}, weight.options().dtype(at::kFloat)) : at::Tensor();
-    // The kept softmax is used once and let go (a second backward pass, with the graph retained, recomputes).
-    at::Tensor kept;
-    if (ctx->saved_data.count("softmax") > 0) {
-      kept = ctx->saved_data["softmax"].toTensor();
-      ctx->saved_data.erase("softmax");
-    }
-    for (int64_t s = 0; s < n && (want_hidden || want_weight); s += chunk) {
-      const int64_t c = std::min(chunk, n - s);
-      auto hs = hidden.narrow(1, s, c);
-      auto gs = g.narrow(1, s, c).unsqueeze(-1);
-      // d(picked - logsumexp)/d logits = onehot(target) - softmax(logits), times the incoming gradient.
-      auto probs = kept.defined() ? std::move(kept) : at::linear(hs, weight).to(at::kFloat).softmax(-1);
-      auto grad_logits = probs.mul_(gs).neg_();
-      grad_logits.scatter_add_(-1, targets.narrow(1, s, c).unsqueeze(-1), gs);
-      auto gl = grad_logits.to(weight.scalar_type());
-      if (want_hidden) grad_hidden.narrow(1, s, c).copy_(at::matmul(gl, weight));
-      if (want_weight) grad_weight.add_(at::mm(gl.reshape({-1, v}).t(), hs.reshape({-1, h})).to(at::kFloat));
-    }
-    return {grad_hidden, want_weight ? grad_weight.to(weight.scalar_type()) : at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    auto [grad_hidden, grad_weight] = head_backward(
+        ctx, g, "softmax", [&](const at::Tensor& hs, const at::Tensor& weight, int64_t s, int64_t c, at::Tensor kept) {
+          // d(picked - logsumexp)/d logits = onehot(target) - softmax(logits), times the incoming gradient.
+          auto probs = kept.defined() ? std::move(kept) : at::linear(hs, weight).to(at::kFloat).softmax(-1);
+          return probs.mul_(g.narrow(1, s, c).unsqueeze(-1)).neg_();
+        });
+    return {grad_hidden, grad_weight, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -130,47 +143,21 @@ struct TokenLogProbsWithEntropy : public torch::autograd::Function<TokenLogProbs
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    auto saved = ctx->get_saved_variables();
-    const auto& hidden = saved[0];
-    const auto& weight = saved[1];
-    const auto& targets = saved[2];
-    const int64_t chunk = ctx->saved_data["chunk"].toInt();
     // An output the loss does not use arrives undefined: its gradient is 0.
-    const auto g = grads[0].defined() ? grads[0].to(at::kFloat) : at::zeros_like(hidden.select(2, 0), at::kFloat);
+    const auto g = grads[0].defined() ? grads[0].to(at::kFloat) : at::zeros(grads[1].sizes(), grads[1].options().dtype(at::kFloat));
     const bool with_entropy = grads[1].defined();
     const auto g_h = with_entropy ? grads[1].to(at::kFloat) : at::Tensor();
-    const bool want_hidden = ctx->needs_input_grad(0);
-    const bool want_weight = ctx->needs_input_grad(1);
-    const int64_t n = hidden.size(1), h = hidden.size(2), v = weight.size(0);
-    at::Tensor grad_hidden = want_hidden ? at::zeros_like(hidden) : at::Tensor();
-    at::Tensor grad_weight = want_weight ? at::zeros({v, h}, weight.options().dtype(at::kFloat)) : at::Tensor();
-    // The kept log p is used once and let go (a second backward pass, with the graph retained, recomputes).
-    at::Tensor kept;
-    if (ctx->saved_data.count("log_p") > 0) {
-      kept = ctx->saved_data["log_p"].toTensor();
-      ctx->saved_data.erase("log_p");
-    }
-    for (int64_t s = 0; s < n && (want_hidden || want_weight); s += chunk) {
-      const int64_t c = std::min(chunk, n - s);
-      auto hs = hidden.narrow(1, s, c);
-      auto gs = g.narrow(1, s, c).unsqueeze(-1);
-      auto log_p = kept.defined() ? std::move(kept) : at::linear(hs, weight).to(at::kFloat).log_softmax(-1);
-      auto p = log_p.exp();
-      // dL/dz = p * (-g - g_H (log p + H)) + onehot(target) * g, built in log_p's storage.
-      at::Tensor grad_logits;
-      if (with_entropy) {
-        auto entropy = p.mul(log_p).sum(-1, true).neg_();
-        grad_logits = log_p.add_(entropy).mul_(g_h.narrow(1, s, c).unsqueeze(-1)).add_(gs).mul_(p).neg_();
-      } else {
-        grad_logits = p.mul_(gs).neg_();
-      }
-      grad_logits.scatter_add_(-1, targets.narrow(1, s, c).unsqueeze(-1), gs);
-      auto gl = grad_logits.to(weight.scalar_type());
-      if (want_hidden) grad_hidden.narrow(1, s, c).copy_(at::matmul(gl, weight));
-      if (want_weight) grad_weight.add_(at::mm(gl.reshape({-1, v}).t(), hs.reshape({-1, h})).to(at::kFloat));
-    }
-    return {grad_hidden, want_weight ? grad_weight.to(weight.scalar_type()) : at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor()};
+    auto [grad_hidden, grad_weight] = head_backward(
+        ctx, g, "log_p", [&](const at::Tensor& hs, const at::Tensor& weight, int64_t s, int64_t c, at::Tensor kept) {
+          auto log_p = kept.defined() ? std::move(kept) : at::linear(hs, weight).to(at::kFloat).log_softmax(-1);
+          auto p = log_p.exp();
+          auto gs = g.narrow(1, s, c).unsqueeze(-1);
+          if (!with_entropy) return p.mul_(gs).neg_();
+          // -p * (g + g_H (log p + H)), built in log_p's storage.
+          auto entropy = p.mul(log_p).sum(-1, true).neg_();
+          return log_p.add_(entropy).mul_(g_h.narrow(1, s, c).unsqueeze(-1)).add_(gs).mul_(p).neg_();
+        });
+    return {grad_hidden, grad_weight, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
