@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use grpo_host::model::recompute::checkpointed_runs;
-use grpo_host::model::{LoraConfig, Model};
+use grpo_host::model::{EntropyGrad, LoraConfig, Model};
 use tch::{Device, Kind, Tensor};
 
 const FAMILIES: &[&str] = &["llama", "llama3", "qwen2", "qwen3"];
@@ -230,7 +230,8 @@ fn token_entropy_is_the_plain_distributions_and_changes_no_log_prob_or_gradient(
     let r = reference(&dir, Device::Cpu);
     let (ids, mask) = (&r["input_ids"], &r["attention_mask"]);
     let t = ids.size()[1];
-    let (lp, entropy) = tch::no_grad(|| model.token_log_probs_and_entropy(ids, mask, grpo_host::model::Padding::Any));
+    let (lp, entropy) =
+        tch::no_grad(|| model.token_log_probs_and_entropy(ids, mask, grpo_host::model::Padding::Any, EntropyGrad::No));
     assert!(lp.equal(&tch::no_grad(|| model.token_log_probs(ids, mask))));
     let logits = tch::no_grad(|| model.forward(ids, mask, &Model::position_ids(mask)));
     let log_p = logits.narrow(1, 0, t - 1).log_softmax(-1, Kind::Float);
@@ -294,8 +295,8 @@ fn a_differentiable_entropy_has_plain_autograds_gradients() {
     let r = reference(&dir, Device::Cpu);
     let (ids, mask) = (&r["input_ids"], &r["attention_mask"]);
     let padding = grpo_host::model::Padding::Any;
-    let (lp, h) = model.token_log_probs_and_entropy_with_grad(ids, mask, padding);
-    let (want_lp, want_h) = tch::no_grad(|| model.token_log_probs_and_entropy(ids, mask, padding));
+    let (lp, h) = model.token_log_probs_and_entropy(ids, mask, padding, EntropyGrad::Yes);
+    let (want_lp, want_h) = tch::no_grad(|| model.token_log_probs_and_entropy(ids, mask, padding, EntropyGrad::No));
     assert!(lp.requires_grad() && h.requires_grad());
     assert!(lp.detach().equal(&want_lp));
     assert!((h.detach() - want_h).abs().max().double_value(&[]) < 1e-5);
@@ -316,7 +317,8 @@ fn log_probs_at_a_temperature_are_the_scaled_logits_distribution() {
     let real = mask.narrow(1, 0, t - 1);
     let plain = tch::no_grad(|| model.token_log_probs(ids, mask));
     model.set_logprob_temperature(0.5);
-    let (lp, entropy) = tch::no_grad(|| model.token_log_probs_and_entropy(ids, mask, grpo_host::model::Padding::Any));
+    let (lp, entropy) =
+        tch::no_grad(|| model.token_log_probs_and_entropy(ids, mask, grpo_host::model::Padding::Any, EntropyGrad::No));
     let log_p = (&logits / 0.5).log_softmax(-1, Kind::Float);
     assert!(max_abs_where(&lp, &log_p.gather(-1, &targets, false).squeeze_dim(-1), &real) < 1e-4);
     assert!(max_abs_where(&lp, &plain, &real) > 0.1, "the temperature changed nothing");

@@ -8,7 +8,7 @@ use grpo_host::checkpoint::TrainerState;
 use grpo_host::distributed::World;
 use grpo_host::generate::SamplingParams;
 use grpo_host::model::recompute::checkpointed_runs;
-use grpo_host::model::{DeviceSpec, DtypeSpec};
+use grpo_host::model::{DeviceSpec, DtypeSpec, EntropyGrad};
 use grpo_host::plugins::{AlgorithmPlugin, DiscoveryOptions, EnvironmentPlugin, Registry};
 use grpo_host::rollout::{never, run_episodes, task_seeds, RolloutConfig};
 use grpo_host::train::config::{
@@ -418,8 +418,9 @@ fn a_top_entropy_quantile_trains_on_the_high_entropy_tokens_only() {
     let policy = model();
     let exp = experience::prepare(&scored, &policy, &objective, 6).unwrap();
     let padding = grpo_host::model::Padding::Right;
-    let (_, entropy) =
-        tch::no_grad(|| policy.model().token_log_probs_and_entropy(&exp.tokens, &exp.attention_mask, padding));
+    let (_, entropy) = tch::no_grad(|| {
+        policy.model().token_log_probs_and_entropy(&exp.tokens, &exp.attention_mask, padding, EntropyGrad::No)
+    });
     let on = exp.action_mask.to_kind(Kind::Bool);
     let threshold = entropy.masked_select(&on).quantile_scalar(0.7, None::<i64>, false, "linear");
     let mask = entropy.ge_tensor(&threshold).logical_and(&on).to_kind(Kind::Float);

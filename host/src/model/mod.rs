@@ -116,6 +116,15 @@ pub enum Padding {
     Any,
 }
 
+/// Whether the entropy [`Model::token_log_probs_and_entropy`] returns carries a gradient.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntropyGrad {
+    /// A value outside autograd, for the `training_step/entropy` metric or a mask: no extra work in the backward pass.
+    No,
+    /// Differentiable, for a loss that rewards entropy (`--entropy-coeff`).
+    Yes,
+}
+
 /// Which cache slots the rows of a cached forward pass use.
 #[derive(Debug, Clone)]
 pub enum CacheRows {
@@ -486,25 +495,30 @@ impl Model {
         self.log_probs(input_ids, attention_mask, self.log_prob_chunk(input_ids.size()[0]), padding)
     }
 
-    /// [`Model::token_log_probs_padded`], and `[B, T-1]` f32 the entropy of each position's next-token distribution
-    /// (no gradient), read from the logits the log-probs are computed from (one more pass over each chunk of them).
+    /// [`Model::token_log_probs_padded`], and `[B, T-1]` f32 the entropy of each position's next-token distribution,
+    /// read from the logits the log-probs are computed from (one more pass over each chunk of them), with a gradient
+    /// when `grad` says so (model/token_log_probs.cpp).
     pub fn token_log_probs_and_entropy(
         &self,
         input_ids: &Tensor,
         attention_mask: &Tensor,
         padding: Padding,
+        grad: EntropyGrad,
     ) -> (Tensor, Tensor) {
         let chunk = self.log_prob_chunk(input_ids.size()[0]);
         let (b, t) = (input_ids.size()[0], input_ids.size()[1]);
-        let entropy = Tensor::zeros([b, (t - 1).max(0)], (Kind::Float, input_ids.device()));
-        let log_probs = self.log_probs_with(
-            input_ids,
-            attention_mask,
-            chunk,
-            padding,
-            Outputs { entropy: Some(&entropy), ..Outputs::default() },
-        );
-        (log_probs, entropy)
+        match (grad, self.head_inputs(input_ids, attention_mask, padding)) {
+            (EntropyGrad::Yes, Some((hidden, targets))) => {
+                token_log_probs_and_entropy_with_grad_of(&hidden, self.output_weight(), &targets, chunk)
+            }
+            (EntropyGrad::No, Some((hidden, targets))) => {
+                token_log_probs_and_entropy_of(&hidden, self.output_weight(), &targets, chunk)
+            }
+            (_, None) => {
+                let empty = Tensor::zeros([b, (t - 1).max(0)], (Kind::Float, input_ids.device()));
+                (empty.shallow_clone(), empty)
+            }
+        }
     }
 
     /// [`Model::token_log_probs`] with an explicit chunk length (positions per vocabulary projection).
@@ -526,40 +540,9 @@ impl Model {
     }
 
     fn log_probs(&self, input_ids: &Tensor, attention_mask: &Tensor, chunk: i64, padding: Padding) -> Tensor {
-        self.log_probs_with(input_ids, attention_mask, chunk, padding, Outputs::default())
-    }
-
-    fn log_probs_with(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: &Tensor,
-        chunk: i64,
-        padding: Padding,
-        extra: Outputs,
-    ) -> Tensor {
         match self.head_inputs(input_ids, attention_mask, padding) {
-            Some((hidden, targets)) => log_probs_node(&hidden, self.output_weight(), &targets, chunk, extra),
+            Some((hidden, targets)) => token_log_probs_of(&hidden, self.output_weight(), &targets, chunk),
             None => Tensor::zeros([input_ids.size()[0], 0], (Kind::Float, input_ids.device())),
-        }
-    }
-
-    /// [`Model::token_log_probs_and_entropy`] with the entropy differentiable too, for a loss that rewards it
-    /// (`--entropy-coeff`), through the same chunked node (model/token_log_probs.cpp).
-    pub fn token_log_probs_and_entropy_with_grad(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: &Tensor,
-        padding: Padding,
-    ) -> (Tensor, Tensor) {
-        let chunk = self.log_prob_chunk(input_ids.size()[0]);
-        match self.head_inputs(input_ids, attention_mask, padding) {
-            Some((hidden, targets)) => {
-                token_log_probs_and_entropy_with_grad_of(&hidden, self.output_weight(), &targets, chunk)
-            }
-            None => {
-                let empty = Tensor::zeros([input_ids.size()[0], 0], (Kind::Float, input_ids.device()));
-                (empty.shallow_clone(), empty)
-            }
         }
     }
 

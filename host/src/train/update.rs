@@ -18,7 +18,7 @@ use super::policy::Policy;
 use super::precision::LossScaler;
 use crate::checkpoint::TrainerState;
 use crate::distributed::{ReduceOp, World};
-use crate::model::Padding;
+use crate::model::{EntropyGrad, Padding};
 use crate::plugins::AlgorithmPlugin;
 
 /// What the updates of one batch work with.
@@ -200,11 +200,9 @@ impl Updater<'_> {
         for (rows, index) in window {
             let mb = exp.select_at(rows, index);
             let model = self.policy.model();
-            let (log_probs, token_entropy) = if self.entropy_coeff != 0.0 {
-                model.token_log_probs_and_entropy_with_grad(&mb.tokens, &mb.attention_mask, Padding::Right)
-            } else {
-                model.token_log_probs_and_entropy(&mb.tokens, &mb.attention_mask, Padding::Right)
-            };
+            let grad = if self.entropy_coeff != 0.0 { EntropyGrad::Yes } else { EntropyGrad::No };
+            let (log_probs, token_entropy) =
+                model.token_log_probs_and_entropy(&mb.tokens, &mb.attention_mask, Padding::Right, grad);
             // The bonus's share of this micro-batch: its action tokens' entropy over the step's tokens per averaged
             // loss, so the step's bonus is the mean over all its tokens (on every rank) however they are split.
             let bonus = (self.entropy_coeff != 0.0).then(|| {
