@@ -302,9 +302,13 @@ def main():
         loss_case("grpo_gspo_tis_dapo", "grpo", 8, [4, 6, 2], 7, 0.0, 0.1, 0.1, False, 7, 2.0, "dapo", 5.5, "sequence"),
         # CISPO: in each case some ratios pass the cap (with either sign of advantage), and some lie below 1 - eps_low,
         # a bound CISPO does not have; the second with GSPO's sequence ratios and truncated importance weights.
-        loss_case("grpo_cispo_step", "grpo", 12, [5, 2, 7, 1, 3], 8, 0.01, 0.05, 0.28, True, 8, None, "cispo", 13.0, shift=0.1),
         loss_case(
-            "grpo_cispo_gspo_tis", "grpo", 13, [4, 6, 0, 2], 7, 0.0, 0.01, 0.05, False, 7, 2.0, "cispo", None, "sequence", shift=0.1
+            "grpo_cispo_step", "grpo", 12, [5, 2, 7, 1, 3], 8, 0.01, 0.05, 0.28, True, 8, None, "cispo", 13.0, shift=0.1
+        ),
+        loss_case(
+            "grpo_cispo_gspo_tis", "grpo", 13, [4, 6, 0, 2], 7, 0.0, 0.01, 0.05, False, 7, 2.0, "cispo", None,
+            level="sequence",
+            shift=0.1,
         ),
     ]
     for case in cases:

@@ -144,7 +144,8 @@ struct TokenLogProbsWithEntropy : public torch::autograd::Function<TokenLogProbs
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     // An output the loss does not use arrives undefined: its gradient is 0.
-    const auto g = grads[0].defined() ? grads[0].to(at::kFloat) : at::zeros(grads[1].sizes(), grads[1].options().dtype(at::kFloat));
+    const auto g = grads[0].defined() ? grads[0].to(at::kFloat)
+                                      : at::zeros(grads[1].sizes(), grads[1].options().dtype(at::kFloat));
     const bool with_entropy = grads[1].defined();
     const auto g_h = with_entropy ? grads[1].to(at::kFloat) : at::Tensor();
     auto [grad_hidden, grad_weight] = head_backward(
