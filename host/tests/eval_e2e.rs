@@ -34,6 +34,14 @@ fn shared(model: &Path) -> Vec<String> {
     flags.into_iter().flat_map(|(f, v)| [f.to_string(), v]).collect()
 }
 
+/// `grpo-host` with the shipped plugins only (no `GRPO_PLUGIN_PATH` from the shell) and its data directory under
+/// `dir`.
+fn grpo_host(dir: &Path) -> Command {
+    let mut cmd = Command::new(common::host_exe());
+    cmd.env_remove("GRPO_PLUGIN_PATH").env("XDG_DATA_HOME", dir.join("xdg"));
+    cmd
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -59,18 +67,16 @@ const EVAL_KEYS: &[&str] = &[
 fn training_logs_eval_at_its_steps_and_grpo_host_eval_reproduces_a_checkpoint() {
     let runs = tempfile::tempdir().unwrap();
     let train = |extra: &[&str]| {
-        Command::new(common::host_exe())
+        grpo_host(runs.path())
             .args(shared(&tiny_model()))
             .args(["--algo", "grpo", "--max-steps", "2", "--rollouts-per-step", "2", "--group-size", "3"])
             .args(["--train-batch-size", "2", "--lr", "1e-3", "--checkpoint-interval", "1"])
             .args(["--eval-every", "1", "--eval-before-train"])
             .args(["--wandb-mode", "offline", "--runs-dir", runs.path().to_str().unwrap(), "--run-name", "ev"])
             .args(extra)
-            .env_remove("GRPO_PLUGIN_PATH")
             .env_remove("WANDB_DIR")
             // --run-name is a flag: it names the W&B run over the shell's WANDB_NAME.
             .env("WANDB_NAME", "from-the-shell")
-            .env("XDG_DATA_HOME", runs.path().join("xdg"))
             .output()
             .unwrap()
     };
@@ -124,13 +130,11 @@ fn training_logs_eval_at_its_steps_and_grpo_host_eval_reproduces_a_checkpoint() 
     assert!(ckpt.is_dir());
     let summary_path = runs.path().join("eval.json");
     let lines_path = runs.path().join("eval_lines.jsonl");
-    let out = Command::new(common::host_exe())
+    let out = grpo_host(runs.path())
         .arg("eval")
         .args(["--checkpoint", ckpt.to_str().unwrap()])
         .args(shared(&tiny_model()).into_iter().skip(2))
         .args(["--output", summary_path.to_str().unwrap(), "--completions", lines_path.to_str().unwrap()])
-        .env_remove("GRPO_PLUGIN_PATH")
-        .env("XDG_DATA_HOME", runs.path().join("xdg"))
         .output()
         .unwrap();
     assert!(out.status.success(), "eval failed: {}", text(&out.stderr));
@@ -163,13 +167,11 @@ fn training_logs_eval_at_its_steps_and_grpo_host_eval_reproduces_a_checkpoint() 
     // The held-out rows are the file's last three (of 40).
     assert_eq!(again[0]["id"], "row-37");
     // With other settings than the run's evaluations, a note names them (the numbers would not match).
-    let out = Command::new(common::host_exe())
+    let out = grpo_host(runs.path())
         .arg("eval")
         .args(["--checkpoint", ckpt.to_str().unwrap()])
         .args(shared(&tiny_model()).into_iter().skip(2))
         .args(["--max-new-tokens", "7", "--output", runs.path().join("other.json").to_str().unwrap()])
-        .env_remove("GRPO_PLUGIN_PATH")
-        .env("XDG_DATA_HOME", runs.path().join("xdg"))
         .output()
         .unwrap();
     assert!(out.status.success(), "eval failed: {}", text(&out.stderr));
@@ -199,14 +201,12 @@ fn a_lora_checkpoint_is_scored_over_its_base_model() {
     let common_flags =
         ["--env", "math", "--device", "cpu", "--eval-tasks", "3", "--eval-samples", "1", "--max-new-tokens", "6"];
     let common_flags = [&common_flags[..], &["--max-length", "512", "--temperature", "1.0", "--seed", "7"]].concat();
-    let out = Command::new(common::host_exe())
+    let out = grpo_host(runs.path())
         .args(["--model", tiny_model().to_str().unwrap(), "--lora-rank", "2", "--max-steps", "1"])
         .args(["--rollouts-per-step", "2", "--group-size", "2", "--train-batch-size", "4", "--lr", "1e-2"])
         .args(["--sft-warmup-steps", "1", "--sft-batch-size", "2", "--sft-lr", "1e-2", "--eval-every", "1"])
         .args(&common_flags)
         .args(["--no-wandb", "--runs-dir", runs.path().to_str().unwrap(), "--run-name", "lora"])
-        .env_remove("GRPO_PLUGIN_PATH")
-        .env("XDG_DATA_HOME", runs.path().join("xdg"))
         .output()
         .unwrap();
     assert!(out.status.success(), "training failed: {}", text(&out.stderr));
@@ -215,13 +215,11 @@ fn a_lora_checkpoint_is_scored_over_its_base_model() {
     let key = "eval/completion_logprob_mean";
     let score = |source: &[&str], name: &str| {
         let output = runs.path().join(name);
-        let out = Command::new(common::host_exe())
+        let out = grpo_host(runs.path())
             .arg("eval")
             .args(source)
             .args(&common_flags)
             .args(["--output", output.to_str().unwrap()])
-            .env_remove("GRPO_PLUGIN_PATH")
-            .env("XDG_DATA_HOME", runs.path().join("xdg"))
             .output()
             .unwrap();
         assert!(out.status.success(), "eval failed: {}", text(&out.stderr));
@@ -247,14 +245,12 @@ fn the_repetition_penalty_applies_to_the_greedy_episodes() {
         // A file of its own per call: --completions appends.
         calls.set(calls.get() + 1);
         let lines = dir.path().join(format!("greedy-{}.jsonl", calls.get()));
-        let out = Command::new(common::host_exe())
+        let out = grpo_host(dir.path())
             .arg("eval")
             .args(shared(&tiny_model()))
             .args(["--eval-samples", "0", "--max-new-tokens", "12", "--repetition-penalty", penalty])
             .args(["--output", dir.path().join(format!("e-{}.json", calls.get())).to_str().unwrap()])
             .args(["--completions", lines.to_str().unwrap()])
-            .env_remove("GRPO_PLUGIN_PATH")
-            .env("XDG_DATA_HOME", dir.path().join("xdg"))
             .output()
             .unwrap();
         assert!(out.status.success(), "eval failed: {}", text(&out.stderr));
@@ -273,12 +269,10 @@ fn evaluating_an_environment_without_eval_tasks_is_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("tasks.jsonl");
     std::fs::write(&data, "{\"question\": \"1+1\", \"answer\": \"2\", \"num_terms\": 2, \"num_digits\": 1}\n").unwrap();
-    let out = Command::new(common::host_exe())
+    let out = grpo_host(dir.path())
         .args(["eval", "--env", "math", "--device", "cpu", "--model", tiny_model().to_str().unwrap()])
         .args(["--env-config", &format!("{{\"data_path\": \"{}\"}}", data.display())])
         .args(["--output", dir.path().join("e.json").to_str().unwrap()])
-        .env_remove("GRPO_PLUGIN_PATH")
-        .env("XDG_DATA_HOME", dir.path().join("xdg"))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
@@ -294,12 +288,10 @@ fn evaluating_beside_a_dataset_needs_its_eval_tasks_named() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model();
     let host = |args: &[&str]| {
-        Command::new(common::host_exe())
+        grpo_host(dir.path())
             .args(args)
             .args(["--env", "math", "--device", "cpu", "--model", model.to_str().unwrap(), "--dataset"])
             .arg(gsm8k_file())
-            .env_remove("GRPO_PLUGIN_PATH")
-            .env("XDG_DATA_HOME", dir.path().join("xdg"))
             .output()
             .unwrap()
     };
