@@ -206,7 +206,8 @@ fn token_entropy_is_the_plain_distributions_and_changes_no_log_prob_or_gradient(
     for chunk in [1, 2, 100] {
         let lp = grpo_host::model::token_log_probs_of(&hidden, &head, &targets, chunk);
         let expected = Tensor::run_backward(&[&(&lp * &weights).sum(Kind::Float)], &[&hidden, &head], false, false);
-        let (with, entropy) = grpo_host::model::token_log_probs_and_entropy_of(&hidden, &head, &targets, chunk);
+        let (with, entropy) =
+            grpo_host::model::token_log_probs_and_entropy_of(&hidden, &head, &targets, chunk, EntropyGrad::No);
         assert!(with.equal(&lp), "chunk {chunk}: the log-probs changed");
         assert!(!entropy.requires_grad(), "chunk {chunk}: the entropy is outside autograd");
         let diff = (&entropy - &plain).abs().max().double_value(&[]);
@@ -218,7 +219,8 @@ fn token_entropy_is_the_plain_distributions_and_changes_no_log_prob_or_gradient(
     }
     // A vocabulary so long that the CPU computes the entropy in slices of a few rows.
     let head = Tensor::randn([300_000, 8], (Kind::Float, Device::Cpu));
-    let (_, entropy) = grpo_host::model::token_log_probs_and_entropy_of(&hidden.detach(), &head, &targets, 100);
+    let (_, entropy) =
+        grpo_host::model::token_log_probs_and_entropy_of(&hidden.detach(), &head, &targets, 100, EntropyGrad::No);
     let log_p = hidden.detach().linear::<Tensor>(&head, None).log_softmax(-1, Kind::Float);
     let plain = -(log_p.exp() * &log_p).sum_dim_intlist(-1, false, Kind::Float);
     // About ln(300,000) = 12.6 nats, summed over 300,000 f32 terms in another order than log_softmax's.
@@ -270,7 +272,7 @@ fn a_differentiable_entropy_has_plain_autograds_gradients() {
             let expected = Tensor::run_backward(&[&loss(&plain_lp, &plain_h, uses)], &inputs, true, false);
             for chunk in [1, 2, 100] {
                 let (lp, h) =
-                    grpo_host::model::token_log_probs_and_entropy_with_grad_of(&hidden, &head, &targets, chunk);
+                    grpo_host::model::token_log_probs_and_entropy_of(&hidden, &head, &targets, chunk, EntropyGrad::Yes);
                 let node = grpo_host::model::token_log_probs_of(&hidden, &head, &targets, chunk);
                 assert!(lp.equal(&node), "chunk {chunk}: the log-probs differ from the plain node's");
                 let diff = (&h - &plain_h).abs().max().double_value(&[]);

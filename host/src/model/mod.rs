@@ -506,16 +506,12 @@ impl Model {
         grad: EntropyGrad,
     ) -> (Tensor, Tensor) {
         let chunk = self.log_prob_chunk(input_ids.size()[0]);
-        let (b, t) = (input_ids.size()[0], input_ids.size()[1]);
-        match (grad, self.head_inputs(input_ids, attention_mask, padding)) {
-            (EntropyGrad::Yes, Some((hidden, targets))) => {
-                token_log_probs_and_entropy_with_grad_of(&hidden, self.output_weight(), &targets, chunk)
+        match self.head_inputs(input_ids, attention_mask, padding) {
+            Some((hidden, targets)) => {
+                token_log_probs_and_entropy_of(&hidden, self.output_weight(), &targets, chunk, grad)
             }
-            (EntropyGrad::No, Some((hidden, targets))) => {
-                token_log_probs_and_entropy_of(&hidden, self.output_weight(), &targets, chunk)
-            }
-            (_, None) => {
-                let empty = Tensor::zeros([b, (t - 1).max(0)], (Kind::Float, input_ids.device()));
+            None => {
+                let empty = Tensor::zeros([input_ids.size()[0], 0], (Kind::Float, input_ids.device()));
                 (empty.shallow_clone(), empty)
             }
         }
@@ -675,12 +671,7 @@ extern "C" {
 
 /// [`token_log_probs_and_entropy_of`] with the entropy differentiable: `[B, N]` log-probs and entropies, both with
 /// gradients to `hidden` and `weight` (the entropy's `-p (log p + H)` per logit).
-pub fn token_log_probs_and_entropy_with_grad_of(
-    hidden: &Tensor,
-    weight: &Tensor,
-    targets: &Tensor,
-    chunk: i64,
-) -> (Tensor, Tensor) {
+fn differentiable_entropy_node(hidden: &Tensor, weight: &Tensor, targets: &Tensor, chunk: i64) -> (Tensor, Tensor) {
     let mut err = crate::runtime::ErrBuf::new();
     let mut entropy: *mut torch_sys::C_tensor = std::ptr::null_mut();
     // SAFETY: the pointers are live tensors for the duration of the call; non-null results are new heap-allocated
@@ -719,14 +710,18 @@ pub fn token_log_probs_and_hits(hidden: &Tensor, weight: &Tensor, targets: &Tens
     (log_probs_node(hidden, weight, targets, chunk, Outputs { hits: Some(&hits), ..Outputs::default() }), hits)
 }
 
-/// [`token_log_probs_of`], and `[B, N]` f32 (no gradient): the entropy `-sum p log p` of each position's
-/// distribution, computed from the logits the node computes anyway.
+/// [`token_log_probs_of`], and `[B, N]` f32 the entropy `-sum p log p` of each position's distribution, computed
+/// from the logits the node computes anyway: outside autograd, or differentiable too under [`EntropyGrad::Yes`].
 pub fn token_log_probs_and_entropy_of(
     hidden: &Tensor,
     weight: &Tensor,
     targets: &Tensor,
     chunk: i64,
+    grad: EntropyGrad,
 ) -> (Tensor, Tensor) {
+    if grad == EntropyGrad::Yes {
+        return differentiable_entropy_node(hidden, weight, targets, chunk);
+    }
     let entropy = Tensor::zeros(targets.size(), (Kind::Float, targets.device()));
     (log_probs_node(hidden, weight, targets, chunk, Outputs { entropy: Some(&entropy), ..Outputs::default() }), entropy)
 }

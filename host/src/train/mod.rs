@@ -383,15 +383,15 @@ impl Trainer {
     }
 
     /// Under `--reward-kl-coef`, every rank's returns less their KL penalties (what the algorithm scores), this
-    /// rank's KL numbers for the metrics, and the coefficient for the next batch (the adaptive controller's step
-    /// on the global batch's mean KL); otherwise `all_returns` as they are.
+    /// rank's KL numbers for the metrics, and under `--reward-kl-target` the coefficient for the next batch (the
+    /// adaptive controller's step on the global batch's mean KL); otherwise `all_returns` as they are.
     #[allow(clippy::type_complexity)]
     fn kl_penalised(
         &self,
         exp: &Experience,
         rollouts: &[crate::rollout::Rollout],
         all_returns: Vec<Vec<f64>>,
-    ) -> Result<(Vec<Vec<f64>>, Option<(reward_kl::RewardKlSummary, f64)>)> {
+    ) -> Result<(Vec<Vec<f64>>, Option<(reward_kl::RewardKlSummary, Option<f64>)>)> {
         let Some(settings) = self.config.loss.reward_kl else { return Ok((all_returns, None)) };
         let (sums, means) = reward_kl::sequence_kl(exp, settings.estimator)?
             .context("internal: --reward-kl-coef without reference log-probs")?;
@@ -409,7 +409,7 @@ impl Trainer {
         };
         let ranks = self.world.gather("gathering the KL-penalised returns", (penalised, local))?;
         let total = ranks.iter().fold(Default::default(), |a, (_, s)| reward_kl::RewardKlSummary::merge(a, *s));
-        let next = reward_kl::adapted(coef, &settings, total.mean_kl(), total.sequences);
+        let next = settings.target.map(|_| reward_kl::adapted(coef, &settings, total.mean_kl(), total.sequences));
         Ok((ranks.into_iter().map(|(returns, _)| returns).collect(), Some((local, next))))
     }
 
@@ -459,7 +459,7 @@ impl Trainer {
         let Some(ranks) = self.gather_unless_dropped("gathering the batch's rollout metrics", local)? else {
             return Ok(false);
         };
-        if let Some((_, next)) = reward_kl.filter(|_| self.config.loss.reward_kl.is_some_and(|k| k.target.is_some())) {
+        if let Some((_, Some(next))) = reward_kl {
             // The adaptive controller's step, once the batch is certain to be trained on.
             self.state.reward_kl_coef = Some(next);
         }
