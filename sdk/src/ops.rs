@@ -64,6 +64,23 @@ pub struct TermOptions {
     pub kl: KlEstimator,
 }
 
+/// The temperatures of SAPO's soft gate ([`PolicyTerms::sapo`]): the larger, the faster a token's gradient fades
+/// as its ratio leaves 1. The defaults are the paper's and TRL's (`sapo_temperature_pos`, `sapo_temperature_neg`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SoftGate {
+    /// For tokens with a positive advantage.
+    pub tau_pos: f64,
+    /// For the others: a little larger by default, since pushing a sampled token down spreads probability over
+    /// many unsampled ones, which is the less stable direction.
+    pub tau_neg: f64,
+}
+
+impl Default for SoftGate {
+    fn default() -> Self {
+        SoftGate { tau_pos: 1.0, tau_neg: 1.05 }
+    }
+}
+
 /// Which per-token objective [`PolicyTerms`] builds.
 #[derive(Clone, Copy)]
 enum Surrogate {
@@ -71,6 +88,8 @@ enum Surrogate {
     Clipped,
     /// CISPO's capped, constant importance weight times the log-prob ([`PolicyTerms::cispo`]).
     Cispo,
+    /// SAPO's soft gate on the ratio ([`PolicyTerms::sapo`]).
+    Sapo(SoftGate),
 }
 
 /// The per-token pieces of a GRPO-family loss for one micro-batch; every `[B, T]` tensor is 0 outside the mask.
@@ -135,6 +154,43 @@ impl PolicyTerms {
         Self::build(batch, how, Surrogate::Cispo)
     }
 
+    /// SAPO's terms (Soft Adaptive Policy Optimization, Gao et al. 2025; TRL's `loss_type="sapo"`): in place of
+    /// clipping, each token's ratio passes through a sigmoid gate, the surrogate being
+    /// `-sigmoid(tau * (rho - 1)) * 4 / tau * A` with `tau` the gate's `tau_pos` for a positive advantage and
+    /// `tau_neg` otherwise. At `rho = 1` its gradient is the plain policy gradient's, and it fades smoothly as the
+    /// ratio moves away, instead of vanishing at a bound. No token counts as clipped, and the clip range is unused.
+    /// `how.ratio` (GSPO's sequence ratio) and `how.kl` apply as in [`PolicyTerms::with`]; `how.delta` caps a
+    /// branch SAPO does not have and is an error, as are temperatures that are not finite and positive.
+    ///
+    /// ```
+    /// # use grpo_sdk::{LossSettings, PolicyBatch, ops::{PolicyTerms, SoftGate, TermOptions}, tch::Tensor};
+    /// let log_probs = Tensor::from_slice(&[-1.0f32, -0.5]).view([1, 2]).set_requires_grad(true);
+    /// let batch = PolicyBatch {
+    ///     log_probs: log_probs.shallow_clone(),
+    ///     old_log_probs: Tensor::from_slice(&[-1.0f32, -2.5]).view([1, 2]), // ratios 1 and e^2
+    ///     ref_log_probs: None,
+    ///     advantages: Tensor::from_slice(&[2.0f32]),
+    ///     action_mask: Tensor::from_slice(&[true, true]).view([1, 2]),
+    ///     settings: LossSettings { clip_eps_low: 0.2, clip_eps_high: 0.2, kl_weight: 0.0, generate_max_length: 2 },
+    ///     is_weights: None,
+    ///     step_token_divisor: None,
+    /// };
+    /// let terms = PolicyTerms::sapo(&batch, TermOptions::default(), SoftGate::default()).unwrap();
+    /// terms.surrogate.sum(terms.surrogate.kind()).backward();
+    /// let grad = Vec::<f32>::try_from(&log_probs.grad().view([-1])).unwrap();
+    /// // At ratio 1 the gradient is the policy gradient's, -A; far off policy it has faded.
+    /// assert!((grad[0] + 2.0).abs() < 1e-6 && grad[1].abs() < 0.2 * 2.0);
+    /// assert_eq!(terms.clip_fraction(), 0.0);
+    /// ```
+    pub fn sapo(batch: &PolicyBatch, how: TermOptions, gate: SoftGate) -> Result<Self> {
+        for (name, tau) in [("tau_pos", gate.tau_pos), ("tau_neg", gate.tau_neg)] {
+            if !(tau.is_finite() && tau > 0.0) {
+                return Err(Error::msg(format!("SAPO's {name} must be a finite number > 0, got {tau}")));
+            }
+        }
+        Self::build(batch, how, Surrogate::Sapo(gate))
+    }
+
     fn build(batch: &PolicyBatch, how: TermOptions, surrogate: Surrogate) -> Result<Self> {
         let lp = &batch.log_probs;
         let shape = lp.size();
@@ -167,9 +223,10 @@ impl PolicyTerms {
             return Err(Error::msg(format!("step_token_divisor must be a finite number > 0, got {d}")));
         }
         let s = &batch.settings;
-        if let (Surrogate::Cispo, Some(d)) = (surrogate, how.delta) {
+        if let (Surrogate::Cispo | Surrogate::Sapo(_), Some(d)) = (surrogate, how.delta) {
+            let name = if let Surrogate::Cispo = surrogate { "CISPO" } else { "SAPO" };
             return Err(Error::msg(format!(
-                "delta {d} caps the clipped surrogate's unclipped branch, which CISPO does not have; leave it unset"
+                "delta {d} caps the clipped surrogate's unclipped branch, which {name} does not have; leave it unset"
             )));
         }
         if let Some(d) = how.delta.filter(|d| !(d.is_finite() && *d > 1.0 + s.clip_eps_high)) {
@@ -210,6 +267,14 @@ impl PolicyTerms {
                 let weight = ratio.clamp_max(cap).detach();
                 let clipped = ratio.gt(cap).logical_and(&on).to_kind(kind);
                 (-(weight * &adv * lp.where_self(&on, &zero)) * &mask, clipped.shallow_clone(), clipped)
+            }
+            Surrogate::Sapo(gate) => {
+                // Per sequence, one temperature: the advantage's sign picks it (0 goes with the negatives, as in
+                // TRL, and gives 0 either way).
+                let tau = adv.gt(0.0).to_kind(kind) * (gate.tau_pos - gate.tau_neg) + gate.tau_neg;
+                let soft = ((&ratio - 1.0) * &tau).sigmoid() * 4.0 / &tau;
+                let none = mask.zeros_like();
+                (-(soft * &adv) * &mask, none.shallow_clone(), none)
             }
         };
         // The weights correct the sampler's precision, a constant per token: no gradient flows through them.

@@ -24,6 +24,9 @@ Definitions (docs/plugins.md, "The shipped algorithms and environment"):
   CISPO cases         loss_type "cispo": the per-token surrogate is -w*A*logp with w = min(rho, 1+eps_high) held
                       constant (no gradient through it), averaged as "dapo"; a token counts as clipped (upper)
                       where rho > 1+eps_high, whatever its advantage
+  SAPO cases          loss_type "sapo": the per-token surrogate is -g*A with the soft gate g = sigmoid(tau*(rho-1))*4/tau,
+                      tau = sapo_temperature_pos (default 1) where A > 0, else sapo_temperature_neg (1.05); no token
+                      counts as clipped; averaged as "grpo"
   TIS cases           the surrogate of each action token times w = min(exp(old - sampled), cap), the truncated
                       importance weight of a sampler in another precision (the KL term is not weighted)
 
@@ -74,7 +77,7 @@ def drgrpo_advantages(rewards, groups):
 
 
 def per_token_terms(
-    logp, old, ref, adv, mask, eps_low, eps_high, sequence_ratio=False, delta=None, kl="k3", cispo=False
+    logp, old, ref, adv, mask, eps_low, eps_high, sequence_ratio=False, delta=None, kl="k3", cispo=False, sapo=None
 ):
     """Surrogate and k3 per token, zero outside the mask, written out token by token on purpose (no shared code
     with the vectorised Rust implementation)."""
@@ -91,7 +94,11 @@ def per_token_terms(
             if not mask[b][t]:
                 continue
             rho = seq_rho if sequence_ratio else torch.exp(logp[b, t] - old[b, t])
-            if cispo:
+            if sapo is not None:
+                # The gate is differentiated; its slope at rho = 1 is exactly 1.
+                tau = sapo[0] if a > 0 else sapo[1]
+                surr[b, t] = -(torch.sigmoid(tau * (rho - 1)) * 4 / tau * a)
+            elif cispo:
                 # The capped ratio weighs the log-prob's gradient and is not differentiated itself.
                 w = min(float(rho.detach()), 1 + eps_high)
                 surr[b, t] = -(w * a * logp[b, t])
@@ -137,6 +144,7 @@ def loss_case(
     delta=None,
     shift=0.0,
     kl=None,
+    sapo=None,
 ):
     g = torch.Generator().manual_seed(seed)
     B = len(lengths)
@@ -162,6 +170,7 @@ def loss_case(
         delta=delta,
         kl=kl or "k3",
         cispo=loss_type == "cispo",
+        sapo=(sapo or (1.0, 1.05)) if loss_type == "sapo" else None,
     )
     is_weights = None
     if tis_cap is not None:
@@ -177,7 +186,7 @@ def loss_case(
     m = torch.tensor(mask, dtype=torch.float64)
     n_tok = m.sum(-1)
     per_token = surr + beta * k3
-    if algo == "grpo" and loss_type in (None, "grpo"):
+    if algo == "grpo" and loss_type in (None, "grpo", "sapo"):
         denom = torch.clamp(n_tok, min=1.0)
         loss = ((per_token * m).sum(-1) / denom).mean()
     elif algo == "grpo" and loss_type == "dr_grpo":
@@ -211,6 +220,8 @@ def loss_case(
         config["delta"] = delta
     if kl is not None:
         config["kl_estimator"] = kl
+    if sapo is not None:
+        config["sapo_temperature_pos"], config["sapo_temperature_neg"] = sapo
     return {
         "kind": "loss",
         "algorithm": algo,
@@ -309,6 +320,15 @@ def main():
             "grpo_cispo_gspo_tis", "grpo", 13, [4, 6, 0, 2], 7, 0.0, 0.01, 0.05, False, 7, 2.0, "cispo", None,
             level="sequence",
             shift=0.1,
+        ),
+        # SAPO: ratios from about e^-0.5 to e^0.9, both signs of advantage, a row without actions, the KL term; the
+        # second with other temperatures, GSPO's sequence ratio and truncated importance weights.
+        loss_case("grpo_sapo", "grpo", 14, [5, 2, 7, 0, 3], 8, 0.02, 0.2, 0.2, True, 8, loss_type="sapo", shift=0.3),
+        loss_case(
+            "grpo_sapo_gspo_tis", "grpo", 15, [4, 6, 1, 5], 7, 0.0, 0.2, 0.2, False, 7, 2.0, "sapo", None,
+            level="sequence",
+            shift=0.4,
+            sapo=(2.0, 3.5),
         ),
     ]
     for case in cases:

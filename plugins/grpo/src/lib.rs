@@ -2,7 +2,7 @@
 //! aggregated as a per-sequence masked mean, then the mean over sequences, or over tokens with `loss_type`
 //! (docs/plugins.md, "The shipped algorithms and environment").
 
-use grpo_sdk::ops::{split_groups, KlEstimator, PolicyTerms, RatioLevel, TermOptions};
+use grpo_sdk::ops::{split_groups, KlEstimator, PolicyTerms, RatioLevel, SoftGate, TermOptions};
 use grpo_sdk::tch::Tensor;
 use grpo_sdk::{Algorithm, DeferredLoss, LossOutput, MetricSource, PolicyBatch, Result};
 use serde::{Deserialize, Serialize};
@@ -26,6 +26,10 @@ pub struct Config {
     pub delta: Option<f64>,
     /// The per-token estimate of the KL penalty (verl's `kl_loss_type`).
     pub kl_estimator: KlEstimator,
+    /// `loss_type: "sapo"`'s gate temperature for positive advantages (TRL's `sapo_temperature_pos`).
+    pub sapo_temperature_pos: f64,
+    /// `loss_type: "sapo"`'s gate temperature for the other advantages (TRL's `sapo_temperature_neg`).
+    pub sapo_temperature_neg: f64,
 }
 
 impl Default for Config {
@@ -38,6 +42,8 @@ impl Default for Config {
             importance_sampling_level: RatioLevel::Token,
             delta: None,
             kl_estimator: KlEstimator::K3,
+            sapo_temperature_pos: SoftGate::default().tau_pos,
+            sapo_temperature_neg: SoftGate::default().tau_neg,
         }
     }
 }
@@ -64,6 +70,10 @@ pub enum LossType {
     /// the ratio capped at `1 + --clip-eps-high` and held constant, so no token loses its gradient; averaged as
     /// `"dapo"`, over every token of the optimizer step.
     Cispo,
+    /// SAPO's objective (Qwen; TRL's `"sapo"`): no clipping, each token's ratio through a sigmoid gate whose
+    /// gradient is the policy gradient's at ratio 1 and fades as the ratio leaves it, faster for negative advantages
+    /// (`sapo_temperature_pos`, `sapo_temperature_neg`); averaged as `"grpo"`, per sequence, then over sequences.
+    Sapo,
 }
 
 /// What a reward is compared with.
@@ -102,7 +112,7 @@ impl grpo_sdk::Plugin for Grpo {
     const NAME: &'static str = "grpo";
     const DESCRIPTION: &'static str =
         "GRPO: (r - mean) / (std + eps) advantages (scale_rewards: group, batch or none; baseline leave_one_out for \
-         RLOO), clipped surrogate + k3 KL, per-sequence mean (loss_type: grpo, bnpo, dapo, dr_grpo or cispo); \
+         RLOO), clipped surrogate + k3 KL, per-sequence mean (loss_type: grpo, bnpo, dapo, dr_grpo, cispo or sapo); \
          importance_sampling_level sequence for GSPO; delta for two-sided clipping; kl_estimator k3, k1 or k2";
 
     fn new(config: serde_json::Value) -> Result<Self> {
@@ -112,11 +122,21 @@ impl grpo_sdk::Plugin for Grpo {
                 "invalid config: delta must be a number above 1 + the upper clip range (such as 4), got {delta}"
             )));
         }
-        if let (LossType::Cispo, Some(_)) = (config.loss_type, config.delta) {
-            return Err(grpo_sdk::Error::msg(
-                "invalid config: delta caps the clipped surrogate's unclipped branch, which loss_type cispo does not \
+        if let (LossType::Cispo | LossType::Sapo, Some(_)) = (config.loss_type, config.delta) {
+            let name = serde_json::to_value(config.loss_type).unwrap_or_default();
+            return Err(grpo_sdk::Error::msg(format!(
+                "invalid config: delta caps the clipped surrogate's unclipped branch, which loss_type {} does not \
                  have; leave it unset",
-            ));
+                name.as_str().unwrap_or_default()
+            )));
+        }
+        for (name, tau) in
+            [("sapo_temperature_pos", config.sapo_temperature_pos), ("sapo_temperature_neg", config.sapo_temperature_neg)]
+        {
+            if !(tau.is_finite() && tau > 0.0) {
+                let msg = format!("invalid config: {name} must be a finite number > 0 (such as 1), got {tau}");
+                return Err(grpo_sdk::Error::msg(msg));
+            }
         }
         if !(config.std_eps >= 0.0 && config.std_eps.is_finite()) {
             return Err(grpo_sdk::Error::msg(format!(
@@ -174,11 +194,15 @@ impl Algorithm for Grpo {
         let how = TermOptions { ratio, delta, kl };
         let terms = match self.config.loss_type {
             LossType::Cispo => PolicyTerms::cispo(batch, how)?,
+            LossType::Sapo => {
+                let gate = SoftGate { tau_pos: self.config.sapo_temperature_pos, tau_neg: self.config.sapo_temperature_neg };
+                PolicyTerms::sapo(batch, how, gate)?
+            }
             _ => PolicyTerms::with(batch, how)?,
         };
         let per_token = terms.per_token_loss(batch.settings.kl_weight);
         let loss = match self.config.loss_type {
-            LossType::Grpo => terms.sequence_mean(&per_token),
+            LossType::Grpo | LossType::Sapo => terms.sequence_mean(&per_token),
             LossType::Bnpo => terms.token_mean(&per_token),
             LossType::Dapo | LossType::Cispo => terms.step_token_mean(&per_token),
             LossType::DrGrpo => {

@@ -79,6 +79,7 @@ fn each_loss_type_has_its_own_fixture_and_value() {
         ("dapo", None),
         ("dr_grpo", None),
         ("cispo", Some(13.0)),
+        ("sapo", None),
     ];
     for (loss_type, divisor) in types {
         let algo = Grpo::new(serde_json::json!({"loss_type": loss_type})).unwrap();
@@ -93,6 +94,7 @@ fn each_loss_type_has_its_own_fixture_and_value() {
     assert_num("dapo alone", values[3], values[1]);
     assert!((values[4] - values[0]).abs() > 1e-3, "dr_grpo and grpo agree: {values:?}");
     assert!((values[5] - values[2]).abs() > 1e-3, "cispo and dapo agree: {values:?}");
+    assert!((values[6] - values[0]).abs() > 1e-3, "sapo and grpo agree: {values:?}");
     let options = ["grpo_bnpo", "grpo_dapo_step", "grpo_dapo_alone", "grpo_gspo", "grpo_gspo_tis_dapo", "grpo_delta"];
     for name in options.into_iter().chain([
         "grpo_kl_k1",
@@ -100,6 +102,8 @@ fn each_loss_type_has_its_own_fixture_and_value() {
         "grpo_dr_grpo",
         "grpo_cispo_step",
         "grpo_cispo_gspo_tis",
+        "grpo_sapo",
+        "grpo_sapo_gspo_tis",
     ]) {
         assert!(fixtures("loss", Some("grpo")).iter().any(|c| c["name"] == name && !c["config"].is_null()), "{name}");
     }
@@ -110,6 +114,10 @@ fn each_loss_type_has_its_own_fixture_and_value() {
     assert!(err.contains("delta must be a number above 1"), "{err}");
     let err = Grpo::new(serde_json::json!({"loss_type": "cispo", "delta": 4.0})).err().unwrap().to_string();
     assert!(err.contains("delta caps the clipped surrogate's unclipped branch, which loss_type cispo"), "{err}");
+    let err = Grpo::new(serde_json::json!({"loss_type": "sapo", "delta": 4.0})).err().unwrap().to_string();
+    assert!(err.contains("which loss_type sapo does not have"), "{err}");
+    let err = Grpo::new(serde_json::json!({"loss_type": "sapo", "sapo_temperature_neg": 0.0})).err().unwrap();
+    assert!(err.to_string().contains("sapo_temperature_neg must be a finite number > 0"), "{err}");
     let algo = Grpo::new(serde_json::json!({"delta": 1.1})).unwrap();
     let err = algo.loss(&batch(&case).1).err().unwrap().to_string();
     assert!(err.contains("delta 1.1 must be a number above 1 + clip_eps_high = 1.2"), "{err}");
