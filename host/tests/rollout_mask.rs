@@ -14,7 +14,9 @@ use std::sync::Mutex;
 use grpo_host::generate::{generate, GenerateRequest, SamplingParams};
 use grpo_host::model::Model;
 use grpo_host::plugins::{EnvironmentPlugin, Registry};
-use grpo_host::rollout::{never, run_episodes, task_seeds, EndReason, Rollout, RolloutConfig};
+use grpo_host::rollout::{
+    never, run_episodes, task_seeds, EndReason, PromptLimit, PromptTruncation, Rollout, RolloutConfig,
+};
 use grpo_host::tokenizer::Tokenizer;
 use grpo_sdk::tch::{Device, Kind};
 use grpo_sdk::{Environment, Message, MetricSource, Reward, Split, StepOutcome, Task};
@@ -93,6 +95,7 @@ fn config(sampling: SamplingParams, max_batch_rows: Option<usize>) -> RolloutCon
         max_batch_rows,
         multi_step: 1,
         rewards: Default::default(),
+        prompt_limit: None,
     }
 }
 
@@ -223,6 +226,45 @@ fn turns_stop_at_the_context_limit() {
         // A turn cut by the limit is cut at it.
         assert!(out.rollouts.iter().any(|r| r.tokens.len() == cfg.max_length), "multi-step {multi_step}");
     }
+}
+
+/// `--max-prompt-length`: a longer opening prompt is cut before the model sees it, at its start (`left`) or in its
+/// middle (`middle`), and the episode runs from the cut prompt; a prompt that fits is left as it is; `error` stops
+/// with one line naming the task.
+#[test]
+fn opening_prompts_are_cut_to_the_prompt_limit() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Setup { env, tokenizer, model, tasks } = setup();
+    let free = config(SamplingParams::default(), None);
+    let seeds = task_seeds(5, 0, tasks.len());
+    let full = run_episodes(&model, &tokenizer, &env, &tasks, &free, &seeds, &never).unwrap().unwrap().rollouts;
+    let n = full[0].prompt_len;
+    assert!(full.iter().all(|r| !r.prompt_truncated && r.prompt_len == n), "the tasks' prompts have one length");
+    let limited = |max_tokens: usize, truncation: PromptTruncation| {
+        let cfg = RolloutConfig { prompt_limit: Some(PromptLimit { max_tokens, truncation }), ..free.clone() };
+        run_episodes(&model, &tokenizer, &env, &tasks, &cfg, &seeds, &never).map(|out| out.unwrap().rollouts)
+    };
+    let keep = n - 7;
+    for truncation in [PromptTruncation::Left, PromptTruncation::Middle] {
+        let cut = limited(keep, truncation).unwrap();
+        for (r, f) in cut.iter().zip(&full) {
+            let whole = &f.tokens[..n];
+            let expected = match truncation {
+                PromptTruncation::Left => whole[n - keep..].to_vec(),
+                _ => [&whole[..keep / 2], &whole[n - (keep - keep / 2)..]].concat(),
+            };
+            assert_eq!(&r.tokens[..r.prompt_len], expected.as_slice(), "{truncation}");
+            assert!(r.prompt_truncated && r.action[..r.prompt_len].iter().all(|a| !a), "{truncation}");
+            assert_eq!(r.prompt_text, tokenizer.decode(&expected, false).unwrap(), "{truncation}: the shown prompt");
+            assert!(r.turns > 0 && r.action.iter().any(|a| *a), "{truncation}: the episode ran from the cut prompt");
+        }
+    }
+    // A limit the prompts fit changes nothing.
+    let fits = limited(n, PromptTruncation::Error).unwrap();
+    assert!(fits.iter().zip(&full).all(|(a, b)| a.tokens == b.tokens && !a.prompt_truncated));
+    let err = limited(n - 1, PromptTruncation::Error).err().unwrap().to_string();
+    let want = format!("task 0's prompt has {n} tokens, more than --max-prompt-length {}; raise it", n - 1);
+    assert!(err.contains(&want), "{err}");
 }
 
 /// The prefill counter: each group's prompt once, then every glue and environment token once (the turns' sampled

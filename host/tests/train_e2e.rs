@@ -356,6 +356,50 @@ fn prompts_past_max_length_sample_one_token_and_warn() {
     assert_eq!(lengths, vec![1.0]);
 }
 
+/// `--max-prompt-length`: every math prompt is longer than 12 tokens, so each is cut to its last 12 (the default
+/// `left`) before the model sees it; the completions table shows the cut prompt, the end of the uncut run's; the share
+/// is logged and the limit saved with the run. `error` stops the run in one line naming the task; a truncation
+/// without a limit, and a limit at `--max-length`, are refused.
+#[test]
+fn a_prompt_limit_cuts_every_longer_prompt_and_is_logged_and_saved() {
+    let runs = tempfile::tempdir().unwrap();
+    let prompts = |name: &str, extra: &[&str]| -> Vec<String> {
+        let base = ["--max-steps", "1", "--log-completions-interval", "1"];
+        let out = train(runs.path(), name, &[&base[..], extra].concat());
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let lines = std::fs::read_to_string(runs.path().join(name).join("completions.jsonl")).unwrap();
+        let rows = lines.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap());
+        rows.map(|r| r["prompt"].as_str().unwrap().to_string()).collect()
+    };
+    let (whole, cut) = (prompts("whole", &[]), prompts("cut", &["--max-prompt-length", "12"]));
+    assert_eq!(cut.len(), 6);
+    for (c, w) in cut.iter().zip(&whole) {
+        assert!(c.len() < w.len() && w.ends_with(c.as_str()), "{c:?} is not the end of {w:?}");
+    }
+    let share = |name: &str| rows(&runs.path().join(name))[0]["episodes/prompt_truncated_share"].as_f64();
+    assert_eq!((share("whole"), share("cut")), (Some(0.0), Some(1.0)));
+    let saved = json_file(&runs.path().join("cut/config.json"));
+    assert_eq!(saved["run"]["batch"]["prompt_limit"], serde_json::json!({"max_tokens": 12, "truncation": "left"}));
+
+    let out =
+        train(runs.path(), "error", &["--max-steps", "1", "--max-prompt-length", "12", "--prompt-truncation", "error"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("'s prompt has") && err.contains("tokens, more than --max-prompt-length 12; raise it"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    for (flags, line) in [
+        (&["--prompt-truncation", "middle"][..], "--prompt-truncation middle needs --max-prompt-length N"),
+        (&["--max-prompt-length", "512"][..], "--max-prompt-length 512: must be at least 1 and below --max-length 512"),
+    ] {
+        let out = train(runs.path(), "refused", &[&["--max-steps", "1"][..], flags].concat());
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+        assert!(text(&out.stderr).contains(line), "{}", text(&out.stderr));
+    }
+}
+
 /// `--dynamic-sampling` trains on groups whose rewards vary: the random model's replies are scored by their last
 /// number, so now and then a group has a right answer, and further rounds roll out more tasks until the batch has
 /// two such groups. The second batch (after updates at a high rate) runs out of rounds, keeps equal-reward groups in

@@ -76,6 +76,7 @@ fn batch(accumulate: usize) -> BatchSettings {
         max_new_tokens: 6,
         max_length: 512,
         max_turns: 1,
+        prompt_limit: None,
         max_batch_rows: None,
         multi_step: 1,
         dynamic_sampling: None,
@@ -96,6 +97,7 @@ fn scored_batch(policy: &Policy, algo: &AlgorithmPlugin, env: &EnvironmentPlugin
         max_batch_rows: None,
         multi_step: 1,
         rewards: Default::default(),
+        prompt_limit: batch.prompt_limit,
     };
     let seeds = task_seeds(11, 0, tasks.len());
     let rollouts =

@@ -175,6 +175,9 @@ pub struct EvalArgs {
     /// Most assistant turns per episode (as the run's --max-turns).
     #[arg(long, default_value_t = 4)]
     pub max_turns: usize,
+    /// The longest opening prompt (as the run's --max-prompt-length and --prompt-truncation).
+    #[command(flatten)]
+    pub prompt: super::args::PromptArgs,
     /// The run's --seed: it picks generated eval tasks and the sampled episodes' seeds.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -230,8 +233,12 @@ pub fn run(args: EvalArgs) -> anyhow::Result<i32> {
     }
     policy.model().set_training(false);
     policy.refresh_sampler(None);
-    let limits =
-        EpisodeLimits { max_new_tokens: args.max_new_tokens, max_turns: args.max_turns, max_length: args.max_length };
+    let limits = EpisodeLimits {
+        max_new_tokens: args.max_new_tokens,
+        max_turns: args.max_turns,
+        max_length: args.max_length,
+        prompt_limit: args.prompt.limit(args.max_length)?,
+    };
     if let Some(note) = args.checkpoint.as_deref().and_then(|dir| {
         let here = Decisive {
             env: env.name(),
@@ -304,6 +311,7 @@ impl Decisive<'_> {
             ("--max-new-tokens", self.limits.max_new_tokens.to_string()),
             ("--max-turns", self.limits.max_turns.to_string()),
             ("--max-length", self.limits.max_length.to_string()),
+            ("--max-prompt-length/--prompt-truncation", prompt_limit(self.limits.prompt_limit)),
             ("--eval-tasks", s.tasks.map_or("all".to_string(), |n| n.to_string())),
             ("--eval-samples", s.samples.to_string()),
             ("--eval-batch-tasks", s.batch_tasks.to_string()),
@@ -316,6 +324,11 @@ impl Decisive<'_> {
             ("--chat-template-kwargs", serde_json::Value::Object(self.chat_template_kwargs.clone()).to_string()),
         ]
     }
+}
+
+/// `--max-prompt-length N/--prompt-truncation T` as the note shows them: `N/T`, or `none`.
+fn prompt_limit(limit: Option<crate::rollout::PromptLimit>) -> String {
+    limit.map_or("none".to_string(), |l| format!("{}/{}", l.max_tokens, l.truncation))
 }
 
 /// A note naming the settings in which this evaluation differs from the in-training ones of the run that wrote the
@@ -334,7 +347,7 @@ fn differences_from_run(dir: &Path, here: &Decisive<'_>) -> Option<String> {
         env_config: &run.plugins.env_config,
         rewards: &run.rewards,
         data: &run.data,
-        limits: EpisodeLimits { max_new_tokens: b.max_new_tokens, max_turns: b.max_turns, max_length: b.max_length },
+        limits: b.episode_limits(),
         settings: &run.eval,
         seed: run.seed,
         mixed_precision: run.model.mixed_precision,

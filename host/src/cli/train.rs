@@ -97,6 +97,9 @@ pub struct TrainArgs {
     /// Most assistant turns in one episode (an environment usually ends it sooner).
     #[arg(long, default_value_t = 4)]
     pub max_turns: usize,
+    /// The longest opening prompt (`--max-prompt-length`, `--prompt-truncation`).
+    #[command(flatten)]
+    pub prompt: super::args::PromptArgs,
     /// Episodes the rollout engine keeps in its batch at once, each with its cache slot (default: the whole
     /// batch, or as many as fit in a quarter of free memory, half of free GPU memory on CUDA).
     #[arg(long)]
@@ -314,6 +317,7 @@ impl TrainArgs {
                 max_new_tokens: self.max_new_tokens,
                 max_length: self.max_length,
                 max_turns: self.max_turns,
+                prompt_limit: self.prompt.limit(self.max_length)?,
                 max_batch_rows: self.max_batch_rows,
                 multi_step,
                 dynamic_sampling: self.dynamic_sampling.then_some(crate::train::dynamic_sampling::DynamicSampling {

@@ -79,6 +79,8 @@ pub struct EpisodeLimits {
     pub max_turns: usize,
     /// Most tokens in an episode.
     pub max_length: usize,
+    /// The longest opening prompt (`--max-prompt-length`).
+    pub prompt_limit: Option<crate::rollout::PromptLimit>,
 }
 
 /// The evaluation tasks: `given` (from `--eval-data` or `--eval-holdout`), else `env`'s eval split for `seed`; the
@@ -320,6 +322,7 @@ impl Evaluation {
             max_batch_rows: None,
             multi_step: settings.multi_step,
             rewards: rewards.clone(),
+            prompt_limit: limits.prompt_limit,
         };
         let abandon = || -> Result<Option<EvalShard>> {
             // The partial evaluation's episodes must not reach the next training batch's environment metrics.
@@ -553,7 +556,7 @@ mod tests {
     #[test]
     fn due_points_are_before_training_every_n_batches_and_at_the_end() {
         let settings = EvalSettings { every: 2, before_train: true, ..Default::default() };
-        let limits = EpisodeLimits { max_new_tokens: 1, max_turns: 1, max_length: 2 };
+        let limits = EpisodeLimits { max_new_tokens: 1, max_turns: 1, max_length: 2, prompt_limit: None };
         let evaluation = Evaluation { tasks: Vec::new(), settings, limits, seed: 0, rewards: Default::default() };
         let e = InTraining { evaluation, completions: None };
         assert!(e.due_before_training(0, 0) && !e.due_before_training(1, 3) && !e.due_before_training(0, 4));
@@ -579,7 +582,7 @@ mod tests {
     #[test]
     fn shards_combine_to_the_one_process_result() {
         let settings = EvalSettings { samples: 2, ..Default::default() };
-        let limits = EpisodeLimits { max_new_tokens: 1, max_turns: 1, max_length: 2 };
+        let limits = EpisodeLimits { max_new_tokens: 1, max_turns: 1, max_length: 2, prompt_limit: None };
         let e = Evaluation { tasks: Vec::new(), settings, limits, seed: 0, rewards: Default::default() };
         let all: Vec<(usize, TaskOutcome)> = (0..5).map(|i| (i, outcome(i, i % 2 == 0, i % 3))).collect();
         let rate = |name: &str, x: f64| vec![(name.to_string(), MetricValue::Number(x))];

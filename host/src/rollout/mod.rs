@@ -58,6 +58,56 @@ pub struct RolloutConfig {
     pub multi_step: usize,
     /// How the environment's rewards make an episode's return (`--reward-weights`, `--overlong-buffer`).
     pub rewards: RewardShaping,
+    /// The longest opening prompt (`--max-prompt-length`); `None`: any that fits `max_length`.
+    pub prompt_limit: Option<PromptLimit>,
+}
+
+crate::choice_enum! {
+    /// How a prompt longer than `--max-prompt-length` is shortened (`--prompt-truncation`). There is no "right": it
+    /// would cut the chat template's generation prompt, the one part every prompt needs.
+    pub enum PromptTruncation {
+        /// Keep its last tokens (TRL's `max_prompt_length`): the generation prompt and the latest messages stay,
+        /// the system prompt goes first.
+        Left = "left",
+        /// Keep its first and last halves (verl's `truncation: middle`): the system prompt and the generation prompt
+        /// both stay, the middle goes.
+        Middle = "middle",
+        /// Stop with one line naming the task (verl's default, `error`).
+        Error = "error",
+    }
+}
+
+/// The most tokens an episode's opening prompt may have, and what becomes of a longer one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PromptLimit {
+    /// `--max-prompt-length`.
+    pub max_tokens: usize,
+    /// `--prompt-truncation`.
+    pub truncation: PromptTruncation,
+}
+
+impl PromptLimit {
+    /// `ids` shortened to the limit, or `None` when they fit; an error naming `task` under
+    /// [`PromptTruncation::Error`].
+    pub fn apply(&self, ids: &[u32], task: &str) -> Result<Option<Vec<u32>>> {
+        let (n, keep) = (ids.len(), self.max_tokens);
+        if n <= keep {
+            return Ok(None);
+        }
+        Ok(Some(match self.truncation {
+            PromptTruncation::Left => ids[n - keep..].to_vec(),
+            PromptTruncation::Middle => {
+                let head = keep / 2;
+                [&ids[..head], &ids[n - (keep - head)..]].concat()
+            }
+            PromptTruncation::Error => {
+                return Err(crate::user_error!(
+                    "task {task}'s prompt has {n} tokens, more than --max-prompt-length {keep}; raise it, or pass \
+                     --prompt-truncation left (or middle) to cut such prompts"
+                ))
+            }
+        }))
+    }
 }
 
 /// Where a batch's rollout time went.
@@ -99,6 +149,9 @@ pub struct Rollout {
     pub tokens: Vec<u32>,
     /// Length of the opening prompt.
     pub prompt_len: usize,
+    /// Whether the opening prompt was cut to `--max-prompt-length`.
+    #[serde(default)]
+    pub prompt_truncated: bool,
     /// Per token: sampled by the model (an action).
     pub action: Vec<bool>,
     /// Per token: its log-prob under the sampling policy at temperature 1 (0 where not an action).
@@ -143,6 +196,38 @@ struct Live {
     rollout: Rollout,
 }
 
+/// An episode's opening: the environment's first messages, rendered through the chat template and tokenized, cut
+/// to `--max-prompt-length`.
+#[derive(Clone)]
+struct Opening {
+    messages: Vec<Json>,
+    ids: Vec<u32>,
+    /// The text of `ids` (special tokens kept, as the model sees them).
+    text: String,
+    /// Whether `--max-prompt-length` cut it.
+    truncated: bool,
+}
+
+impl Opening {
+    fn render(
+        tokenizer: &Tokenizer,
+        messages: &[Message],
+        tools: Option<&[Json]>,
+        task: &Task,
+        cfg: &RolloutConfig,
+    ) -> Result<Self> {
+        let messages: Vec<Json> = messages.iter().map(message_json).collect();
+        let text = tokenizer
+            .render_chat(&messages, tools, true)
+            .with_context(|| format!("rendering the opening of task {}", task.id))?;
+        let ids = tokenizer.encode(&text, false)?;
+        match cfg.prompt_limit.map(|limit| limit.apply(&ids, &task.id)).transpose()?.flatten() {
+            Some(kept) => Ok(Opening { messages, text: tokenizer.decode(&kept, false)?, ids: kept, truncated: true }),
+            None => Ok(Opening { messages, ids, text, truncated: false }),
+        }
+    }
+}
+
 /// A `cancelled` for [`run_episodes`] that never cancels.
 pub fn never() -> bool {
     false
@@ -177,20 +262,13 @@ pub fn run_episodes(
     let glue = Glue::new(tokenizer, tools.as_deref())?;
     let mut live: Vec<Live> = Vec::new();
     for (group, task) in tasks.iter().enumerate() {
-        let mut opening: Option<(Vec<Json>, Vec<u32>, String)> = None;
+        let mut opening: Option<Opening> = None;
         for member in 0..cfg.group_size {
             let (episode, messages) = env.reset(task)?;
-            let (messages, ids, text) = match &opening {
+            // The group's episodes open alike: the first renders the prompt for all.
+            let Opening { messages, ids, text, truncated } = match &opening {
                 Some(o) => o.clone(),
-                None => {
-                    let messages: Vec<Json> = messages.iter().map(message_json).collect();
-                    let text = tokenizer
-                        .render_chat(&messages, tools.as_deref(), true)
-                        .with_context(|| format!("rendering the opening of task {}", task.id))?;
-                    let ids = tokenizer.encode(&text, false)?;
-                    opening = Some((messages.clone(), ids.clone(), text.clone()));
-                    (messages, ids, text)
-                }
+                None => opening.insert(Opening::render(tokenizer, &messages, tools.as_deref(), task, cfg)?).clone(),
             };
             let n = ids.len();
             live.push(Live {
@@ -204,6 +282,7 @@ pub fn run_episodes(
                     task: task.clone(),
                     tokens: ids,
                     prompt_len: n,
+                    prompt_truncated: truncated,
                     action: vec![false; n],
                     sample_logprobs: vec![0.0; n],
                     rewards: BTreeMap::new(),

@@ -147,6 +147,9 @@ pub struct BatchSettings {
     pub max_length: usize,
     /// Most assistant turns per episode.
     pub max_turns: usize,
+    /// The longest opening prompt and how a longer one is cut (`--max-prompt-length`); `None`: no limit.
+    #[serde(default)]
+    pub prompt_limit: Option<crate::rollout::PromptLimit>,
     /// Episodes holding a rollout cache slot at once; `None`: the whole batch, as memory allows. Not a result
     /// setting: it changes only which rows share a forward pass, so a resumed run may change it.
     #[serde(default)]
@@ -161,6 +164,16 @@ pub struct BatchSettings {
 }
 
 impl BatchSettings {
+    /// The limits of one episode, as the run's evaluations play them too.
+    pub fn episode_limits(&self) -> crate::eval::EpisodeLimits {
+        crate::eval::EpisodeLimits {
+            max_new_tokens: self.max_new_tokens,
+            max_turns: self.max_turns,
+            max_length: self.max_length,
+            prompt_limit: self.prompt_limit,
+        }
+    }
+
     /// Episodes in one batch.
     pub fn sequences(&self) -> usize {
         self.rollouts_per_step * self.group_size
@@ -455,6 +468,7 @@ impl RunConfig {
             ("--max-new-tokens", json!(b.max_new_tokens)),
             ("--max-length", json!(b.max_length)),
             ("--max-turns", json!(b.max_turns)),
+            ("--max-prompt-length/--prompt-truncation", json!(b.prompt_limit)),
             ("--dynamic-sampling/--max-sampling-rounds", json!(b.dynamic_sampling)),
             ("--lr", json!(o.lr)),
             ("--lr-schedule/--min-lr-ratio", json!([o.schedule, o.min_lr_ratio])),

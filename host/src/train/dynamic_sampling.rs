@@ -192,6 +192,7 @@ mod tests {
             task: Task::new(task, "?", "!"),
             tokens: vec![1, 2],
             prompt_len: 1,
+            prompt_truncated: false,
             action: vec![false, true],
             sample_logprobs: vec![0.0, -1.0],
             rewards: Default::default(),

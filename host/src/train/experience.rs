@@ -238,6 +238,7 @@ mod tests {
             task: grpo_sdk::Task::new("0", "q", "a"),
             tokens,
             prompt_len: 2,
+            prompt_truncated: false,
             action,
             sample_logprobs: (0..n).map(|i| -(i as f32)).collect(),
             rewards: BTreeMap::new(),

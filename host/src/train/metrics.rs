@@ -39,6 +39,8 @@ pub struct RolloutRecord {
     pub tool_messages: usize,
     /// Ended at the context limit.
     pub truncated: bool,
+    /// Its opening prompt was cut to `--max-prompt-length`.
+    pub prompt_truncated: bool,
     /// Masked mean k3 KL of the sampling policy from the reference, when there is one.
     pub kl: Option<f64>,
     /// The rendered prompt.
@@ -98,6 +100,7 @@ impl BatchSummary {
                 cut_turns: r.cut_turns,
                 tool_messages: r.tool_messages,
                 truncated: r.end == EndReason::ContextLimit,
+                prompt_truncated: r.prompt_truncated,
                 kl: kl.as_ref().and_then(|k| k.get(i).copied()),
                 prompt: r.prompt_text.clone(),
                 transcript: r.transcript.clone(),
@@ -231,13 +234,14 @@ fn reward_components(rollouts: &[RolloutRecord]) -> Metrics {
     components.into_iter().map(|(name, v)| (format!("rollout_rewards/{name}"), summarize(&v).mean.into())).collect()
 }
 
-/// Completion lengths, cut turns, turns, tool messages and truncated episodes.
+/// Completion lengths, cut turns, turns, tool messages, truncated episodes and prompts.
 fn episode_shapes(rollouts: &[RolloutRecord]) -> Metrics {
     let l = summarize(&rollouts.iter().map(|r| r.completion_length).collect::<Vec<_>>());
     let turns: usize = rollouts.iter().map(|r| r.turns).sum();
     let cut: usize = rollouts.iter().map(|r| r.cut_turns).sum();
     let tools: usize = rollouts.iter().map(|r| r.tool_messages).sum();
     let truncated = rollouts.iter().filter(|r| r.truncated).count();
+    let prompts_cut = rollouts.iter().filter(|r| r.prompt_truncated).count();
     // Episodes the model ended itself: no turn cut, the stream within --max-length (0 for each when there are none).
     let finished: Vec<f64> = rollouts.iter().filter(|r| !r.was_cut()).map(|r| r.completion_length).collect();
     let f = summarize(&finished);
@@ -253,6 +257,7 @@ fn episode_shapes(rollouts: &[RolloutRecord]) -> Metrics {
         "episodes/turns_mean" => turns as f64 / n,
         "episodes/tool_messages_mean" => tools as f64 / n,
         "episodes/truncated_share" => truncated as f64 / n,
+        "episodes/prompt_truncated_share" => prompts_cut as f64 / n,
     }
 }
 
@@ -415,6 +420,7 @@ mod tests {
             cut_turns: 0,
             tool_messages: 0,
             truncated: false,
+            prompt_truncated: false,
             kl: None,
             prompt: String::new(),
             transcript: String::new(),

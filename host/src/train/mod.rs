@@ -573,6 +573,7 @@ impl Trainer {
             max_batch_rows: b.max_batch_rows,
             multi_step: b.multi_step,
             rewards: self.config.rewards.clone(),
+            prompt_limit: b.prompt_limit,
         };
         let batch_seed = mix(self.config.seed, self.state.batch);
         let round_seed = if round == 0 { batch_seed } else { mix(batch_seed, round as u64) };
@@ -867,11 +868,7 @@ fn in_training_evaluator(
     world: &World,
 ) -> Result<Option<crate::eval::InTraining>> {
     let b = &config.batch;
-    let limits = crate::eval::EpisodeLimits {
-        max_new_tokens: b.max_new_tokens,
-        max_turns: b.max_turns,
-        max_length: b.max_length,
-    };
+    let limits = b.episode_limits();
     let outcomes_dir = world.is_main().then_some(run_dir);
     let given = given.map(Vec::as_slice);
     let rewards = config.rewards.clone();

@@ -130,9 +130,10 @@ impl grpo_sdk::Plugin for Grpo {
                 name.as_str().unwrap_or_default()
             )));
         }
-        for (name, tau) in
-            [("sapo_temperature_pos", config.sapo_temperature_pos), ("sapo_temperature_neg", config.sapo_temperature_neg)]
-        {
+        for (name, tau) in [
+            ("sapo_temperature_pos", config.sapo_temperature_pos),
+            ("sapo_temperature_neg", config.sapo_temperature_neg),
+        ] {
             if !(tau.is_finite() && tau > 0.0) {
                 let msg = format!("invalid config: {name} must be a finite number > 0 (such as 1), got {tau}");
                 return Err(grpo_sdk::Error::msg(msg));
@@ -195,7 +196,8 @@ impl Algorithm for Grpo {
         let terms = match self.config.loss_type {
             LossType::Cispo => PolicyTerms::cispo(batch, how)?,
             LossType::Sapo => {
-                let gate = SoftGate { tau_pos: self.config.sapo_temperature_pos, tau_neg: self.config.sapo_temperature_neg };
+                let gate =
+                    SoftGate { tau_pos: self.config.sapo_temperature_pos, tau_neg: self.config.sapo_temperature_neg };
                 PolicyTerms::sapo(batch, how, gate)?
             }
             _ => PolicyTerms::with(batch, how)?,
