@@ -298,12 +298,48 @@ fn bf16_rollouts_with_f32_training_log_is_ratios_and_resume_exactly() {
         // bf16 sampling moves the probabilities by a few percent: ratios near 1, never all exactly 1.
         assert!(mean.is_finite() && max.is_finite() && max >= mean && mean > 0.5 && mean < 2.0, "{mean} {max}");
         assert!(max != 1.0 || mean != 1.0, "the ratios are all 1: the old log-probs were not recomputed");
+        // Truncated weights are never 0.
+        assert_eq!(row["rollouts/is_masked_share"].as_f64(), Some(0.0));
     }
     // f32 sampling and training: the sampler's log-probs are reused, so there is no ratio to log.
     let plain = train(runs.path(), "f32", &["--max-steps", "1", "--mixed-precision", "no"]);
     assert!(plain.status.success(), "{}", text(&plain.stderr));
     assert!(rows(&runs.path().join("f32")).iter().all(|r| !r.contains_key("rollouts/is_ratio_mean")));
     assert_resume_is_exact(runs.path(), &run, "bf16-rollouts-split", &flags);
+}
+
+/// `--tis-mode`: at the tightest cap, 1, masking per token sets the weight of every token whose ratio is above 1 to
+/// 0, a share strictly between 0 and 1 of bf16 rollouts' tokens, where truncating sets none to 0; the mode is saved
+/// with the run, and a mode without a cap is refused.
+#[test]
+fn masked_importance_weights_zero_the_tokens_over_the_cap() {
+    let runs = tempfile::tempdir().unwrap();
+    let first = |name: &str, mode: &str| {
+        let flags = ["--max-steps", "1", "--mixed-precision", "no", "--rollout-dtype", "bf16", "--tis-cap", "1"];
+        let out = train(runs.path(), name, &[&flags[..], &["--tis-mode", mode]].concat());
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        // Every metric of the run's first batch, whichever row logged it.
+        let mut all = serde_json::Map::new();
+        for row in rows(&runs.path().join(name)) {
+            for (k, v) in row {
+                all.entry(k).or_insert(v);
+            }
+        }
+        all
+    };
+    let (masked, truncated) = (first("token-mask", "token_mask"), first("token-truncate", "token-truncate"));
+    let share = masked["rollouts/is_masked_share"].as_f64().unwrap();
+    assert!(share > 0.0 && share < 1.0, "{share}");
+    assert_eq!(truncated["rollouts/is_masked_share"].as_f64(), Some(0.0));
+    // The same rollouts (one seed, the same weights before the first update), weighted differently. (Their losses
+    // cannot show it: the random model's groups earn equal rewards, so every advantage is 0; the plugins' golden
+    // tests check that the weights multiply each token's policy-gradient term.)
+    assert_eq!(masked["rollouts/is_ratio_mean"], truncated["rollouts/is_ratio_mean"]);
+    let saved = json_file(&runs.path().join("token-mask/config.json"));
+    assert_eq!(saved["run"]["loss"]["tis_mode"], "token-mask");
+    let out = train(runs.path(), "refused", &["--max-steps", "1", "--tis-mode", "sequence-mask"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("--tis-mode sequence-mask needs --tis-cap C"), "{}", text(&out.stderr));
 }
 
 /// fp16 mixed precision logs its dynamic loss scale, starting at GradScaler's 65536, and keeps it in checkpoints.

@@ -55,6 +55,7 @@ fn objective(kl_weight: f64, recompute_old_logprobs: RecomputeOld) -> ObjectiveS
         kl_weight,
         recompute_old_logprobs,
         tis_cap: 0.0,
+        tis_mode: Default::default(),
         mask_truncated_completions: false,
         logprob_temperature: Default::default(),
         top_entropy_quantile: 1.0,

@@ -11,9 +11,9 @@ use crate::generate::SamplingParams;
 use crate::logging::LoggingArgs;
 use crate::model::DtypeSpec;
 use crate::train::config::{
-    BatchSettings, DistSettings, LogSettings, LogprobTemperature, LrSchedule, ModelSettings, ObjectiveSettings,
-    OptimizerSettings, PluginSelection, RecomputeOld, ReferenceSync, RewardKl, RewardKlEstimator, RunConfig,
-    SamplingSettings,
+    BatchSettings, DistSettings, IsCorrection, LogSettings, LogprobTemperature, LrSchedule, ModelSettings,
+    ObjectiveSettings, OptimizerSettings, PluginSelection, RecomputeOld, ReferenceSync, RewardKl, RewardKlEstimator,
+    RunConfig, SamplingSettings,
 };
 use crate::train::precision::MixedPrecision;
 use crate::user_error;
@@ -170,6 +170,11 @@ pub struct TrainArgs {
     /// ratios are logged either way (rollouts/is_ratio_*).
     #[arg(long, default_value_t = 0.0)]
     pub tis_cap: f64,
+    /// How --tis-cap bounds the weights (TRL's vllm_importance_sampling_mode): token-truncate (the default),
+    /// token-mask (0 over the cap), sequence-truncate or sequence-mask (one ratio per sequence, the product of its
+    /// tokens').
+    #[arg(long, value_name = "MODE")]
+    pub tis_mode: Option<IsCorrection>,
     /// Leave episodes that were cut off (a turn stopped at --max-new-tokens, or the episode at --max-length) out of
     /// the loss, as TRL's mask_truncated_completions and DAPO's overlong filtering: their rewards still count in
     /// their group's advantages, but their tokens get no gradient.
@@ -342,6 +347,7 @@ impl TrainArgs {
                 kl_weight: self.kl_weight,
                 recompute_old_logprobs: self.recompute_old_logprobs,
                 tis_cap: self.tis_cap,
+                tis_mode: self.tis_mode.unwrap_or_default(),
                 mask_truncated_completions: self.mask_truncated_completions,
                 logprob_temperature: self.logprob_temperature,
                 top_entropy_quantile: self.top_entropy_quantile,
@@ -446,6 +452,9 @@ impl TrainArgs {
         // Below 1 the cap would down-weight even the tokens where sampler and trainer agree.
         if !(self.tis_cap == 0.0 || (self.tis_cap >= 1.0 && self.tis_cap.is_finite())) {
             return Err(user_error!("--tis-cap {} must be 0 (off) or a number >= 1, such as 2", self.tis_cap));
+        }
+        if let Some(mode) = self.tis_mode.filter(|_| self.tis_cap == 0.0) {
+            return Err(user_error!("--tis-mode {mode} needs --tis-cap C, the bound it applies (such as 2)"));
         }
         Ok(())
     }

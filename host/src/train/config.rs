@@ -286,6 +286,37 @@ crate::choice_enum! {
 }
 
 crate::choice_enum! {
+    /// How the importance weights of a sampler in another precision are formed and bounded by `--tis-cap`
+    /// (`--tis-mode`, TRL's `vllm_importance_sampling_mode`, with its underscores accepted too): each token's own
+    /// ratio or its sequence's (the product of its tokens'), and above the cap cut to the cap or set to 0.
+    #[derive(Default)]
+    pub enum IsCorrection {
+        /// `min(rho_t, cap)` per token: truncated importance sampling (TIS).
+        #[default]
+        TokenTruncate = "token-truncate" | "token_truncate",
+        /// `rho_t`, or 0 where it exceeds the cap: masked importance sampling per token.
+        TokenMask = "token-mask" | "token_mask",
+        /// `min(prod_t rho_t, cap)` for every token of the sequence.
+        SequenceTruncate = "sequence-truncate" | "sequence_truncate",
+        /// `prod_t rho_t` for every token of the sequence, or 0 for all of them where it exceeds the cap (TRL's
+        /// default): a sequence the sampler drew far from the trainer's policy teaches nothing.
+        SequenceMask = "sequence-mask" | "sequence_mask",
+    }
+}
+
+impl IsCorrection {
+    /// Whether one ratio covers a whole sequence.
+    pub fn per_sequence(self) -> bool {
+        matches!(self, IsCorrection::SequenceTruncate | IsCorrection::SequenceMask)
+    }
+
+    /// Whether a weight over the cap becomes 0 rather than the cap.
+    pub fn masks(self) -> bool {
+        matches!(self, IsCorrection::TokenMask | IsCorrection::SequenceMask)
+    }
+}
+
+crate::choice_enum! {
     /// The distribution the loss scores sampled tokens under (`--logprob-temperature`).
     #[derive(Default)]
     pub enum LogprobTemperature {
@@ -312,6 +343,9 @@ pub struct ObjectiveSettings {
     /// Cap of the truncated importance weights `min(p_old / p_sampler, cap)` on recomputed old log-probs; 0: none.
     #[serde(default)]
     pub tis_cap: f64,
+    /// How `tis_cap` bounds the weights, and whether a weight is a token's or its sequence's (`--tis-mode`).
+    #[serde(default)]
+    pub tis_mode: IsCorrection,
     /// Leave episodes with a turn cut at `--max-new-tokens` or `--max-length` out of the loss (TRL's
     /// `mask_truncated_completions`, DAPO's overlong filtering); they still count in their group's advantages.
     #[serde(default)]
@@ -479,7 +513,7 @@ impl RunConfig {
             ("--clip-eps/--clip-eps-high", json!([l.clip_eps_low, l.clip_eps_high])),
             ("--kl-weight", json!(l.kl_weight)),
             ("--recompute-old-logprobs", json!(l.recompute_old_logprobs)),
-            ("--tis-cap", json!(l.tis_cap)),
+            ("--tis-cap/--tis-mode", json!([l.tis_cap, l.tis_mode])),
             ("--mask-truncated-completions", json!(l.mask_truncated_completions)),
             ("--logprob-temperature", json!(l.logprob_temperature)),
             ("--top-entropy-quantile", json!(l.top_entropy_quantile)),

@@ -8,7 +8,7 @@
 use anyhow::Result;
 use tch::{Device, Kind, Tensor};
 
-use super::config::ObjectiveSettings;
+use super::config::{IsCorrection, ObjectiveSettings};
 use super::policy::Policy;
 use super::scored::Scored;
 use crate::rollout::Rollout;
@@ -47,7 +47,8 @@ pub fn prepare_rollouts(
         let recomputed = policy.log_probs(&exp, chunk)?;
         let sampled = std::mem::replace(&mut exp.old_log_probs, recomputed);
         if loss.tis_cap > 0.0 {
-            exp.is_weights = Some(truncated_is_weights(&exp.old_log_probs, &sampled, &exp.action_mask, loss.tis_cap));
+            let (old, mask) = (&exp.old_log_probs, &exp.action_mask);
+            exp.is_weights = Some(importance_weights(old, &sampled, mask, loss.tis_cap, loss.tis_mode));
         }
         exp.sample_log_probs = Some(sampled);
     }
@@ -192,15 +193,42 @@ impl Experience {
         let max = ratio.masked_select(&on).max().double_value(&[]);
         Some((sum, count, max))
     }
+
+    /// The action tokens whose importance weight is 0 (a `--tis-mode` mask over the cap, or a sequence ratio that
+    /// underflowed), and all action tokens; `None` without weights.
+    pub fn zero_weight_tokens(&self) -> Option<(f64, f64)> {
+        let weights = self.is_weights.as_ref()?;
+        let on = self.action_mask.to_kind(Kind::Bool);
+        let zero = weights.eq(0.0).logical_and(&on).sum(Kind::Double).double_value(&[]);
+        Some((zero, on.sum(Kind::Double).double_value(&[])))
+    }
 }
 
-/// Truncated importance sampling (the correction TRL and verl apply to rollouts from another engine): each action
-/// token's weight is `min(exp(old - sampled), cap)`, the probability of the trainer's policy over the sampler's,
-/// capped so that one token the sampler found unlikely cannot dominate the update. 1 outside `action_mask`.
-pub fn truncated_is_weights(old: &Tensor, sampled: &Tensor, action_mask: &Tensor, cap: f64) -> Tensor {
+/// Importance weights for rollouts from a sampler that is not exactly the trainer's policy (the correction TRL and
+/// verl apply to rollouts from another engine or precision). The ratio is the trainer's probability over the
+/// sampler's, `exp(old - sampled)`, each action token's own or, per sequence, the product over its action tokens;
+/// over `cap` it is cut to `cap` (truncated importance sampling) or set to 0 (masked), as `mode` says, so that a
+/// token or sequence the sampler found unlikely cannot dominate the update. 1 outside `action_mask`.
+pub fn importance_weights(
+    old: &Tensor,
+    sampled: &Tensor,
+    action_mask: &Tensor,
+    cap: f64,
+    mode: IsCorrection,
+) -> Tensor {
     let on = action_mask.to_kind(Kind::Bool);
     let zero = old.zeros_like();
-    (old - sampled).where_self(&on, &zero).exp().clamp_max(cap).to_kind(Kind::Float)
+    let log_ratio = (old - sampled).where_self(&on, &zero);
+    let log_ratio = match mode.per_sequence() {
+        true => log_ratio.sum_dim_intlist(-1, true, None).expand_as(old),
+        false => log_ratio,
+    };
+    let ratio = log_ratio.exp();
+    let bounded = match mode.masks() {
+        true => ratio.where_self(&ratio.le(cap), &zero),
+        false => ratio.clamp_max(cap),
+    };
+    bounded.where_self(&on, &zero.ones_like()).to_kind(Kind::Float)
 }
 
 /// A slice of an [`Experience`] for one forward and backward pass.
@@ -268,6 +296,33 @@ mod tests {
         let mb = exp.select(&[0]);
         assert_eq!(mb.tokens.size(), vec![1, 4]);
         assert_eq!(mb.action_mask.size(), vec![1, 3]);
+    }
+
+    /// The four `--tis-mode`s on two sequences, by hand: log-ratios (0.5, -0.2 | 1.0, 0.3, masked 9), cap 1.5.
+    #[test]
+    fn importance_weights_truncate_or_mask_each_token_or_sequence() {
+        let old = Tensor::from_slice(&[0.5f32, -0.2, 0.0, 1.0, 0.3, 9.0]).view([2, 3]);
+        let sampled = old.zeros_like();
+        let mask = Tensor::from_slice(&[true, true, false, true, true, false]).view([2, 3]);
+        let e = f64::exp;
+        let cases = [
+            (IsCorrection::TokenTruncate, [1.5, e(-0.2), 1.0, 1.5, e(0.3), 1.0]),
+            (IsCorrection::TokenMask, [0.0, e(-0.2), 1.0, 0.0, e(0.3), 1.0]),
+            // Per sequence: e^0.3 (under the cap) and e^1.3 (over it), shared by the sequence's action tokens.
+            (IsCorrection::SequenceTruncate, [e(0.3), e(0.3), 1.0, 1.5, 1.5, 1.0]),
+            (IsCorrection::SequenceMask, [e(0.3), e(0.3), 1.0, 0.0, 0.0, 1.0]),
+        ];
+        for (mode, want) in cases {
+            let got = Vec::<f32>::try_from(importance_weights(&old, &sampled, &mask, 1.5, mode).view([-1])).unwrap();
+            for (g, w) in got.iter().zip(want) {
+                assert!((f64::from(*g) - w).abs() < 1e-6, "{mode}: {got:?} vs {want:?}");
+            }
+        }
+        // A sequence whose ratio overflows is masked, not NaN.
+        let far = Tensor::from_slice(&[90.0f32, 90.0]).view([1, 2]);
+        let on = Tensor::from_slice(&[true, true]).view([1, 2]);
+        let w = importance_weights(&far, &far.zeros_like(), &on, 2.0, IsCorrection::SequenceMask);
+        assert_eq!(Vec::<f32>::try_from(w.view([-1])).unwrap(), vec![0.0, 0.0]);
     }
 
     #[test]

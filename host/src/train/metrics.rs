@@ -69,6 +69,10 @@ pub struct BatchSummary {
     pub group_size: usize,
     /// Importance ratios of the sampler against the trainer's old log-probs: (sum, count, max) over action tokens.
     pub is_ratio: Option<(f64, f64, f64)>,
+    /// Action tokens whose importance weight (`--tis-cap`) is 0, and all action tokens, when the loss has weights;
+    /// merged, the ranks' counts added.
+    #[serde(default)]
+    pub is_masked: Option<(f64, f64)>,
     /// Stage times; merged, each the slowest rank's.
     pub timings: Timings,
     /// What dynamic sampling's rounds did (`--dynamic-sampling`); merged, the ranks' counts added.
@@ -112,6 +116,7 @@ impl BatchSummary {
             rollouts,
             group_size: scored.group_size,
             is_ratio: exp.is_ratio_totals(),
+            is_masked: exp.zero_weight_tokens(),
             timings,
             sampling: None,
             reward_kl: None,
@@ -126,6 +131,10 @@ impl BatchSummary {
             out.rollouts.extend(p.rollouts);
             out.is_ratio = match (out.is_ratio, p.is_ratio) {
                 (Some((s, c, m)), Some((s2, c2, m2))) => Some((s + s2, c + c2, m.max(m2))),
+                (a, b) => a.or(b),
+            };
+            out.is_masked = match (out.is_masked, p.is_masked) {
+                (Some((z, c)), Some((z2, c2))) => Some((z + z2, c + c2)),
                 (a, b) => a.or(b),
             };
             out.timings.rollout = out.timings.rollout.max(p.timings.rollout);
@@ -197,6 +206,9 @@ pub fn rollout(batch: &BatchSummary, best_mean_return: f64) -> Metrics {
         // How far the sampler (another precision, or the incremental decode) is from the trainer's policy.
         m.insert("rollouts/is_ratio_mean".into(), (sum / count).into());
         m.insert("rollouts/is_ratio_max".into(), max.into());
+    }
+    if let Some((zero, count)) = batch.is_masked.filter(|(_, count)| *count > 0.0) {
+        m.insert("rollouts/is_masked_share".into(), (zero / count).into());
     }
     m.extend(reward_components(&batch.rollouts));
     m.extend(episode_shapes(&batch.rollouts));
