@@ -111,6 +111,11 @@ pub struct PolicyTerms {
     clipped_high: Tensor,
     /// The batch's [`PolicyBatch::step_token_divisor`].
     step_token_divisor: Option<f64>,
+    /// The probability ratio each token's surrogate used (its sequence's under GSPO), differentiable; 1 outside the
+    /// mask.
+    ratio: Tensor,
+    /// 1 for each sequence [`PolicyTerms::mask_off_policy`] dropped, else 0 (`[B]`); `None` before it runs.
+    off_policy: Option<Tensor>,
 }
 
 impl PolicyTerms {
@@ -294,7 +299,64 @@ impl PolicyTerms {
         if s.kl_weight != 0.0 && kl.is_none() {
             return Err(Error::msg(format!("kl_weight is {} but the host passed no reference log-probs", s.kl_weight)));
         }
-        Ok(PolicyTerms { surrogate, kl, mask, clipped, clipped_high, step_token_divisor: batch.step_token_divisor })
+        let step_token_divisor = batch.step_token_divisor;
+        Ok(PolicyTerms { surrogate, kl, mask, clipped, clipped_high, step_token_divisor, ratio, off_policy: None })
+    }
+
+    /// Multiply each token's KL estimate by its probability ratio to the old policy (the one the tokens were sampled
+    /// from), with its gradient: the KL term then estimates the KL of the current policy rather than of the sampler,
+    /// which is unbiased once the policy has moved (DeepSeek-V3.2's corrected k3; TRL's `use_bias_correction_kl`).
+    /// Without a reference there is nothing to correct.
+    pub fn correct_kl_bias(&mut self) {
+        if let Some(kl) = &self.kl {
+            self.kl = Some(kl * &self.ratio);
+        }
+    }
+
+    /// Off-policy sequence masking (DeepSeek-V3.2; TRL's `off_policy_mask_threshold`): drop from the surrogate
+    /// every sequence whose advantage is negative and whose policy has drifted by more than `threshold` from the
+    /// one it was sampled from, measured as the mean over its action tokens of `old - logp` (a KL estimate, with no
+    /// gradient). Pushing down a sequence the current policy no longer produces teaches little and destabilises;
+    /// a sequence with a non-negative advantage is always kept. The KL term is left as it is.
+    /// [`PolicyTerms::off_policy_fraction_tensor`] is the share of sequences dropped.
+    ///
+    /// ```
+    /// # use grpo_sdk::{LossSettings, PolicyBatch, ops::PolicyTerms, tch::Tensor};
+    /// let batch = PolicyBatch {
+    ///     log_probs: Tensor::from_slice(&[-2.0f32, -2.0, -1.0, -1.0]).view([2, 2]),
+    ///     // The first sequence drifted by 0.5 nats per token, the second not at all.
+    ///     old_log_probs: Tensor::from_slice(&[-1.5f32, -1.5, -1.0, -1.0]).view([2, 2]),
+    ///     ref_log_probs: None,
+    ///     advantages: Tensor::from_slice(&[-1.0f32, -1.0]),
+    ///     action_mask: Tensor::from_slice(&[true, true, true, true]).view([2, 2]),
+    ///     settings: LossSettings { clip_eps_low: 0.2, clip_eps_high: 0.2, kl_weight: 0.0, generate_max_length: 2 },
+    ///     is_weights: None,
+    ///     step_token_divisor: None,
+    /// };
+    /// let mut terms = PolicyTerms::new(&batch).unwrap();
+    /// terms.mask_off_policy(&batch, 0.1);
+    /// let surrogate = Vec::<f32>::try_from(&terms.surrogate.view([-1])).unwrap();
+    /// assert_eq!(&surrogate[..2], &[0.0, 0.0]);
+    /// assert!(surrogate[2] > 0.0);
+    /// assert_eq!(terms.off_policy_fraction_tensor().double_value(&[]), 0.5);
+    /// ```
+    pub fn mask_off_policy(&mut self, batch: &PolicyBatch, threshold: f64) {
+        let kind = self.surrogate.kind();
+        let drift = (batch.old_log_probs.to_kind(kind) - batch.log_probs.detach()) * &self.mask;
+        let tokens = self.mask.sum_dim_intlist(-1, false, None).clamp_min(1.0);
+        let drift = drift.sum_dim_intlist(-1, false, None) / tokens;
+        let dropped = batch.advantages.lt(0.0).logical_and(&drift.gt(threshold));
+        self.surrogate = &self.surrogate * dropped.logical_not().to_kind(kind).unsqueeze(-1);
+        self.off_policy = Some(dropped.to_kind(Kind::Double));
+    }
+
+    /// The share of sequences [`PolicyTerms::mask_off_policy`] dropped, as a float64 scalar on the batch's device
+    /// (0 before it runs, or without sequences).
+    pub fn off_policy_fraction_tensor(&self) -> Tensor {
+        match &self.off_policy {
+            Some(dropped) if dropped.numel() > 0 => dropped.mean(None),
+            _ => Tensor::zeros([], (Kind::Double, self.mask.device())),
+        }
     }
 
     /// `surrogate + kl_weight * kl` per token.

@@ -27,6 +27,10 @@ Definitions (docs/plugins.md, "The shipped algorithms and environment"):
   SAPO cases          loss_type "sapo": the per-token surrogate is -g*A with the soft gate g = sigmoid(tau*(rho-1))*4/tau,
                       tau = sapo_temperature_pos (default 1) where A > 0, else sapo_temperature_neg (1.05); no token
                       counts as clipped; averaged as "grpo"
+  DeepSeek-V3.2 cases use_bias_correction_kl: each token's KL term times its ratio rho (differentiated);
+                      off_policy_mask_threshold d: a sequence with A < 0 whose mean over its action tokens of
+                      old - logp (no gradient) exceeds d has its surrogate zeroed; the share of sequences so dropped
+                      is the metric training_step/off_policy_mask_fraction
   TIS cases           the surrogate of each action token times w = min(exp(old - sampled), cap), the truncated
                       importance weight of a sampler in another precision (the KL term is not weighted)
 
@@ -77,16 +81,21 @@ def drgrpo_advantages(rewards, groups):
 
 
 def per_token_terms(
-    logp, old, ref, adv, mask, eps_low, eps_high, sequence_ratio=False, delta=None, kl="k3", cispo=False, sapo=None
+    logp, old, ref, adv, mask, eps_low, eps_high, sequence_ratio=False, delta=None, kl="k3", cispo=False, sapo=None, kl_bias=False, opsm=None
 ):
     """Surrogate and k3 per token, zero outside the mask, written out token by token on purpose (no shared code
     with the vectorised Rust implementation)."""
     B, T = logp.shape
     surr = torch.zeros(B, T)
     k3 = torch.zeros(B, T)
-    clipped, clipped_high = 0, 0
+    clipped, clipped_high, dropped = 0, 0, 0
     for b in range(B):
         a = adv[b]
+        # Off-policy sequence masking: the sequence's mean drift from the sampling policy, as a plain number.
+        steps = [float(old[b, t] - logp[b, t].detach()) for t in range(T) if mask[b][t]]
+        drift = sum(steps) / len(steps) if steps else 0.0
+        keep = opsm is None or not (float(a) < 0 and drift > opsm)
+        dropped += 0 if keep else 1
         if sequence_ratio:
             steps = [logp[b, t] - old[b, t] for t in range(T) if mask[b][t]]
             seq_rho = torch.exp(sum(steps) / len(steps)) if steps else None
@@ -115,15 +124,18 @@ def per_token_terms(
                     # The upper bound binds only for a positive advantage, the lower only for a negative one.
                     if rho > 1 + eps_high:
                         clipped_high += 1
+            if not keep:
+                surr[b, t] = 0.0
             if ref is not None:
                 d = ref[b, t] - logp[b, t]
                 if kl == "k3":
-                    k3[b, t] = torch.exp(d) - d - 1
+                    k = torch.exp(d) - d - 1
                 elif kl == "k1":
-                    k3[b, t] = -d
+                    k = -d
                 else:
-                    k3[b, t] = d * d / 2
-    return surr, k3, clipped, clipped_high
+                    k = d * d / 2
+                k3[b, t] = k * rho if kl_bias else k
+    return surr, k3, clipped, clipped_high, dropped
 
 
 def loss_case(
@@ -145,6 +157,8 @@ def loss_case(
     shift=0.0,
     kl=None,
     sapo=None,
+    kl_bias=False,
+    opsm=None,
 ):
     g = torch.Generator().manual_seed(seed)
     B = len(lengths)
@@ -158,7 +172,7 @@ def loss_case(
     old_t = torch.tensor(old)
     ref_t = torch.tensor(ref) if ref is not None else None
     adv_t = torch.tensor(adv)
-    surr, k3, clipped, clipped_high = per_token_terms(
+    surr, k3, clipped, clipped_high, dropped = per_token_terms(
         logp,
         old_t,
         ref_t,
@@ -171,6 +185,8 @@ def loss_case(
         kl=kl or "k3",
         cispo=loss_type == "cispo",
         sapo=(sapo or (1.0, 1.05)) if loss_type == "sapo" else None,
+        kl_bias=kl_bias,
+        opsm=opsm,
     )
     is_weights = None
     if tis_cap is not None:
@@ -207,6 +223,8 @@ def loss_case(
         "training_step/clip_fraction_high": clipped_high / total_tokens if total_tokens > 0 else 0.0,
         "training_step/clip_fraction_low": (clipped - clipped_high) / total_tokens if total_tokens > 0 else 0.0,
     }
+    if opsm is not None:
+        metrics["training_step/off_policy_mask_fraction"] = dropped / B
     if algo == "drgrpo":
         metrics["training_step/dr_component_policy"] = float(((surr.detach() * m).sum(-1) / gen_max_len).mean())
         metrics["training_step/dr_component_kl"] = float(((beta * k3.detach() * m).sum(-1) / gen_max_len).mean())
@@ -222,6 +240,10 @@ def loss_case(
         config["kl_estimator"] = kl
     if sapo is not None:
         config["sapo_temperature_pos"], config["sapo_temperature_neg"] = sapo
+    if kl_bias:
+        config["use_bias_correction_kl"] = True
+    if opsm is not None:
+        config["off_policy_mask_threshold"] = opsm
     return {
         "kind": "loss",
         "algorithm": algo,
@@ -329,6 +351,21 @@ def main():
             level="sequence",
             shift=0.4,
             sapo=(2.0, 3.5),
+        ),
+        # DeepSeek-V3.2's corrections: old log-probs above the new ones (a policy that drifted away from its samples,
+        # by 0.35 nats per token on average), some sequences past the threshold with a negative advantage, others
+        # with a positive one; then with GSPO's sequence ratio weighing the KL and a DAPO step.
+        loss_case(
+            "grpo_opsm_kl_bias", "grpo", 16, [5, 3, 7, 2, 6, 4], 8, 0.03, 0.2, 0.2, True, 8, shift=-0.35,
+            kl_bias=True,
+            opsm=0.35,
+        ),
+        loss_case(
+            "grpo_opsm_kl_bias_gspo_dapo", "grpo", 17, [4, 6, 0, 5], 7, 0.05, 0.1, 0.1, True, 7, None, "dapo", 9.0,
+            level="sequence",
+            shift=-0.3,
+            kl_bias=True,
+            opsm=0.2,
         ),
     ]
     for case in cases:

@@ -30,6 +30,12 @@ pub struct Config {
     pub sapo_temperature_pos: f64,
     /// `loss_type: "sapo"`'s gate temperature for the other advantages (TRL's `sapo_temperature_neg`).
     pub sapo_temperature_neg: f64,
+    /// Weigh each token's KL estimate by its probability ratio to the sampling policy (DeepSeek-V3.2's unbiased
+    /// KL; TRL's `use_bias_correction_kl`).
+    pub use_bias_correction_kl: bool,
+    /// Off-policy sequence masking (DeepSeek-V3.2; TRL's `off_policy_mask_threshold`): leave a sequence with a
+    /// negative advantage out of the surrogate when its mean `old - logp` exceeds this; `None`: off.
+    pub off_policy_mask_threshold: Option<f64>,
 }
 
 impl Default for Config {
@@ -44,6 +50,8 @@ impl Default for Config {
             kl_estimator: KlEstimator::K3,
             sapo_temperature_pos: SoftGate::default().tau_pos,
             sapo_temperature_neg: SoftGate::default().tau_neg,
+            use_bias_correction_kl: false,
+            off_policy_mask_threshold: None,
         }
     }
 }
@@ -139,6 +147,10 @@ impl grpo_sdk::Plugin for Grpo {
                 return Err(grpo_sdk::Error::msg(msg));
             }
         }
+        if let Some(t) = config.off_policy_mask_threshold.filter(|t| !(t.is_finite() && *t >= 0.0)) {
+            let msg = format!("invalid config: off_policy_mask_threshold must be a finite number >= 0, got {t}");
+            return Err(grpo_sdk::Error::msg(msg));
+        }
         if !(config.std_eps >= 0.0 && config.std_eps.is_finite()) {
             return Err(grpo_sdk::Error::msg(format!(
                 "invalid config: std_eps must be a finite number >= 0, got {}",
@@ -193,7 +205,7 @@ impl Algorithm for Grpo {
     fn loss_deferred(&self, batch: &PolicyBatch) -> Result<DeferredLoss> {
         let (ratio, delta, kl) = (self.config.importance_sampling_level, self.config.delta, self.config.kl_estimator);
         let how = TermOptions { ratio, delta, kl };
-        let terms = match self.config.loss_type {
+        let mut terms = match self.config.loss_type {
             LossType::Cispo => PolicyTerms::cispo(batch, how)?,
             LossType::Sapo => {
                 let gate =
@@ -202,6 +214,12 @@ impl Algorithm for Grpo {
             }
             _ => PolicyTerms::with(batch, how)?,
         };
+        if self.config.use_bias_correction_kl {
+            terms.correct_kl_bias();
+        }
+        if let Some(threshold) = self.config.off_policy_mask_threshold {
+            terms.mask_off_policy(batch, threshold);
+        }
         let per_token = terms.per_token_loss(batch.settings.kl_weight);
         let loss = match self.config.loss_type {
             LossType::Grpo | LossType::Sapo => terms.sequence_mean(&per_token),
@@ -216,7 +234,12 @@ impl Algorithm for Grpo {
                 terms.constant_mean(&per_token, max_len as f64)
             }
         };
-        Ok(DeferredLoss::new(loss)
+        let out = match self.config.off_policy_mask_threshold {
+            Some(_) => DeferredLoss::new(loss)
+                .with_device_metric("training_step/off_policy_mask_fraction", terms.off_policy_fraction_tensor()),
+            None => DeferredLoss::new(loss),
+        };
+        Ok(out
             .with_device_metric("training_step/kl", terms.kl_mean_tensor())
             .with_device_metric("training_step/clip_fraction", terms.clip_fraction_tensor())
             .with_device_metric("training_step/clip_fraction_high", terms.clip_high_fraction_tensor())

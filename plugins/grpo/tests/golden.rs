@@ -104,6 +104,8 @@ fn each_loss_type_has_its_own_fixture_and_value() {
         "grpo_cispo_gspo_tis",
         "grpo_sapo",
         "grpo_sapo_gspo_tis",
+        "grpo_opsm_kl_bias",
+        "grpo_opsm_kl_bias_gspo_dapo",
     ]) {
         assert!(fixtures("loss", Some("grpo")).iter().any(|c| c["name"] == name && !c["config"].is_null()), "{name}");
     }
@@ -118,6 +120,8 @@ fn each_loss_type_has_its_own_fixture_and_value() {
     assert!(err.contains("which loss_type sapo does not have"), "{err}");
     let err = Grpo::new(serde_json::json!({"loss_type": "sapo", "sapo_temperature_neg": 0.0})).err().unwrap();
     assert!(err.to_string().contains("sapo_temperature_neg must be a finite number > 0"), "{err}");
+    let err = Grpo::new(serde_json::json!({"off_policy_mask_threshold": -0.1})).err().unwrap().to_string();
+    assert!(err.contains("off_policy_mask_threshold must be a finite number >= 0, got -0.1"), "{err}");
     let algo = Grpo::new(serde_json::json!({"delta": 1.1})).unwrap();
     let err = algo.loss(&batch(&case).1).err().unwrap().to_string();
     assert!(err.contains("delta 1.1 must be a number above 1 + clip_eps_high = 1.2"), "{err}");
