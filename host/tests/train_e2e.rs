@@ -612,7 +612,7 @@ fn a_kl_penalty_in_the_reward_drives_the_advantages_and_adapts_its_coefficient()
 
 /// `--reward-weights` weighs the environment's components in each return (math's `answer` three times here); the
 /// component is still logged unweighted, the weights are saved with the run, and a name no episode reported is
-/// warned about.
+/// warned about. `--multi-objective-aggregation normalize-then-sum` on that single component gives GRPO's advantages.
 #[test]
 fn reward_weights_scale_the_returns_and_a_misspelt_component_is_named() {
     let runs = tempfile::tempdir().unwrap();
@@ -638,6 +638,18 @@ fn reward_weights_scale_the_returns_and_a_misspelt_component_is_named() {
     let warnings: Vec<&str> = err.lines().filter(|l| l.contains("--reward-weights names")).collect();
     assert_eq!(warnings.len(), 1, "{err}");
     assert!(warnings[0].contains("anwser") && warnings[0].ends_with("components reported were: answer"), "{err}");
+
+    // Normalize-then-sum with a single component: each group's answers normalised, and normalised again by the
+    // algorithm, are GRPO's advantages up to the two epsilons; the logged returns stay the plain ones.
+    let gdpo = ["--multi-objective-aggregation", "normalize_then_sum"];
+    let out = train(runs.path(), "gdpo", &[&flags[..], &gdpo].concat());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let c = first("gdpo");
+    assert_eq!(number(&c, "rollouts/returns_mean"), number(&a, "rollouts/returns_mean"));
+    let (plain_std, gdpo_std) = (number(&a, "rollouts/advantages_std"), number(&c, "rollouts/advantages_std"));
+    assert!(plain_std > 0.1 && (gdpo_std - plain_std).abs() < 1e-3, "{plain_std} vs {gdpo_std}");
+    let config = json_file(&runs.path().join("gdpo/config.json"));
+    assert_eq!(config["run"]["rewards"]["aggregation"], "normalize-then-sum");
 
     let bad = train(runs.path(), "bad", &[&flags[..], &["--reward-weights", r#"{"answer": "x"}"#]].concat());
     let err = common::refused(&bad);

@@ -136,7 +136,7 @@ impl RewardArgs {
             Some(buffer) => Some(OverlongPenalty { buffer, factor }),
             None => None,
         };
-        Ok(RewardShaping { weights, overlong })
+        Ok(RewardShaping { weights, overlong, aggregation: Default::default() })
     }
 }
 

@@ -36,6 +36,11 @@ pub struct TrainArgs {
     /// Reward weights and DAPO's overlong penalty.
     #[command(flatten)]
     pub rewards: RewardArgs,
+    /// How the reward components become what the algorithm scores (TRL's multi_objective_aggregation):
+    /// sum-then-normalize (the weighted sum, the default) or normalize-then-sum (GDPO: each component normalised
+    /// within its group first, then the weighted sum).
+    #[arg(long, default_value = "sum-then-normalize", value_name = "HOW")]
+    pub multi_objective_aggregation: crate::rollout::Aggregation,
     /// Where plugins are searched besides the defaults.
     #[command(flatten)]
     pub plugins: PluginDirArgs,
@@ -372,7 +377,10 @@ impl TrainArgs {
             },
             sft: self.sft.into_settings()?,
             dist: DistSettings { timeout_secs: self.dist_timeout, check_interval: self.dist_check_interval },
-            rewards: self.rewards.shaping(self.max_new_tokens)?,
+            rewards: crate::rollout::RewardShaping {
+                aggregation: self.multi_objective_aggregation,
+                ..self.rewards.shaping(self.max_new_tokens)?
+            },
         };
         config.optimizer.check()?;
         if config.loss.logprob_temperature == LogprobTemperature::Sampling && config.sampling.params.is_greedy() {

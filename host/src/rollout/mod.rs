@@ -34,7 +34,7 @@ use crate::plugins::{EnvironmentPlugin, Episode as EnvEpisode};
 use crate::tokenizer::Tokenizer;
 
 pub use glue::Glue;
-pub use rewards::{OverlongPenalty, RewardShaping, RewardWeights, OVERLONG_PENALTY};
+pub use rewards::{Aggregation, OverlongPenalty, RewardShaping, RewardWeights, OVERLONG_PENALTY};
 
 /// How episodes are run (from the command line).
 #[derive(Clone, Debug)]
@@ -174,6 +174,31 @@ pub struct Rollout {
     pub prompt_text: String,
     /// The rest of the stream, decoded with special tokens kept (assistant turns and environment replies).
     pub transcript: String,
+}
+
+#[cfg(test)]
+impl Rollout {
+    /// An episode of task "0" with no tokens and no reward, for tests to fill in.
+    pub(crate) fn empty() -> Rollout {
+        Rollout {
+            group: 0,
+            task: Task::new("0", "q", "a"),
+            tokens: Vec::new(),
+            prompt_len: 0,
+            prompt_truncated: false,
+            action: Vec::new(),
+            sample_logprobs: Vec::new(),
+            rewards: BTreeMap::new(),
+            total_reward: 0.0,
+            turns: 1,
+            cut_turns: 0,
+            tool_messages: 0,
+            end: EndReason::Done,
+            solved: None,
+            prompt_text: String::new(),
+            transcript: String::new(),
+        }
+    }
 }
 
 impl Rollout {

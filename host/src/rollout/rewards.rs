@@ -14,9 +14,61 @@ pub struct RewardShaping {
     /// DAPO's overlong penalty, when on.
     #[serde(default)]
     pub overlong: Option<OverlongPenalty>,
+    /// How the components become what the algorithm scores in training (`--multi-objective-aggregation`).
+    #[serde(default)]
+    pub aggregation: Aggregation,
 }
 
+crate::choice_enum! {
+    /// How the reward components of a group's episodes become the returns the algorithm turns into advantages
+    /// (`--multi-objective-aggregation`, TRL's `multi_objective_aggregation`, whose underscored names are accepted).
+    #[derive(Default)]
+    pub enum Aggregation {
+        /// The weighted sum of each episode's components, the algorithm normalising that sum: a component with a
+        /// larger spread drowns the others.
+        #[default]
+        SumThenNormalize = "sum-then-normalize" | "sum_then_normalize",
+        /// Each component normalised within its group first (its group mean subtracted, divided by its group's
+        /// unbiased standard deviation plus 1e-4), then the weighted sum (GDPO, group reward-decoupled
+        /// normalisation): every component moves the advantages by its weight, whatever its scale.
+        NormalizeThenSum = "normalize-then-sum" | "normalize_then_sum",
+    }
+}
+
+/// Added to a component's group standard deviation before dividing (TRL's).
+const GROUP_STD_EPS: f64 = 1e-4;
+
 impl RewardShaping {
+    /// What the algorithm scores for each of `rollouts` (consecutive groups of `group_size`): its return, or under
+    /// [`Aggregation::NormalizeThenSum`] the weighted sum of its components normalised within the group. A
+    /// component an episode did not report counts 0 for it and is left out of its group's mean and deviation; one
+    /// that fewer than two episodes of the group reported has no spread and adds nothing.
+    pub fn scored_returns(&self, rollouts: &[super::Rollout], group_size: usize) -> Vec<f64> {
+        if self.aggregation == Aggregation::SumThenNormalize {
+            return rollouts.iter().map(|r| r.total_reward).collect();
+        }
+        let mut out = Vec::with_capacity(rollouts.len());
+        for group in rollouts.chunks(group_size.max(1)) {
+            let mut sums = vec![0.0; group.len()];
+            let names: BTreeSet<&str> = group.iter().flat_map(|r| r.rewards.keys().map(String::as_str)).collect();
+            for name in names {
+                let values: Vec<(usize, f64)> =
+                    group.iter().enumerate().filter_map(|(i, r)| Some((i, *r.rewards.get(name)?))).collect();
+                if values.len() < 2 {
+                    continue;
+                }
+                let n = values.len() as f64;
+                let mean = values.iter().map(|(_, v)| v).sum::<f64>() / n;
+                let std = (values.iter().map(|(_, v)| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+                for (i, v) in values {
+                    sums[i] += self.weights.weight(name) * (v - mean) / (std + GROUP_STD_EPS);
+                }
+            }
+            out.extend(sums);
+        }
+        out
+    }
+
     /// Add `value` to the episode's component `name` (`rewards`, logged unweighted) and, weighted, to its return.
     pub fn add(&self, rewards: &mut BTreeMap<String, f64>, total: &mut f64, name: &str, value: f64) {
         *rewards.entry(name.to_string()).or_insert(0.0) += value;
@@ -109,6 +161,7 @@ mod tests {
         let shaping = RewardShaping {
             weights: RewardWeights::from_json(json!({OVERLONG_PENALTY: 0.5}), "--reward-weights").unwrap(),
             overlong: Some(p),
+            aggregation: Aggregation::SumThenNormalize,
         };
         let (mut rewards, mut total) = (BTreeMap::new(), 1.0);
         shaping.add(&mut rewards, &mut total, OVERLONG_PENALTY, -2.0);
@@ -135,5 +188,40 @@ mod tests {
             assert!(err.contains("an object of numbers by reward component"), "{bad}: {err}");
             assert_eq!(err.lines().count(), 1, "{err}");
         }
+    }
+
+    /// Normalize-then-sum against tests/oracles/gdpo.py (TRL's formula in PyTorch): components missing from some
+    /// episodes, one reported once in its group, a group whose components are all equal; sum-then-normalize hands
+    /// the algorithm the plain returns.
+    #[test]
+    fn normalize_then_sum_matches_the_oracle() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/rewards/gdpo.json");
+        let case: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let weights = RewardWeights::from_json(case["weights"].clone(), "--reward-weights").unwrap();
+        let shaping = RewardShaping { weights, overlong: None, aggregation: Aggregation::NormalizeThenSum };
+        let mut start = 0;
+        for size in case["groups"].as_array().unwrap().iter().map(|g| g.as_u64().unwrap() as usize) {
+            let episodes: Vec<crate::rollout::Rollout> = case["components"].as_array().unwrap()[start..start + size]
+                .iter()
+                .map(|c| {
+                    let rewards: BTreeMap<String, f64> = serde_json::from_value(c.clone()).unwrap();
+                    let total_reward = rewards.iter().map(|(name, v)| shaping.weights.weight(name) * v).sum();
+                    crate::rollout::Rollout { rewards, total_reward, ..crate::rollout::Rollout::empty() }
+                })
+                .collect();
+            let got = shaping.scored_returns(&episodes, size);
+            let want: Vec<f64> = case["expected_returns"].as_array().unwrap()[start..start + size]
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() < 1e-9, "group at {start}: {got:?} vs {want:?}");
+            }
+            let plain = RewardShaping { aggregation: Aggregation::SumThenNormalize, ..shaping.clone() };
+            let totals: Vec<f64> = episodes.iter().map(|r| r.total_reward).collect();
+            assert_eq!(plain.scored_returns(&episodes, size), totals);
+            start += size;
+        }
+        assert_eq!(start, 9);
     }
 }

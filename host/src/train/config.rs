@@ -486,6 +486,7 @@ impl RunConfig {
             ("--env-config", self.plugins.env_config.clone()),
             ("--reward-weights", json!(self.rewards.weights)),
             ("--overlong-buffer/--overlong-penalty-factor", json!(self.rewards.overlong)),
+            ("--multi-objective-aggregation", json!(self.rewards.aggregation)),
             ("--model", json!(m.model)),
             ("--dtype", json!(m.dtype)),
             ("--mixed-precision", json!(m.mixed_precision)),

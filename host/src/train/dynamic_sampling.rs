@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::rollout::{Episodes, Rollout, RolloutStats};
+use crate::rollout::{Episodes, RewardShaping, Rollout, RolloutStats};
 
 /// The dynamic-sampling settings of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,16 +94,17 @@ impl Pool {
     }
 
     /// Add this rank's episodes of one round (groups consecutive, as the rollout stage returns them); returns
-    /// whether each group's returns vary, for [`Pool::record`] on every rank.
-    pub fn add(&mut self, episodes: Episodes) -> Vec<bool> {
+    /// whether each group's returns vary, for [`Pool::record`] on every rank. The returns are those the algorithm
+    /// will score, as `shaping` aggregates them: under normalize-then-sum a group whose components trade off
+    /// against each other has varied returns though their plain sums are equal.
+    pub fn add(&mut self, episodes: Episodes, shaping: &RewardShaping) -> Vec<bool> {
         self.stats.engine.add(&episodes.stats.engine);
         self.stats.env_secs += episodes.stats.env_secs;
         let mut rollouts = episodes.rollouts.into_iter().peekable();
         let mut varied = Vec::new();
         while rollouts.peek().is_some() {
             let group: Vec<Rollout> = rollouts.by_ref().take(self.group_size).collect();
-            let returns: Vec<f64> = group.iter().map(|r| r.total_reward).collect();
-            varied.push(returns_vary(&returns));
+            varied.push(returns_vary(&shaping.scored_returns(&group, self.group_size)));
             self.local.push(Some(group));
         }
         varied
@@ -183,7 +184,6 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rollout::EndReason;
     use grpo_sdk::Task;
 
     fn episode(task: &str, group: usize, reward: f64) -> Rollout {
@@ -192,18 +192,10 @@ mod tests {
             task: Task::new(task, "?", "!"),
             tokens: vec![1, 2],
             prompt_len: 1,
-            prompt_truncated: false,
             action: vec![false, true],
             sample_logprobs: vec![0.0, -1.0],
-            rewards: Default::default(),
             total_reward: reward,
-            turns: 1,
-            cut_turns: 0,
-            tool_messages: 0,
-            end: EndReason::Done,
-            solved: None,
-            prompt_text: String::new(),
-            transcript: String::new(),
+            ..Rollout::empty()
         }
     }
 
@@ -226,7 +218,7 @@ mod tests {
     fn alone(wanted: usize, rounds: Vec<Episodes>) -> Pool {
         let mut pool = Pool::new(2, wanted, 0, 1);
         for round in rounds {
-            let flags = pool.add(round);
+            let flags = pool.add(round, &RewardShaping::default());
             pool.record(vec![flags]);
         }
         pool
@@ -238,7 +230,7 @@ mod tests {
         assert_eq!(pool.missing(), 2);
         assert_eq!(pool.extra_share(2), (0, 2));
         for r in [round(&[("d", 0.0, 0.0), ("e", 2.0, 0.0)], 7), round(&[("f", 0.0, -1.0), ("g", 3.0, 1.0)], 5)] {
-            let flags = pool.add(r);
+            let flags = pool.add(r, &RewardShaping::default());
             pool.record(vec![flags]);
         }
         assert_eq!(pool.missing(), 0);
@@ -283,7 +275,8 @@ mod tests {
         let mut ranks = [Pool::new(2, 2, 0, 2), Pool::new(2, 2, 1, 2)];
         // Each round, each rank rolls out its share of the positions one process rolls out.
         let rounds_of = |shares: [&[(&str, f64, f64)]; 2], ranks: &mut [Pool; 2]| {
-            let flags: Vec<Vec<bool>> = ranks.iter_mut().zip(shares).map(|(p, s)| p.add(round(s, 1))).collect();
+            let flags: Vec<Vec<bool>> =
+                ranks.iter_mut().zip(shares).map(|(p, s)| p.add(round(s, 1), &RewardShaping::default())).collect();
             for pool in ranks.iter_mut() {
                 pool.record(flags.clone());
             }

@@ -257,27 +257,15 @@ pub fn sequence_kl(log_probs: &Tensor, ref_log_probs: &Tensor, action_mask: &Ten
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     fn rollout(tokens: Vec<u32>, action: Vec<bool>) -> Rollout {
         let n = tokens.len();
         Rollout {
-            group: 0,
-            task: grpo_sdk::Task::new("0", "q", "a"),
             tokens,
             prompt_len: 2,
-            prompt_truncated: false,
             action,
             sample_logprobs: (0..n).map(|i| -(i as f32)).collect(),
-            rewards: BTreeMap::new(),
-            total_reward: 0.0,
-            turns: 1,
-            cut_turns: 0,
-            tool_messages: 0,
-            end: crate::rollout::EndReason::Done,
-            solved: None,
-            prompt_text: String::new(),
-            transcript: String::new(),
+            ..Rollout::empty()
         }
     }
 

@@ -389,7 +389,6 @@ impl Trainer {
     fn kl_penalised(
         &self,
         exp: &Experience,
-        rollouts: &[crate::rollout::Rollout],
         all_returns: Vec<Vec<f64>>,
     ) -> Result<(Vec<Vec<f64>>, Option<(reward_kl::RewardKlSummary, Option<f64>)>)> {
         let Some(settings) = self.config.loss.reward_kl else { return Ok((all_returns, None)) };
@@ -400,7 +399,8 @@ impl Trainer {
             Some(_) => self.state.reward_kl_coef.unwrap_or(settings.coef),
             None => settings.coef,
         };
-        let penalised: Vec<f64> = rollouts.iter().zip(&sums).map(|(r, kl)| r.total_reward - coef * kl).collect();
+        let mine = all_returns.get(self.world.rank).context("internal: no returns of this rank")?;
+        let penalised: Vec<f64> = mine.iter().zip(&sums).map(|(r, kl)| r - coef * kl).collect();
         let local = reward_kl::RewardKlSummary {
             coef,
             sequences: sums.len() as f64,
@@ -433,7 +433,8 @@ impl Trainer {
         timings.rollout_peak_rss = peak.end();
         // Every rank's returns, so that the algorithm scores the global batch as one process would; a stop on any
         // rank drops the batch on all of them here.
-        let returns = sampled.as_ref().map(|(e, _)| e.rollouts.iter().map(|r| r.total_reward).collect::<Vec<f64>>());
+        let (group_size, shaping) = (self.config.batch.group_size, &self.config.rewards);
+        let returns = sampled.as_ref().map(|(e, _)| shaping.scored_returns(&e.rollouts, group_size));
         let Some(all_returns) = self.gather_unless_dropped("gathering the batch's returns", returns)? else {
             return Ok(false);
         };
@@ -447,7 +448,7 @@ impl Trainer {
         let mut exp = experience::prepare_rollouts(&rollouts, &self.policy, loss, rows)?;
         timings.logprob = t.elapsed().as_secs_f64();
         timings.logprob_peak_rss = peak.end();
-        let (scored_returns, reward_kl) = self.kl_penalised(&exp, &rollouts, all_returns)?;
+        let (scored_returns, reward_kl) = self.kl_penalised(&exp, all_returns)?;
         let scored = scored::score_within(&self.algo, rollouts, group_size, &scored_returns, rank)?;
         exp.set_advantages(&scored.advantages);
         // The last point at which stopping costs no more than the work already done.
@@ -541,7 +542,7 @@ impl Trainer {
             };
             let flags = match tasks.is_empty() {
                 true => Some(Vec::new()),
-                false => self.rollouts(&tasks, first, round)?.map(|episodes| pool.add(episodes)),
+                false => self.rollouts(&tasks, first, round)?.map(|episodes| pool.add(episodes, &self.config.rewards)),
             };
             // Every rank learns which groups of the round vary (or that one was stopped, and all stop here).
             let Some(flags) = self.gather_unless_dropped("comparing the ranks' sampled groups", flags)? else {
