@@ -55,6 +55,7 @@ const EVAL_KEYS: &[&str] = &[
     "eval/returns_mean",
     "eval/accuracy",
     "eval/pass@2",
+    "eval/mean@2",
     "eval/completion_length_mean",
     "eval/completion_logprob_mean",
     "eval/rewards/answer",
@@ -102,6 +103,8 @@ fn training_logs_eval_at_its_steps_and_grpo_host_eval_reproduces_a_checkpoint() 
         assert_eq!(row["eval/tasks"], 3.0);
         let acc = row["eval/accuracy"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&acc));
+        // A task some of whose samples were solved counts fully in pass@2, by its share in mean@2.
+        assert!(row["eval/mean@2"].as_f64() <= row["eval/pass@2"].as_f64(), "{row:?}");
     }
     let completions = json_lines(&run.join("eval_completions.jsonl"));
     assert_eq!(completions.len(), 9, "3 tasks at each of 3 evaluations");

@@ -4,7 +4,8 @@
 //! a checkpoint scored afterwards gives the numbers the run logged at that step.
 //!
 //! Metric names (all here, documented in docs/metrics.md): `eval/returns_mean`, `eval/accuracy` (pass@1 of the
-//! greedy episode), `eval/pass@K` (some of K samples solved it), `eval/completion_length_mean`,
+//! greedy episode), `eval/pass@K` (some of K samples solved it), `eval/mean@K` (the share of the samples solved),
+//! `eval/completion_length_mean`,
 //! `eval/completion_logprob_mean` (the policy's mean log-probability of its greedy tokens), `eval/tasks`,
 //! `eval/rewards/<component>`, and the environment's own metrics over the greedy episodes as `eval/<name>`.
 
@@ -143,6 +144,9 @@ pub struct EvalResult {
     pub accuracy: Option<f64>,
     /// `(K, share of tasks with at least one of K samples solved)`; `None` without samples or judgements.
     pub pass_at_k: Option<(usize, f64)>,
+    /// `(K, share of all K samples of every task solved)` (verl's `mean@N`): the sampling policy's own accuracy,
+    /// less noisy than the greedy one; `None` when `pass_at_k` is.
+    pub mean_at_k: Option<(usize, f64)>,
     /// Mean tokens the model generated per greedy episode.
     pub completion_length_mean: f64,
     /// Mean over greedy episodes of their tokens' mean log-probability: how sure the policy is of its answers.
@@ -212,6 +216,9 @@ impl EvalResult {
         }
         if let Some((k, p)) = self.pass_at_k {
             m.insert(format!("eval/pass@{k}"), p.into());
+        }
+        if let Some((k, p)) = self.mean_at_k {
+            m.insert(format!("eval/mean@{k}"), p.into());
         }
         for (name, v) in &self.rewards {
             m.insert(format!("eval/rewards/{name}"), (*v).into());
@@ -413,6 +420,8 @@ impl Evaluation {
             returns_mean: mean(&|o| o.greedy_return),
             accuracy: outcomes.iter().any(|o| o.solved.is_some()).then(|| share(&|o| o.solved == Some(true))),
             pass_at_k: (samples > 0 && judged_samples).then(|| (samples, share(&|o| o.samples_solved > 0))),
+            mean_at_k: (samples > 0 && judged_samples)
+                .then(|| (samples, mean(&|o| o.samples_solved as f64) / samples as f64)),
             completion_length_mean: mean(&|o| o.completion_tokens as f64),
             completion_logprob_mean: mean(&|o| o.greedy_logprob_mean),
             rewards: components.into_iter().map(|(k, v)| (k, v.iter().sum::<f64>() / v.len() as f64)).collect(),
@@ -448,7 +457,7 @@ fn mean_action_logprob(r: &Rollout) -> f64 {
     }
 }
 
-/// One line for the console: tasks, return, accuracy and pass@K.
+/// One line for the console: tasks, return, accuracy, pass@K and mean@K.
 pub fn describe(result: &EvalResult) -> String {
     let mut line = format!("{} tasks, return {:.4}", result.tasks, result.returns_mean);
     if let Some(a) = result.accuracy {
@@ -456,6 +465,9 @@ pub fn describe(result: &EvalResult) -> String {
     }
     if let Some((k, p)) = result.pass_at_k {
         line.push_str(&format!(", pass@{k} {p:.4}"));
+    }
+    if let Some((k, p)) = result.mean_at_k {
+        line.push_str(&format!(", mean@{k} {p:.4}"));
     }
     line.push_str(&format!(", completion length {:.1}", result.completion_length_mean));
     line
@@ -612,5 +624,7 @@ mod tests {
         let ids = |r: &EvalResult| r.outcomes.iter().map(|o| o.id.clone()).collect::<Vec<_>>();
         assert_eq!(ids(&one), ids(&three), "outcomes in task order");
         assert_eq!(one.pass_at_k, Some((2, 0.6)));
+        // 0 + 1 + 2 + 0 + 1 of the 5 tasks' 2 samples each.
+        assert_eq!(one.mean_at_k, Some((2, 0.4)));
     }
 }
