@@ -324,6 +324,39 @@ pub fn json_option(spec: Option<&str>, flag: &str) -> anyhow::Result<serde_json:
     })
 }
 
+/// How long an episode's opening prompt may be.
+#[derive(Debug, Clone, Args)]
+pub struct PromptArgs {
+    /// Most tokens in an episode's opening prompt, chat template included (TRL's max_prompt_length, verl's
+    /// data.max_prompt_length): a longer one is cut as --prompt-truncation says. Default: no limit but --max-length.
+    #[arg(long, value_name = "N")]
+    pub max_prompt_length: Option<usize>,
+    /// What becomes of a prompt over --max-prompt-length: left (keep its end, TRL's), middle (keep its two ends,
+    /// verl's) or error (stop, naming the task). Default: left.
+    #[arg(long)]
+    pub prompt_truncation: Option<PromptTruncation>,
+}
+
+impl PromptArgs {
+    /// The limit these flags set, checked against the episode's `--max-length`; `None` without one.
+    pub fn limit(&self, max_length: usize) -> anyhow::Result<Option<PromptLimit>> {
+        let truncation = self.prompt_truncation;
+        let Some(max_tokens) = self.max_prompt_length else {
+            return match truncation {
+                Some(t) => Err(user_error!("--prompt-truncation {t} needs --max-prompt-length N to apply to")),
+                None => Ok(None),
+            };
+        };
+        if max_tokens == 0 || max_tokens >= max_length {
+            return Err(user_error!(
+                "--max-prompt-length {max_tokens}: must be at least 1 and below --max-length {max_length}, which \
+                 bounds the whole episode"
+            ));
+        }
+        Ok(Some(PromptLimit { max_tokens, truncation: truncation.unwrap_or(PromptTruncation::Left) }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,38 +389,5 @@ mod tests {
         assert_eq!((p.temperature, p.top_k, p.top_p), (0.7, 50, 0.5));
         let bad = SamplingArgs { temperature: Some(-1.0), ..args };
         assert!(bad.resolve(SamplingParams::default()).is_err());
-    }
-}
-
-/// How long an episode's opening prompt may be.
-#[derive(Debug, Clone, Args)]
-pub struct PromptArgs {
-    /// Most tokens in an episode's opening prompt, chat template included (TRL's max_prompt_length, verl's
-    /// data.max_prompt_length): a longer one is cut as --prompt-truncation says. Default: no limit but --max-length.
-    #[arg(long, value_name = "N")]
-    pub max_prompt_length: Option<usize>,
-    /// What becomes of a prompt over --max-prompt-length: left (keep its end, TRL's), middle (keep its two ends,
-    /// verl's) or error (stop, naming the task). Default: left.
-    #[arg(long)]
-    pub prompt_truncation: Option<PromptTruncation>,
-}
-
-impl PromptArgs {
-    /// The limit these flags set, checked against the episode's `--max-length`; `None` without one.
-    pub fn limit(&self, max_length: usize) -> anyhow::Result<Option<PromptLimit>> {
-        let truncation = self.prompt_truncation;
-        let Some(max_tokens) = self.max_prompt_length else {
-            return match truncation {
-                Some(t) => Err(user_error!("--prompt-truncation {t} needs --max-prompt-length N to apply to")),
-                None => Ok(None),
-            };
-        };
-        if max_tokens == 0 || max_tokens >= max_length {
-            return Err(user_error!(
-                "--max-prompt-length {max_tokens}: must be at least 1 and below --max-length {max_length}, which \
-                 bounds the whole episode"
-            ));
-        }
-        Ok(Some(PromptLimit { max_tokens, truncation: truncation.unwrap_or(PromptTruncation::Left) }))
     }
 }
