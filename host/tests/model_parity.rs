@@ -422,7 +422,7 @@ fn gradient_checkpointing_changes_no_value_gradient_or_random_draw() {
     let (ids, mask) = (&r["input_ids"], &r["attention_mask"]);
     let mut model = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
     tch::manual_seed(5);
-    model.attach_lora(LoraConfig { rank: 4, alpha: 8.0, dropout: 0.3 }).unwrap();
+    model.attach_lora(LoraConfig { rank: 4, alpha: 8.0, dropout: 0.3, targets: Default::default() }).unwrap();
     tch::no_grad(|| {
         for (name, v) in model.lora_var_store().unwrap().variables() {
             if name.contains("lora_B") {
@@ -546,7 +546,7 @@ fn lora_starts_as_identity_and_switches_off() {
     let (ids, mask, pos) = (&r["input_ids"], &r["attention_mask"], &r["position_ids"]);
     let mut model = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
     let base = tch::no_grad(|| model.forward(ids, mask, pos));
-    model.attach_lora(LoraConfig { rank: 4, alpha: 8.0, dropout: 0.0 }).unwrap();
+    model.attach_lora(LoraConfig { rank: 4, alpha: 8.0, dropout: 0.0, targets: Default::default() }).unwrap();
     let lvs = model.lora_var_store().unwrap();
     let lora_vars = lvs.variables();
     // 7 adapted projections per layer, two matrices each.

@@ -750,45 +750,56 @@ fn oracle(script: &str, args: &[&std::ffi::OsStr]) -> serde_json::Value {
     serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|e| panic!("{script}: {e}: {stdout}"))
 }
 
+/// Full and LoRA checkpoints load in transformers and peft: the adapter of every linear layer (the default), and
+/// of the projections `--lora-target-modules` names, whose adapter_config.json says which they are.
 #[test]
 fn checkpoints_load_in_transformers_and_peft() {
     let runs = tempfile::tempdir().unwrap();
     let full = train(runs.path(), "full", &["--max-steps", "1"]);
     assert!(full.status.success(), "{}", text(&full.stderr));
-    let lora = train(runs.path(), "lora", &["--max-steps", "1", "--lora-rank", "4", "--lora-alpha", "8"]);
-    assert!(lora.status.success(), "{}", text(&lora.stderr));
-    let first = runs.path().join("lora/checkpoints/step_3");
-    let perturbed = oracle("checkpoint_load.py", &["--perturb".as_ref(), first.as_os_str()]);
-    assert!(perturbed["perturbed"].as_u64().unwrap() > 0, "{perturbed}");
-    let resumed = train(
-        runs.path(),
-        "lora",
-        &["--max-steps", "2", "--lora-rank", "4", "--lora-alpha", "8", "--save-merged", "--resume", "auto"],
-    );
-    assert!(resumed.status.success(), "{}", text(&resumed.stderr));
-
     let base = tiny_model();
-    let found = oracle(
-        "checkpoint_load.py",
-        &[
-            "--base".as_ref(),
-            base.as_os_str(),
-            "--full".as_ref(),
-            runs.path().join("full/checkpoints/step_3").as_os_str(),
-            "--adapter".as_ref(),
-            runs.path().join("lora/checkpoints/step_6").as_os_str(),
-        ],
+    let all = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"];
+    for (run, targets, expected) in
+        [("lora", "all-linear", &all[..]), ("lora-qvd", "q_proj,v_proj,down_proj", &["down_proj", "q_proj", "v_proj"])]
+    {
+        let lora = ["--lora-rank", "4", "--lora-alpha", "8", "--lora-target-modules", targets];
+        let first = train(runs.path(), run, &[&["--max-steps", "1"], &lora[..]].concat());
+        assert!(first.status.success(), "{}", text(&first.stderr));
+        let step_3 = runs.path().join(run).join("checkpoints/step_3");
+        let perturbed = oracle("checkpoint_load.py", &["--perturb".as_ref(), step_3.as_os_str()]);
+        assert!(perturbed["perturbed"].as_u64().unwrap() > 0, "{perturbed}");
+        let resume = ["--max-steps", "2", "--save-merged", "--resume", "auto"];
+        let resumed = train(runs.path(), run, &[&resume[..], &lora[..]].concat());
+        assert!(resumed.status.success(), "{}", text(&resumed.stderr));
+
+        let adapter = runs.path().join(run).join("checkpoints/step_6");
+        let mut args = vec!["--base".as_ref(), base.as_os_str(), "--adapter".as_ref(), adapter.as_os_str()];
+        let full_ckpt = runs.path().join("full/checkpoints/step_3");
+        if run == "lora" {
+            args.extend(["--full".as_ref(), full_ckpt.as_os_str()]);
+        }
+        let found = oracle("checkpoint_load.py", &args);
+        let empty = serde_json::json!([]);
+        if run == "lora" {
+            assert_eq!(found["full_missing"], empty, "{found}");
+            assert_eq!(found["full_unexpected"], empty, "{found}");
+            assert_eq!(found["full_finite"], true);
+        }
+        assert_eq!(found["adapter_unused"], empty, "{found}");
+        assert_eq!(found["adapter_missing"], empty, "{found}");
+        assert_eq!(found["adapter_targets"], serde_json::json!(expected), "{run}: {found}");
+        let merged = found["peft_vs_merged_max_abs"].as_f64().unwrap();
+        assert!(merged <= 1e-4, "{run}: peft's logits differ from the merged checkpoint's by {merged}");
+        let moved = found["peft_vs_base_max_abs"].as_f64().unwrap();
+        assert!(moved > 1e-5, "{run}: the trained adapter does not change peft's logits ({moved})");
+    }
+    let bad = train(runs.path(), "bad", &["--max-steps", "1", "--lora-rank", "4", "--lora-target-modules", "qproj"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad.stderr));
+    assert!(
+        text(&bad.stderr).contains("`qproj` is not a projection: use all-linear or some of q_proj"),
+        "{}",
+        text(&bad.stderr)
     );
-    let empty = serde_json::json!([]);
-    assert_eq!(found["full_missing"], empty, "{found}");
-    assert_eq!(found["full_unexpected"], empty, "{found}");
-    assert_eq!(found["full_finite"], true);
-    assert_eq!(found["adapter_unused"], empty, "{found}");
-    assert_eq!(found["adapter_missing"], empty, "{found}");
-    let merged = found["peft_vs_merged_max_abs"].as_f64().unwrap();
-    assert!(merged <= 1e-4, "peft's logits differ from the merged checkpoint's by {merged}");
-    let moved = found["peft_vs_base_max_abs"].as_f64().unwrap();
-    assert!(moved > 1e-5, "the trained adapter does not change peft's logits ({moved})");
 }
 
 /// Send `signal` to a long run once it has logged a few rows: it stops at a batch boundary (after finishing the batch

@@ -70,6 +70,8 @@ def main():
         theirs = set(get_peft_model_state_dict(model))
         out["adapter_unused"] = sorted(ours - theirs)
         out["adapter_missing"] = sorted(theirs - ours)
+        # The projections with adapters, by the last part of their module name (".../q_proj.lora_A.weight").
+        out["adapter_targets"] = sorted({n.split(".lora_")[0].rsplit(".", 1)[-1] for n in ours})
         peft_logits = logits(model)
         merged = AutoModelForCausalLM.from_pretrained(f"{args.adapter}/merged", dtype=torch.float32)
         out["peft_vs_merged_max_abs"] = float((peft_logits - logits(merged)).abs().max())

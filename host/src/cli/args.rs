@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::generate::SamplingParams;
-use crate::model::{DeviceSpec, DtypeSpec, LoraConfig};
+use crate::model::{DeviceSpec, DtypeSpec, LoraConfig, LoraTargets};
 use crate::rollout::{OverlongPenalty, PromptLimit, PromptTruncation, RewardShaping};
 use crate::train::config::{CheckpointSettings, ModelSettings};
 use crate::train::precision::MixedPrecision;
@@ -224,6 +224,10 @@ pub struct LoraArgs {
     /// LoRA dropout on the adapter input during training updates.
     #[arg(long, default_value_t = 0.0)]
     pub lora_dropout: f64,
+    /// The projections that get adapters (PEFT's target_modules): all-linear, or some of q_proj, k_proj, v_proj,
+    /// o_proj, gate_proj, up_proj and down_proj, comma-separated.
+    #[arg(long, default_value = "all-linear", value_name = "NAMES")]
+    pub lora_target_modules: LoraTargets,
 }
 
 impl LoraArgs {
@@ -239,6 +243,7 @@ impl LoraArgs {
             rank: self.lora_rank,
             alpha: self.lora_alpha,
             dropout: self.lora_dropout,
+            targets: self.lora_target_modules,
         }))
     }
 }

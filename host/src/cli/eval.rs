@@ -11,7 +11,7 @@ use super::plugins::PluginDirArgs;
 use crate::data::{DataSettings, DatasetSpec};
 use crate::eval::{EpisodeLimits, EvalSettings, Evaluation};
 use crate::generate::SamplingParams;
-use crate::model::LoraConfig;
+use crate::model::{LoraConfig, LoraTargets};
 use crate::plugins::Registry;
 use crate::rollout::RewardShaping;
 use crate::train::config::ModelSettings;
@@ -392,6 +392,14 @@ fn checkpoint_model(
     let (Some(rank), Some(alpha)) = (rank, alpha) else {
         return Err(user_error!("--checkpoint {}: adapter_config.json lacks r or lora_alpha", dir.display()));
     };
+    // PEFT writes a list of module names, or one string ("all-linear", or a single name).
+    let targets = match &config["target_modules"] {
+        serde_json::Value::Null => Ok(LoraTargets::ALL),
+        serde_json::Value::String(one) => LoraTargets::from_names([one]),
+        serde_json::Value::Array(names) => LoraTargets::from_names(names.iter().map(|n| n.as_str().unwrap_or("?"))),
+        other => Err(format!("{other} is neither a name nor a list of names")),
+    }
+    .map_err(|e| user_error!("--checkpoint {}: adapter_config.json's target_modules: {e}", dir.display()))?;
     let base = base_override.or_else(|| config["base_model_name_or_path"].as_str().map(str::to_string));
-    Ok((base, Some((LoraConfig { rank, alpha, dropout: 0.0 }, loaded.weights)), step))
+    Ok((base, Some((LoraConfig { rank, alpha, dropout: 0.0, targets }, loaded.weights)), step))
 }

@@ -1,4 +1,5 @@
-//! LoRA adapters (Hu et al. 2021) on every linear layer of the decoder except `lm_head`: `y = W x + (alpha / r) *
+//! LoRA adapters (Hu et al. 2021) on the decoder's linear layers except `lm_head` (all of them by default, or those
+//! [`LoraTargets`] names): `y = W x + (alpha / r) *
 //! B A dropout(x)`, with A `[r, in]` initialised like PEFT (uniform +-1/sqrt(in)) and B `[out, r]` zero, so an
 //! attached adapter starts as the identity change. Adapter variables live in their own var store, named
 //! `<linear>.lora_A.weight` / `<linear>.lora_B.weight` (PEFT's names without its `base_model.model.` prefix), so
@@ -16,6 +17,93 @@ pub struct LoraConfig {
     pub alpha: f64,
     /// Dropout on the adapter's input during training.
     pub dropout: f64,
+    /// The projections that get adapters (`--lora-target-modules`; a run saved before the flag had them all).
+    #[serde(default)]
+    pub targets: LoraTargets,
+}
+
+/// The linear layers of a decoder layer, by their Hugging Face names: where adapters can go.
+pub const PROJECTIONS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+
+/// Which of [`PROJECTIONS`] get adapters (PEFT's `target_modules`): `all-linear` (PEFT's name for all of them,
+/// `lm_head` aside), or a comma-separated list such as `q_proj,v_proj`. Saved as the list of names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "Vec<String>", into = "Vec<String>")]
+pub struct LoraTargets(u8);
+
+impl LoraTargets {
+    /// Every projection.
+    pub const ALL: LoraTargets = LoraTargets((1 << PROJECTIONS.len()) - 1);
+
+    /// The set of `names`, each one of [`PROJECTIONS`] (PEFT's `all-linear` stands for all); an unknown name, or
+    /// none, is an error naming the valid ones.
+    pub fn from_names<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> Result<Self, String> {
+        let mut bits = 0u8;
+        for name in names {
+            let name = name.as_ref().trim();
+            match PROJECTIONS.iter().position(|p| *p == name) {
+                Some(i) => bits |= 1 << i,
+                None if name == "all-linear" => bits |= Self::ALL.0,
+                None => {
+                    return Err(format!(
+                        "`{name}` is not a projection: use all-linear or some of {}",
+                        PROJECTIONS.join(",")
+                    ))
+                }
+            }
+        }
+        if bits == 0 {
+            return Err(format!("no projection named: use all-linear or some of {}", PROJECTIONS.join(",")));
+        }
+        Ok(LoraTargets(bits))
+    }
+
+    /// Whether the projection named `name` (its last path segment, such as `q_proj`) gets an adapter.
+    pub fn contains(self, name: &str) -> bool {
+        PROJECTIONS.iter().position(|p| *p == name).is_some_and(|i| self.0 & (1 << i) != 0)
+    }
+
+    /// The projections with adapters, in decoder order.
+    pub fn names(self) -> Vec<&'static str> {
+        PROJECTIONS.into_iter().filter(|p| self.contains(p)).collect()
+    }
+}
+
+impl Default for LoraTargets {
+    fn default() -> Self {
+        LoraTargets::ALL
+    }
+}
+
+impl std::str::FromStr for LoraTargets {
+    type Err = String;
+
+    fn from_str(spec: &str) -> Result<Self, String> {
+        LoraTargets::from_names(spec.split(',').filter(|s| !s.trim().is_empty()))
+    }
+}
+
+impl std::fmt::Display for LoraTargets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            LoraTargets::ALL => f.write_str("all-linear"),
+            _ => f.write_str(&self.names().join(",")),
+        }
+    }
+}
+
+impl TryFrom<Vec<String>> for LoraTargets {
+    type Error = String;
+
+    fn try_from(names: Vec<String>) -> Result<Self, String> {
+        LoraTargets::from_names(names)
+    }
+}
+
+impl From<LoraTargets> for Vec<String> {
+    fn from(t: LoraTargets) -> Vec<String> {
+        t.names().into_iter().map(String::from).collect()
+    }
 }
 
 /// The adapter attached to one linear layer.
@@ -42,5 +130,33 @@ impl LoraAdapter {
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
         let x = if train && self.dropout > 0.0 { x.dropout(self.dropout, true) } else { x.shallow_clone() };
         x.linear::<Tensor>(&self.a, None).linear::<Tensor>(&self.b, None) * self.scale
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse_from_the_flag_and_peft_names_and_save_as_a_list() {
+        let qv: LoraTargets = "q_proj, v_proj".parse().unwrap();
+        assert_eq!(qv.names(), ["q_proj", "v_proj"]);
+        assert!(qv.contains("v_proj") && !qv.contains("k_proj") && !qv.contains("lm_head"));
+        assert_eq!(qv.to_string(), "q_proj,v_proj");
+        assert_eq!("all-linear".parse::<LoraTargets>().unwrap(), LoraTargets::ALL);
+        assert_eq!(LoraTargets::ALL.names(), PROJECTIONS);
+        assert_eq!(LoraTargets::ALL.to_string(), "all-linear");
+        for bad in ["", "qproj", "q_proj,lm_head"] {
+            let err = bad.parse::<LoraTargets>().unwrap_err();
+            assert!(err.contains("use all-linear or some of q_proj,k_proj"), "{bad}: {err}");
+        }
+        // In config.json and adapter_config.json: the list of names; a config saved before the flag has them all.
+        let cfg = LoraConfig { rank: 4, alpha: 8.0, dropout: 0.0, targets: qv };
+        let saved = serde_json::to_value(cfg).unwrap();
+        assert_eq!(saved["targets"], serde_json::json!(["q_proj", "v_proj"]));
+        assert_eq!(serde_json::from_value::<LoraConfig>(saved).unwrap(), cfg);
+        let old: LoraConfig =
+            serde_json::from_value(serde_json::json!({"rank": 4, "alpha": 8.0, "dropout": 0.0})).unwrap();
+        assert_eq!(old.targets, LoraTargets::ALL);
     }
 }

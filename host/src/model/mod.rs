@@ -30,7 +30,7 @@ use tch::{nn, Device, Kind, Tensor};
 pub use config::{Architecture, ModelConfig, RopeScaling};
 pub use device::{cuda_free_bytes, DeviceSpec, DtypeSpec};
 pub use layers::{AttentionMask, LayerCache, SlotWrite};
-pub use lora::LoraConfig;
+pub use lora::{LoraConfig, LoraTargets};
 pub use resolve::resolve_model_dir;
 pub use weights::WeightFiles;
 
@@ -267,8 +267,8 @@ impl Model {
         self.lora_cfg
     }
 
-    /// Attach LoRA adapters to every linear layer except `lm_head` and freeze the base weights, so an optimizer
-    /// over [`Model::lora_var_store`] trains only the adapters.
+    /// Attach LoRA adapters to the linear layers `cfg.targets` names (never `lm_head`) and freeze the base weights,
+    /// so an optimizer over [`Model::lora_var_store`] trains only the adapters.
     pub fn attach_lora(&mut self, cfg: LoraConfig) -> anyhow::Result<()> {
         if self.lora_vs.is_some() {
             return Err(user_error!("LoRA adapters are already attached"));
@@ -297,6 +297,9 @@ impl Model {
                 &mut m.up_proj,
                 &mut m.down_proj,
             ] {
+                if !cfg.targets.contains(lin.name.rsplit('.').next().unwrap_or_default()) {
+                    continue;
+                }
                 let mut path = lvs.root();
                 for part in lin.name.split('.') {
                     path = path.sub(part);

@@ -491,7 +491,7 @@ impl RunConfig {
             ("--dtype", json!(m.dtype)),
             ("--mixed-precision", json!(m.mixed_precision)),
             ("--rollout-dtype", json!(m.rollout_dtype)),
-            ("--lora-rank/--lora-alpha/--lora-dropout", json!(m.lora)),
+            ("--lora-rank/--lora-alpha/--lora-dropout/--lora-target-modules", json!(m.lora)),
             ("--chat-template-kwargs", json!(m.chat_template_kwargs)),
             ("--temperature/--top-k/--top-p/--min-p", json!(s.params)),
             ("--ignore-eos", json!(s.ignore_eos)),

@@ -331,9 +331,7 @@ impl Policy {
             rank: c.rank,
             alpha: c.alpha,
             dropout: c.dropout,
-            target_modules: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-                .map(String::from)
-                .to_vec(),
+            target_modules: c.targets.into(),
         })
     }
 
