@@ -159,7 +159,7 @@ impl PolicyTerms {
         Self::build(batch, how, Surrogate::Cispo)
     }
 
-    /// SAPO's terms (Soft Adaptive Policy Optimization, Gao et al. 2025; TRL's `loss_type="sapo"`): in place of
+    /// SAPO's terms (Soft Adaptive Policy Optimization, from Qwen; TRL's `loss_type="sapo"`): in place of
     /// clipping, each token's ratio passes through a sigmoid gate, the surrogate being
     /// `-sigmoid(tau * (rho - 1)) * 4 / tau * A` with `tau` the gate's `tau_pos` for a positive advantage and
     /// `tau_neg` otherwise. At `rho = 1` its gradient is the plain policy gradient's, and it fades smoothly as the
