@@ -342,7 +342,9 @@ impl PolicyTerms {
     /// ```
     pub fn mask_off_policy(&mut self, batch: &PolicyBatch, threshold: f64) {
         let kind = self.surrogate.kind();
-        let drift = (batch.old_log_probs.to_kind(kind) - batch.log_probs.detach()) * &self.mask;
+        // Replaced, not multiplied, outside the mask: garbage there must not turn into inf * 0 = NaN.
+        let (on, zero) = (self.mask.gt(0.0), self.mask.zeros_like());
+        let drift = (batch.old_log_probs.to_kind(kind) - batch.log_probs.detach()).where_self(&on, &zero);
         let tokens = self.mask.sum_dim_intlist(-1, false, None).clamp_min(1.0);
         let drift = drift.sum_dim_intlist(-1, false, None) / tokens;
         let dropped = batch.advantages.lt(0.0).logical_and(&drift.gt(threshold));

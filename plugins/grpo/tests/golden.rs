@@ -173,3 +173,25 @@ fn the_dr_grpo_loss_type_without_scaling_is_the_drgrpo_plugin() {
         assert_close(case["name"].as_str().unwrap(), &adv, &tensor(&case["expected_drgrpo"]));
     }
 }
+
+/// Garbage outside the action mask (infinite old log-probs there) changes neither the loss nor the metrics, under
+/// the options that read the old log-probs in new ways.
+#[test]
+fn infinite_old_log_probs_outside_the_mask_change_nothing() {
+    for name in ["grpo_opsm_kl_bias", "grpo_opsm_kl_bias_gspo_dapo", "grpo_sapo", "grpo_cispo_step"] {
+        let case = fixtures("loss", Some("grpo")).into_iter().find(|c| c["name"] == name).unwrap();
+        let algo = Grpo::new(case["config"].clone()).unwrap();
+        let (_, mut batch) = batch(&case);
+        let inf = batch.old_log_probs.full_like(f64::INFINITY);
+        batch.old_log_probs = batch.old_log_probs.where_self(&batch.action_mask, &inf);
+        let out = algo.loss(&batch).unwrap();
+        assert_num(name, out.loss.double_value(&[]), case["expected_loss"].as_f64().unwrap());
+        for m in &out.metrics {
+            assert_num(
+                &format!("{name} {}", m.name),
+                m.as_number().unwrap(),
+                case["expected_metrics"][&m.name].as_f64().unwrap(),
+            );
+        }
+    }
+}
