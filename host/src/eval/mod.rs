@@ -415,13 +415,13 @@ impl Evaluation {
             }
         }
         let samples = self.settings.samples;
+        let sampled = samples > 0 && judged_samples;
         EvalResult {
             tasks: outcomes.len(),
             returns_mean: mean(&|o| o.greedy_return),
             accuracy: outcomes.iter().any(|o| o.solved.is_some()).then(|| share(&|o| o.solved == Some(true))),
-            pass_at_k: (samples > 0 && judged_samples).then(|| (samples, share(&|o| o.samples_solved > 0))),
-            mean_at_k: (samples > 0 && judged_samples)
-                .then(|| (samples, mean(&|o| o.samples_solved as f64) / samples as f64)),
+            pass_at_k: sampled.then(|| (samples, share(&|o| o.samples_solved > 0))),
+            mean_at_k: sampled.then(|| (samples, mean(&|o| o.samples_solved as f64) / samples as f64)),
             completion_length_mean: mean(&|o| o.completion_tokens as f64),
             completion_logprob_mean: mean(&|o| o.greedy_logprob_mean),
             rewards: components.into_iter().map(|(k, v)| (k, v.iter().sum::<f64>() / v.len() as f64)).collect(),

@@ -195,12 +195,11 @@ impl Experience {
     }
 
     /// The action tokens whose importance weight is 0 (a `--tis-mode` mask over the cap, or a sequence ratio that
-    /// underflowed), and all action tokens; `None` without weights.
-    pub fn zero_weight_tokens(&self) -> Option<(f64, f64)> {
+    /// underflowed); `None` without weights. Weights exist only where the old log-probs were recomputed, so the
+    /// action tokens they are a share of are [`Experience::is_ratio_totals`]'s count.
+    pub fn zero_weight_tokens(&self) -> Option<f64> {
         let weights = self.is_weights.as_ref()?;
-        let on = self.action_mask.to_kind(Kind::Bool);
-        let zero = weights.eq(0.0).logical_and(&on).sum(Kind::Double).double_value(&[]);
-        Some((zero, on.sum(Kind::Double).double_value(&[])))
+        Some(weights.eq(0.0).logical_and(&self.action_mask.to_kind(Kind::Bool)).sum(Kind::Double).double_value(&[]))
     }
 }
 

@@ -69,10 +69,10 @@ pub struct BatchSummary {
     pub group_size: usize,
     /// Importance ratios of the sampler against the trainer's old log-probs: (sum, count, max) over action tokens.
     pub is_ratio: Option<(f64, f64, f64)>,
-    /// Action tokens whose importance weight (`--tis-cap`) is 0, and all action tokens, when the loss has weights;
-    /// merged, the ranks' counts added.
+    /// Action tokens whose importance weight (`--tis-cap`) is 0, when the loss has weights (a share of `is_ratio`'s
+    /// count); merged, the ranks' counts added.
     #[serde(default)]
-    pub is_masked: Option<(f64, f64)>,
+    pub is_masked: Option<f64>,
     /// Stage times; merged, each the slowest rank's.
     pub timings: Timings,
     /// What dynamic sampling's rounds did (`--dynamic-sampling`); merged, the ranks' counts added.
@@ -134,7 +134,7 @@ impl BatchSummary {
                 (a, b) => a.or(b),
             };
             out.is_masked = match (out.is_masked, p.is_masked) {
-                (Some((z, c)), Some((z2, c2))) => Some((z + z2, c + c2)),
+                (Some(z), Some(z2)) => Some(z + z2),
                 (a, b) => a.or(b),
             };
             out.timings.rollout = out.timings.rollout.max(p.timings.rollout);
@@ -206,9 +206,9 @@ pub fn rollout(batch: &BatchSummary, best_mean_return: f64) -> Metrics {
         // How far the sampler (another precision, or the incremental decode) is from the trainer's policy.
         m.insert("rollouts/is_ratio_mean".into(), (sum / count).into());
         m.insert("rollouts/is_ratio_max".into(), max.into());
-    }
-    if let Some((zero, count)) = batch.is_masked.filter(|(_, count)| *count > 0.0) {
-        m.insert("rollouts/is_masked_share".into(), (zero / count).into());
+        if let Some(zero) = batch.is_masked {
+            m.insert("rollouts/is_masked_share".into(), (zero / count).into());
+        }
     }
     m.extend(reward_components(&batch.rollouts));
     m.extend(episode_shapes(&batch.rollouts));
