@@ -226,15 +226,17 @@ fn a_resume_without_run_name_continues_the_checkpoints_run() {
 }
 
 /// Train `name` for one batch, resume it for a second, and check that the second batch equals the uninterrupted
-/// two-batch run in `full` (3 optimizer steps per batch). `extra` flags go to both halves.
+/// two-batch run in `full`. `extra` flags go to both halves.
 fn assert_resume_is_exact(runs: &Path, full: &Path, name: &str, extra: &[&str]) {
     let first = train(runs, name, &[&["--max-steps", "1"], extra].concat());
     assert!(first.status.success(), "{}", text(&first.stderr));
+    // The second batch's first step: the first batch's steps.
+    let second = rows(&runs.join(name)).iter().filter_map(|r| r["step"].as_u64()).max().unwrap() + 1;
     let resumed = train(runs, name, &[&["--max-steps", "2", "--resume", "auto"], extra].concat());
     assert!(resumed.status.success(), "{}", text(&resumed.stderr));
     let later = |rows: &[BTreeMap<String, serde_json::Value>]| -> Vec<BTreeMap<String, serde_json::Value>> {
         rows.iter()
-            .filter(|r| r["step"].as_u64().unwrap() >= 3)
+            .filter(|r| r["step"].as_u64().unwrap() >= second)
             .map(|r| {
                 r.iter()
                     .filter(|(k, _)| !k.starts_with("final/") && !k.starts_with("checkpoint/"))
@@ -472,6 +474,34 @@ fn dynamic_sampling_keeps_groups_whose_rewards_vary_and_resumes_exactly() {
     assert_eq!(warnings.len(), 1, "{err}");
     assert!(warnings[0].starts_with("warning: batch 1: ") && warnings[0].contains("--max-sampling-rounds"), "{err}");
     assert_resume_is_exact(runs.path(), &run, "dynamic-split", &flags);
+}
+
+/// `--micro-batch-tokens 600` regroups each step's 3 sequences (about 260 tokens each) into micro-batches of 2 and
+/// 1: the first step's loss and gradient norm are those of the same step in one micro-batch, the budget is saved in
+/// config.json, the run resumes exactly, and a budget below `--max-length` is refused in one line.
+#[test]
+fn a_token_budget_per_micro_batch_trains_the_same_step_and_resumes_exactly() {
+    let runs = tempfile::tempdir().unwrap();
+    let flags = ["--train-batch-size", "3", "--micro-batch-tokens", "600"];
+    let out = train(runs.path(), "tokens", &[&["--max-steps", "2"], &flags[..]].concat());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let plain = train(runs.path(), "rows", &["--max-steps", "1", "--train-batch-size", "3"]);
+    assert!(plain.status.success(), "{}", text(&plain.stderr));
+    let first = |name: &str| rows(&runs.path().join(name)).swap_remove(0);
+    let (budget, whole) = (first("tokens"), first("rows"));
+    for key in ["training_step/loss", "training_step/grad_norm", "training_step/kl"] {
+        let (a, b) = (budget[key].as_f64().unwrap(), whole[key].as_f64().unwrap());
+        assert!((a - b).abs() <= 1e-5 * a.abs().max(b.abs()) + 1e-7, "{key}: {a} in micro-batches, {b} in one");
+    }
+    let saved = json_file(&runs.path().join("tokens/config.json"));
+    assert_eq!(saved["run"]["batch"]["micro_batch_tokens"], 600);
+    assert_resume_is_exact(runs.path(), &runs.path().join("tokens"), "tokens-split", &flags);
+
+    let out = train(runs.path(), "refused", &["--max-steps", "1", "--micro-batch-tokens", "256"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--micro-batch-tokens 256 is below --max-length 512"), "{err}");
+    assert_eq!(err.lines().filter(|l| l.starts_with("error:")).count(), 1, "{err}");
 }
 
 /// Tensors of a safetensors file by name, in f32.

@@ -73,6 +73,7 @@ fn batch(accumulate: usize) -> BatchSettings {
         group_size: 3,
         train_batch_size: 2,
         gradient_accumulation_steps: accumulate,
+        micro_batch_tokens: None,
         epochs_per_step: 1,
         max_new_tokens: 6,
         max_length: 512,
@@ -398,6 +399,72 @@ fn a_dapo_step_is_the_same_however_it_is_cut_into_micro_batches() {
     assert!(!close(bnpo_split_norm, split_norm), "bnpo in three micro-batches gave dapo's gradient norm");
     let gap = (&whole - &bnpo_split).abs().max().double_value(&[]);
     assert!(gap > 100.0 * diff, "bnpo's split update is as close to the whole step's ({gap}) as dapo's ({diff})");
+}
+
+/// A step's sequences weigh the same however they are cut into micro-batches, by `--train-batch-size` or by
+/// `--micro-batch-tokens`, even when the micro-batches differ in size: each micro-batch's loss counts by its share of
+/// the step's sequences (GRPO's and Dr. GRPO's sequence means) and a token-level loss by the step's tokens (DAPO's).
+/// The reference log-probs, computed in passes grouped longest first, come back in the batch's order.
+#[test]
+fn a_step_is_the_same_in_micro_batches_of_unequal_sizes() {
+    let registry = Registry::discover(&DiscoveryOptions::only(vec![common::shipped_dir().to_path_buf()])).unwrap();
+    let (default_algo, env) = plugins();
+    let sampler = Policy::load(&settings(DtypeSpec::F32, MixedPrecision::No), false, 7).unwrap();
+    let mut scored = scored_batch(&sampler, &default_algo, &env, &batch(1));
+    // Episode i loses its last i tokens (while it keeps an action), so the sequences differ in length.
+    for (i, r) in scored.rollouts.iter_mut().enumerate() {
+        let keep = r.tokens.len() - i.min(r.tokens.len() - r.prompt_len - 1);
+        r.tokens.truncate(keep);
+        r.action.truncate(keep);
+        r.sample_logprobs.truncate(keep);
+    }
+    let lengths: Vec<usize> = scored.rollouts.iter().map(|r| r.tokens.len()).collect();
+    // Two sequences of the longest length fit, then three of the next: micro-batches of unequal sizes.
+    let budget = 3 * lengths.iter().max().unwrap() - 1;
+    let cut = experience::Chunking::Tokens(budget).split(&[0, 1, 2, 3, 4, 5], &lengths);
+    let sizes: Vec<usize> = cut.iter().map(Vec::len).collect();
+    assert!(sizes.len() > 1 && sizes.iter().any(|&n| n != sizes[0]), "lengths {lengths:?} cut into {sizes:?}");
+
+    let objective = objective(0.01, RecomputeOld::Never);
+    let step = |algo: &AlgorithmPlugin, micro: usize, accumulate: usize, tokens: Option<usize>| {
+        let batch = BatchSettings {
+            train_batch_size: micro,
+            gradient_accumulation_steps: accumulate,
+            micro_batch_tokens: tokens,
+            ..batch(1)
+        };
+        let policy = Policy::load(&settings(DtypeSpec::F32, MixedPrecision::No), true, 7).unwrap();
+        let exp = experience::prepare(&scored, &policy, &objective, batch.chunking()).unwrap();
+        // On the action tokens: a padded position holds whatever its pass's width left there.
+        let reference = exp.ref_log_probs.as_ref().unwrap() * exp.action_mask.to_kind(Kind::Float);
+        let (delta, updates) = update_once(&policy, &exp, algo, &batch, &objective, 1e-3, &mut |_, _| {});
+        assert_eq!(updates.steps.len(), 1);
+        (delta, updates.steps[0].loss, updates.steps[0].grad_norm, reference)
+    };
+    // GRPO's loss at ratio 1 is a rounding error from 0 (a group's advantages sum to 0): an absolute floor too.
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * a.abs().max(b.abs()) + 1e-6;
+    for (name, config) in [
+        ("grpo", serde_json::Value::Null),
+        ("drgrpo", serde_json::Value::Null),
+        ("grpo", serde_json::json!({"loss_type": "dapo"})),
+    ] {
+        let algo = registry.algorithm(name, &config).unwrap();
+        let (whole, loss, norm, reference) = step(&algo, 6, 1, None);
+        let moved = whole.abs().max().double_value(&[]);
+        assert!(moved > 0.0, "{name} {config}: the step moved no weight");
+        // Micro-batches of 4 and 2 sequences, then the token budget's.
+        for (micro, accumulate, tokens) in [(4, 2, None), (6, 1, Some(budget))] {
+            let (split, split_loss, split_norm, split_reference) = step(&algo, micro, accumulate, tokens);
+            let how = format!("{name} {config} in micro-batches of {micro} x {accumulate}, {tokens:?} tokens");
+            assert!(close(loss, split_loss), "{how}: loss {split_loss}, one micro-batch {loss}");
+            assert!(close(norm, split_norm), "{how}: gradient norm {split_norm}, one micro-batch {norm}");
+            // As in the DAPO test above: Adam's division by the gradient's size makes this a tolerance.
+            let diff = (&whole - &split).abs().max().double_value(&[]);
+            assert!(diff <= 1e-3 * moved, "{how}: the updates differ by {diff} (largest change {moved})");
+            let gap = (&reference - &split_reference).abs().max().double_value(&[]);
+            assert!(gap < 1e-5, "{how}: reference log-probs differ by {gap}");
+        }
+    }
 }
 
 /// `--top-entropy-quantile 0.3` keeps the policy-gradient term of the 30% of the micro-batch's action tokens with

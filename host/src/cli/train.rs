@@ -92,6 +92,11 @@ pub struct TrainArgs {
     /// Passes over each batch's experience.
     #[arg(long, default_value_t = 1)]
     pub epochs_per_step: usize,
+    /// Group each optimizer step's sequences (--train-batch-size x --gradient-accumulation-steps) longest first into
+    /// micro-batches of at most this many padded tokens instead (verl's use_dynamic_bsz with
+    /// ppo_max_token_len_per_gpu); the log-prob passes too. At least --max-length.
+    #[arg(long, value_name = "N")]
+    pub micro_batch_tokens: Option<usize>,
 
     /// Most tokens generated in one assistant turn; also DR-GRPO's constant normalizer.
     #[arg(long, default_value_t = 128)]
@@ -323,6 +328,7 @@ impl TrainArgs {
                 group_size: self.group_size,
                 train_batch_size: self.train_batch_size,
                 gradient_accumulation_steps: self.gradient_accumulation_steps,
+                micro_batch_tokens: self.micro_batch_tokens,
                 epochs_per_step: self.epochs_per_step,
                 max_new_tokens: self.max_new_tokens,
                 max_length: self.max_length,
@@ -419,6 +425,14 @@ impl TrainArgs {
                 "--max-length {} must exceed --max-new-tokens {} (it bounds the whole episode, prompt included)",
                 self.max_length,
                 self.max_new_tokens
+            ));
+        }
+        if let Some(tokens) = self.micro_batch_tokens.filter(|&t| t < self.max_length) {
+            return Err(user_error!(
+                "--micro-batch-tokens {tokens} is below --max-length {}: the longest episode must fit in one \
+                 micro-batch; raise it to {} or more, or lower --max-length",
+                self.max_length,
+                self.max_length
             ));
         }
         // The lower clip bound 1 - eps must stay above 0; the upper one (DAPO's clip-higher) has no such bound.

@@ -139,6 +139,11 @@ pub struct BatchSettings {
     pub train_batch_size: usize,
     /// Micro-batches per optimizer step.
     pub gradient_accumulation_steps: usize,
+    /// `--micro-batch-tokens`: each optimizer step's sequences (`train_batch_size` times
+    /// `gradient_accumulation_steps`) regrouped longest first into micro-batches of at most this many padded tokens,
+    /// and the log-prob passes grouped the same way; `None`: micro-batches of `train_batch_size` sequences.
+    #[serde(default)]
+    pub micro_batch_tokens: Option<usize>,
     /// Passes over each batch's experience.
     pub epochs_per_step: usize,
     /// Most tokens per assistant turn; DR-GRPO's constant normalizer.
@@ -172,6 +177,12 @@ impl BatchSettings {
             max_length: self.max_length,
             prompt_limit: self.prompt_limit,
         }
+    }
+
+    /// How the log-prob passes over a batch group its sequences.
+    pub fn chunking(&self) -> crate::train::experience::Chunking {
+        use crate::train::experience::Chunking;
+        self.micro_batch_tokens.map_or(Chunking::Rows(self.train_batch_size), Chunking::Tokens)
     }
 
     /// Episodes in one batch.
@@ -499,6 +510,7 @@ impl RunConfig {
             ("--group-size", json!(b.group_size)),
             ("--train-batch-size", json!(b.train_batch_size)),
             ("--gradient-accumulation-steps", json!(b.gradient_accumulation_steps)),
+            ("--micro-batch-tokens", json!(b.micro_batch_tokens)),
             ("--epochs-per-step", json!(b.epochs_per_step)),
             ("--max-new-tokens", json!(b.max_new_tokens)),
             ("--max-length", json!(b.max_length)),

@@ -14,10 +14,15 @@ use super::scored::Scored;
 use crate::rollout::Rollout;
 
 /// Stage: scored rollouts -> experience. Pads the batch into tensors on the policy's device, recomputes the old
-/// log-probs when the sampler's cannot be reused, and adds the reference's (when the run has one). `chunk` rows go
-/// through each forward.
-pub fn prepare(scored: &Scored, policy: &Policy, loss: &ObjectiveSettings, chunk: usize) -> Result<Experience> {
-    let mut exp = prepare_rollouts(&scored.rollouts, policy, loss, chunk)?;
+/// log-probs when the sampler's cannot be reused, and adds the reference's (when the run has one). `chunks` groups
+/// the sequences into forward passes (a number: that many rows each).
+pub fn prepare(
+    scored: &Scored,
+    policy: &Policy,
+    loss: &ObjectiveSettings,
+    chunks: impl Into<Chunking>,
+) -> Result<Experience> {
+    let mut exp = prepare_rollouts(&scored.rollouts, policy, loss, chunks.into())?;
     exp.set_advantages(&scored.advantages);
     Ok(exp)
 }
@@ -28,7 +33,7 @@ pub fn prepare_rollouts(
     rollouts: &[Rollout],
     policy: &Policy,
     loss: &ObjectiveSettings,
-    chunk: usize,
+    chunks: Chunking,
 ) -> Result<Experience> {
     let zeros = Tensor::zeros([rollouts.len() as i64], (Kind::Float, Device::Cpu));
     let mut exp = Experience::build(rollouts, &zeros, policy.device());
@@ -44,7 +49,7 @@ pub fn prepare_rollouts(
         choice => policy.recompute_old(choice),
     };
     if recompute {
-        let recomputed = policy.log_probs(&exp, chunk)?;
+        let recomputed = policy.log_probs(&exp, chunks)?;
         let sampled = std::mem::replace(&mut exp.old_log_probs, recomputed);
         if loss.tis_cap > 0.0 {
             let (old, mask) = (&exp.old_log_probs, &exp.action_mask);
@@ -52,8 +57,49 @@ pub fn prepare_rollouts(
         }
         exp.sample_log_probs = Some(sampled);
     }
-    exp.ref_log_probs = policy.reference_log_probs(&exp, chunk, loss.needs_reference())?;
+    exp.ref_log_probs = policy.reference_log_probs(&exp, chunks, loss.needs_reference())?;
     Ok(exp)
+}
+
+/// How a batch's sequences are grouped into forward passes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Chunking {
+    /// At most this many sequences per pass, in the order given (`--train-batch-size`).
+    Rows(usize),
+    /// Longest first, as many sequences per pass as fit in this many padded tokens, the pass's sequences times its
+    /// longest (`--micro-batch-tokens`, verl's dynamic batch size). Sorting by length first keeps each pass's
+    /// padding small; a sequence longer than the budget goes alone.
+    Tokens(usize),
+}
+
+impl From<usize> for Chunking {
+    fn from(rows: usize) -> Chunking {
+        Chunking::Rows(rows)
+    }
+}
+
+impl Chunking {
+    /// `rows` cut into passes; `lengths` holds every sequence's unpadded length, by row. Every row lands in exactly
+    /// one pass.
+    pub fn split(self, rows: &[usize], lengths: &[usize]) -> Vec<Vec<usize>> {
+        match self {
+            Chunking::Rows(size) => rows.chunks(size.max(1)).map(<[usize]>::to_vec).collect(),
+            Chunking::Tokens(budget) => {
+                let mut sorted = rows.to_vec();
+                // A stable sort: sequences of one length keep the order given (the seeded shuffle).
+                sorted.sort_by_key(|&row| std::cmp::Reverse(lengths[row]));
+                let mut passes: Vec<Vec<usize>> = Vec::new();
+                for row in sorted {
+                    match passes.last_mut() {
+                        // The pass's first row is its longest, so its padded width.
+                        Some(pass) if (pass.len() + 1) * lengths[pass[0]] <= budget => pass.push(row),
+                        _ => passes.push(vec![row]),
+                    }
+                }
+                passes
+            }
+        }
+    }
 }
 
 /// The padded tensors of one batch, on the training device.

@@ -67,6 +67,14 @@ pub fn run(mut config: RunConfig) -> Result<i32> {
     crate::runtime::set_threads(config.model.threads);
     crate::runtime::set_deterministic(config.model.deterministic)?;
     let world = World::for_run(&mut config.model.device, Duration::from_secs_f64(config.dist.timeout_secs))?;
+    if world.is_distributed() && config.batch.micro_batch_tokens.is_some() && config.loss.top_entropy_quantile < 1.0 {
+        // The quantile is taken over each micro-batch's tokens on every rank, while each rank cuts its own sequences
+        // by length into as many micro-batches as they need.
+        return Err(crate::user_error!(
+            "--top-entropy-quantile with --micro-batch-tokens cannot run data-parallel: the ranks' micro-batches \
+             differ in number; drop --micro-batch-tokens (or the quantile)"
+        ));
+    }
     let mut trainer = Trainer::start(config, world)?;
     // A libtorch failure (out of memory, above all) ends the run as an error does: logs closed, checkpoints kept.
     let outcome = crate::error::catch_panics(|| trainer.train());
@@ -443,9 +451,9 @@ impl Trainer {
         timings.rollout_stats = episodes.stats;
         let (rollouts, group_size, rank) = (episodes.rollouts, self.config.batch.group_size, self.world.rank);
         let (t, peak) = (Instant::now(), PhasePeak::start());
-        let (loss, rows) = (&self.config.loss, self.config.batch.train_batch_size);
+        let (loss, chunks) = (&self.config.loss, self.config.batch.chunking());
         // The log-probs before the advantages: a KL penalty in the reward needs them.
-        let mut exp = experience::prepare_rollouts(&rollouts, &self.policy, loss, rows)?;
+        let mut exp = experience::prepare_rollouts(&rollouts, &self.policy, loss, chunks)?;
         timings.logprob = t.elapsed().as_secs_f64();
         timings.logprob_peak_rss = peak.end();
         let (scored_returns, reward_kl) = self.kl_penalised(&exp, all_returns)?;
@@ -1021,6 +1029,7 @@ fn global_batch(config: &RunConfig, world_size: usize) -> RunConfig {
     let mut global = config.clone();
     global.batch.rollouts_per_step *= world_size;
     global.batch.train_batch_size *= world_size;
+    global.batch.micro_batch_tokens = global.batch.micro_batch_tokens.map(|tokens| tokens * world_size);
     if global.sft.steps > 0 {
         global.sft.batch_size *= world_size;
     }

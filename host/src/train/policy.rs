@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use tch::{Device, Kind, Tensor};
 
 use super::config::{ModelSettings, RecomputeOld};
-use super::experience::Experience;
+use super::experience::{Chunking, Experience};
 use super::optimizer::{AdamW, AdamWConfig};
 use super::precision::LossScaler;
 use super::precision::Precision;
@@ -174,9 +174,9 @@ impl Policy {
     }
 
     /// Log-probs of the experience's tokens under the current policy in eval mode, without grad.
-    pub fn log_probs(&self, exp: &Experience, chunk: usize) -> Result<Tensor> {
+    pub fn log_probs(&self, exp: &Experience, chunks: impl Into<Chunking>) -> Result<Tensor> {
         self.model.set_training(false);
-        Ok(batched_log_probs(&self.model, exp, chunk))
+        Ok(batched_log_probs(&self.model, exp, chunks.into()))
     }
 
     /// Make the model as it is now the KL reference (`--sft-warmup-steps`: the penalty should hold RL near the
@@ -254,7 +254,13 @@ impl Policy {
     }
 
     /// Log-probs under the reference policy when `wanted`, or `None` (also without a reference).
-    pub fn reference_log_probs(&self, exp: &Experience, chunk: usize, wanted: bool) -> Result<Option<Tensor>> {
+    pub fn reference_log_probs(
+        &self,
+        exp: &Experience,
+        chunks: impl Into<Chunking>,
+        wanted: bool,
+    ) -> Result<Option<Tensor>> {
+        let chunks = chunks.into();
         if !wanted {
             return Ok(None);
         }
@@ -263,11 +269,11 @@ impl Policy {
             Reference::None => None,
             Reference::AdaptersOff => {
                 self.model.set_adapters_enabled(false);
-                let lp = batched_log_probs(&self.model, exp, chunk);
+                let lp = batched_log_probs(&self.model, exp, chunks);
                 self.model.set_adapters_enabled(true);
                 Some(lp)
             }
-            Reference::Copy(reference) => Some(batched_log_probs(reference, exp, chunk)),
+            Reference::Copy(reference) => Some(batched_log_probs(reference, exp, chunks)),
         })
     }
 
@@ -401,19 +407,29 @@ fn copy_by_name(
     })
 }
 
-/// `[N, T-1]` log-probs of every sequence of `exp` in chunks of `chunk` rows, without grad.
-fn batched_log_probs(model: &Model, exp: &Experience, chunk: usize) -> Tensor {
+/// `[N, T-1]` log-probs of every sequence of `exp`, in the passes `chunks` makes, without grad.
+fn batched_log_probs(model: &Model, exp: &Experience, chunks: Chunking) -> Tensor {
     tch::no_grad(|| {
-        let n = exp.len();
+        let all: Vec<usize> = (0..exp.len()).collect();
+        let passes = chunks.split(&all, &exp.lengths);
         let width = exp.tokens.size()[1] - 1;
         let mut parts = Vec::new();
-        for start in (0..n).step_by(chunk.max(1)) {
-            let rows: Vec<usize> = (start..(start + chunk.max(1)).min(n)).collect();
-            let mb = exp.select(&rows);
+        for rows in &passes {
+            let mb = exp.select(rows);
             let lp = model.token_log_probs_padded(&mb.tokens, &mb.attention_mask, Padding::Right);
             let pad = width - lp.size()[1];
             parts.push(if pad > 0 { lp.constant_pad_nd([0, pad]) } else { lp });
         }
-        Tensor::cat(&parts, 0)
+        let out = Tensor::cat(&parts, 0);
+        let order = passes.concat();
+        if order.iter().enumerate().all(|(i, &row)| i == row) {
+            return out;
+        }
+        // Back to the batch's order: row `r` is at position `at[r]` of the passes' concatenation.
+        let mut at = vec![0i64; order.len()];
+        for (position, &row) in order.iter().enumerate() {
+            at[row] = position as i64;
+        }
+        out.index_select(0, &Tensor::from_slice(&at).to_device(out.device()))
     })
 }

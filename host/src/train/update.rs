@@ -1,6 +1,7 @@
 //! Stage: experience -> updates. `epochs_per_step` shuffled passes over a batch's experience in micro-batches of
 //! `train_batch_size` sequences; every `gradient_accumulation_steps` micro-batches make one optimizer step, whose
-//! loss is the algorithm plugin's.
+//! loss is the algorithm plugin's. With `micro_batch_tokens` a step's sequences are regrouped by length into
+//! micro-batches of a token budget; each micro-batch weighs by its share of the step's sequences either way.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -12,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use super::config::{BatchSettings, ReferenceSync};
-use super::experience::Experience;
+use super::experience::{Chunking, Experience};
 use super::optimizer::{AdamW, Schedule};
 use super::policy::Policy;
 use super::precision::LossScaler;
@@ -100,25 +101,23 @@ impl Updater<'_> {
         on_step: &mut dyn FnMut(&StepRecord, &TrainerState),
     ) -> Result<Updates> {
         let mut out = Updates::default();
-        let accum = self.batch.gradient_accumulation_steps.max(1);
         self.policy.model().set_training(true);
         let result = (|| {
-            let passes: Vec<Vec<Vec<usize>>> = (0..self.batch.epochs_per_step)
-                .map(|pass| micro_batches(exp.len(), self.batch.train_batch_size, self.seed, state.batch, pass))
-                .collect();
-            let mut divisors = self.step_token_divisors(exp, &passes, accum)?.into_iter();
-            for order in &passes {
+            let passes: Vec<Vec<Vec<Vec<usize>>>> =
+                (0..self.batch.epochs_per_step).map(|pass| self.pass_steps(exp, state.batch, pass)).collect();
+            let mut step_tokens = self.step_action_tokens(exp, &passes)?.into_iter();
+            for steps in &passes {
                 // The pass's row order goes to the device in one copy; each micro-batch takes a slice of it.
-                let index = exp.row_index(&order.concat());
+                let index = exp.row_index(&steps.concat().concat());
                 let mut offset = 0;
-                for window in order.chunks(accum) {
+                for window in steps {
                     let mut micro = Vec::with_capacity(window.len());
                     for rows in window {
                         micro.push((rows.as_slice(), index.narrow(0, offset, rows.len() as i64)));
                         offset += rows.len() as i64;
                     }
-                    let divisor = divisors.next().unwrap_or(1.0);
-                    let record = self.step(exp, &micro, divisor, state)?;
+                    let tokens = step_tokens.next().unwrap_or(1.0);
+                    let record = self.step(exp, &micro, tokens, state)?;
                     self.sync_reference(state.global_step)?;
                     on_step(&record, state);
                     out.steps.push(record);
@@ -143,20 +142,32 @@ impl Updater<'_> {
         self.policy.mix_into_reference(sync.alpha, masters.as_ref())
     }
 
-    /// [`PolicyBatch::step_token_divisor`] of each optimizer step of the batch's `passes`, in order: the action
-    /// tokens the loss covers in the step, on every rank, over the number of micro-batch losses averaged into it
-    /// (its micro-batches times the ranks), at least one token. The counts are known on the host; under data
-    /// parallelism they take one collective per batch, not one per step.
-    fn step_token_divisors(&self, exp: &Experience, passes: &[Vec<Vec<usize>>], accum: usize) -> Result<Vec<f64>> {
-        let mut tokens = Vec::new();
-        let mut losses = Vec::new();
-        for window in passes.iter().flat_map(|order| order.chunks(accum)) {
-            tokens.push(window.iter().flatten().map(|&row| exp.action_tokens[row] as f64).sum());
-            losses.push((window.len() * self.world.size) as f64);
-        }
+    /// The optimizer steps of pass `pass` over `exp`, each as its micro-batches' rows: the seeded shuffle cut into
+    /// micro-batches of `--train-batch-size` sequences, `--gradient-accumulation-steps` of them to a step. With
+    /// `--micro-batch-tokens` a step keeps the same sequences, regrouped longest first within the token budget.
+    fn pass_steps(&self, exp: &Experience, batch: u64, pass: usize) -> Vec<Vec<Vec<usize>>> {
+        let micro = micro_batches(exp.len(), self.batch.train_batch_size, self.seed, batch, pass);
+        micro
+            .chunks(self.batch.gradient_accumulation_steps.max(1))
+            .map(|window| match self.batch.micro_batch_tokens {
+                Some(budget) => Chunking::Tokens(budget).split(&window.concat(), &exp.lengths),
+                None => window.to_vec(),
+            })
+            .collect()
+    }
+
+    /// The action tokens the loss covers in each optimizer step of the batch's `passes`, in order, summed over the
+    /// ranks (at least one). They are known on the host; under data parallelism they take one collective per batch,
+    /// not one per step.
+    fn step_action_tokens(&self, exp: &Experience, passes: &[Vec<Vec<Vec<usize>>>]) -> Result<Vec<f64>> {
+        let tokens: Vec<f64> = passes
+            .iter()
+            .flatten()
+            .map(|step| step.iter().flatten().map(|&row| exp.action_tokens[row] as f64).sum())
+            .collect();
         let tokens =
             self.world.reduce_f64("counting the steps' action tokens over the ranks", &tokens, ReduceOp::Sum)?;
-        Ok(tokens.iter().zip(losses).map(|(n, k)| n.max(1.0) / k).collect())
+        Ok(tokens.into_iter().map(|n| n.max(1.0)).collect())
     }
 
     /// `[B, T]` f32: 1 on the action tokens whose entropy reaches the `1 - q` quantile of the action tokens'
@@ -190,14 +201,21 @@ impl Updater<'_> {
         &mut self,
         exp: &Experience,
         window: &[(&[usize], Tensor)],
-        step_token_divisor: f64,
+        step_tokens: f64,
         state: &mut TrainerState,
     ) -> Result<StepRecord> {
         let mut pending = Vec::with_capacity(window.len());
+        let window_rows: usize = window.iter().map(|(rows, _)| rows.len()).sum();
         // The policy's entropy summed over the window's action tokens, and their count, kept on the device.
         let mut entropy = Tensor::zeros([2], (Kind::Double, exp.tokens.device()));
         self.optimizer.zero_grad();
         for (rows, index) in window {
+            // The micro-batch's loss is divided by this, its share of the step's sequences inverted (the number of
+            // micro-batches when they are of one size), so that the step's loss is the mean over its sequences
+            // however they were cut; and a token-level loss's sum by the step's tokens over this on every rank
+            // (`PolicyBatch::step_token_divisor`), so that every token of the step weighs the same.
+            let share = window_rows as f64 / rows.len() as f64;
+            let step_token_divisor = step_tokens / (share * self.world.size as f64);
             let mb = exp.select_at(rows, index);
             let model = self.policy.model();
             let grad = if self.entropy_coeff != 0.0 { EntropyGrad::Yes } else { EntropyGrad::No };
@@ -239,11 +257,12 @@ impl Updater<'_> {
             }
             // Each micro-batch's share, so the accumulated gradient is the window's mean; under fp16 scaled up so
             // small gradients survive, and unscaled as they are added to the f32 gradients.
-            self.scaler.scale_loss(&(&out.loss / window.len() as f64)).backward();
+            self.scaler.scale_loss(&(&out.loss / share)).backward();
             self.optimizer.accumulate_grads(self.scaler.unscale_factor());
             // Only the values are kept for the step's read: no reference to the micro-batch's graph outlives it.
             let device_metrics = out.device_metrics.into_iter().map(|(name, t)| (name, t.detach())).collect();
-            pending.push(DeferredLoss { loss: out.loss.detach(), metrics: out.metrics, device_metrics });
+            let deferred = DeferredLoss { loss: out.loss.detach(), metrics: out.metrics, device_metrics };
+            pending.push((deferred, rows.len() as f64));
         }
         // Data parallel: the gradients averaged over the ranks once per optimizer step (the micro-batches before the
         // last accumulate locally, as DDP's no_sync). The average of the ranks' mean gradients is the mean over the
@@ -307,10 +326,15 @@ fn action_totals(x: &Tensor, action_mask: &Tensor) -> Tensor {
 
 /// The one device-to-host copy of an optimizer step: each micro-batch's loss and device metrics, the entropy
 /// totals ([`action_totals`] summed) and the gradient norm (0 without gradients), read together and summed into the
-/// step's record. A micro-batch whose loss is not finite counts as invalid and adds nothing.
-fn read_step(outputs: Vec<DeferredLoss>, entropy: &Tensor, grad_norm: Option<Tensor>) -> Result<(Accumulated, f64)> {
+/// step's record, each micro-batch weighted by its sequences (the number paired with its output). A micro-batch
+/// whose loss is not finite counts as invalid and adds nothing.
+fn read_step(
+    outputs: Vec<(DeferredLoss, f64)>,
+    entropy: &Tensor,
+    grad_norm: Option<Tensor>,
+) -> Result<(Accumulated, f64)> {
     let mut parts = Vec::new();
-    for out in &outputs {
+    for (out, _) in &outputs {
         parts.push(out.loss.shallow_clone());
         parts.extend(out.device_metrics.iter().map(|(_, t)| t.shallow_clone()));
     }
@@ -318,14 +342,14 @@ fn read_step(outputs: Vec<DeferredLoss>, entropy: &Tensor, grad_norm: Option<Ten
     parts.extend(grad_norm.as_ref().map(Tensor::shallow_clone));
     let mut values = read_scalars(&parts)?.into_iter();
     let mut acc = Accumulated::default();
-    for out in outputs {
+    for (out, weight) in outputs {
         let loss = values.next().unwrap_or(f64::NAN);
         let mut metrics = out.metrics;
         for (name, _) in out.device_metrics {
             metrics.push(grpo_sdk::Metric::number(name, values.next().unwrap_or(f64::NAN)));
         }
         if loss.is_finite() {
-            acc.add(loss, metrics);
+            acc.add(loss, weight, metrics);
         } else {
             acc.invalid += 1;
         }
@@ -352,29 +376,34 @@ pub fn micro_batches(n: usize, size: usize, seed: u64, batch: u64, pass: usize) 
     order.chunks(size.max(1)).map(<[usize]>::to_vec).collect()
 }
 
-/// The micro-batches of one optimizer step, summed for its record (over the ranks, under data parallelism).
+/// The micro-batches of one optimizer step, summed for its record (over the ranks, under data parallelism). Losses
+/// and numeric metrics are weighted by each micro-batch's sequences, as the step's gradient weighs them.
 #[derive(Default, Serialize, Deserialize)]
 struct Accumulated {
     count: usize,
     /// Micro-batches whose loss was not finite.
     invalid: usize,
+    /// The weighted sum of the losses, and the weights'.
     loss: f64,
-    numbers: BTreeMap<String, (f64, usize)>,
+    weight: f64,
+    /// Each metric's weighted sum and the weights of the micro-batches that reported it.
+    numbers: BTreeMap<String, (f64, f64)>,
     texts: BTreeMap<String, String>,
     /// The policy's entropy summed over the action tokens, and their count.
     entropy: (f64, f64),
 }
 
 impl Accumulated {
-    fn add(&mut self, loss: f64, metrics: Vec<grpo_sdk::Metric>) {
+    fn add(&mut self, loss: f64, weight: f64, metrics: Vec<grpo_sdk::Metric>) {
         self.count += 1;
-        self.loss += loss;
+        self.loss += weight * loss;
+        self.weight += weight;
         for metric in metrics {
             match metric.value {
                 MetricValue::Number(x) => {
-                    let e = self.numbers.entry(metric.name).or_insert((0.0, 0));
-                    e.0 += x;
-                    e.1 += 1;
+                    let e = self.numbers.entry(metric.name).or_insert((0.0, 0.0));
+                    e.0 += weight * x;
+                    e.1 += weight;
                 }
                 MetricValue::Text(t) => {
                     self.texts.insert(metric.name, t);
@@ -390,9 +419,10 @@ impl Accumulated {
             out.count += p.count;
             out.invalid += p.invalid;
             out.loss += p.loss;
+            out.weight += p.weight;
             out.entropy = (out.entropy.0 + p.entropy.0, out.entropy.1 + p.entropy.1);
             for (k, (sum, n)) in p.numbers {
-                let e = out.numbers.entry(k).or_insert((0.0, 0));
+                let e = out.numbers.entry(k).or_insert((0.0, 0.0));
                 e.0 += sum;
                 e.1 += n;
             }
@@ -405,14 +435,14 @@ impl Accumulated {
 
     fn finish(self, step: u64, grad_norm: f64, learning_rate: f64) -> StepRecord {
         let mut algorithm: BTreeMap<String, f64> =
-            self.numbers.into_iter().map(|(k, (sum, n))| (k, sum / n as f64)).collect();
+            self.numbers.into_iter().map(|(k, (sum, weight))| (k, sum / weight)).collect();
         let (entropy, tokens) = self.entropy;
         if tokens > 0.0 {
             algorithm.insert(ENTROPY.to_string(), entropy / tokens);
         }
         StepRecord {
             step,
-            loss: self.loss / self.count as f64,
+            loss: self.loss / self.weight,
             grad_norm,
             learning_rate,
             skipped: false,
@@ -443,24 +473,33 @@ mod tests {
 
     #[test]
     fn a_step_reads_its_losses_metrics_and_norm_together_and_counts_non_finite_losses() {
-        let (acc, norm) =
-            read_step(vec![output(1.0, 0.5), output(3.0, 0.25)], &totals(6.0, 4.0), Some(Tensor::from(2.5f32)))
-                .unwrap();
-        assert_eq!((acc.count, acc.invalid, acc.loss, norm), (2, 0, 4.0, 2.5));
-        assert_eq!(acc.numbers["training_step/kl"], (0.75, 2));
-        assert_eq!(acc.numbers["algo/host"], (2.0, 2));
+        let outputs = vec![(output(1.0, 0.5), 1.0), (output(3.0, 0.25), 1.0)];
+        let (acc, norm) = read_step(outputs, &totals(6.0, 4.0), Some(Tensor::from(2.5f32))).unwrap();
+        assert_eq!((acc.count, acc.invalid, acc.loss, acc.weight, norm), (2, 0, 4.0, 2.0, 2.5));
+        assert_eq!(acc.numbers["training_step/kl"], (0.75, 2.0));
+        assert_eq!(acc.numbers["algo/host"], (2.0, 2.0));
 
-        let (acc, norm) = read_step(vec![output(f64::NAN, 0.5), output(2.0, 0.5)], &totals(1.0, 2.0), None).unwrap();
+        let outputs = vec![(output(f64::NAN, 0.5), 1.0), (output(2.0, 0.5), 1.0)];
+        let (acc, norm) = read_step(outputs, &totals(1.0, 2.0), None).unwrap();
         assert_eq!((acc.count, acc.invalid, acc.loss, norm), (1, 1, 2.0, 0.0));
         // The ranks' sums: one rank's non-finite loss is every rank's.
-        let merged =
-            Accumulated::merge(vec![acc, read_step(vec![output(1.0, 0.0)], &totals(2.0, 1.0), None).unwrap().0]);
+        let other = read_step(vec![(output(1.0, 0.0), 1.0)], &totals(2.0, 1.0), None).unwrap().0;
+        let merged = Accumulated::merge(vec![acc, other]);
         assert_eq!((merged.count, merged.invalid), (2, 1));
         // The entropy is the mean over every action token of the ranks, not a mean of their means.
         let record = merged.finish(0, 1.0, 1e-3);
         assert_eq!(record.algorithm[ENTROPY], 1.0);
-        let (none, _) = read_step(vec![output(1.0, 0.0)], &totals(0.0, 0.0), None).unwrap();
+        let (none, _) = read_step(vec![(output(1.0, 0.0), 1.0)], &totals(0.0, 0.0), None).unwrap();
         assert!(!none.finish(0, 1.0, 1e-3).algorithm.contains_key(ENTROPY), "a step without actions has none");
+    }
+
+    #[test]
+    fn a_steps_loss_and_metrics_weigh_each_micro_batch_by_its_sequences() {
+        // Micro-batches of 3 sequences and 1: the step's loss is the mean over its 4 sequences, 1.5, not 2.
+        let outputs = vec![(output(1.0, 0.5), 3.0), (output(3.0, 0.25), 1.0)];
+        let record = read_step(outputs, &totals(6.0, 4.0), None).unwrap().0.finish(0, 1.0, 1e-3);
+        assert_eq!(record.loss, 1.5);
+        assert_eq!(record.algorithm["training_step/kl"], (3.0 * 0.5 + 0.25) / 4.0);
     }
 
     #[test]
@@ -480,5 +519,24 @@ mod tests {
         assert_eq!(a, micro_batches(10, 4, 42, 3, 0));
         assert_ne!(a, micro_batches(10, 4, 42, 3, 1));
         assert_ne!(a, micro_batches(10, 4, 43, 3, 0));
+    }
+
+    #[test]
+    fn token_budgets_group_sequences_longest_first_within_the_budget() {
+        let lengths = [5, 9, 3, 9, 2, 4, 30];
+        let rows = [0, 1, 2, 3, 4, 5];
+        // 20 tokens: the two 9s (2 x 9 = 18; a 5 more would pad to 27), then 5, 4, 3 and 2 (4 x 5 = 20).
+        let passes = Chunking::Tokens(20).split(&rows, &lengths);
+        assert_eq!(passes, vec![vec![1, 3], vec![0, 5, 2, 4]]);
+        for pass in &passes {
+            let longest = pass.iter().map(|&r| lengths[r]).max().unwrap();
+            assert!(pass.len() * longest <= 20, "{pass:?}");
+        }
+        // A sequence longer than the budget goes alone; none is dropped.
+        let passes = Chunking::Tokens(20).split(&[6, 4, 2], &lengths);
+        assert_eq!(passes, vec![vec![6], vec![2, 4]]);
+        // Rows keep the order given.
+        assert_eq!(Chunking::Rows(4).split(&rows, &lengths), vec![vec![0, 1, 2, 3], vec![4, 5]]);
+        assert_eq!(Chunking::from(3), Chunking::Rows(3));
     }
 }
