@@ -283,6 +283,28 @@ fn one_update_on_one_and_two_ranks(
     (first, second)
 }
 
+/// Under `--micro-batch-tokens` each rank cuts its own sequences by length into as many micro-batches as the budget
+/// needs (not one process's, nor the other rank's number), and each micro-batch's loss weighs by its share of its
+/// rank's sequences: two ranks still take one process's step with GRPO's per-sequence mean and reach its weights.
+/// The quantile of `--top-entropy-quantile`, taken per micro-batch, is refused with it in one line.
+#[test]
+fn micro_batches_by_tokens_on_two_ranks_take_one_processs_step() {
+    let runs = tempfile::tempdir().unwrap();
+    let r = runs.path();
+    let args = |name: &str, prompts: usize| {
+        [varied_lengths_args(r, name, prompts), vec!["--micro-batch-tokens".into(), "600".into()]].concat()
+    };
+    let (one, _) = one_update_on_one_and_two_ranks(r, &args);
+    assert_lengths_vary(&one);
+
+    let refused = [args("refused", 2), vec!["--top-entropy-quantile".into(), "0.5".into()]].concat();
+    let out = under_torchrun(r, 2, &refused);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("--top-entropy-quantile with --micro-batch-tokens cannot run data-parallel"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
 /// `--top-entropy-quantile` takes its threshold over the micro-batch's tokens on every rank, as TRL gathers them
 /// over the processes: two ranks keep the tokens one process keeps, and their gradient and weights are its.
 #[test]
