@@ -10,6 +10,7 @@ use grpo_host::sft::loss::{sft_loss, SftBatch};
 use grpo_host::sft::render::render_text;
 use grpo_host::sft::{Conversation, PlainText, Renderer, SftStep};
 use grpo_host::tokenizer::Tokenizer;
+use grpo_host::train::experience::Chunking;
 use grpo_host::train::optimizer::{AdamW, AdamWConfig};
 use grpo_host::train::precision::LossScaler;
 use grpo_sdk::tch::{Device, Kind};
@@ -179,7 +180,7 @@ fn rendering_refuses_conversations_without_something_to_learn() {
 #[test]
 fn steps_lower_the_loss_and_micro_batches_do_not_change_the_step() {
     let fx = fixture();
-    let run = |micro: usize| {
+    let run = |micro: Chunking| {
         let (model, tokenizer) = tiny();
         let renderer = Renderer::new(&tokenizer, None).unwrap();
         let rows: Vec<_> =
@@ -198,12 +199,20 @@ fn steps_lower_the_loss_and_micro_batches_do_not_change_the_step() {
         };
         (0..5).map(|_| step.run(&rows, 1e-2).unwrap().unwrap()).collect::<Vec<_>>()
     };
-    let whole = run(3);
+    let whole = run(Chunking::Rows(3));
     assert!((whole[0].loss - fx["batch"]["loss"].as_f64().unwrap()).abs() < 1e-5);
     assert!(whole[4].loss < whole[0].loss - 0.5, "{whole:?}");
-    let split = run(1);
-    for (a, b) in whole.iter().zip(&split) {
-        assert!((a.loss - b.loss).abs() < 1e-4, "{a:?} vs {b:?}");
-        assert_eq!(a.tokens, b.tokens);
+    // One row per pass, and passes by tokens: a budget of twice the longest row groups the rows longest first.
+    let longest = {
+        let (_, tokenizer) = tiny();
+        let renderer = Renderer::new(&tokenizer, None).unwrap();
+        let rows = fx["cases"].as_array().unwrap().iter().map(|c| renderer.render(&messages(c)).unwrap());
+        rows.map(|r| r.tokens.len()).max().unwrap()
+    };
+    for split in [run(Chunking::Rows(1)), run(Chunking::Tokens(2 * longest))] {
+        for (a, b) in whole.iter().zip(&split) {
+            assert!((a.loss - b.loss).abs() < 1e-4, "{a:?} vs {b:?}");
+            assert_eq!(a.tokens, b.tokens);
+        }
     }
 }

@@ -615,6 +615,42 @@ fn sft_held_out_loss_is_the_next_steps_loss_on_the_same_rows() {
     assert!(err.contains("--eval-data") && err.contains("bad.jsonl row 0"), "{err}");
 }
 
+/// `--micro-batch-tokens` groups a step's rows longest first within the budget instead of by count: a long row
+/// (past the budget, so alone) and three short ones (together) train and evaluate to the losses of one row per
+/// pass, and a budget below `--max-length` is refused in one line.
+#[test]
+fn sft_micro_batches_by_tokens_give_the_same_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("rows.jsonl");
+    let long = "The quick brown fox jumps over the lazy dog. ".repeat(6);
+    let rows = [
+        serde_json::json!({"text": long}),
+        serde_json::json!({"text": "one"}),
+        serde_json::json!({"text": "two"}),
+        serde_json::json!({"prompt": "Up:", "completion": " down"}),
+        serde_json::json!({"text": "three"}),
+    ];
+    std::fs::write(&data, rows.iter().map(|r| r.to_string() + "\n").collect::<String>()).unwrap();
+    let runs = dir.path().join("runs");
+    let common = ["--max-steps", "3", "--batch-size", "4", "--max-length", "0", "--eval-holdout", "1"];
+    let losses = |name: &str, extra: &[&str]| -> Vec<f64> {
+        let out = sft_run(&runs, name, &data, &[&common[..], extra].concat());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let logged = self::rows(&runs.join(name));
+        let keys = ["sft/loss", "sft/grad_norm", "sft/eval_loss"];
+        logged.iter().flat_map(|r| keys.iter().filter_map(|k| r.get(*k).and_then(serde_json::Value::as_f64))).collect()
+    };
+    let rows = losses("rows", &["--micro-batch-size", "1"]);
+    let tokens = losses("tokens", &["--micro-batch-tokens", "48"]);
+    assert_eq!(rows.len(), 7, "{rows:?}");
+    for (a, b) in rows.iter().zip(&tokens) {
+        assert!((a - b).abs() <= 1e-5 * a.abs().max(1e-3), "{rows:?} vs {tokens:?}");
+    }
+    let out = sft_run(&runs, "refused", &data, &["--max-length", "256", "--micro-batch-tokens", "100"]);
+    let err = common::refused(&out);
+    assert!(err.contains("--micro-batch-tokens 100 is below --max-length 256"), "{err}");
+}
+
 /// `--num-train-epochs` (TRL's num_train_epochs) sets the steps from the rows: 3 rows, 2 passes, 2 a step: 3 steps,
 /// ending after exactly two passes.
 #[test]

@@ -121,6 +121,10 @@ pub struct SftArgs {
     /// Rows per forward/backward (a step's gradient is the same whatever it is).
     #[arg(long, default_value_t = 8)]
     pub micro_batch_size: usize,
+    /// Instead of --micro-batch-size: rows longest first, as many per forward/backward as fit in N padded tokens
+    /// (rows times the longest), so short rows are not padded to a long one's length. At least --max-length.
+    #[arg(long, value_name = "N")]
+    pub micro_batch_tokens: Option<usize>,
     /// Tokens kept of each row, the rest cut off (TRL's max_length); 0 keeps them all.
     #[arg(long, default_value_t = 1024)]
     pub max_length: usize,
@@ -177,6 +181,18 @@ impl SftArgs {
     pub fn into_config(self) -> anyhow::Result<SftConfig> {
         if self.batch_size == 0 || self.micro_batch_size == 0 {
             return Err(user_error!("--batch-size and --micro-batch-size must be at least 1"));
+        }
+        match self.micro_batch_tokens {
+            Some(0) => return Err(user_error!("--micro-batch-tokens must be at least 1")),
+            Some(tokens) if tokens < self.max_length => {
+                return Err(user_error!(
+                    "--micro-batch-tokens {tokens} is below --max-length {}: the longest row must fit in one \
+                     micro-batch; raise it to {} or more, or lower --max-length",
+                    self.max_length,
+                    self.max_length
+                ))
+            }
+            _ => {}
         }
         let held_out = match (self.eval_data, self.eval_holdout) {
             (Some(source), _) => Some(HeldOutRows::Data(DatasetSpec {
@@ -237,6 +253,7 @@ impl SftArgs {
             epochs: self.num_train_epochs,
             batch_size: self.batch_size,
             micro_batch_size: self.micro_batch_size,
+            micro_batch_tokens: self.micro_batch_tokens,
             max_length: (self.max_length > 0).then_some(self.max_length),
             text_field: self.dataset_text_field,
             eval: held_out.map(|rows| SftEvalSettings { rows, every: self.eval_every }),

@@ -5,11 +5,12 @@
 use anyhow::Result;
 use tch::{Kind, Tensor};
 
-use super::loss::{sft_loss, SftBatch};
+use super::loss::{micro_batches, sft_loss, SftBatch};
 use super::render::Rendered;
 use crate::distributed::{ReduceOp, World};
 use crate::logging::Metrics;
 use crate::model::Model;
+use crate::train::experience::Chunking;
 use crate::train::update::read_scalars;
 
 /// The held-out numbers after a step.
@@ -41,17 +42,17 @@ pub fn share(all: &[Rendered], rank: usize, size: usize) -> Vec<Rendered> {
     all.iter().skip(rank).step_by(size.max(1)).cloned().collect()
 }
 
-/// Score `rows` (this rank's share) in micro-batches of `micro_batch`; the ranks' sums are added, so every rank
-/// returns the whole set's numbers, the same for any number of ranks up to the order of floating-point sums.
-pub fn held_out(model: &Model, rows: &[Rendered], micro_batch: usize, world: &World) -> Result<HeldOut> {
+/// Score `rows` (this rank's share) in the forward passes `micro_batch` groups them into; the ranks' sums are added,
+/// so every rank returns the whole set's numbers, the same for any number of ranks up to the order of floating-point
+/// sums.
+pub fn held_out(model: &Model, rows: &[Rendered], micro_batch: Chunking, world: &World) -> Result<HeldOut> {
     let _no_grad = tch::no_grad_guard();
     let device = model.device();
     let mut loss_sum = Tensor::zeros([], (Kind::Double, device));
     let mut correct = Tensor::zeros([], (Kind::Int64, device));
     let mut entropy = Tensor::zeros([], (Kind::Double, device));
     let mut tokens = 0i64;
-    for chunk in rows.chunks(micro_batch.max(1)) {
-        let refs: Vec<&Rendered> = chunk.iter().collect();
+    for refs in micro_batches(rows, micro_batch) {
         let out = sft_loss(model, &SftBatch::new(&refs, device));
         loss_sum += out.sum.to_kind(Kind::Double);
         correct += out.correct;

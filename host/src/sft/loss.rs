@@ -4,6 +4,14 @@ use tch::{Device, Kind, Tensor};
 
 use super::render::Rendered;
 use crate::model::{Model, Padding};
+use crate::train::experience::Chunking;
+
+/// `rows` grouped into forward passes as `chunks` says (by count in order, or longest first by tokens).
+pub fn micro_batches(rows: &[Rendered], chunks: Chunking) -> Vec<Vec<&Rendered>> {
+    let all: Vec<usize> = (0..rows.len()).collect();
+    let lengths: Vec<usize> = rows.iter().map(|r| r.tokens.len()).collect();
+    chunks.split(&all, &lengths).into_iter().map(|pass| pass.into_iter().map(|i| &rows[i]).collect()).collect()
+}
 
 /// A micro-batch of rendered conversations as tensors, right-padded (as rollouts are).
 pub struct SftBatch {

@@ -61,6 +61,9 @@ pub struct SftConfig {
     pub batch_size: usize,
     /// Rows per forward/backward (the step's gradient does not depend on it).
     pub micro_batch_size: usize,
+    /// Instead, rows longest first within this many padded tokens per forward/backward (`--micro-batch-tokens`).
+    #[serde(default)]
+    pub micro_batch_tokens: Option<usize>,
     /// Tokens kept of each row (the rest is cut off); `None` keeps them all.
     #[serde(default)]
     pub max_length: Option<usize>,
@@ -127,6 +130,12 @@ impl SftConfig {
     /// Where the held-out rows come from, when there are any.
     fn held_out_rows(&self) -> Option<&HeldOutRows> {
         self.eval.as_ref().map(|e| &e.rows)
+    }
+
+    /// How a step's rows are grouped into forward/backward passes.
+    fn chunking(&self) -> crate::train::experience::Chunking {
+        use crate::train::experience::Chunking;
+        self.micro_batch_tokens.map_or(Chunking::Rows(self.micro_batch_size), Chunking::Tokens)
     }
 
     /// How rows become training input.
@@ -331,7 +340,7 @@ impl SftRun<'_> {
                 model: self.policy.model(),
                 optimizer: &mut self.optimizer,
                 scaler: &mut self.scaler,
-                micro_batch: self.config.micro_batch_size,
+                micro_batch: self.config.chunking(),
                 max_norm: self.config.optimizer.max_norm,
                 world: self.world,
             };
@@ -375,7 +384,7 @@ impl SftRun<'_> {
             return Ok(None);
         }
         let start = Instant::now();
-        let scored = eval::held_out(self.policy.model(), rows, self.config.micro_batch_size, self.world)?;
+        let scored = eval::held_out(self.policy.model(), rows, self.config.chunking(), self.world)?;
         let seconds = start.elapsed().as_secs_f64();
         self.loggers.println(&format!(
             "eval at step {done}: loss {:.4} accuracy {:.3} over {} tokens ({seconds:.1}s)",

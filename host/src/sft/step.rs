@@ -5,10 +5,12 @@ use anyhow::Result;
 use grpo_sdk::MetricValue;
 use tch::{Kind, Tensor};
 
+use super::loss::micro_batches;
 use super::loss::{sft_loss, SftBatch};
 use super::render::Rendered;
 use crate::distributed::{ReduceOp, World};
 use crate::model::Model;
+use crate::train::experience::Chunking;
 use crate::train::optimizer::AdamW;
 use crate::train::precision::LossScaler;
 use crate::train::update::read_scalars;
@@ -21,8 +23,8 @@ pub struct SftStep<'a> {
     pub optimizer: &'a mut AdamW,
     /// fp16's dynamic loss scale (disabled in other precisions).
     pub scaler: &'a mut LossScaler,
-    /// Conversations per forward/backward.
-    pub micro_batch: usize,
+    /// How the step's conversations are grouped into forward/backward passes.
+    pub micro_batch: Chunking,
     /// Global gradient-norm clip (0 disables).
     pub max_norm: f64,
     /// Data-parallel ranks, each with its own rows: the step's loss is the mean over every rank's assistant tokens.
@@ -110,8 +112,7 @@ impl SftStep<'_> {
         let mut loss_sum = Tensor::zeros([1], (Kind::Double, device));
         let mut correct = Tensor::zeros([], (Kind::Int64, device));
         let mut entropy = Tensor::zeros([], (Kind::Double, device));
-        for chunk in rows.chunks(self.micro_batch.max(1)) {
-            let refs: Vec<&Rendered> = chunk.iter().collect();
+        for refs in micro_batches(rows, self.micro_batch) {
             let out = sft_loss(self.model, &SftBatch::new(&refs, device));
             loss_sum += out.sum.detach().to_kind(Kind::Double);
             correct += out.correct;

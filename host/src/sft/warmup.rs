@@ -61,8 +61,8 @@ pub struct Warmup<'a> {
     pub max_length: usize,
     /// AdamW's betas, eps and weight decay (the learning rate is the warm-up's).
     pub adamw: AdamWConfig,
-    /// Conversations per forward/backward.
-    pub micro_batch: usize,
+    /// How a step's conversations are grouped into forward/backward passes.
+    pub micro_batch: crate::train::experience::Chunking,
     /// Gradient-norm clip.
     pub max_norm: f64,
     /// The run seed: the order of the demonstrated tasks.

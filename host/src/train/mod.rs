@@ -343,7 +343,7 @@ impl Trainer {
             data: self.sft_rows.as_deref(),
             max_length: self.config.batch.max_length,
             adamw: self.config.optimizer.adamw(),
-            micro_batch: self.config.batch.train_batch_size,
+            micro_batch: self.config.batch.chunking(),
             max_norm: self.config.optimizer.max_norm,
             seed: self.config.seed,
             world: &self.world,
