@@ -160,7 +160,7 @@ fn math_maps_columns_of_every_format_and_names_a_missing_one() {
     registry.load_file(&common::shipped("grpo_math")).unwrap();
     let gsm8k = fixtures().join("gsm8k_like.jsonl").display().to_string();
     let env = registry.environment("math", &serde_json::Value::Null).unwrap();
-    let settings = DataSettings { dataset: Some(spec(&gsm8k)), eval_data: None, eval_holdout: 5 };
+    let settings = DataSettings { dataset: Some(spec(&gsm8k)), eval_data: None, eval_holdout: 5, ..Default::default() };
     let tasks = settings.resolve(&env, false).unwrap();
     assert_eq!(tasks.train.count().unwrap(), Some(35));
     let eval = tasks.eval.unwrap();
@@ -173,7 +173,8 @@ fn math_maps_columns_of_every_format_and_names_a_missing_one() {
     let math_rows = fixtures().join("math_sample.jsonl").display().to_string();
     let config = json!({"question_key": "problem", "answer_key": "solution", "answer_format": "boxed"});
     let math = registry.environment("math", &config).unwrap();
-    let settings = DataSettings { dataset: None, eval_data: Some(spec(&math_rows)), eval_holdout: 0 };
+    let settings =
+        DataSettings { dataset: None, eval_data: Some(spec(&math_rows)), eval_holdout: 0, ..Default::default() };
     let eval = settings.resolve(&math, false).unwrap().eval.unwrap();
     let answers: Vec<&str> = eval.iter().map(|t| t.answer.as_str()).collect();
     assert_eq!(answers[..4], ["\\frac{5}{6}", "1024", "6", "\\dfrac{1}{4}"]);
@@ -181,12 +182,13 @@ fn math_maps_columns_of_every_format_and_names_a_missing_one() {
     let verl = fixtures().join("verl_sample.parquet").display().to_string();
     let config = json!({"question_key": "prompt", "answer_key": "reward_model.ground_truth"});
     let verl_env = registry.environment("math", &config).unwrap();
-    let settings = DataSettings { dataset: Some(spec(&verl)), eval_data: None, eval_holdout: 0 };
+    let settings = DataSettings { dataset: Some(spec(&verl)), eval_data: None, eval_holdout: 0, ..Default::default() };
     let task = settings.resolve(&verl_env, false).unwrap().train.task(0, 0).unwrap();
     assert!(!task.question.is_empty() && task.answer.parse::<i64>().is_ok(), "{task:?}");
 
     // The MATH file read with GSM8K's column names: one line naming the file, the row and the column.
-    let settings = DataSettings { dataset: Some(spec(&math_rows)), eval_data: None, eval_holdout: 0 };
+    let settings =
+        DataSettings { dataset: Some(spec(&math_rows)), eval_data: None, eval_holdout: 0, ..Default::default() };
     let err = settings.resolve(&env, false).err().unwrap();
     assert_eq!(grpo_host::error::exit_code(&err), 2);
     let line = grpo_host::error::one_line(&err);
@@ -210,7 +212,12 @@ fn calc_tools_reads_rows_in_its_task_schema() {
         json!({"id": "q3", "question": "(3 + 4) * 5", "answer": 35}),
     ];
     std::fs::write(&file, rows.iter().map(|r| r.to_string() + "\n").collect::<String>()).unwrap();
-    let settings = DataSettings { dataset: None, eval_data: Some(spec(file.to_str().unwrap())), eval_holdout: 0 };
+    let settings = DataSettings {
+        dataset: None,
+        eval_data: Some(spec(file.to_str().unwrap())),
+        eval_holdout: 0,
+        ..Default::default()
+    };
     let eval = settings.resolve(&env, false).unwrap().eval.unwrap();
     let tasks: Vec<(&str, &str, &str)> =
         eval.iter().map(|t| (t.id.as_str(), t.question.as_str(), t.answer.as_str())).collect();

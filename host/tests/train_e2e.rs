@@ -438,6 +438,68 @@ fn a_prompt_limit_cuts_every_longer_prompt_and_is_logged_and_saved() {
     }
 }
 
+/// `--filter-overlong-prompts` leaves the `--dataset` tasks whose prompt is over `--max-prompt-length` out before the
+/// run (verl's `filter_overlong_prompts`): of 4 short questions (about 230 tokens of prompt with the math system
+/// prompt) and 4 long ones (about 560), only short ones are rolled out, uncut. An environment that generates its
+/// tasks without end, a limit no prompt meets and a missing `--max-prompt-length` are each one line.
+#[test]
+fn overlong_prompts_are_filtered_out_of_a_dataset_before_the_run() {
+    let runs = tempfile::tempdir().unwrap();
+    let data = runs.path().join("rows.jsonl");
+    let mut lines = String::new();
+    for i in 0..4 {
+        let long = "Please show every step of the working. ".repeat(9);
+        lines += &format!(
+            "{}\n",
+            serde_json::json!({"question": format!("What is {i} + 3?"), "answer": format!("#### {}", i + 3)})
+        );
+        lines += &format!(
+            "{}\n",
+            serde_json::json!({"question": format!("What is {i} + 5? {long}"), "answer": format!("#### {}", i + 5)})
+        );
+    }
+    std::fs::write(&data, lines).unwrap();
+    let dataset = ["--dataset", data.to_str().unwrap(), "--max-prompt-length", "300"];
+    let flags = ["--filter-overlong-prompts", "--max-steps", "2", "--log-completions-interval", "1"];
+    let out = train(runs.path(), "filtered", &[&dataset[..], &flags[..]].concat());
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("--filter-overlong-prompts: left out 4 of 8 training tasks, whose prompt has more than 300"),
+        "{err}"
+    );
+    let run = runs.path().join("filtered");
+    let completions = std::fs::read_to_string(run.join("completions.jsonl")).unwrap();
+    let prompts: Vec<String> = completions
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["prompt"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(prompts.len(), 12, "2 batches of 2 tasks x 3 episodes");
+    assert!(prompts.iter().all(|p| p.contains(" + 3?") && !p.contains("Please show")), "{prompts:?}");
+    let cut: Vec<f64> = rows(&run).iter().filter_map(|r| r.get("episodes/prompt_truncated_share")?.as_f64()).collect();
+    assert_eq!(cut, [0.0, 0.0], "no prompt was cut");
+    let saved = json_file(&run.join("config.json"));
+    assert_eq!(saved["run"]["data"]["filter_overlong_prompts"], true);
+
+    for (extra, line) in [
+        (&["--filter-overlong-prompts"][..], "--filter-overlong-prompts needs --max-prompt-length N"),
+        (
+            &["--filter-overlong-prompts", "--max-prompt-length", "300"][..],
+            "environment `math` generates its training tasks without end",
+        ),
+        (
+            &["--filter-overlong-prompts", "--dataset", data.to_str().unwrap(), "--max-prompt-length", "100"][..],
+            "left out all 8 training tasks: the shortest prompt has",
+        ),
+    ] {
+        let out = train(runs.path(), "refused", &[&["--max-steps", "1"][..], extra].concat());
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(line), "{err}");
+        assert_eq!(err.lines().filter(|l| l.starts_with("error:")).count(), 1, "{err}");
+    }
+}
+
 /// `--dynamic-sampling` trains on groups whose rewards vary: the random model's replies are scored by their last
 /// number, so now and then a group has a right answer, and further rounds roll out more tasks until the batch has
 /// two such groups. The second batch (after updates at a high rate) runs out of rounds, keeps equal-reward groups in

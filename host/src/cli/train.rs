@@ -110,6 +110,10 @@ pub struct TrainArgs {
     /// The longest opening prompt (`--max-prompt-length`, `--prompt-truncation`).
     #[command(flatten)]
     pub prompt: super::args::PromptArgs,
+    /// Leave the training tasks whose opening prompt is longer than --max-prompt-length out of the run before it
+    /// starts (verl's filter_overlong_prompts), instead of cutting them; needs a finite task list.
+    #[arg(long)]
+    pub filter_overlong_prompts: bool,
     /// Episodes the rollout engine keeps in its batch at once, each with its cache slot (default: the whole
     /// batch, or as many as fit in a quarter of free memory, half of free GPU memory on CUDA).
     #[arg(long)]
@@ -294,7 +298,8 @@ impl TrainArgs {
         let lora = self.lora.config()?;
         let sampling = self.sampling.resolve(TRAIN_SAMPLING)?;
         let multi_step = self.decode.multi_step()?;
-        let (eval, data) = (self.eval.into_settings(sampling, multi_step)?, self.data.into_settings());
+        let (eval, mut data) = (self.eval.into_settings(sampling, multi_step)?, self.data.into_settings());
+        data.filter_overlong_prompts = self.filter_overlong_prompts;
         if eval.enabled() {
             data.check_eval_source()?;
         }
@@ -425,6 +430,11 @@ impl TrainArgs {
                 "--max-length {} must exceed --max-new-tokens {} (it bounds the whole episode, prompt included)",
                 self.max_length,
                 self.max_new_tokens
+            ));
+        }
+        if self.filter_overlong_prompts && self.prompt.max_prompt_length.is_none() {
+            return Err(user_error!(
+                "--filter-overlong-prompts needs --max-prompt-length N, the length past which a task is left out"
             ));
         }
         if let Some(tokens) = self.micro_batch_tokens.filter(|&t| t < self.max_length) {

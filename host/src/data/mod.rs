@@ -45,6 +45,10 @@ pub struct DataSettings {
     /// The last this many rows of `dataset` are held out for evaluation instead of training.
     #[serde(default)]
     pub eval_holdout: usize,
+    /// Leave the training tasks whose opening prompt is longer than `--max-prompt-length` out of the run
+    /// (`--filter-overlong-prompts`, verl's `filter_overlong_prompts`).
+    #[serde(default)]
+    pub filter_overlong_prompts: bool,
 }
 
 /// The rows of a dataset, in file order, and where each came from.

@@ -242,15 +242,41 @@ impl Opening {
         cfg: &RolloutConfig,
     ) -> Result<Self> {
         let messages: Vec<Json> = messages.iter().map(message_json).collect();
-        let text = tokenizer
-            .render_chat(&messages, tools, true)
-            .with_context(|| format!("rendering the opening of task {}", task.id))?;
-        let ids = tokenizer.encode(&text, false)?;
+        let (text, ids) = render_opening(tokenizer, &messages, tools, task)?;
         match cfg.prompt_limit.map(|limit| limit.apply(&ids, &task.id)).transpose()?.flatten() {
             Some(kept) => Ok(Opening { messages, text: tokenizer.decode(&kept, false)?, ids: kept, truncated: true }),
             None => Ok(Opening { messages, ids, text, truncated: false }),
         }
     }
+}
+
+/// The opening of `task` as its episodes see it before any `--max-prompt-length` cut: the environment's opening
+/// `messages` through the chat template (with the generation prompt), as text and token ids.
+fn render_opening(
+    tokenizer: &Tokenizer,
+    messages: &[Json],
+    tools: Option<&[Json]>,
+    task: &Task,
+) -> Result<(String, Vec<u32>)> {
+    let text = tokenizer
+        .render_chat(messages, tools, true)
+        .with_context(|| format!("rendering the opening of task {}", task.id))?;
+    let ids = tokenizer.encode(&text, false)?;
+    Ok((text, ids))
+}
+
+/// The token count of each task's opening prompt, uncut, as [`run_episodes`] renders it: for leaving out the tasks
+/// whose prompt is too long before a run starts.
+pub fn prompt_lengths(tokenizer: &Tokenizer, env: &EnvironmentPlugin, tasks: &[Task]) -> Result<Vec<usize>> {
+    let tools = tool_json(&env.tools()?);
+    tasks
+        .iter()
+        .map(|task| {
+            let (_episode, messages) = env.reset(task)?;
+            let messages: Vec<Json> = messages.iter().map(message_json).collect();
+            Ok(render_opening(tokenizer, &messages, tools.as_deref(), task)?.1.len())
+        })
+        .collect()
 }
 
 /// A `cancelled` for [`run_episodes`] that never cancels.

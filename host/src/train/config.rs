@@ -539,6 +539,7 @@ impl RunConfig {
                 "--dataset/--dataset-config/--dataset-split/--eval-holdout",
                 json!([self.data.dataset, self.data.eval_holdout]),
             ),
+            ("--filter-overlong-prompts", json!(self.data.filter_overlong_prompts)),
         ]
     }
 

@@ -150,6 +150,7 @@ impl Trainer {
         let sft_rows = if paths.resume.is_none() { sft_data_rows(&config)? } else { None };
         let mut policy = Policy::load(&config.model, config.loss.needs_reference(), config.seed)?;
         policy.tokenizer().require_chat_template(CHAT_NEEDED)?;
+        let train_tasks = training_tasks(&config, run_tasks.train, &env, &policy, &world)?;
         if config.loss.logprob_temperature == config::LogprobTemperature::Sampling {
             policy.set_logprob_temperature(config.sampling.params.temperature);
         }
@@ -219,7 +220,7 @@ impl Trainer {
             // The updates' schedule starts after the supervised warm-up's steps.
             schedule: config.optimizer.schedule(total_steps, config.sft.steps),
             system: SystemMetrics::new(policy.device(), dist),
-            tasks: TaskSource::from_set(run_tasks.train, config.seed)?.sharded(world.rank, world.size),
+            tasks: TaskSource::from_set(train_tasks, config.seed)?.sharded(world.rank, world.size),
             evaluator,
             checkpoints: paths.checkpoints,
             // A resumed run starts at its checkpoint's boundary: a stop before its first batch need not rewrite it.
@@ -994,6 +995,28 @@ pub(crate) fn trained_state(policy: &Policy, optimizer: &AdamW) -> Vec<tch::Tens
     }
     tensors.extend(optimizer.state().1.into_values());
     tensors
+}
+
+/// The tasks the run trains on: `tasks`, without those whose prompt is over `--max-prompt-length` under
+/// `--filter-overlong-prompts` (rank 0 says how many it left out).
+fn training_tasks(
+    config: &RunConfig,
+    tasks: crate::data::TaskSet,
+    env: &EnvironmentPlugin,
+    policy: &Policy,
+    world: &World,
+) -> Result<crate::data::TaskSet> {
+    let Some(limit) = config.batch.prompt_limit.filter(|_| config.data.filter_overlong_prompts) else {
+        return Ok(tasks);
+    };
+    let kept = tasks::without_overlong_prompts(tasks, config.seed, env, policy.tokenizer(), limit.max_tokens)?;
+    if world.is_main() {
+        eprintln!(
+            "--filter-overlong-prompts: left out {} of {} training tasks, whose prompt has more than {} tokens",
+            kept.left_out, kept.before, limit.max_tokens
+        );
+    }
+    Ok(kept.tasks)
 }
 
 /// `--sft-data`'s rows when the run warms up on them (`None` without a warm-up or without the flag).

@@ -11,6 +11,48 @@ use grpo_sdk::{Split, Task};
 
 use crate::data::TaskSet;
 use crate::plugins::EnvironmentPlugin;
+use crate::tokenizer::Tokenizer;
+
+/// What [`without_overlong_prompts`] kept.
+pub struct Filtered {
+    /// The tasks whose prompt fits, in their order.
+    pub tasks: TaskSet,
+    /// How many there were before.
+    pub before: usize,
+    /// How many were left out.
+    pub left_out: usize,
+}
+
+/// `tasks` without those whose opening prompt, rendered as the rollouts render it, has more than `max_tokens`
+/// tokens (`--filter-overlong-prompts`, verl's `filter_overlong_prompts`). Every task is rendered once, so the list
+/// must be finite; an unbounded generator, or a list with no prompt short enough, is one line saying what to change.
+pub fn without_overlong_prompts(
+    tasks: TaskSet,
+    seed: u64,
+    env: &EnvironmentPlugin,
+    tokenizer: &Tokenizer,
+    max_tokens: usize,
+) -> Result<Filtered> {
+    let Some(count) = tasks.count()? else {
+        bail!(crate::user_error!(
+            "--filter-overlong-prompts: environment `{}` generates its training tasks without end, so they cannot be \
+             filtered before the run; give it a task file or --dataset, or cut long prompts with --prompt-truncation",
+            env.name()
+        ));
+    };
+    let all: Vec<Task> = (0..count).map(|i| tasks.task(seed, i)).collect::<Result<_>>()?;
+    let lengths = crate::rollout::prompt_lengths(tokenizer, env, &all)?;
+    let kept: Vec<Task> = all.into_iter().zip(&lengths).filter(|(_, &n)| n <= max_tokens).map(|(t, _)| t).collect();
+    if kept.is_empty() {
+        let shortest = lengths.iter().min().copied().unwrap_or(0);
+        bail!(crate::user_error!(
+            "--filter-overlong-prompts left out all {count} training tasks: the shortest prompt has {shortest} tokens, \
+             more than --max-prompt-length {max_tokens}; raise it"
+        ));
+    }
+    let (before, left_out) = (lengths.len(), lengths.len() - kept.len());
+    Ok(Filtered { tasks: TaskSet::Fixed(std::sync::Arc::new(kept)), before, left_out })
+}
 
 /// The task order of a run.
 pub struct TaskSource {
