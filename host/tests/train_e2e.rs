@@ -440,10 +440,11 @@ fn a_prompt_limit_cuts_every_longer_prompt_and_is_logged_and_saved() {
 
 /// `--filter-overlong-prompts` leaves the `--dataset` tasks whose prompt is over `--max-prompt-length` out before the
 /// run (verl's `filter_overlong_prompts`): of 4 short questions (about 230 tokens of prompt with the math system
-/// prompt) and 4 long ones (about 560), only short ones are rolled out, uncut. An environment that generates its
-/// tasks without end, a limit no prompt meets and a missing `--max-prompt-length` are each one line.
+/// prompt) and 4 long ones (about 560), only short ones are rolled out, uncut, and `--num-train-epochs 1` is one pass
+/// over those 4: 2 batches of 2, each task in one. An environment that generates its tasks without end (for either
+/// flag), a limit no prompt meets and a missing `--max-prompt-length` are each one line.
 #[test]
-fn overlong_prompts_are_filtered_out_of_a_dataset_before_the_run() {
+fn overlong_prompts_are_filtered_out_of_a_dataset_and_an_epoch_is_a_pass_over_the_rest() {
     let runs = tempfile::tempdir().unwrap();
     let data = runs.path().join("rows.jsonl");
     let mut lines = String::new();
@@ -460,7 +461,7 @@ fn overlong_prompts_are_filtered_out_of_a_dataset_before_the_run() {
     }
     std::fs::write(&data, lines).unwrap();
     let dataset = ["--dataset", data.to_str().unwrap(), "--max-prompt-length", "300"];
-    let flags = ["--filter-overlong-prompts", "--max-steps", "2", "--log-completions-interval", "1"];
+    let flags = ["--filter-overlong-prompts", "--num-train-epochs", "1", "--log-completions-interval", "1"];
     let out = train(runs.path(), "filtered", &[&dataset[..], &flags[..]].concat());
     let err = text(&out.stderr);
     assert!(out.status.success(), "{err}");
@@ -476,6 +477,11 @@ fn overlong_prompts_are_filtered_out_of_a_dataset_before_the_run() {
         .collect();
     assert_eq!(prompts.len(), 12, "2 batches of 2 tasks x 3 episodes");
     assert!(prompts.iter().all(|p| p.contains(" + 3?") && !p.contains("Please show")), "{prompts:?}");
+    assert!(err.contains("--num-train-epochs 1: 4 tasks in global batches of 2: 2 batches"), "{err}");
+    for i in 0..4 {
+        let question = format!("What is {i} + 3?");
+        assert_eq!(prompts.iter().filter(|p| p.contains(&question)).count(), 3, "{question} in {prompts:?}");
+    }
     let cut: Vec<f64> = rows(&run).iter().filter_map(|r| r.get("episodes/prompt_truncated_share")?.as_f64()).collect();
     assert_eq!(cut, [0.0, 0.0], "no prompt was cut");
     let saved = json_file(&run.join("config.json"));
@@ -487,12 +493,14 @@ fn overlong_prompts_are_filtered_out_of_a_dataset_before_the_run() {
             &["--filter-overlong-prompts", "--max-prompt-length", "300"][..],
             "environment `math` generates its training tasks without end",
         ),
+        (&["--num-train-epochs", "1"][..], "environment `math` generates its training tasks without end"),
+        (&["--num-train-epochs", "0"][..], "--num-train-epochs 0: must be a positive number"),
         (
             &["--filter-overlong-prompts", "--dataset", data.to_str().unwrap(), "--max-prompt-length", "100"][..],
             "left out all 8 training tasks: the shortest prompt has",
         ),
     ] {
-        let out = train(runs.path(), "refused", &[&["--max-steps", "1"][..], extra].concat());
+        let out = train(runs.path(), "refused", extra);
         let err = text(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{err}");
         assert!(err.contains(line), "{err}");

@@ -69,6 +69,7 @@ fn objective(kl_weight: f64, recompute_old_logprobs: RecomputeOld) -> ObjectiveS
 fn batch(accumulate: usize) -> BatchSettings {
     BatchSettings {
         max_steps: 1,
+        epochs: None,
         rollouts_per_step: 2,
         group_size: 3,
         train_batch_size: 2,

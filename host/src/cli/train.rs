@@ -77,6 +77,10 @@ pub struct TrainArgs {
     /// Rollout batches to train on (each: sample tasks, generate, score, update).
     #[arg(long, default_value_t = 20)]
     pub max_steps: u64,
+    /// Train for this many passes over the training tasks instead of --max-steps (TRL's num_train_epochs, verl's
+    /// total_epochs): the batches are the tasks times E over the global batch's tasks, rounded up.
+    #[arg(long, value_name = "E", conflicts_with = "max_steps")]
+    pub num_train_epochs: Option<f64>,
     /// Tasks per batch.
     #[arg(long, default_value_t = 4)]
     pub rollouts_per_step: usize,
@@ -329,6 +333,7 @@ impl TrainArgs {
             sampling: SamplingSettings { params: sampling, ignore_eos: self.sampling.ignore_eos },
             batch: BatchSettings {
                 max_steps: self.max_steps,
+                epochs: self.num_train_epochs,
                 rollouts_per_step: self.rollouts_per_step,
                 group_size: self.group_size,
                 train_batch_size: self.train_batch_size,
@@ -431,6 +436,9 @@ impl TrainArgs {
                 self.max_length,
                 self.max_new_tokens
             ));
+        }
+        if let Some(epochs) = self.num_train_epochs.filter(|e| !(*e > 0.0 && e.is_finite())) {
+            return Err(user_error!("--num-train-epochs {epochs}: must be a positive number, such as 1"));
         }
         if self.filter_overlong_prompts && self.prompt.max_prompt_length.is_none() {
             return Err(user_error!(

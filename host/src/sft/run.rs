@@ -250,14 +250,11 @@ pub fn run(mut config: SftConfig) -> Result<i32> {
         None => Stream::data(&examples, policy.tokenizer(), config.render_settings(), config.seed, "--data")?,
     };
     if let (Some(epochs), Stream::Data { rows, .. }) = (config.epochs, &stream) {
-        let global_batch = (config.batch_size * world.size) as f64;
-        config.max_steps = (epochs * rows.len() as f64 / global_batch).ceil() as u64;
+        let global_batch = config.batch_size * world.size;
+        let (steps, line) = crate::train::config::steps_for_epochs(epochs, rows.len(), global_batch, "rows", "steps");
+        config.max_steps = steps;
         if world.is_main() {
-            eprintln!(
-                "--num-train-epochs {epochs}: {} rows in global batches of {global_batch}: {} steps",
-                rows.len(),
-                config.max_steps
-            );
+            eprintln!("{line}");
         }
     }
     // Each rank scores its share of the held-out rows.

@@ -131,6 +131,10 @@ pub struct SamplingSettings {
 pub struct BatchSettings {
     /// Batches to train on.
     pub max_steps: u64,
+    /// Passes over the training tasks to train for (`--num-train-epochs`), which set `max_steps` once the tasks are
+    /// known.
+    #[serde(default)]
+    pub epochs: Option<f64>,
     /// Tasks per batch.
     pub rollouts_per_step: usize,
     /// Episodes per task.
@@ -195,6 +199,13 @@ impl BatchSettings {
         let micro = self.sequences().div_ceil(self.train_batch_size.max(1));
         (micro.div_ceil(self.gradient_accumulation_steps.max(1)) * self.epochs_per_step) as u64
     }
+}
+
+/// `--num-train-epochs E` over `count` items (rows or tasks) taken `global_batch` at a time: the batches or steps
+/// that make E passes, rounded up, and the console line that says so (`items` and `steps` name the two).
+pub fn steps_for_epochs(epochs: f64, count: usize, global_batch: usize, items: &str, steps: &str) -> (u64, String) {
+    let n = (epochs * count as f64 / global_batch.max(1) as f64).ceil() as u64;
+    (n, format!("--num-train-epochs {epochs}: {count} {items} in global batches of {global_batch}: {n} {steps}"))
 }
 
 crate::choice_enum! {

@@ -135,7 +135,7 @@ enum Outcome {
 
 impl Trainer {
     /// Load the plugins and the model, restore a checkpoint when resuming, write `config.json`, open the loggers.
-    fn start(config: RunConfig, world: World) -> Result<Trainer> {
+    fn start(mut config: RunConfig, world: World) -> Result<Trainer> {
         // First, so that a SIGTERM while the model loads is a stop (exit 143 at the first boundary), not a kill.
         let stop = StopRequest::install().context("installing the SIGINT/SIGTERM handlers")?;
         let registry = Registry::discover(&config.plugins.discovery())?;
@@ -151,6 +151,9 @@ impl Trainer {
         let mut policy = Policy::load(&config.model, config.loss.needs_reference(), config.seed)?;
         policy.tokenizer().require_chat_template(CHAT_NEEDED)?;
         let train_tasks = training_tasks(&config, run_tasks.train, &env, &policy, &world)?;
+        if let Some(epochs) = config.batch.epochs {
+            config.batch.max_steps = batches_for_epochs(&config, epochs, &train_tasks, &env, &world)?;
+        }
         if config.loss.logprob_temperature == config::LogprobTemperature::Sampling {
             policy.set_logprob_temperature(config.sampling.params.temperature);
         }
@@ -1017,6 +1020,30 @@ fn training_tasks(
         );
     }
     Ok(kept.tasks)
+}
+
+/// The batches that make `epochs` passes over `tasks` (`--num-train-epochs`); rank 0 says how many. Only a finite
+/// task list has passes.
+fn batches_for_epochs(
+    config: &RunConfig,
+    epochs: f64,
+    tasks: &crate::data::TaskSet,
+    env: &EnvironmentPlugin,
+    world: &World,
+) -> Result<u64> {
+    let Some(count) = tasks.count()? else {
+        return Err(user_error!(
+            "--num-train-epochs: environment `{}` generates its training tasks without end, so a pass over them has no \
+             end either; give it a task file or --dataset, or give --max-steps",
+            env.name()
+        ));
+    };
+    let global_batch = config.batch.rollouts_per_step * world.size;
+    let (batches, line) = config::steps_for_epochs(epochs, count as usize, global_batch, "tasks", "batches");
+    if world.is_main() {
+        eprintln!("{line}");
+    }
+    Ok(batches)
 }
 
 /// `--sft-data`'s rows when the run warms up on them (`None` without a warm-up or without the flag).
