@@ -85,16 +85,16 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 4)]
     pub rollouts_per_step: usize,
     /// Episodes per task (the group whose rewards are compared).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, visible_alias = "num-generations")]
     pub group_size: usize,
     /// Sequences per forward/backward micro-batch.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, visible_alias = "per-device-train-batch-size")]
     pub train_batch_size: usize,
     /// Micro-batches whose gradients are summed into one optimizer step.
     #[arg(long, default_value_t = 1)]
     pub gradient_accumulation_steps: usize,
     /// Passes over each batch's experience.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, visible_alias = "num-iterations")]
     pub epochs_per_step: usize,
     /// Group each optimizer step's sequences (--train-batch-size x --gradient-accumulation-steps) longest first into
     /// micro-batches of at most this many padded tokens instead (verl's use_dynamic_bsz with
@@ -103,7 +103,7 @@ pub struct TrainArgs {
     pub micro_batch_tokens: Option<usize>,
 
     /// Most tokens generated in one assistant turn; also DR-GRPO's constant normalizer.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, visible_alias = "max-completion-length")]
     pub max_new_tokens: usize,
     /// Most tokens in a whole episode (prompt, turns and environment replies): the context limit.
     #[arg(long, default_value_t = 1024)]
@@ -139,10 +139,10 @@ pub struct TrainArgs {
     pub sampling: SamplingArgs,
 
     /// Learning rate.
-    #[arg(long, default_value_t = 5e-6)]
+    #[arg(long, default_value_t = 5e-6, visible_alias = "learning-rate")]
     pub lr: f64,
     /// constant, linear or cosine (decay to 0 over the run after warmup).
-    #[arg(long, default_value = "constant")]
+    #[arg(long, default_value = "constant", visible_alias = "lr-scheduler-type")]
     pub lr_schedule: LrSchedule,
     /// Optimizer steps of linear learning-rate warmup.
     #[arg(long, default_value_t = 0)]
@@ -168,16 +168,16 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 1e-8)]
     pub adam_eps: f64,
     /// Clip the global gradient norm to this (0 disables).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, visible_alias = "max-grad-norm")]
     pub max_norm: f64,
     /// PPO clip range (lower, and upper unless --clip-eps-high is given).
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = 0.2, visible_alias = "epsilon")]
     pub clip_eps: f64,
     /// Upper clip range (DAPO's clip-higher); default: --clip-eps.
-    #[arg(long)]
+    #[arg(long, visible_alias = "epsilon-high")]
     pub clip_eps_high: Option<f64>,
     /// Weight of the k3 KL penalty to the reference model; 0 loads no reference.
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = 0.01, visible_alias = "beta")]
     pub kl_weight: f64,
     /// Recompute the old log-probs with a forward pass instead of reusing the sampler's (auto: reuse in f32, where
     /// both are the same computation up to rounding; recompute in bf16/f16).
@@ -590,6 +590,26 @@ mod tests {
             let err = config(args).expect_err(flag);
             assert!(err.starts_with(&format!("{flag}: must be")), "{args:?}: {err}");
         }
+    }
+
+    #[test]
+    fn trls_names_are_aliases_of_the_flags_they_match() {
+        let trl = [
+            "--num-generations=8",
+            "--per-device-train-batch-size=2",
+            "--num-iterations=3",
+            "--max-completion-length=256",
+            "--learning-rate=1e-6",
+            "--lr-scheduler-type=cosine",
+            "--max-grad-norm=0.5",
+            "--epsilon=0.1",
+            "--epsilon-high=0.28",
+            "--beta=0.04",
+        ];
+        let a = Cli::parse_from([&["grpo-host"], &trl[..]].concat()).train;
+        assert_eq!((a.group_size, a.train_batch_size, a.epochs_per_step, a.max_new_tokens), (8, 2, 3, 256));
+        assert_eq!((a.lr, a.lr_schedule, a.max_norm), (1e-6, super::LrSchedule::Cosine, 0.5));
+        assert_eq!((a.clip_eps, a.clip_eps_high, a.kl_weight), (0.1, Some(0.28), 0.04));
     }
 
     #[test]
