@@ -54,6 +54,7 @@ const EVAL_KEYS: &[&str] = &[
     "eval/tasks",
     "eval/returns_mean",
     "eval/accuracy",
+    "eval/pass@1",
     "eval/pass@2",
     "eval/mean@2",
     "eval/completion_length_mean",
@@ -105,6 +106,9 @@ fn training_logs_eval_at_its_steps_and_grpo_host_eval_reproduces_a_checkpoint() 
         assert!((0.0..=1.0).contains(&acc));
         // A task some of whose samples were solved counts fully in pass@2, by its share in mean@2.
         assert!(row["eval/mean@2"].as_f64() <= row["eval/pass@2"].as_f64(), "{row:?}");
+        // pass@1 from 2 samples is each task's share solved: mean@2.
+        let (one, mean) = (row["eval/pass@1"].as_f64().unwrap(), row["eval/mean@2"].as_f64().unwrap());
+        assert!((one - mean).abs() < 1e-12, "pass@1 {one}, mean@2 {mean}");
     }
     let completions = json_lines(&run.join("eval_completions.jsonl"));
     assert_eq!(completions.len(), 9, "3 tasks at each of 3 evaluations");

@@ -69,7 +69,7 @@ pub struct EvalRunArgs {
     /// generator].
     #[arg(long, value_name = "N")]
     pub eval_tasks: Option<u64>,
-    /// Sampled episodes per task for eval/pass@K, besides the greedy one (0: greedy only).
+    /// Sampled episodes per task for eval/pass@k and eval/mean@K, besides the greedy one (0: greedy only).
     #[arg(long, value_name = "K", default_value_t = 4)]
     pub eval_samples: usize,
     /// Temperature of the sampled eval episodes [default: training's --temperature, 0.7].

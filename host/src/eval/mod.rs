@@ -142,10 +142,12 @@ pub struct EvalResult {
     pub returns_mean: f64,
     /// Share of tasks whose greedy episode was judged solved; `None` when the environment never judges.
     pub accuracy: Option<f64>,
-    /// `(K, share of tasks with at least one of K samples solved)`; `None` without samples or judgements.
-    pub pass_at_k: Option<(usize, f64)>,
+    /// `(k, pass@k)` for k = 1, 2, 4, ... below the K samples per task and K itself, each the unbiased estimate
+    /// from the K samples ([`pass_at`]); pass@K is the share of tasks with at least one of K samples solved. Empty
+    /// without samples or judgements.
+    pub pass_at: Vec<(usize, f64)>,
     /// `(K, share of all K samples of every task solved)` (verl's `mean@N`): the sampling policy's own accuracy,
-    /// less noisy than the greedy one; `None` when `pass_at_k` is.
+    /// less noisy than the greedy one, and pass@1 of the samples; `None` without samples or judgements.
     pub mean_at_k: Option<(usize, f64)>,
     /// Mean tokens the model generated per greedy episode.
     pub completion_length_mean: f64,
@@ -214,8 +216,8 @@ impl EvalResult {
         if let Some(a) = self.accuracy {
             m.insert("eval/accuracy".into(), a.into());
         }
-        if let Some((k, p)) = self.pass_at_k {
-            m.insert(format!("eval/pass@{k}"), p.into());
+        for (k, p) in &self.pass_at {
+            m.insert(format!("eval/pass@{k}"), (*p).into());
         }
         if let Some((k, p)) = self.mean_at_k {
             m.insert(format!("eval/mean@{k}"), p.into());
@@ -420,7 +422,10 @@ impl Evaluation {
             tasks: outcomes.len(),
             returns_mean: mean(&|o| o.greedy_return),
             accuracy: outcomes.iter().any(|o| o.solved.is_some()).then(|| share(&|o| o.solved == Some(true))),
-            pass_at_k: sampled.then(|| (samples, share(&|o| o.samples_solved > 0))),
+            pass_at: match sampled {
+                true => pass_at_ks(samples).map(|k| (k, mean(&|o| pass_at(samples, o.samples_solved, k)))).collect(),
+                false => Vec::new(),
+            },
             mean_at_k: sampled.then(|| (samples, mean(&|o| o.samples_solved as f64) / samples as f64)),
             completion_length_mean: mean(&|o| o.completion_tokens as f64),
             completion_logprob_mean: mean(&|o| o.greedy_logprob_mean),
@@ -440,6 +445,21 @@ pub struct EvalShard {
     pub env_metrics: Vec<(String, MetricValue)>,
     /// Whether the environment judged any of this rank's sampled episodes.
     pub judged_samples: bool,
+}
+
+/// The k of the `eval/pass@k` metrics for `samples` samples per task: the powers of two below it, then itself.
+fn pass_at_ks(samples: usize) -> impl Iterator<Item = usize> {
+    (0..usize::BITS).map(|b| 1usize << b).take_while(move |&k| k < samples).chain(std::iter::once(samples))
+}
+
+/// The unbiased estimate of pass@k from `n` samples of a task of which `c` were solved (Chen et al. 2021, the
+/// Codex paper): the chance that k samples drawn without replacement from the n include a solved one,
+/// `1 - C(n - c, k) / C(n, k)`, computed as a product of ratios so that no binomial coefficient overflows.
+pub fn pass_at(n: usize, c: usize, k: usize) -> f64 {
+    if n - c < k {
+        return 1.0;
+    }
+    1.0 - ((n - c + 1)..=n).map(|i| 1.0 - k as f64 / i as f64).product::<f64>()
 }
 
 /// The mean sampler log-probability of an episode's generated tokens (0 for an episode without any).
@@ -463,7 +483,7 @@ pub fn describe(result: &EvalResult) -> String {
     if let Some(a) = result.accuracy {
         line.push_str(&format!(", accuracy {a:.4}"));
     }
-    if let Some((k, p)) = result.pass_at_k {
+    for (k, p) in &result.pass_at {
         line.push_str(&format!(", pass@{k} {p:.4}"));
     }
     if let Some((k, p)) = result.mean_at_k {
@@ -592,6 +612,30 @@ mod tests {
     }
 
     #[test]
+    fn pass_at_k_is_the_unbiased_estimate_from_binomials() {
+        let choose = |n: u128, k: u128| -> u128 {
+            if k > n {
+                return 0;
+            }
+            (0..k).fold(1u128, |acc, i| acc * (n - i) / (i + 1))
+        };
+        for n in 1..=30usize {
+            for c in 0..=n {
+                for k in 1..=n {
+                    let exact = 1.0 - choose((n - c) as u128, k as u128) as f64 / choose(n as u128, k as u128) as f64;
+                    let got = pass_at(n, c, k);
+                    assert!((got - exact).abs() < 1e-12, "n {n} c {c} k {k}: {got} vs {exact}");
+                }
+            }
+        }
+        assert_eq!(pass_at(16, 4, 1), 0.25, "pass@1 is the share solved");
+        assert_eq!((pass_at(8, 0, 8), pass_at(8, 1, 8)), (0.0, 1.0), "pass@n: any solved");
+        assert_eq!(pass_at_ks(1).collect::<Vec<_>>(), [1]);
+        assert_eq!(pass_at_ks(4).collect::<Vec<_>>(), [1, 2, 4]);
+        assert_eq!(pass_at_ks(10).collect::<Vec<_>>(), [1, 2, 4, 8, 10]);
+    }
+
+    #[test]
     fn shards_combine_to_the_one_process_result() {
         let settings = EvalSettings { samples: 2, ..Default::default() };
         let limits = EpisodeLimits { max_new_tokens: 1, max_turns: 1, max_length: 2, prompt_limit: None };
@@ -623,7 +667,8 @@ mod tests {
         }
         let ids = |r: &EvalResult| r.outcomes.iter().map(|o| o.id.clone()).collect::<Vec<_>>();
         assert_eq!(ids(&one), ids(&three), "outcomes in task order");
-        assert_eq!(one.pass_at_k, Some((2, 0.6)));
+        // pass@1 is each task's share of solved samples (mean@2); pass@2 whether one was solved.
+        assert_eq!(one.pass_at, [(1, 0.4), (2, 0.6)]);
         // 0 + 1 + 2 + 0 + 1 of the 5 tasks' 2 samples each.
         assert_eq!(one.mean_at_k, Some((2, 0.4)));
     }
