@@ -779,6 +779,32 @@ pub fn saved_run_name(dir: &Path) -> Option<String> {
     serde_json::from_str::<TrainerState>(&text).ok()?.run_name.filter(|n| !n.is_empty())
 }
 
+/// The checkpoint `path` names for `flag`: itself when it is one, else the newest usable checkpoint of the run
+/// directory (its `checkpoints/`) or checkpoints folder it is. A checkpoint named itself is not verified here:
+/// [`load`] does, and refuses it with the fix if it is damaged, with no silent fallback to another.
+pub fn resolve_named(path: &Path, flag: &str) -> Result<Resume> {
+    if path.join(STATE_FILE).exists() || path.join(MANIFEST).exists() {
+        return Ok(Resume { checkpoint: path.to_path_buf(), skipped: Vec::new() });
+    }
+    let shown = path.display();
+    for dir in [path.join("checkpoints"), path.to_path_buf()] {
+        if steps(&dir).is_empty() {
+            continue;
+        }
+        let latest = scan(&dir, Verify::Full);
+        let note: String =
+            latest.skipped.iter().map(|s| format!(" (skipped {}: {})", s.dir.display(), s.reason)).collect();
+        let skipped = latest.messages();
+        return match latest.chosen {
+            Some(checkpoint) => Ok(Resume { checkpoint, skipped }),
+            None => Err(user_error!("{flag} {shown}: no usable checkpoint in {}{note}", dir.display())),
+        };
+    }
+    bail!(user_error!(
+        "{flag} {shown}: neither a checkpoint (no trainer_state.json) nor a run directory with checkpoints"
+    ))
+}
+
 /// Resolve `--resume`: a checkpoint directory, a run directory (its latest usable checkpoint), a directory of
 /// `step_N` checkpoints, or `auto`. `auto` resumes only the named run: the latest usable checkpoint in
 /// `checkpoint_dir` (the run's `--checkpoint-path`) when given, else in `run_dir/checkpoints`; it never picks
@@ -797,23 +823,7 @@ pub fn resolve_resume(
         latest.skipped.iter().map(|s| format!(" (skipped {}: {})", s.dir.display(), s.reason)).collect()
     };
     if spec != "auto" {
-        let p = PathBuf::from(spec);
-        if p.join(STATE_FILE).exists() || p.join(MANIFEST).exists() {
-            // Named explicitly: load() verifies it and refuses it with the fix if damaged; no silent fallback.
-            return Ok(Resume { checkpoint: p, skipped: Vec::new() });
-        }
-        for dir in [p.join("checkpoints"), p.clone()] {
-            if steps(&dir).is_empty() {
-                continue;
-            }
-            let latest = scan(&dir, Verify::Full);
-            let note = skipped_note(&latest);
-            return found(latest)
-                .ok_or_else(|| user_error!("--resume {spec}: no usable checkpoint in {}{note}", dir.display()));
-        }
-        bail!(user_error!(
-            "--resume {spec}: neither a checkpoint (no trainer_state.json) nor a run directory with checkpoints"
-        ));
+        return resolve_named(Path::new(spec), "--resume");
     }
     let others = runs_with_checkpoints(runs_dir);
     let dir = match (checkpoint_dir, run_dir) {

@@ -185,6 +185,27 @@ fn training_logs_eval_at_its_steps_and_grpo_host_eval_reproduces_a_checkpoint() 
     let note = text(&out.stderr).lines().find(|l| l.starts_with("note:")).map(str::to_string).unwrap_or_default();
     assert!(note.contains("used --max-new-tokens 6 (here 7);"), "{}", text(&out.stderr));
 
+    // The run directory scores its latest checkpoint, step_6, as the run's last evaluation (step 5) did.
+    let latest_path = runs.path().join("latest.json");
+    let out = grpo_host(runs.path())
+        .arg("eval")
+        .args(["--checkpoint", run.to_str().unwrap()])
+        .args(shared(&tiny_model()).into_iter().skip(2))
+        .args(["--output", latest_path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "eval failed: {}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("scoring its latest checkpoint"), "{}", text(&out.stderr));
+    let latest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&latest_path).unwrap()).unwrap();
+    assert_eq!(latest["global_step"], 6);
+    for key in EVAL_KEYS {
+        let (ours, theirs) = (latest["metrics"][*key].as_f64(), eval_rows[2][*key].as_f64());
+        assert!(
+            ours.is_some() && ours == theirs,
+            "{key}: the run directory's {ours:?} vs the run at step 5 {theirs:?}"
+        );
+    }
+
     // Resuming from that checkpoint redoes batch 2 and its evaluation: each evaluation is in the files once, with
     // the numbers and completions of the uninterrupted run.
     let out = train(&["--resume", ckpt.to_str().unwrap()]);

@@ -218,7 +218,25 @@ pub fn run(args: EvalArgs) -> anyhow::Result<i32> {
     let run_tasks = data.resolve(&env, allow_download)?;
     let tasks = crate::eval::eval_tasks(&env, run_tasks.eval.as_deref().map(Vec::as_slice), settings.tasks, args.seed)?;
 
-    let (model_spec, lora, checkpoint_step) = match &args.checkpoint {
+    // A run directory scores its newest usable checkpoint, as `--resume DIR` would continue from it.
+    let checkpoint = match &args.checkpoint {
+        Some(named) => {
+            let resolved = crate::checkpoint::resolve_named(named, "--checkpoint")?;
+            for line in &resolved.skipped {
+                eprintln!("{line}");
+            }
+            if &resolved.checkpoint != named {
+                eprintln!(
+                    "--checkpoint {}: scoring its latest checkpoint, {}",
+                    named.display(),
+                    resolved.checkpoint.display()
+                );
+            }
+            Some(resolved.checkpoint)
+        }
+        None => None,
+    };
+    let (model_spec, lora, checkpoint_step) = match &checkpoint {
         Some(dir) => checkpoint_model(dir, args.model.model.clone())?,
         None => (args.model.model.clone(), None, None),
     };
@@ -240,7 +258,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<i32> {
         max_length: args.max_length,
         prompt_limit: args.prompt.limit(args.max_length)?,
     };
-    if let Some(note) = args.checkpoint.as_deref().and_then(|dir| {
+    if let Some(note) = checkpoint.as_deref().and_then(|dir| {
         let here = Decisive {
             env: env.name(),
             env_config: &env_config,
@@ -262,7 +280,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<i32> {
         .run(policy.sampler(), policy.tokenizer(), &env, &|| false)?
         .context("the evaluation was abandoned")?;
     let summary = serde_json::json!({
-        "checkpoint": args.checkpoint.as_ref().map(|d| d.display().to_string()),
+        "checkpoint": checkpoint.as_ref().map(|d| d.display().to_string()),
         "model_dir": policy.model_dir().display().to_string(),
         "global_step": checkpoint_step,
         "env": env.name(),
