@@ -77,7 +77,9 @@ pub trait Algorithm: Plugin {
     fn advantages(&self, rewards: &Tensor, groups: &[usize]) -> Result<Tensor>;
 
     /// The loss of one micro-batch: a scalar tensor whose graph reaches `batch.log_probs`, plus metrics for this
-    /// micro-batch. Must not call `backward` itself.
+    /// micro-batch. Must not call `backward` itself. The optimizer step's loss is the micro-batches' losses, each
+    /// weighted by its share of the step's sequences, averaged over the data-parallel ranks: a mean over the
+    /// micro-batch's sequences becomes the step's mean over its sequences however the host cuts them.
     fn loss(&self, batch: &PolicyBatch) -> Result<LossOutput>;
 
     /// The same loss with its tensor-valued metrics left on the device ([`DeferredLoss`]); the host calls this one
@@ -115,11 +117,13 @@ pub struct PolicyBatch {
     /// does so.
     pub is_weights: Option<Tensor>,
     /// What this micro-batch's sum over action tokens is divided by to make the optimizer step's token-level mean
-    /// (ABI 1.4): the action tokens of the whole step (every micro-batch it accumulates, on every data-parallel
-    /// rank) over the number of micro-batch losses the host averages (micro-batches times ranks). Every token of the
-    /// step then weighs the same, however the tokens fall into micro-batches and ranks (DAPO's token-level loss,
-    /// TRL's `loss_type="dapo"`). `None` when the micro-batch is the whole step, or the host predates ABI 1.4:
-    /// [`crate::ops::PolicyTerms::step_token_mean`] then divides by the micro-batch's own count.
+    /// (ABI 1.4). The host weighs each micro-batch's loss by its share of the step's sequences and averages the
+    /// data-parallel ranks, so this is the action tokens of the whole step (every micro-batch it accumulates, on
+    /// every rank) times that share, over the number of ranks: with k micro-batches of one size, the tokens over k
+    /// times the ranks. Every token of the step then weighs the same, however the tokens fall into micro-batches and
+    /// ranks (DAPO's token-level loss, TRL's `loss_type="dapo"`). `None` when the micro-batch is the whole step, or
+    /// the host predates ABI 1.4: [`crate::ops::PolicyTerms::step_token_mean`] then divides by the micro-batch's own
+    /// count.
     pub step_token_divisor: Option<f64>,
 }
 
@@ -149,7 +153,7 @@ pub struct LossOutput {
     /// The scalar loss; the host calls `backward` on it.
     pub loss: Tensor,
     /// Metrics of this micro-batch under their full names. The host averages them over the micro-batches of an
-    /// update and logs them. By convention `training_step/kl` is the KL to the reference as a masked mean over
+    /// update (each weighted by its sequences, as the loss) and logs them. By convention `training_step/kl` is the KL to the reference as a masked mean over
     /// action tokens, and `training_step/clip_fraction` the share of action tokens whose ratio was clipped.
     pub metrics: Vec<Metric>,
 }
@@ -186,7 +190,7 @@ pub struct DeferredLoss {
     /// Metrics already on the host (texts, or numbers known without reading a tensor), as in [`LossOutput`].
     pub metrics: Vec<Metric>,
     /// Numeric metrics still on the loss's device: one-element tensors of any dtype, by full name, averaged over
-    /// the micro-batches and logged like the numbers in `metrics`. The host detaches them.
+    /// the micro-batches as the numbers in `metrics` are, and logged like them. The host detaches them.
     pub device_metrics: Vec<(String, Tensor)>,
 }
 
