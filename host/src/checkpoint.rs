@@ -67,8 +67,9 @@ pub struct CheckpointData<'a> {
     pub base_model: &'a Path,
     /// Merged full weights for a LoRA run, when asked for.
     pub merged: Option<BTreeMap<String, Tensor>>,
-    /// Optimizer step count and moments.
-    pub optimizer: (i64, BTreeMap<String, Tensor>),
+    /// Optimizer step count and moments; `None` for a checkpoint of the weights alone (`--save-only-model`), which
+    /// a run cannot resume from.
+    pub optimizer: Option<(i64, BTreeMap<String, Tensor>)>,
     /// Counters.
     pub state: TrainerState,
     /// The KL reference as it is now, when it moves during the run (`--sync-ref-model`); written as
@@ -98,6 +99,9 @@ const MODEL_FILES: [&str; 5] =
 pub const MANIFEST: &str = "manifest.json";
 
 const STATE_FILE: &str = "trainer_state.json";
+
+/// The trainer state's key that marks a checkpoint of the weights alone (`--save-only-model`).
+const MODEL_ONLY: &str = "model_only";
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Manifest {
@@ -203,10 +207,14 @@ fn write_checkpoint(
     if let Some(reference) = &data.reference {
         out.file(REFERENCE_FILE, |w| write_tensors(w, reference))?;
     }
-    let (steps, moments) = &data.optimizer;
-    out.file("optimizer.safetensors", |w| write_tensors(w, moments))?;
     let mut state = serde_json::to_value(&data.state)?;
-    state["optimizer_steps"] = (*steps).into();
+    match &data.optimizer {
+        Some((steps, moments)) => {
+            out.file("optimizer.safetensors", |w| write_tensors(w, moments))?;
+            state["optimizer_steps"] = (*steps).into();
+        }
+        None => state[MODEL_ONLY] = true.into(),
+    }
     let text = serde_json::to_string_pretty(&state)?;
     out.file(STATE_FILE, |w| w.write_all(text.as_bytes()))?;
 
@@ -369,8 +377,10 @@ pub struct Loaded {
     pub adapter: bool,
     /// AdamW's step count.
     pub optimizer_steps: i64,
-    /// AdamW's moments (and f32 masters under mixed precision).
+    /// AdamW's moments (and f32 masters under mixed precision); empty in a checkpoint of the weights alone.
     pub optimizer: BTreeMap<String, Tensor>,
+    /// The checkpoint holds the weights alone (`--save-only-model`): there is nothing to resume the optimizer from.
+    pub model_only: bool,
     /// Counters.
     pub state: TrainerState,
 }
@@ -739,6 +749,7 @@ pub fn load(dir: &Path) -> Result<Loaded> {
     let value: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", state_path.display()))?;
     let optimizer_steps = value["optimizer_steps"].as_i64().unwrap_or(0);
+    let model_only = value[MODEL_ONLY].as_bool().unwrap_or(false);
     let state: TrainerState =
         serde_json::from_value(value).with_context(|| format!("reading {}", state_path.display()))?;
     let (weights_file, adapter) = if dir.join("adapter_model.safetensors").exists() {
@@ -750,8 +761,8 @@ pub fn load(dir: &Path) -> Result<Loaded> {
         .into_iter()
         .map(|(k, v)| (if adapter { k.trim_start_matches("base_model.model.").to_string() } else { k }, v))
         .collect();
-    let optimizer = read_tensors(&dir.join("optimizer.safetensors"))?;
-    Ok(Loaded { dir: dir.to_path_buf(), weights, adapter, optimizer_steps, optimizer, state })
+    let optimizer = if model_only { BTreeMap::new() } else { read_tensors(&dir.join("optimizer.safetensors"))? };
+    Ok(Loaded { dir: dir.to_path_buf(), weights, adapter, optimizer_steps, optimizer, model_only, state })
 }
 
 fn step_of(dir: &Path) -> Option<u64> {
@@ -898,7 +909,7 @@ mod tests {
             adapter: None,
             base_model: base,
             merged: None,
-            optimizer: (step as i64, moments),
+            optimizer: Some((step as i64, moments)),
             state: TrainerState { batch: step / 3, global_step: step, seed: 7, ..Default::default() },
             reference: None,
         }
@@ -924,12 +935,28 @@ mod tests {
     }
 
     #[test]
+    fn a_checkpoint_of_the_weights_alone_has_no_optimizer_file_and_says_so() {
+        let (_tmp, base, ckpts) = setup();
+        let d = CheckpointData { optimizer: None, ..data(&base, 4) };
+        let weights: BTreeMap<String, Tensor> = d.weights.iter().map(|(k, v)| (k.clone(), v.copy())).collect();
+        let dir = save(&ckpts, d).unwrap();
+        assert!(!dir.join("optimizer.safetensors").exists());
+        assert_eq!(verify(&dir, Verify::Full), Ok(Integrity::Manifest));
+        let loaded = load(&dir).unwrap();
+        assert!(loaded.model_only && loaded.optimizer.is_empty());
+        assert!(same(&loaded.weights, &weights));
+        assert_eq!(latest(&ckpts), Some(dir), "still a checkpoint: eval and --model read it");
+        let full = load(&save(&ckpts, data(&base, 5)).unwrap()).unwrap();
+        assert!(!full.model_only && !full.optimizer.is_empty());
+    }
+
+    #[test]
     fn save_writes_a_manifest_last_and_loads_back_exactly() {
         let (_tmp, base, ckpts) = setup();
         let d = data(&base, 3);
         let (weights, moments) = (
             d.weights.iter().map(|(k, v)| (k.clone(), v.copy())).collect(),
-            d.optimizer.1.iter().map(|(k, v)| (k.clone(), v.copy())).collect(),
+            d.optimizer.as_ref().unwrap().1.iter().map(|(k, v)| (k.clone(), v.copy())).collect(),
         );
         let dir = save(&ckpts, d).unwrap();
         assert_eq!(dir, ckpts.join("step_3"));
@@ -1046,7 +1073,8 @@ mod tests {
         fs::create_dir_all(&legacy).unwrap();
         let list = |m: &BTreeMap<String, Tensor>| m.iter().map(|(k, v)| (k.clone(), v.copy())).collect::<Vec<_>>();
         Tensor::write_safetensors(&list(&d.weights), legacy.join("model.safetensors")).unwrap();
-        Tensor::write_safetensors(&list(&d.optimizer.1), legacy.join("optimizer.safetensors")).unwrap();
+        Tensor::write_safetensors(&list(&d.optimizer.as_ref().unwrap().1), legacy.join("optimizer.safetensors"))
+            .unwrap();
         fs::write(legacy.join(STATE_FILE), serde_json::to_string(&d.state).unwrap()).unwrap();
         assert_eq!(verify(&legacy, Verify::Full), Ok(Integrity::Legacy));
         assert_eq!(latest(&ckpts), Some(legacy.clone()));
@@ -1231,7 +1259,7 @@ mod tests {
             adapter: None,
             base_model: &src,
             merged: None,
-            optimizer: (loaded.optimizer_steps, loaded.optimizer),
+            optimizer: Some((loaded.optimizer_steps, loaded.optimizer)),
             state: loaded.state,
             reference: None,
         };
@@ -1242,7 +1270,8 @@ mod tests {
             |m: &BTreeMap<String, Tensor>| m.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect::<Vec<_>>();
         let t = std::time::Instant::now();
         Tensor::write_safetensors(&list(&data.weights), old.join("model.safetensors")).unwrap();
-        Tensor::write_safetensors(&list(&data.optimizer.1), old.join("optimizer.safetensors")).unwrap();
+        Tensor::write_safetensors(&list(&data.optimizer.as_ref().unwrap().1), old.join("optimizer.safetensors"))
+            .unwrap();
         let old_s = t.elapsed().as_secs_f64();
         let t = std::time::Instant::now();
         for f in ["model.safetensors", "optimizer.safetensors"] {

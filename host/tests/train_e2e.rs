@@ -438,6 +438,28 @@ fn a_prompt_limit_cuts_every_longer_prompt_and_is_logged_and_saved() {
     }
 }
 
+/// `--save-only-model` (transformers' `save_only_model`) writes checkpoints without the optimizer state: smaller,
+/// still a model directory a new run starts from, but one a run cannot resume from, which `--resume` says in one
+/// line.
+#[test]
+fn checkpoints_of_the_weights_alone_start_new_runs_but_do_not_resume() {
+    let runs = tempfile::tempdir().unwrap();
+    let out = train(runs.path(), "weights", &["--max-steps", "1", "--save-only-model"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ckpt = runs.path().join("weights/checkpoints/step_3");
+    assert!(ckpt.join("model.safetensors").exists() && !ckpt.join("optimizer.safetensors").exists());
+    assert_eq!(json_file(&ckpt.join("trainer_state.json"))["model_only"], true);
+
+    let resumed = train(runs.path(), "weights", &["--max-steps", "2", "--save-only-model", "--resume", "auto"]);
+    let err = text(&resumed.stderr);
+    assert_eq!(resumed.status.code(), Some(2), "{err}");
+    assert!(err.contains("the checkpoint holds the weights alone (saved with --save-only-model)"), "{err}");
+    assert_eq!(err.lines().filter(|l| l.starts_with("error:")).count(), 1, "{err}");
+
+    let fresh = train(runs.path(), "from-weights", &["--max-steps", "1", "--model", ckpt.to_str().unwrap()]);
+    assert!(fresh.status.success(), "{}", text(&fresh.stderr));
+}
+
 /// `--filter-overlong-prompts` leaves the `--dataset` tasks whose prompt is over `--max-prompt-length` out before the
 /// run (verl's `filter_overlong_prompts`): of 4 short questions (about 230 tokens of prompt with the math system
 /// prompt) and 4 long ones (about 560), only short ones are rolled out, uncut, and `--num-train-epochs 1` is one pass

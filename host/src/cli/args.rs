@@ -278,6 +278,10 @@ pub struct RunDirArgs {
     /// For LoRA runs, also save the adapter merged into full weights.
     #[arg(long)]
     pub save_merged: bool,
+    /// Save the weights (or adapter) alone in checkpoints, without the optimizer state (transformers'
+    /// save_only_model): a third of the size under AdamW, but the run cannot be resumed from them.
+    #[arg(long)]
+    pub save_only_model: bool,
     /// Continue a run: a checkpoint directory, a run directory (its latest checkpoint), or `auto` (the latest
     /// checkpoint of --run-name, or in --checkpoint-path; never another run's).
     #[arg(long, num_args = 0..=1, default_missing_value = "auto")]
@@ -302,6 +306,7 @@ impl RunDirArgs {
             save_total_limit: self.save_total_limit,
             allow_config_change: self.allow_config_change,
             save_merged: self.save_merged,
+            save_only_model: self.save_only_model,
             resume: self.resume,
         })
     }

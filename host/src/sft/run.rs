@@ -425,8 +425,8 @@ impl SftRun<'_> {
 
     fn write_checkpoint(&mut self) -> Result<PathBuf> {
         self.state.wandb_run_id = self.loggers.wandb_run_id().map(String::from);
-        let save_merged = self.config.checkpoints.save_merged;
-        let data = self.policy.checkpoint_data(&self.optimizer, &self.scaler, self.state.clone(), save_merged);
+        let settings = &self.config.checkpoints;
+        let data = self.policy.checkpoint_data(&self.optimizer, &self.scaler, self.state.clone(), settings);
         let dir = checkpoint::save(&self.checkpoints, data)?;
         checkpoint::prune(&self.checkpoints, self.config.checkpoints.save_total_limit)?;
         Ok(dir)

@@ -480,6 +480,10 @@ pub struct CheckpointSettings {
     pub allow_config_change: bool,
     /// With LoRA, also save the merged full weights.
     pub save_merged: bool,
+    /// Save the weights alone, without the optimizer state (transformers' `save_only_model`): smaller
+    /// checkpoints that a run cannot resume from.
+    #[serde(default)]
+    pub save_only_model: bool,
     /// A checkpoint, run directory or `auto` to resume from.
     pub resume: Option<String>,
 }

@@ -744,8 +744,8 @@ impl Trainer {
 
     fn write_checkpoint(&mut self) -> Result<PathBuf> {
         self.state.wandb_run_id = self.loggers.wandb_run_id().map(String::from);
-        let save_merged = self.config.checkpoints.save_merged;
-        let mut data = self.policy.checkpoint_data(&self.optimizer, &self.scaler, self.state.clone(), save_merged);
+        let settings = &self.config.checkpoints;
+        let mut data = self.policy.checkpoint_data(&self.optimizer, &self.scaler, self.state.clone(), settings);
         if self.config.loss.sync_ref_model.is_some() {
             data.reference = self.policy.reference_weights();
         }
@@ -936,6 +936,13 @@ fn restore(
     seed: u64,
 ) -> Result<TrainerState> {
     let loaded = checkpoint::load(ckpt)?;
+    if loaded.model_only {
+        return Err(user_error!(
+            "--resume {}: the checkpoint holds the weights alone (saved with --save-only-model), not the optimizer \
+             state a run continues from; start a new run from its weights (--model takes a full-weights checkpoint)",
+            ckpt.display()
+        ));
+    }
     if loaded.state.seed != seed {
         return Err(user_error!(
             "--resume {}: that run used --seed {}, this command --seed {}; pass --seed {} to continue it exactly",

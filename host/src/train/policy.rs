@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use tch::{Device, Kind, Tensor};
 
-use super::config::{ModelSettings, RecomputeOld};
+use super::config::{CheckpointSettings, ModelSettings, RecomputeOld};
 use super::experience::{Chunking, Experience};
 use super::optimizer::{AdamW, AdamWConfig};
 use super::precision::LossScaler;
@@ -309,14 +309,14 @@ impl Policy {
     }
 
     /// What a checkpoint of this model holds: the f32 masters when the optimizer keeps them (under mixed precision
-    /// the working copies are their rounding), else the trained weights; the moments, the loss scale and `state`;
-    /// the merged weights too for a LoRA run when `save_merged`.
+    /// the working copies are their rounding), else the trained weights; the moments (not with `--save-only-model`),
+    /// the loss scale and `state`; the merged weights too for a LoRA run with `--save-merged`.
     pub fn checkpoint_data(
         &self,
         optimizer: &AdamW,
         scaler: &LossScaler,
         mut state: TrainerState,
-        save_merged: bool,
+        settings: &CheckpointSettings,
     ) -> CheckpointData<'_> {
         state.loss_scaler = scaler.enabled().then(|| scaler.state());
         state.mixed_precision = Some(self.precision().mode.to_string());
@@ -324,8 +324,8 @@ impl Policy {
             weights: if optimizer.has_master_weights() { optimizer.master_weights() } else { self.weights() },
             adapter: self.adapter_info(),
             base_model: self.model_dir(),
-            merged: if save_merged { self.merged_weights() } else { None },
-            optimizer: optimizer.state(),
+            merged: if settings.save_merged { self.merged_weights() } else { None },
+            optimizer: (!settings.save_only_model).then(|| optimizer.state()),
             state,
             reference: None,
         }
