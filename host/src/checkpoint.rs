@@ -55,6 +55,20 @@ pub struct TrainerState {
     /// The KL-in-reward coefficient the next batch uses, as the adaptive controller left it (`--reward-kl-target`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reward_kl_coef: Option<f64>,
+    /// The best checkpoint so far by `--metric-for-best-model`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best: Option<BestCheckpoint>,
+}
+
+/// The checkpoint with the best evaluation so far (transformers' `best_model_checkpoint`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BestCheckpoint {
+    /// The metric compared (`eval/accuracy`).
+    pub metric: String,
+    /// Its value at that evaluation.
+    pub value: f64,
+    /// The checkpoint's step: it is `step_<step>`.
+    pub step: u64,
 }
 
 /// What goes into one checkpoint.
@@ -688,9 +702,10 @@ pub fn latest(checkpoints: &Path) -> Option<PathBuf> {
 /// Delete all but the newest `keep` complete checkpoints under `checkpoints` (transformers' `save_total_limit`;
 /// `keep == 0` keeps all), and clear what interrupted saves left (`.step_N.partial`). Call it only after a
 /// successful [`save`]: it never deletes the newest complete checkpoint, so the last good one stays until a newer
-/// one is on disk. Damaged `step_N` directories are left alone (they are skipped anyway, and may be worth a look).
-/// Returns the deleted directories.
-pub fn prune(checkpoints: &Path, keep: usize) -> Result<Vec<PathBuf>> {
+/// one is on disk. The checkpoint of step `best` (`--metric-for-best-model`) is kept too, beside the newest `keep`.
+/// Damaged `step_N` directories are left alone (they are skipped anyway, and may be worth a look). Returns the
+/// deleted directories.
+pub fn prune(checkpoints: &Path, keep: usize, best: Option<u64>) -> Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
     for entry in fs::read_dir(checkpoints).with_context(|| format!("reading {}", checkpoints.display()))? {
         let entry = entry?;
@@ -711,8 +726,12 @@ pub fn prune(checkpoints: &Path, keep: usize) -> Result<Vec<PathBuf>> {
         }
     }
     if keep > 0 {
-        let complete: Vec<PathBuf> =
-            steps(checkpoints).into_iter().map(|(_, d)| d).filter(|d| verify(d, Verify::Sizes).is_ok()).collect();
+        let complete: Vec<PathBuf> = steps(checkpoints)
+            .into_iter()
+            .filter(|(step, _)| Some(*step) != best)
+            .map(|(_, d)| d)
+            .filter(|d| verify(d, Verify::Sizes).is_ok())
+            .collect();
         for dir in complete.into_iter().skip(keep) {
             fs::remove_dir_all(&dir).with_context(|| format!("removing the old checkpoint {}", dir.display()))?;
             removed.push(dir);
@@ -1104,7 +1123,7 @@ mod tests {
         }
         let found = scan(&ckpts, Verify::Full);
         assert_eq!((found.chosen.as_deref(), found.skipped.len()), (Some(step3.as_path()), 0));
-        assert_eq!(prune(&ckpts, 0).unwrap(), std::slice::from_ref(&partial));
+        assert_eq!(prune(&ckpts, 0, None).unwrap(), std::slice::from_ref(&partial));
         assert!(!partial.exists() && step3.exists());
         // A new save of the same step also replaces a leftover partial directory.
         fs::create_dir_all(&partial).unwrap();
@@ -1124,14 +1143,15 @@ mod tests {
             v.sort();
             v
         };
-        assert!(prune(&ckpts, 0).unwrap().is_empty());
+        assert!(prune(&ckpts, 0, None).unwrap().is_empty());
         assert_eq!(left(&ckpts), [1, 2, 3, 4, 5]);
-        assert_eq!(prune(&ckpts, 2).unwrap(), [ckpts.join("step_3"), ckpts.join("step_2"), ckpts.join("step_1")]);
-        assert_eq!(left(&ckpts), [4, 5]);
+        // The best checkpoint stays beside the newest two.
+        assert_eq!(prune(&ckpts, 2, Some(2)).unwrap(), [ckpts.join("step_3"), ckpts.join("step_1")]);
+        assert_eq!(left(&ckpts), [2, 4, 5]);
         // A damaged newer checkpoint does not count: the newest verified one stays, the damaged one is left alone.
         let step6 = save(&ckpts, data(&base, 6)).unwrap();
         truncate(&step6.join("model.safetensors"), 1);
-        assert_eq!(prune(&ckpts, 1).unwrap(), [ckpts.join("step_4")]);
+        assert_eq!(prune(&ckpts, 1, None).unwrap(), [ckpts.join("step_4"), ckpts.join("step_2")]);
         assert_eq!(left(&ckpts), [5, 6]);
         assert_eq!(latest(&ckpts), Some(ckpts.join("step_5")));
     }

@@ -438,6 +438,61 @@ fn a_prompt_limit_cuts_every_longer_prompt_and_is_logged_and_saved() {
     }
 }
 
+/// `--metric-for-best-model` keeps the checkpoint of the best evaluation: a new best is saved at its batch
+/// boundary even between `--checkpoint-interval`s, `--save-total-limit 1` keeps it beside the newest, and the end
+/// names it (console and `final/best_*`). The model's confidence in its greedy answers changes with every update,
+/// so which evaluation is best is read back from the logged values. A name the evaluation does not log stops the
+/// run in one line naming those it does.
+#[test]
+fn the_best_evaluation_keeps_its_checkpoint_through_rotation() {
+    let runs = tempfile::tempdir().unwrap();
+    let metric = "eval/completion_logprob_mean";
+    let flags = ["--max-steps", "3", "--eval-every", "1", "--eval-tasks", "2", "--eval-samples", "0"];
+    let rotation = ["--checkpoint-interval", "100", "--save-total-limit", "1", "--metric-for-best-model", metric];
+    let out = train(runs.path(), "best", &[&flags[..], &rotation[..]].concat());
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let run = runs.path().join("best");
+    let logged = rows(&run);
+    // Evaluations after batches 1, 2 and 3, logged at their last steps 2, 5 and 8 (checkpoints step_3, 6, 9).
+    let evals: Vec<(u64, f64)> =
+        logged.iter().filter_map(|r| Some((r["step"].as_u64()? + 1, r.get(metric)?.as_f64()?))).collect();
+    assert_eq!(evals.iter().map(|e| e.0).collect::<Vec<_>>(), [3, 6, 9], "{evals:?}");
+    let (best_step, best_value) = evals.iter().fold(evals[0], |b, e| if e.1 > b.1 { *e } else { b });
+    let last = logged.last().unwrap();
+    assert_eq!(last["final/best_checkpoint_step"].as_f64(), Some(best_step as f64), "{evals:?}");
+    assert_eq!(last["final/best_metric"].as_f64(), Some(best_value));
+    let mut kept: Vec<String> = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("step_"))
+        .collect();
+    kept.sort();
+    let mut wanted = vec![format!("step_{best_step}"), "step_9".to_string()];
+    wanted.dedup();
+    assert_eq!(kept, wanted, "{evals:?}");
+    let state = json_file(&run.join(format!("checkpoints/step_{best_step}/trainer_state.json")));
+    assert_eq!(state["best"]["step"], best_step);
+    assert!(err.contains(&format!("best {metric} ")), "{err}");
+
+    let out = train(runs.path(), "misspelt", &[&flags[..], &["--metric-for-best-model", "eval/acuracy"]].concat());
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--metric-for-best-model eval/acuracy: the evaluation logs no such number; it logs "),
+        "{err}"
+    );
+    assert!(err.contains("eval/accuracy") && !err.contains("panicked"), "{err}");
+    for (extra, line) in [
+        (&["--greater-is-better", "false"][..], "--greater-is-better needs --metric-for-best-model METRIC"),
+        (&["--metric-for-best-model", metric][..], "compares the evaluations of --eval-every N, which is not given"),
+    ] {
+        let out = train(runs.path(), "refused", extra);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+        assert!(text(&out.stderr).contains(line), "{}", text(&out.stderr));
+    }
+}
+
 /// `--save-only-model` (transformers' `save_only_model`) writes checkpoints without the optimizer state: smaller,
 /// still a model directory a new run starts from, but one a run cannot resume from, which `--resume` says in one
 /// line.

@@ -307,6 +307,7 @@ impl RunDirArgs {
             allow_config_change: self.allow_config_change,
             save_merged: self.save_merged,
             save_only_model: self.save_only_model,
+            best_model: None,
             resume: self.resume,
         })
     }

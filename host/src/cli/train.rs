@@ -11,7 +11,7 @@ use crate::generate::SamplingParams;
 use crate::logging::LoggingArgs;
 use crate::model::DtypeSpec;
 use crate::train::config::{
-    BatchSettings, DistSettings, IsCorrection, LogSettings, LogprobTemperature, LrSchedule, ModelSettings,
+    BatchSettings, BestModel, DistSettings, IsCorrection, LogSettings, LogprobTemperature, LrSchedule, ModelSettings,
     ObjectiveSettings, OptimizerSettings, PluginSelection, RecomputeOld, ReferenceSync, RewardKl, RewardKlEstimator,
     RunConfig, SamplingSettings,
 };
@@ -114,6 +114,14 @@ pub struct TrainArgs {
     /// The longest opening prompt (`--max-prompt-length`, `--prompt-truncation`).
     #[command(flatten)]
     pub prompt: super::args::PromptArgs,
+    /// Keep the checkpoint with the best value of this evaluation metric (transformers' metric_for_best_model),
+    /// such as eval/accuracy: a new best is saved at once, --save-total-limit never deletes it, and the run's end
+    /// names it. Needs --eval-every.
+    #[arg(long, value_name = "METRIC")]
+    pub metric_for_best_model: Option<String>,
+    /// Whether a higher --metric-for-best-model is better [default: true, false for a name with "loss" in it].
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub greater_is_better: Option<bool>,
     /// Leave the training tasks whose opening prompt is longer than --max-prompt-length out of the run before it
     /// starts (verl's filter_overlong_prompts), instead of cutting them; needs a finite task list.
     #[arg(long)]
@@ -307,6 +315,20 @@ impl TrainArgs {
         if eval.enabled() {
             data.check_eval_source()?;
         }
+        let best_model = match (self.metric_for_best_model, self.greater_is_better) {
+            (None, Some(_)) => return Err(user_error!("--greater-is-better needs --metric-for-best-model METRIC")),
+            (None, None) => None,
+            (Some(metric), _) if eval.every == 0 => {
+                return Err(user_error!(
+                    "--metric-for-best-model {metric} compares the evaluations of --eval-every N, which is not given"
+                ))
+            }
+            (Some(metric), higher) => {
+                Some(BestModel { greater_is_better: higher.unwrap_or(!metric.contains("loss")), metric })
+            }
+        };
+        let mut checkpoints = self.run_dir.settings()?;
+        checkpoints.best_model = best_model;
         let config = RunConfig {
             eval,
             data,
@@ -385,7 +407,7 @@ impl TrainArgs {
                 }),
             },
             seed: self.seed,
-            checkpoints: self.run_dir.settings()?,
+            checkpoints,
             logging: LogSettings {
                 wandb: self.logging.wandb_flags(),
                 log_dir: self.logging.log_dir,

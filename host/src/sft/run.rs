@@ -428,7 +428,7 @@ impl SftRun<'_> {
         let settings = &self.config.checkpoints;
         let data = self.policy.checkpoint_data(&self.optimizer, &self.scaler, self.state.clone(), settings);
         let dir = checkpoint::save(&self.checkpoints, data)?;
-        checkpoint::prune(&self.checkpoints, self.config.checkpoints.save_total_limit)?;
+        checkpoint::prune(&self.checkpoints, self.config.checkpoints.save_total_limit, None)?;
         Ok(dir)
     }
 

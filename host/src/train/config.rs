@@ -484,8 +484,28 @@ pub struct CheckpointSettings {
     /// checkpoints that a run cannot resume from.
     #[serde(default)]
     pub save_only_model: bool,
+    /// The evaluation metric whose best checkpoint is kept (`--metric-for-best-model`); `None`: none is.
+    #[serde(default)]
+    pub best_model: Option<BestModel>,
     /// A checkpoint, run directory or `auto` to resume from.
     pub resume: Option<String>,
+}
+
+/// Which evaluation metric picks the best checkpoint (transformers' `metric_for_best_model` and
+/// `greater_is_better`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BestModel {
+    /// A metric the in-training evaluation logs, such as `eval/accuracy`.
+    pub metric: String,
+    /// Whether a higher value is better.
+    pub greater_is_better: bool,
+}
+
+impl BestModel {
+    /// Whether `value` beats `best` (any finite value beats none).
+    pub fn improves(&self, value: f64, best: Option<f64>) -> bool {
+        value.is_finite() && best.is_none_or(|b| if self.greater_is_better { value > b } else { value < b })
+    }
 }
 
 /// The loggers' settings.

@@ -376,7 +376,7 @@ pub fn epoch(updates: &Updates, state: &TrainerState, train_secs: f64, train_pea
 
 /// The run's end: totals, whether the final checkpoint was saved, and whether training completed.
 pub fn final_summary(state: &TrainerState, checkpoint_saved: bool, completed: bool) -> Metrics {
-    metrics! {
+    let mut m = metrics! {
         "final/total_steps" => state.global_step,
         "final/total_batches" => state.batch,
         "final/total_rollouts" => state.total_rollouts,
@@ -384,7 +384,12 @@ pub fn final_summary(state: &TrainerState, checkpoint_saved: bool, completed: bo
         "checkpoint/saved" => checkpoint_saved,
         "checkpoint/step" => state.global_step,
         "training/completed" => completed,
+    };
+    if let Some(best) = &state.best {
+        m.insert("final/best_checkpoint_step".into(), (best.step as f64).into());
+        m.insert("final/best_metric".into(), best.value.into());
     }
+    m
 }
 
 /// A checkpoint written during the run.

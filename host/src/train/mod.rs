@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use grpo_sdk::rng::mix;
-use grpo_sdk::Task;
+use grpo_sdk::{MetricValue, Task};
 
 use crate::checkpoint::{self, TrainerState};
 use crate::distributed::{fingerprint, World};
@@ -116,6 +116,8 @@ struct Trainer {
     evaluator: Option<crate::eval::InTraining>,
     /// `--reward-weights`' names were compared with the components the episodes reported (once per process).
     reward_names_checked: bool,
+    /// The last evaluation was the best so far by `--metric-for-best-model`: a checkpoint is due at this boundary.
+    new_best: bool,
 }
 
 /// How the loop ended.
@@ -241,6 +243,7 @@ impl Trainer {
             stopping: false,
             mid_batch: false,
             reward_names_checked: false,
+            new_best: false,
             new_reference: None,
             sft_rows,
             last_save: Instant::now(),
@@ -430,7 +433,7 @@ impl Trainer {
         let c = &self.config.checkpoints;
         let by_count = self.state.batch.is_multiple_of(c.interval.max(1));
         let by_time = c.every_minutes > 0.0 && self.last_save.elapsed().as_secs_f64() >= c.every_minutes * 60.0;
-        by_count || by_time
+        by_count || by_time || self.new_best
     }
 
     /// One batch through every stage, its metrics logged as each stage ends. Returns `false` when a stop request
@@ -638,8 +641,33 @@ impl Trainer {
         };
         let line = format!("eval at step {done}{on}: {} ({seconds:.1}s)", crate::eval::describe(&result));
         self.loggers.println(&line);
-        self.loggers.log(step, result.metrics());
+        let metrics = result.metrics();
+        // Evaluations after a batch only: the one before training has no checkpoint to keep.
+        if self.state.batch > 0 {
+            self.track_best(&metrics)?;
+        }
+        self.loggers.log(step, metrics);
         self.loggers.log_table(step, &result.table(step));
+        Ok(())
+    }
+
+    /// Under `--metric-for-best-model`, make this boundary's checkpoint the best one when the evaluation's
+    /// `metrics` beat the best so far (every rank decides alike: each has the whole evaluation).
+    fn track_best(&mut self, metrics: &crate::logging::Metrics) -> Result<()> {
+        let Some(best) = &self.config.checkpoints.best_model else { return Ok(()) };
+        let Some(&MetricValue::Number(value)) = metrics.get(&best.metric) else {
+            let names: Vec<&str> = metrics.keys().map(String::as_str).collect();
+            return Err(user_error!(
+                "--metric-for-best-model {}: the evaluation logs no such number; it logs {}",
+                best.metric,
+                names.join(", ")
+            ));
+        };
+        if best.improves(value, self.state.best.as_ref().map(|b| b.value)) {
+            let step = self.state.global_step;
+            self.state.best = Some(checkpoint::BestCheckpoint { metric: best.metric.clone(), value, step });
+            self.new_best = true;
+        }
         Ok(())
     }
 
@@ -754,9 +782,11 @@ impl Trainer {
         }
         let dir = checkpoint::save(&self.checkpoints, data)?;
         self.new_reference = None;
+        self.new_best = false;
         self.last_save = Instant::now();
-        // Only after the new checkpoint is durable, and never the newest.
-        checkpoint::prune(&self.checkpoints, self.config.checkpoints.save_total_limit)?;
+        // Only after the new checkpoint is durable, and never the newest nor the best.
+        let best = self.state.best.as_ref().map(|b| b.step);
+        checkpoint::prune(&self.checkpoints, self.config.checkpoints.save_total_limit, best)?;
         Ok(dir)
     }
 
@@ -806,6 +836,10 @@ impl Trainer {
             |dir: &Path| format!("resume with: grpo-host --resume {} (and the same flags)", dir.display());
         match (outcome, saved) {
             (Ok(Outcome::Completed | Outcome::AlreadyComplete), Ok(dir)) => {
+                if let Some(best) = &self.state.best {
+                    let at = self.checkpoints.join(format!("step_{}", best.step));
+                    loggers.println(&format!("best {} {:.4}: {}", best.metric, best.value, at.display()));
+                }
                 loggers.println(&format!("done: final checkpoint {}", dir.display()));
                 loggers.finish(0);
                 Ok(0)
