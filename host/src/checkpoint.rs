@@ -821,14 +821,8 @@ pub fn resolve_named(path: &Path, flag: &str) -> Result<Resume> {
         if steps(&dir).is_empty() {
             continue;
         }
-        let latest = scan(&dir, Verify::Full);
-        let note: String =
-            latest.skipped.iter().map(|s| format!(" (skipped {}: {})", s.dir.display(), s.reason)).collect();
-        let skipped = latest.messages();
-        return match latest.chosen {
-            Some(checkpoint) => Ok(Resume { checkpoint, skipped }),
-            None => Err(user_error!("{flag} {shown}: no usable checkpoint in {}{note}", dir.display())),
-        };
+        let none = |note| user_error!("{flag} {shown}: no usable checkpoint in {}{note}", dir.display());
+        return chosen(scan(&dir, Verify::Full), none);
     }
     bail!(user_error!(
         "{flag} {shown}: neither a checkpoint (no trainer_state.json) nor a run directory with checkpoints"
@@ -845,13 +839,6 @@ pub fn resolve_resume(
     run_dir: Option<&Path>,
     checkpoint_dir: Option<&Path>,
 ) -> Result<Resume> {
-    let found = |latest: Latest| -> Option<Resume> {
-        let skipped = latest.messages();
-        latest.chosen.map(|checkpoint| Resume { checkpoint, skipped })
-    };
-    let skipped_note = |latest: &Latest| -> String {
-        latest.skipped.iter().map(|s| format!(" (skipped {}: {})", s.dir.display(), s.reason)).collect()
-    };
     if spec != "auto" {
         return resolve_named(Path::new(spec), "--resume");
     }
@@ -863,9 +850,21 @@ pub fn resolve_resume(
             "--resume auto resumes the run named by --run-name (or --checkpoint-path), and neither was given; {others}"
         )),
     };
-    let latest = scan(&dir, Verify::Full);
-    let note = skipped_note(&latest);
-    found(latest).ok_or_else(|| user_error!("--resume auto: no usable checkpoint in {}{note}; {others}", dir.display()))
+    chosen(scan(&dir, Verify::Full), |note| {
+        user_error!("--resume auto: no usable checkpoint in {}{note}; {others}", dir.display())
+    })
+}
+
+/// The checkpoint `latest` chose, with a line per newer one it skipped; when it chose none, the error `none` makes
+/// from a note naming the skipped ones (` (skipped DIR: WHY)` each, empty without any).
+fn chosen(latest: Latest, none: impl FnOnce(String) -> anyhow::Error) -> Result<Resume> {
+    let skipped = latest.messages();
+    match latest.chosen {
+        Some(checkpoint) => Ok(Resume { checkpoint, skipped }),
+        None => {
+            Err(none(latest.skipped.iter().map(|s| format!(" (skipped {}: {})", s.dir.display(), s.reason)).collect()))
+        }
+    }
 }
 
 /// One phrase naming the runs under `runs_dir` that have a complete checkpoint, for `--resume auto`'s errors.

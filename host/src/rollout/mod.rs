@@ -234,35 +234,24 @@ struct Opening {
 }
 
 impl Opening {
+    /// `task`'s opening `messages` through the chat template (with the generation prompt), cut to `limit`.
     fn render(
         tokenizer: &Tokenizer,
         messages: &[Message],
         tools: Option<&[Json]>,
         task: &Task,
-        cfg: &RolloutConfig,
+        limit: Option<PromptLimit>,
     ) -> Result<Self> {
         let messages: Vec<Json> = messages.iter().map(message_json).collect();
-        let (text, ids) = render_opening(tokenizer, &messages, tools, task)?;
-        match cfg.prompt_limit.map(|limit| limit.apply(&ids, &task.id)).transpose()?.flatten() {
+        let text = tokenizer
+            .render_chat(&messages, tools, true)
+            .with_context(|| format!("rendering the opening of task {}", task.id))?;
+        let ids = tokenizer.encode(&text, false)?;
+        match limit.map(|limit| limit.apply(&ids, &task.id)).transpose()?.flatten() {
             Some(kept) => Ok(Opening { messages, text: tokenizer.decode(&kept, false)?, ids: kept, truncated: true }),
             None => Ok(Opening { messages, ids, text, truncated: false }),
         }
     }
-}
-
-/// The opening of `task` as its episodes see it before any `--max-prompt-length` cut: the environment's opening
-/// `messages` through the chat template (with the generation prompt), as text and token ids.
-fn render_opening(
-    tokenizer: &Tokenizer,
-    messages: &[Json],
-    tools: Option<&[Json]>,
-    task: &Task,
-) -> Result<(String, Vec<u32>)> {
-    let text = tokenizer
-        .render_chat(messages, tools, true)
-        .with_context(|| format!("rendering the opening of task {}", task.id))?;
-    let ids = tokenizer.encode(&text, false)?;
-    Ok((text, ids))
 }
 
 /// The token count of each task's opening prompt, uncut, as [`run_episodes`] renders it: for leaving out the tasks
@@ -273,8 +262,7 @@ pub fn prompt_lengths(tokenizer: &Tokenizer, env: &EnvironmentPlugin, tasks: &[T
         .iter()
         .map(|task| {
             let (_episode, messages) = env.reset(task)?;
-            let messages: Vec<Json> = messages.iter().map(message_json).collect();
-            Ok(render_opening(tokenizer, &messages, tools.as_deref(), task)?.1.len())
+            Ok(Opening::render(tokenizer, &messages, tools.as_deref(), task, None)?.ids.len())
         })
         .collect()
 }
@@ -319,7 +307,10 @@ pub fn run_episodes(
             // The group's episodes open alike: the first renders the prompt for all.
             let Opening { messages, ids, text, truncated } = match &opening {
                 Some(o) => o.clone(),
-                None => opening.insert(Opening::render(tokenizer, &messages, tools.as_deref(), task, cfg)?).clone(),
+                None => {
+                    let rendered = Opening::render(tokenizer, &messages, tools.as_deref(), task, cfg.prompt_limit)?;
+                    opening.insert(rendered).clone()
+                }
             };
             let n = ids.len();
             live.push(Live {

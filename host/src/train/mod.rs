@@ -1072,13 +1072,8 @@ fn batches_for_epochs(
     env: &EnvironmentPlugin,
     world: &World,
 ) -> Result<u64> {
-    let Some(count) = tasks.count()? else {
-        return Err(user_error!(
-            "--num-train-epochs: environment `{}` generates its training tasks without end, so a pass over them has no \
-             end either; give it a task file or --dataset, or give --max-steps",
-            env.name()
-        ));
-    };
+    let why = "a pass over them has no end either; give it a task file or --dataset, or give --max-steps";
+    let count = tasks::finite_count(tasks, env, "--num-train-epochs", why)?;
     let global_batch = config.batch.rollouts_per_step * world.size;
     let (batches, line) = config::steps_for_epochs(epochs, count as usize, global_batch, "tasks", "batches");
     if world.is_main() {

@@ -33,13 +33,9 @@ pub fn without_overlong_prompts(
     tokenizer: &Tokenizer,
     max_tokens: usize,
 ) -> Result<Filtered> {
-    let Some(count) = tasks.count()? else {
-        bail!(crate::user_error!(
-            "--filter-overlong-prompts: environment `{}` generates its training tasks without end, so they cannot be \
-             filtered before the run; give it a task file or --dataset, or cut long prompts with --prompt-truncation",
-            env.name()
-        ));
-    };
+    let why = "they cannot be filtered before the run; give it a task file or --dataset, or cut long prompts with \
+               --prompt-truncation";
+    let count = finite_count(&tasks, env, "--filter-overlong-prompts", why)?;
     let all: Vec<Task> = (0..count).map(|i| tasks.task(seed, i)).collect::<Result<_>>()?;
     let lengths = crate::rollout::prompt_lengths(tokenizer, env, &all)?;
     let kept: Vec<Task> = all.into_iter().zip(&lengths).filter(|(_, &n)| n <= max_tokens).map(|(t, _)| t).collect();
@@ -52,6 +48,18 @@ pub fn without_overlong_prompts(
     }
     let (before, left_out) = (lengths.len(), lengths.len() - kept.len());
     Ok(Filtered { tasks: TaskSet::Fixed(std::sync::Arc::new(kept)), before, left_out })
+}
+
+/// How many tasks `tasks` holds, for `flag`, which needs them all; an unbounded generator is one line saying
+/// `why` that fails and what to do instead.
+pub fn finite_count(tasks: &TaskSet, env: &EnvironmentPlugin, flag: &str, why: &str) -> Result<u64> {
+    match tasks.count()? {
+        Some(count) => Ok(count),
+        None => bail!(crate::user_error!(
+            "{flag}: environment `{}` generates its training tasks without end, so {why}",
+            env.name()
+        )),
+    }
 }
 
 /// The task order of a run.
