@@ -58,6 +58,16 @@ pub struct TrainerState {
     /// The best checkpoint so far by `--metric-for-best-model`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub best: Option<BestCheckpoint>,
+    /// Evaluations in a row, up to now, that did not improve on the best by `--early-stopping-threshold`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub evals_without_improvement: u64,
+    /// The run ended because `--early-stopping-patience` evaluations in a row did not improve.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub early_stopped: bool,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The checkpoint with the best evaluation so far (transformers' `best_model_checkpoint`).

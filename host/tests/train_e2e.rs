@@ -493,6 +493,54 @@ fn the_best_evaluation_keeps_its_checkpoint_through_rotation() {
     }
 }
 
+/// `--early-stopping-patience` (transformers' `EarlyStoppingCallback`) ends the run, as a completed one with its final
+/// checkpoint, once that many evaluations in a row have not improved `--metric-for-best-model` by more than
+/// `--early-stopping-threshold`. A threshold no change can pass makes every evaluation after the first one without
+/// progress, so patience 1 stops after batch 2 of 5. The count is saved: resuming as it was does nothing, and a patience
+/// of 2 trains exactly one more batch (without the saved count it would train two).
+#[test]
+fn early_stopping_ends_the_run_and_its_count_survives_a_resume() {
+    let runs = tempfile::tempdir().unwrap();
+    let evals = ["--max-steps", "5", "--eval-every", "1", "--eval-tasks", "2", "--eval-samples", "0"];
+    let watch = ["--metric-for-best-model", "eval/completion_logprob_mean", "--early-stopping-threshold", "1e9"];
+    let flags = [&evals[..], &watch[..]].concat();
+    let out = train(runs.path(), "early", &[&flags[..], &["--early-stopping-patience", "1"]].concat());
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("early stopping after batch 2: eval/completion_logprob_mean has not improved by more than"));
+    let run = runs.path().join("early");
+    let last = |run: &Path| rows(run).last().unwrap().clone();
+    let end = last(&run);
+    assert_eq!(end["final/total_batches"].as_f64(), Some(2.0), "{end:?}");
+    assert_eq!(end["final/early_stopped"].as_f64(), Some(1.0), "{end:?}");
+    assert_eq!(end["training/completed"].as_f64(), Some(1.0), "{end:?}");
+    let state = json_file(&run.join("checkpoints/step_6/trainer_state.json"));
+    assert_eq!((state["evals_without_improvement"].as_u64(), state["early_stopped"].as_bool()), (Some(1), Some(true)));
+
+    let again = &[&flags[..], &["--early-stopping-patience", "1", "--resume", "auto"]].concat();
+    let out = train(runs.path(), "early", again);
+    let err = text(&out.stderr);
+    assert!(out.status.success() && err.contains("the run had stopped early at its last checkpoint"), "{err}");
+    assert!(!run.join("checkpoints/step_9").exists());
+
+    let longer = &[&flags[..], &["--early-stopping-patience", "2", "--resume", "auto"]].concat();
+    let out = train(runs.path(), "early", longer);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let end = last(&run);
+    assert_eq!(end["final/total_batches"].as_f64(), Some(3.0), "{end:?}");
+    assert_eq!(end["final/early_stopped"].as_f64(), Some(1.0), "{end:?}");
+
+    for (extra, line) in [
+        (&["--early-stopping-patience", "2"][..], "--early-stopping-patience needs --metric-for-best-model METRIC"),
+        (&[&watch[..], &evals[..2], &["--eval-every", "1", "--early-stopping-patience", "0"]].concat(), "at least 1"),
+        (&[&watch[..], &["--eval-every", "1"]].concat(), "--early-stopping-threshold needs --early-stopping-patience"),
+    ] {
+        let out = train(runs.path(), "refused", extra);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+        assert!(text(&out.stderr).contains(line), "{}", text(&out.stderr));
+    }
+}
+
 /// `--save-only-model` (transformers' `save_only_model`) writes checkpoints without the optimizer state: smaller,
 /// still a model directory a new run starts from, but one a run cannot resume from, which `--resume` says in one
 /// line.

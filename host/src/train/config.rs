@@ -499,6 +499,9 @@ pub struct BestModel {
     pub metric: String,
     /// Whether a higher value is better.
     pub greater_is_better: bool,
+    /// End the run once the metric stops improving (`--early-stopping-patience`); `None`: train to the end.
+    #[serde(default)]
+    pub early_stopping: Option<EarlyStopping>,
 }
 
 impl BestModel {
@@ -506,6 +509,25 @@ impl BestModel {
     pub fn improves(&self, value: f64, best: Option<f64>) -> bool {
         value.is_finite() && best.is_none_or(|b| if self.greater_is_better { value > b } else { value < b })
     }
+
+    /// Whether `value` counts as progress for early stopping: the first evaluation always does, a later one when
+    /// it beats `best` by more than `threshold` (transformers' `EarlyStoppingCallback` rule).
+    pub fn improves_by(&self, value: f64, best: Option<f64>, threshold: f64) -> bool {
+        match best {
+            None => true,
+            Some(b) => self.improves(value, best) && (value - b).abs() > threshold,
+        }
+    }
+}
+
+/// transformers' `EarlyStoppingCallback`: stop when `patience` evaluations in a row have not improved the best
+/// metric by more than `threshold`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EarlyStopping {
+    /// Evaluations in a row without progress that end the run (at least 1).
+    pub patience: u64,
+    /// The least change of the metric that counts as progress (0: any improvement).
+    pub threshold: f64,
 }
 
 /// The loggers' settings.
@@ -586,5 +608,27 @@ impl RunConfig {
             .filter(|((_, now), (_, was))| now != was)
             .map(|((flag, now), (_, was))| format!("{flag}: {was} -> {now}"))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// transformers' early-stopping rule: the first evaluation is progress, a later one only when it is better by
+    /// more than the threshold, in the metric's direction; NaN never is.
+    #[test]
+    fn progress_for_early_stopping_needs_a_better_value_by_more_than_the_threshold() {
+        let higher = BestModel { metric: "eval/accuracy".into(), greater_is_better: true, early_stopping: None };
+        let lower = BestModel { greater_is_better: false, ..higher.clone() };
+        assert!(higher.improves_by(0.0, None, 0.5));
+        assert!(higher.improves_by(0.3, Some(0.2), 0.0));
+        assert!(!higher.improves_by(0.3, Some(0.2), 0.1 + 1e-9));
+        assert!(higher.improves_by(0.31, Some(0.2), 0.1));
+        assert!(!higher.improves_by(0.2, Some(0.2), 0.0));
+        assert!(!higher.improves_by(0.1, Some(0.2), 0.0));
+        assert!(lower.improves_by(0.1, Some(0.2), 0.05));
+        assert!(!lower.improves_by(0.3, Some(0.2), 0.0));
+        assert!(!higher.improves_by(f64::NAN, Some(0.2), 0.0));
     }
 }

@@ -389,6 +389,9 @@ pub fn final_summary(state: &TrainerState, checkpoint_saved: bool, completed: bo
         m.insert("final/best_checkpoint_step".into(), (best.step as f64).into());
         m.insert("final/best_metric".into(), best.value.into());
     }
+    if state.early_stopped {
+        m.insert("final/early_stopped".into(), true.into());
+    }
     m
 }
 

@@ -252,7 +252,9 @@ impl Trainer {
 
     fn train(&mut self) -> Result<Outcome> {
         let max_steps = self.config.batch.max_steps;
-        if self.state.batch >= max_steps && self.state.global_step > 0 {
+        // A run that stopped early stays stopped unless the patience given now is larger.
+        self.state.early_stopped = self.state.early_stopped && self.patience_spent();
+        if (self.state.batch >= max_steps || self.state.early_stopped) && self.state.global_step > 0 {
             return Ok(Outcome::AlreadyComplete);
         }
         if self.evaluator.as_ref().is_some_and(|e| e.due_before_training(self.state.batch, self.state.global_step)) {
@@ -279,8 +281,9 @@ impl Trainer {
                 self.evaluate(self.state.global_step.saturating_sub(1))?;
             }
             let checkpoint_due = self.agree_at_boundary()?;
-            // The last batch's row stays open for `finish`, which adds the final metrics.
-            if self.state.batch >= max_steps {
+            // The last batch's row stays open for `finish`, which adds the final metrics. Every rank saw the same
+            // evaluation, so all stop early together.
+            if self.state.batch >= max_steps || self.state.early_stopped {
                 break;
             }
             if checkpoint_due {
@@ -301,7 +304,8 @@ impl Trainer {
             }
             self.loggers.commit();
         }
-        Ok(if self.stopping && self.state.batch < max_steps { Outcome::Stopped } else { Outcome::Completed })
+        let cut_short = self.state.batch < max_steps && !self.state.early_stopped;
+        Ok(if self.stopping && cut_short { Outcome::Stopped } else { Outcome::Completed })
     }
 
     /// At a batch boundary, every rank takes the same decisions: whether to stop (a signal reached any rank),
@@ -652,7 +656,8 @@ impl Trainer {
     }
 
     /// Under `--metric-for-best-model`, make this boundary's checkpoint the best one when the evaluation's
-    /// `metrics` beat the best so far (every rank decides alike: each has the whole evaluation).
+    /// `metrics` beat the best so far, and under `--early-stopping-patience` count the evaluations without progress
+    /// and end the run when they reach it (every rank decides alike: each has the whole evaluation).
     fn track_best(&mut self, metrics: &crate::logging::Metrics) -> Result<()> {
         let Some(best) = &self.config.checkpoints.best_model else { return Ok(()) };
         let Some(&MetricValue::Number(value)) = metrics.get(&best.metric) else {
@@ -663,12 +668,47 @@ impl Trainer {
                 names.join(", ")
             ));
         };
-        if best.improves(value, self.state.best.as_ref().map(|b| b.value)) {
+        let previous = self.state.best.as_ref().map(|b| b.value);
+        if let Some(stopping) = best.early_stopping {
+            self.state.evals_without_improvement = match best.improves_by(value, previous, stopping.threshold) {
+                true => 0,
+                false => self.state.evals_without_improvement + 1,
+            };
+            // After the last batch the run ends anyway: nothing is stopped early.
+            if self.state.evals_without_improvement >= stopping.patience
+                && self.state.batch < self.config.batch.max_steps
+            {
+                self.state.early_stopped = true;
+                self.loggers.println(&format!(
+                    "early stopping after batch {}: {} has not improved{} for {} evaluation(s) in a row (best {:.4} \
+                     at step {}); --early-stopping-patience {}",
+                    self.state.batch,
+                    best.metric,
+                    if stopping.threshold > 0.0 {
+                        format!(" by more than {}", stopping.threshold)
+                    } else {
+                        String::new()
+                    },
+                    self.state.evals_without_improvement,
+                    previous.unwrap_or(f64::NAN),
+                    self.state.best.as_ref().map_or(0, |b| b.step),
+                    stopping.patience
+                ));
+            }
+        }
+        if best.improves(value, previous) {
             let step = self.state.global_step;
             self.state.best = Some(checkpoint::BestCheckpoint { metric: best.metric.clone(), value, step });
             self.new_best = true;
         }
         Ok(())
+    }
+
+    /// Whether `--early-stopping-patience` evaluations in a row have gone without progress (as the flags given now
+    /// count them, so a resume with a larger patience trains on).
+    fn patience_spent(&self) -> bool {
+        let stopping = self.config.checkpoints.best_model.as_ref().and_then(|b| b.early_stopping);
+        stopping.is_some_and(|s| self.state.evals_without_improvement >= s.patience)
     }
 
     /// Log a batch's rollout metrics (and, at the interval, its completions) at its first step; `batch` is the
@@ -796,7 +836,13 @@ impl Trainer {
             return self.fail_mid_batch(outcome.err().expect("checked above"));
         }
         if matches!(outcome, Ok(Outcome::AlreadyComplete)) {
-            self.loggers.println("the run was already complete at its last checkpoint; nothing to do");
+            self.loggers.println(match self.state.early_stopped {
+                true => {
+                    "the run had stopped early at its last checkpoint (--early-stopping-patience); nothing to do \
+                         (a larger patience trains on)"
+                }
+                false => "the run was already complete at its last checkpoint; nothing to do",
+            });
             self.loggers.finish(0);
             return Ok(0);
         }
