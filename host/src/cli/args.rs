@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use crate::eval::EpisodeLimits;
 use crate::generate::SamplingParams;
 use crate::model::{DeviceSpec, DtypeSpec, LoraConfig, LoraTargets};
 use crate::rollout::{OverlongPenalty, PromptLimit, PromptTruncation, RewardShaping};
@@ -333,6 +334,48 @@ pub fn json_option(spec: Option<&str>, flag: &str) -> anyhow::Result<serde_json:
         };
         user_error!("{origin}: not valid JSON ({e}); example: {flag} '{{\"key\": 1}}' or {flag} @FILE{hint}")
     })
+}
+
+/// How long an episode may run: tokens per turn, turns, the whole context and its opening prompt (`train` and
+/// `eval`, which must play episodes as the run did).
+#[derive(Debug, Clone, Args)]
+pub struct EpisodeArgs {
+    /// Most tokens generated in one assistant turn; also DR-GRPO's constant normalizer.
+    #[arg(long, default_value_t = 128, visible_alias = "max-completion-length")]
+    pub max_new_tokens: usize,
+    /// Most tokens in a whole episode (prompt, turns and environment replies): the context limit.
+    #[arg(long, default_value_t = 1024)]
+    pub max_length: usize,
+    /// Most assistant turns in one episode (an environment usually ends it sooner).
+    #[arg(long, default_value_t = 4)]
+    pub max_turns: usize,
+    /// The longest opening prompt (`--max-prompt-length`, `--prompt-truncation`).
+    #[command(flatten)]
+    pub prompt: PromptArgs,
+}
+
+impl EpisodeArgs {
+    /// The limits these flags set, each checked; a mistake is one line naming the flag.
+    pub fn limits(&self) -> anyhow::Result<EpisodeLimits> {
+        for (flag, value) in [("--max-new-tokens", self.max_new_tokens), ("--max-turns", self.max_turns)] {
+            if value == 0 {
+                return Err(user_error!("{flag} must be at least 1"));
+            }
+        }
+        if self.max_length <= self.max_new_tokens {
+            return Err(user_error!(
+                "--max-length {} must exceed --max-new-tokens {} (it bounds the whole episode, prompt included)",
+                self.max_length,
+                self.max_new_tokens
+            ));
+        }
+        Ok(EpisodeLimits {
+            max_new_tokens: self.max_new_tokens,
+            max_turns: self.max_turns,
+            max_length: self.max_length,
+            prompt_limit: self.prompt.limit(self.max_length)?,
+        })
+    }
 }
 
 /// How long an episode's opening prompt may be.

@@ -167,18 +167,9 @@ pub struct EvalArgs {
     /// Decode scheduling.
     #[command(flatten)]
     pub decode: super::args::DecodeArgs,
-    /// Most tokens per assistant turn (as the run's --max-new-tokens).
-    #[arg(long, default_value_t = 128)]
-    pub max_new_tokens: usize,
-    /// Most tokens per episode (as the run's --max-length).
-    #[arg(long, default_value_t = 1024)]
-    pub max_length: usize,
-    /// Most assistant turns per episode (as the run's --max-turns).
-    #[arg(long, default_value_t = 4)]
-    pub max_turns: usize,
-    /// The longest opening prompt (as the run's --max-prompt-length and --prompt-truncation).
+    /// How long an episode may run (as in the run evaluated).
     #[command(flatten)]
-    pub prompt: super::args::PromptArgs,
+    pub episode: super::args::EpisodeArgs,
     /// The run's --seed: it picks generated eval tasks and the sampled episodes' seeds.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -196,20 +187,14 @@ pub struct EvalArgs {
 /// Run `grpo-host eval`; returns the exit code.
 pub fn run(args: EvalArgs) -> anyhow::Result<i32> {
     args.model.apply_threads()?;
-    if args.max_length <= args.max_new_tokens {
-        return Err(user_error!(
-            "--max-length {} must exceed --max-new-tokens {}",
-            args.max_length,
-            args.max_new_tokens
-        ));
-    }
+    let limits = args.episode.limits()?;
     if args.sampling.ignore_eos {
         return Err(user_error!("--ignore-eos: evaluation always stops at end-of-sequence, as training's does"));
     }
     let sampling = args.sampling.resolve(super::train::TRAIN_SAMPLING)?;
     let settings = args.run.into_settings(sampling, 0, false, args.decode.multi_step()?)?;
     let env_config = json_option(args.env_config.as_deref(), "--env-config")?;
-    let rewards = args.rewards.shaping(args.max_new_tokens)?;
+    let rewards = args.rewards.shaping(limits.max_new_tokens)?;
     let registry = Registry::discover(&args.plugins.discovery())?;
     let env = registry.environment(&args.env, &env_config)?;
     let allow_download = !args.model.offline;
@@ -252,12 +237,6 @@ pub fn run(args: EvalArgs) -> anyhow::Result<i32> {
     }
     policy.model().set_training(false);
     policy.refresh_sampler(None);
-    let limits = EpisodeLimits {
-        max_new_tokens: args.max_new_tokens,
-        max_turns: args.max_turns,
-        max_length: args.max_length,
-        prompt_limit: args.prompt.limit(args.max_length)?,
-    };
     if let Some(note) = checkpoint.as_deref().and_then(|dir| {
         let here = Decisive {
             env: env.name(),

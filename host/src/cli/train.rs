@@ -102,18 +102,9 @@ pub struct TrainArgs {
     #[arg(long, value_name = "N")]
     pub micro_batch_tokens: Option<usize>,
 
-    /// Most tokens generated in one assistant turn; also DR-GRPO's constant normalizer.
-    #[arg(long, default_value_t = 128, visible_alias = "max-completion-length")]
-    pub max_new_tokens: usize,
-    /// Most tokens in a whole episode (prompt, turns and environment replies): the context limit.
-    #[arg(long, default_value_t = 1024)]
-    pub max_length: usize,
-    /// Most assistant turns in one episode (an environment usually ends it sooner).
-    #[arg(long, default_value_t = 4)]
-    pub max_turns: usize,
-    /// The longest opening prompt (`--max-prompt-length`, `--prompt-truncation`).
+    /// How long an episode may run.
     #[command(flatten)]
-    pub prompt: super::args::PromptArgs,
+    pub episode: super::args::EpisodeArgs,
     /// Keep the checkpoint with the best value of this evaluation metric (transformers' metric_for_best_model),
     /// such as eval/accuracy: a new best is saved at once, --save-total-limit never deletes it, and the run's end
     /// names it. Needs --eval-every.
@@ -307,7 +298,7 @@ impl TrainArgs {
     /// Check the flags and build the run's configuration; every mistake is one line naming the flag.
     pub fn into_config(self) -> anyhow::Result<RunConfig> {
         self.validate()?;
-        let early_stopping = self.early_stopping()?;
+        let (early_stopping, episode) = (self.early_stopping()?, self.episode.limits()?);
         let mut env_config = json_option(self.env_config.as_deref(), "--env-config")?;
         if let Some(path) = &self.data_path {
             set_option(&mut env_config, "data_path", path.display().to_string().into());
@@ -379,10 +370,10 @@ impl TrainArgs {
                 gradient_accumulation_steps: self.gradient_accumulation_steps,
                 micro_batch_tokens: self.micro_batch_tokens,
                 epochs_per_step: self.epochs_per_step,
-                max_new_tokens: self.max_new_tokens,
-                max_length: self.max_length,
-                max_turns: self.max_turns,
-                prompt_limit: self.prompt.limit(self.max_length)?,
+                max_new_tokens: episode.max_new_tokens,
+                max_length: episode.max_length,
+                max_turns: episode.max_turns,
+                prompt_limit: episode.prompt_limit,
                 max_batch_rows: self.max_batch_rows,
                 multi_step,
                 dynamic_sampling: self.dynamic_sampling.then_some(crate::train::dynamic_sampling::DynamicSampling {
@@ -434,7 +425,7 @@ impl TrainArgs {
             dist: DistSettings { timeout_secs: self.dist_timeout, check_interval: self.dist_check_interval },
             rewards: crate::rollout::RewardShaping {
                 aggregation: self.multi_objective_aggregation,
-                ..self.rewards.shaping(self.max_new_tokens)?
+                ..self.rewards.shaping(episode.max_new_tokens)?
             },
         };
         config.optimizer.check()?;
@@ -457,8 +448,6 @@ impl TrainArgs {
             ("--train-batch-size", self.train_batch_size),
             ("--gradient-accumulation-steps", self.gradient_accumulation_steps),
             ("--epochs-per-step", self.epochs_per_step),
-            ("--max-new-tokens", self.max_new_tokens),
-            ("--max-turns", self.max_turns),
             ("--max-sampling-rounds", self.max_sampling_rounds),
         ];
         if self.max_batch_rows == Some(0) {
@@ -469,27 +458,21 @@ impl TrainArgs {
                 return Err(user_error!("{flag} must be at least 1"));
             }
         }
-        if self.max_length <= self.max_new_tokens {
-            return Err(user_error!(
-                "--max-length {} must exceed --max-new-tokens {} (it bounds the whole episode, prompt included)",
-                self.max_length,
-                self.max_new_tokens
-            ));
-        }
+        let max_length = self.episode.limits()?.max_length;
         if let Some(epochs) = self.num_train_epochs.filter(|e| !(*e > 0.0 && e.is_finite())) {
             return Err(user_error!("--num-train-epochs {epochs}: must be a positive number, such as 1"));
         }
-        if self.filter_overlong_prompts && self.prompt.max_prompt_length.is_none() {
+        if self.filter_overlong_prompts && self.episode.prompt.max_prompt_length.is_none() {
             return Err(user_error!(
                 "--filter-overlong-prompts needs --max-prompt-length N, the length past which a task is left out"
             ));
         }
-        if let Some(tokens) = self.micro_batch_tokens.filter(|&t| t < self.max_length) {
+        if let Some(tokens) = self.micro_batch_tokens.filter(|&t| t < max_length) {
             return Err(user_error!(
                 "--micro-batch-tokens {tokens} is below --max-length {}: the longest episode must fit in one \
                  micro-batch; raise it to {} or more, or lower --max-length",
-                self.max_length,
-                self.max_length
+                max_length,
+                max_length
             ));
         }
         // The lower clip bound 1 - eps must stay above 0; the upper one (DAPO's clip-higher) has no such bound.
@@ -662,7 +645,7 @@ mod tests {
             "--beta=0.04",
         ];
         let a = Cli::parse_from([&["grpo-host"], &trl[..]].concat()).train;
-        assert_eq!((a.group_size, a.train_batch_size, a.epochs_per_step, a.max_new_tokens), (8, 2, 3, 256));
+        assert_eq!((a.group_size, a.train_batch_size, a.epochs_per_step, a.episode.max_new_tokens), (8, 2, 3, 256));
         assert_eq!((a.lr, a.lr_schedule, a.max_norm), (1e-6, super::LrSchedule::Cosine, 0.5));
         assert_eq!((a.clip_eps, a.clip_eps_high, a.kl_weight), (0.1, Some(0.28), 0.04));
     }
