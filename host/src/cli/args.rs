@@ -9,7 +9,7 @@ use crate::eval::EpisodeLimits;
 use crate::generate::SamplingParams;
 use crate::model::{DeviceSpec, DtypeSpec, LoraConfig, LoraTargets};
 use crate::rollout::{OverlongPenalty, PromptLimit, PromptTruncation, RewardShaping};
-use crate::train::config::{CheckpointSettings, ModelSettings};
+use crate::train::config::{CheckpointSettings, LrSchedule, ModelSettings, OptimizerSettings};
 use crate::train::precision::MixedPrecision;
 use crate::user_error;
 
@@ -334,6 +334,45 @@ pub fn json_option(spec: Option<&str>, flag: &str) -> anyhow::Result<serde_json:
         };
         user_error!("{origin}: not valid JSON ({e}); example: {flag} '{{\"key\": 1}}' or {flag} @FILE{hint}")
     })
+}
+
+/// The learning-rate schedule (`train` and `sft`).
+#[derive(Debug, Clone, Args)]
+pub struct ScheduleArgs {
+    /// constant, linear or cosine (decay to 0, or to --min-lr-ratio, at the run's last optimizer step after the
+    /// warmup).
+    #[arg(long, default_value = "constant", visible_alias = "lr-scheduler-type")]
+    pub lr_schedule: LrSchedule,
+    /// Optimizer steps of linear learning-rate warmup.
+    #[arg(long, default_value_t = 0)]
+    pub warmup_steps: u64,
+    /// The warmup as a share of the run's optimizer steps instead of --warmup-steps (transformers' warmup_ratio,
+    /// such as 0.1).
+    #[arg(long, conflicts_with = "warmup_steps")]
+    pub warmup_ratio: Option<f64>,
+    /// Where a linear or cosine decay ends, as a share of --lr (transformers' cosine_with_min_lr, verl's
+    /// min_lr_ratio, such as 0.1); 0 decays to zero.
+    #[arg(long, value_name = "R", default_value_t = 0.0)]
+    pub min_lr_ratio: f64,
+}
+
+impl ScheduleArgs {
+    /// AdamW at `lr` with `weight_decay` on this schedule, clipping gradients to `max_norm`, with PyTorch's betas
+    /// and epsilon.
+    pub fn optimizer(&self, lr: f64, weight_decay: f64, max_norm: f64) -> OptimizerSettings {
+        OptimizerSettings {
+            lr,
+            schedule: self.lr_schedule,
+            warmup_steps: self.warmup_steps,
+            warmup_ratio: self.warmup_ratio,
+            min_lr_ratio: self.min_lr_ratio,
+            weight_decay,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            max_norm,
+        }
+    }
 }
 
 /// How long an episode may run: tokens per turn, turns, the whole context and its opening prompt (`train` and

@@ -11,7 +11,7 @@ use crate::logging::LoggingArgs;
 use crate::sft::render::LossOn;
 use crate::sft::run::{HeldOutRows, SftConfig, SftEvalSettings, SftSource};
 use crate::sft::warmup::WarmupSettings;
-use crate::train::config::{LogSettings, LrSchedule, OptimizerSettings};
+use crate::train::config::LogSettings;
 use crate::train::precision::MixedPrecision;
 use crate::user_error;
 
@@ -137,19 +137,9 @@ pub struct SftArgs {
     /// Learning rate.
     #[arg(long, default_value_t = 5e-5)]
     pub lr: f64,
-    /// constant, linear or cosine (decay to 0 at --max-steps after the warmup).
-    #[arg(long, default_value = "constant")]
-    pub lr_schedule: LrSchedule,
-    /// Steps of linear learning-rate warmup.
-    #[arg(long, default_value_t = 0)]
-    pub warmup_steps: u64,
-    /// The warmup as a share of the run's optimizer steps instead of --warmup-steps (transformers' warmup_ratio).
-    #[arg(long, conflicts_with = "warmup_steps")]
-    pub warmup_ratio: Option<f64>,
-    /// Where a linear or cosine decay ends, as a share of --lr (transformers' cosine_with_min_lr, verl's
-    /// min_lr_ratio, such as 0.1); 0 decays to zero.
-    #[arg(long, value_name = "R", default_value_t = 0.0)]
-    pub min_lr_ratio: f64,
+    /// The learning-rate schedule.
+    #[command(flatten)]
+    pub schedule: super::args::ScheduleArgs,
     /// Gradient-norm clip (0 disables).
     #[arg(long, default_value_t = 1.0)]
     pub max_norm: f64,
@@ -258,18 +248,7 @@ impl SftArgs {
             text_field: self.dataset_text_field,
             eval: held_out.map(|rows| SftEvalSettings { rows, every: self.eval_every }),
             loss_on: LossOn { assistant_only: self.assistant_only_loss, completion_only: self.completion_only_loss },
-            optimizer: OptimizerSettings {
-                lr: self.lr,
-                schedule: self.lr_schedule,
-                warmup_steps: self.warmup_steps,
-                warmup_ratio: self.warmup_ratio,
-                min_lr_ratio: self.min_lr_ratio,
-                weight_decay: self.weight_decay,
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-                max_norm: self.max_norm,
-            },
+            optimizer: self.schedule.optimizer(self.lr, self.weight_decay, self.max_norm),
             seed: self.seed,
             checkpoints,
             logging: LogSettings {

@@ -11,7 +11,7 @@ use crate::generate::SamplingParams;
 use crate::logging::LoggingArgs;
 use crate::model::DtypeSpec;
 use crate::train::config::{
-    BatchSettings, BestModel, DistSettings, EarlyStopping, IsCorrection, LogSettings, LogprobTemperature, LrSchedule,
+    BatchSettings, BestModel, DistSettings, EarlyStopping, IsCorrection, LogSettings, LogprobTemperature,
     ModelSettings, ObjectiveSettings, OptimizerSettings, PluginSelection, RecomputeOld, ReferenceSync, RewardKl,
     RewardKlEstimator, RunConfig, SamplingSettings,
 };
@@ -147,20 +147,9 @@ pub struct TrainArgs {
     /// Learning rate.
     #[arg(long, default_value_t = 5e-6, visible_alias = "learning-rate")]
     pub lr: f64,
-    /// constant, linear or cosine (decay to 0 over the run after warmup).
-    #[arg(long, default_value = "constant", visible_alias = "lr-scheduler-type")]
-    pub lr_schedule: LrSchedule,
-    /// Optimizer steps of linear learning-rate warmup.
-    #[arg(long, default_value_t = 0)]
-    pub warmup_steps: u64,
-    /// The warmup as a share of the run's optimizer steps instead of --warmup-steps (transformers' warmup_ratio,
-    /// such as 0.1).
-    #[arg(long, conflicts_with = "warmup_steps")]
-    pub warmup_ratio: Option<f64>,
-    /// Where a linear or cosine decay ends, as a share of --lr (transformers' cosine_with_min_lr, verl's
-    /// min_lr_ratio, such as 0.1); 0 decays to zero.
-    #[arg(long, value_name = "R", default_value_t = 0.0)]
-    pub min_lr_ratio: f64,
+    /// The learning-rate schedule.
+    #[command(flatten)]
+    pub schedule: super::args::ScheduleArgs,
     /// AdamW decoupled weight decay.
     #[arg(long, default_value_t = 0.01)]
     pub weight_decay: f64,
@@ -381,16 +370,10 @@ impl TrainArgs {
                 }),
             },
             optimizer: OptimizerSettings {
-                lr: self.lr,
-                schedule: self.lr_schedule,
-                warmup_steps: self.warmup_steps,
-                warmup_ratio: self.warmup_ratio,
-                min_lr_ratio: self.min_lr_ratio,
-                weight_decay: self.weight_decay,
                 beta1: self.adam_beta1,
                 beta2: self.adam_beta2,
                 eps: self.adam_eps,
-                max_norm: self.max_norm,
+                ..self.schedule.optimizer(self.lr, self.weight_decay, self.max_norm)
             },
             loss: ObjectiveSettings {
                 clip_eps_low: self.clip_eps,
@@ -646,7 +629,7 @@ mod tests {
         ];
         let a = Cli::parse_from([&["grpo-host"], &trl[..]].concat()).train;
         assert_eq!((a.group_size, a.train_batch_size, a.epochs_per_step, a.episode.max_new_tokens), (8, 2, 3, 256));
-        assert_eq!((a.lr, a.lr_schedule, a.max_norm), (1e-6, super::LrSchedule::Cosine, 0.5));
+        assert_eq!((a.lr, a.schedule.lr_schedule, a.max_norm), (1e-6, crate::train::config::LrSchedule::Cosine, 0.5));
         assert_eq!((a.clip_eps, a.clip_eps_high, a.kl_weight), (0.1, Some(0.28), 0.04));
     }
 
