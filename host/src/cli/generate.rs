@@ -60,6 +60,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<i32> {
     if args.num_samples == 0 {
         return Err(user_error!("-n must be at least 1"));
     }
+    if args.max_new_tokens == 0 {
+        return Err(user_error!("--max-new-tokens must be at least 1"));
+    }
     let sampling = args.sampling.resolve(SamplingParams::greedy())?;
     let device = args.model.device.resolve()?;
     let dtype = args.model.dtype.resolve(device);
