@@ -712,7 +712,8 @@ pub fn latest(checkpoints: &Path) -> Option<PathBuf> {
 /// Delete all but the newest `keep` complete checkpoints under `checkpoints` (transformers' `save_total_limit`;
 /// `keep == 0` keeps all), and clear what interrupted saves left (`.step_N.partial`). Call it only after a
 /// successful [`save`]: it never deletes the newest complete checkpoint, so the last good one stays until a newer
-/// one is on disk. The checkpoint of step `best` (`--metric-for-best-model`) is kept too, beside the newest `keep`.
+/// one is on disk. The checkpoint of step `best` (`--metric-for-best-model`) is kept too: beside the newest `keep`
+/// when it is older than they are.
 /// Damaged `step_N` directories are left alone (they are skipped anyway, and may be worth a look). Returns the
 /// deleted directories.
 pub fn prune(checkpoints: &Path, keep: usize, best: Option<u64>) -> Result<Vec<PathBuf>> {
@@ -736,13 +737,11 @@ pub fn prune(checkpoints: &Path, keep: usize, best: Option<u64>) -> Result<Vec<P
         }
     }
     if keep > 0 {
-        let complete: Vec<PathBuf> = steps(checkpoints)
-            .into_iter()
-            .filter(|(step, _)| Some(*step) != best)
-            .map(|(_, d)| d)
-            .filter(|d| verify(d, Verify::Sizes).is_ok())
-            .collect();
-        for dir in complete.into_iter().skip(keep) {
+        let complete: Vec<(u64, PathBuf)> =
+            steps(checkpoints).into_iter().filter(|(_, d)| verify(d, Verify::Sizes).is_ok()).collect();
+        // The best one counts among the newest when it is one of them (transformers keeps one checkpoint, not
+        // two, under `save_total_limit` 1 when the best is the latest).
+        for (_, dir) in complete.into_iter().skip(keep).filter(|(step, _)| Some(*step) != best) {
             fs::remove_dir_all(&dir).with_context(|| format!("removing the old checkpoint {}", dir.display()))?;
             removed.push(dir);
         }
@@ -1157,10 +1156,13 @@ mod tests {
         // The best checkpoint stays beside the newest two.
         assert_eq!(prune(&ckpts, 2, Some(2)).unwrap(), [ckpts.join("step_3"), ckpts.join("step_1")]);
         assert_eq!(left(&ckpts), [2, 4, 5]);
+        // A best among the newest is one of them.
+        assert_eq!(prune(&ckpts, 2, Some(5)).unwrap(), [ckpts.join("step_2")]);
+        assert_eq!(left(&ckpts), [4, 5]);
         // A damaged newer checkpoint does not count: the newest verified one stays, the damaged one is left alone.
         let step6 = save(&ckpts, data(&base, 6)).unwrap();
         truncate(&step6.join("model.safetensors"), 1);
-        assert_eq!(prune(&ckpts, 1, None).unwrap(), [ckpts.join("step_4"), ckpts.join("step_2")]);
+        assert_eq!(prune(&ckpts, 1, None).unwrap(), [ckpts.join("step_4")]);
         assert_eq!(left(&ckpts), [5, 6]);
         assert_eq!(latest(&ckpts), Some(ckpts.join("step_5")));
     }

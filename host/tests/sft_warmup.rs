@@ -615,6 +615,47 @@ fn sft_held_out_loss_is_the_next_steps_loss_on_the_same_rows() {
     assert!(err.contains("--eval-data") && err.contains("bad.jsonl row 0"), "{err}");
 }
 
+/// `sft --metric-for-best-model sft/eval_loss` keeps the checkpoint of the lowest held-out loss beside the newest
+/// under `--save-total-limit 1`, and `--early-stopping-patience 2` ends the run once two evaluations in a row have
+/// not improved on the best by more than `--early-stopping-threshold`: with a threshold no change passes, after
+/// the third of six steps, as a completed run whose summary says so.
+#[test]
+fn sft_keeps_its_best_checkpoint_and_stops_early() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = conversations(dir.path());
+    let runs = dir.path().join("runs");
+    let flags = ["--max-steps", "6", "--eval-every", "1", "--eval-holdout", "1", "--checkpoint-interval", "100"];
+    let watch = ["--metric-for-best-model", "sft/eval_loss", "--early-stopping-patience", "2"];
+    let extra = [&flags[..], &watch[..], &["--early-stopping-threshold", "1e9", "--save-total-limit", "1"]].concat();
+    let out = sft_run(&runs, "best", &data, &extra);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("early stopping at step 3: sft/eval_loss has not improved by more than 1000000000"), "{err}");
+    let run = runs.join("best");
+    let evals: Vec<(u64, f64)> =
+        self::rows(&run).iter().filter_map(|r| Some((step(r) + 1, r.get("sft/eval_loss")?.as_f64()?))).collect();
+    assert_eq!(evals.iter().map(|e| e.0).collect::<Vec<_>>(), [1, 2, 3], "{evals:?}");
+    let (best_step, best_loss) = evals.iter().fold(evals[0], |b, e| if e.1 < b.1 { *e } else { b });
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["final/best_checkpoint_step"].as_f64(), Some(best_step as f64), "{summary}");
+    assert_eq!(summary["final/best_metric"].as_f64(), Some(best_loss), "{summary}");
+    assert_eq!(
+        (summary["final/early_stopped"].as_f64(), summary["final/total_steps"].as_f64()),
+        (Some(1.0), Some(3.0))
+    );
+    assert_eq!(summary["training/completed"].as_f64(), Some(1.0), "{summary}");
+    let kept = common::checkpoint_names(&run.join("checkpoints"));
+    let mut wanted = vec![format!("step_{best_step}"), "step_3".to_string()];
+    wanted.dedup();
+    assert_eq!(kept, wanted, "{evals:?}");
+    assert!(err.contains(&format!("best sft/eval_loss {best_loss:.4}: ")), "{err}");
+
+    let out = sft_run(&runs, "no-eval", &data, &["--max-steps", "2", "--metric-for-best-model", "sft/eval_loss"]);
+    let err = common::refused(&out);
+    assert!(err.contains("compares the evaluations of --eval-every N, which is not given"), "{err}");
+}
+
 /// `--micro-batch-tokens` groups a step's rows longest first within the budget instead of by count: a long row
 /// (past the budget, so alone) and three short ones (together) train and evaluate to the losses of one row per
 /// pass, and a budget below `--max-length` is refused in one line.

@@ -462,12 +462,7 @@ fn the_best_evaluation_keeps_its_checkpoint_through_rotation() {
     let last = logged.last().unwrap();
     assert_eq!(last["final/best_checkpoint_step"].as_f64(), Some(best_step as f64), "{evals:?}");
     assert_eq!(last["final/best_metric"].as_f64(), Some(best_value));
-    let mut kept: Vec<String> = std::fs::read_dir(run.join("checkpoints"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("step_"))
-        .collect();
-    kept.sort();
+    let kept = common::checkpoint_names(&run.join("checkpoints"));
     let mut wanted = vec![format!("step_{best_step}"), "step_9".to_string()];
     wanted.dedup();
     assert_eq!(kept, wanted, "{evals:?}");
@@ -507,7 +502,7 @@ fn early_stopping_ends_the_run_and_its_count_survives_a_resume() {
     let out = train(runs.path(), "early", &[&flags[..], &["--early-stopping-patience", "1"]].concat());
     let err = text(&out.stderr);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("early stopping after batch 2: eval/completion_logprob_mean has not improved by more than"));
+    assert!(err.contains("early stopping at step 6: eval/completion_logprob_mean has not improved by more than"));
     let run = runs.path().join("early");
     let last = |run: &Path| rows(run).last().unwrap().clone();
     let end = last(&run);

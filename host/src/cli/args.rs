@@ -9,7 +9,9 @@ use crate::eval::EpisodeLimits;
 use crate::generate::SamplingParams;
 use crate::model::{DeviceSpec, DtypeSpec, LoraConfig, LoraTargets};
 use crate::rollout::{OverlongPenalty, PromptLimit, PromptTruncation, RewardShaping};
-use crate::train::config::{CheckpointSettings, LrSchedule, ModelSettings, OptimizerSettings};
+use crate::train::config::{
+    BestModel, CheckpointSettings, EarlyStopping, LrSchedule, ModelSettings, OptimizerSettings,
+};
 use crate::train::precision::MixedPrecision;
 use crate::user_error;
 
@@ -334,6 +336,68 @@ pub fn json_option(spec: Option<&str>, flag: &str) -> anyhow::Result<serde_json:
         };
         user_error!("{origin}: not valid JSON ({e}); example: {flag} '{{\"key\": 1}}' or {flag} @FILE{hint}")
     })
+}
+
+/// The best checkpoint by an evaluation metric, and early stopping (`train` and `sft`; transformers'
+/// `metric_for_best_model`, `greater_is_better` and `EarlyStoppingCallback`).
+#[derive(Debug, Clone, Args)]
+pub struct BestModelArgs {
+    /// Keep the checkpoint with the best value of this evaluation metric, such as eval/accuracy (train) or
+    /// sft/eval_loss (sft): a new best is saved at once, --save-total-limit never deletes it, and the run's end
+    /// names it. Needs --eval-every.
+    #[arg(long, value_name = "METRIC")]
+    pub metric_for_best_model: Option<String>,
+    /// Whether a higher --metric-for-best-model is better [default: true, false for a name with "loss" in it].
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub greater_is_better: Option<bool>,
+    /// End the run when this many evaluations in a row have not improved --metric-for-best-model: a completed
+    /// run, with its final checkpoint.
+    #[arg(long, value_name = "N")]
+    pub early_stopping_patience: Option<u64>,
+    /// The least improvement of --metric-for-best-model that resets the patience [default: 0, any improvement].
+    #[arg(long, value_name = "DELTA")]
+    pub early_stopping_threshold: Option<f64>,
+}
+
+impl BestModelArgs {
+    /// The checked settings for a run that evaluates every `eval_every` steps or batches (0: never between them).
+    pub fn settings(self, eval_every: u64) -> anyhow::Result<Option<BestModel>> {
+        let threshold = self.early_stopping_threshold.unwrap_or(0.0);
+        if !(threshold >= 0.0 && threshold.is_finite()) {
+            return Err(user_error!("--early-stopping-threshold {threshold}: must be a number >= 0, such as 0.01"));
+        }
+        let early_stopping = match self.early_stopping_patience {
+            Some(0) => {
+                return Err(user_error!("--early-stopping-patience must be at least 1 (evaluations without progress)"))
+            }
+            Some(patience) => Some(EarlyStopping { patience, threshold }),
+            None => None,
+        };
+        let Some(metric) = self.metric_for_best_model else {
+            let given = [
+                ("--greater-is-better", self.greater_is_better.is_some()),
+                ("--early-stopping-patience", self.early_stopping_patience.is_some()),
+                ("--early-stopping-threshold", self.early_stopping_threshold.is_some()),
+            ];
+            return match given.iter().find(|(_, given)| *given) {
+                Some((flag, _)) => Err(user_error!("{flag} needs --metric-for-best-model METRIC")),
+                None => Ok(None),
+            };
+        };
+        if self.early_stopping_threshold.is_some() && early_stopping.is_none() {
+            return Err(user_error!("--early-stopping-threshold needs --early-stopping-patience N"));
+        }
+        if eval_every == 0 {
+            return Err(user_error!(
+                "--metric-for-best-model {metric} compares the evaluations of --eval-every N, which is not given"
+            ));
+        }
+        Ok(Some(BestModel {
+            greater_is_better: self.greater_is_better.unwrap_or(!metric.contains("loss")),
+            metric,
+            early_stopping,
+        }))
+    }
 }
 
 /// The learning-rate schedule (`train` and `sft`).

@@ -153,6 +153,9 @@ pub struct SftArgs {
     /// --checkpoint-interval, --save-total-limit, --resume, ...).
     #[command(flatten)]
     pub run_dir: RunDirArgs,
+    /// The best checkpoint by a held-out metric, and early stopping.
+    #[command(flatten)]
+    pub best_model: super::args::BestModelArgs,
     /// One folder for everything, as TRL's output_dir: the run's files and its checkpoints `DIR/step_N` (the same
     /// as --runs-dir PARENT --run-name NAME --checkpoint-path DIR).
     #[arg(long, value_name = "DIR", conflicts_with_all = ["run_name", "checkpoint_path"])]
@@ -226,6 +229,7 @@ impl SftArgs {
         model.lora = self.lora.config()?;
         model.gradient_checkpointing = self.gradient_checkpointing;
         let mut checkpoints = self.run_dir.settings()?;
+        checkpoints.best_model = self.best_model.settings(self.eval_every)?;
         if let Some(dir) = self.output {
             let name = dir.file_name().map(|n| n.to_string_lossy().to_string());
             let Some(name) = name.filter(|n| n != "..") else {

@@ -11,9 +11,9 @@ use crate::generate::SamplingParams;
 use crate::logging::LoggingArgs;
 use crate::model::DtypeSpec;
 use crate::train::config::{
-    BatchSettings, BestModel, DistSettings, EarlyStopping, IsCorrection, LogSettings, LogprobTemperature,
-    ModelSettings, ObjectiveSettings, OptimizerSettings, PluginSelection, RecomputeOld, ReferenceSync, RewardKl,
-    RewardKlEstimator, RunConfig, SamplingSettings,
+    BatchSettings, DistSettings, IsCorrection, LogSettings, LogprobTemperature, ModelSettings, ObjectiveSettings,
+    OptimizerSettings, PluginSelection, RecomputeOld, ReferenceSync, RewardKl, RewardKlEstimator, RunConfig,
+    SamplingSettings,
 };
 use crate::train::precision::MixedPrecision;
 use crate::user_error;
@@ -105,21 +105,9 @@ pub struct TrainArgs {
     /// How long an episode may run.
     #[command(flatten)]
     pub episode: super::args::EpisodeArgs,
-    /// Keep the checkpoint with the best value of this evaluation metric (transformers' metric_for_best_model),
-    /// such as eval/accuracy: a new best is saved at once, --save-total-limit never deletes it, and the run's end
-    /// names it. Needs --eval-every.
-    #[arg(long, value_name = "METRIC")]
-    pub metric_for_best_model: Option<String>,
-    /// Whether a higher --metric-for-best-model is better [default: true, false for a name with "loss" in it].
-    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
-    pub greater_is_better: Option<bool>,
-    /// End the run when this many evaluations in a row have not improved --metric-for-best-model (transformers'
-    /// EarlyStoppingCallback): a completed run, with its final checkpoint.
-    #[arg(long, value_name = "N")]
-    pub early_stopping_patience: Option<u64>,
-    /// The least improvement of --metric-for-best-model that resets the patience [default: 0, any improvement].
-    #[arg(long, value_name = "DELTA")]
-    pub early_stopping_threshold: Option<f64>,
+    /// The best checkpoint by an evaluation metric, and early stopping.
+    #[command(flatten)]
+    pub best_model: super::args::BestModelArgs,
     /// Leave the training tasks whose opening prompt is longer than --max-prompt-length out of the run before it
     /// starts (verl's filter_overlong_prompts), instead of cutting them; needs a finite task list.
     #[arg(long)]
@@ -287,7 +275,7 @@ impl TrainArgs {
     /// Check the flags and build the run's configuration; every mistake is one line naming the flag.
     pub fn into_config(self) -> anyhow::Result<RunConfig> {
         self.validate()?;
-        let (early_stopping, episode) = (self.early_stopping()?, self.episode.limits()?);
+        let episode = self.episode.limits()?;
         let mut env_config = json_option(self.env_config.as_deref(), "--env-config")?;
         if let Some(path) = &self.data_path {
             set_option(&mut env_config, "data_path", path.display().to_string().into());
@@ -303,27 +291,7 @@ impl TrainArgs {
         if eval.enabled() {
             data.check_eval_source()?;
         }
-        let best_model = match (self.metric_for_best_model, self.greater_is_better) {
-            (None, Some(_)) => return Err(user_error!("--greater-is-better needs --metric-for-best-model METRIC")),
-            (None, None) => None,
-            (Some(metric), _) if eval.every == 0 => {
-                return Err(user_error!(
-                    "--metric-for-best-model {metric} compares the evaluations of --eval-every N, which is not given"
-                ))
-            }
-            (Some(metric), higher) => Some(BestModel {
-                greater_is_better: higher.unwrap_or(!metric.contains("loss")),
-                metric,
-                early_stopping,
-            }),
-        };
-        let stopping = [
-            ("--early-stopping-patience", self.early_stopping_patience.is_some()),
-            ("--early-stopping-threshold", self.early_stopping_threshold.is_some()),
-        ];
-        if let Some((flag, _)) = stopping.iter().find(|(_, given)| *given && best_model.is_none()) {
-            return Err(user_error!("{flag} needs --metric-for-best-model METRIC, the evaluation number it watches"));
-        }
+        let best_model = self.best_model.settings(eval.every)?;
         let mut checkpoints = self.run_dir.settings()?;
         checkpoints.best_model = best_model;
         let config = RunConfig {
@@ -502,22 +470,6 @@ impl TrainArgs {
             return Err(user_error!("--tis-mode {mode} needs --tis-cap C, the bound it applies (such as 2)"));
         }
         Ok(())
-    }
-
-    /// `--early-stopping-patience` and `--early-stopping-threshold`, checked.
-    fn early_stopping(&self) -> anyhow::Result<Option<EarlyStopping>> {
-        let threshold = self.early_stopping_threshold.unwrap_or(0.0);
-        if !(threshold >= 0.0 && threshold.is_finite()) {
-            return Err(user_error!("--early-stopping-threshold {threshold}: must be a number >= 0, such as 0.01"));
-        }
-        match self.early_stopping_patience {
-            None if self.early_stopping_threshold.is_some() => {
-                Err(user_error!("--early-stopping-threshold needs --early-stopping-patience N"))
-            }
-            None => Ok(None),
-            Some(0) => Err(user_error!("--early-stopping-patience must be at least 1 (evaluations without progress)")),
-            Some(patience) => Ok(Some(EarlyStopping { patience, threshold })),
-        }
     }
 
     fn validate_reward_kl(&self) -> anyhow::Result<()> {

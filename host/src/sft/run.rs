@@ -19,6 +19,7 @@ use crate::distributed::World;
 use crate::error::RunFailed;
 use crate::logging::{metrics, Loggers, Metrics};
 use crate::plugins::{DiscoveryOptions, Registry};
+use crate::train::best;
 use crate::train::config::{CheckpointSettings, LogSettings, ModelSettings, OptimizerSettings};
 use crate::train::optimizer::{AdamW, Schedule};
 use crate::train::policy::Policy;
@@ -289,6 +290,7 @@ pub fn run(mut config: SftConfig) -> Result<i32> {
         checkpoints: paths.checkpoints,
         last_save: Instant::now(),
         saved_at: paths.resume.map(|dir| (resumed_step, dir)),
+        new_best: false,
     };
     let ending = crate::error::catch_panics(|| run.steps());
     run.finish(ending)
@@ -314,12 +316,15 @@ struct SftRun<'a> {
     last_save: Instant,
     /// The step the last checkpoint holds, and where it is (the resumed one at first).
     saved_at: Option<(u64, PathBuf)>,
+    /// The last evaluation was the best so far by `--metric-for-best-model`: a checkpoint is due at this step.
+    new_best: bool,
 }
 
 impl SftRun<'_> {
     fn steps(&mut self) -> Result<Ending> {
         let max_steps = self.config.max_steps;
-        if self.state.global_step >= max_steps && self.saved_at.is_some() {
+        self.state.early_stopped = best::still_stopped(self.config.checkpoints.best_model.as_ref(), &self.state);
+        if (self.state.global_step >= max_steps || self.state.early_stopped) && self.saved_at.is_some() {
             return Ok(Ending::AlreadyComplete);
         }
         let (mut stopping, _) = self.agree()?;
@@ -362,6 +367,11 @@ impl SftRun<'_> {
             self.state.sft_position = Some(self.stream.position());
             let due;
             (stopping, due) = self.agree()?;
+            // Every rank judged the same evaluation, so all stop early together.
+            if self.state.early_stopped {
+                self.loggers.commit();
+                break;
+            }
             if due && self.state.global_step < max_steps {
                 self.loggers.log(step, crate::train::metrics::checkpoint_saved(&self.state));
                 self.loggers.flush_durable();
@@ -389,6 +399,13 @@ impl SftRun<'_> {
         ));
         let mut metrics = scored.metrics();
         metrics.insert("sft/eval_seconds".into(), seconds.into());
+        if let Some(best_model) = &self.config.checkpoints.best_model {
+            let verdict = best::judge(best_model, &mut self.state, &metrics, done, done == self.config.max_steps)?;
+            self.new_best |= verdict.new_best;
+            if let Some(line) = verdict.stop {
+                self.loggers.println(&line);
+            }
+        }
         Ok(Some(metrics))
     }
 
@@ -405,7 +422,7 @@ impl SftRun<'_> {
         let c = &self.config.checkpoints;
         let by_count = c.interval > 0 && self.state.global_step.is_multiple_of(c.interval);
         let by_time = c.every_minutes > 0.0 && self.last_save.elapsed().as_secs_f64() >= c.every_minutes * 60.0;
-        by_count || by_time
+        by_count || by_time || self.new_best
     }
 
     /// Rank 0 writes the checkpoint once every rank's weights are checked to be the same; no rank goes on before
@@ -428,7 +445,10 @@ impl SftRun<'_> {
         let settings = &self.config.checkpoints;
         let data = self.policy.checkpoint_data(&self.optimizer, &self.scaler, self.state.clone(), settings);
         let dir = checkpoint::save(&self.checkpoints, data)?;
-        checkpoint::prune(&self.checkpoints, self.config.checkpoints.save_total_limit, None)?;
+        self.new_best = false;
+        // Only after the new checkpoint is durable, and never the newest nor the best.
+        let best = self.state.best.as_ref().map(|b| b.step);
+        checkpoint::prune(&self.checkpoints, self.config.checkpoints.save_total_limit, best)?;
         Ok(dir)
     }
 
@@ -454,7 +474,13 @@ impl SftRun<'_> {
             }
         };
         if matches!(ending, Ending::AlreadyComplete) {
-            self.loggers.println("the run was already complete at its last checkpoint; nothing to do");
+            self.loggers.println(match self.state.early_stopped {
+                true => {
+                    "the run had stopped early at its last checkpoint (--early-stopping-patience); nothing to do \
+                         (a larger patience trains on)"
+                }
+                false => "the run was already complete at its last checkpoint; nothing to do",
+            });
             self.loggers.finish(0);
             return Ok(0);
         }
@@ -473,6 +499,10 @@ impl SftRun<'_> {
             }
         };
         let code = if completed {
+            if let Some(best) = &self.state.best {
+                let at = self.checkpoints.join(format!("step_{}", best.step));
+                self.loggers.println(&format!("best {} {:.4}: {}", best.metric, best.value, at.display()));
+            }
             if self.world.is_main() {
                 println!("saved the fine-tuned model to {} (use it with --model {})", dir.display(), dir.display());
             }
@@ -493,12 +523,14 @@ impl SftRun<'_> {
     }
 
     fn summary(&self, saved: bool, completed: bool) -> Metrics {
-        metrics! {
+        let mut m = metrics! {
             "final/total_steps" => self.state.global_step,
             "checkpoint/saved" => saved,
             "checkpoint/step" => self.state.global_step,
             "training/completed" => completed,
-        }
+        };
+        m.extend(best::final_metrics(&self.state));
+        m
     }
 }
 

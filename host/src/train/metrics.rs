@@ -385,13 +385,7 @@ pub fn final_summary(state: &TrainerState, checkpoint_saved: bool, completed: bo
         "checkpoint/step" => state.global_step,
         "training/completed" => completed,
     };
-    if let Some(best) = &state.best {
-        m.insert("final/best_checkpoint_step".into(), (best.step as f64).into());
-        m.insert("final/best_metric".into(), best.value.into());
-    }
-    if state.early_stopped {
-        m.insert("final/early_stopped".into(), true.into());
-    }
+    m.extend(super::best::final_metrics(state));
     m
 }
 

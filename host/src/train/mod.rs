@@ -13,6 +13,7 @@
 //! at the step it starts from, each update's at its own step. A run is configured by one [`RunConfig`]; nothing
 //! here knows about the command line.
 
+pub mod best;
 pub mod config;
 pub mod dynamic_sampling;
 pub mod experience;
@@ -33,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use grpo_sdk::rng::mix;
-use grpo_sdk::{MetricValue, Task};
+use grpo_sdk::Task;
 
 use crate::checkpoint::{self, TrainerState};
 use crate::distributed::{fingerprint, World};
@@ -252,8 +253,7 @@ impl Trainer {
 
     fn train(&mut self) -> Result<Outcome> {
         let max_steps = self.config.batch.max_steps;
-        // A run that stopped early stays stopped unless the patience given now is larger.
-        self.state.early_stopped = self.state.early_stopped && self.patience_spent();
+        self.state.early_stopped = best::still_stopped(self.config.checkpoints.best_model.as_ref(), &self.state);
         if (self.state.batch >= max_steps || self.state.early_stopped) && self.state.global_step > 0 {
             return Ok(Outcome::AlreadyComplete);
         }
@@ -659,56 +659,14 @@ impl Trainer {
     /// `metrics` beat the best so far, and under `--early-stopping-patience` count the evaluations without progress
     /// and end the run when they reach it (every rank decides alike: each has the whole evaluation).
     fn track_best(&mut self, metrics: &crate::logging::Metrics) -> Result<()> {
-        let Some(best) = &self.config.checkpoints.best_model else { return Ok(()) };
-        let Some(&MetricValue::Number(value)) = metrics.get(&best.metric) else {
-            let names: Vec<&str> = metrics.keys().map(String::as_str).collect();
-            return Err(user_error!(
-                "--metric-for-best-model {}: the evaluation logs no such number; it logs {}",
-                best.metric,
-                names.join(", ")
-            ));
-        };
-        let previous = self.state.best.as_ref().map(|b| b.value);
-        if let Some(stopping) = best.early_stopping {
-            self.state.evals_without_improvement = match best.improves_by(value, previous, stopping.threshold) {
-                true => 0,
-                false => self.state.evals_without_improvement + 1,
-            };
-            // After the last batch the run ends anyway: nothing is stopped early.
-            if self.state.evals_without_improvement >= stopping.patience
-                && self.state.batch < self.config.batch.max_steps
-            {
-                self.state.early_stopped = true;
-                self.loggers.println(&format!(
-                    "early stopping after batch {}: {} has not improved{} for {} evaluation(s) in a row (best {:.4} \
-                     at step {}); --early-stopping-patience {}",
-                    self.state.batch,
-                    best.metric,
-                    if stopping.threshold > 0.0 {
-                        format!(" by more than {}", stopping.threshold)
-                    } else {
-                        String::new()
-                    },
-                    self.state.evals_without_improvement,
-                    previous.unwrap_or(f64::NAN),
-                    self.state.best.as_ref().map_or(0, |b| b.step),
-                    stopping.patience
-                ));
-            }
-        }
-        if best.improves(value, previous) {
-            let step = self.state.global_step;
-            self.state.best = Some(checkpoint::BestCheckpoint { metric: best.metric.clone(), value, step });
-            self.new_best = true;
+        let Some(best_model) = &self.config.checkpoints.best_model else { return Ok(()) };
+        let (step, last) = (self.state.global_step, self.state.batch >= self.config.batch.max_steps);
+        let verdict = best::judge(best_model, &mut self.state, metrics, step, last)?;
+        self.new_best |= verdict.new_best;
+        if let Some(line) = verdict.stop {
+            self.loggers.println(&line);
         }
         Ok(())
-    }
-
-    /// Whether `--early-stopping-patience` evaluations in a row have gone without progress (as the flags given now
-    /// count them, so a resume with a larger patience trains on).
-    fn patience_spent(&self) -> bool {
-        let stopping = self.config.checkpoints.best_model.as_ref().and_then(|b| b.early_stopping);
-        stopping.is_some_and(|s| self.state.evals_without_improvement >= s.patience)
     }
 
     /// Log a batch's rollout metrics (and, at the interval, its completions) at its first step; `batch` is the

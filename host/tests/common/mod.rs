@@ -231,3 +231,14 @@ pub fn tiny_with_template(dir: &Path, name: &str, family: &str, template: &str) 
     std::fs::write(model.join("tokenizer_config.json"), config.to_string()).unwrap();
     model
 }
+
+/// The names of the `step_N` checkpoints in `dir`, sorted.
+pub fn checkpoint_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("step_"))
+        .collect();
+    names.sort();
+    names
+}
