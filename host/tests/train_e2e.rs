@@ -628,6 +628,33 @@ fn overlong_prompts_are_filtered_out_of_a_dataset_and_an_epoch_is_a_pass_over_th
     }
 }
 
+/// `--shuffle-dataset false` (TRL's `shuffle_dataset`) takes a dataset in its own order, as a curriculum wants: two
+/// batches of two tasks roll out the file's rows 0 and 1, then 2 and 3 (by default a seeded permutation does not).
+#[test]
+fn a_dataset_in_its_own_order_is_rolled_out_in_that_order() {
+    let runs = tempfile::tempdir().unwrap();
+    let data = runs.path().join("rows.jsonl");
+    let row =
+        |i: usize| serde_json::json!({"question": format!("What is {i} + 3?"), "answer": format!("#### {}", i + 3)});
+    std::fs::write(&data, (0..4).map(|i| format!("{}\n", row(i))).collect::<String>()).unwrap();
+    let order = |name: &str, extra: &[&str]| -> Vec<String> {
+        let flags = ["--dataset", data.to_str().unwrap(), "--max-steps", "2", "--log-completions-interval", "1"];
+        let out = train(runs.path(), name, &[&flags[..], extra].concat());
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let completions = std::fs::read_to_string(runs.path().join(name).join("completions.jsonl")).unwrap();
+        let mut tasks: Vec<String> = completions
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["prompt"].as_str().unwrap().to_string())
+            .map(|p| (0..4).find(|i| p.contains(&format!("What is {i} + 3?"))).unwrap().to_string())
+            .collect();
+        tasks.dedup();
+        tasks
+    };
+    assert_eq!(order("ordered", &["--shuffle-dataset", "false"]), ["0", "1", "2", "3"]);
+    assert_eq!(json_file(&runs.path().join("ordered/config.json"))["run"]["data"]["keep_order"], true);
+    assert_ne!(order("shuffled", &[]), ["0", "1", "2", "3"], "the seeded permutation is the identity");
+}
+
 /// `--dynamic-sampling` trains on groups whose rewards vary: the random model's replies are scored by their last
 /// number, so now and then a group has a right answer, and further rounds roll out more tasks until the batch has
 /// two such groups. The second batch (after updates at a high rate) runs out of rounds, keeps equal-reward groups in

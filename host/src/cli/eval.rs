@@ -58,6 +58,7 @@ impl DataArgs {
             eval_data: self.eval_data.map(|source| DatasetSpec { source, config, split: self.eval_data_split }),
             eval_holdout: self.eval_holdout,
             filter_overlong_prompts: false,
+            keep_order: false,
         }
     }
 }

@@ -112,6 +112,10 @@ pub struct TrainArgs {
     /// starts (verl's filter_overlong_prompts), instead of cutting them; needs a finite task list.
     #[arg(long)]
     pub filter_overlong_prompts: bool,
+    /// Take the training tasks in a fresh seeded order every epoch (TRL's shuffle_dataset, verl's data.shuffle), or
+    /// with false in their own order, as a curriculum sorted by difficulty wants.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub shuffle_dataset: bool,
     /// Episodes the rollout engine keeps in its batch at once, each with its cache slot (default: the whole
     /// batch, or as many as fit in a quarter of free memory, half of free GPU memory on CUDA).
     #[arg(long)]
@@ -288,6 +292,7 @@ impl TrainArgs {
         let multi_step = self.decode.multi_step()?;
         let (eval, mut data) = (self.eval.into_settings(sampling, multi_step)?, self.data.into_settings());
         data.filter_overlong_prompts = self.filter_overlong_prompts;
+        data.keep_order = !self.shuffle_dataset;
         if eval.enabled() {
             data.check_eval_source()?;
         }

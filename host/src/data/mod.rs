@@ -49,6 +49,10 @@ pub struct DataSettings {
     /// (`--filter-overlong-prompts`, verl's `filter_overlong_prompts`).
     #[serde(default)]
     pub filter_overlong_prompts: bool,
+    /// Walk a finite task list in its own order every epoch instead of a fresh seeded permutation
+    /// (`--shuffle-dataset false`: TRL's `shuffle_dataset`, verl's `data.shuffle`), as a curriculum wants.
+    #[serde(default)]
+    pub keep_order: bool,
 }
 
 /// The rows of a dataset, in file order, and where each came from.

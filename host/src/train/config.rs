@@ -597,6 +597,7 @@ impl RunConfig {
                 json!([self.data.dataset, self.data.eval_holdout]),
             ),
             ("--filter-overlong-prompts", json!(self.data.filter_overlong_prompts)),
+            ("--shuffle-dataset", json!(!self.data.keep_order)),
         ]
     }
 

@@ -226,7 +226,9 @@ impl Trainer {
             // The updates' schedule starts after the supervised warm-up's steps.
             schedule: config.optimizer.schedule(total_steps, config.sft.steps),
             system: SystemMetrics::new(policy.device(), dist),
-            tasks: TaskSource::from_set(train_tasks, config.seed)?.sharded(world.rank, world.size),
+            tasks: TaskSource::from_set(train_tasks, config.seed)?
+                .in_order(config.data.keep_order)
+                .sharded(world.rank, world.size),
             evaluator,
             checkpoints: paths.checkpoints,
             // A resumed run starts at its checkpoint's boundary: a stop before its first batch need not rewrite it.

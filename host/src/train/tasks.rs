@@ -1,5 +1,5 @@
-//! Which tasks each batch trains on. A finite task set is walked in a fresh seeded permutation every epoch; an
-//! unbounded generator is asked for indices 0, 1, 2, ... Either way batch `b` always gets the same tasks for the
+//! Which tasks each batch trains on. A finite task set is walked in a fresh seeded permutation every epoch (or in
+//! its own order, `--shuffle-dataset false`); an unbounded generator is asked for indices 0, 1, 2, ... Either way batch `b` always gets the same tasks for the
 //! same seed, which is what lets a resumed run continue with exactly the data an uninterrupted one would see.
 //!
 //! Under data parallelism a batch is global: `per_batch` tasks for each of the world's ranks, rank `r` taking the
@@ -68,6 +68,8 @@ pub struct TaskSource {
     seed: u64,
     count: Option<u64>,
     permutation: Option<(u64, Vec<u64>)>,
+    /// Every epoch in the list's own order instead of a permutation.
+    keep_order: bool,
     /// This rank's share: (rank, world size).
     shard: (usize, usize),
 }
@@ -90,7 +92,12 @@ impl TaskSource {
                 "{name} has no training tasks; check its data file (--data-path or --env-config)"
             ));
         }
-        Ok(TaskSource { tasks, seed, count, permutation: None, shard: (0, 1) })
+        Ok(TaskSource { tasks, seed, count, permutation: None, keep_order: false, shard: (0, 1) })
+    }
+
+    /// With `keep` true, every epoch walks the tasks in their own order (`--shuffle-dataset false`).
+    pub fn in_order(self, keep: bool) -> Self {
+        TaskSource { keep_order: keep, ..self }
     }
 
     /// Rank `rank`'s share of every batch of a `world`-rank job.
@@ -126,6 +133,9 @@ impl TaskSource {
         let Some(count) = self.count else {
             return self.tasks.task(self.seed, i);
         };
+        if self.keep_order {
+            return self.tasks.task(self.seed, i % count);
+        }
         let epoch = i / count;
         if self.permutation.as_ref().map(|(e, _)| *e) != Some(epoch) {
             let mut order: Vec<u64> = (0..count).collect();
@@ -151,6 +161,20 @@ mod tests {
 
     fn ids(tasks: &[Task]) -> Vec<String> {
         tasks.iter().map(|t| t.id.clone()).collect()
+    }
+
+    /// By default every epoch is a permutation of its own; in order, every epoch is the list as given, and the
+    /// ranks of a data-parallel job take consecutive shares of each global batch.
+    #[test]
+    fn epochs_are_shuffled_unless_the_order_is_kept() {
+        let epochs = |mut s: TaskSource| ids(&s.batch(0, 10).unwrap());
+        let (first, second) = (epochs(source(5)), ids(&source(5).batch(1, 5).unwrap()));
+        assert_ne!(first[..5], first[5..], "two epochs in the same order");
+        assert_ne!(first[..5], ["0", "1", "2", "3", "4"]);
+        assert_eq!(first[5..], second);
+        assert_eq!(epochs(source(5).in_order(true)), ["0", "1", "2", "3", "4", "0", "1", "2", "3", "4"]);
+        let rank = |r| ids(&source(5).in_order(true).sharded(r, 2).batch(1, 2).unwrap());
+        assert_eq!((rank(0), rank(1)), (vec!["4".to_string(), "0".into()], vec!["1".to_string(), "2".into()]));
     }
 
     #[test]
