@@ -2,7 +2,7 @@
 
 Builds, with transformers as the reference implementation:
   * a tiny byte-level tokenizer (256 byte tokens + the chat special tokens, no merges);
-  * tiny random Llama, Llama-3 (rope_scaling llama3), Qwen2 and Qwen3 models (f32, a few hundred KB each) with
+  * tiny random Llama, Llama-3 (rope_scaling llama3), Qwen2, Qwen3 and Mistral models (f32, a few hundred KB each) with
     transformers' logits and next-token log-probs on a padded batch, and transformers' greedy continuations;
   * chat-template cases for the SmolLM2, Qwen2.5, Qwen3 and Llama-3.1 templates (the real template texts in
     tests/fixtures/model/templates/), rendered with `apply_chat_template`, with and without tools and the
@@ -23,6 +23,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     LlamaConfig,
+    MistralConfig,
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen3Config,
@@ -108,6 +109,9 @@ def tiny_configs():
         ),
         "qwen2": Qwen2Config(**common, tie_word_embeddings=True, use_sliding_window=False),
         "qwen3": Qwen3Config(**{**common, "head_dim": 16}, tie_word_embeddings=False),
+        # Mistral v0.2 and later: Llama's layers, no sliding window; head_dim given apart from hidden / heads, as
+        # Mistral-Nemo's is.
+        "mistral": MistralConfig(**{**common, "head_dim": 12}, tie_word_embeddings=False, sliding_window=None),
     }
 
 

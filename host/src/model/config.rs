@@ -1,5 +1,6 @@
-//! `config.json` of a Hugging Face Llama-family checkpoint, reduced to the fields the runtime uses. Both the
-//! transformers 4 spelling (`rope_theta` + `rope_scaling`) and the transformers 5 one (`rope_parameters`) are read.
+//! `config.json` of a Hugging Face Llama-family checkpoint (Llama, Qwen2, Qwen3, Mistral), reduced to the fields the
+//! runtime uses. Both the transformers 4 spelling (`rope_theta` + `rope_scaling`) and the transformers 5 one
+//! (`rope_parameters`) are read.
 
 use std::path::Path;
 
@@ -17,6 +18,8 @@ pub enum Architecture {
     Qwen2,
     /// Qwen3: RMSNorm on each head of q and k before the rotary embedding.
     Qwen3,
+    /// Mistral v0.2 and later (Mistral-Nemo, Mistral-Small): Llama's layers; the sliding window of v0.1 is refused.
+    Mistral,
 }
 
 /// How rotary frequencies are rescaled for long contexts.
@@ -97,12 +100,20 @@ impl ModelConfig {
             "llama" => Architecture::Llama,
             "qwen2" => Architecture::Qwen2,
             "qwen3" => Architecture::Qwen3,
+            "mistral" => Architecture::Mistral,
             other => {
                 return Err(user_error!(
-                    "unsupported model_type {other:?} in config.json; supported: llama, qwen2, qwen3"
+                    "unsupported model_type {other:?} in config.json; supported: llama, mistral, qwen2, qwen3"
                 ))
             }
         };
+        // Mistral 7B v0.1 attends to the last `sliding_window` tokens only; later Mistral models set it to null.
+        if let Some(window) = v.get("sliding_window").and_then(Value::as_i64).filter(|_| model_type == "mistral") {
+            return Err(user_error!(
+                "config.json sliding_window {window}: sliding-window attention (Mistral 7B v0.1) is not supported; \
+                 Mistral v0.2 and later (sliding_window null) are"
+            ));
+        }
         let int = |name: &str| -> anyhow::Result<i64> {
             v.get(name)
                 .and_then(Value::as_i64)
@@ -145,7 +156,7 @@ impl ModelConfig {
             .and_then(Value::as_f64)
             .unwrap_or(10000.0);
         let rope_scaling = parse_rope_scaling(rope.or(legacy))?;
-        let default_tie = architecture != Architecture::Llama;
+        let default_tie = !matches!(architecture, Architecture::Llama | Architecture::Mistral);
         let flag = |name: &str, default: bool| v.get(name).and_then(Value::as_bool).unwrap_or(default);
         Ok(ModelConfig {
             architecture,
@@ -219,6 +230,23 @@ mod tests {
         assert!(matches!(c.rope_scaling, RopeScaling::Llama3 { factor, .. } if factor == 8.0));
         assert_eq!(c.eos_token_ids, vec![3, 4]);
         assert!(!c.tie_word_embeddings);
+    }
+
+    /// Mistral reads as Llama's layers with untied embeddings; v0.1's sliding window is refused in one line.
+    #[test]
+    fn mistral_without_a_sliding_window_is_read_and_with_one_refused() {
+        let config = |window: &str| {
+            ModelConfig::from_json_str(&format!(
+                r#"{{"model_type":"mistral","vocab_size":10,"hidden_size":8,"intermediate_size":16,
+                "num_hidden_layers":1,"num_attention_heads":2,"num_key_value_heads":1,"sliding_window":{window}}}"#
+            ))
+        };
+        let c = config("null").unwrap();
+        assert_eq!(c.architecture, Architecture::Mistral);
+        assert!(!c.tie_word_embeddings && !c.attention_bias);
+        let err = config("4096").unwrap_err();
+        assert!(err.to_string().contains("sliding_window 4096: sliding-window attention"), "{err}");
+        assert_eq!(crate::error::exit_code(&err), 2);
     }
 
     #[test]
