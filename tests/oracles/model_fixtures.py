@@ -2,7 +2,7 @@
 
 Builds, with transformers as the reference implementation:
   * a tiny byte-level tokenizer (256 byte tokens + the chat special tokens, no merges);
-  * tiny random Llama, Llama-3 (rope_scaling llama3), Qwen2, Qwen3 and Mistral models (f32, a few hundred KB each) with
+  * tiny random Llama, Llama-3 (rope_scaling llama3), Qwen2, Qwen3, Mistral and SmolLM3 models (f32, a few hundred KB each) with
     transformers' logits and next-token log-probs on a padded batch, and transformers' greedy continuations;
   * chat-template cases for the SmolLM2, Qwen2.5, Qwen3 and Llama-3.1 templates (the real template texts in
     tests/fixtures/model/templates/), rendered with `apply_chat_template`, with and without tools and the
@@ -27,6 +27,7 @@ from transformers import (
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen3Config,
+    SmolLM3Config,
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -112,6 +113,8 @@ def tiny_configs():
         # Mistral v0.2 and later: Llama's layers, no sliding window; head_dim given apart from hidden / heads, as
         # Mistral-Nemo's is.
         "mistral": MistralConfig(**{**common, "head_dim": 12}, tie_word_embeddings=False, sliding_window=None),
+        # SmolLM3: four layers, so that the fourth is a NoPE layer (no rotary embedding).
+        "smollm3": SmolLM3Config(**{**common, "num_hidden_layers": 4}, tie_word_embeddings=True),
     }
 
 

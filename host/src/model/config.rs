@@ -1,5 +1,5 @@
-//! `config.json` of a Hugging Face Llama-family checkpoint (Llama, Qwen2, Qwen3, Mistral), reduced to the fields the
-//! runtime uses. Both the transformers 4 spelling (`rope_theta` + `rope_scaling`) and the transformers 5 one
+//! `config.json` of a Hugging Face Llama-family checkpoint (Llama, Qwen2, Qwen3, Mistral, SmolLM3), reduced to the
+//! fields the runtime uses. Both the transformers 4 spelling (`rope_theta` + `rope_scaling`) and the transformers 5 one
 //! (`rope_parameters`) are read.
 
 use std::path::Path;
@@ -20,6 +20,8 @@ pub enum Architecture {
     Qwen3,
     /// Mistral v0.2 and later (Mistral-Nemo, Mistral-Small): Llama's layers; the sliding window of v0.1 is refused.
     Mistral,
+    /// SmolLM3: Llama's layers, every fourth (or as `no_rope_layers` says) without the rotary embedding (NoPE).
+    SmolLM3,
 }
 
 /// How rotary frequencies are rescaled for long contexts.
@@ -80,6 +82,8 @@ pub struct ModelConfig {
     pub max_position_embeddings: i64,
     /// End-of-sequence ids listed in config.json (`eos_token_id`, int or list).
     pub eos_token_ids: Vec<u32>,
+    /// Per layer, whether it applies the rotary embedding (SmolLM3's NoPE layers do not).
+    pub rope_layers: Vec<bool>,
 }
 
 impl ModelConfig {
@@ -101,9 +105,10 @@ impl ModelConfig {
             "qwen2" => Architecture::Qwen2,
             "qwen3" => Architecture::Qwen3,
             "mistral" => Architecture::Mistral,
+            "smollm3" => Architecture::SmolLM3,
             other => {
                 return Err(user_error!(
-                    "unsupported model_type {other:?} in config.json; supported: llama, mistral, qwen2, qwen3"
+                    "unsupported model_type {other:?} in config.json; supported: llama, mistral, qwen2, qwen3, smollm3"
                 ))
             }
         };
@@ -157,13 +162,15 @@ impl ModelConfig {
             .unwrap_or(10000.0);
         let rope_scaling = parse_rope_scaling(rope.or(legacy))?;
         let default_tie = !matches!(architecture, Architecture::Llama | Architecture::Mistral);
+        let num_hidden_layers = int("num_hidden_layers")?;
+        let rope_layers = rope_layers(&v, architecture, num_hidden_layers)?;
         let flag = |name: &str, default: bool| v.get(name).and_then(Value::as_bool).unwrap_or(default);
         Ok(ModelConfig {
             architecture,
             vocab_size: int("vocab_size")?,
             hidden_size,
             intermediate_size: int("intermediate_size")?,
-            num_hidden_layers: int("num_hidden_layers")?,
+            num_hidden_layers,
             num_attention_heads,
             num_key_value_heads,
             head_dim,
@@ -175,8 +182,33 @@ impl ModelConfig {
             mlp_bias: flag("mlp_bias", false),
             max_position_embeddings: v.get("max_position_embeddings").and_then(Value::as_i64).unwrap_or(4096),
             eos_token_ids: ids_of(v.get("eos_token_id")),
+            rope_layers,
         })
     }
+}
+
+/// Whether each of the `layers` layers applies the rotary embedding: all of them, except SmolLM3's NoPE layers
+/// (`no_rope_layers`, 1 where a layer uses RoPE, or else every `no_rope_layer_interval`-th layer without).
+fn rope_layers(v: &Value, architecture: Architecture, layers: i64) -> anyhow::Result<Vec<bool>> {
+    if architecture != Architecture::SmolLM3 {
+        return Ok(vec![true; layers as usize]);
+    }
+    if let Some(flags) = v.get("no_rope_layers").filter(|f| !f.is_null()) {
+        let flags: Option<Vec<bool>> =
+            flags.as_array().and_then(|a| a.iter().map(|f| f.as_i64().map(|x| x != 0)).collect());
+        return match flags {
+            Some(flags) if flags.len() == layers as usize => Ok(flags),
+            _ => Err(user_error!("config.json no_rope_layers: give one 0 or 1 per layer ({layers})")),
+        };
+    }
+    let interval = match v.get("no_rope_layer_interval") {
+        Some(Value::Null) | None => 4,
+        Some(i) => i
+            .as_i64()
+            .filter(|i| *i > 0)
+            .ok_or_else(|| user_error!("config.json field \"no_rope_layer_interval\" is not a positive integer"))?,
+    };
+    Ok((0..layers).map(|i| (i + 1) % interval != 0).collect())
 }
 
 /// An id field that may be an integer, a list of integers or null.
@@ -247,6 +279,24 @@ mod tests {
         let err = config("4096").unwrap_err();
         assert!(err.to_string().contains("sliding_window 4096: sliding-window attention"), "{err}");
         assert_eq!(crate::error::exit_code(&err), 2);
+    }
+
+    /// SmolLM3's NoPE layers: as `no_rope_layers` lists them, else every `no_rope_layer_interval`-th (4 by
+    /// default).
+    #[test]
+    fn smollm3_skips_the_rotary_embedding_in_its_nope_layers() {
+        let config = |extra: &str| {
+            ModelConfig::from_json_str(&format!(
+                r#"{{"model_type":"smollm3","vocab_size":10,"hidden_size":8,"intermediate_size":16,
+                "num_hidden_layers":5,"num_attention_heads":2{extra}}}"#
+            ))
+        };
+        assert_eq!(config("").unwrap().rope_layers, [true, true, true, false, true]);
+        assert_eq!(config(r#","no_rope_layer_interval":2"#).unwrap().rope_layers, [true, false, true, false, true]);
+        assert_eq!(config(r#","no_rope_layers":[0,1,1,1,0]"#).unwrap().rope_layers, [false, true, true, true, false]);
+        assert!(config("").unwrap().tie_word_embeddings);
+        let err = config(r#","no_rope_layers":[1,0]"#).unwrap_err();
+        assert!(err.to_string().contains("no_rope_layers: give one 0 or 1 per layer (5)"), "{err}");
     }
 
     #[test]

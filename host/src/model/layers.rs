@@ -218,13 +218,15 @@ pub struct Attention {
     pub q_norm: Option<RmsNorm>,
     /// Qwen3's per-head key norm.
     pub k_norm: Option<RmsNorm>,
+    /// Whether queries and keys get the rotary embedding (not in SmolLM3's NoPE layers).
+    rope: bool,
     heads: i64,
     kv_heads: i64,
     head_dim: i64,
 }
 
 impl Attention {
-    pub(crate) fn load(l: &Loader, p: &str, cfg: &ModelConfig) -> anyhow::Result<Self> {
+    pub(crate) fn load(l: &Loader, p: &str, cfg: &ModelConfig, rope: bool) -> anyhow::Result<Self> {
         let (h, kv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
         let qkv_bias = cfg.attention_bias || cfg.architecture == Architecture::Qwen2;
         let o_bias = cfg.attention_bias && cfg.architecture != Architecture::Qwen2;
@@ -243,6 +245,7 @@ impl Attention {
             o_proj: Linear::load(l, &format!("{p}.o_proj"), h * d, cfg.hidden_size, o_bias)?,
             q_norm,
             k_norm,
+            rope,
             heads: h,
             kv_heads: kv,
             head_dim: d,
@@ -270,8 +273,10 @@ impl Attention {
             q = qn.forward(&q);
             k = kn.forward(&k);
         }
-        let q = apply_rotary(&q.transpose(1, 2), cos, sin);
-        let k = apply_rotary(&k.transpose(1, 2), cos, sin);
+        let (q, k) = match self.rope {
+            true => (apply_rotary(&q.transpose(1, 2), cos, sin), apply_rotary(&k.transpose(1, 2), cos, sin)),
+            false => (q.transpose(1, 2), k.transpose(1, 2)),
+        };
         let (k, v) = match cache {
             Some((c, at)) => (at.write_read(&mut c.k, &k), at.write_read(&mut c.v, &v)),
             None => (k, v),
@@ -353,7 +358,7 @@ impl DecoderLayer {
         let p = format!("model.layers.{i}");
         Ok(DecoderLayer {
             input_layernorm: RmsNorm::load(l, &format!("{p}.input_layernorm"), cfg.hidden_size, cfg.rms_norm_eps)?,
-            self_attn: Attention::load(l, &format!("{p}.self_attn"), cfg)?,
+            self_attn: Attention::load(l, &format!("{p}.self_attn"), cfg, cfg.rope_layers[i as usize])?,
             post_attention_layernorm: RmsNorm::load(
                 l,
                 &format!("{p}.post_attention_layernorm"),
