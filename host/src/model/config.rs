@@ -1,5 +1,5 @@
-//! `config.json` of a Hugging Face Llama-family checkpoint (Llama, Qwen2, Qwen3, Mistral, SmolLM3), reduced to the
-//! fields the runtime uses. Both the transformers 4 spelling (`rope_theta` + `rope_scaling`) and the transformers 5 one
+//! `config.json` of a Hugging Face Llama-family checkpoint (Llama, Qwen2, Qwen3, Mistral, SmolLM3, OLMo 2), reduced
+//! to the fields the runtime uses. Both the transformers 4 spelling (`rope_theta` + `rope_scaling`) and the transformers 5 one
 //! (`rope_parameters`) are read.
 
 use std::path::Path;
@@ -22,6 +22,8 @@ pub enum Architecture {
     Mistral,
     /// SmolLM3: Llama's layers, every fourth (or as `no_rope_layers` says) without the rotary embedding (NoPE).
     SmolLM3,
+    /// OLMo 2: RMSNorm on each block's output instead of its input, and on the whole query and key projections.
+    Olmo2,
 }
 
 /// How rotary frequencies are rescaled for long contexts.
@@ -106,9 +108,11 @@ impl ModelConfig {
             "qwen3" => Architecture::Qwen3,
             "mistral" => Architecture::Mistral,
             "smollm3" => Architecture::SmolLM3,
+            "olmo2" => Architecture::Olmo2,
             other => {
                 return Err(user_error!(
-                    "unsupported model_type {other:?} in config.json; supported: llama, mistral, qwen2, qwen3, smollm3"
+                    "unsupported model_type {other:?} in config.json; supported: llama, mistral, olmo2, qwen2, qwen3, \
+                     smollm3"
                 ))
             }
         };
@@ -161,7 +165,7 @@ impl ModelConfig {
             .and_then(Value::as_f64)
             .unwrap_or(10000.0);
         let rope_scaling = parse_rope_scaling(rope.or(legacy))?;
-        let default_tie = !matches!(architecture, Architecture::Llama | Architecture::Mistral);
+        let default_tie = !matches!(architecture, Architecture::Llama | Architecture::Mistral | Architecture::Olmo2);
         let num_hidden_layers = int("num_hidden_layers")?;
         let rope_layers = rope_layers(&v, architecture, num_hidden_layers)?;
         let flag = |name: &str, default: bool| v.get(name).and_then(Value::as_bool).unwrap_or(default);

@@ -80,11 +80,15 @@ pub struct RmsNorm {
     /// The gain, `[dim]`.
     pub weight: Tensor,
     eps: f64,
+    /// The gain multiplies in f32 before the result is rounded to the input's dtype (OLMo 2's norm), instead of
+    /// after (Llama's).
+    gain_in_f32: bool,
 }
 
 impl RmsNorm {
-    pub(crate) fn load(l: &Loader, name: &str, dim: i64, eps: f64) -> anyhow::Result<Self> {
-        Ok(RmsNorm { weight: l.get(&format!("{name}.weight"), &[dim])?, eps })
+    pub(crate) fn load(l: &Loader, name: &str, dim: i64, cfg: &ModelConfig) -> anyhow::Result<Self> {
+        let gain_in_f32 = cfg.architecture == Architecture::Olmo2;
+        Ok(RmsNorm { weight: l.get(&format!("{name}.weight"), &[dim])?, eps: cfg.rms_norm_eps, gain_in_f32 })
     }
 
     /// Normalise over the last dimension: libtorch's `rms_norm` (one fused kernel where libtorch has one, else its
@@ -92,6 +96,10 @@ impl RmsNorm {
     /// in that dtype, in transformers' order (bit-equal to the written-out expression on the CPU, f32 and bf16).
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let dim = x.size().last().copied().unwrap_or(0);
+        if self.gain_in_f32 && x.kind() != Kind::Float {
+            let normed = x.to_kind(Kind::Float).rms_norm([dim], None::<&Tensor>, self.eps);
+            return (self.weight.to_kind(Kind::Float) * normed).to_kind(x.kind());
+        }
         &self.weight * x.rms_norm([dim], None::<&Tensor>, self.eps)
     }
 }
@@ -214,12 +222,14 @@ pub struct Attention {
     pub v_proj: Linear,
     /// Output projection.
     pub o_proj: Linear,
-    /// Qwen3's per-head query norm.
+    /// Qwen3's per-head query norm, or OLMo 2's over the whole query projection.
     pub q_norm: Option<RmsNorm>,
-    /// Qwen3's per-head key norm.
+    /// Qwen3's per-head key norm, or OLMo 2's over the whole key projection.
     pub k_norm: Option<RmsNorm>,
     /// Whether queries and keys get the rotary embedding (not in SmolLM3's NoPE layers).
     rope: bool,
+    /// `q_norm` and `k_norm` normalise the whole projections (OLMo 2), not each head (Qwen3).
+    qk_norm_whole: bool,
     heads: i64,
     kv_heads: i64,
     head_dim: i64,
@@ -230,14 +240,13 @@ impl Attention {
         let (h, kv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
         let qkv_bias = cfg.attention_bias || cfg.architecture == Architecture::Qwen2;
         let o_bias = cfg.attention_bias && cfg.architecture != Architecture::Qwen2;
-        let (q_norm, k_norm) = if cfg.architecture == Architecture::Qwen3 {
-            (
-                Some(RmsNorm::load(l, &format!("{p}.q_norm"), d, cfg.rms_norm_eps)?),
-                Some(RmsNorm::load(l, &format!("{p}.k_norm"), d, cfg.rms_norm_eps)?),
-            )
-        } else {
-            (None, None)
+        let (q_dim, k_dim) = match cfg.architecture {
+            Architecture::Qwen3 => (Some(d), Some(d)),
+            Architecture::Olmo2 => (Some(h * d), Some(kv * d)),
+            _ => (None, None),
         };
+        let norm = |name: &str, dim: Option<i64>| dim.map(|dim| RmsNorm::load(l, &format!("{p}.{name}"), dim, cfg));
+        let (q_norm, k_norm) = (norm("q_norm", q_dim).transpose()?, norm("k_norm", k_dim).transpose()?);
         Ok(Attention {
             q_proj: Linear::load(l, &format!("{p}.q_proj"), cfg.hidden_size, h * d, qkv_bias)?,
             k_proj: Linear::load(l, &format!("{p}.k_proj"), cfg.hidden_size, kv * d, qkv_bias)?,
@@ -246,6 +255,7 @@ impl Attention {
             q_norm,
             k_norm,
             rope,
+            qk_norm_whole: cfg.architecture == Architecture::Olmo2,
             heads: h,
             kv_heads: kv,
             head_dim: d,
@@ -266,13 +276,15 @@ impl Attention {
     ) -> Tensor {
         let (b, t) = (x.size()[0], x.size()[1]);
         let shape = |y: Tensor, heads: i64| y.view([b, t, heads, self.head_dim]);
-        let mut q = shape(self.q_proj.forward(x, ctx), self.heads);
-        let mut k = shape(self.k_proj.forward(x, ctx), self.kv_heads);
-        let v = shape(self.v_proj.forward(x, ctx), self.kv_heads).transpose(1, 2);
-        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
-            q = qn.forward(&q);
-            k = kn.forward(&k);
+        let (mut q, mut k) = (self.q_proj.forward(x, ctx), self.k_proj.forward(x, ctx));
+        if let (Some(qn), Some(kn), true) = (&self.q_norm, &self.k_norm, self.qk_norm_whole) {
+            (q, k) = (qn.forward(&q), kn.forward(&k));
         }
+        let (mut q, mut k) = (shape(q, self.heads), shape(k, self.kv_heads));
+        if let (Some(qn), Some(kn), false) = (&self.q_norm, &self.k_norm, self.qk_norm_whole) {
+            (q, k) = (qn.forward(&q), kn.forward(&k));
+        }
+        let v = shape(self.v_proj.forward(x, ctx), self.kv_heads).transpose(1, 2);
         let (q, k) = match self.rope {
             true => (apply_rotary(&q.transpose(1, 2), cos, sin), apply_rotary(&k.transpose(1, 2), cos, sin)),
             false => (q.transpose(1, 2), k.transpose(1, 2)),
@@ -340,15 +352,33 @@ impl Mlp {
     }
 }
 
-/// One pre-norm decoder layer.
+/// Where a decoder layer's RMSNorms sit, by their checkpoint names.
+#[derive(Debug)]
+pub enum LayerNorms {
+    /// On each block's input (Llama, Qwen, Mistral, SmolLM3): `input_layernorm` before attention,
+    /// `post_attention_layernorm` before the MLP.
+    Pre {
+        /// Before attention.
+        input: RmsNorm,
+        /// Before the MLP.
+        post_attention: RmsNorm,
+    },
+    /// On each block's output, before it joins the residual stream (OLMo 2).
+    Post {
+        /// After attention.
+        post_attention: RmsNorm,
+        /// After the MLP.
+        post_feedforward: RmsNorm,
+    },
+}
+
+/// One decoder layer: attention and MLP blocks, each added to the residual stream.
 #[derive(Debug)]
 pub struct DecoderLayer {
-    /// Norm before attention.
-    pub input_layernorm: RmsNorm,
+    /// The layer's norms.
+    pub norms: LayerNorms,
     /// Self-attention.
     pub self_attn: Attention,
-    /// Norm before the MLP.
-    pub post_attention_layernorm: RmsNorm,
     /// Feed-forward block.
     pub mlp: Mlp,
 }
@@ -356,15 +386,17 @@ pub struct DecoderLayer {
 impl DecoderLayer {
     pub(crate) fn load(l: &Loader, i: i64, cfg: &ModelConfig) -> anyhow::Result<Self> {
         let p = format!("model.layers.{i}");
+        let norm = |name: &str| RmsNorm::load(l, &format!("{p}.{name}"), cfg.hidden_size, cfg);
+        let norms = match cfg.architecture {
+            Architecture::Olmo2 => LayerNorms::Post {
+                post_attention: norm("post_attention_layernorm")?,
+                post_feedforward: norm("post_feedforward_layernorm")?,
+            },
+            _ => LayerNorms::Pre { input: norm("input_layernorm")?, post_attention: norm("post_attention_layernorm")? },
+        };
         Ok(DecoderLayer {
-            input_layernorm: RmsNorm::load(l, &format!("{p}.input_layernorm"), cfg.hidden_size, cfg.rms_norm_eps)?,
+            norms,
             self_attn: Attention::load(l, &format!("{p}.self_attn"), cfg, cfg.rope_layers[i as usize])?,
-            post_attention_layernorm: RmsNorm::load(
-                l,
-                &format!("{p}.post_attention_layernorm"),
-                cfg.hidden_size,
-                cfg.rms_norm_eps,
-            )?,
             mlp: Mlp::load(l, &format!("{p}.mlp"), cfg)?,
         })
     }
@@ -379,8 +411,17 @@ impl DecoderLayer {
         cache: Option<(&mut LayerCache, &SlotWrite)>,
         ctx: Ctx,
     ) -> Tensor {
-        let h = x + self.self_attn.forward(&self.input_layernorm.forward(x), cos, sin, mask, cache, ctx);
-        let out = self.mlp.forward(&self.post_attention_layernorm.forward(&h), ctx);
-        h + out
+        match &self.norms {
+            LayerNorms::Pre { input, post_attention } => {
+                let h = x + self.self_attn.forward(&input.forward(x), cos, sin, mask, cache, ctx);
+                let out = self.mlp.forward(&post_attention.forward(&h), ctx);
+                h + out
+            }
+            LayerNorms::Post { post_attention, post_feedforward } => {
+                let h = x + post_attention.forward(&self.self_attn.forward(x, cos, sin, mask, cache, ctx));
+                let out = post_feedforward.forward(&self.mlp.forward(&h, ctx));
+                h + out
+            }
+        }
     }
 }

@@ -187,7 +187,7 @@ impl Model {
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| DecoderLayer::load(&loader, i, &cfg).map(Arc::new))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let norm = RmsNorm::load(&loader, "model.norm", h, cfg.rms_norm_eps)?;
+        let norm = RmsNorm::load(&loader, "model.norm", h, &cfg)?;
         let lm_head = if cfg.tie_word_embeddings { None } else { Some(loader.get("lm_head.weight", &[v, h])?) };
         let used = loader.used.into_inner();
         let mut unexpected: Vec<&str> = files
