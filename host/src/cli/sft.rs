@@ -84,7 +84,7 @@ pub struct SftArgs {
     #[arg(long, value_name = "N", conflicts_with = "eval_data")]
     pub eval_holdout: Option<usize>,
     /// Also evaluate every N steps (0: after the last step only); needs --eval-data or --eval-holdout.
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(long, value_name = "N", default_value_t = 0, visible_alias = "eval-steps")]
     pub eval_every: u64,
     /// Train on this environment's demonstrations instead of --data.
     #[arg(long, value_name = "NAME")]
@@ -135,13 +135,13 @@ pub struct SftArgs {
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     pub completion_only_loss: bool,
     /// Learning rate.
-    #[arg(long, default_value_t = 5e-5)]
+    #[arg(long, default_value_t = 5e-5, visible_alias = "learning-rate")]
     pub lr: f64,
     /// The learning-rate schedule.
     #[command(flatten)]
     pub schedule: super::args::ScheduleArgs,
     /// Gradient-norm clip (0 disables).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, visible_alias = "max-grad-norm")]
     pub max_norm: f64,
     /// AdamW weight decay.
     #[arg(long, default_value_t = 0.0)]
@@ -158,7 +158,7 @@ pub struct SftArgs {
     pub best_model: super::args::BestModelArgs,
     /// One folder for everything, as TRL's output_dir: the run's files and its checkpoints `DIR/step_N` (the same
     /// as --runs-dir PARENT --run-name NAME --checkpoint-path DIR).
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["run_name", "checkpoint_path"])]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["run_name", "checkpoint_path"], visible_alias = "output-dir")]
     pub output: Option<PathBuf>,
     /// W&B and TensorBoard flags.
     #[command(flatten)]

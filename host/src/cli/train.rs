@@ -590,6 +590,17 @@ mod tests {
         assert_eq!((a.clip_eps, a.clip_eps_high, a.kl_weight), (0.1, Some(0.28), 0.04));
     }
 
+    /// `sft` takes SFTConfig's names where they mean the same as its own flags (steps are optimizer steps there
+    /// too).
+    #[test]
+    fn trls_sft_names_are_aliases_of_the_sft_flags() {
+        let trl = ["--learning-rate=1e-5", "--max-grad-norm=0.3", "--eval-steps=5", "--output-dir=runs/x"];
+        let cli = Cli::parse_from([&["grpo-host", "sft", "--env", "math"], &trl[..]].concat());
+        let Some(Command::Sft(a)) = cli.command else { panic!("not sft") };
+        assert_eq!((a.lr, a.max_norm, a.eval_every), (1e-5, 0.3, 5));
+        assert_eq!(a.output.as_deref(), Some(std::path::Path::new("runs/x")));
+    }
+
     #[test]
     fn masking_truncated_completions_is_refused_where_every_completion_is_truncated() {
         assert_eq!(config(&["--mask-truncated-completions"]), Ok(()));
