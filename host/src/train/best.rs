@@ -66,6 +66,17 @@ pub fn still_stopped(best: Option<&BestModel>, state: &TrainerState) -> bool {
     state.early_stopped && stopping.is_some_and(|s| state.evals_without_improvement >= s.patience)
 }
 
+/// What a resumed run that has nothing left to train says: whether it had completed or stopped early.
+pub fn nothing_to_do(state: &TrainerState) -> &'static str {
+    match state.early_stopped {
+        true => {
+            "the run had stopped early at its last checkpoint (--early-stopping-patience); nothing to do (a larger \
+             patience trains on)"
+        }
+        false => "the run was already complete at its last checkpoint; nothing to do",
+    }
+}
+
 /// The run summary's account of them: `final/best_checkpoint_step`, `final/best_metric` and `final/early_stopped`,
 /// where they apply.
 pub fn final_metrics(state: &TrainerState) -> Metrics {

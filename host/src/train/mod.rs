@@ -796,13 +796,7 @@ impl Trainer {
             return self.fail_mid_batch(outcome.err().expect("checked above"));
         }
         if matches!(outcome, Ok(Outcome::AlreadyComplete)) {
-            self.loggers.println(match self.state.early_stopped {
-                true => {
-                    "the run had stopped early at its last checkpoint (--early-stopping-patience); nothing to do \
-                         (a larger patience trains on)"
-                }
-                false => "the run was already complete at its last checkpoint; nothing to do",
-            });
+            self.loggers.println(best::nothing_to_do(&self.state));
             self.loggers.finish(0);
             return Ok(0);
         }
