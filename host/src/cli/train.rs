@@ -425,10 +425,8 @@ impl TrainArgs {
         }
         if let Some(tokens) = self.micro_batch_tokens.filter(|&t| t < max_length) {
             return Err(user_error!(
-                "--micro-batch-tokens {tokens} is below --max-length {}: the longest episode must fit in one \
-                 micro-batch; raise it to {} or more, or lower --max-length",
-                max_length,
-                max_length
+                "--micro-batch-tokens {tokens} is below --max-length {max_length}: the longest episode must fit in \
+                 one micro-batch; raise it to {max_length} or more, or lower --max-length"
             ));
         }
         // The lower clip bound 1 - eps must stay above 0; the upper one (DAPO's clip-higher) has no such bound.
