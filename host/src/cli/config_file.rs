@@ -26,15 +26,24 @@ pub fn expand(argv: Vec<OsString>) -> Result<Vec<OsString>> {
         }
     }
     let Some(path) = path else { return Ok(argv) };
-    let from_file = file_args(Path::new(&path))?;
+    // The flags of the command the file configures: training's (top level or `train`) or `sft`'s.
+    let mut cli = <super::Cli as clap::CommandFactory>::command();
+    let subcommand = strings.get(1).filter(|c| *c == "train" || *c == "sft");
+    let command = match subcommand.and_then(|name| cli.find_subcommand_mut(name)) {
+        Some(sub) => sub.clone(),
+        None => cli,
+    };
+    let from_file = file_args(Path::new(&path), &command)?;
     // After the program name and an explicit `train` or `sft` subcommand, before everything the user typed.
-    let at = if strings.get(1).is_some_and(|c| c == "train" || c == "sft") { 2 } else { 1 };
+    let at = if subcommand.is_some() { 2 } else { 1 };
     let mut out = argv;
     out.splice(at..at, from_file.into_iter().map(OsString::from));
     Ok(out)
 }
 
-fn file_args(path: &Path) -> Result<Vec<String>> {
+/// The file's settings as arguments of `command`: a boolean is a switch (given when true) unless the flag takes a
+/// value (`--shuffle-dataset BOOL`), which then gets `true` or `false`.
+fn file_args(path: &Path, command: &clap::Command) -> Result<Vec<String>> {
     let text =
         std::fs::read_to_string(path).map_err(|e| user_error!("--config {}: cannot read it ({e})", path.display()))?;
     let table = text.parse::<toml::Table>().map_err(|e: toml::de::Error| {
@@ -46,7 +55,16 @@ fn file_args(path: &Path) -> Result<Vec<String>> {
         if flag == "--config" {
             return Err(user_error!("--config {}: a config file cannot name another config file", path.display()));
         }
+        let long = &flag[2..];
+        let takes_value = command
+            .get_arguments()
+            .find(|a| a.get_long() == Some(long) || a.get_all_aliases().is_some_and(|names| names.contains(&long)))
+            .is_some_and(|a| a.get_action().takes_values());
         match value {
+            toml::Value::Boolean(b) if takes_value => {
+                args.push(flag);
+                args.push(b.to_string());
+            }
             toml::Value::Boolean(true) => args.push(flag),
             toml::Value::Boolean(false) => {}
             toml::Value::Array(items) => {
@@ -100,6 +118,32 @@ mod tests {
         assert_eq!(out.last().unwrap(), "2");
         assert!(out.contains(&"--no-wandb".to_string()));
         assert!(out.contains(&"{\"digits\":2}".to_string()));
+    }
+
+    /// A boolean is a switch for a switch, and a value for a flag that takes one: `false` must reach
+    /// `--shuffle-dataset` (whose default is true) rather than be dropped.
+    #[test]
+    fn booleans_reach_flags_that_take_a_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.toml");
+        let text = "shuffle-dataset = false\ngreater_is_better = true\nno-wandb = true\ndeterministic = false\n";
+        std::fs::write(&path, text).unwrap();
+        let argv: Vec<OsString> =
+            ["grpo-host", "--config", path.to_str().unwrap()].iter().map(OsString::from).collect();
+        let out: Vec<String> = expand(argv).unwrap().iter().map(|a| a.to_string_lossy().to_string()).collect();
+        let at = |flag: &str| out.iter().position(|a| a == flag).map(|i| out.get(i + 1).cloned());
+        assert_eq!(at("--shuffle-dataset"), Some(Some("false".into())), "{out:?}");
+        assert_eq!(at("--greater-is-better"), Some(Some("true".into())), "{out:?}");
+        assert!(at("--no-wandb").is_some() && at("--deterministic").is_none(), "{out:?}");
+        let cli = <super::super::Cli as clap::Parser>::try_parse_from(&out).unwrap();
+        assert!(!cli.train.shuffle_dataset && cli.train.best_model.greater_is_better == Some(true));
+
+        let path = dir.path().join("sft.toml");
+        std::fs::write(&path, "assistant-only-loss = false\n").unwrap();
+        let argv: Vec<OsString> =
+            ["grpo-host", "sft", "--config", path.to_str().unwrap()].iter().map(OsString::from).collect();
+        let out: Vec<String> = expand(argv).unwrap().iter().map(|a| a.to_string_lossy().to_string()).collect();
+        assert_eq!(&out[..4], ["grpo-host", "sft", "--assistant-only-loss", "false"]);
     }
 
     #[test]
