@@ -2,7 +2,8 @@
 
 Builds, with transformers as the reference implementation:
   * a tiny byte-level tokenizer (256 byte tokens + the chat special tokens, no merges);
-  * tiny random Llama, Llama-3 (rope_scaling llama3), Qwen2, Qwen3, Mistral, SmolLM3 and OLMo 2 models (f32, a few hundred KB each) with
+  * tiny random Llama, Llama-3 (rope_scaling llama3), Qwen2, Qwen3, Mistral (with and without a sliding window),
+    SmolLM3 and OLMo 2 models (f32, a few hundred KB each) with
     transformers' logits and next-token log-probs on a padded batch, and transformers' greedy continuations;
   * chat-template cases for the SmolLM2, Qwen2.5, Qwen3 and Llama-3.1 templates (the real template texts in
     tests/fixtures/model/templates/), rendered with `apply_chat_template`, with and without tools and the
@@ -117,6 +118,8 @@ def tiny_configs():
         # SmolLM3: four layers, so that the fourth is a NoPE layer (no rotary embedding).
         "smollm3": SmolLM3Config(**{**common, "num_hidden_layers": 4}, tie_word_embeddings=True),
         "olmo2": Olmo2Config(**common, tie_word_embeddings=False),
+        # Mistral 7B v0.1's sliding window, narrower than the 12-token batch and the greedy continuations.
+        "mistral_window": MistralConfig(**common, tie_word_embeddings=False, sliding_window=4),
     }
 
 

@@ -19,7 +19,7 @@ TINY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures"
 
 
 def main():
-    for family in ("llama", "llama3", "qwen2", "qwen3", "mistral", "smollm3", "olmo2"):
+    for family in ("llama", "llama3", "qwen2", "qwen3", "mistral", "smollm3", "olmo2", "mistral_window"):
         directory = os.path.join(TINY, family)
         model = AutoModelForCausalLM.from_pretrained(directory, torch_dtype=torch.float32).eval()
         with open(os.path.join(directory, "greedy.json")) as f:

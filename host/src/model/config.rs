@@ -18,7 +18,7 @@ pub enum Architecture {
     Qwen2,
     /// Qwen3: RMSNorm on each head of q and k before the rotary embedding.
     Qwen3,
-    /// Mistral v0.2 and later (Mistral-Nemo, Mistral-Small): Llama's layers; the sliding window of v0.1 is refused.
+    /// Mistral (Mistral-Nemo, Mistral-Small, and 7B v0.1 with its sliding window): Llama's layers.
     Mistral,
     /// SmolLM3: Llama's layers, every fourth (or as `no_rope_layers` says) without the rotary embedding (NoPE).
     SmolLM3,
@@ -86,6 +86,8 @@ pub struct ModelConfig {
     pub eos_token_ids: Vec<u32>,
     /// Per layer, whether it applies the rotary embedding (SmolLM3's NoPE layers do not).
     pub rope_layers: Vec<bool>,
+    /// Every layer attends to the last this many tokens only, itself included (Mistral 7B v0.1); `None`: to all.
+    pub sliding_window: Option<i64>,
 }
 
 impl ModelConfig {
@@ -116,13 +118,14 @@ impl ModelConfig {
                 ))
             }
         };
-        // Mistral 7B v0.1 attends to the last `sliding_window` tokens only; later Mistral models set it to null.
-        if let Some(window) = v.get("sliding_window").and_then(Value::as_i64).filter(|_| model_type == "mistral") {
-            return Err(user_error!(
-                "config.json sliding_window {window}: sliding-window attention (Mistral 7B v0.1) is not supported; \
-                 Mistral v0.2 and later (sliding_window null) are"
-            ));
-        }
+        // Mistral 7B v0.1 attends to the last `sliding_window` tokens in every layer; later Mistral models set it to
+        // null. Other families name a window they do not use unless `use_sliding_window` says so (refused below).
+        let sliding_window = match v.get("sliding_window").filter(|_| architecture == Architecture::Mistral) {
+            Some(Value::Null) | None => None,
+            Some(w) => Some(w.as_i64().filter(|w| *w > 0).ok_or_else(|| {
+                user_error!("config.json field \"sliding_window\" is not a positive integer or null")
+            })?),
+        };
         let int = |name: &str| -> anyhow::Result<i64> {
             v.get(name)
                 .and_then(Value::as_i64)
@@ -187,6 +190,7 @@ impl ModelConfig {
             max_position_embeddings: v.get("max_position_embeddings").and_then(Value::as_i64).unwrap_or(4096),
             eos_token_ids: ids_of(v.get("eos_token_id")),
             rope_layers,
+            sliding_window,
         })
     }
 }
@@ -268,9 +272,9 @@ mod tests {
         assert!(!c.tie_word_embeddings);
     }
 
-    /// Mistral reads as Llama's layers with untied embeddings; v0.1's sliding window is refused in one line.
+    /// Mistral reads as Llama's layers with untied embeddings, and with v0.1's sliding window where it has one.
     #[test]
-    fn mistral_without_a_sliding_window_is_read_and_with_one_refused() {
+    fn mistral_reads_with_or_without_a_sliding_window() {
         let config = |window: &str| {
             ModelConfig::from_json_str(&format!(
                 r#"{{"model_type":"mistral","vocab_size":10,"hidden_size":8,"intermediate_size":16,
@@ -280,8 +284,10 @@ mod tests {
         let c = config("null").unwrap();
         assert_eq!(c.architecture, Architecture::Mistral);
         assert!(!c.tie_word_embeddings && !c.attention_bias);
-        let err = config("4096").unwrap_err();
-        assert!(err.to_string().contains("sliding_window 4096: sliding-window attention"), "{err}");
+        assert_eq!(c.sliding_window, None);
+        assert_eq!(config("4096").unwrap().sliding_window, Some(4096));
+        let err = config("0").unwrap_err();
+        assert!(err.to_string().contains("\"sliding_window\" is not a positive integer or null"), "{err}");
         assert_eq!(crate::error::exit_code(&err), 2);
     }
 

@@ -356,17 +356,33 @@ impl Model {
         pos.masked_fill(&m.eq(0), 1)
     }
 
-    /// Boolean `[B, 1, T, S]` mask for queries at columns `offset..offset+T` over keys `0..S`: causal, padding
-    /// keys excluded, and each query always sees itself so that rows of pure padding stay finite.
-    fn mask_4d(key_valid: &Tensor, t: i64, offset: i64) -> Tensor {
+    /// Boolean `[B, 1, T, S]` mask for queries at columns `offset..offset+T` over keys `0..S`: causal (within the
+    /// sliding window where the model has one), padding keys excluded, and each query always sees itself so that
+    /// rows of pure padding stay finite.
+    fn mask_4d(&self, key_valid: &Tensor, t: i64, offset: i64) -> Tensor {
         let device = key_valid.device();
         let s = key_valid.size()[1];
         let q = Tensor::arange_start(offset, offset + t, (Kind::Int64, device)).unsqueeze(1);
         let k = Tensor::arange(s, (Kind::Int64, device)).unsqueeze(0);
-        let causal = k.le_tensor(&q);
+        let causal = self.within_window(k.le_tensor(&q), &k, &q);
         let diag = k.eq_tensor(&q);
         let valid = key_valid.to_kind(Kind::Bool).unsqueeze(1);
         causal.unsqueeze(0).logical_and(&valid).logical_or(&diag.unsqueeze(0)).unsqueeze(1)
+    }
+
+    /// The sliding window over `keys` more than it spans: `None` when every key is in reach.
+    fn window_within(&self, keys: i64) -> Option<i64> {
+        self.cfg.sliding_window.filter(|w| *w < keys)
+    }
+
+    /// `allowed` (keys at columns `k` for queries at columns `q`, broadcast) less the keys `window` or more
+    /// columns behind their query, as transformers' sliding-window mask (`k > q - window`). Real tokens sit in
+    /// consecutive columns, so columns behind are tokens behind.
+    fn within_window(&self, allowed: Tensor, k: &Tensor, q: &Tensor) -> Tensor {
+        match self.cfg.sliding_window {
+            Some(window) => allowed.logical_and(&k.gt_tensor(&(q - window))),
+            None => allowed,
+        }
     }
 
     fn run(
@@ -442,12 +458,12 @@ impl Model {
             }
             Padding::Any => Self::right_padded(attention_mask),
         };
-        if right {
+        if right && self.window_within(ids.size()[1]).is_none() {
             // Real tokens never see the trailing padding under a causal mask, so no explicit mask is needed
             // (rollouts are right-padded: this is every training and log-prob forward).
             return self.run(ids, pos, AttentionMask::Causal, None);
         }
-        let mask = Self::mask_4d(attention_mask, ids.size()[1], 0);
+        let mask = self.mask_4d(attention_mask, ids.size()[1], 0);
         self.run(ids, pos, AttentionMask::Allowed(&mask), None)
     }
 
@@ -631,17 +647,20 @@ impl Model {
         let query = positions.view([b, 1, t, 1]);
         let at = SlotWrite::new(rows, positions.shallow_clone(), keys, device);
         if t == 1 {
-            let blocked = columns.gt_tensor(&query);
+            let blocked = match self.cfg.sliding_window {
+                Some(window) => columns.gt_tensor(&query).logical_or(&columns.le_tensor(&(&query - window))),
+                None => columns.gt_tensor(&query),
+            };
             return Ok(self.run(input_ids, &positions, AttentionMask::DecodeBlocked(&blocked), Some((cache, &at))));
         }
-        if keys == t {
+        if keys == t && self.window_within(keys).is_none() {
             // Every row starts at column 0 (a first prefill): "columns 0..=p" is plain causal attention over the
             // new tokens, so SDPA can take its causal path (flash attention where it has one) with no mask. A
             // shorter row's padded tail attends to its own padding, which no later query reads: those columns
             // are overwritten by the row's next tokens before its position reaches them.
             return Ok(self.run(input_ids, &positions, AttentionMask::Causal, Some((cache, &at))));
         }
-        let allowed = columns.le_tensor(&query);
+        let allowed = self.within_window(columns.le_tensor(&query), &columns, &query);
         Ok(self.run(input_ids, &positions, AttentionMask::Allowed(&allowed), Some((cache, &at))))
     }
 }
