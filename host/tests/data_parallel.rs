@@ -14,6 +14,7 @@
 //! - SIGTERM to one rank during a batch's rollouts stops both at the batch's start (both exit 143), and the job
 //!   resumes.
 //! - A 2-rank checkpoint resumes in one process (with twice the per-process batch: the same global batch) and back.
+//! - `--early-stopping-patience` (train and sft) stops every rank at the same boundary.
 
 mod common;
 
@@ -400,6 +401,23 @@ fn a_kl_penalty_in_the_reward_on_two_ranks_is_one_processs() {
     assert_weights_within(&r.join("one"), &r.join("two"), 3e-5);
 }
 
+/// `--early-stopping-patience` on two ranks: both judge the same gathered evaluation, so both end the run after the
+/// same batch (2 of 5 here, as in one process) and exit 0, with no rank left waiting in a collective.
+#[test]
+fn early_stopping_on_two_ranks_stops_both_at_the_same_batch() {
+    let runs = tempfile::tempdir().unwrap();
+    let r = runs.path();
+    let watch = ["--eval-every", "1", "--eval-tasks", "2", "--eval-samples", "0", "--early-stopping-patience", "1"];
+    let metric = ["--metric-for-best-model", "eval/completion_logprob_mean", "--early-stopping-threshold", "1e9"];
+    let extra: Vec<String> = watch.iter().chain(&metric).map(|s| s.to_string()).collect();
+    let out = under_torchrun(r, 2, &[train_args(r, "early", 1, 2, 5), extra].concat());
+    assert_ok(&out, "two ranks");
+    let logged = rows(&r.join("early"));
+    let last = logged.values().last().unwrap();
+    assert_eq!((number(last, "final/total_batches"), number(last, "final/early_stopped")), (2.0, 1.0), "{last:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("early stopping at step"));
+}
+
 #[test]
 fn two_simulated_nodes_complete_a_run() {
     let runs = tempfile::tempdir().unwrap();
@@ -643,6 +661,26 @@ fn sft_on_two_ranks_equals_one_process_with_twice_the_batch() {
     let stdout = String::from_utf8_lossy(&dp.stdout);
     assert_eq!(stdout.matches("saved the fine-tuned model").count(), 1, "one rank prints the end:\n{stdout}");
     assert!(r.join("two/checkpoints/step_2").is_dir() && r.join("two/checkpoints/step_3").is_dir());
+}
+
+/// `sft --early-stopping-patience` on two ranks: the ranks add up one held-out loss, judge it alike and stop after
+/// the same step (3 of 6: patience 2 under a threshold no change passes), each exiting 0.
+#[test]
+fn sft_early_stopping_on_two_ranks_stops_both_at_the_same_step() {
+    let runs = tempfile::tempdir().unwrap();
+    let r = runs.path();
+    let args = replaced(replaced(sft_args(r, "early", 1), "--eval-every", "1"), "--max-steps", "6");
+    let watch = ["--metric-for-best-model", "sft/eval_loss", "--early-stopping-patience", "2"];
+    let extra: Vec<String> =
+        watch.iter().chain(&["--early-stopping-threshold", "1e9"]).map(|s| s.to_string()).collect();
+    let out = under_torchrun(r, 2, &[args, extra].concat());
+    assert_ok(&out, "sft on two ranks");
+    assert_eq!(rows(&r.join("early")).keys().collect::<Vec<_>>(), vec![&0, &1, &2], "three steps");
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(r.join("early/summary.json")).unwrap()).unwrap();
+    assert_eq!(
+        (summary["final/total_steps"].as_f64(), summary["final/early_stopped"].as_f64()),
+        (Some(3.0), Some(1.0))
+    );
 }
 
 /// A rank whose peers never join gives up after `--dist-timeout` with one line, libtorch's C++ frames left out;
