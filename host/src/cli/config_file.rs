@@ -105,14 +105,18 @@ fn one_line(s: &str) -> String {
 mod tests {
     use super::*;
 
+    /// `argv` (program name first) after `expand`, as strings.
+    fn expanded(argv: &[&str]) -> Vec<String> {
+        let argv: Vec<OsString> = argv.iter().map(OsString::from).collect();
+        expand(argv).unwrap().iter().map(|a| a.to_string_lossy().to_string()).collect()
+    }
+
     #[test]
     fn file_settings_come_before_command_line_flags() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("run.toml");
         std::fs::write(&path, "group_size = 8\nlr = 1e-5\nno-wandb = true\nenv-config = { digits = 2 }\n").unwrap();
-        let argv: Vec<OsString> =
-            ["grpo-host", "--config", path.to_str().unwrap(), "--group-size", "2"].iter().map(OsString::from).collect();
-        let out: Vec<String> = expand(argv).unwrap().iter().map(|a| a.to_string_lossy().to_string()).collect();
+        let out = expanded(&["grpo-host", "--config", path.to_str().unwrap(), "--group-size", "2"]);
         let first_group = out.iter().position(|a| a == "--group-size").unwrap();
         assert_eq!(out[first_group + 1], "8");
         assert_eq!(out.last().unwrap(), "2");
@@ -128,9 +132,7 @@ mod tests {
         let path = dir.path().join("run.toml");
         let text = "shuffle-dataset = false\ngreater_is_better = true\nno-wandb = true\ndeterministic = false\n";
         std::fs::write(&path, text).unwrap();
-        let argv: Vec<OsString> =
-            ["grpo-host", "--config", path.to_str().unwrap()].iter().map(OsString::from).collect();
-        let out: Vec<String> = expand(argv).unwrap().iter().map(|a| a.to_string_lossy().to_string()).collect();
+        let out = expanded(&["grpo-host", "--config", path.to_str().unwrap()]);
         let at = |flag: &str| out.iter().position(|a| a == flag).map(|i| out.get(i + 1).cloned());
         assert_eq!(at("--shuffle-dataset"), Some(Some("false".into())), "{out:?}");
         assert_eq!(at("--greater-is-better"), Some(Some("true".into())), "{out:?}");
@@ -140,9 +142,7 @@ mod tests {
 
         let path = dir.path().join("sft.toml");
         std::fs::write(&path, "assistant-only-loss = false\n").unwrap();
-        let argv: Vec<OsString> =
-            ["grpo-host", "sft", "--config", path.to_str().unwrap()].iter().map(OsString::from).collect();
-        let out: Vec<String> = expand(argv).unwrap().iter().map(|a| a.to_string_lossy().to_string()).collect();
+        let out = expanded(&["grpo-host", "sft", "--config", path.to_str().unwrap()]);
         assert_eq!(&out[..4], ["grpo-host", "sft", "--assistant-only-loss", "false"]);
     }
 
@@ -151,9 +151,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sft.toml");
         std::fs::write(&path, "batch-size = 16\n").unwrap();
-        let argv: Vec<OsString> =
-            ["grpo-host", "sft", "--config", path.to_str().unwrap()].iter().map(OsString::from).collect();
-        let out: Vec<String> = expand(argv).unwrap().iter().map(|a| a.to_string_lossy().to_string()).collect();
+        let out = expanded(&["grpo-host", "sft", "--config", path.to_str().unwrap()]);
         assert_eq!(&out[..4], ["grpo-host", "sft", "--batch-size", "16"]);
     }
 }
