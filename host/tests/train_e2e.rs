@@ -54,6 +54,16 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Start a run `refused` with `extra` flags, which must be refused at the start (exit 2) with `line` in its stderr;
+/// returns the stderr.
+fn assert_refused(runs: &Path, extra: &[&str], line: &str) -> String {
+    let out = train(runs, "refused", extra);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(line), "{err}");
+    err
+}
+
 fn rows(run: &Path) -> Vec<serde_json::Map<String, serde_json::Value>> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
@@ -432,9 +442,7 @@ fn a_prompt_limit_cuts_every_longer_prompt_and_is_logged_and_saved() {
         (&["--prompt-truncation", "middle"][..], "--prompt-truncation middle needs --max-prompt-length N"),
         (&["--max-prompt-length", "512"][..], "--max-prompt-length 512: must be at least 1 and below --max-length 512"),
     ] {
-        let out = train(runs.path(), "refused", &[&["--max-steps", "1"][..], flags].concat());
-        assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-        assert!(text(&out.stderr).contains(line), "{}", text(&out.stderr));
+        assert_refused(runs.path(), &[&["--max-steps", "1"][..], flags].concat(), line);
     }
 }
 
@@ -482,9 +490,7 @@ fn the_best_evaluation_keeps_its_checkpoint_through_rotation() {
         (&["--greater-is-better", "false"][..], "--greater-is-better needs --metric-for-best-model METRIC"),
         (&["--metric-for-best-model", metric][..], "compares the evaluations of --eval-every N, which is not given"),
     ] {
-        let out = train(runs.path(), "refused", extra);
-        assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-        assert!(text(&out.stderr).contains(line), "{}", text(&out.stderr));
+        assert_refused(runs.path(), extra, line);
     }
 }
 
@@ -530,9 +536,7 @@ fn early_stopping_ends_the_run_and_its_count_survives_a_resume() {
         (&[&watch[..], &evals[..2], &["--eval-every", "1", "--early-stopping-patience", "0"]].concat(), "at least 1"),
         (&[&watch[..], &["--eval-every", "1"]].concat(), "--early-stopping-threshold needs --early-stopping-patience"),
     ] {
-        let out = train(runs.path(), "refused", extra);
-        assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-        assert!(text(&out.stderr).contains(line), "{}", text(&out.stderr));
+        assert_refused(runs.path(), extra, line);
     }
 }
 
@@ -620,10 +624,7 @@ fn overlong_prompts_are_filtered_out_of_a_dataset_and_an_epoch_is_a_pass_over_th
             "left out all 8 training tasks: the shortest prompt has",
         ),
     ] {
-        let out = train(runs.path(), "refused", extra);
-        let err = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{err}");
-        assert!(err.contains(line), "{err}");
+        let err = assert_refused(runs.path(), extra, line);
         assert_eq!(err.lines().filter(|l| l.starts_with("error:")).count(), 1, "{err}");
     }
 }

@@ -338,6 +338,18 @@ pub fn json_option(spec: Option<&str>, flag: &str) -> anyhow::Result<serde_json:
     })
 }
 
+/// `--micro-batch-tokens` against `--max-length` (`train` and `sft`): the longest `item` (an episode, a row) must
+/// fit in one micro-batch.
+pub fn check_micro_batch_tokens(tokens: Option<usize>, max_length: usize, item: &str) -> anyhow::Result<()> {
+    match tokens {
+        Some(tokens) if tokens < max_length => Err(user_error!(
+            "--micro-batch-tokens {tokens} is below --max-length {max_length}: the longest {item} must fit in one \
+             micro-batch; raise it to {max_length} or more, or lower --max-length"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The best checkpoint by an evaluation metric, and early stopping (`train` and `sft`; transformers'
 /// `metric_for_best_model`, `greater_is_better` and `EarlyStoppingCallback`).
 #[derive(Debug, Clone, Args)]

@@ -175,18 +175,10 @@ impl SftArgs {
         if self.batch_size == 0 || self.micro_batch_size == 0 {
             return Err(user_error!("--batch-size and --micro-batch-size must be at least 1"));
         }
-        match self.micro_batch_tokens {
-            Some(0) => return Err(user_error!("--micro-batch-tokens must be at least 1")),
-            Some(tokens) if tokens < self.max_length => {
-                return Err(user_error!(
-                    "--micro-batch-tokens {tokens} is below --max-length {}: the longest row must fit in one \
-                     micro-batch; raise it to {} or more, or lower --max-length",
-                    self.max_length,
-                    self.max_length
-                ))
-            }
-            _ => {}
+        if self.micro_batch_tokens == Some(0) {
+            return Err(user_error!("--micro-batch-tokens must be at least 1"));
         }
+        super::args::check_micro_batch_tokens(self.micro_batch_tokens, self.max_length, "row")?;
         let held_out = match (self.eval_data, self.eval_holdout) {
             (Some(source), _) => Some(HeldOutRows::Data(DatasetSpec {
                 source,

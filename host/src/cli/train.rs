@@ -423,12 +423,7 @@ impl TrainArgs {
                 "--filter-overlong-prompts needs --max-prompt-length N, the length past which a task is left out"
             ));
         }
-        if let Some(tokens) = self.micro_batch_tokens.filter(|&t| t < max_length) {
-            return Err(user_error!(
-                "--micro-batch-tokens {tokens} is below --max-length {max_length}: the longest episode must fit in \
-                 one micro-batch; raise it to {max_length} or more, or lower --max-length"
-            ));
-        }
+        super::args::check_micro_batch_tokens(self.micro_batch_tokens, max_length, "episode")?;
         // The lower clip bound 1 - eps must stay above 0; the upper one (DAPO's clip-higher) has no such bound.
         if !((0.0..1.0).contains(&self.clip_eps)) {
             return Err(user_error!("--clip-eps {}: must be in [0, 1), such as 0.2", self.clip_eps));

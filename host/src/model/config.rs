@@ -1,6 +1,6 @@
 //! `config.json` of a Hugging Face Llama-family checkpoint (Llama, Qwen2, Qwen3, Mistral, SmolLM3, OLMo 2), reduced
-//! to the fields the runtime uses. Both the transformers 4 spelling (`rope_theta` + `rope_scaling`) and the transformers 5 one
-//! (`rope_parameters`) are read.
+//! to the fields the runtime uses. Both the transformers 4 spelling (`rope_theta` + `rope_scaling`) and the
+//! transformers 5 one (`rope_parameters`) are read.
 
 use std::path::Path;
 

@@ -370,9 +370,9 @@ impl Model {
         causal.unsqueeze(0).logical_and(&valid).logical_or(&diag.unsqueeze(0)).unsqueeze(1)
     }
 
-    /// The sliding window over `keys` more than it spans: `None` when every key is in reach.
-    fn window_within(&self, keys: i64) -> Option<i64> {
-        self.cfg.sliding_window.filter(|w| *w < keys)
+    /// Whether every query can reach every one of `keys` keys: no sliding window, or one that spans them all.
+    fn window_spans(&self, keys: i64) -> bool {
+        self.cfg.sliding_window.is_none_or(|w| w >= keys)
     }
 
     /// `allowed` (keys at columns `k` for queries at columns `q`, broadcast) less the keys `window` or more
@@ -458,7 +458,7 @@ impl Model {
             }
             Padding::Any => Self::right_padded(attention_mask),
         };
-        if right && self.window_within(ids.size()[1]).is_none() {
+        if right && self.window_spans(ids.size()[1]) {
             // Real tokens never see the trailing padding under a causal mask, so no explicit mask is needed
             // (rollouts are right-padded: this is every training and log-prob forward).
             return self.run(ids, pos, AttentionMask::Causal, None);
@@ -653,7 +653,7 @@ impl Model {
             };
             return Ok(self.run(input_ids, &positions, AttentionMask::DecodeBlocked(&blocked), Some((cache, &at))));
         }
-        if keys == t && self.window_within(keys).is_none() {
+        if keys == t && self.window_spans(keys) {
             // Every row starts at column 0 (a first prefill): "columns 0..=p" is plain causal attention over the
             // new tokens, so SDPA can take its causal path (flash attention where it has one) with no mask. A
             // shorter row's padded tail attends to its own padding, which no later query reads: those columns

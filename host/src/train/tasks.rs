@@ -1,6 +1,7 @@
 //! Which tasks each batch trains on. A finite task set is walked in a fresh seeded permutation every epoch (or in
-//! its own order, `--shuffle-dataset false`); an unbounded generator is asked for indices 0, 1, 2, ... Either way batch `b` always gets the same tasks for the
-//! same seed, which is what lets a resumed run continue with exactly the data an uninterrupted one would see.
+//! its own order, `--shuffle-dataset false`); an unbounded generator is asked for indices 0, 1, 2, ... Either way
+//! batch `b` always gets the same tasks for the same seed, which is what lets a resumed run continue with exactly
+//! the data an uninterrupted one would see.
 //!
 //! Under data parallelism a batch is global: `per_batch` tasks for each of the world's ranks, rank `r` taking the
 //! `r`-th share of the global order, so no two ranks roll out the same task and a task's group stays on one rank.
