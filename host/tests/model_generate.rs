@@ -2,14 +2,15 @@
 //! group expansion do not change results, log-probs agree with a full forward, and every stop condition works.
 //! Fixtures: `tests/oracles/model_fixtures.py`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
+use common::TINY_FAMILIES as FAMILIES;
 use grpo_host::generate::{generate, Engine, EngineConfig, FinishReason, GenerateRequest, SamplingParams, Turn};
 use grpo_host::model::Model;
 use grpo_host::tokenizer::Tokenizer;
 use tch::{Device, Kind, Tensor};
-
-const FAMILIES: &[&str] = &["llama", "llama3", "qwen2", "qwen3", "mistral", "smollm3", "olmo2", "mistral_window"];
 
 fn tiny(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/model/tiny").join(name)

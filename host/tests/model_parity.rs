@@ -9,7 +9,7 @@ use grpo_host::model::recompute::checkpointed_runs;
 use grpo_host::model::{EntropyGrad, LoraConfig, Model};
 use tch::{Device, Kind, Tensor};
 
-const FAMILIES: &[&str] = &["llama", "llama3", "qwen2", "qwen3", "mistral", "smollm3", "olmo2", "mistral_window"];
+use common::TINY_FAMILIES as FAMILIES;
 
 fn tiny(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/model/tiny").join(name)

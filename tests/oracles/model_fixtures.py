@@ -3,19 +3,20 @@
 Builds, with transformers as the reference implementation:
   * a tiny byte-level tokenizer (256 byte tokens + the chat special tokens, no merges);
   * tiny random Llama, Llama-3 (rope_scaling llama3), Qwen2, Qwen3, Mistral (with and without a sliding window),
-    SmolLM3 and OLMo 2 models (f32, a few hundred KB each) with
+    SmolLM3, OLMo 2, Gemma 3 and windowed Qwen2 models (f32, a few hundred KB each) with
     transformers' logits and next-token log-probs on a padded batch, and transformers' greedy continuations;
   * chat-template cases for the SmolLM2, Qwen2.5, Qwen3 and Llama-3.1 templates (the real template texts in
     tests/fixtures/model/templates/), rendered with `apply_chat_template`, with and without tools and the
     generation prompt.
 
-Run from the repository root (rewrites tests/fixtures/model/{tiny,chat}/):
-    ~/.cache/grpo-rs/venv/bin/python tests/oracles/model_fixtures.py
+Run from the repository root (rewrites tests/fixtures/model/{tiny,chat}/; name tiny models to rewrite only those):
+    ~/.cache/grpo-rs/venv/bin/python tests/oracles/model_fixtures.py [gemma3 qwen2_window ...]
 """
 
 import json
 import os
 import shutil
+import sys
 
 import torch
 from safetensors.torch import save_file
@@ -24,6 +25,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     LlamaConfig,
+    Gemma3TextConfig,
     MistralConfig,
     Olmo2Config,
     PreTrainedTokenizerFast,
@@ -120,17 +122,45 @@ def tiny_configs():
         "olmo2": Olmo2Config(**common, tie_word_embeddings=False),
         # Mistral 7B v0.1's sliding window, narrower than the 12-token batch and the greedy continuations.
         "mistral_window": MistralConfig(**common, tie_word_embeddings=False, sliding_window=4),
+        # Gemma 3: three layers, sliding-window (4 tokens) / full / sliding, each kind with its own rotary table
+        # (linear scaling on the full layers, as the 4B and larger models have), a query scale apart from head_dim,
+        # GELU-tanh, sandwich norms, per-head q/k norms and the scaled embedding.
+        "gemma3": Gemma3TextConfig(
+            **{**common, "num_hidden_layers": 3, "head_dim": 16},
+            tie_word_embeddings=True,
+            query_pre_attn_scalar=20,
+            sliding_window=4,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            rope_parameters={
+                "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 100000.0},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            },
+            hidden_activation="gelu_pytorch_tanh",
+        ),
+        # Qwen2 with `use_sliding_window`: layers from `max_window_layers` on attend within the window.
+        "qwen2_window": Qwen2Config(
+            **common, tie_word_embeddings=True, use_sliding_window=True, sliding_window=4, max_window_layers=1
+        ),
     }
 
 
-def make_tiny_models():
+def make_tiny_models(only=None):
+    """Write every tiny model, or those named in `only`."""
     out_root = os.path.join(FIX, "tiny")
-    shutil.rmtree(out_root, ignore_errors=True)
     smol_template = open(os.path.join(TEMPLATES, "HuggingFaceTB-SmolLM2-135M-Instruct.jinja")).read()
     for i, (name, cfg) in enumerate(tiny_configs().items()):
+        if only is not None and name not in only:
+            continue
         torch.manual_seed(1000 + i)
         out = os.path.join(out_root, name)
+        shutil.rmtree(out, ignore_errors=True)
         model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa", dtype=torch.float32).eval()
+        if cfg.model_type == "gemma3_text":
+            # Gemma's norms start at a zero offset from a gain of 1; random ones make the offset matter.
+            with torch.no_grad():
+                for param_name, param in model.named_parameters():
+                    if "norm" in param_name:
+                        param.normal_(0.0, 0.3)
         model.generation_config.eos_token_id = None
         model.save_pretrained(out, safe_serialization=True)
         tok = tiny_tokenizer(eos_token="<|im_end|>", bos_token="<|im_start|>", pad_token="<|endoftext|>")
@@ -299,5 +329,10 @@ def make_chat_fixtures():
 
 
 if __name__ == "__main__":
-    make_chat_fixtures()
-    make_tiny_models()
+    # `model_fixtures.py gemma3 qwen2_window` rewrites only those tiny models; no argument rewrites everything.
+    names = sys.argv[1:]
+    if names:
+        make_tiny_models(set(names))
+    else:
+        make_chat_fixtures()
+        make_tiny_models()

@@ -6,11 +6,12 @@ of its greedy.json continued greedily for 12 tokens by transformers `generate` w
 changes their continuations. Writes tests/fixtures/model/tiny/<family>/greedy_repetition_penalty.json.
 
 Run from the repository root:
-    ~/.cache/grpo-rs/venv/bin/python tests/oracles/repetition_penalty.py
+    ~/.cache/grpo-rs/venv/bin/python tests/oracles/repetition_penalty.py [family ...]
 """
 
 import json
 import os
+import sys
 
 import torch
 from transformers import AutoModelForCausalLM
@@ -18,8 +19,11 @@ from transformers import AutoModelForCausalLM
 TINY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "model", "tiny")
 
 
-def main():
-    for family in ("llama", "llama3", "qwen2", "qwen3", "mistral", "smollm3", "olmo2", "mistral_window"):
+FAMILIES = ("llama", "llama3", "qwen2", "qwen3", "mistral", "smollm3", "olmo2", "mistral_window", "gemma3", "qwen2_window")
+
+
+def main(families):
+    for family in families:
         directory = os.path.join(TINY, family)
         model = AutoModelForCausalLM.from_pretrained(directory, torch_dtype=torch.float32).eval()
         with open(os.path.join(directory, "greedy.json")) as f:
@@ -47,4 +51,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    # Name families to rewrite only theirs.
+    main(sys.argv[1:] or FAMILIES)

@@ -1,6 +1,6 @@
-//! `config.json` of a Hugging Face Llama-family checkpoint (Llama, Qwen2, Qwen3, Mistral, SmolLM3, OLMo 2), reduced
-//! to the fields the runtime uses. Both the transformers 4 spelling (`rope_theta` + `rope_scaling`) and the
-//! transformers 5 one (`rope_parameters`) are read.
+//! `config.json` of a Hugging Face Llama-family checkpoint (Llama, Qwen2, Qwen3, Mistral, SmolLM3, OLMo 2, Gemma 3),
+//! reduced to the fields the runtime uses. Both the transformers 4 spelling (`rope_theta` + `rope_scaling`, Gemma's
+//! `rope_local_base_freq`) and the transformers 5 one (`rope_parameters`, per layer type for Gemma 3) are read.
 
 use std::path::Path;
 
@@ -24,6 +24,27 @@ pub enum Architecture {
     SmolLM3,
     /// OLMo 2: RMSNorm on each block's output instead of its input, and on the whole query and key projections.
     Olmo2,
+    /// Gemma 3 (text, `gemma3_text`): norms around each block's input and output with a `1 + w` gain, per-head q/k
+    /// norms, a scaled embedding, GELU, and sliding-window layers with their own rotary embedding.
+    Gemma3,
+}
+
+/// The MLP's gate activation (`hidden_act`, or Gemma's `hidden_activation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `silu`: SwiGLU (Llama, Qwen, Mistral, SmolLM3, OLMo 2).
+    Silu,
+    /// `gelu_pytorch_tanh`: GELU's tanh approximation (Gemma).
+    GeluTanh,
+}
+
+/// A rotary embedding: its base and how its frequencies are rescaled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rope {
+    /// The base (`rope_theta`).
+    pub theta: f64,
+    /// The rescaling.
+    pub scaling: RopeScaling,
 }
 
 /// How rotary frequencies are rescaled for long contexts.
@@ -58,8 +79,10 @@ pub struct ModelConfig {
     pub vocab_size: i64,
     /// Width of the residual stream.
     pub hidden_size: i64,
-    /// Width of the SwiGLU MLP.
+    /// Width of the gated MLP.
     pub intermediate_size: i64,
+    /// The MLP's gate activation.
+    pub activation: Activation,
     /// Number of decoder layers.
     pub num_hidden_layers: i64,
     /// Query heads.
@@ -70,10 +93,14 @@ pub struct ModelConfig {
     pub head_dim: i64,
     /// Epsilon of every RMSNorm.
     pub rms_norm_eps: f64,
-    /// RoPE base.
-    pub rope_theta: f64,
-    /// RoPE rescaling.
-    pub rope_scaling: RopeScaling,
+    /// The rotary embedding (of the full-attention layers, where the sliding-window ones have their own).
+    pub rope: Rope,
+    /// The sliding-window layers' own rotary embedding (Gemma 3's local base frequency); `None`: they use `rope`.
+    pub sliding_rope: Option<Rope>,
+    /// The attention scores' scale when it is not `1/sqrt(head_dim)` (Gemma's `query_pre_attn_scalar^-1/2`).
+    pub attention_scale: Option<f64>,
+    /// The embedding's output is multiplied by this, rounded to the model's dtype (Gemma's `sqrt(hidden_size)`).
+    pub embedding_scale: Option<f64>,
     /// Whether `lm_head` reuses the embedding matrix.
     pub tie_word_embeddings: bool,
     /// Whether q/k/v (and Llama's o) projections carry biases.
@@ -86,8 +113,12 @@ pub struct ModelConfig {
     pub eos_token_ids: Vec<u32>,
     /// Per layer, whether it applies the rotary embedding (SmolLM3's NoPE layers do not).
     pub rope_layers: Vec<bool>,
-    /// Every layer attends to the last this many tokens only, itself included (Mistral 7B v0.1); `None`: to all.
+    /// Sliding-window layers attend to the last this many tokens only, themselves included; `None` when no layer
+    /// has a window.
     pub sliding_window: Option<i64>,
+    /// Per layer, whether it attends within `sliding_window` (`layer_types`' `sliding_attention`: every layer of
+    /// Mistral 7B v0.1, Qwen2's from `max_window_layers` on, five in six of Gemma 3's).
+    pub sliding_layers: Vec<bool>,
 }
 
 impl ModelConfig {
@@ -111,40 +142,43 @@ impl ModelConfig {
             "mistral" => Architecture::Mistral,
             "smollm3" => Architecture::SmolLM3,
             "olmo2" => Architecture::Olmo2,
+            "gemma3_text" => Architecture::Gemma3,
+            "gemma3" => {
+                return Err(user_error!(
+                    "model_type \"gemma3\" is Gemma 3's image-text model, which is not supported; use a text-only \
+                     Gemma 3 checkpoint (model_type gemma3_text, e.g. google/gemma-3-1b-it)"
+                ))
+            }
             other => {
                 return Err(user_error!(
-                    "unsupported model_type {other:?} in config.json; supported: llama, mistral, olmo2, qwen2, qwen3, \
-                     smollm3"
+                    "unsupported model_type {other:?} in config.json; supported: gemma3_text, llama, mistral, olmo2, \
+                     qwen2, qwen3, smollm3"
                 ))
             }
         };
-        // Mistral 7B v0.1 attends to the last `sliding_window` tokens in every layer; later Mistral models set it to
-        // null. Other families name a window they do not use unless `use_sliding_window` says so (refused below).
-        let sliding_window = match v.get("sliding_window").filter(|_| architecture == Architecture::Mistral) {
-            Some(Value::Null) | None => None,
-            Some(w) => Some(w.as_i64().filter(|w| *w > 0).ok_or_else(|| {
-                user_error!("config.json field \"sliding_window\" is not a positive integer or null")
-            })?),
-        };
+        let gemma = architecture == Architecture::Gemma3;
+        for field in ["final_logit_softcapping", "attn_logit_softcapping"] {
+            if v.get(field).is_some_and(|x| !x.is_null()) {
+                return Err(user_error!("config.json {field} is not supported (only null)"));
+            }
+        }
+        if v.get("use_bidirectional_attention").and_then(Value::as_bool) == Some(true) {
+            return Err(user_error!("config.json use_bidirectional_attention=true is not supported"));
+        }
         let int = |name: &str| -> anyhow::Result<i64> {
             v.get(name)
                 .and_then(Value::as_i64)
                 .filter(|x| *x > 0)
                 .ok_or_else(|| user_error!("config.json field {name:?} is missing or not a positive integer"))
         };
-        if let Some(act) = v.get("hidden_act").and_then(Value::as_str) {
-            if act != "silu" {
-                return Err(user_error!("config.json hidden_act {act:?} is not supported (only silu)"));
+        let activation = match v.get("hidden_activation").or_else(|| v.get("hidden_act")).and_then(Value::as_str) {
+            None if gemma => Activation::GeluTanh,
+            None | Some("silu") => Activation::Silu,
+            Some("gelu_pytorch_tanh") => Activation::GeluTanh,
+            Some(act) => {
+                return Err(user_error!("config.json activation {act:?} is not supported (silu, gelu_pytorch_tanh)"))
             }
-        }
-        if let Some(types) = v.get("layer_types").and_then(Value::as_array) {
-            if types.iter().any(|t| t.as_str() != Some("full_attention")) {
-                return Err(user_error!("config.json layer_types: only full_attention layers are supported"));
-            }
-        }
-        if v.get("use_sliding_window").and_then(Value::as_bool) == Some(true) {
-            return Err(user_error!("config.json use_sliding_window=true is not supported"));
-        }
+        };
         let hidden_size = int("hidden_size")?;
         let num_attention_heads = int("num_attention_heads")?;
         let num_key_value_heads = match v.get("num_key_value_heads") {
@@ -160,30 +194,35 @@ impl ModelConfig {
             Some(Value::Null) | None => hidden_size / num_attention_heads,
             Some(_) => int("head_dim")?,
         };
-        let rope = v.get("rope_parameters").filter(|r| r.is_object());
-        let legacy = v.get("rope_scaling").filter(|r| r.is_object());
-        let rope_theta = rope
-            .and_then(|r| r.get("rope_theta"))
-            .or_else(|| v.get("rope_theta"))
-            .and_then(Value::as_f64)
-            .unwrap_or(10000.0);
-        let rope_scaling = parse_rope_scaling(rope.or(legacy))?;
+        let (rope, sliding_rope) = ropes(&v, gemma)?;
         let default_tie = !matches!(architecture, Architecture::Llama | Architecture::Mistral | Architecture::Olmo2);
         let num_hidden_layers = int("num_hidden_layers")?;
         let rope_layers = rope_layers(&v, architecture, num_hidden_layers)?;
+        let (sliding_window, sliding_layers) = sliding_layers(&v, architecture, num_hidden_layers)?;
         let flag = |name: &str, default: bool| v.get(name).and_then(Value::as_bool).unwrap_or(default);
+        let attention_scale =
+            match v.get("query_pre_attn_scalar") {
+                _ if !gemma => None,
+                Some(x) => Some(x.as_f64().filter(|x| *x > 0.0).ok_or_else(|| {
+                    user_error!("config.json field \"query_pre_attn_scalar\" is not a positive number")
+                })?),
+                None => Some(256.0),
+            };
         Ok(ModelConfig {
             architecture,
             vocab_size: int("vocab_size")?,
             hidden_size,
             intermediate_size: int("intermediate_size")?,
+            activation,
             num_hidden_layers,
             num_attention_heads,
             num_key_value_heads,
             head_dim,
             rms_norm_eps: v.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-6),
-            rope_theta,
-            rope_scaling,
+            sliding_rope: sliding_rope.filter(|r| *r != rope),
+            rope,
+            attention_scale: attention_scale.map(|s| s.powf(-0.5)),
+            embedding_scale: gemma.then(|| (hidden_size as f64).sqrt()),
             tie_word_embeddings: flag("tie_word_embeddings", default_tie),
             attention_bias: flag("attention_bias", architecture == Architecture::Qwen2),
             mlp_bias: flag("mlp_bias", false),
@@ -191,8 +230,106 @@ impl ModelConfig {
             eos_token_ids: ids_of(v.get("eos_token_id")),
             rope_layers,
             sliding_window,
+            sliding_layers,
         })
     }
+
+    /// The window layer `i` attends within, or `None` when it attends to everything before it.
+    pub fn layer_window(&self, i: usize) -> Option<i64> {
+        self.sliding_window.filter(|_| self.sliding_layers[i])
+    }
+}
+
+/// The rotary embeddings of the full-attention layers and, for Gemma 3, of the sliding-window ones: from
+/// `rope_parameters` (one object, or one per layer type), else from `rope_theta`, `rope_scaling` and
+/// `rope_local_base_freq`, with each family's default bases.
+fn ropes(v: &Value, gemma: bool) -> anyhow::Result<(Rope, Option<Rope>)> {
+    let params = v.get("rope_parameters").filter(|r| r.is_object());
+    let by_type = |kind: &str| params.and_then(|r| r.get(kind)).filter(|r| r.is_object());
+    let theta = |r: Option<&Value>, key: &str, default: f64| {
+        r.and_then(|r| r.get("rope_theta")).or_else(|| v.get(key)).and_then(Value::as_f64).unwrap_or(default)
+    };
+    if gemma {
+        // Gemma 3's full layers take `rope_scaling`; its sliding ones plain RoPE at `rope_local_base_freq`.
+        let (full, local) = (by_type("full_attention"), by_type("sliding_attention"));
+        let legacy = v.get("rope_scaling").filter(|r| r.is_object());
+        let rope = Rope { theta: theta(full, "rope_theta", 1e6), scaling: parse_rope_scaling(full.or(legacy))? };
+        let sliding = Rope { theta: theta(local, "rope_local_base_freq", 1e4), scaling: parse_rope_scaling(local)? };
+        return Ok((rope, Some(sliding)));
+    }
+    let legacy = v.get("rope_scaling").filter(|r| r.is_object());
+    Ok((Rope { theta: theta(params, "rope_theta", 10000.0), scaling: parse_rope_scaling(params.or(legacy))? }, None))
+}
+
+/// The sliding window's width and, per layer, whether it attends within it: from `layer_types` where config.json
+/// lists them, else as each family's transformers class lays them out (Mistral: every layer; Qwen2, Qwen3 and
+/// SmolLM3 under `use_sliding_window`: those from `max_window_layers` on; Gemma 3: all but every
+/// `sliding_window_pattern`-th). The width is `None` when no layer slides.
+fn sliding_layers(v: &Value, architecture: Architecture, layers: i64) -> anyhow::Result<(Option<i64>, Vec<bool>)> {
+    let positive = |name: &str| -> anyhow::Result<Option<i64>> {
+        match v.get(name) {
+            Some(Value::Null) | None => Ok(None),
+            Some(x) => Ok(Some(
+                x.as_i64()
+                    .filter(|x| *x > 0)
+                    .ok_or_else(|| user_error!("config.json field {name:?} is not a positive integer or null"))?,
+            )),
+        }
+    };
+    let qwen_like = matches!(architecture, Architecture::Qwen2 | Architecture::Qwen3 | Architecture::SmolLM3);
+    let window = match architecture {
+        Architecture::Mistral => positive("sliding_window")?,
+        Architecture::Gemma3 => Some(positive("sliding_window")?.unwrap_or(4096)),
+        _ if qwen_like && v.get("use_sliding_window").and_then(Value::as_bool) == Some(true) => {
+            positive("sliding_window")?
+        }
+        _ => None,
+    };
+    let sliding: Vec<bool> = match v.get("layer_types").filter(|t| !t.is_null()) {
+        Some(types) => {
+            let kinds: Option<Vec<bool>> = types.as_array().and_then(|a| {
+                a.iter()
+                    .map(|t| match t.as_str() {
+                        Some("full_attention") => Some(false),
+                        Some("sliding_attention") => Some(true),
+                        _ => None,
+                    })
+                    .collect()
+            });
+            match kinds {
+                Some(kinds) if kinds.len() == layers as usize => kinds,
+                _ => {
+                    return Err(user_error!(
+                        "config.json layer_types: give one \"full_attention\" or \"sliding_attention\" per layer \
+                         ({layers})"
+                    ))
+                }
+            }
+        }
+        None => {
+            let first = match architecture {
+                _ if qwen_like => positive("max_window_layers")?.unwrap_or(28),
+                _ => 0,
+            };
+            let pattern = positive("sliding_window_pattern")?.or(positive("_sliding_window_pattern")?).unwrap_or(6);
+            (0..layers)
+                .map(|i| match architecture {
+                    Architecture::Gemma3 => (i + 1) % pattern != 0,
+                    _ => window.is_some() && i >= first,
+                })
+                .collect()
+        }
+    };
+    if !sliding.iter().any(|s| *s) {
+        return Ok((None, sliding));
+    }
+    if window.is_none() {
+        return Err(user_error!(
+            "config.json layer_types names sliding_attention layers, but no sliding_window applies (Qwen2, Qwen3 and \
+             SmolLM3 take one under use_sliding_window=true)"
+        ));
+    }
+    Ok((window, sliding))
 }
 
 /// Whether each of the `layers` layers applies the rotary embedding: all of them, except SmolLM3's NoPE layers
@@ -265,9 +402,10 @@ mod tests {
             "eos_token_id":[3,4]}"#,
         )
         .unwrap();
-        assert_eq!(c.rope_theta, 500000.0);
+        assert_eq!(c.rope.theta, 500000.0);
         assert_eq!(c.head_dim, 4);
-        assert!(matches!(c.rope_scaling, RopeScaling::Llama3 { factor, .. } if factor == 8.0));
+        assert!(matches!(c.rope.scaling, RopeScaling::Llama3 { factor, .. } if factor == 8.0));
+        assert_eq!(c.sliding_rope, None);
         assert_eq!(c.eos_token_ids, vec![3, 4]);
         assert!(!c.tie_word_embeddings);
     }
@@ -286,6 +424,7 @@ mod tests {
         assert!(!c.tie_word_embeddings && !c.attention_bias);
         assert_eq!(c.sliding_window, None);
         assert_eq!(config("4096").unwrap().sliding_window, Some(4096));
+        assert_eq!(config("4096").unwrap().sliding_layers, [true]);
         let err = config("0").unwrap_err();
         assert!(err.to_string().contains("\"sliding_window\" is not a positive integer or null"), "{err}");
         assert_eq!(crate::error::exit_code(&err), 2);
@@ -307,6 +446,65 @@ mod tests {
         assert!(config("").unwrap().tie_word_embeddings);
         let err = config(r#","no_rope_layers":[1,0]"#).unwrap_err();
         assert!(err.to_string().contains("no_rope_layers: give one 0 or 1 per layer (5)"), "{err}");
+    }
+
+    /// Gemma 3 as its hub configs spell it in transformers 4: five sliding layers in six, the local base frequency
+    /// for those, the scaling for the full ones only, and the query scale.
+    #[test]
+    fn gemma3_reads_its_layer_pattern_and_two_rotary_embeddings() {
+        let c = ModelConfig::from_json_str(
+            r#"{"model_type":"gemma3_text","vocab_size":10,"hidden_size":16,"intermediate_size":16,
+            "num_hidden_layers":7,"num_attention_heads":2,"num_key_value_heads":1,"head_dim":8,
+            "query_pre_attn_scalar":64,"sliding_window":512,"sliding_window_pattern":6,"rope_theta":1000000.0,
+            "rope_local_base_freq":10000.0,"rope_scaling":{"rope_type":"linear","factor":8.0},
+            "final_logit_softcapping":null,"hidden_activation":"gelu_pytorch_tanh"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.architecture, Architecture::Gemma3);
+        assert_eq!(c.activation, Activation::GeluTanh);
+        assert_eq!(c.sliding_window, Some(512));
+        assert_eq!(c.sliding_layers, [true, true, true, true, true, false, true]);
+        assert_eq!((c.layer_window(0), c.layer_window(5)), (Some(512), None));
+        assert_eq!(c.rope, Rope { theta: 1e6, scaling: RopeScaling::Linear { factor: 8.0 } });
+        assert_eq!(c.sliding_rope, Some(Rope { theta: 1e4, scaling: RopeScaling::None }));
+        assert_eq!(c.attention_scale, Some(0.125));
+        assert_eq!(c.embedding_scale, Some(4.0));
+        assert!(c.tie_word_embeddings);
+        let refused = |text: &str, needle: &str| {
+            let err = ModelConfig::from_json_str(text).unwrap_err();
+            assert!(err.to_string().contains(needle), "{err}");
+            assert_eq!(crate::error::exit_code(&err), 2);
+        };
+        refused(r#"{"model_type":"gemma3"}"#, "use a text-only Gemma 3 checkpoint (model_type gemma3_text");
+        refused(
+            r#"{"model_type":"gemma3_text","final_logit_softcapping":30.0}"#,
+            "final_logit_softcapping is not supported (only null)",
+        );
+    }
+
+    /// Qwen2's `use_sliding_window`: the layers from `max_window_layers` on slide, as do those `layer_types` names;
+    /// without the switch there is no window, and a sliding layer with no window is refused.
+    #[test]
+    fn qwen2_slides_from_max_window_layers_under_use_sliding_window() {
+        let config = |extra: &str| {
+            ModelConfig::from_json_str(&format!(
+                r#"{{"model_type":"qwen2","vocab_size":10,"hidden_size":8,"intermediate_size":16,
+                "num_hidden_layers":3,"num_attention_heads":2,"sliding_window":32,"max_window_layers":1{extra}}}"#
+            ))
+        };
+        let off = config("").unwrap();
+        assert_eq!((off.sliding_window, off.sliding_layers), (None, vec![false; 3]));
+        let on = config(r#","use_sliding_window":true"#).unwrap();
+        assert_eq!((on.sliding_window, on.sliding_layers), (Some(32), vec![false, true, true]));
+        let listed = config(
+            r#","use_sliding_window":true,"layer_types":["sliding_attention","full_attention","full_attention"]"#,
+        )
+        .unwrap();
+        assert_eq!(listed.sliding_layers, [true, false, false]);
+        let err = config(r#","layer_types":["sliding_attention","full_attention","full_attention"]"#).unwrap_err();
+        assert!(err.to_string().contains("no sliding_window applies"), "{err}");
+        let err = config(r#","layer_types":["full_attention"]"#).unwrap_err();
+        assert!(err.to_string().contains("layer_types: give one"), "{err}");
     }
 
     #[test]

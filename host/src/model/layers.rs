@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use tch::{nn, Device, Kind, Tensor};
 
-use super::config::{Architecture, ModelConfig, RopeScaling};
+use super::config::{Activation, Architecture, ModelConfig, Rope, RopeScaling};
 use super::lora::LoraAdapter;
 use super::weights::WeightFiles;
 use super::Ctx;
@@ -74,33 +74,52 @@ impl Linear {
     }
 }
 
+/// How an [`RmsNorm`]'s weight scales the normalised values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gain {
+    /// `w * x` in the input's dtype, after rounding (Llama's `LlamaRMSNorm`).
+    Rounded,
+    /// `w * x` in f32, then rounded (OLMo 2's norm).
+    F32,
+    /// `(1 + w) * x` in f32, then rounded (Gemma's, whose weights are stored as offsets from 1).
+    OnePlusF32,
+}
+
 /// Root-mean-square layer norm, computed in f32 like transformers' `LlamaRMSNorm`.
 #[derive(Debug)]
 pub struct RmsNorm {
-    /// The gain, `[dim]`.
+    /// The gain, `[dim]` (Gemma: its offset from 1).
     pub weight: Tensor,
     eps: f64,
-    /// The gain multiplies in f32 before the result is rounded to the input's dtype (OLMo 2's norm), instead of
-    /// after (Llama's).
-    gain_in_f32: bool,
+    gain: Gain,
 }
 
 impl RmsNorm {
     pub(crate) fn load(l: &Loader, name: &str, dim: i64, cfg: &ModelConfig) -> anyhow::Result<Self> {
-        let gain_in_f32 = cfg.architecture == Architecture::Olmo2;
-        Ok(RmsNorm { weight: l.get(&format!("{name}.weight"), &[dim])?, eps: cfg.rms_norm_eps, gain_in_f32 })
+        let gain = match cfg.architecture {
+            Architecture::Olmo2 => Gain::F32,
+            Architecture::Gemma3 => Gain::OnePlusF32,
+            _ => Gain::Rounded,
+        };
+        Ok(RmsNorm { weight: l.get(&format!("{name}.weight"), &[dim])?, eps: cfg.rms_norm_eps, gain })
     }
 
     /// Normalise over the last dimension: libtorch's `rms_norm` (one fused kernel where libtorch has one, else its
     /// composite) computes `x * rsqrt(mean(x^2) + eps)` in f32 and rounds to `x`'s dtype, then the gain multiplies
-    /// in that dtype, in transformers' order (bit-equal to the written-out expression on the CPU, f32 and bf16).
+    /// in that dtype, in transformers' order (bit-equal to the written-out expression on the CPU, f32 and bf16);
+    /// OLMo 2's and Gemma's gains multiply before the rounding instead.
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let dim = x.size().last().copied().unwrap_or(0);
-        if self.gain_in_f32 && x.kind() != Kind::Float {
-            let normed = x.to_kind(Kind::Float).rms_norm([dim], None::<&Tensor>, self.eps);
-            return (self.weight.to_kind(Kind::Float) * normed).to_kind(x.kind());
+        match self.gain {
+            Gain::Rounded => &self.weight * x.rms_norm([dim], None::<&Tensor>, self.eps),
+            Gain::F32 if x.kind() == Kind::Float => &self.weight * x.rms_norm([dim], None::<&Tensor>, self.eps),
+            Gain::F32 | Gain::OnePlusF32 => {
+                let normed = x.to_kind(Kind::Float).rms_norm([dim], None::<&Tensor>, self.eps);
+                let weight = self.weight.to_kind(Kind::Float);
+                let weight = if self.gain == Gain::OnePlusF32 { weight + 1.0 } else { weight };
+                (weight * normed).to_kind(x.kind())
+            }
         }
-        &self.weight * x.rms_norm([dim], None::<&Tensor>, self.eps)
     }
 }
 
@@ -113,12 +132,12 @@ pub struct Rotary {
 }
 
 impl Rotary {
-    /// Frequencies exactly as transformers computes them (f32, the same operation order), so logits match.
-    pub fn new(cfg: &ModelConfig, device: Device) -> Self {
-        let dim = cfg.head_dim;
+    /// Frequencies of `rope` over heads of `dim` exactly as transformers computes them (f32, the same operation
+    /// order), so logits match.
+    pub fn new(rope: &Rope, dim: i64, device: Device) -> Self {
         let exponents = Tensor::arange_start_step(0, dim, 2, (Kind::Int64, device)).to_kind(Kind::Float) / dim as f64;
-        let mut inv_freq = Tensor::pow_scalar(cfg.rope_theta, &exponents).reciprocal();
-        match cfg.rope_scaling {
+        let mut inv_freq = Tensor::pow_scalar(rope.theta, &exponents).reciprocal();
+        match rope.scaling {
             RopeScaling::None => {}
             RopeScaling::Linear { factor } => inv_freq /= factor,
             RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
@@ -222,10 +241,12 @@ pub struct Attention {
     pub v_proj: Linear,
     /// Output projection.
     pub o_proj: Linear,
-    /// Qwen3's per-head query norm, or OLMo 2's over the whole query projection.
+    /// Qwen3's and Gemma 3's per-head query norm, or OLMo 2's over the whole query projection.
     pub q_norm: Option<RmsNorm>,
-    /// Qwen3's per-head key norm, or OLMo 2's over the whole key projection.
+    /// Qwen3's and Gemma 3's per-head key norm, or OLMo 2's over the whole key projection.
     pub k_norm: Option<RmsNorm>,
+    /// The scores' scale when it is not SDPA's default `1/sqrt(head_dim)`.
+    scale: Option<f64>,
     /// Whether queries and keys get the rotary embedding (not in SmolLM3's NoPE layers).
     rope: bool,
     /// `q_norm` and `k_norm` normalise the whole projections (OLMo 2), not each head (Qwen3).
@@ -241,7 +262,7 @@ impl Attention {
         let qkv_bias = cfg.attention_bias || cfg.architecture == Architecture::Qwen2;
         let o_bias = cfg.attention_bias && cfg.architecture != Architecture::Qwen2;
         let (q_dim, k_dim) = match cfg.architecture {
-            Architecture::Qwen3 => (Some(d), Some(d)),
+            Architecture::Qwen3 | Architecture::Gemma3 => (Some(d), Some(d)),
             Architecture::Olmo2 => (Some(h * d), Some(kv * d)),
             _ => (None, None),
         };
@@ -254,6 +275,7 @@ impl Attention {
             o_proj: Linear::load(l, &format!("{p}.o_proj"), h * d, cfg.hidden_size, o_bias)?,
             q_norm,
             k_norm,
+            scale: cfg.attention_scale,
             rope,
             qk_norm_whole: cfg.architecture == Architecture::Olmo2,
             heads: h,
@@ -306,7 +328,7 @@ impl Attention {
     fn fused_attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, allowed: Option<&Tensor>) -> Tensor {
         let (b, t) = (q.size()[0], q.size()[2]);
         let gqa = self.heads != self.kv_heads;
-        let y = Tensor::scaled_dot_product_attention(q, k, v, allowed, 0.0, allowed.is_none(), None, gqa);
+        let y = Tensor::scaled_dot_product_attention(q, k, v, allowed, 0.0, allowed.is_none(), self.scale, gqa);
         y.transpose(1, 2).reshape([b, t, self.heads * self.head_dim])
     }
 
@@ -317,22 +339,24 @@ impl Attention {
         let b = q.size()[0];
         let group = self.heads / self.kv_heads;
         let q = q.reshape([b, self.kv_heads, group, self.head_dim]);
-        let scores = q.matmul(&k.transpose(2, 3)) * (1.0 / (self.head_dim as f64).sqrt());
+        let scale = self.scale.unwrap_or(1.0 / (self.head_dim as f64).sqrt());
+        let scores = q.matmul(&k.transpose(2, 3)) * scale;
         let scores = scores.masked_fill(blocked, f64::NEG_INFINITY);
         let probs = scores.softmax(-1, Kind::Float).to_kind(q.kind());
         probs.matmul(v).reshape([b, 1, self.heads * self.head_dim])
     }
 }
 
-/// The SwiGLU feed-forward block.
+/// The gated feed-forward block (SwiGLU, or Gemma's GELU-gated one).
 #[derive(Debug)]
 pub struct Mlp {
-    /// Gate projection (through SiLU).
+    /// Gate projection (through the activation).
     pub gate_proj: Linear,
     /// Up projection.
     pub up_proj: Linear,
     /// Down projection.
     pub down_proj: Linear,
+    activation: Activation,
 }
 
 impl Mlp {
@@ -342,12 +366,17 @@ impl Mlp {
             gate_proj: Linear::load(l, &format!("{p}.gate_proj"), h, i, b)?,
             up_proj: Linear::load(l, &format!("{p}.up_proj"), h, i, b)?,
             down_proj: Linear::load(l, &format!("{p}.down_proj"), i, h, b)?,
+            activation: cfg.activation,
         })
     }
 
-    /// `down(silu(gate(x)) * up(x))`.
+    /// `down(act(gate(x)) * up(x))`.
     pub fn forward(&self, x: &Tensor, ctx: Ctx) -> Tensor {
-        let g = self.gate_proj.forward(x, ctx).silu();
+        let g = self.gate_proj.forward(x, ctx);
+        let g = match self.activation {
+            Activation::Silu => g.silu(),
+            Activation::GeluTanh => g.gelu("tanh"),
+        };
         self.down_proj.forward(&(g * self.up_proj.forward(x, ctx)), ctx)
     }
 }
@@ -370,6 +399,17 @@ pub enum LayerNorms {
         /// After the MLP.
         post_feedforward: RmsNorm,
     },
+    /// On each block's input and on its output (Gemma 3).
+    Sandwich {
+        /// Before attention.
+        input: RmsNorm,
+        /// After attention.
+        post_attention: RmsNorm,
+        /// Before the MLP.
+        pre_feedforward: RmsNorm,
+        /// After the MLP.
+        post_feedforward: RmsNorm,
+    },
 }
 
 /// One decoder layer: attention and MLP blocks, each added to the residual stream.
@@ -381,6 +421,8 @@ pub struct DecoderLayer {
     pub self_attn: Attention,
     /// Feed-forward block.
     pub mlp: Mlp,
+    /// The sliding window this layer attends within, if any.
+    pub window: Option<i64>,
 }
 
 impl DecoderLayer {
@@ -392,12 +434,19 @@ impl DecoderLayer {
                 post_attention: norm("post_attention_layernorm")?,
                 post_feedforward: norm("post_feedforward_layernorm")?,
             },
+            Architecture::Gemma3 => LayerNorms::Sandwich {
+                input: norm("input_layernorm")?,
+                post_attention: norm("post_attention_layernorm")?,
+                pre_feedforward: norm("pre_feedforward_layernorm")?,
+                post_feedforward: norm("post_feedforward_layernorm")?,
+            },
             _ => LayerNorms::Pre { input: norm("input_layernorm")?, post_attention: norm("post_attention_layernorm")? },
         };
         Ok(DecoderLayer {
             norms,
             self_attn: Attention::load(l, &format!("{p}.self_attn"), cfg, cfg.rope_layers[i as usize])?,
             mlp: Mlp::load(l, &format!("{p}.mlp"), cfg)?,
+            window: cfg.layer_window(i as usize),
         })
     }
 
@@ -420,6 +469,12 @@ impl DecoderLayer {
             LayerNorms::Post { post_attention, post_feedforward } => {
                 let h = x + post_attention.forward(&self.self_attn.forward(x, cos, sin, mask, cache, ctx));
                 let out = post_feedforward.forward(&self.mlp.forward(&h, ctx));
+                h + out
+            }
+            LayerNorms::Sandwich { input, post_attention, pre_feedforward, post_feedforward } => {
+                let attended = self.self_attn.forward(&input.forward(x), cos, sin, mask, cache, ctx);
+                let h = x + post_attention.forward(&attended);
+                let out = post_feedforward.forward(&self.mlp.forward(&pre_feedforward.forward(&h), ctx));
                 h + out
             }
         }

@@ -1,5 +1,5 @@
-//! The native policy model: Llama / Qwen2 / Qwen3 decoders in libtorch (tch), loaded from Hugging Face
-//! checkpoints, with the entry points training and generation need.
+//! The native policy model: Llama-family decoders (Llama, Qwen2, Qwen3, Mistral, SmolLM3, OLMo 2, Gemma 3) in
+//! libtorch (tch), loaded from Hugging Face checkpoints, with the entry points training and generation need.
 //!
 //! - [`Model::load`] reads `config.json` and the safetensors weights into a [`tch::nn::VarStore`] under the HF
 //!   tensor names, so the trainer can build an optimizer over [`Model::var_store`], save it back as a checkpoint,
@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use tch::{nn, Device, Kind, Tensor};
 
-pub use config::{Architecture, ModelConfig, RopeScaling};
+pub use config::{Activation, Architecture, ModelConfig, Rope, RopeScaling};
 pub use device::{cuda_free_bytes, DeviceSpec, DtypeSpec};
 pub use layers::{AttentionMask, LayerCache, SlotWrite};
 pub use lora::{LoraConfig, LoraTargets};
@@ -156,6 +156,8 @@ pub struct Model {
     norm: RmsNorm,
     lm_head: Option<Tensor>,
     rotary: Rotary,
+    /// The sliding-window layers' own rotary embedding, where they have one (Gemma 3).
+    sliding_rotary: Option<Rotary>,
     kind: Kind,
     adapters_enabled: AtomicBool,
     training: AtomicBool,
@@ -206,7 +208,8 @@ impl Model {
                 format!("{:?}", cfg.architecture).to_lowercase()
             ));
         }
-        let rotary = Rotary::new(&cfg, device);
+        let rotary = Rotary::new(&cfg.rope, cfg.head_dim, device);
+        let sliding_rotary = cfg.sliding_rope.as_ref().map(|rope| Rotary::new(rope, cfg.head_dim, device));
         Ok(Model {
             cfg,
             dir: dir.to_path_buf(),
@@ -218,6 +221,7 @@ impl Model {
             norm,
             lm_head,
             rotary,
+            sliding_rotary,
             kind: dtype,
             adapters_enabled: AtomicBool::new(true),
             training: AtomicBool::new(false),
@@ -356,54 +360,62 @@ impl Model {
         pos.masked_fill(&m.eq(0), 1)
     }
 
-    /// Boolean `[B, 1, T, S]` mask for queries at columns `offset..offset+T` over keys `0..S`: causal (within the
-    /// sliding window where the model has one), padding keys excluded, and each query always sees itself so that
-    /// rows of pure padding stay finite.
-    fn mask_4d(&self, key_valid: &Tensor, t: i64, offset: i64) -> Tensor {
+    /// Boolean `[B, 1, T, S]` mask for queries at columns `offset..offset+T` over keys `0..S`: causal (within
+    /// `window` where there is one), padding keys excluded, and each query always sees itself so that rows of pure
+    /// padding stay finite.
+    fn mask_4d(key_valid: &Tensor, t: i64, offset: i64, window: Option<i64>) -> Tensor {
         let device = key_valid.device();
         let s = key_valid.size()[1];
         let q = Tensor::arange_start(offset, offset + t, (Kind::Int64, device)).unsqueeze(1);
         let k = Tensor::arange(s, (Kind::Int64, device)).unsqueeze(0);
-        let causal = self.within_window(k.le_tensor(&q), &k, &q);
+        let causal = within_window(k.le_tensor(&q), &k, &q, window);
         let diag = k.eq_tensor(&q);
         let valid = key_valid.to_kind(Kind::Bool).unsqueeze(1);
         causal.unsqueeze(0).logical_and(&valid).logical_or(&diag.unsqueeze(0)).unsqueeze(1)
     }
 
-    /// Whether every query can reach every one of `keys` keys: no sliding window, or one that spans them all.
-    fn window_spans(&self, keys: i64) -> bool {
-        self.cfg.sliding_window.is_none_or(|w| w >= keys)
-    }
-
-    /// `allowed` (keys at columns `k` for queries at columns `q`, broadcast) less the keys `window` or more
-    /// columns behind their query, as transformers' sliding-window mask (`k > q - window`). Real tokens sit in
-    /// consecutive columns, so columns behind are tokens behind.
-    fn within_window(&self, allowed: Tensor, k: &Tensor, q: &Tensor) -> Tensor {
-        match self.cfg.sliding_window {
-            Some(window) => allowed.logical_and(&k.gt_tensor(&(q - window))),
-            None => allowed,
-        }
-    }
-
+    /// The layers on `x` (embedded ids at positions `pos`). Each kind of layer the model has (full attention, and
+    /// the sliding-window ones) attends with `mask(its window)`, built once per pass, and with its own rotary
+    /// table's cos/sin.
     fn run(
         &self,
         ids: &Tensor,
         pos: &Tensor,
-        mask: AttentionMask,
+        mask: impl Fn(Option<i64>) -> Mask,
         mut cache: Option<(&mut KvCache, &SlotWrite)>,
     ) -> Tensor {
         let ctx = self.ctx();
         let mut x = Tensor::embedding(&self.embed_tokens, ids, -1, false, false);
+        if let Some(scale) = self.cfg.embedding_scale {
+            // transformers rounds the scale to the model's dtype first (Gemma's sqrt(3072) is 55.5 in bf16).
+            x = &x * Tensor::from(scale).to_kind(x.kind()).double_value(&[]);
+        }
         let (cos, sin) = self.rotary.cos_sin(pos, self.kind);
+        let full = self.layers.iter().any(|l| l.window.is_none()).then(|| KindInputs {
+            mask: mask(None),
+            cos: cos.shallow_clone(),
+            sin: sin.shallow_clone(),
+        });
+        let sliding = self.cfg.sliding_window.map(|window| {
+            let (cos, sin) = match &self.sliding_rotary {
+                Some(rotary) => rotary.cos_sin(pos, self.kind),
+                None => (cos.shallow_clone(), sin.shallow_clone()),
+            };
+            KindInputs { mask: mask(Some(window)), cos, sin }
+        });
         let recompute = ctx.train && cache.is_none() && self.gradient_checkpointing.load(Ordering::Relaxed);
         for (i, layer) in self.layers.iter().enumerate() {
-            x = match mask {
-                AttentionMask::Causal | AttentionMask::Allowed(_) if recompute => {
-                    self.recomputed(layer, &x, &cos, &sin, mask, ctx)
+            let inputs = if layer.window.is_some() { &sliding } else { &full };
+            let Some(KindInputs { mask, cos, sin }) = inputs else {
+                unreachable!("inputs are built for every kind of layer the model has")
+            };
+            x = match mask.view() {
+                mask @ (AttentionMask::Causal | AttentionMask::Allowed(_)) if recompute => {
+                    self.recomputed(layer, &x, cos, sin, mask, ctx)
                 }
-                _ => {
+                mask => {
                     let c = cache.as_mut().map(|(c, at)| (&mut c.layers[i], *at));
-                    layer.forward(&x, &cos, &sin, mask, c, ctx)
+                    layer.forward(&x, cos, sin, mask, c, ctx)
                 }
             };
         }
@@ -458,13 +470,14 @@ impl Model {
             }
             Padding::Any => Self::right_padded(attention_mask),
         };
-        if right && self.window_spans(ids.size()[1]) {
-            // Real tokens never see the trailing padding under a causal mask, so no explicit mask is needed
-            // (rollouts are right-padded: this is every training and log-prob forward).
-            return self.run(ids, pos, AttentionMask::Causal, None);
-        }
-        let mask = self.mask_4d(attention_mask, ids.size()[1], 0);
-        self.run(ids, pos, AttentionMask::Allowed(&mask), None)
+        let t = ids.size()[1];
+        // Real tokens never see the trailing padding under a causal mask, so no explicit mask is needed where a
+        // window, if any, spans the rows (rollouts are right-padded: this is every training and log-prob forward).
+        let mask = |window| match right && window_spans(window, t) {
+            true => Mask::Causal,
+            false => Mask::Allowed(Self::mask_4d(attention_mask, t, 0, window)),
+        };
+        self.run(ids, pos, mask, None)
     }
 
     /// Whether every row's real tokens come before all of its padding.
@@ -646,22 +659,63 @@ impl Model {
         let columns = Tensor::arange(keys, (Kind::Int64, device)).view([1, 1, 1, keys]);
         let query = positions.view([b, 1, t, 1]);
         let at = SlotWrite::new(rows, positions.shallow_clone(), keys, device);
-        if t == 1 {
-            let blocked = match self.cfg.sliding_window {
-                Some(window) => columns.gt_tensor(&query).logical_or(&columns.le_tensor(&(&query - window))),
-                None => columns.gt_tensor(&query),
-            };
-            return Ok(self.run(input_ids, &positions, AttentionMask::DecodeBlocked(&blocked), Some((cache, &at))));
+        let mask = |window: Option<i64>| {
+            if t == 1 {
+                let ahead = columns.gt_tensor(&query);
+                return Mask::DecodeBlocked(match window {
+                    Some(window) => ahead.logical_or(&columns.le_tensor(&(&query - window))),
+                    None => ahead,
+                });
+            }
+            if keys == t && window_spans(window, keys) {
+                // Every row starts at column 0 (a first prefill): "columns 0..=p" is plain causal attention over
+                // the new tokens, so SDPA can take its causal path (flash attention where it has one) with no
+                // mask. A shorter row's padded tail attends to its own padding, which no later query reads: those
+                // columns are overwritten by the row's next tokens before its position reaches them.
+                return Mask::Causal;
+            }
+            Mask::Allowed(within_window(columns.le_tensor(&query), &columns, &query, window))
+        };
+        Ok(self.run(input_ids, &positions, mask, Some((cache, &at))))
+    }
+}
+
+/// What the layers of one kind (full attention, or sliding window) read in a forward pass.
+struct KindInputs {
+    mask: Mask,
+    cos: Tensor,
+    sin: Tensor,
+}
+
+/// An attention mask a forward pass builds for its layers to borrow as an [`AttentionMask`].
+enum Mask {
+    Causal,
+    Allowed(Tensor),
+    DecodeBlocked(Tensor),
+}
+
+impl Mask {
+    fn view(&self) -> AttentionMask<'_> {
+        match self {
+            Mask::Causal => AttentionMask::Causal,
+            Mask::Allowed(t) => AttentionMask::Allowed(t),
+            Mask::DecodeBlocked(t) => AttentionMask::DecodeBlocked(t),
         }
-        if keys == t && self.window_spans(keys) {
-            // Every row starts at column 0 (a first prefill): "columns 0..=p" is plain causal attention over the
-            // new tokens, so SDPA can take its causal path (flash attention where it has one) with no mask. A
-            // shorter row's padded tail attends to its own padding, which no later query reads: those columns
-            // are overwritten by the row's next tokens before its position reaches them.
-            return Ok(self.run(input_ids, &positions, AttentionMask::Causal, Some((cache, &at))));
-        }
-        let allowed = self.within_window(columns.le_tensor(&query), &columns, &query);
-        Ok(self.run(input_ids, &positions, AttentionMask::Allowed(&allowed), Some((cache, &at))))
+    }
+}
+
+/// Whether every query can reach every one of `keys` keys: no sliding window, or one that spans them all.
+fn window_spans(window: Option<i64>, keys: i64) -> bool {
+    window.is_none_or(|w| w >= keys)
+}
+
+/// `allowed` (keys at columns `k` for queries at columns `q`, broadcast) less the keys `window` or more columns
+/// behind their query, as transformers' sliding-window mask (`k > q - window`). Real tokens sit in consecutive
+/// columns, so columns behind are tokens behind.
+fn within_window(allowed: Tensor, k: &Tensor, q: &Tensor, window: Option<i64>) -> Tensor {
+    match window {
+        Some(window) => allowed.logical_and(&k.gt_tensor(&(q - window))),
+        None => allowed,
     }
 }
 

@@ -14,6 +14,11 @@ pub const SHIPPED: [(&str, &str); 5] = [
     ("grpo-plugin-multiturn-qa", "grpo_multiturn_qa"),
 ];
 
+/// The tiny transformers-made models of tests/fixtures/model/tiny (`tests/oracles/model_fixtures.py`), one per
+/// family and layout, which the parity and generation tests run through.
+pub const TINY_FAMILIES: &[&str] =
+    &["llama", "llama3", "qwen2", "qwen3", "mistral", "smollm3", "olmo2", "mistral_window", "gemma3", "qwen2_window"];
+
 /// `target/<profile>`: the test binary lives in its `deps/` folder.
 pub fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
