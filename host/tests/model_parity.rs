@@ -17,7 +17,12 @@ fn tiny(name: &str) -> PathBuf {
 
 /// transformers' inputs and outputs for the tiny model in `dir`, on `device`.
 fn reference(dir: &Path, device: Device) -> std::collections::HashMap<String, Tensor> {
-    let tensors = Tensor::read_safetensors(dir.join("reference.safetensors")).unwrap();
+    reference_file(&dir.join("reference.safetensors"), device)
+}
+
+/// The tensors of an oracle file, on `device`.
+fn reference_file(path: &Path, device: Device) -> std::collections::HashMap<String, Tensor> {
+    let tensors = Tensor::read_safetensors(path).unwrap();
     tensors.into_iter().map(|(name, t)| (name, t.to_device(device))).collect()
 }
 
@@ -64,6 +69,24 @@ fn logits_match_transformers() {
             let diff = max_abs_where(&logits, &r["logits"].index_select(0, &rows), &real);
             assert!(diff <= tol, "{fam} on {device:?}, right-padded rows only: max |logits - transformers| = {diff}");
         }
+    }
+}
+
+/// Phi-3's LongRoPE past its pre-training context: a forward pass over more positions takes the long factors for
+/// all of them, as transformers does (the tiny model's context is 32; this batch has 40 positions).
+#[test]
+fn longrope_takes_its_long_factors_past_the_pretraining_context() {
+    for device in common::devices("longrope_takes_its_long_factors_past_the_pretraining_context") {
+        let dir = tiny("phi3");
+        let model = Model::load(&dir, device, Kind::Float).unwrap();
+        let r = reference_file(&dir.join("reference_long.safetensors"), device);
+        let (ids, mask, pos) = (&r["input_ids"], &r["attention_mask"], &r["position_ids"]);
+        let logits = tch::no_grad(|| model.forward(ids, mask, pos));
+        let diff = max_abs_where(&logits, &r["logits"], &mask.unsqueeze(-1).expand_as(&logits));
+        assert!(
+            diff <= f32_tolerance(device),
+            "phi3 past its context on {device:?}: max |logits - transformers| = {diff}"
+        );
     }
 }
 

@@ -3,7 +3,7 @@
 Builds, with transformers as the reference implementation:
   * a tiny byte-level tokenizer (256 byte tokens + the chat special tokens, no merges);
   * tiny random Llama, Llama-3 (rope_scaling llama3), Qwen2, Qwen3, Mistral (with and without a sliding window),
-    SmolLM3, OLMo 2, Gemma 3 and windowed Qwen2 models (f32, a few hundred KB each) with
+    SmolLM3, OLMo 2, Gemma 3, windowed Qwen2 and Phi-3 models (f32, a few hundred KB each) with
     transformers' logits and next-token log-probs on a padded batch, and transformers' greedy continuations;
   * chat-template cases for the SmolLM2, Qwen2.5, Qwen3 and Llama-3.1 templates (the real template texts in
     tests/fixtures/model/templates/), rendered with `apply_chat_template`, with and without tools and the
@@ -28,6 +28,7 @@ from transformers import (
     Gemma3TextConfig,
     MistralConfig,
     Olmo2Config,
+    Phi3Config,
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen3Config,
@@ -141,6 +142,22 @@ def tiny_configs():
         "qwen2_window": Qwen2Config(
             **common, tie_word_embeddings=True, use_sliding_window=True, sliding_window=4, max_window_layers=1
         ),
+        # Phi-3.5 / Phi-4-mini: fused qkv_proj and gate_up_proj, the rotary embedding on half of each head, and
+        # LongRoPE whose pre-training context (32) the greedy continuations stay within; reference_long.safetensors
+        # holds logits past it, where the long factors apply.
+        "phi3": Phi3Config(
+            **common,
+            tie_word_embeddings=False,
+            original_max_position_embeddings=32,
+            rope_parameters={
+                "rope_type": "longrope",
+                "rope_theta": 10000.0,
+                "partial_rotary_factor": 0.5,
+                "short_factor": [1.0, 1.7],
+                "long_factor": [2.5, 9.0],
+                "original_max_position_embeddings": 32,
+            },
+        ),
     }
 
 
@@ -187,6 +204,24 @@ def make_tiny_models(only=None):
             },
             os.path.join(out, "reference.safetensors"),
         )
+        if name == "phi3":
+            # 40 positions, past the 32 of LongRoPE's pre-training context: the long factors.
+            long_ids = torch.randint(0, 265, (2, 40), generator=g)
+            long_mask = torch.ones(2, 40, dtype=torch.long)
+            long_mask[1, 30:] = 0
+            long_ids = long_ids.masked_fill(long_mask == 0, 0)
+            long_pos = (long_mask.cumsum(-1) - 1).masked_fill(long_mask == 0, 1)
+            with torch.no_grad():
+                long_logits = model(input_ids=long_ids, attention_mask=long_mask, position_ids=long_pos).logits
+            save_file(
+                {
+                    "input_ids": long_ids.contiguous(),
+                    "attention_mask": long_mask.contiguous(),
+                    "position_ids": long_pos.contiguous(),
+                    "logits": long_logits.float().contiguous(),
+                },
+                os.path.join(out, "reference_long.safetensors"),
+            )
 
         # Greedy continuations, one prompt at a time (no padding), never stopping early.
         prompts = [

@@ -228,7 +228,7 @@ pub struct LoraArgs {
     #[arg(long, default_value_t = 0.0)]
     pub lora_dropout: f64,
     /// The projections that get adapters (PEFT's target_modules): all-linear, or some of q_proj, k_proj, v_proj,
-    /// o_proj, gate_proj, up_proj and down_proj, comma-separated.
+    /// o_proj, gate_proj, up_proj and down_proj (Phi-3: qkv_proj, o_proj, gate_up_proj, down_proj), comma-separated.
     #[arg(long, default_value = "all-linear", value_name = "NAMES")]
     pub lora_target_modules: LoraTargets,
 }

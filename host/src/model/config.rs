@@ -1,5 +1,5 @@
-//! `config.json` of a Hugging Face Llama-family checkpoint (Llama, Qwen2, Qwen3, Mistral, SmolLM3, OLMo 2, Gemma 3),
-//! reduced to the fields the runtime uses. Both the transformers 4 spelling (`rope_theta` + `rope_scaling`, Gemma's
+//! `config.json` of a Hugging Face Llama-family checkpoint (Llama, Qwen2, Qwen3, Mistral, SmolLM3, OLMo 2, Gemma 3,
+//! Phi-3), reduced to the fields the runtime uses. Both the transformers 4 spelling (`rope_theta` + `rope_scaling`, Gemma's
 //! `rope_local_base_freq`) and the transformers 5 one (`rope_parameters`, per layer type for Gemma 3) are read.
 
 use std::path::Path;
@@ -27,6 +27,9 @@ pub enum Architecture {
     /// Gemma 3 (text, `gemma3_text`): norms around each block's input and output with a `1 + w` gain, per-head q/k
     /// norms, a scaled embedding, GELU, and sliding-window layers with their own rotary embedding.
     Gemma3,
+    /// Phi-3, Phi-3.5 and Phi-4-mini (`phi3`): fused `qkv_proj` and `gate_up_proj`, the rotary embedding on part of
+    /// each head, LongRoPE.
+    Phi3,
 }
 
 /// The MLP's gate activation (`hidden_act`, or Gemma's `hidden_activation`).
@@ -68,6 +71,18 @@ pub enum RopeScaling {
         /// The context length the model was pre-trained with.
         original_max_position_embeddings: f64,
     },
+    /// LongRoPE (Phi-3.5, Phi-4-mini): each frequency divided by its own factor, the short ones up to the
+    /// pre-training context and the long ones for a forward pass past it, and cos/sin scaled by `attention_factor`.
+    LongRope {
+        /// Per-frequency divisors within the pre-training context.
+        short_factor: Vec<f64>,
+        /// Per-frequency divisors for sequences longer than it.
+        long_factor: Vec<f64>,
+        /// The pre-training context: a forward pass over more positions takes the long factors.
+        original_max_position_embeddings: i64,
+        /// cos and sin are multiplied by this.
+        attention_factor: f64,
+    },
 }
 
 /// The architecture hyper-parameters of a checkpoint.
@@ -91,6 +106,8 @@ pub struct ModelConfig {
     pub num_key_value_heads: i64,
     /// Width of one head.
     pub head_dim: i64,
+    /// The leading dimensions of each head the rotary embedding turns (all but Phi-3's `partial_rotary_factor`).
+    pub rotary_dim: i64,
     /// Epsilon of every RMSNorm.
     pub rms_norm_eps: f64,
     /// The rotary embedding (of the full-attention layers, where the sliding-window ones have their own).
@@ -143,6 +160,7 @@ impl ModelConfig {
             "smollm3" => Architecture::SmolLM3,
             "olmo2" => Architecture::Olmo2,
             "gemma3_text" => Architecture::Gemma3,
+            "phi3" => Architecture::Phi3,
             "gemma3" => {
                 return Err(user_error!(
                     "model_type \"gemma3\" is Gemma 3's image-text model, which is not supported; use a text-only \
@@ -152,7 +170,7 @@ impl ModelConfig {
             other => {
                 return Err(user_error!(
                     "unsupported model_type {other:?} in config.json; supported: gemma3_text, llama, mistral, olmo2, \
-                     qwen2, qwen3, smollm3"
+                     phi3, qwen2, qwen3, smollm3"
                 ))
             }
         };
@@ -195,7 +213,41 @@ impl ModelConfig {
             Some(_) => int("head_dim")?,
         };
         let (rope, sliding_rope) = ropes(&v, gemma)?;
-        let default_tie = !matches!(architecture, Architecture::Llama | Architecture::Mistral | Architecture::Olmo2);
+        let rotary_dim = match architecture {
+            Architecture::Phi3 => {
+                let params = v.get("rope_parameters").filter(|r| r.is_object());
+                let factor = params
+                    .and_then(|r| r.get("partial_rotary_factor"))
+                    .or_else(|| v.get("partial_rotary_factor"))
+                    .and_then(Value::as_f64)
+                    .unwrap_or(1.0);
+                (head_dim as f64 * factor) as i64
+            }
+            _ => head_dim,
+        };
+        if rotary_dim <= 0 || rotary_dim > head_dim || rotary_dim % 2 != 0 {
+            return Err(user_error!(
+                "config.json partial_rotary_factor gives {rotary_dim} rotary dimensions of {head_dim}; they must be \
+                 even and at least 2"
+            ));
+        }
+        for r in std::iter::once(&rope).chain(&sliding_rope) {
+            if let RopeScaling::LongRope { short_factor, long_factor, .. } = &r.scaling {
+                if short_factor.len() as i64 != rotary_dim / 2 || long_factor.len() as i64 != rotary_dim / 2 {
+                    return Err(user_error!(
+                        "config.json longrope: short_factor and long_factor need {} numbers each (one per rotary \
+                         frequency), not {} and {}",
+                        rotary_dim / 2,
+                        short_factor.len(),
+                        long_factor.len()
+                    ));
+                }
+            }
+        }
+        let default_tie = !matches!(
+            architecture,
+            Architecture::Llama | Architecture::Mistral | Architecture::Olmo2 | Architecture::Phi3
+        );
         let num_hidden_layers = int("num_hidden_layers")?;
         let rope_layers = rope_layers(&v, architecture, num_hidden_layers)?;
         let (sliding_window, sliding_layers) = sliding_layers(&v, architecture, num_hidden_layers)?;
@@ -218,6 +270,7 @@ impl ModelConfig {
             num_attention_heads,
             num_key_value_heads,
             head_dim,
+            rotary_dim,
             rms_norm_eps: v.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-6),
             sliding_rope: sliding_rope.filter(|r| *r != rope),
             rope,
@@ -253,12 +306,13 @@ fn ropes(v: &Value, gemma: bool) -> anyhow::Result<(Rope, Option<Rope>)> {
         // Gemma 3's full layers take `rope_scaling`; its sliding ones plain RoPE at `rope_local_base_freq`.
         let (full, local) = (by_type("full_attention"), by_type("sliding_attention"));
         let legacy = v.get("rope_scaling").filter(|r| r.is_object());
-        let rope = Rope { theta: theta(full, "rope_theta", 1e6), scaling: parse_rope_scaling(full.or(legacy))? };
-        let sliding = Rope { theta: theta(local, "rope_local_base_freq", 1e4), scaling: parse_rope_scaling(local)? };
+        let rope = Rope { theta: theta(full, "rope_theta", 1e6), scaling: parse_rope_scaling(full.or(legacy), v)? };
+        let sliding = Rope { theta: theta(local, "rope_local_base_freq", 1e4), scaling: parse_rope_scaling(local, v)? };
         return Ok((rope, Some(sliding)));
     }
     let legacy = v.get("rope_scaling").filter(|r| r.is_object());
-    Ok((Rope { theta: theta(params, "rope_theta", 10000.0), scaling: parse_rope_scaling(params.or(legacy))? }, None))
+    let scaling = parse_rope_scaling(params.or(legacy), v)?;
+    Ok((Rope { theta: theta(params, "rope_theta", 10000.0), scaling }, None))
 }
 
 /// The sliding window's width and, per layer, whether it attends within it: from `layer_types` where config.json
@@ -278,7 +332,7 @@ fn sliding_layers(v: &Value, architecture: Architecture, layers: i64) -> anyhow:
     };
     let qwen_like = matches!(architecture, Architecture::Qwen2 | Architecture::Qwen3 | Architecture::SmolLM3);
     let window = match architecture {
-        Architecture::Mistral => positive("sliding_window")?,
+        Architecture::Mistral | Architecture::Phi3 => positive("sliding_window")?,
         Architecture::Gemma3 => Some(positive("sliding_window")?.unwrap_or(4096)),
         _ if qwen_like && v.get("use_sliding_window").and_then(Value::as_bool) == Some(true) => {
             positive("sliding_window")?
@@ -365,11 +419,15 @@ pub(crate) fn ids_of(v: Option<&Value>) -> Vec<u32> {
     }
 }
 
-fn parse_rope_scaling(r: Option<&Value>) -> anyhow::Result<RopeScaling> {
+/// The rescaling `r` (a `rope_scaling` or `rope_parameters` object) describes; `config` is the whole config.json,
+/// where LongRoPE's context lengths may sit instead.
+fn parse_rope_scaling(r: Option<&Value>, config: &Value) -> anyhow::Result<RopeScaling> {
     let Some(r) = r else {
         return Ok(RopeScaling::None);
     };
     let kind = r.get("rope_type").or_else(|| r.get("type")).and_then(Value::as_str).unwrap_or("default");
+    // Phi-3's first releases call LongRoPE `su`; transformers reads both names (and Phi-3's `yarn`) as LongRoPE.
+    let kind = if matches!(kind, "su" | "yarn") && r.get("short_factor").is_some() { "longrope" } else { kind };
     let num = |name: &str| -> anyhow::Result<f64> {
         r.get(name)
             .and_then(Value::as_f64)
@@ -384,7 +442,36 @@ fn parse_rope_scaling(r: Option<&Value>) -> anyhow::Result<RopeScaling> {
             high_freq_factor: num("high_freq_factor")?,
             original_max_position_embeddings: num("original_max_position_embeddings")?,
         }),
-        other => Err(user_error!("config.json rope scaling type {other:?} is not supported (default, linear, llama3)")),
+        "longrope" => {
+            let factors = |name: &str| -> anyhow::Result<Vec<f64>> {
+                r.get(name).and_then(Value::as_array).and_then(|a| a.iter().map(Value::as_f64).collect()).ok_or_else(
+                    || user_error!("config.json rope scaling \"longrope\" needs the list of numbers {name:?}"),
+                )
+            };
+            let either = |name: &str| r.get(name).or_else(|| config.get(name)).and_then(Value::as_f64);
+            let original = either("original_max_position_embeddings").filter(|x| *x >= 1.0).ok_or_else(|| {
+                user_error!("config.json rope scaling \"longrope\" needs original_max_position_embeddings")
+            })?;
+            // As transformers: without a `factor`, the ratio of the context lengths; without an `attention_factor`,
+            // sqrt(1 + ln(factor) / ln(original)) where the context was extended.
+            let factor = r.get("factor").and_then(Value::as_f64).unwrap_or_else(|| {
+                config.get("max_position_embeddings").and_then(Value::as_f64).unwrap_or(original) / original
+            });
+            let attention_factor = match r.get("attention_factor").and_then(Value::as_f64) {
+                Some(a) => a,
+                None if factor <= 1.0 => 1.0,
+                None => (1.0 + factor.ln() / original.ln()).sqrt(),
+            };
+            Ok(RopeScaling::LongRope {
+                short_factor: factors("short_factor")?,
+                long_factor: factors("long_factor")?,
+                original_max_position_embeddings: original as i64,
+                attention_factor,
+            })
+        }
+        other => Err(user_error!(
+            "config.json rope scaling type {other:?} is not supported (default, linear, llama3, longrope)"
+        )),
     }
 }
 

@@ -127,7 +127,11 @@ impl RmsNorm {
 #[derive(Debug)]
 pub struct Rotary {
     inv_freq: Tensor,
-    /// `[head_dim]`: -1 over the first half, 1 over the second.
+    /// LongRoPE's frequencies for a forward pass over more than the given number of positions.
+    long: Option<(Tensor, i64)>,
+    /// cos and sin are multiplied by this (LongRoPE's attention factor; else 1).
+    scale: f64,
+    /// `[rotary_dim]`: -1 over the first half, 1 over the second.
     sign: Tensor,
 }
 
@@ -136,11 +140,13 @@ impl Rotary {
     /// order), so logits match.
     pub fn new(rope: &Rope, dim: i64, device: Device) -> Self {
         let exponents = Tensor::arange_start_step(0, dim, 2, (Kind::Int64, device)).to_kind(Kind::Float) / dim as f64;
-        let mut inv_freq = Tensor::pow_scalar(rope.theta, &exponents).reciprocal();
-        match rope.scaling {
+        let powers = Tensor::pow_scalar(rope.theta, &exponents);
+        let mut inv_freq = powers.reciprocal();
+        let (mut long, mut scale) = (None, 1.0);
+        match &rope.scaling {
             RopeScaling::None => {}
-            RopeScaling::Linear { factor } => inv_freq /= factor,
-            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
+            RopeScaling::Linear { factor } => inv_freq /= *factor,
+            &RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
                 let old = original_max_position_embeddings;
                 let low_wavelen = old / low_freq_factor;
                 let high_wavelen = old / high_freq_factor;
@@ -151,27 +157,49 @@ impl Rotary {
                 let medium = wavelen.ge(high_wavelen).logical_and(&wavelen.le(low_wavelen));
                 inv_freq = smoothed.where_self(&medium, &scaled);
             }
+            RopeScaling::LongRope { short_factor, long_factor, original_max_position_embeddings, attention_factor } => {
+                let divided = |factors: &[f64]| {
+                    (Tensor::from_slice(factors).to_kind(Kind::Float).to_device(device) * &powers).reciprocal()
+                };
+                inv_freq = divided(short_factor);
+                long = Some((divided(long_factor), *original_max_position_embeddings));
+                scale = *attention_factor;
+            }
         }
         let sign = Tensor::cat(&[inv_freq.full_like(-1.0), inv_freq.full_like(1.0)], 0);
-        Rotary { inv_freq, sign }
+        Rotary { inv_freq, long, scale, sign }
     }
 
-    /// `(cos, signed_sin)`, each `[B, 1, T, head_dim]` in `kind`, for integer `positions` `[B, T]`: transformers'
-    /// `cos` and `sin`, with the first half of `sin` negated so that `apply_rotary` needs no negation. Computed
-    /// once per forward pass for every layer.
-    pub fn cos_sin(&self, positions: &Tensor, kind: Kind) -> (Tensor, Tensor) {
-        let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq;
+    /// `(cos, signed_sin)`, each `[B, 1, T, rotary_dim]` in `kind`, for integer `positions` `[B, T]` of a forward
+    /// pass over sequences of up to `seq_len` positions (which picks LongRoPE's short or long factors, as
+    /// transformers does from the largest position): transformers' `cos` and `sin`, with the first half of `sin`
+    /// negated so that `apply_rotary` needs no negation. Computed once per forward pass for every layer.
+    pub fn cos_sin(&self, positions: &Tensor, kind: Kind, seq_len: i64) -> (Tensor, Tensor) {
+        let inv_freq = match &self.long {
+            Some((long, original)) if seq_len > *original => long,
+            _ => &self.inv_freq,
+        };
+        let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * inv_freq;
         let emb = Tensor::cat(&[&freqs, &freqs], -1);
-        (emb.cos().to_kind(kind).unsqueeze(1), (emb.sin() * &self.sign).to_kind(kind).unsqueeze(1))
+        let (cos, sin) = match self.scale {
+            1.0 => (emb.cos(), emb.sin()),
+            scale => (emb.cos() * scale, emb.sin() * scale),
+        };
+        (cos.to_kind(kind).unsqueeze(1), (sin * &self.sign).to_kind(kind).unsqueeze(1))
     }
 }
 
 /// transformers' `x * cos + rotate_half(x) * sin` for `x` `[B, H, T, D]`, with `rotate_half(x) = [-x2, x1]` taken as
 /// `roll(x) = [x2, x1]` times the signed sine (negating a factor is exact, so the result is bit-equal) in four
-/// kernels instead of five.
+/// kernels instead of five. Where the tables are narrower than the heads (Phi-3's partial rotary embedding), only
+/// the leading dimensions turn and the rest pass through.
 fn apply_rotary(x: &Tensor, cos: &Tensor, signed_sin: &Tensor) -> Tensor {
-    let half = x.size()[3] / 2;
-    x * cos + x.roll([half], [3]) * signed_sin
+    let (dim, rotary) = (x.size()[3], cos.size()[3]);
+    if rotary < dim {
+        let turned = apply_rotary(&x.narrow(3, 0, rotary), cos, signed_sin);
+        return Tensor::cat(&[turned, x.narrow(3, rotary, dim - rotary)], 3);
+    }
+    x * cos + x.roll([dim / 2], [3]) * signed_sin
 }
 
 /// One layer's key/value cache: `[slots, kv_heads, capacity, head_dim]` each, every slot filled from column 0.
@@ -230,15 +258,30 @@ pub enum AttentionMask<'a> {
     DecodeBlocked(&'a Tensor),
 }
 
+/// The query, key and value projections, as the checkpoint stores them.
+#[derive(Debug)]
+pub enum QkvProj {
+    /// Three matrices, `q_proj`, `k_proj` and `v_proj` (most families).
+    Separate {
+        /// Query projection.
+        q_proj: Linear,
+        /// Key projection.
+        k_proj: Linear,
+        /// Value projection.
+        v_proj: Linear,
+    },
+    /// One matrix, `qkv_proj`, whose output is the queries, then the keys, then the values (Phi-3).
+    Fused {
+        /// The stacked projection.
+        qkv_proj: Linear,
+    },
+}
+
 /// Grouped-query self-attention.
 #[derive(Debug)]
 pub struct Attention {
-    /// Query projection.
-    pub q_proj: Linear,
-    /// Key projection.
-    pub k_proj: Linear,
-    /// Value projection.
-    pub v_proj: Linear,
+    /// Query, key and value projections.
+    pub qkv: QkvProj,
     /// Output projection.
     pub o_proj: Linear,
     /// Qwen3's and Gemma 3's per-head query norm, or OLMo 2's over the whole query projection.
@@ -269,9 +312,16 @@ impl Attention {
         let norm = |name: &str, dim: Option<i64>| dim.map(|dim| RmsNorm::load(l, &format!("{p}.{name}"), dim, cfg));
         let (q_norm, k_norm) = (norm("q_norm", q_dim).transpose()?, norm("k_norm", k_dim).transpose()?);
         Ok(Attention {
-            q_proj: Linear::load(l, &format!("{p}.q_proj"), cfg.hidden_size, h * d, qkv_bias)?,
-            k_proj: Linear::load(l, &format!("{p}.k_proj"), cfg.hidden_size, kv * d, qkv_bias)?,
-            v_proj: Linear::load(l, &format!("{p}.v_proj"), cfg.hidden_size, kv * d, qkv_bias)?,
+            qkv: match cfg.architecture {
+                Architecture::Phi3 => QkvProj::Fused {
+                    qkv_proj: Linear::load(l, &format!("{p}.qkv_proj"), cfg.hidden_size, (h + 2 * kv) * d, qkv_bias)?,
+                },
+                _ => QkvProj::Separate {
+                    q_proj: Linear::load(l, &format!("{p}.q_proj"), cfg.hidden_size, h * d, qkv_bias)?,
+                    k_proj: Linear::load(l, &format!("{p}.k_proj"), cfg.hidden_size, kv * d, qkv_bias)?,
+                    v_proj: Linear::load(l, &format!("{p}.v_proj"), cfg.hidden_size, kv * d, qkv_bias)?,
+                },
+            },
             o_proj: Linear::load(l, &format!("{p}.o_proj"), h * d, cfg.hidden_size, o_bias)?,
             q_norm,
             k_norm,
@@ -298,7 +348,16 @@ impl Attention {
     ) -> Tensor {
         let (b, t) = (x.size()[0], x.size()[1]);
         let shape = |y: Tensor, heads: i64| y.view([b, t, heads, self.head_dim]);
-        let (mut q, mut k) = (self.q_proj.forward(x, ctx), self.k_proj.forward(x, ctx));
+        let (mut q, mut k, v) = match &self.qkv {
+            QkvProj::Separate { q_proj, k_proj, v_proj } => {
+                (q_proj.forward(x, ctx), k_proj.forward(x, ctx), v_proj.forward(x, ctx))
+            }
+            QkvProj::Fused { qkv_proj } => {
+                let (q, kv) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
+                let qkv = qkv_proj.forward(x, ctx);
+                (qkv.narrow(2, 0, q), qkv.narrow(2, q, kv), qkv.narrow(2, q + kv, kv))
+            }
+        };
         if let (Some(qn), Some(kn), true) = (&self.q_norm, &self.k_norm, self.qk_norm_whole) {
             (q, k) = (qn.forward(&q), kn.forward(&k));
         }
@@ -306,7 +365,7 @@ impl Attention {
         if let (Some(qn), Some(kn), false) = (&self.q_norm, &self.k_norm, self.qk_norm_whole) {
             (q, k) = (qn.forward(&q), kn.forward(&k));
         }
-        let v = shape(self.v_proj.forward(x, ctx), self.kv_heads).transpose(1, 2);
+        let v = shape(v, self.kv_heads).transpose(1, 2);
         let (q, k) = match self.rope {
             true => (apply_rotary(&q.transpose(1, 2), cos, sin), apply_rotary(&k.transpose(1, 2), cos, sin)),
             false => (q.transpose(1, 2), k.transpose(1, 2)),
@@ -347,13 +406,28 @@ impl Attention {
     }
 }
 
+/// The gate and up projections of a gated MLP, as the checkpoint stores them.
+#[derive(Debug)]
+pub enum GateUpProj {
+    /// Two matrices, `gate_proj` and `up_proj` (most families).
+    Separate {
+        /// Gate projection (through the activation).
+        gate_proj: Linear,
+        /// Up projection.
+        up_proj: Linear,
+    },
+    /// One matrix, `gate_up_proj`, whose output is the gate, then the up projection (Phi-3).
+    Fused {
+        /// The stacked projection.
+        gate_up_proj: Linear,
+    },
+}
+
 /// The gated feed-forward block (SwiGLU, or Gemma's GELU-gated one).
 #[derive(Debug)]
 pub struct Mlp {
-    /// Gate projection (through the activation).
-    pub gate_proj: Linear,
-    /// Up projection.
-    pub up_proj: Linear,
+    /// Gate and up projections.
+    pub gate_up: GateUpProj,
     /// Down projection.
     pub down_proj: Linear,
     activation: Activation,
@@ -363,8 +437,15 @@ impl Mlp {
     pub(crate) fn load(l: &Loader, p: &str, cfg: &ModelConfig) -> anyhow::Result<Self> {
         let (h, i, b) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
         Ok(Mlp {
-            gate_proj: Linear::load(l, &format!("{p}.gate_proj"), h, i, b)?,
-            up_proj: Linear::load(l, &format!("{p}.up_proj"), h, i, b)?,
+            gate_up: match cfg.architecture {
+                Architecture::Phi3 => {
+                    GateUpProj::Fused { gate_up_proj: Linear::load(l, &format!("{p}.gate_up_proj"), h, 2 * i, b)? }
+                }
+                _ => GateUpProj::Separate {
+                    gate_proj: Linear::load(l, &format!("{p}.gate_proj"), h, i, b)?,
+                    up_proj: Linear::load(l, &format!("{p}.up_proj"), h, i, b)?,
+                },
+            },
             down_proj: Linear::load(l, &format!("{p}.down_proj"), i, h, b)?,
             activation: cfg.activation,
         })
@@ -372,12 +453,19 @@ impl Mlp {
 
     /// `down(act(gate(x)) * up(x))`.
     pub fn forward(&self, x: &Tensor, ctx: Ctx) -> Tensor {
-        let g = self.gate_proj.forward(x, ctx);
+        let (g, up) = match &self.gate_up {
+            GateUpProj::Separate { gate_proj, up_proj } => (gate_proj.forward(x, ctx), up_proj.forward(x, ctx)),
+            GateUpProj::Fused { gate_up_proj } => {
+                let both = gate_up_proj.forward(x, ctx);
+                let half = both.size()[2] / 2;
+                (both.narrow(2, 0, half), both.narrow(2, half, half))
+            }
+        };
         let g = match self.activation {
             Activation::Silu => g.silu(),
             Activation::GeluTanh => g.gelu("tanh"),
         };
-        self.down_proj.forward(&(g * self.up_proj.forward(x, ctx)), ctx)
+        self.down_proj.forward(&(g * up), ctx)
     }
 }
 
@@ -448,6 +536,21 @@ impl DecoderLayer {
             mlp: Mlp::load(l, &format!("{p}.mlp"), cfg)?,
             window: cfg.layer_window(i as usize),
         })
+    }
+
+    /// Every projection of the layer, in checkpoint order: where LoRA adapters can go.
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut all = match &mut self.self_attn.qkv {
+            QkvProj::Separate { q_proj, k_proj, v_proj } => vec![q_proj, k_proj, v_proj],
+            QkvProj::Fused { qkv_proj } => vec![qkv_proj],
+        };
+        all.push(&mut self.self_attn.o_proj);
+        match &mut self.mlp.gate_up {
+            GateUpProj::Separate { gate_proj, up_proj } => all.extend([gate_proj, up_proj]),
+            GateUpProj::Fused { gate_up_proj } => all.push(gate_up_proj),
+        }
+        all.push(&mut self.mlp.down_proj);
+        all
     }
 
     /// Residual attention then residual MLP.

@@ -22,14 +22,17 @@ pub struct LoraConfig {
     pub targets: LoraTargets,
 }
 
-/// The linear layers of a decoder layer, by their Hugging Face names: where adapters can go.
-pub const PROJECTIONS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+/// The linear layers of a decoder layer, by their Hugging Face names: where adapters can go (Phi-3 stores q, k and v
+/// as one `qkv_proj`, and gate and up as one `gate_up_proj`).
+pub const PROJECTIONS: [&str; 9] =
+    ["q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "gate_proj", "up_proj", "gate_up_proj", "down_proj"];
 
 /// Which of [`PROJECTIONS`] get adapters (PEFT's `target_modules`): `all-linear` (PEFT's name for all of them,
-/// `lm_head` aside), or a comma-separated list such as `q_proj,v_proj`. Saved as the list of names.
+/// `lm_head` aside), or a comma-separated list such as `q_proj,v_proj`. Saved as the list of names, or
+/// `["all-linear"]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "Vec<String>", into = "Vec<String>")]
-pub struct LoraTargets(u8);
+pub struct LoraTargets(u16);
 
 impl LoraTargets {
     /// Every projection.
@@ -38,7 +41,7 @@ impl LoraTargets {
     /// The set of `names`, each one of [`PROJECTIONS`] (PEFT's `all-linear` stands for all); an unknown name, or
     /// none, is an error naming the valid ones.
     pub fn from_names<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> Result<Self, String> {
-        let mut bits = 0u8;
+        let mut bits = 0u16;
         for name in names {
             let name = name.as_ref().trim();
             match PROJECTIONS.iter().position(|p| *p == name) {
@@ -96,13 +99,21 @@ impl TryFrom<Vec<String>> for LoraTargets {
     type Error = String;
 
     fn try_from(names: Vec<String>) -> Result<Self, String> {
+        // Runs saved before the fused projections existed wrote all-linear as the seven separate ones.
+        let separate = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+        if names.len() == separate.len() && separate.iter().all(|p| names.iter().any(|n| n == p)) {
+            return Ok(LoraTargets::ALL);
+        }
         LoraTargets::from_names(names)
     }
 }
 
 impl From<LoraTargets> for Vec<String> {
     fn from(t: LoraTargets) -> Vec<String> {
-        t.names().into_iter().map(String::from).collect()
+        match t {
+            LoraTargets::ALL => vec!["all-linear".to_string()],
+            _ => t.names().into_iter().map(String::from).collect(),
+        }
     }
 }
 
@@ -158,5 +169,12 @@ mod tests {
         let old: LoraConfig =
             serde_json::from_value(serde_json::json!({"rank": 4, "alpha": 8.0, "dropout": 0.0})).unwrap();
         assert_eq!(old.targets, LoraTargets::ALL);
+        // all-linear saves as PEFT's own spelling, and a list of the seven separate projections (as runs saved
+        // before the fused ones existed) reads back as all-linear.
+        let all = LoraConfig { targets: LoraTargets::ALL, ..cfg };
+        assert_eq!(serde_json::to_value(all).unwrap()["targets"], serde_json::json!(["all-linear"]));
+        let seven = serde_json::json!({"rank": 4, "alpha": 8.0, "dropout": 0.0, "targets":
+            ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]});
+        assert_eq!(serde_json::from_value::<LoraConfig>(seven).unwrap().targets, LoraTargets::ALL);
     }
 }

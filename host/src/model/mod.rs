@@ -1,4 +1,4 @@
-//! The native policy model: Llama-family decoders (Llama, Qwen2, Qwen3, Mistral, SmolLM3, OLMo 2, Gemma 3) in
+//! The native policy model: Llama-family decoders (Llama, Qwen2, Qwen3, Mistral, SmolLM3, OLMo 2, Gemma 3, Phi-3) in
 //! libtorch (tch), loaded from Hugging Face checkpoints, with the entry points training and generation need.
 //!
 //! - [`Model::load`] reads `config.json` and the safetensors weights into a [`tch::nn::VarStore`] under the HF
@@ -150,6 +150,8 @@ pub struct Model {
     vs: nn::VarStore,
     lora_vs: Option<nn::VarStore>,
     lora_cfg: Option<LoraConfig>,
+    /// The projections that carry adapters, by name, in decoder order.
+    lora_modules: Vec<String>,
     embed_tokens: Tensor,
     /// Shared with the recomputing autograd nodes of gradient checkpointing, which may outlive a forward call.
     layers: Vec<Arc<DecoderLayer>>,
@@ -208,14 +210,15 @@ impl Model {
                 format!("{:?}", cfg.architecture).to_lowercase()
             ));
         }
-        let rotary = Rotary::new(&cfg.rope, cfg.head_dim, device);
-        let sliding_rotary = cfg.sliding_rope.as_ref().map(|rope| Rotary::new(rope, cfg.head_dim, device));
+        let rotary = Rotary::new(&cfg.rope, cfg.rotary_dim, device);
+        let sliding_rotary = cfg.sliding_rope.as_ref().map(|rope| Rotary::new(rope, cfg.rotary_dim, device));
         Ok(Model {
             cfg,
             dir: dir.to_path_buf(),
             vs,
             lora_vs: None,
             lora_cfg: None,
+            lora_modules: Vec::new(),
             embed_tokens,
             layers,
             norm,
@@ -271,6 +274,12 @@ impl Model {
         self.lora_cfg
     }
 
+    /// The projections that carry adapters (PEFT's `target_modules`), in decoder order: those the settings name
+    /// that this model has.
+    pub fn lora_modules(&self) -> &[String] {
+        &self.lora_modules
+    }
+
     /// Attach LoRA adapters to the linear layers `cfg.targets` names (never `lm_head`) and freeze the base weights,
     /// so an optimizer over [`Model::lora_var_store`] trains only the adapters.
     pub fn attach_lora(&mut self, cfg: LoraConfig) -> anyhow::Result<()> {
@@ -285,22 +294,31 @@ impl Model {
                 cfg.dropout
             ));
         }
+        let mut present = Vec::new();
+        for layer in &mut self.layers {
+            let layer = Arc::get_mut(layer)
+                .ok_or_else(|| user_error!("LoRA adapters cannot be attached while a backward pass is pending"))?;
+            for lin in layer.linears_mut() {
+                let name = lin.name.rsplit('.').next().unwrap_or_default().to_string();
+                if !present.contains(&name) {
+                    present.push(name);
+                }
+            }
+        }
+        let missing = cfg.targets.names().into_iter().find(|t| !present.iter().any(|p| p == t));
+        if let Some(missing) = missing.filter(|_| cfg.targets != LoraTargets::ALL) {
+            return Err(user_error!(
+                "--lora-target-modules {missing}: this model has no {missing} (its projections: {}); use all-linear \
+                 or some of those",
+                present.join(",")
+            ));
+        }
         self.vs.freeze();
         let mut lvs = nn::VarStore::new(self.device());
         for layer in &mut self.layers {
             let layer = Arc::get_mut(layer)
                 .ok_or_else(|| user_error!("LoRA adapters cannot be attached while a backward pass is pending"))?;
-            let a = &mut layer.self_attn;
-            let m = &mut layer.mlp;
-            for lin in [
-                &mut a.q_proj,
-                &mut a.k_proj,
-                &mut a.v_proj,
-                &mut a.o_proj,
-                &mut m.gate_proj,
-                &mut m.up_proj,
-                &mut m.down_proj,
-            ] {
+            for lin in layer.linears_mut() {
                 if !cfg.targets.contains(lin.name.rsplit('.').next().unwrap_or_default()) {
                     continue;
                 }
@@ -317,6 +335,7 @@ impl Model {
         }
         self.lora_vs = Some(lvs);
         self.lora_cfg = Some(cfg);
+        self.lora_modules = present.into_iter().filter(|p| cfg.targets.contains(p)).collect();
         Ok(())
     }
 
@@ -377,10 +396,13 @@ impl Model {
     /// The layers on `x` (embedded ids at positions `pos`). Each kind of layer the model has (full attention, and
     /// the sliding-window ones) attends with `mask(its window)`, built once per pass, and with its own rotary
     /// table's cos/sin.
+    /// `seq_len` bounds the positions' count (the largest position plus one), which LongRoPE's choice of factors
+    /// depends on.
     fn run(
         &self,
         ids: &Tensor,
         pos: &Tensor,
+        seq_len: i64,
         mask: impl Fn(Option<i64>) -> Mask,
         mut cache: Option<(&mut KvCache, &SlotWrite)>,
     ) -> Tensor {
@@ -390,7 +412,7 @@ impl Model {
             // transformers rounds the scale to the model's dtype first (Gemma's sqrt(3072) is 55.5 in bf16).
             x = &x * Tensor::from(scale).to_kind(x.kind()).double_value(&[]);
         }
-        let (cos, sin) = self.rotary.cos_sin(pos, self.kind);
+        let (cos, sin) = self.rotary.cos_sin(pos, self.kind, seq_len);
         let full = self.layers.iter().any(|l| l.window.is_none()).then(|| KindInputs {
             mask: mask(None),
             cos: cos.shallow_clone(),
@@ -398,7 +420,7 @@ impl Model {
         });
         let sliding = self.cfg.sliding_window.map(|window| {
             let (cos, sin) = match &self.sliding_rotary {
-                Some(rotary) => rotary.cos_sin(pos, self.kind),
+                Some(rotary) => rotary.cos_sin(pos, self.kind, seq_len),
                 None => (cos.shallow_clone(), sin.shallow_clone()),
             };
             KindInputs { mask: mask(Some(window)), cos, sin }
@@ -477,7 +499,8 @@ impl Model {
             true => Mask::Causal,
             false => Mask::Allowed(Self::mask_4d(attention_mask, t, 0, window)),
         };
-        self.run(ids, pos, mask, None)
+        // Rows are padded to the longest, whose positions run 0..t: LongRoPE's sequence length is t.
+        self.run(ids, pos, t, mask, None)
     }
 
     /// Whether every row's real tokens come before all of its padding.
@@ -676,7 +699,7 @@ impl Model {
             }
             Mask::Allowed(within_window(columns.le_tensor(&query), &columns, &query, window))
         };
-        Ok(self.run(input_ids, &positions, mask, Some((cache, &at))))
+        Ok(self.run(input_ids, &positions, keys, mask, Some((cache, &at))))
     }
 }
 

@@ -337,7 +337,7 @@ impl Policy {
             rank: c.rank,
             alpha: c.alpha,
             dropout: c.dropout,
-            target_modules: c.targets.into(),
+            target_modules: self.model.lora_modules().to_vec(),
         })
     }
 

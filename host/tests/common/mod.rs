@@ -16,8 +16,19 @@ pub const SHIPPED: [(&str, &str); 5] = [
 
 /// The tiny transformers-made models of tests/fixtures/model/tiny (`tests/oracles/model_fixtures.py`), one per
 /// family and layout, which the parity and generation tests run through.
-pub const TINY_FAMILIES: &[&str] =
-    &["llama", "llama3", "qwen2", "qwen3", "mistral", "smollm3", "olmo2", "mistral_window", "gemma3", "qwen2_window"];
+pub const TINY_FAMILIES: &[&str] = &[
+    "llama",
+    "llama3",
+    "qwen2",
+    "qwen3",
+    "mistral",
+    "smollm3",
+    "olmo2",
+    "mistral_window",
+    "gemma3",
+    "qwen2_window",
+    "phi3",
+];
 
 /// `target/<profile>`: the test binary lives in its `deps/` folder.
 pub fn profile_dir() -> PathBuf {
