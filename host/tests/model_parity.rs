@@ -491,6 +491,46 @@ fn parameters_carry_hf_names_and_gradients_flow() {
     assert!(g.defined() && g.abs().sum(Kind::Float).double_value(&[]) > 0.0);
 }
 
+/// `cast_lm_head_to_f32` in a bf16 model, tied (qwen2) and untied (llama): the head holds the checkpoint's f32
+/// values, the layers compute exactly as before (a tied embedding still looks up in bf16), and every log-prob is the
+/// f32 computation from the bf16 hidden states, with an f32 gradient for the head.
+#[test]
+fn an_f32_head_in_a_bf16_model_scores_in_f32() {
+    for fam in ["llama", "qwen2"] {
+        let dir = tiny(fam);
+        let r = reference(&dir, Device::Cpu);
+        let (ids, mask) = (&r["input_ids"], &r["attention_mask"]);
+        let pos = Model::position_ids(mask);
+        let plain = Model::load(&dir, Device::Cpu, Kind::BFloat16).unwrap();
+        let mut cast = Model::load(&dir, Device::Cpu, Kind::BFloat16).unwrap();
+        assert!(!cast.lm_head_in_f32());
+        cast.cast_lm_head_to_f32().unwrap();
+        assert!(cast.lm_head_in_f32(), "{fam}");
+        let head = if fam == "llama" { "lm_head.weight" } else { "model.embed_tokens.weight" };
+        let stored = Model::load(&dir, Device::Cpu, Kind::Float).unwrap().var_store().variables()[head].copy();
+        let weight = cast.var_store().variables()[head].shallow_clone();
+        assert!(weight.equal(&stored), "{fam}: the head holds the checkpoint's f32 values");
+        let hidden = tch::no_grad(|| cast.hidden_states(ids, mask, &pos));
+        assert!(hidden.equal(&tch::no_grad(|| plain.hidden_states(ids, mask, &pos))), "{fam}: the layers changed");
+        assert_eq!(hidden.kind(), Kind::BFloat16);
+
+        let lp = cast.token_log_probs(ids, mask);
+        let t = ids.size()[1];
+        let logits = hidden.narrow(1, 0, t - 1).to_kind(Kind::Float).linear::<Tensor>(&stored, None);
+        let expected = logits.log_softmax(-1, Kind::Float).gather(-1, &ids.narrow(1, 1, t - 1).unsqueeze(-1), false);
+        let real = mask.narrow(1, 1, t - 1);
+        let diff = max_abs_where(&lp, &expected.squeeze_dim(-1), &real);
+        assert!(diff < 1e-5, "{fam}: f32-head log-probs differ from the f32 computation by {diff}");
+        let bf16 = tch::no_grad(|| plain.token_log_probs(ids, mask));
+        assert!(max_abs_where(&bf16, &lp, &real) > 1e-3, "{fam}: bf16 logits are no different");
+        assert_eq!(cast.forward(ids, mask, &pos).kind(), Kind::Float);
+
+        (&lp * &real.to_kind(Kind::Float)).sum(Kind::Float).backward();
+        let grad = weight.grad();
+        assert!(grad.defined() && grad.kind() == Kind::Float && grad.abs().sum(Kind::Float).double_value(&[]) > 0.0);
+    }
+}
+
 #[test]
 fn bf16_is_close_to_f32() {
     for device in common::devices("bf16_is_close_to_f32") {

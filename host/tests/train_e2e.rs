@@ -290,6 +290,19 @@ fn bf16_mixed_precision_saves_f32_masters_and_resumes_exactly() {
     assert_resume_is_exact(runs.path(), &run, "mixed-split", &mixed);
 }
 
+/// `--cast-lm-head-to-fp32` under bf16 mixed precision, with a KL reference: the run trains, says so in config.json,
+/// and resumes exactly (the f32 head, which has no master copy of its own, is restored from the checkpoint).
+#[test]
+fn an_f32_head_under_bf16_trains_and_resumes_exactly() {
+    let runs = tempfile::tempdir().unwrap();
+    let flags = ["--mixed-precision", "bf16", "--cast-lm-head-to-fp32", "--beta", "0.04"];
+    let out = train(runs.path(), "head", &[&["--max-steps", "2"], &flags[..]].concat());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let run = runs.path().join("head");
+    assert_eq!(json_file(&run.join("config.json"))["run"]["model"]["cast_lm_head_to_fp32"], true);
+    assert_resume_is_exact(runs.path(), &run, "head-split", &flags);
+}
+
 /// Rollouts sampled in bf16 while training in f32 (`--rollout-dtype bf16`): the old log-probs are recomputed in f32,
 /// the sampler/trainer ratios are logged and finite, truncated importance weights (`--tis-cap`) go into the loss,
 /// and a resumed run continues exactly (the bf16 sampler is refreshed from the restored weights).

@@ -90,6 +90,7 @@ impl ModelArgs {
             dtype: self.dtype,
             mixed_precision,
             rollout_dtype: DtypeSpec::Auto,
+            cast_lm_head_to_fp32: false,
             threads: self.checked_threads()?,
             deterministic: false,
             lora: None,

@@ -64,6 +64,10 @@ pub struct TrainArgs {
     /// the trained weights before each batch, and the old log-probs are then recomputed in the training precision.
     #[arg(long, default_value = "auto")]
     pub rollout_dtype: DtypeSpec,
+    /// Keep the output projection's weight in f32 and compute the logits in f32 under bf16/fp16 (TRL's
+    /// cast_lm_head_to_fp32): log-probs not rounded to the low precision's spacing.
+    #[arg(long)]
+    pub cast_lm_head_to_fp32: bool,
     /// Use libtorch's deterministic algorithms (torch.use_deterministic_algorithms; on CUDA also a fixed cuBLAS
     /// workspace): slower on CUDA, and an operation with no deterministic kernel stops the run with an error.
     #[arg(long)]
@@ -320,6 +324,7 @@ impl TrainArgs {
                 dtype: self.model.dtype,
                 mixed_precision: self.mixed_precision,
                 rollout_dtype: self.rollout_dtype,
+                cast_lm_head_to_fp32: self.cast_lm_head_to_fp32,
                 lora,
             },
             sampling: SamplingSettings { params: sampling, ignore_eos: self.sampling.ignore_eos },

@@ -339,6 +339,35 @@ impl Model {
         Ok(())
     }
 
+    /// Keep the output projection's weight in f32 in a model of a lower dtype (TRL's `cast_lm_head_to_fp32`):
+    /// every logit is then computed in f32 from the hidden states cast up, instead of being rounded to bf16 (whose
+    /// spacing at a logit of 20 is 0.125), and the weight trains in f32. It is read again from the checkpoint in
+    /// f32, so it starts from the stored values rather than from their rounding. A tied model's one matrix is its
+    /// embedding too, whose lookups are rounded to the model's dtype as before. Nothing changes in an f32 model.
+    pub fn cast_lm_head_to_f32(&mut self) -> anyhow::Result<()> {
+        if self.output_weight().kind() == Kind::Float {
+            return Ok(());
+        }
+        let name = if self.lm_head.is_some() { "lm_head.weight" } else { "model.embed_tokens.weight" };
+        let stored = WeightFiles::open(&self.dir)?.tensor(name, Kind::Float, self.device())?;
+        // The var store and this struct share the variable, so both see the f32 data.
+        self.output_weight().shallow_clone().set_data(&stored);
+        Ok(())
+    }
+
+    /// Whether the output projection computes in f32 in a model of a lower dtype ([`Model::cast_lm_head_to_f32`]).
+    pub fn lm_head_in_f32(&self) -> bool {
+        self.kind != Kind::Float && self.output_weight().kind() == Kind::Float
+    }
+
+    /// `hidden` in the output projection's dtype (f32 under [`Model::cast_lm_head_to_f32`]).
+    fn head_input(&self, hidden: Tensor) -> Tensor {
+        match self.output_weight().kind() {
+            kind if kind != hidden.kind() => hidden.to_kind(kind),
+            _ => hidden,
+        }
+    }
+
     /// Switch the LoRA adapters on or off (off: the model computes the base, i.e. reference, policy).
     pub fn set_adapters_enabled(&self, on: bool) {
         self.adapters_enabled.store(on, Ordering::Relaxed);
@@ -408,9 +437,13 @@ impl Model {
     ) -> Tensor {
         let ctx = self.ctx();
         let mut x = Tensor::embedding(&self.embed_tokens, ids, -1, false, false);
+        if x.kind() != self.kind {
+            // A tied embedding kept in f32 for the output projection looks up in the model's dtype.
+            x = x.to_kind(self.kind);
+        }
         if let Some(scale) = self.cfg.embedding_scale {
             // transformers rounds the scale to the model's dtype first (Gemma's sqrt(3072) is 55.5 in bf16).
-            x = &x * Tensor::from(scale).to_kind(x.kind()).double_value(&[]);
+            x = &x * Tensor::from(scale).to_kind(self.kind).double_value(&[]);
         }
         let (cos, sin) = self.rotary.cos_sin(pos, self.kind, seq_len);
         let full = self.layers.iter().any(|l| l.window.is_none()).then(|| KindInputs {
@@ -514,9 +547,10 @@ impl Model {
         real_after_pad.any().int64_value(&[]) == 0
     }
 
-    /// The output projection: logits `[.., vocab]` in the model dtype for hidden states `[.., hidden]`.
+    /// The output projection: logits `[.., vocab]` in the model dtype (f32 under [`Model::cast_lm_head_to_f32`])
+    /// for hidden states `[.., hidden]`.
     pub fn lm_head(&self, hidden: &Tensor) -> Tensor {
-        hidden.linear::<Tensor>(self.output_weight(), None)
+        self.head_input(hidden.shallow_clone()).linear::<Tensor>(self.output_weight(), None)
     }
 
     /// The output projection's weight `[vocab, hidden]`: `lm_head`'s, or the embedding's when they are tied.
@@ -582,7 +616,8 @@ impl Model {
     /// entropy, through the same chunked node as [`Model::token_log_probs`], so no more than about 2^26 f32 logits
     /// exist at once.
     pub fn head_log_probs(&self, hidden: &Tensor, targets: &Tensor) -> HeadOutputs {
-        let (hidden, targets, chunk) = (hidden.unsqueeze(0), targets.unsqueeze(0), self.log_prob_chunk(1));
+        let (hidden, targets, chunk) =
+            (self.head_input(hidden.unsqueeze(0)), targets.unsqueeze(0), self.log_prob_chunk(1));
         let hits = Tensor::zeros(targets.size(), (Kind::Bool, targets.device()));
         let entropy = Tensor::zeros(targets.size(), (Kind::Float, targets.device()));
         let extra = Outputs { hits: Some(&hits), entropy: Some(&entropy) };
@@ -607,7 +642,7 @@ impl Model {
         let pos = Self::position_ids(attention_mask);
         let hidden = self.hidden_states_padded(input_ids, attention_mask, &pos, padding);
         let targets = input_ids.narrow(1, 1, t - 1);
-        let hidden = hidden.narrow(1, 0, t - 1);
+        let hidden = self.head_input(hidden.narrow(1, 0, t - 1));
         // W (h / T) = (W h) / T: the logits divided by the temperature without the node knowing of it.
         let hidden = if self.logprob_temperature == 1.0 { hidden } else { hidden / self.logprob_temperature };
         Some((hidden, targets))

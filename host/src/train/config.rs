@@ -102,6 +102,9 @@ pub struct ModelSettings {
     /// The dtype rollouts sample in (`Auto`: the compute precision).
     #[serde(default)]
     pub rollout_dtype: DtypeSpec,
+    /// Keep the output projection in f32 under a lower precision (TRL's `cast_lm_head_to_fp32`).
+    #[serde(default)]
+    pub cast_lm_head_to_fp32: bool,
     /// libtorch intra-op threads (`None`: libtorch's choice).
     pub threads: Option<i32>,
     /// libtorch's deterministic algorithms (and a fixed cuBLAS workspace on CUDA).
@@ -559,6 +562,7 @@ impl RunConfig {
             ("--dtype", json!(m.dtype)),
             ("--mixed-precision", json!(m.mixed_precision)),
             ("--rollout-dtype", json!(m.rollout_dtype)),
+            ("--cast-lm-head-to-fp32", json!(m.cast_lm_head_to_fp32)),
             ("--lora-rank/--lora-alpha/--lora-dropout/--lora-target-modules", json!(m.lora)),
             ("--chat-template-kwargs", json!(m.chat_template_kwargs)),
             ("--temperature/--top-k/--top-p/--min-p", json!(s.params)),

@@ -45,7 +45,15 @@ impl Policy {
         let precision = Precision::resolve(settings.mixed_precision, settings.dtype, device)?
             .with_rollout(settings.rollout_dtype, device);
         let kind = precision.working;
-        let mut model = Model::load(&model_dir, device, kind)?;
+        // Every copy that computes log-probs or samples gets the same head, so their numbers agree.
+        let load = |kind| -> Result<Model> {
+            let mut model = Model::load(&model_dir, device, kind)?;
+            if settings.cast_lm_head_to_fp32 {
+                model.cast_lm_head_to_f32()?;
+            }
+            Ok(model)
+        };
+        let mut model = load(kind)?;
         model.set_gradient_checkpointing(settings.gradient_checkpointing);
         let mut tokenizer = Tokenizer::from_dir(&model_dir)?;
         tokenizer.set_template_vars(settings.chat_template_kwargs.clone());
@@ -58,14 +66,14 @@ impl Policy {
         } else if settings.lora.is_some() {
             Reference::AdaptersOff
         } else {
-            let mut copy = Model::load(&model_dir, device, kind)?;
+            let mut copy = load(kind)?;
             copy.var_store_mut().freeze();
             Reference::Copy(Box::new(copy))
         };
         // Frozen: it only ever receives the trained weights (`refresh_sampler`), never gradients. With LoRA it holds
         // the merged weights, so it needs no adapters of its own.
         let sampler = if precision.separate_rollout() {
-            let mut copy = Model::load(&model_dir, device, precision.rollout)?;
+            let mut copy = load(precision.rollout)?;
             copy.var_store_mut().freeze();
             Some(Box::new(copy))
         } else {
@@ -202,6 +210,9 @@ impl Policy {
         }
         if matches!(self.reference, Reference::AdaptersOff) {
             let mut copy = Model::load(&self.model_dir, self.device(), self.kind())?;
+            if self.model.lm_head_in_f32() {
+                copy.cast_lm_head_to_f32()?;
+            }
             copy.var_store_mut().freeze();
             copy.set_logprob_temperature(self.model.logprob_temperature());
             self.reference = Reference::Copy(Box::new(copy));
