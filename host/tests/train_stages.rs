@@ -40,6 +40,7 @@ fn settings(dtype: DtypeSpec, mixed_precision: MixedPrecision) -> ModelSettings 
         dtype,
         mixed_precision,
         rollout_dtype: DtypeSpec::Auto,
+        cast_lm_head_to_fp32: false,
         threads: None,
         deterministic: false,
         lora: None,
