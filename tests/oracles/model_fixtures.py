@@ -3,7 +3,7 @@
 Builds, with transformers as the reference implementation:
   * a tiny byte-level tokenizer (256 byte tokens + the chat special tokens, no merges);
   * tiny random Llama, Llama-3 (rope_scaling llama3), Qwen2, Qwen3, Mistral (with and without a sliding window),
-    SmolLM3, OLMo 2, Gemma 3, windowed Qwen2 and Phi-3 models (f32, a few hundred KB each) with
+    SmolLM3, OLMo 2, OLMo 3, Gemma 3, windowed Qwen2 and Phi-3 models (f32, a few hundred KB each) with
     transformers' logits and next-token log-probs on a padded batch, and transformers' greedy continuations;
   * chat-template cases for the SmolLM2, Qwen2.5, Qwen3 and Llama-3.1 templates (the real template texts in
     tests/fixtures/model/templates/), rendered with `apply_chat_template`, with and without tools and the
@@ -28,6 +28,7 @@ from transformers import (
     Gemma3TextConfig,
     MistralConfig,
     Olmo2Config,
+    Olmo3Config,
     Phi3Config,
     PreTrainedTokenizerFast,
     Qwen2Config,
@@ -156,6 +157,22 @@ def tiny_configs():
                 "short_factor": [1.0, 1.7],
                 "long_factor": [2.5, 9.0],
                 "original_max_position_embeddings": 32,
+            },
+        ),
+        # OLMo 3: OLMo 2's layers, sliding (4 tokens) / sliding / sliding / full, YaRN on the full layer only (a
+        # ramp across its four frequencies: one kept, one mixed, two divided).
+        "olmo3": Olmo3Config(
+            **{**common, "num_hidden_layers": 4},
+            tie_word_embeddings=False,
+            sliding_window=4,
+            rope_parameters={
+                "full_attention": {
+                    "rope_type": "yarn",
+                    "factor": 4.0,
+                    "original_max_position_embeddings": 64,
+                    "rope_theta": 10000.0,
+                },
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
             },
         ),
     }

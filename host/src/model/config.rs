@@ -1,5 +1,5 @@
-//! `config.json` of a Hugging Face Llama-family checkpoint (Llama, Qwen2, Qwen3, Mistral, SmolLM3, OLMo 2, Gemma 3,
-//! Phi-3), reduced to the fields the runtime uses. Both the transformers 4 spelling (`rope_theta` + `rope_scaling`, Gemma's
+//! `config.json` of a Hugging Face Llama-family checkpoint (Llama, Qwen2, Qwen3, Mistral, SmolLM3, OLMo 2 and 3,
+//! Gemma 3, Phi-3), reduced to the fields the runtime uses. Both the transformers 4 spelling (`rope_theta` + `rope_scaling`, Gemma's
 //! `rope_local_base_freq`) and the transformers 5 one (`rope_parameters`, per layer type for Gemma 3) are read.
 
 use std::path::Path;
@@ -24,6 +24,9 @@ pub enum Architecture {
     SmolLM3,
     /// OLMo 2: RMSNorm on each block's output instead of its input, and on the whole query and key projections.
     Olmo2,
+    /// OLMo 3: OLMo 2's layers, three in four attending within a sliding window, the others with their own rotary
+    /// rescaling (YaRN in the long-context models).
+    Olmo3,
     /// Gemma 3 (text, `gemma3_text`): norms around each block's input and output with a `1 + w` gain, per-head q/k
     /// norms, a scaled embedding, GELU, and sliding-window layers with their own rotary embedding.
     Gemma3,
@@ -70,6 +73,23 @@ pub enum RopeScaling {
         high_freq_factor: f64,
         /// The context length the model was pre-trained with.
         original_max_position_embeddings: f64,
+    },
+    /// YaRN (Qwen3's and OLMo 3's long contexts): the frequencies that turn many times within the pre-training
+    /// context kept, those that turn less than once divided by `factor`, a linear ramp between, and cos/sin scaled
+    /// by `attention_factor`.
+    Yarn {
+        /// The divisor of the slow frequencies.
+        factor: f64,
+        /// The context length the model was pre-trained with.
+        original_max_position_embeddings: f64,
+        /// Frequencies that turn at least this many times within that context are kept.
+        beta_fast: f64,
+        /// Frequencies that turn at most this many times are divided by `factor`.
+        beta_slow: f64,
+        /// cos and sin are multiplied by this.
+        attention_factor: f64,
+        /// Round the ramp's ends to whole dimensions.
+        truncate: bool,
     },
     /// LongRoPE (Phi-3.5, Phi-4-mini): each frequency divided by its own factor, the short ones up to the
     /// pre-training context and the long ones for a forward pass past it, and cos/sin scaled by `attention_factor`.
@@ -159,6 +179,7 @@ impl ModelConfig {
             "mistral" => Architecture::Mistral,
             "smollm3" => Architecture::SmolLM3,
             "olmo2" => Architecture::Olmo2,
+            "olmo3" => Architecture::Olmo3,
             "gemma3_text" => Architecture::Gemma3,
             "phi3" => Architecture::Phi3,
             "gemma3" => {
@@ -170,7 +191,7 @@ impl ModelConfig {
             other => {
                 return Err(user_error!(
                     "unsupported model_type {other:?} in config.json; supported: gemma3_text, llama, mistral, olmo2, \
-                     phi3, qwen2, qwen3, smollm3"
+                     olmo3, phi3, qwen2, qwen3, smollm3"
                 ))
             }
         };
@@ -212,7 +233,7 @@ impl ModelConfig {
             Some(Value::Null) | None => hidden_size / num_attention_heads,
             Some(_) => int("head_dim")?,
         };
-        let (rope, sliding_rope) = ropes(&v, gemma)?;
+        let (rope, sliding_rope) = ropes(&v, architecture)?;
         let rotary_dim = match architecture {
             Architecture::Phi3 => {
                 let params = v.get("rope_parameters").filter(|r| r.is_object());
@@ -246,7 +267,11 @@ impl ModelConfig {
         }
         let default_tie = !matches!(
             architecture,
-            Architecture::Llama | Architecture::Mistral | Architecture::Olmo2 | Architecture::Phi3
+            Architecture::Llama
+                | Architecture::Mistral
+                | Architecture::Olmo2
+                | Architecture::Olmo3
+                | Architecture::Phi3
         );
         let num_hidden_layers = int("num_hidden_layers")?;
         let rope_layers = rope_layers(&v, architecture, num_hidden_layers)?;
@@ -293,21 +318,27 @@ impl ModelConfig {
     }
 }
 
-/// The rotary embeddings of the full-attention layers and, for Gemma 3, of the sliding-window ones: from
-/// `rope_parameters` (one object, or one per layer type), else from `rope_theta`, `rope_scaling` and
-/// `rope_local_base_freq`, with each family's default bases.
-fn ropes(v: &Value, gemma: bool) -> anyhow::Result<(Rope, Option<Rope>)> {
+/// The rotary embeddings of the full-attention layers and, for Gemma 3 and OLMo 3, of the sliding-window ones: from
+/// `rope_parameters` (one object, or one per layer type), else from `rope_theta`, `rope_scaling` (the full layers'
+/// only) and Gemma's `rope_local_base_freq`, with each family's default bases.
+fn ropes(v: &Value, architecture: Architecture) -> anyhow::Result<(Rope, Option<Rope>)> {
     let params = v.get("rope_parameters").filter(|r| r.is_object());
     let by_type = |kind: &str| params.and_then(|r| r.get(kind)).filter(|r| r.is_object());
     let theta = |r: Option<&Value>, key: &str, default: f64| {
         r.and_then(|r| r.get("rope_theta")).or_else(|| v.get(key)).and_then(Value::as_f64).unwrap_or(default)
     };
-    if gemma {
-        // Gemma 3's full layers take `rope_scaling`; its sliding ones plain RoPE at `rope_local_base_freq`.
+    let per_type = match architecture {
+        Architecture::Gemma3 => Some((1e6, "rope_local_base_freq", 1e4)),
+        Architecture::Olmo3 => Some((500000.0, "rope_theta", 500000.0)),
+        _ => None,
+    };
+    if let Some((full_theta, local_key, local_theta)) = per_type {
+        // The full layers take `rope_scaling`; the sliding ones plain RoPE (at Gemma's own base).
         let (full, local) = (by_type("full_attention"), by_type("sliding_attention"));
         let legacy = v.get("rope_scaling").filter(|r| r.is_object());
-        let rope = Rope { theta: theta(full, "rope_theta", 1e6), scaling: parse_rope_scaling(full.or(legacy), v)? };
-        let sliding = Rope { theta: theta(local, "rope_local_base_freq", 1e4), scaling: parse_rope_scaling(local, v)? };
+        let scaling = parse_rope_scaling(full.or(legacy), v)?;
+        let rope = Rope { theta: theta(full, "rope_theta", full_theta), scaling };
+        let sliding = Rope { theta: theta(local, local_key, local_theta), scaling: parse_rope_scaling(local, v)? };
         return Ok((rope, Some(sliding)));
     }
     let legacy = v.get("rope_scaling").filter(|r| r.is_object());
@@ -318,7 +349,7 @@ fn ropes(v: &Value, gemma: bool) -> anyhow::Result<(Rope, Option<Rope>)> {
 /// The sliding window's width and, per layer, whether it attends within it: from `layer_types` where config.json
 /// lists them, else as each family's transformers class lays them out (Mistral: every layer; Qwen2, Qwen3 and
 /// SmolLM3 under `use_sliding_window`: those from `max_window_layers` on; Gemma 3: all but every
-/// `sliding_window_pattern`-th). The width is `None` when no layer slides.
+/// `sliding_window_pattern`-th; OLMo 3: all but every fourth). The width is `None` when no layer slides.
 fn sliding_layers(v: &Value, architecture: Architecture, layers: i64) -> anyhow::Result<(Option<i64>, Vec<bool>)> {
     let positive = |name: &str| -> anyhow::Result<Option<i64>> {
         match v.get(name) {
@@ -333,7 +364,7 @@ fn sliding_layers(v: &Value, architecture: Architecture, layers: i64) -> anyhow:
     let qwen_like = matches!(architecture, Architecture::Qwen2 | Architecture::Qwen3 | Architecture::SmolLM3);
     let window = match architecture {
         Architecture::Mistral | Architecture::Phi3 => positive("sliding_window")?,
-        Architecture::Gemma3 => Some(positive("sliding_window")?.unwrap_or(4096)),
+        Architecture::Gemma3 | Architecture::Olmo3 => Some(positive("sliding_window")?.unwrap_or(4096)),
         _ if qwen_like && v.get("use_sliding_window").and_then(Value::as_bool) == Some(true) => {
             positive("sliding_window")?
         }
@@ -369,6 +400,7 @@ fn sliding_layers(v: &Value, architecture: Architecture, layers: i64) -> anyhow:
             (0..layers)
                 .map(|i| match architecture {
                     Architecture::Gemma3 => (i + 1) % pattern != 0,
+                    Architecture::Olmo3 => (i + 1) % 4 != 0,
                     _ => window.is_some() && i >= first,
                 })
                 .collect()
@@ -442,16 +474,37 @@ fn parse_rope_scaling(r: Option<&Value>, config: &Value) -> anyhow::Result<RopeS
             high_freq_factor: num("high_freq_factor")?,
             original_max_position_embeddings: num("original_max_position_embeddings")?,
         }),
+        "yarn" => {
+            let original = pretraining_context(r, config, kind)?;
+            let factor = match r.get("factor").and_then(Value::as_f64) {
+                Some(f) => f,
+                None => config.get("max_position_embeddings").and_then(Value::as_f64).unwrap_or(original) / original,
+            };
+            // As transformers: 0.1 ln(factor) + 1 (scaled by `mscale`, over `mscale_all_dim`'s, where both are
+            // given) unless `attention_factor` says otherwise; a zero or missing beta takes its default.
+            let mscale = |m: f64| if factor <= 1.0 { 1.0 } else { 0.1 * m * factor.ln() + 1.0 };
+            let nonzero = |name: &str| r.get(name).and_then(Value::as_f64).filter(|x| *x != 0.0);
+            let attention_factor = match (num("attention_factor").ok(), nonzero("mscale"), nonzero("mscale_all_dim")) {
+                (Some(a), _, _) => a,
+                (None, Some(m), Some(all)) => mscale(m) / mscale(all),
+                _ => mscale(1.0),
+            };
+            Ok(RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings: original,
+                beta_fast: nonzero("beta_fast").unwrap_or(32.0),
+                beta_slow: nonzero("beta_slow").unwrap_or(1.0),
+                attention_factor,
+                truncate: r.get("truncate").and_then(Value::as_bool).unwrap_or(true),
+            })
+        }
         "longrope" => {
             let factors = |name: &str| -> anyhow::Result<Vec<f64>> {
                 r.get(name).and_then(Value::as_array).and_then(|a| a.iter().map(Value::as_f64).collect()).ok_or_else(
                     || user_error!("config.json rope scaling \"longrope\" needs the list of numbers {name:?}"),
                 )
             };
-            let either = |name: &str| r.get(name).or_else(|| config.get(name)).and_then(Value::as_f64);
-            let original = either("original_max_position_embeddings").filter(|x| *x >= 1.0).ok_or_else(|| {
-                user_error!("config.json rope scaling \"longrope\" needs original_max_position_embeddings")
-            })?;
+            let original = pretraining_context(r, config, kind)?;
             // As transformers: without a `factor`, the ratio of the context lengths; without an `attention_factor`,
             // sqrt(1 + ln(factor) / ln(original)) where the context was extended.
             let factor = r.get("factor").and_then(Value::as_f64).unwrap_or_else(|| {
@@ -470,9 +523,23 @@ fn parse_rope_scaling(r: Option<&Value>, config: &Value) -> anyhow::Result<RopeS
             })
         }
         other => Err(user_error!(
-            "config.json rope scaling type {other:?} is not supported (default, linear, llama3, longrope)"
+            "config.json rope scaling type {other:?} is not supported (default, linear, llama3, yarn, longrope)"
         )),
     }
+}
+
+/// The context length a rescaled rotary embedding was pre-trained with, where transformers looks for it: the
+/// config's own `original_max_position_embeddings` (Phi-3 keeps it there), the rescaling's, else
+/// `max_position_embeddings`.
+fn pretraining_context(r: &Value, config: &Value, kind: &str) -> anyhow::Result<f64> {
+    let field = "original_max_position_embeddings";
+    config
+        .get(field)
+        .or_else(|| r.get(field))
+        .or_else(|| config.get("max_position_embeddings"))
+        .and_then(Value::as_f64)
+        .filter(|x| *x >= 1.0)
+        .ok_or_else(|| user_error!("config.json rope scaling {kind:?} needs the number {field:?}"))
 }
 
 #[cfg(test)]
@@ -592,6 +659,44 @@ mod tests {
         assert!(err.to_string().contains("no sliding_window applies"), "{err}");
         let err = config(r#","layer_types":["full_attention"]"#).unwrap_err();
         assert!(err.to_string().contains("layer_types: give one"), "{err}");
+    }
+
+    /// YaRN as Qwen3's long-context configs spell it, its attention factor by default and from DeepSeek's mscales;
+    /// and OLMo 3's layout: three sliding layers in four, the rescaling on the full ones only.
+    #[test]
+    fn yarn_reads_its_defaults_and_olmo3_scales_only_its_full_layers() {
+        let config = |family: &str, scaling: &str| {
+            ModelConfig::from_json_str(&format!(
+                r#"{{"model_type":"{family}","vocab_size":10,"hidden_size":8,"intermediate_size":16,
+                "num_hidden_layers":4,"num_attention_heads":2,"max_position_embeddings":131072,
+                "rope_theta":1000000.0,"rope_scaling":{scaling}}}"#
+            ))
+            .unwrap()
+        };
+        let qwen = config("qwen3", r#"{"rope_type":"yarn","factor":4.0,"original_max_position_embeddings":32768}"#);
+        let RopeScaling::Yarn {
+            factor,
+            original_max_position_embeddings,
+            beta_fast,
+            beta_slow,
+            attention_factor,
+            truncate,
+        } = qwen.rope.scaling
+        else {
+            panic!("{:?}", qwen.rope.scaling)
+        };
+        assert_eq!((factor, original_max_position_embeddings, beta_fast, beta_slow), (4.0, 32768.0, 32.0, 1.0));
+        assert!((attention_factor - (0.1 * 4f64.ln() + 1.0)).abs() < 1e-12 && truncate);
+        let deepseek = config(
+            "qwen3",
+            r#"{"type":"yarn","factor":40,"original_max_position_embeddings":4096,"mscale":1.0,"mscale_all_dim":1.0}"#,
+        );
+        assert!(matches!(deepseek.rope.scaling, RopeScaling::Yarn { attention_factor, .. } if attention_factor == 1.0));
+        let olmo = config("olmo3", r#"{"rope_type":"yarn","factor":8.0,"original_max_position_embeddings":8192}"#);
+        assert_eq!(olmo.sliding_layers, [true, true, true, false]);
+        assert_eq!(olmo.sliding_window, Some(4096));
+        assert!(matches!(olmo.rope.scaling, RopeScaling::Yarn { factor, .. } if factor == 8.0));
+        assert_eq!(olmo.sliding_rope, Some(Rope { theta: 1e6, scaling: RopeScaling::None }));
     }
 
     #[test]

@@ -97,7 +97,7 @@ pub struct RmsNorm {
 impl RmsNorm {
     pub(crate) fn load(l: &Loader, name: &str, dim: i64, cfg: &ModelConfig) -> anyhow::Result<Self> {
         let gain = match cfg.architecture {
-            Architecture::Olmo2 => Gain::F32,
+            Architecture::Olmo2 | Architecture::Olmo3 => Gain::F32,
             Architecture::Gemma3 => Gain::OnePlusF32,
             _ => Gain::Rounded,
         };
@@ -156,6 +156,34 @@ impl Rotary {
                 let smoothed = (smooth.ones_like() - &smooth) * &scaled / factor + &smooth * &scaled;
                 let medium = wavelen.ge(high_wavelen).logical_and(&wavelen.le(low_wavelen));
                 inv_freq = smoothed.where_self(&medium, &scaled);
+            }
+            &RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings,
+                beta_fast,
+                beta_slow,
+                attention_factor,
+                truncate,
+            } => {
+                // The dimension whose frequency turns `turns` times over the pre-training context, as transformers
+                // finds the ramp's ends (in f64, then the ramp in f32).
+                let at = |turns: f64| {
+                    let ratio = original_max_position_embeddings / (turns * 2.0 * std::f64::consts::PI);
+                    (dim as f64 * ratio.ln()) / (2.0 * rope.theta.ln())
+                };
+                let (mut low, mut high) = (at(beta_fast), at(beta_slow));
+                if truncate {
+                    (low, high) = (low.floor(), high.ceil());
+                }
+                let (low, mut high) = (low.max(0.0), high.min((dim - 1) as f64));
+                if low == high {
+                    high += 0.001;
+                }
+                let ramp = ((Tensor::arange(dim / 2, (Kind::Float, device)) - low) / (high - low)).clamp(0.0, 1.0);
+                let kept = ramp.ones_like() - ramp;
+                let divided = (&powers * factor).reciprocal();
+                inv_freq = divided * (kept.ones_like() - &kept) + &inv_freq * &kept;
+                scale = attention_factor;
             }
             RopeScaling::LongRope { short_factor, long_factor, original_max_position_embeddings, attention_factor } => {
                 let divided = |factors: &[f64]| {
@@ -306,7 +334,7 @@ impl Attention {
         let o_bias = cfg.attention_bias && cfg.architecture != Architecture::Qwen2;
         let (q_dim, k_dim) = match cfg.architecture {
             Architecture::Qwen3 | Architecture::Gemma3 => (Some(d), Some(d)),
-            Architecture::Olmo2 => (Some(h * d), Some(kv * d)),
+            Architecture::Olmo2 | Architecture::Olmo3 => (Some(h * d), Some(kv * d)),
             _ => (None, None),
         };
         let norm = |name: &str, dim: Option<i64>| dim.map(|dim| RmsNorm::load(l, &format!("{p}.{name}"), dim, cfg));
@@ -327,7 +355,7 @@ impl Attention {
             k_norm,
             scale: cfg.attention_scale,
             rope,
-            qk_norm_whole: cfg.architecture == Architecture::Olmo2,
+            qk_norm_whole: matches!(cfg.architecture, Architecture::Olmo2 | Architecture::Olmo3),
             heads: h,
             kv_heads: kv,
             head_dim: d,
@@ -480,7 +508,7 @@ pub enum LayerNorms {
         /// Before the MLP.
         post_attention: RmsNorm,
     },
-    /// On each block's output, before it joins the residual stream (OLMo 2).
+    /// On each block's output, before it joins the residual stream (OLMo 2 and 3).
     Post {
         /// After attention.
         post_attention: RmsNorm,
@@ -518,7 +546,7 @@ impl DecoderLayer {
         let p = format!("model.layers.{i}");
         let norm = |name: &str| RmsNorm::load(l, &format!("{p}.{name}"), cfg.hidden_size, cfg);
         let norms = match cfg.architecture {
-            Architecture::Olmo2 => LayerNorms::Post {
+            Architecture::Olmo2 | Architecture::Olmo3 => LayerNorms::Post {
                 post_attention: norm("post_attention_layernorm")?,
                 post_feedforward: norm("post_feedforward_layernorm")?,
             },

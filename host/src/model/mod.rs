@@ -1,5 +1,6 @@
-//! The native policy model: Llama-family decoders (Llama, Qwen2, Qwen3, Mistral, SmolLM3, OLMo 2, Gemma 3, Phi-3) in
-//! libtorch (tch), loaded from Hugging Face checkpoints, with the entry points training and generation need.
+//! The native policy model: Llama-family decoders (Llama, Qwen2, Qwen3, Mistral, SmolLM3, OLMo 2 and 3, Gemma 3,
+//! Phi-3) in libtorch (tch), loaded from Hugging Face checkpoints, with the entry points training and generation
+//! need.
 //!
 //! - [`Model::load`] reads `config.json` and the safetensors weights into a [`tch::nn::VarStore`] under the HF
 //!   tensor names, so the trainer can build an optimizer over [`Model::var_store`], save it back as a checkpoint,

@@ -28,6 +28,7 @@ pub const TINY_FAMILIES: &[&str] = &[
     "gemma3",
     "qwen2_window",
     "phi3",
+    "olmo3",
 ];
 
 /// `target/<profile>`: the test binary lives in its `deps/` folder.
