@@ -26,6 +26,7 @@ from transformers import (
     AutoTokenizer,
     LlamaConfig,
     Gemma3TextConfig,
+    MinistralConfig,
     MistralConfig,
     Olmo2Config,
     Olmo3Config,
@@ -158,6 +159,13 @@ def tiny_configs():
                 "long_factor": [2.5, 9.0],
                 "original_max_position_embeddings": 32,
             },
+        ),
+        # Ministral: Mistral's layers, each full or sliding as layer_types says.
+        "ministral": MinistralConfig(
+            **{**common, "head_dim": 8},
+            tie_word_embeddings=False,
+            sliding_window=4,
+            layer_types=["full_attention", "sliding_attention"],
         ),
         # OLMo 3: OLMo 2's layers, sliding (4 tokens) / sliding / sliding / full, YaRN on the full layer only (a
         # ramp across its four frequencies: one kept, one mixed, two divided).

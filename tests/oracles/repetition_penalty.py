@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM
 TINY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "model", "tiny")
 
 
-FAMILIES = ("llama", "llama3", "qwen2", "qwen3", "mistral", "smollm3", "olmo2", "mistral_window", "gemma3", "qwen2_window", "phi3", "olmo3")
+FAMILIES = ("llama", "llama3", "qwen2", "qwen3", "mistral", "smollm3", "olmo2", "mistral_window", "gemma3", "qwen2_window", "phi3", "olmo3", "ministral")
 
 
 def main(families):

@@ -18,7 +18,8 @@ pub enum Architecture {
     Qwen2,
     /// Qwen3: RMSNorm on each head of q and k before the rotary embedding.
     Qwen3,
-    /// Mistral (Mistral-Nemo, Mistral-Small, and 7B v0.1 with its sliding window): Llama's layers.
+    /// Mistral (Mistral-Nemo, Mistral-Small, and 7B v0.1 with its sliding window) and Ministral (`ministral`, its
+    /// sliding layers as `layer_types` lists them): Llama's layers.
     Mistral,
     /// SmolLM3: Llama's layers, every fourth (or as `no_rope_layers` says) without the rotary embedding (NoPE).
     SmolLM3,
@@ -176,7 +177,8 @@ impl ModelConfig {
             "llama" => Architecture::Llama,
             "qwen2" => Architecture::Qwen2,
             "qwen3" => Architecture::Qwen3,
-            "mistral" => Architecture::Mistral,
+            // Ministral is Mistral with its layers' kinds in layer_types.
+            "mistral" | "ministral" => Architecture::Mistral,
             "smollm3" => Architecture::SmolLM3,
             "olmo2" => Architecture::Olmo2,
             "olmo3" => Architecture::Olmo3,
@@ -190,8 +192,8 @@ impl ModelConfig {
             }
             other => {
                 return Err(user_error!(
-                    "unsupported model_type {other:?} in config.json; supported: gemma3_text, llama, mistral, olmo2, \
-                     olmo3, phi3, qwen2, qwen3, smollm3"
+                    "unsupported model_type {other:?} in config.json; supported: gemma3_text, llama, ministral, \
+                     mistral, olmo2, olmo3, phi3, qwen2, qwen3, smollm3"
                 ))
             }
         };

@@ -29,6 +29,7 @@ pub const TINY_FAMILIES: &[&str] = &[
     "qwen2_window",
     "phi3",
     "olmo3",
+    "ministral",
 ];
 
 /// `target/<profile>`: the test binary lives in its `deps/` folder.
