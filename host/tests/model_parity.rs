@@ -72,11 +72,11 @@ fn logits_match_transformers() {
     }
 }
 
-/// Phi-3's LongRoPE past its pre-training context: a forward pass over more positions takes the long factors for
-/// all of them, as transformers does (the tiny model's context is 32; this batch has 40 positions).
+/// Phi-3's LongRoPE around its pre-training context (32 positions in the tiny model): in one padded batch, a row of
+/// 40 takes the long factors and a row of 30 the short ones, each as transformers scores that sequence on its own.
 #[test]
-fn longrope_takes_its_long_factors_past_the_pretraining_context() {
-    for device in common::devices("longrope_takes_its_long_factors_past_the_pretraining_context") {
+fn longrope_takes_its_long_factors_per_row_past_the_pretraining_context() {
+    for device in common::devices("longrope_takes_its_long_factors_per_row_past_the_pretraining_context") {
         let dir = tiny("phi3");
         let model = Model::load(&dir, device, Kind::Float).unwrap();
         let r = reference_file(&dir.join("reference_long.safetensors"), device);

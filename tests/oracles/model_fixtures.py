@@ -230,14 +230,21 @@ def make_tiny_models(only=None):
             os.path.join(out, "reference.safetensors"),
         )
         if name == "phi3":
-            # 40 positions, past the 32 of LongRoPE's pre-training context: the long factors.
+            # A row of 40 positions, past the 32 of LongRoPE's pre-training context (the long factors), and a
+            # right-padded one of 30 within it (the short factors), each scored on its own as transformers scores
+            # a sequence (a padded batch would take the long factors for both rows).
             long_ids = torch.randint(0, 265, (2, 40), generator=g)
             long_mask = torch.ones(2, 40, dtype=torch.long)
             long_mask[1, 30:] = 0
             long_ids = long_ids.masked_fill(long_mask == 0, 0)
             long_pos = (long_mask.cumsum(-1) - 1).masked_fill(long_mask == 0, 1)
-            with torch.no_grad():
-                long_logits = model(input_ids=long_ids, attention_mask=long_mask, position_ids=long_pos).logits
+            rows = []
+            for row in range(2):
+                n = int(long_mask[row].sum())
+                with torch.no_grad():
+                    alone = model(input_ids=long_ids[row : row + 1, :n]).logits[0]
+                rows.append(torch.cat([alone, torch.zeros(40 - n, alone.shape[-1])]))
+            long_logits = torch.stack(rows)
             save_file(
                 {
                     "input_ids": long_ids.contiguous(),

@@ -198,14 +198,21 @@ impl Rotary {
         Rotary { inv_freq, long, scale, sign }
     }
 
-    /// `(cos, signed_sin)`, each `[B, 1, T, rotary_dim]` in `kind`, for integer `positions` `[B, T]` of a forward
-    /// pass over sequences of up to `seq_len` positions (which picks LongRoPE's short or long factors, as
-    /// transformers does from the largest position): transformers' `cos` and `sin`, with the first half of `sin`
-    /// negated so that `apply_rotary` needs no negation. Computed once per forward pass for every layer.
-    pub fn cos_sin(&self, positions: &Tensor, kind: Kind, seq_len: i64) -> (Tensor, Tensor) {
+    /// `(cos, signed_sin)`, each `[B, 1, T, rotary_dim]` in `kind`, for integer `positions` `[B, T]`: transformers'
+    /// `cos` and `sin`, with the first half of `sin` negated so that `apply_rotary` needs no negation. Computed once
+    /// per forward pass for every layer.
+    ///
+    /// LongRoPE takes its long factors for a row whose largest position reaches the pre-training context, as
+    /// transformers does for a sequence on its own; each row decides for itself (on the device, no host read), so a
+    /// sequence's numbers do not depend on the rows beside it, where a padded batch in transformers follows its
+    /// longest row.
+    pub fn cos_sin(&self, positions: &Tensor, kind: Kind) -> (Tensor, Tensor) {
         let inv_freq = match &self.long {
-            Some((long, original)) if seq_len > *original => long,
-            _ => &self.inv_freq,
+            Some((long, original)) => {
+                let past = positions.amax([-1i64].as_slice(), true).ge(*original).unsqueeze(-1);
+                long.where_self(&past, &self.inv_freq)
+            }
+            None => self.inv_freq.shallow_clone(),
         };
         let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * inv_freq;
         let emb = Tensor::cat(&[&freqs, &freqs], -1);

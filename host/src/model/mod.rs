@@ -426,13 +426,10 @@ impl Model {
     /// The layers on `x` (embedded ids at positions `pos`). Each kind of layer the model has (full attention, and
     /// the sliding-window ones) attends with `mask(its window)`, built once per pass, and with its own rotary
     /// table's cos/sin.
-    /// `seq_len` bounds the positions' count (the largest position plus one), which LongRoPE's choice of factors
-    /// depends on.
     fn run(
         &self,
         ids: &Tensor,
         pos: &Tensor,
-        seq_len: i64,
         mask: impl Fn(Option<i64>) -> Mask,
         mut cache: Option<(&mut KvCache, &SlotWrite)>,
     ) -> Tensor {
@@ -446,7 +443,7 @@ impl Model {
             // transformers rounds the scale to the model's dtype first (Gemma's sqrt(3072) is 55.5 in bf16).
             x = &x * Tensor::from(scale).to_kind(self.kind).double_value(&[]);
         }
-        let (cos, sin) = self.rotary.cos_sin(pos, self.kind, seq_len);
+        let (cos, sin) = self.rotary.cos_sin(pos, self.kind);
         let full = self.layers.iter().any(|l| l.window.is_none()).then(|| KindInputs {
             mask: mask(None),
             cos: cos.shallow_clone(),
@@ -454,7 +451,7 @@ impl Model {
         });
         let sliding = self.cfg.sliding_window.map(|window| {
             let (cos, sin) = match &self.sliding_rotary {
-                Some(rotary) => rotary.cos_sin(pos, self.kind, seq_len),
+                Some(rotary) => rotary.cos_sin(pos, self.kind),
                 None => (cos.shallow_clone(), sin.shallow_clone()),
             };
             KindInputs { mask: mask(Some(window)), cos, sin }
@@ -533,8 +530,7 @@ impl Model {
             true => Mask::Causal,
             false => Mask::Allowed(Self::mask_4d(attention_mask, t, 0, window)),
         };
-        // Rows are padded to the longest, whose positions run 0..t: LongRoPE's sequence length is t.
-        self.run(ids, pos, t, mask, None)
+        self.run(ids, pos, mask, None)
     }
 
     /// Whether every row's real tokens come before all of its padding.
@@ -735,7 +731,7 @@ impl Model {
             }
             Mask::Allowed(within_window(columns.le_tensor(&query), &columns, &query, window))
         };
-        Ok(self.run(input_ids, &positions, keys, mask, Some((cache, &at))))
+        Ok(self.run(input_ids, &positions, mask, Some((cache, &at))))
     }
 }
 
