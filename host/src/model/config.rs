@@ -676,19 +676,15 @@ mod tests {
             .unwrap()
         };
         let qwen = config("qwen3", r#"{"rope_type":"yarn","factor":4.0,"original_max_position_embeddings":32768}"#);
-        let RopeScaling::Yarn {
-            factor,
-            original_max_position_embeddings,
-            beta_fast,
-            beta_slow,
-            attention_factor,
-            truncate,
-        } = qwen.rope.scaling
-        else {
-            panic!("{:?}", qwen.rope.scaling)
+        let expected = RopeScaling::Yarn {
+            factor: 4.0,
+            original_max_position_embeddings: 32768.0,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            attention_factor: 0.1 * 4f64.ln() + 1.0,
+            truncate: true,
         };
-        assert_eq!((factor, original_max_position_embeddings, beta_fast, beta_slow), (4.0, 32768.0, 32.0, 1.0));
-        assert!((attention_factor - (0.1 * 4f64.ln() + 1.0)).abs() < 1e-12 && truncate);
+        assert_eq!(qwen.rope.scaling, expected);
         let deepseek = config(
             "qwen3",
             r#"{"type":"yarn","factor":40,"original_max_position_embeddings":4096,"mscale":1.0,"mscale_all_dim":1.0}"#,
