@@ -119,6 +119,11 @@ pub struct RewardArgs {
     /// The overlong penalty at --max-new-tokens (with --overlong-buffer).
     #[arg(long, default_value_t = 1.0)]
     pub overlong_penalty_factor: f64,
+    /// A reward model (a *ForSequenceClassification directory or hub id, as TRL's reward_funcs takes one): each
+    /// finished episode's conversation, rendered with its chat template, adds its score as the reward component
+    /// reward_model.
+    #[arg(long, value_name = "MODEL")]
+    pub reward_model: Option<String>,
 }
 
 impl RewardArgs {
@@ -140,7 +145,13 @@ impl RewardArgs {
             Some(buffer) => Some(OverlongPenalty { buffer, factor }),
             None => None,
         };
-        Ok(RewardShaping { weights, overlong, aggregation: Default::default() })
+        Ok(RewardShaping {
+            weights,
+            overlong,
+            aggregation: Default::default(),
+            reward_model: self.reward_model.clone(),
+            scorer: None,
+        })
     }
 }
 

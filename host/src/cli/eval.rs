@@ -195,7 +195,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<i32> {
     let sampling = args.sampling.resolve(super::train::TRAIN_SAMPLING)?;
     let settings = args.run.into_settings(sampling, 0, false, args.decode.multi_step()?)?;
     let env_config = json_option(args.env_config.as_deref(), "--env-config")?;
-    let rewards = args.rewards.shaping(limits.max_new_tokens)?;
+    let mut rewards = args.rewards.shaping(limits.max_new_tokens)?;
     let registry = Registry::discover(&args.plugins.discovery())?;
     let env = registry.environment(&args.env, &env_config)?;
     let allow_download = !args.model.offline;
@@ -232,6 +232,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<i32> {
         ..args.model.settings(args.mixed_precision)?
     };
     let mut policy = Policy::load(&model_settings, false, args.seed)?;
+    let sampler = policy.sampler();
+    rewards.load_reward_model(sampler.device(), sampler.kind(), model_settings.allow_download)?;
     policy.tokenizer().require_chat_template(crate::train::CHAT_NEEDED)?;
     if let Some((_, weights)) = &lora {
         policy.load_weights(weights, true)?;
@@ -303,6 +305,7 @@ impl Decisive<'_> {
             ("--env-config", self.env_config.to_string()),
             ("--reward-weights", serde_json::json!(self.rewards.weights).to_string()),
             ("--overlong-buffer/--overlong-penalty-factor", serde_json::json!(self.rewards.overlong).to_string()),
+            ("--reward-model", serde_json::json!(self.rewards.reward_model).to_string()),
             ("--dataset", source(&self.data.dataset)),
             ("--eval-data", source(&self.data.eval_data)),
             ("--eval-holdout", self.data.eval_holdout.to_string()),

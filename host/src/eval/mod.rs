@@ -538,6 +538,11 @@ impl InTraining {
         self.completions.as_deref().map_or(Ok(()), |path| cut_back_completions(path, step))
     }
 
+    /// Score the evaluation's episodes with the run's loaded reward model too (see [`RewardShaping::scorer`]).
+    pub fn set_reward_model(&mut self, shaping: &RewardShaping) {
+        self.evaluation.rewards.scorer = shaping.scorer.clone();
+    }
+
     /// The evaluation, whose [`Evaluation::run_shard`] each rank plays.
     pub fn evaluation(&self) -> &Evaluation {
         &self.evaluation

@@ -144,6 +144,15 @@ impl CacheRows {
     }
 }
 
+/// What a checkpoint computes from its final hidden states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputHead {
+    /// `lm_head` (or the tied embedding): next-token logits, as `*ForCausalLM`.
+    LanguageModel,
+    /// `score`: one value per label, read at the last token, as `*ForSequenceClassification` (a reward model).
+    Score,
+}
+
 /// A loaded decoder-only language model.
 pub struct Model {
     cfg: ModelConfig,
@@ -157,6 +166,7 @@ pub struct Model {
     /// Shared with the recomputing autograd nodes of gradient checkpointing, which may outlive a forward call.
     layers: Vec<Arc<DecoderLayer>>,
     norm: RmsNorm,
+    /// The output projection when it is not the tied embedding: `lm_head`, or a classifier's `score`.
     lm_head: Option<Tensor>,
     rotary: Rotary,
     /// The sliding-window layers' own rotary embedding, where they have one (Gemma 3).
@@ -180,6 +190,12 @@ impl Model {
     /// `dtype` (f32, bf16 or f16). Every tensor the config requires must be present with the right shape, and no
     /// unexpected tensor may remain; either mistake is one error naming the tensor.
     pub fn load(dir: &Path, device: Device, dtype: Kind) -> anyhow::Result<Model> {
+        Self::load_with_head(dir, device, dtype, OutputHead::LanguageModel)
+    }
+
+    /// [`Model::load`] for a checkpoint whose output is `head`: a sequence classifier's `score` replaces `lm_head`
+    /// (see [`Model::sequence_scores`]).
+    pub fn load_with_head(dir: &Path, device: Device, dtype: Kind, head: OutputHead) -> anyhow::Result<Model> {
         if !matches!(dtype, Kind::Float | Kind::BFloat16 | Kind::Half) {
             return Err(user_error!("model dtype {dtype:?} is not supported (f32, bf16, f16)"));
         }
@@ -193,13 +209,26 @@ impl Model {
             .map(|i| DecoderLayer::load(&loader, i, &cfg).map(Arc::new))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let norm = RmsNorm::load(&loader, "model.norm", h, &cfg)?;
-        let lm_head = if cfg.tie_word_embeddings { None } else { Some(loader.get("lm_head.weight", &[v, h])?) };
+        let lm_head = match head {
+            OutputHead::LanguageModel if cfg.tie_word_embeddings => None,
+            OutputHead::LanguageModel => Some(loader.get("lm_head.weight", &[v, h])?),
+            OutputHead::Score => {
+                let labels = files.shape("score.weight").and_then(|s| s.first().copied()).ok_or_else(|| {
+                    user_error!(
+                        "{}: the checkpoint has no \"score.weight\": it is not a sequence-classification model (a \
+                         reward model saved as *ForSequenceClassification)",
+                        dir.display()
+                    )
+                })?;
+                Some(loader.get("score.weight", &[labels, h])?)
+            }
+        };
         let used = loader.used.into_inner();
         let mut unexpected: Vec<&str> = files
             .names()
             .filter(|n| !used.contains(*n))
             .filter(|n| !n.ends_with("rotary_emb.inv_freq"))
-            .filter(|n| !(cfg.tie_word_embeddings && *n == "lm_head.weight"))
+            .filter(|n| !(head == OutputHead::LanguageModel && cfg.tie_word_embeddings && *n == "lm_head.weight"))
             .collect();
         if !unexpected.is_empty() {
             unexpected.sort();
@@ -550,7 +579,22 @@ impl Model {
         self.head_input(hidden.shallow_clone()).linear::<Tensor>(self.output_weight(), None)
     }
 
-    /// The output projection's weight `[vocab, hidden]`: `lm_head`'s, or the embedding's when they are tied.
+    /// A sequence classifier's scores `[B, labels]` (f32) of right-padded `input_ids` `[B, T]` whose rows hold
+    /// `lengths` real tokens each: its `score` head on each row's last real token, as transformers'
+    /// `*ForSequenceClassification` reads it. Only for a model loaded with [`OutputHead::Score`].
+    pub fn sequence_scores(&self, input_ids: &Tensor, lengths: &[i64]) -> Tensor {
+        let (b, t) = (input_ids.size()[0], input_ids.size()[1]);
+        let device = input_ids.device();
+        let lengths = Tensor::from_slice(lengths).to_device(device);
+        let mask = Tensor::arange(t, (Kind::Int64, device)).unsqueeze(0).lt_tensor(&lengths.unsqueeze(1));
+        let hidden = self.hidden_states_padded(input_ids, &mask, &Self::position_ids(&mask), Padding::Right);
+        let h = hidden.size()[2];
+        let last = (lengths - 1).view([b, 1, 1]).expand([b, 1, h], false);
+        self.lm_head(&hidden.gather(1, &last, false).squeeze_dim(1)).to_kind(Kind::Float)
+    }
+
+    /// The output projection's weight `[vocab, hidden]`: `lm_head`'s, or the embedding's when they are tied (a
+    /// classifier's `score` `[labels, hidden]`).
     fn output_weight(&self) -> &Tensor {
         self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
     }

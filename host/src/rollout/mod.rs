@@ -18,6 +18,7 @@
 //! further than `max_length` tokens into the episode's stream: the episode ends there, truncated.
 
 mod glue;
+mod reward_model;
 mod rewards;
 
 use std::collections::BTreeMap;
@@ -34,6 +35,7 @@ use crate::plugins::{EnvironmentPlugin, Episode as EnvEpisode};
 use crate::tokenizer::Tokenizer;
 
 pub use glue::Glue;
+pub use reward_model::{RewardModel, REWARD_MODEL};
 pub use rewards::{Aggregation, OverlongPenalty, RewardShaping, RewardWeights, OVERLONG_PENALTY};
 
 /// How episodes are run (from the command line).
@@ -442,6 +444,13 @@ pub fn run_episodes(
     }
     anyhow::ensure!(finished.len() == n, "{} of {n} episodes finished", finished.len());
 
+    if let Some(scorer) = &cfg.rewards.scorer {
+        let conversations: Vec<Vec<Json>> = finished.iter().map(|l| l.messages.clone()).collect();
+        for (l, score) in finished.iter_mut().zip(scorer.score(&conversations)?) {
+            let r = &mut l.rollout;
+            cfg.rewards.add(&mut r.rewards, &mut r.total_reward, REWARD_MODEL, score);
+        }
+    }
     let stats = RolloutStats { engine: engine.stats, env_secs: finished.iter().map(|l| l.env_secs).sum() };
     // Batch order: groups in task order, episodes of a group in sampling order.
     finished.sort_by_key(|l| (l.rollout.group, l.member));

@@ -1,12 +1,17 @@
 //! How an episode's return is made from the environment's rewards: their weights (`--reward-weights`, TRL's
-//! `reward_weights`) and DAPO's overlong penalty (`--overlong-buffer`), a component the host adds.
+//! `reward_weights`), DAPO's overlong penalty (`--overlong-buffer`) and a learned reward model's score
+//! (`--reward-model`), components the host adds.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
+use tch::{Device, Kind};
+
+use super::reward_model::RewardModel;
 
 /// The reward shaping of a run: the same in its rollouts and its evaluations, so their returns compare.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct RewardShaping {
     /// Weights of the components in the return.
     #[serde(default)]
@@ -17,6 +22,13 @@ pub struct RewardShaping {
     /// How the components become what the algorithm scores in training (`--multi-objective-aggregation`).
     #[serde(default)]
     pub aggregation: Aggregation,
+    /// A sequence-classification model scoring each finished episode (`--reward-model`: a directory or hub id), its
+    /// score the component [`super::REWARD_MODEL`].
+    #[serde(default)]
+    pub reward_model: Option<String>,
+    /// That model once [`RewardShaping::load_reward_model`] has loaded it; not a saved setting.
+    #[serde(skip)]
+    pub scorer: Option<Rc<RewardModel>>,
 }
 
 crate::choice_enum! {
@@ -67,6 +79,16 @@ impl RewardShaping {
             out.extend(sums);
         }
         out
+    }
+
+    /// Load `reward_model`, when there is one, onto `device` in `kind` (the policy's), downloading a hub id when
+    /// `allow_download`.
+    pub fn load_reward_model(&mut self, device: Device, kind: Kind, allow_download: bool) -> anyhow::Result<()> {
+        if let Some(spec) = &self.reward_model {
+            let dir = crate::model::resolve_model_dir(Some(spec), allow_download)?;
+            self.scorer = Some(RewardModel::load(&dir, device, kind)?);
+        }
+        Ok(())
     }
 
     /// Add `value` to the episode's component `name` (`rewards`, logged unweighted) and, weighted, to its return.
@@ -162,6 +184,7 @@ mod tests {
             weights: RewardWeights::from_json(json!({OVERLONG_PENALTY: 0.5}), "--reward-weights").unwrap(),
             overlong: Some(p),
             aggregation: Aggregation::SumThenNormalize,
+            ..Default::default()
         };
         let (mut rewards, mut total) = (BTreeMap::new(), 1.0);
         shaping.add(&mut rewards, &mut total, OVERLONG_PENALTY, -2.0);
@@ -198,7 +221,8 @@ mod tests {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/rewards/gdpo.json");
         let case: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         let weights = RewardWeights::from_json(case["weights"].clone(), "--reward-weights").unwrap();
-        let shaping = RewardShaping { weights, overlong: None, aggregation: Aggregation::NormalizeThenSum };
+        let shaping =
+            RewardShaping { weights, overlong: None, aggregation: Aggregation::NormalizeThenSum, ..Default::default() };
         let mut start = 0;
         for size in case["groups"].as_array().unwrap().iter().map(|g| g.as_u64().unwrap() as usize) {
             let episodes: Vec<crate::rollout::Rollout> = case["components"].as_array().unwrap()[start..start + size]

@@ -147,12 +147,17 @@ impl Trainer {
         let (paths, history) = resolve_on_main(&config, &world)?;
         // Datasets and evaluation tasks before the model: a bad file or a missing column fails in seconds.
         let run_tasks = config.data.resolve(&env, config.model.allow_download)?;
-        let evaluator = in_training_evaluator(&config, &env, run_tasks.eval.as_deref(), &paths.run_dir, &world)?;
+        let mut evaluator = in_training_evaluator(&config, &env, run_tasks.eval.as_deref(), &paths.run_dir, &world)?;
         // A resumed run has usually warmed up already and needs no `--sft-data`: it is read then only if the
         // warm-up turns out to be due (`sft_warm_up`).
         let sft_rows = if paths.resume.is_none() { sft_data_rows(&config)? } else { None };
         let mut policy = Policy::load(&config.model, config.loss.needs_reference(), config.seed)?;
         policy.tokenizer().require_chat_template(CHAT_NEEDED)?;
+        let sampler = policy.sampler();
+        config.rewards.load_reward_model(sampler.device(), sampler.kind(), config.model.allow_download)?;
+        if let Some(evaluator) = &mut evaluator {
+            evaluator.set_reward_model(&config.rewards);
+        }
         let train_tasks = training_tasks(&config, run_tasks.train, &env, &policy, &world)?;
         if let Some(epochs) = config.batch.epochs {
             config.batch.max_steps = batches_for_epochs(&config, epochs, &train_tasks, &env, &world)?;

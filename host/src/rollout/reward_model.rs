@@ -1,0 +1,78 @@
+//! A learned reward model (TRL's `reward_funcs` given a sequence-classification checkpoint, `--reward-model`): each
+//! finished episode's conversation, rendered with the reward model's own chat template and tokenizer, is scored by
+//! its `score` head on the last token, and the first label's value becomes the reward component [`REWARD_MODEL`].
+
+use std::path::Path;
+use std::rc::Rc;
+
+use anyhow::Result;
+use serde_json::Value as Json;
+use tch::{Device, Kind, Tensor};
+
+use crate::model::{Model, OutputHead};
+use crate::tokenizer::Tokenizer;
+use crate::user_error;
+
+/// The name of the reward model's reward component (weighed by `--reward-weights` like the environment's).
+pub const REWARD_MODEL: &str = "reward_model";
+
+/// Conversations scored per forward pass: a bound on the padded batch the reward model holds at once.
+const ROWS_PER_PASS: usize = 8;
+
+/// A sequence-classification model and its tokenizer, loaded once per run and shared by its rollouts.
+pub struct RewardModel {
+    model: Model,
+    tokenizer: Tokenizer,
+}
+
+impl std::fmt::Debug for RewardModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RewardModel").field("dir", &self.model.dir()).finish()
+    }
+}
+
+impl RewardModel {
+    /// Load the `*ForSequenceClassification` checkpoint in `dir` onto `device` in `kind`; it must have a chat
+    /// template, through which every conversation is rendered.
+    pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Rc<RewardModel>> {
+        let model = Model::load_with_head(dir, device, kind, OutputHead::Score)?;
+        let tokenizer = Tokenizer::from_dir(dir)?;
+        tokenizer.require_chat_template("--reward-model renders each episode's conversation with it")?;
+        model.set_training(false);
+        Ok(Rc::new(RewardModel { model, tokenizer }))
+    }
+
+    /// The score of each conversation (chat messages, the episode's opening, turns and replies): the reward model's
+    /// first label on the last token of its chat template's rendering (no generation prompt, no special tokens added
+    /// by the tokenizer), as TRL scores a prompt with its completion.
+    pub fn score(&self, conversations: &[Vec<Json>]) -> Result<Vec<f64>> {
+        let mut scores = Vec::with_capacity(conversations.len());
+        for part in conversations.chunks(ROWS_PER_PASS) {
+            let rows = part
+                .iter()
+                .map(|messages| {
+                    let text = self.tokenizer.render_chat(messages, None, false)?;
+                    let ids = self.tokenizer.encode(&text, false)?;
+                    if ids.is_empty() {
+                        return Err(user_error!("--reward-model: a conversation renders to no tokens"));
+                    }
+                    Ok(ids)
+                })
+                .collect::<Result<Vec<Vec<u32>>>>()?;
+            let longest = rows.iter().map(Vec::len).max().unwrap_or(1);
+            let mut ids = vec![0i64; rows.len() * longest];
+            for (r, row) in rows.iter().enumerate() {
+                for (j, &id) in row.iter().enumerate() {
+                    ids[r * longest + j] = id as i64;
+                }
+            }
+            let lengths: Vec<i64> = rows.iter().map(|r| r.len() as i64).collect();
+            let device = self.model.device();
+            let ids = Tensor::from_slice(&ids).view([rows.len() as i64, longest as i64]).to_device(device);
+            let values = tch::no_grad(|| self.model.sequence_scores(&ids, &lengths));
+            let first = values.select(1, 0).to_kind(Kind::Double).to_device(Device::Cpu);
+            scores.extend(Vec::<f64>::try_from(&first)?);
+        }
+        Ok(scores)
+    }
+}
