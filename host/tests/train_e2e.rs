@@ -290,16 +290,18 @@ fn bf16_mixed_precision_saves_f32_masters_and_resumes_exactly() {
     assert_resume_is_exact(runs.path(), &run, "mixed-split", &mixed);
 }
 
-/// `--reward-model`: every rollout's return adds the reward model's score, weighed by `--reward-weights`, which varies
-/// within groups where the environment's rewards do not (the tiny policy never answers), so advantages and a loss
-/// appear; the component is logged, and a language-model checkpoint is refused at the start in one line.
+/// `--reward-model`, twice (unnamed, and as `helpful`): every rollout's return adds each model's score, weighed by
+/// `--reward-weights`, which varies within groups where the environment's rewards do not (the tiny policy never
+/// answers), so advantages and a loss appear; the components are logged, and a language-model checkpoint is refused
+/// at the start in one line.
 #[test]
 fn a_reward_model_scores_every_rollout() {
     let runs = tempfile::tempdir().unwrap();
     let rm = common::workspace_root().join("tests/fixtures/model/tiny/llama_rm");
-    let flags = ["--reward-model", rm.to_str().unwrap(), "--reward-weights", r#"{"reward_model": 2}"#];
-    let out =
-        train(runs.path(), "rm", &[&["--max-steps", "1", "--log-completions-interval", "1"], &flags[..]].concat());
+    let named = format!("helpful={}", rm.display());
+    let flags = ["--reward-model", rm.to_str().unwrap(), "--reward-model", &named];
+    let weights = ["--reward-weights", r#"{"reward_model": 2}"#, "--max-steps", "1", "--log-completions-interval", "1"];
+    let out = train(runs.path(), "rm", &[&flags[..], &weights[..]].concat());
     assert!(out.status.success(), "{}", text(&out.stderr));
     let run = runs.path().join("rm");
     let completions = std::fs::read_to_string(run.join("completions.jsonl")).unwrap();
@@ -308,20 +310,23 @@ fn a_reward_model_scores_every_rollout() {
         let row: serde_json::Value = serde_json::from_str(line).unwrap();
         let rewards = row["rewards"].as_object().unwrap();
         let score = rewards["reward_model"].as_f64().unwrap();
-        let others: f64 = rewards
+        // The same model under the name `helpful`, weighing 1.
+        assert_eq!(rewards["helpful"].as_f64().unwrap(), score);
+        let env: f64 = rewards
             .iter()
-            .filter(|(k, _)| *k != "reward_model" && *k != "total")
+            .filter(|(k, _)| !["reward_model", "helpful", "total"].contains(&k.as_str()))
             .map(|(_, v)| v.as_f64().unwrap())
             .sum();
-        assert!((rewards["total"].as_f64().unwrap() - (others + 2.0 * score)).abs() < 1e-9, "{row}");
+        assert!((rewards["total"].as_f64().unwrap() - (env + 3.0 * score)).abs() < 1e-9, "{row}");
         scores.push(score);
     }
     assert!(scores.iter().any(|s| (s - scores[0]).abs() > 1e-6), "the reward model gave every rollout {scores:?}");
     let rows = rows(&run);
-    assert!(rows.iter().any(|r| r.get("rollout_rewards/reward_model").and_then(|v| v.as_f64()).is_some()));
+    assert!(rows.iter().any(|r| r.get("rollout_rewards/helpful").and_then(|v| v.as_f64()).is_some()));
     let losses: Vec<f64> = rows.iter().filter_map(|r| r.get("training_step/loss")?.as_f64()).collect();
     assert!(losses.iter().any(|l| *l != 0.0), "{losses:?}");
-    assert_eq!(json_file(&run.join("config.json"))["run"]["rewards"]["reward_model"], rm.to_str().unwrap());
+    let saved = &json_file(&run.join("config.json"))["run"]["rewards"]["reward_models"];
+    assert_eq!(saved[1], serde_json::json!({"name": "helpful", "model": rm.to_str().unwrap()}));
     let lm = tiny_model();
     assert_refused(runs.path(), &["--reward-model", lm.to_str().unwrap()], "it is not a sequence-classification model");
 }

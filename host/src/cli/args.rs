@@ -121,9 +121,9 @@ pub struct RewardArgs {
     pub overlong_penalty_factor: f64,
     /// A reward model (a *ForSequenceClassification directory or hub id, as TRL's reward_funcs takes one): each
     /// finished episode's conversation, rendered with its chat template, adds its score as the reward component
-    /// reward_model.
-    #[arg(long, value_name = "MODEL")]
-    pub reward_model: Option<String>,
+    /// NAME (reward_model without one). Repeat it for several.
+    #[arg(long, value_name = "[NAME=]MODEL")]
+    pub reward_model: Vec<String>,
 }
 
 impl RewardArgs {
@@ -149,8 +149,8 @@ impl RewardArgs {
             weights,
             overlong,
             aggregation: Default::default(),
-            reward_model: self.reward_model.clone(),
-            scorer: None,
+            reward_models: crate::rollout::RewardModelSpec::parse_all(&self.reward_model)?,
+            scorers: Vec::new(),
         })
     }
 }

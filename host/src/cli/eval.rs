@@ -233,7 +233,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<i32> {
     };
     let mut policy = Policy::load(&model_settings, false, args.seed)?;
     let sampler = policy.sampler();
-    rewards.load_reward_model(sampler.device(), sampler.kind(), model_settings.allow_download)?;
+    rewards.load_reward_models(sampler.device(), sampler.kind(), model_settings.allow_download)?;
     policy.tokenizer().require_chat_template(crate::train::CHAT_NEEDED)?;
     if let Some((_, weights)) = &lora {
         policy.load_weights(weights, true)?;
@@ -305,7 +305,7 @@ impl Decisive<'_> {
             ("--env-config", self.env_config.to_string()),
             ("--reward-weights", serde_json::json!(self.rewards.weights).to_string()),
             ("--overlong-buffer/--overlong-penalty-factor", serde_json::json!(self.rewards.overlong).to_string()),
-            ("--reward-model", serde_json::json!(self.rewards.reward_model).to_string()),
+            ("--reward-model", serde_json::json!(self.rewards.reward_models).to_string()),
             ("--dataset", source(&self.data.dataset)),
             ("--eval-data", source(&self.data.eval_data)),
             ("--eval-holdout", self.data.eval_holdout.to_string()),

@@ -538,9 +538,9 @@ impl InTraining {
         self.completions.as_deref().map_or(Ok(()), |path| cut_back_completions(path, step))
     }
 
-    /// Score the evaluation's episodes with the run's loaded reward model too (see [`RewardShaping::scorer`]).
-    pub fn set_reward_model(&mut self, shaping: &RewardShaping) {
-        self.evaluation.rewards.scorer = shaping.scorer.clone();
+    /// Score the evaluation's episodes with the run's loaded reward models too (see [`RewardShaping::scorers`]).
+    pub fn set_reward_models(&mut self, shaping: &RewardShaping) {
+        self.evaluation.rewards.scorers = shaping.scorers.clone();
     }
 
     /// The evaluation, whose [`Evaluation::run_shard`] each rank plays.

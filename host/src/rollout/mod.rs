@@ -35,7 +35,7 @@ use crate::plugins::{EnvironmentPlugin, Episode as EnvEpisode};
 use crate::tokenizer::Tokenizer;
 
 pub use glue::Glue;
-pub use reward_model::{RewardModel, REWARD_MODEL};
+pub use reward_model::{RewardModel, RewardModelSpec, REWARD_MODEL};
 pub use rewards::{Aggregation, OverlongPenalty, RewardShaping, RewardWeights, OVERLONG_PENALTY};
 
 /// How episodes are run (from the command line).
@@ -444,11 +444,11 @@ pub fn run_episodes(
     }
     anyhow::ensure!(finished.len() == n, "{} of {n} episodes finished", finished.len());
 
-    if let Some(scorer) = &cfg.rewards.scorer {
+    for (name, scorer) in &cfg.rewards.scorers {
         let conversations: Vec<Vec<Json>> = finished.iter().map(|l| l.messages.clone()).collect();
         for (l, score) in finished.iter_mut().zip(scorer.score(&conversations)?) {
             let r = &mut l.rollout;
-            cfg.rewards.add(&mut r.rewards, &mut r.total_reward, REWARD_MODEL, score);
+            cfg.rewards.add(&mut r.rewards, &mut r.total_reward, name, score);
         }
     }
     let stats = RolloutStats { engine: engine.stats, env_secs: finished.iter().map(|l| l.env_secs).sum() };

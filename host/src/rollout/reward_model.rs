@@ -1,11 +1,13 @@
-//! A learned reward model (TRL's `reward_funcs` given a sequence-classification checkpoint, `--reward-model`): each
-//! finished episode's conversation, rendered with the reward model's own chat template and tokenizer, is scored by
-//! its `score` head on the last token, and the first label's value becomes the reward component [`REWARD_MODEL`].
+//! Learned reward models (TRL's `reward_funcs` given sequence-classification checkpoints, `--reward-model`): each
+//! finished episode's conversation, rendered with a reward model's own chat template and tokenizer, is scored by its
+//! `score` head on the last token, and the first label's value becomes that model's reward component
+//! ([`REWARD_MODEL`] unless named).
 
 use std::path::Path;
 use std::rc::Rc;
 
 use anyhow::Result;
+use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use tch::{Device, Kind, Tensor};
 
@@ -13,8 +15,42 @@ use crate::model::{Model, OutputHead};
 use crate::tokenizer::Tokenizer;
 use crate::user_error;
 
-/// The name of the reward model's reward component (weighed by `--reward-weights` like the environment's).
+/// The reward component of a reward model given without a name (weighed by `--reward-weights` like the
+/// environment's).
 pub const REWARD_MODEL: &str = "reward_model";
+
+/// One `--reward-model [NAME=]MODEL`: the reward component it writes and the model (a directory or hub id).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RewardModelSpec {
+    /// The reward component.
+    pub name: String,
+    /// The checkpoint's directory or hub id.
+    pub model: String,
+}
+
+impl RewardModelSpec {
+    /// Each of `specs` as `[NAME=]MODEL` (NAME of letters, digits, `_` and `-`; [`REWARD_MODEL`] without one); two
+    /// that write the same component are refused.
+    pub fn parse_all(specs: &[String]) -> Result<Vec<RewardModelSpec>> {
+        let mut out: Vec<RewardModelSpec> = Vec::new();
+        for spec in specs {
+            let named = spec.split_once('=').filter(|(name, model)| {
+                !name.is_empty()
+                    && !model.is_empty()
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || "_-".contains(c))
+            });
+            let (name, model) = named.unwrap_or((REWARD_MODEL, spec.as_str()));
+            if out.iter().any(|o| o.name == name) {
+                return Err(user_error!(
+                    "--reward-model {spec}: another reward model already writes the component {name}; give each its \
+                     own name, as --reward-model helpful=MODEL --reward-model safe=MODEL"
+                ));
+            }
+            out.push(RewardModelSpec { name: name.to_string(), model: model.to_string() });
+        }
+        Ok(out)
+    }
+}
 
 /// Conversations scored per forward pass: a bound on the padded batch the reward model holds at once.
 const ROWS_PER_PASS: usize = 8;
@@ -74,5 +110,23 @@ impl RewardModel {
             scores.extend(Vec::<f64>::try_from(&first)?);
         }
         Ok(scores)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_take_an_optional_component_name() {
+        let specs = |args: &[&str]| RewardModelSpec::parse_all(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let parsed = specs(&["Org/rm-7b", "safe=./rms/safety", "x=y=z"]).unwrap();
+        let pairs: Vec<(&str, &str)> = parsed.iter().map(|s| (s.name.as_str(), s.model.as_str())).collect();
+        assert_eq!(pairs, [("reward_model", "Org/rm-7b"), ("safe", "./rms/safety"), ("x", "y=z")]);
+        // A path with '=' after a slash is a model, not a name.
+        assert_eq!(specs(&["./a=b"]).unwrap()[0], RewardModelSpec { name: REWARD_MODEL.into(), model: "./a=b".into() });
+        let err = specs(&["a", "b"]).unwrap_err();
+        assert!(err.to_string().contains("already writes the component reward_model"), "{err}");
+        assert_eq!(crate::error::exit_code(&err), 2);
     }
 }

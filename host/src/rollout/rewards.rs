@@ -8,7 +8,7 @@ use std::rc::Rc;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind};
 
-use super::reward_model::RewardModel;
+use super::reward_model::{RewardModel, RewardModelSpec};
 
 /// The reward shaping of a run: the same in its rollouts and its evaluations, so their returns compare.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -22,13 +22,13 @@ pub struct RewardShaping {
     /// How the components become what the algorithm scores in training (`--multi-objective-aggregation`).
     #[serde(default)]
     pub aggregation: Aggregation,
-    /// A sequence-classification model scoring each finished episode (`--reward-model`: a directory or hub id), its
-    /// score the component [`super::REWARD_MODEL`].
+    /// Sequence-classification models scoring each finished episode (`--reward-model`), each score its own
+    /// component.
     #[serde(default)]
-    pub reward_model: Option<String>,
-    /// That model once [`RewardShaping::load_reward_model`] has loaded it; not a saved setting.
+    pub reward_models: Vec<RewardModelSpec>,
+    /// Those models with their components once [`RewardShaping::load_reward_models`] has loaded them; not saved.
     #[serde(skip)]
-    pub scorer: Option<Rc<RewardModel>>,
+    pub scorers: Vec<(String, Rc<RewardModel>)>,
 }
 
 crate::choice_enum! {
@@ -81,12 +81,11 @@ impl RewardShaping {
         out
     }
 
-    /// Load `reward_model`, when there is one, onto `device` in `kind` (the policy's), downloading a hub id when
-    /// `allow_download`.
-    pub fn load_reward_model(&mut self, device: Device, kind: Kind, allow_download: bool) -> anyhow::Result<()> {
-        if let Some(spec) = &self.reward_model {
-            let dir = crate::model::resolve_model_dir(Some(spec), allow_download)?;
-            self.scorer = Some(RewardModel::load(&dir, device, kind)?);
+    /// Load the `reward_models` onto `device` in `kind` (the policy's), downloading a hub id when `allow_download`.
+    pub fn load_reward_models(&mut self, device: Device, kind: Kind, allow_download: bool) -> anyhow::Result<()> {
+        for spec in &self.reward_models {
+            let dir = crate::model::resolve_model_dir(Some(&spec.model), allow_download)?;
+            self.scorers.push((spec.name.clone(), RewardModel::load(&dir, device, kind)?));
         }
         Ok(())
     }

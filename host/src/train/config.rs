@@ -558,7 +558,7 @@ impl RunConfig {
             ("--reward-weights", json!(self.rewards.weights)),
             ("--overlong-buffer/--overlong-penalty-factor", json!(self.rewards.overlong)),
             ("--multi-objective-aggregation", json!(self.rewards.aggregation)),
-            ("--reward-model", json!(self.rewards.reward_model)),
+            ("--reward-model", json!(self.rewards.reward_models)),
             ("--model", json!(m.model)),
             ("--dtype", json!(m.dtype)),
             ("--mixed-precision", json!(m.mixed_precision)),

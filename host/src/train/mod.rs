@@ -154,9 +154,9 @@ impl Trainer {
         let mut policy = Policy::load(&config.model, config.loss.needs_reference(), config.seed)?;
         policy.tokenizer().require_chat_template(CHAT_NEEDED)?;
         let sampler = policy.sampler();
-        config.rewards.load_reward_model(sampler.device(), sampler.kind(), config.model.allow_download)?;
+        config.rewards.load_reward_models(sampler.device(), sampler.kind(), config.model.allow_download)?;
         if let Some(evaluator) = &mut evaluator {
-            evaluator.set_reward_model(&config.rewards);
+            evaluator.set_reward_models(&config.rewards);
         }
         let train_tasks = training_tasks(&config, run_tasks.train, &env, &policy, &world)?;
         if let Some(epochs) = config.batch.epochs {
