@@ -66,6 +66,40 @@ fn greedy_matches_transformers_one_at_a_time_and_batched() {
     }
 }
 
+/// Phi-3's LongRoPE across its pre-training context (32 positions in the tiny model): transformers' `generate`
+/// re-encodes a sequence with the long factors when it first grows past it, and so does the engine, for prompts that
+/// cross it after 5, 2 and 1 new tokens, one at a time, batched beside each other in groups, and in multi-step
+/// blocks.
+#[test]
+fn longrope_reencodes_a_sequence_crossing_its_context_as_transformers_does() {
+    let dir = tiny("phi3");
+    let model = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("greedy_long.json")).unwrap()).unwrap();
+    let ids = |x: &serde_json::Value| -> Vec<Vec<u32>> {
+        let rows = x.as_array().unwrap().iter();
+        rows.map(|p| p.as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect()).collect()
+    };
+    let (prompts, completions) = (ids(&v["prompts"]), ids(&v["completions"]));
+    let max_new = v["max_new_tokens"].as_u64().unwrap() as usize;
+    for multi_step in [1, 4] {
+        for (p, want) in prompts.iter().zip(&completions) {
+            let req = GenerateRequest { multi_step, ..GenerateRequest::new(vec![p.clone()], 1, max_new, Vec::new()) };
+            let out = generate(&model, None, &req, None).unwrap();
+            assert_eq!(&out.completions[0].tokens, want, "prompt of {} tokens, blocks of {multi_step}", p.len());
+        }
+        let req = GenerateRequest { multi_step, ..GenerateRequest::new(prompts.clone(), 2, max_new, Vec::new()) };
+        let out = generate(&model, None, &req, None).unwrap();
+        for c in &out.completions {
+            assert_eq!(
+                c.tokens, completions[c.prompt_index],
+                "batched prompt {}, blocks of {multi_step}",
+                c.prompt_index
+            );
+        }
+    }
+}
+
 /// `--repetition-penalty` against transformers' `generate(repetition_penalty=...)` (tests/oracles/repetition_penalty.py):
 /// greedy continuations with a penalty above 1 and below, one prompt at a time, batched in groups with rows of
 /// other lengths beside them, and in multi-step blocks, where the tokens drawn inside a block count as seen.

@@ -254,6 +254,24 @@ def make_tiny_models(only=None):
                 },
                 os.path.join(out, "reference_long.safetensors"),
             )
+            # Greedy continuations that cross the context: transformers' Phi-3 `generate` re-encodes the sequence
+            # with the long factors at the crossing.
+            own = torch.Generator().manual_seed(99)  # not `g`, whose later draws make greedy.json
+            crossing = [torch.randint(0, 265, (n,), generator=own).tolist() for n in (28, 31, 32, 40)]
+            completions = []
+            for p in crossing:
+                with torch.no_grad():
+                    out_ids = model.generate(
+                        torch.tensor([p]),
+                        attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                        do_sample=False,
+                        max_new_tokens=12,
+                        eos_token_id=None,
+                        pad_token_id=0,
+                    )
+                completions.append(out_ids[0, len(p) :].tolist())
+            with open(os.path.join(out, "greedy_long.json"), "w") as f:
+                json.dump({"prompts": crossing, "max_new_tokens": 12, "completions": completions}, f)
 
         # Greedy continuations, one prompt at a time (no padding), never stopping early.
         prompts = [

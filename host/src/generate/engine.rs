@@ -322,6 +322,7 @@ impl<'a> Engine<'a> {
         }
         let start = Instant::now();
         let continuing = self.sample(on_token, &mut ended)?;
+        let continuing = self.reencode_crossing(continuing);
         self.decode(&continuing)?;
         sync(self.model.device());
         self.stats.decode_secs += start.elapsed().as_secs_f64();
@@ -346,6 +347,17 @@ impl<'a> Engine<'a> {
         let ids: Vec<SeqId> = self.seqs.iter().filter(|(_, s)| s.state == State::Prefill).map(|(&id, _)| id).collect();
         if ids.is_empty() {
             return Ok(false);
+        }
+        if let Some(context) = self.model.config().longrope_context() {
+            // A later turn whose tokens carry the sequence past LongRoPE's context: all of it again, with the long
+            // factors, as a new `generate` call over the whole conversation would.
+            for id in &ids {
+                let seq = self.seqs.get_mut(id).expect("exists");
+                if seq.cached > 0 && seq.cached <= context && seq.cached + seq.pending.len() as i64 > context {
+                    debug_assert_eq!(seq.history.len() as i64, seq.cached + seq.pending.len() as i64);
+                    Self::reencode(seq);
+                }
+            }
         }
         // Sequences whose whole streams are the same (a group's prompt, or siblings that sampled the same turn and
         // got the same reply) run their new tokens once: one leads, the others copy its new columns and logits.
@@ -433,6 +445,7 @@ impl<'a> Engine<'a> {
         let mut starts = Vec::with_capacity(b);
         let mut slots = Vec::with_capacity(b);
         let mut last = Vec::with_capacity(b);
+        let mut lengths = Vec::with_capacity(b);
         let mut need = 0i64;
         for (r, id) in ids.iter().enumerate() {
             let s = &self.seqs[id];
@@ -442,13 +455,14 @@ impl<'a> Engine<'a> {
             starts.push(s.cached);
             slots.push(s.slot.expect("admitted") as i64);
             last.push(s.pending.len() as i64 - 1);
+            lengths.push(s.pending.len() as i64);
             need = need.max(s.cached + t as i64).max(s.cached + (s.pending.len() + self.cfg.max_new_tokens) as i64);
         }
         self.ensure_capacity(need);
         let device = self.model.device();
         let input = Tensor::from_slice(&tokens).view([b as i64, t as i64]).to_device(device);
         let model = self.model;
-        let hidden = model.forward_slots(&input, &starts, &CacheRows::Slots(slots), self.cache_mut())?;
+        let hidden = model.forward_slots(&input, &starts, &lengths, &CacheRows::Slots(slots), self.cache_mut())?;
         let h = hidden.size()[2];
         let idx = Tensor::from_slice(&last).to_device(device).view([b as i64, 1, 1]).expand([b as i64, 1, h], false);
         let logits = model.lm_head(&hidden.gather(1, &idx, false).squeeze_dim(1));
@@ -478,7 +492,13 @@ impl<'a> Engine<'a> {
             return Ok(Vec::new());
         }
         let left = ids.iter().map(|id| self.seqs[id].budget.saturating_sub(self.seqs[id].turn.tokens.len()));
-        let block = left.min().unwrap_or(1).min(self.cfg.multi_step).max(1);
+        let mut block = left.min().unwrap_or(1).min(self.cfg.multi_step).max(1);
+        if let Some(context) = self.model.config().longrope_context() {
+            // A row that would cross LongRoPE's context inside the block must stop there to be re-encoded.
+            if ids.iter().any(|id| (self.seqs[id].cached..self.seqs[id].cached + block as i64).contains(&context)) {
+                block = 1;
+            }
+        }
         if block > 1 {
             // The blind decodes read the cache in place: the rows go to the first slots, in slot order.
             self.gather_front(&ids);
@@ -630,6 +650,37 @@ impl<'a> Engine<'a> {
         Ok(continuing)
     }
 
+    /// Take out of `continuing` the sequences whose next token crosses LongRoPE's pre-training context (Phi-3) and
+    /// re-encode them from their first token at the next prefill, as transformers' Phi-3 `generate` does: their
+    /// cached keys were turned with the short factors, and from now on the sequence takes the long ones.
+    fn reencode_crossing(&mut self, continuing: Vec<(SeqId, u32)>) -> Vec<(SeqId, u32)> {
+        let Some(context) = self.model.config().longrope_context() else { return continuing };
+        continuing
+            .into_iter()
+            .filter(|&(id, _)| {
+                let seq = self.seqs.get_mut(&id).expect("exists");
+                if seq.cached != context {
+                    return true;
+                }
+                // Its cache, and the sampled token not run yet.
+                debug_assert_eq!(seq.history.len() as i64, seq.cached + 1);
+                Self::reencode(seq);
+                seq.pending_sampled = 1;
+                false
+            })
+            .collect()
+    }
+
+    /// Make `seq` run its whole stream again from column 0 at the next prefill (not from a shared prompt, whose
+    /// cached columns are what is being replaced).
+    fn reencode(seq: &mut Seq) {
+        seq.pending = seq.history.clone();
+        seq.cached = 0;
+        seq.share = None;
+        seq.logits = None;
+        seq.state = State::Prefill;
+    }
+
     /// One decode forward for the sequences that go on, moved to the first slots so the cache is read in place.
     fn decode(&mut self, continuing: &[(SeqId, u32)]) -> anyhow::Result<()> {
         if continuing.is_empty() {
@@ -649,7 +700,8 @@ impl<'a> Engine<'a> {
         let device = self.model.device();
         let input = Tensor::from_slice(&tokens).view([c as i64, 1]).to_device(device);
         let model = self.model;
-        let hidden = model.forward_slots(&input, &starts, &CacheRows::Prefix(c as i64), self.cache_mut())?;
+        let ones = vec![1; c];
+        let hidden = model.forward_slots(&input, &starts, &ones, &CacheRows::Prefix(c as i64), self.cache_mut())?;
         let logits = model.lm_head(&hidden.select(1, 0));
         for slot in 0..c {
             let id = self.slots[slot].expect("front slots are decoding");

@@ -314,6 +314,14 @@ impl ModelConfig {
         })
     }
 
+    /// LongRoPE's pre-training context (Phi-3): a sequence longer than this takes the long factors.
+    pub fn longrope_context(&self) -> Option<i64> {
+        std::iter::once(&self.rope).chain(&self.sliding_rope).find_map(|r| match r.scaling {
+            RopeScaling::LongRope { original_max_position_embeddings, .. } => Some(original_max_position_embeddings),
+            _ => None,
+        })
+    }
+
     /// The window layer `i` attends within, or `None` when it attends to everything before it.
     pub fn layer_window(&self, i: usize) -> Option<i64> {
         self.sliding_window.filter(|_| self.sliding_layers[i])

@@ -202,15 +202,18 @@ impl Rotary {
     /// `cos` and `sin`, with the first half of `sin` negated so that `apply_rotary` needs no negation. Computed once
     /// per forward pass for every layer.
     ///
-    /// LongRoPE takes its long factors for a row whose largest position reaches the pre-training context, as
-    /// transformers does for a sequence on its own; each row decides for itself (on the device, no host read), so a
-    /// sequence's numbers do not depend on the rows beside it, where a padded batch in transformers follows its
-    /// longest row.
-    pub fn cos_sin(&self, positions: &Tensor, kind: Kind) -> (Tensor, Tensor) {
+    /// LongRoPE takes its long factors for a row whose last real position (`last`, or else its largest position)
+    /// reaches the pre-training context, as transformers does for a sequence on its own; each row decides for
+    /// itself, so a sequence's numbers do not depend on the rows beside it, where a padded batch in transformers
+    /// follows its longest row.
+    pub fn cos_sin(&self, positions: &Tensor, kind: Kind, last: Option<&[i64]>) -> (Tensor, Tensor) {
         let inv_freq = match &self.long {
             Some((long, original)) => {
-                let past = positions.amax([-1i64].as_slice(), true).ge(*original).unsqueeze(-1);
-                long.where_self(&past, &self.inv_freq)
+                let last = match last {
+                    Some(last) => Tensor::from_slice(last).to_device(positions.device()),
+                    None => positions.amax([-1i64].as_slice(), false),
+                };
+                long.where_self(&last.ge(*original).view([-1, 1, 1]), &self.inv_freq)
             }
             None => self.inv_freq.shallow_clone(),
         };

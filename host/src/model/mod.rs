@@ -452,13 +452,14 @@ impl Model {
         causal.unsqueeze(0).logical_and(&valid).logical_or(&diag.unsqueeze(0)).unsqueeze(1)
     }
 
-    /// The layers on `x` (embedded ids at positions `pos`). Each kind of layer the model has (full attention, and
-    /// the sliding-window ones) attends with `mask(its window)`, built once per pass, and with its own rotary
-    /// table's cos/sin.
+    /// The layers on `x` (embedded ids at positions `pos`; `last`, each row's last real position where padding
+    /// follows it at higher positions). Each kind of layer the model has (full attention, and the sliding-window
+    /// ones) attends with `mask(its window)`, built once per pass, and with its own rotary table's cos/sin.
     fn run(
         &self,
         ids: &Tensor,
         pos: &Tensor,
+        last: Option<&[i64]>,
         mask: impl Fn(Option<i64>) -> Mask,
         mut cache: Option<(&mut KvCache, &SlotWrite)>,
     ) -> Tensor {
@@ -472,7 +473,7 @@ impl Model {
             // transformers rounds the scale to the model's dtype first (Gemma's sqrt(3072) is 55.5 in bf16).
             x = &x * Tensor::from(scale).to_kind(self.kind).double_value(&[]);
         }
-        let (cos, sin) = self.rotary.cos_sin(pos, self.kind);
+        let (cos, sin) = self.rotary.cos_sin(pos, self.kind, last);
         let full = self.layers.iter().any(|l| l.window.is_none()).then(|| KindInputs {
             mask: mask(None),
             cos: cos.shallow_clone(),
@@ -480,7 +481,7 @@ impl Model {
         });
         let sliding = self.cfg.sliding_window.map(|window| {
             let (cos, sin) = match &self.sliding_rotary {
-                Some(rotary) => rotary.cos_sin(pos, self.kind),
+                Some(rotary) => rotary.cos_sin(pos, self.kind, last),
                 None => (cos.shallow_clone(), sin.shallow_clone()),
             };
             KindInputs { mask: mask(Some(window)), cos, sin }
@@ -559,7 +560,8 @@ impl Model {
             true => Mask::Causal,
             false => Mask::Allowed(Self::mask_4d(attention_mask, t, 0, window)),
         };
-        self.run(ids, pos, mask, None)
+        // Padding sits at position 1, below every row's last real position.
+        self.run(ids, pos, None, mask, None)
     }
 
     /// Whether every row's real tokens come before all of its padding.
@@ -709,13 +711,15 @@ impl Model {
 
     /// Run `input_ids` `[B, T]` on top of the cached sequences in `rows`: row `b` continues its slot's sequence of
     /// `starts[b]` cached tokens, so its tokens take positions (and cache columns) `starts[b]..starts[b] + T` and
-    /// attend to its own columns before them. Rows may be right-padded to the common `T`: a padding token writes
-    /// beyond its row's real end, where the row's next real tokens overwrite it before anything can attend to it.
-    /// Returns the final hidden states `[B, T, hidden]`; apply [`Model::lm_head`] where logits are needed.
+    /// attend to its own columns before them. Rows may be right-padded to the common `T`: row `b` holds `lengths[b]`
+    /// real tokens, and a padding token writes beyond its row's real end, where the row's next real tokens overwrite
+    /// it before anything can attend to it. Returns the final hidden states `[B, T, hidden]`; apply
+    /// [`Model::lm_head`] where logits are needed.
     pub fn forward_slots(
         &self,
         input_ids: &Tensor,
         starts: &[i64],
+        lengths: &[i64],
         rows: &CacheRows,
         cache: &mut KvCache,
     ) -> anyhow::Result<Tensor> {
@@ -725,9 +729,11 @@ impl Model {
             input_ids.size()[0],
             starts.len()
         );
+        anyhow::ensure!(lengths.len() == starts.len(), "{} lengths for {} starts", lengths.len(), starts.len());
         let longest = starts.iter().max().copied().unwrap_or(0);
+        let last: Vec<i64> = starts.iter().zip(lengths).map(|(s, n)| s + n - 1).collect();
         let starts = Tensor::from_slice(starts).to_device(self.device());
-        self.forward_slots_from(input_ids, &starts, longest, rows, cache)
+        self.slots_forward(input_ids, &starts, longest, Some(&last), rows, cache)
     }
 
     /// [`Model::forward_slots`] with the starts already on the device (`starts` `[B]` int64; `longest` is the
@@ -738,6 +744,19 @@ impl Model {
         input_ids: &Tensor,
         starts: &Tensor,
         longest: i64,
+        rows: &CacheRows,
+        cache: &mut KvCache,
+    ) -> anyhow::Result<Tensor> {
+        self.slots_forward(input_ids, starts, longest, None, rows, cache)
+    }
+
+    /// [`Model::forward_slots_from`], with each row's last real position where rows are padded (else their last).
+    fn slots_forward(
+        &self,
+        input_ids: &Tensor,
+        starts: &Tensor,
+        longest: i64,
+        last: Option<&[i64]>,
         rows: &CacheRows,
         cache: &mut KvCache,
     ) -> anyhow::Result<Tensor> {
@@ -775,7 +794,7 @@ impl Model {
             }
             Mask::Allowed(within_window(columns.le_tensor(&query), &columns, &query, window))
         };
-        Ok(self.run(input_ids, &positions, mask, Some((cache, &at))))
+        Ok(self.run(input_ids, &positions, last, mask, Some((cache, &at))))
     }
 }
 
