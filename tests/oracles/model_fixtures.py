@@ -86,8 +86,9 @@ def save_tokenizer(tok, out, template=None):
 
 # ---------------------------------------------------------------- tiny models
 
-def tiny_configs():
-    common = dict(
+def tiny_shape():
+    """The configuration every tiny model shares (reward_model.py's too)."""
+    return dict(
         vocab_size=VOCAB,
         hidden_size=32,
         intermediate_size=64,
@@ -101,6 +102,27 @@ def tiny_configs():
         eos_token_id=258,
         pad_token_id=None,
     )
+
+
+def greedy_continuations(model, prompts, max_new_tokens=12):
+    """transformers' greedy continuations, one prompt at a time (no padding), never stopping early."""
+    completions = []
+    for p in prompts:
+        with torch.no_grad():
+            out_ids = model.generate(
+                torch.tensor([p]),
+                attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=None,
+                pad_token_id=0,
+            )
+        completions.append(out_ids[0, len(p) :].tolist())
+    return completions
+
+
+def tiny_configs():
+    common = tiny_shape()
     return {
         "llama": LlamaConfig(**common, tie_word_embeddings=False),
         "llama3": LlamaConfig(
@@ -258,18 +280,7 @@ def make_tiny_models(only=None):
             # with the long factors at the crossing.
             own = torch.Generator().manual_seed(99)  # not `g`, whose later draws make greedy.json
             crossing = [torch.randint(0, 265, (n,), generator=own).tolist() for n in (28, 31, 32, 40)]
-            completions = []
-            for p in crossing:
-                with torch.no_grad():
-                    out_ids = model.generate(
-                        torch.tensor([p]),
-                        attention_mask=torch.ones(1, len(p), dtype=torch.long),
-                        do_sample=False,
-                        max_new_tokens=12,
-                        eos_token_id=None,
-                        pad_token_id=0,
-                    )
-                completions.append(out_ids[0, len(p) :].tolist())
+            completions = greedy_continuations(model, crossing)
             with open(os.path.join(out, "greedy_long.json"), "w") as f:
                 json.dump({"prompts": crossing, "max_new_tokens": 12, "completions": completions}, f)
 
@@ -277,18 +288,7 @@ def make_tiny_models(only=None):
         prompts = [
             torch.randint(0, 265, (n,), generator=g).tolist() for n in (5, 9, 2)
         ]
-        greedy = []
-        for p in prompts:
-            with torch.no_grad():
-                out_ids = model.generate(
-                    torch.tensor([p]),
-                    attention_mask=torch.ones(1, len(p), dtype=torch.long),
-                    do_sample=False,
-                    max_new_tokens=12,
-                    eos_token_id=None,
-                    pad_token_id=0,
-                )
-            greedy.append(out_ids[0, len(p):].tolist())
+        greedy = greedy_continuations(model, prompts)
         with open(os.path.join(out, "greedy.json"), "w") as f:
             json.dump({"prompts": prompts, "max_new_tokens": 12, "completions": greedy}, f)
         print(f"tiny {name}: {os.path.getsize(os.path.join(out, 'model.safetensors'))} bytes of weights")

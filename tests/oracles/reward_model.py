@@ -19,7 +19,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, LlamaConfig
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from model_fixtures import FIX, TEMPLATES, VOCAB, save_tokenizer, tiny_tokenizer  # noqa: E402
+from model_fixtures import FIX, TEMPLATES, save_tokenizer, tiny_shape, tiny_tokenizer  # noqa: E402
 
 CONVERSATIONS = [
     [{"role": "user", "content": "What is 17 + 25?"}, {"role": "assistant", "content": "42"}],
@@ -37,21 +37,7 @@ def main():
     out = os.path.join(FIX, "tiny", "llama_rm")
     shutil.rmtree(out, ignore_errors=True)
     torch.manual_seed(2024)
-    cfg = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        initializer_range=0.1,
-        num_labels=1,
-        pad_token_id=0,
-        bos_token_id=None,
-        eos_token_id=258,
-        tie_word_embeddings=False,
-    )
+    cfg = LlamaConfig(**{**tiny_shape(), "pad_token_id": 0}, num_labels=1, tie_word_embeddings=False)
     model = AutoModelForSequenceClassification.from_config(cfg, attn_implementation="sdpa", dtype=torch.float32)
     model = model.eval()
     model.save_pretrained(out, safe_serialization=True)
