@@ -104,8 +104,9 @@ def tiny_shape():
     )
 
 
-def greedy_continuations(model, prompts, max_new_tokens=12):
-    """transformers' greedy continuations, one prompt at a time (no padding), never stopping early."""
+def greedy_continuations(model, prompts, max_new_tokens=12, **generate_kwargs):
+    """transformers' greedy continuations, one prompt at a time (no padding), never stopping early; `generate_kwargs`
+    go to `generate` (repetition_penalty.py's penalty)."""
     completions = []
     for p in prompts:
         with torch.no_grad():
@@ -116,6 +117,7 @@ def greedy_continuations(model, prompts, max_new_tokens=12):
                 max_new_tokens=max_new_tokens,
                 eos_token_id=None,
                 pad_token_id=0,
+                **generate_kwargs,
             )
         completions.append(out_ids[0, len(p) :].tolist())
     return completions

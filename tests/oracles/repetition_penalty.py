@@ -16,33 +16,26 @@ import sys
 import torch
 from transformers import AutoModelForCausalLM
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from model_fixtures import greedy_continuations  # noqa: E402
+
 TINY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "model", "tiny")
 
 
-FAMILIES = ("llama", "llama3", "qwen2", "qwen3", "mistral", "smollm3", "olmo2", "mistral_window", "gemma3", "qwen2_window", "phi3", "olmo3", "ministral")
+def families():
+    """Every tiny model with greedy continuations (the reward model has none)."""
+    return sorted(d for d in os.listdir(TINY) if os.path.exists(os.path.join(TINY, d, "greedy.json")))
 
 
-def main(families):
-    for family in families:
+def main(names):
+    for family in names:
         directory = os.path.join(TINY, family)
         model = AutoModelForCausalLM.from_pretrained(directory, torch_dtype=torch.float32).eval()
         with open(os.path.join(directory, "greedy.json")) as f:
             prompts = json.load(f)["prompts"]
         cases = []
         for penalty in (1.3, 0.7):
-            completions = []
-            for prompt in prompts:
-                with torch.no_grad():
-                    out = model.generate(
-                        torch.tensor([prompt]),
-                        attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                        do_sample=False,
-                        max_new_tokens=12,
-                        repetition_penalty=penalty,
-                        eos_token_id=None,
-                        pad_token_id=0,
-                    )
-                completions.append(out[0, len(prompt) :].tolist())
+            completions = greedy_continuations(model, prompts, repetition_penalty=penalty)
             cases.append({"repetition_penalty": penalty, "completions": completions})
         path = os.path.join(directory, "greedy_repetition_penalty.json")
         with open(path, "w") as f:
@@ -52,4 +45,4 @@ def main(families):
 
 if __name__ == "__main__":
     # Name families to rewrite only theirs.
-    main(sys.argv[1:] or FAMILIES)
+    main(sys.argv[1:] or families())
