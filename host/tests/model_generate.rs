@@ -100,6 +100,45 @@ fn longrope_reencodes_a_sequence_crossing_its_context_as_transformers_does() {
     }
 }
 
+/// A later turn whose tokens carry a Phi-3 sequence past LongRoPE's context is encoded again from its first token:
+/// its greedy turn equals a fresh generation from the whole stream (which takes the long factors throughout).
+#[test]
+fn longrope_reencodes_a_later_turn_that_crosses_its_context() {
+    let dir = tiny("phi3");
+    let model = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("greedy_long.json")).unwrap()).unwrap();
+    let prompt: Vec<u32> = v["prompts"][0].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect();
+    assert_eq!(prompt.len(), 28);
+    let cfg = EngineConfig {
+        max_rows: 2,
+        max_new_tokens: 2,
+        sampling: SamplingParams::greedy(),
+        eos_ids: Vec::new(),
+        stop_strings: Vec::new(),
+        multi_step: 1,
+    };
+    let reply = [10u32, 20, 30, 40, 50];
+    let mut turns: Vec<Turn> = Vec::new();
+    tch::no_grad(|| {
+        let mut engine = Engine::new(&model, None, cfg).unwrap();
+        engine.submit(0, prompt.clone(), None, None).unwrap();
+        while engine.runnable() {
+            for (id, turn) in engine.step(&mut |_, _| {}).unwrap() {
+                turns.push(turn);
+                match turns.len() {
+                    1 => engine.resume(id, &reply, None).unwrap(),
+                    _ => engine.release(id),
+                }
+            }
+        }
+    });
+    // 28 + 2 + 5 = 35 tokens before the second turn: past the 32 of the context.
+    let stream = [prompt, turns[0].tokens.clone(), reply.to_vec()].concat();
+    let fresh = generate(&model, None, &GenerateRequest::new(vec![stream], 1, 2, Vec::new()), None).unwrap();
+    assert_eq!(turns[1].tokens, fresh.completions[0].tokens);
+}
+
 /// `--repetition-penalty` against transformers' `generate(repetition_penalty=...)` (tests/oracles/repetition_penalty.py):
 /// greedy continuations with a penalty above 1 and below, one prompt at a time, batched in groups with rows of
 /// other lengths beside them, and in multi-step blocks, where the tokens drawn inside a block count as seen.
