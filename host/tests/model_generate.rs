@@ -23,8 +23,12 @@ struct Greedy {
 }
 
 fn greedy_fixture(dir: &Path) -> Greedy {
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("greedy.json")).unwrap()).unwrap();
+    greedy_file(&dir.join("greedy.json"))
+}
+
+/// A file of transformers' greedy continuations (`greedy.json`, Phi-3's `greedy_long.json`).
+fn greedy_file(path: &Path) -> Greedy {
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let ids = |x: &serde_json::Value| -> Vec<Vec<u32>> {
         x.as_array()
             .unwrap()
@@ -74,14 +78,7 @@ fn greedy_matches_transformers_one_at_a_time_and_batched() {
 fn longrope_reencodes_a_sequence_crossing_its_context_as_transformers_does() {
     let dir = tiny("phi3");
     let model = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("greedy_long.json")).unwrap()).unwrap();
-    let ids = |x: &serde_json::Value| -> Vec<Vec<u32>> {
-        let rows = x.as_array().unwrap().iter();
-        rows.map(|p| p.as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect()).collect()
-    };
-    let (prompts, completions) = (ids(&v["prompts"]), ids(&v["completions"]));
-    let max_new = v["max_new_tokens"].as_u64().unwrap() as usize;
+    let Greedy { prompts, max_new, completions } = greedy_file(&dir.join("greedy_long.json"));
     for multi_step in [1, 4] {
         for (p, want) in prompts.iter().zip(&completions) {
             let req = GenerateRequest { multi_step, ..GenerateRequest::new(vec![p.clone()], 1, max_new, Vec::new()) };
@@ -106,9 +103,7 @@ fn longrope_reencodes_a_sequence_crossing_its_context_as_transformers_does() {
 fn longrope_reencodes_a_later_turn_that_crosses_its_context() {
     let dir = tiny("phi3");
     let model = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("greedy_long.json")).unwrap()).unwrap();
-    let prompt: Vec<u32> = v["prompts"][0].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect();
+    let prompt = greedy_file(&dir.join("greedy_long.json")).prompts[0].clone();
     assert_eq!(prompt.len(), 28);
     let cfg = EngineConfig {
         max_rows: 2,
