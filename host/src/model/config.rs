@@ -361,16 +361,7 @@ fn ropes(v: &Value, architecture: Architecture) -> anyhow::Result<(Rope, Option<
 /// SmolLM3 under `use_sliding_window`: those from `max_window_layers` on; Gemma 3: all but every
 /// `sliding_window_pattern`-th; OLMo 3: all but every fourth). The width is `None` when no layer slides.
 fn sliding_layers(v: &Value, architecture: Architecture, layers: i64) -> anyhow::Result<(Option<i64>, Vec<bool>)> {
-    let positive = |name: &str| -> anyhow::Result<Option<i64>> {
-        match v.get(name) {
-            Some(Value::Null) | None => Ok(None),
-            Some(x) => Ok(Some(
-                x.as_i64()
-                    .filter(|x| *x > 0)
-                    .ok_or_else(|| user_error!("config.json field {name:?} is not a positive integer or null"))?,
-            )),
-        }
-    };
+    let positive = |name: &str| optional_positive(v, name);
     let qwen_like = matches!(architecture, Architecture::Qwen2 | Architecture::Qwen3 | Architecture::SmolLM3);
     let window = match architecture {
         Architecture::Mistral | Architecture::Phi3 => positive("sliding_window")?,
@@ -442,14 +433,20 @@ fn rope_layers(v: &Value, architecture: Architecture, layers: i64) -> anyhow::Re
             _ => Err(user_error!("config.json no_rope_layers: give one 0 or 1 per layer ({layers})")),
         };
     }
-    let interval = match v.get("no_rope_layer_interval") {
-        Some(Value::Null) | None => 4,
-        Some(i) => i
-            .as_i64()
-            .filter(|i| *i > 0)
-            .ok_or_else(|| user_error!("config.json field \"no_rope_layer_interval\" is not a positive integer"))?,
-    };
+    let interval = optional_positive(v, "no_rope_layer_interval")?.unwrap_or(4);
     Ok((0..layers).map(|i| (i + 1) % interval != 0).collect())
+}
+
+/// The integer field `name`: `None` where it is missing or null, an error where it is not a positive integer.
+fn optional_positive(v: &Value, name: &str) -> anyhow::Result<Option<i64>> {
+    match v.get(name) {
+        Some(Value::Null) | None => Ok(None),
+        Some(x) => Ok(Some(
+            x.as_i64()
+                .filter(|x| *x > 0)
+                .ok_or_else(|| user_error!("config.json field {name:?} is not a positive integer or null"))?,
+        )),
+    }
 }
 
 /// An id field that may be an integer, a list of integers or null.

@@ -45,14 +45,7 @@ impl Policy {
         let precision = Precision::resolve(settings.mixed_precision, settings.dtype, device)?
             .with_rollout(settings.rollout_dtype, device);
         let kind = precision.working;
-        // Every copy that computes log-probs or samples gets the same head, so their numbers agree.
-        let load = |kind| -> Result<Model> {
-            let mut model = Model::load(&model_dir, device, kind)?;
-            if settings.cast_lm_head_to_fp32 {
-                model.cast_lm_head_to_f32()?;
-            }
-            Ok(model)
-        };
+        let load = |kind| load_model(&model_dir, device, kind, settings.cast_lm_head_to_fp32);
         let mut model = load(kind)?;
         model.set_gradient_checkpointing(settings.gradient_checkpointing);
         let mut tokenizer = Tokenizer::from_dir(&model_dir)?;
@@ -209,10 +202,7 @@ impl Policy {
             return Ok(());
         }
         if matches!(self.reference, Reference::AdaptersOff) {
-            let mut copy = Model::load(&self.model_dir, self.device(), self.kind())?;
-            if self.model.lm_head_in_f32() {
-                copy.cast_lm_head_to_f32()?;
-            }
+            let mut copy = load_model(&self.model_dir, self.device(), self.kind(), self.model.lm_head_in_f32())?;
             copy.var_store_mut().freeze();
             copy.set_logprob_temperature(self.model.logprob_temperature());
             self.reference = Reference::Copy(Box::new(copy));
@@ -391,6 +381,17 @@ impl Policy {
         }
         copy_by_name(&self.trained_store().variables(), weights, "the checkpoint")
     }
+}
+
+/// The model in `dir`, with its output projection kept in f32 when `f32_head` (`--cast-lm-head-to-fp32`): every
+/// copy that samples or scores (the trained model, the reference, the rollout-dtype sampler) gets the same head, so
+/// their numbers agree.
+fn load_model(dir: &Path, device: Device, kind: Kind, f32_head: bool) -> Result<Model> {
+    let mut model = Model::load(dir, device, kind)?;
+    if f32_head {
+        model.cast_lm_head_to_f32()?;
+    }
+    Ok(model)
 }
 
 /// Copy `weights` into the variables of the same names, each converted to its variable's dtype and device; `source`
