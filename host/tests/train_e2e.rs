@@ -1104,6 +1104,42 @@ fn checkpoints_load_in_transformers_and_peft() {
     );
 }
 
+/// A mixture of experts (the tiny Qwen2-MoE: routed experts and a shared one) trains, resumes exactly, and saves
+/// full checkpoints transformers loads with every expert, and LoRA adapters peft applies as the merged weights.
+#[test]
+fn a_mixture_of_experts_trains_resumes_exactly_and_saves_what_transformers_and_peft_load() {
+    let runs = tempfile::tempdir().unwrap();
+    let base = common::workspace_root().join("tests/fixtures/model/tiny/qwen2_moe");
+    let model = ["--model", base.to_str().unwrap()];
+    let full = train(runs.path(), "full", &[&["--max-steps", "2"], &model[..]].concat());
+    assert!(full.status.success(), "{}", text(&full.stderr));
+    assert_resume_is_exact(runs.path(), &runs.path().join("full"), "split", &model);
+    let step_6 = runs.path().join("full/checkpoints/step_6");
+    let found =
+        oracle("checkpoint_load.py", &["--base".as_ref(), base.as_os_str(), "--full".as_ref(), step_6.as_os_str()]);
+    let empty = serde_json::json!([]);
+    assert_eq!((&found["full_missing"], &found["full_unexpected"]), (&empty, &empty), "{found}");
+    assert_eq!(found["full_finite"], true);
+
+    let lora = [&model[..], &["--lora-rank", "4", "--lora-alpha", "8"]].concat();
+    let first = train(runs.path(), "lora", &[&["--max-steps", "1"], &lora[..]].concat());
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let step_3 = runs.path().join("lora/checkpoints/step_3");
+    oracle("checkpoint_load.py", &["--perturb".as_ref(), step_3.as_os_str()]);
+    let resumed =
+        train(runs.path(), "lora", &[&["--max-steps", "2", "--save-merged", "--resume", "auto"], &lora[..]].concat());
+    assert!(resumed.status.success(), "{}", text(&resumed.stderr));
+    let adapter = runs.path().join("lora/checkpoints/step_6");
+    let found =
+        oracle("checkpoint_load.py", &["--base".as_ref(), base.as_os_str(), "--adapter".as_ref(), adapter.as_os_str()]);
+    assert_eq!((&found["adapter_unused"], &found["adapter_missing"]), (&empty, &empty), "{found}");
+    let all = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"];
+    assert_eq!(found["adapter_targets"], serde_json::json!(all), "the shared expert's and attention's: {found}");
+    let merged = found["peft_vs_merged_max_abs"].as_f64().unwrap();
+    assert!(merged <= 1e-4, "peft's logits differ from the merged checkpoint's by {merged}: {found}");
+    assert!(found["peft_vs_base_max_abs"].as_f64().unwrap() > 1e-5, "{found}");
+}
+
 /// Send `signal` to a long run once it has logged a few rows: it stops at a batch boundary (after finishing the batch
 /// in flight when its updates had begun, else at the boundary the batch started from), saves a checkpoint there,
 /// exits with `code`, and resumes from it.

@@ -3,7 +3,8 @@
 Builds, with transformers as the reference implementation:
   * a tiny byte-level tokenizer (256 byte tokens + the chat special tokens, no merges);
   * tiny random Llama, Llama-3 (rope_scaling llama3), Qwen2, Qwen3, Mistral (with and without a sliding window),
-    SmolLM3, OLMo 2, OLMo 3, Gemma 3, windowed Qwen2 and Phi-3 models (f32, a few hundred KB each) with
+    SmolLM3, OLMo 2, OLMo 3, Gemma 3, windowed Qwen2, Phi-3 and mixture-of-experts (Qwen3-MoE, Qwen2-MoE, Mixtral,
+    OLMoE) models (f32, a few hundred KB each) with
     transformers' logits and next-token log-probs on a padded batch, and transformers' greedy continuations;
   * chat-template cases for the SmolLM2, Qwen2.5, Qwen3 and Llama-3.1 templates (the real template texts in
     tests/fixtures/model/templates/), rendered with `apply_chat_template`, with and without tools and the
@@ -28,12 +29,16 @@ from transformers import (
     Gemma3TextConfig,
     MinistralConfig,
     MistralConfig,
+    MixtralConfig,
     Olmo2Config,
     Olmo3Config,
+    OlmoeConfig,
     Phi3Config,
     PreTrainedTokenizerFast,
     Qwen2Config,
+    Qwen2MoeConfig,
     Qwen3Config,
+    Qwen3MoeConfig,
     SmolLM3Config,
 )
 
@@ -207,7 +212,65 @@ def tiny_configs():
                 "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
             },
         ),
+        # Qwen3-MoE: a sparse layer of four experts (two per token, their weights renormalised) and, from
+        # `mlp_only_layers`, a dense one.
+        "qwen3_moe": Qwen3MoeConfig(
+            **{**common, "head_dim": 8},
+            tie_word_embeddings=False,
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=16,
+            norm_topk_prob=True,
+            mlp_only_layers=[1],
+        ),
+        # Qwen1.5/Qwen2-MoE: routed experts (weights not renormalised) beside a shared expert behind a sigmoid gate.
+        "qwen2_moe": Qwen2MoeConfig(
+            **common,
+            tie_word_embeddings=False,
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=16,
+            shared_expert_intermediate_size=24,
+            norm_topk_prob=False,
+        ),
+        # Mixtral: four experts per layer under the `block_sparse_moe` names, two per token.
+        "mixtral": MixtralConfig(
+            **common, tie_word_embeddings=False, num_local_experts=4, num_experts_per_tok=2, sliding_window=None
+        ),
+        # OLMoE: OLMo 2's whole-projection q/k norms before each block, eight experts, three per token.
+        "olmoe": OlmoeConfig(
+            **{**common, "intermediate_size": 16}, tie_word_embeddings=False, num_experts=8, num_experts_per_tok=3
+        ),
     }
+
+
+def moe_gradients(model, cfg, ids, mask, pos):
+    """Gradients of the sum of the real positions' next-token log-probs for every parameter of a mixture, under
+    the checkpoint's names: the router's gradient flows only through the chosen experts' weights. transformers 5
+    trains each layer's experts as two stacked tensors, split back here into the checkpoint's one per expert."""
+    model.zero_grad()
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits.float()
+    lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    (lp * (mask[:, :-1] * mask[:, 1:])).sum().backward()
+    mixtral = cfg.model_type == "mixtral"
+    names = ("w1", "w3", "w2") if mixtral else ("gate_proj", "up_proj", "down_proj")
+    grads = {}
+    for name, param in model.named_parameters():
+        if mixtral:
+            name = name.replace(".mlp.", ".block_sparse_moe.")
+        g = param.grad.detach().clone()
+        if name.endswith("experts.gate_up_proj"):
+            half = g.shape[1] // 2
+            for e in range(g.shape[0]):
+                grads[f"{name[: -len('gate_up_proj')]}{e}.{names[0]}.weight"] = g[e, :half].contiguous()
+                grads[f"{name[: -len('gate_up_proj')]}{e}.{names[1]}.weight"] = g[e, half:].contiguous()
+        elif name.endswith("experts.down_proj"):
+            for e in range(g.shape[0]):
+                grads[f"{name[: -len('down_proj')]}{e}.{names[2]}.weight"] = g[e].contiguous()
+        else:
+            grads[name] = g.contiguous()
+    model.zero_grad()
+    return grads
 
 
 def make_tiny_models(only=None):
@@ -221,6 +284,13 @@ def make_tiny_models(only=None):
         out = os.path.join(out_root, name)
         shutil.rmtree(out, ignore_errors=True)
         model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa", dtype=torch.float32).eval()
+        if hasattr(cfg, "num_experts_per_tok"):
+            # transformers starts some routers at zero, where every expert ties; spread them so that each token's
+            # choice is clear of ties.
+            with torch.no_grad():
+                for param_name, param in model.named_parameters():
+                    if param_name.endswith("mlp.gate.weight"):
+                        param.normal_(0.0, 0.5)
         if cfg.model_type == "gemma3_text":
             # Gemma's norms start at a zero offset from a gain of 1; random ones make the offset matter.
             with torch.no_grad():
@@ -243,16 +313,24 @@ def make_tiny_models(only=None):
         with torch.no_grad():
             logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits.float()
         lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-        save_file(
-            {
-                "input_ids": ids.contiguous(),
-                "attention_mask": mask.contiguous(),
-                "position_ids": pos.contiguous(),
-                "logits": logits.contiguous(),
-                "token_log_probs": lp.contiguous(),
-            },
-            os.path.join(out, "reference.safetensors"),
-        )
+        reference = {
+            "input_ids": ids.contiguous(),
+            "attention_mask": mask.contiguous(),
+            "position_ids": pos.contiguous(),
+            "logits": logits.contiguous(),
+            "token_log_probs": lp.contiguous(),
+        }
+        if hasattr(cfg, "num_experts_per_tok"):
+            # bf16 rounding can move a token to another expert, in transformers as anywhere: a mixture's bf16
+            # logits are compared with transformers' own bf16 ones, not with f32's.
+            half = AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16, attn_implementation="sdpa").eval()
+            with torch.no_grad():
+                reference["logits_bf16"] = (
+                    half(input_ids=ids, attention_mask=mask, position_ids=pos).logits.float().contiguous()
+                )
+        save_file(reference, os.path.join(out, "reference.safetensors"))
+        if hasattr(cfg, "num_experts_per_tok"):
+            save_file(moe_gradients(model, cfg, ids, mask, pos), os.path.join(out, "reference_grads.safetensors"))
         if name == "phi3":
             # A row of 40 positions, past the 32 of LongRoPE's pre-training context (the long factors), and a
             # right-padded one of 30 within it (the short factors), each scored on its own as transformers scores

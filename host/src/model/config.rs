@@ -1,5 +1,5 @@
 //! `config.json` of a Hugging Face Llama-family checkpoint (Llama, Qwen2, Qwen3, Mistral, SmolLM3, OLMo 2 and 3,
-//! Gemma 3, Phi-3), reduced to the fields the runtime uses. Both the transformers 4 spelling (`rope_theta` + `rope_scaling`, Gemma's
+//! Gemma 3, Phi-3, and the mixtures of experts Qwen2-MoE, Qwen3-MoE, Mixtral and OLMoE), reduced to the fields the runtime uses. Both the transformers 4 spelling (`rope_theta` + `rope_scaling`, Gemma's
 //! `rope_local_base_freq`) and the transformers 5 one (`rope_parameters`, per layer type for Gemma 3) are read.
 
 use std::path::Path;
@@ -34,6 +34,62 @@ pub enum Architecture {
     /// Phi-3, Phi-3.5 and Phi-4-mini (`phi3`): fused `qkv_proj` and `gate_up_proj`, the rotary embedding on part of
     /// each head, LongRoPE.
     Phi3,
+    /// OLMoE (`olmoe`): OLMo 2's norms over the whole query and key projections, Llama's norms before each block,
+    /// a mixture of experts.
+    Olmoe,
+}
+
+/// A mixture-of-experts feed-forward block (Qwen2-MoE and Qwen3-MoE on Qwen's layers, Mixtral on Mistral's,
+/// OLMoE): a router picks `experts_per_token` of `experts` gated MLPs for each token and adds their outputs weighed
+/// by its softmax probabilities.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Moe {
+    /// Routed experts in each sparse layer (`num_experts`, Mixtral's `num_local_experts`).
+    pub experts: i64,
+    /// Experts each token is sent to (`num_experts_per_tok`).
+    pub experts_per_token: i64,
+    /// Width of each routed expert's MLP (`moe_intermediate_size`; Mixtral's and OLMoE's `intermediate_size`).
+    pub expert_size: i64,
+    /// Whether the chosen experts' probabilities are rescaled to sum to 1 (`norm_topk_prob`; always in Mixtral).
+    pub normalize_top_k: bool,
+    /// Whether those weights stay in f32 when they scale the experts' outputs (Mixtral), rather than being
+    /// rounded to the model's dtype first (Qwen, OLMoE): the two differ under bf16.
+    pub f32_weights: bool,
+    /// Width of the shared expert every token also passes through, behind a sigmoid gate (Qwen2-MoE).
+    pub shared_expert_size: Option<i64>,
+    /// Per layer, whether its feed-forward block is the mixture; the others are dense MLPs of
+    /// `intermediate_size` (Qwen's `mlp_only_layers` and `decoder_sparse_step`).
+    pub sparse_layers: Vec<bool>,
+    /// How the checkpoint names the block's tensors.
+    pub names: ExpertNames,
+}
+
+/// The checkpoint names of a mixture-of-experts block, as the hub's checkpoints store it (one tensor per expert
+/// and projection, the layout transformers 5 writes back when it saves).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpertNames {
+    /// `mlp.gate` (the router), `mlp.experts.<e>.{gate_proj,up_proj,down_proj}` (Qwen, OLMoE).
+    Qwen,
+    /// `block_sparse_moe.gate`, `block_sparse_moe.experts.<e>.{w1,w3,w2}` (Mixtral).
+    Mixtral,
+}
+
+impl ExpertNames {
+    /// The block's module name within a layer.
+    pub fn block(self) -> &'static str {
+        match self {
+            ExpertNames::Qwen => "mlp",
+            ExpertNames::Mixtral => "block_sparse_moe",
+        }
+    }
+
+    /// An expert's gate, up and down projections.
+    pub fn projections(self) -> [&'static str; 3] {
+        match self {
+            ExpertNames::Qwen => ["gate_proj", "up_proj", "down_proj"],
+            ExpertNames::Mixtral => ["w1", "w3", "w2"],
+        }
+    }
 }
 
 /// The MLP's gate activation (`hidden_act`, or Gemma's `hidden_activation`).
@@ -141,8 +197,10 @@ pub struct ModelConfig {
     pub embedding_scale: Option<f64>,
     /// Whether `lm_head` reuses the embedding matrix.
     pub tie_word_embeddings: bool,
-    /// Whether q/k/v (and Llama's o) projections carry biases.
-    pub attention_bias: bool,
+    /// Whether the q/k/v projections carry biases (`attention_bias`; always in Qwen2, Qwen2-MoE's `qkv_bias`).
+    pub qkv_bias: bool,
+    /// Whether the output projection carries a bias (`attention_bias`, never in Qwen2).
+    pub o_bias: bool,
     /// Whether the MLP projections carry biases (Llama's `mlp_bias`).
     pub mlp_bias: bool,
     /// Longest context the model was trained for (informational; longer sequences are allowed).
@@ -157,6 +215,8 @@ pub struct ModelConfig {
     /// Per layer, whether it attends within `sliding_window` (`layer_types`' `sliding_attention`: every layer of
     /// Mistral 7B v0.1, Qwen2's from `max_window_layers` on, five in six of Gemma 3's).
     pub sliding_layers: Vec<bool>,
+    /// The mixture of experts, in the families that have one.
+    pub moe: Option<Moe>,
 }
 
 impl ModelConfig {
@@ -184,6 +244,10 @@ impl ModelConfig {
             "olmo3" => Architecture::Olmo3,
             "gemma3_text" => Architecture::Gemma3,
             "phi3" => Architecture::Phi3,
+            "qwen2_moe" => Architecture::Qwen2,
+            "qwen3_moe" => Architecture::Qwen3,
+            "mixtral" => Architecture::Mistral,
+            "olmoe" => Architecture::Olmoe,
             "gemma3" => {
                 return Err(user_error!(
                     "model_type \"gemma3\" is Gemma 3's image-text model, which is not supported; use a text-only \
@@ -193,7 +257,7 @@ impl ModelConfig {
             other => {
                 return Err(user_error!(
                     "unsupported model_type {other:?} in config.json; supported: gemma3_text, llama, ministral, \
-                     mistral, olmo2, olmo3, phi3, qwen2, qwen3, smollm3"
+                     mistral, mixtral, olmo2, olmo3, olmoe, phi3, qwen2, qwen2_moe, qwen3, qwen3_moe, smollm3"
                 ))
             }
         };
@@ -205,6 +269,9 @@ impl ModelConfig {
         }
         if v.get("use_bidirectional_attention").and_then(Value::as_bool) == Some(true) {
             return Err(user_error!("config.json use_bidirectional_attention=true is not supported"));
+        }
+        if v.get("clip_qkv").is_some_and(|x| !x.is_null()) {
+            return Err(user_error!("config.json clip_qkv is not supported (only null)"));
         }
         let int = |name: &str| -> anyhow::Result<i64> {
             v.get(name)
@@ -274,11 +341,21 @@ impl ModelConfig {
                 | Architecture::Olmo2
                 | Architecture::Olmo3
                 | Architecture::Phi3
-        );
+                | Architecture::Olmoe
+        ) && !model_type.ends_with("_moe");
         let num_hidden_layers = int("num_hidden_layers")?;
         let rope_layers = rope_layers(&v, architecture, num_hidden_layers)?;
         let (sliding_window, sliding_layers) = sliding_layers(&v, architecture, num_hidden_layers)?;
         let flag = |name: &str, default: bool| v.get(name).and_then(Value::as_bool).unwrap_or(default);
+        let attention_bias = flag("attention_bias", false);
+        let qkv_bias = match model_type {
+            "qwen2" => true,
+            "qwen2_moe" => flag("qkv_bias", true),
+            _ => attention_bias,
+        };
+        let o_bias = attention_bias && architecture != Architecture::Qwen2;
+        let intermediate_size = int("intermediate_size")?;
+        let moe = moe(&v, model_type, num_hidden_layers, intermediate_size)?;
         let attention_scale =
             match v.get("query_pre_attn_scalar") {
                 _ if !gemma => None,
@@ -291,7 +368,7 @@ impl ModelConfig {
             architecture,
             vocab_size: int("vocab_size")?,
             hidden_size,
-            intermediate_size: int("intermediate_size")?,
+            intermediate_size,
             activation,
             num_hidden_layers,
             num_attention_heads,
@@ -304,13 +381,15 @@ impl ModelConfig {
             attention_scale: attention_scale.map(|s| s.powf(-0.5)),
             embedding_scale: gemma.then(|| (hidden_size as f64).sqrt()),
             tie_word_embeddings: flag("tie_word_embeddings", default_tie),
-            attention_bias: flag("attention_bias", architecture == Architecture::Qwen2),
+            qkv_bias,
+            o_bias,
             mlp_bias: flag("mlp_bias", false),
             max_position_embeddings: v.get("max_position_embeddings").and_then(Value::as_i64).unwrap_or(4096),
             eos_token_ids: ids_of(v.get("eos_token_id")),
             rope_layers,
             sliding_window,
             sliding_layers,
+            moe,
         })
     }
 
@@ -417,6 +496,59 @@ fn sliding_layers(v: &Value, architecture: Architecture, layers: i64) -> anyhow:
         ));
     }
     Ok((window, sliding))
+}
+
+/// The mixture of experts of `model_type`'s families, `None` for the dense ones.
+fn moe(v: &Value, model_type: &str, layers: i64, intermediate_size: i64) -> anyhow::Result<Option<Moe>> {
+    let names = match model_type {
+        "qwen2_moe" | "qwen3_moe" | "olmoe" => ExpertNames::Qwen,
+        "mixtral" => ExpertNames::Mixtral,
+        _ => return Ok(None),
+    };
+    let required = |name: &str| {
+        optional_positive(v, name)?
+            .ok_or_else(|| user_error!("config.json field {name:?} is missing (a positive integer)"))
+    };
+    // transformers 5 writes `num_local_experts` where the hub's Qwen3-MoE configs say `num_experts`.
+    let experts = match optional_positive(v, "num_experts")? {
+        Some(n) => n,
+        None => required("num_local_experts")?,
+    };
+    let experts_per_token = required("num_experts_per_tok")?;
+    if experts_per_token > experts {
+        return Err(user_error!(
+            "config.json num_experts_per_tok ({experts_per_token}) is more than the {experts} experts"
+        ));
+    }
+    if v.get("router_jitter_noise").and_then(Value::as_f64).is_some_and(|x| x != 0.0) {
+        return Err(user_error!("config.json router_jitter_noise is not supported (only 0)"));
+    }
+    let qwen = model_type.starts_with("qwen");
+    let expert_size = if qwen { required("moe_intermediate_size")? } else { intermediate_size };
+    let sparse_layers = if qwen {
+        let step = optional_positive(v, "decoder_sparse_step")?.unwrap_or(1);
+        let dense: Option<Vec<i64>> = match v.get("mlp_only_layers") {
+            Some(Value::Null) | None => Some(Vec::new()),
+            Some(x) => x.as_array().and_then(|a| a.iter().map(Value::as_i64).collect()),
+        };
+        let dense = dense.ok_or_else(|| user_error!("config.json mlp_only_layers: give a list of layer indices"))?;
+        (0..layers).map(|i| !dense.contains(&i) && (i + 1) % step == 0).collect()
+    } else {
+        vec![true; layers as usize]
+    };
+    Ok(Some(Moe {
+        experts,
+        experts_per_token,
+        expert_size,
+        normalize_top_k: model_type == "mixtral" || v.get("norm_topk_prob").and_then(Value::as_bool) == Some(true),
+        f32_weights: model_type == "mixtral",
+        shared_expert_size: match model_type {
+            "qwen2_moe" => Some(required("shared_expert_intermediate_size")?),
+            _ => None,
+        },
+        sparse_layers,
+        names,
+    }))
 }
 
 /// Whether each of the `layers` layers applies the rotary embedding: all of them, except SmolLM3's NoPE layers
@@ -582,7 +714,7 @@ mod tests {
         };
         let c = config("null").unwrap();
         assert_eq!(c.architecture, Architecture::Mistral);
-        assert!(!c.tie_word_embeddings && !c.attention_bias);
+        assert!(!c.tie_word_embeddings && !c.qkv_bias && !c.o_bias);
         assert_eq!(c.sliding_window, None);
         assert_eq!(config("4096").unwrap().sliding_window, Some(4096));
         assert_eq!(config("4096").unwrap().sliding_layers, [true]);

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use tch::{nn, Device, Kind, Tensor};
 
-use super::config::{Activation, Architecture, ModelConfig, Rope, RopeScaling};
+use super::config::{Activation, Architecture, ModelConfig, Moe, Rope, RopeScaling};
 use super::lora::LoraAdapter;
 use super::weights::WeightFiles;
 use super::Ctx;
@@ -322,9 +322,9 @@ pub struct Attention {
     pub qkv: QkvProj,
     /// Output projection.
     pub o_proj: Linear,
-    /// Qwen3's and Gemma 3's per-head query norm, or OLMo 2's over the whole query projection.
+    /// Qwen3's and Gemma 3's per-head query norm, or OLMo 2's and OLMoE's over the whole query projection.
     pub q_norm: Option<RmsNorm>,
-    /// Qwen3's and Gemma 3's per-head key norm, or OLMo 2's over the whole key projection.
+    /// Qwen3's and Gemma 3's per-head key norm, or OLMo 2's and OLMoE's over the whole key projection.
     pub k_norm: Option<RmsNorm>,
     /// The scores' scale when it is not SDPA's default `1/sqrt(head_dim)`.
     scale: Option<f64>,
@@ -340,11 +340,11 @@ pub struct Attention {
 impl Attention {
     pub(crate) fn load(l: &Loader, p: &str, cfg: &ModelConfig, rope: bool) -> anyhow::Result<Self> {
         let (h, kv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
-        let qkv_bias = cfg.attention_bias || cfg.architecture == Architecture::Qwen2;
-        let o_bias = cfg.attention_bias && cfg.architecture != Architecture::Qwen2;
+        let (qkv_bias, o_bias) = (cfg.qkv_bias, cfg.o_bias);
+        let whole = matches!(cfg.architecture, Architecture::Olmo2 | Architecture::Olmo3 | Architecture::Olmoe);
         let (q_dim, k_dim) = match cfg.architecture {
             Architecture::Qwen3 | Architecture::Gemma3 => (Some(d), Some(d)),
-            Architecture::Olmo2 | Architecture::Olmo3 => (Some(h * d), Some(kv * d)),
+            _ if whole => (Some(h * d), Some(kv * d)),
             _ => (None, None),
         };
         let norm = |name: &str, dim: Option<i64>| dim.map(|dim| RmsNorm::load(l, &format!("{p}.{name}"), dim, cfg));
@@ -365,7 +365,7 @@ impl Attention {
             k_norm,
             scale: cfg.attention_scale,
             rope,
-            qk_norm_whole: matches!(cfg.architecture, Architecture::Olmo2 | Architecture::Olmo3),
+            qk_norm_whole: whole,
             heads: h,
             kv_heads: kv,
             head_dim: d,
@@ -472,21 +472,49 @@ pub struct Mlp {
 }
 
 impl Mlp {
+    /// The layer's dense MLP, `intermediate_size` wide.
     pub(crate) fn load(l: &Loader, p: &str, cfg: &ModelConfig) -> anyhow::Result<Self> {
         let (h, i, b) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
-        Ok(Mlp {
-            gate_up: match cfg.architecture {
-                Architecture::Phi3 => {
-                    GateUpProj::Fused { gate_up_proj: Linear::load(l, &format!("{p}.gate_up_proj"), h, 2 * i, b)? }
-                }
-                _ => GateUpProj::Separate {
-                    gate_proj: Linear::load(l, &format!("{p}.gate_proj"), h, i, b)?,
-                    up_proj: Linear::load(l, &format!("{p}.up_proj"), h, i, b)?,
+        match cfg.architecture {
+            Architecture::Phi3 => Ok(Mlp {
+                gate_up: GateUpProj::Fused {
+                    gate_up_proj: Linear::load(l, &format!("{p}.gate_up_proj"), h, 2 * i, b)?,
                 },
+                down_proj: Linear::load(l, &format!("{p}.down_proj"), i, h, b)?,
+                activation: cfg.activation,
+            }),
+            _ => Self::load_named(l, p, ["gate_proj", "up_proj", "down_proj"], i, cfg),
+        }
+    }
+
+    /// A gated MLP `width` wide whose gate, up and down projections are `names` under `p` (an expert's too).
+    pub(crate) fn load_named(
+        l: &Loader,
+        p: &str,
+        names: [&str; 3],
+        width: i64,
+        cfg: &ModelConfig,
+    ) -> anyhow::Result<Self> {
+        let (h, b) = (cfg.hidden_size, cfg.mlp_bias);
+        let [gate, up, down] = names;
+        Ok(Mlp {
+            gate_up: GateUpProj::Separate {
+                gate_proj: Linear::load(l, &format!("{p}.{gate}"), h, width, b)?,
+                up_proj: Linear::load(l, &format!("{p}.{up}"), h, width, b)?,
             },
-            down_proj: Linear::load(l, &format!("{p}.down_proj"), i, h, b)?,
+            down_proj: Linear::load(l, &format!("{p}.{down}"), width, h, b)?,
             activation: cfg.activation,
         })
+    }
+
+    /// The gate, up and down projections.
+    fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut all: Vec<&mut Linear> = match &mut self.gate_up {
+            GateUpProj::Separate { gate_proj, up_proj } => vec![gate_proj, up_proj],
+            GateUpProj::Fused { gate_up_proj } => vec![gate_up_proj],
+        };
+        all.push(&mut self.down_proj);
+        all
     }
 
     /// `down(act(gate(x)) * up(x))`.
@@ -495,8 +523,8 @@ impl Mlp {
             GateUpProj::Separate { gate_proj, up_proj } => (gate_proj.forward(x, ctx), up_proj.forward(x, ctx)),
             GateUpProj::Fused { gate_up_proj } => {
                 let both = gate_up_proj.forward(x, ctx);
-                let half = both.size()[2] / 2;
-                (both.narrow(2, 0, half), both.narrow(2, half, half))
+                let half = both.size()[x.dim() - 1] / 2;
+                (both.narrow(-1, 0, half), both.narrow(-1, half, half))
             }
         };
         let g = match self.activation {
@@ -504,6 +532,119 @@ impl Mlp {
             Activation::GeluTanh => g.gelu("tanh"),
         };
         self.down_proj.forward(&(g * up), ctx)
+    }
+}
+
+/// A layer's feed-forward block.
+#[derive(Debug)]
+pub enum FeedForward {
+    /// One gated MLP.
+    Dense(Mlp),
+    /// A mixture of experts.
+    Sparse(SparseMoe),
+}
+
+impl FeedForward {
+    /// The block's output for `x` `[B, T, hidden]`.
+    pub fn forward(&self, x: &Tensor, ctx: Ctx) -> Tensor {
+        match self {
+            FeedForward::Dense(mlp) => mlp.forward(x, ctx),
+            FeedForward::Sparse(moe) => moe.forward(x, ctx),
+        }
+    }
+}
+
+/// A shared expert that every token passes through beside the routed ones, scaled by a sigmoid gate of the token
+/// (Qwen2-MoE).
+#[derive(Debug)]
+pub struct SharedExpert {
+    /// The expert, `mlp.shared_expert`.
+    pub mlp: Mlp,
+    /// `[1, hidden]`, `mlp.shared_expert_gate`.
+    pub gate: Linear,
+}
+
+/// A mixture-of-experts block (see [`Moe`]): a linear router scores the experts, each token goes through the
+/// `top_k` most probable, and their outputs are added, weighed by the router's probabilities.
+#[derive(Debug)]
+pub struct SparseMoe {
+    /// `[experts, hidden]`, the router (`mlp.gate`, Mixtral's `block_sparse_moe.gate`).
+    pub router: Linear,
+    /// The routed experts, in checkpoint order.
+    pub experts: Vec<Mlp>,
+    /// Qwen2-MoE's shared expert.
+    pub shared: Option<SharedExpert>,
+    top_k: i64,
+    normalize_top_k: bool,
+    f32_weights: bool,
+}
+
+impl SparseMoe {
+    pub(crate) fn load(l: &Loader, layer: &str, moe: &Moe, cfg: &ModelConfig) -> anyhow::Result<Self> {
+        let p = format!("{layer}.{}", moe.names.block());
+        let experts = (0..moe.experts)
+            .map(|e| Mlp::load_named(l, &format!("{p}.experts.{e}"), moe.names.projections(), moe.expert_size, cfg))
+            .collect::<anyhow::Result<_>>()?;
+        let shared = match moe.shared_expert_size {
+            Some(width) => Some(SharedExpert {
+                mlp: Mlp::load_named(
+                    l,
+                    &format!("{p}.shared_expert"),
+                    ["gate_proj", "up_proj", "down_proj"],
+                    width,
+                    cfg,
+                )?,
+                gate: Linear::load(l, &format!("{p}.shared_expert_gate"), cfg.hidden_size, 1, false)?,
+            }),
+            None => None,
+        };
+        Ok(SparseMoe {
+            router: Linear::load(l, &format!("{p}.gate"), cfg.hidden_size, moe.experts, false)?,
+            experts,
+            shared,
+            top_k: moe.experts_per_token,
+            normalize_top_k: moe.normalize_top_k,
+            f32_weights: moe.f32_weights,
+        })
+    }
+
+    /// Route each token of `x` `[B, T, hidden]` to its experts and add their weighed outputs. The (token, choice)
+    /// pairs are sorted by expert so that each expert runs once, on one contiguous slice of the tokens it was
+    /// given: reading the experts' counts is the block's one wait for the device.
+    pub fn forward(&self, x: &Tensor, ctx: Ctx) -> Tensor {
+        let shape = x.size();
+        let flat = x.reshape([-1, shape[shape.len() - 1]]);
+        let probs = self.router.forward(&flat, ctx).softmax(-1, Kind::Float);
+        let (mut weights, chosen) = probs.topk(self.top_k, -1, true, true);
+        if self.normalize_top_k {
+            weights = &weights / weights.sum_dim_intlist(-1, true, Kind::Float);
+        }
+        if !self.f32_weights {
+            weights = weights.to_kind(x.kind());
+        }
+        let chosen = chosen.reshape([-1]);
+        let order = chosen.argsort_stable(true, 0, false);
+        let tokens = order.floor_divide_scalar(self.top_k);
+        let counts = Vec::<i64>::try_from(chosen.bincount(None::<Tensor>, self.experts.len() as i64))
+            .expect("bincount gives one i64 count per expert");
+        let inputs = flat.index_select(0, &tokens);
+        let mut outputs = Vec::new();
+        let mut start = 0;
+        for (expert, &n) in self.experts.iter().zip(&counts) {
+            if n > 0 {
+                outputs.push(expert.forward(&inputs.narrow(0, start, n), ctx));
+            }
+            start += n;
+        }
+        let mut out = flat.zeros_like();
+        if !outputs.is_empty() {
+            let weighed = Tensor::cat(&outputs, 0) * weights.reshape([-1]).index_select(0, &order).unsqueeze(-1);
+            out = out.index_add(0, &tokens, &weighed.to_kind(x.kind()));
+        }
+        if let Some(shared) = &self.shared {
+            out = out + shared.gate.forward(&flat, ctx).sigmoid() * shared.mlp.forward(&flat, ctx);
+        }
+        out.reshape(shape)
     }
 }
 
@@ -546,7 +687,7 @@ pub struct DecoderLayer {
     /// Self-attention.
     pub self_attn: Attention,
     /// Feed-forward block.
-    pub mlp: Mlp,
+    pub mlp: FeedForward,
     /// The sliding window this layer attends within, if any.
     pub window: Option<i64>,
 }
@@ -571,23 +712,29 @@ impl DecoderLayer {
         Ok(DecoderLayer {
             norms,
             self_attn: Attention::load(l, &format!("{p}.self_attn"), cfg, cfg.rope_layers[i as usize])?,
-            mlp: Mlp::load(l, &format!("{p}.mlp"), cfg)?,
+            mlp: match &cfg.moe {
+                Some(moe) if moe.sparse_layers[i as usize] => FeedForward::Sparse(SparseMoe::load(l, &p, moe, cfg)?),
+                _ => FeedForward::Dense(Mlp::load(l, &format!("{p}.mlp"), cfg)?),
+            },
             window: cfg.layer_window(i as usize),
         })
     }
 
-    /// Every projection of the layer, in checkpoint order: where LoRA adapters can go.
+    /// The layer's projections where LoRA adapters can go, in checkpoint order: attention's, and the dense MLP's
+    /// or the shared expert's. A mixture's routed experts, its router and the shared expert's one-output gate get
+    /// none (full fine-tuning trains them); adapter_config.json names the adapted projections, and in
+    /// transformers 5, which stacks the experts into parameters, those names reach the same modules.
     pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
         let mut all = match &mut self.self_attn.qkv {
             QkvProj::Separate { q_proj, k_proj, v_proj } => vec![q_proj, k_proj, v_proj],
             QkvProj::Fused { qkv_proj } => vec![qkv_proj],
         };
         all.push(&mut self.self_attn.o_proj);
-        match &mut self.mlp.gate_up {
-            GateUpProj::Separate { gate_proj, up_proj } => all.extend([gate_proj, up_proj]),
-            GateUpProj::Fused { gate_up_proj } => all.push(gate_up_proj),
+        match &mut self.mlp {
+            FeedForward::Dense(mlp) => all.extend(mlp.linears_mut()),
+            FeedForward::Sparse(SparseMoe { shared: Some(shared), .. }) => all.extend(shared.mlp.linears_mut()),
+            FeedForward::Sparse(_) => {}
         }
-        all.push(&mut self.mlp.down_proj);
         all
     }
 

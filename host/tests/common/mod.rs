@@ -30,6 +30,10 @@ pub const TINY_FAMILIES: &[&str] = &[
     "phi3",
     "olmo3",
     "ministral",
+    "qwen3_moe",
+    "qwen2_moe",
+    "mixtral",
+    "olmoe",
 ];
 
 /// `target/<profile>`: the test binary lives in its `deps/` folder.
