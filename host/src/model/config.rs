@@ -165,7 +165,9 @@ pub enum RopeScaling {
 /// The architecture hyper-parameters of a checkpoint.
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
-    /// The decoder family (`model_type`).
+    /// config.json's `model_type`, as written.
+    pub model_type: String,
+    /// The decoder family `model_type` belongs to.
     pub architecture: Architecture,
     /// Vocabulary size (rows of the embedding and of `lm_head`).
     pub vocab_size: i64,
@@ -365,6 +367,7 @@ impl ModelConfig {
                 None => Some(256.0),
             };
         Ok(ModelConfig {
+            model_type: model_type.to_string(),
             architecture,
             vocab_size: int("vocab_size")?,
             hidden_size,
@@ -832,6 +835,56 @@ mod tests {
         assert_eq!(olmo.sliding_window, Some(4096));
         assert!(matches!(olmo.rope.scaling, RopeScaling::Yarn { factor, .. } if factor == 8.0));
         assert_eq!(olmo.sliding_rope, Some(Rope { theta: 1e6, scaling: RopeScaling::None }));
+    }
+
+    #[test]
+    fn mixtures_read_their_experts_sparse_layers_and_names() {
+        let config = |model_type: &str, extra: &str| {
+            ModelConfig::from_json_str(&format!(
+                r#"{{"model_type":"{model_type}","vocab_size":10,"hidden_size":8,"intermediate_size":16,
+                "num_hidden_layers":4,"num_attention_heads":2,"num_experts_per_tok":2{extra}}}"#
+            ))
+        };
+        // The hub's Qwen3-MoE spelling (num_experts), dense layers from mlp_only_layers and decoder_sparse_step.
+        let qwen3 = config(
+            "qwen3_moe",
+            r#","num_experts":8,"moe_intermediate_size":4,"norm_topk_prob":true,"mlp_only_layers":[0],"decoder_sparse_step":2"#,
+        )
+        .unwrap();
+        let moe = qwen3.moe.as_ref().unwrap();
+        assert_eq!((moe.experts, moe.experts_per_token, moe.expert_size), (8, 2, 4));
+        assert_eq!(moe.sparse_layers, [false, true, false, true]);
+        assert!(moe.normalize_top_k && !moe.f32_weights && moe.shared_expert_size.is_none());
+        assert_eq!(
+            (qwen3.architecture, moe.names, qwen3.tie_word_embeddings),
+            (Architecture::Qwen3, ExpertNames::Qwen, false)
+        );
+        // transformers 5's spelling (num_local_experts); Qwen2-MoE's shared expert and q/k/v biases.
+        let qwen2 = config(
+            "qwen2_moe",
+            r#","num_local_experts":4,"moe_intermediate_size":4,"shared_expert_intermediate_size":12"#,
+        )
+        .unwrap();
+        let moe = qwen2.moe.as_ref().unwrap();
+        assert_eq!((moe.experts, moe.shared_expert_size, moe.normalize_top_k), (4, Some(12), false));
+        assert!(qwen2.qkv_bias && !qwen2.o_bias);
+        // Mixtral: experts as wide as intermediate_size, always renormalised, weights kept in f32.
+        let mixtral = config("mixtral", r#","num_local_experts":4"#).unwrap();
+        let moe = mixtral.moe.as_ref().unwrap();
+        assert_eq!((moe.expert_size, moe.names, moe.sparse_layers.clone()), (16, ExpertNames::Mixtral, vec![true; 4]));
+        assert!(moe.normalize_top_k && moe.f32_weights);
+        assert_eq!(config("olmoe", r#","num_experts":4"#).unwrap().architecture, Architecture::Olmoe);
+        assert!(config("qwen2", "").unwrap().moe.is_none());
+        for (model_type, extra, message) in [
+            ("mixtral", r#","num_local_experts":1"#, "num_experts_per_tok (2) is more than the 1 experts"),
+            ("mixtral", r#","num_local_experts":4,"router_jitter_noise":0.1"#, "router_jitter_noise is not supported"),
+            ("qwen3_moe", r#","num_experts":4"#, "\"moe_intermediate_size\" is missing"),
+            ("olmoe", r#","num_experts":4,"clip_qkv":8"#, "clip_qkv is not supported"),
+        ] {
+            let err = config(model_type, extra).unwrap_err();
+            assert!(err.to_string().contains(message), "{model_type}: {err}");
+            assert_eq!(crate::error::exit_code(&err), 2);
+        }
     }
 
     #[test]

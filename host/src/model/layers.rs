@@ -572,8 +572,8 @@ pub struct SparseMoe {
     pub router: Linear,
     /// The routed experts, in checkpoint order.
     pub experts: Vec<Mlp>,
-    /// Qwen2-MoE's shared expert.
-    pub shared: Option<SharedExpert>,
+    /// Qwen2-MoE's shared expert (boxed, so that a mixture's handles take no more room than a dense MLP's).
+    pub shared: Option<Box<SharedExpert>>,
     top_k: i64,
     normalize_top_k: bool,
     f32_weights: bool,
@@ -586,7 +586,7 @@ impl SparseMoe {
             .map(|e| Mlp::load_named(l, &format!("{p}.experts.{e}"), moe.names.projections(), moe.expert_size, cfg))
             .collect::<anyhow::Result<_>>()?;
         let shared = match moe.shared_expert_size {
-            Some(width) => Some(SharedExpert {
+            Some(width) => Some(Box::new(SharedExpert {
                 mlp: Mlp::load_named(
                     l,
                     &format!("{p}.shared_expert"),
@@ -595,7 +595,7 @@ impl SparseMoe {
                     cfg,
                 )?,
                 gate: Linear::load(l, &format!("{p}.shared_expert_gate"), cfg.hidden_size, 1, false)?,
-            }),
+            })),
             None => None,
         };
         Ok(SparseMoe {
@@ -636,14 +636,17 @@ impl SparseMoe {
             }
             start += n;
         }
-        let mut out = flat.zeros_like();
-        if !outputs.is_empty() {
-            let weighed = Tensor::cat(&outputs, 0) * weights.reshape([-1]).index_select(0, &order).unsqueeze(-1);
-            out = out.index_add(0, &tokens, &weighed.to_kind(x.kind()));
-        }
-        if let Some(shared) = &self.shared {
-            out = out + shared.gate.forward(&flat, ctx).sigmoid() * shared.mlp.forward(&flat, ctx);
-        }
+        let routed = match outputs.is_empty() {
+            true => flat.zeros_like(),
+            false => {
+                let weighed = Tensor::cat(&outputs, 0) * weights.reshape([-1]).index_select(0, &order).unsqueeze(-1);
+                flat.zeros_like().index_add(0, &tokens, &weighed.to_kind(x.kind()))
+            }
+        };
+        let out = match &self.shared {
+            Some(shared) => routed + shared.gate.forward(&flat, ctx).sigmoid() * shared.mlp.forward(&flat, ctx),
+            None => routed,
+        };
         out.reshape(shape)
     }
 }
@@ -732,8 +735,11 @@ impl DecoderLayer {
         all.push(&mut self.self_attn.o_proj);
         match &mut self.mlp {
             FeedForward::Dense(mlp) => all.extend(mlp.linears_mut()),
-            FeedForward::Sparse(SparseMoe { shared: Some(shared), .. }) => all.extend(shared.mlp.linears_mut()),
-            FeedForward::Sparse(_) => {}
+            FeedForward::Sparse(moe) => {
+                if let Some(shared) = &mut moe.shared {
+                    all.extend(shared.mlp.linears_mut());
+                }
+            }
         }
         all
     }

@@ -237,7 +237,7 @@ impl Model {
                 dir.display(),
                 unexpected[0],
                 unexpected.len(),
-                format!("{:?}", cfg.architecture).to_lowercase()
+                cfg.model_type
             ));
         }
         let rotary = Rotary::new(&cfg.rope, cfg.rotary_dim, device);
