@@ -327,6 +327,52 @@ fn a_differentiable_entropy_has_plain_autograds_gradients() {
     assert!((h.detach() - want_h).abs().max().double_value(&[]) < 1e-5);
 }
 
+/// Gemma 2's final soft cap through the log-prob node: at a log-prob temperature the node's log-probs, entropies and
+/// every parameter's gradient (of the log-probs, and of the log-probs and entropies together) are plain autograd's
+/// over `log_softmax(cap tanh(z / cap) / T)`, the temperature after the cap, in one chunk and in several.
+#[test]
+fn capped_logits_at_a_temperature_have_plain_autograds_values_and_gradients() {
+    let _rng = common::torch_rng_lock();
+    let dir = tiny("gemma2");
+    let mut model = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
+    let temperature = 0.7;
+    model.set_logprob_temperature(temperature);
+    let r = reference(&dir, Device::Cpu);
+    let (ids, mask) = (&r["input_ids"], &r["attention_mask"]);
+    let t = ids.size()[1];
+    tch::manual_seed(5);
+    let (a, b) =
+        (Tensor::randn([3, t - 1], (Kind::Float, Device::Cpu)), Tensor::randn([3, t - 1], (Kind::Float, Device::Cpu)));
+    let plain = || {
+        let hidden = model.hidden_states(ids, mask, &Model::position_ids(mask)).narrow(1, 0, t - 1);
+        let log_p = (model.lm_head(&hidden) / temperature).log_softmax(-1, Kind::Float);
+        let lp = log_p.gather(-1, &ids.narrow(1, 1, t - 1).unsqueeze(-1), false).squeeze_dim(-1);
+        let entropy = -(log_p.exp() * &log_p).sum_dim_intlist(-1, false, Kind::Float);
+        (lp, entropy)
+    };
+    let real = mask.narrow(1, 0, t - 1).logical_and(&mask.narrow(1, 1, t - 1));
+    let weights = real.to_kind(Kind::Float);
+    let compare = |expected: &[(String, Tensor)], got: &[(String, Tensor)], what: &str| {
+        for ((name, e), (_, g)) in expected.iter().zip(got) {
+            let scale = e.abs().max().double_value(&[]).max(1e-6);
+            let diff = (e - g).abs().max().double_value(&[]) / scale;
+            assert!(diff <= 1e-4, "{what}: {name} gradient differs by {diff} (relative)");
+        }
+    };
+    let lp_only = grads(&model, &plain().0, &(&a * &weights));
+    let (plain_lp, plain_h) = plain();
+    let both = grads(&model, &(plain_lp + &plain_h * &b), &weights);
+    for chunk in [4, 100] {
+        let lp = model.token_log_probs_chunked(ids, mask, chunk);
+        let diff = max_abs_where(&lp, &plain().0, &real);
+        assert!(diff < 1e-5, "chunk {chunk}: the capped log-probs differ from plain autograd's by {diff}");
+        compare(&lp_only, &grads(&model, &lp, &(&a * &weights)), &format!("chunk {chunk}, log-probs"));
+    }
+    let (lp, h) = model.token_log_probs_and_entropy(ids, mask, grpo_host::model::Padding::Any, EntropyGrad::Yes);
+    assert!(max_abs_where(&h, &plain_h, &real) < 1e-5, "the capped entropy differs from plain autograd's");
+    compare(&both, &grads(&model, &(lp + &h * &b), &weights), "log-probs and entropy");
+}
+
 /// `--logprob-temperature sampling`: the model scores tokens under its logits divided by the temperature, in the
 /// log-probs (with their gradient) and the entropy alike, and the sampler records the drawn tokens' log-probs under
 /// the same distribution, so the trainer's and the sampler's agree.

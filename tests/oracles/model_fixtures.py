@@ -3,7 +3,7 @@
 Builds, with transformers as the reference implementation:
   * a tiny byte-level tokenizer (256 byte tokens + the chat special tokens, no merges);
   * tiny random Llama, Llama-3 (rope_scaling llama3), Qwen2, Qwen3, Mistral (with and without a sliding window),
-    SmolLM3, OLMo 2, OLMo 3, Gemma 3, windowed Qwen2, Phi-3 and mixture-of-experts (Qwen3-MoE, Qwen2-MoE, Mixtral,
+    SmolLM3, OLMo 2, OLMo 3, Gemma 2 and 3, windowed Qwen2, Phi-3 and mixture-of-experts (Qwen3-MoE, Qwen2-MoE, Mixtral,
     OLMoE) models (f32, a few hundred KB each) with
     transformers' logits and next-token log-probs on a padded batch, and transformers' greedy continuations;
   * chat-template cases for the SmolLM2, Qwen2.5, Qwen3 and Llama-3.1 templates (the real template texts in
@@ -26,6 +26,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     LlamaConfig,
+    Gemma2Config,
     Gemma3TextConfig,
     MinistralConfig,
     MistralConfig,
@@ -241,6 +242,17 @@ def tiny_configs():
         "olmoe": OlmoeConfig(
             **{**common, "intermediate_size": 16}, tie_word_embeddings=False, num_experts=8, num_experts_per_tok=3
         ),
+        # Gemma 2: three layers, sliding (4 tokens) / full / sliding, caps on the attention scores and the logits
+        # low enough that the random model's values reach tanh's bend.
+        "gemma2": Gemma2Config(
+            **{**common, "num_hidden_layers": 3, "head_dim": 16},
+            tie_word_embeddings=True,
+            query_pre_attn_scalar=20,
+            sliding_window=4,
+            attn_logit_softcapping=0.5,
+            final_logit_softcapping=1.5,
+            hidden_activation="gelu_pytorch_tanh",
+        ),
     }
 
 
@@ -283,7 +295,9 @@ def make_tiny_models(only=None):
         torch.manual_seed(1000 + i)
         out = os.path.join(out_root, name)
         shutil.rmtree(out, ignore_errors=True)
-        model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa", dtype=torch.float32).eval()
+        # Gemma 2's capped scores are eager attention's alone.
+        attention = "eager" if cfg.model_type == "gemma2" else "sdpa"
+        model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attention, dtype=torch.float32).eval()
         if hasattr(cfg, "num_experts_per_tok"):
             # transformers starts some routers at zero, where every expert ties; spread them so that each token's
             # choice is clear of ties.
@@ -291,7 +305,7 @@ def make_tiny_models(only=None):
                 for param_name, param in model.named_parameters():
                     if param_name.endswith("mlp.gate.weight"):
                         param.normal_(0.0, 0.5)
-        if cfg.model_type == "gemma3_text":
+        if cfg.model_type in ("gemma2", "gemma3_text"):
             # Gemma's norms start at a zero offset from a gain of 1; random ones make the offset matter.
             with torch.no_grad():
                 for param_name, param in model.named_parameters():

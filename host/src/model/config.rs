@@ -1,5 +1,5 @@
 //! `config.json` of a Hugging Face Llama-family checkpoint (Llama, Qwen2, Qwen3, Mistral, SmolLM3, OLMo 2 and 3,
-//! Gemma 3, Phi-3, and the mixtures of experts Qwen2-MoE, Qwen3-MoE, Mixtral and OLMoE), reduced to the fields the runtime uses. Both the transformers 4 spelling (`rope_theta` + `rope_scaling`, Gemma's
+//! Gemma 2 and 3, Phi-3, and the mixtures of experts Qwen2-MoE, Qwen3-MoE, Mixtral and OLMoE), reduced to the fields the runtime uses. Both the transformers 4 spelling (`rope_theta` + `rope_scaling`, Gemma's
 //! `rope_local_base_freq`) and the transformers 5 one (`rope_parameters`, per layer type for Gemma 3) are read.
 
 use std::path::Path;
@@ -28,6 +28,9 @@ pub enum Architecture {
     /// OLMo 3: OLMo 2's layers, three in four attending within a sliding window, the others with their own rotary
     /// rescaling (YaRN in the long-context models).
     Olmo3,
+    /// Gemma 2 (`gemma2`): Gemma 3's norms, GELU, scaled embedding and query scale without its q/k norms, every
+    /// other layer within a sliding window, and tanh soft caps on the attention scores and the final logits.
+    Gemma2,
     /// Gemma 3 (text, `gemma3_text`): norms around each block's input and output with a `1 + w` gain, per-head q/k
     /// norms, a scaled embedding, GELU, and sliding-window layers with their own rotary embedding.
     Gemma3,
@@ -197,6 +200,10 @@ pub struct ModelConfig {
     pub attention_scale: Option<f64>,
     /// The embedding's output is multiplied by this, rounded to the model's dtype (Gemma's `sqrt(hidden_size)`).
     pub embedding_scale: Option<f64>,
+    /// Attention scores `s` become `c tanh(s / c)` before the mask and softmax (Gemma 2's `attn_logit_softcapping`).
+    pub attention_softcap: Option<f64>,
+    /// Logits `z` become `c tanh(z / c)` (Gemma 2's `final_logit_softcapping`), before any temperature.
+    pub final_logit_softcap: Option<f64>,
     /// Whether `lm_head` reuses the embedding matrix.
     pub tie_word_embeddings: bool,
     /// Whether the q/k/v projections carry biases (`attention_bias`; always in Qwen2, Qwen2-MoE's `qkv_bias`).
@@ -244,6 +251,7 @@ impl ModelConfig {
             "smollm3" => Architecture::SmolLM3,
             "olmo2" => Architecture::Olmo2,
             "olmo3" => Architecture::Olmo3,
+            "gemma2" => Architecture::Gemma2,
             "gemma3_text" => Architecture::Gemma3,
             "phi3" => Architecture::Phi3,
             "qwen2_moe" => Architecture::Qwen2,
@@ -258,17 +266,26 @@ impl ModelConfig {
             }
             other => {
                 return Err(user_error!(
-                    "unsupported model_type {other:?} in config.json; supported: gemma3_text, llama, ministral, \
+                "unsupported model_type {other:?} in config.json; supported: gemma2, gemma3_text, llama, ministral, \
                      mistral, mixtral, olmo2, olmo3, olmoe, phi3, qwen2, qwen2_moe, qwen3, qwen3_moe, smollm3"
-                ))
+            ))
             }
         };
-        let gemma = architecture == Architecture::Gemma3;
-        for field in ["final_logit_softcapping", "attn_logit_softcapping"] {
-            if v.get(field).is_some_and(|x| !x.is_null()) {
-                return Err(user_error!("config.json {field} is not supported (only null)"));
+        let gemma = matches!(architecture, Architecture::Gemma2 | Architecture::Gemma3);
+        // Gemma 2's caps are on unless config.json says null; other families have none unless it gives one.
+        let softcap = |field: &str, gemma2_default: f64| -> anyhow::Result<Option<f64>> {
+            match v.get(field) {
+                None if architecture == Architecture::Gemma2 => Ok(Some(gemma2_default)),
+                Some(Value::Null) | None => Ok(None),
+                Some(x) => Ok(Some(
+                    x.as_f64()
+                        .filter(|x| *x > 0.0)
+                        .ok_or_else(|| user_error!("config.json field {field:?} is not a positive number or null"))?,
+                )),
             }
-        }
+        };
+        let attention_softcap = softcap("attn_logit_softcapping", 50.0)?;
+        let final_logit_softcap = softcap("final_logit_softcapping", 30.0)?;
         if v.get("use_bidirectional_attention").and_then(Value::as_bool) == Some(true) {
             return Err(user_error!("config.json use_bidirectional_attention=true is not supported"));
         }
@@ -383,6 +400,8 @@ impl ModelConfig {
             rope,
             attention_scale: attention_scale.map(|s| s.powf(-0.5)),
             embedding_scale: gemma.then(|| (hidden_size as f64).sqrt()),
+            attention_softcap,
+            final_logit_softcap,
             tie_word_embeddings: flag("tie_word_embeddings", default_tie),
             qkv_bias,
             o_bias,
@@ -440,14 +459,16 @@ fn ropes(v: &Value, architecture: Architecture) -> anyhow::Result<(Rope, Option<
 
 /// The sliding window's width and, per layer, whether it attends within it: from `layer_types` where config.json
 /// lists them, else as each family's transformers class lays them out (Mistral: every layer; Qwen2, Qwen3 and
-/// SmolLM3 under `use_sliding_window`: those from `max_window_layers` on; Gemma 3: all but every
-/// `sliding_window_pattern`-th; OLMo 3: all but every fourth). The width is `None` when no layer slides.
+/// SmolLM3 under `use_sliding_window`: those from `max_window_layers` on; Gemma 2: every other one from the first;
+/// Gemma 3: all but every `sliding_window_pattern`-th; OLMo 3: all but every fourth). The width is `None` when no layer slides.
 fn sliding_layers(v: &Value, architecture: Architecture, layers: i64) -> anyhow::Result<(Option<i64>, Vec<bool>)> {
     let positive = |name: &str| optional_positive(v, name);
     let qwen_like = matches!(architecture, Architecture::Qwen2 | Architecture::Qwen3 | Architecture::SmolLM3);
     let window = match architecture {
         Architecture::Mistral | Architecture::Phi3 => positive("sliding_window")?,
-        Architecture::Gemma3 | Architecture::Olmo3 => Some(positive("sliding_window")?.unwrap_or(4096)),
+        Architecture::Gemma2 | Architecture::Gemma3 | Architecture::Olmo3 => {
+            Some(positive("sliding_window")?.unwrap_or(4096))
+        }
         _ if qwen_like && v.get("use_sliding_window").and_then(Value::as_bool) == Some(true) => {
             positive("sliding_window")?
         }
@@ -482,6 +503,7 @@ fn sliding_layers(v: &Value, architecture: Architecture, layers: i64) -> anyhow:
             let pattern = positive("sliding_window_pattern")?.or(positive("_sliding_window_pattern")?).unwrap_or(6);
             (0..layers)
                 .map(|i| match architecture {
+                    Architecture::Gemma2 => i % 2 == 0,
                     Architecture::Gemma3 => (i + 1) % pattern != 0,
                     Architecture::Olmo3 => (i + 1) % 4 != 0,
                     _ => window.is_some() && i >= first,
@@ -773,8 +795,8 @@ mod tests {
         };
         refused(r#"{"model_type":"gemma3"}"#, "use a text-only Gemma 3 checkpoint (model_type gemma3_text");
         refused(
-            r#"{"model_type":"gemma3_text","final_logit_softcapping":30.0}"#,
-            "final_logit_softcapping is not supported (only null)",
+            r#"{"model_type":"gemma3_text","final_logit_softcapping":-1}"#,
+            "\"final_logit_softcapping\" is not a positive number or null",
         );
     }
 
@@ -835,6 +857,26 @@ mod tests {
         assert_eq!(olmo.sliding_window, Some(4096));
         assert!(matches!(olmo.rope.scaling, RopeScaling::Yarn { factor, .. } if factor == 8.0));
         assert_eq!(olmo.sliding_rope, Some(Rope { theta: 1e6, scaling: RopeScaling::None }));
+    }
+
+    #[test]
+    fn gemma2_caps_by_default_and_slides_every_other_layer() {
+        let config = |extra: &str| {
+            ModelConfig::from_json_str(&format!(
+                r#"{{"model_type":"gemma2","vocab_size":10,"hidden_size":16,"intermediate_size":16,
+                "num_hidden_layers":4,"num_attention_heads":2,"head_dim":8{extra}}}"#
+            ))
+            .unwrap()
+        };
+        let c = config("");
+        assert_eq!(c.architecture, Architecture::Gemma2);
+        assert_eq!((c.attention_softcap, c.final_logit_softcap), (Some(50.0), Some(30.0)));
+        assert_eq!((c.sliding_window, c.sliding_layers.clone()), (Some(4096), vec![true, false, true, false]));
+        assert_eq!((c.attention_scale, c.embedding_scale), (Some(256f64.powf(-0.5)), Some(4.0)));
+        assert!(c.tie_word_embeddings && c.sliding_rope.is_none() && c.activation == Activation::GeluTanh);
+        let uncapped = config(r#","attn_logit_softcapping":null,"final_logit_softcapping":null"#);
+        assert_eq!((uncapped.attention_softcap, uncapped.final_logit_softcap), (None, None));
+        assert_eq!(config(r#","final_logit_softcapping":12.5"#).final_logit_softcap, Some(12.5));
     }
 
     #[test]

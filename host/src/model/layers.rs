@@ -98,7 +98,7 @@ impl RmsNorm {
     pub(crate) fn load(l: &Loader, name: &str, dim: i64, cfg: &ModelConfig) -> anyhow::Result<Self> {
         let gain = match cfg.architecture {
             Architecture::Olmo2 | Architecture::Olmo3 => Gain::F32,
-            Architecture::Gemma3 => Gain::OnePlusF32,
+            Architecture::Gemma2 | Architecture::Gemma3 => Gain::OnePlusF32,
             _ => Gain::Rounded,
         };
         Ok(RmsNorm { weight: l.get(&format!("{name}.weight"), &[dim])?, eps: cfg.rms_norm_eps, gain })
@@ -328,6 +328,8 @@ pub struct Attention {
     pub k_norm: Option<RmsNorm>,
     /// The scores' scale when it is not SDPA's default `1/sqrt(head_dim)`.
     scale: Option<f64>,
+    /// Gemma 2's cap on the scores (`c tanh(s / c)`), which SDPA cannot apply.
+    softcap: Option<f64>,
     /// Whether queries and keys get the rotary embedding (not in SmolLM3's NoPE layers).
     rope: bool,
     /// `q_norm` and `k_norm` normalise the whole projections (OLMo 2), not each head (Qwen3).
@@ -364,6 +366,7 @@ impl Attention {
             q_norm,
             k_norm,
             scale: cfg.attention_scale,
+            softcap: cfg.attention_softcap,
             rope,
             qk_norm_whole: whole,
             heads: h,
@@ -422,11 +425,42 @@ impl Attention {
     }
 
     /// libtorch's fused attention, `[B, T, heads * head_dim]`: causal when `allowed` is `None`, else as it says.
+    /// Capped scores are computed as written instead ([`Attention::capped_attention`]).
     fn fused_attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, allowed: Option<&Tensor>) -> Tensor {
         let (b, t) = (q.size()[0], q.size()[2]);
-        let gqa = self.heads != self.kv_heads;
-        let y = Tensor::scaled_dot_product_attention(q, k, v, allowed, 0.0, allowed.is_none(), self.scale, gqa);
+        let y = match self.softcap {
+            Some(cap) => self.capped_attention(q, k, v, allowed, cap),
+            None => {
+                let gqa = self.heads != self.kv_heads;
+                Tensor::scaled_dot_product_attention(q, k, v, allowed, 0.0, allowed.is_none(), self.scale, gqa)
+            }
+        };
         y.transpose(1, 2).reshape([b, t, self.heads * self.head_dim])
+    }
+
+    /// Attention with Gemma 2's capped scores, `[B, heads, T, head_dim]`, in transformers' order: scale, cap, mask
+    /// (causal when `allowed` is `None`), softmax in f32, back to the model's dtype.
+    fn capped_attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, allowed: Option<&Tensor>, cap: f64) -> Tensor {
+        let group = self.heads / self.kv_heads;
+        let (k, v) = (k.repeat_interleave_self_int(group, 1, None), v.repeat_interleave_self_int(group, 1, None));
+        let scores = q.matmul(&k.transpose(2, 3)) * self.score_scale();
+        let scores = (scores / cap).tanh() * cap;
+        let (t, s) = (q.size()[2], k.size()[2]);
+        let causal;
+        let allowed = match allowed {
+            Some(allowed) => allowed,
+            None => {
+                causal = Tensor::ones([t, s], (Kind::Bool, q.device())).tril(s - t);
+                &causal
+            }
+        };
+        let scores = scores.masked_fill(&allowed.logical_not(), f64::NEG_INFINITY);
+        scores.softmax(-1, Kind::Float).to_kind(q.kind()).matmul(&v)
+    }
+
+    /// The scores' scale: the configured one, or `1/sqrt(head_dim)`.
+    fn score_scale(&self) -> f64 {
+        self.scale.unwrap_or(1.0 / (self.head_dim as f64).sqrt())
     }
 
     /// One query token per row against the cache, `[B, 1, heads * head_dim]`. Query heads are grouped by the
@@ -436,8 +470,11 @@ impl Attention {
         let b = q.size()[0];
         let group = self.heads / self.kv_heads;
         let q = q.reshape([b, self.kv_heads, group, self.head_dim]);
-        let scale = self.scale.unwrap_or(1.0 / (self.head_dim as f64).sqrt());
-        let scores = q.matmul(&k.transpose(2, 3)) * scale;
+        let scores = q.matmul(&k.transpose(2, 3)) * self.score_scale();
+        let scores = match self.softcap {
+            Some(cap) => (scores / cap).tanh() * cap,
+            None => scores,
+        };
         let scores = scores.masked_fill(blocked, f64::NEG_INFINITY);
         let probs = scores.softmax(-1, Kind::Float).to_kind(q.kind());
         probs.matmul(v).reshape([b, 1, self.heads * self.head_dim])
@@ -704,7 +741,7 @@ impl DecoderLayer {
                 post_attention: norm("post_attention_layernorm")?,
                 post_feedforward: norm("post_feedforward_layernorm")?,
             },
-            Architecture::Gemma3 => LayerNorms::Sandwich {
+            Architecture::Gemma2 | Architecture::Gemma3 => LayerNorms::Sandwich {
                 input: norm("input_layernorm")?,
                 post_attention: norm("post_attention_layernorm")?,
                 pre_feedforward: norm("pre_feedforward_layernorm")?,

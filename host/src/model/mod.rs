@@ -576,8 +576,18 @@ impl Model {
     }
 
     /// The output projection: logits `[.., vocab]` in the model dtype (f32 under [`Model::cast_lm_head_to_f32`])
-    /// for hidden states `[.., hidden]`.
+    /// for hidden states `[.., hidden]`, soft-capped where the model caps them (Gemma 2), in that dtype as
+    /// transformers does.
     pub fn lm_head(&self, hidden: &Tensor) -> Tensor {
+        let logits = self.project(hidden);
+        match self.cfg.final_logit_softcap {
+            Some(cap) => (logits / cap).tanh() * cap,
+            None => logits,
+        }
+    }
+
+    /// The output head's projection of `hidden`, uncapped (a classifier's scores).
+    fn project(&self, hidden: &Tensor) -> Tensor {
         self.head_input(hidden.shallow_clone()).linear::<Tensor>(self.output_weight(), None)
     }
 
@@ -592,7 +602,7 @@ impl Model {
         let hidden = self.hidden_states_padded(input_ids, &mask, &Self::position_ids(&mask), Padding::Right);
         let h = hidden.size()[2];
         let last = (lengths - 1).view([b, 1, 1]).expand([b, 1, h], false);
-        self.lm_head(&hidden.gather(1, &last, false).squeeze_dim(1)).to_kind(Kind::Float)
+        self.project(&hidden.gather(1, &last, false).squeeze_dim(1)).to_kind(Kind::Float)
     }
 
     /// The output projection's weight `[vocab, hidden]`: `lm_head`'s, or the embedding's when they are tied (a
@@ -639,8 +649,8 @@ impl Model {
     ) -> (Tensor, Tensor) {
         let chunk = self.log_prob_chunk(input_ids.size()[0]);
         match self.head_inputs(input_ids, attention_mask, padding) {
-            Some((hidden, targets)) => {
-                token_log_probs_and_entropy_of(&hidden, self.output_weight(), &targets, chunk, grad)
+            Some((hidden, targets, map)) => {
+                log_probs_and_entropy(&hidden, self.output_weight(), &targets, chunk, map, grad)
             }
             None => {
                 let empty = Tensor::zeros([input_ids.size()[0], 0], (Kind::Float, input_ids.device()));
@@ -664,20 +674,29 @@ impl Model {
         let hits = Tensor::zeros(targets.size(), (Kind::Bool, targets.device()));
         let entropy = Tensor::zeros(targets.size(), (Kind::Float, targets.device()));
         let extra = Outputs { hits: Some(&hits), entropy: Some(&entropy) };
-        let log_probs = log_probs_node(&hidden, self.output_weight(), &targets, chunk, extra);
+        let map = LogitMap { cap: self.cfg.final_logit_softcap, scale: 1.0 };
+        let log_probs = log_probs_node(&hidden, self.output_weight(), &targets, chunk, map, extra);
         HeadOutputs { log_probs: log_probs.squeeze_dim(0), hits: hits.squeeze_dim(0), entropy: entropy.squeeze_dim(0) }
     }
 
     fn log_probs(&self, input_ids: &Tensor, attention_mask: &Tensor, chunk: i64, padding: Padding) -> Tensor {
         match self.head_inputs(input_ids, attention_mask, padding) {
-            Some((hidden, targets)) => token_log_probs_of(&hidden, self.output_weight(), &targets, chunk),
+            Some((hidden, targets, map)) => {
+                log_probs_node(&hidden, self.output_weight(), &targets, chunk, map, Outputs::default())
+            }
             None => Tensor::zeros([input_ids.size()[0], 0], (Kind::Float, input_ids.device())),
         }
     }
 
-    /// The final hidden states `[B, T-1, H]` that predict each next token (divided by the log-prob temperature) and
-    /// those tokens `[B, T-1]`; `None` for sequences of fewer than two tokens.
-    fn head_inputs(&self, input_ids: &Tensor, attention_mask: &Tensor, padding: Padding) -> Option<(Tensor, Tensor)> {
+    /// The final hidden states `[B, T-1, H]` that predict each next token, those tokens `[B, T-1]`, and how the
+    /// node makes their logits (the log-prob temperature divides the hidden states, or, after a soft cap, the
+    /// capped logits); `None` for sequences of fewer than two tokens.
+    fn head_inputs(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        padding: Padding,
+    ) -> Option<(Tensor, Tensor, LogitMap)> {
         let t = input_ids.size()[1];
         if t < 2 {
             return None;
@@ -686,9 +705,13 @@ impl Model {
         let hidden = self.hidden_states_padded(input_ids, attention_mask, &pos, padding);
         let targets = input_ids.narrow(1, 1, t - 1);
         let hidden = self.head_input(hidden.narrow(1, 0, t - 1));
+        let temperature = self.logprob_temperature;
+        if let Some(cap) = self.cfg.final_logit_softcap {
+            return Some((hidden, targets, LogitMap { cap: Some(cap), scale: 1.0 / temperature }));
+        }
         // W (h / T) = (W h) / T: the logits divided by the temperature without the node knowing of it.
-        let hidden = if self.logprob_temperature == 1.0 { hidden } else { hidden / self.logprob_temperature };
-        Some((hidden, targets))
+        let hidden = if temperature == 1.0 { hidden } else { hidden / temperature };
+        Some((hidden, targets, LogitMap::PLAIN))
     }
 
     /// An empty cache of `slots` sequences of up to `capacity` tokens each.
@@ -847,6 +870,8 @@ extern "C" {
         weight: *mut std::ffi::c_void,
         targets: *mut std::ffi::c_void,
         chunk: i64,
+        cap: f64,
+        scale: f64,
         hits: *mut std::ffi::c_void,
         entropy: *mut std::ffi::c_void,
         err: *mut std::ffi::c_char,
@@ -857,6 +882,8 @@ extern "C" {
         weight: *mut std::ffi::c_void,
         targets: *mut std::ffi::c_void,
         chunk: i64,
+        cap: f64,
+        scale: f64,
         entropy: *mut *mut torch_sys::C_tensor,
         err: *mut std::ffi::c_char,
         err_len: usize,
@@ -865,7 +892,13 @@ extern "C" {
 
 /// [`token_log_probs_and_entropy_of`] with the entropy differentiable: `[B, N]` log-probs and entropies, both with
 /// gradients to `hidden` and `weight` (the entropy's `-p (log p + H)` per logit).
-fn differentiable_entropy_node(hidden: &Tensor, weight: &Tensor, targets: &Tensor, chunk: i64) -> (Tensor, Tensor) {
+fn differentiable_entropy_node(
+    hidden: &Tensor,
+    weight: &Tensor,
+    targets: &Tensor,
+    chunk: i64,
+    map: LogitMap,
+) -> (Tensor, Tensor) {
     let mut err = crate::runtime::ErrBuf::new();
     let mut entropy: *mut torch_sys::C_tensor = std::ptr::null_mut();
     // SAFETY: the pointers are live tensors for the duration of the call; non-null results are new heap-allocated
@@ -876,6 +909,8 @@ fn differentiable_entropy_node(hidden: &Tensor, weight: &Tensor, targets: &Tenso
             weight.as_ptr() as *mut _,
             targets.as_ptr() as *mut _,
             chunk.max(1),
+            map.cap.unwrap_or(0.0),
+            map.scale,
             &mut entropy,
             err.ptr(),
             1024,
@@ -894,14 +929,15 @@ fn differentiable_entropy_node(hidden: &Tensor, weight: &Tensor, targets: &Tenso
 /// Values and gradients are the plain autograd expression's (`linear`, f32, `gather - logsumexp`); panics, as tch's
 /// own operations do, when libtorch fails.
 pub fn token_log_probs_of(hidden: &Tensor, weight: &Tensor, targets: &Tensor, chunk: i64) -> Tensor {
-    log_probs_node(hidden, weight, targets, chunk, Outputs::default())
+    log_probs_node(hidden, weight, targets, chunk, LogitMap::PLAIN, Outputs::default())
 }
 
 /// [`token_log_probs_of`], and `[B, N]` bool: whether each target is its position's most likely token (the
 /// argmax of its logits), read from the logits the node computes anyway.
 pub fn token_log_probs_and_hits(hidden: &Tensor, weight: &Tensor, targets: &Tensor, chunk: i64) -> (Tensor, Tensor) {
     let hits = Tensor::zeros(targets.size(), (Kind::Bool, targets.device()));
-    (log_probs_node(hidden, weight, targets, chunk, Outputs { hits: Some(&hits), ..Outputs::default() }), hits)
+    let extra = Outputs { hits: Some(&hits), ..Outputs::default() };
+    (log_probs_node(hidden, weight, targets, chunk, LogitMap::PLAIN, extra), hits)
 }
 
 /// [`token_log_probs_of`], and `[B, N]` f32 the entropy `-sum p log p` of each position's distribution, computed
@@ -913,11 +949,23 @@ pub fn token_log_probs_and_entropy_of(
     chunk: i64,
     grad: EntropyGrad,
 ) -> (Tensor, Tensor) {
+    log_probs_and_entropy(hidden, weight, targets, chunk, LogitMap::PLAIN, grad)
+}
+
+fn log_probs_and_entropy(
+    hidden: &Tensor,
+    weight: &Tensor,
+    targets: &Tensor,
+    chunk: i64,
+    map: LogitMap,
+    grad: EntropyGrad,
+) -> (Tensor, Tensor) {
     if grad == EntropyGrad::Yes {
-        return differentiable_entropy_node(hidden, weight, targets, chunk);
+        return differentiable_entropy_node(hidden, weight, targets, chunk, map);
     }
     let entropy = Tensor::zeros(targets.size(), (Kind::Float, targets.device()));
-    (log_probs_node(hidden, weight, targets, chunk, Outputs { entropy: Some(&entropy), ..Outputs::default() }), entropy)
+    let extra = Outputs { entropy: Some(&entropy), ..Outputs::default() };
+    (log_probs_node(hidden, weight, targets, chunk, map, extra), entropy)
 }
 
 /// What [`Model::head_log_probs`] computes for each of `N` predicted tokens.
@@ -940,7 +988,27 @@ struct Outputs<'a> {
     entropy: Option<&'a Tensor>,
 }
 
-fn log_probs_node(hidden: &Tensor, weight: &Tensor, targets: &Tensor, chunk: i64, extra: Outputs) -> Tensor {
+/// How the log-prob node makes logits of `hidden x weight^T`: `scale * cap * tanh(z / cap)` under a cap (Gemma 2's
+/// final soft cap, with the log-prob temperature as `1 / scale` applied after it), else `scale * z`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct LogitMap {
+    cap: Option<f64>,
+    scale: f64,
+}
+
+impl LogitMap {
+    /// The projection itself.
+    const PLAIN: LogitMap = LogitMap { cap: None, scale: 1.0 };
+}
+
+fn log_probs_node(
+    hidden: &Tensor,
+    weight: &Tensor,
+    targets: &Tensor,
+    chunk: i64,
+    map: LogitMap,
+    extra: Outputs,
+) -> Tensor {
     let mut err = crate::runtime::ErrBuf::new();
     let pointer = |t: Option<&Tensor>| t.map_or(std::ptr::null_mut(), |t| t.as_ptr() as *mut _);
     // SAFETY: the pointers are live tensors (or null) for the duration of the call, and a non-null result is a new
@@ -951,6 +1019,8 @@ fn log_probs_node(hidden: &Tensor, weight: &Tensor, targets: &Tensor, chunk: i64
             weight.as_ptr() as *mut _,
             targets.as_ptr() as *mut _,
             chunk.max(1),
+            map.cap.unwrap_or(0.0),
+            map.scale,
             pointer(extra.hits),
             pointer(extra.entropy),
             err.ptr(),

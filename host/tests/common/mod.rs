@@ -34,6 +34,7 @@ pub const TINY_FAMILIES: &[&str] = &[
     "qwen2_moe",
     "mixtral",
     "olmoe",
+    "gemma2",
 ];
 
 /// `target/<profile>`: the test binary lives in its `deps/` folder.
