@@ -441,17 +441,13 @@ impl<'a> Engine<'a> {
     fn prefill_batch(&mut self, ids: &[SeqId]) -> anyhow::Result<()> {
         let t = ids.iter().map(|id| self.seqs[id].pending.len()).max().unwrap_or(0);
         let b = ids.len();
-        let mut tokens = vec![0i64; b * t];
         let mut starts = Vec::with_capacity(b);
         let mut slots = Vec::with_capacity(b);
         let mut last = Vec::with_capacity(b);
         let mut lengths = Vec::with_capacity(b);
         let mut need = 0i64;
-        for (r, id) in ids.iter().enumerate() {
+        for id in ids {
             let s = &self.seqs[id];
-            for (j, &tok) in s.pending.iter().enumerate() {
-                tokens[r * t + j] = tok as i64;
-            }
             starts.push(s.cached);
             slots.push(s.slot.expect("admitted") as i64);
             last.push(s.pending.len() as i64 - 1);
@@ -460,7 +456,7 @@ impl<'a> Engine<'a> {
         }
         self.ensure_capacity(need);
         let device = self.model.device();
-        let input = Tensor::from_slice(&tokens).view([b as i64, t as i64]).to_device(device);
+        let input = crate::model::right_padded(ids.iter().map(|id| &self.seqs[id].pending[..]), t, device);
         let model = self.model;
         let hidden = model.forward_slots(&input, &starts, &lengths, &CacheRows::Slots(slots), self.cache_mut())?;
         let h = hidden.size()[2];

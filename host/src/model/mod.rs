@@ -860,6 +860,19 @@ fn within_window(allowed: Tensor, k: &Tensor, q: &Tensor, window: Option<i64>) -
     }
 }
 
+/// Token rows as one `[B, width]` int64 tensor on `device`: each row's ids from column 0, then 0s. The model reads
+/// where a row ends from its length or attention mask, never from a pad id; `width` is at least the longest row.
+pub fn right_padded<'a>(rows: impl ExactSizeIterator<Item = &'a [u32]>, width: usize, device: Device) -> Tensor {
+    let b = rows.len();
+    let mut ids = vec![0i64; b * width];
+    for (r, row) in rows.enumerate() {
+        for (j, &id) in row.iter().enumerate() {
+            ids[r * width + j] = id as i64;
+        }
+    }
+    Tensor::from_slice(&ids).view([b as i64, width as i64]).to_device(device)
+}
+
 /// The most logits one vocabulary projection of the log-probs computes (2^26 f32: 256 MiB), which bounds what the
 /// forward and backward passes hold of them at once.
 pub const LOGITS_PER_CHUNK: i64 = 1 << 26;

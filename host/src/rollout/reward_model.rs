@@ -9,9 +9,9 @@ use std::rc::Rc;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind};
 
-use crate::model::{Model, OutputHead};
+use crate::model::{right_padded, Model, OutputHead};
 use crate::tokenizer::Tokenizer;
 use crate::user_error;
 
@@ -96,15 +96,8 @@ impl RewardModel {
                 })
                 .collect::<Result<Vec<Vec<u32>>>>()?;
             let longest = rows.iter().map(Vec::len).max().unwrap_or(1);
-            let mut ids = vec![0i64; rows.len() * longest];
-            for (r, row) in rows.iter().enumerate() {
-                for (j, &id) in row.iter().enumerate() {
-                    ids[r * longest + j] = id as i64;
-                }
-            }
             let lengths: Vec<i64> = rows.iter().map(|r| r.len() as i64).collect();
-            let device = self.model.device();
-            let ids = Tensor::from_slice(&ids).view([rows.len() as i64, longest as i64]).to_device(device);
+            let ids = right_padded(rows.iter().map(Vec::as_slice), longest, self.model.device());
             let values = tch::no_grad(|| self.model.sequence_scores(&ids, &lengths));
             let first = values.select(1, 0).to_kind(Kind::Double).to_device(Device::Cpu);
             scores.extend(Vec::<f64>::try_from(&first)?);

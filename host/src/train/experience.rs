@@ -136,24 +136,23 @@ impl Experience {
     pub fn build(rollouts: &[Rollout], advantages: &Tensor, device: Device) -> Experience {
         let n = rollouts.len();
         let t = rollouts.iter().map(|r| r.tokens.len()).max().unwrap_or(1).max(2);
-        let mut tokens = vec![0i64; n * t];
-        let mut attention = vec![0i64; n * t];
         let mut action = vec![false; n * (t - 1)];
         let mut old = vec![0f32; n * (t - 1)];
         for (i, r) in rollouts.iter().enumerate() {
-            for (j, &tok) in r.tokens.iter().enumerate() {
-                tokens[i * t + j] = tok as i64;
-                attention[i * t + j] = 1;
-                if j > 0 {
-                    action[i * (t - 1) + j - 1] = r.action[j];
-                    old[i * (t - 1) + j - 1] = r.sample_logprobs[j];
-                }
+            for j in 1..r.tokens.len() {
+                action[i * (t - 1) + j - 1] = r.action[j];
+                old[i * (t - 1) + j - 1] = r.sample_logprobs[j];
             }
         }
+        let lengths: Vec<i64> = rollouts.iter().map(|r| r.tokens.len() as i64).collect();
+        let tokens = crate::model::right_padded(rollouts.iter().map(|r| &r.tokens[..]), t, device);
         let (n, t) = (n as i64, t as i64);
+        // 1 where a column holds one of the row's tokens.
+        let columns = Tensor::arange(t, (Kind::Int64, device)).unsqueeze(0);
+        let attention_mask = columns.lt_tensor(&Tensor::from_slice(&lengths).to_device(device).unsqueeze(1));
         Experience {
-            tokens: Tensor::from_slice(&tokens).view([n, t]).to_device(device),
-            attention_mask: Tensor::from_slice(&attention).view([n, t]).to_device(device),
+            tokens,
+            attention_mask: attention_mask.to_kind(Kind::Int64),
             action_mask: Tensor::from_slice(&action).view([n, t - 1]).to_device(device),
             old_log_probs: Tensor::from_slice(&old).view([n, t - 1]).to_device(device),
             ref_log_probs: None,
