@@ -261,6 +261,41 @@ fn a_lora_checkpoint_is_scored_over_its_base_model() {
     assert_eq!(Some(adapted), logged[key].as_f64());
     let base = score(&["--model", tiny_model().to_str().unwrap()], "base.json");
     assert_ne!(adapted, base, "the adapter changed nothing, so this test would not see it loaded");
+
+    // The adapter alone, as PEFT or TRL would hand it over: `eval --checkpoint` scores it the same, and a new run
+    // started from it (`--lora-adapter`, no --model: the adapter's base) evaluates it the same before training.
+    let peft = runs.path().join("peft");
+    std::fs::create_dir(&peft).unwrap();
+    for file in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(ckpt.join(file), peft.join(file)).unwrap();
+    }
+    assert_eq!(score(&["--checkpoint", peft.to_str().unwrap()], "peft.json"), adapted);
+    let from_adapter = |extra: &[&str], name: &str| {
+        grpo_host(runs.path())
+            .args(["--lora-adapter", peft.to_str().unwrap(), "--max-steps", "1", "--eval-before-train"])
+            // Two optimizer steps: the evaluation before training is step 0's alone.
+            .args(["--rollouts-per-step", "2", "--group-size", "2", "--train-batch-size", "2", "--eval-every", "1"])
+            .args(&common_flags)
+            .args(["--no-wandb", "--runs-dir", runs.path().to_str().unwrap(), "--run-name", name])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = from_adapter(&[], "continued");
+    assert!(out.status.success(), "training from the adapter failed: {}", text(&out.stderr));
+    let rows = json_lines(&runs.path().join("continued/metrics.jsonl"));
+    let before = rows.iter().find(|r| r.get("eval/tasks").is_some()).expect("the evaluation before training");
+    assert_eq!(before["step"], 0);
+    assert_eq!(before[key].as_f64(), Some(adapted), "{before:?}");
+    let saved: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(runs.path().join("continued/checkpoints/step_2/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!((saved["r"].as_i64(), saved["lora_alpha"].as_f64()), (Some(2), Some(32.0)), "{saved}");
+    let refused = from_adapter(&["--lora-rank", "8"], "refused");
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stderr));
+    let err = text(&refused.stderr);
+    assert!(err.contains("has --lora-rank 2; leave --lora-rank out or give 2"), "{err}");
 }
 
 /// `--repetition-penalty` reaches the greedy episodes too, as in transformers' greedy search: the random tiny model

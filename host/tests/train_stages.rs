@@ -44,6 +44,7 @@ fn settings(dtype: DtypeSpec, mixed_precision: MixedPrecision) -> ModelSettings 
         threads: None,
         deterministic: false,
         lora: None,
+        lora_adapter: None,
         gradient_checkpointing: false,
         chat_template_kwargs: Default::default(),
     }
@@ -626,6 +627,52 @@ fn a_lora_reference_synced_at_alpha_one_scores_as_the_policy() {
     assert!(gap(&reference(&policy), &base) < 1e-5, "its own copy is not the base model");
     policy.mix_into_reference(1.0, None).unwrap();
     assert!(gap(&reference(&policy), &trained) < 1e-4, "synced at alpha 1, the reference is not the policy");
+}
+
+/// A policy started from a PEFT adapter (`--lora-adapter`) computes what peft computes with it: an adapter peft
+/// wrote with random A and B on two of the projections (`tests/oracles/peft_adapter.py`), whose logits move away
+/// from the base model's; the reference, adapters off, stays the base model.
+#[test]
+fn a_policy_started_from_a_peft_adapter_computes_peft_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = dir.path().join("adapter");
+    let base = common::workspace_root().join("tests/fixtures/model/tiny/llama");
+    let out = std::process::Command::new(common::venv_python())
+        .arg(common::workspace_root().join("tests/oracles/peft_adapter.py"))
+        .args(["--base".as_ref(), base.as_os_str(), "--out".as_ref(), adapter.as_os_str()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let peft: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let tensor = |key: &str| {
+        let rows: Vec<Vec<Vec<f32>>> = serde_json::from_value(peft[key].clone()).unwrap();
+        let flat: Vec<f32> = rows.concat().concat();
+        Tensor::from_slice(&flat).view([1, rows[0].len() as i64, -1])
+    };
+    let ids: Vec<Vec<i64>> = serde_json::from_value(peft["input_ids"].clone()).unwrap();
+    let ids = Tensor::from_slice(&ids[0]).unsqueeze(0);
+    let mask = ids.ones_like();
+
+    let config = grpo_host::model::lora::PeftAdapter::read_config(&adapter).unwrap();
+    assert_eq!((config.config.rank, config.config.targets.to_string()), (4, "q_proj,v_proj".to_string()));
+    let settings = ModelSettings {
+        lora: Some(config.config),
+        lora_adapter: Some(adapter.display().to_string()),
+        ..settings(DtypeSpec::F32, MixedPrecision::No)
+    };
+    let policy = Policy::load(&settings, true, 7).unwrap();
+    let logits =
+        grpo_sdk::tch::no_grad(|| policy.model().forward(&ids, &mask, &mask.cumsum(-1, Kind::Int64).g_sub_scalar(1)));
+    let (want, base_logits) = (tensor("logits"), tensor("base_logits"));
+    let diff = (&logits - &want).abs().max().double_value(&[]);
+    assert!(diff < 1e-4, "the adapter's logits differ from peft's by {diff}");
+    assert!((&want - &base_logits).abs().max().double_value(&[]) > 1e-2, "peft's adapter changes nothing");
+    policy.model().set_adapters_enabled(false);
+    let reference =
+        grpo_sdk::tch::no_grad(|| policy.model().forward(&ids, &mask, &mask.cumsum(-1, Kind::Int64).g_sub_scalar(1)));
+    policy.model().set_adapters_enabled(true);
+    assert!((&reference - &base_logits).abs().max().double_value(&[]) < 1e-4, "adapters off is not the base model");
 }
 
 /// Under bf16 mixed precision the synced reference mixes in the optimizer's f32 masters, not their bf16 rounding,

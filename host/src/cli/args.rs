@@ -7,6 +7,7 @@ use clap::Args;
 
 use crate::eval::EpisodeLimits;
 use crate::generate::SamplingParams;
+use crate::model::lora::PeftAdapter;
 use crate::model::{DeviceSpec, DtypeSpec, LoraConfig, LoraTargets};
 use crate::rollout::{OverlongPenalty, PromptLimit, PromptTruncation, RewardShaping};
 use crate::train::config::{
@@ -94,6 +95,7 @@ impl ModelArgs {
             threads: self.checked_threads()?,
             deterministic: false,
             lora: None,
+            lora_adapter: None,
             gradient_checkpointing: false,
         })
     }
@@ -228,7 +230,7 @@ impl DecodeArgs {
 }
 
 /// LoRA: train low-rank adapters instead of every weight (`train` and `sft`).
-#[derive(Debug, Clone, Copy, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct LoraArgs {
     /// LoRA rank; 0 trains all weights (with a frozen copy as the KL reference in `train`).
     #[arg(long, default_value_t = 0)]
@@ -243,11 +245,51 @@ pub struct LoraArgs {
     /// o_proj, gate_proj, up_proj and down_proj (Phi-3: qkv_proj, o_proj, gate_up_proj, down_proj), comma-separated.
     #[arg(long, default_value = "all-linear", value_name = "NAMES")]
     pub lora_target_modules: LoraTargets,
+    /// Start from this PEFT LoRA adapter (adapter_config.json and adapter_model.safetensors, as PEFT, TRL or a
+    /// LoRA checkpoint saved it) instead of a fresh one: its rank, alpha, targets and dropout apply, and its base
+    /// model is the default --model.
+    #[arg(long, value_name = "DIR")]
+    pub lora_adapter: Option<PathBuf>,
 }
 
 impl LoraArgs {
-    /// The adapter's configuration; `None` for full fine-tuning.
-    pub fn config(self) -> anyhow::Result<Option<LoraConfig>> {
+    /// Set `settings`' adapter: none (full fine-tuning), a fresh one, or `--lora-adapter`'s, whose settings the
+    /// other flags may repeat but not contradict (`--lora-dropout` other than 0 replaces its dropout), and whose base
+    /// model stands in for a missing `--model`.
+    pub fn apply(&self, settings: &mut ModelSettings) -> anyhow::Result<()> {
+        settings.lora = self.config()?;
+        let Some(dir) = &self.lora_adapter else {
+            return Ok(());
+        };
+        let adapter = PeftAdapter::read_config(dir)?;
+        let theirs = adapter.config;
+        let shown = dir.display();
+        let contradicts = [
+            ("--lora-rank", self.lora_rank != 0 && self.lora_rank != theirs.rank, theirs.rank.to_string()),
+            ("--lora-alpha", self.lora_alpha != 32.0 && self.lora_alpha != theirs.alpha, theirs.alpha.to_string()),
+            (
+                "--lora-target-modules",
+                self.lora_target_modules != LoraTargets::ALL && self.lora_target_modules != theirs.targets,
+                theirs.targets.to_string(),
+            ),
+        ];
+        if let Some((flag, _, value)) = contradicts.into_iter().find(|(_, differs, _)| *differs) {
+            return Err(user_error!("--lora-adapter {shown} has {flag} {value}; leave {flag} out or give {value}"));
+        }
+        let dropout = if self.lora_dropout > 0.0 { self.lora_dropout } else { theirs.dropout };
+        if !(0.0..1.0).contains(&dropout) {
+            return Err(user_error!("--lora-adapter {shown}: lora_dropout {dropout} must be in [0, 1)"));
+        }
+        settings.lora = Some(LoraConfig { dropout, ..theirs });
+        settings.lora_adapter = Some(dir.display().to_string());
+        if settings.model.is_none() {
+            settings.model = adapter.base_model;
+        }
+        Ok(())
+    }
+
+    /// The adapter's configuration from the flags alone; `None` for full fine-tuning.
+    fn config(&self) -> anyhow::Result<Option<LoraConfig>> {
         if self.lora_rank < 0 {
             return Err(user_error!("--lora-rank {} must be >= 0 (0 trains all weights)", self.lora_rank));
         }

@@ -11,7 +11,8 @@ use super::plugins::PluginDirArgs;
 use crate::data::{DataSettings, DatasetSpec};
 use crate::eval::{EpisodeLimits, EvalSettings, Evaluation};
 use crate::generate::SamplingParams;
-use crate::model::{LoraConfig, LoraTargets};
+use crate::model::lora::PeftAdapter;
+use crate::model::LoraConfig;
 use crate::plugins::Registry;
 use crate::rollout::RewardShaping;
 use crate::train::config::ModelSettings;
@@ -138,7 +139,8 @@ impl TrainEvalArgs {
 /// `grpo-host eval --checkpoint DIR --env E` (or `--model DIR|ORG/NAME`).
 #[derive(Debug, Args)]
 pub struct EvalArgs {
-    /// A checkpoint directory written by training (full weights or a LoRA adapter over its base model).
+    /// A checkpoint directory written by training (full weights or a LoRA adapter over its base model), or a PEFT
+    /// LoRA adapter as PEFT or TRL saved it.
     #[arg(long, value_name = "DIR")]
     pub checkpoint: Option<PathBuf>,
     /// The model, device, dtype and threads (with --checkpoint of a LoRA run, --model overrides its base model).
@@ -206,6 +208,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<i32> {
 
     // A run directory scores its newest usable checkpoint, as `--resume DIR` would continue from it.
     let checkpoint = match &args.checkpoint {
+        Some(named) if is_peft_adapter(named) => Some(named.clone()),
         Some(named) => {
             let resolved = crate::checkpoint::resolve_named(named, "--checkpoint")?;
             for line in &resolved.skipped {
@@ -370,38 +373,36 @@ fn differences_from_run(dir: &Path, here: &Decisive<'_>) -> Option<String> {
     })
 }
 
+/// Whether `dir` holds a PEFT adapter alone (adapter_config.json, no trainer state of this host's checkpoints).
+fn is_peft_adapter(dir: &Path) -> bool {
+    dir.join("adapter_config.json").exists() && !dir.join("trainer_state.json").exists()
+}
+
 /// What to load for a checkpoint: the model to load (the checkpoint itself for full weights, the base model for an
-/// adapter), the adapter's settings and weights, and the step it was taken at.
+/// adapter), the adapter's settings and weights, and the step it was taken at. A folder with an adapter_config.json
+/// and no trainer state is a PEFT adapter as PEFT or TRL saved it, taken at no known step.
 #[allow(clippy::type_complexity)]
 fn checkpoint_model(
     dir: &Path,
     base_override: Option<String>,
 ) -> anyhow::Result<(Option<String>, Option<(LoraConfig, std::collections::BTreeMap<String, tch::Tensor>)>, Option<u64>)>
 {
+    if is_peft_adapter(dir) {
+        let adapter = PeftAdapter::read_config(dir)?;
+        let weights = PeftAdapter::read_weights(dir)?;
+        return Ok((
+            base_override.or(adapter.base_model),
+            Some((LoraConfig { dropout: 0.0, ..adapter.config }, weights)),
+            None,
+        ));
+    }
     let loaded = crate::checkpoint::load(dir)?;
     let step = Some(loaded.state.global_step);
     if !loaded.adapter {
         // A full-weights checkpoint is a Hugging Face model directory of its own.
         return Ok((Some(dir.display().to_string()), None, step));
     }
-    let config_path = dir.join("adapter_config.json");
-    let text = std::fs::read_to_string(&config_path)
-        .map_err(|e| user_error!("--checkpoint {}: cannot read adapter_config.json ({e})", dir.display()))?;
-    let config: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| user_error!("--checkpoint {}: adapter_config.json is not JSON ({e})", dir.display()))?;
-    let rank = config["r"].as_i64().filter(|r| *r > 0);
-    let alpha = config["lora_alpha"].as_f64();
-    let (Some(rank), Some(alpha)) = (rank, alpha) else {
-        return Err(user_error!("--checkpoint {}: adapter_config.json lacks r or lora_alpha", dir.display()));
-    };
-    // PEFT writes a list of module names, or one string ("all-linear", or a single name).
-    let targets = match &config["target_modules"] {
-        serde_json::Value::Null => Ok(LoraTargets::ALL),
-        serde_json::Value::String(one) => LoraTargets::from_names([one]),
-        serde_json::Value::Array(names) => LoraTargets::from_names(names.iter().map(|n| n.as_str().unwrap_or("?"))),
-        other => Err(format!("{other} is neither a name nor a list of names")),
-    }
-    .map_err(|e| user_error!("--checkpoint {}: adapter_config.json's target_modules: {e}", dir.display()))?;
-    let base = base_override.or_else(|| config["base_model_name_or_path"].as_str().map(str::to_string));
-    Ok((base, Some((LoraConfig { rank, alpha, dropout: 0.0, targets }, loaded.weights)), step))
+    let adapter = PeftAdapter::read_config(dir)?;
+    let base = base_override.or(adapter.base_model);
+    Ok((base, Some((LoraConfig { dropout: 0.0, ..adapter.config }, loaded.weights)), step))
 }

@@ -218,7 +218,7 @@ impl SftArgs {
             (None, None) => return Err(user_error!("give --data FILE.jsonl or --env NAME")),
         };
         let mut model = self.model.settings(self.mixed_precision)?;
-        model.lora = self.lora.config()?;
+        self.lora.apply(&mut model)?;
         model.gradient_checkpointing = self.gradient_checkpointing;
         let mut checkpoints = self.run_dir.settings()?;
         checkpoints.best_model = self.best_model.settings(self.eval_every)?;

@@ -291,7 +291,6 @@ impl TrainArgs {
         if let Some(n) = self.max_prompts {
             set_option(&mut env_config, "max_prompts", n.into());
         }
-        let lora = self.lora.config()?;
         let sampling = self.sampling.resolve(TRAIN_SAMPLING)?;
         let multi_step = self.decode.multi_step()?;
         let (eval, mut data) = (self.eval.into_settings(sampling, multi_step)?, self.data.into_settings());
@@ -303,7 +302,7 @@ impl TrainArgs {
         let best_model = self.best_model.settings(eval.every)?;
         let mut checkpoints = self.run_dir.settings()?;
         checkpoints.best_model = best_model;
-        let config = RunConfig {
+        let mut config = RunConfig {
             eval,
             data,
             plugins: PluginSelection {
@@ -325,7 +324,8 @@ impl TrainArgs {
                 mixed_precision: self.mixed_precision,
                 rollout_dtype: self.rollout_dtype,
                 cast_lm_head_to_fp32: self.cast_lm_head_to_fp32,
-                lora,
+                lora: None,
+                lora_adapter: None,
             },
             sampling: SamplingSettings { params: sampling, ignore_eos: self.sampling.ignore_eos },
             batch: BatchSettings {
@@ -389,6 +389,7 @@ impl TrainArgs {
                 ..self.rewards.shaping(episode.max_new_tokens)?
             },
         };
+        self.lora.apply(&mut config.model)?;
         config.optimizer.check()?;
         if config.loss.logprob_temperature == LogprobTemperature::Sampling && config.sampling.params.is_greedy() {
             return Err(user_error!(

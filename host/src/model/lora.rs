@@ -6,7 +6,13 @@
 //! the optimizer sees only them and the base weights stay frozen. With adapters switched off
 //! ([`super::Model::set_adapters_enabled`]) the same model is the reference policy.
 
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::Value;
 use tch::{nn, Tensor};
+
+use crate::user_error;
 
 /// LoRA hyper-parameters.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -144,9 +150,122 @@ impl LoraAdapter {
     }
 }
 
+/// A LoRA adapter as PEFT saves it (`adapter_config.json` and `adapter_model.safetensors`): what TRL, PEFT or a
+/// LoRA checkpoint of this host writes.
+pub struct PeftAdapter {
+    /// Rank, alpha, dropout and targets, from `r`, `lora_alpha`, `lora_dropout` and `target_modules`.
+    pub config: LoraConfig,
+    /// `base_model_name_or_path`: the model the adapter was trained on.
+    pub base_model: Option<String>,
+}
+
+/// adapter_config.json fields of PEFT features this host's adapters do not have, each with the value that means
+/// "not used".
+const UNSUPPORTED: [(&str, &str); 12] = [
+    ("use_dora", "false"),
+    ("use_rslora", "false"),
+    ("use_qalora", "false"),
+    ("lora_bias", "false"),
+    ("fan_in_fan_out", "false"),
+    ("bias", "\"none\""),
+    ("modules_to_save", "null"),
+    ("layers_to_transform", "null"),
+    ("layer_replication", "null"),
+    ("target_parameters", "null"),
+    ("trainable_token_indices", "null"),
+    ("exclude_modules", "null"),
+];
+
+impl PeftAdapter {
+    /// Read `dir/adapter_config.json`: a LoRA adapter whose features this host has, or a one-line error naming the
+    /// one it lacks.
+    pub fn read_config(dir: &Path) -> anyhow::Result<PeftAdapter> {
+        let path = dir.join("adapter_config.json");
+        let where_ = path.display();
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            user_error!("cannot read {where_} ({e}); give the folder of a PEFT LoRA adapter (adapter_config.json)")
+        })?;
+        let config: Value = serde_json::from_str(&text).map_err(|e| user_error!("{where_} is not JSON ({e})"))?;
+        if let Some(kind) = config.get("peft_type").and_then(Value::as_str).filter(|t| *t != "LORA") {
+            return Err(user_error!("{where_}: peft_type {kind:?} is not supported (only LORA)"));
+        }
+        for (field, unused) in UNSUPPORTED {
+            let value = config.get(field).unwrap_or(&Value::Null);
+            let empty = value.as_array().is_some_and(Vec::is_empty) || value.as_object().is_some_and(|o| o.is_empty());
+            if !(value.is_null() || empty || value.to_string() == unused) {
+                return Err(user_error!("{where_}: {field} {value} is not supported (only {unused})"));
+            }
+        }
+        for field in ["rank_pattern", "alpha_pattern"] {
+            if config.get(field).and_then(Value::as_object).is_some_and(|o| !o.is_empty()) {
+                return Err(user_error!("{where_}: {field} is not supported (one rank and alpha for every layer)"));
+            }
+        }
+        let rank = config.get("r").and_then(Value::as_i64).filter(|r| *r > 0);
+        let alpha = config.get("lora_alpha").and_then(Value::as_f64).filter(|a| *a > 0.0);
+        let (Some(rank), Some(alpha)) = (rank, alpha) else {
+            return Err(user_error!("{where_}: r and lora_alpha must be positive numbers"));
+        };
+        let dropout = config.get("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0);
+        // PEFT writes a list of module names, or one string ("all-linear", or a single name).
+        let targets = match config.get("target_modules").unwrap_or(&Value::Null) {
+            Value::Null => Ok(LoraTargets::ALL),
+            Value::String(one) => LoraTargets::from_names([one]),
+            Value::Array(names) => LoraTargets::from_names(names.iter().map(|n| n.as_str().unwrap_or("?"))),
+            other => Err(format!("{other} is neither a name nor a list of names")),
+        }
+        .map_err(|e| user_error!("{where_}: target_modules: {e}"))?;
+        let base_model = config.get("base_model_name_or_path").and_then(Value::as_str).map(str::to_string);
+        Ok(PeftAdapter { config: LoraConfig { rank, alpha, dropout, targets }, base_model })
+    }
+
+    /// The adapter's tensors in `dir/adapter_model.safetensors`, by this host's names (PEFT's, less their
+    /// `base_model.model.` prefix).
+    pub fn read_weights(dir: &Path) -> anyhow::Result<BTreeMap<String, Tensor>> {
+        let path = dir.join("adapter_model.safetensors");
+        let tensors =
+            Tensor::read_safetensors(&path).map_err(|e| user_error!("cannot read {}: {e}", path.display()))?;
+        Ok(tensors
+            .into_iter()
+            .map(|(name, t)| (name.strip_prefix("base_model.model.").unwrap_or(&name).to_string(), t))
+            .collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peft_configs_read_their_settings_and_refuse_what_this_host_lacks() {
+        let dir = tempfile::tempdir().unwrap();
+        let read = |extra: &str| {
+            let text = format!(
+                r#"{{"peft_type":"LORA","r":8,"lora_alpha":16,"lora_dropout":0.05,"bias":"none","use_dora":false,
+                "rank_pattern":{{}},"modules_to_save":null,"base_model_name_or_path":"Org/base"{extra}}}"#
+            );
+            std::fs::write(dir.path().join("adapter_config.json"), text).unwrap();
+            PeftAdapter::read_config(dir.path())
+        };
+        let adapter = read(r#","target_modules":["v_proj","q_proj"]"#).unwrap();
+        let expected = LoraConfig { rank: 8, alpha: 16.0, dropout: 0.05, targets: "q_proj,v_proj".parse().unwrap() };
+        assert_eq!((adapter.config, adapter.base_model.as_deref()), (expected, Some("Org/base")));
+        assert_eq!(read(r#","target_modules":"all-linear""#).unwrap().config.targets, LoraTargets::ALL);
+        for (extra, message) in [
+            (r#","use_dora":true"#, "use_dora true is not supported (only false)"),
+            (r#","use_rslora":true"#, "use_rslora true is not supported"),
+            (r#","bias":"all""#, "bias \"all\" is not supported (only \"none\")"),
+            (r#","modules_to_save":["lm_head"]"#, "modules_to_save [\"lm_head\"] is not supported"),
+            (r#","rank_pattern":{"q_proj":4}"#, "rank_pattern is not supported"),
+            (r#","peft_type":"IA3""#, "peft_type \"IA3\" is not supported (only LORA)"),
+            (r#","target_modules":["lm_head"]"#, "target_modules: `lm_head` is not a projection"),
+            (r#","r":0"#, "r and lora_alpha must be positive numbers"),
+        ] {
+            let err = read(extra).err().unwrap_or_else(|| panic!("{extra} was accepted"));
+            assert!(err.to_string().contains(message), "{extra}: {err}");
+            assert_eq!(crate::error::exit_code(&err), 2);
+        }
+    }
 
     #[test]
     fn targets_parse_from_the_flag_and_peft_names_and_save_as_a_list() {

@@ -111,6 +111,9 @@ pub struct ModelSettings {
     pub deterministic: bool,
     /// LoRA adapters, or `None` to train all weights.
     pub lora: Option<LoraConfig>,
+    /// The PEFT adapter folder `lora` starts from (`--lora-adapter`), or `None` for a fresh adapter.
+    #[serde(default)]
+    pub lora_adapter: Option<String>,
     /// Recompute each layer's activations in the backward pass instead of keeping them (memory for compute; the
     /// results are the same, so a resumed run may switch it).
     #[serde(default)]
@@ -565,6 +568,7 @@ impl RunConfig {
             ("--rollout-dtype", json!(m.rollout_dtype)),
             ("--cast-lm-head-to-fp32", json!(m.cast_lm_head_to_fp32)),
             ("--lora-rank/--lora-alpha/--lora-dropout/--lora-target-modules", json!(m.lora)),
+            ("--lora-adapter", json!(m.lora_adapter)),
             ("--chat-template-kwargs", json!(m.chat_template_kwargs)),
             ("--temperature/--top-k/--top-p/--min-p", json!(s.params)),
             ("--ignore-eos", json!(s.ignore_eos)),

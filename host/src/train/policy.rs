@@ -54,6 +54,9 @@ impl Policy {
             tch::manual_seed(seed as i64);
             model.attach_lora(lora)?;
         }
+        if let Some(dir) = &settings.lora_adapter {
+            load_adapter(&model, Path::new(dir))?;
+        }
         let reference = if !with_reference {
             Reference::None
         } else if settings.lora.is_some() {
@@ -392,6 +395,20 @@ fn load_model(dir: &Path, device: Device, kind: Kind, f32_head: bool) -> Result<
         model.cast_lm_head_to_f32()?;
     }
     Ok(model)
+}
+
+/// Start `model`'s adapters (attached with the adapter's settings) from the PEFT adapter in `dir`: every adapter
+/// tensor of the model must be there, and every tensor there must have a place in the model.
+fn load_adapter(model: &Model, dir: &Path) -> Result<()> {
+    let vars = model.lora_var_store().expect("--lora-adapter attaches adapters").variables();
+    let weights = crate::model::lora::PeftAdapter::read_weights(dir)?;
+    let source = format!("--lora-adapter {}", dir.display());
+    if let Some(extra) = weights.keys().find(|name| !vars.contains_key(*name)) {
+        return Err(user_error!(
+            "{source}: tensor `{extra}` has no place in this model; give the adapter's own base model as --model"
+        ));
+    }
+    copy_by_name(&vars, &weights, &source)
 }
 
 /// Copy `weights` into the variables of the same names, each converted to its variable's dtype and device; `source`
