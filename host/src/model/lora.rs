@@ -192,7 +192,8 @@ impl PeftAdapter {
         for (field, unused) in UNSUPPORTED {
             let value = config.get(field).unwrap_or(&Value::Null);
             let empty = value.as_array().is_some_and(Vec::is_empty) || value.as_object().is_some_and(|o| o.is_empty());
-            if !(value.is_null() || empty || value.to_string() == unused) {
+            let unused_value: Value = serde_json::from_str(unused).expect("UNSUPPORTED holds JSON");
+            if !(value.is_null() || empty || *value == unused_value) {
                 return Err(user_error!("{where_}: {field} {value} is not supported (only {unused})"));
             }
         }
