@@ -16,6 +16,7 @@ pub mod config;
 pub mod device;
 pub mod layers;
 pub mod lora;
+pub mod moe;
 pub mod recompute;
 pub mod resolve;
 pub mod weights;
