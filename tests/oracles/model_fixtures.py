@@ -3,7 +3,7 @@
 Builds, with transformers as the reference implementation:
   * a tiny byte-level tokenizer (256 byte tokens + the chat special tokens, no merges);
   * tiny random Llama, Llama-3 (rope_scaling llama3), Qwen2, Qwen3, Mistral (with and without a sliding window),
-    SmolLM3, OLMo 2, OLMo 3, Gemma 2 and 3, windowed Qwen2, Phi-3 and mixture-of-experts (Qwen3-MoE, Qwen2-MoE, Mixtral,
+    SmolLM3, OLMo 2, OLMo 3, Gemma 2 and 3, windowed Qwen2, Phi-3, Granite and mixture-of-experts (Qwen3-MoE, Qwen2-MoE, Mixtral,
     OLMoE) models (f32, a few hundred KB each) with
     transformers' logits and next-token log-probs on a padded batch, and transformers' greedy continuations;
   * chat-template cases for the SmolLM2, Qwen2.5, Qwen3 and Llama-3.1 templates (the real template texts in
@@ -28,6 +28,7 @@ from transformers import (
     LlamaConfig,
     Gemma2Config,
     Gemma3TextConfig,
+    GraniteConfig,
     MinistralConfig,
     MistralConfig,
     MixtralConfig,
@@ -252,6 +253,15 @@ def tiny_configs():
             attn_logit_softcapping=0.5,
             final_logit_softcapping=1.5,
             hidden_activation="gelu_pytorch_tanh",
+        ),
+        # Granite: Llama's layers with its four multipliers, each away from 1.
+        "granite": GraniteConfig(
+            **common,
+            tie_word_embeddings=False,
+            embedding_multiplier=2.0,
+            residual_multiplier=0.4,
+            attention_multiplier=0.3,
+            logits_scaling=2.5,
         ),
     }
 

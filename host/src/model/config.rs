@@ -1,5 +1,5 @@
 //! `config.json` of a Hugging Face Llama-family checkpoint (Llama, Qwen2, Qwen3, Mistral, SmolLM3, OLMo 2 and 3,
-//! Gemma 2 and 3, Phi-3, and the mixtures of experts Qwen2-MoE, Qwen3-MoE, Mixtral and OLMoE), reduced to the fields the runtime uses. Both the transformers 4 spelling (`rope_theta` + `rope_scaling`, Gemma's
+//! Granite, Gemma 2 and 3, Phi-3, and the mixtures of experts Qwen2-MoE, Qwen3-MoE, Mixtral and OLMoE), reduced to the fields the runtime uses. Both the transformers 4 spelling (`rope_theta` + `rope_scaling`, Gemma's
 //! `rope_local_base_freq`) and the transformers 5 one (`rope_parameters`, per layer type for Gemma 3) are read.
 
 use std::path::Path;
@@ -93,6 +93,15 @@ impl ExpertNames {
             ExpertNames::Mixtral => ["w1", "w3", "w2"],
         }
     }
+}
+
+/// How the embedding's output is scaled.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum EmbeddingScale {
+    /// By this factor rounded to the model's dtype first, as transformers does Gemma's `sqrt(hidden_size)`.
+    Rounded(f64),
+    /// By this factor as a scalar (Granite's `embedding_multiplier`).
+    Exact(f64),
 }
 
 /// The MLP's gate activation (`hidden_act`, or Gemma's `hidden_activation`).
@@ -198,8 +207,13 @@ pub struct ModelConfig {
     pub sliding_rope: Option<Rope>,
     /// The attention scores' scale when it is not `1/sqrt(head_dim)` (Gemma's `query_pre_attn_scalar^-1/2`).
     pub attention_scale: Option<f64>,
-    /// The embedding's output is multiplied by this, rounded to the model's dtype (Gemma's `sqrt(hidden_size)`).
-    pub embedding_scale: Option<f64>,
+    /// The embedding's output is multiplied by this (Gemma's `sqrt(hidden_size)`, Granite's `embedding_multiplier`).
+    pub embedding_scale: Option<EmbeddingScale>,
+    /// Each block's output is multiplied by this before it joins the residual stream (Granite's
+    /// `residual_multiplier`).
+    pub residual_scale: Option<f64>,
+    /// The logits are divided by this (Granite's `logits_scaling`), before a cap or temperature.
+    pub logits_divisor: Option<f64>,
     /// Attention scores `s` become `c tanh(s / c)` before the mask and softmax (Gemma 2's `attn_logit_softcapping`).
     pub attention_softcap: Option<f64>,
     /// Logits `z` become `c tanh(z / c)` (Gemma 2's `final_logit_softcapping`), before any temperature.
@@ -243,7 +257,8 @@ impl ModelConfig {
         let v: Value = serde_json::from_str(text).map_err(|e| user_error!("config.json is not valid JSON: {e}"))?;
         let model_type = v.get("model_type").and_then(Value::as_str).unwrap_or("");
         let architecture = match model_type {
-            "llama" => Architecture::Llama,
+            // Granite is Llama's layers with its four multipliers.
+            "llama" | "granite" => Architecture::Llama,
             "qwen2" => Architecture::Qwen2,
             "qwen3" => Architecture::Qwen3,
             // Ministral is Mistral with its layers' kinds in layer_types.
@@ -266,9 +281,10 @@ impl ModelConfig {
             }
             other => {
                 return Err(user_error!(
-                "unsupported model_type {other:?} in config.json; supported: gemma2, gemma3_text, llama, ministral, \
-                     mistral, mixtral, olmo2, olmo3, olmoe, phi3, qwen2, qwen2_moe, qwen3, qwen3_moe, smollm3"
-            ))
+                    "unsupported model_type {other:?} in config.json; supported: gemma2, gemma3_text, granite, llama, \
+                     ministral, mistral, mixtral, olmo2, olmo3, olmoe, phi3, qwen2, qwen2_moe, qwen3, qwen3_moe, \
+                     smollm3"
+                ))
             }
         };
         let gemma = matches!(architecture, Architecture::Gemma2 | Architecture::Gemma3);
@@ -285,6 +301,17 @@ impl ModelConfig {
             }
         };
         let attention_softcap = softcap("attn_logit_softcapping", 50.0)?;
+        // Granite's multipliers, each `None` where it is 1 (or the family is another).
+        let granite = |field: &str| -> anyhow::Result<Option<f64>> {
+            match v.get(field) {
+                _ if model_type != "granite" => Ok(None),
+                Some(Value::Null) | None => Ok(None),
+                Some(x) => match x.as_f64().filter(|x| *x > 0.0) {
+                    Some(x) => Ok((x != 1.0).then_some(x)),
+                    None => Err(user_error!("config.json field {field:?} is not a positive number")),
+                },
+            }
+        };
         let final_logit_softcap = softcap("final_logit_softcapping", 30.0)?;
         if v.get("use_bidirectional_attention").and_then(Value::as_bool) == Some(true) {
             return Err(user_error!("config.json use_bidirectional_attention=true is not supported"));
@@ -398,8 +425,18 @@ impl ModelConfig {
             rms_norm_eps: v.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-6),
             sliding_rope: sliding_rope.filter(|r| *r != rope),
             rope,
-            attention_scale: attention_scale.map(|s| s.powf(-0.5)),
-            embedding_scale: gemma.then(|| (hidden_size as f64).sqrt()),
+            attention_scale: match attention_scale {
+                Some(s) => Some(s.powf(-0.5)),
+                // Granite's scale replaces 1/sqrt(head_dim), whatever its value (1 by default).
+                None if model_type == "granite" => Some(granite("attention_multiplier")?.unwrap_or(1.0)),
+                None => None,
+            },
+            embedding_scale: match gemma {
+                true => Some(EmbeddingScale::Rounded((hidden_size as f64).sqrt())),
+                false => granite("embedding_multiplier")?.map(EmbeddingScale::Exact),
+            },
+            residual_scale: granite("residual_multiplier")?,
+            logits_divisor: granite("logits_scaling")?,
             attention_softcap,
             final_logit_softcap,
             tie_word_embeddings: flag("tie_word_embeddings", default_tie),
@@ -786,7 +823,7 @@ mod tests {
         assert_eq!(c.rope, Rope { theta: 1e6, scaling: RopeScaling::Linear { factor: 8.0 } });
         assert_eq!(c.sliding_rope, Some(Rope { theta: 1e4, scaling: RopeScaling::None }));
         assert_eq!(c.attention_scale, Some(0.125));
-        assert_eq!(c.embedding_scale, Some(4.0));
+        assert_eq!(c.embedding_scale, Some(EmbeddingScale::Rounded(4.0)));
         assert!(c.tie_word_embeddings);
         let refused = |text: &str, needle: &str| {
             let err = ModelConfig::from_json_str(text).unwrap_err();
@@ -860,6 +897,35 @@ mod tests {
     }
 
     #[test]
+    fn granite_reads_its_multipliers_and_scales_attention_by_its_own() {
+        let config = |extra: &str| {
+            ModelConfig::from_json_str(&format!(
+                r#"{{"model_type":"granite","vocab_size":10,"hidden_size":16,"intermediate_size":16,
+                "num_hidden_layers":2,"num_attention_heads":2{extra}}}"#
+            ))
+        };
+        let c = config(
+            r#","embedding_multiplier":12.0,"residual_multiplier":0.22,"attention_multiplier":0.0078125,"logits_scaling":8.0"#,
+        )
+        .unwrap();
+        assert_eq!((c.architecture, c.embedding_scale), (Architecture::Llama, Some(EmbeddingScale::Exact(12.0))));
+        assert_eq!((c.residual_scale, c.attention_scale, c.logits_divisor), (Some(0.22), Some(0.0078125), Some(8.0)));
+        // transformers' defaults: every multiplier 1, so attention is scaled by 1, not 1/sqrt(head_dim).
+        let plain = config("").unwrap();
+        assert_eq!((plain.embedding_scale, plain.residual_scale, plain.logits_divisor), (None, None, None));
+        assert_eq!(plain.attention_scale, Some(1.0));
+        // Other families ignore the fields.
+        let llama = ModelConfig::from_json_str(
+            r#"{"model_type":"llama","vocab_size":10,"hidden_size":16,"intermediate_size":16,"num_hidden_layers":2,
+            "num_attention_heads":2,"logits_scaling":8.0}"#,
+        )
+        .unwrap();
+        assert_eq!((llama.attention_scale, llama.logits_divisor), (None, None));
+        let err = config(r#","logits_scaling":0"#).unwrap_err();
+        assert!(err.to_string().contains("\"logits_scaling\" is not a positive number"), "{err}");
+    }
+
+    #[test]
     fn gemma2_caps_by_default_and_slides_every_other_layer() {
         let config = |extra: &str| {
             ModelConfig::from_json_str(&format!(
@@ -872,7 +938,10 @@ mod tests {
         assert_eq!(c.architecture, Architecture::Gemma2);
         assert_eq!((c.attention_softcap, c.final_logit_softcap), (Some(50.0), Some(30.0)));
         assert_eq!((c.sliding_window, c.sliding_layers.clone()), (Some(4096), vec![true, false, true, false]));
-        assert_eq!((c.attention_scale, c.embedding_scale), (Some(256f64.powf(-0.5)), Some(4.0)));
+        assert_eq!(
+            (c.attention_scale, c.embedding_scale),
+            (Some(256f64.powf(-0.5)), Some(EmbeddingScale::Rounded(4.0)))
+        );
         assert!(c.tie_word_embeddings && c.sliding_rope.is_none() && c.activation == Activation::GeluTanh);
         let uncapped = config(r#","attn_logit_softcapping":null,"final_logit_softcapping":null"#);
         assert_eq!((uncapped.attention_softcap, uncapped.final_logit_softcap), (None, None));

@@ -634,6 +634,8 @@ pub struct DecoderLayer {
     pub mlp: FeedForward,
     /// The sliding window this layer attends within, if any.
     pub window: Option<i64>,
+    /// Each block's output is scaled by this before the residual sum (Granite's `residual_multiplier`).
+    residual_scale: Option<f64>,
 }
 
 impl DecoderLayer {
@@ -661,6 +663,7 @@ impl DecoderLayer {
                 _ => FeedForward::Dense(Mlp::load(l, &format!("{p}.mlp"), cfg)?),
             },
             window: cfg.layer_window(i as usize),
+            residual_scale: cfg.residual_scale,
         })
     }
 
@@ -685,6 +688,14 @@ impl DecoderLayer {
         all
     }
 
+    /// A block's output as it joins the residual stream.
+    fn scaled(&self, block: Tensor) -> Tensor {
+        match self.residual_scale {
+            Some(scale) => block * scale,
+            None => block,
+        }
+    }
+
     /// Residual attention then residual MLP.
     pub fn forward(
         &self,
@@ -697,8 +708,8 @@ impl DecoderLayer {
     ) -> Tensor {
         match &self.norms {
             LayerNorms::Pre { input, post_attention } => {
-                let h = x + self.self_attn.forward(&input.forward(x), cos, sin, mask, cache, ctx);
-                let out = self.mlp.forward(&post_attention.forward(&h), ctx);
+                let h = x + self.scaled(self.self_attn.forward(&input.forward(x), cos, sin, mask, cache, ctx));
+                let out = self.scaled(self.mlp.forward(&post_attention.forward(&h), ctx));
                 h + out
             }
             LayerNorms::Post { post_attention, post_feedforward } => {

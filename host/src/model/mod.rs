@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use tch::{nn, Device, Kind, Tensor};
 
-pub use config::{Activation, Architecture, ExpertNames, ModelConfig, Moe, Rope, RopeScaling};
+pub use config::{Activation, Architecture, EmbeddingScale, ExpertNames, ModelConfig, Moe, Rope, RopeScaling};
 pub use device::{cuda_free_bytes, DeviceSpec, DtypeSpec};
 pub use layers::{AttentionMask, LayerCache, SlotWrite};
 pub use lora::{LoraConfig, LoraTargets};
@@ -399,6 +399,16 @@ impl Model {
         }
     }
 
+    /// `hidden` as the log-prob node takes it: in the head's dtype, divided by Granite's logits divisor (W (h / s) is
+    /// (W h) / s, so the node need not know of it).
+    fn node_input(&self, hidden: Tensor) -> Tensor {
+        let hidden = self.head_input(hidden);
+        match self.cfg.logits_divisor {
+            Some(divisor) => hidden / divisor,
+            None => hidden,
+        }
+    }
+
     /// Switch the LoRA adapters on or off (off: the model computes the base, i.e. reference, policy).
     pub fn set_adapters_enabled(&self, on: bool) {
         self.adapters_enabled.store(on, Ordering::Relaxed);
@@ -470,9 +480,11 @@ impl Model {
             // A tied embedding kept in f32 for the output projection looks up in the model's dtype.
             x = x.to_kind(self.kind);
         }
-        if let Some(scale) = self.cfg.embedding_scale {
+        match self.cfg.embedding_scale {
             // transformers rounds the scale to the model's dtype first (Gemma's sqrt(3072) is 55.5 in bf16).
-            x = &x * Tensor::from(scale).to_kind(self.kind).double_value(&[]);
+            Some(EmbeddingScale::Rounded(scale)) => x = &x * Tensor::from(scale).to_kind(self.kind).double_value(&[]),
+            Some(EmbeddingScale::Exact(scale)) => x = &x * scale,
+            None => {}
         }
         let (cos, sin) = self.rotary.cos_sin(pos, self.kind, last);
         let full = self.layers.iter().any(|l| l.window.is_none()).then(|| KindInputs {
@@ -580,7 +592,10 @@ impl Model {
     /// for hidden states `[.., hidden]`, soft-capped where the model caps them (Gemma 2), in that dtype as
     /// transformers does.
     pub fn lm_head(&self, hidden: &Tensor) -> Tensor {
-        let logits = self.project(hidden);
+        let logits = match self.cfg.logits_divisor {
+            Some(divisor) => self.project(hidden) / divisor,
+            None => self.project(hidden),
+        };
         match self.cfg.final_logit_softcap {
             Some(cap) => (logits / cap).tanh() * cap,
             None => logits,
@@ -671,7 +686,7 @@ impl Model {
     /// exist at once.
     pub fn head_log_probs(&self, hidden: &Tensor, targets: &Tensor) -> HeadOutputs {
         let (hidden, targets, chunk) =
-            (self.head_input(hidden.unsqueeze(0)), targets.unsqueeze(0), self.log_prob_chunk(1));
+            (self.node_input(hidden.unsqueeze(0)), targets.unsqueeze(0), self.log_prob_chunk(1));
         let hits = Tensor::zeros(targets.size(), (Kind::Bool, targets.device()));
         let entropy = Tensor::zeros(targets.size(), (Kind::Float, targets.device()));
         let extra = Outputs { hits: Some(&hits), entropy: Some(&entropy) };
@@ -705,7 +720,7 @@ impl Model {
         let pos = Self::position_ids(attention_mask);
         let hidden = self.hidden_states_padded(input_ids, attention_mask, &pos, padding);
         let targets = input_ids.narrow(1, 1, t - 1);
-        let hidden = self.head_input(hidden.narrow(1, 0, t - 1));
+        let hidden = self.node_input(hidden.narrow(1, 0, t - 1));
         let temperature = self.logprob_temperature;
         if let Some(cap) = self.cfg.final_logit_softcap {
             return Some((hidden, targets, LogitMap { cap: Some(cap), scale: 1.0 / temperature }));

@@ -35,6 +35,7 @@ pub const TINY_FAMILIES: &[&str] = &[
     "mixtral",
     "olmoe",
     "gemma2",
+    "granite",
 ];
 
 /// `target/<profile>`: the test binary lives in its `deps/` folder.
