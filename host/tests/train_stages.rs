@@ -661,7 +661,8 @@ fn a_policy_started_from_a_peft_adapter_computes_peft_logits() {
         lora_adapter: Some(adapter.display().to_string()),
         ..settings(DtypeSpec::F32, MixedPrecision::No)
     };
-    let policy = Policy::load(&settings, true, 7).unwrap();
+    let mut policy = Policy::load(&settings, true, 7).unwrap();
+    policy.load_initial_adapter().unwrap();
     let logits =
         grpo_sdk::tch::no_grad(|| policy.model().forward(&ids, &mask, &mask.cumsum(-1, Kind::Int64).g_sub_scalar(1)));
     let (want, base_logits) = (tensor("logits"), tensor("base_logits"));

@@ -951,6 +951,7 @@ pub(crate) fn starting_state(
     let mut state = match &paths.resume {
         Some(ckpt) => restore(ckpt, policy, optimizer, scaler, seed)?,
         None => {
+            policy.load_initial_adapter()?;
             if let Some(weights) = policy.initial_master_weights()? {
                 optimizer.load_master_weights(&weights)?;
             }

@@ -34,6 +34,8 @@ pub struct Policy {
     reference: Reference,
     model_dir: PathBuf,
     precision: Precision,
+    /// The PEFT adapter a fresh run starts its adapters from (`--lora-adapter`).
+    initial_adapter: Option<PathBuf>,
 }
 
 impl Policy {
@@ -54,9 +56,6 @@ impl Policy {
             tch::manual_seed(seed as i64);
             model.attach_lora(lora)?;
         }
-        if let Some(dir) = &settings.lora_adapter {
-            load_adapter(&model, Path::new(dir))?;
-        }
         let reference = if !with_reference {
             Reference::None
         } else if settings.lora.is_some() {
@@ -75,7 +74,8 @@ impl Policy {
         } else {
             None
         };
-        Ok(Policy { model, sampler, tokenizer, reference, model_dir, precision })
+        let initial_adapter = settings.lora_adapter.as_ref().map(PathBuf::from);
+        Ok(Policy { model, sampler, tokenizer, reference, model_dir, precision, initial_adapter })
     }
 
     /// Under mixed precision with full fine-tuning, the model's weights as stored on disk in f32, loaded on the CPU,
@@ -335,6 +335,15 @@ impl Policy {
         }
     }
 
+    /// A fresh run's start: its adapters take `--lora-adapter`'s weights, when it gave one (a resumed run takes its
+    /// checkpoint's instead, and needs the adapter folder no more).
+    pub fn load_initial_adapter(&mut self) -> Result<()> {
+        match &self.initial_adapter {
+            Some(dir) => load_adapter(&self.model, dir),
+            None => Ok(()),
+        }
+    }
+
     /// The LoRA settings for peft's adapter_config.json.
     pub fn adapter_info(&self) -> Option<AdapterInfo> {
         self.model.lora_config().map(|c| AdapterInfo {
@@ -400,7 +409,10 @@ fn load_model(dir: &Path, device: Device, kind: Kind, f32_head: bool) -> Result<
 /// Start `model`'s adapters (attached with the adapter's settings) from the PEFT adapter in `dir`: every adapter
 /// tensor of the model must be there, and every tensor there must have a place in the model.
 fn load_adapter(model: &Model, dir: &Path) -> Result<()> {
-    let vars = model.lora_var_store().expect("--lora-adapter attaches adapters").variables();
+    let Some(store) = model.lora_var_store() else {
+        return Err(user_error!("--lora-adapter {}: this run trains no adapters", dir.display()));
+    };
+    let vars = store.variables();
     let weights = crate::model::lora::PeftAdapter::read_weights(dir)?;
     let source = format!("--lora-adapter {}", dir.display());
     if let Some(extra) = weights.keys().find(|name| !vars.contains_key(*name)) {
