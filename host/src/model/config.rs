@@ -1,5 +1,5 @@
 //! `config.json` of a Hugging Face Llama-family checkpoint (Llama, Qwen2, Qwen3, Mistral, SmolLM3, OLMo 2 and 3,
-//! Granite, Gemma 2 and 3, Phi-3, and the mixtures of experts Qwen2-MoE, Qwen3-MoE, Mixtral and OLMoE), reduced to the fields the runtime uses. Both the transformers 4 spelling (`rope_theta` + `rope_scaling`, Gemma's
+//! Granite, ERNIE 4.5, Gemma 2 and 3, Phi-3, and the mixtures of experts Qwen2-MoE, Qwen3-MoE, Mixtral and OLMoE), reduced to the fields the runtime uses. Both the transformers 4 spelling (`rope_theta` + `rope_scaling`, Gemma's
 //! `rope_local_base_freq`) and the transformers 5 one (`rope_parameters`, per layer type for Gemma 3) are read.
 
 use std::path::Path;
@@ -104,6 +104,16 @@ pub enum EmbeddingScale {
     Exact(f64),
 }
 
+/// Which dimensions of a head the rotary embedding turns together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotaryPairs {
+    /// Dimension `i` with `i + d/2`, in the model's dtype (transformers' `rotate_half`: Llama and most families).
+    Halves,
+    /// Dimension `2i` with `2i + 1`, each frequency on two adjacent dimensions, computed in f32 and rounded back
+    /// (ERNIE 4.5's, from GLM).
+    Adjacent,
+}
+
 /// The MLP's gate activation (`hidden_act`, or Gemma's `hidden_activation`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
@@ -199,6 +209,8 @@ pub struct ModelConfig {
     pub head_dim: i64,
     /// The leading dimensions of each head the rotary embedding turns (all but Phi-3's `partial_rotary_factor`).
     pub rotary_dim: i64,
+    /// Which of them turn together.
+    pub rotary_pairs: RotaryPairs,
     /// Epsilon of every RMSNorm.
     pub rms_norm_eps: f64,
     /// The rotary embedding (of the full-attention layers, where the sliding-window ones have their own).
@@ -257,8 +269,9 @@ impl ModelConfig {
         let v: Value = serde_json::from_str(text).map_err(|e| user_error!("config.json is not valid JSON: {e}"))?;
         let model_type = v.get("model_type").and_then(Value::as_str).unwrap_or("");
         let architecture = match model_type {
-            // Granite is Llama's layers with its four multipliers.
-            "llama" | "granite" => Architecture::Llama,
+            // Granite is Llama's layers with its four multipliers; ERNIE 4.5 Llama's with biases (`use_bias`) and
+            // adjacent rotary pairs.
+            "llama" | "granite" | "ernie4_5" => Architecture::Llama,
             "qwen2" => Architecture::Qwen2,
             "qwen3" => Architecture::Qwen3,
             // Ministral is Mistral with its layers' kinds in layer_types.
@@ -281,8 +294,8 @@ impl ModelConfig {
             }
             other => {
                 return Err(user_error!(
-                    "unsupported model_type {other:?} in config.json; supported: gemma2, gemma3_text, granite, llama, \
-                     ministral, mistral, mixtral, olmo2, olmo3, olmoe, phi3, qwen2, qwen2_moe, qwen3, qwen3_moe, \
+                    "unsupported model_type {other:?} in config.json; supported: ernie4_5, gemma2, gemma3_text, granite, \
+                     llama, ministral, mistral, mixtral, olmo2, olmo3, olmoe, phi3, qwen2, qwen2_moe, qwen3, qwen3_moe, \
                      smollm3"
                 ))
             }
@@ -344,7 +357,10 @@ impl ModelConfig {
                 "config.json: num_attention_heads ({num_attention_heads}) is not a multiple of num_key_value_heads ({num_key_value_heads})"
             ));
         }
+        let ernie = model_type == "ernie4_5";
         let head_dim = match v.get("head_dim") {
+            // ERNIE 4.5's class default.
+            None if ernie => 128,
             Some(Value::Null) | None => hidden_size / num_attention_heads,
             Some(_) => int("head_dim")?,
         };
@@ -388,12 +404,15 @@ impl ModelConfig {
                 | Architecture::Olmo3
                 | Architecture::Phi3
                 | Architecture::Olmoe
-        ) && !model_type.ends_with("_moe");
+        ) && !model_type.ends_with("_moe")
+            || ernie;
         let num_hidden_layers = int("num_hidden_layers")?;
         let rope_layers = rope_layers(&v, architecture, num_hidden_layers)?;
         let (sliding_window, sliding_layers) = sliding_layers(&v, architecture, num_hidden_layers)?;
         let flag = |name: &str, default: bool| v.get(name).and_then(Value::as_bool).unwrap_or(default);
-        let attention_bias = flag("attention_bias", false);
+        // ERNIE 4.5's `use_bias` puts a bias on every projection.
+        let use_bias = ernie && flag("use_bias", false);
+        let attention_bias = flag("attention_bias", false) || use_bias;
         let qkv_bias = match model_type {
             "qwen2" => true,
             "qwen2_moe" => flag("qkv_bias", true),
@@ -422,7 +441,8 @@ impl ModelConfig {
             num_key_value_heads,
             head_dim,
             rotary_dim,
-            rms_norm_eps: v.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-6),
+            rms_norm_eps: v.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(if ernie { 1e-5 } else { 1e-6 }),
+            rotary_pairs: if ernie { RotaryPairs::Adjacent } else { RotaryPairs::Halves },
             sliding_rope: sliding_rope.filter(|r| *r != rope),
             rope,
             attention_scale: match attention_scale {
@@ -442,7 +462,7 @@ impl ModelConfig {
             tie_word_embeddings: flag("tie_word_embeddings", default_tie),
             qkv_bias,
             o_bias,
-            mlp_bias: flag("mlp_bias", false),
+            mlp_bias: flag("mlp_bias", false) || use_bias,
             max_position_embeddings: v.get("max_position_embeddings").and_then(Value::as_i64).unwrap_or(4096),
             eos_token_ids: ids_of(v.get("eos_token_id")),
             rope_layers,
@@ -894,6 +914,32 @@ mod tests {
         assert_eq!(olmo.sliding_window, Some(4096));
         assert!(matches!(olmo.rope.scaling, RopeScaling::Yarn { factor, .. } if factor == 8.0));
         assert_eq!(olmo.sliding_rope, Some(Rope { theta: 1e6, scaling: RopeScaling::None }));
+    }
+
+    #[test]
+    fn ernie_takes_its_class_defaults_biases_and_adjacent_rotary_pairs() {
+        let config = |extra: &str| {
+            ModelConfig::from_json_str(&format!(
+                r#"{{"model_type":"ernie4_5","vocab_size":10,"hidden_size":16,"intermediate_size":16,
+                "num_hidden_layers":2,"num_attention_heads":2{extra}}}"#
+            ))
+            .unwrap()
+        };
+        let c = config("");
+        assert_eq!(
+            (c.architecture, c.rotary_pairs, c.head_dim, c.rms_norm_eps),
+            (Architecture::Llama, RotaryPairs::Adjacent, 128, 1e-5)
+        );
+        assert!(c.tie_word_embeddings && !c.qkv_bias && !c.o_bias && !c.mlp_bias);
+        let biased = config(r#","use_bias":true,"head_dim":null"#);
+        assert!(biased.qkv_bias && biased.o_bias && biased.mlp_bias);
+        assert_eq!(biased.head_dim, 8);
+        let llama = ModelConfig::from_json_str(
+            r#"{"model_type":"llama","vocab_size":10,"hidden_size":16,"intermediate_size":16,"num_hidden_layers":2,
+            "num_attention_heads":2,"use_bias":true}"#,
+        )
+        .unwrap();
+        assert_eq!((llama.rotary_pairs, llama.mlp_bias, llama.head_dim), (RotaryPairs::Halves, false, 8));
     }
 
     #[test]

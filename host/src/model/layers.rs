@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use tch::{nn, Device, Kind, Tensor};
 
-use super::config::{Activation, Architecture, ModelConfig, Rope, RopeScaling};
+use super::config::{Activation, Architecture, ModelConfig, Rope, RopeScaling, RotaryPairs};
 use super::lora::LoraAdapter;
 use super::moe::SparseMoe;
 use super::weights::WeightFiles;
@@ -132,14 +132,16 @@ pub struct Rotary {
     long: Option<(Tensor, i64)>,
     /// cos and sin are multiplied by this (LongRoPE's attention factor; else 1).
     scale: f64,
-    /// `[rotary_dim]`: -1 over the first half, 1 over the second.
+    /// `[rotary_dim]`: -1 where `rotate_half` negates (the first half, or every even dimension), 1 elsewhere.
     sign: Tensor,
+    /// Which dimensions turn together.
+    pairs: RotaryPairs,
 }
 
 impl Rotary {
     /// Frequencies of `rope` over heads of `dim` exactly as transformers computes them (f32, the same operation
     /// order), so logits match.
-    pub fn new(rope: &Rope, dim: i64, device: Device) -> Self {
+    pub fn new(rope: &Rope, dim: i64, pairs: RotaryPairs, device: Device) -> Self {
         let exponents = Tensor::arange_start_step(0, dim, 2, (Kind::Int64, device)).to_kind(Kind::Float) / dim as f64;
         let powers = Tensor::pow_scalar(rope.theta, &exponents);
         let mut inv_freq = powers.reciprocal();
@@ -195,8 +197,11 @@ impl Rotary {
                 scale = *attention_factor;
             }
         }
-        let sign = Tensor::cat(&[inv_freq.full_like(-1.0), inv_freq.full_like(1.0)], 0);
-        Rotary { inv_freq, long, scale, sign }
+        let sign = match pairs {
+            RotaryPairs::Halves => Tensor::cat(&[inv_freq.full_like(-1.0), inv_freq.full_like(1.0)], 0),
+            RotaryPairs::Adjacent => Tensor::stack(&[inv_freq.full_like(-1.0), inv_freq.full_like(1.0)], 1).view([-1]),
+        };
+        Rotary { inv_freq, long, scale, sign, pairs }
     }
 
     /// `(cos, signed_sin)`, each `[B, 1, T, rotary_dim]` in `kind`, for integer `positions` `[B, T]`: transformers'
@@ -219,7 +224,11 @@ impl Rotary {
             None => self.inv_freq.shallow_clone(),
         };
         let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * inv_freq;
-        let emb = Tensor::cat(&[&freqs, &freqs], -1);
+        let (emb, kind) = match self.pairs {
+            RotaryPairs::Halves => (Tensor::cat(&[&freqs, &freqs], -1), kind),
+            // Each frequency twice in a row, the tables kept in f32 (the embedding is computed in f32).
+            RotaryPairs::Adjacent => (freqs.repeat_interleave_self_int(2, -1, None), Kind::Float),
+        };
         let (cos, sin) = match self.scale {
             1.0 => (emb.cos(), emb.sin()),
             scale => (emb.cos() * scale, emb.sin() * scale),
@@ -230,15 +239,28 @@ impl Rotary {
 
 /// transformers' `x * cos + rotate_half(x) * sin` for `x` `[B, H, T, D]`, with `rotate_half(x) = [-x2, x1]` taken as
 /// `roll(x) = [x2, x1]` times the signed sine (negating a factor is exact, so the result is bit-equal) in four
-/// kernels instead of five. Where the tables are narrower than the heads (Phi-3's partial rotary embedding), only
-/// the leading dimensions turn and the rest pass through.
-fn apply_rotary(x: &Tensor, cos: &Tensor, signed_sin: &Tensor) -> Tensor {
+/// kernels instead of five; for adjacent pairs, `[-x1, x0, -x3, x2, ...]` as the pairs swapped times the signed sine.
+/// f32 tables (adjacent pairs') turn `x` in f32, rounded back to its dtype. Where the tables are narrower than the
+/// heads (Phi-3's partial rotary embedding), only the leading dimensions turn and the rest pass through.
+fn apply_rotary(x: &Tensor, cos: &Tensor, signed_sin: &Tensor, pairs: RotaryPairs) -> Tensor {
     let (dim, rotary) = (x.size()[3], cos.size()[3]);
     if rotary < dim {
-        let turned = apply_rotary(&x.narrow(3, 0, rotary), cos, signed_sin);
+        let turned = apply_rotary(&x.narrow(3, 0, rotary), cos, signed_sin, pairs);
         return Tensor::cat(&[turned, x.narrow(3, rotary, dim - rotary)], 3);
     }
-    x * cos + x.roll([dim / 2], [3]) * signed_sin
+    let partner = match pairs {
+        RotaryPairs::Halves => x.roll([dim / 2], [3]),
+        RotaryPairs::Adjacent => {
+            let s = x.size();
+            x.reshape([s[0], s[1], s[2], dim / 2, 2]).flip([4]).reshape([s[0], s[1], s[2], dim])
+        }
+    };
+    let y = x * cos + partner * signed_sin;
+    if y.kind() != x.kind() {
+        y.to_kind(x.kind())
+    } else {
+        y
+    }
 }
 
 /// One layer's key/value cache: `[slots, kv_heads, capacity, head_dim]` each, every slot filled from column 0.
@@ -331,6 +353,8 @@ pub struct Attention {
     scale: Option<f64>,
     /// Gemma 2's cap on the scores (`c tanh(s / c)`), which SDPA cannot apply.
     softcap: Option<f64>,
+    /// Which dimensions the rotary embedding turns together.
+    rotary_pairs: RotaryPairs,
     /// Whether queries and keys get the rotary embedding (not in SmolLM3's NoPE layers).
     rope: bool,
     /// `q_norm` and `k_norm` normalise the whole projections (OLMo 2), not each head (Qwen3).
@@ -368,6 +392,7 @@ impl Attention {
             k_norm,
             scale: cfg.attention_scale,
             softcap: cfg.attention_softcap,
+            rotary_pairs: cfg.rotary_pairs,
             rope,
             qk_norm_whole: whole,
             heads: h,
@@ -409,7 +434,10 @@ impl Attention {
         }
         let v = shape(v, self.kv_heads).transpose(1, 2);
         let (q, k) = match self.rope {
-            true => (apply_rotary(&q.transpose(1, 2), cos, sin), apply_rotary(&k.transpose(1, 2), cos, sin)),
+            true => {
+                let turn = |x: &Tensor| apply_rotary(&x.transpose(1, 2), cos, sin, self.rotary_pairs);
+                (turn(&q), turn(&k))
+            }
             false => (q.transpose(1, 2), k.transpose(1, 2)),
         };
         let (k, v) = match cache {

@@ -241,8 +241,9 @@ impl Model {
                 cfg.model_type
             ));
         }
-        let rotary = Rotary::new(&cfg.rope, cfg.rotary_dim, device);
-        let sliding_rotary = cfg.sliding_rope.as_ref().map(|rope| Rotary::new(rope, cfg.rotary_dim, device));
+        let rotary = Rotary::new(&cfg.rope, cfg.rotary_dim, cfg.rotary_pairs, device);
+        let sliding_rotary =
+            cfg.sliding_rope.as_ref().map(|rope| Rotary::new(rope, cfg.rotary_dim, cfg.rotary_pairs, device));
         Ok(Model {
             cfg,
             dir: dir.to_path_buf(),

@@ -36,6 +36,7 @@ pub const TINY_FAMILIES: &[&str] = &[
     "olmoe",
     "gemma2",
     "granite",
+    "ernie4_5",
 ];
 
 /// `target/<profile>`: the test binary lives in its `deps/` folder.
