@@ -3,7 +3,7 @@
 Builds, with transformers as the reference implementation:
   * a tiny byte-level tokenizer (256 byte tokens + the chat special tokens, no merges);
   * tiny random Llama, Llama-3 (rope_scaling llama3), Qwen2, Qwen3, Mistral (with and without a sliding window),
-    SmolLM3, OLMo 2, OLMo 3, Gemma 2 and 3, windowed Qwen2, Phi-3, Granite, ERNIE 4.5 and mixture-of-experts (Qwen3-MoE, Qwen2-MoE, Mixtral,
+    SmolLM3, OLMo 2, OLMo 3, Gemma 2 and 3, windowed Qwen2, Phi-3, Granite, ERNIE 4.5, GLM-4 and mixture-of-experts (Qwen3-MoE, Qwen2-MoE, Mixtral,
     OLMoE) models (f32, a few hundred KB each) with
     transformers' logits and next-token log-probs on a padded batch, and transformers' greedy continuations;
   * chat-template cases for the SmolLM2, Qwen2.5, Qwen3 and Llama-3.1 templates (the real template texts in
@@ -29,6 +29,8 @@ from transformers import (
     LlamaConfig,
     Gemma2Config,
     Gemma3TextConfig,
+    Glm4Config,
+    GlmConfig,
     GraniteConfig,
     MinistralConfig,
     MistralConfig,
@@ -267,6 +269,10 @@ def tiny_configs():
         # ERNIE 4.5: Llama's layers with a bias on every projection and the rotary embedding on adjacent pairs of
         # dimensions, computed in f32.
         "ernie4_5": Ernie4_5Config(**{**common, "head_dim": 8}, tie_word_embeddings=True, use_bias=True),
+        # GLM-4: a fused gate_up_proj, q/k/v biases, the rotary embedding on adjacent pairs of half of each head;
+        # GLM-4-0414 adds norms after attention and after the MLP.
+        "glm": GlmConfig(**{**common, "head_dim": 8}, tie_word_embeddings=False),
+        "glm4": Glm4Config(**{**common, "head_dim": 8}, tie_word_embeddings=False),
     }
 
 

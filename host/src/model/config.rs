@@ -1,5 +1,5 @@
 //! `config.json` of a Hugging Face Llama-family checkpoint (Llama, Qwen2, Qwen3, Mistral, SmolLM3, OLMo 2 and 3,
-//! Granite, ERNIE 4.5, Gemma 2 and 3, Phi-3, and the mixtures of experts Qwen2-MoE, Qwen3-MoE, Mixtral and OLMoE), reduced to the fields the runtime uses. Both the transformers 4 spelling (`rope_theta` + `rope_scaling`, Gemma's
+//! Granite, ERNIE 4.5, GLM-4, Gemma 2 and 3, Phi-3, and the mixtures of experts Qwen2-MoE, Qwen3-MoE, Mixtral and OLMoE), reduced to the fields the runtime uses. Both the transformers 4 spelling (`rope_theta` + `rope_scaling`, Gemma's
 //! `rope_local_base_freq`) and the transformers 5 one (`rope_parameters`, per layer type for Gemma 3) are read.
 
 use std::path::Path;
@@ -37,6 +37,12 @@ pub enum Architecture {
     /// Phi-3, Phi-3.5 and Phi-4-mini (`phi3`): fused `qkv_proj` and `gate_up_proj`, the rotary embedding on part of
     /// each head, LongRoPE.
     Phi3,
+    /// GLM-4 (`glm`, GLM-4-9B-chat): Llama's norms, a fused `gate_up_proj`, q/k/v biases, and the rotary embedding
+    /// on adjacent pairs of half of each head.
+    Glm,
+    /// GLM-4-0414 and GLM-Z1 (`glm4`): GLM's layers with norms after attention and after the MLP as well
+    /// (`post_self_attn_layernorm`, `post_mlp_layernorm`).
+    Glm4,
     /// OLMoE (`olmoe`): OLMo 2's norms over the whole query and key projections, Llama's norms before each block,
     /// a mixture of experts.
     Olmoe,
@@ -109,9 +115,10 @@ pub enum EmbeddingScale {
 pub enum RotaryPairs {
     /// Dimension `i` with `i + d/2`, in the model's dtype (transformers' `rotate_half`: Llama and most families).
     Halves,
-    /// Dimension `2i` with `2i + 1`, each frequency on two adjacent dimensions, computed in f32 and rounded back
-    /// (ERNIE 4.5's, from GLM).
+    /// Dimension `2i` with `2i + 1`, each frequency on two adjacent dimensions (GLM's).
     Adjacent,
+    /// Adjacent pairs computed in f32 and rounded back to the model's dtype (ERNIE 4.5's).
+    AdjacentF32,
 }
 
 /// The MLP's gate activation (`hidden_act`, or Gemma's `hidden_activation`).
@@ -286,6 +293,8 @@ impl ModelConfig {
             "qwen3_moe" => Architecture::Qwen3,
             "mixtral" => Architecture::Mistral,
             "olmoe" => Architecture::Olmoe,
+            "glm" => Architecture::Glm,
+            "glm4" => Architecture::Glm4,
             "gemma3" => {
                 return Err(user_error!(
                     "model_type \"gemma3\" is Gemma 3's image-text model, which is not supported; use a text-only \
@@ -294,8 +303,8 @@ impl ModelConfig {
             }
             other => {
                 return Err(user_error!(
-                    "unsupported model_type {other:?} in config.json; supported: ernie4_5, gemma2, gemma3_text, granite, \
-                     llama, ministral, mistral, mixtral, olmo2, olmo3, olmoe, phi3, qwen2, qwen2_moe, qwen3, qwen3_moe, \
+                    "unsupported model_type {other:?} in config.json; supported: ernie4_5, gemma2, gemma3_text, glm, glm4, \
+                     granite, llama, ministral, mistral, mixtral, olmo2, olmo3, olmoe, phi3, qwen2, qwen2_moe, qwen3, qwen3_moe, \
                      smollm3"
                 ))
             }
@@ -365,14 +374,15 @@ impl ModelConfig {
             Some(_) => int("head_dim")?,
         };
         let (rope, sliding_rope) = ropes(&v, architecture)?;
+        let glm = matches!(architecture, Architecture::Glm | Architecture::Glm4);
         let rotary_dim = match architecture {
-            Architecture::Phi3 => {
+            Architecture::Phi3 | Architecture::Glm | Architecture::Glm4 => {
                 let params = v.get("rope_parameters").filter(|r| r.is_object());
                 let factor = params
                     .and_then(|r| r.get("partial_rotary_factor"))
                     .or_else(|| v.get("partial_rotary_factor"))
                     .and_then(Value::as_f64)
-                    .unwrap_or(1.0);
+                    .unwrap_or(if glm { 0.5 } else { 1.0 });
                 (head_dim as f64 * factor) as i64
             }
             _ => head_dim,
@@ -404,6 +414,8 @@ impl ModelConfig {
                 | Architecture::Olmo3
                 | Architecture::Phi3
                 | Architecture::Olmoe
+                | Architecture::Glm
+                | Architecture::Glm4
         ) && !model_type.ends_with("_moe")
             || ernie;
         let num_hidden_layers = int("num_hidden_layers")?;
@@ -416,9 +428,10 @@ impl ModelConfig {
         let qkv_bias = match model_type {
             "qwen2" => true,
             "qwen2_moe" => flag("qkv_bias", true),
+            _ if glm => flag("attention_bias", true),
             _ => attention_bias,
         };
-        let o_bias = attention_bias && architecture != Architecture::Qwen2;
+        let o_bias = attention_bias && architecture != Architecture::Qwen2 && !glm;
         let intermediate_size = int("intermediate_size")?;
         let moe = moe(&v, model_type, num_hidden_layers, intermediate_size)?;
         let attention_scale =
@@ -442,7 +455,11 @@ impl ModelConfig {
             head_dim,
             rotary_dim,
             rms_norm_eps: v.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(if ernie { 1e-5 } else { 1e-6 }),
-            rotary_pairs: if ernie { RotaryPairs::Adjacent } else { RotaryPairs::Halves },
+            rotary_pairs: match architecture {
+                _ if ernie => RotaryPairs::AdjacentF32,
+                _ if glm => RotaryPairs::Adjacent,
+                _ => RotaryPairs::Halves,
+            },
             sliding_rope: sliding_rope.filter(|r| *r != rope),
             rope,
             attention_scale: match attention_scale {
@@ -928,7 +945,7 @@ mod tests {
         let c = config("");
         assert_eq!(
             (c.architecture, c.rotary_pairs, c.head_dim, c.rms_norm_eps),
-            (Architecture::Llama, RotaryPairs::Adjacent, 128, 1e-5)
+            (Architecture::Llama, RotaryPairs::AdjacentF32, 128, 1e-5)
         );
         assert!(c.tie_word_embeddings && !c.qkv_bias && !c.o_bias && !c.mlp_bias);
         let biased = config(r#","use_bias":true,"head_dim":null"#);
@@ -940,6 +957,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!((llama.rotary_pairs, llama.mlp_bias, llama.head_dim), (RotaryPairs::Halves, false, 8));
+    }
+
+    #[test]
+    fn glm_turns_half_of_each_head_on_adjacent_pairs_with_biased_qkv() {
+        for (model_type, architecture) in [("glm", Architecture::Glm), ("glm4", Architecture::Glm4)] {
+            let c = ModelConfig::from_json_str(&format!(
+                r#"{{"model_type":"{model_type}","vocab_size":10,"hidden_size":16,"intermediate_size":16,
+                "num_hidden_layers":2,"num_attention_heads":2,"head_dim":8}}"#
+            ))
+            .unwrap();
+            assert_eq!((c.architecture, c.rotary_pairs, c.rotary_dim), (architecture, RotaryPairs::Adjacent, 4));
+            assert!(c.qkv_bias && !c.o_bias && !c.tie_word_embeddings, "{model_type}");
+        }
     }
 
     #[test]

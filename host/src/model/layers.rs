@@ -199,7 +199,9 @@ impl Rotary {
         }
         let sign = match pairs {
             RotaryPairs::Halves => Tensor::cat(&[inv_freq.full_like(-1.0), inv_freq.full_like(1.0)], 0),
-            RotaryPairs::Adjacent => Tensor::stack(&[inv_freq.full_like(-1.0), inv_freq.full_like(1.0)], 1).view([-1]),
+            RotaryPairs::Adjacent | RotaryPairs::AdjacentF32 => {
+                Tensor::stack(&[inv_freq.full_like(-1.0), inv_freq.full_like(1.0)], 1).view([-1])
+            }
         };
         Rotary { inv_freq, long, scale, sign, pairs }
     }
@@ -226,8 +228,10 @@ impl Rotary {
         let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * inv_freq;
         let (emb, kind) = match self.pairs {
             RotaryPairs::Halves => (Tensor::cat(&[&freqs, &freqs], -1), kind),
-            // Each frequency twice in a row, the tables kept in f32 (the embedding is computed in f32).
-            RotaryPairs::Adjacent => (freqs.repeat_interleave_self_int(2, -1, None), Kind::Float),
+            // Each frequency twice in a row.
+            RotaryPairs::Adjacent => (freqs.repeat_interleave_self_int(2, -1, None), kind),
+            // The tables kept in f32, so that the embedding is computed in f32.
+            RotaryPairs::AdjacentF32 => (freqs.repeat_interleave_self_int(2, -1, None), Kind::Float),
         };
         let (cos, sin) = match self.scale {
             1.0 => (emb.cos(), emb.sin()),
@@ -250,7 +254,7 @@ fn apply_rotary(x: &Tensor, cos: &Tensor, signed_sin: &Tensor, pairs: RotaryPair
     }
     let partner = match pairs {
         RotaryPairs::Halves => x.roll([dim / 2], [3]),
-        RotaryPairs::Adjacent => {
+        RotaryPairs::Adjacent | RotaryPairs::AdjacentF32 => {
             let s = x.size();
             x.reshape([s[0], s[1], s[2], dim / 2, 2]).flip([4]).reshape([s[0], s[1], s[2], dim])
         }
@@ -542,7 +546,7 @@ impl Mlp {
     pub(crate) fn load(l: &Loader, p: &str, cfg: &ModelConfig) -> anyhow::Result<Self> {
         let (h, i, b) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
         match cfg.architecture {
-            Architecture::Phi3 => Ok(Mlp {
+            Architecture::Phi3 | Architecture::Glm | Architecture::Glm4 => Ok(Mlp {
                 gate_up: GateUpProj::Fused {
                     gate_up_proj: Linear::load(l, &format!("{p}.gate_up_proj"), h, 2 * i, b)?,
                 },
@@ -638,7 +642,7 @@ pub enum LayerNorms {
         /// After the MLP.
         post_feedforward: RmsNorm,
     },
-    /// On each block's input and on its output (Gemma 3).
+    /// On each block's input and on its output (Gemma 2 and 3, GLM-4-0414).
     Sandwich {
         /// Before attention.
         input: RmsNorm,
@@ -680,6 +684,13 @@ impl DecoderLayer {
                 post_attention: norm("post_attention_layernorm")?,
                 pre_feedforward: norm("pre_feedforward_layernorm")?,
                 post_feedforward: norm("post_feedforward_layernorm")?,
+            },
+            // The same places under GLM-4's names.
+            Architecture::Glm4 => LayerNorms::Sandwich {
+                input: norm("input_layernorm")?,
+                post_attention: norm("post_self_attn_layernorm")?,
+                pre_feedforward: norm("post_attention_layernorm")?,
+                post_feedforward: norm("post_mlp_layernorm")?,
             },
             _ => LayerNorms::Pre { input: norm("input_layernorm")?, post_attention: norm("post_attention_layernorm")? },
         };

@@ -37,6 +37,8 @@ pub const TINY_FAMILIES: &[&str] = &[
     "gemma2",
     "granite",
     "ernie4_5",
+    "glm",
+    "glm4",
 ];
 
 /// `target/<profile>`: the test binary lives in its `deps/` folder.
