@@ -1,6 +1,8 @@
 //! `config.json` of a Hugging Face Llama-family checkpoint (Llama, Qwen2, Qwen3, Mistral, SmolLM3, OLMo 2 and 3,
-//! Granite, ERNIE 4.5, GLM-4, Gemma 2 and 3, Phi-3, and the mixtures of experts Qwen2-MoE, Qwen3-MoE, Mixtral and OLMoE), reduced to the fields the runtime uses. Both the transformers 4 spelling (`rope_theta` + `rope_scaling`, Gemma's
-//! `rope_local_base_freq`) and the transformers 5 one (`rope_parameters`, per layer type for Gemma 3) are read.
+//! Granite, ERNIE 4.5, GLM-4, Gemma 2 and 3, Phi-3, and the mixtures of experts Qwen2-MoE, Qwen3-MoE, Mixtral and
+//! OLMoE), reduced to the fields the runtime uses. Both the transformers 4 spelling (`rope_theta` + `rope_scaling`,
+//! Gemma's `rope_local_base_freq`) and the transformers 5 one (`rope_parameters`, per layer type for Gemma 3) are
+//! read.
 
 use std::path::Path;
 
@@ -9,7 +11,8 @@ use serde_json::Value;
 
 use crate::user_error;
 
-/// Which decoder family a checkpoint belongs to; they differ only in biases and norms inside attention.
+/// The layer structure of a checkpoint's family: where its norms sit, what attention and the MLP hold. Families
+/// that share one (Granite and ERNIE 4.5 on Llama's, the mixtures on their dense kin's) differ by config fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Architecture {
     /// Llama 2/3.x, SmolLM2, and other `model_type: llama` checkpoints.
@@ -303,9 +306,9 @@ impl ModelConfig {
             }
             other => {
                 return Err(user_error!(
-                    "unsupported model_type {other:?} in config.json; supported: ernie4_5, gemma2, gemma3_text, glm, glm4, \
-                     granite, llama, ministral, mistral, mixtral, olmo2, olmo3, olmoe, phi3, qwen2, qwen2_moe, qwen3, qwen3_moe, \
-                     smollm3"
+                    "unsupported model_type {other:?} in config.json; supported: ernie4_5, gemma2, \
+                     gemma3_text, glm, glm4, granite, llama, ministral, mistral, mixtral, olmo2, olmo3, olmoe, phi3, \
+                     qwen2, qwen2_moe, qwen3, qwen3_moe, smollm3"
                 ))
             }
         };
@@ -534,7 +537,8 @@ fn ropes(v: &Value, architecture: Architecture) -> anyhow::Result<(Rope, Option<
 /// The sliding window's width and, per layer, whether it attends within it: from `layer_types` where config.json
 /// lists them, else as each family's transformers class lays them out (Mistral: every layer; Qwen2, Qwen3 and
 /// SmolLM3 under `use_sliding_window`: those from `max_window_layers` on; Gemma 2: every other one from the first;
-/// Gemma 3: all but every `sliding_window_pattern`-th; OLMo 3: all but every fourth). The width is `None` when no layer slides.
+/// Gemma 3: all but every `sliding_window_pattern`-th; OLMo 3: all but every fourth). The width is `None` when no
+/// layer slides.
 fn sliding_layers(v: &Value, architecture: Architecture, layers: i64) -> anyhow::Result<(Option<i64>, Vec<bool>)> {
     let positive = |name: &str| optional_positive(v, name);
     let qwen_like = matches!(architecture, Architecture::Qwen2 | Architecture::Qwen3 | Architecture::SmolLM3);

@@ -590,8 +590,8 @@ impl Model {
     }
 
     /// The output projection: logits `[.., vocab]` in the model dtype (f32 under [`Model::cast_lm_head_to_f32`])
-    /// for hidden states `[.., hidden]`, soft-capped where the model caps them (Gemma 2), in that dtype as
-    /// transformers does.
+    /// for hidden states `[.., hidden]`, divided by Granite's `logits_scaling` and soft-capped where the model caps
+    /// them (Gemma 2), in that dtype as transformers does.
     pub fn lm_head(&self, hidden: &Tensor) -> Tensor {
         let logits = match self.cfg.logits_divisor {
             Some(divisor) => self.project(hidden) / divisor,

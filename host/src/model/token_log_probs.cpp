@@ -74,8 +74,8 @@ void save_logit_map(AutogradContext* ctx, const LogitMap& map) {
 // dL/dlogits less the target's `onehot * g`, in f32 [B, c, V], as a tensor it may have built in place (not in
 // `logits`' storage); `kept` is the single chunk's tensor the forward pass saved under `kept_name`, if it did: handed
 // over once and let go, so a second backward pass over a retained graph recomputes it. `logits` are the chunk's
-// (LogitMap::logits), recomputed unless `kept` spares them (never under a cap, whose gradient needs them). Returns the gradients of the hidden states and the weight
-// (undefined where not wanted).
+// (LogitMap::logits), recomputed unless `kept` spares them (never under a cap, whose gradient needs them). Returns
+// the gradients of the hidden states and the weight (undefined where not wanted).
 template <typename SoftmaxPart>
 std::pair<at::Tensor, at::Tensor> head_backward(AutogradContext* ctx, const at::Tensor& g, const char* kept_name,
                                                 SoftmaxPart softmax_part) {
