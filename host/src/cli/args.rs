@@ -281,7 +281,9 @@ impl LoraArgs {
             return Err(user_error!("--lora-adapter {shown}: lora_dropout {dropout} must be in [0, 1)"));
         }
         settings.lora = Some(LoraConfig { dropout, ..theirs });
-        settings.lora_adapter = Some(dir.display().to_string());
+        // Absolute, so that a resume from another directory names the same adapter.
+        let absolute = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+        settings.lora_adapter = Some(absolute.display().to_string());
         if settings.model.is_none() {
             settings.model = adapter.base_model;
         }

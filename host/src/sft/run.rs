@@ -498,7 +498,9 @@ impl SftRun<'_> {
                 self.loggers.println(&format!("best {} {:.4}: {}", best.metric, best.value, at.display()));
             }
             if self.world.is_main() {
-                println!("saved the fine-tuned model to {} (use it with --model {})", dir.display(), dir.display());
+                // An adapter is no model directory of its own: a later run starts from it with --lora-adapter.
+                let flag = if self.config.model.lora.is_some() { "--lora-adapter" } else { "--model" };
+                println!("saved the fine-tuned model to {} (use it with {flag} {})", dir.display(), dir.display());
             }
             0
         } else {
