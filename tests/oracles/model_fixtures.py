@@ -4,7 +4,7 @@ Builds, with transformers as the reference implementation:
   * a tiny byte-level tokenizer (256 byte tokens + the chat special tokens, no merges);
   * tiny random Llama, Llama-3 (rope_scaling llama3), Qwen2, Qwen3, Mistral (with and without a sliding window),
     SmolLM3, OLMo 2, OLMo 3, Gemma 2 and 3, windowed Qwen2, Phi-3, Granite, ERNIE 4.5, GLM-4 and mixture-of-experts
-    (Qwen3-MoE, Qwen2-MoE, Mixtral, OLMoE) models (f32, a few hundred KB each) with transformers' logits and
+    (Qwen3-MoE, Qwen2-MoE, Mixtral, OLMoE, GraniteMoE) models (f32, a few hundred KB each) with transformers' logits and
     next-token log-probs on a padded batch (and, for the mixtures, bf16 logits and every parameter's gradient), and
     transformers' greedy continuations;
   * chat-template cases for the SmolLM2, Qwen2.5, Qwen3 and Llama-3.1 templates (the real template texts in
@@ -33,6 +33,7 @@ from transformers import (
     Glm4Config,
     GlmConfig,
     GraniteConfig,
+    GraniteMoeConfig,
     MinistralConfig,
     MistralConfig,
     MixtralConfig,
@@ -274,6 +275,18 @@ def tiny_configs():
         # GLM-4-0414 adds norms after attention and after the MLP.
         "glm": GlmConfig(**{**common, "head_dim": 8}, tie_word_embeddings=False),
         "glm4": Glm4Config(**{**common, "head_dim": 8}, tie_word_embeddings=False),
+        # GraniteMoE: Granite's multipliers over four experts stacked in two tensors, two per token, the softmax
+        # taken over the two chosen scores.
+        "granitemoe": GraniteMoeConfig(
+            **{**common, "intermediate_size": 16},
+            tie_word_embeddings=False,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            embedding_multiplier=2.0,
+            residual_multiplier=0.4,
+            attention_multiplier=0.3,
+            logits_scaling=2.5,
+        ),
     }
 
 
@@ -292,7 +305,12 @@ def moe_gradients(model, cfg, ids, mask, pos):
         if mixtral:
             name = name.replace(".mlp.", ".block_sparse_moe.")
         g = param.grad.detach().clone()
-        if name.endswith("experts.gate_up_proj"):
+        if cfg.model_type == "granitemoe":
+            # GraniteMoE's checkpoints keep the experts stacked, under their own names.
+            name = name.replace("experts.gate_up_proj", "input_linear.weight")
+            name = name.replace("experts.down_proj", "output_linear.weight")
+            grads[name.replace("router.weight", "router.layer.weight")] = g.contiguous()
+        elif name.endswith("experts.gate_up_proj"):
             half = g.shape[1] // 2
             for e in range(g.shape[0]):
                 grads[f"{name[: -len('gate_up_proj')]}{e}.{names[0]}.weight"] = g[e, :half].contiguous()
@@ -324,7 +342,7 @@ def make_tiny_models(only=None):
             # choice is clear of ties.
             with torch.no_grad():
                 for param_name, param in model.named_parameters():
-                    if param_name.endswith("mlp.gate.weight"):
+                    if param_name.endswith(("mlp.gate.weight", "router.weight")):
                         param.normal_(0.0, 0.5)
         if cfg.model_type in ("gemma2", "gemma3_text"):
             # Gemma's norms start at a zero offset from a gain of 1; random ones make the offset matter.

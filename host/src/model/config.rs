@@ -52,8 +52,8 @@ pub enum Architecture {
 }
 
 /// A mixture-of-experts feed-forward block (Qwen2-MoE and Qwen3-MoE on Qwen's layers, Mixtral on Mistral's,
-/// OLMoE): a router picks `experts_per_token` of `experts` gated MLPs for each token and adds their outputs weighed
-/// by its softmax probabilities.
+/// OLMoE, GraniteMoE on Granite's): a router picks `experts_per_token` of `experts` gated MLPs for each token and
+/// adds their outputs weighed by its softmax probabilities.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Moe {
     /// Routed experts in each sparse layer (`num_experts`, Mixtral's `num_local_experts`).
@@ -62,11 +62,8 @@ pub struct Moe {
     pub experts_per_token: i64,
     /// Width of each routed expert's MLP (`moe_intermediate_size`; Mixtral's and OLMoE's `intermediate_size`).
     pub expert_size: i64,
-    /// Whether the chosen experts' probabilities are rescaled to sum to 1 (`norm_topk_prob`; always in Mixtral).
-    pub normalize_top_k: bool,
-    /// Whether those weights stay in f32 when they scale the experts' outputs (Mixtral), rather than being
-    /// rounded to the model's dtype first (Qwen, OLMoE): the two differ under bf16.
-    pub f32_weights: bool,
+    /// How the router's scores become the chosen experts' weights.
+    pub routing: Routing,
     /// Width of the shared expert every token also passes through, behind a sigmoid gate (Qwen2-MoE).
     pub shared_expert_size: Option<i64>,
     /// Per layer, whether its feed-forward block is the mixture; the others are dense MLPs of
@@ -76,14 +73,34 @@ pub struct Moe {
     pub names: ExpertNames,
 }
 
+/// How a router's scores become the weights of the experts it picks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routing {
+    /// A softmax over every expert, in f32, then the `k` most probable (Qwen, Mixtral, OLMoE).
+    SoftmaxThenTopK {
+        /// Rescale the chosen probabilities to sum to 1 (`norm_topk_prob`; always in Mixtral).
+        normalize: bool,
+        /// Keep the weights in f32 when they scale the experts' outputs (Mixtral), rather than rounding them to the
+        /// model's dtype first (Qwen, OLMoE): the two differ under bf16.
+        f32_weights: bool,
+    },
+    /// The `k` largest scores, then a softmax over those alone, in f32, rounded to the model's dtype (GraniteMoE):
+    /// the renormalised probabilities of the first kind, in transformers' order of operations for this family.
+    TopKThenSoftmax,
+}
+
 /// The checkpoint names of a mixture-of-experts block, as the hub's checkpoints store it (one tensor per expert
-/// and projection, the layout transformers 5 writes back when it saves).
+/// and projection, the layout transformers 5 writes back when it saves, except GraniteMoE's stacked experts).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExpertNames {
     /// `mlp.gate` (the router), `mlp.experts.<e>.{gate_proj,up_proj,down_proj}` (Qwen, OLMoE).
     Qwen,
     /// `block_sparse_moe.gate`, `block_sparse_moe.experts.<e>.{w1,w3,w2}` (Mixtral).
     Mixtral,
+    /// `block_sparse_moe.router.layer`, and every expert stacked in `block_sparse_moe.input_linear` (`[experts,
+    /// 2 x width, hidden]`, gate then up) and `block_sparse_moe.output_linear` (`[experts, hidden, width]`)
+    /// (GraniteMoE).
+    Granite,
 }
 
 impl ExpertNames {
@@ -91,14 +108,22 @@ impl ExpertNames {
     pub fn block(self) -> &'static str {
         match self {
             ExpertNames::Qwen => "mlp",
-            ExpertNames::Mixtral => "block_sparse_moe",
+            ExpertNames::Mixtral | ExpertNames::Granite => "block_sparse_moe",
         }
     }
 
-    /// An expert's gate, up and down projections.
+    /// The router's module name within the block.
+    pub fn router(self) -> &'static str {
+        match self {
+            ExpertNames::Qwen | ExpertNames::Mixtral => "gate",
+            ExpertNames::Granite => "router.layer",
+        }
+    }
+
+    /// An expert's gate, up and down projections, where each expert has its own (not GraniteMoE).
     pub fn projections(self) -> [&'static str; 3] {
         match self {
-            ExpertNames::Qwen => ["gate_proj", "up_proj", "down_proj"],
+            ExpertNames::Qwen | ExpertNames::Granite => ["gate_proj", "up_proj", "down_proj"],
             ExpertNames::Mixtral => ["w1", "w3", "w2"],
         }
     }
@@ -131,6 +156,16 @@ pub enum Activation {
     Silu,
     /// `gelu_pytorch_tanh`: GELU's tanh approximation (Gemma).
     GeluTanh,
+}
+
+impl Activation {
+    /// The activation of the gate's output `g`.
+    pub fn apply(self, g: &tch::Tensor) -> tch::Tensor {
+        match self {
+            Activation::Silu => g.silu(),
+            Activation::GeluTanh => g.gelu("tanh"),
+        }
+    }
 }
 
 /// A rotary embedding: its base and how its frequencies are rescaled.
@@ -281,7 +316,7 @@ impl ModelConfig {
         let architecture = match model_type {
             // Granite is Llama's layers with its four multipliers; ERNIE 4.5 Llama's with biases (`use_bias`) and
             // adjacent rotary pairs.
-            "llama" | "granite" | "ernie4_5" => Architecture::Llama,
+            "llama" | "granite" | "granitemoe" | "ernie4_5" => Architecture::Llama,
             "qwen2" => Architecture::Qwen2,
             "qwen3" => Architecture::Qwen3,
             // Ministral is Mistral with its layers' kinds in layer_types.
@@ -307,7 +342,7 @@ impl ModelConfig {
             other => {
                 return Err(user_error!(
                     "unsupported model_type {other:?} in config.json; supported: ernie4_5, gemma2, \
-                     gemma3_text, glm, glm4, granite, llama, ministral, mistral, mixtral, olmo2, olmo3, olmoe, phi3, \
+                     gemma3_text, glm, glm4, granite, granitemoe, llama, ministral, mistral, mixtral, olmo2, olmo3, olmoe, phi3, \
                      qwen2, qwen2_moe, qwen3, qwen3_moe, smollm3"
                 ))
             }
@@ -329,7 +364,7 @@ impl ModelConfig {
         // Granite's multipliers, each `None` where it is 1 (or the family is another).
         let granite = |field: &str| -> anyhow::Result<Option<f64>> {
             match v.get(field) {
-                _ if model_type != "granite" => Ok(None),
+                _ if !model_type.starts_with("granite") => Ok(None),
                 Some(Value::Null) | None => Ok(None),
                 Some(x) => match x.as_f64().filter(|x| *x > 0.0) {
                     Some(x) => Ok((x != 1.0).then_some(x)),
@@ -468,7 +503,7 @@ impl ModelConfig {
             attention_scale: match attention_scale {
                 Some(s) => Some(s.powf(-0.5)),
                 // Granite's scale replaces 1/sqrt(head_dim), whatever its value (1 by default).
-                None if model_type == "granite" => Some(granite("attention_multiplier")?.unwrap_or(1.0)),
+                None if model_type.starts_with("granite") => Some(granite("attention_multiplier")?.unwrap_or(1.0)),
                 None => None,
             },
             embedding_scale: match gemma {
@@ -606,6 +641,7 @@ fn moe(v: &Value, model_type: &str, layers: i64, intermediate_size: i64) -> anyh
     let names = match model_type {
         "qwen2_moe" | "qwen3_moe" | "olmoe" => ExpertNames::Qwen,
         "mixtral" => ExpertNames::Mixtral,
+        "granitemoe" => ExpertNames::Granite,
         _ => return Ok(None),
     };
     let required = |name: &str| {
@@ -643,8 +679,13 @@ fn moe(v: &Value, model_type: &str, layers: i64, intermediate_size: i64) -> anyh
         experts,
         experts_per_token,
         expert_size,
-        normalize_top_k: model_type == "mixtral" || v.get("norm_topk_prob").and_then(Value::as_bool) == Some(true),
-        f32_weights: model_type == "mixtral",
+        routing: match model_type {
+            "granitemoe" => Routing::TopKThenSoftmax,
+            _ => Routing::SoftmaxThenTopK {
+                normalize: model_type == "mixtral" || v.get("norm_topk_prob").and_then(Value::as_bool) == Some(true),
+                f32_weights: model_type == "mixtral",
+            },
+        },
         shared_expert_size: match model_type {
             "qwen2_moe" => Some(required("shared_expert_intermediate_size")?),
             _ => None,
@@ -1045,7 +1086,8 @@ mod tests {
         let moe = qwen3.moe.as_ref().unwrap();
         assert_eq!((moe.experts, moe.experts_per_token, moe.expert_size), (8, 2, 4));
         assert_eq!(moe.sparse_layers, [false, true, false, true]);
-        assert!(moe.normalize_top_k && !moe.f32_weights && moe.shared_expert_size.is_none());
+        assert_eq!(moe.routing, Routing::SoftmaxThenTopK { normalize: true, f32_weights: false });
+        assert!(moe.shared_expert_size.is_none());
         assert_eq!(
             (qwen3.architecture, moe.names, qwen3.tie_word_embeddings),
             (Architecture::Qwen3, ExpertNames::Qwen, false)
@@ -1057,13 +1099,17 @@ mod tests {
         )
         .unwrap();
         let moe = qwen2.moe.as_ref().unwrap();
-        assert_eq!((moe.experts, moe.shared_expert_size, moe.normalize_top_k), (4, Some(12), false));
+        assert_eq!((moe.experts, moe.shared_expert_size), (4, Some(12)));
+        assert_eq!(moe.routing, Routing::SoftmaxThenTopK { normalize: false, f32_weights: false });
         assert!(qwen2.qkv_bias && !qwen2.o_bias);
         // Mixtral: experts as wide as intermediate_size, always renormalised, weights kept in f32.
         let mixtral = config("mixtral", r#","num_local_experts":4"#).unwrap();
         let moe = mixtral.moe.as_ref().unwrap();
         assert_eq!((moe.expert_size, moe.names, moe.sparse_layers.clone()), (16, ExpertNames::Mixtral, vec![true; 4]));
-        assert!(moe.normalize_top_k && moe.f32_weights);
+        assert_eq!(moe.routing, Routing::SoftmaxThenTopK { normalize: true, f32_weights: true });
+        let granite = config("granitemoe", r#","num_local_experts":4"#).unwrap();
+        let moe = granite.moe.as_ref().unwrap();
+        assert_eq!((moe.routing, moe.names, moe.expert_size), (Routing::TopKThenSoftmax, ExpertNames::Granite, 16));
         assert_eq!(config("olmoe", r#","num_experts":4"#).unwrap().architecture, Architecture::Olmoe);
         assert!(config("qwen2", "").unwrap().moe.is_none());
         for (model_type, extra, message) in [

@@ -597,11 +597,7 @@ impl Mlp {
                 (both.narrow(-1, 0, half), both.narrow(-1, half, half))
             }
         };
-        let g = match self.activation {
-            Activation::Silu => g.silu(),
-            Activation::GeluTanh => g.gelu("tanh"),
-        };
-        self.down_proj.forward(&(g * up), ctx)
+        self.down_proj.forward(&(self.activation.apply(&g) * up), ctx)
     }
 }
 

@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use tch::{nn, Device, Kind, Tensor};
 
-pub use config::{Activation, Architecture, EmbeddingScale, ExpertNames, ModelConfig, Moe, Rope, RopeScaling};
+pub use config::{Activation, Architecture, EmbeddingScale, ExpertNames, ModelConfig, Moe, Rope, RopeScaling, Routing};
 pub use device::{cuda_free_bytes, DeviceSpec, DtypeSpec};
 pub use layers::{AttentionMask, LayerCache, SlotWrite};
 pub use lora::{LoraConfig, LoraTargets};

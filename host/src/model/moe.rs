@@ -1,11 +1,51 @@
-//! A mixture-of-experts feed-forward block (Qwen2-MoE, Qwen3-MoE, Mixtral, OLMoE): a router and its experts, each
-//! a gated MLP loading its weights by the checkpoint's per-expert names.
+//! A mixture-of-experts feed-forward block (Qwen2-MoE, Qwen3-MoE, Mixtral, OLMoE, GraniteMoE): a router and its
+//! experts, each a gated MLP loading its weights by the checkpoint's names.
 
 use tch::{Kind, Tensor};
 
-use super::config::{ModelConfig, Moe};
+use super::config::{Activation, ExpertNames, ModelConfig, Moe, Routing};
 use super::layers::{Linear, Loader, Mlp};
 use super::Ctx;
+
+/// A block's routed experts, as the checkpoint stores them.
+#[derive(Debug)]
+pub enum Experts {
+    /// One gated MLP per expert, each with its own tensors.
+    Separate(Vec<Mlp>),
+    /// Every expert in two stacked tensors (GraniteMoE): `gate_up` `[experts, 2 x width, hidden]`, gate then up, and
+    /// `down` `[experts, hidden, width]`. An expert is a slice of them, so its gradient lands in the stack.
+    Stacked {
+        /// `input_linear`.
+        gate_up: Tensor,
+        /// `output_linear`.
+        down: Tensor,
+        /// The gate's activation.
+        activation: Activation,
+    },
+}
+
+impl Experts {
+    /// How many there are.
+    fn len(&self) -> i64 {
+        match self {
+            Experts::Separate(experts) => experts.len() as i64,
+            Experts::Stacked { gate_up, .. } => gate_up.size()[0],
+        }
+    }
+
+    /// Expert `e` on `x` `[N, hidden]`.
+    fn forward(&self, e: usize, x: &Tensor, ctx: Ctx) -> Tensor {
+        match self {
+            Experts::Separate(experts) => experts[e].forward(x, ctx),
+            Experts::Stacked { gate_up, down, activation } => {
+                let both = x.linear::<Tensor>(&gate_up.get(e as i64), None);
+                let half = both.size()[1] / 2;
+                let (g, up) = (both.narrow(1, 0, half), both.narrow(1, half, half));
+                activation.apply(&g).g_mul(&up).linear::<Tensor>(&down.get(e as i64), None)
+            }
+        }
+    }
+}
 
 /// A shared expert that every token passes through beside the routed ones, scaled by a sigmoid gate of the token
 /// (Qwen2-MoE).
@@ -24,20 +64,29 @@ pub struct SparseMoe {
     /// `[experts, hidden]`, the router (`mlp.gate`, Mixtral's `block_sparse_moe.gate`).
     pub router: Linear,
     /// The routed experts, in checkpoint order.
-    pub experts: Vec<Mlp>,
+    pub experts: Experts,
     /// Qwen2-MoE's shared expert (boxed, so that a mixture's handles take no more room than a dense MLP's).
     pub shared: Option<Box<SharedExpert>>,
     top_k: i64,
-    normalize_top_k: bool,
-    f32_weights: bool,
+    routing: Routing,
 }
 
 impl SparseMoe {
     pub(crate) fn load(l: &Loader, layer: &str, moe: &Moe, cfg: &ModelConfig) -> anyhow::Result<Self> {
         let p = format!("{layer}.{}", moe.names.block());
-        let experts = (0..moe.experts)
-            .map(|e| Mlp::load_named(l, &format!("{p}.experts.{e}"), moe.names.projections(), moe.expert_size, cfg))
-            .collect::<anyhow::Result<_>>()?;
+        let (e, h, w) = (moe.experts, cfg.hidden_size, moe.expert_size);
+        let experts = match moe.names {
+            ExpertNames::Granite => Experts::Stacked {
+                gate_up: l.get(&format!("{p}.input_linear.weight"), &[e, 2 * w, h])?,
+                down: l.get(&format!("{p}.output_linear.weight"), &[e, h, w])?,
+                activation: cfg.activation,
+            },
+            names => Experts::Separate(
+                (0..e)
+                    .map(|e| Mlp::load_named(l, &format!("{p}.experts.{e}"), names.projections(), w, cfg))
+                    .collect::<anyhow::Result<_>>()?,
+            ),
+        };
         let shared = match moe.shared_expert_size {
             Some(width) => Some(Box::new(SharedExpert {
                 mlp: Mlp::load_named(
@@ -52,12 +101,11 @@ impl SparseMoe {
             None => None,
         };
         Ok(SparseMoe {
-            router: Linear::load(l, &format!("{p}.gate"), cfg.hidden_size, moe.experts, false)?,
+            router: Linear::load(l, &format!("{p}.{}", moe.names.router()), cfg.hidden_size, moe.experts, false)?,
             experts,
             shared,
             top_k: moe.experts_per_token,
-            normalize_top_k: moe.normalize_top_k,
-            f32_weights: moe.f32_weights,
+            routing: moe.routing,
         })
     }
 
@@ -67,25 +115,31 @@ impl SparseMoe {
     pub fn forward(&self, x: &Tensor, ctx: Ctx) -> Tensor {
         let shape = x.size();
         let flat = x.reshape([-1, shape[shape.len() - 1]]);
-        let probs = self.router.forward(&flat, ctx).softmax(-1, Kind::Float);
-        let (mut weights, chosen) = probs.topk(self.top_k, -1, true, true);
-        if self.normalize_top_k {
-            weights = &weights / weights.sum_dim_intlist(-1, true, Kind::Float);
-        }
-        if !self.f32_weights {
-            weights = weights.to_kind(x.kind());
-        }
+        let scores = self.router.forward(&flat, ctx);
+        let (weights, chosen) = match self.routing {
+            Routing::SoftmaxThenTopK { normalize, f32_weights } => {
+                let (mut weights, chosen) = scores.softmax(-1, Kind::Float).topk(self.top_k, -1, true, true);
+                if normalize {
+                    weights = &weights / weights.sum_dim_intlist(-1, true, Kind::Float);
+                }
+                (if f32_weights { weights } else { weights.to_kind(x.kind()) }, chosen)
+            }
+            Routing::TopKThenSoftmax => {
+                let (top, chosen) = scores.to_kind(Kind::Float).topk(self.top_k, -1, true, true);
+                (top.softmax(-1, Kind::Float).to_kind(x.kind()), chosen)
+            }
+        };
         let chosen = chosen.reshape([-1]);
         let order = chosen.argsort_stable(true, 0, false);
         let tokens = order.floor_divide_scalar(self.top_k);
-        let counts = Vec::<i64>::try_from(chosen.bincount(None::<Tensor>, self.experts.len() as i64))
+        let counts = Vec::<i64>::try_from(chosen.bincount(None::<Tensor>, self.experts.len()))
             .expect("bincount gives one i64 count per expert");
         let inputs = flat.index_select(0, &tokens);
         let mut outputs = Vec::new();
         let mut start = 0;
-        for (expert, &n) in self.experts.iter().zip(&counts) {
+        for (e, &n) in counts.iter().enumerate() {
             if n > 0 {
-                outputs.push(expert.forward(&inputs.narrow(0, start, n), ctx));
+                outputs.push(self.experts.forward(e, &inputs.narrow(0, start, n), ctx));
             }
             start += n;
         }

@@ -39,6 +39,7 @@ pub const TINY_FAMILIES: &[&str] = &[
     "ernie4_5",
     "glm",
     "glm4",
+    "granitemoe",
 ];
 
 /// `target/<profile>`: the test binary lives in its `deps/` folder.
