@@ -3,7 +3,7 @@
 Builds, with transformers as the reference implementation:
   * a tiny byte-level tokenizer (256 byte tokens + the chat special tokens, no merges);
   * tiny random Llama, Llama-3 (rope_scaling llama3), Qwen2, Qwen3, Mistral (with and without a sliding window),
-    SmolLM3, OLMo 2, OLMo 3, Gemma 2 and 3, windowed Qwen2, Phi-3, Granite, ERNIE 4.5, GLM-4 and mixture-of-experts
+    SmolLM3, OLMo 2, OLMo 3, Gemma 2 and 3, windowed Qwen2, Phi-3, Granite, ERNIE 4.5, GLM-4, Arcee and mixture-of-experts
     (Qwen3-MoE, Qwen2-MoE, Mixtral, OLMoE, GraniteMoE) models (f32, a few hundred KB each) with transformers' logits and
     next-token log-probs on a padded batch (and, for the mixtures, bf16 logits and every parameter's gradient), and
     transformers' greedy continuations;
@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
+    ArceeConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     Ernie4_5Config,
@@ -287,6 +288,8 @@ def tiny_configs():
             attention_multiplier=0.3,
             logits_scaling=2.5,
         ),
+        # Arcee (AFM): Llama's layers with an MLP of no gate, down(relu(up(x))^2).
+        "arcee": ArceeConfig(**common, tie_word_embeddings=False),
     }
 
 

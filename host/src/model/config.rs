@@ -156,6 +156,8 @@ pub enum Activation {
     Silu,
     /// `gelu_pytorch_tanh`: GELU's tanh approximation (Gemma).
     GeluTanh,
+    /// `relu2`: `relu(x)^2`, on an MLP with no gate (Arcee).
+    Relu2,
 }
 
 impl Activation {
@@ -164,6 +166,7 @@ impl Activation {
         match self {
             Activation::Silu => g.silu(),
             Activation::GeluTanh => g.gelu("tanh"),
+            Activation::Relu2 => g.relu().square(),
         }
     }
 }
@@ -316,7 +319,8 @@ impl ModelConfig {
         let architecture = match model_type {
             // Granite is Llama's layers with its four multipliers; ERNIE 4.5 Llama's with biases (`use_bias`) and
             // adjacent rotary pairs.
-            "llama" | "granite" | "granitemoe" | "ernie4_5" => Architecture::Llama,
+            // Arcee (AFM) Llama's with an ungated relu^2 MLP.
+            "llama" | "granite" | "granitemoe" | "ernie4_5" | "arcee" => Architecture::Llama,
             "qwen2" => Architecture::Qwen2,
             "qwen3" => Architecture::Qwen3,
             // Ministral is Mistral with its layers' kinds in layer_types.
@@ -341,7 +345,7 @@ impl ModelConfig {
             }
             other => {
                 return Err(user_error!(
-                    "unsupported model_type {other:?} in config.json; supported: ernie4_5, gemma2, \
+                    "unsupported model_type {other:?} in config.json; supported: arcee, ernie4_5, gemma2, \
                      gemma3_text, glm, glm4, granite, granitemoe, llama, ministral, mistral, mixtral, olmo2, olmo3, olmoe, phi3, \
                      qwen2, qwen2_moe, qwen3, qwen3_moe, smollm3"
                 ))
@@ -385,12 +389,17 @@ impl ModelConfig {
                 .filter(|x| *x > 0)
                 .ok_or_else(|| user_error!("config.json field {name:?} is missing or not a positive integer"))
         };
-        let activation = match v.get("hidden_activation").or_else(|| v.get("hidden_act")).and_then(Value::as_str) {
-            None if gemma => Activation::GeluTanh,
-            None | Some("silu") => Activation::Silu,
-            Some("gelu_pytorch_tanh") => Activation::GeluTanh,
-            Some(act) => {
-                return Err(user_error!("config.json activation {act:?} is not supported (silu, gelu_pytorch_tanh)"))
+        // Arcee's MLP has no gate; relu^2 is its activation and no other family's.
+        let arcee = model_type == "arcee";
+        let named = v.get("hidden_activation").or_else(|| v.get("hidden_act")).and_then(Value::as_str);
+        let activation = match (arcee, named) {
+            (true, None | Some("relu2")) => Activation::Relu2,
+            (false, None) if gemma => Activation::GeluTanh,
+            (false, None | Some("silu")) => Activation::Silu,
+            (false, Some("gelu_pytorch_tanh")) => Activation::GeluTanh,
+            (_, Some(act)) => {
+                let supported = if arcee { "relu2" } else { "silu, gelu_pytorch_tanh" };
+                return Err(user_error!("config.json activation {act:?} is not supported here ({supported})"));
             }
         };
         let hidden_size = int("hidden_size")?;
@@ -1044,6 +1053,22 @@ mod tests {
         assert_eq!((llama.attention_scale, llama.logits_divisor), (None, None));
         let err = config(r#","logits_scaling":0"#).unwrap_err();
         assert!(err.to_string().contains("\"logits_scaling\" is not a positive number"), "{err}");
+    }
+
+    #[test]
+    fn arcee_squares_relu_on_an_ungated_mlp_and_no_other_family_does() {
+        let config = |model_type: &str, extra: &str| {
+            ModelConfig::from_json_str(&format!(
+                r#"{{"model_type":"{model_type}","vocab_size":10,"hidden_size":16,"intermediate_size":16,
+                "num_hidden_layers":2,"num_attention_heads":2{extra}}}"#
+            ))
+        };
+        let arcee = config("arcee", "").unwrap();
+        assert_eq!((arcee.architecture, arcee.activation), (Architecture::Llama, Activation::Relu2));
+        let err = config("arcee", r#","hidden_act":"silu""#).unwrap_err();
+        assert!(err.to_string().contains("activation \"silu\" is not supported here (relu2)"), "{err}");
+        let err = config("llama", r#","hidden_act":"relu2""#).unwrap_err();
+        assert!(err.to_string().contains("(silu, gelu_pytorch_tanh)"), "{err}");
     }
 
     #[test]

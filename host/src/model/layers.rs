@@ -529,9 +529,14 @@ pub enum GateUpProj {
         /// The stacked projection.
         gate_up_proj: Linear,
     },
+    /// No gate: the activation applies to the up projection itself (Arcee's `down(relu(up(x))^2)`).
+    Ungated {
+        /// Up projection.
+        up_proj: Linear,
+    },
 }
 
-/// The gated feed-forward block (SwiGLU, or Gemma's GELU-gated one).
+/// The feed-forward block: gated (SwiGLU, or Gemma's GELU-gated one), or plain (Arcee's).
 #[derive(Debug)]
 pub struct Mlp {
     /// Gate and up projections.
@@ -545,6 +550,13 @@ impl Mlp {
     /// The layer's dense MLP, `intermediate_size` wide.
     pub(crate) fn load(l: &Loader, p: &str, cfg: &ModelConfig) -> anyhow::Result<Self> {
         let (h, i, b) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
+        if cfg.activation == Activation::Relu2 {
+            return Ok(Mlp {
+                gate_up: GateUpProj::Ungated { up_proj: Linear::load(l, &format!("{p}.up_proj"), h, i, b)? },
+                down_proj: Linear::load(l, &format!("{p}.down_proj"), i, h, b)?,
+                activation: cfg.activation,
+            });
+        }
         match cfg.architecture {
             Architecture::Phi3 | Architecture::Glm | Architecture::Glm4 => Ok(Mlp {
                 gate_up: GateUpProj::Fused {
@@ -582,14 +594,18 @@ impl Mlp {
         let mut all: Vec<&mut Linear> = match &mut self.gate_up {
             GateUpProj::Separate { gate_proj, up_proj } => vec![gate_proj, up_proj],
             GateUpProj::Fused { gate_up_proj } => vec![gate_up_proj],
+            GateUpProj::Ungated { up_proj } => vec![up_proj],
         };
         all.push(&mut self.down_proj);
         all
     }
 
-    /// `down(act(gate(x)) * up(x))`.
+    /// `down(act(gate(x)) * up(x))`, or `down(act(up(x)))` without a gate.
     pub fn forward(&self, x: &Tensor, ctx: Ctx) -> Tensor {
         let (g, up) = match &self.gate_up {
+            GateUpProj::Ungated { up_proj } => {
+                return self.down_proj.forward(&self.activation.apply(&up_proj.forward(x, ctx)), ctx)
+            }
             GateUpProj::Separate { gate_proj, up_proj } => (gate_proj.forward(x, ctx), up_proj.forward(x, ctx)),
             GateUpProj::Fused { gate_up_proj } => {
                 let both = gate_up_proj.forward(x, ctx);

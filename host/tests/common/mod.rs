@@ -40,6 +40,7 @@ pub const TINY_FAMILIES: &[&str] = &[
     "glm",
     "glm4",
     "granitemoe",
+    "arcee",
 ];
 
 /// `target/<profile>`: the test binary lives in its `deps/` folder.
