@@ -353,11 +353,8 @@ fn capped_logits_at_a_temperature_have_plain_autograds_values_and_gradients() {
     let real = mask.narrow(1, 0, t - 1).logical_and(&mask.narrow(1, 1, t - 1));
     let weights = real.to_kind(Kind::Float);
     let compare = |expected: &[(String, Tensor)], got: &[(String, Tensor)], what: &str| {
-        for ((name, e), (_, g)) in expected.iter().zip(got) {
-            let scale = e.abs().max().double_value(&[]).max(1e-6);
-            let diff = (e - g).abs().max().double_value(&[]) / scale;
-            assert!(diff <= 1e-4, "{what}: {name} gradient differs by {diff} (relative)");
-        }
+        let (diff, name) = worst_relative(expected, got);
+        assert!(diff <= 1e-4, "{what}: {name} gradient differs by {diff} (relative)");
     };
     let lp_only = grads(&model, &plain().0, &(&a * &weights));
     let (plain_lp, plain_h) = plain();

@@ -387,22 +387,17 @@ fn checkpoint_model(
     base_override: Option<String>,
 ) -> anyhow::Result<(Option<String>, Option<(LoraConfig, std::collections::BTreeMap<String, tch::Tensor>)>, Option<u64>)>
 {
-    if is_peft_adapter(dir) {
-        let adapter = PeftAdapter::read_config(dir)?;
-        let weights = PeftAdapter::read_weights(dir)?;
-        return Ok((
-            base_override.or(adapter.base_model),
-            Some((LoraConfig { dropout: 0.0, ..adapter.config }, weights)),
-            None,
-        ));
-    }
-    let loaded = crate::checkpoint::load(dir)?;
-    let step = Some(loaded.state.global_step);
-    if !loaded.adapter {
-        // A full-weights checkpoint is a Hugging Face model directory of its own.
-        return Ok((Some(dir.display().to_string()), None, step));
-    }
+    let (weights, step) = if is_peft_adapter(dir) {
+        (PeftAdapter::read_weights(dir)?, None)
+    } else {
+        let loaded = crate::checkpoint::load(dir)?;
+        let step = Some(loaded.state.global_step);
+        if !loaded.adapter {
+            // A full-weights checkpoint is a Hugging Face model directory of its own.
+            return Ok((Some(dir.display().to_string()), None, step));
+        }
+        (loaded.weights, step)
+    };
     let adapter = PeftAdapter::read_config(dir)?;
-    let base = base_override.or(adapter.base_model);
-    Ok((base, Some((LoraConfig { dropout: 0.0, ..adapter.config }, loaded.weights)), step))
+    Ok((base_override.or(adapter.base_model), Some((LoraConfig { dropout: 0.0, ..adapter.config }, weights)), step))
 }

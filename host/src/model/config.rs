@@ -169,6 +169,13 @@ impl Activation {
             Activation::Relu2 => g.relu().square(),
         }
     }
+
+    /// `act(gate) * up` for a fused projection's output `[.., 2 x width]`, the gate's half first (Phi-3's and GLM's
+    /// `gate_up_proj`, GraniteMoE's stacked experts).
+    pub fn gated_halves(self, both: &tch::Tensor) -> tch::Tensor {
+        let half = both.size()[both.dim() - 1] / 2;
+        self.apply(&both.narrow(-1, 0, half)) * both.narrow(-1, half, half)
+    }
 }
 
 /// A rotary embedding: its base and how its frequencies are rescaled.
@@ -353,30 +360,19 @@ impl ModelConfig {
         };
         let gemma = matches!(architecture, Architecture::Gemma2 | Architecture::Gemma3);
         // Gemma 2's caps are on unless config.json says null; other families have none unless it gives one.
-        let softcap = |field: &str, gemma2_default: f64| -> anyhow::Result<Option<f64>> {
-            match v.get(field) {
-                None if architecture == Architecture::Gemma2 => Ok(Some(gemma2_default)),
-                Some(Value::Null) | None => Ok(None),
-                Some(x) => Ok(Some(
-                    x.as_f64()
-                        .filter(|x| *x > 0.0)
-                        .ok_or_else(|| user_error!("config.json field {field:?} is not a positive number or null"))?,
-                )),
-            }
+        let softcap = |field: &str, gemma2_default: f64| match v.get(field) {
+            None if architecture == Architecture::Gemma2 => Ok(Some(gemma2_default)),
+            _ => optional_positive_number(&v, field),
         };
         let attention_softcap = softcap("attn_logit_softcapping", 50.0)?;
+        let final_logit_softcap = softcap("final_logit_softcapping", 30.0)?;
         // Granite's multipliers, each `None` where it is 1 (or the family is another).
         let granite = |field: &str| -> anyhow::Result<Option<f64>> {
-            match v.get(field) {
-                _ if !model_type.starts_with("granite") => Ok(None),
-                Some(Value::Null) | None => Ok(None),
-                Some(x) => match x.as_f64().filter(|x| *x > 0.0) {
-                    Some(x) => Ok((x != 1.0).then_some(x)),
-                    None => Err(user_error!("config.json field {field:?} is not a positive number")),
-                },
+            match model_type.starts_with("granite") {
+                true => Ok(optional_positive_number(&v, field)?.filter(|x| *x != 1.0)),
+                false => Ok(None),
             }
         };
-        let final_logit_softcap = softcap("final_logit_softcapping", 30.0)?;
         if v.get("use_bidirectional_attention").and_then(Value::as_bool) == Some(true) {
             return Err(user_error!("config.json use_bidirectional_attention=true is not supported"));
         }
@@ -730,6 +726,18 @@ fn optional_positive(v: &Value, name: &str) -> anyhow::Result<Option<i64>> {
             x.as_i64()
                 .filter(|x| *x > 0)
                 .ok_or_else(|| user_error!("config.json field {name:?} is not a positive integer or null"))?,
+        )),
+    }
+}
+
+/// The number field `name`: `None` where it is missing or null, an error where it is not a positive number.
+fn optional_positive_number(v: &Value, name: &str) -> anyhow::Result<Option<f64>> {
+    match v.get(name) {
+        Some(Value::Null) | None => Ok(None),
+        Some(x) => Ok(Some(
+            x.as_f64()
+                .filter(|x| *x > 0.0)
+                .ok_or_else(|| user_error!("config.json field {name:?} is not a positive number or null"))?,
         )),
     }
 }

@@ -602,18 +602,14 @@ impl Mlp {
 
     /// `down(act(gate(x)) * up(x))`, or `down(act(up(x)))` without a gate.
     pub fn forward(&self, x: &Tensor, ctx: Ctx) -> Tensor {
-        let (g, up) = match &self.gate_up {
-            GateUpProj::Ungated { up_proj } => {
-                return self.down_proj.forward(&self.activation.apply(&up_proj.forward(x, ctx)), ctx)
+        let hidden = match &self.gate_up {
+            GateUpProj::Ungated { up_proj } => self.activation.apply(&up_proj.forward(x, ctx)),
+            GateUpProj::Separate { gate_proj, up_proj } => {
+                self.activation.apply(&gate_proj.forward(x, ctx)) * up_proj.forward(x, ctx)
             }
-            GateUpProj::Separate { gate_proj, up_proj } => (gate_proj.forward(x, ctx), up_proj.forward(x, ctx)),
-            GateUpProj::Fused { gate_up_proj } => {
-                let both = gate_up_proj.forward(x, ctx);
-                let half = both.size()[x.dim() - 1] / 2;
-                (both.narrow(-1, 0, half), both.narrow(-1, half, half))
-            }
+            GateUpProj::Fused { gate_up_proj } => self.activation.gated_halves(&gate_up_proj.forward(x, ctx)),
         };
-        self.down_proj.forward(&(self.activation.apply(&g) * up), ctx)
+        self.down_proj.forward(&hidden, ctx)
     }
 }
 

@@ -39,9 +39,7 @@ impl Experts {
             Experts::Separate(experts) => experts[e].forward(x, ctx),
             Experts::Stacked { gate_up, down, activation } => {
                 let both = x.linear::<Tensor>(&gate_up.get(e as i64), None);
-                let half = both.size()[1] / 2;
-                let (g, up) = (both.narrow(1, 0, half), both.narrow(1, half, half));
-                activation.apply(&g).g_mul(&up).linear::<Tensor>(&down.get(e as i64), None)
+                activation.gated_halves(&both).linear::<Tensor>(&down.get(e as i64), None)
             }
         }
     }
