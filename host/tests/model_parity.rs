@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use grpo_host::model::recompute::checkpointed_runs;
-use grpo_host::model::{EntropyGrad, LoraConfig, Model};
+use grpo_host::model::{EntropyGrad, LoraConfig, Model, Padding, RouterScores};
 use tch::{Device, Kind, Tensor};
 
 use common::TINY_FAMILIES as FAMILIES;
@@ -131,11 +131,19 @@ fn plain_token_log_probs(model: &Model, ids: &Tensor, mask: &Tensor, chunk: i64)
 /// Gradients of every parameter after backpropagating `weights * log p`, then zeroed.
 fn grads(model: &Model, lp: &Tensor, weights: &Tensor) -> Vec<(String, Tensor)> {
     (lp * weights).sum(Kind::Float).backward();
+    taken_grads(model)
+}
+
+/// Every parameter's gradient by name (f32, sorted; zeros where none reached it), each zeroed after it is read.
+fn taken_grads(model: &Model) -> Vec<(String, Tensor)> {
     let mut out: Vec<(String, Tensor)> = model
         .var_store()
         .variables()
         .into_iter()
         .map(|(name, v)| {
+            if !v.grad().defined() {
+                return (name, v.zeros_like().to_kind(Kind::Float));
+            }
             let g = v.grad().to_kind(Kind::Float).copy();
             let _ = v.grad().zero_();
             (name, g)
@@ -255,8 +263,9 @@ fn token_entropy_is_the_plain_distributions_and_changes_no_log_prob_or_gradient(
     let r = reference(&dir, Device::Cpu);
     let (ids, mask) = (&r["input_ids"], &r["attention_mask"]);
     let t = ids.size()[1];
-    let (lp, entropy) =
-        tch::no_grad(|| model.token_log_probs_and_entropy(ids, mask, grpo_host::model::Padding::Any, EntropyGrad::No));
+    let (lp, entropy) = tch::no_grad(|| {
+        model.token_log_probs_and_entropy(ids, mask, grpo_host::model::Padding::Any, EntropyGrad::No, None)
+    });
     assert!(lp.equal(&tch::no_grad(|| model.token_log_probs(ids, mask))));
     let logits = tch::no_grad(|| model.forward(ids, mask, &Model::position_ids(mask)));
     let log_p = logits.narrow(1, 0, t - 1).log_softmax(-1, Kind::Float);
@@ -320,8 +329,9 @@ fn a_differentiable_entropy_has_plain_autograds_gradients() {
     let r = reference(&dir, Device::Cpu);
     let (ids, mask) = (&r["input_ids"], &r["attention_mask"]);
     let padding = grpo_host::model::Padding::Any;
-    let (lp, h) = model.token_log_probs_and_entropy(ids, mask, padding, EntropyGrad::Yes);
-    let (want_lp, want_h) = tch::no_grad(|| model.token_log_probs_and_entropy(ids, mask, padding, EntropyGrad::No));
+    let (lp, h) = model.token_log_probs_and_entropy(ids, mask, padding, EntropyGrad::Yes, None);
+    let (want_lp, want_h) =
+        tch::no_grad(|| model.token_log_probs_and_entropy(ids, mask, padding, EntropyGrad::No, None));
     assert!(lp.requires_grad() && h.requires_grad());
     assert!(lp.detach().equal(&want_lp));
     assert!((h.detach() - want_h).abs().max().double_value(&[]) < 1e-5);
@@ -365,7 +375,7 @@ fn capped_logits_at_a_temperature_have_plain_autograds_values_and_gradients() {
         assert!(diff < 1e-5, "chunk {chunk}: the capped log-probs differ from plain autograd's by {diff}");
         compare(&lp_only, &grads(&model, &lp, &(&a * &weights)), &format!("chunk {chunk}, log-probs"));
     }
-    let (lp, h) = model.token_log_probs_and_entropy(ids, mask, grpo_host::model::Padding::Any, EntropyGrad::Yes);
+    let (lp, h) = model.token_log_probs_and_entropy(ids, mask, grpo_host::model::Padding::Any, EntropyGrad::Yes, None);
     assert!(max_abs_where(&h, &plain_h, &real) < 1e-5, "the capped entropy differs from plain autograd's");
     compare(&both, &grads(&model, &(lp + &h * &b), &weights), "log-probs and entropy");
 }
@@ -388,8 +398,9 @@ fn log_probs_at_a_temperature_are_the_scaled_logits_distribution() {
     let real = mask.narrow(1, 0, t - 1);
     let plain = tch::no_grad(|| model.token_log_probs(ids, mask));
     model.set_logprob_temperature(0.5);
-    let (lp, entropy) =
-        tch::no_grad(|| model.token_log_probs_and_entropy(ids, mask, grpo_host::model::Padding::Any, EntropyGrad::No));
+    let (lp, entropy) = tch::no_grad(|| {
+        model.token_log_probs_and_entropy(ids, mask, grpo_host::model::Padding::Any, EntropyGrad::No, None)
+    });
     let log_p = (&logits / 0.5).log_softmax(-1, Kind::Float);
     assert!(max_abs_where(&lp, &log_p.gather(-1, &targets, false).squeeze_dim(-1), &real) < 1e-4);
     assert!(max_abs_where(&lp, &plain, &real) > 0.1, "the temperature changed nothing");
@@ -573,6 +584,73 @@ fn mixture_of_experts_gradients_match_transformers() {
         checked += 1;
     }
     assert_eq!(checked, 5, "the five tiny mixtures have reference gradients");
+}
+
+/// A mixture's load-balancing loss is transformers' `aux_loss` (`output_router_logits`) over the real tokens of a
+/// padded batch, and its gradient is transformers' for every parameter, with and without gradient checkpointing
+/// (where the router scores leave each layer's recomputing node beside its hidden state).
+/// Oracle: tests/oracles/load_balancing.py.
+#[test]
+fn the_load_balancing_loss_and_its_gradients_match_transformers() {
+    let _rng = common::torch_rng_lock();
+    let mut checked = 0;
+    for fam in FAMILIES {
+        let dir = tiny(fam);
+        let expected_file = dir.join("load_balancing.safetensors");
+        if !expected_file.exists() {
+            continue;
+        }
+        let model = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
+        let r = reference(&dir, Device::Cpu);
+        let (ids, mask, pos) = (&r["input_ids"], &r["attention_mask"], &r["position_ids"]);
+        let mut expected = reference_file(&expected_file, Device::Cpu);
+        let want = expected.remove("aux_loss").unwrap().double_value(&[0]);
+        for checkpointing in [false, true] {
+            model.set_gradient_checkpointing(checkpointing);
+            model.set_training(true);
+            let mut routers = RouterScores::new();
+            let hidden = model.hidden_states_padded(ids, mask, pos, Padding::Any, Some(&mut routers));
+            model.set_training(false);
+            let sparse = model.config().moe.as_ref().unwrap().sparse_layers.iter().filter(|&&s| s).count();
+            assert_eq!(routers.layers(), sparse, "{fam}: one record per sparse layer");
+            let aux = model.load_balancing_loss(&routers, mask).unwrap();
+            let got = aux.double_value(&[]);
+            assert!((got - want).abs() <= 1e-5 * want, "{fam}: aux_loss {got}, transformers {want}");
+            // The hidden states take part with no weight, as in training, where the log-probs come from them.
+            (aux + hidden.sum(Kind::Float) * 0.0).backward();
+            let ours = taken_grads(&model);
+            assert_eq!(ours.len(), expected.len(), "{fam}: one gradient per parameter");
+            let mut reached = 0;
+            for (name, g) in &ours {
+                let want =
+                    expected.get(name).unwrap_or_else(|| panic!("{fam}: transformers has no gradient for {name}"));
+                let scale = want.abs().max().double_value(&[]).max(1e-4);
+                let diff = (g - want).abs().max().double_value(&[]);
+                assert!(
+                    diff <= 1e-4 * scale,
+                    "{fam} (checkpointing {checkpointing}): gradient of {name} differs by {diff} (of {scale})"
+                );
+                reached += (want.abs().max().double_value(&[]) > 0.0) as usize;
+            }
+            assert!(reached > 0, "{fam}: the loss has a gradient");
+        }
+        model.set_gradient_checkpointing(false);
+        checked += 1;
+    }
+    assert_eq!(checked, 5, "the five tiny mixtures have load-balancing oracles");
+    let dense = Model::load(&tiny("llama"), Device::Cpu, Kind::Float).unwrap();
+    let r = reference(&tiny("llama"), Device::Cpu);
+    let mut routers = RouterScores::new();
+    let _ = tch::no_grad(|| {
+        dense.hidden_states_padded(
+            &r["input_ids"],
+            &r["attention_mask"],
+            &r["position_ids"],
+            Padding::Any,
+            Some(&mut routers),
+        )
+    });
+    assert!(dense.load_balancing_loss(&routers, &r["attention_mask"]).is_none(), "a dense model has no such loss");
 }
 
 /// `cast_lm_head_to_f32` in a bf16 model, tied (qwen2) and untied (llama): the head holds the checkpoint's f32

@@ -216,3 +216,62 @@ fn steps_lower_the_loss_and_micro_batches_do_not_change_the_step() {
         }
     }
 }
+
+/// A mixture's load-balancing loss joins the supervised loss weighed by the model's coefficient: the step's gradient
+/// is that of the mean cross-entropy plus the coefficient times the loss over the rows' real tokens, logged as
+/// `sft/aux_loss`; `sft/loss` stays the cross-entropy. Nothing is logged at 0.
+#[test]
+fn a_mixtures_load_balancing_loss_joins_the_supervised_step() {
+    let fx = fixture();
+    let dir = root().join("tests/fixtures/model/tiny/qwen2_moe");
+    let load = |coef: f64| {
+        let mut model = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
+        model.set_router_aux_loss_coef(coef);
+        model
+    };
+    let tokenizer = Tokenizer::from_dir(&dir).unwrap();
+    let renderer = Renderer::new(&tokenizer, None).unwrap();
+    let rows: Vec<_> = fx["cases"].as_array().unwrap().iter().map(|c| renderer.render(&messages(c)).unwrap()).collect();
+    let step = |coef: f64| {
+        let model = load(coef);
+        let params: Vec<_> = model.var_store().variables().into_iter().collect();
+        let config = AdamWConfig { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+        let mut optimizer = AdamW::without_master_weights(params, config);
+        let mut scaler = LossScaler::disabled();
+        let mut step = SftStep {
+            model: &model,
+            optimizer: &mut optimizer,
+            scaler: &mut scaler,
+            micro_batch: Chunking::Rows(rows.len()),
+            max_norm: 0.0,
+            world: &World::single(),
+        };
+        step.run(&rows, 1e-3).unwrap().unwrap()
+    };
+    let off = step(0.0);
+    assert!(off.aux_loss.is_none() && !off.metrics().contains_key("sft/aux_loss"), "{off:?}");
+
+    let coef = 0.5;
+    let model = load(coef);
+    let refs: Vec<_> = rows.iter().collect();
+    let out = sft_loss(&model, &SftBatch::new(&refs, Device::Cpu));
+    let aux = out.aux.expect("a mixture weighing the loss records it");
+    let total = out.tokens as f64;
+    (&out.sum / total + &aux * coef).backward();
+    let norm = model
+        .var_store()
+        .variables()
+        .values()
+        .filter(|v| v.grad().defined())
+        .map(|v| v.grad().square().sum(Kind::Double).double_value(&[]))
+        .sum::<f64>()
+        .sqrt();
+    let on = step(coef);
+    let logged = on.aux_loss.expect("sft/aux_loss");
+    let close = |a: f64, b: f64, tol: f64| (a - b).abs() <= tol * a.abs().max(b.abs());
+    assert!(close(logged, aux.double_value(&[]), 1e-5), "{logged} vs {}", aux.double_value(&[]));
+    assert!(close(on.loss, off.loss, 1e-6), "sft/loss is the cross-entropy: {} vs {}", on.loss, off.loss);
+    assert!(close(on.grad_norm, norm, 1e-4), "gradient norm {}, oracle {norm}", on.grad_norm);
+    assert!(!close(on.grad_norm, off.grad_norm, 1e-3), "the loss moves the gradient");
+    assert_eq!(on.metrics()["sft/aux_loss"], grpo_sdk::MetricValue::Number(logged));
+}

@@ -1113,6 +1113,11 @@ fn a_mixture_of_experts_trains_resumes_exactly_and_saves_what_transformers_and_p
     let model = ["--model", base.to_str().unwrap()];
     let full = train(runs.path(), "full", &[&["--max-steps", "2"], &model[..]].concat());
     assert!(full.status.success(), "{}", text(&full.stderr));
+    // TRL's default load-balancing loss is part of every update.
+    for row in rows(&runs.path().join("full")) {
+        let aux = row["training_step/aux_loss"].as_f64().unwrap_or(f64::NAN);
+        assert!(aux.is_finite() && aux > 0.0, "{row:?}");
+    }
     assert_resume_is_exact(runs.path(), &runs.path().join("full"), "split", &model);
     let step_6 = runs.path().join("full/checkpoints/step_6");
     let found =

@@ -46,6 +46,7 @@ fn settings(dtype: DtypeSpec, mixed_precision: MixedPrecision) -> ModelSettings 
         lora: None,
         lora_adapter: None,
         gradient_checkpointing: false,
+        router_aux_loss_coef: 0.001,
         chat_template_kwargs: Default::default(),
     }
 }
@@ -492,7 +493,7 @@ fn a_top_entropy_quantile_trains_on_the_high_entropy_tokens_only() {
     let exp = experience::prepare(&scored, &policy, &objective, 6).unwrap();
     let padding = grpo_host::model::Padding::Right;
     let (_, entropy) = tch::no_grad(|| {
-        policy.model().token_log_probs_and_entropy(&exp.tokens, &exp.attention_mask, padding, EntropyGrad::No)
+        policy.model().token_log_probs_and_entropy(&exp.tokens, &exp.attention_mask, padding, EntropyGrad::No, None)
     });
     let on = exp.action_mask.to_kind(Kind::Bool);
     let threshold = entropy.masked_select(&on).quantile_scalar(0.7, None::<i64>, false, "linear");
@@ -566,6 +567,70 @@ fn an_entropy_bonus_is_the_steps_mean_entropy_in_the_loss() {
     let (split_loss, split_norm, _) = step(coeff, 2, 3);
     assert!(close(split_norm, grad_norm, 1e-5), "gradient norm: one micro-batch {grad_norm}, three {split_norm}");
     assert!(close(split_loss, loss, 1e-5), "loss: one micro-batch {loss}, three {split_loss}");
+}
+
+/// A mixture's load-balancing loss joins each micro-batch's loss, weighed by `--router-aux-loss-coef` and by the
+/// micro-batch's share as the algorithm's loss is: with no other loss, the step's loss, its logged `aux_loss` and
+/// its gradient are those of the coefficient times the loss over the batch's real tokens. Off at 0; a dense model
+/// has none whatever the coefficient.
+#[test]
+fn a_mixtures_load_balancing_loss_is_weighed_into_the_step() {
+    let (algo, env) = plugins();
+    let moe = common::workspace_root().join("tests/fixtures/model/tiny/qwen2_moe");
+    let load = |coef: f64| {
+        let settings = ModelSettings {
+            model: Some(moe.display().to_string()),
+            router_aux_loss_coef: coef,
+            ..settings(DtypeSpec::F32, MixedPrecision::No)
+        };
+        Policy::load(&settings, false, 7).unwrap()
+    };
+    let mut scored = scored_batch(&load(0.0), &algo, &env, &batch(1));
+    scored.advantages = Tensor::zeros([6], (Kind::Float, grpo_sdk::tch::Device::Cpu));
+    scored.advantage_values = vec![0.0; 6];
+    let objective = objective(0.0, RecomputeOld::Never);
+    let step = |coef: f64, micro: usize, accumulate: usize| {
+        let batch = BatchSettings { train_batch_size: micro, gradient_accumulation_steps: accumulate, ..batch(1) };
+        let policy = load(coef);
+        let exp = experience::prepare(&scored, &policy, &objective, micro).unwrap();
+        let (_, updates) = update_once(&policy, &exp, &algo, &batch, &objective, 1e-3, &mut |_, _| {});
+        assert_eq!(updates.steps.len(), 1);
+        let s = &updates.steps[0];
+        (s.loss, s.grad_norm, s.algorithm.get("training_step/aux_loss").copied())
+    };
+    let (loss, norm, logged) = step(0.0, 6, 1);
+    assert!(loss == 0.0 && norm == 0.0 && logged.is_none(), "off: loss {loss}, gradient norm {norm}, {logged:?}");
+
+    // The oracle: the loss over the batch's real tokens (checked against transformers in model_parity.rs).
+    let coef = 0.25;
+    let policy = load(coef);
+    let exp = experience::prepare(&scored, &policy, &objective, 6).unwrap();
+    let model = policy.model();
+    let mut routers = grpo_host::model::RouterScores::new();
+    let pos = grpo_host::model::Model::position_ids(&exp.attention_mask);
+    let padding = grpo_host::model::Padding::Right;
+    let _ = model.hidden_states_padded(&exp.tokens, &exp.attention_mask, &pos, padding, Some(&mut routers));
+    let aux = model.load_balancing_loss(&routers, &exp.attention_mask).unwrap();
+    let params: Vec<Tensor> = policy.trainable().into_iter().map(|(_, t)| t).collect();
+    let grads = Tensor::run_backward(&[&(&aux * coef)], &params, false, false);
+    // The head and the last norm are out of its reach: no gradient.
+    let reached = grads.iter().filter(|g| g.defined());
+    let want_norm = reached.map(|g| g.square().sum(Kind::Double).double_value(&[])).sum::<f64>().sqrt();
+    let aux = aux.double_value(&[]);
+
+    let close = |a: f64, b: f64, tol: f64| (a - b).abs() <= tol * a.abs().max(b.abs());
+    let (loss, norm, logged) = step(coef, 6, 1);
+    let logged = logged.expect("the step logs training_step/aux_loss");
+    assert!(close(logged, aux, 1e-5), "logged aux_loss {logged}, oracle {aux}");
+    assert!(close(loss, coef * aux, 1e-5), "loss {loss}, oracle {}", coef * aux);
+    assert!(want_norm > 0.0 && close(norm, want_norm, 1e-4), "gradient norm {norm}, oracle {want_norm}");
+    // In three micro-batches, each is weighed by its share: a mean of three losses, no longer the whole batch's.
+    let (split_loss, split_norm, split_logged) = step(coef, 2, 3);
+    assert!(close(split_loss, coef * split_logged.unwrap(), 1e-5), "{split_loss} {split_logged:?}");
+    assert!(split_norm > 0.0 && split_norm.is_finite());
+
+    let dense = Policy::load(&settings(DtypeSpec::F32, MixedPrecision::No), false, 7).unwrap();
+    assert_eq!(dense.model().router_aux_loss_coef(), 0.0, "a dense model weighs no load-balancing loss");
 }
 
 /// Full copies of named tensors, so that later in-place updates do not reach them.

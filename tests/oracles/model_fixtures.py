@@ -295,19 +295,25 @@ def tiny_configs():
 
 def moe_gradients(model, cfg, ids, mask, pos):
     """Gradients of the sum of the real positions' next-token log-probs for every parameter of a mixture, under
-    the checkpoint's names: the router's gradient flows only through the chosen experts' weights. transformers 5
-    trains each layer's experts as two stacked tensors, split back here into the checkpoint's one per expert."""
+    the checkpoint's names: the router's gradient flows only through the chosen experts' weights."""
     model.zero_grad()
     logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits.float()
     lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
     (lp * (mask[:, :-1] * mask[:, 1:])).sum().backward()
+    return gradients_by_checkpoint_name(model, cfg)
+
+
+def gradients_by_checkpoint_name(model, cfg):
+    """Every parameter's gradient after a backward pass (zeros where none reached it), under the checkpoint's
+    names, and zeroes them. transformers 5 trains each layer's experts as two stacked tensors, split back here
+    into the checkpoint's one per expert."""
     mixtral = cfg.model_type == "mixtral"
     names = ("w1", "w3", "w2") if mixtral else ("gate_proj", "up_proj", "down_proj")
     grads = {}
     for name, param in model.named_parameters():
         if mixtral:
             name = name.replace(".mlp.", ".block_sparse_moe.")
-        g = param.grad.detach().clone()
+        g = param.grad.detach().clone() if param.grad is not None else torch.zeros_like(param)
         if cfg.model_type == "granitemoe":
             # GraniteMoE's checkpoints keep the experts stacked, under their own names.
             name = name.replace("experts.gate_up_proj", "input_linear.weight")

@@ -97,6 +97,7 @@ impl ModelArgs {
             lora: None,
             lora_adapter: None,
             gradient_checkpointing: false,
+            router_aux_loss_coef: crate::train::config::DEFAULT_ROUTER_AUX_LOSS_COEF,
         })
     }
 
@@ -226,6 +227,30 @@ impl DecodeArgs {
             return Err(user_error!("--multi-step must be at least 1 (1 reads the sampled ids after every step)"));
         }
         Ok(self.multi_step)
+    }
+}
+
+/// A mixture of experts' load-balancing loss (`train` and `sft`).
+#[derive(Debug, Clone, Args)]
+pub struct RouterArgs {
+    /// The weight of a mixture of experts' load-balancing loss (the Switch Transformer's, transformers' aux_loss
+    /// over each micro-batch's real tokens), added to the training loss as TRL's router_aux_loss_coef does: it
+    /// keeps the routers from sending most tokens to a few experts. 0 turns it off; a dense model has none.
+    #[arg(long, value_name = "C", default_value_t = crate::train::config::DEFAULT_ROUTER_AUX_LOSS_COEF)]
+    pub router_aux_loss_coef: f64,
+}
+
+impl RouterArgs {
+    /// Check the weight and put it in `model`.
+    pub fn apply(&self, model: &mut ModelSettings) -> anyhow::Result<()> {
+        let coef = self.router_aux_loss_coef;
+        if !(coef >= 0.0 && coef.is_finite()) {
+            return Err(user_error!(
+                "--router-aux-loss-coef {coef}: must be a number >= 0, the weight of the load-balancing loss (0 is off)"
+            ));
+        }
+        model.router_aux_loss_coef = coef;
+        Ok(())
     }
 }
 

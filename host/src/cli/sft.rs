@@ -105,6 +105,9 @@ pub struct SftArgs {
     /// Recompute each decoder layer's activations in the backward pass instead of keeping them (as in training).
     #[arg(long)]
     pub gradient_checkpointing: bool,
+    /// A mixture of experts' load-balancing loss (--router-aux-loss-coef).
+    #[command(flatten)]
+    pub router: super::args::RouterArgs,
     /// LoRA flags (--lora-rank, --lora-alpha, --lora-dropout).
     #[command(flatten)]
     pub lora: LoraArgs,
@@ -220,6 +223,7 @@ impl SftArgs {
         let mut model = self.model.settings(self.mixed_precision)?;
         self.lora.apply(&mut model)?;
         model.gradient_checkpointing = self.gradient_checkpointing;
+        self.router.apply(&mut model)?;
         let mut checkpoints = self.run_dir.settings()?;
         checkpoints.best_model = self.best_model.settings(self.eval_every)?;
         if let Some(dir) = self.output {

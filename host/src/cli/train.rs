@@ -234,6 +234,9 @@ pub struct TrainArgs {
     /// LoRA flags (--lora-rank, --lora-alpha, --lora-dropout).
     #[command(flatten)]
     pub lora: LoraArgs,
+    /// A mixture of experts' load-balancing loss (--router-aux-loss-coef).
+    #[command(flatten)]
+    pub router: super::args::RouterArgs,
 
     /// Random seed for task order, sampling and shuffling.
     #[arg(long, default_value_t = 42)]
@@ -326,6 +329,7 @@ impl TrainArgs {
                 cast_lm_head_to_fp32: self.cast_lm_head_to_fp32,
                 lora: None,
                 lora_adapter: None,
+                router_aux_loss_coef: crate::train::config::DEFAULT_ROUTER_AUX_LOSS_COEF,
             },
             sampling: SamplingSettings { params: sampling, ignore_eos: self.sampling.ignore_eos },
             batch: BatchSettings {
@@ -390,6 +394,7 @@ impl TrainArgs {
             },
         };
         self.lora.apply(&mut config.model)?;
+        self.router.apply(&mut config.model)?;
         config.optimizer.check()?;
         if config.loss.logprob_temperature == LogprobTemperature::Sampling && config.sampling.params.is_greedy() {
             return Err(user_error!(

@@ -623,11 +623,14 @@ pub enum FeedForward {
 }
 
 impl FeedForward {
-    /// The block's output for `x` `[B, T, hidden]`.
-    pub fn forward(&self, x: &Tensor, ctx: Ctx) -> Tensor {
+    /// The block's output for `x` `[B, T, hidden]`, and a mixture's router scores (see [`SparseMoe::forward`]).
+    pub fn forward(&self, x: &Tensor, ctx: Ctx) -> (Tensor, Option<Tensor>) {
         match self {
-            FeedForward::Dense(mlp) => mlp.forward(x, ctx),
-            FeedForward::Sparse(moe) => moe.forward(x, ctx),
+            FeedForward::Dense(mlp) => (mlp.forward(x, ctx), None),
+            FeedForward::Sparse(moe) => {
+                let (out, scores) = moe.forward(x, ctx);
+                (out, Some(scores))
+            }
         }
     }
 }
@@ -743,7 +746,8 @@ impl DecoderLayer {
         }
     }
 
-    /// Residual attention then residual MLP.
+    /// Residual attention then residual MLP; with the output, a mixture's router scores (see
+    /// [`SparseMoe::forward`]).
     pub fn forward(
         &self,
         x: &Tensor,
@@ -752,23 +756,23 @@ impl DecoderLayer {
         mask: AttentionMask,
         cache: Option<(&mut LayerCache, &SlotWrite)>,
         ctx: Ctx,
-    ) -> Tensor {
+    ) -> (Tensor, Option<Tensor>) {
         match &self.norms {
             LayerNorms::Pre { input, post_attention } => {
                 let h = x + self.scaled(self.self_attn.forward(&input.forward(x), cos, sin, mask, cache, ctx));
-                let out = self.scaled(self.mlp.forward(&post_attention.forward(&h), ctx));
-                h + out
+                let (out, scores) = self.mlp.forward(&post_attention.forward(&h), ctx);
+                (h + self.scaled(out), scores)
             }
             LayerNorms::Post { post_attention, post_feedforward } => {
                 let h = x + post_attention.forward(&self.self_attn.forward(x, cos, sin, mask, cache, ctx));
-                let out = post_feedforward.forward(&self.mlp.forward(&h, ctx));
-                h + out
+                let (out, scores) = self.mlp.forward(&h, ctx);
+                (h + post_feedforward.forward(&out), scores)
             }
             LayerNorms::Sandwich { input, post_attention, pre_feedforward, post_feedforward } => {
                 let attended = self.self_attn.forward(&input.forward(x), cos, sin, mask, cache, ctx);
                 let h = x + post_attention.forward(&attended);
-                let out = post_feedforward.forward(&self.mlp.forward(&pre_feedforward.forward(&h), ctx));
-                h + out
+                let (out, scores) = self.mlp.forward(&pre_feedforward.forward(&h), ctx);
+                (h + post_feedforward.forward(&out), scores)
             }
         }
     }

@@ -33,10 +33,11 @@ pub use config::{Activation, Architecture, EmbeddingScale, ExpertNames, ModelCon
 pub use device::{cuda_free_bytes, DeviceSpec, DtypeSpec};
 pub use layers::{AttentionMask, LayerCache, SlotWrite};
 pub use lora::{LoraConfig, LoraTargets};
+pub use moe::RouterScores;
 pub use resolve::resolve_model_dir;
 pub use weights::WeightFiles;
 
-use layers::{DecoderLayer, Loader, RmsNorm, Rotary};
+use layers::{DecoderLayer, FeedForward, Loader, RmsNorm, Rotary};
 
 use crate::user_error;
 
@@ -178,6 +179,8 @@ pub struct Model {
     gradient_checkpointing: AtomicBool,
     /// The temperature of the distribution [`Model::token_log_probs`] scores tokens under (1: the model's own).
     logprob_temperature: f64,
+    /// The weight training gives a mixture's load-balancing loss (0: none, and always 0 for a dense model).
+    router_aux_loss_coef: f64,
 }
 
 impl std::fmt::Debug for Model {
@@ -262,6 +265,7 @@ impl Model {
             training: AtomicBool::new(false),
             gradient_checkpointing: AtomicBool::new(false),
             logprob_temperature: 1.0,
+            router_aux_loss_coef: 0.0,
         })
     }
 
@@ -433,6 +437,25 @@ impl Model {
         self.logprob_temperature
     }
 
+    /// Weigh a mixture of experts' load-balancing loss by `coef` in training (`--router-aux-loss-coef`, TRL's
+    /// `router_aux_loss_coef`); a dense model has none, and keeps 0.
+    pub fn set_router_aux_loss_coef(&mut self, coef: f64) {
+        self.router_aux_loss_coef = if self.cfg.moe.is_some() { coef } else { 0.0 };
+    }
+
+    /// The weight of [`Model::set_router_aux_loss_coef`]: above 0, training forwards record the router scores
+    /// (see [`Model::load_balancing_loss`]).
+    pub fn router_aux_loss_coef(&self) -> f64 {
+        self.router_aux_loss_coef
+    }
+
+    /// A mixture's load-balancing loss over the real tokens of `attention_mask` `[B, T]`, from the router scores a
+    /// forward pass over those rows recorded ([`RouterScores::load_balancing_loss`] at the model's experts per
+    /// token); `None` for a dense model or an empty record.
+    pub fn load_balancing_loss(&self, routers: &RouterScores, attention_mask: &Tensor) -> Option<Tensor> {
+        routers.load_balancing_loss(attention_mask, self.cfg.moe.as_ref()?.experts_per_token)
+    }
+
     /// Gradient checkpointing for training forwards (see [`recompute`]): each layer keeps only its input and runs
     /// again in the backward pass. Forwards with gradients off, or outside training mode, are unaffected.
     pub fn set_gradient_checkpointing(&self, on: bool) {
@@ -466,7 +489,8 @@ impl Model {
 
     /// The layers on `x` (embedded ids at positions `pos`; `last`, each row's last real position where padding
     /// follows it at higher positions). Each kind of layer the model has (full attention, and the sliding-window
-    /// ones) attends with `mask(its window)`, built once per pass, and with its own rotary table's cos/sin.
+    /// ones) attends with `mask(its window)`, built once per pass, and with its own rotary table's cos/sin. A
+    /// mixture's router scores go to `routers` when given.
     fn run(
         &self,
         ids: &Tensor,
@@ -474,6 +498,7 @@ impl Model {
         last: Option<&[i64]>,
         mask: impl Fn(Option<i64>) -> Mask,
         mut cache: Option<(&mut KvCache, &SlotWrite)>,
+        mut routers: Option<&mut RouterScores>,
     ) -> Tensor {
         let ctx = self.ctx();
         let mut x = Tensor::embedding(&self.embed_tokens, ids, -1, false, false);
@@ -506,21 +531,27 @@ impl Model {
             let Some(KindInputs { mask, cos, sin }) = inputs else {
                 unreachable!("inputs are built for every kind of layer the model has")
             };
-            x = match mask.view() {
+            let (out, scores) = match mask.view() {
                 mask @ (AttentionMask::Causal | AttentionMask::Allowed(_)) if recompute => {
-                    self.recomputed(layer, &x, cos, sin, mask, ctx)
+                    self.recomputed(layer, &x, cos, sin, mask, ctx, routers.is_some())
                 }
                 mask => {
                     let c = cache.as_mut().map(|(c, at)| (&mut c.layers[i], *at));
                     layer.forward(&x, cos, sin, mask, c, ctx)
                 }
             };
+            x = out;
+            if let (Some(routers), Some(scores)) = (routers.as_mut(), scores) {
+                routers.push(scores);
+            }
         }
         self.norm.forward(&x)
     }
 
     /// `layer` on `x` (no cache) through a node that runs it again in the backward pass; its own copies of what the
-    /// layer reads go with it, since the backward pass comes after this forward call has returned.
+    /// layer reads go with it, since the backward pass comes after this forward call has returned. With `routed`,
+    /// a mixture's router scores come out too (with their gradient through the node).
+    #[allow(clippy::too_many_arguments)]
     fn recomputed(
         &self,
         layer: &Arc<DecoderLayer>,
@@ -529,36 +560,60 @@ impl Model {
         sin: &Tensor,
         mask: AttentionMask,
         ctx: Ctx,
-    ) -> Tensor {
+        routed: bool,
+    ) -> (Tensor, Option<Tensor>) {
+        let experts = match (&layer.mlp, routed) {
+            (FeedForward::Sparse(_), true) => self.cfg.moe.as_ref().map(|moe| moe.experts),
+            _ => None,
+        };
         let (layer, cos, sin) = (Arc::clone(layer), cos.shallow_clone(), sin.shallow_clone());
         let allowed = match mask {
             AttentionMask::Allowed(m) => Some(m.shallow_clone()),
             _ => None,
         };
         let dropout = self.lora_cfg.is_some_and(|c| c.dropout > 0.0);
-        recompute::recompute_in_backward(
+        let out = recompute::recompute_in_backward(
             x,
             move |x| {
                 let mask = allowed.as_ref().map_or(AttentionMask::Causal, AttentionMask::Allowed);
-                layer.forward(x, &cos, &sin, mask, None, ctx)
+                let (out, scores) = layer.forward(x, &cos, &sin, mask, None, ctx);
+                match (experts, scores) {
+                    // The node has one output, so the scores travel beside the hidden state, one more column per
+                    // expert, and are cut off again below; each part's gradient reaches its own graph.
+                    (Some(_), Some(scores)) => {
+                        let scores = scores.reshape([out.size()[0], out.size()[1], -1]).to_kind(out.kind());
+                        Tensor::cat(&[out, scores], -1)
+                    }
+                    _ => out,
+                }
             },
             dropout,
-        )
+        );
+        match experts {
+            Some(experts) => {
+                let hidden = self.cfg.hidden_size;
+                let scores = out.narrow(-1, hidden, experts).reshape([-1, experts]);
+                (out.narrow(-1, 0, hidden), Some(scores))
+            }
+            None => (out, None),
+        }
     }
 
     /// Final hidden states `[B, T, hidden]` (after the last norm) for padded `input_ids` `[B, T]` with
     /// `attention_mask` `[B, T]` (1 = real token, padding anywhere) and `position_ids` `[B, T]`.
     pub fn hidden_states(&self, input_ids: &Tensor, attention_mask: &Tensor, position_ids: &Tensor) -> Tensor {
-        self.hidden_states_padded(input_ids, attention_mask, position_ids, Padding::Any)
+        self.hidden_states_padded(input_ids, attention_mask, position_ids, Padding::Any, None)
     }
 
-    /// [`Model::hidden_states`] for rows padded as `padding` says (see [`Model::token_log_probs_padded`]).
+    /// [`Model::hidden_states`] for rows padded as `padding` says (see [`Model::token_log_probs_padded`]), a
+    /// mixture's router scores going to `routers` when given (for [`Model::load_balancing_loss`]).
     pub fn hidden_states_padded(
         &self,
         ids: &Tensor,
         attention_mask: &Tensor,
         pos: &Tensor,
         padding: Padding,
+        routers: Option<&mut RouterScores>,
     ) -> Tensor {
         let right = match padding {
             Padding::Right => {
@@ -575,7 +630,7 @@ impl Model {
             false => Mask::Allowed(Self::mask_4d(attention_mask, t, 0, window)),
         };
         // Padding sits at position 1, below every row's last real position.
-        self.run(ids, pos, None, mask, None)
+        self.run(ids, pos, None, mask, None, routers)
     }
 
     /// Whether every row's real tokens come before all of its padding.
@@ -616,7 +671,7 @@ impl Model {
         let device = input_ids.device();
         let lengths = Tensor::from_slice(lengths).to_device(device);
         let mask = Tensor::arange(t, (Kind::Int64, device)).unsqueeze(0).lt_tensor(&lengths.unsqueeze(1));
-        let hidden = self.hidden_states_padded(input_ids, &mask, &Self::position_ids(&mask), Padding::Right);
+        let hidden = self.hidden_states_padded(input_ids, &mask, &Self::position_ids(&mask), Padding::Right, None);
         let h = hidden.size()[2];
         let last = (lengths - 1).view([b, 1, 1]).expand([b, 1, h], false);
         self.project(&hidden.gather(1, &last, false).squeeze_dim(1)).to_kind(Kind::Float)
@@ -656,16 +711,17 @@ impl Model {
 
     /// [`Model::token_log_probs_padded`], and `[B, T-1]` f32 the entropy of each position's next-token distribution,
     /// read from the logits the log-probs are computed from (one more pass over each chunk of them), with a gradient
-    /// when `grad` says so (model/token_log_probs.cpp).
+    /// when `grad` says so (model/token_log_probs.cpp). A mixture's router scores go to `routers` when given.
     pub fn token_log_probs_and_entropy(
         &self,
         input_ids: &Tensor,
         attention_mask: &Tensor,
         padding: Padding,
         grad: EntropyGrad,
+        routers: Option<&mut RouterScores>,
     ) -> (Tensor, Tensor) {
         let chunk = self.log_prob_chunk(input_ids.size()[0]);
-        match self.head_inputs(input_ids, attention_mask, padding) {
+        match self.head_inputs(input_ids, attention_mask, padding, routers) {
             Some((hidden, targets, map)) => {
                 log_probs_and_entropy(&hidden, self.output_weight(), &targets, chunk, map, grad)
             }
@@ -697,7 +753,7 @@ impl Model {
     }
 
     fn log_probs(&self, input_ids: &Tensor, attention_mask: &Tensor, chunk: i64, padding: Padding) -> Tensor {
-        match self.head_inputs(input_ids, attention_mask, padding) {
+        match self.head_inputs(input_ids, attention_mask, padding, None) {
             Some((hidden, targets, map)) => {
                 log_probs_node(&hidden, self.output_weight(), &targets, chunk, map, Outputs::default())
             }
@@ -713,13 +769,14 @@ impl Model {
         input_ids: &Tensor,
         attention_mask: &Tensor,
         padding: Padding,
+        routers: Option<&mut RouterScores>,
     ) -> Option<(Tensor, Tensor, LogitMap)> {
         let t = input_ids.size()[1];
         if t < 2 {
             return None;
         }
         let pos = Self::position_ids(attention_mask);
-        let hidden = self.hidden_states_padded(input_ids, attention_mask, &pos, padding);
+        let hidden = self.hidden_states_padded(input_ids, attention_mask, &pos, padding, routers);
         let targets = input_ids.narrow(1, 1, t - 1);
         let hidden = self.node_input(hidden.narrow(1, 0, t - 1));
         let temperature = self.logprob_temperature;
@@ -834,7 +891,7 @@ impl Model {
             }
             Mask::Allowed(within_window(columns.le_tensor(&query), &columns, &query, window))
         };
-        Ok(self.run(input_ids, &positions, last, mask, Some((cache, &at))))
+        Ok(self.run(input_ids, &positions, last, mask, Some((cache, &at)), None))
     }
 }
 

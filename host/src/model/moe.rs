@@ -107,10 +107,11 @@ impl SparseMoe {
         })
     }
 
-    /// Route each token of `x` `[B, T, hidden]` to its experts and add their weighed outputs. The (token, choice)
-    /// pairs are sorted by expert so that each expert runs once, on one contiguous slice of the tokens it was
-    /// given: reading the experts' counts is the block's one wait for the device.
-    pub fn forward(&self, x: &Tensor, ctx: Ctx) -> Tensor {
+    /// Route each token of `x` `[B, T, hidden]` to its experts and add their weighed outputs; with them, the
+    /// router's scores `[B x T, experts]` (before any softmax, in the model's dtype) for the load-balancing loss.
+    /// The (token, choice) pairs are sorted by expert so that each expert runs once, on one contiguous slice of the
+    /// tokens it was given: reading the experts' counts is the block's one wait for the device.
+    pub fn forward(&self, x: &Tensor, ctx: Ctx) -> (Tensor, Tensor) {
         let shape = x.size();
         let flat = x.reshape([-1, shape[shape.len() - 1]]);
         let scores = self.router.forward(&flat, ctx);
@@ -152,6 +153,55 @@ impl SparseMoe {
             Some(shared) => routed + shared.gate.forward(&flat, ctx).sigmoid() * shared.mlp.forward(&flat, ctx),
             None => routed,
         };
-        out.reshape(shape)
+        (out.reshape(shape), scores)
+    }
+}
+
+/// The router scores of the sparse layers of one forward pass, `[B x T, experts]` each in layer order, kept with
+/// their graph for the load-balancing loss ([`RouterScores::load_balancing_loss`]).
+#[derive(Debug, Default)]
+pub struct RouterScores(Vec<Tensor>);
+
+impl RouterScores {
+    /// An empty record, for a forward pass to fill.
+    pub fn new() -> RouterScores {
+        RouterScores::default()
+    }
+
+    /// Add the next sparse layer's scores.
+    pub(crate) fn push(&mut self, scores: Tensor) {
+        self.0.push(scores);
+    }
+
+    /// How many sparse layers were recorded.
+    pub fn layers(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The Switch Transformer load-balancing loss as transformers computes it (`load_balancing_loss_func`, the
+    /// `aux_loss` of a mixture's `*ForCausalLM` under `output_router_logits`): over the real tokens of
+    /// `attention_mask` `[B, T]` in every recorded layer together, the share of the `top_k` choices each expert
+    /// received times its mean router probability, summed over the experts and multiplied by their number. It is
+    /// `top_k` when the experts share the tokens evenly and grows as the routing concentrates; its gradient reaches
+    /// the routers (and the layers below them) through the probabilities alone. `None` with no layer recorded.
+    pub fn load_balancing_loss(&self, attention_mask: &Tensor, top_k: i64) -> Option<Tensor> {
+        let first = self.0.first()?;
+        let (experts, device) = (first.size()[1], first.device());
+        let real = attention_mask.reshape([-1]).to_kind(Kind::Float);
+        let per_choice = real.repeat_interleave_self_int(top_k, None, None);
+        let mut chosen_sum = Tensor::zeros([experts], (Kind::Float, device));
+        let mut prob_sum = Tensor::zeros([experts], (Kind::Float, device));
+        for scores in &self.0 {
+            let probs = scores.softmax(-1, Kind::Float);
+            let (_, chosen) = probs.topk(top_k, -1, true, true);
+            // A count per expert, weighted by the mask, without reading anything back to the host.
+            chosen_sum = chosen_sum.scatter_add(0, &chosen.reshape([-1]), &per_choice);
+            // Out of place: the sums carry the probabilities' graph.
+            prob_sum = prob_sum.g_add(&(probs * real.unsqueeze(-1)).sum_dim_intlist(0, false, Kind::Float));
+        }
+        // Every layer covers the same rows; an empty mask would divide by zero, so it counts as one row.
+        let rows = real.sum(Kind::Float).clamp_min(1.0) * self.0.len() as f64;
+        let loss = ((&chosen_sum / &rows) * (&prob_sum / &rows)).sum(Kind::Float) * experts as f64;
+        Some(loss)
     }
 }

@@ -3,7 +3,7 @@
 use tch::{Device, Kind, Tensor};
 
 use super::render::Rendered;
-use crate::model::{Model, Padding};
+use crate::model::{Model, Padding, RouterScores};
 use crate::train::experience::Chunking;
 
 /// `rows` grouped into forward passes as `chunks` says (by count in order, or longest first by tokens).
@@ -62,6 +62,9 @@ pub struct SftLoss {
     pub correct: Tensor,
     /// The entropy of the model's next-token distribution summed over those positions: an f64 scalar on the device.
     pub entropy: Tensor,
+    /// A mixture's load-balancing loss over the micro-batch's real tokens (with grad), when the model weighs one
+    /// ([`Model::router_aux_loss_coef`]).
+    pub aux: Option<Tensor>,
 }
 
 /// Cross-entropy of the assistant tokens of `batch` under `model`, summed. Only the positions that predict an
@@ -70,13 +73,17 @@ pub struct SftLoss {
 pub fn sft_loss(model: &Model, batch: &SftBatch) -> SftLoss {
     let t = batch.tokens.size()[1];
     let pos = Model::position_ids(&batch.attention_mask);
-    let hidden = model.hidden_states_padded(&batch.tokens, &batch.attention_mask, &pos, Padding::Right);
+    let mut routers = (model.router_aux_loss_coef() > 0.0).then(RouterScores::new);
+    let hidden =
+        model.hidden_states_padded(&batch.tokens, &batch.attention_mask, &pos, Padding::Right, routers.as_mut());
+    // As transformers' `aux_loss`, over every real token of the rows, the prompt's included.
+    let aux = routers.and_then(|r| model.load_balancing_loss(&r, &batch.attention_mask));
     let hidden_size = hidden.size()[2];
     let tokens = batch.targets;
     if tokens == 0 {
         let correct = Tensor::zeros([], (Kind::Int64, hidden.device()));
         let entropy = Tensor::zeros([], (Kind::Double, hidden.device()));
-        return SftLoss { sum: (hidden.sum(Kind::Float) * 0.0), tokens: 0, correct, entropy };
+        return SftLoss { sum: (hidden.sum(Kind::Float) * 0.0), tokens: 0, correct, entropy, aux };
     }
     let at = &batch.target_positions;
     let picked = hidden.narrow(1, 0, t - 1).reshape([-1, hidden_size]).index_select(0, at);
@@ -87,5 +94,6 @@ pub fn sft_loss(model: &Model, batch: &SftBatch) -> SftLoss {
         tokens,
         correct: head.hits.sum(Kind::Int64),
         entropy: head.entropy.sum(Kind::Double),
+        aux,
     }
 }

@@ -159,6 +159,7 @@ impl SftConfig {
             "--dtype": m.dtype,
             "--mixed-precision": m.mixed_precision,
             "--lora-rank/--lora-alpha/--lora-dropout": m.lora,
+            "--router-aux-loss-coef": m.router_aux_loss_coef,
             "--batch-size": self.batch_size,
             "--max-length": self.max_length,
             "--assistant-only-loss/--completion-only-loss": self.loss_on,

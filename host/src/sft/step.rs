@@ -46,6 +46,9 @@ pub struct SftRecord {
     pub grad_norm: f64,
     /// The learning rate applied.
     pub learning_rate: f64,
+    /// A mixture's load-balancing loss, the mean over the step's micro-batches (before the update), when the model
+    /// weighs one; its weighted share is in `loss`'s gradient, not in `loss`.
+    pub aux_loss: Option<f64>,
 }
 
 impl SftRecord {
@@ -60,6 +63,7 @@ impl SftRecord {
             ("sft/learning_rate", self.learning_rate),
         ]
         .into_iter()
+        .chain(self.aux_loss.map(|v| ("sft/aux_loss", v)))
         .map(|(k, v)| (k.to_string(), MetricValue::Number(v)))
         .collect()
     }
@@ -79,17 +83,18 @@ impl SftStep<'_> {
         // Each rank's share of the global mean, times the world size because the gradients are then averaged.
         let result = self.accumulate(rows, total / self.world.size as f64);
         self.model.set_training(false);
-        let (loss_sum, correct, entropy) = result?;
+        let (loss_sum, correct, entropy, aux) = result?;
         self.optimizer.average_grads(self.world)?;
-        // The step's one read from the device: the summed loss, the correct count, the summed entropy and the
-        // gradient norm.
+        // The step's one read from the device: the summed loss, the correct count, the summed entropy, the mean
+        // load-balancing loss and the gradient norm.
         let norm = self.optimizer.grad_norm();
-        let mut parts = vec![loss_sum, correct, entropy];
+        let mut parts = vec![loss_sum, correct, entropy, aux];
         parts.extend(norm.iter().map(Tensor::shallow_clone));
         let read = read_scalars(&parts)?;
-        let grad_norm = if norm.is_some() { read[3] } else { 0.0 };
-        let sums = self.world.reduce_f64("summing the step's loss", &read[..3], ReduceOp::Sum)?;
+        let grad_norm = if norm.is_some() { read[4] } else { 0.0 };
+        let sums = self.world.reduce_f64("summing the step's loss", &read[..4], ReduceOp::Sum)?;
         let (loss, correct, entropy) = (sums[0] / total, sums[1], sums[2] / total);
+        let aux_loss = (self.model.router_aux_loss_coef() > 0.0).then(|| sums[3] / self.world.size as f64);
         if !loss.is_finite() {
             self.optimizer.zero_grad();
             return Ok(None);
@@ -101,25 +106,39 @@ impl SftStep<'_> {
         self.optimizer.clip_to(grad_norm, self.max_norm);
         self.optimizer.step(lr)?;
         let tokens = total as i64;
-        Ok(Some(SftRecord { loss, tokens, accuracy: correct / total, entropy, grad_norm, learning_rate: lr }))
+        let accuracy = correct / total;
+        Ok(Some(SftRecord { loss, tokens, accuracy, entropy, grad_norm, learning_rate: lr, aux_loss }))
     }
 
     /// Forward and backward over the micro-batches, each loss divided by `total`; returns the summed loss (f64),
-    /// the correct predictions (int64) and the summed entropy (f64), one-element tensors still on the device.
-    fn accumulate(&mut self, rows: &[Rendered], total: f64) -> Result<(Tensor, Tensor, Tensor)> {
+    /// the correct predictions (int64), the summed entropy (f64) and the load-balancing loss averaged over the
+    /// micro-batches by their rows (f64, 0 without one), one-element tensors still on the device.
+    fn accumulate(&mut self, rows: &[Rendered], total: f64) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
         self.optimizer.zero_grad();
         let device = self.model.device();
         let mut loss_sum = Tensor::zeros([1], (Kind::Double, device));
         let mut correct = Tensor::zeros([], (Kind::Int64, device));
         let mut entropy = Tensor::zeros([], (Kind::Double, device));
+        let mut aux_mean = Tensor::zeros([], (Kind::Double, device));
+        let coef = self.model.router_aux_loss_coef();
         for refs in micro_batches(rows, self.micro_batch) {
             let out = sft_loss(self.model, &SftBatch::new(&refs, device));
             loss_sum += out.sum.detach().to_kind(Kind::Double);
             correct += out.correct;
             entropy += out.entropy;
-            self.scaler.scale_loss(&(out.sum / total)).backward();
+            let loss = match out.aux {
+                // The rank's mean over its rows, micro-batches weighed by theirs (TRL adds the coefficient times
+                // each micro-batch's aux_loss over the accumulation steps); the ranks' gradients are then averaged.
+                Some(aux) => {
+                    let share = refs.len() as f64 / rows.len() as f64;
+                    aux_mean += aux.detach().to_kind(Kind::Double) * share;
+                    out.sum / total + aux * (coef * share)
+                }
+                None => out.sum / total,
+            };
+            self.scaler.scale_loss(&loss).backward();
             self.optimizer.accumulate_grads(self.scaler.unscale_factor());
         }
-        Ok((loss_sum, correct, entropy))
+        Ok((loss_sum, correct, entropy, aux_mean))
     }
 }

@@ -118,9 +118,20 @@ pub struct ModelSettings {
     /// results are the same, so a resumed run may switch it).
     #[serde(default)]
     pub gradient_checkpointing: bool,
+    /// The weight of a mixture of experts' load-balancing loss in training (`--router-aux-loss-coef`, TRL's
+    /// `router_aux_loss_coef`); a dense model ignores it.
+    #[serde(default = "default_router_aux_loss_coef")]
+    pub router_aux_loss_coef: f64,
     /// Variables every rendering of the chat template gets (`--chat-template-kwargs`).
     #[serde(default)]
     pub chat_template_kwargs: serde_json::Map<String, serde_json::Value>,
+}
+
+/// TRL's default weight of the load-balancing loss.
+pub const DEFAULT_ROUTER_AUX_LOSS_COEF: f64 = 0.001;
+
+fn default_router_aux_loss_coef() -> f64 {
+    DEFAULT_ROUTER_AUX_LOSS_COEF
 }
 
 /// How rollouts sample.
@@ -567,6 +578,7 @@ impl RunConfig {
             ("--mixed-precision", json!(m.mixed_precision)),
             ("--rollout-dtype", json!(m.rollout_dtype)),
             ("--cast-lm-head-to-fp32", json!(m.cast_lm_head_to_fp32)),
+            ("--router-aux-loss-coef", json!(m.router_aux_loss_coef)),
             ("--lora-rank/--lora-alpha/--lora-dropout/--lora-target-modules", json!(m.lora)),
             ("--lora-adapter", json!(m.lora_adapter)),
             ("--chat-template-kwargs", json!(m.chat_template_kwargs)),

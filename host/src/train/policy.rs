@@ -50,6 +50,7 @@ impl Policy {
         let load = |kind| load_model(&model_dir, device, kind, settings.cast_lm_head_to_fp32);
         let mut model = load(kind)?;
         model.set_gradient_checkpointing(settings.gradient_checkpointing);
+        model.set_router_aux_loss_coef(settings.router_aux_loss_coef);
         let mut tokenizer = Tokenizer::from_dir(&model_dir)?;
         tokenizer.set_template_vars(settings.chat_template_kwargs.clone());
         if let Some(lora) = settings.lora {

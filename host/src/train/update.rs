@@ -19,7 +19,7 @@ use super::policy::Policy;
 use super::precision::LossScaler;
 use crate::checkpoint::TrainerState;
 use crate::distributed::{ReduceOp, World};
-use crate::model::{EntropyGrad, Padding};
+use crate::model::{EntropyGrad, Padding, RouterScores};
 use crate::plugins::AlgorithmPlugin;
 
 /// What the updates of one batch work with.
@@ -219,8 +219,18 @@ impl Updater<'_> {
             let mb = exp.select_at(rows, index);
             let model = self.policy.model();
             let grad = if self.entropy_coeff != 0.0 { EntropyGrad::Yes } else { EntropyGrad::No };
-            let (log_probs, token_entropy) =
-                model.token_log_probs_and_entropy(&mb.tokens, &mb.attention_mask, Padding::Right, grad);
+            let aux_coef = model.router_aux_loss_coef();
+            let mut routers = (aux_coef > 0.0).then(RouterScores::new);
+            let (log_probs, token_entropy) = model.token_log_probs_and_entropy(
+                &mb.tokens,
+                &mb.attention_mask,
+                Padding::Right,
+                grad,
+                routers.as_mut(),
+            );
+            // A mixture's load-balancing loss over the micro-batch's real tokens, prompts included (TRL's GRPO
+            // passes the whole attention mask), weighed as the algorithm's loss is, per micro-batch.
+            let aux = routers.and_then(|r| model.load_balancing_loss(&r, &mb.attention_mask));
             // The bonus's share of this micro-batch: its action tokens' entropy over the step's tokens per averaged
             // loss, so the step's bonus is the mean over all its tokens (on every rank) however they are split.
             let bonus = (self.entropy_coeff != 0.0).then(|| {
@@ -254,6 +264,10 @@ impl Updater<'_> {
             if let Some(bonus) = bonus {
                 // Out of place: the algorithm's loss may be an output its graph still needs.
                 out.loss = &out.loss - bonus;
+            }
+            if let Some(aux) = aux {
+                out.loss = &out.loss + &aux * aux_coef;
+                out.device_metrics.push((AUX_LOSS.to_string(), aux.detach()));
             }
             // Each micro-batch's share, so the accumulated gradient is the window's mean; under fp16 scaled up so
             // small gradients survive, and unscaled as they are added to the f32 gradients.
@@ -317,6 +331,10 @@ impl Updater<'_> {
 /// `entropy`, verl's `actor/entropy`): where it collapses, exploration has stopped. Absent from a step without
 /// action tokens.
 const ENTROPY: &str = "training_step/entropy";
+
+/// A mixture of experts' load-balancing loss (TRL's `aux_loss`), the mean over an optimizer step's micro-batches,
+/// unweighted; `--router-aux-loss-coef` times it is part of the step's loss.
+const AUX_LOSS: &str = "training_step/aux_loss";
 
 /// `[2]` f64 on the device: the sum of `x` `[B, T]` over the action positions of `action_mask`, and their count.
 fn action_totals(x: &Tensor, action_mask: &Tensor) -> Tensor {
