@@ -34,6 +34,25 @@ fn messages(case: &serde_json::Value) -> Vec<Message> {
     serde_json::from_value(case["messages"].clone()).unwrap()
 }
 
+/// `steps` supervised steps of every weight of `model` on `rows` at learning rate `lr`, in one process.
+fn run_steps(
+    model: &Model,
+    rows: &[grpo_host::sft::Rendered],
+    micro: Chunking,
+    max_norm: f64,
+    lr: f64,
+    steps: usize,
+) -> Vec<grpo_host::sft::SftRecord> {
+    let params: Vec<_> = model.var_store().variables().into_iter().collect();
+    let config = AdamWConfig { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+    let mut optimizer = AdamW::without_master_weights(params, config);
+    let mut scaler = LossScaler::disabled();
+    let world = World::single();
+    let mut step =
+        SftStep { model, optimizer: &mut optimizer, scaler: &mut scaler, micro_batch: micro, max_norm, world: &world };
+    (0..steps).map(|_| step.run(rows, lr).unwrap().unwrap()).collect()
+}
+
 #[test]
 fn streams_and_masks_match_the_oracle() {
     let (_, tokenizer) = tiny();
@@ -185,19 +204,7 @@ fn steps_lower_the_loss_and_micro_batches_do_not_change_the_step() {
         let renderer = Renderer::new(&tokenizer, None).unwrap();
         let rows: Vec<_> =
             fx["cases"].as_array().unwrap().iter().map(|c| renderer.render(&messages(c)).unwrap()).collect();
-        let params: Vec<_> = model.var_store().variables().into_iter().collect();
-        let config = AdamWConfig { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
-        let mut optimizer = AdamW::without_master_weights(params, config);
-        let mut scaler = LossScaler::disabled();
-        let mut step = SftStep {
-            model: &model,
-            optimizer: &mut optimizer,
-            scaler: &mut scaler,
-            micro_batch: micro,
-            max_norm: 1.0,
-            world: &World::single(),
-        };
-        (0..5).map(|_| step.run(&rows, 1e-2).unwrap().unwrap()).collect::<Vec<_>>()
+        run_steps(&model, &rows, micro, 1.0, 1e-2, 5)
     };
     let whole = run(Chunking::Rows(3));
     assert!((whole[0].loss - fx["batch"]["loss"].as_f64().unwrap()).abs() < 1e-5);
@@ -232,22 +239,7 @@ fn a_mixtures_load_balancing_loss_joins_the_supervised_step() {
     let tokenizer = Tokenizer::from_dir(&dir).unwrap();
     let renderer = Renderer::new(&tokenizer, None).unwrap();
     let rows: Vec<_> = fx["cases"].as_array().unwrap().iter().map(|c| renderer.render(&messages(c)).unwrap()).collect();
-    let step = |coef: f64| {
-        let model = load(coef);
-        let params: Vec<_> = model.var_store().variables().into_iter().collect();
-        let config = AdamWConfig { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
-        let mut optimizer = AdamW::without_master_weights(params, config);
-        let mut scaler = LossScaler::disabled();
-        let mut step = SftStep {
-            model: &model,
-            optimizer: &mut optimizer,
-            scaler: &mut scaler,
-            micro_batch: Chunking::Rows(rows.len()),
-            max_norm: 0.0,
-            world: &World::single(),
-        };
-        step.run(&rows, 1e-3).unwrap().unwrap()
-    };
+    let step = |coef: f64| run_steps(&load(coef), &rows, Chunking::Rows(rows.len()), 0.0, 1e-3, 1).remove(0);
     let off = step(0.0);
     assert!(off.aux_loss.is_none() && !off.metrics().contains_key("sft/aux_loss"), "{off:?}");
 

@@ -18,18 +18,12 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from model_fixtures import gradients_by_checkpoint_name  # noqa: E402
-
-TINY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "model", "tiny")
-
-
-def mixtures():
-    """Every tiny model with experts."""
-    return sorted(d for d in os.listdir(TINY) if os.path.exists(os.path.join(TINY, d, "reference_grads.safetensors")))
+from model_fixtures import TINY, gradients_by_checkpoint_name, tiny_models_with  # noqa: E402
 
 
 def main(names):
-    for name in names or mixtures():
+    # The mixtures are the tiny models with reference gradients.
+    for name in names or tiny_models_with("reference_grads.safetensors"):
         out = os.path.join(TINY, name)
         model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, attn_implementation="sdpa").train()
         reference = load_file(os.path.join(out, "reference.safetensors"))

@@ -53,6 +53,12 @@ from transformers import (
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FIX = os.path.join(ROOT, "tests", "fixtures", "model")
 TEMPLATES = os.path.join(FIX, "templates")
+TINY = os.path.join(FIX, "tiny")
+
+
+def tiny_models_with(file_name):
+    """The tiny models (folders of TINY) that hold `file_name`, sorted."""
+    return sorted(d for d in os.listdir(TINY) if os.path.exists(os.path.join(TINY, d, file_name)))
 
 SPECIALS = [
     "<|endoftext|>",
@@ -335,7 +341,7 @@ def gradients_by_checkpoint_name(model, cfg):
 
 def make_tiny_models(only=None):
     """Write every tiny model, or those named in `only`."""
-    out_root = os.path.join(FIX, "tiny")
+    out_root = TINY
     smol_template = open(os.path.join(TEMPLATES, "HuggingFaceTB-SmolLM2-135M-Instruct.jinja")).read()
     for i, (name, cfg) in enumerate(tiny_configs().items()):
         if only is not None and name not in only:

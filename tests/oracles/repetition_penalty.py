@@ -17,14 +17,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from model_fixtures import greedy_continuations  # noqa: E402
-
-TINY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "model", "tiny")
-
-
-def families():
-    """Every tiny model with greedy continuations (the reward model has none)."""
-    return sorted(d for d in os.listdir(TINY) if os.path.exists(os.path.join(TINY, d, "greedy.json")))
+from model_fixtures import TINY, greedy_continuations, tiny_models_with  # noqa: E402
 
 
 def main(names):
@@ -45,4 +38,5 @@ def main(names):
 
 if __name__ == "__main__":
     # Name families to rewrite only theirs.
-    main(sys.argv[1:] or families())
+    # Every tiny model with greedy continuations (the reward model has none), or the families named.
+    main(sys.argv[1:] or tiny_models_with("greedy.json"))
