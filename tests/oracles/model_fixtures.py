@@ -3,7 +3,7 @@
 Builds, with transformers as the reference implementation:
   * a tiny byte-level tokenizer (256 byte tokens + the chat special tokens, no merges);
   * tiny random Llama, Llama-3 (rope_scaling llama3), Qwen2, Qwen3, Mistral (with and without a sliding window),
-    SmolLM3, OLMo 2, OLMo 3, Gemma 2 and 3, windowed Qwen2, Phi-3, Granite, ERNIE 4.5, GLM-4, Arcee and mixture-of-experts
+    SmolLM3, OLMo 2, OLMo 3, Gemma 2 and 3, windowed Qwen2, Phi-3, Granite, ERNIE 4.5, GLM-4, Arcee, EXAONE 4 and mixture-of-experts
     (Qwen3-MoE, Qwen2-MoE, Mixtral, OLMoE, GraniteMoE) models (f32, a few hundred KB each) with transformers' logits and
     next-token log-probs on a padded batch (and, for the mixtures, bf16 logits and every parameter's gradient), and
     transformers' greedy continuations;
@@ -28,6 +28,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     Ernie4_5Config,
+    Exaone4Config,
     LlamaConfig,
     Gemma2Config,
     Gemma3TextConfig,
@@ -296,6 +297,22 @@ def tiny_configs():
         ),
         # Arcee (AFM): Llama's layers with an MLP of no gate, down(relu(up(x))^2).
         "arcee": ArceeConfig(**common, tie_word_embeddings=False),
+        # EXAONE 4.0: OLMo 2's output norms, Qwen3's per-head q/k norms; layers 0-2 within a 4-token window with RoPE
+        # (Llama 3's rescaling), layer 3 global without it (NoPE).
+        "exaone4": Exaone4Config(
+            **{**common, "num_hidden_layers": 4},
+            tie_word_embeddings=False,
+            sliding_window=4,
+            sliding_window_pattern=4,
+            rope_parameters={
+                "rope_type": "llama3",
+                "rope_theta": 10000.0,
+                "factor": 4.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 64,
+            },
+        ),
     }
 
 

@@ -49,6 +49,10 @@ pub enum Architecture {
     /// OLMoE (`olmoe`): OLMo 2's norms over the whole query and key projections, Llama's norms before each block,
     /// a mixture of experts.
     Olmoe,
+    /// EXAONE 4.0 (`exaone4`): OLMo 2's norms on each block's output with Qwen3's per-head q/k norms; in the hybrid
+    /// models three layers in four attend within a sliding window with the rotary embedding, the fourth to
+    /// everything without it (NoPE).
+    Exaone4,
 }
 
 /// A mixture-of-experts feed-forward block (Qwen2-MoE and Qwen3-MoE on Qwen's layers, Mixtral on Mistral's,
@@ -344,6 +348,7 @@ impl ModelConfig {
             "olmoe" => Architecture::Olmoe,
             "glm" => Architecture::Glm,
             "glm4" => Architecture::Glm4,
+            "exaone4" => Architecture::Exaone4,
             "gemma3" => {
                 return Err(user_error!(
                     "model_type \"gemma3\" is Gemma 3's image-text model, which is not supported; use a text-only \
@@ -352,9 +357,9 @@ impl ModelConfig {
             }
             other => {
                 return Err(user_error!(
-                    "unsupported model_type {other:?} in config.json; supported: arcee, ernie4_5, gemma2, \
-                     gemma3_text, glm, glm4, granite, granitemoe, llama, ministral, mistral, mixtral, olmo2, olmo3, olmoe, phi3, \
-                     qwen2, qwen2_moe, qwen3, qwen3_moe, smollm3"
+                    "unsupported model_type {other:?} in config.json; supported: arcee, ernie4_5, exaone4, gemma2, \
+                     gemma3_text, glm, glm4, granite, granitemoe, llama, ministral, mistral, mixtral, olmo2, olmo3, \
+                     olmoe, phi3, qwen2, qwen2_moe, qwen3, qwen3_moe, smollm3"
                 ))
             }
         };
@@ -459,11 +464,12 @@ impl ModelConfig {
                 | Architecture::Olmoe
                 | Architecture::Glm
                 | Architecture::Glm4
+                | Architecture::Exaone4
         ) && !model_type.ends_with("_moe")
             || ernie;
         let num_hidden_layers = int("num_hidden_layers")?;
-        let rope_layers = rope_layers(&v, architecture, num_hidden_layers)?;
         let (sliding_window, sliding_layers) = sliding_layers(&v, architecture, num_hidden_layers)?;
+        let rope_layers = rope_layers(&v, architecture, num_hidden_layers, &sliding_layers)?;
         let flag = |name: &str, default: bool| v.get(name).and_then(Value::as_bool).unwrap_or(default);
         // ERNIE 4.5's `use_bias` puts a bias on every projection.
         let use_bias = ernie && flag("use_bias", false);
@@ -497,7 +503,10 @@ impl ModelConfig {
             num_key_value_heads,
             head_dim,
             rotary_dim,
-            rms_norm_eps: v.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(if ernie { 1e-5 } else { 1e-6 }),
+            rms_norm_eps: v.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(
+                // The class defaults.
+                if ernie || architecture == Architecture::Exaone4 { 1e-5 } else { 1e-6 },
+            ),
             rotary_pairs: match architecture {
                 _ if ernie => RotaryPairs::AdjacentF32,
                 _ if glm => RotaryPairs::Adjacent,
@@ -577,8 +586,9 @@ fn ropes(v: &Value, architecture: Architecture) -> anyhow::Result<(Rope, Option<
 /// The sliding window's width and, per layer, whether it attends within it: from `layer_types` where config.json
 /// lists them, else as each family's transformers class lays them out (Mistral: every layer; Qwen2, Qwen3 and
 /// SmolLM3 under `use_sliding_window`: those from `max_window_layers` on; Gemma 2: every other one from the first;
-/// Gemma 3: all but every `sliding_window_pattern`-th; OLMo 3: all but every fourth). The width is `None` when no
-/// layer slides.
+/// Gemma 3: all but every `sliding_window_pattern`-th; OLMo 3: all but every fourth; EXAONE 4: as its
+/// `sliding_window_pattern` says, every fourth full by default, or its letters, `"LLLG"`, repeated). The width is `None`
+/// when no layer slides.
 fn sliding_layers(v: &Value, architecture: Architecture, layers: i64) -> anyhow::Result<(Option<i64>, Vec<bool>)> {
     let positive = |name: &str| optional_positive(v, name);
     let qwen_like = matches!(architecture, Architecture::Qwen2 | Architecture::Qwen3 | Architecture::SmolLM3);
@@ -587,6 +597,11 @@ fn sliding_layers(v: &Value, architecture: Architecture, layers: i64) -> anyhow:
         Architecture::Gemma2 | Architecture::Gemma3 | Architecture::Olmo3 => {
             Some(positive("sliding_window")?.unwrap_or(4096))
         }
+        // A window unless config.json says null (the dense EXAONE 4.0 1.2B).
+        Architecture::Exaone4 => match v.get("sliding_window") {
+            None => Some(4096),
+            Some(_) => positive("sliding_window")?,
+        },
         _ if qwen_like && v.get("use_sliding_window").and_then(Value::as_bool) == Some(true) => {
             positive("sliding_window")?
         }
@@ -618,6 +633,12 @@ fn sliding_layers(v: &Value, architecture: Architecture, layers: i64) -> anyhow:
                 _ if qwen_like => positive("max_window_layers")?.unwrap_or(28),
                 _ => 0,
             };
+            if architecture == Architecture::Exaone4 {
+                return Ok(match window {
+                    Some(width) => (Some(width), exaone_layers(v.get("sliding_window_pattern"), layers)?),
+                    None => (None, vec![false; layers as usize]),
+                });
+            }
             let pattern = positive("sliding_window_pattern")?.or(positive("_sliding_window_pattern")?).unwrap_or(6);
             (0..layers)
                 .map(|i| match architecture {
@@ -700,9 +721,37 @@ fn moe(v: &Value, model_type: &str, layers: i64, intermediate_size: i64) -> anyh
     }))
 }
 
+/// EXAONE 4's sliding layers from its `sliding_window_pattern`: every `n`-th layer full (4 by default), or a
+/// string of `L` (sliding) and `G` (global) letters repeated over the layers.
+fn exaone_layers(pattern: Option<&Value>, layers: i64) -> anyhow::Result<Vec<bool>> {
+    let letters: Vec<bool> = match pattern {
+        None | Some(Value::Null) => (0..4).map(|i| i != 3).collect(),
+        Some(Value::Number(n)) if n.as_i64().is_some_and(|n| n > 0) => {
+            let n = n.as_i64().unwrap_or(4);
+            (0..n).map(|i| i != n - 1).collect()
+        }
+        Some(Value::String(s)) if !s.is_empty() && s.chars().all(|c| c == 'L' || c == 'G') => {
+            s.chars().map(|c| c == 'L').collect()
+        }
+        Some(other) => {
+            return Err(user_error!(
+                "config.json sliding_window_pattern {other}: give a positive integer or letters L (sliding) and G \
+                 (global), such as \"LLLG\""
+            ))
+        }
+    };
+    Ok((0..layers as usize).map(|i| letters[i % letters.len()]).collect())
+}
+
 /// Whether each of the `layers` layers applies the rotary embedding: all of them, except SmolLM3's NoPE layers
-/// (`no_rope_layers`, 1 where a layer uses RoPE, or else every `no_rope_layer_interval`-th layer without).
-fn rope_layers(v: &Value, architecture: Architecture, layers: i64) -> anyhow::Result<Vec<bool>> {
+/// (`no_rope_layers`, 1 where a layer uses RoPE, or else every `no_rope_layer_interval`-th layer without) and
+/// EXAONE 4's layers outside the `sliding` ones, unless its `sliding_window` is null (transformers' rule, which
+/// looks at the setting, not at whether any layer slides).
+fn rope_layers(v: &Value, architecture: Architecture, layers: i64, sliding: &[bool]) -> anyhow::Result<Vec<bool>> {
+    if architecture == Architecture::Exaone4 {
+        let windowed = !matches!(v.get("sliding_window"), Some(Value::Null));
+        return Ok(sliding.iter().map(|&s| s || !windowed).collect());
+    }
     if architecture != Architecture::SmolLM3 {
         return Ok(vec![true; layers as usize]);
     }
@@ -862,6 +911,35 @@ mod tests {
         assert_eq!(c.sliding_rope, None);
         assert_eq!(c.eos_token_ids, vec![3, 4]);
         assert!(!c.tie_word_embeddings);
+    }
+
+    /// EXAONE 4's layers: three in four within the window with RoPE and the fourth global without it, by default or
+    /// as `sliding_window_pattern` says (a number or L/G letters); every layer full with RoPE under a null window;
+    /// `layer_types` where given, the window's setting still deciding RoPE, as in transformers.
+    #[test]
+    fn exaone4_lays_out_its_sliding_and_nope_layers() {
+        let config = |extra: &str| {
+            ModelConfig::from_json_str(&format!(
+                r#"{{"model_type":"exaone4","vocab_size":10,"hidden_size":8,"intermediate_size":16,
+                "num_hidden_layers":5,"num_attention_heads":2{extra}}}"#
+            ))
+        };
+        let c = config("").unwrap();
+        assert_eq!((c.architecture, c.sliding_window, c.rms_norm_eps), (Architecture::Exaone4, Some(4096), 1e-5));
+        assert_eq!(c.sliding_layers, [true, true, true, false, true]);
+        assert_eq!(c.rope_layers, c.sliding_layers);
+        assert!(!c.tie_word_embeddings);
+        let c = config(r#","sliding_window":8,"sliding_window_pattern":"LG""#).unwrap();
+        assert_eq!((c.sliding_window, &c.sliding_layers[..]), (Some(8), &[true, false, true, false, true][..]));
+        let c = config(r#","sliding_window_pattern":2"#).unwrap();
+        assert_eq!(c.sliding_layers, [true, false, true, false, true]);
+        let c = config(r#","sliding_window":null"#).unwrap();
+        assert_eq!((c.sliding_window, &c.rope_layers[..]), (None, &[true; 5][..]));
+        let all_full =
+            r#","layer_types":["full_attention","full_attention","full_attention","full_attention","full_attention"]"#;
+        assert_eq!(config(all_full).unwrap().rope_layers, [false; 5], "a window set: no layer takes RoPE");
+        let err = config(r#","sliding_window_pattern":"LLX""#).unwrap_err();
+        assert!(err.to_string().contains("letters L (sliding) and G (global)"), "{err}");
     }
 
     /// Mistral reads as Llama's layers with untied embeddings, and with v0.1's sliding window where it has one.

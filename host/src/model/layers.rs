@@ -374,7 +374,7 @@ impl Attention {
         let (qkv_bias, o_bias) = (cfg.qkv_bias, cfg.o_bias);
         let whole = matches!(cfg.architecture, Architecture::Olmo2 | Architecture::Olmo3 | Architecture::Olmoe);
         let (q_dim, k_dim) = match cfg.architecture {
-            Architecture::Qwen3 | Architecture::Gemma3 => (Some(d), Some(d)),
+            Architecture::Qwen3 | Architecture::Gemma3 | Architecture::Exaone4 => (Some(d), Some(d)),
             _ if whole => (Some(h * d), Some(kv * d)),
             _ => (None, None),
         };
@@ -686,7 +686,7 @@ impl DecoderLayer {
         let p = format!("model.layers.{i}");
         let norm = |name: &str| RmsNorm::load(l, &format!("{p}.{name}"), cfg.hidden_size, cfg);
         let norms = match cfg.architecture {
-            Architecture::Olmo2 | Architecture::Olmo3 => LayerNorms::Post {
+            Architecture::Olmo2 | Architecture::Olmo3 | Architecture::Exaone4 => LayerNorms::Post {
                 post_attention: norm("post_attention_layernorm")?,
                 post_feedforward: norm("post_feedforward_layernorm")?,
             },

@@ -41,6 +41,7 @@ pub const TINY_FAMILIES: &[&str] = &[
     "glm4",
     "granitemoe",
     "arcee",
+    "exaone4",
 ];
 
 /// `target/<profile>`: the test binary lives in its `deps/` folder.
