@@ -1145,6 +1145,33 @@ fn a_mixture_of_experts_trains_resumes_exactly_and_saves_what_transformers_and_p
     assert!(found["peft_vs_base_max_abs"].as_f64().unwrap() > 1e-5, "{found}");
 }
 
+/// gpt-oss (the tiny one: attention sinks, a biased router, stacked experts with biases) trains fully and with LoRA,
+/// and saves a full checkpoint transformers loads with nothing missing or unexpected, and an adapter peft applies
+/// with every tensor used, on the attention projections alone.
+#[test]
+fn gpt_oss_trains_and_saves_what_transformers_and_peft_load() {
+    let runs = tempfile::tempdir().unwrap();
+    let base = common::workspace_root().join("tests/fixtures/model/tiny/gpt_oss");
+    let model = ["--model", base.to_str().unwrap(), "--max-steps", "1"];
+    let full = train(runs.path(), "full", &model);
+    assert!(full.status.success(), "{}", text(&full.stderr));
+    let step_3 = runs.path().join("full/checkpoints/step_3");
+    let found =
+        oracle("checkpoint_load.py", &["--base".as_ref(), base.as_os_str(), "--full".as_ref(), step_3.as_os_str()]);
+    let empty = serde_json::json!([]);
+    assert_eq!((&found["full_missing"], &found["full_unexpected"]), (&empty, &empty), "{found}");
+    assert_eq!(found["full_finite"], true);
+
+    let lora = [&model[..], &["--lora-rank", "4", "--lora-alpha", "8", "--save-merged"]].concat();
+    let adapted = train(runs.path(), "lora", &lora);
+    assert!(adapted.status.success(), "{}", text(&adapted.stderr));
+    let adapter = runs.path().join("lora/checkpoints/step_3");
+    let found =
+        oracle("checkpoint_load.py", &["--base".as_ref(), base.as_os_str(), "--adapter".as_ref(), adapter.as_os_str()]);
+    assert_eq!((&found["adapter_unused"], &found["adapter_missing"]), (&empty, &empty), "{found}");
+    assert_eq!(found["adapter_targets"], serde_json::json!(["k_proj", "o_proj", "q_proj", "v_proj"]), "{found}");
+}
+
 /// Send `signal` to a long run once it has logged a few rows: it stops at a batch boundary (after finishing the batch
 /// in flight when its updates had begun, else at the boundary the batch started from), saves a checkpoint there,
 /// exits with `code`, and resumes from it.

@@ -15,17 +15,19 @@ import sys
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from model_fixtures import TINY, gradients_by_checkpoint_name, tiny_models_with  # noqa: E402
+from model_fixtures import TINY, attention_for, gradients_by_checkpoint_name, tiny_models_with  # noqa: E402
 
 
 def main(names):
     # The mixtures are the tiny models with reference gradients.
     for name in names or tiny_models_with("reference_grads.safetensors"):
         out = os.path.join(TINY, name)
-        model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, attn_implementation="sdpa").train()
+        kind = AutoConfig.from_pretrained(out).model_type
+        model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, attn_implementation=attention_for(kind))
+        model = model.train()
         reference = load_file(os.path.join(out, "reference.safetensors"))
         ids, mask, pos = reference["input_ids"], reference["attention_mask"], reference["position_ids"]
         model.zero_grad()

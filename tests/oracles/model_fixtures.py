@@ -4,7 +4,7 @@ Builds, with transformers as the reference implementation:
   * a tiny byte-level tokenizer (256 byte tokens + the chat special tokens, no merges);
   * tiny random Llama, Llama-3 (rope_scaling llama3), Qwen2, Qwen3, Mistral (with and without a sliding window),
     SmolLM3, OLMo 2, OLMo 3, Gemma 2 and 3, windowed Qwen2, Phi-3, Granite, ERNIE 4.5, GLM-4, Arcee, EXAONE 4 and mixture-of-experts
-    (Qwen3-MoE, Qwen2-MoE, Mixtral, OLMoE, GraniteMoE) models (f32, a few hundred KB each) with transformers' logits and
+    (Qwen3-MoE, Qwen2-MoE, Mixtral, OLMoE, GraniteMoE, gpt-oss) models (f32, a few hundred KB each) with transformers' logits and
     next-token log-probs on a padded batch (and, for the mixtures, bf16 logits and every parameter's gradient), and
     transformers' greedy continuations;
   * chat-template cases for the SmolLM2, Qwen2.5, Qwen3 and Llama-3.1 templates (the real template texts in
@@ -34,6 +34,7 @@ from transformers import (
     Gemma3TextConfig,
     Glm4Config,
     GlmConfig,
+    GptOssConfig,
     GraniteConfig,
     GraniteMoeConfig,
     MinistralConfig,
@@ -55,6 +56,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 FIX = os.path.join(ROOT, "tests", "fixtures", "model")
 TEMPLATES = os.path.join(FIX, "templates")
 TINY = os.path.join(FIX, "tiny")
+
+
+def attention_for(model_type):
+    """transformers' attention for a family: eager where SDPA cannot compute it (Gemma 2's capped scores,
+    gpt-oss's sinks)."""
+    return "eager" if model_type in ("gemma2", "gpt_oss") else "sdpa"
 
 
 def tiny_models_with(file_name):
@@ -313,6 +320,25 @@ def tiny_configs():
                 "original_max_position_embeddings": 64,
             },
         ),
+        # gpt-oss: every other layer within a 4-token window, sinks, biased attention, YaRN (untruncated), and four
+        # experts (two per token) behind a biased router, with a clamp low enough to bite on these small values.
+        "gpt_oss": GptOssConfig(
+            **{**common, "head_dim": 8},
+            tie_word_embeddings=False,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            sliding_window=4,
+            swiglu_limit=0.5,
+            rope_parameters={
+                "rope_type": "yarn",
+                "rope_theta": 10000.0,
+                "factor": 4.0,
+                "beta_fast": 32.0,
+                "beta_slow": 1.0,
+                "truncate": False,
+                "original_max_position_embeddings": 64,
+            },
+        ),
     }
 
 
@@ -337,7 +363,10 @@ def gradients_by_checkpoint_name(model, cfg):
         if mixtral:
             name = name.replace(".mlp.", ".block_sparse_moe.")
         g = param.grad.detach().clone() if param.grad is not None else torch.zeros_like(param)
-        if cfg.model_type == "granitemoe":
+        if cfg.model_type == "gpt_oss":
+            # gpt-oss's checkpoints keep the experts stacked under transformers' own names.
+            grads[name] = g.contiguous()
+        elif cfg.model_type == "granitemoe":
             # GraniteMoE's checkpoints keep the experts stacked, under their own names.
             name = name.replace("experts.gate_up_proj", "input_linear.weight")
             name = name.replace("experts.down_proj", "output_linear.weight")
@@ -366,8 +395,7 @@ def make_tiny_models(only=None):
         torch.manual_seed(1000 + i)
         out = os.path.join(out_root, name)
         shutil.rmtree(out, ignore_errors=True)
-        # Gemma 2's capped scores are eager attention's alone.
-        attention = "eager" if cfg.model_type == "gemma2" else "sdpa"
+        attention = attention_for(cfg.model_type)
         model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attention, dtype=torch.float32).eval()
         if hasattr(cfg, "num_experts_per_tok"):
             # transformers starts some routers at zero, where every expert ties; spread them so that each token's
@@ -376,6 +404,12 @@ def make_tiny_models(only=None):
                 for param_name, param in model.named_parameters():
                     if param_name.endswith(("mlp.gate.weight", "router.weight")):
                         param.normal_(0.0, 0.5)
+        if cfg.model_type == "gpt_oss":
+            # Sinks far enough from 0 to take a visible share of each query's attention.
+            with torch.no_grad():
+                for param_name, param in model.named_parameters():
+                    if param_name.endswith("sinks"):
+                        param.normal_(0.0, 1.0)
         if cfg.model_type in ("gemma2", "gemma3_text"):
             # Gemma's norms start at a zero offset from a gain of 1; random ones make the offset matter.
             with torch.no_grad():
@@ -408,7 +442,7 @@ def make_tiny_models(only=None):
         if hasattr(cfg, "num_experts_per_tok"):
             # bf16 rounding can move a token to another expert, in transformers as anywhere: a mixture's bf16
             # logits are compared with transformers' own bf16 ones, not with f32's.
-            half = AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16, attn_implementation="sdpa").eval()
+            half = AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16, attn_implementation=attention).eval()
             with torch.no_grad():
                 reference["logits_bf16"] = (
                     half(input_ids=ids, attention_mask=mask, position_ids=pos).logits.float().contiguous()

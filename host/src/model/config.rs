@@ -53,6 +53,10 @@ pub enum Architecture {
     /// models three layers in four attend within a sliding window with the rotary embedding, the fourth to
     /// everything without it (NoPE).
     Exaone4,
+    /// gpt-oss (`gpt_oss`): Llama's pre-norms (gains in f32), biases on every attention projection, a learned
+    /// attention sink per head, every other layer within a 128-token window, and a mixture of experts with a
+    /// biased router and clamped SwiGLU experts stored stacked.
+    GptOss,
 }
 
 /// A mixture-of-experts feed-forward block (Qwen2-MoE and Qwen3-MoE on Qwen's layers, Mixtral on Mistral's,
@@ -75,6 +79,29 @@ pub struct Moe {
     pub sparse_layers: Vec<bool>,
     /// How the checkpoint names the block's tensors.
     pub names: ExpertNames,
+    /// The router's linear layer has a bias (gpt-oss).
+    pub router_bias: bool,
+    /// gpt-oss's clamped SwiGLU in place of the experts' usual activation.
+    pub swiglu: Option<ClampedSwiglu>,
+}
+
+/// gpt-oss's expert activation: `(clamp(up, -limit, limit) + 1) * g * sigmoid(alpha * g)` with
+/// `g = min(gate, limit)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClampedSwiglu {
+    /// The sigmoid's slope (`swiglu_alpha`, 1.702).
+    pub alpha: f64,
+    /// The clamp (`swiglu_limit`, 7).
+    pub limit: f64,
+}
+
+impl ClampedSwiglu {
+    /// The activation of `gate_up` `[.., 2 x width]`, whose gate and up columns alternate (gate first).
+    pub fn apply(&self, gate_up: &tch::Tensor) -> tch::Tensor {
+        let gate = gate_up.slice(-1, 0, None, 2).clamp_max(self.limit);
+        let up = gate_up.slice(-1, 1, None, 2).clamp(-self.limit, self.limit);
+        (up + 1.0) * (&gate * (&gate * self.alpha).sigmoid())
+    }
 }
 
 /// How a router's scores become the weights of the experts it picks.
@@ -105,13 +132,17 @@ pub enum ExpertNames {
     /// 2 x width, hidden]`, gate then up) and `block_sparse_moe.output_linear` (`[experts, hidden, width]`)
     /// (GraniteMoE).
     Granite,
+    /// `mlp.router` (with a bias), and every expert stacked in `mlp.experts.gate_up_proj` (`[experts, hidden,
+    /// 2 x width]`, gate and up columns alternating) and `mlp.experts.down_proj` (`[experts, width, hidden]`), each
+    /// with a bias (`gate_up_proj_bias`, `down_proj_bias`) (gpt-oss).
+    GptOss,
 }
 
 impl ExpertNames {
     /// The block's module name within a layer.
     pub fn block(self) -> &'static str {
         match self {
-            ExpertNames::Qwen => "mlp",
+            ExpertNames::Qwen | ExpertNames::GptOss => "mlp",
             ExpertNames::Mixtral | ExpertNames::Granite => "block_sparse_moe",
         }
     }
@@ -121,13 +152,14 @@ impl ExpertNames {
         match self {
             ExpertNames::Qwen | ExpertNames::Mixtral => "gate",
             ExpertNames::Granite => "router.layer",
+            ExpertNames::GptOss => "router",
         }
     }
 
-    /// An expert's gate, up and down projections, where each expert has its own (not GraniteMoE).
+    /// An expert's gate, up and down projections, where each expert has its own (not GraniteMoE or gpt-oss).
     pub fn projections(self) -> [&'static str; 3] {
         match self {
-            ExpertNames::Qwen | ExpertNames::Granite => ["gate_proj", "up_proj", "down_proj"],
+            ExpertNames::Qwen | ExpertNames::Granite | ExpertNames::GptOss => ["gate_proj", "up_proj", "down_proj"],
             ExpertNames::Mixtral => ["w1", "w3", "w2"],
         }
     }
@@ -349,6 +381,7 @@ impl ModelConfig {
             "glm" => Architecture::Glm,
             "glm4" => Architecture::Glm4,
             "exaone4" => Architecture::Exaone4,
+            "gpt_oss" => Architecture::GptOss,
             "gemma3" => {
                 return Err(user_error!(
                     "model_type \"gemma3\" is Gemma 3's image-text model, which is not supported; use a text-only \
@@ -358,7 +391,7 @@ impl ModelConfig {
             other => {
                 return Err(user_error!(
                     "unsupported model_type {other:?} in config.json; supported: arcee, ernie4_5, exaone4, gemma2, \
-                     gemma3_text, glm, glm4, granite, granitemoe, llama, ministral, mistral, mixtral, olmo2, olmo3, \
+                     gemma3_text, glm, glm4, gpt_oss, granite, granitemoe, llama, ministral, mistral, mixtral, olmo2, olmo3, \
                      olmoe, phi3, qwen2, qwen2_moe, qwen3, qwen3_moe, smollm3"
                 ))
             }
@@ -380,6 +413,14 @@ impl ModelConfig {
         };
         if v.get("use_bidirectional_attention").and_then(Value::as_bool) == Some(true) {
             return Err(user_error!("config.json use_bidirectional_attention=true is not supported"));
+        }
+        if let Some(q) = v.get("quantization_config").filter(|q| q.is_object()) {
+            let method = q.get("quant_method").and_then(Value::as_str).unwrap_or("unknown");
+            return Err(user_error!(
+                "config.json quantization_config ({method}): quantized checkpoints are not supported; use one with \
+                 the full bf16 or f32 weights (for gpt-oss's MXFP4 experts, load it in transformers with \
+                 Mxfp4Config(dequantize=True) and save_pretrained)"
+            ));
         }
         if v.get("clip_qkv").is_some_and(|x| !x.is_null()) {
             return Err(user_error!("config.json clip_qkv is not supported (only null)"));
@@ -465,6 +506,7 @@ impl ModelConfig {
                 | Architecture::Glm
                 | Architecture::Glm4
                 | Architecture::Exaone4
+                | Architecture::GptOss
         ) && !model_type.ends_with("_moe")
             || ernie;
         let num_hidden_layers = int("num_hidden_layers")?;
@@ -473,7 +515,8 @@ impl ModelConfig {
         let flag = |name: &str, default: bool| v.get(name).and_then(Value::as_bool).unwrap_or(default);
         // ERNIE 4.5's `use_bias` puts a bias on every projection.
         let use_bias = ernie && flag("use_bias", false);
-        let attention_bias = flag("attention_bias", false) || use_bias;
+        let gpt_oss = architecture == Architecture::GptOss;
+        let attention_bias = flag("attention_bias", gpt_oss) || use_bias;
         let qkv_bias = match model_type {
             "qwen2" => true,
             "qwen2_moe" => flag("qkv_bias", true),
@@ -505,7 +548,7 @@ impl ModelConfig {
             rotary_dim,
             rms_norm_eps: v.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(
                 // The class defaults.
-                if ernie || architecture == Architecture::Exaone4 { 1e-5 } else { 1e-6 },
+                if ernie || matches!(architecture, Architecture::Exaone4 | Architecture::GptOss) { 1e-5 } else { 1e-6 },
             ),
             rotary_pairs: match architecture {
                 _ if ernie => RotaryPairs::AdjacentF32,
@@ -579,8 +622,16 @@ fn ropes(v: &Value, architecture: Architecture) -> anyhow::Result<(Rope, Option<
         return Ok((rope, Some(sliding)));
     }
     let legacy = v.get("rope_scaling").filter(|r| r.is_object());
+    if architecture == Architecture::GptOss && params.or(legacy).is_none() {
+        // gpt-oss's class defaults: YaRN from a 4096-token context, at a base of 150000.
+        let yarn = serde_json::json!({"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
+            "truncate": false, "original_max_position_embeddings": 4096});
+        let theta = theta(None, "rope_theta", 150000.0);
+        return Ok((Rope { theta, scaling: parse_rope_scaling(Some(&yarn), v)? }, None));
+    }
     let scaling = parse_rope_scaling(params.or(legacy), v)?;
-    Ok((Rope { theta: theta(params, "rope_theta", 10000.0), scaling }, None))
+    let default_theta = if architecture == Architecture::GptOss { 150000.0 } else { 10000.0 };
+    Ok((Rope { theta: theta(params, "rope_theta", default_theta), scaling }, None))
 }
 
 /// The sliding window's width and, per layer, whether it attends within it: from `layer_types` where config.json
@@ -600,6 +651,10 @@ fn sliding_layers(v: &Value, architecture: Architecture, layers: i64) -> anyhow:
         // A window unless config.json says null (the dense EXAONE 4.0 1.2B).
         Architecture::Exaone4 => match v.get("sliding_window") {
             None => Some(4096),
+            Some(_) => positive("sliding_window")?,
+        },
+        Architecture::GptOss => match v.get("sliding_window") {
+            None => Some(128),
             Some(_) => positive("sliding_window")?,
         },
         _ if qwen_like && v.get("use_sliding_window").and_then(Value::as_bool) == Some(true) => {
@@ -642,7 +697,7 @@ fn sliding_layers(v: &Value, architecture: Architecture, layers: i64) -> anyhow:
             let pattern = positive("sliding_window_pattern")?.or(positive("_sliding_window_pattern")?).unwrap_or(6);
             (0..layers)
                 .map(|i| match architecture {
-                    Architecture::Gemma2 => i % 2 == 0,
+                    Architecture::Gemma2 | Architecture::GptOss => i % 2 == 0,
                     Architecture::Gemma3 => (i + 1) % pattern != 0,
                     Architecture::Olmo3 => (i + 1) % 4 != 0,
                     _ => window.is_some() && i >= first,
@@ -668,6 +723,7 @@ fn moe(v: &Value, model_type: &str, layers: i64, intermediate_size: i64) -> anyh
         "qwen2_moe" | "qwen3_moe" | "olmoe" => ExpertNames::Qwen,
         "mixtral" => ExpertNames::Mixtral,
         "granitemoe" => ExpertNames::Granite,
+        "gpt_oss" => ExpertNames::GptOss,
         _ => return Ok(None),
     };
     let required = |name: &str| {
@@ -706,7 +762,7 @@ fn moe(v: &Value, model_type: &str, layers: i64, intermediate_size: i64) -> anyh
         experts_per_token,
         expert_size,
         routing: match model_type {
-            "granitemoe" => Routing::TopKThenSoftmax,
+            "granitemoe" | "gpt_oss" => Routing::TopKThenSoftmax,
             _ => Routing::SoftmaxThenTopK {
                 normalize: model_type == "mixtral" || v.get("norm_topk_prob").and_then(Value::as_bool) == Some(true),
                 f32_weights: model_type == "mixtral",
@@ -718,6 +774,14 @@ fn moe(v: &Value, model_type: &str, layers: i64, intermediate_size: i64) -> anyh
         },
         sparse_layers,
         names,
+        router_bias: names == ExpertNames::GptOss,
+        swiglu: match names {
+            ExpertNames::GptOss => {
+                let number = |name: &str, default: f64| optional_positive_number(v, name).map(|x| x.unwrap_or(default));
+                Some(ClampedSwiglu { alpha: number("swiglu_alpha", 1.702)?, limit: number("swiglu_limit", 7.0)? })
+            }
+            _ => None,
+        },
     }))
 }
 
@@ -940,6 +1004,32 @@ mod tests {
         assert_eq!(config(all_full).unwrap().rope_layers, [false; 5], "a window set: no layer takes RoPE");
         let err = config(r#","sliding_window_pattern":"LLX""#).unwrap_err();
         assert!(err.to_string().contains("letters L (sliding) and G (global)"), "{err}");
+    }
+
+    /// gpt-oss takes its class defaults: YaRN (untruncated) at a base of 150000, a 128-token window on every other
+    /// layer from the first, biased attention, untied embeddings, eps 1e-5, and a biased router over experts with
+    /// the clamped SwiGLU; a quantized checkpoint (the hub's MXFP4 experts) is refused in one line.
+    #[test]
+    fn gpt_oss_takes_its_class_defaults_and_refuses_quantized_experts() {
+        let config = |extra: &str| {
+            ModelConfig::from_json_str(&format!(
+                r#"{{"model_type":"gpt_oss","vocab_size":10,"hidden_size":8,"intermediate_size":16,
+                "num_hidden_layers":3,"num_attention_heads":2,"num_key_value_heads":1,"head_dim":4,
+                "num_local_experts":4,"num_experts_per_tok":2{extra}}}"#
+            ))
+        };
+        let c = config("").unwrap();
+        assert_eq!(c.architecture, Architecture::GptOss);
+        assert_eq!(c.rope.theta, 150000.0);
+        assert!(matches!(c.rope.scaling, RopeScaling::Yarn { factor, truncate: false, .. } if factor == 32.0));
+        assert_eq!((c.sliding_window, &c.sliding_layers[..]), (Some(128), &[true, false, true][..]));
+        assert!(c.qkv_bias && c.o_bias && !c.tie_word_embeddings && c.rms_norm_eps == 1e-5);
+        let moe = c.moe.unwrap();
+        assert_eq!((moe.experts, moe.experts_per_token, moe.routing), (4, 2, Routing::TopKThenSoftmax));
+        assert!(moe.router_bias && moe.names == ExpertNames::GptOss);
+        assert_eq!(moe.swiglu, Some(ClampedSwiglu { alpha: 1.702, limit: 7.0 }));
+        let err = config(r#","quantization_config":{"quant_method":"mxfp4"}"#).unwrap_err();
+        assert!(err.to_string().contains("quantization_config (mxfp4): quantized checkpoints are not supported"));
     }
 
     /// Mistral reads as Llama's layers with untied embeddings, and with v0.1's sliding window where it has one.

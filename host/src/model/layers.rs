@@ -98,7 +98,7 @@ pub struct RmsNorm {
 impl RmsNorm {
     pub(crate) fn load(l: &Loader, name: &str, dim: i64, cfg: &ModelConfig) -> anyhow::Result<Self> {
         let gain = match cfg.architecture {
-            Architecture::Olmo2 | Architecture::Olmo3 => Gain::F32,
+            Architecture::Olmo2 | Architecture::Olmo3 | Architecture::GptOss => Gain::F32,
             Architecture::Gemma2 | Architecture::Gemma3 => Gain::OnePlusF32,
             _ => Gain::Rounded,
         };
@@ -357,6 +357,9 @@ pub struct Attention {
     scale: Option<f64>,
     /// Gemma 2's cap on the scores (`c tanh(s / c)`), which SDPA cannot apply.
     softcap: Option<f64>,
+    /// gpt-oss's learned sink, `[heads]`: one more logit beside each query's keys, which takes its share of the
+    /// softmax and contributes no value (SDPA has none either).
+    pub sinks: Option<Tensor>,
     /// Which dimensions the rotary embedding turns together.
     rotary_pairs: RotaryPairs,
     /// Whether queries and keys get the rotary embedding (not in SmolLM3's NoPE layers).
@@ -396,6 +399,10 @@ impl Attention {
             k_norm,
             scale: cfg.attention_scale,
             softcap: cfg.attention_softcap,
+            sinks: match cfg.architecture {
+                Architecture::GptOss => Some(l.get(&format!("{p}.sinks"), &[h])?),
+                _ => None,
+            },
             rotary_pairs: cfg.rotary_pairs,
             rope,
             qk_norm_whole: whole,
@@ -458,26 +465,30 @@ impl Attention {
     }
 
     /// libtorch's fused attention, `[B, T, heads * head_dim]`: causal when `allowed` is `None`, else as it says.
-    /// Capped scores are computed as written instead ([`Attention::capped_attention`]).
+    /// Capped scores and sinks are computed as written instead ([`Attention::eager_attention`]).
     fn fused_attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, allowed: Option<&Tensor>) -> Tensor {
         let (b, t) = (q.size()[0], q.size()[2]);
-        let y = match self.softcap {
-            Some(cap) => self.capped_attention(q, k, v, allowed, cap),
-            None => {
+        let y = match (self.softcap, &self.sinks) {
+            (None, None) => {
                 let gqa = self.heads != self.kv_heads;
                 Tensor::scaled_dot_product_attention(q, k, v, allowed, 0.0, allowed.is_none(), self.scale, gqa)
             }
+            _ => self.eager_attention(q, k, v, allowed),
         };
         y.transpose(1, 2).reshape([b, t, self.heads * self.head_dim])
     }
 
-    /// Attention with Gemma 2's capped scores, `[B, heads, T, head_dim]`, in transformers' order: scale, cap, mask
-    /// (causal when `allowed` is `None`), softmax in f32, back to the model's dtype.
-    fn capped_attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, allowed: Option<&Tensor>, cap: f64) -> Tensor {
+    /// Attention as written, `[B, heads, T, head_dim]`, for what SDPA cannot do, in transformers' eager order:
+    /// scale, Gemma 2's cap, mask (causal when `allowed` is `None`), gpt-oss's sinks, softmax in f32, back to the
+    /// model's dtype.
+    fn eager_attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, allowed: Option<&Tensor>) -> Tensor {
         let group = self.heads / self.kv_heads;
         let (k, v) = (k.repeat_interleave_self_int(group, 1, None), v.repeat_interleave_self_int(group, 1, None));
         let scores = q.matmul(&k.transpose(2, 3)) * self.score_scale();
-        let scores = (scores / cap).tanh() * cap;
+        let scores = match self.softcap {
+            Some(cap) => (scores / cap).tanh() * cap,
+            None => scores,
+        };
         let (t, s) = (q.size()[2], k.size()[2]);
         let causal;
         let allowed = match allowed {
@@ -488,7 +499,22 @@ impl Attention {
             }
         };
         let scores = scores.masked_fill(&allowed.logical_not(), f64::NEG_INFINITY);
-        scores.softmax(-1, Kind::Float).to_kind(q.kind()).matmul(&v)
+        self.sink_softmax(scores, [1, self.heads, 1, 1]).to_kind(q.kind()).matmul(&v)
+    }
+
+    /// The softmax of `scores` over their last dimension in f32, with gpt-oss's sinks (shaped `sink_shape`, one per
+    /// head) as one more column that takes its share and is dropped.
+    fn sink_softmax(&self, scores: Tensor, sink_shape: [i64; 4]) -> Tensor {
+        match &self.sinks {
+            Some(sinks) => {
+                let mut shape = scores.size();
+                let s = shape[3];
+                shape[3] = 1;
+                let column = sinks.to_kind(scores.kind()).reshape(sink_shape).expand(&shape, false);
+                Tensor::cat(&[scores, column], -1).softmax(-1, Kind::Float).narrow(-1, 0, s)
+            }
+            None => scores.softmax(-1, Kind::Float),
+        }
     }
 
     /// The scores' scale: the configured one, or `1/sqrt(head_dim)`.
@@ -509,7 +535,8 @@ impl Attention {
             None => scores,
         };
         let scores = scores.masked_fill(blocked, f64::NEG_INFINITY);
-        let probs = scores.softmax(-1, Kind::Float).to_kind(q.kind());
+        // Query heads are grouped by their key/value head here: head `kv x group + g`.
+        let probs = self.sink_softmax(scores, [1, self.kv_heads, group, 1]).to_kind(q.kind());
         probs.matmul(v).reshape([b, 1, self.heads * self.head_dim])
     }
 }

@@ -1,9 +1,9 @@
-//! A mixture-of-experts feed-forward block (Qwen2-MoE, Qwen3-MoE, Mixtral, OLMoE, GraniteMoE): a router and its
-//! experts, each a gated MLP loading its weights by the checkpoint's names.
+//! A mixture-of-experts feed-forward block (Qwen2-MoE, Qwen3-MoE, Mixtral, OLMoE, GraniteMoE, gpt-oss): a router and
+//! its experts, each a gated MLP loading its weights by the checkpoint's names.
 
 use tch::{Kind, Tensor};
 
-use super::config::{Activation, ExpertNames, ModelConfig, Moe, Routing};
+use super::config::{Activation, ClampedSwiglu, ExpertNames, ModelConfig, Moe, Routing};
 use super::layers::{Linear, Loader, Mlp};
 use super::Ctx;
 
@@ -22,6 +22,21 @@ pub enum Experts {
         /// The gate's activation.
         activation: Activation,
     },
+    /// Every expert in two stacked tensors that multiply from the right, each with a bias (gpt-oss): `gate_up`
+    /// `[experts, hidden, 2 x width]` with the gate and up columns alternating, and `down` `[experts, width,
+    /// hidden]`.
+    Interleaved {
+        /// `gate_up_proj`.
+        gate_up: Tensor,
+        /// `gate_up_proj_bias`, `[experts, 2 x width]`.
+        gate_up_bias: Tensor,
+        /// `down_proj`.
+        down: Tensor,
+        /// `down_proj_bias`, `[experts, hidden]`.
+        down_bias: Tensor,
+        /// The activation between them.
+        swiglu: ClampedSwiglu,
+    },
 }
 
 impl Experts {
@@ -29,7 +44,7 @@ impl Experts {
     fn len(&self) -> i64 {
         match self {
             Experts::Separate(experts) => experts.len() as i64,
-            Experts::Stacked { gate_up, .. } => gate_up.size()[0],
+            Experts::Stacked { gate_up, .. } | Experts::Interleaved { gate_up, .. } => gate_up.size()[0],
         }
     }
 
@@ -40,6 +55,11 @@ impl Experts {
             Experts::Stacked { gate_up, down, activation } => {
                 let both = x.linear::<Tensor>(&gate_up.get(e as i64), None);
                 activation.gated_halves(&both).linear::<Tensor>(&down.get(e as i64), None)
+            }
+            Experts::Interleaved { gate_up, gate_up_bias, down, down_bias, swiglu } => {
+                let e = e as i64;
+                let both = x.matmul(&gate_up.get(e)) + gate_up_bias.get(e);
+                swiglu.apply(&both).matmul(&down.get(e)) + down_bias.get(e)
             }
         }
     }
@@ -79,6 +99,13 @@ impl SparseMoe {
                 down: l.get(&format!("{p}.output_linear.weight"), &[e, h, w])?,
                 activation: cfg.activation,
             },
+            ExpertNames::GptOss => Experts::Interleaved {
+                gate_up: l.get(&format!("{p}.experts.gate_up_proj"), &[e, h, 2 * w])?,
+                gate_up_bias: l.get(&format!("{p}.experts.gate_up_proj_bias"), &[e, 2 * w])?,
+                down: l.get(&format!("{p}.experts.down_proj"), &[e, w, h])?,
+                down_bias: l.get(&format!("{p}.experts.down_proj_bias"), &[e, h])?,
+                swiglu: moe.swiglu.unwrap_or(ClampedSwiglu { alpha: 1.702, limit: 7.0 }),
+            },
             names => Experts::Separate(
                 (0..e)
                     .map(|e| Mlp::load_named(l, &format!("{p}.experts.{e}"), names.projections(), w, cfg))
@@ -99,7 +126,13 @@ impl SparseMoe {
             None => None,
         };
         Ok(SparseMoe {
-            router: Linear::load(l, &format!("{p}.{}", moe.names.router()), cfg.hidden_size, moe.experts, false)?,
+            router: Linear::load(
+                l,
+                &format!("{p}.{}", moe.names.router()),
+                cfg.hidden_size,
+                moe.experts,
+                moe.router_bias,
+            )?,
             experts,
             shared,
             top_k: moe.experts_per_token,

@@ -42,6 +42,7 @@ pub const TINY_FAMILIES: &[&str] = &[
     "granitemoe",
     "arcee",
     "exaone4",
+    "gpt_oss",
 ];
 
 /// `target/<profile>`: the test binary lives in its `deps/` folder.
