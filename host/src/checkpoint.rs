@@ -295,14 +295,27 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// Copy the base model's config and tokenizer files, so the checkpoint loads on its own.
+    /// Copy the base model's config and tokenizer files, so the checkpoint loads on its own. A config's
+    /// `quantization_config` is left out: the weights were dequantized when loaded (gpt-oss's MXFP4 experts) and
+    /// are saved in the model's dtype.
     fn model_files(&mut self, from: &Path, prefix: &str) -> Result<()> {
         for f in MODEL_FILES {
             let src = from.join(f);
-            if src.exists() {
-                let mut input = File::open(&src).with_context(|| format!("opening {}", src.display()))?;
-                self.file(&format!("{prefix}{f}"), |w| io::copy(&mut input, w).map(drop))?;
+            if !src.exists() {
+                continue;
             }
+            if f == "config.json" {
+                let text = fs::read_to_string(&src).with_context(|| format!("reading {}", src.display()))?;
+                if let Ok(serde_json::Value::Object(mut config)) = serde_json::from_str(&text) {
+                    if config.remove("quantization_config").is_some() {
+                        let text = serde_json::to_string_pretty(&config)?;
+                        self.file(&format!("{prefix}{f}"), |w| w.write_all(text.as_bytes()))?;
+                        continue;
+                    }
+                }
+            }
+            let mut input = File::open(&src).with_context(|| format!("opening {}", src.display()))?;
+            self.file(&format!("{prefix}{f}"), |w| io::copy(&mut input, w).map(drop))?;
         }
         Ok(())
     }

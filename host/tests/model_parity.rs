@@ -653,6 +653,30 @@ fn the_load_balancing_loss_and_its_gradients_match_transformers() {
     assert!(dense.load_balancing_loss(&routers, &r["attention_mask"]).is_none(), "a dense model has no such loss");
 }
 
+/// gpt-oss's MXFP4 experts, as the hub stores them, are dequantized on loading exactly as transformers'
+/// `Mxfp4Config(dequantize=True)` does them (in f32, and in bf16, where every value is exact), and the model then
+/// gives transformers' logits. Oracle: tests/oracles/mxfp4_checkpoint.py.
+#[test]
+fn gpt_oss_mxfp4_experts_load_as_transformers_dequantizes_them() {
+    let dir = tiny("gpt_oss_mxfp4");
+    let r = reference(&dir, Device::Cpu);
+    for kind in [Kind::Float, Kind::BFloat16] {
+        let model = Model::load(&dir, Device::Cpu, kind).unwrap();
+        let vars = model.var_store().variables();
+        for name in ["gate_up_proj", "down_proj"] {
+            let ours = &vars[&format!("model.layers.0.mlp.experts.{name}")];
+            assert!(ours.to_kind(Kind::Float).equal(&r[name]), "{name} in {kind:?}");
+        }
+        assert!(!vars.keys().any(|n| n.ends_with("_blocks") || n.ends_with("_scales")));
+        if kind == Kind::Float {
+            let (ids, mask) = (&r["input_ids"], &r["attention_mask"]);
+            let logits = tch::no_grad(|| model.forward(ids, mask, &Model::position_ids(mask)));
+            let diff = max_abs_where(&logits, &r["logits"], &mask.unsqueeze(-1));
+            assert!(diff < 1e-4, "logits differ from transformers' by {diff}");
+        }
+    }
+}
+
 /// `cast_lm_head_to_f32` in a bf16 model, tied (qwen2) and untied (llama): the head holds the checkpoint's f32
 /// values, the layers compute exactly as before (a tied embedding still looks up in bf16), and every log-prob is the
 /// f32 computation from the bf16 hidden states, with an f32 gradient for the head.

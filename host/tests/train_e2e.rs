@@ -1145,23 +1145,28 @@ fn a_mixture_of_experts_trains_resumes_exactly_and_saves_what_transformers_and_p
     assert!(found["peft_vs_base_max_abs"].as_f64().unwrap() > 1e-5, "{found}");
 }
 
-/// gpt-oss (the tiny one: attention sinks, a biased router, stacked experts with biases) trains fully and with LoRA,
-/// and saves a full checkpoint transformers loads with nothing missing or unexpected, and an adapter peft applies
+/// gpt-oss (the tiny one: attention sinks, a biased router, stacked experts with biases) trains fully from its MXFP4
+/// checkpoint, as the hub stores it, and with LoRA, and saves a full checkpoint transformers loads with nothing
+/// missing or unexpected (the experts dequantized, the config without its quantization), and an adapter peft applies
 /// with every tensor used, on the attention projections alone.
 #[test]
 fn gpt_oss_trains_and_saves_what_transformers_and_peft_load() {
     let runs = tempfile::tempdir().unwrap();
-    let base = common::workspace_root().join("tests/fixtures/model/tiny/gpt_oss");
-    let model = ["--model", base.to_str().unwrap(), "--max-steps", "1"];
-    let full = train(runs.path(), "full", &model);
+    let tiny = common::workspace_root().join("tests/fixtures/model/tiny");
+    let (base, quantized) = (tiny.join("gpt_oss"), tiny.join("gpt_oss_mxfp4"));
+    let full = train(runs.path(), "full", &["--model", quantized.to_str().unwrap(), "--max-steps", "1"]);
     assert!(full.status.success(), "{}", text(&full.stderr));
     let step_3 = runs.path().join("full/checkpoints/step_3");
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(step_3.join("config.json")).unwrap()).unwrap();
+    assert!(saved.get("quantization_config").is_none() && saved["model_type"] == "gpt_oss", "{saved}");
     let found =
         oracle("checkpoint_load.py", &["--base".as_ref(), base.as_os_str(), "--full".as_ref(), step_3.as_os_str()]);
     let empty = serde_json::json!([]);
     assert_eq!((&found["full_missing"], &found["full_unexpected"]), (&empty, &empty), "{found}");
     assert_eq!(found["full_finite"], true);
 
+    let model = ["--model", base.to_str().unwrap(), "--max-steps", "1"];
     let lora = [&model[..], &["--lora-rank", "4", "--lora-alpha", "8", "--save-merged"]].concat();
     let adapted = train(runs.path(), "lora", &lora);
     assert!(adapted.status.success(), "{}", text(&adapted.stderr));

@@ -416,11 +416,13 @@ impl ModelConfig {
         }
         if let Some(q) = v.get("quantization_config").filter(|q| q.is_object()) {
             let method = q.get("quant_method").and_then(Value::as_str).unwrap_or("unknown");
-            return Err(user_error!(
-                "config.json quantization_config ({method}): quantized checkpoints are not supported; use one with \
-                 the full bf16 or f32 weights (for gpt-oss's MXFP4 experts, load it in transformers with \
-                 Mxfp4Config(dequantize=True) and save_pretrained)"
-            ));
+            // gpt-oss's MXFP4 experts are dequantized as they are loaded (`Loader::get_experts`).
+            if !(method == "mxfp4" && architecture == Architecture::GptOss) {
+                return Err(user_error!(
+                    "config.json quantization_config ({method}): quantized checkpoints are not supported (but \
+                     gpt-oss's MXFP4 experts); use one with the full bf16 or f32 weights"
+                ));
+            }
         }
         if v.get("clip_qkv").is_some_and(|x| !x.is_null()) {
             return Err(user_error!("config.json clip_qkv is not supported (only null)"));
@@ -1008,7 +1010,7 @@ mod tests {
 
     /// gpt-oss takes its class defaults: YaRN (untruncated) at a base of 150000, a 128-token window on every other
     /// layer from the first, biased attention, untied embeddings, eps 1e-5, and a biased router over experts with
-    /// the clamped SwiGLU; a quantized checkpoint (the hub's MXFP4 experts) is refused in one line.
+    /// the clamped SwiGLU; its MXFP4 experts are read, another quantization is refused in one line.
     #[test]
     fn gpt_oss_takes_its_class_defaults_and_refuses_quantized_experts() {
         let config = |extra: &str| {
@@ -1028,8 +1030,9 @@ mod tests {
         assert_eq!((moe.experts, moe.experts_per_token, moe.routing), (4, 2, Routing::TopKThenSoftmax));
         assert!(moe.router_bias && moe.names == ExpertNames::GptOss);
         assert_eq!(moe.swiglu, Some(ClampedSwiglu { alpha: 1.702, limit: 7.0 }));
-        let err = config(r#","quantization_config":{"quant_method":"mxfp4"}"#).unwrap_err();
-        assert!(err.to_string().contains("quantization_config (mxfp4): quantized checkpoints are not supported"));
+        assert!(config(r#","quantization_config":{"quant_method":"mxfp4"}"#).is_ok(), "dequantized on loading");
+        let err = config(r#","quantization_config":{"quant_method":"awq"}"#).unwrap_err();
+        assert!(err.to_string().contains("quantization_config (awq): quantized checkpoints are not supported"));
     }
 
     /// Mistral reads as Llama's layers with untied embeddings, and with v0.1's sliding window where it has one.

@@ -36,12 +36,37 @@ impl Loader<'_> {
         }
         let t = self.files.tensor(name, self.kind, self.device)?;
         self.used.borrow_mut().insert(name.to_string());
+        Ok(self.register(name, t))
+    }
+
+    /// [`Loader::get`] for a stack of expert matrices that the checkpoint may store in MXFP4 instead (gpt-oss on the
+    /// hub: `{name}_blocks` and `{name}_scales`), dequantized to the model's dtype and kept, trained and saved as
+    /// `name` from then on.
+    pub fn get_experts(&self, name: &str, shape: &[i64]) -> anyhow::Result<Tensor> {
+        let (blocks, scales) = (format!("{name}_blocks"), format!("{name}_scales"));
+        if self.files.contains(name) || !self.files.contains(&blocks) {
+            return self.get(name, shape);
+        }
+        let read = |n: &str| self.files.tensor(n, Kind::Uint8, self.device);
+        let t = super::weights::dequantize_mxfp4(&read(&blocks)?, &read(&scales)?, self.kind);
+        if t.size() != shape {
+            return Err(user_error!(
+                "tensor {name:?} dequantized from MXFP4 has shape {:?} but config.json implies {shape:?}",
+                t.size()
+            ));
+        }
+        self.used.borrow_mut().extend([blocks, scales]);
+        Ok(self.register(name, t))
+    }
+
+    /// `t` as the trainable variable `name`.
+    fn register(&self, name: &str, t: Tensor) -> Tensor {
         let parts: Vec<&str> = name.split('.').collect();
         let mut path = self.root.clone();
         for part in &parts[..parts.len() - 1] {
             path = path.sub(*part);
         }
-        Ok(path.add(parts[parts.len() - 1], t, true))
+        path.add(parts[parts.len() - 1], t, true)
     }
 }
 

@@ -100,9 +100,9 @@ impl SparseMoe {
                 activation: cfg.activation,
             },
             ExpertNames::GptOss => Experts::Interleaved {
-                gate_up: l.get(&format!("{p}.experts.gate_up_proj"), &[e, h, 2 * w])?,
+                gate_up: l.get_experts(&format!("{p}.experts.gate_up_proj"), &[e, h, 2 * w])?,
                 gate_up_bias: l.get(&format!("{p}.experts.gate_up_proj_bias"), &[e, 2 * w])?,
-                down: l.get(&format!("{p}.experts.down_proj"), &[e, w, h])?,
+                down: l.get_experts(&format!("{p}.experts.down_proj"), &[e, w, h])?,
                 down_bias: l.get(&format!("{p}.experts.down_proj_bias"), &[e, h])?,
                 swiglu: moe.swiglu.unwrap_or(ClampedSwiglu { alpha: 1.702, limit: 7.0 }),
             },

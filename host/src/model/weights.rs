@@ -111,6 +111,8 @@ impl WeightFiles {
             Dtype::F16 => Kind::Half,
             Dtype::BF16 => Kind::BFloat16,
             Dtype::F64 => Kind::Double,
+            // MXFP4's packed values and their scales (see `dequantize_mxfp4`), read as they are.
+            Dtype::U8 if kind == Kind::Uint8 => Kind::Uint8,
             other => {
                 return Err(user_error!(
                     "tensor {name:?} in {} has dtype {other:?}; only f32, f16, bf16 and f64 weights are supported",
@@ -136,4 +138,29 @@ impl WeightFiles {
         let t = if device == Device::Cpu { t.to_kind(kind) } else { t.to_device(device).to_kind(kind) };
         Ok(t)
     }
+}
+
+/// The FP4 (E2M1) values of MXFP4's 4-bit codes, in code order.
+const FP4_VALUES: [f32; 16] = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0];
+
+/// A matrix stack stored in MXFP4 (gpt-oss's experts on the hub), as `kind`: `blocks` `[experts, rows, groups, 16]`
+/// u8 packs 32 FP4 codes per group of a row, the low nibble first, and `scales` `[experts, rows, groups]` u8 is each
+/// group's power of two plus 127. Returns `[experts, groups x 32, rows]`: transposed, as transformers dequantizes
+/// them for its right-multiplied experts. The products are exact in bf16 (an FP4 value times a power of two). One
+/// expert at a time, so that no more than one expert's f32 values exist at once.
+pub fn dequantize_mxfp4(blocks: &Tensor, scales: &Tensor, kind: Kind) -> Tensor {
+    let size = blocks.size();
+    let (experts, rows, groups) = (size[0], size[1], size[2]);
+    let lut = Tensor::from_slice(&FP4_VALUES).to_device(blocks.device());
+    let parts: Vec<Tensor> = (0..experts)
+        .map(|e| {
+            let packed = blocks.get(e).to_kind(Kind::Int64);
+            let low = lut.index_select(0, &packed.bitwise_and(15).reshape([-1]));
+            let high = lut.index_select(0, &packed.bitwise_right_shift_tensor_scalar(4).reshape([-1]));
+            let values = Tensor::stack(&[low, high], -1).reshape([rows, groups, 32]);
+            let scale = (scales.get(e).to_kind(Kind::Float) - 127.0).exp2().unsqueeze(-1);
+            (values * scale).reshape([rows, groups * 32]).transpose(0, 1).to_kind(kind)
+        })
+        .collect();
+    Tensor::stack(&parts, 0)
 }
