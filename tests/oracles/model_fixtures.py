@@ -3,7 +3,7 @@
 Builds, with transformers as the reference implementation:
   * a tiny byte-level tokenizer (256 byte tokens + the chat special tokens, no merges);
   * tiny random Llama, Llama-3 (rope_scaling llama3), Qwen2, Qwen3, Mistral (with and without a sliding window),
-    SmolLM3, OLMo 2, OLMo 3, Gemma 2 and 3, windowed Qwen2, Phi-3, Granite, ERNIE 4.5, GLM-4, Arcee, EXAONE 4 and mixture-of-experts
+    SmolLM3, OLMo 2, OLMo 3, Gemma 2 and 3, windowed Qwen2, Phi-3, Granite, ERNIE 4.5, GLM-4, Arcee, EXAONE 4, Hunyuan and mixture-of-experts
     (Qwen3-MoE, Qwen2-MoE, Mixtral, OLMoE, GraniteMoE, gpt-oss) models (f32, a few hundred KB each) with transformers' logits and
     next-token log-probs on a padded batch (and, for the mixtures, bf16 logits and every parameter's gradient), and
     transformers' greedy continuations;
@@ -37,6 +37,7 @@ from transformers import (
     GptOssConfig,
     GraniteConfig,
     GraniteMoeConfig,
+    HunYuanDenseV1Config,
     MinistralConfig,
     MistralConfig,
     MixtralConfig,
@@ -338,6 +339,12 @@ def tiny_configs():
                 "truncate": False,
                 "original_max_position_embeddings": 64,
             },
+        ),
+        # Hunyuan dense: per-head q/k norms after the rotary embedding, whose base NTK-alpha stretches, tied.
+        "hunyuan_v1_dense": HunYuanDenseV1Config(
+            **{**common, "head_dim": 8},
+            tie_word_embeddings=True,
+            rope_parameters={"rope_type": "dynamic", "alpha": 1000.0, "factor": 1.0, "rope_theta": 10000.0},
         ),
     }
 

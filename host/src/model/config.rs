@@ -57,6 +57,9 @@ pub enum Architecture {
     /// attention sink per head, every other layer within a 128-token window, and a mixture of experts with a
     /// biased router and clamped SwiGLU experts stored stacked.
     GptOss,
+    /// Hunyuan dense (`hunyuan_v1_dense`, Hunyuan 0.5B to 7B): Llama's layers with per-head q/k norms after the
+    /// rotary embedding (`query_layernorm`, `key_layernorm`), whose base NTK-alpha stretches.
+    Hunyuan,
 }
 
 /// A mixture-of-experts feed-forward block (Qwen2-MoE and Qwen3-MoE on Qwen's layers, Mixtral on Mistral's,
@@ -261,6 +264,12 @@ pub enum RopeScaling {
         /// Round the ramp's ends to whole dimensions.
         truncate: bool,
     },
+    /// NTK-alpha (Hunyuan's `"dynamic"` with an `alpha`): the base multiplied by `alpha^(d / (d - 2))` for `d`
+    /// rotary dimensions, at every length.
+    NtkAlpha {
+        /// The stretch.
+        alpha: f64,
+    },
     /// LongRoPE (Phi-3.5, Phi-4-mini): each frequency divided by its own factor, the short ones up to the
     /// pre-training context and the long ones for a forward pass past it, and cos/sin scaled by `attention_factor`.
     LongRope {
@@ -382,6 +391,7 @@ impl ModelConfig {
             "glm4" => Architecture::Glm4,
             "exaone4" => Architecture::Exaone4,
             "gpt_oss" => Architecture::GptOss,
+            "hunyuan_v1_dense" => Architecture::Hunyuan,
             "gemma3" => {
                 return Err(user_error!(
                     "model_type \"gemma3\" is Gemma 3's image-text model, which is not supported; use a text-only \
@@ -391,7 +401,7 @@ impl ModelConfig {
             other => {
                 return Err(user_error!(
                     "unsupported model_type {other:?} in config.json; supported: arcee, ernie4_5, exaone4, gemma2, \
-                     gemma3_text, glm, glm4, gpt_oss, granite, granitemoe, llama, ministral, mistral, mixtral, olmo2, olmo3, \
+                     gemma3_text, glm, glm4, gpt_oss, granite, granitemoe, hunyuan_v1_dense, llama, ministral, mistral, mixtral, olmo2, olmo3, \
                      olmoe, phi3, qwen2, qwen2_moe, qwen3, qwen3_moe, smollm3"
                 ))
             }
@@ -509,6 +519,7 @@ impl ModelConfig {
                 | Architecture::Glm4
                 | Architecture::Exaone4
                 | Architecture::GptOss
+                | Architecture::Hunyuan
         ) && !model_type.ends_with("_moe")
             || ernie;
         let num_hidden_layers = int("num_hidden_layers")?;
@@ -550,7 +561,12 @@ impl ModelConfig {
             rotary_dim,
             rms_norm_eps: v.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(
                 // The class defaults.
-                if ernie || matches!(architecture, Architecture::Exaone4 | Architecture::GptOss) { 1e-5 } else { 1e-6 },
+                match ernie
+                    || matches!(architecture, Architecture::Exaone4 | Architecture::GptOss | Architecture::Hunyuan)
+                {
+                    true => 1e-5,
+                    false => 1e-6,
+                },
             ),
             rotary_pairs: match architecture {
                 _ if ernie => RotaryPairs::AdjacentF32,
@@ -882,6 +898,14 @@ fn parse_rope_scaling(r: Option<&Value>, config: &Value) -> anyhow::Result<RopeS
     };
     match kind {
         "default" => Ok(RopeScaling::None),
+        // A fixed alpha makes Hunyuan's "dynamic" scaling static, as transformers reads it.
+        "dynamic" if r.get("alpha").is_some_and(|a| !a.is_null()) => {
+            let alpha = num("alpha")?;
+            if !(alpha > 0.0) {
+                return Err(user_error!("config.json rope scaling \"dynamic\": alpha must be above 0, got {alpha}"));
+            }
+            Ok(RopeScaling::NtkAlpha { alpha })
+        }
         "linear" => Ok(RopeScaling::Linear { factor: num("factor")? }),
         "llama3" => Ok(RopeScaling::Llama3 {
             factor: num("factor")?,
@@ -1033,6 +1057,25 @@ mod tests {
         assert!(config(r#","quantization_config":{"quant_method":"mxfp4"}"#).is_ok(), "dequantized on loading");
         let err = config(r#","quantization_config":{"quant_method":"awq"}"#).unwrap_err();
         assert!(err.to_string().contains("quantization_config (awq): quantized checkpoints are not supported"));
+    }
+
+    /// Hunyuan's `"dynamic"` scaling with an `alpha` is NTK-alpha, a fixed stretch of the base; without one,
+    /// dynamic scaling (which depends on each sequence's length) is refused.
+    #[test]
+    fn hunyuan_reads_ntk_alpha() {
+        let config = |rope: &str| {
+            ModelConfig::from_json_str(&format!(
+                r#"{{"model_type":"hunyuan_v1_dense","vocab_size":10,"hidden_size":8,"intermediate_size":16,
+                "num_hidden_layers":1,"num_attention_heads":2,"rope_scaling":{rope}}}"#
+            ))
+        };
+        let c = config(r#"{"type":"dynamic","alpha":1000.0,"factor":1.0}"#).unwrap();
+        assert_eq!(
+            (c.architecture, c.rope.scaling.clone()),
+            (Architecture::Hunyuan, RopeScaling::NtkAlpha { alpha: 1000.0 })
+        );
+        assert!(!c.tie_word_embeddings && c.rms_norm_eps == 1e-5);
+        assert!(config(r#"{"type":"dynamic","factor":2.0}"#).is_err());
     }
 
     /// Mistral reads as Llama's layers with untied embeddings, and with v0.1's sliding window where it has one.

@@ -168,11 +168,15 @@ impl Rotary {
     /// order), so logits match.
     pub fn new(rope: &Rope, dim: i64, pairs: RotaryPairs, device: Device) -> Self {
         let exponents = Tensor::arange_start_step(0, dim, 2, (Kind::Int64, device)).to_kind(Kind::Float) / dim as f64;
-        let powers = Tensor::pow_scalar(rope.theta, &exponents);
+        let base = match rope.scaling {
+            RopeScaling::NtkAlpha { alpha } => rope.theta * alpha.powf(dim as f64 / (dim - 2) as f64),
+            _ => rope.theta,
+        };
+        let powers = Tensor::pow_scalar(base, &exponents);
         let mut inv_freq = powers.reciprocal();
         let (mut long, mut scale) = (None, 1.0);
         match &rope.scaling {
-            RopeScaling::None => {}
+            RopeScaling::None | RopeScaling::NtkAlpha { .. } => {}
             RopeScaling::Linear { factor } => inv_freq /= *factor,
             &RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
                 let old = original_max_position_embeddings;
@@ -374,9 +378,9 @@ pub struct Attention {
     pub qkv: QkvProj,
     /// Output projection.
     pub o_proj: Linear,
-    /// Qwen3's and Gemma 3's per-head query norm, or OLMo 2's and OLMoE's over the whole query projection.
+    /// The query norm: per head (Qwen3, Gemma 3, EXAONE 4, Hunyuan), or over the whole projection (OLMo 2, OLMoE).
     pub q_norm: Option<RmsNorm>,
-    /// Qwen3's and Gemma 3's per-head key norm, or OLMo 2's and OLMoE's over the whole key projection.
+    /// The key norm, as the query's.
     pub k_norm: Option<RmsNorm>,
     /// The scores' scale when it is not SDPA's default `1/sqrt(head_dim)`.
     scale: Option<f64>,
@@ -389,25 +393,47 @@ pub struct Attention {
     rotary_pairs: RotaryPairs,
     /// Whether queries and keys get the rotary embedding (not in SmolLM3's NoPE layers).
     rope: bool,
-    /// `q_norm` and `k_norm` normalise the whole projections (OLMo 2), not each head (Qwen3).
-    qk_norm_whole: bool,
+    /// What `q_norm` and `k_norm` normalise, and when.
+    qk_norm: QkNorm,
     heads: i64,
     kv_heads: i64,
     head_dim: i64,
+}
+
+/// Where a family normalises its queries and keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum QkNorm {
+    /// Nowhere.
+    None,
+    /// Over the whole query and key projections, before the heads are split (OLMo 2 and 3, OLMoE).
+    Projection,
+    /// Each head, before the rotary embedding (Qwen3, Gemma 3, EXAONE 4).
+    Head,
+    /// Each head, after the rotary embedding (Hunyuan's `query_layernorm` and `key_layernorm`).
+    HeadAfterRotary,
 }
 
 impl Attention {
     pub(crate) fn load(l: &Loader, p: &str, cfg: &ModelConfig, rope: bool) -> anyhow::Result<Self> {
         let (h, kv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
         let (qkv_bias, o_bias) = (cfg.qkv_bias, cfg.o_bias);
-        let whole = matches!(cfg.architecture, Architecture::Olmo2 | Architecture::Olmo3 | Architecture::Olmoe);
-        let (q_dim, k_dim) = match cfg.architecture {
-            Architecture::Qwen3 | Architecture::Gemma3 | Architecture::Exaone4 => (Some(d), Some(d)),
-            _ if whole => (Some(h * d), Some(kv * d)),
-            _ => (None, None),
+        let qk_norm = match cfg.architecture {
+            Architecture::Olmo2 | Architecture::Olmo3 | Architecture::Olmoe => QkNorm::Projection,
+            Architecture::Qwen3 | Architecture::Gemma3 | Architecture::Exaone4 => QkNorm::Head,
+            Architecture::Hunyuan => QkNorm::HeadAfterRotary,
+            _ => QkNorm::None,
         };
-        let norm = |name: &str, dim: Option<i64>| dim.map(|dim| RmsNorm::load(l, &format!("{p}.{name}"), dim, cfg));
-        let (q_norm, k_norm) = (norm("q_norm", q_dim).transpose()?, norm("k_norm", k_dim).transpose()?);
+        let names = match qk_norm {
+            QkNorm::None => None,
+            QkNorm::Projection => Some((("q_norm", h * d), ("k_norm", kv * d))),
+            QkNorm::Head => Some((("q_norm", d), ("k_norm", d))),
+            QkNorm::HeadAfterRotary => Some((("query_layernorm", d), ("key_layernorm", d))),
+        };
+        let norm = |(name, dim): (&str, i64)| RmsNorm::load(l, &format!("{p}.{name}"), dim, cfg);
+        let (q_norm, k_norm) = match names {
+            Some((q, k)) => (Some(norm(q)?), Some(norm(k)?)),
+            None => (None, None),
+        };
         Ok(Attention {
             qkv: match cfg.architecture {
                 Architecture::Phi3 => QkvProj::Fused {
@@ -430,7 +456,7 @@ impl Attention {
             },
             rotary_pairs: cfg.rotary_pairs,
             rope,
-            qk_norm_whole: whole,
+            qk_norm,
             heads: h,
             kv_heads: kv,
             head_dim: d,
@@ -451,7 +477,7 @@ impl Attention {
     ) -> Tensor {
         let (b, t) = (x.size()[0], x.size()[1]);
         let shape = |y: Tensor, heads: i64| y.view([b, t, heads, self.head_dim]);
-        let (mut q, mut k, v) = match &self.qkv {
+        let (q, k, v) = match &self.qkv {
             QkvProj::Separate { q_proj, k_proj, v_proj } => {
                 (q_proj.forward(x, ctx), k_proj.forward(x, ctx), v_proj.forward(x, ctx))
             }
@@ -461,13 +487,13 @@ impl Attention {
                 (qkv.narrow(2, 0, q), qkv.narrow(2, q, kv), qkv.narrow(2, q + kv, kv))
             }
         };
-        if let (Some(qn), Some(kn), true) = (&self.q_norm, &self.k_norm, self.qk_norm_whole) {
-            (q, k) = (qn.forward(&q), kn.forward(&k));
-        }
-        let (mut q, mut k) = (shape(q, self.heads), shape(k, self.kv_heads));
-        if let (Some(qn), Some(kn), false) = (&self.q_norm, &self.k_norm, self.qk_norm_whole) {
-            (q, k) = (qn.forward(&q), kn.forward(&k));
-        }
+        let norms = self.q_norm.as_ref().zip(self.k_norm.as_ref());
+        let normed = |q: Tensor, k: Tensor, at: QkNorm| match norms {
+            Some((qn, kn)) if self.qk_norm == at => (qn.forward(&q), kn.forward(&k)),
+            _ => (q, k),
+        };
+        let (q, k) = normed(q, k, QkNorm::Projection);
+        let (q, k) = normed(shape(q, self.heads), shape(k, self.kv_heads), QkNorm::Head);
         let v = shape(v, self.kv_heads).transpose(1, 2);
         let (q, k) = match self.rope {
             true => {
@@ -476,6 +502,7 @@ impl Attention {
             }
             false => (q.transpose(1, 2), k.transpose(1, 2)),
         };
+        let (q, k) = normed(q, k, QkNorm::HeadAfterRotary);
         let (k, v) = match cache {
             Some((c, at)) => (at.write_read(&mut c.k, &k), at.write_read(&mut c.v, &v)),
             None => (k, v),

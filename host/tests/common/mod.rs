@@ -43,6 +43,7 @@ pub const TINY_FAMILIES: &[&str] = &[
     "arcee",
     "exaone4",
     "gpt_oss",
+    "hunyuan_v1_dense",
 ];
 
 /// `target/<profile>`: the test binary lives in its `deps/` folder.
