@@ -901,7 +901,7 @@ fn parse_rope_scaling(r: Option<&Value>, config: &Value) -> anyhow::Result<RopeS
         // A fixed alpha makes Hunyuan's "dynamic" scaling static, as transformers reads it.
         "dynamic" if r.get("alpha").is_some_and(|a| !a.is_null()) => {
             let alpha = num("alpha")?;
-            if !(alpha > 0.0) {
+            if alpha.is_nan() || alpha <= 0.0 {
                 return Err(user_error!("config.json rope scaling \"dynamic\": alpha must be above 0, got {alpha}"));
             }
             Ok(RopeScaling::NtkAlpha { alpha })
