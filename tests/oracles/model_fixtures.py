@@ -3,9 +3,9 @@
 Builds, with transformers as the reference implementation:
   * a tiny byte-level tokenizer (256 byte tokens + the chat special tokens, no merges);
   * tiny random Llama, Llama-3 (rope_scaling llama3), Qwen2, Qwen3, Mistral (with and without a sliding window),
-    SmolLM3, OLMo 2, OLMo 3, Gemma 2 and 3, windowed Qwen2, Phi-3, Granite, ERNIE 4.5, GLM-4, Arcee, EXAONE 4, Hunyuan and mixture-of-experts
-    (Qwen3-MoE, Qwen2-MoE, Mixtral, OLMoE, GraniteMoE, gpt-oss) models (f32, a few hundred KB each) with transformers' logits and
-    next-token log-probs on a padded batch (and, for the mixtures, bf16 logits and every parameter's gradient), and
+    SmolLM3, OLMo 2, OLMo 3, Gemma 2 and 3, windowed Qwen2, Phi-3, Granite, ERNIE 4.5, GLM-4, Arcee, EXAONE 4,
+    Hunyuan, Seed-OSS and mixture-of-experts (Qwen3-MoE, Qwen2-MoE, Mixtral, OLMoE, GraniteMoE, gpt-oss) models
+    (f32, a few hundred KB each) with transformers' logits and next-token log-probs on a padded batch (and, for the mixtures, bf16 logits and every parameter's gradient), and
     transformers' greedy continuations;
   * chat-template cases for the SmolLM2, Qwen2.5, Qwen3 and Llama-3.1 templates (the real template texts in
     tests/fixtures/model/templates/), rendered with `apply_chat_template`, with and without tools and the
@@ -50,6 +50,7 @@ from transformers import (
     Qwen2MoeConfig,
     Qwen3Config,
     Qwen3MoeConfig,
+    SeedOssConfig,
     SmolLM3Config,
 )
 
@@ -345,6 +346,10 @@ def tiny_configs():
             **{**common, "head_dim": 8},
             tie_word_embeddings=True,
             rope_parameters={"rope_type": "dynamic", "alpha": 1000.0, "factor": 1.0, "rope_theta": 10000.0},
+        ),
+        # Seed-OSS: Llama's layers with q/k/v biases and, set apart, the output projection's.
+        "seed_oss": SeedOssConfig(
+            **{**common, "head_dim": 8}, tie_word_embeddings=False, attention_bias=True, attention_out_bias=True
         ),
     }
 

@@ -371,8 +371,8 @@ impl ModelConfig {
         let architecture = match model_type {
             // Granite is Llama's layers with its four multipliers; ERNIE 4.5 Llama's with biases (`use_bias`) and
             // adjacent rotary pairs.
-            // Arcee (AFM) Llama's with an ungated relu^2 MLP.
-            "llama" | "granite" | "granitemoe" | "ernie4_5" | "arcee" => Architecture::Llama,
+            // Arcee (AFM) Llama's with an ungated relu^2 MLP; Seed-OSS Llama's with q/k/v biases.
+            "llama" | "granite" | "granitemoe" | "ernie4_5" | "arcee" | "seed_oss" => Architecture::Llama,
             "qwen2" => Architecture::Qwen2,
             "qwen3" => Architecture::Qwen3,
             // Ministral is Mistral with its layers' kinds in layer_types.
@@ -401,8 +401,9 @@ impl ModelConfig {
             other => {
                 return Err(user_error!(
                     "unsupported model_type {other:?} in config.json; supported: arcee, ernie4_5, exaone4, gemma2, \
-                     gemma3_text, glm, glm4, gpt_oss, granite, granitemoe, hunyuan_v1_dense, llama, ministral, mistral, mixtral, olmo2, olmo3, \
-                     olmoe, phi3, qwen2, qwen2_moe, qwen3, qwen3_moe, smollm3"
+                     gemma3_text, glm, glm4, gpt_oss, granite, granitemoe, hunyuan_v1_dense, llama, ministral, \
+                     mistral, mixtral, olmo2, olmo3, olmoe, phi3, qwen2, qwen2_moe, qwen3, qwen3_moe, seed_oss, \
+                     smollm3"
                 ))
             }
         };
@@ -469,8 +470,8 @@ impl ModelConfig {
         }
         let ernie = model_type == "ernie4_5";
         let head_dim = match v.get("head_dim") {
-            // ERNIE 4.5's class default.
-            None if ernie => 128,
+            // ERNIE 4.5's and Seed-OSS's class defaults.
+            None if ernie || model_type == "seed_oss" => 128,
             Some(Value::Null) | None => hidden_size / num_attention_heads,
             Some(_) => int("head_dim")?,
         };
@@ -532,11 +533,16 @@ impl ModelConfig {
         let attention_bias = flag("attention_bias", gpt_oss) || use_bias;
         let qkv_bias = match model_type {
             "qwen2" => true,
+            "seed_oss" => flag("attention_bias", true),
             "qwen2_moe" => flag("qkv_bias", true),
             _ if glm => flag("attention_bias", true),
             _ => attention_bias,
         };
-        let o_bias = attention_bias && architecture != Architecture::Qwen2 && !glm;
+        let o_bias = match model_type {
+            // Seed-OSS sets the output projection's bias apart.
+            "seed_oss" => flag("attention_out_bias", false),
+            _ => attention_bias && architecture != Architecture::Qwen2 && !glm,
+        };
         let intermediate_size = int("intermediate_size")?;
         let moe = moe(&v, model_type, num_hidden_layers, intermediate_size)?;
         let attention_scale =

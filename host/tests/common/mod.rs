@@ -44,6 +44,7 @@ pub const TINY_FAMILIES: &[&str] = &[
     "exaone4",
     "gpt_oss",
     "hunyuan_v1_dense",
+    "seed_oss",
 ];
 
 /// `target/<profile>`: the test binary lives in its `deps/` folder.
