@@ -5,8 +5,8 @@ Builds, with transformers as the reference implementation:
   * tiny random Llama, Llama-3 (rope_scaling llama3), Qwen2, Qwen3, Mistral (with and without a sliding window),
     SmolLM3, OLMo 2, OLMo 3, Gemma 2 and 3, windowed Qwen2, Phi-3, Granite, ERNIE 4.5, GLM-4, Arcee, EXAONE 4,
     Hunyuan, Seed-OSS and mixture-of-experts (Qwen3-MoE, Qwen2-MoE, Mixtral, OLMoE, GraniteMoE, gpt-oss) models
-    (f32, a few hundred KB each) with transformers' logits and next-token log-probs on a padded batch (and, for the mixtures, bf16 logits and every parameter's gradient), and
-    transformers' greedy continuations;
+    (f32, a few hundred KB each) with transformers' logits and next-token log-probs on a padded batch (and, for the
+    mixtures, bf16 logits and every parameter's gradient), and transformers' greedy continuations;
   * chat-template cases for the SmolLM2, Qwen2.5, Qwen3 and Llama-3.1 templates (the real template texts in
     tests/fixtures/model/templates/), rendered with `apply_chat_template`, with and without tools and the
     generation prompt.
