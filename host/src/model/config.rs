@@ -991,6 +991,15 @@ fn pretraining_context(r: &Value, config: &Value, kind: &str) -> anyhow::Result<
 mod tests {
     use super::*;
 
+    /// A small config.json of `model_type` (vocabulary 10, hidden 8, MLP 16, two heads) with `fields` added, each
+    /// after a comma.
+    fn small(model_type: &str, fields: &str) -> anyhow::Result<ModelConfig> {
+        ModelConfig::from_json_str(&format!(
+            r#"{{"model_type":"{model_type}","vocab_size":10,"hidden_size":8,"intermediate_size":16,
+            "num_attention_heads":2{fields}}}"#
+        ))
+    }
+
     #[test]
     fn reads_transformers5_rope_parameters() {
         let c = ModelConfig::from_json_str(
@@ -1014,12 +1023,7 @@ mod tests {
     /// `layer_types` where given, the window's setting still deciding RoPE, as in transformers.
     #[test]
     fn exaone4_lays_out_its_sliding_and_nope_layers() {
-        let config = |extra: &str| {
-            ModelConfig::from_json_str(&format!(
-                r#"{{"model_type":"exaone4","vocab_size":10,"hidden_size":8,"intermediate_size":16,
-                "num_hidden_layers":5,"num_attention_heads":2{extra}}}"#
-            ))
-        };
+        let config = |extra: &str| small("exaone4", &format!(r#","num_hidden_layers":5{extra}"#));
         let c = config("").unwrap();
         assert_eq!((c.architecture, c.sliding_window, c.rms_norm_eps), (Architecture::Exaone4, Some(4096), 1e-5));
         assert_eq!(c.sliding_layers, [true, true, true, false, true]);
@@ -1044,11 +1048,8 @@ mod tests {
     #[test]
     fn gpt_oss_takes_its_class_defaults_and_refuses_quantized_experts() {
         let config = |extra: &str| {
-            ModelConfig::from_json_str(&format!(
-                r#"{{"model_type":"gpt_oss","vocab_size":10,"hidden_size":8,"intermediate_size":16,
-                "num_hidden_layers":3,"num_attention_heads":2,"num_key_value_heads":1,"head_dim":4,
-                "num_local_experts":4,"num_experts_per_tok":2{extra}}}"#
-            ))
+            let fields = r#","num_hidden_layers":3,"num_key_value_heads":1,"head_dim":4,"num_local_experts":4"#;
+            small("gpt_oss", &format!(r#"{fields},"num_experts_per_tok":2{extra}"#))
         };
         let c = config("").unwrap();
         assert_eq!(c.architecture, Architecture::GptOss);
@@ -1069,12 +1070,8 @@ mod tests {
     /// dynamic scaling (which depends on each sequence's length) is refused.
     #[test]
     fn hunyuan_reads_ntk_alpha() {
-        let config = |rope: &str| {
-            ModelConfig::from_json_str(&format!(
-                r#"{{"model_type":"hunyuan_v1_dense","vocab_size":10,"hidden_size":8,"intermediate_size":16,
-                "num_hidden_layers":1,"num_attention_heads":2,"rope_scaling":{rope}}}"#
-            ))
-        };
+        let config =
+            |rope: &str| small("hunyuan_v1_dense", &format!(r#","num_hidden_layers":1,"rope_scaling":{rope}"#));
         let c = config(r#"{"type":"dynamic","alpha":1000.0,"factor":1.0}"#).unwrap();
         assert_eq!(
             (c.architecture, c.rope.scaling.clone()),
