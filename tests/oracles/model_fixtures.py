@@ -4,9 +4,9 @@ Builds, with transformers as the reference implementation:
   * a tiny byte-level tokenizer (256 byte tokens + the chat special tokens, no merges);
   * tiny random Llama, Llama-3 (rope_scaling llama3), Qwen2, Qwen3, Mistral (with and without a sliding window),
     SmolLM3, OLMo 2, OLMo 3, Gemma 2 and 3, windowed Qwen2, Phi-3, Granite, ERNIE 4.5, GLM-4, Arcee, EXAONE 4,
-    Hunyuan, Seed-OSS and mixture-of-experts (Qwen3-MoE, Qwen2-MoE, Mixtral, OLMoE, GraniteMoE, gpt-oss) models
-    (f32, a few hundred KB each) with transformers' logits and next-token log-probs on a padded batch (and, for the
-    mixtures, bf16 logits and every parameter's gradient), and transformers' greedy continuations;
+    Hunyuan, Seed-OSS, StarCoder2 and mixture-of-experts (Qwen3-MoE, Qwen2-MoE, Mixtral, OLMoE, GraniteMoE,
+    gpt-oss) models (f32, a few hundred KB each) with transformers' logits and next-token log-probs on a padded batch
+    (and, for the mixtures, bf16 logits and every parameter's gradient), and transformers' greedy continuations;
   * chat-template cases for the SmolLM2, Qwen2.5, Qwen3 and Llama-3.1 templates (the real template texts in
     tests/fixtures/model/templates/), rendered with `apply_chat_template`, with and without tools and the
     generation prompt.
@@ -52,6 +52,7 @@ from transformers import (
     Qwen3MoeConfig,
     SeedOssConfig,
     SmolLM3Config,
+    Starcoder2Config,
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -351,6 +352,9 @@ def tiny_configs():
         "seed_oss": SeedOssConfig(
             **{**common, "head_dim": 8}, tie_word_embeddings=False, attention_bias=True, attention_out_bias=True
         ),
+        # StarCoder2: LayerNorms with biases (drawn away from their 1 and 0), biases everywhere, an ungated GELU MLP,
+        # tied embeddings and a 4-token window on every layer.
+        "starcoder2": Starcoder2Config(**common, norm_epsilon=1e-5, sliding_window=4, use_bias=True),
     }
 
 
@@ -422,6 +426,11 @@ def make_tiny_models(only=None):
                 for param_name, param in model.named_parameters():
                     if param_name.endswith("sinks"):
                         param.normal_(0.0, 1.0)
+        if cfg.model_type == "starcoder2":
+            with torch.no_grad():
+                for param_name, param in model.named_parameters():
+                    if "norm" in param_name:
+                        param.add_(torch.randn_like(param) * 0.3)
         if cfg.model_type in ("gemma2", "gemma3_text"):
             # Gemma's norms start at a zero offset from a gain of 1; random ones make the offset matter.
             with torch.no_grad():

@@ -60,6 +60,9 @@ pub enum Architecture {
     /// Hunyuan dense (`hunyuan_v1_dense`, Hunyuan 0.5B to 7B): Llama's layers with per-head q/k norms after the
     /// rotary embedding (`query_layernorm`, `key_layernorm`), whose base NTK-alpha stretches.
     Hunyuan,
+    /// StarCoder2 (`starcoder2`): LayerNorms with biases, biases on every projection (`use_bias`), an ungated GELU
+    /// MLP (`c_fc`, `c_proj`), tied embeddings, and an optional sliding window on every layer.
+    Starcoder2,
 }
 
 /// A mixture-of-experts feed-forward block (Qwen2-MoE and Qwen3-MoE on Qwen's layers, Mixtral on Mistral's,
@@ -392,6 +395,7 @@ impl ModelConfig {
             "exaone4" => Architecture::Exaone4,
             "gpt_oss" => Architecture::GptOss,
             "hunyuan_v1_dense" => Architecture::Hunyuan,
+            "starcoder2" => Architecture::Starcoder2,
             "gemma3" => {
                 return Err(user_error!(
                     "model_type \"gemma3\" is Gemma 3's image-text model, which is not supported; use a text-only \
@@ -403,7 +407,7 @@ impl ModelConfig {
                     "unsupported model_type {other:?} in config.json; supported: arcee, ernie4_5, exaone4, gemma2, \
                      gemma3_text, glm, glm4, gpt_oss, granite, granitemoe, hunyuan_v1_dense, llama, ministral, \
                      mistral, mixtral, olmo2, olmo3, olmoe, phi3, qwen2, qwen2_moe, qwen3, qwen3_moe, seed_oss, \
-                     smollm3"
+                     smollm3, starcoder2"
                 ))
             }
         };
@@ -449,7 +453,7 @@ impl ModelConfig {
         let named = v.get("hidden_activation").or_else(|| v.get("hidden_act")).and_then(Value::as_str);
         let activation = match (arcee, named) {
             (true, None | Some("relu2")) => Activation::Relu2,
-            (false, None) if gemma => Activation::GeluTanh,
+            (false, None) if gemma || architecture == Architecture::Starcoder2 => Activation::GeluTanh,
             (false, None | Some("silu")) => Activation::Silu,
             (false, Some("gelu_pytorch_tanh")) => Activation::GeluTanh,
             (_, Some(act)) => {
@@ -527,8 +531,11 @@ impl ModelConfig {
         let (sliding_window, sliding_layers) = sliding_layers(&v, architecture, num_hidden_layers)?;
         let rope_layers = rope_layers(&v, architecture, num_hidden_layers, &sliding_layers)?;
         let flag = |name: &str, default: bool| v.get(name).and_then(Value::as_bool).unwrap_or(default);
-        // ERNIE 4.5's `use_bias` puts a bias on every projection.
-        let use_bias = ernie && flag("use_bias", false);
+        // ERNIE 4.5's and StarCoder2's `use_bias` put a bias on every projection (StarCoder2's by default).
+        let use_bias = match architecture {
+            Architecture::Starcoder2 => flag("use_bias", true),
+            _ => ernie && flag("use_bias", false),
+        };
         let gpt_oss = architecture == Architecture::GptOss;
         let attention_bias = flag("attention_bias", gpt_oss) || use_bias;
         let qkv_bias = match model_type {
@@ -565,15 +572,24 @@ impl ModelConfig {
             num_key_value_heads,
             head_dim,
             rotary_dim,
-            rms_norm_eps: v.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(
-                // The class defaults.
-                match ernie
-                    || matches!(architecture, Architecture::Exaone4 | Architecture::GptOss | Architecture::Hunyuan)
-                {
-                    true => 1e-5,
-                    false => 1e-6,
-                },
-            ),
+            // StarCoder2's LayerNorms read `norm_epsilon`.
+            rms_norm_eps: v
+                .get(if architecture == Architecture::Starcoder2 { "norm_epsilon" } else { "rms_norm_eps" })
+                .and_then(Value::as_f64)
+                .unwrap_or(
+                    // The class defaults.
+                    match ernie
+                        || matches!(
+                            architecture,
+                            Architecture::Exaone4
+                                | Architecture::GptOss
+                                | Architecture::Hunyuan
+                                | Architecture::Starcoder2
+                        ) {
+                        true => 1e-5,
+                        false => 1e-6,
+                    },
+                ),
             rotary_pairs: match architecture {
                 _ if ernie => RotaryPairs::AdjacentF32,
                 _ if glm => RotaryPairs::Adjacent,
@@ -668,7 +684,7 @@ fn sliding_layers(v: &Value, architecture: Architecture, layers: i64) -> anyhow:
     let positive = |name: &str| optional_positive(v, name);
     let qwen_like = matches!(architecture, Architecture::Qwen2 | Architecture::Qwen3 | Architecture::SmolLM3);
     let window = match architecture {
-        Architecture::Mistral | Architecture::Phi3 => positive("sliding_window")?,
+        Architecture::Mistral | Architecture::Phi3 | Architecture::Starcoder2 => positive("sliding_window")?,
         Architecture::Gemma2 | Architecture::Gemma3 | Architecture::Olmo3 => {
             Some(positive("sliding_window")?.unwrap_or(4096))
         }
@@ -1079,6 +1095,21 @@ mod tests {
         );
         assert!(!c.tie_word_embeddings && c.rms_norm_eps == 1e-5);
         assert!(config(r#"{"type":"dynamic","factor":2.0}"#).is_err());
+    }
+
+    /// StarCoder2's defaults: biases everywhere (`use_bias`), GELU, tied embeddings, its LayerNorms' eps read from
+    /// `norm_epsilon` (not `rms_norm_eps`), and no window unless one is set, then on every layer.
+    #[test]
+    fn starcoder2_takes_its_class_defaults() {
+        let c = small("starcoder2", r#","num_hidden_layers":2,"rms_norm_eps":1e-6"#).unwrap();
+        assert_eq!(
+            (c.architecture, c.activation, c.rms_norm_eps),
+            (Architecture::Starcoder2, Activation::GeluTanh, 1e-5)
+        );
+        assert!(c.qkv_bias && c.o_bias && c.mlp_bias && c.tie_word_embeddings && c.sliding_window.is_none());
+        let c = small("starcoder2", r#","num_hidden_layers":2,"use_bias":false,"sliding_window":8"#).unwrap();
+        assert!(!c.qkv_bias && !c.o_bias && !c.mlp_bias);
+        assert_eq!((c.sliding_window, &c.sliding_layers[..]), (Some(8), &[true, true][..]));
     }
 
     /// Mistral reads as Llama's layers with untied embeddings, and with v0.1's sliding window where it has one.

@@ -100,9 +100,11 @@ impl Linear {
     }
 }
 
-/// How an [`RmsNorm`]'s weight scales the normalised values.
+/// How a [`Norm`] normalises, and how its weight scales the normalised values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Gain {
+    /// LayerNorm: centred, divided by the standard deviation, then `w * x + b` (StarCoder2's `nn.LayerNorm`).
+    Layer,
     /// `w * x` in the input's dtype, after rounding (Llama's `LlamaRMSNorm`).
     Rounded,
     /// `w * x` in f32, then rounded (OLMo 2's norm).
@@ -111,23 +113,31 @@ enum Gain {
     OnePlusF32,
 }
 
-/// Root-mean-square layer norm, computed in f32 like transformers' `LlamaRMSNorm`.
+/// A layer norm: root-mean-square, computed in f32 like transformers' `LlamaRMSNorm`, in every family but
+/// StarCoder2, whose LayerNorm also centres and adds a bias.
 #[derive(Debug)]
-pub struct RmsNorm {
+pub struct Norm {
     /// The gain, `[dim]` (Gemma: its offset from 1).
     pub weight: Tensor,
+    /// LayerNorm's bias, `[dim]`.
+    pub bias: Option<Tensor>,
     eps: f64,
     gain: Gain,
 }
 
-impl RmsNorm {
+impl Norm {
     pub(crate) fn load(l: &Loader, name: &str, dim: i64, cfg: &ModelConfig) -> anyhow::Result<Self> {
         let gain = match cfg.architecture {
             Architecture::Olmo2 | Architecture::Olmo3 | Architecture::GptOss => Gain::F32,
             Architecture::Gemma2 | Architecture::Gemma3 => Gain::OnePlusF32,
+            Architecture::Starcoder2 => Gain::Layer,
             _ => Gain::Rounded,
         };
-        Ok(RmsNorm { weight: l.get(&format!("{name}.weight"), &[dim])?, eps: cfg.rms_norm_eps, gain })
+        let bias = match gain {
+            Gain::Layer => Some(l.get(&format!("{name}.bias"), &[dim])?),
+            _ => None,
+        };
+        Ok(Norm { weight: l.get(&format!("{name}.weight"), &[dim])?, bias, eps: cfg.rms_norm_eps, gain })
     }
 
     /// Normalise over the last dimension: libtorch's `rms_norm` (one fused kernel where libtorch has one, else its
@@ -137,6 +147,8 @@ impl RmsNorm {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let dim = x.size().last().copied().unwrap_or(0);
         match self.gain {
+            // libtorch's own kernel, as `nn.LayerNorm` runs it.
+            Gain::Layer => x.layer_norm([dim], Some(&self.weight), self.bias.as_ref(), self.eps, false),
             Gain::Rounded => &self.weight * x.rms_norm([dim], None::<&Tensor>, self.eps),
             Gain::F32 if x.kind() == Kind::Float => &self.weight * x.rms_norm([dim], None::<&Tensor>, self.eps),
             Gain::F32 | Gain::OnePlusF32 => {
@@ -379,9 +391,9 @@ pub struct Attention {
     /// Output projection.
     pub o_proj: Linear,
     /// The query norm: per head (Qwen3, Gemma 3, EXAONE 4, Hunyuan), or over the whole projection (OLMo 2, OLMoE).
-    pub q_norm: Option<RmsNorm>,
+    pub q_norm: Option<Norm>,
     /// The key norm, as the query's.
-    pub k_norm: Option<RmsNorm>,
+    pub k_norm: Option<Norm>,
     /// The scores' scale when it is not SDPA's default `1/sqrt(head_dim)`.
     scale: Option<f64>,
     /// Gemma 2's cap on the scores (`c tanh(s / c)`), which SDPA cannot apply.
@@ -429,7 +441,7 @@ impl Attention {
             QkNorm::Head => Some((("q_norm", d), ("k_norm", d))),
             QkNorm::HeadAfterRotary => Some((("query_layernorm", d), ("key_layernorm", d))),
         };
-        let norm = |(name, dim): (&str, i64)| RmsNorm::load(l, &format!("{p}.{name}"), dim, cfg);
+        let norm = |(name, dim): (&str, i64)| Norm::load(l, &format!("{p}.{name}"), dim, cfg);
         let (q_norm, k_norm) = match names {
             Some((q, k)) => (Some(norm(q)?), Some(norm(k)?)),
             None => (None, None),
@@ -608,14 +620,15 @@ pub enum GateUpProj {
         /// The stacked projection.
         gate_up_proj: Linear,
     },
-    /// No gate: the activation applies to the up projection itself (Arcee's `down(relu(up(x))^2)`).
+    /// No gate: the activation applies to the up projection itself (Arcee's `down(relu(up(x))^2)`, StarCoder2's
+    /// `c_proj(gelu(c_fc(x)))`).
     Ungated {
         /// Up projection.
         up_proj: Linear,
     },
 }
 
-/// The feed-forward block: gated (SwiGLU, or Gemma's GELU-gated one), or plain (Arcee's).
+/// The feed-forward block: gated (SwiGLU, or Gemma's GELU-gated one), or plain (Arcee's, StarCoder2's).
 #[derive(Debug)]
 pub struct Mlp {
     /// Gate and up projections.
@@ -629,10 +642,15 @@ impl Mlp {
     /// The layer's dense MLP, `intermediate_size` wide.
     pub(crate) fn load(l: &Loader, p: &str, cfg: &ModelConfig) -> anyhow::Result<Self> {
         let (h, i, b) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
-        if cfg.activation == Activation::Relu2 {
+        let ungated = match cfg.architecture {
+            Architecture::Starcoder2 => Some(("c_fc", "c_proj")),
+            _ if cfg.activation == Activation::Relu2 => Some(("up_proj", "down_proj")),
+            _ => None,
+        };
+        if let Some((up, down)) = ungated {
             return Ok(Mlp {
-                gate_up: GateUpProj::Ungated { up_proj: Linear::load(l, &format!("{p}.up_proj"), h, i, b)? },
-                down_proj: Linear::load(l, &format!("{p}.down_proj"), i, h, b)?,
+                gate_up: GateUpProj::Ungated { up_proj: Linear::load(l, &format!("{p}.{up}"), h, i, b)? },
+                down_proj: Linear::load(l, &format!("{p}.{down}"), i, h, b)?,
                 activation: cfg.activation,
             });
         }
@@ -721,27 +739,27 @@ pub enum LayerNorms {
     /// `post_attention_layernorm` before the MLP.
     Pre {
         /// Before attention.
-        input: RmsNorm,
+        input: Norm,
         /// Before the MLP.
-        post_attention: RmsNorm,
+        post_attention: Norm,
     },
     /// On each block's output, before it joins the residual stream (OLMo 2 and 3).
     Post {
         /// After attention.
-        post_attention: RmsNorm,
+        post_attention: Norm,
         /// After the MLP.
-        post_feedforward: RmsNorm,
+        post_feedforward: Norm,
     },
     /// On each block's input and on its output (Gemma 2 and 3, GLM-4-0414).
     Sandwich {
         /// Before attention.
-        input: RmsNorm,
+        input: Norm,
         /// After attention.
-        post_attention: RmsNorm,
+        post_attention: Norm,
         /// Before the MLP.
-        pre_feedforward: RmsNorm,
+        pre_feedforward: Norm,
         /// After the MLP.
-        post_feedforward: RmsNorm,
+        post_feedforward: Norm,
     },
 }
 
@@ -763,7 +781,7 @@ pub struct DecoderLayer {
 impl DecoderLayer {
     pub(crate) fn load(l: &Loader, i: i64, cfg: &ModelConfig) -> anyhow::Result<Self> {
         let p = format!("model.layers.{i}");
-        let norm = |name: &str| RmsNorm::load(l, &format!("{p}.{name}"), cfg.hidden_size, cfg);
+        let norm = |name: &str| Norm::load(l, &format!("{p}.{name}"), cfg.hidden_size, cfg);
         let norms = match cfg.architecture {
             Architecture::Olmo2 | Architecture::Olmo3 | Architecture::Exaone4 => LayerNorms::Post {
                 post_attention: norm("post_attention_layernorm")?,

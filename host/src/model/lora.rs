@@ -29,9 +29,20 @@ pub struct LoraConfig {
 }
 
 /// The linear layers of a decoder layer, by their Hugging Face names: where adapters can go (Phi-3 stores q, k and v
-/// as one `qkv_proj`, and gate and up as one `gate_up_proj`).
-pub const PROJECTIONS: [&str; 9] =
-    ["q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "gate_proj", "up_proj", "gate_up_proj", "down_proj"];
+/// as one `qkv_proj`, and gate and up as one `gate_up_proj`; StarCoder2 names its MLP `c_fc` and `c_proj`).
+pub const PROJECTIONS: [&str; 11] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "qkv_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "gate_up_proj",
+    "down_proj",
+    "c_fc",
+    "c_proj",
+];
 
 /// Which of [`PROJECTIONS`] get adapters (PEFT's `target_modules`): `all-linear` (PEFT's name for all of them,
 /// `lm_head` aside), or a comma-separated list such as `q_proj,v_proj`. Saved as the list of names, or

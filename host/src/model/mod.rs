@@ -37,7 +37,7 @@ pub use moe::RouterScores;
 pub use resolve::resolve_model_dir;
 pub use weights::WeightFiles;
 
-use layers::{DecoderLayer, FeedForward, Loader, RmsNorm, Rotary};
+use layers::{DecoderLayer, FeedForward, Loader, Norm, Rotary};
 
 use crate::user_error;
 
@@ -167,7 +167,7 @@ pub struct Model {
     embed_tokens: Tensor,
     /// Shared with the recomputing autograd nodes of gradient checkpointing, which may outlive a forward call.
     layers: Vec<Arc<DecoderLayer>>,
-    norm: RmsNorm,
+    norm: Norm,
     /// The output projection when it is not the tied embedding: `lm_head`, or a classifier's `score`.
     lm_head: Option<Tensor>,
     rotary: Rotary,
@@ -212,7 +212,7 @@ impl Model {
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| DecoderLayer::load(&loader, i, &cfg).map(Arc::new))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let norm = RmsNorm::load(&loader, "model.norm", h, &cfg)?;
+        let norm = Norm::load(&loader, "model.norm", h, &cfg)?;
         let lm_head = match head {
             OutputHead::LanguageModel if cfg.tie_word_embeddings => None,
             OutputHead::LanguageModel => Some(loader.get("lm_head.weight", &[v, h])?),

@@ -45,6 +45,7 @@ pub const TINY_FAMILIES: &[&str] = &[
     "gpt_oss",
     "hunyuan_v1_dense",
     "seed_oss",
+    "starcoder2",
 ];
 
 /// `target/<profile>`: the test binary lives in its `deps/` folder.
