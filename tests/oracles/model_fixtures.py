@@ -4,7 +4,7 @@ Builds, with transformers as the reference implementation:
   * a tiny byte-level tokenizer (256 byte tokens + the chat special tokens, no merges);
   * tiny random Llama, Llama-3 (rope_scaling llama3), Qwen2, Qwen3, Mistral (with and without a sliding window),
     SmolLM3, OLMo 2, OLMo 3, Gemma 2 and 3, windowed Qwen2, Phi-3, Granite, ERNIE 4.5, GLM-4, Arcee, EXAONE 4,
-    Hunyuan, Seed-OSS, StarCoder2 and mixture-of-experts (Qwen3-MoE, Qwen2-MoE, Mixtral, OLMoE, GraniteMoE,
+    Hunyuan, Seed-OSS, StarCoder2, StableLM 2 and mixture-of-experts (Qwen3-MoE, Qwen2-MoE, Mixtral, OLMoE, GraniteMoE,
     gpt-oss) models (f32, a few hundred KB each) with transformers' logits and next-token log-probs on a padded batch
     (and, for the mixtures, bf16 logits and every parameter's gradient), and transformers' greedy continuations;
   * chat-template cases for the SmolLM2, Qwen2.5, Qwen3 and Llama-3.1 templates (the real template texts in
@@ -52,6 +52,7 @@ from transformers import (
     Qwen3MoeConfig,
     SeedOssConfig,
     SmolLM3Config,
+    StableLmConfig,
     Starcoder2Config,
 )
 
@@ -355,6 +356,11 @@ def tiny_configs():
         # StarCoder2: LayerNorms with biases (drawn away from their 1 and 0), biases everywhere, an ungated GELU MLP,
         # tied embeddings and a 4-token window on every layer.
         "starcoder2": Starcoder2Config(**common, norm_epsilon=1e-5, sliding_window=4, use_bias=True),
+        # StableLM 2: LayerNorms (drawn away from their 1 and 0), q/k/v biases, the rotary embedding on half of each
+        # head.
+        "stablelm": StableLmConfig(
+            **common, tie_word_embeddings=False, layer_norm_eps=1e-5, use_qkv_bias=True, partial_rotary_factor=0.5
+        ),
     }
 
 
@@ -426,7 +432,7 @@ def make_tiny_models(only=None):
                 for param_name, param in model.named_parameters():
                     if param_name.endswith("sinks"):
                         param.normal_(0.0, 1.0)
-        if cfg.model_type == "starcoder2":
+        if cfg.model_type in ("starcoder2", "stablelm"):
             with torch.no_grad():
                 for param_name, param in model.named_parameters():
                     if "norm" in param_name:

@@ -63,6 +63,9 @@ pub enum Architecture {
     /// StarCoder2 (`starcoder2`): LayerNorms with biases, biases on every projection (`use_bias`), an ungated GELU
     /// MLP (`c_fc`, `c_proj`), tied embeddings, and an optional sliding window on every layer.
     Starcoder2,
+    /// StableLM 2 (`stablelm`): Llama's layers with LayerNorms (with biases), the rotary embedding on a quarter of
+    /// each head, and q/k/v biases under `use_qkv_bias`.
+    StableLm,
 }
 
 /// A mixture-of-experts feed-forward block (Qwen2-MoE and Qwen3-MoE on Qwen's layers, Mixtral on Mistral's,
@@ -396,6 +399,20 @@ impl ModelConfig {
             "gpt_oss" => Architecture::GptOss,
             "hunyuan_v1_dense" => Architecture::Hunyuan,
             "starcoder2" => Architecture::Starcoder2,
+            "stablelm" => {
+                for (field, what) in [
+                    ("qk_layernorm", "per-head q/k LayerNorms"),
+                    ("use_parallel_residual", "parallel attention and MLP blocks"),
+                ] {
+                    if v.get(field).and_then(Value::as_bool) == Some(true) {
+                        return Err(user_error!(
+                            "config.json {field}=true (StableLM's {what}) is not supported; the StableLM 2 models \
+                             without it are (stabilityai/stablelm-2-1_6b)"
+                        ));
+                    }
+                }
+                Architecture::StableLm
+            }
             "gemma3" => {
                 return Err(user_error!(
                     "model_type \"gemma3\" is Gemma 3's image-text model, which is not supported; use a text-only \
@@ -407,7 +424,7 @@ impl ModelConfig {
                     "unsupported model_type {other:?} in config.json; supported: arcee, ernie4_5, exaone4, gemma2, \
                      gemma3_text, glm, glm4, gpt_oss, granite, granitemoe, hunyuan_v1_dense, llama, ministral, \
                      mistral, mixtral, olmo2, olmo3, olmoe, phi3, qwen2, qwen2_moe, qwen3, qwen3_moe, seed_oss, \
-                     smollm3, starcoder2"
+                     smollm3, stablelm, starcoder2"
                 ))
             }
         };
@@ -482,13 +499,18 @@ impl ModelConfig {
         let (rope, sliding_rope) = ropes(&v, architecture)?;
         let glm = matches!(architecture, Architecture::Glm | Architecture::Glm4);
         let rotary_dim = match architecture {
-            Architecture::Phi3 | Architecture::Glm | Architecture::Glm4 => {
+            Architecture::Phi3 | Architecture::Glm | Architecture::Glm4 | Architecture::StableLm => {
                 let params = v.get("rope_parameters").filter(|r| r.is_object());
+                let default = match architecture {
+                    _ if glm => 0.5,
+                    Architecture::StableLm => 0.25,
+                    _ => 1.0,
+                };
                 let factor = params
                     .and_then(|r| r.get("partial_rotary_factor"))
                     .or_else(|| v.get("partial_rotary_factor"))
                     .and_then(Value::as_f64)
-                    .unwrap_or(if glm { 0.5 } else { 1.0 });
+                    .unwrap_or(default);
                 (head_dim as f64 * factor) as i64
             }
             _ => head_dim,
@@ -525,6 +547,7 @@ impl ModelConfig {
                 | Architecture::Exaone4
                 | Architecture::GptOss
                 | Architecture::Hunyuan
+                | Architecture::StableLm
         ) && !model_type.ends_with("_moe")
             || ernie;
         let num_hidden_layers = int("num_hidden_layers")?;
@@ -540,6 +563,7 @@ impl ModelConfig {
         let attention_bias = flag("attention_bias", gpt_oss) || use_bias;
         let qkv_bias = match model_type {
             "qwen2" => true,
+            "stablelm" => flag("use_qkv_bias", false),
             "seed_oss" => flag("attention_bias", true),
             "qwen2_moe" => flag("qkv_bias", true),
             _ if glm => flag("attention_bias", true),
@@ -574,7 +598,11 @@ impl ModelConfig {
             rotary_dim,
             // StarCoder2's LayerNorms read `norm_epsilon`.
             rms_norm_eps: v
-                .get(if architecture == Architecture::Starcoder2 { "norm_epsilon" } else { "rms_norm_eps" })
+                .get(match architecture {
+                    Architecture::Starcoder2 => "norm_epsilon",
+                    Architecture::StableLm => "layer_norm_eps",
+                    _ => "rms_norm_eps",
+                })
                 .and_then(Value::as_f64)
                 .unwrap_or(
                     // The class defaults.
@@ -585,6 +613,7 @@ impl ModelConfig {
                                 | Architecture::GptOss
                                 | Architecture::Hunyuan
                                 | Architecture::Starcoder2
+                                | Architecture::StableLm
                         ) {
                         true => 1e-5,
                         false => 1e-6,
@@ -1110,6 +1139,21 @@ mod tests {
         let c = small("starcoder2", r#","num_hidden_layers":2,"use_bias":false,"sliding_window":8"#).unwrap();
         assert!(!c.qkv_bias && !c.o_bias && !c.mlp_bias);
         assert_eq!((c.sliding_window, &c.sliding_layers[..]), (Some(8), &[true, true][..]));
+    }
+
+    /// StableLM 2: LayerNorms at `layer_norm_eps`, the rotary embedding on a quarter of each head by default, q/k/v
+    /// biases only under `use_qkv_bias`; its per-head q/k LayerNorms and parallel blocks are refused in one line.
+    #[test]
+    fn stablelm_takes_its_class_defaults_and_refuses_what_it_lacks() {
+        let c = small("stablelm", r#","num_hidden_layers":1,"head_dim":16,"layer_norm_eps":1e-4"#).unwrap();
+        assert_eq!((c.architecture, c.rotary_dim, c.rms_norm_eps), (Architecture::StableLm, 4, 1e-4));
+        assert!(!c.qkv_bias && !c.o_bias && !c.tie_word_embeddings);
+        assert!(small("stablelm", r#","num_hidden_layers":1,"head_dim":16,"use_qkv_bias":true"#).unwrap().qkv_bias);
+        for field in ["qk_layernorm", "use_parallel_residual"] {
+            let err =
+                small("stablelm", &format!(r#","num_hidden_layers":1,"head_dim":16,"{field}":true"#)).unwrap_err();
+            assert!(err.to_string().contains(&format!("{field}=true")), "{err}");
+        }
     }
 
     /// Mistral reads as Llama's layers with untied embeddings, and with v0.1's sliding window where it has one.

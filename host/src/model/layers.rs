@@ -103,7 +103,8 @@ impl Linear {
 /// How a [`Norm`] normalises, and how its weight scales the normalised values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Gain {
-    /// LayerNorm: centred, divided by the standard deviation, then `w * x + b` (StarCoder2's `nn.LayerNorm`).
+    /// LayerNorm: centred, divided by the standard deviation, then `w * x + b` (StarCoder2's and StableLM's
+    /// `nn.LayerNorm`).
     Layer,
     /// `w * x` in the input's dtype, after rounding (Llama's `LlamaRMSNorm`).
     Rounded,
@@ -114,7 +115,7 @@ enum Gain {
 }
 
 /// A layer norm: root-mean-square, computed in f32 like transformers' `LlamaRMSNorm`, in every family but
-/// StarCoder2, whose LayerNorm also centres and adds a bias.
+/// StarCoder2 and StableLM, whose LayerNorm also centres and adds a bias.
 #[derive(Debug)]
 pub struct Norm {
     /// The gain, `[dim]` (Gemma: its offset from 1).
@@ -130,7 +131,7 @@ impl Norm {
         let gain = match cfg.architecture {
             Architecture::Olmo2 | Architecture::Olmo3 | Architecture::GptOss => Gain::F32,
             Architecture::Gemma2 | Architecture::Gemma3 => Gain::OnePlusF32,
-            Architecture::Starcoder2 => Gain::Layer,
+            Architecture::Starcoder2 | Architecture::StableLm => Gain::Layer,
             _ => Gain::Rounded,
         };
         let bias = match gain {

@@ -46,6 +46,7 @@ pub const TINY_FAMILIES: &[&str] = &[
     "hunyuan_v1_dense",
     "seed_oss",
     "starcoder2",
+    "stablelm",
 ];
 
 /// `target/<profile>`: the test binary lives in its `deps/` folder.
