@@ -66,6 +66,9 @@ pub enum Architecture {
     /// StableLM 2 (`stablelm`): Llama's layers with LayerNorms (with biases), the rotary embedding on a quarter of
     /// each head, and q/k/v biases under `use_qkv_bias`.
     StableLm,
+    /// Nemotron (`nemotron`, Nemotron-Mini and Minitron): LayerNorms whose gain is stored as its offset from 1
+    /// (`LayerNorm1P`), the rotary embedding on half of each head, and Arcee's ungated relu^2 MLP.
+    Nemotron,
 }
 
 /// A mixture-of-experts feed-forward block (Qwen2-MoE and Qwen3-MoE on Qwen's layers, Mixtral on Mistral's,
@@ -399,6 +402,7 @@ impl ModelConfig {
             "gpt_oss" => Architecture::GptOss,
             "hunyuan_v1_dense" => Architecture::Hunyuan,
             "starcoder2" => Architecture::Starcoder2,
+            "nemotron" => Architecture::Nemotron,
             "stablelm" => {
                 for (field, what) in [
                     ("qk_layernorm", "per-head q/k LayerNorms"),
@@ -423,7 +427,7 @@ impl ModelConfig {
                 return Err(user_error!(
                     "unsupported model_type {other:?} in config.json; supported: arcee, ernie4_5, exaone4, gemma2, \
                      gemma3_text, glm, glm4, gpt_oss, granite, granitemoe, hunyuan_v1_dense, llama, ministral, \
-                     mistral, mixtral, olmo2, olmo3, olmoe, phi3, qwen2, qwen2_moe, qwen3, qwen3_moe, seed_oss, \
+                     mistral, mixtral, nemotron, olmo2, olmo3, olmoe, phi3, qwen2, qwen2_moe, qwen3, qwen3_moe, seed_oss, \
                      smollm3, stablelm, starcoder2"
                 ))
             }
@@ -466,7 +470,8 @@ impl ModelConfig {
                 .ok_or_else(|| user_error!("config.json field {name:?} is missing or not a positive integer"))
         };
         // Arcee's MLP has no gate; relu^2 is its activation and no other family's.
-        let arcee = model_type == "arcee";
+        // Arcee's and Nemotron's MLPs have no gate; relu^2 is their activation and no other family's.
+        let arcee = matches!(model_type, "arcee" | "nemotron");
         let named = v.get("hidden_activation").or_else(|| v.get("hidden_act")).and_then(Value::as_str);
         let activation = match (arcee, named) {
             (true, None | Some("relu2")) => Activation::Relu2,
@@ -499,10 +504,14 @@ impl ModelConfig {
         let (rope, sliding_rope) = ropes(&v, architecture)?;
         let glm = matches!(architecture, Architecture::Glm | Architecture::Glm4);
         let rotary_dim = match architecture {
-            Architecture::Phi3 | Architecture::Glm | Architecture::Glm4 | Architecture::StableLm => {
+            Architecture::Phi3
+            | Architecture::Glm
+            | Architecture::Glm4
+            | Architecture::StableLm
+            | Architecture::Nemotron => {
                 let params = v.get("rope_parameters").filter(|r| r.is_object());
                 let default = match architecture {
-                    _ if glm => 0.5,
+                    _ if glm || architecture == Architecture::Nemotron => 0.5,
                     Architecture::StableLm => 0.25,
                     _ => 1.0,
                 };
@@ -548,6 +557,7 @@ impl ModelConfig {
                 | Architecture::GptOss
                 | Architecture::Hunyuan
                 | Architecture::StableLm
+                | Architecture::Nemotron
         ) && !model_type.ends_with("_moe")
             || ernie;
         let num_hidden_layers = int("num_hidden_layers")?;
@@ -601,6 +611,7 @@ impl ModelConfig {
                 .get(match architecture {
                     Architecture::Starcoder2 => "norm_epsilon",
                     Architecture::StableLm => "layer_norm_eps",
+                    Architecture::Nemotron => "norm_eps",
                     _ => "rms_norm_eps",
                 })
                 .and_then(Value::as_f64)
@@ -614,6 +625,7 @@ impl ModelConfig {
                                 | Architecture::Hunyuan
                                 | Architecture::Starcoder2
                                 | Architecture::StableLm
+                                | Architecture::Nemotron
                         ) {
                         true => 1e-5,
                         false => 1e-6,
@@ -1154,6 +1166,16 @@ mod tests {
                 small("stablelm", &format!(r#","num_hidden_layers":1,"head_dim":16,"{field}":true"#)).unwrap_err();
             assert!(err.to_string().contains(&format!("{field}=true")), "{err}");
         }
+    }
+
+    /// Nemotron: relu^2 by default (and no other activation), half of each head rotary, eps from `norm_eps`.
+    #[test]
+    fn nemotron_takes_its_class_defaults() {
+        let c = small("nemotron", r#","num_hidden_layers":1,"head_dim":16,"norm_eps":1e-4"#).unwrap();
+        assert_eq!((c.architecture, c.activation), (Architecture::Nemotron, Activation::Relu2));
+        assert_eq!((c.rotary_dim, c.rms_norm_eps, c.tie_word_embeddings), (8, 1e-4, false));
+        let err = small("nemotron", r#","num_hidden_layers":1,"head_dim":16,"hidden_act":"silu""#).unwrap_err();
+        assert!(err.to_string().contains("(relu2)"), "{err}");
     }
 
     /// Mistral reads as Llama's layers with untied embeddings, and with v0.1's sliding window where it has one.

@@ -106,6 +106,9 @@ enum Gain {
     /// LayerNorm: centred, divided by the standard deviation, then `w * x + b` (StarCoder2's and StableLM's
     /// `nn.LayerNorm`).
     Layer,
+    /// LayerNorm with the gain stored as its offset from 1: `(1 + w) * x + b`, `1 + w` in the model's dtype
+    /// (Nemotron's `LayerNorm1P`).
+    LayerOnePlus,
     /// `w * x` in the input's dtype, after rounding (Llama's `LlamaRMSNorm`).
     Rounded,
     /// `w * x` in f32, then rounded (OLMo 2's norm).
@@ -115,7 +118,7 @@ enum Gain {
 }
 
 /// A layer norm: root-mean-square, computed in f32 like transformers' `LlamaRMSNorm`, in every family but
-/// StarCoder2 and StableLM, whose LayerNorm also centres and adds a bias.
+/// StarCoder2, StableLM and Nemotron, whose LayerNorm also centres and adds a bias.
 #[derive(Debug)]
 pub struct Norm {
     /// The gain, `[dim]` (Gemma: its offset from 1).
@@ -132,10 +135,11 @@ impl Norm {
             Architecture::Olmo2 | Architecture::Olmo3 | Architecture::GptOss => Gain::F32,
             Architecture::Gemma2 | Architecture::Gemma3 => Gain::OnePlusF32,
             Architecture::Starcoder2 | Architecture::StableLm => Gain::Layer,
+            Architecture::Nemotron => Gain::LayerOnePlus,
             _ => Gain::Rounded,
         };
         let bias = match gain {
-            Gain::Layer => Some(l.get(&format!("{name}.bias"), &[dim])?),
+            Gain::Layer | Gain::LayerOnePlus => Some(l.get(&format!("{name}.bias"), &[dim])?),
             _ => None,
         };
         Ok(Norm { weight: l.get(&format!("{name}.weight"), &[dim])?, bias, eps: cfg.rms_norm_eps, gain })
@@ -150,6 +154,7 @@ impl Norm {
         match self.gain {
             // libtorch's own kernel, as `nn.LayerNorm` runs it.
             Gain::Layer => x.layer_norm([dim], Some(&self.weight), self.bias.as_ref(), self.eps, false),
+            Gain::LayerOnePlus => x.layer_norm([dim], Some(&(&self.weight + 1.0)), self.bias.as_ref(), self.eps, false),
             Gain::Rounded => &self.weight * x.rms_norm([dim], None::<&Tensor>, self.eps),
             Gain::F32 if x.kind() == Kind::Float => &self.weight * x.rms_norm([dim], None::<&Tensor>, self.eps),
             Gain::F32 | Gain::OnePlusF32 => {

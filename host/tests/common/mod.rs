@@ -47,6 +47,7 @@ pub const TINY_FAMILIES: &[&str] = &[
     "seed_oss",
     "starcoder2",
     "stablelm",
+    "nemotron",
 ];
 
 /// `target/<profile>`: the test binary lives in its `deps/` folder.
