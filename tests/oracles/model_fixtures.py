@@ -4,8 +4,8 @@ Builds, with transformers as the reference implementation:
   * a tiny byte-level tokenizer (256 byte tokens + the chat special tokens, no merges);
   * tiny random Llama, Llama-3 (rope_scaling llama3), Qwen2, Qwen3, Mistral (with and without a sliding window),
     SmolLM3, OLMo 2, OLMo 3, Gemma 2 and 3, windowed Qwen2, Phi-3, Granite, ERNIE 4.5, GLM-4, Arcee, EXAONE 4,
-    Hunyuan, Seed-OSS, StarCoder2, StableLM 2, Nemotron and mixture-of-experts (Qwen3-MoE, Qwen2-MoE, Mixtral,
-    OLMoE, GraniteMoE, gpt-oss) models (f32, a few hundred KB each) with transformers' logits and next-token log-probs on a padded batch
+    Hunyuan, Seed-OSS, StarCoder2, StableLM 2, Nemotron, Cohere 2 and mixture-of-experts (Qwen3-MoE, Qwen2-MoE,
+    Mixtral, OLMoE, GraniteMoE, gpt-oss) models (f32, a few hundred KB each) with transformers' logits and next-token log-probs on a padded batch
     (and, for the mixtures, bf16 logits and every parameter's gradient), and transformers' greedy continuations;
   * chat-template cases for the SmolLM2, Qwen2.5, Qwen3 and Llama-3.1 templates (the real template texts in
     tests/fixtures/model/templates/), rendered with `apply_chat_template`, with and without tools and the
@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     ArceeConfig,
+    Cohere2Config,
     AutoModelForCausalLM,
     AutoTokenizer,
     Ernie4_5Config,
@@ -365,6 +366,11 @@ def tiny_configs():
         # Nemotron: LayerNorm1P (gains stored as offsets from 1, drawn away from their init), half of each head
         # rotary, the ungated relu^2 MLP.
         "nemotron": NemotronConfig(**common, tie_word_embeddings=False, norm_eps=1e-5),
+        # Command R7B's layers: one LayerNorm (drawn away from 1) before attention and the MLP side by side, layers
+        # 0-2 within a 4-token window with adjacent-pair RoPE, layer 3 global without it, the logits times 1/16.
+        "cohere2": Cohere2Config(
+            **{**common, "num_hidden_layers": 4}, tie_word_embeddings=True, sliding_window=4, layer_norm_eps=1e-5
+        ),
     }
 
 
@@ -436,7 +442,7 @@ def make_tiny_models(only=None):
                 for param_name, param in model.named_parameters():
                     if param_name.endswith("sinks"):
                         param.normal_(0.0, 1.0)
-        if cfg.model_type in ("starcoder2", "stablelm", "nemotron"):
+        if cfg.model_type in ("starcoder2", "stablelm", "nemotron", "cohere2"):
             with torch.no_grad():
                 for param_name, param in model.named_parameters():
                     if "norm" in param_name:

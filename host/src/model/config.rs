@@ -69,6 +69,10 @@ pub enum Architecture {
     /// Nemotron (`nemotron`, Nemotron-Mini and Minitron): LayerNorms whose gain is stored as its offset from 1
     /// (`LayerNorm1P`), the rotary embedding on half of each head, and Arcee's ungated relu^2 MLP.
     Nemotron,
+    /// Command R7B and Command A (`cohere2`): one LayerNorm (without a bias, in f32) feeding attention and the MLP
+    /// side by side, three layers in four within a sliding window with the rotary embedding on adjacent pairs and
+    /// the fourth global without it, tied embeddings, and the logits multiplied by `logit_scale`.
+    Cohere2,
 }
 
 /// A mixture-of-experts feed-forward block (Qwen2-MoE and Qwen3-MoE on Qwen's layers, Mixtral on Mistral's,
@@ -403,6 +407,7 @@ impl ModelConfig {
             "hunyuan_v1_dense" => Architecture::Hunyuan,
             "starcoder2" => Architecture::Starcoder2,
             "nemotron" => Architecture::Nemotron,
+            "cohere2" => Architecture::Cohere2,
             "stablelm" => {
                 for (field, what) in [
                     ("qk_layernorm", "per-head q/k LayerNorms"),
@@ -425,8 +430,8 @@ impl ModelConfig {
             }
             other => {
                 return Err(user_error!(
-                    "unsupported model_type {other:?} in config.json; supported: arcee, ernie4_5, exaone4, gemma2, \
-                     gemma3_text, glm, glm4, gpt_oss, granite, granitemoe, hunyuan_v1_dense, llama, ministral, \
+                    "unsupported model_type {other:?} in config.json; supported: arcee, cohere2, ernie4_5, exaone4, \
+                     gemma2, gemma3_text, glm, glm4, gpt_oss, granite, granitemoe, hunyuan_v1_dense, llama, ministral, \
                      mistral, mixtral, nemotron, olmo2, olmo3, olmoe, phi3, qwen2, qwen2_moe, qwen3, qwen3_moe, seed_oss, \
                      smollm3, stablelm, starcoder2"
                 ))
@@ -496,6 +501,8 @@ impl ModelConfig {
         }
         let ernie = model_type == "ernie4_5";
         let head_dim = match v.get("head_dim") {
+            // Cohere 2 derives it, whatever config.json says.
+            _ if architecture == Architecture::Cohere2 => hidden_size / num_attention_heads,
             // ERNIE 4.5's and Seed-OSS's class defaults.
             None if ernie || model_type == "seed_oss" => 128,
             Some(Value::Null) | None => hidden_size / num_attention_heads,
@@ -610,7 +617,7 @@ impl ModelConfig {
             rms_norm_eps: v
                 .get(match architecture {
                     Architecture::Starcoder2 => "norm_epsilon",
-                    Architecture::StableLm => "layer_norm_eps",
+                    Architecture::StableLm | Architecture::Cohere2 => "layer_norm_eps",
                     Architecture::Nemotron => "norm_eps",
                     _ => "rms_norm_eps",
                 })
@@ -626,6 +633,7 @@ impl ModelConfig {
                                 | Architecture::Starcoder2
                                 | Architecture::StableLm
                                 | Architecture::Nemotron
+                                | Architecture::Cohere2
                         ) {
                         true => 1e-5,
                         false => 1e-6,
@@ -633,7 +641,7 @@ impl ModelConfig {
                 ),
             rotary_pairs: match architecture {
                 _ if ernie => RotaryPairs::AdjacentF32,
-                _ if glm => RotaryPairs::Adjacent,
+                _ if glm || architecture == Architecture::Cohere2 => RotaryPairs::Adjacent,
                 _ => RotaryPairs::Halves,
             },
             sliding_rope: sliding_rope.filter(|r| *r != rope),
@@ -649,7 +657,14 @@ impl ModelConfig {
                 false => granite("embedding_multiplier")?.map(EmbeddingScale::Exact),
             },
             residual_scale: granite("residual_multiplier")?,
-            logits_divisor: granite("logits_scaling")?,
+            logits_divisor: match architecture {
+                // Cohere multiplies by its scale (a power of two, 1/16, in its models: the same as dividing).
+                Architecture::Cohere2 => {
+                    let scale = optional_positive_number(&v, "logit_scale")?.unwrap_or(0.0625);
+                    (scale != 1.0).then(|| 1.0 / scale)
+                }
+                _ => granite("logits_scaling")?,
+            },
             attention_softcap,
             final_logit_softcap,
             tie_word_embeddings: flag("tie_word_embeddings", default_tie),
@@ -738,6 +753,12 @@ fn sliding_layers(v: &Value, architecture: Architecture, layers: i64) -> anyhow:
             None => Some(128),
             Some(_) => positive("sliding_window")?,
         },
+        Architecture::Cohere2 => match v.get("sliding_window") {
+            None => Some(4096),
+            // Under a null window every layer attends to everything, whatever `layer_types` names.
+            Some(Value::Null) => return Ok((None, vec![false; layers as usize])),
+            Some(_) => positive("sliding_window")?,
+        },
         _ if qwen_like && v.get("use_sliding_window").and_then(Value::as_bool) == Some(true) => {
             positive("sliding_window")?
         }
@@ -775,11 +796,13 @@ fn sliding_layers(v: &Value, architecture: Architecture, layers: i64) -> anyhow:
                     None => (None, vec![false; layers as usize]),
                 });
             }
-            let pattern = positive("sliding_window_pattern")?.or(positive("_sliding_window_pattern")?).unwrap_or(6);
+            let default_pattern = if architecture == Architecture::Cohere2 { 4 } else { 6 };
+            let pattern =
+                positive("sliding_window_pattern")?.or(positive("_sliding_window_pattern")?).unwrap_or(default_pattern);
             (0..layers)
                 .map(|i| match architecture {
                     Architecture::Gemma2 | Architecture::GptOss => i % 2 == 0,
-                    Architecture::Gemma3 => (i + 1) % pattern != 0,
+                    Architecture::Gemma3 | Architecture::Cohere2 => (i + 1) % pattern != 0,
                     Architecture::Olmo3 => (i + 1) % 4 != 0,
                     _ => window.is_some() && i >= first,
                 })
@@ -889,13 +912,17 @@ fn exaone_layers(pattern: Option<&Value>, layers: i64) -> anyhow::Result<Vec<boo
 }
 
 /// Whether each of the `layers` layers applies the rotary embedding: all of them, except SmolLM3's NoPE layers
-/// (`no_rope_layers`, 1 where a layer uses RoPE, or else every `no_rope_layer_interval`-th layer without) and
-/// EXAONE 4's layers outside the `sliding` ones, unless its `sliding_window` is null (transformers' rule, which
-/// looks at the setting, not at whether any layer slides).
+/// (`no_rope_layers`, 1 where a layer uses RoPE, or else every `no_rope_layer_interval`-th layer without),
+/// EXAONE 4's layers outside the `sliding` ones unless its `sliding_window` is null, and Cohere 2's outside them, or
+/// all of them under a null window (transformers' rules, which look at the setting, not at whether any layer
+/// slides).
 fn rope_layers(v: &Value, architecture: Architecture, layers: i64, sliding: &[bool]) -> anyhow::Result<Vec<bool>> {
-    if architecture == Architecture::Exaone4 {
-        let windowed = !matches!(v.get("sliding_window"), Some(Value::Null));
-        return Ok(sliding.iter().map(|&s| s || !windowed).collect());
+    let windowed = !matches!(v.get("sliding_window"), Some(Value::Null));
+    match architecture {
+        Architecture::Exaone4 => return Ok(sliding.iter().map(|&s| s || !windowed).collect()),
+        // Cohere 2 turns the sliding layers' queries and keys alone, and none under a null window.
+        Architecture::Cohere2 => return Ok(sliding.iter().map(|&s| s && windowed).collect()),
+        _ => {}
     }
     if architecture != Architecture::SmolLM3 {
         return Ok(vec![true; layers as usize]);
@@ -1176,6 +1203,20 @@ mod tests {
         assert_eq!((c.rotary_dim, c.rms_norm_eps, c.tie_word_embeddings), (8, 1e-4, false));
         let err = small("nemotron", r#","num_hidden_layers":1,"head_dim":16,"hidden_act":"silu""#).unwrap_err();
         assert!(err.to_string().contains("(relu2)"), "{err}");
+    }
+
+    /// Cohere 2: three layers in four sliding by default, RoPE on adjacent pairs of the sliding layers alone (none
+    /// under a null window), eps from `layer_norm_eps`, `head_dim` derived whatever config.json says, and the logits
+    /// multiplied by `logit_scale` (1/16 by default).
+    #[test]
+    fn cohere2_lays_out_its_layers_and_scales_its_logits() {
+        let c = small("cohere2", r#","num_hidden_layers":5,"head_dim":99,"layer_norm_eps":1e-4"#).unwrap();
+        assert_eq!((c.architecture, c.head_dim, c.rms_norm_eps), (Architecture::Cohere2, 4, 1e-4));
+        assert_eq!((c.sliding_window, &c.sliding_layers[..]), (Some(4096), &[true, true, true, false, true][..]));
+        assert_eq!((c.rope_layers, c.rotary_pairs), (c.sliding_layers.clone(), RotaryPairs::Adjacent));
+        assert_eq!((c.logits_divisor, c.tie_word_embeddings), (Some(16.0), true));
+        let c = small("cohere2", r#","num_hidden_layers":2,"sliding_window":null,"logit_scale":1.0"#).unwrap();
+        assert_eq!((c.sliding_window, &c.rope_layers[..], c.logits_divisor), (None, &[false, false][..], None));
     }
 
     /// Mistral reads as Llama's layers with untied embeddings, and with v0.1's sliding window where it has one.

@@ -109,6 +109,8 @@ enum Gain {
     /// LayerNorm with the gain stored as its offset from 1: `(1 + w) * x + b`, `1 + w` in the model's dtype
     /// (Nemotron's `LayerNorm1P`).
     LayerOnePlus,
+    /// LayerNorm without a bias, computed in f32 and rounded after the gain (Cohere's).
+    LayerF32,
     /// `w * x` in the input's dtype, after rounding (Llama's `LlamaRMSNorm`).
     Rounded,
     /// `w * x` in f32, then rounded (OLMo 2's norm).
@@ -118,7 +120,7 @@ enum Gain {
 }
 
 /// A layer norm: root-mean-square, computed in f32 like transformers' `LlamaRMSNorm`, in every family but
-/// StarCoder2, StableLM and Nemotron, whose LayerNorm also centres and adds a bias.
+/// StarCoder2, StableLM, Nemotron and Cohere 2, whose LayerNorm also centres (and but for Cohere's, adds a bias).
 #[derive(Debug)]
 pub struct Norm {
     /// The gain, `[dim]` (Gemma: its offset from 1).
@@ -136,6 +138,7 @@ impl Norm {
             Architecture::Gemma2 | Architecture::Gemma3 => Gain::OnePlusF32,
             Architecture::Starcoder2 | Architecture::StableLm => Gain::Layer,
             Architecture::Nemotron => Gain::LayerOnePlus,
+            Architecture::Cohere2 => Gain::LayerF32,
             _ => Gain::Rounded,
         };
         let bias = match gain {
@@ -155,6 +158,11 @@ impl Norm {
             // libtorch's own kernel, as `nn.LayerNorm` runs it.
             Gain::Layer => x.layer_norm([dim], Some(&self.weight), self.bias.as_ref(), self.eps, false),
             Gain::LayerOnePlus => x.layer_norm([dim], Some(&(&self.weight + 1.0)), self.bias.as_ref(), self.eps, false),
+            Gain::LayerF32 => {
+                let normed =
+                    x.to_kind(Kind::Float).layer_norm([dim], None::<&Tensor>, None::<&Tensor>, self.eps, false);
+                (self.weight.to_kind(Kind::Float) * normed).to_kind(x.kind())
+            }
             Gain::Rounded => &self.weight * x.rms_norm([dim], None::<&Tensor>, self.eps),
             Gain::F32 if x.kind() == Kind::Float => &self.weight * x.rms_norm([dim], None::<&Tensor>, self.eps),
             Gain::F32 | Gain::OnePlusF32 => {
@@ -756,6 +764,12 @@ pub enum LayerNorms {
         /// After the MLP.
         post_feedforward: Norm,
     },
+    /// One norm whose output feeds attention and the MLP side by side, both added to the residual stream
+    /// (Cohere 2).
+    Parallel {
+        /// Before both blocks.
+        input: Norm,
+    },
     /// On each block's input and on its output (Gemma 2 and 3, GLM-4-0414).
     Sandwich {
         /// Before attention.
@@ -799,6 +813,7 @@ impl DecoderLayer {
                 pre_feedforward: norm("pre_feedforward_layernorm")?,
                 post_feedforward: norm("post_feedforward_layernorm")?,
             },
+            Architecture::Cohere2 => LayerNorms::Parallel { input: norm("input_layernorm")? },
             // The same places under GLM-4's names.
             Architecture::Glm4 => LayerNorms::Sandwich {
                 input: norm("input_layernorm")?,
@@ -870,6 +885,12 @@ impl DecoderLayer {
                 let h = x + post_attention.forward(&self.self_attn.forward(x, cos, sin, mask, cache, ctx));
                 let (out, scores) = self.mlp.forward(&h, ctx);
                 (h + post_feedforward.forward(&out), scores)
+            }
+            LayerNorms::Parallel { input } => {
+                let normed = input.forward(x);
+                let attended = self.self_attn.forward(&normed, cos, sin, mask, cache, ctx);
+                let (out, scores) = self.mlp.forward(&normed, ctx);
+                (x + attended + out, scores)
             }
             LayerNorms::Sandwich { input, post_attention, pre_feedforward, post_feedforward } => {
                 let attended = self.self_attn.forward(&input.forward(x), cos, sin, mask, cache, ctx);

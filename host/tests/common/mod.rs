@@ -48,6 +48,7 @@ pub const TINY_FAMILIES: &[&str] = &[
     "starcoder2",
     "stablelm",
     "nemotron",
+    "cohere2",
 ];
 
 /// `target/<profile>`: the test binary lives in its `deps/` folder.
