@@ -119,8 +119,8 @@ enum Gain {
     OnePlusF32,
 }
 
-/// A layer norm: root-mean-square, computed in f32 like transformers' `LlamaRMSNorm`, in every family but
-/// StarCoder2, StableLM, Nemotron and Cohere 2, whose LayerNorm also centres (and but for Cohere's, adds a bias).
+/// A layer norm: root-mean-square, computed in f32 like transformers' `LlamaRMSNorm`, in most families; a LayerNorm,
+/// which also centres, in StarCoder2, StableLM and Nemotron (with a bias) and Cohere 2 (without one).
 #[derive(Debug)]
 pub struct Norm {
     /// The gain, `[dim]` (Gemma: its offset from 1).
@@ -148,10 +148,11 @@ impl Norm {
         Ok(Norm { weight: l.get(&format!("{name}.weight"), &[dim])?, bias, eps: cfg.rms_norm_eps, gain })
     }
 
-    /// Normalise over the last dimension: libtorch's `rms_norm` (one fused kernel where libtorch has one, else its
-    /// composite) computes `x * rsqrt(mean(x^2) + eps)` in f32 and rounds to `x`'s dtype, then the gain multiplies
-    /// in that dtype, in transformers' order (bit-equal to the written-out expression on the CPU, f32 and bf16);
-    /// OLMo 2's and Gemma's gains multiply before the rounding instead.
+    /// Normalise over the last dimension. A LayerNorm runs libtorch's `layer_norm`, as transformers' module does.
+    /// RMS runs libtorch's `rms_norm` (one fused kernel where libtorch has one, else its composite): it computes
+    /// `x * rsqrt(mean(x^2) + eps)` in f32 and rounds to `x`'s dtype, then the gain multiplies in that dtype, in
+    /// transformers' order (bit-equal to the written-out expression on the CPU, f32 and bf16); OLMo 2's, gpt-oss's
+    /// and Gemma's gains multiply before the rounding instead.
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let dim = x.size().last().copied().unwrap_or(0);
         match self.gain {
