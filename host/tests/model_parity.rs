@@ -554,13 +554,9 @@ fn parameters_carry_hf_names_and_gradients_flow() {
 #[test]
 fn mixture_of_experts_gradients_match_transformers() {
     let _rng = common::torch_rng_lock();
-    let mut checked = 0;
-    for fam in FAMILIES {
-        let dir = tiny(fam);
-        let expected_file = dir.join("reference_grads.safetensors");
-        if !expected_file.exists() {
-            continue;
-        }
+    let mixtures = families_with("reference_grads.safetensors");
+    assert_eq!(mixtures.len(), 6, "the six tiny mixtures have reference gradients");
+    for (fam, dir, expected_file) in mixtures {
         let model = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
         let r = reference(&dir, Device::Cpu);
         let (ids, mask) = (&r["input_ids"], &r["attention_mask"]);
@@ -568,22 +564,33 @@ fn mixture_of_experts_gradients_match_transformers() {
         let both_real = mask.narrow(1, 0, t - 1) * mask.narrow(1, 1, t - 1);
         let ours = grads(&model, &model.token_log_probs(ids, mask), &both_real.to_kind(Kind::Float));
         let expected = reference_file(&expected_file, Device::Cpu);
-        assert_eq!(ours.len(), expected.len(), "{fam}: one gradient per parameter");
-        for (name, g) in &ours {
-            let want = expected.get(name).unwrap_or_else(|| panic!("{fam}: transformers has no gradient for {name}"));
-            let scale = want.abs().max().double_value(&[]).max(1e-3);
-            let diff = (g - want).abs().max().double_value(&[]);
-            assert!(
-                diff <= 1e-4 * scale,
-                "{fam}: gradient of {name} differs from transformers' by {diff} (of {scale})"
-            );
-        }
+        assert_grads_match(&ours, &expected, 1e-3, fam);
         let router = ours.iter().find(|(n, _)| n.ends_with(".gate.weight") || n.contains(".router."));
         let router = router.expect("a router");
         assert!(router.1.abs().sum(Kind::Float).double_value(&[]) > 0.0, "{fam}: the router learns");
-        checked += 1;
     }
-    assert_eq!(checked, 6, "the six tiny mixtures have reference gradients");
+}
+
+/// The tiny families that have the oracle file `name`, each with its folder and that file's path.
+fn families_with(name: &str) -> Vec<(&'static str, PathBuf, PathBuf)> {
+    FAMILIES.iter().map(|fam| (*fam, tiny(fam), tiny(fam).join(name))).filter(|(_, _, file)| file.exists()).collect()
+}
+
+/// Each gradient of `ours` against transformers' of the same name in `expected`, one each: within 1e-4 of the
+/// larger of transformers' largest magnitude and `floor`. `case` names the comparison in a failure.
+fn assert_grads_match(
+    ours: &[(String, Tensor)],
+    expected: &std::collections::HashMap<String, Tensor>,
+    floor: f64,
+    case: &str,
+) {
+    assert_eq!(ours.len(), expected.len(), "{case}: one gradient per parameter");
+    for (name, g) in ours {
+        let want = expected.get(name).unwrap_or_else(|| panic!("{case}: transformers has no gradient for {name}"));
+        let scale = want.abs().max().double_value(&[]).max(floor);
+        let diff = (g - want).abs().max().double_value(&[]);
+        assert!(diff <= 1e-4 * scale, "{case}: gradient of {name} differs from transformers' by {diff} (of {scale})");
+    }
 }
 
 /// A mixture's load-balancing loss is transformers' `aux_loss` (`output_router_logits`) over the real tokens of a
@@ -593,13 +600,9 @@ fn mixture_of_experts_gradients_match_transformers() {
 #[test]
 fn the_load_balancing_loss_and_its_gradients_match_transformers() {
     let _rng = common::torch_rng_lock();
-    let mut checked = 0;
-    for fam in FAMILIES {
-        let dir = tiny(fam);
-        let expected_file = dir.join("load_balancing.safetensors");
-        if !expected_file.exists() {
-            continue;
-        }
+    let mixtures = families_with("load_balancing.safetensors");
+    assert_eq!(mixtures.len(), 6, "the six tiny mixtures have load-balancing oracles");
+    for (fam, dir, expected_file) in mixtures {
         let model = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
         let r = reference(&dir, Device::Cpu);
         let (ids, mask, pos) = (&r["input_ids"], &r["attention_mask"], &r["position_ids"]);
@@ -619,25 +622,12 @@ fn the_load_balancing_loss_and_its_gradients_match_transformers() {
             // The hidden states take part with no weight, as in training, where the log-probs come from them.
             (aux + hidden.sum(Kind::Float) * 0.0).backward();
             let ours = taken_grads(&model);
-            assert_eq!(ours.len(), expected.len(), "{fam}: one gradient per parameter");
-            let mut reached = 0;
-            for (name, g) in &ours {
-                let want =
-                    expected.get(name).unwrap_or_else(|| panic!("{fam}: transformers has no gradient for {name}"));
-                let scale = want.abs().max().double_value(&[]).max(1e-4);
-                let diff = (g - want).abs().max().double_value(&[]);
-                assert!(
-                    diff <= 1e-4 * scale,
-                    "{fam} (checkpointing {checkpointing}): gradient of {name} differs by {diff} (of {scale})"
-                );
-                reached += (want.abs().max().double_value(&[]) > 0.0) as usize;
-            }
+            assert_grads_match(&ours, &expected, 1e-4, &format!("{fam} (checkpointing {checkpointing})"));
+            let reached = expected.values().filter(|want| want.abs().max().double_value(&[]) > 0.0).count();
             assert!(reached > 0, "{fam}: the loss has a gradient");
         }
         model.set_gradient_checkpointing(false);
-        checked += 1;
     }
-    assert_eq!(checked, 6, "the six tiny mixtures have load-balancing oracles");
     let dense = Model::load(&tiny("llama"), Device::Cpu, Kind::Float).unwrap();
     let r = reference(&tiny("llama"), Device::Cpu);
     let mut routers = RouterScores::new();

@@ -374,6 +374,14 @@ def tiny_configs():
     }
 
 
+def redraw(model, selected, draw):
+    """Apply `draw` in place, outside autograd, to each parameter whose name `selected` accepts, in order."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if selected(name):
+                draw(param)
+
+
 def moe_gradients(model, cfg, ids, mask, pos):
     """Gradients of the sum of the real positions' next-token log-probs for every parameter of a mixture, under
     the checkpoint's names: the router's gradient flows only through the chosen experts' weights."""
@@ -432,27 +440,16 @@ def make_tiny_models(only=None):
         if hasattr(cfg, "num_experts_per_tok"):
             # transformers starts some routers at zero, where every expert ties; spread them so that each token's
             # choice is clear of ties.
-            with torch.no_grad():
-                for param_name, param in model.named_parameters():
-                    if param_name.endswith(("mlp.gate.weight", "router.weight")):
-                        param.normal_(0.0, 0.5)
+            redraw(model, lambda n: n.endswith(("mlp.gate.weight", "router.weight")), lambda p: p.normal_(0.0, 0.5))
         if cfg.model_type == "gpt_oss":
             # Sinks far enough from 0 to take a visible share of each query's attention.
-            with torch.no_grad():
-                for param_name, param in model.named_parameters():
-                    if param_name.endswith("sinks"):
-                        param.normal_(0.0, 1.0)
+            redraw(model, lambda n: n.endswith("sinks"), lambda p: p.normal_(0.0, 1.0))
         if cfg.model_type in ("starcoder2", "stablelm", "nemotron", "cohere2"):
-            with torch.no_grad():
-                for param_name, param in model.named_parameters():
-                    if "norm" in param_name:
-                        param.add_(torch.randn_like(param) * 0.3)
+            # LayerNorms start at a gain of 1 and a bias of 0; moved off them, a missed gain or bias shows.
+            redraw(model, lambda n: "norm" in n, lambda p: p.add_(torch.randn_like(p) * 0.3))
         if cfg.model_type in ("gemma2", "gemma3_text"):
             # Gemma's norms start at a zero offset from a gain of 1; random ones make the offset matter.
-            with torch.no_grad():
-                for param_name, param in model.named_parameters():
-                    if "norm" in param_name:
-                        param.normal_(0.0, 0.3)
+            redraw(model, lambda n: "norm" in n, lambda p: p.normal_(0.0, 0.3))
         model.generation_config.eos_token_id = None
         model.save_pretrained(out, safe_serialization=True)
         tok = tiny_tokenizer(eos_token="<|im_end|>", bos_token="<|im_start|>", pad_token="<|endoftext|>")

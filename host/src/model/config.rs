@@ -745,25 +745,17 @@ fn sliding_layers(v: &Value, architecture: Architecture, layers: i64) -> anyhow:
             Some(positive("sliding_window")?.unwrap_or(4096))
         }
         // A window unless config.json says null (the dense EXAONE 4.0 1.2B).
-        Architecture::Exaone4 => match v.get("sliding_window") {
-            None => Some(4096),
-            Some(_) => positive("sliding_window")?,
-        },
-        Architecture::GptOss => match v.get("sliding_window") {
-            None => Some(128),
-            Some(_) => positive("sliding_window")?,
-        },
-        Architecture::Cohere2 => match v.get("sliding_window") {
-            None => Some(4096),
-            // Under a null window every layer attends to everything, whatever `layer_types` names.
-            Some(Value::Null) => return Ok((None, vec![false; layers as usize])),
-            Some(_) => positive("sliding_window")?,
-        },
+        Architecture::Exaone4 | Architecture::Cohere2 => window_unless_null(v, 4096)?,
+        Architecture::GptOss => window_unless_null(v, 128)?,
         _ if qwen_like && v.get("use_sliding_window").and_then(Value::as_bool) == Some(true) => {
             positive("sliding_window")?
         }
         _ => None,
     };
+    if architecture == Architecture::Cohere2 && window.is_none() {
+        // Under a null window every layer attends to everything, whatever `layer_types` names.
+        return Ok((None, vec![false; layers as usize]));
+    }
     let sliding: Vec<bool> = match v.get("layer_types").filter(|t| !t.is_null()) {
         Some(types) => {
             let kinds: Option<Vec<bool>> = types.as_array().and_then(|a| {
@@ -939,27 +931,39 @@ fn rope_layers(v: &Value, architecture: Architecture, layers: i64, sliding: &[bo
     Ok((0..layers).map(|i| (i + 1) % interval != 0).collect())
 }
 
+/// The sliding window of a family whose class default has one (EXAONE 4, gpt-oss, Cohere 2): `default` where
+/// config.json does not say, none where it says null, else its width.
+fn window_unless_null(v: &Value, default: i64) -> anyhow::Result<Option<i64>> {
+    match v.get("sliding_window") {
+        None => Ok(Some(default)),
+        Some(_) => optional_positive(v, "sliding_window"),
+    }
+}
+
 /// The integer field `name`: `None` where it is missing or null, an error where it is not a positive integer.
 fn optional_positive(v: &Value, name: &str) -> anyhow::Result<Option<i64>> {
-    match v.get(name) {
-        Some(Value::Null) | None => Ok(None),
-        Some(x) => Ok(Some(
-            x.as_i64()
-                .filter(|x| *x > 0)
-                .ok_or_else(|| user_error!("config.json field {name:?} is not a positive integer or null"))?,
-        )),
-    }
+    optional_field(v, name, |x| x.as_i64().filter(|x| *x > 0), "a positive integer")
 }
 
 /// The number field `name`: `None` where it is missing or null, an error where it is not a positive number.
 fn optional_positive_number(v: &Value, name: &str) -> anyhow::Result<Option<f64>> {
+    optional_field(v, name, |x| x.as_f64().filter(|x| *x > 0.0), "a positive number")
+}
+
+/// The field `name` as `read` takes it: `None` where it is missing or null, an error saying it must be `what` where
+/// `read` refuses it.
+fn optional_field<T>(
+    v: &Value,
+    name: &str,
+    read: impl Fn(&Value) -> Option<T>,
+    what: &str,
+) -> anyhow::Result<Option<T>> {
     match v.get(name) {
         Some(Value::Null) | None => Ok(None),
-        Some(x) => Ok(Some(
-            x.as_f64()
-                .filter(|x| *x > 0.0)
-                .ok_or_else(|| user_error!("config.json field {name:?} is not a positive number or null"))?,
-        )),
+        Some(x) => match read(x) {
+            Some(x) => Ok(Some(x)),
+            None => Err(user_error!("config.json field {name:?} is not {what} or null")),
+        },
     }
 }
 

@@ -444,9 +444,15 @@ impl Model {
     }
 
     /// The weight of [`Model::set_router_aux_loss_coef`]: above 0, training forwards record the router scores
-    /// (see [`Model::load_balancing_loss`]).
+    /// (see [`Model::router_record`]).
     pub fn router_aux_loss_coef(&self) -> f64 {
         self.router_aux_loss_coef
+    }
+
+    /// An empty record for a training forward pass to fill with the router scores, when training weighs a
+    /// load-balancing loss (see [`Model::load_balancing_loss`]); `None` otherwise.
+    pub fn router_record(&self) -> Option<RouterScores> {
+        (self.router_aux_loss_coef > 0.0).then(RouterScores::new)
     }
 
     /// A mixture's load-balancing loss over the real tokens of `attention_mask` `[B, T]`, from the router scores a

@@ -3,7 +3,7 @@
 use tch::{Device, Kind, Tensor};
 
 use super::render::Rendered;
-use crate::model::{Model, Padding, RouterScores};
+use crate::model::{Model, Padding};
 use crate::train::experience::Chunking;
 
 /// `rows` grouped into forward passes as `chunks` says (by count in order, or longest first by tokens).
@@ -73,7 +73,7 @@ pub struct SftLoss {
 pub fn sft_loss(model: &Model, batch: &SftBatch) -> SftLoss {
     let t = batch.tokens.size()[1];
     let pos = Model::position_ids(&batch.attention_mask);
-    let mut routers = (model.router_aux_loss_coef() > 0.0).then(RouterScores::new);
+    let mut routers = model.router_record();
     let hidden =
         model.hidden_states_padded(&batch.tokens, &batch.attention_mask, &pos, Padding::Right, routers.as_mut());
     // As transformers' `aux_loss`, over every real token of the rows, the prompt's included.

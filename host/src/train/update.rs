@@ -19,7 +19,7 @@ use super::policy::Policy;
 use super::precision::LossScaler;
 use crate::checkpoint::TrainerState;
 use crate::distributed::{ReduceOp, World};
-use crate::model::{EntropyGrad, Padding, RouterScores};
+use crate::model::{EntropyGrad, Padding};
 use crate::plugins::AlgorithmPlugin;
 
 /// What the updates of one batch work with.
@@ -220,7 +220,7 @@ impl Updater<'_> {
             let model = self.policy.model();
             let grad = if self.entropy_coeff != 0.0 { EntropyGrad::Yes } else { EntropyGrad::No };
             let aux_coef = model.router_aux_loss_coef();
-            let mut routers = (aux_coef > 0.0).then(RouterScores::new);
+            let mut routers = model.router_record();
             let (log_probs, token_entropy) = model.token_log_probs_and_entropy(
                 &mb.tokens,
                 &mb.attention_mask,
