@@ -667,12 +667,12 @@ fn gpt_oss_mxfp4_experts_load_as_transformers_dequantizes_them() {
     }
 }
 
-/// `cast_lm_head_to_f32` in a bf16 model, tied (qwen2) and untied (llama): the head holds the checkpoint's f32
-/// values, the layers compute exactly as before (a tied embedding still looks up in bf16), and every log-prob is the
-/// f32 computation from the bf16 hidden states, with an f32 gradient for the head.
+/// `cast_lm_head_to_f32` in a bf16 model, tied (qwen2), untied (llama) and with a bias (phi): the head holds the
+/// checkpoint's f32 values, the layers compute exactly as before (a tied embedding still looks up in bf16), and
+/// every log-prob is the f32 computation from the bf16 hidden states, with an f32 gradient for the head.
 #[test]
 fn an_f32_head_in_a_bf16_model_scores_in_f32() {
-    for fam in ["llama", "qwen2"] {
+    for fam in ["llama", "qwen2", "phi"] {
         let dir = tiny(fam);
         let r = reference(&dir, Device::Cpu);
         let (ids, mask) = (&r["input_ids"], &r["attention_mask"]);
@@ -682,17 +682,23 @@ fn an_f32_head_in_a_bf16_model_scores_in_f32() {
         assert!(!cast.lm_head_in_f32());
         cast.cast_lm_head_to_f32().unwrap();
         assert!(cast.lm_head_in_f32(), "{fam}");
-        let head = if fam == "llama" { "lm_head.weight" } else { "model.embed_tokens.weight" };
-        let stored = Model::load(&dir, Device::Cpu, Kind::Float).unwrap().var_store().variables()[head].copy();
+        let head = if fam == "qwen2" { "model.embed_tokens.weight" } else { "lm_head.weight" };
+        let f32_vars = Model::load(&dir, Device::Cpu, Kind::Float).unwrap().var_store().variables();
+        let stored = f32_vars[head].copy();
         let weight = cast.var_store().variables()[head].shallow_clone();
         assert!(weight.equal(&stored), "{fam}: the head holds the checkpoint's f32 values");
+        let bias = f32_vars.get("lm_head.bias").map(Tensor::copy);
+        assert_eq!(bias.is_some(), fam == "phi");
+        if let Some(bias) = &bias {
+            assert!(cast.var_store().variables()["lm_head.bias"].equal(bias), "{fam}: the bias is f32 too");
+        }
         let hidden = tch::no_grad(|| cast.hidden_states(ids, mask, &pos));
         assert!(hidden.equal(&tch::no_grad(|| plain.hidden_states(ids, mask, &pos))), "{fam}: the layers changed");
         assert_eq!(hidden.kind(), Kind::BFloat16);
 
         let lp = cast.token_log_probs(ids, mask);
         let t = ids.size()[1];
-        let logits = hidden.narrow(1, 0, t - 1).to_kind(Kind::Float).linear::<Tensor>(&stored, None);
+        let logits = hidden.narrow(1, 0, t - 1).to_kind(Kind::Float).linear(&stored, bias.as_ref());
         let expected = logits.log_softmax(-1, Kind::Float).gather(-1, &ids.narrow(1, 1, t - 1).unsqueeze(-1), false);
         let real = mask.narrow(1, 1, t - 1);
         let diff = max_abs_where(&lp, &expected.squeeze_dim(-1), &real);

@@ -1153,13 +1153,40 @@ fn a_mixture_of_experts_trains_resumes_exactly_and_saves_what_transformers_and_p
 fn gpt_oss_trains_and_saves_what_transformers_and_peft_load() {
     let runs = tempfile::tempdir().unwrap();
     let tiny = common::workspace_root().join("tests/fixtures/model/tiny");
-    let (base, quantized) = (tiny.join("gpt_oss"), tiny.join("gpt_oss_mxfp4"));
-    let full = train(runs.path(), "full", &["--model", quantized.to_str().unwrap(), "--max-steps", "1"]);
-    assert!(full.status.success(), "{}", text(&full.stderr));
-    let step_3 = runs.path().join("full/checkpoints/step_3");
+    let full = trains_for_transformers_and_peft(
+        runs.path(),
+        &tiny.join("gpt_oss_mxfp4"),
+        &tiny.join("gpt_oss"),
+        &["k_proj", "o_proj", "q_proj", "v_proj"],
+    );
     let saved: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(step_3.join("config.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(full.join("config.json")).unwrap()).unwrap();
     assert!(saved.get("quantization_config").is_none() && saved["model_type"] == "gpt_oss", "{saved}");
+}
+
+/// Phi (its `dense` output projection, ungated `fc1`/`fc2` MLP and biased `lm_head`) and Command R+ (`cohere`, its
+/// q/k norms with a gain per head) train fully and with LoRA on every projection, and save what transformers and
+/// peft load as they load the hub's.
+#[test]
+fn phi_and_cohere_train_and_save_what_transformers_and_peft_load() {
+    let tiny = common::workspace_root().join("tests/fixtures/model/tiny");
+    for (fam, targets) in [
+        ("phi", &["dense", "fc1", "fc2", "k_proj", "q_proj", "v_proj"][..]),
+        ("cohere", &["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"][..]),
+    ] {
+        let runs = tempfile::tempdir().unwrap();
+        trains_for_transformers_and_peft(runs.path(), &tiny.join(fam), &tiny.join(fam), targets);
+    }
+}
+
+/// Train for one batch (three updates) in full from `full_from` and with LoRA (`--save-merged`) from `base`, check
+/// that transformers loads the full checkpoint against `base` with nothing missing or unexpected, and that peft
+/// applies the adapter with every tensor used, on the projections `targets` names (sorted), with the merged weights'
+/// logits; returns the full checkpoint.
+fn trains_for_transformers_and_peft(runs: &Path, full_from: &Path, base: &Path, targets: &[&str]) -> PathBuf {
+    let full = train(runs, "full", &["--model", full_from.to_str().unwrap(), "--max-steps", "1"]);
+    assert!(full.status.success(), "{}", text(&full.stderr));
+    let step_3 = runs.join("full/checkpoints/step_3");
     let found =
         oracle("checkpoint_load.py", &["--base".as_ref(), base.as_os_str(), "--full".as_ref(), step_3.as_os_str()]);
     let empty = serde_json::json!([]);
@@ -1168,13 +1195,16 @@ fn gpt_oss_trains_and_saves_what_transformers_and_peft_load() {
 
     let model = ["--model", base.to_str().unwrap(), "--max-steps", "1"];
     let lora = [&model[..], &["--lora-rank", "4", "--lora-alpha", "8", "--save-merged"]].concat();
-    let adapted = train(runs.path(), "lora", &lora);
+    let adapted = train(runs, "lora", &lora);
     assert!(adapted.status.success(), "{}", text(&adapted.stderr));
-    let adapter = runs.path().join("lora/checkpoints/step_3");
+    let adapter = runs.join("lora/checkpoints/step_3");
     let found =
         oracle("checkpoint_load.py", &["--base".as_ref(), base.as_os_str(), "--adapter".as_ref(), adapter.as_os_str()]);
     assert_eq!((&found["adapter_unused"], &found["adapter_missing"]), (&empty, &empty), "{found}");
-    assert_eq!(found["adapter_targets"], serde_json::json!(["k_proj", "o_proj", "q_proj", "v_proj"]), "{found}");
+    assert_eq!(found["adapter_targets"], serde_json::json!(targets), "{found}");
+    let merged = found["peft_vs_merged_max_abs"].as_f64().unwrap();
+    assert!(merged <= 1e-4, "{}: peft's logits differ from the merged checkpoint's by {merged}", base.display());
+    step_3
 }
 
 /// Send `signal` to a long run once it has logged a few rows: it stops at a batch boundary (after finishing the batch

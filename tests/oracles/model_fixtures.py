@@ -26,6 +26,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     ArceeConfig,
     Cohere2Config,
+    CohereConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     Ernie4_5Config,
@@ -46,6 +47,7 @@ from transformers import (
     Olmo2Config,
     Olmo3Config,
     OlmoeConfig,
+    PhiConfig,
     Phi3Config,
     PreTrainedTokenizerFast,
     Qwen2Config,
@@ -371,6 +373,13 @@ def tiny_configs():
         "cohere2": Cohere2Config(
             **{**common, "num_hidden_layers": 4}, tie_word_embeddings=True, sliding_window=4, layer_norm_eps=1e-5
         ),
+        # Command R+'s layers: Cohere 2's parallel blocks with adjacent-pair RoPE on every layer and q/k LayerNorms
+        # with a gain per head (drawn away from 1), the logits times 1/16.
+        "cohere": CohereConfig(**common, tie_word_embeddings=True, use_qk_norm=True, layer_norm_eps=1e-5),
+        # Phi-2's layers, with Phi's optional q/k LayerNorms on: one LayerNorm before attention and the MLP side by
+        # side, the rotary embedding on half of each head, biases everywhere (drawn away from 0, lm_head's too),
+        # an ungated gelu_new MLP, a final LayerNorm.
+        "phi": PhiConfig(**common, tie_word_embeddings=False, qk_layernorm=True, layer_norm_eps=1e-5),
     }
 
 
@@ -444,9 +453,13 @@ def make_tiny_models(only=None):
         if cfg.model_type == "gpt_oss":
             # Sinks far enough from 0 to take a visible share of each query's attention.
             redraw(model, lambda n: n.endswith("sinks"), lambda p: p.normal_(0.0, 1.0))
-        if cfg.model_type in ("starcoder2", "stablelm", "nemotron", "cohere2"):
+        if cfg.model_type in ("starcoder2", "stablelm", "nemotron", "cohere2", "cohere", "phi"):
             # LayerNorms start at a gain of 1 and a bias of 0; moved off them, a missed gain or bias shows.
             redraw(model, lambda n: "norm" in n, lambda p: p.add_(torch.randn_like(p) * 0.3))
+        if cfg.model_type == "phi":
+            # Projection biases start at 0 too; lm_head's stays small, or one token would win every greedy step.
+            redraw(model, lambda n: n.endswith(".bias"), lambda p: p.add_(torch.randn_like(p) * 0.3))
+            redraw(model, lambda n: n == "lm_head.bias", lambda p: p.mul_(0.1))
         if cfg.model_type in ("gemma2", "gemma3_text"):
             # Gemma's norms start at a zero offset from a gain of 1; random ones make the offset matter.
             redraw(model, lambda n: "norm" in n, lambda p: p.normal_(0.0, 0.3))

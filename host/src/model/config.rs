@@ -73,6 +73,15 @@ pub enum Architecture {
     /// side by side, three layers in four within a sliding window with the rotary embedding on adjacent pairs and
     /// the fourth global without it, tied embeddings, and the logits multiplied by `logit_scale`.
     Cohere2,
+    /// Command R, Command R+ and Aya (`cohere`): Cohere 2's parallel blocks and f32 LayerNorm with the rotary
+    /// embedding (adjacent pairs) on every layer and no window; under `use_qk_norm` (Command R+) the queries and
+    /// keys of each head take a LayerNorm with per-head gains.
+    Cohere,
+    /// Phi-1, Phi-1.5 and Phi-2 (`phi`): one LayerNorm (with a bias) feeding attention and the MLP side by side,
+    /// biases on every projection, the rotary embedding on part of each head, an ungated GELU MLP (`fc1`, `fc2`),
+    /// the output projection named `dense`, a final `final_layernorm` and an `lm_head` with a bias; under
+    /// `qk_layernorm` each head's queries and keys take a LayerNorm.
+    Phi,
 }
 
 /// A mixture-of-experts feed-forward block (Qwen2-MoE and Qwen3-MoE on Qwen's layers, Mixtral on Mistral's,
@@ -210,6 +219,8 @@ pub enum Activation {
     GeluTanh,
     /// `relu2`: `relu(x)^2`, on an MLP with no gate (Arcee).
     Relu2,
+    /// `gelu`: the exact GELU, `x Phi(x)`.
+    Gelu,
 }
 
 impl Activation {
@@ -219,6 +230,7 @@ impl Activation {
             Activation::Silu => g.silu(),
             Activation::GeluTanh => g.gelu("tanh"),
             Activation::Relu2 => g.relu().square(),
+            Activation::Gelu => g.gelu("none"),
         }
     }
 
@@ -351,6 +363,11 @@ pub struct ModelConfig {
     pub o_bias: bool,
     /// Whether the MLP projections carry biases (Llama's `mlp_bias`).
     pub mlp_bias: bool,
+    /// Whether `lm_head` carries a bias (Phi's).
+    pub lm_head_bias: bool,
+    /// Whether the queries and keys of each head are normalised where the family makes that optional (Cohere's
+    /// `use_qk_norm`, Phi's `qk_layernorm`); the families whose norms are always there ignore it.
+    pub qk_norm: bool,
     /// Longest context the model was trained for (informational; longer sequences are allowed).
     pub max_position_embeddings: i64,
     /// End-of-sequence ids listed in config.json (`eos_token_id`, int or list).
@@ -408,6 +425,8 @@ impl ModelConfig {
             "starcoder2" => Architecture::Starcoder2,
             "nemotron" => Architecture::Nemotron,
             "cohere2" => Architecture::Cohere2,
+            "cohere" => Architecture::Cohere,
+            "phi" => Architecture::Phi,
             "stablelm" => {
                 for (field, what) in [
                     ("qk_layernorm", "per-head q/k LayerNorms"),
@@ -430,10 +449,10 @@ impl ModelConfig {
             }
             other => {
                 return Err(user_error!(
-                    "unsupported model_type {other:?} in config.json; supported: arcee, cohere2, ernie4_5, exaone4, \
-                     gemma2, gemma3_text, glm, glm4, gpt_oss, granite, granitemoe, hunyuan_v1_dense, llama, ministral, \
-                     mistral, mixtral, nemotron, olmo2, olmo3, olmoe, phi3, qwen2, qwen2_moe, qwen3, qwen3_moe, seed_oss, \
-                     smollm3, stablelm, starcoder2"
+                    "unsupported model_type {other:?} in config.json; supported: arcee, cohere, cohere2, ernie4_5, \
+                     exaone4, gemma2, gemma3_text, glm, glm4, gpt_oss, granite, granitemoe, hunyuan_v1_dense, llama, \
+                     ministral, mistral, mixtral, nemotron, olmo2, olmo3, olmoe, phi, phi3, qwen2, qwen2_moe, qwen3, \
+                     qwen3_moe, seed_oss, smollm3, stablelm, starcoder2"
                 ))
             }
         };
@@ -478,13 +497,16 @@ impl ModelConfig {
         // Arcee's and Nemotron's MLPs have no gate; relu^2 is their activation and no other family's.
         let arcee = matches!(model_type, "arcee" | "nemotron");
         let named = v.get("hidden_activation").or_else(|| v.get("hidden_act")).and_then(Value::as_str);
+        let tanh_default = gemma || matches!(architecture, Architecture::Starcoder2 | Architecture::Phi);
         let activation = match (arcee, named) {
             (true, None | Some("relu2")) => Activation::Relu2,
-            (false, None) if gemma || architecture == Architecture::Starcoder2 => Activation::GeluTanh,
+            (false, None) if tanh_default => Activation::GeluTanh,
             (false, None | Some("silu")) => Activation::Silu,
-            (false, Some("gelu_pytorch_tanh")) => Activation::GeluTanh,
+            // `gelu_new` is the tanh approximation written out (Phi's), the same function.
+            (false, Some("gelu_pytorch_tanh" | "gelu_new")) => Activation::GeluTanh,
+            (false, Some("gelu")) => Activation::Gelu,
             (_, Some(act)) => {
-                let supported = if arcee { "relu2" } else { "silu, gelu_pytorch_tanh" };
+                let supported = if arcee { "relu2" } else { "silu, gelu, gelu_new, gelu_pytorch_tanh" };
                 return Err(user_error!("config.json activation {act:?} is not supported here ({supported})"));
             }
         };
@@ -515,10 +537,11 @@ impl ModelConfig {
             | Architecture::Glm
             | Architecture::Glm4
             | Architecture::StableLm
-            | Architecture::Nemotron => {
+            | Architecture::Nemotron
+            | Architecture::Phi => {
                 let params = v.get("rope_parameters").filter(|r| r.is_object());
                 let default = match architecture {
-                    _ if glm || architecture == Architecture::Nemotron => 0.5,
+                    _ if glm || matches!(architecture, Architecture::Nemotron | Architecture::Phi) => 0.5,
                     Architecture::StableLm => 0.25,
                     _ => 1.0,
                 };
@@ -565,6 +588,7 @@ impl ModelConfig {
                 | Architecture::Hunyuan
                 | Architecture::StableLm
                 | Architecture::Nemotron
+                | Architecture::Phi
         ) && !model_type.ends_with("_moe")
             || ernie;
         let num_hidden_layers = int("num_hidden_layers")?;
@@ -574,6 +598,8 @@ impl ModelConfig {
         // ERNIE 4.5's and StarCoder2's `use_bias` put a bias on every projection (StarCoder2's by default).
         let use_bias = match architecture {
             Architecture::Starcoder2 => flag("use_bias", true),
+            // Phi's projections always have one.
+            Architecture::Phi => true,
             _ => ernie && flag("use_bias", false),
         };
         let gpt_oss = architecture == Architecture::GptOss;
@@ -617,7 +643,9 @@ impl ModelConfig {
             rms_norm_eps: v
                 .get(match architecture {
                     Architecture::Starcoder2 => "norm_epsilon",
-                    Architecture::StableLm | Architecture::Cohere2 => "layer_norm_eps",
+                    Architecture::StableLm | Architecture::Cohere2 | Architecture::Cohere | Architecture::Phi => {
+                        "layer_norm_eps"
+                    }
                     Architecture::Nemotron => "norm_eps",
                     _ => "rms_norm_eps",
                 })
@@ -634,6 +662,8 @@ impl ModelConfig {
                                 | Architecture::StableLm
                                 | Architecture::Nemotron
                                 | Architecture::Cohere2
+                                | Architecture::Cohere
+                                | Architecture::Phi
                         ) {
                         true => 1e-5,
                         false => 1e-6,
@@ -641,7 +671,9 @@ impl ModelConfig {
                 ),
             rotary_pairs: match architecture {
                 _ if ernie => RotaryPairs::AdjacentF32,
-                _ if glm || architecture == Architecture::Cohere2 => RotaryPairs::Adjacent,
+                _ if glm || matches!(architecture, Architecture::Cohere2 | Architecture::Cohere) => {
+                    RotaryPairs::Adjacent
+                }
                 _ => RotaryPairs::Halves,
             },
             sliding_rope: sliding_rope.filter(|r| *r != rope),
@@ -659,7 +691,7 @@ impl ModelConfig {
             residual_scale: granite("residual_multiplier")?,
             logits_divisor: match architecture {
                 // Cohere multiplies by its scale (a power of two, 1/16, in its models: the same as dividing).
-                Architecture::Cohere2 => {
+                Architecture::Cohere2 | Architecture::Cohere => {
                     let scale = optional_positive_number(&v, "logit_scale")?.unwrap_or(0.0625);
                     (scale != 1.0).then(|| 1.0 / scale)
                 }
@@ -671,6 +703,12 @@ impl ModelConfig {
             qkv_bias,
             o_bias,
             mlp_bias: flag("mlp_bias", false) || use_bias,
+            lm_head_bias: architecture == Architecture::Phi,
+            qk_norm: match architecture {
+                Architecture::Cohere => flag("use_qk_norm", false),
+                Architecture::Phi => flag("qk_layernorm", false),
+                _ => false,
+            },
             max_position_embeddings: v.get("max_position_embeddings").and_then(Value::as_i64).unwrap_or(4096),
             eos_token_ids: ids_of(v.get("eos_token_id")),
             rope_layers,
@@ -1184,6 +1222,37 @@ mod tests {
         assert_eq!((c.sliding_window, &c.sliding_layers[..]), (Some(8), &[true, true][..]));
     }
 
+    /// Cohere (Command R, R+): Cohere 2's parallel blocks with the rotary embedding on adjacent pairs in every layer
+    /// and no window, its optional per-head q/k norms under `use_qk_norm`, tied embeddings, the logits times
+    /// `logit_scale`.
+    #[test]
+    fn cohere_takes_its_class_defaults() {
+        let c = small("cohere", r#","num_hidden_layers":3,"layer_norm_eps":1e-4"#).unwrap();
+        assert_eq!((c.architecture, c.head_dim, c.rms_norm_eps), (Architecture::Cohere, 4, 1e-4));
+        assert_eq!((c.rotary_pairs, &c.rope_layers[..]), (RotaryPairs::Adjacent, &[true; 3][..]));
+        assert_eq!((c.sliding_window, c.logits_divisor, c.tie_word_embeddings), (None, Some(16.0), true));
+        assert!(!c.qk_norm && !c.qkv_bias && !c.o_bias && !c.lm_head_bias);
+        let c = small("cohere", r#","num_hidden_layers":1,"use_qk_norm":true,"attention_bias":true"#).unwrap();
+        assert!(c.qk_norm && c.qkv_bias && c.o_bias && !c.mlp_bias);
+    }
+
+    /// Phi-1 to Phi-2: biases on every projection and on `lm_head`, half of each head rotary unless
+    /// `partial_rotary_factor` says otherwise (Phi-2's 0.4), `gelu_new` (the tanh GELU), LayerNorms at
+    /// `layer_norm_eps`, untied, and the q/k LayerNorms only under `qk_layernorm`.
+    #[test]
+    fn phi_takes_its_class_defaults() {
+        let c = small("phi", r#","num_hidden_layers":1,"head_dim":20,"rms_norm_eps":1e-6"#).unwrap();
+        assert_eq!((c.architecture, c.rotary_dim, c.rms_norm_eps), (Architecture::Phi, 10, 1e-5));
+        assert_eq!((c.activation, c.rotary_pairs), (Activation::GeluTanh, RotaryPairs::Halves));
+        assert!(c.qkv_bias && c.o_bias && c.mlp_bias && c.lm_head_bias && !c.tie_word_embeddings && !c.qk_norm);
+        let c = small(
+            "phi",
+            r#","num_hidden_layers":1,"head_dim":20,"partial_rotary_factor":0.4,"hidden_act":"gelu","qk_layernorm":true"#,
+        )
+        .unwrap();
+        assert_eq!((c.rotary_dim, c.activation, c.qk_norm), (8, Activation::Gelu, true));
+    }
+
     /// StableLM 2: LayerNorms at `layer_norm_eps`, the rotary embedding on a quarter of each head by default, q/k/v
     /// biases only under `use_qkv_bias`; its per-head q/k LayerNorms and parallel blocks are refused in one line.
     #[test]
@@ -1435,7 +1504,7 @@ mod tests {
         let err = config("arcee", r#","hidden_act":"silu""#).unwrap_err();
         assert!(err.to_string().contains("activation \"silu\" is not supported here (relu2)"), "{err}");
         let err = config("llama", r#","hidden_act":"relu2""#).unwrap_err();
-        assert!(err.to_string().contains("(silu, gelu_pytorch_tanh)"), "{err}");
+        assert!(err.to_string().contains("(silu, gelu, gelu_new, gelu_pytorch_tanh)"), "{err}");
     }
 
     #[test]

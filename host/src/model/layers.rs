@@ -109,7 +109,7 @@ enum Gain {
     /// LayerNorm with the gain stored as its offset from 1: `(1 + w) * x + b`, `1 + w` in the model's dtype
     /// (Nemotron's `LayerNorm1P`).
     LayerOnePlus,
-    /// LayerNorm without a bias, computed in f32 and rounded after the gain (Cohere's).
+    /// LayerNorm without a bias, computed in f32 and rounded after the gain (Cohere's and Cohere 2's).
     LayerF32,
     /// `w * x` in the input's dtype, after rounding (Llama's `LlamaRMSNorm`).
     Rounded,
@@ -120,12 +120,12 @@ enum Gain {
 }
 
 /// A layer norm: root-mean-square, computed in f32 like transformers' `LlamaRMSNorm`, in most families; a LayerNorm,
-/// which also centres, in StarCoder2, StableLM and Nemotron (with a bias) and Cohere 2 (without one).
+/// which also centres, in StarCoder2, StableLM, Nemotron and Phi (with a bias) and Cohere (without one).
 #[derive(Debug)]
 pub struct Norm {
-    /// The gain, `[dim]` (Gemma: its offset from 1).
+    /// The gain, `[dim]` (Gemma: its offset from 1; Command R+'s q/k norms: `[heads, dim]`, one gain per head).
     pub weight: Tensor,
-    /// LayerNorm's bias, `[dim]`.
+    /// LayerNorm's bias, shaped as the gain.
     pub bias: Option<Tensor>,
     eps: f64,
     gain: Gain,
@@ -133,19 +133,25 @@ pub struct Norm {
 
 impl Norm {
     pub(crate) fn load(l: &Loader, name: &str, dim: i64, cfg: &ModelConfig) -> anyhow::Result<Self> {
+        Self::load_shaped(l, name, &[dim], cfg)
+    }
+
+    /// A norm over the last dimension whose gain (and bias) is `shape`: `[dim]`, or `[heads, dim]` for a gain per
+    /// head, broadcast over `[B, T, heads, dim]`.
+    pub(crate) fn load_shaped(l: &Loader, name: &str, shape: &[i64], cfg: &ModelConfig) -> anyhow::Result<Self> {
         let gain = match cfg.architecture {
             Architecture::Olmo2 | Architecture::Olmo3 | Architecture::GptOss => Gain::F32,
             Architecture::Gemma2 | Architecture::Gemma3 => Gain::OnePlusF32,
-            Architecture::Starcoder2 | Architecture::StableLm => Gain::Layer,
+            Architecture::Starcoder2 | Architecture::StableLm | Architecture::Phi => Gain::Layer,
             Architecture::Nemotron => Gain::LayerOnePlus,
-            Architecture::Cohere2 => Gain::LayerF32,
+            Architecture::Cohere2 | Architecture::Cohere => Gain::LayerF32,
             _ => Gain::Rounded,
         };
         let bias = match gain {
-            Gain::Layer | Gain::LayerOnePlus => Some(l.get(&format!("{name}.bias"), &[dim])?),
+            Gain::Layer | Gain::LayerOnePlus => Some(l.get(&format!("{name}.bias"), shape)?),
             _ => None,
         };
-        Ok(Norm { weight: l.get(&format!("{name}.weight"), &[dim])?, bias, eps: cfg.rms_norm_eps, gain })
+        Ok(Norm { weight: l.get(&format!("{name}.weight"), shape)?, bias, eps: cfg.rms_norm_eps, gain })
     }
 
     /// Normalise over the last dimension. A LayerNorm runs libtorch's `layer_norm`, as transformers' module does.
@@ -403,9 +409,10 @@ pub enum QkvProj {
 pub struct Attention {
     /// Query, key and value projections.
     pub qkv: QkvProj,
-    /// Output projection.
+    /// Output projection (`o_proj`; Phi's `dense`).
     pub o_proj: Linear,
-    /// The query norm: per head (Qwen3, Gemma 3, EXAONE 4, Hunyuan), or over the whole projection (OLMo 2, OLMoE).
+    /// The query norm: per head (Qwen3, Gemma 3, EXAONE 4, Hunyuan, Command R+, Phi under `qk_layernorm`), or over
+    /// the whole projection (OLMo 2, OLMoE).
     pub q_norm: Option<Norm>,
     /// The key norm, as the query's.
     pub k_norm: Option<Norm>,
@@ -434,7 +441,8 @@ enum QkNorm {
     None,
     /// Over the whole query and key projections, before the heads are split (OLMo 2 and 3, OLMoE).
     Projection,
-    /// Each head, before the rotary embedding (Qwen3, Gemma 3, EXAONE 4).
+    /// Each head, before the rotary embedding (Qwen3, Gemma 3, EXAONE 4; Command R+ and Phi where config.json
+    /// turns them on).
     Head,
     /// Each head, after the rotary embedding (Hunyuan's `query_layernorm` and `key_layernorm`).
     HeadAfterRotary,
@@ -447,20 +455,29 @@ impl Attention {
         let qk_norm = match cfg.architecture {
             Architecture::Olmo2 | Architecture::Olmo3 | Architecture::Olmoe => QkNorm::Projection,
             Architecture::Qwen3 | Architecture::Gemma3 | Architecture::Exaone4 => QkNorm::Head,
+            Architecture::Cohere | Architecture::Phi if cfg.qk_norm => QkNorm::Head,
             Architecture::Hunyuan => QkNorm::HeadAfterRotary,
             _ => QkNorm::None,
         };
         let names = match qk_norm {
             QkNorm::None => None,
-            QkNorm::Projection => Some((("q_norm", h * d), ("k_norm", kv * d))),
-            QkNorm::Head => Some((("q_norm", d), ("k_norm", d))),
-            QkNorm::HeadAfterRotary => Some((("query_layernorm", d), ("key_layernorm", d))),
+            QkNorm::Projection => Some((("q_norm", vec![h * d]), ("k_norm", vec![kv * d]))),
+            // Command R+ keeps a gain per head.
+            QkNorm::Head if cfg.architecture == Architecture::Cohere => {
+                Some((("q_norm", vec![h, d]), ("k_norm", vec![kv, d])))
+            }
+            QkNorm::Head if cfg.architecture == Architecture::Phi => {
+                Some((("q_layernorm", vec![d]), ("k_layernorm", vec![d])))
+            }
+            QkNorm::Head => Some((("q_norm", vec![d]), ("k_norm", vec![d]))),
+            QkNorm::HeadAfterRotary => Some((("query_layernorm", vec![d]), ("key_layernorm", vec![d]))),
         };
-        let norm = |(name, dim): (&str, i64)| Norm::load(l, &format!("{p}.{name}"), dim, cfg);
+        let norm = |(name, shape): (&str, Vec<i64>)| Norm::load_shaped(l, &format!("{p}.{name}"), &shape, cfg);
         let (q_norm, k_norm) = match names {
             Some((q, k)) => (Some(norm(q)?), Some(norm(k)?)),
             None => (None, None),
         };
+        let out = if cfg.architecture == Architecture::Phi { "dense" } else { "o_proj" };
         Ok(Attention {
             qkv: match cfg.architecture {
                 Architecture::Phi3 => QkvProj::Fused {
@@ -472,7 +489,7 @@ impl Attention {
                     v_proj: Linear::load(l, &format!("{p}.v_proj"), cfg.hidden_size, kv * d, qkv_bias)?,
                 },
             },
-            o_proj: Linear::load(l, &format!("{p}.o_proj"), h * d, cfg.hidden_size, o_bias)?,
+            o_proj: Linear::load(l, &format!("{p}.{out}"), h * d, cfg.hidden_size, o_bias)?,
             q_norm,
             k_norm,
             scale: cfg.attention_scale,
@@ -636,14 +653,14 @@ pub enum GateUpProj {
         gate_up_proj: Linear,
     },
     /// No gate: the activation applies to the up projection itself (Arcee's `down(relu(up(x))^2)`, StarCoder2's
-    /// `c_proj(gelu(c_fc(x)))`).
+    /// `c_proj(gelu(c_fc(x)))`, Phi's `fc2(gelu(fc1(x)))`).
     Ungated {
         /// Up projection.
         up_proj: Linear,
     },
 }
 
-/// The feed-forward block: gated (SwiGLU, or Gemma's GELU-gated one), or plain (Arcee's, StarCoder2's).
+/// The feed-forward block: gated (SwiGLU, or Gemma's GELU-gated one), or plain (Arcee's, StarCoder2's, Phi's).
 #[derive(Debug)]
 pub struct Mlp {
     /// Gate and up projections.
@@ -659,6 +676,7 @@ impl Mlp {
         let (h, i, b) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
         let ungated = match cfg.architecture {
             Architecture::Starcoder2 => Some(("c_fc", "c_proj")),
+            Architecture::Phi => Some(("fc1", "fc2")),
             _ if cfg.activation == Activation::Relu2 => Some(("up_proj", "down_proj")),
             _ => None,
         };
@@ -766,7 +784,7 @@ pub enum LayerNorms {
         post_feedforward: Norm,
     },
     /// One norm whose output feeds attention and the MLP side by side, both added to the residual stream
-    /// (Cohere 2).
+    /// (Cohere, Cohere 2, Phi).
     Parallel {
         /// Before both blocks.
         input: Norm,
@@ -814,7 +832,9 @@ impl DecoderLayer {
                 pre_feedforward: norm("pre_feedforward_layernorm")?,
                 post_feedforward: norm("post_feedforward_layernorm")?,
             },
-            Architecture::Cohere2 => LayerNorms::Parallel { input: norm("input_layernorm")? },
+            Architecture::Cohere2 | Architecture::Cohere | Architecture::Phi => {
+                LayerNorms::Parallel { input: norm("input_layernorm")? }
+            }
             // The same places under GLM-4's names.
             Architecture::Glm4 => LayerNorms::Sandwich {
                 input: norm("input_layernorm")?,

@@ -29,8 +29,9 @@ pub struct LoraConfig {
 }
 
 /// The linear layers of a decoder layer, by their Hugging Face names: where adapters can go (Phi-3 stores q, k and v
-/// as one `qkv_proj`, and gate and up as one `gate_up_proj`; StarCoder2 names its MLP `c_fc` and `c_proj`).
-pub const PROJECTIONS: [&str; 11] = [
+/// as one `qkv_proj`, and gate and up as one `gate_up_proj`; StarCoder2 names its MLP `c_fc` and `c_proj`; Phi its
+/// output projection `dense` and its MLP `fc1` and `fc2`).
+pub const PROJECTIONS: [&str; 14] = [
     "q_proj",
     "k_proj",
     "v_proj",
@@ -42,6 +43,9 @@ pub const PROJECTIONS: [&str; 11] = [
     "down_proj",
     "c_fc",
     "c_proj",
+    "dense",
+    "fc1",
+    "fc2",
 ];
 
 /// Which of [`PROJECTIONS`] get adapters (PEFT's `target_modules`): `all-linear` (PEFT's name for all of them,

@@ -170,6 +170,8 @@ pub struct Model {
     norm: Norm,
     /// The output projection when it is not the tied embedding: `lm_head`, or a classifier's `score`.
     lm_head: Option<Tensor>,
+    /// `lm_head`'s bias `[vocab]`, where the family has one (Phi).
+    lm_head_bias: Option<Tensor>,
     rotary: Rotary,
     /// The sliding-window layers' own rotary embedding, where they have one (Gemma 3).
     sliding_rotary: Option<Rotary>,
@@ -212,7 +214,8 @@ impl Model {
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| DecoderLayer::load(&loader, i, &cfg).map(Arc::new))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let norm = Norm::load(&loader, "model.norm", h, &cfg)?;
+        let final_norm = if cfg.architecture == Architecture::Phi { "model.final_layernorm" } else { "model.norm" };
+        let norm = Norm::load(&loader, final_norm, h, &cfg)?;
         let lm_head = match head {
             OutputHead::LanguageModel if cfg.tie_word_embeddings => None,
             OutputHead::LanguageModel => Some(loader.get("lm_head.weight", &[v, h])?),
@@ -226,6 +229,10 @@ impl Model {
                 })?;
                 Some(loader.get("score.weight", &[labels, h])?)
             }
+        };
+        let lm_head_bias = match head {
+            OutputHead::LanguageModel if cfg.lm_head_bias => Some(loader.get("lm_head.bias", &[v])?),
+            _ => None,
         };
         let used = loader.used.into_inner();
         let mut unexpected: Vec<&str> = files
@@ -258,6 +265,7 @@ impl Model {
             layers,
             norm,
             lm_head,
+            lm_head_bias,
             rotary,
             sliding_rotary,
             kind: dtype,
@@ -385,9 +393,12 @@ impl Model {
             return Ok(());
         }
         let name = if self.lm_head.is_some() { "lm_head.weight" } else { "model.embed_tokens.weight" };
-        let stored = WeightFiles::open(&self.dir)?.tensor(name, Kind::Float, self.device())?;
+        let files = WeightFiles::open(&self.dir)?;
         // The var store and this struct share the variable, so both see the f32 data.
-        self.output_weight().shallow_clone().set_data(&stored);
+        self.output_weight().shallow_clone().set_data(&files.tensor(name, Kind::Float, self.device())?);
+        if let Some(bias) = &self.lm_head_bias {
+            bias.shallow_clone().set_data(&files.tensor("lm_head.bias", Kind::Float, self.device())?);
+        }
         Ok(())
     }
 
@@ -404,10 +415,18 @@ impl Model {
         }
     }
 
-    /// `hidden` as the log-prob node takes it: in the head's dtype, divided by Granite's logits divisor (W (h / s) is
-    /// (W h) / s, so the node need not know of it).
+    /// `hidden` as the log-prob node takes it: in the head's dtype, with a column of ones where `lm_head` has a bias
+    /// (see [`Model::node_weight`]), divided by Granite's logits divisor (W (h / s) is (W h) / s, so the node need
+    /// not know of it).
     fn node_input(&self, hidden: Tensor) -> Tensor {
         let hidden = self.head_input(hidden);
+        let hidden = match &self.lm_head_bias {
+            Some(_) => {
+                let ones = hidden.narrow(-1, 0, 1).ones_like();
+                Tensor::cat(&[hidden, ones], -1)
+            }
+            None => hidden,
+        };
         match self.cfg.logits_divisor {
             Some(divisor) => hidden / divisor,
             None => hidden,
@@ -666,7 +685,7 @@ impl Model {
 
     /// The output head's projection of `hidden`, uncapped (a classifier's scores).
     fn project(&self, hidden: &Tensor) -> Tensor {
-        self.head_input(hidden.shallow_clone()).linear::<Tensor>(self.output_weight(), None)
+        self.head_input(hidden.shallow_clone()).linear(self.output_weight(), self.lm_head_bias.as_ref())
     }
 
     /// A sequence classifier's scores `[B, labels]` (f32) of right-padded `input_ids` `[B, T]` whose rows hold
@@ -687,6 +706,16 @@ impl Model {
     /// classifier's `score` `[labels, hidden]`).
     fn output_weight(&self) -> &Tensor {
         self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
+    }
+
+    /// The weight the log-prob node projects [`Model::node_input`]'s hidden states with: the output weight, and
+    /// where `lm_head` has a bias, the bias as one more column (`W h + b = [W b] [h 1]`), so that the node needs no
+    /// bias of its own. That costs a copy of the head per forward pass, in the one family that has the bias (Phi).
+    fn node_weight(&self) -> Tensor {
+        match &self.lm_head_bias {
+            Some(bias) => Tensor::cat(&[self.output_weight(), &bias.unsqueeze(1)], 1),
+            None => self.output_weight().shallow_clone(),
+        }
     }
 
     /// Positions per vocabulary projection for `rows` rows, so that one chunk holds at most [`LOGITS_PER_CHUNK`]
@@ -729,7 +758,7 @@ impl Model {
         let chunk = self.log_prob_chunk(input_ids.size()[0]);
         match self.head_inputs(input_ids, attention_mask, padding, routers) {
             Some((hidden, targets, map)) => {
-                log_probs_and_entropy(&hidden, self.output_weight(), &targets, chunk, map, grad)
+                log_probs_and_entropy(&hidden, &self.node_weight(), &targets, chunk, map, grad)
             }
             None => {
                 let empty = Tensor::zeros([input_ids.size()[0], 0], (Kind::Float, input_ids.device()));
@@ -754,14 +783,14 @@ impl Model {
         let entropy = Tensor::zeros(targets.size(), (Kind::Float, targets.device()));
         let extra = Outputs { hits: Some(&hits), entropy: Some(&entropy) };
         let map = LogitMap { cap: self.cfg.final_logit_softcap, scale: 1.0 };
-        let log_probs = log_probs_node(&hidden, self.output_weight(), &targets, chunk, map, extra);
+        let log_probs = log_probs_node(&hidden, &self.node_weight(), &targets, chunk, map, extra);
         HeadOutputs { log_probs: log_probs.squeeze_dim(0), hits: hits.squeeze_dim(0), entropy: entropy.squeeze_dim(0) }
     }
 
     fn log_probs(&self, input_ids: &Tensor, attention_mask: &Tensor, chunk: i64, padding: Padding) -> Tensor {
         match self.head_inputs(input_ids, attention_mask, padding, None) {
             Some((hidden, targets, map)) => {
-                log_probs_node(&hidden, self.output_weight(), &targets, chunk, map, Outputs::default())
+                log_probs_node(&hidden, &self.node_weight(), &targets, chunk, map, Outputs::default())
             }
             None => Tensor::zeros([input_ids.size()[0], 0], (Kind::Float, input_ids.device())),
         }

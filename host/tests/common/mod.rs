@@ -49,6 +49,8 @@ pub const TINY_FAMILIES: &[&str] = &[
     "stablelm",
     "nemotron",
     "cohere2",
+    "cohere",
+    "phi",
 ];
 
 /// `target/<profile>`: the test binary lives in its `deps/` folder.
