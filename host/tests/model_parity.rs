@@ -748,6 +748,44 @@ fn load_err(dir: &Path) -> String {
     grpo_host::error::one_line(&err)
 }
 
+/// GPT-NeoX checkpoints as they come: older ones keep each layer's causal-mask buffers (`attention.bias`,
+/// `attention.masked_bias`), which are skipped as transformers skips them, and the head is `embed_out` on the hub
+/// but `lm_head` where transformers 5 saved the renamed model; both load to the same logits, under the name read.
+#[test]
+fn gpt_neox_checkpoints_load_with_their_buffers_and_either_head_name() {
+    let expected = forward_logits(&Model::load(&tiny("gpt_neox"), Device::Cpu, Kind::Float).unwrap());
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(&tiny("gpt_neox"), tmp.path());
+    let file = tmp.path().join("model.safetensors");
+    let weights: Vec<(String, Tensor)> = Tensor::read_safetensors(&file).unwrap();
+    let mut old = weights.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect::<Vec<_>>();
+    for i in 0..2 {
+        let mask = Tensor::ones([1, 1, 8, 8], (Kind::Bool, Device::Cpu)).tril(0);
+        old.push((format!("gpt_neox.layers.{i}.attention.bias"), mask));
+        old.push((format!("gpt_neox.layers.{i}.attention.masked_bias"), Tensor::from(-1e9f32)));
+    }
+    Tensor::write_safetensors(&old, &file).unwrap();
+    let model = Model::load(tmp.path(), Device::Cpu, Kind::Float).unwrap();
+    assert!(forward_logits(&model).equal(&expected));
+    assert!(model.var_store().variables().contains_key("embed_out.weight"));
+
+    let renamed: Vec<(String, Tensor)> = weights
+        .iter()
+        .map(|(n, t)| (if n == "embed_out.weight" { "lm_head.weight".into() } else { n.clone() }, t.shallow_clone()))
+        .collect();
+    Tensor::write_safetensors(&renamed, &file).unwrap();
+    let model = Model::load(tmp.path(), Device::Cpu, Kind::Float).unwrap();
+    assert!(forward_logits(&model).equal(&expected));
+    assert!(model.var_store().variables().contains_key("lm_head.weight"));
+}
+
+/// The model's logits on the reference batch of the fixture it was loaded from (or a copy of one).
+fn forward_logits(model: &Model) -> Tensor {
+    let r = reference(model.dir(), Device::Cpu);
+    let (ids, mask) = (&r["input_ids"], &r["attention_mask"]);
+    tch::no_grad(|| model.forward(ids, mask, &Model::position_ids(mask)))
+}
+
 #[test]
 fn broken_checkpoints_give_one_line_errors() {
     let tmp = tempfile::tempdir().unwrap();

@@ -1164,15 +1164,17 @@ fn gpt_oss_trains_and_saves_what_transformers_and_peft_load() {
     assert!(saved.get("quantization_config").is_none() && saved["model_type"] == "gpt_oss", "{saved}");
 }
 
-/// Phi (its `dense` output projection, ungated `fc1`/`fc2` MLP and biased `lm_head`) and Command R+ (`cohere`, its
-/// q/k norms with a gain per head) train fully and with LoRA on every projection, and save what transformers and
-/// peft load as they load the hub's.
+/// Phi (its `dense` output projection, ungated `fc1`/`fc2` MLP and biased `lm_head`), Command R+ (`cohere`, its
+/// q/k norms with a gain per head) and GPT-NeoX (`gpt_neox.` names, the fused per-head `query_key_value`, the head
+/// `embed_out`) train fully and with LoRA on every projection, and save what transformers and peft load as they load
+/// the hub's.
 #[test]
-fn phi_and_cohere_train_and_save_what_transformers_and_peft_load() {
+fn phi_cohere_and_gpt_neox_train_and_save_what_transformers_and_peft_load() {
     let tiny = common::workspace_root().join("tests/fixtures/model/tiny");
     for (fam, targets) in [
         ("phi", &["dense", "fc1", "fc2", "k_proj", "q_proj", "v_proj"][..]),
         ("cohere", &["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"][..]),
+        ("gpt_neox", &["dense", "dense_4h_to_h", "dense_h_to_4h", "query_key_value"][..]),
     ] {
         let runs = tempfile::tempdir().unwrap();
         trains_for_transformers_and_peft(runs.path(), &tiny.join(fam), &tiny.join(fam), targets);

@@ -36,6 +36,7 @@ from transformers import (
     Gemma3TextConfig,
     Glm4Config,
     GlmConfig,
+    GPTNeoXConfig,
     GptOssConfig,
     GraniteConfig,
     GraniteMoeConfig,
@@ -380,6 +381,15 @@ def tiny_configs():
         # side, the rotary embedding on half of each head, biases everywhere (drawn away from 0, lm_head's too),
         # an ungated gelu_new MLP, a final LayerNorm.
         "phi": PhiConfig(**common, tie_word_embeddings=False, qk_layernorm=True, layer_norm_eps=1e-5),
+        # Pythia's layers: LayerNorms before attention and before the MLP, the blocks side by side, the fused
+        # per-head query_key_value, the rotary embedding on a quarter of each head, exact GELU, biases everywhere
+        # (drawn away from 0). GPT-NeoX has no grouped-query attention.
+        "gpt_neox": GPTNeoXConfig(
+            **{**common, "num_key_value_heads": None, "head_dim": None},
+            tie_word_embeddings=False,
+            layer_norm_eps=1e-5,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5},
+        ),
     }
 
 
@@ -453,10 +463,10 @@ def make_tiny_models(only=None):
         if cfg.model_type == "gpt_oss":
             # Sinks far enough from 0 to take a visible share of each query's attention.
             redraw(model, lambda n: n.endswith("sinks"), lambda p: p.normal_(0.0, 1.0))
-        if cfg.model_type in ("starcoder2", "stablelm", "nemotron", "cohere2", "cohere", "phi"):
+        if cfg.model_type in ("starcoder2", "stablelm", "nemotron", "cohere2", "cohere", "phi", "gpt_neox"):
             # LayerNorms start at a gain of 1 and a bias of 0; moved off them, a missed gain or bias shows.
             redraw(model, lambda n: "norm" in n, lambda p: p.add_(torch.randn_like(p) * 0.3))
-        if cfg.model_type == "phi":
+        if cfg.model_type in ("phi", "gpt_neox"):
             # Projection biases start at 0 too; lm_head's stays small, or one token would win every greedy step.
             redraw(model, lambda n: n.endswith(".bias"), lambda p: p.add_(torch.randn_like(p) * 0.3))
             redraw(model, lambda n: n == "lm_head.bias", lambda p: p.mul_(0.1))

@@ -82,6 +82,47 @@ pub enum Architecture {
     /// the output projection named `dense`, a final `final_layernorm` and an `lm_head` with a bias; under
     /// `qk_layernorm` each head's queries and keys take a LayerNorm.
     Phi,
+    /// GPT-NeoX and Pythia (`gpt_neox`): LayerNorms with biases before attention and before the MLP, the two blocks
+    /// side by side under `use_parallel_residual` (the default), a fused `query_key_value` projection whose output
+    /// holds each head's query, key and value together, the rotary embedding on a quarter of each head, an ungated
+    /// GELU MLP (`dense_h_to_4h`, `dense_4h_to_h`), biases everywhere, under `gpt_neox.` with the head `embed_out`.
+    GptNeoX,
+}
+
+/// Where a family's checkpoint keeps the modules most families name `model.embed_tokens`, `model.layers.<i>`,
+/// `self_attn` and `model.norm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModuleNames {
+    /// The token embedding.
+    pub embed: &'static str,
+    /// The decoder layers' prefix, before their index.
+    pub layers: &'static str,
+    /// The attention module within a layer.
+    pub attention: &'static str,
+    /// The norm after the last layer.
+    pub final_norm: &'static str,
+}
+
+impl Architecture {
+    /// The checkpoint's module names.
+    pub fn module_names(self) -> ModuleNames {
+        let usual = ModuleNames {
+            embed: "model.embed_tokens",
+            layers: "model.layers",
+            attention: "self_attn",
+            final_norm: "model.norm",
+        };
+        match self {
+            Architecture::Phi => ModuleNames { final_norm: "model.final_layernorm", ..usual },
+            Architecture::GptNeoX => ModuleNames {
+                embed: "gpt_neox.embed_in",
+                layers: "gpt_neox.layers",
+                attention: "attention",
+                final_norm: "gpt_neox.final_layer_norm",
+            },
+            _ => usual,
+        }
+    }
 }
 
 /// A mixture-of-experts feed-forward block (Qwen2-MoE and Qwen3-MoE on Qwen's layers, Mixtral on Mistral's,
@@ -365,6 +406,9 @@ pub struct ModelConfig {
     pub mlp_bias: bool,
     /// Whether `lm_head` carries a bias (Phi's).
     pub lm_head_bias: bool,
+    /// Whether attention and the MLP run side by side on the layer's input rather than one after the other, where the
+    /// family makes that optional (GPT-NeoX's `use_parallel_residual`).
+    pub parallel_blocks: bool,
     /// Whether the queries and keys of each head are normalised where the family makes that optional (Cohere's
     /// `use_qk_norm`, Phi's `qk_layernorm`); the families whose norms are always there ignore it.
     pub qk_norm: bool,
@@ -427,6 +471,7 @@ impl ModelConfig {
             "cohere2" => Architecture::Cohere2,
             "cohere" => Architecture::Cohere,
             "phi" => Architecture::Phi,
+            "gpt_neox" => Architecture::GptNeoX,
             "stablelm" => {
                 for (field, what) in [
                     ("qk_layernorm", "per-head q/k LayerNorms"),
@@ -450,7 +495,7 @@ impl ModelConfig {
             other => {
                 return Err(user_error!(
                     "unsupported model_type {other:?} in config.json; supported: arcee, cohere, cohere2, ernie4_5, \
-                     exaone4, gemma2, gemma3_text, glm, glm4, gpt_oss, granite, granitemoe, hunyuan_v1_dense, llama, \
+                     exaone4, gemma2, gemma3_text, glm, glm4, gpt_neox, gpt_oss, granite, granitemoe, hunyuan_v1_dense, llama, \
                      ministral, mistral, mixtral, nemotron, olmo2, olmo3, olmoe, phi, phi3, qwen2, qwen2_moe, qwen3, \
                      qwen3_moe, seed_oss, smollm3, stablelm, starcoder2"
                 ))
@@ -498,9 +543,11 @@ impl ModelConfig {
         let arcee = matches!(model_type, "arcee" | "nemotron");
         let named = v.get("hidden_activation").or_else(|| v.get("hidden_act")).and_then(Value::as_str);
         let tanh_default = gemma || matches!(architecture, Architecture::Starcoder2 | Architecture::Phi);
+        let gelu_default = architecture == Architecture::GptNeoX;
         let activation = match (arcee, named) {
             (true, None | Some("relu2")) => Activation::Relu2,
             (false, None) if tanh_default => Activation::GeluTanh,
+            (false, None) if gelu_default => Activation::Gelu,
             (false, None | Some("silu")) => Activation::Silu,
             // `gelu_new` is the tanh approximation written out (Phi's), the same function.
             (false, Some("gelu_pytorch_tanh" | "gelu_new")) => Activation::GeluTanh,
@@ -538,16 +585,19 @@ impl ModelConfig {
             | Architecture::Glm4
             | Architecture::StableLm
             | Architecture::Nemotron
-            | Architecture::Phi => {
+            | Architecture::Phi
+            | Architecture::GptNeoX => {
                 let params = v.get("rope_parameters").filter(|r| r.is_object());
                 let default = match architecture {
                     _ if glm || matches!(architecture, Architecture::Nemotron | Architecture::Phi) => 0.5,
-                    Architecture::StableLm => 0.25,
+                    Architecture::StableLm | Architecture::GptNeoX => 0.25,
                     _ => 1.0,
                 };
                 let factor = params
                     .and_then(|r| r.get("partial_rotary_factor"))
                     .or_else(|| v.get("partial_rotary_factor"))
+                    // GPT-NeoX's own name for it.
+                    .or_else(|| v.get("rotary_pct"))
                     .and_then(Value::as_f64)
                     .unwrap_or(default);
                 (head_dim as f64 * factor) as i64
@@ -589,6 +639,7 @@ impl ModelConfig {
                 | Architecture::StableLm
                 | Architecture::Nemotron
                 | Architecture::Phi
+                | Architecture::GptNeoX
         ) && !model_type.ends_with("_moe")
             || ernie;
         let num_hidden_layers = int("num_hidden_layers")?;
@@ -603,7 +654,9 @@ impl ModelConfig {
             _ => ernie && flag("use_bias", false),
         };
         let gpt_oss = architecture == Architecture::GptOss;
-        let attention_bias = flag("attention_bias", gpt_oss) || use_bias;
+        // GPT-NeoX's MLP always has biases, its attention by default.
+        let neox = architecture == Architecture::GptNeoX;
+        let attention_bias = flag("attention_bias", gpt_oss || neox) || use_bias;
         let qkv_bias = match model_type {
             "qwen2" => true,
             "stablelm" => flag("use_qkv_bias", false),
@@ -643,9 +696,11 @@ impl ModelConfig {
             rms_norm_eps: v
                 .get(match architecture {
                     Architecture::Starcoder2 => "norm_epsilon",
-                    Architecture::StableLm | Architecture::Cohere2 | Architecture::Cohere | Architecture::Phi => {
-                        "layer_norm_eps"
-                    }
+                    Architecture::StableLm
+                    | Architecture::Cohere2
+                    | Architecture::Cohere
+                    | Architecture::Phi
+                    | Architecture::GptNeoX => "layer_norm_eps",
                     Architecture::Nemotron => "norm_eps",
                     _ => "rms_norm_eps",
                 })
@@ -664,6 +719,7 @@ impl ModelConfig {
                                 | Architecture::Cohere2
                                 | Architecture::Cohere
                                 | Architecture::Phi
+                                | Architecture::GptNeoX
                         ) {
                         true => 1e-5,
                         false => 1e-6,
@@ -702,8 +758,9 @@ impl ModelConfig {
             tie_word_embeddings: flag("tie_word_embeddings", default_tie),
             qkv_bias,
             o_bias,
-            mlp_bias: flag("mlp_bias", false) || use_bias,
+            mlp_bias: flag("mlp_bias", false) || use_bias || neox,
             lm_head_bias: architecture == Architecture::Phi,
+            parallel_blocks: neox && flag("use_parallel_residual", true),
             qk_norm: match architecture {
                 Architecture::Cohere => flag("use_qk_norm", false),
                 Architecture::Phi => flag("qk_layernorm", false),
@@ -765,7 +822,13 @@ fn ropes(v: &Value, architecture: Architecture) -> anyhow::Result<(Rope, Option<
     }
     let scaling = parse_rope_scaling(params.or(legacy), v)?;
     let default_theta = if architecture == Architecture::GptOss { 150000.0 } else { 10000.0 };
-    Ok((Rope { theta: theta(params, "rope_theta", default_theta), scaling }, None))
+    // GPT-NeoX's configs on the hub name the base `rotary_emb_base`.
+    let key = if architecture == Architecture::GptNeoX && v.get("rope_theta").is_none() {
+        "rotary_emb_base"
+    } else {
+        "rope_theta"
+    };
+    Ok((Rope { theta: theta(params, key, default_theta), scaling }, None))
 }
 
 /// The sliding window's width and, per layer, whether it attends within it: from `layer_types` where config.json
@@ -1251,6 +1314,22 @@ mod tests {
         )
         .unwrap();
         assert_eq!((c.rotary_dim, c.activation, c.qk_norm), (8, Activation::Gelu, true));
+    }
+
+    /// GPT-NeoX as Pythia's configs write it: `rotary_pct` (a quarter by default) and `rotary_emb_base`, exact GELU,
+    /// biases everywhere (`attention_bias` may drop attention's), untied, attention and the MLP side by side unless
+    /// `use_parallel_residual` is false, and its own module names.
+    #[test]
+    fn gpt_neox_reads_pythias_config() {
+        let c = small("gpt_neox", r#","num_hidden_layers":1,"head_dim":16,"rotary_emb_base":20000"#).unwrap();
+        assert_eq!((c.architecture, c.rotary_dim, c.rope.theta), (Architecture::GptNeoX, 4, 20000.0));
+        assert_eq!((c.activation, c.rms_norm_eps, c.rotary_pairs), (Activation::Gelu, 1e-5, RotaryPairs::Halves));
+        assert!(c.qkv_bias && c.o_bias && c.mlp_bias && !c.lm_head_bias && !c.tie_word_embeddings);
+        assert!(c.parallel_blocks);
+        assert_eq!(c.architecture.module_names().layers, "gpt_neox.layers");
+        let fields = r#","num_hidden_layers":1,"rotary_pct":0.5,"use_parallel_residual":false,"attention_bias":false"#;
+        let c = small("gpt_neox", fields).unwrap();
+        assert_eq!((c.rotary_dim, c.parallel_blocks, c.qkv_bias, c.o_bias, c.mlp_bias), (2, false, false, false, true));
     }
 
     /// StableLM 2: LayerNorms at `layer_norm_eps`, the rotary embedding on a quarter of each head by default, q/k/v

@@ -120,7 +120,7 @@ enum Gain {
 }
 
 /// A layer norm: root-mean-square, computed in f32 like transformers' `LlamaRMSNorm`, in most families; a LayerNorm,
-/// which also centres, in StarCoder2, StableLM, Nemotron and Phi (with a bias) and Cohere (without one).
+/// which also centres, in StarCoder2, StableLM, Nemotron, Phi and GPT-NeoX (with a bias) and Cohere (without one).
 #[derive(Debug)]
 pub struct Norm {
     /// The gain, `[dim]` (Gemma: its offset from 1; Command R+'s q/k norms: `[heads, dim]`, one gain per head).
@@ -142,7 +142,9 @@ impl Norm {
         let gain = match cfg.architecture {
             Architecture::Olmo2 | Architecture::Olmo3 | Architecture::GptOss => Gain::F32,
             Architecture::Gemma2 | Architecture::Gemma3 => Gain::OnePlusF32,
-            Architecture::Starcoder2 | Architecture::StableLm | Architecture::Phi => Gain::Layer,
+            Architecture::Starcoder2 | Architecture::StableLm | Architecture::Phi | Architecture::GptNeoX => {
+                Gain::Layer
+            }
             Architecture::Nemotron => Gain::LayerOnePlus,
             Architecture::Cohere2 | Architecture::Cohere => Gain::LayerF32,
             _ => Gain::Rounded,
@@ -402,6 +404,12 @@ pub enum QkvProj {
         /// The stacked projection.
         qkv_proj: Linear,
     },
+    /// One matrix, `query_key_value`, whose output holds each head's query, key and value in turn, head after head
+    /// (GPT-NeoX, which has as many key/value heads as query heads).
+    PerHead {
+        /// The stacked projection.
+        query_key_value: Linear,
+    },
 }
 
 /// Grouped-query self-attention.
@@ -477,11 +485,23 @@ impl Attention {
             Some((q, k)) => (Some(norm(q)?), Some(norm(k)?)),
             None => (None, None),
         };
-        let out = if cfg.architecture == Architecture::Phi { "dense" } else { "o_proj" };
+        let out = match cfg.architecture {
+            Architecture::Phi | Architecture::GptNeoX => "dense",
+            _ => "o_proj",
+        };
         Ok(Attention {
             qkv: match cfg.architecture {
                 Architecture::Phi3 => QkvProj::Fused {
                     qkv_proj: Linear::load(l, &format!("{p}.qkv_proj"), cfg.hidden_size, (h + 2 * kv) * d, qkv_bias)?,
+                },
+                Architecture::GptNeoX => QkvProj::PerHead {
+                    query_key_value: Linear::load(
+                        l,
+                        &format!("{p}.query_key_value"),
+                        cfg.hidden_size,
+                        3 * h * d,
+                        qkv_bias,
+                    )?,
                 },
                 _ => QkvProj::Separate {
                     q_proj: Linear::load(l, &format!("{p}.q_proj"), cfg.hidden_size, h * d, qkv_bias)?,
@@ -520,7 +540,8 @@ impl Attention {
         ctx: Ctx,
     ) -> Tensor {
         let (b, t) = (x.size()[0], x.size()[1]);
-        let shape = |y: Tensor, heads: i64| y.view([b, t, heads, self.head_dim]);
+        // A reshape, which is a view of a contiguous projection and leaves the per-head split as it is.
+        let shape = |y: Tensor, heads: i64| y.reshape([b, t, heads, self.head_dim]);
         let (q, k, v) = match &self.qkv {
             QkvProj::Separate { q_proj, k_proj, v_proj } => {
                 (q_proj.forward(x, ctx), k_proj.forward(x, ctx), v_proj.forward(x, ctx))
@@ -529,6 +550,11 @@ impl Attention {
                 let (q, kv) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
                 let qkv = qkv_proj.forward(x, ctx);
                 (qkv.narrow(2, 0, q), qkv.narrow(2, q, kv), qkv.narrow(2, q + kv, kv))
+            }
+            QkvProj::PerHead { query_key_value } => {
+                let d = self.head_dim;
+                let qkv = query_key_value.forward(x, ctx).view([b, t, self.heads, 3 * d]);
+                (qkv.narrow(3, 0, d), qkv.narrow(3, d, d), qkv.narrow(3, 2 * d, d))
             }
         };
         let norms = self.q_norm.as_ref().zip(self.k_norm.as_ref());
@@ -653,14 +679,15 @@ pub enum GateUpProj {
         gate_up_proj: Linear,
     },
     /// No gate: the activation applies to the up projection itself (Arcee's `down(relu(up(x))^2)`, StarCoder2's
-    /// `c_proj(gelu(c_fc(x)))`, Phi's `fc2(gelu(fc1(x)))`).
+    /// `c_proj(gelu(c_fc(x)))`, Phi's `fc2(gelu(fc1(x)))`, GPT-NeoX's `dense_4h_to_h(gelu(dense_h_to_4h(x)))`).
     Ungated {
         /// Up projection.
         up_proj: Linear,
     },
 }
 
-/// The feed-forward block: gated (SwiGLU, or Gemma's GELU-gated one), or plain (Arcee's, StarCoder2's, Phi's).
+/// The feed-forward block: gated (SwiGLU, or Gemma's GELU-gated one), or plain (Arcee's, StarCoder2's, Phi's,
+/// GPT-NeoX's).
 #[derive(Debug)]
 pub struct Mlp {
     /// Gate and up projections.
@@ -677,6 +704,7 @@ impl Mlp {
         let ungated = match cfg.architecture {
             Architecture::Starcoder2 => Some(("c_fc", "c_proj")),
             Architecture::Phi => Some(("fc1", "fc2")),
+            Architecture::GptNeoX => Some(("dense_h_to_4h", "dense_4h_to_h")),
             _ if cfg.activation == Activation::Relu2 => Some(("up_proj", "down_proj")),
             _ => None,
         };
@@ -789,6 +817,14 @@ pub enum LayerNorms {
         /// Before both blocks.
         input: Norm,
     },
+    /// Attention and the MLP side by side on the layer's input, each behind its own norm, both added to the
+    /// residual stream (GPT-NeoX's `use_parallel_residual`).
+    ParallelPair {
+        /// Before attention.
+        input: Norm,
+        /// Before the MLP.
+        post_attention: Norm,
+    },
     /// On each block's input and on its output (Gemma 2 and 3, GLM-4-0414).
     Sandwich {
         /// Before attention.
@@ -819,7 +855,8 @@ pub struct DecoderLayer {
 
 impl DecoderLayer {
     pub(crate) fn load(l: &Loader, i: i64, cfg: &ModelConfig) -> anyhow::Result<Self> {
-        let p = format!("model.layers.{i}");
+        let names = cfg.architecture.module_names();
+        let p = format!("{}.{i}", names.layers);
         let norm = |name: &str| Norm::load(l, &format!("{p}.{name}"), cfg.hidden_size, cfg);
         let norms = match cfg.architecture {
             Architecture::Olmo2 | Architecture::Olmo3 | Architecture::Exaone4 => LayerNorms::Post {
@@ -835,6 +872,10 @@ impl DecoderLayer {
             Architecture::Cohere2 | Architecture::Cohere | Architecture::Phi => {
                 LayerNorms::Parallel { input: norm("input_layernorm")? }
             }
+            _ if cfg.parallel_blocks => LayerNorms::ParallelPair {
+                input: norm("input_layernorm")?,
+                post_attention: norm("post_attention_layernorm")?,
+            },
             // The same places under GLM-4's names.
             Architecture::Glm4 => LayerNorms::Sandwich {
                 input: norm("input_layernorm")?,
@@ -846,7 +887,7 @@ impl DecoderLayer {
         };
         Ok(DecoderLayer {
             norms,
-            self_attn: Attention::load(l, &format!("{p}.self_attn"), cfg, cfg.rope_layers[i as usize])?,
+            self_attn: Attention::load(l, &format!("{p}.{}", names.attention), cfg, cfg.rope_layers[i as usize])?,
             mlp: match &cfg.moe {
                 Some(moe) if moe.sparse_layers[i as usize] => FeedForward::Sparse(SparseMoe::load(l, &p, moe, cfg)?),
                 _ => FeedForward::Dense(Mlp::load(l, &format!("{p}.mlp"), cfg)?),
@@ -864,6 +905,7 @@ impl DecoderLayer {
         let mut all = match &mut self.self_attn.qkv {
             QkvProj::Separate { q_proj, k_proj, v_proj } => vec![q_proj, k_proj, v_proj],
             QkvProj::Fused { qkv_proj } => vec![qkv_proj],
+            QkvProj::PerHead { query_key_value } => vec![query_key_value],
         };
         all.push(&mut self.self_attn.o_proj);
         match &mut self.mlp {
@@ -911,6 +953,11 @@ impl DecoderLayer {
                 let normed = input.forward(x);
                 let attended = self.self_attn.forward(&normed, cos, sin, mask, cache, ctx);
                 let (out, scores) = self.mlp.forward(&normed, ctx);
+                (x + attended + out, scores)
+            }
+            LayerNorms::ParallelPair { input, post_attention } => {
+                let attended = self.self_attn.forward(&input.forward(x), cos, sin, mask, cache, ctx);
+                let (out, scores) = self.mlp.forward(&post_attention.forward(x), ctx);
                 (x + attended + out, scores)
             }
             LayerNorms::Sandwich { input, post_attention, pre_feedforward, post_feedforward } => {

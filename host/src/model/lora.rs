@@ -30,8 +30,9 @@ pub struct LoraConfig {
 
 /// The linear layers of a decoder layer, by their Hugging Face names: where adapters can go (Phi-3 stores q, k and v
 /// as one `qkv_proj`, and gate and up as one `gate_up_proj`; StarCoder2 names its MLP `c_fc` and `c_proj`; Phi its
-/// output projection `dense` and its MLP `fc1` and `fc2`).
-pub const PROJECTIONS: [&str; 14] = [
+/// output projection `dense` and its MLP `fc1` and `fc2`; GPT-NeoX its fused `query_key_value`, `dense`, and
+/// `dense_h_to_4h` and `dense_4h_to_h`).
+pub const PROJECTIONS: [&str; 17] = [
     "q_proj",
     "k_proj",
     "v_proj",
@@ -46,6 +47,9 @@ pub const PROJECTIONS: [&str; 14] = [
     "dense",
     "fc1",
     "fc2",
+    "query_key_value",
+    "dense_h_to_4h",
+    "dense_4h_to_h",
 ];
 
 /// Which of [`PROJECTIONS`] get adapters (PEFT's `target_modules`): `all-linear` (PEFT's name for all of them,
@@ -53,7 +57,7 @@ pub const PROJECTIONS: [&str; 14] = [
 /// `["all-linear"]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "Vec<String>", into = "Vec<String>")]
-pub struct LoraTargets(u16);
+pub struct LoraTargets(u32);
 
 impl LoraTargets {
     /// Every projection.
@@ -62,7 +66,7 @@ impl LoraTargets {
     /// The set of `names`, each one of [`PROJECTIONS`] (PEFT's `all-linear` stands for all); an unknown name, or
     /// none, is an error naming the valid ones.
     pub fn from_names<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> Result<Self, String> {
-        let mut bits = 0u16;
+        let mut bits = 0u32;
         for name in names {
             let name = name.as_ref().trim();
             match PROJECTIONS.iter().position(|p| *p == name) {

@@ -170,6 +170,9 @@ pub struct Model {
     norm: Norm,
     /// The output projection when it is not the tied embedding: `lm_head`, or a classifier's `score`.
     lm_head: Option<Tensor>,
+    /// The output projection's checkpoint name, without `.weight`: `lm_head` (GPT-NeoX's hub checkpoints:
+    /// `embed_out`), `score`, or the tied embedding's.
+    head_name: String,
     /// `lm_head`'s bias `[vocab]`, where the family has one (Phi).
     lm_head_bias: Option<Tensor>,
     rotary: Rotary,
@@ -210,15 +213,23 @@ impl Model {
         let vs = nn::VarStore::new(device);
         let loader = Loader { files: &files, root: vs.root(), kind: dtype, device, used: RefCell::new(HashSet::new()) };
         let (v, h) = (cfg.vocab_size, cfg.hidden_size);
-        let embed_tokens = loader.get("model.embed_tokens.weight", &[v, h])?;
+        let names = cfg.architecture.module_names();
+        let embed_tokens = loader.get(&format!("{}.weight", names.embed), &[v, h])?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| DecoderLayer::load(&loader, i, &cfg).map(Arc::new))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let final_norm = if cfg.architecture == Architecture::Phi { "model.final_layernorm" } else { "model.norm" };
-        let norm = Norm::load(&loader, final_norm, h, &cfg)?;
+        let norm = Norm::load(&loader, names.final_norm, h, &cfg)?;
+        // GPT-NeoX's checkpoints on the hub call the head `embed_out` (transformers 5 renames it `lm_head` as it
+        // loads and back as it saves); the head keeps the name it was read under.
+        let head_name = match head {
+            OutputHead::LanguageModel if cfg.tie_word_embeddings => names.embed,
+            OutputHead::LanguageModel if files.contains("embed_out.weight") => "embed_out",
+            OutputHead::LanguageModel => "lm_head",
+            OutputHead::Score => "score",
+        };
         let lm_head = match head {
             OutputHead::LanguageModel if cfg.tie_word_embeddings => None,
-            OutputHead::LanguageModel => Some(loader.get("lm_head.weight", &[v, h])?),
+            OutputHead::LanguageModel => Some(loader.get(&format!("{head_name}.weight"), &[v, h])?),
             OutputHead::Score => {
                 let labels = files.shape("score.weight").and_then(|s| s.first().copied()).ok_or_else(|| {
                     user_error!(
@@ -239,6 +250,9 @@ impl Model {
             .names()
             .filter(|n| !used.contains(*n))
             .filter(|n| !n.ends_with("rotary_emb.inv_freq"))
+            // Older GPT-NeoX checkpoints keep the causal mask's buffers, which transformers skips too.
+            .filter(|n| !(cfg.architecture == Architecture::GptNeoX && n.ends_with(".attention.masked_bias")))
+            .filter(|n| !(cfg.architecture == Architecture::GptNeoX && n.ends_with(".attention.bias")))
             .filter(|n| !(head == OutputHead::LanguageModel && cfg.tie_word_embeddings && *n == "lm_head.weight"))
             .collect();
         if !unexpected.is_empty() {
@@ -265,6 +279,7 @@ impl Model {
             layers,
             norm,
             lm_head,
+            head_name: head_name.to_string(),
             lm_head_bias,
             rotary,
             sliding_rotary,
@@ -392,10 +407,10 @@ impl Model {
         if self.output_weight().kind() == Kind::Float {
             return Ok(());
         }
-        let name = if self.lm_head.is_some() { "lm_head.weight" } else { "model.embed_tokens.weight" };
+        let name = format!("{}.weight", self.head_name);
         let files = WeightFiles::open(&self.dir)?;
         // The var store and this struct share the variable, so both see the f32 data.
-        self.output_weight().shallow_clone().set_data(&files.tensor(name, Kind::Float, self.device())?);
+        self.output_weight().shallow_clone().set_data(&files.tensor(&name, Kind::Float, self.device())?);
         if let Some(bias) = &self.lm_head_bias {
             bias.shallow_clone().set_data(&files.tensor("lm_head.bias", Kind::Float, self.device())?);
         }

@@ -51,6 +51,7 @@ pub const TINY_FAMILIES: &[&str] = &[
     "cohere2",
     "cohere",
     "phi",
+    "gpt_neox",
 ];
 
 /// `target/<profile>`: the test binary lives in its `deps/` folder.
