@@ -114,6 +114,8 @@ pub struct AdapterInfo {
     pub dropout: f64,
     /// The module names LoRA wraps (`q_proj`, ...).
     pub target_modules: Vec<String>,
+    /// The wrapped modules store their weights `[in, out]` (GPT-2's `Conv1D`), as PEFT's `fan_in_fan_out` says.
+    pub fan_in_fan_out: bool,
 }
 
 const MODEL_FILES: [&str; 5] =
@@ -215,7 +217,7 @@ fn write_checkpoint(
                 "lora_dropout": info.dropout,
                 "target_modules": info.target_modules,
                 "bias": "none",
-                "fan_in_fan_out": false,
+                "fan_in_fan_out": info.fan_in_fan_out,
                 "inference_mode": true,
             });
             let text = serde_json::to_string_pretty(&config)?;
@@ -1027,7 +1029,13 @@ mod tests {
         let (_tmp, base, ckpts) = setup();
         let mut d = data(&base, 2);
         d.merged = Some(d.weights.iter().map(|(k, v)| (k.clone(), v.copy())).collect());
-        d.adapter = Some(AdapterInfo { rank: 4, alpha: 8.0, dropout: 0.0, target_modules: vec!["q_proj".into()] });
+        d.adapter = Some(AdapterInfo {
+            rank: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            target_modules: vec!["q_proj".into()],
+            fan_in_fan_out: false,
+        });
         let dir = save(&ckpts, d).unwrap();
         let manifest: Manifest = serde_json::from_str(&fs::read_to_string(dir.join(MANIFEST)).unwrap()).unwrap();
         let names: Vec<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();

@@ -748,35 +748,77 @@ fn load_err(dir: &Path) -> String {
     grpo_host::error::one_line(&err)
 }
 
-/// GPT-NeoX checkpoints as they come: older ones keep each layer's causal-mask buffers (`attention.bias`,
-/// `attention.masked_bias`), which are skipped as transformers skips them, and the head is `embed_out` on the hub
-/// but `lm_head` where transformers 5 saved the renamed model; both load to the same logits, under the name read.
+/// GPT-NeoX and GPT-2 checkpoints as they come. Older ones keep each layer's causal-mask buffers (GPT-NeoX's
+/// `attention.bias` and `attention.masked_bias`, GPT-2's `attn.bias` and `attn.masked_bias`), which are skipped as
+/// transformers skips them. GPT-NeoX's head is `embed_out` on the hub but `lm_head` where transformers 5 saved the
+/// renamed model; both load, under the name read. GPT-2's original checkpoints leave out the `transformer.` prefix;
+/// they load, and are kept (and saved) under transformers' full names. Each loads to the fixture's logits.
 #[test]
-fn gpt_neox_checkpoints_load_with_their_buffers_and_either_head_name() {
-    let expected = forward_logits(&Model::load(&tiny("gpt_neox"), Device::Cpu, Kind::Float).unwrap());
+fn gpt_neox_and_gpt2_checkpoints_load_as_the_hub_stores_them() {
     let tmp = tempfile::tempdir().unwrap();
-    copy_dir(&tiny("gpt_neox"), tmp.path());
-    let file = tmp.path().join("model.safetensors");
-    let weights: Vec<(String, Tensor)> = Tensor::read_safetensors(&file).unwrap();
-    let mut old = weights.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect::<Vec<_>>();
-    for i in 0..2 {
-        let mask = Tensor::ones([1, 1, 8, 8], (Kind::Bool, Device::Cpu)).tril(0);
-        old.push((format!("gpt_neox.layers.{i}.attention.bias"), mask));
-        old.push((format!("gpt_neox.layers.{i}.attention.masked_bias"), Tensor::from(-1e9f32)));
-    }
-    Tensor::write_safetensors(&old, &file).unwrap();
-    let model = Model::load(tmp.path(), Device::Cpu, Kind::Float).unwrap();
-    assert!(forward_logits(&model).equal(&expected));
-    assert!(model.var_store().variables().contains_key("embed_out.weight"));
+    for (fam, buffers) in [("gpt_neox", "attention"), ("gpt2", "attn")] {
+        let expected = forward_logits(&Model::load(&tiny(fam), Device::Cpu, Kind::Float).unwrap());
+        let dir = tmp.path().join(fam);
+        std::fs::create_dir(&dir).unwrap();
+        copy_dir(&tiny(fam), &dir);
+        let file = dir.join("model.safetensors");
+        let weights: Vec<(String, Tensor)> = Tensor::read_safetensors(&file).unwrap();
+        let prefix = if fam == "gpt2" { "transformer." } else { "gpt_neox." };
+        let mut old: Vec<(String, Tensor)> = weights
+            .iter()
+            .map(|(n, t)| (if fam == "gpt2" { n.replace(prefix, "") } else { n.clone() }, t.shallow_clone()))
+            .collect();
+        for i in 0..2 {
+            let layer = if fam == "gpt2" { format!("h.{i}") } else { format!("{prefix}layers.{i}") };
+            let mask = Tensor::ones([1, 1, 8, 8], (Kind::Bool, Device::Cpu)).tril(0);
+            old.push((format!("{layer}.{buffers}.bias"), mask));
+            old.push((format!("{layer}.{buffers}.masked_bias"), Tensor::from(-1e9f32)));
+        }
+        Tensor::write_safetensors(&old, &file).unwrap();
+        let mut model = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
+        assert!(forward_logits(&model).equal(&expected), "{fam}");
+        let names = model.var_store().variables();
+        let head = if fam == "gpt2" { "transformer.wte.weight" } else { "embed_out.weight" };
+        assert!(names.contains_key(head) && names.keys().all(|n| n.starts_with(prefix) || n == head), "{fam}");
+        // A tied head read back in f32 finds its stored name too.
+        model.cast_lm_head_to_f32().unwrap();
 
-    let renamed: Vec<(String, Tensor)> = weights
-        .iter()
-        .map(|(n, t)| (if n == "embed_out.weight" { "lm_head.weight".into() } else { n.clone() }, t.shallow_clone()))
-        .collect();
-    Tensor::write_safetensors(&renamed, &file).unwrap();
-    let model = Model::load(tmp.path(), Device::Cpu, Kind::Float).unwrap();
-    assert!(forward_logits(&model).equal(&expected));
-    assert!(model.var_store().variables().contains_key("lm_head.weight"));
+        if fam == "gpt_neox" {
+            let renamed: Vec<(String, Tensor)> = weights
+                .iter()
+                .map(|(n, t)| {
+                    (if n == "embed_out.weight" { "lm_head.weight".into() } else { n.clone() }, t.shallow_clone())
+                })
+                .collect();
+            Tensor::write_safetensors(&renamed, &file).unwrap();
+            let model = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
+            assert!(forward_logits(&model).equal(&expected));
+            assert!(model.var_store().variables().contains_key("lm_head.weight"));
+        }
+    }
+}
+
+/// A model with learned positions (the tiny GPT-2's 512) refuses, in one line, a cached forward pass that reaches
+/// past them, and takes one that ends at the last.
+#[test]
+fn learned_positions_bound_the_sequence_length() {
+    let model = Model::load(&tiny("gpt2"), Device::Cpu, Kind::Float).unwrap();
+    assert_eq!(model.position_limit(), Some(512));
+    let mut cache = model.new_cache(1, 520);
+    let ids = Tensor::zeros([1, 8], (Kind::Int64, Device::Cpu));
+    let rows = grpo_host::model::CacheRows::Prefix(1);
+    let fits = model.forward_slots(&ids, &[504], &[8], &rows, &mut cache);
+    assert!(fits.is_ok());
+    let err = model.forward_slots(&ids, &[505], &[8], &rows, &mut cache).unwrap_err().to_string();
+    assert!(err.contains("a sequence has 513 tokens, but this gpt2 model has 512 learned positions"), "{err}");
+    assert!(model.check_length(512, "a row", "").is_ok() && model.check_length(513, "a row", "").is_err());
+    assert!(model.check_max_length(Some(512)).is_ok());
+    for refused in [Some(513), None] {
+        let err = model.check_max_length(refused).unwrap_err().to_string();
+        assert!(err.contains("512 learned positions; give --max-length 512 or less"), "{err}");
+    }
+    let rope = Model::load(&tiny("llama"), Device::Cpu, Kind::Float).unwrap();
+    assert!(rope.position_limit().is_none() && rope.check_length(1 << 20, "a row", "").is_ok());
 }
 
 /// The model's logits on the reference batch of the fixture it was loaded from (or a copy of one).
@@ -819,8 +861,8 @@ fn broken_checkpoints_give_one_line_errors() {
     assert!(e.contains("gate_proj.weight") && e.contains("shape"), "{e}");
 
     // An unsupported architecture.
-    std::fs::write(tmp.path().join("config.json"), cfg.replace("\"llama\"", "\"gpt2\"")).unwrap();
-    assert!(load_err(tmp.path()).contains("gpt2"));
+    std::fs::write(tmp.path().join("config.json"), cfg.replace("\"llama\"", "\"bloom\"")).unwrap();
+    assert!(load_err(tmp.path()).contains("bloom"));
 
     // Not a model directory at all.
     let empty = tempfile::tempdir().unwrap();

@@ -159,6 +159,24 @@ fn plain_text_rows_are_tokenized_as_trl_does() {
     assert!(seams >= 1 && bos >= 1, "{seams} seams, {bos} BOS");
 }
 
+/// A row longer than a model's learned positions (the tiny GPT-2's 512) is a one-line error naming `--max-length`,
+/// not an out-of-range lookup; a row that fits trains.
+#[test]
+fn a_row_past_learned_positions_is_refused_in_one_line() {
+    let dir = root().join("tests/fixtures/model/tiny/gpt2");
+    let (model, tokenizer) = (Model::load(&dir, Device::Cpu, Kind::Float).unwrap(), Tokenizer::from_dir(&dir).unwrap());
+    let row = |chars: usize| {
+        let plain = PlainText { origin: "test".into(), prompt: None, completion: "ab".repeat(chars / 2) };
+        render_text(&tokenizer, &plain).unwrap().0
+    };
+    let long = row(600);
+    assert!(long.tokens.len() > 512);
+    let err = sft_loss(&model, &SftBatch::new(&[&long], Device::Cpu)).err().unwrap().to_string();
+    assert!(err.contains("512 learned positions") && err.contains("--max-length"), "{err}");
+    let short = row(20);
+    assert!(sft_loss(&model, &SftBatch::new(&[&short], Device::Cpu)).is_ok());
+}
+
 #[test]
 fn loss_and_accuracy_match_the_oracle_alone_and_padded() {
     let (model, tokenizer) = tiny();
@@ -167,7 +185,7 @@ fn loss_and_accuracy_match_the_oracle_alone_and_padded() {
     let cases = fx["cases"].as_array().unwrap();
     let rendered: Vec<_> = cases.iter().map(|c| renderer.render(&messages(c)).unwrap()).collect();
     for (case, r) in cases.iter().zip(&rendered) {
-        let out = sft_loss(&model, &SftBatch::new(&[r], Device::Cpu));
+        let out = sft_loss(&model, &SftBatch::new(&[r], Device::Cpu)).unwrap();
         let loss = out.sum.double_value(&[]) / out.tokens as f64;
         assert_eq!(out.tokens, case["assistant_tokens"].as_i64().unwrap());
         assert!((loss - case["loss"].as_f64().unwrap()).abs() < 1e-5, "{loss} vs {}", case["loss"]);
@@ -177,7 +195,7 @@ fn loss_and_accuracy_match_the_oracle_alone_and_padded() {
         assert!((entropy - case["entropy"].as_f64().unwrap()).abs() < 1e-5, "{entropy} vs {}", case["entropy"]);
     }
     let refs: Vec<_> = rendered.iter().collect();
-    let out = sft_loss(&model, &SftBatch::new(&refs, Device::Cpu));
+    let out = sft_loss(&model, &SftBatch::new(&refs, Device::Cpu)).unwrap();
     let batch = &fx["batch"];
     assert_eq!(out.tokens, batch["assistant_tokens"].as_i64().unwrap());
     let loss = out.sum.double_value(&[]) / out.tokens as f64;
@@ -246,7 +264,7 @@ fn a_mixtures_load_balancing_loss_joins_the_supervised_step() {
     let coef = 0.5;
     let model = load(coef);
     let refs: Vec<_> = rows.iter().collect();
-    let out = sft_loss(&model, &SftBatch::new(&refs, Device::Cpu));
+    let out = sft_loss(&model, &SftBatch::new(&refs, Device::Cpu)).unwrap();
     let aux = out.aux.expect("a mixture weighing the loss records it");
     let total = out.tokens as f64;
     (&out.sum / total + &aux * coef).backward();

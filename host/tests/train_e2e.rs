@@ -1165,20 +1165,27 @@ fn gpt_oss_trains_and_saves_what_transformers_and_peft_load() {
 }
 
 /// Phi (its `dense` output projection, ungated `fc1`/`fc2` MLP and biased `lm_head`), Command R+ (`cohere`, its
-/// q/k norms with a gain per head) and GPT-NeoX (`gpt_neox.` names, the fused per-head `query_key_value`, the head
-/// `embed_out`) train fully and with LoRA on every projection, and save what transformers and peft load as they load
-/// the hub's.
+/// q/k norms with a gain per head), GPT-NeoX (`gpt_neox.` names, the fused per-head `query_key_value`, the head
+/// `embed_out`) and GPT-2 (learned positions, `Conv1D` projections stored `[in, out]`, whose adapters peft applies
+/// with `fan_in_fan_out` and whose merged update is transposed) train fully and with LoRA on every projection, and
+/// save what transformers and peft load as they load the hub's.
 #[test]
-fn phi_cohere_and_gpt_neox_train_and_save_what_transformers_and_peft_load() {
+fn phi_cohere_gpt_neox_and_gpt2_train_and_save_what_transformers_and_peft_load() {
     let tiny = common::workspace_root().join("tests/fixtures/model/tiny");
     for (fam, targets) in [
         ("phi", &["dense", "fc1", "fc2", "k_proj", "q_proj", "v_proj"][..]),
         ("cohere", &["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"][..]),
         ("gpt_neox", &["dense", "dense_4h_to_h", "dense_h_to_4h", "query_key_value"][..]),
+        ("gpt2", &["c_attn", "c_fc", "c_proj"][..]),
     ] {
         let runs = tempfile::tempdir().unwrap();
         trains_for_transformers_and_peft(runs.path(), &tiny.join(fam), &tiny.join(fam), targets);
     }
+    // GPT-2's episodes must fit its learned positions (the tiny one's 512): a longer --max-length is refused at once.
+    let runs = tempfile::tempdir().unwrap();
+    let gpt2 = tiny.join("gpt2");
+    let gpt2 = ["--model", gpt2.to_str().unwrap(), "--max-length", "1024"];
+    assert_refused(runs.path(), &gpt2, "--max-length 1024 is longer than this gpt2 model's 512 learned positions");
 }
 
 /// Train for one batch (three updates) in full from `full_from` and with LoRA (`--save-merged`) from `base`, check

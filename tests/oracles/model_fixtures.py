@@ -36,6 +36,7 @@ from transformers import (
     Gemma3TextConfig,
     Glm4Config,
     GlmConfig,
+    GPT2Config,
     GPTNeoXConfig,
     GptOssConfig,
     GraniteConfig,
@@ -390,6 +391,20 @@ def tiny_configs():
             layer_norm_eps=1e-5,
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5},
         ),
+        # GPT-2: learned positions (512 of them, as many as the tests' runs take), Conv1D projections stored [in, out]
+        # with biases (drawn away from 0), LayerNorms, gelu_new, tied embeddings; no grouped-query attention.
+        "gpt2": GPT2Config(
+            vocab_size=VOCAB,
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            n_positions=512,
+            initializer_range=0.1,
+            bos_token_id=None,
+            eos_token_id=258,
+            pad_token_id=None,
+            tie_word_embeddings=True,
+        ),
     }
 
 
@@ -463,12 +478,14 @@ def make_tiny_models(only=None):
         if cfg.model_type == "gpt_oss":
             # Sinks far enough from 0 to take a visible share of each query's attention.
             redraw(model, lambda n: n.endswith("sinks"), lambda p: p.normal_(0.0, 1.0))
-        if cfg.model_type in ("starcoder2", "stablelm", "nemotron", "cohere2", "cohere", "phi", "gpt_neox"):
+        if cfg.model_type in ("starcoder2", "stablelm", "nemotron", "cohere2", "cohere", "phi", "gpt_neox", "gpt2"):
             # LayerNorms start at a gain of 1 and a bias of 0; moved off them, a missed gain or bias shows.
-            redraw(model, lambda n: "norm" in n, lambda p: p.add_(torch.randn_like(p) * 0.3))
-        if cfg.model_type in ("phi", "gpt_neox"):
-            # Projection biases start at 0 too; lm_head's stays small, or one token would win every greedy step.
-            redraw(model, lambda n: n.endswith(".bias"), lambda p: p.add_(torch.randn_like(p) * 0.3))
+            redraw(model, lambda n: "norm" in n or ".ln_" in n, lambda p: p.add_(torch.randn_like(p) * 0.3))
+        if cfg.model_type in ("phi", "gpt_neox", "gpt2"):
+            # Projection biases start at 0 too; lm_head's stays small, or one token would win every greedy step
+            # (and GPT-2's, whose every layer adds to one residual stream).
+            size = 0.05 if cfg.model_type == "gpt2" else 0.3
+            redraw(model, lambda n: n.endswith(".bias"), lambda p: p.add_(torch.randn_like(p) * size))
             redraw(model, lambda n: n == "lm_head.bias", lambda p: p.mul_(0.1))
         if cfg.model_type in ("gemma2", "gemma3_text"):
             # Gemma's norms start at a zero offset from a gain of 1; random ones make the offset matter.

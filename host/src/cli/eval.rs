@@ -235,6 +235,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<i32> {
         ..args.model.settings(args.mixed_precision)?
     };
     let mut policy = Policy::load(&model_settings, false, args.seed)?;
+    policy.model().check_max_length(Some(limits.max_length))?;
     let sampler = policy.sampler();
     rewards.load_reward_models(sampler.device(), sampler.kind(), model_settings.allow_download)?;
     policy.tokenizer().require_chat_template(crate::train::CHAT_NEEDED)?;

@@ -87,6 +87,11 @@ pub enum Architecture {
     /// holds each head's query, key and value together, the rotary embedding on a quarter of each head, an ungated
     /// GELU MLP (`dense_h_to_4h`, `dense_4h_to_h`), biases everywhere, under `gpt_neox.` with the head `embed_out`.
     GptNeoX,
+    /// GPT-2 (`gpt2`, and DistilGPT2): learned absolute positions (`wpe`) added to the token embedding and no rotary
+    /// embedding, LayerNorms with biases (`ln_1`, `ln_2`, `ln_f`), every projection a `Conv1D` stored `[in, out]`
+    /// with a bias (the fused `c_attn`, `c_proj`, and the ungated `c_fc` MLP), tied embeddings, under `transformer.`
+    /// (or no prefix at all, as the original checkpoints are stored).
+    Gpt2,
 }
 
 /// Where a family's checkpoint keeps the modules most families name `model.embed_tokens`, `model.layers.<i>`,
@@ -101,6 +106,12 @@ pub struct ModuleNames {
     pub attention: &'static str,
     /// The norm after the last layer.
     pub final_norm: &'static str,
+    /// A prefix of every name that a checkpoint may leave out (GPT-2's original checkpoints store `h.0...` where
+    /// transformers names `transformer.h.0...`); empty where none may be.
+    pub optional_prefix: &'static str,
+    /// Endings of the names of tensors a checkpoint may hold that are not weights (older GPT-NeoX and GPT-2
+    /// checkpoints' causal-mask buffers), skipped as transformers skips them.
+    pub buffers: &'static [&'static str],
 }
 
 impl Architecture {
@@ -111,6 +122,8 @@ impl Architecture {
             layers: "model.layers",
             attention: "self_attn",
             final_norm: "model.norm",
+            optional_prefix: "",
+            buffers: &[],
         };
         match self {
             Architecture::Phi => ModuleNames { final_norm: "model.final_layernorm", ..usual },
@@ -119,9 +132,25 @@ impl Architecture {
                 layers: "gpt_neox.layers",
                 attention: "attention",
                 final_norm: "gpt_neox.final_layer_norm",
+                optional_prefix: "",
+                buffers: &[".attention.bias", ".attention.masked_bias"],
+            },
+            Architecture::Gpt2 => ModuleNames {
+                embed: "transformer.wte",
+                layers: "transformer.h",
+                attention: "attn",
+                final_norm: "transformer.ln_f",
+                optional_prefix: "transformer.",
+                buffers: &[".attn.bias", ".attn.masked_bias"],
             },
             _ => usual,
         }
+    }
+
+    /// Whether every projection is a GPT-2 `Conv1D`, whose weight is stored `[in, out]`, transposed from a linear
+    /// layer's.
+    pub fn conv1d(self) -> bool {
+        self == Architecture::Gpt2
     }
 }
 
@@ -409,6 +438,9 @@ pub struct ModelConfig {
     /// Whether attention and the MLP run side by side on the layer's input rather than one after the other, where the
     /// family makes that optional (GPT-NeoX's `use_parallel_residual`).
     pub parallel_blocks: bool,
+    /// The number of learned absolute positions (GPT-2's `n_positions`) where the model has a position embedding
+    /// instead of a rotary one: no sequence may be longer.
+    pub learned_positions: Option<i64>,
     /// Whether the queries and keys of each head are normalised where the family makes that optional (Cohere's
     /// `use_qk_norm`, Phi's `qk_layernorm`); the families whose norms are always there ignore it.
     pub qk_norm: bool,
@@ -440,7 +472,11 @@ impl ModelConfig {
 
     /// Parse the text of a config.json.
     pub fn from_json_str(text: &str) -> anyhow::Result<Self> {
-        let v: Value = serde_json::from_str(text).map_err(|e| user_error!("config.json is not valid JSON: {e}"))?;
+        let mut v: Value = serde_json::from_str(text).map_err(|e| user_error!("config.json is not valid JSON: {e}"))?;
+        if v.get("model_type").and_then(Value::as_str) == Some("gpt2") {
+            gpt2_field_names(&mut v)?;
+        }
+        let v = v;
         let model_type = v.get("model_type").and_then(Value::as_str).unwrap_or("");
         let architecture = match model_type {
             // Granite is Llama's layers with its four multipliers; ERNIE 4.5 Llama's with biases (`use_bias`) and
@@ -472,6 +508,7 @@ impl ModelConfig {
             "cohere" => Architecture::Cohere,
             "phi" => Architecture::Phi,
             "gpt_neox" => Architecture::GptNeoX,
+            "gpt2" => Architecture::Gpt2,
             "stablelm" => {
                 for (field, what) in [
                     ("qk_layernorm", "per-head q/k LayerNorms"),
@@ -495,7 +532,7 @@ impl ModelConfig {
             other => {
                 return Err(user_error!(
                     "unsupported model_type {other:?} in config.json; supported: arcee, cohere, cohere2, ernie4_5, \
-                     exaone4, gemma2, gemma3_text, glm, glm4, gpt_neox, gpt_oss, granite, granitemoe, hunyuan_v1_dense, llama, \
+                     exaone4, gemma2, gemma3_text, glm, glm4, gpt2, gpt_neox, gpt_oss, granite, granitemoe, hunyuan_v1_dense, llama, \
                      ministral, mistral, mixtral, nemotron, olmo2, olmo3, olmoe, phi, phi3, qwen2, qwen2_moe, qwen3, \
                      qwen3_moe, seed_oss, smollm3, stablelm, starcoder2"
                 ))
@@ -542,7 +579,8 @@ impl ModelConfig {
         // Arcee's and Nemotron's MLPs have no gate; relu^2 is their activation and no other family's.
         let arcee = matches!(model_type, "arcee" | "nemotron");
         let named = v.get("hidden_activation").or_else(|| v.get("hidden_act")).and_then(Value::as_str);
-        let tanh_default = gemma || matches!(architecture, Architecture::Starcoder2 | Architecture::Phi);
+        let tanh_default =
+            gemma || matches!(architecture, Architecture::Starcoder2 | Architecture::Phi | Architecture::Gpt2);
         let gelu_default = architecture == Architecture::GptNeoX;
         let activation = match (arcee, named) {
             (true, None | Some("relu2")) => Activation::Relu2,
@@ -649,8 +687,8 @@ impl ModelConfig {
         // ERNIE 4.5's and StarCoder2's `use_bias` put a bias on every projection (StarCoder2's by default).
         let use_bias = match architecture {
             Architecture::Starcoder2 => flag("use_bias", true),
-            // Phi's projections always have one.
-            Architecture::Phi => true,
+            // Phi's and GPT-2's projections always have one.
+            Architecture::Phi | Architecture::Gpt2 => true,
             _ => ernie && flag("use_bias", false),
         };
         let gpt_oss = architecture == Architecture::GptOss;
@@ -700,7 +738,8 @@ impl ModelConfig {
                     | Architecture::Cohere2
                     | Architecture::Cohere
                     | Architecture::Phi
-                    | Architecture::GptNeoX => "layer_norm_eps",
+                    | Architecture::GptNeoX
+                    | Architecture::Gpt2 => "layer_norm_eps",
                     Architecture::Nemotron => "norm_eps",
                     _ => "rms_norm_eps",
                 })
@@ -720,6 +759,7 @@ impl ModelConfig {
                                 | Architecture::Cohere
                                 | Architecture::Phi
                                 | Architecture::GptNeoX
+                                | Architecture::Gpt2
                         ) {
                         true => 1e-5,
                         false => 1e-6,
@@ -736,6 +776,8 @@ impl ModelConfig {
             rope,
             attention_scale: match attention_scale {
                 Some(s) => Some(s.powf(-0.5)),
+                // GPT-2 without `scale_attn_weights` leaves its scores unscaled.
+                None if architecture == Architecture::Gpt2 && !flag("scale_attn_weights", true) => Some(1.0),
                 // Granite's scale replaces 1/sqrt(head_dim), whatever its value (1 by default).
                 None if model_type.starts_with("granite") => Some(granite("attention_multiplier")?.unwrap_or(1.0)),
                 None => None,
@@ -761,6 +803,8 @@ impl ModelConfig {
             mlp_bias: flag("mlp_bias", false) || use_bias || neox,
             lm_head_bias: architecture == Architecture::Phi,
             parallel_blocks: neox && flag("use_parallel_residual", true),
+            learned_positions: (architecture == Architecture::Gpt2)
+                .then(|| v.get("max_position_embeddings").and_then(Value::as_i64).unwrap_or(1024)),
             qk_norm: match architecture {
                 Architecture::Cohere => flag("use_qk_norm", false),
                 Architecture::Phi => flag("qk_layernorm", false),
@@ -1015,6 +1059,8 @@ fn rope_layers(v: &Value, architecture: Architecture, layers: i64, sliding: &[bo
         Architecture::Exaone4 => return Ok(sliding.iter().map(|&s| s || !windowed).collect()),
         // Cohere 2 turns the sliding layers' queries and keys alone, and none under a null window.
         Architecture::Cohere2 => return Ok(sliding.iter().map(|&s| s && windowed).collect()),
+        // GPT-2's positions are learned embeddings instead.
+        Architecture::Gpt2 => return Ok(vec![false; layers as usize]),
         _ => {}
     }
     if architecture != Architecture::SmolLM3 {
@@ -1030,6 +1076,39 @@ fn rope_layers(v: &Value, architecture: Architecture, layers: i64, sliding: &[bo
     }
     let interval = optional_positive(v, "no_rope_layer_interval")?.unwrap_or(4);
     Ok((0..layers).map(|i| (i + 1) % interval != 0).collect())
+}
+
+/// GPT-2's config.json under the names the other families use (transformers' `attribute_map`, plus its own names for
+/// the MLP's width, the norms' epsilon and the activation), each set only where config.json does not already give
+/// it; GPT-2's options that change attention beyond what is implemented are refused.
+fn gpt2_field_names(v: &mut Value) -> anyhow::Result<()> {
+    for (field, what) in [
+        ("scale_attn_by_inverse_layer_idx", "scores divided by the layer's index"),
+        ("reorder_and_upcast_attn", "attention reordered and upcast to f32"),
+        ("add_cross_attention", "cross-attention"),
+    ] {
+        if v.get(field).and_then(Value::as_bool) == Some(true) {
+            return Err(user_error!("config.json {field}=true (GPT-2 with {what}) is not supported"));
+        }
+    }
+    let Some(fields) = v.as_object_mut() else { return Ok(()) };
+    let width = fields.get("n_embd").and_then(Value::as_i64).unwrap_or(768);
+    let defaults = [
+        ("hidden_size", "n_embd", Value::from(768)),
+        ("num_hidden_layers", "n_layer", Value::from(12)),
+        ("num_attention_heads", "n_head", Value::from(12)),
+        ("max_position_embeddings", "n_positions", Value::from(1024)),
+        ("intermediate_size", "n_inner", Value::from(4 * width)),
+        ("layer_norm_eps", "layer_norm_epsilon", Value::from(1e-5)),
+        ("hidden_act", "activation_function", Value::from("gelu_new")),
+    ];
+    for (ours, theirs, default) in defaults {
+        if !fields.contains_key(ours) {
+            let value = fields.get(theirs).filter(|x| !x.is_null()).cloned().unwrap_or(default);
+            fields.insert(ours.to_string(), value);
+        }
+    }
+    Ok(())
 }
 
 /// The sliding window of a family whose class default has one (EXAONE 4, gpt-oss, Cohere 2): `default` where
@@ -1330,6 +1409,37 @@ mod tests {
         let fields = r#","num_hidden_layers":1,"rotary_pct":0.5,"use_parallel_residual":false,"attention_bias":false"#;
         let c = small("gpt_neox", fields).unwrap();
         assert_eq!((c.rotary_dim, c.parallel_blocks, c.qkv_bias, c.o_bias, c.mlp_bias), (2, false, false, false, true));
+    }
+
+    /// GPT-2's config.json names (`n_embd`, `n_layer`, `n_head`, `n_positions`, `n_inner`, `layer_norm_epsilon`,
+    /// `activation_function`) and class defaults; no rotary embedding, learned positions instead; its attention
+    /// variants beyond the plain one are refused in one line.
+    #[test]
+    fn gpt2_reads_its_own_field_names() {
+        let gpt2 = |fields: &str| {
+            ModelConfig::from_json_str(&format!(
+                r#"{{"model_type":"gpt2","vocab_size":50257,"n_embd":64,"n_head":4{fields}}}"#
+            ))
+        };
+        let c = gpt2("").unwrap();
+        assert_eq!(
+            (c.architecture, c.hidden_size, c.intermediate_size, c.num_hidden_layers),
+            (Architecture::Gpt2, 64, 256, 12)
+        );
+        assert_eq!((c.head_dim, c.learned_positions, c.rms_norm_eps), (16, Some(1024), 1e-5));
+        assert_eq!(
+            (c.activation, c.attention_scale, &c.rope_layers[..2]),
+            (Activation::GeluTanh, None, &[false, false][..])
+        );
+        assert!(c.qkv_bias && c.o_bias && c.mlp_bias && c.tie_word_embeddings && c.architecture.conv1d());
+        let c = gpt2(r#","n_layer":2,"n_inner":100,"n_positions":512,"layer_norm_epsilon":1e-4,"activation_function":"gelu","scale_attn_weights":false"#)
+            .unwrap();
+        assert_eq!((c.num_hidden_layers, c.intermediate_size, c.learned_positions), (2, 100, Some(512)));
+        assert_eq!((c.rms_norm_eps, c.activation, c.attention_scale), (1e-4, Activation::Gelu, Some(1.0)));
+        for field in ["scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention"] {
+            let err = gpt2(&format!(r#","{field}":true"#)).unwrap_err().to_string();
+            assert!(err.contains(&format!("{field}=true")) && err.contains("not supported"), "{err}");
+        }
     }
 
     /// StableLM 2: LayerNorms at `layer_norm_eps`, the rotary embedding on a quarter of each head by default, q/k/v
@@ -1666,8 +1776,8 @@ mod tests {
 
     #[test]
     fn rejects_unknown_model_type() {
-        let err = ModelConfig::from_json_str(r#"{"model_type":"gpt2"}"#).unwrap_err();
-        assert!(err.to_string().contains("gpt2"), "{err}");
+        let err = ModelConfig::from_json_str(r#"{"model_type":"bloom"}"#).unwrap_err();
+        assert!(err.to_string().contains("bloom"), "{err}");
         assert_eq!(crate::error::exit_code(&err), 2);
     }
 }

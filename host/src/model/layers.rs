@@ -20,22 +20,37 @@ pub(crate) struct Loader<'a> {
     pub kind: Kind,
     pub device: Device,
     pub used: RefCell<HashSet<String>>,
+    /// Projections are GPT-2 `Conv1D`s, stored `[in, out]`.
+    pub conv1d: bool,
+    /// A prefix the checkpoint may leave out of every name ([`super::config::ModuleNames::optional_prefix`]).
+    pub optional_prefix: &'static str,
+}
+
+/// The name `files` store the tensor `name` by: `name`, or `name` without `optional_prefix` where only that is
+/// stored.
+pub(crate) fn stored_name<'a>(files: &WeightFiles, name: &'a str, optional_prefix: &str) -> &'a str {
+    match name.strip_prefix(optional_prefix) {
+        Some(bare) if !optional_prefix.is_empty() && !files.contains(name) && files.contains(bare) => bare,
+        _ => name,
+    }
 }
 
 impl Loader<'_> {
-    /// Load `name` (an HF dotted name) as a trainable variable of the expected `shape`.
+    /// Load `name` (an HF dotted name) as a trainable variable of the expected `shape`. It is read from the name the
+    /// checkpoint stores it by ([`stored_name`]) and kept under `name`, which transformers loads either way.
     pub fn get(&self, name: &str, shape: &[i64]) -> anyhow::Result<Tensor> {
+        let stored_as = stored_name(self.files, name, self.optional_prefix);
         let stored = self
             .files
-            .shape(name)
+            .shape(stored_as)
             .ok_or_else(|| user_error!("the checkpoint is missing tensor {name:?} (required by config.json)"))?;
         if stored != shape {
             return Err(user_error!(
-                "tensor {name:?} has shape {stored:?} in the checkpoint but config.json implies {shape:?}"
+                "tensor {stored_as:?} has shape {stored:?} in the checkpoint but config.json implies {shape:?}"
             ));
         }
-        let t = self.files.tensor(name, self.kind, self.device)?;
-        self.used.borrow_mut().insert(name.to_string());
+        let t = self.files.tensor(stored_as, self.kind, self.device)?;
+        self.used.borrow_mut().insert(stored_as.to_string());
         Ok(self.register(name, t))
     }
 
@@ -70,10 +85,10 @@ impl Loader<'_> {
     }
 }
 
-/// A dense projection `x W^T + b`, with an optional LoRA adapter added to its output.
+/// A dense projection `x W^T + b` (GPT-2's `Conv1D`: `x W + b`), with an optional LoRA adapter added to its output.
 #[derive(Debug)]
 pub struct Linear {
-    /// `[out, in]`, HF name `<prefix>.weight`.
+    /// `[out, in]` (a `Conv1D`'s: `[in, out]`), HF name `<prefix>.weight`.
     pub weight: Tensor,
     /// `[out]`, HF name `<prefix>.bias`, when the architecture has one.
     pub bias: Option<Tensor>,
@@ -81,18 +96,35 @@ pub struct Linear {
     pub lora: Option<LoraAdapter>,
     /// The HF name prefix, e.g. `model.layers.0.self_attn.q_proj`.
     pub name: String,
+    /// The weight is stored `[in, out]` (a GPT-2 `Conv1D`).
+    pub transposed: bool,
 }
 
 impl Linear {
     pub(crate) fn load(l: &Loader, name: &str, in_dim: i64, out_dim: i64, bias: bool) -> anyhow::Result<Self> {
-        let weight = l.get(&format!("{name}.weight"), &[out_dim, in_dim])?;
+        let shape = if l.conv1d { [in_dim, out_dim] } else { [out_dim, in_dim] };
+        let weight = l.get(&format!("{name}.weight"), &shape)?;
         let bias = if bias { Some(l.get(&format!("{name}.bias"), &[out_dim])?) } else { None };
-        Ok(Linear { weight, bias, lora: None, name: name.to_string() })
+        Ok(Linear { weight, bias, lora: None, name: name.to_string(), transposed: l.conv1d })
+    }
+
+    /// `(in, out)`: the widths of the projection's input and output.
+    pub fn dims(&self) -> (i64, i64) {
+        let size = self.weight.size();
+        if self.transposed {
+            (size[0], size[1])
+        } else {
+            (size[1], size[0])
+        }
     }
 
     /// Apply the projection, plus the adapter when one is attached and `ctx.adapters` is set.
     pub fn forward(&self, x: &Tensor, ctx: Ctx) -> Tensor {
-        let y = x.linear(&self.weight, self.bias.as_ref());
+        // A Conv1D's weight as a transposed view: libtorch's matmul reads it in place.
+        let y = match self.transposed {
+            true => x.linear(&self.weight.tr(), self.bias.as_ref()),
+            false => x.linear(&self.weight, self.bias.as_ref()),
+        };
         match &self.lora {
             Some(lora) if ctx.adapters => y + lora.forward(x, ctx.train),
             _ => y,
@@ -120,7 +152,8 @@ enum Gain {
 }
 
 /// A layer norm: root-mean-square, computed in f32 like transformers' `LlamaRMSNorm`, in most families; a LayerNorm,
-/// which also centres, in StarCoder2, StableLM, Nemotron, Phi and GPT-NeoX (with a bias) and Cohere (without one).
+/// which also centres, in StarCoder2, StableLM, Nemotron, Phi, GPT-NeoX and GPT-2 (with a bias) and Cohere (without
+/// one).
 #[derive(Debug)]
 pub struct Norm {
     /// The gain, `[dim]` (Gemma: its offset from 1; Command R+'s q/k norms: `[heads, dim]`, one gain per head).
@@ -142,9 +175,11 @@ impl Norm {
         let gain = match cfg.architecture {
             Architecture::Olmo2 | Architecture::Olmo3 | Architecture::GptOss => Gain::F32,
             Architecture::Gemma2 | Architecture::Gemma3 => Gain::OnePlusF32,
-            Architecture::Starcoder2 | Architecture::StableLm | Architecture::Phi | Architecture::GptNeoX => {
-                Gain::Layer
-            }
+            Architecture::Starcoder2
+            | Architecture::StableLm
+            | Architecture::Phi
+            | Architecture::GptNeoX
+            | Architecture::Gpt2 => Gain::Layer,
             Architecture::Nemotron => Gain::LayerOnePlus,
             Architecture::Cohere2 | Architecture::Cohere => Gain::LayerF32,
             _ => Gain::Rounded,
@@ -399,7 +434,7 @@ pub enum QkvProj {
         /// Value projection.
         v_proj: Linear,
     },
-    /// One matrix, `qkv_proj`, whose output is the queries, then the keys, then the values (Phi-3).
+    /// One matrix, `qkv_proj`, whose output is the queries, then the keys, then the values (Phi-3; GPT-2's `c_attn`).
     Fused {
         /// The stacked projection.
         qkv_proj: Linear,
@@ -487,12 +522,16 @@ impl Attention {
         };
         let out = match cfg.architecture {
             Architecture::Phi | Architecture::GptNeoX => "dense",
+            Architecture::Gpt2 => "c_proj",
             _ => "o_proj",
         };
         Ok(Attention {
             qkv: match cfg.architecture {
-                Architecture::Phi3 => QkvProj::Fused {
-                    qkv_proj: Linear::load(l, &format!("{p}.qkv_proj"), cfg.hidden_size, (h + 2 * kv) * d, qkv_bias)?,
+                Architecture::Phi3 | Architecture::Gpt2 => QkvProj::Fused {
+                    qkv_proj: {
+                        let name = if cfg.architecture == Architecture::Gpt2 { "c_attn" } else { "qkv_proj" };
+                        Linear::load(l, &format!("{p}.{name}"), cfg.hidden_size, (h + 2 * kv) * d, qkv_bias)?
+                    },
                 },
                 Architecture::GptNeoX => QkvProj::PerHead {
                     query_key_value: Linear::load(
@@ -702,7 +741,7 @@ impl Mlp {
     pub(crate) fn load(l: &Loader, p: &str, cfg: &ModelConfig) -> anyhow::Result<Self> {
         let (h, i, b) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
         let ungated = match cfg.architecture {
-            Architecture::Starcoder2 => Some(("c_fc", "c_proj")),
+            Architecture::Starcoder2 | Architecture::Gpt2 => Some(("c_fc", "c_proj")),
             Architecture::Phi => Some(("fc1", "fc2")),
             Architecture::GptNeoX => Some(("dense_h_to_4h", "dense_4h_to_h")),
             _ if cfg.activation == Activation::Relu2 => Some(("up_proj", "down_proj")),
@@ -883,6 +922,7 @@ impl DecoderLayer {
                 pre_feedforward: norm("post_attention_layernorm")?,
                 post_feedforward: norm("post_mlp_layernorm")?,
             },
+            Architecture::Gpt2 => LayerNorms::Pre { input: norm("ln_1")?, post_attention: norm("ln_2")? },
             _ => LayerNorms::Pre { input: norm("input_layernorm")?, post_attention: norm("post_attention_layernorm")? },
         };
         Ok(DecoderLayer {

@@ -31,8 +31,8 @@ pub struct LoraConfig {
 /// The linear layers of a decoder layer, by their Hugging Face names: where adapters can go (Phi-3 stores q, k and v
 /// as one `qkv_proj`, and gate and up as one `gate_up_proj`; StarCoder2 names its MLP `c_fc` and `c_proj`; Phi its
 /// output projection `dense` and its MLP `fc1` and `fc2`; GPT-NeoX its fused `query_key_value`, `dense`, and
-/// `dense_h_to_4h` and `dense_4h_to_h`).
-pub const PROJECTIONS: [&str; 17] = [
+/// `dense_h_to_4h` and `dense_4h_to_h`; GPT-2 its fused `c_attn`, `c_proj` and `c_fc`).
+pub const PROJECTIONS: [&str; 18] = [
     "q_proj",
     "k_proj",
     "v_proj",
@@ -50,6 +50,7 @@ pub const PROJECTIONS: [&str; 17] = [
     "query_key_value",
     "dense_h_to_4h",
     "dense_4h_to_h",
+    "c_attn",
 ];
 
 /// Which of [`PROJECTIONS`] get adapters (PEFT's `target_modules`): `all-linear` (PEFT's name for all of them,
@@ -179,13 +180,13 @@ pub struct PeftAdapter {
 }
 
 /// adapter_config.json fields of PEFT features this host's adapters do not have, each with the value that means
-/// "not used".
-const UNSUPPORTED: [(&str, &str); 12] = [
+/// "not used". (`fan_in_fan_out` is not among them: PEFT sets it from the wrapped layer's kind, a GPT-2 `Conv1D` or
+/// a linear layer, whatever the file says, and so does this host.)
+const UNSUPPORTED: [(&str, &str); 11] = [
     ("use_dora", "false"),
     ("use_rslora", "false"),
     ("use_qalora", "false"),
     ("lora_bias", "false"),
-    ("fan_in_fan_out", "false"),
     ("bias", "\"none\""),
     ("modules_to_save", "null"),
     ("layers_to_transform", "null"),

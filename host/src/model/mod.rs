@@ -165,6 +165,8 @@ pub struct Model {
     /// The projections that carry adapters, by name, in decoder order.
     lora_modules: Vec<String>,
     embed_tokens: Tensor,
+    /// GPT-2's learned position embedding `[positions, hidden]`, added to the token embedding.
+    position_embed: Option<Tensor>,
     /// Shared with the recomputing autograd nodes of gradient checkpointing, which may outlive a forward call.
     layers: Vec<Arc<DecoderLayer>>,
     norm: Norm,
@@ -211,10 +213,22 @@ impl Model {
         let cfg = ModelConfig::from_dir(dir)?;
         let files = WeightFiles::open(dir)?;
         let vs = nn::VarStore::new(device);
-        let loader = Loader { files: &files, root: vs.root(), kind: dtype, device, used: RefCell::new(HashSet::new()) };
-        let (v, h) = (cfg.vocab_size, cfg.hidden_size);
         let names = cfg.architecture.module_names();
+        let loader = Loader {
+            files: &files,
+            root: vs.root(),
+            kind: dtype,
+            device,
+            used: RefCell::new(HashSet::new()),
+            conv1d: cfg.architecture.conv1d(),
+            optional_prefix: names.optional_prefix,
+        };
+        let (v, h) = (cfg.vocab_size, cfg.hidden_size);
         let embed_tokens = loader.get(&format!("{}.weight", names.embed), &[v, h])?;
+        let position_embed = match cfg.learned_positions {
+            Some(positions) => Some(loader.get("transformer.wpe.weight", &[positions, h])?),
+            None => None,
+        };
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| DecoderLayer::load(&loader, i, &cfg).map(Arc::new))
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -250,9 +264,7 @@ impl Model {
             .names()
             .filter(|n| !used.contains(*n))
             .filter(|n| !n.ends_with("rotary_emb.inv_freq"))
-            // Older GPT-NeoX checkpoints keep the causal mask's buffers, which transformers skips too.
-            .filter(|n| !(cfg.architecture == Architecture::GptNeoX && n.ends_with(".attention.masked_bias")))
-            .filter(|n| !(cfg.architecture == Architecture::GptNeoX && n.ends_with(".attention.bias")))
+            .filter(|n| !names.buffers.iter().any(|b| n.ends_with(b)))
             .filter(|n| !(head == OutputHead::LanguageModel && cfg.tie_word_embeddings && *n == "lm_head.weight"))
             .collect();
         if !unexpected.is_empty() {
@@ -276,6 +288,7 @@ impl Model {
             lora_cfg: None,
             lora_modules: Vec::new(),
             embed_tokens,
+            position_embed,
             layers,
             norm,
             lm_head,
@@ -295,6 +308,42 @@ impl Model {
     /// The architecture hyper-parameters.
     pub fn config(&self) -> &ModelConfig {
         &self.cfg
+    }
+
+    /// The most tokens a sequence may have, where the model has learned absolute positions (GPT-2's
+    /// `n_positions`); `None` for a rotary embedding, which has no such bound.
+    pub fn position_limit(&self) -> Option<i64> {
+        self.cfg.learned_positions
+    }
+
+    /// A one-line error where `--max-length` (`None`: no bound) lets a sequence grow past [`Model::position_limit`],
+    /// for a run to refuse before it starts.
+    pub fn check_max_length(&self, max_length: Option<usize>) -> anyhow::Result<()> {
+        match (self.cfg.learned_positions, max_length) {
+            (Some(limit), None) => Err(user_error!(
+                "--max-length 0 keeps sequences of any length, but this {} model has {limit} learned positions; give \
+                 --max-length {limit} or less",
+                self.cfg.model_type
+            )),
+            (Some(limit), Some(n)) if n as i64 > limit => Err(user_error!(
+                "--max-length {n} is longer than this {} model's {limit} learned positions; give --max-length {limit} \
+                 or less",
+                self.cfg.model_type
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// A one-line error where a sequence of `tokens` tokens is longer than [`Model::position_limit`]; `what` names
+    /// the sequence and `fix` the setting that bounds it.
+    pub fn check_length(&self, tokens: i64, what: &str, fix: &str) -> anyhow::Result<()> {
+        match self.cfg.learned_positions {
+            Some(limit) if tokens > limit => Err(user_error!(
+                "{what} has {tokens} tokens, but this {} model has {limit} learned positions; {fix}",
+                self.cfg.model_type
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The directory the model was loaded from.
@@ -385,8 +434,8 @@ impl Model {
                 for part in lin.name.split('.') {
                     path = path.sub(part);
                 }
-                let size = lin.weight.size();
-                lin.lora = Some(lora::LoraAdapter::new(&path, &cfg, size[1], size[0]));
+                let (in_dim, out_dim) = lin.dims();
+                lin.lora = Some(lora::LoraAdapter::new(&path, &cfg, in_dim, out_dim));
             }
         }
         if self.kind != Kind::Float {
@@ -407,10 +456,11 @@ impl Model {
         if self.output_weight().kind() == Kind::Float {
             return Ok(());
         }
-        let name = format!("{}.weight", self.head_name);
         let files = WeightFiles::open(&self.dir)?;
+        let name = format!("{}.weight", self.head_name);
+        let name = layers::stored_name(&files, &name, self.cfg.architecture.module_names().optional_prefix);
         // The var store and this struct share the variable, so both see the f32 data.
-        self.output_weight().shallow_clone().set_data(&files.tensor(&name, Kind::Float, self.device())?);
+        self.output_weight().shallow_clone().set_data(&files.tensor(name, Kind::Float, self.device())?);
         if let Some(bias) = &self.lm_head_bias {
             bias.shallow_clone().set_data(&files.tensor("lm_head.bias", Kind::Float, self.device())?);
         }
@@ -545,6 +595,11 @@ impl Model {
         if x.kind() != self.kind {
             // A tied embedding kept in f32 for the output projection looks up in the model's dtype.
             x = x.to_kind(self.kind);
+        }
+        if let (Some(table), Some(limit)) = (&self.position_embed, self.cfg.learned_positions) {
+            // Real tokens stay below the table's length (`Model::position_limit`, checked where sequences are made
+            // and in the cached forward); a padding token beyond it takes the last row, and nothing reads its output.
+            x = x + Tensor::embedding(table, &pos.clamp_max(limit - 1), -1, false, false);
         }
         match self.cfg.embedding_scale {
             // transformers rounds the scale to the model's dtype first (Gemma's sqrt(3072) is 55.5 in bf16).
@@ -915,6 +970,12 @@ impl Model {
             starts.size()
         );
         let keys = longest + t;
+        let reach = last.map_or(keys, |last| last.iter().max().map_or(0, |l| l + 1));
+        self.check_length(
+            reach,
+            "a sequence",
+            "keep prompt and completion within it (--max-length, --max-new-tokens)",
+        )?;
         if keys > cache.capacity() {
             anyhow::bail!("KV cache overflow: {keys} columns exceed its capacity {}", cache.capacity());
         }

@@ -96,6 +96,7 @@ impl RewardModel {
                 })
                 .collect::<Result<Vec<Vec<u32>>>>()?;
             let longest = rows.iter().map(Vec::len).max().unwrap_or(1);
+            self.model.check_length(longest as i64, "--reward-model: a conversation", "keep episodes within it")?;
             let lengths: Vec<i64> = rows.iter().map(|r| r.len() as i64).collect();
             let ids = right_padded(rows.iter().map(Vec::as_slice), longest, self.model.device());
             let values = tch::no_grad(|| self.model.sequence_scores(&ids, &lengths));

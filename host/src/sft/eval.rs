@@ -53,7 +53,7 @@ pub fn held_out(model: &Model, rows: &[Rendered], micro_batch: Chunking, world: 
     let mut entropy = Tensor::zeros([], (Kind::Double, device));
     let mut tokens = 0i64;
     for refs in micro_batches(rows, micro_batch) {
-        let out = sft_loss(model, &SftBatch::new(&refs, device));
+        let out = sft_loss(model, &SftBatch::new(&refs, device))?;
         loss_sum += out.sum.to_kind(Kind::Double);
         correct += out.correct;
         entropy += out.entropy;

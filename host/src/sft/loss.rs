@@ -69,9 +69,11 @@ pub struct SftLoss {
 
 /// Cross-entropy of the assistant tokens of `batch` under `model`, summed. Only the positions that predict an
 /// assistant token go through the output projection (every other logit would be thrown away), and they go through
-/// it in chunks that keep no full-vocabulary logits for the backward pass ([`Model::head_log_probs`]).
-pub fn sft_loss(model: &Model, batch: &SftBatch) -> SftLoss {
+/// it in chunks that keep no full-vocabulary logits for the backward pass ([`Model::head_log_probs`]). A row longer
+/// than the model's learned positions is an error ([`Model::check_length`]).
+pub fn sft_loss(model: &Model, batch: &SftBatch) -> anyhow::Result<SftLoss> {
     let t = batch.tokens.size()[1];
+    model.check_length(t, "a row", "cut rows to fit with --max-length")?;
     let pos = Model::position_ids(&batch.attention_mask);
     let mut routers = model.router_record();
     let hidden =
@@ -83,17 +85,17 @@ pub fn sft_loss(model: &Model, batch: &SftBatch) -> SftLoss {
     if tokens == 0 {
         let correct = Tensor::zeros([], (Kind::Int64, hidden.device()));
         let entropy = Tensor::zeros([], (Kind::Double, hidden.device()));
-        return SftLoss { sum: (hidden.sum(Kind::Float) * 0.0), tokens: 0, correct, entropy, aux };
+        return Ok(SftLoss { sum: (hidden.sum(Kind::Float) * 0.0), tokens: 0, correct, entropy, aux });
     }
     let at = &batch.target_positions;
     let picked = hidden.narrow(1, 0, t - 1).reshape([-1, hidden_size]).index_select(0, at);
     let targets = batch.tokens.narrow(1, 1, t - 1).reshape([-1]).index_select(0, at);
     let head = model.head_log_probs(&picked, &targets);
-    SftLoss {
+    Ok(SftLoss {
         sum: -head.log_probs.sum(Kind::Float),
         tokens,
         correct: head.hits.sum(Kind::Int64),
         entropy: head.entropy.sum(Kind::Double),
         aux,
-    }
+    })
 }

@@ -240,6 +240,7 @@ pub fn run(mut config: SftConfig) -> Result<i32> {
         None => None,
     };
     let mut policy = Policy::load(&config.model, false, config.seed)?;
+    policy.model().check_max_length(config.max_length)?;
     let mut optimizer = policy.optimizer(config.optimizer.adamw());
     let mut scaler = LossScaler::new(policy.precision().mode);
     let state = crate::train::starting_state(&paths, config.seed, &mut policy, &mut optimizer, &mut scaler)?;

@@ -122,7 +122,7 @@ impl SftStep<'_> {
         let mut aux_mean = Tensor::zeros([], (Kind::Double, device));
         let coef = self.model.router_aux_loss_coef();
         for refs in micro_batches(rows, self.micro_batch) {
-            let out = sft_loss(self.model, &SftBatch::new(&refs, device));
+            let out = sft_loss(self.model, &SftBatch::new(&refs, device))?;
             loss_sum += out.sum.detach().to_kind(Kind::Double);
             correct += out.correct;
             entropy += out.entropy;

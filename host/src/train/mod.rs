@@ -152,6 +152,7 @@ impl Trainer {
         // warm-up turns out to be due (`sft_warm_up`).
         let sft_rows = if paths.resume.is_none() { sft_data_rows(&config)? } else { None };
         let mut policy = Policy::load(&config.model, config.loss.needs_reference(), config.seed)?;
+        policy.model().check_max_length(Some(config.batch.max_length))?;
         policy.tokenizer().require_chat_template(CHAT_NEEDED)?;
         let sampler = policy.sampler();
         config.rewards.load_reward_models(sampler.device(), sampler.kind(), config.model.allow_download)?;

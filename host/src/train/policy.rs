@@ -352,6 +352,7 @@ impl Policy {
             alpha: c.alpha,
             dropout: c.dropout,
             target_modules: self.model.lora_modules().to_vec(),
+            fan_in_fan_out: self.model.config().architecture.conv1d(),
         })
     }
 
@@ -360,6 +361,8 @@ impl Policy {
         let cfg = self.model.lora_config()?;
         let lora = self.model.lora_var_store()?.variables();
         let scale = cfg.alpha / cfg.rank as f64;
+        // A Conv1D's weight is stored `[in, out]`: its update is `(B A)^T`.
+        let conv1d = self.model.config().architecture.conv1d();
         let merged = tch::no_grad(|| {
             self.model
                 .var_store()
@@ -372,6 +375,7 @@ impl Policy {
                     let w = match (a, b) {
                         (Some(a), Some(b)) => {
                             let delta = b.to_kind(Kind::Float).matmul(&a.to_kind(Kind::Float)) * scale;
+                            let delta = if conv1d { delta.tr() } else { delta };
                             (w.to_kind(Kind::Float) + delta).to_kind(w.kind())
                         }
                         _ => w.copy(),

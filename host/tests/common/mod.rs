@@ -52,6 +52,7 @@ pub const TINY_FAMILIES: &[&str] = &[
     "cohere",
     "phi",
     "gpt_neox",
+    "gpt2",
 ];
 
 /// `target/<profile>`: the test binary lives in its `deps/` folder.
