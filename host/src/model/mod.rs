@@ -599,7 +599,7 @@ impl Model {
         if let (Some(table), Some(limit)) = (&self.position_embed, self.cfg.learned_positions) {
             // Real tokens stay below the table's length (`Model::position_limit`, checked where sequences are made
             // and in the cached forward); a padding token beyond it takes the last row, and nothing reads its output.
-            x = x + Tensor::embedding(table, &pos.clamp_max(limit - 1), -1, false, false);
+            x += Tensor::embedding(table, &pos.clamp_max(limit - 1), -1, false, false);
         }
         match self.cfg.embedding_scale {
             // transformers rounds the scale to the model's dtype first (Gemma's sqrt(3072) is 55.5 in bf16).
