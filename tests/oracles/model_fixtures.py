@@ -32,6 +32,7 @@ from transformers import (
     Ernie4_5Config,
     Exaone4Config,
     LlamaConfig,
+    GemmaConfig,
     Gemma2Config,
     Gemma3TextConfig,
     Glm4Config,
@@ -46,6 +47,7 @@ from transformers import (
     MistralConfig,
     MixtralConfig,
     NemotronConfig,
+    OlmoConfig,
     Olmo2Config,
     Olmo3Config,
     OlmoeConfig,
@@ -405,6 +407,11 @@ def tiny_configs():
             pad_token_id=None,
             tie_word_embeddings=True,
         ),
+        # Gemma 1: Llama's layers with Gemma's 1 + w norms (drawn away from 0), the scaled embedding and GELU-tanh,
+        # its config's legacy `gelu`; untied, since a tiny tied one repeats its prompt's last token forever.
+        "gemma": GemmaConfig(**{**common, "head_dim": 16}, tie_word_embeddings=False, hidden_act="gelu"),
+        # OLMo 1: LayerNorms without parameters, and q/k/v clamped at 0.5, low enough to cut these values.
+        "olmo": OlmoConfig(**common, tie_word_embeddings=False, clip_qkv=0.5),
     }
 
 
@@ -487,7 +494,7 @@ def make_tiny_models(only=None):
             size = 0.05 if cfg.model_type == "gpt2" else 0.3
             redraw(model, lambda n: n.endswith(".bias"), lambda p: p.add_(torch.randn_like(p) * size))
             redraw(model, lambda n: n == "lm_head.bias", lambda p: p.mul_(0.1))
-        if cfg.model_type in ("gemma2", "gemma3_text"):
+        if cfg.model_type in ("gemma", "gemma2", "gemma3_text"):
             # Gemma's norms start at a zero offset from a gain of 1; random ones make the offset matter.
             redraw(model, lambda n: "norm" in n, lambda p: p.normal_(0.0, 0.3))
         model.generation_config.eos_token_id = None

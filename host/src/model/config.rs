@@ -31,6 +31,12 @@ pub enum Architecture {
     /// OLMo 3: OLMo 2's layers, three in four attending within a sliding window, the others with their own rotary
     /// rescaling (YaRN in the long-context models).
     Olmo3,
+    /// Gemma (`gemma`, Gemma 1 2B and 7B, CodeGemma): Llama's layers with Gemma's `1 + w` RMSNorm gain, a scaled
+    /// embedding, the tanh GELU and 256-wide heads.
+    Gemma,
+    /// OLMo (`olmo`, OLMo 1 and 1.7): Llama's layers with LayerNorms that have no parameters at all, computed in f32,
+    /// and the query, key and value projections clamped to `clip_qkv` where it is set.
+    Olmo,
     /// Gemma 2 (`gemma2`): Gemma 3's norms, GELU, scaled embedding and query scale without its q/k norms, every
     /// other layer within a sliding window, and tanh soft caps on the attention scores and the final logits.
     Gemma2,
@@ -435,6 +441,8 @@ pub struct ModelConfig {
     pub mlp_bias: bool,
     /// Whether `lm_head` carries a bias (Phi's).
     pub lm_head_bias: bool,
+    /// OLMo's clamp on the query, key and value projections (`clip_qkv`): each is cut to `[-c, c]`.
+    pub clip_qkv: Option<f64>,
     /// Whether attention and the MLP run side by side on the layer's input rather than one after the other, where the
     /// family makes that optional (GPT-NeoX's `use_parallel_residual`).
     pub parallel_blocks: bool,
@@ -490,6 +498,8 @@ impl ModelConfig {
             "smollm3" => Architecture::SmolLM3,
             "olmo2" => Architecture::Olmo2,
             "olmo3" => Architecture::Olmo3,
+            "gemma" => Architecture::Gemma,
+            "olmo" => Architecture::Olmo,
             "gemma2" => Architecture::Gemma2,
             "gemma3_text" => Architecture::Gemma3,
             "phi3" => Architecture::Phi3,
@@ -532,13 +542,13 @@ impl ModelConfig {
             other => {
                 return Err(user_error!(
                     "unsupported model_type {other:?} in config.json; supported: arcee, cohere, cohere2, ernie4_5, \
-                     exaone4, gemma2, gemma3_text, glm, glm4, gpt2, gpt_neox, gpt_oss, granite, granitemoe, hunyuan_v1_dense, llama, \
-                     ministral, mistral, mixtral, nemotron, olmo2, olmo3, olmoe, phi, phi3, qwen2, qwen2_moe, qwen3, \
+                     exaone4, gemma, gemma2, gemma3_text, glm, glm4, gpt2, gpt_neox, gpt_oss, granite, granitemoe, hunyuan_v1_dense, llama, \
+                     ministral, mistral, mixtral, nemotron, olmo, olmo2, olmo3, olmoe, phi, phi3, qwen2, qwen2_moe, qwen3, \
                      qwen3_moe, seed_oss, smollm3, stablelm, starcoder2"
                 ))
             }
         };
-        let gemma = matches!(architecture, Architecture::Gemma2 | Architecture::Gemma3);
+        let gemma = matches!(architecture, Architecture::Gemma | Architecture::Gemma2 | Architecture::Gemma3);
         // Gemma 2's caps are on unless config.json says null; other families have none unless it gives one.
         let softcap = |field: &str, gemma2_default: f64| match v.get(field) {
             None if architecture == Architecture::Gemma2 => Ok(Some(gemma2_default)),
@@ -566,8 +576,9 @@ impl ModelConfig {
                 ));
             }
         }
-        if v.get("clip_qkv").is_some_and(|x| !x.is_null()) {
-            return Err(user_error!("config.json clip_qkv is not supported (only null)"));
+        let clip_qkv = optional_positive_number(&v, "clip_qkv")?;
+        if clip_qkv.is_some() && architecture != Architecture::Olmo {
+            return Err(user_error!("config.json clip_qkv is supported in OLMo (model_type olmo) only"));
         }
         let int = |name: &str| -> anyhow::Result<i64> {
             v.get(name)
@@ -589,6 +600,8 @@ impl ModelConfig {
             (false, None | Some("silu")) => Activation::Silu,
             // `gelu_new` is the tanh approximation written out (Phi's), the same function.
             (false, Some("gelu_pytorch_tanh" | "gelu_new")) => Activation::GeluTanh,
+            // Gemma 1's configs say `gelu` for the tanh approximation it was trained with, as transformers reads it.
+            (false, Some("gelu")) if architecture == Architecture::Gemma => Activation::GeluTanh,
             (false, Some("gelu")) => Activation::Gelu,
             (_, Some(act)) => {
                 let supported = if arcee { "relu2" } else { "silu, gelu, gelu_new, gelu_pytorch_tanh" };
@@ -612,6 +625,7 @@ impl ModelConfig {
             _ if architecture == Architecture::Cohere2 => hidden_size / num_attention_heads,
             // ERNIE 4.5's and Seed-OSS's class defaults.
             None if ernie || model_type == "seed_oss" => 128,
+            None if architecture == Architecture::Gemma => 256,
             Some(Value::Null) | None => hidden_size / num_attention_heads,
             Some(_) => int("head_dim")?,
         };
@@ -665,6 +679,7 @@ impl ModelConfig {
             architecture,
             Architecture::Llama
                 | Architecture::Mistral
+                | Architecture::Olmo
                 | Architecture::Olmo2
                 | Architecture::Olmo3
                 | Architecture::Phi3
@@ -712,7 +727,7 @@ impl ModelConfig {
         let moe = moe(&v, model_type, num_hidden_layers, intermediate_size)?;
         let attention_scale =
             match v.get("query_pre_attn_scalar") {
-                _ if !gemma => None,
+                _ if !gemma || architecture == Architecture::Gemma => None,
                 Some(x) => Some(x.as_f64().filter(|x| *x > 0.0).ok_or_else(|| {
                     user_error!("config.json field \"query_pre_attn_scalar\" is not a positive number")
                 })?),
@@ -802,6 +817,7 @@ impl ModelConfig {
             o_bias,
             mlp_bias: flag("mlp_bias", false) || use_bias || neox,
             lm_head_bias: architecture == Architecture::Phi,
+            clip_qkv,
             parallel_blocks: neox && flag("use_parallel_residual", true),
             learned_positions: (architecture == Architecture::Gpt2)
                 .then(|| v.get("max_position_embeddings").and_then(Value::as_i64).unwrap_or(1024)),
@@ -1411,6 +1427,22 @@ mod tests {
         assert_eq!((c.rotary_dim, c.parallel_blocks, c.qkv_bias, c.o_bias, c.mlp_bias), (2, false, false, false, true));
     }
 
+    /// Gemma 1: the tanh GELU for its configs' legacy `gelu`, 256-wide heads, tied, the scaled embedding, Gemma's
+    /// norms, SDPA's own scale (no `query_pre_attn_scalar`). OLMo 1: untied, its `clip_qkv` read (and refused in
+    /// any other family).
+    #[test]
+    fn gemma_and_olmo_take_their_class_defaults() {
+        let c = small("gemma", r#","num_hidden_layers":1,"hidden_act":"gelu""#).unwrap();
+        assert_eq!((c.architecture, c.activation, c.head_dim), (Architecture::Gemma, Activation::GeluTanh, 256));
+        assert_eq!((c.embedding_scale, c.attention_scale), (Some(EmbeddingScale::Rounded(8f64.sqrt())), None));
+        assert!(c.tie_word_embeddings && c.attention_softcap.is_none() && c.final_logit_softcap.is_none());
+        let c = small("olmo", r#","num_hidden_layers":1,"clip_qkv":8.0"#).unwrap();
+        assert_eq!((c.architecture, c.clip_qkv, c.tie_word_embeddings), (Architecture::Olmo, Some(8.0), false));
+        assert_eq!(small("olmo", r#","num_hidden_layers":1,"clip_qkv":null"#).unwrap().clip_qkv, None);
+        let err = small("llama", r#","num_hidden_layers":1,"clip_qkv":8.0"#).unwrap_err().to_string();
+        assert!(err.contains("clip_qkv is supported in OLMo"), "{err}");
+    }
+
     /// GPT-2's config.json names (`n_embd`, `n_layer`, `n_head`, `n_positions`, `n_inner`, `layer_norm_epsilon`,
     /// `activation_function`) and class defaults; no rotary embedding, learned positions instead; its attention
     /// variants beyond the plain one are refused in one line.
@@ -1766,7 +1798,7 @@ mod tests {
             ("mixtral", r#","num_local_experts":1"#, "num_experts_per_tok (2) is more than the 1 experts"),
             ("mixtral", r#","num_local_experts":4,"router_jitter_noise":0.1"#, "router_jitter_noise is not supported"),
             ("qwen3_moe", r#","num_experts":4"#, "\"moe_intermediate_size\" is missing"),
-            ("olmoe", r#","num_experts":4,"clip_qkv":8"#, "clip_qkv is not supported"),
+            ("olmoe", r#","num_experts":4,"clip_qkv":8"#, "clip_qkv is supported in OLMo (model_type olmo) only"),
         ] {
             let err = config(model_type, extra).unwrap_err();
             assert!(err.to_string().contains(message), "{model_type}: {err}");

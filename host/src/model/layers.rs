@@ -141,7 +141,8 @@ enum Gain {
     /// LayerNorm with the gain stored as its offset from 1: `(1 + w) * x + b`, `1 + w` in the model's dtype
     /// (Nemotron's `LayerNorm1P`).
     LayerOnePlus,
-    /// LayerNorm without a bias, computed in f32 and rounded after the gain (Cohere's and Cohere 2's).
+    /// LayerNorm without a bias, computed in f32 and rounded after the gain (Cohere's and Cohere 2's; OLMo 1's,
+    /// whose gain is 1).
     LayerF32,
     /// `w * x` in the input's dtype, after rounding (Llama's `LlamaRMSNorm`).
     Rounded,
@@ -157,6 +158,7 @@ enum Gain {
 #[derive(Debug)]
 pub struct Norm {
     /// The gain, `[dim]` (Gemma: its offset from 1; Command R+'s q/k norms: `[heads, dim]`, one gain per head).
+    /// OLMo 1's norms have none: theirs is a constant 1, no parameter of the model.
     pub weight: Tensor,
     /// LayerNorm's bias, shaped as the gain.
     pub bias: Option<Tensor>,
@@ -174,7 +176,13 @@ impl Norm {
     pub(crate) fn load_shaped(l: &Loader, name: &str, shape: &[i64], cfg: &ModelConfig) -> anyhow::Result<Self> {
         let gain = match cfg.architecture {
             Architecture::Olmo2 | Architecture::Olmo3 | Architecture::GptOss => Gain::F32,
-            Architecture::Gemma2 | Architecture::Gemma3 => Gain::OnePlusF32,
+            Architecture::Gemma | Architecture::Gemma2 | Architecture::Gemma3 => Gain::OnePlusF32,
+            Architecture::Olmo => {
+                // A LayerNorm without parameters, in f32 at a fixed epsilon: the f32 LayerNorm with a gain of 1,
+                // which multiplies exactly.
+                let weight = Tensor::ones(shape, (Kind::Float, l.device));
+                return Ok(Norm { weight, bias: None, eps: 1e-5, gain: Gain::LayerF32 });
+            }
             Architecture::Starcoder2
             | Architecture::StableLm
             | Architecture::Phi
@@ -463,6 +471,8 @@ pub struct Attention {
     scale: Option<f64>,
     /// Gemma 2's cap on the scores (`c tanh(s / c)`), which SDPA cannot apply.
     softcap: Option<f64>,
+    /// OLMo's clamp of the query, key and value projections to `[-c, c]` (`clip_qkv`).
+    clip: Option<f64>,
     /// gpt-oss's learned sink, `[heads]`: one more logit beside each query's keys, which takes its share of the
     /// softmax and contributes no value (SDPA has none either).
     pub sinks: Option<Tensor>,
@@ -553,6 +563,7 @@ impl Attention {
             k_norm,
             scale: cfg.attention_scale,
             softcap: cfg.attention_softcap,
+            clip: cfg.clip_qkv,
             sinks: match cfg.architecture {
                 Architecture::GptOss => Some(l.get(&format!("{p}.sinks"), &[h])?),
                 _ => None,
@@ -595,6 +606,10 @@ impl Attention {
                 let qkv = query_key_value.forward(x, ctx).view([b, t, self.heads, 3 * d]);
                 (qkv.narrow(3, 0, d), qkv.narrow(3, d, d), qkv.narrow(3, 2 * d, d))
             }
+        };
+        let (q, k, v) = match self.clip {
+            Some(c) => (q.clamp(-c, c), k.clamp(-c, c), v.clamp(-c, c)),
+            None => (q, k, v),
         };
         let norms = self.q_norm.as_ref().zip(self.k_norm.as_ref());
         let normed = |q: Tensor, k: Tensor, at: QkNorm| match norms {

@@ -53,6 +53,8 @@ pub const TINY_FAMILIES: &[&str] = &[
     "phi",
     "gpt_neox",
     "gpt2",
+    "gemma",
+    "olmo",
 ];
 
 /// `target/<profile>`: the test binary lives in its `deps/` folder.
