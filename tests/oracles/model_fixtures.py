@@ -46,6 +46,7 @@ from transformers import (
     MinistralConfig,
     MistralConfig,
     MixtralConfig,
+    NanoChatConfig,
     NemotronConfig,
     OlmoConfig,
     Olmo2Config,
@@ -412,6 +413,9 @@ def tiny_configs():
         "gemma": GemmaConfig(**{**common, "head_dim": 16}, tie_word_embeddings=False, hidden_act="gelu"),
         # OLMo 1: LayerNorms without parameters, and q/k/v clamped at 0.5, low enough to cut these values.
         "olmo": OlmoConfig(**common, tie_word_embeddings=False, clip_qkv=0.5),
+        # nanochat: parameter-free RMSNorms (the embedding's too), the rotary embedding turned the other way, q/k
+        # norms after it, the ungated relu^2 fc1/fc2 MLP, and a final soft cap low enough to bend these logits.
+        "nanochat": NanoChatConfig(**common, tie_word_embeddings=False, final_logit_softcapping=2.0),
     }
 
 

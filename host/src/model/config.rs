@@ -37,6 +37,10 @@ pub enum Architecture {
     /// OLMo (`olmo`, OLMo 1 and 1.7): Llama's layers with LayerNorms that have no parameters at all, computed in f32,
     /// and the query, key and value projections clamped to `clip_qkv` where it is set.
     Olmo,
+    /// nanochat (`nanochat`): Llama's layers with RMSNorms that have no parameters (one more on the embedding),
+    /// the rotary embedding turned the other way, q/k norms after it, an ungated `fc2(relu(fc1(x))^2)` MLP, and
+    /// the final logits soft-capped.
+    NanoChat,
     /// Gemma 2 (`gemma2`): Gemma 3's norms, GELU, scaled embedding and query scale without its q/k norms, every
     /// other layer within a sliding window, and tanh soft caps on the attention scores and the final logits.
     Gemma2,
@@ -280,6 +284,8 @@ pub enum EmbeddingScale {
 pub enum RotaryPairs {
     /// Dimension `i` with `i + d/2`, in the model's dtype (transformers' `rotate_half`: Llama and most families).
     Halves,
+    /// The same pairs turned the other way: `rotate_half` is `[x2, -x1]` (nanochat's).
+    HalvesReversed,
     /// Dimension `2i` with `2i + 1`, each frequency on two adjacent dimensions (GLM's).
     Adjacent,
     /// Adjacent pairs computed in f32 and rounded back to the model's dtype (ERNIE 4.5's).
@@ -441,6 +447,8 @@ pub struct ModelConfig {
     pub mlp_bias: bool,
     /// Whether `lm_head` carries a bias (Phi's).
     pub lm_head_bias: bool,
+    /// The embedding's output goes through the final norm before the first layer (nanochat).
+    pub embedding_norm: bool,
     /// OLMo's clamp on the query, key and value projections (`clip_qkv`): each is cut to `[-c, c]`.
     pub clip_qkv: Option<f64>,
     /// Whether attention and the MLP run side by side on the layer's input rather than one after the other, where the
@@ -500,6 +508,7 @@ impl ModelConfig {
             "olmo3" => Architecture::Olmo3,
             "gemma" => Architecture::Gemma,
             "olmo" => Architecture::Olmo,
+            "nanochat" => Architecture::NanoChat,
             "gemma2" => Architecture::Gemma2,
             "gemma3_text" => Architecture::Gemma3,
             "phi3" => Architecture::Phi3,
@@ -543,7 +552,7 @@ impl ModelConfig {
                 return Err(user_error!(
                     "unsupported model_type {other:?} in config.json; supported: arcee, cohere, cohere2, ernie4_5, \
                      exaone4, gemma, gemma2, gemma3_text, glm, glm4, gpt2, gpt_neox, gpt_oss, granite, granitemoe, hunyuan_v1_dense, llama, \
-                     ministral, mistral, mixtral, nemotron, olmo, olmo2, olmo3, olmoe, phi, phi3, qwen2, qwen2_moe, qwen3, \
+                     ministral, mistral, mixtral, nanochat, nemotron, olmo, olmo2, olmo3, olmoe, phi, phi3, qwen2, qwen2_moe, qwen3, \
                      qwen3_moe, seed_oss, smollm3, stablelm, starcoder2"
                 ))
             }
@@ -586,9 +595,8 @@ impl ModelConfig {
                 .filter(|x| *x > 0)
                 .ok_or_else(|| user_error!("config.json field {name:?} is missing or not a positive integer"))
         };
-        // Arcee's MLP has no gate; relu^2 is its activation and no other family's.
-        // Arcee's and Nemotron's MLPs have no gate; relu^2 is their activation and no other family's.
-        let arcee = matches!(model_type, "arcee" | "nemotron");
+        // Arcee's, Nemotron's and nanochat's MLPs have no gate; relu^2 is their activation and no other family's.
+        let arcee = matches!(model_type, "arcee" | "nemotron" | "nanochat");
         let named = v.get("hidden_activation").or_else(|| v.get("hidden_act")).and_then(Value::as_str);
         let tanh_default =
             gemma || matches!(architecture, Architecture::Starcoder2 | Architecture::Phi | Architecture::Gpt2);
@@ -682,6 +690,7 @@ impl ModelConfig {
                 | Architecture::Olmo
                 | Architecture::Olmo2
                 | Architecture::Olmo3
+                | Architecture::NanoChat
                 | Architecture::Phi3
                 | Architecture::Olmoe
                 | Architecture::Glm
@@ -781,6 +790,7 @@ impl ModelConfig {
                     },
                 ),
             rotary_pairs: match architecture {
+                Architecture::NanoChat => RotaryPairs::HalvesReversed,
                 _ if ernie => RotaryPairs::AdjacentF32,
                 _ if glm || matches!(architecture, Architecture::Cohere2 | Architecture::Cohere) => {
                     RotaryPairs::Adjacent
@@ -818,6 +828,7 @@ impl ModelConfig {
             mlp_bias: flag("mlp_bias", false) || use_bias || neox,
             lm_head_bias: architecture == Architecture::Phi,
             clip_qkv,
+            embedding_norm: architecture == Architecture::NanoChat,
             parallel_blocks: neox && flag("use_parallel_residual", true),
             learned_positions: (architecture == Architecture::Gpt2)
                 .then(|| v.get("max_position_embeddings").and_then(Value::as_i64).unwrap_or(1024)),
@@ -1441,6 +1452,21 @@ mod tests {
         assert_eq!(small("olmo", r#","num_hidden_layers":1,"clip_qkv":null"#).unwrap().clip_qkv, None);
         let err = small("llama", r#","num_hidden_layers":1,"clip_qkv":8.0"#).unwrap_err().to_string();
         assert!(err.contains("clip_qkv is supported in OLMo"), "{err}");
+    }
+
+    /// nanochat: relu^2 (its default, and no other activation), untied, the rotary embedding turned the other way,
+    /// the embedding normalised, the final logits capped at `final_logit_softcapping`.
+    #[test]
+    fn nanochat_takes_its_class_defaults() {
+        let c = small("nanochat", r#","num_hidden_layers":1,"final_logit_softcapping":15.0"#).unwrap();
+        assert_eq!(
+            (c.architecture, c.activation, c.rotary_pairs),
+            (Architecture::NanoChat, Activation::Relu2, RotaryPairs::HalvesReversed)
+        );
+        assert!(c.embedding_norm && !c.tie_word_embeddings && !c.mlp_bias && !c.qkv_bias);
+        assert_eq!((c.final_logit_softcap, c.attention_softcap), (Some(15.0), None));
+        let err = small("nanochat", r#","num_hidden_layers":1,"hidden_act":"silu""#).unwrap_err().to_string();
+        assert!(err.contains("(relu2)"), "{err}");
     }
 
     /// GPT-2's config.json names (`n_embd`, `n_layer`, `n_head`, `n_positions`, `n_inner`, `layer_norm_epsilon`,

@@ -177,11 +177,14 @@ impl Norm {
         let gain = match cfg.architecture {
             Architecture::Olmo2 | Architecture::Olmo3 | Architecture::GptOss => Gain::F32,
             Architecture::Gemma | Architecture::Gemma2 | Architecture::Gemma3 => Gain::OnePlusF32,
-            Architecture::Olmo => {
-                // A LayerNorm without parameters, in f32 at a fixed epsilon: the f32 LayerNorm with a gain of 1,
-                // which multiplies exactly.
+            // Norms without parameters, in f32: a gain of 1, which multiplies exactly. OLMo 1's LayerNorm at its
+            // fixed epsilon, nanochat's RMSNorm.
+            Architecture::Olmo | Architecture::NanoChat => {
                 let weight = Tensor::ones(shape, (Kind::Float, l.device));
-                return Ok(Norm { weight, bias: None, eps: 1e-5, gain: Gain::LayerF32 });
+                return Ok(match cfg.architecture {
+                    Architecture::Olmo => Norm { weight, bias: None, eps: 1e-5, gain: Gain::LayerF32 },
+                    _ => Norm { weight, bias: None, eps: cfg.rms_norm_eps, gain: Gain::F32 },
+                });
             }
             Architecture::Starcoder2
             | Architecture::StableLm
@@ -306,6 +309,7 @@ impl Rotary {
         }
         let sign = match pairs {
             RotaryPairs::Halves => Tensor::cat(&[inv_freq.full_like(-1.0), inv_freq.full_like(1.0)], 0),
+            RotaryPairs::HalvesReversed => Tensor::cat(&[inv_freq.full_like(1.0), inv_freq.full_like(-1.0)], 0),
             RotaryPairs::Adjacent | RotaryPairs::AdjacentF32 => {
                 Tensor::stack(&[inv_freq.full_like(-1.0), inv_freq.full_like(1.0)], 1).view([-1])
             }
@@ -334,7 +338,7 @@ impl Rotary {
         };
         let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * inv_freq;
         let (emb, kind) = match self.pairs {
-            RotaryPairs::Halves => (Tensor::cat(&[&freqs, &freqs], -1), kind),
+            RotaryPairs::Halves | RotaryPairs::HalvesReversed => (Tensor::cat(&[&freqs, &freqs], -1), kind),
             // Each frequency twice in a row.
             RotaryPairs::Adjacent => (freqs.repeat_interleave_self_int(2, -1, None), kind),
             // The tables kept in f32, so that the embedding is computed in f32.
@@ -360,7 +364,7 @@ fn apply_rotary(x: &Tensor, cos: &Tensor, signed_sin: &Tensor, pairs: RotaryPair
         return Tensor::cat(&[turned, x.narrow(3, rotary, dim - rotary)], 3);
     }
     let partner = match pairs {
-        RotaryPairs::Halves => x.roll([dim / 2], [3]),
+        RotaryPairs::Halves | RotaryPairs::HalvesReversed => x.roll([dim / 2], [3]),
         RotaryPairs::Adjacent | RotaryPairs::AdjacentF32 => {
             let s = x.size();
             x.reshape([s[0], s[1], s[2], dim / 2, 2]).flip([4]).reshape([s[0], s[1], s[2], dim])
@@ -509,7 +513,7 @@ impl Attention {
             Architecture::Olmo2 | Architecture::Olmo3 | Architecture::Olmoe => QkNorm::Projection,
             Architecture::Qwen3 | Architecture::Gemma3 | Architecture::Exaone4 => QkNorm::Head,
             Architecture::Cohere | Architecture::Phi if cfg.qk_norm => QkNorm::Head,
-            Architecture::Hunyuan => QkNorm::HeadAfterRotary,
+            Architecture::Hunyuan | Architecture::NanoChat => QkNorm::HeadAfterRotary,
             _ => QkNorm::None,
         };
         let names = match qk_norm {
@@ -757,7 +761,7 @@ impl Mlp {
         let (h, i, b) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
         let ungated = match cfg.architecture {
             Architecture::Starcoder2 | Architecture::Gpt2 => Some(("c_fc", "c_proj")),
-            Architecture::Phi => Some(("fc1", "fc2")),
+            Architecture::Phi | Architecture::NanoChat => Some(("fc1", "fc2")),
             Architecture::GptNeoX => Some(("dense_h_to_4h", "dense_4h_to_h")),
             _ if cfg.activation == Activation::Relu2 => Some(("up_proj", "down_proj")),
             _ => None,

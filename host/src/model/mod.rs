@@ -607,6 +607,10 @@ impl Model {
             Some(EmbeddingScale::Exact(scale)) => x = &x * scale,
             None => {}
         }
+        if self.cfg.embedding_norm {
+            // nanochat normalises the embedding with its final norm, which has no parameters.
+            x = self.norm.forward(&x);
+        }
         let (cos, sin) = self.rotary.cos_sin(pos, self.kind, last);
         let full = self.layers.iter().any(|l| l.window.is_none()).then(|| KindInputs {
             mask: mask(None),

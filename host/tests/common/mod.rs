@@ -55,6 +55,7 @@ pub const TINY_FAMILIES: &[&str] = &[
     "gpt2",
     "gemma",
     "olmo",
+    "nanochat",
 ];
 
 /// `target/<profile>`: the test binary lives in its `deps/` folder.
