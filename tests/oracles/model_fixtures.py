@@ -30,6 +30,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     Ernie4_5Config,
+    ExaoneConfig,
     Exaone4Config,
     LlamaConfig,
     GemmaConfig,
@@ -416,6 +417,8 @@ def tiny_configs():
         # nanochat: parameter-free RMSNorms (the embedding's too), the rotary embedding turned the other way, q/k
         # norms after it, the ungated relu^2 fc1/fc2 MLP, and a final soft cap low enough to bend these logits.
         "nanochat": NanoChatConfig(**common, tie_word_embeddings=False, final_logit_softcapping=2.0),
+        # EXAONE 3.5: Llama's layers, saved under EXAONE's own names (transformer.h.<i>.attn.attention.out_proj, ...).
+        "exaone": ExaoneConfig(**common, tie_word_embeddings=True),
     }
 
 

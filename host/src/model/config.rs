@@ -83,6 +83,10 @@ pub enum Architecture {
     /// side by side, three layers in four within a sliding window with the rotary embedding on adjacent pairs and
     /// the fourth global without it, tied embeddings, and the logits multiplied by `logit_scale`.
     Cohere2,
+    /// Llama's layers under EXAONE 3's names (`exaone`, EXAONE 3.0, 3.5 and EXAONE Deep): `transformer.h.<i>`,
+    /// `attn.attention.out_proj`, `ln_1`, `mlp.c_fc_0`, ..., as its checkpoints store them; kept, trained and saved
+    /// under the Llama names transformers 5 gives them.
+    Exaone,
     /// Command R, Command R+ and Aya (`cohere`): Cohere 2's parallel blocks and f32 LayerNorm with the rotary
     /// embedding (adjacent pairs) on every layer and no window; under `use_qk_norm` (Command R+) the queries and
     /// keys of each head take a LayerNorm with per-head gains.
@@ -116,9 +120,11 @@ pub struct ModuleNames {
     pub attention: &'static str,
     /// The norm after the last layer.
     pub final_norm: &'static str,
-    /// A prefix of every name that a checkpoint may leave out (GPT-2's original checkpoints store `h.0...` where
-    /// transformers names `transformer.h.0...`); empty where none may be.
-    pub optional_prefix: &'static str,
+    /// How older checkpoints name what transformers names otherwise: `(ours, theirs)` fragments, each `ours`
+    /// replaced by `theirs` in turn, to form the name a tensor is read under where its own name is missing (GPT-2's
+    /// original checkpoints leave out `transformer.`; EXAONE 3's use their GPT-2-like names, which transformers 5
+    /// renames to Llama's as it loads them).
+    pub stored_as: &'static [(&'static str, &'static str)],
     /// Endings of the names of tensors a checkpoint may hold that are not weights (older GPT-NeoX and GPT-2
     /// checkpoints' causal-mask buffers), skipped as transformers skips them.
     pub buffers: &'static [&'static str],
@@ -132,7 +138,7 @@ impl Architecture {
             layers: "model.layers",
             attention: "self_attn",
             final_norm: "model.norm",
-            optional_prefix: "",
+            stored_as: &[],
             buffers: &[],
         };
         match self {
@@ -142,7 +148,7 @@ impl Architecture {
                 layers: "gpt_neox.layers",
                 attention: "attention",
                 final_norm: "gpt_neox.final_layer_norm",
-                optional_prefix: "",
+                stored_as: &[],
                 buffers: &[".attention.bias", ".attention.masked_bias"],
             },
             Architecture::Gpt2 => ModuleNames {
@@ -150,8 +156,23 @@ impl Architecture {
                 layers: "transformer.h",
                 attention: "attn",
                 final_norm: "transformer.ln_f",
-                optional_prefix: "transformer.",
+                stored_as: &[("transformer.", "")],
                 buffers: &[".attn.bias", ".attn.masked_bias"],
+            },
+            Architecture::Exaone => ModuleNames {
+                stored_as: &[
+                    ("model.embed_tokens.", "transformer.wte."),
+                    ("model.layers.", "transformer.h."),
+                    ("model.norm.", "transformer.ln_f."),
+                    (".self_attn.o_proj.", ".attn.attention.out_proj."),
+                    (".self_attn.", ".attn.attention."),
+                    (".input_layernorm.", ".ln_1."),
+                    (".post_attention_layernorm.", ".ln_2."),
+                    (".mlp.gate_proj.", ".mlp.c_fc_0."),
+                    (".mlp.up_proj.", ".mlp.c_fc_1."),
+                    (".mlp.down_proj.", ".mlp.c_proj."),
+                ],
+                ..usual
             },
             _ => usual,
         }
@@ -489,16 +510,17 @@ impl ModelConfig {
     /// Parse the text of a config.json.
     pub fn from_json_str(text: &str) -> anyhow::Result<Self> {
         let mut v: Value = serde_json::from_str(text).map_err(|e| user_error!("config.json is not valid JSON: {e}"))?;
-        if v.get("model_type").and_then(Value::as_str) == Some("gpt2") {
-            gpt2_field_names(&mut v)?;
-        }
+        let model_type = v.get("model_type").and_then(Value::as_str).unwrap_or("").to_string();
+        field_aliases(&mut v, &model_type)?;
         let v = v;
         let model_type = v.get("model_type").and_then(Value::as_str).unwrap_or("");
         let architecture = match model_type {
             // Granite is Llama's layers with its four multipliers; ERNIE 4.5 Llama's with biases (`use_bias`) and
             // adjacent rotary pairs.
-            // Arcee (AFM) Llama's with an ungated relu^2 MLP; Seed-OSS Llama's with q/k/v biases.
-            "llama" | "granite" | "granitemoe" | "ernie4_5" | "arcee" | "seed_oss" => Architecture::Llama,
+            // Arcee (AFM) Llama's with an ungated relu^2 MLP; Seed-OSS Llama's with q/k/v biases; InternLM3 Llama's
+            // with its own names for the biases (`field_aliases`).
+            "llama" | "granite" | "granitemoe" | "ernie4_5" | "arcee" | "seed_oss" | "internlm3" => Architecture::Llama,
+            "exaone" => Architecture::Exaone,
             "qwen2" => Architecture::Qwen2,
             "qwen3" => Architecture::Qwen3,
             // Ministral is Mistral with its layers' kinds in layer_types.
@@ -551,9 +573,10 @@ impl ModelConfig {
             other => {
                 return Err(user_error!(
                     "unsupported model_type {other:?} in config.json; supported: arcee, cohere, cohere2, ernie4_5, \
-                     exaone4, gemma, gemma2, gemma3_text, glm, glm4, gpt2, gpt_neox, gpt_oss, granite, granitemoe, hunyuan_v1_dense, llama, \
-                     ministral, mistral, mixtral, nanochat, nemotron, olmo, olmo2, olmo3, olmoe, phi, phi3, qwen2, qwen2_moe, qwen3, \
-                     qwen3_moe, seed_oss, smollm3, stablelm, starcoder2"
+                     exaone, exaone4, gemma, gemma2, gemma3_text, glm, glm4, gpt2, gpt_neox, gpt_oss, granite, \
+                     granitemoe, hunyuan_v1_dense, internlm3, llama, ministral, mistral, mixtral, nanochat, nemotron, \
+                     olmo, olmo2, olmo3, olmoe, phi, phi3, qwen2, qwen2_moe, qwen3, qwen3_moe, seed_oss, smollm3, \
+                     stablelm, starcoder2"
                 ))
             }
         };
@@ -691,6 +714,7 @@ impl ModelConfig {
                 | Architecture::Olmo2
                 | Architecture::Olmo3
                 | Architecture::NanoChat
+                | Architecture::Exaone
                 | Architecture::Phi3
                 | Architecture::Olmoe
                 | Architecture::Glm
@@ -784,6 +808,7 @@ impl ModelConfig {
                                 | Architecture::Phi
                                 | Architecture::GptNeoX
                                 | Architecture::Gpt2
+                                | Architecture::Exaone
                         ) {
                         true => 1e-5,
                         false => 1e-6,
@@ -892,7 +917,11 @@ fn ropes(v: &Value, architecture: Architecture) -> anyhow::Result<(Rope, Option<
         return Ok((Rope { theta, scaling: parse_rope_scaling(Some(&yarn), v)? }, None));
     }
     let scaling = parse_rope_scaling(params.or(legacy), v)?;
-    let default_theta = if architecture == Architecture::GptOss { 150000.0 } else { 10000.0 };
+    let default_theta = match architecture {
+        Architecture::GptOss => 150000.0,
+        Architecture::Exaone => 500000.0,
+        _ => 10000.0,
+    };
     // GPT-NeoX's configs on the hub name the base `rotary_emb_base`.
     let key = if architecture == Architecture::GptNeoX && v.get("rope_theta").is_none() {
         "rotary_emb_base"
@@ -1105,34 +1134,48 @@ fn rope_layers(v: &Value, architecture: Architecture, layers: i64, sliding: &[bo
     Ok((0..layers).map(|i| (i + 1) % interval != 0).collect())
 }
 
-/// GPT-2's config.json under the names the other families use (transformers' `attribute_map`, plus its own names for
-/// the MLP's width, the norms' epsilon and the activation), each set only where config.json does not already give
-/// it; GPT-2's options that change attention beyond what is implemented are refused.
-fn gpt2_field_names(v: &mut Value) -> anyhow::Result<()> {
-    for (field, what) in [
-        ("scale_attn_by_inverse_layer_idx", "scores divided by the layer's index"),
-        ("reorder_and_upcast_attn", "attention reordered and upcast to f32"),
-        ("add_cross_attention", "cross-attention"),
-    ] {
-        if v.get(field).and_then(Value::as_bool) == Some(true) {
-            return Err(user_error!("config.json {field}=true (GPT-2 with {what}) is not supported"));
+/// config.json under the names the other families use where a family spells a field its own way (transformers'
+/// `attribute_map`): GPT-2's `n_embd`, `n_layer`, ... (with its class defaults, and `n_inner` four times the width
+/// when null), EXAONE 3's `num_layers`, `layer_norm_epsilon` and `activation_function`, InternLM3's `qkv_bias` and
+/// `bias`. Each is set only where config.json does not already give it. GPT-2's options that change attention
+/// beyond what is implemented are refused.
+fn field_aliases(v: &mut Value, model_type: &str) -> anyhow::Result<()> {
+    if model_type == "gpt2" {
+        for (field, what) in [
+            ("scale_attn_by_inverse_layer_idx", "scores divided by the layer's index"),
+            ("reorder_and_upcast_attn", "attention reordered and upcast to f32"),
+            ("add_cross_attention", "cross-attention"),
+        ] {
+            if v.get(field).and_then(Value::as_bool) == Some(true) {
+                return Err(user_error!("config.json {field}=true (GPT-2 with {what}) is not supported"));
+            }
         }
     }
     let Some(fields) = v.as_object_mut() else { return Ok(()) };
     let width = fields.get("n_embd").and_then(Value::as_i64).unwrap_or(768);
-    let defaults = [
-        ("hidden_size", "n_embd", Value::from(768)),
-        ("num_hidden_layers", "n_layer", Value::from(12)),
-        ("num_attention_heads", "n_head", Value::from(12)),
-        ("max_position_embeddings", "n_positions", Value::from(1024)),
-        ("intermediate_size", "n_inner", Value::from(4 * width)),
-        ("layer_norm_eps", "layer_norm_epsilon", Value::from(1e-5)),
-        ("hidden_act", "activation_function", Value::from("gelu_new")),
-    ];
-    for (ours, theirs, default) in defaults {
+    let aliases: Vec<(&str, &str, Option<Value>)> = match model_type {
+        "gpt2" => vec![
+            ("hidden_size", "n_embd", Some(768.into())),
+            ("num_hidden_layers", "n_layer", Some(12.into())),
+            ("num_attention_heads", "n_head", Some(12.into())),
+            ("max_position_embeddings", "n_positions", Some(1024.into())),
+            ("intermediate_size", "n_inner", Some((4 * width).into())),
+            ("layer_norm_eps", "layer_norm_epsilon", Some(1e-5.into())),
+            ("hidden_act", "activation_function", Some("gelu_new".into())),
+        ],
+        "exaone" => vec![
+            ("num_hidden_layers", "num_layers", None),
+            ("rms_norm_eps", "layer_norm_epsilon", None),
+            ("hidden_act", "activation_function", None),
+        ],
+        "internlm3" => vec![("attention_bias", "qkv_bias", None), ("mlp_bias", "bias", None)],
+        _ => Vec::new(),
+    };
+    for (ours, theirs, default) in aliases {
         if !fields.contains_key(ours) {
-            let value = fields.get(theirs).filter(|x| !x.is_null()).cloned().unwrap_or(default);
-            fields.insert(ours.to_string(), value);
+            if let Some(value) = fields.get(theirs).filter(|x| !x.is_null()).cloned().or(default) {
+                fields.insert(ours.to_string(), value);
+            }
         }
     }
     Ok(())
@@ -1452,6 +1495,24 @@ mod tests {
         assert_eq!(small("olmo", r#","num_hidden_layers":1,"clip_qkv":null"#).unwrap().clip_qkv, None);
         let err = small("llama", r#","num_hidden_layers":1,"clip_qkv":8.0"#).unwrap_err().to_string();
         assert!(err.contains("clip_qkv is supported in OLMo"), "{err}");
+    }
+
+    /// EXAONE 3's and InternLM3's own field names, read as Llama's: `num_layers`, `layer_norm_epsilon`,
+    /// `activation_function`; `qkv_bias` and `bias`. EXAONE's base defaults to 500000 and its norms' epsilon to 1e-5.
+    #[test]
+    fn exaone_and_internlm3_read_their_own_field_names() {
+        let exaone = r#"{"model_type":"exaone","vocab_size":10,"hidden_size":8,"intermediate_size":16,
+            "num_attention_heads":2,"num_layers":3,"activation_function":"silu"}"#;
+        let c = ModelConfig::from_json_str(exaone).unwrap();
+        assert_eq!((c.architecture, c.num_hidden_layers, c.rms_norm_eps), (Architecture::Exaone, 3, 1e-5));
+        assert_eq!((c.rope.theta, c.activation, c.tie_word_embeddings), (500000.0, Activation::Silu, false));
+        let c = small("exaone", r#","num_layers":1,"layer_norm_epsilon":1e-6"#).unwrap();
+        assert_eq!(c.rms_norm_eps, 1e-6);
+        let c = small("internlm3", r#","num_hidden_layers":1,"qkv_bias":true,"bias":true"#).unwrap();
+        assert_eq!(c.architecture, Architecture::Llama);
+        assert!(c.qkv_bias && c.o_bias && c.mlp_bias);
+        let c = small("internlm3", r#","num_hidden_layers":1,"qkv_bias":false,"bias":false"#).unwrap();
+        assert!(!c.qkv_bias && !c.o_bias && !c.mlp_bias);
     }
 
     /// nanochat: relu^2 (its default, and no other activation), untied, the rotary embedding turned the other way,

@@ -22,16 +22,21 @@ pub(crate) struct Loader<'a> {
     pub used: RefCell<HashSet<String>>,
     /// Projections are GPT-2 `Conv1D`s, stored `[in, out]`.
     pub conv1d: bool,
-    /// A prefix the checkpoint may leave out of every name ([`super::config::ModuleNames::optional_prefix`]).
-    pub optional_prefix: &'static str,
+    /// How older checkpoints name the tensors ([`super::config::ModuleNames::stored_as`]).
+    pub stored_as: &'static [(&'static str, &'static str)],
 }
 
-/// The name `files` store the tensor `name` by: `name`, or `name` without `optional_prefix` where only that is
-/// stored.
-pub(crate) fn stored_name<'a>(files: &WeightFiles, name: &'a str, optional_prefix: &str) -> &'a str {
-    match name.strip_prefix(optional_prefix) {
-        Some(bare) if !optional_prefix.is_empty() && !files.contains(name) && files.contains(bare) => bare,
-        _ => name,
+/// The name `files` store the tensor `name` by: `name`, or where only that is stored, `name` with the
+/// `stored_as` fragments replaced in turn.
+pub(crate) fn stored_name(files: &WeightFiles, name: &str, stored_as: &[(&str, &str)]) -> String {
+    if stored_as.is_empty() || files.contains(name) {
+        return name.to_string();
+    }
+    let older = stored_as.iter().fold(name.to_string(), |n, (ours, theirs)| n.replacen(ours, theirs, 1));
+    if files.contains(&older) {
+        older
+    } else {
+        name.to_string()
     }
 }
 
@@ -39,7 +44,8 @@ impl Loader<'_> {
     /// Load `name` (an HF dotted name) as a trainable variable of the expected `shape`. It is read from the name the
     /// checkpoint stores it by ([`stored_name`]) and kept under `name`, which transformers loads either way.
     pub fn get(&self, name: &str, shape: &[i64]) -> anyhow::Result<Tensor> {
-        let stored_as = stored_name(self.files, name, self.optional_prefix);
+        let stored_as = stored_name(self.files, name, self.stored_as);
+        let stored_as = stored_as.as_str();
         let stored = self
             .files
             .shape(stored_as)

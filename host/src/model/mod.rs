@@ -221,7 +221,7 @@ impl Model {
             device,
             used: RefCell::new(HashSet::new()),
             conv1d: cfg.architecture.conv1d(),
-            optional_prefix: names.optional_prefix,
+            stored_as: names.stored_as,
         };
         let (v, h) = (cfg.vocab_size, cfg.hidden_size);
         let embed_tokens = loader.get(&format!("{}.weight", names.embed), &[v, h])?;
@@ -458,9 +458,9 @@ impl Model {
         }
         let files = WeightFiles::open(&self.dir)?;
         let name = format!("{}.weight", self.head_name);
-        let name = layers::stored_name(&files, &name, self.cfg.architecture.module_names().optional_prefix);
+        let name = layers::stored_name(&files, &name, self.cfg.architecture.module_names().stored_as);
         // The var store and this struct share the variable, so both see the f32 data.
-        self.output_weight().shallow_clone().set_data(&files.tensor(name, Kind::Float, self.device())?);
+        self.output_weight().shallow_clone().set_data(&files.tensor(&name, Kind::Float, self.device())?);
         if let Some(bias) = &self.lm_head_bias {
             bias.shallow_clone().set_data(&files.tensor("lm_head.bias", Kind::Float, self.device())?);
         }

@@ -56,6 +56,7 @@ pub const TINY_FAMILIES: &[&str] = &[
     "gemma",
     "olmo",
     "nanochat",
+    "exaone",
 ];
 
 /// `target/<profile>`: the test binary lives in its `deps/` folder.
