@@ -43,6 +43,7 @@ from transformers import (
     GptOssConfig,
     GraniteConfig,
     GraniteMoeConfig,
+    HeliumConfig,
     HunYuanDenseV1Config,
     MinistralConfig,
     MistralConfig,
@@ -419,6 +420,9 @@ def tiny_configs():
         "nanochat": NanoChatConfig(**common, tie_word_embeddings=False, final_logit_softcapping=2.0),
         # EXAONE 3.5: Llama's layers, saved under EXAONE's own names (transformer.h.<i>.attn.attention.out_proj, ...).
         "exaone": ExaoneConfig(**common, tie_word_embeddings=True),
+        # Helium: Llama's layers with f32 norm gains (drawn away from 1) and adjacent-pair RoPE; q/k/v biases under
+        # attention_bias, none on the output projection.
+        "helium": HeliumConfig(**{**common, "head_dim": 8}, tie_word_embeddings=False, attention_bias=True),
     }
 
 
@@ -495,6 +499,9 @@ def make_tiny_models(only=None):
         if cfg.model_type in ("starcoder2", "stablelm", "nemotron", "cohere2", "cohere", "phi", "gpt_neox", "gpt2"):
             # LayerNorms start at a gain of 1 and a bias of 0; moved off them, a missed gain or bias shows.
             redraw(model, lambda n: "norm" in n or ".ln_" in n, lambda p: p.add_(torch.randn_like(p) * 0.3))
+        if cfg.model_type == "helium":
+            redraw(model, lambda n: "norm" in n, lambda p: p.add_(torch.randn_like(p) * 0.3))
+            redraw(model, lambda n: n.endswith(".bias"), lambda p: p.add_(torch.randn_like(p) * 0.3))
         if cfg.model_type in ("phi", "gpt_neox", "gpt2"):
             # Projection biases start at 0 too; lm_head's stays small, or one token would win every greedy step
             # (and GPT-2's, whose every layer adds to one residual stream).

@@ -83,6 +83,9 @@ pub enum Architecture {
     /// side by side, three layers in four within a sliding window with the rotary embedding on adjacent pairs and
     /// the fourth global without it, tied embeddings, and the logits multiplied by `logit_scale`.
     Cohere2,
+    /// Helium (`helium`, Kyutai's Helium 1): Llama's layers with RMSNorm gains in f32, the rotary embedding on
+    /// adjacent pairs, and no bias on the output projection even where `attention_bias` puts them on q, k and v.
+    Helium,
     /// Llama's layers under EXAONE 3's names (`exaone`, EXAONE 3.0, 3.5 and EXAONE Deep): `transformer.h.<i>`,
     /// `attn.attention.out_proj`, `ln_1`, `mlp.c_fc_0`, ..., as its checkpoints store them; kept, trained and saved
     /// under the Llama names transformers 5 gives them.
@@ -521,6 +524,7 @@ impl ModelConfig {
             // with its own names for the biases (`field_aliases`).
             "llama" | "granite" | "granitemoe" | "ernie4_5" | "arcee" | "seed_oss" | "internlm3" => Architecture::Llama,
             "exaone" => Architecture::Exaone,
+            "helium" => Architecture::Helium,
             "qwen2" => Architecture::Qwen2,
             "qwen3" => Architecture::Qwen3,
             // Ministral is Mistral with its layers' kinds in layer_types.
@@ -574,7 +578,7 @@ impl ModelConfig {
                 return Err(user_error!(
                     "unsupported model_type {other:?} in config.json; supported: arcee, cohere, cohere2, ernie4_5, \
                      exaone, exaone4, gemma, gemma2, gemma3_text, glm, glm4, gpt2, gpt_neox, gpt_oss, granite, \
-                     granitemoe, hunyuan_v1_dense, internlm3, llama, ministral, mistral, mixtral, nanochat, nemotron, \
+                     granitemoe, helium, hunyuan_v1_dense, internlm3, llama, ministral, mistral, mixtral, nanochat, nemotron, \
                      olmo, olmo2, olmo3, olmoe, phi, phi3, qwen2, qwen2_moe, qwen3, qwen3_moe, seed_oss, smollm3, \
                      stablelm, starcoder2"
                 ))
@@ -656,7 +660,8 @@ impl ModelConfig {
             _ if architecture == Architecture::Cohere2 => hidden_size / num_attention_heads,
             // ERNIE 4.5's and Seed-OSS's class defaults.
             None if ernie || model_type == "seed_oss" => 128,
-            None if architecture == Architecture::Gemma => 256,
+            None if matches!(architecture, Architecture::Gemma) => 256,
+            None if architecture == Architecture::Helium => 128,
             Some(Value::Null) | None => hidden_size / num_attention_heads,
             Some(_) => int("head_dim")?,
         };
@@ -715,6 +720,7 @@ impl ModelConfig {
                 | Architecture::Olmo3
                 | Architecture::NanoChat
                 | Architecture::Exaone
+                | Architecture::Helium
                 | Architecture::Phi3
                 | Architecture::Olmoe
                 | Architecture::Glm
@@ -754,7 +760,7 @@ impl ModelConfig {
         let o_bias = match model_type {
             // Seed-OSS sets the output projection's bias apart.
             "seed_oss" => flag("attention_out_bias", false),
-            _ => attention_bias && architecture != Architecture::Qwen2 && !glm,
+            _ => attention_bias && !matches!(architecture, Architecture::Qwen2 | Architecture::Helium) && !glm,
         };
         let intermediate_size = int("intermediate_size")?;
         let moe = moe(&v, model_type, num_hidden_layers, intermediate_size)?;
@@ -794,28 +800,27 @@ impl ModelConfig {
                 .and_then(Value::as_f64)
                 .unwrap_or(
                     // The class defaults.
-                    match ernie
-                        || matches!(
-                            architecture,
-                            Architecture::Exaone4
-                                | Architecture::GptOss
-                                | Architecture::Hunyuan
-                                | Architecture::Starcoder2
-                                | Architecture::StableLm
-                                | Architecture::Nemotron
-                                | Architecture::Cohere2
-                                | Architecture::Cohere
-                                | Architecture::Phi
-                                | Architecture::GptNeoX
-                                | Architecture::Gpt2
-                                | Architecture::Exaone
-                        ) {
-                        true => 1e-5,
-                        false => 1e-6,
+                    match architecture {
+                        Architecture::Helium => 1e-8,
+                        Architecture::Exaone4
+                        | Architecture::GptOss
+                        | Architecture::Hunyuan
+                        | Architecture::Starcoder2
+                        | Architecture::StableLm
+                        | Architecture::Nemotron
+                        | Architecture::Cohere2
+                        | Architecture::Cohere
+                        | Architecture::Phi
+                        | Architecture::GptNeoX
+                        | Architecture::Gpt2
+                        | Architecture::Exaone => 1e-5,
+                        _ if ernie => 1e-5,
+                        _ => 1e-6,
                     },
                 ),
             rotary_pairs: match architecture {
                 Architecture::NanoChat => RotaryPairs::HalvesReversed,
+                Architecture::Helium => RotaryPairs::Adjacent,
                 _ if ernie => RotaryPairs::AdjacentF32,
                 _ if glm || matches!(architecture, Architecture::Cohere2 | Architecture::Cohere) => {
                     RotaryPairs::Adjacent
@@ -920,6 +925,7 @@ fn ropes(v: &Value, architecture: Architecture) -> anyhow::Result<(Rope, Option<
     let default_theta = match architecture {
         Architecture::GptOss => 150000.0,
         Architecture::Exaone => 500000.0,
+        Architecture::Helium => 100000.0,
         _ => 10000.0,
     };
     // GPT-NeoX's configs on the hub name the base `rotary_emb_base`.
@@ -1495,6 +1501,16 @@ mod tests {
         assert_eq!(small("olmo", r#","num_hidden_layers":1,"clip_qkv":null"#).unwrap().clip_qkv, None);
         let err = small("llama", r#","num_hidden_layers":1,"clip_qkv":8.0"#).unwrap_err().to_string();
         assert!(err.contains("clip_qkv is supported in OLMo"), "{err}");
+    }
+
+    /// Helium's class defaults: 128-wide heads, norms at 1e-8, a base of 100000, adjacent rotary pairs, untied, and
+    /// `attention_bias` on q, k and v but never on the output projection.
+    #[test]
+    fn helium_takes_its_class_defaults() {
+        let c = small("helium", r#","num_hidden_layers":1,"attention_bias":true"#).unwrap();
+        assert_eq!((c.architecture, c.head_dim, c.rms_norm_eps), (Architecture::Helium, 128, 1e-8));
+        assert_eq!((c.rope.theta, c.rotary_pairs), (100000.0, RotaryPairs::Adjacent));
+        assert!(c.qkv_bias && !c.o_bias && !c.tie_word_embeddings);
     }
 
     /// EXAONE 3's and InternLM3's own field names, read as Llama's: `num_layers`, `layer_norm_epsilon`,

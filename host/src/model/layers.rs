@@ -181,7 +181,7 @@ impl Norm {
     /// head, broadcast over `[B, T, heads, dim]`.
     pub(crate) fn load_shaped(l: &Loader, name: &str, shape: &[i64], cfg: &ModelConfig) -> anyhow::Result<Self> {
         let gain = match cfg.architecture {
-            Architecture::Olmo2 | Architecture::Olmo3 | Architecture::GptOss => Gain::F32,
+            Architecture::Olmo2 | Architecture::Olmo3 | Architecture::GptOss | Architecture::Helium => Gain::F32,
             Architecture::Gemma | Architecture::Gemma2 | Architecture::Gemma3 => Gain::OnePlusF32,
             // Norms without parameters, in f32: a gain of 1, which multiplies exactly. OLMo 1's LayerNorm at its
             // fixed epsilon, nanochat's RMSNorm.

@@ -57,6 +57,7 @@ pub const TINY_FAMILIES: &[&str] = &[
     "olmo",
     "nanochat",
     "exaone",
+    "helium",
 ];
 
 /// `target/<profile>`: the test binary lives in its `deps/` folder.
