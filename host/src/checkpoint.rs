@@ -89,6 +89,9 @@ pub struct CheckpointData<'a> {
     pub adapter: Option<AdapterInfo>,
     /// The model directory the run started from (config and tokenizer files are copied from it).
     pub base_model: &'a Path,
+    /// A chat template that replaces the model's (`--chat-template`), written as chat_template.jinja beside the
+    /// weights or the adapter, which transformers reads before tokenizer_config.json's.
+    pub chat_template: Option<&'a str>,
     /// Merged full weights for a LoRA run, when asked for.
     pub merged: Option<BTreeMap<String, Tensor>>,
     /// Optimizer step count and moments; `None` for a checkpoint of the weights alone (`--save-only-model`), which
@@ -118,8 +121,11 @@ pub struct AdapterInfo {
     pub fan_in_fan_out: bool,
 }
 
+/// A model directory's chat template file, which transformers prefers to tokenizer_config.json's `chat_template`.
+pub const TEMPLATE_FILE: &str = "chat_template.jinja";
+
 const MODEL_FILES: [&str; 5] =
-    ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"];
+    ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", TEMPLATE_FILE];
 
 /// The file written last into every checkpoint: each other file's relative path, size and sha256.
 pub const MANIFEST: &str = "manifest.json";
@@ -202,12 +208,15 @@ fn write_checkpoint(
     match &data.adapter {
         None => {
             out.file("model.safetensors", |w| write_tensors(w, &data.weights))?;
-            out.model_files(data.base_model, "")?;
+            out.model_files(data.base_model, "", data.chat_template)?;
         }
         Some(info) => {
             let peft: BTreeMap<String, Tensor> =
                 data.weights.iter().map(|(k, v)| (format!("base_model.model.{k}"), v.shallow_clone())).collect();
             out.file("adapter_model.safetensors", |w| write_tensors(w, &peft))?;
+            if let Some(template) = data.chat_template {
+                out.file(TEMPLATE_FILE, |w| w.write_all(template.as_bytes()))?;
+            }
             let config = serde_json::json!({
                 "peft_type": "LORA",
                 "task_type": "CAUSAL_LM",
@@ -225,7 +234,7 @@ fn write_checkpoint(
             if let Some(merged) = &data.merged {
                 fs::create_dir(tmp.join("merged")).context("merged")?;
                 out.file("merged/model.safetensors", |w| write_tensors(w, merged))?;
-                out.model_files(data.base_model, "merged/")?;
+                out.model_files(data.base_model, "merged/", data.chat_template)?;
                 sync_dir(&tmp.join("merged")).context("merged")?;
             }
         }
@@ -300,8 +309,15 @@ impl Writer<'_> {
     /// Copy the base model's config and tokenizer files, so the checkpoint loads on its own. A config's
     /// `quantization_config` is left out: the weights were dequantized when loaded (gpt-oss's MXFP4 experts) and
     /// are saved in the model's dtype.
-    fn model_files(&mut self, from: &Path, prefix: &str) -> Result<()> {
+    /// The base model's config, tokenizer and template files, under `prefix`; `chat_template` replaces its template.
+    fn model_files(&mut self, from: &Path, prefix: &str, chat_template: Option<&str>) -> Result<()> {
+        if let Some(template) = chat_template {
+            self.file(&format!("{prefix}{TEMPLATE_FILE}"), |w| w.write_all(template.as_bytes()))?;
+        }
         for f in MODEL_FILES {
+            if f == TEMPLATE_FILE && chat_template.is_some() {
+                continue;
+            }
             let src = from.join(f);
             if !src.exists() {
                 continue;
@@ -950,6 +966,7 @@ mod tests {
             weights,
             adapter: None,
             base_model: base,
+            chat_template: None,
             merged: None,
             optimizer: Some((step as i64, moments)),
             state: TrainerState { batch: step / 3, global_step: step, seed: 7, ..Default::default() },
@@ -1043,6 +1060,35 @@ mod tests {
         assert!(names.contains(&"adapter_config.json") && names.contains(&"adapter_model.safetensors"));
         truncate(&dir.join("merged/model.safetensors"), 10);
         assert_eq!(verify(&dir, Verify::Sizes).unwrap_err().0.split(" is ").next(), Some("merged/model.safetensors"));
+    }
+
+    /// `--chat-template`'s text is saved as chat_template.jinja in a full checkpoint (in place of the base model's),
+    /// beside an adapter and in its merged weights, each in the manifest; without it the base model's is copied.
+    #[test]
+    fn a_replaced_chat_template_is_saved_with_the_weights_and_the_adapter() {
+        let (_tmp, base, ckpts) = setup();
+        fs::write(base.join(TEMPLATE_FILE), "base's").unwrap();
+        let dir = save(&ckpts, data(&base, 1)).unwrap();
+        assert_eq!(fs::read_to_string(dir.join(TEMPLATE_FILE)).unwrap(), "base's");
+        let dir = save(&ckpts, CheckpointData { chat_template: Some("ours"), ..data(&base, 2) }).unwrap();
+        assert_eq!(fs::read_to_string(dir.join(TEMPLATE_FILE)).unwrap(), "ours");
+        let mut d = CheckpointData { chat_template: Some("ours"), ..data(&base, 3) };
+        d.merged = Some(d.weights.iter().map(|(k, v)| (k.clone(), v.copy())).collect());
+        d.adapter = Some(AdapterInfo {
+            rank: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            target_modules: vec!["q_proj".into()],
+            fan_in_fan_out: false,
+        });
+        let dir = save(&ckpts, d).unwrap();
+        for file in [TEMPLATE_FILE.to_string(), format!("merged/{TEMPLATE_FILE}")] {
+            assert_eq!(fs::read_to_string(dir.join(&file)).unwrap(), "ours", "{file}");
+        }
+        let manifest: Manifest = serde_json::from_str(&fs::read_to_string(dir.join(MANIFEST)).unwrap()).unwrap();
+        let names: Vec<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
+        assert!(names.contains(&TEMPLATE_FILE) && names.contains(&"merged/chat_template.jinja"), "{names:?}");
+        assert_eq!(verify(&dir, Verify::Full).ok(), Some(Integrity::Manifest));
     }
 
     #[test]
@@ -1310,6 +1356,7 @@ mod tests {
             weights: loaded.weights,
             adapter: None,
             base_model: &src,
+            chat_template: None,
             merged: None,
             optimizer: Some((loaded.optimizer_steps, loaded.optimizer)),
             state: loaded.state,

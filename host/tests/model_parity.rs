@@ -735,13 +735,6 @@ fn bf16_is_close_to_f32() {
     }
 }
 
-fn copy_dir(src: &Path, dst: &Path) {
-    for e in std::fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
-    }
-}
-
 fn load_err(dir: &Path) -> String {
     let err = Model::load(dir, Device::Cpu, Kind::Float).unwrap_err();
     assert_eq!(grpo_host::error::exit_code(&err), 2, "a broken checkpoint is a user error: {err}");
@@ -759,8 +752,7 @@ fn gpt_neox_and_gpt2_checkpoints_load_as_the_hub_stores_them() {
     for (fam, buffers) in [("gpt_neox", "attention"), ("gpt2", "attn")] {
         let expected = forward_logits(&Model::load(&tiny(fam), Device::Cpu, Kind::Float).unwrap());
         let dir = tmp.path().join(fam);
-        std::fs::create_dir(&dir).unwrap();
-        copy_dir(&tiny(fam), &dir);
+        common::copy_dir(&tiny(fam), &dir);
         let file = dir.join("model.safetensors");
         let weights: Vec<(String, Tensor)> = Tensor::read_safetensors(&file).unwrap();
         let prefix = if fam == "gpt2" { "transformer." } else { "gpt_neox." };
@@ -831,7 +823,7 @@ fn forward_logits(model: &Model) -> Tensor {
 #[test]
 fn broken_checkpoints_give_one_line_errors() {
     let tmp = tempfile::tempdir().unwrap();
-    copy_dir(&tiny("llama"), tmp.path());
+    common::copy_dir(&tiny("llama"), tmp.path());
     let weights: Vec<(String, Tensor)> = Tensor::read_safetensors(tmp.path().join("model.safetensors")).unwrap();
 
     // A missing tensor.

@@ -539,7 +539,7 @@ fn the_kl_reference_is_the_warmed_up_model_and_a_resume_reads_it_back() {
     let second = kl_at(&rows, 3);
     let resumed_runs = tempfile::tempdir().unwrap();
     let copy = resumed_runs.path().join("warm");
-    copy_dir(&run, &copy);
+    common::copy_dir(&run, &copy);
     std::fs::remove_dir_all(copy.join("checkpoints/step_4")).unwrap();
     std::fs::write(copy.join("metrics.jsonl"), "").unwrap();
     let out = train(resumed_runs.path(), &[&extra[..], &["--resume", "auto"]].concat());
@@ -552,19 +552,6 @@ fn the_kl_reference_is_the_warmed_up_model_and_a_resume_reads_it_back() {
     let out = train(resumed_runs.path(), &[&extra[..], &["--resume", "auto"]].concat());
     let err = common::refused(&out);
     assert!(err.contains("sft_reference") && err.contains("--kl-weight 0"), "{err}");
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
 }
 
 /// `--eval-data`: the held-out loss after a step is the loss of the model that step made, so on the training rows

@@ -1192,6 +1192,47 @@ fn newer_families_train_and_save_what_transformers_and_peft_load() {
     assert_refused(runs.path(), &gpt2, "--max-length 1024 is longer than this gpt2 model's 512 learned positions");
 }
 
+/// `--chat-template` gives a base model (the tiny Llama with its template taken out) the template its conversations
+/// are rendered with. Without it the run is refused in one line; with it the run trains, its checkpoint keeps the
+/// template as chat_template.jinja beside the LoRA adapter, `grpo-host eval` scores that checkpoint with it, and a
+/// resume without the flag is refused as a changed setting.
+#[test]
+fn a_chat_template_lets_a_base_model_train() {
+    let runs = tempfile::tempdir().unwrap();
+    let base = runs.path().join("model");
+    common::copy_dir(&tiny_model(), &base);
+    let config_path = base.join("tokenizer_config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    let template = config.as_object_mut().unwrap().remove("chat_template").unwrap();
+    let template = template.as_str().unwrap();
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let file = runs.path().join("template.jinja");
+    std::fs::write(&file, template).unwrap();
+
+    let model = ["--model", base.to_str().unwrap(), "--lora-rank", "4"];
+    assert_refused(runs.path(), &[&model[..], &["--max-steps", "1"]].concat(), "has no chat template");
+    let with = [&model[..], &["--chat-template", file.to_str().unwrap()]].concat();
+    let out = train(runs.path(), "lora", &[&with[..], &["--max-steps", "1"]].concat());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ckpt = runs.path().join("lora/checkpoints/step_3");
+    assert_eq!(std::fs::read_to_string(ckpt.join("chat_template.jinja")).unwrap(), template);
+
+    let summary = runs.path().join("eval.json");
+    let eval = Command::new(common::host_exe())
+        .args(["eval", "--checkpoint", ckpt.to_str().unwrap(), "--env", "math", "--device", "cpu"])
+        .args(["--eval-tasks", "2", "--max-new-tokens", "4", "--output", summary.to_str().unwrap()])
+        .env_remove("GRPO_PLUGIN_PATH")
+        .env("XDG_DATA_HOME", runs.path().join("xdg"))
+        .output()
+        .unwrap();
+    assert!(eval.status.success(), "{}", text(&eval.stderr));
+    assert!(summary.exists());
+
+    let resumed = train(runs.path(), "lora", &[&model[..], &["--max-steps", "2", "--resume", "auto"]].concat());
+    assert_eq!(resumed.status.code(), Some(2), "{}", text(&resumed.stderr));
+    assert!(text(&resumed.stderr).contains("--chat-template"), "{}", text(&resumed.stderr));
+}
+
 /// Train for one batch (three updates) in full from `full_from` and with LoRA (`--save-merged`) from `base`, check
 /// that transformers loads the full checkpoint against `base` with nothing missing or unexpected, and that peft
 /// applies the adapter with every tensor used, on the projections `targets` names (sorted), with the merged weights'

@@ -38,6 +38,11 @@ pub struct ModelArgs {
     /// arguments (TRL's chat_template_kwargs), such as '{"enable_thinking": false}' for Qwen3.
     #[arg(long, value_name = "JSON")]
     pub chat_template_kwargs: Option<String>,
+    /// A Jinja chat template to render conversations with instead of the model's own (TRL's chat_template_path): a
+    /// .jinja file, or a model directory whose template to take. A base model, which has none, can then train on
+    /// conversations.
+    #[arg(long, value_name = "FILE")]
+    pub chat_template: Option<std::path::PathBuf>,
 }
 
 impl ModelArgs {
@@ -73,9 +78,17 @@ impl ModelArgs {
         Ok(vars)
     }
 
-    /// The tokenizer of `dir` with `--chat-template-kwargs` applied.
+    /// The text of `--chat-template`, when given.
+    pub fn chat_template(&self) -> anyhow::Result<Option<String>> {
+        self.chat_template.as_deref().map(crate::tokenizer::read_chat_template).transpose()
+    }
+
+    /// The tokenizer of `dir` with `--chat-template` and `--chat-template-kwargs` applied.
     pub fn tokenizer(&self, dir: &std::path::Path) -> anyhow::Result<crate::tokenizer::Tokenizer> {
         let mut tokenizer = crate::tokenizer::Tokenizer::from_dir(dir)?;
+        if let Some(template) = self.chat_template()? {
+            tokenizer.set_chat_template(&template)?;
+        }
         tokenizer.set_template_vars(self.template_vars()?);
         Ok(tokenizer)
     }
@@ -85,6 +98,7 @@ impl ModelArgs {
     pub fn settings(&self, mixed_precision: MixedPrecision) -> anyhow::Result<ModelSettings> {
         Ok(ModelSettings {
             chat_template_kwargs: self.template_vars()?,
+            chat_template: self.chat_template()?,
             model: self.model.clone(),
             allow_download: !self.offline,
             device: self.device,

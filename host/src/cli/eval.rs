@@ -229,11 +229,19 @@ pub fn run(args: EvalArgs) -> anyhow::Result<i32> {
         Some(dir) => checkpoint_model(dir, args.model.model.clone())?,
         None => (args.model.model.clone(), None, None),
     };
-    let model_settings = ModelSettings {
+    let mut model_settings = ModelSettings {
         model: model_spec,
         lora: lora.as_ref().map(|(config, _)| *config),
         ..args.model.settings(args.mixed_precision)?
     };
+    // An adapter's checkpoint keeps beside it the template its run rendered with (`--chat-template`), which the
+    // base model does not have; a full checkpoint's is its own already.
+    let adapter_template = checkpoint.as_ref().map(|d| d.join(crate::checkpoint::TEMPLATE_FILE));
+    if let Some(file) = adapter_template.filter(|f| lora.is_some() && f.exists()) {
+        if model_settings.chat_template.is_none() {
+            model_settings.chat_template = Some(crate::tokenizer::read_chat_template(&file)?);
+        }
+    }
     let mut policy = Policy::load(&model_settings, false, args.seed)?;
     policy.model().check_max_length(Some(limits.max_length))?;
     let sampler = policy.sampler();

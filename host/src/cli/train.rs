@@ -317,6 +317,7 @@ impl TrainArgs {
             },
             model: ModelSettings {
                 chat_template_kwargs: self.model.template_vars()?,
+                chat_template: self.model.chat_template()?,
                 threads: self.model.checked_threads()?,
                 deterministic: self.deterministic,
                 gradient_checkpointing: self.gradient_checkpointing,

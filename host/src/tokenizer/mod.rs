@@ -28,6 +28,8 @@ pub struct Tokenizer {
     /// Variables every rendering of the chat template gets (`--chat-template-kwargs`, such as Qwen3's
     /// `enable_thinking`).
     template_vars: Map<String, Json>,
+    /// tokenizer_config.json's special tokens, which every template sees.
+    special: Map<String, Json>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -44,6 +46,46 @@ fn read_json(path: &Path) -> anyhow::Result<Option<Json>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(user_error!("cannot read {}: {e}", path.display())),
     }
+}
+
+/// The chat template a model directory holds, as transformers reads it: chat_template.jinja where there is one,
+/// else tokenizer_config.json's `chat_template` (`tc`), a string or a list of named templates (the one called
+/// `default`); `None` for a model without one.
+fn template_in(dir: &Path, tc: &Json) -> anyhow::Result<Option<String>> {
+    let jinja = dir.join("chat_template.jinja");
+    if jinja.exists() {
+        return Ok(Some(
+            std::fs::read_to_string(&jinja).map_err(|e| user_error!("cannot read {}: {e}", jinja.display()))?,
+        ));
+    }
+    Ok(match tc.get("chat_template") {
+        Some(Json::String(s)) => Some(s.clone()),
+        Some(Json::Array(list)) => list
+            .iter()
+            .find(|t| t.get("name").and_then(Json::as_str) == Some("default"))
+            .and_then(|t| t.get("template"))
+            .and_then(Json::as_str)
+            .map(str::to_string),
+        _ => None,
+    })
+}
+
+/// The text of `--chat-template PATH`: a Jinja file, or a model (or tokenizer) directory whose template to take.
+pub fn read_chat_template(path: &Path) -> anyhow::Result<String> {
+    const FLAG: &str = "--chat-template";
+    if path.is_dir() {
+        let tc = read_json(&path.join("tokenizer_config.json"))?.unwrap_or(Json::Null);
+        return template_in(path, &tc)?.ok_or_else(|| {
+            user_error!(
+                "{FLAG} {}: the directory has no chat template (no chat_template.jinja, no `chat_template` in \
+                 tokenizer_config.json); give a .jinja file or a chat model's directory",
+                path.display()
+            )
+        });
+    }
+    std::fs::read_to_string(path).map_err(|e| {
+        user_error!("{FLAG} {}: {e}; give a Jinja template file or a model directory that has one", path.display())
+    })
 }
 
 /// A special token in tokenizer_config.json is a string or an AddedToken object with `content`.
@@ -88,24 +130,16 @@ impl Tokenizer {
             .or_else(|| ids_of(gen.get("pad_token_id")).first().copied())
             .or_else(|| ids_of(cfg.get("pad_token_id")).first().copied());
 
-        let jinja = dir.join("chat_template.jinja");
-        let source = if jinja.exists() {
-            Some(std::fs::read_to_string(&jinja).map_err(|e| user_error!("cannot read {}: {e}", jinja.display()))?)
-        } else {
-            match tc.get("chat_template") {
-                Some(Json::String(s)) => Some(s.clone()),
-                // A list of named templates: use the one called "default".
-                Some(Json::Array(list)) => list
-                    .iter()
-                    .find(|t| t.get("name").and_then(Json::as_str) == Some("default"))
-                    .and_then(|t| t.get("template"))
-                    .and_then(Json::as_str)
-                    .map(str::to_string),
-                _ => None,
-            }
-        };
-        let template = source.map(|s| ChatTemplate::new(&s, special.clone())).transpose()?;
-        Ok(Tokenizer { inner, template, eos_ids, eos_token, pad_id, dir: dir.to_path_buf(), template_vars: Map::new() })
+        let template = template_in(dir, &tc)?.map(|s| ChatTemplate::new(&s, special.clone())).transpose()?;
+        let dir = dir.to_path_buf();
+        Ok(Tokenizer { inner, template, eos_ids, eos_token, pad_id, dir, template_vars: Map::new(), special })
+    }
+
+    /// Render conversations with the Jinja template `source` instead of the model's own (`--chat-template`, TRL's
+    /// `chat_template_path`): a base model gets one, a chat model another.
+    pub fn set_chat_template(&mut self, source: &str) -> anyhow::Result<()> {
+        self.template = Some(ChatTemplate::new(source, self.special.clone())?);
+        Ok(())
     }
 
     /// Token ids of `text`; `add_special_tokens` applies the tokenizer's post-processor (e.g. a BOS token).
@@ -163,7 +197,7 @@ impl Tokenizer {
         }
         Err(user_error!(
             "the model at {} has no chat template (no `chat_template` in tokenizer_config.json, no \
-             chat_template.jinja), and {what}; use a chat (instruct) model, or add a template to it",
+             chat_template.jinja), and {what}; use a chat (instruct) model, or give one with --chat-template FILE",
             self.dir.display()
         ))
     }
@@ -202,5 +236,29 @@ impl Tokenizer {
         let mut vars = self.template_vars.clone();
         vars.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
         t.render(messages, tools, add_generation_prompt, &vars)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--chat-template` takes a file's text, or a directory's template as transformers finds it (the .jinja file
+    /// before tokenizer_config.json's); a directory without one, or a missing file, is one line naming the flag.
+    #[test]
+    fn a_chat_template_is_read_from_a_file_or_a_model_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let file = dir.join("t.jinja");
+        std::fs::write(&file, "{{ messages }}").unwrap();
+        assert_eq!(read_chat_template(&file).unwrap(), "{{ messages }}");
+        let err = read_chat_template(dir).unwrap_err().to_string();
+        assert!(err.contains("--chat-template") && err.contains("no chat template"), "{err}");
+        std::fs::write(dir.join("tokenizer_config.json"), r#"{"chat_template": "from the config"}"#).unwrap();
+        assert_eq!(read_chat_template(dir).unwrap(), "from the config");
+        std::fs::write(dir.join("chat_template.jinja"), "from the file").unwrap();
+        assert_eq!(read_chat_template(dir).unwrap(), "from the file");
+        let err = read_chat_template(&dir.join("missing.jinja")).unwrap_err().to_string();
+        assert!(err.contains("--chat-template") && err.contains("missing.jinja"), "{err}");
     }
 }

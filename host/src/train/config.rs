@@ -125,6 +125,10 @@ pub struct ModelSettings {
     /// Variables every rendering of the chat template gets (`--chat-template-kwargs`).
     #[serde(default)]
     pub chat_template_kwargs: serde_json::Map<String, serde_json::Value>,
+    /// The chat template's text where `--chat-template` replaces the model's own; checkpoints save it as
+    /// chat_template.jinja.
+    #[serde(default)]
+    pub chat_template: Option<String>,
 }
 
 /// TRL's default weight of the load-balancing loss.
@@ -582,6 +586,7 @@ impl RunConfig {
             ("--lora-rank/--lora-alpha/--lora-dropout/--lora-target-modules", json!(m.lora)),
             ("--lora-adapter", json!(m.lora_adapter)),
             ("--chat-template-kwargs", json!(m.chat_template_kwargs)),
+            ("--chat-template", json!(m.chat_template)),
             ("--temperature/--top-k/--top-p/--min-p", json!(s.params)),
             ("--ignore-eos", json!(s.ignore_eos)),
             ("--rollouts-per-step", json!(b.rollouts_per_step)),

@@ -36,6 +36,8 @@ pub struct Policy {
     precision: Precision,
     /// The PEFT adapter a fresh run starts its adapters from (`--lora-adapter`).
     initial_adapter: Option<PathBuf>,
+    /// `--chat-template`'s text, which checkpoints save in place of the model's template.
+    chat_template: Option<String>,
 }
 
 impl Policy {
@@ -52,6 +54,9 @@ impl Policy {
         model.set_gradient_checkpointing(settings.gradient_checkpointing);
         model.set_router_aux_loss_coef(settings.router_aux_loss_coef);
         let mut tokenizer = Tokenizer::from_dir(&model_dir)?;
+        if let Some(template) = &settings.chat_template {
+            tokenizer.set_chat_template(template)?;
+        }
         tokenizer.set_template_vars(settings.chat_template_kwargs.clone());
         if let Some(lora) = settings.lora {
             tch::manual_seed(seed as i64);
@@ -76,7 +81,8 @@ impl Policy {
             None
         };
         let initial_adapter = settings.lora_adapter.as_ref().map(PathBuf::from);
-        Ok(Policy { model, sampler, tokenizer, reference, model_dir, precision, initial_adapter })
+        let chat_template = settings.chat_template.clone();
+        Ok(Policy { model, sampler, tokenizer, reference, model_dir, precision, initial_adapter, chat_template })
     }
 
     /// Under mixed precision with full fine-tuning, the model's weights as stored on disk in f32, loaded on the CPU,
@@ -329,6 +335,7 @@ impl Policy {
             weights: if optimizer.has_master_weights() { optimizer.master_weights() } else { self.weights() },
             adapter: self.adapter_info(),
             base_model: self.model_dir(),
+            chat_template: self.chat_template.as_deref(),
             merged: if settings.save_merged { self.merged_weights() } else { None },
             optimizer: (!settings.save_only_model).then(|| optimizer.state()),
             state,

@@ -288,3 +288,17 @@ pub fn checkpoint_names(dir: &Path) -> Vec<String> {
     names.sort();
     names
 }
+
+/// Copy the folder `from` into `to` (created where missing), subfolders included.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
