@@ -48,6 +48,7 @@ fn settings(dtype: DtypeSpec, mixed_precision: MixedPrecision) -> ModelSettings 
         gradient_checkpointing: false,
         router_aux_loss_coef: 0.001,
         chat_template_kwargs: Default::default(),
+        chat_template: None,
     }
 }
 
