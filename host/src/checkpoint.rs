@@ -1041,21 +1041,31 @@ mod tests {
         assert!(!ckpts.join(".step_3.partial").exists());
     }
 
-    #[test]
-    fn adapter_checkpoints_with_merged_weights_are_in_the_manifest() {
-        let (_tmp, base, ckpts) = setup();
-        let mut d = data(&base, 2);
-        d.merged = Some(d.weights.iter().map(|(k, v)| (k.clone(), v.copy())).collect());
-        d.adapter = Some(AdapterInfo {
+    /// `d` as a LoRA run's checkpoint with `--save-merged`: its weights stand for the adapter and the merged model.
+    fn as_merged_adapter(d: CheckpointData<'_>) -> CheckpointData<'_> {
+        let merged = Some(d.weights.iter().map(|(k, v)| (k.clone(), v.copy())).collect());
+        let adapter = Some(AdapterInfo {
             rank: 4,
             alpha: 8.0,
             dropout: 0.0,
             target_modules: vec!["q_proj".into()],
             fan_in_fan_out: false,
         });
-        let dir = save(&ckpts, d).unwrap();
+        CheckpointData { merged, adapter, ..d }
+    }
+
+    /// The files the manifest of checkpoint `dir` lists.
+    fn manifest_files(dir: &Path) -> Vec<String> {
         let manifest: Manifest = serde_json::from_str(&fs::read_to_string(dir.join(MANIFEST)).unwrap()).unwrap();
-        let names: Vec<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
+        manifest.files.into_iter().map(|f| f.path).collect()
+    }
+
+    #[test]
+    fn adapter_checkpoints_with_merged_weights_are_in_the_manifest() {
+        let (_tmp, base, ckpts) = setup();
+        let dir = save(&ckpts, as_merged_adapter(data(&base, 2))).unwrap();
+        let names = manifest_files(&dir);
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
         assert!(names.contains(&"merged/model.safetensors") && names.contains(&"merged/config.json"), "{names:?}");
         assert!(names.contains(&"adapter_config.json") && names.contains(&"adapter_model.safetensors"));
         truncate(&dir.join("merged/model.safetensors"), 10);
@@ -1072,22 +1082,13 @@ mod tests {
         assert_eq!(fs::read_to_string(dir.join(TEMPLATE_FILE)).unwrap(), "base's");
         let dir = save(&ckpts, CheckpointData { chat_template: Some("ours"), ..data(&base, 2) }).unwrap();
         assert_eq!(fs::read_to_string(dir.join(TEMPLATE_FILE)).unwrap(), "ours");
-        let mut d = CheckpointData { chat_template: Some("ours"), ..data(&base, 3) };
-        d.merged = Some(d.weights.iter().map(|(k, v)| (k.clone(), v.copy())).collect());
-        d.adapter = Some(AdapterInfo {
-            rank: 4,
-            alpha: 8.0,
-            dropout: 0.0,
-            target_modules: vec!["q_proj".into()],
-            fan_in_fan_out: false,
-        });
-        let dir = save(&ckpts, d).unwrap();
+        let dir =
+            save(&ckpts, as_merged_adapter(CheckpointData { chat_template: Some("ours"), ..data(&base, 3) })).unwrap();
+        let files = manifest_files(&dir);
         for file in [TEMPLATE_FILE.to_string(), format!("merged/{TEMPLATE_FILE}")] {
             assert_eq!(fs::read_to_string(dir.join(&file)).unwrap(), "ours", "{file}");
+            assert!(files.contains(&file), "{files:?}");
         }
-        let manifest: Manifest = serde_json::from_str(&fs::read_to_string(dir.join(MANIFEST)).unwrap()).unwrap();
-        let names: Vec<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
-        assert!(names.contains(&TEMPLATE_FILE) && names.contains(&"merged/chat_template.jinja"), "{names:?}");
         assert_eq!(verify(&dir, Verify::Full).ok(), Some(Integrity::Manifest));
     }
 
