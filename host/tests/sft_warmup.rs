@@ -224,11 +224,16 @@ fn an_sft_run_stopped_and_resumed_equals_one_that_ran_through() {
     assert!(weights("parts") == weights("whole"), "the resumed run's final weights differ");
     assert!(runs.join("whole/checkpoints/step_2").is_dir() && runs.join("whole/checkpoints/step_4").is_dir());
 
-    // Changing what the run computes on resume is refused in one line.
-    let changed = sft_run(&runs, "parts", &data, &["--max-steps", "6", "--lr", "2e-3", "--resume"]);
-    let err = String::from_utf8_lossy(&changed.stderr);
-    assert_eq!(changed.status.code(), Some(2), "{err}");
-    assert!(err.contains("--allow-config-change"), "{err}");
+    // Changing what the run computes on resume is refused in one line: the learning rate, or the chat template the
+    // conversations are rendered with.
+    let template = runs.join("template.jinja");
+    std::fs::write(&template, "{% for m in messages %}{{ m['content'] }}{% endfor %}").unwrap();
+    for (flag, value) in [("--lr", "2e-3"), ("--chat-template", template.to_str().unwrap())] {
+        let changed = sft_run(&runs, "parts", &data, &["--max-steps", "6", flag, value, "--resume"]);
+        let err = String::from_utf8_lossy(&changed.stderr);
+        assert_eq!(changed.status.code(), Some(2), "{err}");
+        assert!(err.contains(flag) && err.contains("--allow-config-change"), "{err}");
+    }
 }
 
 #[test]

@@ -160,6 +160,8 @@ impl SftConfig {
             "--mixed-precision": m.mixed_precision,
             "--lora-rank/--lora-alpha/--lora-dropout": m.lora,
             "--router-aux-loss-coef": m.router_aux_loss_coef,
+            "--chat-template-kwargs": m.chat_template_kwargs,
+            "--chat-template": m.chat_template,
             "--batch-size": self.batch_size,
             "--max-length": self.max_length,
             "--assistant-only-loss/--completion-only-loss": self.loss_on,
