@@ -1,8 +1,8 @@
-//! `config.json` of a Hugging Face Llama-family checkpoint (Llama, Qwen2, Qwen3, Mistral, SmolLM3, OLMo 2 and 3,
-//! Granite, ERNIE 4.5, GLM-4, Gemma 2 and 3, Phi-3, and the mixtures of experts Qwen2-MoE, Qwen3-MoE, Mixtral and
-//! OLMoE), reduced to the fields the runtime uses. Both the transformers 4 spelling (`rope_theta` + `rope_scaling`,
-//! Gemma's `rope_local_base_freq`) and the transformers 5 one (`rope_parameters`, per layer type for Gemma 3) are
-//! read.
+//! `config.json` of a Hugging Face decoder checkpoint of one of the families [`Architecture`] lists (Llama and its
+//! kin, the GPT-2 and GPT-NeoX lines, Phi, Gemma, OLMo, Cohere, and the mixtures of experts), reduced to the fields
+//! the runtime uses. Both the transformers 4 spelling (`rope_theta` + `rope_scaling`, Gemma's
+//! `rope_local_base_freq`) and the transformers 5 one (`rope_parameters`, per layer type for Gemma 3) are read, and
+//! the fields some families name their own way (GPT-2's `n_embd`, ...) under the common names.
 
 use std::path::Path;
 
