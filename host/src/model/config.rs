@@ -514,76 +514,31 @@ impl ModelConfig {
     pub fn from_json_str(text: &str) -> anyhow::Result<Self> {
         let mut v: Value = serde_json::from_str(text).map_err(|e| user_error!("config.json is not valid JSON: {e}"))?;
         let model_type = v.get("model_type").and_then(Value::as_str).unwrap_or("").to_string();
-        field_aliases(&mut v, &model_type)?;
+        field_aliases(&mut v, &model_type);
         let v = v;
         let model_type = v.get("model_type").and_then(Value::as_str).unwrap_or("");
-        let architecture = match model_type {
-            // Granite is Llama's layers with its four multipliers; ERNIE 4.5 Llama's with biases (`use_bias`) and
-            // adjacent rotary pairs.
-            // Arcee (AFM) Llama's with an ungated relu^2 MLP; Seed-OSS Llama's with q/k/v biases; InternLM3 Llama's
-            // with its own names for the biases (`field_aliases`).
-            "llama" | "granite" | "granitemoe" | "ernie4_5" | "arcee" | "seed_oss" | "internlm3" => Architecture::Llama,
-            "exaone" => Architecture::Exaone,
-            "helium" => Architecture::Helium,
-            "qwen2" => Architecture::Qwen2,
-            "qwen3" => Architecture::Qwen3,
-            // Ministral is Mistral with its layers' kinds in layer_types.
-            "mistral" | "ministral" => Architecture::Mistral,
-            "smollm3" => Architecture::SmolLM3,
-            "olmo2" => Architecture::Olmo2,
-            "olmo3" => Architecture::Olmo3,
-            "gemma" => Architecture::Gemma,
-            "olmo" => Architecture::Olmo,
-            "nanochat" => Architecture::NanoChat,
-            "gemma2" => Architecture::Gemma2,
-            "gemma3_text" => Architecture::Gemma3,
-            "phi3" => Architecture::Phi3,
-            "qwen2_moe" => Architecture::Qwen2,
-            "qwen3_moe" => Architecture::Qwen3,
-            "mixtral" => Architecture::Mistral,
-            "olmoe" => Architecture::Olmoe,
-            "glm" => Architecture::Glm,
-            "glm4" => Architecture::Glm4,
-            "exaone4" => Architecture::Exaone4,
-            "gpt_oss" => Architecture::GptOss,
-            "hunyuan_v1_dense" => Architecture::Hunyuan,
-            "starcoder2" => Architecture::Starcoder2,
-            "nemotron" => Architecture::Nemotron,
-            "cohere2" => Architecture::Cohere2,
-            "cohere" => Architecture::Cohere,
-            "phi" => Architecture::Phi,
-            "gpt_neox" => Architecture::GptNeoX,
-            "gpt2" => Architecture::Gpt2,
-            "stablelm" => {
-                for (field, what) in [
-                    ("qk_layernorm", "per-head q/k LayerNorms"),
-                    ("use_parallel_residual", "parallel attention and MLP blocks"),
-                ] {
-                    if v.get(field).and_then(Value::as_bool) == Some(true) {
-                        return Err(user_error!(
-                            "config.json {field}=true (StableLM's {what}) is not supported; the StableLM 2 models \
-                             without it are (stabilityai/stablelm-2-1_6b)"
-                        ));
-                    }
-                }
-                Architecture::StableLm
-            }
-            "gemma3" => {
+        let architecture = match MODEL_TYPES.iter().find(|(name, _)| *name == model_type) {
+            Some(&(_, architecture)) => architecture,
+            None if model_type == "gemma3" => {
                 return Err(user_error!(
                     "model_type \"gemma3\" is Gemma 3's image-text model, which is not supported; use a text-only \
                      Gemma 3 checkpoint (model_type gemma3_text, e.g. google/gemma-3-1b-it)"
                 ))
             }
-            other => {
+            None => {
+                let names: Vec<&str> = MODEL_TYPES.iter().map(|(name, _)| *name).collect();
                 return Err(user_error!(
-                    "unsupported model_type {other:?} in config.json; supported: arcee, cohere, cohere2, ernie4_5, \
-                     exaone, exaone4, gemma, gemma2, gemma3_text, glm, glm4, gpt2, gpt_neox, gpt_oss, granite, \
-                     granitemoe, helium, hunyuan_v1_dense, internlm3, llama, ministral, mistral, mixtral, nanochat, nemotron, \
-                     olmo, olmo2, olmo3, olmoe, phi, phi3, qwen2, qwen2_moe, qwen3, qwen3_moe, seed_oss, smollm3, \
-                     stablelm, starcoder2"
-                ))
+                    "unsupported model_type {model_type:?} in config.json; supported: {}",
+                    names.join(", ")
+                ));
             }
         };
+        let (options, instead) = unsupported_options(architecture);
+        if let Some((field, what)) =
+            options.iter().find(|(field, _)| v.get(*field).and_then(Value::as_bool) == Some(true))
+        {
+            return Err(user_error!("config.json {field}=true ({what}) is not supported{instead}"));
+        }
         let gemma = matches!(architecture, Architecture::Gemma | Architecture::Gemma2 | Architecture::Gemma3);
         // Gemma 2's caps are on unless config.json says null; other families have none unless it gives one.
         let softcap = |field: &str, gemma2_default: f64| match v.get(field) {
@@ -623,12 +578,12 @@ impl ModelConfig {
                 .ok_or_else(|| user_error!("config.json field {name:?} is missing or not a positive integer"))
         };
         // Arcee's, Nemotron's and nanochat's MLPs have no gate; relu^2 is their activation and no other family's.
-        let arcee = matches!(model_type, "arcee" | "nemotron" | "nanochat");
+        let relu2_mlp = matches!(model_type, "arcee" | "nemotron" | "nanochat");
         let named = v.get("hidden_activation").or_else(|| v.get("hidden_act")).and_then(Value::as_str);
         let tanh_default =
             gemma || matches!(architecture, Architecture::Starcoder2 | Architecture::Phi | Architecture::Gpt2);
         let gelu_default = architecture == Architecture::GptNeoX;
-        let activation = match (arcee, named) {
+        let activation = match (relu2_mlp, named) {
             (true, None | Some("relu2")) => Activation::Relu2,
             (false, None) if tanh_default => Activation::GeluTanh,
             (false, None) if gelu_default => Activation::Gelu,
@@ -639,7 +594,7 @@ impl ModelConfig {
             (false, Some("gelu")) if architecture == Architecture::Gemma => Activation::GeluTanh,
             (false, Some("gelu")) => Activation::Gelu,
             (_, Some(act)) => {
-                let supported = if arcee { "relu2" } else { "silu, gelu, gelu_new, gelu_pytorch_tanh" };
+                let supported = if relu2_mlp { "relu2" } else { "silu, gelu, gelu_new, gelu_pytorch_tanh" };
                 return Err(user_error!("config.json activation {act:?} is not supported here ({supported})"));
             }
         };
@@ -660,7 +615,7 @@ impl ModelConfig {
             _ if architecture == Architecture::Cohere2 => hidden_size / num_attention_heads,
             // ERNIE 4.5's and Seed-OSS's class defaults.
             None if ernie || model_type == "seed_oss" => 128,
-            None if matches!(architecture, Architecture::Gemma) => 256,
+            None if architecture == Architecture::Gemma => 256,
             None if architecture == Architecture::Helium => 128,
             Some(Value::Null) | None => hidden_size / num_attention_heads,
             Some(_) => int("head_dim")?,
@@ -764,6 +719,7 @@ impl ModelConfig {
         };
         let intermediate_size = int("intermediate_size")?;
         let moe = moe(&v, model_type, num_hidden_layers, intermediate_size)?;
+        let max_position_embeddings = v.get("max_position_embeddings").and_then(Value::as_i64).unwrap_or(4096);
         let attention_scale =
             match v.get("query_pre_attn_scalar") {
                 _ if !gemma || architecture == Architecture::Gemma => None,
@@ -860,14 +816,14 @@ impl ModelConfig {
             clip_qkv,
             embedding_norm: architecture == Architecture::NanoChat,
             parallel_blocks: neox && flag("use_parallel_residual", true),
-            learned_positions: (architecture == Architecture::Gpt2)
-                .then(|| v.get("max_position_embeddings").and_then(Value::as_i64).unwrap_or(1024)),
+            // GPT-2's `n_positions`, 1024 where config.json does not say (`field_aliases`).
+            learned_positions: (architecture == Architecture::Gpt2).then_some(max_position_embeddings),
             qk_norm: match architecture {
                 Architecture::Cohere => flag("use_qk_norm", false),
                 Architecture::Phi => flag("qk_layernorm", false),
                 _ => false,
             },
-            max_position_embeddings: v.get("max_position_embeddings").and_then(Value::as_i64).unwrap_or(4096),
+            max_position_embeddings,
             eos_token_ids: ids_of(v.get("eos_token_id")),
             rope_layers,
             sliding_window,
@@ -1143,21 +1099,9 @@ fn rope_layers(v: &Value, architecture: Architecture, layers: i64, sliding: &[bo
 /// config.json under the names the other families use where a family spells a field its own way (transformers'
 /// `attribute_map`): GPT-2's `n_embd`, `n_layer`, ... (with its class defaults, and `n_inner` four times the width
 /// when null), EXAONE 3's `num_layers`, `layer_norm_epsilon` and `activation_function`, InternLM3's `qkv_bias` and
-/// `bias`. Each is set only where config.json does not already give it. GPT-2's options that change attention
-/// beyond what is implemented are refused.
-fn field_aliases(v: &mut Value, model_type: &str) -> anyhow::Result<()> {
-    if model_type == "gpt2" {
-        for (field, what) in [
-            ("scale_attn_by_inverse_layer_idx", "scores divided by the layer's index"),
-            ("reorder_and_upcast_attn", "attention reordered and upcast to f32"),
-            ("add_cross_attention", "cross-attention"),
-        ] {
-            if v.get(field).and_then(Value::as_bool) == Some(true) {
-                return Err(user_error!("config.json {field}=true (GPT-2 with {what}) is not supported"));
-            }
-        }
-    }
-    let Some(fields) = v.as_object_mut() else { return Ok(()) };
+/// `bias`. Each is set only where config.json does not already give it.
+fn field_aliases(v: &mut Value, model_type: &str) {
+    let Some(fields) = v.as_object_mut() else { return };
     let width = fields.get("n_embd").and_then(Value::as_i64).unwrap_or(768);
     let aliases: Vec<(&str, &str, Option<Value>)> = match model_type {
         "gpt2" => vec![
@@ -1184,7 +1128,76 @@ fn field_aliases(v: &mut Value, model_type: &str) -> anyhow::Result<()> {
             }
         }
     }
-    Ok(())
+}
+
+/// Every `model_type` this host implements, with the layer structure it has. Granite is Llama's layers with its four
+/// multipliers, ERNIE 4.5 Llama's with biases (`use_bias`) and adjacent rotary pairs, Arcee (AFM) Llama's with an
+/// ungated relu^2 MLP, Seed-OSS Llama's with q/k/v biases, InternLM3 Llama's with its own names for the biases
+/// (`field_aliases`); Ministral is Mistral with its layers' kinds in `layer_types`; each mixture of experts has its
+/// dense kin's layers.
+const MODEL_TYPES: &[(&str, Architecture)] = &[
+    ("arcee", Architecture::Llama),
+    ("cohere", Architecture::Cohere),
+    ("cohere2", Architecture::Cohere2),
+    ("ernie4_5", Architecture::Llama),
+    ("exaone", Architecture::Exaone),
+    ("exaone4", Architecture::Exaone4),
+    ("gemma", Architecture::Gemma),
+    ("gemma2", Architecture::Gemma2),
+    ("gemma3_text", Architecture::Gemma3),
+    ("glm", Architecture::Glm),
+    ("glm4", Architecture::Glm4),
+    ("gpt2", Architecture::Gpt2),
+    ("gpt_neox", Architecture::GptNeoX),
+    ("gpt_oss", Architecture::GptOss),
+    ("granite", Architecture::Llama),
+    ("granitemoe", Architecture::Llama),
+    ("helium", Architecture::Helium),
+    ("hunyuan_v1_dense", Architecture::Hunyuan),
+    ("internlm3", Architecture::Llama),
+    ("llama", Architecture::Llama),
+    ("ministral", Architecture::Mistral),
+    ("mistral", Architecture::Mistral),
+    ("mixtral", Architecture::Mistral),
+    ("nanochat", Architecture::NanoChat),
+    ("nemotron", Architecture::Nemotron),
+    ("olmo", Architecture::Olmo),
+    ("olmo2", Architecture::Olmo2),
+    ("olmo3", Architecture::Olmo3),
+    ("olmoe", Architecture::Olmoe),
+    ("phi", Architecture::Phi),
+    ("phi3", Architecture::Phi3),
+    ("qwen2", Architecture::Qwen2),
+    ("qwen2_moe", Architecture::Qwen2),
+    ("qwen3", Architecture::Qwen3),
+    ("qwen3_moe", Architecture::Qwen3),
+    ("seed_oss", Architecture::Llama),
+    ("smollm3", Architecture::SmolLM3),
+    ("stablelm", Architecture::StableLm),
+    ("starcoder2", Architecture::Starcoder2),
+];
+
+/// A family's config.json switches that change its layers beyond what is implemented, each `(field, what it
+/// does)`, and what to use instead: a config that sets one to true is refused in one line.
+fn unsupported_options(architecture: Architecture) -> (&'static [(&'static str, &'static str)], &'static str) {
+    match architecture {
+        Architecture::StableLm => (
+            &[
+                ("qk_layernorm", "StableLM's per-head q/k LayerNorms"),
+                ("use_parallel_residual", "StableLM's parallel attention and MLP blocks"),
+            ],
+            "; the StableLM 2 models without it are (stabilityai/stablelm-2-1_6b)",
+        ),
+        Architecture::Gpt2 => (
+            &[
+                ("scale_attn_by_inverse_layer_idx", "GPT-2 with scores divided by the layer's index"),
+                ("reorder_and_upcast_attn", "GPT-2 with attention reordered and upcast to f32"),
+                ("add_cross_attention", "GPT-2 with cross-attention"),
+            ],
+            "",
+        ),
+        _ => (&[], ""),
+    }
 }
 
 /// The sliding window of a family whose class default has one (EXAONE 4, gpt-oss, Cohere 2): `default` where

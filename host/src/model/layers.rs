@@ -180,18 +180,14 @@ impl Norm {
     /// A norm over the last dimension whose gain (and bias) is `shape`: `[dim]`, or `[heads, dim]` for a gain per
     /// head, broadcast over `[B, T, heads, dim]`.
     pub(crate) fn load_shaped(l: &Loader, name: &str, shape: &[i64], cfg: &ModelConfig) -> anyhow::Result<Self> {
+        // Norms without parameters, in f32: a constant gain of 1 (multiplying by it is exact), no variable.
+        let unit = |gain, eps| Ok(Norm { weight: Tensor::ones(shape, (Kind::Float, l.device)), bias: None, eps, gain });
         let gain = match cfg.architecture {
             Architecture::Olmo2 | Architecture::Olmo3 | Architecture::GptOss | Architecture::Helium => Gain::F32,
             Architecture::Gemma | Architecture::Gemma2 | Architecture::Gemma3 => Gain::OnePlusF32,
-            // Norms without parameters, in f32: a gain of 1, which multiplies exactly. OLMo 1's LayerNorm at its
-            // fixed epsilon, nanochat's RMSNorm.
-            Architecture::Olmo | Architecture::NanoChat => {
-                let weight = Tensor::ones(shape, (Kind::Float, l.device));
-                return Ok(match cfg.architecture {
-                    Architecture::Olmo => Norm { weight, bias: None, eps: 1e-5, gain: Gain::LayerF32 },
-                    _ => Norm { weight, bias: None, eps: cfg.rms_norm_eps, gain: Gain::F32 },
-                });
-            }
+            // OLMo 1's LayerNorm, at its fixed epsilon.
+            Architecture::Olmo => return unit(Gain::LayerF32, 1e-5),
+            Architecture::NanoChat => return unit(Gain::F32, cfg.rms_norm_eps),
             Architecture::Starcoder2
             | Architecture::StableLm
             | Architecture::Phi
@@ -540,18 +536,16 @@ impl Attention {
             Some((q, k)) => (Some(norm(q)?), Some(norm(k)?)),
             None => (None, None),
         };
-        let out = match cfg.architecture {
-            Architecture::Phi | Architecture::GptNeoX => "dense",
-            Architecture::Gpt2 => "c_proj",
-            _ => "o_proj",
+        // The fused and the output projections' names.
+        let (fused, out) = match cfg.architecture {
+            Architecture::Phi | Architecture::GptNeoX => ("qkv_proj", "dense"),
+            Architecture::Gpt2 => ("c_attn", "c_proj"),
+            _ => ("qkv_proj", "o_proj"),
         };
         Ok(Attention {
             qkv: match cfg.architecture {
                 Architecture::Phi3 | Architecture::Gpt2 => QkvProj::Fused {
-                    qkv_proj: {
-                        let name = if cfg.architecture == Architecture::Gpt2 { "c_attn" } else { "qkv_proj" };
-                        Linear::load(l, &format!("{p}.{name}"), cfg.hidden_size, (h + 2 * kv) * d, qkv_bias)?
-                    },
+                    qkv_proj: Linear::load(l, &format!("{p}.{fused}"), cfg.hidden_size, (h + 2 * kv) * d, qkv_bias)?,
                 },
                 Architecture::GptNeoX => QkvProj::PerHead {
                     query_key_value: Linear::load(
