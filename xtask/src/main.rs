@@ -76,6 +76,12 @@ fn dispatch(args: &[String]) -> Result<i32> {
             Ok(status.code().unwrap_or(1))
         }
         "test" => {
+            // A fresh clone, as CI builds, gains nothing from incremental compilation's caches, which would take about
+            // as much disk again as the debug artifacts themselves.
+            if std::env::var_os("CI").is_some() && std::env::var_os("CARGO_INCREMENTAL").is_none() {
+                std::env::set_var("CARGO_INCREMENTAL", "0");
+            }
+            warn_low_disk();
             setup::setup(false)?;
             tools::ensure_cargo_generate(false)?;
             cargo(&["fmt", "--all", "--", "--check"], "checking formatting")?;
@@ -112,5 +118,22 @@ fn dispatch(args: &[String]) -> Result<i32> {
             Ok(0)
         }
         other => bail!("unknown task `{other}`; {USAGE}"),
+    }
+}
+
+/// Disk a cold `cargo xtask test` fills in the target directory (debug artifacts, no incremental caches), with some
+/// headroom for the runs the tests write to the temporary directory.
+const TEST_BUILD_GB: f64 = 12.0;
+
+/// Say so before a long build when the disk may not hold it: short of space, the linker dies late and cryptically.
+fn warn_low_disk() {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(paths::repo_root);
+    let existing = target.ancestors().find(|p| p.exists()).unwrap_or(&target);
+    if let Some(gb) = setup::free_gb(existing).filter(|&gb| gb < TEST_BUILD_GB) {
+        eprintln!(
+            "warning: {gb:.1} GB are free where the build goes ({}), and a first build of the tests takes about \
+             {TEST_BUILD_GB:.0} GB; if it fails in the linker (bus error, no space left on device), free some space",
+            target.display()
+        );
     }
 }

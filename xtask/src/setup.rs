@@ -111,14 +111,16 @@ fn stamp_for(requirements: &str) -> String {
     format!("requirements sha256 {:x}\n", digest)
 }
 
-fn check_disk(path: &Path) -> Result<()> {
-    let out = Command::new("df").arg("-Pk").arg(path).output();
-    let Ok(out) = out else { return Ok(()) };
+/// Free space on the file system holding `path`, in GB, as `df` reports it; `None` where `df` cannot tell.
+pub fn free_gb(path: &Path) -> Option<f64> {
+    let out = Command::new("df").arg("-Pk").arg(path).output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let avail_kb: Option<f64> =
-        text.lines().nth(1).and_then(|l| l.split_whitespace().nth(3)).and_then(|v| v.parse().ok());
-    if let Some(kb) = avail_kb {
-        let gb = kb / 1024.0 / 1024.0;
+    let kb: f64 = text.lines().nth(1)?.split_whitespace().nth(3)?.parse().ok()?;
+    Some(kb / 1024.0 / 1024.0)
+}
+
+fn check_disk(path: &Path) -> Result<()> {
+    if let Some(gb) = free_gb(path) {
         if gb < NEEDED_GB {
             bail!(
                 "setup needs about {NEEDED_GB:.0} GB free in {} but {gb:.1} GB are free; free some space or set \

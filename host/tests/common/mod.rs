@@ -78,6 +78,25 @@ pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
+/// A fresh `target/<profile>/plugin-tests/<kind>-<pid>` for this test process. The folders of processes that are
+/// gone are removed first: `installed` holds a hard link to grpo-host, which keeps every old build's binary on disk
+/// (64 MB each) for as long as the folder stays.
+fn process_dir(kind: &str) -> PathBuf {
+    let root = profile_dir().join("plugin-tests");
+    // Whether a process is alive is read from /proc; without it, nothing is swept.
+    let listing = if Path::new("/proc/self").exists() { std::fs::read_dir(&root).ok() } else { None };
+    for entry in listing.into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let pid = name.to_str().and_then(|n| n.strip_prefix(kind)?.strip_prefix('-')?.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !Path::new("/proc").join(pid.to_string()).exists()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    let dir = root.join(format!("{kind}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// A directory holding links to the shipped plugin libraries, built first with cargo when needed (`cargo test`
 /// builds a cdylib only for the crate under test, so the host's tests build them: with up-to-date libraries this
 /// is a no-op costing about a second). It builds the whole workspace, exactly as `cargo xtask test` does before the
@@ -101,8 +120,7 @@ pub fn shipped_dir() -> &'static Path {
                 .expect("run cargo build for the plugin libraries");
             assert!(status.success(), "building the plugin libraries failed");
         }
-        let dir = profile_dir.join("plugin-tests").join(format!("shipped-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = process_dir("shipped");
         for (_, stem) in SHIPPED {
             let file = library_file(stem);
             let link = dir.join(&file);
@@ -119,8 +137,7 @@ pub fn fault_plugin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         shipped_dir();
-        let dir = profile_dir().join("plugin-tests").join(format!("faulty-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = process_dir("faulty");
         let file = library_file("grpo_test_faulty");
         let link = dir.join(&file);
         let _ = std::fs::remove_file(&link);
@@ -134,8 +151,7 @@ pub fn fault_plugin_dir() -> &'static Path {
 pub fn installed() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = profile_dir().join("plugin-tests").join(format!("installed-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = process_dir("installed");
         let exe = dir.join("grpo-host");
         let _ = std::fs::remove_file(&exe);
         std::fs::hard_link(env!("CARGO_BIN_EXE_grpo-host"), &exe).unwrap();
