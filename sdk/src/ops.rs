@@ -81,6 +81,46 @@ impl Default for SoftGate {
     }
 }
 
+/// The shapes of VESPO's weight ([`PolicyTerms::vespo`]), `phi(w) = e^lambda * w^k * e^(-lambda * w)` of the
+/// sequence's ratio `w`, one `(k, lambda)` pair for sequences with a non-negative advantage and one for the others.
+/// `phi(1) = 1`, and `phi` peaks at `w = k / lambda`. The defaults are TRL's (`vespo_k_pos`, `vespo_lambda_pos`,
+/// `vespo_k_neg`, `vespo_lambda_neg`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GammaWeight {
+    /// `k` for a non-negative advantage.
+    pub k_pos: f64,
+    /// `lambda` for a non-negative advantage.
+    pub lambda_pos: f64,
+    /// `k` for a negative advantage.
+    pub k_neg: f64,
+    /// `lambda` for a negative advantage.
+    pub lambda_neg: f64,
+}
+
+impl Default for GammaWeight {
+    fn default() -> Self {
+        GammaWeight { k_pos: 2.0, lambda_pos: 3.0, k_neg: 3.0, lambda_neg: 2.0 }
+    }
+}
+
+impl GammaWeight {
+    /// Each sequence's `phi` (`[B]`, no gradient) from the batch's log-probs over the actions `on`. As in TRL, each
+    /// token's log-ratio is clamped to [-20, 20] and their sum to [ln 1e-8, 20] before `phi` is taken in log space,
+    /// so no sequence's weight overflows. Computed in at least f32: `phi` is exponential in a sum over the sequence,
+    /// which bf16 would round by whole percents.
+    fn phi(&self, batch: &PolicyBatch, on: &Tensor) -> Tensor {
+        let kind = if batch.log_probs.kind() == Kind::Double { Kind::Double } else { Kind::Float };
+        let log_ratio = batch.log_probs.detach().to_kind(kind) - batch.old_log_probs.to_kind(kind);
+        let log_ratio = log_ratio.where_self(on, &log_ratio.zeros_like()).clamp(-20.0, 20.0);
+        let log_w = log_ratio.sum_dim_intlist(-1, false, None);
+        let log_w = log_w.clamp(1e-8f64.ln(), 20.0);
+        let pos = batch.advantages.detach().ge(0.0).to_kind(kind);
+        let k = &pos * (self.k_pos - self.k_neg) + self.k_neg;
+        let lambda = &pos * (self.lambda_pos - self.lambda_neg) + self.lambda_neg;
+        (&lambda + k * &log_w - &lambda * log_w.exp()).exp().nan_to_num(0.0, 0.0, 0.0)
+    }
+}
+
 /// Which per-token objective [`PolicyTerms`] builds.
 #[derive(Clone, Copy)]
 enum Surrogate {
@@ -90,6 +130,8 @@ enum Surrogate {
     Cispo,
     /// SAPO's soft gate on the ratio ([`PolicyTerms::sapo`]).
     Sapo(SoftGate),
+    /// VESPO's sequence weight times the log-prob ([`PolicyTerms::vespo`]).
+    Vespo(GammaWeight),
 }
 
 /// The per-token pieces of a GRPO-family loss for one micro-batch; every `[B, T]` tensor is 0 outside the mask.
@@ -116,6 +158,8 @@ pub struct PolicyTerms {
     ratio: Tensor,
     /// 1 for each sequence [`PolicyTerms::mask_off_policy`] dropped, else 0 (`[B]`); `None` before it runs.
     off_policy: Option<Tensor>,
+    /// VESPO's weight of each sequence (`[B]`); `None` for the other objectives.
+    sequence_weights: Option<Tensor>,
 }
 
 impl PolicyTerms {
@@ -196,6 +240,52 @@ impl PolicyTerms {
         Self::build(batch, how, Surrogate::Sapo(gate))
     }
 
+    /// VESPO's terms (TRL's `loss_type="vespo"`): the surrogate is `-sg(phi(w)) * A * logp` per token, where `w` is
+    /// the sequence's ratio to the policy that sampled it, the product of its action tokens' ratios, and `phi` the
+    /// gamma-shaped weight of [`GammaWeight`], held constant. On policy `phi = 1` and this is the policy gradient;
+    /// as the sequence drifts, `phi` shrinks smoothly in both directions instead of clipping tokens, so no token
+    /// counts as clipped and the clip range is unused. The weight is already one per sequence, so `how.ratio` must
+    /// be [`RatioLevel::Token`]; `how.delta` caps a branch VESPO does not have and is an error, as are shapes that
+    /// are not finite with `lambda > 0` and `k >= 0`. [`PolicyTerms::sequence_weight_mean_tensor`] is `phi`'s mean.
+    ///
+    /// ```
+    /// # use grpo_sdk::{LossSettings, PolicyBatch, ops::{GammaWeight, PolicyTerms, TermOptions}, tch::Tensor};
+    /// let batch = PolicyBatch {
+    ///     log_probs: Tensor::from_slice(&[-1.0f32, -0.5, -1.0, -0.5]).view([2, 2]),
+    ///     // The first sequence is on policy (w = 1); the second's ratio is e^0.5.
+    ///     old_log_probs: Tensor::from_slice(&[-1.0f32, -0.5, -1.25, -0.75]).view([2, 2]),
+    ///     ref_log_probs: None,
+    ///     advantages: Tensor::from_slice(&[2.0f32, 2.0]),
+    ///     action_mask: Tensor::from_slice(&[true, true, true, true]).view([2, 2]),
+    ///     settings: LossSettings { clip_eps_low: 0.2, clip_eps_high: 0.2, kl_weight: 0.0, generate_max_length: 2 },
+    ///     is_weights: None,
+    ///     step_token_divisor: None,
+    /// };
+    /// let terms = PolicyTerms::vespo(&batch, TermOptions::default(), GammaWeight::default()).unwrap();
+    /// let surrogate = Vec::<f32>::try_from(&terms.surrogate.view([-1])).unwrap();
+    /// // phi(1) = 1: the policy gradient's surrogate -A * logp.
+    /// assert!((surrogate[0] - 2.0).abs() < 1e-6 && (surrogate[1] - 1.0).abs() < 1e-6);
+    /// // phi(e^0.5) = e^(3 + 2 * 0.5 - 3 e^0.5), about 0.42.
+    /// let phi = (3.0f64 + 1.0 - 3.0 * 0.5f64.exp()).exp();
+    /// assert!((surrogate[2] as f64 - phi * 2.0).abs() < 1e-5);
+    /// ```
+    pub fn vespo(batch: &PolicyBatch, how: TermOptions, weight: GammaWeight) -> Result<Self> {
+        let GammaWeight { k_pos, lambda_pos, k_neg, lambda_neg } = weight;
+        for (name, k, lambda) in [("pos", k_pos, lambda_pos), ("neg", k_neg, lambda_neg)] {
+            if !(k.is_finite() && k >= 0.0 && lambda.is_finite() && lambda > 0.0) {
+                return Err(Error::msg(format!(
+                    "VESPO's k_{name} must be a finite number >= 0 and lambda_{name} one > 0, got {k} and {lambda}"
+                )));
+            }
+        }
+        if how.ratio == RatioLevel::Sequence {
+            return Err(Error::msg(
+                "VESPO weighs each sequence by its own ratio already; the sequence-level ratio does not apply",
+            ));
+        }
+        Self::build(batch, how, Surrogate::Vespo(weight))
+    }
+
     fn build(batch: &PolicyBatch, how: TermOptions, surrogate: Surrogate) -> Result<Self> {
         let lp = &batch.log_probs;
         let shape = lp.size();
@@ -228,8 +318,12 @@ impl PolicyTerms {
             return Err(Error::msg(format!("step_token_divisor must be a finite number > 0, got {d}")));
         }
         let s = &batch.settings;
-        if let (Surrogate::Cispo | Surrogate::Sapo(_), Some(d)) = (surrogate, how.delta) {
-            let name = if let Surrogate::Cispo = surrogate { "CISPO" } else { "SAPO" };
+        if let (Surrogate::Cispo | Surrogate::Sapo(_) | Surrogate::Vespo(_), Some(d)) = (surrogate, how.delta) {
+            let name = match surrogate {
+                Surrogate::Cispo => "CISPO",
+                Surrogate::Sapo(_) => "SAPO",
+                _ => "VESPO",
+            };
             return Err(Error::msg(format!(
                 "delta {d} caps the clipped surrogate's unclipped branch, which {name} does not have; leave it unset"
             )));
@@ -256,6 +350,7 @@ impl PolicyTerms {
         };
         let ratio = log_ratio.exp();
         let adv = batch.advantages.to_kind(kind).unsqueeze(-1);
+        let mut sequence_weights = None;
         let (surrogate, clipped, clipped_high) = match surrogate {
             Surrogate::Clipped => {
                 let unclipped = match how.delta {
@@ -281,6 +376,13 @@ impl PolicyTerms {
                 let none = mask.zeros_like();
                 (-(soft * &adv) * &mask, none.shallow_clone(), none)
             }
+            Surrogate::Vespo(weight) => {
+                let phi = weight.phi(batch, &on);
+                let scale = phi.to_kind(kind).unsqueeze(-1);
+                sequence_weights = Some(phi);
+                let none = mask.zeros_like();
+                (-(scale * &adv * lp.where_self(&on, &zero)) * &mask, none.shallow_clone(), none)
+            }
         };
         // The weights correct the sampler's precision, a constant per token: no gradient flows through them.
         let surrogate = match &batch.is_weights {
@@ -300,7 +402,17 @@ impl PolicyTerms {
             return Err(Error::msg(format!("kl_weight is {} but the host passed no reference log-probs", s.kl_weight)));
         }
         let step_token_divisor = batch.step_token_divisor;
-        Ok(PolicyTerms { surrogate, kl, mask, clipped, clipped_high, step_token_divisor, ratio, off_policy: None })
+        Ok(PolicyTerms {
+            surrogate,
+            kl,
+            mask,
+            clipped,
+            clipped_high,
+            step_token_divisor,
+            ratio,
+            off_policy: None,
+            sequence_weights,
+        })
     }
 
     /// Multiply each token's KL estimate by its probability ratio to the old policy (the one the tokens were sampled
@@ -361,6 +473,16 @@ impl PolicyTerms {
         }
     }
 
+    /// The mean over the micro-batch's sequences of VESPO's weight `phi` ([`PolicyTerms::vespo`]), as a float64
+    /// scalar on the batch's device (TRL's `vespo/phi_seq_mean`); `None` for the other objectives, and 0 without
+    /// sequences.
+    pub fn sequence_weight_mean_tensor(&self) -> Option<Tensor> {
+        self.sequence_weights.as_ref().map(|phi| match phi.numel() {
+            0 => Tensor::zeros([], (Kind::Double, phi.device())),
+            _ => phi.to_kind(Kind::Double).mean(None),
+        })
+    }
+
     /// `surrogate + kl_weight * kl` per token.
     pub fn per_token_loss(&self, kl_weight: f64) -> Tensor {
         match &self.kl {
@@ -376,7 +498,8 @@ impl PolicyTerms {
     }
 
     /// The mean over sequences of each sequence's masked sum of `x` divided by the constant `normalizer` (Dr. GRPO's
-    /// `generate_max_length`, TRL's `loss_type="dr_grpo"`): no sequence's own length enters the loss.
+    /// `generate_max_length`, TRL's `loss_type="dr_grpo"`): no sequence's own length enters the loss. With a
+    /// normalizer of 1, each sequence weighs as many times as it has action tokens (LUSPO's, TRL's `"luspo"`).
     pub fn constant_mean(&self, x: &Tensor, normalizer: f64) -> Tensor {
         ((x * &self.mask).sum_dim_intlist(-1, false, None) / normalizer).mean(None)
     }

@@ -27,6 +27,14 @@ Definitions (docs/plugins.md, "The shipped algorithms and environment"):
   SAPO cases          loss_type "sapo": the per-token surrogate is -g*A with the soft gate g = sigmoid(tau*(rho-1))*4/tau,
                       tau = sapo_temperature_pos (default 1) where A > 0, else sapo_temperature_neg (1.05); no token
                       counts as clipped; averaged as "grpo"
+  VESPO cases         loss_type "vespo": the per-token surrogate is -phi*A*logp with phi held constant (no gradient),
+                      phi = exp(lam + k*log_w - lam*w) of the sequence's ratio w: log_w is the sum over its action
+                      tokens of (logp - old), each clamped to [-20, 20], the sum clamped to [ln 1e-8, 20]; (k, lam) =
+                      (vespo_k_pos, vespo_lambda_pos), default (2, 3), where A >= 0, else (vespo_k_neg,
+                      vespo_lambda_neg), default (3, 2); no token counts as clipped; averaged as "dapo"; the mean of
+                      phi over the micro-batch's sequences is the metric training_step/vespo_phi_mean
+  LUSPO cases         loss_type "luspo": the clipped surrogate, each sequence's masked SUM over its action tokens, then
+                      the mean over sequences
   DeepSeek-V3.2 cases use_bias_correction_kl: each token's KL term times its ratio rho (differentiated);
                       off_policy_mask_threshold d: a sequence with A < 0 whose mean over its action tokens of
                       old - logp (no gradient) exceeds d has its surrogate zeroed; the share of sequences so dropped
@@ -81,7 +89,8 @@ def drgrpo_advantages(rewards, groups):
 
 
 def per_token_terms(
-    logp, old, ref, adv, mask, eps_low, eps_high, sequence_ratio=False, delta=None, kl="k3", cispo=False, sapo=None, kl_bias=False, opsm=None
+    logp, old, ref, adv, mask, eps_low, eps_high, sequence_ratio=False, delta=None, kl="k3", cispo=False, sapo=None, kl_bias=False, opsm=None,
+    vespo=None,
 ):
     """Surrogate and k3 per token, zero outside the mask, written out token by token on purpose (no shared code
     with the vectorised Rust implementation)."""
@@ -89,8 +98,15 @@ def per_token_terms(
     surr = torch.zeros(B, T)
     k3 = torch.zeros(B, T)
     clipped, clipped_high, dropped = 0, 0, 0
+    phis = []
     for b in range(B):
         a = adv[b]
+        if vespo is not None:
+            # The sequence's weight from plain numbers: no gradient reaches it.
+            log_w = sum(min(max(float(logp[b, t].detach() - old[b, t]), -20.0), 20.0) for t in range(T) if mask[b][t])
+            log_w = min(max(log_w, math.log(1e-8)), 20.0)
+            k, lam = (vespo[0], vespo[1]) if float(a) >= 0 else (vespo[2], vespo[3])
+            phis.append(math.exp(lam + k * log_w - lam * math.exp(log_w)))
         # Off-policy sequence masking: the sequence's mean drift from the sampling policy, as a plain number.
         steps = [float(old[b, t] - logp[b, t].detach()) for t in range(T) if mask[b][t]]
         drift = sum(steps) / len(steps) if steps else 0.0
@@ -103,7 +119,9 @@ def per_token_terms(
             if not mask[b][t]:
                 continue
             rho = seq_rho if sequence_ratio else torch.exp(logp[b, t] - old[b, t])
-            if sapo is not None:
+            if vespo is not None:
+                surr[b, t] = -(phis[b] * a * logp[b, t])
+            elif sapo is not None:
                 # The gate is differentiated; its slope at rho = 1 is exactly 1.
                 tau = sapo[0] if a > 0 else sapo[1]
                 surr[b, t] = -(torch.sigmoid(tau * (rho - 1)) * 4 / tau * a)
@@ -135,7 +153,7 @@ def per_token_terms(
                 else:
                     k = d * d / 2
                 k3[b, t] = k * rho if kl_bias else k
-    return surr, k3, clipped, clipped_high, dropped
+    return surr, k3, clipped, clipped_high, dropped, phis
 
 
 def loss_case(
@@ -159,6 +177,7 @@ def loss_case(
     sapo=None,
     kl_bias=False,
     opsm=None,
+    vespo=None,
 ):
     g = torch.Generator().manual_seed(seed)
     B = len(lengths)
@@ -172,7 +191,7 @@ def loss_case(
     old_t = torch.tensor(old)
     ref_t = torch.tensor(ref) if ref is not None else None
     adv_t = torch.tensor(adv)
-    surr, k3, clipped, clipped_high, dropped = per_token_terms(
+    surr, k3, clipped, clipped_high, dropped, phis = per_token_terms(
         logp,
         old_t,
         ref_t,
@@ -187,6 +206,7 @@ def loss_case(
         sapo=(sapo or (1.0, 1.05)) if loss_type == "sapo" else None,
         kl_bias=kl_bias,
         opsm=opsm,
+        vespo=(vespo or (2.0, 3.0, 3.0, 2.0)) if loss_type == "vespo" else None,
     )
     is_weights = None
     if tis_cap is not None:
@@ -205,12 +225,15 @@ def loss_case(
     if algo == "grpo" and loss_type in (None, "grpo", "sapo"):
         denom = torch.clamp(n_tok, min=1.0)
         loss = ((per_token * m).sum(-1) / denom).mean()
+    elif algo == "grpo" and loss_type == "luspo":
+        loss = (per_token * m).sum(-1).mean()
     elif algo == "grpo" and loss_type == "dr_grpo":
         # TRL's form: every action token's loss summed over the micro-batch, over sequences x max completion length.
         loss = (per_token * m).sum() / (len(lengths) * gen_max_len)
     elif algo == "grpo":
-        # bnpo, and dapo or cispo without a divisor: every token of the micro-batch weighs the same.
-        step = divisor if loss_type in ("dapo", "cispo") and divisor is not None else max(float(n_tok.sum()), 1.0)
+        # bnpo, and dapo, cispo or vespo without a divisor: every token of the micro-batch weighs the same.
+        step_mean = loss_type in ("dapo", "cispo", "vespo")
+        step = divisor if step_mean and divisor is not None else max(float(n_tok.sum()), 1.0)
         loss = (per_token * m).sum() / step
     else:
         loss = ((per_token * m).sum(-1) / gen_max_len).mean()
@@ -225,6 +248,8 @@ def loss_case(
     }
     if opsm is not None:
         metrics["training_step/off_policy_mask_fraction"] = dropped / B
+    if phis:
+        metrics["training_step/vespo_phi_mean"] = sum(phis) / len(phis)
     if algo == "drgrpo":
         metrics["training_step/dr_component_policy"] = float(((surr.detach() * m).sum(-1) / gen_max_len).mean())
         metrics["training_step/dr_component_kl"] = float(((beta * k3.detach() * m).sum(-1) / gen_max_len).mean())
@@ -244,6 +269,9 @@ def loss_case(
         config["use_bias_correction_kl"] = True
     if opsm is not None:
         config["off_policy_mask_threshold"] = opsm
+    if vespo is not None:
+        names = ["vespo_k_pos", "vespo_lambda_pos", "vespo_k_neg", "vespo_lambda_neg"]
+        config.update(zip(names, vespo))
     return {
         "kind": "loss",
         "algorithm": algo,
@@ -366,6 +394,31 @@ def main():
             shift=-0.3,
             kl_bias=True,
             opsm=0.2,
+        ),
+        # VESPO: the first case's old log-probs below the new ones (sequences' summed log-ratios 0 to 1.4, phi 1 down
+        # to 0.002), the second's mostly above them (-1.2 to 0.1, phi 0.14 to 1.1: these shapes peak off w = 1);
+        # both signs of advantage, a row without actions (phi 1), the KL term; the first with a step's divisor, the
+        # second with other shapes, truncated importance weights and the corrected KL.
+        loss_case(
+            "grpo_vespo_step", "grpo", 18, [5, 2, 7, 0, 3, 4], 8, 0.01, 0.2, 0.2, True, 8, None, "vespo", 15.0,
+            shift=0.1,
+        ),
+        loss_case(
+            "grpo_vespo_tis_kl_bias", "grpo", 19, [4, 6, 1, 5], 7, 0.03, 0.2, 0.2, True, 7, 2.0, "vespo", None,
+            shift=-0.15,
+            kl_bias=True,
+            vespo=(1.5, 2.5, 2.5, 1.5),
+        ),
+        # LUSPO: GSPO's sequence ratio without a KL term, as the paper trains, then per token with the KL term and
+        # two-sided clipping; rows of different lengths and one without actions.
+        loss_case(
+            "grpo_luspo_gspo", "grpo", 37, [5, 2, 7, 0, 3], 8, 0.0, 0.05, 0.08, False, 8, loss_type="luspo",
+            level="sequence",
+        ),
+        loss_case(
+            "grpo_luspo_kl_delta", "grpo", 21, [5, 3, 7, 6], 8, 0.02, 0.2, 0.2, True, 8, loss_type="luspo",
+            delta=1.5,
+            shift=1.2,
         ),
     ]
     for case in cases:

@@ -2,7 +2,7 @@
 //! aggregated as a per-sequence masked mean, then the mean over sequences, or over tokens with `loss_type`
 //! (docs/plugins.md, "The shipped algorithms and environment").
 
-use grpo_sdk::ops::{split_groups, KlEstimator, PolicyTerms, RatioLevel, SoftGate, TermOptions};
+use grpo_sdk::ops::{split_groups, GammaWeight, KlEstimator, PolicyTerms, RatioLevel, SoftGate, TermOptions};
 use grpo_sdk::tch::Tensor;
 use grpo_sdk::{Algorithm, DeferredLoss, LossOutput, MetricSource, PolicyBatch, Result};
 use serde::{Deserialize, Serialize};
@@ -30,6 +30,14 @@ pub struct Config {
     pub sapo_temperature_pos: f64,
     /// `loss_type: "sapo"`'s gate temperature for the other advantages (TRL's `sapo_temperature_neg`).
     pub sapo_temperature_neg: f64,
+    /// `loss_type: "vespo"`'s weight shape `k` for non-negative advantages (TRL's `vespo_k_pos`).
+    pub vespo_k_pos: f64,
+    /// `loss_type: "vespo"`'s weight rate `lambda` for non-negative advantages (TRL's `vespo_lambda_pos`).
+    pub vespo_lambda_pos: f64,
+    /// `loss_type: "vespo"`'s `k` for negative advantages (TRL's `vespo_k_neg`).
+    pub vespo_k_neg: f64,
+    /// `loss_type: "vespo"`'s `lambda` for negative advantages (TRL's `vespo_lambda_neg`).
+    pub vespo_lambda_neg: f64,
     /// Weigh each token's KL estimate by its probability ratio to the sampling policy (DeepSeek-V3.2's unbiased
     /// KL; TRL's `use_bias_correction_kl`).
     pub use_bias_correction_kl: bool,
@@ -50,6 +58,10 @@ impl Default for Config {
             kl_estimator: KlEstimator::K3,
             sapo_temperature_pos: SoftGate::default().tau_pos,
             sapo_temperature_neg: SoftGate::default().tau_neg,
+            vespo_k_pos: GammaWeight::default().k_pos,
+            vespo_lambda_pos: GammaWeight::default().lambda_pos,
+            vespo_k_neg: GammaWeight::default().k_neg,
+            vespo_lambda_neg: GammaWeight::default().lambda_neg,
             use_bias_correction_kl: false,
             off_policy_mask_threshold: None,
         }
@@ -82,6 +94,14 @@ pub enum LossType {
     /// gradient is the policy gradient's at ratio 1 and fades as the ratio leaves it, faster for negative advantages
     /// (`sapo_temperature_pos`, `sapo_temperature_neg`); averaged as `"grpo"`, per sequence, then over sequences.
     Sapo,
+    /// VESPO's objective (TRL's `"vespo"`): each token's log-prob times its advantage and a weight of its whole
+    /// sequence's ratio, held constant, which is 1 on policy and shrinks smoothly as the sequence drifts (`vespo_k_*`,
+    /// `vespo_lambda_*`); averaged as `"dapo"`, over every token of the optimizer step.
+    Vespo,
+    /// LUSPO's averaging (TRL's `"luspo"`), for GSPO's sequence-level ratio: each sequence's sum over its tokens,
+    /// then the mean over sequences, so that a sequence weighs by its length and GSPO's bias towards short
+    /// sequences goes.
+    Luspo,
 }
 
 /// What a reward is compared with.
@@ -120,8 +140,9 @@ impl grpo_sdk::Plugin for Grpo {
     const NAME: &'static str = "grpo";
     const DESCRIPTION: &'static str =
         "GRPO: (r - mean) / (std + eps) advantages (scale_rewards: group, batch or none; baseline leave_one_out for \
-         RLOO), clipped surrogate + k3 KL, per-sequence mean (loss_type: grpo, bnpo, dapo, dr_grpo, cispo or sapo); \
-         importance_sampling_level sequence for GSPO; delta for two-sided clipping; kl_estimator k3, k1 or k2";
+         RLOO), clipped surrogate + k3 KL, per-sequence mean (loss_type: grpo, bnpo, dapo, dr_grpo, cispo, sapo, vespo \
+         or luspo); importance_sampling_level sequence for GSPO; delta for two-sided clipping; kl_estimator k3, k1 \
+         or k2";
 
     fn new(config: serde_json::Value) -> Result<Self> {
         let config: Config = grpo_sdk::parse_config(config)?;
@@ -130,7 +151,7 @@ impl grpo_sdk::Plugin for Grpo {
                 "invalid config: delta must be a number above 1 + the upper clip range (such as 4), got {delta}"
             )));
         }
-        if let (LossType::Cispo | LossType::Sapo, Some(_)) = (config.loss_type, config.delta) {
+        if let (LossType::Cispo | LossType::Sapo | LossType::Vespo, Some(_)) = (config.loss_type, config.delta) {
             let name = serde_json::to_value(config.loss_type).unwrap_or_default();
             return Err(grpo_sdk::Error::msg(format!(
                 "invalid config: delta caps the clipped surrogate's unclipped branch, which loss_type {} does not \
@@ -138,12 +159,23 @@ impl grpo_sdk::Plugin for Grpo {
                 name.as_str().unwrap_or_default()
             )));
         }
-        for (name, tau) in [
-            ("sapo_temperature_pos", config.sapo_temperature_pos),
-            ("sapo_temperature_neg", config.sapo_temperature_neg),
+        if (config.loss_type, config.importance_sampling_level) == (LossType::Vespo, RatioLevel::Sequence) {
+            return Err(grpo_sdk::Error::msg(
+                "invalid config: loss_type vespo weighs each sequence by its own ratio already; leave \
+                 importance_sampling_level at \"token\"",
+            ));
+        }
+        for (name, value, at_least) in [
+            ("sapo_temperature_pos", config.sapo_temperature_pos, "> 0 (such as 1)"),
+            ("sapo_temperature_neg", config.sapo_temperature_neg, "> 0 (such as 1)"),
+            ("vespo_lambda_pos", config.vespo_lambda_pos, "> 0 (such as 3)"),
+            ("vespo_lambda_neg", config.vespo_lambda_neg, "> 0 (such as 2)"),
+            ("vespo_k_pos", config.vespo_k_pos, ">= 0 (such as 2)"),
+            ("vespo_k_neg", config.vespo_k_neg, ">= 0 (such as 3)"),
         ] {
-            if !(tau.is_finite() && tau > 0.0) {
-                let msg = format!("invalid config: {name} must be a finite number > 0 (such as 1), got {tau}");
+            let ok = if name.contains("_k_") { value >= 0.0 } else { value > 0.0 };
+            if !(value.is_finite() && ok) {
+                let msg = format!("invalid config: {name} must be a finite number {at_least}, got {value}");
                 return Err(grpo_sdk::Error::msg(msg));
             }
         }
@@ -212,6 +244,12 @@ impl Algorithm for Grpo {
                     SoftGate { tau_pos: self.config.sapo_temperature_pos, tau_neg: self.config.sapo_temperature_neg };
                 PolicyTerms::sapo(batch, how, gate)?
             }
+            LossType::Vespo => {
+                let c = &self.config;
+                let (k_pos, lambda_pos, k_neg, lambda_neg) =
+                    (c.vespo_k_pos, c.vespo_lambda_pos, c.vespo_k_neg, c.vespo_lambda_neg);
+                PolicyTerms::vespo(batch, how, GammaWeight { k_pos, lambda_pos, k_neg, lambda_neg })?
+            }
             _ => PolicyTerms::with(batch, how)?,
         };
         if self.config.use_bias_correction_kl {
@@ -224,7 +262,8 @@ impl Algorithm for Grpo {
         let loss = match self.config.loss_type {
             LossType::Grpo | LossType::Sapo => terms.sequence_mean(&per_token),
             LossType::Bnpo => terms.token_mean(&per_token),
-            LossType::Dapo | LossType::Cispo => terms.step_token_mean(&per_token),
+            LossType::Dapo | LossType::Cispo | LossType::Vespo => terms.step_token_mean(&per_token),
+            LossType::Luspo => terms.constant_mean(&per_token, 1.0),
             LossType::DrGrpo => {
                 let max_len = batch.settings.generate_max_length;
                 if max_len <= 0 {
@@ -234,11 +273,13 @@ impl Algorithm for Grpo {
                 terms.constant_mean(&per_token, max_len as f64)
             }
         };
-        let out = match self.config.off_policy_mask_threshold {
-            Some(_) => DeferredLoss::new(loss)
-                .with_device_metric("training_step/off_policy_mask_fraction", terms.off_policy_fraction_tensor()),
-            None => DeferredLoss::new(loss),
-        };
+        let mut out = DeferredLoss::new(loss);
+        if self.config.off_policy_mask_threshold.is_some() {
+            out = out.with_device_metric("training_step/off_policy_mask_fraction", terms.off_policy_fraction_tensor());
+        }
+        if let Some(phi) = terms.sequence_weight_mean_tensor() {
+            out = out.with_device_metric("training_step/vespo_phi_mean", phi);
+        }
         Ok(out
             .with_device_metric("training_step/kl", terms.kl_mean_tensor())
             .with_device_metric("training_step/clip_fraction", terms.clip_fraction_tensor())
