@@ -223,15 +223,7 @@ fn server_errors_for_a_while_lose_nothing() {
 
 /// Time `n` steps of logging; returns the slowest log+commit.
 fn time_steps(loggers: &mut Loggers, n: u64) -> Duration {
-    let mut worst = Duration::ZERO;
-    for step in 0..n {
-        let row = seed_row(step);
-        let t = Instant::now();
-        loggers.log(step, row);
-        loggers.commit();
-        worst = worst.max(t.elapsed());
-    }
-    worst
+    time_steps_from(loggers, 0, n)
 }
 
 fn assert_unreachable_server_costs_nothing(base_url: &str) {
@@ -393,6 +385,7 @@ fn killing_the_server_mid_run_leaves_a_run_that_wandb_sync_finishes() {
     assert!(dir.join(format!("run-{run_id}.wandb.synced")).exists());
 }
 
+/// Time steps `from..to` of logging; returns the slowest log+commit.
 fn time_steps_from(loggers: &mut Loggers, from: u64, to: u64) -> Duration {
     let mut worst = Duration::ZERO;
     for step in from..to {

@@ -684,14 +684,20 @@ fn sft_micro_batches_by_tokens_give_the_same_steps() {
     assert!(err.contains("--micro-batch-tokens 100 is below --max-length 256"), "{err}");
 }
 
+/// `dir/rows.jsonl` with one `{"text": ...}` row per text.
+fn text_rows(dir: &Path, texts: &[&str]) -> PathBuf {
+    let data = dir.join("rows.jsonl");
+    let rows: String = texts.iter().map(|t| serde_json::json!({"text": t}).to_string() + "\n").collect();
+    std::fs::write(&data, rows).unwrap();
+    data
+}
+
 /// `--num-train-epochs` (TRL's num_train_epochs) sets the steps from the rows: 3 rows, 2 passes, 2 a step: 3 steps,
 /// ending after exactly two passes.
 #[test]
 fn sft_trains_for_a_number_of_passes_over_the_data() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("rows.jsonl");
-    let row = |t: &str| serde_json::json!({"text": t}).to_string() + "\n";
-    std::fs::write(&data, [row("one"), row("two"), row("three")].concat()).unwrap();
+    let data = text_rows(dir.path(), &["one", "two", "three"]);
     let runs = dir.path().join("runs");
     let out = sft_run(&runs, "passes", &data, &["--num-train-epochs", "2", "--batch-size", "2"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -711,10 +717,8 @@ fn sft_trains_for_a_number_of_passes_over_the_data() {
 #[test]
 fn the_warm_up_trains_on_sft_data_when_given() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("rows.jsonl");
     // Three rows of three trained tokens each (the byte-level tokenizer: two bytes and the eos after the first).
-    let row = |t: &str| serde_json::json!({"text": t}).to_string() + "\n";
-    std::fs::write(&data, [row("aaa"), row("bbb"), row("ccc")].concat()).unwrap();
+    let data = text_rows(dir.path(), &["aaa", "bbb", "ccc"]);
     let runs = dir.path().join("runs");
     let out = train(&runs, &["--sft-data", data.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -115,18 +115,8 @@ impl MockWandb {
 
     /// History lines by line number, parsed (later posts of the same line number win).
     pub fn history(&self) -> BTreeMap<u64, Metrics> {
-        let mut out = BTreeMap::new();
-        for body in self.stream_bodies() {
-            let Some(h) = body.pointer("/files/wandb-history.jsonl") else {
-                continue;
-            };
-            let offset = h["offset"].as_u64().unwrap();
-            for (i, line) in h["content"].as_array().unwrap().iter().enumerate() {
-                let parsed = json::parse_line(line.as_str().unwrap()).expect("history line is a JSON object");
-                out.insert(offset + i as u64, parsed);
-            }
-        }
-        out
+        let parse = |line: String| json::parse_line(&line).expect("history line is a JSON object");
+        self.raw_history().into_iter().map(|(n, line)| (n, parse(line))).collect()
     }
 
     /// History lines by line number, as sent.
