@@ -88,6 +88,14 @@ pub struct TrainArgs {
     /// Tasks per batch.
     #[arg(long, default_value_t = 4)]
     pub rollouts_per_step: usize,
+    /// Instead of --rollouts-per-step: the batch's sequences over all ranks (TRL's generation_batch_size), N /
+    /// (--group-size x ranks) tasks on each rank.
+    #[arg(long, value_name = "N", conflicts_with_all = ["rollouts_per_step", "steps_per_generation"])]
+    pub generation_batch_size: Option<usize>,
+    /// Instead of --rollouts-per-step: the micro-batches of --train-batch-size sequences each rank's batch makes
+    /// (TRL's steps_per_generation), S x --train-batch-size / --group-size tasks on each rank.
+    #[arg(long, value_name = "S", conflicts_with = "rollouts_per_step")]
+    pub steps_per_generation: Option<usize>,
     /// Episodes per task (the group whose rewards are compared).
     #[arg(long, default_value_t = 4, visible_alias = "num-generations")]
     pub group_size: usize,
@@ -286,6 +294,7 @@ impl TrainArgs {
     /// Check the flags and build the run's configuration; every mistake is one line naming the flag.
     pub fn into_config(self) -> anyhow::Result<RunConfig> {
         self.validate()?;
+        let rollouts_per_step = self.tasks_per_batch()?;
         let episode = self.episode.limits()?;
         let mut env_config = json_option(self.env_config.as_deref(), "--env-config")?;
         if let Some(path) = &self.data_path {
@@ -336,7 +345,7 @@ impl TrainArgs {
             batch: BatchSettings {
                 max_steps: self.max_steps,
                 epochs: self.num_train_epochs,
-                rollouts_per_step: self.rollouts_per_step,
+                rollouts_per_step,
                 group_size: self.group_size,
                 train_batch_size: self.train_batch_size,
                 gradient_accumulation_steps: self.gradient_accumulation_steps,
@@ -404,6 +413,31 @@ impl TrainArgs {
             ));
         }
         Ok(config)
+    }
+
+    /// `--rollouts-per-step`, or the tasks on each rank that TRL's `--generation-batch-size` or
+    /// `--steps-per-generation` make, which must be whole groups on every rank (TRL lets a group span ranks).
+    fn tasks_per_batch(&self) -> anyhow::Result<usize> {
+        let ranks = crate::distributed::Launch::from_env()?.map_or(1, |l| l.world_size);
+        let (given, sequences, how) = match (self.generation_batch_size, self.steps_per_generation) {
+            (Some(n), _) => (format!("--generation-batch-size {n}"), n, format!("{n} sequences")),
+            (None, Some(s)) => {
+                let n = s * self.train_batch_size * ranks;
+                let how =
+                    format!("{s} x {} (--train-batch-size) x {ranks} rank(s) = {n} sequences", self.train_batch_size);
+                (format!("--steps-per-generation {s}"), n, how)
+            }
+            (None, None) => return Ok(self.rollouts_per_step),
+        };
+        let group = self.group_size * ranks;
+        if sequences == 0 || sequences % group != 0 {
+            return Err(user_error!(
+                "{given}: a batch of {how} is not a whole number of groups of --group-size {} on each of {ranks} \
+                 rank(s); make it a multiple of {group}",
+                self.group_size
+            ));
+        }
+        Ok(sequences / group)
     }
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -593,6 +627,33 @@ mod tests {
         assert_eq!((a.group_size, a.train_batch_size, a.epochs_per_step, a.episode.max_new_tokens), (8, 2, 3, 256));
         assert_eq!((a.lr, a.schedule.lr_schedule, a.max_norm), (1e-6, crate::train::config::LrSchedule::Cosine, 0.5));
         assert_eq!((a.clip_eps, a.clip_eps_high, a.kl_weight), (0.1, Some(0.28), 0.04));
+    }
+
+    /// TRL's generation batch, given as its sequences or as micro-batches, sets the tasks per batch: whole groups,
+    /// or one line naming the flag.
+    #[test]
+    fn trls_generation_batch_sets_the_tasks_per_batch() {
+        let tasks = |args: &[&str]| {
+            let cli = Cli::parse_from([&["grpo-host"], args].concat());
+            cli.train.into_config().map(|c| c.batch.rollouts_per_step).map_err(|e| e.to_string())
+        };
+        assert_eq!(tasks(&["--group-size", "8", "--generation-batch-size", "64"]), Ok(8));
+        // 4 micro-batches of 6 sequences: 24 sequences, 3 groups of 8.
+        let args = ["--num-generations", "8", "--per-device-train-batch-size", "6", "--steps-per-generation", "4"];
+        assert_eq!(tasks(&args), Ok(3));
+        assert_eq!(tasks(&[]), Ok(4));
+        let err = tasks(&["--group-size", "8", "--steps-per-generation", "3"]).unwrap_err();
+        assert!(
+            err.starts_with(
+                "--steps-per-generation 3: a batch of 3 x 4 (--train-batch-size) x 1 rank(s) = 12 sequences is not"
+            ),
+            "{err}"
+        );
+        let err = tasks(&["--generation-batch-size", "0"]).unwrap_err();
+        assert!(err.contains("make it a multiple of 4"), "{err}");
+        let both = ["grpo-host", "--generation-batch-size", "8", "--steps-per-generation", "2"];
+        assert!(Cli::try_parse_from(both).is_err());
+        assert!(Cli::try_parse_from(["grpo-host", "--rollouts-per-step", "2", "--steps-per-generation", "2"]).is_err());
     }
 
     /// `sft` takes SFTConfig's names where they mean the same as its own flags (steps are optimizer steps there
