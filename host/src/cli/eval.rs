@@ -71,8 +71,9 @@ pub struct EvalRunArgs {
     /// generator].
     #[arg(long, value_name = "N")]
     pub eval_tasks: Option<u64>,
-    /// Sampled episodes per task for eval/pass@k and eval/mean@K, besides the greedy one (0: greedy only).
-    #[arg(long, value_name = "K", default_value_t = 4)]
+    /// Sampled episodes per task for eval/pass@k and eval/mean@K, besides the greedy one (0: greedy only; TRL's
+    /// num_generations_eval).
+    #[arg(long, value_name = "K", default_value_t = 4, visible_alias = "num-generations-eval")]
     pub eval_samples: usize,
     /// Temperature of the sampled eval episodes [default: training's --temperature, 0.7].
     #[arg(long, value_name = "T")]

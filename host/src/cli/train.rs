@@ -622,11 +622,12 @@ mod tests {
             "--epsilon=0.1",
             "--epsilon-high=0.28",
             "--beta=0.04",
+            "--num-generations-eval=6",
         ];
         let a = Cli::parse_from([&["grpo-host"], &trl[..]].concat()).train;
         assert_eq!((a.group_size, a.train_batch_size, a.epochs_per_step, a.episode.max_new_tokens), (8, 2, 3, 256));
         assert_eq!((a.lr, a.schedule.lr_schedule, a.max_norm), (1e-6, crate::train::config::LrSchedule::Cosine, 0.5));
-        assert_eq!((a.clip_eps, a.clip_eps_high, a.kl_weight), (0.1, Some(0.28), 0.04));
+        assert_eq!((a.clip_eps, a.clip_eps_high, a.kl_weight, a.eval.run.eval_samples), (0.1, Some(0.28), 0.04, 6));
     }
 
     /// TRL's generation batch, given as its sequences or as micro-batches, sets the tasks per batch: whole groups,
