@@ -243,8 +243,8 @@ impl PolicyTerms {
     /// VESPO's terms (TRL's `loss_type="vespo"`): the surrogate is `-sg(phi(w)) * A * logp` per token, where `w` is
     /// the sequence's ratio to the policy that sampled it, the product of its action tokens' ratios, and `phi` the
     /// gamma-shaped weight of [`GammaWeight`], held constant. On policy `phi = 1` and this is the policy gradient;
-    /// as the sequence drifts, `phi` shrinks smoothly in both directions instead of clipping tokens, so no token
-    /// counts as clipped and the clip range is unused. The weight is already one per sequence, so `how.ratio` must
+    /// as the sequence drifts far from it either way, `phi` falls smoothly towards 0 instead of clipping tokens, so
+    /// no token counts as clipped and the clip range is unused. The weight is already one per sequence, so `how.ratio` must
     /// be [`RatioLevel::Token`]; `how.delta` caps a branch VESPO does not have and is an error, as are shapes that
     /// are not finite with `lambda > 0` and `k >= 0`. [`PolicyTerms::sequence_weight_mean_tensor`] is `phi`'s mean.
     ///
@@ -265,7 +265,7 @@ impl PolicyTerms {
     /// let surrogate = Vec::<f32>::try_from(&terms.surrogate.view([-1])).unwrap();
     /// // phi(1) = 1: the policy gradient's surrogate -A * logp.
     /// assert!((surrogate[0] - 2.0).abs() < 1e-6 && (surrogate[1] - 1.0).abs() < 1e-6);
-    /// // phi(e^0.5) = e^(3 + 2 * 0.5 - 3 e^0.5), about 0.42.
+    /// // phi(e^0.5) = e^(3 + 2 * 0.5 - 3 e^0.5), about 0.39.
     /// let phi = (3.0f64 + 1.0 - 3.0 * 0.5f64.exp()).exp();
     /// assert!((surrogate[2] as f64 - phi * 2.0).abs() < 1e-5);
     /// ```

@@ -95,8 +95,8 @@ pub enum LossType {
     /// (`sapo_temperature_pos`, `sapo_temperature_neg`); averaged as `"grpo"`, per sequence, then over sequences.
     Sapo,
     /// VESPO's objective (TRL's `"vespo"`): each token's log-prob times its advantage and a weight of its whole
-    /// sequence's ratio, held constant, which is 1 on policy and shrinks smoothly as the sequence drifts (`vespo_k_*`,
-    /// `vespo_lambda_*`); averaged as `"dapo"`, over every token of the optimizer step.
+    /// sequence's ratio, held constant, which is 1 on policy and falls smoothly towards 0 as the sequence drifts far
+    /// from it (`vespo_k_*`, `vespo_lambda_*`); averaged as `"dapo"`, over every token of the optimizer step.
     Vespo,
     /// LUSPO's averaging (TRL's `"luspo"`), for GSPO's sequence-level ratio: each sequence's sum over its tokens,
     /// then the mean over sequences, so that a sequence weighs by its length and GSPO's bias towards short
@@ -165,17 +165,19 @@ impl grpo_sdk::Plugin for Grpo {
                  importance_sampling_level at \"token\"",
             ));
         }
-        for (name, value, at_least) in [
-            ("sapo_temperature_pos", config.sapo_temperature_pos, "> 0 (such as 1)"),
-            ("sapo_temperature_neg", config.sapo_temperature_neg, "> 0 (such as 1)"),
-            ("vespo_lambda_pos", config.vespo_lambda_pos, "> 0 (such as 3)"),
-            ("vespo_lambda_neg", config.vespo_lambda_neg, "> 0 (such as 2)"),
-            ("vespo_k_pos", config.vespo_k_pos, ">= 0 (such as 2)"),
-            ("vespo_k_neg", config.vespo_k_neg, ">= 0 (such as 3)"),
+        // (option, value, whether 0 is allowed, a typical value)
+        for (name, value, zero, example) in [
+            ("sapo_temperature_pos", config.sapo_temperature_pos, false, 1),
+            ("sapo_temperature_neg", config.sapo_temperature_neg, false, 1),
+            ("vespo_lambda_pos", config.vespo_lambda_pos, false, 3),
+            ("vespo_lambda_neg", config.vespo_lambda_neg, false, 2),
+            ("vespo_k_pos", config.vespo_k_pos, true, 2),
+            ("vespo_k_neg", config.vespo_k_neg, true, 3),
         ] {
-            let ok = if name.contains("_k_") { value >= 0.0 } else { value > 0.0 };
-            if !(value.is_finite() && ok) {
-                let msg = format!("invalid config: {name} must be a finite number {at_least}, got {value}");
+            if !(value.is_finite() && (value > 0.0 || zero && value == 0.0)) {
+                let bound = if zero { ">= 0" } else { "> 0" };
+                let msg =
+                    format!("invalid config: {name} must be a finite number {bound} (such as {example}), got {value}");
                 return Err(grpo_sdk::Error::msg(msg));
             }
         }
