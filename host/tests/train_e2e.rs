@@ -1168,8 +1168,9 @@ fn gpt_oss_trains_and_saves_what_transformers_and_peft_load() {
 /// q/k norms with a gain per head), GPT-NeoX (`gpt_neox.` names, the fused per-head `query_key_value`, the head
 /// `embed_out`) and GPT-2 (learned positions, `Conv1D` projections stored `[in, out]`, whose adapters peft applies
 /// with `fan_in_fan_out` and whose merged update is transposed), OLMo 1 (norms without parameters, `clip_qkv`),
-/// nanochat (parameter-free norms, `fc1`/`fc2`) and EXAONE 3 (read under its own names, saved under Llama's) train
-/// fully and with LoRA on every projection, and save what transformers and peft load as they load the hub's.
+/// nanochat (parameter-free norms, `fc1`/`fc2`), EXAONE 3 (read under its own names, saved under Llama's) and
+/// StableLM 2 12B (a q/k LayerNorm module per head) train fully and with LoRA on every projection, and save what
+/// transformers and peft load as they load the hub's.
 #[test]
 fn newer_families_train_and_save_what_transformers_and_peft_load() {
     let tiny = common::workspace_root().join("tests/fixtures/model/tiny");
@@ -1181,6 +1182,7 @@ fn newer_families_train_and_save_what_transformers_and_peft_load() {
         ("olmo", &["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"][..]),
         ("nanochat", &["fc1", "fc2", "k_proj", "o_proj", "q_proj", "v_proj"][..]),
         ("exaone", &["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"][..]),
+        ("stablelm_12b", &["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"][..]),
     ] {
         let runs = tempfile::tempdir().unwrap();
         trains_for_transformers_and_peft(runs.path(), &tiny.join(fam), &tiny.join(fam), targets);

@@ -423,6 +423,12 @@ def tiny_configs():
         # Helium: Llama's layers with f32 norm gains (drawn away from 1) and adjacent-pair RoPE; q/k/v biases under
         # attention_bias, none on the output projection.
         "helium": HeliumConfig(**{**common, "head_dim": 8}, tie_word_embeddings=False, attention_bias=True),
+        # StableLM 2 12B's layers: one LayerNorm before attention and the MLP side by side, and a LayerNorm without
+        # a bias for each head's queries and each key head's keys, stored one module per head (gains drawn away
+        # from 1, differently for each head).
+        "stablelm_12b": StableLmConfig(
+            **common, tie_word_embeddings=False, layer_norm_eps=1e-5, qk_layernorm=True, use_parallel_residual=True
+        ),
     }
 
 

@@ -74,7 +74,8 @@ pub enum Architecture {
     /// MLP (`c_fc`, `c_proj`), tied embeddings, and an optional sliding window on every layer.
     Starcoder2,
     /// StableLM 2 (`stablelm`): Llama's layers with LayerNorms (with biases), the rotary embedding on a quarter of
-    /// each head, and q/k/v biases under `use_qkv_bias`.
+    /// each head, and q/k/v biases under `use_qkv_bias`; the 12B's per-head q/k LayerNorms under `qk_layernorm` and
+    /// one LayerNorm feeding attention and the MLP side by side under `use_parallel_residual`.
     StableLm,
     /// Nemotron (`nemotron`, Nemotron-Mini and Minitron): LayerNorms whose gain is stored as its offset from 1
     /// (`LayerNorm1P`), the rotary embedding on half of each head, and Arcee's ungated relu^2 MLP.
@@ -815,12 +816,15 @@ impl ModelConfig {
             lm_head_bias: architecture == Architecture::Phi,
             clip_qkv,
             embedding_norm: architecture == Architecture::NanoChat,
-            parallel_blocks: neox && flag("use_parallel_residual", true),
+            parallel_blocks: match architecture {
+                Architecture::StableLm => flag("use_parallel_residual", false),
+                _ => neox && flag("use_parallel_residual", true),
+            },
             // GPT-2's `n_positions`, 1024 where config.json does not say (`field_aliases`).
             learned_positions: (architecture == Architecture::Gpt2).then_some(max_position_embeddings),
             qk_norm: match architecture {
                 Architecture::Cohere => flag("use_qk_norm", false),
-                Architecture::Phi => flag("qk_layernorm", false),
+                Architecture::Phi | Architecture::StableLm => flag("qk_layernorm", false),
                 _ => false,
             },
             max_position_embeddings,
@@ -1181,13 +1185,6 @@ const MODEL_TYPES: &[(&str, Architecture)] = &[
 /// does)`, and what to use instead: a config that sets one to true is refused in one line.
 fn unsupported_options(architecture: Architecture) -> (&'static [(&'static str, &'static str)], &'static str) {
     match architecture {
-        Architecture::StableLm => (
-            &[
-                ("qk_layernorm", "StableLM's per-head q/k LayerNorms"),
-                ("use_parallel_residual", "StableLM's parallel attention and MLP blocks"),
-            ],
-            "; the StableLM 2 models without it are (stabilityai/stablelm-2-1_6b)",
-        ),
         Architecture::Gpt2 => (
             &[
                 ("scale_attn_by_inverse_layer_idx", "GPT-2 with scores divided by the layer's index"),
@@ -1591,18 +1588,17 @@ mod tests {
     }
 
     /// StableLM 2: LayerNorms at `layer_norm_eps`, the rotary embedding on a quarter of each head by default, q/k/v
-    /// biases only under `use_qkv_bias`; its per-head q/k LayerNorms and parallel blocks are refused in one line.
+    /// biases only under `use_qkv_bias`; the 12B's per-head q/k LayerNorms and parallel blocks only where
+    /// config.json turns them on (both off in the class).
     #[test]
-    fn stablelm_takes_its_class_defaults_and_refuses_what_it_lacks() {
+    fn stablelm_takes_its_class_defaults() {
         let c = small("stablelm", r#","num_hidden_layers":1,"head_dim":16,"layer_norm_eps":1e-4"#).unwrap();
         assert_eq!((c.architecture, c.rotary_dim, c.rms_norm_eps), (Architecture::StableLm, 4, 1e-4));
-        assert!(!c.qkv_bias && !c.o_bias && !c.tie_word_embeddings);
+        assert!(!c.qkv_bias && !c.o_bias && !c.tie_word_embeddings && !c.qk_norm && !c.parallel_blocks);
         assert!(small("stablelm", r#","num_hidden_layers":1,"head_dim":16,"use_qkv_bias":true"#).unwrap().qkv_bias);
-        for field in ["qk_layernorm", "use_parallel_residual"] {
-            let err =
-                small("stablelm", &format!(r#","num_hidden_layers":1,"head_dim":16,"{field}":true"#)).unwrap_err();
-            assert!(err.to_string().contains(&format!("{field}=true")), "{err}");
-        }
+        let fields = r#","num_hidden_layers":1,"head_dim":16,"qk_layernorm":true,"use_parallel_residual":true"#;
+        let c = small("stablelm", fields).unwrap();
+        assert!(c.qk_norm && c.parallel_blocks);
     }
 
     /// Nemotron: relu^2 by default (and no other activation), half of each head rotary, eps from `norm_eps`.

@@ -166,6 +166,10 @@ pub struct Norm {
     /// The gain, `[dim]` (Gemma: its offset from 1; Command R+'s q/k norms: `[heads, dim]`, one gain per head).
     /// OLMo 1's norms have none: theirs is a constant 1, no parameter of the model.
     pub weight: Tensor,
+    /// StableLM 2 12B's q/k norms: a separate LayerNorm per head, each gain a variable of its own under its own
+    /// name (`norms.<i>.weight`, `[dim]`), stacked into `[heads, dim]` at each forward pass so that training reaches
+    /// them; `weight` is unused then.
+    per_head: Vec<Tensor>,
     /// LayerNorm's bias, shaped as the gain.
     pub bias: Option<Tensor>,
     eps: f64,
@@ -181,7 +185,10 @@ impl Norm {
     /// head, broadcast over `[B, T, heads, dim]`.
     pub(crate) fn load_shaped(l: &Loader, name: &str, shape: &[i64], cfg: &ModelConfig) -> anyhow::Result<Self> {
         // Norms without parameters, in f32: a constant gain of 1 (multiplying by it is exact), no variable.
-        let unit = |gain, eps| Ok(Norm { weight: Tensor::ones(shape, (Kind::Float, l.device)), bias: None, eps, gain });
+        let unit = |gain, eps| {
+            let weight = Tensor::ones(shape, (Kind::Float, l.device));
+            Ok(Norm { weight, per_head: Vec::new(), bias: None, eps, gain })
+        };
         let gain = match cfg.architecture {
             Architecture::Olmo2 | Architecture::Olmo3 | Architecture::GptOss | Architecture::Helium => Gain::F32,
             Architecture::Gemma | Architecture::Gemma2 | Architecture::Gemma3 => Gain::OnePlusF32,
@@ -201,7 +208,23 @@ impl Norm {
             Gain::Layer | Gain::LayerOnePlus => Some(l.get(&format!("{name}.bias"), shape)?),
             _ => None,
         };
-        Ok(Norm { weight: l.get(&format!("{name}.weight"), shape)?, bias, eps: cfg.rms_norm_eps, gain })
+        let weight = l.get(&format!("{name}.weight"), shape)?;
+        Ok(Norm { weight, per_head: Vec::new(), bias, eps: cfg.rms_norm_eps, gain })
+    }
+
+    /// A LayerNorm without a bias for each of `heads` heads of `dim`, stored one module per head
+    /// (`{name}.norms.<i>.weight`, StableLM's `StableLmLayerNormPerHead`), over `[B, T, heads, dim]`.
+    pub(crate) fn load_per_head(
+        l: &Loader,
+        name: &str,
+        heads: i64,
+        dim: i64,
+        cfg: &ModelConfig,
+    ) -> anyhow::Result<Self> {
+        let per_head =
+            (0..heads).map(|i| l.get(&format!("{name}.norms.{i}.weight"), &[dim])).collect::<Result<_, _>>()?;
+        let weight = Tensor::ones([dim], (Kind::Float, l.device));
+        Ok(Norm { weight, per_head, bias: None, eps: cfg.rms_norm_eps, gain: Gain::Layer })
     }
 
     /// Normalise over the last dimension. A LayerNorm runs libtorch's `layer_norm`, as transformers' module does.
@@ -211,6 +234,12 @@ impl Norm {
     /// and Gemma's gains multiply before the rounding instead.
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let dim = x.size().last().copied().unwrap_or(0);
+        if !self.per_head.is_empty() {
+            // One fused normalisation for every head, then each head's gain: transformers runs one LayerNorm per
+            // head, the same arithmetic.
+            let normed = x.layer_norm([dim], None::<&Tensor>, None::<&Tensor>, self.eps, false);
+            return normed * Tensor::stack(&self.per_head, 0);
+        }
         match self.gain {
             // libtorch's own kernel, as `nn.LayerNorm` runs it.
             Gain::Layer => x.layer_norm([dim], Some(&self.weight), self.bias.as_ref(), self.eps, false),
@@ -514,7 +543,7 @@ impl Attention {
         let qk_norm = match cfg.architecture {
             Architecture::Olmo2 | Architecture::Olmo3 | Architecture::Olmoe => QkNorm::Projection,
             Architecture::Qwen3 | Architecture::Gemma3 | Architecture::Exaone4 => QkNorm::Head,
-            Architecture::Cohere | Architecture::Phi if cfg.qk_norm => QkNorm::Head,
+            Architecture::Cohere | Architecture::Phi | Architecture::StableLm if cfg.qk_norm => QkNorm::Head,
             Architecture::Hunyuan | Architecture::NanoChat => QkNorm::HeadAfterRotary,
             _ => QkNorm::None,
         };
@@ -533,6 +562,11 @@ impl Attention {
         };
         let norm = |(name, shape): (&str, Vec<i64>)| Norm::load_shaped(l, &format!("{p}.{name}"), &shape, cfg);
         let (q_norm, k_norm) = match names {
+            // StableLM 2 12B keeps a module per head.
+            Some(_) if cfg.architecture == Architecture::StableLm => {
+                let per_head = |name: &str, heads| Norm::load_per_head(l, &format!("{p}.{name}"), heads, d, cfg);
+                (Some(per_head("q_layernorm", h)?), Some(per_head("k_layernorm", kv)?))
+            }
             Some((q, k)) => (Some(norm(q)?), Some(norm(k)?)),
             None => (None, None),
         };
@@ -870,7 +904,7 @@ pub enum LayerNorms {
         post_feedforward: Norm,
     },
     /// One norm whose output feeds attention and the MLP side by side, both added to the residual stream
-    /// (Cohere, Cohere 2, Phi).
+    /// (Cohere, Cohere 2, Phi; StableLM 2 12B's `use_parallel_residual`).
     Parallel {
         /// Before both blocks.
         input: Norm,
@@ -930,6 +964,7 @@ impl DecoderLayer {
             Architecture::Cohere2 | Architecture::Cohere | Architecture::Phi => {
                 LayerNorms::Parallel { input: norm("input_layernorm")? }
             }
+            Architecture::StableLm if cfg.parallel_blocks => LayerNorms::Parallel { input: norm("input_layernorm")? },
             _ if cfg.parallel_blocks => LayerNorms::ParallelPair {
                 input: norm("input_layernorm")?,
                 post_attention: norm("post_attention_layernorm")?,

@@ -58,6 +58,7 @@ pub const TINY_FAMILIES: &[&str] = &[
     "nanochat",
     "exaone",
     "helium",
+    "stablelm_12b",
 ];
 
 /// `target/<profile>`: the test binary lives in its `deps/` folder.
