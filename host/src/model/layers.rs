@@ -235,8 +235,8 @@ impl Norm {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let dim = x.size().last().copied().unwrap_or(0);
         if !self.per_head.is_empty() {
-            // One fused normalisation for every head, then each head's gain: transformers runs one LayerNorm per
-            // head, the same arithmetic.
+            // One normalisation for every head, then each head's gain: transformers runs one LayerNorm module per
+            // head, which computes the same values up to the rounding of the gain's multiplication.
             let normed = x.layer_norm([dim], None::<&Tensor>, None::<&Tensor>, self.eps, false);
             return normed * Tensor::stack(&self.per_head, 0);
         }
