@@ -70,6 +70,30 @@ fn tensorboard_reads_back_our_scalars_and_text() {
     assert!(table.contains("| 2 | 2+2? | 4 \\| four | 1.0000 | -0.5000 |"), "{table}");
 }
 
+/// `--report-to wandb,tensorboard`: TensorBoard writes beside an offline W&B run instead of only in its place.
+#[test]
+fn tensorboard_writes_beside_wandb_when_asked_to() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log_dir = tmp.path().join("tb");
+    let mut cfg = tb_config(tmp.path().join("run"), log_dir.clone());
+    cfg.wandb.disabled = false;
+    let env = Env::from([("WANDB_MODE".to_string(), "offline".to_string())]);
+    let events = |dir: &std::path::Path| std::fs::read_dir(dir).map_or(0, |d| d.count());
+    // The fallback alone: W&B on, so no TensorBoard files.
+    let loggers = Loggers::with_env(&cfg, &env).unwrap();
+    assert!(loggers.wandb_run_dir().is_some());
+    drop(loggers);
+    assert_eq!(events(&log_dir.join("tb-run")), 0);
+    cfg.tensorboard_with_wandb = true;
+    let mut loggers = Loggers::with_env(&cfg, &env).unwrap();
+    loggers.log(0, seed_row(0));
+    loggers.commit();
+    let wandb = loggers.wandb_run_dir().unwrap().to_path_buf();
+    loggers.finish(0);
+    assert!(std::fs::read_dir(&wandb).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".wandb")));
+    assert_eq!(events(&log_dir.join("tb-run")), 1);
+}
+
 fn venv_python() -> Option<PathBuf> {
     let p = grpo_host::paths::cache_dir().join("venv/bin/python");
     let ok = p.exists()

@@ -235,6 +235,8 @@ impl SftArgs {
             checkpoints.run_name = Some(name);
             checkpoints.checkpoint_path = Some(dir);
         }
+        self.logging.check()?;
+        let (log_dir, tensorboard_with_wandb) = self.logging.tensorboard(&checkpoints.runs_dir);
         let config = SftConfig {
             source,
             plugin_dirs: self.plugins.plugin_dirs,
@@ -253,7 +255,8 @@ impl SftArgs {
             checkpoints,
             logging: LogSettings {
                 wandb: self.logging.wandb_flags(),
-                log_dir: self.logging.log_dir,
+                log_dir,
+                tensorboard_with_wandb,
                 completions_interval: 0,
             },
             dist_timeout_secs: self.dist_timeout,

@@ -313,6 +313,8 @@ impl TrainArgs {
         }
         let best_model = self.best_model.settings(eval.every)?;
         let mut checkpoints = self.run_dir.settings()?;
+        self.logging.check()?;
+        let (log_dir, tensorboard_with_wandb) = self.logging.tensorboard(&checkpoints.runs_dir);
         checkpoints.best_model = best_model;
         let mut config = RunConfig {
             eval,
@@ -393,7 +395,8 @@ impl TrainArgs {
             checkpoints,
             logging: LogSettings {
                 wandb: self.logging.wandb_flags(),
-                log_dir: self.logging.log_dir,
+                log_dir,
+                tensorboard_with_wandb,
                 completions_interval: self.log_completions_interval,
             },
             sft: self.sft.into_settings()?,

@@ -23,6 +23,8 @@ pub struct LoggingConfig {
     pub wandb: WandbFlags,
     /// `--log-dir`: TensorBoard events go to `<log_dir>/<run_name>/` when W&B is disabled.
     pub log_dir: Option<PathBuf>,
+    /// TensorBoard writes beside W&B too, not only in its place (`--report-to` naming both).
+    pub tensorboard_with_wandb: bool,
     /// Total steps, when known at start (else call `Loggers::set_total_steps`).
     pub total_steps: Option<u64>,
     /// Show the console progress bar (tests turn it off).
@@ -48,6 +50,7 @@ impl LoggingConfig {
             config: serde_json::Value::Object(Default::default()),
             wandb: WandbFlags::default(),
             log_dir: None,
+            tensorboard_with_wandb: false,
             total_steps: None,
             console: true,
             resume: false,
@@ -92,6 +95,19 @@ fn wandb_resume_flag(s: &str) -> Result<String, String> {
     ResumeMode::parse(s).map(|_| s.trim().to_string()).ok_or_else(|| "use allow, must, never or auto".to_string())
 }
 
+/// A place transformers' `report_to` names, for `--report-to`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum ReportTo {
+    /// W&B and TensorBoard.
+    All,
+    /// Neither: metrics.jsonl and the console only.
+    None,
+    /// Weights & Biases.
+    Wandb,
+    /// TensorBoard event files.
+    Tensorboard,
+}
+
 /// The logging flags of the training command; flatten into its clap struct with `#[command(flatten)]`.
 #[derive(Clone, Debug, Default, clap::Args, serde::Serialize)]
 pub struct LoggingArgs {
@@ -128,13 +144,42 @@ pub struct LoggingArgs {
     /// TensorBoard event files go to DIR/NAME/ (NAME: the run name) when W&B is disabled (re-grpo's fallback).
     #[arg(long, value_name = "DIR")]
     pub log_dir: Option<PathBuf>,
+    /// Where metrics go besides metrics.jsonl and the console (transformers' report_to): wandb, tensorboard, both
+    /// (comma-separated, or all) or none. TensorBoard then writes beside W&B, under --log-dir (default: the runs
+    /// folder, so into the run's own).
+    #[arg(long, value_name = "TARGETS", value_enum, value_delimiter = ',', conflicts_with = "no_wandb")]
+    pub report_to: Option<Vec<ReportTo>>,
 }
 
 impl LoggingArgs {
-    /// The W&B part, for [`LoggingConfig::wandb`].
+    /// Whether `--report-to` names `target` (or `all`).
+    fn reports(&self, target: ReportTo) -> bool {
+        self.report_to.as_ref().is_some_and(|r| r.contains(&target) || r.contains(&ReportTo::All))
+    }
+
+    /// `--report-to none` beside another target is a contradiction.
+    pub fn check(&self) -> anyhow::Result<()> {
+        match &self.report_to {
+            Some(r) if r.len() > 1 && r.contains(&ReportTo::None) => Err(crate::user_error!(
+                "--report-to none means no W&B and no TensorBoard; leave out the other targets or none"
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// TensorBoard's directory (its events go to `<dir>/<run name>/`) and whether it writes beside W&B: under
+    /// `--report-to` naming it, `--log-dir` or else `runs_dir`, so the events land in the run's own folder.
+    pub fn tensorboard(&self, runs_dir: &Path) -> (Option<PathBuf>, bool) {
+        match self.reports(ReportTo::Tensorboard) {
+            true => (Some(self.log_dir.clone().unwrap_or_else(|| runs_dir.to_path_buf())), true),
+            false => (self.log_dir.clone(), false),
+        }
+    }
+
+    /// The W&B part, for [`LoggingConfig::wandb`]; `--report-to` without `wandb` disables it.
     pub fn wandb_flags(&self) -> WandbFlags {
         WandbFlags {
-            disabled: self.no_wandb,
+            disabled: self.no_wandb || (self.report_to.is_some() && !self.reports(ReportTo::Wandb)),
             mode: self.wandb_mode.clone(),
             project: self.wandb_project.clone(),
             entity: self.wandb_entity.clone(),
@@ -610,6 +655,31 @@ mod tests {
         assert!(wandb.disabled);
         assert_eq!(wandb.tags, Some(vec!["a".to_string(), "b".to_string()]));
         assert_eq!(cli.logging.log_dir, Some(PathBuf::from("runs/tb")));
+    }
+
+    /// `--report-to` (transformers' report_to) picks W&B, TensorBoard beside it or in its place, or neither.
+    #[test]
+    fn report_to_picks_the_sinks() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            logging: LoggingArgs,
+        }
+        let runs = Path::new("runs");
+        let parsed = |args: &[&str]| Cli::parse_from([&["x"], args].concat()).logging;
+        let sinks = |l: &LoggingArgs| (l.wandb_flags().disabled, l.tensorboard(runs));
+        assert_eq!(sinks(&parsed(&[])), (false, (None, false)));
+        assert_eq!(sinks(&parsed(&["--report-to", "wandb"])), (false, (None, false)));
+        assert_eq!(sinks(&parsed(&["--report-to", "none"])), (true, (None, false)));
+        assert_eq!(sinks(&parsed(&["--report-to", "tensorboard"])), (true, (Some(runs.to_path_buf()), true)));
+        let both = (false, (Some(PathBuf::from("tb")), true));
+        assert_eq!(sinks(&parsed(&["--report-to", "wandb,tensorboard", "--log-dir", "tb"])), both);
+        assert_eq!(sinks(&parsed(&["--report-to", "all", "--log-dir", "tb"])), both);
+        assert!(parsed(&["--report-to", "none,wandb"]).check().is_err());
+        assert!(parsed(&["--report-to", "all"]).check().is_ok());
+        assert!(Cli::try_parse_from(["x", "--report-to", "wandb", "--no-wandb"]).is_err());
+        assert!(Cli::try_parse_from(["x", "--report-to", "mlflow"]).is_err());
     }
 
     #[test]

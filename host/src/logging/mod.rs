@@ -157,8 +157,8 @@ pub struct Loggers {
 }
 
 impl Loggers {
-    /// Build the sinks a configuration asks for: JSONL and console always, W&B unless disabled, TensorBoard when W&B
-    /// is disabled and a log dir is given.
+    /// Build the sinks a configuration asks for: JSONL and console always, W&B unless disabled, TensorBoard when a
+    /// log dir is given and W&B is disabled or `tensorboard_with_wandb` asks for both.
     pub fn new(cfg: &LoggingConfig) -> anyhow::Result<Loggers> {
         Self::with_env(cfg, &config::process_env())
     }
@@ -180,7 +180,7 @@ impl Loggers {
             sinks.push(Box::new(sink));
         }
         if let Some(dir) = &cfg.log_dir {
-            if settings.mode == WandbMode::Disabled {
+            if settings.mode == WandbMode::Disabled || cfg.tensorboard_with_wandb {
                 let dir = dir.join(&cfg.run_name);
                 let sink = tensorboard::TensorBoardSink::create_resumed(&dir, cfg.resume_from_step).map_err(|e| {
                     crate::user_error!(

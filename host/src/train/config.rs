@@ -558,6 +558,9 @@ pub struct LogSettings {
     pub wandb: WandbFlags,
     /// TensorBoard directory when W&B is disabled.
     pub log_dir: Option<PathBuf>,
+    /// TensorBoard writes beside W&B too (`--report-to` naming both); runs saved before the flag read false.
+    #[serde(default)]
+    pub tensorboard_with_wandb: bool,
     /// Log a completions table every this many batches (0 never).
     pub completions_interval: u64,
 }

@@ -122,6 +122,7 @@ impl RunPaths {
             log_cfg.wandb.name = start.run_name_flag.map(String::from);
         }
         log_cfg.log_dir = start.logging.log_dir.clone();
+        log_cfg.tensorboard_with_wandb = start.logging.tensorboard_with_wandb;
         log_cfg.total_steps = Some(start.total_steps);
         log_cfg.resume = self.resume.is_some();
         log_cfg.resume_from_step = self.cut_back_to(start.state);
