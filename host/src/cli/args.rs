@@ -1,17 +1,18 @@
 //! Flags that several commands share, declared once so they read the same everywhere: the model and where it runs,
 //! the sampling settings, LoRA, the run's folder and checkpoints, and plugin options given as `JSON|@FILE`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 
 use crate::eval::EpisodeLimits;
 use crate::generate::SamplingParams;
+use crate::logging::LoggingArgs;
 use crate::model::lora::PeftAdapter;
 use crate::model::{DeviceSpec, DtypeSpec, LoraConfig, LoraTargets};
 use crate::rollout::{OverlongPenalty, PromptLimit, PromptTruncation, RewardShaping};
 use crate::train::config::{
-    BestModel, CheckpointSettings, EarlyStopping, LrSchedule, ModelSettings, OptimizerSettings,
+    BestModel, CheckpointSettings, EarlyStopping, LogSettings, LrSchedule, ModelSettings, OptimizerSettings,
 };
 use crate::train::precision::MixedPrecision;
 use crate::user_error;
@@ -431,6 +432,14 @@ pub fn json_option(spec: Option<&str>, flag: &str) -> anyhow::Result<serde_json:
         };
         user_error!("{origin}: not valid JSON ({e}); example: {flag} '{{\"key\": 1}}' or {flag} @FILE{hint}")
     })
+}
+
+/// The loggers' settings from their flags (`train` and `sft`): `--report-to` checked, and TensorBoard's folder, the
+/// runs folder `runs_dir` where `--report-to` names TensorBoard without `--log-dir`.
+pub fn log_settings(logging: &LoggingArgs, runs_dir: &Path, completions_interval: u64) -> anyhow::Result<LogSettings> {
+    logging.check()?;
+    let (log_dir, tensorboard_with_wandb) = logging.tensorboard(runs_dir);
+    Ok(LogSettings { wandb: logging.wandb_flags(), log_dir, tensorboard_with_wandb, completions_interval })
 }
 
 /// `--micro-batch-tokens` against `--max-length` (`train` and `sft`): the longest `item` (an episode, a row) must

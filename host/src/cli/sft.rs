@@ -11,7 +11,6 @@ use crate::logging::LoggingArgs;
 use crate::sft::render::LossOn;
 use crate::sft::run::{HeldOutRows, SftConfig, SftEvalSettings, SftSource};
 use crate::sft::warmup::WarmupSettings;
-use crate::train::config::LogSettings;
 use crate::train::precision::MixedPrecision;
 use crate::user_error;
 
@@ -235,8 +234,7 @@ impl SftArgs {
             checkpoints.run_name = Some(name);
             checkpoints.checkpoint_path = Some(dir);
         }
-        self.logging.check()?;
-        let (log_dir, tensorboard_with_wandb) = self.logging.tensorboard(&checkpoints.runs_dir);
+        let logging = super::args::log_settings(&self.logging, &checkpoints.runs_dir, 0)?;
         let config = SftConfig {
             source,
             plugin_dirs: self.plugins.plugin_dirs,
@@ -253,12 +251,7 @@ impl SftArgs {
             optimizer: self.schedule.optimizer(self.lr, self.weight_decay, self.max_norm),
             seed: self.seed,
             checkpoints,
-            logging: LogSettings {
-                wandb: self.logging.wandb_flags(),
-                log_dir,
-                tensorboard_with_wandb,
-                completions_interval: 0,
-            },
+            logging,
             dist_timeout_secs: self.dist_timeout,
         };
         config.optimizer.check()?;

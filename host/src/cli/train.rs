@@ -11,9 +11,8 @@ use crate::generate::SamplingParams;
 use crate::logging::LoggingArgs;
 use crate::model::DtypeSpec;
 use crate::train::config::{
-    BatchSettings, DistSettings, IsCorrection, LogSettings, LogprobTemperature, ModelSettings, ObjectiveSettings,
-    OptimizerSettings, PluginSelection, RecomputeOld, ReferenceSync, RewardKl, RewardKlEstimator, RunConfig,
-    SamplingSettings,
+    BatchSettings, DistSettings, IsCorrection, LogprobTemperature, ModelSettings, ObjectiveSettings, OptimizerSettings,
+    PluginSelection, RecomputeOld, ReferenceSync, RewardKl, RewardKlEstimator, RunConfig, SamplingSettings,
 };
 use crate::train::precision::MixedPrecision;
 use crate::user_error;
@@ -313,8 +312,7 @@ impl TrainArgs {
         }
         let best_model = self.best_model.settings(eval.every)?;
         let mut checkpoints = self.run_dir.settings()?;
-        self.logging.check()?;
-        let (log_dir, tensorboard_with_wandb) = self.logging.tensorboard(&checkpoints.runs_dir);
+        let logging = super::args::log_settings(&self.logging, &checkpoints.runs_dir, self.log_completions_interval)?;
         checkpoints.best_model = best_model;
         let mut config = RunConfig {
             eval,
@@ -393,12 +391,7 @@ impl TrainArgs {
             },
             seed: self.seed,
             checkpoints,
-            logging: LogSettings {
-                wandb: self.logging.wandb_flags(),
-                log_dir,
-                tensorboard_with_wandb,
-                completions_interval: self.log_completions_interval,
-            },
+            logging,
             sft: self.sft.into_settings()?,
             dist: DistSettings { timeout_secs: self.dist_timeout, check_interval: self.dist_check_interval },
             rewards: crate::rollout::RewardShaping {
