@@ -92,12 +92,14 @@ fn warm_up_steps_come_first_are_logged_checkpointed_and_skipped_on_resume() {
 }
 
 /// The updates' learning-rate schedule starts when they do: after 2 warm-up steps, `--warmup-steps 2` still ramps
-/// the first two updates (global steps 2 and 3), then the linear decay runs over the last two toward its floor,
-/// `--min-lr-ratio 0.2` of the rate. The console counts the warm-up's steps in the run's total and shows their loss.
+/// the first two updates (global steps 2 and 3) up from the floor, then transformers' warmup-stable-decay schedule,
+/// named with its keyword arguments, decays linearly over the last two toward its floor, 0.2 of the rate. The
+/// console counts the warm-up's steps in the run's total and shows their loss.
 #[test]
 fn the_learning_rate_schedule_starts_after_the_warm_up() {
     let runs = tempfile::tempdir().unwrap();
-    let schedule = ["--lr-schedule", "linear", "--min-lr-ratio", "0.2"];
+    let kwargs = r#"{"num_decay_steps": 2, "decay_type": "linear", "min_lr_ratio": 0.2}"#;
+    let schedule = ["--lr-scheduler-type", "warmup_stable_decay", "--lr-scheduler-kwargs", kwargs];
     let out = train(
         runs.path(),
         &[&["--warmup-steps", "2", "--lr", "1e-3", "--train-batch-size", "1"], &schedule[..]].concat(),
@@ -108,8 +110,8 @@ fn the_learning_rate_schedule_starts_after_the_warm_up() {
         .iter()
         .filter_map(|r| r["training_step/learning_rate"].as_f64().map(|lr| (step(r), lr)))
         .collect();
-    // Step 5 is halfway through the decay: 1e-3 x (0.2 + 0.8 x 0.5).
-    let want = [(2, 0.5e-3), (3, 1e-3), (4, 1e-3), (5, 0.6e-3)];
+    // Steps 2 and 5 are halfway up the warmup and halfway down the decay: 1e-3 x (0.2 + 0.8 x 0.5).
+    let want = [(2, 0.6e-3), (3, 1e-3), (4, 1e-3), (5, 0.6e-3)];
     assert_eq!(lr.len(), want.len(), "{lr:?}");
     assert!(lr.iter().zip(want).all(|(a, b)| a.0 == b.0 && (a.1 - b.1).abs() < 1e-12), "{lr:?}");
     assert!(stderr.contains("step 1/6 sft loss "), "{stderr}");

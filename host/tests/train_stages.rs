@@ -11,9 +11,7 @@ use grpo_host::model::recompute::checkpointed_runs;
 use grpo_host::model::{DeviceSpec, DtypeSpec, EntropyGrad};
 use grpo_host::plugins::{AlgorithmPlugin, DiscoveryOptions, EnvironmentPlugin, Registry};
 use grpo_host::rollout::{never, run_episodes, task_seeds, RolloutConfig};
-use grpo_host::train::config::{
-    BatchSettings, LrSchedule, ModelSettings, ObjectiveSettings, RecomputeOld, ReferenceSync,
-};
+use grpo_host::train::config::{BatchSettings, ModelSettings, ObjectiveSettings, RecomputeOld, ReferenceSync};
 use grpo_host::train::optimizer::{AdamW, AdamWConfig, Schedule};
 use grpo_host::train::policy::Policy;
 use grpo_host::train::precision::{LossScaler, MixedPrecision};
@@ -155,14 +153,7 @@ fn update_once(
     let mut opt = optimizer(policy, lr, 0.0);
     let before = flat_weights(policy, &opt);
     let mut state = TrainerState { seed: 7, ..Default::default() };
-    let schedule = Schedule {
-        base_lr: lr,
-        warmup_steps: 0,
-        decay: LrSchedule::Constant,
-        min_lr_ratio: 0.0,
-        total_steps: 1,
-        start: 0,
-    };
+    let schedule = Schedule::constant(lr, 1);
     let mut updater = Updater {
         policy,
         optimizer: &mut opt,
@@ -214,14 +205,7 @@ fn one_batch_through_every_stage() {
     // updates: 6 sequences in micro-batches of 2, two per step: 2 optimizer steps.
     let before = policy.trainable()[0].1.copy();
     let mut optimizer = optimizer(&policy, 1e-3, 0.0);
-    let schedule = Schedule {
-        base_lr: 1e-3,
-        warmup_steps: 0,
-        decay: LrSchedule::Constant,
-        min_lr_ratio: 0.0,
-        total_steps: 2,
-        start: 0,
-    };
+    let schedule = Schedule::constant(1e-3, 2);
     let mut state = TrainerState { seed: 7, ..Default::default() };
     let mut seen = Vec::new();
     let mut scaler = LossScaler::disabled();

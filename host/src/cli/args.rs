@@ -13,6 +13,7 @@ use crate::model::{DeviceSpec, DtypeSpec, LoraConfig, LoraTargets};
 use crate::rollout::{OverlongPenalty, PromptLimit, PromptTruncation, RewardShaping};
 use crate::train::config::{
     BestModel, CheckpointSettings, EarlyStopping, LogSettings, LrSchedule, ModelSettings, OptimizerSettings,
+    ScheduleOptions,
 };
 use crate::train::precision::MixedPrecision;
 use crate::user_error;
@@ -519,8 +520,9 @@ impl BestModelArgs {
 /// The learning-rate schedule (`train` and `sft`).
 #[derive(Debug, Clone, Args)]
 pub struct ScheduleArgs {
-    /// constant, linear or cosine (decay to 0, or to --min-lr-ratio, at the run's last optimizer step after the
-    /// warmup).
+    /// transformers' names: constant, linear, cosine, cosine_with_restarts, polynomial, inverse_sqrt or
+    /// warmup_stable_decay (also read: constant_with_warmup, cosine_with_min_lr). A decay ends at the run's last
+    /// optimizer step, at 0 or --min-lr-ratio.
     #[arg(long, default_value = "constant", visible_alias = "lr-scheduler-type")]
     pub lr_schedule: LrSchedule,
     /// Optimizer steps of linear learning-rate warmup.
@@ -534,24 +536,60 @@ pub struct ScheduleArgs {
     /// min_lr_ratio, such as 0.1); 0 decays to zero.
     #[arg(long, value_name = "R", default_value_t = 0.0)]
     pub min_lr_ratio: f64,
+    /// The schedule's options as a JSON object or @FILE (transformers' lr_scheduler_kwargs): num_cycles, power,
+    /// lr_end, timescale, num_decay_steps, num_stable_steps, warmup_type, decay_type, and the floor as min_lr_rate
+    /// (or min_lr_ratio, or min_lr as a rate).
+    #[arg(long, value_name = "JSON", visible_alias = "lr-schedule-kwargs")]
+    pub lr_scheduler_kwargs: Option<String>,
 }
 
 impl ScheduleArgs {
     /// AdamW at `lr` with `weight_decay` on this schedule, clipping gradients to `max_norm`, with PyTorch's betas
-    /// and epsilon.
-    pub fn optimizer(&self, lr: f64, weight_decay: f64, max_norm: f64) -> OptimizerSettings {
-        OptimizerSettings {
+    /// and epsilon. `--lr-scheduler-kwargs` that is not a JSON object of known keys is one line.
+    pub fn optimizer(&self, lr: f64, weight_decay: f64, max_norm: f64) -> anyhow::Result<OptimizerSettings> {
+        let (schedule_options, min_lr_ratio) = self.schedule_kwargs(lr)?;
+        Ok(OptimizerSettings {
             lr,
             schedule: self.lr_schedule,
             warmup_steps: self.warmup_steps,
             warmup_ratio: self.warmup_ratio,
-            min_lr_ratio: self.min_lr_ratio,
+            min_lr_ratio,
+            schedule_options,
             weight_decay,
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
             max_norm,
+        })
+    }
+
+    /// `--lr-scheduler-kwargs`' options, and the floor as a share of `lr`: `--min-lr-ratio`, or one of
+    /// transformers' three names for it in the JSON (`min_lr` is a rate, divided by `lr`), never two.
+    fn schedule_kwargs(&self, lr: f64) -> anyhow::Result<(ScheduleOptions, f64)> {
+        let flag = "--lr-scheduler-kwargs";
+        let mut kwargs = match json_option(self.lr_scheduler_kwargs.as_deref(), flag)? {
+            serde_json::Value::Null => return Ok((ScheduleOptions::default(), self.min_lr_ratio)),
+            serde_json::Value::Object(map) => map,
+            other => return Err(user_error!("{flag} {other}: must be a JSON object such as '{{\"num_cycles\": 2}}'")),
+        };
+        let mut floors: Vec<(String, f64)> = Vec::new();
+        for key in ["min_lr_rate", "min_lr_ratio", "min_lr"] {
+            let Some(value) = kwargs.remove(key) else { continue };
+            let Some(number) = value.as_f64() else {
+                return Err(user_error!("{flag} {key}: must be a number, not {value}"));
+            };
+            floors.push((key.to_string(), if key == "min_lr" { number / lr } else { number }));
         }
+        if self.min_lr_ratio != 0.0 {
+            floors.push(("--min-lr-ratio".to_string(), self.min_lr_ratio));
+        }
+        if let [(a, _), (b, _), ..] = floors.as_slice() {
+            return Err(user_error!("{flag}: {a} and {b} both set where the decay ends; give one"));
+        }
+        let floor = floors.first().map_or(self.min_lr_ratio, |(_, ratio)| *ratio);
+        let options = serde_json::from_value(serde_json::Value::Object(kwargs))
+            .map_err(|e| user_error!("{flag}: {e}; min_lr_rate, min_lr_ratio and min_lr are also read"))?;
+        Ok((options, floor))
     }
 }
 

@@ -248,7 +248,7 @@ impl SftArgs {
             text_field: self.dataset_text_field,
             eval: held_out.map(|rows| SftEvalSettings { rows, every: self.eval_every }),
             loss_on: LossOn { assistant_only: self.assistant_only_loss, completion_only: self.completion_only_loss },
-            optimizer: self.schedule.optimizer(self.lr, self.weight_decay, self.max_norm),
+            optimizer: self.schedule.optimizer(self.lr, self.weight_decay, self.max_norm)?,
             seed: self.seed,
             checkpoints,
             logging,

@@ -365,7 +365,7 @@ impl TrainArgs {
                 beta1: self.adam_beta1,
                 beta2: self.adam_beta2,
                 eps: self.adam_eps,
-                ..self.schedule.optimizer(self.lr, self.weight_decay, self.max_norm)
+                ..self.schedule.optimizer(self.lr, self.weight_decay, self.max_norm)?
             },
             loss: ObjectiveSettings {
                 clip_eps_low: self.clip_eps,

@@ -280,7 +280,7 @@ pub fn run(mut config: SftConfig) -> Result<i32> {
     };
     let resumed_step = state.global_step;
     let mut run = SftRun {
-        schedule: config.optimizer.schedule(config.max_steps, 0),
+        schedule: config.optimizer.schedule(config.max_steps, 0)?,
         config: &config,
         policy: &policy,
         world: &world,

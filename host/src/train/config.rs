@@ -230,15 +230,100 @@ pub fn steps_for_epochs(epochs: f64, count: usize, global_batch: usize, items: &
 }
 
 crate::choice_enum! {
-    /// The learning rate after warmup.
+    /// The learning rate after warmup, by transformers' `lr_scheduler_type` names. Warmup, where there is one, is
+    /// linear for all of them and reaches the base rate at its last step (see [`Schedule`](super::optimizer::Schedule)).
     pub enum LrSchedule {
-        /// The base rate throughout.
-        Constant = "constant",
+        /// The base rate throughout (transformers' `constant_with_warmup`: the warmup flags apply).
+        Constant = "constant" | "constant_with_warmup",
         /// Linear decay to 0 at the end of the run (transformers' and TRL's default; to `--min-lr-ratio` of the
         /// rate with it).
         Linear = "linear",
-        /// Cosine decay to 0 at the end of the run (to `--min-lr-ratio` of the rate with it).
+        /// Cosine decay to 0 at the end of the run (to `--min-lr-ratio` of the rate with it, which is what
+        /// transformers' `cosine_with_min_lr` adds), over `num_cycles` waves (0.5: one half-wave down).
+        Cosine = "cosine" | "cosine_with_min_lr",
+        /// transformers' other cosine to a floor: the decay reaches it at the run's last update (one update earlier
+        /// than `cosine`), and with `warmup_lr_rate` the warmup rises straight from that share of the rate.
+        CosineWarmupWithMinLr = "cosine_warmup_with_min_lr",
+        /// Cosine decays that restart from the base rate `num_cycles` times (1 by default), then 0.
+        CosineWithRestarts = "cosine_with_restarts",
+        /// `(lr - lr_end) * (1 - progress)^power + lr_end` (power 1, lr_end 1e-7 by default).
+        Polynomial = "polynomial",
+        /// `1 / sqrt((step + timescale - warmup) / timescale)` after warmup, with no end.
+        InverseSqrt = "inverse_sqrt",
+        /// Warmup, then the base rate, then a decay over the last `num_decay_steps` updates (WSD).
+        WarmupStableDecay = "warmup_stable_decay",
+    }
+}
+
+crate::choice_enum! {
+    /// The curve of a warmup-stable-decay schedule's warmup or decay (transformers' `warmup_type`, `decay_type`).
+    pub enum Ramp {
+        /// Straight.
+        Linear = "linear",
+        /// A half cosine wave (the decay's: `num_cycles` waves).
         Cosine = "cosine",
+        /// `1 - sqrt(1 - p)` up, `1 - sqrt(p)` down: fast at the start of the decay.
+        OneMinusSqrt = "1-sqrt",
+    }
+}
+
+/// A schedule's shape beyond its name (`--lr-scheduler-kwargs`, transformers' `lr_scheduler_kwargs`); `None` is
+/// the schedule's default. Each applies to the schedules named; [`OptimizerSettings::check`] refuses the others.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScheduleOptions {
+    /// Cosine waves over the decay: `cosine` 0.5, `cosine_with_restarts` 1, the WSD decay's 0.5.
+    pub num_cycles: Option<f64>,
+    /// `cosine_warmup_with_min_lr`: where its warmup starts, as a share of the rate (none: at `1 / warmup`).
+    pub warmup_lr_rate: Option<f64>,
+    /// `polynomial`'s exponent (1).
+    pub power: Option<f64>,
+    /// `polynomial`'s last rate (1e-7), below `--lr`.
+    pub lr_end: Option<f64>,
+    /// `inverse_sqrt`'s time scale in updates (the warmup's length, else 10,000).
+    pub timescale: Option<u64>,
+    /// WSD: updates of the decay (required).
+    pub num_decay_steps: Option<u64>,
+    /// WSD: updates at the base rate (the run's updates less the warmup and the decay).
+    pub num_stable_steps: Option<u64>,
+    /// WSD: the warmup's curve (linear).
+    pub warmup_type: Option<Ramp>,
+    /// WSD: the decay's curve (cosine).
+    pub decay_type: Option<Ramp>,
+}
+
+impl ScheduleOptions {
+    /// The options given, by their keys.
+    fn given(&self) -> Vec<&'static str> {
+        let keys = [
+            ("num_cycles", self.num_cycles.is_some()),
+            ("warmup_lr_rate", self.warmup_lr_rate.is_some()),
+            ("power", self.power.is_some()),
+            ("lr_end", self.lr_end.is_some()),
+            ("timescale", self.timescale.is_some()),
+            ("num_decay_steps", self.num_decay_steps.is_some()),
+            ("num_stable_steps", self.num_stable_steps.is_some()),
+            ("warmup_type", self.warmup_type.is_some()),
+            ("decay_type", self.decay_type.is_some()),
+        ];
+        keys.into_iter().filter(|(_, given)| *given).map(|(key, _)| key).collect()
+    }
+}
+
+impl LrSchedule {
+    /// The `--lr-scheduler-kwargs` keys this schedule reads, and whether `--min-lr-ratio` applies to it.
+    fn takes(self) -> (&'static [&'static str], bool) {
+        match self {
+            LrSchedule::Constant => (&[], false),
+            LrSchedule::Linear => (&[], true),
+            LrSchedule::Cosine | LrSchedule::CosineWithRestarts => (&["num_cycles"], true),
+            LrSchedule::CosineWarmupWithMinLr => (&["num_cycles", "warmup_lr_rate"], true),
+            LrSchedule::Polynomial => (&["power", "lr_end"], false),
+            LrSchedule::InverseSqrt => (&["timescale"], false),
+            LrSchedule::WarmupStableDecay => {
+                (&["num_decay_steps", "num_stable_steps", "warmup_type", "decay_type", "num_cycles"], true)
+            }
+        }
     }
 }
 
@@ -259,6 +344,9 @@ pub struct OptimizerSettings {
     /// `min_lr_ratio`); 0: at zero.
     #[serde(default)]
     pub min_lr_ratio: f64,
+    /// The schedule's other options (`--lr-scheduler-kwargs`).
+    #[serde(default)]
+    pub schedule_options: ScheduleOptions,
     /// Decoupled weight decay.
     pub weight_decay: f64,
     /// First-moment decay.
@@ -289,11 +377,53 @@ impl OptimizerSettings {
         if let Some((flag, value, _, want)) = checks.into_iter().find(|(_, value, ok, _)| !(*ok && value.is_finite())) {
             return Err(crate::user_error!("{flag} {value}: must be {want}"));
         }
-        if self.min_lr_ratio > 0.0 && self.schedule == LrSchedule::Constant {
+        let (keys, floor) = self.schedule.takes();
+        if self.min_lr_ratio > 0.0 && !floor {
+            let instead = match self.schedule {
+                LrSchedule::Polynomial => "; polynomial ends at lr_end in --lr-scheduler-kwargs",
+                _ => "; add --lr-schedule cosine (or linear)",
+            };
             return Err(crate::user_error!(
-                "--min-lr-ratio {} sets where a decay ends, and --lr-schedule constant has none; add --lr-schedule \
-                 cosine (or linear)",
-                self.min_lr_ratio
+                "--min-lr-ratio {} sets where a decay ends, which --lr-schedule {} does not take{instead}",
+                self.min_lr_ratio,
+                self.schedule
+            ));
+        }
+        let o = &self.schedule_options;
+        if let Some(key) = o.given().into_iter().find(|key| !keys.contains(key)) {
+            let takes = match keys {
+                [] => "none".to_string(),
+                keys => keys.join(", "),
+            };
+            return Err(crate::user_error!(
+                "--lr-scheduler-kwargs {key}: --lr-schedule {} does not take it (it takes {takes})",
+                self.schedule
+            ));
+        }
+        let ranges: [(&str, Option<f64>, fn(f64) -> bool, &str); 4] = [
+            ("num_cycles", o.num_cycles, |v| v > 0.0, "a positive number"),
+            ("warmup_lr_rate", o.warmup_lr_rate, |v| (0.0..1.0).contains(&v), "in [0, 1)"),
+            ("power", o.power, |v| v > 0.0, "a positive number"),
+            ("lr_end", o.lr_end, |v| v >= 0.0, "a number >= 0"),
+        ];
+        for (key, value, ok, want) in ranges {
+            if let Some(value) = value.filter(|v| !(ok(*v) && v.is_finite())) {
+                return Err(crate::user_error!("--lr-scheduler-kwargs {key} {value}: must be {want}"));
+            }
+        }
+        if let Some(end) = o.lr_end.filter(|end| *end >= self.lr) {
+            return Err(crate::user_error!(
+                "--lr-scheduler-kwargs lr_end {end}: must be below --lr {} (the polynomial decays from it)",
+                self.lr
+            ));
+        }
+        if o.timescale == Some(0) || o.num_decay_steps == Some(0) {
+            return Err(crate::user_error!("--lr-scheduler-kwargs: timescale and num_decay_steps must be at least 1"));
+        }
+        if self.schedule == LrSchedule::WarmupStableDecay && o.num_decay_steps.is_none() {
+            return Err(crate::user_error!(
+                "--lr-schedule warmup_stable_decay needs the decay's length: --lr-scheduler-kwargs \
+                 '{{\"num_decay_steps\": N}}' (and optionally num_stable_steps, warmup_type, decay_type)"
             ));
         }
         Ok(())
@@ -305,14 +435,34 @@ impl OptimizerSettings {
         super::optimizer::AdamWConfig { lr, beta1, beta2, eps, weight_decay }
     }
 
-    /// The learning-rate schedule over `total_steps` updates, the first at global step `start`.
-    pub fn schedule(&self, total_steps: u64, start: u64) -> super::optimizer::Schedule {
+    /// The learning-rate schedule over `total_steps` updates, the first at global step `start`. A
+    /// warmup-stable-decay schedule whose warmup and decay do not fit in the run is one line.
+    pub fn schedule(&self, total_steps: u64, start: u64) -> anyhow::Result<super::optimizer::Schedule> {
         let warmup_steps = match self.warmup_ratio {
             Some(ratio) => (ratio * total_steps as f64).ceil() as u64,
             None => self.warmup_steps,
         };
-        let (base_lr, decay, min_lr_ratio) = (self.lr, self.schedule, self.min_lr_ratio);
-        super::optimizer::Schedule { base_lr, warmup_steps, decay, min_lr_ratio, total_steps, start }
+        let o = self.schedule_options;
+        if let (LrSchedule::WarmupStableDecay, Some(decay), None) =
+            (self.schedule, o.num_decay_steps, o.num_stable_steps)
+        {
+            if warmup_steps + decay > total_steps {
+                return Err(crate::user_error!(
+                    "--lr-scheduler-kwargs num_decay_steps {decay}: the run has {total_steps} updates, {warmup_steps} \
+                     of them warmup, which leaves {} for the decay; give fewer decay steps or more --max-steps",
+                    total_steps.saturating_sub(warmup_steps)
+                ));
+            }
+        }
+        Ok(super::optimizer::Schedule {
+            base_lr: self.lr,
+            warmup_steps,
+            decay: self.schedule,
+            options: o,
+            min_lr_ratio: self.min_lr_ratio,
+            total_steps,
+            start,
+        })
     }
 }
 
@@ -605,6 +755,7 @@ impl RunConfig {
             ("--dynamic-sampling/--max-sampling-rounds", json!(b.dynamic_sampling)),
             ("--lr", json!(o.lr)),
             ("--lr-schedule/--min-lr-ratio", json!([o.schedule, o.min_lr_ratio])),
+            ("--lr-scheduler-kwargs", json!(o.schedule_options)),
             ("--warmup-steps/--warmup-ratio", json!([o.warmup_steps, o.warmup_ratio])),
             ("--weight-decay", json!(o.weight_decay)),
             ("--adam-beta1/--adam-beta2/--adam-eps", json!([o.beta1, o.beta2, o.eps])),

@@ -230,7 +230,7 @@ impl Trainer {
             DistInfo { num_processes: world.size, process_index: world.rank, local_process_index: world.local_rank };
         Ok(Trainer {
             // The updates' schedule starts after the supervised warm-up's steps.
-            schedule: config.optimizer.schedule(total_steps, config.sft.steps),
+            schedule: config.optimizer.schedule(total_steps, config.sft.steps)?,
             system: SystemMetrics::new(policy.device(), dist),
             tasks: TaskSource::from_set(train_tasks, config.seed)?
                 .in_order(config.data.keep_order)

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result};
 use tch::{Kind, Tensor};
 
-use super::config::LrSchedule;
+use super::config::{LrSchedule, Ramp, ScheduleOptions};
 
 /// The optimizer's hyper-parameters (`--lr`, `--weight-decay`, `--adam-beta1`, `--adam-beta2`, `--adam-eps`).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -22,17 +22,24 @@ pub struct AdamWConfig {
     pub weight_decay: f64,
 }
 
-/// The learning rate over the run: constant by default; linear warmup, then constant, or a linear or cosine decay to
-/// zero or to a floor.
+/// The learning rate over the run: constant by default; a linear warmup, then one of transformers' schedules
+/// ([`LrSchedule`]).
+///
+/// After the warmup each schedule's rate at an update equals transformers' `get_scheduler` at the same step. The
+/// warmup differs by one step: its update `k` (0-based) takes `(k + 1) / warmup` of the rate, so the first update
+/// learns and the last reaches the full rate, where transformers' `k / warmup` spends the first update at rate 0
+/// (its own `cosine_warmup_with_min_lr` counts as here). tests/oracles/lr_schedules.py holds both to that.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Schedule {
     /// The rate after warmup (`--lr`).
     pub base_lr: f64,
     /// Updates of linear warmup.
     pub warmup_steps: u64,
-    /// The shape after warmup: constant, or a linear or cosine decay to `min_lr_ratio * base_lr` at `total_steps`.
+    /// The shape after warmup.
     pub decay: LrSchedule,
-    /// Where a decay ends, as a share of `base_lr` (`--min-lr-ratio`; 0: at zero).
+    /// Its options (`--lr-scheduler-kwargs`), `None` for their defaults.
+    pub options: ScheduleOptions,
+    /// Where a decay ends, as a share of `base_lr` (`--min-lr-ratio`; 0: at zero), for the schedules that take one.
     pub min_lr_ratio: f64,
     /// Updates the schedule spans.
     pub total_steps: u64,
@@ -42,23 +49,91 @@ pub struct Schedule {
 }
 
 impl Schedule {
+    /// `base_lr` for each of `total_steps` updates from step 0: no warmup, no decay.
+    pub fn constant(base_lr: f64, total_steps: u64) -> Schedule {
+        let (warmup_steps, decay, options, min_lr_ratio, start) = (0, LrSchedule::Constant, Default::default(), 0.0, 0);
+        Schedule { base_lr, warmup_steps, decay, options, min_lr_ratio, total_steps, start }
+    }
+
     /// The learning rate for global optimizer step `step` (0-based).
     pub fn lr(&self, step: u64) -> f64 {
-        let step = step.saturating_sub(self.start);
-        if step < self.warmup_steps {
-            return self.base_lr * (step + 1) as f64 / self.warmup_steps as f64;
+        self.base_lr * self.factor(step.saturating_sub(self.start))
+    }
+
+    /// The share of the base rate at update `step` of the schedule.
+    fn factor(&self, step: u64) -> f64 {
+        let (o, warmup, floor) = (&self.options, self.warmup_steps, self.min_lr_ratio);
+        // transformers' cosine_with_min_lr and verl's min_lr_ratio: a decay spans base to floor, not base to zero.
+        let floored = |factor: f64| floor + (1.0 - floor) * factor;
+        if step < warmup {
+            let up = (step + 1) as f64 / warmup as f64;
+            return match self.decay {
+                // WSD's warmup rises from the floor along its own curve.
+                LrSchedule::WarmupStableDecay => floored(ramp_up(o.warmup_type.unwrap_or(Ramp::Linear), up)),
+                LrSchedule::CosineWarmupWithMinLr if o.warmup_lr_rate.is_some() => {
+                    let start = o.warmup_lr_rate.unwrap_or(0.0);
+                    start + (1.0 - start) * step as f64 / warmup.saturating_sub(1).max(1) as f64
+                }
+                _ => up,
+            };
         }
-        if self.total_steps <= self.warmup_steps {
-            return self.base_lr;
+        let after = (step - warmup) as f64;
+        // How far the decay has gone, from 0 after warmup to 1 at the last update and beyond.
+        let progress = || (after / self.total_steps.saturating_sub(warmup).max(1) as f64).min(1.0);
+        match self.decay {
+            LrSchedule::Constant => 1.0,
+            LrSchedule::Linear => floored(1.0 - progress()),
+            LrSchedule::Cosine => floored(cosine(o.num_cycles.unwrap_or(0.5), progress())),
+            LrSchedule::CosineWarmupWithMinLr => {
+                let progress = ((after + 1.0) / self.total_steps.saturating_sub(warmup).max(1) as f64).min(1.0);
+                floored(cosine(o.num_cycles.unwrap_or(0.5), progress))
+            }
+            LrSchedule::CosineWithRestarts => {
+                let p = progress();
+                // Each restart begins a fresh half-wave; the run's end is 0, not the next restart's top.
+                let wave = if p < 1.0 { (o.num_cycles.unwrap_or(1.0) * p) % 1.0 } else { 1.0 };
+                floored(0.5 * (1.0 + (std::f64::consts::PI * wave).cos()))
+            }
+            LrSchedule::Polynomial => {
+                let end = o.lr_end.unwrap_or(1e-7) / self.base_lr;
+                (1.0 - end) * (1.0 - progress()).powf(o.power.unwrap_or(1.0)) + end
+            }
+            LrSchedule::InverseSqrt => {
+                let timescale = o.timescale.unwrap_or(if warmup > 0 { warmup } else { 10_000 }) as f64;
+                1.0 / ((after + timescale) / timescale).sqrt()
+            }
+            LrSchedule::WarmupStableDecay => {
+                let decay = o.num_decay_steps.unwrap_or(1).max(1);
+                let stable = o.num_stable_steps.unwrap_or(self.total_steps.saturating_sub(warmup + decay));
+                let into_decay = (step - warmup).checked_sub(stable);
+                match into_decay.filter(|k| *k < decay) {
+                    None if into_decay.is_none() => 1.0,
+                    None => floor,
+                    Some(k) => {
+                        let p = k as f64 / decay as f64;
+                        floored(match o.decay_type.unwrap_or(Ramp::Cosine) {
+                            Ramp::Linear => 1.0 - p,
+                            Ramp::Cosine => cosine(o.num_cycles.unwrap_or(0.5), p),
+                            Ramp::OneMinusSqrt => 1.0 - p.sqrt(),
+                        })
+                    }
+                }
+            }
         }
-        let progress = ((step - self.warmup_steps) as f64 / (self.total_steps - self.warmup_steps) as f64).min(1.0);
-        let factor = match self.decay {
-            LrSchedule::Constant => return self.base_lr,
-            LrSchedule::Linear => 1.0 - progress,
-            LrSchedule::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
-        };
-        // transformers' cosine_with_min_lr and verl's min_lr_ratio: the decay spans base to floor, not base to zero.
-        self.base_lr * (self.min_lr_ratio + (1.0 - self.min_lr_ratio) * factor)
+    }
+}
+
+/// `cycles` cosine waves at `progress` in [0, 1], from 1 (0.5 cycles: a half-wave down to 0), never below 0.
+fn cosine(cycles: f64, progress: f64) -> f64 {
+    (0.5 * (1.0 + (std::f64::consts::PI * 2.0 * cycles * progress).cos())).max(0.0)
+}
+
+/// A warmup's curve at `p` in (0, 1].
+fn ramp_up(ramp: Ramp, p: f64) -> f64 {
+    match ramp {
+        Ramp::Linear => p,
+        Ramp::Cosine => 0.5 * (1.0 - (std::f64::consts::PI * p).cos()),
+        Ramp::OneMinusSqrt => 1.0 - (1.0 - p).sqrt(),
     }
 }
 
@@ -502,6 +577,7 @@ fn low_precision_step(p: &Tensor, g: &Tensor, mut m: Tensor, mut v: Tensor, conf
 mod tests {
     use super::*;
     use crate::train::config::OptimizerSettings;
+    use serde_json::json;
 
     #[test]
     fn schedule_warmup_then_cosine_or_linear_to_zero() {
@@ -509,6 +585,7 @@ mod tests {
             base_lr: 1.0,
             warmup_steps: 2,
             decay: LrSchedule::Cosine,
+            options: ScheduleOptions::default(),
             min_lr_ratio: 0.0,
             total_steps: 6,
             start: 0,
@@ -531,14 +608,15 @@ mod tests {
             warmup_steps: 5,
             warmup_ratio: Some(0.25),
             min_lr_ratio: 0.0,
+            schedule_options: ScheduleOptions::default(),
             weight_decay: 0.0,
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
             max_norm: 1.0,
         };
-        assert_eq!(settings.schedule(10, 0).warmup_steps, 3);
-        assert_eq!(OptimizerSettings { warmup_ratio: None, ..settings }.schedule(10, 0).warmup_steps, 5);
+        assert_eq!(settings.schedule(10, 0).unwrap().warmup_steps, 3);
+        assert_eq!(OptimizerSettings { warmup_ratio: None, ..settings }.schedule(10, 0).unwrap().warmup_steps, 5);
         let err = OptimizerSettings { warmup_ratio: Some(1.0), ..settings }.check().unwrap_err();
         assert_eq!(err.to_string(), "--warmup-ratio 1: must be in [0, 1)");
         // --min-lr-ratio 0.1: transformers' cosine_with_min_lr, 0.1 + 0.9 x the cosine factor; linear the same way.
@@ -561,6 +639,69 @@ mod tests {
         for k in 0..8 {
             assert_eq!(later.lr(k + 3), s.lr(k), "update {k}");
         }
+    }
+
+    /// The settings a command line with `--lr-scheduler-type name --lr-scheduler-kwargs JSON` gives.
+    fn settings_of(name: &str, kwargs: &serde_json::Value, lr: f64, warmup: u64) -> Result<OptimizerSettings> {
+        let args = crate::cli::args::ScheduleArgs {
+            lr_schedule: name.parse().map_err(|e| anyhow::anyhow!("{e}"))?,
+            warmup_steps: warmup,
+            warmup_ratio: None,
+            min_lr_ratio: 0.0,
+            lr_scheduler_kwargs: Some(kwargs.to_string()),
+        };
+        let settings = args.optimizer(lr, 0.0, 1.0)?;
+        settings.check()?;
+        Ok(settings)
+    }
+
+    /// Every schedule by transformers' name and keyword arguments against the rates transformers' own schedulers
+    /// give (tests/oracles/lr_schedules.py), up to the warmup's one-step difference the oracle applies, and past
+    /// the run's end.
+    #[test]
+    fn schedules_match_transformers() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/optimizer/lr_schedules.json");
+        let cases: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        assert_eq!(cases.len(), 19);
+        for case in &cases {
+            let (name, lr) = (case["name"].as_str().unwrap(), case["lr"].as_f64().unwrap());
+            let (warmup, total) = (case["warmup"].as_u64().unwrap(), case["total"].as_u64().unwrap());
+            let schedule = settings_of(name, &case["kwargs"], lr, warmup).unwrap().schedule(total, 0).unwrap();
+            let want: Vec<f64> = serde_json::from_value(case["expected"].clone()).unwrap();
+            let got: Vec<f64> = (0..want.len() as u64).map(|k| schedule.lr(k)).collect();
+            let close = got.iter().zip(&want).all(|(g, w)| (g - w).abs() <= 1e-12 * lr);
+            assert!(close, "{name} {}: {got:?}\n want {want:?}", case["kwargs"]);
+        }
+    }
+
+    /// What `--lr-scheduler-kwargs` refuses, each in one line: keys the schedule does not take, two floors, a
+    /// missing WSD decay length or one longer than the run, values out of range.
+    #[test]
+    fn schedule_kwargs_are_checked() {
+        let err = |name: &str, kwargs: serde_json::Value| settings_of(name, &kwargs, 1e-4, 2).unwrap_err().to_string();
+        let refused = [
+            ("cosine", json!({"power": 2}), "--lr-scheduler-kwargs power: --lr-schedule cosine does not take it"),
+            ("linear", json!({"num_cycles": 2}), "(it takes none)"),
+            ("cosine", json!({"min_lr_rate": 0.1, "min_lr": 1e-6}), "min_lr_rate and min_lr both set"),
+            ("polynomial", json!({"min_lr_rate": 0.1}), "polynomial ends at lr_end"),
+            ("polynomial", json!({"lr_end": 1e-3}), "lr_end 0.001: must be below --lr 0.0001"),
+            ("cosine", json!({"num_cycles": 0}), "num_cycles 0: must be a positive number"),
+            ("warmup_stable_decay", json!({}), "needs the decay's length"),
+            ("warmup_stable_decay", json!({"num_decay_steps": 3, "decay_type": "cubic"}), "cubic"),
+            ("cosine", json!({"cycles": 2}), "unknown field `cycles`"),
+            ("cosine", json!([1]), "must be a JSON object"),
+        ];
+        for (name, kwargs, want) in refused {
+            let e = err(name, kwargs.clone());
+            assert!(e.contains(want) && e.lines().count() == 1, "{name} {kwargs}: {e}");
+        }
+        let wsd = settings_of("warmup_stable_decay", &json!({"num_decay_steps": 9}), 1e-4, 2).unwrap();
+        let e = wsd.schedule(10, 0).unwrap_err().to_string();
+        assert!(e.contains("leaves 8 for the decay"), "{e}");
+        // The floor by any of its names is --min-lr-ratio's; min_lr is a rate.
+        let floor = |kwargs| settings_of("cosine", &kwargs, 1e-4, 0).unwrap().min_lr_ratio;
+        assert_eq!(floor(json!({"min_lr_ratio": 0.25})), 0.25);
+        assert!((floor(json!({"min_lr": 2e-5})) - 0.2).abs() < 1e-12);
     }
 
     /// Two AdamW steps on a fixed gradient, against values computed by hand from PyTorch's update rule.
