@@ -400,16 +400,16 @@ impl OptimizerSettings {
                 self.schedule
             ));
         }
-        let ranges: [(&str, Option<f64>, fn(f64) -> bool, &str); 4] = [
-            ("num_cycles", o.num_cycles, |v| v > 0.0, "a positive number"),
-            ("warmup_lr_rate", o.warmup_lr_rate, |v| (0.0..1.0).contains(&v), "in [0, 1)"),
-            ("power", o.power, |v| v > 0.0, "a positive number"),
-            ("lr_end", o.lr_end, |v| v >= 0.0, "a number >= 0"),
+        // A given value that is not finite or fails `ok`.
+        let outside = |value: Option<f64>, ok: fn(f64) -> bool| value.filter(|v| !(ok(*v) && v.is_finite()));
+        let ranges = [
+            ("num_cycles", outside(o.num_cycles, |v| v > 0.0), "a positive number"),
+            ("warmup_lr_rate", outside(o.warmup_lr_rate, |v| (0.0..1.0).contains(&v)), "in [0, 1)"),
+            ("power", outside(o.power, |v| v > 0.0), "a positive number"),
+            ("lr_end", outside(o.lr_end, |v| v >= 0.0), "a number >= 0"),
         ];
-        for (key, value, ok, want) in ranges {
-            if let Some(value) = value.filter(|v| !(ok(*v) && v.is_finite())) {
-                return Err(crate::user_error!("--lr-scheduler-kwargs {key} {value}: must be {want}"));
-            }
+        if let Some((key, Some(value), want)) = ranges.into_iter().find(|(_, bad, _)| bad.is_some()) {
+            return Err(crate::user_error!("--lr-scheduler-kwargs {key} {value}: must be {want}"));
         }
         if let Some(end) = o.lr_end.filter(|end| *end >= self.lr) {
             return Err(crate::user_error!(
