@@ -17,272 +17,278 @@ use crate::train::config::{
 use crate::train::precision::MixedPrecision;
 use crate::user_error;
 
-/// The training command's flags; [`TrainArgs::into_config`] checks them and builds the run's [`RunConfig`].
+/// The training command's flags; [`TrainArgs::into_config`] checks them and builds the run's [`RunConfig`]. They
+/// are declared by `--help` heading, in the order of docs/cli.md's sections, which is the order `--help` shows.
 #[derive(Debug, Clone, Args)]
 pub struct TrainArgs {
+    /// A TOML file setting any of these flags by name (`group-size = 8`); flags on the command line override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// Algorithm plugin by name (`grpo-host plugins list` shows them).
-    #[arg(long, default_value = "grpo")]
+    #[arg(long, help_heading = "Plugins", default_value = "grpo")]
     pub algo: String,
     /// Environment plugin by name.
-    #[arg(long, default_value = "math")]
+    #[arg(long, help_heading = "Plugins", default_value = "math")]
     pub env: String,
     /// JSON options for the algorithm plugin (a JSON string or @FILE).
-    #[arg(long)]
+    #[arg(long, help_heading = "Plugins")]
     pub algo_config: Option<String>,
     /// JSON options for the environment plugin (a JSON string or @FILE).
-    #[arg(long)]
+    #[arg(long, help_heading = "Plugins")]
     pub env_config: Option<String>,
     /// Reward weights and DAPO's overlong penalty.
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Plugins")]
     pub rewards: RewardArgs,
     /// How the reward components become what the algorithm scores (TRL's multi_objective_aggregation):
     /// sum-then-normalize (the weighted sum, the default) or normalize-then-sum (GDPO: each component normalised
     /// within its group first, then the weighted sum).
-    #[arg(long, default_value = "sum-then-normalize", value_name = "HOW")]
+    #[arg(long, help_heading = "Plugins", default_value = "sum-then-normalize", value_name = "HOW")]
     pub multi_objective_aggregation: crate::rollout::Aggregation,
     /// Where plugins are searched besides the defaults.
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Plugins")]
     pub plugins: PluginDirArgs,
-    /// A TOML file setting any of these flags by name (`group-size = 8`); flags on the command line override it.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
 
     /// The model, device, dtype and threads.
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Model and device")]
     pub model: ModelArgs,
-    /// Supervised warm-up on the environment's demonstrations (`--sft-warmup-steps`, `--sft-batch-size`, `--sft-lr`).
-    #[command(flatten)]
-    pub sft: super::sft::WarmupArgs,
     /// auto, no, bf16 or fp16: compute forward and backward in bf16/fp16 with f32 master weights, gradients and
     /// AdamW state (fp16 with dynamic loss scaling). auto: bf16 on CUDA, no on the CPU (docs/cli.md says
     /// why).
-    #[arg(long, default_value = "auto")]
+    #[arg(long, help_heading = "Model and device", default_value = "auto")]
     pub mixed_precision: MixedPrecision,
     /// The dtype rollouts are sampled in: auto (the compute precision: bf16 under --mixed-precision bf16, f16
     /// under fp16, else --dtype), f32, bf16 or f16. A different one samples from a copy of the model in that dtype, refreshed from
     /// the trained weights before each batch, and the old log-probs are then recomputed in the training precision.
-    #[arg(long, default_value = "auto")]
+    #[arg(long, help_heading = "Model and device", default_value = "auto")]
     pub rollout_dtype: DtypeSpec,
     /// Keep the output projection's weight in f32 and compute the logits in f32 under bf16/fp16 (TRL's
     /// cast_lm_head_to_fp32): log-probs not rounded to the low precision's spacing.
-    #[arg(long)]
+    #[arg(long, help_heading = "Model and device")]
     pub cast_lm_head_to_fp32: bool,
     /// Use libtorch's deterministic algorithms (torch.use_deterministic_algorithms; on CUDA also a fixed cuBLAS
     /// workspace): slower on CUDA, and an operation with no deterministic kernel stops the run with an error.
-    #[arg(long)]
+    #[arg(long, help_heading = "Model and device")]
     pub deterministic: bool,
     /// Recompute each decoder layer's activations in the backward pass instead of keeping them from the forward
     /// pass (transformers' gradient_checkpointing): far less memory for long sequences, about one more forward
     /// pass of compute per update, the same results.
-    #[arg(long)]
+    #[arg(long, help_heading = "Model and device")]
     pub gradient_checkpointing: bool,
 
+    /// LoRA flags (--lora-rank, --lora-alpha, --lora-dropout).
+    #[command(flatten, next_help_heading = "Model and device")]
+    pub lora: LoraArgs,
+    /// A mixture of experts' load-balancing loss (--router-aux-loss-coef).
+    #[command(flatten, next_help_heading = "Model and device")]
+    pub router: super::args::RouterArgs,
+
     /// Rollout batches to train on (each: sample tasks, generate, score, update).
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, help_heading = "Batches and rollouts", default_value_t = 20)]
     pub max_steps: u64,
     /// Train for this many passes over the training tasks instead of --max-steps (TRL's num_train_epochs, verl's
     /// total_epochs): the batches are the tasks times E over the global batch's tasks, rounded up.
-    #[arg(long, value_name = "E", conflicts_with = "max_steps")]
+    #[arg(long, help_heading = "Batches and rollouts", value_name = "E", conflicts_with = "max_steps")]
     pub num_train_epochs: Option<f64>,
     /// Tasks per batch.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, help_heading = "Batches and rollouts", default_value_t = 4)]
     pub rollouts_per_step: usize,
     /// Instead of --rollouts-per-step: the batch's sequences over all ranks (TRL's generation_batch_size), N /
     /// (--group-size x ranks) tasks on each rank.
-    #[arg(long, value_name = "N", conflicts_with_all = ["rollouts_per_step", "steps_per_generation"])]
+    #[arg(long, help_heading = "Batches and rollouts", value_name = "N", conflicts_with_all = ["rollouts_per_step", "steps_per_generation"])]
     pub generation_batch_size: Option<usize>,
     /// Instead of --rollouts-per-step: the micro-batches of --train-batch-size sequences each rank's batch makes
     /// (TRL's steps_per_generation), S x --train-batch-size / --group-size tasks on each rank.
-    #[arg(long, value_name = "S", conflicts_with = "rollouts_per_step")]
+    #[arg(long, help_heading = "Batches and rollouts", value_name = "S", conflicts_with = "rollouts_per_step")]
     pub steps_per_generation: Option<usize>,
     /// Episodes per task (the group whose rewards are compared).
-    #[arg(long, default_value_t = 4, visible_alias = "num-generations")]
+    #[arg(long, help_heading = "Batches and rollouts", default_value_t = 4, visible_alias = "num-generations")]
     pub group_size: usize,
     /// Sequences per forward/backward micro-batch.
-    #[arg(long, default_value_t = 4, visible_alias = "per-device-train-batch-size")]
+    #[arg(
+        help_heading = "Batches and rollouts",
+        long,
+        default_value_t = 4,
+        visible_alias = "per-device-train-batch-size"
+    )]
     pub train_batch_size: usize,
     /// Micro-batches whose gradients are summed into one optimizer step.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, help_heading = "Batches and rollouts", default_value_t = 1)]
     pub gradient_accumulation_steps: usize,
     /// Passes over each batch's experience.
-    #[arg(long, default_value_t = 1, visible_alias = "num-iterations")]
+    #[arg(long, help_heading = "Batches and rollouts", default_value_t = 1, visible_alias = "num-iterations")]
     pub epochs_per_step: usize,
     /// Group each optimizer step's sequences (--train-batch-size x --gradient-accumulation-steps) longest first into
     /// micro-batches of at most this many padded tokens instead (verl's use_dynamic_bsz with
     /// ppo_max_token_len_per_gpu); the log-prob passes too. At least --max-length.
-    #[arg(long, value_name = "N")]
+    #[arg(long, help_heading = "Batches and rollouts", value_name = "N")]
     pub micro_batch_tokens: Option<usize>,
 
     /// How long an episode may run.
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Batches and rollouts")]
     pub episode: super::args::EpisodeArgs,
-    /// The best checkpoint by an evaluation metric, and early stopping.
-    #[command(flatten)]
-    pub best_model: super::args::BestModelArgs,
     /// Leave the training tasks whose opening prompt is longer than --max-prompt-length out of the run before it
     /// starts (verl's filter_overlong_prompts), instead of cutting them; needs a finite task list.
-    #[arg(long)]
+    #[arg(long, help_heading = "Batches and rollouts")]
     pub filter_overlong_prompts: bool,
     /// Take the training tasks in a fresh seeded order every epoch (TRL's shuffle_dataset, verl's data.shuffle), or
     /// with false in their own order, as a curriculum sorted by difficulty wants.
-    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, help_heading = "Batches and rollouts", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     pub shuffle_dataset: bool,
     /// Episodes the rollout engine keeps in its batch at once, each with its cache slot (default: the whole
     /// batch, or as many as fit in a quarter of free memory, half of free GPU memory on CUDA).
-    #[arg(long)]
+    #[arg(long, help_heading = "Batches and rollouts")]
     pub max_batch_rows: Option<usize>,
+    /// Decode scheduling of the rollouts and evaluations.
+    #[command(flatten, next_help_heading = "Batches and rollouts")]
+    pub decode: super::args::DecodeArgs,
+    /// Temperature and sampling filters.
+    #[command(flatten, next_help_heading = "Batches and rollouts")]
+    pub sampling: SamplingArgs,
+
+    /// Random seed for task order, sampling and shuffling.
+    #[arg(long, help_heading = "Batches and rollouts", default_value_t = 42)]
+    pub seed: u64,
+    /// Task file for the environment (its `data_path` option), e.g. re-grpo's math_tasks.jsonl.
+    #[arg(long, help_heading = "Batches and rollouts")]
+    pub data_path: Option<PathBuf>,
+    /// Use at most this many tasks from the data file.
+    #[arg(long, help_heading = "Batches and rollouts")]
+    pub max_prompts: Option<usize>,
     /// DAPO's dynamic sampling (verl's filter_groups): set aside groups whose rewards are all equal (they have no
     /// advantage to learn from) and roll out further tasks, a round at a time, until the batch has
     /// --rollouts-per-step groups whose rewards vary.
-    #[arg(long)]
+    #[arg(long, help_heading = "Optimisation and loss")]
     pub dynamic_sampling: bool,
     /// The most rollout rounds of one batch under --dynamic-sampling, the first included; a batch still short of
     /// varied groups then trains with equal-reward groups in their place, and the console says so.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, help_heading = "Optimisation and loss", default_value_t = 10)]
     pub max_sampling_rounds: usize,
-    /// Decode scheduling of the rollouts and evaluations.
-    #[command(flatten)]
-    pub decode: super::args::DecodeArgs,
-    /// Temperature and sampling filters.
-    #[command(flatten)]
-    pub sampling: SamplingArgs,
 
     /// Learning rate.
-    #[arg(long, default_value_t = 5e-6, visible_alias = "learning-rate")]
+    #[arg(long, help_heading = "Optimisation and loss", default_value_t = 5e-6, visible_alias = "learning-rate")]
     pub lr: f64,
     /// The learning-rate schedule.
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Optimisation and loss")]
     pub schedule: super::args::ScheduleArgs,
     /// AdamW decoupled weight decay.
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, help_heading = "Optimisation and loss", default_value_t = 0.01)]
     pub weight_decay: f64,
     /// AdamW beta1.
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, help_heading = "Optimisation and loss", default_value_t = 0.9)]
     pub adam_beta1: f64,
     /// AdamW beta2.
-    #[arg(long, default_value_t = 0.999)]
+    #[arg(long, help_heading = "Optimisation and loss", default_value_t = 0.999)]
     pub adam_beta2: f64,
     /// AdamW epsilon.
-    #[arg(long, default_value_t = 1e-8)]
+    #[arg(long, help_heading = "Optimisation and loss", default_value_t = 1e-8)]
     pub adam_eps: f64,
     /// Clip the global gradient norm to this (0 disables).
-    #[arg(long, default_value_t = 1.0, visible_alias = "max-grad-norm")]
+    #[arg(long, help_heading = "Optimisation and loss", default_value_t = 1.0, visible_alias = "max-grad-norm")]
     pub max_norm: f64,
     /// PPO clip range (lower, and upper unless --clip-eps-high is given).
-    #[arg(long, default_value_t = 0.2, visible_alias = "epsilon")]
+    #[arg(long, help_heading = "Optimisation and loss", default_value_t = 0.2, visible_alias = "epsilon")]
     pub clip_eps: f64,
     /// Upper clip range (DAPO's clip-higher); default: --clip-eps.
-    #[arg(long, visible_alias = "epsilon-high")]
+    #[arg(long, help_heading = "Optimisation and loss", visible_alias = "epsilon-high")]
     pub clip_eps_high: Option<f64>,
     /// Weight of the k3 KL penalty to the reference model; 0 loads no reference.
-    #[arg(long, default_value_t = 0.01, visible_alias = "beta")]
+    #[arg(long, help_heading = "Optimisation and loss", default_value_t = 0.01, visible_alias = "beta")]
     pub kl_weight: f64,
     /// Recompute the old log-probs with a forward pass instead of reusing the sampler's (auto: reuse in f32, where
     /// both are the same computation up to rounding; recompute in bf16/f16).
-    #[arg(long, default_value = "auto")]
+    #[arg(long, help_heading = "Optimisation and loss", default_value = "auto")]
     pub recompute_old_logprobs: RecomputeOld,
     /// Truncated importance sampling: when the old log-probs are recomputed (another rollout precision, or bf16),
     /// weight each token's policy-gradient term by min(p_old / p_sampler, CAP). 0 turns the correction off; the
     /// ratios are logged either way (rollouts/is_ratio_*).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, help_heading = "Optimisation and loss", default_value_t = 0.0)]
     pub tis_cap: f64,
     /// How --tis-cap bounds the weights (TRL's vllm_importance_sampling_mode): token-truncate (the default),
     /// token-mask (0 over the cap), sequence-truncate or sequence-mask (one ratio per sequence, the product of its
     /// tokens').
-    #[arg(long, value_name = "MODE")]
+    #[arg(long, help_heading = "Optimisation and loss", value_name = "MODE")]
     pub tis_mode: Option<IsCorrection>,
     /// Leave episodes that were cut off (a turn stopped at --max-new-tokens, or the episode at --max-length) out of
     /// the loss, as TRL's mask_truncated_completions and DAPO's overlong filtering: their rewards still count in
     /// their group's advantages, but their tokens get no gradient.
-    #[arg(long)]
+    #[arg(long, help_heading = "Optimisation and loss")]
     pub mask_truncated_completions: bool,
     /// The distribution the loss scores the sampled tokens under (and the old and reference log-probs and the
     /// entropy): one, the model's at temperature 1 (re-grpo); or sampling, its logits divided by --temperature,
     /// the distribution the tokens were drawn from, top-k/top-p/min-p aside (TRL and verl).
-    #[arg(long, default_value = "one")]
+    #[arg(long, help_heading = "Optimisation and loss", default_value = "one")]
     pub logprob_temperature: LogprobTemperature,
     /// Train the policy-gradient term on the highest-entropy share Q of each micro-batch's action tokens only, as
     /// TRL's top_entropy_quantile ("Beyond the 80/20 rule"; 0.2 is its paper's); the KL term keeps every token.
     /// 1 keeps all.
-    #[arg(long, value_name = "Q", default_value_t = 1.0)]
+    #[arg(long, help_heading = "Optimisation and loss", value_name = "Q", default_value_t = 1.0)]
     pub top_entropy_quantile: f64,
     /// Add an entropy bonus to the loss, as verl's entropy_coeff: the loss minus C times the policy's mean entropy
     /// (in nats) over each optimizer step's action tokens, on every rank, which keeps exploration from collapsing.
     /// 0 (the default) adds nothing; a small value such as 0.001 is usual.
-    #[arg(long, value_name = "C", default_value_t = 0.0)]
+    #[arg(long, help_heading = "Optimisation and loss", value_name = "C", default_value_t = 0.0)]
     pub entropy_coeff: f64,
     /// Move the KL reference toward the policy as training goes, as TRL's sync_ref_model (TR-DPO): after every
     /// --ref-model-sync-steps updates, reference = alpha * policy + (1 - alpha) * reference. The reference is then
     /// saved in every checkpoint, so a resumed run continues from the same one. Needs --kl-weight (or
     /// --reward-kl-coef) above 0.
-    #[arg(long)]
+    #[arg(long, help_heading = "Optimisation and loss")]
     pub sync_ref_model: bool,
     /// The policy's share alpha of the synced reference (--sync-ref-model); 1 copies the policy. Default 0.6.
-    #[arg(long, value_name = "ALPHA")]
+    #[arg(long, help_heading = "Optimisation and loss", value_name = "ALPHA")]
     pub ref_model_mixup_alpha: Option<f64>,
     /// Updates between two syncs of the KL reference (--sync-ref-model). Default 512.
-    #[arg(long, value_name = "N")]
+    #[arg(long, help_heading = "Optimisation and loss", value_name = "N")]
     pub ref_model_sync_steps: Option<u64>,
     /// A KL penalty in the reward, as verl's use_kl_in_reward: each episode's return loses B x the sum over its
     /// action tokens of the sampling policy's KL estimate from the reference, before advantages are computed. 0
     /// (the default) turns it off; it loads the reference model even at --kl-weight 0.
-    #[arg(long, value_name = "B", default_value_t = 0.0)]
+    #[arg(long, help_heading = "Optimisation and loss", value_name = "B", default_value_t = 0.0)]
     pub reward_kl_coef: f64,
     /// The per-token estimate for --reward-kl-coef: k1 (verl's kl, the default), k2 (mse), k3 (low_var_kl) or abs.
-    #[arg(long, value_name = "K")]
+    #[arg(long, help_heading = "Optimisation and loss", value_name = "K")]
     pub reward_kl_estimator: Option<RewardKlEstimator>,
     /// Adapt --reward-kl-coef toward this mean KL per sequence, as verl's adaptive KL controller (target_kl).
-    #[arg(long, value_name = "KL")]
+    #[arg(long, help_heading = "Optimisation and loss", value_name = "KL")]
     pub reward_kl_target: Option<f64>,
     /// The adaptive controller's horizon in sequences (verl's horizon). Default 10000.
-    #[arg(long, value_name = "N")]
+    #[arg(long, help_heading = "Optimisation and loss", value_name = "N")]
     pub reward_kl_horizon: Option<f64>,
-
-    /// LoRA flags (--lora-rank, --lora-alpha, --lora-dropout).
-    #[command(flatten)]
-    pub lora: LoraArgs,
-    /// A mixture of experts' load-balancing loss (--router-aux-loss-coef).
-    #[command(flatten)]
-    pub router: super::args::RouterArgs,
-
-    /// Random seed for task order, sampling and shuffling.
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-    /// Task file for the environment (its `data_path` option), e.g. re-grpo's math_tasks.jsonl.
-    #[arg(long)]
-    pub data_path: Option<PathBuf>,
-    /// Use at most this many tasks from the data file.
-    #[arg(long)]
-    pub max_prompts: Option<usize>,
+    /// Supervised warm-up on the environment's demonstrations (`--sft-warmup-steps`, `--sft-batch-size`, `--sft-lr`).
+    #[command(flatten, next_help_heading = "Supervised warm-up")]
+    pub sft: super::sft::WarmupArgs,
+    /// Datasets: --dataset, --dataset-config, --dataset-split, --eval-data, --eval-data-split, --eval-holdout.
+    #[command(flatten, next_help_heading = "Datasets")]
+    pub data: super::eval::DataArgs,
+    /// Evaluation: --eval-every, --eval-before-train, --eval-tasks, --eval-samples, --eval-temperature.
+    #[command(flatten, next_help_heading = "Evaluation")]
+    pub eval: super::eval::TrainEvalArgs,
+    /// The best checkpoint by an evaluation metric, and early stopping.
+    #[command(flatten, next_help_heading = "Run directory, checkpoints and resuming")]
+    pub best_model: super::args::BestModelArgs,
 
     /// The run's folder, checkpoints and --resume.
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Run directory, checkpoints and resuming")]
     pub run_dir: RunDirArgs,
-
-    /// W&B and TensorBoard flags.
-    #[command(flatten)]
-    pub logging: LoggingArgs,
-    /// Accepted for re-grpo compatibility: W&B is on unless --no-wandb or WANDB_MODE=disabled.
-    #[arg(long)]
-    pub wandb: bool,
-    /// Log example completions every this many batches.
-    #[arg(long, default_value_t = 10)]
-    pub log_completions_interval: u64,
 
     /// Data parallel (under torchrun): seconds a rank waits in a collective or at the rendezvous before it gives up
     /// on a rank that died or hung. Must exceed the longest wait for the slowest rank's rollouts.
-    #[arg(long, default_value_t = 300.0)]
+    #[arg(long, help_heading = "Data parallel (torchrun)", default_value_t = 300.0)]
     pub dist_timeout: f64,
     /// Data parallel: compare a fingerprint of every rank's weights every this many batches (and at each
     /// checkpoint); a difference stops the run naming the ranks (0: only at checkpoints).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, help_heading = "Data parallel (torchrun)", default_value_t = 1)]
     pub dist_check_interval: u64,
-    /// Datasets: --dataset, --dataset-config, --dataset-split, --eval-data, --eval-data-split, --eval-holdout.
-    #[command(flatten)]
-    pub data: super::eval::DataArgs,
-    /// Evaluation: --eval-every, --eval-before-train, --eval-tasks, --eval-samples, --eval-temperature.
-    #[command(flatten)]
-    pub eval: super::eval::TrainEvalArgs,
+
+    /// W&B and TensorBoard flags.
+    #[command(flatten, next_help_heading = "Logging")]
+    pub logging: LoggingArgs,
+    /// Accepted for re-grpo compatibility: W&B is on unless --no-wandb or WANDB_MODE=disabled.
+    #[arg(long, help_heading = "Logging")]
+    pub wandb: bool,
+    /// Log example completions every this many batches.
+    #[arg(long, help_heading = "Logging", default_value_t = 10)]
+    pub log_completions_interval: u64,
 }
 
 /// Training's sampling defaults: re-grpo's temperature, and transformers' top-k of 50 that its sampling used.
