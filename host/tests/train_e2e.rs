@@ -290,6 +290,25 @@ fn bf16_mixed_precision_saves_f32_masters_and_resumes_exactly() {
     assert_resume_is_exact(runs.path(), &run, "mixed-split", &mixed);
 }
 
+/// LoRA with dropout: the training forward's draws come from libtorch's generator, which a resumed process starts
+/// afresh, so they are seeded per micro-batch from the run's seed and step, and a resumed run continues exactly. The
+/// dropout is on: without it the second batch's losses differ.
+#[test]
+fn lora_dropout_draws_the_same_after_a_resume() {
+    let runs = tempfile::tempdir().unwrap();
+    let lora = ["--lora-rank", "4", "--lora-alpha", "8", "--lora-dropout", "0.3", "--lr", "1e-2"];
+    let out = train(runs.path(), "dropout", &[&["--max-steps", "2"], &lora[..]].concat());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let run = runs.path().join("dropout");
+    assert_resume_is_exact(runs.path(), &run, "dropout-split", &lora);
+    let off = [&lora[..6], &["--lora-dropout", "0", "--lr", "1e-2"]].concat();
+    let out = train(runs.path(), "no-dropout", &[&["--max-steps", "2"], &off[..]].concat());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let losses =
+        |run: &Path| -> Vec<f64> { rows(run).iter().filter_map(|r| r.get("training_step/loss")?.as_f64()).collect() };
+    assert_ne!(losses(&run), losses(&runs.path().join("no-dropout")), "the dropout changed nothing");
+}
+
 /// `--reward-model`, twice (unnamed, and as `helpful`): every rollout's return adds each model's score, weighed by
 /// `--reward-weights`, which varies within groups where the environment's rewards do not (the tiny policy never
 /// answers), so advantages and a loss appear; the components are logged, and a language-model checkpoint is refused

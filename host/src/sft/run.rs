@@ -349,8 +349,9 @@ impl SftRun<'_> {
                 micro_batch: self.config.chunking(),
                 max_norm: self.config.optimizer.max_norm,
                 world: self.world,
+                seed: self.config.seed,
             };
-            let mut row = match sft.run(&rows, lr)? {
+            let mut row = match sft.run(&rows, lr, step)? {
                 Some(record) => record.metrics(),
                 None => {
                     // A skipped step still counts (as in train), so the schedule and the data keep their places.

@@ -13,7 +13,7 @@ use crate::model::Model;
 use crate::train::experience::Chunking;
 use crate::train::optimizer::AdamW;
 use crate::train::precision::LossScaler;
-use crate::train::update::read_scalars;
+use crate::train::update::{read_scalars, seed_forward_draws};
 
 /// What one step works with.
 pub struct SftStep<'a> {
@@ -29,6 +29,8 @@ pub struct SftStep<'a> {
     pub max_norm: f64,
     /// Data-parallel ranks, each with its own rows: the step's loss is the mean over every rank's assistant tokens.
     pub world: &'a World,
+    /// The run seed, from which each micro-batch's random draws (LoRA dropout) are seeded.
+    pub seed: u64,
 }
 
 /// One supervised step as it happened.
@@ -70,10 +72,10 @@ impl SftRecord {
 }
 
 impl SftStep<'_> {
-    /// One optimizer step over `rows` at learning rate `lr`: the gradient of the mean cross-entropy over all their
-    /// assistant tokens (micro-batches weighted by their token counts, so the split does not change the result).
-    /// `None` when the loss or the gradient was not finite (no update; fp16 lowers its scale).
-    pub fn run(&mut self, rows: &[Rendered], lr: f64) -> Result<Option<SftRecord>> {
+    /// Global optimizer step `step` over `rows` at learning rate `lr`: the gradient of the mean cross-entropy over
+    /// all their assistant tokens (micro-batches weighted by their token counts, so the split does not change the
+    /// result). `None` when the loss or the gradient was not finite (no update; fp16 lowers its scale).
+    pub fn run(&mut self, rows: &[Rendered], lr: f64, step: u64) -> Result<Option<SftRecord>> {
         let local: usize = rows.iter().map(Rendered::assistant_tokens).sum();
         let total = self.world.reduce_f64("counting the step's tokens", &[local as f64], ReduceOp::Sum)?[0];
         if total == 0.0 {
@@ -81,7 +83,7 @@ impl SftStep<'_> {
         }
         self.model.set_training(true);
         // Each rank's share of the global mean, times the world size because the gradients are then averaged.
-        let result = self.accumulate(rows, total / self.world.size as f64);
+        let result = self.accumulate(rows, total / self.world.size as f64, step);
         self.model.set_training(false);
         let (loss_sum, correct, entropy, aux) = result?;
         self.optimizer.average_grads(self.world)?;
@@ -113,7 +115,7 @@ impl SftStep<'_> {
     /// Forward and backward over the micro-batches, each loss divided by `total`; returns the summed loss (f64),
     /// the correct predictions (int64), the summed entropy (f64) and the load-balancing loss averaged over the
     /// micro-batches by their rows (f64, 0 without one), one-element tensors still on the device.
-    fn accumulate(&mut self, rows: &[Rendered], total: f64) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+    fn accumulate(&mut self, rows: &[Rendered], total: f64, step: u64) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
         self.optimizer.zero_grad();
         let device = self.model.device();
         let mut loss_sum = Tensor::zeros([1], (Kind::Double, device));
@@ -121,7 +123,8 @@ impl SftStep<'_> {
         let mut entropy = Tensor::zeros([], (Kind::Double, device));
         let mut aux_mean = Tensor::zeros([], (Kind::Double, device));
         let coef = self.model.router_aux_loss_coef();
-        for refs in micro_batches(rows, self.micro_batch) {
+        for (micro, refs) in micro_batches(rows, self.micro_batch).into_iter().enumerate() {
+            seed_forward_draws(self.seed, step, micro, self.world.rank);
             let out = sft_loss(self.model, &SftBatch::new(&refs, device))?;
             loss_sum += out.sum.detach().to_kind(Kind::Double);
             correct += out.correct;

@@ -106,6 +106,7 @@ impl Warmup<'_> {
             micro_batch: self.micro_batch,
             max_norm: self.max_norm,
             world: self.world,
+            seed: self.seed,
         };
         let per_rank = s.batch_size.max(1);
         for index in 0..s.steps {
@@ -116,7 +117,8 @@ impl Warmup<'_> {
             // The global step takes `per_rank` rows for every rank, in the same order on each.
             let mut taken = rows.take(per_rank * self.world.size, shape)?;
             let mine: Vec<_> = taken.drain(self.world.rank * per_rank..(self.world.rank + 1) * per_rank).collect();
-            if let Some(record) = step.run(&mine, s.lr)? {
+            // The warm-up's steps are the run's global steps 0..N.
+            if let Some(record) = step.run(&mine, s.lr, index)? {
                 on_step(index, &record, t.elapsed().as_secs_f64());
             }
         }

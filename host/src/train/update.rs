@@ -209,7 +209,8 @@ impl Updater<'_> {
         // The policy's entropy summed over the window's action tokens, and their count, kept on the device.
         let mut entropy = Tensor::zeros([2], (Kind::Double, exp.tokens.device()));
         self.optimizer.zero_grad();
-        for (rows, index) in window {
+        for (micro, (rows, index)) in window.iter().enumerate() {
+            seed_forward_draws(state.seed, state.global_step, micro, self.world.rank);
             // The micro-batch's loss is divided by this, its share of the step's sequences inverted (the number of
             // micro-batches when they are of one size), so that the step's loss is the mean over its sequences
             // however they were cut; and a token-level loss's sum by the step's tokens over this on every rank
@@ -384,6 +385,14 @@ pub fn read_scalars(values: &[Tensor]) -> Result<Vec<f64>> {
     }
     let parts: Vec<Tensor> = values.iter().map(|t| t.detach().to_kind(Kind::Double).reshape([1])).collect();
     Ok(Vec::<f64>::try_from(Tensor::cat(&parts, 0).to_device(Device::Cpu))?)
+}
+
+/// Seed libtorch's generator for micro-batch `micro` of global step `step` on data-parallel rank `rank`, before its
+/// training forward pass. That pass draws from the generator (LoRA dropout), and a resumed process starts it afresh:
+/// seeded from the run's seed and its position instead, the draws are the same whether or not the run was stopped
+/// and resumed in between, and differ between ranks as their rows do.
+pub fn seed_forward_draws(seed: u64, step: u64, micro: usize, rank: usize) {
+    tch::manual_seed(mix(mix(mix(seed, step), micro as u64 + 1), rank as u64 + 1) as i64);
 }
 
 /// The micro-batches of pass `pass` over `n` sequences: a shuffle seeded by the run seed, the batch and the pass,
