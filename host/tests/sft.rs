@@ -48,9 +48,9 @@ fn run_steps(
     let mut optimizer = AdamW::without_master_weights(params, config);
     let mut scaler = LossScaler::disabled();
     let world = World::single();
-    let mut step =
-        SftStep { model, optimizer: &mut optimizer, scaler: &mut scaler, micro_batch: micro, max_norm, world: &world };
-    (0..steps).map(|_| step.run(rows, lr).unwrap().unwrap()).collect()
+    let (scaler, world, seed) = (&mut scaler, &world, 7);
+    let mut step = SftStep { model, optimizer: &mut optimizer, scaler, micro_batch: micro, max_norm, world, seed };
+    (0..steps as u64).map(|k| step.run(rows, lr, k).unwrap().unwrap()).collect()
 }
 
 #[test]
