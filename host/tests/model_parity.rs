@@ -920,3 +920,38 @@ fn lora_on_a_mixture_adapts_attention_and_the_shared_expert() {
         "{err}"
     );
 }
+
+/// NEFTune (`--neftune-noise-alpha`): the noise is uniform within `+-alpha / sqrt(T * hidden)` (its extremes near
+/// the bound, mean 0, variance bound^2 / 3), and the model adds it in training mode only, from libtorch's seeded
+/// generator.
+#[test]
+fn neftune_noise_is_uniform_at_its_scale_and_only_in_training() {
+    let _rng = common::torch_rng_lock();
+    tch::manual_seed(11);
+    let x = Tensor::ones([2, 50, 64], (Kind::Float, Device::Cpu));
+    let noise = grpo_host::model::neftune_noise(&x, 5.0) - &x;
+    let bound = 5.0 / (50.0f64 * 64.0).sqrt();
+    let n = noise.numel() as f64;
+    let (max, mean) = (noise.abs().max().double_value(&[]), noise.mean(Kind::Double).double_value(&[]));
+    let var = noise.square().mean(Kind::Double).double_value(&[]);
+    assert!(max <= bound * (1.0 + 1e-6) && max > 0.99 * bound, "max |noise| {max}, bound {bound}");
+    assert!(mean.abs() < 5.0 * bound / (3.0 * n).sqrt(), "mean {mean}");
+    assert!((var / (bound * bound / 3.0) - 1.0).abs() < 0.05, "variance {var} against {}", bound * bound / 3.0);
+
+    let mut model = Model::load(&tiny("llama"), Device::Cpu, Kind::Float).unwrap();
+    let r = reference(&tiny("llama"), Device::Cpu);
+    let (ids, mask) = (&r["input_ids"], &r["attention_mask"]);
+    let pos = Model::position_ids(mask);
+    let plain = tch::no_grad(|| model.hidden_states(ids, mask, &pos));
+    model.set_neftune_noise_alpha(5.0);
+    let hidden = |model: &Model, seed: i64| {
+        tch::manual_seed(seed);
+        tch::no_grad(|| model.hidden_states(ids, mask, &pos))
+    };
+    assert!(hidden(&model, 1).equal(&plain), "eval mode must see the embeddings as they are");
+    model.set_training(true);
+    let noisy = hidden(&model, 1);
+    assert!(!noisy.equal(&plain), "training mode with NEFTune changed nothing");
+    assert!(noisy.equal(&hidden(&model, 1)), "the same seed must draw the same noise");
+    assert!(!noisy.equal(&hidden(&model, 2)), "another seed must draw other noise");
+}

@@ -201,11 +201,13 @@ fn an_sft_run_stopped_and_resumed_equals_one_that_ran_through() {
     let dir = tempfile::tempdir().unwrap();
     let data = conversations(dir.path());
     let runs = dir.path().join("runs");
-    let whole = sft_run(&runs, "whole", &data, &["--max-steps", "5", "--checkpoint-interval", "2"]);
+    // NEFTune's noise is drawn in every training forward: a resumed run must draw what the whole one did.
+    let steps = |n: &'static str| ["--max-steps", n, "--checkpoint-interval", "2", "--neftune-noise-alpha", "5"];
+    let whole = sft_run(&runs, "whole", &data, &steps("5"));
     assert!(whole.status.success(), "{}", String::from_utf8_lossy(&whole.stderr));
-    let first = sft_run(&runs, "parts", &data, &["--max-steps", "3", "--checkpoint-interval", "2"]);
+    let first = sft_run(&runs, "parts", &data, &steps("3"));
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
-    let rest = sft_run(&runs, "parts", &data, &["--max-steps", "5", "--checkpoint-interval", "2", "--resume"]);
+    let rest = sft_run(&runs, "parts", &data, &[&steps("5")[..], &["--resume"]].concat());
     let stderr = String::from_utf8_lossy(&rest.stderr);
     assert!(rest.status.success(), "{stderr}");
     assert!(stderr.contains("resuming from") && stderr.contains("step_3"), "{stderr}");
@@ -231,7 +233,7 @@ fn an_sft_run_stopped_and_resumed_equals_one_that_ran_through() {
     let template = runs.join("template.jinja");
     std::fs::write(&template, "{% for m in messages %}{{ m['content'] }}{% endfor %}").unwrap();
     for (flag, value) in [("--lr", "2e-3"), ("--chat-template", template.to_str().unwrap())] {
-        let changed = sft_run(&runs, "parts", &data, &["--max-steps", "6", flag, value, "--resume"]);
+        let changed = sft_run(&runs, "parts", &data, &[&steps("6")[..], &[flag, value, "--resume"]].concat());
         let err = String::from_utf8_lossy(&changed.stderr);
         assert_eq!(changed.status.code(), Some(2), "{err}");
         assert!(err.contains(flag) && err.contains("--allow-config-change"), "{err}");

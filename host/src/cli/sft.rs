@@ -136,6 +136,10 @@ pub struct SftArgs {
     /// Train a string prompt-completion row's completion only (true, TRL's default), or its prompt too.
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     pub completion_only_loss: bool,
+    /// NEFTune: noise drawn uniformly from +-ALPHA / sqrt(tokens x hidden size) added to each input embedding in
+    /// training forward passes (transformers' neftune_noise_alpha, such as 5).
+    #[arg(long, value_name = "ALPHA")]
+    pub neftune_noise_alpha: Option<f64>,
     /// Learning rate.
     #[arg(long, default_value_t = 5e-5, visible_alias = "learning-rate")]
     pub lr: f64,
@@ -248,6 +252,7 @@ impl SftArgs {
             text_field: self.dataset_text_field,
             eval: held_out.map(|rows| SftEvalSettings { rows, every: self.eval_every }),
             loss_on: LossOn { assistant_only: self.assistant_only_loss, completion_only: self.completion_only_loss },
+            neftune_noise_alpha: self.neftune_noise_alpha,
             optimizer: self.schedule.optimizer(self.lr, self.weight_decay, self.max_norm)?,
             seed: self.seed,
             checkpoints,
@@ -255,6 +260,9 @@ impl SftArgs {
             dist_timeout_secs: self.dist_timeout,
         };
         config.optimizer.check()?;
+        if let Some(alpha) = config.neftune_noise_alpha.filter(|a| !(*a > 0.0 && a.is_finite())) {
+            return Err(user_error!("--neftune-noise-alpha {alpha}: must be a positive number (such as 5)"));
+        }
         Ok(config)
     }
 }

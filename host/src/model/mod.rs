@@ -188,6 +188,8 @@ pub struct Model {
     logprob_temperature: f64,
     /// The weight training gives a mixture's load-balancing loss (0: none, and always 0 for a dense model).
     router_aux_loss_coef: f64,
+    /// NEFTune's scale of the noise on training forwards' input embeddings (0: none).
+    neftune_noise_alpha: f64,
 }
 
 impl std::fmt::Debug for Model {
@@ -302,6 +304,7 @@ impl Model {
             gradient_checkpointing: AtomicBool::new(false),
             logprob_temperature: 1.0,
             router_aux_loss_coef: 0.0,
+            neftune_noise_alpha: 0.0,
         })
     }
 
@@ -527,6 +530,13 @@ impl Model {
         self.router_aux_loss_coef = if self.cfg.moe.is_some() { coef } else { 0.0 };
     }
 
+    /// Add NEFTune's noise ([`neftune_noise`]) of scale `alpha` to the input embeddings of forward passes in
+    /// training mode (`--neftune-noise-alpha`, transformers' `neftune_noise_alpha`); 0 turns it off. Passes in eval
+    /// mode (generation, log-probs, held-out evaluation) see the embeddings as they are.
+    pub fn set_neftune_noise_alpha(&mut self, alpha: f64) {
+        self.neftune_noise_alpha = alpha;
+    }
+
     /// The weight of [`Model::set_router_aux_loss_coef`]: above 0, training forwards record the router scores
     /// (see [`Model::router_record`]).
     pub fn router_aux_loss_coef(&self) -> f64 {
@@ -595,6 +605,10 @@ impl Model {
         if x.kind() != self.kind {
             // A tied embedding kept in f32 for the output projection looks up in the model's dtype.
             x = x.to_kind(self.kind);
+        }
+        if ctx.train && self.neftune_noise_alpha > 0.0 {
+            // On the token embedding's own output, as transformers hooks it: before positions and scales.
+            x = neftune_noise(&x, self.neftune_noise_alpha);
         }
         if let (Some(table), Some(limit)) = (&self.position_embed, self.cfg.learned_positions) {
             // Real tokens stay below the table's length (`Model::position_limit`, checked where sequences are made
@@ -1060,6 +1074,15 @@ pub fn right_padded<'a>(rows: impl ExactSizeIterator<Item = &'a [u32]>, width: u
         }
     }
     Tensor::from_slice(&ids).view([b as i64, width as i64]).to_device(device)
+}
+
+/// `x` `[B, T, hidden]` plus NEFTune's noise (Jain et al., 2023): each element drawn uniformly from
+/// `+-alpha / sqrt(T * hidden)` by libtorch's generator, padding positions included, as transformers draws it.
+pub fn neftune_noise(x: &Tensor, alpha: f64) -> Tensor {
+    let bound = alpha / ((x.size()[1] * x.size()[2]) as f64).sqrt();
+    let mut noise = x.zeros_like();
+    let _ = noise.uniform_(-bound, bound);
+    x + noise
 }
 
 /// The most logits one vocabulary projection of the log-probs computes (2^26 f32: 256 MiB), which bounds what the

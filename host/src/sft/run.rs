@@ -71,6 +71,9 @@ pub struct SftConfig {
     /// Which tokens of a row the loss covers.
     #[serde(default)]
     pub loss_on: LossOn,
+    /// NEFTune's noise scale on the input embeddings of training forwards (`--neftune-noise-alpha`).
+    #[serde(default)]
+    pub neftune_noise_alpha: Option<f64>,
     /// The column of a language-modeling row's text (TRL's `dataset_text_field`).
     #[serde(default = "default_text_field")]
     pub text_field: String,
@@ -165,7 +168,9 @@ impl SftConfig {
             "--batch-size": self.batch_size,
             "--max-length": self.max_length,
             "--assistant-only-loss/--completion-only-loss": self.loss_on,
-            "--lr/--lr-schedule/--min-lr-ratio/--warmup-steps/--weight-decay/--max-norm": self.optimizer,
+            "--neftune-noise-alpha": self.neftune_noise_alpha,
+            "--lr/--lr-schedule/--lr-scheduler-kwargs/--min-lr-ratio/--warmup-steps/--weight-decay/--max-norm":
+                self.optimizer,
             "--seed": self.seed,
         })
     }
@@ -243,6 +248,7 @@ pub fn run(mut config: SftConfig) -> Result<i32> {
     };
     let mut policy = Policy::load(&config.model, false, config.seed)?;
     policy.model().check_max_length(config.max_length)?;
+    policy.set_neftune_noise_alpha(config.neftune_noise_alpha.unwrap_or(0.0));
     let mut optimizer = policy.optimizer(config.optimizer.adamw());
     let mut scaler = LossScaler::new(policy.precision().mode);
     let state = crate::train::starting_state(&paths, config.seed, &mut policy, &mut optimizer, &mut scaler)?;

@@ -108,6 +108,12 @@ impl Policy {
         }
     }
 
+    /// Add NEFTune's noise of scale `alpha` to the trained model's input embeddings in training forwards (0: none;
+    /// [`Model::set_neftune_noise_alpha`]).
+    pub fn set_neftune_noise_alpha(&mut self, alpha: f64) {
+        self.model.set_neftune_noise_alpha(alpha);
+    }
+
     /// The model rollouts sample from: the rollout-dtype copy, or the trained model itself.
     pub fn sampler(&self) -> &Model {
         self.sampler.as_deref().unwrap_or(&self.model)
