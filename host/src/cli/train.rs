@@ -194,6 +194,20 @@ pub struct TrainArgs {
     /// Weight of the k3 KL penalty to the reference model; 0 loads no reference.
     #[arg(long, help_heading = "Optimisation and loss", default_value_t = 0.01, visible_alias = "beta")]
     pub kl_weight: f64,
+    /// TRL's loss_type, set in the algorithm's options (--algo-config's "loss_type"; the grpo plugin's grpo, bnpo,
+    /// dr_grpo, dapo, cispo, sapo, vespo or luspo).
+    #[arg(long, help_heading = "Optimisation and loss", value_name = "TYPE")]
+    pub loss_type: Option<String>,
+    /// TRL's scale_rewards, set in the algorithm's options: group, batch or none (TRL's true and false: group and
+    /// none).
+    #[arg(long, help_heading = "Optimisation and loss", value_name = "HOW")]
+    pub scale_rewards: Option<String>,
+    /// TRL's importance_sampling_level, set in the algorithm's options: token, or sequence (GSPO).
+    #[arg(long, help_heading = "Optimisation and loss", value_name = "LEVEL")]
+    pub importance_sampling_level: Option<String>,
+    /// TRL's delta, set in the algorithm's options: two-sided clipping's cap on the probability ratio.
+    #[arg(long, help_heading = "Optimisation and loss", value_name = "DELTA")]
+    pub delta: Option<f64>,
     /// Recompute the old log-probs with a forward pass instead of reusing the sampler's (auto: reuse in f32, where
     /// both are the same computation up to rounding; recompute in bf16/f16).
     #[arg(long, help_heading = "Optimisation and loss", default_value = "auto")]
@@ -300,6 +314,7 @@ impl TrainArgs {
     pub fn into_config(self) -> anyhow::Result<RunConfig> {
         self.validate()?;
         let rollouts_per_step = self.tasks_per_batch()?;
+        let algo_config = self.algo_options()?;
         let episode = self.episode.limits()?;
         let mut env_config = json_option(self.env_config.as_deref(), "--env-config")?;
         if let Some(path) = &self.data_path {
@@ -326,7 +341,7 @@ impl TrainArgs {
             plugins: PluginSelection {
                 algo: self.algo,
                 env: self.env,
-                algo_config: json_option(self.algo_config.as_deref(), "--algo-config")?,
+                algo_config,
                 env_config,
                 plugin_dirs: self.plugins.plugin_dirs,
             },
@@ -566,6 +581,42 @@ impl TrainArgs {
     }
 }
 
+impl TrainArgs {
+    /// `--algo-config`, with TRL's algorithm options given as flags (`--loss-type`, `--scale-rewards`,
+    /// `--importance-sampling-level`, `--delta`) set under their TRL names, which the shipped `grpo` plugin reads. The
+    /// plugin checks them as it checks its JSON; a flag that disagrees with the same key in `--algo-config` is one
+    /// line.
+    fn algo_options(&self) -> anyhow::Result<serde_json::Value> {
+        let mut config = json_option(self.algo_config.as_deref(), "--algo-config")?;
+        // TRL still reads its old booleans: true is "group", false "none".
+        let scale = self.scale_rewards.as_deref().map(|s| match s {
+            "true" => "group",
+            "false" => "none",
+            other => other,
+        });
+        let flags = [
+            ("--loss-type", "loss_type", self.loss_type.as_deref().map(serde_json::Value::from)),
+            ("--scale-rewards", "scale_rewards", scale.map(serde_json::Value::from)),
+            (
+                "--importance-sampling-level",
+                "importance_sampling_level",
+                self.importance_sampling_level.as_deref().map(serde_json::Value::from),
+            ),
+            ("--delta", "delta", self.delta.map(serde_json::Value::from)),
+        ];
+        for (flag, key, value) in flags {
+            let Some(value) = value else { continue };
+            if let Some(old) = config.get(key).filter(|old| **old != value) {
+                return Err(user_error!(
+                    "{flag} {value} and --algo-config's \"{key}\": {old} disagree; give one of them"
+                ));
+            }
+            set_option(&mut config, key, value);
+        }
+        Ok(config)
+    }
+}
+
 fn set_option(config: &mut serde_json::Value, key: &str, value: serde_json::Value) {
     if !config.is_object() {
         *config = serde_json::json!({});
@@ -657,6 +708,25 @@ mod tests {
         let both = ["grpo-host", "--generation-batch-size", "8", "--steps-per-generation", "2"];
         assert!(Cli::try_parse_from(both).is_err());
         assert!(Cli::try_parse_from(["grpo-host", "--rollouts-per-step", "2", "--steps-per-generation", "2"]).is_err());
+    }
+
+    /// TRL's algorithm options as flags land in the algorithm's options under TRL's names, its old booleans for
+    /// scale_rewards read, and one that disagrees with --algo-config is refused.
+    #[test]
+    fn trls_algorithm_flags_set_the_algorithms_options() {
+        let options = |args: &[&str]| {
+            let cli = Cli::parse_from([&["grpo-host"], args].concat());
+            cli.train.into_config().map(|c| c.plugins.algo_config).map_err(|e| e.to_string())
+        };
+        let trl = ["--loss-type", "dapo", "--scale-rewards", "false", "--importance-sampling-level", "sequence"];
+        let want = serde_json::json!({"loss_type": "dapo", "scale_rewards": "none",
+            "importance_sampling_level": "sequence", "delta": 2.0, "std_eps": 1e-4});
+        let with = [&trl[..], &["--delta", "2", "--algo-config", r#"{"std_eps": 1e-4, "loss_type": "dapo"}"#]].concat();
+        assert_eq!(options(&with), Ok(want));
+        assert_eq!(options(&["--scale-rewards", "true"]), Ok(serde_json::json!({"scale_rewards": "group"})));
+        assert_eq!(options(&[]), Ok(serde_json::Value::Null));
+        let err = options(&["--loss-type", "dapo", "--algo-config", r#"{"loss_type": "grpo"}"#]).unwrap_err();
+        assert_eq!(err, r#"--loss-type "dapo" and --algo-config's "loss_type": "grpo" disagree; give one of them"#);
     }
 
     /// `sft` takes SFTConfig's names where they mean the same as its own flags (steps are optimizer steps there
