@@ -113,6 +113,8 @@ pub struct AdapterInfo {
     pub rank: i64,
     /// LoRA alpha (the update is scaled by alpha / r).
     pub alpha: f64,
+    /// rsLoRA: the update is scaled by alpha / sqrt(r) instead (PEFT's `use_rslora`).
+    pub rslora: bool,
     /// LoRA dropout probability.
     pub dropout: f64,
     /// The module names LoRA wraps (`q_proj`, ...).
@@ -224,6 +226,7 @@ fn write_checkpoint(
                 "r": info.rank,
                 "lora_alpha": info.alpha,
                 "lora_dropout": info.dropout,
+                "use_rslora": info.rslora,
                 "target_modules": info.target_modules,
                 "bias": "none",
                 "fan_in_fan_out": info.fan_in_fan_out,
@@ -1047,6 +1050,7 @@ mod tests {
         let adapter = Some(AdapterInfo {
             rank: 4,
             alpha: 8.0,
+            rslora: false,
             dropout: 0.0,
             target_modules: vec!["q_proj".into()],
             fan_in_fan_out: false,

@@ -502,7 +502,9 @@ fn gradient_checkpointing_changes_no_value_gradient_or_random_draw() {
     let (ids, mask) = (&r["input_ids"], &r["attention_mask"]);
     let mut model = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
     tch::manual_seed(5);
-    model.attach_lora(LoraConfig { rank: 4, alpha: 8.0, dropout: 0.3, targets: Default::default() }).unwrap();
+    model
+        .attach_lora(LoraConfig { rank: 4, alpha: 8.0, dropout: 0.3, targets: Default::default(), rslora: false })
+        .unwrap();
     tch::no_grad(|| {
         for (name, v) in model.lora_var_store().unwrap().variables() {
             if name.contains("lora_B") {
@@ -869,7 +871,9 @@ fn lora_starts_as_identity_and_switches_off() {
     let (ids, mask, pos) = (&r["input_ids"], &r["attention_mask"], &r["position_ids"]);
     let mut model = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
     let base = tch::no_grad(|| model.forward(ids, mask, pos));
-    model.attach_lora(LoraConfig { rank: 4, alpha: 8.0, dropout: 0.0, targets: Default::default() }).unwrap();
+    model
+        .attach_lora(LoraConfig { rank: 4, alpha: 8.0, dropout: 0.0, targets: Default::default(), rslora: false })
+        .unwrap();
     let lvs = model.lora_var_store().unwrap();
     let lora_vars = lvs.variables();
     // 7 adapted projections per layer, two matrices each.
@@ -897,7 +901,7 @@ fn lora_starts_as_identity_and_switches_off() {
 #[test]
 fn lora_on_a_mixture_adapts_attention_and_the_shared_expert() {
     let _rng = common::torch_rng_lock();
-    let all = || LoraConfig { rank: 2, alpha: 4.0, dropout: 0.0, targets: Default::default() };
+    let all = || LoraConfig { rank: 2, alpha: 4.0, dropout: 0.0, targets: Default::default(), rslora: false };
     let attention = ["q_proj", "k_proj", "v_proj", "o_proj"];
     let mlp = ["gate_proj", "up_proj", "down_proj"];
     // Qwen2-MoE: a shared expert in both layers; Qwen3-MoE: a dense MLP in layer 1; Mixtral: experts only.

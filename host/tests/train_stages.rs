@@ -660,7 +660,8 @@ fn the_kl_reference_moves_toward_the_policy_after_every_nth_update() {
 fn a_lora_reference_synced_at_alpha_one_scores_as_the_policy() {
     let (algo, env) = plugins();
     let objective = objective(0.01, RecomputeOld::Auto);
-    let lora = grpo_host::model::LoraConfig { rank: 4, alpha: 8.0, dropout: 0.0, targets: Default::default() };
+    let lora =
+        grpo_host::model::LoraConfig { rank: 4, alpha: 8.0, dropout: 0.0, targets: Default::default(), rslora: false };
     let settings = ModelSettings { lora: Some(lora), ..settings(DtypeSpec::F32, MixedPrecision::No) };
     let mut policy = Policy::load(&settings, objective.needs_reference(), 7).unwrap();
     let batch = batch(3);
@@ -681,17 +682,29 @@ fn a_lora_reference_synced_at_alpha_one_scores_as_the_policy() {
 
 /// A policy started from a PEFT adapter (`--lora-adapter`) computes what peft computes with it: an adapter peft
 /// wrote with random A and B on two of the projections (`tests/oracles/peft_adapter.py`), whose logits move away
-/// from the base model's; the reference, adapters off, stays the base model.
+/// from the base model's, with LoRA's scale and with rsLoRA's; the reference, adapters off, stays the base model.
 #[test]
 fn a_policy_started_from_a_peft_adapter_computes_peft_logits() {
+    for rslora in [false, true] {
+        policy_from_peft_adapter_computes_peft_logits(rslora);
+    }
+}
+
+fn policy_from_peft_adapter_computes_peft_logits(rslora: bool) {
     let dir = tempfile::tempdir().unwrap();
     let adapter = dir.path().join("adapter");
     let base = common::workspace_root().join("tests/fixtures/model/tiny/llama");
-    let out = std::process::Command::new(common::venv_python())
-        .arg(common::workspace_root().join("tests/oracles/peft_adapter.py"))
-        .args(["--base".as_ref(), base.as_os_str(), "--out".as_ref(), adapter.as_os_str()])
-        .output()
-        .unwrap();
+    let mut oracle = std::process::Command::new(common::venv_python());
+    oracle.arg(common::workspace_root().join("tests/oracles/peft_adapter.py")).args([
+        "--base".as_ref(),
+        base.as_os_str(),
+        "--out".as_ref(),
+        adapter.as_os_str(),
+    ]);
+    if rslora {
+        oracle.arg("--rslora");
+    }
+    let out = oracle.output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let peft: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
@@ -706,6 +719,7 @@ fn a_policy_started_from_a_peft_adapter_computes_peft_logits() {
 
     let config = grpo_host::model::lora::PeftAdapter::read_config(&adapter).unwrap();
     assert_eq!((config.config.rank, config.config.targets.to_string()), (4, "q_proj,v_proj".to_string()));
+    assert_eq!(config.config.rslora, rslora);
     let settings = ModelSettings {
         lora: Some(config.config),
         lora_adapter: Some(adapter.display().to_string()),
@@ -717,7 +731,7 @@ fn a_policy_started_from_a_peft_adapter_computes_peft_logits() {
         grpo_sdk::tch::no_grad(|| policy.model().forward(&ids, &mask, &mask.cumsum(-1, Kind::Int64).g_sub_scalar(1)));
     let (want, base_logits) = (tensor("logits"), tensor("base_logits"));
     let diff = (&logits - &want).abs().max().double_value(&[]);
-    assert!(diff < 1e-4, "the adapter's logits differ from peft's by {diff}");
+    assert!(diff < 1e-4, "the adapter's logits differ from peft's by {diff} (rslora {rslora})");
     assert!((&want - &base_logits).abs().max().double_value(&[]) > 1e-2, "peft's adapter changes nothing");
     policy.model().set_adapters_enabled(false);
     let reference =

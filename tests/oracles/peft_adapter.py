@@ -2,6 +2,7 @@
 transformers + peft give the logits the host must reproduce with it.
 
 Usage: python peft_adapter.py --base BASE_DIR --out ADAPTER_DIR [--targets q_proj,v_proj] [--rank 4] [--alpha 8]
+       [--rslora]
 
 Writes ADAPTER_DIR as `PeftModel.save_pretrained` does (adapter_config.json, adapter_model.safetensors), with every
 lora_A and lora_B drawn from a seeded normal distribution (a fresh adapter's B is 0, which would make it a no-op),
@@ -25,6 +26,7 @@ def main():
     ap.add_argument("--targets", default="q_proj,v_proj")
     ap.add_argument("--rank", type=int, default=4)
     ap.add_argument("--alpha", type=float, default=8.0)
+    ap.add_argument("--rslora", action="store_true", help="rank-stabilized scaling, alpha / sqrt(r)")
     args = ap.parse_args()
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(args.base, dtype=torch.float32).eval()
@@ -32,7 +34,9 @@ def main():
     with torch.no_grad():
         base_logits = base(input_ids=ids).logits.float()
     targets = args.targets if args.targets == "all-linear" else args.targets.split(",")
-    config = LoraConfig(r=args.rank, lora_alpha=args.alpha, target_modules=targets, lora_dropout=0.0)
+    config = LoraConfig(
+        r=args.rank, lora_alpha=args.alpha, target_modules=targets, lora_dropout=0.0, use_rslora=args.rslora
+    )
     model = get_peft_model(base, config).eval()
     with torch.no_grad():
         for name, param in model.named_parameters():

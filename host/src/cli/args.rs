@@ -286,6 +286,10 @@ pub struct LoraArgs {
     /// o_proj, gate_proj, up_proj and down_proj (Phi-3: qkv_proj, o_proj, gate_up_proj, down_proj), comma-separated.
     #[arg(long, default_value = "all-linear", value_name = "NAMES")]
     pub lora_target_modules: LoraTargets,
+    /// Rank-stabilized LoRA (PEFT's and TRL's use_rslora): scale the update by alpha / sqrt(rank) instead of
+    /// alpha / rank.
+    #[arg(long)]
+    pub use_rslora: bool,
     /// Start from this PEFT LoRA adapter (adapter_config.json and adapter_model.safetensors, as PEFT, TRL or a
     /// LoRA checkpoint saved it) instead of a fresh one: its rank, alpha, targets and dropout apply, and its base
     /// model is the default --model.
@@ -317,6 +321,11 @@ impl LoraArgs {
         if let Some((flag, _, value)) = contradicts.into_iter().find(|(_, differs, _)| *differs) {
             return Err(user_error!("--lora-adapter {shown} has {flag} {value}; leave {flag} out or give {value}"));
         }
+        if self.use_rslora && !theirs.rslora {
+            return Err(user_error!(
+                "--lora-adapter {shown} scales by alpha / r (use_rslora false); leave --use-rslora out"
+            ));
+        }
         let dropout = if self.lora_dropout > 0.0 { self.lora_dropout } else { theirs.dropout };
         if !(0.0..1.0).contains(&dropout) {
             return Err(user_error!("--lora-adapter {shown}: lora_dropout {dropout} must be in [0, 1)"));
@@ -344,6 +353,7 @@ impl LoraArgs {
             alpha: self.lora_alpha,
             dropout: self.lora_dropout,
             targets: self.lora_target_modules,
+            rslora: self.use_rslora,
         }))
     }
 }

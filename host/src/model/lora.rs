@@ -19,13 +19,27 @@ use crate::user_error;
 pub struct LoraConfig {
     /// Rank r of the update.
     pub rank: i64,
-    /// Scale numerator: the update is multiplied by `alpha / rank`.
+    /// Scale numerator: the update is multiplied by `alpha / rank` (`alpha / sqrt(rank)` under `rslora`).
     pub alpha: f64,
     /// Dropout on the adapter's input during training.
     pub dropout: f64,
     /// The projections that get adapters (`--lora-target-modules`; a run saved before the flag had them all).
     #[serde(default)]
     pub targets: LoraTargets,
+    /// Rank-stabilized LoRA (Kalajdzievski, 2023; PEFT's `use_rslora`): scale by `alpha / sqrt(rank)`, so that a
+    /// higher rank does not shrink the update.
+    #[serde(default)]
+    pub rslora: bool,
+}
+
+impl LoraConfig {
+    /// What the update `B A x` is multiplied by: `alpha / rank`, or `alpha / sqrt(rank)` under rsLoRA.
+    pub fn scale(&self) -> f64 {
+        match self.rslora {
+            true => self.alpha / (self.rank as f64).sqrt(),
+            false => self.alpha / self.rank as f64,
+        }
+    }
 }
 
 /// The linear layers of a decoder layer, by their Hugging Face names: where adapters can go (Phi-3 stores q, k and v
@@ -160,7 +174,7 @@ impl LoraAdapter {
         let bound = 1.0 / (in_dim as f64).sqrt();
         let a = path.sub("lora_A").uniform("weight", &[cfg.rank, in_dim], -bound, bound);
         let b = path.sub("lora_B").zeros("weight", &[out_dim, cfg.rank]);
-        LoraAdapter { a, b, scale: cfg.alpha / cfg.rank as f64, dropout: cfg.dropout }
+        LoraAdapter { a, b, scale: cfg.scale(), dropout: cfg.dropout }
     }
 
     /// The low-rank update for input `x`; dropout applies only when `train` is set.
@@ -182,9 +196,8 @@ pub struct PeftAdapter {
 /// adapter_config.json fields of PEFT features this host's adapters do not have, each with the value that means
 /// "not used". (`fan_in_fan_out` is not among them: PEFT sets it from the wrapped layer's kind, a GPT-2 `Conv1D` or
 /// a linear layer, whatever the file says, and so does this host.)
-const UNSUPPORTED: [(&str, &str); 11] = [
+const UNSUPPORTED: [(&str, &str); 10] = [
     ("use_dora", "false"),
-    ("use_rslora", "false"),
     ("use_qalora", "false"),
     ("lora_bias", "false"),
     ("bias", "\"none\""),
@@ -237,7 +250,11 @@ impl PeftAdapter {
         }
         .map_err(|e| user_error!("{where_}: target_modules: {e}"))?;
         let base_model = config.get("base_model_name_or_path").and_then(Value::as_str).map(str::to_string);
-        Ok(PeftAdapter { config: LoraConfig { rank, alpha, dropout, targets }, base_model })
+        let rslora = match config.get("use_rslora").unwrap_or(&Value::Bool(false)) {
+            Value::Bool(on) => *on,
+            other => return Err(user_error!("{where_}: use_rslora {other} must be true or false")),
+        };
+        Ok(PeftAdapter { config: LoraConfig { rank, alpha, dropout, targets, rslora }, base_model })
     }
 
     /// The adapter's tensors in `dir/adapter_model.safetensors`, by this host's names (PEFT's, less their
@@ -269,12 +286,16 @@ mod tests {
             PeftAdapter::read_config(dir.path())
         };
         let adapter = read(r#","target_modules":["v_proj","q_proj"]"#).unwrap();
-        let expected = LoraConfig { rank: 8, alpha: 16.0, dropout: 0.05, targets: "q_proj,v_proj".parse().unwrap() };
+        let targets = "q_proj,v_proj".parse().unwrap();
+        let expected = LoraConfig { rank: 8, alpha: 16.0, dropout: 0.05, targets, rslora: false };
         assert_eq!((adapter.config, adapter.base_model.as_deref()), (expected, Some("Org/base")));
         assert_eq!(read(r#","target_modules":"all-linear""#).unwrap().config.targets, LoraTargets::ALL);
+        let rslora = read(r#","use_rslora":true"#).unwrap().config;
+        assert!(rslora.rslora && (rslora.scale() - 16.0 / 8f64.sqrt()).abs() < 1e-12);
+        assert_eq!(expected.scale(), 2.0);
         for (extra, message) in [
             (r#","use_dora":true"#, "use_dora true is not supported (only false)"),
-            (r#","use_rslora":true"#, "use_rslora true is not supported"),
+            (r#","use_rslora":"yes""#, "use_rslora \"yes\" must be true or false"),
             (r#","bias":"all""#, "bias \"all\" is not supported (only \"none\")"),
             (r#","modules_to_save":["lm_head"]"#, "modules_to_save [\"lm_head\"] is not supported"),
             (r#","rank_pattern":{"q_proj":4}"#, "rank_pattern is not supported"),
@@ -302,7 +323,7 @@ mod tests {
             assert!(err.contains("use all-linear or some of q_proj,k_proj"), "{bad}: {err}");
         }
         // In config.json and adapter_config.json: the list of names; a config saved before the flag has them all.
-        let cfg = LoraConfig { rank: 4, alpha: 8.0, dropout: 0.0, targets: qv };
+        let cfg = LoraConfig { rank: 4, alpha: 8.0, dropout: 0.0, targets: qv, rslora: false };
         let saved = serde_json::to_value(cfg).unwrap();
         assert_eq!(saved["targets"], serde_json::json!(["q_proj", "v_proj"]));
         assert_eq!(serde_json::from_value::<LoraConfig>(saved).unwrap(), cfg);

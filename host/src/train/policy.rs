@@ -363,17 +363,19 @@ impl Policy {
         self.model.lora_config().map(|c| AdapterInfo {
             rank: c.rank,
             alpha: c.alpha,
+            rslora: c.rslora,
             dropout: c.dropout,
             target_modules: self.model.lora_modules().to_vec(),
             fan_in_fan_out: self.model.config().architecture.conv1d(),
         })
     }
 
-    /// Full weights with the adapter merged in (`W + alpha/r * B A`), for runs that ask for them.
+    /// Full weights with the adapter merged in (`W + scale * B A`, the scale `alpha/r` or rsLoRA's), for runs that
+    /// ask for them.
     pub fn merged_weights(&self) -> Option<BTreeMap<String, Tensor>> {
         let cfg = self.model.lora_config()?;
         let lora = self.model.lora_var_store()?.variables();
-        let scale = cfg.alpha / cfg.rank as f64;
+        let scale = cfg.scale();
         // A Conv1D's weight is stored `[in, out]`: its update is `(B A)^T`.
         let conv1d = self.model.config().architecture.conv1d();
         let merged = tch::no_grad(|| {
