@@ -22,7 +22,7 @@ use crate::user_error;
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
     /// Model directory or Hugging Face hub id; default: the SmolLM2-135M-Instruct set up by `cargo xtask setup`.
-    #[arg(long = "model", visible_alias = "model-name")]
+    #[arg(long = "model", visible_aliases = ["model-name", "model-name-or-path"])]
     pub model: Option<String>,
     /// auto (CUDA when available), cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
@@ -274,7 +274,7 @@ impl RouterArgs {
 #[derive(Debug, Clone, Args)]
 pub struct LoraArgs {
     /// LoRA rank; 0 trains all weights (with a frozen copy as the KL reference in `train`).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, visible_alias = "lora-r")]
     pub lora_rank: i64,
     /// LoRA alpha (the update is scaled by alpha / rank).
     #[arg(long, default_value_t = 32.0)]
@@ -396,6 +396,10 @@ pub struct RunDirArgs {
     /// checkpoint of --run-name, or in --checkpoint-path; never another run's).
     #[arg(long, num_args = 0..=1, default_missing_value = "auto")]
     pub resume: Option<String>,
+    /// One folder for everything, as TRL's output_dir: the run's files and its checkpoints `DIR/step_N` (the same
+    /// as --runs-dir PARENT --run-name NAME --checkpoint-path DIR).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["run_name", "checkpoint_path"], visible_alias = "output-dir")]
+    pub output: Option<PathBuf>,
 }
 
 impl RunDirArgs {
@@ -407,10 +411,20 @@ impl RunDirArgs {
                 self.checkpoint_every_minutes
             ));
         }
+        let (mut run_name, mut runs_dir, mut checkpoint_path) = (self.run_name, self.runs_dir, self.checkpoint_path);
+        if let Some(dir) = self.output {
+            let name = dir.file_name().map(|n| n.to_string_lossy().to_string());
+            let Some(name) = name.filter(|n| n != "..") else {
+                return Err(user_error!("--output {}: give a folder with a name, such as runs/my-run", dir.display()));
+            };
+            runs_dir = dir.parent().map(PathBuf::from).unwrap_or_default();
+            run_name = Some(name);
+            checkpoint_path = Some(dir);
+        }
         Ok(CheckpointSettings {
-            run_name: self.run_name,
-            runs_dir: self.runs_dir,
-            checkpoint_path: self.checkpoint_path,
+            run_name,
+            runs_dir,
+            checkpoint_path,
             interval: self.checkpoint_interval,
             every_minutes: self.checkpoint_every_minutes,
             save_total_limit: self.save_total_limit,

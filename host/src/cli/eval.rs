@@ -27,13 +27,13 @@ pub struct DataArgs {
     /// --eval-holdout rows are scored): a .jsonl, .json or .parquet file, a directory or glob of them, or a Hugging
     /// Face hub dataset id (openai/gsm8k) from the local hub cache (downloaded when online unless --offline). Rows
     /// reach the environment as JSON objects (see its column options).
-    #[arg(long, value_name = "FILE|DIR|GLOB|ORG/NAME")]
+    #[arg(long, value_name = "FILE|DIR|GLOB|ORG/NAME", visible_alias = "dataset-name")]
     pub dataset: Option<String>,
     /// The hub dataset's config (GSM8K: main); also used for --eval-data.
     #[arg(long, value_name = "NAME")]
     pub dataset_config: Option<String>,
     /// The split of --dataset to read [default: train].
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", visible_alias = "dataset-train-split")]
     pub dataset_split: Option<String>,
     /// Evaluate on this dataset (same kinds as --dataset) instead of the environment's eval split.
     #[arg(long, value_name = "FILE|DIR|GLOB|ORG/NAME")]
@@ -122,8 +122,8 @@ pub struct TrainEvalArgs {
     /// Evaluate on held-out tasks every N batches and after the last one (0: never). Logs eval/* metrics.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub eval_every: u64,
-    /// Evaluate once before training starts (at step 0).
-    #[arg(long)]
+    /// Evaluate once before training starts (at step 0; transformers' eval_on_start).
+    #[arg(long, visible_alias = "eval-on-start")]
     pub eval_before_train: bool,
     /// How evaluations run.
     #[command(flatten)]

@@ -57,7 +57,7 @@ pub struct SftArgs {
     /// or .parquet file, a folder or glob of them, or a hub dataset id.
     #[arg(
         long,
-        visible_alias = "dataset",
+        visible_aliases = ["dataset", "dataset-name"],
         value_name = "FILE|DIR|GLOB|ID",
         conflicts_with = "env",
         required_unless_present = "env"
@@ -67,7 +67,12 @@ pub struct SftArgs {
     #[arg(long = "dataset-config", visible_alias = "data-config", value_name = "NAME", requires = "data")]
     pub data_config: Option<String>,
     /// The split to read from a hub layout [default: train].
-    #[arg(long = "dataset-split", visible_alias = "data-split", value_name = "SPLIT", requires = "data")]
+    #[arg(
+        long = "dataset-split",
+        visible_aliases = ["data-split", "dataset-train-split"],
+        value_name = "SPLIT",
+        requires = "data"
+    )]
     pub data_split: Option<String>,
     /// The column holding a language-modeling row's text (TRL's dataset_text_field), in --data and --eval-data.
     #[arg(long, value_name = "NAME", default_value = "text")]
@@ -162,10 +167,6 @@ pub struct SftArgs {
     /// The best checkpoint by a held-out metric, and early stopping.
     #[command(flatten)]
     pub best_model: super::args::BestModelArgs,
-    /// One folder for everything, as TRL's output_dir: the run's files and its checkpoints `DIR/step_N` (the same
-    /// as --runs-dir PARENT --run-name NAME --checkpoint-path DIR).
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["run_name", "checkpoint_path"], visible_alias = "output-dir")]
-    pub output: Option<PathBuf>,
     /// W&B and TensorBoard flags.
     #[command(flatten)]
     pub logging: LoggingArgs,
@@ -229,15 +230,6 @@ impl SftArgs {
         self.router.apply(&mut model)?;
         let mut checkpoints = self.run_dir.settings()?;
         checkpoints.best_model = self.best_model.settings(self.eval_every)?;
-        if let Some(dir) = self.output {
-            let name = dir.file_name().map(|n| n.to_string_lossy().to_string());
-            let Some(name) = name.filter(|n| n != "..") else {
-                return Err(user_error!("--output {}: give a folder with a name, such as runs/sft", dir.display()));
-            };
-            checkpoints.runs_dir = dir.parent().map(PathBuf::from).unwrap_or_default();
-            checkpoints.run_name = Some(name);
-            checkpoints.checkpoint_path = Some(dir);
-        }
         let logging = super::args::log_settings(&self.logging, &checkpoints.runs_dir, 0)?;
         let config = SftConfig {
             source,

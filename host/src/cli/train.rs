@@ -676,8 +676,22 @@ mod tests {
             "--epsilon-high=0.28",
             "--beta=0.04",
             "--num-generations-eval=6",
+            "--model-name-or-path=Org/model",
+            "--lora-r=16",
+            "--dataset-name=openai/gsm8k",
+            "--dataset-train-split=test",
+            "--eval-on-start",
+            "--output-dir=out/grpo",
         ];
         let a = Cli::parse_from([&["grpo-host"], &trl[..]].concat()).train;
+        assert_eq!(
+            (a.model.model.as_deref(), a.lora.lora_rank, a.eval.eval_before_train),
+            (Some("Org/model"), 16, true)
+        );
+        assert_eq!((a.data.dataset.as_deref(), a.data.dataset_split.as_deref()), (Some("openai/gsm8k"), Some("test")));
+        let checkpoints = a.run_dir.clone().settings().unwrap();
+        assert_eq!((checkpoints.run_name.as_deref(), checkpoints.runs_dir.to_str()), (Some("grpo"), Some("out")));
+        assert_eq!(checkpoints.checkpoint_path.as_deref(), Some(std::path::Path::new("out/grpo")));
         assert_eq!((a.group_size, a.train_batch_size, a.epochs_per_step, a.episode.max_new_tokens), (8, 2, 3, 256));
         assert_eq!((a.lr, a.schedule.lr_schedule, a.max_norm), (1e-6, crate::train::config::LrSchedule::Cosine, 0.5));
         assert_eq!((a.clip_eps, a.clip_eps_high, a.kl_weight, a.eval.run.eval_samples), (0.1, Some(0.28), 0.04, 6));
@@ -737,7 +751,10 @@ mod tests {
         let cli = Cli::parse_from([&["grpo-host", "sft", "--env", "math"], &trl[..]].concat());
         let Some(Command::Sft(a)) = cli.command else { panic!("not sft") };
         assert_eq!((a.lr, a.max_norm, a.eval_every), (1e-5, 0.3, 5));
-        assert_eq!(a.output.as_deref(), Some(std::path::Path::new("runs/x")));
+        assert_eq!(a.run_dir.output.as_deref(), Some(std::path::Path::new("runs/x")));
+        let named = ["grpo-host", "sft", "--dataset-name", "org/chats", "--dataset-train-split", "train"];
+        let Some(Command::Sft(a)) = Cli::parse_from(named).command else { panic!("not sft") };
+        assert_eq!((a.data.as_deref(), a.data_split.as_deref()), (Some("org/chats"), Some("train")));
     }
 
     #[test]
