@@ -79,7 +79,7 @@ impl RunPaths {
             // checkpoint.
             return Err(user_error!(
                 "{} already holds checkpoints of run `{run_name}`; pass --resume auto to continue it, or another \
-                 --run-name (or --checkpoint-path, or delete them) to start a new run",
+                 --run-name or --output (or --checkpoint-path, or delete them) to start a new run",
                 checkpoints.display()
             ));
         }
