@@ -358,6 +358,33 @@ impl LoraArgs {
     }
 }
 
+/// Mixed precision by accelerate's name, or by transformers' switches (`train` and `sft`).
+#[derive(Debug, Clone, Args)]
+pub struct PrecisionArgs {
+    /// auto, no, bf16 or fp16: compute forward and backward in bf16/fp16 with f32 master weights, gradients and
+    /// AdamW state (fp16 with dynamic loss scaling). auto: bf16 on CUDA, no on the CPU (docs/cli.md says
+    /// why).
+    #[arg(long, default_value = "auto")]
+    pub mixed_precision: MixedPrecision,
+    /// transformers' bf16: the same as --mixed-precision bf16.
+    #[arg(long, conflicts_with_all = ["mixed_precision", "fp16"])]
+    pub bf16: bool,
+    /// transformers' fp16: the same as --mixed-precision fp16.
+    #[arg(long, conflicts_with = "mixed_precision")]
+    pub fp16: bool,
+}
+
+impl PrecisionArgs {
+    /// The mode the flags name.
+    pub fn mode(&self) -> MixedPrecision {
+        match (self.bf16, self.fp16) {
+            (true, _) => MixedPrecision::Bf16,
+            (_, true) => MixedPrecision::Fp16,
+            _ => self.mixed_precision,
+        }
+    }
+}
+
 /// The run's folder, its checkpoints and resuming (`train` and `sft`).
 #[derive(Debug, Clone, Args)]
 pub struct RunDirArgs {

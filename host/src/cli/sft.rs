@@ -11,7 +11,6 @@ use crate::logging::LoggingArgs;
 use crate::sft::render::LossOn;
 use crate::sft::run::{HeldOutRows, SftConfig, SftEvalSettings, SftSource};
 use crate::sft::warmup::WarmupSettings;
-use crate::train::precision::MixedPrecision;
 use crate::user_error;
 
 /// `train`'s supervised warm-up: N steps on the environment's demonstrations (or `--sft-data`) before the first
@@ -103,9 +102,9 @@ pub struct SftArgs {
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub model: ModelArgs,
-    /// auto, no, bf16 or fp16 (as in training).
-    #[arg(long, default_value = "auto")]
-    pub mixed_precision: MixedPrecision,
+    /// Mixed precision: --mixed-precision, or transformers' --bf16 and --fp16 (as in training).
+    #[command(flatten)]
+    pub precision: super::args::PrecisionArgs,
     /// Recompute each decoder layer's activations in the backward pass instead of keeping them (as in training).
     #[arg(long)]
     pub gradient_checkpointing: bool,
@@ -224,7 +223,7 @@ impl SftArgs {
             }
             (None, None) => return Err(user_error!("give --data FILE.jsonl or --env NAME")),
         };
-        let mut model = self.model.settings(self.mixed_precision)?;
+        let mut model = self.model.settings(self.precision.mode())?;
         self.lora.apply(&mut model)?;
         model.gradient_checkpointing = self.gradient_checkpointing;
         self.router.apply(&mut model)?;

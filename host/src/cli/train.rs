@@ -14,7 +14,6 @@ use crate::train::config::{
     BatchSettings, DistSettings, IsCorrection, LogprobTemperature, ModelSettings, ObjectiveSettings, OptimizerSettings,
     PluginSelection, RecomputeOld, ReferenceSync, RewardKl, RewardKlEstimator, RunConfig, SamplingSettings,
 };
-use crate::train::precision::MixedPrecision;
 use crate::user_error;
 
 /// The training command's flags; [`TrainArgs::into_config`] checks them and builds the run's [`RunConfig`]. They
@@ -51,11 +50,9 @@ pub struct TrainArgs {
     /// The model, device, dtype and threads.
     #[command(flatten, next_help_heading = "Model and device")]
     pub model: ModelArgs,
-    /// auto, no, bf16 or fp16: compute forward and backward in bf16/fp16 with f32 master weights, gradients and
-    /// AdamW state (fp16 with dynamic loss scaling). auto: bf16 on CUDA, no on the CPU (docs/cli.md says
-    /// why).
-    #[arg(long, help_heading = "Model and device", default_value = "auto")]
-    pub mixed_precision: MixedPrecision,
+    /// Mixed precision: --mixed-precision, or transformers' --bf16 and --fp16.
+    #[command(flatten, next_help_heading = "Model and device")]
+    pub precision: super::args::PrecisionArgs,
     /// The dtype rollouts are sampled in: auto (the compute precision: bf16 under --mixed-precision bf16, f16
     /// under fp16, else --dtype), f32, bf16 or f16. A different one samples from a copy of the model in that dtype, refreshed from
     /// the trained weights before each batch, and the old log-probs are then recomputed in the training precision.
@@ -355,7 +352,7 @@ impl TrainArgs {
                 allow_download: !self.model.offline,
                 device: self.model.device,
                 dtype: self.model.dtype,
-                mixed_precision: self.mixed_precision,
+                mixed_precision: self.precision.mode(),
                 rollout_dtype: self.rollout_dtype,
                 cast_lm_head_to_fp32: self.cast_lm_head_to_fp32,
                 lora: None,
@@ -664,6 +661,7 @@ mod tests {
 
     #[test]
     fn trls_names_are_aliases_of_the_flags_they_match() {
+        use crate::train::precision::MixedPrecision;
         let trl = [
             "--num-generations=8",
             "--per-device-train-batch-size=2",
@@ -682,6 +680,7 @@ mod tests {
             "--dataset-train-split=test",
             "--eval-on-start",
             "--output-dir=out/grpo",
+            "--bf16",
         ];
         let a = Cli::parse_from([&["grpo-host"], &trl[..]].concat()).train;
         assert_eq!(
@@ -692,6 +691,14 @@ mod tests {
         let checkpoints = a.run_dir.clone().settings().unwrap();
         assert_eq!((checkpoints.run_name.as_deref(), checkpoints.runs_dir.to_str()), (Some("grpo"), Some("out")));
         assert_eq!(checkpoints.checkpoint_path.as_deref(), Some(std::path::Path::new("out/grpo")));
+        assert_eq!(a.precision.mode(), MixedPrecision::Bf16);
+        let fp16 = Cli::parse_from(["grpo-host", "--fp16"]).train.precision.mode();
+        assert_eq!(
+            (fp16, Cli::parse_from(["grpo-host"]).train.precision.mode()),
+            (MixedPrecision::Fp16, MixedPrecision::Auto)
+        );
+        assert!(Cli::try_parse_from(["grpo-host", "--bf16", "--mixed-precision", "no"]).is_err());
+        assert!(Cli::try_parse_from(["grpo-host", "--bf16", "--fp16"]).is_err());
         assert_eq!((a.group_size, a.train_batch_size, a.epochs_per_step, a.episode.max_new_tokens), (8, 2, 3, 256));
         assert_eq!((a.lr, a.schedule.lr_schedule, a.max_norm), (1e-6, crate::train::config::LrSchedule::Cosine, 0.5));
         assert_eq!((a.clip_eps, a.clip_eps_high, a.kl_weight, a.eval.run.eval_samples), (0.1, Some(0.28), 0.04, 6));
