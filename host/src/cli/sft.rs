@@ -48,13 +48,18 @@ impl WarmupArgs {
     }
 }
 
-/// `grpo-host sft (--data SOURCE | --env NAME) [--max-steps N] [--run-name NAME | --output DIR] [--resume]`.
+/// `grpo-host sft (--data SOURCE | --env NAME) [--max-steps N] [--run-name NAME | --output DIR] [--resume]`. The flags
+/// are declared by `--help` heading, in the order `--help` shows them.
 #[derive(Debug, Args)]
 pub struct SftArgs {
+    /// A TOML file setting any of these flags by name (`batch-size = 16`); flags on the command line override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// Rows in TRL's formats (conversations: `{"messages": [{"role": "user", "content": ...}, ...]}`, or `prompt`
     /// and `completion` lists; plain text: `{"text": ...}`, or `prompt` and `completion` strings): a .jsonl, .json
     /// or .parquet file, a folder or glob of them, or a hub dataset id.
     #[arg(
+        help_heading = "Data",
         long,
         visible_aliases = ["dataset", "dataset-name"],
         value_name = "FILE|DIR|GLOB|ID",
@@ -63,10 +68,17 @@ pub struct SftArgs {
     )]
     pub data: Option<String>,
     /// The hub dataset's config (its top-level folder), as `datasets.load_dataset(ID, CONFIG)`.
-    #[arg(long = "dataset-config", visible_alias = "data-config", value_name = "NAME", requires = "data")]
+    #[arg(
+        help_heading = "Data",
+        long = "dataset-config",
+        visible_alias = "data-config",
+        value_name = "NAME",
+        requires = "data"
+    )]
     pub data_config: Option<String>,
     /// The split to read from a hub layout [default: train].
     #[arg(
+        help_heading = "Data",
         long = "dataset-split",
         visible_aliases = ["data-split", "dataset-train-split"],
         value_name = "SPLIT",
@@ -74,105 +86,102 @@ pub struct SftArgs {
     )]
     pub data_split: Option<String>,
     /// The column holding a language-modeling row's text (TRL's dataset_text_field), in --data and --eval-data.
-    #[arg(long, value_name = "NAME", default_value = "text")]
+    #[arg(help_heading = "Data", long, value_name = "NAME", default_value = "text")]
     pub dataset_text_field: String,
-    /// Held-out rows (same formats and kinds as --data): their loss is logged as sft/eval_loss after the last step
-    /// and every --eval-every steps (TRL's eval_dataset).
-    #[arg(long, value_name = "FILE|DIR|GLOB|ID")]
-    pub eval_data: Option<String>,
-    /// The split of --eval-data to read from a hub layout [default: test].
-    #[arg(long, value_name = "SPLIT", requires = "eval_data")]
-    pub eval_data_split: Option<String>,
-    /// Hold out the last N rows of --data instead, for the held-out loss (they are not trained on).
-    #[arg(long, value_name = "N", conflicts_with = "eval_data")]
-    pub eval_holdout: Option<usize>,
-    /// Also evaluate every N steps (0: after the last step only); needs --eval-data or --eval-holdout.
-    #[arg(long, value_name = "N", default_value_t = 0, visible_alias = "eval-steps")]
-    pub eval_every: u64,
     /// Train on this environment's demonstrations instead of --data.
-    #[arg(long, value_name = "NAME")]
+    #[arg(help_heading = "Data", long, value_name = "NAME")]
     pub env: Option<String>,
     /// The environment's options (JSON or @FILE).
-    #[arg(long, value_name = "JSON|@FILE", requires = "env")]
+    #[arg(help_heading = "Data", long, value_name = "JSON|@FILE", requires = "env")]
     pub env_config: Option<String>,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Data")]
     pub plugins: PluginDirArgs,
-    /// A TOML file setting any of these flags by name (`batch-size = 16`); flags on the command line override it.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Model and device")]
     pub model: ModelArgs,
     /// Mixed precision: --mixed-precision, or transformers' --bf16 and --fp16 (as in training).
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Model and device")]
     pub precision: super::args::PrecisionArgs,
     /// Recompute each decoder layer's activations in the backward pass instead of keeping them (as in training).
-    #[arg(long)]
+    #[arg(help_heading = "Model and device", long)]
     pub gradient_checkpointing: bool,
     /// A mixture of experts' load-balancing loss (--router-aux-loss-coef).
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Model and device")]
     pub router: super::args::RouterArgs,
     /// LoRA flags (--lora-rank, --lora-alpha, --lora-dropout).
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Model and device")]
     pub lora: LoraArgs,
     /// Optimizer steps in all (a resumed run continues to this count).
-    #[arg(long, default_value_t = 100)]
+    #[arg(help_heading = "Batches and length", long, default_value_t = 100)]
     pub max_steps: u64,
     /// Train for this many passes over --data instead of --max-steps (TRL's num_train_epochs): the steps are the
     /// rows times E over the global batch, rounded up.
-    #[arg(long, value_name = "E", conflicts_with = "max_steps")]
+    #[arg(help_heading = "Batches and length", long, value_name = "E", conflicts_with = "max_steps")]
     pub num_train_epochs: Option<f64>,
     /// Rows (conversations or texts) per step.
-    #[arg(long, default_value_t = 8)]
+    #[arg(help_heading = "Batches and length", long, default_value_t = 8)]
     pub batch_size: usize,
     /// Rows per forward/backward (a step's gradient is the same whatever it is).
-    #[arg(long, default_value_t = 8)]
+    #[arg(help_heading = "Batches and length", long, default_value_t = 8)]
     pub micro_batch_size: usize,
     /// Instead of --micro-batch-size: rows longest first, as many per forward/backward as fit in N padded tokens
     /// (rows times the longest), so short rows are not padded to a long one's length. At least --max-length.
-    #[arg(long, value_name = "N")]
+    #[arg(help_heading = "Batches and length", long, value_name = "N")]
     pub micro_batch_tokens: Option<usize>,
     /// Tokens kept of each row, the rest cut off (TRL's max_length); 0 keeps them all.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(help_heading = "Batches and length", long, default_value_t = 1024)]
     pub max_length: usize,
     /// Train a conversation's assistant turns only (true), or every token of it (false, TRL's default).
-    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(help_heading = "Optimisation", long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     pub assistant_only_loss: bool,
     /// Train a string prompt-completion row's completion only (true, TRL's default), or its prompt too.
-    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(help_heading = "Optimisation", long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     pub completion_only_loss: bool,
     /// NEFTune: noise drawn uniformly from +-ALPHA / sqrt(tokens x hidden size) added to each input embedding in
     /// training forward passes (transformers' neftune_noise_alpha, such as 5).
-    #[arg(long, value_name = "ALPHA")]
+    #[arg(help_heading = "Optimisation", long, value_name = "ALPHA")]
     pub neftune_noise_alpha: Option<f64>,
     /// Learning rate.
-    #[arg(long, default_value_t = 5e-5, visible_alias = "learning-rate")]
+    #[arg(help_heading = "Optimisation", long, default_value_t = 5e-5, visible_alias = "learning-rate")]
     pub lr: f64,
     /// The learning-rate schedule.
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Optimisation")]
     pub schedule: super::args::ScheduleArgs,
     /// Gradient-norm clip (0 disables).
-    #[arg(long, default_value_t = 1.0, visible_alias = "max-grad-norm")]
+    #[arg(help_heading = "Optimisation", long, default_value_t = 1.0, visible_alias = "max-grad-norm")]
     pub max_norm: f64,
     /// AdamW weight decay.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(help_heading = "Optimisation", long, default_value_t = 0.0)]
     pub weight_decay: f64,
     /// Seed for the order of the data.
-    #[arg(long, default_value_t = 42)]
+    #[arg(help_heading = "Optimisation", long, default_value_t = 42)]
     pub seed: u64,
+    /// Held-out rows (same formats and kinds as --data): their loss is logged as sft/eval_loss after the last step
+    /// and every --eval-every steps (TRL's eval_dataset).
+    #[arg(help_heading = "Evaluation", long, value_name = "FILE|DIR|GLOB|ID")]
+    pub eval_data: Option<String>,
+    /// The split of --eval-data to read from a hub layout [default: test].
+    #[arg(help_heading = "Evaluation", long, value_name = "SPLIT", requires = "eval_data")]
+    pub eval_data_split: Option<String>,
+    /// Hold out the last N rows of --data instead, for the held-out loss (they are not trained on).
+    #[arg(help_heading = "Evaluation", long, value_name = "N", conflicts_with = "eval_data")]
+    pub eval_holdout: Option<usize>,
+    /// Also evaluate every N steps (0: after the last step only); needs --eval-data or --eval-holdout.
+    #[arg(help_heading = "Evaluation", long, value_name = "N", default_value_t = 0, visible_alias = "eval-steps")]
+    pub eval_every: u64,
+    /// The best checkpoint by a held-out metric, and early stopping.
+    #[command(flatten, next_help_heading = "Evaluation")]
+    pub best_model: super::args::BestModelArgs,
     /// The run's folder, checkpoints and --resume (--run-name, --runs-dir, --checkpoint-path,
     /// --checkpoint-interval, --save-total-limit, --resume, ...).
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Run directory, checkpoints and resuming")]
     pub run_dir: RunDirArgs,
-    /// The best checkpoint by a held-out metric, and early stopping.
-    #[command(flatten)]
-    pub best_model: super::args::BestModelArgs,
-    /// W&B and TensorBoard flags.
-    #[command(flatten)]
-    pub logging: LoggingArgs,
     /// Data parallel (under torchrun): seconds a rank waits in a collective or at the rendezvous before it gives up
     /// on a rank that died or hung.
-    #[arg(long, default_value_t = 300.0)]
+    #[arg(help_heading = "Data parallel (torchrun)", long, default_value_t = 300.0)]
     pub dist_timeout: f64,
+    /// W&B and TensorBoard flags.
+    #[command(flatten, next_help_heading = "Logging")]
+    pub logging: LoggingArgs,
 }
 
 impl SftArgs {
