@@ -276,6 +276,11 @@ pub struct LoraArgs {
     /// LoRA rank; 0 trains all weights (with a frozen copy as the KL reference in `train`).
     #[arg(long, default_value_t = 0, visible_alias = "lora-r")]
     pub lora_rank: i64,
+    /// TRL's use_peft: train LoRA adapters, at rank 16 (TRL's lora_r) unless --lora-rank gives one. The other LoRA
+    /// flags keep their defaults here: all linear layers where PEFT picks per architecture (q_proj and v_proj for
+    /// most), and no dropout where TRL's is 0.05.
+    #[arg(long)]
+    pub use_peft: bool,
     /// LoRA alpha (the update is scaled by alpha / rank).
     #[arg(long, default_value_t = 32.0)]
     pub lora_alpha: f64,
@@ -341,15 +346,17 @@ impl LoraArgs {
     }
 
     /// The adapter's configuration from the flags alone; `None` for full fine-tuning.
-    fn config(&self) -> anyhow::Result<Option<LoraConfig>> {
+    pub(crate) fn config(&self) -> anyhow::Result<Option<LoraConfig>> {
         if self.lora_rank < 0 {
             return Err(user_error!("--lora-rank {} must be >= 0 (0 trains all weights)", self.lora_rank));
         }
         if !(0.0..1.0).contains(&self.lora_dropout) {
             return Err(user_error!("--lora-dropout {} must be in [0, 1)", self.lora_dropout));
         }
-        Ok((self.lora_rank > 0).then_some(LoraConfig {
-            rank: self.lora_rank,
+        // TRL's ModelConfig.lora_r default.
+        let rank = if self.use_peft && self.lora_rank == 0 { 16 } else { self.lora_rank };
+        Ok((rank > 0).then_some(LoraConfig {
+            rank,
             alpha: self.lora_alpha,
             dropout: self.lora_dropout,
             targets: self.lora_target_modules,

@@ -681,6 +681,7 @@ mod tests {
             "--eval-on-start",
             "--output-dir=out/grpo",
             "--bf16",
+            "--use-peft",
         ];
         let a = Cli::parse_from([&["grpo-host"], &trl[..]].concat()).train;
         assert_eq!(
@@ -692,6 +693,10 @@ mod tests {
         assert_eq!((checkpoints.run_name.as_deref(), checkpoints.runs_dir.to_str()), (Some("grpo"), Some("out")));
         assert_eq!(checkpoints.checkpoint_path.as_deref(), Some(std::path::Path::new("out/grpo")));
         assert_eq!(a.precision.mode(), MixedPrecision::Bf16);
+        let lora = |args: &[&str]| Cli::parse_from([&["grpo-host"], args].concat()).train.lora.config().unwrap();
+        assert_eq!(lora(&["--use-peft"]).map(|c| (c.rank, c.targets)), Some((16, crate::model::LoraTargets::ALL)));
+        assert_eq!(lora(&["--use-peft", "--lora-r", "8"]).map(|c| c.rank), Some(8));
+        assert_eq!(lora(&[]), None);
         let fp16 = Cli::parse_from(["grpo-host", "--fp16"]).train.precision.mode();
         assert_eq!(
             (fp16, Cli::parse_from(["grpo-host"]).train.precision.mode()),
