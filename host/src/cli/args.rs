@@ -428,7 +428,7 @@ pub struct RunDirArgs {
     pub save_only_model: bool,
     /// Continue a run: a checkpoint directory, a run directory (its latest checkpoint), or `auto` (the latest
     /// checkpoint of --run-name, or in --checkpoint-path; never another run's).
-    #[arg(long, num_args = 0..=1, default_missing_value = "auto")]
+    #[arg(long, num_args = 0..=1, default_missing_value = "auto", visible_alias = "resume-from-checkpoint")]
     pub resume: Option<String>,
     /// One folder for everything, as TRL's output_dir: the run's files and its checkpoints `DIR/step_N` (the same
     /// as --runs-dir PARENT --run-name NAME --checkpoint-path DIR).

@@ -690,6 +690,8 @@ mod tests {
         );
         assert_eq!((a.data.dataset.as_deref(), a.data.dataset_split.as_deref()), (Some("openai/gsm8k"), Some("test")));
         let checkpoints = a.run_dir.clone().settings().unwrap();
+        let resume = Cli::parse_from(["grpo-host", "--resume-from-checkpoint", "runs/a/checkpoints/step_4"]).train;
+        assert_eq!(resume.run_dir.resume.as_deref(), Some("runs/a/checkpoints/step_4"));
         assert_eq!((checkpoints.run_name.as_deref(), checkpoints.runs_dir.to_str()), (Some("grpo"), Some("out")));
         assert_eq!(checkpoints.checkpoint_path.as_deref(), Some(std::path::Path::new("out/grpo")));
         assert_eq!(a.precision.mode(), MixedPrecision::Bf16);
