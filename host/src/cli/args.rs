@@ -128,7 +128,7 @@ impl ModelArgs {
 pub struct RewardArgs {
     /// Weights of the environment's reward components in each episode's return, as TRL's reward_weights: a JSON
     /// object such as '{"correct": 1, "format": 0.2}' (or @FILE); a component not named weighs 1. The components
-    /// are still logged unweighted (rollout_rewards/<name>).
+    /// are still logged unweighted (`rollout_rewards/<name>`).
     #[arg(long, value_name = "JSON")]
     pub reward_weights: Option<String>,
     /// DAPO's overlong reward shaping: a turn longer than --max-new-tokens minus this many tokens earns a penalty
