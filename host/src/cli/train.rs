@@ -177,7 +177,7 @@ pub struct TrainArgs {
     #[arg(long, help_heading = "Optimisation and loss", default_value_t = 0.999)]
     pub adam_beta2: f64,
     /// AdamW epsilon.
-    #[arg(long, help_heading = "Optimisation and loss", default_value_t = 1e-8)]
+    #[arg(long, help_heading = "Optimisation and loss", default_value_t = 1e-8, visible_alias = "adam-epsilon")]
     pub adam_eps: f64,
     /// Clip the global gradient norm to this (0 disables).
     #[arg(long, help_heading = "Optimisation and loss", default_value_t = 1.0, visible_alias = "max-grad-norm")]
@@ -682,6 +682,7 @@ mod tests {
             "--output-dir=out/grpo",
             "--bf16",
             "--use-peft",
+            "--adam-epsilon=1e-6",
         ];
         let a = Cli::parse_from([&["grpo-host"], &trl[..]].concat()).train;
         assert_eq!(
@@ -694,7 +695,7 @@ mod tests {
         assert_eq!(resume.run_dir.resume.as_deref(), Some("runs/a/checkpoints/step_4"));
         assert_eq!((checkpoints.run_name.as_deref(), checkpoints.runs_dir.to_str()), (Some("grpo"), Some("out")));
         assert_eq!(checkpoints.checkpoint_path.as_deref(), Some(std::path::Path::new("out/grpo")));
-        assert_eq!(a.precision.mode(), MixedPrecision::Bf16);
+        assert_eq!((a.precision.mode(), a.adam_eps), (MixedPrecision::Bf16, 1e-6));
         let lora = |args: &[&str]| Cli::parse_from([&["grpo-host"], args].concat()).train.lora.config().unwrap();
         assert_eq!(lora(&["--use-peft"]).map(|c| (c.rank, c.targets)), Some((16, crate::model::LoraTargets::ALL)));
         assert_eq!(lora(&["--use-peft", "--lora-r", "8"]).map(|c| c.rank), Some(8));
