@@ -137,54 +137,55 @@ impl TrainEvalArgs {
     }
 }
 
-/// `grpo-host eval --checkpoint DIR --env E` (or `--model DIR|ORG/NAME`).
+/// `grpo-host eval --checkpoint DIR --env E` (or `--model DIR|ORG/NAME`). The flags are declared by `--help` heading,
+/// in the order `--help` shows them.
 #[derive(Debug, Args)]
 pub struct EvalArgs {
     /// A checkpoint directory written by training (full weights or a LoRA adapter over its base model), or a PEFT
     /// LoRA adapter as PEFT or TRL saved it.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, help_heading = "What to score", value_name = "DIR")]
     pub checkpoint: Option<PathBuf>,
     /// The model, device, dtype and threads (with --checkpoint of a LoRA run, --model overrides its base model).
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "What to score")]
     pub model: ModelArgs,
+    /// As the run's --mixed-precision (the precision the policy samples in).
+    #[arg(long, help_heading = "What to score", default_value = "auto")]
+    pub mixed_precision: MixedPrecision,
     /// The environment plugin.
-    #[arg(long, default_value = "math")]
+    #[arg(long, help_heading = "Environment and plugins", default_value = "math")]
     pub env: String,
     /// JSON options for the environment (a JSON string or @FILE), as in training.
-    #[arg(long)]
+    #[arg(long, help_heading = "Environment and plugins")]
     pub env_config: Option<String>,
     /// Reward weights and the overlong penalty, as in training (eval/returns_*).
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Environment and plugins")]
     pub rewards: RewardArgs,
     /// Where plugins are searched besides the defaults.
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Environment and plugins")]
     pub plugins: PluginDirArgs,
     /// Datasets, as in training (--eval-data, or --dataset with --eval-holdout to score the rows a run held out).
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Datasets")]
     pub data: DataArgs,
     /// How the evaluation runs.
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Evaluation")]
     pub run: EvalRunArgs,
+    /// The run's --seed: it picks generated eval tasks and the sampled episodes' seeds.
+    #[arg(long, help_heading = "Evaluation", default_value_t = 42)]
+    pub seed: u64,
     /// Temperature and filters of the sampled episodes (training's defaults; --eval-temperature wins).
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Sampling and episodes")]
     pub sampling: SamplingArgs,
     /// Decode scheduling.
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Sampling and episodes")]
     pub decode: super::args::DecodeArgs,
     /// How long an episode may run (as in the run evaluated).
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Sampling and episodes")]
     pub episode: super::args::EpisodeArgs,
-    /// The run's --seed: it picks generated eval tasks and the sampled episodes' seeds.
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-    /// As the run's --mixed-precision (the precision the policy samples in).
-    #[arg(long, default_value = "auto")]
-    pub mixed_precision: MixedPrecision,
     /// Write the JSON summary here.
-    #[arg(long, default_value = "eval.json")]
+    #[arg(long, help_heading = "Output", default_value = "eval.json")]
     pub output: PathBuf,
     /// Also write each task's greedy completion, return and solved samples here (JSON lines).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, help_heading = "Output", value_name = "FILE")]
     pub completions: Option<PathBuf>,
 }
 

@@ -86,13 +86,13 @@ pub struct SftArgs {
     )]
     pub data_split: Option<String>,
     /// The column holding a language-modeling row's text (TRL's dataset_text_field), in --data and --eval-data.
-    #[arg(help_heading = "Data", long, value_name = "NAME", default_value = "text")]
+    #[arg(long, help_heading = "Data", value_name = "NAME", default_value = "text")]
     pub dataset_text_field: String,
     /// Train on this environment's demonstrations instead of --data.
-    #[arg(help_heading = "Data", long, value_name = "NAME")]
+    #[arg(long, help_heading = "Data", value_name = "NAME")]
     pub env: Option<String>,
     /// The environment's options (JSON or @FILE).
-    #[arg(help_heading = "Data", long, value_name = "JSON|@FILE", requires = "env")]
+    #[arg(long, help_heading = "Data", value_name = "JSON|@FILE", requires = "env")]
     pub env_config: Option<String>,
     #[command(flatten, next_help_heading = "Data")]
     pub plugins: PluginDirArgs,
@@ -102,7 +102,7 @@ pub struct SftArgs {
     #[command(flatten, next_help_heading = "Model and device")]
     pub precision: super::args::PrecisionArgs,
     /// Recompute each decoder layer's activations in the backward pass instead of keeping them (as in training).
-    #[arg(help_heading = "Model and device", long)]
+    #[arg(long, help_heading = "Model and device")]
     pub gradient_checkpointing: bool,
     /// A mixture of experts' load-balancing loss (--router-aux-loss-coef).
     #[command(flatten, next_help_heading = "Model and device")]
@@ -111,62 +111,62 @@ pub struct SftArgs {
     #[command(flatten, next_help_heading = "Model and device")]
     pub lora: LoraArgs,
     /// Optimizer steps in all (a resumed run continues to this count).
-    #[arg(help_heading = "Batches and length", long, default_value_t = 100)]
+    #[arg(long, help_heading = "Batches and length", default_value_t = 100)]
     pub max_steps: u64,
     /// Train for this many passes over --data instead of --max-steps (TRL's num_train_epochs): the steps are the
     /// rows times E over the global batch, rounded up.
-    #[arg(help_heading = "Batches and length", long, value_name = "E", conflicts_with = "max_steps")]
+    #[arg(long, help_heading = "Batches and length", value_name = "E", conflicts_with = "max_steps")]
     pub num_train_epochs: Option<f64>,
     /// Rows (conversations or texts) per step.
-    #[arg(help_heading = "Batches and length", long, default_value_t = 8)]
+    #[arg(long, help_heading = "Batches and length", default_value_t = 8)]
     pub batch_size: usize,
     /// Rows per forward/backward (a step's gradient is the same whatever it is).
-    #[arg(help_heading = "Batches and length", long, default_value_t = 8)]
+    #[arg(long, help_heading = "Batches and length", default_value_t = 8)]
     pub micro_batch_size: usize,
     /// Instead of --micro-batch-size: rows longest first, as many per forward/backward as fit in N padded tokens
     /// (rows times the longest), so short rows are not padded to a long one's length. At least --max-length.
-    #[arg(help_heading = "Batches and length", long, value_name = "N")]
+    #[arg(long, help_heading = "Batches and length", value_name = "N")]
     pub micro_batch_tokens: Option<usize>,
     /// Tokens kept of each row, the rest cut off (TRL's max_length); 0 keeps them all.
-    #[arg(help_heading = "Batches and length", long, default_value_t = 1024)]
+    #[arg(long, help_heading = "Batches and length", default_value_t = 1024)]
     pub max_length: usize,
     /// Train a conversation's assistant turns only (true), or every token of it (false, TRL's default).
-    #[arg(help_heading = "Optimisation", long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, help_heading = "Optimisation", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     pub assistant_only_loss: bool,
     /// Train a string prompt-completion row's completion only (true, TRL's default), or its prompt too.
-    #[arg(help_heading = "Optimisation", long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, help_heading = "Optimisation", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     pub completion_only_loss: bool,
     /// NEFTune: noise drawn uniformly from +-ALPHA / sqrt(tokens x hidden size) added to each input embedding in
     /// training forward passes (transformers' neftune_noise_alpha, such as 5).
-    #[arg(help_heading = "Optimisation", long, value_name = "ALPHA")]
+    #[arg(long, help_heading = "Optimisation", value_name = "ALPHA")]
     pub neftune_noise_alpha: Option<f64>,
     /// Learning rate.
-    #[arg(help_heading = "Optimisation", long, default_value_t = 5e-5, visible_alias = "learning-rate")]
+    #[arg(long, help_heading = "Optimisation", default_value_t = 5e-5, visible_alias = "learning-rate")]
     pub lr: f64,
     /// The learning-rate schedule.
     #[command(flatten, next_help_heading = "Optimisation")]
     pub schedule: super::args::ScheduleArgs,
     /// Gradient-norm clip (0 disables).
-    #[arg(help_heading = "Optimisation", long, default_value_t = 1.0, visible_alias = "max-grad-norm")]
+    #[arg(long, help_heading = "Optimisation", default_value_t = 1.0, visible_alias = "max-grad-norm")]
     pub max_norm: f64,
     /// AdamW weight decay.
-    #[arg(help_heading = "Optimisation", long, default_value_t = 0.0)]
+    #[arg(long, help_heading = "Optimisation", default_value_t = 0.0)]
     pub weight_decay: f64,
     /// Seed for the order of the data.
-    #[arg(help_heading = "Optimisation", long, default_value_t = 42)]
+    #[arg(long, help_heading = "Optimisation", default_value_t = 42)]
     pub seed: u64,
     /// Held-out rows (same formats and kinds as --data): their loss is logged as sft/eval_loss after the last step
     /// and every --eval-every steps (TRL's eval_dataset).
-    #[arg(help_heading = "Evaluation", long, value_name = "FILE|DIR|GLOB|ID")]
+    #[arg(long, help_heading = "Evaluation", value_name = "FILE|DIR|GLOB|ID")]
     pub eval_data: Option<String>,
     /// The split of --eval-data to read from a hub layout [default: test].
-    #[arg(help_heading = "Evaluation", long, value_name = "SPLIT", requires = "eval_data")]
+    #[arg(long, help_heading = "Evaluation", value_name = "SPLIT", requires = "eval_data")]
     pub eval_data_split: Option<String>,
     /// Hold out the last N rows of --data instead, for the held-out loss (they are not trained on).
-    #[arg(help_heading = "Evaluation", long, value_name = "N", conflicts_with = "eval_data")]
+    #[arg(long, help_heading = "Evaluation", value_name = "N", conflicts_with = "eval_data")]
     pub eval_holdout: Option<usize>,
     /// Also evaluate every N steps (0: after the last step only); needs --eval-data or --eval-holdout.
-    #[arg(help_heading = "Evaluation", long, value_name = "N", default_value_t = 0, visible_alias = "eval-steps")]
+    #[arg(long, help_heading = "Evaluation", value_name = "N", default_value_t = 0, visible_alias = "eval-steps")]
     pub eval_every: u64,
     /// The best checkpoint by a held-out metric, and early stopping.
     #[command(flatten, next_help_heading = "Evaluation")]
@@ -177,7 +177,7 @@ pub struct SftArgs {
     pub run_dir: RunDirArgs,
     /// Data parallel (under torchrun): seconds a rank waits in a collective or at the rendezvous before it gives up
     /// on a rank that died or hung.
-    #[arg(help_heading = "Data parallel (torchrun)", long, default_value_t = 300.0)]
+    #[arg(long, help_heading = "Data parallel (torchrun)", default_value_t = 300.0)]
     pub dist_timeout: f64,
     /// W&B and TensorBoard flags.
     #[command(flatten, next_help_heading = "Logging")]
