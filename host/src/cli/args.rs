@@ -578,9 +578,9 @@ impl BestModelArgs {
 /// The learning-rate schedule (`train` and `sft`).
 #[derive(Debug, Clone, Args)]
 pub struct ScheduleArgs {
-    /// transformers' names: constant, linear, cosine, cosine_with_restarts, polynomial, inverse_sqrt or
-    /// warmup_stable_decay (also read: constant_with_warmup, cosine_with_min_lr). A decay ends at the run's last
-    /// optimizer step, at 0 or --min-lr-ratio.
+    /// transformers' names: constant, linear, cosine, cosine_warmup_with_min_lr, cosine_with_restarts,
+    /// polynomial, inverse_sqrt or warmup_stable_decay (also read: constant_with_warmup, cosine_with_min_lr). A
+    /// decay ends at the run's last optimizer step, at 0 or --min-lr-ratio.
     #[arg(long, default_value = "constant", visible_alias = "lr-scheduler-type")]
     pub lr_schedule: LrSchedule,
     /// Optimizer steps of linear learning-rate warmup.
@@ -594,9 +594,9 @@ pub struct ScheduleArgs {
     /// min_lr_ratio, such as 0.1); 0 decays to zero.
     #[arg(long, value_name = "R", default_value_t = 0.0)]
     pub min_lr_ratio: f64,
-    /// The schedule's options as a JSON object or @FILE (transformers' lr_scheduler_kwargs): num_cycles, power,
-    /// lr_end, timescale, num_decay_steps, num_stable_steps, warmup_type, decay_type, and the floor as min_lr_rate
-    /// (or min_lr_ratio, or min_lr as a rate).
+    /// The schedule's options as a JSON object or @FILE (transformers' lr_scheduler_kwargs): num_cycles,
+    /// warmup_lr_rate, power, lr_end, timescale, num_decay_steps, num_stable_steps, warmup_type, decay_type, and the
+    /// floor as min_lr_rate (or min_lr_ratio, or min_lr as a rate).
     #[arg(long, value_name = "JSON", visible_alias = "lr-schedule-kwargs")]
     pub lr_scheduler_kwargs: Option<String>,
 }
