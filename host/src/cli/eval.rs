@@ -44,19 +44,33 @@ pub struct DataArgs {
     /// Hold out the last N rows of --dataset for evaluation (they are not trained on).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub eval_holdout: usize,
+    /// Evaluate on this split of --dataset (TRL's dataset_test_split): the same as --eval-data with --dataset's
+    /// source and --eval-data-split SPLIT.
+    #[arg(
+        long,
+        value_name = "SPLIT",
+        requires = "dataset",
+        conflicts_with_all = ["eval_data", "eval_data_split", "eval_holdout"]
+    )]
+    pub dataset_test_split: Option<String>,
 }
 
 impl DataArgs {
     /// The typed settings.
     pub fn into_settings(self) -> DataSettings {
         let config = self.dataset_config;
+        // TRL's test split of the training dataset is --eval-data on the same source.
+        let (eval_data, eval_data_split) = match self.dataset_test_split {
+            Some(split) => (self.dataset.clone(), Some(split)),
+            None => (self.eval_data, self.eval_data_split),
+        };
         DataSettings {
             dataset: self.dataset.map(|source| DatasetSpec {
                 source,
                 config: config.clone(),
                 split: self.dataset_split,
             }),
-            eval_data: self.eval_data.map(|source| DatasetSpec { source, config, split: self.eval_data_split }),
+            eval_data: eval_data.map(|source| DatasetSpec { source, config, split: eval_data_split }),
             eval_holdout: self.eval_holdout,
             filter_overlong_prompts: false,
             keep_order: false,

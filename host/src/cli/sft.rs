@@ -165,6 +165,16 @@ pub struct SftArgs {
     /// Hold out the last N rows of --data instead, for the held-out loss (they are not trained on).
     #[arg(long, help_heading = "Evaluation", value_name = "N", conflicts_with = "eval_data")]
     pub eval_holdout: Option<usize>,
+    /// The held-out rows are this split of --data (TRL's dataset_test_split): the same as --eval-data with --data's
+    /// source and --eval-data-split SPLIT.
+    #[arg(
+        long,
+        help_heading = "Evaluation",
+        value_name = "SPLIT",
+        requires = "data",
+        conflicts_with_all = ["eval_data", "eval_data_split", "eval_holdout"]
+    )]
+    pub dataset_test_split: Option<String>,
     /// Also evaluate every N steps (0: after the last step only); needs --eval-data or --eval-holdout.
     #[arg(long, help_heading = "Evaluation", value_name = "N", default_value_t = 0, visible_alias = "eval-steps")]
     pub eval_every: u64,
@@ -194,11 +204,16 @@ impl SftArgs {
             return Err(user_error!("--micro-batch-tokens must be at least 1"));
         }
         super::args::check_micro_batch_tokens(self.micro_batch_tokens, self.max_length, "row")?;
-        let held_out = match (self.eval_data, self.eval_holdout) {
+        // TRL's test split of the training dataset is --eval-data on the same source.
+        let (eval_data, eval_data_split) = match self.dataset_test_split {
+            Some(split) => (self.data.clone(), Some(split)),
+            None => (self.eval_data, self.eval_data_split),
+        };
+        let held_out = match (eval_data, self.eval_holdout) {
             (Some(source), _) => Some(HeldOutRows::Data(DatasetSpec {
                 source,
                 config: self.data_config.clone(),
-                split: self.eval_data_split,
+                split: eval_data_split,
             })),
             (None, Some(0)) => return Err(user_error!("--eval-holdout must be at least 1")),
             (None, Some(_)) if self.data.is_none() => {

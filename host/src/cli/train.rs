@@ -691,6 +691,16 @@ mod tests {
         );
         assert_eq!((a.data.dataset.as_deref(), a.data.dataset_split.as_deref()), (Some("openai/gsm8k"), Some("test")));
         let checkpoints = a.run_dir.clone().settings().unwrap();
+        // TRL's test split of the training dataset: --eval-data on the same source.
+        let split = ["grpo-host", "--dataset-name", "openai/gsm8k", "--dataset-config", "main", "--dataset-test-split"];
+        let data = Cli::parse_from([&split[..], &["test"]].concat()).train.data.into_settings();
+        let eval = data.eval_data.unwrap();
+        assert_eq!(
+            (eval.source.as_str(), eval.config.as_deref(), eval.split.as_deref()),
+            ("openai/gsm8k", Some("main"), Some("test"))
+        );
+        assert!(Cli::try_parse_from([&split[..], &["test", "--eval-data", "x.jsonl"]].concat()).is_err());
+        assert!(Cli::try_parse_from(["grpo-host", "--dataset-test-split", "test"]).is_err());
         let resume = Cli::parse_from(["grpo-host", "--resume-from-checkpoint", "runs/a/checkpoints/step_4"]).train;
         assert_eq!(resume.run_dir.resume.as_deref(), Some("runs/a/checkpoints/step_4"));
         assert_eq!((checkpoints.run_name.as_deref(), checkpoints.runs_dir.to_str()), (Some("grpo"), Some("out")));
@@ -770,6 +780,11 @@ mod tests {
         let named = ["grpo-host", "sft", "--dataset-name", "org/chats", "--dataset-train-split", "train"];
         let Some(Command::Sft(a)) = Cli::parse_from(named).command else { panic!("not sft") };
         assert_eq!((a.data.as_deref(), a.data_split.as_deref()), (Some("org/chats"), Some("train")));
+        let held_out = [&named[..], &["--dataset-test-split", "test"]].concat();
+        let Some(Command::Sft(a)) = Cli::parse_from(held_out).command else { panic!("not sft") };
+        let eval = a.into_config().unwrap().eval.unwrap();
+        let want = crate::data::DatasetSpec { source: "org/chats".into(), config: None, split: Some("test".into()) };
+        assert_eq!(eval.rows, crate::sft::run::HeldOutRows::Data(want));
     }
 
     #[test]
