@@ -630,16 +630,16 @@ impl ScheduleArgs {
             serde_json::Value::Object(map) => map,
             other => return Err(user_error!("{flag} {other}: must be a JSON object such as '{{\"num_cycles\": 2}}'")),
         };
-        let mut floors: Vec<(String, f64)> = Vec::new();
+        let mut floors: Vec<(&str, f64)> = Vec::new();
         for key in ["min_lr_rate", "min_lr_ratio", "min_lr"] {
             let Some(value) = kwargs.remove(key) else { continue };
             let Some(number) = value.as_f64() else {
                 return Err(user_error!("{flag} {key}: must be a number, not {value}"));
             };
-            floors.push((key.to_string(), if key == "min_lr" { number / lr } else { number }));
+            floors.push((key, if key == "min_lr" { number / lr } else { number }));
         }
         if self.min_lr_ratio != 0.0 {
-            floors.push(("--min-lr-ratio".to_string(), self.min_lr_ratio));
+            floors.push(("--min-lr-ratio", self.min_lr_ratio));
         }
         if let [(a, _), (b, _), ..] = floors.as_slice() {
             return Err(user_error!("{flag}: {a} and {b} both set where the decay ends; give one"));

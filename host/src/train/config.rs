@@ -293,20 +293,15 @@ pub struct ScheduleOptions {
 }
 
 impl ScheduleOptions {
-    /// The options given, by their keys.
-    fn given(&self) -> Vec<&'static str> {
-        let keys = [
-            ("num_cycles", self.num_cycles.is_some()),
-            ("warmup_lr_rate", self.warmup_lr_rate.is_some()),
-            ("power", self.power.is_some()),
-            ("lr_end", self.lr_end.is_some()),
-            ("timescale", self.timescale.is_some()),
-            ("num_decay_steps", self.num_decay_steps.is_some()),
-            ("num_stable_steps", self.num_stable_steps.is_some()),
-            ("warmup_type", self.warmup_type.is_some()),
-            ("decay_type", self.decay_type.is_some()),
-        ];
-        keys.into_iter().filter(|(_, given)| *given).map(|(key, _)| key).collect()
+    /// The options given, by their keys in `--lr-scheduler-kwargs`, in declaration order: read from the serialized
+    /// struct, so the keys cannot drift from the fields' names.
+    fn given(&self) -> Vec<String> {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(fields)) => {
+                fields.into_iter().filter(|(_, value)| !value.is_null()).map(|(key, _)| key).collect()
+            }
+            _ => Vec::new(),
+        }
     }
 }
 
@@ -390,7 +385,7 @@ impl OptimizerSettings {
             ));
         }
         let o = &self.schedule_options;
-        if let Some(key) = o.given().into_iter().find(|key| !keys.contains(key)) {
+        if let Some(key) = o.given().into_iter().find(|key| !keys.contains(&key.as_str())) {
             let takes = match keys {
                 [] => "none".to_string(),
                 keys => keys.join(", "),
