@@ -115,6 +115,8 @@ pub struct AdapterInfo {
     pub alpha: f64,
     /// rsLoRA: the update is scaled by alpha / sqrt(r) instead (PEFT's `use_rslora`).
     pub rslora: bool,
+    /// DoRA: each adapted layer has a trained magnitude vector (PEFT's `use_dora`).
+    pub dora: bool,
     /// LoRA dropout probability.
     pub dropout: f64,
     /// The module names LoRA wraps (`q_proj`, ...).
@@ -227,6 +229,7 @@ fn write_checkpoint(
                 "lora_alpha": info.alpha,
                 "lora_dropout": info.dropout,
                 "use_rslora": info.rslora,
+                "use_dora": info.dora,
                 "target_modules": info.target_modules,
                 "bias": "none",
                 "fan_in_fan_out": info.fan_in_fan_out,
@@ -1051,6 +1054,7 @@ mod tests {
             rank: 4,
             alpha: 8.0,
             rslora: false,
+            dora: false,
             dropout: 0.0,
             target_modules: vec!["q_proj".into()],
             fan_in_fan_out: false,

@@ -503,7 +503,14 @@ fn gradient_checkpointing_changes_no_value_gradient_or_random_draw() {
     let mut model = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
     tch::manual_seed(5);
     model
-        .attach_lora(LoraConfig { rank: 4, alpha: 8.0, dropout: 0.3, targets: Default::default(), rslora: false })
+        .attach_lora(LoraConfig {
+            rank: 4,
+            alpha: 8.0,
+            dropout: 0.3,
+            targets: Default::default(),
+            rslora: false,
+            dora: false,
+        })
         .unwrap();
     tch::no_grad(|| {
         for (name, v) in model.lora_var_store().unwrap().variables() {
@@ -872,7 +879,14 @@ fn lora_starts_as_identity_and_switches_off() {
     let mut model = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
     let base = tch::no_grad(|| model.forward(ids, mask, pos));
     model
-        .attach_lora(LoraConfig { rank: 4, alpha: 8.0, dropout: 0.0, targets: Default::default(), rslora: false })
+        .attach_lora(LoraConfig {
+            rank: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            targets: Default::default(),
+            rslora: false,
+            dora: false,
+        })
         .unwrap();
     let lvs = model.lora_var_store().unwrap();
     let lora_vars = lvs.variables();
@@ -895,13 +909,60 @@ fn lora_starts_as_identity_and_switches_off() {
     assert!(b.requires_grad());
 }
 
+/// DoRA (`--use-dora`): a fresh adapter is the identity change (its magnitudes are the weight's row norms). While the
+/// weights are held fixed, as a generation engine holds them, the row norms are computed once; the next hold, after
+/// the adapter changed, computes them again and agrees with a forward pass outside any hold.
+#[test]
+fn dora_starts_as_identity_and_its_kept_norms_follow_the_weights() {
+    let _rng = common::torch_rng_lock();
+    let dir = tiny("qwen3");
+    let r = reference(&dir, Device::Cpu);
+    let (ids, mask, pos) = (&r["input_ids"], &r["attention_mask"], &r["position_ids"]);
+    let mut model = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
+    let forward = |model: &Model| tch::no_grad(|| model.forward(ids, mask, pos));
+    let base = forward(&model);
+    let dora = LoraConfig { rank: 4, alpha: 8.0, dropout: 0.0, targets: Default::default(), rslora: false, dora: true };
+    model.attach_lora(dora).unwrap();
+    let vars = model.lora_var_store().unwrap().variables();
+    assert_eq!(vars.len(), 2 * 7 * 3, "A, B and a magnitude per adapted projection");
+    let v_proj = "model.layers.0.self_attn.v_proj";
+    let (magnitude, b) = (&vars[&format!("{v_proj}.lora_magnitude_vector")], &vars[&format!("{v_proj}.lora_B.weight")]);
+    let weight = &model.var_store().variables()[&format!("{v_proj}.weight")];
+    let norms = weight.square().sum_dim_intlist(1, false, Kind::Float).sqrt();
+    assert!((magnitude - norms).abs().max().double_value(&[]) < 1e-6 && magnitude.requires_grad());
+    let gap = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);
+    assert!(gap(&forward(&model), &base) < 1e-5, "a fresh DoRA adapter changes the outputs");
+
+    let set_b = |value: f64| {
+        tch::no_grad(|| {
+            let _ = b.shallow_clone().fill_(value);
+        })
+    };
+    set_b(0.05);
+    let outside = forward(&model);
+    assert!(gap(&outside, &base) > 1e-3, "a non-zero adapter must change outputs");
+    let stale = {
+        let _hold = model.hold_weights_fixed();
+        assert!(gap(&forward(&model), &outside) < 1e-6, "the kept norms are not the adapter's");
+        // Changing the weights inside a hold breaks its promise: the norms kept from its start still apply, which
+        // shows they are kept rather than computed at every forward pass.
+        set_b(0.2);
+        forward(&model)
+    };
+    let fresh = forward(&model);
+    assert!(gap(&stale, &fresh) > 1e-4, "the norms are computed at every forward pass, not kept");
+    let _hold = model.hold_weights_fixed();
+    assert!(gap(&forward(&model), &fresh) < 1e-6, "the next hold kept the last one's norms");
+}
+
 /// LoRA on a mixture adapts attention and the dense MLPs or the shared expert, as PEFT's `all-linear` does on
 /// transformers 5's MoE models; the routed experts and the router stay as they are, and a named target the model
 /// lacks is refused.
 #[test]
 fn lora_on_a_mixture_adapts_attention_and_the_shared_expert() {
     let _rng = common::torch_rng_lock();
-    let all = || LoraConfig { rank: 2, alpha: 4.0, dropout: 0.0, targets: Default::default(), rslora: false };
+    let all =
+        || LoraConfig { rank: 2, alpha: 4.0, dropout: 0.0, targets: Default::default(), rslora: false, dora: false };
     let attention = ["q_proj", "k_proj", "v_proj", "o_proj"];
     let mlp = ["gate_proj", "up_proj", "down_proj"];
     // Qwen2-MoE: a shared expert in both layers; Qwen3-MoE: a dense MLP in layer 1; Mixtral: experts only.

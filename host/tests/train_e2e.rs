@@ -291,16 +291,20 @@ fn bf16_mixed_precision_saves_f32_masters_and_resumes_exactly() {
 }
 
 /// LoRA with dropout: the training forward's draws come from libtorch's generator, which a resumed process starts
-/// afresh, so they are seeded per micro-batch from the run's seed and step, and a resumed run continues exactly. The
-/// dropout is on: without it the second batch's losses differ.
+/// afresh, so they are seeded per micro-batch from the run's seed and step, and a resumed run continues exactly, as
+/// does a DoRA one (its magnitudes and their moments restored). The dropout is on: without it the second batch's
+/// losses differ.
 #[test]
 fn lora_dropout_draws_the_same_after_a_resume() {
     let runs = tempfile::tempdir().unwrap();
     let lora = ["--lora-rank", "4", "--lora-alpha", "8", "--lora-dropout", "0.3", "--lr", "1e-2"];
-    let out = train(runs.path(), "dropout", &[&["--max-steps", "2"], &lora[..]].concat());
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let dora = [&lora[..], &["--use-dora"]].concat();
+    for (name, flags) in [("dropout", &lora[..]), ("dora", &dora[..])] {
+        let out = train(runs.path(), name, &[&["--max-steps", "2"], flags].concat());
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_resume_is_exact(runs.path(), &runs.path().join(name), &format!("{name}-split"), flags);
+    }
     let run = runs.path().join("dropout");
-    assert_resume_is_exact(runs.path(), &run, "dropout-split", &lora);
     let off = [&lora[..6], &["--lora-dropout", "0", "--lr", "1e-2"]].concat();
     let out = train(runs.path(), "no-dropout", &[&["--max-steps", "2"], &off[..]].concat());
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -1071,8 +1075,9 @@ fn oracle(script: &str, args: &[&std::ffi::OsStr]) -> serde_json::Value {
     serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|e| panic!("{script}: {e}: {stdout}"))
 }
 
-/// Full and LoRA checkpoints load in transformers and peft: the adapter of every linear layer (the default), and
-/// of the projections `--lora-target-modules` names, whose adapter_config.json says which they are.
+/// Full and LoRA checkpoints load in transformers and peft: the adapter of every linear layer (the default), of the
+/// projections `--lora-target-modules` names, whose adapter_config.json says which they are, and a DoRA adapter
+/// (`--use-dora`), whose trained magnitudes peft applies as the merged weights have them.
 #[test]
 fn checkpoints_load_in_transformers_and_peft() {
     let runs = tempfile::tempdir().unwrap();
@@ -1080,10 +1085,13 @@ fn checkpoints_load_in_transformers_and_peft() {
     assert!(full.status.success(), "{}", text(&full.stderr));
     let base = tiny_model();
     let all = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"];
-    for (run, targets, expected) in
-        [("lora", "all-linear", &all[..]), ("lora-qvd", "q_proj,v_proj,down_proj", &["down_proj", "q_proj", "v_proj"])]
-    {
-        let lora = ["--lora-rank", "4", "--lora-alpha", "8", "--lora-target-modules", targets];
+    for (run, targets, expected) in [
+        ("lora", "all-linear", &all[..]),
+        ("lora-qvd", "q_proj,v_proj,down_proj", &["down_proj", "q_proj", "v_proj"]),
+        ("dora", "q_proj,v_proj,down_proj", &["down_proj", "q_proj", "v_proj"]),
+    ] {
+        let dora: &[&str] = if run == "dora" { &["--use-dora"] } else { &[] };
+        let lora = [&["--lora-rank", "4", "--lora-alpha", "8", "--lora-target-modules", targets], dora].concat();
         let first = train(runs.path(), run, &[&["--max-steps", "1"], &lora[..]].concat());
         assert!(first.status.success(), "{}", text(&first.stderr));
         let step_3 = runs.path().join(run).join("checkpoints/step_3");

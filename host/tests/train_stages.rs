@@ -660,8 +660,14 @@ fn the_kl_reference_moves_toward_the_policy_after_every_nth_update() {
 fn a_lora_reference_synced_at_alpha_one_scores_as_the_policy() {
     let (algo, env) = plugins();
     let objective = objective(0.01, RecomputeOld::Auto);
-    let lora =
-        grpo_host::model::LoraConfig { rank: 4, alpha: 8.0, dropout: 0.0, targets: Default::default(), rslora: false };
+    let lora = grpo_host::model::LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        targets: Default::default(),
+        rslora: false,
+        dora: false,
+    };
     let settings = ModelSettings { lora: Some(lora), ..settings(DtypeSpec::F32, MixedPrecision::No) };
     let mut policy = Policy::load(&settings, objective.needs_reference(), 7).unwrap();
     let batch = batch(3);
@@ -682,15 +688,16 @@ fn a_lora_reference_synced_at_alpha_one_scores_as_the_policy() {
 
 /// A policy started from a PEFT adapter (`--lora-adapter`) computes what peft computes with it: an adapter peft
 /// wrote with random A and B on two of the projections (`tests/oracles/peft_adapter.py`), whose logits move away
-/// from the base model's, with LoRA's scale and with rsLoRA's; the reference, adapters off, stays the base model.
+/// from the base model's, with LoRA's scale, with rsLoRA's and with DoRA's magnitudes; the gradient of every adapter
+/// tensor is peft's too, and the reference, adapters off, stays the base model.
 #[test]
-fn a_policy_started_from_a_peft_adapter_computes_peft_logits() {
-    for rslora in [false, true] {
-        policy_from_peft_adapter_computes_peft_logits(rslora);
+fn a_policy_started_from_a_peft_adapter_computes_peft_logits_and_gradients() {
+    for (rslora, dora) in [(false, false), (true, false), (false, true)] {
+        policy_from_peft_adapter_computes_peft_logits(rslora, dora);
     }
 }
 
-fn policy_from_peft_adapter_computes_peft_logits(rslora: bool) {
+fn policy_from_peft_adapter_computes_peft_logits(rslora: bool, dora: bool) {
     let dir = tempfile::tempdir().unwrap();
     let adapter = dir.path().join("adapter");
     let base = common::workspace_root().join("tests/fixtures/model/tiny/llama");
@@ -701,8 +708,10 @@ fn policy_from_peft_adapter_computes_peft_logits(rslora: bool) {
         "--out".as_ref(),
         adapter.as_os_str(),
     ]);
-    if rslora {
-        oracle.arg("--rslora");
+    for (on, flag) in [(rslora, "--rslora"), (dora, "--dora")] {
+        if on {
+            oracle.arg(flag);
+        }
     }
     let out = oracle.output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -716,10 +725,11 @@ fn policy_from_peft_adapter_computes_peft_logits(rslora: bool) {
     let ids: Vec<Vec<i64>> = serde_json::from_value(peft["input_ids"].clone()).unwrap();
     let ids = Tensor::from_slice(&ids[0]).unsqueeze(0);
     let mask = ids.ones_like();
+    let case = format!("rslora {rslora}, dora {dora}");
 
     let config = grpo_host::model::lora::PeftAdapter::read_config(&adapter).unwrap();
     assert_eq!((config.config.rank, config.config.targets.to_string()), (4, "q_proj,v_proj".to_string()));
-    assert_eq!(config.config.rslora, rslora);
+    assert_eq!((config.config.rslora, config.config.dora), (rslora, dora));
     let settings = ModelSettings {
         lora: Some(config.config),
         lora_adapter: Some(adapter.display().to_string()),
@@ -727,15 +737,37 @@ fn policy_from_peft_adapter_computes_peft_logits(rslora: bool) {
     };
     let mut policy = Policy::load(&settings, true, 7).unwrap();
     policy.load_initial_adapter().unwrap();
-    let logits =
-        grpo_sdk::tch::no_grad(|| policy.model().forward(&ids, &mask, &mask.cumsum(-1, Kind::Int64).g_sub_scalar(1)));
+    let positions = mask.cumsum(-1, Kind::Int64).g_sub_scalar(1);
+    let logits = policy.model().forward(&ids, &mask, &positions);
     let (want, base_logits) = (tensor("logits"), tensor("base_logits"));
     let diff = (&logits - &want).abs().max().double_value(&[]);
-    assert!(diff < 1e-4, "the adapter's logits differ from peft's by {diff} (rslora {rslora})");
+    assert!(diff < 1e-4, "the adapter's logits differ from peft's by {diff} ({case})");
     assert!((&want - &base_logits).abs().max().double_value(&[]) > 1e-2, "peft's adapter changes nothing");
+
+    // The same objective as the oracle's: the summed log-probability of each next input token.
+    let next = ids.narrow(1, 1, ids.size()[1] - 1).unsqueeze(-1);
+    logits
+        .narrow(1, 0, ids.size()[1] - 1)
+        .log_softmax(-1, Kind::Float)
+        .gather(-1, &next, false)
+        .sum(Kind::Float)
+        .backward();
+    let grads = peft["grads"].as_object().unwrap();
+    let variables = policy.model().lora_var_store().unwrap().variables();
+    let mut names: Vec<&String> = variables.keys().collect();
+    names.sort();
+    assert_eq!(names, grads.keys().collect::<Vec<_>>(), "{case}: the adapter's tensors are not peft's");
+    for (name, want) in grads {
+        let want: Vec<f32> = serde_json::from_value(want.clone()).unwrap();
+        let want = Tensor::from_slice(&want);
+        let got = variables[name].grad().flatten(0, -1);
+        let scale = want.abs().max().double_value(&[]).max(1.0);
+        let diff = (&got - &want).abs().max().double_value(&[]);
+        assert!(diff < 1e-4 * scale, "{case}: {name}'s gradient differs from peft's by {diff} (scale {scale})");
+    }
+
     policy.model().set_adapters_enabled(false);
-    let reference =
-        grpo_sdk::tch::no_grad(|| policy.model().forward(&ids, &mask, &mask.cumsum(-1, Kind::Int64).g_sub_scalar(1)));
+    let reference = grpo_sdk::tch::no_grad(|| policy.model().forward(&ids, &mask, &positions));
     policy.model().set_adapters_enabled(true);
     assert!((&reference - &base_logits).abs().max().double_value(&[]) < 1e-4, "adapters off is not the base model");
 }

@@ -9,9 +9,10 @@ its logits must equal transformers' logits of the merged weights in CKPT/merged 
 differ from the base model's (the adapter was trained, so a silently ignored adapter would show here).
 Prints one JSON object with the findings; the Rust test asserts on it.
 
---perturb: overwrite every lora_B of CKPT's adapter with small seeded random values. A freshly initialised LoRA has
-B = 0, and a tiny random model earns equal rewards for every rollout (no gradient), so without this the adapter of a
-short test run is a no-op and the comparison above could not fail; the test resumes from the perturbed checkpoint
+--perturb: overwrite every lora_B of CKPT's adapter with small seeded random values, and move every DoRA magnitude by
+about 10% of itself. A freshly initialised LoRA has B = 0 (and a DoRA magnitude the weight's row norms), and a tiny
+random model earns equal rewards for every rollout (no gradient), so without this the adapter of a short test run is
+a no-op and the comparison above could not fail; the test resumes from the perturbed checkpoint
 and saves again, so the adapter and merged weights it checks are written by grpo-host.
 """
 
@@ -46,6 +47,8 @@ def main():
         for name, t in tensors.items():
             if "lora_B" in name:
                 tensors[name] = (torch.randn(t.shape, generator=gen) * 0.05).to(t.dtype)
+            elif "lora_magnitude_vector" in name:
+                tensors[name] = (t * (1.0 + 0.1 * torch.randn(t.shape, generator=gen))).to(t.dtype)
         save_file(tensors, path)
         # The edited file no longer matches the checkpoint's manifest (sizes and sha256), which grpo-host would rightly
         # refuse as damaged; without a manifest the checkpoint is checked for structure only, as one written before

@@ -295,6 +295,10 @@ pub struct LoraArgs {
     /// alpha / rank.
     #[arg(long)]
     pub use_rslora: bool,
+    /// Weight-decomposed LoRA (DoRA; PEFT's and TRL's use_dora): each adapted layer also learns a magnitude per
+    /// output, and its weight W + s B A is rescaled row by row to it.
+    #[arg(long)]
+    pub use_dora: bool,
     /// Start from this PEFT LoRA adapter (adapter_config.json and adapter_model.safetensors, as PEFT, TRL or a
     /// LoRA checkpoint saved it) instead of a fresh one: its rank, alpha, targets and dropout apply, and its base
     /// model is the default --model.
@@ -331,6 +335,11 @@ impl LoraArgs {
                 "--lora-adapter {shown} scales by alpha / r (use_rslora false); leave --use-rslora out"
             ));
         }
+        if self.use_dora && !theirs.dora {
+            return Err(user_error!(
+                "--lora-adapter {shown} is a plain LoRA adapter (use_dora false); leave --use-dora out"
+            ));
+        }
         let dropout = if self.lora_dropout > 0.0 { self.lora_dropout } else { theirs.dropout };
         if !(0.0..1.0).contains(&dropout) {
             return Err(user_error!("--lora-adapter {shown}: lora_dropout {dropout} must be in [0, 1)"));
@@ -361,6 +370,7 @@ impl LoraArgs {
             dropout: self.lora_dropout,
             targets: self.lora_target_modules,
             rslora: self.use_rslora,
+            dora: self.use_dora,
         }))
     }
 }

@@ -28,7 +28,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::sampling::{self, SamplingParams};
 use super::{stop_hit, FinishReason};
-use crate::model::{CacheRows, KvCache, Model};
+use crate::model::{CacheRows, KvCache, Model, WeightsFixed};
 use crate::tokenizer::Tokenizer;
 use crate::user_error;
 
@@ -186,6 +186,8 @@ pub struct Engine<'a> {
     stop_window: usize,
     /// What this engine has done so far.
     pub stats: EngineStats,
+    /// Nothing trains while an engine samples, so what depends on the weights alone is computed once.
+    _fixed: WeightsFixed<'a>,
 }
 
 impl<'a> Engine<'a> {
@@ -213,6 +215,7 @@ impl<'a> Engine<'a> {
             waiting: VecDeque::new(),
             stop_window,
             stats: EngineStats::default(),
+            _fixed: model.hold_weights_fixed(),
         })
     }
 

@@ -99,7 +99,7 @@ pub struct Linear {
     /// `[out]`, HF name `<prefix>.bias`, when the architecture has one.
     pub bias: Option<Tensor>,
     /// The low-rank adapter, when LoRA is attached (see [`super::lora`]).
-    pub lora: Option<LoraAdapter>,
+    pub lora: Option<Box<LoraAdapter>>,
     /// The HF name prefix, e.g. `model.layers.0.self_attn.q_proj`.
     pub name: String,
     /// The weight is stored `[in, out]` (a GPT-2 `Conv1D`).
@@ -114,25 +114,20 @@ impl Linear {
         Ok(Linear { weight, bias, lora: None, name: name.to_string(), transposed: l.conv1d })
     }
 
-    /// `(in, out)`: the widths of the projection's input and output.
-    pub fn dims(&self) -> (i64, i64) {
-        let size = self.weight.size();
-        if self.transposed {
-            (size[0], size[1])
-        } else {
-            (size[1], size[0])
+    /// The weight as `[out, in]`: a Conv1D's as a transposed view, which libtorch's matmul reads in place.
+    pub fn weight_out_in(&self) -> Tensor {
+        match self.transposed {
+            true => self.weight.tr(),
+            false => self.weight.shallow_clone(),
         }
     }
 
-    /// Apply the projection, plus the adapter when one is attached and `ctx.adapters` is set.
+    /// Apply the projection, adapted when an adapter is attached and `ctx.adapters` is set.
     pub fn forward(&self, x: &Tensor, ctx: Ctx) -> Tensor {
-        // A Conv1D's weight as a transposed view: libtorch's matmul reads it in place.
-        let y = match self.transposed {
-            true => x.linear(&self.weight.tr(), self.bias.as_ref()),
-            false => x.linear(&self.weight, self.bias.as_ref()),
-        };
+        let weight = self.weight_out_in();
+        let y = x.linear(&weight, self.bias.as_ref());
         match &self.lora {
-            Some(lora) if ctx.adapters => y + lora.forward(x, ctx.train),
+            Some(lora) if ctx.adapters => lora.apply(x, y, &weight, self.bias.as_ref(), ctx),
             _ => y,
         }
     }

@@ -5,13 +5,20 @@
 //! `<linear>.lora_A.weight` / `<linear>.lora_B.weight` (PEFT's names without its `base_model.model.` prefix), so
 //! the optimizer sees only them and the base weights stay frozen. With adapters switched off
 //! ([`super::Model::set_adapters_enabled`]) the same model is the reference policy.
+//!
+//! DoRA (Liu et al. 2024; PEFT's `use_dora`) adds a trained magnitude `m` `[out]` per adapted layer, named
+//! `<linear>.lora_magnitude_vector` as PEFT saves it: the layer computes `(m / |W + s B A|) (W + s B A) x`, the norm
+//! taken per output row and, as in PEFT, held constant in backward, so only its numerator learns the scale. `m`
+//! starts at the row norms of `W`, so a fresh DoRA adapter is also the identity change.
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Mutex;
 
 use serde_json::Value;
-use tch::{nn, Tensor};
+use tch::{nn, Kind, Tensor};
 
+use super::Ctx;
 use crate::user_error;
 
 /// LoRA hyper-parameters.
@@ -30,6 +37,10 @@ pub struct LoraConfig {
     /// higher rank does not shrink the update.
     #[serde(default)]
     pub rslora: bool,
+    /// Weight-decomposed LoRA (DoRA; PEFT's `use_dora`): a trained magnitude per output rescales the adapted
+    /// weight's rows (see the module's documentation).
+    #[serde(default)]
+    pub dora: bool,
 }
 
 impl LoraConfig {
@@ -164,23 +175,80 @@ pub struct LoraAdapter {
     pub a: Tensor,
     /// Up projection `[out, r]`.
     pub b: Tensor,
+    /// DoRA's magnitude `[out]`, when the adapter is one.
+    pub magnitude: Option<Tensor>,
     scale: f64,
     dropout: f64,
+    /// DoRA's row norms, kept for the [`super::WeightsFixed`] period that computed them.
+    norms: Mutex<Option<(u64, Tensor)>>,
 }
 
 impl LoraAdapter {
-    /// Create the adapter's variables under `path` (the linear layer's HF name) for a `[out, in]` weight.
-    pub(crate) fn new(path: &nn::Path, cfg: &LoraConfig, in_dim: i64, out_dim: i64) -> Self {
+    /// Create the adapter's variables under `path` (the linear layer's HF name) for the base weight `weight`, seen
+    /// `[out, in]`.
+    pub(crate) fn new(path: &nn::Path, cfg: &LoraConfig, weight: &Tensor) -> Self {
+        let (out_dim, in_dim) = (weight.size()[0], weight.size()[1]);
         let bound = 1.0 / (in_dim as f64).sqrt();
         let a = path.sub("lora_A").uniform("weight", &[cfg.rank, in_dim], -bound, bound);
         let b = path.sub("lora_B").zeros("weight", &[out_dim, cfg.rank]);
-        LoraAdapter { a, b, scale: cfg.scale(), dropout: cfg.dropout }
+        // B is zero, so the adapted weight is W itself and m = |W| leaves the layer unchanged.
+        let magnitude = cfg
+            .dora
+            .then(|| path.var_copy("lora_magnitude_vector", &tch::no_grad(|| row_norms(&weight.to_kind(Kind::Float)))));
+        LoraAdapter { a, b, magnitude, scale: cfg.scale(), dropout: cfg.dropout, norms: Mutex::new(None) }
     }
 
-    /// The low-rank update for input `x`; dropout applies only when `train` is set.
-    pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        let x = if train && self.dropout > 0.0 { x.dropout(self.dropout, true) } else { x.shallow_clone() };
-        x.linear::<Tensor>(&self.a, None).linear::<Tensor>(&self.b, None) * self.scale
+    /// The adapted projection of `x`, given the base layer's output for it, `y = W x + bias`, and its weight `[out,
+    /// in]`. Dropout applies to the adapter's input only when `ctx.train` is set.
+    pub(crate) fn apply(&self, x: &Tensor, y: Tensor, weight: &Tensor, bias: Option<&Tensor>, ctx: Ctx) -> Tensor {
+        let dropped = ctx.train && self.dropout > 0.0;
+        let input = if dropped { x.dropout(self.dropout, true) } else { x.shallow_clone() };
+        let update = input.linear::<Tensor>(&self.a, None).linear::<Tensor>(&self.b, None) * self.scale;
+        let Some(magnitude) = &self.magnitude else {
+            return y + update;
+        };
+        let gain = magnitude / self.row_norms(weight, ctx.fixed);
+        // PEFT's form: the base output rescaled by (gain - 1) on top of `y`; under dropout the base term is taken of
+        // the dropped input, as the adapter's is.
+        let base = match (dropped, bias) {
+            (true, _) => input.linear::<Tensor>(weight, None),
+            (false, Some(bias)) => &y - bias,
+            (false, None) => y.shallow_clone(),
+        };
+        y + (&gain - 1.0) * base + gain * update
+    }
+
+    /// `|W + s B A|` per output row, constant for backward; within a period of fixed weights computed once.
+    fn row_norms(&self, weight: &Tensor, fixed: Option<u64>) -> Tensor {
+        let compute = || tch::no_grad(|| row_norms(&(weight + self.b.matmul(&self.a) * self.scale)));
+        let Some(period) = fixed else {
+            return compute();
+        };
+        let mut kept = self.norms.lock().unwrap_or_else(|e| e.into_inner());
+        match &*kept {
+            Some((p, norms)) if *p == period => norms.shallow_clone(),
+            _ => {
+                let norms = compute();
+                *kept = Some((period, norms.shallow_clone()));
+                norms
+            }
+        }
+    }
+}
+
+/// The Euclidean norm of each row of `w` `[out, in]`, in its dtype.
+fn row_norms(w: &Tensor) -> Tensor {
+    w.norm_scalaropt_dim(2, [1], false)
+}
+
+/// A base weight `[out, in]` with its adapter `a`, `b` (and DoRA's `magnitude`) merged in, in f32: `W + s B A`,
+/// under DoRA with each row rescaled to its magnitude, which is what the adapted layer computes without dropout.
+pub fn merged_weight(weight: &Tensor, a: &Tensor, b: &Tensor, magnitude: Option<&Tensor>, scale: f64) -> Tensor {
+    let f32 = |t: &Tensor| t.to_kind(Kind::Float);
+    let adapted = f32(weight) + f32(b).matmul(&f32(a)) * scale;
+    match magnitude {
+        Some(m) => (f32(m) / row_norms(&adapted)).unsqueeze(1) * adapted,
+        None => adapted,
     }
 }
 
@@ -196,8 +264,7 @@ pub struct PeftAdapter {
 /// adapter_config.json fields of PEFT features this host's adapters do not have, each with the value that means
 /// "not used". (`fan_in_fan_out` is not among them: PEFT sets it from the wrapped layer's kind, a GPT-2 `Conv1D` or
 /// a linear layer, whatever the file says, and so does this host.)
-const UNSUPPORTED: [(&str, &str); 10] = [
-    ("use_dora", "false"),
+const UNSUPPORTED: [(&str, &str); 9] = [
     ("use_qalora", "false"),
     ("lora_bias", "false"),
     ("bias", "\"none\""),
@@ -250,11 +317,12 @@ impl PeftAdapter {
         }
         .map_err(|e| user_error!("{where_}: target_modules: {e}"))?;
         let base_model = config.get("base_model_name_or_path").and_then(Value::as_str).map(str::to_string);
-        let rslora = match config.get("use_rslora").unwrap_or(&Value::Bool(false)) {
-            Value::Bool(on) => *on,
-            other => return Err(user_error!("{where_}: use_rslora {other} must be true or false")),
+        let switch = |field: &str| match config.get(field).unwrap_or(&Value::Bool(false)) {
+            Value::Bool(on) => Ok(*on),
+            other => Err(user_error!("{where_}: {field} {other} must be true or false")),
         };
-        Ok(PeftAdapter { config: LoraConfig { rank, alpha, dropout, targets, rslora }, base_model })
+        let (rslora, dora) = (switch("use_rslora")?, switch("use_dora")?);
+        Ok(PeftAdapter { config: LoraConfig { rank, alpha, dropout, targets, rslora, dora }, base_model })
     }
 
     /// The adapter's tensors in `dir/adapter_model.safetensors`, by this host's names (PEFT's, less their
@@ -287,14 +355,16 @@ mod tests {
         };
         let adapter = read(r#","target_modules":["v_proj","q_proj"]"#).unwrap();
         let targets = "q_proj,v_proj".parse().unwrap();
-        let expected = LoraConfig { rank: 8, alpha: 16.0, dropout: 0.05, targets, rslora: false };
+        let expected = LoraConfig { rank: 8, alpha: 16.0, dropout: 0.05, targets, rslora: false, dora: false };
         assert_eq!((adapter.config, adapter.base_model.as_deref()), (expected, Some("Org/base")));
         assert_eq!(read(r#","target_modules":"all-linear""#).unwrap().config.targets, LoraTargets::ALL);
         let rslora = read(r#","use_rslora":true"#).unwrap().config;
         assert!(rslora.rslora && (rslora.scale() - 16.0 / 8f64.sqrt()).abs() < 1e-12);
+        assert!(read(r#","use_dora":true"#).unwrap().config.dora && !rslora.dora);
         assert_eq!(expected.scale(), 2.0);
         for (extra, message) in [
-            (r#","use_dora":true"#, "use_dora true is not supported (only false)"),
+            (r#","use_dora":1"#, "use_dora 1 must be true or false"),
+            (r#","use_qalora":true"#, "use_qalora true is not supported (only false)"),
             (r#","use_rslora":"yes""#, "use_rslora \"yes\" must be true or false"),
             (r#","bias":"all""#, "bias \"all\" is not supported (only \"none\")"),
             (r#","modules_to_save":["lm_head"]"#, "modules_to_save [\"lm_head\"] is not supported"),
@@ -323,7 +393,7 @@ mod tests {
             assert!(err.contains("use all-linear or some of q_proj,k_proj"), "{bad}: {err}");
         }
         // In config.json and adapter_config.json: the list of names; a config saved before the flag has them all.
-        let cfg = LoraConfig { rank: 4, alpha: 8.0, dropout: 0.0, targets: qv, rslora: false };
+        let cfg = LoraConfig { rank: 4, alpha: 8.0, dropout: 0.0, targets: qv, rslora: false, dora: false };
         let saved = serde_json::to_value(cfg).unwrap();
         assert_eq!(saved["targets"], serde_json::json!(["q_proj", "v_proj"]));
         assert_eq!(serde_json::from_value::<LoraConfig>(saved).unwrap(), cfg);

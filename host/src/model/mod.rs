@@ -25,7 +25,7 @@ use std::cell::RefCell;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tch::{nn, Device, Kind, Tensor};
 
@@ -48,6 +48,29 @@ pub struct Ctx {
     pub adapters: bool,
     /// Training mode: LoRA dropout is active.
     pub train: bool,
+    /// While some [`WeightsFixed`] is held, which hold this is (a new number each time the first one is taken):
+    /// what is computed from the weights alone (DoRA's row norms) may be kept for its duration.
+    pub fixed: Option<u64>,
+}
+
+/// A promise that no weight of the model changes while it is held ([`Model::hold_weights_fixed`]): the generation
+/// engine holds one for its lifetime, so a DoRA adapter computes its row norms once, not at every decode step.
+#[derive(Debug)]
+pub struct WeightsFixed<'a> {
+    model: &'a Model,
+}
+
+/// See [`Model::hold_weights_fixed`].
+#[derive(Debug, Default)]
+struct FixedHolds {
+    holds: u64,
+    period: u64,
+}
+
+impl Drop for WeightsFixed<'_> {
+    fn drop(&mut self) {
+        self.model.fixed.lock().unwrap_or_else(|e| e.into_inner()).holds -= 1;
+    }
 }
 
 /// The key/value caches of every layer for a set of independent sequences, one slot (row) each, preallocated to a
@@ -183,6 +206,8 @@ pub struct Model {
     kind: Kind,
     adapters_enabled: AtomicBool,
     training: AtomicBool,
+    /// The [`WeightsFixed`] holds alive, and which period of holding this is.
+    fixed: Mutex<FixedHolds>,
     gradient_checkpointing: AtomicBool,
     /// The temperature of the distribution [`Model::token_log_probs`] scores tokens under (1: the model's own).
     logprob_temperature: f64,
@@ -301,6 +326,7 @@ impl Model {
             kind: dtype,
             adapters_enabled: AtomicBool::new(true),
             training: AtomicBool::new(false),
+            fixed: Mutex::new(FixedHolds::default()),
             gradient_checkpointing: AtomicBool::new(false),
             logprob_temperature: 1.0,
             router_aux_loss_coef: 0.0,
@@ -437,8 +463,7 @@ impl Model {
                 for part in lin.name.split('.') {
                     path = path.sub(part);
                 }
-                let (in_dim, out_dim) = lin.dims();
-                lin.lora = Some(lora::LoraAdapter::new(&path, &cfg, in_dim, out_dim));
+                lin.lora = Some(Box::new(lora::LoraAdapter::new(&path, &cfg, &lin.weight_out_in())));
             }
         }
         if self.kind != Kind::Float {
@@ -511,6 +536,17 @@ impl Model {
         self.training.store(on, Ordering::Relaxed);
     }
 
+    /// Promise that the weights stay as they are until the returned hold is dropped (see [`WeightsFixed`]). Holds
+    /// nest: the period lasts until the last one is dropped.
+    pub fn hold_weights_fixed(&self) -> WeightsFixed<'_> {
+        let mut fixed = self.fixed.lock().unwrap_or_else(|e| e.into_inner());
+        if fixed.holds == 0 {
+            fixed.period += 1;
+        }
+        fixed.holds += 1;
+        WeightsFixed { model: self }
+    }
+
     /// Score tokens under the model's distribution at `temperature` (logits divided by it) in every token log-prob
     /// and entropy this model computes, and in the engine's record of the sampled tokens' log-probs
     /// (`--logprob-temperature sampling`): the distribution a run's tokens were drawn from, filters aside, as TRL
@@ -563,7 +599,14 @@ impl Model {
     }
 
     fn ctx(&self) -> Ctx {
-        Ctx { adapters: self.adapters_enabled.load(Ordering::Relaxed), train: self.training.load(Ordering::Relaxed) }
+        Ctx {
+            adapters: self.adapters_enabled.load(Ordering::Relaxed),
+            train: self.training.load(Ordering::Relaxed),
+            fixed: {
+                let fixed = self.fixed.lock().unwrap_or_else(|e| e.into_inner());
+                (fixed.holds > 0).then_some(fixed.period)
+            },
+        }
     }
 
     /// Position ids from an attention mask (1 = real token): `cumsum - 1`, padding set to 1 like transformers.

@@ -161,7 +161,7 @@ impl SftConfig {
             "--model": m.model,
             "--dtype": m.dtype,
             "--mixed-precision": m.mixed_precision,
-            "--lora-rank/--lora-alpha/--lora-dropout/--use-rslora": m.lora,
+            "--lora-rank/--lora-alpha/--lora-dropout/--use-rslora/--use-dora": m.lora,
             "--router-aux-loss-coef": m.router_aux_loss_coef,
             "--chat-template-kwargs": m.chat_template_kwargs,
             "--chat-template": m.chat_template,

@@ -731,7 +731,7 @@ impl RunConfig {
             ("--rollout-dtype", json!(m.rollout_dtype)),
             ("--cast-lm-head-to-fp32", json!(m.cast_lm_head_to_fp32)),
             ("--router-aux-loss-coef", json!(m.router_aux_loss_coef)),
-            ("--lora-rank/--lora-alpha/--lora-dropout/--lora-target-modules/--use-rslora", json!(m.lora)),
+            ("--lora-rank/--lora-alpha/--lora-dropout/--lora-target-modules/--use-rslora/--use-dora", json!(m.lora)),
             ("--lora-adapter", json!(m.lora_adapter)),
             ("--chat-template-kwargs", json!(m.chat_template_kwargs)),
             ("--chat-template", json!(m.chat_template)),

@@ -15,6 +15,7 @@ use super::optimizer::{AdamW, AdamWConfig};
 use super::precision::LossScaler;
 use super::precision::Precision;
 use crate::checkpoint::{AdapterInfo, CheckpointData, TrainerState};
+use crate::model::lora::merged_weight;
 use crate::model::{self, Model, Padding};
 use crate::tokenizer::Tokenizer;
 use crate::user_error;
@@ -364,19 +365,20 @@ impl Policy {
             rank: c.rank,
             alpha: c.alpha,
             rslora: c.rslora,
+            dora: c.dora,
             dropout: c.dropout,
             target_modules: self.model.lora_modules().to_vec(),
             fan_in_fan_out: self.model.config().architecture.conv1d(),
         })
     }
 
-    /// Full weights with the adapter merged in (`W + scale * B A`, the scale `alpha/r` or rsLoRA's), for runs that
-    /// ask for them.
+    /// Full weights with the adapter merged in (`W + scale * B A`, the scale `alpha/r` or rsLoRA's; under DoRA each
+    /// row rescaled to its magnitude), for runs that ask for them.
     pub fn merged_weights(&self) -> Option<BTreeMap<String, Tensor>> {
         let cfg = self.model.lora_config()?;
         let lora = self.model.lora_var_store()?.variables();
         let scale = cfg.scale();
-        // A Conv1D's weight is stored `[in, out]`: its update is `(B A)^T`.
+        // A Conv1D's weight is stored `[in, out]`: it is merged as `[out, in]` and stored back transposed.
         let conv1d = self.model.config().architecture.conv1d();
         let merged = tch::no_grad(|| {
             self.model
@@ -387,12 +389,12 @@ impl Policy {
                     let base = name.strip_suffix(".weight").unwrap_or(&name);
                     let a = lora.get(&format!("{base}.lora_A.weight"));
                     let b = lora.get(&format!("{base}.lora_B.weight"));
+                    let magnitude = lora.get(&format!("{base}.lora_magnitude_vector"));
                     let w = match (a, b) {
-                        (Some(a), Some(b)) => {
-                            let delta = b.to_kind(Kind::Float).matmul(&a.to_kind(Kind::Float)) * scale;
-                            let delta = if conv1d { delta.tr() } else { delta };
-                            (w.to_kind(Kind::Float) + delta).to_kind(w.kind())
+                        (Some(a), Some(b)) if conv1d => {
+                            merged_weight(&w.tr(), a, b, magnitude, scale).tr().contiguous().to_kind(w.kind())
                         }
+                        (Some(a), Some(b)) => merged_weight(&w, a, b, magnitude, scale).to_kind(w.kind()),
                         _ => w.copy(),
                     };
                     (name, w)
