@@ -271,8 +271,9 @@ fn a_lora_checkpoint_is_scored_over_its_base_model() {
     }
     assert_eq!(score(&["--checkpoint", peft.to_str().unwrap()], "peft.json"), adapted);
     let from_adapter = |extra: &[&str], name: &str| {
+        let max_steps = if extra.contains(&"--resume") { "2" } else { "1" };
         grpo_host(runs.path())
-            .args(["--lora-adapter", peft.to_str().unwrap(), "--max-steps", "1", "--eval-before-train"])
+            .args(["--lora-adapter", peft.to_str().unwrap(), "--max-steps", max_steps, "--eval-before-train"])
             // Two optimizer steps: the evaluation before training is step 0's alone.
             .args(["--rollouts-per-step", "2", "--group-size", "2", "--train-batch-size", "2", "--eval-every", "1"])
             .args(&common_flags)
@@ -296,6 +297,17 @@ fn a_lora_checkpoint_is_scored_over_its_base_model() {
     assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stderr));
     let err = text(&refused.stderr);
     assert!(err.contains("has --lora-rank 2; leave --lora-rank out or give 2"), "{err}");
+
+    // The adapter's folder gone (a scratch disk, another node): the run started from it still resumes, since its
+    // checkpoints hold the adapter, while a new run from it is refused in one line.
+    std::fs::remove_dir_all(&peft).unwrap();
+    let resumed = from_adapter(&["--resume", "auto"], "continued");
+    assert!(resumed.status.success(), "resuming without the adapter's folder failed: {}", text(&resumed.stderr));
+    assert!(runs.path().join("continued/checkpoints/step_4/adapter_model.safetensors").exists());
+    let gone = from_adapter(&[], "gone");
+    assert_eq!(gone.status.code(), Some(2), "{}", text(&gone.stderr));
+    let err = text(&gone.stderr);
+    assert!(err.contains("no such folder") && err.lines().count() == 1, "{err}");
 }
 
 /// `--repetition-penalty` reaches the greedy episodes too, as in transformers' greedy search: the random tiny model

@@ -309,13 +309,36 @@ pub struct LoraArgs {
 impl LoraArgs {
     /// Set `settings`' adapter: none (full fine-tuning), a fresh one, or `--lora-adapter`'s, whose settings the
     /// other flags may repeat but not contradict (`--lora-dropout` other than 0 replaces its dropout), and whose base
-    /// model stands in for a missing `--model`.
-    pub fn apply(&self, settings: &mut ModelSettings) -> anyhow::Result<()> {
+    /// model stands in for a missing `--model`. A resumed run started from the adapter needs its folder no more
+    /// (its checkpoints hold the adapter): when the folder is gone, `resumed` gives the run's saved settings.
+    pub fn apply(
+        &self,
+        settings: &mut ModelSettings,
+        resumed: impl FnOnce() -> Option<ModelSettings>,
+    ) -> anyhow::Result<()> {
         settings.lora = self.config()?;
         let Some(dir) = &self.lora_adapter else {
             return Ok(());
         };
-        let adapter = PeftAdapter::read_config(dir)?;
+        // Absolute, so that a resume from another directory names the same adapter.
+        let absolute = std::fs::canonicalize(dir)
+            .or_else(|_| std::path::absolute(dir))
+            .unwrap_or_else(|_| dir.clone())
+            .display()
+            .to_string();
+        let adapter = match PeftAdapter::read_config(dir) {
+            Err(_) if !dir.exists() => resumed()
+                .filter(|saved| saved.lora_adapter.as_deref() == Some(absolute.as_str()))
+                .and_then(|saved| Some(PeftAdapter { config: saved.lora?, base_model: saved.model }))
+                .ok_or_else(|| {
+                    user_error!(
+                        "--lora-adapter {}: no such folder; give the folder of a PEFT LoRA adapter (only a run \
+                         resumed from its checkpoints does without it)",
+                        dir.display()
+                    )
+                })?,
+            read => read?,
+        };
         let theirs = adapter.config;
         let shown = dir.display();
         let contradicts = [
@@ -345,9 +368,7 @@ impl LoraArgs {
             return Err(user_error!("--lora-adapter {shown}: lora_dropout {dropout} must be in [0, 1)"));
         }
         settings.lora = Some(LoraConfig { dropout, ..theirs });
-        // Absolute, so that a resume from another directory names the same adapter.
-        let absolute = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
-        settings.lora_adapter = Some(absolute.display().to_string());
+        settings.lora_adapter = Some(absolute);
         if settings.model.is_none() {
             settings.model = adapter.base_model;
         }

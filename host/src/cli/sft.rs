@@ -11,6 +11,7 @@ use crate::logging::LoggingArgs;
 use crate::sft::render::LossOn;
 use crate::sft::run::{HeldOutRows, SftConfig, SftEvalSettings, SftSource};
 use crate::sft::warmup::WarmupSettings;
+use crate::train::run_dir::RunPaths;
 use crate::user_error;
 
 /// `train`'s supervised warm-up: N steps on the environment's demonstrations (or `--sft-data`) before the first
@@ -248,10 +249,10 @@ impl SftArgs {
             (None, None) => return Err(user_error!("give --data FILE.jsonl or --env NAME")),
         };
         let mut model = self.model.settings(self.precision.mode())?;
-        self.lora.apply(&mut model)?;
+        let mut checkpoints = self.run_dir.settings()?;
+        self.lora.apply(&mut model, || RunPaths::resumed_model_settings(&checkpoints))?;
         model.gradient_checkpointing = self.gradient_checkpointing;
         self.router.apply(&mut model)?;
-        let mut checkpoints = self.run_dir.settings()?;
         checkpoints.best_model = self.best_model.settings(self.eval_every)?;
         let logging = super::args::log_settings(&self.logging, &checkpoints.runs_dir, 0)?;
         let config = SftConfig {

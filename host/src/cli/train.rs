@@ -14,6 +14,7 @@ use crate::train::config::{
     BatchSettings, DistSettings, IsCorrection, LogprobTemperature, ModelSettings, ObjectiveSettings, OptimizerSettings,
     PluginSelection, RecomputeOld, ReferenceSync, RewardKl, RewardKlEstimator, RunConfig, SamplingSettings,
 };
+use crate::train::run_dir::RunPaths;
 use crate::user_error;
 
 /// The training command's flags; [`TrainArgs::into_config`] checks them and builds the run's [`RunConfig`]. They
@@ -202,8 +203,9 @@ pub struct TrainArgs {
     /// TRL's importance_sampling_level, set in the algorithm's options: token, or sequence (GSPO).
     #[arg(long, help_heading = "Optimisation and loss", value_name = "LEVEL")]
     pub importance_sampling_level: Option<String>,
-    /// TRL's delta, set in the algorithm's options: two-sided clipping's cap on the probability ratio.
-    #[arg(long, help_heading = "Optimisation and loss", value_name = "DELTA")]
+    /// TRL's delta, set in the algorithm's options: two-sided clipping's cap on the probability ratio (verl's
+    /// dual-clip clip_ratio_c, which verl applies by default at 3 and this host only when given).
+    #[arg(long, visible_alias = "clip-ratio-c", help_heading = "Optimisation and loss", value_name = "DELTA")]
     pub delta: Option<f64>,
     /// Recompute the old log-probs with a forward pass instead of reusing the sampler's (auto: reuse in f32, where
     /// both are the same computation up to rounding; recompute in bf16/f16).
@@ -417,7 +419,7 @@ impl TrainArgs {
                 ..self.rewards.shaping(episode.max_new_tokens)?
             },
         };
-        self.lora.apply(&mut config.model)?;
+        self.lora.apply(&mut config.model, || RunPaths::resumed_model_settings(&config.checkpoints))?;
         self.router.apply(&mut config.model)?;
         config.optimizer.check()?;
         if config.loss.logprob_temperature == LogprobTemperature::Sampling && config.sampling.params.is_greedy() {
@@ -749,8 +751,8 @@ mod tests {
         assert!(Cli::try_parse_from(["grpo-host", "--rollouts-per-step", "2", "--steps-per-generation", "2"]).is_err());
     }
 
-    /// TRL's algorithm options as flags land in the algorithm's options under TRL's names, its old booleans for
-    /// scale_rewards read, and one that disagrees with --algo-config is refused.
+    /// TRL's algorithm options as flags land in the algorithm's options under TRL's names (verl's clip_ratio_c as
+    /// delta), its old booleans for scale_rewards read, and one that disagrees with --algo-config is refused.
     #[test]
     fn trls_algorithm_flags_set_the_algorithms_options() {
         let options = |args: &[&str]| {
@@ -763,6 +765,7 @@ mod tests {
         let with = [&trl[..], &["--delta", "2", "--algo-config", r#"{"std_eps": 1e-4, "loss_type": "dapo"}"#]].concat();
         assert_eq!(options(&with), Ok(want));
         assert_eq!(options(&["--scale-rewards", "true"]), Ok(serde_json::json!({"scale_rewards": "group"})));
+        assert_eq!(options(&["--clip-ratio-c", "3"]), Ok(serde_json::json!({"delta": 3.0})), "verl's name for delta");
         assert_eq!(options(&[]), Ok(serde_json::Value::Null));
         let err = options(&["--loss-type", "dapo", "--algo-config", r#"{"loss_type": "grpo"}"#]).unwrap_err();
         assert_eq!(err, r#"--loss-type "dapo" and --algo-config's "loss_type": "grpo" disagree; give one of them"#);

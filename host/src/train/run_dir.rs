@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::config::{CheckpointSettings, LogSettings};
+use super::config::{CheckpointSettings, LogSettings, ModelSettings};
 use crate::checkpoint::{self, TrainerState};
 use crate::logging::{Loggers, LoggingConfig};
 use crate::user_error;
@@ -41,20 +41,29 @@ impl RunPaths {
 
     /// Decide the paths from the checkpoint settings; `default_name` names a new run when `--run-name` does not.
     pub fn resolve(c: &CheckpointSettings, default_name: impl FnOnce() -> String) -> Result<RunPaths> {
+        let (paths, notes) = Self::locate(c, default_name)?;
+        for line in notes {
+            eprintln!("{line}");
+        }
+        Ok(paths)
+    }
+
+    /// [`RunPaths::resolve`]'s decision, with the lines it has for the user (checkpoints skipped as incomplete, a
+    /// `--resume auto` with nothing to resume yet) instead of printing them.
+    fn locate(c: &CheckpointSettings, default_name: impl FnOnce() -> String) -> Result<(RunPaths, Vec<String>)> {
+        let mut notes = Vec::new();
         let resume = match &c.resume {
             Some(spec) if spec == "auto" && crate::distributed::Launch::elastic() && Self::nothing_to_resume(c) => {
                 // torchrun --max-restarts reruns the same command: its first attempt (or one that failed before
                 // the first checkpoint) has nothing to resume yet and starts the run.
-                eprintln!("--resume auto: the run has no checkpoint yet; starting it");
+                notes.push("--resume auto: the run has no checkpoint yet; starting it".to_string());
                 None
             }
             Some(spec) => {
                 let named = c.run_name.as_ref().map(|n| c.runs_dir.join(n));
                 let found =
                     checkpoint::resolve_resume(spec, &c.runs_dir, named.as_deref(), c.checkpoint_path.as_deref())?;
-                for line in &found.skipped {
-                    eprintln!("{line}");
-                }
+                notes.extend(found.skipped);
                 Some(found.checkpoint)
             }
             None => None,
@@ -84,7 +93,18 @@ impl RunPaths {
             ));
         }
         let restart = resume.is_none() && std::fs::metadata(run_dir.join("metrics.jsonl")).is_ok_and(|m| m.len() > 0);
-        Ok(RunPaths { run_dir, run_name, checkpoints, resume, restart })
+        Ok((RunPaths { run_dir, run_name, checkpoints, resume, restart }, notes))
+    }
+
+    /// The model settings (`train`'s or `sft`'s) of the run that `c`'s `--resume` continues, as its `config.json`
+    /// saved them; `None` when not resuming, or when there is no such run or file (the resume itself then says why).
+    pub fn resumed_model_settings(c: &CheckpointSettings) -> Option<ModelSettings> {
+        c.resume.as_ref()?;
+        let (paths, _) = Self::locate(c, String::new).ok()?;
+        paths.resume.as_ref()?;
+        let (saved, _) = saved_config(&paths.run_dir)?;
+        let model = if saved["run"].is_object() { &saved["run"]["model"] } else { &saved["sft"]["model"] };
+        serde_json::from_value(model.clone()).ok()
     }
 }
 
