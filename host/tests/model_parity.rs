@@ -502,16 +502,7 @@ fn gradient_checkpointing_changes_no_value_gradient_or_random_draw() {
     let (ids, mask) = (&r["input_ids"], &r["attention_mask"]);
     let mut model = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
     tch::manual_seed(5);
-    model
-        .attach_lora(LoraConfig {
-            rank: 4,
-            alpha: 8.0,
-            dropout: 0.3,
-            targets: Default::default(),
-            rslora: false,
-            dora: false,
-        })
-        .unwrap();
+    model.attach_lora(LoraConfig { dropout: 0.3, ..LoraConfig::new(4, 8.0) }).unwrap();
     tch::no_grad(|| {
         for (name, v) in model.lora_var_store().unwrap().variables() {
             if name.contains("lora_B") {
@@ -878,16 +869,7 @@ fn lora_starts_as_identity_and_switches_off() {
     let (ids, mask, pos) = (&r["input_ids"], &r["attention_mask"], &r["position_ids"]);
     let mut model = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
     let base = tch::no_grad(|| model.forward(ids, mask, pos));
-    model
-        .attach_lora(LoraConfig {
-            rank: 4,
-            alpha: 8.0,
-            dropout: 0.0,
-            targets: Default::default(),
-            rslora: false,
-            dora: false,
-        })
-        .unwrap();
+    model.attach_lora(LoraConfig::new(4, 8.0)).unwrap();
     let lvs = model.lora_var_store().unwrap();
     let lora_vars = lvs.variables();
     // 7 adapted projections per layer, two matrices each.
@@ -921,7 +903,7 @@ fn dora_starts_as_identity_and_its_kept_norms_follow_the_weights() {
     let mut model = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
     let forward = |model: &Model| tch::no_grad(|| model.forward(ids, mask, pos));
     let base = forward(&model);
-    let dora = LoraConfig { rank: 4, alpha: 8.0, dropout: 0.0, targets: Default::default(), rslora: false, dora: true };
+    let dora = LoraConfig { dora: true, ..LoraConfig::new(4, 8.0) };
     model.attach_lora(dora).unwrap();
     let vars = model.lora_var_store().unwrap().variables();
     assert_eq!(vars.len(), 2 * 7 * 3, "A, B and a magnitude per adapted projection");
@@ -961,8 +943,7 @@ fn dora_starts_as_identity_and_its_kept_norms_follow_the_weights() {
 #[test]
 fn lora_on_a_mixture_adapts_attention_and_the_shared_expert() {
     let _rng = common::torch_rng_lock();
-    let all =
-        || LoraConfig { rank: 2, alpha: 4.0, dropout: 0.0, targets: Default::default(), rslora: false, dora: false };
+    let all = || LoraConfig::new(2, 4.0);
     let attention = ["q_proj", "k_proj", "v_proj", "o_proj"];
     let mlp = ["gate_proj", "up_proj", "down_proj"];
     // Qwen2-MoE: a shared expert in both layers; Qwen3-MoE: a dense MLP in layer 1; Mixtral: experts only.

@@ -660,14 +660,7 @@ fn the_kl_reference_moves_toward_the_policy_after_every_nth_update() {
 fn a_lora_reference_synced_at_alpha_one_scores_as_the_policy() {
     let (algo, env) = plugins();
     let objective = objective(0.01, RecomputeOld::Auto);
-    let lora = grpo_host::model::LoraConfig {
-        rank: 4,
-        alpha: 8.0,
-        dropout: 0.0,
-        targets: Default::default(),
-        rslora: false,
-        dora: false,
-    };
+    let lora = grpo_host::model::LoraConfig::new(4, 8.0);
     let settings = ModelSettings { lora: Some(lora), ..settings(DtypeSpec::F32, MixedPrecision::No) };
     let mut policy = Policy::load(&settings, objective.needs_reference(), 7).unwrap();
     let batch = batch(3);

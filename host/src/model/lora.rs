@@ -44,6 +44,11 @@ pub struct LoraConfig {
 }
 
 impl LoraConfig {
+    /// Rank `rank` and alpha `alpha` on every projection, without dropout, rsLoRA or DoRA.
+    pub fn new(rank: i64, alpha: f64) -> Self {
+        LoraConfig { rank, alpha, dropout: 0.0, targets: LoraTargets::ALL, rslora: false, dora: false }
+    }
+
     /// What the update `B A x` is multiplied by: `alpha / rank`, or `alpha / sqrt(rank)` under rsLoRA.
     pub fn scale(&self) -> f64 {
         match self.rslora {
@@ -393,7 +398,7 @@ mod tests {
             assert!(err.contains("use all-linear or some of q_proj,k_proj"), "{bad}: {err}");
         }
         // In config.json and adapter_config.json: the list of names; a config saved before the flag has them all.
-        let cfg = LoraConfig { rank: 4, alpha: 8.0, dropout: 0.0, targets: qv, rslora: false, dora: false };
+        let cfg = LoraConfig { targets: qv, ..LoraConfig::new(4, 8.0) };
         let saved = serde_json::to_value(cfg).unwrap();
         assert_eq!(saved["targets"], serde_json::json!(["q_proj", "v_proj"]));
         assert_eq!(serde_json::from_value::<LoraConfig>(saved).unwrap(), cfg);
