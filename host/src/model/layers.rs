@@ -114,20 +114,25 @@ impl Linear {
         Ok(Linear { weight, bias, lora: None, name: name.to_string(), transposed: l.conv1d })
     }
 
-    /// The weight as `[out, in]`: a Conv1D's as a transposed view, which libtorch's matmul reads in place.
+    /// The weight as `[out, in]`.
     pub fn weight_out_in(&self) -> Tensor {
-        match self.transposed {
-            true => self.weight.tr(),
-            false => self.weight.shallow_clone(),
-        }
+        self.transposed_view().unwrap_or_else(|| self.weight.shallow_clone())
+    }
+
+    /// A Conv1D's weight as an `[out, in]` view, which libtorch's matmul reads in place; `None` for a linear layer,
+    /// whose weight is that already.
+    fn transposed_view(&self) -> Option<Tensor> {
+        self.transposed.then(|| self.weight.tr())
     }
 
     /// Apply the projection, adapted when an adapter is attached and `ctx.adapters` is set.
     pub fn forward(&self, x: &Tensor, ctx: Ctx) -> Tensor {
-        let weight = self.weight_out_in();
-        let y = x.linear(&weight, self.bias.as_ref());
+        // Every forward pass of every layer comes here: a linear layer's weight is used as it is, with no new handle.
+        let view = self.transposed_view();
+        let weight = view.as_ref().unwrap_or(&self.weight);
+        let y = x.linear(weight, self.bias.as_ref());
         match &self.lora {
-            Some(lora) if ctx.adapters => lora.apply(x, y, &weight, self.bias.as_ref(), ctx),
+            Some(lora) if ctx.adapters => lora.apply(x, y, weight, self.bias.as_ref(), ctx),
             _ => y,
         }
     }
