@@ -1,5 +1,6 @@
 //! Users' datasets: the fixtures in tests/fixtures/datasets (made by tests/oracles/dataset_fixtures.py) read as
-//! Parquet, JSONL, directories, globs and a hub-cache layout resolved by id offline; rows turned into tasks by the
+//! Parquet, JSONL, JSON, CSV, TSV (compressed too), directories, globs and a hub-cache layout resolved by id
+//! offline, each as `datasets` reads it; rows turned into tasks by the
 //! real `math` plugin through its column mapping; and every failure one line naming the file, row or column.
 
 mod common;
@@ -108,6 +109,42 @@ fn parquet_jsonl_directories_and_globs_read_the_same_rows() {
     // Shards in sorted order (test, then train), rows counted within each.
     assert!(data.origin(59).ends_with("test-00000-of-00001.parquet row 59"), "{}", data.origin(59));
     assert!(data.origin(60).ends_with("train-00000-of-00001.parquet row 0"), "{}", data.origin(60));
+}
+
+/// The other formats `datasets.load_dataset` reads, each file read by the host as `datasets` 5.2 reads it
+/// (tests/fixtures/datasets/formats/expected.json, written by tests/oracles/dataset_formats.py): CSV and TSV with
+/// pandas' column types, gzipped JSON Lines, pretty-printed objects, and a folder holding the same rows twice. A
+/// number compares by value (pandas turns a column of integers with an empty cell into floats; the host keeps
+/// integers), and a key absent from a row equals null (Arrow gives every row every column).
+#[test]
+fn csv_tsv_compressed_and_pretty_printed_files_read_as_datasets_reads_them() {
+    fn same(host: &serde_json::Value, oracle: &serde_json::Value) -> bool {
+        match (host, oracle) {
+            (serde_json::Value::Number(a), serde_json::Value::Number(b)) => a.as_f64() == b.as_f64(),
+            (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+                let at = |m: &serde_json::Map<String, serde_json::Value>, k: &String| {
+                    m.get(k).cloned().unwrap_or(serde_json::Value::Null)
+                };
+                a.keys().chain(b.keys()).all(|k| same(&at(a, k), &at(b, k)))
+            }
+            (serde_json::Value::Array(a), serde_json::Value::Array(b)) => {
+                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same(x, y))
+            }
+            _ => host == oracle,
+        }
+    }
+    let dir = fixtures().join("formats");
+    let expected: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    assert_eq!(expected.len(), 7);
+    for (file, oracle) in &expected {
+        let data = load(&spec(dir.join(file).to_str().unwrap())).unwrap();
+        let host = serde_json::Value::Array(rows(&data));
+        assert!(same(&host, oracle), "{file}: the host read {host:#}, datasets {oracle:#}");
+    }
+    // The folder's CSV and Parquet hold the same rows: one of them is read (Parquet, on a tie).
+    let twice = load(&spec(dir.join("twice").to_str().unwrap())).unwrap();
+    assert!(twice.files().len() == 1 && twice.files()[0].extension().unwrap() == "parquet", "{:?}", twice.files());
 }
 
 #[test]

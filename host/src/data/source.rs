@@ -32,12 +32,14 @@ pub fn resolve_files(
     if path.is_dir() {
         let relative = data_files_under(path);
         if relative.is_empty() {
-            return Err(user_error!("{flag} {source}: the directory holds no .jsonl, .json or .parquet files"));
+            return Err(user_error!(
+                "{flag} {source}: the directory holds no data files (.jsonl, .json, .csv, .tsv, .parquet)"
+            ));
         }
         // A plain folder of shards has no split names; with none asked for, it is all one split.
         let chosen = match select(&relative, spec.config.as_deref(), spec.split.as_deref().unwrap_or(default_split)) {
             Ok(chosen) => chosen,
-            Err(_) if spec.config.is_none() && spec.split.is_none() => relative,
+            Err(_) if spec.config.is_none() && spec.split.is_none() => one_format(relative),
             Err(why) => return Err(user_error!("{flag} {source}: {why}")),
         };
         return Ok(chosen.iter().map(|r| path.join(r)).collect());
@@ -45,7 +47,9 @@ pub fn resolve_files(
     if source.contains(['*', '?', '[']) {
         let files = glob(source);
         if files.is_empty() {
-            return Err(user_error!("{flag} {source}: the pattern matches no .jsonl, .json or .parquet file"));
+            return Err(user_error!(
+                "{flag} {source}: the pattern matches no data file (.jsonl, .json, .csv, .tsv, .parquet)"
+            ));
         }
         return Ok(files);
     }
@@ -53,7 +57,7 @@ pub fn resolve_files(
         return hub_files(spec, flag, spec.split.as_deref().unwrap_or(default_split), allow_download);
     }
     Err(user_error!(
-        "{flag} {source}: no such file or directory; pass a .jsonl, .json or .parquet file, a directory or glob of \
+        "{flag} {source}: no such file or directory; pass a .jsonl, .json, .csv or .parquet file, a directory or glob of \
          them, or a hub dataset id like openai/gsm8k"
     ))
 }
@@ -131,7 +135,17 @@ pub fn select(files: &[String], config: Option<&str>, split: &str) -> std::resul
             }
         ));
     }
-    Ok(chosen)
+    Ok(one_format(chosen))
+}
+
+/// The files of one format among `files`: the most common one, Parquet first on a tie (the hub's own conversion
+/// sits beside the uploaded files), as `datasets` picks one builder for a split; the same rows are often uploaded
+/// in two formats, and reading both would count each row twice.
+fn one_format(files: Vec<String>) -> Vec<String> {
+    let formats = [Format::Parquet, Format::JsonLines, Format::Json, Format::Csv, Format::Tsv];
+    let count = |format: Format| files.iter().filter(|f| Format::of(Path::new(f)) == Some(format)).count();
+    let Some(most) = formats.into_iter().rev().max_by_key(|f| count(*f)) else { return files };
+    files.into_iter().filter(|f| Format::of(Path::new(f)) == Some(most)).collect()
 }
 
 /// Top-level folders that hold data files, except `data` (the hub's folder for a dataset with one config).
@@ -336,6 +350,12 @@ mod tests {
         assert_eq!(select(&single, None, "test").unwrap(), strings(&["main/test.jsonl"]));
         let nested = strings(&["train/part-0.parquet", "train/part-1.parquet", "test/part-0.parquet"]);
         assert_eq!(select(&nested, None, "train").unwrap().len(), 2);
+
+        // The same rows uploaded twice: one format is read, the most common, Parquet on a tie.
+        let twice = strings(&["data/train.csv", "data/train-00000-of-00001.parquet", "data/test.csv"]);
+        assert_eq!(select(&twice, None, "train").unwrap(), strings(&["data/train-00000-of-00001.parquet"]));
+        let shards = strings(&["train-0.jsonl.gz", "train-1.jsonl.gz", "train.parquet"]);
+        assert_eq!(select(&shards, None, "train").unwrap(), strings(&["train-0.jsonl.gz", "train-1.jsonl.gz"]));
     }
 
     #[test]
