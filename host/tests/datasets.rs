@@ -111,13 +111,14 @@ fn parquet_jsonl_directories_and_globs_read_the_same_rows() {
     assert!(data.origin(60).ends_with("train-00000-of-00001.parquet row 0"), "{}", data.origin(60));
 }
 
-/// The other formats `datasets.load_dataset` reads, each file read by the host as `datasets` 5.2 reads it
+/// The other formats `datasets` reads, each file read by the host as `datasets` 5.2 reads it
 /// (tests/fixtures/datasets/formats/expected.json, written by tests/oracles/dataset_formats.py): CSV and TSV with
-/// pandas' column types, gzipped JSON Lines, pretty-printed objects, and a folder holding the same rows twice. A
+/// pandas' column types, gzipped JSON Lines, pretty-printed objects, a folder holding the same rows twice, and a
+/// `save_to_disk` folder (Arrow streams) as `load_from_disk` reads it. A
 /// number compares by value (pandas turns a column of integers with an empty cell into floats; the host keeps
 /// integers), and a key absent from a row equals null (Arrow gives every row every column).
 #[test]
-fn csv_tsv_compressed_and_pretty_printed_files_read_as_datasets_reads_them() {
+fn csv_tsv_arrow_compressed_and_pretty_printed_files_read_as_datasets_reads_them() {
     fn same(host: &serde_json::Value, oracle: &serde_json::Value) -> bool {
         match (host, oracle) {
             (serde_json::Value::Number(a), serde_json::Value::Number(b)) => a.as_f64() == b.as_f64(),
@@ -136,7 +137,7 @@ fn csv_tsv_compressed_and_pretty_printed_files_read_as_datasets_reads_them() {
     let dir = fixtures().join("formats");
     let expected: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
-    assert_eq!(expected.len(), 7);
+    assert_eq!(expected.len(), 9);
     for (file, oracle) in &expected {
         let data = load(&spec(dir.join(file).to_str().unwrap())).unwrap();
         let host = serde_json::Value::Array(rows(&data));
@@ -145,6 +146,12 @@ fn csv_tsv_compressed_and_pretty_printed_files_read_as_datasets_reads_them() {
     // The folder's CSV and Parquet hold the same rows: one of them is read (Parquet, on a tie).
     let twice = load(&spec(dir.join("twice").to_str().unwrap())).unwrap();
     assert!(twice.files().len() == 1 && twice.files()[0].extension().unwrap() == "parquet", "{:?}", twice.files());
+    // A `save_to_disk` folder of a DatasetDict: its split folders are the splits.
+    for split in ["train", "test"] {
+        let saved = DatasetSpec { split: Some(split.into()), ..spec(dir.join("saved").to_str().unwrap()) };
+        let host = serde_json::Value::Array(rows(&load(&saved).unwrap()));
+        assert!(same(&host, &expected[&format!("saved/{split}")]), "saved, split {split}: {host:#}");
+    }
 }
 
 #[test]

@@ -14,6 +14,8 @@ host/tests/datasets.rs compares the host's reading with). Committed, so tests ne
 - train.tsv: tab-separated, which `datasets` reads with its CSV builder and `sep="\t"`.
 - train.jsonl.gz: gzipped JSON Lines.
 - twice/: the same rows uploaded as `train.csv` and as the hub's Parquet conversion; a folder read as one split.
+- saved/: a `DatasetDict` written by `save_to_disk` (splits `train` and `test`, Arrow IPC streams), with a list of
+  chat messages, a struct and a null among its columns; its rows as `load_from_disk` gives them.
 """
 
 import gzip
@@ -61,6 +63,20 @@ def main():
     (twice / "train.csv").write_text("prompt,answer\n" + "".join(f"\"{r['prompt']}\",{r['answer']}\n" for r in ROWS))
     pd.DataFrame(ROWS).to_parquet(twice / "train-00000-of-00001.parquet", index=False)
 
+    saved = datasets.DatasetDict({
+        "train": datasets.Dataset.from_list([
+            {"prompt": [{"role": "user", "content": "What is 12 + 30?"}], "reward_model": {"ground_truth": "42"},
+             "level": 1},
+            {"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "7 + 8?"}],
+             "reward_model": {"ground_truth": "15"}, "level": None},
+        ]),
+        "test": datasets.Dataset.from_list([
+            {"prompt": [{"role": "user", "content": "3 * 8?"}], "reward_model": {"ground_truth": "24"}, "level": 2},
+        ]),
+    })
+    saved.save_to_disk(str(OUT / "saved"))
+    from_disk = datasets.load_from_disk(str(OUT / "saved"))
+
     expected = {
         "columns.json": rows_of(OUT / "columns.json", "json"),
         "frame.json": rows_of(OUT / "frame.json", "json"),
@@ -69,6 +85,8 @@ def main():
         "train.tsv": rows_of(OUT / "train.tsv", "csv", sep="\t"),
         "train.jsonl.gz": rows_of(OUT / "train.jsonl.gz", "json"),
         "twice": json.loads(json.dumps(datasets.load_dataset(str(twice), split="train").to_list())),
+        "saved/train": from_disk["train"].to_list(),
+        "saved/test": from_disk["test"].to_list(),
     }
     (OUT / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
     print(json.dumps(expected, indent=1))

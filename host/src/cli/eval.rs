@@ -24,9 +24,10 @@ use crate::user_error;
 #[derive(Debug, Clone, Args)]
 pub struct DataArgs {
     /// Train on this dataset instead of the environment's own tasks (in `eval`: the training run's dataset, whose
-    /// --eval-holdout rows are scored): a .jsonl, .json, .csv, .tsv or .parquet file (the text ones also .gz or
-    /// .zst), a directory or glob of them, or a Hugging Face hub dataset id (openai/gsm8k) from the local hub cache (downloaded when online unless --offline). Rows
-    /// reach the environment as JSON objects (see its column options).
+    /// --eval-holdout rows are scored): a .jsonl, .json, .csv, .tsv, .parquet or .arrow file (the text ones also
+    /// .gz or .zst), a directory or glob of them (a `save_to_disk` folder too), or a Hugging Face hub dataset id
+    /// (openai/gsm8k) from the local hub cache (downloaded when online unless --offline). Rows reach the
+    /// environment as JSON objects (see its column options).
     #[arg(long, value_name = "FILE|DIR|GLOB|ORG/NAME", visible_alias = "dataset-name")]
     pub dataset: Option<String>,
     /// The hub dataset's config (GSM8K: main); also used for --eval-data.

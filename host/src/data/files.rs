@@ -25,6 +25,8 @@ pub enum Format {
     Tsv,
     /// Apache Parquet (`.parquet`): the Hugging Face hub's and verl's format.
     Parquet,
+    /// Arrow IPC (`.arrow`): the shards `datasets`' `save_to_disk` writes (streams), or Arrow files (Feather v2).
+    Arrow,
 }
 
 /// A whole-file compression around a text format, by the file's last extension.
@@ -39,13 +41,18 @@ pub enum Compression {
 }
 
 impl Format {
+    /// Every format, in the order that breaks a tie between formats of equal count in one split: the hub's own
+    /// Parquet conversion first.
+    pub const BY_PREFERENCE: [Format; 6] =
+        [Format::Parquet, Format::Arrow, Format::JsonLines, Format::Json, Format::Csv, Format::Tsv];
+
     /// The format of `path` by its extension; `None` for anything else.
     pub fn of(path: &Path) -> Option<Format> {
         Self::with_compression(path).map(|(format, _)| format)
     }
 
-    /// The format and the compression around it: `train.jsonl.gz` is gzipped JSON Lines. Parquet compresses its
-    /// own pages, so a compressed `.parquet` is no known format.
+    /// The format and the compression around it: `train.jsonl.gz` is gzipped JSON Lines. Parquet and Arrow
+    /// compress their own buffers, so a compressed `.parquet` or `.arrow` is no known format.
     pub fn with_compression(path: &Path) -> Option<(Format, Compression)> {
         let name = path.file_name()?.to_str()?.to_ascii_lowercase();
         let (name, compression) = match () {
@@ -59,17 +66,28 @@ impl Format {
             "csv" => Format::Csv,
             "tsv" => Format::Tsv,
             "parquet" if compression == Compression::None => Format::Parquet,
+            "arrow" if compression == Compression::None => Format::Arrow,
             _ => return None,
         };
         Some((format, compression))
     }
 }
 
+/// `datasets`' own metadata beside the data (`save_to_disk`'s `state.json`, `dataset_info.json` and
+/// `dataset_dict.json`, the hub's older `dataset_infos.json`): JSON, but no rows.
+const METADATA: [&str; 4] = ["state.json", "dataset_info.json", "dataset_infos.json", "dataset_dict.json"];
+
+/// Whether `path` is a data file: a known format, and not `datasets`' metadata.
+pub fn is_data_file(path: &Path) -> bool {
+    let metadata = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| METADATA.contains(&n));
+    Format::of(path).is_some() && !metadata
+}
+
 /// Every row of `path` as a JSON object, in file order.
 pub fn read_rows(path: &Path) -> Result<Vec<Value>> {
     let Some((format, compression)) = Format::with_compression(path) else {
         return Err(user_error!(
-            "{}: unknown data format; expected .jsonl, .json, .csv, .tsv (each may be .gz or .zst) or .parquet",
+            "{}: unknown data format; expected .jsonl, .json, .csv, .tsv (each may be .gz or .zst), .parquet or .arrow",
             path.display()
         ));
     };
@@ -79,6 +97,7 @@ pub fn read_rows(path: &Path) -> Result<Vec<Value>> {
         Format::Csv => read_delimited(path, open(path, compression)?, b','),
         Format::Tsv => read_delimited(path, open(path, compression)?, b'\t'),
         Format::Parquet => read_parquet(path),
+        Format::Arrow => read_arrow(path),
     }
 }
 
@@ -214,6 +233,33 @@ fn read_parquet(path: &Path) -> Result<Vec<Value>> {
     Ok(rows)
 }
 
+/// An Arrow IPC stream, as `datasets` writes each shard of a `save_to_disk` folder, or an Arrow file (its
+/// `ARROW1` magic first). Each record batch becomes rows through arrow-json: a null is an absent key, lists and
+/// structs are arrays and objects, as Parquet's rows are.
+fn read_arrow(path: &Path) -> Result<Vec<Value>> {
+    use arrow_ipc::reader::{FileReader, StreamReader};
+    let bad = |e: &dyn std::fmt::Display| user_error!("{}: not a readable Arrow file ({e})", path.display());
+    let open = || File::open(path).map_err(|e| user_error!("{}: cannot open it ({e})", path.display()));
+    let mut magic = [0u8; 6];
+    let is_file = open()?.read_exact(&mut magic).is_ok() && &magic == b"ARROW1";
+    let batches: Vec<_> = if is_file {
+        let reader = FileReader::try_new(open()?, None).map_err(|e| bad(&e))?;
+        reader.collect::<std::result::Result<_, _>>().map_err(|e| bad(&e))?
+    } else {
+        let reader = StreamReader::try_new(BufReader::new(open()?), None).map_err(|e| bad(&e))?;
+        reader.collect::<std::result::Result<_, _>>().map_err(|e| bad(&e))?
+    };
+    let mut writer = arrow_json::ArrayWriter::new(Vec::new());
+    writer.write_batches(&batches.iter().collect::<Vec<_>>()).map_err(|e| bad(&e))?;
+    writer.finish().map_err(|e| bad(&e))?;
+    let bytes = writer.into_inner();
+    // An empty stream writes nothing at all, not `[]`.
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
+    serde_json::from_slice(&bytes).map_err(|e| bad(&e))
+}
+
 /// A JSON value's kind, for messages.
 pub fn kind(v: &Value) -> &'static str {
     match v {
@@ -326,6 +372,9 @@ mod tests {
         );
         assert_eq!(Format::with_compression(Path::new("t.csv.zst")), Some((Format::Csv, Compression::Zstd)));
         assert_eq!(Format::of(Path::new("t.parquet.gz")), None);
+        assert_eq!(Format::of(Path::new("saved/train/data-00000-of-00001.arrow")), Some(Format::Arrow));
+        assert_eq!(Format::of(Path::new("data.arrow.zst")), None);
+        assert!(!is_data_file(Path::new("saved/train/state.json")) && is_data_file(Path::new("states.json")));
         assert_eq!(Format::of(Path::new("t.gz")), None);
         assert_eq!(Format::of(Path::new("README.md")), None);
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
-use super::files::Format;
+use super::files::{is_data_file, Format};
 use super::DatasetSpec;
 use crate::model::resolve::hf_hub_cache;
 use crate::user_error;
@@ -33,7 +33,7 @@ pub fn resolve_files(
         let relative = data_files_under(path);
         if relative.is_empty() {
             return Err(user_error!(
-                "{flag} {source}: the directory holds no data files (.jsonl, .json, .csv, .tsv, .parquet)"
+                "{flag} {source}: the directory holds no data files (.jsonl, .json, .csv, .tsv, .parquet, .arrow)"
             ));
         }
         // A plain folder of shards has no split names; with none asked for, it is all one split.
@@ -48,7 +48,7 @@ pub fn resolve_files(
         let files = glob(source);
         if files.is_empty() {
             return Err(user_error!(
-                "{flag} {source}: the pattern matches no data file (.jsonl, .json, .csv, .tsv, .parquet)"
+                "{flag} {source}: the pattern matches no data file (.jsonl, .json, .csv, .tsv, .parquet, .arrow)"
             ));
         }
         return Ok(files);
@@ -58,7 +58,7 @@ pub fn resolve_files(
     }
     Err(user_error!(
         "{flag} {source}: no such file or directory; pass a .jsonl, .json, .csv or .parquet file, a directory or glob of \
-         them, or a hub dataset id like openai/gsm8k"
+         them (a `save_to_disk` folder too), or a hub dataset id like openai/gsm8k"
     ))
 }
 
@@ -84,7 +84,7 @@ fn data_files_under(root: &Path) -> Vec<String> {
             let path = entry.path();
             if path.is_dir() {
                 walk(&path, &rel, out);
-            } else if Format::of(&path).is_some() {
+            } else if is_data_file(&path) {
                 out.push(rel);
             }
         }
@@ -142,9 +142,8 @@ pub fn select(files: &[String], config: Option<&str>, split: &str) -> std::resul
 /// sits beside the uploaded files), as `datasets` picks one builder for a split; the same rows are often uploaded
 /// in two formats, and reading both would count each row twice.
 fn one_format(files: Vec<String>) -> Vec<String> {
-    let formats = [Format::Parquet, Format::JsonLines, Format::Json, Format::Csv, Format::Tsv];
     let count = |format: Format| files.iter().filter(|f| Format::of(Path::new(f)) == Some(format)).count();
-    let Some(most) = formats.into_iter().rev().max_by_key(|f| count(*f)) else { return files };
+    let Some(most) = Format::BY_PREFERENCE.into_iter().rev().max_by_key(|f| count(*f)) else { return files };
     files.into_iter().filter(|f| Format::of(Path::new(f)) == Some(most)).collect()
 }
 
@@ -208,7 +207,7 @@ fn glob(pattern: &str) -> Vec<PathBuf> {
     }
     let mut files: Vec<PathBuf> = current
         .into_iter()
-        .filter(|p| p.is_file() && Format::of(p).is_some())
+        .filter(|p| p.is_file() && is_data_file(p))
         .map(|p| p.strip_prefix("./").map(Path::to_path_buf).unwrap_or(p))
         .collect();
     files.sort();
@@ -313,7 +312,7 @@ fn download(hub: &Path, spec: &DatasetSpec, split: &str, flag: &str) -> Result<V
         .siblings
         .into_iter()
         .map(|s| s.rfilename)
-        .filter(|f| !f.split('/').any(|p| p.starts_with('.')) && Format::of(Path::new(f)).is_some())
+        .filter(|f| !f.split('/').any(|p| p.starts_with('.')) && is_data_file(Path::new(f)))
         .collect();
     relative.sort();
     let chosen = select(&relative, spec.config.as_deref(), split).map_err(|why| user_error!("{flag} {id}: {why}"))?;
