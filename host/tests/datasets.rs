@@ -113,7 +113,7 @@ fn parquet_jsonl_directories_and_globs_read_the_same_rows() {
 
 /// The other formats `datasets` reads, each file read by the host as `datasets` 5.2 reads it
 /// (tests/fixtures/datasets/formats/expected.json, written by tests/oracles/dataset_formats.py): CSV and TSV with
-/// pandas' column types, gzipped JSON Lines, pretty-printed objects, a folder holding the same rows twice, and a
+/// pandas' column types, gzipped JSON Lines, plain text, pretty-printed objects, a folder holding the same rows twice, and a
 /// `save_to_disk` folder (Arrow streams) as `load_from_disk` reads it. A
 /// number compares by value (pandas turns a column of integers with an empty cell into floats; the host keeps
 /// integers), and a key absent from a row equals null (Arrow gives every row every column).
@@ -137,7 +137,7 @@ fn csv_tsv_arrow_compressed_and_pretty_printed_files_read_as_datasets_reads_them
     let dir = fixtures().join("formats");
     let expected: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
-    assert_eq!(expected.len(), 9);
+    assert_eq!(expected.len(), 10);
     for (file, oracle) in &expected {
         let data = load(&spec(dir.join(file).to_str().unwrap())).unwrap();
         let host = serde_json::Value::Array(rows(&data));

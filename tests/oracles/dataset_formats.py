@@ -13,6 +13,7 @@ host/tests/datasets.rs compares the host's reading with). Committed, so tests ne
   empty cells, and an identifier with leading zeros beside a word (so a string column).
 - train.tsv: tab-separated, which `datasets` reads with its CSV builder and `sep="\t"`.
 - train.jsonl.gz: gzipped JSON Lines.
+- corpus.txt: plain text, a row per line (an empty line and a Windows line end among them).
 - twice/: the same rows uploaded as `train.csv` and as the hub's Parquet conversion; a folder read as one split.
 - saved/: a `DatasetDict` written by `save_to_disk` (splits `train` and `test`, Arrow IPC streams), with a list of
   chat messages, a struct and a null among its columns; its rows as `load_from_disk` gives them.
@@ -58,6 +59,7 @@ def main():
     (OUT / "train.tsv").write_text("question\tanswer\nsix times seven, please\t42\nten less three\t7\n")
     with gzip.open(OUT / "train.jsonl.gz", "wt") as f:
         f.writelines(json.dumps(r) + "\n" for r in ROWS)
+    (OUT / "corpus.txt").write_bytes(b"The sky is blue.\n\nWater boils at 100 C.\r\nLast line without an end")
     twice = OUT / "twice"
     twice.mkdir(exist_ok=True)
     (twice / "train.csv").write_text("prompt,answer\n" + "".join(f"\"{r['prompt']}\",{r['answer']}\n" for r in ROWS))
@@ -84,6 +86,7 @@ def main():
         "train.csv": rows_of(OUT / "train.csv", "csv"),
         "train.tsv": rows_of(OUT / "train.tsv", "csv", sep="\t"),
         "train.jsonl.gz": rows_of(OUT / "train.jsonl.gz", "json"),
+        "corpus.txt": rows_of(OUT / "corpus.txt", "text"),
         "twice": json.loads(json.dumps(datasets.load_dataset(str(twice), split="train").to_list())),
         "saved/train": from_disk["train"].to_list(),
         "saved/test": from_disk["test"].to_list(),

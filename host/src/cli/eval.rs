@@ -24,7 +24,7 @@ use crate::user_error;
 #[derive(Debug, Clone, Args)]
 pub struct DataArgs {
     /// Train on this dataset instead of the environment's own tasks (in `eval`: the training run's dataset, whose
-    /// --eval-holdout rows are scored): a .jsonl, .json, .csv, .tsv, .parquet or .arrow file (the text ones also
+    /// --eval-holdout rows are scored): a .jsonl, .json, .csv, .tsv, .txt, .parquet or .arrow file (the text ones also
     /// .gz or .zst), a directory or glob of them (a `save_to_disk` folder too), or a Hugging Face hub dataset id
     /// (openai/gsm8k) from the local hub cache (downloaded when online unless --offline). Rows reach the
     /// environment as JSON objects (see its column options).

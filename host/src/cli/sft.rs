@@ -58,7 +58,7 @@ pub struct SftArgs {
     pub config: Option<PathBuf>,
     /// Rows in TRL's formats (conversations: `{"messages": [{"role": "user", "content": ...}, ...]}`, or `prompt`
     /// and `completion` lists; plain text: `{"text": ...}`, or `prompt` and `completion` strings): a .jsonl, .json,
-    /// .csv, .tsv, .parquet or .arrow file (the text ones also .gz or .zst), a folder or glob of them (a
+    /// .csv, .tsv, .txt, .parquet or .arrow file (the text ones also .gz or .zst), a folder or glob of them (a
     /// `save_to_disk` folder too), or a hub dataset id.
     #[arg(
         help_heading = "Data",

@@ -1,5 +1,5 @@
-//! Reading one data file into rows (JSON objects): JSON Lines, JSON, CSV/TSV or Parquet, the text formats
-//! optionally compressed (`.gz`, `.zst`). The format is chosen by the file's extension, as `datasets.load_dataset`
+//! Reading one data file into rows (JSON objects): JSON Lines, JSON, CSV/TSV, plain text, Parquet or Arrow, the
+//! text formats optionally compressed (`.gz`, `.zst`). The format is chosen by the file's extension, as `datasets.load_dataset`
 //! chooses its builder; every failure names the file (and the line, row or column) so the user can find it.
 
 use std::fs::File;
@@ -23,6 +23,9 @@ pub enum Format {
     Csv,
     /// Tab-separated values with a header row (`.tsv`), which `datasets` reads with its CSV builder.
     Tsv,
+    /// Plain text (`.txt`): one row `{"text": line}` per line, empty lines included, as `datasets`' text builder
+    /// reads it; a corpus for `sft`.
+    Text,
     /// Apache Parquet (`.parquet`): the Hugging Face hub's and verl's format.
     Parquet,
     /// Arrow IPC (`.arrow`): the shards `datasets`' `save_to_disk` writes (streams), or Arrow files (Feather v2).
@@ -43,8 +46,8 @@ pub enum Compression {
 impl Format {
     /// Every format, in the order that breaks a tie between formats of equal count in one split: the hub's own
     /// Parquet conversion first.
-    pub const BY_PREFERENCE: [Format; 6] =
-        [Format::Parquet, Format::Arrow, Format::JsonLines, Format::Json, Format::Csv, Format::Tsv];
+    pub const BY_PREFERENCE: [Format; 7] =
+        [Format::Parquet, Format::Arrow, Format::JsonLines, Format::Json, Format::Csv, Format::Tsv, Format::Text];
 
     /// The format of `path` by its extension; `None` for anything else.
     pub fn of(path: &Path) -> Option<Format> {
@@ -65,6 +68,7 @@ impl Format {
             "json" => Format::Json,
             "csv" => Format::Csv,
             "tsv" => Format::Tsv,
+            "txt" => Format::Text,
             "parquet" if compression == Compression::None => Format::Parquet,
             "arrow" if compression == Compression::None => Format::Arrow,
             _ => return None,
@@ -87,7 +91,8 @@ pub fn is_data_file(path: &Path) -> bool {
 pub fn read_rows(path: &Path) -> Result<Vec<Value>> {
     let Some((format, compression)) = Format::with_compression(path) else {
         return Err(user_error!(
-            "{}: unknown data format; expected .jsonl, .json, .csv, .tsv (each may be .gz or .zst), .parquet or .arrow",
+            "{}: unknown data format; expected .jsonl, .json, .csv, .tsv, .txt (each may be .gz or .zst), .parquet or \
+             .arrow",
             path.display()
         ));
     };
@@ -96,6 +101,10 @@ pub fn read_rows(path: &Path) -> Result<Vec<Value>> {
         Format::Json => read_json(path, &read_text(path, compression)?),
         Format::Csv => read_delimited(path, open(path, compression)?, b','),
         Format::Tsv => read_delimited(path, open(path, compression)?, b'\t'),
+        Format::Text => {
+            let text = read_text(path, compression)?;
+            Ok(text.lines().map(|line| serde_json::json!({ "text": line })).collect())
+        }
         Format::Parquet => read_parquet(path),
         Format::Arrow => read_arrow(path),
     }
@@ -306,7 +315,7 @@ mod tests {
         assert!(err.to_string().contains("c.parquet: not a readable Parquet file"), "{err}");
         assert_eq!(crate::error::exit_code(&err), 2);
 
-        let err = read_rows(&dir.path().join("d.txt")).unwrap_err().to_string();
+        let err = read_rows(&dir.path().join("d.xlsx")).unwrap_err().to_string();
         assert!(err.contains("unknown data format"), "{err}");
     }
 

@@ -33,7 +33,7 @@ pub fn resolve_files(
         let relative = data_files_under(path);
         if relative.is_empty() {
             return Err(user_error!(
-                "{flag} {source}: the directory holds no data files (.jsonl, .json, .csv, .tsv, .parquet, .arrow)"
+                "{flag} {source}: the directory holds no data files (.jsonl, .json, .csv, .tsv, .txt, .parquet, .arrow)"
             ));
         }
         // A plain folder of shards has no split names; with none asked for, it is all one split.
@@ -48,7 +48,7 @@ pub fn resolve_files(
         let files = glob(source);
         if files.is_empty() {
             return Err(user_error!(
-                "{flag} {source}: the pattern matches no data file (.jsonl, .json, .csv, .tsv, .parquet, .arrow)"
+                "{flag} {source}: the pattern matches no data file (.jsonl, .json, .csv, .tsv, .txt, .parquet, .arrow)"
             ));
         }
         return Ok(files);
