@@ -27,8 +27,9 @@ pub struct ModelArgs {
     /// auto (CUDA when available), cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: DeviceSpec,
-    /// auto (bf16 on CUDA, f32 on CPU; training stores f32 parameters, see --mixed-precision), f32, bf16 or f16.
-    #[arg(long, default_value = "auto")]
+    /// auto (bf16 on CUDA, f32 on CPU; training stores f32 parameters, see --mixed-precision), f32, bf16 or f16
+    /// (also by torch's names: float32, bfloat16, float16).
+    #[arg(long, default_value = "auto", visible_alias = "torch-dtype")]
     pub dtype: DtypeSpec,
     /// libtorch intra-op threads (default: libtorch's choice, one per core).
     #[arg(long)]
