@@ -289,9 +289,10 @@ pub struct LoraArgs {
     #[arg(long, default_value_t = 0.0)]
     pub lora_dropout: f64,
     /// The projections that get adapters (PEFT's target_modules): all-linear, or some of q_proj, k_proj, v_proj,
-    /// o_proj, gate_proj, up_proj and down_proj (Phi-3: qkv_proj, o_proj, gate_up_proj, down_proj), comma-separated.
-    #[arg(long, default_value = "all-linear", value_name = "NAMES")]
-    pub lora_target_modules: LoraTargets,
+    /// o_proj, gate_proj, up_proj and down_proj (Phi-3: qkv_proj, o_proj, gate_up_proj, down_proj), comma- or (as
+    /// TRL takes them) space-separated.
+    #[arg(long, default_value = "all-linear", value_name = "NAMES", num_args = 1..)]
+    pub lora_target_modules: Vec<LoraTargets>,
     /// Rank-stabilized LoRA (PEFT's and TRL's use_rslora): scale the update by alpha / sqrt(rank) instead of
     /// alpha / rank.
     #[arg(long)]
@@ -308,6 +309,11 @@ pub struct LoraArgs {
 }
 
 impl LoraArgs {
+    /// The projections `--lora-target-modules` names, all its values together.
+    fn targets(&self) -> LoraTargets {
+        self.lora_target_modules.iter().fold(LoraTargets::NONE, |all, t| all.union(*t))
+    }
+
     /// Set `settings`' adapter: none (full fine-tuning), a fresh one, or `--lora-adapter`'s, whose settings the
     /// other flags may repeat but not contradict (`--lora-dropout` other than 0 replaces its dropout), and whose base
     /// model stands in for a missing `--model`. A resumed run started from the adapter needs its folder no more
@@ -347,7 +353,7 @@ impl LoraArgs {
             ("--lora-alpha", self.lora_alpha != 32.0 && self.lora_alpha != theirs.alpha, theirs.alpha.to_string()),
             (
                 "--lora-target-modules",
-                self.lora_target_modules != LoraTargets::ALL && self.lora_target_modules != theirs.targets,
+                self.targets() != LoraTargets::ALL && self.targets() != theirs.targets,
                 theirs.targets.to_string(),
             ),
         ];
@@ -390,7 +396,7 @@ impl LoraArgs {
             rank,
             alpha: self.lora_alpha,
             dropout: self.lora_dropout,
-            targets: self.lora_target_modules,
+            targets: self.targets(),
             rslora: self.use_rslora,
             dora: self.use_dora,
         }))

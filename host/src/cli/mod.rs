@@ -11,6 +11,7 @@ pub mod plugins;
 pub mod report;
 pub mod sft;
 pub mod train;
+pub mod underscores;
 
 use clap::{Parser, Subcommand};
 
@@ -58,9 +59,10 @@ pub enum Command {
     Report(report::ReportArgs),
 }
 
-/// Parse the process arguments (expanding `--config FILE`); clap prints usage errors itself with exit code 2.
+/// Parse the process arguments (TRL's underscored spellings turned into flags, `--config FILE` expanded); clap
+/// prints usage errors itself with exit code 2.
 pub fn parse() -> anyhow::Result<Cli> {
-    let argv = config_file::expand(std::env::args_os().collect())?;
+    let argv = config_file::expand(underscores::to_dashes(std::env::args_os().collect()))?;
     Ok(Cli::parse_from(argv))
 }
 

@@ -712,6 +712,22 @@ mod tests {
         assert_eq!(lora(&["--use-peft"]).map(|c| (c.rank, c.targets)), Some((16, crate::model::LoraTargets::ALL)));
         assert_eq!(lora(&["--use-peft", "--lora-r", "8"]).map(|c| c.rank), Some(8));
         assert_eq!(lora(&[]), None);
+        // PEFT's target modules as TRL takes them (space-separated), as this host does (comma-separated), or with
+        // the flag repeated, as a --config file's list gives them.
+        let qv: crate::model::LoraTargets = "q_proj,v_proj".parse().unwrap();
+        for targets in [
+            &["--lora-target-modules", "q_proj", "v_proj"][..],
+            &["--lora-target-modules", "q_proj,v_proj"],
+            &["--lora-target-modules", "v_proj", "--lora-target-modules", "q_proj"],
+        ] {
+            assert_eq!(lora(&[&["--use-peft"], targets].concat()).map(|c| c.targets), Some(qv), "{targets:?}");
+        }
+        // TRL's spellings with underscores, as a recipe gives them.
+        let recipe =
+            ["grpo-host", "--learning_rate", "3e-6", "--lora_target_modules", "q_proj", "v_proj", "--use_peft"];
+        let argv = super::super::underscores::to_dashes(recipe.iter().map(std::ffi::OsString::from).collect());
+        let t = Cli::parse_from(argv).train;
+        assert_eq!((t.lr, t.lora.config().unwrap().map(|c| c.targets)), (3e-6, Some(qv)));
         let fp16 = Cli::parse_from(["grpo-host", "--fp16"]).train.precision.mode();
         assert_eq!(
             (fp16, Cli::parse_from(["grpo-host"]).train.precision.mode()),

@@ -93,6 +93,13 @@ pub struct LoraTargets(u32);
 impl LoraTargets {
     /// Every projection.
     pub const ALL: LoraTargets = LoraTargets((1 << PROJECTIONS.len()) - 1);
+    /// No projection: only a start for [`LoraTargets::union`], never a valid setting.
+    pub const NONE: LoraTargets = LoraTargets(0);
+
+    /// The projections of both.
+    pub fn union(self, other: LoraTargets) -> LoraTargets {
+        LoraTargets(self.0 | other.0)
+    }
 
     /// The set of `names`, each one of [`PROJECTIONS`] (PEFT's `all-linear` stands for all); an unknown name, or
     /// none, is an error naming the valid ones.
