@@ -11,7 +11,7 @@ pub mod plugins;
 pub mod report;
 pub mod sft;
 pub mod train;
-pub mod underscores;
+pub mod trl_flags;
 
 use clap::{Parser, Subcommand};
 
@@ -59,10 +59,10 @@ pub enum Command {
     Report(report::ReportArgs),
 }
 
-/// Parse the process arguments (TRL's underscored spellings turned into flags, `--config FILE` expanded); clap
+/// Parse the process arguments (TRL's spellings turned into flags, `--config FILE` expanded); clap
 /// prints usage errors itself with exit code 2.
 pub fn parse() -> anyhow::Result<Cli> {
-    let argv = config_file::expand(underscores::to_dashes(std::env::args_os().collect()))?;
+    let argv = config_file::expand(trl_flags::normalize(std::env::args_os().collect())?)?;
     Ok(Cli::parse_from(argv))
 }
 
