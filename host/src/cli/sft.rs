@@ -129,8 +129,8 @@ pub struct SftArgs {
     /// (rows times the longest), so short rows are not padded to a long one's length. At least --max-length.
     #[arg(long, help_heading = "Batches and length", value_name = "N")]
     pub micro_batch_tokens: Option<usize>,
-    /// Tokens kept of each row, the rest cut off (TRL's max_length); 0 keeps them all.
-    #[arg(long, help_heading = "Batches and length", default_value_t = 1024)]
+    /// Tokens kept of each row, the rest cut off (TRL's max_length, formerly max_seq_length); 0 keeps them all.
+    #[arg(long, help_heading = "Batches and length", default_value_t = 1024, visible_alias = "max-seq-length")]
     pub max_length: usize,
     /// Train a conversation's assistant turns only (true), or every token of it (false, TRL's default).
     #[arg(long, help_heading = "Optimisation", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]

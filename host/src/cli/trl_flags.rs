@@ -11,7 +11,7 @@ use anyhow::Result;
 use crate::user_error;
 
 /// Flags of those libraries this host has no equivalent of, with what to do instead.
-const NOT_HERE: [(&str, &str); 16] = [
+const NOT_HERE: [(&str, &str); 25] = [
     ("use-vllm", "rollouts run in this host's own generation engine; leave it out"),
     ("vllm-mode", "rollouts run in this host's own generation engine; leave it out"),
     ("vllm-gpu-memory-utilization", "rollouts run in this host's own generation engine; leave it out"),
@@ -52,6 +52,15 @@ const NOT_HERE: [(&str, &str); 16] = [
         "checkpoints are Hugging Face folders: upload one with `hf upload REPO runs/NAME/checkpoints/step_N`",
     ),
     ("log-completions", "completions are logged every --log-completions-interval N batches (default 10)"),
+    ("packing", "rows are padded into micro-batches, not packed (--micro-batch-tokens groups them by length)"),
+    ("gradient-checkpointing-kwargs", "--gradient-checkpointing takes no options; leave it out"),
+    ("torch-compile", "nothing is compiled: the model runs libtorch's kernels as they are; leave it out"),
+    ("dataset-num-proc", "rows are read and rendered once, before the first step; leave it out"),
+    ("dataloader-num-workers", "rows are read and rendered once, before the first step; leave it out"),
+    ("ddp-find-unused-parameters", "every gradient is all-reduced, used or not; leave it out"),
+    ("per-device-eval-batch-size", "evaluation takes --eval-batch-tasks N tasks per call (sft: its micro-batches)"),
+    ("save-safetensors", "checkpoints are always safetensors; leave it out"),
+    ("logging-dir", "TensorBoard's events go under --log-dir DIR, in DIR/<run-name>/"),
 ];
 
 /// `argv` (program name first) as clap should see it: each `--some_flag` or `--some_flag=VALUE` spelled
