@@ -44,10 +44,18 @@ pub enum Compression {
 }
 
 impl Format {
-    /// Every format, in the order that breaks a tie between formats of equal count in one split: the hub's own
-    /// Parquet conversion first.
-    pub const BY_PREFERENCE: [Format; 7] =
-        [Format::Parquet, Format::Arrow, Format::JsonLines, Format::Json, Format::Csv, Format::Tsv, Format::Text];
+    /// Every format but [`Format::Json`] (one family with JSON Lines), in the order that breaks a tie between
+    /// families of equal count in one split: the hub's own Parquet conversion first.
+    pub const BY_PREFERENCE: [Format; 6] =
+        [Format::Parquet, Format::Arrow, Format::JsonLines, Format::Csv, Format::Tsv, Format::Text];
+
+    /// The family a split's files may mix: `.json` and `.jsonl` are both `datasets`' JSON builder's.
+    pub fn family(self) -> Format {
+        match self {
+            Format::Json => Format::JsonLines,
+            other => other,
+        }
+    }
 
     /// The format of `path` by its extension; `None` for anything else.
     pub fn of(path: &Path) -> Option<Format> {

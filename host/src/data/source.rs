@@ -138,13 +138,14 @@ pub fn select(files: &[String], config: Option<&str>, split: &str) -> std::resul
     Ok(one_format(chosen))
 }
 
-/// The files of one format among `files`: the most common one, Parquet first on a tie (the hub's own conversion
-/// sits beside the uploaded files), as `datasets` picks one builder for a split; the same rows are often uploaded
-/// in two formats, and reading both would count each row twice.
+/// The files of one format family among `files`: the most common, Parquet first on a tie (the hub's own
+/// conversion sits beside the uploaded files), as `datasets` picks one builder for a split; the same rows are often
+/// uploaded in two formats, and reading both would count each row twice. JSON and JSON Lines are one family.
 fn one_format(files: Vec<String>) -> Vec<String> {
-    let count = |format: Format| files.iter().filter(|f| Format::of(Path::new(f)) == Some(format)).count();
+    let family = |f: &String| Format::of(Path::new(f)).map(Format::family);
+    let count = |format: Format| files.iter().filter(|f| family(f) == Some(format)).count();
     let Some(most) = Format::BY_PREFERENCE.into_iter().rev().max_by_key(|f| count(*f)) else { return files };
-    files.into_iter().filter(|f| Format::of(Path::new(f)) == Some(most)).collect()
+    files.into_iter().filter(|f| family(f) == Some(most)).collect()
 }
 
 /// Top-level folders that hold data files, except `data` (the hub's folder for a dataset with one config).
@@ -353,8 +354,8 @@ mod tests {
         // The same rows uploaded twice: one format is read, the most common, Parquet on a tie.
         let twice = strings(&["data/train.csv", "data/train-00000-of-00001.parquet", "data/test.csv"]);
         assert_eq!(select(&twice, None, "train").unwrap(), strings(&["data/train-00000-of-00001.parquet"]));
-        let shards = strings(&["train-0.jsonl.gz", "train-1.jsonl.gz", "train.parquet"]);
-        assert_eq!(select(&shards, None, "train").unwrap(), strings(&["train-0.jsonl.gz", "train-1.jsonl.gz"]));
+        let shards = strings(&["train-0.jsonl.gz", "train-1.json", "train.parquet"]);
+        assert_eq!(select(&shards, None, "train").unwrap(), strings(&["train-0.jsonl.gz", "train-1.json"]));
     }
 
     #[test]
