@@ -59,10 +59,10 @@ pub enum Command {
     Report(report::ReportArgs),
 }
 
-/// Parse the process arguments (TRL's spellings turned into flags, `--config FILE` expanded); clap
-/// prints usage errors itself with exit code 2.
+/// Parse the process arguments (`--config FILE` expanded, then TRL's spellings turned into flags, the file's
+/// included); clap prints usage errors itself with exit code 2.
 pub fn parse() -> anyhow::Result<Cli> {
-    let argv = config_file::expand(trl_flags::normalize(std::env::args_os().collect())?)?;
+    let argv = trl_flags::normalize(config_file::expand(std::env::args_os().collect())?)?;
     Ok(Cli::parse_from(argv))
 }
 
