@@ -1,6 +1,7 @@
 //! Reading one data file into rows (JSON objects): JSON Lines, JSON, CSV/TSV, plain text, Parquet or Arrow, the
-//! text formats optionally compressed (`.gz`, `.zst`). The format is chosen by the file's extension, as `datasets.load_dataset`
-//! chooses its builder; every failure names the file (and the line, row or column) so the user can find it.
+//! text formats optionally compressed (`.gz`, `.zst`). The format is chosen by the file's extension, as
+//! `datasets.load_dataset` chooses its builder; every failure names the file (and the line, row or column) so the
+//! user can find it.
 
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -130,13 +131,17 @@ fn open(path: &Path, compression: Compression) -> Result<Box<dyn Read>> {
     })
 }
 
-/// The whole (decompressed) file as UTF-8 text: the JSON formats become rows in memory anyway.
+/// The whole (decompressed) file as UTF-8 text, less a byte-order mark (Windows tools write one): the JSON
+/// formats become rows in memory anyway.
 fn read_text(path: &Path, compression: Compression) -> Result<String> {
     let mut text = String::new();
     open(path, compression)?
         .read_to_string(&mut text)
         .map_err(|e| user_error!("{}: cannot read it as UTF-8 text ({e})", path.display()))?;
-    Ok(text)
+    Ok(match text.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_string(),
+        None => text,
+    })
 }
 
 /// JSON Lines; or, when a line does not parse alone, JSON objects spread over several lines one after another
@@ -372,6 +377,13 @@ mod tests {
         let err = read_rows(&csv).unwrap_err();
         assert!(err.to_string().contains("train.csv line 3: not readable as CSV"), "{err}");
         assert_eq!(crate::error::exit_code(&err), 2);
+
+        // Excel's CSV starts with a byte-order mark, which is not part of the first column's name.
+        std::fs::write(&csv, "\u{feff}q,a\nx,1\n").unwrap();
+        assert_eq!(read_rows(&csv).unwrap(), vec![json!({"q": "x", "a": 1})]);
+        let jsonl = dir.path().join("bom.jsonl");
+        std::fs::write(&jsonl, "\u{feff}{\"q\": 1}\n").unwrap();
+        assert_eq!(read_rows(&jsonl).unwrap(), vec![json!({"q": 1})]);
 
         let tsv = dir.path().join("train.tsv");
         std::fs::write(&tsv, "question\tanswer\nsix times seven, please\t42\n").unwrap();
