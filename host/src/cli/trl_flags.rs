@@ -15,7 +15,7 @@ const NOT_HERE: [(&str, &str); 25] = [
     ("use-vllm", "rollouts run in this host's own generation engine; leave it out"),
     ("vllm-mode", "rollouts run in this host's own generation engine; leave it out"),
     ("vllm-gpu-memory-utilization", "rollouts run in this host's own generation engine; leave it out"),
-    ("logging-steps", "every step's metrics are logged; leave it out"),
+    ("logging-steps", "metrics are logged at every batch (sft: every step); leave it out"),
     ("save-strategy", "checkpoints are saved every --checkpoint-interval N (batches in training, steps in sft)"),
     ("eval-strategy", "evaluation runs every --eval-every N (batches in training, steps in sft; 0: never)"),
     (
@@ -45,7 +45,7 @@ const NOT_HERE: [(&str, &str); 25] = [
     ),
     (
         "deepspeed",
-        "data parallelism is torchrun with DDP (docs/cli.md, Data-parallel training); no sharding is offered",
+        "data parallelism is torchrun with DDP (docs/cli.md, \"Data parallel: torchrun\"); no sharding is offered",
     ),
     (
         "push-to-hub",
@@ -57,7 +57,7 @@ const NOT_HERE: [(&str, &str); 25] = [
     ("torch-compile", "nothing is compiled: the model runs libtorch's kernels as they are; leave it out"),
     ("dataset-num-proc", "rows are read and rendered once, before the first step; leave it out"),
     ("dataloader-num-workers", "rows are read and rendered once, before the first step; leave it out"),
-    ("ddp-find-unused-parameters", "every gradient is all-reduced, used or not; leave it out"),
+    ("ddp-find-unused-parameters", "every gradient is all-reduced, an unused one as zeros; leave it out"),
     ("per-device-eval-batch-size", "evaluation takes --eval-batch-tasks N tasks per call (sft: its micro-batches)"),
     ("save-safetensors", "checkpoints are always safetensors; leave it out"),
     ("logging-dir", "TensorBoard's events go under --log-dir DIR, in DIR/<run-name>/"),
@@ -169,7 +169,7 @@ mod tests {
             "--use_vllm is not an option of grpo-host: rollouts run in this host's own generation engine; leave it out"
         );
         let err = normalized(&["grpo-host", "sft", "--logging-steps=10"]).unwrap_err().to_string();
-        assert!(err.starts_with("--logging-steps is not an option of grpo-host: every step's metrics"), "{err}");
+        assert!(err.starts_with("--logging-steps is not an option of grpo-host: metrics are logged at every"), "{err}");
         // After `--`, nothing is a flag.
         assert!(normalized(&["grpo-host", "--", "--optim"]).is_ok());
         // None of them is a flag of any command (a flag that gains one stops being refused here).
