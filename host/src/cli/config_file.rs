@@ -27,13 +27,8 @@ pub fn expand(argv: Vec<OsString>) -> Result<Vec<OsString>> {
     }
     let Some(path) = path else { return Ok(argv) };
     // The flags of the command the file configures: training's (top level or `train`) or `sft`'s.
-    let mut cli = <super::Cli as clap::CommandFactory>::command();
     let subcommand = strings.get(1).filter(|c| *c == "train" || *c == "sft");
-    let command = match subcommand.and_then(|name| cli.find_subcommand_mut(name)) {
-        Some(sub) => sub.clone(),
-        None => cli,
-    };
-    let from_file = file_args(Path::new(&path), &command)?;
+    let from_file = file_args(Path::new(&path), &super::command_of(&argv))?;
     // After the program name and an explicit `train` or `sft` subcommand, before everything the user typed.
     let at = if subcommand.is_some() { 2 } else { 1 };
     let mut out = argv;
@@ -56,10 +51,7 @@ fn file_args(path: &Path, command: &clap::Command) -> Result<Vec<String>> {
             return Err(user_error!("--config {}: a config file cannot name another config file", path.display()));
         }
         let long = &flag[2..];
-        let takes_value = command
-            .get_arguments()
-            .find(|a| a.get_long() == Some(long) || a.get_all_aliases().is_some_and(|names| names.contains(&long)))
-            .is_some_and(|a| a.get_action().takes_values());
+        let takes_value = super::flag_named(command, long).is_some_and(|a| a.get_action().takes_values());
         match value {
             toml::Value::Boolean(b) if takes_value => {
                 args.push(flag);

@@ -66,6 +66,21 @@ pub fn parse() -> anyhow::Result<Cli> {
     Ok(Cli::parse_from(argv))
 }
 
+/// The clap command `argv` (program name first) runs: the subcommand it names, or training's flags at the top
+/// level. The command-line rewrites before parsing (`--config`, TRL's spellings) read its flags.
+fn command_of(argv: &[std::ffi::OsString]) -> clap::Command {
+    let cli = <Cli as clap::CommandFactory>::command();
+    let name = argv.get(1).and_then(|a| a.to_str());
+    name.and_then(|name| cli.find_subcommand(name)).cloned().unwrap_or(cli)
+}
+
+/// The argument of `command` whose long name or alias is `long` (without its dashes).
+fn flag_named<'a>(command: &'a clap::Command, long: &str) -> Option<&'a clap::Arg> {
+    command
+        .get_arguments()
+        .find(|a| a.get_long() == Some(long) || a.get_all_aliases().is_some_and(|n| n.contains(&long)))
+}
+
 /// Run a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     if cli.version {

@@ -3,64 +3,61 @@
 //! and their flags that this host does not have get one line saying what it does instead, rather than clap's bare
 //! "unexpected argument".
 
-use std::collections::HashSet;
 use std::ffi::OsString;
 
 use anyhow::Result;
 
 use crate::user_error;
 
-/// Flags of those libraries this host has no equivalent of, with what to do instead.
-const NOT_HERE: [(&str, &str); 25] = [
-    ("use-vllm", "rollouts run in this host's own generation engine; leave it out"),
-    ("vllm-mode", "rollouts run in this host's own generation engine; leave it out"),
-    ("vllm-gpu-memory-utilization", "rollouts run in this host's own generation engine; leave it out"),
-    ("logging-steps", "metrics are logged at every batch (sft: every step); leave it out"),
-    ("save-strategy", "checkpoints are saved every --checkpoint-interval N (batches in training, steps in sft)"),
-    ("eval-strategy", "evaluation runs every --eval-every N (batches in training, steps in sft; 0: never)"),
+/// Flags of those libraries this host has no equivalent of, each group with what to do instead.
+const NOT_HERE: [(&[&str], &str); 20] = [
     (
-        "optim",
+        &["use-vllm", "vllm-mode", "vllm-gpu-memory-utilization"],
+        "rollouts run in this host's own generation engine; leave it out",
+    ),
+    (&["logging-steps"], "metrics are logged at every batch (sft: every step); leave it out"),
+    (&["save-strategy"], "checkpoints are saved every --checkpoint-interval N (batches in training, steps in sft)"),
+    (&["eval-strategy"], "evaluation runs every --eval-every N (batches in training, steps in sft; 0: never)"),
+    (
+        &["optim"],
         "the optimizer is AdamW (fused; --weight-decay, --adam-beta1, --adam-beta2, --adam-epsilon); leave it out",
     ),
     (
-        "attn-implementation",
+        &["attn-implementation"],
         "attention is SDPA (eager where a family needs it, see --model in docs/cli.md); leave it out",
     ),
-    ("trust-remote-code", "no model code is ever run: the families in docs/cli.md (--model) are implemented natively"),
     (
-        "load-in-4bit",
+        &["trust-remote-code"],
+        "no model code is ever run: the families in docs/cli.md (--model) are implemented natively",
+    ),
+    (
+        &["load-in-4bit", "load-in-8bit"],
         "quantized training is not offered; --lora-rank 16 with --mixed-precision bf16 saves the most memory",
     ),
     (
-        "load-in-8bit",
-        "quantized training is not offered; --lora-rank 16 with --mixed-precision bf16 saves the most memory",
-    ),
-    (
-        "use-liger-kernel",
+        &["use-liger-kernel", "use-liger-loss"],
         "the log-probs are already computed in chunks without keeping full-vocabulary logits; leave it out",
     ),
     (
-        "use-liger-loss",
-        "the log-probs are already computed in chunks without keeping full-vocabulary logits; leave it out",
-    ),
-    (
-        "deepspeed",
+        &["deepspeed"],
         "data parallelism is torchrun with DDP (docs/cli.md, \"Data parallel: torchrun\"); no sharding is offered",
     ),
     (
-        "push-to-hub",
+        &["push-to-hub"],
         "checkpoints are Hugging Face folders: upload one with `hf upload REPO runs/NAME/checkpoints/step_N`",
     ),
-    ("log-completions", "completions are logged every --log-completions-interval N batches (default 10)"),
-    ("packing", "rows are padded into micro-batches, not packed (--micro-batch-tokens groups them by length)"),
-    ("gradient-checkpointing-kwargs", "--gradient-checkpointing takes no options; leave it out"),
-    ("torch-compile", "nothing is compiled: the model runs libtorch's kernels as they are; leave it out"),
-    ("dataset-num-proc", "rows are read and rendered once, before the first step; leave it out"),
-    ("dataloader-num-workers", "rows are read and rendered once, before the first step; leave it out"),
-    ("ddp-find-unused-parameters", "every gradient is all-reduced, an unused one as zeros; leave it out"),
-    ("per-device-eval-batch-size", "evaluation takes --eval-batch-tasks N tasks per call (sft: its micro-batches)"),
-    ("save-safetensors", "checkpoints are always safetensors; leave it out"),
-    ("logging-dir", "TensorBoard's events go under --log-dir DIR, in DIR/<run-name>/"),
+    (&["log-completions"], "completions are logged every --log-completions-interval N batches (default 10)"),
+    (&["packing"], "rows are padded into micro-batches, not packed (--micro-batch-tokens groups them by length)"),
+    (&["gradient-checkpointing-kwargs"], "--gradient-checkpointing takes no options; leave it out"),
+    (&["torch-compile"], "nothing is compiled: the model runs libtorch's kernels as they are; leave it out"),
+    (
+        &["dataset-num-proc", "dataloader-num-workers"],
+        "rows are read and rendered once, before the first step; leave it out",
+    ),
+    (&["ddp-find-unused-parameters"], "every gradient is all-reduced, an unused one as zeros; leave it out"),
+    (&["per-device-eval-batch-size"], "evaluation takes --eval-batch-tasks N tasks per call (sft: its micro-batches)"),
+    (&["save-safetensors"], "checkpoints are always safetensors; leave it out"),
+    (&["logging-dir"], "TensorBoard's events go under --log-dir DIR, in DIR/<run-name>/"),
 ];
 
 /// `argv` (program name first) as clap should see it: each `--some_flag` or `--some_flag=VALUE` spelled
@@ -68,7 +65,7 @@ const NOT_HERE: [(&str, &str); 25] = [
 /// Anything else stays as typed (so an unknown flag is reported as the user wrote it), as does everything after a
 /// bare `--`.
 pub fn normalize(argv: Vec<OsString>) -> Result<Vec<OsString>> {
-    let known = long_names(&argv);
+    let command = super::command_of(&argv);
     let mut rest = false;
     argv.into_iter()
         .map(|arg| {
@@ -80,8 +77,8 @@ pub fn normalize(argv: Vec<OsString>) -> Result<Vec<OsString>> {
                 None => (flag, None),
             };
             let dashed = name.replace('_', "-");
-            if !known.contains(&dashed) {
-                if let Some((_, instead)) = NOT_HERE.iter().find(|(foreign, _)| *foreign == dashed) {
+            if super::flag_named(&command, &dashed).is_none() {
+                if let Some((_, instead)) = NOT_HERE.iter().find(|(foreign, _)| foreign.contains(&dashed.as_str())) {
                     return Err(user_error!("--{name} is not an option of grpo-host: {instead}"));
                 }
                 return Ok(arg);
@@ -92,19 +89,6 @@ pub fn normalize(argv: Vec<OsString>) -> Result<Vec<OsString>> {
             }))
         })
         .collect()
-}
-
-/// The long flags and aliases of the command `argv` runs: its subcommand's, or training's at the top level.
-fn long_names(argv: &[OsString]) -> HashSet<String> {
-    let cli = <super::Cli as clap::CommandFactory>::command();
-    let named = argv.get(1).and_then(|a| a.to_str()).and_then(|name| cli.find_subcommand(name));
-    let command = named.unwrap_or(&cli);
-    let mut names = HashSet::new();
-    for arg in command.get_arguments() {
-        names.extend(arg.get_long().map(str::to_string));
-        names.extend(arg.get_all_aliases().unwrap_or_default().into_iter().map(str::to_string));
-    }
-    names
 }
 
 #[cfg(test)]
@@ -174,10 +158,10 @@ mod tests {
         assert!(normalized(&["grpo-host", "--", "--optim"]).is_ok());
         // None of them is a flag of any command (a flag that gains one stops being refused here).
         let cli = <crate::cli::Cli as clap::CommandFactory>::command();
-        for (foreign, _) in NOT_HERE {
+        for foreign in NOT_HERE.iter().flat_map(|(names, _)| names.iter()) {
             for command in std::iter::once(&cli).chain(cli.get_subcommands()) {
-                let found = command.get_arguments().any(|a| a.get_long() == Some(foreign));
-                assert!(!found, "--{foreign} is a flag of {}", command.get_name());
+                let found = crate::cli::flag_named(command, foreign);
+                assert!(found.is_none(), "--{foreign} is a flag of {}", command.get_name());
             }
         }
     }

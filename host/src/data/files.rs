@@ -119,9 +119,13 @@ pub fn read_rows(path: &Path) -> Result<Vec<Value>> {
     }
 }
 
+fn open_file(path: &Path) -> Result<File> {
+    File::open(path).map_err(|e| user_error!("{}: cannot open it ({e})", path.display()))
+}
+
 /// The file's bytes, decompressed as its name says.
 fn open(path: &Path, compression: Compression) -> Result<Box<dyn Read>> {
-    let file = File::open(path).map_err(|e| user_error!("{}: cannot open it ({e})", path.display()))?;
+    let file = open_file(path)?;
     Ok(match compression {
         Compression::None => Box::new(BufReader::new(file)),
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(file))),
@@ -240,8 +244,7 @@ fn infer_column(cells: Vec<String>) -> Vec<Value> {
 fn read_parquet(path: &Path) -> Result<Vec<Value>> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     let bad = |e: &dyn std::fmt::Display| user_error!("{}: not a readable Parquet file ({e})", path.display());
-    let file = File::open(path).map_err(|e| user_error!("{}: cannot open it ({e})", path.display()))?;
-    let reader = SerializedFileReader::new(file).map_err(|e| bad(&e))?;
+    let reader = SerializedFileReader::new(open_file(path)?).map_err(|e| bad(&e))?;
     let groups = reader.metadata().num_row_groups();
     let mut rows = Vec::new();
     for g in 0..groups {
@@ -259,16 +262,19 @@ fn read_parquet(path: &Path) -> Result<Vec<Value>> {
 /// `ARROW1` magic first). Each record batch becomes rows through arrow-json: a null is an absent key, lists and
 /// structs are arrays and objects, as Parquet's rows are.
 fn read_arrow(path: &Path) -> Result<Vec<Value>> {
+    use std::io::{Seek, SeekFrom};
+
     use arrow_ipc::reader::{FileReader, StreamReader};
     let bad = |e: &dyn std::fmt::Display| user_error!("{}: not a readable Arrow file ({e})", path.display());
-    let open = || File::open(path).map_err(|e| user_error!("{}: cannot open it ({e})", path.display()));
+    let mut file = open_file(path)?;
     let mut magic = [0u8; 6];
-    let is_file = open()?.read_exact(&mut magic).is_ok() && &magic == b"ARROW1";
+    let is_file = file.read_exact(&mut magic).is_ok() && &magic == b"ARROW1";
+    file.seek(SeekFrom::Start(0)).map_err(|e| bad(&e))?;
     let batches: Vec<_> = if is_file {
-        let reader = FileReader::try_new(open()?, None).map_err(|e| bad(&e))?;
+        let reader = FileReader::try_new(file, None).map_err(|e| bad(&e))?;
         reader.collect::<std::result::Result<_, _>>().map_err(|e| bad(&e))?
     } else {
-        let reader = StreamReader::try_new(BufReader::new(open()?), None).map_err(|e| bad(&e))?;
+        let reader = StreamReader::try_new(BufReader::new(file), None).map_err(|e| bad(&e))?;
         reader.collect::<std::result::Result<_, _>>().map_err(|e| bad(&e))?
     };
     let mut writer = arrow_json::ArrayWriter::new(Vec::new());
