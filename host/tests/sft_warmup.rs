@@ -739,3 +739,58 @@ fn the_warm_up_trains_on_sft_data_when_given() {
     assert!(err.contains("--sft-data") && err.contains("rows.jsonl row 0"), "{err}");
     assert!(!dir.path().join("runs-bad/warm/checkpoints").exists(), "nothing was written before the refusal");
 }
+
+/// TRL's way of sizing a step (`--per_device_train_batch_size P --gradient_accumulation_steps G`: P x G rows, P at
+/// a time), `--save_steps`, `--eval_on_start True` and `--full_determinism`, as a recipe spells them, train what
+/// this host's own flags do; the evaluation before training is logged in step 0's row and not repeated on resume.
+#[test]
+fn sft_takes_trls_batch_sizing_save_steps_and_eval_on_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = conversations(dir.path());
+    let runs = dir.path().join("runs");
+    let model = tiny_model();
+    let (data, model, runs_arg) = (data.to_str().unwrap(), model.to_str().unwrap(), runs.to_str().unwrap());
+    let base = ["sft", "--data", data, "--model", model, "--device", "cpu", "--lr", "1e-3", "--no-wandb"];
+    let base = [&base[..], &["--runs-dir", runs_arg, "--eval-holdout", "1"]].concat();
+    let ours = ["--run-name", "ours", "--batch-size", "4", "--micro-batch-size", "2", "--checkpoint-interval", "1"];
+    let out = run(&[&base[..], &ours, &["--max-steps", "2"]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let trl = [
+        "--run_name",
+        "trl",
+        "--per_device_train_batch_size",
+        "2",
+        "--gradient_accumulation_steps",
+        "2",
+        "--save_steps",
+        "1",
+        "--eval_on_start",
+        "True",
+        "--full_determinism",
+    ];
+    let out = run(&[&base[..], &trl, &["--max_steps", "2"]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("eval at step 0: loss "), "{stderr}");
+
+    let value = |run: &str, step: usize, key: &str| rows(&runs.join(run))[step].get(key).and_then(|v| v.as_f64());
+    for step in 0..2 {
+        let (a, b) = (value("ours", step, "sft/loss").unwrap(), value("trl", step, "sft/loss").unwrap());
+        assert!((a - b).abs() <= 1e-6 * a.abs(), "step {step}: {a} vs {b}");
+    }
+    assert_eq!(value("ours", 0, "sft/eval_loss"), None);
+    let (before, after) = (value("trl", 0, "sft/eval_loss").unwrap(), value("trl", 1, "sft/eval_loss").unwrap());
+    assert!(before > 0.0 && (after - value("ours", 1, "sft/eval_loss").unwrap()).abs() <= 1e-6 * after);
+    for run in ["ours", "trl"] {
+        assert_eq!(common::checkpoint_names(&runs.join(run).join("checkpoints")), ["step_1", "step_2"], "{run}");
+    }
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(runs.join("trl/config.json")).unwrap()).unwrap();
+    assert_eq!((config["sft"]["batch_size"].as_u64(), config["sft"]["micro_batch_size"].as_u64()), (Some(4), Some(2)));
+
+    // Resumed, the run evaluates after its last step only.
+    let out = run(&[&base[..], &trl, &["--max_steps", "3", "--resume"]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("eval at step 0") && stderr.contains("eval at step 3: loss "), "{stderr}");
+}

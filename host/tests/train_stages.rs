@@ -33,6 +33,7 @@ fn settings(dtype: DtypeSpec, mixed_precision: MixedPrecision) -> ModelSettings 
     let model = common::workspace_root().join("tests/fixtures/model/tiny/llama");
     ModelSettings {
         model: Some(model.display().to_string()),
+        revision: None,
         allow_download: false,
         device: DeviceSpec::Cpu,
         dtype,

@@ -24,6 +24,9 @@ pub struct ModelArgs {
     /// Model directory or Hugging Face hub id; default: the SmolLM2-135M-Instruct set up by `cargo xtask setup`.
     #[arg(long = "model", visible_aliases = ["model-name", "model-name-or-path"])]
     pub model: Option<String>,
+    /// The revision of a hub id --model names: a branch, tag or commit hash (TRL's model_revision) [default: main].
+    #[arg(long, value_name = "REV")]
+    pub model_revision: Option<String>,
     /// auto (CUDA when available), cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: DeviceSpec,
@@ -44,7 +47,7 @@ pub struct ModelArgs {
     /// A Jinja chat template to render conversations with instead of the model's own (TRL's chat_template_path): a
     /// .jinja file, or a model directory whose template to take. A base model, which has none, can then train on
     /// conversations.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", visible_alias = "chat-template-path")]
     pub chat_template: Option<std::path::PathBuf>,
 }
 
@@ -103,6 +106,7 @@ impl ModelArgs {
             chat_template_kwargs: self.template_vars()?,
             chat_template: self.chat_template()?,
             model: self.model.clone(),
+            revision: self.model_revision.clone(),
             allow_download: !self.offline,
             device: self.device,
             dtype: self.dtype,
@@ -120,7 +124,7 @@ impl ModelArgs {
 
     /// The model directory (resolving a hub id, downloading it unless `--offline`).
     pub fn model_dir(&self) -> anyhow::Result<PathBuf> {
-        crate::model::resolve_model_dir(self.model.as_deref(), !self.offline)
+        crate::model::resolve_model_dir(self.model.as_deref(), self.model_revision.as_deref(), !self.offline)
     }
 }
 
@@ -561,7 +565,7 @@ pub struct BestModelArgs {
     #[arg(long, value_name = "METRIC")]
     pub metric_for_best_model: Option<String>,
     /// Whether a higher --metric-for-best-model is better [default: true, false for a name with "loss" in it].
-    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub greater_is_better: Option<bool>,
     /// End the run when this many evaluations in a row have not improved --metric-for-best-model: a completed
     /// run, with its final checkpoint.

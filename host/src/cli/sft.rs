@@ -106,6 +106,9 @@ pub struct SftArgs {
     /// Recompute each decoder layer's activations in the backward pass instead of keeping them (as in training).
     #[arg(long, help_heading = "Model and device")]
     pub gradient_checkpointing: bool,
+    /// Use libtorch's deterministic algorithms (as in training; transformers' full_determinism).
+    #[arg(long, help_heading = "Model and device", visible_alias = "full-determinism")]
+    pub deterministic: bool,
     /// A mixture of experts' load-balancing loss (--router-aux-loss-coef).
     #[command(flatten, next_help_heading = "Model and device")]
     pub router: super::args::RouterArgs,
@@ -125,6 +128,23 @@ pub struct SftArgs {
     /// Rows per forward/backward (a step's gradient is the same whatever it is).
     #[arg(long, help_heading = "Batches and length", default_value_t = 8)]
     pub micro_batch_size: usize,
+    /// TRL's sizing instead of --batch-size and --micro-batch-size: rows per forward/backward, each step taking
+    /// --gradient-accumulation-steps of them [default: 8].
+    #[arg(
+        long,
+        help_heading = "Batches and length",
+        value_name = "N",
+        conflicts_with_all = ["batch_size", "micro_batch_size"]
+    )]
+    pub per_device_train_batch_size: Option<usize>,
+    /// Micro-batches of --per-device-train-batch-size rows per step (TRL's sizing) [default: 1].
+    #[arg(
+        long,
+        help_heading = "Batches and length",
+        value_name = "G",
+        conflicts_with_all = ["batch_size", "micro_batch_size"]
+    )]
+    pub gradient_accumulation_steps: Option<usize>,
     /// Instead of --micro-batch-size: rows longest first, as many per forward/backward as fit in N padded tokens
     /// (rows times the longest), so short rows are not padded to a long one's length. At least --max-length.
     #[arg(long, help_heading = "Batches and length", value_name = "N")]
@@ -133,10 +153,10 @@ pub struct SftArgs {
     #[arg(long, help_heading = "Batches and length", default_value_t = 1024, visible_alias = "max-seq-length")]
     pub max_length: usize,
     /// Train a conversation's assistant turns only (true), or every token of it (false, TRL's default).
-    #[arg(long, help_heading = "Optimisation", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, help_heading = "Optimisation", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub assistant_only_loss: bool,
     /// Train a string prompt-completion row's completion only (true, TRL's default), or its prompt too.
-    #[arg(long, help_heading = "Optimisation", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, help_heading = "Optimisation", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub completion_only_loss: bool,
     /// NEFTune: noise drawn uniformly from +-ALPHA / sqrt(tokens x hidden size) added to each input embedding in
     /// training forward passes (transformers' neftune_noise_alpha, such as 5).
@@ -180,6 +200,10 @@ pub struct SftArgs {
     /// Also evaluate every N steps (0: after the last step only); needs --eval-data or --eval-holdout.
     #[arg(long, help_heading = "Evaluation", value_name = "N", default_value_t = 0, visible_alias = "eval-steps")]
     pub eval_every: u64,
+    /// Also evaluate once before the first step, logged at step 0 (not again on --resume; transformers'
+    /// eval_on_start); needs held-out rows.
+    #[arg(long, help_heading = "Evaluation", visible_alias = "eval-before-train")]
+    pub eval_on_start: bool,
     /// The best checkpoint by a held-out metric, and early stopping.
     #[command(flatten, next_help_heading = "Evaluation")]
     pub best_model: super::args::BestModelArgs,
@@ -187,9 +211,17 @@ pub struct SftArgs {
     /// --checkpoint-interval, --save-total-limit, --resume, ...).
     #[command(flatten, next_help_heading = "Run directory, checkpoints and resuming")]
     pub run_dir: RunDirArgs,
+    /// The same as --checkpoint-interval N (transformers' save_steps: sft's steps are optimizer steps).
+    #[arg(
+        long,
+        help_heading = "Run directory, checkpoints and resuming",
+        value_name = "N",
+        conflicts_with = "checkpoint_interval"
+    )]
+    pub save_steps: Option<u64>,
     /// Data parallel (under torchrun): seconds a rank waits in a collective or at the rendezvous before it gives up
-    /// on a rank that died or hung.
-    #[arg(long, help_heading = "Data parallel (torchrun)", default_value_t = 300.0)]
+    /// on a rank that died or hung (transformers' ddp_timeout).
+    #[arg(long, help_heading = "Data parallel (torchrun)", default_value_t = 300.0, visible_alias = "ddp-timeout")]
     pub dist_timeout: f64,
     /// W&B and TensorBoard flags.
     #[command(flatten, next_help_heading = "Logging")]
@@ -199,9 +231,7 @@ pub struct SftArgs {
 impl SftArgs {
     /// Check the flags and build the run's configuration.
     pub fn into_config(self) -> anyhow::Result<SftConfig> {
-        if self.batch_size == 0 || self.micro_batch_size == 0 {
-            return Err(user_error!("--batch-size and --micro-batch-size must be at least 1"));
-        }
+        let (batch_size, micro_batch_size) = self.batch_sizes()?;
         if self.micro_batch_tokens == Some(0) {
             return Err(user_error!("--micro-batch-tokens must be at least 1"));
         }
@@ -224,6 +254,9 @@ impl SftArgs {
             (None, Some(n)) => Some(HeldOutRows::Holdout(n)),
             (None, None) if self.eval_every > 0 => {
                 return Err(user_error!("--eval-every needs held-out rows: give --eval-data or --eval-holdout"))
+            }
+            (None, None) if self.eval_on_start => {
+                return Err(user_error!("--eval-on-start needs held-out rows: give --eval-data or --eval-holdout"))
             }
             (None, None) => None,
         };
@@ -253,6 +286,10 @@ impl SftArgs {
         let mut checkpoints = self.run_dir.settings()?;
         self.lora.apply(&mut model, || RunPaths::resumed_model_settings(&checkpoints))?;
         model.gradient_checkpointing = self.gradient_checkpointing;
+        model.deterministic = self.deterministic;
+        if let Some(steps) = self.save_steps {
+            checkpoints.interval = steps;
+        }
         self.router.apply(&mut model)?;
         checkpoints.best_model = self.best_model.settings(self.eval_every)?;
         let logging = super::args::log_settings(&self.logging, &checkpoints.runs_dir, 0)?;
@@ -262,12 +299,12 @@ impl SftArgs {
             model,
             max_steps: self.max_steps,
             epochs: self.num_train_epochs,
-            batch_size: self.batch_size,
-            micro_batch_size: self.micro_batch_size,
+            batch_size,
+            micro_batch_size,
             micro_batch_tokens: self.micro_batch_tokens,
             max_length: (self.max_length > 0).then_some(self.max_length),
             text_field: self.dataset_text_field,
-            eval: held_out.map(|rows| SftEvalSettings { rows, every: self.eval_every }),
+            eval: held_out.map(|rows| SftEvalSettings { rows, every: self.eval_every, on_start: self.eval_on_start }),
             loss_on: LossOn { assistant_only: self.assistant_only_loss, completion_only: self.completion_only_loss },
             neftune_noise_alpha: self.neftune_noise_alpha,
             optimizer: self.schedule.optimizer(self.lr, self.weight_decay, self.max_norm)?,
@@ -281,5 +318,26 @@ impl SftArgs {
             return Err(user_error!("--neftune-noise-alpha {alpha}: must be a positive number (such as 5)"));
         }
         Ok(config)
+    }
+
+    /// Rows per step and per forward/backward: --batch-size and --micro-batch-size, or TRL's
+    /// --per-device-train-batch-size P and --gradient-accumulation-steps G (P x G rows a step, P at a time).
+    fn batch_sizes(&self) -> anyhow::Result<(usize, usize)> {
+        let (batch, micro) = match (self.per_device_train_batch_size, self.gradient_accumulation_steps) {
+            (None, None) => (self.batch_size, self.micro_batch_size),
+            (per_device, accumulation) => {
+                let (per_device, accumulation) = (per_device.unwrap_or(8), accumulation.unwrap_or(1));
+                if per_device == 0 || accumulation == 0 {
+                    return Err(user_error!(
+                        "--per-device-train-batch-size and --gradient-accumulation-steps must be at least 1"
+                    ));
+                }
+                (per_device * accumulation, per_device)
+            }
+        };
+        if batch == 0 || micro == 0 {
+            return Err(user_error!("--batch-size and --micro-batch-size must be at least 1"));
+        }
+        Ok((batch, micro))
     }
 }

@@ -65,7 +65,7 @@ pub struct TrainArgs {
     pub cast_lm_head_to_fp32: bool,
     /// Use libtorch's deterministic algorithms (torch.use_deterministic_algorithms; on CUDA also a fixed cuBLAS
     /// workspace): slower on CUDA, and an operation with no deterministic kernel stops the run with an error.
-    #[arg(long, help_heading = "Model and device")]
+    #[arg(long, help_heading = "Model and device", visible_alias = "full-determinism")]
     pub deterministic: bool,
     /// Recompute each decoder layer's activations in the backward pass instead of keeping them from the forward
     /// pass (transformers' gradient_checkpointing): far less memory for long sequences, about one more forward
@@ -130,7 +130,7 @@ pub struct TrainArgs {
     pub filter_overlong_prompts: bool,
     /// Take the training tasks in a fresh seeded order every epoch (TRL's shuffle_dataset, verl's data.shuffle), or
     /// with false in their own order, as a curriculum sorted by difficulty wants.
-    #[arg(long, help_heading = "Batches and rollouts", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, help_heading = "Batches and rollouts", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub shuffle_dataset: bool,
     /// Episodes the rollout engine keeps in its batch at once, each with its cache slot (default: the whole
     /// batch, or as many as fit in a quarter of free memory, half of free GPU memory on CUDA).
@@ -285,8 +285,9 @@ pub struct TrainArgs {
     pub run_dir: RunDirArgs,
 
     /// Data parallel (under torchrun): seconds a rank waits in a collective or at the rendezvous before it gives up
-    /// on a rank that died or hung. Must exceed the longest wait for the slowest rank's rollouts.
-    #[arg(long, help_heading = "Data parallel (torchrun)", default_value_t = 300.0)]
+    /// on a rank that died or hung (transformers' ddp_timeout). Must exceed the longest wait for the slowest rank's
+    /// rollouts.
+    #[arg(long, help_heading = "Data parallel (torchrun)", default_value_t = 300.0, visible_alias = "ddp-timeout")]
     pub dist_timeout: f64,
     /// Data parallel: compare a fingerprint of every rank's weights every this many batches (and at each
     /// checkpoint); a difference stops the run naming the ranks (0: only at checkpoints).
@@ -350,6 +351,7 @@ impl TrainArgs {
                 threads: self.model.checked_threads()?,
                 deterministic: self.deterministic,
                 gradient_checkpointing: self.gradient_checkpointing,
+                revision: self.model.model_revision,
                 model: self.model.model,
                 allow_download: !self.model.offline,
                 device: self.model.device,

@@ -10,12 +10,34 @@ use anyhow::Result;
 use crate::user_error;
 
 /// Flags of those libraries this host has no equivalent of, each group with what to do instead.
-const NOT_HERE: [(&[&str], &str); 20] = [
+const NOT_HERE: [(&[&str], &str); 39] = [
     (
-        &["use-vllm", "vllm-mode", "vllm-gpu-memory-utilization"],
+        &[
+            "use-vllm",
+            "vllm-mode",
+            "vllm-gpu-memory-utilization",
+            "vllm-server-host",
+            "vllm-server-port",
+            "vllm-server-base-url",
+            "vllm-tensor-parallel-size",
+            "vllm-enable-sleep-mode",
+            "vllm-importance-sampling-correction",
+        ],
         "rollouts run in this host's own generation engine; leave it out",
     ),
-    (&["logging-steps"], "metrics are logged at every batch (sft: every step); leave it out"),
+    (
+        &["logging-steps", "logging-first-step", "logging-strategy", "logging-nan-inf-filter"],
+        "metrics are logged at every batch (sft: every step); leave it out",
+    ),
+    (
+        &["include-tokens-per-second", "include-num-input-tokens-seen"],
+        "training logs timing/generated_tokens_per_s and sft logs sft/tokens at every step; leave it out",
+    ),
+    (&["disable-tqdm"], "the console prints one line per batch (sft: per step), no progress bar; leave it out"),
+    (
+        &["log-level", "log-level-replica"],
+        "the console prints one line per batch (sft: per step); libtorch's own messages follow TORCH_CPP_LOG_LEVEL",
+    ),
     (&["save-strategy"], "checkpoints are saved every --checkpoint-interval N (batches in training, steps in sft)"),
     (&["eval-strategy"], "evaluation runs every --eval-every N (batches in training, steps in sft; 0: never)"),
     (
@@ -39,15 +61,21 @@ const NOT_HERE: [(&[&str], &str); 20] = [
         "the log-probs are already computed in chunks without keeping full-vocabulary logits; leave it out",
     ),
     (
-        &["deepspeed"],
+        &["deepspeed", "fsdp", "fsdp-config", "ds3-gather-for-generation"],
         "data parallelism is torchrun with DDP (docs/cli.md, \"Data parallel: torchrun\"); no sharding is offered",
     ),
     (
-        &["push-to-hub"],
+        &["push-to-hub", "hub-model-id", "hub-strategy", "hub-private-repo", "hub-token"],
         "checkpoints are Hugging Face folders: upload one with `hf upload REPO runs/NAME/checkpoints/step_N`",
     ),
-    (&["log-completions"], "completions are logged every --log-completions-interval N batches (default 10)"),
-    (&["packing"], "rows are padded into micro-batches, not packed (--micro-batch-tokens groups them by length)"),
+    (
+        &["log-completions", "wandb-log-unique-prompts", "num-completions-to-print"],
+        "completions are logged every --log-completions-interval N batches (default 10)",
+    ),
+    (
+        &["packing", "packing-strategy", "padding-free", "group-by-length"],
+        "rows are padded into micro-batches, not packed (--micro-batch-tokens groups them by length)",
+    ),
     (&["gradient-checkpointing-kwargs"], "--gradient-checkpointing takes no options; leave it out"),
     (&["torch-compile"], "nothing is compiled: the model runs libtorch's kernels as they are; leave it out"),
     (
@@ -58,37 +86,140 @@ const NOT_HERE: [(&[&str], &str); 20] = [
     (&["per-device-eval-batch-size"], "evaluation takes --eval-batch-tasks N tasks per call (sft: its micro-batches)"),
     (&["save-safetensors"], "checkpoints are always safetensors; leave it out"),
     (&["logging-dir"], "TensorBoard's events go under --log-dir DIR, in DIR/<run-name>/"),
+    (
+        &["load-best-model-at-end"],
+        "the best checkpoint by --metric-for-best-model is kept and named at the end (`best METRIC VALUE: DIR`); use \
+         that directory as --model (an adapter's as --lora-adapter)",
+    ),
+    (
+        &["do-train", "do-eval", "do-predict"],
+        "the command trains; evaluation runs when --eval-every N is given (and --eval-before-train in training)",
+    ),
+    (
+        &["overwrite-output-dir"],
+        "a folder holding checkpoints is never overwritten: --resume auto continues its run, another --output (or \
+         --run-name) starts a new one",
+    ),
+    (
+        &["reward-funcs"],
+        "rewards come from the environment (--env), its components weighted by --reward-weights; a learned reward \
+         model is --reward-model",
+    ),
+    (
+        &["model-init-kwargs"],
+        "the model's settings are flags of their own: --dtype, --device, --gradient-checkpointing",
+    ),
+    (&["torch-empty-cache-steps"], "the CUDA memory cache is left to libtorch's allocator; leave it out"),
+    (
+        &["disable-dropout"],
+        "the model's own dropout is never applied (LoRA's is --lora-dropout, 0 by default); leave it out",
+    ),
+    (&["remove-unused-columns"], "every column of a row reaches the environment (sft: the row's format); leave it out"),
+    (&["tf32"], "matrix products run at libtorch's default precision (no TF32); leave it out"),
+    (
+        &["auto-find-batch-size"],
+        "give the micro-batch: --train-batch-size (training) or --micro-batch-size (sft), or --micro-batch-tokens N",
+    ),
+    (&["data-seed"], "--seed orders the data as well as seeding the rest; leave it out"),
+    (&["pad-token"], "padded positions are masked out of attention and the loss, so the pad token does not matter"),
+    (&["pad-to-multiple-of"], "a micro-batch is padded to its longest row only; leave it out"),
+    (
+        &["dataset-kwargs"],
+        "the data's options are flags: --dataset-config, --dataset-split, --dataset-text-field (sft)",
+    ),
+    (&["activation-offloading"], "--gradient-checkpointing recomputes the activations instead of keeping them"),
+    (&["label-smoothing-factor"], "the loss is the plain token cross-entropy; leave it out"),
 ];
 
-/// `argv` (program name first) as clap should see it: each `--some_flag` or `--some_flag=VALUE` spelled
-/// `--some-flag` where that is a flag or alias of the command, and a flag from [`NOT_HERE`] refused in one line.
+/// Flags another command of this host has, refused in one line by the command (`train` for the top level) that
+/// lacks them, with what it does instead.
+const ELSEWHERE: [(&str, &[&str], &str); 1] = [(
+    "train",
+    &["eval-steps", "save-steps"],
+    "training counts batches (a round of rollouts and its optimizer steps): evaluate every --eval-every N batches, \
+     save every --checkpoint-interval N batches",
+)];
+
+/// `argv` (program name first) as clap should see it:
+/// - each `--some_flag` or `--some_flag=VALUE` spelled `--some-flag` where that is a flag or alias of the command;
+/// - a switch given a boolean, as `HfArgumentParser` takes them (`--bf16 True`, `--use_peft=false`): kept for a
+///   true value, dropped for a false one (a switch is off unless given);
+/// - a flag from [`NOT_HERE`], or one [`ELSEWHERE`] names for this command, refused in one line.
+///
 /// Anything else stays as typed (so an unknown flag is reported as the user wrote it), as does everything after a
 /// bare `--`.
 pub fn normalize(argv: Vec<OsString>) -> Result<Vec<OsString>> {
     let command = super::command_of(&argv);
-    let mut rest = false;
-    argv.into_iter()
-        .map(|arg| {
-            let Some(text) = arg.to_str() else { return Ok(arg) };
-            rest |= text == "--";
-            let Some(flag) = text.strip_prefix("--").filter(|_| !rest) else { return Ok(arg) };
-            let (name, value) = match flag.split_once('=') {
-                Some((name, value)) => (name, Some(value)),
-                None => (flag, None),
-            };
-            let dashed = name.replace('_', "-");
-            if super::flag_named(&command, &dashed).is_none() {
-                if let Some((_, instead)) = NOT_HERE.iter().find(|(foreign, _)| foreign.contains(&dashed.as_str())) {
-                    return Err(user_error!("--{name} is not an option of grpo-host: {instead}"));
-                }
-                return Ok(arg);
+    let mut out = Vec::with_capacity(argv.len());
+    let mut args = argv.into_iter().peekable();
+    while let Some(arg) = args.next() {
+        let Some(flag) = arg.to_str().and_then(|t| t.strip_prefix("--")).filter(|f| !f.is_empty()) else {
+            let rest = arg == "--";
+            out.push(arg);
+            if rest {
+                out.extend(args.by_ref());
             }
-            Ok(OsString::from(match value {
+            continue;
+        };
+        let (name, value) = match flag.split_once('=') {
+            Some((name, value)) => (name, Some(value)),
+            None => (flag, None),
+        };
+        let dashed = name.replace('_', "-");
+        let Some(known) = super::flag_named(&command, &dashed) else {
+            refuse_foreign(&command, name, &dashed)?;
+            out.push(arg);
+            continue;
+        };
+        if !matches!(known.get_action(), clap::ArgAction::SetTrue) {
+            out.push(OsString::from(match value {
                 Some(value) => format!("--{dashed}={value}"),
                 None => format!("--{dashed}"),
-            }))
-        })
-        .collect()
+            }));
+            continue;
+        }
+        // A switch: its boolean, if one follows, is part of it.
+        let given = match value {
+            Some(value) => Some(boolish(value).ok_or_else(|| {
+                user_error!("--{name}={value}: a switch takes no value, or true or false (as `--{name} true`)")
+            })?),
+            None => args.peek().and_then(|next| next.to_str()).and_then(boolish),
+        };
+        if value.is_none() && given.is_some() {
+            args.next();
+        }
+        if given != Some(false) {
+            out.push(OsString::from(format!("--{dashed}")));
+        }
+    }
+    Ok(out)
+}
+
+/// The boolean a word spells as `HfArgumentParser`'s `string_to_bool` reads it (any case): yes, true, t, y, 1 or
+/// no, false, f, n, 0. Hand-written because clap's `BoolishValueParser`, which takes the same words (and on/off),
+/// parses a flag's value, not a word that may be the next argument.
+fn boolish(word: &str) -> Option<bool> {
+    match word.to_ascii_lowercase().as_str() {
+        "yes" | "true" | "t" | "y" | "1" => Some(true),
+        "no" | "false" | "f" | "n" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+/// The one-line refusal of a flag `command` does not have, where this host knows what to say instead.
+fn refuse_foreign(command: &clap::Command, typed: &str, dashed: &str) -> Result<()> {
+    if let Some((_, instead)) = NOT_HERE.iter().find(|(foreign, _)| foreign.contains(&dashed)) {
+        return Err(user_error!("--{typed} is not an option of grpo-host: {instead}"));
+    }
+    let here = match command.get_name() {
+        "grpo-host" => "train",
+        name => name,
+    };
+    let elsewhere = ELSEWHERE.iter().find(|(name, flags, _)| *name == here && flags.contains(&dashed));
+    if let Some((_, _, instead)) = elsewhere {
+        return Err(user_error!("--{typed} is not an option of grpo-host {here}: {instead}"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -158,11 +289,58 @@ mod tests {
         assert!(normalized(&["grpo-host", "--", "--optim"]).is_ok());
         // None of them is a flag of any command (a flag that gains one stops being refused here).
         let cli = <crate::cli::Cli as clap::CommandFactory>::command();
+        let commands = || std::iter::once(&cli).chain(cli.get_subcommands());
         for foreign in NOT_HERE.iter().flat_map(|(names, _)| names.iter()) {
-            for command in std::iter::once(&cli).chain(cli.get_subcommands()) {
+            for command in commands() {
                 let found = crate::cli::flag_named(command, foreign);
                 assert!(found.is_none(), "--{foreign} is a flag of {}", command.get_name());
             }
         }
+        // Those of another command: refused by the one named, which lacks them, and no other.
+        let err = normalized(&["grpo-host", "--save_steps", "5"]).unwrap_err().to_string();
+        assert!(err.starts_with("--save_steps is not an option of grpo-host train: training counts batches"), "{err}");
+        assert_eq!(normalized(&["grpo-host", "sft", "--save_steps", "5"]).unwrap()[2], "--save-steps");
+        for (name, flags, _) in ELSEWHERE {
+            for flag in flags {
+                let holders: Vec<&str> =
+                    commands().filter(|c| crate::cli::flag_named(c, flag).is_some()).map(|c| c.get_name()).collect();
+                assert!(!holders.is_empty() && !holders.contains(&name), "--{flag}: {holders:?}");
+            }
+        }
+    }
+
+    /// A switch followed by a boolean, as `HfArgumentParser` takes them, is on or off by it; a flag that takes a
+    /// boolean takes the same words; after `--` nothing changes.
+    #[test]
+    fn switches_take_hf_booleans() {
+        use crate::train::precision::MixedPrecision;
+        let train = |argv: &[&str]| {
+            let argv = normalized(&[&["grpo-host"], argv].concat()).unwrap();
+            <crate::cli::Cli as clap::Parser>::try_parse_from(argv).map(|c| c.train)
+        };
+        let t = train(&["--bf16", "True", "--use_peft=true", "--gradient_checkpointing", "1", "--lr", "1e-6"]).unwrap();
+        assert_eq!((t.precision.mode(), t.gradient_checkpointing, t.lr), (MixedPrecision::Bf16, true, 1e-6));
+        assert_eq!(t.lora.config().unwrap().map(|c| c.rank), Some(16));
+        let t = train(&["--bf16", "false", "--use-peft", "N", "--shuffle_dataset", "False"]).unwrap();
+        assert_eq!(
+            (t.precision.mode(), t.lora.config().unwrap(), t.shuffle_dataset),
+            (MixedPrecision::Auto, None, false)
+        );
+        assert!(train(&["--bf16", "maybe"]).is_err());
+        let err = normalized(&["grpo-host", "--bf16=maybe"]).unwrap_err().to_string();
+        assert_eq!(err, "--bf16=maybe: a switch takes no value, or true or false (as `--bf16 true`)");
+        assert_eq!(normalized(&["grpo-host", "--", "--bf16", "True"]).unwrap(), ["grpo-host", "--", "--bf16", "True"]);
+        // TRL's and transformers' other names.
+        let t = train(&["--full_determinism", "--ddp_timeout", "60", "--chat_template_path", "t.jinja"]).unwrap();
+        assert!(t.deterministic && t.dist_timeout == 60.0);
+        assert_eq!(t.model.chat_template.as_deref(), Some(std::path::Path::new("t.jinja")));
+        let t = train(&["--model_revision", "v1", "--greater_is_better", "FALSE"]).unwrap();
+        assert_eq!((t.model.model_revision.as_deref(), t.best_model.greater_is_better), (Some("v1"), Some(false)));
+        let argv = normalized(&["grpo-host", "sft", "--env", "math", "--assistant_only_loss", "No", "--bf16", "TRUE"]);
+        let Some(crate::cli::Command::Sft(sft)) = <crate::cli::Cli as clap::Parser>::parse_from(argv.unwrap()).command
+        else {
+            panic!("not sft")
+        };
+        assert!(!sft.assistant_only_loss && sft.precision.mode() == MixedPrecision::Bf16);
     }
 }

@@ -30,15 +30,19 @@ fn looks_like_hub_id(spec: &str) -> bool {
         && !spec.starts_with('~')
 }
 
-/// The snapshot directory of `id` in the hub cache `hub`, if one holds a config.json: the revision `refs/main`
-/// points at, else the most recently modified snapshot.
-pub fn find_in_hub_cache(hub: &Path, id: &str) -> Option<PathBuf> {
+/// The snapshot directory of `id` in the hub cache `hub`, if one holds a config.json. At `revision`: the commit a
+/// branch or tag of that name points at (the cache's `refs/`), else the snapshot of that commit hash. Without one:
+/// the commit `refs/main` points at, else the most recently modified snapshot.
+pub fn find_in_hub_cache(hub: &Path, id: &str, revision: Option<&str>) -> Option<PathBuf> {
     let repo = hub.join(format!("models--{}", id.replace('/', "--")));
-    if let Ok(rev) = std::fs::read_to_string(repo.join("refs").join("main")) {
-        let snap = repo.join("snapshots").join(rev.trim());
-        if snap.join("config.json").exists() {
-            return Some(snap);
-        }
+    let snapshot = |commit: &str| Some(repo.join("snapshots").join(commit)).filter(|s| s.join("config.json").exists());
+    let named = std::fs::read_to_string(repo.join("refs").join(revision.unwrap_or("main")));
+    if let Some(snap) = named.ok().and_then(|commit| snapshot(commit.trim())) {
+        return Some(snap);
+    }
+    if let Some(commit) = revision {
+        // A hash names its snapshot; another revision the cache lacks is not replaced by whatever it has.
+        return snapshot(commit).filter(|_| !commit.contains(['/', '\\']) && commit != "..");
     }
     let mut snaps: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(repo.join("snapshots"))
         .ok()?
@@ -51,9 +55,10 @@ pub fn find_in_hub_cache(hub: &Path, id: &str) -> Option<PathBuf> {
     snaps.pop().map(|(_, p)| p)
 }
 
-/// Resolve `--model`. `None` is the default model (`grpo_host::paths::default_model_dir()`). A hub id missing
-/// from the cache is downloaded only when `allow_download` is true and `HF_HUB_OFFLINE` is not set.
-pub fn resolve_model_dir(spec: Option<&str>, allow_download: bool) -> anyhow::Result<PathBuf> {
+/// Resolve `--model` (a hub id at `revision`, `main` by default; a directory is used as it is, as transformers
+/// does). `None` is the default model (`grpo_host::paths::default_model_dir()`). A hub id missing from the cache
+/// is downloaded only when `allow_download` is true and `HF_HUB_OFFLINE` is not set.
+pub fn resolve_model_dir(spec: Option<&str>, revision: Option<&str>, allow_download: bool) -> anyhow::Result<PathBuf> {
     let Some(spec) = spec else {
         let dir = crate::paths::default_model_dir();
         if !dir.join("config.json").exists() {
@@ -75,15 +80,16 @@ pub fn resolve_model_dir(spec: Option<&str>, allow_download: bool) -> anyhow::Re
     }
     if looks_like_hub_id(spec) {
         let hub = hf_hub_cache();
-        if let Some(dir) = find_in_hub_cache(&hub, spec) {
+        if let Some(dir) = find_in_hub_cache(&hub, spec, revision) {
             return Ok(dir);
         }
         let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
         if allow_download && !offline {
-            return download(&hub, spec);
+            return download(&hub, spec, revision);
         }
+        let at = revision.map(|r| format!(" --model-revision {r}")).unwrap_or_default();
         return Err(user_error!(
-            "--model {spec}: not a directory and not in the Hugging Face cache at {} (downloads are off)",
+            "--model {spec}{at}: not a directory and not in the Hugging Face cache at {} (downloads are off)",
             hub.display()
         ));
     }
@@ -92,14 +98,18 @@ pub fn resolve_model_dir(spec: Option<&str>, allow_download: bool) -> anyhow::Re
     ))
 }
 
-/// Fetch a model's config, tokenizer and safetensors weights into the hub cache with `hf-hub`.
-fn download(hub: &Path, id: &str) -> anyhow::Result<PathBuf> {
-    let fail = |e: &dyn std::fmt::Display| user_error!("--model {id}: download from the Hugging Face hub failed: {e}");
+/// Fetch a model's config, tokenizer and safetensors weights at `revision` (`main` by default) into the hub cache
+/// with `hf-hub`.
+fn download(hub: &Path, id: &str, revision: Option<&str>) -> anyhow::Result<PathBuf> {
+    let at = revision.map(|r| format!(" --model-revision {r}")).unwrap_or_default();
+    let fail =
+        |e: &dyn std::fmt::Display| user_error!("--model {id}{at}: download from the Hugging Face hub failed: {e}");
     let api = hf_hub::api::sync::ApiBuilder::from_cache(hf_hub::Cache::new(hub.to_path_buf()))
         .with_progress(true)
         .build()
         .map_err(|e| fail(&e))?;
-    let repo = api.model(id.to_string());
+    let revision = revision.unwrap_or("main").to_string();
+    let repo = api.repo(hf_hub::Repo::with_revision(id.to_string(), hf_hub::RepoType::Model, revision));
     let mut config = None;
     for f in MODEL_FILES {
         let p = repo.get(f).map_err(|e| fail(&e))?;
@@ -143,13 +153,37 @@ mod tests {
         std::fs::create_dir_all(repo.join("refs")).unwrap();
         std::fs::write(repo.join("refs/main"), "abc123").unwrap();
         std::fs::write(repo.join("snapshots/abc123/config.json"), "{}").unwrap();
-        assert_eq!(find_in_hub_cache(hub.path(), "org/tiny"), Some(repo.join("snapshots/abc123")));
-        assert_eq!(find_in_hub_cache(hub.path(), "org/other"), None);
+        assert_eq!(find_in_hub_cache(hub.path(), "org/tiny", None), Some(repo.join("snapshots/abc123")));
+        assert_eq!(find_in_hub_cache(hub.path(), "org/other", None), None);
+    }
+
+    /// `--model-revision`: a branch or tag through the cache's refs, a commit by its hash; a revision the cache
+    /// lacks is not found (rather than another snapshot), and a path in its place finds nothing.
+    #[test]
+    fn finds_a_revision_by_ref_or_commit() {
+        let hub = tempfile::tempdir().unwrap();
+        let repo = hub.path().join("models--org--tiny");
+        for commit in ["abc123", "def456"] {
+            std::fs::create_dir_all(repo.join("snapshots").join(commit)).unwrap();
+            std::fs::write(repo.join("snapshots").join(commit).join("config.json"), "{}").unwrap();
+        }
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::write(repo.join("refs/main"), "abc123").unwrap();
+        std::fs::write(repo.join("refs/v1"), "def456\n").unwrap();
+        let found = |rev: Option<&str>| find_in_hub_cache(hub.path(), "org/tiny", rev);
+        assert_eq!(found(None), Some(repo.join("snapshots/abc123")));
+        assert_eq!(found(Some("main")), Some(repo.join("snapshots/abc123")));
+        assert_eq!(found(Some("v1")), Some(repo.join("snapshots/def456")));
+        assert_eq!(found(Some("def456")), Some(repo.join("snapshots/def456")));
+        assert_eq!(found(Some("v2")), None);
+        assert_eq!(found(Some("../snapshots/abc123")), None);
+        let err = resolve_model_dir(Some("org/not-cached"), Some("v2"), false).unwrap_err().to_string();
+        assert!(err.starts_with("--model org/not-cached --model-revision v2: not a directory"), "{err}");
     }
 
     #[test]
     fn missing_path_is_a_user_error() {
-        let err = resolve_model_dir(Some("/definitely/not/here"), false).unwrap_err();
+        let err = resolve_model_dir(Some("/definitely/not/here"), None, false).unwrap_err();
         assert_eq!(crate::error::exit_code(&err), 2);
         assert!(err.to_string().contains("/definitely/not/here"));
         assert!(looks_like_hub_id("Qwen/Qwen2.5-0.5B-Instruct"));

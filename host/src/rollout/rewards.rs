@@ -84,7 +84,7 @@ impl RewardShaping {
     /// Load the `reward_models` onto `device` in `kind` (the policy's), downloading a hub id when `allow_download`.
     pub fn load_reward_models(&mut self, device: Device, kind: Kind, allow_download: bool) -> anyhow::Result<()> {
         for spec in &self.reward_models {
-            let dir = crate::model::resolve_model_dir(Some(&spec.model), allow_download)?;
+            let dir = crate::model::resolve_model_dir(Some(&spec.model), None, allow_download)?;
             self.scorers.push((spec.name.clone(), RewardModel::load(&dir, device, kind)?));
         }
         Ok(())

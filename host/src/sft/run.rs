@@ -108,6 +108,9 @@ pub struct SftEvalSettings {
     pub rows: HeldOutRows,
     /// Evaluate after every this many steps as well as after the last (0: after the last only).
     pub every: u64,
+    /// Also evaluate before the first step (not on a resume), logged at step 0 (transformers' `eval_on_start`).
+    #[serde(default)]
+    pub on_start: bool,
 }
 
 /// Where the held-out rows come from.
@@ -206,6 +209,7 @@ enum Ending {
 /// mean loss's gradient, the gradients are averaged, and rank 0 alone writes the run's files.
 pub fn run(mut config: SftConfig) -> Result<i32> {
     crate::runtime::set_threads(config.model.threads);
+    crate::runtime::set_deterministic(config.model.deterministic)?;
     let world = World::for_run(&mut config.model.device, Duration::from_secs_f64(config.dist_timeout_secs))?;
     let stop = StopRequest::install().context("installing the SIGINT/SIGTERM handlers")?;
     let (paths, history) = world.on_main("choosing the run directory", || {
@@ -337,6 +341,21 @@ impl SftRun<'_> {
         if (self.state.global_step >= max_steps || self.state.early_stopped) && self.saved_at.is_some() {
             return Ok(Ending::AlreadyComplete);
         }
+        let on_start = self.config.eval.as_ref().is_some_and(|e| e.on_start);
+        if on_start && self.state.global_step == 0 && self.saved_at.is_none() {
+            let every = self.config.eval.as_ref().map_or(0, |e| e.every);
+            if (every == 1 || max_steps == 1) && self.world.is_main() {
+                eprintln!(
+                    "warning: --eval-on-start: the evaluation after the first step is logged at step 0 too and \
+                     replaces the one before training there (the console shows both)"
+                );
+            }
+            // In the first step's row, as transformers logs it at step 0; it is no candidate for the best
+            // checkpoint, since no checkpoint holds the weights before training.
+            if let Some(metrics) = self.score(0, false)? {
+                self.loggers.log(0, metrics);
+            }
+        }
         let (mut stopping, _) = self.agree()?;
         while self.state.global_step < max_steps {
             if stopping {
@@ -397,10 +416,16 @@ impl SftRun<'_> {
     /// The held-out metrics after `done` steps when an evaluation is due then: after the last step, and every
     /// `--eval-every` steps. Every rank takes part.
     fn evaluate(&mut self, done: u64) -> Result<Option<crate::logging::Metrics>> {
-        let (Some(rows), Some(settings)) = (&self.held_out, &self.config.eval) else { return Ok(None) };
+        let Some(settings) = &self.config.eval else { return Ok(None) };
         if !(done == self.config.max_steps || (settings.every > 0 && done.is_multiple_of(settings.every))) {
             return Ok(None);
         }
+        self.score(done, true)
+    }
+
+    /// The held-out metrics of the model after `done` steps, judged for the best checkpoint when `judged`.
+    fn score(&mut self, done: u64, judged: bool) -> Result<Option<crate::logging::Metrics>> {
+        let Some(rows) = &self.held_out else { return Ok(None) };
         let start = Instant::now();
         let scored = eval::held_out(self.policy.model(), rows, self.config.chunking(), self.world)?;
         let seconds = start.elapsed().as_secs_f64();
@@ -410,7 +435,7 @@ impl SftRun<'_> {
         ));
         let mut metrics = scored.metrics();
         metrics.insert("sft/eval_seconds".into(), seconds.into());
-        if let Some(best_model) = &self.config.checkpoints.best_model {
+        if let Some(best_model) = self.config.checkpoints.best_model.as_ref().filter(|_| judged) {
             let verdict = best::judge(best_model, &mut self.state, &metrics, done, done == self.config.max_steps)?;
             self.new_best |= verdict.new_best;
             if let Some(line) = verdict.stop {

@@ -91,6 +91,9 @@ impl PluginSelection {
 pub struct ModelSettings {
     /// Model directory or hub id; `None` for the default model.
     pub model: Option<String>,
+    /// The hub id's revision (a branch, tag or commit); `None` for `main`. A directory is used as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
     /// Whether a hub id may be downloaded.
     pub allow_download: bool,
     /// Requested device.

@@ -45,7 +45,8 @@ impl Policy {
     /// Load the model, attach LoRA adapters when asked (initialised from `seed`, so a run is reproducible from
     /// its seed alone), and set up the reference when `with_reference` (a KL term in the loss or the reward).
     pub fn load(settings: &ModelSettings, with_reference: bool, seed: u64) -> Result<Policy> {
-        let model_dir = model::resolve_model_dir(settings.model.as_deref(), settings.allow_download)?;
+        let model_dir =
+            model::resolve_model_dir(settings.model.as_deref(), settings.revision.as_deref(), settings.allow_download)?;
         let device = settings.device.resolve()?;
         let precision = Precision::resolve(settings.mixed_precision, settings.dtype, device)?
             .with_rollout(settings.rollout_dtype, device);
