@@ -1,11 +1,12 @@
-//! `--config run.toml`: the same keys as the flags (`group-size = 8` or `group_size = 8`), turned into arguments
-//! placed before the command line's own, so that a flag given on the command line overrides the file. `train` and
-//! `sft` read run files.
+//! `--config run.toml` (or a YAML recipe, `run.yaml`, as TRL's `--config` takes): the same keys as the flags
+//! (`group-size = 8` or `group_size = 8`), turned into arguments placed before the command line's own, so that a
+//! flag given on the command line overrides the file. `train` and `sft` read run files.
 
 use std::ffi::OsString;
 use std::path::Path;
 
 use anyhow::Result;
+use serde_json::Value as Json;
 
 use crate::user_error;
 
@@ -37,15 +38,10 @@ pub fn expand(argv: Vec<OsString>) -> Result<Vec<OsString>> {
 }
 
 /// The file's settings as arguments of `command`: a boolean is a switch (given when true) unless the flag takes a
-/// value (`--shuffle-dataset BOOL`), which then gets `true` or `false`.
+/// value (`--shuffle-dataset BOOL`), which then gets `true` or `false`; a null is left out (the default).
 fn file_args(path: &Path, command: &clap::Command) -> Result<Vec<String>> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| user_error!("--config {}: cannot read it ({e})", path.display()))?;
-    let table = text.parse::<toml::Table>().map_err(|e: toml::de::Error| {
-        user_error!("--config {}: not valid TOML ({})", path.display(), one_line(&e.to_string()))
-    })?;
     let mut args = Vec::new();
-    for (key, value) in table {
+    for (key, value) in read_settings(path)? {
         let flag = format!("--{}", key.replace('_', "-"));
         if flag == "--config" {
             return Err(user_error!("--config {}: a config file cannot name another config file", path.display()));
@@ -53,20 +49,20 @@ fn file_args(path: &Path, command: &clap::Command) -> Result<Vec<String>> {
         let long = &flag[2..];
         let takes_value = super::flag_named(command, long).is_some_and(|a| a.get_action().takes_values());
         match value {
-            toml::Value::Boolean(b) if takes_value => {
+            Json::Bool(b) if takes_value => {
                 args.push(flag);
                 args.push(b.to_string());
             }
-            toml::Value::Boolean(true) => args.push(flag),
-            toml::Value::Boolean(false) => {}
-            toml::Value::Array(items) => {
+            Json::Bool(true) => args.push(flag),
+            Json::Bool(false) | Json::Null => {}
+            Json::Array(items) => {
                 for item in items {
                     args.push(flag.clone());
                     args.push(scalar(&item, &key, path)?);
                 }
             }
             // Plugin options (`algo-config = { ... }`) travel as JSON.
-            toml::Value::Table(t) => {
+            Json::Object(t) => {
                 args.push(flag);
                 args.push(serde_json::to_string(&t)?);
             }
@@ -79,12 +75,38 @@ fn file_args(path: &Path, command: &clap::Command) -> Result<Vec<String>> {
     Ok(args)
 }
 
-fn scalar(value: &toml::Value, key: &str, path: &Path) -> Result<String> {
+/// The file's top-level keys and values, in the file's order: YAML for a `.yaml` or `.yml` file (TRL's and
+/// transformers' recipe files, which `HfArgumentParser` reads), TOML otherwise.
+fn read_settings(path: &Path) -> Result<serde_json::Map<String, Json>> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| user_error!("--config {}: cannot read it ({e})", path.display()))?;
+    let yaml = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"));
+    let value = if yaml {
+        let value = serde_yaml_ng::from_str::<Json>(&text)
+            .map_err(|e| user_error!("--config {}: not valid YAML ({})", path.display(), one_line(&e.to_string())))?;
+        // An empty file is an empty recipe.
+        if value.is_null() {
+            Json::Object(Default::default())
+        } else {
+            value
+        }
+    } else {
+        let table = text.parse::<toml::Table>().map_err(|e: toml::de::Error| {
+            user_error!("--config {}: not valid TOML ({})", path.display(), one_line(&e.to_string()))
+        })?;
+        serde_json::to_value(table)?
+    };
+    match value {
+        Json::Object(settings) => Ok(settings),
+        _ => Err(user_error!("--config {}: give `key: value` lines, one per flag", path.display())),
+    }
+}
+
+fn scalar(value: &Json, key: &str, path: &Path) -> Result<String> {
     Ok(match value {
-        toml::Value::String(s) => s.clone(),
-        toml::Value::Integer(i) => i.to_string(),
-        toml::Value::Float(f) => f.to_string(),
-        toml::Value::Boolean(b) => b.to_string(),
+        Json::String(s) => s.clone(),
+        Json::Number(n) => n.to_string(),
+        Json::Bool(b) => b.to_string(),
         _ => return Err(user_error!("--config {}: `{key}` must be a string, number or boolean", path.display())),
     })
 }
@@ -136,6 +158,44 @@ mod tests {
         std::fs::write(&path, "assistant-only-loss = false\n").unwrap();
         let out = expanded(&["grpo-host", "sft", "--config", path.to_str().unwrap()]);
         assert_eq!(&out[..4], ["grpo-host", "sft", "--assistant-only-loss", "false"]);
+    }
+
+    /// A YAML recipe as TRL's `--config` reads it: its keys (underscored, as `HfArgumentParser` names them) become
+    /// the flags, lists repeat the flag, a null is the default, and the recipe flags this host lacks are left out
+    /// when false and refused in one line when true.
+    #[test]
+    fn a_yaml_recipe_reads_as_trl_reads_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("recipe.yaml");
+        let recipe = "# Model arguments\nmodel_name_or_path: Qwen/Qwen2.5-0.5B-Instruct\nmodel_revision: main\n\
+                      torch_dtype: bfloat16\nbf16: true\nuse_vllm: false\nlearning_rate: 2.0e-05\n\
+                      lr_scheduler_type: cosine\nmax_steps: -1\nnum_train_epochs: 1\nnum_generations: 8\n\
+                      report_to:\n- tensorboard\nhub_model_id: null\nenv_config: {digits: 2}\n";
+        std::fs::write(&path, recipe).unwrap();
+        let out = expanded(&["grpo-host", "--config", path.to_str().unwrap(), "--num-generations", "4"]);
+        let argv = super::super::trl_flags::normalize(out.iter().map(OsString::from).collect()).unwrap();
+        let t = <super::super::Cli as clap::Parser>::try_parse_from(argv).unwrap().train;
+        assert_eq!(
+            (t.model.model.as_deref(), t.model.model_revision.as_deref(), t.lr, t.group_size),
+            (Some("Qwen/Qwen2.5-0.5B-Instruct"), Some("main"), 2e-5, 4)
+        );
+        assert_eq!(
+            (t.num_train_epochs, t.precision.mode()),
+            (Some(1.0), crate::train::precision::MixedPrecision::Bf16)
+        );
+        assert_eq!(t.env_config.as_deref(), Some("{\"digits\":2}"));
+        assert!(out.contains(&"--report-to".to_string()) && !out.iter().any(|a| a.contains("hub")), "{out:?}");
+
+        std::fs::write(&path, "use_vllm: true\n").unwrap();
+        let argv = expanded(&["grpo-host", "--config", path.to_str().unwrap()]);
+        let err = super::super::trl_flags::normalize(argv.iter().map(OsString::from).collect()).unwrap_err();
+        assert!(err.to_string().starts_with("--use-vllm is not an option of grpo-host: rollouts run in"), "{err}");
+        for (text, wanted) in [("a: [1\n", "not valid YAML"), ("- 1\n- 2\n", "give `key: value` lines")] {
+            std::fs::write(&path, text).unwrap();
+            let argv = [&["grpo-host", "--config"][..], &[path.to_str().unwrap()]].concat();
+            let err = expand(argv.iter().map(OsString::from).collect()).unwrap_err().to_string();
+            assert!(err.contains(wanted), "{err}");
+        }
     }
 
     #[test]

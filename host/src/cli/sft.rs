@@ -53,7 +53,8 @@ impl WarmupArgs {
 /// are declared by `--help` heading, in the order `--help` shows them.
 #[derive(Debug, Args)]
 pub struct SftArgs {
-    /// A TOML file setting any of these flags by name (`batch-size = 16`); flags on the command line override it.
+    /// A TOML file setting any of these flags by name (`batch-size = 16`), or a YAML recipe (`.yaml`, as TRL's
+    /// --config); flags on the command line override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Rows in TRL's formats (conversations: `{"messages": [{"role": "user", "content": ...}, ...]}`, or `prompt`

@@ -21,7 +21,8 @@ use crate::user_error;
 /// are declared by `--help` heading, in the order of docs/cli.md's sections, which is the order `--help` shows.
 #[derive(Debug, Clone, Args)]
 pub struct TrainArgs {
-    /// A TOML file setting any of these flags by name (`group-size = 8`); flags on the command line override it.
+    /// A TOML file setting any of these flags by name (`group-size = 8`), or a YAML recipe (`.yaml`, as TRL's
+    /// --config); flags on the command line override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Algorithm plugin by name (`grpo-host plugins list` shows them).

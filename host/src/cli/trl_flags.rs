@@ -10,7 +10,7 @@ use anyhow::Result;
 use crate::user_error;
 
 /// Flags of those libraries this host has no equivalent of, each group with what to do instead.
-const NOT_HERE: [(&[&str], &str); 39] = [
+const NOT_HERE: [(&[&str], &str); 40] = [
     (
         &[
             "use-vllm",
@@ -129,6 +129,11 @@ const NOT_HERE: [(&[&str], &str); 39] = [
     ),
     (&["activation-offloading"], "--gradient-checkpointing recomputes the activations instead of keeping them"),
     (&["label-smoothing-factor"], "the loss is the plain token cross-entropy; leave it out"),
+    (
+        &["eos-token"],
+        "a text row ends with the tokenizer's own eos_token and a conversation with its chat template's end of turn \
+         (--chat-template changes that); leave it out",
+    ),
 ];
 
 /// Flags another command of this host has, refused in one line by the command (`train` for the top level) that
@@ -144,12 +149,18 @@ const ELSEWHERE: [(&str, &[&str], &str); 1] = [(
 /// - each `--some_flag` or `--some_flag=VALUE` spelled `--some-flag` where that is a flag or alias of the command;
 /// - a switch given a boolean, as `HfArgumentParser` takes them (`--bf16 True`, `--use_peft=false`): kept for a
 ///   true value, dropped for a false one (a switch is off unless given);
-/// - a flag from [`NOT_HERE`], or one [`ELSEWHERE`] names for this command, refused in one line.
+/// - `--max-steps -1`, transformers' "not set", left out where `--num-train-epochs` is given (refused otherwise);
+/// - a flag from [`NOT_HERE`], or one [`ELSEWHERE`] names for this command, refused in one line; one from
+///   [`NOT_HERE`] given the boolean false (`--use_vllm false`) is left out, as it asks for nothing this host lacks.
 ///
 /// Anything else stays as typed (so an unknown flag is reported as the user wrote it), as does everything after a
 /// bare `--`.
 pub fn normalize(argv: Vec<OsString>) -> Result<Vec<OsString>> {
     let command = super::command_of(&argv);
+    let epochs_given = argv.iter().filter_map(|a| a.to_str()).any(|a| {
+        let flag = a.split('=').next().unwrap_or_default().replace('_', "-");
+        flag == "--num-train-epochs"
+    });
     let mut out = Vec::with_capacity(argv.len());
     let mut args = argv.into_iter().peekable();
     while let Some(arg) = args.next() {
@@ -166,7 +177,33 @@ pub fn normalize(argv: Vec<OsString>) -> Result<Vec<OsString>> {
             None => (flag, None),
         };
         let dashed = name.replace('_', "-");
+        if dashed == "max-steps" && super::flag_named(&command, &dashed).is_some() {
+            let negative = |v: &str| v.parse::<i64>().is_ok_and(|n| n < 0);
+            let given = value.map(String::from).or_else(|| args.peek().and_then(|v| v.to_str()).map(String::from));
+            if given.as_deref().is_some_and(negative) {
+                // transformers' "not set": the epochs decide.
+                if !epochs_given {
+                    return Err(user_error!(
+                        "--{name} {}: transformers' `not set`, which leaves the length to --num-train-epochs; give \
+                         that, or a positive --max-steps",
+                        given.unwrap_or_default()
+                    ));
+                }
+                if value.is_none() {
+                    args.next();
+                }
+                continue;
+            }
+        }
         let Some(known) = super::flag_named(&command, &dashed) else {
+            let next_is_false = || args.peek().and_then(|v| v.to_str()).and_then(boolish) == Some(false);
+            let off = value.map_or_else(next_is_false, |v| boolish(v) == Some(false));
+            if off && NOT_HERE.iter().any(|(foreign, _)| foreign.contains(&dashed.as_str())) {
+                if value.is_none() {
+                    args.next();
+                }
+                continue;
+            }
             refuse_foreign(&command, name, &dashed)?;
             out.push(arg);
             continue;
@@ -206,20 +243,25 @@ fn boolish(word: &str) -> Option<bool> {
     }
 }
 
-/// The one-line refusal of a flag `command` does not have, where this host knows what to say instead.
-fn refuse_foreign(command: &clap::Command, typed: &str, dashed: &str) -> Result<()> {
+/// What to say of `dashed`, a flag `command` lacks: the answer and the name of what lacks it.
+fn foreign_answer(command: &clap::Command, dashed: &str) -> Option<(&'static str, String)> {
     if let Some((_, instead)) = NOT_HERE.iter().find(|(foreign, _)| foreign.contains(&dashed)) {
-        return Err(user_error!("--{typed} is not an option of grpo-host: {instead}"));
+        return Some((instead, "grpo-host".into()));
     }
     let here = match command.get_name() {
         "grpo-host" => "train",
         name => name,
     };
     let elsewhere = ELSEWHERE.iter().find(|(name, flags, _)| *name == here && flags.contains(&dashed));
-    if let Some((_, _, instead)) = elsewhere {
-        return Err(user_error!("--{typed} is not an option of grpo-host {here}: {instead}"));
+    elsewhere.map(|(_, _, instead)| (*instead, format!("grpo-host {here}")))
+}
+
+/// The one-line refusal of a flag `command` does not have, where this host knows what to say instead.
+fn refuse_foreign(command: &clap::Command, typed: &str, dashed: &str) -> Result<()> {
+    match foreign_answer(command, dashed) {
+        Some((instead, what)) => Err(user_error!("--{typed} is not an option of {what}: {instead}")),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -330,6 +372,16 @@ mod tests {
         let err = normalized(&["grpo-host", "--bf16=maybe"]).unwrap_err().to_string();
         assert_eq!(err, "--bf16=maybe: a switch takes no value, or true or false (as `--bf16 true`)");
         assert_eq!(normalized(&["grpo-host", "--", "--bf16", "True"]).unwrap(), ["grpo-host", "--", "--bf16", "True"]);
+        // A flag this host lacks, given false, asks for nothing: left out, with its value.
+        let argv = normalized(&["grpo-host", "--use_vllm", "False", "--push_to_hub=false", "--lr", "1"]).unwrap();
+        assert_eq!(argv, ["grpo-host", "--lr", "1"]);
+        assert!(normalized(&["grpo-host", "--use_vllm", "true"]).is_err());
+        // transformers' `max_steps: -1` leaves the length to the epochs.
+        let argv = normalized(&["grpo-host", "sft", "--max_steps", "-1", "--num_train_epochs", "2"]).unwrap();
+        assert_eq!(argv, ["grpo-host", "sft", "--num-train-epochs", "2"]);
+        assert_eq!(normalized(&["grpo-host", "--max-steps=-1", "--num-train-epochs=1"]).unwrap().len(), 2);
+        let err = normalized(&["grpo-host", "--max_steps", "-1"]).unwrap_err().to_string();
+        assert!(err.starts_with("--max_steps -1: transformers' `not set`"), "{err}");
         // TRL's and transformers' other names.
         let t = train(&["--full_determinism", "--ddp_timeout", "60", "--chat_template_path", "t.jinja"]).unwrap();
         assert!(t.deterministic && t.dist_timeout == 60.0);
