@@ -173,7 +173,7 @@ mod tests {
                       report_to:\n- tensorboard\nhub_model_id: null\nenv_config: {digits: 2}\n";
         std::fs::write(&path, recipe).unwrap();
         let out = expanded(&["grpo-host", "--config", path.to_str().unwrap(), "--num-generations", "4"]);
-        let argv = super::super::trl_flags::normalize(out.iter().map(OsString::from).collect()).unwrap();
+        let argv = super::super::trl_flags::normalize(out.iter().map(OsString::from).collect()).unwrap().argv;
         let t = <super::super::Cli as clap::Parser>::try_parse_from(argv).unwrap().train;
         assert_eq!(
             (t.model.model.as_deref(), t.model.model_revision.as_deref(), t.lr, t.group_size),
@@ -186,10 +186,15 @@ mod tests {
         assert_eq!(t.env_config.as_deref(), Some("{\"digits\":2}"));
         assert!(out.contains(&"--report-to".to_string()) && !out.iter().any(|a| a.contains("hub")), "{out:?}");
 
-        std::fs::write(&path, "use_vllm: true\n").unwrap();
+        // What only chooses how is left out with a note; what this host does not do stops the command.
+        std::fs::write(&path, "use_vllm: true\nvllm_mode: colocate\nlr: 0.1\n").unwrap();
+        let argv = expanded(&["grpo-host", "--config", path.to_str().unwrap()]);
+        let out = super::super::trl_flags::normalize(argv.iter().map(OsString::from).collect()).unwrap();
+        assert_eq!((out.argv.len(), out.notes.len()), (5, 2), "{out:?}");
+        std::fs::write(&path, "push_to_hub: true\n").unwrap();
         let argv = expanded(&["grpo-host", "--config", path.to_str().unwrap()]);
         let err = super::super::trl_flags::normalize(argv.iter().map(OsString::from).collect()).unwrap_err();
-        assert!(err.to_string().starts_with("--use-vllm is not an option of grpo-host: rollouts run in"), "{err}");
+        assert!(err.to_string().starts_with("--push-to-hub is not an option of grpo-host: checkpoints are"), "{err}");
         for (text, wanted) in [("a: [1\n", "not valid YAML"), ("- 1\n- 2\n", "give `key: value` lines")] {
             std::fs::write(&path, text).unwrap();
             let argv = [&["grpo-host", "--config"][..], &[path.to_str().unwrap()]].concat();

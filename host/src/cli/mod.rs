@@ -62,8 +62,15 @@ pub enum Command {
 /// Parse the process arguments (`--config FILE` expanded, then TRL's spellings turned into flags, the file's
 /// included); clap prints usage errors itself with exit code 2.
 pub fn parse() -> anyhow::Result<Cli> {
-    let argv = trl_flags::normalize(config_file::expand(std::env::args_os().collect())?)?;
-    Ok(Cli::parse_from(argv))
+    let normalized = trl_flags::normalize(config_file::expand(std::env::args_os().collect())?)?;
+    let cli = Cli::try_parse_from(normalized.argv).unwrap_or_else(|e| e.exit());
+    // Once the command line is known to be good; every rank of a torchrun job reads the same one, so one says it.
+    if std::env::var("RANK").map_or(true, |rank| rank == "0") {
+        for note in normalized.notes {
+            eprintln!("{note}");
+        }
+    }
+    Ok(cli)
 }
 
 /// The clap command `argv` (program name first) runs: the subcommand it names, or training's flags at the top

@@ -728,7 +728,8 @@ mod tests {
         // TRL's spellings with underscores, as a recipe gives them.
         let recipe =
             ["grpo-host", "--learning_rate", "3e-6", "--lora_target_modules", "q_proj", "v_proj", "--use_peft"];
-        let argv = super::super::trl_flags::normalize(recipe.iter().map(std::ffi::OsString::from).collect()).unwrap();
+        let argv =
+            super::super::trl_flags::normalize(recipe.iter().map(std::ffi::OsString::from).collect()).unwrap().argv;
         let t = Cli::parse_from(argv).train;
         assert_eq!((t.lr, t.lora.config().unwrap().map(|c| c.targets)), (3e-6, Some(qv)));
         let fp16 = Cli::parse_from(["grpo-host", "--fp16"]).train.precision.mode();

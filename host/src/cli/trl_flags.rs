@@ -9,8 +9,9 @@ use anyhow::Result;
 
 use crate::user_error;
 
-/// Flags of those libraries this host has no equivalent of, each group with what to do instead.
-const NOT_HERE: [(&[&str], &str); 40] = [
+/// Flags of those libraries that choose how, not what, or ask for what this host always does: left out, with
+/// their values, and a note saying what the host does, so that a recipe runs as it is.
+const IGNORED: [(&[&str], &str); 29] = [
     (
         &[
             "use-vllm",
@@ -21,76 +22,55 @@ const NOT_HERE: [(&[&str], &str); 40] = [
             "vllm-server-base-url",
             "vllm-tensor-parallel-size",
             "vllm-enable-sleep-mode",
-            "vllm-importance-sampling-correction",
         ],
-        "rollouts run in this host's own generation engine; leave it out",
+        "rollouts run in this host's own generation engine",
+    ),
+    (
+        &["vllm-importance-sampling-correction"],
+        "rollouts run in this host's own engine; --tis-cap corrects a sampler mismatch",
     ),
     (
         &["logging-steps", "logging-first-step", "logging-strategy", "logging-nan-inf-filter"],
-        "metrics are logged at every batch (sft: every step); leave it out",
+        "metrics are logged at every batch (sft: every step)",
     ),
     (
         &["include-tokens-per-second", "include-num-input-tokens-seen"],
-        "training logs timing/generated_tokens_per_s and sft logs sft/tokens at every step; leave it out",
+        "training logs timing/generated_tokens_per_s and sft logs sft/tokens at every step",
     ),
-    (&["disable-tqdm"], "the console prints one line per batch (sft: per step), no progress bar; leave it out"),
+    (&["disable-tqdm"], "the console prints one line per batch (sft: per step), no progress bar"),
     (
         &["log-level", "log-level-replica"],
         "the console prints one line per batch (sft: per step); libtorch's own messages follow TORCH_CPP_LOG_LEVEL",
     ),
-    (&["save-strategy"], "checkpoints are saved every --checkpoint-interval N (batches in training, steps in sft)"),
-    (&["eval-strategy"], "evaluation runs every --eval-every N (batches in training, steps in sft; 0: never)"),
     (
-        &["optim"],
-        "the optimizer is AdamW (fused; --weight-decay, --adam-beta1, --adam-beta2, --adam-epsilon); leave it out",
+        &["save-strategy"],
+        "checkpoints are saved every --checkpoint-interval N (batches in training, steps in sft) and at the end",
     ),
-    (
-        &["attn-implementation"],
-        "attention is SDPA (eager where a family needs it, see --model in docs/cli.md); leave it out",
-    ),
+    (&["eval-strategy"], "evaluation runs every --eval-every N (batches in training, steps in sft; 0: at the end)"),
+    (&["attn-implementation"], "attention is SDPA (eager where a family needs it, see --model in docs/cli.md)"),
     (
         &["trust-remote-code"],
         "no model code is ever run: the families in docs/cli.md (--model) are implemented natively",
     ),
     (
-        &["load-in-4bit", "load-in-8bit"],
-        "quantized training is not offered; --lora-rank 16 with --mixed-precision bf16 saves the most memory",
-    ),
-    (
         &["use-liger-kernel", "use-liger-loss"],
-        "the log-probs are already computed in chunks without keeping full-vocabulary logits; leave it out",
+        "the log-probs are already computed in chunks without keeping full-vocabulary logits",
     ),
     (
-        &["deepspeed", "fsdp", "fsdp-config", "ds3-gather-for-generation"],
-        "data parallelism is torchrun with DDP (docs/cli.md, \"Data parallel: torchrun\"); no sharding is offered",
-    ),
-    (
-        &["push-to-hub", "hub-model-id", "hub-strategy", "hub-private-repo", "hub-token"],
-        "checkpoints are Hugging Face folders: upload one with `hf upload REPO runs/NAME/checkpoints/step_N`",
+        &["hub-model-id", "hub-strategy", "hub-private-repo", "hub-token"],
+        "nothing is pushed to the hub (see --push-to-hub)",
     ),
     (
         &["log-completions", "wandb-log-unique-prompts", "num-completions-to-print"],
         "completions are logged every --log-completions-interval N batches (default 10)",
     ),
-    (
-        &["packing", "packing-strategy", "padding-free", "group-by-length"],
-        "rows are padded into micro-batches, not packed (--micro-batch-tokens groups them by length)",
-    ),
-    (&["gradient-checkpointing-kwargs"], "--gradient-checkpointing takes no options; leave it out"),
-    (&["torch-compile"], "nothing is compiled: the model runs libtorch's kernels as they are; leave it out"),
-    (
-        &["dataset-num-proc", "dataloader-num-workers"],
-        "rows are read and rendered once, before the first step; leave it out",
-    ),
-    (&["ddp-find-unused-parameters"], "every gradient is all-reduced, an unused one as zeros; leave it out"),
+    (&["gradient-checkpointing-kwargs"], "--gradient-checkpointing takes no options"),
+    (&["torch-compile"], "nothing is compiled: the model runs libtorch's kernels as they are"),
+    (&["dataset-num-proc", "dataloader-num-workers"], "rows are read and rendered once, before the first step"),
+    (&["ddp-find-unused-parameters"], "every gradient is all-reduced, an unused one as zeros"),
     (&["per-device-eval-batch-size"], "evaluation takes --eval-batch-tasks N tasks per call (sft: its micro-batches)"),
-    (&["save-safetensors"], "checkpoints are always safetensors; leave it out"),
+    (&["save-safetensors"], "checkpoints are always safetensors"),
     (&["logging-dir"], "TensorBoard's events go under --log-dir DIR, in DIR/<run-name>/"),
-    (
-        &["load-best-model-at-end"],
-        "the best checkpoint by --metric-for-best-model is kept and named at the end (`best METRIC VALUE: DIR`); use \
-         that directory as --model (an adapter's as --lora-adapter)",
-    ),
     (
         &["do-train", "do-eval", "do-predict"],
         "the command trains; evaluation runs when --eval-every N is given (and --eval-before-train in training)",
@@ -99,6 +79,49 @@ const NOT_HERE: [(&[&str], &str); 40] = [
         &["overwrite-output-dir"],
         "a folder holding checkpoints is never overwritten: --resume auto continues its run, another --output (or \
          --run-name) starts a new one",
+    ),
+    (&["torch-empty-cache-steps"], "the CUDA memory cache is left to libtorch's allocator"),
+    (&["disable-dropout"], "the model's own dropout is never applied (LoRA's is --lora-dropout, 0 by default)"),
+    (&["remove-unused-columns"], "every column of a row reaches the environment (sft: the row's format)"),
+    (&["tf32"], "matrix products run at libtorch's default precision (no TF32)"),
+    (
+        &["auto-find-batch-size"],
+        "the micro-batch is the one given: --train-batch-size (training) or --micro-batch-size (sft)",
+    ),
+    (
+        &["pad-token", "pad-to-multiple-of"],
+        "padded positions are masked out, and a micro-batch is padded to its longest row",
+    ),
+    (&["activation-offloading"], "--gradient-checkpointing recomputes the activations instead of keeping them"),
+];
+
+/// Flags of those libraries asking for what this host does not do, each group with what to do instead: the command
+/// stops with one line, unless the flag is given false (`--push_to_hub false`), which asks for nothing.
+const REFUSED: [(&[&str], &str); 12] = [
+    (
+        &["optim"],
+        "the optimizer is AdamW (fused; --weight-decay, --adam-beta1, --adam-beta2, --adam-epsilon); leave it out",
+    ),
+    (
+        &["load-in-4bit", "load-in-8bit"],
+        "quantized training is not offered; --lora-rank 16 with --mixed-precision bf16 saves the most memory",
+    ),
+    (
+        &["deepspeed", "fsdp", "fsdp-config", "ds3-gather-for-generation"],
+        "data parallelism is torchrun with DDP (docs/cli.md, \"Data parallel: torchrun\"); no sharding is offered",
+    ),
+    (
+        &["push-to-hub"],
+        "checkpoints are Hugging Face folders: upload one with `hf upload REPO runs/NAME/checkpoints/step_N`",
+    ),
+    (
+        &["packing", "packing-strategy", "padding-free", "group-by-length"],
+        "rows are padded into micro-batches, not packed (--micro-batch-tokens groups them by length)",
+    ),
+    (
+        &["load-best-model-at-end"],
+        "the best checkpoint by --metric-for-best-model is kept and named at the end (`best METRIC VALUE: DIR`); use \
+         that directory as --model (an adapter's as --lora-adapter)",
     ),
     (
         &["reward-funcs"],
@@ -109,25 +132,11 @@ const NOT_HERE: [(&[&str], &str); 40] = [
         &["model-init-kwargs"],
         "the model's settings are flags of their own: --dtype, --device, --gradient-checkpointing",
     ),
-    (&["torch-empty-cache-steps"], "the CUDA memory cache is left to libtorch's allocator; leave it out"),
-    (
-        &["disable-dropout"],
-        "the model's own dropout is never applied (LoRA's is --lora-dropout, 0 by default); leave it out",
-    ),
-    (&["remove-unused-columns"], "every column of a row reaches the environment (sft: the row's format); leave it out"),
-    (&["tf32"], "matrix products run at libtorch's default precision (no TF32); leave it out"),
-    (
-        &["auto-find-batch-size"],
-        "give the micro-batch: --train-batch-size (training) or --micro-batch-size (sft), or --micro-batch-tokens N",
-    ),
     (&["data-seed"], "--seed orders the data as well as seeding the rest; leave it out"),
-    (&["pad-token"], "padded positions are masked out of attention and the loss, so the pad token does not matter"),
-    (&["pad-to-multiple-of"], "a micro-batch is padded to its longest row only; leave it out"),
     (
         &["dataset-kwargs"],
         "the data's options are flags: --dataset-config, --dataset-split, --dataset-text-field (sft)",
     ),
-    (&["activation-offloading"], "--gradient-checkpointing recomputes the activations instead of keeping them"),
     (&["label-smoothing-factor"], "the loss is the plain token cross-entropy; leave it out"),
     (
         &["eos-token"],
@@ -145,88 +154,111 @@ const ELSEWHERE: [(&str, &[&str], &str); 1] = [(
      save every --checkpoint-interval N batches",
 )];
 
+/// A command line made ready for clap by [`normalize`], with a note for each flag it left out.
+#[derive(Debug, Default)]
+pub struct Normalized {
+    /// The arguments clap parses (program name first).
+    pub argv: Vec<OsString>,
+    /// One line for each [`IGNORED`] flag: what the host does instead.
+    pub notes: Vec<String>,
+}
+
 /// `argv` (program name first) as clap should see it:
 /// - each `--some_flag` or `--some_flag=VALUE` spelled `--some-flag` where that is a flag or alias of the command;
 /// - a switch given a boolean, as `HfArgumentParser` takes them (`--bf16 True`, `--use_peft=false`): kept for a
 ///   true value, dropped for a false one (a switch is off unless given);
 /// - `--max-steps -1`, transformers' "not set", left out where `--num-train-epochs` is given (refused otherwise);
-/// - a flag from [`NOT_HERE`], or one [`ELSEWHERE`] names for this command, refused in one line; one from
-///   [`NOT_HERE`] given the boolean false (`--use_vllm false`) is left out, as it asks for nothing this host lacks.
+/// - an [`IGNORED`] flag left out with its value, and noted; a [`REFUSED`] flag, or one [`ELSEWHERE`] names for
+///   this command, refused in one line, unless a [`REFUSED`] one is given false (`--push_to_hub false`).
 ///
 /// Anything else stays as typed (so an unknown flag is reported as the user wrote it), as does everything after a
 /// bare `--`.
-pub fn normalize(argv: Vec<OsString>) -> Result<Vec<OsString>> {
+pub fn normalize(argv: Vec<OsString>) -> Result<Normalized> {
     let command = super::command_of(&argv);
     let epochs_given = argv.iter().filter_map(|a| a.to_str()).any(|a| {
         let flag = a.split('=').next().unwrap_or_default().replace('_', "-");
         flag == "--num-train-epochs"
     });
-    let mut out = Vec::with_capacity(argv.len());
+    let mut out = Normalized { argv: Vec::with_capacity(argv.len()), notes: Vec::new() };
     let mut args = argv.into_iter().peekable();
     while let Some(arg) = args.next() {
         let Some(flag) = arg.to_str().and_then(|t| t.strip_prefix("--")).filter(|f| !f.is_empty()) else {
             let rest = arg == "--";
-            out.push(arg);
+            out.argv.push(arg);
             if rest {
-                out.extend(args.by_ref());
+                out.argv.extend(args.by_ref());
             }
             continue;
         };
-        let (name, value) = match flag.split_once('=') {
-            Some((name, value)) => (name, Some(value)),
+        let (name, inline) = match flag.split_once('=') {
+            Some((name, value)) => (name, Some(value.to_string())),
             None => (flag, None),
         };
         let dashed = name.replace('_', "-");
-        if dashed == "max-steps" && super::flag_named(&command, &dashed).is_some() {
-            let negative = |v: &str| v.parse::<i64>().is_ok_and(|n| n < 0);
-            let given = value.map(String::from).or_else(|| args.peek().and_then(|v| v.to_str()).map(String::from));
-            if given.as_deref().is_some_and(negative) {
-                // transformers' "not set": the epochs decide.
-                if !epochs_given {
-                    return Err(user_error!(
-                        "--{name} {}: transformers' `not set`, which leaves the length to --num-train-epochs; give \
-                         that, or a positive --max-steps",
-                        given.unwrap_or_default()
-                    ));
-                }
-                if value.is_none() {
+        // The word after a flag typed without `=`, which is its value unless it is the next flag.
+        let next = args.peek().and_then(|a| a.to_str()).filter(|a| !a.starts_with("--")).map(String::from);
+        let (value, separate) = match inline {
+            Some(value) => (Some(value), false),
+            None => (next, true),
+        };
+        // Leaving the flag out leaves out the value typed after it too.
+        let value_follows = separate && value.is_some();
+        let known = super::flag_named(&command, &dashed);
+        if known.is_some()
+            && dashed == "max-steps"
+            && value.as_deref().is_some_and(|v| v.parse::<i64>().is_ok_and(|n| n < 0))
+        {
+            // transformers' "not set": the epochs decide.
+            if !epochs_given {
+                return Err(user_error!(
+                    "--{name} {}: transformers' `not set`, which leaves the length to --num-train-epochs; give that, \
+                     or a positive --max-steps",
+                    value.unwrap_or_default()
+                ));
+            }
+            if value_follows {
+                args.next();
+            }
+            continue;
+        }
+        let Some(known) = known else {
+            if let Some((_, instead)) = IGNORED.iter().find(|(flags, _)| flags.contains(&dashed.as_str())) {
+                out.notes.push(format!("note: --{name} is ignored: {instead}"));
+                if value_follows {
                     args.next();
                 }
                 continue;
             }
-        }
-        let Some(known) = super::flag_named(&command, &dashed) else {
-            let next_is_false = || args.peek().and_then(|v| v.to_str()).and_then(boolish) == Some(false);
-            let off = value.map_or_else(next_is_false, |v| boolish(v) == Some(false));
-            if off && NOT_HERE.iter().any(|(foreign, _)| foreign.contains(&dashed.as_str())) {
-                if value.is_none() {
+            let off = value.as_deref().and_then(boolish) == Some(false);
+            if off && REFUSED.iter().any(|(flags, _)| flags.contains(&dashed.as_str())) {
+                if value_follows {
                     args.next();
                 }
                 continue;
             }
             refuse_foreign(&command, name, &dashed)?;
-            out.push(arg);
+            out.argv.push(arg);
             continue;
         };
         if !matches!(known.get_action(), clap::ArgAction::SetTrue) {
-            out.push(OsString::from(match value {
-                Some(value) => format!("--{dashed}={value}"),
-                None => format!("--{dashed}"),
+            out.argv.push(OsString::from(match (separate, value) {
+                (false, Some(value)) => format!("--{dashed}={value}"),
+                _ => format!("--{dashed}"),
             }));
             continue;
         }
         // A switch: its boolean, if one follows, is part of it.
-        let given = match value {
-            Some(value) => Some(boolish(value).ok_or_else(|| {
+        let given = match (separate, value.as_deref()) {
+            (false, Some(value)) => Some(boolish(value).ok_or_else(|| {
                 user_error!("--{name}={value}: a switch takes no value, or true or false (as `--{name} true`)")
             })?),
-            None => args.peek().and_then(|next| next.to_str()).and_then(boolish),
+            (_, value) => value.and_then(boolish),
         };
-        if value.is_none() && given.is_some() {
+        if separate && given.is_some() {
             args.next();
         }
         if given != Some(false) {
-            out.push(OsString::from(format!("--{dashed}")));
+            out.argv.push(OsString::from(format!("--{dashed}")));
         }
     }
     Ok(out)
@@ -243,23 +275,17 @@ fn boolish(word: &str) -> Option<bool> {
     }
 }
 
-/// What to say of `dashed`, a flag `command` lacks: the answer and the name of what lacks it.
-fn foreign_answer(command: &clap::Command, dashed: &str) -> Option<(&'static str, String)> {
-    if let Some((_, instead)) = NOT_HERE.iter().find(|(foreign, _)| foreign.contains(&dashed)) {
-        return Some((instead, "grpo-host".into()));
+/// The one-line refusal of a flag `command` does not have, where this host knows what to say instead.
+fn refuse_foreign(command: &clap::Command, typed: &str, dashed: &str) -> Result<()> {
+    if let Some((_, instead)) = REFUSED.iter().find(|(flags, _)| flags.contains(&dashed)) {
+        return Err(user_error!("--{typed} is not an option of grpo-host: {instead}"));
     }
     let here = match command.get_name() {
         "grpo-host" => "train",
         name => name,
     };
-    let elsewhere = ELSEWHERE.iter().find(|(name, flags, _)| *name == here && flags.contains(&dashed));
-    elsewhere.map(|(_, _, instead)| (*instead, format!("grpo-host {here}")))
-}
-
-/// The one-line refusal of a flag `command` does not have, where this host knows what to say instead.
-fn refuse_foreign(command: &clap::Command, typed: &str, dashed: &str) -> Result<()> {
-    match foreign_answer(command, dashed) {
-        Some((instead, what)) => Err(user_error!("--{typed} is not an option of {what}: {instead}")),
+    match ELSEWHERE.iter().find(|(name, flags, _)| *name == here && flags.contains(&dashed)) {
+        Some((_, _, instead)) => Err(user_error!("--{typed} is not an option of grpo-host {here}: {instead}")),
         None => Ok(()),
     }
 }
@@ -270,7 +296,7 @@ mod tests {
 
     fn normalized(argv: &[&str]) -> Result<Vec<String>> {
         let argv = argv.iter().map(OsString::from).collect();
-        Ok(normalize(argv)?.into_iter().map(|a| a.into_string().unwrap()).collect())
+        Ok(normalize(argv)?.argv.into_iter().map(|a| a.into_string().unwrap()).collect())
     }
 
     /// TRL's spellings become the command's flags, aliases included, with their values untouched; values,
@@ -319,20 +345,24 @@ mod tests {
     /// A recipe's flag this host lacks is one line naming it as typed and what to do instead.
     #[test]
     fn flags_this_host_lacks_say_what_to_do_instead() {
-        let err = normalized(&["grpo-host", "--use_vllm", "--lr", "1e-6"]).unwrap_err();
+        let err = normalized(&["grpo-host", "--load_in_4bit", "--lr", "1e-6"]).unwrap_err();
         assert_eq!(crate::error::exit_code(&err), 2);
         assert_eq!(
             err.to_string(),
-            "--use_vllm is not an option of grpo-host: rollouts run in this host's own generation engine; leave it out"
+            "--load_in_4bit is not an option of grpo-host: quantized training is not offered; --lora-rank 16 with \
+             --mixed-precision bf16 saves the most memory"
         );
-        let err = normalized(&["grpo-host", "sft", "--logging-steps=10"]).unwrap_err().to_string();
-        assert!(err.starts_with("--logging-steps is not an option of grpo-host: metrics are logged at every"), "{err}");
+        let err = normalized(&["grpo-host", "sft", "--packing=true"]).unwrap_err().to_string();
+        assert!(
+            err.starts_with("--packing is not an option of grpo-host: rows are padded into micro-batches"),
+            "{err}"
+        );
         // After `--`, nothing is a flag.
         assert!(normalized(&["grpo-host", "--", "--optim"]).is_ok());
         // None of them is a flag of any command (a flag that gains one stops being refused here).
         let cli = <crate::cli::Cli as clap::CommandFactory>::command();
         let commands = || std::iter::once(&cli).chain(cli.get_subcommands());
-        for foreign in NOT_HERE.iter().flat_map(|(names, _)| names.iter()) {
+        for foreign in IGNORED.iter().chain(&REFUSED).flat_map(|(names, _)| names.iter()) {
             for command in commands() {
                 let found = crate::cli::flag_named(command, foreign);
                 assert!(found.is_none(), "--{foreign} is a flag of {}", command.get_name());
@@ -348,6 +378,29 @@ mod tests {
                     commands().filter(|c| crate::cli::flag_named(c, flag).is_some()).map(|c| c.get_name()).collect();
                 assert!(!holders.is_empty() && !holders.contains(&name), "--{flag}: {holders:?}");
             }
+        }
+    }
+
+    /// A recipe flag that chooses how, not what, is left out with its value, whatever it is, and noted once.
+    #[test]
+    fn flags_that_choose_how_are_left_out_with_a_note() {
+        let argv =
+            ["grpo-host", "--use_vllm", "--vllm_gpu_memory_utilization", "0.7", "--logging_steps=5", "--lr", "1"];
+        let out = normalize(argv.iter().map(OsString::from).collect()).unwrap();
+        assert_eq!(out.argv, ["grpo-host", "--lr", "1"]);
+        assert_eq!(
+            out.notes,
+            [
+                "note: --use_vllm is ignored: rollouts run in this host's own generation engine",
+                "note: --vllm_gpu_memory_utilization is ignored: rollouts run in this host's own generation engine",
+                "note: --logging_steps is ignored: metrics are logged at every batch (sft: every step)",
+            ]
+        );
+        let out = normalize(["grpo-host", "sft", "--use_liger_kernel", "True"].iter().map(OsString::from).collect());
+        assert_eq!(out.unwrap().argv, ["grpo-host", "sft"]);
+        // No flag is both.
+        for (flags, _) in &IGNORED {
+            assert!(flags.iter().all(|f| !REFUSED.iter().any(|(r, _)| r.contains(f))), "{flags:?}");
         }
     }
 
@@ -373,9 +426,9 @@ mod tests {
         assert_eq!(err, "--bf16=maybe: a switch takes no value, or true or false (as `--bf16 true`)");
         assert_eq!(normalized(&["grpo-host", "--", "--bf16", "True"]).unwrap(), ["grpo-host", "--", "--bf16", "True"]);
         // A flag this host lacks, given false, asks for nothing: left out, with its value.
-        let argv = normalized(&["grpo-host", "--use_vllm", "False", "--push_to_hub=false", "--lr", "1"]).unwrap();
+        let argv = normalized(&["grpo-host", "--packing", "False", "--push_to_hub=false", "--lr", "1"]).unwrap();
         assert_eq!(argv, ["grpo-host", "--lr", "1"]);
-        assert!(normalized(&["grpo-host", "--use_vllm", "true"]).is_err());
+        assert!(normalized(&["grpo-host", "--push_to_hub", "true"]).is_err());
         // transformers' `max_steps: -1` leaves the length to the epochs.
         let argv = normalized(&["grpo-host", "sft", "--max_steps", "-1", "--num_train_epochs", "2"]).unwrap();
         assert_eq!(argv, ["grpo-host", "sft", "--num-train-epochs", "2"]);
