@@ -215,12 +215,22 @@ pub struct TrainArgs {
     /// Truncated importance sampling: when the old log-probs are recomputed (another rollout precision, or bf16),
     /// weight each token's policy-gradient term by min(p_old / p_sampler, CAP). 0 turns the correction off; the
     /// ratios are logged either way (rollouts/is_ratio_*).
-    #[arg(long, help_heading = "Optimisation and loss", default_value_t = 0.0)]
+    #[arg(
+        long,
+        help_heading = "Optimisation and loss",
+        default_value_t = 0.0,
+        visible_alias = "vllm-importance-sampling-cap"
+    )]
     pub tis_cap: f64,
     /// How --tis-cap bounds the weights (TRL's vllm_importance_sampling_mode): token-truncate (the default),
     /// token-mask (0 over the cap), sequence-truncate or sequence-mask (one ratio per sequence, the product of its
     /// tokens').
-    #[arg(long, help_heading = "Optimisation and loss", value_name = "MODE")]
+    #[arg(
+        long,
+        help_heading = "Optimisation and loss",
+        value_name = "MODE",
+        visible_alias = "vllm-importance-sampling-mode"
+    )]
     pub tis_mode: Option<IsCorrection>,
     /// Leave episodes that were cut off (a turn stopped at --max-new-tokens, or the episode at --max-length) out of
     /// the loss, as TRL's mask_truncated_completions and DAPO's overlong filtering: their rewards still count in
@@ -688,6 +698,8 @@ mod tests {
             "--bf16",
             "--use-peft",
             "--adam-epsilon=1e-6",
+            "--vllm-importance-sampling-cap=2",
+            "--vllm-importance-sampling-mode=sequence_mask",
         ];
         let a = Cli::parse_from([&["grpo-host"], &trl[..]].concat()).train;
         assert_eq!(
@@ -711,6 +723,7 @@ mod tests {
         assert_eq!((checkpoints.run_name.as_deref(), checkpoints.runs_dir.to_str()), (Some("grpo"), Some("out")));
         assert_eq!(checkpoints.checkpoint_path.as_deref(), Some(std::path::Path::new("out/grpo")));
         assert_eq!((a.precision.mode(), a.adam_eps), (MixedPrecision::Bf16, 1e-6));
+        assert_eq!((a.tis_cap, a.tis_mode), (2.0, Some(super::IsCorrection::SequenceMask)));
         let lora = |args: &[&str]| Cli::parse_from([&["grpo-host"], args].concat()).train.lora.config().unwrap();
         assert_eq!(lora(&["--use-peft"]).map(|c| (c.rank, c.targets)), Some((16, crate::model::LoraTargets::ALL)));
         assert_eq!(lora(&["--use-peft", "--lora-r", "8"]).map(|c| c.rank), Some(8));

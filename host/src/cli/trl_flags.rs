@@ -11,7 +11,7 @@ use crate::user_error;
 
 /// Flags of those libraries that choose how, not what, or ask for what this host always does: left out, with
 /// their values, and a note saying what the host does, so that a recipe runs as it is.
-const IGNORED: [(&[&str], &str); 29] = [
+const IGNORED: &[(&[&str], &str)] = &[
     (
         &[
             "use-vllm",
@@ -22,6 +22,8 @@ const IGNORED: [(&[&str], &str); 29] = [
             "vllm-server-base-url",
             "vllm-tensor-parallel-size",
             "vllm-enable-sleep-mode",
+            "vllm-model-impl",
+            "use-vllm-for-eval",
         ],
         "rollouts run in this host's own generation engine",
     ),
@@ -61,12 +63,56 @@ const IGNORED: [(&[&str], &str); 29] = [
         "nothing is pushed to the hub (see --push-to-hub)",
     ),
     (
-        &["log-completions", "wandb-log-unique-prompts", "num-completions-to-print"],
+        &["log-completions", "wandb-log-unique-prompts", "log-unique-prompts", "num-completions-to-print"],
         "completions are logged every --log-completions-interval N batches (default 10)",
     ),
-    (&["gradient-checkpointing-kwargs"], "--gradient-checkpointing takes no options"),
-    (&["torch-compile"], "nothing is compiled: the model runs libtorch's kernels as they are"),
-    (&["dataset-num-proc", "dataloader-num-workers"], "rows are read and rendered once, before the first step"),
+    (
+        &["gradient-checkpointing-kwargs", "gradient-checkpointing-use-reentrant"],
+        "--gradient-checkpointing takes no options",
+    ),
+    (
+        &["torch-compile", "torch-compile-backend", "torch-compile-mode"],
+        "nothing is compiled: the model runs libtorch's kernels as they are",
+    ),
+    (
+        &[
+            "dataset-num-proc",
+            "dataset-streaming",
+            "dataloader-num-workers",
+            "dataloader-pin-memory",
+            "dataloader-persistent-workers",
+            "dataloader-prefetch-factor",
+        ],
+        "rows are read and rendered once, before the first step",
+    ),
+    (&["ignore-bias-buffers", "ddp-backend"], "data parallelism is c10d's, Gloo on the CPU and NCCL on CUDA"),
+    (&["local-rank"], "each rank's place comes from torchrun's environment (RANK, LOCAL_RANK)"),
+    (
+        &["use-transformers-paged", "cache-implementation"],
+        "rollouts run in this host's own engine, with continuous batching and its own KV cache",
+    ),
+    (
+        &[
+            "eval-accumulation-steps",
+            "prediction-loss-only",
+            "label-names",
+            "bf16-full-eval",
+            "fp16-full-eval",
+            "jit-mode-eval",
+        ],
+        "evaluation is this host's own: --eval-every N, in the rollout precision",
+    ),
+    (
+        &["restore-callback-states-from-checkpoint"],
+        "a resumed run restores its whole trainer state, early stopping's count included",
+    ),
+    (&["skip-memory-metrics"], "memory is logged as system/* metrics at every batch"),
+    (&["project", "trackio-space-id"], "Trackio is not one of the loggers; W&B's project is --wandb-project"),
+    (&["lora-task-type"], "adapters are for causal language modeling"),
+    (
+        &["use-bnb-nested-quant", "bnb-4bit-quant-type", "bnb-4bit-compute-dtype", "bnb-4bit-quant-storage"],
+        "nothing is quantized (see --load-in-4bit)",
+    ),
     (&["ddp-find-unused-parameters"], "every gradient is all-reduced, an unused one as zeros"),
     (&["per-device-eval-batch-size"], "evaluation takes --eval-batch-tasks N tasks per call (sft: its micro-batches)"),
     (&["save-safetensors"], "checkpoints are always safetensors"),
@@ -97,9 +143,9 @@ const IGNORED: [(&[&str], &str); 29] = [
 
 /// Flags of those libraries asking for what this host does not do, each group with what to do instead: the command
 /// stops with one line, unless the flag is given false (`--push_to_hub false`), which asks for nothing.
-const REFUSED: [(&[&str], &str); 12] = [
+const REFUSED: &[(&[&str], &str)] = &[
     (
-        &["optim"],
+        &["optim", "optim-args"],
         "the optimizer is AdamW (fused; --weight-decay, --adam-beta1, --adam-beta2, --adam-epsilon); leave it out",
     ),
     (
@@ -138,6 +184,22 @@ const REFUSED: [(&[&str], &str); 12] = [
         "the data's options are flags: --dataset-config, --dataset-split, --dataset-text-field (sft)",
     ),
     (&["label-smoothing-factor"], "the loss is the plain token cross-entropy; leave it out"),
+    (&["use-cpu", "no-cuda"], "give --device cpu"),
+    (&["use-mps-device"], "the devices are the CPU and CUDA GPUs (--device)"),
+    (
+        &["vllm-guided-decoding-regex", "vllm-structured-outputs-regex"],
+        "sampling is not constrained to a pattern; an environment's reward can score the format",
+    ),
+    (
+        &["generation-kwargs"],
+        "sampling options are flags: --temperature, --top-p, --top-k, --min-p, --repetition-penalty",
+    ),
+    (
+        &["tools", "rollout-func", "environment-factory"],
+        "tools and multi-turn rollouts come from environment plugins (--env; docs/plugins.md)",
+    ),
+    (&["max-tool-calling-iterations"], "--max-turns N caps an episode's assistant turns (so N - 1 tool calls)"),
+    (&["lora-modules-to-save"], "only LoRA adapters train under --use-peft; train every weight without it"),
     (
         &["eos-token"],
         "a text row ends with the tokenizer's own eos_token and a conversation with its chat template's end of turn \
@@ -147,12 +209,15 @@ const REFUSED: [(&[&str], &str); 12] = [
 
 /// Flags another command of this host has, refused in one line by the command (`train` for the top level) that
 /// lacks them, with what it does instead.
-const ELSEWHERE: [(&str, &[&str], &str); 1] = [(
-    "train",
-    &["eval-steps", "save-steps"],
-    "training counts batches (a round of rollouts and its optimizer steps): evaluate every --eval-every N batches, \
-     save every --checkpoint-interval N batches",
-)];
+const ELSEWHERE: &[(&str, &[&str], &str)] = &[
+    (
+        "train",
+        &["eval-steps", "save-steps"],
+        "training counts batches (a round of rollouts and its optimizer steps): evaluate every --eval-every N \
+         batches, save every --checkpoint-interval N batches",
+    ),
+    ("train", &["neftune-noise-alpha"], "NEFTune is for supervised fine-tuning: grpo-host sft --neftune-noise-alpha"),
+];
 
 /// A command line made ready for clap by [`normalize`], with a note for each flag it left out.
 #[derive(Debug, Default)]
@@ -362,7 +427,7 @@ mod tests {
         // None of them is a flag of any command (a flag that gains one stops being refused here).
         let cli = <crate::cli::Cli as clap::CommandFactory>::command();
         let commands = || std::iter::once(&cli).chain(cli.get_subcommands());
-        for foreign in IGNORED.iter().chain(&REFUSED).flat_map(|(names, _)| names.iter()) {
+        for foreign in IGNORED.iter().chain(REFUSED).flat_map(|(names, _)| names.iter()) {
             for command in commands() {
                 let found = crate::cli::flag_named(command, foreign);
                 assert!(found.is_none(), "--{foreign} is a flag of {}", command.get_name());
@@ -373,10 +438,10 @@ mod tests {
         assert!(err.starts_with("--save_steps is not an option of grpo-host train: training counts batches"), "{err}");
         assert_eq!(normalized(&["grpo-host", "sft", "--save_steps", "5"]).unwrap()[2], "--save-steps");
         for (name, flags, _) in ELSEWHERE {
-            for flag in flags {
+            for flag in flags.iter() {
                 let holders: Vec<&str> =
                     commands().filter(|c| crate::cli::flag_named(c, flag).is_some()).map(|c| c.get_name()).collect();
-                assert!(!holders.is_empty() && !holders.contains(&name), "--{flag}: {holders:?}");
+                assert!(!holders.is_empty() && !holders.contains(name), "--{flag}: {holders:?}");
             }
         }
     }
@@ -399,7 +464,7 @@ mod tests {
         let out = normalize(["grpo-host", "sft", "--use_liger_kernel", "True"].iter().map(OsString::from).collect());
         assert_eq!(out.unwrap().argv, ["grpo-host", "sft"]);
         // No flag is both.
-        for (flags, _) in &IGNORED {
+        for (flags, _) in IGNORED {
             assert!(flags.iter().all(|f| !REFUSED.iter().any(|(r, _)| r.contains(f))), "{flags:?}");
         }
     }
