@@ -231,7 +231,7 @@ pub struct Normalized {
 /// `argv` (program name first) as clap should see it:
 /// - each `--some_flag` or `--some_flag=VALUE` spelled `--some-flag` where that is a flag or alias of the command;
 /// - a switch given a boolean, as `HfArgumentParser` takes them (`--bf16 True`, `--use_peft=false`): kept for a
-///   true value, dropped for a false one (a switch is off unless given);
+///   true value; a false one drops it and the same switch before it (a switch is off unless given);
 /// - `--max-steps -1`, transformers' "not set", left out where `--num-train-epochs` is given (refused otherwise);
 /// - an [`IGNORED`] flag left out with its value, and noted; a [`REFUSED`] flag, or one [`ELSEWHERE`] names for
 ///   this command, refused in one line, unless a [`REFUSED`] one is given false (`--push_to_hub false`).
@@ -322,8 +322,13 @@ pub fn normalize(argv: Vec<OsString>) -> Result<Normalized> {
         if separate && given.is_some() {
             args.next();
         }
-        if given != Some(false) {
-            out.argv.push(OsString::from(format!("--{dashed}")));
+        match given {
+            // Off by the last word, as in `HfArgumentParser`: a recipe's `bf16: true` and `--bf16 false` after it.
+            Some(false) => out.argv.retain(|earlier| {
+                let earlier = earlier.to_str().and_then(|e| e.strip_prefix("--"));
+                earlier.and_then(|e| super::flag_named(&command, e)).is_none_or(|e| e.get_id() != known.get_id())
+            }),
+            _ => out.argv.push(OsString::from(format!("--{dashed}"))),
         }
     }
     Ok(out)
@@ -481,7 +486,7 @@ mod tests {
         let t = train(&["--bf16", "True", "--use_peft=true", "--gradient_checkpointing", "1", "--lr", "1e-6"]).unwrap();
         assert_eq!((t.precision.mode(), t.gradient_checkpointing, t.lr), (MixedPrecision::Bf16, true, 1e-6));
         assert_eq!(t.lora.config().unwrap().map(|c| c.rank), Some(16));
-        let t = train(&["--bf16", "false", "--use-peft", "N", "--shuffle_dataset", "False"]).unwrap();
+        let t = train(&["--bf16", "--bf16", "false", "--use-peft", "N", "--shuffle_dataset", "False"]).unwrap();
         assert_eq!(
             (t.precision.mode(), t.lora.config().unwrap(), t.shuffle_dataset),
             (MixedPrecision::Auto, None, false)
