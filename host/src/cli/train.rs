@@ -724,6 +724,9 @@ mod tests {
         assert_eq!(checkpoints.checkpoint_path.as_deref(), Some(std::path::Path::new("out/grpo")));
         assert_eq!((a.precision.mode(), a.adam_eps), (MixedPrecision::Bf16, 1e-6));
         assert_eq!((a.tis_cap, a.tis_mode), (2.0, Some(super::IsCorrection::SequenceMask)));
+        // transformers' report_to as a list, space-separated as in a recipe's command line.
+        let both = Cli::parse_from(["grpo-host", "--report-to", "wandb", "tensorboard", "--lr", "1"]).train;
+        assert_eq!(both.logging.report_to.map(|r| r.len()), Some(2));
         let lora = |args: &[&str]| Cli::parse_from([&["grpo-host"], args].concat()).train.lora.config().unwrap();
         assert_eq!(lora(&["--use-peft"]).map(|c| (c.rank, c.targets)), Some((16, crate::model::LoraTargets::ALL)));
         assert_eq!(lora(&["--use-peft", "--lora-r", "8"]).map(|c| c.rank), Some(8));

@@ -145,9 +145,9 @@ pub struct LoggingArgs {
     #[arg(long, value_name = "DIR")]
     pub log_dir: Option<PathBuf>,
     /// Where metrics go besides metrics.jsonl and the console (transformers' report_to): wandb, tensorboard, both
-    /// (comma-separated, or all) or none. TensorBoard then writes beside W&B, under --log-dir (default: the runs
-    /// folder, so into the run's own).
-    #[arg(long, value_name = "TARGETS", value_enum, value_delimiter = ',', conflicts_with = "no_wandb")]
+    /// (space- or comma-separated, or all) or none. TensorBoard then writes beside W&B, under --log-dir (default:
+    /// the runs folder, so into the run's own).
+    #[arg(long, value_name = "TARGETS", value_enum, value_delimiter = ',', num_args = 1.., conflicts_with = "no_wandb")]
     pub report_to: Option<Vec<ReportTo>>,
 }
 

@@ -79,6 +79,7 @@ impl RunPaths {
         let run_dir = match (&c.run_name, resume.as_deref().and_then(home)) {
             (Some(name), _) => c.runs_dir.join(name),
             (None, Some(dir)) => dir,
+            (None, None) if resume.is_none() => fresh_run_dir(&c.runs_dir, &default_name())?,
             (None, None) => c.runs_dir.join(default_name()),
         };
         let run_name = run_dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
@@ -105,6 +106,25 @@ impl RunPaths {
         let (saved, _) = saved_config(&paths.run_dir)?;
         let model = if saved["run"].is_object() { &saved["run"]["model"] } else { &saved["sft"]["model"] };
         serde_json::from_value(model.clone()).ok()
+    }
+}
+
+/// A new run's folder under its default name (to the second), or `NAME-2`, `NAME-3`, ... where runs started in the
+/// same second took it: created here, atomically, so that runs a script starts together never share a folder.
+fn fresh_run_dir(runs_dir: &Path, name: &str) -> Result<PathBuf> {
+    let failed = |dir: &Path, e: std::io::Error| user_error!("cannot create the run folder {}: {e}", dir.display());
+    std::fs::create_dir_all(runs_dir).map_err(|e| failed(runs_dir, e))?;
+    let mut n = 1;
+    loop {
+        let dir = match n {
+            1 => runs_dir.join(name),
+            _ => runs_dir.join(format!("{name}-{n}")),
+        };
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => n += 1,
+            Err(e) => return Err(failed(&dir, e)),
+        }
     }
 }
 
@@ -204,4 +224,34 @@ pub(crate) fn resolved_config(
     all.extend(policy.resolved_settings());
     all.extend(object(tail));
     serde_json::Value::Object(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs started in the same second under the default name get folders of their own, the later ones numbered;
+    /// a named run keeps its name.
+    #[test]
+    fn runs_started_together_get_folders_of_their_own() {
+        let runs = tempfile::tempdir().unwrap();
+        let settings = CheckpointSettings {
+            run_name: None,
+            runs_dir: runs.path().join("runs"),
+            checkpoint_path: None,
+            interval: 20,
+            every_minutes: 0.0,
+            save_total_limit: 0,
+            allow_config_change: false,
+            save_merged: false,
+            save_only_model: false,
+            best_model: None,
+            resume: None,
+        };
+        let name = || "grpo-math-20261207-230424".to_string();
+        let dirs: Vec<String> = (0..3).map(|_| RunPaths::locate(&settings, name).unwrap().0.run_name).collect();
+        assert_eq!(dirs, ["grpo-math-20261207-230424", "grpo-math-20261207-230424-2", "grpo-math-20261207-230424-3"]);
+        let named = CheckpointSettings { run_name: Some(name()), ..settings };
+        assert_eq!(RunPaths::locate(&named, name).unwrap().0.run_dir, runs.path().join("runs").join(name()));
+    }
 }
