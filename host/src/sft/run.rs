@@ -220,6 +220,7 @@ pub fn run(mut config: SftConfig) -> Result<i32> {
         };
         Ok((paths, history))
     })?;
+    let _unused = paths.unused_folder(world.is_main());
     // The data before the model: a bad file or plugin fails in seconds.
     let allow_download = config.model.allow_download;
     let mut eval_examples = None;

@@ -145,6 +145,7 @@ impl Trainer {
         let algo = registry.algorithm(&config.plugins.algo, &config.plugins.algo_config)?;
         let env = registry.environment(&config.plugins.env, &config.plugins.env_config)?;
         let (paths, history) = resolve_on_main(&config, &world)?;
+        let _unused = paths.unused_folder(world.is_main());
         // Datasets and evaluation tasks before the model: a bad file or a missing column fails in seconds.
         let run_tasks = config.data.resolve(&env, config.model.allow_download)?;
         let mut evaluator = in_training_evaluator(&config, &env, run_tasks.eval.as_deref(), &paths.run_dir, &world)?;

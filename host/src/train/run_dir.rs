@@ -24,6 +24,22 @@ pub(crate) struct RunPaths {
     /// Not resuming, yet an earlier attempt logged rows here (it failed before its first checkpoint): the run starts
     /// over, and its files are cut back to nothing as a resume cuts them back to its checkpoint.
     pub restart: bool,
+    /// The folder was made just now, under the default name (see [`RunPaths::unused_folder`]).
+    #[serde(default)]
+    pub fresh: bool,
+}
+
+/// A folder the run made, removed again when this is dropped if it is still empty: a run that fails at its start (a
+/// bad dataset, a model it cannot load) leaves nothing behind.
+pub(crate) struct UnusedFolder(Option<PathBuf>);
+
+impl Drop for UnusedFolder {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.0 {
+            // Only an empty folder can be removed, so a run that wrote anything keeps its folder.
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
 }
 
 impl RunPaths {
@@ -76,10 +92,11 @@ impl RunPaths {
             }
             _ => checkpoint::saved_run_name(ckpt).map(|n| c.runs_dir.join(n)),
         };
+        let fresh = c.run_name.is_none() && resume.is_none();
         let run_dir = match (&c.run_name, resume.as_deref().and_then(home)) {
             (Some(name), _) => c.runs_dir.join(name),
             (None, Some(dir)) => dir,
-            (None, None) if resume.is_none() => fresh_run_dir(&c.runs_dir, &default_name())?,
+            (None, None) if fresh => fresh_run_dir(&c.runs_dir, &default_name())?,
             (None, None) => c.runs_dir.join(default_name()),
         };
         let run_name = run_dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
@@ -94,7 +111,12 @@ impl RunPaths {
             ));
         }
         let restart = resume.is_none() && std::fs::metadata(run_dir.join("metrics.jsonl")).is_ok_and(|m| m.len() > 0);
-        Ok((RunPaths { run_dir, run_name, checkpoints, resume, restart }, notes))
+        Ok((RunPaths { run_dir, run_name, checkpoints, resume, restart, fresh }, notes))
+    }
+
+    /// The guard that removes the folder this run made if the run (on rank 0, `main`) stops before writing into it.
+    pub(crate) fn unused_folder(&self, main: bool) -> UnusedFolder {
+        UnusedFolder((self.fresh && main).then(|| self.run_dir.clone()))
     }
 
     /// The model settings (`train`'s or `sft`'s) of the run that `c`'s `--resume` continues, as its `config.json`
@@ -251,6 +273,15 @@ mod tests {
         let name = || "grpo-math-20261207-230424".to_string();
         let dirs: Vec<String> = (0..3).map(|_| RunPaths::locate(&settings, name).unwrap().0.run_name).collect();
         assert_eq!(dirs, ["grpo-math-20261207-230424", "grpo-math-20261207-230424-2", "grpo-math-20261207-230424-3"]);
+        // A run that stops before writing into its folder leaves none; one that wrote keeps it.
+        let (paths, _) = RunPaths::locate(&settings, name).unwrap();
+        drop(paths.unused_folder(true));
+        assert!(!paths.run_dir.exists());
+        let (paths, _) = RunPaths::locate(&settings, name).unwrap();
+        let guard = paths.unused_folder(true);
+        std::fs::write(paths.run_dir.join("config.json"), "{}").unwrap();
+        drop(guard);
+        assert!(paths.run_dir.is_dir());
         let named = CheckpointSettings { run_name: Some(name()), ..settings };
         assert_eq!(RunPaths::locate(&named, name).unwrap().0.run_dir, runs.path().join("runs").join(name()));
     }
