@@ -1508,3 +1508,45 @@ fn masking_truncated_completions_leaves_cut_episodes_out_and_says_when_that_is_a
     assert!(norm > 0.0, "without the flag the cut episodes are trained on");
     assert!(!text(&kept.stderr).contains("cut off"));
 }
+
+/// A TRL recipe file as written (`--config recipe.yaml`): its flags that choose how are left out with a note, its
+/// settings reach the run unless the command line gives them too (`--bf16 false` over its `bf16: true`), and two
+/// runs without `--run-name` started together get a folder each.
+#[test]
+fn a_trl_recipe_file_runs_as_written() {
+    let runs = tempfile::tempdir().unwrap();
+    let recipe = runs.path().join("recipe.yaml");
+    let text_of_recipe = "# GRPO trainer config\nbf16: true\nuse_vllm: true\nvllm_mode: colocate\n\
+                          push_to_hub: false\nlogging_steps: 1\nweight_decay: 0.05\nlearning_rate: 2.0e-03\nmax_steps: 1\n";
+    std::fs::write(&recipe, text_of_recipe).unwrap();
+    let flags = ["--config", recipe.to_str().unwrap(), "--bf16", "false"];
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            let mut cmd = command(runs.path(), "", &flags);
+            cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        let err = text(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(
+            err.contains("note: --use-vllm is ignored: rollouts run in this host's own generation engine"),
+            "{err}"
+        );
+        assert!(!err.contains("push-to-hub"), "{err}");
+    }
+    let folders: Vec<PathBuf> = std::fs::read_dir(runs.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("metrics.jsonl").exists())
+        .collect();
+    assert_eq!(folders.len(), 2, "{folders:?}");
+    for folder in folders {
+        // The file's weight decay; the command line's learning rate (`command` gives one) over the file's.
+        let config = json_file(&folder.join("config.json"));
+        assert_eq!(config["run"]["optimizer"]["weight_decay"].as_f64(), Some(0.05), "{config}");
+        assert_eq!(rows(&folder)[0]["training_step/learning_rate"].as_f64(), Some(1e-3));
+        assert_eq!(config["run"]["model"]["mixed_precision"], "auto", "{config}");
+    }
+}
