@@ -27,6 +27,9 @@ pub fn expand(argv: Vec<OsString>) -> Result<Vec<OsString>> {
         }
     }
     let Some(path) = path else { return Ok(argv) };
+    if path.starts_with("--") {
+        return Err(user_error!("--config needs a file before {path}: --config run.toml, or a recipe.yaml"));
+    }
     // The flags of the command the file configures: training's (top level or `train`) or `sft`'s.
     let subcommand = strings.get(1).filter(|c| *c == "train" || *c == "sft");
     let from_file = file_args(Path::new(&path), &super::command_of(&argv))?;
@@ -195,6 +198,8 @@ mod tests {
         let argv = expanded(&["grpo-host", "--config", path.to_str().unwrap()]);
         let err = super::super::trl_flags::normalize(argv.iter().map(OsString::from).collect()).unwrap_err();
         assert!(err.to_string().starts_with("--push-to-hub is not an option of grpo-host: checkpoints are"), "{err}");
+        let err = expand(["grpo-host", "--config", "--no-wandb"].iter().map(OsString::from).collect()).unwrap_err();
+        assert_eq!(err.to_string(), "--config needs a file before --no-wandb: --config run.toml, or a recipe.yaml");
         for (text, wanted) in [("a: [1\n", "not valid YAML"), ("- 1\n- 2\n", "give `key: value` lines")] {
             std::fs::write(&path, text).unwrap();
             let argv = [&["grpo-host", "--config"][..], &[path.to_str().unwrap()]].concat();
