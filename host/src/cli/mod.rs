@@ -64,8 +64,8 @@ pub enum Command {
 pub fn parse() -> anyhow::Result<Cli> {
     let normalized = trl_flags::normalize(config_file::expand(std::env::args_os().collect())?)?;
     let cli = Cli::try_parse_from(normalized.argv).unwrap_or_else(|e| e.exit());
-    // Once the command line is known to be good; every rank of a torchrun job reads the same one, so one says it.
-    if std::env::var("RANK").map_or(true, |rank| rank == "0") {
+    // Once the command line is known to be good; every rank of a torchrun job reads the same one, so rank 0 says it.
+    if !matches!(crate::distributed::Launch::from_env(), Ok(Some(launch)) if launch.rank != 0) {
         for note in normalized.notes {
             eprintln!("{note}");
         }

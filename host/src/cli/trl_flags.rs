@@ -269,39 +269,30 @@ pub fn normalize(argv: Vec<OsString>) -> Result<Normalized> {
         // Leaving the flag out leaves out the value typed after it too.
         let value_follows = separate && value.is_some();
         let known = super::flag_named(&command, &dashed);
-        if known.is_some()
-            && dashed == "max-steps"
-            && value.as_deref().is_some_and(|v| v.parse::<i64>().is_ok_and(|n| n < 0))
-        {
-            // transformers' "not set": the epochs decide.
-            if !epochs_given {
-                return Err(user_error!(
-                    "--{name} {}: transformers' `not set`, which leaves the length to --num-train-epochs; give that, \
-                     or a positive --max-steps",
-                    value.unwrap_or_default()
-                ));
+        let negative = value.as_deref().is_some_and(|v| v.parse::<i64>().is_ok_and(|n| n < 0));
+        let left_out = match known {
+            Some(_) if dashed == "max-steps" && negative => {
+                // transformers' "not set": the epochs decide.
+                if !epochs_given {
+                    return Err(user_error!(
+                        "--{name} {}: transformers' `not set`, which leaves the length to --num-train-epochs; give \
+                         that, or a positive --max-steps",
+                        value.unwrap_or_default()
+                    ));
+                }
+                true
             }
+            Some(_) => false,
+            None => leaves_out_foreign(&command, name, &dashed, value.as_deref(), &mut out.notes)?,
+        };
+        if left_out {
             if value_follows {
                 args.next();
             }
             continue;
         }
         let Some(known) = known else {
-            if let Some((_, instead)) = IGNORED.iter().find(|(flags, _)| flags.contains(&dashed.as_str())) {
-                out.notes.push(format!("note: --{name} is ignored: {instead}"));
-                if value_follows {
-                    args.next();
-                }
-                continue;
-            }
-            let off = value.as_deref().and_then(boolish) == Some(false);
-            if off && REFUSED.iter().any(|(flags, _)| flags.contains(&dashed.as_str())) {
-                if value_follows {
-                    args.next();
-                }
-                continue;
-            }
-            refuse_foreign(&command, name, &dashed)?;
+            // Not a flag this host knows of: clap names it as typed.
             out.argv.push(arg);
             continue;
         };
@@ -345,10 +336,25 @@ fn boolish(word: &str) -> Option<bool> {
     }
 }
 
-/// The one-line refusal of a flag `command` does not have, where this host knows what to say instead.
-fn refuse_foreign(command: &clap::Command, typed: &str, dashed: &str) -> Result<()> {
+/// Whether `dashed`, a flag `command` does not have (typed `--typed`, given `value`), is left out: an [`IGNORED`]
+/// one, noted in `notes`, or a [`REFUSED`] one given false. A refused one is the one-line error saying what to do
+/// instead; any other is not left out, for clap to report.
+fn leaves_out_foreign(
+    command: &clap::Command,
+    typed: &str,
+    dashed: &str,
+    value: Option<&str>,
+    notes: &mut Vec<String>,
+) -> Result<bool> {
+    if let Some((_, instead)) = IGNORED.iter().find(|(flags, _)| flags.contains(&dashed)) {
+        notes.push(format!("note: --{typed} is ignored: {instead}"));
+        return Ok(true);
+    }
     if let Some((_, instead)) = REFUSED.iter().find(|(flags, _)| flags.contains(&dashed)) {
-        return Err(user_error!("--{typed} is not an option of grpo-host: {instead}"));
+        return match value.and_then(boolish) {
+            Some(false) => Ok(true),
+            _ => Err(user_error!("--{typed} is not an option of grpo-host: {instead}")),
+        };
     }
     let here = match command.get_name() {
         "grpo-host" => "train",
@@ -356,7 +362,7 @@ fn refuse_foreign(command: &clap::Command, typed: &str, dashed: &str) -> Result<
     };
     match ELSEWHERE.iter().find(|(name, flags, _)| *name == here && flags.contains(&dashed)) {
         Some((_, _, instead)) => Err(user_error!("--{typed} is not an option of grpo-host {here}: {instead}")),
-        None => Ok(()),
+        None => Ok(false),
     }
 }
 

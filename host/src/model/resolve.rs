@@ -87,9 +87,9 @@ pub fn resolve_model_dir(spec: Option<&str>, revision: Option<&str>, allow_downl
         if allow_download && !offline {
             return download(&hub, spec, revision);
         }
-        let at = revision.map(|r| format!(" --model-revision {r}")).unwrap_or_default();
         return Err(user_error!(
-            "--model {spec}{at}: not a directory and not in the Hugging Face cache at {} (downloads are off)",
+            "{}: not a directory and not in the Hugging Face cache at {} (downloads are off)",
+            flags(spec, revision),
             hub.display()
         ));
     }
@@ -98,12 +98,19 @@ pub fn resolve_model_dir(spec: Option<&str>, revision: Option<&str>, allow_downl
     ))
 }
 
+/// The flags that named a hub model, for the messages about it: `--model ID`, and `--model-revision REV` if given.
+fn flags(id: &str, revision: Option<&str>) -> String {
+    match revision {
+        Some(revision) => format!("--model {id} --model-revision {revision}"),
+        None => format!("--model {id}"),
+    }
+}
+
 /// Fetch a model's config, tokenizer and safetensors weights at `revision` (`main` by default) into the hub cache
 /// with `hf-hub`.
 fn download(hub: &Path, id: &str, revision: Option<&str>) -> anyhow::Result<PathBuf> {
-    let at = revision.map(|r| format!(" --model-revision {r}")).unwrap_or_default();
-    let fail =
-        |e: &dyn std::fmt::Display| user_error!("--model {id}{at}: download from the Hugging Face hub failed: {e}");
+    let named = flags(id, revision);
+    let fail = |e: &dyn std::fmt::Display| user_error!("{named}: download from the Hugging Face hub failed: {e}");
     let api = hf_hub::api::sync::ApiBuilder::from_cache(hf_hub::Cache::new(hub.to_path_buf()))
         .with_progress(true)
         .build()

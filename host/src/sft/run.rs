@@ -342,10 +342,10 @@ impl SftRun<'_> {
         if (self.state.global_step >= max_steps || self.state.early_stopped) && self.saved_at.is_some() {
             return Ok(Ending::AlreadyComplete);
         }
-        let on_start = self.config.eval.as_ref().is_some_and(|e| e.on_start);
-        if on_start && self.state.global_step == 0 && self.saved_at.is_none() {
-            let every = self.config.eval.as_ref().map_or(0, |e| e.every);
-            if (every == 1 || max_steps == 1) && self.world.is_main() {
+        let config = self.config;
+        let on_start = config.eval.as_ref().filter(|e| e.on_start);
+        if let Some(eval) = on_start.filter(|_| self.state.global_step == 0 && self.saved_at.is_none()) {
+            if (eval.every == 1 || max_steps == 1) && self.world.is_main() {
                 eprintln!(
                     "warning: --eval-on-start: the evaluation after the first step is logged at step 0 too and \
                      replaces the one before training there (the console shows both)"
