@@ -1517,7 +1517,8 @@ fn a_trl_recipe_file_runs_as_written() {
     let runs = tempfile::tempdir().unwrap();
     let recipe = runs.path().join("recipe.yaml");
     let text_of_recipe = "# GRPO trainer config\nbf16: true\nuse_vllm: true\nvllm_mode: colocate\n\
-                          push_to_hub: false\nlogging_steps: 1\nweight_decay: 0.05\nlearning_rate: 2.0e-03\nmax_steps: 1\n";
+                          push_to_hub: false\nlogging_steps: 1\nweight_decay: 0.05\nlearning_rate: 2.0e-03\nmax_steps: 1\n\
+                          eval_strategy: \"no\"\neval_steps: 7\noptim: adamw_torch\n";
     std::fs::write(&recipe, text_of_recipe).unwrap();
     let flags = ["--config", recipe.to_str().unwrap(), "--bf16", "false"];
     let children: Vec<_> = (0..2)
@@ -1531,9 +1532,14 @@ fn a_trl_recipe_file_runs_as_written() {
         let err = text(&out.stderr);
         assert!(out.status.success(), "{err}");
         assert!(
-            err.contains("note: --use-vllm is ignored: rollouts run in this host's own generation engine"),
+            err.contains(
+                "note: --use-vllm and --vllm-mode are ignored: rollouts run in this host's own generation engine"
+            ),
             "{err}"
         );
+        // transformers evaluates by steps only under that strategy, and TRL's default optimizer is this host's.
+        assert!(err.contains("note: --eval-steps is ignored: the evaluation strategy is not `steps`"), "{err}");
+        assert!(err.contains("note: --optim is ignored: the optimizer is AdamW, fused"), "{err}");
         assert!(!err.contains("push-to-hub"), "{err}");
     }
     let folders: Vec<PathBuf> = std::fs::read_dir(runs.path())

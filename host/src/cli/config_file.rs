@@ -41,7 +41,9 @@ pub fn expand(argv: Vec<OsString>) -> Result<Vec<OsString>> {
 }
 
 /// The file's settings as arguments of `command`: a boolean is a switch (given when true) unless the flag takes a
-/// value (`--shuffle-dataset BOOL`), which then gets `true` or `false`; a null is left out (the default).
+/// value (`--shuffle-dataset BOOL`), which then gets `true` or `false`; a null is left out (the default); a list is
+/// the flag given once with every item, or repeated for each, as the flag takes them, and refused for a flag that
+/// takes one value.
 fn file_args(path: &Path, command: &clap::Command) -> Result<Vec<String>> {
     let mut args = Vec::new();
     for (key, value) in read_settings(path)? {
@@ -50,7 +52,8 @@ fn file_args(path: &Path, command: &clap::Command) -> Result<Vec<String>> {
             return Err(user_error!("--config {}: a config file cannot name another config file", path.display()));
         }
         let long = &flag[2..];
-        let takes_value = super::flag_named(command, long).is_some_and(|a| a.get_action().takes_values());
+        let known = super::flag_named(command, long);
+        let takes_value = known.is_some_and(|a| a.get_action().takes_values());
         match value {
             Json::Bool(b) if takes_value => {
                 args.push(flag);
@@ -59,9 +62,28 @@ fn file_args(path: &Path, command: &clap::Command) -> Result<Vec<String>> {
             Json::Bool(true) => args.push(flag),
             Json::Bool(false) | Json::Null => {}
             Json::Array(items) => {
-                for item in items {
-                    args.push(flag.clone());
-                    args.push(scalar(&item, &key, path)?);
+                let takes = known.map(|a| (a.get_num_args().is_some_and(|n| n.max_values() > 1), a.get_action()));
+                match takes {
+                    Some((true, _)) => {
+                        args.push(flag);
+                        for item in &items {
+                            args.push(scalar(item, &key, path)?);
+                        }
+                    }
+                    Some((false, clap::ArgAction::Set)) if items.len() != 1 => {
+                        return Err(user_error!(
+                            "--config {}: `{key}` is a list, but {flag} takes one value (`grpo-host --help` says \
+                             which)",
+                            path.display()
+                        ))
+                    }
+                    // A repeatable flag, or one this host lacks, which the command line's rules then read.
+                    _ => {
+                        for item in &items {
+                            args.push(flag.clone());
+                            args.push(scalar(item, &key, path)?);
+                        }
+                    }
                 }
             }
             // Plugin options (`algo-config = { ... }`) travel as JSON.
@@ -173,7 +195,7 @@ mod tests {
         let recipe = "# Model arguments\nmodel_name_or_path: Qwen/Qwen2.5-0.5B-Instruct\nmodel_revision: main\n\
                       torch_dtype: bfloat16\nbf16: true\nuse_vllm: false\nlearning_rate: 2.0e-05\n\
                       lr_scheduler_type: cosine\nmax_steps: -1\nnum_train_epochs: 1\nnum_generations: 8\n\
-                      report_to:\n- tensorboard\nhub_model_id: null\nenv_config: {digits: 2}\n";
+                      report_to:\n- tensorboard\n- wandb\nhub_model_id: null\nenv_config: {digits: 2}\n";
         std::fs::write(&path, recipe).unwrap();
         let out = expanded(&["grpo-host", "--config", path.to_str().unwrap(), "--num-generations", "4"]);
         let argv = super::super::trl_flags::normalize(out.iter().map(OsString::from).collect()).unwrap().argv;
@@ -187,20 +209,27 @@ mod tests {
             (Some(1.0), crate::train::precision::MixedPrecision::Bf16)
         );
         assert_eq!(t.env_config.as_deref(), Some("{\"digits\":2}"));
-        assert!(out.contains(&"--report-to".to_string()) && !out.iter().any(|a| a.contains("hub")), "{out:?}");
+        // A list is its flag given once with each item, as that flag takes them.
+        assert_eq!(out.iter().filter(|a| *a == "--report-to").count(), 1, "{out:?}");
+        assert!(!out.iter().any(|a| a.contains("hub")), "{out:?}");
+        assert_eq!(t.logging.report_to.map(|r| r.len()), Some(2));
 
         // What only chooses how is left out with a note; what this host does not do stops the command.
         std::fs::write(&path, "use_vllm: true\nvllm_mode: colocate\nlr: 0.1\n").unwrap();
         let argv = expanded(&["grpo-host", "--config", path.to_str().unwrap()]);
         let out = super::super::trl_flags::normalize(argv.iter().map(OsString::from).collect()).unwrap();
-        assert_eq!((out.argv.len(), out.notes.len()), (5, 2), "{out:?}");
+        assert_eq!((out.argv.len(), out.notes.len()), (5, 1), "one line for one reason: {out:?}");
         std::fs::write(&path, "push_to_hub: true\n").unwrap();
         let argv = expanded(&["grpo-host", "--config", path.to_str().unwrap()]);
         let err = super::super::trl_flags::normalize(argv.iter().map(OsString::from).collect()).unwrap_err();
         assert!(err.to_string().starts_with("--push-to-hub is not an option of grpo-host: checkpoints are"), "{err}");
         let err = expand(["grpo-host", "--config", "--no-wandb"].iter().map(OsString::from).collect()).unwrap_err();
         assert_eq!(err.to_string(), "--config needs a file before --no-wandb: --config run.toml, or a recipe.yaml");
-        for (text, wanted) in [("a: [1\n", "not valid YAML"), ("- 1\n- 2\n", "give `key: value` lines")] {
+        for (text, wanted) in [
+            ("a: [1\n", "not valid YAML"),
+            ("- 1\n- 2\n", "give `key: value` lines"),
+            ("reward_weights: [1.0, 0.5]\n", "`reward_weights` is a list, but --reward-weights takes one value"),
+        ] {
             std::fs::write(&path, text).unwrap();
             let argv = [&["grpo-host", "--config"][..], &[path.to_str().unwrap()]].concat();
             let err = expand(argv.iter().map(OsString::from).collect()).unwrap_err().to_string();

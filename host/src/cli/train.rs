@@ -81,7 +81,8 @@ pub struct TrainArgs {
     #[command(flatten, next_help_heading = "Model and device")]
     pub router: super::args::RouterArgs,
 
-    /// Rollout batches to train on (each: sample tasks, generate, score, update).
+    /// Rollout batches to train on (each: sample tasks, generate, score, update; TRL's max_steps counts optimizer
+    /// steps, the same where a batch makes one).
     #[arg(long, help_heading = "Batches and rollouts", default_value_t = 20)]
     pub max_steps: u64,
     /// Train for this many passes over the training tasks instead of --max-steps (TRL's num_train_epochs, verl's
@@ -314,6 +315,19 @@ pub struct TrainArgs {
     /// Log example completions every this many batches.
     #[arg(long, help_heading = "Logging", default_value_t = 10)]
     pub log_completions_interval: u64,
+    /// Instead of --checkpoint-interval: save every N optimizer steps (transformers' save_steps), a whole number of
+    /// batches.
+    #[arg(
+        long,
+        help_heading = "Run directory, checkpoints and resuming",
+        value_name = "N",
+        conflicts_with = "checkpoint_interval"
+    )]
+    pub save_steps: Option<u64>,
+    /// Instead of --eval-every: evaluate every N optimizer steps (transformers' eval_steps), a whole number of
+    /// batches.
+    #[arg(long, help_heading = "Evaluation", value_name = "N", conflicts_with = "eval_every")]
+    pub eval_steps: Option<u64>,
 }
 
 /// Training's sampling defaults: re-grpo's temperature, and transformers' top-k of 50 that its sampling used.
@@ -322,9 +336,16 @@ pub(crate) const TRAIN_SAMPLING: SamplingParams =
 
 impl TrainArgs {
     /// Check the flags and build the run's configuration; every mistake is one line naming the flag.
-    pub fn into_config(self) -> anyhow::Result<RunConfig> {
+    pub fn into_config(mut self) -> anyhow::Result<RunConfig> {
         self.validate()?;
         let rollouts_per_step = self.tasks_per_batch()?;
+        if let Some(steps) = self.eval_steps {
+            self.eval.eval_every = self.batches_for(("--eval-steps", "--eval-every"), steps, rollouts_per_step)?;
+        }
+        if let Some(steps) = self.save_steps {
+            let flags = ("--save-steps", "--checkpoint-interval");
+            self.run_dir.checkpoint_interval = self.batches_for(flags, steps, rollouts_per_step)?;
+        }
         let algo_config = self.algo_options()?;
         let episode = self.episode.limits()?;
         let mut env_config = json_option(self.env_config.as_deref(), "--env-config")?;
@@ -442,6 +463,25 @@ impl TrainArgs {
             ));
         }
         Ok(config)
+    }
+
+    /// The batches of `tasks` tasks that `steps` optimizer steps make, for `flags.0` (transformers' save_steps or
+    /// eval_steps) in place of `flags.1`, which counts batches: checkpoints and evaluations come between batches,
+    /// so `steps` must be a whole number of them.
+    fn batches_for(&self, flags: (&str, &str), steps: u64, tasks: usize) -> anyhow::Result<u64> {
+        let sequences = tasks * self.group_size;
+        let (micro, accumulation, epochs) =
+            (self.train_batch_size, self.gradient_accumulation_steps, self.epochs_per_step);
+        let per_batch = crate::train::config::updates_per_batch(sequences, micro, accumulation, epochs);
+        if steps.is_multiple_of(per_batch) {
+            return Ok(steps / per_batch);
+        }
+        let (flag, batches) = flags;
+        Err(user_error!(
+            "{flag} {steps}: checkpoints and evaluations come between batches, and a batch here makes {per_batch} \
+             optimizer steps ({sequences} sequences, micro-batches of {micro}, --gradient-accumulation-steps \
+             {accumulation}, --epochs-per-step {epochs}); give a multiple of {per_batch}, or {batches} in batches"
+        ))
     }
 
     /// `--rollouts-per-step`, or the tasks on each rank that TRL's `--generation-batch-size` or
@@ -785,6 +825,33 @@ mod tests {
         let both = ["grpo-host", "--generation-batch-size", "8", "--steps-per-generation", "2"];
         assert!(Cli::try_parse_from(both).is_err());
         assert!(Cli::try_parse_from(["grpo-host", "--rollouts-per-step", "2", "--steps-per-generation", "2"]).is_err());
+    }
+
+    /// transformers' save_steps and eval_steps count optimizer steps: a whole number of batches becomes
+    /// --checkpoint-interval and --eval-every, and any other number is one line with the batch's arithmetic.
+    #[test]
+    fn save_and_eval_steps_count_optimizer_steps() {
+        // 2 tasks x 8 episodes in micro-batches of 4: 4 optimizer steps a batch.
+        let config = |extra: &[&str]| {
+            let batch = ["grpo-host", "--rollouts-per-step", "2", "--group-size", "8", "--train-batch-size", "4"];
+            Cli::try_parse_from([&batch[..], extra].concat()).unwrap().train.into_config()
+        };
+        let c = config(&["--save-steps", "8", "--eval-steps", "4"]).unwrap();
+        assert_eq!((c.checkpoints.interval, c.eval.every), (2, 1));
+        let err = config(&["--save-steps", "6"]).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "--save-steps 6: checkpoints and evaluations come between batches, and a batch here makes 4 optimizer \
+             steps (16 sequences, micro-batches of 4, --gradient-accumulation-steps 1, --epochs-per-step 1); give a \
+             multiple of 4, or --checkpoint-interval in batches"
+        );
+        // One step a batch, as in TRL's own layout: the same numbers.
+        let c = config(&["--gradient-accumulation-steps", "4", "--eval-steps", "3", "--save-steps", "5"]).unwrap();
+        assert_eq!((c.checkpoints.interval, c.eval.every), (5, 3));
+        let c = config(&["--num-iterations", "2", "--eval-steps", "16"]).unwrap();
+        assert_eq!(c.eval.every, 2);
+        assert!(Cli::try_parse_from(["grpo-host", "--save-steps", "4", "--checkpoint-interval", "1"]).is_err());
+        assert!(Cli::try_parse_from(["grpo-host", "--eval-steps", "4", "--eval-every", "1"]).is_err());
     }
 
     /// TRL's algorithm options as flags land in the algorithm's options under TRL's names (verl's clip_ratio_c as

@@ -3,6 +3,7 @@
 //! and their flags that this host does not have get one line saying what it does instead, rather than clap's bare
 //! "unexpected argument".
 
+use std::collections::VecDeque;
 use std::ffi::OsString;
 
 use anyhow::Result;
@@ -46,9 +47,13 @@ const IGNORED: &[(&[&str], &str)] = &[
     ),
     (
         &["save-strategy"],
-        "checkpoints are saved every --checkpoint-interval N (batches in training, steps in sft) and at the end",
+        "checkpoints are saved every --save-steps N optimizer steps (or --checkpoint-interval N: batches in training, \
+         steps in sft) and at the end",
     ),
-    (&["eval-strategy"], "evaluation runs every --eval-every N (batches in training, steps in sft; 0: at the end)"),
+    (
+        &["eval-strategy", "evaluation-strategy"],
+        "evaluation runs every --eval-steps N optimizer steps (or --eval-every N: batches in training, steps in sft)",
+    ),
     (&["attn-implementation"], "attention is SDPA (eager where a family needs it, see --model in docs/cli.md)"),
     (
         &["trust-remote-code"],
@@ -145,7 +150,7 @@ const IGNORED: &[(&[&str], &str)] = &[
 /// stops with one line, unless the flag is given false (`--push_to_hub false`), which asks for nothing.
 const REFUSED: &[(&[&str], &str)] = &[
     (
-        &["optim", "optim-args"],
+        &["optim-args"],
         "the optimizer is AdamW (fused; --weight-decay, --adam-beta1, --adam-beta2, --adam-epsilon); leave it out",
     ),
     (
@@ -183,7 +188,6 @@ const REFUSED: &[(&[&str], &str)] = &[
         &["dataset-kwargs"],
         "the data's options are flags: --dataset-config, --dataset-split, --dataset-text-field (sft)",
     ),
-    (&["label-smoothing-factor"], "the loss is the plain token cross-entropy; leave it out"),
     (&["use-cpu", "no-cuda"], "give --device cpu"),
     (&["use-mps-device"], "the devices are the CPU and CUDA GPUs (--device)"),
     (
@@ -207,24 +211,121 @@ const REFUSED: &[(&[&str], &str)] = &[
     ),
 ];
 
+/// Flags of those libraries whose value may ask for what this host does anyway: with one of the values listed
+/// (compared as numbers where they are, a switch's as `true` or `false`) the flag is left out with the first note,
+/// with another refused in one line by the second.
+const SAME_AS_HERE: &[(&str, &[&str], &str, &str)] = &[
+    (
+        "optim",
+        &["adamw_torch", "adamw_torch_fused", "adamw_hf"],
+        "the optimizer is AdamW, fused",
+        "the optimizer is AdamW (fused; --weight-decay, --adam-beta1, --adam-beta2, --adam-epsilon); leave it out",
+    ),
+    (
+        "average-tokens-across-devices",
+        &["true"],
+        "a loss divided by a count of tokens (or sequences) divides by the count over every rank, as true asks",
+        "a loss divided by a count of tokens (or sequences) divides by the count over every rank, as true asks; the \
+         count of one rank is not offered",
+    ),
+    (
+        "label-smoothing-factor",
+        &["0"],
+        "the loss is the plain token cross-entropy",
+        "the loss is the plain token cross-entropy; leave it out",
+    ),
+];
+
+/// The flags above that `HfArgumentParser` reads as booleans: one typed alone is true, and only a boolean word after
+/// it is its value (`--use_vllm --lr 1`, `--use_vllm True`).
+const SWITCHES: &[&str] = &[
+    "use-vllm",
+    "vllm-enable-sleep-mode",
+    "use-vllm-for-eval",
+    "vllm-importance-sampling-correction",
+    "logging-first-step",
+    "logging-nan-inf-filter",
+    "include-tokens-per-second",
+    "include-num-input-tokens-seen",
+    "disable-tqdm",
+    "trust-remote-code",
+    "use-liger-kernel",
+    "use-liger-loss",
+    "hub-private-repo",
+    "log-completions",
+    "wandb-log-unique-prompts",
+    "log-unique-prompts",
+    "gradient-checkpointing-use-reentrant",
+    "torch-compile",
+    "dataset-streaming",
+    "dataloader-pin-memory",
+    "dataloader-persistent-workers",
+    "ignore-bias-buffers",
+    "use-transformers-paged",
+    "prediction-loss-only",
+    "bf16-full-eval",
+    "fp16-full-eval",
+    "jit-mode-eval",
+    "restore-callback-states-from-checkpoint",
+    "skip-memory-metrics",
+    "use-bnb-nested-quant",
+    "ddp-find-unused-parameters",
+    "save-safetensors",
+    "do-train",
+    "do-eval",
+    "do-predict",
+    "overwrite-output-dir",
+    "disable-dropout",
+    "remove-unused-columns",
+    "tf32",
+    "auto-find-batch-size",
+    "activation-offloading",
+    "load-in-4bit",
+    "load-in-8bit",
+    "ds3-gather-for-generation",
+    "push-to-hub",
+    "packing",
+    "padding-free",
+    "group-by-length",
+    "load-best-model-at-end",
+    "use-cpu",
+    "no-cuda",
+    "use-mps-device",
+    "average-tokens-across-devices",
+];
+
+/// The flags above that take a list: every word after one up to the next flag is its value.
+const LISTS: &[&str] = &["label-names", "reward-funcs", "lora-modules-to-save", "fsdp"];
+
+/// transformers' flags that count only under its `steps` strategy, each with the flags choosing that strategy and
+/// what the host does when one of them chooses another (`no`, `epoch`): the flag is then left out with that note.
+const BY_STEPS: &[(&str, &[&str], &str)] = &[
+    (
+        "eval-steps",
+        &["eval-strategy", "evaluation-strategy"],
+        "the evaluation strategy is not `steps`; evaluation runs where --eval-every N asks",
+    ),
+    (
+        "save-steps",
+        &["save-strategy"],
+        "the save strategy is not `steps`; checkpoints are saved every --checkpoint-interval N and at the end",
+    ),
+];
+
 /// Flags another command of this host has, refused in one line by the command (`train` for the top level) that
 /// lacks them, with what it does instead.
-const ELSEWHERE: &[(&str, &[&str], &str)] = &[
-    (
-        "train",
-        &["eval-steps", "save-steps"],
-        "training counts batches (a round of rollouts and its optimizer steps): evaluate every --eval-every N \
-         batches, save every --checkpoint-interval N batches",
-    ),
-    ("train", &["neftune-noise-alpha"], "NEFTune is for supervised fine-tuning: grpo-host sft --neftune-noise-alpha"),
-];
+const ELSEWHERE: &[(&str, &[&str], &str)] = &[(
+    "train",
+    &["neftune-noise-alpha"],
+    "NEFTune is for supervised fine-tuning: grpo-host sft --neftune-noise-alpha",
+)];
 
 /// A command line made ready for clap by [`normalize`], with a note for each flag it left out.
 #[derive(Debug, Default)]
 pub struct Normalized {
     /// The arguments clap parses (program name first).
     pub argv: Vec<OsString>,
-    /// One line for each [`IGNORED`] flag: what the host does instead.
+    /// What the host does instead of the [`IGNORED`] flags it left out: one line per reason, naming its flags.
     pub notes: Vec<String>,
 }
 
@@ -245,32 +346,38 @@ pub fn normalize(argv: Vec<OsString>) -> Result<Normalized> {
         flag == "--num-train-epochs"
     });
     let mut out = Normalized { argv: Vec::with_capacity(argv.len()), notes: Vec::new() };
-    let mut args = argv.into_iter().peekable();
-    while let Some(arg) = args.next() {
+    let mut notes = Notes::default();
+    let not_by_steps = not_by_steps(&argv);
+    let mut args = VecDeque::from(argv);
+    while let Some(arg) = args.pop_front() {
         let Some(flag) = arg.to_str().and_then(|t| t.strip_prefix("--")).filter(|f| !f.is_empty()) else {
             let rest = arg == "--";
             out.argv.push(arg);
             if rest {
-                out.argv.extend(args.by_ref());
+                out.argv.extend(args.drain(..));
             }
             continue;
         };
         let (name, inline) = match flag.split_once('=') {
-            Some((name, value)) => (name, Some(value.to_string())),
+            Some((name, value)) => (name, Some(value)),
             None => (flag, None),
         };
         let dashed = name.replace('_', "-");
         // The word after a flag typed without `=`, which is its value unless it is the next flag.
-        let next = args.peek().and_then(|a| a.to_str()).filter(|a| !a.starts_with("--")).map(String::from);
+        let next = args.front().and_then(|a| a.to_str()).filter(|a| !a.starts_with("--")).map(String::from);
         let (value, separate) = match inline {
-            Some(value) => (Some(value), false),
+            Some(value) => (Some(value.to_string()), false),
             None => (next, true),
         };
-        // Leaving the flag out leaves out the value typed after it too.
-        let value_follows = separate && value.is_some();
         let known = super::flag_named(&command, &dashed);
         let negative = value.as_deref().is_some_and(|v| v.parse::<i64>().is_ok_and(|n| n < 0));
+        // How many of the words after the flag are left out with it: its value, typed after it.
         let left_out = match known {
+            Some(_) if not_by_steps.contains(&dashed.as_str()) => {
+                let (_, _, instead) = BY_STEPS.iter().find(|(flag, ..)| *flag == dashed).expect("listed");
+                notes.add(instead, name);
+                Some(usize::from(separate && value.is_some()))
+            }
             Some(_) if dashed == "max-steps" && negative => {
                 // transformers' "not set": the epochs decide.
                 if !epochs_given {
@@ -280,15 +387,13 @@ pub fn normalize(argv: Vec<OsString>) -> Result<Normalized> {
                         value.unwrap_or_default()
                     ));
                 }
-                true
+                Some(usize::from(separate))
             }
-            Some(_) => false,
-            None => leaves_out_foreign(&command, name, &dashed, value.as_deref(), &mut out.notes)?,
+            Some(_) => None,
+            None => foreign(&command, name, &dashed, inline, &args, &mut notes)?,
         };
-        if left_out {
-            if value_follows {
-                args.next();
-            }
+        if let Some(words) = left_out {
+            args.drain(..words);
             continue;
         }
         let Some(known) = known else {
@@ -311,7 +416,7 @@ pub fn normalize(argv: Vec<OsString>) -> Result<Normalized> {
             (_, value) => value.and_then(boolish),
         };
         if separate && given.is_some() {
-            args.next();
+            args.pop_front();
         }
         match given {
             // Off by the last word, as in `HfArgumentParser`: a recipe's `bf16: true` and `--bf16 false` after it.
@@ -322,7 +427,57 @@ pub fn normalize(argv: Vec<OsString>) -> Result<Normalized> {
             _ => out.argv.push(OsString::from(format!("--{dashed}"))),
         }
     }
+    out.notes = notes.lines();
     Ok(out)
+}
+
+/// The [`BY_STEPS`] flags whose strategy `argv` sets to something other than `steps`.
+fn not_by_steps(argv: &[OsString]) -> Vec<&'static str> {
+    let words: Vec<&str> = argv.iter().map(|a| a.to_str().unwrap_or_default()).collect();
+    let end = words.iter().position(|w| *w == "--").unwrap_or(words.len());
+    let mut off = Vec::new();
+    for (i, word) in words[..end].iter().enumerate() {
+        let Some(flag) = word.strip_prefix("--") else { continue };
+        let (name, value) = match flag.split_once('=') {
+            Some((name, value)) => (name, Some(value)),
+            None => (flag, words.get(i + 1).copied()),
+        };
+        let name = name.replace('_', "-");
+        for (steps, strategies, _) in BY_STEPS {
+            if strategies.contains(&name.as_str()) {
+                let by_steps = value.is_some_and(|v| v.eq_ignore_ascii_case("steps"));
+                off.retain(|s| s != steps);
+                if !by_steps {
+                    off.push(*steps);
+                }
+            }
+        }
+    }
+    off
+}
+
+/// The flags left out for each reason, in the order they came: one note line per reason.
+#[derive(Default)]
+struct Notes(Vec<(&'static str, Vec<String>)>);
+
+impl Notes {
+    fn add(&mut self, reason: &'static str, typed: &str) {
+        let flag = format!("--{typed}");
+        match self.0.iter_mut().find(|(r, _)| *r == reason) {
+            Some((_, flags)) if flags.contains(&flag) => {}
+            Some((_, flags)) => flags.push(flag),
+            None => self.0.push((reason, vec![flag])),
+        }
+    }
+
+    fn lines(self) -> Vec<String> {
+        let line = |(reason, flags): (&str, Vec<String>)| match flags.split_last() {
+            Some((last, [])) => format!("note: {last} is ignored: {reason}"),
+            Some((last, rest)) => format!("note: {} and {last} are ignored: {reason}", rest.join(", ")),
+            None => String::new(),
+        };
+        self.0.into_iter().map(line).collect()
+    }
 }
 
 /// The boolean a word spells as `HfArgumentParser`'s `string_to_bool` reads it (any case): yes, true, t, y, 1 or
@@ -336,24 +491,57 @@ fn boolish(word: &str) -> Option<bool> {
     }
 }
 
-/// Whether `dashed`, a flag `command` does not have (typed `--typed`, given `value`), is left out: an [`IGNORED`]
-/// one, noted in `notes`, or a [`REFUSED`] one given false. A refused one is the one-line error saying what to do
-/// instead; any other is not left out, for clap to report.
-fn leaves_out_foreign(
+/// What becomes of `--typed` (`dashed`), a flag `command` does not have, given `inline` after its `=` and followed
+/// by `after`: `None` when it is no recipe flag this host knows (clap reports it), else how many of the words after
+/// it are its value, left out with it. An [`IGNORED`] flag is noted in `notes`; a [`REFUSED`] one is left out when
+/// given false or nothing (`--push_to_hub false`, `--fsdp ""`), which asks for nothing, and otherwise is the one-line
+/// error saying what to do instead, as is one [`ELSEWHERE`] names; a [`SAME_AS_HERE`] one goes by its value.
+fn foreign(
     command: &clap::Command,
     typed: &str,
     dashed: &str,
-    value: Option<&str>,
-    notes: &mut Vec<String>,
-) -> Result<bool> {
+    inline: Option<&str>,
+    after: &VecDeque<OsString>,
+    notes: &mut Notes,
+) -> Result<Option<usize>> {
+    let word = |a: &OsString| a.to_str().filter(|a| !a.starts_with("--")).map(String::from);
+    let (value, words) = match inline {
+        Some(value) => (Some(value.to_string()), 0),
+        None if SWITCHES.contains(&dashed) => match after.front().and_then(|a| a.to_str()).and_then(boolish) {
+            Some(given) => (Some(given.to_string()), 1),
+            None => (Some("true".to_string()), 0),
+        },
+        None if LISTS.contains(&dashed) => {
+            let values: Vec<String> = after.iter().map_while(word).collect();
+            (Some(values.join(" ")).filter(|_| !values.is_empty()), values.len())
+        }
+        None => match after.front().and_then(word) {
+            Some(value) => (Some(value), 1),
+            None => (None, 0),
+        },
+    };
     if let Some((_, instead)) = IGNORED.iter().find(|(flags, _)| flags.contains(&dashed)) {
-        notes.push(format!("note: --{typed} is ignored: {instead}"));
-        return Ok(true);
+        notes.add(instead, typed);
+        return Ok(Some(words));
+    }
+    if let Some((_, same, note, refusal)) = SAME_AS_HERE.iter().find(|(flag, ..)| *flag == dashed) {
+        let value = value.unwrap_or_default();
+        return match same.iter().any(|s| same_value(&value, s, SWITCHES.contains(&dashed))) {
+            true => {
+                notes.add(note, typed);
+                Ok(Some(words))
+            }
+            false => Err(user_error!("--{typed} {value} is not an option of grpo-host: {refusal}")),
+        };
     }
     if let Some((_, instead)) = REFUSED.iter().find(|(flags, _)| flags.contains(&dashed)) {
-        return match value.and_then(boolish) {
-            Some(false) => Ok(true),
-            _ => Err(user_error!("--{typed} is not an option of grpo-host: {instead}")),
+        let nothing = match value.as_deref() {
+            Some(value) if SWITCHES.contains(&dashed) => boolish(value) == Some(false),
+            value => value.is_none_or(|v| v.trim().is_empty()),
+        };
+        return match nothing {
+            true => Ok(Some(words)),
+            false => Err(user_error!("--{typed} is not an option of grpo-host: {instead}")),
         };
     }
     let here = match command.get_name() {
@@ -362,7 +550,18 @@ fn leaves_out_foreign(
     };
     match ELSEWHERE.iter().find(|(name, flags, _)| *name == here && flags.contains(&dashed)) {
         Some((_, _, instead)) => Err(user_error!("--{typed} is not an option of grpo-host {here}: {instead}")),
-        None => Ok(false),
+        None => Ok(None),
+    }
+}
+
+/// Whether `value`, as typed, is `listed`: as booleans for a switch, as numbers where both are, else in any case.
+fn same_value(value: &str, listed: &str, switch: bool) -> bool {
+    if switch {
+        return boolish(value).map(|b| b.to_string()).as_deref() == Some(listed);
+    }
+    match (value.parse::<f64>(), listed.parse::<f64>()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => value.eq_ignore_ascii_case(listed),
     }
 }
 
@@ -438,16 +637,20 @@ mod tests {
         // None of them is a flag of any command (a flag that gains one stops being refused here).
         let cli = <crate::cli::Cli as clap::CommandFactory>::command();
         let commands = || std::iter::once(&cli).chain(cli.get_subcommands());
-        for foreign in IGNORED.iter().chain(REFUSED).flat_map(|(names, _)| names.iter()) {
+        let same = SAME_AS_HERE.iter().map(|(name, ..)| name);
+        for foreign in IGNORED.iter().chain(REFUSED).flat_map(|(names, _)| names.iter()).chain(same) {
             for command in commands() {
                 let found = crate::cli::flag_named(command, foreign);
                 assert!(found.is_none(), "--{foreign} is a flag of {}", command.get_name());
             }
         }
         // Those of another command: refused by the one named, which lacks them, and no other.
-        let err = normalized(&["grpo-host", "--save_steps", "5"]).unwrap_err().to_string();
-        assert!(err.starts_with("--save_steps is not an option of grpo-host train: training counts batches"), "{err}");
-        assert_eq!(normalized(&["grpo-host", "sft", "--save_steps", "5"]).unwrap()[2], "--save-steps");
+        let err = normalized(&["grpo-host", "--neftune_noise_alpha", "5"]).unwrap_err().to_string();
+        assert!(err.starts_with("--neftune_noise_alpha is not an option of grpo-host train: NEFTune is"), "{err}");
+        assert_eq!(
+            normalized(&["grpo-host", "sft", "--neftune_noise_alpha", "5"]).unwrap()[2],
+            "--neftune-noise-alpha"
+        );
         for (name, flags, _) in ELSEWHERE {
             for flag in flags.iter() {
                 let holders: Vec<&str> =
@@ -457,27 +660,124 @@ mod tests {
         }
     }
 
-    /// A recipe flag that chooses how, not what, is left out with its value, whatever it is, and noted once.
+    /// A recipe flag that chooses how, not what, is left out with its value, whatever it is, and noted: one line
+    /// per reason, naming its flags once each.
     #[test]
     fn flags_that_choose_how_are_left_out_with_a_note() {
-        let argv =
-            ["grpo-host", "--use_vllm", "--vllm_gpu_memory_utilization", "0.7", "--logging_steps=5", "--lr", "1"];
+        let argv = [
+            "grpo-host",
+            "--use_vllm",
+            "--vllm_gpu_memory_utilization",
+            "0.7",
+            "--logging_steps=5",
+            "--vllm-mode",
+            "colocate",
+            "--use_vllm",
+            "--lr",
+            "1",
+        ];
         let out = normalize(argv.iter().map(OsString::from).collect()).unwrap();
         assert_eq!(out.argv, ["grpo-host", "--lr", "1"]);
         assert_eq!(
             out.notes,
             [
-                "note: --use_vllm is ignored: rollouts run in this host's own generation engine",
-                "note: --vllm_gpu_memory_utilization is ignored: rollouts run in this host's own generation engine",
+                "note: --use_vllm, --vllm_gpu_memory_utilization and --vllm-mode are ignored: rollouts run in this \
+                 host's own generation engine",
                 "note: --logging_steps is ignored: metrics are logged at every batch (sft: every step)",
             ]
         );
         let out = normalize(["grpo-host", "sft", "--use_liger_kernel", "True"].iter().map(OsString::from).collect());
         assert_eq!(out.unwrap().argv, ["grpo-host", "sft"]);
-        // No flag is both.
-        for (flags, _) in IGNORED {
-            assert!(flags.iter().all(|f| !REFUSED.iter().any(|(r, _)| r.contains(f))), "{flags:?}");
+        // No flag is in two tables, and each switch or list is in one.
+        let flags = |table: &[(&[&'static str], &str)]| -> Vec<&'static str> {
+            table.iter().flat_map(|(names, _)| names.iter().copied()).collect()
+        };
+        let tables = [flags(IGNORED), flags(REFUSED), SAME_AS_HERE.iter().map(|(name, ..)| *name).collect()];
+        for (i, table) in tables.iter().enumerate() {
+            for flag in table {
+                assert!(tables.iter().enumerate().all(|(j, t)| j == i || !t.contains(flag)), "--{flag}");
+            }
         }
+        for flag in SWITCHES.iter().chain(LISTS) {
+            assert!(tables.iter().any(|t| t.contains(flag)), "--{flag}");
+        }
+    }
+
+    /// A left-out flag takes with it the words that are its value: a switch only a boolean, a list every word up to
+    /// the next flag, any other one word.
+    #[test]
+    fn a_left_out_flag_takes_its_value_and_no_more() {
+        let argv = normalized(&[
+            "grpo-host",
+            "--use_vllm",
+            "word",
+            "--label_names",
+            "labels",
+            "mask",
+            "--tf32",
+            "False",
+            "--disable_tqdm=true",
+            "--logging_steps",
+            "5",
+            "--fsdp",
+            "",
+            "--lr",
+            "1",
+        ]);
+        assert_eq!(argv.unwrap(), ["grpo-host", "word", "--lr", "1"]);
+    }
+
+    /// transformers' `eval_steps` and `save_steps` count only under the `steps` strategy: under another (`no`,
+    /// `epoch`), wherever it is given, they are left out with a note.
+    #[test]
+    fn steps_flags_count_under_the_steps_strategy_only() {
+        let argv = [
+            "grpo-host",
+            "sft",
+            "--eval_steps",
+            "5",
+            "--eval_strategy",
+            "no",
+            "--save_steps=7",
+            "--save_strategy",
+            "steps",
+        ];
+        let out = normalize(argv.iter().map(OsString::from).collect()).unwrap();
+        assert_eq!(out.argv, ["grpo-host", "sft", "--save-steps=7"]);
+        assert_eq!(out.notes.len(), 3, "{:?}", out.notes);
+        assert!(out.notes[0].starts_with("note: --eval_steps is ignored: the evaluation strategy is not `steps`"));
+        let argv = normalized(&["grpo-host", "--save-strategy=epoch", "--save-steps", "4", "--lr", "1"]).unwrap();
+        assert_eq!(argv, ["grpo-host", "--lr", "1"]);
+        assert_eq!(normalized(&["grpo-host", "--eval-steps", "4"]).unwrap(), ["grpo-host", "--eval-steps", "4"]);
+    }
+
+    /// A recipe flag whose value asks for what the host does anyway is left out with a note; another value of it
+    /// is refused in one line naming that value.
+    #[test]
+    fn a_flag_asking_for_what_the_host_does_is_noted_and_any_other_value_refused() {
+        let argv = [
+            "grpo-host",
+            "--optim",
+            "adamw_torch_fused",
+            "--average_tokens_across_devices",
+            "--label_smoothing_factor=0.0",
+            "--lr",
+            "1",
+        ];
+        let out = normalize(argv.iter().map(OsString::from).collect()).unwrap();
+        assert_eq!(out.argv, ["grpo-host", "--lr", "1"]);
+        assert_eq!(out.notes.len(), 3, "{:?}", out.notes);
+        assert_eq!(out.notes[0], "note: --optim is ignored: the optimizer is AdamW, fused");
+        assert!(normalized(&["grpo-host", "--average-tokens-across-devices", "True"]).is_ok());
+        let err = normalized(&["grpo-host", "--optim=sgd"]).unwrap_err();
+        assert_eq!(crate::error::exit_code(&err), 2);
+        assert!(err.to_string().starts_with("--optim sgd is not an option of grpo-host: the optimizer is AdamW"));
+        let err = normalized(&["grpo-host", "sft", "--average_tokens_across_devices", "false"]).unwrap_err();
+        assert!(err.to_string().starts_with("--average_tokens_across_devices false is not an option"), "{err}");
+        assert!(normalized(&["grpo-host", "sft", "--label_smoothing_factor", "0.1"]).is_err());
+        // A value that is not false is a request, even one that reads as a boolean elsewhere.
+        let err = normalized(&["grpo-host", "--data_seed", "0"]).unwrap_err().to_string();
+        assert!(err.starts_with("--data_seed is not an option of grpo-host: --seed orders the data"), "{err}");
     }
 
     /// A switch followed by a boolean, as `HfArgumentParser` takes them, is on or off by it; a flag that takes a

@@ -260,7 +260,8 @@ fn read_parquet(path: &Path) -> Result<Vec<Value>> {
 
 /// An Arrow IPC stream, as `datasets` writes each shard of a `save_to_disk` folder, or an Arrow file (its
 /// `ARROW1` magic first). Each record batch becomes rows through arrow-json: a null is an absent key, lists and
-/// structs are arrays and objects, as Parquet's rows are.
+/// structs are arrays and objects, as Parquet's rows are. One batch at a time, so that a large shard is held once,
+/// as rows, rather than also as Arrow buffers and JSON text.
 fn read_arrow(path: &Path) -> Result<Vec<Value>> {
     use std::io::{Seek, SeekFrom};
 
@@ -270,22 +271,28 @@ fn read_arrow(path: &Path) -> Result<Vec<Value>> {
     let mut magic = [0u8; 6];
     let is_file = file.read_exact(&mut magic).is_ok() && &magic == b"ARROW1";
     file.seek(SeekFrom::Start(0)).map_err(|e| bad(&e))?;
-    let batches: Vec<_> = if is_file {
-        let reader = FileReader::try_new(file, None).map_err(|e| bad(&e))?;
-        reader.collect::<std::result::Result<_, _>>().map_err(|e| bad(&e))?
-    } else {
-        let reader = StreamReader::try_new(BufReader::new(file), None).map_err(|e| bad(&e))?;
-        reader.collect::<std::result::Result<_, _>>().map_err(|e| bad(&e))?
+    let mut rows = Vec::new();
+    let mut add = |batch| -> Result<()> {
+        let mut writer = arrow_json::ArrayWriter::new(Vec::new());
+        writer.write(&batch).map_err(|e| bad(&e))?;
+        writer.finish().map_err(|e| bad(&e))?;
+        let bytes = writer.into_inner();
+        // A batch without rows writes nothing at all, not `[]`.
+        if !bytes.is_empty() {
+            rows.extend(serde_json::from_slice::<Vec<Value>>(&bytes).map_err(|e| bad(&e))?);
+        }
+        Ok(())
     };
-    let mut writer = arrow_json::ArrayWriter::new(Vec::new());
-    writer.write_batches(&batches.iter().collect::<Vec<_>>()).map_err(|e| bad(&e))?;
-    writer.finish().map_err(|e| bad(&e))?;
-    let bytes = writer.into_inner();
-    // An empty stream writes nothing at all, not `[]`.
-    if bytes.is_empty() {
-        return Ok(Vec::new());
+    if is_file {
+        for batch in FileReader::try_new(file, None).map_err(|e| bad(&e))? {
+            add(batch.map_err(|e| bad(&e))?)?;
+        }
+    } else {
+        for batch in StreamReader::try_new(BufReader::new(file), None).map_err(|e| bad(&e))? {
+            add(batch.map_err(|e| bad(&e))?)?;
+        }
     }
-    serde_json::from_slice(&bytes).map_err(|e| bad(&e))
+    Ok(rows)
 }
 
 /// A JSON value's kind, for messages.
@@ -428,5 +435,38 @@ mod tests {
         std::fs::write(&gz, b"not gzip").unwrap();
         let err = read_rows(&gz).unwrap_err().to_string();
         assert!(err.contains("train.jsonl.gz: cannot read it"), "{err}");
+    }
+
+    /// A `save_to_disk` shard holds its rows in many record batches (1,000 rows each by default; an empty one too
+    /// may come): every row of every batch is read, in order, in both of Arrow's layouts.
+    #[test]
+    fn arrow_shards_of_many_batches_read_every_row() {
+        use arrow_ipc::writer::{FileWriter, StreamWriter};
+        use arrow_json::reader::{infer_json_schema, ReaderBuilder};
+        let lines: String = (0..5).map(|i| format!("{{\"prompt\": \"q{i}\", \"answer\": {i}}}\n")).collect();
+        let schema = std::sync::Arc::new(infer_json_schema(lines.as_bytes(), None).unwrap().0);
+        let batches = || {
+            let reader = ReaderBuilder::new(schema.clone()).with_batch_size(2).build(lines.as_bytes()).unwrap();
+            let mut batches: Vec<_> = reader.map(|b| b.unwrap()).collect();
+            batches.insert(1, batches[0].slice(0, 0));
+            batches
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let stream = dir.path().join("data-00000-of-00001.arrow");
+        let mut writer = StreamWriter::try_new(std::fs::File::create(&stream).unwrap(), &schema).unwrap();
+        for batch in batches() {
+            writer.write(&batch).unwrap();
+        }
+        writer.finish().unwrap();
+        let file = dir.path().join("frame.arrow");
+        let mut writer = FileWriter::try_new(std::fs::File::create(&file).unwrap(), &schema).unwrap();
+        for batch in batches() {
+            writer.write(&batch).unwrap();
+        }
+        writer.finish().unwrap();
+        let wanted: Vec<Value> = (0..5).map(|i| json!({"prompt": format!("q{i}"), "answer": i})).collect();
+        assert_eq!(batches().len(), 4);
+        assert_eq!(read_rows(&stream).unwrap(), wanted);
+        assert_eq!(read_rows(&file).unwrap(), wanted);
     }
 }

@@ -162,6 +162,7 @@ impl SftConfig {
                 _ => 0,
             },
             "--model": m.model,
+            "--model-revision": m.revision,
             "--dtype": m.dtype,
             "--mixed-precision": m.mixed_precision,
             "--lora-rank/--lora-alpha/--lora-dropout/--use-rslora/--use-dora": m.lora,

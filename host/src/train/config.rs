@@ -218,11 +218,21 @@ impl BatchSettings {
         self.rollouts_per_step * self.group_size
     }
 
-    /// Optimizer steps one batch makes: micro-batches per epoch, grouped by the accumulation window.
+    /// Optimizer steps one batch makes.
     pub fn updates_per_batch(&self) -> u64 {
-        let micro = self.sequences().div_ceil(self.train_batch_size.max(1));
-        (micro.div_ceil(self.gradient_accumulation_steps.max(1)) * self.epochs_per_step) as u64
+        updates_per_batch(
+            self.sequences(),
+            self.train_batch_size,
+            self.gradient_accumulation_steps,
+            self.epochs_per_step,
+        )
     }
+}
+
+/// Optimizer steps a batch of `sequences` makes: its micro-batches of `micro_batch` per epoch, grouped by the
+/// accumulation window, times the epochs over the batch.
+pub fn updates_per_batch(sequences: usize, micro_batch: usize, accumulation: usize, epochs: usize) -> u64 {
+    (sequences.div_ceil(micro_batch.max(1)).div_ceil(accumulation.max(1)) * epochs) as u64
 }
 
 /// `--num-train-epochs E` over `count` items (rows or tasks) taken `global_batch` at a time: the batches or steps
@@ -729,6 +739,7 @@ impl RunConfig {
             ("--multi-objective-aggregation", json!(self.rewards.aggregation)),
             ("--reward-model", json!(self.rewards.reward_models)),
             ("--model", json!(m.model)),
+            ("--model-revision", json!(m.revision)),
             ("--dtype", json!(m.dtype)),
             ("--mixed-precision", json!(m.mixed_precision)),
             ("--rollout-dtype", json!(m.rollout_dtype)),
