@@ -2,10 +2,21 @@
 //! trainer uses give what one process computes, and a rank that leaves is named by the one that stays.
 
 use std::net::TcpListener;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use grpo_host::distributed::{fingerprint, Launch, ReduceOp, World};
 use tch::{Kind, Tensor};
+
+/// The tests here share process-wide state that a real rank has to itself (c10d's stores under one prefix, the
+/// thread-pool size `set_num_threads` sets), so they take turns rather than run side by side: the binary crashed
+/// once (SIGSEGV) out of a few hundred runs with them side by side, and the cause was not found.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn turn() -> MutexGuard<'static, ()> {
+    // A test that failed holding it leaves it poisoned; the next one may still run.
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -40,6 +51,7 @@ fn two_ranks<T: Send + 'static>(timeout: Duration, f: fn(World) -> T) -> Vec<T> 
 
 #[test]
 fn collectives_match_one_process() {
+    let _turn = turn();
     let out = two_ranks(Duration::from_secs(60), |world| {
         let r = world.rank as f64;
         // Averaged gradients, across more than one bucket's worth of tensors.
@@ -74,6 +86,7 @@ fn collectives_match_one_process() {
 
 #[test]
 fn a_rank_that_leaves_is_named_by_the_survivor() {
+    let _turn = turn();
     let out = two_ranks(Duration::from_secs(30), |world| {
         world.barrier("test barrier").unwrap();
         if world.rank == 1 {
@@ -96,6 +109,7 @@ fn a_rank_that_leaves_is_named_by_the_survivor() {
 /// A rank whose peers never come gives up after the timeout with libtorch's message alone, not its C++ frames.
 #[test]
 fn a_rendezvous_that_times_out_is_one_line_without_cpp_frames() {
+    let _turn = turn();
     let Err(err) = World::connect(&launch(0, 2, free_port()), Duration::from_secs(1), false) else {
         panic!("joined a group of one rank out of two")
     };
@@ -109,11 +123,13 @@ fn a_rendezvous_that_times_out_is_one_line_without_cpp_frames() {
 /// here can run it.
 #[test]
 fn nccl_is_built_in() {
+    let _turn = turn();
     assert!(grpo_host::distributed::nccl_built(), "grpo-host was built without NCCL; run `cargo xtask setup`");
 }
 
 #[test]
 fn fingerprints_are_exact_and_see_one_bit() {
+    let _turn = turn();
     let a = Tensor::randn([1000], (Kind::Float, tch::Device::Cpu));
     let b = a.copy();
     assert_eq!(fingerprint(&[a.shallow_clone()]), fingerprint(&[b.shallow_clone()]));
