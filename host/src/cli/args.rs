@@ -449,6 +449,10 @@ pub struct RunDirArgs {
     /// Save a checkpoint every this many batches (sft: optimizer steps), and always at the end.
     #[arg(long, default_value_t = 20)]
     pub checkpoint_interval: u64,
+    /// Instead of --checkpoint-interval: save every N optimizer steps (transformers' save_steps); in training a
+    /// whole number of batches.
+    #[arg(long, value_name = "N", conflicts_with = "checkpoint_interval")]
+    pub save_steps: Option<u64>,
     /// Also save a checkpoint when this many minutes have passed since the last one (0 disables), so a long run
     /// can always be resumed.
     #[arg(long, default_value_t = 30.0)]

@@ -212,14 +212,6 @@ pub struct SftArgs {
     /// --checkpoint-interval, --save-total-limit, --resume, ...).
     #[command(flatten, next_help_heading = "Run directory, checkpoints and resuming")]
     pub run_dir: RunDirArgs,
-    /// The same as --checkpoint-interval N (transformers' save_steps: sft's steps are optimizer steps).
-    #[arg(
-        long,
-        help_heading = "Run directory, checkpoints and resuming",
-        value_name = "N",
-        conflicts_with = "checkpoint_interval"
-    )]
-    pub save_steps: Option<u64>,
     /// Data parallel (under torchrun): seconds a rank waits in a collective or at the rendezvous before it gives up
     /// on a rank that died or hung (transformers' ddp_timeout).
     #[arg(long, help_heading = "Data parallel (torchrun)", default_value_t = 300.0, visible_alias = "ddp-timeout")]
@@ -284,13 +276,13 @@ impl SftArgs {
             (None, None) => return Err(user_error!("give --data FILE.jsonl or --env NAME")),
         };
         let mut model = self.model.settings(self.precision.mode())?;
+        // sft's steps are optimizer steps: transformers' save_steps is the interval as it is.
+        let save_steps = self.run_dir.save_steps;
         let mut checkpoints = self.run_dir.settings()?;
+        checkpoints.interval = save_steps.unwrap_or(checkpoints.interval);
         self.lora.apply(&mut model, || RunPaths::resumed_model_settings(&checkpoints))?;
         model.gradient_checkpointing = self.gradient_checkpointing;
         model.deterministic = self.deterministic;
-        if let Some(steps) = self.save_steps {
-            checkpoints.interval = steps;
-        }
         self.router.apply(&mut model)?;
         checkpoints.best_model = self.best_model.settings(self.eval_every)?;
         let logging = super::args::log_settings(&self.logging, &checkpoints.runs_dir, 0)?;

@@ -315,15 +315,6 @@ pub struct TrainArgs {
     /// Log example completions every this many batches.
     #[arg(long, help_heading = "Logging", default_value_t = 10)]
     pub log_completions_interval: u64,
-    /// Instead of --checkpoint-interval: save every N optimizer steps (transformers' save_steps), a whole number of
-    /// batches.
-    #[arg(
-        long,
-        help_heading = "Run directory, checkpoints and resuming",
-        value_name = "N",
-        conflicts_with = "checkpoint_interval"
-    )]
-    pub save_steps: Option<u64>,
     /// Instead of --eval-every: evaluate every N optimizer steps (transformers' eval_steps), a whole number of
     /// batches.
     #[arg(long, help_heading = "Evaluation", value_name = "N", conflicts_with = "eval_every")]
@@ -342,7 +333,7 @@ impl TrainArgs {
         if let Some(steps) = self.eval_steps {
             self.eval.eval_every = self.batches_for(("--eval-steps", "--eval-every"), steps, rollouts_per_step)?;
         }
-        if let Some(steps) = self.save_steps {
+        if let Some(steps) = self.run_dir.save_steps {
             let flags = ("--save-steps", "--checkpoint-interval");
             self.run_dir.checkpoint_interval = self.batches_for(flags, steps, rollouts_per_step)?;
         }
