@@ -531,7 +531,9 @@ fn foreign(
                 notes.add(note, typed);
                 Ok(Some(words))
             }
-            false => Err(user_error!("--{typed} {value} is not an option of grpo-host: {refusal}")),
+            false => {
+                Err(user_error!("{} is not an option of grpo-host: {refusal}", format!("--{typed} {value}").trim()))
+            }
         };
     }
     if let Some((_, instead)) = REFUSED.iter().find(|(flags, _)| flags.contains(&dashed)) {
@@ -769,6 +771,8 @@ mod tests {
         assert_eq!(out.notes.len(), 3, "{:?}", out.notes);
         assert_eq!(out.notes[0], "note: --optim is ignored: the optimizer is AdamW, fused");
         assert!(normalized(&["grpo-host", "--average-tokens-across-devices", "True"]).is_ok());
+        let err = normalized(&["grpo-host", "--optim", "--lr", "1"]).unwrap_err().to_string();
+        assert!(err.starts_with("--optim is not an option of grpo-host: the optimizer is AdamW"), "{err}");
         let err = normalized(&["grpo-host", "--optim=sgd"]).unwrap_err();
         assert_eq!(crate::error::exit_code(&err), 2);
         assert!(err.to_string().starts_with("--optim sgd is not an option of grpo-host: the optimizer is AdamW"));
