@@ -341,13 +341,17 @@ pub struct Normalized {
 /// bare `--`.
 pub fn normalize(argv: Vec<OsString>) -> Result<Normalized> {
     let command = super::command_of(&argv);
-    let epochs_given = argv.iter().filter_map(|a| a.to_str()).any(|a| {
-        let flag = a.split('=').next().unwrap_or_default().replace('_', "-");
-        flag == "--num-train-epochs"
-    });
+    let epochs_given = last_given(&argv, &["num-train-epochs"]).is_some();
+    // The `*_steps` flags whose strategy is given as another than `steps`, with what the host does then.
+    let not_by_steps: Vec<(&str, &str)> = BY_STEPS
+        .iter()
+        .filter(|(_, strategies, _)| {
+            last_given(&argv, strategies).is_some_and(|value| !value.is_some_and(|v| v.eq_ignore_ascii_case("steps")))
+        })
+        .map(|(steps, _, instead)| (*steps, *instead))
+        .collect();
     let mut out = Normalized { argv: Vec::with_capacity(argv.len()), notes: Vec::new() };
     let mut notes = Notes::default();
-    let not_by_steps = not_by_steps(&argv);
     let mut args = VecDeque::from(argv);
     while let Some(arg) = args.pop_front() {
         let Some(flag) = arg.to_str().and_then(|t| t.strip_prefix("--")).filter(|f| !f.is_empty()) else {
@@ -371,14 +375,14 @@ pub fn normalize(argv: Vec<OsString>) -> Result<Normalized> {
         };
         let known = super::flag_named(&command, &dashed);
         let negative = value.as_deref().is_some_and(|v| v.parse::<i64>().is_ok_and(|n| n < 0));
+        let unstepped = not_by_steps.iter().find(|(steps, _)| *steps == dashed).map(|(_, instead)| *instead);
         // How many of the words after the flag are left out with it: its value, typed after it.
-        let left_out = match known {
-            Some(_) if not_by_steps.contains(&dashed.as_str()) => {
-                let (_, _, instead) = BY_STEPS.iter().find(|(flag, ..)| *flag == dashed).expect("listed");
+        let left_out = match (known, unstepped) {
+            (Some(_), Some(instead)) => {
                 notes.add(instead, name);
                 Some(usize::from(separate && value.is_some()))
             }
-            Some(_) if dashed == "max-steps" && negative => {
+            (Some(_), None) if dashed == "max-steps" && negative => {
                 // transformers' "not set": the epochs decide.
                 if !epochs_given {
                     return Err(user_error!(
@@ -389,8 +393,8 @@ pub fn normalize(argv: Vec<OsString>) -> Result<Normalized> {
                 }
                 Some(usize::from(separate))
             }
-            Some(_) => None,
-            None => foreign(&command, name, &dashed, inline, &args, &mut notes)?,
+            (Some(_), None) => None,
+            (None, _) => foreign(&command, name, &dashed, inline, &args, &mut notes)?,
         };
         if let Some(words) = left_out {
             args.drain(..words);
@@ -431,29 +435,23 @@ pub fn normalize(argv: Vec<OsString>) -> Result<Normalized> {
     Ok(out)
 }
 
-/// The [`BY_STEPS`] flags whose strategy `argv` sets to something other than `steps`.
-fn not_by_steps(argv: &[OsString]) -> Vec<&'static str> {
+/// The value of the last of the flags `names` (dashed, typed with dashes or underscores) in `argv` before a bare
+/// `--`: `Some(None)` for one typed last without a value, `None` when none is given.
+fn last_given<'a>(argv: &'a [OsString], names: &[&str]) -> Option<Option<&'a str>> {
     let words: Vec<&str> = argv.iter().map(|a| a.to_str().unwrap_or_default()).collect();
     let end = words.iter().position(|w| *w == "--").unwrap_or(words.len());
-    let mut off = Vec::new();
+    let mut given = None;
     for (i, word) in words[..end].iter().enumerate() {
         let Some(flag) = word.strip_prefix("--") else { continue };
         let (name, value) = match flag.split_once('=') {
             Some((name, value)) => (name, Some(value)),
-            None => (flag, words.get(i + 1).copied()),
+            None => (flag, words.get(i + 1).copied().filter(|w| !w.starts_with("--"))),
         };
-        let name = name.replace('_', "-");
-        for (steps, strategies, _) in BY_STEPS {
-            if strategies.contains(&name.as_str()) {
-                let by_steps = value.is_some_and(|v| v.eq_ignore_ascii_case("steps"));
-                off.retain(|s| s != steps);
-                if !by_steps {
-                    off.push(*steps);
-                }
-            }
+        if names.contains(&name.replace('_', "-").as_str()) {
+            given = Some(value);
         }
     }
-    off
+    given
 }
 
 /// The flags left out for each reason, in the order they came: one note line per reason.
